@@ -1,0 +1,110 @@
+//! UDP and TCP listeners. One task per query (UDP) or per connection (TCP), bounded by
+//! semaphores, tracked so shutdown can wait for them. Socket errors are logged and skipped.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::Semaphore,
+    time::timeout,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{
+    proxy::{ClientTransport, Proxy},
+    upstream::MAX_MESSAGE,
+};
+
+/// Queries handled at the same time over UDP; more are dropped (clients retry).
+pub const MAX_UDP_IN_FLIGHT: usize = 1024;
+/// TCP connections open at the same time; more are closed at once.
+pub const MAX_TCP_CONNECTIONS: usize = 256;
+/// A TCP client that sends nothing for this long is disconnected (RFC 7766 §6.2.3 suggests
+/// seconds).
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves DNS over UDP on `socket` until `cancel` fires.
+pub async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, tracker: TaskTracker, cancel: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let (len, peer) = tokio::select! {
+            () = cancel.cancelled() => return,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::debug!("UDP listener: receive error: {e}");
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::debug!("UDP listener: {MAX_UDP_IN_FLIGHT} queries in flight, dropping one from {peer}");
+            continue;
+        };
+        let query = buf[..len].to_vec();
+        let (socket, proxy) = (socket.clone(), proxy.clone());
+        tracker.spawn(async move {
+            if let Some(response) = proxy.handle(&query, ClientTransport::Udp).await
+                && let Err(e) = socket.send_to(&response, peer).await
+            {
+                tracing::debug!("UDP listener: cannot answer {peer}: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Serves DNS over TCP (RFC 7766, 2-byte length framing) on `listener` until `cancel` fires.
+pub async fn serve_tcp(listener: TcpListener, proxy: Arc<Proxy>, tracker: TaskTracker, cancel: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::debug!("TCP listener: accept error: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::debug!("TCP listener: {MAX_TCP_CONNECTIONS} connections open, closing one from {peer}");
+            continue;
+        };
+        let (proxy, cancel) = (proxy.clone(), cancel.clone());
+        tracker.spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                result = serve_connection(stream, peer, &proxy) => if let Err(e) = result {
+                    tracing::debug!("TCP connection from {peer}: {e}");
+                },
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, proxy: &Proxy) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    loop {
+        let len = match timeout(TCP_IDLE_TIMEOUT, stream.read_u16()).await {
+            Err(_) => return Ok(()),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(result) => result?,
+        };
+        let mut query = vec![0u8; usize::from(len)];
+        timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut query))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{peer} stalled mid-message")))??;
+        let Some(response) = proxy.handle(&query, ClientTransport::Tcp).await else { continue };
+        let Ok(len) = u16::try_from(response.len()) else { continue };
+        let mut framed = Vec::with_capacity(response.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(&response);
+        stream.write_all(&framed).await?;
+    }
+}

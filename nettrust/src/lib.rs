@@ -1,0 +1,122 @@
+//! nettrust: an outbound firewall that uses DNS as its source of truth.
+//!
+//! [`run`] binds the DNS listeners, starts the firewall backend with the whitelists, and serves
+//! queries until the shutdown future completes; then it removes everything it created.
+//! See ARCHITECTURE.md for the path of a DNS answer through the modules.
+
+pub mod authorizer;
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod dns;
+pub mod firewall;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    authorizer::Authorizer,
+    config::{Backend, Settings},
+    dns::{proxy::Proxy, server, upstream::Upstream},
+    firewall::{
+        Policy,
+        ebpf::{EbpfError, EbpfFirewall},
+    },
+};
+
+/// How long the proxy waits for the upstream before answering SERVFAIL.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long shutdown waits for in-flight queries before removing the firewall.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The requested firewall backend is not part of this version.
+    #[error("firewall backend {0:?} is not yet available; use --firewall-backend ebpf (or auto)")]
+    BackendUnavailable(&'static str),
+    /// A DNS listener could not be bound.
+    #[error("cannot listen on {proto} {addr}")]
+    Bind {
+        /// Listen address.
+        addr: SocketAddr,
+        /// `udp` or `tcp`.
+        proto: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The eBPF backend could not start.
+    #[error("cannot start the eBPF firewall")]
+    Ebpf(#[from] EbpfError),
+    /// Cleaning up at exit failed; the messages list everything left behind.
+    #[error("cleanup failed: {}", .0.iter().map(|e| error_chain(e)).collect::<Vec<_>>().join("; "))]
+    Teardown(Vec<EbpfError>),
+}
+
+/// Formats an error with its chain of causes, `outer: inner: root`.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// Runs the daemon until `shutdown` completes, then removes the firewall.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    if settings.backend == Backend::Nftables {
+        return Err(RunError::BackendUnavailable("nftables"));
+    }
+    // Bind first: a busy port must fail before any firewall object exists.
+    let listen = settings.listen_addr;
+    let udp = UdpSocket::bind(listen).await.map_err(|source| RunError::Bind { addr: listen, proto: "udp", source })?;
+    let tcp = TcpListener::bind(listen).await.map_err(|source| RunError::Bind { addr: listen, proto: "tcp", source })?;
+
+    let policy = Policy {
+        whitelist_hosts: settings.whitelist_hosts.clone(),
+        whitelist_networks: settings.whitelist_networks.clone(),
+    };
+    let firewall = Arc::new(EbpfFirewall::start(&settings.cgroups, &settings.bpffs_dir, &policy)?);
+    let authorizer = Authorizer::new(firewall.clone(), None);
+    let proxy = Arc::new(Proxy::new(Upstream::new(settings.fwd_addr, UPSTREAM_TIMEOUT), authorizer));
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tracker.spawn(server::serve_udp(Arc::new(udp), proxy.clone(), tracker.clone(), cancel.clone()));
+    tracker.spawn(server::serve_tcp(tcp, proxy, tracker.clone(), cancel.clone()));
+    tracing::info!(listen = %listen, upstream = %settings.fwd_addr, "nettrust is running");
+
+    shutdown.await;
+    tracing::info!("Interrupted");
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
+        tracing::warn!("some queries were still in flight at shutdown");
+    }
+    firewall.stop().map_err(RunError::Teardown)?;
+    tracing::info!("firewall removed, bye");
+    Ok(())
+}
+
+/// `nettrust list`: the authorized hosts of the daemon whose maps are pinned in `bpffs_dir`, one
+/// line each: address, then the remaining lifetime.
+pub fn list(bpffs_dir: &std::path::Path) -> Result<String, EbpfError> {
+    let mut hosts = firewall::ebpf::list_pinned(bpffs_dir)?;
+    hosts.sort_by_key(|h| h.addr);
+    let now = firewall::boottime_ns();
+    let mut out = String::new();
+    for host in hosts {
+        let ttl = match host.expires_ns {
+            0 => "never expires".to_owned(),
+            deadline => format!("expires in {}s", deadline.saturating_sub(now) / 1_000_000_000),
+        };
+        out.push_str(&format!("{}\t{ttl}\n", host.addr));
+    }
+    Ok(out)
+}

@@ -1,0 +1,60 @@
+//! `nettrust` binary: parses arguments, sets up logging, and hands over to the library.
+
+use clap::Parser as _;
+use nettrust::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match real_main(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::List(args)) => {
+            print!("{}", nettrust::list(&args.bpffs_dir)?);
+            Ok(())
+        }
+        Some(Command::Run(args)) => run(&args),
+        None => run(&cli.run),
+    }
+}
+
+fn run(args: &nettrust::cli::RunArgs) -> anyhow::Result<()> {
+    // Everything is validated before the runtime starts and before any firewall object exists.
+    let settings = nettrust::config::load(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        nettrust::run(settings, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+    })
+}
+
+/// Logs go to stderr. `RUST_LOG` selects levels as usual; without it, `NET_TRUST_DEBUG=true` means
+/// debug and anything else info. The `log` records of aya-log are bridged into tracing.
+fn init_tracing() {
+    let default = if std::env::var("NET_TRUST_DEBUG").is_ok_and(|v| v == "true") { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

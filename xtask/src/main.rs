@@ -1,0 +1,150 @@
+//! `cargo xtask` — sets up the eBPF toolchain and test tools, builds, runs and tests nettrust.
+//!
+//! - `setup`: nightly toolchain with rust-src, bpf-linker built against the nightly's own LLVM
+//!   (cached under `$XDG_CACHE_HOME/nettrust-tools`, or `~/.cache/nettrust-tools`), and the Debian
+//!   packages the tests use. Idempotent; every other command runs the part it needs.
+//! - `build [--release]`: `target/{debug,release}/nettrust` with the eBPF object inside.
+//! - `run [--release] -- ARGS`: build and run `nettrust ARGS` (with sudo when not root); without
+//!   `--config` in ARGS the repository's `config.toml` is used.
+//! - `test`: setup, unit tests (no root), then the root integration tests, serially.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain and the packages the tests need.
+    Setup,
+    /// Build nettrust with its eBPF object.
+    Build {
+        /// Optimized build.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run nettrust (as root); arguments after `--` go to nettrust.
+    Run {
+        /// Optimized build.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for nettrust.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests, then the root integration tests.
+    Test {
+        /// Only the unit tests (no root needed).
+        #[arg(long)]
+        unit_only: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Cmd::Setup => {
+            setup::toolchain()?;
+            setup::packages()?;
+        }
+        Cmd::Build { release } => {
+            build(&root, release)?;
+        }
+        Cmd::Run { release, args } => {
+            let binary = build(&root, release)?;
+            let mut args = args;
+            let is_run = args.first().is_none_or(|a| a.starts_with('-') || a == "run");
+            if is_run && !args.iter().any(|a| a == "--config" || a.starts_with("--config=")) {
+                args.push("--config".into());
+                args.push(root.join("config.toml").display().to_string());
+            }
+            let status = as_root(&binary, &args).status().context("starting nettrust")?;
+            if !status.success() {
+                bail!("nettrust exited with {status}");
+            }
+        }
+        Cmd::Test { unit_only } => test(&root, unit_only)?,
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+/// A `cargo` command with the bpf-linker cache on PATH.
+fn cargo(root: &Path) -> Result<Command> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root).env("PATH", setup::path_with_tools()?);
+    Ok(cmd)
+}
+
+fn run_checked(mut cmd: Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn build(root: &Path, release: bool) -> Result<PathBuf> {
+    setup::toolchain()?;
+    let mut cmd = cargo(root)?;
+    cmd.args(["build", "--package", "nettrust"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run_checked(cmd)?;
+    Ok(root.join("target").join(if release { "release" } else { "debug" }).join("nettrust"))
+}
+
+fn test(root: &Path, unit_only: bool) -> Result<()> {
+    setup::toolchain()?;
+    if !unit_only {
+        setup::packages()?;
+    }
+    let mut unit = cargo(root)?;
+    unit.args(["test", "--workspace", "--exclude", "nettrust-ebpf"]);
+    run_checked(unit)?;
+    if unit_only {
+        return Ok(());
+    }
+    // The root suite: real eBPF, cgroups, network namespaces and DNS servers; one test at a time.
+    let mut build_tests = cargo(root)?;
+    build_tests.args(["test", "--package", "nettrust", "--test", "root", "--no-run"]);
+    run_checked(build_tests)?;
+    let mut root_tests = if setup::is_root() { cargo(root)? } else {
+        let mut cmd = Command::new("sudo");
+        cmd.current_dir(root).args(["-E", "env", &format!("PATH={}", setup::path_with_tools()?.to_string_lossy()), "cargo"]);
+        cmd
+    };
+    root_tests.args(["test", "--package", "nettrust", "--test", "root", "--", "--ignored", "--test-threads=1"]);
+    run_checked(root_tests)
+}
+
+/// `binary args`, through sudo when not root.
+fn as_root(binary: &Path, args: &[String]) -> Command {
+    if setup::is_root() {
+        let mut cmd = Command::new(binary);
+        cmd.args(args);
+        cmd
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg(binary).args(args);
+        cmd
+    }
+}

@@ -1,0 +1,168 @@
+//! Idempotent installation of what building and testing nettrust needs.
+//!
+//! bpf-linker has no usable prebuilt download and Debian's LLVM is too old, so it is built from
+//! crates.io against the nightly toolchain's own libLLVM (see ../shared/docs/MACHINE.md). A small
+//! wrapper script puts that library on the loader path.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The nightly toolchain used for the eBPF object (aya-build runs `rustup run nightly`).
+const NIGHTLY: &str = "nightly";
+/// bpf-linker release known to work with aya 0.14 and LLVM 21–23.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Commands the root tests run, and the Debian package that provides each.
+const PACKAGES: &[(&str, &str)] = &[
+    ("dnsmasq", "dnsmasq-base"),
+    ("dig", "dnsutils"),
+    ("socat", "socat"),
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("curl", "curl"),
+];
+
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("nettrust-tools")
+}
+
+fn tools_bin() -> PathBuf {
+    cache_dir().join("bin")
+}
+
+/// PATH with the cached tools first.
+pub fn path_with_tools() -> Result<OsString> {
+    let mut paths = vec![tools_bin()];
+    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    Ok(std::env::join_paths(paths)?)
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Nightly with rust-src, and bpf-linker matching the nightly's LLVM.
+pub fn toolchain() -> Result<()> {
+    let have_nightly = Command::new("rustup")
+        .args(["run", NIGHTLY, "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_nightly {
+        status(Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))?;
+    }
+    let components = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", NIGHTLY]))?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+    bpf_linker()
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "-vV"]))?;
+    let llvm_major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("nightly rustc does not report its LLVM version")?
+        .to_owned();
+    let sysroot = PathBuf::from(output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?.trim());
+    let libdir = sysroot.join("lib");
+    let cache = cache_dir();
+    let stamp = cache.join("bpf-linker.stamp");
+    let wanted = format!("{BPF_LINKER_VERSION} {version}");
+    let wrapper = tools_bin().join("bpf-linker");
+    if wrapper.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {llvm_major} (about a minute)...");
+    let llvm_prefix = cache.join("llvm");
+    std::fs::create_dir_all(llvm_prefix.join("lib"))?;
+    let lib = std::fs::read_dir(&libdir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.") && n.to_string_lossy().contains("-rust-")))
+        .with_context(|| format!("no libLLVM.so.*-rust-* in {}", libdir.display()))?;
+    let link = llvm_prefix.join("lib").join("libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&lib, &link)?;
+    let install_root = cache.join("bpf-linker");
+    status(
+        Command::new("rustup")
+            .args(["run", NIGHTLY, "cargo", "install", "bpf-linker", "--locked", "--force"])
+            .args(["--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+            .arg(format!("llvm-{llvm_major}"))
+            .arg("--root")
+            .arg(&install_root)
+            .env("LLVM_PREFIX", &llvm_prefix),
+    )?;
+    std::fs::create_dir_all(tools_bin())?;
+    write_wrapper(&wrapper, &install_root.join("bin").join("bpf-linker"), &libdir)?;
+    output(Command::new(&wrapper).arg("--version")).context("the freshly built bpf-linker does not run")?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(())
+}
+
+fn write_wrapper(wrapper: &Path, real: &Path, libdir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let script = format!(
+        "#!/bin/sh\n# Written by cargo xtask setup: bpf-linker needs the nightly toolchain's libLLVM.\nLD_LIBRARY_PATH='{}'${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}} exec '{}' \"$@\"\n",
+        libdir.display(),
+        real.display()
+    );
+    std::fs::write(wrapper, script)?;
+    std::fs::set_permissions(wrapper, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+fn have_command(name: &str) -> bool {
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
+    dirs.iter().any(|d| d.join(name).is_file())
+}
+
+/// Debian packages the root tests use.
+pub fn packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().filter(|(cmd, _)| !have_command(cmd)).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new(sudo.first().copied().unwrap_or("apt-get"));
+        if !sudo.is_empty() {
+            cmd.arg("apt-get");
+        }
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    status(&mut apt(&["update", "-qq"]))?;
+    status(apt(&["install", "-y", "-qq", "--no-install-recommends"]).args(&missing))?;
+    Ok(())
+}
