@@ -169,10 +169,11 @@ impl EbpfFirewall {
         let mut links = Vec::with_capacity(cgroups.len());
         for path in cgroups {
             let cgroup = File::open(path).map_err(|source| EbpfError::Cgroup { path: path.clone(), source })?;
-            // Multi mode: other programs attached to the same cgroup (systemd's, a container
-            // runtime's) keep working, and every attached program must allow a packet.
+            // On kernels >= 5.7 aya attaches through a bpf_link, which always coexists with other
+            // programs on the cgroup (systemd's, a container runtime's; every one must allow a
+            // packet) and rejects attach flags: `Single` means "no flags" there.
             let link = program
-                .attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::AllowMultiple)
+                .attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
                 .map_err(|source| EbpfError::Program { what: format!("cannot attach to {}", path.display()), source })?;
             links.push(link);
             tracing::info!(cgroup = %path.display(), "egress filter attached");

@@ -1,0 +1,104 @@
+//! Root integration tests: real eBPF, cgroup, network namespaces, dnsmasq and clients.
+//! Run with `cargo xtask test` (they are `#[ignore]`d in a plain `cargo test`).
+
+mod world;
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use world::World;
+
+fn addrs(list: &[&str]) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = list.iter().map(|s| s.parse().unwrap()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn only_resolved_destinations_are_reachable() {
+    let mut world = World::new();
+    world.start_daemon(&[]);
+
+    // Nothing resolved yet: v4 and v6 destinations are blocked from the cgroup...
+    assert!(!world.reachable_from_cgroup("192.0.2.10"));
+    assert!(!world.reachable_from_cgroup("2001:db8:1::10"));
+    // ...while a process outside the test cgroup is unaffected.
+    assert!(world.reachable_outside_cgroup("192.0.2.10"));
+    assert!(world.reachable_outside_cgroup("2001:db8:1::10"));
+
+    // Resolving over UDP opens exactly the answered address.
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+    assert!(!world.reachable_from_cgroup("192.0.2.11"), "b.test's address was never resolved");
+    assert!(!world.reachable_from_cgroup("2001:db8:1::10"), "the AAAA record was not asked for yet");
+
+    // Resolving over TCP, IPv6.
+    assert_eq!(world.resolve("a.test", "AAAA", true), ["2001:db8:1::10"]);
+    assert!(world.reachable_from_cgroup("2001:db8:1::10"));
+    assert!(!world.reachable_from_cgroup("2001:db8:1::11"));
+
+    // Over TCP, IPv4, through a CNAME.
+    assert_eq!(world.resolve("alias.test", "A", true), ["c.test.", "192.0.2.12"]);
+    assert!(world.reachable_from_cgroup("192.0.2.12"));
+
+    assert_eq!(world.list(), addrs(&["192.0.2.10", "192.0.2.12", "2001:db8:1::10"]));
+    assert!(world.stop_daemon(), "nettrust failed at exit");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn unspecified_answers_authorize_nothing() {
+    let mut world = World::new();
+    world.start_daemon(&[]);
+    assert_eq!(world.resolve("zero.test", "A", false), ["0.0.0.0"]);
+    assert_eq!(world.resolve("zero.test", "AAAA", true), ["::"]);
+    assert_eq!(world.list(), Vec::<IpAddr>::new());
+    assert!(world.stop_daemon());
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn resolve_then_connect_immediately_never_fails() {
+    let mut world = World::new();
+    world.start_daemon(&[]);
+    // Each iteration resolves a name never resolved before and connects at once: the address must
+    // be in the map before the answer reaches the client.
+    let script = format!(
+        "ok=0; fail=0
+         for i in $(seq 1 {n}); do
+           ip=$(dig +short +time=2 +tries=1 @127.0.0.1 n$i.test A)
+           if [ \"$(socat -u TCP:$ip:{port},connect-timeout=2 - 2>/dev/null)\" = ok ]; then ok=$((ok+1)); else fail=$((fail+1)); echo \"failed: n$i.test -> $ip\"; fi
+         done
+         echo \"ok=$ok fail=$fail\"",
+        n = world::NUMBERED_NAMES,
+        port = world::TCP_PORT
+    );
+    let out = world.script_in_cgroup(&script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("ok={} fail=0", world::NUMBERED_NAMES)),
+        "resolve-then-connect failures:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: BTreeSet<IpAddr> = world.list().into_iter().collect();
+    assert_eq!(listed.len(), world::NUMBERED_NAMES as usize);
+    assert!(world.stop_daemon());
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn sigterm_removes_every_nettrust_object() {
+    let mut world = World::new();
+    world.start_daemon(&[]);
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    assert!(!world.reachable_from_cgroup("203.0.113.77"));
+    assert!(world.bpffs_dir.join("HOSTS_V4").exists());
+    assert!(world::program_loaded("egress"));
+
+    assert!(world.stop_daemon(), "nettrust failed at exit");
+
+    assert!(!world.bpffs_dir.exists(), "pinned maps left in {}", world.bpffs_dir.display());
+    assert!(!world::program_loaded("egress"), "the egress program is still loaded");
+    assert!(world.reachable_from_cgroup("203.0.113.77"), "the cgroup is still filtered");
+    assert!(world.reachable_from_cgroup("2001:db8:1::77"));
+}

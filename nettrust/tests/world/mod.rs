@@ -1,0 +1,369 @@
+//! The root test world: a "client" network namespace where nettrust runs, an "internet" namespace
+//! with a real dnsmasq upstream and a TCP server answering on whole documentation ranges, a test
+//! cgroup whose processes nettrust filters, and a test bpffs directory. Everything is torn down in
+//! `Drop`, also when a test fails; nothing touches the host's own egress.
+#![allow(dead_code, reason = "each test binary uses a different part of the world")]
+
+use std::{
+    fs::File,
+    io::Write as _,
+    net::IpAddr,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// Link between the namespaces (documentation range, not whitelisted as private).
+pub const CLIENT_V4: &str = "198.51.100.1";
+pub const INET_V4: &str = "198.51.100.2";
+pub const CLIENT_V6: &str = "2001:db8:ff::1";
+pub const INET_V6: &str = "2001:db8:ff::2";
+/// The upstream DNS server (dnsmasq) in the internet namespace.
+pub const UPSTREAM: &str = "198.51.100.53";
+/// Port of the TCP server that answers "ok" on every internet address.
+pub const TCP_PORT: u16 = 8080;
+/// Number of `nN.test` names, each answered with its own 203.0.113.N address.
+pub const NUMBERED_NAMES: u32 = 200;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .expect("cgroup v2 must be mounted for the root tests")
+}
+
+/// dnsmasq's zone: fixed names for the assertions plus NUMBERED_NAMES distinct names.
+fn dnsmasq_conf() -> String {
+    let mut conf = String::from(
+        "no-resolv\nno-hosts\nbind-interfaces\nport=53\nuser=root\npid-file=\n\
+         listen-address=198.51.100.53\n\
+         host-record=a.test,192.0.2.10,2001:db8:1::10\n\
+         host-record=b.test,192.0.2.11,2001:db8:1::11\n\
+         host-record=c.test,192.0.2.12\n\
+         cname=alias.test,c.test\n\
+         address=/zero.test/0.0.0.0\n\
+         address=/zero.test/::\n",
+    );
+    for i in 1..=NUMBERED_NAMES {
+        conf.push_str(&format!("host-record=n{i}.test,203.0.113.{i}\n"));
+    }
+    conf
+}
+
+/// A running nettrust daemon inside the client namespace.
+pub struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+pub struct World {
+    pub id: String,
+    pub client_ns: String,
+    pub inet_ns: String,
+    pub cgroup: PathBuf,
+    pub bpffs_dir: PathBuf,
+    pub dir: tempfile::TempDir,
+    servers: Vec<Child>,
+    pub daemon: Option<Daemon>,
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn ip(args: &str) {
+    run(Command::new("ip").args(args.split_whitespace()));
+}
+
+impl World {
+    /// Creates the namespaces, the link, the upstream DNS server, the TCP server and the cgroup.
+    pub fn new() -> Self {
+        assert!(nix_is_root(), "root tests must run as root (cargo xtask test)");
+        let id = format!("{}x{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::SeqCst));
+        let world = World {
+            client_ns: format!("ntc-{id}"),
+            inet_ns: format!("nti-{id}"),
+            cgroup: cgroup2_root().join(format!("nettrust-test-{id}")),
+            bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/nettrust-test-{id}")),
+            dir: tempfile::tempdir().expect("tempdir"),
+            servers: Vec::new(),
+            daemon: None,
+            id,
+        };
+        world.build_network();
+        std::fs::create_dir(&world.cgroup).expect("create the test cgroup");
+        let mut world = world;
+        world.start_servers();
+        world
+    }
+
+    fn build_network(&self) {
+        let (c, i, id) = (&self.client_ns, &self.inet_ns, &self.id);
+        ip(&format!("netns add {c}"));
+        ip(&format!("netns add {i}"));
+        ip(&format!("link add vc{id} netns {c} type veth peer name vi{id} netns {i}"));
+        for cmd in [
+            format!("-n {c} link set lo up"),
+            format!("-n {c} addr add {CLIENT_V4}/24 dev vc{id}"),
+            format!("-n {c} -6 addr add {CLIENT_V6}/64 dev vc{id} nodad"),
+            format!("-n {c} link set vc{id} up"),
+            format!("-n {c} route add default via {INET_V4}"),
+            format!("-n {c} -6 route add default via {INET_V6}"),
+            format!("-n {i} link set lo up"),
+            format!("-n {i} addr add {INET_V4}/24 dev vi{id}"),
+            format!("-n {i} addr add {UPSTREAM}/24 dev vi{id}"),
+            format!("-n {i} -6 addr add {INET_V6}/64 dev vi{id} nodad"),
+            format!("-n {i} link set vi{id} up"),
+            // The "internet": every address of these documentation ranges is local here.
+            format!("-n {i} route add local 192.0.2.0/24 dev lo"),
+            format!("-n {i} route add local 203.0.113.0/24 dev lo"),
+            format!("-n {i} -6 route add local 2001:db8:1::/64 dev lo"),
+        ] {
+            ip(&cmd);
+        }
+    }
+
+    fn start_servers(&mut self) {
+        let conf = self.dir.path().join("dnsmasq.conf");
+        std::fs::write(&conf, dnsmasq_conf()).unwrap();
+        let dnsmasq = self
+            .in_ns(&self.inet_ns, "dnsmasq")
+            .arg("--keep-in-foreground")
+            .arg(format!("--conf-file={}", conf.display()))
+            .stdout(Stdio::null())
+            .stderr(File::create(self.dir.path().join("dnsmasq.log")).unwrap())
+            .spawn()
+            .expect("start dnsmasq (apt-get install dnsmasq-base)");
+        self.servers.push(dnsmasq);
+        let server = self
+            .in_ns(&self.inet_ns, "socat")
+            .arg(format!("TCP6-LISTEN:{TCP_PORT},ipv6only=0,reuseaddr,fork"))
+            .arg("SYSTEM:echo ok")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start socat");
+        self.servers.push(server);
+        // Both are up when the upstream answers a query from the client namespace.
+        wait_for("the upstream DNS server", || {
+            self.in_ns(&self.client_ns, "dig")
+                .args(["+time=1", "+tries=1", &format!("@{UPSTREAM}"), "a.test", "A"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        wait_for("the TCP server", || {
+            self.in_ns(&self.client_ns, "socat")
+                .args(["-u", &format!("TCP:{INET_V4}:{TCP_PORT},connect-timeout=1"), "-"])
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"ok"))
+        });
+    }
+
+    /// `program` run inside network namespace `ns` (setns, so /sys stays visible, unlike
+    /// `ip netns exec`).
+    pub fn in_ns(&self, ns: &str, program: &str) -> Command {
+        let netns = File::open(format!("/run/netns/{ns}")).expect("open netns");
+        let mut cmd = Command::new(program);
+        // SAFETY: setns is async-signal-safe; the fd stays open until exec (moved into the closure).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// `program` run in the client namespace *and* the test cgroup: what nettrust filters.
+    pub fn in_cgroup(&self, program: &str) -> Command {
+        let mut cmd = self.in_ns(&self.client_ns, program);
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.cgroup.join("cgroup.procs"))
+            .expect("open cgroup.procs");
+        // SAFETY: write(2) is async-signal-safe; "0" moves the writing process itself.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Starts nettrust in the client namespace, filtering the test cgroup, and waits until it
+    /// answers DNS.
+    pub fn start_daemon(&mut self, extra: &[&str]) {
+        let log = self.dir.path().join(format!("nettrust-{}.log", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let child = self
+            .in_ns(&self.client_ns, env!("CARGO_BIN_EXE_nettrust"))
+            .args(["run", "--listen-addr", "127.0.0.1:53", "--fwd-addr", &format!("{UPSTREAM}:53")])
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs_dir)
+            .args(extra)
+            .env("RUST_LOG", "info,nettrust=debug")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("start nettrust");
+        self.daemon = Some(Daemon { child, log });
+        let started = Instant::now();
+        // A query for a name the upstream does not know authorizes nothing.
+        while !self
+            .in_ns(&self.client_ns, "dig")
+            .args(["+time=1", "+tries=1", "@127.0.0.1", "ready.invalid"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            if let Some(status) = self.daemon.as_mut().unwrap().child.try_wait().unwrap() {
+                panic!("nettrust exited with {status} during start:\n{}", self.daemon_log());
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "nettrust did not answer DNS:\n{}", self.daemon_log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn daemon_log(&self) -> String {
+        self.daemon.as_ref().map(|d| std::fs::read_to_string(&d.log).unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the daemon to exit; returns whether it exited successfully.
+    pub fn stop_daemon(&mut self) -> bool {
+        let mut daemon = self.daemon.take().expect("daemon running");
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+                if !status.success() {
+                    eprintln!("nettrust log:\n{log}");
+                }
+                return status.success();
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                let _ = daemon.child.kill();
+                panic!("nettrust did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resolves `name` from inside the test cgroup through nettrust (`tcp` selects TCP).
+    pub fn resolve(&self, name: &str, rtype: &str, tcp: bool) -> Vec<String> {
+        let mut cmd = self.in_cgroup("dig");
+        cmd.args(["+short", "+time=2", "+tries=1", "@127.0.0.1", name, rtype]);
+        if tcp {
+            cmd.arg("+tcp");
+        }
+        let out = run(&mut cmd);
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    }
+
+    /// Whether a TCP connection from the test cgroup to `addr` gets the server's "ok".
+    pub fn reachable_from_cgroup(&self, addr: &str) -> bool {
+        connect(self.in_cgroup("socat"), addr)
+    }
+
+    /// Whether a TCP connection from the client namespace, outside the test cgroup, gets "ok".
+    pub fn reachable_outside_cgroup(&self, addr: &str) -> bool {
+        connect(self.in_ns(&self.client_ns, "socat"), addr)
+    }
+
+    /// `nettrust list` for this world's daemon.
+    pub fn list(&self) -> Vec<IpAddr> {
+        let out = run(Command::new(env!("CARGO_BIN_EXE_nettrust")).args(["list", "--bpffs-dir"]).arg(&self.bpffs_dir));
+        let mut hosts: Vec<IpAddr> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+            .collect();
+        hosts.sort();
+        hosts
+    }
+
+    /// Runs a shell script inside the test cgroup and client namespace.
+    pub fn script_in_cgroup(&self, script: &str) -> Output {
+        let mut cmd = self.in_cgroup("sh");
+        cmd.args(["-c", script]);
+        cmd.output().expect("run sh")
+    }
+}
+
+fn connect(mut cmd: Command, addr: &str) -> bool {
+    let target = match addr.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("TCP:[{v6}]:{TCP_PORT},connect-timeout=2"),
+        _ => format!("TCP:{addr}:{TCP_PORT},connect-timeout=2"),
+    };
+    cmd.args(["-u", &target, "-"]).stderr(Stdio::null());
+    cmd.output().is_ok_and(|o| o.stdout.starts_with(b"ok"))
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what} did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = daemon.child.kill();
+            let _ = daemon.child.wait();
+            if std::thread::panicking() {
+                eprintln!("nettrust log:\n{}", std::fs::read_to_string(&daemon.log).unwrap_or_default());
+            }
+        }
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        // A killed daemon leaves its pins; remove them (and nothing else).
+        if let Ok(entries) = std::fs::read_dir(&self.bpffs_dir) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            let _ = std::fs::remove_dir(&self.bpffs_dir);
+        }
+        for ns in [&self.client_ns, &self.inet_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        // The cgroup can only be removed once its processes are gone.
+        let started = Instant::now();
+        while self.cgroup.exists() && std::fs::remove_dir(&self.cgroup).is_err() && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// Whether a program named `name` is loaded in the kernel.
+pub fn program_loaded(name: &str) -> bool {
+    aya::programs::loaded_programs().flatten().any(|p| p.name_as_str() == Some(name))
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
