@@ -81,13 +81,21 @@ mod tests {
 
     #[test]
     fn zero_deadline_never_expires() {
-        let v = HostValue { expires_ns: 0, flags: FLAG_AUTHORIZED, _pad: 0 };
+        let v = HostValue {
+            expires_ns: 0,
+            flags: FLAG_AUTHORIZED,
+            _pad: 0,
+        };
         assert!(v.is_live(u64::MAX));
     }
 
     #[test]
     fn deadline_is_exclusive() {
-        let v = HostValue { expires_ns: 100, flags: FLAG_AUTHORIZED, _pad: 0 };
+        let v = HostValue {
+            expires_ns: 100,
+            flags: FLAG_AUTHORIZED,
+            _pad: 0,
+        };
         assert!(v.is_live(99));
         assert!(!v.is_live(100));
     }

@@ -92,7 +92,11 @@ fn judge<const N: usize>(
     if nets.get(Key::new((N * 8) as u32, daddr)).is_some() {
         return (STAT_ALLOW_NET, VERDICT_ALLOW);
     }
-    if expired { (STAT_DROP_EXPIRED, VERDICT_DROP) } else { (STAT_DROP, VERDICT_DROP) }
+    if expired {
+        (STAT_DROP_EXPIRED, VERDICT_DROP)
+    } else {
+        (STAT_DROP, VERDICT_DROP)
+    }
 }
 
 #[inline(always)]

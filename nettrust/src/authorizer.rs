@@ -51,7 +51,9 @@ impl Authorizer {
             return Ok(());
         }
         let expires_ns = match self.ttl {
-            Some(ttl) => boottime_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
+            Some(ttl) => {
+                boottime_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
+            }
             None => 0,
         };
         let mut new = Vec::new();
@@ -89,7 +91,11 @@ mod tests {
         msg.add_query(question.clone());
         msg.metadata.response_code = rcode;
         for ip in ips {
-            msg.add_answer(Record::from_rdata(name.clone(), 30, RData::A(A(ip.parse().unwrap()))));
+            msg.add_answer(Record::from_rdata(
+                name.clone(),
+                30,
+                RData::A(A(ip.parse().unwrap())),
+            ));
         }
         (question, msg)
     }
@@ -103,7 +109,11 @@ mod tests {
         let fw = Arc::new(FakeFirewall::new(Policy::default()));
         let auth = Authorizer::new(fw.clone(), None);
         assert!(!fw.allows(ip("192.0.2.1"), 0));
-        let (q, m) = answer("a.example.", ResponseCode::NoError, &["192.0.2.1", "192.0.2.2"]);
+        let (q, m) = answer(
+            "a.example.",
+            ResponseCode::NoError,
+            &["192.0.2.1", "192.0.2.2"],
+        );
         auth.authorize(&q, &m).unwrap();
         assert!(fw.allows(ip("192.0.2.1"), 0));
         assert!(fw.allows(ip("192.0.2.2"), 0));
@@ -115,7 +125,11 @@ mod tests {
     fn nxdomain_and_errors_authorize_nothing() {
         let fw = Arc::new(FakeFirewall::new(Policy::default()));
         let auth = Authorizer::new(fw.clone(), None);
-        for rcode in [ResponseCode::NXDomain, ResponseCode::ServFail, ResponseCode::Refused] {
+        for rcode in [
+            ResponseCode::NXDomain,
+            ResponseCode::ServFail,
+            ResponseCode::Refused,
+        ] {
             let (q, m) = answer("a.example.", rcode, &["192.0.2.1"]);
             auth.authorize(&q, &m).unwrap();
         }
@@ -139,7 +153,11 @@ mod tests {
         let mut fake = FakeFirewall::new(Policy::default());
         fake.fail_on = Some(ip("192.0.2.2"));
         let auth = Authorizer::new(Arc::new(fake), None);
-        let (q, m) = answer("a.example.", ResponseCode::NoError, &["192.0.2.1", "192.0.2.2"]);
+        let (q, m) = answer(
+            "a.example.",
+            ResponseCode::NoError,
+            &["192.0.2.1", "192.0.2.2"],
+        );
         assert!(auth.authorize(&q, &m).is_err());
     }
 }

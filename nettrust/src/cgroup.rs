@@ -54,9 +54,13 @@ fn unescape_mount_path(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
-            let value = bytes[i + 1..i + 4].iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+            let value = bytes[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
             if let Ok(byte) = u8::try_from(value) {
                 out.push(byte);
                 i += 4;
@@ -77,24 +81,23 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
 
 /// Checks that `path` is a directory on a cgroup v2 filesystem.
 pub fn validate(path: &Path) -> Result<(), CgroupError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|source| CgroupError::Access { path: path.to_owned(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| CgroupError::Access {
+        path: path.to_owned(),
+        source,
+    })?;
     if !meta.is_dir() {
-        return Err(CgroupError::NotCgroup2 { path: path.to_owned() });
-    }
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| CgroupError::NotCgroup2 { path: path.to_owned() })?;
-    // SAFETY: `statfs` only writes into the zeroed struct we pass; the path is NUL-terminated.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return Err(CgroupError::Access {
+        return Err(CgroupError::NotCgroup2 {
             path: path.to_owned(),
-            source: std::io::Error::last_os_error(),
         });
     }
-    #[expect(clippy::unnecessary_cast, reason = "f_type's width differs between libc targets")]
-    if stat.f_type as i64 != CGROUP2_SUPER_MAGIC {
-        return Err(CgroupError::NotCgroup2 { path: path.to_owned() });
+    let magic = crate::sys::fs_magic(path).map_err(|source| CgroupError::Access {
+        path: path.to_owned(),
+        source,
+    })?;
+    if magic != CGROUP2_SUPER_MAGIC {
+        return Err(CgroupError::NotCgroup2 {
+            path: path.to_owned(),
+        });
     }
     Ok(())
 }
@@ -113,13 +116,19 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
 
     #[test]
     fn finds_hybrid_mount() {
-        assert_eq!(cgroup2_mount_from(HYBRID), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            cgroup2_mount_from(HYBRID),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
     }
 
     #[test]
     fn finds_unified_mount() {
         let mounts = "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
-        assert_eq!(cgroup2_mount_from(mounts), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_mount_from(mounts),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
     }
 
     #[test]
@@ -131,13 +140,19 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
     #[test]
     fn escaped_spaces_are_decoded() {
         let mounts = "none /mnt/my\\040cgroups cgroup2 rw 0 0\n";
-        assert_eq!(cgroup2_mount_from(mounts), Some(PathBuf::from("/mnt/my cgroups")));
+        assert_eq!(
+            cgroup2_mount_from(mounts),
+            Some(PathBuf::from("/mnt/my cgroups"))
+        );
     }
 
     #[test]
     fn regular_directory_is_not_a_cgroup() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(validate(dir.path()), Err(CgroupError::NotCgroup2 { .. })));
+        assert!(matches!(
+            validate(dir.path()),
+            Err(CgroupError::NotCgroup2 { .. })
+        ));
         assert!(matches!(
             validate(&dir.path().join("missing")),
             Err(CgroupError::Access { .. })

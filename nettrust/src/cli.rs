@@ -85,7 +85,9 @@ mod tests {
     #[test]
     fn booleans_take_optional_values() {
         let cli = parse(&["run", "--whitelist-loopback", "--whitelist-private=false"]);
-        let Some(Command::Run(args)) = cli.command else { panic!("expected run") };
+        let Some(Command::Run(args)) = cli.command else {
+            panic!("expected run")
+        };
         assert_eq!(args.whitelist_loopback, Some(true));
         assert_eq!(args.whitelist_private, Some(false));
     }
@@ -93,7 +95,10 @@ mod tests {
     #[test]
     fn cgroup_is_repeatable() {
         let cli = parse(&["--cgroup", "/a", "--cgroup", "/b"]);
-        assert_eq!(cli.run.cgroups, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(
+            cli.run.cgroups,
+            vec![PathBuf::from("/a"), PathBuf::from("/b")]
+        );
     }
 
     #[test]

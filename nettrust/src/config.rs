@@ -54,8 +54,16 @@ pub enum ConfigError {
     Missing(&'static str),
 }
 
-fn invalid(key: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), value: value.into(), reason: reason.into() }
+fn invalid(
+    key: impl Into<String>,
+    value: impl Into<String>,
+    reason: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
 }
 
 /// The config file (`--config`). Every key is optional; unknown keys are an error, so a typo
@@ -105,8 +113,10 @@ impl FileConfig {
 
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 }
@@ -141,16 +151,26 @@ pub struct Settings {
 
 /// The loopback networks allowed by `whitelist_loopback` (RFC 1122 §3.2.1.3, RFC 4291 §2.5.3).
 pub fn loopback_networks() -> Vec<IpNet> {
-    ["127.0.0.0/8", "::1/128"].iter().map(|n| n.parse().expect("valid literal")).collect()
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .map(|n| n.parse().expect("valid literal"))
+        .collect()
 }
 
 /// The networks allowed by `whitelist_private`: the original's RFC 1918 ranges and CGNAT
 /// (RFC 6598), plus IPv6 unique-local (RFC 4193) and link-local (RFC 4291 §2.5.6).
 pub fn private_networks() -> Vec<IpNet> {
-    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7", "fe80::/10"]
-        .iter()
-        .map(|n| n.parse().expect("valid literal"))
-        .collect()
+    [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+    .iter()
+    .map(|n| n.parse().expect("valid literal"))
+    .collect()
 }
 
 /// Parses `IP:PORT`, `[IPv6]:PORT`, or a bare IP (port 53).
@@ -164,11 +184,20 @@ pub fn parse_socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigErr
     value
         .parse::<IpAddr>()
         .map(|ip| SocketAddr::new(ip, DNS_PORT))
-        .map_err(|_| invalid(key, value, "expected IP:PORT, e.g. 127.0.0.1:53 or [::1]:53"))
+        .map_err(|_| {
+            invalid(
+                key,
+                value,
+                "expected IP:PORT, e.g. 127.0.0.1:53 or [::1]:53",
+            )
+        })
 }
 
 fn parse_host(key: &str, value: &str) -> Result<IpAddr, ConfigError> {
-    value.trim().parse().map_err(|_| invalid(key, value, "expected an IPv4 or IPv6 address"))
+    value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(key, value, "expected an IPv4 or IPv6 address"))
 }
 
 fn parse_network(key: &str, value: &str) -> Result<IpNet, ConfigError> {
@@ -176,7 +205,13 @@ fn parse_network(key: &str, value: &str) -> Result<IpNet, ConfigError> {
         .trim()
         .parse::<IpNet>()
         .map(|net| net.trunc())
-        .map_err(|_| invalid(key, value, "expected a network in CIDR notation, e.g. 192.0.2.0/24"))
+        .map_err(|_| {
+            invalid(
+                key,
+                value,
+                "expected a network in CIDR notation, e.g. 192.0.2.0/24",
+            )
+        })
 }
 
 fn parse_backend(key: &str, value: &str) -> Result<Backend, ConfigError> {
@@ -200,9 +235,13 @@ pub struct EnvLists {
 
 impl EnvLists {
     /// Collects the lists from `vars` (e.g. `std::env::vars()`).
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let mut vars: Vec<_> =
-            vars.into_iter().filter(|(k, _)| k.starts_with("NET_TRUST_WHITELIST_")).collect();
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut vars: Vec<_> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("NET_TRUST_WHITELIST_"))
+            .collect();
         vars.sort();
         let mut lists = Self::default();
         for (key, value) in vars {
@@ -280,7 +319,10 @@ impl Settings {
                 _ => vec![cgroup2_root().map_err(|e| invalid("cgroups", "", e.to_string()))?],
             }
         };
-        let loopback = args.whitelist_loopback.or(whitelist_loopback).unwrap_or(true);
+        let loopback = args
+            .whitelist_loopback
+            .or(whitelist_loopback)
+            .unwrap_or(true);
         let private = args.whitelist_private.or(whitelist_private).unwrap_or(true);
 
         let mut whitelist_networks = Vec::new();
@@ -309,7 +351,11 @@ impl Settings {
             .or(bpffs_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS_DIR));
         if !bpffs_dir.is_absolute() {
-            return Err(invalid("bpffs_dir", bpffs_dir.display().to_string(), "must be an absolute path"));
+            return Err(invalid(
+                "bpffs_dir",
+                bpffs_dir.display().to_string(),
+                "must be an absolute path",
+            ));
         }
 
         Ok(Self {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod firewall;
+pub mod sys;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -75,28 +76,60 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     }
     // Bind first: a busy port must fail before any firewall object exists.
     let listen = settings.listen_addr;
-    let udp = UdpSocket::bind(listen).await.map_err(|source| RunError::Bind { addr: listen, proto: "udp", source })?;
-    let tcp = TcpListener::bind(listen).await.map_err(|source| RunError::Bind { addr: listen, proto: "tcp", source })?;
+    let udp = UdpSocket::bind(listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: listen,
+            proto: "udp",
+            source,
+        })?;
+    let tcp = TcpListener::bind(listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: listen,
+            proto: "tcp",
+            source,
+        })?;
 
     let policy = Policy {
         whitelist_hosts: settings.whitelist_hosts.clone(),
         whitelist_networks: settings.whitelist_networks.clone(),
     };
-    let firewall = Arc::new(EbpfFirewall::start(&settings.cgroups, &settings.bpffs_dir, &policy)?);
+    let firewall = Arc::new(EbpfFirewall::start(
+        &settings.cgroups,
+        &settings.bpffs_dir,
+        &policy,
+    )?);
     let authorizer = Authorizer::new(firewall.clone(), None);
-    let proxy = Arc::new(Proxy::new(Upstream::new(settings.fwd_addr, UPSTREAM_TIMEOUT), authorizer));
+    let proxy = Arc::new(Proxy::new(
+        Upstream::new(settings.fwd_addr, UPSTREAM_TIMEOUT),
+        authorizer,
+    ));
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(server::serve_udp(Arc::new(udp), proxy.clone(), tracker.clone(), cancel.clone()));
-    tracker.spawn(server::serve_tcp(tcp, proxy, tracker.clone(), cancel.clone()));
+    tracker.spawn(server::serve_udp(
+        Arc::new(udp),
+        proxy.clone(),
+        tracker.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(server::serve_tcp(
+        tcp,
+        proxy,
+        tracker.clone(),
+        cancel.clone(),
+    ));
     tracing::info!(listen = %listen, upstream = %settings.fwd_addr, "nettrust is running");
 
     shutdown.await;
     tracing::info!("Interrupted");
     cancel.cancel();
     tracker.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some queries were still in flight at shutdown");
     }
     firewall.stop().map_err(RunError::Teardown)?;
@@ -114,7 +147,10 @@ pub fn list(bpffs_dir: &std::path::Path) -> Result<String, EbpfError> {
     for host in hosts {
         let ttl = match host.expires_ns {
             0 => "never expires".to_owned(),
-            deadline => format!("expires in {}s", deadline.saturating_sub(now) / 1_000_000_000),
+            deadline => format!(
+                "expires in {}s",
+                deadline.saturating_sub(now) / 1_000_000_000
+            ),
         };
         out.push_str(&format!("{}\t{ttl}\n", host.addr));
     }

@@ -30,7 +30,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 fn run(args: &nettrust::cli::RunArgs) -> anyhow::Result<()> {
     // Everything is validated before the runtime starts and before any firewall object exists.
     let settings = nettrust::config::load(args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         nettrust::run(settings, shutdown).await?;
@@ -54,7 +56,14 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 /// Logs go to stderr. `RUST_LOG` selects levels as usual; without it, `NET_TRUST_DEBUG=true` means
 /// debug and anything else info. The `log` records of aya-log are bridged into tracing.
 fn init_tracing() {
-    let default = if std::env::var("NET_TRUST_DEBUG").is_ok_and(|v| v == "true") { "info,nettrust=debug" } else { "info" };
+    let default = if std::env::var("NET_TRUST_DEBUG").is_ok_and(|v| v == "true") {
+        "info,nettrust=debug"
+    } else {
+        "info"
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

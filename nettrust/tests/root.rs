@@ -29,8 +29,14 @@ fn only_resolved_destinations_are_reachable() {
     // Resolving over UDP opens exactly the answered address.
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert!(world.reachable_from_cgroup("192.0.2.10"));
-    assert!(!world.reachable_from_cgroup("192.0.2.11"), "b.test's address was never resolved");
-    assert!(!world.reachable_from_cgroup("2001:db8:1::10"), "the AAAA record was not asked for yet");
+    assert!(
+        !world.reachable_from_cgroup("192.0.2.11"),
+        "b.test's address was never resolved"
+    );
+    assert!(
+        !world.reachable_from_cgroup("2001:db8:1::10"),
+        "the AAAA record was not asked for yet"
+    );
 
     // Resolving over TCP, IPv6.
     assert_eq!(world.resolve("a.test", "AAAA", true), ["2001:db8:1::10"]);
@@ -38,10 +44,16 @@ fn only_resolved_destinations_are_reachable() {
     assert!(!world.reachable_from_cgroup("2001:db8:1::11"));
 
     // Over TCP, IPv4, through a CNAME.
-    assert_eq!(world.resolve("alias.test", "A", true), ["c.test.", "192.0.2.12"]);
+    assert_eq!(
+        world.resolve("alias.test", "A", true),
+        ["c.test.", "192.0.2.12"]
+    );
     assert!(world.reachable_from_cgroup("192.0.2.12"));
 
-    assert_eq!(world.list(), addrs(&["192.0.2.10", "192.0.2.12", "2001:db8:1::10"]));
+    assert_eq!(
+        world.list(),
+        addrs(&["192.0.2.10", "192.0.2.12", "2001:db8:1::10"])
+    );
     assert!(world.stop_daemon(), "nettrust failed at exit");
 }
 
@@ -97,8 +109,18 @@ fn sigterm_removes_every_nettrust_object() {
 
     assert!(world.stop_daemon(), "nettrust failed at exit");
 
-    assert!(!world.bpffs_dir.exists(), "pinned maps left in {}", world.bpffs_dir.display());
-    assert!(!world::program_loaded("egress"), "the egress program is still loaded");
-    assert!(world.reachable_from_cgroup("203.0.113.77"), "the cgroup is still filtered");
+    assert!(
+        !world.bpffs_dir.exists(),
+        "pinned maps left in {}",
+        world.bpffs_dir.display()
+    );
+    assert!(
+        !world::program_loaded("egress"),
+        "the egress program is still loaded"
+    );
+    assert!(
+        world.reachable_from_cgroup("203.0.113.77"),
+        "the cgroup is still filtered"
+    );
     assert!(world.reachable_from_cgroup("2001:db8:1::77"));
 }

@@ -44,7 +44,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run every test: unit tests, then the root integration tests.
+    /// rustfmt check and clippy (userspace, and the eBPF crate on its own target).
+    Lint,
+    /// Run every test: lints, unit tests, then the root integration tests.
     Test {
         /// Only the unit tests (no root needed).
         #[arg(long)]
@@ -66,15 +68,27 @@ fn main() -> Result<()> {
         Cmd::Run { release, args } => {
             let binary = build(&root, release)?;
             let mut args = args;
-            let is_run = args.first().is_none_or(|a| a.starts_with('-') || a == "run");
-            if is_run && !args.iter().any(|a| a == "--config" || a.starts_with("--config=")) {
+            let is_run = args
+                .first()
+                .is_none_or(|a| a.starts_with('-') || a == "run");
+            if is_run
+                && !args
+                    .iter()
+                    .any(|a| a == "--config" || a.starts_with("--config="))
+            {
                 args.push("--config".into());
                 args.push(root.join("config.toml").display().to_string());
             }
-            let status = as_root(&binary, &args).status().context("starting nettrust")?;
+            let status = as_root(&binary, &args)
+                .status()
+                .context("starting nettrust")?;
             if !status.success() {
                 bail!("nettrust exited with {status}");
             }
+        }
+        Cmd::Lint => {
+            setup::toolchain()?;
+            lint(&root)?;
         }
         Cmd::Test { unit_only } => test(&root, unit_only)?,
     }
@@ -82,7 +96,10 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
 }
 
 /// A `cargo` command with the bpf-linker cache on PATH.
@@ -109,7 +126,49 @@ fn build(root: &Path, release: bool) -> Result<PathBuf> {
         cmd.arg("--release");
     }
     run_checked(cmd)?;
-    Ok(root.join("target").join(if release { "release" } else { "debug" }).join("nettrust"))
+    Ok(root
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("nettrust"))
+}
+
+fn lint(root: &Path) -> Result<()> {
+    let mut fmt = cargo(root)?;
+    fmt.args(["fmt", "--all", "--check"]);
+    run_checked(fmt)?;
+    let mut clippy = cargo(root)?;
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "nettrust-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run_checked(clippy)?;
+    let mut clippy_ebpf = Command::new("rustup");
+    clippy_ebpf
+        .current_dir(root)
+        .env("PATH", setup::path_with_tools()?);
+    clippy_ebpf.args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--package",
+        "nettrust-ebpf",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run_checked(clippy_ebpf)
 }
 
 fn test(root: &Path, unit_only: bool) -> Result<()> {
@@ -117,6 +176,7 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
     if !unit_only {
         setup::packages()?;
     }
+    lint(root)?;
     let mut unit = cargo(root)?;
     unit.args(["test", "--workspace", "--exclude", "nettrust-ebpf"]);
     run_checked(unit)?;
@@ -125,14 +185,37 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
     }
     // The root suite: real eBPF, cgroups, network namespaces and DNS servers; one test at a time.
     let mut build_tests = cargo(root)?;
-    build_tests.args(["test", "--package", "nettrust", "--test", "root", "--no-run"]);
+    build_tests.args([
+        "test",
+        "--package",
+        "nettrust",
+        "--test",
+        "root",
+        "--no-run",
+    ]);
     run_checked(build_tests)?;
-    let mut root_tests = if setup::is_root() { cargo(root)? } else {
+    let mut root_tests = if setup::is_root() {
+        cargo(root)?
+    } else {
         let mut cmd = Command::new("sudo");
-        cmd.current_dir(root).args(["-E", "env", &format!("PATH={}", setup::path_with_tools()?.to_string_lossy()), "cargo"]);
+        cmd.current_dir(root).args([
+            "-E",
+            "env",
+            &format!("PATH={}", setup::path_with_tools()?.to_string_lossy()),
+            "cargo",
+        ]);
         cmd
     };
-    root_tests.args(["test", "--package", "nettrust", "--test", "root", "--", "--ignored", "--test-threads=1"]);
+    root_tests.args([
+        "test",
+        "--package",
+        "nettrust",
+        "--test",
+        "root",
+        "--",
+        "--ignored",
+        "--test-threads=1",
+    ]);
     run_checked(root_tests)
 }
 

@@ -28,7 +28,10 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 pub fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 fn cache_dir() -> PathBuf {
@@ -46,14 +49,19 @@ fn tools_bin() -> PathBuf {
 /// PATH with the cached tools first.
 pub fn path_with_tools() -> Result<OsString> {
     let mut paths = vec![tools_bin()];
-    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    paths.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
     Ok(std::env::join_paths(paths)?)
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -74,11 +82,29 @@ pub fn toolchain() -> Result<()> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !have_nightly {
-        status(Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))?;
+        status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    let components = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", NIGHTLY]))?;
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))?;
     if !components.lines().any(|l| l.starts_with("rust-src")) {
-        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
     }
     bpf_linker()
 }
@@ -91,7 +117,10 @@ fn bpf_linker() -> Result<()> {
         .and_then(|v| v.split('.').next())
         .context("nightly rustc does not report its LLVM version")?
         .to_owned();
-    let sysroot = PathBuf::from(output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?.trim());
+    let sysroot = PathBuf::from(
+        output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?
+            .trim(),
+    );
     let libdir = sysroot.join("lib");
     let cache = cache_dir();
     let stamp = cache.join("bpf-linker.stamp");
@@ -100,13 +129,20 @@ fn bpf_linker() -> Result<()> {
     if wrapper.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return Ok(());
     }
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {llvm_major} (about a minute)...");
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {llvm_major} (about a minute)..."
+    );
     let llvm_prefix = cache.join("llvm");
     std::fs::create_dir_all(llvm_prefix.join("lib"))?;
     let lib = std::fs::read_dir(&libdir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.") && n.to_string_lossy().contains("-rust-")))
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy().starts_with("libLLVM.so.")
+                    && n.to_string_lossy().contains("-rust-")
+            })
+        })
         .with_context(|| format!("no libLLVM.so.*-rust-* in {}", libdir.display()))?;
     let link = llvm_prefix.join("lib").join("libLLVM.so");
     let _ = std::fs::remove_file(&link);
@@ -114,16 +150,34 @@ fn bpf_linker() -> Result<()> {
     let install_root = cache.join("bpf-linker");
     status(
         Command::new("rustup")
-            .args(["run", NIGHTLY, "cargo", "install", "bpf-linker", "--locked", "--force"])
-            .args(["--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+            .args([
+                "run",
+                NIGHTLY,
+                "cargo",
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+            ])
+            .args([
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+            ])
             .arg(format!("llvm-{llvm_major}"))
             .arg("--root")
             .arg(&install_root)
             .env("LLVM_PREFIX", &llvm_prefix),
     )?;
     std::fs::create_dir_all(tools_bin())?;
-    write_wrapper(&wrapper, &install_root.join("bin").join("bpf-linker"), &libdir)?;
-    output(Command::new(&wrapper).arg("--version")).context("the freshly built bpf-linker does not run")?;
+    write_wrapper(
+        &wrapper,
+        &install_root.join("bin").join("bpf-linker"),
+        &libdir,
+    )?;
+    output(Command::new(&wrapper).arg("--version"))
+        .context("the freshly built bpf-linker does not run")?;
     std::fs::write(&stamp, wanted)?;
     Ok(())
 }
@@ -141,14 +195,19 @@ fn write_wrapper(wrapper: &Path, real: &Path, libdir: &Path) -> Result<()> {
 }
 
 fn have_command(name: &str) -> bool {
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    let mut dirs: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
     dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
     dirs.iter().any(|d| d.join(name).is_file())
 }
 
 /// Debian packages the root tests use.
 pub fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().filter(|(cmd, _)| !have_command(cmd)).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have_command(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -46,7 +46,10 @@ pub enum Mismatch {
 /// Checks that `response` answers the query with `id` and `question`.
 pub fn check_response(response: &Message, id: u16, question: &Query) -> Result<(), Mismatch> {
     if response.metadata.id != id {
-        return Err(Mismatch::Id { expected: id, got: response.metadata.id });
+        return Err(Mismatch::Id {
+            expected: id,
+            got: response.metadata.id,
+        });
     }
     if response.metadata.message_type != MessageType::Response {
         return Err(Mismatch::NotResponse);
@@ -59,7 +62,10 @@ pub fn check_response(response: &Message, id: u16, question: &Query) -> Result<(
         || got.query_type != question.query_type
         || got.query_class != question.query_class
     {
-        return Err(Mismatch::Question { expected: question.to_string(), got: got.to_string() });
+        return Err(Mismatch::Question {
+            expected: question.to_string(),
+            got: got.to_string(),
+        });
     }
     Ok(())
 }
@@ -94,7 +100,10 @@ pub fn chain_addresses(question: &Query, answers: &[Record]) -> ChainAnswer {
             _ => break,
         }
     }
-    let mut chain = ChainAnswer { names, ..ChainAnswer::default() };
+    let mut chain = ChainAnswer {
+        names,
+        ..ChainAnswer::default()
+    };
     for record in answers {
         let addr = match &record.data {
             RData::A(a) => IpAddr::V4(a.0),
@@ -130,10 +139,18 @@ mod tests {
         Name::from_str(s).unwrap()
     }
     fn a(owner: &str, ip: &str) -> Record {
-        Record::from_rdata(name(owner), 60, RData::A(A(ip.parse::<Ipv4Addr>().unwrap())))
+        Record::from_rdata(
+            name(owner),
+            60,
+            RData::A(A(ip.parse::<Ipv4Addr>().unwrap())),
+        )
     }
     fn aaaa(owner: &str, ip: &str) -> Record {
-        Record::from_rdata(name(owner), 60, RData::AAAA(AAAA(ip.parse::<Ipv6Addr>().unwrap())))
+        Record::from_rdata(
+            name(owner),
+            60,
+            RData::AAAA(AAAA(ip.parse::<Ipv6Addr>().unwrap())),
+        )
     }
     fn cname(owner: &str, target: &str) -> Record {
         Record::from_rdata(name(owner), 60, RData::CNAME(CNAME(name(target))))
@@ -149,7 +166,10 @@ mod tests {
     fn a_records_of_the_question_are_taken() {
         let got = chain_addresses(
             &q("www.example.com.", RecordType::A),
-            &[a("www.example.com.", "192.0.2.1"), a("www.example.com.", "192.0.2.2")],
+            &[
+                a("www.example.com.", "192.0.2.1"),
+                a("www.example.com.", "192.0.2.2"),
+            ],
         );
         assert_eq!(got.addresses, ips(&["192.0.2.1", "192.0.2.2"]));
         assert_eq!(got.unrelated, 0);
@@ -157,8 +177,10 @@ mod tests {
 
     #[test]
     fn aaaa_records_are_taken() {
-        let got =
-            chain_addresses(&q("v6.example.", RecordType::AAAA), &[aaaa("v6.example.", "2001:db8::1")]);
+        let got = chain_addresses(
+            &q("v6.example.", RecordType::AAAA),
+            &[aaaa("v6.example.", "2001:db8::1")],
+        );
         assert_eq!(got.addresses, ips(&["2001:db8::1"]));
     }
 
@@ -189,7 +211,10 @@ mod tests {
 
     #[test]
     fn cname_rooted_elsewhere_authorizes_nothing() {
-        let answers = [cname("other.example.", "target.example."), a("target.example.", "192.0.2.9")];
+        let answers = [
+            cname("other.example.", "target.example."),
+            a("target.example.", "192.0.2.9"),
+        ];
         let got = chain_addresses(&q("www.example.", RecordType::A), &answers);
         assert!(got.addresses.is_empty());
         assert_eq!(got.unrelated, 1);
@@ -218,7 +243,10 @@ mod tests {
 
     #[test]
     fn cname_loop_terminates() {
-        let answers = [cname("a.example.", "b.example."), cname("b.example.", "a.example.")];
+        let answers = [
+            cname("a.example.", "b.example."),
+            cname("b.example.", "a.example."),
+        ];
         let got = chain_addresses(&q("a.example.", RecordType::A), &answers);
         assert_eq!(got.names.len(), 2);
         assert!(got.addresses.is_empty());
@@ -254,17 +282,32 @@ mod tests {
         let question = q("www.example.", RecordType::A);
         assert!(matches!(
             check_response(&response_to(8, question.clone()), 7, &question),
-            Err(Mismatch::Id { expected: 7, got: 8 })
+            Err(Mismatch::Id {
+                expected: 7,
+                got: 8
+            })
         ));
         let mut not_response = response_to(7, question.clone());
         not_response.metadata.message_type = MessageType::Query;
-        assert_eq!(check_response(&not_response, 7, &question), Err(Mismatch::NotResponse));
+        assert_eq!(
+            check_response(&not_response, 7, &question),
+            Err(Mismatch::NotResponse)
+        );
         let other = response_to(7, q("www.example.", RecordType::AAAA));
-        assert!(matches!(check_response(&other, 7, &question), Err(Mismatch::Question { .. })));
+        assert!(matches!(
+            check_response(&other, 7, &question),
+            Err(Mismatch::Question { .. })
+        ));
         let mut two = response_to(7, question.clone());
         two.add_query(question.clone());
-        assert_eq!(check_response(&two, 7, &question), Err(Mismatch::QuestionCount(2)));
+        assert_eq!(
+            check_response(&two, 7, &question),
+            Err(Mismatch::QuestionCount(2))
+        );
         let none = Message::response(7, hickory_proto::op::OpCode::Query);
-        assert_eq!(check_response(&none, 7, &question), Err(Mismatch::QuestionCount(0)));
+        assert_eq!(
+            check_response(&none, 7, &question),
+            Err(Mismatch::QuestionCount(0))
+        );
     }
 }

@@ -26,7 +26,10 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy forwarding to `upstream` and authorizing through `authorizer`.
     pub fn new(upstream: Upstream, authorizer: Authorizer) -> Self {
-        Self { upstream, authorizer }
+        Self {
+            upstream,
+            authorizer,
+        }
     }
 
     /// Handles one query; `None` means no reply is sent (e.g. the message was a response).
@@ -52,14 +55,30 @@ impl Proxy {
         forwarded[..2].copy_from_slice(&upstream_id.to_be_bytes());
 
         let result = match transport {
-            ClientTransport::Tcp => self.upstream.exchange_tcp(&forwarded, upstream_id, question).await,
+            ClientTransport::Tcp => {
+                self.upstream
+                    .exchange_tcp(&forwarded, upstream_id, question)
+                    .await
+            }
             ClientTransport::Udp => {
-                match self.upstream.exchange_udp(&forwarded, upstream_id, question).await {
+                match self
+                    .upstream
+                    .exchange_udp(&forwarded, upstream_id, question)
+                    .await
+                {
                     Ok((truncated, answer)) if answer.metadata.truncation => {
                         // Nothing is ever taken from a truncated answer: ask again over TCP, and
                         // relay the truncated answer unauthorized if that does not fit.
-                        match self.upstream.exchange_tcp(&forwarded, upstream_id, question).await {
-                            Ok((full, answer)) if full.len() <= usize::from(request.max_payload().max(512)) => Ok((full, answer)),
+                        match self
+                            .upstream
+                            .exchange_tcp(&forwarded, upstream_id, question)
+                            .await
+                        {
+                            Ok((full, answer))
+                                if full.len() <= usize::from(request.max_payload().max(512)) =>
+                            {
+                                Ok((full, answer))
+                            }
                             _ => return Some(with_id(truncated, request.metadata.id)),
                         }
                     }
@@ -78,7 +97,11 @@ impl Proxy {
             return Some(with_id(answer_bytes, request.metadata.id));
         }
         if let Err(e) = self.authorizer.authorize(question, &answer) {
-            tracing::error!("[Firewall Error] Question {}: {}; answering SERVFAIL", question.name, error_chain(&e));
+            tracing::error!(
+                "[Firewall Error] Question {}: {}; answering SERVFAIL",
+                question.name,
+                error_chain(&e)
+            );
             return error_response(&request, ResponseCode::ServFail);
         }
         Some(with_id(answer_bytes, request.metadata.id))
@@ -86,7 +109,10 @@ impl Proxy {
 }
 
 fn log_upstream_error(qname: &hickory_proto::rr::Name, e: &UpstreamError) {
-    tracing::warn!("[Upstream Error] Question {qname}: {}; answering SERVFAIL", error_chain(e));
+    tracing::warn!(
+        "[Upstream Error] Question {qname}: {}; answering SERVFAIL",
+        error_chain(e)
+    );
 }
 
 /// Puts the client's ID back into a relayed message.
@@ -111,7 +137,9 @@ fn unparsable_query_response(query: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let id = u16::from_be_bytes([query[0], query[1]]);
-    Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok()
+    Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+        .to_vec()
+        .ok()
 }
 
 #[cfg(test)]
@@ -145,7 +173,8 @@ mod tests {
             hickory_proto::rr::Name::from_str("x.example.").unwrap(),
             hickory_proto::rr::RecordType::AAAA,
         ));
-        let response = Message::from_vec(&error_response(&request, ResponseCode::ServFail).unwrap()).unwrap();
+        let response =
+            Message::from_vec(&error_response(&request, ResponseCode::ServFail).unwrap()).unwrap();
         assert_eq!(response.metadata.id, 4242);
         assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
         assert_eq!(response.queries, request.queries);

@@ -25,7 +25,12 @@ pub const MAX_TCP_CONNECTIONS: usize = 256;
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves DNS over UDP on `socket` until `cancel` fires.
-pub async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, tracker: TaskTracker, cancel: CancellationToken) {
+pub async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    proxy: Arc<Proxy>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
@@ -40,7 +45,9 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, tracker: TaskT
             },
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::debug!("UDP listener: {MAX_UDP_IN_FLIGHT} queries in flight, dropping one from {peer}");
+            tracing::debug!(
+                "UDP listener: {MAX_UDP_IN_FLIGHT} queries in flight, dropping one from {peer}"
+            );
             continue;
         };
         let query = buf[..len].to_vec();
@@ -57,7 +64,12 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, tracker: TaskT
 }
 
 /// Serves DNS over TCP (RFC 7766, 2-byte length framing) on `listener` until `cancel` fires.
-pub async fn serve_tcp(listener: TcpListener, proxy: Arc<Proxy>, tracker: TaskTracker, cancel: CancellationToken) {
+pub async fn serve_tcp(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
@@ -72,7 +84,9 @@ pub async fn serve_tcp(listener: TcpListener, proxy: Arc<Proxy>, tracker: TaskTr
             },
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::debug!("TCP listener: {MAX_TCP_CONNECTIONS} connections open, closing one from {peer}");
+            tracing::debug!(
+                "TCP listener: {MAX_TCP_CONNECTIONS} connections open, closing one from {peer}"
+            );
             continue;
         };
         let (proxy, cancel) = (proxy.clone(), cancel.clone());
@@ -88,7 +102,11 @@ pub async fn serve_tcp(listener: TcpListener, proxy: Arc<Proxy>, tracker: TaskTr
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, proxy: &Proxy) -> std::io::Result<()> {
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    proxy: &Proxy,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     loop {
         let len = match timeout(TCP_IDLE_TIMEOUT, stream.read_u16()).await {
@@ -99,9 +117,18 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, proxy: &Proxy
         let mut query = vec![0u8; usize::from(len)];
         timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut query))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{peer} stalled mid-message")))??;
-        let Some(response) = proxy.handle(&query, ClientTransport::Tcp).await else { continue };
-        let Ok(len) = u16::try_from(response.len()) else { continue };
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{peer} stalled mid-message"),
+                )
+            })??;
+        let Some(response) = proxy.handle(&query, ClientTransport::Tcp).await else {
+            continue;
+        };
+        let Ok(len) = u16::try_from(response.len()) else {
+            continue;
+        };
         let mut framed = Vec::with_capacity(response.len() + 2);
         framed.extend_from_slice(&len.to_be_bytes());
         framed.extend_from_slice(&response);

@@ -69,21 +69,44 @@ impl Upstream {
     }
 
     fn io(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> UpstreamError + '_ {
-        move |source| UpstreamError::Io { addr: self.addr, what, source }
+        move |source| UpstreamError::Io {
+            addr: self.addr,
+            what,
+            source,
+        }
     }
 
     /// Sends `query` (whose ID is `id` and question `question`) over UDP and returns the first
     /// datagram that answers it, raw and parsed.
-    pub async fn exchange_udp(&self, query: &[u8], id: u16, question: &Query) -> Result<(Vec<u8>, Message), UpstreamError> {
-        let local: SocketAddr = if self.addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+    pub async fn exchange_udp(
+        &self,
+        query: &[u8],
+        id: u16,
+        question: &Query,
+    ) -> Result<(Vec<u8>, Message), UpstreamError> {
+        let local: SocketAddr = if self.addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .expect("literal");
         let socket = UdpSocket::bind(local).await.map_err(self.io("bind"))?;
-        socket.connect(self.addr).await.map_err(self.io("connect"))?;
+        socket
+            .connect(self.addr)
+            .await
+            .map_err(self.io("connect"))?;
         socket.send(query).await.map_err(self.io("send"))?;
         let deadline = Instant::now() + self.timeout;
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
             let len = match timeout_at(deadline, socket.recv(&mut buf)).await {
-                Err(_) => return Err(UpstreamError::Timeout { addr: self.addr, timeout: self.timeout }),
+                Err(_) => {
+                    return Err(UpstreamError::Timeout {
+                        addr: self.addr,
+                        timeout: self.timeout,
+                    });
+                }
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                     return Err(self.io("receive")(e));
                 }
@@ -98,7 +121,10 @@ impl Upstream {
                 continue;
             };
             if let Err(mismatch) = check_response(&message, id, question) {
-                tracing::warn!("upstream {}: dropped a reply that does not match the query: {mismatch}", self.addr);
+                tracing::warn!(
+                    "upstream {}: dropped a reply that does not match the query: {mismatch}",
+                    self.addr
+                );
                 continue;
             }
             buf.truncate(len);
@@ -107,10 +133,19 @@ impl Upstream {
     }
 
     /// Sends `query` over a new TCP connection and returns the answer, raw and parsed.
-    pub async fn exchange_tcp(&self, query: &[u8], id: u16, question: &Query) -> Result<(Vec<u8>, Message), UpstreamError> {
+    pub async fn exchange_tcp(
+        &self,
+        query: &[u8],
+        id: u16,
+        question: &Query,
+    ) -> Result<(Vec<u8>, Message), UpstreamError> {
         let exchange = async {
-            let mut stream = TcpStream::connect(self.addr).await.map_err(self.io("connect"))?;
-            stream.set_nodelay(true).map_err(self.io("set TCP_NODELAY"))?;
+            let mut stream = TcpStream::connect(self.addr)
+                .await
+                .map_err(self.io("connect"))?;
+            stream
+                .set_nodelay(true)
+                .map_err(self.io("set TCP_NODELAY"))?;
             let len = u16::try_from(query.len()).map_err(|_| UpstreamError::BadAnswer {
                 addr: self.addr,
                 reason: "query longer than 65535 bytes".into(),
@@ -121,16 +156,26 @@ impl Upstream {
             stream.write_all(&framed).await.map_err(self.io("send"))?;
             let len = stream.read_u16().await.map_err(self.io("receive"))?;
             let mut buf = vec![0u8; usize::from(len)];
-            stream.read_exact(&mut buf).await.map_err(self.io("receive"))?;
+            stream
+                .read_exact(&mut buf)
+                .await
+                .map_err(self.io("receive"))?;
             Ok::<_, UpstreamError>(buf)
         };
         let buf = timeout(self.timeout, exchange)
             .await
-            .map_err(|_| UpstreamError::Timeout { addr: self.addr, timeout: self.timeout })??;
-        let message = Message::from_vec(&buf)
-            .map_err(|e| UpstreamError::BadAnswer { addr: self.addr, reason: e.to_string() })?;
-        check_response(&message, id, question)
-            .map_err(|e| UpstreamError::BadAnswer { addr: self.addr, reason: e.to_string() })?;
+            .map_err(|_| UpstreamError::Timeout {
+                addr: self.addr,
+                timeout: self.timeout,
+            })??;
+        let message = Message::from_vec(&buf).map_err(|e| UpstreamError::BadAnswer {
+            addr: self.addr,
+            reason: e.to_string(),
+        })?;
+        check_response(&message, id, question).map_err(|e| UpstreamError::BadAnswer {
+            addr: self.addr,
+            reason: e.to_string(),
+        })?;
         Ok((buf, message))
     }
 }

@@ -23,7 +23,7 @@ use nettrust_common::{
     MAP_NETS_V6, MAP_STATS, PROGRAM_EGRESS,
 };
 
-use super::{AuthorizedHost, Authorization, Firewall, FirewallError, Policy, boottime_ns};
+use super::{Authorization, AuthorizedHost, Firewall, FirewallError, Policy, boottime_ns};
 
 /// The eBPF object built from nettrust-ebpf by build.rs (empty when built with
 /// `NETTRUST_EBPF_STUB=1`).
@@ -34,13 +34,21 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where bpffs is conventionally mounted; nettrust mounts it there when absent.
 const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 /// Names of the maps pinned under the bpffs directory.
-const PINNED_MAPS: [&str; 5] = [MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NETS_V4, MAP_NETS_V6, MAP_STATS];
+const PINNED_MAPS: [&str; 5] = [
+    MAP_HOSTS_V4,
+    MAP_HOSTS_V6,
+    MAP_NETS_V4,
+    MAP_NETS_V6,
+    MAP_STATS,
+];
 
 /// Errors of the eBPF backend.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
     /// The binary was built without its eBPF object.
-    #[error("this nettrust binary was built without its eBPF object (NETTRUST_EBPF_STUB=1); rebuild with `cargo xtask build`")]
+    #[error(
+        "this nettrust binary was built without its eBPF object (NETTRUST_EBPF_STUB=1); rebuild with `cargo xtask build`"
+    )]
     NoObject,
     /// The eBPF object could not be loaded.
     #[error("cannot load the eBPF object")]
@@ -87,8 +95,16 @@ pub enum EbpfError {
     },
 }
 
-fn map_error(name: &'static str, what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> EbpfError {
-    EbpfError::Map { name, what: what.into(), source: Box::new(source) }
+fn map_error(
+    name: &'static str,
+    what: impl Into<String>,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> EbpfError {
+    EbpfError::Map {
+        name,
+        what: what.into(),
+        source: Box::new(source),
+    }
 }
 
 type HostMap<const N: usize> = AyaHashMap<MapData, [u8; N], HostValue>;
@@ -132,55 +148,120 @@ impl EbpfFirewall {
         result
     }
 
-    fn start_locked(cgroups: &[PathBuf], pin_dir: &Path, policy: &Policy, lock: File) -> Result<Self, EbpfError> {
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| EbpfError::Load(Box::new(e)))?;
+    fn start_locked(
+        cgroups: &[PathBuf],
+        pin_dir: &Path,
+        policy: &Policy,
+        lock: File,
+    ) -> Result<Self, EbpfError> {
+        let mut ebpf = EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(|e| EbpfError::Load(Box::new(e)))?;
         let logger = start_logger(&mut ebpf);
 
         for name in PINNED_MAPS {
-            let map = ebpf.map(name).ok_or_else(|| map_error(name, "missing from the object", io::Error::from(io::ErrorKind::NotFound)))?;
-            map.pin(pin_dir.join(name)).map_err(|e| map_error(name, format!("cannot pin in {}", pin_dir.display()), e))?;
+            let map = ebpf.map(name).ok_or_else(|| {
+                map_error(
+                    name,
+                    "missing from the object",
+                    io::Error::from(io::ErrorKind::NotFound),
+                )
+            })?;
+            map.pin(pin_dir.join(name))
+                .map_err(|e| map_error(name, format!("cannot pin in {}", pin_dir.display()), e))?;
         }
-        let mut hosts = HostMaps { v4: take_hash(&mut ebpf, MAP_HOSTS_V4)?, v6: take_hash(&mut ebpf, MAP_HOSTS_V6)? };
+        let mut hosts = HostMaps {
+            v4: take_hash(&mut ebpf, MAP_HOSTS_V4)?,
+            v6: take_hash(&mut ebpf, MAP_HOSTS_V6)?,
+        };
         let mut nets_v4: LpmTrie<MapData, [u8; 4], u32> = take_map(&mut ebpf, MAP_NETS_V4)?;
         let mut nets_v6: LpmTrie<MapData, [u8; 16], u32> = take_map(&mut ebpf, MAP_NETS_V6)?;
 
-        let whitelisted = HostValue { expires_ns: 0, flags: FLAG_WHITELISTED, _pad: 0 };
+        let whitelisted = HostValue {
+            expires_ns: 0,
+            flags: FLAG_WHITELISTED,
+            _pad: 0,
+        };
         for &host in &policy.whitelist_hosts {
             let result = match host {
-                IpAddr::V4(ip) => hosts.v4.insert(ip.octets(), whitelisted, 0).map_err(|e| (MAP_HOSTS_V4, e)),
-                IpAddr::V6(ip) => hosts.v6.insert(ip.octets(), whitelisted, 0).map_err(|e| (MAP_HOSTS_V6, e)),
+                IpAddr::V4(ip) => hosts
+                    .v4
+                    .insert(ip.octets(), whitelisted, 0)
+                    .map_err(|e| (MAP_HOSTS_V4, e)),
+                IpAddr::V6(ip) => hosts
+                    .v6
+                    .insert(ip.octets(), whitelisted, 0)
+                    .map_err(|e| (MAP_HOSTS_V6, e)),
             };
-            result.map_err(|(name, e)| map_error(name, format!("cannot whitelist host {host}"), e))?;
+            result
+                .map_err(|(name, e)| map_error(name, format!("cannot whitelist host {host}"), e))?;
         }
         for net in &policy.whitelist_networks {
             let result = match net {
-                IpNet::V4(n) => nets_v4.insert(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), FLAG_WHITELISTED, 0).map_err(|e| (MAP_NETS_V4, e)),
-                IpNet::V6(n) => nets_v6.insert(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), FLAG_WHITELISTED, 0).map_err(|e| (MAP_NETS_V6, e)),
+                IpNet::V4(n) => nets_v4
+                    .insert(
+                        &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                        FLAG_WHITELISTED,
+                        0,
+                    )
+                    .map_err(|e| (MAP_NETS_V4, e)),
+                IpNet::V6(n) => nets_v6
+                    .insert(
+                        &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                        FLAG_WHITELISTED,
+                        0,
+                    )
+                    .map_err(|e| (MAP_NETS_V6, e)),
             };
-            result.map_err(|(name, e)| map_error(name, format!("cannot whitelist network {net}"), e))?;
+            result.map_err(|(name, e)| {
+                map_error(name, format!("cannot whitelist network {net}"), e)
+            })?;
         }
 
         let program: &mut CgroupSkb = ebpf
             .program_mut(PROGRAM_EGRESS)
-            .ok_or_else(|| EbpfError::Program { what: "egress missing from the object".into(), source: ProgramError::NotLoaded })?
+            .ok_or_else(|| EbpfError::Program {
+                what: "egress missing from the object".into(),
+                source: ProgramError::NotLoaded,
+            })?
             .try_into()
-            .map_err(|source| EbpfError::Program { what: "egress has the wrong type".into(), source })?;
-        program.load().map_err(|source| EbpfError::Program { what: "egress rejected by the kernel".into(), source })?;
+            .map_err(|source| EbpfError::Program {
+                what: "egress has the wrong type".into(),
+                source,
+            })?;
+        program.load().map_err(|source| EbpfError::Program {
+            what: "egress rejected by the kernel".into(),
+            source,
+        })?;
         let mut links = Vec::with_capacity(cgroups.len());
         for path in cgroups {
-            let cgroup = File::open(path).map_err(|source| EbpfError::Cgroup { path: path.clone(), source })?;
+            let cgroup = File::open(path).map_err(|source| EbpfError::Cgroup {
+                path: path.clone(),
+                source,
+            })?;
             // On kernels >= 5.7 aya attaches through a bpf_link, which always coexists with other
             // programs on the cgroup (systemd's, a container runtime's; every one must allow a
             // packet) and rejects attach flags: `Single` means "no flags" there.
             let link = program
-                .attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-                .map_err(|source| EbpfError::Program { what: format!("cannot attach to {}", path.display()), source })?;
+                .attach(
+                    &cgroup,
+                    CgroupSkbAttachType::Egress,
+                    CgroupAttachMode::Single,
+                )
+                .map_err(|source| EbpfError::Program {
+                    what: format!("cannot attach to {}", path.display()),
+                    source,
+                })?;
             links.push(link);
             tracing::info!(cgroup = %path.display(), "egress filter attached");
         }
         Ok(Self {
             hosts: Mutex::new(hosts),
-            attached: Mutex::new(Attached { ebpf, links, logger }),
+            attached: Mutex::new(Attached {
+                ebpf,
+                links,
+                logger,
+            }),
             pin_dir: pin_dir.to_owned(),
             _lock: lock,
         })
@@ -191,24 +272,41 @@ impl EbpfFirewall {
     pub fn stop(&self) -> Result<(), Vec<EbpfError>> {
         let mut errors = Vec::new();
         let mut attached = self.attached.lock().expect("attachment lock poisoned");
-        let Attached { ebpf, links, logger } = &mut *attached;
+        let Attached {
+            ebpf,
+            links,
+            logger,
+        } = &mut *attached;
         if let Some(logger) = logger.take() {
             logger.abort();
         }
-        match ebpf.program_mut(PROGRAM_EGRESS).map(<&mut CgroupSkb>::try_from) {
+        match ebpf
+            .program_mut(PROGRAM_EGRESS)
+            .map(<&mut CgroupSkb>::try_from)
+        {
             Some(Ok(program)) => {
                 for link in links.drain(..) {
                     if let Err(source) = program.detach(link) {
-                        errors.push(EbpfError::Program { what: "cannot detach".into(), source });
+                        errors.push(EbpfError::Program {
+                            what: "cannot detach".into(),
+                            source,
+                        });
                     }
                 }
             }
-            _ => errors.push(EbpfError::Program { what: "egress missing at shutdown".into(), source: ProgramError::NotLoaded }),
+            _ => errors.push(EbpfError::Program {
+                what: "egress missing at shutdown".into(),
+                source: ProgramError::NotLoaded,
+            }),
         }
         if let Err(e) = remove_pins(&self.pin_dir) {
             errors.push(e);
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -219,7 +317,10 @@ impl Firewall for EbpfFirewall {
             IpAddr::V4(ip) => upsert(&mut hosts.v4, ip.octets(), expires_ns),
             IpAddr::V6(ip) => upsert(&mut hosts.v6, ip.octets(), expires_ns),
         };
-        result.map_err(|e| FirewallError::Authorize { addr, source: Box::new(e) })
+        result.map_err(|e| FirewallError::Authorize {
+            addr,
+            source: Box::new(e),
+        })
     }
 
     fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError> {
@@ -229,16 +330,40 @@ impl Firewall for EbpfFirewall {
 }
 
 /// Writes an authorization, keeping the flags already present. A whitelisted entry is left as it is.
-fn upsert<const N: usize>(map: &mut HostMap<N>, key: [u8; N], expires_ns: u64) -> Result<Authorization, MapError> {
+fn upsert<const N: usize>(
+    map: &mut HostMap<N>,
+    key: [u8; N],
+    expires_ns: u64,
+) -> Result<Authorization, MapError> {
     match map.get(&key, 0) {
         Ok(old) if old.flags & FLAG_WHITELISTED != 0 => Ok(Authorization::Already),
         Ok(old) => {
             let live = old.is_live(boottime_ns());
-            map.insert(key, HostValue { expires_ns, flags: old.flags | FLAG_AUTHORIZED, _pad: 0 }, 0)?;
-            Ok(if live { Authorization::Already } else { Authorization::New })
+            map.insert(
+                key,
+                HostValue {
+                    expires_ns,
+                    flags: old.flags | FLAG_AUTHORIZED,
+                    _pad: 0,
+                },
+                0,
+            )?;
+            Ok(if live {
+                Authorization::Already
+            } else {
+                Authorization::New
+            })
         }
         Err(MapError::KeyNotFound) => {
-            map.insert(key, HostValue { expires_ns, flags: FLAG_AUTHORIZED, _pad: 0 }, 0)?;
+            map.insert(
+                key,
+                HostValue {
+                    expires_ns,
+                    flags: FLAG_AUTHORIZED,
+                    _pad: 0,
+                },
+                0,
+            )?;
             Ok(Authorization::New)
         }
         Err(e) => Err(e),
@@ -251,13 +376,19 @@ fn collect_authorized(v4: &HostMap<4>, v6: &HostMap<16>) -> Result<Vec<Authorize
     for entry in v4.iter() {
         let (key, value) = entry?;
         if value.flags & FLAG_AUTHORIZED != 0 && value.is_live(now) {
-            out.push(AuthorizedHost { addr: IpAddr::from(key), expires_ns: value.expires_ns });
+            out.push(AuthorizedHost {
+                addr: IpAddr::from(key),
+                expires_ns: value.expires_ns,
+            });
         }
     }
     for entry in v6.iter() {
         let (key, value) = entry?;
         if value.flags & FLAG_AUTHORIZED != 0 && value.is_live(now) {
-            out.push(AuthorizedHost { addr: IpAddr::from(key), expires_ns: value.expires_ns });
+            out.push(AuthorizedHost {
+                addr: IpAddr::from(key),
+                expires_ns: value.expires_ns,
+            });
         }
     }
     Ok(out)
@@ -270,19 +401,36 @@ pub fn list_pinned(pin_dir: &Path) -> Result<Vec<AuthorizedHost>, EbpfError> {
     collect_authorized(&v4, &v6).map_err(|e| map_error(MAP_HOSTS_V4, "cannot read", e))
 }
 
-fn open_pinned<const N: usize>(pin_dir: &Path, name: &'static str) -> Result<HostMap<N>, EbpfError> {
+fn open_pinned<const N: usize>(
+    pin_dir: &Path,
+    name: &'static str,
+) -> Result<HostMap<N>, EbpfError> {
     let path = pin_dir.join(name);
     let data = MapData::from_pin(&path).map_err(|e| {
-        map_error(name, format!("no pinned map at {} (is the nettrust daemon running?)", path.display()), e)
+        map_error(
+            name,
+            format!(
+                "no pinned map at {} (is the nettrust daemon running?)",
+                path.display()
+            ),
+            e,
+        )
     })?;
-    HostMap::<N>::try_from(Map::HashMap(data)).map_err(|e| map_error(name, "not a nettrust host map", e))
+    HostMap::<N>::try_from(Map::HashMap(data))
+        .map_err(|e| map_error(name, "not a nettrust host map", e))
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| map_error(name, "missing from the object", io::Error::from(io::ErrorKind::NotFound)))?;
+    let map = ebpf.take_map(name).ok_or_else(|| {
+        map_error(
+            name,
+            "missing from the object",
+            io::Error::from(io::ErrorKind::NotFound),
+        )
+    })?;
     T::try_from(map).map_err(|e| map_error(name, "unexpected type", e))
 }
 
@@ -296,13 +444,27 @@ where
 /// Makes sure `pin_dir` is an empty directory on bpffs that only this process uses. bpffs is
 /// mounted at /sys/fs/bpf when nothing is mounted there yet.
 fn prepare_pin_dir(pin_dir: &Path) -> Result<File, EbpfError> {
-    let bpffs_err = |what: &str, source: Option<io::Error>| EbpfError::Bpffs { path: pin_dir.to_owned(), what: what.into(), source };
-    let parent = pin_dir.parent().ok_or_else(|| bpffs_err("has no parent directory", None))?;
+    let bpffs_err = |what: &str, source: Option<io::Error>| EbpfError::Bpffs {
+        path: pin_dir.to_owned(),
+        what: what.into(),
+        source,
+    };
+    let parent = pin_dir
+        .parent()
+        .ok_or_else(|| bpffs_err("has no parent directory", None))?;
     if !is_bpffs(parent) {
         if parent == Path::new(BPFFS_MOUNT) {
-            mount_bpffs(parent).map_err(|e| bpffs_err("bpffs is not mounted at /sys/fs/bpf and mounting it failed", Some(e)))?;
+            mount_bpffs(parent).map_err(|e| {
+                bpffs_err(
+                    "bpffs is not mounted at /sys/fs/bpf and mounting it failed",
+                    Some(e),
+                )
+            })?;
         } else {
-            return Err(bpffs_err("its parent is not on a bpf filesystem (mount -t bpf bpf DIR)", None));
+            return Err(bpffs_err(
+                "its parent is not on a bpf filesystem (mount -t bpf bpf DIR)",
+                None,
+            ));
         }
     }
     match std::fs::create_dir(pin_dir) {
@@ -313,7 +475,10 @@ fn prepare_pin_dir(pin_dir: &Path) -> Result<File, EbpfError> {
     let dir = File::open(pin_dir).map_err(|e| bpffs_err("cannot open it", Some(e)))?;
     // SAFETY: flock on a file descriptor we own.
     if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(bpffs_err("is in use by another nettrust daemon", Some(io::Error::last_os_error())));
+        return Err(bpffs_err(
+            "is in use by another nettrust daemon",
+            Some(io::Error::last_os_error()),
+        ));
     }
     let stale: Vec<_> = std::fs::read_dir(pin_dir)
         .map_err(|e| bpffs_err("cannot list it", Some(e)))?
@@ -323,14 +488,19 @@ fn prepare_pin_dir(pin_dir: &Path) -> Result<File, EbpfError> {
     if !stale.is_empty() {
         tracing::warn!(dir = %pin_dir.display(), "removing maps left by a previous nettrust run");
         for path in stale {
-            std::fs::remove_file(&path).map_err(|e| bpffs_err("cannot remove a stale pin", Some(e)))?;
+            std::fs::remove_file(&path)
+                .map_err(|e| bpffs_err("cannot remove a stale pin", Some(e)))?;
         }
     }
     Ok(dir)
 }
 
 fn remove_pins(pin_dir: &Path) -> Result<(), EbpfError> {
-    let bpffs_err = |what: String, source: io::Error| EbpfError::Bpffs { path: pin_dir.to_owned(), what, source: Some(source) };
+    let bpffs_err = |what: String, source: io::Error| EbpfError::Bpffs {
+        path: pin_dir.to_owned(),
+        what,
+        source: Some(source),
+    };
     for name in PINNED_MAPS {
         match std::fs::remove_file(pin_dir.join(name)) {
             Ok(()) => {}
@@ -346,30 +516,40 @@ fn remove_pins(pin_dir: &Path) -> Result<(), EbpfError> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: statfs writes only into the zeroed struct; the path is NUL-terminated.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return false;
-    }
-    #[expect(clippy::unnecessary_cast, reason = "f_type's width differs between libc targets")]
-    let f_type = stat.f_type as i64;
-    f_type == BPF_FS_MAGIC
+    crate::sys::fs_magic(path).is_ok_and(|magic| magic == BPF_FS_MAGIC)
 }
 
 fn mount_bpffs(path: &Path) -> io::Result<()> {
     let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: all strings are NUL-terminated and outlive the call.
-    let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Lifts RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (before 5.11).
 fn raise_memlock_limit() {
-    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct we pass.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
-        tracing::debug!("cannot raise RLIMIT_MEMLOCK: {}", io::Error::last_os_error());
+        tracing::debug!(
+            "cannot raise RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 
@@ -385,7 +565,9 @@ fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
     };
     // SAFETY: the logger owns its ring-buffer fd and keeps it open until the AsyncFd (which owns the
     // logger) is dropped.
-    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
     let mut logger = match registered {
         Ok(fd) => fd,
         Err(e) => {
@@ -395,7 +577,9 @@ fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
     };
     Some(tokio::spawn(async move {
         loop {
-            let Ok(mut guard) = logger.readable_mut().await else { return };
+            let Ok(mut guard) = logger.readable_mut().await else {
+                return;
+            };
             guard.get_inner_mut().flush();
             guard.clear_ready();
         }

@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, net::IpAddr, sync::Mutex};
 
-use super::{AuthorizedHost, Authorization, Firewall, FirewallError, Policy};
+use super::{Authorization, AuthorizedHost, Firewall, FirewallError, Policy};
 
 /// An in-memory backend: hosts, networks and deadlines, judged like the egress program does.
 #[derive(Debug, Default)]
@@ -16,35 +16,58 @@ pub struct FakeFirewall {
 impl FakeFirewall {
     /// A fake backend enforcing `policy`.
     pub fn new(policy: Policy) -> Self {
-        Self { policy, ..Self::default() }
+        Self {
+            policy,
+            ..Self::default()
+        }
     }
 
     /// The verdict the egress program would give a packet to `addr` at `now_ns`.
     pub fn allows(&self, addr: IpAddr, now_ns: u64) -> bool {
         if self.policy.whitelist_hosts.contains(&addr)
-            || self.policy.whitelist_networks.iter().any(|net| net.contains(&addr))
+            || self
+                .policy
+                .whitelist_networks
+                .iter()
+                .any(|net| net.contains(&addr))
         {
             return true;
         }
         let authorized = self.authorized.lock().expect("poisoned");
-        authorized.get(&addr).is_some_and(|&expires| expires == 0 || now_ns < expires)
+        authorized
+            .get(&addr)
+            .is_some_and(|&expires| expires == 0 || now_ns < expires)
     }
 }
 
 impl Firewall for FakeFirewall {
     fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError> {
         if self.fail_on == Some(addr) {
-            return Err(FirewallError::Authorize { addr, source: "injected failure".into() });
+            return Err(FirewallError::Authorize {
+                addr,
+                source: "injected failure".into(),
+            });
         }
         if self.policy.whitelist_hosts.contains(&addr) {
             return Ok(Authorization::Already);
         }
-        let previous = self.authorized.lock().expect("poisoned").insert(addr, expires_ns);
-        Ok(if previous.is_some() { Authorization::Already } else { Authorization::New })
+        let previous = self
+            .authorized
+            .lock()
+            .expect("poisoned")
+            .insert(addr, expires_ns);
+        Ok(if previous.is_some() {
+            Authorization::Already
+        } else {
+            Authorization::New
+        })
     }
 
     fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError> {
         let authorized = self.authorized.lock().expect("poisoned");
-        Ok(authorized.iter().map(|(&addr, &expires_ns)| AuthorizedHost { addr, expires_ns }).collect())
+        Ok(authorized
+            .iter()
+            .map(|(&addr, &expires_ns)| AuthorizedHost { addr, expires_ns })
+            .collect())
     }
 }

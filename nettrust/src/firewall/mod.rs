@@ -65,7 +65,10 @@ pub trait Firewall: Send + Sync {
 /// Current `CLOCK_BOOTTIME` in nanoseconds, the clock of `bpf_ktime_get_boot_ns` used by the egress
 /// program to judge deadlines (it keeps counting during suspend).
 pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime only writes into `ts`; CLOCK_BOOTTIME exists on every supported kernel.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");

@@ -2,7 +2,10 @@
 //! with a real dnsmasq upstream and a TCP server answering on whole documentation ranges, a test
 //! cgroup whose processes nettrust filters, and a test bpffs directory. Everything is torn down in
 //! `Drop`, also when a test fails; nothing touches the host's own egress.
-#![allow(dead_code, reason = "each test binary uses a different part of the world")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the world"
+)]
 
 use std::{
     fs::File,
@@ -76,8 +79,14 @@ pub struct World {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -88,8 +97,15 @@ fn ip(args: &str) {
 impl World {
     /// Creates the namespaces, the link, the upstream DNS server, the TCP server and the cgroup.
     pub fn new() -> Self {
-        assert!(nix_is_root(), "root tests must run as root (cargo xtask test)");
-        let id = format!("{}x{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::SeqCst));
+        assert!(
+            nix_is_root(),
+            "root tests must run as root (cargo xtask test)"
+        );
+        let id = format!(
+            "{}x{}",
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
         let world = World {
             client_ns: format!("ntc-{id}"),
             inet_ns: format!("nti-{id}"),
@@ -111,7 +127,9 @@ impl World {
         let (c, i, id) = (&self.client_ns, &self.inet_ns, &self.id);
         ip(&format!("netns add {c}"));
         ip(&format!("netns add {i}"));
-        ip(&format!("link add vc{id} netns {c} type veth peer name vi{id} netns {i}"));
+        ip(&format!(
+            "link add vc{id} netns {c} type veth peer name vi{id} netns {i}"
+        ));
         for cmd in [
             format!("-n {c} link set lo up"),
             format!("-n {c} addr add {CLIENT_V4}/24 dev vc{id}"),
@@ -157,13 +175,23 @@ impl World {
         // Both are up when the upstream answers a query from the client namespace.
         wait_for("the upstream DNS server", || {
             self.in_ns(&self.client_ns, "dig")
-                .args(["+time=1", "+tries=1", &format!("@{UPSTREAM}"), "a.test", "A"])
+                .args([
+                    "+time=1",
+                    "+tries=1",
+                    &format!("@{UPSTREAM}"),
+                    "a.test",
+                    "A",
+                ])
                 .output()
                 .is_ok_and(|o| o.status.success())
         });
         wait_for("the TCP server", || {
             self.in_ns(&self.client_ns, "socat")
-                .args(["-u", &format!("TCP:{INET_V4}:{TCP_PORT},connect-timeout=1"), "-"])
+                .args([
+                    "-u",
+                    &format!("TCP:{INET_V4}:{TCP_PORT},connect-timeout=1"),
+                    "-",
+                ])
                 .output()
                 .is_ok_and(|o| o.stdout.starts_with(b"ok"))
         });
@@ -208,10 +236,19 @@ impl World {
     /// Starts nettrust in the client namespace, filtering the test cgroup, and waits until it
     /// answers DNS.
     pub fn start_daemon(&mut self, extra: &[&str]) {
-        let log = self.dir.path().join(format!("nettrust-{}.log", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let log = self.dir.path().join(format!(
+            "nettrust-{}.log",
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
         let child = self
             .in_ns(&self.client_ns, env!("CARGO_BIN_EXE_nettrust"))
-            .args(["run", "--listen-addr", "127.0.0.1:53", "--fwd-addr", &format!("{UPSTREAM}:53")])
+            .args([
+                "run",
+                "--listen-addr",
+                "127.0.0.1:53",
+                "--fwd-addr",
+                &format!("{UPSTREAM}:53"),
+            ])
             .arg("--cgroup")
             .arg(&self.cgroup)
             .arg("--bpffs-dir")
@@ -232,15 +269,25 @@ impl World {
             .is_ok_and(|o| o.status.success())
         {
             if let Some(status) = self.daemon.as_mut().unwrap().child.try_wait().unwrap() {
-                panic!("nettrust exited with {status} during start:\n{}", self.daemon_log());
+                panic!(
+                    "nettrust exited with {status} during start:\n{}",
+                    self.daemon_log()
+                );
             }
-            assert!(started.elapsed() < Duration::from_secs(20), "nettrust did not answer DNS:\n{}", self.daemon_log());
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nettrust did not answer DNS:\n{}",
+                self.daemon_log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     pub fn daemon_log(&self) -> String {
-        self.daemon.as_ref().map(|d| std::fs::read_to_string(&d.log).unwrap_or_default()).unwrap_or_default()
+        self.daemon
+            .as_ref()
+            .map(|d| std::fs::read_to_string(&d.log).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Sends SIGTERM and waits for the daemon to exit; returns whether it exited successfully.
@@ -273,7 +320,10 @@ impl World {
             cmd.arg("+tcp");
         }
         let out = run(&mut cmd);
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Whether a TCP connection from the test cgroup to `addr` gets the server's "ok".
@@ -288,7 +338,9 @@ impl World {
 
     /// `nettrust list` for this world's daemon.
     pub fn list(&self) -> Vec<IpAddr> {
-        let out = run(Command::new(env!("CARGO_BIN_EXE_nettrust")).args(["list", "--bpffs-dir"]).arg(&self.bpffs_dir));
+        let out = run(Command::new(env!("CARGO_BIN_EXE_nettrust"))
+            .args(["list", "--bpffs-dir"])
+            .arg(&self.bpffs_dir));
         let mut hosts: Vec<IpAddr> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
@@ -317,7 +369,10 @@ fn connect(mut cmd: Command, addr: &str) -> bool {
 fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     let started = Instant::now();
     while !ready() {
-        assert!(started.elapsed() < Duration::from_secs(10), "{what} did not come up");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what} did not come up"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -333,7 +388,10 @@ impl Drop for World {
             let _ = daemon.child.kill();
             let _ = daemon.child.wait();
             if std::thread::panicking() {
-                eprintln!("nettrust log:\n{}", std::fs::read_to_string(&daemon.log).unwrap_or_default());
+                eprintln!(
+                    "nettrust log:\n{}",
+                    std::fs::read_to_string(&daemon.log).unwrap_or_default()
+                );
             }
         }
         for server in &mut self.servers {
@@ -352,7 +410,10 @@ impl Drop for World {
         }
         // The cgroup can only be removed once its processes are gone.
         let started = Instant::now();
-        while self.cgroup.exists() && std::fs::remove_dir(&self.cgroup).is_err() && started.elapsed() < Duration::from_secs(5) {
+        while self.cgroup.exists()
+            && std::fs::remove_dir(&self.cgroup).is_err()
+            && started.elapsed() < Duration::from_secs(5)
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = std::io::stderr().flush();
@@ -361,7 +422,9 @@ impl Drop for World {
 
 /// Whether a program named `name` is loaded in the kernel.
 pub fn program_loaded(name: &str) -> bool {
-    aya::programs::loaded_programs().flatten().any(|p| p.name_as_str() == Some(name))
+    aya::programs::loaded_programs()
+        .flatten()
+        .any(|p| p.name_as_str() == Some(name))
 }
 
 pub fn path_exists(p: &Path) -> bool {
