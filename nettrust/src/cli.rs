@@ -38,9 +38,53 @@ pub struct RunArgs {
     /// Address the DNS proxy listens on, UDP and TCP [default: 127.0.0.1:53].
     #[arg(long, value_name = "IP:PORT")]
     pub listen_addr: Option<String>,
-    /// Upstream DNS server the proxy forwards to (port defaults to 53).
+    /// Upstream DNS server the proxy forwards to (port defaults to 53, 853 with --fwd-tls);
+    /// repeatable: the next one is tried when one fails.
+    #[arg(long = "fwd-addr", value_name = "IP:PORT")]
+    pub fwd_addr: Vec<String>,
+    /// Protocol to the upstreams: udp (TCP for TCP clients and truncated answers) or tcp
+    /// [default: udp].
+    #[arg(long, value_name = "PROTO")]
+    pub fwd_proto: Option<String>,
+    /// DNS over TLS to the upstreams (needs tcp) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub fwd_tls: Option<bool>,
+    /// PEM CA bundle that verifies the upstreams' certificates [default: the system bundle].
+    #[arg(long, value_name = "PATH")]
+    pub fwd_tls_cert: Option<PathBuf>,
+    /// Name the upstreams' certificates must carry (sent as SNI) [default: their IP address].
+    #[arg(long, value_name = "NAME")]
+    pub fwd_tls_name: Option<String>,
+    /// EDNS0 UDP payload size advertised to the upstreams [default: 1232].
+    #[arg(long, value_name = "BYTES")]
+    pub fwd_udp_buffer_size: Option<u16>,
+    /// How long one upstream may take to answer, in milliseconds [default: 3000].
+    #[arg(long, value_name = "MS")]
+    pub fwd_timeout_ms: Option<u64>,
+    /// Serve DNS over TLS on the TCP listener of --listen-addr [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub listen_tls: Option<bool>,
+    /// Additional, dedicated DNS-over-TLS listener, e.g. 127.0.0.1:853.
     #[arg(long, value_name = "IP:PORT")]
-    pub fwd_addr: Option<String>,
+    pub listen_tls_addr: Option<String>,
+    /// PEM certificate chain of the DNS-over-TLS listener.
+    #[arg(long, value_name = "PATH")]
+    pub listen_cert: Option<PathBuf>,
+    /// PEM private key of the DNS-over-TLS listener.
+    #[arg(long, value_name = "PATH")]
+    pub listen_cert_key: Option<PathBuf>,
+    /// Cache answers for at most this many seconds; 0 or less disables the cache [default: off].
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    pub dns_ttl_cache: Option<i64>,
+    /// Most answers kept in the cache [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub dns_cache_size: Option<usize>,
+    /// Answer to blacklisted domains: refused, nxdomain or servfail [default: refused].
+    #[arg(long, value_name = "RCODE")]
+    pub blacklist_response: Option<String>,
+    /// Let PTR answers authorize the address they name (the original did) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub authorize_ptr: Option<bool>,
     /// cgroup v2 directory to enforce on; repeatable [default: the cgroup v2 root, the whole host].
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroups: Vec<PathBuf>,
@@ -79,7 +123,7 @@ mod tests {
     fn bare_flags_mean_run() {
         let cli = parse(&["--fwd-addr", "192.0.2.53:53"]);
         assert!(cli.command.is_none());
-        assert_eq!(cli.run.fwd_addr.as_deref(), Some("192.0.2.53:53"));
+        assert_eq!(cli.run.fwd_addr, ["192.0.2.53:53"]);
     }
 
     #[test]
@@ -99,6 +143,22 @@ mod tests {
             cli.run.cgroups,
             vec![PathBuf::from("/a"), PathBuf::from("/b")]
         );
+    }
+
+    #[test]
+    fn fwd_addr_is_repeatable_and_cache_takes_negatives() {
+        let cli = parse(&[
+            "--fwd-addr",
+            "192.0.2.1",
+            "--fwd-addr",
+            "192.0.2.2:5353",
+            "--dns-ttl-cache",
+            "-1",
+            "--fwd-tls",
+        ]);
+        assert_eq!(cli.run.fwd_addr, ["192.0.2.1", "192.0.2.2:5353"]);
+        assert_eq!(cli.run.dns_ttl_cache, Some(-1));
+        assert_eq!(cli.run.fwd_tls, Some(true));
     }
 
     #[test]

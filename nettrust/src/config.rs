@@ -7,17 +7,22 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::cli::RunArgs;
+use crate::{blacklist::BlockResponse, cli::RunArgs};
 
 /// Where nettrust pins its eBPF maps unless told otherwise.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/nettrust";
 /// Port used when an address is given without one (RFC 1035 §4.2).
 pub const DNS_PORT: u16 = 53;
+/// Port used for a DNS-over-TLS upstream given without one (RFC 7858 §3.1).
+pub const DOT_PORT: u16 = 853;
+/// Upstream timeout unless configured.
+pub const DEFAULT_FWD_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Errors of loading and validating the configuration. Each names the offending key and value.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +80,34 @@ pub struct FileConfig {
     pub listen_addr: Option<String>,
     /// Upstream DNS server, `IP:PORT` (port defaults to 53).
     pub fwd_addr: Option<String>,
+    /// More upstream servers, tried in order after `fwd_addr`.
+    pub fwd_addrs: Option<Vec<String>>,
+    /// `udp` or `tcp`.
+    pub fwd_proto: Option<String>,
+    /// DNS over TLS to the upstreams.
+    pub fwd_tls: Option<bool>,
+    /// PEM CA bundle for the upstreams' certificates.
+    pub fwd_tls_cert: Option<PathBuf>,
+    /// Name the upstreams' certificates must carry.
+    pub fwd_tls_name: Option<String>,
+    /// EDNS0 UDP payload size advertised upstream.
+    pub fwd_udp_buffer_size: Option<u16>,
+    /// Upstream timeout in milliseconds.
+    pub fwd_timeout_ms: Option<u64>,
+    /// DNS over TLS on the TCP listener.
+    pub listen_tls: Option<bool>,
+    /// Dedicated DNS-over-TLS listener, `IP:PORT`.
+    pub listen_tls_addr: Option<String>,
+    /// PEM certificate chain of the TLS listener.
+    pub listen_cert: Option<PathBuf>,
+    /// PEM private key of the TLS listener.
+    pub listen_cert_key: Option<PathBuf>,
+    /// Cache lifetime cap in seconds; 0 or less disables the cache.
+    pub dns_ttl_cache: Option<i64>,
+    /// Most answers kept in the cache.
+    pub dns_cache_size: Option<usize>,
+    /// Whether PTR answers authorize the address they name.
+    pub authorize_ptr: Option<bool>,
     /// cgroup v2 directories to enforce on; empty means the cgroup v2 root (the whole host).
     pub cgroups: Option<Vec<PathBuf>>,
     /// `auto`, `ebpf` or `nftables`.
@@ -88,6 +121,26 @@ pub struct FileConfig {
     /// Destinations always allowed.
     #[serde(default)]
     pub whitelist: WhitelistSection,
+    /// Names and destinations never allowed.
+    #[serde(default)]
+    pub blacklist: BlacklistSection,
+}
+
+/// `[blacklist]` section of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlacklistSection {
+    /// Addresses (IPv4 or IPv6) that answers never authorize.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Networks in CIDR notation that answers never authorize.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Domain names (`example.com`) and wildcards (`*.example.com`) the proxy refuses to resolve.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Answer to blacklisted domains: `refused`, `nxdomain` or `servfail`.
+    pub response: Option<String>,
 }
 
 /// `[whitelist]` section of the config file.
@@ -130,13 +183,75 @@ pub enum Backend {
     Nftables,
 }
 
+/// Protocol to the upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FwdProto {
+    /// UDP for UDP clients, TCP for TCP clients and after truncated answers.
+    Udp,
+    /// Always TCP (DNS over TLS when `fwd_tls`).
+    Tcp,
+}
+
+/// DNS over TLS to the upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FwdTls {
+    /// CA bundle; `None` = the system bundle.
+    pub ca_bundle: Option<PathBuf>,
+    /// Name the certificates must carry; `None` = the upstream's IP address.
+    pub name: Option<String>,
+}
+
+/// The TLS listener(s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenTls {
+    /// Whether the TCP listener on `listen_addr` speaks DNS over TLS (as the original).
+    pub on_listen_addr: bool,
+    /// A dedicated DNS-over-TLS listener.
+    pub addr: Option<SocketAddr>,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// The proxy's blacklists, parsed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BlacklistSettings {
+    /// Domain patterns (validated).
+    pub domains: Vec<String>,
+    /// Addresses never authorized.
+    pub hosts: Vec<IpAddr>,
+    /// Networks never authorized.
+    pub networks: Vec<IpNet>,
+    /// Answer to blacklisted domains.
+    pub response: BlockResponse,
+}
+
 /// The validated configuration of a daemon run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// DNS listen address (UDP and TCP).
     pub listen_addr: SocketAddr,
-    /// Upstream DNS server.
-    pub fwd_addr: SocketAddr,
+    /// Upstream DNS servers, tried in order.
+    pub fwd_addrs: Vec<SocketAddr>,
+    /// Protocol to the upstreams.
+    pub fwd_proto: FwdProto,
+    /// DNS over TLS to the upstreams (then `fwd_proto` is TCP).
+    pub fwd_tls: Option<FwdTls>,
+    /// EDNS0 UDP payload size advertised upstream.
+    pub fwd_udp_buffer_size: u16,
+    /// How long one upstream may take.
+    pub fwd_timeout: Duration,
+    /// DNS-over-TLS listening, when enabled.
+    pub listen_tls: Option<ListenTls>,
+    /// Cache lifetime cap; `None` = no cache.
+    pub dns_ttl_cache: Option<Duration>,
+    /// Most answers kept in the cache.
+    pub dns_cache_size: usize,
+    /// The proxy's blacklists.
+    pub blacklist: BlacklistSettings,
+    /// Whether PTR answers authorize the address they name.
+    pub authorize_ptr: bool,
     /// cgroup v2 directories the egress filter is attached to.
     pub cgroups: Vec<PathBuf>,
     /// Firewall implementation.
@@ -175,6 +290,15 @@ pub fn private_networks() -> Vec<IpNet> {
 
 /// Parses `IP:PORT`, `[IPv6]:PORT`, or a bare IP (port 53).
 pub fn parse_socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    parse_socket_addr_or(key, value, DNS_PORT)
+}
+
+/// Parses `IP:PORT`, `[IPv6]:PORT`, or a bare IP (port `default_port`).
+pub fn parse_socket_addr_or(
+    key: &str,
+    value: &str,
+    default_port: u16,
+) -> Result<SocketAddr, ConfigError> {
     if let Ok(addr) = value.parse::<SocketAddr>() {
         if addr.port() == 0 {
             return Err(invalid(key, value, "port 0 is not a usable DNS port"));
@@ -183,7 +307,7 @@ pub fn parse_socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigErr
     }
     value
         .parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, DNS_PORT))
+        .map(|ip| SocketAddr::new(ip, default_port))
         .map_err(|_| {
             invalid(
                 key,
@@ -231,6 +355,10 @@ pub struct EnvLists {
     pub hosts: Vec<IpAddr>,
     /// Networks to whitelist.
     pub networks: Vec<IpNet>,
+    /// Hosts to blacklist (`NET_TRUST_BLACKLIST_HOSTS_<NAME>`).
+    pub blacklist_hosts: Vec<IpAddr>,
+    /// Networks to blacklist (`NET_TRUST_BLACKLIST_NETWORKS_<NAME>`).
+    pub blacklist_networks: Vec<IpNet>,
 }
 
 impl EnvLists {
@@ -240,11 +368,27 @@ impl EnvLists {
     ) -> Result<Self, ConfigError> {
         let mut vars: Vec<_> = vars
             .into_iter()
-            .filter(|(k, _)| k.starts_with("NET_TRUST_WHITELIST_"))
+            .filter(|(k, _)| {
+                k.starts_with("NET_TRUST_WHITELIST_") || k.starts_with("NET_TRUST_BLACKLIST_")
+            })
             .collect();
         vars.sort();
         let mut lists = Self::default();
         for (key, value) in vars {
+            if let Some(rest) = key.strip_prefix("NET_TRUST_BLACKLIST_") {
+                if rest.starts_with("HOSTS_") || rest == "HOSTS" {
+                    lists.blacklist_hosts.push(parse_host(&key, &value)?);
+                } else if rest.starts_with("NETWORKS_") || rest == "NETWORKS" {
+                    lists.blacklist_networks.push(parse_network(&key, &value)?);
+                } else {
+                    return Err(invalid(
+                        &key,
+                        &value,
+                        "unknown variable; use NET_TRUST_BLACKLIST_HOSTS_<NAME> or NET_TRUST_BLACKLIST_NETWORKS_<NAME>",
+                    ));
+                }
+                continue;
+            }
             let rest = &key["NET_TRUST_WHITELIST_".len()..];
             if rest.starts_with("HOSTS_") || rest == "HOSTS" {
                 lists.hosts.push(parse_host(&key, &value)?);
@@ -277,12 +421,27 @@ impl Settings {
         let FileConfig {
             listen_addr,
             fwd_addr,
+            fwd_addrs,
+            fwd_proto,
+            fwd_tls,
+            fwd_tls_cert,
+            fwd_tls_name,
+            fwd_udp_buffer_size,
+            fwd_timeout_ms,
+            listen_tls,
+            listen_tls_addr,
+            listen_cert,
+            listen_cert_key,
+            dns_ttl_cache,
+            dns_cache_size,
+            authorize_ptr,
             cgroups,
             firewall_backend,
             whitelist_loopback,
             whitelist_private,
             bpffs_dir,
             whitelist,
+            blacklist,
         } = file;
 
         let listen_addr = match (&args.listen_addr, &listen_addr) {
@@ -290,22 +449,109 @@ impl Settings {
             (None, Some(v)) => parse_socket_addr("listen_addr", v)?,
             (None, None) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DNS_PORT),
         };
-        let fwd_addr = match (&args.fwd_addr, &fwd_addr) {
-            (Some(v), _) => parse_socket_addr("--fwd-addr", v)?,
-            (None, Some(v)) => parse_socket_addr("fwd_addr", v)?,
-            (None, None) => {
-                return Err(ConfigError::Missing(
-                    "no upstream DNS server: set --fwd-addr IP:PORT or fwd_addr in the config file",
+        let tls_upstream = args.fwd_tls.or(fwd_tls).unwrap_or(false);
+        let fwd_proto = match (&args.fwd_proto, &fwd_proto) {
+            (Some(v), _) => Some(parse_fwd_proto("--fwd-proto", v)?),
+            (None, Some(v)) => Some(parse_fwd_proto("fwd_proto", v)?),
+            (None, None) => None,
+        };
+        let fwd_proto = match (fwd_proto, tls_upstream) {
+            (Some(FwdProto::Udp), true) => {
+                return Err(invalid(
+                    "fwd_proto",
+                    "udp",
+                    "fwd_tls (DNS over TLS) requires fwd_proto tcp",
                 ));
             }
+            (Some(proto), _) => proto,
+            (None, true) => FwdProto::Tcp,
+            (None, false) => FwdProto::Udp,
         };
-        if listen_addr == fwd_addr {
+        let default_port = if tls_upstream { DOT_PORT } else { DNS_PORT };
+        let mut fwd_addrs_resolved = Vec::new();
+        if !args.fwd_addr.is_empty() {
+            for v in &args.fwd_addr {
+                fwd_addrs_resolved.push(parse_socket_addr_or("--fwd-addr", v, default_port)?);
+            }
+        } else {
+            if let Some(v) = &fwd_addr {
+                fwd_addrs_resolved.push(parse_socket_addr_or("fwd_addr", v, default_port)?);
+            }
+            for v in fwd_addrs.iter().flatten() {
+                fwd_addrs_resolved.push(parse_socket_addr_or("fwd_addrs", v, default_port)?);
+            }
+        }
+        dedup(&mut fwd_addrs_resolved);
+        let fwd_addrs = fwd_addrs_resolved;
+        if fwd_addrs.is_empty() {
+            return Err(ConfigError::Missing(
+                "no upstream DNS server: set --fwd-addr IP:PORT or fwd_addr in the config file",
+            ));
+        }
+        if let Some(looping) = fwd_addrs.iter().find(|a| **a == listen_addr) {
             return Err(invalid(
                 "--fwd-addr",
-                fwd_addr.to_string(),
+                looping.to_string(),
                 "the forward address cannot be the listen address (queries would loop)",
             ));
         }
+        let fwd_tls = tls_upstream.then(|| FwdTls {
+            ca_bundle: args.fwd_tls_cert.clone().or(fwd_tls_cert),
+            name: args.fwd_tls_name.clone().or(fwd_tls_name),
+        });
+        let fwd_udp_buffer_size = args
+            .fwd_udp_buffer_size
+            .or(fwd_udp_buffer_size)
+            .unwrap_or(crate::dns::upstream::DEFAULT_UDP_BUFFER_SIZE);
+        if fwd_udp_buffer_size < 512 {
+            return Err(invalid(
+                "fwd_udp_buffer_size",
+                fwd_udp_buffer_size.to_string(),
+                "must be at least 512 (RFC 6891 §6.2.5)",
+            ));
+        }
+        let fwd_timeout = match args.fwd_timeout_ms.or(fwd_timeout_ms) {
+            None => DEFAULT_FWD_TIMEOUT,
+            Some(0) => return Err(invalid("fwd_timeout_ms", "0", "must be positive")),
+            Some(ms) => Duration::from_millis(ms),
+        };
+
+        let listen_tls_on_listen_addr = args.listen_tls.or(listen_tls).unwrap_or(false);
+        let listen_tls_addr = match (&args.listen_tls_addr, &listen_tls_addr) {
+            (Some(v), _) => Some(parse_socket_addr_or("--listen-tls-addr", v, DOT_PORT)?),
+            (None, Some(v)) => Some(parse_socket_addr_or("listen_tls_addr", v, DOT_PORT)?),
+            (None, None) => None,
+        };
+        let listen_tls = if listen_tls_on_listen_addr || listen_tls_addr.is_some() {
+            let cert = args.listen_cert.clone().or(listen_cert);
+            let key = args.listen_cert_key.clone().or(listen_cert_key);
+            let (Some(cert), Some(key)) = (cert, key) else {
+                return Err(ConfigError::Missing(
+                    "listen_tls/listen_tls_addr need listen_cert and listen_cert_key",
+                ));
+            };
+            Some(ListenTls {
+                on_listen_addr: listen_tls_on_listen_addr,
+                addr: listen_tls_addr,
+                cert,
+                key,
+            })
+        } else {
+            None
+        };
+        let dns_ttl_cache = match args.dns_ttl_cache.or(dns_ttl_cache) {
+            Some(secs) if secs > 0 => Some(Duration::from_secs(secs.unsigned_abs())),
+            _ => None,
+        };
+        let dns_cache_size = args
+            .dns_cache_size
+            .or(dns_cache_size)
+            .unwrap_or(crate::dns::cache::DEFAULT_CAPACITY);
+        if dns_cache_size == 0 {
+            return Err(invalid("dns_cache_size", "0", "must be positive"));
+        }
+        let authorize_ptr = args.authorize_ptr.or(authorize_ptr).unwrap_or(false);
+        let blacklist = resolve_blacklist(args, blacklist, &env)?;
         let backend = match (&args.firewall_backend, &firewall_backend) {
             (Some(v), _) => parse_backend("--firewall-backend", v)?,
             (None, Some(v)) => parse_backend("firewall_backend", v)?,
@@ -336,7 +582,9 @@ impl Settings {
         for net in &whitelist.networks {
             whitelist_networks.push(parse_network("whitelist.networks", net)?);
         }
-        let mut whitelist_hosts = vec![listen_addr.ip(), fwd_addr.ip()];
+        let mut whitelist_hosts = vec![listen_addr.ip()];
+        whitelist_hosts.extend(listen_tls.as_ref().and_then(|t| t.addr).map(|a| a.ip()));
+        whitelist_hosts.extend(fwd_addrs.iter().map(SocketAddr::ip));
         whitelist_hosts.extend(env.hosts);
         for host in &whitelist.hosts {
             whitelist_hosts.push(parse_host("whitelist.hosts", host)?);
@@ -360,7 +608,16 @@ impl Settings {
 
         Ok(Self {
             listen_addr,
-            fwd_addr,
+            fwd_addrs,
+            fwd_proto,
+            fwd_tls,
+            fwd_udp_buffer_size,
+            fwd_timeout,
+            listen_tls,
+            dns_ttl_cache,
+            dns_cache_size,
+            blacklist,
+            authorize_ptr,
             cgroups,
             backend,
             whitelist_hosts,
@@ -368,6 +625,60 @@ impl Settings {
             bpffs_dir,
         })
     }
+}
+
+fn parse_fwd_proto(key: &str, value: &str) -> Result<FwdProto, ConfigError> {
+    match value {
+        "udp" => Ok(FwdProto::Udp),
+        "tcp" => Ok(FwdProto::Tcp),
+        _ => Err(invalid(key, value, "expected udp or tcp")),
+    }
+}
+
+/// `[blacklist]` plus `NET_TRUST_BLACKLIST_*` plus `--blacklist-response`, validated.
+fn resolve_blacklist(
+    args: &RunArgs,
+    section: BlacklistSection,
+    env: &EnvLists,
+) -> Result<BlacklistSettings, ConfigError> {
+    let BlacklistSection {
+        hosts,
+        networks,
+        domains,
+        response,
+    } = section;
+    let response = match (&args.blacklist_response, &response) {
+        (Some(v), _) => parse_block_response("--blacklist-response", v)?,
+        (None, Some(v)) => parse_block_response("blacklist.response", v)?,
+        (None, None) => BlockResponse::default(),
+    };
+    let mut settings = BlacklistSettings {
+        response,
+        hosts: env.blacklist_hosts.clone(),
+        networks: env.blacklist_networks.clone(),
+        domains: Vec::new(),
+    };
+    for host in &hosts {
+        settings.hosts.push(parse_host("blacklist.hosts", host)?);
+    }
+    for net in &networks {
+        settings
+            .networks
+            .push(parse_network("blacklist.networks", net)?);
+    }
+    for domain in domains {
+        crate::blacklist::Blacklist::new(std::slice::from_ref(&domain), &[], &[], response)
+            .map_err(|e| invalid("blacklist.domains", &domain, e.reason))?;
+        settings.domains.push(domain);
+    }
+    dedup(&mut settings.hosts);
+    dedup(&mut settings.networks);
+    Ok(settings)
+}
+
+fn parse_block_response(key: &str, value: &str) -> Result<BlockResponse, ConfigError> {
+    BlockResponse::parse(value)
+        .ok_or_else(|| invalid(key, value, "expected refused, nxdomain or servfail"))
 }
 
 /// Everything `nettrust run` needs before it touches the firewall: reads `--config`, the

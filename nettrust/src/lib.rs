@@ -5,6 +5,7 @@
 //! See ARCHITECTURE.md for the path of a DNS answer through the modules.
 
 pub mod authorizer;
+pub mod blacklist;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
@@ -19,16 +20,21 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     authorizer::Authorizer,
-    config::{Backend, Settings},
-    dns::{proxy::Proxy, server, upstream::Upstream},
+    blacklist::Blacklist,
+    config::{Backend, FwdProto, Settings},
+    dns::{
+        cache::Cache,
+        proxy::Proxy,
+        server,
+        tls::{self, TlsError},
+        upstream::{Transport, Upstreams},
+    },
     firewall::{
         Policy,
         ebpf::{EbpfError, EbpfFirewall},
     },
 };
 
-/// How long the proxy waits for the upstream before answering SERVFAIL.
-pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long shutdown waits for in-flight queries before removing the firewall.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -49,6 +55,12 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// TLS material (listener certificate, upstream CA bundle) is unusable.
+    #[error("DNS over TLS")]
+    Tls(#[from] TlsError),
+    /// A blacklist entry is unusable.
+    #[error("blacklist")]
+    Blacklist(#[from] blacklist::PatternError),
     /// The eBPF backend could not start.
     #[error("cannot start the eBPF firewall")]
     Ebpf(#[from] EbpfError),
@@ -74,8 +86,41 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     if settings.backend == Backend::Nftables {
         return Err(RunError::BackendUnavailable("nftables"));
     }
-    // Bind first: a busy port must fail before any firewall object exists.
+    // TLS material and lists first, then bind: a bad file or a busy port must fail before any
+    // firewall object exists.
+    let listen_tls = match &settings.listen_tls {
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+            &t.cert, &t.key,
+        )?)),
+        None => None,
+    };
+    let transport = match (&settings.fwd_tls, settings.fwd_proto) {
+        (Some(t), _) => Transport::Tls {
+            config: tls::client_config(t.ca_bundle.as_deref())?,
+            name: match &t.name {
+                Some(name) => Some(tls::server_name(Some(name), settings.fwd_addrs[0].ip())?),
+                None => None,
+            },
+        },
+        (None, FwdProto::Tcp) => Transport::Tcp,
+        (None, FwdProto::Udp) => Transport::Udp,
+    };
+    let blacklist = Arc::new(Blacklist::new(
+        &settings.blacklist.domains,
+        &settings.blacklist.hosts,
+        &settings.blacklist.networks,
+        settings.blacklist.response,
+    )?);
     let listen = settings.listen_addr;
+    let bind_tcp = async |addr: SocketAddr| {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind {
+                addr,
+                proto: "tcp",
+                source,
+            })
+    };
     let udp = UdpSocket::bind(listen)
         .await
         .map_err(|source| RunError::Bind {
@@ -83,13 +128,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             proto: "udp",
             source,
         })?;
-    let tcp = TcpListener::bind(listen)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: listen,
-            proto: "tcp",
-            source,
-        })?;
+    let tcp = bind_tcp(listen).await?;
+    let dedicated_tls = match settings.listen_tls.as_ref().and_then(|t| t.addr) {
+        Some(addr) => Some(bind_tcp(addr).await?),
+        None => None,
+    };
 
     let policy = Policy {
         whitelist_hosts: settings.whitelist_hosts.clone(),
@@ -100,11 +143,21 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         &settings.bpffs_dir,
         &policy,
     )?);
-    let authorizer = Authorizer::new(firewall.clone(), None);
-    let proxy = Arc::new(Proxy::new(
-        Upstream::new(settings.fwd_addr, UPSTREAM_TIMEOUT),
-        authorizer,
-    ));
+    let authorizer = Authorizer::new(firewall.clone(), None)
+        .with_blacklist(blacklist)
+        .with_ptr_authorization(settings.authorize_ptr);
+    let proxy = Arc::new(
+        Proxy::new(
+            Upstreams::new(&settings.fwd_addrs, transport, settings.fwd_timeout),
+            authorizer,
+        )
+        .with_cache(
+            settings
+                .dns_ttl_cache
+                .map(|max| Cache::new(max, settings.dns_cache_size)),
+        )
+        .with_udp_buffer_size(settings.fwd_udp_buffer_size),
+    );
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -114,13 +167,36 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         tracker.clone(),
         cancel.clone(),
     ));
+    let plain_tcp_tls = listen_tls.clone().filter(|_| {
+        settings
+            .listen_tls
+            .as_ref()
+            .is_some_and(|t| t.on_listen_addr)
+    });
     tracker.spawn(server::serve_tcp(
         tcp,
-        proxy,
+        plain_tcp_tls,
+        proxy.clone(),
         tracker.clone(),
         cancel.clone(),
     ));
-    tracing::info!(listen = %listen, upstream = %settings.fwd_addr, "nettrust is running");
+    if let (Some(listener), Some(acceptor)) = (dedicated_tls, listen_tls) {
+        tracker.spawn(server::serve_tcp(
+            listener,
+            Some(acceptor),
+            proxy,
+            tracker.clone(),
+            cancel.clone(),
+        ));
+    }
+    tracing::info!(
+        listen = %listen,
+        upstreams = ?settings.fwd_addrs,
+        fwd_proto = ?settings.fwd_proto,
+        fwd_tls = settings.fwd_tls.is_some(),
+        cache = ?settings.dns_ttl_cache,
+        "nettrust is running"
+    );
 
     shutdown.await;
     tracing::info!("Interrupted");

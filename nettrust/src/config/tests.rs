@@ -8,7 +8,7 @@ fn resolve(args: &RunArgs, toml: &str, env: &[(&str, &str)]) -> Result<Settings,
 
 fn args() -> RunArgs {
     RunArgs {
-        fwd_addr: Some("192.0.2.53:53".into()),
+        fwd_addr: vec!["192.0.2.53:53".into()],
         ..RunArgs::default()
     }
 }
@@ -103,7 +103,7 @@ hosts = ["203.0.113.9", "2001:db8::9"]
 networks = ["198.51.100.0/24", "2001:db8:1::/48"]
 "#;
     let s = resolve(&RunArgs::default(), toml, &[]).unwrap();
-    assert_eq!(s.fwd_addr, "[2001:db8::53]:53".parse().unwrap());
+    assert_eq!(s.fwd_addrs, ["[2001:db8::53]:53".parse().unwrap()]);
     assert_eq!(s.cgroups.len(), 2);
     assert!(s.whitelist_hosts.contains(&"2001:db8::9".parse().unwrap()));
     assert!(
