@@ -8,3 +8,6 @@ pub mod proxy;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+
+#[cfg(test)]
+pub(crate) mod testutil;
