@@ -256,3 +256,182 @@ fn bad_files_are_rejected_with_the_key() {
         );
     }
 }
+
+#[test]
+fn dns_defaults() {
+    let s = resolve(&args(), "", &[]).unwrap();
+    assert_eq!(s.fwd_proto, FwdProto::Udp);
+    assert_eq!(s.fwd_tls, None);
+    assert_eq!(s.fwd_udp_buffer_size, 1232);
+    assert_eq!(s.fwd_timeout, DEFAULT_FWD_TIMEOUT);
+    assert_eq!(s.listen_tls, None);
+    assert_eq!(
+        s.dns_ttl_cache, None,
+        "the cache is off by default, as in the original"
+    );
+    assert_eq!(s.blacklist, BlacklistSettings::default());
+    assert_eq!(s.blacklist.response, BlockResponse::Refused);
+    assert!(!s.authorize_ptr);
+}
+
+#[test]
+fn several_upstreams_are_all_whitelisted() {
+    let s = resolve(
+        &RunArgs::default(),
+        "fwd_addr = \"192.0.2.1\"\nfwd_addrs = [\"192.0.2.2:5353\", \"[2001:db8::53]:53\", \"192.0.2.1:53\"]",
+        &[],
+    )
+    .unwrap();
+    let expected: Vec<SocketAddr> = ["192.0.2.1:53", "192.0.2.2:5353", "[2001:db8::53]:53"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    assert_eq!(s.fwd_addrs, expected);
+    for a in &expected {
+        assert!(s.whitelist_hosts.contains(&a.ip()), "{a} not whitelisted");
+    }
+    // Flags replace the file's list.
+    let a = RunArgs {
+        fwd_addr: vec!["192.0.2.9".into(), "192.0.2.10".into()],
+        ..RunArgs::default()
+    };
+    let s = resolve(&a, "fwd_addrs = [\"192.0.2.2\"]", &[]).unwrap();
+    assert_eq!(s.fwd_addrs.len(), 2);
+    assert!(!s.whitelist_hosts.contains(&"192.0.2.2".parse().unwrap()));
+}
+
+#[test]
+fn tls_options() {
+    let s = resolve(
+        &args(),
+        "fwd_tls = true\nfwd_tls_cert = \"/etc/ca.pem\"\nfwd_tls_name = \"dns.example\"\nfwd_addrs = [\"192.0.2.7\"]",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(s.fwd_proto, FwdProto::Tcp, "DoT implies tcp");
+    assert_eq!(
+        s.fwd_tls,
+        Some(FwdTls {
+            ca_bundle: Some("/etc/ca.pem".into()),
+            name: Some("dns.example".into())
+        })
+    );
+    // The flag's address keeps its port; a bare IP gets 853 with TLS.
+    let a = RunArgs {
+        fwd_addr: vec!["192.0.2.7".into()],
+        fwd_tls: Some(true),
+        ..RunArgs::default()
+    };
+    assert_eq!(
+        resolve(&a, "", &[]).unwrap().fwd_addrs,
+        ["192.0.2.7:853".parse().unwrap()]
+    );
+    let e = err(resolve(&args(), "fwd_tls = true\nfwd_proto = \"udp\"", &[]));
+    assert!(e.contains("fwd_proto") && e.contains("udp"), "{e}");
+    let e = err(resolve(&args(), "fwd_proto = \"quic\"", &[]));
+    assert!(e.contains("fwd_proto") && e.contains("quic"), "{e}");
+
+    let e = err(resolve(&args(), "listen_tls = true", &[]));
+    assert!(e.contains("listen_cert"), "{e}");
+    let s = resolve(
+        &args(),
+        "listen_tls_addr = \"127.0.0.1\"\nlisten_cert = \"/c.pem\"\nlisten_cert_key = \"/k.pem\"",
+        &[],
+    )
+    .unwrap();
+    let tls = s.listen_tls.unwrap();
+    assert!(!tls.on_listen_addr);
+    assert_eq!(tls.addr, Some("127.0.0.1:853".parse().unwrap()));
+}
+
+#[test]
+fn cache_and_upstream_numbers() {
+    let s = resolve(
+        &args(),
+        "dns_ttl_cache = 30\nfwd_udp_buffer_size = 4096\nfwd_timeout_ms = 250",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(s.dns_ttl_cache, Some(std::time::Duration::from_secs(30)));
+    assert_eq!(s.fwd_udp_buffer_size, 4096);
+    assert_eq!(s.fwd_timeout, std::time::Duration::from_millis(250));
+    // The original's -1 (and 0) mean off; the flag overrides the file.
+    let a = RunArgs {
+        dns_ttl_cache: Some(-1),
+        ..args()
+    };
+    assert_eq!(
+        resolve(&a, "dns_ttl_cache = 30", &[])
+            .unwrap()
+            .dns_ttl_cache,
+        None
+    );
+    let e = err(resolve(&args(), "fwd_udp_buffer_size = 100", &[]));
+    assert!(
+        e.contains("fwd_udp_buffer_size") && e.contains("100"),
+        "{e}"
+    );
+    let e = err(resolve(&args(), "fwd_timeout_ms = 0", &[]));
+    assert!(e.contains("fwd_timeout_ms"), "{e}");
+}
+
+#[test]
+fn blacklist_from_file_env_and_flag() {
+    let s = resolve(
+        &RunArgs {
+            blacklist_response: Some("servfail".into()),
+            ..args()
+        },
+        "[blacklist]\nhosts = [\"192.0.2.66\"]\nnetworks = [\"2001:db8:bad::1/48\"]\ndomains = [\"*.ads.example\", \"evil.example\"]\nresponse = \"nxdomain\"",
+        &[
+            ("NET_TRUST_BLACKLIST_HOSTS_A", "2001:db8::66"),
+            ("NET_TRUST_BLACKLIST_NETWORKS_B", "203.0.113.0/24"),
+        ],
+    )
+    .unwrap();
+    let bl = s.blacklist;
+    assert_eq!(bl.response, BlockResponse::ServFail, "the flag wins");
+    assert_eq!(
+        bl.hosts,
+        [
+            "2001:db8::66".parse::<IpAddr>().unwrap(),
+            "192.0.2.66".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        bl.networks,
+        [
+            "203.0.113.0/24".parse::<IpNet>().unwrap(),
+            "2001:db8:bad::/48".parse().unwrap()
+        ]
+    );
+    assert_eq!(bl.domains, ["*.ads.example", "evil.example"]);
+
+    for (toml, needle) in [
+        ("[blacklist]\ndomains = [\"a.*.example\"]", "a.*.example"),
+        ("[blacklist]\nhosts = [\"nope\"]", "nope"),
+        ("[blacklist]\nresponse = \"drop\"", "drop"),
+        ("[blacklist]\nnetworks = [\"10.0.0.0/99\"]", "10.0.0.0/99"),
+    ] {
+        let e = err(resolve(&args(), toml, &[]));
+        assert!(
+            e.contains("blacklist.") && e.contains(needle),
+            "{toml}: {e}"
+        );
+    }
+    let e = err(resolve(
+        &args(),
+        "",
+        &[("NET_TRUST_BLACKLIST_HOST_X", "192.0.2.1")],
+    ));
+    assert!(e.contains("NET_TRUST_BLACKLIST_HOST_X"), "{e}");
+    let e = err(resolve(
+        &args(),
+        "",
+        &[("NET_TRUST_BLACKLIST_NETWORKS_X", "192.0.2.1/40")],
+    ));
+    assert!(
+        e.contains("NET_TRUST_BLACKLIST_NETWORKS_X") && e.contains("192.0.2.1/40"),
+        "{e}"
+    );
+}
