@@ -21,6 +21,10 @@ pub struct Cli {
 
 /// nettrust's commands.
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at startup; boxing would only complicate the callers"
+)]
 pub enum Command {
     /// Run the DNS proxy and the firewall (the default).
     Run(RunArgs),
