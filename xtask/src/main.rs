@@ -191,6 +191,8 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
         "nettrust",
         "--test",
         "root",
+        "--test",
+        "dns",
         "--no-run",
     ]);
     run_checked(build_tests)?;
@@ -212,6 +214,8 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
         "nettrust",
         "--test",
         "root",
+        "--test",
+        "dns",
         "--",
         "--ignored",
         "--test-threads=1",
