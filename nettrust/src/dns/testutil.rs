@@ -27,6 +27,8 @@ pub struct Served {
     pub addr: SocketAddr,
     pub queries: Arc<AtomicUsize>,
     pub connections: Arc<AtomicUsize>,
+    /// Source ports of the UDP queries received.
+    pub ports: Arc<std::sync::Mutex<std::collections::HashSet<u16>>>,
 }
 
 impl Served {
@@ -79,12 +81,14 @@ pub async fn udp_server(port: u16, script: Script) -> Served {
         addr: socket.local_addr().unwrap(),
         queries: Arc::default(),
         connections: Arc::default(),
+        ports: Arc::default(),
     };
-    let queries = served.queries.clone();
+    let (queries, ports) = (served.queries.clone(), served.ports.clone());
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_535];
         while let Ok((len, peer)) = socket.recv_from(&mut buf).await {
             queries.fetch_add(1, Ordering::SeqCst);
+            ports.lock().unwrap().insert(peer.port());
             let Ok(query) = Message::from_vec(&buf[..len]) else {
                 continue;
             };
@@ -146,6 +150,7 @@ pub async fn tcp_server(
         addr: listener.local_addr().unwrap(),
         queries: Arc::default(),
         connections: Arc::default(),
+        ports: Arc::default(),
     };
     let (queries, connections) = (served.queries.clone(), served.connections.clone());
     tokio::spawn(async move {

@@ -1,10 +1,13 @@
 //! Forwarding queries to the upstream resolvers: UDP, TCP or DNS over TLS, several servers with
 //! failover.
 //!
-//! - UDP: each query leaves from a fresh socket on a kernel-chosen (random) ephemeral port with a
-//!   random ID, *connected* to the upstream, so the kernel discards datagrams from any other
-//!   source; replies that do not answer our query (ID, question) are ignored until the timeout
-//!   (RFC 5452 §9.1). A truncated answer is asked again over TCP, from the same server.
+//! - UDP: each query gets a random ID and leaves from a socket picked at random from a pool of
+//!   [`UDP_POOL_SIZE`] sockets per server, each on its own kernel-chosen (random) ephemeral port
+//!   and *connected* to the upstream, so the kernel discards datagrams from any other source. A
+//!   socket is replaced by a fresh one (new random port) after [`UDP_SOCKET_USES`] queries or
+//!   [`UDP_SOCKET_AGE`], so ports keep changing (RFC 5452 §9.2) without paying socket setup on
+//!   every query. Replies that do not answer our query (ID, question) are ignored until the
+//!   timeout (RFC 5452 §9.1). A truncated answer is asked again over TCP, from the same server.
 //! - TCP and DoT: one connection per server, reused and pipelined (RFC 7766 §6.2.1.1): queries
 //!   carry IDs unique among those in flight on it and answers are matched by ID, in any order.
 //! - Servers are tried in the configured order; one that failed (timeout, error, unusable answer)
@@ -36,6 +39,12 @@ use super::answer::check_response;
 pub const MAX_MESSAGE: usize = 65_535;
 /// How long a failed server is skipped.
 pub const HEALTH_BACKOFF: Duration = Duration::from_secs(5);
+/// UDP sockets per upstream server.
+pub const UDP_POOL_SIZE: usize = 64;
+/// Queries sent from one UDP socket before it is replaced by one on a new random port.
+pub const UDP_SOCKET_USES: u32 = 256;
+/// Age after which a UDP socket is replaced even when little used.
+pub const UDP_SOCKET_AGE: Duration = Duration::from_secs(10);
 /// EDNS0 UDP payload size advertised upstream by default (DNS flag day 2020: avoids IP
 /// fragmentation).
 pub const DEFAULT_UDP_BUFFER_SIZE: u16 = 1232;
@@ -239,9 +248,89 @@ impl Conn {
     }
 }
 
+/// A pooled UDP socket connected to one server, with any number of queries in flight; a reader
+/// task hands each datagram to the query with its ID.
+struct PooledUdp {
+    socket: Arc<UdpSocket>,
+    /// Queries in flight by ID; every datagram carrying that ID is handed over (an empty one
+    /// means the server refused: ICMP port unreachable).
+    pending: Arc<Mutex<HashMap<u16, tokio::sync::mpsc::Sender<Vec<u8>>>>>,
+    uses: std::sync::atomic::AtomicU32,
+    born: Instant,
+    reader: AbortHandle,
+}
+
+impl Drop for PooledUdp {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl PooledUdp {
+    async fn open(addr: SocketAddr) -> std::io::Result<Self> {
+        let local: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = Arc::new(UdpSocket::bind(local).await?);
+        socket.connect(addr).await?;
+        let pending: Arc<Mutex<HashMap<u16, tokio::sync::mpsc::Sender<Vec<u8>>>>> = Arc::default();
+        let (reader_socket, reader_pending) = (socket.clone(), pending.clone());
+        let reader = tokio::spawn(async move {
+            // Room for the largest datagram, so nothing is silently cut.
+            let mut buf = vec![0u8; MAX_MESSAGE];
+            loop {
+                match reader_socket.recv(&mut buf).await {
+                    Ok(len) if len >= 2 => {
+                        let id = u16::from_be_bytes([buf[0], buf[1]]);
+                        let pending = reader_pending.lock().expect("pending lock");
+                        if let Some(waiter) = pending.get(&id) {
+                            let _ = waiter.try_send(buf[..len].to_vec());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        for waiter in reader_pending.lock().expect("pending lock").values() {
+                            let _ = waiter.try_send(Vec::new());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(upstream = %addr, "receive error: {e}");
+                    }
+                }
+            }
+        })
+        .abort_handle();
+        Ok(Self {
+            socket,
+            pending,
+            uses: std::sync::atomic::AtomicU32::new(0),
+            born: Instant::now(),
+            reader,
+        })
+    }
+
+    fn worn_out(&self) -> bool {
+        self.uses.load(Ordering::Relaxed) >= UDP_SOCKET_USES
+            || self.born.elapsed() >= UDP_SOCKET_AGE
+    }
+}
+
+/// Removes a UDP query's pending entry when its exchange ends.
+struct UdpPendingGuard<'a>(&'a PooledUdp, u16);
+
+impl Drop for UdpPendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.pending.lock().expect("pending lock").remove(&self.1);
+    }
+}
+
 /// One upstream server and its state.
 struct Server {
     addr: SocketAddr,
+    /// The UDP socket pool (slots filled on first use).
+    udp: Vec<Mutex<Option<Arc<PooledUdp>>>>,
     /// Skipped until then after a failure.
     down_until: Mutex<Option<Instant>>,
     /// The reused TCP/TLS connection, if open.
@@ -264,6 +353,7 @@ impl Upstreams {
                 .iter()
                 .map(|&addr| Server {
                     addr,
+                    udp: (0..UDP_POOL_SIZE).map(|_| Mutex::new(None)).collect(),
                     down_until: Mutex::new(None),
                     conn: tokio::sync::Mutex::new(None),
                 })
@@ -337,7 +427,7 @@ impl Upstreams {
         udp_client: bool,
     ) -> Result<Answer, UpstreamError> {
         if udp_client && self.uses_udp() {
-            let answer = self.exchange_udp(server.addr, query, question).await?;
+            let answer = self.exchange_udp(server, query, question).await?;
             if !answer.1.metadata.truncation {
                 return Ok(answer);
             }
@@ -347,47 +437,82 @@ impl Upstreams {
         self.exchange_stream(server, query, question).await
     }
 
-    /// Sends `query` over UDP from a fresh socket and returns the first datagram that answers it.
-    pub async fn exchange_udp(
+    /// A socket of `server`'s pool, picked at random; a worn-out or missing one is replaced.
+    async fn udp_socket(&self, server: &Server) -> Result<Arc<PooledUdp>, UpstreamError> {
+        let slot = &server.udp[rand::random_range(0..server.udp.len())];
+        if let Some(socket) = slot.lock().expect("pool lock").as_ref()
+            && !socket.worn_out()
+        {
+            return Ok(socket.clone());
+        }
+        let addr = server.addr;
+        let fresh = Arc::new(
+            PooledUdp::open(addr)
+                .await
+                .map_err(|source| UpstreamError::Io {
+                    addr,
+                    what: "open a UDP socket",
+                    source,
+                })?,
+        );
+        // In-flight queries keep the old socket (and its reader) alive until they finish.
+        *slot.lock().expect("pool lock") = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Sends `query` over UDP and returns the first datagram that answers it.
+    async fn exchange_udp(
         &self,
-        addr: SocketAddr,
+        server: &Server,
         query: &[u8],
         question: &Query,
     ) -> Result<Answer, UpstreamError> {
-        let io = |what| move |source| UpstreamError::Io { addr, what, source };
-        let local: SocketAddr = if addr.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        let addr = server.addr;
+        let socket = self.udp_socket(server).await?;
+        socket.uses.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let id = {
+            let mut pending = socket.pending.lock().expect("pending lock");
+            let id = loop {
+                let id: u16 = rand::random();
+                if !pending.contains_key(&id) {
+                    break id;
+                }
+            };
+            pending.insert(id, tx);
+            id
         };
-        let socket = UdpSocket::bind(local).await.map_err(io("bind"))?;
-        socket.connect(addr).await.map_err(io("connect"))?;
-        let id: u16 = rand::random();
+        let _guard = UdpPendingGuard(&socket, id);
         let mut forwarded = query.to_vec();
         forwarded[..2].copy_from_slice(&id.to_be_bytes());
-        socket.send(&forwarded).await.map_err(io("send"))?;
+        socket
+            .socket
+            .send(&forwarded)
+            .await
+            .map_err(|source| UpstreamError::Io {
+                addr,
+                what: "send",
+                source,
+            })?;
         let deadline = Instant::now() + self.timeout;
-        // Room for the largest datagram, so nothing is silently cut; not zeroed (recv_buf).
-        let mut buf = Vec::with_capacity(MAX_MESSAGE);
         loop {
-            buf.clear();
-            match timeout_at(deadline, socket.recv_buf(&mut buf)).await {
-                Err(_) => {
+            let datagram = match timeout_at(deadline, rx.recv()).await {
+                Ok(Some(datagram)) => datagram,
+                Ok(None) | Err(_) => {
                     return Err(UpstreamError::Timeout {
                         addr,
                         timeout: self.timeout,
                     });
                 }
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    return Err(io("receive")(e));
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(upstream = %addr, "receive error: {e}");
-                    continue;
-                }
-                Ok(Ok(_)) => {}
+            };
+            if datagram.is_empty() {
+                return Err(UpstreamError::Io {
+                    addr,
+                    what: "receive",
+                    source: std::io::ErrorKind::ConnectionRefused.into(),
+                });
             }
-            let Ok(message) = Message::from_vec(&buf) else {
+            let Ok(message) = Message::from_vec(&datagram) else {
                 tracing::debug!(upstream = %addr, "dropped an unparsable datagram");
                 continue;
             };
@@ -395,7 +520,7 @@ impl Upstreams {
                 tracing::warn!(upstream = %addr, %mismatch, "dropped a reply that does not match the query");
                 continue;
             }
-            return Ok((buf, message));
+            return Ok((datagram, message));
         }
     }
 

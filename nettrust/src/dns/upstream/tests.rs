@@ -252,3 +252,31 @@ async fn dot_upstream_verifies_the_certificate_name() {
         crate::error_chain(&err)
     );
 }
+
+#[tokio::test]
+async fn udp_queries_leave_from_many_random_ports() {
+    let server = udp_server(0, answer_with("192.0.2.6")).await;
+    let up = Arc::new(Upstreams::new(
+        &[server.addr],
+        Transport::Udp,
+        Duration::from_secs(2),
+    ));
+    let rounds = UDP_SOCKET_USES as usize * 2;
+    let tasks: Vec<_> = (0..rounds)
+        .map(|i| {
+            let up = up.clone();
+            tokio::spawn(async move {
+                let n = format!("r{i}.test.");
+                up.exchange(&query_bytes(&n, RecordType::A, 1), &question(&n), true)
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let ports = server.ports.lock().unwrap().len();
+    // 512 queries over a pool of 64 random sockets: far more than a handful of ports.
+    assert!(ports >= 32, "only {ports} source ports");
+}
