@@ -252,7 +252,7 @@ impl Bench {
         let field = |label: &str| -> Option<f64> {
             text.lines()
                 .find_map(|l| l.trim().strip_prefix(label))
-                .and_then(|rest| rest.trim().split_whitespace().next())
+                .and_then(|rest| rest.split_whitespace().next())
                 .and_then(|v| v.parse().ok())
         };
         let qps = field("Queries per second:").context("no qps in dnsperf's output")?;

@@ -267,7 +267,10 @@ impl Drop for PooledUdp {
 }
 
 impl PooledUdp {
-    async fn open(addr: SocketAddr) -> std::io::Result<Self> {
+    async fn open(
+        addr: SocketAddr,
+        dropped: Arc<std::sync::atomic::AtomicU64>,
+    ) -> std::io::Result<Self> {
         let local: SocketAddr = if addr.is_ipv4() {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
@@ -285,8 +288,15 @@ impl PooledUdp {
                     Ok(len) if len >= 2 => {
                         let id = u16::from_be_bytes([buf[0], buf[1]]);
                         let pending = reader_pending.lock().expect("pending lock");
-                        if let Some(waiter) = pending.get(&id) {
-                            let _ = waiter.try_send(buf[..len].to_vec());
+                        match pending.get(&id) {
+                            Some(waiter) => {
+                                let _ = waiter.try_send(buf[..len].to_vec());
+                            }
+                            None => {
+                                // No query in flight with that ID: late or forged.
+                                let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                                tracing::debug!(upstream = %addr, id, dropped_total = total, "dropped a reply with an unknown ID");
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -342,6 +352,8 @@ pub struct Upstreams {
     servers: Vec<Server>,
     transport: Transport,
     timeout: Duration,
+    /// Replies dropped because they did not answer our query (forgeries, stale or garbled).
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Upstreams {
@@ -360,7 +372,17 @@ impl Upstreams {
                 .collect(),
             transport,
             timeout,
+            dropped: Arc::default(),
         }
+    }
+
+    /// How many upstream replies were dropped as not answering the query they claimed to.
+    pub fn dropped_replies(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn count_dropped(&self) -> u64 {
+        self.dropped.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The servers' addresses, in order.
@@ -446,15 +468,13 @@ impl Upstreams {
             return Ok(socket.clone());
         }
         let addr = server.addr;
-        let fresh = Arc::new(
-            PooledUdp::open(addr)
-                .await
-                .map_err(|source| UpstreamError::Io {
-                    addr,
-                    what: "open a UDP socket",
-                    source,
-                })?,
-        );
+        let fresh = Arc::new(PooledUdp::open(addr, self.dropped.clone()).await.map_err(
+            |source| UpstreamError::Io {
+                addr,
+                what: "open a UDP socket",
+                source,
+            },
+        )?);
         // In-flight queries keep the old socket (and its reader) alive until they finish.
         *slot.lock().expect("pool lock") = Some(fresh.clone());
         Ok(fresh)
@@ -513,11 +533,13 @@ impl Upstreams {
                 });
             }
             let Ok(message) = Message::from_vec(&datagram) else {
-                tracing::debug!(upstream = %addr, "dropped an unparsable datagram");
+                let dropped_total = self.count_dropped();
+                tracing::debug!(upstream = %addr, dropped_total, "dropped an unparsable datagram");
                 continue;
             };
             if let Err(mismatch) = check_response(&message, id, question) {
-                tracing::warn!(upstream = %addr, %mismatch, "dropped a reply that does not match the query");
+                let dropped_total = self.count_dropped();
+                tracing::warn!(upstream = %addr, %mismatch, dropped_total, "dropped a reply that does not match the query");
                 continue;
             }
             return Ok((datagram, message));
@@ -551,15 +573,20 @@ impl Upstreams {
                     addr,
                     timeout: self.timeout,
                 })??;
-        let message = Message::from_vec(&buf).map_err(|e| UpstreamError::BadAnswer {
-            addr,
-            reason: e.to_string(),
-        })?;
-        check_response(&message, id, question).map_err(|e| UpstreamError::BadAnswer {
-            addr,
-            reason: e.to_string(),
-        })?;
-        Ok((buf, message))
+        let checked = Message::from_vec(&buf)
+            .map_err(|e| e.to_string())
+            .and_then(|message| {
+                check_response(&message, id, question)
+                    .map(|()| message)
+                    .map_err(|e| e.to_string())
+            });
+        match checked {
+            Ok(message) => Ok((buf, message)),
+            Err(reason) => {
+                self.count_dropped();
+                Err(UpstreamError::BadAnswer { addr, reason })
+            }
+        }
     }
 
     /// The server's open connection, or a new one (`true` when new).

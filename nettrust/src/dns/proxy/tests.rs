@@ -336,6 +336,42 @@ mod end_to_end {
     }
 
     #[tokio::test]
+    async fn edns_payload_size_sent_upstream_is_ours() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let script: Script = Arc::new(move |q: &Message| {
+            record
+                .lock()
+                .unwrap()
+                .push(q.edns.as_ref().map(|e| e.max_payload()));
+            vec![reply(q, &[a("e.test.", "192.0.2.13")])]
+        });
+        let s = setup(script, Blacklist::default(), false, false).await;
+        for client_size in [Some(4096), Some(512), None] {
+            let mut m = Message::query();
+            m.metadata.id = 77;
+            m.add_query(hickory_proto::op::Query::query(
+                name("e.test."),
+                RecordType::A,
+            ));
+            if let Some(size) = client_size {
+                let mut edns = hickory_proto::op::Edns::new();
+                edns.set_max_payload(size);
+                m.set_edns(edns);
+            }
+            let reply = s
+                .proxy
+                .handle(&m.to_vec().unwrap(), ClientTransport::Udp)
+                .await
+                .unwrap();
+            assert_eq!(Message::from_vec(&reply).unwrap().metadata.id, 77);
+        }
+        // EDNS clients are forwarded with 1232 (the default fwd_udp_buffer_size); a client
+        // without EDNS is forwarded as it is (its answers stay within 512 bytes).
+        assert_eq!(*seen.lock().unwrap(), [Some(1232), Some(1232), None]);
+    }
+
+    #[tokio::test]
     async fn upstream_failure_is_servfail() {
         let s = setup(
             Arc::new(|_: &Message| Vec::new()),

@@ -57,6 +57,7 @@ async fn udp_answer_is_matched_and_forgeries_are_skipped() {
         .await
         .unwrap();
     assert_eq!(first_a(&answer), "192.0.2.1");
+    assert_eq!(up.dropped_replies(), 4, "each forgery is counted");
 }
 
 #[tokio::test]
