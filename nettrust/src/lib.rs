@@ -19,7 +19,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     authorizer::Authorizer,
-    config::{Backend, Settings},
+    config::{Backend, FirewallType, Settings},
     dns::{proxy::Proxy, server, upstream::Upstream},
     firewall::{
         Policy,
@@ -27,8 +27,6 @@ use crate::{
     },
 };
 
-/// How long the proxy waits for the upstream before answering SERVFAIL.
-pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long shutdown waits for in-flight queries before removing the firewall.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -71,7 +69,7 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// Runs the daemon until `shutdown` completes, then removes the firewall.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    if settings.backend == Backend::Nftables {
+    if settings.backend == Backend::Nftables || settings.firewall_type == FirewallType::Forward {
         return Err(RunError::BackendUnavailable("nftables"));
     }
     // Bind first: a busy port must fail before any firewall object exists.
@@ -100,9 +98,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         &settings.bpffs_dir,
         &policy,
     )?);
-    let authorizer = Authorizer::new(firewall.clone(), None);
+    let authorizer = Authorizer::new(firewall.clone(), settings.authorized_ttl);
+    let upstream = settings.fwd_addrs[0];
     let proxy = Arc::new(Proxy::new(
-        Upstream::new(settings.fwd_addr, UPSTREAM_TIMEOUT),
+        Upstream::new(upstream, settings.fwd_timeout),
         authorizer,
     ));
 
@@ -120,7 +119,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         tracker.clone(),
         cancel.clone(),
     ));
-    tracing::info!(listen = %listen, upstream = %settings.fwd_addr, "nettrust is running");
+    tracing::info!(listen = %listen, upstream = %upstream, "nettrust is running");
 
     shutdown.await;
     tracing::info!("Interrupted");

@@ -1,12 +1,14 @@
 //! `nettrust` binary: parses arguments, sets up logging, and hands over to the library.
 
 use clap::Parser as _;
-use nettrust::cli::{Cli, Command};
+use nettrust::{
+    cli::{Cli, Command},
+    config::LogFormat,
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     match real_main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -19,7 +21,16 @@ fn main() -> std::process::ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::List(args)) => {
+            init_tracing(LogFormat::Text);
             print!("{}", nettrust::list(&args.bpffs_dir)?);
+            Ok(())
+        }
+        Some(Command::CheckConfig(args)) => {
+            let (settings, warnings) = nettrust::config::load(&args)?;
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", settings.to_toml());
             Ok(())
         }
         Some(Command::Run(args)) => run(&args),
@@ -29,7 +40,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 
 fn run(args: &nettrust::cli::RunArgs) -> anyhow::Result<()> {
     // Everything is validated before the runtime starts and before any firewall object exists.
-    let settings = nettrust::config::load(args)?;
+    let (settings, warnings) = nettrust::config::load(args)?;
+    init_tracing(settings.log_format);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
