@@ -36,6 +36,10 @@ pub enum RunError {
     /// The requested firewall backend is not part of this version.
     #[error("firewall backend {0:?} is not yet available; use --firewall-backend ebpf (or auto)")]
     BackendUnavailable(&'static str),
+    /// An option is accepted by the configuration but not implemented by this version; refusing
+    /// it beats silently running without the protection it promises.
+    #[error("{0} is not available in this version of nettrust")]
+    NotYetAvailable(&'static str),
     /// A DNS listener could not be bound.
     #[error("cannot listen on {proto} {addr}")]
     Bind {
@@ -67,10 +71,42 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// The first configured option that this version cannot honour yet.
+fn not_yet_available(settings: &Settings) -> Option<&'static str> {
+    let checks = [
+        (settings.listen_tls.is_some(), "listen_tls"),
+        (settings.fwd_tls.is_some(), "fwd_tls"),
+        (
+            settings.fwd_proto != config::FwdProto::Udp,
+            "fwd_proto = \"tcp\"",
+        ),
+        (
+            settings.fwd_addrs.len() > 1,
+            "more than one upstream (fwd_addrs)",
+        ),
+        (settings.dns_ttl_cache.is_some(), "dns_ttl_cache"),
+        (
+            !settings.blacklist.hosts.is_empty() || !settings.blacklist.networks.is_empty(),
+            "blacklist.hosts/networks",
+        ),
+        (!settings.blacklist.domains.is_empty(), "blacklist.domains"),
+        (settings.authorize_ptr, "authorize_ptr"),
+        (settings.firewall_drop_input, "firewall_drop_input"),
+        (settings.do_not_flush_table, "do_not_flush_table"),
+        (settings.metrics_addr.is_some(), "metrics_addr"),
+    ];
+    checks
+        .into_iter()
+        .find_map(|(set, name)| set.then_some(name))
+}
+
 /// Runs the daemon until `shutdown` completes, then removes the firewall.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     if settings.backend == Backend::Nftables || settings.firewall_type == FirewallType::Forward {
         return Err(RunError::BackendUnavailable("nftables"));
+    }
+    if let Some(option) = not_yet_available(&settings) {
+        return Err(RunError::NotYetAvailable(option));
     }
     // Bind first: a busy port must fail before any firewall object exists.
     let listen = settings.listen_addr;
