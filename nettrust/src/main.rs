@@ -70,15 +70,18 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 
 /// Logs go to stderr. `RUST_LOG` selects levels as usual; without it, `NET_TRUST_DEBUG=true` means
 /// debug and anything else info. The `log` records of aya-log are bridged into tracing.
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let default = if std::env::var("NET_TRUST_DEBUG").is_ok_and(|v| v == "true") {
         "info,nettrust=debug"
     } else {
         "info"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

@@ -12,7 +12,7 @@ use std::{
     io::Write as _,
     net::IpAddr,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
