@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod firewall;
+pub mod metrics;
 pub mod sys;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -93,7 +94,6 @@ fn not_yet_available(settings: &Settings) -> Option<&'static str> {
         (settings.authorize_ptr, "authorize_ptr"),
         (settings.firewall_drop_input, "firewall_drop_input"),
         (settings.do_not_flush_table, "do_not_flush_table"),
-        (settings.metrics_addr.is_some(), "metrics_addr"),
     ];
     checks
         .into_iter()
@@ -125,6 +125,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             source,
         })?;
 
+    let metrics_listener = match settings.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await.map_err(|source| RunError::Bind {
+            addr,
+            proto: "tcp (metrics)",
+            source,
+        })?),
+        None => None,
+    };
+
     let policy = Policy {
         whitelist_hosts: settings.whitelist_hosts.clone(),
         whitelist_networks: settings.whitelist_networks.clone(),
@@ -155,6 +164,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         tracker.clone(),
         cancel.clone(),
     ));
+    if let Some(listener) = metrics_listener {
+        let sources = metrics::Sources {
+            firewall: firewall.clone(),
+            bpffs_dir: settings.bpffs_dir.clone(),
+        };
+        tracker.spawn(metrics::serve(listener, sources, cancel.clone()));
+    }
     tracing::info!(listen = %listen, upstream = %upstream, "nettrust is running");
 
     shutdown.await;

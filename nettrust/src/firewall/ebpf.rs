@@ -14,13 +14,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
+    maps::{HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError},
 };
 use ipnet::IpNet;
 use nettrust_common::{
     FLAG_AUTHORIZED, FLAG_WHITELISTED, HostValue, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NETS_V4,
-    MAP_NETS_V6, MAP_STATS, PROGRAM_EGRESS,
+    MAP_NETS_V6, MAP_STATS, PROGRAM_EGRESS, STAT_COUNT,
 };
 
 use super::{Authorization, AuthorizedHost, Firewall, FirewallError, Policy, boottime_ns};
@@ -584,4 +584,30 @@ fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
             guard.clear_ready();
         }
     }))
+}
+
+/// The egress program's counters (summed over CPUs), read from the `STATS` map pinned in
+/// `pin_dir`, indexed by the `STAT_*` constants.
+pub fn read_stats(pin_dir: &Path) -> Result<[u64; STAT_COUNT as usize], EbpfError> {
+    let path = pin_dir.join(MAP_STATS);
+    let data = MapData::from_pin(&path).map_err(|e| {
+        map_error(
+            MAP_STATS,
+            format!(
+                "no pinned map at {} (is the nettrust daemon running?)",
+                path.display()
+            ),
+            e,
+        )
+    })?;
+    let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(data))
+        .map_err(|e| map_error(MAP_STATS, "not a nettrust counter map", e))?;
+    let mut out = [0u64; STAT_COUNT as usize];
+    for (index, slot) in (0..STAT_COUNT).zip(out.iter_mut()) {
+        let per_cpu = stats
+            .get(&index, 0)
+            .map_err(|e| map_error(MAP_STATS, "cannot read", e))?;
+        *slot = per_cpu.iter().sum();
+    }
+    Ok(out)
 }
