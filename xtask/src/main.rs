@@ -183,16 +183,10 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
     if unit_only {
         return Ok(());
     }
-    // The root suite: real eBPF, cgroups, network namespaces and DNS servers; one test at a time.
+    // The root suites (every file in nettrust/tests): real eBPF, cgroups, network namespaces and
+    // DNS servers; one test at a time.
     let mut build_tests = cargo(root)?;
-    build_tests.args([
-        "test",
-        "--package",
-        "nettrust",
-        "--test",
-        "root",
-        "--no-run",
-    ]);
+    build_tests.args(["test", "--package", "nettrust", "--test", "*", "--no-run"]);
     run_checked(build_tests)?;
     let mut root_tests = if setup::is_root() {
         cargo(root)?
@@ -211,7 +205,7 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
         "--package",
         "nettrust",
         "--test",
-        "root",
+        "*",
         "--",
         "--ignored",
         "--test-threads=1",
