@@ -11,6 +11,7 @@ pub mod config;
 pub mod dns;
 pub mod firewall;
 pub mod metrics;
+pub mod reload;
 pub mod sys;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -22,10 +23,7 @@ use crate::{
     authorizer::Authorizer,
     config::{Backend, FirewallType, Settings},
     dns::{proxy::Proxy, server, upstream::Upstream},
-    firewall::{
-        Policy,
-        ebpf::{EbpfError, EbpfFirewall},
-    },
+    firewall::ebpf::{EbpfError, EbpfFirewall},
 };
 
 /// How long shutdown waits for in-flight queries before removing the firewall.
@@ -100,8 +98,13 @@ fn not_yet_available(settings: &Settings) -> Option<&'static str> {
         .find_map(|(set, name)| set.then_some(name))
 }
 
-/// Runs the daemon until `shutdown` completes, then removes the firewall.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+/// Runs the daemon until `shutdown` completes, then removes the firewall. Each configuration
+/// received on `reloads` (SIGHUP in `main`) is applied with [`reload::apply`].
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: tokio::sync::mpsc::Receiver<Settings>,
+) -> Result<(), RunError> {
     if settings.backend == Backend::Nftables || settings.firewall_type == FirewallType::Forward {
         return Err(RunError::BackendUnavailable("nftables"));
     }
@@ -134,10 +137,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         None => None,
     };
 
-    let policy = Policy {
-        whitelist_hosts: settings.whitelist_hosts.clone(),
-        whitelist_networks: settings.whitelist_networks.clone(),
-    };
+    let policy = reload::policy(&settings);
     let firewall = Arc::new(EbpfFirewall::start(
         &settings.cgroups,
         &settings.bpffs_dir,
@@ -173,7 +173,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     }
     tracing::info!(listen = %listen, upstream = %upstream, "nettrust is running");
 
-    shutdown.await;
+    tokio::pin!(shutdown);
+    let mut current = settings;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(new) = reloads.recv() => {
+                if let Err(e) = reload::apply(&mut current, new, firewall.as_ref()) {
+                    tracing::error!("{}", error_chain(&e));
+                }
+            }
+        }
+    }
     tracing::info!("Interrupted");
     cancel.cancel();
     tracker.close();
