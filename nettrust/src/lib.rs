@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod firewall;
+pub mod metrics;
+pub mod reload;
 pub mod sys;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -20,8 +22,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     authorizer::Authorizer,
-    blacklist::Blacklist,
-    config::{Backend, FwdProto, Settings},
+    blacklist::{Blacklist, BlockResponse},
+    config::{Backend, BlacklistResponse, FirewallType, FwdProto, Settings},
     dns::{
         cache::Cache,
         proxy::Proxy,
@@ -29,10 +31,7 @@ use crate::{
         tls::{self, TlsError},
         upstream::{Transport, Upstreams},
     },
-    firewall::{
-        Policy,
-        ebpf::{EbpfError, EbpfFirewall},
-    },
+    firewall::ebpf::{EbpfError, EbpfFirewall},
 };
 
 /// How long shutdown waits for in-flight queries before removing the firewall.
@@ -44,6 +43,10 @@ pub enum RunError {
     /// The requested firewall backend is not part of this version.
     #[error("firewall backend {0:?} is not yet available; use --firewall-backend ebpf (or auto)")]
     BackendUnavailable(&'static str),
+    /// An option is accepted by the configuration but not implemented by this version; refusing
+    /// it beats silently running without the protection it promises.
+    #[error("{0} is not available in this version of nettrust")]
+    NotYetAvailable(&'static str),
     /// A DNS listener could not be bound.
     #[error("cannot listen on {proto} {addr}")]
     Bind {
@@ -81,10 +84,29 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Runs the daemon until `shutdown` completes, then removes the firewall.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    if settings.backend == Backend::Nftables {
+/// The first configured option that this version cannot honour yet.
+fn not_yet_available(settings: &Settings) -> Option<&'static str> {
+    let checks = [
+        (settings.firewall_drop_input, "firewall_drop_input"),
+        (settings.do_not_flush_table, "do_not_flush_table"),
+    ];
+    checks
+        .into_iter()
+        .find_map(|(set, name)| set.then_some(name))
+}
+
+/// Runs the daemon until `shutdown` completes, then removes the firewall. Each configuration
+/// received on `reloads` (SIGHUP in `main`) is applied with [`reload::apply`].
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: tokio::sync::mpsc::Receiver<Settings>,
+) -> Result<(), RunError> {
+    if settings.backend == Backend::Nftables || settings.firewall_type == FirewallType::Forward {
         return Err(RunError::BackendUnavailable("nftables"));
+    }
+    if let Some(option) = not_yet_available(&settings) {
+        return Err(RunError::NotYetAvailable(option));
     }
     // TLS material and lists first, then bind: a bad file or a busy port must fail before any
     // firewall object exists.
@@ -96,7 +118,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     };
     let transport = match (&settings.fwd_tls, settings.fwd_proto) {
         (Some(t), _) => Transport::Tls {
-            config: tls::client_config(t.ca_bundle.as_deref())?,
+            config: tls::client_config(t.ca.as_deref())?,
             name: match &t.name {
                 Some(name) => Some(tls::server_name(Some(name), settings.fwd_addrs[0].ip())?),
                 None => None,
@@ -109,7 +131,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         &settings.blacklist.domains,
         &settings.blacklist.hosts,
         &settings.blacklist.networks,
-        settings.blacklist.response,
+        match settings.blacklist.response {
+            BlacklistResponse::Refused => BlockResponse::Refused,
+            BlacklistResponse::Nxdomain => BlockResponse::NxDomain,
+            BlacklistResponse::Servfail => BlockResponse::ServFail,
+        },
     )?);
     let listen = settings.listen_addr;
     let bind_tcp = async |addr: SocketAddr| {
@@ -129,21 +155,27 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             source,
         })?;
     let tcp = bind_tcp(listen).await?;
-    let dedicated_tls = match settings.listen_tls.as_ref().and_then(|t| t.addr) {
+    let dedicated_tls = match settings.listen_tls_addr {
         Some(addr) => Some(bind_tcp(addr).await?),
         None => None,
     };
 
-    let policy = Policy {
-        whitelist_hosts: settings.whitelist_hosts.clone(),
-        whitelist_networks: settings.whitelist_networks.clone(),
+    let metrics_listener = match settings.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await.map_err(|source| RunError::Bind {
+            addr,
+            proto: "tcp (metrics)",
+            source,
+        })?),
+        None => None,
     };
+
+    let policy = reload::policy(&settings);
     let firewall = Arc::new(EbpfFirewall::start(
         &settings.cgroups,
         &settings.bpffs_dir,
         &policy,
     )?);
-    let authorizer = Authorizer::new(firewall.clone(), None)
+    let authorizer = Authorizer::new(firewall.clone(), settings.authorized_ttl)
         .with_blacklist(blacklist)
         .with_ptr_authorization(settings.authorize_ptr);
     let proxy = Arc::new(
@@ -167,15 +199,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         tracker.clone(),
         cancel.clone(),
     ));
-    let plain_tcp_tls = listen_tls.clone().filter(|_| {
-        settings
-            .listen_tls
-            .as_ref()
-            .is_some_and(|t| t.on_listen_addr)
-    });
+    // With listen_tls the TCP listener of listen_addr speaks DoT (as the original); a dedicated
+    // DoT listener (listen_tls_addr) leaves it plain.
+    let tcp_tls = listen_tls
+        .clone()
+        .filter(|_| settings.listen_tls_addr.is_none());
     tracker.spawn(server::serve_tcp(
         tcp,
-        plain_tcp_tls,
+        tcp_tls,
         proxy.clone(),
         tracker.clone(),
         cancel.clone(),
@@ -189,6 +220,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             cancel.clone(),
         ));
     }
+    if let Some(listener) = metrics_listener {
+        let sources = metrics::Sources {
+            firewall: firewall.clone(),
+            bpffs_dir: settings.bpffs_dir.clone(),
+        };
+        tracker.spawn(metrics::serve(listener, sources, cancel.clone()));
+    }
     tracing::info!(
         listen = %listen,
         upstreams = ?settings.fwd_addrs,
@@ -198,7 +236,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         "nettrust is running"
     );
 
-    shutdown.await;
+    tokio::pin!(shutdown);
+    let mut current = settings;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(new) = reloads.recv() => {
+                if let Err(e) = reload::apply(&mut current, new, firewall.as_ref()) {
+                    tracing::error!("{}", error_chain(&e));
+                }
+            }
+        }
+    }
     tracing::info!("Interrupted");
     cancel.cancel();
     tracker.close();

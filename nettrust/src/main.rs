@@ -1,12 +1,14 @@
 //! `nettrust` binary: parses arguments, sets up logging, and hands over to the library.
 
 use clap::Parser as _;
-use nettrust::cli::{Cli, Command};
+use nettrust::{
+    cli::{Cli, Command},
+    config::LogFormat,
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     match real_main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -19,7 +21,16 @@ fn main() -> std::process::ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::List(args)) => {
+            init_tracing(LogFormat::Text);
             print!("{}", nettrust::list(&args.bpffs_dir)?);
+            Ok(())
+        }
+        Some(Command::CheckConfig(args)) => {
+            let (settings, warnings) = nettrust::config::load(&args)?;
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", settings.to_toml());
             Ok(())
         }
         Some(Command::Run(args)) => run(&args),
@@ -29,15 +40,46 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 
 fn run(args: &nettrust::cli::RunArgs) -> anyhow::Result<()> {
     // Everything is validated before the runtime starts and before any firewall object exists.
-    let settings = nettrust::config::load(args)?;
+    let (settings, warnings) = nettrust::config::load(args)?;
+    init_tracing(settings.log_format);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
-        nettrust::run(settings, shutdown).await?;
+        let reloads = reload_on_sighup(args.clone())?;
+        nettrust::run(settings, shutdown, reloads).await?;
         Ok(())
     })
+}
+
+/// On each SIGHUP, re-reads the configuration the daemon was started with (same flags, current
+/// environment and file) and sends it to the daemon; an invalid one is logged and ignored.
+fn reload_on_sighup(
+    args: nettrust::cli::RunArgs,
+) -> std::io::Result<tokio::sync::mpsc::Receiver<nettrust::config::Settings>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("[Reload] SIGHUP received, reading the configuration again");
+            match nettrust::config::load(&args) {
+                Ok((settings, _)) => {
+                    if tx.send(settings).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(
+                    "[Reload] invalid configuration, keeping the running one: {e:#}"
+                ),
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// Completes on the first SIGINT or SIGTERM.
@@ -55,15 +97,18 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 
 /// Logs go to stderr. `RUST_LOG` selects levels as usual; without it, `NET_TRUST_DEBUG=true` means
 /// debug and anything else info. The `log` records of aya-log are bridged into tracing.
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let default = if std::env::var("NET_TRUST_DEBUG").is_ok_and(|v| v == "true") {
         "info,nettrust=debug"
     } else {
         "info"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

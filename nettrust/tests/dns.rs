@@ -64,51 +64,50 @@ fn write_config(world: &World, text: &str) -> String {
     path.display().to_string()
 }
 
+/// `kdig +tls` from the test cgroup to 127.0.0.1:`port`, trusting `ca`: (stdout, stderr).
+fn kdig(world: &World, ca: &Path, port: &str, name: &str) -> (String, String) {
+    let out = world
+        .in_cgroup("kdig")
+        .args([
+            "+short",
+            "+tls",
+            &format!("+tls-ca={}", ca.display()),
+            "+tls-hostname=nettrust.test",
+            "+time=3",
+            "+retry=0",
+            "-p",
+            port,
+            "@127.0.0.1",
+            name,
+            "A",
+        ])
+        .output()
+        .expect("run kdig (apt-get install knot-dnsutils)");
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 #[ignore = "needs root: cargo xtask test"]
-fn dot_listener_on_the_tcp_port_and_a_dedicated_port() {
+fn dot_listener_on_the_tcp_port_or_a_dedicated_port() {
     let mut world = World::new();
     let (ca, cert, key) = test_pki(world.dir.path(), &["nettrust.test"]);
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    world.start_daemon(&[
+    let tls = [
         "--listen-tls",
-        "--listen-tls-addr",
-        "127.0.0.1:853",
         "--listen-cert",
         &cert,
         "--listen-cert-key",
         &key,
-    ]);
-    let kdig = |port: &str, name: &str| {
-        let out = world
-            .in_cgroup("kdig")
-            .args([
-                "+short",
-                "+tls",
-                &format!("+tls-ca={}", ca.display()),
-                "+tls-hostname=nettrust.test",
-                "+time=3",
-                "+retry=0",
-                "-p",
-                port,
-                "@127.0.0.1",
-                name,
-                "A",
-            ])
-            .output()
-            .expect("run kdig (apt-get install knot-dnsutils)");
-        (
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    // DoT replaces plain TCP on the listen port (the original's behaviour), UDP stays plain.
-    let (answer, err) = kdig("53", "a.test");
+    ];
+
+    // DoT replaces plain TCP on the listen port (the original's behaviour); UDP stays plain.
+    world.start_daemon(&tls);
+    let (answer, err) = kdig(&world, &ca, "53", "a.test");
     assert_eq!(answer, "192.0.2.10", "kdig over TLS on port 53: {err}");
     assert!(world.reachable_from_cgroup("192.0.2.10"));
-    let (answer, err) = kdig("853", "b.test");
-    assert_eq!(answer, "192.0.2.11", "kdig over TLS on port 853: {err}");
-    assert!(world.reachable_from_cgroup("192.0.2.11"));
     assert_eq!(world.resolve("c.test", "A", false), ["192.0.2.12"]);
     // A client that does not trust the certificate gets nothing.
     let out = world
@@ -120,14 +119,21 @@ fn dot_listener_on_the_tcp_port_and_a_dedicated_port() {
             "+time=2",
             "+retry=0",
         ])
-        .args(["-p", "853", "@127.0.0.1", "n7.test", "A"])
+        .args(["-p", "53", "@127.0.0.1", "n7.test", "A"])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
-    assert_eq!(
-        world.list(),
-        addrs(&["192.0.2.10", "192.0.2.11", "192.0.2.12"])
-    );
+    assert!(!world.list().contains(&"203.0.113.7".parse().unwrap()));
+    assert!(world.stop_daemon());
+
+    // A dedicated DoT port: port 53 keeps plain TCP.
+    let mut args = tls.to_vec();
+    args.extend(["--listen-tls-addr", "127.0.0.1:853"]);
+    world.start_daemon(&args);
+    let (answer, err) = kdig(&world, &ca, "853", "b.test");
+    assert_eq!(answer, "192.0.2.11", "kdig over TLS on port 853: {err}");
+    assert!(world.reachable_from_cgroup("192.0.2.11"));
+    assert_eq!(world.resolve("n8.test", "A", true), ["203.0.113.8"]);
     assert!(world.stop_daemon());
 }
 
@@ -153,6 +159,8 @@ fn dot_upstream_with_a_test_ca() {
     world.start_daemon_with(&[
         "--fwd-addr",
         &upstream,
+        "--fwd-proto",
+        "tcp",
         "--fwd-tls",
         "--fwd-tls-cert",
         &ca,
@@ -179,6 +187,8 @@ fn dot_upstream_with_a_test_ca() {
     world.start_daemon_with(&[
         "--fwd-addr",
         &upstream,
+        "--fwd-proto",
+        "tcp",
         "--fwd-tls",
         "--fwd-tls-cert",
         &ca,
@@ -205,6 +215,8 @@ fn bad_ca_bundle_stops_startup_naming_the_file() {
             "127.0.0.1:53",
             "--fwd-addr",
             &format!("{UPSTREAM}:853"),
+            "--fwd-proto",
+            "tcp",
             "--fwd-tls",
         ])
         .arg("--fwd-tls-cert")

@@ -117,7 +117,7 @@ fn sigterm_removes_every_nettrust_object() {
     assert_eq!(
         world.attached_egress_programs(),
         0,
-        "the egress program is still attached"
+        "a program is still attached to the test cgroup"
     );
     assert!(
         world.reachable_from_cgroup("203.0.113.77"),

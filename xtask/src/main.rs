@@ -11,6 +11,7 @@
 //!   namespaces it creates (see `bench.rs`).
 
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -46,6 +47,12 @@ enum Cmd {
         /// Arguments for nettrust.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Run every fuzz target (cargo-fuzz, nightly) for a while.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        time: u64,
     },
     /// rustfmt check and clippy (userspace, and the eBPF crate on its own target).
     Lint,
@@ -107,6 +114,10 @@ fn main() -> Result<()> {
                 bail!("nettrust exited with {status}");
             }
         }
+        Cmd::Fuzz { time } => {
+            setup::toolchain()?;
+            fuzz::run(&root, time)?;
+        }
         Cmd::Lint => {
             setup::toolchain()?;
             lint(&root)?;
@@ -137,7 +148,7 @@ fn cargo(root: &Path) -> Result<Command> {
     Ok(cmd)
 }
 
-fn run_checked(mut cmd: Command) -> Result<()> {
+pub(crate) fn run_checked(mut cmd: Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
@@ -196,7 +207,36 @@ fn lint(root: &Path) -> Result<()> {
         "-D",
         "warnings",
     ]);
-    run_checked(clippy_ebpf)
+    run_checked(clippy_ebpf)?;
+    systemd_unit_security(root)
+}
+
+/// `systemd-analyze security --offline` on dist/nettrust.service must rate it OK or better.
+fn systemd_unit_security(root: &Path) -> Result<()> {
+    let unit = root.join("dist/nettrust.service");
+    let Ok(out) = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--root=/"])
+        .arg(&unit)
+        .output()
+    else {
+        eprintln!("xtask: systemd-analyze not installed; skipping the unit's security rating");
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let verdict = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .with_context(|| {
+            format!(
+                "systemd-analyze gave no rating: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    eprintln!("xtask: {}", verdict.trim());
+    if !(verdict.contains(" OK") || verdict.contains(" SAFE")) {
+        bail!("dist/nettrust.service is rated worse than OK: {verdict}");
+    }
+    Ok(())
 }
 
 fn test(root: &Path, unit_only: bool) -> Result<()> {
@@ -211,18 +251,10 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
     if unit_only {
         return Ok(());
     }
-    // The root suite: real eBPF, cgroups, network namespaces and DNS servers; one test at a time.
+    // The root suites (every file in nettrust/tests): real eBPF, cgroups, network namespaces and
+    // DNS servers; one test at a time.
     let mut build_tests = cargo(root)?;
-    build_tests.args([
-        "test",
-        "--package",
-        "nettrust",
-        "--test",
-        "root",
-        "--test",
-        "dns",
-        "--no-run",
-    ]);
+    build_tests.args(["test", "--package", "nettrust", "--test", "*", "--no-run"]);
     run_checked(build_tests)?;
     let mut root_tests = if setup::is_root() {
         cargo(root)?
@@ -241,9 +273,7 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
         "--package",
         "nettrust",
         "--test",
-        "root",
-        "--test",
-        "dns",
+        "*",
         "--",
         "--ignored",
         "--test-threads=1",

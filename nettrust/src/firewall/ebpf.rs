@@ -14,13 +14,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
+    maps::{HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError},
 };
 use ipnet::IpNet;
 use nettrust_common::{
     FLAG_AUTHORIZED, FLAG_WHITELISTED, HostValue, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NETS_V4,
-    MAP_NETS_V6, MAP_STATS, PROGRAM_EGRESS,
+    MAP_NETS_V6, MAP_STATS, PROGRAM_EGRESS, STAT_COUNT,
 };
 
 use super::{Authorization, AuthorizedHost, Firewall, FirewallError, Policy, boottime_ns};
@@ -120,6 +120,8 @@ struct HostMaps {
 pub struct EbpfFirewall {
     hosts: Mutex<HostMaps>,
     attached: Mutex<Attached>,
+    /// The whitelists in force (to diff against on reload).
+    policy: Mutex<Policy>,
     pin_dir: PathBuf,
     /// flock held on the pin directory for the daemon's lifetime: one daemon per directory.
     _lock: File,
@@ -262,6 +264,7 @@ impl EbpfFirewall {
                 links,
                 logger,
             }),
+            policy: Mutex::new(policy.clone()),
             pin_dir: pin_dir.to_owned(),
             _lock: lock,
         })
@@ -326,6 +329,47 @@ impl Firewall for EbpfFirewall {
     fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError> {
         let hosts = self.hosts.lock().expect("host maps lock poisoned");
         collect_authorized(&hosts.v4, &hosts.v6).map_err(|e| FirewallError::Read(Box::new(e)))
+    }
+
+    fn set_whitelist(&self, new: &Policy) -> Result<(), FirewallError> {
+        let wrap = |e: EbpfError| FirewallError::Whitelist(Box::new(e));
+        let mut current = self.policy.lock().expect("policy lock poisoned");
+        let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+        let mut nets_v4: LpmTrie<MapData, [u8; 4], u32> =
+            open_pinned_map(&self.pin_dir, MAP_NETS_V4).map_err(wrap)?;
+        let mut nets_v6: LpmTrie<MapData, [u8; 16], u32> =
+            open_pinned_map(&self.pin_dir, MAP_NETS_V6).map_err(wrap)?;
+        // Add first, then remove: an entry on both lists is never absent in between.
+        for net in new
+            .whitelist_networks
+            .iter()
+            .filter(|n| !current.whitelist_networks.contains(n))
+        {
+            set_network(&mut nets_v4, &mut nets_v6, net, true).map_err(wrap)?;
+        }
+        for &host in new
+            .whitelist_hosts
+            .iter()
+            .filter(|h| !current.whitelist_hosts.contains(h))
+        {
+            set_host_whitelisted(&mut hosts, host, true).map_err(wrap)?;
+        }
+        for net in current
+            .whitelist_networks
+            .iter()
+            .filter(|n| !new.whitelist_networks.contains(n))
+        {
+            set_network(&mut nets_v4, &mut nets_v6, net, false).map_err(wrap)?;
+        }
+        for &host in current
+            .whitelist_hosts
+            .iter()
+            .filter(|h| !new.whitelist_hosts.contains(h))
+        {
+            set_host_whitelisted(&mut hosts, host, false).map_err(wrap)?;
+        }
+        *current = new.clone();
+        Ok(())
     }
 }
 
@@ -396,28 +440,9 @@ fn collect_authorized(v4: &HostMap<4>, v6: &HostMap<16>) -> Result<Vec<Authorize
 
 /// Reads the authorized hosts from the maps a running daemon pinned in `pin_dir`.
 pub fn list_pinned(pin_dir: &Path) -> Result<Vec<AuthorizedHost>, EbpfError> {
-    let v4: HostMap<4> = open_pinned(pin_dir, MAP_HOSTS_V4)?;
-    let v6: HostMap<16> = open_pinned(pin_dir, MAP_HOSTS_V6)?;
+    let v4: HostMap<4> = open_pinned_map(pin_dir, MAP_HOSTS_V4)?;
+    let v6: HostMap<16> = open_pinned_map(pin_dir, MAP_HOSTS_V6)?;
     collect_authorized(&v4, &v6).map_err(|e| map_error(MAP_HOSTS_V4, "cannot read", e))
-}
-
-fn open_pinned<const N: usize>(
-    pin_dir: &Path,
-    name: &'static str,
-) -> Result<HostMap<N>, EbpfError> {
-    let path = pin_dir.join(name);
-    let data = MapData::from_pin(&path).map_err(|e| {
-        map_error(
-            name,
-            format!(
-                "no pinned map at {} (is the nettrust daemon running?)",
-                path.display()
-            ),
-            e,
-        )
-    })?;
-    HostMap::<N>::try_from(Map::HashMap(data))
-        .map_err(|e| map_error(name, "not a nettrust host map", e))
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
@@ -584,4 +609,125 @@ fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
             guard.clear_ready();
         }
     }))
+}
+
+/// The egress program's counters (summed over CPUs), read from the `STATS` map pinned in
+/// `pin_dir`, indexed by the `STAT_*` constants.
+pub fn read_stats(pin_dir: &Path) -> Result<[u64; STAT_COUNT as usize], EbpfError> {
+    let stats: PerCpuArray<MapData, u64> = open_pinned_map(pin_dir, MAP_STATS)?;
+    let mut out = [0u64; STAT_COUNT as usize];
+    for (index, slot) in (0..STAT_COUNT).zip(out.iter_mut()) {
+        let per_cpu = stats
+            .get(&index, 0)
+            .map_err(|e| map_error(MAP_STATS, "cannot read", e))?;
+        *slot = per_cpu.iter().sum();
+    }
+    Ok(out)
+}
+
+/// Adds (`allow`) or removes a whitelisted network.
+fn set_network(
+    v4: &mut LpmTrie<MapData, [u8; 4], u32>,
+    v6: &mut LpmTrie<MapData, [u8; 16], u32>,
+    net: &IpNet,
+    allow: bool,
+) -> Result<(), EbpfError> {
+    let result = match (net, allow) {
+        (IpNet::V4(n), true) => v4.insert(
+            &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+            FLAG_WHITELISTED,
+            0,
+        ),
+        (IpNet::V4(n), false) => v4.remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+        (IpNet::V6(n), true) => v6.insert(
+            &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+            FLAG_WHITELISTED,
+            0,
+        ),
+        (IpNet::V6(n), false) => v6.remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+    };
+    let name = if net.addr().is_ipv4() {
+        MAP_NETS_V4
+    } else {
+        MAP_NETS_V6
+    };
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_error(
+            name,
+            format!("cannot update whitelisted network {net}"),
+            e,
+        )),
+    }
+}
+
+/// Whitelists a host (keeping the authorization flag it may carry), or removes it. A host taken
+/// off the whitelist loses any authorization too: it must be resolved again, which keeps "removed
+/// from the config" meaning "no longer reachable" (the original's issue #8).
+fn set_host_whitelisted(
+    hosts: &mut HostMaps,
+    host: IpAddr,
+    whitelisted: bool,
+) -> Result<(), EbpfError> {
+    let result = match host {
+        IpAddr::V4(ip) => {
+            flag_host(&mut hosts.v4, ip.octets(), whitelisted).map_err(|e| (MAP_HOSTS_V4, e))
+        }
+        IpAddr::V6(ip) => {
+            flag_host(&mut hosts.v6, ip.octets(), whitelisted).map_err(|e| (MAP_HOSTS_V6, e))
+        }
+    };
+    result.map_err(|(name, e)| map_error(name, format!("cannot update whitelisted host {host}"), e))
+}
+
+fn flag_host<const N: usize>(
+    map: &mut HostMap<N>,
+    key: [u8; N],
+    whitelisted: bool,
+) -> Result<(), MapError> {
+    if !whitelisted {
+        return match map.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e),
+        };
+    }
+    let flags = match map.get(&key, 0) {
+        Ok(old) => old.flags | FLAG_WHITELISTED,
+        Err(MapError::KeyNotFound) => FLAG_WHITELISTED,
+        Err(e) => return Err(e),
+    };
+    // Whitelisted entries never expire.
+    map.insert(
+        key,
+        HostValue {
+            expires_ns: 0,
+            flags,
+            _pad: 0,
+        },
+        0,
+    )
+}
+
+/// Opens a map pinned in `pin_dir` by this daemon.
+fn open_pinned_map<T>(pin_dir: &Path, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|e| {
+        map_error(
+            name,
+            format!(
+                "no pinned map at {} (is the nettrust daemon running?)",
+                path.display()
+            ),
+            e,
+        )
+    })?;
+    let map = match name {
+        MAP_NETS_V4 | MAP_NETS_V6 => Map::LpmTrie(data),
+        MAP_STATS => Map::PerCpuArray(data),
+        _ => Map::HashMap(data),
+    };
+    T::try_from(map).map_err(|e| map_error(name, "unexpected map type", e))
 }

@@ -7,7 +7,7 @@ use super::{Authorization, AuthorizedHost, Firewall, FirewallError, Policy};
 /// An in-memory backend: hosts, networks and deadlines, judged like the egress program does.
 #[derive(Debug, Default)]
 pub struct FakeFirewall {
-    policy: Policy,
+    policy: Mutex<Policy>,
     authorized: Mutex<HashMap<IpAddr, u64>>,
     /// When set, `authorize` fails for this address (to test error paths).
     pub fail_on: Option<IpAddr>,
@@ -17,16 +17,16 @@ impl FakeFirewall {
     /// A fake backend enforcing `policy`.
     pub fn new(policy: Policy) -> Self {
         Self {
-            policy,
+            policy: Mutex::new(policy),
             ..Self::default()
         }
     }
 
     /// The verdict the egress program would give a packet to `addr` at `now_ns`.
     pub fn allows(&self, addr: IpAddr, now_ns: u64) -> bool {
-        if self.policy.whitelist_hosts.contains(&addr)
-            || self
-                .policy
+        let policy = self.policy.lock().expect("poisoned");
+        if policy.whitelist_hosts.contains(&addr)
+            || policy
                 .whitelist_networks
                 .iter()
                 .any(|net| net.contains(&addr))
@@ -48,7 +48,13 @@ impl Firewall for FakeFirewall {
                 source: "injected failure".into(),
             });
         }
-        if self.policy.whitelist_hosts.contains(&addr) {
+        if self
+            .policy
+            .lock()
+            .expect("poisoned")
+            .whitelist_hosts
+            .contains(&addr)
+        {
             return Ok(Authorization::Already);
         }
         let previous = self
@@ -69,5 +75,10 @@ impl Firewall for FakeFirewall {
             .iter()
             .map(|(&addr, &expires_ns)| AuthorizedHost { addr, expires_ns })
             .collect())
+    }
+
+    fn set_whitelist(&self, policy: &Policy) -> Result<(), FirewallError> {
+        *self.policy.lock().expect("poisoned") = policy.clone();
+        Ok(())
     }
 }
