@@ -124,6 +124,7 @@ impl Authorizer {
         let mut allowed = Vec::with_capacity(addresses.len());
         for addr in addresses {
             if self.blacklist.blocks_host(addr) {
+                count_address("blacklisted");
                 tracing::info!(question = %qname, host = %addr, "[Blacklisted] host");
             } else {
                 allowed.push(addr);
@@ -142,8 +143,12 @@ impl Authorizer {
         let mut new = Vec::new();
         for addr in allowed {
             match self.firewall.authorize(addr, expires_ns)? {
-                Authorization::New => new.push(addr),
+                Authorization::New => {
+                    count_address("new");
+                    new.push(addr);
+                }
                 Authorization::Already => {
+                    count_address("already");
                     tracing::info!(question = %qname, host = %addr, "[Already Authorized]");
                 }
             }
@@ -153,6 +158,14 @@ impl Authorizer {
         }
         Ok(Verdict::Relay)
     }
+}
+
+/// Counts an answer address in `nettrust_answer_addresses_total`.
+fn count_address(result: &'static str) {
+    crate::metrics::metrics()
+        .addresses
+        .get_or_create(&crate::metrics::ResultLabel { result })
+        .inc();
 }
 
 /// The address a reverse name stands for: `4.3.2.1.in-addr.arpa.` is 1.2.3.4 (RFC 1035 §3.5),

@@ -391,7 +391,7 @@ fn blacklisted_hosts_stay_in_answers_but_stay_blocked() {
 #[ignore = "needs root: cargo xtask test"]
 fn cache_hits_reauthorize() {
     let mut world = World::new();
-    world.start_daemon(&["--dns-ttl-cache", "300"]);
+    world.start_daemon(&["--dns-ttl-cache", "300", "--metrics-addr", "127.0.0.1:9153"]);
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert_eq!(world.resolve("A.TEST", "A", false), ["192.0.2.10"]);
     assert!(world.reachable_from_cgroup("192.0.2.10"));
@@ -401,5 +401,22 @@ fn cache_hits_reauthorize() {
         log.contains("[Already Authorized]"),
         "the hit renewed the entry: {log}"
     );
+    // The DNS path feeds the metrics: one answered, one cached, the address new then renewed.
+    let out = world
+        .in_ns(&world.client_ns, "curl")
+        .args(["-sS", "--max-time", "5", "http://127.0.0.1:9153/metrics"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for sample in [
+        "nettrust_dns_queries_total{transport=\"udp\",result=\"cached\"} 1",
+        "nettrust_answer_addresses_total{result=\"new\"} 1",
+        "nettrust_answer_addresses_total{result=\"already\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == sample),
+            "{sample} missing:\n{text}"
+        );
+    }
     assert!(world.stop_daemon());
 }

@@ -22,8 +22,21 @@ use crate::{
 pub enum ClientTransport {
     /// UDP: answers are limited to the client's advertised payload size.
     Udp,
-    /// TCP or TLS.
+    /// TCP.
     Tcp,
+    /// DNS over TLS (a TCP transport).
+    Tls,
+}
+
+impl ClientTransport {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
 }
 
 /// The DNS proxy's query handler.
@@ -60,45 +73,59 @@ impl Proxy {
 
     /// Handles one query; `None` means no reply is sent (e.g. the message was a response).
     pub async fn handle(&self, query: &[u8], transport: ClientTransport) -> Option<Vec<u8>> {
+        let (response, result) = self.respond(query, transport).await;
+        crate::metrics::metrics().query(transport.label(), result);
+        response
+    }
+
+    /// The reply to `query` and the outcome label of the `nettrust_dns_queries_total` metric.
+    async fn respond(
+        &self,
+        query: &[u8],
+        transport: ClientTransport,
+    ) -> (Option<Vec<u8>>, &'static str) {
         let request = match Message::from_vec(query) {
             Ok(request) => request,
             Err(e) => {
                 tracing::debug!("dropping an unparsable query: {e}");
-                return unparsable_query_response(query);
+                return (unparsable_query_response(query), "formerr");
             }
         };
         if request.metadata.message_type != MessageType::Query {
-            return None;
+            return (None, "dropped");
         }
         if request.metadata.op_code != OpCode::Query {
-            return error_response(&request, ResponseCode::NotImp);
+            return (error_response(&request, ResponseCode::NotImp), "notimp");
         }
         let [question] = request.queries.as_slice() else {
-            return error_response(&request, ResponseCode::FormErr);
+            return (error_response(&request, ResponseCode::FormErr), "formerr");
         };
         let blacklist = self.authorizer.blacklist();
         if blacklist.blocks_domain(&question.name) {
             tracing::info!(question = %question.name, "[Blacklisted] domain");
-            return error_response(&request, blacklist.response.rcode());
+            return (
+                error_response(&request, blacklist.response.rcode()),
+                "blacklisted",
+            );
         }
         let client_limit = match transport {
             ClientTransport::Udp => usize::from(request.max_payload()),
-            ClientTransport::Tcp => usize::MAX,
+            ClientTransport::Tcp | ClientTransport::Tls => usize::MAX,
         };
         if let Some(cache) = &self.cache
             && let Some(cached) = cache.get(question, request.metadata.id, Instant::now())
         {
             tracing::debug!(question = %question.name, "[Cache] hit");
             let Ok(bytes) = cached.to_vec() else {
-                return error_response(&request, ResponseCode::ServFail);
+                return (error_response(&request, ResponseCode::ServFail), "servfail");
             };
             if bytes.len() > client_limit {
-                return truncated_response(&request);
+                return (truncated_response(&request), "truncated");
             }
             // Every hit renews the firewall entries before the client sees the addresses.
             return match self.authorized(&request, question, &cached) {
-                Ok(()) => Some(bytes),
-                Err(rcode) => error_response(&request, rcode),
+                Ok(()) => (Some(bytes), "cached"),
+                Err(rcode) => (error_response(&request, rcode), rcode_label(rcode)),
             };
         }
 
@@ -111,24 +138,27 @@ impl Proxy {
             Ok(ok) => ok,
             Err(e) => {
                 log_upstream_error(&question.name, &e);
-                return error_response(&request, ResponseCode::ServFail);
+                return (error_response(&request, ResponseCode::ServFail), "servfail");
             }
         };
         if answer.metadata.truncation {
             // Only possible if even TCP gave a truncated answer: relay it, authorize nothing.
-            return Some(with_id(answer_bytes, request.metadata.id));
+            return (
+                Some(with_id(answer_bytes, request.metadata.id)),
+                "truncated",
+            );
         }
         if answer_bytes.len() > client_limit {
             // The client asks again over TCP; that answer is the one authorized.
-            return truncated_response(&request);
+            return (truncated_response(&request), "truncated");
         }
         if let Err(rcode) = self.authorized(&request, question, &answer) {
-            return error_response(&request, rcode);
+            return (error_response(&request, rcode), rcode_label(rcode));
         }
         if let Some(cache) = &self.cache {
             cache.insert(question, &answer, Instant::now());
         }
-        Some(with_id(answer_bytes, request.metadata.id))
+        (Some(with_id(answer_bytes, request.metadata.id)), "answered")
     }
 
     /// Authorizes `answer`; `Err` carries the rcode the client gets instead.
@@ -175,6 +205,15 @@ impl Proxy {
             }
         }
         query.to_vec()
+    }
+}
+
+/// The metric label of a refusal: SERVFAIL after a firewall error, anything else is the blacklist.
+fn rcode_label(rcode: ResponseCode) -> &'static str {
+    if rcode == ResponseCode::ServFail {
+        "servfail"
+    } else {
+        "blacklisted"
     }
 }
 

@@ -98,7 +98,7 @@ pub async fn serve_tcp(
             let serve = async {
                 stream.set_nodelay(true)?;
                 match tls {
-                    None => serve_connection(stream, peer, &proxy).await,
+                    None => serve_connection(stream, peer, &proxy, ClientTransport::Tcp).await,
                     Some(acceptor) => {
                         let stream = timeout(TCP_IDLE_TIMEOUT, acceptor.accept(stream))
                             .await
@@ -108,7 +108,7 @@ pub async fn serve_tcp(
                                     "TLS handshake timed out",
                                 )
                             })??;
-                        serve_connection(stream, peer, &proxy).await
+                        serve_connection(stream, peer, &proxy, ClientTransport::Tls).await
                     }
                 }
             };
@@ -127,6 +127,7 @@ async fn serve_connection(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
     peer: SocketAddr,
     proxy: &Proxy,
+    transport: ClientTransport,
 ) -> std::io::Result<()> {
     loop {
         let len = match timeout(TCP_IDLE_TIMEOUT, stream.read_u16()).await {
@@ -143,7 +144,7 @@ async fn serve_connection(
                     format!("{peer} stalled mid-message"),
                 )
             })??;
-        let Some(response) = proxy.handle(&query, ClientTransport::Tcp).await else {
+        let Some(response) = proxy.handle(&query, transport).await else {
             continue;
         };
         let Ok(len) = u16::try_from(response.len()) else {

@@ -37,6 +37,14 @@ use super::answer::check_response;
 
 /// Largest DNS message (TCP length prefix is 16 bits, RFC 1035 §4.2.2; UDP payload likewise).
 pub const MAX_MESSAGE: usize = 65_535;
+/// Counts a refused upstream reply in `nettrust_rejected_answers_total`.
+fn count_rejected(result: &'static str) {
+    crate::metrics::metrics()
+        .rejected_answers
+        .get_or_create(&crate::metrics::ResultLabel { result })
+        .inc();
+}
+
 /// How long a failed server is skipped.
 pub const HEALTH_BACKOFF: Duration = Duration::from_secs(5);
 /// UDP sockets per upstream server.
@@ -294,6 +302,7 @@ impl PooledUdp {
                             }
                             None => {
                                 // No query in flight with that ID: late or forged.
+                                count_rejected("forged");
                                 let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
                                 tracing::debug!(upstream = %addr, id, dropped_total = total, "dropped a reply with an unknown ID");
                             }
@@ -381,7 +390,8 @@ impl Upstreams {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn count_dropped(&self) -> u64 {
+    fn count_dropped(&self, result: &'static str) -> u64 {
+        count_rejected(result);
         self.dropped.fetch_add(1, Ordering::Relaxed) + 1
     }
 
@@ -415,11 +425,15 @@ impl Upstreams {
         // Healthy servers first, then (if every one failed or is in back-off) the others.
         for pass_healthy in [true, false] {
             for server in self.servers.iter().filter(|s| healthy(s) == pass_healthy) {
+                let started = std::time::Instant::now();
                 match self
                     .exchange_with(server, query, question, udp_client)
                     .await
                 {
                     Ok(answer) => {
+                        crate::metrics::metrics()
+                            .upstream_latency
+                            .observe(started.elapsed().as_secs_f64());
                         *server.down_until.lock().expect("health lock") = None;
                         return Ok(answer);
                     }
@@ -533,12 +547,12 @@ impl Upstreams {
                 });
             }
             let Ok(message) = Message::from_vec(&datagram) else {
-                let dropped_total = self.count_dropped();
+                let dropped_total = self.count_dropped("malformed");
                 tracing::debug!(upstream = %addr, dropped_total, "dropped an unparsable datagram");
                 continue;
             };
             if let Err(mismatch) = check_response(&message, id, question) {
-                let dropped_total = self.count_dropped();
+                let dropped_total = self.count_dropped("forged");
                 tracing::warn!(upstream = %addr, %mismatch, dropped_total, "dropped a reply that does not match the query");
                 continue;
             }
@@ -583,7 +597,7 @@ impl Upstreams {
         match checked {
             Ok(message) => Ok((buf, message)),
             Err(reason) => {
-                self.count_dropped();
+                self.count_dropped("forged");
                 Err(UpstreamError::BadAnswer { addr, reason })
             }
         }
