@@ -39,6 +39,8 @@ struct Figures {
     lost: u64,
     p50_us: f64,
     p99_us: f64,
+    /// p50 with a single query in flight: the per-query cost without queueing.
+    idle_p50_us: f64,
 }
 
 /// Everything the benchmark created, removed in `Drop` (also on error or panic).
@@ -258,26 +260,34 @@ impl Bench {
         let qps = field("Queries per second:").context("no qps in dnsperf's output")?;
         let lost = field("Queries lost:").unwrap_or(0.0) as u64;
 
-        let mut args = base(opts.seconds.div_ceil(2));
-        args.push("-v".into());
-        let out = self.in_cgroup("dnsperf", &args).output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        // Verbose lines: "> NOERROR n1.bench A 0.000123".
-        let mut latencies: Vec<f64> = text
-            .lines()
-            .filter(|l| l.starts_with("> "))
-            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-            .collect();
-        if latencies.is_empty() {
-            bail!("no per-query latencies in dnsperf -v output");
-        }
-        latencies.sort_by(f64::total_cmp);
-        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize] * 1e6;
+        let latencies = |mut args: Vec<String>| -> Result<Vec<f64>> {
+            args.push("-v".into());
+            let out = self.in_cgroup("dnsperf", &args).output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            // Verbose lines: "> NOERROR n1.bench A 0.000123".
+            let mut latencies: Vec<f64> = text
+                .lines()
+                .filter(|l| l.starts_with("> "))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+                .collect();
+            if latencies.is_empty() {
+                bail!("no per-query latencies in dnsperf -v output");
+            }
+            latencies.sort_by(f64::total_cmp);
+            Ok(latencies)
+        };
+        let pct = |l: &[f64], p: f64| l[((l.len() - 1) as f64 * p).round() as usize] * 1e6;
+        let loaded = latencies(base(opts.seconds.div_ceil(2)))?;
+        // The same with one query in flight ("-q" is the 8th argument).
+        let mut idle_args = base(3);
+        idle_args[7] = "1".into();
+        let idle = latencies(idle_args)?;
         Ok(Figures {
             qps,
             lost,
-            p50_us: pct(0.50),
-            p99_us: pct(0.99),
+            p50_us: pct(&loaded, 0.50),
+            p99_us: pct(&loaded, 0.99),
+            idle_p50_us: pct(&idle, 0.50),
         })
     }
 }
@@ -341,20 +351,22 @@ pub fn dns(binary: &Path, opts: &Options) -> Result<()> {
     {
         bail!("nettrust exited during the benchmark with {status}");
     }
-    println!("target                      qps      lost   p50 (µs)   p99 (µs)");
+    println!("target                      qps     lost  p50 (µs)  p99 (µs)  p50 @1 in flight (µs)");
     for (name, f) in [
         ("upstream (dnsmasq) direct", &direct),
         ("nettrust (eBPF)", &proxied),
     ] {
         println!(
-            "{name:<25} {:>8.0} {:>8} {:>10.0} {:>10.0}",
-            f.qps, f.lost, f.p50_us, f.p99_us
+            "{name:<25} {:>8.0} {:>7} {:>9.0} {:>9.0} {:>22.0}",
+            f.qps, f.lost, f.p50_us, f.p99_us, f.idle_p50_us
         );
     }
     println!(
-        "nettrust/upstream qps ratio: {:.2}; added p50 latency: {:.0} µs",
+        "nettrust/upstream qps ratio: {:.2}; added p50 latency: {:.0} µs at {} in flight, {:.0} µs at 1 in flight",
         proxied.qps / direct.qps,
-        proxied.p50_us - direct.p50_us
+        proxied.p50_us - direct.p50_us,
+        opts.in_flight,
+        proxied.idle_p50_us - direct.idle_p50_us
     );
     Ok(())
 }
