@@ -1,45 +1,48 @@
-//! The eBPF backend: loads nettrust-ebpf's `egress` program, fills its maps with the policy, pins
-//! the maps under the bpffs directory (so `nettrust list` can read them) and attaches the program
-//! to every configured cgroup. Whitelists are written *before* the program is attached, so there is
-//! never a moment where a whitelisted destination is dropped.
+//! The eBPF backend: loads nettrust-ebpf's programs, adopts or creates the maps pinned in the
+//! bpffs directory (layout and checks in [`super::pins`]), writes the whitelists, and attaches the
+//! programs to every cgroup through pinned bpf_links, so enforcement outlives the process.
+//!
+//! Order of a start: whitelists are written into the (possibly adopted) maps *before* anything is
+//! attached, so a whitelisted destination is never dropped; each new link is attached *before* its
+//! pin replaces the previous run's link, so a restart never leaves a cgroup unfiltered.
 
 use std::{
     fs::File,
     io,
     net::IpAddr,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
 use aya::{
-    Ebpf, EbpfLoader, Pod,
-    maps::{HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError},
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        RingBuf, lpm_trie::Key,
+    },
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FdLink, ProgramError},
 };
 use ipnet::IpNet;
 use nettrust_common::{
-    FLAG_AUTHORIZED, FLAG_WHITELISTED, HostValue, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NETS_V4,
-    MAP_NETS_V6, MAP_STATS, PROGRAM_EGRESS,
+    CONFIG_DROP_INPUT, CgroupPath, DeniedEvent, FLAG_AUTHORIZED, FLAG_WHITELISTED, HostName,
+    HostValue, MAP_CGROUPS, MAP_CONFIG, MAP_DENIED, MAP_DROPS, MAP_HOSTS_V4, MAP_HOSTS_V6,
+    MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_STATS, PROGRAM_EGRESS, PROGRAM_INGRESS, STAT_COUNT,
 };
 
-use super::{Authorization, AuthorizedHost, Firewall, FirewallError, Policy, boottime_ns};
+use super::{
+    Authorization, AuthorizedHost, ExitMode, Firewall, FirewallError, HostState, Policy,
+    boottime_ns,
+    pins::{self, PinError},
+};
 
 /// The eBPF object built from nettrust-ebpf by build.rs (empty when built with
 /// `NETTRUST_EBPF_STUB=1`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nettrust"));
 
-/// `BPF_FS_MAGIC` from linux/magic.h.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-/// Where bpffs is conventionally mounted; nettrust mounts it there when absent.
-const BPFFS_MOUNT: &str = "/sys/fs/bpf";
-/// Names of the maps pinned under the bpffs directory.
-const PINNED_MAPS: [&str; 5] = [
-    MAP_HOSTS_V4,
-    MAP_HOSTS_V6,
-    MAP_NETS_V4,
-    MAP_NETS_V6,
-    MAP_STATS,
+/// The two programs and their attach types.
+const PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
+    (PROGRAM_EGRESS, CgroupSkbAttachType::Egress),
+    (PROGRAM_INGRESS, CgroupSkbAttachType::Ingress),
 ];
 
 /// Errors of the eBPF backend.
@@ -53,7 +56,7 @@ pub enum EbpfError {
     /// The eBPF object could not be loaded.
     #[error("cannot load the eBPF object")]
     Load(#[source] Box<aya::EbpfError>),
-    /// The egress program could not be loaded or attached.
+    /// A program could not be loaded, pinned or attached.
     #[error("eBPF program {what}")]
     Program {
         /// What failed, naming the cgroup when attaching.
@@ -62,7 +65,7 @@ pub enum EbpfError {
         #[source]
         source: ProgramError,
     },
-    /// A map could not be opened, written or pinned.
+    /// A map could not be opened, read or written.
     #[error("eBPF map {name}: {what}")]
     Map {
         /// The map's name.
@@ -73,16 +76,16 @@ pub enum EbpfError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The bpffs directory cannot be used.
-    #[error("bpffs directory {path}: {what}")]
-    Bpffs {
-        /// The directory.
-        path: PathBuf,
-        /// What is wrong.
+    /// The bpffs directory or a pin in it cannot be used.
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    /// A link could not be pinned.
+    #[error("cannot pin the link of {cgroup}: {what}")]
+    LinkPin {
+        /// The cgroup.
+        cgroup: PathBuf,
+        /// What failed.
         what: String,
-        /// The cause, if any.
-        #[source]
-        source: Option<io::Error>,
     },
     /// A cgroup could not be opened.
     #[error("cgroup {path}: cannot open it")]
@@ -93,6 +96,9 @@ pub enum EbpfError {
         #[source]
         source: io::Error,
     },
+    /// Nothing is pinned in the directory.
+    #[error("nothing pinned in {0}: nettrust has not run with this --bpffs-dir")]
+    NotPinned(PathBuf),
 }
 
 fn map_error(
@@ -108,206 +114,424 @@ fn map_error(
 }
 
 type HostMap<const N: usize> = AyaHashMap<MapData, [u8; N], HostValue>;
+type NameMap = AyaHashMap<MapData, [u8; 16], HostName>;
+type CgroupMap = AyaHashMap<MapData, u64, CgroupPath>;
 
-/// The two host maps, written by DNS answers.
+/// The maps written on the DNS path and by the sweeper, behind one lock: every read-modify-write
+/// of a host entry (authorize, renew_if, remove_if) is atomic with respect to the others.
 struct HostMaps {
     v4: HostMap<4>,
     v6: HostMap<16>,
+    names: NameMap,
 }
 
-/// The running eBPF backend. Dropping it detaches the program; [`EbpfFirewall::stop`] also removes
-/// the pinned maps and reports what could not be cleaned.
+/// The backend's settings.
+#[derive(Debug, Clone)]
+pub struct EbpfOptions {
+    /// cgroups to filter (cgroups attached at runtime by `nettrust attach` are kept too).
+    pub cgroups: Vec<PathBuf>,
+    /// The bpffs directory.
+    pub pin_dir: PathBuf,
+    /// Whitelists.
+    pub policy: Policy,
+    /// `--firewall-drop-input`.
+    pub drop_input: bool,
+}
+
+/// The running eBPF backend.
 pub struct EbpfFirewall {
     hosts: Mutex<HostMaps>,
-    attached: Mutex<Attached>,
     pin_dir: PathBuf,
+    /// The loaded object (programs and maps stay pinned when it is dropped).
+    _ebpf: Mutex<Ebpf>,
+    /// The denied-event ring buffer, taken by [`EbpfFirewall::take_denied`].
+    denied: Mutex<Option<RingBuf<MapData>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// flock held on the pin directory for the daemon's lifetime: one daemon per directory.
     _lock: File,
 }
 
-/// The loaded object with the program's links, and the task draining its logs.
-struct Attached {
-    ebpf: Ebpf,
-    links: Vec<aya::programs::cgroup_skb::CgroupSkbLinkId>,
-    logger: Option<tokio::task::JoinHandle<()>>,
-}
-
 impl EbpfFirewall {
-    /// Loads the program, installs `policy`, pins the maps in `pin_dir` and attaches the program to
-    /// `cgroups`. On error everything created so far is removed again.
-    pub fn start(cgroups: &[PathBuf], pin_dir: &Path, policy: &Policy) -> Result<Self, EbpfError> {
+    /// Loads the programs, adopts the maps a previous run pinned in `pin_dir` (after checking they
+    /// are nettrust's) or creates them, installs the policy and attaches to every cgroup. On error
+    /// a fresh directory is removed again; adopted state is left as it was (still enforcing).
+    pub fn start(options: &EbpfOptions) -> Result<Self, EbpfError> {
         if OBJECT.is_empty() {
             return Err(EbpfError::NoObject);
         }
         raise_memlock_limit();
-        let lock = prepare_pin_dir(pin_dir)?;
-        let result = Self::start_locked(cgroups, pin_dir, policy, lock);
-        if result.is_err() {
-            let _ = remove_pins(pin_dir);
+        let lock = pins::prepare_dir(&options.pin_dir)?;
+        let adopted = pins::check_pinned_maps(&options.pin_dir)?;
+        if adopted > 0 {
+            tracing::info!(
+                dir = %options.pin_dir.display(),
+                "adopting the maps of a previous nettrust run"
+            );
+        }
+        let result = Self::start_locked(options, lock);
+        if result.is_err() && adopted == 0 {
+            let _ = pins::remove_all(&options.pin_dir);
         }
         result
     }
 
-    fn start_locked(
-        cgroups: &[PathBuf],
-        pin_dir: &Path,
-        policy: &Policy,
-        lock: File,
-    ) -> Result<Self, EbpfError> {
-        let mut ebpf = EbpfLoader::new()
+    fn start_locked(options: &EbpfOptions, lock: File) -> Result<Self, EbpfError> {
+        let dir = &options.pin_dir;
+        let pin_paths: Vec<(&str, PathBuf)> = pins::MAPS
+            .iter()
+            .map(|spec| (spec.name, dir.join(spec.name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| EbpfError::Load(Box::new(e)))?;
         let logger = start_logger(&mut ebpf);
 
-        for name in PINNED_MAPS {
-            let map = ebpf.map(name).ok_or_else(|| {
-                map_error(
-                    name,
-                    "missing from the object",
-                    io::Error::from(io::ErrorKind::NotFound),
-                )
-            })?;
-            map.pin(pin_dir.join(name))
-                .map_err(|e| map_error(name, format!("cannot pin in {}", pin_dir.display()), e))?;
-        }
         let mut hosts = HostMaps {
-            v4: take_hash(&mut ebpf, MAP_HOSTS_V4)?,
-            v6: take_hash(&mut ebpf, MAP_HOSTS_V6)?,
+            v4: take_map(&mut ebpf, MAP_HOSTS_V4)?,
+            v6: take_map(&mut ebpf, MAP_HOSTS_V6)?,
+            names: take_map(&mut ebpf, MAP_NAMES)?,
         };
         let mut nets_v4: LpmTrie<MapData, [u8; 4], u32> = take_map(&mut ebpf, MAP_NETS_V4)?;
         let mut nets_v6: LpmTrie<MapData, [u8; 16], u32> = take_map(&mut ebpf, MAP_NETS_V6)?;
+        install_policy(&mut hosts, &mut nets_v4, &mut nets_v6, &options.policy)?;
+        let mut config: Array<MapData, u32> = take_map(&mut ebpf, MAP_CONFIG)?;
+        config
+            .set(CONFIG_DROP_INPUT, u32::from(options.drop_input), 0)
+            .map_err(|e| map_error(MAP_CONFIG, "cannot set drop-input", e))?;
+        let mut cgroup_map: CgroupMap = take_map(&mut ebpf, MAP_CGROUPS)?;
+        let denied: RingBuf<MapData> = take_map(&mut ebpf, MAP_DENIED)?;
 
-        let whitelisted = HostValue {
-            expires_ns: 0,
-            flags: FLAG_WHITELISTED,
-            _pad: 0,
-        };
-        for &host in &policy.whitelist_hosts {
-            let result = match host {
-                IpAddr::V4(ip) => hosts
-                    .v4
-                    .insert(ip.octets(), whitelisted, 0)
-                    .map_err(|e| (MAP_HOSTS_V4, e)),
-                IpAddr::V6(ip) => hosts
-                    .v6
-                    .insert(ip.octets(), whitelisted, 0)
-                    .map_err(|e| (MAP_HOSTS_V6, e)),
-            };
-            result
-                .map_err(|(name, e)| map_error(name, format!("cannot whitelist host {host}"), e))?;
-        }
-        for net in &policy.whitelist_networks {
-            let result = match net {
-                IpNet::V4(n) => nets_v4
-                    .insert(
-                        &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
-                        FLAG_WHITELISTED,
-                        0,
-                    )
-                    .map_err(|e| (MAP_NETS_V4, e)),
-                IpNet::V6(n) => nets_v6
-                    .insert(
-                        &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
-                        FLAG_WHITELISTED,
-                        0,
-                    )
-                    .map_err(|e| (MAP_NETS_V6, e)),
-            };
-            result.map_err(|(name, e)| {
-                map_error(name, format!("cannot whitelist network {net}"), e)
+        for (name, _) in PROGRAMS {
+            let program = program_mut(&mut ebpf, name)?;
+            program.load().map_err(|source| EbpfError::Program {
+                what: format!("{name} rejected by the kernel"),
+                source,
+            })?;
+            let pin = pins::program_pin(dir, name);
+            pins::replace_pin(&pin, |tmp| {
+                program.pin(tmp).map_err(|e| e.to_string())?;
+                Ok(())
+            })
+            .map_err(|what| EbpfError::LinkPin {
+                cgroup: pin.clone(),
+                what,
             })?;
         }
 
-        let program: &mut CgroupSkb = ebpf
-            .program_mut(PROGRAM_EGRESS)
-            .ok_or_else(|| EbpfError::Program {
-                what: "egress missing from the object".into(),
-                source: ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(|source| EbpfError::Program {
-                what: "egress has the wrong type".into(),
-                source,
-            })?;
-        program.load().map_err(|source| EbpfError::Program {
-            what: "egress rejected by the kernel".into(),
-            source,
-        })?;
-        let mut links = Vec::with_capacity(cgroups.len());
-        for path in cgroups {
-            let cgroup = File::open(path).map_err(|source| EbpfError::Cgroup {
-                path: path.clone(),
-                source,
-            })?;
-            // On kernels >= 5.7 aya attaches through a bpf_link, which always coexists with other
-            // programs on the cgroup (systemd's, a container runtime's; every one must allow a
-            // packet) and rejects attach flags: `Single` means "no flags" there.
-            let link = program
-                .attach(
-                    &cgroup,
-                    CgroupSkbAttachType::Egress,
-                    CgroupAttachMode::Single,
-                )
-                .map_err(|source| EbpfError::Program {
-                    what: format!("cannot attach to {}", path.display()),
-                    source,
-                })?;
-            links.push(link);
-            tracing::info!(cgroup = %path.display(), "egress filter attached");
+        // The configured cgroups plus those attached at runtime by a previous run.
+        let mut cgroups: Vec<PathBuf> = options.cgroups.clone();
+        for entry in cgroup_map.iter() {
+            let (id, path) = entry.map_err(|e| map_error(MAP_CGROUPS, "cannot read", e))?;
+            let path = PathBuf::from(pins::unpadded(&path.path));
+            if pins::cgroup_id(&path).ok() == Some(id) {
+                if !cgroups.contains(&path) {
+                    cgroups.push(path);
+                }
+            } else {
+                tracing::info!(cgroup = %path.display(), "cgroup gone, dropping its links");
+                for (name, _) in PROGRAMS {
+                    let _ = std::fs::remove_file(pins::link_pin(dir, name, id));
+                }
+            }
         }
+        let mut attached_ids = Vec::new();
+        for path in &cgroups {
+            let id = attach_cgroup(&mut ebpf, &mut cgroup_map, dir, path)?;
+            attached_ids.push(id);
+            tracing::info!(cgroup = %path.display(), "filter attached");
+        }
+        // Links whose cgroup is not ours any more (removed from CGROUPS by a detach, or gone).
+        for id in pins::linked_cgroups(dir) {
+            if !attached_ids.contains(&id) {
+                for (name, _) in PROGRAMS {
+                    let _ = std::fs::remove_file(pins::link_pin(dir, name, id));
+                }
+                let _ = cgroup_map.remove(&id);
+            }
+        }
+
+        let mut tasks = Vec::new();
+        tasks.extend(logger);
         Ok(Self {
             hosts: Mutex::new(hosts),
-            attached: Mutex::new(Attached {
-                ebpf,
-                links,
-                logger,
-            }),
-            pin_dir: pin_dir.to_owned(),
+            pin_dir: dir.clone(),
+            _ebpf: Mutex::new(ebpf),
+            denied: Mutex::new(Some(denied)),
+            tasks: Mutex::new(tasks),
             _lock: lock,
         })
     }
 
-    /// Detaches the program from every cgroup and removes the pinned maps. Keeps cleaning after a
-    /// failure and returns every error.
-    pub fn stop(&self) -> Result<(), Vec<EbpfError>> {
-        let mut errors = Vec::new();
-        let mut attached = self.attached.lock().expect("attachment lock poisoned");
-        let Attached {
-            ebpf,
-            links,
-            logger,
-        } = &mut *attached;
-        if let Some(logger) = logger.take() {
-            logger.abort();
-        }
-        match ebpf
-            .program_mut(PROGRAM_EGRESS)
-            .map(<&mut CgroupSkb>::try_from)
-        {
-            Some(Ok(program)) => {
-                for link in links.drain(..) {
-                    if let Err(source) = program.detach(link) {
-                        errors.push(EbpfError::Program {
-                            what: "cannot detach".into(),
-                            source,
-                        });
-                    }
-                }
-            }
-            _ => errors.push(EbpfError::Program {
-                what: "egress missing at shutdown".into(),
-                source: ProgramError::NotLoaded,
-            }),
-        }
-        if let Err(e) = remove_pins(&self.pin_dir) {
-            errors.push(e);
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
+    /// Starts the task logging denied egress (`[Denied] …`) from the ring buffer.
+    pub fn start_denied_log(&self) {
+        let Some(ring) = self.denied.lock().expect("poisoned").take() else {
+            return;
+        };
+        let cgroups = open_pinned::<CgroupMap>(&self.pin_dir, MAP_CGROUPS, Map::HashMap).ok();
+        match crate::events::spawn(ring, cgroups) {
+            Ok(task) => self.tasks.lock().expect("poisoned").push(task),
+            Err(e) => tracing::warn!("denied events unavailable: {e}"),
         }
     }
+
+    /// Stops the daemon's tasks and applies the exit `mode`. Keeps cleaning after a failure and
+    /// returns every error.
+    pub fn stop(&self, mode: ExitMode) -> Result<(), Vec<EbpfError>> {
+        for task in self.tasks.lock().expect("poisoned").drain(..) {
+            task.abort();
+        }
+        match mode {
+            ExitMode::FlushAll => pins::remove_all(&self.pin_dir)
+                .map_err(|errors| errors.into_iter().map(EbpfError::Pin).collect()),
+            ExitMode::KeepPolicy => {
+                let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+                clear_authorized(&mut hosts).map_err(|e| vec![e])
+            }
+            ExitMode::KeepAll => Ok(()),
+        }
+    }
+}
+
+/// Writes the whitelists and removes whitelist entries a previous run left that the current
+/// policy no longer has.
+fn install_policy(
+    hosts: &mut HostMaps,
+    nets_v4: &mut LpmTrie<MapData, [u8; 4], u32>,
+    nets_v6: &mut LpmTrie<MapData, [u8; 16], u32>,
+    policy: &Policy,
+) -> Result<(), EbpfError> {
+    let whitelisted = HostValue {
+        flags: FLAG_WHITELISTED,
+        ..HostValue::default()
+    };
+    for &host in &policy.whitelist_hosts {
+        let result = match host {
+            IpAddr::V4(ip) => hosts
+                .v4
+                .insert(ip.octets(), whitelisted, 0)
+                .map_err(|e| (MAP_HOSTS_V4, e)),
+            IpAddr::V6(ip) => hosts
+                .v6
+                .insert(ip.octets(), whitelisted, 0)
+                .map_err(|e| (MAP_HOSTS_V6, e)),
+        };
+        result.map_err(|(name, e)| map_error(name, format!("cannot whitelist host {host}"), e))?;
+    }
+    for net in &policy.whitelist_networks {
+        let result = match net {
+            IpNet::V4(n) => nets_v4
+                .insert(
+                    &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                    FLAG_WHITELISTED,
+                    0,
+                )
+                .map_err(|e| (MAP_NETS_V4, e)),
+            IpNet::V6(n) => nets_v6
+                .insert(
+                    &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                    FLAG_WHITELISTED,
+                    0,
+                )
+                .map_err(|e| (MAP_NETS_V6, e)),
+        };
+        result.map_err(|(name, e)| map_error(name, format!("cannot whitelist network {net}"), e))?;
+    }
+    // Entries removed from the configuration are removed from enforcement (original issue #8).
+    let stale_hosts4: Vec<[u8; 4]> = hosts
+        .v4
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| {
+            v.flags == FLAG_WHITELISTED && !policy.whitelist_hosts.contains(&IpAddr::from(*k))
+        })
+        .map(|(k, _)| k)
+        .collect();
+    for key in stale_hosts4 {
+        let _ = hosts.v4.remove(&key);
+    }
+    let stale_hosts6: Vec<[u8; 16]> = hosts
+        .v6
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| {
+            v.flags == FLAG_WHITELISTED && !policy.whitelist_hosts.contains(&IpAddr::from(*k))
+        })
+        .map(|(k, _)| k)
+        .collect();
+    for key in stale_hosts6 {
+        let _ = hosts.v6.remove(&key);
+    }
+    let nets: Vec<IpNet> = policy.whitelist_networks.clone();
+    let stale4: Vec<Key<[u8; 4]>> = nets_v4
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| {
+            IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
+                .is_ok_and(|n| !nets.contains(&n))
+        })
+        .collect();
+    for key in stale4 {
+        let _ = nets_v4.remove(&key);
+    }
+    let stale6: Vec<Key<[u8; 16]>> = nets_v6
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| {
+            IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
+                .is_ok_and(|n| !nets.contains(&n))
+        })
+        .collect();
+    for key in stale6 {
+        let _ = nets_v6.remove(&key);
+    }
+    Ok(())
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSkb, EbpfError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| EbpfError::Program {
+            what: format!("{name} missing from the object"),
+            source: ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            what: format!("{name} has the wrong type"),
+            source,
+        })
+}
+
+/// Attaches both programs to `path` and pins the links (replacing a previous run's links for
+/// that cgroup only once the new ones are attached). Records the cgroup in `CGROUPS`.
+fn attach_cgroup(
+    ebpf: &mut Ebpf,
+    cgroup_map: &mut CgroupMap,
+    dir: &Path,
+    path: &Path,
+) -> Result<u64, EbpfError> {
+    let cgroup = File::open(path).map_err(|source| EbpfError::Cgroup {
+        path: path.to_owned(),
+        source,
+    })?;
+    let id = pins::cgroup_id(path).map_err(|source| EbpfError::Cgroup {
+        path: path.to_owned(),
+        source,
+    })?;
+    for (name, attach_type) in PROGRAMS {
+        let program = program_mut(ebpf, name)?;
+        attach_one(program, name, attach_type, &cgroup, dir, path, id)?;
+    }
+    cgroup_map
+        .insert(
+            id,
+            CgroupPath {
+                path: pins::padded(&path.display().to_string()),
+            },
+            0,
+        )
+        .map_err(|e| map_error(MAP_CGROUPS, "cannot record the cgroup", e))?;
+    Ok(id)
+}
+
+fn attach_one(
+    program: &mut CgroupSkb,
+    name: &str,
+    attach_type: CgroupSkbAttachType,
+    cgroup: &File,
+    dir: &Path,
+    path: &Path,
+    id: u64,
+) -> Result<(), EbpfError> {
+    // On kernels >= 5.7 aya attaches through a bpf_link, which always coexists with other
+    // programs on the cgroup (systemd's, a container runtime's, our previous run's; every one
+    // must allow a packet) and rejects attach flags: `Single` means "no flags" there.
+    let link_id = program
+        .attach(cgroup, attach_type, CgroupAttachMode::Single)
+        .map_err(|source| EbpfError::Program {
+            what: format!("{name}: cannot attach to {}", path.display()),
+            source,
+        })?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|source| EbpfError::Program {
+            what: format!("{name}: cannot take the link of {}", path.display()),
+            source,
+        })?;
+    let link = FdLink::try_from(link).map_err(|e| EbpfError::LinkPin {
+        cgroup: path.to_owned(),
+        what: e.to_string(),
+    })?;
+    pins::replace_pin(&pins::link_pin(dir, name, id), |tmp| {
+        link.pin(tmp).map(drop).map_err(|e| e.to_string())
+    })
+    .map_err(|what| EbpfError::LinkPin {
+        cgroup: path.to_owned(),
+        what,
+    })
+}
+
+/// `nettrust attach`: attaches the pinned programs to one more cgroup, persisting like the rest.
+pub fn attach_pinned(dir: &Path, path: &Path) -> Result<(), EbpfError> {
+    pins::check_owner(dir)?;
+    let id = pins::cgroup_id(path).map_err(|source| EbpfError::Cgroup {
+        path: path.to_owned(),
+        source,
+    })?;
+    let cgroup = File::open(path).map_err(|source| EbpfError::Cgroup {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut cgroup_map: CgroupMap = open_pinned(dir, MAP_CGROUPS, Map::HashMap)?;
+    for (name, attach_type) in PROGRAMS {
+        let pin = pins::program_pin(dir, name);
+        if !pin.exists() {
+            return Err(EbpfError::NotPinned(dir.to_owned()));
+        }
+        let mut program =
+            CgroupSkb::from_pin(&pin, attach_type).map_err(|source| EbpfError::Program {
+                what: format!("{name}: cannot open {}", pin.display()),
+                source,
+            })?;
+        attach_one(&mut program, name, attach_type, &cgroup, dir, path, id)?;
+    }
+    cgroup_map
+        .insert(
+            id,
+            CgroupPath {
+                path: pins::padded(&path.display().to_string()),
+            },
+            0,
+        )
+        .map_err(|e| map_error(MAP_CGROUPS, "cannot record the cgroup", e))
+}
+
+/// `nettrust detach`: removes the links of one cgroup (unpinning a link detaches it).
+pub fn detach_pinned(dir: &Path, path: &Path) -> Result<bool, EbpfError> {
+    pins::check_owner(dir)?;
+    let id = pins::cgroup_id(path).map_err(|source| EbpfError::Cgroup {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut found = false;
+    for (name, _) in PROGRAMS {
+        match std::fs::remove_file(pins::link_pin(dir, name, id)) {
+            Ok(()) => found = true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(EbpfError::LinkPin {
+                    cgroup: path.to_owned(),
+                    what: e.to_string(),
+                });
+            }
+        }
+    }
+    if let Ok(mut cgroup_map) = open_pinned::<CgroupMap>(dir, MAP_CGROUPS, Map::HashMap) {
+        let _ = cgroup_map.remove(&id);
+    }
+    Ok(found)
 }
 
 impl Firewall for EbpfFirewall {
@@ -325,7 +549,73 @@ impl Firewall for EbpfFirewall {
 
     fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError> {
         let hosts = self.hosts.lock().expect("host maps lock poisoned");
-        collect_authorized(&hosts.v4, &hosts.v6).map_err(|e| FirewallError::Read(Box::new(e)))
+        collect_authorized(&hosts.v4, &hosts.v6, None)
+            .map(|list| list.into_iter().map(|(host, _)| host).collect())
+            .map_err(|e| FirewallError::Read(Box::new(e)))
+    }
+
+    fn record_name(&self, addr: IpAddr, name: &str) -> Result<(), FirewallError> {
+        let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+        let value = HostName {
+            name: pins::padded(name.trim_end_matches('.')),
+        };
+        hosts
+            .names
+            .insert(name_key(addr), value, 0)
+            .map_err(|e| FirewallError::Update {
+                addr,
+                source: Box::new(e),
+            })
+    }
+
+    fn due(&self, horizon_ns: u64) -> Result<Vec<HostState>, FirewallError> {
+        let hosts = self.hosts.lock().expect("host maps lock poisoned");
+        let mut out = Vec::new();
+        collect_due(&hosts.v4, horizon_ns, &mut out)
+            .and_then(|()| collect_due(&hosts.v6, horizon_ns, &mut out))
+            .map_err(|e| FirewallError::Read(Box::new(e)))?;
+        Ok(out)
+    }
+
+    fn renew_if(
+        &self,
+        addr: IpAddr,
+        seen_expires_ns: u64,
+        new_expires_ns: u64,
+    ) -> Result<bool, FirewallError> {
+        let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+        let result = match addr {
+            IpAddr::V4(ip) => renew_entry(&mut hosts.v4, ip.octets(), seen_expires_ns, new_expires_ns),
+            IpAddr::V6(ip) => renew_entry(&mut hosts.v6, ip.octets(), seen_expires_ns, new_expires_ns),
+        };
+        result.map_err(|e| FirewallError::Update {
+            addr,
+            source: Box::new(e),
+        })
+    }
+
+    fn remove_if(&self, addr: IpAddr, seen_expires_ns: u64) -> Result<bool, FirewallError> {
+        let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+        let result = match addr {
+            IpAddr::V4(ip) => remove_entry(&mut hosts.v4, ip.octets(), seen_expires_ns),
+            IpAddr::V6(ip) => remove_entry(&mut hosts.v6, ip.octets(), seen_expires_ns),
+        };
+        let removed = result.map_err(|e| FirewallError::Update {
+            addr,
+            source: Box::new(e),
+        })?;
+        if removed {
+            let _ = hosts.names.remove(&name_key(addr));
+        }
+        Ok(removed)
+    }
+}
+
+/// Key of the NAMES map: IPv6, or IPv4 as IPv4-mapped IPv6.
+fn name_key(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
+        IpAddr::V6(ip) => ip.octets(),
     }
 }
 
@@ -343,6 +633,7 @@ fn upsert<const N: usize>(
                 key,
                 HostValue {
                     expires_ns,
+                    last_seen_ns: old.last_seen_ns,
                     flags: old.flags | FLAG_AUTHORIZED,
                     _pad: 0,
                 },
@@ -360,7 +651,7 @@ fn upsert<const N: usize>(
                 HostValue {
                     expires_ns,
                     flags: FLAG_AUTHORIZED,
-                    _pad: 0,
+                    ..HostValue::default()
                 },
                 0,
             )?;
@@ -370,54 +661,251 @@ fn upsert<const N: usize>(
     }
 }
 
-fn collect_authorized(v4: &HostMap<4>, v6: &HostMap<16>) -> Result<Vec<AuthorizedHost>, MapError> {
-    let now = boottime_ns();
-    let mut out = Vec::new();
-    for entry in v4.iter() {
+fn renew_entry<const N: usize>(
+    map: &mut HostMap<N>,
+    key: [u8; N],
+    seen: u64,
+    new: u64,
+) -> Result<bool, MapError> {
+    match map.get(&key, 0) {
+        Ok(old) if old.expires_ns == seen && old.flags & FLAG_WHITELISTED == 0 => {
+            map.insert(
+                key,
+                HostValue {
+                    expires_ns: new,
+                    ..old
+                },
+                0,
+            )?;
+            Ok(true)
+        }
+        Ok(_) | Err(MapError::KeyNotFound) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn remove_entry<const N: usize>(
+    map: &mut HostMap<N>,
+    key: [u8; N],
+    seen: u64,
+) -> Result<bool, MapError> {
+    match map.get(&key, 0) {
+        Ok(old) if old.expires_ns == seen && old.flags & FLAG_WHITELISTED == 0 => {
+            match map.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(true),
+                Err(e) => Err(e),
+            }
+        }
+        Ok(_) | Err(MapError::KeyNotFound) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn collect_due<const N: usize>(
+    map: &HostMap<N>,
+    horizon_ns: u64,
+    out: &mut Vec<HostState>,
+) -> Result<(), MapError>
+where
+    IpAddr: From<[u8; N]>,
+{
+    for entry in map.iter() {
         let (key, value) = entry?;
-        if value.flags & FLAG_AUTHORIZED != 0 && value.is_live(now) {
-            out.push(AuthorizedHost {
+        if value.flags & FLAG_WHITELISTED == 0
+            && value.expires_ns != 0
+            && value.expires_ns <= horizon_ns
+        {
+            out.push(HostState {
                 addr: IpAddr::from(key),
                 expires_ns: value.expires_ns,
+                last_seen_ns: value.last_seen_ns,
             });
         }
     }
+    Ok(())
+}
+
+/// Removes every authorization (not the whitelisted entries) and the recorded names.
+fn clear_authorized(hosts: &mut HostMaps) -> Result<(), EbpfError> {
+    let keys4: Vec<[u8; 4]> = hosts
+        .v4
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| v.flags & FLAG_WHITELISTED == 0)
+        .map(|(k, _)| k)
+        .collect();
+    for key in keys4 {
+        let _ = hosts.v4.remove(&key);
+    }
+    let keys6: Vec<[u8; 16]> = hosts
+        .v6
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| v.flags & FLAG_WHITELISTED == 0)
+        .map(|(k, _)| k)
+        .collect();
+    for key in keys6 {
+        let _ = hosts.v6.remove(&key);
+    }
+    let names: Vec<[u8; 16]> = hosts.names.keys().filter_map(Result::ok).collect();
+    for key in names {
+        let _ = hosts.names.remove(&key);
+    }
+    Ok(())
+}
+
+/// Live authorized hosts, with their recorded names when `names` is given.
+fn collect_authorized(
+    v4: &HostMap<4>,
+    v6: &HostMap<16>,
+    names: Option<&NameMap>,
+) -> Result<Vec<(AuthorizedHost, Option<String>)>, MapError> {
+    let now = boottime_ns();
+    let mut out = Vec::new();
+    let mut push = |addr: IpAddr, value: HostValue| {
+        if value.flags & FLAG_AUTHORIZED != 0 && value.is_live(now) {
+            let name = names
+                .and_then(|n| n.get(&name_key(addr), 0).ok())
+                .map(|n| pins::unpadded(&n.name));
+            out.push((
+                AuthorizedHost {
+                    addr,
+                    expires_ns: value.expires_ns,
+                },
+                name,
+            ));
+        }
+    };
+    for entry in v4.iter() {
+        let (key, value) = entry?;
+        push(IpAddr::from(key), value);
+    }
     for entry in v6.iter() {
         let (key, value) = entry?;
-        if value.flags & FLAG_AUTHORIZED != 0 && value.is_live(now) {
-            out.push(AuthorizedHost {
-                addr: IpAddr::from(key),
-                expires_ns: value.expires_ns,
-            });
-        }
+        push(IpAddr::from(key), value);
     }
     Ok(out)
 }
 
-/// Reads the authorized hosts from the maps a running daemon pinned in `pin_dir`.
-pub fn list_pinned(pin_dir: &Path) -> Result<Vec<AuthorizedHost>, EbpfError> {
-    let v4: HostMap<4> = open_pinned(pin_dir, MAP_HOSTS_V4)?;
-    let v6: HostMap<16> = open_pinned(pin_dir, MAP_HOSTS_V6)?;
-    collect_authorized(&v4, &v6).map_err(|e| map_error(MAP_HOSTS_V4, "cannot read", e))
+/// Reads the authorized hosts and their names from the maps pinned in `pin_dir` (daemon running
+/// or not).
+pub fn list_pinned(pin_dir: &Path) -> Result<Vec<(AuthorizedHost, Option<String>)>, EbpfError> {
+    let v4: HostMap<4> = open_pinned(pin_dir, MAP_HOSTS_V4, Map::HashMap)?;
+    let v6: HostMap<16> = open_pinned(pin_dir, MAP_HOSTS_V6, Map::HashMap)?;
+    let names: Option<NameMap> = open_pinned(pin_dir, MAP_NAMES, Map::HashMap).ok();
+    collect_authorized(&v4, &v6, names.as_ref())
+        .map_err(|e| map_error(MAP_HOSTS_V4, "cannot read", e))
 }
 
-fn open_pinned<const N: usize>(
+/// What `nettrust status` reports.
+#[derive(Debug, Default)]
+pub struct PinnedStatus {
+    /// Whether a daemon holds the directory.
+    pub daemon_running: bool,
+    /// Whether the programs are pinned (enforcement in place).
+    pub programs_pinned: bool,
+    /// Attached cgroups: id, path (if recorded), whether both links are pinned.
+    pub cgroups: Vec<(u64, Option<String>, bool)>,
+    /// Whitelisted hosts and networks.
+    pub whitelisted: usize,
+    /// Live authorized hosts.
+    pub authorized: usize,
+    /// Expired entries not swept yet.
+    pub expired: usize,
+    /// Sums of the `STAT_*` counters over all CPUs.
+    pub stats: Vec<u64>,
+    /// Dropped egress packets per cgroup id.
+    pub drops: Vec<(u64, u64)>,
+    /// Whether unsolicited inbound packets are dropped.
+    pub drop_input: bool,
+}
+
+/// Reads the state pinned in `pin_dir`.
+pub fn status_pinned(pin_dir: &Path) -> Result<PinnedStatus, EbpfError> {
+    if !pin_dir.join(MAP_HOSTS_V4).exists() {
+        return Err(EbpfError::NotPinned(pin_dir.to_owned()));
+    }
+    let mut status = PinnedStatus {
+        daemon_running: pins::daemon_running(pin_dir),
+        programs_pinned: PROGRAMS
+            .iter()
+            .all(|(name, _)| pins::program_pin(pin_dir, name).exists()),
+        ..PinnedStatus::default()
+    };
+    let now = boottime_ns();
+    let v4: HostMap<4> = open_pinned(pin_dir, MAP_HOSTS_V4, Map::HashMap)?;
+    let v6: HostMap<16> = open_pinned(pin_dir, MAP_HOSTS_V6, Map::HashMap)?;
+    let mut tally = |value: HostValue| {
+        if value.flags & FLAG_WHITELISTED != 0 {
+            status.whitelisted += 1;
+        } else if value.is_live(now) {
+            status.authorized += 1;
+        } else {
+            status.expired += 1;
+        }
+    };
+    v4.iter().filter_map(Result::ok).for_each(|(_, v)| tally(v));
+    v6.iter().filter_map(Result::ok).for_each(|(_, v)| tally(v));
+    let nets4: LpmTrie<MapData, [u8; 4], u32> = open_pinned(pin_dir, MAP_NETS_V4, Map::LpmTrie)?;
+    let nets6: LpmTrie<MapData, [u8; 16], u32> = open_pinned(pin_dir, MAP_NETS_V6, Map::LpmTrie)?;
+    status.whitelisted += nets4.keys().count() + nets6.keys().count();
+    let stats: PerCpuArray<MapData, u64> = open_pinned(pin_dir, MAP_STATS, Map::PerCpuArray)?;
+    for index in 0..STAT_COUNT {
+        let sum = stats
+            .get(&index, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0);
+        status.stats.push(sum);
+    }
+    let drops: PerCpuHashMap<MapData, u64, u64> = open_pinned(pin_dir, MAP_DROPS, Map::PerCpuHashMap)?;
+    for entry in drops.iter().filter_map(Result::ok) {
+        let (id, values) = entry;
+        status.drops.push((id, values.iter().sum()));
+    }
+    status.drops.sort_unstable();
+    let config: Array<MapData, u32> = open_pinned(pin_dir, MAP_CONFIG, Map::Array)?;
+    status.drop_input = config.get(&CONFIG_DROP_INPUT, 0).is_ok_and(|v| v != 0);
+    let cgroup_map: Option<CgroupMap> = open_pinned(pin_dir, MAP_CGROUPS, Map::HashMap).ok();
+    let mut recorded: Vec<(u64, String)> = cgroup_map
+        .iter()
+        .flat_map(|m| m.iter().filter_map(Result::ok))
+        .map(|(id, p)| (id, pins::unpadded(&p.path)))
+        .collect();
+    for id in pins::linked_cgroups(pin_dir) {
+        if !recorded.iter().any(|(r, _)| *r == id) {
+            recorded.push((id, String::new()));
+        }
+    }
+    recorded.sort();
+    for (id, path) in recorded {
+        let linked = PROGRAMS
+            .iter()
+            .all(|(name, _)| pins::link_pin(pin_dir, name, id).exists());
+        status
+            .cgroups
+            .push((id, (!path.is_empty()).then_some(path), linked));
+    }
+    Ok(status)
+}
+
+fn open_pinned<T>(
     pin_dir: &Path,
     name: &'static str,
-) -> Result<HostMap<N>, EbpfError> {
+    wrap: fn(MapData) -> Map,
+) -> Result<T, EbpfError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    pins::check_owner(pin_dir)?;
     let path = pin_dir.join(name);
     let data = MapData::from_pin(&path).map_err(|e| {
         map_error(
             name,
-            format!(
-                "no pinned map at {} (is the nettrust daemon running?)",
-                path.display()
-            ),
+            format!("no pinned map at {} (has nettrust run?)", path.display()),
             e,
         )
     })?;
-    HostMap::<N>::try_from(Map::HashMap(data))
-        .map_err(|e| map_error(name, "not a nettrust host map", e))
+    T::try_from(wrap(data)).map_err(|e| map_error(name, "not a nettrust map", e))
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
@@ -432,110 +920,6 @@ where
         )
     })?;
     T::try_from(map).map_err(|e| map_error(name, "unexpected type", e))
-}
-
-fn take_hash<const N: usize>(ebpf: &mut Ebpf, name: &'static str) -> Result<HostMap<N>, EbpfError>
-where
-    [u8; N]: Pod,
-{
-    take_map(ebpf, name)
-}
-
-/// Makes sure `pin_dir` is an empty directory on bpffs that only this process uses. bpffs is
-/// mounted at /sys/fs/bpf when nothing is mounted there yet.
-fn prepare_pin_dir(pin_dir: &Path) -> Result<File, EbpfError> {
-    let bpffs_err = |what: &str, source: Option<io::Error>| EbpfError::Bpffs {
-        path: pin_dir.to_owned(),
-        what: what.into(),
-        source,
-    };
-    let parent = pin_dir
-        .parent()
-        .ok_or_else(|| bpffs_err("has no parent directory", None))?;
-    if !is_bpffs(parent) {
-        if parent == Path::new(BPFFS_MOUNT) {
-            mount_bpffs(parent).map_err(|e| {
-                bpffs_err(
-                    "bpffs is not mounted at /sys/fs/bpf and mounting it failed",
-                    Some(e),
-                )
-            })?;
-        } else {
-            return Err(bpffs_err(
-                "its parent is not on a bpf filesystem (mount -t bpf bpf DIR)",
-                None,
-            ));
-        }
-    }
-    match std::fs::create_dir(pin_dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(bpffs_err("cannot create it", Some(e))),
-    }
-    let dir = File::open(pin_dir).map_err(|e| bpffs_err("cannot open it", Some(e)))?;
-    // SAFETY: flock on a file descriptor we own.
-    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(bpffs_err(
-            "is in use by another nettrust daemon",
-            Some(io::Error::last_os_error()),
-        ));
-    }
-    let stale: Vec<_> = std::fs::read_dir(pin_dir)
-        .map_err(|e| bpffs_err("cannot list it", Some(e)))?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .collect();
-    if !stale.is_empty() {
-        tracing::warn!(dir = %pin_dir.display(), "removing maps left by a previous nettrust run");
-        for path in stale {
-            std::fs::remove_file(&path)
-                .map_err(|e| bpffs_err("cannot remove a stale pin", Some(e)))?;
-        }
-    }
-    Ok(dir)
-}
-
-fn remove_pins(pin_dir: &Path) -> Result<(), EbpfError> {
-    let bpffs_err = |what: String, source: io::Error| EbpfError::Bpffs {
-        path: pin_dir.to_owned(),
-        what,
-        source: Some(source),
-    };
-    for name in PINNED_MAPS {
-        match std::fs::remove_file(pin_dir.join(name)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(bpffs_err(format!("cannot unpin {name}"), e)),
-        }
-    }
-    match std::fs::remove_dir(pin_dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(bpffs_err("cannot remove it".into(), e)),
-    }
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    crate::sys::fs_magic(path).is_ok_and(|magic| magic == BPF_FS_MAGIC)
-}
-
-fn mount_bpffs(path: &Path) -> io::Result<()> {
-    let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: all strings are NUL-terminated and outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Lifts RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (before 5.11).
@@ -584,4 +968,13 @@ fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
             guard.clear_ready();
         }
     }))
+}
+
+/// Used by [`crate::events`]: parses one ring-buffer record.
+pub fn parse_denied(bytes: &[u8]) -> Option<DeniedEvent> {
+    if bytes.len() < size_of::<DeniedEvent>() {
+        return None;
+    }
+    // SAFETY: DeniedEvent is plain data; read_unaligned copes with any alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DeniedEvent>()) })
 }

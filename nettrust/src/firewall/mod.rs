@@ -3,6 +3,7 @@
 
 pub mod ebpf;
 pub mod fake;
+pub mod pins;
 
 use std::net::IpAddr;
 
@@ -26,6 +27,43 @@ pub struct AuthorizedHost {
     pub expires_ns: u64,
 }
 
+/// An authorized host as the sweeper sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostState {
+    /// The destination address.
+    pub addr: IpAddr,
+    /// `CLOCK_BOOTTIME` deadline in nanoseconds (never 0 here: hosts without deadline are never
+    /// due).
+    pub expires_ns: u64,
+    /// Last time the egress program let a packet out to it (`CLOCK_BOOTTIME` ns, 0 = never).
+    pub last_seen_ns: u64,
+}
+
+/// What nettrust leaves in place when it exits on SIGINT/SIGTERM (the original's flush matrix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitMode {
+    /// Remove everything: programs, links, maps (the default).
+    FlushAll,
+    /// `--do-not-flush-table`: the deny policy and whitelists stay enforced, authorizations are
+    /// cleared.
+    KeepPolicy,
+    /// `--do-not-flush-table --do-not-flush-authorized-hosts`: everything stays, and the next start
+    /// adopts the authorizations with their deadlines.
+    KeepAll,
+}
+
+impl ExitMode {
+    /// The mode selected by the two flags; keeping the authorizations without the table is
+    /// meaningless, as in the original (the table is removed anyway).
+    pub fn from_flags(do_not_flush_table: bool, do_not_flush_authorized_hosts: bool) -> Self {
+        match (do_not_flush_table, do_not_flush_authorized_hosts) {
+            (false, _) => Self::FlushAll,
+            (true, false) => Self::KeepPolicy,
+            (true, true) => Self::KeepAll,
+        }
+    }
+}
+
 /// Errors of firewall backends.
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -41,6 +79,15 @@ pub enum FirewallError {
     /// Reading the backend's state failed.
     #[error("cannot read the authorized hosts")]
     Read(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Renewing or removing an authorization failed.
+    #[error("cannot update the authorization of {addr}")]
+    Update {
+        /// The address.
+        addr: IpAddr,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Whether an authorization created the entry or found it already there.
@@ -60,6 +107,24 @@ pub trait Firewall: Send + Sync {
     fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError>;
     /// The hosts authorized by DNS answers (not the whitelisted ones).
     fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError>;
+    /// Remembers that `name` authorized `addr` (shown by `nettrust list`). Best effort.
+    fn record_name(&self, addr: IpAddr, name: &str) -> Result<(), FirewallError> {
+        let _ = (addr, name);
+        Ok(())
+    }
+    /// Authorized hosts whose deadline is at or before `horizon_ns` (the sweeper's candidates).
+    fn due(&self, horizon_ns: u64) -> Result<Vec<HostState>, FirewallError>;
+    /// Moves the deadline of `addr` to `new_expires_ns`, but only if it is still `seen_expires_ns`:
+    /// a DNS answer that renewed the host since the sweeper looked wins. Returns whether it did.
+    fn renew_if(
+        &self,
+        addr: IpAddr,
+        seen_expires_ns: u64,
+        new_expires_ns: u64,
+    ) -> Result<bool, FirewallError>;
+    /// Removes `addr`, but only if its deadline is still `seen_expires_ns` (compare-and-delete:
+    /// a concurrent renewal wins). Returns whether it did.
+    fn remove_if(&self, addr: IpAddr, seen_expires_ns: u64) -> Result<bool, FirewallError>;
 }
 
 /// Current `CLOCK_BOOTTIME` in nanoseconds, the clock of `bpf_ktime_get_boot_ns` used by the egress
