@@ -26,27 +26,65 @@ pub enum Command {
     Run(RunArgs),
     /// Print the authorized hosts of the running daemon, one per line, address first.
     List(ListArgs),
+    /// Validate the configuration (file, environment, flags) and print the effective settings.
+    CheckConfig(RunArgs),
 }
 
-/// Options of `nettrust run`. Unset options fall back to the environment, then the config file,
-/// then the built-in defaults.
+/// Options of `nettrust run`. Unset options fall back to the environment (`NET_TRUST_<KEY>`, e.g.
+/// `NET_TRUST_AUTHORIZED_TTL`), then the config file, then the built-in defaults.
 #[derive(Debug, Default, Clone, Args)]
 pub struct RunArgs {
-    /// TOML configuration file (an empty file is valid).
+    /// TOML configuration file (an empty file is valid) [env: NET_TRUST_CONFIG].
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Address the DNS proxy listens on, UDP and TCP [default: 127.0.0.1:53].
     #[arg(long, value_name = "IP:PORT")]
     pub listen_addr: Option<String>,
-    /// Upstream DNS server the proxy forwards to (port defaults to 53).
-    #[arg(long, value_name = "IP:PORT")]
-    pub fwd_addr: Option<String>,
-    /// cgroup v2 directory to enforce on; repeatable [default: the cgroup v2 root, the whole host].
-    #[arg(long = "cgroup", value_name = "PATH")]
-    pub cgroups: Vec<PathBuf>,
+    /// Serve DNS over TLS on the TCP listener [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub listen_tls: Option<bool>,
+    /// PEM certificate (chain) of the DoT listener.
+    #[arg(long, value_name = "PATH")]
+    pub listen_cert: Option<PathBuf>,
+    /// PEM private key of the DoT listener.
+    #[arg(long, value_name = "PATH")]
+    pub listen_cert_key: Option<PathBuf>,
+    /// Upstream DNS server (port defaults to 53); repeat for failover, tried in order.
+    #[arg(long = "fwd-addr", value_name = "IP:PORT")]
+    pub fwd_addrs: Vec<String>,
+    /// Transport to the upstream: udp or tcp [default: udp].
+    #[arg(long, value_name = "PROTO")]
+    pub fwd_proto: Option<String>,
+    /// DNS over TLS to the upstream (requires --fwd-proto tcp) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub fwd_tls: Option<bool>,
+    /// PEM CA bundle that signs the upstream's certificate [default: system roots].
+    #[arg(long, value_name = "PATH")]
+    pub fwd_tls_cert: Option<PathBuf>,
+    /// Name the upstream's certificate must carry (and SNI) [default: its IP address].
+    #[arg(long, value_name = "NAME")]
+    pub fwd_tls_name: Option<String>,
+    /// EDNS0 UDP payload size advertised to the upstream, 512-65535 [default: 1232].
+    #[arg(long, value_name = "BYTES")]
+    pub fwd_udp_buffer_size: Option<u16>,
+    /// Upstream timeout in milliseconds before failover/SERVFAIL [default: 2000].
+    #[arg(long, value_name = "MS")]
+    pub fwd_timeout_ms: Option<u64>,
     /// Firewall backend: auto, ebpf or nftables [default: auto].
     #[arg(long, value_name = "BACKEND")]
     pub firewall_backend: Option<String>,
+    /// Hook: output (this host's processes) or forward (gateway) [default: output].
+    #[arg(long, value_name = "TYPE")]
+    pub firewall_type: Option<String>,
+    /// Also drop unsolicited inbound traffic (loopback and replies pass) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub firewall_drop_input: Option<bool>,
+    /// cgroup v2 directory to enforce on; repeatable [default: the cgroup v2 root, the whole host].
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<PathBuf>,
+    /// Cache answers for at most SECS seconds; -1 or 0 disables the cache [default: -1].
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    pub dns_ttl_cache: Option<i64>,
     /// Always allow loopback (127.0.0.0/8, ::1) [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub whitelist_loopback: Option<bool>,
@@ -54,9 +92,40 @@ pub struct RunArgs {
     /// fe80::/10) [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub whitelist_private: Option<bool>,
+    /// Seconds an authorized host stays allowed without being resolved again or used; -1 = never
+    /// expires [default: -1].
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    pub authorized_ttl: Option<i64>,
+    /// Seconds between expiry sweeps, >= 1 (config key ttl_check_interval) [default: 30].
+    #[arg(
+        long = "ttl-check-ticker",
+        value_name = "SECS",
+        allow_negative_numbers = true
+    )]
+    pub ttl_check_interval: Option<i64>,
+    /// On exit keep the deny policy and whitelists in place (authorized hosts are cleared)
+    /// [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub do_not_flush_table: Option<bool>,
+    /// With --do-not-flush-table: keep the authorized hosts too; the next start adopts them
+    /// [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub do_not_flush_authorized_hosts: Option<bool>,
+    /// Answer to a blacklisted domain: refused, nxdomain or servfail [default: refused].
+    #[arg(long, value_name = "RCODE")]
+    pub blacklist_response: Option<String>,
+    /// Authorize the address named by a PTR question's answer (the original did) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub authorize_ptr: Option<bool>,
     /// bpffs directory where nettrust pins its maps [default: /sys/fs/bpf/nettrust].
     #[arg(long, value_name = "PATH")]
     pub bpffs_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP at IP:PORT/metrics [default: off].
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
 }
 
 /// Options of `nettrust list`.
@@ -79,7 +148,7 @@ mod tests {
     fn bare_flags_mean_run() {
         let cli = parse(&["--fwd-addr", "192.0.2.53:53"]);
         assert!(cli.command.is_none());
-        assert_eq!(cli.run.fwd_addr.as_deref(), Some("192.0.2.53:53"));
+        assert_eq!(cli.run.fwd_addrs, ["192.0.2.53:53"]);
     }
 
     #[test]
@@ -99,6 +168,35 @@ mod tests {
             cli.run.cgroups,
             vec![PathBuf::from("/a"), PathBuf::from("/b")]
         );
+    }
+
+    #[test]
+    fn negative_numbers_are_values() {
+        let cli = parse(&[
+            "--authorized-ttl",
+            "-1",
+            "--dns-ttl-cache=-1",
+            "--ttl-check-ticker",
+            "5",
+        ]);
+        assert_eq!(cli.run.authorized_ttl, Some(-1));
+        assert_eq!(cli.run.dns_ttl_cache, Some(-1));
+        assert_eq!(cli.run.ttl_check_interval, Some(5));
+    }
+
+    #[test]
+    fn fwd_addr_is_repeatable() {
+        let cli = parse(&["--fwd-addr", "192.0.2.1", "--fwd-addr", "[2001:db8::1]:53"]);
+        assert_eq!(cli.run.fwd_addrs, ["192.0.2.1", "[2001:db8::1]:53"]);
+    }
+
+    #[test]
+    fn check_config_takes_run_options() {
+        let cli = parse(&["check-config", "--config", "x.toml", "--do-not-flush-table"]);
+        let Some(Command::CheckConfig(args)) = cli.command else {
+            panic!("expected check-config")
+        };
+        assert_eq!(args.do_not_flush_table, Some(true));
     }
 
     #[test]

@@ -1,16 +1,22 @@
 //! Configuration: the TOML file, the environment and the command line, merged and validated into
 //! [`Settings`] before any firewall object exists.
 //!
-//! Precedence, for every option: flag > environment > config file > default. Lists from the
-//! environment (`NET_TRUST_WHITELIST_*`) add to the config file's lists, as in the original.
+//! Precedence, for every option: flag > environment (`NET_TRUST_<KEY>`) > config file > default,
+//! including `0` and `false`. Lists from the environment (`NET_TRUST_WHITELIST_*`,
+//! `NET_TRUST_BLACKLIST_*`) add to the config file's lists, as in the original.
+
+mod env;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
 };
 
+pub use env::Env;
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::RunArgs;
 
@@ -18,6 +24,12 @@ use crate::cli::RunArgs;
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/nettrust";
 /// Port used when an address is given without one (RFC 1035 §4.2).
 pub const DNS_PORT: u16 = 53;
+/// EDNS0 payload size advertised upstream by default (the DNS Flag Day 2020 value).
+pub const DEFAULT_UDP_BUFFER: u16 = 1232;
+/// Default upstream timeout.
+pub const DEFAULT_FWD_TIMEOUT_MS: u64 = 2000;
+/// Default seconds between expiry sweeps (the original's).
+pub const DEFAULT_TTL_CHECK_INTERVAL: u64 = 30;
 
 /// Errors of loading and validating the configuration. Each names the offending key and value.
 #[derive(Debug, thiserror::Error)]
@@ -67,27 +79,70 @@ fn invalid(
 }
 
 /// The config file (`--config`). Every key is optional; unknown keys are an error, so a typo
-/// cannot silently disable a protection.
+/// cannot silently disable a protection. `config.toml` at the repository root documents each.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Address the DNS proxy listens on (UDP and TCP), `IP:PORT`.
     pub listen_addr: Option<String>,
+    /// Serve DNS over TLS on the TCP listener.
+    pub listen_tls: Option<bool>,
+    /// PEM certificate chain of the DoT listener.
+    pub listen_cert: Option<PathBuf>,
+    /// PEM private key of the DoT listener.
+    pub listen_cert_key: Option<PathBuf>,
     /// Upstream DNS server, `IP:PORT` (port defaults to 53).
     pub fwd_addr: Option<String>,
-    /// cgroup v2 directories to enforce on; empty means the cgroup v2 root (the whole host).
-    pub cgroups: Option<Vec<PathBuf>>,
+    /// More upstream servers, tried in order after `fwd_addr`.
+    pub fwd_addrs: Option<Vec<String>>,
+    /// `udp` or `tcp`.
+    pub fwd_proto: Option<String>,
+    /// DNS over TLS to the upstream.
+    pub fwd_tls: Option<bool>,
+    /// PEM CA bundle for the upstream's certificate.
+    pub fwd_tls_cert: Option<PathBuf>,
+    /// Name the upstream's certificate must carry.
+    pub fwd_tls_name: Option<String>,
+    /// EDNS0 UDP payload size advertised to the upstream.
+    pub fwd_udp_buffer_size: Option<u16>,
+    /// Upstream timeout in milliseconds.
+    pub fwd_timeout_ms: Option<u64>,
     /// `auto`, `ebpf` or `nftables`.
     pub firewall_backend: Option<String>,
+    /// `output` or `forward`.
+    pub firewall_type: Option<String>,
+    /// Drop unsolicited inbound traffic too.
+    pub firewall_drop_input: Option<bool>,
+    /// cgroup v2 directories to enforce on; empty means the cgroup v2 root (the whole host).
+    pub cgroups: Option<Vec<PathBuf>>,
+    /// Answer cache lifetime cap in seconds; -1 or 0 disables it.
+    pub dns_ttl_cache: Option<i64>,
     /// Always allow loopback destinations.
     pub whitelist_loopback: Option<bool>,
     /// Always allow private-network destinations.
     pub whitelist_private: Option<bool>,
-    /// bpffs directory for nettrust's pinned maps.
+    /// Seconds an authorization lasts; -1 = never expires.
+    pub authorized_ttl: Option<i64>,
+    /// Seconds between expiry sweeps.
+    pub ttl_check_interval: Option<i64>,
+    /// Keep the deny policy and whitelists on exit.
+    pub do_not_flush_table: Option<bool>,
+    /// Keep the authorized hosts on exit too.
+    pub do_not_flush_authorized_hosts: Option<bool>,
+    /// Authorize the address of PTR answers.
+    pub authorize_ptr: Option<bool>,
+    /// bpffs directory for nettrust's pinned objects.
     pub bpffs_dir: Option<PathBuf>,
+    /// Prometheus endpoint address.
+    pub metrics_addr: Option<String>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
     /// Destinations always allowed.
     #[serde(default)]
     pub whitelist: WhitelistSection,
+    /// What is never authorized.
+    #[serde(default)]
+    pub blacklist: BlacklistSection,
 }
 
 /// `[whitelist]` section of the config file.
@@ -100,6 +155,23 @@ pub struct WhitelistSection {
     /// Networks in CIDR notation (IPv4 or IPv6).
     #[serde(default)]
     pub networks: Vec<String>,
+}
+
+/// `[blacklist]` section of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlacklistSection {
+    /// Addresses never authorized (they stay in the answer).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Networks never authorized.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Domains answered with `response`: exact names or `*.example.com` (its subdomains).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// `refused`, `nxdomain` or `servfail`.
+    pub response: Option<String>,
 }
 
 impl FileConfig {
@@ -122,31 +194,171 @@ impl FileConfig {
 }
 
 /// Which firewall implementation enforces the policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Backend {
+    /// eBPF, falling back to nftables where eBPF cannot be used.
+    Auto,
     /// eBPF cgroup_skb programs and maps.
     Ebpf,
-    /// nftables table (not available yet).
+    /// nftables table.
     Nftables,
 }
 
+/// Where the filter hooks in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirewallType {
+    /// This host's (or the chosen cgroups') outgoing traffic.
+    Output,
+    /// Traffic routed through this host (gateway mode).
+    Forward,
+}
+
+/// Transport to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FwdProto {
+    /// UDP, with TCP retry for truncated answers.
+    Udp,
+    /// TCP (required for DoT).
+    Tcp,
+}
+
+/// Answer given to a blacklisted domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlacklistResponse {
+    /// REFUSED: clients do not retry elsewhere (the default).
+    Refused,
+    /// NXDOMAIN: the name does not exist.
+    Nxdomain,
+    /// SERVFAIL, as the original answered.
+    Servfail,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Certificate and key of the DoT listener.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListenTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// DoT settings towards the upstream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FwdTls {
+    /// CA bundle; `None` = system roots.
+    pub ca: Option<PathBuf>,
+    /// Certificate name; `None` = the upstream's IP address.
+    pub name: Option<String>,
+}
+
+/// Never-authorize rules.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Blacklist {
+    /// Addresses never authorized.
+    pub hosts: Vec<IpAddr>,
+    /// Networks never authorized.
+    pub networks: Vec<IpNet>,
+    /// Lower-case domains without trailing dot; `*.` prefix = subdomains.
+    pub domains: Vec<String>,
+    /// Answer to a blacklisted domain.
+    pub response: BlacklistResponse,
+}
+
 /// The validated configuration of a daemon run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
     /// DNS listen address (UDP and TCP).
     pub listen_addr: SocketAddr,
-    /// Upstream DNS server.
-    pub fwd_addr: SocketAddr,
-    /// cgroup v2 directories the egress filter is attached to.
-    pub cgroups: Vec<PathBuf>,
+    /// DoT on the TCP listener.
+    pub listen_tls: Option<ListenTls>,
+    /// Upstream DNS servers, in failover order.
+    pub fwd_addrs: Vec<SocketAddr>,
+    /// Transport to the upstreams.
+    pub fwd_proto: FwdProto,
+    /// DoT to the upstreams.
+    pub fwd_tls: Option<FwdTls>,
+    /// EDNS0 payload size advertised upstream.
+    pub fwd_udp_buffer_size: u16,
+    /// Upstream timeout.
+    #[serde(with = "millis")]
+    pub fwd_timeout: Duration,
     /// Firewall implementation.
     pub backend: Backend,
+    /// Hook.
+    pub firewall_type: FirewallType,
+    /// Drop unsolicited inbound traffic.
+    pub firewall_drop_input: bool,
+    /// cgroup v2 directories the filter is attached to.
+    pub cgroups: Vec<PathBuf>,
+    /// Answer cache cap; `None` = no cache.
+    #[serde(with = "opt_secs")]
+    pub dns_ttl_cache: Option<Duration>,
+    /// Authorization lifetime; `None` = never expires.
+    #[serde(with = "opt_secs")]
+    pub authorized_ttl: Option<Duration>,
+    /// Time between expiry sweeps.
+    #[serde(with = "secs")]
+    pub ttl_check_interval: Duration,
+    /// Keep policy and whitelists on exit.
+    pub do_not_flush_table: bool,
+    /// Keep authorized hosts on exit (with `do_not_flush_table`).
+    pub do_not_flush_authorized_hosts: bool,
     /// Hosts always allowed (configured ones plus the listen and forward addresses).
     pub whitelist_hosts: Vec<IpAddr>,
     /// Networks always allowed (loopback/private when enabled, plus configured ones).
     pub whitelist_networks: Vec<IpNet>,
-    /// bpffs directory for pinned maps.
+    /// Never-authorize rules.
+    pub blacklist: Blacklist,
+    /// Authorize PTR answers' addresses.
+    pub authorize_ptr: bool,
+    /// bpffs directory for pinned objects.
     pub bpffs_dir: PathBuf,
+    /// Prometheus endpoint, if any.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Log output format.
+    pub log_format: LogFormat,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+}
+mod millis {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+mod opt_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_i64(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            None => s.serialize_i64(-1),
+        }
+    }
 }
 
 /// The loopback networks allowed by `whitelist_loopback` (RFC 1122 §3.2.1.3, RFC 4291 §2.5.3).
@@ -177,7 +389,7 @@ pub fn private_networks() -> Vec<IpNet> {
 pub fn parse_socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     if let Ok(addr) = value.parse::<SocketAddr>() {
         if addr.port() == 0 {
-            return Err(invalid(key, value, "port 0 is not a usable DNS port"));
+            return Err(invalid(key, value, "port 0 is not a usable port"));
         }
         return Ok(addr);
     }
@@ -214,103 +426,360 @@ fn parse_network(key: &str, value: &str) -> Result<IpNet, ConfigError> {
         })
 }
 
-fn parse_backend(key: &str, value: &str) -> Result<Backend, ConfigError> {
-    match value {
-        "auto" | "ebpf" => Ok(Backend::Ebpf),
-        "nftables" => Ok(Backend::Nftables),
-        _ => Err(invalid(key, value, "expected auto, ebpf or nftables")),
+/// Validates a blacklist domain: `name` or `*.name`, RFC 1035 label rules (underscores allowed, as
+/// in service names). Returns it lower-cased without trailing dot.
+fn parse_domain(key: &str, value: &str) -> Result<String, ConfigError> {
+    let bad = |reason: &str| invalid(key, value, reason.to_owned());
+    let lower = value.trim().trim_end_matches('.').to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    if name.is_empty() || name.len() > 253 {
+        return Err(bad("expected a domain like example.com or *.example.com"));
     }
-}
-
-/// Lists added by `NET_TRUST_WHITELIST_HOSTS_<NAME>` and `NET_TRUST_WHITELIST_NETWORKS_<NAME>` (the
-/// original README's singular `NET_TRUST_WHITELIST_NETWORK_<NAME>` is accepted too). Variables are
-/// taken in name order so the result does not depend on the environment's order.
-#[derive(Debug, Default, PartialEq)]
-pub struct EnvLists {
-    /// Hosts to whitelist.
-    pub hosts: Vec<IpAddr>,
-    /// Networks to whitelist.
-    pub networks: Vec<IpNet>,
-}
-
-impl EnvLists {
-    /// Collects the lists from `vars` (e.g. `std::env::vars()`).
-    pub fn from_vars(
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let mut vars: Vec<_> = vars
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("NET_TRUST_WHITELIST_"))
-            .collect();
-        vars.sort();
-        let mut lists = Self::default();
-        for (key, value) in vars {
-            let rest = &key["NET_TRUST_WHITELIST_".len()..];
-            if rest.starts_with("HOSTS_") || rest == "HOSTS" {
-                lists.hosts.push(parse_host(&key, &value)?);
-            } else if rest.starts_with("NETWORKS_")
-                || rest == "NETWORKS"
-                || rest.starts_with("NETWORK_")
-            {
-                lists.networks.push(parse_network(&key, &value)?);
-            } else {
-                return Err(invalid(
-                    &key,
-                    &value,
-                    "unknown variable; use NET_TRUST_WHITELIST_HOSTS_<NAME> or NET_TRUST_WHITELIST_NETWORKS_<NAME>",
-                ));
-            }
+    for label in name.split('.') {
+        let valid = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !valid {
+            return Err(bad(
+                "not a valid domain name (labels of letters, digits, '-', at most 63 bytes)",
+            ));
         }
-        Ok(lists)
     }
+    Ok(lower)
+}
+
+/// Checks that `path` is a readable PEM file holding a block whose label contains `label`
+/// (`CERTIFICATE`, `PRIVATE KEY`).
+fn check_pem(key: &str, path: &Path, label: &str) -> Result<(), ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, &shown, format!("cannot read it: {e}")))?;
+    let has_block = text
+        .lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.contains(label) && l.ends_with("-----"));
+    if !has_block {
+        return Err(invalid(
+            key,
+            &shown,
+            format!("no PEM {label} block in the file"),
+        ));
+    }
+    Ok(())
+}
+
+/// One layer of the precedence chain: the value and the name it was given under.
+struct Pick<T> {
+    value: T,
+    key: String,
+}
+
+/// Resolves one scalar: flag, then `NET_TRUST_<KEY>`, then the config file.
+fn pick<T: FromStr>(
+    flag: Option<T>,
+    flag_name: &str,
+    env: &Env,
+    key: &str,
+    file: Option<T>,
+) -> Result<Option<Pick<T>>, ConfigError> {
+    if let Some(value) = flag {
+        return Ok(Some(Pick {
+            value,
+            key: flag_name.to_owned(),
+        }));
+    }
+    if let Some((var, raw)) = env.scalar(key) {
+        let value = raw
+            .trim()
+            .parse()
+            .map_err(|_| invalid(var, raw, format!("not a valid value for {key}")))?;
+        return Ok(Some(Pick {
+            value,
+            key: var.to_owned(),
+        }));
+    }
+    Ok(file.map(|value| Pick {
+        value,
+        key: key.to_owned(),
+    }))
+}
+
+/// Parses one of a fixed set of lower-case words.
+fn choice<T: Copy>(
+    pick: Option<Pick<String>>,
+    default: T,
+    options: &[(&str, T)],
+) -> Result<T, ConfigError> {
+    let Some(Pick { value, key }) = pick else {
+        return Ok(default);
+    };
+    let lower = value.to_ascii_lowercase();
+    options
+        .iter()
+        .find(|(name, _)| *name == lower)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+            invalid(key, value, format!("expected one of: {}", names.join(", ")))
+        })
+}
+
+fn flag_or_env_bool(
+    flag: Option<bool>,
+    name: &str,
+    env: &Env,
+    key: &str,
+    file: Option<bool>,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    Ok(pick(flag, name, env, key, file)?.map_or(default, |p| p.value))
 }
 
 impl Settings {
-    /// Merges flags, environment lists and the config file, applies defaults and validates
-    /// everything. `cgroup2_root` is the default cgroup when none is configured.
+    /// Merges flags, environment and the config file, applies defaults and validates everything
+    /// that does not need the filesystem beyond certificate files. `cgroup2_root` gives the default
+    /// cgroup when none is configured.
     pub fn resolve(
         args: &RunArgs,
         file: FileConfig,
-        env: EnvLists,
+        env: &Env,
         cgroup2_root: impl FnOnce() -> Result<PathBuf, crate::cgroup::CgroupError>,
     ) -> Result<Self, ConfigError> {
         let FileConfig {
             listen_addr,
+            listen_tls,
+            listen_cert,
+            listen_cert_key,
             fwd_addr,
-            cgroups,
+            fwd_addrs,
+            fwd_proto,
+            fwd_tls,
+            fwd_tls_cert,
+            fwd_tls_name,
+            fwd_udp_buffer_size,
+            fwd_timeout_ms,
             firewall_backend,
+            firewall_type,
+            firewall_drop_input,
+            cgroups,
+            dns_ttl_cache,
             whitelist_loopback,
             whitelist_private,
+            authorized_ttl,
+            ttl_check_interval,
+            do_not_flush_table,
+            do_not_flush_authorized_hosts,
+            authorize_ptr,
             bpffs_dir,
+            metrics_addr,
+            log_format,
             whitelist,
+            blacklist,
         } = file;
 
-        let listen_addr = match (&args.listen_addr, &listen_addr) {
-            (Some(v), _) => parse_socket_addr("--listen-addr", v)?,
-            (None, Some(v)) => parse_socket_addr("listen_addr", v)?,
-            (None, None) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DNS_PORT),
+        // Listener.
+        let listen_addr = match pick(
+            args.listen_addr.clone(),
+            "--listen-addr",
+            env,
+            "listen_addr",
+            listen_addr,
+        )? {
+            Some(Pick { value, key }) => parse_socket_addr(&key, &value)?,
+            None => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DNS_PORT),
         };
-        let fwd_addr = match (&args.fwd_addr, &fwd_addr) {
-            (Some(v), _) => parse_socket_addr("--fwd-addr", v)?,
-            (None, Some(v)) => parse_socket_addr("fwd_addr", v)?,
-            (None, None) => {
-                return Err(ConfigError::Missing(
-                    "no upstream DNS server: set --fwd-addr IP:PORT or fwd_addr in the config file",
-                ));
+        let listen_tls = match pick(
+            args.listen_tls,
+            "--listen-tls",
+            env,
+            "listen_tls",
+            listen_tls,
+        )? {
+            Some(Pick { value: true, .. }) => {
+                let cert = pick(args.listen_cert.clone(), "--listen-cert", env, "listen_cert", listen_cert)?
+                    .ok_or(ConfigError::Missing("listen_tls is enabled but no certificate was given (--listen-cert / listen_cert)"))?;
+                let key = pick(args.listen_cert_key.clone(), "--listen-cert-key", env, "listen_cert_key", listen_cert_key)?
+                    .ok_or(ConfigError::Missing("listen_tls is enabled but no private key was given (--listen-cert-key / listen_cert_key)"))?;
+                check_pem(&cert.key, &cert.value, "CERTIFICATE")?;
+                check_pem(&key.key, &key.value, "PRIVATE KEY")?;
+                Some(ListenTls {
+                    cert: cert.value,
+                    key: key.value,
+                })
             }
+            _ => None,
         };
-        if listen_addr == fwd_addr {
-            return Err(invalid(
-                "--fwd-addr",
-                fwd_addr.to_string(),
-                "the forward address cannot be the listen address (queries would loop)",
+
+        // Upstreams: flags replace everything; else the environment's one address; else the file.
+        let mut upstreams: Vec<(String, String)> = args
+            .fwd_addrs
+            .iter()
+            .map(|a| ("--fwd-addr".to_owned(), a.clone()))
+            .collect();
+        if upstreams.is_empty() {
+            if let Some((var, value)) = env.scalar("fwd_addr") {
+                upstreams.push((var.to_owned(), value.to_owned()));
+            } else {
+                upstreams.extend(fwd_addr.map(|a| ("fwd_addr".to_owned(), a)));
+                upstreams.extend(
+                    fwd_addrs
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|a| ("fwd_addrs".to_owned(), a)),
+                );
+            }
+        }
+        if upstreams.is_empty() {
+            return Err(ConfigError::Missing(
+                "no upstream DNS server: set --fwd-addr IP:PORT or fwd_addr in the config file",
             ));
         }
-        let backend = match (&args.firewall_backend, &firewall_backend) {
-            (Some(v), _) => parse_backend("--firewall-backend", v)?,
-            (None, Some(v)) => parse_backend("firewall_backend", v)?,
-            (None, None) => Backend::Ebpf,
+        let mut fwd = Vec::with_capacity(upstreams.len());
+        for (key, value) in &upstreams {
+            let addr = parse_socket_addr(key, value)?;
+            if addr == listen_addr {
+                return Err(invalid(
+                    key,
+                    value,
+                    "the forward address cannot be the listen address (queries would loop)",
+                ));
+            }
+            if !fwd.contains(&addr) {
+                fwd.push(addr);
+            }
+        }
+        let fwd_proto = choice(
+            pick(
+                args.fwd_proto.clone(),
+                "--fwd-proto",
+                env,
+                "fwd_proto",
+                fwd_proto,
+            )?,
+            FwdProto::Udp,
+            &[("udp", FwdProto::Udp), ("tcp", FwdProto::Tcp)],
+        )?;
+        let fwd_tls = match pick(args.fwd_tls, "--fwd-tls", env, "fwd_tls", fwd_tls)? {
+            Some(Pick { value: true, key }) => {
+                if fwd_proto != FwdProto::Tcp {
+                    return Err(invalid(
+                        key,
+                        "true",
+                        "DNS over TLS to the upstream requires fwd_proto = \"tcp\"",
+                    ));
+                }
+                let ca = pick(
+                    args.fwd_tls_cert.clone(),
+                    "--fwd-tls-cert",
+                    env,
+                    "fwd_tls_cert",
+                    fwd_tls_cert,
+                )?;
+                if let Some(ca) = &ca {
+                    check_pem(&ca.key, &ca.value, "CERTIFICATE")?;
+                }
+                let name = pick(
+                    args.fwd_tls_name.clone(),
+                    "--fwd-tls-name",
+                    env,
+                    "fwd_tls_name",
+                    fwd_tls_name,
+                )?;
+                if let Some(name) = &name {
+                    parse_domain(&name.key, &name.value)?;
+                }
+                Some(FwdTls {
+                    ca: ca.map(|p| p.value),
+                    name: name.map(|p| p.value),
+                })
+            }
+            _ => None,
         };
+        let fwd_udp_buffer_size = match pick(
+            args.fwd_udp_buffer_size,
+            "--fwd-udp-buffer-size",
+            env,
+            "fwd_udp_buffer_size",
+            fwd_udp_buffer_size,
+        )? {
+            Some(Pick { value, key }) if value < 512 => {
+                return Err(invalid(
+                    key,
+                    value.to_string(),
+                    "must be between 512 and 65535 (RFC 6891 §6.2.5)",
+                ));
+            }
+            Some(p) => p.value,
+            None => DEFAULT_UDP_BUFFER,
+        };
+        let fwd_timeout = match pick(
+            args.fwd_timeout_ms,
+            "--fwd-timeout-ms",
+            env,
+            "fwd_timeout_ms",
+            fwd_timeout_ms,
+        )? {
+            Some(Pick { value, key }) if !(10..=60_000).contains(&value) => {
+                return Err(invalid(
+                    key,
+                    value.to_string(),
+                    "must be between 10 and 60000 milliseconds",
+                ));
+            }
+            Some(p) => Duration::from_millis(p.value),
+            None => Duration::from_millis(DEFAULT_FWD_TIMEOUT_MS),
+        };
+
+        // Firewall.
+        let backend = choice(
+            pick(
+                args.firewall_backend.clone(),
+                "--firewall-backend",
+                env,
+                "firewall_backend",
+                firewall_backend,
+            )?,
+            Backend::Auto,
+            &[
+                ("auto", Backend::Auto),
+                ("ebpf", Backend::Ebpf),
+                ("nftables", Backend::Nftables),
+            ],
+        )?;
+        let type_pick = pick(
+            args.firewall_type.clone(),
+            "--firewall-type",
+            env,
+            "firewall_type",
+            firewall_type,
+        )?;
+        let type_key = type_pick.as_ref().map(|p| p.key.clone());
+        let firewall_type = choice(
+            type_pick,
+            FirewallType::Output,
+            &[
+                ("output", FirewallType::Output),
+                ("forward", FirewallType::Forward),
+            ],
+        )?;
+        if firewall_type == FirewallType::Forward && backend == Backend::Ebpf {
+            return Err(invalid(
+                type_key.unwrap_or_default(),
+                "forward",
+                "gateway mode filters routed traffic, which cgroup programs never see: use the nftables backend",
+            ));
+        }
+        let firewall_drop_input = flag_or_env_bool(
+            args.firewall_drop_input,
+            "--firewall-drop-input",
+            env,
+            "firewall_drop_input",
+            firewall_drop_input,
+            false,
+        )?;
         let cgroups = if !args.cgroups.is_empty() {
             args.cgroups.clone()
         } else {
@@ -319,12 +788,107 @@ impl Settings {
                 _ => vec![cgroup2_root().map_err(|e| invalid("cgroups", "", e.to_string()))?],
             }
         };
-        let loopback = args
-            .whitelist_loopback
-            .or(whitelist_loopback)
-            .unwrap_or(true);
-        let private = args.whitelist_private.or(whitelist_private).unwrap_or(true);
 
+        // Lifetimes.
+        let dns_ttl_cache = match pick(
+            args.dns_ttl_cache,
+            "--dns-ttl-cache",
+            env,
+            "dns_ttl_cache",
+            dns_ttl_cache,
+        )? {
+            Some(Pick { value, key }) if value < -1 => {
+                return Err(invalid(
+                    key,
+                    value.to_string(),
+                    "must be -1 (off), 0 (off) or a number of seconds",
+                ));
+            }
+            Some(Pick { value, .. }) if value > 0 => {
+                Some(Duration::from_secs(value.unsigned_abs()))
+            }
+            _ => None,
+        };
+        let authorized_ttl = match pick(
+            args.authorized_ttl,
+            "--authorized-ttl",
+            env,
+            "authorized_ttl",
+            authorized_ttl,
+        )? {
+            Some(Pick { value, key }) if value == 0 || value < -1 => {
+                return Err(invalid(
+                    key,
+                    value.to_string(),
+                    "must be -1 (never expire) or a number of seconds >= 1",
+                ));
+            }
+            Some(Pick { value, .. }) if value > 0 => {
+                Some(Duration::from_secs(value.unsigned_abs()))
+            }
+            _ => None,
+        };
+        let ttl_check_interval = match pick(
+            args.ttl_check_interval,
+            "--ttl-check-ticker",
+            env,
+            "ttl_check_interval",
+            ttl_check_interval,
+        )? {
+            Some(Pick { value, key }) if value < 1 => {
+                return Err(invalid(
+                    key,
+                    value.to_string(),
+                    "the expiry sweep interval must be >= 1 second",
+                ));
+            }
+            Some(Pick { value, .. }) => Duration::from_secs(value.unsigned_abs()),
+            None => Duration::from_secs(DEFAULT_TTL_CHECK_INTERVAL),
+        };
+        let do_not_flush_table = flag_or_env_bool(
+            args.do_not_flush_table,
+            "--do-not-flush-table",
+            env,
+            "do_not_flush_table",
+            do_not_flush_table,
+            false,
+        )?;
+        let keep_hosts = pick(
+            args.do_not_flush_authorized_hosts,
+            "--do-not-flush-authorized-hosts",
+            env,
+            "do_not_flush_authorized_hosts",
+            do_not_flush_authorized_hosts,
+        )?;
+        let do_not_flush_authorized_hosts = match keep_hosts {
+            Some(Pick { value: true, key }) if !do_not_flush_table => {
+                return Err(invalid(
+                    key,
+                    "true",
+                    "keeping the authorized hosts needs do_not_flush_table = true (the table holding them is removed otherwise)",
+                ));
+            }
+            Some(p) => p.value,
+            None => false,
+        };
+
+        // Whitelist.
+        let loopback = flag_or_env_bool(
+            args.whitelist_loopback,
+            "--whitelist-loopback",
+            env,
+            "whitelist_loopback",
+            whitelist_loopback,
+            true,
+        )?;
+        let private = flag_or_env_bool(
+            args.whitelist_private,
+            "--whitelist-private",
+            env,
+            "whitelist_private",
+            whitelist_private,
+            true,
+        )?;
         let mut whitelist_networks = Vec::new();
         if loopback {
             whitelist_networks.extend(loopback_networks());
@@ -332,12 +896,13 @@ impl Settings {
         if private {
             whitelist_networks.extend(private_networks());
         }
-        whitelist_networks.extend(env.networks);
+        whitelist_networks.extend(env.whitelist_networks.iter().copied());
         for net in &whitelist.networks {
             whitelist_networks.push(parse_network("whitelist.networks", net)?);
         }
-        let mut whitelist_hosts = vec![listen_addr.ip(), fwd_addr.ip()];
-        whitelist_hosts.extend(env.hosts);
+        let mut whitelist_hosts = vec![listen_addr.ip()];
+        whitelist_hosts.extend(fwd.iter().map(SocketAddr::ip));
+        whitelist_hosts.extend(env.whitelist_hosts.iter().copied());
         for host in &whitelist.hosts {
             whitelist_hosts.push(parse_host("whitelist.hosts", host)?);
         }
@@ -345,45 +910,197 @@ impl Settings {
         dedup(&mut whitelist_hosts);
         dedup(&mut whitelist_networks);
 
-        let bpffs_dir = args
-            .bpffs_dir
-            .clone()
-            .or(bpffs_dir)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS_DIR));
-        if !bpffs_dir.is_absolute() {
-            return Err(invalid(
-                "bpffs_dir",
-                bpffs_dir.display().to_string(),
-                "must be an absolute path",
-            ));
+        // Blacklist.
+        let BlacklistSection {
+            hosts,
+            networks,
+            domains,
+            response,
+        } = blacklist;
+        let mut blacklist_hosts = env.blacklist_hosts.clone();
+        for host in &hosts {
+            blacklist_hosts.push(parse_host("blacklist.hosts", host)?);
         }
+        let mut blacklist_networks = env.blacklist_networks.clone();
+        for net in &networks {
+            blacklist_networks.push(parse_network("blacklist.networks", net)?);
+        }
+        let mut blacklist_domains = Vec::with_capacity(domains.len());
+        for domain in &domains {
+            blacklist_domains.push(parse_domain("blacklist.domains", domain)?);
+        }
+        let response_pick = match args.blacklist_response.clone() {
+            Some(value) => Some(Pick {
+                value,
+                key: "--blacklist-response".to_owned(),
+            }),
+            None => pick(
+                None,
+                "",
+                env,
+                "blacklist_response",
+                response.map(|r| r.to_owned()),
+            )?
+            .map(|p| Pick {
+                key: if p.key == "blacklist_response" {
+                    "blacklist.response".to_owned()
+                } else {
+                    p.key
+                },
+                value: p.value,
+            }),
+        };
+        let response = choice(
+            response_pick,
+            BlacklistResponse::Refused,
+            &[
+                ("refused", BlacklistResponse::Refused),
+                ("nxdomain", BlacklistResponse::Nxdomain),
+                ("servfail", BlacklistResponse::Servfail),
+            ],
+        )?;
+        dedup(&mut blacklist_hosts);
+        dedup(&mut blacklist_networks);
+        dedup(&mut blacklist_domains);
+        for host in &whitelist_hosts {
+            if blacklist_hosts.contains(host) {
+                return Err(invalid(
+                    "blacklist.hosts",
+                    host.to_string(),
+                    "also whitelisted (or a listen/forward address); remove one of the two",
+                ));
+            }
+        }
+
+        let authorize_ptr = flag_or_env_bool(
+            args.authorize_ptr,
+            "--authorize-ptr",
+            env,
+            "authorize_ptr",
+            authorize_ptr,
+            false,
+        )?;
+        let bpffs_dir = pick(
+            args.bpffs_dir.clone(),
+            "--bpffs-dir",
+            env,
+            "bpffs_dir",
+            bpffs_dir,
+        )?;
+        let bpffs_dir = match bpffs_dir {
+            Some(Pick { value, key })
+                if !value.is_absolute() || value.parent().is_none_or(|p| p == Path::new("/")) =>
+            {
+                return Err(invalid(
+                    key,
+                    value.display().to_string(),
+                    "must be an absolute path inside a bpf filesystem, e.g. /sys/fs/bpf/nettrust",
+                ));
+            }
+            Some(p) => p.value,
+            None => PathBuf::from(DEFAULT_BPFFS_DIR),
+        };
+        let metrics_addr = match pick(
+            args.metrics_addr.clone(),
+            "--metrics-addr",
+            env,
+            "metrics_addr",
+            metrics_addr,
+        )? {
+            Some(Pick { value, key }) => {
+                let addr = value
+                    .parse::<SocketAddr>()
+                    .map_err(|_| invalid(&key, &value, "expected IP:PORT, e.g. 127.0.0.1:9153"))?;
+                if addr == listen_addr || addr.port() == 0 {
+                    return Err(invalid(
+                        key,
+                        value,
+                        "must be a free IP:PORT other than the DNS listen address",
+                    ));
+                }
+                Some(addr)
+            }
+            None => None,
+        };
+        let log_format = choice(
+            pick(
+                args.log_format.clone(),
+                "--log-format",
+                env,
+                "log_format",
+                log_format,
+            )?,
+            LogFormat::Text,
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        )?;
 
         Ok(Self {
             listen_addr,
-            fwd_addr,
-            cgroups,
+            listen_tls,
+            fwd_addrs: fwd,
+            fwd_proto,
+            fwd_tls,
+            fwd_udp_buffer_size,
+            fwd_timeout,
             backend,
+            firewall_type,
+            firewall_drop_input,
+            cgroups,
+            dns_ttl_cache,
+            authorized_ttl,
+            ttl_check_interval,
+            do_not_flush_table,
+            do_not_flush_authorized_hosts,
             whitelist_hosts,
             whitelist_networks,
+            blacklist: Blacklist {
+                hosts: blacklist_hosts,
+                networks: blacklist_networks,
+                domains: blacklist_domains,
+                response,
+            },
+            authorize_ptr,
             bpffs_dir,
+            metrics_addr,
+            log_format,
         })
+    }
+
+    /// The effective settings as TOML, for `nettrust check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render the settings: {e}\n"))
     }
 }
 
-/// Everything `nettrust run` needs before it touches the firewall: reads `--config`, the
-/// environment and the flags, and checks that every cgroup is a cgroup v2 directory.
-pub fn load(args: &RunArgs) -> Result<Settings, ConfigError> {
-    let file = match &args.config {
-        Some(path) => FileConfig::load(path)?,
+/// The config file named by `--config` or `NET_TRUST_CONFIG`, if any.
+fn config_path(args: &RunArgs, env: &Env) -> Option<(String, PathBuf)> {
+    match (&args.config, env.scalar("config")) {
+        (Some(path), _) => Some(("--config".to_owned(), path.clone())),
+        (None, Some((var, value))) => Some((var.to_owned(), PathBuf::from(value))),
+        (None, None) => None,
+    }
+}
+
+/// Everything `nettrust run` needs before it touches the firewall: reads the config file, the
+/// environment and the flags, and checks that every cgroup is a cgroup v2 directory. Also returns
+/// warnings to log once logging is set up (it depends on the settings).
+pub fn load(args: &RunArgs) -> Result<(Settings, Vec<String>), ConfigError> {
+    let env = Env::from_vars(std::env::vars())?;
+    let warnings = env
+        .unknown
+        .iter()
+        .map(|var| format!("ignoring unknown environment variable {var}"))
+        .collect();
+    let file = match config_path(args, &env) {
+        Some((_, path)) => FileConfig::load(&path)?,
         None => FileConfig::default(),
     };
-    let env = EnvLists::from_vars(std::env::vars())?;
-    let settings = Settings::resolve(args, file, env, crate::cgroup::cgroup2_mount)?;
+    let settings = Settings::resolve(args, file, &env, crate::cgroup::cgroup2_mount)?;
     for cgroup in &settings.cgroups {
         crate::cgroup::validate(cgroup)
             .map_err(|e| invalid("cgroup", cgroup.display().to_string(), e.to_string()))?;
     }
-    Ok(settings)
+    Ok((settings, warnings))
 }
 
 fn dedup<T: PartialEq>(items: &mut Vec<T>) {

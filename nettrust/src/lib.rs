@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod firewall;
+pub mod metrics;
 pub mod sys;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -19,7 +20,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     authorizer::Authorizer,
-    config::{Backend, Settings},
+    config::{Backend, FirewallType, Settings},
     dns::{proxy::Proxy, server, upstream::Upstream},
     firewall::{
         Policy,
@@ -27,8 +28,6 @@ use crate::{
     },
 };
 
-/// How long the proxy waits for the upstream before answering SERVFAIL.
-pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long shutdown waits for in-flight queries before removing the firewall.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -38,6 +37,10 @@ pub enum RunError {
     /// The requested firewall backend is not part of this version.
     #[error("firewall backend {0:?} is not yet available; use --firewall-backend ebpf (or auto)")]
     BackendUnavailable(&'static str),
+    /// An option is accepted by the configuration but not implemented by this version; refusing
+    /// it beats silently running without the protection it promises.
+    #[error("{0} is not available in this version of nettrust")]
+    NotYetAvailable(&'static str),
     /// A DNS listener could not be bound.
     #[error("cannot listen on {proto} {addr}")]
     Bind {
@@ -69,10 +72,41 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// The first configured option that this version cannot honour yet.
+fn not_yet_available(settings: &Settings) -> Option<&'static str> {
+    let checks = [
+        (settings.listen_tls.is_some(), "listen_tls"),
+        (settings.fwd_tls.is_some(), "fwd_tls"),
+        (
+            settings.fwd_proto != config::FwdProto::Udp,
+            "fwd_proto = \"tcp\"",
+        ),
+        (
+            settings.fwd_addrs.len() > 1,
+            "more than one upstream (fwd_addrs)",
+        ),
+        (settings.dns_ttl_cache.is_some(), "dns_ttl_cache"),
+        (
+            !settings.blacklist.hosts.is_empty() || !settings.blacklist.networks.is_empty(),
+            "blacklist.hosts/networks",
+        ),
+        (!settings.blacklist.domains.is_empty(), "blacklist.domains"),
+        (settings.authorize_ptr, "authorize_ptr"),
+        (settings.firewall_drop_input, "firewall_drop_input"),
+        (settings.do_not_flush_table, "do_not_flush_table"),
+    ];
+    checks
+        .into_iter()
+        .find_map(|(set, name)| set.then_some(name))
+}
+
 /// Runs the daemon until `shutdown` completes, then removes the firewall.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    if settings.backend == Backend::Nftables {
+    if settings.backend == Backend::Nftables || settings.firewall_type == FirewallType::Forward {
         return Err(RunError::BackendUnavailable("nftables"));
+    }
+    if let Some(option) = not_yet_available(&settings) {
+        return Err(RunError::NotYetAvailable(option));
     }
     // Bind first: a busy port must fail before any firewall object exists.
     let listen = settings.listen_addr;
@@ -91,6 +125,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             source,
         })?;
 
+    let metrics_listener = match settings.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await.map_err(|source| RunError::Bind {
+            addr,
+            proto: "tcp (metrics)",
+            source,
+        })?),
+        None => None,
+    };
+
     let policy = Policy {
         whitelist_hosts: settings.whitelist_hosts.clone(),
         whitelist_networks: settings.whitelist_networks.clone(),
@@ -100,9 +143,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         &settings.bpffs_dir,
         &policy,
     )?);
-    let authorizer = Authorizer::new(firewall.clone(), None);
+    let authorizer = Authorizer::new(firewall.clone(), settings.authorized_ttl);
+    let upstream = settings.fwd_addrs[0];
     let proxy = Arc::new(Proxy::new(
-        Upstream::new(settings.fwd_addr, UPSTREAM_TIMEOUT),
+        Upstream::new(upstream, settings.fwd_timeout),
         authorizer,
     ));
 
@@ -120,7 +164,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         tracker.clone(),
         cancel.clone(),
     ));
-    tracing::info!(listen = %listen, upstream = %settings.fwd_addr, "nettrust is running");
+    if let Some(listener) = metrics_listener {
+        let sources = metrics::Sources {
+            firewall: firewall.clone(),
+            bpffs_dir: settings.bpffs_dir.clone(),
+        };
+        tracker.spawn(metrics::serve(listener, sources, cancel.clone()));
+    }
+    tracing::info!(listen = %listen, upstream = %upstream, "nettrust is running");
 
     shutdown.await;
     tracing::info!("Interrupted");

@@ -1,12 +1,14 @@
 //! `nettrust` binary: parses arguments, sets up logging, and hands over to the library.
 
 use clap::Parser as _;
-use nettrust::cli::{Cli, Command};
+use nettrust::{
+    cli::{Cli, Command},
+    config::LogFormat,
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     match real_main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -19,7 +21,16 @@ fn main() -> std::process::ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::List(args)) => {
+            init_tracing(LogFormat::Text);
             print!("{}", nettrust::list(&args.bpffs_dir)?);
+            Ok(())
+        }
+        Some(Command::CheckConfig(args)) => {
+            let (settings, warnings) = nettrust::config::load(&args)?;
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", settings.to_toml());
             Ok(())
         }
         Some(Command::Run(args)) => run(&args),
@@ -29,7 +40,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 
 fn run(args: &nettrust::cli::RunArgs) -> anyhow::Result<()> {
     // Everything is validated before the runtime starts and before any firewall object exists.
-    let settings = nettrust::config::load(args)?;
+    let (settings, warnings) = nettrust::config::load(args)?;
+    init_tracing(settings.log_format);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -55,15 +70,18 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 
 /// Logs go to stderr. `RUST_LOG` selects levels as usual; without it, `NET_TRUST_DEBUG=true` means
 /// debug and anything else info. The `log` records of aya-log are bridged into tracing.
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let default = if std::env::var("NET_TRUST_DEBUG").is_ok_and(|v| v == "true") {
         "info,nettrust=debug"
     } else {
         "info"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

@@ -168,7 +168,36 @@ fn lint(root: &Path) -> Result<()> {
         "-D",
         "warnings",
     ]);
-    run_checked(clippy_ebpf)
+    run_checked(clippy_ebpf)?;
+    systemd_unit_security(root)
+}
+
+/// `systemd-analyze security --offline` on dist/nettrust.service must rate it OK or better.
+fn systemd_unit_security(root: &Path) -> Result<()> {
+    let unit = root.join("dist/nettrust.service");
+    let Ok(out) = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--root=/"])
+        .arg(&unit)
+        .output()
+    else {
+        eprintln!("xtask: systemd-analyze not installed; skipping the unit's security rating");
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let verdict = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .with_context(|| {
+            format!(
+                "systemd-analyze gave no rating: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    eprintln!("xtask: {}", verdict.trim());
+    if !(verdict.contains(" OK") || verdict.contains(" SAFE")) {
+        bail!("dist/nettrust.service is rated worse than OK: {verdict}");
+    }
+    Ok(())
 }
 
 fn test(root: &Path, unit_only: bool) -> Result<()> {
@@ -183,16 +212,10 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
     if unit_only {
         return Ok(());
     }
-    // The root suite: real eBPF, cgroups, network namespaces and DNS servers; one test at a time.
+    // The root suites (every file in nettrust/tests): real eBPF, cgroups, network namespaces and
+    // DNS servers; one test at a time.
     let mut build_tests = cargo(root)?;
-    build_tests.args([
-        "test",
-        "--package",
-        "nettrust",
-        "--test",
-        "root",
-        "--no-run",
-    ]);
+    build_tests.args(["test", "--package", "nettrust", "--test", "*", "--no-run"]);
     run_checked(build_tests)?;
     let mut root_tests = if setup::is_root() {
         cargo(root)?
@@ -211,7 +234,7 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
         "--package",
         "nettrust",
         "--test",
-        "root",
+        "*",
         "--",
         "--ignored",
         "--test-threads=1",

@@ -1,40 +1,112 @@
 use super::*;
 
-fn resolve(args: &RunArgs, toml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+fn env(vars: &[(&str, &str)]) -> Env {
+    Env::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+}
+
+fn resolve(args: &RunArgs, toml: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
     let file = FileConfig::parse(toml, Path::new("test.toml"))?;
-    let env = EnvLists::from_vars(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))?;
-    Settings::resolve(args, file, env, || Ok(PathBuf::from("/sys/fs/cgroup")))
+    let env = Env::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))?;
+    Settings::resolve(args, file, &env, || Ok(PathBuf::from("/sys/fs/cgroup")))
 }
 
 fn args() -> RunArgs {
     RunArgs {
-        fwd_addr: Some("192.0.2.53:53".into()),
+        fwd_addrs: vec!["192.0.2.53:53".into()],
         ..RunArgs::default()
     }
 }
 
-fn err(result: Result<Settings, ConfigError>) -> String {
-    result.expect_err("expected an error").to_string()
+fn ok(args: &RunArgs, toml: &str, vars: &[(&str, &str)]) -> Settings {
+    resolve(args, toml, vars).unwrap_or_else(|e| panic!("unexpected error: {e}"))
+}
+
+/// Asserts the error names both the key and the value.
+#[track_caller]
+fn err_names(result: Result<Settings, ConfigError>, key: &str, value: &str) {
+    let e = result.expect_err("expected an error").to_string();
+    assert!(e.contains(key), "error {e:?} does not name {key:?}");
+    assert!(e.contains(value), "error {e:?} does not name {value:?}");
+}
+
+fn pem(dir: &Path, name: &str, label: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n"),
+    )
+    .unwrap();
+    path
 }
 
 #[test]
 fn repository_config_toml_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml");
     let file = FileConfig::load(&path).unwrap();
-    let settings = Settings::resolve(&RunArgs::default(), file, EnvLists::default(), || {
+    let s = Settings::resolve(&RunArgs::default(), file, &Env::default(), || {
         Ok("/cg".into())
     })
     .unwrap();
-    assert_eq!(settings.listen_addr, "127.0.0.1:53".parse().unwrap());
-    assert_eq!(settings.backend, Backend::Ebpf);
+    assert_eq!(s.listen_addr, "127.0.0.1:53".parse().unwrap());
+    assert_eq!(s.backend, Backend::Auto);
+    assert_eq!(s.cgroups, [PathBuf::from("/cg")]);
+}
+
+#[test]
+fn config_toml_documents_every_key() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml"))
+            .unwrap();
+    let settings = toml::to_string(&ok(&args(), "", &[])).unwrap();
+    for line in settings.lines() {
+        let Some((key, _)) = line.split_once(" = ") else {
+            continue;
+        };
+        let documented = match key {
+            "fwd_addrs" => "fwd_addr",
+            "fwd_timeout" => "fwd_timeout_ms",
+            "backend" => "firewall_backend",
+            "whitelist_hosts" | "whitelist_networks" => "[whitelist]",
+            _ => key,
+        };
+        assert!(
+            text.contains(documented),
+            "config.toml does not document {documented}"
+        );
+    }
+    for key in [
+        "listen_tls",
+        "listen_cert",
+        "listen_cert_key",
+        "fwd_tls_cert",
+        "fwd_tls_name",
+        "[blacklist]",
+        "domains",
+        "response",
+    ] {
+        assert!(text.contains(key), "config.toml does not document {key}");
+    }
 }
 
 #[test]
 fn empty_file_gives_defaults() {
-    let s = resolve(&args(), "", &[]).unwrap();
+    let s = ok(&args(), "", &[]);
     assert_eq!(s.listen_addr, "127.0.0.1:53".parse().unwrap());
     assert_eq!(s.cgroups, vec![PathBuf::from("/sys/fs/cgroup")]);
     assert_eq!(s.bpffs_dir, PathBuf::from(DEFAULT_BPFFS_DIR));
+    assert_eq!(s.fwd_proto, FwdProto::Udp);
+    assert_eq!(s.fwd_udp_buffer_size, 1232);
+    assert_eq!(s.fwd_timeout, Duration::from_millis(2000));
+    assert_eq!(s.backend, Backend::Auto);
+    assert_eq!(s.firewall_type, FirewallType::Output);
+    assert_eq!(s.dns_ttl_cache, None);
+    assert_eq!(s.authorized_ttl, None);
+    assert_eq!(s.ttl_check_interval, Duration::from_secs(30));
+    assert!(!s.do_not_flush_table && !s.do_not_flush_authorized_hosts && !s.firewall_drop_input);
+    assert!(s.listen_tls.is_none() && s.fwd_tls.is_none() && s.metrics_addr.is_none());
+    assert_eq!(s.blacklist.response, BlacklistResponse::Refused);
+    assert_eq!(s.log_format, LogFormat::Text);
+    assert!(!s.authorize_ptr);
     for net in loopback_networks().into_iter().chain(private_networks()) {
         assert!(s.whitelist_networks.contains(&net), "{net} missing");
     }
@@ -58,72 +130,255 @@ fn private_networks_match_the_original() {
     }
 }
 
+// Precedence matrix: flag > env > file > default, for a string, an integer (incl. 0-like edge
+// values) and a boolean set to false.
+
 #[test]
-fn flags_override_config_including_false() {
-    let toml =
-        "whitelist_loopback = true\nwhitelist_private = true\nlisten_addr = \"127.0.0.1:5353\"\n";
-    let a = RunArgs {
-        whitelist_loopback: Some(false),
-        whitelist_private: Some(false),
-        listen_addr: Some("[::1]:53".into()),
+fn precedence_for_a_string_scalar() {
+    let file = "listen_addr = \"127.0.0.1:1053\"";
+    let env_var = [("NET_TRUST_LISTEN_ADDR", "127.0.0.1:2053")];
+    let flag = RunArgs {
+        listen_addr: Some("127.0.0.1:3053".into()),
         ..args()
     };
-    let s = resolve(&a, toml, &[]).unwrap();
-    assert_eq!(s.listen_addr, "[::1]:53".parse().unwrap());
-    assert!(
-        !s.whitelist_networks
-            .contains(&"127.0.0.0/8".parse().unwrap())
+    assert_eq!(ok(&args(), "", &[]).listen_addr.port(), 53);
+    assert_eq!(ok(&args(), file, &[]).listen_addr.port(), 1053);
+    assert_eq!(ok(&args(), file, &env_var).listen_addr.port(), 2053);
+    assert_eq!(ok(&flag, file, &env_var).listen_addr.port(), 3053);
+}
+
+#[test]
+fn precedence_for_an_integer_scalar() {
+    let file = "authorized_ttl = 60";
+    let env_var = [("NET_TRUST_AUTHORIZED_TTL", "-1")];
+    let flag = RunArgs {
+        authorized_ttl: Some(5),
+        ..args()
+    };
+    assert_eq!(ok(&args(), "", &[]).authorized_ttl, None);
+    assert_eq!(
+        ok(&args(), file, &[]).authorized_ttl,
+        Some(Duration::from_secs(60))
     );
+    assert_eq!(
+        ok(&args(), file, &env_var).authorized_ttl,
+        None,
+        "env -1 beats the file"
+    );
+    assert_eq!(
+        ok(&flag, file, &env_var).authorized_ttl,
+        Some(Duration::from_secs(5))
+    );
+    // dns_ttl_cache 0 from a flag disables a cache the file enabled.
+    let flag0 = RunArgs {
+        dns_ttl_cache: Some(0),
+        ..args()
+    };
+    assert_eq!(
+        ok(&args(), "dns_ttl_cache = 300", &[]).dns_ttl_cache,
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(ok(&flag0, "dns_ttl_cache = 300", &[]).dns_ttl_cache, None);
+}
+
+#[test]
+fn precedence_for_a_boolean_set_false() {
+    let file = "whitelist_private = true\ndo_not_flush_table = true";
+    let env_var = [("NET_TRUST_WHITELIST_PRIVATE", "false")];
+    let ten: IpNet = "10.0.0.0/8".parse().unwrap();
+    assert!(ok(&args(), file, &[]).whitelist_networks.contains(&ten));
     assert!(
-        !s.whitelist_networks
-            .contains(&"10.0.0.0/8".parse().unwrap())
+        !ok(&args(), file, &env_var)
+            .whitelist_networks
+            .contains(&ten),
+        "env false beats file true"
+    );
+    let flag_true = RunArgs {
+        whitelist_private: Some(true),
+        ..args()
+    };
+    assert!(
+        ok(&flag_true, file, &env_var)
+            .whitelist_networks
+            .contains(&ten),
+        "flag beats env"
+    );
+    let flag_false = RunArgs {
+        do_not_flush_table: Some(false),
+        ..args()
+    };
+    assert!(ok(&args(), file, &[]).do_not_flush_table);
+    assert!(
+        !ok(&flag_false, file, &[]).do_not_flush_table,
+        "a flag turns a config true off"
     );
 }
 
 #[test]
 fn config_can_disable_whitelists() {
-    let s = resolve(&args(), "whitelist_private = false", &[]).unwrap();
+    let s = ok(
+        &args(),
+        "whitelist_private = false\nwhitelist_loopback = false",
+        &[],
+    );
     assert!(
         !s.whitelist_networks
             .contains(&"192.168.0.0/16".parse().unwrap())
     );
     assert!(
-        s.whitelist_networks
+        !s.whitelist_networks
             .contains(&"127.0.0.0/8".parse().unwrap())
     );
 }
 
 #[test]
-fn config_values_are_used_without_flags() {
-    let toml = r#"
+fn every_file_key_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = pem(dir.path(), "c.pem", "CERTIFICATE");
+    let key = pem(dir.path(), "k.pem", "PRIVATE KEY");
+    let toml = format!(
+        r#"
+listen_addr = "[::1]:5353"
+listen_tls = true
+listen_cert = "{cert}"
+listen_cert_key = "{key}"
 fwd_addr = "2001:db8::53"
+fwd_addrs = ["192.0.2.1:853", "2001:db8::53"]
+fwd_proto = "tcp"
+fwd_tls = true
+fwd_tls_cert = "{cert}"
+fwd_tls_name = "dns.example.net"
+fwd_udp_buffer_size = 4096
+fwd_timeout_ms = 500
+firewall_backend = "ebpf"
+firewall_type = "output"
+firewall_drop_input = true
 cgroups = ["/sys/fs/cgroup/a", "/sys/fs/cgroup/b"]
+dns_ttl_cache = 120
+whitelist_loopback = true
+whitelist_private = false
+authorized_ttl = 3600
+ttl_check_interval = 10
+do_not_flush_table = true
+do_not_flush_authorized_hosts = true
+authorize_ptr = true
+bpffs_dir = "/sys/fs/bpf/nt"
+metrics_addr = "127.0.0.1:9153"
+log_format = "json"
 [whitelist]
 hosts = ["203.0.113.9", "2001:db8::9"]
 networks = ["198.51.100.0/24", "2001:db8:1::/48"]
-"#;
-    let s = resolve(&RunArgs::default(), toml, &[]).unwrap();
-    assert_eq!(s.fwd_addr, "[2001:db8::53]:53".parse().unwrap());
+[blacklist]
+hosts = ["203.0.113.66"]
+networks = ["2001:db8:66::/48"]
+domains = ["Tracker.Example.", "*.ads.example"]
+response = "nxdomain"
+"#,
+        cert = cert.display(),
+        key = key.display()
+    );
+    let s = ok(&RunArgs::default(), &toml, &[]);
+    assert_eq!(s.listen_addr, "[::1]:5353".parse().unwrap());
+    assert_eq!(
+        s.listen_tls,
+        Some(ListenTls {
+            cert: cert.clone(),
+            key
+        })
+    );
+    assert_eq!(
+        s.fwd_addrs,
+        [
+            "[2001:db8::53]:53".parse().unwrap(),
+            "192.0.2.1:853".parse().unwrap()
+        ]
+    );
+    assert_eq!(s.fwd_proto, FwdProto::Tcp);
+    assert_eq!(
+        s.fwd_tls,
+        Some(FwdTls {
+            ca: Some(cert),
+            name: Some("dns.example.net".into())
+        })
+    );
+    assert_eq!(s.fwd_udp_buffer_size, 4096);
+    assert_eq!(s.fwd_timeout, Duration::from_millis(500));
+    assert_eq!(s.backend, Backend::Ebpf);
+    assert!(s.firewall_drop_input);
     assert_eq!(s.cgroups.len(), 2);
+    assert_eq!(s.dns_ttl_cache, Some(Duration::from_secs(120)));
+    assert_eq!(s.authorized_ttl, Some(Duration::from_secs(3600)));
+    assert_eq!(s.ttl_check_interval, Duration::from_secs(10));
+    assert!(s.do_not_flush_table && s.do_not_flush_authorized_hosts && s.authorize_ptr);
+    assert_eq!(s.bpffs_dir, PathBuf::from("/sys/fs/bpf/nt"));
+    assert_eq!(s.metrics_addr, Some("127.0.0.1:9153".parse().unwrap()));
+    assert_eq!(s.log_format, LogFormat::Json);
     assert!(s.whitelist_hosts.contains(&"2001:db8::9".parse().unwrap()));
+    assert!(
+        s.whitelist_hosts.contains(&"192.0.2.1".parse().unwrap()),
+        "every upstream is whitelisted"
+    );
     assert!(
         s.whitelist_networks
             .contains(&"2001:db8:1::/48".parse().unwrap())
+    );
+    assert!(
+        !s.whitelist_networks
+            .contains(&"10.0.0.0/8".parse().unwrap())
+    );
+    assert_eq!(
+        s.blacklist.hosts,
+        ["203.0.113.66".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        s.blacklist.networks,
+        ["2001:db8:66::/48".parse::<IpNet>().unwrap()]
+    );
+    assert_eq!(s.blacklist.domains, ["tracker.example", "*.ads.example"]);
+    assert_eq!(s.blacklist.response, BlacklistResponse::Nxdomain);
+    // The effective configuration renders.
+    assert!(s.to_toml().contains("authorized_ttl = 3600"));
+}
+
+#[test]
+fn flags_replace_the_upstream_list() {
+    let a = RunArgs {
+        fwd_addrs: vec!["198.51.100.7".into(), "198.51.100.8:5353".into()],
+        ..RunArgs::default()
+    };
+    let s = ok(&a, "fwd_addrs = [\"192.0.2.1\"]", &[]);
+    assert_eq!(
+        s.fwd_addrs,
+        [
+            "198.51.100.7:53".parse().unwrap(),
+            "198.51.100.8:5353".parse().unwrap()
+        ]
     );
 }
 
 #[test]
 fn env_lists_add_to_config_lists() {
-    let env = [
+    let vars = [
         ("NET_TRUST_WHITELIST_HOSTS_B", "203.0.113.2"),
         ("NET_TRUST_WHITELIST_HOSTS_A", "203.0.113.1"),
         ("NET_TRUST_WHITELIST_NETWORKS_X", "198.51.100.0/24"),
         ("NET_TRUST_WHITELIST_NETWORK_LEGACY", "2001:db8:2::/48"),
+        ("NET_TRUST_BLACKLIST_HOSTS_T", "203.0.113.66"),
+        ("NET_TRUST_BLACKLIST_NETWORKS_T", "203.0.113.128/25"),
+        ("NET_TRUST_BLACKLIST_NETWORK_OLD", "2001:db8:66::/48"),
         ("UNRELATED", "x"),
     ];
-    let s = resolve(&args(), "[whitelist]\nhosts = [\"203.0.113.3\"]", &env).unwrap();
+    let s = ok(
+        &args(),
+        "[whitelist]\nhosts = [\"203.0.113.3\"]\n[blacklist]\nhosts = [\"203.0.113.67\"]",
+        &vars,
+    );
     let hosts: Vec<String> = s.whitelist_hosts.iter().map(ToString::to_string).collect();
-    assert_eq!(hosts[2..], ["203.0.113.1", "203.0.113.2", "203.0.113.3"]);
+    assert_eq!(
+        hosts[2..],
+        ["203.0.113.1", "203.0.113.2", "203.0.113.3"],
+        "env in name order, then file"
+    );
     assert!(
         s.whitelist_networks
             .contains(&"198.51.100.0/24".parse().unwrap())
@@ -132,16 +387,24 @@ fn env_lists_add_to_config_lists() {
         s.whitelist_networks
             .contains(&"2001:db8:2::/48".parse().unwrap())
     );
+    assert_eq!(s.blacklist.hosts.len(), 2);
+    assert_eq!(s.blacklist.networks.len(), 2);
+}
+
+#[test]
+fn unknown_env_scalars_are_reported_not_fatal() {
+    let e = env(&[("NET_TRUST_LISTEN_ADR", "x"), ("NET_TRUST_DEBUG", "true")]);
+    assert_eq!(e.unknown, ["NET_TRUST_LISTEN_ADR"]);
+    assert_eq!(e.scalar("debug"), Some(("NET_TRUST_DEBUG", "true")));
 }
 
 #[test]
 fn network_host_bits_are_cleared() {
-    let s = resolve(
+    let s = ok(
         &args(),
         "[whitelist]\nnetworks = [\"198.51.100.7/24\"]",
         &[],
-    )
-    .unwrap();
+    );
     assert!(
         s.whitelist_networks
             .contains(&"198.51.100.0/24".parse().unwrap())
@@ -149,91 +412,356 @@ fn network_host_bits_are_cleared() {
 }
 
 #[test]
-fn bad_values_name_key_and_value() {
-    let e = err(resolve(
-        &args(),
-        "",
-        &[("NET_TRUST_WHITELIST_HOSTS_X", "1.2.3")],
-    ));
-    assert!(
-        e.contains("NET_TRUST_WHITELIST_HOSTS_X") && e.contains("1.2.3"),
-        "{e}"
+fn config_path_can_come_from_the_environment() {
+    let e = env(&[("NET_TRUST_CONFIG", "/etc/nettrust/config.toml")]);
+    assert_eq!(
+        config_path(&RunArgs::default(), &e).unwrap().1,
+        PathBuf::from("/etc/nettrust/config.toml")
     );
-    let e = err(resolve(
-        &args(),
-        "",
-        &[("NET_TRUST_WHITELIST_NETWORKS_X", "10.0.0.1")],
-    ));
-    assert!(
-        e.contains("NET_TRUST_WHITELIST_NETWORKS_X") && e.contains("10.0.0.1"),
-        "{e}"
-    );
-    let e = err(resolve(
-        &args(),
-        "[whitelist]\nnetworks = [\"192.0.2.0/33\"]",
-        &[],
-    ));
-    assert!(
-        e.contains("whitelist.networks") && e.contains("192.0.2.0/33"),
-        "{e}"
-    );
-    let e = err(resolve(
-        &args(),
-        "[whitelist]\nhosts = [\"example.com\"]",
-        &[],
-    ));
-    assert!(
-        e.contains("whitelist.hosts") && e.contains("example.com"),
-        "{e}"
-    );
+    let a = RunArgs {
+        config: Some("/x.toml".into()),
+        ..RunArgs::default()
+    };
+    assert_eq!(config_path(&a, &e).unwrap().1, PathBuf::from("/x.toml"));
+}
+
+// One test per validation rule; each error names the key and the value.
+
+#[test]
+fn rejects_bad_listen_addr() {
     let a = RunArgs {
         listen_addr: Some("127.0.0.1:99999".into()),
         ..args()
     };
-    let e = err(resolve(&a, "", &[]));
-    assert!(
-        e.contains("--listen-addr") && e.contains("127.0.0.1:99999"),
-        "{e}"
+    err_names(resolve(&a, "", &[]), "--listen-addr", "127.0.0.1:99999");
+    err_names(
+        resolve(&args(), "listen_addr = \"localhost:53\"", &[]),
+        "listen_addr",
+        "localhost:53",
     );
-    let a = RunArgs {
-        firewall_backend: Some("iptables".into()),
-        ..args()
-    };
-    let e = err(resolve(&a, "", &[]));
-    assert!(
-        e.contains("--firewall-backend") && e.contains("iptables"),
-        "{e}"
+    err_names(
+        resolve(&args(), "", &[("NET_TRUST_LISTEN_ADDR", "1.2.3:53")]),
+        "NET_TRUST_LISTEN_ADDR",
+        "1.2.3:53",
     );
-    let e = err(resolve(
-        &RunArgs::default(),
-        "fwd_addr = \"192.0.2.1:0\"",
-        &[],
-    ));
-    assert!(e.contains("fwd_addr") && e.contains("192.0.2.1:0"), "{e}");
-    let e = err(resolve(
-        &args(),
-        "",
-        &[("NET_TRUST_WHITELIST_HOST_TYPO", "192.0.2.1")],
-    ));
-    assert!(e.contains("NET_TRUST_WHITELIST_HOST_TYPO"), "{e}");
-    let e = err(resolve(&args(), "bpffs_dir = \"relative/dir\"", &[]));
-    assert!(e.contains("bpffs_dir") && e.contains("relative/dir"), "{e}");
 }
 
 #[test]
-fn missing_upstream_is_an_error() {
-    let e = err(resolve(&RunArgs::default(), "", &[]));
+fn rejects_bad_or_missing_upstream() {
+    err_names(
+        resolve(&RunArgs::default(), "fwd_addr = \"192.0.2.1:0\"", &[]),
+        "fwd_addr",
+        "192.0.2.1:0",
+    );
+    err_names(
+        resolve(&RunArgs::default(), "fwd_addrs = [\"dns.google\"]", &[]),
+        "fwd_addrs",
+        "dns.google",
+    );
+    let e = resolve(&RunArgs::default(), "", &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--fwd-addr"), "{e}");
 }
 
 #[test]
-fn listen_equal_to_forward_is_rejected() {
+fn rejects_listen_equal_to_forward() {
     let a = RunArgs {
         listen_addr: Some("192.0.2.53:53".into()),
         ..args()
     };
-    let e = err(resolve(&a, "", &[]));
-    assert!(e.contains("192.0.2.53:53"), "{e}");
+    err_names(resolve(&a, "", &[]), "--fwd-addr", "192.0.2.53:53");
+}
+
+#[test]
+fn rejects_bad_fwd_proto() {
+    err_names(
+        resolve(&args(), "fwd_proto = \"quic\"", &[]),
+        "fwd_proto",
+        "quic",
+    );
+}
+
+#[test]
+fn fwd_tls_requires_tcp() {
+    err_names(resolve(&args(), "fwd_tls = true", &[]), "fwd_tls", "tcp");
+}
+
+#[test]
+fn rejects_unreadable_or_invalid_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let key = pem(dir.path(), "k.pem", "PRIVATE KEY");
+    let cert = pem(dir.path(), "c.pem", "CERTIFICATE");
+    let a = RunArgs {
+        fwd_tls_cert: Some(junk.clone()),
+        fwd_tls: Some(true),
+        fwd_proto: Some("tcp".into()),
+        ..args()
+    };
+    err_names(
+        resolve(&a, "", &[]),
+        "--fwd-tls-cert",
+        &junk.display().to_string(),
+    );
+    let a = RunArgs {
+        listen_tls: Some(true),
+        listen_cert: Some(missing.clone()),
+        listen_cert_key: Some(key.clone()),
+        ..args()
+    };
+    err_names(
+        resolve(&a, "", &[]),
+        "--listen-cert",
+        &missing.display().to_string(),
+    );
+    // A certificate given as key is rejected too.
+    let a = RunArgs {
+        listen_tls: Some(true),
+        listen_cert: Some(cert.clone()),
+        listen_cert_key: Some(cert.clone()),
+        ..args()
+    };
+    err_names(
+        resolve(&a, "", &[]),
+        "--listen-cert-key",
+        &cert.display().to_string(),
+    );
+    let a = RunArgs {
+        listen_tls: Some(true),
+        listen_cert: Some(cert),
+        ..args()
+    };
+    let e = resolve(&a, "", &[]).unwrap_err().to_string();
+    assert!(e.contains("listen_cert_key"), "{e}");
+}
+
+#[test]
+fn rejects_bad_fwd_tls_name() {
+    let a = RunArgs {
+        fwd_tls: Some(true),
+        fwd_proto: Some("tcp".into()),
+        fwd_tls_name: Some("bad name!".into()),
+        ..args()
+    };
+    err_names(resolve(&a, "", &[]), "--fwd-tls-name", "bad name!");
+}
+
+#[test]
+fn rejects_small_udp_buffer() {
+    err_names(
+        resolve(&args(), "fwd_udp_buffer_size = 100", &[]),
+        "fwd_udp_buffer_size",
+        "100",
+    );
+    let e = resolve(&args(), "fwd_udp_buffer_size = 70000", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fwd_udp_buffer_size"), "{e}");
+}
+
+#[test]
+fn rejects_bad_timeout() {
+    err_names(
+        resolve(&args(), "fwd_timeout_ms = 0", &[]),
+        "fwd_timeout_ms",
+        "0",
+    );
+}
+
+#[test]
+fn rejects_bad_backend_and_type() {
+    let a = RunArgs {
+        firewall_backend: Some("iptables".into()),
+        ..args()
+    };
+    err_names(resolve(&a, "", &[]), "--firewall-backend", "iptables");
+    err_names(
+        resolve(&args(), "firewall_type = \"prerouting\"", &[]),
+        "firewall_type",
+        "prerouting",
+    );
+    // Case-insensitive, as the original's OUTPUT/FORWARD.
+    assert_eq!(
+        ok(&args(), "firewall_type = \"OUTPUT\"", &[]).firewall_type,
+        FirewallType::Output
+    );
+}
+
+#[test]
+fn rejects_forward_with_ebpf() {
+    err_names(
+        resolve(
+            &args(),
+            "firewall_type = \"forward\"\nfirewall_backend = \"ebpf\"",
+            &[],
+        ),
+        "firewall_type",
+        "forward",
+    );
+}
+
+#[test]
+fn rejects_bad_ttls() {
+    err_names(
+        resolve(&args(), "authorized_ttl = -2", &[]),
+        "authorized_ttl",
+        "-2",
+    );
+    err_names(
+        resolve(&args(), "authorized_ttl = 0", &[]),
+        "authorized_ttl",
+        "0",
+    );
+    err_names(
+        resolve(&args(), "dns_ttl_cache = -5", &[]),
+        "dns_ttl_cache",
+        "-5",
+    );
+}
+
+#[test]
+fn rejects_ticker_below_one() {
+    let a = RunArgs {
+        ttl_check_interval: Some(0),
+        ..args()
+    };
+    err_names(resolve(&a, "", &[]), "--ttl-check-ticker", "0");
+    err_names(
+        resolve(&args(), "ttl_check_interval = -3", &[]),
+        "ttl_check_interval",
+        "-3",
+    );
+}
+
+#[test]
+fn keeping_authorized_hosts_needs_keeping_the_table() {
+    err_names(
+        resolve(&args(), "do_not_flush_authorized_hosts = true", &[]),
+        "do_not_flush_authorized_hosts",
+        "do_not_flush_table",
+    );
+}
+
+#[test]
+fn rejects_bad_list_entries() {
+    err_names(
+        resolve(&args(), "", &[("NET_TRUST_WHITELIST_HOSTS_X", "1.2.3")]),
+        "NET_TRUST_WHITELIST_HOSTS_X",
+        "1.2.3",
+    );
+    err_names(
+        resolve(
+            &args(),
+            "",
+            &[("NET_TRUST_WHITELIST_NETWORKS_X", "10.0.0.1")],
+        ),
+        "NET_TRUST_WHITELIST_NETWORKS_X",
+        "10.0.0.1",
+    );
+    err_names(
+        resolve(&args(), "", &[("NET_TRUST_BLACKLIST_HOSTS_X", "evil")]),
+        "NET_TRUST_BLACKLIST_HOSTS_X",
+        "evil",
+    );
+    err_names(
+        resolve(
+            &args(),
+            "",
+            &[("NET_TRUST_WHITELIST_HOST_TYPO", "192.0.2.1")],
+        ),
+        "NET_TRUST_WHITELIST_HOST_TYPO",
+        "192.0.2.1",
+    );
+    err_names(
+        resolve(&args(), "[whitelist]\nnetworks = [\"192.0.2.0/33\"]", &[]),
+        "whitelist.networks",
+        "192.0.2.0/33",
+    );
+    err_names(
+        resolve(&args(), "[whitelist]\nhosts = [\"example.com\"]", &[]),
+        "whitelist.hosts",
+        "example.com",
+    );
+    err_names(
+        resolve(&args(), "[blacklist]\nnetworks = [\"2001:db8::/129\"]", &[]),
+        "blacklist.networks",
+        "2001:db8::/129",
+    );
+    err_names(
+        resolve(&args(), "[blacklist]\nhosts = [\"300.1.1.1\"]", &[]),
+        "blacklist.hosts",
+        "300.1.1.1",
+    );
+    err_names(
+        resolve(&args(), "[blacklist]\ndomains = [\"bad..example\"]", &[]),
+        "blacklist.domains",
+        "bad..example",
+    );
+    err_names(
+        resolve(&args(), "[blacklist]\ndomains = [\"*\"]", &[]),
+        "blacklist.domains",
+        "*",
+    );
+    err_names(
+        resolve(&args(), "[blacklist]\nresponse = \"drop\"", &[]),
+        "blacklist.response",
+        "drop",
+    );
+}
+
+#[test]
+fn rejects_host_both_white_and_blacklisted() {
+    err_names(
+        resolve(&args(), "[blacklist]\nhosts = [\"192.0.2.53\"]", &[]),
+        "blacklist.hosts",
+        "192.0.2.53",
+    );
+}
+
+#[test]
+fn rejects_bad_bpffs_dir() {
+    err_names(
+        resolve(&args(), "bpffs_dir = \"relative/dir\"", &[]),
+        "bpffs_dir",
+        "relative/dir",
+    );
+    err_names(resolve(&args(), "bpffs_dir = \"/\"", &[]), "bpffs_dir", "/");
+}
+
+#[test]
+fn rejects_bad_metrics_addr_and_log_format() {
+    err_names(
+        resolve(&args(), "metrics_addr = \"9153\"", &[]),
+        "metrics_addr",
+        "9153",
+    );
+    err_names(
+        resolve(&args(), "metrics_addr = \"127.0.0.1:53\"", &[]),
+        "metrics_addr",
+        "127.0.0.1:53",
+    );
+    err_names(
+        resolve(&args(), "log_format = \"xml\"", &[]),
+        "log_format",
+        "xml",
+    );
+}
+
+#[test]
+fn rejects_bad_env_scalar() {
+    err_names(
+        resolve(&args(), "", &[("NET_TRUST_AUTHORIZED_TTL", "soon")]),
+        "NET_TRUST_AUTHORIZED_TTL",
+        "soon",
+    );
+    err_names(
+        resolve(&args(), "", &[("NET_TRUST_WHITELIST_PRIVATE", "yes")]),
+        "NET_TRUST_WHITELIST_PRIVATE",
+        "yes",
+    );
 }
 
 #[test]
@@ -243,8 +771,12 @@ fn bad_files_are_rejected_with_the_key() {
         ("whitelist_private = \"yes\"", "whitelist_private"),
         ("[whitelist]\nhost = []", "host"),
         ("[blacklistt]", "blacklistt"),
+        ("[blacklist]\ndomain = []", "domain"),
         ("cgroups = \"/sys/fs/cgroup\"", "cgroups"),
         ("listen_addr = ", "listen_addr"),
+        ("authorized_ttl = \"60\"", "authorized_ttl"),
+        ("fwd_udp_buffer_size = 70000", "fwd_udp_buffer_size"),
+        ("ttl = 60", "ttl"),
     ];
     for (text, needle) in corpus {
         let e = FileConfig::parse(text, Path::new("bad.toml"))

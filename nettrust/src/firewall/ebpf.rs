@@ -978,3 +978,17 @@ pub fn parse_denied(bytes: &[u8]) -> Option<DeniedEvent> {
     // SAFETY: DeniedEvent is plain data; read_unaligned copes with any alignment.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DeniedEvent>()) })
 }
+
+/// The egress program's counters (summed over CPUs), read from the `STATS` map pinned in
+/// `pin_dir`, indexed by the `STAT_*` constants.
+pub fn read_stats(pin_dir: &Path) -> Result<[u64; STAT_COUNT as usize], EbpfError> {
+    let stats: PerCpuArray<MapData, u64> = open_pinned(pin_dir, MAP_STATS, Map::PerCpuArray)?;
+    let mut out = [0u64; STAT_COUNT as usize];
+    for (index, slot) in (0..STAT_COUNT).zip(out.iter_mut()) {
+        let per_cpu = stats
+            .get(&index, 0)
+            .map_err(|e| map_error(MAP_STATS, "cannot read", e))?;
+        *slot = per_cpu.iter().sum();
+    }
+    Ok(out)
+}

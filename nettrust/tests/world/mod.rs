@@ -12,7 +12,7 @@ use std::{
     io::Write as _,
     net::IpAddr,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -433,8 +433,20 @@ impl World {
         attr[0..4].copy_from_slice(&(cgroup.as_raw_fd() as u32).to_ne_bytes());
         attr[4..8].copy_from_slice(&BPF_CGROUP_INET_EGRESS.to_ne_bytes());
         // SAFETY: bpf(2) reads and writes within the 128-byte attr we pass.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, attr.as_mut_ptr(), attr.len() as u32) };
-        assert_eq!(rc, 0, "BPF_PROG_QUERY failed: {}", std::io::Error::last_os_error());
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                attr.as_mut_ptr(),
+                attr.len() as u32,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "BPF_PROG_QUERY failed: {}",
+            std::io::Error::last_os_error()
+        );
         u32::from_ne_bytes(attr[24..28].try_into().unwrap())
     }
 }

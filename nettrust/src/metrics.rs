@@ -1,0 +1,307 @@
+//! Prometheus metrics (`--metrics-addr`, off by default): process-wide counters that the DNS path
+//! and the sweeper increment, plus values read from the kernel at scrape time (authorized hosts,
+//! the egress program's per-verdict packet counters). Served as the text exposition format at
+//! `GET /metrics` by a deliberately tiny HTTP/1.1 responder.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, LazyLock, Mutex},
+    time::Duration,
+};
+
+use nettrust_common::{
+    STAT_ALLOW_HOST, STAT_ALLOW_NET, STAT_COUNT, STAT_DROP, STAT_DROP_EXPIRED, STAT_ERROR,
+    STAT_PASS_NON_IP,
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::firewall::Firewall;
+
+/// Labels of a DNS query outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabels {
+    /// `udp`, `tcp` or `tls`.
+    pub transport: &'static str,
+    /// `answered`, `servfail`, `formerr`, `notimp`, `blacklisted`, `dropped`, `cached`.
+    pub result: &'static str,
+}
+
+/// Labels of a single outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// What happened.
+    pub result: &'static str,
+}
+
+/// Labels of the egress program's counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    /// `allow_host`, `allow_net`, `drop`, `drop_expired`, `pass_non_ip`, `error`.
+    pub verdict: &'static str,
+}
+
+/// Every metric nettrust exports.
+pub struct Metrics {
+    registry: Registry,
+    /// DNS queries by transport and outcome.
+    pub queries: Family<QueryLabels, Counter>,
+    /// Addresses taken from answers: `new`, `already`, `blacklisted`.
+    pub addresses: Family<ResultLabel, Counter>,
+    /// Upstream replies refused (`forged`: not the answer to our query; `malformed`).
+    pub rejected_answers: Family<ResultLabel, Counter>,
+    /// Upstream round-trip time of answered queries.
+    pub upstream_latency: Histogram,
+    /// Authorizations removed by the expiry sweep.
+    pub expired: Counter,
+    /// Authorizations renewed because the host was still in use.
+    pub renewed: Counter,
+    /// Hosts currently authorized (read at scrape time).
+    authorized_hosts: Gauge,
+    /// Egress packets by verdict (read from the kernel at scrape time).
+    egress_packets: Family<VerdictLabel, Counter>,
+    /// Last kernel counter values, to turn absolute readings into counter increments.
+    last_egress: Mutex<[u64; STAT_COUNT as usize]>,
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+const VERDICTS: [(u32, &str); 6] = [
+    (STAT_ALLOW_HOST, "allow_host"),
+    (STAT_ALLOW_NET, "allow_net"),
+    (STAT_DROP, "drop"),
+    (STAT_DROP_EXPIRED, "drop_expired"),
+    (STAT_PASS_NON_IP, "pass_non_ip"),
+    (STAT_ERROR, "error"),
+];
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("nettrust");
+        let queries = Family::<QueryLabels, Counter>::default();
+        registry.register(
+            "dns_queries",
+            "DNS queries by transport and result",
+            queries.clone(),
+        );
+        let addresses = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "answer_addresses",
+            "Addresses taken from upstream answers by result",
+            addresses.clone(),
+        );
+        let rejected_answers = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "rejected_answers",
+            "Upstream replies refused as forged or malformed",
+            rejected_answers.clone(),
+        );
+        // 50 µs .. ~3.3 s
+        let upstream_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 17));
+        registry.register(
+            "upstream_latency_seconds",
+            "Upstream round-trip time",
+            upstream_latency.clone(),
+        );
+        let expired = Counter::default();
+        registry.register(
+            "expired_hosts",
+            "Authorizations removed by the expiry sweep",
+            expired.clone(),
+        );
+        let renewed = Counter::default();
+        registry.register(
+            "renewed_hosts",
+            "Authorizations renewed because the host was in use",
+            renewed.clone(),
+        );
+        let authorized_hosts = Gauge::default();
+        registry.register(
+            "authorized_hosts",
+            "Hosts currently authorized",
+            authorized_hosts.clone(),
+        );
+        let egress_packets = Family::<VerdictLabel, Counter>::default();
+        registry.register(
+            "egress_packets",
+            "Egress packets judged by the eBPF program, by verdict",
+            egress_packets.clone(),
+        );
+        Self {
+            registry,
+            queries,
+            addresses,
+            rejected_answers,
+            upstream_latency,
+            expired,
+            renewed,
+            authorized_hosts,
+            egress_packets,
+            last_egress: Mutex::new([0; STAT_COUNT as usize]),
+        }
+    }
+
+    /// Counts one DNS query outcome.
+    pub fn query(&self, transport: &'static str, result: &'static str) {
+        self.queries
+            .get_or_create(&QueryLabels { transport, result })
+            .inc();
+    }
+
+    /// Updates the scrape-time values and renders the text exposition format.
+    pub fn render(
+        &self,
+        authorized_hosts: Option<usize>,
+        egress: Option<[u64; STAT_COUNT as usize]>,
+    ) -> String {
+        if let Some(n) = authorized_hosts {
+            self.authorized_hosts
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        if let Some(now) = egress {
+            let mut last = self.last_egress.lock().expect("metrics lock poisoned");
+            for (index, verdict) in VERDICTS {
+                let i = index as usize;
+                self.egress_packets
+                    .get_or_create(&VerdictLabel { verdict })
+                    .inc_by(now[i].saturating_sub(last[i]));
+            }
+            *last = now;
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!("cannot encode metrics: {e}");
+        }
+        out
+    }
+}
+
+/// What the endpoint reads from the running firewall at each scrape.
+pub struct Sources {
+    /// The firewall (authorized hosts).
+    pub firewall: Arc<dyn Firewall>,
+    /// bpffs directory holding the pinned `STATS` map.
+    pub bpffs_dir: PathBuf,
+}
+
+/// Serves `GET /metrics` on `listener` until `cancel` fires.
+pub async fn serve(listener: TcpListener, sources: Sources, cancel: CancellationToken) {
+    let sources = Arc::new(sources);
+    loop {
+        let stream = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!("metrics endpoint: accept error: {e}");
+                    continue;
+                }
+            },
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                tokio::time::timeout(Duration::from_secs(5), respond(stream, &sources)).await
+            {
+                tracing::debug!("metrics endpoint: slow client dropped: {e}");
+            }
+        });
+    }
+}
+
+async fn respond(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()> {
+    // Read the request head (at most 8 KiB); only the request line matters.
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let request_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let (status, body) = if request_line.starts_with(b"GET /metrics ")
+        || request_line.starts_with(b"GET /metrics?")
+    {
+        let authorized = sources.firewall.authorized().ok().map(|hosts| hosts.len());
+        let egress = crate::firewall::ebpf::read_stats(&sources.bpffs_dir).ok();
+        ("200 OK", metrics().render(authorized, egress))
+    } else {
+        (
+            "404 Not Found",
+            "only GET /metrics is served here\n".to_owned(),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Binds the metrics endpoint (before any firewall object exists, like the DNS listeners).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_kernel_values() {
+        let m = Metrics::new();
+        m.query("udp", "answered");
+        m.query("udp", "answered");
+        m.addresses
+            .get_or_create(&ResultLabel { result: "new" })
+            .inc();
+        let mut egress = [0u64; STAT_COUNT as usize];
+        egress[STAT_DROP as usize] = 7;
+        let text = m.render(Some(3), Some(egress));
+        assert!(
+            text.contains("nettrust_dns_queries_total{transport=\"udp\",result=\"answered\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nettrust_answer_addresses_total{result=\"new\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("nettrust_authorized_hosts 3"), "{text}");
+        assert!(
+            text.contains("nettrust_egress_packets_total{verdict=\"drop\"} 7"),
+            "{text}"
+        );
+        // Kernel counters are absolute: a second reading adds only the difference.
+        egress[STAT_DROP as usize] = 10;
+        let text = m.render(Some(3), Some(egress));
+        assert!(
+            text.contains("nettrust_egress_packets_total{verdict=\"drop\"} 10"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nettrust_upstream_latency_seconds_bucket"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Root integration tests of the operator surface: configuration errors leave nothing behind,
+//! `check-config`, and the metrics endpoint. Run with `cargo xtask test`.
+
+mod world;
+
+use std::process::Command;
+
+use world::World;
+
+fn nettrust() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_nettrust"))
+}
+
+/// Every bad configuration must exit non-zero, name the offending key and value, and leave no
+/// firewall object: nothing attached to the cgroup, no pinned state.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn bad_configuration_leaves_no_firewall_object() {
+    let world = World::new();
+    let config = world.dir.path().join("bad.toml");
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("listen_adr = \"127.0.0.1:53\"\n", &[], "listen_adr"),
+        (
+            "[whitelist]\nnetworks = [\"192.0.2.0/33\"]\n",
+            &[],
+            "192.0.2.0/33",
+        ),
+        ("", &["--authorized-ttl", "-7"], "-7"),
+        ("", &["--ttl-check-ticker", "0"], "--ttl-check-ticker"),
+        ("", &["--firewall-backend", "iptables"], "iptables"),
+        (
+            "",
+            &["--listen-addr", "198.51.100.53:53"],
+            "198.51.100.53:53",
+        ),
+        ("[blacklist]\ndomains = [\"bad..name\"]\n", &[], "bad..name"),
+        (
+            "listen_tls = true\nlisten_cert = \"/nonexistent.pem\"\nlisten_cert_key = \"/nonexistent.key\"\n",
+            &[],
+            "/nonexistent.pem",
+        ),
+    ];
+    for (toml, flags, needle) in cases {
+        std::fs::write(&config, toml).unwrap();
+        let out = world
+            .in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"))
+            .args(["run", "--fwd-addr", "198.51.100.53:53", "--cgroup"])
+            .arg(&world.cgroup)
+            .arg("--bpffs-dir")
+            .arg(&world.bpffs_dir)
+            .arg("--config")
+            .arg(&config)
+            .args(*flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{toml:?} {flags:?} was accepted");
+        assert!(
+            stderr.contains(needle),
+            "{toml:?} {flags:?}: error does not name {needle:?}: {stderr}"
+        );
+        assert_eq!(
+            world.attached_egress_programs(),
+            0,
+            "{toml:?} {flags:?} left a program attached"
+        );
+        assert!(
+            !world.bpffs_dir.exists(),
+            "{toml:?} {flags:?} left pinned state"
+        );
+        // The cgroup is not filtered.
+        assert!(world.reachable_from_cgroup("192.0.2.99"));
+    }
+}
+
+/// A cgroup path that is not a cgroup v2 directory is refused before anything is attached to the
+/// valid ones given with it.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn bad_cgroup_is_refused_before_attaching() {
+    let world = World::new();
+    let not_a_cgroup = world.dir.path();
+    let out = world
+        .in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"))
+        .args(["run", "--fwd-addr", "198.51.100.53:53", "--cgroup"])
+        .arg(&world.cgroup)
+        .arg("--cgroup")
+        .arg(not_a_cgroup)
+        .arg("--bpffs-dir")
+        .arg(&world.bpffs_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&not_a_cgroup.display().to_string()),
+        "{stderr}"
+    );
+    assert_eq!(world.attached_egress_programs(), 0);
+    assert!(!world.bpffs_dir.exists());
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn check_config_prints_the_effective_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "fwd_addr = \"192.0.2.53\"\nauthorized_ttl = 60\n").unwrap();
+    let out = nettrust()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .args(["--authorized-ttl", "120", "--whitelist-private=false"])
+        .env("NET_TRUST_TTL_CHECK_INTERVAL", "7")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let effective: toml::Value = toml::from_str(&stdout).unwrap();
+    assert_eq!(
+        effective["authorized_ttl"].as_integer(),
+        Some(120),
+        "flag beats file"
+    );
+    assert_eq!(
+        effective["ttl_check_interval"].as_integer(),
+        Some(7),
+        "env beats default"
+    );
+    assert_eq!(effective["fwd_addrs"][0].as_str(), Some("192.0.2.53:53"));
+    let networks: Vec<&str> = effective["whitelist_networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(!networks.contains(&"10.0.0.0/8"), "{networks:?}");
+
+    let out = nettrust()
+        .args(["check-config", "--fwd-addr", "192.0.2.53", "--fwd-tls"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--fwd-tls"));
+}
+
+/// The metrics endpoint answers a real HTTP client with parseable Prometheus text whose values
+/// follow what happened: an authorization and dropped packets.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn metrics_endpoint_is_scraped() {
+    let mut world = World::new();
+    world.start_daemon(&["--metrics-addr", "127.0.0.1:9153"]);
+    assert!(!world.reachable_from_cgroup("192.0.2.10"));
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+
+    let out = world
+        .in_ns(&world.client_ns, "curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9153/metrics",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    };
+    assert_eq!(value("nettrust_authorized_hosts"), 1.0);
+    assert!(value("nettrust_egress_packets_total{verdict=\"drop\"}") >= 1.0);
+    assert!(value("nettrust_egress_packets_total{verdict=\"allow_host\"}") >= 1.0);
+    // Every sample line parses as `name{labels} value`.
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let v = line.rsplit(' ').next().unwrap();
+        assert!(v.parse::<f64>().is_ok(), "unparseable sample {line:?}");
+    }
+    let out = world
+        .in_ns(&world.client_ns, "curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:9153/other",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+    assert!(world.stop_daemon());
+}
