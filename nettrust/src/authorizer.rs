@@ -58,7 +58,11 @@ impl Authorizer {
         };
         let mut new = Vec::new();
         for &addr in &chain.addresses {
-            match self.firewall.authorize(addr, expires_ns)? {
+            let authorization = self.firewall.authorize(addr, expires_ns)?;
+            if let Err(e) = self.firewall.record_name(addr, &qname.to_string()) {
+                tracing::debug!("cannot record the name of {addr}: {e}");
+            }
+            match authorization {
                 Authorization::New => new.push(addr.to_string()),
                 Authorization::Already => {
                     tracing::info!("[Already Authorized] Question {qname} Host: {addr}");

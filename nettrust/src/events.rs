@@ -41,7 +41,10 @@ pub fn spawn(
     ring: RingBuf<MapData>,
     cgroups: Option<AyaHashMap<MapData, u64, CgroupPath>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let mut ring = AsyncFd::with_interest(ring, tokio::io::Interest::READABLE)?;
+    // SAFETY: the ring buffer owns its map fd and keeps it open until the AsyncFd (which owns the
+    // ring buffer) is dropped.
+    let mut ring =
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }?;
     Ok(tokio::spawn(async move {
         let mut paths: HashMap<u64, String> = HashMap::new();
         loop {

@@ -7,10 +7,13 @@
 pub mod authorizer;
 pub mod cgroup;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod dns;
+pub mod events;
 pub mod firewall;
 pub mod metrics;
+pub mod sweeper;
 pub mod sys;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -23,9 +26,10 @@ use crate::{
     config::{Backend, FirewallType, Settings},
     dns::{proxy::Proxy, server, upstream::Upstream},
     firewall::{
-        Policy,
-        ebpf::{EbpfError, EbpfFirewall},
+        ExitMode, Policy,
+        ebpf::{EbpfError, EbpfFirewall, EbpfOptions},
     },
+    sweeper::SweepConfig,
 };
 
 /// How long shutdown waits for in-flight queries before removing the firewall.
@@ -92,8 +96,6 @@ fn not_yet_available(settings: &Settings) -> Option<&'static str> {
         ),
         (!settings.blacklist.domains.is_empty(), "blacklist.domains"),
         (settings.authorize_ptr, "authorize_ptr"),
-        (settings.firewall_drop_input, "firewall_drop_input"),
-        (settings.do_not_flush_table, "do_not_flush_table"),
     ];
     checks
         .into_iter()
@@ -138,11 +140,26 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         whitelist_hosts: settings.whitelist_hosts.clone(),
         whitelist_networks: settings.whitelist_networks.clone(),
     };
-    let firewall = Arc::new(EbpfFirewall::start(
-        &settings.cgroups,
-        &settings.bpffs_dir,
-        &policy,
-    )?);
+    let exit_mode = ExitMode::from_flags(
+        settings.do_not_flush_table,
+        settings.do_not_flush_authorized_hosts,
+    );
+    match exit_mode {
+        ExitMode::FlushAll => tracing::warn!(
+            "on exit flush table is enabled. Please set this to false if you wish to deny traffic to all if NetTrust is not running"
+        ),
+        ExitMode::KeepPolicy => {}
+        ExitMode::KeepAll => {
+            tracing::warn!("on exit NetTrust will not flush the authorized hosts list");
+        }
+    }
+    let firewall = Arc::new(EbpfFirewall::start(&EbpfOptions {
+        cgroups: settings.cgroups.clone(),
+        pin_dir: settings.bpffs_dir.clone(),
+        policy,
+        drop_input: settings.firewall_drop_input,
+    })?);
+    firewall.start_denied_log();
     let authorizer = Authorizer::new(firewall.clone(), settings.authorized_ttl);
     let upstream = settings.fwd_addrs[0];
     let proxy = Arc::new(Proxy::new(
@@ -164,6 +181,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         tracker.clone(),
         cancel.clone(),
     ));
+    if let Some(ttl) = settings.authorized_ttl {
+        let config = SweepConfig {
+            ttl,
+            ticker: settings.ttl_check_interval,
+        };
+        tracker.spawn(sweeper::run(firewall.clone(), config, cancel.clone()));
+    }
     if let Some(listener) = metrics_listener {
         let sources = metrics::Sources {
             firewall: firewall.clone(),
@@ -183,27 +207,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     {
         tracing::warn!("some queries were still in flight at shutdown");
     }
-    firewall.stop().map_err(RunError::Teardown)?;
-    tracing::info!("firewall removed, bye");
-    Ok(())
-}
-
-/// `nettrust list`: the authorized hosts of the daemon whose maps are pinned in `bpffs_dir`, one
-/// line each: address, then the remaining lifetime.
-pub fn list(bpffs_dir: &std::path::Path) -> Result<String, EbpfError> {
-    let mut hosts = firewall::ebpf::list_pinned(bpffs_dir)?;
-    hosts.sort_by_key(|h| h.addr);
-    let now = firewall::boottime_ns();
-    let mut out = String::new();
-    for host in hosts {
-        let ttl = match host.expires_ns {
-            0 => "never expires".to_owned(),
-            deadline => format!(
-                "expires in {}s",
-                deadline.saturating_sub(now) / 1_000_000_000
-            ),
-        };
-        out.push_str(&format!("{}\t{ttl}\n", host.addr));
+    firewall.stop(exit_mode).map_err(RunError::Teardown)?;
+    match exit_mode {
+        ExitMode::FlushAll => tracing::info!("firewall removed, bye"),
+        ExitMode::KeepPolicy => {
+            tracing::info!("authorized hosts removed, deny policy left in place, bye");
+        }
+        ExitMode::KeepAll => tracing::info!("firewall left in place, bye"),
     }
-    Ok(out)
+    Ok(())
 }

@@ -20,7 +20,9 @@ use aya::{
         Array, HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
         RingBuf, lpm_trie::Key,
     },
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FdLink, ProgramError},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, links::FdLink,
+    },
 };
 use ipnet::IpNet;
 use nettrust_common::{
@@ -79,10 +81,10 @@ pub enum EbpfError {
     /// The bpffs directory or a pin in it cannot be used.
     #[error(transparent)]
     Pin(#[from] PinError),
-    /// A link could not be pinned.
-    #[error("cannot pin the link of {cgroup}: {what}")]
+    /// A link or program could not be pinned.
+    #[error("cannot pin {cgroup}: {what}")]
     LinkPin {
-        /// The cgroup.
+        /// The cgroup or program.
         cgroup: PathBuf,
         /// What failed.
         what: String,
@@ -213,8 +215,7 @@ impl EbpfFirewall {
             })?;
             let pin = pins::program_pin(dir, name);
             pins::replace_pin(&pin, |tmp| {
-                program.pin(tmp).map_err(|e| e.to_string())?;
-                Ok(())
+                program.pin(tmp).map_err(|e| crate::error_chain(&e))
             })
             .map_err(|what| EbpfError::LinkPin {
                 cgroup: pin.clone(),
@@ -465,7 +466,7 @@ fn attach_one(
         what: e.to_string(),
     })?;
     pins::replace_pin(&pins::link_pin(dir, name, id), |tmp| {
-        link.pin(tmp).map(drop).map_err(|e| e.to_string())
+        link.pin(tmp).map(drop).map_err(|e| crate::error_chain(&e))
     })
     .map_err(|what| EbpfError::LinkPin {
         cgroup: path.to_owned(),

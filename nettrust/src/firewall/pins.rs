@@ -323,9 +323,14 @@ pub fn replace_pin(
     path: &Path,
     pin: impl FnOnce(&Path) -> Result<(), String>,
 ) -> Result<(), String> {
-    let tmp = path.with_extension("new");
+    // bpffs refuses names with a dot.
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!("tmp-{name}"));
     let _ = std::fs::remove_file(&tmp);
-    pin(&tmp)?;
+    pin(&tmp).map_err(|e| format!("cannot pin {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         format!("cannot rename {} to {}: {e}", tmp.display(), path.display())
