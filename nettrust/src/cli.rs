@@ -221,7 +221,13 @@ mod tests {
 
     #[test]
     fn pinned_state_commands_parse() {
-        let cli = parse(&["attach", "--cgroup", "/cg/app", "--bpffs-dir", "/sys/fs/bpf/x"]);
+        let cli = parse(&[
+            "attach",
+            "--cgroup",
+            "/cg/app",
+            "--bpffs-dir",
+            "/sys/fs/bpf/x",
+        ]);
         let Some(Command::Attach(args)) = cli.command else {
             panic!("expected attach")
         };
@@ -235,8 +241,14 @@ mod tests {
             args.bpffs_dir,
             PathBuf::from(crate::config::DEFAULT_BPFFS_DIR)
         );
-        assert!(Cli::try_parse_from(["nettrust", "detach"]).is_err(), "--cgroup is required");
-        assert!(matches!(parse(&["status"]).command, Some(Command::Status(_))));
+        assert!(
+            Cli::try_parse_from(["nettrust", "detach"]).is_err(),
+            "--cgroup is required"
+        );
+        assert!(matches!(
+            parse(&["status"]).command,
+            Some(Command::Status(_))
+        ));
     }
 
     #[test]

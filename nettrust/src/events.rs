@@ -43,8 +43,7 @@ pub fn spawn(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     // SAFETY: the ring buffer owns its map fd and keeps it open until the AsyncFd (which owns the
     // ring buffer) is dropped.
-    let mut ring =
-        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }?;
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }?;
     Ok(tokio::spawn(async move {
         let mut paths: HashMap<u64, String> = HashMap::new();
         loop {
@@ -91,7 +90,10 @@ mod tests {
             "[Denied] cgroup /sys/fs/cgroup/app -> 203.0.113.7 port 8080 proto tcp"
         );
         let v6 = DeniedEvent {
-            addr: "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            addr: "2001:db8::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
             family: 6,
             proto: 17,
             port: 53,

@@ -119,27 +119,20 @@ pub fn apply(firewall: &dyn Firewall, actions: &[Action]) -> (SweepReport, Vec<F
     let mut errors = Vec::new();
     for action in actions {
         let result = match *action {
-            Action::Renew { addr, seen, new } => {
-                firewall.renew_if(addr, seen, new).map(|done| {
-                    if done {
-                        tracing::debug!("Host [{addr}] has expired but is still active. Renewing");
-                        report.renewed += 1;
-                    }
-                    done
-                })
-            }
-            Action::Remove { addr, seen } => firewall.remove_if(addr, seen).map(|done| {
-                if done {
-                    tracing::info!("Host [{addr}] has expired. Removed from firewall rules");
-                    report.removed += 1;
-                }
-                done
-            }),
+            Action::Renew { addr, seen, new } => firewall.renew_if(addr, seen, new),
+            Action::Remove { addr, seen } => firewall.remove_if(addr, seen),
         };
-        match result {
-            Ok(true) => {}
-            Ok(false) => report.superseded += 1,
-            Err(e) => errors.push(e),
+        match (result, *action) {
+            (Ok(true), Action::Renew { addr, .. }) => {
+                tracing::debug!("Host [{addr}] has expired but is still active. Renewing");
+                report.renewed += 1;
+            }
+            (Ok(true), Action::Remove { addr, .. }) => {
+                tracing::info!("Host [{addr}] has expired. Removed from firewall rules");
+                report.removed += 1;
+            }
+            (Ok(false), _) => report.superseded += 1,
+            (Err(e), _) => errors.push(e),
         }
     }
     (report, errors)
@@ -221,7 +214,10 @@ mod tests {
             SweepReport::default()
         );
         assert!(fw.has_entry(ip("192.0.2.1")));
-        assert!(!fw.allows(ip("192.0.2.1"), t0 + 2 * S), "expired at its deadline");
+        assert!(
+            !fw.allows(ip("192.0.2.1"), t0 + 2 * S),
+            "expired at its deadline"
+        );
         let report = sweep(&fw, t0 + 2 * S, &config(), &none()).unwrap();
         assert_eq!(report.removed, 1);
         assert!(!fw.has_entry(ip("192.0.2.1")));
@@ -237,7 +233,7 @@ mod tests {
         while t < t0 + 10 * S {
             assert!(fw.allows(ip("192.0.2.1"), t), "cut at {}", t - t0);
             t += S / 2;
-            if (t - t0) % S == 0 {
+            if (t - t0).is_multiple_of(S) {
                 sweep(&fw, t, &config(), &none()).unwrap();
             }
         }

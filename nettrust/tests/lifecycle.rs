@@ -180,7 +180,10 @@ fn sigkill_leaves_enforcement_expiry_works_without_daemon_and_next_start_adopts(
     assert!(status.contains("daemon: not running"), "{status}");
     assert!(status.contains("enforcement: active"), "{status}");
     let list = stdout(&world.nettrust(&["list"]));
-    assert!(list.contains("192.0.2.10") && list.contains("a.test"), "{list}");
+    assert!(
+        list.contains("192.0.2.10") && list.contains("a.test"),
+        "{list}"
+    );
 
     // The deadline passes with no daemon: the kernel expires the host by itself.
     sleep(Duration::from_millis(3500).saturating_sub(authorized.elapsed()));
@@ -200,11 +203,18 @@ fn sigkill_leaves_enforcement_expiry_works_without_daemon_and_next_start_adopts(
 
     world.kill_daemon();
     let flush = world.nettrust(&["flush"]);
-    assert!(flush.status.success(), "{}", String::from_utf8_lossy(&flush.stderr));
+    assert!(
+        flush.status.success(),
+        "{}",
+        String::from_utf8_lossy(&flush.stderr)
+    );
     assert!(!world.bpffs_dir.exists());
     assert_detached(&world);
     assert!(world.reachable_from_cgroup("203.0.113.77"));
-    assert!(world.nettrust(&["flush"]).status.success(), "flush is idempotent");
+    assert!(
+        world.nettrust(&["flush"]).status.success(),
+        "flush is idempotent"
+    );
 }
 
 #[test]
@@ -236,8 +246,14 @@ fn restarts_never_let_an_unauthorized_packet_out() {
         world.start_daemon(&["--do-not-flush-table"]);
     }
     drop(attempts_loop);
-    let tried = std::fs::read_to_string(&attempts).unwrap_or_default().lines().count();
-    assert!(tried > 100, "the connect loops barely ran ({tried} attempts)");
+    let tried = std::fs::read_to_string(&attempts)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert!(
+        tried > 100,
+        "the connect loops barely ran ({tried} attempts)"
+    );
     assert_eq!(
         arrivals(&world),
         0,
@@ -249,7 +265,11 @@ fn restarts_never_let_an_unauthorized_packet_out() {
     // Control: the counter does count (the filter is gone now).
     let _ = world
         .in_cgroup("socat")
-        .args(["-u", &format!("TCP:{TARGET}:{},connect-timeout=1", world::TCP_PORT), "-"])
+        .args([
+            "-u",
+            &format!("TCP:{TARGET}:{},connect-timeout=1", world::TCP_PORT),
+            "-",
+        ])
         .output();
     assert!(arrivals(&world) > 0, "the arrival counter does not count");
 }
@@ -324,7 +344,10 @@ fn exit_matrix() {
 /// A server inside the test cgroup (client namespace) on port 9090.
 fn cgroup_server(world: &World) -> Background {
     let mut cmd = world.in_cgroup("socat");
-    cmd.args(["TCP6-LISTEN:9090,ipv6only=0,reuseaddr,fork", "SYSTEM:echo srv"]);
+    cmd.args([
+        "TCP6-LISTEN:9090,ipv6only=0,reuseaddr,fork",
+        "SYSTEM:echo srv",
+    ]);
     let server = Background::spawn(cmd);
     sleep(Duration::from_millis(300));
     server
@@ -395,10 +418,20 @@ fn attach_and_detach_at_runtime_persist_and_denials_are_logged() {
     assert!(reachable_from_other(&world), "not filtered yet");
     let other_arg = other.to_str().unwrap();
     let out = world.nettrust(&["attach", "--cgroup", other_arg]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!reachable_from_other(&world), "attach must filter the cgroup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !reachable_from_other(&world),
+        "attach must filter the cgroup"
+    );
     let status = stdout(&world.nettrust(&["status"]));
-    assert!(status.contains(other_arg) && status.contains("cgroups: 2"), "{status}");
+    assert!(
+        status.contains(other_arg) && status.contains("cgroups: 2"),
+        "{status}"
+    );
 
     // Denied egress is logged with the right cgroup and counted.
     sleep(Duration::from_millis(500));
@@ -415,7 +448,10 @@ fn attach_and_detach_at_runtime_persist_and_denials_are_logged() {
         world.cgroup.display(),
         world::TCP_PORT
     );
-    assert!(world.daemon_log().contains(&main_line), "missing {main_line:?}");
+    assert!(
+        world.daemon_log().contains(&main_line),
+        "missing {main_line:?}"
+    );
     let status = stdout(&world.nettrust(&["status"]));
     let other_line = status
         .lines()
@@ -430,8 +466,15 @@ fn attach_and_detach_at_runtime_persist_and_denials_are_logged() {
     world.start_daemon(&[]);
     assert!(!reachable_from_other(&world));
     let out = world.nettrust(&["detach", "--cgroup", other_arg]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(reachable_from_other(&world), "detach must unfilter the cgroup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        reachable_from_other(&world),
+        "detach must unfilter the cgroup"
+    );
     assert!(
         !world.reachable_from_cgroup("203.0.113.77"),
         "the configured cgroup stays filtered"

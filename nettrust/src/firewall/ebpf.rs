@@ -20,9 +20,7 @@ use aya::{
         Array, HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
         RingBuf, lpm_trie::Key,
     },
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, links::FdLink,
-    },
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, links::FdLink},
 };
 use ipnet::IpNet;
 use nettrust_common::{
@@ -339,7 +337,8 @@ fn install_policy(
                 )
                 .map_err(|e| (MAP_NETS_V6, e)),
         };
-        result.map_err(|(name, e)| map_error(name, format!("cannot whitelist network {net}"), e))?;
+        result
+            .map_err(|(name, e)| map_error(name, format!("cannot whitelist network {net}"), e))?;
     }
     // Entries removed from the configuration are removed from enforcement (original issue #8).
     let stale_hosts4: Vec<[u8; 4]> = hosts
@@ -586,8 +585,12 @@ impl Firewall for EbpfFirewall {
     ) -> Result<bool, FirewallError> {
         let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
         let result = match addr {
-            IpAddr::V4(ip) => renew_entry(&mut hosts.v4, ip.octets(), seen_expires_ns, new_expires_ns),
-            IpAddr::V6(ip) => renew_entry(&mut hosts.v6, ip.octets(), seen_expires_ns, new_expires_ns),
+            IpAddr::V4(ip) => {
+                renew_entry(&mut hosts.v4, ip.octets(), seen_expires_ns, new_expires_ns)
+            }
+            IpAddr::V6(ip) => {
+                renew_entry(&mut hosts.v6, ip.octets(), seen_expires_ns, new_expires_ns)
+            }
         };
         result.map_err(|e| FirewallError::Update {
             addr,
@@ -858,7 +861,8 @@ pub fn status_pinned(pin_dir: &Path) -> Result<PinnedStatus, EbpfError> {
             .unwrap_or(0);
         status.stats.push(sum);
     }
-    let drops: PerCpuHashMap<MapData, u64, u64> = open_pinned(pin_dir, MAP_DROPS, Map::PerCpuHashMap)?;
+    let drops: PerCpuHashMap<MapData, u64, u64> =
+        open_pinned(pin_dir, MAP_DROPS, Map::PerCpuHashMap)?;
     for entry in drops.iter().filter_map(Result::ok) {
         let (id, values) = entry;
         status.drops.push((id, values.iter().sum()));

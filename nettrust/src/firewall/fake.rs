@@ -54,7 +54,10 @@ impl FakeFirewall {
 
     /// Whether `addr` still has an entry (live or expired but not yet swept).
     pub fn has_entry(&self, addr: IpAddr) -> bool {
-        self.authorized.lock().expect("poisoned").contains_key(&addr)
+        self.authorized
+            .lock()
+            .expect("poisoned")
+            .contains_key(&addr)
     }
 
     /// The name recorded for `addr`.

@@ -48,7 +48,12 @@ pub struct MapSpec {
     pub value_size: u32,
 }
 
-const fn spec(name: &'static str, map_type: MapType, key_size: usize, value_size: usize) -> MapSpec {
+const fn spec(
+    name: &'static str,
+    map_type: MapType,
+    key_size: usize,
+    value_size: usize,
+) -> MapSpec {
     MapSpec {
         name,
         map_type,
@@ -72,7 +77,12 @@ pub const MAPS: [MapSpec; 13] = [
     spec(MAP_OUTBOUND, MapType::LruHash, FLOW_KEY, 8),
     spec(MAP_INBOUND, MapType::LruHash, FLOW_KEY, 8),
     spec(MAP_DENIED, MapType::RingBuf, 0, 0),
-    spec(MAP_DENIED_RATE, MapType::PerCpuArray, 4, size_of::<RateState>()),
+    spec(
+        MAP_DENIED_RATE,
+        MapType::PerCpuArray,
+        4,
+        size_of::<RateState>(),
+    ),
     spec(MAP_DROPS, MapType::PerCpuHash, 8, 8),
     spec(MAP_NAMES, MapType::Hash, 16, HOST_NAME_LEN),
     spec(MAP_CGROUPS, MapType::Hash, 8, CGROUP_PATH_LEN),
@@ -396,7 +406,12 @@ mod tests {
     #[test]
     fn link_names_carry_the_cgroup_id() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["link-egress-42", "link-ingress-42", "link-egress-7", "HOSTS_V4"] {
+        for name in [
+            "link-egress-42",
+            "link-ingress-42",
+            "link-egress-7",
+            "HOSTS_V4",
+        ] {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
         assert_eq!(linked_cgroups(dir.path()), vec![7, 42]);

@@ -321,7 +321,9 @@ impl World {
 
     /// A second cgroup next to the test cgroup, removed with the world.
     pub fn extra_cgroup(&mut self, name: &str) -> PathBuf {
-        let path = self.cgroup.with_file_name(format!("nettrust-test-{}-{name}", self.id));
+        let path = self
+            .cgroup
+            .with_file_name(format!("nettrust-test-{}-{name}", self.id));
         std::fs::create_dir(&path).expect("create an extra cgroup");
         self.extra_cgroups.push(path.clone());
         path
