@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod conntrack;
 pub mod dns;
 pub mod events;
 pub mod firewall;

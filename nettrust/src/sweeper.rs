@@ -138,36 +138,55 @@ pub fn apply(firewall: &dyn Firewall, actions: &[Action]) -> (SweepReport, Vec<F
     (report, errors)
 }
 
-/// One sweep at `now`.
+/// One sweep at `now`. `active` (e.g. a conntrack dump) is only called when some host is due.
 pub fn sweep(
     firewall: &dyn Firewall,
     now: u64,
     config: &SweepConfig,
-    active: &HashSet<IpAddr>,
+    active: impl FnOnce() -> HashSet<IpAddr>,
 ) -> Result<SweepReport, FirewallError> {
     let due = firewall.due(now.saturating_add(config.ticker_ns()))?;
     if due.is_empty() {
         return Ok(SweepReport::default());
     }
-    let (report, errors) = apply(firewall, &plan(&due, now, config, active));
+    let (report, errors) = apply(firewall, &plan(&due, now, config, &active()));
     for e in errors {
         tracing::warn!("sweep: {}", crate::error_chain(&e));
     }
     Ok(report)
 }
 
-/// Sweeps every tick until `cancel` fires. Map work runs on the blocking pool, off the DNS tasks.
+/// The addresses conntrack knows a flow for; empty (logged once) when the dump fails.
+fn conntrack_active(warned: &std::sync::atomic::AtomicBool) -> HashSet<IpAddr> {
+    tracing::debug!("Gathering active hosts from conntrack");
+    crate::conntrack::active_addresses().unwrap_or_else(|e| {
+        if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "conntrack unavailable, liveness from eBPF last-seen only: {}",
+                crate::error_chain(&e)
+            );
+        }
+        HashSet::new()
+    })
+}
+
+/// Sweeps every tick until `cancel` fires. Map work and the conntrack dump run on the blocking
+/// pool, off the DNS tasks.
 pub async fn run(firewall: Arc<dyn Firewall>, config: SweepConfig, cancel: CancellationToken) {
     let mut ticker = tokio::time::interval(config.ticker);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let firewall = firewall.clone();
+        let warned = warned.clone();
         let result = tokio::task::spawn_blocking(move || {
-            sweep(&*firewall, boottime_ns(), &config, &HashSet::new())
+            sweep(&*firewall, boottime_ns(), &config, || {
+                conntrack_active(&warned)
+            })
         })
         .await;
         match result {
@@ -204,13 +223,21 @@ mod tests {
     }
 
     #[test]
+    fn conntrack_is_not_dumped_when_nothing_is_due() {
+        let fw = FakeFirewall::new(Policy::default());
+        fw.authorize(ip("192.0.2.1"), 1000 * S).unwrap();
+        let report = sweep(&fw, 100 * S, &config(), || panic!("dumped for nothing")).unwrap();
+        assert_eq!(report, SweepReport::default());
+    }
+
+    #[test]
     fn idle_host_expires_and_is_removed() {
         let fw = FakeFirewall::new(Policy::default());
         let t0 = 100 * S;
         fw.authorize(ip("192.0.2.1"), t0 + 2 * S).unwrap();
         // t0+1: due before the next tick but unused and not expired yet: left to the kernel.
         assert_eq!(
-            sweep(&fw, t0 + S, &config(), &none()).unwrap(),
+            sweep(&fw, t0 + S, &config(), none).unwrap(),
             SweepReport::default()
         );
         assert!(fw.has_entry(ip("192.0.2.1")));
@@ -218,7 +245,7 @@ mod tests {
             !fw.allows(ip("192.0.2.1"), t0 + 2 * S),
             "expired at its deadline"
         );
-        let report = sweep(&fw, t0 + 2 * S, &config(), &none()).unwrap();
+        let report = sweep(&fw, t0 + 2 * S, &config(), none).unwrap();
         assert_eq!(report.removed, 1);
         assert!(!fw.has_entry(ip("192.0.2.1")));
     }
@@ -234,17 +261,17 @@ mod tests {
             assert!(fw.allows(ip("192.0.2.1"), t), "cut at {}", t - t0);
             t += S / 2;
             if (t - t0).is_multiple_of(S) {
-                sweep(&fw, t, &config(), &none()).unwrap();
+                sweep(&fw, t, &config(), none).unwrap();
             }
         }
         // Traffic stops (no probe either: a probe is traffic): within TTL + ticker it is
         // blocked, and the sweeps remove it.
         let stop = t;
         for k in 1..=4 {
-            sweep(&fw, stop + k * S, &config(), &none()).unwrap();
+            sweep(&fw, stop + k * S, &config(), none).unwrap();
         }
         assert!(!fw.allows(ip("192.0.2.1"), stop + 4 * S));
-        sweep(&fw, stop + 5 * S, &config(), &none()).unwrap();
+        sweep(&fw, stop + 5 * S, &config(), none).unwrap();
         assert!(!fw.has_entry(ip("192.0.2.1")));
     }
 
@@ -254,7 +281,7 @@ mod tests {
         let t0 = 100 * S;
         fw.authorize(ip("2001:db8::1"), t0 + 2 * S).unwrap();
         let active: HashSet<IpAddr> = [ip("2001:db8::1")].into();
-        let report = sweep(&fw, t0 + 3 * S, &config(), &active).unwrap();
+        let report = sweep(&fw, t0 + 3 * S, &config(), || active.clone()).unwrap();
         assert_eq!(report.renewed, 1);
         assert!(fw.allows(ip("2001:db8::1"), t0 + 4 * S));
     }
@@ -263,7 +290,7 @@ mod tests {
     fn hosts_without_deadline_are_never_due() {
         let fw = FakeFirewall::new(Policy::default());
         fw.authorize(ip("192.0.2.1"), 0).unwrap();
-        let report = sweep(&fw, u64::MAX / 2, &config(), &none()).unwrap();
+        let report = sweep(&fw, u64::MAX / 2, &config(), none).unwrap();
         assert_eq!(report, SweepReport::default());
         assert!(fw.has_entry(ip("192.0.2.1")));
     }

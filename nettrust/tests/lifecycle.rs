@@ -160,6 +160,51 @@ fn ttl_expires_idle_hosts_and_renews_hosts_in_use() {
 
 #[test]
 #[ignore = "needs root: cargo xtask test"]
+fn conntrack_keeps_hosts_with_idle_connections() {
+    let mut world = World::new();
+    let _echo = echo_server(&world);
+    // A ct-using rule in the client namespace (only there) makes conntrack track its flows.
+    let rules = "table inet nettrust_ct {\n chain output {\n  type filter hook output priority 0; policy accept;\n  ct state established counter\n }\n}\n";
+    let out = world
+        .in_ns(&world.client_ns, "nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(rules.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("nft");
+    assert!(out.status.success());
+    world.start_daemon(&["--authorized-ttl", "2", "--ttl-check-ticker", "1"]);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    let authorized = Instant::now();
+    // An open connection without any traffic: only conntrack knows it is alive.
+    let mut client = world.in_cgroup("sh");
+    client.args([
+        "-c",
+        &format!("sleep 60 | socat - TCP:192.0.2.11:{ECHO_PORT}"),
+    ]);
+    let client = Background::spawn(client);
+    sleep(Duration::from_millis(5000).saturating_sub(authorized.elapsed()));
+    assert!(!world.reachable_from_cgroup("192.0.2.10"));
+    assert!(
+        world.reachable_from_cgroup("192.0.2.11"),
+        "an idle but open connection (in conntrack) must keep its host"
+    );
+    drop(client);
+    sleep(Duration::from_secs(5));
+    assert!(
+        !world.reachable_from_cgroup("192.0.2.11"),
+        "a closed connection (TIME_WAIT) must not keep its host"
+    );
+    assert!(world.stop_daemon());
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
 fn sigkill_leaves_enforcement_expiry_works_without_daemon_and_next_start_adopts() {
     let mut world = World::new();
     world.start_daemon(&["--authorized-ttl", "3", "--ttl-check-ticker", "1"]);
