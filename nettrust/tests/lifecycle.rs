@@ -526,3 +526,77 @@ fn attach_and_detach_at_runtime_persist_and_denials_are_logged() {
     );
     assert!(world.stop_daemon());
 }
+
+/// Pins a map nettrust would never create (an array, 4-byte keys and values) at `path`.
+fn pin_foreign_map(path: &std::path::Path) {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_MAP_TYPE_ARRAY.to_ne_bytes());
+    attr[4..8].copy_from_slice(&4u32.to_ne_bytes());
+    attr[8..12].copy_from_slice(&4u32.to_ne_bytes());
+    attr[12..16].copy_from_slice(&1u32.to_ne_bytes());
+    // SAFETY: bpf(2) reads the attr we pass.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_ptr(), 128u32) };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    // SAFETY: bpf(2) reads the attr and the NUL-terminated path, both alive during the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), 128u32) };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: closing the fd we created; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// Runs the daemon expecting it to refuse to start; returns its stderr.
+fn start_fails(world: &World) -> String {
+    let out = world
+        .in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"))
+        .args([
+            "run",
+            "--listen-addr",
+            "127.0.0.1:53",
+            "--fwd-addr",
+            &format!("{}:53", world::UPSTREAM),
+        ])
+        .arg("--cgroup")
+        .arg(&world.cgroup)
+        .arg("--bpffs-dir")
+        .arg(&world.bpffs_dir)
+        .output()
+        .expect("run nettrust");
+    assert!(!out.status.success(), "nettrust started on foreign state");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn only_our_own_pinned_state_is_adopted() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let world = World::new();
+    std::fs::create_dir(&world.bpffs_dir).unwrap();
+    std::fs::set_permissions(&world.bpffs_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = start_fails(&world);
+    assert!(err.contains("writable by group or others"), "{err}");
+    std::fs::set_permissions(&world.bpffs_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    pin_foreign_map(&world.bpffs_dir.join("HOSTS_V4"));
+    let err = start_fails(&world);
+    assert!(err.contains("is not a nettrust map"), "{err}");
+    assert!(
+        err.contains("nettrust flush"),
+        "the error must say how to recover: {err}"
+    );
+    assert_eq!(world.attached_egress_programs(), 0, "nothing attached");
+    assert!(
+        world.bpffs_dir.join("HOSTS_V4").exists(),
+        "foreign state left alone"
+    );
+}
