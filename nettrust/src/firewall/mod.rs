@@ -3,6 +3,7 @@
 
 pub mod ebpf;
 pub mod fake;
+pub mod pinned;
 pub mod pins;
 
 use std::net::IpAddr;
