@@ -16,22 +16,24 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, links::FdLink},
 };
-use ipnet::IpNet;
 use nettrust_common::{
-    CONFIG_DROP_INPUT, CgroupPath, DeniedEvent, FLAG_AUTHORIZED, FLAG_WHITELISTED, HostName,
-    HostValue, MAP_CGROUPS, MAP_CONFIG, MAP_DENIED, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES,
-    MAP_NETS_V4, MAP_NETS_V6, PROGRAM_EGRESS, PROGRAM_INGRESS,
+    CONFIG_DROP_INPUT, CgroupPath, DeniedEvent, HostName, HostValue, MAP_CGROUPS, MAP_CONFIG,
+    MAP_DENIED, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, PROGRAM_EGRESS,
+    PROGRAM_INGRESS,
 };
 
+use super::entries::{
+    clear_authorized, collect_authorized, collect_due, install_policy, name_key, remove_entry,
+    renew_entry, upsert,
+};
 pub use super::pinned::{
     PinnedStatus, attach_pinned, detach_pinned, list_pinned, read_stats, status_pinned,
 };
 use super::{
     Authorization, AuthorizedHost, ExitMode, Firewall, FirewallError, HostState, Policy,
-    boottime_ns,
     pins::{self, PinError},
 };
 
@@ -119,10 +121,10 @@ pub(super) type CgroupMap = AyaHashMap<MapData, u64, CgroupPath>;
 
 /// The maps written on the DNS path and by the sweeper, behind one lock: every read-modify-write
 /// of a host entry (authorize, renew_if, remove_if) is atomic with respect to the others.
-struct HostMaps {
-    v4: HostMap<4>,
-    v6: HostMap<16>,
-    names: NameMap,
+pub(super) struct HostMaps {
+    pub(super) v4: HostMap<4>,
+    pub(super) v6: HostMap<16>,
+    pub(super) names: NameMap,
 }
 
 /// The backend's settings.
@@ -296,102 +298,6 @@ impl EbpfFirewall {
     }
 }
 
-/// Writes the whitelists and removes whitelist entries a previous run left that the current
-/// policy no longer has.
-fn install_policy(
-    hosts: &mut HostMaps,
-    nets_v4: &mut LpmTrie<MapData, [u8; 4], u32>,
-    nets_v6: &mut LpmTrie<MapData, [u8; 16], u32>,
-    policy: &Policy,
-) -> Result<(), EbpfError> {
-    let whitelisted = HostValue {
-        flags: FLAG_WHITELISTED,
-        ..HostValue::default()
-    };
-    for &host in &policy.whitelist_hosts {
-        let result = match host {
-            IpAddr::V4(ip) => hosts
-                .v4
-                .insert(ip.octets(), whitelisted, 0)
-                .map_err(|e| (MAP_HOSTS_V4, e)),
-            IpAddr::V6(ip) => hosts
-                .v6
-                .insert(ip.octets(), whitelisted, 0)
-                .map_err(|e| (MAP_HOSTS_V6, e)),
-        };
-        result.map_err(|(name, e)| map_error(name, format!("cannot whitelist host {host}"), e))?;
-    }
-    for net in &policy.whitelist_networks {
-        let result = match net {
-            IpNet::V4(n) => nets_v4
-                .insert(
-                    &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
-                    FLAG_WHITELISTED,
-                    0,
-                )
-                .map_err(|e| (MAP_NETS_V4, e)),
-            IpNet::V6(n) => nets_v6
-                .insert(
-                    &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
-                    FLAG_WHITELISTED,
-                    0,
-                )
-                .map_err(|e| (MAP_NETS_V6, e)),
-        };
-        result
-            .map_err(|(name, e)| map_error(name, format!("cannot whitelist network {net}"), e))?;
-    }
-    // Entries removed from the configuration are removed from enforcement (original issue #8).
-    let stale_hosts4: Vec<[u8; 4]> = hosts
-        .v4
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, v)| {
-            v.flags == FLAG_WHITELISTED && !policy.whitelist_hosts.contains(&IpAddr::from(*k))
-        })
-        .map(|(k, _)| k)
-        .collect();
-    for key in stale_hosts4 {
-        let _ = hosts.v4.remove(&key);
-    }
-    let stale_hosts6: Vec<[u8; 16]> = hosts
-        .v6
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, v)| {
-            v.flags == FLAG_WHITELISTED && !policy.whitelist_hosts.contains(&IpAddr::from(*k))
-        })
-        .map(|(k, _)| k)
-        .collect();
-    for key in stale_hosts6 {
-        let _ = hosts.v6.remove(&key);
-    }
-    let nets: Vec<IpNet> = policy.whitelist_networks.clone();
-    let stale4: Vec<Key<[u8; 4]>> = nets_v4
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| {
-            IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
-                .is_ok_and(|n| !nets.contains(&n))
-        })
-        .collect();
-    for key in stale4 {
-        let _ = nets_v4.remove(&key);
-    }
-    let stale6: Vec<Key<[u8; 16]>> = nets_v6
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| {
-            IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
-                .is_ok_and(|n| !nets.contains(&n))
-        })
-        .collect();
-    for key in stale6 {
-        let _ = nets_v6.remove(&key);
-    }
-    Ok(())
-}
-
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSkb, EbpfError> {
     ebpf.program_mut(name)
         .ok_or_else(|| EbpfError::Program {
@@ -553,182 +459,6 @@ impl Firewall for EbpfFirewall {
         }
         Ok(removed)
     }
-}
-
-/// Key of the NAMES map: IPv6, or IPv4 as IPv4-mapped IPv6.
-fn name_key(addr: IpAddr) -> [u8; 16] {
-    match addr {
-        IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
-        IpAddr::V6(ip) => ip.octets(),
-    }
-}
-
-/// Writes an authorization, keeping the flags already present. A whitelisted entry is left as it is.
-fn upsert<const N: usize>(
-    map: &mut HostMap<N>,
-    key: [u8; N],
-    expires_ns: u64,
-) -> Result<Authorization, MapError> {
-    match map.get(&key, 0) {
-        Ok(old) if old.flags & FLAG_WHITELISTED != 0 => Ok(Authorization::Already),
-        Ok(old) => {
-            let live = old.is_live(boottime_ns());
-            map.insert(
-                key,
-                HostValue {
-                    expires_ns,
-                    last_seen_ns: old.last_seen_ns,
-                    flags: old.flags | FLAG_AUTHORIZED,
-                    _pad: 0,
-                },
-                0,
-            )?;
-            Ok(if live {
-                Authorization::Already
-            } else {
-                Authorization::New
-            })
-        }
-        Err(MapError::KeyNotFound) => {
-            map.insert(
-                key,
-                HostValue {
-                    expires_ns,
-                    flags: FLAG_AUTHORIZED,
-                    ..HostValue::default()
-                },
-                0,
-            )?;
-            Ok(Authorization::New)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn renew_entry<const N: usize>(
-    map: &mut HostMap<N>,
-    key: [u8; N],
-    seen: u64,
-    new: u64,
-) -> Result<bool, MapError> {
-    match map.get(&key, 0) {
-        Ok(old) if old.expires_ns == seen && old.flags & FLAG_WHITELISTED == 0 => {
-            map.insert(
-                key,
-                HostValue {
-                    expires_ns: new,
-                    ..old
-                },
-                0,
-            )?;
-            Ok(true)
-        }
-        Ok(_) | Err(MapError::KeyNotFound) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn remove_entry<const N: usize>(
-    map: &mut HostMap<N>,
-    key: [u8; N],
-    seen: u64,
-) -> Result<bool, MapError> {
-    match map.get(&key, 0) {
-        Ok(old) if old.expires_ns == seen && old.flags & FLAG_WHITELISTED == 0 => {
-            match map.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => Ok(true),
-                Err(e) => Err(e),
-            }
-        }
-        Ok(_) | Err(MapError::KeyNotFound) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn collect_due<const N: usize>(
-    map: &HostMap<N>,
-    horizon_ns: u64,
-    out: &mut Vec<HostState>,
-) -> Result<(), MapError>
-where
-    IpAddr: From<[u8; N]>,
-{
-    for entry in map.iter() {
-        let (key, value) = entry?;
-        if value.flags & FLAG_WHITELISTED == 0
-            && value.expires_ns != 0
-            && value.expires_ns <= horizon_ns
-        {
-            out.push(HostState {
-                addr: IpAddr::from(key),
-                expires_ns: value.expires_ns,
-                last_seen_ns: value.last_seen_ns,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Removes every authorization (not the whitelisted entries) and the recorded names.
-fn clear_authorized(hosts: &mut HostMaps) -> Result<(), EbpfError> {
-    let keys4: Vec<[u8; 4]> = hosts
-        .v4
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, v)| v.flags & FLAG_WHITELISTED == 0)
-        .map(|(k, _)| k)
-        .collect();
-    for key in keys4 {
-        let _ = hosts.v4.remove(&key);
-    }
-    let keys6: Vec<[u8; 16]> = hosts
-        .v6
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, v)| v.flags & FLAG_WHITELISTED == 0)
-        .map(|(k, _)| k)
-        .collect();
-    for key in keys6 {
-        let _ = hosts.v6.remove(&key);
-    }
-    let names: Vec<[u8; 16]> = hosts.names.keys().filter_map(Result::ok).collect();
-    for key in names {
-        let _ = hosts.names.remove(&key);
-    }
-    Ok(())
-}
-
-/// Live authorized hosts, with their recorded names when `names` is given.
-pub(super) fn collect_authorized(
-    v4: &HostMap<4>,
-    v6: &HostMap<16>,
-    names: Option<&NameMap>,
-) -> Result<Vec<(AuthorizedHost, Option<String>)>, MapError> {
-    let now = boottime_ns();
-    let mut out = Vec::new();
-    let mut push = |addr: IpAddr, value: HostValue| {
-        if value.flags & FLAG_AUTHORIZED != 0 && value.is_live(now) {
-            let name = names
-                .and_then(|n| n.get(&name_key(addr), 0).ok())
-                .map(|n| pins::unpadded(&n.name));
-            out.push((
-                AuthorizedHost {
-                    addr,
-                    expires_ns: value.expires_ns,
-                },
-                name,
-            ));
-        }
-    };
-    for entry in v4.iter() {
-        let (key, value) = entry?;
-        push(IpAddr::from(key), value);
-    }
-    for entry in v6.iter() {
-        let (key, value) = entry?;
-        push(IpAddr::from(key), value);
-    }
-    Ok(out)
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>

@@ -2,6 +2,7 @@
 //! keeps the same state in memory so policy logic can be tested without root.
 
 pub mod ebpf;
+mod entries;
 pub mod fake;
 pub mod pinned;
 pub mod pins;

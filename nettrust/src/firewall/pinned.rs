@@ -15,9 +15,8 @@ use nettrust_common::{
 
 use super::{
     AuthorizedHost, boottime_ns,
-    ebpf::{
-        CgroupMap, EbpfError, HostMap, NameMap, PROGRAMS, attach_one, collect_authorized, map_error,
-    },
+    ebpf::{CgroupMap, EbpfError, HostMap, NameMap, PROGRAMS, attach_one, map_error},
+    entries::collect_authorized,
     pins,
 };
 
