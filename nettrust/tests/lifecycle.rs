@@ -600,3 +600,44 @@ fn only_our_own_pinned_state_is_adopted() {
         "foreign state left alone"
     );
 }
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn several_cgroups_at_once() {
+    let mut world = World::new();
+    let other = world.extra_cgroup("second");
+    let other_arg = other.to_str().unwrap().to_owned();
+    let from_other = |world: &World, addr: &str| {
+        world
+            .in_cgroup_at(&other, "socat")
+            .args([
+                "-u",
+                &format!("TCP:{addr}:{},connect-timeout=2", world::TCP_PORT),
+                "-",
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"ok"))
+    };
+    world.start_daemon(&["--cgroup", &other_arg]);
+    assert!(!world.reachable_from_cgroup("203.0.113.77"));
+    assert!(!from_other(&world, "203.0.113.77"));
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(
+        from_other(&world, "192.0.2.10"),
+        "authorizations are global"
+    );
+    let status = stdout(&world.nettrust(&["status"]));
+    assert!(status.contains("cgroups: 2"), "{status}");
+    assert!(world.stop_daemon());
+    assert_detached(&world);
+    // The second cgroup's links are released by the kernel's work queue too.
+    let started = Instant::now();
+    while !from_other(&world, "203.0.113.77") {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the second cgroup is still filtered"
+        );
+        sleep(Duration::from_millis(50));
+    }
+}

@@ -143,6 +143,10 @@ pub struct EbpfOptions {
 /// The running eBPF backend.
 pub struct EbpfFirewall {
     hosts: Mutex<HostMaps>,
+    /// Second handles on the host maps for full scans (sweeper, metrics), which need no lock
+    /// (every change a sweep leads to is conditional): a scan of a full map must not stall DNS
+    /// answers.
+    scan: (HostMap<4>, HostMap<16>),
     pin_dir: PathBuf,
     /// The loaded object (programs and maps stay pinned when it is dropped).
     _ebpf: Mutex<Ebpf>,
@@ -257,8 +261,13 @@ impl EbpfFirewall {
 
         let mut tasks = Vec::new();
         tasks.extend(logger);
+        let scan = (
+            super::pinned::open_pinned(dir, MAP_HOSTS_V4, Map::HashMap)?,
+            super::pinned::open_pinned(dir, MAP_HOSTS_V6, Map::HashMap)?,
+        );
         Ok(Self {
             hosts: Mutex::new(hosts),
+            scan,
             pin_dir: dir.clone(),
             _ebpf: Mutex::new(ebpf),
             denied: Mutex::new(Some(denied)),
@@ -394,8 +403,7 @@ impl Firewall for EbpfFirewall {
     }
 
     fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError> {
-        let hosts = self.hosts.lock().expect("host maps lock poisoned");
-        collect_authorized(&hosts.v4, &hosts.v6, None)
+        collect_authorized(&self.scan.0, &self.scan.1, None)
             .map(|list| list.into_iter().map(|(host, _)| host).collect())
             .map_err(|e| FirewallError::Read(Box::new(e)))
     }
@@ -415,10 +423,9 @@ impl Firewall for EbpfFirewall {
     }
 
     fn due(&self, horizon_ns: u64) -> Result<Vec<HostState>, FirewallError> {
-        let hosts = self.hosts.lock().expect("host maps lock poisoned");
         let mut out = Vec::new();
-        collect_due(&hosts.v4, horizon_ns, &mut out)
-            .and_then(|()| collect_due(&hosts.v6, horizon_ns, &mut out))
+        collect_due(&self.scan.0, horizon_ns, &mut out)
+            .and_then(|()| collect_due(&self.scan.1, horizon_ns, &mut out))
             .map_err(|e| FirewallError::Read(Box::new(e)))?;
         Ok(out)
     }
