@@ -14,6 +14,7 @@ pub mod dns;
 pub mod events;
 pub mod firewall;
 pub mod metrics;
+pub mod reload;
 pub mod sweeper;
 pub mod sys;
 
@@ -27,7 +28,7 @@ use crate::{
     config::{Backend, FirewallType, Settings},
     dns::{proxy::Proxy, server, upstream::Upstream},
     firewall::{
-        ExitMode, Policy,
+        ExitMode,
         ebpf::{EbpfError, EbpfFirewall, EbpfOptions},
     },
     sweeper::SweepConfig,
@@ -103,8 +104,13 @@ fn not_yet_available(settings: &Settings) -> Option<&'static str> {
         .find_map(|(set, name)| set.then_some(name))
 }
 
-/// Runs the daemon until `shutdown` completes, then removes the firewall.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+/// Runs the daemon until `shutdown` completes, then removes the firewall. Each configuration
+/// received on `reloads` (SIGHUP in `main`) is applied with [`reload::apply`].
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: tokio::sync::mpsc::Receiver<Settings>,
+) -> Result<(), RunError> {
     if settings.backend == Backend::Nftables || settings.firewall_type == FirewallType::Forward {
         return Err(RunError::BackendUnavailable("nftables"));
     }
@@ -137,10 +143,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         None => None,
     };
 
-    let policy = Policy {
-        whitelist_hosts: settings.whitelist_hosts.clone(),
-        whitelist_networks: settings.whitelist_networks.clone(),
-    };
+    let policy = reload::policy(&settings);
     let exit_mode = ExitMode::from_flags(
         settings.do_not_flush_table,
         settings.do_not_flush_authorized_hosts,
@@ -198,7 +201,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     }
     tracing::info!(listen = %listen, upstream = %upstream, "nettrust is running");
 
-    shutdown.await;
+    tokio::pin!(shutdown);
+    let mut current = settings;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(new) = reloads.recv() => {
+                if let Err(e) = reload::apply(&mut current, new, firewall.as_ref()) {
+                    tracing::error!("{}", error_chain(&e));
+                }
+            }
+        }
+    }
     tracing::info!("Interrupted");
     cancel.cancel();
     tracker.close();

@@ -85,9 +85,36 @@ fn run(args: &nettrust::cli::RunArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
-        nettrust::run(settings, shutdown).await?;
+        let reloads = reload_on_sighup(args.clone())?;
+        nettrust::run(settings, shutdown, reloads).await?;
         Ok(())
     })
+}
+
+/// On each SIGHUP, re-reads the configuration the daemon was started with (same flags, current
+/// environment and file) and sends it to the daemon; an invalid one is logged and ignored.
+fn reload_on_sighup(
+    args: nettrust::cli::RunArgs,
+) -> std::io::Result<tokio::sync::mpsc::Receiver<nettrust::config::Settings>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("[Reload] SIGHUP received, reading the configuration again");
+            match nettrust::config::load(&args) {
+                Ok((settings, _)) => {
+                    if tx.send(settings).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(
+                    "[Reload] invalid configuration, keeping the running one: {e:#}"
+                ),
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// Completes on the first SIGINT or SIGTERM.

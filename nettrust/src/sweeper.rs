@@ -125,10 +125,12 @@ pub fn apply(firewall: &dyn Firewall, actions: &[Action]) -> (SweepReport, Vec<F
         match (result, *action) {
             (Ok(true), Action::Renew { addr, .. }) => {
                 tracing::debug!("Host [{addr}] has expired but is still active. Renewing");
+                crate::metrics::metrics().renewed.inc();
                 report.renewed += 1;
             }
             (Ok(true), Action::Remove { addr, .. }) => {
                 tracing::info!("Host [{addr}] has expired. Removed from firewall rules");
+                crate::metrics::metrics().expired.inc();
                 report.removed += 1;
             }
             (Ok(false), _) => report.superseded += 1,

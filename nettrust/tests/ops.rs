@@ -208,3 +208,52 @@ fn metrics_endpoint_is_scraped() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
     assert!(world.stop_daemon());
 }
+
+/// SIGHUP re-reads the config: a host added to the whitelist becomes reachable, a removed one is
+/// blocked again, authorizations survive, and an invalid file changes nothing.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn sighup_reloads_the_whitelist() {
+    let mut world = World::new();
+    let config = world.dir.path().join("reload.toml");
+    std::fs::write(
+        &config,
+        "[whitelist]\nhosts = [\"203.0.113.50\"]\nnetworks = [\"192.0.2.128/25\"]\n",
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    world.start_daemon(&["--config", &config_arg]);
+    assert!(world.reachable_from_cgroup("203.0.113.50"));
+    assert!(world.reachable_from_cgroup("192.0.2.200"));
+    assert!(!world.reachable_from_cgroup("203.0.113.51"));
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+
+    std::fs::write(&config, "[whitelist]\nhosts = [\"203.0.113.51\"]\n").unwrap();
+    world.signal_daemon(libc::SIGHUP);
+    world.eventually("the reload", std::time::Duration::from_secs(10), || {
+        world.reachable_from_cgroup("203.0.113.51")
+    });
+    assert!(
+        !world.reachable_from_cgroup("203.0.113.50"),
+        "a host removed from the config is still allowed"
+    );
+    assert!(
+        !world.reachable_from_cgroup("192.0.2.200"),
+        "a network removed from the config is still allowed"
+    );
+    assert!(
+        world.reachable_from_cgroup("192.0.2.10"),
+        "the reload dropped an authorization"
+    );
+
+    // An invalid file is refused; the running whitelist stays.
+    std::fs::write(&config, "[whitelist]\nhosts = [\"not-an-ip\"]\n").unwrap();
+    world.signal_daemon(libc::SIGHUP);
+    world.eventually(
+        "the refusal in the log",
+        std::time::Duration::from_secs(10),
+        || world.daemon_log().contains("not-an-ip"),
+    );
+    assert!(world.reachable_from_cgroup("203.0.113.51"));
+    assert!(world.stop_daemon());
+}

@@ -8,6 +8,7 @@
 //!   `--config` in ARGS the repository's `config.toml` is used.
 //! - `test`: setup, unit tests (no root), then the root integration tests, serially.
 
+mod fuzz;
 mod setup;
 
 use std::{
@@ -43,6 +44,12 @@ enum Cmd {
         /// Arguments for nettrust.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Run every fuzz target (cargo-fuzz, nightly) for a while.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        time: u64,
     },
     /// rustfmt check and clippy (userspace, and the eBPF crate on its own target).
     Lint,
@@ -86,6 +93,10 @@ fn main() -> Result<()> {
                 bail!("nettrust exited with {status}");
             }
         }
+        Cmd::Fuzz { time } => {
+            setup::toolchain()?;
+            fuzz::run(&root, time)?;
+        }
         Cmd::Lint => {
             setup::toolchain()?;
             lint(&root)?;
@@ -109,7 +120,7 @@ fn cargo(root: &Path) -> Result<Command> {
     Ok(cmd)
 }
 
-fn run_checked(mut cmd: Command) -> Result<()> {
+pub(crate) fn run_checked(mut cmd: Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {

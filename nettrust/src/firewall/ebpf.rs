@@ -27,7 +27,7 @@ use nettrust_common::{
 
 use super::entries::{
     clear_authorized, collect_authorized, collect_due, install_policy, name_key, remove_entry,
-    renew_entry, upsert,
+    renew_entry, set_host_whitelisted, set_network, upsert,
 };
 pub use super::pinned::{
     PinnedStatus, attach_pinned, detach_pinned, list_pinned, read_stats, status_pinned,
@@ -147,6 +147,8 @@ pub struct EbpfFirewall {
     /// (every change a sweep leads to is conditional): a scan of a full map must not stall DNS
     /// answers.
     scan: (HostMap<4>, HostMap<16>),
+    /// The whitelists in force (to diff against on reload).
+    policy: Mutex<Policy>,
     pin_dir: PathBuf,
     /// The loaded object (programs and maps stay pinned when it is dropped).
     _ebpf: Mutex<Ebpf>,
@@ -272,6 +274,7 @@ impl EbpfFirewall {
             _ebpf: Mutex::new(ebpf),
             denied: Mutex::new(Some(denied)),
             tasks: Mutex::new(tasks),
+            policy: Mutex::new(options.policy.clone()),
             _lock: lock,
         })
     }
@@ -406,6 +409,47 @@ impl Firewall for EbpfFirewall {
         collect_authorized(&self.scan.0, &self.scan.1, None)
             .map(|list| list.into_iter().map(|(host, _)| host).collect())
             .map_err(|e| FirewallError::Read(Box::new(e)))
+    }
+
+    fn set_whitelist(&self, new: &Policy) -> Result<(), FirewallError> {
+        let wrap = |e: EbpfError| FirewallError::Whitelist(Box::new(e));
+        let mut current = self.policy.lock().expect("policy lock poisoned");
+        let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+        let mut nets_v4: LpmTrie<MapData, [u8; 4], u32> =
+            super::pinned::open_pinned(&self.pin_dir, MAP_NETS_V4, Map::LpmTrie).map_err(wrap)?;
+        let mut nets_v6: LpmTrie<MapData, [u8; 16], u32> =
+            super::pinned::open_pinned(&self.pin_dir, MAP_NETS_V6, Map::LpmTrie).map_err(wrap)?;
+        // Add first, then remove: an entry on both lists is never absent in between.
+        for net in new
+            .whitelist_networks
+            .iter()
+            .filter(|n| !current.whitelist_networks.contains(n))
+        {
+            set_network(&mut nets_v4, &mut nets_v6, net, true).map_err(wrap)?;
+        }
+        for &host in new
+            .whitelist_hosts
+            .iter()
+            .filter(|h| !current.whitelist_hosts.contains(h))
+        {
+            set_host_whitelisted(&mut hosts, host, true).map_err(wrap)?;
+        }
+        for net in current
+            .whitelist_networks
+            .iter()
+            .filter(|n| !new.whitelist_networks.contains(n))
+        {
+            set_network(&mut nets_v4, &mut nets_v6, net, false).map_err(wrap)?;
+        }
+        for &host in current
+            .whitelist_hosts
+            .iter()
+            .filter(|h| !new.whitelist_hosts.contains(h))
+        {
+            set_host_whitelisted(&mut hosts, host, false).map_err(wrap)?;
+        }
+        *current = new.clone();
+        Ok(())
     }
 
     fn record_name(&self, addr: IpAddr, name: &str) -> Result<(), FirewallError> {

@@ -288,3 +288,86 @@ pub(super) fn collect_authorized(
     }
     Ok(out)
 }
+
+/// Adds (`allow`) or removes a whitelisted network.
+pub(super) fn set_network(
+    v4: &mut LpmTrie<MapData, [u8; 4], u32>,
+    v6: &mut LpmTrie<MapData, [u8; 16], u32>,
+    net: &IpNet,
+    allow: bool,
+) -> Result<(), EbpfError> {
+    let result = match (net, allow) {
+        (IpNet::V4(n), true) => v4.insert(
+            &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+            FLAG_WHITELISTED,
+            0,
+        ),
+        (IpNet::V4(n), false) => v4.remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+        (IpNet::V6(n), true) => v6.insert(
+            &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+            FLAG_WHITELISTED,
+            0,
+        ),
+        (IpNet::V6(n), false) => v6.remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+    };
+    let name = if net.addr().is_ipv4() {
+        MAP_NETS_V4
+    } else {
+        MAP_NETS_V6
+    };
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_error(
+            name,
+            format!("cannot update whitelisted network {net}"),
+            e,
+        )),
+    }
+}
+
+/// Whitelists a host (keeping the authorization flag it may carry), or removes it. A host taken
+/// off the whitelist loses any authorization too: it must be resolved again, which keeps "removed
+/// from the config" meaning "no longer reachable" (the original's issue #8).
+pub(super) fn set_host_whitelisted(
+    hosts: &mut HostMaps,
+    host: IpAddr,
+    whitelisted: bool,
+) -> Result<(), EbpfError> {
+    let result = match host {
+        IpAddr::V4(ip) => {
+            flag_host(&mut hosts.v4, ip.octets(), whitelisted).map_err(|e| (MAP_HOSTS_V4, e))
+        }
+        IpAddr::V6(ip) => {
+            flag_host(&mut hosts.v6, ip.octets(), whitelisted).map_err(|e| (MAP_HOSTS_V6, e))
+        }
+    };
+    result.map_err(|(name, e)| map_error(name, format!("cannot update whitelisted host {host}"), e))
+}
+
+fn flag_host<const N: usize>(
+    map: &mut HostMap<N>,
+    key: [u8; N],
+    whitelisted: bool,
+) -> Result<(), MapError> {
+    if !whitelisted {
+        return match map.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e),
+        };
+    }
+    let flags = match map.get(&key, 0) {
+        Ok(old) => old.flags | FLAG_WHITELISTED,
+        Err(MapError::KeyNotFound) => FLAG_WHITELISTED,
+        Err(e) => return Err(e),
+    };
+    // Whitelisted entries never expire.
+    map.insert(
+        key,
+        HostValue {
+            expires_ns: 0,
+            flags,
+            ..HostValue::default()
+        },
+        0,
+    )
+}

@@ -15,7 +15,7 @@ struct Entry {
 /// An in-memory backend: hosts, networks and deadlines, judged like the egress program does.
 #[derive(Debug, Default)]
 pub struct FakeFirewall {
-    policy: Policy,
+    policy: Mutex<Policy>,
     authorized: Mutex<HashMap<IpAddr, Entry>>,
     /// When set, `authorize` fails for this address (to test error paths).
     pub fail_on: Option<IpAddr>,
@@ -25,7 +25,7 @@ impl FakeFirewall {
     /// A fake backend enforcing `policy`.
     pub fn new(policy: Policy) -> Self {
         Self {
-            policy,
+            policy: Mutex::new(policy),
             ..Self::default()
         }
     }
@@ -33,9 +33,9 @@ impl FakeFirewall {
     /// The verdict the egress program would give a packet to `addr` at `now_ns`; an allowed
     /// packet to an authorized host refreshes its last-seen time, as the egress program does.
     pub fn allows(&self, addr: IpAddr, now_ns: u64) -> bool {
-        if self.policy.whitelist_hosts.contains(&addr)
-            || self
-                .policy
+        let policy = self.policy.lock().expect("poisoned");
+        if policy.whitelist_hosts.contains(&addr)
+            || policy
                 .whitelist_networks
                 .iter()
                 .any(|net| net.contains(&addr))
@@ -78,7 +78,13 @@ impl Firewall for FakeFirewall {
                 source: "injected failure".into(),
             });
         }
-        if self.policy.whitelist_hosts.contains(&addr) {
+        if self
+            .policy
+            .lock()
+            .expect("poisoned")
+            .whitelist_hosts
+            .contains(&addr)
+        {
             return Ok(Authorization::Already);
         }
         let mut authorized = self.authorized.lock().expect("poisoned");
@@ -149,5 +155,10 @@ impl Firewall for FakeFirewall {
         } else {
             Ok(false)
         }
+    }
+
+    fn set_whitelist(&self, policy: &Policy) -> Result<(), FirewallError> {
+        *self.policy.lock().expect("poisoned") = policy.clone();
+        Ok(())
     }
 }

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 /// What a backend must enforce from the start: destinations always allowed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Policy {
     /// Hosts always allowed.
     pub whitelist_hosts: Vec<IpAddr>,
@@ -78,6 +78,9 @@ pub enum FirewallError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Changing the whitelists failed.
+    #[error("cannot update the whitelists")]
+    Whitelist(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Reading the backend's state failed.
     #[error("cannot read the authorized hosts")]
     Read(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -127,6 +130,9 @@ pub trait Firewall: Send + Sync {
     /// Removes `addr`, but only if its deadline is still `seen_expires_ns` (compare-and-delete:
     /// a concurrent renewal wins). Returns whether it did.
     fn remove_if(&self, addr: IpAddr, seen_expires_ns: u64) -> Result<bool, FirewallError>;
+    /// Replaces the whitelists (SIGHUP reload). New entries are added before old ones are removed,
+    /// so a destination on both lists is never dropped in between; authorizations are kept.
+    fn set_whitelist(&self, policy: &Policy) -> Result<(), FirewallError>;
 }
 
 /// Current `CLOCK_BOOTTIME` in nanoseconds, the clock of `bpf_ktime_get_boot_ns` used by the egress

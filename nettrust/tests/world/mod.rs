@@ -352,6 +352,27 @@ impl World {
         }
     }
 
+    /// Sends `signal` to the running daemon.
+    pub fn signal_daemon(&self, signal: i32) {
+        let daemon = self.daemon.as_ref().expect("daemon running");
+        // SAFETY: plain kill(2) on our child's pid.
+        let rc = unsafe { libc::kill(daemon.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits until `condition` holds (polling), failing with the daemon's log after `timeout`.
+    pub fn eventually(&self, what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !condition() {
+            assert!(
+                started.elapsed() < timeout,
+                "{what} did not happen within {timeout:?}:\n{}",
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Resolves `name` from inside the test cgroup through nettrust (`tcp` selects TCP).
     pub fn resolve(&self, name: &str, rtype: &str, tcp: bool) -> Vec<String> {
         let mut cmd = self.in_cgroup("dig");

@@ -1,0 +1,197 @@
+//! SIGHUP: re-read the configuration and apply what can change while running — the whitelists
+//! (and, with the DNS layer, the blacklists) — without dropping authorizations. Entries removed
+//! from the configuration are removed from enforcement (the original's issue #8). Anything else
+//! that changed needs a restart; such a reload is refused as a whole, so the daemon never runs
+//! with half a configuration.
+
+use crate::{
+    config::Settings,
+    firewall::{Firewall, FirewallError, Policy},
+};
+
+/// Why a reload was not applied. The running configuration stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// Options that only take effect at start changed.
+    #[error(
+        "reload refused: {0} changed; restart nettrust to apply it (the running configuration stays in force)"
+    )]
+    NeedsRestart(String),
+    /// The firewall could not be updated.
+    #[error("reload failed")]
+    Firewall(#[from] FirewallError),
+}
+
+/// The whitelists of `settings`, as the firewall takes them.
+pub fn policy(settings: &Settings) -> Policy {
+    Policy {
+        whitelist_hosts: settings.whitelist_hosts.clone(),
+        whitelist_networks: settings.whitelist_networks.clone(),
+    }
+}
+
+/// Applies `new` over `current`: checks that only reloadable options differ, updates the firewall,
+/// then records `new` as current.
+pub fn apply(
+    current: &mut Settings,
+    new: Settings,
+    firewall: &dyn Firewall,
+) -> Result<(), ReloadError> {
+    let changed = restart_only_changes(current, &new);
+    if !changed.is_empty() {
+        return Err(ReloadError::NeedsRestart(changed.join(", ")));
+    }
+    let policy = policy(&new);
+    if policy != self::policy(current) {
+        firewall.set_whitelist(&policy)?;
+    }
+    tracing::info!(
+        whitelist_hosts = new.whitelist_hosts.len(),
+        whitelist_networks = new.whitelist_networks.len(),
+        "[Reload] configuration reloaded"
+    );
+    *current = new;
+    Ok(())
+}
+
+/// The options that differ between `a` and `b` and cannot change without a restart.
+fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
+    // Exhaustive on purpose: a new option must be classified as reloadable or not.
+    let Settings {
+        listen_addr,
+        listen_tls,
+        fwd_addrs,
+        fwd_proto,
+        fwd_tls,
+        fwd_udp_buffer_size,
+        fwd_timeout,
+        backend,
+        firewall_type,
+        firewall_drop_input,
+        cgroups,
+        dns_ttl_cache,
+        authorized_ttl,
+        ttl_check_interval,
+        do_not_flush_table,
+        do_not_flush_authorized_hosts,
+        whitelist_hosts: _,
+        whitelist_networks: _,
+        blacklist,
+        authorize_ptr,
+        bpffs_dir,
+        metrics_addr,
+        log_format,
+    } = a;
+    let checks = [
+        (*listen_addr != b.listen_addr, "listen_addr"),
+        (*listen_tls != b.listen_tls, "listen_tls"),
+        (*fwd_addrs != b.fwd_addrs, "fwd_addr(s)"),
+        (*fwd_proto != b.fwd_proto, "fwd_proto"),
+        (*fwd_tls != b.fwd_tls, "fwd_tls"),
+        (
+            *fwd_udp_buffer_size != b.fwd_udp_buffer_size,
+            "fwd_udp_buffer_size",
+        ),
+        (*fwd_timeout != b.fwd_timeout, "fwd_timeout_ms"),
+        (*backend != b.backend, "firewall_backend"),
+        (*firewall_type != b.firewall_type, "firewall_type"),
+        (
+            *firewall_drop_input != b.firewall_drop_input,
+            "firewall_drop_input",
+        ),
+        (*cgroups != b.cgroups, "cgroups"),
+        (*dns_ttl_cache != b.dns_ttl_cache, "dns_ttl_cache"),
+        (*authorized_ttl != b.authorized_ttl, "authorized_ttl"),
+        (
+            *ttl_check_interval != b.ttl_check_interval,
+            "ttl_check_interval",
+        ),
+        (
+            *do_not_flush_table != b.do_not_flush_table,
+            "do_not_flush_table",
+        ),
+        (
+            *do_not_flush_authorized_hosts != b.do_not_flush_authorized_hosts,
+            "do_not_flush_authorized_hosts",
+        ),
+        (*blacklist != b.blacklist, "blacklist"),
+        (*authorize_ptr != b.authorize_ptr, "authorize_ptr"),
+        (*bpffs_dir != b.bpffs_dir, "bpffs_dir"),
+        (*metrics_addr != b.metrics_addr, "metrics_addr"),
+        (*log_format != b.log_format, "log_format"),
+    ];
+    checks
+        .into_iter()
+        .filter_map(|(changed, name)| changed.then_some(name))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, path::Path};
+
+    use super::*;
+    use crate::{
+        cli::RunArgs,
+        config::{Env, FileConfig},
+        firewall::fake::FakeFirewall,
+    };
+
+    fn settings(toml: &str) -> Settings {
+        let args = RunArgs {
+            fwd_addrs: vec!["192.0.2.53".into()],
+            ..RunArgs::default()
+        };
+        let file = FileConfig::parse(toml, Path::new("t.toml")).unwrap();
+        Settings::resolve(&args, file, &Env::default(), || Ok("/cg".into())).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn whitelist_changes_apply_and_keep_authorizations() {
+        let mut current =
+            settings("[whitelist]\nhosts = [\"203.0.113.1\"]\nnetworks = [\"198.51.100.0/24\"]");
+        let fw = FakeFirewall::new(policy(&current));
+        fw.authorize(ip("192.0.2.7"), 0).unwrap();
+        assert!(fw.allows(ip("203.0.113.1"), 0) && fw.allows(ip("198.51.100.9"), 0));
+
+        let new = settings("[whitelist]\nhosts = [\"203.0.113.2\"]");
+        apply(&mut current, new, &fw).unwrap();
+        assert!(
+            !fw.allows(ip("203.0.113.1"), 0),
+            "removed host still allowed"
+        );
+        assert!(
+            !fw.allows(ip("198.51.100.9"), 0),
+            "removed network still allowed"
+        );
+        assert!(fw.allows(ip("203.0.113.2"), 0), "added host not allowed");
+        assert!(fw.allows(ip("192.0.2.7"), 0), "authorization lost");
+        assert_eq!(
+            current.whitelist_hosts,
+            settings("[whitelist]\nhosts = [\"203.0.113.2\"]").whitelist_hosts
+        );
+    }
+
+    #[test]
+    fn restart_only_changes_are_refused_whole() {
+        let mut current = settings("authorized_ttl = 60");
+        let fw = FakeFirewall::new(policy(&current));
+        let new = settings(
+            "authorized_ttl = 120\nlisten_addr = \"127.0.0.1:5353\"\n[whitelist]\nhosts = [\"203.0.113.2\"]",
+        );
+        let e = apply(&mut current, new, &fw).unwrap_err().to_string();
+        assert!(
+            e.contains("listen_addr") && e.contains("authorized_ttl"),
+            "{e}"
+        );
+        assert!(
+            !fw.allows(ip("203.0.113.2"), 0),
+            "a refused reload must change nothing"
+        );
+        assert_eq!(current, settings("authorized_ttl = 60"));
+    }
+}
