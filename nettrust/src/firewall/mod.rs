@@ -147,3 +147,34 @@ pub fn boottime_ns() -> u64 {
     assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_matrix_matches_the_original() {
+        assert_eq!(ExitMode::from_flags(false, false), ExitMode::FlushAll);
+        assert_eq!(ExitMode::from_flags(true, false), ExitMode::KeepPolicy);
+        assert_eq!(ExitMode::from_flags(true, true), ExitMode::KeepAll);
+        // Keeping the hosts without the table is meaningless: the table goes, hosts with it.
+        assert_eq!(ExitMode::from_flags(false, true), ExitMode::FlushAll);
+    }
+
+    #[test]
+    fn fake_backend_records_names_and_removes_only_unchanged_deadlines() {
+        let fw = fake::FakeFirewall::new(Policy::default());
+        let addr: IpAddr = "192.0.2.1".parse().unwrap();
+        fw.authorize(addr, 10).unwrap();
+        fw.record_name(addr, "a.test.").unwrap();
+        assert_eq!(fw.name_of(addr).as_deref(), Some("a.test."));
+        assert!(
+            !fw.remove_if(addr, 9).unwrap(),
+            "deadline changed meanwhile"
+        );
+        assert!(fw.renew_if(addr, 10, 20).unwrap());
+        assert!(!fw.renew_if(addr, 10, 30).unwrap());
+        assert!(fw.remove_if(addr, 20).unwrap());
+        assert!(fw.authorized().unwrap().is_empty());
+    }
+}
