@@ -64,7 +64,9 @@ pub fn detach_pinned(dir: &Path, path: &Path) -> Result<bool, EbpfError> {
     })?;
     let mut found = false;
     for (name, _) in PROGRAMS {
-        match std::fs::remove_file(pins::link_pin(dir, name, id)) {
+        let pin = pins::link_pin(dir, name, id);
+        pins::detach_link(&pin);
+        match std::fs::remove_file(&pin) {
             Ok(()) => found = true,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {

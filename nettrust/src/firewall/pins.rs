@@ -299,12 +299,11 @@ pub fn remove_all(dir: &Path) -> Result<(), Vec<PinError>> {
     };
     // Links first, so enforcement goes away before the maps it reads.
     let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    paths.sort_by_key(|p| {
-        !p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("link-"))
-    });
+    paths.sort_by_key(|p| !is_link_pin(p));
     for path in paths {
+        if is_link_pin(&path) {
+            detach_link(&path);
+        }
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -324,6 +323,47 @@ pub fn remove_all(dir: &Path) -> Result<(), Vec<PinError>> {
         Ok(())
     } else {
         Err(errors)
+    }
+}
+
+fn is_link_pin(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("link-"))
+}
+
+/// Detaches the bpf_link pinned at `path` right away (`BPF_LINK_DETACH`). Unpinning alone would
+/// also detach it, but only once the kernel's work queue frees the link (`bpf_link_put` defers
+/// it): detaching first makes `flush`, `detach` and a flushing exit take effect before they
+/// return. Best effort: the unpin that follows is the fallback.
+pub fn detach_link(path: &Path) {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // `union bpf_attr`, obj variant: pathname @0 (u64), bpf_fd @8, file_flags @12.
+    let mut attr = [0u8; 16];
+    attr[0..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: bpf(2) reads the attr and the NUL-terminated path, both alive during the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_ptr(), attr.len() as u32) };
+    let Ok(fd) = i32::try_from(fd) else {
+        return;
+    };
+    if fd < 0 {
+        return;
+    }
+    // `union bpf_attr`, link_detach variant: link_fd @0.
+    let attr = (fd as u32).to_ne_bytes();
+    // SAFETY: bpf(2) reads the 4-byte attr; then we close the descriptor we got.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_ptr(),
+            attr.len() as u32,
+        );
+        libc::close(fd);
     }
 }
 
