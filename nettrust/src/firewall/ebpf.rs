@@ -185,6 +185,7 @@ impl EbpfFirewall {
 
     fn start_locked(options: &EbpfOptions, lock: File) -> Result<Self, EbpfError> {
         let dir = &options.pin_dir;
+        pins::remove_temporaries(dir);
         let pin_paths: Vec<(&str, PathBuf)> = pins::MAPS
             .iter()
             .map(|spec| (spec.name, dir.join(spec.name)))

@@ -367,6 +367,18 @@ pub fn detach_link(path: &Path) {
     }
 }
 
+/// Removes temporary pins a run killed between pinning and renaming left behind (a leftover
+/// temporary link pin would keep an old program attached).
+pub fn remove_temporaries(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with("tmp-") {
+            detach_link(&path);
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// Pins through a temporary name, then renames over `path`: an existing pin (an old link or
 /// program) is replaced atomically.
 pub fn replace_pin(
@@ -482,5 +494,15 @@ mod tests {
         remove_all(&dir).unwrap();
         assert!(!dir.exists());
         remove_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn temporaries_are_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tmp-link-egress-1"), b"").unwrap();
+        std::fs::write(dir.path().join("link-egress-1"), b"").unwrap();
+        remove_temporaries(dir.path());
+        assert!(!dir.path().join("tmp-link-egress-1").exists());
+        assert!(dir.path().join("link-egress-1").exists());
     }
 }
