@@ -1,14 +1,33 @@
 //! Turns an accepted upstream answer into firewall authorizations and logs it with the original
-//! nettrust's categories: `[Authorized]`, `[Already Authorized]`, `[No Answer]`, `[Name Error]`.
+//! nettrust's categories as the message, details as tracing fields: `[Authorized]`,
+//! `[Already Authorized]`, `[Blacklisted]`, `[No Answer]`, `[Name Error]`, `[PTR]`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+    time::Duration,
+};
 
-use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::{
+    op::{Message, Query, ResponseCode},
+    rr::{Name, RData, RecordType},
+};
 
 use crate::{
+    blacklist::Blacklist,
     dns::answer::chain_addresses,
     firewall::{Authorization, Firewall, FirewallError, boottime_ns},
 };
+
+/// What the proxy does with an answer once the authorizer has seen it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Relay the answer: every authorizable address is enforced by the firewall.
+    Relay,
+    /// The question or a name of its CNAME chain is blacklisted: nothing was authorized and the
+    /// client gets the blacklist response instead of the answer.
+    Blocked(Name),
+}
 
 /// Writes the addresses of answers into the firewall.
 #[derive(Clone)]
@@ -16,39 +35,104 @@ pub struct Authorizer {
     firewall: Arc<dyn Firewall>,
     /// How long an authorization lasts; `None` = until nettrust stops.
     ttl: Option<Duration>,
+    blacklist: Arc<Blacklist>,
+    /// Whether a PTR answer authorizes the address it was asked about (the original did; off by
+    /// default: knowing a name for an address is no reason to connect to it).
+    authorize_ptr: bool,
 }
 
 impl Authorizer {
-    /// An authorizer writing into `firewall`, authorizations lasting `ttl` (`None` = forever).
+    /// An authorizer writing into `firewall`, authorizations lasting `ttl` (`None` = forever),
+    /// with no blacklist and PTR answers authorizing nothing.
     pub fn new(firewall: Arc<dyn Firewall>, ttl: Option<Duration>) -> Self {
-        Self { firewall, ttl }
+        Self {
+            firewall,
+            ttl,
+            blacklist: Arc::new(Blacklist::default()),
+            authorize_ptr: false,
+        }
+    }
+
+    /// Enforces `blacklist`.
+    pub fn with_blacklist(mut self, blacklist: Arc<Blacklist>) -> Self {
+        self.blacklist = blacklist;
+        self
+    }
+
+    /// Lets PTR answers authorize the reversed address.
+    pub fn with_ptr_authorization(mut self, authorize_ptr: bool) -> Self {
+        self.authorize_ptr = authorize_ptr;
+        self
+    }
+
+    /// The blacklist in force.
+    pub fn blacklist(&self) -> &Blacklist {
+        &self.blacklist
     }
 
     /// Authorizes the addresses `response` gives for `question`. Returns only when every address
     /// is enforced by the firewall; on error the caller must not relay the answer.
-    pub fn authorize(&self, question: &Query, response: &Message) -> Result<(), FirewallError> {
+    pub fn authorize(
+        &self,
+        question: &Query,
+        response: &Message,
+    ) -> Result<Verdict, FirewallError> {
         let qname = &question.name;
         match response.metadata.response_code {
             ResponseCode::NoError => {}
             ResponseCode::NXDomain => {
-                tracing::info!("[Name Error] Question {qname} returned NX Domain");
-                return Ok(());
+                tracing::info!(question = %qname, "[Name Error] returned NX Domain");
+                return Ok(Verdict::Relay);
             }
             rcode => {
-                tracing::debug!("[Not Authorized] Question {qname} returned {rcode}");
-                return Ok(());
+                tracing::debug!(question = %qname, %rcode, "[Not Authorized] upstream error");
+                return Ok(Verdict::Relay);
             }
         }
         let chain = chain_addresses(question, &response.answers);
+        if self.blacklist.has_domains()
+            && let Some(name) = chain.names.iter().find(|n| self.blacklist.blocks_domain(n))
+        {
+            tracing::info!(question = %qname, name = %name, "[Blacklisted] domain");
+            return Ok(Verdict::Blocked(name.clone()));
+        }
         if chain.unrelated > 0 {
             tracing::warn!(
-                "[Ignored] Question {qname}: {} address records outside the CNAME chain",
-                chain.unrelated
+                question = %qname,
+                records = chain.unrelated,
+                "[Ignored] address records outside the CNAME chain"
             );
         }
-        if chain.addresses.is_empty() {
-            tracing::info!("[No Answer] Question {qname} ({})", question.query_type);
-            return Ok(());
+        let mut addresses = chain.addresses;
+        if question.query_type == RecordType::PTR {
+            let reversed = ptr_address(qname);
+            let has_ptr = response
+                .answers
+                .iter()
+                .any(|r| matches!(r.data, RData::PTR(_)) && chain.names.contains(&r.name));
+            match reversed {
+                Some(addr) if has_ptr && self.authorize_ptr => {
+                    tracing::info!(question = %qname, host = %addr, "[PTR] authorizing the reversed address");
+                    addresses.push(addr);
+                }
+                Some(addr) if has_ptr => {
+                    tracing::info!(question = %qname, host = %addr, "[PTR] not authorized (authorize_ptr is off)");
+                }
+                _ => {}
+            }
+        }
+        let mut allowed = Vec::with_capacity(addresses.len());
+        for addr in addresses {
+            if self.blacklist.blocks_host(addr) {
+                count_address("blacklisted");
+                tracing::info!(question = %qname, host = %addr, "[Blacklisted] host");
+            } else {
+                allowed.push(addr);
+            }
+        }
+        if allowed.is_empty() {
+            tracing::info!(question = %qname, qtype = %question.query_type, "[No Answer]");
+            return Ok(Verdict::Relay);
         }
         let expires_ns = match self.ttl {
             Some(ttl) => {
@@ -57,23 +141,69 @@ impl Authorizer {
             None => 0,
         };
         let mut new = Vec::new();
-        for &addr in &chain.addresses {
+        for addr in allowed {
             let authorization = self.firewall.authorize(addr, expires_ns)?;
             if let Err(e) = self.firewall.record_name(addr, &qname.to_string()) {
                 tracing::debug!("cannot record the name of {addr}: {e}");
             }
             match authorization {
-                Authorization::New => new.push(addr.to_string()),
+                Authorization::New => {
+                    count_address("new");
+                    new.push(addr);
+                }
                 Authorization::Already => {
-                    tracing::info!("[Already Authorized] Question {qname} Host: {addr}");
+                    count_address("already");
+                    tracing::info!(question = %qname, host = %addr, "[Already Authorized]");
                 }
             }
         }
         if !new.is_empty() {
-            tracing::info!("[Authorized] Question {qname} Hosts: [{}]", new.join(", "));
+            tracing::info!(question = %qname, hosts = ?new, "[Authorized]");
         }
-        Ok(())
+        Ok(Verdict::Relay)
     }
+}
+
+/// Counts an answer address in `nettrust_answer_addresses_total`.
+fn count_address(result: &'static str) {
+    crate::metrics::metrics()
+        .addresses
+        .get_or_create(&crate::metrics::ResultLabel { result })
+        .inc();
+}
+
+/// The address a reverse name stands for: `4.3.2.1.in-addr.arpa.` is 1.2.3.4 (RFC 1035 §3.5),
+/// 32 nibbles under `ip6.arpa.` an IPv6 address (RFC 3596 §2.5). Partial names give `None`.
+pub fn ptr_address(name: &Name) -> Option<IpAddr> {
+    let text = name.to_ascii().to_ascii_lowercase();
+    let text = text.trim_end_matches('.');
+    if let Some(rest) = text.strip_suffix(".in-addr.arpa") {
+        let octets: Vec<u8> = rest
+            .split('.')
+            .map(|l| l.parse::<u8>().ok())
+            .collect::<Option<_>>()?;
+        let [d, c, b, a] = octets.as_slice() else {
+            return None;
+        };
+        return Some(IpAddr::V4(Ipv4Addr::new(*a, *b, *c, *d)));
+    }
+    let rest = text.strip_suffix(".ip6.arpa")?;
+    let nibbles: Vec<u8> = rest
+        .split('.')
+        .map(|l| {
+            (l.len() == 1)
+                .then(|| u8::from_str_radix(l, 16).ok())
+                .flatten()
+        })
+        .collect::<Option<_>>()?;
+    if nibbles.len() != 32 {
+        return None;
+    }
+    let mut bits = 0u128;
+    for nibble in nibbles.iter().rev() {
+        bits = (bits << 4) | u128::from(*nibble);
+    }
+    Some(IpAddr::V6(Ipv6Addr::from(bits)))
 }
 
 #[cfg(test)]
@@ -118,7 +248,7 @@ mod tests {
             ResponseCode::NoError,
             &["192.0.2.1", "192.0.2.2"],
         );
-        auth.authorize(&q, &m).unwrap();
+        assert_eq!(auth.authorize(&q, &m).unwrap(), Verdict::Relay);
         assert!(fw.allows(ip("192.0.2.1"), 0));
         assert!(fw.allows(ip("192.0.2.2"), 0));
         assert!(!fw.allows(ip("192.0.2.3"), 0));
@@ -135,7 +265,7 @@ mod tests {
             ResponseCode::Refused,
         ] {
             let (q, m) = answer("a.example.", rcode, &["192.0.2.1"]);
-            auth.authorize(&q, &m).unwrap();
+            assert_eq!(auth.authorize(&q, &m).unwrap(), Verdict::Relay);
         }
         assert!(fw.authorized().unwrap().is_empty());
     }
@@ -145,7 +275,7 @@ mod tests {
         let fw = Arc::new(FakeFirewall::new(Policy::default()));
         let auth = Authorizer::new(fw.clone(), Some(Duration::from_secs(60)));
         let (q, m) = answer("a.example.", ResponseCode::NoError, &["192.0.2.1"]);
-        auth.authorize(&q, &m).unwrap();
+        assert_eq!(auth.authorize(&q, &m).unwrap(), Verdict::Relay);
         let host = fw.authorized().unwrap()[0];
         let now = boottime_ns();
         assert!(host.expires_ns > now && host.expires_ns <= now + 60_000_000_000);

@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// Serve DNS over TLS on the TCP listener [default: false].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub listen_tls: Option<bool>,
+    /// Dedicated DNS-over-TLS listener (needs --listen-tls); the TCP listener of --listen-addr
+    /// then stays plain DNS. Port defaults to 853.
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen_tls_addr: Option<String>,
     /// PEM certificate (chain) of the DoT listener.
     #[arg(long, value_name = "PATH")]
     pub listen_cert: Option<PathBuf>,
@@ -94,6 +98,9 @@ pub struct RunArgs {
     /// Cache answers for at most SECS seconds; -1 or 0 disables the cache [default: -1].
     #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     pub dns_ttl_cache: Option<i64>,
+    /// Most answers kept in the cache [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub dns_cache_size: Option<usize>,
     /// Always allow loopback (127.0.0.0/8, ::1) [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub whitelist_loopback: Option<bool>,

@@ -26,6 +26,8 @@ pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/nettrust";
 pub const DNS_PORT: u16 = 53;
 /// EDNS0 payload size advertised upstream by default (the DNS Flag Day 2020 value).
 pub const DEFAULT_UDP_BUFFER: u16 = 1232;
+/// Port of a dedicated DNS-over-TLS listener given without one (RFC 7858 §3.1).
+pub const DOT_PORT: u16 = 853;
 /// Default upstream timeout.
 pub const DEFAULT_FWD_TIMEOUT_MS: u64 = 2000;
 /// Default seconds between expiry sweeps (the original's).
@@ -87,6 +89,8 @@ pub struct FileConfig {
     pub listen_addr: Option<String>,
     /// Serve DNS over TLS on the TCP listener.
     pub listen_tls: Option<bool>,
+    /// Dedicated DNS-over-TLS listener, `IP:PORT` (port defaults to 853); needs `listen_tls`.
+    pub listen_tls_addr: Option<String>,
     /// PEM certificate chain of the DoT listener.
     pub listen_cert: Option<PathBuf>,
     /// PEM private key of the DoT listener.
@@ -117,6 +121,8 @@ pub struct FileConfig {
     pub cgroups: Option<Vec<PathBuf>>,
     /// Answer cache lifetime cap in seconds; -1 or 0 disables it.
     pub dns_ttl_cache: Option<i64>,
+    /// Most answers kept in the cache.
+    pub dns_cache_size: Option<usize>,
     /// Always allow loopback destinations.
     pub whitelist_loopback: Option<bool>,
     /// Always allow private-network destinations.
@@ -285,6 +291,8 @@ pub struct Settings {
     pub listen_addr: SocketAddr,
     /// DoT on the TCP listener.
     pub listen_tls: Option<ListenTls>,
+    /// Dedicated DoT listener; when set, the TCP listener of `listen_addr` stays plain DNS.
+    pub listen_tls_addr: Option<SocketAddr>,
     /// Upstream DNS servers, in failover order.
     pub fwd_addrs: Vec<SocketAddr>,
     /// Transport to the upstreams.
@@ -307,6 +315,8 @@ pub struct Settings {
     /// Answer cache cap; `None` = no cache.
     #[serde(with = "opt_secs")]
     pub dns_ttl_cache: Option<Duration>,
+    /// Most answers kept in the cache.
+    pub dns_cache_size: usize,
     /// Authorization lifetime; `None` = never expires.
     #[serde(with = "opt_secs")]
     pub authorized_ttl: Option<Duration>,
@@ -551,6 +561,7 @@ impl Settings {
         let FileConfig {
             listen_addr,
             listen_tls,
+            listen_tls_addr,
             listen_cert,
             listen_cert_key,
             fwd_addr,
@@ -566,6 +577,7 @@ impl Settings {
             firewall_drop_input,
             cgroups,
             dns_ttl_cache,
+            dns_cache_size,
             whitelist_loopback,
             whitelist_private,
             authorized_ttl,
@@ -611,6 +623,33 @@ impl Settings {
                 })
             }
             _ => None,
+        };
+        let listen_tls_addr = match pick(
+            args.listen_tls_addr.clone(),
+            "--listen-tls-addr",
+            env,
+            "listen_tls_addr",
+            listen_tls_addr,
+        )? {
+            Some(Pick { value, key }) => {
+                if listen_tls.is_none() {
+                    return Err(invalid(
+                        key,
+                        value,
+                        "a dedicated DNS-over-TLS listener needs listen_tls = true (and its certificate)",
+                    ));
+                }
+                // A bare address gets the DoT port (RFC 7858 §3.1).
+                let addr = match value.trim().parse::<IpAddr>() {
+                    Ok(ip) => SocketAddr::new(ip, DOT_PORT),
+                    Err(_) => parse_socket_addr(&key, &value)?,
+                };
+                if addr == listen_addr {
+                    return Err(invalid(key, value, "must differ from listen_addr"));
+                }
+                Some(addr)
+            }
+            None => None,
         };
 
         // Upstreams: flags replace everything; else the environment's one address; else the file.
@@ -901,6 +940,7 @@ impl Settings {
             whitelist_networks.push(parse_network("whitelist.networks", net)?);
         }
         let mut whitelist_hosts = vec![listen_addr.ip()];
+        whitelist_hosts.extend(listen_tls_addr.map(|a| a.ip()));
         whitelist_hosts.extend(fwd.iter().map(SocketAddr::ip));
         whitelist_hosts.extend(env.whitelist_hosts.iter().copied());
         for host in &whitelist.hosts {
@@ -1034,9 +1074,24 @@ impl Settings {
             &[("text", LogFormat::Text), ("json", LogFormat::Json)],
         )?;
 
+        let dns_cache_size = match pick(
+            args.dns_cache_size,
+            "--dns-cache-size",
+            env,
+            "dns_cache_size",
+            dns_cache_size,
+        )? {
+            Some(Pick { value: 0, key }) => {
+                return Err(invalid(key, "0", "must be at least 1"));
+            }
+            Some(p) => p.value,
+            None => crate::dns::cache::DEFAULT_CAPACITY,
+        };
+
         Ok(Self {
             listen_addr,
             listen_tls,
+            listen_tls_addr,
             fwd_addrs: fwd,
             fwd_proto,
             fwd_tls,
@@ -1047,6 +1102,7 @@ impl Settings {
             firewall_drop_input,
             cgroups,
             dns_ttl_cache,
+            dns_cache_size,
             authorized_ttl,
             ttl_check_interval,
             do_not_flush_table,

@@ -5,6 +5,7 @@
 //! See ARCHITECTURE.md for the path of a DNS answer through the modules.
 
 pub mod authorizer;
+pub mod blacklist;
 pub mod cgroup;
 pub mod cli;
 pub mod commands;
@@ -25,8 +26,15 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     authorizer::Authorizer,
-    config::{Backend, FirewallType, Settings},
-    dns::{proxy::Proxy, server, upstream::Upstream},
+    blacklist::{Blacklist, BlockResponse},
+    config::{Backend, BlacklistResponse, FirewallType, FwdProto, Settings},
+    dns::{
+        cache::Cache,
+        proxy::Proxy,
+        server,
+        tls::{self, TlsError},
+        upstream::{Transport, Upstreams},
+    },
     firewall::{
         ExitMode,
         ebpf::{EbpfError, EbpfFirewall, EbpfOptions},
@@ -43,10 +51,6 @@ pub enum RunError {
     /// The requested firewall backend is not part of this version.
     #[error("firewall backend {0:?} is not yet available; use --firewall-backend ebpf (or auto)")]
     BackendUnavailable(&'static str),
-    /// An option is accepted by the configuration but not implemented by this version; refusing
-    /// it beats silently running without the protection it promises.
-    #[error("{0} is not available in this version of nettrust")]
-    NotYetAvailable(&'static str),
     /// A DNS listener could not be bound.
     #[error("cannot listen on {proto} {addr}")]
     Bind {
@@ -58,6 +62,12 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// TLS material (listener certificate, upstream CA bundle) is unusable.
+    #[error("DNS over TLS")]
+    Tls(#[from] TlsError),
+    /// A blacklist entry is unusable.
+    #[error("blacklist")]
+    Blacklist(#[from] blacklist::PatternError),
     /// The eBPF backend could not start.
     #[error("cannot start the eBPF firewall")]
     Ebpf(#[from] EbpfError),
@@ -78,32 +88,6 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// The first configured option that this version cannot honour yet.
-fn not_yet_available(settings: &Settings) -> Option<&'static str> {
-    let checks = [
-        (settings.listen_tls.is_some(), "listen_tls"),
-        (settings.fwd_tls.is_some(), "fwd_tls"),
-        (
-            settings.fwd_proto != config::FwdProto::Udp,
-            "fwd_proto = \"tcp\"",
-        ),
-        (
-            settings.fwd_addrs.len() > 1,
-            "more than one upstream (fwd_addrs)",
-        ),
-        (settings.dns_ttl_cache.is_some(), "dns_ttl_cache"),
-        (
-            !settings.blacklist.hosts.is_empty() || !settings.blacklist.networks.is_empty(),
-            "blacklist.hosts/networks",
-        ),
-        (!settings.blacklist.domains.is_empty(), "blacklist.domains"),
-        (settings.authorize_ptr, "authorize_ptr"),
-    ];
-    checks
-        .into_iter()
-        .find_map(|(set, name)| set.then_some(name))
-}
-
 /// Runs the daemon until `shutdown` completes, then removes the firewall. Each configuration
 /// received on `reloads` (SIGHUP in `main`) is applied with [`reload::apply`].
 pub async fn run(
@@ -114,11 +98,45 @@ pub async fn run(
     if settings.backend == Backend::Nftables || settings.firewall_type == FirewallType::Forward {
         return Err(RunError::BackendUnavailable("nftables"));
     }
-    if let Some(option) = not_yet_available(&settings) {
-        return Err(RunError::NotYetAvailable(option));
-    }
-    // Bind first: a busy port must fail before any firewall object exists.
+    // TLS material and lists first, then bind: a bad file or a busy port must fail before any
+    // firewall object exists.
+    let listen_tls = match &settings.listen_tls {
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+            &t.cert, &t.key,
+        )?)),
+        None => None,
+    };
+    let transport = match (&settings.fwd_tls, settings.fwd_proto) {
+        (Some(t), _) => Transport::Tls {
+            config: tls::client_config(t.ca.as_deref())?,
+            name: match &t.name {
+                Some(name) => Some(tls::server_name(Some(name), settings.fwd_addrs[0].ip())?),
+                None => None,
+            },
+        },
+        (None, FwdProto::Tcp) => Transport::Tcp,
+        (None, FwdProto::Udp) => Transport::Udp,
+    };
+    let blacklist = Arc::new(Blacklist::new(
+        &settings.blacklist.domains,
+        &settings.blacklist.hosts,
+        &settings.blacklist.networks,
+        match settings.blacklist.response {
+            BlacklistResponse::Refused => BlockResponse::Refused,
+            BlacklistResponse::Nxdomain => BlockResponse::NxDomain,
+            BlacklistResponse::Servfail => BlockResponse::ServFail,
+        },
+    )?);
     let listen = settings.listen_addr;
+    let bind_tcp = async |addr: SocketAddr| {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind {
+                addr,
+                proto: "tcp",
+                source,
+            })
+    };
     let udp = UdpSocket::bind(listen)
         .await
         .map_err(|source| RunError::Bind {
@@ -126,13 +144,11 @@ pub async fn run(
             proto: "udp",
             source,
         })?;
-    let tcp = TcpListener::bind(listen)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: listen,
-            proto: "tcp",
-            source,
-        })?;
+    let tcp = bind_tcp(listen).await?;
+    let dedicated_tls = match settings.listen_tls_addr {
+        Some(addr) => Some(bind_tcp(addr).await?),
+        None => None,
+    };
 
     let metrics_listener = match settings.metrics_addr {
         Some(addr) => Some(metrics::bind(addr).await.map_err(|source| RunError::Bind {
@@ -164,12 +180,21 @@ pub async fn run(
         drop_input: settings.firewall_drop_input,
     })?);
     firewall.start_denied_log();
-    let authorizer = Authorizer::new(firewall.clone(), settings.authorized_ttl);
-    let upstream = settings.fwd_addrs[0];
-    let proxy = Arc::new(Proxy::new(
-        Upstream::new(upstream, settings.fwd_timeout),
-        authorizer,
-    ));
+    let authorizer = Authorizer::new(firewall.clone(), settings.authorized_ttl)
+        .with_blacklist(blacklist)
+        .with_ptr_authorization(settings.authorize_ptr);
+    let proxy = Arc::new(
+        Proxy::new(
+            Upstreams::new(&settings.fwd_addrs, transport, settings.fwd_timeout),
+            authorizer,
+        )
+        .with_cache(
+            settings
+                .dns_ttl_cache
+                .map(|max| Cache::new(max, settings.dns_cache_size)),
+        )
+        .with_udp_buffer_size(settings.fwd_udp_buffer_size),
+    );
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -179,9 +204,15 @@ pub async fn run(
         tracker.clone(),
         cancel.clone(),
     ));
+    // With listen_tls the TCP listener of listen_addr speaks DoT (as the original); a dedicated
+    // DoT listener (listen_tls_addr) leaves it plain.
+    let tcp_tls = listen_tls
+        .clone()
+        .filter(|_| settings.listen_tls_addr.is_none());
     tracker.spawn(server::serve_tcp(
         tcp,
-        proxy,
+        tcp_tls,
+        proxy.clone(),
         tracker.clone(),
         cancel.clone(),
     ));
@@ -192,6 +223,15 @@ pub async fn run(
         };
         tracker.spawn(sweeper::run(firewall.clone(), config, cancel.clone()));
     }
+    if let (Some(listener), Some(acceptor)) = (dedicated_tls, listen_tls) {
+        tracker.spawn(server::serve_tcp(
+            listener,
+            Some(acceptor),
+            proxy,
+            tracker.clone(),
+            cancel.clone(),
+        ));
+    }
     if let Some(listener) = metrics_listener {
         let sources = metrics::Sources {
             firewall: firewall.clone(),
@@ -199,7 +239,14 @@ pub async fn run(
         };
         tracker.spawn(metrics::serve(listener, sources, cancel.clone()));
     }
-    tracing::info!(listen = %listen, upstream = %upstream, "nettrust is running");
+    tracing::info!(
+        listen = %listen,
+        upstreams = ?settings.fwd_addrs,
+        fwd_proto = ?settings.fwd_proto,
+        fwd_tls = settings.fwd_tls.is_some(),
+        cache = ?settings.dns_ttl_cache,
+        "nettrust is running"
+    );
 
     tokio::pin!(shutdown);
     let mut current = settings;

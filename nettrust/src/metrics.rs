@@ -37,7 +37,8 @@ use crate::firewall::Firewall;
 pub struct QueryLabels {
     /// `udp`, `tcp` or `tls`.
     pub transport: &'static str,
-    /// `answered`, `servfail`, `formerr`, `notimp`, `blacklisted`, `dropped`, `cached`.
+    /// `answered`, `servfail`, `formerr`, `notimp`, `blacklisted`, `dropped`, `cached`,
+    /// `truncated` (answer too large for the UDP client: empty TC=1 reply, nothing authorized).
     pub result: &'static str,
 }
 

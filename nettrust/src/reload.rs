@@ -60,6 +60,7 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
     let Settings {
         listen_addr,
         listen_tls,
+        listen_tls_addr,
         fwd_addrs,
         fwd_proto,
         fwd_tls,
@@ -70,6 +71,7 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         firewall_drop_input,
         cgroups,
         dns_ttl_cache,
+        dns_cache_size,
         authorized_ttl,
         ttl_check_interval,
         do_not_flush_table,
@@ -85,6 +87,7 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
     let checks = [
         (*listen_addr != b.listen_addr, "listen_addr"),
         (*listen_tls != b.listen_tls, "listen_tls"),
+        (*listen_tls_addr != b.listen_tls_addr, "listen_tls_addr"),
         (*fwd_addrs != b.fwd_addrs, "fwd_addr(s)"),
         (*fwd_proto != b.fwd_proto, "fwd_proto"),
         (*fwd_tls != b.fwd_tls, "fwd_tls"),
@@ -101,6 +104,7 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         ),
         (*cgroups != b.cgroups, "cgroups"),
         (*dns_ttl_cache != b.dns_ttl_cache, "dns_ttl_cache"),
+        (*dns_cache_size != b.dns_cache_size, "dns_cache_size"),
         (*authorized_ttl != b.authorized_ttl, "authorized_ttl"),
         (
             *ttl_check_interval != b.ttl_check_interval,

@@ -7,7 +7,10 @@
 //! - `run [--release] -- ARGS`: build and run `nettrust ARGS` (with sudo when not root); without
 //!   `--config` in ARGS the repository's `config.toml` is used.
 //! - `test`: setup, unit tests (no root), then the root integration tests, serially.
+//! - `bench dns`: dnsperf against the upstream directly and through nettrust, in network
+//!   namespaces it creates (see `bench.rs`).
 
+mod bench;
 mod fuzz;
 mod setup;
 
@@ -59,6 +62,24 @@ enum Cmd {
         #[arg(long)]
         unit_only: bool,
     },
+    /// Benchmarks (as root, in network namespaces of their own).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Cache-miss forwarding with authorization: dnsperf against the upstream and nettrust.
+    Dns {
+        /// Seconds per throughput run (latency runs take half as long).
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Queries in flight.
+        #[arg(long, default_value_t = 100)]
+        in_flight: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -102,6 +123,13 @@ fn main() -> Result<()> {
             lint(&root)?;
         }
         Cmd::Test { unit_only } => test(&root, unit_only)?,
+        Cmd::Bench {
+            what: BenchCmd::Dns { seconds, in_flight },
+        } => {
+            setup::packages()?;
+            let binary = build(&root, true)?;
+            bench::dns(&binary, &bench::Options { seconds, in_flight })?;
+        }
     }
     Ok(())
 }

@@ -25,6 +25,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("curl", "curl"),
+    ("kdig", "knot-dnsutils"),
+    ("dnsperf", "dnsperf"),
 ];
 
 pub fn is_root() -> bool {

@@ -788,3 +788,57 @@ fn bad_files_are_rejected_with_the_key() {
         );
     }
 }
+
+#[test]
+fn dedicated_dot_listener_and_cache_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = pem(dir.path(), "c.pem", "CERTIFICATE");
+    let key = pem(dir.path(), "k.pem", "PRIVATE KEY");
+    let tls = |addr: &str| RunArgs {
+        listen_tls: Some(true),
+        listen_cert: Some(cert.clone()),
+        listen_cert_key: Some(key.clone()),
+        listen_tls_addr: Some(addr.into()),
+        ..args()
+    };
+    let s = ok(&tls("127.0.0.2"), "", &[]);
+    assert_eq!(s.listen_tls_addr, Some("127.0.0.2:853".parse().unwrap()));
+    assert!(
+        s.whitelist_hosts.contains(&"127.0.0.2".parse().unwrap()),
+        "the DoT listener is whitelisted"
+    );
+    let s = ok(&tls("[::1]:8853"), "", &[]);
+    assert_eq!(s.listen_tls_addr, Some("[::1]:8853".parse().unwrap()));
+    err_names(
+        resolve(&tls("127.0.0.1:53"), "", &[]),
+        "--listen-tls-addr",
+        "127.0.0.1:53",
+    );
+    err_names(
+        resolve(&tls("nowhere"), "", &[]),
+        "--listen-tls-addr",
+        "nowhere",
+    );
+    // Without listen_tls there is no certificate to serve.
+    err_names(
+        resolve(&args(), "listen_tls_addr = \"127.0.0.1:853\"", &[]),
+        "listen_tls_addr",
+        "127.0.0.1:853",
+    );
+
+    assert_eq!(
+        ok(&args(), "", &[]).dns_cache_size,
+        crate::dns::cache::DEFAULT_CAPACITY
+    );
+    assert_eq!(ok(&args(), "dns_cache_size = 50", &[]).dns_cache_size, 50);
+    let a = RunArgs {
+        dns_cache_size: Some(7),
+        ..args()
+    };
+    assert_eq!(ok(&a, "dns_cache_size = 50", &[]).dns_cache_size, 7);
+    err_names(
+        resolve(&args(), "dns_cache_size = 0", &[]),
+        "dns_cache_size",
+        "0",
+    );
+}

@@ -1,7 +1,13 @@
 //! The DNS front end: listeners ([`server`]), forwarding ([`upstream`]), per-query handling
-//! ([`proxy`]) and what an answer may authorize ([`answer`]).
+//! ([`proxy`]), the answer cache ([`cache`]), TLS material ([`tls`]) and what an answer may
+//! authorize ([`answer`]).
 
 pub mod answer;
+pub mod cache;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 pub mod upstream;
+
+#[cfg(test)]
+pub(crate) mod testutil;

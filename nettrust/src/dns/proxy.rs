@@ -1,117 +1,237 @@
-//! One client query, start to finish: parse, forward under a fresh random ID, accept only the
-//! matching answer, authorize its addresses, and only then relay the answer (with the client's ID
-//! restored, otherwise byte for byte). A failed authorization turns into SERVFAIL: the client never
-//! receives an address the firewall does not allow.
+//! One client query, start to finish: parse, refuse blacklisted names, serve from the cache
+//! (re-authorizing) or forward, accept only the matching answer, authorize its addresses, and
+//! only then relay the answer (with the client's ID restored, otherwise byte for byte). A failed
+//! authorization turns into SERVFAIL: the client never receives an address the firewall does not
+//! allow.
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use std::time::Instant;
 
-use super::upstream::{Upstream, UpstreamError};
-use crate::{authorizer::Authorizer, error_chain};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 
-/// How the client's query arrived; the upstream is asked over the same transport.
+use super::{
+    cache::Cache,
+    upstream::{UpstreamError, Upstreams},
+};
+use crate::{
+    authorizer::{Authorizer, Verdict},
+    error_chain,
+};
+
+/// How the client's query arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientTransport {
     /// UDP: answers are limited to the client's advertised payload size.
     Udp,
     /// TCP.
     Tcp,
+    /// DNS over TLS (a TCP transport).
+    Tls,
+}
+
+impl ClientTransport {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
 }
 
 /// The DNS proxy's query handler.
 pub struct Proxy {
-    upstream: Upstream,
+    upstreams: Upstreams,
     authorizer: Authorizer,
+    cache: Option<Cache>,
+    /// EDNS0 payload size advertised upstream over UDP.
+    udp_buffer_size: u16,
 }
 
 impl Proxy {
-    /// A proxy forwarding to `upstream` and authorizing through `authorizer`.
-    pub fn new(upstream: Upstream, authorizer: Authorizer) -> Self {
+    /// A proxy forwarding to `upstreams` and authorizing through `authorizer`, without cache.
+    pub fn new(upstreams: Upstreams, authorizer: Authorizer) -> Self {
         Self {
-            upstream,
+            upstreams,
             authorizer,
+            cache: None,
+            udp_buffer_size: super::upstream::DEFAULT_UDP_BUFFER_SIZE,
         }
+    }
+
+    /// Serves answers from `cache` while fresh.
+    pub fn with_cache(mut self, cache: Option<Cache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Advertises `size` as the EDNS0 UDP payload size upstream (for clients that use EDNS0).
+    pub fn with_udp_buffer_size(mut self, size: u16) -> Self {
+        self.udp_buffer_size = size.max(512);
+        self
     }
 
     /// Handles one query; `None` means no reply is sent (e.g. the message was a response).
     pub async fn handle(&self, query: &[u8], transport: ClientTransport) -> Option<Vec<u8>> {
+        let (response, result) = self.respond(query, transport).await;
+        crate::metrics::metrics().query(transport.label(), result);
+        response
+    }
+
+    /// The reply to `query` and the outcome label of the `nettrust_dns_queries_total` metric.
+    async fn respond(
+        &self,
+        query: &[u8],
+        transport: ClientTransport,
+    ) -> (Option<Vec<u8>>, &'static str) {
         let request = match Message::from_vec(query) {
             Ok(request) => request,
             Err(e) => {
                 tracing::debug!("dropping an unparsable query: {e}");
-                return unparsable_query_response(query);
+                return (unparsable_query_response(query), "formerr");
             }
         };
         if request.metadata.message_type != MessageType::Query {
-            return None;
+            return (None, "dropped");
         }
         if request.metadata.op_code != OpCode::Query {
-            return error_response(&request, ResponseCode::NotImp);
+            return (error_response(&request, ResponseCode::NotImp), "notimp");
         }
         let [question] = request.queries.as_slice() else {
-            return error_response(&request, ResponseCode::FormErr);
+            return (error_response(&request, ResponseCode::FormErr), "formerr");
         };
-        let upstream_id: u16 = rand::random();
-        let mut forwarded = query.to_vec();
-        forwarded[..2].copy_from_slice(&upstream_id.to_be_bytes());
+        let blacklist = self.authorizer.blacklist();
+        if blacklist.blocks_domain(&question.name) {
+            tracing::info!(question = %question.name, "[Blacklisted] domain");
+            return (
+                error_response(&request, blacklist.response.rcode()),
+                "blacklisted",
+            );
+        }
+        let client_limit = match transport {
+            ClientTransport::Udp => usize::from(request.max_payload()),
+            ClientTransport::Tcp | ClientTransport::Tls => usize::MAX,
+        };
+        if let Some(cache) = &self.cache
+            && let Some(cached) = cache.get(question, request.metadata.id, Instant::now())
+        {
+            tracing::debug!(question = %question.name, "[Cache] hit");
+            let Ok(bytes) = cached.to_vec() else {
+                return (error_response(&request, ResponseCode::ServFail), "servfail");
+            };
+            if bytes.len() > client_limit {
+                return (truncated_response(&request), "truncated");
+            }
+            // Every hit renews the firewall entries before the client sees the addresses.
+            return match self.authorized(&request, question, &cached) {
+                Ok(()) => (Some(bytes), "cached"),
+                Err(rcode) => (error_response(&request, rcode), rcode_label(rcode)),
+            };
+        }
 
-        let result = match transport {
-            ClientTransport::Tcp => {
-                self.upstream
-                    .exchange_tcp(&forwarded, upstream_id, question)
-                    .await
-            }
-            ClientTransport::Udp => {
-                match self
-                    .upstream
-                    .exchange_udp(&forwarded, upstream_id, question)
-                    .await
-                {
-                    Ok((truncated, answer)) if answer.metadata.truncation => {
-                        // Nothing is ever taken from a truncated answer: ask again over TCP, and
-                        // relay the truncated answer unauthorized if that does not fit.
-                        match self
-                            .upstream
-                            .exchange_tcp(&forwarded, upstream_id, question)
-                            .await
-                        {
-                            Ok((full, answer))
-                                if full.len() <= usize::from(request.max_payload().max(512)) =>
-                            {
-                                Ok((full, answer))
-                            }
-                            _ => return Some(with_id(truncated, request.metadata.id)),
-                        }
-                    }
-                    other => other,
-                }
-            }
-        };
+        let forwarded = self.forwarded_query(query, &request, transport);
+        let result = self
+            .upstreams
+            .exchange(&forwarded, question, transport == ClientTransport::Udp)
+            .await;
         let (answer_bytes, answer) = match result {
             Ok(ok) => ok,
             Err(e) => {
                 log_upstream_error(&question.name, &e);
-                return error_response(&request, ResponseCode::ServFail);
+                return (error_response(&request, ResponseCode::ServFail), "servfail");
             }
         };
         if answer.metadata.truncation {
-            return Some(with_id(answer_bytes, request.metadata.id));
-        }
-        if let Err(e) = self.authorizer.authorize(question, &answer) {
-            tracing::error!(
-                "[Firewall Error] Question {}: {}; answering SERVFAIL",
-                question.name,
-                error_chain(&e)
+            // Only possible if even TCP gave a truncated answer: relay it, authorize nothing.
+            return (
+                Some(with_id(answer_bytes, request.metadata.id)),
+                "truncated",
             );
-            return error_response(&request, ResponseCode::ServFail);
         }
-        Some(with_id(answer_bytes, request.metadata.id))
+        if answer_bytes.len() > client_limit {
+            // The client asks again over TCP; that answer is the one authorized.
+            return (truncated_response(&request), "truncated");
+        }
+        if let Err(rcode) = self.authorized(&request, question, &answer) {
+            return (error_response(&request, rcode), rcode_label(rcode));
+        }
+        if let Some(cache) = &self.cache {
+            cache.insert(question, &answer, Instant::now());
+        }
+        (Some(with_id(answer_bytes, request.metadata.id)), "answered")
     }
+
+    /// Authorizes `answer`; `Err` carries the rcode the client gets instead.
+    fn authorized(
+        &self,
+        request: &Message,
+        question: &Query,
+        answer: &Message,
+    ) -> Result<(), ResponseCode> {
+        match self.authorizer.authorize(question, answer) {
+            Ok(Verdict::Relay) => Ok(()),
+            Ok(Verdict::Blocked(_)) => Err(self.authorizer.blacklist().response.rcode()),
+            Err(e) => {
+                tracing::error!(
+                    question = %question.name,
+                    id = request.metadata.id,
+                    error = %error_chain(&e),
+                    "[Firewall Error] answering SERVFAIL"
+                );
+                Err(ResponseCode::ServFail)
+            }
+        }
+    }
+
+    /// The query as sent upstream: over UDP, an EDNS0 payload size different from ours is
+    /// replaced by ours (the answer is cut to the client's size on the way back).
+    fn forwarded_query(
+        &self,
+        query: &[u8],
+        request: &Message,
+        transport: ClientTransport,
+    ) -> Vec<u8> {
+        if transport == ClientTransport::Udp
+            && self.upstreams.uses_udp()
+            && let Some(edns) = &request.edns
+            && edns.max_payload() != self.udp_buffer_size
+        {
+            let mut rewritten = request.clone();
+            if let Some(edns) = rewritten.edns.as_mut() {
+                edns.set_max_payload(self.udp_buffer_size);
+            }
+            if let Ok(bytes) = rewritten.to_vec() {
+                return bytes;
+            }
+        }
+        query.to_vec()
+    }
+}
+
+/// The metric label of a refusal: SERVFAIL after a firewall error, anything else is the blacklist.
+fn rcode_label(rcode: ResponseCode) -> &'static str {
+    if rcode == ResponseCode::ServFail {
+        "servfail"
+    } else {
+        "blacklisted"
+    }
+}
+
+/// An empty answer with TC=1 (RFC 1035 §4.2.1): the client retries over TCP.
+fn truncated_response(request: &Message) -> Option<Vec<u8>> {
+    let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+    response.metadata.truncation = true;
+    response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    response.add_queries(request.queries.iter().cloned());
+    response.to_vec().ok()
 }
 
 fn log_upstream_error(qname: &hickory_proto::rr::Name, e: &UpstreamError) {
     tracing::warn!(
-        "[Upstream Error] Question {qname}: {}; answering SERVFAIL",
-        error_chain(e)
+        question = %qname,
+        error = %error_chain(e),
+        "[Upstream Error] answering SERVFAIL"
     );
 }
 
@@ -143,41 +263,4 @@ fn unparsable_query_response(query: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn garbage_with_a_header_gets_formerr() {
-        let mut query = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        query.extend_from_slice(&[0xff; 5]);
-        let response = Message::from_vec(&unparsable_query_response(&query).unwrap()).unwrap();
-        assert_eq!(response.metadata.id, 0xabcd);
-        assert_eq!(response.metadata.response_code, ResponseCode::FormErr);
-        assert_eq!(response.metadata.message_type, MessageType::Response);
-    }
-
-    #[test]
-    fn short_garbage_and_responses_get_nothing() {
-        assert!(unparsable_query_response(&[1, 2, 3]).is_none());
-        let response_header = [0, 1, 0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xff];
-        assert!(unparsable_query_response(&response_header).is_none());
-    }
-
-    #[test]
-    fn error_response_keeps_id_and_question() {
-        use std::str::FromStr;
-        let mut request = Message::query();
-        request.metadata.id = 4242;
-        request.metadata.recursion_desired = true;
-        request.add_query(hickory_proto::op::Query::query(
-            hickory_proto::rr::Name::from_str("x.example.").unwrap(),
-            hickory_proto::rr::RecordType::AAAA,
-        ));
-        let response =
-            Message::from_vec(&error_response(&request, ResponseCode::ServFail).unwrap()).unwrap();
-        assert_eq!(response.metadata.id, 4242);
-        assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
-        assert_eq!(response.queries, request.queries);
-        assert!(response.metadata.recursion_desired);
-    }
-}
+mod tests;

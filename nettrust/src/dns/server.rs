@@ -1,11 +1,13 @@
-//! UDP and TCP listeners. One task per query (UDP) or per connection (TCP), bounded by
-//! semaphores, tracked so shutdown can wait for them. Socket errors are logged and skipped.
+//! UDP, TCP and DNS-over-TLS listeners. One task per query (UDP) or per connection (TCP/TLS),
+//! bounded by semaphores, tracked so shutdown can wait for them. Socket errors are logged and
+//! skipped; a client that stalls (TLS handshake, half a message, idleness) is disconnected after
+//! [`TCP_IDLE_TIMEOUT`], and never holds up any other client.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream, UdpSocket},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::{TcpListener, UdpSocket},
     sync::Semaphore,
     time::timeout,
 };
@@ -63,9 +65,11 @@ pub async fn serve_udp(
     }
 }
 
-/// Serves DNS over TCP (RFC 7766, 2-byte length framing) on `listener` until `cancel` fires.
+/// Serves DNS over TCP (RFC 7766, 2-byte length framing) on `listener` until `cancel` fires; with
+/// `tls`, DNS over TLS (RFC 7858) instead.
 pub async fn serve_tcp(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     proxy: Arc<Proxy>,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -89,11 +93,28 @@ pub async fn serve_tcp(
             );
             continue;
         };
-        let (proxy, cancel) = (proxy.clone(), cancel.clone());
+        let (proxy, cancel, tls) = (proxy.clone(), cancel.clone(), tls.clone());
         tracker.spawn(async move {
+            let serve = async {
+                stream.set_nodelay(true)?;
+                match tls {
+                    None => serve_connection(stream, peer, &proxy, ClientTransport::Tcp).await,
+                    Some(acceptor) => {
+                        let stream = timeout(TCP_IDLE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                            .map_err(|_| {
+                                std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "TLS handshake timed out",
+                                )
+                            })??;
+                        serve_connection(stream, peer, &proxy, ClientTransport::Tls).await
+                    }
+                }
+            };
             tokio::select! {
                 () = cancel.cancelled() => {}
-                result = serve_connection(stream, peer, &proxy) => if let Err(e) = result {
+                result = serve => if let Err(e) = result {
                     tracing::debug!("TCP connection from {peer}: {e}");
                 },
             }
@@ -103,11 +124,11 @@ pub async fn serve_tcp(
 }
 
 async fn serve_connection(
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
     peer: SocketAddr,
     proxy: &Proxy,
+    transport: ClientTransport,
 ) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
     loop {
         let len = match timeout(TCP_IDLE_TIMEOUT, stream.read_u16()).await {
             Err(_) => return Ok(()),
@@ -123,7 +144,7 @@ async fn serve_connection(
                     format!("{peer} stalled mid-message"),
                 )
             })??;
-        let Some(response) = proxy.handle(&query, ClientTransport::Tcp).await else {
+        let Some(response) = proxy.handle(&query, transport).await else {
             continue;
         };
         let Ok(len) = u16::try_from(response.len()) else {
@@ -132,6 +153,11 @@ async fn serve_connection(
         let mut framed = Vec::with_capacity(response.len() + 2);
         framed.extend_from_slice(&len.to_be_bytes());
         framed.extend_from_slice(&response);
-        stream.write_all(&framed).await?;
+        timeout(TCP_IDLE_TIMEOUT, async {
+            stream.write_all(&framed).await?;
+            stream.flush().await
+        })
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client does not read"))??;
     }
 }

@@ -1,15 +1,35 @@
-//! Forwarding one query to the upstream resolver over UDP or TCP.
+//! Forwarding queries to the upstream resolvers: UDP, TCP or DNS over TLS, several servers with
+//! failover.
 //!
-//! UDP queries leave from a fresh socket on a kernel-chosen ephemeral port, *connected* to the
-//! upstream, so the kernel discards datagrams from any other source; replies that do not answer our
-//! query (ID, question) are ignored until the timeout (RFC 5452 §9.1).
+//! - UDP: each query gets a random ID and leaves from a socket picked at random from a pool of
+//!   [`UDP_POOL_SIZE`] sockets per server, each on its own kernel-chosen (random) ephemeral port
+//!   and *connected* to the upstream, so the kernel discards datagrams from any other source. A
+//!   socket is replaced by a fresh one (new random port) after [`UDP_SOCKET_USES`] queries or
+//!   [`UDP_SOCKET_AGE`], so ports keep changing (RFC 5452 §9.2) without paying socket setup on
+//!   every query. Replies that do not answer our query (ID, question) are ignored until the
+//!   timeout (RFC 5452 §9.1). A truncated answer is asked again over TCP, from the same server.
+//! - TCP and DoT: one connection per server, reused and pipelined (RFC 7766 §6.2.1.1): queries
+//!   carry IDs unique among those in flight on it and answers are matched by ID, in any order.
+//! - Servers are tried in the configured order; one that failed (timeout, error, unusable answer)
+//!   is skipped for [`HEALTH_BACKOFF`] unless every server is in back-off.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use hickory_proto::op::{Message, Query};
+use rustls_pki_types::ServerName;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, WriteHalf},
     net::{TcpStream, UdpSocket},
+    sync::oneshot,
+    task::AbortHandle,
     time::{Instant, timeout, timeout_at},
 };
 
@@ -17,6 +37,25 @@ use super::answer::check_response;
 
 /// Largest DNS message (TCP length prefix is 16 bits, RFC 1035 §4.2.2; UDP payload likewise).
 pub const MAX_MESSAGE: usize = 65_535;
+/// Counts a refused upstream reply in `nettrust_rejected_answers_total`.
+fn count_rejected(result: &'static str) {
+    crate::metrics::metrics()
+        .rejected_answers
+        .get_or_create(&crate::metrics::ResultLabel { result })
+        .inc();
+}
+
+/// How long a failed server is skipped.
+pub const HEALTH_BACKOFF: Duration = Duration::from_secs(5);
+/// UDP sockets per upstream server.
+pub const UDP_POOL_SIZE: usize = 64;
+/// Queries sent from one UDP socket before it is replaced by one on a new random port.
+pub const UDP_SOCKET_USES: u32 = 256;
+/// Age after which a UDP socket is replaced even when little used.
+pub const UDP_SOCKET_AGE: Duration = Duration::from_secs(10);
+/// EDNS0 UDP payload size advertised upstream by default (DNS flag day 2020: avoids IP
+/// fragmentation).
+pub const DEFAULT_UDP_BUFFER_SIZE: u16 = 1232;
 
 /// Errors of one upstream exchange.
 #[derive(Debug, thiserror::Error)]
@@ -48,134 +87,555 @@ pub enum UpstreamError {
         /// Why it was refused.
         reason: String,
     },
+    /// The pipelined connection closed before the answer arrived.
+    #[error("upstream {addr}: connection closed")]
+    Closed {
+        /// The upstream.
+        addr: SocketAddr,
+    },
 }
 
-/// The upstream resolver.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    addr: SocketAddr,
-    timeout: Duration,
+/// How queries travel to the upstreams.
+#[derive(Clone)]
+pub enum Transport {
+    /// UDP for UDP clients (TCP after a truncated answer), TCP for TCP clients.
+    Udp,
+    /// Always TCP.
+    Tcp,
+    /// Always DNS over TLS, verifying the server's certificate against `name`.
+    Tls {
+        /// Trust anchors and protocol settings.
+        config: Arc<rustls::ClientConfig>,
+        /// Name the certificate must carry; `None` = each server's IP address.
+        name: Option<ServerName<'static>>,
+    },
 }
 
-impl Upstream {
-    /// Upstream at `addr`; each exchange gives up after `timeout`.
-    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
-        Self { addr, timeout }
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls { .. } => "tls",
+        })
     }
+}
 
-    /// The upstream's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+/// An accepted answer: the raw bytes (ID = the one we sent) and the parsed message.
+pub type Answer = (Vec<u8>, Message);
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// State shared between a pipelined connection and its reader task.
+struct Shared {
+    /// Queries in flight, by the ID they were sent with.
+    pending: Mutex<HashMap<u16, oneshot::Sender<Vec<u8>>>>,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        // Dropping the senders wakes every waiting query with an error.
+        self.pending.lock().expect("pending lock").clear();
     }
+}
 
-    fn io(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> UpstreamError + '_ {
-        move |source| UpstreamError::Io {
-            addr: self.addr,
-            what,
-            source,
+/// A reused TCP or TLS connection with any number of queries in flight.
+struct Conn {
+    writer: tokio::sync::Mutex<WriteHalf<Box<dyn Stream>>>,
+    shared: Arc<Shared>,
+    reader: AbortHandle,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Removes a query's pending entry when its exchange ends, answered or not.
+struct PendingGuard<'a>(&'a Shared, u16);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.pending.lock().expect("pending lock").remove(&self.1);
+    }
+}
+
+impl Conn {
+    fn new(stream: Box<dyn Stream>) -> Self {
+        let (mut read, write) = tokio::io::split(stream);
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+        });
+        let reader_shared = shared.clone();
+        let reader = tokio::spawn(async move {
+            let mut read_one = async || -> std::io::Result<()> {
+                let len = read.read_u16().await?;
+                let mut buf = vec![0u8; usize::from(len)];
+                read.read_exact(&mut buf).await?;
+                if buf.len() >= 2 {
+                    let id = u16::from_be_bytes([buf[0], buf[1]]);
+                    let waiter = reader_shared
+                        .pending
+                        .lock()
+                        .expect("pending lock")
+                        .remove(&id);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(buf);
+                    }
+                }
+                Ok(())
+            };
+            while read_one().await.is_ok() {}
+            reader_shared.close();
+        })
+        .abort_handle();
+        Self {
+            writer: tokio::sync::Mutex::new(write),
+            shared,
+            reader,
         }
     }
 
-    /// Sends `query` (whose ID is `id` and question `question`) over UDP and returns the first
-    /// datagram that answers it, raw and parsed.
-    pub async fn exchange_udp(
+    fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends `query` under an ID unique on this connection and waits for its answer; returns the
+    /// answer and the ID used.
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        query: &[u8],
+    ) -> Result<(Vec<u8>, u16), UpstreamError> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut pending = self.shared.pending.lock().expect("pending lock");
+            if self.is_closed() {
+                return Err(UpstreamError::Closed { addr });
+            }
+            let id = loop {
+                let id: u16 = rand::random();
+                if !pending.contains_key(&id) {
+                    break id;
+                }
+            };
+            pending.insert(id, tx);
+            id
+        };
+        let _guard = PendingGuard(&self.shared, id);
+        let len = u16::try_from(query.len()).map_err(|_| UpstreamError::BadAnswer {
+            addr,
+            reason: "query longer than 65535 bytes".into(),
+        })?;
+        let mut framed = Vec::with_capacity(query.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(&id.to_be_bytes());
+        framed.extend_from_slice(&query[2..]);
+        {
+            let mut writer = self.writer.lock().await;
+            let written = async {
+                writer.write_all(&framed).await?;
+                writer.flush().await
+            };
+            if let Err(source) = written.await {
+                self.shared.close();
+                return Err(UpstreamError::Io {
+                    addr,
+                    what: "send",
+                    source,
+                });
+            }
+        }
+        let answer = rx.await.map_err(|_| UpstreamError::Closed { addr })?;
+        Ok((answer, id))
+    }
+}
+
+/// A pooled UDP socket connected to one server, with any number of queries in flight; a reader
+/// task hands each datagram to the query with its ID.
+struct PooledUdp {
+    socket: Arc<UdpSocket>,
+    /// Queries in flight by ID; every datagram carrying that ID is handed over (an empty one
+    /// means the server refused: ICMP port unreachable).
+    pending: Arc<Mutex<HashMap<u16, tokio::sync::mpsc::Sender<Vec<u8>>>>>,
+    uses: std::sync::atomic::AtomicU32,
+    born: Instant,
+    reader: AbortHandle,
+}
+
+impl Drop for PooledUdp {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl PooledUdp {
+    async fn open(
+        addr: SocketAddr,
+        dropped: Arc<std::sync::atomic::AtomicU64>,
+    ) -> std::io::Result<Self> {
+        let local: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = Arc::new(UdpSocket::bind(local).await?);
+        socket.connect(addr).await?;
+        let pending: Arc<Mutex<HashMap<u16, tokio::sync::mpsc::Sender<Vec<u8>>>>> = Arc::default();
+        let (reader_socket, reader_pending) = (socket.clone(), pending.clone());
+        let reader = tokio::spawn(async move {
+            // Room for the largest datagram, so nothing is silently cut.
+            let mut buf = vec![0u8; MAX_MESSAGE];
+            loop {
+                match reader_socket.recv(&mut buf).await {
+                    Ok(len) if len >= 2 => {
+                        let id = u16::from_be_bytes([buf[0], buf[1]]);
+                        let pending = reader_pending.lock().expect("pending lock");
+                        match pending.get(&id) {
+                            Some(waiter) => {
+                                let _ = waiter.try_send(buf[..len].to_vec());
+                            }
+                            None => {
+                                // No query in flight with that ID: late or forged.
+                                count_rejected("forged");
+                                let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                                tracing::debug!(upstream = %addr, id, dropped_total = total, "dropped a reply with an unknown ID");
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        for waiter in reader_pending.lock().expect("pending lock").values() {
+                            let _ = waiter.try_send(Vec::new());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(upstream = %addr, "receive error: {e}");
+                    }
+                }
+            }
+        })
+        .abort_handle();
+        Ok(Self {
+            socket,
+            pending,
+            uses: std::sync::atomic::AtomicU32::new(0),
+            born: Instant::now(),
+            reader,
+        })
+    }
+
+    fn worn_out(&self) -> bool {
+        self.uses.load(Ordering::Relaxed) >= UDP_SOCKET_USES
+            || self.born.elapsed() >= UDP_SOCKET_AGE
+    }
+}
+
+/// Removes a UDP query's pending entry when its exchange ends.
+struct UdpPendingGuard<'a>(&'a PooledUdp, u16);
+
+impl Drop for UdpPendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.pending.lock().expect("pending lock").remove(&self.1);
+    }
+}
+
+/// One upstream server and its state.
+struct Server {
+    addr: SocketAddr,
+    /// The UDP socket pool (slots filled on first use).
+    udp: Vec<Mutex<Option<Arc<PooledUdp>>>>,
+    /// Skipped until then after a failure.
+    down_until: Mutex<Option<Instant>>,
+    /// The reused TCP/TLS connection, if open.
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+}
+
+/// The upstream resolvers.
+pub struct Upstreams {
+    servers: Vec<Server>,
+    transport: Transport,
+    timeout: Duration,
+    /// Replies dropped because they did not answer our query (forgeries, stale or garbled).
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Upstreams {
+    /// Upstreams at `addrs` (tried in order), reached over `transport`; each attempt gives up
+    /// after `timeout`.
+    pub fn new(addrs: &[SocketAddr], transport: Transport, timeout: Duration) -> Self {
+        Self {
+            servers: addrs
+                .iter()
+                .map(|&addr| Server {
+                    addr,
+                    udp: (0..UDP_POOL_SIZE).map(|_| Mutex::new(None)).collect(),
+                    down_until: Mutex::new(None),
+                    conn: tokio::sync::Mutex::new(None),
+                })
+                .collect(),
+            transport,
+            timeout,
+            dropped: Arc::default(),
+        }
+    }
+
+    /// How many upstream replies were dropped as not answering the query they claimed to.
+    pub fn dropped_replies(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn count_dropped(&self, result: &'static str) -> u64 {
+        count_rejected(result);
+        self.dropped.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The servers' addresses, in order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.servers.iter().map(|s| s.addr).collect()
+    }
+
+    /// Whether queries from a UDP client go upstream over UDP.
+    pub fn uses_udp(&self) -> bool {
+        matches!(self.transport, Transport::Udp)
+    }
+
+    /// Forwards `query` (its ID is replaced) for `question` and returns the first acceptable
+    /// answer, trying the servers in order (healthy ones first). `udp_client` selects UDP when the
+    /// transport is [`Transport::Udp`].
+    pub async fn exchange(
         &self,
         query: &[u8],
-        id: u16,
         question: &Query,
-    ) -> Result<(Vec<u8>, Message), UpstreamError> {
-        let local: SocketAddr = if self.addr.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
+        udp_client: bool,
+    ) -> Result<Answer, UpstreamError> {
+        let now = Instant::now();
+        let healthy = |s: &Server| {
+            s.down_until
+                .lock()
+                .expect("health lock")
+                .is_none_or(|until| until <= now)
+        };
+        let mut last_error = None;
+        // Healthy servers first, then (if every one failed or is in back-off) the others.
+        for pass_healthy in [true, false] {
+            for server in self.servers.iter().filter(|s| healthy(s) == pass_healthy) {
+                let started = std::time::Instant::now();
+                match self
+                    .exchange_with(server, query, question, udp_client)
+                    .await
+                {
+                    Ok(answer) => {
+                        crate::metrics::metrics()
+                            .upstream_latency
+                            .observe(started.elapsed().as_secs_f64());
+                        *server.down_until.lock().expect("health lock") = None;
+                        return Ok(answer);
+                    }
+                    Err(e) => {
+                        if self.servers.len() > 1 {
+                            tracing::warn!(
+                                upstream = %server.addr,
+                                error = %crate::error_chain(&e),
+                                "[Upstream Error] trying the next upstream"
+                            );
+                        }
+                        *server.down_until.lock().expect("health lock") =
+                            Some(Instant::now() + HEALTH_BACKOFF);
+                        last_error = Some(e);
+                    }
+                }
+            }
         }
-        .parse()
-        .expect("literal");
-        let socket = UdpSocket::bind(local).await.map_err(self.io("bind"))?;
+        Err(last_error.expect("at least one upstream is configured"))
+    }
+
+    async fn exchange_with(
+        &self,
+        server: &Server,
+        query: &[u8],
+        question: &Query,
+        udp_client: bool,
+    ) -> Result<Answer, UpstreamError> {
+        if udp_client && self.uses_udp() {
+            let answer = self.exchange_udp(server, query, question).await?;
+            if !answer.1.metadata.truncation {
+                return Ok(answer);
+            }
+            // Nothing is ever taken from a truncated answer: ask again over TCP.
+            tracing::debug!(upstream = %server.addr, question = %question.name, "truncated answer, retrying over TCP");
+        }
+        self.exchange_stream(server, query, question).await
+    }
+
+    /// A socket of `server`'s pool, picked at random; a worn-out or missing one is replaced.
+    async fn udp_socket(&self, server: &Server) -> Result<Arc<PooledUdp>, UpstreamError> {
+        let slot = &server.udp[rand::random_range(0..server.udp.len())];
+        if let Some(socket) = slot.lock().expect("pool lock").as_ref()
+            && !socket.worn_out()
+        {
+            return Ok(socket.clone());
+        }
+        let addr = server.addr;
+        let fresh = Arc::new(PooledUdp::open(addr, self.dropped.clone()).await.map_err(
+            |source| UpstreamError::Io {
+                addr,
+                what: "open a UDP socket",
+                source,
+            },
+        )?);
+        // In-flight queries keep the old socket (and its reader) alive until they finish.
+        *slot.lock().expect("pool lock") = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Sends `query` over UDP and returns the first datagram that answers it.
+    async fn exchange_udp(
+        &self,
+        server: &Server,
+        query: &[u8],
+        question: &Query,
+    ) -> Result<Answer, UpstreamError> {
+        let addr = server.addr;
+        let socket = self.udp_socket(server).await?;
+        socket.uses.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let id = {
+            let mut pending = socket.pending.lock().expect("pending lock");
+            let id = loop {
+                let id: u16 = rand::random();
+                if !pending.contains_key(&id) {
+                    break id;
+                }
+            };
+            pending.insert(id, tx);
+            id
+        };
+        let _guard = UdpPendingGuard(&socket, id);
+        let mut forwarded = query.to_vec();
+        forwarded[..2].copy_from_slice(&id.to_be_bytes());
         socket
-            .connect(self.addr)
+            .socket
+            .send(&forwarded)
             .await
-            .map_err(self.io("connect"))?;
-        socket.send(query).await.map_err(self.io("send"))?;
+            .map_err(|source| UpstreamError::Io {
+                addr,
+                what: "send",
+                source,
+            })?;
         let deadline = Instant::now() + self.timeout;
-        let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
-            let len = match timeout_at(deadline, socket.recv(&mut buf)).await {
-                Err(_) => {
+            let datagram = match timeout_at(deadline, rx.recv()).await {
+                Ok(Some(datagram)) => datagram,
+                Ok(None) | Err(_) => {
                     return Err(UpstreamError::Timeout {
-                        addr: self.addr,
+                        addr,
                         timeout: self.timeout,
                     });
                 }
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    return Err(self.io("receive")(e));
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!("upstream {}: receive error: {e}", self.addr);
-                    continue;
-                }
-                Ok(Ok(len)) => len,
             };
-            let Ok(message) = Message::from_vec(&buf[..len]) else {
-                tracing::debug!("upstream {}: dropped an unparsable datagram", self.addr);
+            if datagram.is_empty() {
+                return Err(UpstreamError::Io {
+                    addr,
+                    what: "receive",
+                    source: std::io::ErrorKind::ConnectionRefused.into(),
+                });
+            }
+            let Ok(message) = Message::from_vec(&datagram) else {
+                let dropped_total = self.count_dropped("malformed");
+                tracing::debug!(upstream = %addr, dropped_total, "dropped an unparsable datagram");
                 continue;
             };
             if let Err(mismatch) = check_response(&message, id, question) {
-                tracing::warn!(
-                    "upstream {}: dropped a reply that does not match the query: {mismatch}",
-                    self.addr
-                );
+                let dropped_total = self.count_dropped("forged");
+                tracing::warn!(upstream = %addr, %mismatch, dropped_total, "dropped a reply that does not match the query");
                 continue;
             }
-            buf.truncate(len);
-            return Ok((buf, message));
+            return Ok((datagram, message));
         }
     }
 
-    /// Sends `query` over a new TCP connection and returns the answer, raw and parsed.
-    pub async fn exchange_tcp(
+    /// Sends `query` over the server's reused TCP/TLS connection (opening it if needed); a reused
+    /// connection that turns out closed is replaced once.
+    async fn exchange_stream(
         &self,
+        server: &Server,
         query: &[u8],
-        id: u16,
         question: &Query,
-    ) -> Result<(Vec<u8>, Message), UpstreamError> {
-        let exchange = async {
-            let mut stream = TcpStream::connect(self.addr)
-                .await
-                .map_err(self.io("connect"))?;
-            stream
-                .set_nodelay(true)
-                .map_err(self.io("set TCP_NODELAY"))?;
-            let len = u16::try_from(query.len()).map_err(|_| UpstreamError::BadAnswer {
-                addr: self.addr,
-                reason: "query longer than 65535 bytes".into(),
-            })?;
-            let mut framed = Vec::with_capacity(query.len() + 2);
-            framed.extend_from_slice(&len.to_be_bytes());
-            framed.extend_from_slice(query);
-            stream.write_all(&framed).await.map_err(self.io("send"))?;
-            let len = stream.read_u16().await.map_err(self.io("receive"))?;
-            let mut buf = vec![0u8; usize::from(len)];
-            stream
-                .read_exact(&mut buf)
-                .await
-                .map_err(self.io("receive"))?;
-            Ok::<_, UpstreamError>(buf)
+    ) -> Result<Answer, UpstreamError> {
+        let addr = server.addr;
+        let attempt = async {
+            let (conn, fresh) = self.connection(server).await?;
+            let result = conn.exchange(addr, query).await;
+            match result {
+                Err(UpstreamError::Closed { .. } | UpstreamError::Io { .. }) if !fresh => {
+                    let (conn, _) = self.connection(server).await?;
+                    conn.exchange(addr, query).await
+                }
+                other => other,
+            }
         };
-        let buf = timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| UpstreamError::Timeout {
-                addr: self.addr,
-                timeout: self.timeout,
-            })??;
-        let message = Message::from_vec(&buf).map_err(|e| UpstreamError::BadAnswer {
-            addr: self.addr,
-            reason: e.to_string(),
-        })?;
-        check_response(&message, id, question).map_err(|e| UpstreamError::BadAnswer {
-            addr: self.addr,
-            reason: e.to_string(),
-        })?;
-        Ok((buf, message))
+        let (buf, id) =
+            timeout(self.timeout, attempt)
+                .await
+                .map_err(|_| UpstreamError::Timeout {
+                    addr,
+                    timeout: self.timeout,
+                })??;
+        let checked = Message::from_vec(&buf)
+            .map_err(|e| e.to_string())
+            .and_then(|message| {
+                check_response(&message, id, question)
+                    .map(|()| message)
+                    .map_err(|e| e.to_string())
+            });
+        match checked {
+            Ok(message) => Ok((buf, message)),
+            Err(reason) => {
+                self.count_dropped("forged");
+                Err(UpstreamError::BadAnswer { addr, reason })
+            }
+        }
+    }
+
+    /// The server's open connection, or a new one (`true` when new).
+    async fn connection(&self, server: &Server) -> Result<(Arc<Conn>, bool), UpstreamError> {
+        let mut slot = server.conn.lock().await;
+        if let Some(conn) = slot.as_ref()
+            && !conn.is_closed()
+        {
+            return Ok((conn.clone(), false));
+        }
+        *slot = None;
+        let addr = server.addr;
+        let io = |what| move |source| UpstreamError::Io { addr, what, source };
+        let tcp = TcpStream::connect(addr).await.map_err(io("connect"))?;
+        tcp.set_nodelay(true).map_err(io("set TCP_NODELAY"))?;
+        let stream: Box<dyn Stream> = match &self.transport {
+            Transport::Udp | Transport::Tcp => Box::new(tcp),
+            Transport::Tls { config, name } => {
+                let name = name
+                    .clone()
+                    .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                Box::new(
+                    connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(io("TLS handshake"))?,
+                )
+            }
+        };
+        let conn = Arc::new(Conn::new(stream));
+        *slot = Some(conn.clone());
+        Ok((conn, true))
     }
 }
+
+#[cfg(test)]
+mod tests;

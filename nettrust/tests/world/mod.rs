@@ -46,7 +46,7 @@ fn cgroup2_root() -> PathBuf {
 /// dnsmasq's zone: fixed names for the assertions plus NUMBERED_NAMES distinct names.
 fn dnsmasq_conf() -> String {
     let mut conf = String::from(
-        "no-resolv\nno-hosts\nbind-interfaces\nport=53\nuser=root\npid-file=\n\
+        "no-resolv\nno-hosts\nbind-interfaces\nport=53\nuser=root\npid-file=\nlocal-ttl=60\n\
          listen-address=198.51.100.53\n\
          host-record=a.test,192.0.2.10,2001:db8:1::10\n\
          host-record=b.test,192.0.2.11,2001:db8:1::11\n\
@@ -93,7 +93,7 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-fn ip(args: &str) {
+pub fn ip(args: &str) {
     run(Command::new("ip").args(args.split_whitespace()));
 }
 
@@ -154,6 +154,16 @@ impl World {
         ] {
             ip(&cmd);
         }
+    }
+
+    /// Runs `cmd` as one more server of this world (killed in `Drop`).
+    pub fn spawn_server(&mut self, mut cmd: Command) {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        self.servers.push(child);
     }
 
     fn start_servers(&mut self) {
@@ -243,27 +253,30 @@ impl World {
         cmd
     }
 
-    /// Starts nettrust in the client namespace, filtering the test cgroup, and waits until it
-    /// answers DNS.
+    /// Starts nettrust in the client namespace, filtering the test cgroup, forwarding to the
+    /// world's dnsmasq, and waits until it answers DNS.
     pub fn start_daemon(&mut self, extra: &[&str]) {
+        let upstream = format!("{UPSTREAM}:53");
+        let mut args = vec!["--fwd-addr", upstream.as_str()];
+        args.extend_from_slice(extra);
+        self.start_daemon_with(&args);
+    }
+
+    /// Starts nettrust like [`World::start_daemon`] but with only the `args` given after the
+    /// listen, cgroup and bpffs options (so they must name the upstreams).
+    pub fn start_daemon_with(&mut self, args: &[&str]) {
         let log = self.dir.path().join(format!(
             "nettrust-{}.log",
             COUNTER.fetch_add(1, Ordering::SeqCst)
         ));
         let child = self
             .in_ns(&self.client_ns, env!("CARGO_BIN_EXE_nettrust"))
-            .args([
-                "run",
-                "--listen-addr",
-                "127.0.0.1:53",
-                "--fwd-addr",
-                &format!("{UPSTREAM}:53"),
-            ])
+            .args(["run", "--listen-addr", "127.0.0.1:53"])
             .arg("--cgroup")
             .arg(&self.cgroup)
             .arg("--bpffs-dir")
             .arg(&self.bpffs_dir)
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "info,nettrust=debug")
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())

@@ -1,0 +1,416 @@
+use super::*;
+
+#[test]
+fn garbage_with_a_header_gets_formerr() {
+    let mut query = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    query.extend_from_slice(&[0xff; 5]);
+    let response = Message::from_vec(&unparsable_query_response(&query).unwrap()).unwrap();
+    assert_eq!(response.metadata.id, 0xabcd);
+    assert_eq!(response.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(response.metadata.message_type, MessageType::Response);
+}
+
+#[test]
+fn short_garbage_and_responses_get_nothing() {
+    assert!(unparsable_query_response(&[1, 2, 3]).is_none());
+    let response_header = [0, 1, 0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xff];
+    assert!(unparsable_query_response(&response_header).is_none());
+}
+
+#[test]
+fn error_response_keeps_id_and_question() {
+    use std::str::FromStr;
+    let mut request = Message::query();
+    request.metadata.id = 4242;
+    request.metadata.recursion_desired = true;
+    request.add_query(hickory_proto::op::Query::query(
+        hickory_proto::rr::Name::from_str("x.example.").unwrap(),
+        hickory_proto::rr::RecordType::AAAA,
+    ));
+    let response =
+        Message::from_vec(&error_response(&request, ResponseCode::ServFail).unwrap()).unwrap();
+    assert_eq!(response.metadata.id, 4242);
+    assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(response.queries, request.queries);
+    assert!(response.metadata.recursion_desired);
+}
+
+mod end_to_end {
+    use std::{
+        net::IpAddr,
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use hickory_proto::{
+        op::{Message, MessageType, ResponseCode},
+        rr::{DNSClass, RData, Record, RecordType, rdata::CNAME, rdata::PTR},
+    };
+
+    use crate::{
+        authorizer::Authorizer,
+        blacklist::{Blacklist, BlockResponse},
+        dns::{
+            cache::Cache,
+            proxy::{ClientTransport, Proxy},
+            testutil::*,
+            upstream::{Transport, Upstreams},
+        },
+        firewall::{Authorization, AuthorizedHost, Firewall, FirewallError},
+    };
+
+    /// A firewall that records every authorization call.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<IpAddr>>);
+
+    impl Recording {
+        fn calls(&self) -> Vec<IpAddr> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl Firewall for Recording {
+        fn authorize(&self, addr: IpAddr, _: u64) -> Result<Authorization, FirewallError> {
+            self.0.lock().unwrap().push(addr);
+            Ok(Authorization::New)
+        }
+        fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError> {
+            Ok(Vec::new())
+        }
+        fn set_whitelist(&self, _: &crate::firewall::Policy) -> Result<(), FirewallError> {
+            Ok(())
+        }
+        fn due(&self, _: u64) -> Result<Vec<crate::firewall::HostState>, FirewallError> {
+            Ok(Vec::new())
+        }
+        fn renew_if(&self, _: IpAddr, _: u64, _: u64) -> Result<bool, FirewallError> {
+            Ok(false)
+        }
+        fn remove_if(&self, _: IpAddr, _: u64) -> Result<bool, FirewallError> {
+            Ok(false)
+        }
+    }
+
+    struct Setup {
+        proxy: Proxy,
+        firewall: Arc<Recording>,
+        upstream: Served,
+    }
+
+    async fn setup(script: Script, blacklist: Blacklist, cache: bool, ptr: bool) -> Setup {
+        let upstream = udp_server(0, script).await;
+        let firewall = Arc::new(Recording::default());
+        let authorizer = Authorizer::new(firewall.clone(), None)
+            .with_blacklist(Arc::new(blacklist))
+            .with_ptr_authorization(ptr);
+        let proxy = Proxy::new(
+            Upstreams::new(&[upstream.addr], Transport::Udp, Duration::from_millis(150)),
+            authorizer,
+        )
+        .with_cache(cache.then(|| Cache::new(Duration::from_secs(300), 100)));
+        Setup {
+            proxy,
+            firewall,
+            upstream,
+        }
+    }
+
+    async fn ask(s: &Setup, qname: &str, qtype: RecordType) -> Message {
+        let bytes = s
+            .proxy
+            .handle(&query_bytes(qname, qtype, 0x4242), ClientTransport::Udp)
+            .await
+            .expect("a reply");
+        let m = Message::from_vec(&bytes).unwrap();
+        assert_eq!(m.metadata.id, 0x4242, "the client's ID comes back");
+        m
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    /// Each forged or unusable upstream reply, sent as the only reply: nothing is authorized.
+    #[tokio::test]
+    async fn validation_matrix_authorizes_nothing() {
+        type Forge = fn(&Message) -> Message;
+        let ok = |q: &Message| reply(q, &[a("v.test.", "192.0.2.66")]);
+        let matrix: Vec<(&str, Forge)> = vec![
+            ("wrong ID", |q| {
+                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+                m.metadata.id = q.metadata.id ^ 1;
+                m
+            }),
+            ("wrong question name", |q| {
+                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+                m.queries[0].name = name("w.test.");
+                m
+            }),
+            ("wrong question type", |q| {
+                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+                m.queries[0].query_type = RecordType::AAAA;
+                m
+            }),
+            ("wrong question class", |q| {
+                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+                m.queries[0].query_class = DNSClass::CH;
+                m
+            }),
+            ("QR=0", |q| {
+                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+                m.metadata.message_type = MessageType::Query;
+                m
+            }),
+            ("QDCOUNT 0", |q| {
+                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+                m.queries.clear();
+                m
+            }),
+            ("QDCOUNT 2", |q| {
+                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+                m.add_query(q.queries[0].clone());
+                m
+            }),
+            ("unrelated records only", |q| {
+                let mut m = reply(q, &[a("evil.test.", "192.0.2.66")]);
+                m.add_additional(a("v.test.", "192.0.2.67"));
+                m
+            }),
+            ("CNAME chain rooted elsewhere", |q| {
+                let mut m = reply(q, &[]);
+                m.add_answer(Record::from_rdata(
+                    name("other.test."),
+                    60,
+                    RData::CNAME(CNAME(name("target.test."))),
+                ));
+                m.add_answer(a("target.test.", "192.0.2.66"));
+                m
+            }),
+            ("truncated answer", |q| {
+                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+                m.metadata.truncation = true;
+                m
+            }),
+        ];
+        // Sanity: the well-formed reply does authorize (so the matrix can fail).
+        let s = setup(
+            Arc::new(move |q: &Message| vec![ok(q)]),
+            Blacklist::default(),
+            false,
+            false,
+        )
+        .await;
+        ask(&s, "v.test.", RecordType::A).await;
+        assert_eq!(s.firewall.calls(), ips(&["192.0.2.66"]));
+        for (case, forge) in matrix {
+            let s = setup(
+                Arc::new(move |q: &Message| vec![forge(q)]),
+                Blacklist::default(),
+                false,
+                false,
+            )
+            .await;
+            let m = ask(&s, "v.test.", RecordType::A).await;
+            assert!(
+                s.firewall.calls().is_empty(),
+                "{case}: authorized {:?}",
+                s.firewall.calls()
+            );
+            assert!(
+                m.answers.iter().all(|r| !matches!(r.data, RData::A(_)))
+                    || m.metadata.truncation
+                    || case == "unrelated records only"
+                    || case == "CNAME chain rooted elsewhere",
+                "{case}: an address reached the client: {m:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn every_cache_hit_reauthorizes() {
+        let s = setup(answer_with("192.0.2.7"), Blacklist::default(), true, false).await;
+        for _ in 0..3 {
+            let m = ask(&s, "cached.test.", RecordType::A).await;
+            assert_eq!(m.answers.len(), 1);
+        }
+        assert_eq!(
+            s.upstream.queries(),
+            1,
+            "answers 2 and 3 come from the cache"
+        );
+        assert_eq!(
+            s.firewall.calls(),
+            ips(&["192.0.2.7", "192.0.2.7", "192.0.2.7"])
+        );
+        // Case-folded key: another spelling is a hit too.
+        ask(&s, "CACHED.test.", RecordType::A).await;
+        assert_eq!(s.upstream.queries(), 1);
+        assert_eq!(s.firewall.calls().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn blacklisted_question_never_reaches_the_upstream() {
+        let domains = vec!["*.ads.test".to_string(), "bad.test".to_string()];
+        let bl = Blacklist::new(&domains, &[], &[], BlockResponse::Refused).unwrap();
+        let s = setup(answer_with("192.0.2.8"), bl, false, false).await;
+        for qname in ["x.ads.test.", "X.Y.ADS.test.", "bad.test."] {
+            let m = ask(&s, qname, RecordType::A).await;
+            assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{qname}");
+            assert!(m.answers.is_empty());
+        }
+        assert_eq!(s.upstream.queries(), 0);
+        let m = ask(&s, "ads.test.", RecordType::A).await;
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::NoError,
+            "the wildcard's parent is allowed"
+        );
+        assert_eq!(s.firewall.calls(), ips(&["192.0.2.8"]));
+    }
+
+    #[tokio::test]
+    async fn blacklisted_cname_target_blocks_the_answer() {
+        let bl = Blacklist::new(
+            &["*.tracker.test".into()],
+            &[],
+            &[],
+            BlockResponse::NxDomain,
+        )
+        .unwrap();
+        let script: Script = Arc::new(|q: &Message| {
+            let mut m = reply(q, &[]);
+            m.add_answer(Record::from_rdata(
+                name("innocent.test."),
+                60,
+                RData::CNAME(CNAME(name("edge.Tracker.test."))),
+            ));
+            m.add_answer(a("edge.tracker.test.", "192.0.2.9"));
+            vec![m]
+        });
+        let s = setup(script, bl, true, false).await;
+        for _ in 0..2 {
+            let m = ask(&s, "innocent.test.", RecordType::A).await;
+            assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+            assert!(m.answers.is_empty());
+        }
+        assert!(s.firewall.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn blacklisted_hosts_stay_in_the_answer_unauthorized() {
+        let bl = Blacklist::new(
+            &[],
+            &ips(&["192.0.2.10"]),
+            &["2001:db8:bad::/48".parse().unwrap()],
+            BlockResponse::Refused,
+        )
+        .unwrap();
+        let script: Script = Arc::new(|q: &Message| {
+            vec![reply(
+                q,
+                &[a("h.test.", "192.0.2.10"), a("h.test.", "192.0.2.11")],
+            )]
+        });
+        let s = setup(script, bl, false, false).await;
+        let m = ask(&s, "h.test.", RecordType::A).await;
+        assert_eq!(
+            m.answers.len(),
+            2,
+            "the blacklisted address stays in the answer"
+        );
+        assert_eq!(s.firewall.calls(), ips(&["192.0.2.11"]));
+    }
+
+    fn ptr_script() -> Script {
+        Arc::new(|q: &Message| {
+            let owner = q.queries[0].name.clone();
+            vec![reply(
+                q,
+                &[Record::from_rdata(
+                    owner,
+                    60,
+                    RData::PTR(PTR(name("host.test."))),
+                )],
+            )]
+        })
+    }
+
+    #[tokio::test]
+    async fn ptr_answers_authorize_only_when_opted_in() {
+        let off = setup(ptr_script(), Blacklist::default(), false, false).await;
+        ask(&off, "10.2.0.192.in-addr.arpa.", RecordType::PTR).await;
+        assert!(off.firewall.calls().is_empty());
+        let on = setup(ptr_script(), Blacklist::default(), false, true).await;
+        ask(&on, "10.2.0.192.in-addr.arpa.", RecordType::PTR).await;
+        let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.";
+        ask(&on, v6, RecordType::PTR).await;
+        assert_eq!(on.firewall.calls(), ips(&["192.0.2.10", "2001:db8:1::1"]));
+    }
+
+    #[tokio::test]
+    async fn edns_payload_size_sent_upstream_is_ours() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let script: Script = Arc::new(move |q: &Message| {
+            record
+                .lock()
+                .unwrap()
+                .push(q.edns.as_ref().map(|e| e.max_payload()));
+            vec![reply(q, &[a("e.test.", "192.0.2.13")])]
+        });
+        let s = setup(script, Blacklist::default(), false, false).await;
+        for client_size in [Some(4096), Some(512), None] {
+            let mut m = Message::query();
+            m.metadata.id = 77;
+            m.add_query(hickory_proto::op::Query::query(
+                name("e.test."),
+                RecordType::A,
+            ));
+            if let Some(size) = client_size {
+                let mut edns = hickory_proto::op::Edns::new();
+                edns.set_max_payload(size);
+                m.set_edns(edns);
+            }
+            let reply = s
+                .proxy
+                .handle(&m.to_vec().unwrap(), ClientTransport::Udp)
+                .await
+                .unwrap();
+            assert_eq!(Message::from_vec(&reply).unwrap().metadata.id, 77);
+        }
+        // EDNS clients are forwarded with 1232 (the default fwd_udp_buffer_size); a client
+        // without EDNS is forwarded as it is (its answers stay within 512 bytes).
+        assert_eq!(*seen.lock().unwrap(), [Some(1232), Some(1232), None]);
+    }
+
+    #[tokio::test]
+    async fn upstream_failure_is_servfail() {
+        let s = setup(
+            Arc::new(|_: &Message| Vec::new()),
+            Blacklist::default(),
+            false,
+            false,
+        )
+        .await;
+        let m = ask(&s, "slow.test.", RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    }
+
+    #[tokio::test]
+    async fn answers_too_big_for_the_client_are_truncated_unauthorized() {
+        let script: Script = Arc::new(|q: &Message| {
+            let records: Vec<_> = (1..=60)
+                .map(|i| a("big.test.", &format!("192.0.2.{i}")))
+                .collect();
+            vec![reply(q, &records)]
+        });
+        let s = setup(script, Blacklist::default(), false, false).await;
+        let m = ask(&s, "big.test.", RecordType::A).await;
+        assert!(m.metadata.truncation, "60 A records exceed 512 bytes");
+        assert!(m.answers.is_empty());
+        assert!(
+            s.firewall.calls().is_empty(),
+            "the client retries over TCP; that answer authorizes"
+        );
+    }
+}

@@ -1,0 +1,283 @@
+use std::{sync::Arc, time::Duration};
+
+use hickory_proto::{
+    op::{Message, Query},
+    rr::{RData, RecordType},
+};
+
+use super::*;
+use crate::dns::testutil::*;
+
+const SHORT: Duration = Duration::from_millis(300);
+
+fn question(n: &str) -> Query {
+    Query::query(name(n), RecordType::A)
+}
+
+fn first_a(answer: &Answer) -> String {
+    answer
+        .1
+        .answers
+        .iter()
+        .find_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .expect("an A record")
+}
+
+#[tokio::test]
+async fn udp_answer_is_matched_and_forgeries_are_skipped() {
+    // Before the real answer: a wrong ID, a wrong question, a query (QR=0), no question.
+    let script: Script = Arc::new(|q: &Message| {
+        let mut wrong_id = reply(q, &[a("x.test.", "192.0.2.66")]);
+        wrong_id.metadata.id = q.metadata.id.wrapping_add(1);
+        let mut wrong_question = reply(q, &[a("evil.test.", "192.0.2.66")]);
+        wrong_question.queries[0].name = name("evil.test.");
+        let mut not_response = reply(q, &[a("x.test.", "192.0.2.66")]);
+        not_response.metadata.message_type = hickory_proto::op::MessageType::Query;
+        let mut no_question = reply(q, &[a("x.test.", "192.0.2.66")]);
+        no_question.queries.clear();
+        vec![
+            wrong_id,
+            wrong_question,
+            not_response,
+            no_question,
+            reply(q, &[a("x.test.", "192.0.2.1")]),
+        ]
+    });
+    let server = udp_server(0, script).await;
+    let up = Upstreams::new(&[server.addr], Transport::Udp, SHORT);
+    let answer = up
+        .exchange(
+            &query_bytes("x.test.", RecordType::A, 7),
+            &question("x.test."),
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first_a(&answer), "192.0.2.1");
+    assert_eq!(up.dropped_replies(), 4, "each forgery is counted");
+}
+
+#[tokio::test]
+async fn silence_is_a_timeout() {
+    let server = udp_server(0, Arc::new(|_: &Message| Vec::new())).await;
+    let up = Upstreams::new(&[server.addr], Transport::Udp, Duration::from_millis(100));
+    let err = up
+        .exchange(
+            &query_bytes("x.test.", RecordType::A, 7),
+            &question("x.test."),
+            true,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, UpstreamError::Timeout { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn truncated_udp_answer_is_retried_over_tcp() {
+    let tcp = tcp_server(0, answer_with("192.0.2.1"), None).await;
+    let truncating: Script = Arc::new(|q: &Message| {
+        let mut m = reply(q, &[a(&q.queries[0].name.to_ascii(), "192.0.2.66")]);
+        m.metadata.truncation = true;
+        vec![m]
+    });
+    let udp = udp_server(tcp.addr.port(), truncating).await;
+    let up = Upstreams::new(&[udp.addr], Transport::Udp, SHORT);
+    let answer = up
+        .exchange(
+            &query_bytes("big.test.", RecordType::A, 9),
+            &question("big.test."),
+            true,
+        )
+        .await
+        .unwrap();
+    assert!(!answer.1.metadata.truncation);
+    assert_eq!(first_a(&answer), "192.0.2.1");
+    assert_eq!((udp.queries(), tcp.queries()), (1, 1));
+}
+
+#[tokio::test]
+async fn failover_and_back_off() {
+    let dead = udp_server(0, Arc::new(|_: &Message| Vec::new())).await;
+    let alive = udp_server(0, answer_with("192.0.2.2")).await;
+    let up = Upstreams::new(
+        &[dead.addr, alive.addr],
+        Transport::Udp,
+        Duration::from_millis(150),
+    );
+    let q = query_bytes("f.test.", RecordType::A, 1);
+    let answer = up.exchange(&q, &question("f.test."), true).await.unwrap();
+    assert_eq!(first_a(&answer), "192.0.2.2");
+    assert_eq!(dead.queries(), 1);
+    // The dead server is in back-off: the next query goes straight to the live one.
+    let started = tokio::time::Instant::now();
+    up.exchange(&q, &question("f.test."), true).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!((dead.queries(), alive.queries()), (1, 2));
+}
+
+#[tokio::test]
+async fn every_server_failing_is_an_error() {
+    let dead = udp_server(0, Arc::new(|_: &Message| Vec::new())).await;
+    let up = Upstreams::new(
+        &[dead.addr, dead.addr],
+        Transport::Udp,
+        Duration::from_millis(50),
+    );
+    assert!(
+        up.exchange(
+            &query_bytes("f.test.", RecordType::A, 1),
+            &question("f.test."),
+            true
+        )
+        .await
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn tcp_connection_is_reused_and_pipelined() {
+    let server = tcp_server(0, answer_with("192.0.2.3"), None).await;
+    let up = Arc::new(Upstreams::new(
+        &[server.addr],
+        Transport::Tcp,
+        Duration::from_secs(2),
+    ));
+    let names: [&'static str; 4] = ["p1.test.", "p2.test.", "p3.test.", "p4.test."];
+    let tasks: Vec<_> = names
+        .into_iter()
+        .map(|n| {
+            let up = up.clone();
+            tokio::spawn(async move {
+                // Same client ID for all: the pool must pick distinct IDs on the connection.
+                let answer = up
+                    .exchange(&query_bytes(n, RecordType::A, 1), &question(n), false)
+                    .await
+                    .unwrap();
+                assert_eq!(answer.1.queries[0].name, name(n));
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    up.exchange(
+        &query_bytes("p5.test.", RecordType::A, 1),
+        &question("p5.test."),
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(server.queries(), 5);
+    assert_eq!(server.connections(), 1, "one connection for every query");
+}
+
+#[tokio::test]
+async fn a_closed_connection_is_reopened() {
+    // A server that answers one query per connection, then closes it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let len = s.read_u16().await.unwrap();
+            let mut buf = vec![0u8; usize::from(len)];
+            s.read_exact(&mut buf).await.unwrap();
+            let q = Message::from_vec(&buf).unwrap();
+            let bytes = reply(&q, &[a(&q.queries[0].name.to_ascii(), "192.0.2.4")])
+                .to_vec()
+                .unwrap();
+            let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&bytes);
+            s.write_all(&framed).await.unwrap();
+        }
+    });
+    let up = Upstreams::new(&[addr], Transport::Tcp, Duration::from_secs(2));
+    for n in ["c1.test.", "c2.test.", "c3.test."] {
+        let answer = up
+            .exchange(&query_bytes(n, RecordType::A, 1), &question(n), false)
+            .await
+            .unwrap();
+        assert_eq!(first_a(&answer), "192.0.2.4");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn dot_upstream_verifies_the_certificate_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path(), &["dns.test"]);
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(crate::dns::tls::server_config(&cert, &key).unwrap());
+    let server = tcp_server(0, answer_with("192.0.2.5"), Some(acceptor)).await;
+    let config = crate::dns::tls::client_config(Some(&cert)).unwrap();
+    let good = Upstreams::new(
+        &[server.addr],
+        Transport::Tls {
+            config: config.clone(),
+            name: Some(crate::dns::tls::server_name(Some("dns.test"), server.addr.ip()).unwrap()),
+        },
+        Duration::from_secs(2),
+    );
+    for n in ["t1.test.", "t2.test."] {
+        let answer = good
+            .exchange(&query_bytes(n, RecordType::A, 3), &question(n), true)
+            .await
+            .unwrap();
+        assert_eq!(first_a(&answer), "192.0.2.5");
+    }
+    assert_eq!(server.connections(), 1);
+    // The certificate does not name 127.0.0.1: verifying by IP (the default) must fail.
+    let by_ip = Upstreams::new(
+        &[server.addr],
+        Transport::Tls { config, name: None },
+        Duration::from_secs(2),
+    );
+    let err = by_ip
+        .exchange(
+            &query_bytes("t3.test.", RecordType::A, 3),
+            &question("t3.test."),
+            true,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        crate::error_chain(&err).contains("TLS"),
+        "{}",
+        crate::error_chain(&err)
+    );
+}
+
+#[tokio::test]
+async fn udp_queries_leave_from_many_random_ports() {
+    let server = udp_server(0, answer_with("192.0.2.6")).await;
+    let up = Arc::new(Upstreams::new(
+        &[server.addr],
+        Transport::Udp,
+        Duration::from_secs(2),
+    ));
+    let rounds = UDP_SOCKET_USES as usize * 2;
+    let tasks: Vec<_> = (0..rounds)
+        .map(|i| {
+            let up = up.clone();
+            tokio::spawn(async move {
+                let n = format!("r{i}.test.");
+                up.exchange(&query_bytes(&n, RecordType::A, 1), &question(&n), true)
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let ports = server.ports.lock().unwrap().len();
+    // 512 queries over a pool of 64 random sockets: far more than a handful of ports.
+    assert!(ports >= 32, "only {ports} source ports");
+}
