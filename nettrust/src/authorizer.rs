@@ -4,7 +4,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -35,7 +35,8 @@ pub struct Authorizer {
     firewall: Arc<dyn Firewall>,
     /// How long an authorization lasts; `None` = until nettrust stops.
     ttl: Option<Duration>,
-    blacklist: Arc<Blacklist>,
+    /// Shared by every clone, so a SIGHUP reload ([`Authorizer::set_blacklist`]) reaches the proxy.
+    blacklist: Arc<RwLock<Arc<Blacklist>>>,
     /// Whether a PTR answer authorizes the address it was asked about (the original did; off by
     /// default: knowing a name for an address is no reason to connect to it).
     authorize_ptr: bool,
@@ -48,15 +49,20 @@ impl Authorizer {
         Self {
             firewall,
             ttl,
-            blacklist: Arc::new(Blacklist::default()),
+            blacklist: Arc::new(RwLock::new(Arc::new(Blacklist::default()))),
             authorize_ptr: false,
         }
     }
 
     /// Enforces `blacklist`.
-    pub fn with_blacklist(mut self, blacklist: Arc<Blacklist>) -> Self {
-        self.blacklist = blacklist;
+    pub fn with_blacklist(self, blacklist: Arc<Blacklist>) -> Self {
+        self.set_blacklist(blacklist);
         self
+    }
+
+    /// Replaces the blacklist for every clone of this authorizer (SIGHUP reload).
+    pub fn set_blacklist(&self, blacklist: Arc<Blacklist>) {
+        *self.blacklist.write().expect("blacklist lock poisoned") = blacklist;
     }
 
     /// Lets PTR answers authorize the reversed address.
@@ -66,8 +72,11 @@ impl Authorizer {
     }
 
     /// The blacklist in force.
-    pub fn blacklist(&self) -> &Blacklist {
-        &self.blacklist
+    pub fn blacklist(&self) -> Arc<Blacklist> {
+        self.blacklist
+            .read()
+            .expect("blacklist lock poisoned")
+            .clone()
     }
 
     /// Authorizes the addresses `response` gives for `question`. Returns only when every address
@@ -90,8 +99,9 @@ impl Authorizer {
             }
         }
         let chain = chain_addresses(question, &response.answers);
-        if self.blacklist.has_domains()
-            && let Some(name) = chain.names.iter().find(|n| self.blacklist.blocks_domain(n))
+        let blacklist = self.blacklist();
+        if blacklist.has_domains()
+            && let Some(name) = chain.names.iter().find(|n| blacklist.blocks_domain(n))
         {
             tracing::info!(question = %qname, name = %name, "[Blacklisted] domain");
             return Ok(Verdict::Blocked(name.clone()));
@@ -123,7 +133,7 @@ impl Authorizer {
         }
         let mut allowed = Vec::with_capacity(addresses.len());
         for addr in addresses {
-            if self.blacklist.blocks_host(addr) {
+            if blacklist.blocks_host(addr) {
                 count_address("blacklisted");
                 tracing::info!(question = %qname, host = %addr, "[Blacklisted] host");
             } else {

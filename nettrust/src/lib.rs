@@ -26,8 +26,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     authorizer::Authorizer,
-    blacklist::{Blacklist, BlockResponse},
-    config::{Backend, BlacklistResponse, FirewallType, FwdProto, Settings},
+    config::{Backend, FirewallType, FwdProto, Settings},
     dns::{
         cache::Cache,
         proxy::Proxy,
@@ -117,16 +116,7 @@ pub async fn run(
         (None, FwdProto::Tcp) => Transport::Tcp,
         (None, FwdProto::Udp) => Transport::Udp,
     };
-    let blacklist = Arc::new(Blacklist::new(
-        &settings.blacklist.domains,
-        &settings.blacklist.hosts,
-        &settings.blacklist.networks,
-        match settings.blacklist.response {
-            BlacklistResponse::Refused => BlockResponse::Refused,
-            BlacklistResponse::Nxdomain => BlockResponse::NxDomain,
-            BlacklistResponse::Servfail => BlockResponse::ServFail,
-        },
-    )?);
+    let blacklist = Arc::new(reload::blacklist(&settings)?);
     let listen = settings.listen_addr;
     let bind_tcp = async |addr: SocketAddr| {
         TcpListener::bind(addr)
@@ -183,6 +173,7 @@ pub async fn run(
     let authorizer = Authorizer::new(firewall.clone(), settings.authorized_ttl)
         .with_blacklist(blacklist)
         .with_ptr_authorization(settings.authorize_ptr);
+    let reload_handle = authorizer.clone();
     let proxy = Arc::new(
         Proxy::new(
             Upstreams::new(&settings.fwd_addrs, transport, settings.fwd_timeout),
@@ -254,7 +245,7 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             Some(new) = reloads.recv() => {
-                if let Err(e) = reload::apply(&mut current, new, firewall.as_ref()) {
+                if let Err(e) = reload::apply(&mut current, new, firewall.as_ref(), &reload_handle) {
                     tracing::error!("{}", error_chain(&e));
                 }
             }

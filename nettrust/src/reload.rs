@@ -4,8 +4,12 @@
 //! that changed needs a restart; such a reload is refused as a whole, so the daemon never runs
 //! with half a configuration.
 
+use std::sync::Arc;
+
 use crate::{
-    config::Settings,
+    authorizer::Authorizer,
+    blacklist::{Blacklist, BlockResponse, PatternError},
+    config::{BlacklistResponse, Settings},
     firewall::{Firewall, FirewallError, Policy},
 };
 
@@ -20,6 +24,9 @@ pub enum ReloadError {
     /// The firewall could not be updated.
     #[error("reload failed")]
     Firewall(#[from] FirewallError),
+    /// The new blacklist is unusable.
+    #[error("reload refused: blacklist")]
+    Blacklist(#[from] PatternError),
 }
 
 /// The whitelists of `settings`, as the firewall takes them.
@@ -30,20 +37,39 @@ pub fn policy(settings: &Settings) -> Policy {
     }
 }
 
-/// Applies `new` over `current`: checks that only reloadable options differ, updates the firewall,
-/// then records `new` as current.
+/// The proxy's blacklist for `settings`.
+pub fn blacklist(settings: &Settings) -> Result<Blacklist, PatternError> {
+    let b = &settings.blacklist;
+    let response = match b.response {
+        BlacklistResponse::Refused => BlockResponse::Refused,
+        BlacklistResponse::Nxdomain => BlockResponse::NxDomain,
+        BlacklistResponse::Servfail => BlockResponse::ServFail,
+    };
+    Blacklist::new(&b.domains, &b.hosts, &b.networks, response)
+}
+
+/// Applies `new` over `current`: checks that only reloadable options differ, updates the firewall
+/// and the proxy's blacklist, then records `new` as current.
 pub fn apply(
     current: &mut Settings,
     new: Settings,
     firewall: &dyn Firewall,
+    authorizer: &Authorizer,
 ) -> Result<(), ReloadError> {
     let changed = restart_only_changes(current, &new);
     if !changed.is_empty() {
         return Err(ReloadError::NeedsRestart(changed.join(", ")));
     }
+    // Build everything that can fail before changing anything.
+    let new_blacklist = (new.blacklist != current.blacklist)
+        .then(|| blacklist(&new))
+        .transpose()?;
     let policy = policy(&new);
     if policy != self::policy(current) {
         firewall.set_whitelist(&policy)?;
+    }
+    if let Some(new_blacklist) = new_blacklist {
+        authorizer.set_blacklist(Arc::new(new_blacklist));
     }
     tracing::info!(
         whitelist_hosts = new.whitelist_hosts.len(),
@@ -78,7 +104,7 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         do_not_flush_authorized_hosts,
         whitelist_hosts: _,
         whitelist_networks: _,
-        blacklist,
+        blacklist: _,
         authorize_ptr,
         bpffs_dir,
         metrics_addr,
@@ -118,7 +144,6 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
             *do_not_flush_authorized_hosts != b.do_not_flush_authorized_hosts,
             "do_not_flush_authorized_hosts",
         ),
-        (*blacklist != b.blacklist, "blacklist"),
         (*authorize_ptr != b.authorize_ptr, "authorize_ptr"),
         (*bpffs_dir != b.bpffs_dir, "bpffs_dir"),
         (*metrics_addr != b.metrics_addr, "metrics_addr"),
@@ -158,12 +183,13 @@ mod tests {
     fn whitelist_changes_apply_and_keep_authorizations() {
         let mut current =
             settings("[whitelist]\nhosts = [\"203.0.113.1\"]\nnetworks = [\"198.51.100.0/24\"]");
-        let fw = FakeFirewall::new(policy(&current));
+        let fw = Arc::new(FakeFirewall::new(policy(&current)));
+        let authorizer = Authorizer::new(fw.clone(), None);
         fw.authorize(ip("192.0.2.7"), 0).unwrap();
         assert!(fw.allows(ip("203.0.113.1"), 0) && fw.allows(ip("198.51.100.9"), 0));
 
         let new = settings("[whitelist]\nhosts = [\"203.0.113.2\"]");
-        apply(&mut current, new, &fw).unwrap();
+        apply(&mut current, new, fw.as_ref(), &authorizer).unwrap();
         assert!(
             !fw.allows(ip("203.0.113.1"), 0),
             "removed host still allowed"
@@ -181,13 +207,36 @@ mod tests {
     }
 
     #[test]
+    fn blacklist_changes_reach_the_proxy() {
+        use std::str::FromStr;
+        let mut current = settings("");
+        let fw = Arc::new(FakeFirewall::new(policy(&current)));
+        let authorizer = Authorizer::new(fw.clone(), None);
+        let tracker = hickory_proto::rr::Name::from_str("t.ads.example.").unwrap();
+        assert!(!authorizer.blacklist().blocks_domain(&tracker));
+        apply(
+            &mut current,
+            settings("[blacklist]\ndomains = [\"*.ads.example\"]"),
+            fw.as_ref(),
+            &authorizer,
+        )
+        .unwrap();
+        assert!(authorizer.blacklist().blocks_domain(&tracker));
+        apply(&mut current, settings(""), fw.as_ref(), &authorizer).unwrap();
+        assert!(!authorizer.blacklist().blocks_domain(&tracker));
+    }
+
+    #[test]
     fn restart_only_changes_are_refused_whole() {
         let mut current = settings("authorized_ttl = 60");
-        let fw = FakeFirewall::new(policy(&current));
+        let fw = Arc::new(FakeFirewall::new(policy(&current)));
+        let authorizer = Authorizer::new(fw.clone(), None);
         let new = settings(
             "authorized_ttl = 120\nlisten_addr = \"127.0.0.1:5353\"\n[whitelist]\nhosts = [\"203.0.113.2\"]",
         );
-        let e = apply(&mut current, new, &fw).unwrap_err().to_string();
+        let e = apply(&mut current, new, fw.as_ref(), &authorizer)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("listen_addr") && e.contains("authorized_ttl"),
             "{e}"

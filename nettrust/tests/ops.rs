@@ -183,6 +183,12 @@ fn metrics_endpoint_is_scraped() {
             .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
     };
     assert_eq!(value("nettrust_authorized_hosts"), 1.0);
+    assert_eq!(
+        value("nettrust_answer_addresses_total{result=\"new\"}"),
+        1.0
+    );
+    assert!(value("nettrust_dns_queries_total{transport=\"udp\",result=\"answered\"}") >= 1.0);
+    assert!(value("nettrust_upstream_latency_seconds_count") >= 1.0);
     assert!(value("nettrust_egress_packets_total{verdict=\"drop\"}") >= 1.0);
     assert!(value("nettrust_egress_packets_total{verdict=\"allow_host\"}") >= 1.0);
     // Every sample line parses as `name{labels} value`.
@@ -245,6 +251,21 @@ fn sighup_reloads_the_whitelist() {
         world.reachable_from_cgroup("192.0.2.10"),
         "the reload dropped an authorization"
     );
+
+    // The blacklist is reloaded too: a blacklisted name is refused at once.
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    std::fs::write(
+        &config,
+        "[whitelist]\nhosts = [\"203.0.113.51\"]\n[blacklist]\ndomains = [\"*.test\"]\n",
+    )
+    .unwrap();
+    world.signal_daemon(libc::SIGHUP);
+    world.eventually(
+        "the blacklist reload",
+        std::time::Duration::from_secs(10),
+        || world.resolve("c.test", "A", false).is_empty(),
+    );
+    assert!(world.reachable_from_cgroup("203.0.113.51"));
 
     // An invalid file is refused; the running whitelist stays.
     std::fs::write(&config, "[whitelist]\nhosts = [\"not-an-ip\"]\n").unwrap();
