@@ -5,6 +5,9 @@
 
 /// Name of the cgroup_skb egress program in the eBPF object.
 pub const PROGRAM_EGRESS: &str = "egress";
+/// Name of the cgroup_skb ingress program in the eBPF object: learns inbound flows (so replies to
+/// them may leave) and, with `--firewall-drop-input`, drops unsolicited inbound packets.
+pub const PROGRAM_INGRESS: &str = "ingress";
 
 /// IPv4 hosts allowed to be reached: key `[u8; 4]` (address in network order), value [`HostValue`].
 pub const MAP_HOSTS_V4: &str = "HOSTS_V4";
@@ -17,6 +20,39 @@ pub const MAP_NETS_V4: &str = "NETS_V4";
 pub const MAP_NETS_V6: &str = "NETS_V6";
 /// Per-CPU verdict counters, indexed by the `STAT_*` constants.
 pub const MAP_STATS: &str = "STATS";
+/// Runtime switches of the programs: array of `u32` indexed by the `CONFIG_*` constants.
+pub const MAP_CONFIG: &str = "CONFIG";
+/// Flows opened from inside the filtered cgroups (LRU hash, key [`FlowKey`] with the remote
+/// address/port, value `u64` last-seen ns): the ingress program lets their replies in.
+pub const MAP_OUTBOUND: &str = "OUTBOUND";
+/// Flows opened from outside towards a socket of a filtered cgroup (LRU hash, key [`FlowKey`],
+/// value `u64` last-seen ns): the egress program lets their replies out.
+pub const MAP_INBOUND: &str = "INBOUND";
+/// Denied-egress events for the daemon ([`DeniedEvent`] records in a ring buffer).
+pub const MAP_DENIED: &str = "DENIED";
+/// Per-CPU rate limiter state of [`MAP_DENIED`] ([`RateState`]).
+pub const MAP_DENIED_RATE: &str = "DENIED_RATE";
+/// Dropped egress packets per cgroup (per-CPU hash, key cgroup id `u64`, value `u64`).
+pub const MAP_DROPS: &str = "DROPS";
+/// Written by userspace only: the DNS name that authorized each host (hash, key `[u8; 16]` with
+/// IPv4 as IPv4-mapped IPv6, value [`HostName`]).
+pub const MAP_NAMES: &str = "NAMES";
+/// Written by userspace only: the cgroups the programs are attached to (hash, key cgroup id `u64`
+/// = inode of the cgroup directory, value [`CgroupPath`]).
+pub const MAP_CGROUPS: &str = "CGROUPS";
+
+/// Index in [`MAP_CONFIG`]: non-zero when unsolicited inbound packets must be dropped.
+pub const CONFIG_DROP_INPUT: u32 = 0;
+/// Number of entries in [`MAP_CONFIG`].
+pub const CONFIG_COUNT: u32 = 4;
+/// Capacity of the flow maps.
+pub const MAX_FLOWS: u32 = 65_536;
+/// Capacity of [`MAP_DROPS`] and [`MAP_CGROUPS`].
+pub const MAX_CGROUPS: u32 = 4_096;
+/// Size of the denied-event ring buffer in bytes (a power of two, multiple of the page size).
+pub const DENIED_RING_BYTES: u32 = 256 * 1024;
+/// At most this many denied events per CPU per second reach the ring buffer.
+pub const DENIED_EVENTS_PER_SEC: u64 = 50;
 
 /// Default capacity of each host map (per address family).
 pub const DEFAULT_MAX_HOSTS: u32 = 65_536;
@@ -45,8 +81,12 @@ pub const STAT_PASS_NON_IP: u32 = 3;
 pub const STAT_ERROR: u32 = 4;
 /// Packets dropped because the destination's authorization had expired.
 pub const STAT_DROP_EXPIRED: u32 = 5;
+/// Egress packets allowed because they answer a flow opened from outside (a server's replies).
+pub const STAT_ALLOW_INBOUND_REPLY: u32 = 6;
+/// Inbound packets dropped by `--firewall-drop-input`.
+pub const STAT_DROP_INPUT: u32 = 7;
 /// Number of counters in [`MAP_STATS`].
-pub const STAT_COUNT: u32 = 6;
+pub const STAT_COUNT: u32 = 8;
 
 /// Value of the host maps.
 #[repr(C)]
@@ -55,13 +95,101 @@ pub struct HostValue {
     /// Deadline in `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`) after which the entry is
     /// treated as absent by the egress program; `0` means it never expires.
     pub expires_ns: u64,
+    /// Last time (`CLOCK_BOOTTIME` ns) the egress program let a packet out to this host, at most
+    /// [`LAST_SEEN_GRANULARITY_NS`] stale; 0 = never. The sweeper's liveness signal.
+    pub last_seen_ns: u64,
     /// `FLAG_*` bits.
     pub flags: u32,
     /// Explicit padding (always 0).
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<HostValue>() == 16);
+const _: () = assert!(core::mem::size_of::<HostValue>() == 24);
+
+/// The egress program refreshes [`HostValue::last_seen_ns`] only when it is older than this, so a
+/// busy host does not cost a map write per packet.
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 100_000_000;
+
+/// Key of the flow maps: the remote end and the local port of a TCP/UDP flow (ports 0 for other
+/// protocols). IPv4 addresses use the first 4 bytes of `addr`, the rest is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowKey {
+    /// Remote address (network order).
+    pub addr: [u8; 16],
+    /// Remote port (host order).
+    pub remote_port: u16,
+    /// Local port (host order).
+    pub local_port: u16,
+    /// IP protocol number (6 TCP, 17 UDP, ...).
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// Explicit padding (always 0).
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
+
+/// One denied egress packet, as sent to the daemon through [`MAP_DENIED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DeniedEvent {
+    /// cgroup v2 id (inode of the cgroup directory) of the sending socket.
+    pub cgroup_id: u64,
+    /// Destination address (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// Destination port (host order), 0 when not TCP/UDP.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// Explicit padding (always 0).
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<DeniedEvent>() == 32);
+
+/// Per-CPU state of the denied-event rate limiter: a one-second window and its event count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateState {
+    /// Start of the current window (`CLOCK_BOOTTIME` ns).
+    pub window_start_ns: u64,
+    /// Events emitted in the window.
+    pub count: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<RateState>() == 16);
+
+/// Length of [`HostName::name`]: a DNS name in text form has at most 253 characters (RFC 1035
+/// §2.3.4 limits it to 255 octets on the wire).
+pub const HOST_NAME_LEN: usize = 256;
+
+/// The question that authorized a host (NUL-padded text), written by the daemon for
+/// `nettrust list`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostName {
+    /// The name, NUL-padded.
+    pub name: [u8; HOST_NAME_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<HostName>() == HOST_NAME_LEN);
+
+/// Length of [`CgroupPath::path`].
+pub const CGROUP_PATH_LEN: usize = 512;
+
+/// The path of an attached cgroup (NUL-padded), written by the daemon for `nettrust status`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupPath {
+    /// The path, NUL-padded (truncated when longer).
+    pub path: [u8; CGROUP_PATH_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<CgroupPath>() == CGROUP_PATH_LEN);
 
 impl HostValue {
     /// Whether the entry is still valid at `now_ns` (`CLOCK_BOOTTIME`).
@@ -72,8 +200,15 @@ impl HostValue {
 }
 
 #[cfg(feature = "user")]
-// SAFETY: `HostValue` is `repr(C)`, `Copy`, has no padding and every bit pattern is valid.
-unsafe impl aya::Pod for HostValue {}
+mod pod {
+    // SAFETY (all): `repr(C)`, `Copy`, no implicit padding, every bit pattern is valid.
+    unsafe impl aya::Pod for super::HostValue {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::DeniedEvent {}
+    unsafe impl aya::Pod for super::RateState {}
+    unsafe impl aya::Pod for super::HostName {}
+    unsafe impl aya::Pod for super::CgroupPath {}
+}
 
 #[cfg(test)]
 mod tests {
@@ -84,7 +219,7 @@ mod tests {
         let v = HostValue {
             expires_ns: 0,
             flags: FLAG_AUTHORIZED,
-            _pad: 0,
+            ..HostValue::default()
         };
         assert!(v.is_live(u64::MAX));
     }
@@ -94,7 +229,7 @@ mod tests {
         let v = HostValue {
             expires_ns: 100,
             flags: FLAG_AUTHORIZED,
-            _pad: 0,
+            ..HostValue::default()
         };
         assert!(v.is_live(99));
         assert!(!v.is_live(100));

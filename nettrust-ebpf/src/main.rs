@@ -1,31 +1,57 @@
-//! nettrust's egress filter: a `cgroup_skb/egress` program that lets a packet leave only when its
-//! destination is an authorized/whitelisted host (hash maps) or inside a whitelisted network (LPM
-//! tries). Everything else is dropped. Attached by the daemon to each configured cgroup v2.
+//! nettrust's cgroup_skb programs, attached by the daemon to each configured cgroup v2.
+//!
+//! `egress` lets a packet leave only when its destination is an authorized/whitelisted host (hash
+//! maps, deadline checked here so expiry needs no daemon) or inside a whitelisted network (LPM
+//! tries), or when it answers a flow a remote peer opened towards a socket of the cgroup (a server
+//! replying to its clients). Everything else is dropped, counted per cgroup and reported
+//! (rate-limited) through a ring buffer.
+//!
+//! `ingress` learns which inbound packets are unsolicited (not replies to a flow `egress` let out):
+//! their flows are remembered so the replies may leave, and with `--firewall-drop-input` they are
+//! dropped instead (loopback always passes).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_boot_ns,
+    helpers::{bpf_ktime_get_boot_ns, bpf_skb_cgroup_id},
     macros::{cgroup_skb, map},
-    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
     programs::SkBuffContext,
 };
 use aya_log_ebpf::debug;
 use nettrust_common::{
-    DEFAULT_MAX_HOSTS, DEFAULT_MAX_NETS, HostValue, STAT_ALLOW_HOST, STAT_ALLOW_NET, STAT_COUNT,
-    STAT_DROP, STAT_DROP_EXPIRED, STAT_ERROR, STAT_PASS_NON_IP, VERDICT_ALLOW, VERDICT_DROP,
+    CONFIG_COUNT, CONFIG_DROP_INPUT, CgroupPath, DEFAULT_MAX_HOSTS, DEFAULT_MAX_NETS,
+    DENIED_EVENTS_PER_SEC, DENIED_RING_BYTES, DeniedEvent, FLAG_AUTHORIZED, FlowKey, HostName,
+    HostValue, LAST_SEEN_GRANULARITY_NS, MAX_CGROUPS, MAX_FLOWS, RateState, STAT_ALLOW_HOST,
+    STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_COUNT, STAT_DROP, STAT_DROP_EXPIRED,
+    STAT_DROP_INPUT, STAT_ERROR, STAT_PASS_NON_IP, VERDICT_ALLOW, VERDICT_DROP,
 };
 
-/// What to do with a packet whose IP header cannot be read: nettrust fails closed.
+/// What to do with an outgoing packet whose IP header cannot be read: nettrust fails closed.
 const ON_ERROR: i32 = VERDICT_DROP;
 
 /// `ETH_P_IP` / `ETH_P_IPV6` as found in `__sk_buff.protocol` (network byte order).
 const ETH_P_IP_BE: u32 = (0x0800u16).to_be() as u32;
 const ETH_P_IPV6_BE: u32 = (0x86DDu16).to_be() as u32;
-/// Offset of the destination address in the IPv4 header (RFC 791) and the IPv6 header (RFC 8200).
-/// cgroup_skb programs see the packet from the network header on.
+/// Offsets in the IPv4 header (RFC 791) and the IPv6 header (RFC 8200). cgroup_skb programs see
+/// the packet from the network header on.
+const IPV4_PROTO_OFFSET: usize = 9;
+const IPV4_FRAG_OFFSET: usize = 6;
+const IPV4_SADDR_OFFSET: usize = 12;
 const IPV4_DADDR_OFFSET: usize = 16;
+const IPV6_NEXT_HEADER_OFFSET: usize = 6;
+const IPV6_SADDR_OFFSET: usize = 8;
 const IPV6_DADDR_OFFSET: usize = 24;
+const IPV6_HEADER_LEN: usize = 40;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+/// The loopback interface is always ifindex 1 (`LOOPBACK_IFINDEX`, net/core/dev.c), in every
+/// network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+/// A remembered flow's timestamp is refreshed at most this often.
+const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 
 #[map(name = "HOSTS_V4")]
 static HOSTS_V4: HashMap<[u8; 4], HostValue> = HashMap::with_max_entries(DEFAULT_MAX_HOSTS, 0);
@@ -37,6 +63,78 @@ static NETS_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_NE
 static NETS_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_NETS, 0);
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+#[map(name = "CONFIG")]
+static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_COUNT, 0);
+#[map(name = "OUTBOUND")]
+static OUTBOUND: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "INBOUND")]
+static INBOUND: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "DENIED")]
+static DENIED: RingBuf = RingBuf::with_byte_size(DENIED_RING_BYTES, 0);
+#[map(name = "DENIED_RATE")]
+static DENIED_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "DROPS")]
+static DROPS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_CGROUPS, 0);
+/// Userspace-only (names for `nettrust list`); declared here so it is created and pinned with the
+/// others.
+#[map(name = "NAMES")]
+static NAMES: HashMap<[u8; 16], HostName> = HashMap::with_max_entries(DEFAULT_MAX_HOSTS * 2, 0);
+/// Userspace-only (attached cgroups for `nettrust status`).
+#[map(name = "CGROUPS")]
+static CGROUPS: HashMap<u64, CgroupPath> = HashMap::with_max_entries(MAX_CGROUPS, 0);
+
+/// The parts of a packet the programs judge: the remote address (destination on egress, source on
+/// ingress) and the transport ports.
+struct Packet<const N: usize> {
+    remote: [u8; N],
+    proto: u8,
+    remote_port: u16,
+    local_port: u16,
+}
+
+impl<const N: usize> Packet<N> {
+    fn flow(&self) -> FlowKey {
+        let mut addr = [0u8; 16];
+        for (dst, src) in addr.iter_mut().zip(self.remote.iter()) {
+            *dst = *src;
+        }
+        FlowKey {
+            addr,
+            remote_port: self.remote_port,
+            local_port: self.local_port,
+            proto: self.proto,
+            family: if N == 4 { 4 } else { 6 },
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Reads the transport protocol and `(source, destination)` ports; ports are 0 for protocols
+/// without them and for non-first IPv4 fragments. IPv6 extension headers are not walked (ports 0).
+#[inline(always)]
+fn transport(ctx: &SkBuffContext, v6: bool) -> Result<(u8, u16, u16), ()> {
+    let (proto, l4) = if v6 {
+        let next: u8 = ctx.load(IPV6_NEXT_HEADER_OFFSET).map_err(|_| ())?;
+        (next, IPV6_HEADER_LEN)
+    } else {
+        let first: u8 = ctx.load(0).map_err(|_| ())?;
+        let proto: u8 = ctx.load(IPV4_PROTO_OFFSET).map_err(|_| ())?;
+        let frag: u16 = ctx.load(IPV4_FRAG_OFFSET).map_err(|_| ())?;
+        if u16::from_be(frag) & 0x1fff != 0 {
+            return Ok((proto, 0, 0));
+        }
+        (proto, usize::from(first & 0x0f) * 4)
+    };
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Ok((proto, 0, 0));
+    }
+    let ports: [u8; 4] = ctx.load(l4).map_err(|_| ())?;
+    Ok((
+        proto,
+        u16::from_be_bytes([ports[0], ports[1]]),
+        u16::from_be_bytes([ports[2], ports[3]]),
+    ))
+}
 
 #[cgroup_skb(egress)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
@@ -51,40 +149,83 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
 
 fn try_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
     let protocol = ctx.skb.protocol();
-    let (stat, verdict) = if protocol == ETH_P_IP_BE {
-        let daddr: [u8; 4] = ctx.load(IPV4_DADDR_OFFSET).map_err(|_| ())?;
-        let verdict = judge(&HOSTS_V4, &NETS_V4, daddr);
-        if verdict.1 != VERDICT_ALLOW {
-            debug!(ctx, "drop {:i}", daddr);
-        }
-        verdict
+    if protocol == ETH_P_IP_BE {
+        let remote: [u8; 4] = ctx.load(IPV4_DADDR_OFFSET).map_err(|_| ())?;
+        let (proto, sport, dport) = transport(ctx, false)?;
+        let packet = Packet {
+            remote,
+            proto,
+            remote_port: dport,
+            local_port: sport,
+        };
+        Ok(decide_egress(ctx, &HOSTS_V4, &NETS_V4, &packet))
     } else if protocol == ETH_P_IPV6_BE {
-        let daddr: [u8; 16] = ctx.load(IPV6_DADDR_OFFSET).map_err(|_| ())?;
-        let verdict = judge(&HOSTS_V6, &NETS_V6, daddr);
-        if verdict.1 != VERDICT_ALLOW {
-            debug!(ctx, "drop {:i}", daddr);
-        }
-        verdict
+        let remote: [u8; 16] = ctx.load(IPV6_DADDR_OFFSET).map_err(|_| ())?;
+        let (proto, sport, dport) = transport(ctx, true)?;
+        let packet = Packet {
+            remote,
+            proto,
+            remote_port: dport,
+            local_port: sport,
+        };
+        Ok(decide_egress(ctx, &HOSTS_V6, &NETS_V6, &packet))
     } else {
-        (STAT_PASS_NON_IP, VERDICT_ALLOW)
-    };
-    count(stat);
-    Ok(verdict)
+        count(STAT_PASS_NON_IP);
+        Ok(VERDICT_ALLOW)
+    }
 }
 
-/// The verdict for one destination address, the same for both families: a live host entry, then
-/// the network trie, else drop. Returns the counter to bump with the verdict.
+/// The egress verdict, the same for both families: a live host entry, then the network trie, then
+/// a flow opened from outside; else drop (counted per cgroup and reported).
+#[inline(always)]
+fn decide_egress<const N: usize>(
+    ctx: &SkBuffContext,
+    hosts: &HashMap<[u8; N], HostValue>,
+    nets: &LpmTrie<[u8; N], u32>,
+    packet: &Packet<N>,
+) -> i32 {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let (stat, verdict) = judge(hosts, nets, packet.remote, now);
+    let flow = packet.flow();
+    if verdict == VERDICT_ALLOW {
+        remember(&OUTBOUND, &flow, now);
+        count(stat);
+        return VERDICT_ALLOW;
+    }
+    if INBOUND.get_ptr(flow).is_some() {
+        count(STAT_ALLOW_INBOUND_REPLY);
+        return VERDICT_ALLOW;
+    }
+    count(stat);
+    // SAFETY: the context's skb pointer is valid for the whole program run.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    count_drop(cgroup_id);
+    report_denied(cgroup_id, &flow, now);
+    debug!(ctx, "drop proto {} port {}", flow.proto, flow.remote_port);
+    VERDICT_DROP
+}
+
+/// Host map then network trie. A live authorized entry gets its last-seen time refreshed (the
+/// sweeper's liveness signal). Returns the counter to bump with the verdict.
 #[inline(always)]
 fn judge<const N: usize>(
     hosts: &HashMap<[u8; N], HostValue>,
     nets: &LpmTrie<[u8; N], u32>,
     daddr: [u8; N],
+    now: u64,
 ) -> (u32, i32) {
     let mut expired = false;
-    if let Some(value) = hosts.get_ptr(daddr) {
-        // SAFETY: the pointer comes from a successful map lookup and the value is plain data.
-        let value = unsafe { *value };
-        if value.is_live(unsafe { bpf_ktime_get_boot_ns() }) {
+    if let Some(value) = hosts.get_ptr_mut(daddr) {
+        // SAFETY: the pointer comes from a successful map lookup and the value is plain data; a
+        // concurrent update replaces the element (RCU), so a lost last-seen write is harmless.
+        let value = unsafe { &mut *value };
+        if value.is_live(now) {
+            if value.flags & FLAG_AUTHORIZED != 0
+                && now.wrapping_sub(value.last_seen_ns) > LAST_SEEN_GRANULARITY_NS
+            {
+                value.last_seen_ns = now;
+            }
             return (STAT_ALLOW_HOST, VERDICT_ALLOW);
         }
         expired = true;
@@ -97,6 +238,119 @@ fn judge<const N: usize>(
     } else {
         (STAT_DROP, VERDICT_DROP)
     }
+}
+
+#[cgroup_skb(ingress)]
+pub fn ingress(ctx: SkBuffContext) -> i32 {
+    match try_ingress(&ctx) {
+        Ok(verdict) => verdict,
+        Err(()) => {
+            count(STAT_ERROR);
+            if drop_input() {
+                VERDICT_DROP
+            } else {
+                VERDICT_ALLOW
+            }
+        }
+    }
+}
+
+fn try_ingress(ctx: &SkBuffContext) -> Result<i32, ()> {
+    // SAFETY: reading a field of the context the kernel handed us.
+    if unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX {
+        return Ok(VERDICT_ALLOW);
+    }
+    let protocol = ctx.skb.protocol();
+    let flow = if protocol == ETH_P_IP_BE {
+        let remote: [u8; 4] = ctx.load(IPV4_SADDR_OFFSET).map_err(|_| ())?;
+        let (proto, sport, dport) = transport(ctx, false)?;
+        Packet {
+            remote,
+            proto,
+            remote_port: sport,
+            local_port: dport,
+        }
+        .flow()
+    } else if protocol == ETH_P_IPV6_BE {
+        let remote: [u8; 16] = ctx.load(IPV6_SADDR_OFFSET).map_err(|_| ())?;
+        let (proto, sport, dport) = transport(ctx, true)?;
+        Packet {
+            remote,
+            proto,
+            remote_port: sport,
+            local_port: dport,
+        }
+        .flow()
+    } else {
+        return Ok(VERDICT_ALLOW);
+    };
+    if OUTBOUND.get_ptr(flow).is_some() {
+        // A reply to a flow egress let out ("ct state established").
+        return Ok(VERDICT_ALLOW);
+    }
+    if drop_input() {
+        count(STAT_DROP_INPUT);
+        return Ok(VERDICT_DROP);
+    }
+    // SAFETY: helper without preconditions.
+    remember(&INBOUND, &flow, unsafe { bpf_ktime_get_boot_ns() });
+    Ok(VERDICT_ALLOW)
+}
+
+#[inline(always)]
+fn drop_input() -> bool {
+    CONFIG.get(CONFIG_DROP_INPUT).is_some_and(|v| *v != 0)
+}
+
+/// Records `flow` as seen at `now`, writing only when it is new or its time is stale.
+#[inline(always)]
+fn remember(map: &LruHashMap<FlowKey, u64>, flow: &FlowKey, now: u64) {
+    if let Some(seen) = map.get_ptr_mut(flow) {
+        // SAFETY: pointer from a successful lookup, plain data.
+        let seen = unsafe { &mut *seen };
+        if now.wrapping_sub(*seen) > FLOW_REFRESH_NS {
+            *seen = now;
+        }
+        return;
+    }
+    let _ = map.insert(flow, now, 0);
+}
+
+#[inline(always)]
+fn count_drop(cgroup_id: u64) {
+    if let Some(counter) = DROPS.get_ptr_mut(cgroup_id) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *counter += 1 };
+    } else {
+        let _ = DROPS.insert(cgroup_id, 1, 0);
+    }
+}
+
+/// Sends a [`DeniedEvent`], at most `DENIED_EVENTS_PER_SEC` per CPU per second.
+#[inline(always)]
+fn report_denied(cgroup_id: u64, flow: &FlowKey, now: u64) {
+    let Some(state) = DENIED_RATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+    let state = unsafe { &mut *state };
+    if now.wrapping_sub(state.window_start_ns) >= 1_000_000_000 {
+        state.window_start_ns = now;
+        state.count = 0;
+    }
+    if state.count >= DENIED_EVENTS_PER_SEC {
+        return;
+    }
+    state.count += 1;
+    let event = DeniedEvent {
+        cgroup_id,
+        addr: flow.addr,
+        port: flow.remote_port,
+        proto: flow.proto,
+        family: flow.family,
+        _pad: 0,
+    };
+    let _ = DENIED.output::<DeniedEvent>(&event, 0);
 }
 
 #[inline(always)]

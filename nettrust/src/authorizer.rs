@@ -152,7 +152,11 @@ impl Authorizer {
         };
         let mut new = Vec::new();
         for addr in allowed {
-            match self.firewall.authorize(addr, expires_ns)? {
+            let authorization = self.firewall.authorize(addr, expires_ns)?;
+            if let Err(e) = self.firewall.record_name(addr, &qname.to_string()) {
+                tracing::debug!("cannot record the name of {addr}: {e}");
+            }
+            match authorization {
                 Authorization::New => {
                     count_address("new");
                     new.push(addr);

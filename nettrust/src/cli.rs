@@ -24,8 +24,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the DNS proxy and the firewall (the default).
     Run(RunArgs),
-    /// Print the authorized hosts of the running daemon, one per line, address first.
+    /// Print the authorized hosts, one per line: address, remaining lifetime, authorizing name.
+    /// Reads the pinned maps: works while the daemon runs and after it was killed.
     List(ListArgs),
+    /// Print the backend, whether a daemon runs, the attached cgroups and the packet counters.
+    Status(ListArgs),
+    /// Remove everything nettrust left pinned (programs, links, maps); idempotent.
+    Flush(ListArgs),
+    /// Attach the pinned filter to one more cgroup (e.g. a container started after nettrust).
+    Attach(CgroupArgs),
+    /// Detach the filter from one cgroup.
+    Detach(CgroupArgs),
     /// Validate the configuration (file, environment, flags) and print the effective settings.
     CheckConfig(RunArgs),
 }
@@ -135,10 +144,21 @@ pub struct RunArgs {
     pub log_format: Option<String>,
 }
 
-/// Options of `nettrust list`.
+/// Options of `nettrust list`, `status` and `flush`.
 #[derive(Debug, Clone, Args)]
 pub struct ListArgs {
-    /// bpffs directory of the daemon [default: /sys/fs/bpf/nettrust].
+    /// bpffs directory of the daemon.
+    #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_BPFFS_DIR)]
+    pub bpffs_dir: PathBuf,
+}
+
+/// Options of `nettrust attach` and `detach`.
+#[derive(Debug, Clone, Args)]
+pub struct CgroupArgs {
+    /// The cgroup v2 directory.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: PathBuf,
+    /// bpffs directory of the daemon.
     #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_BPFFS_DIR)]
     pub bpffs_dir: PathBuf,
 }
@@ -204,6 +224,38 @@ mod tests {
             panic!("expected check-config")
         };
         assert_eq!(args.do_not_flush_table, Some(true));
+    }
+
+    #[test]
+    fn pinned_state_commands_parse() {
+        let cli = parse(&[
+            "attach",
+            "--cgroup",
+            "/cg/app",
+            "--bpffs-dir",
+            "/sys/fs/bpf/x",
+        ]);
+        let Some(Command::Attach(args)) = cli.command else {
+            panic!("expected attach")
+        };
+        assert_eq!(args.cgroup, PathBuf::from("/cg/app"));
+        assert_eq!(args.bpffs_dir, PathBuf::from("/sys/fs/bpf/x"));
+        let cli = parse(&["flush"]);
+        let Some(Command::Flush(args)) = cli.command else {
+            panic!("expected flush")
+        };
+        assert_eq!(
+            args.bpffs_dir,
+            PathBuf::from(crate::config::DEFAULT_BPFFS_DIR)
+        );
+        assert!(
+            Cli::try_parse_from(["nettrust", "detach"]).is_err(),
+            "--cgroup is required"
+        );
+        assert!(matches!(
+            parse(&["status"]).command,
+            Some(Command::Status(_))
+        ));
     }
 
     #[test]

@@ -8,11 +8,15 @@ pub mod authorizer;
 pub mod blacklist;
 pub mod cgroup;
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod conntrack;
 pub mod dns;
+pub mod events;
 pub mod firewall;
 pub mod metrics;
 pub mod reload;
+pub mod sweeper;
 pub mod sys;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -30,7 +34,11 @@ use crate::{
         tls::{self, TlsError},
         upstream::{Transport, Upstreams},
     },
-    firewall::ebpf::{EbpfError, EbpfFirewall},
+    firewall::{
+        ExitMode,
+        ebpf::{EbpfError, EbpfFirewall, EbpfOptions},
+    },
+    sweeper::SweepConfig,
 };
 
 /// How long shutdown waits for in-flight queries before removing the firewall.
@@ -42,10 +50,6 @@ pub enum RunError {
     /// The requested firewall backend is not part of this version.
     #[error("firewall backend {0:?} is not yet available; use --firewall-backend ebpf (or auto)")]
     BackendUnavailable(&'static str),
-    /// An option is accepted by the configuration but not implemented by this version; refusing
-    /// it beats silently running without the protection it promises.
-    #[error("{0} is not available in this version of nettrust")]
-    NotYetAvailable(&'static str),
     /// A DNS listener could not be bound.
     #[error("cannot listen on {proto} {addr}")]
     Bind {
@@ -83,17 +87,6 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// The first configured option that this version cannot honour yet.
-fn not_yet_available(settings: &Settings) -> Option<&'static str> {
-    let checks = [
-        (settings.firewall_drop_input, "firewall_drop_input"),
-        (settings.do_not_flush_table, "do_not_flush_table"),
-    ];
-    checks
-        .into_iter()
-        .find_map(|(set, name)| set.then_some(name))
-}
-
 /// Runs the daemon until `shutdown` completes, then removes the firewall. Each configuration
 /// received on `reloads` (SIGHUP in `main`) is applied with [`reload::apply`].
 pub async fn run(
@@ -103,9 +96,6 @@ pub async fn run(
 ) -> Result<(), RunError> {
     if settings.backend == Backend::Nftables || settings.firewall_type == FirewallType::Forward {
         return Err(RunError::BackendUnavailable("nftables"));
-    }
-    if let Some(option) = not_yet_available(&settings) {
-        return Err(RunError::NotYetAvailable(option));
     }
     // TLS material and lists first, then bind: a bad file or a busy port must fail before any
     // firewall object exists.
@@ -160,11 +150,26 @@ pub async fn run(
     };
 
     let policy = reload::policy(&settings);
-    let firewall = Arc::new(EbpfFirewall::start(
-        &settings.cgroups,
-        &settings.bpffs_dir,
-        &policy,
-    )?);
+    let exit_mode = ExitMode::from_flags(
+        settings.do_not_flush_table,
+        settings.do_not_flush_authorized_hosts,
+    );
+    match exit_mode {
+        ExitMode::FlushAll => tracing::warn!(
+            "on exit flush table is enabled. Please set this to false if you wish to deny traffic to all if NetTrust is not running"
+        ),
+        ExitMode::KeepPolicy => {}
+        ExitMode::KeepAll => {
+            tracing::warn!("on exit NetTrust will not flush the authorized hosts list");
+        }
+    }
+    let firewall = Arc::new(EbpfFirewall::start(&EbpfOptions {
+        cgroups: settings.cgroups.clone(),
+        pin_dir: settings.bpffs_dir.clone(),
+        policy,
+        drop_input: settings.firewall_drop_input,
+    })?);
+    firewall.start_denied_log();
     let authorizer = Authorizer::new(firewall.clone(), settings.authorized_ttl)
         .with_blacklist(blacklist)
         .with_ptr_authorization(settings.authorize_ptr);
@@ -202,6 +207,13 @@ pub async fn run(
         tracker.clone(),
         cancel.clone(),
     ));
+    if let Some(ttl) = settings.authorized_ttl {
+        let config = SweepConfig {
+            ttl,
+            ticker: settings.ttl_check_interval,
+        };
+        tracker.spawn(sweeper::run(firewall.clone(), config, cancel.clone()));
+    }
     if let (Some(listener), Some(acceptor)) = (dedicated_tls, listen_tls) {
         tracker.spawn(server::serve_tcp(
             listener,
@@ -248,27 +260,13 @@ pub async fn run(
     {
         tracing::warn!("some queries were still in flight at shutdown");
     }
-    firewall.stop().map_err(RunError::Teardown)?;
-    tracing::info!("firewall removed, bye");
-    Ok(())
-}
-
-/// `nettrust list`: the authorized hosts of the daemon whose maps are pinned in `bpffs_dir`, one
-/// line each: address, then the remaining lifetime.
-pub fn list(bpffs_dir: &std::path::Path) -> Result<String, EbpfError> {
-    let mut hosts = firewall::ebpf::list_pinned(bpffs_dir)?;
-    hosts.sort_by_key(|h| h.addr);
-    let now = firewall::boottime_ns();
-    let mut out = String::new();
-    for host in hosts {
-        let ttl = match host.expires_ns {
-            0 => "never expires".to_owned(),
-            deadline => format!(
-                "expires in {}s",
-                deadline.saturating_sub(now) / 1_000_000_000
-            ),
-        };
-        out.push_str(&format!("{}\t{ttl}\n", host.addr));
+    firewall.stop(exit_mode).map_err(RunError::Teardown)?;
+    match exit_mode {
+        ExitMode::FlushAll => tracing::info!("firewall removed, bye"),
+        ExitMode::KeepPolicy => {
+            tracing::info!("authorized hosts removed, deny policy left in place, bye");
+        }
+        ExitMode::KeepAll => tracing::info!("firewall left in place, bye"),
     }
-    Ok(out)
+    Ok(())
 }

@@ -22,7 +22,42 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::List(args)) => {
             init_tracing(LogFormat::Text);
-            print!("{}", nettrust::list(&args.bpffs_dir)?);
+            print!("{}", nettrust::commands::list(&args.bpffs_dir)?);
+            Ok(())
+        }
+        Some(Command::Status(args)) => {
+            init_tracing(LogFormat::Text);
+            print!("{}", nettrust::commands::status(&args.bpffs_dir)?);
+            Ok(())
+        }
+        Some(Command::Flush(args)) => {
+            init_tracing(LogFormat::Text);
+            nettrust::commands::flush(&args.bpffs_dir).map_err(|errors| {
+                anyhow::anyhow!(
+                    "{}",
+                    errors
+                        .iter()
+                        .map(|e| nettrust::error_chain(e))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            })?;
+            println!("flushed {}", args.bpffs_dir.display());
+            Ok(())
+        }
+        Some(Command::Attach(args)) => {
+            init_tracing(LogFormat::Text);
+            nettrust::commands::attach(&args.bpffs_dir, &args.cgroup)?;
+            println!("attached {}", args.cgroup.display());
+            Ok(())
+        }
+        Some(Command::Detach(args)) => {
+            init_tracing(LogFormat::Text);
+            if nettrust::commands::detach(&args.bpffs_dir, &args.cgroup)? {
+                println!("detached {}", args.cgroup.display());
+            } else {
+                println!("{} was not attached", args.cgroup.display());
+            }
             Ok(())
         }
         Some(Command::CheckConfig(args)) => {

@@ -11,8 +11,8 @@ use std::{
 };
 
 use nettrust_common::{
-    STAT_ALLOW_HOST, STAT_ALLOW_NET, STAT_COUNT, STAT_DROP, STAT_DROP_EXPIRED, STAT_ERROR,
-    STAT_PASS_NON_IP,
+    STAT_ALLOW_HOST, STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_COUNT, STAT_DROP,
+    STAT_DROP_EXPIRED, STAT_DROP_INPUT, STAT_ERROR, STAT_PASS_NON_IP,
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -85,13 +85,15 @@ pub fn metrics() -> &'static Metrics {
     &METRICS
 }
 
-const VERDICTS: [(u32, &str); 6] = [
+const VERDICTS: [(u32, &str); 8] = [
     (STAT_ALLOW_HOST, "allow_host"),
     (STAT_ALLOW_NET, "allow_net"),
     (STAT_DROP, "drop"),
     (STAT_DROP_EXPIRED, "drop_expired"),
     (STAT_PASS_NON_IP, "pass_non_ip"),
     (STAT_ERROR, "error"),
+    (STAT_ALLOW_INBOUND_REPLY, "allow_inbound_reply"),
+    (STAT_DROP_INPUT, "drop_input"),
 ];
 
 impl Metrics {

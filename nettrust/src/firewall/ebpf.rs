@@ -1,45 +1,50 @@
-//! The eBPF backend: loads nettrust-ebpf's `egress` program, fills its maps with the policy, pins
-//! the maps under the bpffs directory (so `nettrust list` can read them) and attaches the program
-//! to every configured cgroup. Whitelists are written *before* the program is attached, so there is
-//! never a moment where a whitelisted destination is dropped.
+//! The eBPF backend: loads nettrust-ebpf's programs, adopts or creates the maps pinned in the
+//! bpffs directory (layout and checks in [`super::pins`]), writes the whitelists, and attaches the
+//! programs to every cgroup through pinned bpf_links, so enforcement outlives the process.
+//!
+//! Order of a start: whitelists are written into the (possibly adopted) maps *before* anything is
+//! attached, so a whitelisted destination is never dropped; each new link is attached *before* its
+//! pin replaces the previous run's link, so a restart never leaves a cgroup unfiltered.
 
 use std::{
     fs::File,
     io,
     net::IpAddr,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
 use aya::{
-    Ebpf, EbpfLoader, Pod,
-    maps::{HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError},
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError, RingBuf},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, links::FdLink},
 };
-use ipnet::IpNet;
 use nettrust_common::{
-    FLAG_AUTHORIZED, FLAG_WHITELISTED, HostValue, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NETS_V4,
-    MAP_NETS_V6, MAP_STATS, PROGRAM_EGRESS, STAT_COUNT,
+    CONFIG_DROP_INPUT, CgroupPath, DeniedEvent, HostName, HostValue, MAP_CGROUPS, MAP_CONFIG,
+    MAP_DENIED, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, PROGRAM_EGRESS,
+    PROGRAM_INGRESS,
 };
 
-use super::{Authorization, AuthorizedHost, Firewall, FirewallError, Policy, boottime_ns};
+use super::entries::{
+    clear_authorized, collect_authorized, collect_due, install_policy, name_key, remove_entry,
+    renew_entry, set_host_whitelisted, set_network, upsert,
+};
+pub use super::pinned::{
+    PinnedStatus, attach_pinned, detach_pinned, list_pinned, read_stats, status_pinned,
+};
+use super::{
+    Authorization, AuthorizedHost, ExitMode, Firewall, FirewallError, HostState, Policy,
+    pins::{self, PinError},
+};
 
 /// The eBPF object built from nettrust-ebpf by build.rs (empty when built with
 /// `NETTRUST_EBPF_STUB=1`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nettrust"));
 
-/// `BPF_FS_MAGIC` from linux/magic.h.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-/// Where bpffs is conventionally mounted; nettrust mounts it there when absent.
-const BPFFS_MOUNT: &str = "/sys/fs/bpf";
-/// Names of the maps pinned under the bpffs directory.
-const PINNED_MAPS: [&str; 5] = [
-    MAP_HOSTS_V4,
-    MAP_HOSTS_V6,
-    MAP_NETS_V4,
-    MAP_NETS_V6,
-    MAP_STATS,
+/// The two programs and their attach types.
+pub(super) const PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
+    (PROGRAM_EGRESS, CgroupSkbAttachType::Egress),
+    (PROGRAM_INGRESS, CgroupSkbAttachType::Ingress),
 ];
 
 /// Errors of the eBPF backend.
@@ -53,7 +58,7 @@ pub enum EbpfError {
     /// The eBPF object could not be loaded.
     #[error("cannot load the eBPF object")]
     Load(#[source] Box<aya::EbpfError>),
-    /// The egress program could not be loaded or attached.
+    /// A program could not be loaded, pinned or attached.
     #[error("eBPF program {what}")]
     Program {
         /// What failed, naming the cgroup when attaching.
@@ -62,7 +67,7 @@ pub enum EbpfError {
         #[source]
         source: ProgramError,
     },
-    /// A map could not be opened, written or pinned.
+    /// A map could not be opened, read or written.
     #[error("eBPF map {name}: {what}")]
     Map {
         /// The map's name.
@@ -73,16 +78,16 @@ pub enum EbpfError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The bpffs directory cannot be used.
-    #[error("bpffs directory {path}: {what}")]
-    Bpffs {
-        /// The directory.
-        path: PathBuf,
-        /// What is wrong.
+    /// The bpffs directory or a pin in it cannot be used.
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    /// A link or program could not be pinned.
+    #[error("cannot pin {cgroup}: {what}")]
+    LinkPin {
+        /// The cgroup or program.
+        cgroup: PathBuf,
+        /// What failed.
         what: String,
-        /// The cause, if any.
-        #[source]
-        source: Option<io::Error>,
     },
     /// A cgroup could not be opened.
     #[error("cgroup {path}: cannot open it")]
@@ -93,9 +98,12 @@ pub enum EbpfError {
         #[source]
         source: io::Error,
     },
+    /// Nothing is pinned in the directory.
+    #[error("nothing pinned in {0}: nettrust has not run with this --bpffs-dir")]
+    NotPinned(PathBuf),
 }
 
-fn map_error(
+pub(super) fn map_error(
     name: &'static str,
     what: impl Into<String>,
     source: impl std::error::Error + Send + Sync + 'static,
@@ -107,210 +115,282 @@ fn map_error(
     }
 }
 
-type HostMap<const N: usize> = AyaHashMap<MapData, [u8; N], HostValue>;
+pub(super) type HostMap<const N: usize> = AyaHashMap<MapData, [u8; N], HostValue>;
+pub(super) type NameMap = AyaHashMap<MapData, [u8; 16], HostName>;
+pub(super) type CgroupMap = AyaHashMap<MapData, u64, CgroupPath>;
 
-/// The two host maps, written by DNS answers.
-struct HostMaps {
-    v4: HostMap<4>,
-    v6: HostMap<16>,
+/// The maps written on the DNS path and by the sweeper, behind one lock: every read-modify-write
+/// of a host entry (authorize, renew_if, remove_if) is atomic with respect to the others.
+pub(super) struct HostMaps {
+    pub(super) v4: HostMap<4>,
+    pub(super) v6: HostMap<16>,
+    pub(super) names: NameMap,
 }
 
-/// The running eBPF backend. Dropping it detaches the program; [`EbpfFirewall::stop`] also removes
-/// the pinned maps and reports what could not be cleaned.
+/// The backend's settings.
+#[derive(Debug, Clone)]
+pub struct EbpfOptions {
+    /// cgroups to filter (cgroups attached at runtime by `nettrust attach` are kept too).
+    pub cgroups: Vec<PathBuf>,
+    /// The bpffs directory.
+    pub pin_dir: PathBuf,
+    /// Whitelists.
+    pub policy: Policy,
+    /// `--firewall-drop-input`.
+    pub drop_input: bool,
+}
+
+/// The running eBPF backend.
 pub struct EbpfFirewall {
     hosts: Mutex<HostMaps>,
-    attached: Mutex<Attached>,
+    /// Second handles on the host maps for full scans (sweeper, metrics), which need no lock
+    /// (every change a sweep leads to is conditional): a scan of a full map must not stall DNS
+    /// answers.
+    scan: (HostMap<4>, HostMap<16>),
     /// The whitelists in force (to diff against on reload).
     policy: Mutex<Policy>,
     pin_dir: PathBuf,
+    /// The loaded object (programs and maps stay pinned when it is dropped).
+    _ebpf: Mutex<Ebpf>,
+    /// The denied-event ring buffer, taken by [`EbpfFirewall::take_denied`].
+    denied: Mutex<Option<RingBuf<MapData>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// flock held on the pin directory for the daemon's lifetime: one daemon per directory.
     _lock: File,
 }
 
-/// The loaded object with the program's links, and the task draining its logs.
-struct Attached {
-    ebpf: Ebpf,
-    links: Vec<aya::programs::cgroup_skb::CgroupSkbLinkId>,
-    logger: Option<tokio::task::JoinHandle<()>>,
-}
-
 impl EbpfFirewall {
-    /// Loads the program, installs `policy`, pins the maps in `pin_dir` and attaches the program to
-    /// `cgroups`. On error everything created so far is removed again.
-    pub fn start(cgroups: &[PathBuf], pin_dir: &Path, policy: &Policy) -> Result<Self, EbpfError> {
+    /// Loads the programs, adopts the maps a previous run pinned in `pin_dir` (after checking they
+    /// are nettrust's) or creates them, installs the policy and attaches to every cgroup. On error
+    /// a fresh directory is removed again; adopted state is left as it was (still enforcing).
+    pub fn start(options: &EbpfOptions) -> Result<Self, EbpfError> {
         if OBJECT.is_empty() {
             return Err(EbpfError::NoObject);
         }
         raise_memlock_limit();
-        let lock = prepare_pin_dir(pin_dir)?;
-        let result = Self::start_locked(cgroups, pin_dir, policy, lock);
-        if result.is_err() {
-            let _ = remove_pins(pin_dir);
+        let lock = pins::prepare_dir(&options.pin_dir)?;
+        let adopted = pins::check_pinned_maps(&options.pin_dir)?;
+        if adopted > 0 {
+            tracing::info!(
+                dir = %options.pin_dir.display(),
+                "adopting the maps of a previous nettrust run"
+            );
+        }
+        let result = Self::start_locked(options, lock);
+        if result.is_err() && adopted == 0 {
+            let _ = pins::remove_all(&options.pin_dir);
         }
         result
     }
 
-    fn start_locked(
-        cgroups: &[PathBuf],
-        pin_dir: &Path,
-        policy: &Policy,
-        lock: File,
-    ) -> Result<Self, EbpfError> {
-        let mut ebpf = EbpfLoader::new()
+    fn start_locked(options: &EbpfOptions, lock: File) -> Result<Self, EbpfError> {
+        let dir = &options.pin_dir;
+        pins::remove_temporaries(dir);
+        let pin_paths: Vec<(&str, PathBuf)> = pins::MAPS
+            .iter()
+            .map(|spec| (spec.name, dir.join(spec.name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| EbpfError::Load(Box::new(e)))?;
         let logger = start_logger(&mut ebpf);
 
-        for name in PINNED_MAPS {
-            let map = ebpf.map(name).ok_or_else(|| {
-                map_error(
-                    name,
-                    "missing from the object",
-                    io::Error::from(io::ErrorKind::NotFound),
-                )
-            })?;
-            map.pin(pin_dir.join(name))
-                .map_err(|e| map_error(name, format!("cannot pin in {}", pin_dir.display()), e))?;
-        }
         let mut hosts = HostMaps {
-            v4: take_hash(&mut ebpf, MAP_HOSTS_V4)?,
-            v6: take_hash(&mut ebpf, MAP_HOSTS_V6)?,
+            v4: take_map(&mut ebpf, MAP_HOSTS_V4)?,
+            v6: take_map(&mut ebpf, MAP_HOSTS_V6)?,
+            names: take_map(&mut ebpf, MAP_NAMES)?,
         };
         let mut nets_v4: LpmTrie<MapData, [u8; 4], u32> = take_map(&mut ebpf, MAP_NETS_V4)?;
         let mut nets_v6: LpmTrie<MapData, [u8; 16], u32> = take_map(&mut ebpf, MAP_NETS_V6)?;
+        install_policy(&mut hosts, &mut nets_v4, &mut nets_v6, &options.policy)?;
+        let mut config: Array<MapData, u32> = take_map(&mut ebpf, MAP_CONFIG)?;
+        config
+            .set(CONFIG_DROP_INPUT, u32::from(options.drop_input), 0)
+            .map_err(|e| map_error(MAP_CONFIG, "cannot set drop-input", e))?;
+        let mut cgroup_map: CgroupMap = take_map(&mut ebpf, MAP_CGROUPS)?;
+        let denied: RingBuf<MapData> = take_map(&mut ebpf, MAP_DENIED)?;
 
-        let whitelisted = HostValue {
-            expires_ns: 0,
-            flags: FLAG_WHITELISTED,
-            _pad: 0,
-        };
-        for &host in &policy.whitelist_hosts {
-            let result = match host {
-                IpAddr::V4(ip) => hosts
-                    .v4
-                    .insert(ip.octets(), whitelisted, 0)
-                    .map_err(|e| (MAP_HOSTS_V4, e)),
-                IpAddr::V6(ip) => hosts
-                    .v6
-                    .insert(ip.octets(), whitelisted, 0)
-                    .map_err(|e| (MAP_HOSTS_V6, e)),
-            };
-            result
-                .map_err(|(name, e)| map_error(name, format!("cannot whitelist host {host}"), e))?;
-        }
-        for net in &policy.whitelist_networks {
-            let result = match net {
-                IpNet::V4(n) => nets_v4
-                    .insert(
-                        &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
-                        FLAG_WHITELISTED,
-                        0,
-                    )
-                    .map_err(|e| (MAP_NETS_V4, e)),
-                IpNet::V6(n) => nets_v6
-                    .insert(
-                        &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
-                        FLAG_WHITELISTED,
-                        0,
-                    )
-                    .map_err(|e| (MAP_NETS_V6, e)),
-            };
-            result.map_err(|(name, e)| {
-                map_error(name, format!("cannot whitelist network {net}"), e)
+        for (name, _) in PROGRAMS {
+            let program = program_mut(&mut ebpf, name)?;
+            program.load().map_err(|source| EbpfError::Program {
+                what: format!("{name} rejected by the kernel"),
+                source,
+            })?;
+            let pin = pins::program_pin(dir, name);
+            pins::replace_pin(&pin, |tmp| {
+                program.pin(tmp).map_err(|e| crate::error_chain(&e))
+            })
+            .map_err(|what| EbpfError::LinkPin {
+                cgroup: pin.clone(),
+                what,
             })?;
         }
 
-        let program: &mut CgroupSkb = ebpf
-            .program_mut(PROGRAM_EGRESS)
-            .ok_or_else(|| EbpfError::Program {
-                what: "egress missing from the object".into(),
-                source: ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(|source| EbpfError::Program {
-                what: "egress has the wrong type".into(),
-                source,
-            })?;
-        program.load().map_err(|source| EbpfError::Program {
-            what: "egress rejected by the kernel".into(),
-            source,
-        })?;
-        let mut links = Vec::with_capacity(cgroups.len());
-        for path in cgroups {
-            let cgroup = File::open(path).map_err(|source| EbpfError::Cgroup {
-                path: path.clone(),
-                source,
-            })?;
-            // On kernels >= 5.7 aya attaches through a bpf_link, which always coexists with other
-            // programs on the cgroup (systemd's, a container runtime's; every one must allow a
-            // packet) and rejects attach flags: `Single` means "no flags" there.
-            let link = program
-                .attach(
-                    &cgroup,
-                    CgroupSkbAttachType::Egress,
-                    CgroupAttachMode::Single,
-                )
-                .map_err(|source| EbpfError::Program {
-                    what: format!("cannot attach to {}", path.display()),
-                    source,
-                })?;
-            links.push(link);
-            tracing::info!(cgroup = %path.display(), "egress filter attached");
+        // The configured cgroups plus those attached at runtime by a previous run.
+        let mut cgroups: Vec<PathBuf> = options.cgroups.clone();
+        for entry in cgroup_map.iter() {
+            let (id, path) = entry.map_err(|e| map_error(MAP_CGROUPS, "cannot read", e))?;
+            let path = PathBuf::from(pins::unpadded(&path.path));
+            if pins::cgroup_id(&path).ok() == Some(id) {
+                if !cgroups.contains(&path) {
+                    cgroups.push(path);
+                }
+            } else {
+                tracing::info!(cgroup = %path.display(), "cgroup gone, dropping its links");
+                for (name, _) in PROGRAMS {
+                    let _ = std::fs::remove_file(pins::link_pin(dir, name, id));
+                }
+            }
         }
+        let mut attached_ids = Vec::new();
+        for path in &cgroups {
+            let id = attach_cgroup(&mut ebpf, &mut cgroup_map, dir, path)?;
+            attached_ids.push(id);
+            tracing::info!(cgroup = %path.display(), "filter attached");
+        }
+        // Links whose cgroup is not ours any more (removed from CGROUPS by a detach, or gone).
+        for id in pins::linked_cgroups(dir) {
+            if !attached_ids.contains(&id) {
+                for (name, _) in PROGRAMS {
+                    let _ = std::fs::remove_file(pins::link_pin(dir, name, id));
+                }
+                let _ = cgroup_map.remove(&id);
+            }
+        }
+
+        let mut tasks = Vec::new();
+        tasks.extend(logger);
+        let scan = (
+            super::pinned::open_pinned(dir, MAP_HOSTS_V4, Map::HashMap)?,
+            super::pinned::open_pinned(dir, MAP_HOSTS_V6, Map::HashMap)?,
+        );
         Ok(Self {
             hosts: Mutex::new(hosts),
-            attached: Mutex::new(Attached {
-                ebpf,
-                links,
-                logger,
-            }),
-            policy: Mutex::new(policy.clone()),
-            pin_dir: pin_dir.to_owned(),
+            scan,
+            pin_dir: dir.clone(),
+            _ebpf: Mutex::new(ebpf),
+            denied: Mutex::new(Some(denied)),
+            tasks: Mutex::new(tasks),
+            policy: Mutex::new(options.policy.clone()),
             _lock: lock,
         })
     }
 
-    /// Detaches the program from every cgroup and removes the pinned maps. Keeps cleaning after a
-    /// failure and returns every error.
-    pub fn stop(&self) -> Result<(), Vec<EbpfError>> {
-        let mut errors = Vec::new();
-        let mut attached = self.attached.lock().expect("attachment lock poisoned");
-        let Attached {
-            ebpf,
-            links,
-            logger,
-        } = &mut *attached;
-        if let Some(logger) = logger.take() {
-            logger.abort();
-        }
-        match ebpf
-            .program_mut(PROGRAM_EGRESS)
-            .map(<&mut CgroupSkb>::try_from)
-        {
-            Some(Ok(program)) => {
-                for link in links.drain(..) {
-                    if let Err(source) = program.detach(link) {
-                        errors.push(EbpfError::Program {
-                            what: "cannot detach".into(),
-                            source,
-                        });
-                    }
-                }
-            }
-            _ => errors.push(EbpfError::Program {
-                what: "egress missing at shutdown".into(),
-                source: ProgramError::NotLoaded,
-            }),
-        }
-        if let Err(e) = remove_pins(&self.pin_dir) {
-            errors.push(e);
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
+    /// Starts the task logging denied egress (`[Denied] …`) from the ring buffer.
+    pub fn start_denied_log(&self) {
+        let Some(ring) = self.denied.lock().expect("poisoned").take() else {
+            return;
+        };
+        let cgroups =
+            super::pinned::open_pinned::<CgroupMap>(&self.pin_dir, MAP_CGROUPS, Map::HashMap).ok();
+        match crate::events::spawn(ring, cgroups) {
+            Ok(task) => self.tasks.lock().expect("poisoned").push(task),
+            Err(e) => tracing::warn!("denied events unavailable: {e}"),
         }
     }
+
+    /// Stops the daemon's tasks and applies the exit `mode`. Keeps cleaning after a failure and
+    /// returns every error.
+    pub fn stop(&self, mode: ExitMode) -> Result<(), Vec<EbpfError>> {
+        for task in self.tasks.lock().expect("poisoned").drain(..) {
+            task.abort();
+        }
+        match mode {
+            ExitMode::FlushAll => pins::remove_all(&self.pin_dir)
+                .map_err(|errors| errors.into_iter().map(EbpfError::Pin).collect()),
+            ExitMode::KeepPolicy => {
+                let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+                clear_authorized(&mut hosts).map_err(|e| vec![e])
+            }
+            ExitMode::KeepAll => Ok(()),
+        }
+    }
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSkb, EbpfError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| EbpfError::Program {
+            what: format!("{name} missing from the object"),
+            source: ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            what: format!("{name} has the wrong type"),
+            source,
+        })
+}
+
+/// Attaches both programs to `path` and pins the links (replacing a previous run's links for
+/// that cgroup only once the new ones are attached). Records the cgroup in `CGROUPS`.
+fn attach_cgroup(
+    ebpf: &mut Ebpf,
+    cgroup_map: &mut CgroupMap,
+    dir: &Path,
+    path: &Path,
+) -> Result<u64, EbpfError> {
+    let cgroup = File::open(path).map_err(|source| EbpfError::Cgroup {
+        path: path.to_owned(),
+        source,
+    })?;
+    let id = pins::cgroup_id(path).map_err(|source| EbpfError::Cgroup {
+        path: path.to_owned(),
+        source,
+    })?;
+    for (name, attach_type) in PROGRAMS {
+        let program = program_mut(ebpf, name)?;
+        attach_one(program, name, attach_type, &cgroup, dir, path, id)?;
+    }
+    cgroup_map
+        .insert(
+            id,
+            CgroupPath {
+                path: pins::padded(&path.display().to_string()),
+            },
+            0,
+        )
+        .map_err(|e| map_error(MAP_CGROUPS, "cannot record the cgroup", e))?;
+    Ok(id)
+}
+
+pub(super) fn attach_one(
+    program: &mut CgroupSkb,
+    name: &str,
+    attach_type: CgroupSkbAttachType,
+    cgroup: &File,
+    dir: &Path,
+    path: &Path,
+    id: u64,
+) -> Result<(), EbpfError> {
+    // On kernels >= 5.7 aya attaches through a bpf_link, which always coexists with other
+    // programs on the cgroup (systemd's, a container runtime's, our previous run's; every one
+    // must allow a packet) and rejects attach flags: `Single` means "no flags" there.
+    let link_id = program
+        .attach(cgroup, attach_type, CgroupAttachMode::Single)
+        .map_err(|source| EbpfError::Program {
+            what: format!("{name}: cannot attach to {}", path.display()),
+            source,
+        })?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|source| EbpfError::Program {
+            what: format!("{name}: cannot take the link of {}", path.display()),
+            source,
+        })?;
+    let link = FdLink::try_from(link).map_err(|e| EbpfError::LinkPin {
+        cgroup: path.to_owned(),
+        what: e.to_string(),
+    })?;
+    pins::replace_pin(&pins::link_pin(dir, name, id), |tmp| {
+        link.pin(tmp).map(drop).map_err(|e| crate::error_chain(&e))
+    })
+    .map_err(|what| EbpfError::LinkPin {
+        cgroup: path.to_owned(),
+        what,
+    })
 }
 
 impl Firewall for EbpfFirewall {
@@ -327,8 +407,9 @@ impl Firewall for EbpfFirewall {
     }
 
     fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError> {
-        let hosts = self.hosts.lock().expect("host maps lock poisoned");
-        collect_authorized(&hosts.v4, &hosts.v6).map_err(|e| FirewallError::Read(Box::new(e)))
+        collect_authorized(&self.scan.0, &self.scan.1, None)
+            .map(|list| list.into_iter().map(|(host, _)| host).collect())
+            .map_err(|e| FirewallError::Read(Box::new(e)))
     }
 
     fn set_whitelist(&self, new: &Policy) -> Result<(), FirewallError> {
@@ -336,9 +417,9 @@ impl Firewall for EbpfFirewall {
         let mut current = self.policy.lock().expect("policy lock poisoned");
         let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
         let mut nets_v4: LpmTrie<MapData, [u8; 4], u32> =
-            open_pinned_map(&self.pin_dir, MAP_NETS_V4).map_err(wrap)?;
+            super::pinned::open_pinned(&self.pin_dir, MAP_NETS_V4, Map::LpmTrie).map_err(wrap)?;
         let mut nets_v6: LpmTrie<MapData, [u8; 16], u32> =
-            open_pinned_map(&self.pin_dir, MAP_NETS_V6).map_err(wrap)?;
+            super::pinned::open_pinned(&self.pin_dir, MAP_NETS_V6, Map::LpmTrie).map_err(wrap)?;
         // Add first, then remove: an entry on both lists is never absent in between.
         for net in new
             .whitelist_networks
@@ -371,78 +452,65 @@ impl Firewall for EbpfFirewall {
         *current = new.clone();
         Ok(())
     }
-}
 
-/// Writes an authorization, keeping the flags already present. A whitelisted entry is left as it is.
-fn upsert<const N: usize>(
-    map: &mut HostMap<N>,
-    key: [u8; N],
-    expires_ns: u64,
-) -> Result<Authorization, MapError> {
-    match map.get(&key, 0) {
-        Ok(old) if old.flags & FLAG_WHITELISTED != 0 => Ok(Authorization::Already),
-        Ok(old) => {
-            let live = old.is_live(boottime_ns());
-            map.insert(
-                key,
-                HostValue {
-                    expires_ns,
-                    flags: old.flags | FLAG_AUTHORIZED,
-                    _pad: 0,
-                },
-                0,
-            )?;
-            Ok(if live {
-                Authorization::Already
-            } else {
-                Authorization::New
+    fn record_name(&self, addr: IpAddr, name: &str) -> Result<(), FirewallError> {
+        let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+        let value = HostName {
+            name: pins::padded(name.trim_end_matches('.')),
+        };
+        hosts
+            .names
+            .insert(name_key(addr), value, 0)
+            .map_err(|e| FirewallError::Update {
+                addr,
+                source: Box::new(e),
             })
-        }
-        Err(MapError::KeyNotFound) => {
-            map.insert(
-                key,
-                HostValue {
-                    expires_ns,
-                    flags: FLAG_AUTHORIZED,
-                    _pad: 0,
-                },
-                0,
-            )?;
-            Ok(Authorization::New)
-        }
-        Err(e) => Err(e),
     }
-}
 
-fn collect_authorized(v4: &HostMap<4>, v6: &HostMap<16>) -> Result<Vec<AuthorizedHost>, MapError> {
-    let now = boottime_ns();
-    let mut out = Vec::new();
-    for entry in v4.iter() {
-        let (key, value) = entry?;
-        if value.flags & FLAG_AUTHORIZED != 0 && value.is_live(now) {
-            out.push(AuthorizedHost {
-                addr: IpAddr::from(key),
-                expires_ns: value.expires_ns,
-            });
-        }
+    fn due(&self, horizon_ns: u64) -> Result<Vec<HostState>, FirewallError> {
+        let mut out = Vec::new();
+        collect_due(&self.scan.0, horizon_ns, &mut out)
+            .and_then(|()| collect_due(&self.scan.1, horizon_ns, &mut out))
+            .map_err(|e| FirewallError::Read(Box::new(e)))?;
+        Ok(out)
     }
-    for entry in v6.iter() {
-        let (key, value) = entry?;
-        if value.flags & FLAG_AUTHORIZED != 0 && value.is_live(now) {
-            out.push(AuthorizedHost {
-                addr: IpAddr::from(key),
-                expires_ns: value.expires_ns,
-            });
-        }
-    }
-    Ok(out)
-}
 
-/// Reads the authorized hosts from the maps a running daemon pinned in `pin_dir`.
-pub fn list_pinned(pin_dir: &Path) -> Result<Vec<AuthorizedHost>, EbpfError> {
-    let v4: HostMap<4> = open_pinned_map(pin_dir, MAP_HOSTS_V4)?;
-    let v6: HostMap<16> = open_pinned_map(pin_dir, MAP_HOSTS_V6)?;
-    collect_authorized(&v4, &v6).map_err(|e| map_error(MAP_HOSTS_V4, "cannot read", e))
+    fn renew_if(
+        &self,
+        addr: IpAddr,
+        seen_expires_ns: u64,
+        new_expires_ns: u64,
+    ) -> Result<bool, FirewallError> {
+        let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+        let result = match addr {
+            IpAddr::V4(ip) => {
+                renew_entry(&mut hosts.v4, ip.octets(), seen_expires_ns, new_expires_ns)
+            }
+            IpAddr::V6(ip) => {
+                renew_entry(&mut hosts.v6, ip.octets(), seen_expires_ns, new_expires_ns)
+            }
+        };
+        result.map_err(|e| FirewallError::Update {
+            addr,
+            source: Box::new(e),
+        })
+    }
+
+    fn remove_if(&self, addr: IpAddr, seen_expires_ns: u64) -> Result<bool, FirewallError> {
+        let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+        let result = match addr {
+            IpAddr::V4(ip) => remove_entry(&mut hosts.v4, ip.octets(), seen_expires_ns),
+            IpAddr::V6(ip) => remove_entry(&mut hosts.v6, ip.octets(), seen_expires_ns),
+        };
+        let removed = result.map_err(|e| FirewallError::Update {
+            addr,
+            source: Box::new(e),
+        })?;
+        if removed {
+            let _ = hosts.names.remove(&name_key(addr));
+        }
+        Ok(removed)
+    }
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
@@ -457,110 +525,6 @@ where
         )
     })?;
     T::try_from(map).map_err(|e| map_error(name, "unexpected type", e))
-}
-
-fn take_hash<const N: usize>(ebpf: &mut Ebpf, name: &'static str) -> Result<HostMap<N>, EbpfError>
-where
-    [u8; N]: Pod,
-{
-    take_map(ebpf, name)
-}
-
-/// Makes sure `pin_dir` is an empty directory on bpffs that only this process uses. bpffs is
-/// mounted at /sys/fs/bpf when nothing is mounted there yet.
-fn prepare_pin_dir(pin_dir: &Path) -> Result<File, EbpfError> {
-    let bpffs_err = |what: &str, source: Option<io::Error>| EbpfError::Bpffs {
-        path: pin_dir.to_owned(),
-        what: what.into(),
-        source,
-    };
-    let parent = pin_dir
-        .parent()
-        .ok_or_else(|| bpffs_err("has no parent directory", None))?;
-    if !is_bpffs(parent) {
-        if parent == Path::new(BPFFS_MOUNT) {
-            mount_bpffs(parent).map_err(|e| {
-                bpffs_err(
-                    "bpffs is not mounted at /sys/fs/bpf and mounting it failed",
-                    Some(e),
-                )
-            })?;
-        } else {
-            return Err(bpffs_err(
-                "its parent is not on a bpf filesystem (mount -t bpf bpf DIR)",
-                None,
-            ));
-        }
-    }
-    match std::fs::create_dir(pin_dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(bpffs_err("cannot create it", Some(e))),
-    }
-    let dir = File::open(pin_dir).map_err(|e| bpffs_err("cannot open it", Some(e)))?;
-    // SAFETY: flock on a file descriptor we own.
-    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(bpffs_err(
-            "is in use by another nettrust daemon",
-            Some(io::Error::last_os_error()),
-        ));
-    }
-    let stale: Vec<_> = std::fs::read_dir(pin_dir)
-        .map_err(|e| bpffs_err("cannot list it", Some(e)))?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .collect();
-    if !stale.is_empty() {
-        tracing::warn!(dir = %pin_dir.display(), "removing maps left by a previous nettrust run");
-        for path in stale {
-            std::fs::remove_file(&path)
-                .map_err(|e| bpffs_err("cannot remove a stale pin", Some(e)))?;
-        }
-    }
-    Ok(dir)
-}
-
-fn remove_pins(pin_dir: &Path) -> Result<(), EbpfError> {
-    let bpffs_err = |what: String, source: io::Error| EbpfError::Bpffs {
-        path: pin_dir.to_owned(),
-        what,
-        source: Some(source),
-    };
-    for name in PINNED_MAPS {
-        match std::fs::remove_file(pin_dir.join(name)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(bpffs_err(format!("cannot unpin {name}"), e)),
-        }
-    }
-    match std::fs::remove_dir(pin_dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(bpffs_err("cannot remove it".into(), e)),
-    }
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    crate::sys::fs_magic(path).is_ok_and(|magic| magic == BPF_FS_MAGIC)
-}
-
-fn mount_bpffs(path: &Path) -> io::Result<()> {
-    let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: all strings are NUL-terminated and outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Lifts RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (before 5.11).
@@ -611,123 +575,11 @@ fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
-/// The egress program's counters (summed over CPUs), read from the `STATS` map pinned in
-/// `pin_dir`, indexed by the `STAT_*` constants.
-pub fn read_stats(pin_dir: &Path) -> Result<[u64; STAT_COUNT as usize], EbpfError> {
-    let stats: PerCpuArray<MapData, u64> = open_pinned_map(pin_dir, MAP_STATS)?;
-    let mut out = [0u64; STAT_COUNT as usize];
-    for (index, slot) in (0..STAT_COUNT).zip(out.iter_mut()) {
-        let per_cpu = stats
-            .get(&index, 0)
-            .map_err(|e| map_error(MAP_STATS, "cannot read", e))?;
-        *slot = per_cpu.iter().sum();
+/// Used by [`crate::events`]: parses one ring-buffer record.
+pub fn parse_denied(bytes: &[u8]) -> Option<DeniedEvent> {
+    if bytes.len() < size_of::<DeniedEvent>() {
+        return None;
     }
-    Ok(out)
-}
-
-/// Adds (`allow`) or removes a whitelisted network.
-fn set_network(
-    v4: &mut LpmTrie<MapData, [u8; 4], u32>,
-    v6: &mut LpmTrie<MapData, [u8; 16], u32>,
-    net: &IpNet,
-    allow: bool,
-) -> Result<(), EbpfError> {
-    let result = match (net, allow) {
-        (IpNet::V4(n), true) => v4.insert(
-            &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
-            FLAG_WHITELISTED,
-            0,
-        ),
-        (IpNet::V4(n), false) => v4.remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
-        (IpNet::V6(n), true) => v6.insert(
-            &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
-            FLAG_WHITELISTED,
-            0,
-        ),
-        (IpNet::V6(n), false) => v6.remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
-    };
-    let name = if net.addr().is_ipv4() {
-        MAP_NETS_V4
-    } else {
-        MAP_NETS_V6
-    };
-    match result {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(e) => Err(map_error(
-            name,
-            format!("cannot update whitelisted network {net}"),
-            e,
-        )),
-    }
-}
-
-/// Whitelists a host (keeping the authorization flag it may carry), or removes it. A host taken
-/// off the whitelist loses any authorization too: it must be resolved again, which keeps "removed
-/// from the config" meaning "no longer reachable" (the original's issue #8).
-fn set_host_whitelisted(
-    hosts: &mut HostMaps,
-    host: IpAddr,
-    whitelisted: bool,
-) -> Result<(), EbpfError> {
-    let result = match host {
-        IpAddr::V4(ip) => {
-            flag_host(&mut hosts.v4, ip.octets(), whitelisted).map_err(|e| (MAP_HOSTS_V4, e))
-        }
-        IpAddr::V6(ip) => {
-            flag_host(&mut hosts.v6, ip.octets(), whitelisted).map_err(|e| (MAP_HOSTS_V6, e))
-        }
-    };
-    result.map_err(|(name, e)| map_error(name, format!("cannot update whitelisted host {host}"), e))
-}
-
-fn flag_host<const N: usize>(
-    map: &mut HostMap<N>,
-    key: [u8; N],
-    whitelisted: bool,
-) -> Result<(), MapError> {
-    if !whitelisted {
-        return match map.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e),
-        };
-    }
-    let flags = match map.get(&key, 0) {
-        Ok(old) => old.flags | FLAG_WHITELISTED,
-        Err(MapError::KeyNotFound) => FLAG_WHITELISTED,
-        Err(e) => return Err(e),
-    };
-    // Whitelisted entries never expire.
-    map.insert(
-        key,
-        HostValue {
-            expires_ns: 0,
-            flags,
-            _pad: 0,
-        },
-        0,
-    )
-}
-
-/// Opens a map pinned in `pin_dir` by this daemon.
-fn open_pinned_map<T>(pin_dir: &Path, name: &'static str) -> Result<T, EbpfError>
-where
-    T: TryFrom<Map, Error = MapError>,
-{
-    let path = pin_dir.join(name);
-    let data = MapData::from_pin(&path).map_err(|e| {
-        map_error(
-            name,
-            format!(
-                "no pinned map at {} (is the nettrust daemon running?)",
-                path.display()
-            ),
-            e,
-        )
-    })?;
-    let map = match name {
-        MAP_NETS_V4 | MAP_NETS_V6 => Map::LpmTrie(data),
-        MAP_STATS => Map::PerCpuArray(data),
-        _ => Map::HashMap(data),
-    };
-    T::try_from(map).map_err(|e| map_error(name, "unexpected map type", e))
+    // SAFETY: DeniedEvent is plain data; read_unaligned copes with any alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DeniedEvent>()) })
 }

@@ -2,7 +2,10 @@
 //! keeps the same state in memory so policy logic can be tested without root.
 
 pub mod ebpf;
+mod entries;
 pub mod fake;
+pub mod pinned;
+pub mod pins;
 
 use std::net::IpAddr;
 
@@ -26,6 +29,43 @@ pub struct AuthorizedHost {
     pub expires_ns: u64,
 }
 
+/// An authorized host as the sweeper sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostState {
+    /// The destination address.
+    pub addr: IpAddr,
+    /// `CLOCK_BOOTTIME` deadline in nanoseconds (never 0 here: hosts without deadline are never
+    /// due).
+    pub expires_ns: u64,
+    /// Last time the egress program let a packet out to it (`CLOCK_BOOTTIME` ns, 0 = never).
+    pub last_seen_ns: u64,
+}
+
+/// What nettrust leaves in place when it exits on SIGINT/SIGTERM (the original's flush matrix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitMode {
+    /// Remove everything: programs, links, maps (the default).
+    FlushAll,
+    /// `--do-not-flush-table`: the deny policy and whitelists stay enforced, authorizations are
+    /// cleared.
+    KeepPolicy,
+    /// `--do-not-flush-table --do-not-flush-authorized-hosts`: everything stays, and the next start
+    /// adopts the authorizations with their deadlines.
+    KeepAll,
+}
+
+impl ExitMode {
+    /// The mode selected by the two flags; keeping the authorizations without the table is
+    /// meaningless, as in the original (the table is removed anyway).
+    pub fn from_flags(do_not_flush_table: bool, do_not_flush_authorized_hosts: bool) -> Self {
+        match (do_not_flush_table, do_not_flush_authorized_hosts) {
+            (false, _) => Self::FlushAll,
+            (true, false) => Self::KeepPolicy,
+            (true, true) => Self::KeepAll,
+        }
+    }
+}
+
 /// Errors of firewall backends.
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -44,6 +84,15 @@ pub enum FirewallError {
     /// Reading the backend's state failed.
     #[error("cannot read the authorized hosts")]
     Read(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Renewing or removing an authorization failed.
+    #[error("cannot update the authorization of {addr}")]
+    Update {
+        /// The address.
+        addr: IpAddr,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Whether an authorization created the entry or found it already there.
@@ -63,6 +112,24 @@ pub trait Firewall: Send + Sync {
     fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError>;
     /// The hosts authorized by DNS answers (not the whitelisted ones).
     fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError>;
+    /// Remembers that `name` authorized `addr` (shown by `nettrust list`). Best effort.
+    fn record_name(&self, addr: IpAddr, name: &str) -> Result<(), FirewallError> {
+        let _ = (addr, name);
+        Ok(())
+    }
+    /// Authorized hosts whose deadline is at or before `horizon_ns` (the sweeper's candidates).
+    fn due(&self, horizon_ns: u64) -> Result<Vec<HostState>, FirewallError>;
+    /// Moves the deadline of `addr` to `new_expires_ns`, but only if it is still `seen_expires_ns`:
+    /// a DNS answer that renewed the host since the sweeper looked wins. Returns whether it did.
+    fn renew_if(
+        &self,
+        addr: IpAddr,
+        seen_expires_ns: u64,
+        new_expires_ns: u64,
+    ) -> Result<bool, FirewallError>;
+    /// Removes `addr`, but only if its deadline is still `seen_expires_ns` (compare-and-delete:
+    /// a concurrent renewal wins). Returns whether it did.
+    fn remove_if(&self, addr: IpAddr, seen_expires_ns: u64) -> Result<bool, FirewallError>;
     /// Replaces the whitelists (SIGHUP reload). New entries are added before old ones are removed,
     /// so a destination on both lists is never dropped in between; authorizations are kept.
     fn set_whitelist(&self, policy: &Policy) -> Result<(), FirewallError>;
@@ -79,4 +146,35 @@ pub fn boottime_ns() -> u64 {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_matrix_matches_the_original() {
+        assert_eq!(ExitMode::from_flags(false, false), ExitMode::FlushAll);
+        assert_eq!(ExitMode::from_flags(true, false), ExitMode::KeepPolicy);
+        assert_eq!(ExitMode::from_flags(true, true), ExitMode::KeepAll);
+        // Keeping the hosts without the table is meaningless: the table goes, hosts with it.
+        assert_eq!(ExitMode::from_flags(false, true), ExitMode::FlushAll);
+    }
+
+    #[test]
+    fn fake_backend_records_names_and_removes_only_unchanged_deadlines() {
+        let fw = fake::FakeFirewall::new(Policy::default());
+        let addr: IpAddr = "192.0.2.1".parse().unwrap();
+        fw.authorize(addr, 10).unwrap();
+        fw.record_name(addr, "a.test.").unwrap();
+        assert_eq!(fw.name_of(addr).as_deref(), Some("a.test."));
+        assert!(
+            !fw.remove_if(addr, 9).unwrap(),
+            "deadline changed meanwhile"
+        );
+        assert!(fw.renew_if(addr, 10, 20).unwrap());
+        assert!(!fw.renew_if(addr, 10, 30).unwrap());
+        assert!(fw.remove_if(addr, 20).unwrap());
+        assert!(fw.authorized().unwrap().is_empty());
+    }
 }

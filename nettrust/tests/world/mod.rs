@@ -76,6 +76,9 @@ pub struct World {
     pub dir: tempfile::TempDir,
     servers: Vec<Child>,
     pub daemon: Option<Daemon>,
+    /// Log of the last daemon that exited.
+    pub last_log: String,
+    extra_cgroups: Vec<PathBuf>,
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -114,6 +117,8 @@ impl World {
             dir: tempfile::tempdir().expect("tempdir"),
             servers: Vec::new(),
             daemon: None,
+            last_log: String::new(),
+            extra_cgroups: Vec::new(),
             id,
         };
         world.build_network();
@@ -226,10 +231,15 @@ impl World {
 
     /// `program` run in the client namespace *and* the test cgroup: what nettrust filters.
     pub fn in_cgroup(&self, program: &str) -> Command {
+        self.in_cgroup_at(&self.cgroup, program)
+    }
+
+    /// `program` run in the client namespace and the cgroup `cgroup`.
+    pub fn in_cgroup_at(&self, cgroup: &std::path::Path, program: &str) -> Command {
         let mut cmd = self.in_ns(&self.client_ns, program);
         let procs = std::fs::OpenOptions::new()
             .write(true)
-            .open(self.cgroup.join("cgroup.procs"))
+            .open(cgroup.join("cgroup.procs"))
             .expect("open cgroup.procs");
         // SAFETY: write(2) is async-signal-safe; "0" moves the writing process itself.
         unsafe {
@@ -303,6 +313,35 @@ impl World {
             .unwrap_or_default()
     }
 
+    /// Kills the daemon with SIGKILL (no cleanup at all) and waits for it.
+    pub fn kill_daemon(&mut self) {
+        let mut daemon = self.daemon.take().expect("daemon running");
+        daemon.child.kill().expect("kill nettrust");
+        daemon.child.wait().expect("wait for nettrust");
+        self.last_log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+    }
+
+    /// A nettrust command (`status`, `flush`, `attach`, ...) against this world's bpffs directory;
+    /// returns its output whatever the exit status.
+    pub fn nettrust(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_nettrust"))
+            .args(args)
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs_dir)
+            .output()
+            .expect("run nettrust")
+    }
+
+    /// A second cgroup next to the test cgroup, removed with the world.
+    pub fn extra_cgroup(&mut self, name: &str) -> PathBuf {
+        let path = self
+            .cgroup
+            .with_file_name(format!("nettrust-test-{}-{name}", self.id));
+        std::fs::create_dir(&path).expect("create an extra cgroup");
+        self.extra_cgroups.push(path.clone());
+        path
+    }
+
     /// Sends SIGTERM and waits for the daemon to exit; returns whether it exited successfully.
     pub fn stop_daemon(&mut self) -> bool {
         let mut daemon = self.daemon.take().expect("daemon running");
@@ -312,6 +351,7 @@ impl World {
         loop {
             if let Some(status) = daemon.child.try_wait().unwrap() {
                 let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+                self.last_log = log.clone();
                 if !status.success() {
                     eprintln!("nettrust log:\n{log}");
                 }
@@ -428,6 +468,9 @@ impl Drop for World {
                 );
             }
         }
+        if std::thread::panicking() && !self.last_log.is_empty() {
+            eprintln!("log of the last nettrust that exited:\n{}", self.last_log);
+        }
         for server in &mut self.servers {
             let _ = server.kill();
             let _ = server.wait();
@@ -442,13 +485,15 @@ impl Drop for World {
         for ns in [&self.client_ns, &self.inet_ns] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-        // The cgroup can only be removed once its processes are gone.
-        let started = Instant::now();
-        while self.cgroup.exists()
-            && std::fs::remove_dir(&self.cgroup).is_err()
-            && started.elapsed() < Duration::from_secs(5)
-        {
-            std::thread::sleep(Duration::from_millis(20));
+        // The cgroups can only be removed once their processes are gone.
+        for cgroup in self.extra_cgroups.iter().chain([&self.cgroup]) {
+            let started = Instant::now();
+            while cgroup.exists()
+                && std::fs::remove_dir(cgroup).is_err()
+                && started.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         let _ = std::io::stderr().flush();
     }

@@ -80,6 +80,15 @@ mod end_to_end {
         fn set_whitelist(&self, _: &crate::firewall::Policy) -> Result<(), FirewallError> {
             Ok(())
         }
+        fn due(&self, _: u64) -> Result<Vec<crate::firewall::HostState>, FirewallError> {
+            Ok(Vec::new())
+        }
+        fn renew_if(&self, _: IpAddr, _: u64, _: u64) -> Result<bool, FirewallError> {
+            Ok(false)
+        }
+        fn remove_if(&self, _: IpAddr, _: u64) -> Result<bool, FirewallError> {
+            Ok(false)
+        }
     }
 
     struct Setup {

@@ -1,0 +1,363 @@
+//! Conntrack liveness: one ctnetlink dump (`NETLINK_NETFILTER`, `IPCTNL_MSG_CT_GET` with
+//! `NLM_F_DUMP`, both address families) per sweep, reduced to the set of addresses that appear in
+//! any tracked flow, original or reply direction (as the original nettrust did, except that closed
+//! TCP connections lingering in TIME_WAIT/CLOSE do not count). Hand-built over a
+//! raw netlink socket: the request is 20 bytes and the answer is walked attribute by attribute.
+//!
+//! Conntrack registers its hooks on demand (only when a ct-using rule exists in the namespace), so
+//! on a host without such rules this set is empty; the eBPF last-seen stamps are the liveness
+//! signal there (see [`crate::sweeper`]). The dump runs on the blocking pool, off the DNS path,
+//! and only when some host is due.
+
+use std::{
+    collections::HashSet,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+/// `NETLINK_NETFILTER` (linux/netlink.h).
+const NETLINK_NETFILTER: i32 = 12;
+/// `(NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET` (linux/netfilter/nfnetlink_conntrack.h).
+const CT_GET: u16 = (1 << 8) | 1;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_HDRLEN: usize = 16;
+const NFGENMSG_LEN: usize = 4;
+/// Attribute types are 14 bits; the top bits flag nesting and byte order.
+const NLA_TYPE_MASK: u16 = 0x3fff;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+/// `TCP_CONNTRACK_TIME_WAIT` and `TCP_CONNTRACK_CLOSE`: the connection is over, the entry only
+/// lingers (for minutes), so it does not keep a host alive.
+const TCP_CONNTRACK_TIME_WAIT: u8 = 7;
+const TCP_CONNTRACK_CLOSE: u8 = 8;
+
+/// Errors of the conntrack dump.
+#[derive(Debug, thiserror::Error)]
+pub enum ConntrackError {
+    /// The netlink socket failed.
+    #[error("conntrack netlink socket: {what}")]
+    Socket {
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel answered with an error.
+    #[error("conntrack dump refused by the kernel")]
+    Kernel(#[source] io::Error),
+    /// A message could not be parsed.
+    #[error("malformed conntrack message")]
+    Malformed,
+}
+
+fn sock_err(what: &'static str) -> ConntrackError {
+    ConntrackError::Socket {
+        what,
+        source: io::Error::last_os_error(),
+    }
+}
+
+/// The addresses of every flow conntrack tracks in this network namespace (one dump).
+pub fn active_addresses() -> Result<HashSet<IpAddr>, ConntrackError> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        return Err(sock_err("socket"));
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let timeout = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt reads the timeval we pass, with its size.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            size_of::<libc::timeval>() as u32,
+        )
+    };
+    let request = dump_request(1);
+    // SAFETY: send(2) reads `request` within its length.
+    let sent = unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
+    if sent < 0 {
+        return Err(sock_err("send"));
+    }
+    let mut out = HashSet::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: recv(2) writes at most buf.len() bytes into buf.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(sock_err("recv"));
+        }
+        if n == 0 || parse_messages(&buf[..n as usize], &mut out)? {
+            return Ok(out);
+        }
+    }
+}
+
+/// The dump request: `nlmsghdr` + `nfgenmsg` (AF_UNSPEC: IPv4 and IPv6, version 0).
+pub fn dump_request(seq: u32) -> Vec<u8> {
+    let len = (NLMSG_HDRLEN + NFGENMSG_LEN) as u32;
+    let mut msg = Vec::with_capacity(len as usize);
+    msg.extend_from_slice(&len.to_ne_bytes());
+    msg.extend_from_slice(&CT_GET.to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    msg.extend_from_slice(&seq.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    msg
+}
+
+/// Parses one datagram of the dump into `out`; returns whether the dump is complete.
+pub fn parse_messages(mut buf: &[u8], out: &mut HashSet<IpAddr>) -> Result<bool, ConntrackError> {
+    while buf.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes(buf[4..6].try_into().expect("2 bytes"));
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            return Err(ConntrackError::Malformed);
+        }
+        match kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let code = buf
+                    .get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4)
+                    .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+                    .ok_or(ConntrackError::Malformed)?;
+                if code != 0 {
+                    return Err(ConntrackError::Kernel(io::Error::from_raw_os_error(-code)));
+                }
+            }
+            _ => {
+                let attrs = buf
+                    .get(NLMSG_HDRLEN + NFGENMSG_LEN..len)
+                    .ok_or(ConntrackError::Malformed)?;
+                if tcp_state(attrs)
+                    .is_some_and(|s| s == TCP_CONNTRACK_TIME_WAIT || s == TCP_CONNTRACK_CLOSE)
+                {
+                    buf = buf.get(align4(len)..).unwrap_or_default();
+                    continue;
+                }
+                for (kind, payload) in attributes(attrs) {
+                    if kind == CTA_TUPLE_ORIG || kind == CTA_TUPLE_REPLY {
+                        tuple_addresses(payload, out);
+                    }
+                }
+            }
+        }
+        buf = buf.get(align4(len)..).unwrap_or_default();
+    }
+    Ok(false)
+}
+
+/// The TCP state of a flow (`CTA_PROTOINFO` / `CTA_PROTOINFO_TCP` / `CTA_PROTOINFO_TCP_STATE`).
+fn tcp_state(attrs: &[u8]) -> Option<u8> {
+    let (_, info) = attributes(attrs).find(|(kind, _)| *kind == CTA_PROTOINFO)?;
+    let (_, tcp) = attributes(info).find(|(kind, _)| *kind == CTA_PROTOINFO_TCP)?;
+    let (_, state) = attributes(tcp).find(|(kind, _)| *kind == CTA_PROTOINFO_TCP_STATE)?;
+    state.first().copied()
+}
+
+fn tuple_addresses(tuple: &[u8], out: &mut HashSet<IpAddr>) {
+    for (kind, payload) in attributes(tuple) {
+        if kind != CTA_TUPLE_IP {
+            continue;
+        }
+        for (kind, addr) in attributes(payload) {
+            match (kind, addr.len()) {
+                (CTA_IP_V4_SRC | CTA_IP_V4_DST, 4) => {
+                    out.insert(IpAddr::V4(Ipv4Addr::new(
+                        addr[0], addr[1], addr[2], addr[3],
+                    )));
+                }
+                (CTA_IP_V6_SRC | CTA_IP_V6_DST, 16) => {
+                    let octets: [u8; 16] = addr.try_into().expect("16 bytes");
+                    out.insert(IpAddr::V6(Ipv6Addr::from(octets)));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The `(type, payload)` pairs of a run of netlink attributes (stops at the first malformed one).
+fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let payload = &buf[4..len];
+        buf = buf.get(align4(len)..).unwrap_or_default();
+        Some((kind, payload))
+    })
+}
+
+fn align4(len: usize) -> usize {
+    (len + 3) & !3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(payload);
+        out.resize(align4(out.len()), 0);
+        out
+    }
+
+    fn nested(kind: u16, children: &[Vec<u8>]) -> Vec<u8> {
+        attr(kind | 0x8000, &children.concat())
+    }
+
+    fn message(kind: u16, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let len = NLMSG_HDRLEN + body.len();
+        out.extend_from_slice(&(len as u32).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(&[0; 10]);
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn flow(orig: [Vec<u8>; 2], reply: [Vec<u8>; 2]) -> Vec<u8> {
+        let mut body = vec![2, 0, 0, 0];
+        body.extend(nested(
+            CTA_TUPLE_ORIG,
+            &[nested(CTA_TUPLE_IP, &orig), nested(2, &[attr(1, &[6])])],
+        ));
+        body.extend(nested(CTA_TUPLE_REPLY, &[nested(CTA_TUPLE_IP, &reply)]));
+        body.extend(attr(3, &[0, 0, 0, 8]));
+        message(CT_GET, &body)
+    }
+
+    #[test]
+    fn request_is_a_dump_of_both_families() {
+        let req = dump_request(7);
+        assert_eq!(req.len(), 20);
+        assert_eq!(u16::from_ne_bytes([req[4], req[5]]), 0x101);
+        assert_eq!(u16::from_ne_bytes([req[6], req[7]]), 0x301);
+        assert_eq!(req[16], 0, "AF_UNSPEC");
+    }
+
+    #[test]
+    fn addresses_of_both_directions_are_collected() {
+        let v4 = flow(
+            [
+                attr(CTA_IP_V4_SRC, &[198, 51, 100, 1]),
+                attr(CTA_IP_V4_DST, &[192, 0, 2, 11]),
+            ],
+            [
+                attr(CTA_IP_V4_SRC, &[192, 0, 2, 99]),
+                attr(CTA_IP_V4_DST, &[198, 51, 100, 1]),
+            ],
+        );
+        let a: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let b: Ipv6Addr = "2001:db8:1::10".parse().unwrap();
+        let v6 = flow(
+            [
+                attr(CTA_IP_V6_SRC, &a.octets()),
+                attr(CTA_IP_V6_DST, &b.octets()),
+            ],
+            [
+                attr(CTA_IP_V6_SRC, &b.octets()),
+                attr(CTA_IP_V6_DST, &a.octets()),
+            ],
+        );
+        let mut buf = [v4, v6].concat();
+        let mut out = HashSet::new();
+        assert!(!parse_messages(&buf, &mut out).unwrap(), "no DONE yet");
+        for ip in [
+            "198.51.100.1",
+            "192.0.2.11",
+            "192.0.2.99",
+            "2001:db8::1",
+            "2001:db8:1::10",
+        ] {
+            assert!(out.contains(&ip.parse::<IpAddr>().unwrap()), "{ip} missing");
+        }
+        assert_eq!(out.len(), 5);
+        buf = message(NLMSG_DONE, &[0, 0, 0, 0]);
+        assert!(parse_messages(&buf, &mut out).unwrap());
+    }
+
+    #[test]
+    fn closed_tcp_connections_do_not_count() {
+        let tuple = |src: [u8; 4], dst: [u8; 4]| {
+            nested(
+                CTA_TUPLE_ORIG,
+                &[nested(
+                    CTA_TUPLE_IP,
+                    &[attr(CTA_IP_V4_SRC, &src), attr(CTA_IP_V4_DST, &dst)],
+                )],
+            )
+        };
+        let with_state = |dst: [u8; 4], state: u8| {
+            let mut body = vec![2, 0, 0, 0];
+            body.extend(tuple([198, 51, 100, 1], dst));
+            body.extend(nested(
+                CTA_PROTOINFO,
+                &[nested(
+                    CTA_PROTOINFO_TCP,
+                    &[attr(CTA_PROTOINFO_TCP_STATE, &[state])],
+                )],
+            ));
+            message(CT_GET, &body)
+        };
+        let buf = [
+            with_state([192, 0, 2, 1], 3),
+            with_state([192, 0, 2, 2], TCP_CONNTRACK_TIME_WAIT),
+        ]
+        .concat();
+        let mut out = HashSet::new();
+        parse_messages(&buf, &mut out).unwrap();
+        assert!(out.contains(&"192.0.2.1".parse::<IpAddr>().unwrap()));
+        assert!(!out.contains(&"192.0.2.2".parse::<IpAddr>().unwrap()));
+    }
+
+    #[test]
+    fn kernel_errors_and_garbage_are_reported() {
+        let err = message(NLMSG_ERROR, &(-libc::EPERM).to_ne_bytes());
+        assert!(matches!(
+            parse_messages(&err, &mut HashSet::new()),
+            Err(ConntrackError::Kernel(_))
+        ));
+        let mut bad = message(CT_GET, &[0; 8]);
+        bad[0] = 200;
+        assert!(matches!(
+            parse_messages(&bad, &mut HashSet::new()),
+            Err(ConntrackError::Malformed)
+        ));
+    }
+}

@@ -1,0 +1,110 @@
+//! Denied egress made visible: the egress program sends a rate-limited [`DeniedEvent`] per dropped
+//! packet through the `DENIED` ring buffer; this task logs each as
+//! `[Denied] cgroup PATH -> ADDR port P proto N` (the per-cgroup totals are the in-kernel `DROPS`
+//! counters, shown by `nettrust status`).
+
+use std::{collections::HashMap, net::IpAddr};
+
+use aya::maps::{HashMap as AyaHashMap, MapData, RingBuf};
+use nettrust_common::{CgroupPath, DeniedEvent};
+use tokio::io::unix::AsyncFd;
+
+use crate::firewall::{ebpf::parse_denied, pins};
+
+/// The destination of an event as an address.
+pub fn destination(event: &DeniedEvent) -> IpAddr {
+    if event.family == 4 {
+        IpAddr::from([event.addr[0], event.addr[1], event.addr[2], event.addr[3]])
+    } else {
+        IpAddr::from(event.addr)
+    }
+}
+
+/// The log line of an event.
+pub fn describe(event: &DeniedEvent, cgroup: &str) -> String {
+    let proto = match event.proto {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        1 => "icmp".to_owned(),
+        58 => "icmpv6".to_owned(),
+        other => other.to_string(),
+    };
+    format!(
+        "[Denied] cgroup {cgroup} -> {} port {} proto {proto}",
+        destination(event),
+        event.port
+    )
+}
+
+/// Spawns the task draining `ring`; `cgroups` maps cgroup ids to paths.
+pub fn spawn(
+    ring: RingBuf<MapData>,
+    cgroups: Option<AyaHashMap<MapData, u64, CgroupPath>>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    // SAFETY: the ring buffer owns its map fd and keeps it open until the AsyncFd (which owns the
+    // ring buffer) is dropped.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }?;
+    Ok(tokio::spawn(async move {
+        let mut paths: HashMap<u64, String> = HashMap::new();
+        loop {
+            let Ok(mut guard) = ring.readable_mut().await else {
+                return;
+            };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                let Some(event) = parse_denied(&item) else {
+                    continue;
+                };
+                let path = paths.entry(event.cgroup_id).or_insert_with(|| {
+                    cgroups
+                        .as_ref()
+                        .and_then(|m| m.get(&event.cgroup_id, 0).ok())
+                        .map(|p| pins::unpadded(&p.path))
+                        .unwrap_or_else(|| format!("id {}", event.cgroup_id))
+                });
+                tracing::info!("{}", describe(&event, path));
+            }
+            guard.clear_ready();
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_read_like_the_log() {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[203, 0, 113, 7]);
+        let event = DeniedEvent {
+            cgroup_id: 42,
+            addr,
+            port: 8080,
+            proto: 6,
+            family: 4,
+            _pad: 0,
+        };
+        assert_eq!(
+            describe(&event, "/sys/fs/cgroup/app"),
+            "[Denied] cgroup /sys/fs/cgroup/app -> 203.0.113.7 port 8080 proto tcp"
+        );
+        let v6 = DeniedEvent {
+            addr: "2001:db8::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+            family: 6,
+            proto: 17,
+            port: 53,
+            ..event
+        };
+        assert_eq!(destination(&v6), "2001:db8::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn short_records_are_ignored() {
+        assert!(parse_denied(&[0u8; 8]).is_none());
+        assert!(parse_denied(&[0u8; 32]).is_some());
+    }
+}

@@ -1,0 +1,336 @@
+//! The TTL sweeper (`--authorized-ttl`, `--ttl-check-ticker`): every tick it looks at the
+//! authorized hosts whose deadline falls before the next tick, renews those still in use and
+//! removes those that expired unused.
+//!
+//! Expiry itself is enforced in the kernel (the egress program treats an entry past its deadline
+//! as absent, daemon or not); the sweeper only reclaims map space and keeps live hosts alive.
+//! Because it renews hosts *before* their deadline (everything due before the next tick), a host
+//! in use is never cut while the daemon runs.
+//!
+//! Liveness: the egress program stamps `last_seen_ns` in the host's map value whenever it lets a
+//! packet out to it (at most [`LAST_SEEN_GRANULARITY_NS`] stale). This works without conntrack,
+//! which tracks nothing in a network namespace without ct-using rules (see MACHINE.md). A host is
+//! live when traffic went to it during the last tick. Additional active addresses (e.g. from a
+//! conntrack dump) can be passed in; a host in that set is live too.
+//!
+//! Races: the sweeper works on a snapshot, so every renewal and removal is conditional on the
+//! deadline it saw (`renew_if`/`remove_if`, compare-and-set under the backend's lock). A DNS
+//! answer that renewed the host in between changed the deadline, so the sweeper's action is
+//! dropped: the answer always wins. None of this runs on the DNS path.
+
+use std::{collections::HashSet, net::IpAddr, sync::Arc, time::Duration};
+
+use nettrust_common::LAST_SEEN_GRANULARITY_NS;
+use tokio_util::sync::CancellationToken;
+
+use crate::firewall::{Firewall, FirewallError, HostState, boottime_ns};
+
+/// How the sweeper runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepConfig {
+    /// Lifetime of an authorization (`--authorized-ttl`).
+    pub ttl: Duration,
+    /// Interval between sweeps (`--ttl-check-ticker`).
+    pub ticker: Duration,
+}
+
+impl SweepConfig {
+    fn ticker_ns(&self) -> u64 {
+        nanos(self.ticker)
+    }
+
+    /// A live host is renewed for the TTL, but never to a deadline before the next tick plus a
+    /// second, so a TTL shorter than the ticker cannot cut a connection between two sweeps.
+    fn renewal_ns(&self) -> u64 {
+        nanos(self.ttl).max(self.ticker_ns() + 1_000_000_000)
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What the sweeper decided for one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Still in use: move its deadline.
+    Renew {
+        /// The host.
+        addr: IpAddr,
+        /// The deadline the sweeper saw.
+        seen: u64,
+        /// The new deadline.
+        new: u64,
+    },
+    /// Expired and unused: remove it.
+    Remove {
+        /// The host.
+        addr: IpAddr,
+        /// The deadline the sweeper saw.
+        seen: u64,
+    },
+}
+
+/// Counts of one sweep.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Hosts whose deadline was moved because they are in use.
+    pub renewed: usize,
+    /// Expired, unused hosts removed.
+    pub removed: usize,
+    /// Actions dropped because a DNS answer renewed the host meanwhile.
+    pub superseded: usize,
+}
+
+/// Decides, for the hosts due before the next tick, which to renew and which to remove.
+pub fn plan(
+    due: &[HostState],
+    now: u64,
+    config: &SweepConfig,
+    active: &HashSet<IpAddr>,
+) -> Vec<Action> {
+    let window = config.ticker_ns() + LAST_SEEN_GRANULARITY_NS;
+    due.iter()
+        .filter_map(|host| {
+            let seen_recently =
+                host.last_seen_ns != 0 && now.saturating_sub(host.last_seen_ns) <= window;
+            if seen_recently || active.contains(&host.addr) {
+                Some(Action::Renew {
+                    addr: host.addr,
+                    seen: host.expires_ns,
+                    new: now.saturating_add(config.renewal_ns()),
+                })
+            } else if host.expires_ns <= now {
+                Some(Action::Remove {
+                    addr: host.addr,
+                    seen: host.expires_ns,
+                })
+            } else {
+                // Unused and not expired yet: the kernel expires it on time; removed next tick.
+                None
+            }
+        })
+        .collect()
+}
+
+/// Applies `actions` conditionally on the deadlines they saw.
+pub fn apply(firewall: &dyn Firewall, actions: &[Action]) -> (SweepReport, Vec<FirewallError>) {
+    let mut report = SweepReport::default();
+    let mut errors = Vec::new();
+    for action in actions {
+        let result = match *action {
+            Action::Renew { addr, seen, new } => firewall.renew_if(addr, seen, new),
+            Action::Remove { addr, seen } => firewall.remove_if(addr, seen),
+        };
+        match (result, *action) {
+            (Ok(true), Action::Renew { addr, .. }) => {
+                tracing::debug!("Host [{addr}] has expired but is still active. Renewing");
+                crate::metrics::metrics().renewed.inc();
+                report.renewed += 1;
+            }
+            (Ok(true), Action::Remove { addr, .. }) => {
+                tracing::info!("Host [{addr}] has expired. Removed from firewall rules");
+                crate::metrics::metrics().expired.inc();
+                report.removed += 1;
+            }
+            (Ok(false), _) => report.superseded += 1,
+            (Err(e), _) => errors.push(e),
+        }
+    }
+    (report, errors)
+}
+
+/// One sweep at `now`. `active` (e.g. a conntrack dump) is only called when some host is due.
+pub fn sweep(
+    firewall: &dyn Firewall,
+    now: u64,
+    config: &SweepConfig,
+    active: impl FnOnce() -> HashSet<IpAddr>,
+) -> Result<SweepReport, FirewallError> {
+    let due = firewall.due(now.saturating_add(config.ticker_ns()))?;
+    if due.is_empty() {
+        return Ok(SweepReport::default());
+    }
+    let (report, errors) = apply(firewall, &plan(&due, now, config, &active()));
+    for e in errors {
+        tracing::warn!("sweep: {}", crate::error_chain(&e));
+    }
+    Ok(report)
+}
+
+/// The addresses conntrack knows a flow for; empty (logged once) when the dump fails.
+fn conntrack_active(warned: &std::sync::atomic::AtomicBool) -> HashSet<IpAddr> {
+    tracing::debug!("Gathering active hosts from conntrack");
+    crate::conntrack::active_addresses().unwrap_or_else(|e| {
+        if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "conntrack unavailable, liveness from eBPF last-seen only: {}",
+                crate::error_chain(&e)
+            );
+        }
+        HashSet::new()
+    })
+}
+
+/// Sweeps every tick until `cancel` fires. Map work and the conntrack dump run on the blocking
+/// pool, off the DNS tasks.
+pub async fn run(firewall: Arc<dyn Firewall>, config: SweepConfig, cancel: CancellationToken) {
+    let mut ticker = tokio::time::interval(config.ticker);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let firewall = firewall.clone();
+        let warned = warned.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            sweep(&*firewall, boottime_ns(), &config, || {
+                conntrack_active(&warned)
+            })
+        })
+        .await;
+        match result {
+            Ok(Ok(report)) if report != SweepReport::default() => {
+                tracing::debug!(?report, "sweep done");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("sweep failed: {}", crate::error_chain(&e)),
+            Err(e) => tracing::warn!("sweep task failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firewall::{Policy, fake::FakeFirewall};
+
+    const S: u64 = 1_000_000_000;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn config() -> SweepConfig {
+        SweepConfig {
+            ttl: Duration::from_secs(2),
+            ticker: Duration::from_secs(1),
+        }
+    }
+
+    fn none() -> HashSet<IpAddr> {
+        HashSet::new()
+    }
+
+    #[test]
+    fn conntrack_is_not_dumped_when_nothing_is_due() {
+        let fw = FakeFirewall::new(Policy::default());
+        fw.authorize(ip("192.0.2.1"), 1000 * S).unwrap();
+        let report = sweep(&fw, 100 * S, &config(), || panic!("dumped for nothing")).unwrap();
+        assert_eq!(report, SweepReport::default());
+    }
+
+    #[test]
+    fn idle_host_expires_and_is_removed() {
+        let fw = FakeFirewall::new(Policy::default());
+        let t0 = 100 * S;
+        fw.authorize(ip("192.0.2.1"), t0 + 2 * S).unwrap();
+        // t0+1: due before the next tick but unused and not expired yet: left to the kernel.
+        assert_eq!(
+            sweep(&fw, t0 + S, &config(), none).unwrap(),
+            SweepReport::default()
+        );
+        assert!(fw.has_entry(ip("192.0.2.1")));
+        assert!(
+            !fw.allows(ip("192.0.2.1"), t0 + 2 * S),
+            "expired at its deadline"
+        );
+        let report = sweep(&fw, t0 + 2 * S, &config(), none).unwrap();
+        assert_eq!(report.removed, 1);
+        assert!(!fw.has_entry(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn host_in_use_is_renewed_before_its_deadline() {
+        let fw = FakeFirewall::new(Policy::default());
+        let t0 = 100 * S;
+        fw.authorize(ip("192.0.2.1"), t0 + 2 * S).unwrap();
+        // Traffic every half second for 10 s: never cut, deadline keeps moving.
+        let mut t = t0;
+        while t < t0 + 10 * S {
+            assert!(fw.allows(ip("192.0.2.1"), t), "cut at {}", t - t0);
+            t += S / 2;
+            if (t - t0).is_multiple_of(S) {
+                sweep(&fw, t, &config(), none).unwrap();
+            }
+        }
+        // Traffic stops (no probe either: a probe is traffic): within TTL + ticker it is
+        // blocked, and the sweeps remove it.
+        let stop = t;
+        for k in 1..=4 {
+            sweep(&fw, stop + k * S, &config(), none).unwrap();
+        }
+        assert!(!fw.allows(ip("192.0.2.1"), stop + 4 * S));
+        sweep(&fw, stop + 5 * S, &config(), none).unwrap();
+        assert!(!fw.has_entry(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn active_set_counts_as_use() {
+        let fw = FakeFirewall::new(Policy::default());
+        let t0 = 100 * S;
+        fw.authorize(ip("2001:db8::1"), t0 + 2 * S).unwrap();
+        let active: HashSet<IpAddr> = [ip("2001:db8::1")].into();
+        let report = sweep(&fw, t0 + 3 * S, &config(), || active.clone()).unwrap();
+        assert_eq!(report.renewed, 1);
+        assert!(fw.allows(ip("2001:db8::1"), t0 + 4 * S));
+    }
+
+    #[test]
+    fn hosts_without_deadline_are_never_due() {
+        let fw = FakeFirewall::new(Policy::default());
+        fw.authorize(ip("192.0.2.1"), 0).unwrap();
+        let report = sweep(&fw, u64::MAX / 2, &config(), none).unwrap();
+        assert_eq!(report, SweepReport::default());
+        assert!(fw.has_entry(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn dns_renewal_during_a_sweep_wins() {
+        let fw = FakeFirewall::new(Policy::default());
+        let t0 = 100 * S;
+        fw.authorize(ip("192.0.2.1"), t0 + 2 * S).unwrap();
+        // The sweeper takes its snapshot and decides to remove...
+        let due = fw.due(t0 + 4 * S).unwrap();
+        let actions = plan(&due, t0 + 3 * S, &config(), &none());
+        assert!(matches!(actions[..], [Action::Remove { .. }]));
+        // ...a DNS answer renews the host before the removal is applied...
+        fw.authorize(ip("192.0.2.1"), t0 + 5 * S).unwrap();
+        let (report, errors) = apply(&fw, &actions);
+        assert!(errors.is_empty());
+        // ...so the removal is dropped and the host stays reachable.
+        assert_eq!(report.removed, 0);
+        assert_eq!(report.superseded, 1);
+        assert!(fw.allows(ip("192.0.2.1"), t0 + 4 * S));
+    }
+
+    #[test]
+    fn short_ttl_is_renewed_past_the_next_tick() {
+        let config = SweepConfig {
+            ttl: Duration::from_secs(1),
+            ticker: Duration::from_secs(30),
+        };
+        let host = HostState {
+            addr: ip("192.0.2.1"),
+            expires_ns: 101 * S,
+            last_seen_ns: 100 * S,
+        };
+        let actions = plan(&[host], 100 * S, &config, &none());
+        let [Action::Renew { new, .. }] = actions[..] else {
+            panic!("{actions:?}")
+        };
+        assert!(new > 130 * S);
+    }
+}

@@ -1,0 +1,636 @@
+//! Root tests of the authorization lifecycle (issue 5): TTL expiry and renewal by use, kernel-side
+//! expiry with the daemon dead, fail-closed pinning across `kill -9` and restarts, the exit
+//! matrix, drop-input, runtime attach/detach, denied events and the pinned-state commands.
+//! Run with `cargo xtask test` (they are `#[ignore]`d in a plain `cargo test`).
+
+mod world;
+
+use std::{
+    os::unix::process::CommandExt as _,
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use world::World;
+
+/// A background process group, killed (with its children) when dropped.
+struct Background(Child);
+
+impl Background {
+    fn spawn(mut cmd: Command) -> Self {
+        cmd.process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Self(cmd.spawn().expect("spawn a background process"))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group we created.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An echo server (port 8081) in the internet namespace: a connection stays open while the client
+/// keeps it open.
+const ECHO_PORT: u16 = 8081;
+
+fn echo_server(world: &World) -> Background {
+    let mut cmd = world.in_ns(&world.inet_ns, "socat");
+    cmd.args([
+        &format!("TCP6-LISTEN:{ECHO_PORT},ipv6only=0,reuseaddr,fork"),
+        "EXEC:cat",
+    ]);
+    let server = Background::spawn(cmd);
+    sleep(Duration::from_millis(300));
+    server
+}
+
+/// Packets arriving in the internet namespace for `addr`, counted by an nft rule that exists only
+/// inside that namespace.
+fn count_arrivals(world: &World, addr: &str) {
+    let script = format!(
+        "table inet nettrust_test {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  ip daddr {addr} counter\n }}\n}}\n"
+    );
+    let out = world
+        .in_ns(&world.inet_ns, "nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(script.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("nft");
+    assert!(out.status.success(), "nft failed");
+}
+
+fn arrivals(world: &World) -> u64 {
+    let out = world
+        .in_ns(&world.inet_ns, "nft")
+        .args(["list", "chain", "inet", "nettrust_test", "input"])
+        .output()
+        .expect("nft list");
+    let text = stdout(&out);
+    text.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {text}"))
+}
+
+/// nettrust detaches links with `BPF_LINK_DETACH` before unpinning them, so the detach has taken
+/// effect when the command or the daemon returns (unpinning alone would leave it to the kernel's
+/// work queue).
+fn assert_detached(world: &World) {
+    assert_eq!(
+        world.attached_egress_programs(),
+        0,
+        "a program is still attached to the test cgroup"
+    );
+}
+
+fn assert_no_firewall_rules_in_client_ns(world: &World) {
+    let out = world
+        .in_ns(&world.client_ns, "nft")
+        .args(["list", "ruleset"])
+        .output()
+        .expect("nft list ruleset");
+    assert!(
+        stdout(&out).trim().is_empty(),
+        "the client namespace must have no firewall rules: {}",
+        stdout(&out)
+    );
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn ttl_expires_idle_hosts_and_renews_hosts_in_use() {
+    let mut world = World::new();
+    let _echo = echo_server(&world);
+    world.start_daemon(&["--authorized-ttl", "2", "--ttl-check-ticker", "1"]);
+    assert_no_firewall_rules_in_client_ns(&world);
+
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    let authorized = Instant::now();
+    // A long-lived connection to b.test with a little traffic, from inside the cgroup.
+    let mut client = world.in_cgroup("sh");
+    client.args([
+        "-c",
+        &format!("while sleep 0.3; do echo x; done | socat - TCP:192.0.2.11:{ECHO_PORT}"),
+    ]);
+    let client = Background::spawn(client);
+
+    sleep(Duration::from_millis(4500).saturating_sub(authorized.elapsed()));
+    assert!(
+        !world.reachable_from_cgroup("192.0.2.10"),
+        "the idle host must be blocked ~2 s after its TTL"
+    );
+    assert!(
+        world.reachable_from_cgroup("192.0.2.11"),
+        "a host with an open connection must stay reachable past its TTL"
+    );
+    sleep(Duration::from_secs(3));
+    assert!(world.reachable_from_cgroup("192.0.2.11"));
+    assert!(
+        !world.list().contains(&"192.0.2.10".parse().unwrap()),
+        "the sweeper removes expired hosts"
+    );
+
+    drop(client);
+    sleep(Duration::from_secs(5));
+    assert!(
+        !world.reachable_from_cgroup("192.0.2.11"),
+        "the host expires once the connection is closed"
+    );
+    assert!(world.daemon_log().contains("has expired"));
+    assert!(world.stop_daemon());
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn conntrack_keeps_hosts_with_idle_connections() {
+    let mut world = World::new();
+    let _echo = echo_server(&world);
+    // A ct-using rule in the client namespace (only there) makes conntrack track its flows.
+    let rules = "table inet nettrust_ct {\n chain output {\n  type filter hook output priority 0; policy accept;\n  ct state established counter\n }\n}\n";
+    let out = world
+        .in_ns(&world.client_ns, "nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(rules.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("nft");
+    assert!(out.status.success());
+    world.start_daemon(&["--authorized-ttl", "2", "--ttl-check-ticker", "1"]);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    let authorized = Instant::now();
+    // An open connection without any traffic: only conntrack knows it is alive.
+    let mut client = world.in_cgroup("sh");
+    client.args([
+        "-c",
+        &format!("sleep 60 | socat - TCP:192.0.2.11:{ECHO_PORT}"),
+    ]);
+    let client = Background::spawn(client);
+    sleep(Duration::from_millis(5000).saturating_sub(authorized.elapsed()));
+    assert!(!world.reachable_from_cgroup("192.0.2.10"));
+    assert!(
+        world.reachable_from_cgroup("192.0.2.11"),
+        "an idle but open connection (in conntrack) must keep its host"
+    );
+    drop(client);
+    sleep(Duration::from_secs(5));
+    assert!(
+        !world.reachable_from_cgroup("192.0.2.11"),
+        "a closed connection (TIME_WAIT) must not keep its host"
+    );
+    assert!(world.stop_daemon());
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn sigkill_leaves_enforcement_expiry_works_without_daemon_and_next_start_adopts() {
+    let mut world = World::new();
+    world.start_daemon(&["--authorized-ttl", "3", "--ttl-check-ticker", "1"]);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    let authorized = Instant::now();
+    let status = stdout(&world.nettrust(&["status"]));
+    assert!(status.contains("daemon: running"), "{status}");
+    assert!(status.contains("authorized: 1"), "{status}");
+
+    world.kill_daemon();
+    assert_eq!(world.attached_egress_programs(), 1, "enforcement is gone");
+    assert!(
+        !world.reachable_from_cgroup("203.0.113.77"),
+        "unresolved destinations must stay blocked after kill -9"
+    );
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+    let status = stdout(&world.nettrust(&["status"]));
+    assert!(status.contains("daemon: not running"), "{status}");
+    assert!(status.contains("enforcement: active"), "{status}");
+    let list = stdout(&world.nettrust(&["list"]));
+    assert!(
+        list.contains("192.0.2.10") && list.contains("a.test"),
+        "{list}"
+    );
+
+    // The deadline passes with no daemon: the kernel expires the host by itself.
+    sleep(Duration::from_millis(3500).saturating_sub(authorized.elapsed()));
+    assert!(
+        !world.reachable_from_cgroup("192.0.2.10"),
+        "the authorization must expire at its deadline without a daemon"
+    );
+    assert!(stdout(&world.nettrust(&["list"])).trim().is_empty());
+
+    // Next start adopts the pinned state and replaces the old links (never two at once left).
+    world.start_daemon(&["--authorized-ttl", "3", "--ttl-check-ticker", "1"]);
+    assert!(world.daemon_log().contains("adopting"));
+    assert_eq!(world.attached_egress_programs(), 1);
+    assert!(!world.reachable_from_cgroup("192.0.2.10"));
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    assert!(world.reachable_from_cgroup("192.0.2.11"));
+
+    world.kill_daemon();
+    let flush = world.nettrust(&["flush"]);
+    assert!(
+        flush.status.success(),
+        "{}",
+        String::from_utf8_lossy(&flush.stderr)
+    );
+    assert!(!world.bpffs_dir.exists());
+    assert_detached(&world);
+    assert!(world.reachable_from_cgroup("203.0.113.77"));
+    assert!(
+        world.nettrust(&["flush"]).status.success(),
+        "flush is idempotent"
+    );
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn restarts_never_let_an_unauthorized_packet_out() {
+    const TARGET: &str = "203.0.113.200";
+    let mut world = World::new();
+    count_arrivals(&world, TARGET);
+    world.start_daemon(&["--do-not-flush-table"]);
+    let attempts = world.dir.path().join("attempts");
+    let mut loop_cmd = world.in_cgroup("sh");
+    loop_cmd.args([
+        "-c",
+        &format!(
+            "tcp() {{ while true; do echo t >> {log}; socat -u TCP:{TARGET}:{port},connect-timeout=0.2 - ; done; }}
+             udp() {{ while true; do echo u >> {log}; echo x | socat -u - UDP:{TARGET}:{port}; sleep 0.01; done; }}
+             tcp & tcp & tcp & udp & wait",
+            log = attempts.display(),
+            port = world::TCP_PORT
+        ),
+    ]);
+    let attempts_loop = Background::spawn(loop_cmd);
+    for i in 0..20 {
+        if i % 2 == 0 {
+            assert!(world.stop_daemon(), "SIGTERM with --do-not-flush-table");
+        } else {
+            world.kill_daemon();
+        }
+        world.start_daemon(&["--do-not-flush-table"]);
+    }
+    drop(attempts_loop);
+    let tried = std::fs::read_to_string(&attempts)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert!(
+        tried > 100,
+        "the connect loops barely ran ({tried} attempts)"
+    );
+    assert_eq!(
+        arrivals(&world),
+        0,
+        "packets to an unauthorized address reached the internet during restarts"
+    );
+    assert!(world.stop_daemon());
+    assert!(world.nettrust(&["flush"]).status.success());
+    assert_detached(&world);
+    // Control: the counter does count (the filter is gone now).
+    let _ = world
+        .in_cgroup("socat")
+        .args([
+            "-u",
+            &format!("TCP:{TARGET}:{},connect-timeout=1", world::TCP_PORT),
+            "-",
+        ])
+        .output();
+    assert!(arrivals(&world) > 0, "the arrival counter does not count");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn exit_matrix() {
+    let mut world = World::new();
+    // Default: everything removed.
+    world.start_daemon(&[]);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.stop_daemon());
+    assert!(!world.bpffs_dir.exists());
+    assert_detached(&world);
+    assert!(world.reachable_from_cgroup("203.0.113.77"));
+
+    // --do-not-flush-table: deny policy and whitelists stay, authorizations cleared.
+    world.start_daemon(&["--do-not-flush-table"]);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+    assert!(world.stop_daemon());
+    assert_eq!(world.attached_egress_programs(), 1);
+    assert!(!world.reachable_from_cgroup("203.0.113.77"));
+    assert!(
+        !world.reachable_from_cgroup("192.0.2.10"),
+        "authorizations must be cleared"
+    );
+    assert!(
+        world.reachable_from_cgroup(world::UPSTREAM),
+        "whitelisted hosts stay allowed"
+    );
+    assert!(stdout(&world.nettrust(&["list"])).trim().is_empty());
+
+    // Plus --do-not-flush-authorized-hosts: authorizations stay and are adopted with their
+    // deadline by the next start.
+    let keep = [
+        "--do-not-flush-table",
+        "--do-not-flush-authorized-hosts",
+        "--authorized-ttl",
+        "60",
+    ];
+    world.start_daemon(&keep);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.stop_daemon());
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+    assert!(!world.reachable_from_cgroup("203.0.113.77"));
+    world.start_daemon(&keep);
+    let list = stdout(&world.nettrust(&["list"]));
+    let line = list
+        .lines()
+        .find(|l| l.starts_with("192.0.2.10"))
+        .unwrap_or_else(|| panic!("not adopted: {list}"));
+    let secs: u64 = line
+        .split_whitespace()
+        .nth(3)
+        .and_then(|s| s.trim_end_matches('s').parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((50..=60).contains(&secs), "deadline not kept: {line}");
+    assert!(line.ends_with("a.test"), "{line}");
+    assert!(
+        world.reachable_from_cgroup("192.0.2.10"),
+        "adopted without resolving again"
+    );
+    // And a default stop removes everything.
+    world.kill_daemon();
+    world.start_daemon(&[]);
+    assert!(world.stop_daemon());
+    assert!(!world.bpffs_dir.exists());
+    assert_detached(&world);
+}
+
+/// A server inside the test cgroup (client namespace) on port 9090.
+fn cgroup_server(world: &World) -> Background {
+    let mut cmd = world.in_cgroup("socat");
+    cmd.args([
+        "TCP6-LISTEN:9090,ipv6only=0,reuseaddr,fork",
+        "SYSTEM:echo srv",
+    ]);
+    let server = Background::spawn(cmd);
+    sleep(Duration::from_millis(300));
+    server
+}
+
+fn inbound_reaches_server(world: &World) -> bool {
+    world
+        .in_ns(&world.inet_ns, "socat")
+        .args([
+            "-u",
+            &format!("TCP:{}:9090,connect-timeout=2", world::CLIENT_V4),
+            "-",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"srv"))
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn servers_answer_inbound_clients_and_drop_input_blocks_them() {
+    let mut world = World::new();
+    let _server = cgroup_server(&world);
+    // Without drop-input: the server's replies to an unauthorized client leave.
+    world.start_daemon(&[]);
+    assert!(
+        inbound_reaches_server(&world),
+        "a server in the cgroup must be able to answer inbound clients"
+    );
+    assert!(
+        !world.reachable_from_cgroup(world::INET_V4),
+        "...without opening that address for outbound connections"
+    );
+    assert!(world.stop_daemon());
+
+    world.start_daemon(&["--firewall-drop-input"]);
+    assert!(
+        !inbound_reaches_server(&world),
+        "unsolicited inbound must be dropped"
+    );
+    // Loopback (the DNS answers) and replies to permitted outbound flows pass.
+    assert_eq!(world.resolve("a.test", "A", true), ["192.0.2.10"]);
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+    assert_eq!(world.resolve("a.test", "AAAA", false), ["2001:db8:1::10"]);
+    assert!(world.reachable_from_cgroup("2001:db8:1::10"));
+    assert!(stdout(&world.nettrust(&["status"])).contains("drop input: yes"));
+    assert!(world.stop_daemon());
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn attach_and_detach_at_runtime_persist_and_denials_are_logged() {
+    let mut world = World::new();
+    let other = world.extra_cgroup("other");
+    world.start_daemon(&[]);
+    let reachable_from_other = |world: &World| {
+        world
+            .in_cgroup_at(&other, "socat")
+            .args([
+                "-u",
+                &format!("TCP:203.0.113.77:{},connect-timeout=2", world::TCP_PORT),
+                "-",
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"ok"))
+    };
+    assert!(reachable_from_other(&world), "not filtered yet");
+    let other_arg = other.to_str().unwrap();
+    let out = world.nettrust(&["attach", "--cgroup", other_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !reachable_from_other(&world),
+        "attach must filter the cgroup"
+    );
+    let status = stdout(&world.nettrust(&["status"]));
+    assert!(
+        status.contains(other_arg) && status.contains("cgroups: 2"),
+        "{status}"
+    );
+
+    // Denied egress is logged with the right cgroup and counted.
+    sleep(Duration::from_millis(500));
+    let log = world.daemon_log();
+    let line = format!(
+        "[Denied] cgroup {other_arg} -> 203.0.113.77 port {} proto tcp",
+        world::TCP_PORT
+    );
+    assert!(log.contains(&line), "missing {line:?} in:\n{log}");
+    assert!(!world.reachable_from_cgroup("203.0.113.78"));
+    sleep(Duration::from_millis(500));
+    let main_line = format!(
+        "[Denied] cgroup {} -> 203.0.113.78 port {} proto tcp",
+        world.cgroup.display(),
+        world::TCP_PORT
+    );
+    assert!(
+        world.daemon_log().contains(&main_line),
+        "missing {main_line:?}"
+    );
+    let status = stdout(&world.nettrust(&["status"]));
+    let other_line = status
+        .lines()
+        .find(|l| l.contains(other_arg))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!other_line.ends_with("dropped 0"), "{status}");
+
+    // Runtime attachments persist across kill -9 and a restart with only the configured cgroup.
+    world.kill_daemon();
+    assert!(!reachable_from_other(&world));
+    world.start_daemon(&[]);
+    assert!(!reachable_from_other(&world));
+    let out = world.nettrust(&["detach", "--cgroup", other_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        reachable_from_other(&world),
+        "detach must unfilter the cgroup"
+    );
+    assert!(
+        !world.reachable_from_cgroup("203.0.113.77"),
+        "the configured cgroup stays filtered"
+    );
+    assert!(world.stop_daemon());
+}
+
+/// Pins a map nettrust would never create (an array, 4-byte keys and values) at `path`.
+fn pin_foreign_map(path: &std::path::Path) {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_MAP_TYPE_ARRAY.to_ne_bytes());
+    attr[4..8].copy_from_slice(&4u32.to_ne_bytes());
+    attr[8..12].copy_from_slice(&4u32.to_ne_bytes());
+    attr[12..16].copy_from_slice(&1u32.to_ne_bytes());
+    // SAFETY: bpf(2) reads the attr we pass.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_ptr(), 128u32) };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    // SAFETY: bpf(2) reads the attr and the NUL-terminated path, both alive during the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), 128u32) };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: closing the fd we created; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// Runs the daemon expecting it to refuse to start; returns its stderr.
+fn start_fails(world: &World) -> String {
+    let out = world
+        .in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"))
+        .args([
+            "run",
+            "--listen-addr",
+            "127.0.0.1:53",
+            "--fwd-addr",
+            &format!("{}:53", world::UPSTREAM),
+        ])
+        .arg("--cgroup")
+        .arg(&world.cgroup)
+        .arg("--bpffs-dir")
+        .arg(&world.bpffs_dir)
+        .output()
+        .expect("run nettrust");
+    assert!(!out.status.success(), "nettrust started on foreign state");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn only_our_own_pinned_state_is_adopted() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let world = World::new();
+    std::fs::create_dir(&world.bpffs_dir).unwrap();
+    std::fs::set_permissions(&world.bpffs_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = start_fails(&world);
+    assert!(err.contains("writable by group or others"), "{err}");
+    std::fs::set_permissions(&world.bpffs_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    pin_foreign_map(&world.bpffs_dir.join("HOSTS_V4"));
+    let err = start_fails(&world);
+    assert!(err.contains("is not a nettrust map"), "{err}");
+    assert!(
+        err.contains("nettrust flush"),
+        "the error must say how to recover: {err}"
+    );
+    assert_eq!(world.attached_egress_programs(), 0, "nothing attached");
+    assert!(
+        world.bpffs_dir.join("HOSTS_V4").exists(),
+        "foreign state left alone"
+    );
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn several_cgroups_at_once() {
+    let mut world = World::new();
+    let other = world.extra_cgroup("second");
+    let other_arg = other.to_str().unwrap().to_owned();
+    let from_other = |world: &World, addr: &str| {
+        world
+            .in_cgroup_at(&other, "socat")
+            .args([
+                "-u",
+                &format!("TCP:{addr}:{},connect-timeout=2", world::TCP_PORT),
+                "-",
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"ok"))
+    };
+    world.start_daemon(&["--cgroup", &other_arg]);
+    assert!(!world.reachable_from_cgroup("203.0.113.77"));
+    assert!(!from_other(&world, "203.0.113.77"));
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(
+        from_other(&world, "192.0.2.10"),
+        "authorizations are global"
+    );
+    let status = stdout(&world.nettrust(&["status"]));
+    assert!(status.contains("cgroups: 2"), "{status}");
+    assert!(world.stop_daemon());
+    assert_detached(&world);
+    assert!(
+        from_other(&world, "203.0.113.77"),
+        "the second cgroup is still filtered"
+    );
+}
