@@ -34,6 +34,8 @@ pub const MAP_DENIED: &str = "DENIED";
 pub const MAP_DENIED_RATE: &str = "DENIED_RATE";
 /// Dropped egress packets per cgroup (per-CPU hash, key cgroup id `u64`, value `u64`).
 pub const MAP_DROPS: &str = "DROPS";
+/// Per-cgroup allowed egress packets: key cgroup id (`u64`), per-CPU `u64` counter.
+pub const MAP_ALLOWS: &str = "ALLOWS";
 /// Written by userspace only: the DNS name that authorized each host (hash, key `[u8; 16]` with
 /// IPv4 as IPv4-mapped IPv6, value [`HostName`]).
 pub const MAP_NAMES: &str = "NAMES";
@@ -47,7 +49,7 @@ pub const CONFIG_DROP_INPUT: u32 = 0;
 pub const CONFIG_COUNT: u32 = 4;
 /// Capacity of the flow maps.
 pub const MAX_FLOWS: u32 = 65_536;
-/// Capacity of [`MAP_DROPS`] and [`MAP_CGROUPS`].
+/// Capacity of [`MAP_DROPS`], [`MAP_ALLOWS`] and [`MAP_CGROUPS`].
 pub const MAX_CGROUPS: u32 = 4_096;
 /// Size of the denied-event ring buffer in bytes (a power of two, multiple of the page size).
 pub const DENIED_RING_BYTES: u32 = 256 * 1024;

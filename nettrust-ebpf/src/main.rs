@@ -75,6 +75,8 @@ static DENIED: RingBuf = RingBuf::with_byte_size(DENIED_RING_BYTES, 0);
 static DENIED_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "DROPS")]
 static DROPS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_CGROUPS, 0);
+#[map(name = "ALLOWS")]
+static ALLOWS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_CGROUPS, 0);
 /// Userspace-only (names for `nettrust list`); declared here so it is created and pinned with the
 /// others.
 #[map(name = "NAMES")]
@@ -188,19 +190,21 @@ fn decide_egress<const N: usize>(
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let (stat, verdict) = judge(hosts, nets, packet.remote, now);
     let flow = packet.flow();
+    // SAFETY: the context's skb pointer is valid for the whole program run.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     if verdict == VERDICT_ALLOW {
         remember(&OUTBOUND, &flow, now);
         count(stat);
+        count_cgroup(&ALLOWS, cgroup_id);
         return VERDICT_ALLOW;
     }
     if INBOUND.get_ptr(flow).is_some() {
         count(STAT_ALLOW_INBOUND_REPLY);
+        count_cgroup(&ALLOWS, cgroup_id);
         return VERDICT_ALLOW;
     }
     count(stat);
-    // SAFETY: the context's skb pointer is valid for the whole program run.
-    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    count_drop(cgroup_id);
+    count_cgroup(&DROPS, cgroup_id);
     report_denied(cgroup_id, &flow, now);
     debug!(ctx, "drop proto {} port {}", flow.proto, flow.remote_port);
     VERDICT_DROP
@@ -316,13 +320,14 @@ fn remember(map: &LruHashMap<FlowKey, u64>, flow: &FlowKey, now: u64) {
     let _ = map.insert(flow, now, 0);
 }
 
+/// Bumps a per-cgroup counter ([`DROPS`] or [`ALLOWS`]).
 #[inline(always)]
-fn count_drop(cgroup_id: u64) {
-    if let Some(counter) = DROPS.get_ptr_mut(cgroup_id) {
+fn count_cgroup(map: &PerCpuHashMap<u64, u64>, cgroup_id: u64) {
+    if let Some(counter) = map.get_ptr_mut(cgroup_id) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
         unsafe { *counter += 1 };
     } else {
-        let _ = DROPS.insert(cgroup_id, 1, 0);
+        let _ = map.insert(cgroup_id, 1, 0);
     }
 }
 

@@ -79,14 +79,11 @@ pub fn status(bpffs_dir: &Path) -> Result<String, EbpfError> {
     );
     let _ = writeln!(out, "cgroups: {}", status.cgroups.len());
     for (id, path, linked) in &status.cgroups {
-        let drops = status
-            .drops
-            .iter()
-            .find(|(d, _)| d == id)
-            .map_or(0, |(_, n)| *n);
+        let find = |list: &[(u64, u64)]| list.iter().find(|(d, _)| d == id).map_or(0, |(_, n)| *n);
+        let (allows, drops) = (find(&status.allows), find(&status.drops));
         let _ = writeln!(
             out,
-            "  {} (id {id}){} dropped {drops}",
+            "  {} (id {id}){} allowed {allows} dropped {drops}",
             path.as_deref().unwrap_or("?"),
             if *linked { "" } else { " [not attached]" }
         );

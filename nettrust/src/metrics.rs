@@ -56,6 +56,18 @@ pub struct VerdictLabel {
     pub verdict: &'static str,
 }
 
+/// Labels of the per-cgroup egress counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CgroupLabels {
+    /// The cgroup's path (or `id:N` when unknown).
+    pub cgroup: String,
+    /// `allowed` or `dropped`.
+    pub verdict: &'static str,
+}
+
+/// Per-cgroup egress packet counts read from the kernel: `(cgroup, allowed, dropped)`.
+pub type CgroupEgress = Vec<(String, u64, u64)>;
+
 /// Every metric nettrust exports.
 pub struct Metrics {
     registry: Registry,
@@ -75,6 +87,10 @@ pub struct Metrics {
     authorized_hosts: Gauge,
     /// Egress packets by verdict (read from the kernel at scrape time).
     egress_packets: Family<VerdictLabel, Counter>,
+    /// Egress packets per cgroup and verdict (read from the kernel at scrape time).
+    cgroup_packets: Family<CgroupLabels, Counter>,
+    /// Last per-cgroup kernel readings, to turn them into counter increments.
+    last_cgroup: Mutex<std::collections::HashMap<CgroupLabels, u64>>,
     /// Last kernel counter values, to turn absolute readings into counter increments.
     last_egress: Mutex<[u64; STAT_COUNT as usize]>,
 }
@@ -148,6 +164,12 @@ impl Metrics {
             "Egress packets judged by the eBPF program, by verdict",
             egress_packets.clone(),
         );
+        let cgroup_packets = Family::<CgroupLabels, Counter>::default();
+        registry.register(
+            "cgroup_egress_packets",
+            "Egress packets per filtered cgroup, allowed or dropped",
+            cgroup_packets.clone(),
+        );
         Self {
             registry,
             queries,
@@ -159,6 +181,8 @@ impl Metrics {
             authorized_hosts,
             egress_packets,
             last_egress: Mutex::new([0; STAT_COUNT as usize]),
+            cgroup_packets,
+            last_cgroup: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -174,7 +198,23 @@ impl Metrics {
         &self,
         authorized_hosts: Option<usize>,
         egress: Option<[u64; STAT_COUNT as usize]>,
+        cgroups: Option<CgroupEgress>,
     ) -> String {
+        if let Some(cgroups) = cgroups {
+            let mut last = self.last_cgroup.lock().expect("metrics lock poisoned");
+            for (cgroup, allowed, dropped) in cgroups {
+                for (verdict, now) in [("allowed", allowed), ("dropped", dropped)] {
+                    let labels = CgroupLabels {
+                        cgroup: cgroup.clone(),
+                        verdict,
+                    };
+                    let before = last.insert(labels.clone(), now).unwrap_or(0);
+                    self.cgroup_packets
+                        .get_or_create(&labels)
+                        .inc_by(now.saturating_sub(before));
+                }
+            }
+        }
         if let Some(n) = authorized_hosts {
             self.authorized_hosts
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -247,7 +287,8 @@ async fn respond(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()
     {
         let authorized = sources.firewall.authorized().ok().map(|hosts| hosts.len());
         let egress = crate::firewall::ebpf::read_stats(&sources.bpffs_dir).ok();
-        ("200 OK", metrics().render(authorized, egress))
+        let cgroups = crate::firewall::pinned::cgroup_egress(&sources.bpffs_dir).ok();
+        ("200 OK", metrics().render(authorized, egress, cgroups))
     } else {
         (
             "404 Not Found",
@@ -281,7 +322,15 @@ mod tests {
             .inc();
         let mut egress = [0u64; STAT_COUNT as usize];
         egress[STAT_DROP as usize] = 7;
-        let text = m.render(Some(3), Some(egress));
+        let text = m.render(
+            Some(3),
+            Some(egress),
+            Some(vec![("/sys/fs/cgroup/app".into(), 5, 2)]),
+        );
+        assert!(
+            text.contains("nettrust_cgroup_egress_packets_total{cgroup=\"/sys/fs/cgroup/app\",verdict=\"dropped\"} 2"),
+            "{text}"
+        );
         assert!(
             text.contains("nettrust_dns_queries_total{transport=\"udp\",result=\"answered\"} 2"),
             "{text}"
@@ -297,7 +346,15 @@ mod tests {
         );
         // Kernel counters are absolute: a second reading adds only the difference.
         egress[STAT_DROP as usize] = 10;
-        let text = m.render(Some(3), Some(egress));
+        let text = m.render(
+            Some(3),
+            Some(egress),
+            Some(vec![("/sys/fs/cgroup/app".into(), 9, 2)]),
+        );
+        assert!(
+            text.contains("nettrust_cgroup_egress_packets_total{cgroup=\"/sys/fs/cgroup/app\",verdict=\"allowed\"} 9"),
+            "{text}"
+        );
         assert!(
             text.contains("nettrust_egress_packets_total{verdict=\"drop\"} 10"),
             "{text}"

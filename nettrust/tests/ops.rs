@@ -191,6 +191,18 @@ fn metrics_endpoint_is_scraped() {
     assert!(value("nettrust_upstream_latency_seconds_count") >= 1.0);
     assert!(value("nettrust_egress_packets_total{verdict=\"drop\"}") >= 1.0);
     assert!(value("nettrust_egress_packets_total{verdict=\"allow_host\"}") >= 1.0);
+    // Per cgroup, labelled with the cgroup's path.
+    let cgroup = world.cgroup.display().to_string();
+    assert!(
+        value(&format!(
+            "nettrust_cgroup_egress_packets_total{{cgroup=\"{cgroup}\",verdict=\"dropped\"}}"
+        )) >= 1.0
+    );
+    assert!(
+        value(&format!(
+            "nettrust_cgroup_egress_packets_total{{cgroup=\"{cgroup}\",verdict=\"allowed\"}}"
+        )) >= 1.0
+    );
     // Every sample line parses as `name{labels} value`.
     for line in text
         .lines()

@@ -9,8 +9,9 @@ use aya::{
     programs::CgroupSkb,
 };
 use nettrust_common::{
-    CONFIG_DROP_INPUT, CgroupPath, FLAG_WHITELISTED, HostValue, MAP_CGROUPS, MAP_CONFIG, MAP_DROPS,
-    MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_STATS, STAT_COUNT,
+    CONFIG_DROP_INPUT, CgroupPath, FLAG_WHITELISTED, HostValue, MAP_ALLOWS, MAP_CGROUPS,
+    MAP_CONFIG, MAP_DROPS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6,
+    MAP_STATS, STAT_COUNT,
 };
 
 use super::{
@@ -112,8 +113,51 @@ pub struct PinnedStatus {
     pub stats: Vec<u64>,
     /// Dropped egress packets per cgroup id.
     pub drops: Vec<(u64, u64)>,
+    /// Allowed egress packets per cgroup id.
+    pub allows: Vec<(u64, u64)>,
     /// Whether unsolicited inbound packets are dropped.
     pub drop_input: bool,
+}
+
+/// A per-cgroup counter map ([`MAP_DROPS`], [`MAP_ALLOWS`]) summed over CPUs, by cgroup id.
+fn per_cgroup_sums(pin_dir: &Path, name: &'static str) -> Result<Vec<(u64, u64)>, EbpfError> {
+    let map: PerCpuHashMap<MapData, u64, u64> = open_pinned(pin_dir, name, Map::PerCpuHashMap)?;
+    let mut sums: Vec<(u64, u64)> = map
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(id, values)| (id, values.iter().sum()))
+        .collect();
+    sums.sort_unstable();
+    Ok(sums)
+}
+
+/// Egress packets per cgroup for the metrics: `(cgroup path or id, allowed, dropped)`. Cheap
+/// (no host-map scan), so it can run at every scrape.
+pub fn cgroup_egress(pin_dir: &Path) -> Result<Vec<(String, u64, u64)>, EbpfError> {
+    let allows = per_cgroup_sums(pin_dir, MAP_ALLOWS)?;
+    let drops = per_cgroup_sums(pin_dir, MAP_DROPS)?;
+    let paths: Option<CgroupMap> = open_pinned(pin_dir, MAP_CGROUPS, Map::HashMap).ok();
+    let label = |id: u64| {
+        paths
+            .as_ref()
+            .and_then(|m| m.get(&id, 0).ok())
+            .map(|p| pins::unpadded(&p.path))
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| format!("id:{id}"))
+    };
+    let mut ids: Vec<u64> = allows
+        .iter()
+        .chain(drops.iter())
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let find =
+        |list: &[(u64, u64)], id: u64| list.iter().find(|(i, _)| *i == id).map_or(0, |(_, n)| *n);
+    Ok(ids
+        .into_iter()
+        .map(|id| (label(id), find(&allows, id), find(&drops, id)))
+        .collect())
 }
 
 /// Reads the state pinned in `pin_dir`.
@@ -153,13 +197,8 @@ pub fn status_pinned(pin_dir: &Path) -> Result<PinnedStatus, EbpfError> {
             .unwrap_or(0);
         status.stats.push(sum);
     }
-    let drops: PerCpuHashMap<MapData, u64, u64> =
-        open_pinned(pin_dir, MAP_DROPS, Map::PerCpuHashMap)?;
-    for entry in drops.iter().filter_map(Result::ok) {
-        let (id, values) = entry;
-        status.drops.push((id, values.iter().sum()));
-    }
-    status.drops.sort_unstable();
+    status.drops = per_cgroup_sums(pin_dir, MAP_DROPS)?;
+    status.allows = per_cgroup_sums(pin_dir, MAP_ALLOWS)?;
     let config: Array<MapData, u32> = open_pinned(pin_dir, MAP_CONFIG, Map::Array)?;
     status.drop_input = config.get(&CONFIG_DROP_INPUT, 0).is_ok_and(|v| v != 0);
     let cgroup_map: Option<CgroupMap> = open_pinned(pin_dir, MAP_CGROUPS, Map::HashMap).ok();

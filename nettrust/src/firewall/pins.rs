@@ -4,7 +4,7 @@
 //! ```text
 //! <bpffs-dir>/                 owned by root, mode 0700, flock'd by the running daemon
 //!   HOSTS_V4 HOSTS_V6 NETS_V4 NETS_V6 STATS CONFIG OUTBOUND INBOUND
-//!   DENIED DENIED_RATE DROPS NAMES CGROUPS      the maps (nettrust_common::MAP_*)
+//!   DENIED DENIED_RATE DROPS ALLOWS NAMES CGROUPS      the maps (nettrust_common::MAP_*)
 //!   prog-egress prog-ingress                    the programs of the last start
 //!   link-egress-<ino> link-ingress-<ino>        one bpf_link per cgroup and direction,
 //!                                               <ino> = the cgroup directory's inode (= cgroup id)
@@ -26,9 +26,9 @@ use std::{
 
 use aya::maps::{MapInfo, MapType};
 use nettrust_common::{
-    CGROUP_PATH_LEN, FlowKey, HOST_NAME_LEN, HostValue, MAP_CGROUPS, MAP_CONFIG, MAP_DENIED,
-    MAP_DENIED_RATE, MAP_DROPS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_INBOUND, MAP_NAMES, MAP_NETS_V4,
-    MAP_NETS_V6, MAP_OUTBOUND, MAP_STATS, RateState,
+    CGROUP_PATH_LEN, FlowKey, HOST_NAME_LEN, HostValue, MAP_ALLOWS, MAP_CGROUPS, MAP_CONFIG,
+    MAP_DENIED, MAP_DENIED_RATE, MAP_DROPS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_INBOUND, MAP_NAMES,
+    MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND, MAP_STATS, RateState,
 };
 
 /// `BPF_FS_MAGIC` from linux/magic.h.
@@ -66,7 +66,7 @@ const HOST_VALUE: usize = size_of::<HostValue>();
 const FLOW_KEY: usize = size_of::<FlowKey>();
 
 /// Every map nettrust pins, with the shape the eBPF object gives it.
-pub const MAPS: [MapSpec; 13] = [
+pub const MAPS: [MapSpec; 14] = [
     spec(MAP_HOSTS_V4, MapType::Hash, 4, HOST_VALUE),
     spec(MAP_HOSTS_V6, MapType::Hash, 16, HOST_VALUE),
     // LPM trie keys are `{prefix_len: u32, data}`.
@@ -84,6 +84,7 @@ pub const MAPS: [MapSpec; 13] = [
         size_of::<RateState>(),
     ),
     spec(MAP_DROPS, MapType::PerCpuHash, 8, 8),
+    spec(MAP_ALLOWS, MapType::PerCpuHash, 8, 8),
     spec(MAP_NAMES, MapType::Hash, 16, HOST_NAME_LEN),
     spec(MAP_CGROUPS, MapType::Hash, 8, CGROUP_PATH_LEN),
 ];
