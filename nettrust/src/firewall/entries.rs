@@ -122,11 +122,26 @@ pub(super) fn name_key(addr: IpAddr) -> [u8; 16] {
 }
 
 /// Writes an authorization, keeping the flags already present. A whitelisted entry is left as it is.
+/// `BPF_NOEXIST` from linux/bpf.h: create the element only if it does not exist yet.
+const BPF_NOEXIST: u64 = 1;
+
 pub(super) fn upsert<const N: usize>(
     map: &mut HostMap<N>,
     key: [u8; N],
     expires_ns: u64,
 ) -> Result<Authorization, MapError> {
+    // Most answers carry addresses not in the map yet: one BPF_NOEXIST insert (a single
+    // syscall) settles those; only an existing entry needs the read-modify-write below.
+    let fresh = HostValue {
+        expires_ns,
+        flags: FLAG_AUTHORIZED,
+        ..HostValue::default()
+    };
+    match map.insert(key, fresh, BPF_NOEXIST) {
+        Ok(()) => return Ok(Authorization::New),
+        Err(MapError::SyscallError(ref e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
     match map.get(&key, 0) {
         Ok(old) if old.flags & FLAG_WHITELISTED != 0 => Ok(Authorization::Already),
         Ok(old) => {
@@ -147,16 +162,9 @@ pub(super) fn upsert<const N: usize>(
                 Authorization::New
             })
         }
+        // Removed (swept) between the two calls: write it afresh.
         Err(MapError::KeyNotFound) => {
-            map.insert(
-                key,
-                HostValue {
-                    expires_ns,
-                    flags: FLAG_AUTHORIZED,
-                    ..HostValue::default()
-                },
-                0,
-            )?;
+            map.insert(key, fresh, 0)?;
             Ok(Authorization::New)
         }
         Err(e) => Err(e),
