@@ -23,7 +23,11 @@ use crate::{
     authorizer::Authorizer,
     config::{Backend, FirewallType, Settings},
     dns::{proxy::Proxy, server, upstream::Upstream},
-    firewall::ebpf::{EbpfError, EbpfFirewall},
+    firewall::{
+        Firewall,
+        ebpf::{EbpfError, EbpfFirewall},
+        nftables::{NftablesError, NftablesFirewall},
+    },
 };
 
 /// How long shutdown waits for in-flight queries before removing the firewall.
@@ -32,9 +36,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The requested firewall backend is not part of this version.
-    #[error("firewall backend {0:?} is not yet available; use --firewall-backend ebpf (or auto)")]
-    BackendUnavailable(&'static str),
     /// An option is accepted by the configuration but not implemented by this version; refusing
     /// it beats silently running without the protection it promises.
     #[error("{0} is not available in this version of nettrust")]
@@ -56,6 +57,12 @@ pub enum RunError {
     /// Cleaning up at exit failed; the messages list everything left behind.
     #[error("cleanup failed: {}", .0.iter().map(|e| error_chain(e)).collect::<Vec<_>>().join("; "))]
     Teardown(Vec<EbpfError>),
+    /// The nftables backend could not start or stop.
+    #[error("nftables firewall")]
+    Nftables(#[from] NftablesError),
+    /// eBPF was made unavailable on purpose (`NETTRUST_FORCE_EBPF_FAILURE=1`, for tests).
+    #[error("eBPF disabled by NETTRUST_FORCE_EBPF_FAILURE=1")]
+    EbpfForcedOff,
 }
 
 /// Formats an error with its chain of causes, `outer: inner: root`.
@@ -90,7 +97,10 @@ fn not_yet_available(settings: &Settings) -> Option<&'static str> {
         ),
         (!settings.blacklist.domains.is_empty(), "blacklist.domains"),
         (settings.authorize_ptr, "authorize_ptr"),
-        (settings.firewall_drop_input, "firewall_drop_input"),
+        (
+            settings.firewall_drop_input && settings.backend == Backend::Ebpf,
+            "firewall_drop_input with the eBPF backend (use nftables or auto)",
+        ),
         (settings.do_not_flush_table, "do_not_flush_table"),
     ];
     checks
@@ -105,9 +115,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     mut reloads: tokio::sync::mpsc::Receiver<Settings>,
 ) -> Result<(), RunError> {
-    if settings.backend == Backend::Nftables || settings.firewall_type == FirewallType::Forward {
-        return Err(RunError::BackendUnavailable("nftables"));
-    }
     if let Some(option) = not_yet_available(&settings) {
         return Err(RunError::NotYetAvailable(option));
     }
@@ -137,12 +144,8 @@ pub async fn run(
         None => None,
     };
 
-    let policy = reload::policy(&settings);
-    let firewall = Arc::new(EbpfFirewall::start(
-        &settings.cgroups,
-        &settings.bpffs_dir,
-        &policy,
-    )?);
+    let backend = start_backend(&settings)?;
+    let firewall = backend.firewall();
     let authorizer = Authorizer::new(firewall.clone(), settings.authorized_ttl);
     let upstream = settings.fwd_addrs[0];
     let proxy = Arc::new(Proxy::new(
@@ -194,9 +197,80 @@ pub async fn run(
     {
         tracing::warn!("some queries were still in flight at shutdown");
     }
-    firewall.stop().map_err(RunError::Teardown)?;
+    backend.stop()?;
     tracing::info!("firewall removed, bye");
     Ok(())
+}
+
+/// The backend that enforces the policy.
+enum StartedBackend {
+    Ebpf(Arc<EbpfFirewall>),
+    Nftables(Arc<NftablesFirewall>),
+}
+
+impl StartedBackend {
+    fn firewall(&self) -> Arc<dyn Firewall> {
+        match self {
+            Self::Ebpf(f) => f.clone(),
+            Self::Nftables(f) => f.clone(),
+        }
+    }
+
+    fn stop(&self) -> Result<(), RunError> {
+        match self {
+            Self::Ebpf(f) => f.stop().map_err(RunError::Teardown),
+            Self::Nftables(f) => Ok(f.stop()?),
+        }
+    }
+}
+
+/// Starts the configured backend. `auto` uses eBPF and falls back to nftables, logging why,
+/// when eBPF cannot start or cannot do what is asked (gateway mode, `--firewall-drop-input`).
+fn start_backend(settings: &Settings) -> Result<StartedBackend, RunError> {
+    let policy = reload::policy(settings);
+    let start_ebpf = || -> Result<StartedBackend, RunError> {
+        if std::env::var_os("NETTRUST_FORCE_EBPF_FAILURE").is_some_and(|v| v == "1") {
+            return Err(RunError::EbpfForcedOff);
+        }
+        Ok(StartedBackend::Ebpf(Arc::new(EbpfFirewall::start(
+            &settings.cgroups,
+            &settings.bpffs_dir,
+            &policy,
+        )?)))
+    };
+    let start_nftables = || -> Result<StartedBackend, RunError> {
+        let options = firewall::nftables::Options {
+            mode: match settings.firewall_type {
+                FirewallType::Output => firewall::nftables::Mode::Output {
+                    cgroups: settings.cgroups.clone(),
+                },
+                FirewallType::Forward => firewall::nftables::Mode::Forward,
+            },
+            drop_input: settings.firewall_drop_input,
+        };
+        Ok(StartedBackend::Nftables(Arc::new(
+            NftablesFirewall::start(&options, &policy)?,
+        )))
+    };
+    match settings.backend {
+        Backend::Ebpf => start_ebpf(),
+        Backend::Nftables => start_nftables(),
+        Backend::Auto if settings.firewall_type == FirewallType::Forward => {
+            tracing::info!("firewall backend: nftables (gateway mode needs the forward hook)");
+            start_nftables()
+        }
+        Backend::Auto if settings.firewall_drop_input => {
+            tracing::info!("firewall backend: nftables (--firewall-drop-input needs nftables)");
+            start_nftables()
+        }
+        Backend::Auto => start_ebpf().or_else(|e| {
+            tracing::warn!(
+                reason = %error_chain(&e),
+                "eBPF firewall unavailable, falling back to nftables"
+            );
+            start_nftables()
+        }),
+    }
 }
 
 /// `nettrust list`: the authorized hosts of the daemon whose maps are pinned in `bpffs_dir`, one

@@ -3,6 +3,7 @@
 
 pub mod ebpf;
 pub mod fake;
+pub mod nftables;
 
 use std::net::IpAddr;
 
