@@ -10,7 +10,7 @@
 //!   set whitelist-net6  { type ipv6_addr; flags interval; }
 //!   set authorized4     { type ipv4_addr; flags timeout; }     # DNS answers, kernel-expired
 //!   set authorized6     { type ipv6_addr; flags timeout; }
-//!   chain policy {
+//!   chain allowlist {
 //!     ct state established,related accept      # replies (also to inbound connections)
 //!     ip daddr @whitelist-net4 accept ; ip6 daddr @whitelist-net6 accept
 //!     ip daddr @whitelist4 accept     ; ip6 daddr @whitelist6 accept
@@ -19,7 +19,7 @@
 //!     counter reject with icmpx admin-prohibited
 //!   }
 //!   chain authorized-output {            # hook output (or forward in gateway mode), policy accept
-//!     socket cgroupv2 level L "<cgroup id>" goto policy   # one per --cgroup; unconditional for
+//!     socket cgroupv2 level L "<cgroup id>" goto allowlist  # one per --cgroup; unconditional for
 //!   }                                                     # the root cgroup and gateway mode
 //!   chain input { … }                    # only with --firewall-drop-input: policy drop
 //! }
@@ -53,7 +53,7 @@ pub const TABLE: &str = "net-trust";
 /// The base chain filtering outgoing (or, in gateway mode, forwarded) traffic.
 pub const FILTER_CHAIN: &str = "authorized-output";
 /// The regular chain holding the policy rules, entered by `goto` from the base chain.
-pub const POLICY_CHAIN: &str = "policy";
+pub const POLICY_CHAIN: &str = "allowlist";
 /// The base chain of `--firewall-drop-input`.
 pub const INPUT_CHAIN: &str = "input";
 
