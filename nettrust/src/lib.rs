@@ -248,9 +248,9 @@ fn start_backend(settings: &Settings) -> Result<StartedBackend, RunError> {
             },
             drop_input: settings.firewall_drop_input,
         };
-        Ok(StartedBackend::Nftables(Arc::new(
-            NftablesFirewall::start(&options, &policy)?,
-        )))
+        Ok(StartedBackend::Nftables(Arc::new(NftablesFirewall::start(
+            &options, &policy,
+        )?)))
     };
     match settings.backend {
         Backend::Ebpf => start_ebpf(),

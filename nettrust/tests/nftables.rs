@@ -39,8 +39,7 @@ fn nft_in(ns: &str, args: &str) -> (bool, String) {
         .expect("run nft (apt-get install nftables)");
     (
         out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
 }
 
@@ -133,7 +132,8 @@ fn nft_only_resolved_destinations_are_reachable() {
     // The tail rejects counted the refused connection attempts.
     let ruleset = nft_ok(&world.client_ns, "list chain inet net-trust allowlist");
     assert!(
-        ruleset.contains("reject with tcp reset") && !ruleset.contains("counter packets 0 bytes 0 reject with tcp reset"),
+        ruleset.contains("reject with tcp reset")
+            && !ruleset.contains("counter packets 0 bytes 0 reject with tcp reset"),
         "the TCP reject counter did not count:\n{ruleset}"
     );
     assert!(world.stop_daemon(), "nettrust failed at exit");
@@ -153,10 +153,19 @@ fn nft_rejects_fail_fast() {
         "blocked TCP connections took {:?} (no reset?)",
         started.elapsed()
     );
-    let out = world.script_in_cgroup(
-        "dig +time=3 +tries=1 @192.0.2.53 a.test 2>&1; echo rc=$?",
-    );
+    let started = Instant::now();
+    let out = world.script_in_cgroup("dig +time=3 +tries=1 @192.0.2.53 a.test 2>&1; echo rc=$?");
+    let elapsed = started.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        elapsed < Duration::from_secs(2) && stdout.contains("rc=9"),
+        "a UDP query to a non-authorized server took {elapsed:?}:\n{stdout}"
+    );
+    let chain = nft_ok(&world.client_ns, "list chain inet net-trust allowlist");
+    assert!(
+        !chain.contains("counter packets 0 bytes 0 reject with icmpx admin-prohibited"),
+        "the ICMP reject did not count:\n{chain}"
+    );
     assert!(
         !stdout.contains("timed out") && !stdout.contains("ANSWER SECTION"),
         "a UDP query to a non-authorized server must fail with an ICMP error, got:\n{stdout}"
@@ -221,11 +230,19 @@ fn nft_sigterm_removes_our_table_and_nothing_else() {
         .spawn()
         .unwrap();
     std::io::Write::write_all(&mut load.stdin.take().unwrap(), FOREIGN.as_bytes()).unwrap();
-    assert!(load.wait().unwrap().success(), "cannot load the foreign table");
+    assert!(
+        load.wait().unwrap().success(),
+        "cannot load the foreign table"
+    );
     // Stateless listing (`-s`: without counter values, which traffic changes).
     let foreign_chains = |world: &World| nft_ok(&world.client_ns, "-s list table inet foreign");
     let before = foreign_chains(&world);
-    for part in ["chain input", "chain authorized-output", "chain other", "192.0.2.200"] {
+    for part in [
+        "chain input",
+        "chain authorized-output",
+        "chain other",
+        "192.0.2.200",
+    ] {
         assert!(before.contains(part), "{before}");
     }
 
@@ -236,8 +253,15 @@ fn nft_sigterm_removes_our_table_and_nothing_else() {
         ["table inet foreign", "table inet net-trust"]
     );
     let ours = nft_ok(&world.client_ns, "list table inet net-trust");
-    assert!(ours.contains("chain input") && ours.contains("policy drop"), "{ours}");
-    assert_eq!(foreign_chains(&world), before, "start changed the foreign table");
+    assert!(
+        ours.contains("chain input") && ours.contains("policy drop"),
+        "{ours}"
+    );
+    assert_eq!(
+        foreign_chains(&world),
+        before,
+        "start changed the foreign table"
+    );
     assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
     assert!(world.reachable_from_cgroup("192.0.2.11"));
     assert!(!world.reachable_from_cgroup("203.0.113.77"));
@@ -245,7 +269,11 @@ fn nft_sigterm_removes_our_table_and_nothing_else() {
     assert!(world.stop_daemon(), "nettrust failed at exit");
 
     assert_eq!(tables_in(&world.client_ns), ["table inet foreign"]);
-    assert_eq!(foreign_chains(&world), before, "exit changed the foreign table");
+    assert_eq!(
+        foreign_chains(&world),
+        before,
+        "exit changed the foreign table"
+    );
     assert!(
         world.reachable_from_cgroup("203.0.113.77"),
         "the cgroup is still filtered"
@@ -363,7 +391,10 @@ fn nft_gateway_mode_forwards_only_resolved_destinations() {
     ip(&format!("-n {} route add default via 10.77.0.1", lan.ns));
     ip(&format!("-n {router} addr add 10.77.0.1/24 dev vr{id}"));
     ip(&format!("-n {router} link set vr{id} up"));
-    ip(&format!("-n {inet} route add 10.77.0.0/24 via {}", world::CLIENT_V4));
+    ip(&format!(
+        "-n {inet} route add 10.77.0.0/24 via {}",
+        world::CLIENT_V4
+    ));
     let sysctl = world
         .in_ns(router, "sysctl")
         .args(["-qw", "net.ipv4.ip_forward=1"])
@@ -395,10 +426,12 @@ fn nft_gateway_mode_forwards_only_resolved_destinations() {
         .unwrap();
     lan.daemon = Some(child);
     let started = Instant::now();
-    while lan.resolve("ready.invalid").is_empty()
-        && !nft_in(router, "list table inet net-trust").0
+    while lan.resolve("ready.invalid").is_empty() && !nft_in(router, "list table inet net-trust").0
     {
-        assert!(started.elapsed() < Duration::from_secs(20), "gateway did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "gateway did not start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Wait for the listener too.
@@ -408,13 +441,19 @@ fn nft_gateway_mode_forwards_only_resolved_destinations() {
         .output()
         .is_ok_and(|o| !o.status.success())
     {
-        assert!(started.elapsed() < Duration::from_secs(20), "gateway DNS did not answer");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "gateway DNS did not answer"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let ruleset = nft_ok(router, "list chain inet net-trust authorized-output");
     assert!(ruleset.contains("hook forward"), "{ruleset}");
 
-    assert!(!lan.connect("192.0.2.10"), "unresolved destination forwarded");
+    assert!(
+        !lan.connect("192.0.2.10"),
+        "unresolved destination forwarded"
+    );
     assert_eq!(lan.resolve("a.test"), ["192.0.2.10"]);
     assert!(lan.connect("192.0.2.10"));
     assert!(!lan.connect("192.0.2.11"));
@@ -425,7 +464,10 @@ fn nft_gateway_mode_forwards_only_resolved_destinations() {
     // SAFETY: kill(2) on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success(), "gateway exit failed");
-    assert!(lan.connect("192.0.2.11"), "forwarding still filtered after exit");
+    assert!(
+        lan.connect("192.0.2.11"),
+        "forwarding still filtered after exit"
+    );
 }
 
 /// A network namespace for in-process tests, removed on drop.
@@ -490,7 +532,10 @@ fn nft_backend_sets_timeouts_whitelist_reload() {
     assert_eq!(list("whitelist4"), addrs(&["192.0.2.1"]));
     assert_eq!(list("whitelist6"), addrs(&["2001:db8::1"]));
     let nets4 = nft_ok(&ns.0, "list set inet net-trust whitelist-net4");
-    assert!(nets4.contains("10.0.0.0/8") && nets4.contains("127.0.0.0/8"), "{nets4}");
+    assert!(
+        nets4.contains("10.0.0.0/8") && nets4.contains("127.0.0.0/8"),
+        "{nets4}"
+    );
 
     let now = nettrust::firewall::boottime_ns();
     let in_60s = now + 60_000_000_000;
@@ -517,10 +562,16 @@ fn nft_backend_sets_timeouts_whitelist_reload() {
         .unwrap();
     let hosts = fw.authorized().unwrap();
     let dc = hosts.iter().find(|h| h.addr == c).unwrap().expires_ns;
-    assert!(dc > now && dc < now + 2_000_000_000, "deadline {dc} vs now {now}");
+    assert!(
+        dc > now && dc < now + 2_000_000_000,
+        "deadline {dc} vs now {now}"
+    );
     std::thread::sleep(Duration::from_millis(1200));
     let left: Vec<IpAddr> = fw.authorized().unwrap().iter().map(|h| h.addr).collect();
-    assert!(!left.contains(&c), "the kernel did not expire {c}: {left:?}");
+    assert!(
+        !left.contains(&c),
+        "the kernel did not expire {c}: {left:?}"
+    );
     assert_eq!(fw.authorize(c, 0).unwrap(), Authorization::New);
 
     // Reload: hosts diffed, networks rewritten, authorizations kept.
@@ -533,13 +584,12 @@ fn nft_backend_sets_timeouts_whitelist_reload() {
     assert_eq!(list("whitelist6"), addrs(&["2001:db8::1"]));
     let nets4 = nft_ok(&ns.0, "list set inet net-trust whitelist-net4");
     assert!(
-        nets4.contains("10.0.0.0/8") && nets4.contains("192.168.0.0/16") && !nets4.contains("127.0.0.0/8"),
+        nets4.contains("10.0.0.0/8")
+            && nets4.contains("192.168.0.0/16")
+            && !nets4.contains("127.0.0.0/8"),
         "{nets4}"
     );
-    assert_eq!(
-        list("authorized4"),
-        addrs(&["203.0.113.5", "203.0.113.6"])
-    );
+    assert_eq!(list("authorized4"), addrs(&["203.0.113.5", "203.0.113.6"]));
     assert_eq!(list("authorized6"), addrs(&["2001:db8:1::5"]));
 
     fw.stop().unwrap();
@@ -567,7 +617,12 @@ fn nft_bench_answer_update_latency() {
             let addrs: Vec<IpAddr> = (0..batch)
                 .map(|i| {
                     let n = round * batch + i;
-                    IpAddr::V4(std::net::Ipv4Addr::new(10, 200 + (batch as u8), (n >> 8) as u8, n as u8))
+                    IpAddr::V4(std::net::Ipv4Addr::new(
+                        10,
+                        200 + (batch as u8),
+                        (n >> 8) as u8,
+                        n as u8,
+                    ))
                 })
                 .collect();
             let deadline = nettrust::firewall::boottime_ns() + 3_600_000_000_000;

@@ -266,9 +266,7 @@ fn rule_msg(chain: &str, rule: Rule) -> Msg {
 
 fn chain_msg(name: &str, hook: Option<(u32, i32)>) -> Msg {
     use netlink::chain;
-    let mut attrs = Attrs::new()
-        .str(chain::TABLE, TABLE)
-        .str(chain::NAME, name);
+    let mut attrs = Attrs::new().str(chain::TABLE, TABLE).str(chain::NAME, name);
     if let Some((hooknum, policy)) = hook {
         attrs = attrs
             .nested(
@@ -341,9 +339,13 @@ fn install_batch(scopes: &Option<Vec<CgroupMatch>>, options: &Options, w: &White
         msgs.extend(elements_msg(
             MsgType::NewSetElem,
             nets,
-            w.ranges[family]
-                .iter()
-                .map(|(k, end)| (k.clone(), if *end { netlink::elem::INTERVAL_END } else { 0 }, None)),
+            w.ranges[family].iter().map(|(k, end)| {
+                (
+                    k.clone(),
+                    if *end { netlink::elem::INTERVAL_END } else { 0 },
+                    None,
+                )
+            }),
         ));
     }
 
@@ -369,10 +371,7 @@ fn install_batch(scopes: &Option<Vec<CgroupMatch>>, options: &Options, w: &White
     }
     msgs.push(rule_msg(
         POLICY_CHAIN,
-        Rule::new()
-            .l4proto_tcp()
-            .counter()
-            .reject_tcp_reset(),
+        Rule::new().l4proto_tcp().counter().reject_tcp_reset(),
     ));
     msgs.push(rule_msg(
         POLICY_CHAIN,
@@ -496,8 +495,8 @@ impl NftablesFirewall {
         };
         let mut inner = self.lock();
         let now = boottime_ns();
-        let timeout_ms = (expires_ns != 0)
-            .then(|| expires_ns.saturating_sub(now).div_ceil(1_000_000).max(1));
+        let timeout_ms =
+            (expires_ns != 0).then(|| expires_ns.saturating_sub(now).div_ceil(1_000_000).max(1));
         let mut results = Vec::with_capacity(addrs.len());
         let mut keys: [Vec<Vec<u8>>; 2] = Default::default();
         for &addr in addrs {
@@ -665,7 +664,12 @@ mod tests {
     #[test]
     fn ranges_are_merged_and_end_after_the_last_address() {
         let r = ranges(
-            nets(&["10.0.0.0/24", "10.0.1.0/25", "10.0.0.128/25", "192.0.2.7/32"]),
+            nets(&[
+                "10.0.0.0/24",
+                "10.0.1.0/25",
+                "10.0.0.128/25",
+                "192.0.2.7/32",
+            ]),
             false,
         );
         assert_eq!(

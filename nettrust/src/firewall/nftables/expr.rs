@@ -54,10 +54,12 @@ impl Rule {
     fn cmp(self, op: u32, value: &[u8]) -> Self {
         self.push(
             "cmp",
-            Some(Attrs::new().be32(1, REG_1).be32(2, op).nested(
-                3,
-                Attrs::new().bytes(data::VALUE, value),
-            )),
+            Some(
+                Attrs::new()
+                    .be32(1, REG_1)
+                    .be32(2, op)
+                    .nested(3, Attrs::new().bytes(data::VALUE, value)),
+            ),
         )
     }
 
@@ -158,15 +160,17 @@ impl Rule {
     pub fn goto(self, chain: &str) -> Self {
         self.push(
             "immediate",
-            Some(Attrs::new().be32(1, REG_VERDICT).nested(
-                2,
-                Attrs::new().nested(
-                    data::VERDICT,
-                    Attrs::new()
-                        .be32(data::VERDICT_CODE, GOTO as u32)
-                        .str(data::VERDICT_CHAIN, chain),
+            Some(
+                Attrs::new().be32(1, REG_VERDICT).nested(
+                    2,
+                    Attrs::new().nested(
+                        data::VERDICT,
+                        Attrs::new()
+                            .be32(data::VERDICT_CODE, GOTO as u32)
+                            .str(data::VERDICT_CHAIN, chain),
+                    ),
                 ),
-            )),
+            ),
         )
     }
 

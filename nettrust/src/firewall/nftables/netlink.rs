@@ -255,8 +255,14 @@ impl Socket {
         let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
         loop {
             // SAFETY: recv writes at most buf.len() bytes into `buf`.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    flags,
+                )
+            };
             if n >= 0 {
                 return Ok(Some(n as usize));
             }
