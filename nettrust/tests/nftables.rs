@@ -246,6 +246,21 @@ fn nft_sigterm_removes_our_table_and_nothing_else() {
         assert!(before.contains(part), "{before}");
     }
 
+    // Nothing listens on port 9 of the client: refused at once, until the input chain drops.
+    let probe_inbound = |world: &World| {
+        let out = world
+            .in_ns(&world.inet_ns, "socat")
+            .args([
+                "-u",
+                &format!("TCP:{}:9,connect-timeout=1", world::CLIENT_V4),
+                "-",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(probe_inbound(&world).contains("refused"));
+
     // With --firewall-drop-input nettrust also has a chain named `input`.
     world.start_daemon(&["--firewall-backend", "nftables", "--firewall-drop-input"]);
     assert_eq!(
@@ -265,10 +280,16 @@ fn nft_sigterm_removes_our_table_and_nothing_else() {
     assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
     assert!(world.reachable_from_cgroup("192.0.2.11"));
     assert!(!world.reachable_from_cgroup("203.0.113.77"));
+    let inbound = probe_inbound(&world);
+    assert!(
+        inbound.contains("timed out"),
+        "inbound connection not dropped: {inbound}"
+    );
 
     assert!(world.stop_daemon(), "nettrust failed at exit");
 
     assert_eq!(tables_in(&world.client_ns), ["table inet foreign"]);
+    assert!(probe_inbound(&world).contains("refused"));
     assert_eq!(
         foreign_chains(&world),
         before,
@@ -642,5 +663,46 @@ fn nft_bench_answer_update_latency() {
     }
     let n = fw.authorized().unwrap().len();
     assert_eq!(n, (ROUNDS * 9) as usize);
+    fw.stop().unwrap();
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_large_whitelists_go_in_one_batch() {
+    let ns = Netns::new("big");
+    let hosts = |base: u16| -> Vec<IpAddr> {
+        (0..5000u16)
+            .map(|i| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 7, base, 0, 0, 0, i)))
+            .collect()
+    };
+    let nets = |base: u8| -> Vec<ipnet::IpNet> {
+        (0..3000u32)
+            .map(|i| {
+                let addr = std::net::Ipv4Addr::new(base, (i >> 6) as u8, ((i & 63) * 4) as u8, 0);
+                ipnet::IpNet::new(IpAddr::V4(addr), 30).unwrap()
+            })
+            .collect()
+    };
+    let big = |base: u8| Policy {
+        whitelist_hosts: hosts(u16::from(base)),
+        whitelist_networks: nets(base),
+    };
+    let options = Options {
+        mode: Mode::Forward,
+        drop_input: false,
+    };
+    let fw = ns.run(|| NftablesFirewall::start(&options, &big(10)).unwrap());
+    let count = |set: &str| {
+        let out = nft_ok(&ns.0, &format!("list set inet net-trust {set}"));
+        out.find("elements = {")
+            .map_or(0, |start| out[start..].matches(',').count() + 1)
+    };
+    assert_eq!(count("whitelist6"), 5000);
+    assert_eq!(count("whitelist-net4"), 3000);
+    fw.set_whitelist(&big(11)).unwrap();
+    assert_eq!(count("whitelist6"), 5000);
+    assert_eq!(count("whitelist-net4"), 3000);
+    let listing = nft_ok(&ns.0, "list set inet net-trust whitelist-net4");
+    assert!(listing.contains("11.0.0.0/30") && !listing.contains("10.0.0.0/30"));
     fw.stop().unwrap();
 }

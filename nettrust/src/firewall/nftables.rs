@@ -215,41 +215,48 @@ impl Whitelist {
     }
 }
 
-/// Elements of a `NFT_MSG_{NEW,DEL}SETELEM` message: `(key, flags, timeout in ms)`.
+/// Elements per `NFT_MSG_{NEW,DEL}SETELEM` message: the nested element list is one netlink
+/// attribute, whose length is a u16 (< 64 KiB); an IPv6 element takes about 40 bytes.
+const ELEMENTS_PER_MSG: usize = 1000;
+
+/// `NFT_MSG_{NEW,DEL}SETELEM` messages for `elems` (`(key, flags, timeout in ms)`), split so that
+/// each fits in one netlink attribute; none when `elems` is empty.
 fn elements_msg(
     ty: MsgType,
     set: &str,
     elems: impl IntoIterator<Item = (Vec<u8>, u32, Option<u64>)>,
-) -> Option<Msg> {
+) -> Vec<Msg> {
     use netlink::{data, elem, elem_list};
-    let mut list = Attrs::new();
-    let mut any = false;
-    for (key, flags, timeout) in elems {
-        let mut e = Attrs::new().nested(elem::KEY, Attrs::new().bytes(data::VALUE, &key));
-        if flags != 0 {
-            e = e.be32(elem::FLAGS, flags);
-        }
-        if let Some(ms) = timeout {
-            e = e.be64(elem::TIMEOUT, ms);
-        }
-        list = list.nested(netlink::LIST_ELEM, e);
-        any = true;
-    }
-    any.then(|| {
-        let flags = if matches!(ty, MsgType::NewSetElem) {
-            NLM_F_CREATE
-        } else {
-            0
-        };
-        Msg::new(
-            ty,
-            flags,
-            Attrs::new()
-                .str(elem_list::TABLE, TABLE)
-                .str(elem_list::SET, set)
-                .nested(elem_list::ELEMENTS, list),
-        )
-    })
+    let flags = if matches!(ty, MsgType::NewSetElem) {
+        NLM_F_CREATE
+    } else {
+        0
+    };
+    let elems: Vec<_> = elems.into_iter().collect();
+    elems
+        .chunks(ELEMENTS_PER_MSG)
+        .map(|chunk| {
+            let mut list = Attrs::new();
+            for (key, flags, timeout) in chunk {
+                let mut e = Attrs::new().nested(elem::KEY, Attrs::new().bytes(data::VALUE, key));
+                if *flags != 0 {
+                    e = e.be32(elem::FLAGS, *flags);
+                }
+                if let Some(ms) = timeout {
+                    e = e.be64(elem::TIMEOUT, *ms);
+                }
+                list = list.nested(netlink::LIST_ELEM, e);
+            }
+            Msg::new(
+                ty,
+                flags,
+                Attrs::new()
+                    .str(elem_list::TABLE, TABLE)
+                    .str(elem_list::SET, set)
+                    .nested(elem_list::ELEMENTS, list),
+            )
+        })
+        .collect()
 }
 
 fn rule_msg(chain: &str, rule: Rule) -> Msg {

@@ -204,18 +204,31 @@ impl Socket {
         }
         // SAFETY: `raw` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // Room for the acknowledgements of large batches (one nlmsgerr per message).
-        let size: libc::c_int = 1 << 20;
-        // SAFETY: setsockopt reads `size` only.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&raw const size).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        // Room for large batches (a whole whitelist goes in one datagram: netlink refuses
+        // messages larger than the send buffer) and for their acknowledgements (one nlmsgerr per
+        // message). The *FORCE variants exceed the sysctl caps (CAP_NET_ADMIN, which nf_tables
+        // needs anyway); the plain ones are the fallback.
+        for (force, plain) in [
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        ] {
+            let size: libc::c_int = 8 << 20;
+            for opt in [force, plain] {
+                // SAFETY: setsockopt reads `size` only.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        opt,
+                        (&raw const size).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                if rc == 0 {
+                    break;
+                }
+            }
+        }
         // SAFETY: zeroed sockaddr_nl = the kernel assigns our port id.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
