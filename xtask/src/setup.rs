@@ -25,6 +25,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("curl", "curl"),
+    // The nftables root tests inspect the per-namespace ruleset (never used by nettrust itself).
+    ("nft", "nftables"),
 ];
 
 pub fn is_root() -> bool {

@@ -430,8 +430,11 @@ impl Socket {
     }
 }
 
-/// Splits a datagram into `(type, seq, payload after the nlmsghdr)`.
-fn messages(mut data: &[u8]) -> Result<Vec<(u16, u32, &[u8])>, NetlinkError> {
+/// One netlink message of a datagram: `(type, seq, payload after the nlmsghdr)`.
+type Message<'a> = (u16, u32, &'a [u8]);
+
+/// Splits a datagram into its messages.
+fn messages(mut data: &[u8]) -> Result<Vec<Message<'_>>, NetlinkError> {
     let mut out = Vec::new();
     while data.len() >= NLMSG_HDRLEN {
         let len = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
