@@ -574,6 +574,15 @@ fn nft_backend_sets_timeouts_whitelist_reload() {
         [Authorization::New, Authorization::Already]
     );
     let hosts = fw.authorized().unwrap();
+    // Another reader (`nettrust list` from outside the daemon) sees the same.
+    let mut outside: Vec<IpAddr> = ns
+        .run(nettrust::firewall::nftables::list_authorized)
+        .unwrap()
+        .iter()
+        .map(|h| h.addr)
+        .collect();
+    outside.sort();
+    assert_eq!(outside, vec![a, b]);
     let deadline = |addr| hosts.iter().find(|h| h.addr == addr).unwrap().expires_ns;
     assert_eq!(deadline(a), 0, "renewed without a deadline");
     assert_eq!(deadline(b), 0);
@@ -704,5 +713,71 @@ fn nft_large_whitelists_go_in_one_batch() {
     assert_eq!(count("whitelist-net4"), 3000);
     let listing = nft_ok(&ns.0, "list set inet net-trust whitelist-net4");
     assert!(listing.contains("11.0.0.0/30") && !listing.contains("10.0.0.0/30"));
+    fw.stop().unwrap();
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_root_cgroup_filters_every_socket_but_not_neighbour_discovery() {
+    // Enforcing for the whole host, but inside a private network namespace: nftables state is
+    // per namespace, so the host is untouched.
+    let ns = Netns::new("root");
+    let root = nettrust::cgroup::cgroup2_mount().unwrap();
+    let options = Options {
+        mode: Mode::Output {
+            cgroups: vec![root],
+        },
+        drop_input: false,
+    };
+    let fw = ns.run(|| NftablesFirewall::start(&options, &policy(&[], &["127.0.0.0/8"])).unwrap());
+    let chain = nft_ok(&ns.0, "list chain inet net-trust authorized-output");
+    assert!(chain.contains("socket cgroupv2 level 0"), "{chain}");
+    // A socket of this namespace (any process is below the root cgroup) is filtered: a server
+    // on a local, non-whitelisted address is unreachable; over loopback it is reachable.
+    ip(&format!("-n {} link add d0 type veth peer name d1", ns.0));
+    ip(&format!("-n {} link set d0 up", ns.0));
+    ip(&format!("-n {} link set d1 up", ns.0));
+    ip(&format!("-n {} addr add 192.0.2.1/24 dev d0", ns.0));
+    ip(&format!("-n {} link set lo up", ns.0));
+    let in_ns = |program: &str| {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", ns.0)).arg(program);
+        cmd
+    };
+    let mut server = in_ns("socat")
+        .args(["TCP-LISTEN:8080,reuseaddr,fork", "SYSTEM:echo ok"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let connect = |addr: &str| {
+        in_ns("socat")
+            .args(["-u", &format!("TCP:{addr}:8080,connect-timeout=2"), "-"])
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"ok"))
+    };
+    let started = Instant::now();
+    while !connect("127.0.0.1") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let blocked = !connect("192.0.2.1");
+    // Duplicate address detection and MLD reports of the new links go out within a second.
+    std::thread::sleep(Duration::from_millis(2000));
+    let _ = server.kill();
+    let _ = server.wait();
+    let table = nft_ok(&ns.0, "list table inet net-trust");
+    assert!(
+        blocked,
+        "a socket of the root cgroup was not filtered:\n{table}"
+    );
+    // The kernel's neighbour discovery (DAD on the new links) was not rejected.
+    assert!(
+        table.contains("counter packets 0 bytes 0 reject with icmpx"),
+        "socketless or kernel control packets were rejected:\n{table}"
+    );
     fw.stop().unwrap();
 }

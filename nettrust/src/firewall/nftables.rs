@@ -12,6 +12,7 @@
 //!   set authorized6     { type ipv6_addr; flags timeout; }
 //!   chain allowlist {
 //!     ct state established,related accept      # replies (also to inbound connections)
+//!     icmpv6 type 130-137 accept ; icmpv6 type 143 accept   # NDP and MLD
 //!     ip daddr @whitelist-net4 accept ; ip6 daddr @whitelist-net6 accept
 //!     ip daddr @whitelist4 accept     ; ip6 daddr @whitelist6 accept
 //!     ip daddr @authorized4 accept    ; ip6 daddr @authorized6 accept
@@ -19,8 +20,8 @@
 //!     counter reject with icmpx admin-prohibited
 //!   }
 //!   chain authorized-output {            # hook output (or forward in gateway mode), policy accept
-//!     socket cgroupv2 level L "<cgroup id>" goto allowlist  # one per --cgroup; unconditional for
-//!   }                                                     # the root cgroup and gateway mode
+//!     socket cgroupv2 level L "<cgroup id>" goto allowlist  # one per --cgroup (level 0 for the
+//!   }                                                     # root); unconditional in gateway mode
 //!   chain input { … }                    # only with --firewall-drop-input: policy drop
 //! }
 //! ```
@@ -120,9 +121,11 @@ struct CgroupMatch {
     id: u64,
 }
 
-/// Resolves `cgroup` (a directory of the cgroup2 filesystem mounted at `root`); `None` for the
-/// root itself, which contains every process.
-fn cgroup_match(root: &Path, cgroup: &Path) -> Result<Option<CgroupMatch>, NftablesError> {
+/// Resolves `cgroup`, a directory of the cgroup2 filesystem mounted at `root`. The root itself
+/// is level 0: it contains every process, and matching it (rather than every packet) keeps
+/// packets without a socket — neighbour discovery, the kernel's own replies — unfiltered, as the
+/// eBPF backend (attached to sockets' cgroups) does.
+fn cgroup_match(root: &Path, cgroup: &Path) -> Result<CgroupMatch, NftablesError> {
     let err = |source: Box<dyn std::error::Error + Send + Sync>| NftablesError::Cgroup {
         path: cgroup.to_owned(),
         source,
@@ -133,13 +136,10 @@ fn cgroup_match(root: &Path, cgroup: &Path) -> Result<Option<CgroupMatch>, Nftab
         .strip_prefix(&root)
         .map_err(|_| err(format!("not below the cgroup2 mount {}", root.display()).into()))?;
     let level = u32::try_from(relative.components().count()).map_err(|e| err(e.into()))?;
-    if level == 0 {
-        return Ok(None);
-    }
     // The kernfs inode number of a cgroup directory is its cgroup id (cgroup_id(), 64-bit ino),
-    // the value `socket cgroupv2` loads.
+    // the value `socket cgroupv2` loads; the root's is 1.
     let id = std::fs::metadata(&path).map_err(|e| err(e.into()))?.ino();
-    Ok(Some(CgroupMatch { level, id }))
+    Ok(CgroupMatch { level, id })
 }
 
 /// The whitelist content of one family: host keys and interval elements `(key, is_end)`.
@@ -363,6 +363,15 @@ fn install_batch(scopes: &Option<Vec<CgroupMatch>>, options: &Options, w: &White
             .ct_established_or_related()
             .verdict(expr::ACCEPT),
     ));
+    // The kernel's own IPv6 control traffic: MLD (130-132, 143) and neighbour discovery
+    // (133-137, RFC 4861) are sent from per-namespace kernel sockets, which belong to a cgroup
+    // like any socket; without them IPv6 stops resolving neighbours.
+    for (lo, hi) in [(130, 137), (143, 143)] {
+        msgs.push(rule_msg(
+            POLICY_CHAIN,
+            Rule::new().icmpv6_types(lo, hi).verdict(expr::ACCEPT),
+        ));
+    }
     // Networks, then hosts, then authorizations, each per family.
     for index in 0..3 {
         for v6 in [false, true] {
@@ -449,15 +458,11 @@ impl NftablesFirewall {
                     path: PathBuf::from("/"),
                     source: e.into(),
                 })?;
-                let mut matches = Vec::new();
-                let mut everything = false;
-                for cgroup in cgroups {
-                    match cgroup_match(&root, cgroup)? {
-                        Some(m) => matches.push(m),
-                        None => everything = true,
-                    }
-                }
-                (!everything).then_some(matches)
+                let matches = cgroups
+                    .iter()
+                    .map(|cgroup| cgroup_match(&root, cgroup))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(matches)
             }
         };
         let whitelist = Whitelist::new(policy);
@@ -573,6 +578,30 @@ impl NftablesFirewall {
     }
 }
 
+/// The elements of `authorized4` and `authorized6`, with their deadlines (`CLOCK_BOOTTIME`).
+fn dump_authorized(socket: &mut Socket) -> Result<Vec<AuthorizedHost>, NetlinkError> {
+    let now = boottime_ns();
+    let mut out = Vec::new();
+    for v6 in [false, true] {
+        for e in socket.dump_set(NFPROTO_INET, TABLE, sets(v6)[2])? {
+            let Some(addr) = netlink::key_addr(&e.key) else {
+                continue;
+            };
+            let expires_ns = e
+                .expires_in_ms
+                .map_or(0, |ms| now.saturating_add(ms.saturating_mul(1_000_000)));
+            out.push(AuthorizedHost { addr, expires_ns });
+        }
+    }
+    Ok(out)
+}
+
+/// The authorized hosts of the `inet net-trust` table in the caller's network namespace, read by
+/// another process than the daemon (for `nettrust list`/`status` with this backend).
+pub fn list_authorized() -> Result<Vec<AuthorizedHost>, NetlinkError> {
+    dump_authorized(&mut Socket::open()?)
+}
+
 impl Firewall for NftablesFirewall {
     fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError> {
         Ok(self.authorize_many(&[addr], expires_ns)?[0])
@@ -580,23 +609,8 @@ impl Firewall for NftablesFirewall {
 
     fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError> {
         let mut inner = self.lock();
-        let now = boottime_ns();
-        let mut out = Vec::new();
-        for v6 in [false, true] {
-            let elements = inner
-                .socket
-                .dump_set(NFPROTO_INET, TABLE, sets(v6)[2])
-                .map_err(|e| FirewallError::Read(Box::new(e)))?;
-            for e in elements {
-                let Some(addr) = netlink::key_addr(&e.key) else {
-                    continue;
-                };
-                let expires_ns = e
-                    .expires_in_ms
-                    .map_or(0, |ms| now.saturating_add(ms.saturating_mul(1_000_000)));
-                out.push(AuthorizedHost { addr, expires_ns });
-            }
-        }
+        let out =
+            dump_authorized(&mut inner.socket).map_err(|e| FirewallError::Read(Box::new(e)))?;
         // Forget what the kernel has expired.
         let present: BTreeSet<IpAddr> = out.iter().map(|h| h.addr).collect();
         inner.authorized.retain(|a, _| present.contains(a));
@@ -706,10 +720,8 @@ mod tests {
     fn cgroup_levels_count_from_the_mount() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
-        assert_eq!(cgroup_match(dir.path(), dir.path()).unwrap(), None);
-        let m = cgroup_match(dir.path(), &dir.path().join("a/b"))
-            .unwrap()
-            .unwrap();
+        assert_eq!(cgroup_match(dir.path(), dir.path()).unwrap().level, 0);
+        let m = cgroup_match(dir.path(), &dir.path().join("a/b")).unwrap();
         assert_eq!(m.level, 2);
         assert!(cgroup_match(&dir.path().join("a"), Path::new("/")).is_err());
     }

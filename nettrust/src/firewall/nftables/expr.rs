@@ -74,6 +74,21 @@ impl Rule {
             .eq(&[if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }])
     }
 
+    /// `icmpv6 type LO-HI` for an IPv6 packet: `meta nfproto ipv6`, `meta l4proto ipv6-icmp`,
+    /// the first byte of the transport header (`NFT_PAYLOAD_TRANSPORT_HEADER` = 2) compared with
+    /// `NFT_CMP_GTE` (5) and `NFT_CMP_LTE` (3).
+    pub fn icmpv6_types(self, lo: u8, hi: u8) -> Self {
+        self.nfproto(true)
+            .meta(16)
+            .eq(&[libc::IPPROTO_ICMPV6 as u8])
+            .push(
+                "payload",
+                Some(Attrs::new().be32(1, REG_1).be32(2, 2).be32(3, 0).be32(4, 1)),
+            )
+            .cmp(5, &[lo])
+            .cmp(3, &[hi])
+    }
+
     /// `meta l4proto tcp` (`NFT_META_L4PROTO` = 16).
     pub fn l4proto_tcp(self) -> Self {
         self.meta(16).eq(&[libc::IPPROTO_TCP as u8])
