@@ -10,7 +10,7 @@ use std::{
     collections::BTreeSet,
     fs::File,
     net::IpAddr,
-    os::fd::AsRawFd as _,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -744,11 +744,16 @@ fn nft_root_cgroup_filters_every_socket_but_not_neighbour_discovery() {
         cmd.arg(format!("--net=/run/netns/{}", ns.0)).arg(program);
         cmd
     };
-    let mut server = in_ns("socat")
-        .args(["TCP-LISTEN:8080,reuseaddr,fork", "SYSTEM:echo ok"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = KillGroup(
+        in_ns("socat")
+            .args(["TCP-LISTEN:8080,reuseaddr,fork", "SYSTEM:echo ok"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
     let connect = |addr: &str| {
         in_ns("socat")
             .args(["-u", &format!("TCP:{addr}:8080,connect-timeout=2"), "-"])
@@ -767,8 +772,7 @@ fn nft_root_cgroup_filters_every_socket_but_not_neighbour_discovery() {
     let blocked = !connect("192.0.2.1");
     // Duplicate address detection and MLD reports of the new links go out within a second.
     std::thread::sleep(Duration::from_millis(2000));
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let table = nft_ok(&ns.0, "list table inet net-trust");
     assert!(
         blocked,
@@ -780,4 +784,56 @@ fn nft_root_cgroup_filters_every_socket_but_not_neighbour_discovery() {
         "socketless or kernel control packets were rejected:\n{table}"
     );
     fw.stop().unwrap();
+}
+
+/// Kills a child's whole process group when dropped.
+struct KillGroup(Child);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group our child leads.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_expired_authorizations_stop_new_and_established_flows() {
+    let mut world = World::new();
+    // An echo server next to the "ok" one, for a connection that stays open. Its own process
+    // group, killed as a whole (also on failure): the forked child of a connection the client
+    // lost keeps running otherwise.
+    let echo = world
+        .in_ns(&world.inet_ns, "socat")
+        .args(["TCP-LISTEN:8081,reuseaddr,fork", "EXEC:cat"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _echo = KillGroup(echo);
+    world.start_daemon(&["--firewall-backend", "nftables", "--authorized-ttl", "3"]);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+    // "one" goes out while authorized, "two" after the kernel expired the element.
+    let out = world.script_in_cgroup(
+        "(echo one; sleep 5; echo two; sleep 1) | socat -t2 - TCP:192.0.2.10:8081,connect-timeout=2",
+    );
+    let echoed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !world.reachable_from_cgroup("192.0.2.10"),
+        "a new connection after expiry got through"
+    );
+    assert_eq!(authorized_in(&world.client_ns), Vec::<IpAddr>::new());
+    assert_eq!(
+        echoed.lines().collect::<Vec<_>>(),
+        ["one"],
+        "the established flow outlived its authorization"
+    );
+    // Resolving again opens it again.
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+    assert!(world.stop_daemon());
 }

@@ -11,7 +11,7 @@
 //!   set authorized4     { type ipv4_addr; flags timeout; }     # DNS answers, kernel-expired
 //!   set authorized6     { type ipv6_addr; flags timeout; }
 //!   chain allowlist {
-//!     ct state established,related accept      # replies (also to inbound connections)
+//!     ct direction reply ct state established,related accept   # replies to inbound connections
 //!     icmpv6 type 130-137 accept ; icmpv6 type 143 accept   # NDP and MLD
 //!     ip daddr @whitelist-net4 accept ; ip6 daddr @whitelist-net6 accept
 //!     ip daddr @whitelist4 accept     ; ip6 daddr @whitelist6 accept
@@ -357,9 +357,13 @@ fn install_batch(scopes: &Option<Vec<CgroupMatch>>, options: &Options, w: &White
     }
 
     msgs.push(chain_msg(POLICY_CHAIN, None));
+    // Replies: packets of connections the peer opened (a local server answering), and ICMP errors
+    // about them. Packets in the original direction of an outbound connection are judged by the
+    // lists every time, so an expired authorization stops established flows too, as with eBPF.
     msgs.push(rule_msg(
         POLICY_CHAIN,
         Rule::new()
+            .ct_reply_direction()
             .ct_established_or_related()
             .verdict(expr::ACCEPT),
     ));

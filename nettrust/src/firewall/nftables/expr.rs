@@ -140,6 +140,13 @@ impl Rule {
             .cmp(1, &0u32.to_ne_bytes())
     }
 
+    /// `ct direction reply` (`NFT_CT_DIRECTION` = 1, `IP_CT_DIR_REPLY` = 1): the packet travels
+    /// against the direction of the connection's first packet.
+    pub fn ct_reply_direction(self) -> Self {
+        self.push("ct", Some(Attrs::new().be32(1, REG_1).be32(2, 1)))
+            .eq(&[1])
+    }
+
     /// `socket cgroupv2 level LEVEL` (`NFTA_SOCKET_KEY` 1 = `NFT_SOCKET_CGROUPV2` 3,
     /// `NFTA_SOCKET_DREG` 2, `NFTA_SOCKET_LEVEL` 3) compared with the cgroup's id (its inode
     /// number on cgroupfs, a host-endian u64).
