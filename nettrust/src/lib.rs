@@ -35,8 +35,9 @@ use crate::{
         upstream::{Transport, Upstreams},
     },
     firewall::{
-        ExitMode,
+        ExitMode, Firewall,
         ebpf::{EbpfError, EbpfFirewall, EbpfOptions},
+        nftables::{NftablesError, NftablesFirewall},
     },
     sweeper::SweepConfig,
 };
@@ -47,9 +48,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The requested firewall backend is not part of this version.
-    #[error("firewall backend {0:?} is not yet available; use --firewall-backend ebpf (or auto)")]
-    BackendUnavailable(&'static str),
+    /// A combination this version cannot honour yet; refusing it beats silently running
+    /// without the protection it promises.
+    #[error("{0} is not available yet")]
+    NotYetAvailable(&'static str),
     /// A DNS listener could not be bound.
     #[error("cannot listen on {proto} {addr}")]
     Bind {
@@ -70,6 +72,12 @@ pub enum RunError {
     /// The eBPF backend could not start.
     #[error("cannot start the eBPF firewall")]
     Ebpf(#[from] EbpfError),
+    /// The nftables backend could not start or stop.
+    #[error("nftables firewall")]
+    Nftables(#[from] NftablesError),
+    /// eBPF was made unavailable on purpose (`NETTRUST_FORCE_EBPF_FAILURE=1`, for tests).
+    #[error("eBPF disabled by NETTRUST_FORCE_EBPF_FAILURE=1")]
+    EbpfForcedOff,
     /// Cleaning up at exit failed; the messages list everything left behind.
     #[error("cleanup failed: {}", .0.iter().map(|e| error_chain(e)).collect::<Vec<_>>().join("; "))]
     Teardown(Vec<EbpfError>),
@@ -94,8 +102,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     mut reloads: tokio::sync::mpsc::Receiver<Settings>,
 ) -> Result<(), RunError> {
-    if settings.backend == Backend::Nftables || settings.firewall_type == FirewallType::Forward {
-        return Err(RunError::BackendUnavailable("nftables"));
+    let nftables_wanted =
+        settings.backend == Backend::Nftables || settings.firewall_type == FirewallType::Forward;
+    if nftables_wanted && (settings.do_not_flush_table || settings.do_not_flush_authorized_hosts) {
+        return Err(RunError::NotYetAvailable(
+            "do_not_flush_table with the nftables backend (it is implemented for eBPF)",
+        ));
     }
     // TLS material and lists first, then bind: a bad file or a busy port must fail before any
     // firewall object exists.
@@ -163,13 +175,8 @@ pub async fn run(
             tracing::warn!("on exit NetTrust will not flush the authorized hosts list");
         }
     }
-    let firewall = Arc::new(EbpfFirewall::start(&EbpfOptions {
-        cgroups: settings.cgroups.clone(),
-        pin_dir: settings.bpffs_dir.clone(),
-        policy,
-        drop_input: settings.firewall_drop_input,
-    })?);
-    firewall.start_denied_log();
+    let backend = start_backend(&settings, policy)?;
+    let firewall = backend.firewall();
     let authorizer = Authorizer::new(firewall.clone(), settings.authorized_ttl)
         .with_blacklist(blacklist)
         .with_ptr_authorization(settings.authorize_ptr);
@@ -260,7 +267,7 @@ pub async fn run(
     {
         tracing::warn!("some queries were still in flight at shutdown");
     }
-    firewall.stop(exit_mode).map_err(RunError::Teardown)?;
+    backend.stop(exit_mode)?;
     match exit_mode {
         ExitMode::FlushAll => tracing::info!("firewall removed, bye"),
         ExitMode::KeepPolicy => {
@@ -269,4 +276,78 @@ pub async fn run(
         ExitMode::KeepAll => tracing::info!("firewall left in place, bye"),
     }
     Ok(())
+}
+
+/// The backend in use.
+enum StartedBackend {
+    Ebpf(Arc<EbpfFirewall>),
+    Nftables(Arc<NftablesFirewall>),
+}
+
+impl StartedBackend {
+    fn firewall(&self) -> Arc<dyn Firewall> {
+        match self {
+            Self::Ebpf(f) => f.clone(),
+            Self::Nftables(f) => f.clone(),
+        }
+    }
+
+    fn stop(&self, mode: ExitMode) -> Result<(), RunError> {
+        match self {
+            Self::Ebpf(f) => f.stop(mode).map_err(RunError::Teardown),
+            Self::Nftables(f) => Ok(f.stop()?),
+        }
+    }
+}
+
+/// Starts the configured backend. `auto` uses eBPF and falls back to nftables, logging why, when
+/// eBPF cannot start or cannot do what is asked (gateway mode filters routed traffic, which
+/// cgroup programs never see).
+fn start_backend(
+    settings: &Settings,
+    policy: firewall::Policy,
+) -> Result<StartedBackend, RunError> {
+    let start_ebpf = || -> Result<StartedBackend, RunError> {
+        if std::env::var_os("NETTRUST_FORCE_EBPF_FAILURE").is_some_and(|v| v == "1") {
+            return Err(RunError::EbpfForcedOff);
+        }
+        let firewall = EbpfFirewall::start(&EbpfOptions {
+            cgroups: settings.cgroups.clone(),
+            pin_dir: settings.bpffs_dir.clone(),
+            policy: policy.clone(),
+            drop_input: settings.firewall_drop_input,
+        })?;
+        firewall.start_denied_log();
+        Ok(StartedBackend::Ebpf(Arc::new(firewall)))
+    };
+    let start_nftables = || -> Result<StartedBackend, RunError> {
+        let options = firewall::nftables::Options {
+            mode: match settings.firewall_type {
+                FirewallType::Output => firewall::nftables::Mode::Output {
+                    cgroups: settings.cgroups.clone(),
+                },
+                FirewallType::Forward => firewall::nftables::Mode::Forward,
+            },
+            drop_input: settings.firewall_drop_input,
+        };
+        Ok(StartedBackend::Nftables(Arc::new(NftablesFirewall::start(
+            &options, &policy,
+        )?)))
+    };
+    match settings.backend {
+        Backend::Ebpf => start_ebpf(),
+        Backend::Nftables => start_nftables(),
+        Backend::Auto if settings.firewall_type == FirewallType::Forward => {
+            tracing::info!("firewall backend: nftables (gateway mode needs the forward hook)");
+            start_nftables()
+        }
+        Backend::Auto if settings.do_not_flush_table => start_ebpf(),
+        Backend::Auto => start_ebpf().or_else(|e| {
+            tracing::warn!(
+                reason = %error_chain(&e),
+                "eBPF firewall unavailable, falling back to nftables"
+            );
+            start_nftables()
+        }),
+    }
 }

@@ -27,6 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("kdig", "knot-dnsutils"),
     ("dnsperf", "dnsperf"),
+    // The nftables root tests inspect the per-namespace ruleset (never used by nettrust itself).
+    ("nft", "nftables"),
 ];
 
 pub fn is_root() -> bool {

@@ -4,6 +4,7 @@
 pub mod ebpf;
 mod entries;
 pub mod fake;
+pub mod nftables;
 pub mod pinned;
 pub mod pins;
 

@@ -1,0 +1,367 @@
+//! What goes into the table: the whitelists as set elements, and the batch that installs sets,
+//! chains and rules at start.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use ipnet::IpNet;
+
+use super::{
+    CgroupMatch, FILTER_CHAIN, INPUT_CHAIN, Mode, Options, POLICY_CHAIN, TABLE,
+    expr::{self, Rule},
+    netlink::{self, Attrs, Msg, MsgType, NLM_F_CREATE},
+};
+use crate::firewall::Policy;
+
+/// `NLM_F_APPEND`: add a rule at the end of its chain.
+const NLM_F_APPEND: u16 = 0x800;
+
+/// The sets, per family: (hosts, networks, authorized).
+const SETS_V4: [&str; 3] = ["whitelist4", "whitelist-net4", "authorized4"];
+const SETS_V6: [&str; 3] = ["whitelist6", "whitelist-net6", "authorized6"];
+
+pub(super) fn sets(v6: bool) -> [&'static str; 3] {
+    if v6 { SETS_V6 } else { SETS_V4 }
+}
+
+/// The whitelist content of one family: host keys and interval elements `(key, is_end)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Whitelist {
+    pub(super) hosts: [BTreeSet<Vec<u8>>; 2],
+    pub(super) ranges: [Vec<(Vec<u8>, bool)>; 2],
+    /// The host addresses, for `Authorization::Already`.
+    pub(super) host_addrs: BTreeSet<IpAddr>,
+}
+
+/// Merges overlapping and adjacent networks of one family into interval-set elements: a start
+/// element per range and an `INTERVAL_END` element at the first address after it (none when the
+/// range reaches the top of the address space). The kernel refuses overlapping intervals.
+fn ranges(nets: impl Iterator<Item = IpNet>, v6: bool) -> Vec<(Vec<u8>, bool)> {
+    let bits = if v6 { 128 } else { 32 };
+    let mut spans: Vec<(u128, u128)> = nets
+        .map(|net| match net {
+            IpNet::V4(n) => (
+                u128::from(u32::from(n.network())),
+                u128::from(u32::from(n.broadcast())),
+            ),
+            IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
+        })
+        .collect();
+    spans.sort_unstable();
+    let mut merged: Vec<(u128, u128)> = Vec::new();
+    for (start, end) in spans {
+        match merged.last_mut() {
+            Some(last) if start <= last.1.saturating_add(1) => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    let key = |v: u128| -> Vec<u8> {
+        if v6 {
+            v.to_be_bytes().to_vec()
+        } else {
+            (v as u32).to_be_bytes().to_vec()
+        }
+    };
+    let max = if bits == 128 {
+        u128::MAX
+    } else {
+        u128::from(u32::MAX)
+    };
+    let mut out = Vec::new();
+    for (start, end) in merged {
+        out.push((key(start), false));
+        if end < max {
+            out.push((key(end + 1), true));
+        }
+    }
+    out
+}
+
+impl Whitelist {
+    pub(super) fn new(policy: &Policy) -> Self {
+        let mut w = Whitelist::default();
+        for &addr in &policy.whitelist_hosts {
+            let family = usize::from(addr.is_ipv6());
+            w.hosts[family].insert(netlink::addr_key(addr));
+            w.host_addrs.insert(addr);
+        }
+        for v6 in [false, true] {
+            let nets = policy
+                .whitelist_networks
+                .iter()
+                .copied()
+                .filter(move |n| matches!(n, IpNet::V6(_)) == v6);
+            w.ranges[usize::from(v6)] = ranges(nets, v6);
+        }
+        w
+    }
+}
+
+/// Elements per `NFT_MSG_{NEW,DEL}SETELEM` message: the nested element list is one netlink
+/// attribute, whose length is a u16 (< 64 KiB); an IPv6 element takes about 40 bytes.
+const ELEMENTS_PER_MSG: usize = 1000;
+
+/// `NFT_MSG_{NEW,DEL}SETELEM` messages for `elems` (`(key, flags, timeout in ms)`), split so that
+/// each fits in one netlink attribute; none when `elems` is empty.
+pub(super) fn elements_msg(
+    ty: MsgType,
+    set: &str,
+    elems: impl IntoIterator<Item = (Vec<u8>, u32, Option<u64>)>,
+) -> Vec<Msg> {
+    use netlink::{data, elem, elem_list};
+    let flags = if matches!(ty, MsgType::NewSetElem) {
+        NLM_F_CREATE
+    } else {
+        0
+    };
+    let elems: Vec<_> = elems.into_iter().collect();
+    elems
+        .chunks(ELEMENTS_PER_MSG)
+        .map(|chunk| {
+            let mut list = Attrs::new();
+            for (key, flags, timeout) in chunk {
+                let mut e = Attrs::new().nested(elem::KEY, Attrs::new().bytes(data::VALUE, key));
+                if *flags != 0 {
+                    e = e.be32(elem::FLAGS, *flags);
+                }
+                if let Some(ms) = timeout {
+                    e = e.be64(elem::TIMEOUT, *ms);
+                }
+                list = list.nested(netlink::LIST_ELEM, e);
+            }
+            Msg::new(
+                ty,
+                flags,
+                Attrs::new()
+                    .str(elem_list::TABLE, TABLE)
+                    .str(elem_list::SET, set)
+                    .nested(elem_list::ELEMENTS, list),
+            )
+        })
+        .collect()
+}
+
+fn rule_msg(chain: &str, rule: Rule) -> Msg {
+    use netlink::rule;
+    Msg::new(
+        MsgType::NewRule,
+        NLM_F_CREATE | NLM_F_APPEND,
+        Attrs::new()
+            .str(rule::TABLE, TABLE)
+            .str(rule::CHAIN, chain)
+            .nested(rule::EXPRESSIONS, rule.into_attrs()),
+    )
+}
+
+fn chain_msg(name: &str, hook: Option<(u32, i32)>) -> Msg {
+    use netlink::chain;
+    let mut attrs = Attrs::new().str(chain::TABLE, TABLE).str(chain::NAME, name);
+    if let Some((hooknum, policy)) = hook {
+        attrs = attrs
+            .nested(
+                chain::HOOK,
+                Attrs::new()
+                    .be32(chain::HOOK_HOOKNUM, hooknum)
+                    // NF_IP_PRI_FILTER = 0
+                    .be32(chain::HOOK_PRIORITY, 0),
+            )
+            .be32(chain::POLICY, policy as u32)
+            .str(chain::TYPE, "filter");
+    }
+    Msg::new(MsgType::NewChain, NLM_F_CREATE, attrs)
+}
+
+pub(super) fn table_msg(ty: MsgType) -> Msg {
+    let flags = if matches!(ty, MsgType::NewTable) {
+        NLM_F_CREATE
+    } else {
+        0
+    };
+    // No NFT_TABLE_F_OWNER: the table must survive the process (fail closed).
+    Msg::new(
+        ty,
+        flags,
+        Attrs::new()
+            .str(netlink::table::NAME, TABLE)
+            .be32(netlink::table::FLAGS, 0),
+    )
+}
+
+/// The whole table in one batch: an existing `inet net-trust` (left by a killed daemon) is
+/// replaced atomically (`add table; delete table; add table …` in one transaction), so there is
+/// no moment without a filter and no moment where whitelisted traffic is dropped.
+pub(super) fn install_batch(
+    scopes: &Option<Vec<CgroupMatch>>,
+    options: &Options,
+    w: &Whitelist,
+) -> Vec<Msg> {
+    use netlink::set;
+    let mut msgs = vec![
+        table_msg(MsgType::NewTable),
+        table_msg(MsgType::DelTable),
+        table_msg(MsgType::NewTable),
+    ];
+    let mut id = 1;
+    for v6 in [false, true] {
+        let (key_type, key_len) = if v6 {
+            (set::TYPE_IP6ADDR, 16)
+        } else {
+            (set::TYPE_IPADDR, 4)
+        };
+        for (name, flags) in sets(v6).into_iter().zip([0, set::INTERVAL, set::TIMEOUT]) {
+            msgs.push(Msg::new(
+                MsgType::NewSet,
+                NLM_F_CREATE,
+                Attrs::new()
+                    .str(set::TABLE, TABLE)
+                    .str(set::NAME, name)
+                    .be32(set::FLAGS, flags)
+                    .be32(set::KEY_TYPE, key_type)
+                    .be32(set::KEY_LEN, key_len)
+                    .be32(set::ID, id),
+            ));
+            id += 1;
+        }
+        let family = usize::from(v6);
+        let [hosts, nets, _] = sets(v6);
+        msgs.extend(elements_msg(
+            MsgType::NewSetElem,
+            hosts,
+            w.hosts[family].iter().map(|k| (k.clone(), 0, None)),
+        ));
+        msgs.extend(elements_msg(
+            MsgType::NewSetElem,
+            nets,
+            w.ranges[family].iter().map(|(k, end)| {
+                (
+                    k.clone(),
+                    if *end { netlink::elem::INTERVAL_END } else { 0 },
+                    None,
+                )
+            }),
+        ));
+    }
+
+    msgs.push(chain_msg(POLICY_CHAIN, None));
+    // Replies: packets of connections the peer opened (a local server answering), and ICMP errors
+    // about them. Packets in the original direction of an outbound connection are judged by the
+    // lists every time, so an expired authorization stops established flows too, as with eBPF.
+    msgs.push(rule_msg(
+        POLICY_CHAIN,
+        Rule::new()
+            .ct_reply_direction()
+            .ct_established_or_related()
+            .verdict(expr::ACCEPT),
+    ));
+    // The kernel's own IPv6 control traffic: MLD (130-132, 143) and neighbour discovery
+    // (133-137, RFC 4861) are sent from per-namespace kernel sockets, which belong to a cgroup
+    // like any socket; without them IPv6 stops resolving neighbours.
+    for (lo, hi) in [(130, 137), (143, 143)] {
+        msgs.push(rule_msg(
+            POLICY_CHAIN,
+            Rule::new().icmpv6_types(lo, hi).verdict(expr::ACCEPT),
+        ));
+    }
+    // Networks, then hosts, then authorizations, each per family.
+    for index in 0..3 {
+        for v6 in [false, true] {
+            msgs.push(rule_msg(
+                POLICY_CHAIN,
+                Rule::new()
+                    .nfproto(v6)
+                    .daddr(v6)
+                    .lookup(sets(v6)[[1, 0, 2][index]])
+                    .verdict(expr::ACCEPT),
+            ));
+        }
+    }
+    msgs.push(rule_msg(
+        POLICY_CHAIN,
+        Rule::new().l4proto_tcp().counter().reject_tcp_reset(),
+    ));
+    msgs.push(rule_msg(
+        POLICY_CHAIN,
+        Rule::new().counter().reject_icmpx_admin_prohibited(),
+    ));
+
+    let hook = match options.mode {
+        Mode::Output { .. } => netlink::chain::NF_INET_LOCAL_OUT,
+        Mode::Forward => netlink::chain::NF_INET_FORWARD,
+    };
+    msgs.push(chain_msg(FILTER_CHAIN, Some((hook, expr::ACCEPT))));
+    match scopes {
+        None => msgs.push(rule_msg(FILTER_CHAIN, Rule::new().goto(POLICY_CHAIN))),
+        Some(cgroups) => {
+            for m in cgroups {
+                msgs.push(rule_msg(
+                    FILTER_CHAIN,
+                    Rule::new().socket_cgroup(m.level, m.id).goto(POLICY_CHAIN),
+                ));
+            }
+        }
+    }
+
+    if options.drop_input {
+        msgs.push(chain_msg(
+            INPUT_CHAIN,
+            Some((netlink::chain::NF_INET_LOCAL_IN, expr::DROP)),
+        ));
+        msgs.push(rule_msg(
+            INPUT_CHAIN,
+            Rule::new()
+                .ct_established_or_related()
+                .counter()
+                .verdict(expr::ACCEPT),
+        ));
+        msgs.push(rule_msg(
+            INPUT_CHAIN,
+            Rule::new().iif_loopback().verdict(expr::ACCEPT),
+        ));
+    }
+    msgs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> impl Iterator<Item = IpNet> {
+        list.iter()
+            .map(|s| s.parse::<IpNet>().unwrap())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn ranges_are_merged_and_end_after_the_last_address() {
+        let r = ranges(
+            nets(&[
+                "10.0.0.0/24",
+                "10.0.1.0/25",
+                "10.0.0.128/25",
+                "192.0.2.7/32",
+            ]),
+            false,
+        );
+        assert_eq!(
+            r,
+            vec![
+                (vec![10, 0, 0, 0], false),
+                (vec![10, 0, 1, 128], true),
+                (vec![192, 0, 2, 7], false),
+                (vec![192, 0, 2, 8], true),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_range_reaching_the_top_has_no_end_element() {
+        assert_eq!(
+            ranges(nets(&["0.0.0.0/0"]), false),
+            vec![(vec![0, 0, 0, 0], false)]
+        );
+        let r = ranges(nets(&["::1/128"]), true);
+        let mut end = vec![0u8; 16];
+        end[15] = 2;
+        assert_eq!(r[1], (end, true));
+    }
+}

@@ -1,0 +1,839 @@
+//! Root tests of the nftables backend: the same world as `root.rs` (client namespace running
+//! nettrust, test cgroup, "internet" namespace with dnsmasq and a TCP server), enforcing with
+//! `--firewall-backend nftables`. nftables state is per network namespace: everything here lives
+//! in namespaces the tests create, never in the host's.
+//! Run with `cargo xtask test` (they are `#[ignore]`d in a plain `cargo test`).
+
+mod world;
+
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    net::IpAddr,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use nettrust::firewall::{
+    Authorization, Firewall as _, Policy,
+    nftables::{Mode, NftablesFirewall, Options},
+};
+use world::World;
+
+const NFT: &[&str] = &["--firewall-backend", "nftables"];
+
+fn addrs(list: &[&str]) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = list.iter().map(|s| s.parse().unwrap()).collect();
+    v.sort();
+    v
+}
+
+/// `nft ARGS` inside network namespace `ns` (reads only that namespace's ruleset).
+fn nft_in(ns: &str, args: &str) -> (bool, String) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg("nft")
+        .args(args.split_whitespace())
+        .output()
+        .expect("run nft (apt-get install nftables)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn nft_ok(ns: &str, args: &str) -> String {
+    let (ok, out) = nft_in(ns, args);
+    assert!(ok, "nft {args} failed in {ns}: {out}");
+    out
+}
+
+/// The addresses listed in `elements = { … }` of an `nft list set` output.
+fn set_elements(listing: &str) -> Vec<IpAddr> {
+    let Some(start) = listing.find("elements = {") else {
+        return Vec::new();
+    };
+    let rest = &listing[start + "elements = {".len()..];
+    let body = &rest[..rest.find('}').expect("closing brace")];
+    let mut out: Vec<IpAddr> = body
+        .split(',')
+        .filter_map(|e| e.split_whitespace().next())
+        .map(|a| a.parse().unwrap_or_else(|_| panic!("bad element {a:?}")))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The authorized sets of `inet net-trust` in namespace `ns`.
+fn authorized_in(ns: &str) -> Vec<IpAddr> {
+    let mut all = Vec::new();
+    for set in ["authorized4", "authorized6"] {
+        all.extend(set_elements(&nft_ok(
+            ns,
+            &format!("list set inet net-trust {set}"),
+        )));
+    }
+    all.sort();
+    all
+}
+
+fn tables_in(ns: &str) -> Vec<String> {
+    let mut t: Vec<String> = nft_ok(ns, "list tables")
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    t.sort();
+    t
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_only_resolved_destinations_are_reachable() {
+    let mut world = World::new();
+    world.start_daemon(NFT);
+    let ruleset = nft_ok(&world.client_ns, "list table inet net-trust");
+    assert!(
+        ruleset.contains("socket cgroupv2 level 1"),
+        "the filter is not scoped to the test cgroup:\n{ruleset}"
+    );
+    assert!(ruleset.contains("hook output"), "{ruleset}");
+
+    // Nothing resolved yet: v4 and v6 destinations are blocked from the cgroup...
+    assert!(!world.reachable_from_cgroup("192.0.2.10"));
+    assert!(!world.reachable_from_cgroup("2001:db8:1::10"));
+    // ...while a process outside the test cgroup is unaffected.
+    assert!(world.reachable_outside_cgroup("192.0.2.10"));
+    assert!(world.reachable_outside_cgroup("2001:db8:1::10"));
+
+    // Resolving over UDP opens exactly the answered address.
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+    assert!(!world.reachable_from_cgroup("192.0.2.11"));
+    assert!(!world.reachable_from_cgroup("2001:db8:1::10"));
+
+    // Over TCP, IPv6.
+    assert_eq!(world.resolve("a.test", "AAAA", true), ["2001:db8:1::10"]);
+    assert!(world.reachable_from_cgroup("2001:db8:1::10"));
+    assert!(!world.reachable_from_cgroup("2001:db8:1::11"));
+
+    // Over TCP, IPv4, through a CNAME.
+    assert_eq!(
+        world.resolve("alias.test", "A", true),
+        ["c.test.", "192.0.2.12"]
+    );
+    assert!(world.reachable_from_cgroup("192.0.2.12"));
+
+    assert_eq!(
+        authorized_in(&world.client_ns),
+        addrs(&["192.0.2.10", "192.0.2.12", "2001:db8:1::10"])
+    );
+    // The tail rejects counted the refused connection attempts.
+    let ruleset = nft_ok(&world.client_ns, "list chain inet net-trust allowlist");
+    assert!(
+        ruleset.contains("reject with tcp reset")
+            && !ruleset.contains("counter packets 0 bytes 0 reject with tcp reset"),
+        "the TCP reject counter did not count:\n{ruleset}"
+    );
+    assert!(world.stop_daemon(), "nettrust failed at exit");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_rejects_fail_fast() {
+    let mut world = World::new();
+    world.start_daemon(NFT);
+    // TCP gets a reset, UDP an ICMP error: both fail at once instead of timing out.
+    let started = Instant::now();
+    assert!(!world.reachable_from_cgroup("192.0.2.99"));
+    assert!(!world.reachable_from_cgroup("2001:db8:1::99"));
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "blocked TCP connections took {:?} (no reset?)",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let out = world.script_in_cgroup("dig +time=3 +tries=1 @192.0.2.53 a.test 2>&1; echo rc=$?");
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        elapsed < Duration::from_secs(2) && stdout.contains("rc=9"),
+        "a UDP query to a non-authorized server took {elapsed:?}:\n{stdout}"
+    );
+    let chain = nft_ok(&world.client_ns, "list chain inet net-trust allowlist");
+    assert!(
+        !chain.contains("counter packets 0 bytes 0 reject with icmpx admin-prohibited"),
+        "the ICMP reject did not count:\n{chain}"
+    );
+    assert!(
+        !stdout.contains("timed out") && !stdout.contains("ANSWER SECTION"),
+        "a UDP query to a non-authorized server must fail with an ICMP error, got:\n{stdout}"
+    );
+    assert!(world.stop_daemon());
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_unspecified_answers_authorize_nothing() {
+    let mut world = World::new();
+    world.start_daemon(NFT);
+    assert_eq!(world.resolve("zero.test", "A", false), ["0.0.0.0"]);
+    assert_eq!(world.resolve("zero.test", "AAAA", true), ["::"]);
+    assert_eq!(authorized_in(&world.client_ns), Vec::<IpAddr>::new());
+    assert!(world.stop_daemon());
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_resolve_then_connect_immediately_never_fails() {
+    let mut world = World::new();
+    world.start_daemon(NFT);
+    let script = format!(
+        "ok=0; fail=0
+         for i in $(seq 1 {n}); do
+           ip=$(dig +short +time=2 +tries=1 @127.0.0.1 n$i.test A)
+           if [ \"$(socat -u TCP:$ip:{port},connect-timeout=2 - 2>/dev/null)\" = ok ]; then ok=$((ok+1)); else fail=$((fail+1)); echo \"failed: n$i.test -> $ip\"; fi
+         done
+         echo \"ok=$ok fail=$fail\"",
+        n = world::NUMBERED_NAMES,
+        port = world::TCP_PORT
+    );
+    let out = world.script_in_cgroup(&script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("ok={} fail=0", world::NUMBERED_NAMES)),
+        "resolve-then-connect failures:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: BTreeSet<IpAddr> = authorized_in(&world.client_ns).into_iter().collect();
+    assert_eq!(listed.len(), world::NUMBERED_NAMES as usize);
+    assert!(world.stop_daemon());
+}
+
+const FOREIGN: &str = "table inet foreign {
+  set authorized { type ipv4_addr; elements = { 192.0.2.200 } }
+  chain input { type filter hook input priority 10; policy accept; counter; }
+  chain authorized-output { type filter hook output priority 10; policy accept; counter; }
+  chain other { counter; }
+}
+";
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_sigterm_removes_our_table_and_nothing_else() {
+    let mut world = World::new();
+    let mut load = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", world.client_ns))
+        .args(["nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut load.stdin.take().unwrap(), FOREIGN.as_bytes()).unwrap();
+    assert!(
+        load.wait().unwrap().success(),
+        "cannot load the foreign table"
+    );
+    // Stateless listing (`-s`: without counter values, which traffic changes).
+    let foreign_chains = |world: &World| nft_ok(&world.client_ns, "-s list table inet foreign");
+    let before = foreign_chains(&world);
+    for part in [
+        "chain input",
+        "chain authorized-output",
+        "chain other",
+        "192.0.2.200",
+    ] {
+        assert!(before.contains(part), "{before}");
+    }
+
+    // Nothing listens on port 9 of the client: refused at once, until the input chain drops.
+    let probe_inbound = |world: &World| {
+        let out = world
+            .in_ns(&world.inet_ns, "socat")
+            .args([
+                "-u",
+                &format!("TCP:{}:9,connect-timeout=1", world::CLIENT_V4),
+                "-",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(probe_inbound(&world).contains("refused"));
+
+    // With --firewall-drop-input nettrust also has a chain named `input`.
+    world.start_daemon(&["--firewall-backend", "nftables", "--firewall-drop-input"]);
+    assert_eq!(
+        tables_in(&world.client_ns),
+        ["table inet foreign", "table inet net-trust"]
+    );
+    let ours = nft_ok(&world.client_ns, "list table inet net-trust");
+    assert!(
+        ours.contains("chain input") && ours.contains("policy drop"),
+        "{ours}"
+    );
+    assert_eq!(
+        foreign_chains(&world),
+        before,
+        "start changed the foreign table"
+    );
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    assert!(world.reachable_from_cgroup("192.0.2.11"));
+    assert!(!world.reachable_from_cgroup("203.0.113.77"));
+    let inbound = probe_inbound(&world);
+    assert!(
+        inbound.contains("timed out"),
+        "inbound connection not dropped: {inbound}"
+    );
+
+    assert!(world.stop_daemon(), "nettrust failed at exit");
+
+    assert_eq!(tables_in(&world.client_ns), ["table inet foreign"]);
+    assert!(probe_inbound(&world).contains("refused"));
+    assert_eq!(
+        foreign_chains(&world),
+        before,
+        "exit changed the foreign table"
+    );
+    assert!(
+        world.reachable_from_cgroup("203.0.113.77"),
+        "the cgroup is still filtered"
+    );
+    assert!(world.reachable_from_cgroup("2001:db8:1::77"));
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_auto_falls_back_when_ebpf_is_unavailable() {
+    let mut world = World::new();
+    // SAFETY: the root tests run with --test-threads=1; nothing else reads the environment now.
+    unsafe { std::env::set_var("NETTRUST_FORCE_EBPF_FAILURE", "1") };
+    world.start_daemon(&["--firewall-backend", "auto"]);
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("NETTRUST_FORCE_EBPF_FAILURE") };
+    let log = world.daemon_log();
+    assert!(
+        log.contains("falling back to nftables") && log.contains("NETTRUST_FORCE_EBPF_FAILURE"),
+        "the fallback and its reason were not logged:\n{log}"
+    );
+    assert_eq!(world.attached_egress_programs(), 0);
+    assert_eq!(tables_in(&world.client_ns), ["table inet net-trust"]);
+    assert!(!world.reachable_from_cgroup("192.0.2.10"));
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+    assert!(world.stop_daemon());
+    assert_eq!(tables_in(&world.client_ns), Vec::<String>::new());
+}
+
+/// A "LAN" namespace routed through the client namespace, which runs nettrust in gateway mode.
+struct Lan<'a> {
+    world: &'a World,
+    ns: String,
+    daemon: Option<Child>,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Lan<'_> {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+            if std::thread::panicking() {
+                eprintln!(
+                    "nettrust log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn ip(args: &str) {
+    let out = Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lan<'_> {
+    fn connect(&self, addr: &str) -> bool {
+        self.world
+            .in_ns(&self.ns, "socat")
+            .args([
+                "-u",
+                &format!("TCP:{addr}:{},connect-timeout=2", world::TCP_PORT),
+                "-",
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"ok"))
+    }
+
+    fn resolve(&self, name: &str) -> Vec<String> {
+        let out = self
+            .world
+            .in_ns(&self.ns, "dig")
+            .args(["+short", "+time=2", "+tries=1", "@10.77.0.1", name, "A"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_gateway_mode_forwards_only_resolved_destinations() {
+    let world = World::new();
+    let id = &world.id;
+    let mut lan = Lan {
+        world: &world,
+        ns: format!("ntl-{id}"),
+        daemon: None,
+        log: world.dir.path().join("gateway.log"),
+    };
+    let (router, inet) = (&world.client_ns, &world.inet_ns);
+    ip(&format!("netns add {}", lan.ns));
+    ip(&format!(
+        "link add vl{id} netns {} type veth peer name vr{id} netns {router}",
+        lan.ns
+    ));
+    ip(&format!("-n {} link set lo up", lan.ns));
+    ip(&format!("-n {} addr add 10.77.0.2/24 dev vl{id}", lan.ns));
+    ip(&format!("-n {} link set vl{id} up", lan.ns));
+    ip(&format!("-n {} route add default via 10.77.0.1", lan.ns));
+    ip(&format!("-n {router} addr add 10.77.0.1/24 dev vr{id}"));
+    ip(&format!("-n {router} link set vr{id} up"));
+    ip(&format!(
+        "-n {inet} route add 10.77.0.0/24 via {}",
+        world::CLIENT_V4
+    ));
+    let sysctl = world
+        .in_ns(router, "sysctl")
+        .args(["-qw", "net.ipv4.ip_forward=1"])
+        .status()
+        .unwrap();
+    assert!(sysctl.success());
+    // Routing works before nettrust starts.
+    assert!(lan.connect("192.0.2.10"));
+
+    let child = world
+        .in_ns(router, env!("CARGO_BIN_EXE_nettrust"))
+        .args([
+            "run",
+            "--listen-addr",
+            "10.77.0.1:53",
+            "--fwd-addr",
+            &format!("{}:53", world::UPSTREAM),
+            "--firewall-backend",
+            "nftables",
+            "--firewall-type",
+            "forward",
+            "--bpffs-dir",
+        ])
+        .arg(&world.bpffs_dir)
+        .env("RUST_LOG", "info,nettrust=debug")
+        .stdout(Stdio::null())
+        .stderr(File::create(&lan.log).unwrap())
+        .spawn()
+        .unwrap();
+    lan.daemon = Some(child);
+    let started = Instant::now();
+    while lan.resolve("ready.invalid").is_empty() && !nft_in(router, "list table inet net-trust").0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "gateway did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Wait for the listener too.
+    while world
+        .in_ns(&lan.ns, "dig")
+        .args(["+time=1", "+tries=1", "@10.77.0.1", "ready.invalid"])
+        .output()
+        .is_ok_and(|o| !o.status.success())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "gateway DNS did not answer"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ruleset = nft_ok(router, "list chain inet net-trust authorized-output");
+    assert!(ruleset.contains("hook forward"), "{ruleset}");
+
+    assert!(
+        !lan.connect("192.0.2.10"),
+        "unresolved destination forwarded"
+    );
+    assert_eq!(lan.resolve("a.test"), ["192.0.2.10"]);
+    assert!(lan.connect("192.0.2.10"));
+    assert!(!lan.connect("192.0.2.11"));
+    // The router's own traffic is not filtered in gateway mode.
+    assert!(world.reachable_outside_cgroup("192.0.2.11"));
+
+    let mut child = lan.daemon.take().unwrap();
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success(), "gateway exit failed");
+    assert!(
+        lan.connect("192.0.2.11"),
+        "forwarding still filtered after exit"
+    );
+}
+
+/// A network namespace for in-process tests, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("ntn-{tag}-{}", std::process::id());
+        ip(&format!("netns add {name}"));
+        Netns(name)
+    }
+
+    /// Runs `f` on a thread that has joined this namespace: sockets it opens (the backend's
+    /// netlink socket) stay bound to it.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = File::open(format!("/run/netns/{}", self.0)).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                // SAFETY: setns on this thread only; CLONE_NEWNET may be joined per thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn policy(hosts: &[&str], nets: &[&str]) -> Policy {
+    Policy {
+        whitelist_hosts: hosts.iter().map(|h| h.parse().unwrap()).collect(),
+        whitelist_networks: nets.iter().map(|n| n.parse().unwrap()).collect(),
+    }
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_backend_sets_timeouts_whitelist_reload() {
+    let ns = Netns::new("api");
+    let options = Options {
+        mode: Mode::Forward,
+        drop_input: false,
+    };
+    let fw = ns.run(|| {
+        NftablesFirewall::start(
+            &options,
+            &policy(
+                &["192.0.2.1", "2001:db8::1"],
+                &["10.0.0.0/8", "10.1.0.0/16", "127.0.0.0/8", "::1/128"],
+            ),
+        )
+        .unwrap()
+    });
+    let list = |set: &str| set_elements(&nft_ok(&ns.0, &format!("list set inet net-trust {set}")));
+    assert_eq!(list("whitelist4"), addrs(&["192.0.2.1"]));
+    assert_eq!(list("whitelist6"), addrs(&["2001:db8::1"]));
+    let nets4 = nft_ok(&ns.0, "list set inet net-trust whitelist-net4");
+    assert!(
+        nets4.contains("10.0.0.0/8") && nets4.contains("127.0.0.0/8"),
+        "{nets4}"
+    );
+
+    let now = nettrust::firewall::boottime_ns();
+    let in_60s = now + 60_000_000_000;
+    let a: IpAddr = "203.0.113.5".parse().unwrap();
+    let b: IpAddr = "2001:db8:1::5".parse().unwrap();
+    assert_eq!(fw.authorize(a, in_60s).unwrap(), Authorization::New);
+    assert_eq!(fw.authorize(a, in_60s).unwrap(), Authorization::Already);
+    assert_eq!(
+        fw.authorize("192.0.2.1".parse().unwrap(), in_60s).unwrap(),
+        Authorization::Already,
+        "whitelisted hosts are already allowed"
+    );
+    assert_eq!(
+        fw.authorize_many(&[b, a], 0).unwrap(),
+        [Authorization::New, Authorization::Already]
+    );
+    let hosts = fw.authorized().unwrap();
+    // Another reader (`nettrust list` from outside the daemon) sees the same.
+    let mut outside: Vec<IpAddr> = ns
+        .run(nettrust::firewall::nftables::list_authorized)
+        .unwrap()
+        .iter()
+        .map(|h| h.addr)
+        .collect();
+    outside.sort();
+    assert_eq!(outside, vec![a, b]);
+    let deadline = |addr| hosts.iter().find(|h| h.addr == addr).unwrap().expires_ns;
+    assert_eq!(deadline(a), 0, "renewed without a deadline");
+    assert_eq!(deadline(b), 0);
+    // A short timeout is enforced by the kernel.
+    let c: IpAddr = "203.0.113.6".parse().unwrap();
+    fw.authorize(c, nettrust::firewall::boottime_ns() + 300_000_000)
+        .unwrap();
+    let hosts = fw.authorized().unwrap();
+    let dc = hosts.iter().find(|h| h.addr == c).unwrap().expires_ns;
+    assert!(
+        dc > now && dc < now + 2_000_000_000,
+        "deadline {dc} vs now {now}"
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    let left: Vec<IpAddr> = fw.authorized().unwrap().iter().map(|h| h.addr).collect();
+    assert!(
+        !left.contains(&c),
+        "the kernel did not expire {c}: {left:?}"
+    );
+    assert_eq!(fw.authorize(c, 0).unwrap(), Authorization::New);
+
+    // Reload: hosts diffed, networks rewritten, authorizations kept.
+    fw.set_whitelist(&policy(
+        &["192.0.2.2", "2001:db8::1"],
+        &["10.0.0.0/8", "192.168.0.0/16", "::1/128"],
+    ))
+    .unwrap();
+    assert_eq!(list("whitelist4"), addrs(&["192.0.2.2"]));
+    assert_eq!(list("whitelist6"), addrs(&["2001:db8::1"]));
+    let nets4 = nft_ok(&ns.0, "list set inet net-trust whitelist-net4");
+    assert!(
+        nets4.contains("10.0.0.0/8")
+            && nets4.contains("192.168.0.0/16")
+            && !nets4.contains("127.0.0.0/8"),
+        "{nets4}"
+    );
+    assert_eq!(list("authorized4"), addrs(&["203.0.113.5", "203.0.113.6"]));
+    assert_eq!(list("authorized6"), addrs(&["2001:db8:1::5"]));
+
+    fw.stop().unwrap();
+    fw.stop().unwrap();
+    assert_eq!(tables_in(&ns.0), Vec::<String>::new());
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_bench_answer_update_latency() {
+    let ns = Netns::new("bench");
+    let options = Options {
+        mode: Mode::Forward,
+        drop_input: false,
+    };
+    let fw = ns.run(|| NftablesFirewall::start(&options, &policy(&[], &["127.0.0.0/8"])).unwrap());
+    const ROUNDS: u32 = 2000;
+    for batch in [1u32, 8] {
+        let mut samples = Vec::with_capacity(ROUNDS as usize);
+        for round in 0..ROUNDS {
+            let addrs: Vec<IpAddr> = (0..batch)
+                .map(|i| {
+                    let n = round * batch + i;
+                    IpAddr::V4(std::net::Ipv4Addr::new(
+                        10,
+                        200 + (batch as u8),
+                        (n >> 8) as u8,
+                        n as u8,
+                    ))
+                })
+                .collect();
+            let deadline = nettrust::firewall::boottime_ns() + 3_600_000_000_000;
+            let t = Instant::now();
+            let r = fw.authorize_many(&addrs, deadline).unwrap();
+            samples.push(t.elapsed());
+            assert!(r.iter().all(|a| *a == Authorization::New));
+        }
+        samples.sort();
+        let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
+        println!(
+            "nftables answer update, {batch} address(es), {ROUNDS} rounds: p50 {} µs, p99 {} µs",
+            p50.as_micros(),
+            p99.as_micros()
+        );
+        assert!(p50 < Duration::from_millis(5), "p50 {p50:?} is far off");
+    }
+    let n = fw.authorized().unwrap().len();
+    assert_eq!(n, (ROUNDS * 9) as usize);
+    fw.stop().unwrap();
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_large_whitelists_go_in_one_batch() {
+    let ns = Netns::new("big");
+    let hosts = |base: u16| -> Vec<IpAddr> {
+        (0..5000u16)
+            .map(|i| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 7, base, 0, 0, 0, i)))
+            .collect()
+    };
+    let nets = |base: u8| -> Vec<ipnet::IpNet> {
+        (0..3000u32)
+            .map(|i| {
+                let addr = std::net::Ipv4Addr::new(base, (i >> 6) as u8, ((i & 63) * 4) as u8, 0);
+                ipnet::IpNet::new(IpAddr::V4(addr), 30).unwrap()
+            })
+            .collect()
+    };
+    let big = |base: u8| Policy {
+        whitelist_hosts: hosts(u16::from(base)),
+        whitelist_networks: nets(base),
+    };
+    let options = Options {
+        mode: Mode::Forward,
+        drop_input: false,
+    };
+    let fw = ns.run(|| NftablesFirewall::start(&options, &big(10)).unwrap());
+    let count = |set: &str| {
+        let out = nft_ok(&ns.0, &format!("list set inet net-trust {set}"));
+        out.find("elements = {")
+            .map_or(0, |start| out[start..].matches(',').count() + 1)
+    };
+    assert_eq!(count("whitelist6"), 5000);
+    assert_eq!(count("whitelist-net4"), 3000);
+    fw.set_whitelist(&big(11)).unwrap();
+    assert_eq!(count("whitelist6"), 5000);
+    assert_eq!(count("whitelist-net4"), 3000);
+    let listing = nft_ok(&ns.0, "list set inet net-trust whitelist-net4");
+    assert!(listing.contains("11.0.0.0/30") && !listing.contains("10.0.0.0/30"));
+    fw.stop().unwrap();
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_root_cgroup_filters_every_socket_but_not_neighbour_discovery() {
+    // Enforcing for the whole host, but inside a private network namespace: nftables state is
+    // per namespace, so the host is untouched.
+    let ns = Netns::new("root");
+    let root = nettrust::cgroup::cgroup2_mount().unwrap();
+    let options = Options {
+        mode: Mode::Output {
+            cgroups: vec![root],
+        },
+        drop_input: false,
+    };
+    let fw = ns.run(|| NftablesFirewall::start(&options, &policy(&[], &["127.0.0.0/8"])).unwrap());
+    let chain = nft_ok(&ns.0, "list chain inet net-trust authorized-output");
+    assert!(chain.contains("socket cgroupv2 level 0"), "{chain}");
+    // A socket of this namespace (any process is below the root cgroup) is filtered: a server
+    // on a local, non-whitelisted address is unreachable; over loopback it is reachable.
+    ip(&format!("-n {} link add d0 type veth peer name d1", ns.0));
+    ip(&format!("-n {} link set d0 up", ns.0));
+    ip(&format!("-n {} link set d1 up", ns.0));
+    ip(&format!("-n {} addr add 192.0.2.1/24 dev d0", ns.0));
+    ip(&format!("-n {} link set lo up", ns.0));
+    let in_ns = |program: &str| {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", ns.0)).arg(program);
+        cmd
+    };
+    let server = KillGroup(
+        in_ns("socat")
+            .args(["TCP-LISTEN:8080,reuseaddr,fork", "SYSTEM:echo ok"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let connect = |addr: &str| {
+        in_ns("socat")
+            .args(["-u", &format!("TCP:{addr}:8080,connect-timeout=2"), "-"])
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"ok"))
+    };
+    let started = Instant::now();
+    while !connect("127.0.0.1") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let blocked = !connect("192.0.2.1");
+    // Duplicate address detection and MLD reports of the new links go out within a second.
+    std::thread::sleep(Duration::from_millis(2000));
+    drop(server);
+    let table = nft_ok(&ns.0, "list table inet net-trust");
+    assert!(
+        blocked,
+        "a socket of the root cgroup was not filtered:\n{table}"
+    );
+    // The kernel's neighbour discovery (DAD on the new links) was not rejected.
+    assert!(
+        table.contains("counter packets 0 bytes 0 reject with icmpx"),
+        "socketless or kernel control packets were rejected:\n{table}"
+    );
+    fw.stop().unwrap();
+}
+
+/// Kills a child's whole process group when dropped.
+struct KillGroup(Child);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group our child leads.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_expired_authorizations_stop_new_and_established_flows() {
+    let mut world = World::new();
+    // An echo server next to the "ok" one, for a connection that stays open. Its own process
+    // group, killed as a whole (also on failure): the forked child of a connection the client
+    // lost keeps running otherwise.
+    let echo = world
+        .in_ns(&world.inet_ns, "socat")
+        .args(["TCP-LISTEN:8081,reuseaddr,fork", "EXEC:cat"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _echo = KillGroup(echo);
+    world.start_daemon(&["--firewall-backend", "nftables", "--authorized-ttl", "3"]);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+    // "one" goes out while authorized, "two" after the kernel expired the element.
+    let out = world.script_in_cgroup(
+        "(echo one; sleep 5; echo two; sleep 1) | socat -t2 - TCP:192.0.2.10:8081,connect-timeout=2",
+    );
+    let echoed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !world.reachable_from_cgroup("192.0.2.10"),
+        "a new connection after expiry got through"
+    );
+    assert_eq!(authorized_in(&world.client_ns), Vec::<IpAddr>::new());
+    assert_eq!(
+        echoed.lines().collect::<Vec<_>>(),
+        ["one"],
+        "the established flow outlived its authorization"
+    );
+    // Resolving again opens it again.
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+    assert!(world.stop_daemon());
+}
