@@ -278,6 +278,17 @@ pub async fn run(
     Ok(())
 }
 
+/// Whether `e` means this machine cannot run the eBPF backend (no object, the kernel refused to
+/// load or attach the program), as opposed to a problem nftables would not fix or must not paper
+/// over: another daemon using the directory, pinned state that is not ours, an unsafe directory.
+fn ebpf_unavailable(e: &RunError) -> bool {
+    matches!(
+        e,
+        RunError::EbpfForcedOff
+            | RunError::Ebpf(EbpfError::NoObject | EbpfError::Load(_) | EbpfError::Program { .. })
+    )
+}
+
 /// The backend in use.
 enum StartedBackend {
     Ebpf(Arc<EbpfFirewall>),
@@ -342,12 +353,15 @@ fn start_backend(
             start_nftables()
         }
         Backend::Auto if settings.do_not_flush_table => start_ebpf(),
-        Backend::Auto => start_ebpf().or_else(|e| {
-            tracing::warn!(
-                reason = %error_chain(&e),
-                "eBPF firewall unavailable, falling back to nftables"
-            );
-            start_nftables()
-        }),
+        Backend::Auto => match start_ebpf() {
+            Err(e) if ebpf_unavailable(&e) => {
+                tracing::warn!(
+                    reason = %error_chain(&e),
+                    "eBPF firewall unavailable, falling back to nftables"
+                );
+                start_nftables()
+            }
+            other => other,
+        },
     }
 }

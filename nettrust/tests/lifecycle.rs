@@ -555,21 +555,19 @@ fn pin_foreign_map(path: &std::path::Path) {
 
 /// Runs the daemon expecting it to refuse to start; returns its stderr.
 fn start_fails(world: &World) -> String {
-    let out = world
-        .in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"))
-        .args([
-            "run",
-            "--listen-addr",
-            "127.0.0.1:53",
-            "--fwd-addr",
-            &format!("{}:53", world::UPSTREAM),
-        ])
-        .arg("--cgroup")
-        .arg(&world.cgroup)
-        .arg("--bpffs-dir")
-        .arg(&world.bpffs_dir)
-        .output()
-        .expect("run nettrust");
+    let mut cmd = world.in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"));
+    cmd.args([
+        "run",
+        "--listen-addr",
+        "127.0.0.1:53",
+        "--fwd-addr",
+        &format!("{}:53", world::UPSTREAM),
+    ])
+    .arg("--cgroup")
+    .arg(&world.cgroup)
+    .arg("--bpffs-dir")
+    .arg(&world.bpffs_dir);
+    let out = world::output_within(cmd, Duration::from_secs(20));
     assert!(!out.status.success(), "nettrust started on foreign state");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -42,17 +42,15 @@ fn bad_configuration_leaves_no_firewall_object() {
     ];
     for (toml, flags, needle) in cases {
         std::fs::write(&config, toml).unwrap();
-        let out = world
-            .in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"))
-            .args(["run", "--fwd-addr", "198.51.100.53:53", "--cgroup"])
+        let mut cmd = world.in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"));
+        cmd.args(["run", "--fwd-addr", "198.51.100.53:53", "--cgroup"])
             .arg(&world.cgroup)
             .arg("--bpffs-dir")
             .arg(&world.bpffs_dir)
             .arg("--config")
             .arg(&config)
-            .args(*flags)
-            .output()
-            .unwrap();
+            .args(*flags);
+        let out = world::output_within(cmd, std::time::Duration::from_secs(20));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{toml:?} {flags:?} was accepted");
         assert!(
@@ -80,16 +78,14 @@ fn bad_configuration_leaves_no_firewall_object() {
 fn bad_cgroup_is_refused_before_attaching() {
     let world = World::new();
     let not_a_cgroup = world.dir.path();
-    let out = world
-        .in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"))
-        .args(["run", "--fwd-addr", "198.51.100.53:53", "--cgroup"])
+    let mut cmd = world.in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"));
+    cmd.args(["run", "--fwd-addr", "198.51.100.53:53", "--cgroup"])
         .arg(&world.cgroup)
         .arg("--cgroup")
         .arg(not_a_cgroup)
         .arg("--bpffs-dir")
-        .arg(&world.bpffs_dir)
-        .output()
-        .unwrap();
+        .arg(&world.bpffs_dir);
+    let out = world::output_within(cmd, std::time::Duration::from_secs(20));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -289,4 +285,24 @@ fn sighup_reloads_the_whitelist() {
     );
     assert!(world.reachable_from_cgroup("203.0.113.51"));
     assert!(world.stop_daemon());
+}
+
+/// `--log-format json` turns every log line into one JSON object carrying the original's
+/// categories in its message.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn json_logs_are_one_object_per_line() {
+    let mut world = World::new();
+    world.start_daemon(&["--log-format", "json"]);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.stop_daemon());
+    let log = world.daemon_log();
+    let mut authorized = false;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let message = value["fields"]["message"].as_str().unwrap_or_default();
+        authorized |= message.contains("[Authorized]");
+    }
+    assert!(authorized, "no [Authorized] record in:\n{log}");
 }
