@@ -63,30 +63,8 @@ pub(super) fn install_policy(
             .map_err(|(name, e)| map_error(name, format!("cannot whitelist network {net}"), e))?;
     }
     // Entries removed from the configuration are removed from enforcement (original issue #8).
-    let stale_hosts4: Vec<[u8; 4]> = hosts
-        .v4
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, v)| {
-            v.flags == FLAG_WHITELISTED && !policy.whitelist_hosts.contains(&IpAddr::from(*k))
-        })
-        .map(|(k, _)| k)
-        .collect();
-    for key in stale_hosts4 {
-        let _ = hosts.v4.remove(&key);
-    }
-    let stale_hosts6: Vec<[u8; 16]> = hosts
-        .v6
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, v)| {
-            v.flags == FLAG_WHITELISTED && !policy.whitelist_hosts.contains(&IpAddr::from(*k))
-        })
-        .map(|(k, _)| k)
-        .collect();
-    for key in stale_hosts6 {
-        let _ = hosts.v6.remove(&key);
-    }
+    remove_stale_whitelisted(&mut hosts.v4, policy);
+    remove_stale_whitelisted(&mut hosts.v6, policy);
     let nets: Vec<IpNet> = policy.whitelist_networks.clone();
     let stale4: Vec<Key<[u8; 4]>> = nets_v4
         .keys()
@@ -378,4 +356,23 @@ fn flag_host<const N: usize>(
         },
         0,
     )
+}
+
+/// Removes the whitelist-only entries of `map` that `policy` no longer lists (an entry that is
+/// also authorized keeps its authorization).
+fn remove_stale_whitelisted<const N: usize>(map: &mut HostMap<N>, policy: &Policy)
+where
+    IpAddr: From<[u8; N]>,
+{
+    let stale: Vec<[u8; N]> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| {
+            v.flags == FLAG_WHITELISTED && !policy.whitelist_hosts.contains(&IpAddr::from(*k))
+        })
+        .map(|(k, _)| k)
+        .collect();
+    for key in stale {
+        let _ = map.remove(&key);
+    }
 }
