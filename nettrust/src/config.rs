@@ -18,7 +18,7 @@ pub use env::Env;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::RunArgs;
+use crate::{blacklist::BlockResponse, cli::RunArgs};
 
 /// Where nettrust pins its eBPF maps unless told otherwise.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/nettrust";
@@ -231,18 +231,6 @@ pub enum FwdProto {
     Tcp,
 }
 
-/// Answer given to a blacklisted domain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BlacklistResponse {
-    /// REFUSED: clients do not retry elsewhere (the default).
-    Refused,
-    /// NXDOMAIN: the name does not exist.
-    Nxdomain,
-    /// SERVFAIL, as the original answered.
-    Servfail,
-}
-
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -281,7 +269,7 @@ pub struct Blacklist {
     /// Lower-case domains without trailing dot; `*.` prefix = subdomains.
     pub domains: Vec<String>,
     /// Answer to a blacklisted domain.
-    pub response: BlacklistResponse,
+    pub response: BlockResponse,
 }
 
 /// The validated configuration of a daemon run.
@@ -992,11 +980,11 @@ impl Settings {
         };
         let response = choice(
             response_pick,
-            BlacklistResponse::Refused,
+            BlockResponse::Refused,
             &[
-                ("refused", BlacklistResponse::Refused),
-                ("nxdomain", BlacklistResponse::Nxdomain),
-                ("servfail", BlacklistResponse::Servfail),
+                ("refused", BlockResponse::Refused),
+                ("nxdomain", BlockResponse::NxDomain),
+                ("servfail", BlockResponse::ServFail),
             ],
         )?;
         dedup(&mut blacklist_hosts);

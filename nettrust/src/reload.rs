@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use crate::{
     authorizer::Authorizer,
-    blacklist::{Blacklist, BlockResponse, PatternError},
-    config::{BlacklistResponse, Settings},
+    blacklist::{Blacklist, PatternError},
+    config::Settings,
     firewall::{Firewall, FirewallError, Policy},
 };
 
@@ -40,12 +40,7 @@ pub fn policy(settings: &Settings) -> Policy {
 /// The proxy's blacklist for `settings`.
 pub fn blacklist(settings: &Settings) -> Result<Blacklist, PatternError> {
     let b = &settings.blacklist;
-    let response = match b.response {
-        BlacklistResponse::Refused => BlockResponse::Refused,
-        BlacklistResponse::Nxdomain => BlockResponse::NxDomain,
-        BlacklistResponse::Servfail => BlockResponse::ServFail,
-    };
-    Blacklist::new(&b.domains, &b.hosts, &b.networks, response)
+    Blacklist::new(&b.domains, &b.hosts, &b.networks, b.response)
 }
 
 /// Applies `new` over `current`: checks that only reloadable options differ, updates the firewall

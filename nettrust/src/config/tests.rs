@@ -1,4 +1,5 @@
 use super::*;
+use crate::blacklist::BlockResponse;
 
 fn env(vars: &[(&str, &str)]) -> Env {
     Env::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
@@ -104,7 +105,7 @@ fn empty_file_gives_defaults() {
     assert_eq!(s.ttl_check_interval, Duration::from_secs(30));
     assert!(!s.do_not_flush_table && !s.do_not_flush_authorized_hosts && !s.firewall_drop_input);
     assert!(s.listen_tls.is_none() && s.fwd_tls.is_none() && s.metrics_addr.is_none());
-    assert_eq!(s.blacklist.response, BlacklistResponse::Refused);
+    assert_eq!(s.blacklist.response, BlockResponse::Refused);
     assert_eq!(s.log_format, LogFormat::Text);
     assert!(!s.authorize_ptr);
     for net in loopback_networks().into_iter().chain(private_networks()) {
@@ -335,7 +336,7 @@ response = "nxdomain"
         ["2001:db8:66::/48".parse::<IpNet>().unwrap()]
     );
     assert_eq!(s.blacklist.domains, ["tracker.example", "*.ads.example"]);
-    assert_eq!(s.blacklist.response, BlacklistResponse::Nxdomain);
+    assert_eq!(s.blacklist.response, BlockResponse::NxDomain);
     // The effective configuration renders.
     assert!(s.to_toml().contains("authorized_ttl = 3600"));
 }

@@ -65,29 +65,8 @@ pub(super) fn install_policy(
     // Entries removed from the configuration are removed from enforcement (original issue #8).
     remove_stale_whitelisted(&mut hosts.v4, policy);
     remove_stale_whitelisted(&mut hosts.v6, policy);
-    let nets: Vec<IpNet> = policy.whitelist_networks.clone();
-    let stale4: Vec<Key<[u8; 4]>> = nets_v4
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| {
-            IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
-                .is_ok_and(|n| !nets.contains(&n))
-        })
-        .collect();
-    for key in stale4 {
-        let _ = nets_v4.remove(&key);
-    }
-    let stale6: Vec<Key<[u8; 16]>> = nets_v6
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| {
-            IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
-                .is_ok_and(|n| !nets.contains(&n))
-        })
-        .collect();
-    for key in stale6 {
-        let _ = nets_v6.remove(&key);
-    }
+    remove_stale_networks(nets_v4, &policy.whitelist_networks);
+    remove_stale_networks(nets_v6, &policy.whitelist_networks);
     Ok(())
 }
 
@@ -374,5 +353,26 @@ where
         .collect();
     for key in stale {
         let _ = map.remove(&key);
+    }
+}
+
+/// Removes the networks of `trie` that `networks` no longer lists.
+fn remove_stale_networks<const N: usize>(
+    trie: &mut LpmTrie<MapData, [u8; N], u32>,
+    networks: &[IpNet],
+) where
+    IpAddr: From<[u8; N]>,
+    [u8; N]: aya::Pod,
+{
+    let stale: Vec<Key<[u8; N]>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| {
+            IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
+                .is_ok_and(|n| !networks.contains(&n))
+        })
+        .collect();
+    for key in stale {
+        let _ = trie.remove(&key);
     }
 }
