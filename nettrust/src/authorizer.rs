@@ -151,11 +151,10 @@ impl Authorizer {
             None => 0,
         };
         let mut new = Vec::new();
-        for addr in allowed {
-            let authorization = self.firewall.authorize(addr, expires_ns)?;
-            if let Err(e) = self.firewall.record_name(addr, &qname.to_string()) {
-                tracing::debug!("cannot record the name of {addr}: {e}");
-            }
+        let authorizations =
+            self.firewall
+                .authorize_answer(&allowed, expires_ns, &qname.to_string())?;
+        for (addr, authorization) in allowed.into_iter().zip(authorizations) {
             match authorization {
                 Authorization::New => {
                     count_address("new");

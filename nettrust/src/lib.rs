@@ -45,13 +45,12 @@ use crate::{
 /// How long shutdown waits for in-flight queries before removing the firewall.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often the nftables backend checks that its table still exists (and re-installs it).
+const NFTABLES_WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// A combination this version cannot honour yet; refusing it beats silently running
-    /// without the protection it promises.
-    #[error("{0} is not available yet")]
-    NotYetAvailable(&'static str),
     /// A DNS listener could not be bound.
     #[error("cannot listen on {proto} {addr}")]
     Bind {
@@ -102,13 +101,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     mut reloads: tokio::sync::mpsc::Receiver<Settings>,
 ) -> Result<(), RunError> {
-    let nftables_wanted =
-        settings.backend == Backend::Nftables || settings.firewall_type == FirewallType::Forward;
-    if nftables_wanted && (settings.do_not_flush_table || settings.do_not_flush_authorized_hosts) {
-        return Err(RunError::NotYetAvailable(
-            "do_not_flush_table with the nftables backend (it is implemented for eBPF)",
-        ));
-    }
     // TLS material and lists first, then bind: a bad file or a busy port must fail before any
     // firewall object exists.
     let listen_tls = match &settings.listen_tls {
@@ -230,6 +222,13 @@ pub async fn run(
             cancel.clone(),
         ));
     }
+    if let StartedBackend::Nftables(nft) = &backend {
+        tracker.spawn(firewall::nftables::watch(
+            nft.clone(),
+            NFTABLES_WATCH_INTERVAL,
+            cancel.clone(),
+        ));
+    }
     if let Some(listener) = metrics_listener {
         let sources = metrics::Sources {
             firewall: firewall.clone(),
@@ -306,7 +305,7 @@ impl StartedBackend {
     fn stop(&self, mode: ExitMode) -> Result<(), RunError> {
         match self {
             Self::Ebpf(f) => f.stop(mode).map_err(RunError::Teardown),
-            Self::Nftables(f) => Ok(f.stop()?),
+            Self::Nftables(f) => Ok(f.stop(mode)?),
         }
     }
 }

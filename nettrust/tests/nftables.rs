@@ -16,8 +16,8 @@ use std::{
 };
 
 use nettrust::firewall::{
-    Authorization, Firewall as _, Policy,
-    nftables::{Mode, NftablesFirewall, Options},
+    Authorization, ExitMode, Firewall as _, Policy,
+    nftables::{Mode, NftablesError, NftablesFirewall, Options},
 };
 use world::World;
 
@@ -570,7 +570,7 @@ fn nft_backend_sets_timeouts_whitelist_reload() {
         "whitelisted hosts are already allowed"
     );
     assert_eq!(
-        fw.authorize_many(&[b, a], 0).unwrap(),
+        fw.authorize_many(&[b, a], 0, Some("both.test.")).unwrap(),
         [Authorization::New, Authorization::Already]
     );
     let hosts = fw.authorized().unwrap();
@@ -579,10 +579,21 @@ fn nft_backend_sets_timeouts_whitelist_reload() {
         .run(nettrust::firewall::nftables::list_authorized)
         .unwrap()
         .iter()
-        .map(|h| h.addr)
+        .map(|(h, name)| {
+            assert_eq!(
+                name.as_deref(),
+                Some("both.test."),
+                "the name of {}",
+                h.addr
+            );
+            h.addr
+        })
         .collect();
     outside.sort();
     assert_eq!(outside, vec![a, b]);
+    // The name is the element's comment, as nft shows it.
+    let listing = nft_ok(&ns.0, "list set inet net-trust authorized6");
+    assert!(listing.contains("comment \"both.test.\""), "{listing}");
     let deadline = |addr| hosts.iter().find(|h| h.addr == addr).unwrap().expires_ns;
     assert_eq!(deadline(a), 0, "renewed without a deadline");
     assert_eq!(deadline(b), 0);
@@ -622,8 +633,95 @@ fn nft_backend_sets_timeouts_whitelist_reload() {
     assert_eq!(list("authorized4"), addrs(&["203.0.113.5", "203.0.113.6"]));
     assert_eq!(list("authorized6"), addrs(&["2001:db8:1::5"]));
 
-    fw.stop().unwrap();
-    fw.stop().unwrap();
+    fw.stop(ExitMode::FlushAll).unwrap();
+    fw.stop(ExitMode::FlushAll).unwrap();
+    assert_eq!(tables_in(&ns.0), Vec::<String>::new());
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_lock_adoption_exit_modes_and_repair() {
+    let ns = Netns::new("adopt");
+    let options = Options {
+        mode: Mode::Forward,
+        drop_input: false,
+    };
+    let start = || ns.run(|| NftablesFirewall::start(&options, &policy(&["192.0.2.1"], &[])));
+    let fw = start().unwrap();
+    // One daemon per network namespace.
+    assert!(matches!(start(), Err(NftablesError::Busy)));
+    assert!(ns.run(nettrust::firewall::nftables::daemon_running));
+    assert!(
+        matches!(
+            ns.run(nettrust::firewall::nftables::flush),
+            Err(NftablesError::Busy)
+        ),
+        "flush must refuse while a daemon owns the table"
+    );
+    let a: IpAddr = "203.0.113.5".parse().unwrap();
+    let b: IpAddr = "2001:db8:1::5".parse().unwrap();
+    let in_60s = nettrust::firewall::boottime_ns() + 60_000_000_000;
+    fw.authorize_many(&[a, b], in_60s, Some("kept.test."))
+        .unwrap();
+
+    // Deleted behind our back: repaired with whitelist and authorizations.
+    nft_ok(&ns.0, "delete table inet net-trust");
+    assert!(fw.repair().unwrap(), "the missing table was not noticed");
+    assert!(!fw.repair().unwrap(), "nothing to repair the second time");
+    assert_eq!(
+        authorized_in(&ns.0),
+        addrs(&["203.0.113.5", "2001:db8:1::5"])
+    );
+    let listing = nft_ok(&ns.0, "list set inet net-trust whitelist4");
+    assert!(listing.contains("192.0.2.1"), "{listing}");
+
+    // KeepAll: the table stays as is and the next start adopts deadlines and names.
+    fw.stop(ExitMode::KeepAll).unwrap();
+    drop(fw);
+    assert!(!ns.run(nettrust::firewall::nftables::daemon_running));
+    assert_eq!(
+        authorized_in(&ns.0),
+        addrs(&["203.0.113.5", "2001:db8:1::5"])
+    );
+    let fw = start().unwrap();
+    let hosts = fw.authorized().unwrap();
+    assert_eq!(hosts.len(), 2, "{hosts:?}");
+    for h in &hosts {
+        let left = h
+            .expires_ns
+            .saturating_sub(nettrust::firewall::boottime_ns());
+        assert!(
+            left > 50_000_000_000 && left <= 60_000_000_000,
+            "{} adopted with {left} ns left",
+            h.addr
+        );
+    }
+    let named = ns
+        .run(nettrust::firewall::nftables::list_authorized)
+        .unwrap();
+    assert!(
+        named
+            .iter()
+            .all(|(_, n)| n.as_deref() == Some("kept.test.")),
+        "{named:?}"
+    );
+    assert_eq!(
+        fw.authorize(a, in_60s).unwrap(),
+        Authorization::Already,
+        "an adopted host is already authorized"
+    );
+
+    // KeepPolicy: the table (deny policy, whitelist) stays, authorizations go.
+    fw.stop(ExitMode::KeepPolicy).unwrap();
+    drop(fw);
+    assert_eq!(tables_in(&ns.0), vec!["table inet net-trust".to_owned()]);
+    assert_eq!(authorized_in(&ns.0), Vec::<IpAddr>::new());
+    let listing = nft_ok(&ns.0, "list set inet net-trust whitelist4");
+    assert!(listing.contains("192.0.2.1"), "{listing}");
+
+    // flush without a daemon removes it; a second flush finds nothing.
+    assert!(ns.run(nettrust::firewall::nftables::flush).unwrap());
+    assert!(!ns.run(nettrust::firewall::nftables::flush).unwrap());
     assert_eq!(tables_in(&ns.0), Vec::<String>::new());
 }
 
@@ -657,7 +755,9 @@ fn nft_bench_answer_update_latency() {
                 .collect();
             let deadline = nettrust::firewall::boottime_ns() + 3_600_000_000_000;
             let t = Instant::now();
-            let r = fw.authorize_many(&addrs, deadline).unwrap();
+            let r = fw
+                .authorize_many(&addrs, deadline, Some("bench.test."))
+                .unwrap();
             samples.push(t.elapsed());
             assert!(r.iter().all(|a| *a == Authorization::New));
         }
@@ -672,7 +772,7 @@ fn nft_bench_answer_update_latency() {
     }
     let n = fw.authorized().unwrap().len();
     assert_eq!(n, (ROUNDS * 9) as usize);
-    fw.stop().unwrap();
+    fw.stop(ExitMode::FlushAll).unwrap();
 }
 
 #[test]
@@ -713,7 +813,7 @@ fn nft_large_whitelists_go_in_one_batch() {
     assert_eq!(count("whitelist-net4"), 3000);
     let listing = nft_ok(&ns.0, "list set inet net-trust whitelist-net4");
     assert!(listing.contains("11.0.0.0/30") && !listing.contains("10.0.0.0/30"));
-    fw.stop().unwrap();
+    fw.stop(ExitMode::FlushAll).unwrap();
 }
 
 #[test]
@@ -783,7 +883,7 @@ fn nft_root_cgroup_filters_every_socket_but_not_neighbour_discovery() {
         table.contains("counter packets 0 bytes 0 reject with icmpx"),
         "socketless or kernel control packets were rejected:\n{table}"
     );
-    fw.stop().unwrap();
+    fw.stop(ExitMode::FlushAll).unwrap();
 }
 
 /// Kills a child's whole process group when dropped.

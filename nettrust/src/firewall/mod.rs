@@ -113,6 +113,26 @@ pub trait Firewall: Send + Sync {
     fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError>;
     /// The hosts authorized by DNS answers (not the whitelisted ones).
     fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError>;
+    /// Authorizes every address of one DNS answer for `name` (shown by `nettrust list`) and
+    /// returns once the kernel enforces all of them. Backends that write several addresses in
+    /// one transaction override it; the default authorizes them one by one.
+    fn authorize_answer(
+        &self,
+        addrs: &[IpAddr],
+        expires_ns: u64,
+        name: &str,
+    ) -> Result<Vec<Authorization>, FirewallError> {
+        addrs
+            .iter()
+            .map(|&addr| {
+                let authorization = self.authorize(addr, expires_ns)?;
+                if let Err(e) = self.record_name(addr, name) {
+                    tracing::debug!("cannot record the name of {addr}: {e}");
+                }
+                Ok(authorization)
+            })
+            .collect()
+    }
     /// Remembers that `name` authorized `addr` (shown by `nettrust list`). Best effort.
     fn record_name(&self, addr: IpAddr, name: &str) -> Result<(), FirewallError> {
         let _ = (addr, name);

@@ -37,17 +37,21 @@ pub mod netlink;
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
-    os::unix::fs::MetadataExt as _,
+    os::{
+        linux::net::SocketAddrExt as _,
+        unix::{fs::MetadataExt as _, net::UnixListener},
+    },
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use self::{
-    layout::{Whitelist, elements_msg, install_batch, sets, table_msg},
-    netlink::{MsgType, NFPROTO_INET, NetlinkError, Socket},
+    layout::{Elem, Whitelist, elements_msg, install_batch, sets, table_msg},
+    netlink::{Msg, MsgType, NFPROTO_INET, NetlinkError, Socket},
 };
 use super::{
-    Authorization, AuthorizedHost, Firewall, FirewallError, HostState, Policy, boottime_ns,
+    Authorization, AuthorizedHost, ExitMode, Firewall, FirewallError, HostState, Policy,
+    boottime_ns,
 };
 
 /// The table nettrust owns.
@@ -102,6 +106,14 @@ pub enum NftablesError {
     /// The table could not be deleted.
     #[error("cannot delete the nftables table inet {TABLE}")]
     Delete(#[source] NetlinkError),
+    /// Another nettrust daemon owns the table of this network namespace.
+    #[error(
+        "another nettrust daemon runs the nftables backend in this network namespace (stop it first)"
+    )]
+    Busy,
+    /// The per-namespace lock could not be taken.
+    #[error("cannot take the nftables lock (abstract unix socket @nettrust/nftables)")]
+    Lock(#[source] std::io::Error),
 }
 
 /// One `socket cgroupv2` match: the cgroup's depth below the cgroup2 root and its id.
@@ -134,13 +146,22 @@ fn cgroup_match(root: &Path, cgroup: &Path) -> Result<CgroupMatch, NftablesError
     Ok(CgroupMatch { level, id })
 }
 
+/// One authorization this daemon wrote: its deadline (0 = never) and the name that asked.
+#[derive(Debug, Clone)]
+struct Held {
+    expires_ns: u64,
+    name: Option<Arc<str>>,
+}
+
 #[derive(Debug)]
 struct Inner {
     socket: Socket,
+    scopes: Option<Vec<CgroupMatch>>,
+    options: Options,
     whitelist: Whitelist,
-    /// What we wrote into the authorized sets: address → deadline (0 = never). The kernel expires
-    /// elements on its own; this only decides `New` vs `Already`.
-    authorized: HashMap<IpAddr, u64>,
+    /// What we wrote into the authorized sets. The kernel expires elements on its own; this
+    /// decides `New` vs `Already`, feeds the sweeper and rebuilds the table after a repair.
+    authorized: HashMap<IpAddr, Held>,
     stopped: bool,
 }
 
@@ -148,11 +169,30 @@ struct Inner {
 #[derive(Debug)]
 pub struct NftablesFirewall {
     inner: Mutex<Inner>,
+    /// Held for the daemon's lifetime: one nftables daemon per network namespace.
+    _lock: UnixListener,
+}
+
+/// The abstract unix socket a daemon binds while it owns the table. Abstract names belong to the
+/// network namespace and vanish with the process (also after `kill -9`), so this is a lock per
+/// namespace that cannot go stale.
+const LOCK_NAME: &[u8] = b"nettrust/nftables";
+
+fn lock() -> Result<UnixListener, std::io::Error> {
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(LOCK_NAME)?;
+    UnixListener::bind_addr(&addr)
+}
+
+/// Whether a nettrust daemon with the nftables backend runs in the caller's network namespace.
+pub fn daemon_running() -> bool {
+    matches!(lock(), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 impl NftablesFirewall {
     /// Installs the table with its whitelists, sets and chains in one batch, in the network
-    /// namespace of the calling thread.
+    /// namespace of the calling thread. Authorizations of a table left behind (`kill -9`,
+    /// `do_not_flush_authorized_hosts`) are adopted with their remaining lifetime and names; the
+    /// old table is replaced in the same transaction, so nothing unauthorized passes meanwhile.
     pub fn start(options: &Options, policy: &Policy) -> Result<Self, NftablesError> {
         let scopes = match &options.mode {
             Mode::Forward => None,
@@ -168,24 +208,44 @@ impl NftablesFirewall {
                 Some(matches)
             }
         };
-        let whitelist = Whitelist::new(policy);
+        let lock = lock().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                NftablesError::Busy
+            } else {
+                NftablesError::Lock(e)
+            }
+        })?;
         let mut socket = Socket::open().map_err(NftablesError::Socket)?;
-        socket
-            .batch(NFPROTO_INET, &install_batch(&scopes, options, &whitelist))
-            .map_err(NftablesError::Install)?;
+        let adopted: HashMap<IpAddr, Held> = dump_authorized(&mut socket)
+            .map_err(NftablesError::Install)?
+            .into_iter()
+            .map(|(host, name)| {
+                let held = Held {
+                    expires_ns: host.expires_ns,
+                    name: name.map(Arc::from),
+                };
+                (host.addr, held)
+            })
+            .collect();
+        let mut inner = Inner {
+            socket,
+            scopes,
+            options: options.clone(),
+            whitelist: Whitelist::new(policy),
+            authorized: adopted,
+            stopped: false,
+        };
+        inner.install().map_err(NftablesError::Install)?;
         tracing::info!(
             table = TABLE,
             mode = ?options.mode,
             drop_input = options.drop_input,
+            adopted = inner.authorized.len(),
             "nftables firewall installed"
         );
         Ok(Self {
-            inner: Mutex::new(Inner {
-                socket,
-                whitelist,
-                authorized: HashMap::new(),
-                stopped: false,
-            }),
+            inner: Mutex::new(inner),
+            _lock: lock,
         })
     }
 
@@ -195,94 +255,182 @@ impl NftablesFirewall {
 
     /// Authorizes every address of one DNS answer in a single batch (one kernel transaction, one
     /// acknowledgement round trip). Returns once the kernel enforces all of them.
-    ///
-    /// Each family's elements are written as `add; delete; add` in the same transaction: the
-    /// first add makes sure the element exists, so the delete cannot fail, and the final add
-    /// carries the new timeout — a renewal then works on every kernel (re-adding an element only
-    /// updates its timeout since Linux 6.10).
     pub fn authorize_many(
         &self,
         addrs: &[IpAddr],
         expires_ns: u64,
+        name: Option<&str>,
+    ) -> Result<Vec<Authorization>, FirewallError> {
+        let mut inner = self.lock();
+        inner.write(addrs, expires_ns, name)
+    }
+
+    /// Re-installs the table if someone deleted it while the daemon runs (`nft delete table`,
+    /// `nft flush ruleset`), with the whitelists and every live authorization. Returns whether
+    /// it had to.
+    pub fn repair(&self) -> Result<bool, NftablesError> {
+        let mut inner = self.lock();
+        if inner.stopped
+            || inner
+                .socket
+                .table_exists(NFPROTO_INET, TABLE)
+                .map_err(NftablesError::Install)?
+        {
+            return Ok(false);
+        }
+        tracing::error!(
+            table = TABLE,
+            "the nftables table was deleted behind nettrust's back; re-installing it"
+        );
+        inner.install().map_err(NftablesError::Install)?;
+        Ok(true)
+    }
+
+    /// What stays when the daemon exits: everything is deleted (`FlushAll`), the table stays with
+    /// empty authorized sets (`KeepPolicy`), or the table stays as it is (`KeepAll`). Only
+    /// `inet net-trust` is ever touched. Idempotent.
+    pub fn stop(&self, mode: ExitMode) -> Result<(), NftablesError> {
+        let mut inner = self.lock();
+        if inner.stopped {
+            return Ok(());
+        }
+        let msgs = match mode {
+            ExitMode::FlushAll => vec![table_msg(MsgType::DelTable)],
+            // A DELSETELEM without elements flushes the set.
+            ExitMode::KeepPolicy => [false, true]
+                .into_iter()
+                .map(|v6| {
+                    Msg::new(
+                        MsgType::DelSetElem,
+                        0,
+                        netlink::Attrs::new()
+                            .str(netlink::elem_list::TABLE, TABLE)
+                            .str(netlink::elem_list::SET, sets(v6)[2]),
+                    )
+                })
+                .collect(),
+            ExitMode::KeepAll => Vec::new(),
+        };
+        if !msgs.is_empty() {
+            inner
+                .socket
+                .batch(NFPROTO_INET, &msgs)
+                .map_err(NftablesError::Delete)?;
+        }
+        inner.stopped = true;
+        inner.authorized.clear();
+        tracing::info!(table = TABLE, ?mode, "nftables firewall stopped");
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// The install batch plus every live authorization with its remaining lifetime.
+    fn install(&mut self) -> Result<(), NetlinkError> {
+        let mut msgs = install_batch(&self.scopes, &self.options, &self.whitelist);
+        let now = boottime_ns();
+        self.authorized
+            .retain(|_, h| h.expires_ns == 0 || h.expires_ns > now);
+        for v6 in [false, true] {
+            let elems = self
+                .authorized
+                .iter()
+                .filter(|(addr, _)| addr.is_ipv6() == v6)
+                .map(|(&addr, held)| element(addr, held, now))
+                .collect::<Vec<_>>();
+            msgs.extend(elements_msg(MsgType::NewSetElem, sets(v6)[2], elems));
+        }
+        self.socket.batch(NFPROTO_INET, &msgs)
+    }
+
+    /// Writes `addrs` into the authorized sets in one batch. Each family's elements are written
+    /// as `add; delete; add` in the same transaction: the first add makes sure the element
+    /// exists, so the delete cannot fail, and the final add carries the new timeout and name — a
+    /// renewal then works on every kernel (re-adding an element only updates its timeout since
+    /// Linux 6.10). `name` None keeps the name already recorded.
+    fn write(
+        &mut self,
+        addrs: &[IpAddr],
+        expires_ns: u64,
+        name: Option<&str>,
     ) -> Result<Vec<Authorization>, FirewallError> {
         let Some(&first) = addrs.first() else {
             return Ok(Vec::new());
         };
-        let mut inner = self.lock();
         let now = boottime_ns();
-        let timeout_ms =
-            (expires_ns != 0).then(|| expires_ns.saturating_sub(now).div_ceil(1_000_000).max(1));
+        let name: Option<Arc<str>> = name.filter(|n| !n.is_empty()).map(Arc::from);
         let mut results = Vec::with_capacity(addrs.len());
-        let mut keys: [Vec<Vec<u8>>; 2] = Default::default();
+        let mut writes: Vec<(IpAddr, Held)> = Vec::with_capacity(addrs.len());
         for &addr in addrs {
-            if inner.whitelist.host_addrs.contains(&addr) {
+            if self.whitelist.host_addrs.contains(&addr) {
                 results.push(Authorization::Already);
                 continue;
             }
-            let live = inner
-                .authorized
-                .get(&addr)
-                .is_some_and(|&d| d == 0 || d > now);
+            let previous = self.authorized.get(&addr);
+            let live = previous.is_some_and(|h| h.expires_ns == 0 || h.expires_ns > now);
             results.push(if live {
                 Authorization::Already
             } else {
                 Authorization::New
             });
-            let key = netlink::addr_key(addr);
-            if !keys[usize::from(addr.is_ipv6())].contains(&key) {
-                keys[usize::from(addr.is_ipv6())].push(key);
+            if writes.iter().any(|(a, _)| *a == addr) {
+                continue;
             }
+            let held = Held {
+                expires_ns,
+                name: name
+                    .clone()
+                    .or_else(|| previous.and_then(|h| h.name.clone())),
+            };
+            writes.push((addr, held));
+        }
+        if writes.is_empty() {
+            return Ok(results);
         }
         let mut msgs = Vec::new();
         for v6 in [false, true] {
             let set = sets(v6)[2];
-            let keys = &keys[usize::from(v6)];
-            let plain = || keys.iter().map(|k| (k.clone(), 0, None));
+            let family = || writes.iter().filter(move |(a, _)| a.is_ipv6() == v6);
+            let plain = || family().map(|(a, _)| Elem::key(netlink::addr_key(*a)));
             msgs.extend(elements_msg(MsgType::NewSetElem, set, plain()));
             msgs.extend(elements_msg(MsgType::DelSetElem, set, plain()));
             msgs.extend(elements_msg(
                 MsgType::NewSetElem,
                 set,
-                keys.iter().map(|k| (k.clone(), 0, timeout_ms)),
+                family().map(|(a, held)| element(*a, held, now)),
             ));
         }
-        if msgs.is_empty() {
-            return Ok(results);
-        }
-        inner
-            .socket
+        self.socket
             .batch(NFPROTO_INET, &msgs)
             .map_err(|e| FirewallError::Authorize {
                 addr: first,
                 source: Box::new(e),
             })?;
-        for &addr in addrs {
-            if !inner.whitelist.host_addrs.contains(&addr) {
-                inner.authorized.insert(addr, expires_ns);
-            }
-        }
+        self.authorized.extend(writes);
         Ok(results)
-    }
-
-    /// Deletes the table (only `inet net-trust`; nothing else is looked at). Idempotent.
-    pub fn stop(&self) -> Result<(), NftablesError> {
-        let mut inner = self.lock();
-        if inner.stopped {
-            return Ok(());
-        }
-        inner
-            .socket
-            .batch(NFPROTO_INET, &[table_msg(MsgType::DelTable)])
-            .map_err(NftablesError::Delete)?;
-        inner.stopped = true;
-        inner.authorized.clear();
-        tracing::info!(table = TABLE, "nftables firewall removed");
-        Ok(())
     }
 }
 
-/// The elements of `authorized4` and `authorized6`, with their deadlines (`CLOCK_BOOTTIME`).
-fn dump_authorized(socket: &mut Socket) -> Result<Vec<AuthorizedHost>, NetlinkError> {
+/// The set element of an authorization: its remaining lifetime (none = never expires) and name.
+fn element(addr: IpAddr, held: &Held, now: u64) -> Elem {
+    Elem {
+        key: netlink::addr_key(addr),
+        flags: 0,
+        timeout_ms: (held.expires_ns != 0).then(|| {
+            held.expires_ns
+                .saturating_sub(now)
+                .div_ceil(1_000_000)
+                .max(1)
+        }),
+        comment: held.name.as_deref().map(str::to_owned),
+    }
+}
+
+/// The elements of `authorized4` and `authorized6` with their deadlines (`CLOCK_BOOTTIME`) and
+/// names; empty when the table does not exist.
+fn dump_authorized(
+    socket: &mut Socket,
+) -> Result<Vec<(AuthorizedHost, Option<String>)>, NetlinkError> {
     let now = boottime_ns();
     let mut out = Vec::new();
     for v6 in [false, true] {
@@ -293,21 +441,121 @@ fn dump_authorized(socket: &mut Socket) -> Result<Vec<AuthorizedHost>, NetlinkEr
             let expires_ns = e
                 .expires_in_ms
                 .map_or(0, |ms| now.saturating_add(ms.saturating_mul(1_000_000)));
-            out.push(AuthorizedHost { addr, expires_ns });
+            out.push((AuthorizedHost { addr, expires_ns }, e.comment));
         }
     }
     Ok(out)
 }
 
-/// The authorized hosts of the `inet net-trust` table in the caller's network namespace, read by
-/// another process than the daemon (for `nettrust list`/`status` with this backend).
-pub fn list_authorized() -> Result<Vec<AuthorizedHost>, NetlinkError> {
+/// What `nettrust status` shows of the table in the caller's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableStatus {
+    /// Whether a daemon holds the namespace's nftables lock.
+    pub daemon_running: bool,
+    /// Authorized hosts (live elements of the authorized sets).
+    pub authorized: usize,
+    /// Whitelisted hosts.
+    pub whitelisted_hosts: usize,
+    /// Whether the `input` chain of `--firewall-drop-input` exists.
+    pub drop_input: bool,
+    /// Packets rejected: TCP (reset) and other (ICMP admin-prohibited).
+    pub rejected: (u64, u64),
+}
+
+/// Whether `inet net-trust` exists in the caller's network namespace.
+pub fn table_present() -> Result<bool, NetlinkError> {
+    Socket::open()?.table_exists(NFPROTO_INET, TABLE)
+}
+
+/// The authorized hosts of the table in the caller's network namespace with the name that
+/// authorized each, read by another process than the daemon (`nettrust list`).
+pub fn list_authorized() -> Result<Vec<(AuthorizedHost, Option<String>)>, NetlinkError> {
     dump_authorized(&mut Socket::open()?)
+}
+
+/// The table's state for `nettrust status`; `None` when the table does not exist.
+pub fn status() -> Result<Option<TableStatus>, NetlinkError> {
+    let mut socket = Socket::open()?;
+    if !socket.table_exists(NFPROTO_INET, TABLE)? {
+        return Ok(None);
+    }
+    let authorized = dump_authorized(&mut socket)?.len();
+    let mut whitelisted_hosts = 0;
+    for v6 in [false, true] {
+        whitelisted_hosts += socket.dump_set(NFPROTO_INET, TABLE, sets(v6)[0])?.len();
+    }
+    let rejected = match socket.chain_counters(NFPROTO_INET, TABLE, POLICY_CHAIN)?[..] {
+        [tcp, other, ..] => (tcp, other),
+        _ => (0, 0),
+    };
+    let drop_input = !socket
+        .chain_counters(NFPROTO_INET, TABLE, INPUT_CHAIN)?
+        .is_empty();
+    Ok(Some(TableStatus {
+        daemon_running: daemon_running(),
+        authorized,
+        whitelisted_hosts,
+        drop_input,
+        rejected,
+    }))
+}
+
+/// Deletes `inet net-trust` in the caller's network namespace (`nettrust flush`); refuses while a
+/// daemon owns it. Returns whether there was a table.
+pub fn flush() -> Result<bool, NftablesError> {
+    if daemon_running() {
+        return Err(NftablesError::Busy);
+    }
+    let mut socket = Socket::open().map_err(NftablesError::Socket)?;
+    if !socket
+        .table_exists(NFPROTO_INET, TABLE)
+        .map_err(NftablesError::Delete)?
+    {
+        return Ok(false);
+    }
+    socket
+        .batch(NFPROTO_INET, &[table_msg(MsgType::DelTable)])
+        .map_err(NftablesError::Delete)?;
+    Ok(true)
+}
+
+/// Re-installs the table whenever it disappears, until `cancel`.
+pub async fn watch(
+    firewall: Arc<NftablesFirewall>,
+    every: std::time::Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticker.tick() => {
+                if let Err(e) = firewall.repair() {
+                    tracing::error!("cannot repair the nftables table: {}", crate::error_chain(&e));
+                }
+            }
+        }
+    }
 }
 
 impl Firewall for NftablesFirewall {
     fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError> {
-        Ok(self.authorize_many(&[addr], expires_ns)?[0])
+        Ok(self.authorize_many(&[addr], expires_ns, None)?[0])
+    }
+
+    fn authorize_answer(
+        &self,
+        addrs: &[IpAddr],
+        expires_ns: u64,
+        name: &str,
+    ) -> Result<Vec<Authorization>, FirewallError> {
+        self.authorize_many(addrs, expires_ns, Some(name))
+    }
+
+    /// The name travels with the element (its comment); nothing to do after the fact.
+    fn record_name(&self, _addr: IpAddr, _name: &str) -> Result<(), FirewallError> {
+        Ok(())
     }
 
     /// The kernel expires set elements itself (element timeouts); the sweeper only needs the
@@ -318,10 +566,10 @@ impl Firewall for NftablesFirewall {
         Ok(inner
             .authorized
             .iter()
-            .filter(|&(_, &expires_ns)| expires_ns != 0 && expires_ns <= horizon_ns)
-            .map(|(&addr, &expires_ns)| HostState {
+            .filter(|&(_, h)| h.expires_ns != 0 && h.expires_ns <= horizon_ns)
+            .map(|(&addr, h)| HostState {
                 addr,
-                expires_ns,
+                expires_ns: h.expires_ns,
                 last_seen_ns: 0,
             })
             .collect())
@@ -335,23 +583,24 @@ impl Firewall for NftablesFirewall {
     ) -> Result<bool, FirewallError> {
         // The daemon is the only writer of the set and DNS renewals go through the same
         // in-memory deadline: compare it, then re-add the element with the new timeout.
-        if self.lock().authorized.get(&addr) != Some(&seen_expires_ns) {
+        let mut inner = self.lock();
+        if inner.authorized.get(&addr).map(|h| h.expires_ns) != Some(seen_expires_ns) {
             return Ok(false);
         }
-        self.authorize_many(&[addr], new_expires_ns)?;
+        inner.write(&[addr], new_expires_ns, None)?;
         Ok(true)
     }
 
     fn remove_if(&self, addr: IpAddr, seen_expires_ns: u64) -> Result<bool, FirewallError> {
         let mut inner = self.lock();
-        if inner.authorized.get(&addr) != Some(&seen_expires_ns) {
+        if inner.authorized.get(&addr).map(|h| h.expires_ns) != Some(seen_expires_ns) {
             return Ok(false);
         }
         let set = sets(addr.is_ipv6())[2];
         let msgs = elements_msg(
             MsgType::DelSetElem,
             set,
-            std::iter::once((netlink::addr_key(addr), 0, None)),
+            std::iter::once(Elem::key(netlink::addr_key(addr))),
         );
         // An element the kernel already expired is gone: deleting it fails harmlessly.
         let _ = inner.socket.batch(NFPROTO_INET, &msgs);
@@ -364,9 +613,9 @@ impl Firewall for NftablesFirewall {
         let out =
             dump_authorized(&mut inner.socket).map_err(|e| FirewallError::Read(Box::new(e)))?;
         // Forget what the kernel has expired.
-        let present: BTreeSet<IpAddr> = out.iter().map(|h| h.addr).collect();
+        let present: BTreeSet<IpAddr> = out.iter().map(|(h, _)| h.addr).collect();
         inner.authorized.retain(|a, _| present.contains(a));
-        Ok(out)
+        Ok(out.into_iter().map(|(h, _)| h).collect())
     }
 
     fn set_whitelist(&self, policy: &Policy) -> Result<(), FirewallError> {
@@ -383,32 +632,31 @@ impl Firewall for NftablesFirewall {
                 hosts,
                 new.hosts[family]
                     .difference(&old.hosts[family])
-                    .map(|k| (k.clone(), 0, None)),
+                    .map(|k| Elem::key(k.clone())),
             ));
             msgs.extend(elements_msg(
                 MsgType::DelSetElem,
                 hosts,
                 old.hosts[family]
                     .difference(&new.hosts[family])
-                    .map(|k| (k.clone(), 0, None)),
+                    .map(|k| Elem::key(k.clone())),
             ));
             // Networks: interval boundaries depend on the merge, so the set is rewritten as a
             // whole (old elements deleted, new ones added) when anything changed.
             if old.ranges[family] != new.ranges[family] {
-                let flags = |end: bool| if end { netlink::elem::INTERVAL_END } else { 0 };
                 msgs.extend(elements_msg(
                     MsgType::DelSetElem,
                     nets,
                     old.ranges[family]
                         .iter()
-                        .map(|(k, end)| (k.clone(), flags(*end), None)),
+                        .map(|(k, end)| Elem::boundary(k.clone(), *end)),
                 ));
                 msgs.extend(elements_msg(
                     MsgType::NewSetElem,
                     nets,
                     new.ranges[family]
                         .iter()
-                        .map(|(k, end)| (k.clone(), flags(*end), None)),
+                        .map(|(k, end)| Elem::boundary(k.clone(), *end)),
                 ));
             }
         }

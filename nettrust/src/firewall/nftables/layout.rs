@@ -96,16 +96,47 @@ impl Whitelist {
     }
 }
 
-/// Elements per `NFT_MSG_{NEW,DEL}SETELEM` message: the nested element list is one netlink
-/// attribute, whose length is a u16 (< 64 KiB); an IPv6 element takes about 40 bytes.
-const ELEMENTS_PER_MSG: usize = 1000;
+/// Bytes of elements per `NFT_MSG_{NEW,DEL}SETELEM` message: the nested element list is one
+/// netlink attribute, whose length is a u16 (< 64 KiB).
+const LIST_BYTES_MAX: usize = 60_000;
 
-/// `NFT_MSG_{NEW,DEL}SETELEM` messages for `elems` (`(key, flags, timeout in ms)`), split so that
-/// each fits in one netlink attribute; none when `elems` is empty.
+/// One set element to write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Elem {
+    /// Key bytes (network byte order).
+    pub(super) key: Vec<u8>,
+    /// `NFTA_SET_ELEM_FLAGS` (interval end).
+    pub(super) flags: u32,
+    /// Element timeout in milliseconds (timeout sets only).
+    pub(super) timeout_ms: Option<u64>,
+    /// Element comment: the DNS name that authorized the address.
+    pub(super) comment: Option<String>,
+}
+
+impl Elem {
+    pub(super) fn key(key: Vec<u8>) -> Self {
+        Self {
+            key,
+            ..Self::default()
+        }
+    }
+
+    /// An interval-set boundary.
+    pub(super) fn boundary(key: Vec<u8>, end: bool) -> Self {
+        Self {
+            key,
+            flags: if end { netlink::elem::INTERVAL_END } else { 0 },
+            ..Self::default()
+        }
+    }
+}
+
+/// `NFT_MSG_{NEW,DEL}SETELEM` messages for `elems`, split so that each fits in one netlink
+/// attribute; none when `elems` is empty.
 pub(super) fn elements_msg(
     ty: MsgType,
     set: &str,
-    elems: impl IntoIterator<Item = (Vec<u8>, u32, Option<u64>)>,
+    elems: impl IntoIterator<Item = Elem>,
 ) -> Vec<Msg> {
     use netlink::{data, elem, elem_list};
     let flags = if matches!(ty, MsgType::NewSetElem) {
@@ -113,31 +144,38 @@ pub(super) fn elements_msg(
     } else {
         0
     };
-    let elems: Vec<_> = elems.into_iter().collect();
-    elems
-        .chunks(ELEMENTS_PER_MSG)
-        .map(|chunk| {
-            let mut list = Attrs::new();
-            for (key, flags, timeout) in chunk {
-                let mut e = Attrs::new().nested(elem::KEY, Attrs::new().bytes(data::VALUE, key));
-                if *flags != 0 {
-                    e = e.be32(elem::FLAGS, *flags);
-                }
-                if let Some(ms) = timeout {
-                    e = e.be64(elem::TIMEOUT, *ms);
-                }
-                list = list.nested(netlink::LIST_ELEM, e);
-            }
-            Msg::new(
-                ty,
-                flags,
-                Attrs::new()
-                    .str(elem_list::TABLE, TABLE)
-                    .str(elem_list::SET, set)
-                    .nested(elem_list::ELEMENTS, list),
-            )
-        })
-        .collect()
+    let message = |list: Attrs| {
+        Msg::new(
+            ty,
+            flags,
+            Attrs::new()
+                .str(elem_list::TABLE, TABLE)
+                .str(elem_list::SET, set)
+                .nested(elem_list::ELEMENTS, list),
+        )
+    };
+    let mut msgs = Vec::new();
+    let mut list = Attrs::new();
+    for e in elems {
+        let mut a = Attrs::new().nested(elem::KEY, Attrs::new().bytes(data::VALUE, &e.key));
+        if e.flags != 0 {
+            a = a.be32(elem::FLAGS, e.flags);
+        }
+        if let Some(ms) = e.timeout_ms {
+            a = a.be64(elem::TIMEOUT, ms);
+        }
+        if let Some(comment) = &e.comment {
+            a = a.bytes(elem::USERDATA, &netlink::comment_udata(comment));
+        }
+        if list.len() + a.len() + 4 > LIST_BYTES_MAX {
+            msgs.push(message(std::mem::take(&mut list)));
+        }
+        list = list.nested(netlink::LIST_ELEM, a);
+    }
+    if !list.is_empty() {
+        msgs.push(message(list));
+    }
+    msgs
 }
 
 fn rule_msg(chain: &str, rule: Rule) -> Msg {
@@ -226,18 +264,14 @@ pub(super) fn install_batch(
         msgs.extend(elements_msg(
             MsgType::NewSetElem,
             hosts,
-            w.hosts[family].iter().map(|k| (k.clone(), 0, None)),
+            w.hosts[family].iter().map(|k| Elem::key(k.clone())),
         ));
         msgs.extend(elements_msg(
             MsgType::NewSetElem,
             nets,
-            w.ranges[family].iter().map(|(k, end)| {
-                (
-                    k.clone(),
-                    if *end { netlink::elem::INTERVAL_END } else { 0 },
-                    None,
-                )
-            }),
+            w.ranges[family]
+                .iter()
+                .map(|(k, end)| Elem::boundary(k.clone(), *end)),
         ));
     }
 

@@ -40,9 +40,11 @@ pub const NFPROTO_IPV6: u8 = 10;
 #[repr(u16)]
 pub enum MsgType {
     NewTable = 0,
+    GetTable = 1,
     DelTable = 2,
     NewChain = 3,
     NewRule = 6,
+    GetRule = 7,
     NewSet = 9,
     NewSetElem = 12,
     GetSetElem = 13,
@@ -92,6 +94,16 @@ impl Attrs {
     /// Big-endian u64 attribute.
     pub fn be64(self, ty: u16, v: u64) -> Self {
         self.bytes(ty, &v.to_be_bytes())
+    }
+
+    /// Encoded length in bytes.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether no attribute was added.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
     }
 
     /// Nested attribute.
@@ -383,47 +395,121 @@ impl Socket {
         table: &str,
         set: &str,
     ) -> Result<Vec<Element>, NetlinkError> {
+        let attrs = Attrs::new()
+            .str(elem_list::TABLE, table)
+            .str(elem_list::SET, set);
+        let mut out = Vec::new();
+        for payload in self.dump(family, MsgType::GetSetElem, attrs)? {
+            parse_elements(&payload, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Whether table `name` of `family` exists.
+    pub fn table_exists(&mut self, family: u8, name: &str) -> Result<bool, NetlinkError> {
+        for payload in self.dump(family, MsgType::GetTable, Attrs::new())? {
+            let body = payload
+                .get(4..)
+                .ok_or(NetlinkError::Malformed("short nfgenmsg"))?;
+            let found = attrs(body).any(|(ty, value)| {
+                ty == table::NAME && value.split(|&b| b == 0).next() == Some(name.as_bytes())
+            });
+            if found {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The packet counts of the `counter` expressions in `chain` of `table`, rule by rule in
+    /// chain order (rules without a counter are skipped).
+    pub fn chain_counters(
+        &mut self,
+        family: u8,
+        table: &str,
+        chain: &str,
+    ) -> Result<Vec<u64>, NetlinkError> {
+        let filter = Attrs::new().str(rule::TABLE, table).str(rule::CHAIN, chain);
+        let mut out = Vec::new();
+        for payload in self.dump(family, MsgType::GetRule, filter)? {
+            let body = payload
+                .get(4..)
+                .ok_or(NetlinkError::Malformed("short nfgenmsg"))?;
+            for (_, exprs) in attrs(body).filter(|(ty, _)| *ty == rule::EXPRESSIONS) {
+                for (_, expression) in attrs(exprs) {
+                    let mut is_counter = false;
+                    let mut packets = None;
+                    for (ty, value) in attrs(expression) {
+                        match ty {
+                            expr_attr::NAME => is_counter = value.starts_with(b"counter\0"),
+                            expr_attr::DATA => {
+                                packets = attrs(value)
+                                    .find(|(t, v)| *t == counter::PACKETS && v.len() == 8)
+                                    .map(|(_, v)| {
+                                        u64::from_be_bytes(v.try_into().expect("8 bytes"))
+                                    });
+                            }
+                            _ => {}
+                        }
+                    }
+                    if let (true, Some(packets)) = (is_counter, packets) {
+                        out.push(packets);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends one `NLM_F_DUMP` request and returns the payloads (nfgenmsg + attributes) of every
+    /// reply message. A missing table or set (`ENOENT`) is an empty dump.
+    fn dump(
+        &mut self,
+        family: u8,
+        ty: MsgType,
+        attrs: Attrs,
+    ) -> Result<Vec<Vec<u8>>, NetlinkError> {
         let mut rx = vec![0u8; 1 << 16];
         while self.recv(&mut rx, true)?.is_some() {}
         let seq = self.next_seq();
         let mut buf = Vec::new();
         let start = header(
             &mut buf,
-            (NFNL_SUBSYS_NFTABLES << 8) | MsgType::GetSetElem as u16,
+            (NFNL_SUBSYS_NFTABLES << 8) | ty as u16,
             NLM_F_REQUEST | NLM_F_DUMP,
             seq,
             family,
             0,
         );
-        let attrs = Attrs::new()
-            .str(elem_list::TABLE, table)
-            .str(elem_list::SET, set);
         buf.extend_from_slice(&attrs.into_bytes());
         finish(&mut buf, start);
         self.send(&buf)?;
         let mut out = Vec::new();
         loop {
             let n = self.recv(&mut rx, false)?.unwrap_or(0);
-            for (ty, s, payload) in messages(&rx[..n])? {
+            for (kind, s, payload) in messages(&rx[..n])? {
                 if s != seq {
                     continue;
                 }
-                match ty {
+                match kind {
                     NLMSG_DONE => return Ok(out),
                     NLMSG_ERROR => {
                         let errno = payload
                             .get(..4)
                             .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
                             .ok_or(NetlinkError::Malformed("short nlmsgerr"))?;
+                        if errno == -libc::ENOENT {
+                            return Ok(Vec::new());
+                        }
                         if errno != 0 {
                             return Err(NetlinkError::Refused {
                                 index: 0,
-                                what: format!("dump of set {set}"),
+                                what: format!("dump {ty:?}"),
                                 source: io::Error::from_raw_os_error(-errno),
                             });
                         }
                     }
-                    _ => parse_elements(payload, &mut out)?,
+                    _ => out.push(payload.to_vec()),
                 }
             }
         }
@@ -477,6 +563,9 @@ pub struct Element {
     /// Remaining lifetime in milliseconds (`NFTA_SET_ELEM_EXPIRATION`), if the element has a
     /// timeout.
     pub expires_in_ms: Option<u64>,
+    /// The element's comment (`NFTA_SET_ELEM_USERDATA`, as `nft` writes it): the DNS name that
+    /// authorized the address.
+    pub comment: Option<String>,
 }
 
 fn parse_elements(payload: &[u8], out: &mut Vec<Element>) -> Result<(), NetlinkError> {
@@ -493,6 +582,7 @@ fn parse_elements(payload: &[u8], out: &mut Vec<Element>) -> Result<(), NetlinkE
                 key: Vec::new(),
                 flags: 0,
                 expires_in_ms: None,
+                comment: None,
             };
             for (ty, value) in attrs(elem) {
                 match ty {
@@ -510,6 +600,7 @@ fn parse_elements(payload: &[u8], out: &mut Vec<Element>) -> Result<(), NetlinkE
                         element.expires_in_ms =
                             Some(u64::from_be_bytes(value.try_into().expect("8 bytes")));
                     }
+                    elem::USERDATA => element.comment = comment_of(value),
                     _ => {}
                 }
             }
@@ -566,6 +657,52 @@ pub mod rule {
     pub const EXPRESSIONS: u16 = 4;
 }
 
+/// `NFTA_EXPR_*`.
+pub mod expr_attr {
+    pub const NAME: u16 = 1;
+    pub const DATA: u16 = 2;
+}
+
+/// `NFTA_COUNTER_*`.
+pub mod counter {
+    pub const PACKETS: u16 = 2;
+}
+
+/// `NFTNL_UDATA_SET_ELEM_COMMENT`: the userdata TLV type `nft` uses for element comments.
+const UDATA_COMMENT: u8 = 0;
+/// `NFT_USERDATA_MAXLEN`-safe cap on comments (nft itself allows 128 bytes).
+pub const COMMENT_MAX: usize = 127;
+
+/// Element userdata carrying `comment` the way `nft` writes it (`{type, len, text NUL}`), so
+/// `nft list set` shows it; cut at [`COMMENT_MAX`] bytes on a character boundary.
+pub fn comment_udata(comment: &str) -> Vec<u8> {
+    let mut end = comment.len().min(COMMENT_MAX);
+    while !comment.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = &comment.as_bytes()[..end];
+    let mut out = Vec::with_capacity(text.len() + 3);
+    out.push(UDATA_COMMENT);
+    out.push(u8::try_from(text.len() + 1).expect("capped below 255"));
+    out.extend_from_slice(text);
+    out.push(0);
+    out
+}
+
+/// The comment in element userdata, if any.
+fn comment_of(mut udata: &[u8]) -> Option<String> {
+    while let [ty, len, rest @ ..] = udata {
+        let len = usize::from(*len);
+        let value = rest.get(..len)?;
+        if *ty == UDATA_COMMENT {
+            let text = value.split(|&b| b == 0).next().unwrap_or_default();
+            return Some(String::from_utf8_lossy(text).into_owned());
+        }
+        udata = &rest[len..];
+    }
+    None
+}
+
 /// `NFTA_SET_*`, set flags and nft's key type numbers (shown by `nft list`).
 pub mod set {
     pub const TABLE: u16 = 1;
@@ -595,6 +732,7 @@ pub mod elem {
     pub const FLAGS: u16 = 3;
     pub const TIMEOUT: u16 = 4;
     pub const EXPIRATION: u16 = 5;
+    pub const USERDATA: u16 = 6;
     /// `NFT_SET_ELEM_INTERVAL_END`.
     pub const INTERVAL_END: u32 = 0x1;
 }
@@ -625,6 +763,21 @@ mod tests {
         assert_eq!(parsed.len(), 2);
         assert_eq!(parsed[0], (1, &b"ab\0"[..]));
         assert_eq!(parsed[1].0, 2);
+    }
+
+    #[test]
+    fn comments_round_trip_and_are_capped() {
+        assert_eq!(
+            comment_of(&comment_udata("a.test.")).as_deref(),
+            Some("a.test.")
+        );
+        let long = "é".repeat(200);
+        let udata = comment_udata(&long);
+        assert!(udata.len() <= COMMENT_MAX + 3);
+        let back = comment_of(&udata).unwrap();
+        assert!(long.starts_with(&back) && !back.is_empty());
+        assert_eq!(comment_of(&[0, 9, b'x']), None, "length beyond the data");
+        assert_eq!(comment_of(&[]), None);
     }
 
     #[test]
