@@ -1,5 +1,7 @@
-//! The commands that work on the state pinned in the bpffs directory, with or without a running
-//! daemon (also after `kill -9`): `list`, `status`, `flush`, `attach`, `detach`.
+//! The commands that work on the firewall state left in the kernel, with or without a running
+//! daemon (also after `kill -9`): `list`, `status`, `flush` read the eBPF state pinned in the bpffs
+//! directory and the nftables table `inet net-trust` of the caller's network namespace; `attach`
+//! and `detach` are eBPF only.
 
 use std::{fmt::Write as _, path::Path};
 
@@ -11,13 +13,38 @@ use nettrust_common::{
 use crate::firewall::{
     boottime_ns,
     ebpf::{self, EbpfError},
+    nftables::{self, NftablesError, netlink::NetlinkError},
     pins::{self, PinError},
 };
 
+/// Errors of the commands.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Reading or changing the eBPF state failed.
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    /// Reading the nftables table failed.
+    #[error("nftables table inet {}", nftables::TABLE)]
+    Nftables(#[from] NetlinkError),
+    /// Removing the nftables table failed or a daemon owns it.
+    #[error(transparent)]
+    NftablesFlush(#[from] NftablesError),
+    /// Removing pinned objects failed; every failure is listed.
+    #[error("{}", .0.iter().map(|e| crate::error_chain(e)).collect::<Vec<_>>().join("; "))]
+    Flush(Vec<PinError>),
+}
+
 /// `nettrust list`: one line per live authorized host: address, remaining lifetime, and the name
-/// whose answer authorized it.
-pub fn list(bpffs_dir: &Path) -> Result<String, EbpfError> {
-    let mut hosts = ebpf::list_pinned(bpffs_dir)?;
+/// whose answer authorized it, from the eBPF maps and the nftables table, whichever exist.
+pub fn list(bpffs_dir: &Path) -> Result<String, CommandError> {
+    // Without eBPF state (no directory, or nothing pinned in it) the table alone is listed.
+    let ebpf_pinned = bpffs_dir.join(nettrust_common::MAP_HOSTS_V4).exists();
+    let mut hosts = if ebpf_pinned || !nftables::table_present()? {
+        ebpf::list_pinned(bpffs_dir)?
+    } else {
+        Vec::new()
+    };
+    hosts.extend(nftables::list_authorized()?);
     hosts.sort_by_key(|(h, _)| h.addr);
     let now = boottime_ns();
     let mut out = String::new();
@@ -35,23 +62,57 @@ pub fn list(bpffs_dir: &Path) -> Result<String, EbpfError> {
     Ok(out)
 }
 
-/// `nettrust status`: backend, daemon, attached cgroups and counters.
-pub fn status(bpffs_dir: &Path) -> Result<String, EbpfError> {
-    let status = match ebpf::status_pinned(bpffs_dir) {
-        Ok(status) => status,
-        Err(EbpfError::NotPinned(_)) => {
-            return Ok(format!(
-                "backend: none (nothing pinned in {})\ndaemon: {}\n",
-                bpffs_dir.display(),
-                if pins::daemon_running(bpffs_dir) {
-                    "running"
-                } else {
-                    "not running"
-                }
-            ));
-        }
-        Err(e) => return Err(e),
+/// `nettrust status`: backend, daemon, attached cgroups and counters, for the eBPF state and the
+/// nftables table, whichever exist.
+pub fn status(bpffs_dir: &Path) -> Result<String, CommandError> {
+    let table = nftables::status()?;
+    let mut out = match ebpf::status_pinned(bpffs_dir) {
+        Ok(status) => ebpf_status(bpffs_dir, &status),
+        Err(EbpfError::NotPinned(_)) if table.is_some() => String::new(),
+        Err(EbpfError::NotPinned(_)) => format!(
+            "backend: none (nothing pinned in {}, no nftables table inet {})\ndaemon: {}\n",
+            bpffs_dir.display(),
+            nftables::TABLE,
+            if pins::daemon_running(bpffs_dir) {
+                "running"
+            } else {
+                "not running"
+            }
+        ),
+        Err(e) => return Err(e.into()),
     };
+    if let Some(t) = table {
+        let _ = writeln!(out, "backend: nftables (table inet {})", nftables::TABLE);
+        let _ = writeln!(
+            out,
+            "daemon: {}",
+            if t.daemon_running {
+                "running"
+            } else {
+                "not running"
+            }
+        );
+        // The table has no owner flag: it enforces with or without a daemon.
+        let _ = writeln!(out, "enforcement: active");
+        let _ = writeln!(
+            out,
+            "drop input: {}",
+            if t.drop_input { "yes" } else { "no" }
+        );
+        let _ = writeln!(out, "whitelisted: {}", t.whitelisted_hosts);
+        let _ = writeln!(out, "authorized: {}", t.authorized);
+        let _ = writeln!(
+            out,
+            "packets rejected: {} (tcp reset {}, icmp {})",
+            t.rejected.0 + t.rejected.1,
+            t.rejected.0,
+            t.rejected.1
+        );
+    }
+    Ok(out)
+}
+
+fn ebpf_status(bpffs_dir: &Path, status: &crate::firewall::pinned::PinnedStatus) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "backend: ebpf ({})", bpffs_dir.display());
     let _ = writeln!(
@@ -109,16 +170,27 @@ pub fn status(bpffs_dir: &Path) -> Result<String, EbpfError> {
         stat(STAT_ERROR),
         stat(STAT_DROP_INPUT)
     );
-    Ok(out)
+    out
 }
 
 /// `nettrust flush`: removes everything nettrust pinned in `bpffs_dir` (links first, so the
-/// cgroups are unfiltered before the maps go). Idempotent. Refuses while a daemon runs there.
-pub fn flush(bpffs_dir: &Path) -> Result<(), Vec<PinError>> {
+/// cgroups are unfiltered before the maps go) and the nftables table of the caller's network
+/// namespace. Idempotent. Refuses while a daemon runs there. Returns what was done.
+pub fn flush(bpffs_dir: &Path) -> Result<String, CommandError> {
     if pins::daemon_running(bpffs_dir) {
-        return Err(vec![PinError::Busy(bpffs_dir.to_owned())]);
+        return Err(CommandError::Flush(vec![PinError::Busy(
+            bpffs_dir.to_owned(),
+        )]));
     }
-    pins::remove_all(bpffs_dir)
+    if nftables::daemon_running() {
+        return Err(NftablesError::Busy.into());
+    }
+    pins::remove_all(bpffs_dir).map_err(CommandError::Flush)?;
+    let mut out = format!("flushed {}\n", bpffs_dir.display());
+    if nftables::flush()? {
+        let _ = writeln!(out, "removed nftables table inet {}", nftables::TABLE);
+    }
+    Ok(out)
 }
 
 /// `nettrust attach --cgroup PATH`.

@@ -32,17 +32,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Flush(args)) => {
             init_tracing(LogFormat::Text);
-            nettrust::commands::flush(&args.bpffs_dir).map_err(|errors| {
-                anyhow::anyhow!(
-                    "{}",
-                    errors
-                        .iter()
-                        .map(|e| nettrust::error_chain(e))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )
-            })?;
-            println!("flushed {}", args.bpffs_dir.display());
+            print!("{}", nettrust::commands::flush(&args.bpffs_dir)?);
             Ok(())
         }
         Some(Command::Attach(args)) => {

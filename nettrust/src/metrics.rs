@@ -286,7 +286,9 @@ async fn respond(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()
         || request_line.starts_with(b"GET /metrics?")
     {
         let authorized = sources.firewall.authorized().ok().map(|hosts| hosts.len());
-        let egress = crate::firewall::ebpf::read_stats(&sources.bpffs_dir).ok();
+        let egress = crate::firewall::ebpf::read_stats(&sources.bpffs_dir)
+            .ok()
+            .or_else(|| crate::firewall::nftables::egress_stats().ok().flatten());
         let cgroups = crate::firewall::pinned::cgroup_egress(&sources.bpffs_dir).ok();
         ("200 OK", metrics().render(authorized, egress, cgroups))
     } else {

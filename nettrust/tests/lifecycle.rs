@@ -3,6 +3,7 @@
 //! matrix, drop-input, runtime attach/detach, denied events and the pinned-state commands.
 //! Run with `cargo xtask test` (they are `#[ignore]`d in a plain `cargo test`).
 
+#[macro_use]
 mod world;
 
 use std::{
@@ -12,7 +13,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use world::World;
+use world::{Backend, World};
+
+both_backends!(
+    ttl_expires_idle_hosts_and_renews_hosts_in_use,
+    conntrack_keeps_hosts_with_idle_connections,
+    sigkill_leaves_enforcement_expiry_works_without_daemon_and_next_start_adopts,
+    restarts_never_let_an_unauthorized_packet_out,
+    exit_matrix,
+    servers_answer_inbound_clients_and_drop_input_blocks_them,
+    several_cgroups_at_once,
+);
 
 /// A background process group, killed (with its children) when dropped.
 struct Background(Child);
@@ -87,17 +98,6 @@ fn arrivals(world: &World) -> u64 {
         .unwrap_or_else(|| panic!("no counter in {text}"))
 }
 
-/// nettrust detaches links with `BPF_LINK_DETACH` before unpinning them, so the detach has taken
-/// effect when the command or the daemon returns (unpinning alone would leave it to the kernel's
-/// work queue).
-fn assert_detached(world: &World) {
-    assert_eq!(
-        world.attached_egress_programs(),
-        0,
-        "a program is still attached to the test cgroup"
-    );
-}
-
 fn assert_no_firewall_rules_in_client_ns(world: &World) {
     let out = world
         .in_ns(&world.client_ns, "nft")
@@ -111,13 +111,13 @@ fn assert_no_firewall_rules_in_client_ns(world: &World) {
     );
 }
 
-#[test]
-#[ignore = "needs root: cargo xtask test"]
-fn ttl_expires_idle_hosts_and_renews_hosts_in_use() {
-    let mut world = World::new();
+fn ttl_expires_idle_hosts_and_renews_hosts_in_use(backend: Backend) {
+    let mut world = World::with_backend(backend);
     let _echo = echo_server(&world);
     world.start_daemon(&["--authorized-ttl", "2", "--ttl-check-ticker", "1"]);
-    assert_no_firewall_rules_in_client_ns(&world);
+    if backend == Backend::Ebpf {
+        assert_no_firewall_rules_in_client_ns(&world);
+    }
 
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
@@ -156,10 +156,8 @@ fn ttl_expires_idle_hosts_and_renews_hosts_in_use() {
     assert!(world.stop_daemon());
 }
 
-#[test]
-#[ignore = "needs root: cargo xtask test"]
-fn conntrack_keeps_hosts_with_idle_connections() {
-    let mut world = World::new();
+fn conntrack_keeps_hosts_with_idle_connections(backend: Backend) {
+    let mut world = World::with_backend(backend);
     let _echo = echo_server(&world);
     // A ct-using rule in the client namespace (only there) makes conntrack track its flows.
     let rules = "table inet nettrust_ct {\n chain output {\n  type filter hook output priority 0; policy accept;\n  ct state established counter\n }\n}\n";
@@ -201,10 +199,8 @@ fn conntrack_keeps_hosts_with_idle_connections() {
     assert!(world.stop_daemon());
 }
 
-#[test]
-#[ignore = "needs root: cargo xtask test"]
-fn sigkill_leaves_enforcement_expiry_works_without_daemon_and_next_start_adopts() {
-    let mut world = World::new();
+fn sigkill_leaves_enforcement_expiry_works_without_daemon_and_next_start_adopts(backend: Backend) {
+    let mut world = World::with_backend(backend);
     world.start_daemon(&["--authorized-ttl", "3", "--ttl-check-ticker", "1"]);
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     let authorized = Instant::now();
@@ -213,7 +209,7 @@ fn sigkill_leaves_enforcement_expiry_works_without_daemon_and_next_start_adopts(
     assert!(status.contains("authorized: 1"), "{status}");
 
     world.kill_daemon();
-    assert_eq!(world.attached_egress_programs(), 1, "enforcement is gone");
+    assert!(world.enforcing(), "enforcement is gone");
     assert!(
         !world.reachable_from_cgroup("203.0.113.77"),
         "unresolved destinations must stay blocked after kill -9"
@@ -239,7 +235,14 @@ fn sigkill_leaves_enforcement_expiry_works_without_daemon_and_next_start_adopts(
     // Next start adopts the pinned state and replaces the old links (never two at once left).
     world.start_daemon(&["--authorized-ttl", "3", "--ttl-check-ticker", "1"]);
     assert!(world.daemon_log().contains("adopting"));
-    assert_eq!(world.attached_egress_programs(), 1);
+    assert!(world.enforcing());
+    if backend == Backend::Ebpf {
+        assert_eq!(
+            world.attached_egress_programs(),
+            1,
+            "never two links at once"
+        );
+    }
     assert!(!world.reachable_from_cgroup("192.0.2.10"));
     assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
     assert!(world.reachable_from_cgroup("192.0.2.11"));
@@ -251,8 +254,7 @@ fn sigkill_leaves_enforcement_expiry_works_without_daemon_and_next_start_adopts(
         "{}",
         String::from_utf8_lossy(&flush.stderr)
     );
-    assert!(!world.bpffs_dir.exists());
-    assert_detached(&world);
+    world.assert_nothing_left();
     assert!(world.reachable_from_cgroup("203.0.113.77"));
     assert!(
         world.nettrust(&["flush"]).status.success(),
@@ -260,11 +262,9 @@ fn sigkill_leaves_enforcement_expiry_works_without_daemon_and_next_start_adopts(
     );
 }
 
-#[test]
-#[ignore = "needs root: cargo xtask test"]
-fn restarts_never_let_an_unauthorized_packet_out() {
+fn restarts_never_let_an_unauthorized_packet_out(backend: Backend) {
     const TARGET: &str = "203.0.113.200";
-    let mut world = World::new();
+    let mut world = World::with_backend(backend);
     count_arrivals(&world, TARGET);
     world.start_daemon(&["--do-not-flush-table"]);
     let attempts = world.dir.path().join("attempts");
@@ -304,7 +304,7 @@ fn restarts_never_let_an_unauthorized_packet_out() {
     );
     assert!(world.stop_daemon());
     assert!(world.nettrust(&["flush"]).status.success());
-    assert_detached(&world);
+    world.assert_nothing_left();
     // Control: the counter does count (the filter is gone now).
     let _ = world
         .in_cgroup("socat")
@@ -317,16 +317,13 @@ fn restarts_never_let_an_unauthorized_packet_out() {
     assert!(arrivals(&world) > 0, "the arrival counter does not count");
 }
 
-#[test]
-#[ignore = "needs root: cargo xtask test"]
-fn exit_matrix() {
-    let mut world = World::new();
+fn exit_matrix(backend: Backend) {
+    let mut world = World::with_backend(backend);
     // Default: everything removed.
     world.start_daemon(&[]);
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert!(world.stop_daemon());
-    assert!(!world.bpffs_dir.exists());
-    assert_detached(&world);
+    world.assert_nothing_left();
     assert!(world.reachable_from_cgroup("203.0.113.77"));
 
     // --do-not-flush-table: deny policy and whitelists stay, authorizations cleared.
@@ -334,7 +331,7 @@ fn exit_matrix() {
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert!(world.reachable_from_cgroup("192.0.2.10"));
     assert!(world.stop_daemon());
-    assert_eq!(world.attached_egress_programs(), 1);
+    assert!(world.enforcing(), "the deny policy must stay");
     assert!(!world.reachable_from_cgroup("203.0.113.77"));
     assert!(
         !world.reachable_from_cgroup("192.0.2.10"),
@@ -380,8 +377,7 @@ fn exit_matrix() {
     world.kill_daemon();
     world.start_daemon(&[]);
     assert!(world.stop_daemon());
-    assert!(!world.bpffs_dir.exists());
-    assert_detached(&world);
+    world.assert_nothing_left();
 }
 
 /// A server inside the test cgroup (client namespace) on port 9090.
@@ -409,10 +405,8 @@ fn inbound_reaches_server(world: &World) -> bool {
         .is_ok_and(|o| o.stdout.starts_with(b"srv"))
 }
 
-#[test]
-#[ignore = "needs root: cargo xtask test"]
-fn servers_answer_inbound_clients_and_drop_input_blocks_them() {
-    let mut world = World::new();
+fn servers_answer_inbound_clients_and_drop_input_blocks_them(backend: Backend) {
+    let mut world = World::with_backend(backend);
     let _server = cgroup_server(&world);
     // Without drop-input: the server's replies to an unauthorized client leave.
     world.start_daemon(&[]);
@@ -597,10 +591,8 @@ fn only_our_own_pinned_state_is_adopted() {
     );
 }
 
-#[test]
-#[ignore = "needs root: cargo xtask test"]
-fn several_cgroups_at_once() {
-    let mut world = World::new();
+fn several_cgroups_at_once(backend: Backend) {
+    let mut world = World::with_backend(backend);
     let other = world.extra_cgroup("second");
     let other_arg = other.to_str().unwrap().to_owned();
     let from_other = |world: &World, addr: &str| {
@@ -623,10 +615,12 @@ fn several_cgroups_at_once() {
         from_other(&world, "192.0.2.10"),
         "authorizations are global"
     );
-    let status = stdout(&world.nettrust(&["status"]));
-    assert!(status.contains("cgroups: 2"), "{status}");
+    if backend == Backend::Ebpf {
+        let status = stdout(&world.nettrust(&["status"]));
+        assert!(status.contains("cgroups: 2"), "{status}");
+    }
     assert!(world.stop_daemon());
-    assert_detached(&world);
+    world.assert_nothing_left();
     assert!(
         from_other(&world, "203.0.113.77"),
         "the second cgroup is still filtered"

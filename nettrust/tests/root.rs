@@ -1,11 +1,20 @@
-//! Root integration tests: real eBPF, cgroup, network namespaces, dnsmasq and clients.
+//! Root integration tests: real eBPF or nftables, cgroup, network namespaces, dnsmasq and clients.
+//! Every test runs once per backend (`ebpf::…`, `nftables::…`).
 //! Run with `cargo xtask test` (they are `#[ignore]`d in a plain `cargo test`).
 
+#[macro_use]
 mod world;
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use world::World;
+use world::{Backend, World};
+
+both_backends!(
+    only_resolved_destinations_are_reachable,
+    unspecified_answers_authorize_nothing,
+    resolve_then_connect_immediately_never_fails,
+    sigterm_removes_every_nettrust_object,
+);
 
 fn addrs(list: &[&str]) -> Vec<IpAddr> {
     let mut v: Vec<IpAddr> = list.iter().map(|s| s.parse().unwrap()).collect();
@@ -13,10 +22,8 @@ fn addrs(list: &[&str]) -> Vec<IpAddr> {
     v
 }
 
-#[test]
-#[ignore = "needs root: cargo xtask test"]
-fn only_resolved_destinations_are_reachable() {
-    let mut world = World::new();
+fn only_resolved_destinations_are_reachable(backend: Backend) {
+    let mut world = World::with_backend(backend);
     world.start_daemon(&[]);
 
     // Nothing resolved yet: v4 and v6 destinations are blocked from the cgroup...
@@ -57,10 +64,8 @@ fn only_resolved_destinations_are_reachable() {
     assert!(world.stop_daemon(), "nettrust failed at exit");
 }
 
-#[test]
-#[ignore = "needs root: cargo xtask test"]
-fn unspecified_answers_authorize_nothing() {
-    let mut world = World::new();
+fn unspecified_answers_authorize_nothing(backend: Backend) {
+    let mut world = World::with_backend(backend);
     world.start_daemon(&[]);
     assert_eq!(world.resolve("zero.test", "A", false), ["0.0.0.0"]);
     assert_eq!(world.resolve("zero.test", "AAAA", true), ["::"]);
@@ -68,10 +73,8 @@ fn unspecified_answers_authorize_nothing() {
     assert!(world.stop_daemon());
 }
 
-#[test]
-#[ignore = "needs root: cargo xtask test"]
-fn resolve_then_connect_immediately_never_fails() {
-    let mut world = World::new();
+fn resolve_then_connect_immediately_never_fails(backend: Backend) {
+    let mut world = World::with_backend(backend);
     world.start_daemon(&[]);
     // Each iteration resolves a name never resolved before and connects at once: the address must
     // be in the map before the answer reaches the client.
@@ -97,28 +100,15 @@ fn resolve_then_connect_immediately_never_fails() {
     assert!(world.stop_daemon());
 }
 
-#[test]
-#[ignore = "needs root: cargo xtask test"]
-fn sigterm_removes_every_nettrust_object() {
-    let mut world = World::new();
+fn sigterm_removes_every_nettrust_object(backend: Backend) {
+    let mut world = World::with_backend(backend);
     world.start_daemon(&[]);
     assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
     assert!(!world.reachable_from_cgroup("203.0.113.77"));
-    assert!(world.bpffs_dir.join("HOSTS_V4").exists());
-    assert_eq!(world.attached_egress_programs(), 1);
+    assert!(world.enforcing());
 
     assert!(world.stop_daemon(), "nettrust failed at exit");
-
-    assert!(
-        !world.bpffs_dir.exists(),
-        "pinned maps left in {}",
-        world.bpffs_dir.display()
-    );
-    assert_eq!(
-        world.attached_egress_programs(),
-        0,
-        "a program is still attached to the test cgroup"
-    );
+    world.assert_nothing_left();
     assert!(
         world.reachable_from_cgroup("203.0.113.77"),
         "the cgroup is still filtered"

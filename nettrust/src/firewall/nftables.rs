@@ -216,6 +216,9 @@ impl NftablesFirewall {
             }
         })?;
         let mut socket = Socket::open().map_err(NftablesError::Socket)?;
+        let left_over = socket
+            .table_exists(NFPROTO_INET, TABLE)
+            .map_err(NftablesError::Install)?;
         let adopted: HashMap<IpAddr, Held> = dump_authorized(&mut socket)
             .map_err(NftablesError::Install)?
             .into_iter()
@@ -235,6 +238,13 @@ impl NftablesFirewall {
             authorized: adopted,
             stopped: false,
         };
+        if left_over {
+            tracing::info!(
+                table = TABLE,
+                authorizations = inner.authorized.len(),
+                "adopting the table left by a previous run (replaced atomically)"
+            );
+        }
         inner.install().map_err(NftablesError::Install)?;
         tracing::info!(
             table = TABLE,
@@ -358,7 +368,11 @@ impl Inner {
             return Ok(Vec::new());
         };
         let now = boottime_ns();
-        let name: Option<Arc<str>> = name.filter(|n| !n.is_empty()).map(Arc::from);
+        // Shown like the eBPF backend's names: without the root's trailing dot.
+        let name: Option<Arc<str>> = name
+            .map(|n| n.trim_end_matches('.'))
+            .filter(|n| !n.is_empty())
+            .map(Arc::from);
         let mut results = Vec::with_capacity(addrs.len());
         let mut writes: Vec<(IpAddr, Held)> = Vec::with_capacity(addrs.len());
         for &addr in addrs {
@@ -498,6 +512,20 @@ pub fn status() -> Result<Option<TableStatus>, NetlinkError> {
         drop_input,
         rejected,
     }))
+}
+
+/// The table's packet counters in the layout of the eBPF `STATS` map (for the metrics endpoint):
+/// rejected packets count as `STAT_DROP`; the accept rules carry no counters. `None` when the
+/// table does not exist.
+pub fn egress_stats() -> Result<Option<[u64; nettrust_common::STAT_COUNT as usize]>, NetlinkError> {
+    let mut socket = Socket::open()?;
+    let counters = socket.chain_counters(NFPROTO_INET, TABLE, POLICY_CHAIN)?;
+    if counters.is_empty() {
+        return Ok(None);
+    }
+    let mut stats = [0u64; nettrust_common::STAT_COUNT as usize];
+    stats[nettrust_common::STAT_DROP as usize] = counters.iter().sum();
+    Ok(Some(stats))
 }
 
 /// Deletes `inet net-trust` in the caller's network namespace (`nettrust flush`); refuses while a

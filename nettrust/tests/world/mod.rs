@@ -61,6 +61,44 @@ fn dnsmasq_conf() -> String {
     conf
 }
 
+/// The firewall backend a world's daemon runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `--firewall-backend ebpf` (what `auto` picks on these machines).
+    Ebpf,
+    /// `--firewall-backend nftables`.
+    Nftables,
+}
+
+/// Generates, for each listed `fn name(backend: Backend)`, one `#[ignore]`d test per backend:
+/// `ebpf::name` and `nftables::name`. One suite, two backends.
+#[allow(
+    unused_macros,
+    reason = "only the suites that run on both backends use it"
+)]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod ebpf {
+            $(
+                #[test]
+                #[ignore = "needs root: cargo xtask test"]
+                fn $name() {
+                    super::$name(super::world::Backend::Ebpf);
+                }
+            )*
+        }
+        mod nftables {
+            $(
+                #[test]
+                #[ignore = "needs root: cargo xtask test"]
+                fn $name() {
+                    super::$name(super::world::Backend::Nftables);
+                }
+            )*
+        }
+    };
+}
+
 /// A running nettrust daemon inside the client namespace.
 pub struct Daemon {
     child: Child,
@@ -79,6 +117,8 @@ pub struct World {
     /// Log of the last daemon that exited.
     pub last_log: String,
     extra_cgroups: Vec<PathBuf>,
+    /// The backend `start_daemon` asks for.
+    pub backend: Backend,
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -119,6 +159,7 @@ impl World {
             daemon: None,
             last_log: String::new(),
             extra_cgroups: Vec::new(),
+            backend: Backend::Ebpf,
             id,
         };
         world.build_network();
@@ -253,6 +294,13 @@ impl World {
         cmd
     }
 
+    /// A world whose daemon runs with `backend`.
+    pub fn with_backend(backend: Backend) -> Self {
+        let mut world = Self::new();
+        world.backend = backend;
+        world
+    }
+
     /// Starts nettrust in the client namespace, filtering the test cgroup, forwarding to the
     /// world's dnsmasq, and waits until it answers DNS.
     pub fn start_daemon(&mut self, extra: &[&str]) {
@@ -276,6 +324,10 @@ impl World {
             .arg(&self.cgroup)
             .arg("--bpffs-dir")
             .arg(&self.bpffs_dir)
+            .args(match self.backend {
+                Backend::Ebpf => &[][..],
+                Backend::Nftables => &["--firewall-backend", "nftables"][..],
+            })
             .args(args)
             .env("RUST_LOG", "info,nettrust=debug")
             .stdout(Stdio::null())
@@ -321,10 +373,11 @@ impl World {
         self.last_log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
     }
 
-    /// A nettrust command (`status`, `flush`, `attach`, ...) against this world's bpffs directory;
-    /// returns its output whatever the exit status.
+    /// A nettrust command (`status`, `flush`, `attach`, ...) against this world's bpffs directory,
+    /// run in the client namespace (where the nftables table lives); returns its output whatever
+    /// the exit status.
     pub fn nettrust(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_nettrust"))
+        self.in_ns(&self.client_ns, env!("CARGO_BIN_EXE_nettrust"))
             .args(args)
             .arg("--bpffs-dir")
             .arg(&self.bpffs_dir)
@@ -412,7 +465,8 @@ impl World {
 
     /// `nettrust list` for this world's daemon.
     pub fn list(&self) -> Vec<IpAddr> {
-        let out = run(Command::new(env!("CARGO_BIN_EXE_nettrust"))
+        let out = run(self
+            .in_ns(&self.client_ns, env!("CARGO_BIN_EXE_nettrust"))
             .args(["list", "--bpffs-dir"])
             .arg(&self.bpffs_dir));
         let mut hosts: Vec<IpAddr> = String::from_utf8_lossy(&out.stdout)
@@ -551,5 +605,49 @@ impl World {
             std::io::Error::last_os_error()
         );
         u32::from_ne_bytes(attr[24..28].try_into().unwrap())
+    }
+}
+
+impl World {
+    /// The tables of the client namespace (`nft list tables` lines).
+    pub fn client_tables(&self) -> Vec<String> {
+        let out = run(self.in_ns(&self.client_ns, "nft").args(["list", "tables"]));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// Whether this world's backend has its filter in place for the test cgroup (a program
+    /// attached, or the `inet net-trust` table in the client namespace).
+    pub fn enforcing(&self) -> bool {
+        match self.backend {
+            Backend::Ebpf => self.attached_egress_programs() > 0,
+            Backend::Nftables => self
+                .client_tables()
+                .contains(&"table inet net-trust".to_owned()),
+        }
+    }
+
+    /// Asserts that no nettrust object of either backend is left: no pins, no program attached
+    /// to the test cgroup, no `inet net-trust` table in the client namespace.
+    pub fn assert_nothing_left(&self) {
+        assert!(
+            !self.bpffs_dir.exists(),
+            "pinned state left in {}",
+            self.bpffs_dir.display()
+        );
+        assert_eq!(
+            self.attached_egress_programs(),
+            0,
+            "a program is still attached to the test cgroup"
+        );
+        assert!(
+            !self
+                .client_tables()
+                .contains(&"table inet net-trust".to_owned()),
+            "the nftables table is still there"
+        );
     }
 }

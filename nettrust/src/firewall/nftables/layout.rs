@@ -350,6 +350,13 @@ pub(super) fn install_batch(
             INPUT_CHAIN,
             Rule::new().iif_loopback().verdict(expr::ACCEPT),
         ));
+        // IPv6 needs neighbour discovery and MLD in both directions.
+        for (lo, hi) in [(130, 137), (143, 143)] {
+            msgs.push(rule_msg(
+                INPUT_CHAIN,
+                Rule::new().icmpv6_types(lo, hi).verdict(expr::ACCEPT),
+            ));
+        }
     }
     msgs
 }
