@@ -11,7 +11,7 @@ use std::{
     io,
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Mutex, RwLock},
 };
 
 use aya::{
@@ -34,6 +34,7 @@ pub use super::pinned::{
 };
 use super::{
     Authorization, AuthorizedHost, ExitMode, Firewall, FirewallError, HostState, Policy,
+    names::NameWriter,
     pins::{self, PinError},
 };
 
@@ -119,8 +120,10 @@ pub(super) type HostMap<const N: usize> = AyaHashMap<MapData, [u8; N], HostValue
 pub(super) type NameMap = AyaHashMap<MapData, [u8; 16], HostName>;
 pub(super) type CgroupMap = AyaHashMap<MapData, u64, CgroupPath>;
 
-/// The maps written on the DNS path and by the sweeper, behind one lock: every read-modify-write
-/// of a host entry (authorize, renew_if, remove_if) is atomic with respect to the others.
+/// The maps written on the DNS path and by the sweeper, behind one read-write lock: DNS answers
+/// authorize under the shared lock (each element operation is atomic in the kernel, so answers
+/// never wait for each other); the compare-and-set of the sweeper (renew_if, remove_if), reloads
+/// and exit take it exclusively, so a renewal by DNS can never be lost to a removal.
 pub(super) struct HostMaps {
     pub(super) v4: HostMap<4>,
     pub(super) v6: HostMap<16>,
@@ -142,7 +145,9 @@ pub struct EbpfOptions {
 
 /// The running eBPF backend.
 pub struct EbpfFirewall {
-    hosts: Mutex<HostMaps>,
+    hosts: RwLock<HostMaps>,
+    /// Writes the names of `nettrust list` off the DNS path.
+    names: NameWriter,
     /// Second handles on the host maps for full scans (sweeper, metrics), which need no lock
     /// (every change a sweep leads to is conditional): a scan of a full map must not stall DNS
     /// answers.
@@ -268,8 +273,11 @@ impl EbpfFirewall {
             super::pinned::open_pinned(dir, MAP_HOSTS_V4, Map::HashMap)?,
             super::pinned::open_pinned(dir, MAP_HOSTS_V6, Map::HashMap)?,
         );
+        let names = NameWriter::start(super::pinned::open_pinned(dir, MAP_NAMES, Map::HashMap)?)
+            .map_err(|e| map_error(MAP_NAMES, "cannot start the name writer", e))?;
         Ok(Self {
-            hosts: Mutex::new(hosts),
+            hosts: RwLock::new(hosts),
+            names,
             scan,
             pin_dir: dir.clone(),
             _ebpf: Mutex::new(ebpf),
@@ -299,11 +307,12 @@ impl EbpfFirewall {
         for task in self.tasks.lock().expect("poisoned").drain(..) {
             task.abort();
         }
+        self.names.flush();
         match mode {
             ExitMode::FlushAll => pins::remove_all(&self.pin_dir)
                 .map_err(|errors| errors.into_iter().map(EbpfError::Pin).collect()),
             ExitMode::KeepPolicy => {
-                let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+                let mut hosts = self.hosts.write().expect("host maps lock poisoned");
                 clear_authorized(&mut hosts).map_err(|e| vec![e])
             }
             ExitMode::KeepAll => Ok(()),
@@ -395,10 +404,10 @@ pub(super) fn attach_one(
 
 impl Firewall for EbpfFirewall {
     fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError> {
-        let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+        let hosts = self.hosts.read().expect("host maps lock poisoned");
         let result = match addr {
-            IpAddr::V4(ip) => upsert(&mut hosts.v4, ip.octets(), expires_ns),
-            IpAddr::V6(ip) => upsert(&mut hosts.v6, ip.octets(), expires_ns),
+            IpAddr::V4(ip) => upsert(&hosts.v4, ip.octets(), expires_ns),
+            IpAddr::V6(ip) => upsert(&hosts.v6, ip.octets(), expires_ns),
         };
         result.map_err(|e| FirewallError::Authorize {
             addr,
@@ -415,7 +424,7 @@ impl Firewall for EbpfFirewall {
     fn set_whitelist(&self, new: &Policy) -> Result<(), FirewallError> {
         let wrap = |e: EbpfError| FirewallError::Whitelist(Box::new(e));
         let mut current = self.policy.lock().expect("policy lock poisoned");
-        let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+        let mut hosts = self.hosts.write().expect("host maps lock poisoned");
         let mut nets_v4: LpmTrie<MapData, [u8; 4], u32> =
             super::pinned::open_pinned(&self.pin_dir, MAP_NETS_V4, Map::LpmTrie).map_err(wrap)?;
         let mut nets_v6: LpmTrie<MapData, [u8; 16], u32> =
@@ -453,18 +462,13 @@ impl Firewall for EbpfFirewall {
         Ok(())
     }
 
+    /// Queued for the name writer: the reply does not wait for it.
     fn record_name(&self, addr: IpAddr, name: &str) -> Result<(), FirewallError> {
-        let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
         let value = HostName {
             name: pins::padded(name.trim_end_matches('.')),
         };
-        hosts
-            .names
-            .insert(name_key(addr), value, 0)
-            .map_err(|e| FirewallError::Update {
-                addr,
-                source: Box::new(e),
-            })
+        self.names.put(name_key(addr), value);
+        Ok(())
     }
 
     fn due(&self, horizon_ns: u64) -> Result<Vec<HostState>, FirewallError> {
@@ -481,7 +485,7 @@ impl Firewall for EbpfFirewall {
         seen_expires_ns: u64,
         new_expires_ns: u64,
     ) -> Result<bool, FirewallError> {
-        let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+        let mut hosts = self.hosts.write().expect("host maps lock poisoned");
         let result = match addr {
             IpAddr::V4(ip) => {
                 renew_entry(&mut hosts.v4, ip.octets(), seen_expires_ns, new_expires_ns)
@@ -497,7 +501,7 @@ impl Firewall for EbpfFirewall {
     }
 
     fn remove_if(&self, addr: IpAddr, seen_expires_ns: u64) -> Result<bool, FirewallError> {
-        let mut hosts = self.hosts.lock().expect("host maps lock poisoned");
+        let mut hosts = self.hosts.write().expect("host maps lock poisoned");
         let result = match addr {
             IpAddr::V4(ip) => remove_entry(&mut hosts.v4, ip.octets(), seen_expires_ns),
             IpAddr::V6(ip) => remove_entry(&mut hosts.v6, ip.octets(), seen_expires_ns),

@@ -12,7 +12,7 @@ use nettrust_common::{
 };
 
 use super::{
-    Authorization, AuthorizedHost, HostState, Policy, boottime_ns,
+    Authorization, AuthorizedHost, HostState, Policy, boottime_ns, bpf_sys,
     ebpf::{EbpfError, HostMap, HostMaps, NameMap, map_error},
     pins,
 };
@@ -78,15 +78,15 @@ pub(super) fn name_key(addr: IpAddr) -> [u8; 16] {
     }
 }
 
-/// Writes an authorization, keeping the flags already present. A whitelisted entry is left as it is.
-/// `BPF_NOEXIST` from linux/bpf.h: create the element only if it does not exist yet.
-const BPF_NOEXIST: u64 = 1;
-
+/// Writes an authorization, keeping the flags already present; a whitelisted entry is left as
+/// it is. Runs under the *shared* host-map lock (concurrent answers write at once; the kernel
+/// makes each element operation atomic), so it works on the map's descriptor directly.
 pub(super) fn upsert<const N: usize>(
-    map: &mut HostMap<N>,
+    map: &HostMap<N>,
     key: [u8; N],
     expires_ns: u64,
-) -> Result<Authorization, MapError> {
+) -> std::io::Result<Authorization> {
+    let fd = bpf_sys::fd_of(map);
     // Most answers carry addresses not in the map yet: one BPF_NOEXIST insert (a single
     // syscall) settles those; only an existing entry needs the read-modify-write below.
     let fresh = HostValue {
@@ -94,37 +94,33 @@ pub(super) fn upsert<const N: usize>(
         flags: FLAG_AUTHORIZED,
         ..HostValue::default()
     };
-    match map.insert(key, fresh, BPF_NOEXIST) {
+    match bpf_sys::update(fd, &key, &fresh, bpf_sys::BPF_NOEXIST) {
         Ok(()) => return Ok(Authorization::New),
-        Err(MapError::SyscallError(ref e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
         Err(e) => return Err(e),
     }
-    match map.get(&key, 0) {
-        Ok(old) if old.flags & FLAG_WHITELISTED != 0 => Ok(Authorization::Already),
-        Ok(old) => {
+    match bpf_sys::lookup::<_, HostValue>(fd, &key)? {
+        Some(old) if old.flags & FLAG_WHITELISTED != 0 => Ok(Authorization::Already),
+        Some(old) => {
             let live = old.is_live(boottime_ns());
-            map.insert(
-                key,
-                HostValue {
-                    expires_ns,
-                    last_seen_ns: old.last_seen_ns,
-                    flags: old.flags | FLAG_AUTHORIZED,
-                    _pad: 0,
-                },
-                0,
-            )?;
+            let renewed = HostValue {
+                expires_ns,
+                last_seen_ns: old.last_seen_ns,
+                flags: old.flags | FLAG_AUTHORIZED,
+                _pad: 0,
+            };
+            bpf_sys::update(fd, &key, &renewed, bpf_sys::BPF_ANY)?;
             Ok(if live {
                 Authorization::Already
             } else {
                 Authorization::New
             })
         }
-        // Removed (swept) between the two calls: write it afresh.
-        Err(MapError::KeyNotFound) => {
-            map.insert(key, fresh, 0)?;
+        // Gone between the two calls: write it afresh.
+        None => {
+            bpf_sys::update(fd, &key, &fresh, bpf_sys::BPF_ANY)?;
             Ok(Authorization::New)
         }
-        Err(e) => Err(e),
     }
 }
 

@@ -1,9 +1,11 @@
 //! Firewall backends behind one trait: the eBPF backend enforces in the kernel, the fake backend
 //! keeps the same state in memory so policy logic can be tested without root.
 
+mod bpf_sys;
 pub mod ebpf;
 mod entries;
 pub mod fake;
+mod names;
 pub mod nftables;
 pub mod pinned;
 pub mod pins;

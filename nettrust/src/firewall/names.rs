@@ -1,0 +1,121 @@
+//! Off the DNS path: the names shown by `nettrust list` are written into the `NAMES` map by a
+//! background thread every few milliseconds, many per system call (`BPF_MAP_UPDATE_BATCH`), so an
+//! answer's reply waits only for its authorizations. Best effort, like the names themselves: a
+//! name appears up to [`PERIOD`] after its address is authorized, and names are dropped (never
+//! authorizations) when the queue is full.
+
+use std::{
+    os::fd::RawFd,
+    sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use nettrust_common::HostName;
+
+use super::bpf_sys;
+
+/// Names waiting to be written at most; more are dropped.
+const QUEUE: usize = 8_192;
+/// Names per system call at most.
+const BATCH: usize = 512;
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "names travel by value: no allocation per answer"
+)]
+enum Msg {
+    Put([u8; 16], HostName),
+    /// Acknowledged once everything queued before it is written.
+    Flush(SyncSender<()>),
+}
+
+/// The writer: a queue and the thread draining it. The thread owns its own handle on the map
+/// and ends when the writer is dropped.
+pub(super) struct NameWriter {
+    tx: SyncSender<Msg>,
+    _thread: JoinHandle<()>,
+}
+
+impl NameWriter {
+    /// Starts the thread writing into `map` (which it keeps open).
+    pub(super) fn start(map: super::ebpf::NameMap) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("nettrust-names".into())
+            .spawn(move || drain(&map, &rx))?;
+        Ok(Self {
+            tx,
+            _thread: thread,
+        })
+    }
+
+    /// Queues `name` for `key` (the NAMES key of an address); never blocks.
+    pub(super) fn put(&self, key: [u8; 16], name: HostName) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Put(key, name)) {
+            tracing::debug!("name queue full, a name is not recorded");
+        }
+    }
+
+    /// Returns once every name queued so far is in the map.
+    pub(super) fn flush(&self) {
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(Msg::Flush(ack)).is_ok() {
+            let _ = done.recv();
+        }
+    }
+}
+
+/// How often the thread collects queued names. It never blocks on the queue, so queuing a name
+/// never has to wake it (a wake per answer would cost more than the write it saves).
+const PERIOD: Duration = Duration::from_millis(5);
+
+fn drain(map: &super::ebpf::NameMap, rx: &Receiver<Msg>) {
+    let fd = bpf_sys::fd_of(map);
+    let mut keys = Vec::with_capacity(BATCH);
+    let mut values = Vec::with_capacity(BATCH);
+    let mut acks = Vec::new();
+    loop {
+        let closed = loop {
+            match rx.try_recv() {
+                Ok(Msg::Put(key, value)) => {
+                    keys.push(key);
+                    values.push(value);
+                    if keys.len() == BATCH {
+                        write(fd, &keys, &values);
+                        keys.clear();
+                        values.clear();
+                    }
+                }
+                Ok(Msg::Flush(ack)) => acks.push(ack),
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
+            }
+        };
+        write(fd, &keys, &values);
+        keys.clear();
+        values.clear();
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+        if closed {
+            return;
+        }
+        std::thread::sleep(PERIOD);
+    }
+}
+
+fn write(fd: RawFd, keys: &[[u8; 16]], values: &[HostName]) {
+    if keys.is_empty() {
+        return;
+    }
+    if let Err((done, e)) = bpf_sys::update_batch(fd, keys, values) {
+        // Kernels without batch support for this map type: one element at a time.
+        tracing::debug!("batched name update stopped after {done}: {e}; writing one by one");
+        for (key, value) in keys.iter().zip(values).skip(done) {
+            if let Err(e) = bpf_sys::update(fd, key, value, bpf_sys::BPF_ANY) {
+                tracing::debug!("cannot record a name: {e}");
+            }
+        }
+    }
+}
