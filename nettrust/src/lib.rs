@@ -351,7 +351,6 @@ fn start_backend(
             tracing::info!("firewall backend: nftables (gateway mode needs the forward hook)");
             start_nftables()
         }
-        Backend::Auto if settings.do_not_flush_table => start_ebpf(),
         Backend::Auto => match start_ebpf() {
             Err(e) if ebpf_unavailable(&e) => {
                 tracing::warn!(
