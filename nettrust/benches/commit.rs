@@ -65,7 +65,12 @@ fn answer(round: u32, count: u32, first: u32) -> (Query, Message) {
     msg.add_query(question.clone());
     for i in 0..count {
         let n = first + i;
-        let ip = Ipv4Addr::new(240 + (n >> 24) as u8, (n >> 16) as u8, (n >> 8) as u8, n as u8);
+        let ip = Ipv4Addr::new(
+            240 + (n >> 24) as u8,
+            (n >> 16) as u8,
+            (n >> 8) as u8,
+            n as u8,
+        );
         msg.add_answer(Record::from_rdata(name.clone(), 60, RData::A(A(ip))));
     }
     (question, msg)
@@ -121,11 +126,19 @@ fn main() {
         // cargo bench passes --bench; other arguments are ignored.
     }
     // SAFETY: geteuid has no preconditions.
-    assert!(unsafe { libc::geteuid() } == 0, "run as root (cargo xtask bench commit)");
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "run as root (cargo xtask bench commit)"
+    );
     // Still single-threaded: the whole process moves into a fresh network namespace.
     // SAFETY: unshare on our own process.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -156,7 +169,8 @@ fn main() {
     for (i, count) in [1u32, 8].into_iter().enumerate() {
         measure("ebpf", ebpf.clone(), count, rounds, (i as u32) << 20);
     }
-    ebpf.stop(ExitMode::FlushAll).expect("stop the eBPF backend");
+    ebpf.stop(ExitMode::FlushAll)
+        .expect("stop the eBPF backend");
 
     let nft = Arc::new(
         NftablesFirewall::start(

@@ -152,14 +152,11 @@ impl Authorizer {
         };
         let mut new = Vec::new();
         for addr in allowed {
-            let authorization = self
-                .firewall
-                .authorize(addr, expires_ns)
-                .inspect_err(|e| {
-                    if matches!(e, FirewallError::Full { .. }) {
-                        crate::metrics::metrics().firewall_full.inc();
-                    }
-                })?;
+            let authorization = self.firewall.authorize(addr, expires_ns).inspect_err(|e| {
+                if matches!(e, FirewallError::Full { .. }) {
+                    crate::metrics::metrics().firewall_full.inc();
+                }
+            })?;
             if let Err(e) = self.firewall.record_name(addr, &qname.to_string()) {
                 tracing::debug!("cannot record the name of {addr}: {e}");
             }

@@ -110,17 +110,26 @@ fn pinned_maps_of_another_capacity_are_refused() {
     // Another capacity: refused with a message naming the setting, the pinned and the asked size.
     let upstream = format!("{}:53", world::UPSTREAM);
     let mut cmd = world.in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"));
-    cmd.args(["run", "--listen-addr", "127.0.0.1:53", "--fwd-addr", &upstream])
-        .arg("--cgroup")
-        .arg(&world.cgroup)
-        .arg("--bpffs-dir")
-        .arg(&world.bpffs_dir)
-        .args(["--max-hosts", "128", "--firewall-backend", "auto"]);
+    cmd.args([
+        "run",
+        "--listen-addr",
+        "127.0.0.1:53",
+        "--fwd-addr",
+        &upstream,
+    ])
+    .arg("--cgroup")
+    .arg(&world.cgroup)
+    .arg("--bpffs-dir")
+    .arg(&world.bpffs_dir)
+    .args(["--max-hosts", "128", "--firewall-backend", "auto"]);
     let out = output_within(cmd, Duration::from_secs(20));
     assert!(!out.status.success(), "a start with another capacity ran");
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in ["max_hosts", "64", "128", "nettrust flush"] {
-        assert!(err.contains(needle), "error does not name {needle:?}:\n{err}");
+        assert!(
+            err.contains(needle),
+            "error does not name {needle:?}:\n{err}"
+        );
     }
     // Nothing changed: the kept authorization is still enforced, the rest still blocked.
     assert!(world.reachable_from_cgroup("203.0.113.1"));

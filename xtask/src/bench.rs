@@ -445,7 +445,12 @@ impl Bench {
         let text = self.dnsperf(&dnsperf_args(
             server,
             &self.dir.join("queries"),
-            &["-l", &opts.seconds.to_string(), "-q", &opts.in_flight.to_string()],
+            &[
+                "-l",
+                &opts.seconds.to_string(),
+                "-q",
+                &opts.in_flight.to_string(),
+            ],
         ))?;
         let qps = field(&text, "Queries per second:").context("no qps in dnsperf's output")?;
         let completed = field(&text, "Queries completed:").unwrap_or(0.0);
@@ -477,7 +482,10 @@ impl Bench {
             .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
             .collect();
         if latencies.len() < 100 {
-            bail!("dnsperf -v against {server}: only {} answers", latencies.len());
+            bail!(
+                "dnsperf -v against {server}: only {} answers",
+                latencies.len()
+            );
         }
         latencies.sort_by(f64::total_cmp);
         Ok((
@@ -619,10 +627,7 @@ pub fn run(root: &Path, binary: &Path, what: What, opts: &Options) -> Result<Rep
     }
     let mut report = Report::new(opts);
     let started = Instant::now();
-    let needs_world = matches!(
-        what,
-        What::Dns | What::Datapath | What::Memory | What::All
-    );
+    let needs_world = matches!(what, What::Dns | What::Datapath | What::Memory | What::All);
     if needs_world {
         let mut bench = Bench::new(binary)?;
         let fill = if what == What::Dns {

@@ -11,9 +11,12 @@ use crate::{
     bench_report::{Figure, Report},
 };
 
+/// (backend, addresses), then the p50 and the p99 of every run in µs.
+type Samples = Vec<((String, String), Vec<f64>, Vec<f64>)>;
+
 pub fn run(root: &Path, opts: &Options, report: &mut Report) -> Result<()> {
     // (backend, addresses) -> p50 and p99 of every run, in ns.
-    let mut samples: Vec<((String, String), Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut samples: Samples = Vec::new();
     for run in 0..opts.runs {
         let mut cmd = crate::cargo(root)?;
         cmd.args(["bench", "--package", "nettrust", "--bench", "commit"]);
@@ -49,7 +52,11 @@ pub fn run(root: &Path, opts: &Options, report: &mut Report) -> Result<()> {
         }
     }
     for ((backend, count), p50, p99) in samples {
-        let backend = if backend == "ebpf" { "eBPF" } else { "nftables" };
+        let backend = if backend == "ebpf" {
+            "eBPF"
+        } else {
+            "nftables"
+        };
         let what = if count == "1" { "address" } else { "addresses" };
         report.add(Figure::new(
             "commit",

@@ -123,8 +123,18 @@ fn tcp_udp(bench: &Bench, opts: &Options, label: &str, report: &mut Report) -> R
         );
         udp.push(packets / secs / 1e3);
     }
-    report.add(Figure::new("datapath", &format!("TCP {label}"), "Gbit/s", tcp));
-    report.add(Figure::new("datapath", &format!("UDP {label}"), "kpps", udp));
+    report.add(Figure::new(
+        "datapath",
+        &format!("TCP {label}"),
+        "Gbit/s",
+        tcp,
+    ));
+    report.add(Figure::new(
+        "datapath",
+        &format!("UDP {label}"),
+        "kpps",
+        udp,
+    ));
     Ok(())
 }
 
@@ -196,7 +206,11 @@ fn authorized_hosts(bench: &Bench) -> Result<u64> {
 /// Kernel memory of the daemon's BPF maps (fdinfo `memlock`, each map counted once) and its
 /// resident set size.
 fn memory(bench: &Bench, label: &str, capacity: u32, report: &mut Report) -> Result<()> {
-    let pid = bench.nettrust.as_ref().context("nettrust is not running")?.id();
+    let pid = bench
+        .nettrust
+        .as_ref()
+        .context("nettrust is not running")?
+        .id();
     // map_id -> (memlock bytes, description)
     let mut maps: BTreeMap<u64, (u64, String)> = BTreeMap::new();
     for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
@@ -226,7 +240,13 @@ fn memory(bench: &Bench, label: &str, capacity: u32, report: &mut Report) -> Res
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rss_kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .context("no VmRSS")?;
     let mut biggest: Vec<&(u64, String)> = maps.values().collect();
     biggest.sort_by_key(|(m, _)| std::cmp::Reverse(*m));

@@ -1,13 +1,7 @@
 //! Benchmark figures (median of the runs, with min–max), the printed table, `results.md` and the
 //! chart (an SVG written here, converted to PNG with `rsvg-convert` from librsvg2-bin).
 
-use std::{
-    fmt::Write as _,
-    fs,
-    path::Path,
-    process::Command,
-    time::Duration,
-};
+use std::{fmt::Write as _, fs, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -46,7 +40,10 @@ impl Figure {
     }
 
     fn max(&self) -> f64 {
-        self.values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        self.values
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
     }
 }
 
@@ -259,25 +256,33 @@ impl Report {
 
     /// Horizontal bar charts, one panel per group, the median as the bar and min–max as a line.
     fn svg(&self) -> String {
-        let panels: Vec<(&str, Vec<&Figure>)> = [
-            ("DNS throughput, 100 in flight (qps, higher is better)", "dns", " qps"),
-            ("DNS p50 latency at 1,000 qps (µs, lower is better)", "dns", " p50 @1k qps"),
-            ("TCP throughput from the cgroup (Gbit/s)", "datapath", "TCP "),
-            ("UDP packets sent from the cgroup, 64-byte datagrams (kpps)", "datapath", "UDP "),
-            ("Commit of one answer, p50 (µs, lower is better)", "commit", " p50"),
-            ("Memory (MB)", "memory", ""),
-        ]
-        .into_iter()
-        .map(|(title, section, key)| {
-            let figs = self
-                .figures
-                .iter()
-                .filter(|f| f.section == section && f.name.contains(key))
-                .collect();
-            (title, figs)
-        })
-        .filter(|(_, figs): &(&str, Vec<&Figure>)| !figs.is_empty())
-        .collect();
+        type Select = fn(&Figure) -> bool;
+        let groups: [(&str, Select); 6] = [
+            (
+                "DNS throughput, 100 in flight (qps, higher is better)",
+                |f| f.section == "dns" && f.unit == "qps",
+            ),
+            ("DNS p50 latency at 1,000 qps (µs, lower is better)", |f| {
+                f.section == "dns" && f.name.contains(" p50 ")
+            }),
+            (
+                "TCP throughput from the cgroup (Gbit/s, higher is better)",
+                |f| f.section == "datapath" && f.name.starts_with("TCP "),
+            ),
+            (
+                "UDP 64-byte datagrams sent from the cgroup (kpps, higher is better)",
+                |f| f.section == "datapath" && f.name.starts_with("UDP "),
+            ),
+            ("Commit of one answer, p50 (µs, lower is better)", |f| {
+                f.section == "commit" && f.name.ends_with(" p50")
+            }),
+            ("Memory (MB)", |f| f.section == "memory"),
+        ];
+        let panels: Vec<(&str, Vec<&Figure>)> = groups
+            .into_iter()
+            .map(|(title, select)| (title, self.figures.iter().filter(|f| select(f)).collect()))
+            .filter(|(_, figs): &(&str, Vec<&Figure>)| !figs.is_empty())
+            .collect();
         let (width, label_w, bar_w, row_h) = (980.0, 330.0, 520.0, 22.0);
         let height: f64 = panels
             .iter()
@@ -357,7 +362,11 @@ impl Report {
             }
             for f in figs {
                 if f.values.is_empty() || f.values.iter().any(|v| !v.is_finite() || *v <= 0.0) {
-                    bail!("bench {section}: {} has no valid value: {:?}", f.name, f.values);
+                    bail!(
+                        "bench {section}: {} has no valid value: {:?}",
+                        f.name,
+                        f.values
+                    );
                 }
             }
         }
