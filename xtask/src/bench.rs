@@ -636,15 +636,31 @@ pub fn run(root: &Path, binary: &Path, what: What, opts: &Options) -> Result<Rep
             opts.fill_names()
         };
         bench.start_upstream(fill)?;
+        eprintln!(
+            "xtask: world ready after {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
         if matches!(what, What::Dns | What::All) {
             dns(&mut bench, opts, &mut report)?;
+            eprintln!(
+                "xtask: dns done after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
         }
         if matches!(what, What::Datapath | What::Memory | What::All) {
             crate::bench_datapath::run(&mut bench, opts, what, &mut report)?;
+            eprintln!(
+                "xtask: datapath/memory done after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     if matches!(what, What::Commit | What::All) {
         crate::bench_commit::run(root, opts, &mut report)?;
+        eprintln!(
+            "xtask: commit done after {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
     }
     report.load = crate::bench_report::loadavg();
     report.elapsed = started.elapsed();

@@ -88,11 +88,16 @@ pub fn run(bench: &mut Bench, opts: &Options, what: What, report: &mut Report) -
     Ok(())
 }
 
-/// `iperf3 -c TARGET ARGS -J` from the cgroup; its JSON.
-fn iperf(bench: &Bench, args: &[&str]) -> Result<serde_json::Value> {
+/// `iperf3 -c TARGET ARGS -J` from the cgroup (or, with `outside`, from the client namespace
+/// outside the filtered cgroup); its JSON.
+fn iperf_from(bench: &Bench, outside: bool, args: &[&str]) -> Result<serde_json::Value> {
     let mut all: Vec<String> = ["-c", TARGET_V4, "-J"].map(String::from).to_vec();
     all.extend(args.iter().map(|s| (*s).to_owned()));
-    let out = bench.in_cgroup("iperf3", &all).output()?;
+    let out = if outside {
+        bench.in_client("iperf3").args(&all).output()?
+    } else {
+        bench.in_cgroup("iperf3", &all).output()?
+    };
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "iperf3 gave no JSON: {}",
@@ -105,23 +110,49 @@ fn iperf(bench: &Bench, args: &[&str]) -> Result<serde_json::Value> {
     Ok(json)
 }
 
+fn iperf(bench: &Bench, args: &[&str]) -> Result<serde_json::Value> {
+    iperf_from(bench, false, args)
+}
+
+/// TCP Gbit/s and UDP kpps (64-byte datagrams sent) of one run each.
+fn one_run(bench: &Bench, outside: bool, seconds: &str) -> Result<(f64, f64)> {
+    let json = iperf_from(bench, outside, &["-t", seconds])?;
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("no TCP throughput in iperf3's output")?;
+    let json = iperf_from(
+        bench,
+        outside,
+        &["-t", seconds, "-u", "-b", "0", "-l", "64"],
+    )?;
+    let sum = &json["end"]["sum"];
+    let (packets, secs) = (
+        sum["packets"].as_f64().context("no UDP packet count")?,
+        sum["seconds"].as_f64().context("no UDP duration")?,
+    );
+    Ok((bps / 1e9, packets / secs / 1e3))
+}
+
+/// `runs` TCP and UDP runs from the cgroup. With a filter (`paired`), each run is preceded by
+/// the same run from outside the cgroup at that moment, and the ratio of the pair is a figure
+/// of its own: it does not drift with the machine's load like two figures minutes apart.
 fn tcp_udp(bench: &Bench, opts: &Options, label: &str, report: &mut Report) -> Result<()> {
+    let paired = label != "no filter";
     let seconds = opts.latency_seconds.to_string();
-    let mut tcp = Vec::new();
-    let mut udp = Vec::new();
+    let (mut tcp, mut udp, mut tcp_ratio, mut udp_ratio) = (vec![], vec![], vec![], vec![]);
     for _ in 0..opts.runs {
-        let json = iperf(bench, &["-t", &seconds])?;
-        let bps = json["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .context("no TCP throughput in iperf3's output")?;
-        tcp.push(bps / 1e9);
-        let json = iperf(bench, &["-t", &seconds, "-u", "-b", "0", "-l", "64"])?;
-        let sum = &json["end"]["sum"];
-        let (packets, secs) = (
-            sum["packets"].as_f64().context("no UDP packet count")?,
-            sum["seconds"].as_f64().context("no UDP duration")?,
-        );
-        udp.push(packets / secs / 1e3);
+        let base = if paired {
+            Some(one_run(bench, true, &seconds)?)
+        } else {
+            None
+        };
+        let (t, u) = one_run(bench, false, &seconds)?;
+        tcp.push(t);
+        udp.push(u);
+        if let Some((bt, bu)) = base {
+            tcp_ratio.push(t / bt * 100.0);
+            udp_ratio.push(u / bu * 100.0);
+        }
     }
     report.add(Figure::new(
         "datapath",
@@ -135,6 +166,20 @@ fn tcp_udp(bench: &Bench, opts: &Options, label: &str, report: &mut Report) -> R
         "kpps",
         udp,
     ));
+    if paired {
+        report.add(Figure::new(
+            "ratio",
+            &format!("TCP {label} / unfiltered, paired"),
+            "%",
+            tcp_ratio,
+        ));
+        report.add(Figure::new(
+            "ratio",
+            &format!("UDP {label} / unfiltered, paired"),
+            "%",
+            udp_ratio,
+        ));
+    }
     Ok(())
 }
 

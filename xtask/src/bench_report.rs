@@ -58,11 +58,13 @@ pub struct Report {
 }
 
 /// Figures each section must produce (for the CI smoke check).
-const EXPECTED: [(&str, usize); 4] = [
+const EXPECTED: [(&str, usize); 5] = [
     // (a)..(e): qps, p50, p99.
     ("dns", 15),
     // none, eBPF 0/10k/1M, nftables 0/10k/1M: TCP and UDP.
     ("datapath", 14),
+    // eBPF and nftables 0/10k/1M against unfiltered runs at the same moment: TCP and UDP.
+    ("ratio", 12),
     // eBPF and nftables, 1 and 8 addresses: p50 and p99.
     ("commit", 8),
     // kernel map memory and daemon RSS, with 0 and with "1M" hosts.
@@ -160,24 +162,6 @@ impl Report {
                 ));
             }
         }
-        for proto in ["TCP", "UDP"] {
-            let base = format!("{proto} no filter");
-            for step in [
-                "eBPF, 0 hosts",
-                "eBPF, 10k hosts",
-                "eBPF, 1M hosts",
-                "nftables, 0 hosts",
-                "nftables, 10k hosts",
-                "nftables, 1M hosts",
-            ] {
-                if let Some(r) = ratio(&format!("{proto} {step}"), &base) {
-                    out.push((
-                        format!("datapath {proto} {step} / no filter"),
-                        format!("{:.1} %", r * 100.0),
-                    ));
-                }
-            }
-        }
         out
     }
 
@@ -257,7 +241,7 @@ impl Report {
     /// Horizontal bar charts, one panel per group, the median as the bar and min–max as a line.
     fn svg(&self) -> String {
         type Select = fn(&Figure) -> bool;
-        let groups: [(&str, Select); 6] = [
+        let groups: [(&str, Select); 7] = [
             (
                 "DNS throughput, 100 in flight (qps, higher is better)",
                 |f| f.section == "dns" && f.unit == "qps",
@@ -272,6 +256,10 @@ impl Report {
             (
                 "UDP 64-byte datagrams sent from the cgroup (kpps, higher is better)",
                 |f| f.section == "datapath" && f.name.starts_with("UDP "),
+            ),
+            (
+                "Filtered / unfiltered at the same moment, paired runs (%, higher is better)",
+                |f| f.section == "ratio",
             ),
             ("Commit of one answer, p50 (µs, lower is better)", |f| {
                 f.section == "commit" && f.name.ends_with(" p50")
