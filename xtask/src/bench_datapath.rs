@@ -199,13 +199,19 @@ fn resolve_target(bench: &Bench) -> Result<()> {
     Ok(())
 }
 
-/// Resolves `f{from}.fill` .. `f{to - 1}.fill` once each through nettrust (100 in flight),
+/// Resolves the fill names of 240.0.0.0/12 number `from` .. `to - 1` once each through nettrust (100 in flight),
 /// again for those lost, until at least 99 % are authorized.
 fn fill(bench: &Bench, from: u32, to: u32) -> Result<()> {
     let path = bench.dir.join(format!("fill-{from}-{to}"));
     let mut queries = String::with_capacity((to - from) as usize * 16);
     for i in from..to {
-        writeln!(queries, "f{i}.fill A")?;
+        writeln!(
+            queries,
+            "f-240-{}-{}-{}.fill A",
+            (i >> 16) & 0xff,
+            (i >> 8) & 0xff,
+            i & 0xff
+        )?;
     }
     fs::write(&path, queries)?;
     for pass in 1..=3 {
