@@ -53,7 +53,8 @@ pub fn run(bench: &mut Bench, opts: &Options, what: What, report: &mut Report) -
         ])?;
         if with_iperf {
             // The filter is on: the target is refused until it was resolved.
-            if iperf(bench, &["-t", "1"]).is_ok() {
+            // (A dropped SYN is retried for minutes: bound the connect.)
+            if iperf(bench, &["-t", "1", "--connect-timeout", "1000"]).is_ok() {
                 bail!("{label}: iperf3 reached {TARGET_V4} before it was resolved");
             }
             resolve_target(bench)?;
