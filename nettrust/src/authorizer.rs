@@ -151,9 +151,14 @@ impl Authorizer {
             None => 0,
         };
         let mut new = Vec::new();
-        let authorizations =
-            self.firewall
-                .authorize_answer(&allowed, expires_ns, &qname.to_string())?;
+        let authorizations = self
+            .firewall
+            .authorize_answer(&allowed, expires_ns, &qname.to_string())
+            .inspect_err(|e| {
+                if matches!(e, FirewallError::Full { .. }) {
+                    crate::metrics::metrics().firewall_full.inc();
+                }
+            })?;
         for (addr, authorization) in allowed.into_iter().zip(authorizations) {
             match authorization {
                 Authorization::New => {

@@ -101,6 +101,13 @@ pub struct RunArgs {
     /// Most answers kept in the cache [default: 10000].
     #[arg(long, value_name = "N")]
     pub dns_cache_size: Option<usize>,
+    /// Capacity of each eBPF host map, per address family (authorized plus whitelisted hosts;
+    /// restart-only) [default: 65536].
+    #[arg(long, value_name = "N")]
+    pub max_hosts: Option<u32>,
+    /// Capacity of each eBPF network trie, per address family (restart-only) [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub max_networks: Option<u32>,
     /// Always allow loopback (127.0.0.0/8, ::1) [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub whitelist_loopback: Option<bool>,

@@ -123,6 +123,10 @@ pub struct FileConfig {
     pub dns_ttl_cache: Option<i64>,
     /// Most answers kept in the cache.
     pub dns_cache_size: Option<usize>,
+    /// Capacity of each eBPF host map (per address family).
+    pub max_hosts: Option<u32>,
+    /// Capacity of each eBPF network trie (per address family).
+    pub max_networks: Option<u32>,
     /// Always allow loopback destinations.
     pub whitelist_loopback: Option<bool>,
     /// Always allow private-network destinations.
@@ -305,6 +309,10 @@ pub struct Settings {
     pub dns_ttl_cache: Option<Duration>,
     /// Most answers kept in the cache.
     pub dns_cache_size: usize,
+    /// Capacity of each eBPF host map (per address family): authorized plus whitelisted hosts.
+    pub max_hosts: u32,
+    /// Capacity of each eBPF network trie (per address family).
+    pub max_networks: u32,
     /// Authorization lifetime; `None` = never expires.
     #[serde(with = "opt_secs")]
     pub authorized_ttl: Option<Duration>,
@@ -566,6 +574,8 @@ impl Settings {
             cgroups,
             dns_ttl_cache,
             dns_cache_size,
+            max_hosts,
+            max_networks,
             whitelist_loopback,
             whitelist_private,
             authorized_ttl,
@@ -1076,6 +1086,14 @@ impl Settings {
             None => crate::dns::cache::DEFAULT_CAPACITY,
         };
 
+        let (max_hosts, max_networks) = capacities(
+            args,
+            env,
+            (max_hosts, max_networks),
+            &whitelist_hosts,
+            &whitelist_networks,
+        )?;
+
         Ok(Self {
             listen_addr,
             listen_tls,
@@ -1091,6 +1109,8 @@ impl Settings {
             cgroups,
             dns_ttl_cache,
             dns_cache_size,
+            max_hosts,
+            max_networks,
             authorized_ttl,
             ttl_check_interval,
             do_not_flush_table,
@@ -1114,6 +1134,89 @@ impl Settings {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render the settings: {e}\n"))
     }
+}
+
+/// Largest accepted `max_hosts` (per family; 16 Mi entries cost about 2.5 GB of kernel memory).
+pub const MAX_HOSTS_LIMIT: u32 = 1 << 24;
+/// Largest accepted `max_networks` (per family).
+pub const MAX_NETWORKS_LIMIT: u32 = 1 << 20;
+
+/// `max_hosts` and `max_networks`: within range, and large enough for the whitelists they hold
+/// (a host map also needs room for at least one authorization).
+fn capacities(
+    args: &RunArgs,
+    env: &Env,
+    file: (Option<u32>, Option<u32>),
+    whitelist_hosts: &[IpAddr],
+    whitelist_networks: &[IpNet],
+) -> Result<(u32, u32), ConfigError> {
+    fn one(
+        pick: Option<Pick<u32>>,
+        default: u32,
+        limit: u32,
+        whitelisted: usize,
+        min: usize,
+        what: &str,
+    ) -> Result<u32, ConfigError> {
+        let Some(Pick { value, key }) = pick else {
+            return Ok(default);
+        };
+        if value == 0 || value > limit {
+            return Err(invalid(
+                key,
+                value.to_string(),
+                format!("must be between 1 and {limit}"),
+            ));
+        }
+        if (value as usize) < min {
+            return Err(invalid(
+                key,
+                value.to_string(),
+                format!(
+                    "too small for the {whitelisted} whitelisted {what} of one address family (at least {min})"
+                ),
+            ));
+        }
+        Ok(value)
+    }
+    let hosts = whitelist_hosts
+        .iter()
+        .filter(|h| h.is_ipv4())
+        .count()
+        .max(whitelist_hosts.iter().filter(|h| h.is_ipv6()).count());
+    let nets = whitelist_networks
+        .iter()
+        .filter(|n| matches!(n, IpNet::V4(_)))
+        .count()
+        .max(
+            whitelist_networks
+                .iter()
+                .filter(|n| matches!(n, IpNet::V6(_)))
+                .count(),
+        );
+    let max_hosts = one(
+        pick(args.max_hosts, "--max-hosts", env, "max_hosts", file.0)?,
+        nettrust_common::DEFAULT_MAX_HOSTS,
+        MAX_HOSTS_LIMIT,
+        hosts,
+        hosts + 1,
+        "hosts",
+    )?;
+    let max_networks = one(
+        pick(
+            args.max_networks,
+            "--max-networks",
+            env,
+            "max_networks",
+            file.1,
+        )?,
+        nettrust_common::DEFAULT_MAX_NETS,
+        MAX_NETWORKS_LIMIT,
+        nets,
+        nets,
+        "networks",
+    )?;
+    Ok((max_hosts, max_networks))
 }
 
 /// The config file named by `--config` or `NET_TRUST_CONFIG`, if any.

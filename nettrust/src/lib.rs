@@ -326,6 +326,10 @@ fn start_backend(
             pin_dir: settings.bpffs_dir.clone(),
             policy: policy.clone(),
             drop_input: settings.firewall_drop_input,
+            capacities: firewall::pins::Capacities {
+                hosts: settings.max_hosts,
+                networks: settings.max_networks,
+            },
         })?;
         firewall.start_denied_log();
         Ok(StartedBackend::Ebpf(Arc::new(firewall)))

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub rejected_answers: Family<ResultLabel, Counter>,
     /// Upstream round-trip time of answered queries.
     pub upstream_latency: Histogram,
+    /// Addresses refused because the host map was full (the client got SERVFAIL).
+    pub firewall_full: Counter,
     /// Authorizations removed by the expiry sweep.
     pub expired: Counter,
     /// Authorizations renewed because the host was still in use.
@@ -140,6 +142,12 @@ impl Metrics {
             "Upstream round-trip time",
             upstream_latency.clone(),
         );
+        let firewall_full = Counter::default();
+        registry.register(
+            "firewall_full",
+            "Answer addresses refused because the host map was full (client answered SERVFAIL)",
+            firewall_full.clone(),
+        );
         let expired = Counter::default();
         registry.register(
             "expired_hosts",
@@ -176,6 +184,7 @@ impl Metrics {
             addresses,
             rejected_answers,
             upstream_latency,
+            firewall_full,
             expired,
             renewed,
             authorized_hosts,

@@ -93,6 +93,8 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         cgroups,
         dns_ttl_cache,
         dns_cache_size,
+        max_hosts,
+        max_networks,
         authorized_ttl,
         ttl_check_interval,
         do_not_flush_table,
@@ -126,6 +128,8 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         (*cgroups != b.cgroups, "cgroups"),
         (*dns_ttl_cache != b.dns_ttl_cache, "dns_ttl_cache"),
         (*dns_cache_size != b.dns_cache_size, "dns_cache_size"),
+        (*max_hosts != b.max_hosts, "max_hosts"),
+        (*max_networks != b.max_networks, "max_networks"),
         (*authorized_ttl != b.authorized_ttl, "authorized_ttl"),
         (
             *ttl_check_interval != b.ttl_check_interval,

@@ -1,10 +1,16 @@
-//! `cargo xtask bench dns`: cache-miss forwarding throughput and latency of nettrust (eBPF
-//! backend, authorizing every answer into the maps) against querying the upstream directly.
+//! `cargo xtask bench [dns|datapath|commit|memory|all] [--smoke]` (issue 7).
 //!
-//! Everything runs in two network namespaces this command creates and removes: "client" (nettrust
-//! and dnsperf, inside a test cgroup that nettrust filters) and "upstream" (dnsmasq serving
-//! `NAMES` distinct names from a generated addn-hosts file), linked by a veth pair on
-//! documentation addresses. The host's own network and cgroups are never touched.
+//! Everything runs in two network namespaces this command creates and removes: "client" (nettrust,
+//! a forwarding dnsmasq and the clients, which run inside a bench cgroup that nettrust filters)
+//! and "upstream" (the authoritative dnsmasq serving generated names, and the iperf3 server),
+//! linked by a veth pair on documentation addresses. The host's own network and cgroups are never
+//! touched; namespaces, cgroup, pins and processes are removed in `Drop`, also on error.
+//!
+//! - `bench.rs`: the world, the DNS benchmark and the entry points;
+//! - `bench_datapath.rs`: iperf3 through no filter / eBPF / nftables with 0, 10k, 1M hosts, and
+//!   the memory figures taken along the way (1M hosts);
+//! - `bench_commit.rs`: runs the `commit` bench target of the nettrust crate;
+//! - `bench_report.rs`: figures, medians, the table, results.md and the chart.
 
 use std::{
     fmt::Write as _,
@@ -16,44 +22,83 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// Distinct names served by the upstream (each query of a run is a cache miss for nettrust).
+use crate::bench_report::{Figure, Report};
+
+/// Distinct names of the DNS benchmark (each query of a pass is a cache miss for nettrust).
 const NAMES: u32 = 100_000;
-/// Distinct addresses those names resolve to (198.18.0.0/15, RFC 2544's benchmarking range); below
-/// the eBPF host map's capacity (65536) so no authorization fails.
+/// Distinct addresses those names resolve to (198.18.0.0/15, RFC 2544's benchmarking range);
+/// below the default host map capacity (65536) so no authorization fails.
 const ADDRESSES: u32 = 50_000;
-const CLIENT_V4: &str = "198.51.100.1";
-const UPSTREAM_V4: &str = "198.51.100.53";
+pub(crate) const CLIENT_V4: &str = "198.51.100.1";
+pub(crate) const UPSTREAM_V4: &str = "198.51.100.53";
 const LINK_PEER_V4: &str = "198.51.100.2";
+/// The iperf3 server in the upstream namespace (resolved as `iperf.bench`).
+pub(crate) const TARGET_V4: &str = "192.0.2.1";
+/// The forwarding dnsmasq of variants (d) and (e), in the client namespace.
+const DNSMASQ_FWD: &str = "127.0.0.2";
+/// nftables table and set dnsmasq's `--nftset` writes into (variant e), in the client namespace.
+const NFTSET_TABLE: &str = "ntbench";
+/// Metrics endpoint of the daemon in the client namespace.
+pub(crate) const METRICS: &str = "127.0.0.1:9153";
 
-/// Options of one benchmark run.
+/// How much to measure.
+#[derive(Debug, Clone)]
 pub struct Options {
-    /// Seconds per dnsperf run.
+    /// Seconds per dnsperf throughput run.
     pub seconds: u32,
-    /// Queries in flight.
+    /// Seconds per fixed-rate (1,000 qps) latency run and per iperf3 run.
+    pub latency_seconds: u32,
+    /// Queries in flight for throughput.
     pub in_flight: u32,
+    /// Runs per figure (the median is reported, with min–max).
+    pub runs: u32,
+    /// Authorized hosts of the datapath's "10k" and "1M" steps.
+    pub hosts: [u32; 2],
+    /// Commit bench rounds per run.
+    pub rounds: u32,
+    /// Build profile of the nettrust binary and the commit bench (`release` or `dev`).
+    pub release: bool,
 }
 
-/// What dnsperf measured against one server.
-struct Figures {
-    qps: f64,
-    lost: u64,
-    p50_us: f64,
-    p99_us: f64,
-    /// p50 with a single query in flight: the per-query cost without queueing.
-    idle_p50_us: f64,
+impl Options {
+    /// The real benchmark.
+    pub fn full() -> Self {
+        Self {
+            seconds: 10,
+            latency_seconds: 5,
+            in_flight: 100,
+            runs: 3,
+            hosts: [10_000, 1_000_000],
+            rounds: 2000,
+            release: true,
+        }
+    }
+
+    /// CI smoke: every figure once, seconds each, small host counts.
+    pub fn smoke() -> Self {
+        Self {
+            seconds: 1,
+            latency_seconds: 1,
+            in_flight: 20,
+            runs: 1,
+            hosts: [200, 2000],
+            rounds: 50,
+            release: false,
+        }
+    }
 }
 
-/// Everything the benchmark created, removed in `Drop` (also on error or panic).
-struct Bench {
-    id: String,
-    dir: PathBuf,
-    cgroup: PathBuf,
-    bpffs_dir: PathBuf,
-    children: Vec<Child>,
-    nettrust: Option<Child>,
+/// Which benchmarks to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum What {
+    Dns,
+    Datapath,
+    Commit,
+    Memory,
+    All,
 }
 
-fn cmd(program: &str, args: &[&str]) -> Result<()> {
+pub(crate) fn cmd(program: &str, args: &[&str]) -> Result<()> {
     let out = Command::new(program)
         .args(args)
         .output()
@@ -79,15 +124,27 @@ fn cgroup2_root() -> Result<PathBuf> {
         .context("cgroup v2 is not mounted")
 }
 
+/// Everything the benchmark created, removed in `Drop` (also on error or panic).
+pub(crate) struct Bench {
+    id: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) cgroup: PathBuf,
+    pub(crate) bpffs_dir: PathBuf,
+    binary: PathBuf,
+    children: Vec<Child>,
+    forwarder: Option<Child>,
+    pub(crate) nettrust: Option<Child>,
+}
+
 impl Bench {
-    fn client(&self) -> String {
+    pub(crate) fn client(&self) -> String {
         format!("ntbc-{}", self.id)
     }
-    fn upstream(&self) -> String {
+    pub(crate) fn upstream(&self) -> String {
         format!("ntbu-{}", self.id)
     }
 
-    fn new() -> Result<Self> {
+    fn new(binary: &Path) -> Result<Self> {
         let id = std::process::id().to_string();
         let dir = std::env::temp_dir().join(format!("nettrust-bench-{id}"));
         fs::create_dir_all(&dir)?;
@@ -95,7 +152,9 @@ impl Bench {
             cgroup: cgroup2_root()?.join(format!("nettrust-bench-{id}")),
             bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/nettrust-bench-{id}")),
             dir,
+            binary: binary.to_owned(),
             children: Vec::new(),
+            forwarder: None,
             nettrust: None,
             id,
         };
@@ -107,9 +166,11 @@ impl Bench {
             format!("-n {c} link set lo up"),
             format!("-n {c} addr add {CLIENT_V4}/24 dev vbc{id}"),
             format!("-n {c} link set vbc{id} up"),
+            format!("-n {c} route add 192.0.2.0/24 via {LINK_PEER_V4}"),
             format!("-n {u} link set lo up"),
             format!("-n {u} addr add {LINK_PEER_V4}/24 dev vbu{id}"),
             format!("-n {u} addr add {UPSTREAM_V4}/24 dev vbu{id}"),
+            format!("-n {u} addr add {TARGET_V4}/24 dev vbu{id}"),
             format!("-n {u} link set vbu{id} up"),
         ];
         for line in script {
@@ -120,8 +181,9 @@ impl Bench {
         Ok(bench)
     }
 
-    /// `program` inside the client namespace (nsenter keeps /sys visible, unlike ip netns exec).
-    fn in_client(&self, program: &str) -> Command {
+    /// `program` inside the client namespace (nsenter keeps /sys visible, unlike ip netns exec;
+    /// it execs `program`, so the child's pid is the program's).
+    pub(crate) fn in_client(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", self.client()))
             .arg("--")
@@ -130,7 +192,7 @@ impl Bench {
     }
 
     /// `program` in the client namespace and the filtered cgroup (a shell moves itself first).
-    fn in_cgroup(&self, program: &str, args: &[String]) -> Command {
+    pub(crate) fn in_cgroup(&self, program: &str, args: &[String]) -> Command {
         let mut c = Command::new("sh");
         let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
         c.arg("-c").arg(format!(
@@ -142,7 +204,11 @@ impl Bench {
         c
     }
 
-    fn start_upstream(&mut self) -> Result<()> {
+    /// The authoritative upstream: `NAMES` benchmark names, `iperf.bench`, and with `fill` the
+    /// synthesized names `f-240-A-B-C.fill` answering 240.A.B.C (240.0.0.0/12: reserved, never
+    /// routed, they only fill the firewall; a hosts file of a million names takes dnsmasq minutes
+    /// to load, `synth-domain` costs nothing).
+    fn start_upstream(&mut self, fill: bool) -> Result<()> {
         let mut hosts = String::with_capacity(NAMES as usize * 32);
         let mut queries = String::with_capacity(NAMES as usize * 20);
         for i in 0..NAMES {
@@ -156,13 +222,17 @@ impl Bench {
             )?;
             writeln!(queries, "n{i}.bench A")?;
         }
+        writeln!(hosts, "{TARGET_V4} iperf.bench")?;
         fs::write(self.dir.join("hosts"), hosts)?;
         fs::write(self.dir.join("queries"), queries)?;
-        let conf = format!(
+        let mut conf = format!(
             "no-resolv\nno-hosts\nbind-interfaces\nport=53\nuser=root\npid-file=\n\
              listen-address={UPSTREAM_V4}\naddn-hosts={}\nlocal-ttl=60\n",
             self.dir.join("hosts").display()
         );
+        if fill {
+            conf.push_str("synth-domain=fill,240.0.0.0/12,f-\n");
+        }
         fs::write(self.dir.join("dnsmasq.conf"), conf)?;
         let child = Command::new("ip")
             .args([
@@ -177,22 +247,41 @@ impl Bench {
                 self.dir.join("dnsmasq.conf").display()
             ))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(self.dir.join("upstream.log"))?)
             .spawn()
             .context("starting dnsmasq (apt-get install dnsmasq-base)")?;
         self.children.push(child);
-        self.wait_answers(UPSTREAM_V4, "dnsmasq")
+        self.wait_answers(UPSTREAM_V4, "dnsmasq", Duration::from_secs(120))
+            .with_context(|| fs::read_to_string(self.dir.join("upstream.log")).unwrap_or_default())
     }
 
-    fn start_nettrust(&mut self, binary: &Path) -> Result<()> {
+    /// The iperf3 server on [`TARGET_V4`] in the upstream namespace.
+    pub(crate) fn start_iperf_server(&mut self) -> Result<()> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.upstream(), "iperf3", "-s"])
+            .args(["-B", TARGET_V4])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 (apt-get install iperf3)")?;
+        self.children.push(child);
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    }
+
+    /// Starts nettrust in the client namespace, filtering the bench cgroup, with `extra` options.
+    pub(crate) fn start_nettrust(&mut self, extra: &[String]) -> Result<()> {
+        self.stop_nettrust()?;
         let child = self
-            .in_client(&binary.display().to_string())
+            .in_client(&self.binary.display().to_string())
             .args(["run", "--listen-addr", "127.0.0.1:53"])
             .args(["--fwd-addr", &format!("{UPSTREAM_V4}:53")])
+            .args(["--metrics-addr", METRICS])
             .arg("--cgroup")
             .arg(&self.cgroup)
             .arg("--bpffs-dir")
             .arg(&self.bpffs_dir)
+            .args(extra)
             // Per-answer logs are info level; a benchmark measures the proxy, not the terminal.
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -200,10 +289,111 @@ impl Bench {
             .spawn()
             .context("starting nettrust")?;
         self.nettrust = Some(child);
-        self.wait_answers("127.0.0.1", "nettrust")
+        self.wait_answers("127.0.0.1", "nettrust", Duration::from_secs(30))
     }
 
-    fn wait_answers(&self, server: &str, what: &str) -> Result<()> {
+    /// SIGTERM, and waits: nettrust detaches and unpins (or deletes its table) itself.
+    pub(crate) fn stop_nettrust(&mut self) -> Result<()> {
+        let Some(mut nettrust) = self.nettrust.take() else {
+            return Ok(());
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &nettrust.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while nettrust.try_wait()?.is_none() {
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = nettrust.kill();
+                let _ = nettrust.wait();
+                bail!("nettrust did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Fails when the daemon died meanwhile (its figures would be meaningless).
+    pub(crate) fn check_nettrust(&mut self) -> Result<()> {
+        if let Some(nettrust) = self.nettrust.as_mut()
+            && let Some(status) = nettrust.try_wait()?
+        {
+            let log = fs::read_to_string(self.dir.join("nettrust.log")).unwrap_or_default();
+            bail!("nettrust exited during the benchmark with {status}:\n{log}");
+        }
+        Ok(())
+    }
+
+    /// The forwarding dnsmasq of variants (d)/(e) on 127.0.0.2, cache off; with `nftset` every
+    /// answer's addresses also go into an nftables set (created here, like nettrust's).
+    fn start_forwarder(&mut self, nftset: bool) -> Result<()> {
+        self.stop_forwarder();
+        let mut conf = format!(
+            "no-resolv\nno-hosts\nbind-interfaces\nport=53\nuser=root\npid-file=\n\
+             listen-address={DNSMASQ_FWD}\nserver={UPSTREAM_V4}\ncache-size=0\n"
+        );
+        if nftset {
+            let ruleset = format!(
+                "table inet {NFTSET_TABLE} {{\n\
+                 set allowed4 {{ type ipv4_addr; flags timeout; }}\n\
+                 chain out {{ type filter hook output priority 0; policy accept; ip daddr @allowed4 accept; }}\n\
+                 }}\n"
+            );
+            let path = self.dir.join("nftset.nft");
+            fs::write(&path, ruleset)?;
+            let out = self
+                .in_client("nft")
+                .arg("-f")
+                .arg(&path)
+                .output()
+                .context("starting nft (apt-get install nftables)")?;
+            if !out.status.success() {
+                bail!("nft -f: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            writeln!(conf, "nftset=/bench/4#inet#{NFTSET_TABLE}#allowed4")?;
+        }
+        fs::write(self.dir.join("forwarder.conf"), conf)?;
+        let child = self
+            .in_client("dnsmasq")
+            .arg("--keep-in-foreground")
+            .arg(format!(
+                "--conf-file={}",
+                self.dir.join("forwarder.conf").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(self.dir.join("forwarder.log"))?)
+            .spawn()
+            .context("starting the forwarding dnsmasq")?;
+        self.forwarder = Some(child);
+        self.wait_answers(DNSMASQ_FWD, "forwarding dnsmasq", Duration::from_secs(20))
+    }
+
+    fn stop_forwarder(&mut self) {
+        if let Some(mut child) = self.forwarder.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self
+            .in_client("nft")
+            .args(["delete", "table", "inet", NFTSET_TABLE])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Elements dnsmasq wrote into the `--nftset` set.
+    fn nftset_elements(&self) -> Result<usize> {
+        let out = self
+            .in_client("nft")
+            .args(["-j", "list", "set", "inet", NFTSET_TABLE, "allowed4"])
+            .output()?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("nft -j: {}", String::from_utf8_lossy(&out.stderr)))?;
+        Ok(json["nftables"]
+            .as_array()
+            .and_then(|items| items.iter().find_map(|i| i["set"]["elem"].as_array()))
+            .map_or(0, Vec::len))
+    }
+
+    fn wait_answers(&self, server: &str, what: &str, limit: Duration) -> Result<()> {
         let started = Instant::now();
         loop {
             let ok = self
@@ -220,101 +410,117 @@ impl Bench {
             if ok {
                 return Ok(());
             }
-            if started.elapsed() > Duration::from_secs(20) {
-                bail!("{what} does not answer");
+            if started.elapsed() > limit {
+                let log = fs::read_to_string(self.dir.join("nettrust.log")).unwrap_or_default();
+                bail!("{what} does not answer\n{log}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// dnsperf against `server`: one run for throughput, one verbose run for latencies.
-    fn measure(&self, server: &str, opts: &Options) -> Result<Figures> {
-        let base = |seconds: u32| -> Vec<String> {
-            vec![
-                "-s".into(),
-                server.into(),
-                "-d".into(),
-                self.dir.join("queries").display().to_string(),
-                "-l".into(),
-                seconds.to_string(),
-                "-q".into(),
-                opts.in_flight.to_string(),
-                "-t".into(),
-                "2".into(),
-            ]
-        };
-        let out = self.in_cgroup("dnsperf", &base(opts.seconds)).output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
+    /// dnsperf from the cgroup; returns its stdout.
+    pub(crate) fn dnsperf(&self, args: &[String]) -> Result<String> {
+        let out = self.in_cgroup("dnsperf", args).output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             bail!(
                 "dnsperf failed: {text}{}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let field = |label: &str| -> Option<f64> {
-            text.lines()
-                .find_map(|l| l.trim().strip_prefix(label))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        };
-        let qps = field("Queries per second:").context("no qps in dnsperf's output")?;
-        let lost = field("Queries lost:").unwrap_or(0.0) as u64;
-
-        let latencies = |mut args: Vec<String>| -> Result<Vec<f64>> {
-            args.push("-v".into());
-            let out = self.in_cgroup("dnsperf", &args).output()?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            // Verbose lines: "> NOERROR n1.bench A 0.000123".
-            let mut latencies: Vec<f64> = text
-                .lines()
-                .filter(|l| l.starts_with("> "))
-                .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-                .collect();
-            if latencies.is_empty() {
-                bail!("no per-query latencies in dnsperf -v output");
-            }
-            latencies.sort_by(f64::total_cmp);
-            Ok(latencies)
-        };
-        let pct = |l: &[f64], p: f64| l[((l.len() - 1) as f64 * p).round() as usize] * 1e6;
-        let loaded = latencies(base(opts.seconds.div_ceil(2)))?;
-        // The same with one query in flight ("-q" is the 8th argument).
-        let mut idle_args = base(3);
-        idle_args[7] = "1".into();
-        let idle = latencies(idle_args)?;
-        Ok(Figures {
-            qps,
-            lost,
-            p50_us: pct(&loaded, 0.50),
-            p99_us: pct(&loaded, 0.99),
-            idle_p50_us: pct(&idle, 0.50),
-        })
+        Ok(text)
     }
+
+    /// Throughput with `in_flight` queries in flight (qps).
+    fn qps(&self, server: &str, opts: &Options) -> Result<f64> {
+        let text = self.dnsperf(&dnsperf_args(
+            server,
+            &self.dir.join("queries"),
+            &[
+                "-l",
+                &opts.seconds.to_string(),
+                "-q",
+                &opts.in_flight.to_string(),
+            ],
+        ))?;
+        let qps = field(&text, "Queries per second:").context("no qps in dnsperf's output")?;
+        let completed = field(&text, "Queries completed:").unwrap_or(0.0);
+        if completed == 0.0 {
+            bail!("dnsperf against {server}: no query answered\n{text}");
+        }
+        Ok(qps)
+    }
+
+    /// p50 and p99 latency (µs) at a fixed 1,000 queries per second.
+    fn latency(&self, server: &str, opts: &Options) -> Result<(f64, f64)> {
+        let text = self.dnsperf(&dnsperf_args(
+            server,
+            &self.dir.join("queries"),
+            &[
+                "-l",
+                &opts.latency_seconds.to_string(),
+                "-Q",
+                "1000",
+                "-q",
+                "100",
+                "-v",
+            ],
+        ))?;
+        // Verbose lines: "> NOERROR n1.bench A 0.000123".
+        let mut latencies: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with("> NOERROR"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .collect();
+        if latencies.len() < 100 {
+            bail!(
+                "dnsperf -v against {server}: only {} answers",
+                latencies.len()
+            );
+        }
+        latencies.sort_by(f64::total_cmp);
+        Ok((
+            percentile(&latencies, 0.50) * 1e6,
+            percentile(&latencies, 0.99) * 1e6,
+        ))
+    }
+}
+
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+pub(crate) fn dnsperf_args(server: &str, queries: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["-s", server, "-d"].map(String::from).to_vec();
+    args.push(queries.display().to_string());
+    args.extend(["-t", "2"].map(String::from));
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+pub(crate) fn field(text: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 impl Drop for Bench {
     fn drop(&mut self) {
-        if let Some(mut nettrust) = self.nettrust.take() {
-            // SIGTERM: nettrust detaches and unpins everything itself.
-            let _ = Command::new("kill")
-                .args(["-TERM", &nettrust.id().to_string()])
-                .status();
-            let started = Instant::now();
-            while nettrust.try_wait().ok().flatten().is_none()
-                && started.elapsed() < Duration::from_secs(10)
-            {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = nettrust.kill();
-            let _ = nettrust.wait();
+        if let Err(e) = self.stop_nettrust() {
+            eprintln!("xtask: {e}");
         }
+        self.stop_forwarder();
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A daemon that was killed leaves its pins: links first, so nothing stays attached.
         if let Ok(entries) = fs::read_dir(&self.bpffs_dir) {
-            for entry in entries.flatten() {
-                let _ = fs::remove_file(entry.path());
+            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort_by_key(|p| !p.to_string_lossy().contains("link-"));
+            for path in paths {
+                let _ = fs::remove_file(path);
             }
             let _ = fs::remove_dir(&self.bpffs_dir);
         }
@@ -332,41 +538,126 @@ impl Drop for Bench {
     }
 }
 
-/// Runs the DNS benchmark with the nettrust binary at `binary` and prints the figures.
-pub fn dns(binary: &Path, opts: &Options) -> Result<()> {
+/// The DNS benchmark: (a) upstream direct, (b) nettrust eBPF, (c) nettrust nftables, (d) dnsmasq
+/// forwarding, (e) dnsmasq forwarding with `--nftset`.
+fn dns(bench: &mut Bench, opts: &Options, report: &mut Report) -> Result<()> {
+    eprintln!(
+        "xtask: dns: dnsperf, {} in flight, {} s per run, {} runs, {NAMES} names, cache off",
+        opts.in_flight, opts.seconds, opts.runs
+    );
+    type Setup = fn(&mut Bench) -> Result<&'static str>;
+    let variants: [(&str, &str, Setup); 5] = [
+        ("a", "upstream (dnsmasq) direct", |b| {
+            b.stop_nettrust()?;
+            b.stop_forwarder();
+            Ok(UPSTREAM_V4)
+        }),
+        ("b", "nettrust eBPF", |b| {
+            b.start_nettrust(&["--firewall-backend".into(), "ebpf".into()])?;
+            Ok("127.0.0.1")
+        }),
+        ("c", "nettrust nftables", |b| {
+            b.start_nettrust(&["--firewall-backend".into(), "nftables".into()])?;
+            Ok("127.0.0.1")
+        }),
+        ("d", "dnsmasq forwarding", |b| {
+            b.stop_nettrust()?;
+            b.start_forwarder(false)?;
+            Ok(DNSMASQ_FWD)
+        }),
+        ("e", "dnsmasq forwarding + nftset", |b| {
+            b.stop_nettrust()?;
+            b.start_forwarder(true)?;
+            Ok(DNSMASQ_FWD)
+        }),
+    ];
+    for (tag, name, setup) in variants {
+        let label = format!("({tag}) {name}");
+        eprintln!("xtask: dns {label}");
+        let mut qps = Vec::new();
+        let mut p50 = Vec::new();
+        let mut p99 = Vec::new();
+        for _ in 0..opts.runs {
+            // A fresh server per run: every run starts with empty maps/sets.
+            let server = setup(bench)?;
+            qps.push(bench.qps(server, opts)?);
+            let (a, b) = bench.latency(server, opts)?;
+            p50.push(a);
+            p99.push(b);
+            bench.check_nettrust()?;
+            if tag == "e" {
+                let n = bench.nftset_elements()?;
+                if n == 0 {
+                    bail!("dnsmasq --nftset wrote nothing into its set");
+                }
+            }
+        }
+        report.add(Figure::new("dns", &format!("{label} qps"), "qps", qps));
+        report.add(Figure::new(
+            "dns",
+            &format!("{label} p50 @1k qps"),
+            "µs",
+            p50,
+        ));
+        report.add(Figure::new(
+            "dns",
+            &format!("{label} p99 @1k qps"),
+            "µs",
+            p99,
+        ));
+    }
+    bench.stop_nettrust()?;
+    bench.stop_forwarder();
+    Ok(())
+}
+
+/// Runs `what`, prints the table and writes `target/bench/results.md` and the chart.
+pub fn run(root: &Path, binary: &Path, what: What, opts: &Options) -> Result<Report> {
     if !crate::setup::is_root() {
         bail!("the benchmark creates network namespaces and attaches eBPF: run it as root");
     }
-    let mut bench = Bench::new()?;
-    bench.start_upstream()?;
-    bench.start_nettrust(binary)?;
-    eprintln!(
-        "xtask: dnsperf, {} queries in flight, {} s per run, {NAMES} distinct names, cache off",
-        opts.in_flight, opts.seconds
-    );
-    let direct = bench.measure(UPSTREAM_V4, opts)?;
-    let proxied = bench.measure("127.0.0.1", opts)?;
-    if let Some(nettrust) = bench.nettrust.as_mut()
-        && let Some(status) = nettrust.try_wait()?
-    {
-        bail!("nettrust exited during the benchmark with {status}");
+    let mut report = Report::new(opts);
+    let started = Instant::now();
+    let needs_world = matches!(what, What::Dns | What::Datapath | What::Memory | What::All);
+    if needs_world {
+        let mut bench = Bench::new(binary)?;
+        bench.start_upstream(what != What::Dns)?;
+        eprintln!(
+            "xtask: world ready after {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        if matches!(what, What::Dns | What::All) {
+            dns(&mut bench, opts, &mut report)?;
+            eprintln!(
+                "xtask: dns done after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if matches!(what, What::Datapath | What::Memory | What::All) {
+            crate::bench_datapath::run(&mut bench, opts, what, &mut report)?;
+            eprintln!(
+                "xtask: datapath/memory done after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
-    println!("target                      qps     lost  p50 (µs)  p99 (µs)  p50 @1 in flight (µs)");
-    for (name, f) in [
-        ("upstream (dnsmasq) direct", &direct),
-        ("nettrust (eBPF)", &proxied),
-    ] {
-        println!(
-            "{name:<25} {:>8.0} {:>7} {:>9.0} {:>9.0} {:>22.0}",
-            f.qps, f.lost, f.p50_us, f.p99_us, f.idle_p50_us
+    if matches!(what, What::Commit | What::All) {
+        crate::bench_commit::run(root, opts, &mut report)?;
+        eprintln!(
+            "xtask: commit done after {:.0} s",
+            started.elapsed().as_secs_f64()
         );
     }
-    println!(
-        "nettrust/upstream qps ratio: {:.2}; added p50 latency: {:.0} µs at {} in flight, {:.0} µs at 1 in flight",
-        proxied.qps / direct.qps,
-        proxied.p50_us - direct.p50_us,
-        opts.in_flight,
-        proxied.idle_p50_us - direct.idle_p50_us
-    );
-    Ok(())
+    report.load = crate::bench_report::loadavg();
+    report.elapsed = started.elapsed();
+    let out = root.join("target/bench");
+    report.write(&out)?;
+    Ok(report)
+}
+
+/// `cargo xtask test`'s smoke run: every figure once, a few seconds each; asserts only that
+/// every figure was produced.
+pub fn smoke(root: &Path, binary: &Path) -> Result<()> {
+    let report = run(root, binary, What::All, &Options::smoke())?;
+    report.check_complete()
 }

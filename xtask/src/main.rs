@@ -7,10 +7,14 @@
 //! - `run [--release] -- ARGS`: build and run `nettrust ARGS` (with sudo when not root); without
 //!   `--config` in ARGS the repository's `config.toml` is used.
 //! - `test`: setup, unit tests (no root), then the root integration tests, serially.
-//! - `bench dns`: dnsperf against the upstream directly and through nettrust, in network
-//!   namespaces it creates (see `bench.rs`).
+//! - `bench [dns|datapath|commit|memory|all] [--smoke]`: nettrust against dnsmasq and the upstream,
+//!   datapath, commit latency and memory, in network namespaces it creates (see `bench*.rs`);
+//!   writes `target/bench/results.md` and a chart.
 
 mod bench;
+mod bench_commit;
+mod bench_datapath;
+mod bench_report;
 mod fuzz;
 mod setup;
 
@@ -62,24 +66,36 @@ enum Cmd {
         #[arg(long)]
         unit_only: bool,
     },
-    /// Benchmarks (as root, in network namespaces of their own).
+    /// Benchmarks (as root, in network namespaces of their own): prints a table, writes
+    /// target/bench/results.md and target/bench/chart.png.
     Bench {
-        #[command(subcommand)]
-        what: BenchCmd,
+        /// What to measure.
+        #[arg(value_enum, default_value_t = BenchWhat::All)]
+        what: BenchWhat,
+        /// CI smoke: one short run per figure, small host counts, debug build.
+        #[arg(long)]
+        smoke: bool,
+        /// Seconds per dnsperf throughput run.
+        #[arg(long)]
+        seconds: Option<u32>,
+        /// Runs per figure (the median is reported with min–max).
+        #[arg(long)]
+        runs: Option<u32>,
     },
 }
 
-#[derive(Subcommand)]
-enum BenchCmd {
-    /// Cache-miss forwarding with authorization: dnsperf against the upstream and nettrust.
-    Dns {
-        /// Seconds per throughput run (latency runs take half as long).
-        #[arg(long, default_value_t = 10)]
-        seconds: u32,
-        /// Queries in flight.
-        #[arg(long, default_value_t = 100)]
-        in_flight: u32,
-    },
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchWhat {
+    /// dnsperf: upstream, nettrust eBPF and nftables, dnsmasq forwarding with and without nftset.
+    Dns,
+    /// iperf3 through no filter, eBPF and nftables with 0 / 10k / 1M authorized hosts.
+    Datapath,
+    /// Latency of authorizing one answer into each backend.
+    Commit,
+    /// Kernel map memory and daemon RSS with 1M authorized hosts.
+    Memory,
+    /// Everything.
+    All,
 }
 
 fn main() -> Result<()> {
@@ -124,11 +140,31 @@ fn main() -> Result<()> {
         }
         Cmd::Test { unit_only } => test(&root, unit_only)?,
         Cmd::Bench {
-            what: BenchCmd::Dns { seconds, in_flight },
+            what,
+            smoke,
+            seconds,
+            runs,
         } => {
             setup::packages()?;
-            let binary = build(&root, true)?;
-            bench::dns(&binary, &bench::Options { seconds, in_flight })?;
+            let mut opts = if smoke {
+                bench::Options::smoke()
+            } else {
+                bench::Options::full()
+            };
+            opts.seconds = seconds.unwrap_or(opts.seconds);
+            opts.runs = runs.unwrap_or(opts.runs).max(1);
+            let binary = build(&root, opts.release)?;
+            let what = match what {
+                BenchWhat::Dns => bench::What::Dns,
+                BenchWhat::Datapath => bench::What::Datapath,
+                BenchWhat::Commit => bench::What::Commit,
+                BenchWhat::Memory => bench::What::Memory,
+                BenchWhat::All => bench::What::All,
+            };
+            let report = bench::run(&root, &binary, what, &opts)?;
+            if smoke && what == bench::What::All {
+                report.check_complete()?;
+            }
         }
     }
     Ok(())
@@ -142,7 +178,7 @@ fn workspace_root() -> PathBuf {
 }
 
 /// A `cargo` command with the bpf-linker cache on PATH.
-fn cargo(root: &Path) -> Result<Command> {
+pub(crate) fn cargo(root: &Path) -> Result<Command> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root).env("PATH", setup::path_with_tools()?);
     Ok(cmd)
@@ -278,7 +314,8 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
         "--ignored",
         "--test-threads=1",
     ]);
-    run_checked(root_tests)
+    run_checked(root_tests)?;
+    bench::smoke(root, &build(root, false)?)
 }
 
 /// `binary args`, through sudo when not root.

@@ -27,6 +27,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("kdig", "knot-dnsutils"),
     ("dnsperf", "dnsperf"),
+    // The benchmark (cargo xtask bench, and its smoke run in cargo xtask test).
+    ("iperf3", "iperf3"),
+    ("rsvg-convert", "librsvg2-bin"),
     // The nftables root tests inspect the per-namespace ruleset (never used by nettrust itself).
     ("nft", "nftables"),
 ];

@@ -843,3 +843,51 @@ fn dedicated_dot_listener_and_cache_size() {
         "0",
     );
 }
+
+#[test]
+fn map_capacities_are_configurable_and_validated() {
+    let s = ok(&args(), "", &[]);
+    assert_eq!(s.max_hosts, nettrust_common::DEFAULT_MAX_HOSTS);
+    assert_eq!(s.max_networks, nettrust_common::DEFAULT_MAX_NETS);
+    let s = ok(&args(), "max_hosts = 16\nmax_networks = 2000", &[]);
+    assert_eq!((s.max_hosts, s.max_networks), (16, 2000));
+    let a = RunArgs {
+        max_hosts: Some(1_000_000),
+        ..args()
+    };
+    assert_eq!(
+        ok(&a, "max_hosts = 16", &[("NET_TRUST_MAX_HOSTS", "32")]).max_hosts,
+        1_000_000
+    );
+    assert_eq!(
+        ok(&args(), "max_hosts = 16", &[("NET_TRUST_MAX_HOSTS", "32")]).max_hosts,
+        32
+    );
+    err_names(resolve(&args(), "max_hosts = 0", &[]), "max_hosts", "0");
+    err_names(
+        resolve(&args(), "max_hosts = 16777217", &[]),
+        "max_hosts",
+        "16777217",
+    );
+    err_names(
+        resolve(&args(), "", &[("NET_TRUST_MAX_NETWORKS", "lots")]),
+        "NET_TRUST_MAX_NETWORKS",
+        "lots",
+    );
+    // The whitelists live in the same maps: they must fit, with room for one authorization.
+    err_names(
+        resolve(
+            &args(),
+            "max_hosts = 2\n[whitelist]\nhosts = [\"192.0.2.1\", \"192.0.2.2\"]",
+            &[],
+        ),
+        "max_hosts",
+        "2",
+    );
+    // loopback + 4 private IPv4 networks by default.
+    err_names(
+        resolve(&args(), "max_networks = 3", &[]),
+        "max_networks",
+        "3",
+    );
+}

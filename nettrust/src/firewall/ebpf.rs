@@ -141,6 +141,8 @@ pub struct EbpfOptions {
     pub policy: Policy,
     /// `--firewall-drop-input`.
     pub drop_input: bool,
+    /// Capacities of the host maps and network tries (`max_hosts`, `max_networks`).
+    pub capacities: pins::Capacities,
 }
 
 /// The running eBPF backend.
@@ -162,6 +164,8 @@ pub struct EbpfFirewall {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// flock held on the pin directory for the daemon's lifetime: one daemon per directory.
     _lock: File,
+    /// The map capacities in force.
+    capacities: pins::Capacities,
 }
 
 impl EbpfFirewall {
@@ -174,7 +178,7 @@ impl EbpfFirewall {
         }
         raise_memlock_limit();
         let lock = pins::prepare_dir(&options.pin_dir)?;
-        let adopted = pins::check_pinned_maps(&options.pin_dir)?;
+        let adopted = pins::check_pinned_maps(&options.pin_dir, options.capacities)?;
         if adopted > 0 {
             tracing::info!(
                 dir = %options.pin_dir.display(),
@@ -198,6 +202,9 @@ impl EbpfFirewall {
         let mut loader = EbpfLoader::new();
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
+            if let Some((max_entries, _, _)) = options.capacities.of(name) {
+                loader.map_max_entries(name, max_entries);
+            }
         }
         let mut ebpf = loader
             .load(OBJECT)
@@ -285,6 +292,7 @@ impl EbpfFirewall {
             tasks: Mutex::new(tasks),
             policy: Mutex::new(options.policy.clone()),
             _lock: lock,
+            capacities: options.capacities,
         })
     }
 
@@ -405,13 +413,21 @@ pub(super) fn attach_one(
 impl Firewall for EbpfFirewall {
     fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError> {
         let hosts = self.hosts.read().expect("host maps lock poisoned");
-        let result = match addr {
-            IpAddr::V4(ip) => upsert(&hosts.v4, ip.octets(), expires_ns),
-            IpAddr::V6(ip) => upsert(&hosts.v6, ip.octets(), expires_ns),
+        let (result, map) = match addr {
+            IpAddr::V4(ip) => (upsert(&hosts.v4, ip.octets(), expires_ns), MAP_HOSTS_V4),
+            IpAddr::V6(ip) => (upsert(&hosts.v6, ip.octets(), expires_ns), MAP_HOSTS_V6),
         };
-        result.map_err(|e| FirewallError::Authorize {
-            addr,
-            source: Box::new(e),
+        result.map_err(|e| match e.raw_os_error() {
+            // A hash map refuses a new key with E2BIG once it holds max_entries.
+            Some(libc::E2BIG) => FirewallError::Full {
+                addr,
+                map,
+                capacity: self.capacities.hosts,
+            },
+            _ => FirewallError::Authorize {
+                addr,
+                source: Box::new(e),
+            },
         })
     }
 

@@ -81,6 +81,16 @@ pub enum FirewallError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The host map of the address's family is full (`max_hosts`): nothing was written.
+    #[error("cannot authorize {addr}: {map} is full ({capacity} entries); raise max_hosts")]
+    Full {
+        /// The address that did not fit.
+        addr: IpAddr,
+        /// The full map.
+        map: &'static str,
+        /// Its capacity.
+        capacity: u32,
+    },
     /// Changing the whitelists failed.
     #[error("cannot update the whitelists")]
     Whitelist(#[source] Box<dyn std::error::Error + Send + Sync>),

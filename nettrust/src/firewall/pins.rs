@@ -151,6 +151,25 @@ pub enum PinError {
         /// What nettrust expects.
         expected: String,
     },
+    /// A pinned map has another capacity than the configuration asks for. aya would adopt it as
+    /// it is, so the configured size would silently not apply.
+    #[error(
+        "{path} holds at most {found} entries but {key} asks for {expected}: start with {key} = {found_setting} to keep the pinned state, or remove it with `nettrust flush --bpffs-dir {dir}` (this drops the pinned authorizations) so the maps are rebuilt"
+    )]
+    Capacity {
+        /// The pin.
+        path: PathBuf,
+        /// The directory, for the hint.
+        dir: String,
+        /// The configuration key.
+        key: &'static str,
+        /// The pinned map's max_entries.
+        found: u32,
+        /// The max_entries the configuration gives this map.
+        expected: u32,
+        /// The setting that would match the pinned map.
+        found_setting: u32,
+    },
     /// A daemon holds the directory.
     #[error("bpffs directory {0} is in use by a running nettrust daemon")]
     Busy(PathBuf),
@@ -251,8 +270,41 @@ fn try_lock(file: &File, op: i32) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) == 0 }
 }
 
-/// Checks every map already pinned in `dir` against [`MAPS`]; returns how many were found.
-pub fn check_pinned_maps(dir: &Path) -> Result<usize, PinError> {
+/// The configurable map capacities (`max_hosts`, `max_networks`), per address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacities {
+    /// max_entries of `HOSTS_V4` and `HOSTS_V6` (`NAMES` holds twice as many).
+    pub hosts: u32,
+    /// max_entries of `NETS_V4` and `NETS_V6`.
+    pub networks: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            hosts: nettrust_common::DEFAULT_MAX_HOSTS,
+            networks: nettrust_common::DEFAULT_MAX_NETS,
+        }
+    }
+}
+
+impl Capacities {
+    /// The max_entries `map` gets, its config key and the factor from the setting, for the maps
+    /// whose size is configurable.
+    pub fn of(&self, map: &str) -> Option<(u32, &'static str, u32)> {
+        match map {
+            MAP_HOSTS_V4 | MAP_HOSTS_V6 => Some((self.hosts, "max_hosts", 1)),
+            // One name per host of either family.
+            MAP_NAMES => Some((self.hosts.saturating_mul(2), "max_hosts", 2)),
+            MAP_NETS_V4 | MAP_NETS_V6 => Some((self.networks, "max_networks", 1)),
+            _ => None,
+        }
+    }
+}
+
+/// Checks every map already pinned in `dir` against [`MAPS`] and the configured capacities;
+/// returns how many were found.
+pub fn check_pinned_maps(dir: &Path, capacities: Capacities) -> Result<usize, PinError> {
     let mut found = 0;
     for spec in &MAPS {
         let path = dir.join(spec.name);
@@ -282,6 +334,18 @@ pub fn check_pinned_maps(dir: &Path) -> Result<usize, PinError> {
                 info.key_size(),
                 info.value_size()
             )));
+        }
+        if let Some((expected, key, factor)) = capacities.of(spec.name)
+            && info.max_entries() != expected
+        {
+            return Err(PinError::Capacity {
+                path: path.clone(),
+                dir: dir.display().to_string(),
+                key,
+                found: info.max_entries(),
+                expected,
+                found_setting: info.max_entries() / factor,
+            });
         }
         found += 1;
     }

@@ -1,0 +1,146 @@
+//! Map capacities (issue 7): a full host map answers SERVFAIL and counts it, never allows silently
+//! or crashes; pinned maps of another capacity are not adopted silently.
+//! Run with `cargo xtask test` (the tests are `#[ignore]`d in a plain `cargo test`).
+
+mod world;
+
+use std::time::Duration;
+
+use world::{NUMBERED_NAMES, World, output_within};
+
+/// dig's status line for `name` asked from the test cgroup, plus the answered addresses.
+fn ask(world: &World, name: &str) -> (String, Vec<String>) {
+    let out = world
+        .in_cgroup("dig")
+        .args(["+time=2", "+tries=1", "+noall", "+comments", "+answer"])
+        .args(["@127.0.0.1", name, "A"])
+        .output()
+        .expect("run dig");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no status in dig's output for {name}:\n{text}"))
+        .to_owned();
+    let answers = text
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .collect();
+    (status, answers)
+}
+
+fn metric(world: &World, name: &str) -> f64 {
+    let out = world
+        .in_ns(&world.client_ns, "curl")
+        .args(["-sS", "--fail", "--max-time", "5"])
+        .arg("http://127.0.0.1:9153/metrics")
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "metrics endpoint did not answer");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from the metrics:\n{text}"))
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn full_host_map_answers_servfail_and_counts() {
+    let mut world = World::new();
+    // 16 IPv4 entries; 127.0.0.1 (listen) and the upstream are whitelisted in the same map.
+    world.start_daemon(&["--max-hosts", "16", "--metrics-addr", "127.0.0.1:9153"]);
+    assert_eq!(metric(&world, "nettrust_firewall_full_total"), 0.0);
+
+    let mut authorized = Vec::new();
+    let mut refused = Vec::new();
+    for i in 1..=30 {
+        assert!(i <= NUMBERED_NAMES);
+        let (status, answers) = ask(&world, &format!("n{i}.test"));
+        match status.as_str() {
+            "NOERROR" => {
+                assert_eq!(answers, [format!("203.0.113.{i}")]);
+                authorized.push(i);
+            }
+            "SERVFAIL" => {
+                assert!(answers.is_empty(), "a SERVFAIL carried addresses");
+                refused.push(i);
+            }
+            other => panic!("n{i}.test answered {other}"),
+        }
+    }
+    assert_eq!(
+        authorized.len(),
+        14,
+        "16 entries minus 2 whitelisted hosts; authorized {authorized:?}"
+    );
+    assert_eq!(refused.len(), 16, "refused {refused:?}");
+    assert!(
+        authorized.iter().all(|&i| i <= 14) && refused.iter().all(|&i| i > 14),
+        "the first names fill the map: authorized {authorized:?}"
+    );
+    assert_eq!(metric(&world, "nettrust_firewall_full_total"), 16.0);
+    assert!(world.daemon_log().contains("[Firewall Error]"));
+
+    // The refused addresses stay blocked; the earlier ones stay reachable; the daemon still runs.
+    for &i in &refused[..3] {
+        assert!(!world.reachable_from_cgroup(&format!("203.0.113.{i}")));
+    }
+    for &i in &[authorized[0], authorized[13]] {
+        assert!(world.reachable_from_cgroup(&format!("203.0.113.{i}")));
+    }
+    // An address already in the map is renewed, not refused, even when the map is full.
+    assert_eq!(ask(&world, "n1.test").0, "NOERROR");
+    assert_eq!(world.list().len(), 14);
+    assert!(world.stop_daemon(), "nettrust failed at exit");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn pinned_maps_of_another_capacity_are_refused() {
+    let mut world = World::new();
+    let keep = ["--do-not-flush-table", "--do-not-flush-authorized-hosts"];
+    let mut args = vec!["--max-hosts", "64"];
+    args.extend(keep);
+    world.start_daemon(&args);
+    assert_eq!(ask(&world, "n1.test").0, "NOERROR");
+    assert!(world.stop_daemon());
+
+    // Another capacity: refused with a message naming the setting, the pinned and the asked size.
+    let upstream = format!("{}:53", world::UPSTREAM);
+    let mut cmd = world.in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"));
+    cmd.args([
+        "run",
+        "--listen-addr",
+        "127.0.0.1:53",
+        "--fwd-addr",
+        &upstream,
+    ])
+    .arg("--cgroup")
+    .arg(&world.cgroup)
+    .arg("--bpffs-dir")
+    .arg(&world.bpffs_dir)
+    .args(["--max-hosts", "128", "--firewall-backend", "auto"]);
+    let out = output_within(cmd, Duration::from_secs(20));
+    assert!(!out.status.success(), "a start with another capacity ran");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in ["max_hosts", "64", "128", "nettrust flush"] {
+        assert!(
+            err.contains(needle),
+            "error does not name {needle:?}:\n{err}"
+        );
+    }
+    // Nothing changed: the kept authorization is still enforced, the rest still blocked.
+    assert!(world.reachable_from_cgroup("203.0.113.1"));
+    assert!(!world.reachable_from_cgroup("203.0.113.2"));
+
+    // The same capacity adopts the state.
+    world.start_daemon(&["--max-hosts", "64"]);
+    assert!(world.reachable_from_cgroup("203.0.113.1"));
+    assert!(world.stop_daemon());
+    // After a flush a new capacity applies.
+    world.start_daemon(&["--max-hosts", "128"]);
+    assert!(!world.reachable_from_cgroup("203.0.113.1"));
+    assert!(world.stop_daemon());
+}

@@ -1,0 +1,329 @@
+//! `cargo xtask bench datapath` and `memory`: iperf3 TCP throughput and UDP packet rate from the
+//! filtered cgroup to the iperf3 server in the upstream namespace, with no filter, then with each
+//! backend holding 0, 10k and 1M authorized hosts (filled through the daemon's own DNS path:
+//! dnsperf resolves that many distinct names once) plus 1,000 whitelisted networks. The memory
+//! figures (kernel memory of the eBPF maps, daemon RSS) are taken from the eBPF daemon with 0 and
+//! with 1M hosts.
+
+use std::{collections::BTreeMap, fmt::Write as _, fs, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    bench::{Bench, METRICS, Options, TARGET_V4, What, dnsperf_args, field},
+    bench_report::{Figure, Report},
+};
+
+/// Whitelisted networks installed for every filtered run (233.0.0.0/14 in /24s: never used).
+const WHITELIST_NETWORKS: u32 = 1000;
+
+pub fn run(bench: &mut Bench, opts: &Options, what: What, report: &mut Report) -> Result<()> {
+    let with_iperf = what != What::Memory;
+    if with_iperf {
+        bench.start_iperf_server()?;
+        eprintln!("xtask: datapath: no filter");
+        tcp_udp(bench, opts, "no filter", report)?;
+    }
+    let mut config = String::from("[whitelist]\nnetworks = [\n");
+    for i in 0..WHITELIST_NETWORKS {
+        writeln!(config, "  \"233.{}.{}.0/24\",", i >> 8, i & 0xff)?;
+    }
+    config.push_str("]\n");
+    let config_path = bench.dir.join("datapath.toml");
+    fs::write(&config_path, config)?;
+    let capacity = (opts.hosts[1] + 1024).next_power_of_two();
+    let backends: &[&str] = if with_iperf {
+        &["ebpf", "nftables"]
+    } else {
+        &["ebpf"]
+    };
+    for &backend in backends {
+        let label = if backend == "ebpf" {
+            "eBPF"
+        } else {
+            "nftables"
+        };
+        bench.start_nettrust(&[
+            "--config".into(),
+            config_path.display().to_string(),
+            "--firewall-backend".into(),
+            backend.into(),
+            "--max-hosts".into(),
+            capacity.to_string(),
+        ])?;
+        if with_iperf {
+            // The filter is on: the target is refused until it was resolved.
+            // (A dropped SYN is retried for minutes: bound the connect.)
+            if iperf(bench, &["-t", "1", "--connect-timeout", "1000"]).is_ok() {
+                bail!("{label}: iperf3 reached {TARGET_V4} before it was resolved");
+            }
+            resolve_target(bench)?;
+        }
+        let mut filled = 0;
+        for (step, &hosts) in ["0 hosts", "10k hosts", "1M hosts"]
+            .iter()
+            .zip([0, opts.hosts[0], opts.hosts[1]].iter())
+        {
+            if hosts > filled {
+                fill(bench, filled, hosts)?;
+                filled = hosts;
+            }
+            let count = authorized_hosts(bench)?;
+            report.note(format!(
+                "datapath {label} \"{step}\": {count} hosts authorized (asked {hosts})"
+            ));
+            if count + 10 < u64::from(hosts) * 99 / 100 {
+                bail!("{label}: only {count} of {hosts} hosts authorized");
+            }
+            if backend == "ebpf" && (hosts == 0 || hosts == opts.hosts[1]) {
+                memory(bench, &format!("{count} hosts"), capacity, report)?;
+            }
+            if with_iperf {
+                eprintln!("xtask: datapath: {label}, {step}");
+                tcp_udp(bench, opts, &format!("{label}, {step}"), report)?;
+            }
+            bench.check_nettrust()?;
+        }
+        bench.stop_nettrust()?;
+    }
+    Ok(())
+}
+
+/// `iperf3 -c TARGET ARGS -J` from the cgroup (or, with `outside`, from the client namespace
+/// outside the filtered cgroup); its JSON.
+fn iperf_from(bench: &Bench, outside: bool, args: &[&str]) -> Result<serde_json::Value> {
+    let mut all: Vec<String> = ["-c", TARGET_V4, "-J"].map(String::from).to_vec();
+    all.extend(args.iter().map(|s| (*s).to_owned()));
+    let out = if outside {
+        bench.in_client("iperf3").args(&all).output()?
+    } else {
+        bench.in_cgroup("iperf3", &all).output()?
+    };
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "iperf3 gave no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if !out.status.success() || json.get("error").is_some() {
+        bail!("iperf3 failed: {}", json["error"]);
+    }
+    Ok(json)
+}
+
+fn iperf(bench: &Bench, args: &[&str]) -> Result<serde_json::Value> {
+    iperf_from(bench, false, args)
+}
+
+/// TCP Gbit/s and UDP kpps (64-byte datagrams sent) of one run each.
+fn one_run(bench: &Bench, outside: bool, seconds: &str) -> Result<(f64, f64)> {
+    let json = iperf_from(bench, outside, &["-t", seconds])?;
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("no TCP throughput in iperf3's output")?;
+    let json = iperf_from(
+        bench,
+        outside,
+        &["-t", seconds, "-u", "-b", "0", "-l", "64"],
+    )?;
+    let sum = &json["end"]["sum"];
+    let (packets, secs) = (
+        sum["packets"].as_f64().context("no UDP packet count")?,
+        sum["seconds"].as_f64().context("no UDP duration")?,
+    );
+    Ok((bps / 1e9, packets / secs / 1e3))
+}
+
+/// `runs` TCP and UDP runs from the cgroup. With a filter (`paired`), each run is preceded by
+/// the same run from outside the cgroup at that moment, and the ratio of the pair is a figure
+/// of its own: it does not drift with the machine's load like two figures minutes apart.
+fn tcp_udp(bench: &Bench, opts: &Options, label: &str, report: &mut Report) -> Result<()> {
+    let paired = label != "no filter";
+    let seconds = opts.latency_seconds.to_string();
+    let (mut tcp, mut udp, mut tcp_ratio, mut udp_ratio) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..opts.runs {
+        let base = if paired {
+            Some(one_run(bench, true, &seconds)?)
+        } else {
+            None
+        };
+        let (t, u) = one_run(bench, false, &seconds)?;
+        tcp.push(t);
+        udp.push(u);
+        if let Some((bt, bu)) = base {
+            tcp_ratio.push(t / bt * 100.0);
+            udp_ratio.push(u / bu * 100.0);
+        }
+    }
+    report.add(Figure::new(
+        "datapath",
+        &format!("TCP {label}"),
+        "Gbit/s",
+        tcp,
+    ));
+    report.add(Figure::new(
+        "datapath",
+        &format!("UDP {label}"),
+        "kpps",
+        udp,
+    ));
+    if paired {
+        report.add(Figure::new(
+            "ratio",
+            &format!("TCP {label} / unfiltered, paired"),
+            "%",
+            tcp_ratio,
+        ));
+        report.add(Figure::new(
+            "ratio",
+            &format!("UDP {label} / unfiltered, paired"),
+            "%",
+            udp_ratio,
+        ));
+    }
+    Ok(())
+}
+
+fn resolve_target(bench: &Bench) -> Result<()> {
+    let out = bench
+        .in_cgroup(
+            "dig",
+            &["+short", "+time=2", "+tries=1", "@127.0.0.1", "iperf.bench"].map(String::from),
+        )
+        .output()?;
+    if String::from_utf8_lossy(&out.stdout).trim() != TARGET_V4 {
+        bail!(
+            "resolving iperf.bench through nettrust gave {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(())
+}
+
+/// Resolves the fill names of 240.0.0.0/12 number `from` .. `to - 1` once each through nettrust (100 in flight),
+/// again for those lost, until at least 99 % are authorized.
+fn fill(bench: &Bench, from: u32, to: u32) -> Result<()> {
+    let path = bench.dir.join(format!("fill-{from}-{to}"));
+    let mut queries = String::with_capacity((to - from) as usize * 16);
+    for i in from..to {
+        writeln!(
+            queries,
+            "f-240-{}-{}-{}.fill A",
+            (i >> 16) & 0xff,
+            (i >> 8) & 0xff,
+            i & 0xff
+        )?;
+    }
+    fs::write(&path, queries)?;
+    for pass in 1..=3 {
+        let started = std::time::Instant::now();
+        let text = bench.dnsperf(&dnsperf_args(
+            "127.0.0.1",
+            &path,
+            &["-n", "1", "-q", "100", "-t", "5"],
+        ))?;
+        let count = authorized_hosts(bench)?;
+        eprintln!(
+            "xtask: fill pass {pass}: {} answered in {:.1} s, {count} hosts authorized",
+            field(&text, "Queries completed:").unwrap_or(0.0),
+            started.elapsed().as_secs_f64()
+        );
+        if count >= u64::from(to) * 99 / 100 {
+            break;
+        }
+    }
+    let _ = fs::remove_file(path);
+    Ok(())
+}
+
+/// `nettrust_authorized_hosts` from the daemon's metrics endpoint.
+fn authorized_hosts(bench: &Bench) -> Result<u64> {
+    let out = bench
+        .in_client("curl")
+        .args(["-sS", "--fail", "--max-time", "60"])
+        .arg(format!("http://{METRICS}/metrics"))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("nettrust_authorized_hosts ")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|v| v as u64)
+        .with_context(|| format!("no nettrust_authorized_hosts in the metrics: {text}"))
+}
+
+/// Kernel memory of the daemon's BPF maps (fdinfo `memlock`, each map counted once) and its
+/// resident set size.
+fn memory(bench: &Bench, label: &str, capacity: u32, report: &mut Report) -> Result<()> {
+    let pid = bench
+        .nettrust
+        .as_ref()
+        .context("nettrust is not running")?
+        .id();
+    // map_id -> (memlock bytes, description)
+    let mut maps: BTreeMap<u64, (u64, String)> = BTreeMap::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
+        let Ok(info) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let value = |key: &str| -> Option<u64> {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+        };
+        if let (Some(id), Some(memlock), Some(kind)) =
+            (value("map_id:"), value("memlock:"), value("map_type:"))
+        {
+            let desc = format!(
+                "type {kind} key {} value {} max {}",
+                value("key_size:").unwrap_or(0),
+                value("value_size:").unwrap_or(0),
+                value("max_entries:").unwrap_or(0)
+            );
+            maps.insert(id, (memlock, desc));
+        }
+    }
+    if maps.is_empty() {
+        bail!("no BPF map among the daemon's file descriptors");
+    }
+    let kernel: u64 = maps.values().map(|(m, _)| m).sum();
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .context("no VmRSS")?;
+    let mut biggest: Vec<&(u64, String)> = maps.values().collect();
+    biggest.sort_by_key(|(m, _)| std::cmp::Reverse(*m));
+    let top: Vec<String> = biggest
+        .iter()
+        .take(3)
+        .map(|(m, d)| format!("{:.1} MB ({d})", *m as f64 / 1e6))
+        .collect();
+    report.note(format!(
+        "memory with {label}, max_hosts {capacity}: {} maps, biggest {}",
+        maps.len(),
+        top.join(", ")
+    ));
+    report.add(Figure::new(
+        "memory",
+        &format!("kernel map memory, {label}"),
+        "MB",
+        vec![kernel as f64 / 1e6],
+    ));
+    report.add(Figure::new(
+        "memory",
+        &format!("daemon RSS, {label}"),
+        "MB",
+        vec![rss_kb / 1e3],
+    ));
+    std::thread::sleep(Duration::from_millis(10));
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! Benchmark figures (median of the runs, with min–max), the printed table, `results.md` and the
+//! chart (an SVG written here, converted to PNG with `rsvg-convert` from librsvg2-bin).
+
+use std::{fmt::Write as _, fs, path::Path, process::Command, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::bench::Options;
+
+/// One measured figure: every run's value.
+pub struct Figure {
+    pub section: &'static str,
+    pub name: String,
+    pub unit: &'static str,
+    pub values: Vec<f64>,
+}
+
+impl Figure {
+    pub fn new(section: &'static str, name: &str, unit: &'static str, values: Vec<f64>) -> Self {
+        Self {
+            section,
+            name: name.to_owned(),
+            unit,
+            values,
+        }
+    }
+
+    pub fn median(&self) -> f64 {
+        let mut v = self.values.clone();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    fn min(&self) -> f64 {
+        self.values.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    fn max(&self) -> f64 {
+        self.values
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+}
+
+/// Every figure of one `cargo xtask bench` invocation.
+pub struct Report {
+    pub figures: Vec<Figure>,
+    /// Free-form facts to print with the table (fill counts, nftset support...).
+    pub notes: Vec<String>,
+    pub runs: u32,
+    pub load: String,
+    pub elapsed: Duration,
+}
+
+/// Figures each section must produce (for the CI smoke check).
+const EXPECTED: [(&str, usize); 5] = [
+    // (a)..(e): qps, p50, p99.
+    ("dns", 15),
+    // none, eBPF 0/10k/1M, nftables 0/10k/1M: TCP and UDP.
+    ("datapath", 14),
+    // eBPF and nftables 0/10k/1M against unfiltered runs at the same moment: TCP and UDP.
+    ("ratio", 12),
+    // eBPF and nftables, 1 and 8 addresses: p50 and p99.
+    ("commit", 8),
+    // kernel map memory and daemon RSS, with 0 and with "1M" hosts.
+    ("memory", 4),
+];
+
+pub fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn fmt_value(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+impl Report {
+    pub fn new(opts: &Options) -> Self {
+        Self {
+            figures: Vec::new(),
+            notes: Vec::new(),
+            runs: opts.runs,
+            load: String::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    pub fn add(&mut self, figure: Figure) {
+        eprintln!(
+            "xtask: {} {}: {} {} ({} runs)",
+            figure.section,
+            figure.name,
+            fmt_value(figure.median()),
+            figure.unit,
+            figure.values.len()
+        );
+        self.figures.push(figure);
+    }
+
+    pub fn note(&mut self, note: String) {
+        eprintln!("xtask: {note}");
+        self.notes.push(note);
+    }
+
+    /// The median of the figure named `name`, if measured.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.figures
+            .iter()
+            .find(|f| f.name == name)
+            .map(Figure::median)
+    }
+
+    /// Ratios and overheads computed from the medians.
+    fn derived(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let ratio = |a: &str, b: &str| Some(self.get(a)? / self.get(b)?);
+        let q = |tag: &str| -> String {
+            [
+                ("a", "upstream (dnsmasq) direct"),
+                ("b", "nettrust eBPF"),
+                ("c", "nettrust nftables"),
+                ("d", "dnsmasq forwarding"),
+                ("e", "dnsmasq forwarding + nftset"),
+            ]
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(t, n)| format!("({t}) {n} qps"))
+            .unwrap_or_default()
+        };
+        for tag in ["b", "c", "d", "e"] {
+            if let Some(r) = ratio(&q(tag), &q("a")) {
+                out.push((format!("dns qps ({tag}) / (a)"), format!("{r:.2}")));
+            }
+        }
+        for tag in ["a", "b", "c", "d"] {
+            if let Some(r) = ratio(&q(tag), &q("e")) {
+                out.push((format!("dns qps ({tag}) / (e)"), format!("{r:.2}")));
+            }
+        }
+        for tag in ["b", "c", "d", "e"] {
+            let name = q(tag).replace(" qps", " p50 @1k qps");
+            let base = q("a").replace(" qps", " p50 @1k qps");
+            if let (Some(x), Some(a)) = (self.get(&name), self.get(&base)) {
+                out.push((
+                    format!("dns p50 overhead of ({tag}) over (a) @1k qps"),
+                    format!("{:+.0} µs", x - a),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Markdown: the table of figures, then the derived ratios.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "| section | figure | median | min – max | unit |\n|---|---|---:|---:|---|"
+        );
+        for f in &self.figures {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} – {} | {} |",
+                f.section,
+                f.name,
+                fmt_value(f.median()),
+                fmt_value(f.min()),
+                fmt_value(f.max()),
+                f.unit
+            );
+        }
+        let derived = self.derived();
+        if !derived.is_empty() {
+            let _ = writeln!(md, "\n| derived (from the medians) | value |\n|---|---:|");
+            for (name, value) in derived {
+                let _ = writeln!(md, "| {name} | {value} |");
+            }
+        }
+        if !self.notes.is_empty() {
+            md.push('\n');
+            for note in &self.notes {
+                let _ = writeln!(md, "- {note}");
+            }
+        }
+        let _ = writeln!(
+            md,
+            "\n{} run(s) per figure; load average at the end: {}; total time {:.0} s.",
+            self.runs,
+            self.load,
+            self.elapsed.as_secs_f64()
+        );
+        md
+    }
+
+    /// Prints the table, writes `results.md`, `chart.svg` and `chart.png` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir)?;
+        let md = self.markdown();
+        println!("{md}");
+        fs::write(dir.join("results.md"), &md)?;
+        let svg = self.svg();
+        let svg_path = dir.join("chart.svg");
+        fs::write(&svg_path, svg)?;
+        let png = dir.join("chart.png");
+        let out = Command::new("rsvg-convert")
+            .args(["--format", "png", "--background-color", "white", "-o"])
+            .arg(&png)
+            .arg(&svg_path)
+            .output()
+            .context("starting rsvg-convert (apt-get install librsvg2-bin)")?;
+        if !out.status.success() {
+            bail!(
+                "rsvg-convert failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        eprintln!(
+            "xtask: wrote {}, {} and {}",
+            dir.join("results.md").display(),
+            svg_path.display(),
+            png.display()
+        );
+        Ok(())
+    }
+
+    /// Horizontal bar charts, one panel per group, the median as the bar and min–max as a line.
+    fn svg(&self) -> String {
+        type Select = fn(&Figure) -> bool;
+        let groups: [(&str, Select); 7] = [
+            (
+                "DNS throughput, 100 in flight (qps, higher is better)",
+                |f| f.section == "dns" && f.unit == "qps",
+            ),
+            ("DNS p50 latency at 1,000 qps (µs, lower is better)", |f| {
+                f.section == "dns" && f.name.contains(" p50 ")
+            }),
+            (
+                "TCP throughput from the cgroup (Gbit/s, higher is better)",
+                |f| f.section == "datapath" && f.name.starts_with("TCP "),
+            ),
+            (
+                "UDP 64-byte datagrams sent from the cgroup (kpps, higher is better)",
+                |f| f.section == "datapath" && f.name.starts_with("UDP "),
+            ),
+            (
+                "Filtered / unfiltered at the same moment, paired runs (%, higher is better)",
+                |f| f.section == "ratio",
+            ),
+            ("Commit of one answer, p50 (µs, lower is better)", |f| {
+                f.section == "commit" && f.name.ends_with(" p50")
+            }),
+            ("Memory (MB)", |f| f.section == "memory"),
+        ];
+        let panels: Vec<(&str, Vec<&Figure>)> = groups
+            .into_iter()
+            .map(|(title, select)| (title, self.figures.iter().filter(|f| select(f)).collect()))
+            .filter(|(_, figs): &(&str, Vec<&Figure>)| !figs.is_empty())
+            .collect();
+        let (width, label_w, bar_w, row_h) = (980.0, 330.0, 520.0, 22.0);
+        let height: f64 = panels
+            .iter()
+            .map(|(_, f)| 40.0 + row_h * f.len() as f64)
+            .sum::<f64>()
+            + 20.0;
+        let mut svg = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+             font-family=\"DejaVu Sans, sans-serif\" font-size=\"12\">\n\
+             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+        );
+        let mut y = 10.0;
+        for (title, figs) in panels {
+            let _ = writeln!(
+                svg,
+                "<text x=\"10\" y=\"{}\" font-weight=\"bold\" font-size=\"14\">{title}</text>",
+                y + 18.0
+            );
+            y += 30.0;
+            let top = figs
+                .iter()
+                .map(|f| f.max())
+                .fold(0.0f64, f64::max)
+                .max(f64::MIN_POSITIVE);
+            for f in figs {
+                let scale = |v: f64| label_w + bar_w * (v / top).clamp(0.0, 1.0);
+                let color = if f.name.contains("nettrust eBPF") || f.name.contains("eBPF") {
+                    "#2b7bb9"
+                } else if f.name.contains("nftables") {
+                    "#e08b2c"
+                } else {
+                    "#8a8a8a"
+                };
+                let median = f.median();
+                let _ = writeln!(
+                    svg,
+                    "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n\
+                     <rect x=\"{label_w}\" y=\"{}\" width=\"{:.1}\" height=\"{}\" fill=\"{color}\"/>\n\
+                     <line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+                     <text x=\"{:.1}\" y=\"{}\">{} {}</text>",
+                    label_w - 8.0,
+                    y + 15.0,
+                    escape(&f.name),
+                    y + 4.0,
+                    (scale(median) - label_w).max(1.0),
+                    row_h - 8.0,
+                    scale(f.min()),
+                    scale(f.max()),
+                    y + row_h / 2.0,
+                    y + row_h / 2.0,
+                    scale(f.max()) + 6.0,
+                    y + 15.0,
+                    fmt_value(median),
+                    escape(f.unit)
+                );
+                y += row_h;
+            }
+            y += 10.0;
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+
+    /// Smoke check: every section produced all its figures, each a positive finite number.
+    pub fn check_complete(&self) -> Result<()> {
+        for (section, count) in EXPECTED {
+            let figs: Vec<&Figure> = self
+                .figures
+                .iter()
+                .filter(|f| f.section == section)
+                .collect();
+            if figs.len() != count {
+                bail!(
+                    "bench {section}: {} figures produced, {count} expected",
+                    figs.len()
+                );
+            }
+            for f in figs {
+                if f.values.is_empty() || f.values.iter().any(|v| !v.is_finite() || *v <= 0.0) {
+                    bail!(
+                        "bench {section}: {} has no valid value: {:?}",
+                        f.name,
+                        f.values
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
