@@ -110,6 +110,11 @@ fn write(fd: RawFd, keys: &[[u8; 16]], values: &[HostName]) {
         return;
     }
     if let Err((done, e)) = bpf_sys::update_batch(fd, keys, values) {
+        if e.raw_os_error() == Some(libc::E2BIG) {
+            // NAMES is full (more hosts than NAMES_MAX): these addresses are listed unnamed.
+            tracing::debug!("name map full, {} names not recorded", keys.len() - done);
+            return;
+        }
         // Kernels without batch support for this map type: one element at a time.
         tracing::debug!("batched name update stopped after {done}: {e}; writing one by one");
         for (key, value) in keys.iter().zip(values).skip(done) {

@@ -270,10 +270,15 @@ fn try_lock(file: &File, op: i32) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) == 0 }
 }
 
+/// Most names `NAMES` keeps (2 × the default `max_hosts`): with more hosts, the addresses
+/// authorized once it is full are listed without a name.
+pub const NAMES_MAX: u32 = 131_072;
+
 /// The configurable map capacities (`max_hosts`, `max_networks`), per address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacities {
-    /// max_entries of `HOSTS_V4` and `HOSTS_V6` (`NAMES` holds twice as many).
+    /// max_entries of `HOSTS_V4` and `HOSTS_V6` (`NAMES` holds twice as many, at most
+    /// [`NAMES_MAX`]).
     pub hosts: u32,
     /// max_entries of `NETS_V4` and `NETS_V6`.
     pub networks: u32,
@@ -294,8 +299,13 @@ impl Capacities {
     pub fn of(&self, map: &str) -> Option<(u32, &'static str, u32)> {
         match map {
             MAP_HOSTS_V4 | MAP_HOSTS_V6 => Some((self.hosts, "max_hosts", 1)),
-            // One name per host of either family.
-            MAP_NAMES => Some((self.hosts.saturating_mul(2), "max_hosts", 2)),
+            // One name per host of either family, at most NAMES_MAX: names are best effort and
+            // 256 bytes each, they must not dominate kernel memory on large host maps.
+            MAP_NAMES => Some((
+                self.hosts.saturating_mul(2).min(NAMES_MAX),
+                "max_hosts",
+                2,
+            )),
             MAP_NETS_V4 | MAP_NETS_V6 => Some((self.networks, "max_networks", 1)),
             _ => None,
         }
