@@ -123,7 +123,10 @@ pub async fn serve_tcp(
     }
 }
 
-async fn serve_connection(
+/// Serves the length-prefixed messages (RFC 7766 §8) of one TCP or TLS connection until the client
+/// closes it, stalls or stops reading. Public for the `framing` fuzz target.
+#[doc(hidden)]
+pub async fn serve_connection(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
     peer: SocketAddr,
     proxy: &Proxy,

@@ -1,0 +1,151 @@
+//! The proxy under fuzzing: a real `Proxy` forwarding to a scripted upstream on loopback (UDP and
+//! TCP on one port) and authorizing into the in-memory firewall.
+//!
+//! The upstream answers any query carrying one question: an A/AAAA question gets its address plus
+//! a decoy record for an unrelated name (`decoy.example.`, [`DECOY_V4`]/[`DECOY_V6`]), which must
+//! never be authorized; other types get an empty NOERROR answer.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    str::FromStr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::{Message, OpCode},
+    rr::{
+        Name, RData, Record, RecordType,
+        rdata::{A, AAAA},
+    },
+};
+use nettrust::{
+    authorizer::Authorizer,
+    dns::{
+        proxy::Proxy,
+        upstream::{Transport, Upstreams},
+    },
+    firewall::{Policy, fake::FakeFirewall},
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, UdpSocket},
+    runtime::Runtime,
+};
+
+pub const ANSWER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const ANSWER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+pub const DECOY_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+pub const DECOY_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x66);
+
+pub struct Harness {
+    pub runtime: Runtime,
+    pub proxy: Proxy,
+    pub firewall: Arc<FakeFirewall>,
+}
+
+impl Harness {
+    /// Every A/AAAA address in `reply`'s answer section must be allowed already.
+    pub fn check_allowed(&self, reply: &Message) {
+        for record in &reply.answers {
+            let addr = match &record.data {
+                RData::A(a) => IpAddr::V4(a.0),
+                RData::AAAA(a) => IpAddr::V6(a.0),
+                _ => continue,
+            };
+            if addr.is_unspecified() {
+                continue;
+            }
+            assert!(
+                self.firewall.allows(addr, nettrust::firewall::boottime_ns()),
+                "{addr} sent to the client but not allowed"
+            );
+        }
+    }
+
+    /// The decoy addresses are never authorized.
+    pub fn check_no_decoy(&self) {
+        assert!(!self.firewall.has_entry(IpAddr::V4(DECOY_V4)), "decoy v4 authorized");
+        assert!(!self.firewall.has_entry(IpAddr::V6(DECOY_V6)), "decoy v6 authorized");
+    }
+}
+
+pub fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let upstream = runtime.block_on(start_upstream());
+        let firewall = Arc::new(FakeFirewall::new(Policy::default()));
+        let proxy = {
+            let _guard = runtime.enter();
+            Proxy::new(
+                Upstreams::new(&[upstream], Transport::Udp, Duration::from_secs(2)),
+                Authorizer::new(firewall.clone(), Some(Duration::from_secs(3600))),
+            )
+        };
+        Harness { runtime, proxy, firewall }
+    })
+}
+
+fn answer(query: &[u8]) -> Option<Vec<u8>> {
+    let query = Message::from_vec(query).ok()?;
+    let [question] = query.queries.as_slice() else { return None };
+    let mut reply = Message::response(query.metadata.id, OpCode::Query);
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.add_query(question.clone());
+    let decoy = Name::from_str("decoy.example.").unwrap();
+    match question.query_type {
+        RecordType::A => {
+            reply.add_answer(Record::from_rdata(question.name.clone(), 60, RData::A(A(ANSWER_V4))));
+            reply.add_answer(Record::from_rdata(decoy, 60, RData::A(A(DECOY_V4))));
+        }
+        RecordType::AAAA => {
+            reply.add_answer(Record::from_rdata(question.name.clone(), 60, RData::AAAA(AAAA(ANSWER_V6))));
+            reply.add_answer(Record::from_rdata(decoy, 60, RData::AAAA(AAAA(DECOY_V6))));
+        }
+        _ => {}
+    }
+    reply.to_vec().ok()
+}
+
+async fn start_upstream() -> SocketAddr {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let Ok(tcp) = TcpListener::bind(addr).await else { continue };
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65535];
+            loop {
+                let Ok((len, peer)) = udp.recv_from(&mut buf).await else { continue };
+                if let Some(reply) = answer(&buf[..len]) {
+                    let _ = udp.send_to(&reply, peer).await;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = tcp.accept().await else { continue };
+                tokio::spawn(async move {
+                    loop {
+                        let Ok(len) = stream.read_u16().await else { return };
+                        let mut query = vec![0u8; usize::from(len)];
+                        if stream.read_exact(&mut query).await.is_err() {
+                            return;
+                        }
+                        let Some(reply) = answer(&query) else { continue };
+                        let mut framed = u16::try_from(reply.len()).unwrap().to_be_bytes().to_vec();
+                        framed.extend_from_slice(&reply);
+                        if stream.write_all(&framed).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        return addr;
+    }
+}
