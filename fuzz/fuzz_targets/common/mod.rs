@@ -13,7 +13,7 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Message, OpCode},
+    op::{Message, OpCode, ResponseCode},
     rr::{
         Name, RData, Record, RecordType,
         rdata::{A, AAAA},
@@ -22,6 +22,7 @@ use hickory_proto::{
 use nettrust::{
     authorizer::Authorizer,
     dns::{
+        answer::chain_addresses,
         proxy::Proxy,
         upstream::{Transport, Upstreams},
     },
@@ -45,20 +46,22 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// Every A/AAAA address in `reply`'s answer section must be allowed already.
+    /// Every address `reply` gives for its question (the A/AAAA records of the question's CNAME
+    /// chain) must be allowed already: the client never learns an address it cannot reach.
+    /// Records outside the chain (the decoys) are relayed as they came but never authorized.
     pub fn check_allowed(&self, reply: &Message) {
-        for record in &reply.answers {
-            let addr = match &record.data {
-                RData::A(a) => IpAddr::V4(a.0),
-                RData::AAAA(a) => IpAddr::V6(a.0),
-                _ => continue,
-            };
+        let [question] = reply.queries.as_slice() else { return };
+        if reply.metadata.response_code != ResponseCode::NoError || reply.metadata.truncation {
+            return;
+        }
+        for addr in chain_addresses(question, &reply.answers).addresses {
             if addr.is_unspecified() {
                 continue;
             }
             assert!(
                 self.firewall.allows(addr, nettrust::firewall::boottime_ns()),
-                "{addr} sent to the client but not allowed"
+                "{addr} sent to the client for {} but not allowed",
+                question.name
             );
         }
     }
