@@ -84,7 +84,13 @@ fn drop_in_this_thread() {
                 libc::prctl(libc::PR_CAPBSET_DROP, cap);
             }
         }
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
         let header = [CAPABILITY_VERSION_3, 0u32];
         // Two 32-bit halves of (effective, permitted, inheritable).
         let (lo, hi) = (keep as u32, (keep >> 32) as u32);
@@ -143,10 +149,6 @@ pub fn drop_privileges() -> Result<u64, PrivilegeError> {
             what: "parsing /proc/sys/kernel/cap_last_cap",
             source: std::io::ErrorKind::InvalidData.into(),
         })?;
-    let keep = needed(last_cap);
-    KEEP.store(keep, Ordering::SeqCst);
-    LAST_CAP.store(u64::from(last_cap.min(63)), Ordering::SeqCst);
-    // Whether the bounding set can be reduced (CAP_SETPCAP effective in this thread now).
     let own = std::fs::read_to_string("/proc/thread-self/status")
         .ok()
         .and_then(|s| parse_status(&s))
@@ -154,6 +156,12 @@ pub fn drop_privileges() -> Result<u64, PrivilegeError> {
             what: "reading /proc/thread-self/status",
             source: std::io::ErrorKind::InvalidData.into(),
         })?;
+    // Never more than the process has (capset(2) refuses to raise): a service manager may have
+    // granted less.
+    let keep = needed(last_cap) & own.permitted;
+    KEEP.store(keep, Ordering::SeqCst);
+    LAST_CAP.store(u64::from(last_cap.min(63)), Ordering::SeqCst);
+    // Whether the bounding set can be reduced (CAP_SETPCAP effective in this thread now).
     let can_bound = own.effective & (1 << CAP_SETPCAP) != 0;
     let signal = libc::SIGRTMIN() + 7;
     // SAFETY: installs a handler that only makes async-signal-safe system calls.
@@ -175,7 +183,11 @@ pub fn drop_privileges() -> Result<u64, PrivilegeError> {
         let mut pending = None;
         for task in std::fs::read_dir("/proc/self/task").map_err(io("listing threads"))? {
             let task = task.map_err(io("listing threads"))?;
-            let Some(tid) = task.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             // A thread that exited meanwhile has nothing left to drop.

@@ -53,8 +53,10 @@ fn daemon_pid(world: &World) -> u32 {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .is_ok_and(|s| !s.lines().any(|l| l.starts_with("State:") && l.contains('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        !s.lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+    })
 }
 
 /// Local ports of the daemon's UDP sockets connected to `upstream` (its namespace's
@@ -278,20 +280,32 @@ fn off_path_spoofed_answers_authorize_nothing() {
         assert!(!listed.contains(&forged), "forged {forged} authorized");
         assert!(!world.reachable_from_cgroup(&forged.to_string()));
     }
-    assert_eq!(listed.len(), resolutions as usize, "exactly the real answers");
+    assert_eq!(
+        listed.len(),
+        resolutions as usize,
+        "exactly the real answers"
+    );
     // The proxy's own count of replies it dropped (logged as dropped_total=N): forgeries that got
     // past the kernel's connected-socket filter and were refused by the ID/question checks.
     let rejected = strip_ansi(&world.daemon_log())
         .split("dropped_total=")
         .skip(1)
-        .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+        .filter_map(|s| {
+            s.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .max()
         .unwrap_or(0);
     eprintln!(
         "spoofing: {resolutions} resolutions, {sent} forged answers sent, {rejected} reached \
          the proxy and were dropped, 0 authorized"
     );
-    assert!(rejected > 0, "no forgery reached the proxy: the test proves nothing");
+    assert!(
+        rejected > 0,
+        "no forgery reached the proxy: the test proves nothing"
+    );
     assert!(sent >= 10_000, "the flood was too small: {sent}");
     assert!(world.stop_daemon());
 }
@@ -301,7 +315,8 @@ fn off_path_spoofed_answers_authorize_nothing() {
 fn malicious_upstream(stop: Arc<AtomicBool>) -> impl FnOnce() + Send + 'static {
     move || {
         let udp = UdpSocket::bind((world::INET_V4, 5353)).unwrap();
-        udp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let tcp = std::net::TcpListener::bind((world::INET_V4, 5353)).unwrap();
         tcp.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 4096];
@@ -340,10 +355,20 @@ fn misbehave(query: &[u8], tcp: bool) -> Vec<Vec<u8>> {
         return Vec::new();
     };
     let qname = question.name.clone();
-    let label = qname.iter().next().map(|l| String::from_utf8_lossy(l).into_owned()).unwrap_or_default();
-    let a = |owner: &Name, ip: &str| Record::from_rdata(owner.clone(), 60, RData::A(A(ip.parse().unwrap())));
+    let label = qname
+        .iter()
+        .next()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .unwrap_or_default();
+    let a = |owner: &Name, ip: &str| {
+        Record::from_rdata(owner.clone(), 60, RData::A(A(ip.parse().unwrap())))
+    };
     let cname = |owner: &Name, target: &Name| {
-        Record::from_rdata(owner.clone(), 60, RData::CNAME(hickory_proto::rr::rdata::CNAME(target.clone())))
+        Record::from_rdata(
+            owner.clone(),
+            60,
+            RData::CNAME(hickory_proto::rr::rdata::CNAME(target.clone())),
+        )
     };
     let mut m = Message::response(q.metadata.id, OpCode::Query);
     m.metadata.recursion_desired = true;
@@ -422,7 +447,11 @@ fn forged_upstream_answers_authorize_nothing() {
         ("wrongq.evil", &["192.0.2.81"], None),
         ("qr0.evil", &["192.0.2.82"], None),
         ("twoq.evil", &["192.0.2.83"], None),
-        ("extra.evil", &["192.0.2.84", "192.0.2.85", "192.0.2.86"], Some("192.0.2.90")),
+        (
+            "extra.evil",
+            &["192.0.2.84", "192.0.2.85", "192.0.2.86"],
+            Some("192.0.2.90"),
+        ),
         ("cname.evil", &["192.0.2.87"], None),
         ("truncated.evil", &["192.0.2.88"], None),
         ("cut.evil", &["192.0.2.89"], None),
@@ -471,7 +500,9 @@ fn udp_ask(socket: &UdpSocket, q: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn tcp_ask(q: &[u8]) -> Option<Vec<u8>> {
-    let mut s = TcpStream::connect_timeout(&"127.0.0.1:53".parse().unwrap(), Duration::from_secs(2)).ok()?;
+    let mut s =
+        TcpStream::connect_timeout(&"127.0.0.1:53".parse().unwrap(), Duration::from_secs(2))
+            .ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     let mut framed = (q.len() as u16).to_be_bytes().to_vec();
     framed.extend_from_slice(q);
@@ -608,12 +639,18 @@ fn slowloris_and_connection_flood_leave_queries_answered() {
         tcp_times.len(),
         failures.len()
     );
-    assert!(failures.is_empty(), "legitimate queries failed: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "legitimate queries failed: {failures:?}"
+    );
     assert!(udp_p99 < Duration::from_millis(50), "UDP p99 {udp_p99:?}");
     assert!(tcp_p99 < Duration::from_millis(50), "TCP p99 {tcp_p99:?}");
     let cap = nettrust::dns::server::MAX_TCP_CONNECTIONS;
     assert!(max_open <= cap, "{max_open} connections open, cap {cap}");
-    assert!(max_open >= cap * 3 / 4, "the attack never filled the table ({max_open})");
+    assert!(
+        max_open >= cap * 3 / 4,
+        "the attack never filled the table ({max_open})"
+    );
     assert!(alive(pid));
     assert!(world.stop_daemon());
 }
@@ -680,7 +717,9 @@ fn malformed_messages() -> Vec<Vec<u8>> {
     // Truncated records after the question: an answer / OPT record cut at every byte.
     let mut with_opt = header(1, 0, 0, 1);
     with_opt.extend_from_slice(&base[12..]);
-    let opt = [0u8, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 8, 0, 10, 0, 4, 1, 2, 3, 4];
+    let opt = [
+        0u8, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 8, 0, 10, 0, 4, 1, 2, 3, 4,
+    ];
     for cut in 0..=opt.len() {
         let mut m = with_opt.clone();
         m.extend_from_slice(&opt[..cut]);
@@ -699,7 +738,9 @@ fn malformed_messages() -> Vec<Vec<u8>> {
     m.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0xff, 0xff]);
     out.push(m);
     // Opcodes, flags, QR=1 (responses must not be answered), rcodes.
-    for flags in [0x0100u16, 0x8000, 0x8100, 0x7800, 0x2800, 0x0900, 0x010f, 0xffff, 0x0170] {
+    for flags in [
+        0x0100u16, 0x8000, 0x8100, 0x7800, 0x2800, 0x0900, 0x010f, 0xffff, 0x0170,
+    ] {
         let mut m = base.clone();
         m[2..4].copy_from_slice(&flags.to_be_bytes());
         out.push(m);
@@ -730,7 +771,8 @@ fn malformed_messages_leave_the_daemon_answering() {
     let (udp_replies, tcp_replies) = in_netns(&world.client_ns, move || {
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
         udp.connect("127.0.0.1:53").unwrap();
-        udp.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(2)))
+            .unwrap();
         let mut udp_replies = 0;
         let mut buf = [0u8; 4096];
         for m in &messages {
@@ -742,7 +784,9 @@ fn malformed_messages_leave_the_daemon_answering() {
         // Over TCP: 20 messages per connection, framed; plus frames lying about their length.
         let mut tcp_replies = 0;
         for chunk in messages.chunks(20) {
-            let Ok(mut s) = TcpStream::connect("127.0.0.1:53") else { continue };
+            let Ok(mut s) = TcpStream::connect("127.0.0.1:53") else {
+                continue;
+            };
             let mut stream = Vec::new();
             for m in chunk {
                 stream.extend_from_slice(&(m.len() as u16).to_be_bytes());
@@ -770,7 +814,11 @@ fn malformed_messages_leave_the_daemon_answering() {
     .join()
     .unwrap();
     assert!(alive(pid), "the daemon died:\n{}", world.daemon_log());
-    assert!(!world.daemon_log().contains("panicked"), "{}", world.daemon_log());
+    assert!(
+        !world.daemon_log().contains("panicked"),
+        "{}",
+        world.daemon_log()
+    );
     // Still answering, over both transports, and still authorizing.
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert_eq!(world.resolve("b.test", "A", true), ["192.0.2.11"]);

@@ -40,7 +40,11 @@ fn open_pin(path: &Path) -> OwnedFd {
             std::mem::size_of_val(&attr),
         )
     };
-    assert!(fd >= 0, "BPF_OBJ_GET {path:?}: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "BPF_OBJ_GET {path:?}: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: the kernel returned a new fd that nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
@@ -211,7 +215,10 @@ fn ebpf_verdict_matrix() {
     // addresses are blacklisted hosts, n7.test a blacklisted domain, zero.test answers 0.0.0.0.
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert_eq!(world.resolve("a.test", "AAAA", true), ["2001:db8:1::10"]);
-    assert_eq!(world.resolve("alias.test", "A", false), ["c.test.", "192.0.2.12"]);
+    assert_eq!(
+        world.resolve("alias.test", "A", false),
+        ["c.test.", "192.0.2.12"]
+    );
     assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
     assert_eq!(world.resolve("b.test", "AAAA", false), ["2001:db8:1::11"]);
     assert!(world.resolve("n7.test", "A", false).is_empty());
@@ -232,7 +239,14 @@ fn ebpf_verdict_matrix() {
     let ingress = open_pin(&world.bpffs_dir.join("prog-ingress"));
     // The veth in the client namespace: an skb "received" on it is not loopback traffic.
     let out = std::process::Command::new("ip")
-        .args(["-n", &world.client_ns, "-o", "link", "show", &format!("vc{}", world.id)])
+        .args([
+            "-n",
+            &world.client_ns,
+            "-o",
+            "link",
+            "show",
+            &format!("vc{}", world.id),
+        ])
         .output()
         .unwrap();
     let veth: u32 = String::from_utf8_lossy(&out.stdout)
@@ -248,7 +262,10 @@ fn ebpf_verdict_matrix() {
     let failures = std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: setns on this thread only (network namespaces are per thread).
-            assert_eq!(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            assert_eq!(
+                unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
             let out = |frame: Vec<u8>| test_run(&egress, &frame, 0);
             let inn = |frame: Vec<u8>| test_run(&ingress, &frame, veth);
             let mut truncated_v4 = v4("192.0.2.10", TCP, 443);
@@ -262,23 +279,83 @@ fn ebpf_verdict_matrix() {
             let mut no_ports_v6 = v6("2001:db8:1::10", UDP, 53);
             no_ports_v6.truncate(14 + 40 + 2);
             let mut cases: Vec<(&str, u32, u32)> = vec![
-                ("v4 TCP to a resolved address", out(v4("192.0.2.10", TCP, 443)), ALLOW),
-                ("v4 UDP to a resolved address", out(v4("192.0.2.10", UDP, 53)), ALLOW),
-                ("v4 ICMP to a resolved address", out(v4("192.0.2.10", ICMP, 0)), ALLOW),
-                ("v4 through a CNAME chain", out(v4("192.0.2.12", TCP, 80)), ALLOW),
+                (
+                    "v4 TCP to a resolved address",
+                    out(v4("192.0.2.10", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v4 UDP to a resolved address",
+                    out(v4("192.0.2.10", UDP, 53)),
+                    ALLOW,
+                ),
+                (
+                    "v4 ICMP to a resolved address",
+                    out(v4("192.0.2.10", ICMP, 0)),
+                    ALLOW,
+                ),
+                (
+                    "v4 through a CNAME chain",
+                    out(v4("192.0.2.12", TCP, 80)),
+                    ALLOW,
+                ),
                 ("v4 never resolved", out(v4("192.0.2.99", TCP, 443)), DROP),
-                ("v4 never resolved, UDP", out(v4("192.0.2.99", UDP, 53)), DROP),
-                ("v4 blacklisted host in an answer", out(v4("192.0.2.11", TCP, 443)), DROP),
-                ("v4 of a blacklisted domain", out(v4("203.0.113.7", TCP, 443)), DROP),
-                ("v4 unspecified from an answer", out(v4("0.0.0.0", TCP, 443)), DROP),
-                ("v4 whitelisted host", out(v4("192.0.2.50", TCP, 443)), ALLOW),
-                ("v4 whitelisted network", out(v4("10.20.3.4", TCP, 443)), ALLOW),
-                ("v4 next to the whitelisted network", out(v4("10.21.0.1", TCP, 443)), DROP),
-                ("v4 private, whitelist_private off", out(v4("192.168.1.1", TCP, 443)), DROP),
-                ("v4 loopback (listen address)", out(v4("127.0.0.1", UDP, 53)), ALLOW),
+                (
+                    "v4 never resolved, UDP",
+                    out(v4("192.0.2.99", UDP, 53)),
+                    DROP,
+                ),
+                (
+                    "v4 blacklisted host in an answer",
+                    out(v4("192.0.2.11", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v4 of a blacklisted domain",
+                    out(v4("203.0.113.7", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v4 unspecified from an answer",
+                    out(v4("0.0.0.0", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v4 whitelisted host",
+                    out(v4("192.0.2.50", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v4 whitelisted network",
+                    out(v4("10.20.3.4", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v4 next to the whitelisted network",
+                    out(v4("10.21.0.1", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v4 private, whitelist_private off",
+                    out(v4("192.168.1.1", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v4 loopback (listen address)",
+                    out(v4("127.0.0.1", UDP, 53)),
+                    ALLOW,
+                ),
                 ("v4 expired entry", out(v4("192.0.2.200", TCP, 443)), DROP),
-                ("v4 expired entry in a whitelisted network", out(v4("10.20.9.9", TCP, 443)), ALLOW),
-                ("v4 live entry in the map", out(v4("192.0.2.201", TCP, 443)), ALLOW),
+                (
+                    "v4 expired entry in a whitelisted network",
+                    out(v4("10.20.9.9", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v4 live entry in the map",
+                    out(v4("192.0.2.201", TCP, 443)),
+                    ALLOW,
+                ),
                 (
                     "v4 resolved source, unresolved destination",
                     out(v4_with("192.0.2.10", "192.0.2.99", TCP, 1, 443, 0)),
@@ -295,17 +372,61 @@ fn ebpf_verdict_matrix() {
                     DROP,
                 ),
                 ("v4 ports cut off", out(truncated_v4), DROP),
-                ("v4 ports beyond the packet (IHL 15)", out(no_ports_v4), DROP),
-                ("v6 TCP to a resolved address", out(v6("2001:db8:1::10", TCP, 443)), ALLOW),
-                ("v6 UDP to a resolved address", out(v6("2001:db8:1::10", UDP, 53)), ALLOW),
-                ("v6 never resolved", out(v6("2001:db8:1::99", TCP, 443)), DROP),
-                ("v6 ICMPv6 never resolved", out(v6("2001:db8:1::99", ICMPV6, 0)), DROP),
-                ("v6 blacklisted host in an answer", out(v6("2001:db8:1::11", TCP, 443)), DROP),
-                ("v6 whitelisted network", out(v6("2001:db8:ab:1::1", TCP, 443)), ALLOW),
-                ("v6 next to the whitelisted network", out(v6("2001:db8:ac::1", TCP, 443)), DROP),
-                ("v6 expired entry", out(v6("2001:db8:1::200", TCP, 443)), DROP),
-                ("v6 entry that never expires", out(v6("2001:db8:1::201", TCP, 443)), ALLOW),
-                ("v6 v4-mapped form of a v4 authorization", out(v6("::ffff:192.0.2.10", TCP, 443)), DROP),
+                (
+                    "v4 ports beyond the packet (IHL 15)",
+                    out(no_ports_v4),
+                    DROP,
+                ),
+                (
+                    "v6 TCP to a resolved address",
+                    out(v6("2001:db8:1::10", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v6 UDP to a resolved address",
+                    out(v6("2001:db8:1::10", UDP, 53)),
+                    ALLOW,
+                ),
+                (
+                    "v6 never resolved",
+                    out(v6("2001:db8:1::99", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v6 ICMPv6 never resolved",
+                    out(v6("2001:db8:1::99", ICMPV6, 0)),
+                    DROP,
+                ),
+                (
+                    "v6 blacklisted host in an answer",
+                    out(v6("2001:db8:1::11", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v6 whitelisted network",
+                    out(v6("2001:db8:ab:1::1", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v6 next to the whitelisted network",
+                    out(v6("2001:db8:ac::1", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v6 expired entry",
+                    out(v6("2001:db8:1::200", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v6 entry that never expires",
+                    out(v6("2001:db8:1::201", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v6 v4-mapped form of a v4 authorization",
+                    out(v6("::ffff:192.0.2.10", TCP, 443)),
+                    DROP,
+                ),
                 ("v6 no transport header at all", out(truncated_v6), DROP),
                 ("v6 ports cut in half", out(no_ports_v6), DROP),
                 ("ARP (non-IP)", out(ether(0x0806, &[0u8; 28])), ALLOW),
@@ -340,7 +461,11 @@ fn ebpf_verdict_matrix() {
             cases.push(("v6 reply to the inbound flow", out(reply_v6()), ALLOW));
             cases.push((
                 "ingress on loopback",
-                test_run(&ingress, &v4_with("127.0.0.1", "127.0.0.1", UDP, 53, 40000, 0), 1),
+                test_run(
+                    &ingress,
+                    &v4_with("127.0.0.1", "127.0.0.1", UDP, 53, 40000, 0),
+                    1,
+                ),
                 ALLOW,
             ));
             let failures: Vec<String> = cases
@@ -355,6 +480,10 @@ fn ebpf_verdict_matrix() {
         .join()
         .unwrap()
     });
-    assert!(failures.is_empty(), "wrong verdicts:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "wrong verdicts:\n{}",
+        failures.join("\n")
+    );
     assert!(world.stop_daemon(), "nettrust failed at exit");
 }

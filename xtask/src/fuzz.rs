@@ -47,7 +47,10 @@ pub fn run(root: &Path, secs: u64) -> Result<()> {
         let seeds = fuzz_dir.join("seeds").join(target);
         std::fs::create_dir_all(&seeds)?;
         if *target == "config" {
-            std::fs::copy(root.join("config.toml"), corpus.join("repository-config.toml"))?;
+            std::fs::copy(
+                root.join("config.toml"),
+                corpus.join("repository-config.toml"),
+            )?;
         }
         let mut cmd = Command::new("rustup");
         cmd.current_dir(&fuzz_dir)

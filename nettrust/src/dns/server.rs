@@ -146,7 +146,9 @@ pub async fn serve_tcp(
                     tracing::debug!("TCP connection from {peer}: {e}");
                 },
             }
-            open.lock().expect("poisoned").retain(|(serial, _)| *serial != id);
+            open.lock()
+                .expect("poisoned")
+                .retain(|(serial, _)| *serial != id);
             drop(permit);
         });
     }
