@@ -541,6 +541,9 @@ fn open_dns_connections(pid: u32) -> usize {
 }
 
 fn p99(mut samples: Vec<Duration>) -> Duration {
+    if samples.is_empty() {
+        return Duration::MAX;
+    }
     samples.sort();
     samples[(samples.len() * 99).div_ceil(100) - 1]
 }
