@@ -161,6 +161,15 @@ mod socket2_free {
     }
 }
 
+/// Stops the attacker threads when the test ends, also by a failed assertion.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// A tiny xorshift generator: reproducible "random" IDs, ports and bytes without a crate.
 struct Rng(u64);
 
@@ -212,6 +221,7 @@ fn off_path_spoofed_answers_authorize_nothing() {
     // those ports, and spoofed to random ports.
     let current = Arc::new(AtomicU32::new(1));
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_attackers = StopOnDrop(stop.clone());
     let sent = Arc::new(AtomicU64::new(0));
     let ports = Arc::new(std::sync::Mutex::new(Vec::<u16>::new()));
     let attacker = {
@@ -437,6 +447,7 @@ fn misbehave(query: &[u8], tcp: bool) -> Vec<Vec<u8>> {
 fn forged_upstream_answers_authorize_nothing() {
     let mut world = World::new();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_attackers = StopOnDrop(stop.clone());
     let server = in_netns(&world.inet_ns, malicious_upstream(stop.clone()));
     let upstream = format!("{}:5353", world::INET_V4);
     world.start_daemon_with(&["--fwd-addr", &upstream, "--fwd-timeout-ms", "500"]);
@@ -555,6 +566,7 @@ fn slowloris_and_connection_flood_leave_queries_answered() {
     world.start_daemon(&[]);
     let pid = daemon_pid(&world);
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_attackers = StopOnDrop(stop.clone());
     let opened = Arc::new(AtomicUsize::new(0));
     let mut attackers = Vec::new();
     // Slowloris: 4 × 150 connections that send one byte of a length prefix and then nothing,
