@@ -8,7 +8,7 @@ use std::{path::Path, process::Command};
 use anyhow::{Context as _, Result, bail};
 
 /// The targets in fuzz/fuzz_targets.
-const TARGETS: &[&str] = &["answer", "config", "query", "framing"];
+const TARGETS: &[&str] = &["answer", "upstream", "query", "framing", "config"];
 
 /// Seconds per target in CI.
 pub const CI_SECS: u64 = 30;
@@ -44,7 +44,13 @@ pub fn run(root: &Path, secs: u64) -> Result<()> {
         // New inputs go to the (untracked) corpus; the committed seeds are only read.
         let corpus = root.join("target").join("fuzz-corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
-        let seeds = fuzz_dir.join("seeds").join(target);
+        // `upstream` plays the upstream: it starts from the captured answers too.
+        let seed_dir = if *target == "upstream" {
+            "answer"
+        } else {
+            target
+        };
+        let seeds = fuzz_dir.join("seeds").join(seed_dir);
         std::fs::create_dir_all(&seeds)?;
         if *target == "config" {
             std::fs::copy(

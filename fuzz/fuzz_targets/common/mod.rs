@@ -5,10 +5,12 @@
 //! a decoy record for an unrelated name (`decoy.example.`, [`DECOY_V4`]/[`DECOY_V6`]), which must
 //! never be authorized; other types get an empty NOERROR answer.
 
+#![allow(dead_code, reason = "each target uses a part of the harness")]
+
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -73,9 +75,26 @@ impl Harness {
     }
 }
 
+/// What the `upstream` target makes the upstream send: these bytes, with the query's ID written
+/// over the first two bytes (`true`) or that ID with its top bit flipped (`false`, always wrong).
+pub static SCRIPTED: Mutex<Option<(Vec<u8>, bool)>> = Mutex::new(None);
+
+/// The harness (upstream timeout 2 s: the upstream always answers).
 pub fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
-    HARNESS.get_or_init(|| {
+    HARNESS.get_or_init(|| build(Duration::from_secs(2)))
+}
+
+/// The harness for scripted replies: a rejected reply is followed by nothing, so the proxy waits
+/// for its (short) upstream timeout and answers SERVFAIL. A legitimate reply that misses it only
+/// means SERVFAIL and no authorization, which the invariant allows.
+pub fn scripted_harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| build(Duration::from_millis(5)))
+}
+
+fn build(timeout: Duration) -> Harness {
+    {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -86,15 +105,22 @@ pub fn harness() -> &'static Harness {
         let proxy = {
             let _guard = runtime.enter();
             Proxy::new(
-                Upstreams::new(&[upstream], Transport::Udp, Duration::from_secs(2)),
+                Upstreams::new(&[upstream], Transport::Udp, timeout),
                 Authorizer::new(firewall.clone(), Some(Duration::from_secs(3600))),
             )
         };
         Harness { runtime, proxy, firewall }
-    })
+    }
 }
 
 fn answer(query: &[u8]) -> Option<Vec<u8>> {
+    if let Some((mut bytes, right_id)) = SCRIPTED.lock().unwrap().clone() {
+        if bytes.len() >= 2 && query.len() >= 2 {
+            let id = u16::from_be_bytes([query[0], query[1]]) ^ if right_id { 0 } else { 0x8000 };
+            bytes[..2].copy_from_slice(&id.to_be_bytes());
+        }
+        return Some(bytes);
+    }
     let query = Message::from_vec(query).ok()?;
     let [question] = query.queries.as_slice() else { return None };
     let mut reply = Message::response(query.metadata.id, OpCode::Query);
