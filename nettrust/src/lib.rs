@@ -15,6 +15,7 @@ pub mod dns;
 pub mod events;
 pub mod firewall;
 pub mod metrics;
+pub mod privileges;
 pub mod reload;
 pub mod sweeper;
 pub mod sys;
@@ -235,6 +236,11 @@ pub async fn run(
             bpffs_dir: settings.bpffs_dir.clone(),
         };
         tracker.spawn(metrics::serve(listener, sources, cancel.clone()));
+    }
+    // Everything that needs more than the running firewall's capabilities is done.
+    match privileges::drop_privileges() {
+        Ok(kept) => tracing::info!("capabilities reduced to {kept:#x}, no-new-privs set"),
+        Err(e) => tracing::error!("{}", error_chain(&e)),
     }
     tracing::info!(
         listen = %listen,

@@ -284,6 +284,7 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
     let mut unit = cargo(root)?;
     unit.args(["test", "--workspace", "--exclude", "nettrust-ebpf"]);
     run_checked(unit)?;
+    fuzz::ci(root)?;
     if unit_only {
         return Ok(());
     }

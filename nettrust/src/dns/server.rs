@@ -1,9 +1,17 @@
 //! UDP, TCP and DNS-over-TLS listeners. One task per query (UDP) or per connection (TCP/TLS),
 //! bounded by semaphores, tracked so shutdown can wait for them. Socket errors are logged and
 //! skipped; a client that stalls (TLS handshake, half a message, idleness) is disconnected after
-//! [`TCP_IDLE_TIMEOUT`], and never holds up any other client.
+//! [`TCP_IDLE_TIMEOUT`], and never holds up any other client. When [`MAX_TCP_CONNECTIONS`] are
+//! open, a new connection closes the oldest one (RFC 7766 §6.2.2: a server may close idle
+//! connections under pressure), so slow clients filling the table (slowloris) cannot lock
+//! legitimate TCP clients out; the number of open connections never exceeds the cap.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
@@ -20,7 +28,7 @@ use super::{
 
 /// Queries handled at the same time over UDP; more are dropped (clients retry).
 pub const MAX_UDP_IN_FLIGHT: usize = 1024;
-/// TCP connections open at the same time; more are closed at once.
+/// TCP connections open at the same time; at the cap a new connection closes the oldest.
 pub const MAX_TCP_CONNECTIONS: usize = 256;
 /// A TCP client that sends nothing for this long is disconnected (RFC 7766 §6.2.3 suggests
 /// seconds).
@@ -75,6 +83,9 @@ pub async fn serve_tcp(
     cancel: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    // Open connections, oldest first: (serial, token closing it).
+    let open: Arc<Mutex<VecDeque<(u64, CancellationToken)>>> = Arc::default();
+    let mut serial = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
             () = cancel.cancelled() => return,
@@ -87,13 +98,30 @@ pub async fn serve_tcp(
                 }
             },
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::debug!(
-                "TCP listener: {MAX_TCP_CONNECTIONS} connections open, closing one from {peer}"
-            );
-            continue;
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let oldest = open.lock().expect("poisoned").pop_front();
+                if let Some((_, token)) = oldest {
+                    tracing::debug!(
+                        "TCP listener: {MAX_TCP_CONNECTIONS} connections open, closing the oldest for {peer}"
+                    );
+                    token.cancel();
+                }
+                // The closed connection's task gives its permit back at once.
+                match timeout(Duration::from_secs(1), limit.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => continue,
+                }
+            }
         };
-        let (proxy, cancel, tls) = (proxy.clone(), cancel.clone(), tls.clone());
+        serial += 1;
+        let id = serial;
+        let close = cancel.child_token();
+        open.lock()
+            .expect("poisoned")
+            .push_back((id, close.clone()));
+        let (proxy, tls, open) = (proxy.clone(), tls.clone(), open.clone());
         tracker.spawn(async move {
             let serve = async {
                 stream.set_nodelay(true)?;
@@ -113,17 +141,23 @@ pub async fn serve_tcp(
                 }
             };
             tokio::select! {
-                () = cancel.cancelled() => {}
+                () = close.cancelled() => {}
                 result = serve => if let Err(e) = result {
                     tracing::debug!("TCP connection from {peer}: {e}");
                 },
             }
+            open.lock()
+                .expect("poisoned")
+                .retain(|(serial, _)| *serial != id);
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(
+/// Serves the length-prefixed messages (RFC 7766 §8) of one TCP or TLS connection until the client
+/// closes it, stalls or stops reading. Public for the `framing` fuzz target.
+#[doc(hidden)]
+pub async fn serve_connection(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
     peer: SocketAddr,
     proxy: &Proxy,

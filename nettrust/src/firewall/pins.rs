@@ -301,11 +301,7 @@ impl Capacities {
             MAP_HOSTS_V4 | MAP_HOSTS_V6 => Some((self.hosts, "max_hosts", 1)),
             // One name per host of either family, at most NAMES_MAX: names are best effort and
             // 256 bytes each, they must not dominate kernel memory on large host maps.
-            MAP_NAMES => Some((
-                self.hosts.saturating_mul(2).min(NAMES_MAX),
-                "max_hosts",
-                2,
-            )),
+            MAP_NAMES => Some((self.hosts.saturating_mul(2).min(NAMES_MAX), "max_hosts", 2)),
             MAP_NETS_V4 | MAP_NETS_V6 => Some((self.networks, "max_networks", 1)),
             _ => None,
         }

@@ -1,0 +1,489 @@
+//! The eBPF verdict matrix: synthetic packets run through the programs the daemon loaded, pinned
+//! and attached (`BPF_PROG_TEST_RUN` on the pinned `prog-egress`/`prog-ingress`), each with the
+//! verdict it must get. The maps are the daemon's own, filled by real DNS answers through the world's
+//! dnsmasq, by the configured whitelists and blacklists, and (for expired and directly inserted
+//! entries) by writes into the pinned host maps. Run with `cargo xtask test`.
+
+mod world;
+
+use std::{
+    ffi::CString,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+    str::FromStr,
+};
+
+use aya::maps::{HashMap, Map, MapData};
+use nettrust_common::{FLAG_AUTHORIZED, HostValue, MAP_HOSTS_V4, MAP_HOSTS_V6};
+use world::World;
+
+const ALLOW: u32 = 1;
+const DROP: u32 = 0;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+
+/// `bpf(BPF_OBJ_GET)` on a pinned program.
+fn open_pin(path: &Path) -> OwnedFd {
+    let path = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // union bpf_attr, BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags, path_fd.
+    let mut attr = [0u64; 3];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: a valid bpf_attr for BPF_OBJ_GET, `path` outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            7, // BPF_OBJ_GET
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_OBJ_GET {path:?}: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// `struct bpf_attr` for `BPF_PROG_TEST_RUN` (the `test` member, linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// Runs `prog` once on `frame` (Ethernet header + packet) and returns its return value. With
+/// `ifindex`, the skb comes from that device (a `struct __sk_buff` context up to `ifindex`).
+fn test_run(prog: &OwnedFd, frame: &[u8], ifindex: u32) -> u32 {
+    let mut out = vec![0u8; frame.len() + 256];
+    // struct __sk_buff up to and including `ifindex` (offset 40); everything else must be zero.
+    let mut ctx = [0u32; 11];
+    ctx[10] = ifindex;
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..TestRunAttr::default()
+    };
+    if ifindex != 0 {
+        attr.ctx_size_in = std::mem::size_of_val(&ctx) as u32;
+        attr.ctx_in = ctx.as_ptr() as u64;
+    }
+    // SAFETY: a valid bpf_attr; every buffer outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            10, // BPF_PROG_TEST_RUN
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_TEST_RUN on {} bytes (ifindex {ifindex}): {}",
+        frame.len(),
+        std::io::Error::last_os_error()
+    );
+    attr.retval
+}
+
+fn ether(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Transport header: ports for TCP/UDP (20 bytes), a bare 8-byte header otherwise.
+fn l4(proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.resize(if proto == TCP { 20 } else { 8 }, 0);
+    if proto == TCP {
+        h[12] = 5 << 4;
+        h[13] = 0x02; // SYN
+    }
+    h
+}
+
+fn v4_with(src: &str, dst: &str, proto: u8, sport: u16, dport: u16, frag: u16) -> Vec<u8> {
+    let body = l4(proto, sport, dport);
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&(20 + body.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1]);
+    ip.extend_from_slice(&frag.to_be_bytes());
+    ip.extend_from_slice(&[64, proto, 0, 0]);
+    ip.extend_from_slice(&Ipv4Addr::from_str(src).unwrap().octets());
+    ip.extend_from_slice(&Ipv4Addr::from_str(dst).unwrap().octets());
+    ip.extend_from_slice(&body);
+    ether(0x0800, &ip)
+}
+
+fn v4(dst: &str, proto: u8, dport: u16) -> Vec<u8> {
+    v4_with(world::CLIENT_V4, dst, proto, 40000, dport, 0)
+}
+
+fn v6_with(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+    let body = l4(proto, sport, dport);
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[proto, 64]);
+    ip.extend_from_slice(&Ipv6Addr::from_str(src).unwrap().octets());
+    ip.extend_from_slice(&Ipv6Addr::from_str(dst).unwrap().octets());
+    ip.extend_from_slice(&body);
+    ether(0x86DD, &ip)
+}
+
+fn v6(dst: &str, proto: u8, dport: u16) -> Vec<u8> {
+    v6_with(world::CLIENT_V6, dst, proto, 40000, dport)
+}
+
+/// Writes a host entry straight into the pinned map, as an authorization would.
+fn insert_host(dir: &Path, addr: IpAddr, expires_ns: u64) {
+    let value = HostValue {
+        expires_ns,
+        last_seen_ns: 0,
+        flags: FLAG_AUTHORIZED,
+        _pad: 0,
+    };
+    match addr {
+        IpAddr::V4(a) => {
+            let data = MapData::from_pin(dir.join(MAP_HOSTS_V4)).unwrap();
+            let mut map: HashMap<MapData, [u8; 4], HostValue> =
+                HashMap::try_from(Map::HashMap(data)).unwrap();
+            map.insert(a.octets(), value, 0).unwrap();
+        }
+        IpAddr::V6(a) => {
+            let data = MapData::from_pin(dir.join(MAP_HOSTS_V6)).unwrap();
+            let mut map: HashMap<MapData, [u8; 16], HostValue> =
+                HashMap::try_from(Map::HashMap(data)).unwrap();
+            map.insert(a.octets(), value, 0).unwrap();
+        }
+    }
+}
+
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn ebpf_verdict_matrix() {
+    let mut world = World::new();
+    let config = world.dir.path().join("verdicts.toml");
+    std::fs::write(
+        &config,
+        "whitelist_private = false\n\
+         [whitelist]\nhosts = [\"192.0.2.50\"]\n\
+         networks = [\"10.20.0.0/16\", \"2001:db8:ab::/48\"]\n\
+         [blacklist]\nhosts = [\"192.0.2.11\", \"2001:db8:1::11\"]\ndomains = [\"n7.test\"]\n",
+    )
+    .unwrap();
+    world.start_daemon(&["--config", config.to_str().unwrap()]);
+
+    // Real answers authorize a.test (v4 and v6) and c.test through alias.test's CNAME; b.test's
+    // addresses are blacklisted hosts, n7.test a blacklisted domain, zero.test answers 0.0.0.0.
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert_eq!(world.resolve("a.test", "AAAA", true), ["2001:db8:1::10"]);
+    assert_eq!(
+        world.resolve("alias.test", "A", false),
+        ["c.test.", "192.0.2.12"]
+    );
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    assert_eq!(world.resolve("b.test", "AAAA", false), ["2001:db8:1::11"]);
+    assert!(world.resolve("n7.test", "A", false).is_empty());
+    world.resolve("zero.test", "A", false);
+    // Entries written straight into the maps: expired ones, and a live one nobody resolved.
+    let now = boottime_ns();
+    for (addr, expires) in [
+        ("192.0.2.200", now - 1_000_000),
+        ("10.20.9.9", now - 1_000_000),
+        ("2001:db8:1::200", now - 1_000_000),
+        ("192.0.2.201", now + 3_600_000_000_000),
+        ("2001:db8:1::201", 0),
+    ] {
+        insert_host(&world.bpffs_dir, addr.parse().unwrap(), expires);
+    }
+
+    let egress = open_pin(&world.bpffs_dir.join("prog-egress"));
+    let ingress = open_pin(&world.bpffs_dir.join("prog-ingress"));
+    // The veth in the client namespace: an skb "received" on it is not loopback traffic.
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &world.client_ns,
+            "-o",
+            "link",
+            "show",
+            &format!("vc{}", world.id),
+        ])
+        .output()
+        .unwrap();
+    let veth: u32 = String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("ifindex of the client veth");
+
+    // Run the matrix in a thread inside the client namespace, so `ifindex` names its veth.
+    let netns = std::fs::File::open(format!("/run/netns/{}", world.client_ns)).unwrap();
+    let failures = std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only (network namespaces are per thread).
+            assert_eq!(
+                unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let out = |frame: Vec<u8>| test_run(&egress, &frame, 0);
+            let inn = |frame: Vec<u8>| test_run(&ingress, &frame, veth);
+            let mut truncated_v4 = v4("192.0.2.10", TCP, 443);
+            // BPF_PROG_TEST_RUN refuses packets shorter than their IP header (as the stack never
+            // hands the program one): cut after the IP header, inside the ports.
+            truncated_v4.truncate(14 + 20 + 3);
+            let mut truncated_v6 = v6("2001:db8:1::10", TCP, 443);
+            truncated_v6.truncate(14 + 40);
+            let mut no_ports_v4 = v4("192.0.2.10", TCP, 443);
+            no_ports_v4[14] = 0x4f; // IHL 15: the ports would lie beyond the packet
+            let mut no_ports_v6 = v6("2001:db8:1::10", UDP, 53);
+            no_ports_v6.truncate(14 + 40 + 2);
+            let mut cases: Vec<(&str, u32, u32)> = vec![
+                (
+                    "v4 TCP to a resolved address",
+                    out(v4("192.0.2.10", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v4 UDP to a resolved address",
+                    out(v4("192.0.2.10", UDP, 53)),
+                    ALLOW,
+                ),
+                (
+                    "v4 ICMP to a resolved address",
+                    out(v4("192.0.2.10", ICMP, 0)),
+                    ALLOW,
+                ),
+                (
+                    "v4 through a CNAME chain",
+                    out(v4("192.0.2.12", TCP, 80)),
+                    ALLOW,
+                ),
+                ("v4 never resolved", out(v4("192.0.2.99", TCP, 443)), DROP),
+                (
+                    "v4 never resolved, UDP",
+                    out(v4("192.0.2.99", UDP, 53)),
+                    DROP,
+                ),
+                (
+                    "v4 blacklisted host in an answer",
+                    out(v4("192.0.2.11", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v4 of a blacklisted domain",
+                    out(v4("203.0.113.7", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v4 unspecified from an answer",
+                    out(v4("0.0.0.0", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v4 whitelisted host",
+                    out(v4("192.0.2.50", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v4 whitelisted network",
+                    out(v4("10.20.3.4", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v4 next to the whitelisted network",
+                    out(v4("10.21.0.1", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v4 private, whitelist_private off",
+                    out(v4("192.168.1.1", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v4 loopback (listen address)",
+                    out(v4("127.0.0.1", UDP, 53)),
+                    ALLOW,
+                ),
+                ("v4 expired entry", out(v4("192.0.2.200", TCP, 443)), DROP),
+                (
+                    "v4 expired entry in a whitelisted network",
+                    out(v4("10.20.9.9", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v4 live entry in the map",
+                    out(v4("192.0.2.201", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v4 resolved source, unresolved destination",
+                    out(v4_with("192.0.2.10", "192.0.2.99", TCP, 1, 443, 0)),
+                    DROP,
+                ),
+                (
+                    "v4 later fragment to a resolved address",
+                    out(v4_with(world::CLIENT_V4, "192.0.2.10", UDP, 1, 2, 185)),
+                    ALLOW,
+                ),
+                (
+                    "v4 later fragment never resolved",
+                    out(v4_with(world::CLIENT_V4, "192.0.2.99", UDP, 1, 2, 185)),
+                    DROP,
+                ),
+                ("v4 ports cut off", out(truncated_v4), DROP),
+                (
+                    "v4 ports beyond the packet (IHL 15)",
+                    out(no_ports_v4),
+                    DROP,
+                ),
+                (
+                    "v6 TCP to a resolved address",
+                    out(v6("2001:db8:1::10", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v6 UDP to a resolved address",
+                    out(v6("2001:db8:1::10", UDP, 53)),
+                    ALLOW,
+                ),
+                (
+                    "v6 never resolved",
+                    out(v6("2001:db8:1::99", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v6 ICMPv6 never resolved",
+                    out(v6("2001:db8:1::99", ICMPV6, 0)),
+                    DROP,
+                ),
+                (
+                    "v6 blacklisted host in an answer",
+                    out(v6("2001:db8:1::11", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v6 whitelisted network",
+                    out(v6("2001:db8:ab:1::1", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v6 next to the whitelisted network",
+                    out(v6("2001:db8:ac::1", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v6 expired entry",
+                    out(v6("2001:db8:1::200", TCP, 443)),
+                    DROP,
+                ),
+                (
+                    "v6 entry that never expires",
+                    out(v6("2001:db8:1::201", TCP, 443)),
+                    ALLOW,
+                ),
+                (
+                    "v6 v4-mapped form of a v4 authorization",
+                    out(v6("::ffff:192.0.2.10", TCP, 443)),
+                    DROP,
+                ),
+                ("v6 no transport header at all", out(truncated_v6), DROP),
+                ("v6 ports cut in half", out(no_ports_v6), DROP),
+                ("ARP (non-IP)", out(ether(0x0806, &[0u8; 28])), ALLOW),
+                ("LLDP (non-IP)", out(ether(0x88cc, &[0u8; 32])), ALLOW),
+            ];
+            // Inbound flows: a reply is allowed only to the peer and ports that opened the flow.
+            let reply_v4 = || v4_with(world::CLIENT_V4, "192.0.2.99", TCP, 8080, 5555, 0);
+            let reply_v6 = || v6_with(world::CLIENT_V6, "2001:db8:1::99", TCP, 8080, 5555);
+            cases.push(("v4 reply before any inbound packet", out(reply_v4()), DROP));
+            cases.push((
+                "v4 inbound connection (drop_input off)",
+                inn(v4_with("192.0.2.99", world::CLIENT_V4, TCP, 5555, 8080, 0)),
+                ALLOW,
+            ));
+            cases.push(("v4 reply to the inbound flow", out(reply_v4()), ALLOW));
+            cases.push((
+                "v4 same peer, another port",
+                out(v4_with(world::CLIENT_V4, "192.0.2.99", TCP, 8080, 5556, 0)),
+                DROP,
+            ));
+            cases.push((
+                "v4 same peer and ports, UDP",
+                out(v4_with(world::CLIENT_V4, "192.0.2.99", UDP, 8080, 5555, 0)),
+                DROP,
+            ));
+            cases.push(("v6 reply before any inbound packet", out(reply_v6()), DROP));
+            cases.push((
+                "v6 inbound connection",
+                inn(v6_with("2001:db8:1::99", world::CLIENT_V6, TCP, 5555, 8080)),
+                ALLOW,
+            ));
+            cases.push(("v6 reply to the inbound flow", out(reply_v6()), ALLOW));
+            cases.push((
+                "ingress on loopback",
+                test_run(
+                    &ingress,
+                    &v4_with("127.0.0.1", "127.0.0.1", UDP, 53, 40000, 0),
+                    1,
+                ),
+                ALLOW,
+            ));
+            let failures: Vec<String> = cases
+                .iter()
+                .filter(|(_, got, want)| got != want)
+                .map(|(what, got, want)| format!("{what}: got {got}, expected {want}"))
+                .collect();
+            eprintln!("{} packets judged", cases.len());
+            assert!(cases.len() >= 30);
+            failures
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(
+        failures.is_empty(),
+        "wrong verdicts:\n{}",
+        failures.join("\n")
+    );
+    assert!(world.stop_daemon(), "nettrust failed at exit");
+}
