@@ -553,3 +553,10 @@ impl World {
         u32::from_ne_bytes(attr[24..28].try_into().unwrap())
     }
 }
+
+impl World {
+    /// Process id of the running daemon (RSS sampling in the fault tests).
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|d| d.child.id())
+    }
+}
