@@ -329,6 +329,7 @@ fn start_backend(
             drop_input: settings.firewall_drop_input,
         })?;
         firewall.start_denied_log();
+        firewall.start_cgroup_watch(settings.cgroups.clone());
         Ok(StartedBackend::Ebpf(Arc::new(firewall)))
     };
     let start_nftables = || -> Result<StartedBackend, RunError> {
