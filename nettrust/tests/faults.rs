@@ -727,7 +727,7 @@ fn unique_name_flood_fills_the_map_without_evicting_or_opening() {
         .unwrap_or("")
         .to_owned();
     let authorized = authorized_count(&world);
-    let capacity = u64::from(nettrust_common_max_hosts());
+    let capacity = u64::from(nettrust_common::DEFAULT_MAX_HOSTS);
     let rss_end = vmrss_kib(pid);
     // Plateau: after the map filled (second half of the run) memory no longer grows.
     let half = samples.len() / 2;
@@ -760,11 +760,6 @@ fn unique_name_flood_fills_the_map_without_evicting_or_opening() {
     assert!(!world.reachable_from_cgroup("192.0.2.99"));
     assert!(!listed(&world, "192.0.2.99"));
     assert!(world.stop_daemon());
-}
-
-fn nettrust_common_max_hosts() -> u32 {
-    // nettrust-common is not a dependency of the tests; keep in step with DEFAULT_MAX_HOSTS.
-    65_536
 }
 
 // ---------------------------------------------------------------------------------------------
