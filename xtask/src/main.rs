@@ -68,12 +68,15 @@ enum Cmd {
     /// Steady DNS load with expiry active (as root, in network namespaces of its own): fails on
     /// RSS drift >= 5% after warm-up, any DNS error, or a packet to an unauthorized address.
     Soak {
-        /// Length of the run (fractions allowed: 0.5 is 30 s).
+        /// Length of the measured run after the warm-up (fractions allowed: 0.5 is 30 s).
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
-        /// Query rate (about half of nettrust's maximum measured by `bench dns`).
-        #[arg(long, default_value_t = 16_000)]
-        qps: u32,
+        /// Warm-up under load before RSS is judged.
+        #[arg(long, default_value_t = 60)]
+        warmup_seconds: u64,
+        /// Query rate; by default half of the maximum nettrust reaches here (measured first).
+        #[arg(long)]
+        qps: Option<u32>,
         /// Soak the debug build instead of the release build.
         #[arg(long)]
         debug: bool,
@@ -144,6 +147,7 @@ fn main() -> Result<()> {
         Cmd::Test { unit_only } => test(&root, unit_only)?,
         Cmd::Soak {
             minutes,
+            warmup_seconds,
             qps,
             debug,
             binary,
@@ -154,7 +158,14 @@ fn main() -> Result<()> {
                 None => build(&root, !debug)?,
             };
             let seconds = (minutes * 60.0).round() as u64;
-            soak::run(&binary, &soak::Options { seconds, qps })?;
+            soak::run(
+                &binary,
+                &soak::Options {
+                    seconds,
+                    warmup: warmup_seconds,
+                    qps,
+                },
+            )?;
         }
         Cmd::Bench {
             what: BenchCmd::Dns { seconds, in_flight },

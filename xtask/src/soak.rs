@@ -37,17 +37,20 @@ const MAX_DRIFT: f64 = 0.05;
 
 /// Options of one soak run.
 pub struct Options {
-    /// Length of the run.
+    /// Length of the measured part of the run (after the warm-up).
     pub seconds: u64,
-    /// dnsperf's query rate limit (about half of nettrust's measured maximum).
-    pub qps: u32,
+    /// Warm-up before the measured part (load on, RSS not judged yet).
+    pub warmup: u64,
+    /// dnsperf's query rate limit; `None`: half of the maximum measured first (5 s of dnsperf
+    /// without a limit).
+    pub qps: Option<u32>,
 }
 
-/// `cargo xtask` arguments of the CI soak: 30 s of the debug binary the root tests were built
-/// with (debug builds reach ~5,000 qps here, so half of that).
+/// `cargo xtask` arguments of the CI soak: 20 s of warm-up and 30 s measured, at half the
+/// maximum rate of the debug binary the root tests were built with.
 pub fn ci_args(root: &Path) -> Vec<String> {
     let binary = root.join("target/debug/nettrust");
-    ["soak", "--minutes", "0.5", "--qps", "2500", "--binary"]
+    ["soak", "--minutes", "0.5", "--warmup-seconds", "20", "--binary"]
         .iter()
         .map(|s| (*s).to_owned())
         .chain([binary.display().to_string()])
@@ -267,6 +270,22 @@ impl Soak {
         }
     }
 
+    /// nettrust's maximum rate right now: 5 s of dnsperf without a rate limit.
+    fn max_qps(&self) -> Result<f64> {
+        let out = self
+            .in_cgroup(&format!(
+                "exec dnsperf -s 127.0.0.1 -d {} -l 5 -q 200 -t 5",
+                self.dir.join("queries").display()
+            ))
+            .output()
+            .context("starting dnsperf")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("Queries per second:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no qps in dnsperf's output: {text}"))
+    }
+
     fn nettrust_log(&self) -> String {
         fs::read_to_string(self.dir.join("nettrust.log")).unwrap_or_default()
     }
@@ -325,11 +344,20 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
     let mut soak = Soak::new()?;
     soak.start_upstream()?;
     let pid = soak.start_nettrust(binary)?;
-    let warmup = (opts.seconds / 4).clamp(10, 60);
+    let warmup = opts.warmup;
+    let qps = match opts.qps {
+        Some(qps) => qps,
+        None => {
+            let max = soak.max_qps()?;
+            eprintln!("xtask: nettrust's maximum here and now: {max:.0} qps");
+            ((max / 2.0) as u32).max(100)
+        }
+    };
+    let total = warmup + opts.seconds;
     eprintln!(
-        "xtask: soak {} s at {} qps ({NAMES} names, authorized TTL {AUTHORIZED_TTL} s, sweep every \
-         {TTL_CHECK} s), warm-up {warmup} s",
-        opts.seconds, opts.qps
+        "xtask: soak {} s (+{warmup} s warm-up) at {qps} qps ({NAMES} names, authorized TTL \
+         {AUTHORIZED_TTL} s, sweep every {TTL_CHECK} s)",
+        opts.seconds
     );
     // Unauthorized attempts, TCP and UDP, for the whole run.
     let mut attempts = soak.in_cgroup(&format!(
@@ -343,10 +371,8 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
         .stderr(Stdio::null());
     soak.children.push(attempts.spawn().context("starting the connect loop")?);
     let mut perf = soak.in_cgroup(&format!(
-        "exec dnsperf -s 127.0.0.1 -d {} -l {} -Q {} -q 500 -t 2",
+        "exec dnsperf -s 127.0.0.1 -d {} -l {total} -Q {qps} -q 500 -t 5",
         soak.dir.join("queries").display(),
-        opts.seconds,
-        opts.qps
     ));
     let perf = perf
         .stdout(Stdio::piped())
@@ -356,7 +382,7 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
 
     let started = Instant::now();
     let mut samples: Vec<(u64, u64)> = Vec::new();
-    while started.elapsed() < Duration::from_secs(opts.seconds) {
+    while started.elapsed() < Duration::from_secs(total) {
         std::thread::sleep(Duration::from_secs(1));
         samples.push((started.elapsed().as_secs(), vmrss_kib(pid)?));
     }
@@ -382,7 +408,7 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
     let completed = number("Queries completed:");
     let lost = number("Queries lost:");
     let codes = field("Response codes:").unwrap_or_default();
-    let qps = field("Queries per second:").unwrap_or_default();
+    let achieved = field("Queries per second:").unwrap_or_default();
     let leaked = soak.arrivals()?;
     let tried = fs::read_to_string(soak.dir.join("attempts"))
         .unwrap_or_default()
@@ -402,7 +428,10 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
     let end = *after.last().unwrap_or(&base);
     let drift = (max as f64 - base as f64) / base as f64;
     let firewall_errors = soak.nettrust_log().matches("[Firewall Error]").count();
-    println!("soak: {} s, target {} qps, achieved {qps} qps", opts.seconds, opts.qps);
+    println!(
+        "soak: {} s after {warmup} s warm-up, target {qps} qps, achieved {achieved} qps",
+        opts.seconds
+    );
     println!("  queries completed {completed}, lost {lost}, response codes: {codes}");
     println!(
         "  RSS after warm-up {base} KiB, max {max} KiB, end {end} KiB: drift {:.2}% (limit {:.0}%)",
