@@ -380,7 +380,10 @@ fn upstream_death_late_and_partial_answers() {
         &TIMEOUT_MS.to_string(),
     ]);
     let (status, answers, _) = dig(&world, "a.test", false);
-    assert_eq!((status.as_str(), answers), ("NOERROR", vec!["192.0.2.10".into()]));
+    assert_eq!(
+        (status.as_str(), answers),
+        ("NOERROR", vec!["192.0.2.10".into()])
+    );
 
     // The first upstream dies (its packets are dropped in the internet namespace).
     nft(
@@ -400,11 +403,17 @@ fn upstream_death_late_and_partial_answers() {
     assert!(world.reachable_from_cgroup(FAST_ADDR));
 
     // Every upstream fails: the live one answers too late, then only partially.
-    for (mode, what, addr) in [(R_SLOW, "late", SLOW_ADDR), (R_PARTIAL, "partial", PARTIAL_ADDR)] {
+    for (mode, what, addr) in [
+        (R_SLOW, "late", SLOW_ADDR),
+        (R_PARTIAL, "partial", PARTIAL_ADDR),
+    ] {
         scripted.set(mode);
         for tcp in [false, true] {
             let (status, answers, took) = dig(&world, &format!("{what}.test"), tcp);
-            assert_eq!(status, "SERVFAIL", "{what} answer (tcp: {tcp}): {answers:?}");
+            assert_eq!(
+                status, "SERVFAIL",
+                "{what} answer (tcp: {tcp}): {answers:?}"
+            );
             assert!(answers.is_empty(), "{what}: {answers:?}");
             assert!(
                 took < bound,
@@ -424,7 +433,10 @@ fn upstream_death_late_and_partial_answers() {
     // The first upstream comes back: answers again, within the bound.
     nft(&world, &world.inet_ns, "delete table inet nettrust_dead\n");
     let (status, answers, took) = dig(&world, "b.test", false);
-    assert_eq!((status.as_str(), answers), ("NOERROR", vec!["192.0.2.11".into()]));
+    assert_eq!(
+        (status.as_str(), answers),
+        ("NOERROR", vec!["192.0.2.11".into()])
+    );
     assert!(took < bound, "recovery took {took:?}");
     let log = world.daemon_log();
     assert!(log.contains("[Upstream Error]"), "{log}");
@@ -528,7 +540,9 @@ fn bpffs_not_mounted_is_mounted_by_the_daemon() {
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
-    let mut child = cmd.spawn().expect("start nettrust in a private mount namespace");
+    let mut child = cmd
+        .spawn()
+        .expect("start nettrust in a private mount namespace");
     struct Kill<'a>(&'a mut Child);
     impl Drop for Kill<'_> {
         fn drop(&mut self) {
@@ -602,7 +616,10 @@ fn cgroup_removed_while_attached_is_logged_and_refiltered_when_recreated() {
     assert!(world.reachable_from_cgroup("192.0.2.10"));
     assert!(world.reachable_from_cgroup("192.0.2.11"));
     let status = stdout(&world.nettrust(&["status"]));
-    assert!(status.contains(&world.cgroup.display().to_string()), "{status}");
+    assert!(
+        status.contains(&world.cgroup.display().to_string()),
+        "{status}"
+    );
     assert!(world.stop_daemon());
     assert_eq!(world.attached_egress_programs(), 0);
 }
@@ -629,8 +646,14 @@ fn flood_upstream(world: &mut World) -> std::path::PathBuf {
     let mut hosts = String::new();
     let mut queries = String::new();
     for i in 0..FLOOD_NAMES {
-        writeln!(hosts, "198.{}.{}.{} f{i}.flood", 18 + (i >> 16), (i >> 8) & 0xff, i & 0xff)
-            .unwrap();
+        writeln!(
+            hosts,
+            "198.{}.{}.{} f{i}.flood",
+            18 + (i >> 16),
+            (i >> 8) & 0xff,
+            i & 0xff
+        )
+        .unwrap();
         writeln!(queries, "f{i}.flood A").unwrap();
     }
     std::fs::write(dir.join("flood.hosts"), hosts).unwrap();
@@ -653,11 +676,20 @@ fn flood_upstream(world: &mut World) -> std::path::PathBuf {
     let started = Instant::now();
     while !world
         .in_ns(&world.client_ns, "dig")
-        .args(["+short", "+time=1", "+tries=1", &format!("@{FLOOD_UPSTREAM}"), "f1.flood"])
+        .args([
+            "+short",
+            "+time=1",
+            "+tries=1",
+            &format!("@{FLOOD_UPSTREAM}"),
+            "f1.flood",
+        ])
         .output()
         .is_ok_and(|o| !o.stdout.is_empty())
     {
-        assert!(started.elapsed() < Duration::from_secs(20), "flood dnsmasq did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "flood dnsmasq did not start"
+        );
         sleep(Duration::from_millis(100));
     }
     dir.join("flood.queries")
@@ -754,9 +786,15 @@ fn unique_name_flood_fills_the_map_without_evicting_or_opening() {
     assert!(checks > 0);
     assert!(world.reachable_from_cgroup("192.0.2.10"));
     let (status, answers, _) = dig(&world, "a.test", false);
-    assert_eq!((status.as_str(), answers), ("NOERROR", vec!["192.0.2.10".into()]));
+    assert_eq!(
+        (status.as_str(), answers),
+        ("NOERROR", vec!["192.0.2.10".into()])
+    );
     let (status, answers, _) = dig(&world, "fresh.flood", false);
-    assert_eq!(status, "SERVFAIL", "a full map must not hand out {answers:?}");
+    assert_eq!(
+        status, "SERVFAIL",
+        "a full map must not hand out {answers:?}"
+    );
     assert!(!world.reachable_from_cgroup("192.0.2.99"));
     assert!(!listed(&world, "192.0.2.99"));
     assert!(world.stop_daemon());
@@ -768,7 +806,13 @@ fn unique_name_flood_fills_the_map_without_evicting_or_opening() {
 
 /// A record without its TTL, comparable as a set member.
 fn record_key(r: &Record) -> String {
-    format!("{} {:?} {:?} {:?}", r.name, r.dns_class, r.record_type(), r.data)
+    format!(
+        "{} {:?} {:?} {:?}",
+        r.name,
+        r.dns_class,
+        r.record_type(),
+        r.data
+    )
 }
 
 /// Compares one answer through nettrust against the upstream's: rcode, header flags, question,
@@ -792,7 +836,10 @@ fn compare(proxied: &Message, direct: &Message) -> Option<String> {
         return Some(format!("header {:?} vs {:?}", flags(p), flags(d)));
     }
     if proxied.queries != direct.queries {
-        return Some(format!("question {:?} vs {:?}", proxied.queries, direct.queries));
+        return Some(format!(
+            "question {:?} vs {:?}",
+            proxied.queries, direct.queries
+        ));
     }
     for (what, a, b) in [
         ("answer", &proxied.answers, &direct.answers),
@@ -850,10 +897,15 @@ fn differential_1000_names_match_the_upstream() {
     let netns = std::fs::File::open(format!("/run/netns/{}", world.client_ns)).unwrap();
     let results = std::thread::spawn(move || {
         // SAFETY: setns only changes this thread's network namespace.
-        assert_eq!(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        assert_eq!(
+            unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
         let ask = |server: SocketAddr, id: u16, name: &str, rtype: RecordType| -> Message {
             let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-            socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .unwrap();
             let mut m = Message::query();
             m.metadata.id = id;
             m.metadata.recursion_desired = true;
@@ -889,9 +941,20 @@ fn differential_1000_names_match_the_upstream() {
     .join()
     .expect("the comparer panicked");
     let (diffs, rcodes) = results;
-    eprintln!("differential: 1000 questions, upstream rcodes {rcodes:?}, {} differences", diffs.len());
-    assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
-    assert!(rcodes.len() > 1, "the questions must cover more than one rcode: {rcodes:?}");
+    eprintln!(
+        "differential: 1000 questions, upstream rcodes {rcodes:?}, {} differences",
+        diffs.len()
+    );
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+    assert!(
+        rcodes.len() > 1,
+        "the questions must cover more than one rcode: {rcodes:?}"
+    );
     assert!(world.reachable_from_cgroup("203.0.113.150"));
     assert!(!world.reachable_from_cgroup("203.0.113.250"));
     assert!(world.stop_daemon());

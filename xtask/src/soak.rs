@@ -50,11 +50,18 @@ pub struct Options {
 /// maximum rate of the debug binary the root tests were built with.
 pub fn ci_args(root: &Path) -> Vec<String> {
     let binary = root.join("target/debug/nettrust");
-    ["soak", "--minutes", "0.5", "--warmup-seconds", "20", "--binary"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .chain([binary.display().to_string()])
-        .collect()
+    [
+        "soak",
+        "--minutes",
+        "0.5",
+        "--warmup-seconds",
+        "20",
+        "--binary",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([binary.display().to_string()])
+    .collect()
 }
 
 struct Soak {
@@ -148,7 +155,9 @@ impl Soak {
     /// `program` inside namespace `ns` (nsenter execs it: same pid, and /sys stays visible).
     fn in_ns(ns: &str, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(program);
+        c.arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -369,7 +378,8 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
         .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    soak.children.push(attempts.spawn().context("starting the connect loop")?);
+    soak.children
+        .push(attempts.spawn().context("starting the connect loop")?);
     let mut perf = soak.in_cgroup(&format!(
         "exec dnsperf -s 127.0.0.1 -d {} -l {total} -Q {qps} -q 500 -t 5",
         soak.dir.join("queries").display(),
@@ -461,10 +471,14 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
         failures.push("the unauthorized connect loop did not run".to_owned());
     }
     if leaked > 0 {
-        failures.push(format!("{leaked} packets reached the unauthorized {TARGET}"));
+        failures.push(format!(
+            "{leaked} packets reached the unauthorized {TARGET}"
+        ));
     }
     if firewall_errors > 0 {
-        failures.push(format!("{firewall_errors} firewall errors in nettrust's log"));
+        failures.push(format!(
+            "{firewall_errors} firewall errors in nettrust's log"
+        ));
     }
     if !failures.is_empty() {
         bail!("soak failed: {}", failures.join("; "));

@@ -355,8 +355,7 @@ fn watch_cgroup(dir: &Path, path: &Path, known: Option<u64>) -> Option<u64> {
         for (name, _) in PROGRAMS {
             let _ = std::fs::remove_file(pins::link_pin(dir, name, old));
         }
-        if let Ok(mut map) =
-            super::pinned::open_pinned::<CgroupMap>(dir, MAP_CGROUPS, Map::HashMap)
+        if let Ok(mut map) = super::pinned::open_pinned::<CgroupMap>(dir, MAP_CGROUPS, Map::HashMap)
         {
             let _ = map.remove(&old);
         }
