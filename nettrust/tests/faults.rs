@@ -231,6 +231,12 @@ fn kill_9_under_load_50_times_never_opens() {
         leaked, 0,
         "packets to an unauthorized address reached the internet"
     );
+    let list = stdout(&world.nettrust(&["list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("192.0.2.10 ") && l.ends_with("a.test")),
+        "the adopted authorization lost its entry or name: {list}"
+    );
     assert!(world.stop_daemon());
     assert_eq!(world.attached_egress_programs(), 0);
     // Control: with the filter gone the counter does count.
@@ -440,7 +446,7 @@ fn upstream_death_late_and_partial_answers() {
     assert!(took < bound, "recovery took {took:?}");
     let log = world.daemon_log();
     assert!(log.contains("[Upstream Error]"), "{log}");
-    let mut expected = vec!["192.0.2.10", "192.0.2.11", FAST_ADDR];
+    let mut expected = ["192.0.2.10", "192.0.2.11", FAST_ADDR];
     expected.sort();
     assert_eq!(
         world.list(),
@@ -736,7 +742,7 @@ fn unique_name_flood_fills_the_map_without_evicting_or_opening() {
     while started.elapsed() < Duration::from_secs(seconds) {
         sleep(Duration::from_secs(1));
         samples.push((started.elapsed().as_secs_f64(), vmrss_kib(pid)));
-        if samples.len() % 3 == 0 {
+        if samples.len().is_multiple_of(3) {
             assert!(
                 world.reachable_from_cgroup("192.0.2.10"),
                 "the earlier authorization was evicted during the flood ({:?})",

@@ -32,6 +32,8 @@ const LINK_PEER_V4: &str = "198.51.100.2";
 /// keep expiring, being swept and being authorized again.
 const AUTHORIZED_TTL: &str = "3";
 const TTL_CHECK: &str = "1";
+/// dnsperf's queries in flight, in the maximum-rate run and the soak alike.
+const IN_FLIGHT: u32 = 500;
 /// Allowed RSS growth after the warm-up.
 const MAX_DRIFT: f64 = 0.05;
 
@@ -279,11 +281,13 @@ impl Soak {
         }
     }
 
-    /// nettrust's maximum rate right now: 5 s of dnsperf without a rate limit.
+    /// nettrust's maximum rate right now: 10 s of dnsperf without a rate limit, with as many
+    /// queries in flight as the soak allows (so the daemon's high-water mark of concurrent
+    /// queries, and the memory it takes, is reached before the warm-up ends).
     fn max_qps(&self) -> Result<f64> {
         let out = self
             .in_cgroup(&format!(
-                "exec dnsperf -s 127.0.0.1 -d {} -l 5 -q 200 -t 5",
+                "exec dnsperf -s 127.0.0.1 -d {} -l 10 -q {IN_FLIGHT} -t 5",
                 self.dir.join("queries").display()
             ))
             .output()
@@ -381,7 +385,7 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
     soak.children
         .push(attempts.spawn().context("starting the connect loop")?);
     let mut perf = soak.in_cgroup(&format!(
-        "exec dnsperf -s 127.0.0.1 -d {} -l {total} -Q {qps} -q 500 -t 5",
+        "exec dnsperf -s 127.0.0.1 -d {} -l {total} -Q {qps} -q {IN_FLIGHT} -t 5",
         soak.dir.join("queries").display(),
     ));
     let perf = perf
