@@ -385,7 +385,7 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
     soak.children
         .push(attempts.spawn().context("starting the connect loop")?);
     let mut perf = soak.in_cgroup(&format!(
-        "exec dnsperf -s 127.0.0.1 -d {} -l {total} -Q {qps} -q {IN_FLIGHT} -t 5",
+        "exec dnsperf -s 127.0.0.1 -d {} -l {total} -Q {qps} -q {IN_FLIGHT} -t 5 -S 5",
         soak.dir.join("queries").display(),
     ));
     let perf = perf
@@ -452,7 +452,22 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
         drift * 100.0,
         MAX_DRIFT * 100.0
     );
+    // Informational: growth over the second half of the measured run (a leak keeps growing; a
+    // high-water mark of concurrent queries does not).
+    let mid = after[after.len() / 2];
+    println!(
+        "  RSS growth over the second half: {mid} KiB -> {end} KiB ({:.2}%)",
+        (end as f64 - mid as f64) / mid as f64 * 100.0
+    );
     println!("  unauthorized connect/send rounds {tried}, packets arrived {leaked}");
+    // dnsperf -S 5: "<unix time>: <qps>" every 5 s (the achieved rate over time).
+    let rates: Vec<&str> = report
+        .lines()
+        .filter_map(|l| l.split_once(": ").map(|(t, q)| (t, q.trim())))
+        .filter(|(t, _)| t.contains('.') && t.trim().parse::<f64>().is_ok())
+        .map(|(_, q)| q)
+        .collect();
+    println!("  qps every 5 s: {}", rates.join(" "));
     if let Some(nettrust) = soak.nettrust.as_mut()
         && let Some(status) = nettrust.try_wait()?
     {
