@@ -524,8 +524,8 @@ fn pin_directory_not_on_bpffs_is_a_clear_error() {
 }
 
 /// bpffs not mounted at all (a private mount namespace where /sys/fs/bpf is unmounted): nettrust
-/// mounts it itself, says so, and enforces; SIGTERM cleans up. The host's own bpffs mount is
-/// untouched.
+/// mounts it itself and enforces, warns that such a mount (and the pins in it) lasts only as long
+/// as its mount namespace, and SIGTERM cleans up. The host's own bpffs mount is untouched.
 #[test]
 #[ignore = "needs root: cargo xtask test"]
 fn bpffs_not_mounted_is_mounted_by_the_daemon() {
@@ -580,6 +580,12 @@ fn bpffs_not_mounted_is_mounted_by_the_daemon() {
     };
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "{text}");
+    // Its pins die with that mount namespace (a kill -9 would leave the cgroup unfiltered): the
+    // user is told.
+    assert!(
+        text.contains("mounted it in nettrust's own mount namespace"),
+        "{text}"
+    );
     assert_eq!(world.attached_egress_programs(), 0);
     assert!(
         std::fs::read_to_string("/proc/mounts")
