@@ -33,7 +33,7 @@ const LINK_PEER_V4: &str = "198.51.100.2";
 const AUTHORIZED_TTL: &str = "3";
 const TTL_CHECK: &str = "1";
 /// dnsperf's queries in flight, in the maximum-rate run and the soak alike.
-const IN_FLIGHT: u32 = 500;
+const IN_FLIGHT: u32 = 100;
 /// Allowed RSS growth after the warm-up.
 const MAX_DRIFT: f64 = 0.05;
 
@@ -299,6 +299,25 @@ impl Soak {
             .with_context(|| format!("no qps in dnsperf's output: {text}"))
     }
 
+    /// `Udp: RcvbufErrors` of the client namespace (queries dropped before nettrust read them).
+    fn udp_rcvbuf_errors(&self) -> Result<u64> {
+        let out = Self::in_ns(&self.client(), "cat")
+            .arg("/proc/net/snmp")
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (udp.next(), udp.next());
+        let (Some(names), Some(values)) = (names, values) else {
+            bail!("no Udp lines in /proc/net/snmp");
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(name, _)| *name == "RcvbufErrors")
+            .and_then(|(_, v)| v.parse().ok())
+            .context("no RcvbufErrors")
+    }
+
     fn nettrust_log(&self) -> String {
         fs::read_to_string(self.dir.join("nettrust.log")).unwrap_or_default()
     }
@@ -388,9 +407,12 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
         "exec dnsperf -s 127.0.0.1 -d {} -l {total} -Q {qps} -q {IN_FLIGHT} -t 5 -S 5",
         soak.dir.join("queries").display(),
     ));
-    let perf = perf
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    // To a file, not a pipe: dnsperf prints a line per timed-out query and blocks (stops sending)
+    // once nobody reads a full pipe.
+    let perf_out = soak.dir.join("dnsperf.out");
+    let mut perf = perf
+        .stdout(fs::File::create(&perf_out)?)
+        .stderr(Stdio::null())
         .spawn()
         .context("starting dnsperf")?;
 
@@ -400,13 +422,10 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
         std::thread::sleep(Duration::from_secs(1));
         samples.push((started.elapsed().as_secs(), vmrss_kib(pid)?));
     }
-    let out = perf.wait_with_output()?;
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "dnsperf failed: {report}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let status = perf.wait()?;
+    let report = fs::read_to_string(&perf_out).unwrap_or_default();
+    if !status.success() {
+        bail!("dnsperf failed: {report}");
     }
     let field = |label: &str| -> Option<String> {
         report
@@ -460,6 +479,11 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
         (end as f64 - mid as f64) / mid as f64 * 100.0
     );
     println!("  unauthorized connect/send rounds {tried}, packets arrived {leaked}");
+    println!(
+        "  UDP receive-buffer drops in the client namespace: {}",
+        soak.udp_rcvbuf_errors()
+            .map_or_else(|e| format!("unknown ({e})"), |n| n.to_string())
+    );
     // dnsperf -S 5: "<unix time>: <qps>" every 5 s (the achieved rate over time).
     let rates: Vec<&str> = report
         .lines()
