@@ -338,6 +338,7 @@ fn start_backend(
             },
         })?;
         firewall.start_denied_log();
+        firewall.start_cgroup_watch(settings.cgroups.clone());
         Ok(StartedBackend::Ebpf(Arc::new(firewall)))
     };
     let start_nftables = || -> Result<StartedBackend, RunError> {

@@ -10,6 +10,8 @@
 //! - `bench [dns|datapath|commit|memory|all] [--smoke]`: nettrust against dnsmasq and the upstream,
 //!   datapath, commit latency and memory, in network namespaces it creates (see `bench*.rs`);
 //!   writes `target/bench/results.md` and a chart.
+//! - `soak --minutes N`: steady load with expiry active; asserts RSS drift, errors, leaks
+//!   (see `soak.rs`).
 
 mod bench;
 mod bench_commit;
@@ -17,6 +19,7 @@ mod bench_datapath;
 mod bench_report;
 mod fuzz;
 mod setup;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -65,6 +68,25 @@ enum Cmd {
         /// Only the unit tests (no root needed).
         #[arg(long)]
         unit_only: bool,
+    },
+    /// Steady DNS load with expiry active (as root, in network namespaces of its own): fails on
+    /// RSS drift >= 5% after warm-up, any DNS error, or a packet to an unauthorized address.
+    Soak {
+        /// Length of the measured run after the warm-up (fractions allowed: 0.5 is 30 s).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Warm-up under load before RSS is judged.
+        #[arg(long, default_value_t = 60)]
+        warmup_seconds: u64,
+        /// Query rate; by default half of the maximum nettrust reaches here (measured first).
+        #[arg(long)]
+        qps: Option<u32>,
+        /// Soak the debug build instead of the release build.
+        #[arg(long)]
+        debug: bool,
+        /// Soak this nettrust binary as it is (no build; CI passes the one the tests built).
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
     /// Benchmarks (as root, in network namespaces of their own): prints a table, writes
     /// target/bench/results.md and target/bench/chart.png.
@@ -139,6 +161,28 @@ fn main() -> Result<()> {
             lint(&root)?;
         }
         Cmd::Test { unit_only } => test(&root, unit_only)?,
+        Cmd::Soak {
+            minutes,
+            warmup_seconds,
+            qps,
+            debug,
+            binary,
+        } => {
+            setup::packages()?;
+            let binary = match binary {
+                Some(binary) => binary,
+                None => build(&root, !debug)?,
+            };
+            let seconds = (minutes * 60.0).round() as u64;
+            soak::run(
+                &binary,
+                &soak::Options {
+                    seconds,
+                    warmup: warmup_seconds,
+                    qps,
+                },
+            )?;
+        }
         Cmd::Bench {
             what,
             smoke,
@@ -316,6 +360,7 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
         "--test-threads=1",
     ]);
     run_checked(root_tests)?;
+    run_checked(as_root(&std::env::current_exe()?, &soak::ci_args(root)))?;
     bench::smoke(root, &build(root, false)?)
 }
 

@@ -309,6 +309,32 @@ impl EbpfFirewall {
         }
     }
 
+    /// Watches the configured `cgroups` every [`CGROUP_WATCH_INTERVAL`]: one removed while
+    /// attached (its processes are gone, e.g. a stopped service) is logged as an error and its
+    /// links and `CGROUPS` entry are dropped; one created again at the same path (the service
+    /// restarts) is filtered again at once, without a restart of the daemon.
+    pub fn start_cgroup_watch(&self, cgroups: Vec<PathBuf>) {
+        let dir = self.pin_dir.clone();
+        let task = tokio::spawn(async move {
+            let mut known: Vec<(PathBuf, Option<u64>)> = cgroups
+                .into_iter()
+                .map(|path| {
+                    let id = pins::cgroup_id(&path).ok();
+                    (path, id)
+                })
+                .collect();
+            let mut tick = tokio::time::interval(CGROUP_WATCH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                for (path, id) in &mut known {
+                    *id = watch_cgroup(&dir, path, *id);
+                }
+            }
+        });
+        self.tasks.lock().expect("poisoned").push(task);
+    }
+
     /// Stops the daemon's tasks and applies the exit `mode`. Keeps cleaning after a failure and
     /// returns every error.
     pub fn stop(&self, mode: ExitMode) -> Result<(), Vec<EbpfError>> {
@@ -324,6 +350,46 @@ impl EbpfFirewall {
                 clear_authorized(&mut hosts).map_err(|e| vec![e])
             }
             ExitMode::KeepAll => Ok(()),
+        }
+    }
+}
+
+/// How often the configured cgroups are checked for removal and re-creation.
+pub const CGROUP_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// One check of a configured cgroup whose id was `known` (None: absent at the last check);
+/// returns the id now filtered.
+fn watch_cgroup(dir: &Path, path: &Path, known: Option<u64>) -> Option<u64> {
+    let now = pins::cgroup_id(path).ok();
+    if now == known {
+        return known;
+    }
+    if let Some(old) = known {
+        tracing::error!(
+            cgroup = %path.display(),
+            "[Firewall Error] filtered cgroup was removed while attached; its links are dropped and it is filtered again as soon as it is recreated"
+        );
+        for (name, _) in PROGRAMS {
+            let _ = std::fs::remove_file(pins::link_pin(dir, name, old));
+        }
+        if let Ok(mut map) = super::pinned::open_pinned::<CgroupMap>(dir, MAP_CGROUPS, Map::HashMap)
+        {
+            let _ = map.remove(&old);
+        }
+    }
+    now?;
+    match attach_pinned(dir, path) {
+        Ok(()) => {
+            tracing::warn!(cgroup = %path.display(), "[Firewall] cgroup recreated: filter attached again");
+            now
+        }
+        Err(e) => {
+            tracing::error!(
+                cgroup = %path.display(),
+                error = %crate::error_chain(&e),
+                "[Firewall Error] cannot filter the recreated cgroup; retrying"
+            );
+            None
         }
     }
 }

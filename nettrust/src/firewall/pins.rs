@@ -199,6 +199,13 @@ pub fn prepare_dir(dir: &Path) -> Result<File, PinError> {
                     Some(e),
                 )
             })?;
+            if in_private_mount_namespace() {
+                tracing::warn!(
+                    "bpffs was not mounted at /sys/fs/bpf: mounted it in nettrust's own mount namespace, where the pins (and enforcement after a crash or kill -9) last only as long as this process; mount bpffs on the host (mount -t bpf bpf /sys/fs/bpf) for fail-closed pinning"
+                );
+            } else {
+                tracing::info!("bpffs was not mounted at /sys/fs/bpf: mounted it");
+            }
         } else {
             return Err(dir_err(
                 dir,
@@ -472,6 +479,17 @@ pub fn replace_pin(
 
 fn is_bpffs(path: &Path) -> bool {
     crate::sys::fs_magic(path).is_ok_and(|magic| magic == BPF_FS_MAGIC)
+}
+
+/// Whether this process runs in another mount namespace than init (pid 1), e.g. a private one
+/// made by systemd or `unshare -m`: a bpffs mounted there vanishes with the namespace. Unknown
+/// (unreadable) counts as private.
+fn in_private_mount_namespace() -> bool {
+    let ns = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());
+    match (ns("self"), ns("1")) {
+        (Ok(own), Ok(init)) => own != init,
+        _ => true,
+    }
 }
 
 fn mount_bpffs(path: &Path) -> io::Result<()> {

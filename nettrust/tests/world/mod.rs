@@ -650,4 +650,9 @@ impl World {
             "the nftables table is still there"
         );
     }
+
+    /// Process id of the running daemon (RSS sampling in the fault tests).
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|d| d.child.id())
+    }
 }
