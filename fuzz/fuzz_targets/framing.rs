@@ -13,7 +13,8 @@ use nettrust::dns::{proxy::ClientTransport, server::serve_connection};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 fuzz_target!(|data: &[u8]| {
-    let harness = common::harness();
+    // Long: the reference replies must not differ by a timeout under load.
+    let harness = common::harness(std::time::Duration::from_secs(2));
     let output = harness.runtime.block_on(async {
         let (mut client, server) = tokio::io::duplex(4096);
         let peer = "127.0.0.1:5353".parse().unwrap();
