@@ -927,3 +927,31 @@ fn nft_expired_authorizations_stop_new_and_established_flows() {
     assert!(world.reachable_from_cgroup("192.0.2.10"));
     assert!(world.stop_daemon());
 }
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_recreated_cgroup_is_filtered_again() {
+    let mut world = World::new();
+    world.start_daemon(NFT);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    std::fs::remove_dir(&world.cgroup).expect("remove the filtered cgroup");
+    std::fs::create_dir(&world.cgroup).expect("recreate the cgroup");
+    // `socket cgroupv2` matches the id of the old cgroup; the daemon must move the rule to the new
+    // one (within its 500 ms watch), or the restarted service would run unfiltered.
+    world.eventually(
+        "the re-created cgroup to be filtered",
+        Duration::from_secs(5),
+        || {
+            world
+                .daemon_log()
+                .contains("filtered cgroup was re-created")
+        },
+    );
+    assert!(!world.reachable_from_cgroup("203.0.113.77"));
+    assert!(
+        world.reachable_from_cgroup("192.0.2.10"),
+        "authorizations survive the re-install"
+    );
+    assert!(world.stop_daemon());
+    world.assert_nothing_left();
+}

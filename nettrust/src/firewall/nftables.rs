@@ -276,22 +276,51 @@ impl NftablesFirewall {
     }
 
     /// Re-installs the table if someone deleted it while the daemon runs (`nft delete table`,
-    /// `nft flush ruleset`), with the whitelists and every live authorization. Returns whether
-    /// it had to.
+    /// `nft flush ruleset`), or if a filtered cgroup was removed and created again at the same
+    /// path (a restarted service: `socket cgroupv2` matches the cgroup id, and the new cgroup has a
+    /// new one), with the whitelists and every live authorization. Returns whether it had to.
     pub fn repair(&self) -> Result<bool, NftablesError> {
         let mut inner = self.lock();
-        if inner.stopped
-            || inner
+        if inner.stopped {
+            return Ok(false);
+        }
+        let mut reason = None;
+        if let (Mode::Output { cgroups }, Some(scopes)) = (&inner.options.mode, &inner.scopes)
+            && let Ok(root) = crate::cgroup::cgroup2_mount()
+        {
+            let mut current = scopes.clone();
+            for (path, slot) in cgroups.iter().zip(current.iter_mut()) {
+                match cgroup_match(&root, path) {
+                    Ok(m) if m != *slot => {
+                        tracing::error!(cgroup = %path.display(), "[Firewall Error] filtered cgroup was re-created; filtering the new one");
+                        *slot = m;
+                    }
+                    Ok(_) => {}
+                    // Gone: the rule matches nothing until a cgroup appears there again.
+                    Err(_) => {}
+                }
+            }
+            if current != *scopes {
+                inner.scopes = Some(current);
+                reason = Some("a filtered cgroup was re-created");
+            }
+        }
+        if reason.is_none()
+            && !inner
                 .socket
                 .table_exists(NFPROTO_INET, TABLE)
                 .map_err(NftablesError::Install)?
         {
-            return Ok(false);
+            tracing::error!(
+                table = TABLE,
+                "the nftables table was deleted behind nettrust's back; re-installing it"
+            );
+            reason = Some("the table was deleted");
         }
-        tracing::error!(
-            table = TABLE,
-            "the nftables table was deleted behind nettrust's back; re-installing it"
-        );
+        let Some(reason) = reason else {
+            return Ok(false);
+        };
+        tracing::info!(table = TABLE, reason, "re-installing the nftables table");
         inner.install().map_err(NftablesError::Install)?;
         Ok(true)
     }
