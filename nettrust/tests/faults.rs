@@ -9,11 +9,10 @@ mod world;
 use std::{
     collections::BTreeSet,
     fmt::Write as _,
-    io::Write as _,
     net::{SocketAddr, UdpSocket},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::fd::AsRawFd as _,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU8, Ordering},
@@ -26,77 +25,10 @@ use hickory_proto::{
     op::{Message, Query},
     rr::{DNSClass, Name, RData, Record, RecordType, rdata::A},
 };
-use world::{UPSTREAM, World};
-
-/// A background process group, killed (with its children) when dropped.
-struct Background(Child);
-
-impl Background {
-    fn spawn(mut cmd: Command) -> Self {
-        cmd.process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        Self(cmd.spawn().expect("spawn a background process"))
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group we created.
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
-}
+use world::{Background, UPSTREAM, World};
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Loads an nft script into namespace `ns` (only the test's own namespaces).
-fn nft(world: &World, ns: &str, script: &str) {
-    let out = world
-        .in_ns(ns, "nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(script.as_bytes())?;
-            child.wait_with_output()
-        })
-        .expect("nft");
-    assert!(
-        out.status.success(),
-        "nft failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Counts the packets arriving in the internet namespace for `addr` (an nft counter that exists
-/// only inside that namespace).
-fn count_arrivals(world: &World, addr: &str) {
-    nft(
-        world,
-        &world.inet_ns,
-        &format!(
-            "table inet nettrust_arrivals {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  ip daddr {addr} counter\n }}\n}}\n"
-        ),
-    );
-}
-
-fn arrivals(world: &World) -> u64 {
-    let out = world
-        .in_ns(&world.inet_ns, "nft")
-        .args(["list", "chain", "inet", "nettrust_arrivals", "input"])
-        .output()
-        .expect("nft list");
-    let text = stdout(&out);
-    text.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no counter in {text}"))
 }
 
 /// One `dig` through nettrust from the test cgroup: (status, answer addresses, time taken).
@@ -160,7 +92,7 @@ fn kill_9_under_load_50_times_never_opens() {
     const TARGET: &str = "192.0.2.200";
     const KILLS: usize = 50;
     let mut world = World::new();
-    count_arrivals(&world, TARGET);
+    world.count_arrivals(TARGET);
     world.start_daemon(&[]);
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert!(world.reachable_from_cgroup("192.0.2.10"));
@@ -216,7 +148,7 @@ fn kill_9_under_load_50_times_never_opens() {
             .count()
     };
     let (tried, resolutions) = (lines(&attempts), lines(&resolved));
-    let leaked = arrivals(&world);
+    let leaked = world.arrivals();
     eprintln!(
         "kill -9 x{KILLS} in {elapsed:?}: {tried} unauthorized connect/send attempts, {resolutions} \
          resolutions, {leaked} packets leaked, restart to DNS answer max {restart_max:?} mean {:?}",
@@ -250,7 +182,7 @@ fn kill_9_under_load_50_times_never_opens() {
             "-",
         ])
         .output();
-    assert!(arrivals(&world) > 0, "the arrival counter does not count");
+    assert!(world.arrivals() > 0, "the arrival counter does not count");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -394,9 +326,7 @@ fn upstream_death_late_and_partial_answers() {
     );
 
     // The first upstream dies (its packets are dropped in the internet namespace).
-    nft(
-        &world,
-        &world.inet_ns,
+    world.load_nft(&world.inet_ns,
         &format!(
             "table inet nettrust_dead {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n  ip daddr {UPSTREAM} udp dport 53 drop\n  ip daddr {UPSTREAM} tcp dport 53 drop\n }}\n}}\n"
         ),
@@ -439,7 +369,7 @@ fn upstream_death_late_and_partial_answers() {
     assert!(!listed(&world, "192.0.2.79"));
 
     // The first upstream comes back: answers again, within the bound.
-    nft(&world, &world.inet_ns, "delete table inet nettrust_dead\n");
+    world.load_nft(&world.inet_ns, "delete table inet nettrust_dead\n");
     let (status, answers, took) = dig(&world, "b.test", false);
     assert_eq!(
         (status.as_str(), answers),

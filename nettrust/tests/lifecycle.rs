@@ -7,13 +7,12 @@
 mod world;
 
 use std::{
-    os::unix::process::CommandExt as _,
-    process::{Child, Command, Stdio},
+    process::Stdio,
     thread::sleep,
     time::{Duration, Instant},
 };
 
-use world::{Backend, World};
+use world::{Backend, Background, World};
 
 both_backends!(
     ttl_expires_idle_hosts_and_renews_hosts_in_use,
@@ -24,26 +23,6 @@ both_backends!(
     servers_answer_inbound_clients_and_drop_input_blocks_them,
     several_cgroups_at_once,
 );
-
-/// A background process group, killed (with its children) when dropped.
-struct Background(Child);
-
-impl Background {
-    fn spawn(mut cmd: Command) -> Self {
-        cmd.process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        Self(cmd.spawn().expect("spawn a background process"))
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group we created.
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
-}
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -62,40 +41,6 @@ fn echo_server(world: &World) -> Background {
     let server = Background::spawn(cmd);
     sleep(Duration::from_millis(300));
     server
-}
-
-/// Packets arriving in the internet namespace for `addr`, counted by an nft rule that exists only
-/// inside that namespace.
-fn count_arrivals(world: &World, addr: &str) {
-    let script = format!(
-        "table inet nettrust_test {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  ip daddr {addr} counter\n }}\n}}\n"
-    );
-    let out = world
-        .in_ns(&world.inet_ns, "nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write as _;
-            child.stdin.take().unwrap().write_all(script.as_bytes())?;
-            child.wait_with_output()
-        })
-        .expect("nft");
-    assert!(out.status.success(), "nft failed");
-}
-
-fn arrivals(world: &World) -> u64 {
-    let out = world
-        .in_ns(&world.inet_ns, "nft")
-        .args(["list", "chain", "inet", "nettrust_test", "input"])
-        .output()
-        .expect("nft list");
-    let text = stdout(&out);
-    text.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no counter in {text}"))
 }
 
 fn assert_no_firewall_rules_in_client_ns(world: &World) {
@@ -161,18 +106,7 @@ fn conntrack_keeps_hosts_with_idle_connections(backend: Backend) {
     let _echo = echo_server(&world);
     // A ct-using rule in the client namespace (only there) makes conntrack track its flows.
     let rules = "table inet nettrust_ct {\n chain output {\n  type filter hook output priority 0; policy accept;\n  ct state established counter\n }\n}\n";
-    let out = world
-        .in_ns(&world.client_ns, "nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write as _;
-            child.stdin.take().unwrap().write_all(rules.as_bytes())?;
-            child.wait_with_output()
-        })
-        .expect("nft");
-    assert!(out.status.success());
+    world.load_nft(&world.client_ns, rules);
     world.start_daemon(&["--authorized-ttl", "2", "--ttl-check-ticker", "1"]);
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
@@ -265,7 +199,7 @@ fn sigkill_leaves_enforcement_expiry_works_without_daemon_and_next_start_adopts(
 fn restarts_never_let_an_unauthorized_packet_out(backend: Backend) {
     const TARGET: &str = "203.0.113.200";
     let mut world = World::with_backend(backend);
-    count_arrivals(&world, TARGET);
+    world.count_arrivals(TARGET);
     world.start_daemon(&["--do-not-flush-table"]);
     let attempts = world.dir.path().join("attempts");
     let mut loop_cmd = world.in_cgroup("sh");
@@ -298,7 +232,7 @@ fn restarts_never_let_an_unauthorized_packet_out(backend: Backend) {
         "the connect loops barely ran ({tried} attempts)"
     );
     assert_eq!(
-        arrivals(&world),
+        world.arrivals(),
         0,
         "packets to an unauthorized address reached the internet during restarts"
     );
@@ -314,7 +248,7 @@ fn restarts_never_let_an_unauthorized_packet_out(backend: Backend) {
             "-",
         ])
         .output();
-    assert!(arrivals(&world) > 0, "the arrival counter does not count");
+    assert!(world.arrivals() > 0, "the arrival counter does not count");
 }
 
 fn exit_matrix(backend: Backend) {

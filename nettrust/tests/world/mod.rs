@@ -656,3 +656,72 @@ impl World {
         self.daemon.as_ref().map(|d| d.child.id())
     }
 }
+
+/// A background process group, killed (with its children) when dropped.
+pub struct Background(pub Child);
+
+impl Background {
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Self(cmd.spawn().expect("spawn a background process"))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group we created.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+impl World {
+    /// Loads an nft script into namespace `ns` (only the test's own namespaces).
+    pub fn load_nft(&self, ns: &str, script: &str) {
+        let out = self
+            .in_ns(ns, "nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                child.stdin.take().unwrap().write_all(script.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("nft");
+        assert!(
+            out.status.success(),
+            "nft failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Counts the packets arriving in the internet namespace for `addr` (an nft counter that
+    /// exists only inside that namespace); read with [`World::arrivals`].
+    pub fn count_arrivals(&self, addr: &str) {
+        self.load_nft(
+            &self.inet_ns,
+            &format!(
+                "table inet nettrust_arrivals {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  ip daddr {addr} counter\n }}\n}}\n"
+            ),
+        );
+    }
+
+    /// Packets counted since [`World::count_arrivals`].
+    pub fn arrivals(&self) -> u64 {
+        let out = self
+            .in_ns(&self.inet_ns, "nft")
+            .args(["list", "chain", "inet", "nettrust_arrivals", "input"])
+            .output()
+            .expect("nft list");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter in {text}"))
+    }
+}
