@@ -113,7 +113,7 @@ pub(crate) fn cmd(program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn cgroup2_root() -> Result<PathBuf> {
+pub(crate) fn cgroup2_root() -> Result<PathBuf> {
     let mounts = fs::read_to_string("/proc/mounts")?;
     mounts
         .lines()
@@ -122,6 +122,17 @@ fn cgroup2_root() -> Result<PathBuf> {
             (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
         })
         .context("cgroup v2 is not mounted")
+}
+
+/// The resident set size of process `pid`, in KiB.
+pub(crate) fn vmrss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("nettrust (pid {pid}) is gone"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
 }
 
 /// Everything the benchmark created, removed in `Drop` (also on error or panic).

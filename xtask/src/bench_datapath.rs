@@ -289,17 +289,7 @@ fn memory(bench: &Bench, label: &str, capacity: u32, report: &mut Report) -> Res
         bail!("no BPF map among the daemon's file descriptors");
     }
     let kernel: u64 = maps.values().map(|(m, _)| m).sum();
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kb: f64 = status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .context("no VmRSS")?;
+    let rss_kb = crate::bench::vmrss_kib(pid)? as f64;
     let mut biggest: Vec<&(u64, String)> = maps.values().collect();
     biggest.sort_by_key(|(m, _)| std::cmp::Reverse(*m));
     let top: Vec<String> = biggest

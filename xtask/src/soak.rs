@@ -20,6 +20,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::bench::{cgroup2_root, cmd, vmrss_kib};
+
 /// Distinct names served by the upstream, each with its own address in 198.18.0.0/15 (below the
 /// host map's 65,536 entries, so no authorization fails for lack of room).
 const NAMES: u32 = 40_000;
@@ -73,42 +75,6 @@ struct Soak {
     bpffs_dir: PathBuf,
     children: Vec<Child>,
     nettrust: Option<Child>,
-}
-
-fn cmd(program: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("starting {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts")?;
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .context("cgroup v2 is not mounted")
-}
-
-fn vmrss_kib(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("nettrust (pid {pid}) is gone"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")
 }
 
 impl Soak {
