@@ -111,31 +111,97 @@ impl<const N: usize> Packet<N> {
     }
 }
 
-/// Reads the transport protocol and `(source, destination)` ports; ports are 0 for protocols
-/// without them and for non-first IPv4 fragments. IPv6 extension headers are not walked (ports 0).
+/// Bytes of the IPv4 header (without options) plus the 4 port bytes of TCP/UDP after it.
+const IPV4_HEAD: usize = 20 + 4;
+/// Bytes of the IPv6 header plus the 4 port bytes of TCP/UDP right after it.
+const IPV6_HEAD: usize = IPV6_HEADER_LEN + 4;
+
+/// The first `L` bytes of the packet (network header on), straight from the skb's linear data
+/// (direct packet access: no helper call, no copy), or `None` when they are not all linear (or the
+/// packet is shorter); the caller then reads with `bpf_skb_load_bytes`. One bounds check the
+/// verifier tracks covers every read of the returned array at a constant offset.
 #[inline(always)]
-fn transport(ctx: &SkBuffContext, v6: bool) -> Result<(u8, u16, u16), ()> {
-    let (proto, l4) = if v6 {
-        let next: u8 = ctx.load(IPV6_NEXT_HEADER_OFFSET).map_err(|_| ())?;
-        (next, IPV6_HEADER_LEN)
-    } else {
-        let first: u8 = ctx.load(0).map_err(|_| ())?;
-        let proto: u8 = ctx.load(IPV4_PROTO_OFFSET).map_err(|_| ())?;
-        let frag: u16 = ctx.load(IPV4_FRAG_OFFSET).map_err(|_| ())?;
-        if u16::from_be(frag) & 0x1fff != 0 {
-            return Ok((proto, 0, 0));
-        }
-        (proto, usize::from(first & 0x0f) * 4)
-    };
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return Ok((proto, 0, 0));
+fn head<const L: usize>(ctx: &SkBuffContext) -> Option<&[u8; L]> {
+    // SAFETY: reading two fields of the context the kernel handed us.
+    let (start, end) = unsafe { ((*ctx.skb.skb).data as usize, (*ctx.skb.skb).data_end as usize) };
+    if start + L > end {
+        return None;
     }
-    let ports: [u8; 4] = ctx.load(l4).map_err(|_| ())?;
-    Ok((
-        proto,
-        u16::from_be_bytes([ports[0], ports[1]]),
-        u16::from_be_bytes([ports[2], ports[3]]),
-    ))
+    // SAFETY: the check above proves `L` bytes from `start` lie inside the packet.
+    Some(unsafe { &*(start as *const [u8; L]) })
+}
+
+/// Copies `N` bytes at `offset` of `bytes` (a constant offset inside a checked packet head).
+#[inline(always)]
+fn take<const N: usize, const L: usize>(bytes: &[u8; L], offset: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = bytes[offset + i];
+    }
+    out
+}
+
+/// `(source, destination)` ports from 4 transport header bytes.
+#[inline(always)]
+fn ports(bytes: [u8; 4]) -> (u16, u16) {
+    (
+        u16::from_be_bytes([bytes[0], bytes[1]]),
+        u16::from_be_bytes([bytes[2], bytes[3]]),
+    )
+}
+
+/// `(source address, destination address, protocol, source port, destination port)` of an IPv4
+/// packet; ports are 0 for protocols without them and for non-first fragments.
+#[inline(always)]
+fn parse_v4(ctx: &SkBuffContext) -> Result<([u8; 4], [u8; 4], u8, u16, u16), ()> {
+    if let Some(h) = head::<IPV4_HEAD>(ctx) {
+        let proto = h[IPV4_PROTO_OFFSET];
+        let frag = u16::from_be_bytes([h[IPV4_FRAG_OFFSET], h[IPV4_FRAG_OFFSET + 1]]);
+        let (src, dst) = (take(h, IPV4_SADDR_OFFSET), take(h, IPV4_DADDR_OFFSET));
+        let ihl = usize::from(h[0] & 0x0f) * 4;
+        if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || frag & 0x1fff != 0 {
+            return Ok((src, dst, proto, 0, 0));
+        }
+        let (sport, dport) = if ihl == 20 {
+            ports(take(h, 20))
+        } else {
+            // IP options: the ports are further away.
+            ports(ctx.load(ihl).map_err(|_| ())?)
+        };
+        return Ok((src, dst, proto, sport, dport));
+    }
+    let src: [u8; 4] = ctx.load(IPV4_SADDR_OFFSET).map_err(|_| ())?;
+    let dst: [u8; 4] = ctx.load(IPV4_DADDR_OFFSET).map_err(|_| ())?;
+    let first: u8 = ctx.load(0).map_err(|_| ())?;
+    let proto: u8 = ctx.load(IPV4_PROTO_OFFSET).map_err(|_| ())?;
+    let frag: u16 = ctx.load(IPV4_FRAG_OFFSET).map_err(|_| ())?;
+    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || u16::from_be(frag) & 0x1fff != 0 {
+        return Ok((src, dst, proto, 0, 0));
+    }
+    let (sport, dport) = ports(ctx.load(usize::from(first & 0x0f) * 4).map_err(|_| ())?);
+    Ok((src, dst, proto, sport, dport))
+}
+
+/// The same for IPv6; extension headers are not walked (ports 0).
+#[inline(always)]
+fn parse_v6(ctx: &SkBuffContext) -> Result<([u8; 16], [u8; 16], u8, u16, u16), ()> {
+    if let Some(h) = head::<IPV6_HEAD>(ctx) {
+        let proto = h[IPV6_NEXT_HEADER_OFFSET];
+        let (src, dst) = (take(h, IPV6_SADDR_OFFSET), take(h, IPV6_DADDR_OFFSET));
+        if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+            return Ok((src, dst, proto, 0, 0));
+        }
+        let (sport, dport) = ports(take(h, IPV6_HEADER_LEN));
+        return Ok((src, dst, proto, sport, dport));
+    }
+    let src: [u8; 16] = ctx.load(IPV6_SADDR_OFFSET).map_err(|_| ())?;
+    let dst: [u8; 16] = ctx.load(IPV6_DADDR_OFFSET).map_err(|_| ())?;
+    let proto: u8 = ctx.load(IPV6_NEXT_HEADER_OFFSET).map_err(|_| ())?;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Ok((src, dst, proto, 0, 0));
+    }
+    let (sport, dport) = ports(ctx.load(IPV6_HEADER_LEN).map_err(|_| ())?);
+    Ok((src, dst, proto, sport, dport))
 }
 
 #[cgroup_skb(egress)]
@@ -152,8 +218,7 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
 fn try_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
     let protocol = ctx.skb.protocol();
     if protocol == ETH_P_IP_BE {
-        let remote: [u8; 4] = ctx.load(IPV4_DADDR_OFFSET).map_err(|_| ())?;
-        let (proto, sport, dport) = transport(ctx, false)?;
+        let (_, remote, proto, sport, dport) = parse_v4(ctx)?;
         let packet = Packet {
             remote,
             proto,
@@ -162,8 +227,7 @@ fn try_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
         };
         Ok(decide_egress(ctx, &HOSTS_V4, &NETS_V4, &packet))
     } else if protocol == ETH_P_IPV6_BE {
-        let remote: [u8; 16] = ctx.load(IPV6_DADDR_OFFSET).map_err(|_| ())?;
-        let (proto, sport, dport) = transport(ctx, true)?;
+        let (_, remote, proto, sport, dport) = parse_v6(ctx)?;
         let packet = Packet {
             remote,
             proto,
@@ -266,8 +330,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, ()> {
     }
     let protocol = ctx.skb.protocol();
     let flow = if protocol == ETH_P_IP_BE {
-        let remote: [u8; 4] = ctx.load(IPV4_SADDR_OFFSET).map_err(|_| ())?;
-        let (proto, sport, dport) = transport(ctx, false)?;
+        let (remote, _, proto, sport, dport) = parse_v4(ctx)?;
         Packet {
             remote,
             proto,
@@ -276,8 +339,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, ()> {
         }
         .flow()
     } else if protocol == ETH_P_IPV6_BE {
-        let remote: [u8; 16] = ctx.load(IPV6_SADDR_OFFSET).map_err(|_| ())?;
-        let (proto, sport, dport) = transport(ctx, true)?;
+        let (remote, _, proto, sport, dport) = parse_v6(ctx)?;
         Packet {
             remote,
             proto,

@@ -58,6 +58,8 @@ pub struct Options {
     pub rounds: u32,
     /// Build profile of the nettrust binary and the commit bench (`release` or `dev`).
     pub release: bool,
+    /// The dns variants to run (letters `a` to `e`).
+    pub variants: String,
 }
 
 impl Options {
@@ -71,6 +73,7 @@ impl Options {
             hosts: [10_000, 1_000_000],
             rounds: 2000,
             release: true,
+            variants: "abcde".into(),
         }
     }
 
@@ -84,6 +87,7 @@ impl Options {
             hosts: [200, 2000],
             rounds: 50,
             release: false,
+            variants: "abcde".into(),
         }
     }
 }
@@ -583,6 +587,9 @@ fn dns(bench: &mut Bench, opts: &Options, report: &mut Report) -> Result<()> {
         }),
     ];
     for (tag, name, setup) in variants {
+        if !opts.variants.contains(tag) {
+            continue;
+        }
         let label = format!("({tag}) {name}");
         eprintln!("xtask: dns {label}");
         let mut qps = Vec::new();

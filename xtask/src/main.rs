@@ -103,6 +103,10 @@ enum Cmd {
         /// Runs per figure (the median is reported with min–max).
         #[arg(long)]
         runs: Option<u32>,
+        /// dns only: the variants to run, e.g. `ab` for the upstream and nettrust eBPF (default
+        /// `abcde`, all of them).
+        #[arg(long)]
+        variants: Option<String>,
     },
 }
 
@@ -188,6 +192,7 @@ fn main() -> Result<()> {
             smoke,
             seconds,
             runs,
+            variants,
         } => {
             setup::packages()?;
             let mut opts = if smoke {
@@ -197,6 +202,12 @@ fn main() -> Result<()> {
             };
             opts.seconds = seconds.unwrap_or(opts.seconds);
             opts.runs = runs.unwrap_or(opts.runs).max(1);
+            if let Some(variants) = variants {
+                if let Some(bad) = variants.chars().find(|c| !"abcde".contains(*c)) {
+                    bail!("--variants {variants:?}: {bad:?} is not one of a, b, c, d, e");
+                }
+                opts.variants = variants;
+            }
             let binary = build(&root, opts.release)?;
             let what = match what {
                 BenchWhat::Dns => bench::What::Dns,
