@@ -13,6 +13,7 @@
 #![no_main]
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     helpers::{bpf_ktime_get_boot_ns, bpf_skb_cgroup_id},
     macros::{cgroup_skb, map},
     maps::{
@@ -53,10 +54,17 @@ const LOOPBACK_IFINDEX: u32 = 1;
 /// A remembered flow's timestamp is refreshed at most this often.
 const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 
+/// Hash maps sized by the configuration allocate their elements as they are added
+/// (`BPF_F_NO_PREALLOC`): kernel memory follows the hosts actually authorized instead of the
+/// capacity (a preallocated 1M-host map pair costs 210 MB while empty).
+const ON_DEMAND: u32 = BPF_F_NO_PREALLOC;
+
 #[map(name = "HOSTS_V4")]
-static HOSTS_V4: HashMap<[u8; 4], HostValue> = HashMap::with_max_entries(DEFAULT_MAX_HOSTS, 0);
+static HOSTS_V4: HashMap<[u8; 4], HostValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_HOSTS, ON_DEMAND);
 #[map(name = "HOSTS_V6")]
-static HOSTS_V6: HashMap<[u8; 16], HostValue> = HashMap::with_max_entries(DEFAULT_MAX_HOSTS, 0);
+static HOSTS_V6: HashMap<[u8; 16], HostValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_HOSTS, ON_DEMAND);
 #[map(name = "NETS_V4")]
 static NETS_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_NETS, 0);
 #[map(name = "NETS_V6")]
@@ -80,10 +88,11 @@ static ALLOWS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_CGR
 /// Userspace-only (names for `nettrust list`); declared here so it is created and pinned with the
 /// others.
 #[map(name = "NAMES")]
-static NAMES: HashMap<[u8; 16], HostName> = HashMap::with_max_entries(DEFAULT_MAX_HOSTS * 2, 0);
+static NAMES: HashMap<[u8; 16], HostName> =
+    HashMap::with_max_entries(DEFAULT_MAX_HOSTS * 2, ON_DEMAND);
 /// Userspace-only (attached cgroups for `nettrust status`).
 #[map(name = "CGROUPS")]
-static CGROUPS: HashMap<u64, CgroupPath> = HashMap::with_max_entries(MAX_CGROUPS, 0);
+static CGROUPS: HashMap<u64, CgroupPath> = HashMap::with_max_entries(MAX_CGROUPS, ON_DEMAND);
 
 /// The parts of a packet the programs judge: the remote address (destination on egress, source on
 /// ingress) and the transport ports.
