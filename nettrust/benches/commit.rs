@@ -8,7 +8,10 @@
 //! commit -- [--rounds N]`. The process first moves itself into a new network namespace
 //! (`unshare(CLONE_NEWNET)`), so the nftables table never reaches the host's ruleset; the eBPF
 //! programs attach to an empty cgroup of its own. Everything is removed on every exit path.
-//! Prints one line per figure: `commit BACKEND ADDRESSES p50_ns p99_ns rounds`.
+//! Prints one line per figure: `commit BACKEND ADDRESSES p50_ns p99_ns rounds`; then, with the
+//! eBPF host map holding every address authorized so far, how long the sweeper's full scan takes
+//! (`Firewall::due`, batched reads) against reading the same map key by key (aya's iterator, two
+//! system calls per entry, what the scan did before): `scan HOSTS batched_ns key_by_key_ns`.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -82,7 +85,8 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 /// `rounds` answers of `count` fresh addresses each through the authorizer; prints p50/p99.
 fn measure(backend: &str, fw: Arc<dyn Firewall>, count: u32, rounds: u32, base: u32) {
-    let authorizer = Authorizer::new(fw.clone(), None);
+    // With a TTL (`--authorized-ttl`), as the sweeper needs: every host gets a deadline.
+    let authorizer = Authorizer::new(fw.clone(), Some(std::time::Duration::from_secs(3600)));
     let mut samples = Vec::with_capacity(rounds as usize);
     // A few warm-up answers (first map inserts, page faults) are not counted.
     for round in 0..rounds + 20 {
@@ -110,6 +114,35 @@ fn measure(backend: &str, fw: Arc<dyn Firewall>, count: u32, rounds: u32, base: 
         percentile(&samples, 0.5),
         percentile(&samples, 0.99)
     );
+}
+
+/// Median of 5 full scans of the host maps: the sweeper's (`due` with a horizon past every
+/// deadline) and aya's key-by-key iteration of the same pinned maps.
+fn scan(fw: &EbpfFirewall, bpffs: &std::path::Path) {
+    use aya::maps::{HashMap, Map, MapData};
+    use nettrust_common::{HostValue, MAP_HOSTS_V4, MAP_HOSTS_V6};
+
+    let open = |name: &str| MapData::from_pin(bpffs.join(name)).expect("open a pinned host map");
+    let v4: HashMap<_, [u8; 4], HostValue> =
+        HashMap::try_from(Map::HashMap(open(MAP_HOSTS_V4))).expect("HOSTS_V4");
+    let v6: HashMap<_, [u8; 16], HostValue> =
+        HashMap::try_from(Map::HashMap(open(MAP_HOSTS_V6))).expect("HOSTS_V6");
+    let mut batched = Vec::new();
+    let mut key_by_key = Vec::new();
+    let mut hosts = 0;
+    for _ in 0..5 {
+        let started = Instant::now();
+        hosts = fw.due(u64::MAX).expect("scan the host maps").len();
+        batched.push(started.elapsed().as_nanos() as u64);
+        let started = Instant::now();
+        let n = v4.iter().filter_map(Result::ok).count() + v6.iter().filter_map(Result::ok).count();
+        key_by_key.push(started.elapsed().as_nanos() as u64);
+        // Every authorized host is due at that horizon; the whitelisted ones are only iterated.
+        assert!(n >= hosts && hosts > 0, "scan saw {hosts} hosts, iteration {n}");
+    }
+    batched.sort_unstable();
+    key_by_key.sort_unstable();
+    println!("scan {hosts} {} {}", batched[2], key_by_key[2]);
 }
 
 fn main() {
@@ -177,6 +210,7 @@ fn main() {
     for (i, count) in [1u32, 8].into_iter().enumerate() {
         measure("ebpf", ebpf.clone(), count, rounds, (i as u32) << 20);
     }
+    scan(&ebpf, &scratch.bpffs);
     ebpf.stop(ExitMode::FlushAll)
         .expect("stop the eBPF backend");
 

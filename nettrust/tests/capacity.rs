@@ -144,3 +144,40 @@ fn pinned_maps_of_another_capacity_are_refused() {
     assert!(!world.reachable_from_cgroup("203.0.113.1"));
     assert!(world.stop_daemon());
 }
+
+/// `nettrust list` (like the sweeper and the metrics) reads the host maps in batches of 4,096
+/// entries (`BPF_MAP_LOOKUP_BATCH`): every host of a map several batches long is listed, once.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn list_reads_every_host_of_a_map_several_batches_long() {
+    use aya::maps::{HashMap, Map, MapData};
+    use nettrust_common::{FLAG_AUTHORIZED, HostValue, MAP_HOSTS_V4};
+
+    const HOSTS: u32 = 20_000;
+    let mut world = World::new();
+    world.start_daemon(&["--max-hosts", "32768"]);
+    let data = MapData::from_pin(world.bpffs_dir.join(MAP_HOSTS_V4)).expect("open HOSTS_V4");
+    let mut hosts: HashMap<_, [u8; 4], HostValue> =
+        HashMap::try_from(Map::HashMap(data)).expect("HOSTS_V4 is a hash map");
+    let expires_ns = nettrust::firewall::boottime_ns() + 600_000_000_000;
+    let mut written = Vec::new();
+    for i in 0..HOSTS {
+        // 10.0.0.0/8 is never routed here; the daemon only lists these entries.
+        let addr = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        let value = HostValue {
+            expires_ns,
+            flags: FLAG_AUTHORIZED,
+            ..HostValue::default()
+        };
+        hosts.insert(addr, value, 0).expect("write a host");
+        written.push(std::net::IpAddr::from(addr));
+    }
+    let listed = world.list();
+    let mut unique = listed.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), listed.len(), "a host was listed twice");
+    for addr in &written {
+        assert!(listed.binary_search(addr).is_ok(), "{addr} is missing from nettrust list");
+    }
+    assert_eq!(listed.len(), written.len(), "nettrust list: {} hosts", listed.len());
+}

@@ -164,6 +164,21 @@ pub(super) fn remove_entry<const N: usize>(
     }
 }
 
+/// Every entry of a host map, fetched in batches (`bpf_sys::dump`); on a kernel that cannot
+/// batch-read hash maps, key by key.
+fn host_entries<const N: usize>(map: &HostMap<N>) -> Result<Vec<([u8; N], HostValue)>, MapError>
+where
+    [u8; N]: Default,
+{
+    match bpf_sys::dump(bpf_sys::fd_of(map)) {
+        Ok(entries) => Ok(entries),
+        Err(e) => {
+            tracing::debug!("batched map read unavailable ({e}), reading key by key");
+            map.iter().collect()
+        }
+    }
+}
+
 pub(super) fn collect_due<const N: usize>(
     map: &HostMap<N>,
     horizon_ns: u64,
@@ -171,9 +186,9 @@ pub(super) fn collect_due<const N: usize>(
 ) -> Result<(), MapError>
 where
     IpAddr: From<[u8; N]>,
+    [u8; N]: Default,
 {
-    for entry in map.iter() {
-        let (key, value) = entry?;
+    for (key, value) in host_entries(map)? {
         if value.flags & FLAG_WHITELISTED == 0
             && value.expires_ns != 0
             && value.expires_ns <= horizon_ns
@@ -190,20 +205,18 @@ where
 
 /// Removes every authorization (not the whitelisted entries) and the recorded names.
 pub(super) fn clear_authorized(hosts: &mut HostMaps) -> Result<(), EbpfError> {
-    let keys4: Vec<[u8; 4]> = hosts
-        .v4
-        .iter()
-        .filter_map(Result::ok)
+    let keys4: Vec<[u8; 4]> = host_entries(&hosts.v4)
+        .map_err(|e| map_error(MAP_HOSTS_V4, "read", e))?
+        .into_iter()
         .filter(|(_, v)| v.flags & FLAG_WHITELISTED == 0)
         .map(|(k, _)| k)
         .collect();
     for key in keys4 {
         let _ = hosts.v4.remove(&key);
     }
-    let keys6: Vec<[u8; 16]> = hosts
-        .v6
-        .iter()
-        .filter_map(Result::ok)
+    let keys6: Vec<[u8; 16]> = host_entries(&hosts.v6)
+        .map_err(|e| map_error(MAP_HOSTS_V6, "read", e))?
+        .into_iter()
         .filter(|(_, v)| v.flags & FLAG_WHITELISTED == 0)
         .map(|(k, _)| k)
         .collect();
@@ -239,12 +252,10 @@ pub(super) fn collect_authorized(
             ));
         }
     };
-    for entry in v4.iter() {
-        let (key, value) = entry?;
+    for (key, value) in host_entries(v4)? {
         push(IpAddr::from(key), value);
     }
-    for entry in v6.iter() {
-        let (key, value) = entry?;
+    for (key, value) in host_entries(v6)? {
         push(IpAddr::from(key), value);
     }
     Ok(out)
