@@ -306,3 +306,62 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(authorized, "no [Authorized] record in:\n{log}");
 }
+
+/// Voluntary context switches of every thread of `pid`: (thread id and name, count).
+fn wakeups(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the daemon's threads") {
+        let task = task.expect("thread entry").path();
+        let (Ok(name), Ok(status)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("status")),
+        ) else {
+            continue;
+        };
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("voluntary_ctxt_switches in /proc/PID/task/TID/status");
+        let tid = task.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        out.push((format!("{tid} {}", name.trim()), switches));
+    }
+    out
+}
+
+/// An idle daemon sleeps: no thread polls. Over 5 s only the periodic cgroup check (5 per second)
+/// may wake it; the name writer used to wake 200 times a second. The first answer after the pause
+/// still gets its name recorded (the writer wakes for it).
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn an_idle_daemon_does_not_wake_up_every_few_milliseconds() {
+    let mut world = World::new();
+    world.start_daemon(&[]);
+    let pid = world.daemon_pid().expect("the daemon runs");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let before = wakeups(pid);
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let after = wakeups(pid);
+    let woken: u64 = after
+        .iter()
+        .map(|(name, n)| {
+            let earlier = before.iter().find(|(b, _)| b == name).map_or(0, |(_, b)| *b);
+            n.saturating_sub(earlier)
+        })
+        .sum();
+    assert!(
+        woken <= 100,
+        "{woken} wakeups in 5 s of idleness: before {before:?}, after {after:?}"
+    );
+    assert!(!world.resolve("n1.test", "A", false).is_empty());
+    let named = (0..50).any(|_| {
+        let out = world.nettrust(&["list"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("n1.test") {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        false
+    });
+    assert!(named, "the name of the first answer after the pause was not recorded");
+}

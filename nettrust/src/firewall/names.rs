@@ -1,5 +1,5 @@
 //! Off the DNS path: the names shown by `nettrust list` are written into the `NAMES` map by a
-//! background thread every few milliseconds, many per system call (`BPF_MAP_UPDATE_BATCH`), so an
+//! background thread every few milliseconds while answers come, many per system call (`BPF_MAP_UPDATE_BATCH`), so an
 //! answer's reply waits only for its authorizations. Best effort, like the names themselves: a
 //! name appears up to [`PERIOD`] after its address is authorized, and names are dropped (never
 //! authorizations) when the queue is full.
@@ -66,8 +66,10 @@ impl NameWriter {
     }
 }
 
-/// How often the thread collects queued names. It never blocks on the queue, so queuing a name
-/// never has to wake it (a wake per answer would cost more than the write it saves).
+/// How often the thread collects queued names while answers keep coming. Then it does not block
+/// on the queue, so queuing a name does not have to wake it (a wake per answer would cost more than
+/// the write it saves). After a pass that found nothing it blocks until the next name: an idle
+/// daemon does not wake up 200 times a second, and the first answer after a pause wakes it once.
 const PERIOD: Duration = Duration::from_millis(5);
 
 fn drain(map: &super::ebpf::NameMap, rx: &Receiver<Msg>) {
@@ -75,10 +77,27 @@ fn drain(map: &super::ebpf::NameMap, rx: &Receiver<Msg>) {
     let mut keys = Vec::with_capacity(BATCH);
     let mut values = Vec::with_capacity(BATCH);
     let mut acks = Vec::new();
+    let mut idle = false;
     loop {
+        // After an empty pass, sleep until something is queued.
+        let mut next = if idle {
+            match rx.recv() {
+                Ok(msg) => Some(msg),
+                Err(_) => return,
+            }
+        } else {
+            None
+        };
+        let mut received = 0usize;
         let closed = loop {
-            match rx.try_recv() {
-                Ok(Msg::Put(key, value)) => {
+            let msg = match next.take().map_or_else(|| rx.try_recv(), Ok) {
+                Ok(msg) => msg,
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
+            };
+            received += 1;
+            match msg {
+                Msg::Put(key, value) => {
                     keys.push(key);
                     values.push(value);
                     if keys.len() == BATCH {
@@ -87,9 +106,7 @@ fn drain(map: &super::ebpf::NameMap, rx: &Receiver<Msg>) {
                         values.clear();
                     }
                 }
-                Ok(Msg::Flush(ack)) => acks.push(ack),
-                Err(TryRecvError::Empty) => break false,
-                Err(TryRecvError::Disconnected) => break true,
+                Msg::Flush(ack) => acks.push(ack),
             }
         };
         write(fd, &keys, &values);
@@ -101,7 +118,10 @@ fn drain(map: &super::ebpf::NameMap, rx: &Receiver<Msg>) {
         if closed {
             return;
         }
-        std::thread::sleep(PERIOD);
+        idle = received == 0;
+        if !idle {
+            std::thread::sleep(PERIOD);
+        }
     }
 }
 
