@@ -191,26 +191,77 @@ fn parse_v4(ctx: &SkBuffContext) -> Result<([u8; 4], [u8; 4], u8, u16, u16), ()>
     Ok((src, dst, proto, sport, dport))
 }
 
-/// The same for IPv6; extension headers are not walked (ports 0).
+/// The same for IPv6. Extension headers (hop-by-hop, routing, fragment, destination options,
+/// authentication) between the fixed header and TCP/UDP are followed, so a flow is keyed by its
+/// real protocol and ports whatever headers its packets carry; a non-first fragment has no ports.
 #[inline(always)]
 fn parse_v6(ctx: &SkBuffContext) -> Result<([u8; 16], [u8; 16], u8, u16, u16), ()> {
-    if let Some(h) = head::<IPV6_HEAD>(ctx) {
-        let proto = h[IPV6_NEXT_HEADER_OFFSET];
-        let (src, dst) = (take(h, IPV6_SADDR_OFFSET), take(h, IPV6_DADDR_OFFSET));
-        if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-            return Ok((src, dst, proto, 0, 0));
+    let (src, dst, next) = match head::<IPV6_HEAD>(ctx) {
+        Some(h) => {
+            let next = h[IPV6_NEXT_HEADER_OFFSET];
+            let (src, dst) = (take(h, IPV6_SADDR_OFFSET), take(h, IPV6_DADDR_OFFSET));
+            if next == IPPROTO_TCP || next == IPPROTO_UDP {
+                let (sport, dport) = ports(take(h, IPV6_HEADER_LEN));
+                return Ok((src, dst, next, sport, dport));
+            }
+            (src, dst, next)
         }
-        let (sport, dport) = ports(take(h, IPV6_HEADER_LEN));
-        return Ok((src, dst, proto, sport, dport));
-    }
-    let src: [u8; 16] = ctx.load(IPV6_SADDR_OFFSET).map_err(|_| ())?;
-    let dst: [u8; 16] = ctx.load(IPV6_DADDR_OFFSET).map_err(|_| ())?;
-    let proto: u8 = ctx.load(IPV6_NEXT_HEADER_OFFSET).map_err(|_| ())?;
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        None => (
+            ctx.load(IPV6_SADDR_OFFSET).map_err(|_| ())?,
+            ctx.load(IPV6_DADDR_OFFSET).map_err(|_| ())?,
+            ctx.load(IPV6_NEXT_HEADER_OFFSET).map_err(|_| ())?,
+        ),
+    };
+    let (proto, offset) = skip_extension_headers(ctx, next)?;
+    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || offset == 0 {
         return Ok((src, dst, proto, 0, 0));
     }
-    let (sport, dport) = ports(ctx.load(IPV6_HEADER_LEN).map_err(|_| ())?);
+    let (sport, dport) = ports(ctx.load(offset).map_err(|_| ())?);
     Ok((src, dst, proto, sport, dport))
+}
+
+/// IPv6 extension headers that may precede the transport header (RFC 8200 §4, RFC 4302).
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+/// Extension headers followed at most (RFC 8200 §4.1 allows each once, destination options twice).
+const MAX_EXTENSION_HEADERS: usize = 6;
+
+/// From the fixed header's next-header value to the transport header: its protocol and offset, or
+/// offset 0 when there are no ports to read (a non-first fragment, or more extension headers than
+/// a valid packet has). Only packets carrying extension headers come here, through
+/// `bpf_skb_load_bytes` at the variable offsets.
+#[inline(always)]
+fn skip_extension_headers(ctx: &SkBuffContext, mut next: u8) -> Result<(u8, usize), ()> {
+    let mut offset = IPV6_HEADER_LEN;
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                // Next header, length in 8-octet units not counting the first 8.
+                let h: [u8; 2] = ctx.load(offset).map_err(|_| ())?;
+                next = h[0];
+                offset += (usize::from(h[1]) + 1) * 8;
+            }
+            IPV6_AUTH => {
+                // Length in 4-octet units minus 2 (RFC 4302 §2.2).
+                let h: [u8; 2] = ctx.load(offset).map_err(|_| ())?;
+                next = h[0];
+                offset += (usize::from(h[1]) + 2) * 4;
+            }
+            IPV6_FRAGMENT => {
+                let h: [u8; 4] = ctx.load(offset).map_err(|_| ())?;
+                next = h[0];
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                    return Ok((next, 0));
+                }
+                offset += 8;
+            }
+            _ => return Ok((next, offset)),
+        }
+    }
+    Ok((next, 0))
 }
 
 #[cgroup_skb(egress)]

@@ -158,6 +158,56 @@ fn v6_with(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
     ether(0x86DD, &ip)
 }
 
+/// An IPv6 packet whose transport header follows `headers`, extension headers given as (type,
+/// bytes after the next-header octet); each one's next-header octet is filled in here.
+fn v6_ext(
+    src: &str,
+    dst: &str,
+    headers: &[(u8, Vec<u8>)],
+    proto: u8,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for (i, (_, rest)) in headers.iter().enumerate() {
+        payload.push(headers.get(i + 1).map_or(proto, |(next, _)| *next));
+        payload.extend_from_slice(rest);
+    }
+    payload.extend_from_slice(&l4(proto, sport, dport));
+    let first = headers.first().map_or(proto, |(t, _)| *t);
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[first, 64]);
+    ip.extend_from_slice(&Ipv6Addr::from_str(src).unwrap().octets());
+    ip.extend_from_slice(&Ipv6Addr::from_str(dst).unwrap().octets());
+    ip.extend_from_slice(&payload);
+    ether(0x86DD, &ip)
+}
+
+/// A hop-by-hop options header of 8 octets (a PadN option) and a fragment header with fragment
+/// offset `offset` (in 8-octet units; more-fragments set), without their next-header octets.
+fn hop_by_hop() -> (u8, Vec<u8>) {
+    (0, vec![0, 1, 4, 0, 0, 0, 0])
+}
+fn fragment(offset: u16) -> (u8, Vec<u8>) {
+    let field = (offset << 3) | 1;
+    let [hi, lo] = field.to_be_bytes();
+    (44, vec![0, hi, lo, 0, 0, 0, 7])
+}
+
+/// An IPv4 packet with 4 octets of options (IHL 6: a NOP NOP NOP EOL option list).
+fn v4_options(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+    let body = l4(proto, sport, dport);
+    let mut ip = vec![0x46, 0];
+    ip.extend_from_slice(&(24 + body.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0, 0, 64, proto, 0, 0]);
+    ip.extend_from_slice(&Ipv4Addr::from_str(src).unwrap().octets());
+    ip.extend_from_slice(&Ipv4Addr::from_str(dst).unwrap().octets());
+    ip.extend_from_slice(&[1, 1, 1, 0]);
+    ip.extend_from_slice(&body);
+    ether(0x0800, &ip)
+}
+
 fn v6(dst: &str, proto: u8, dport: u16) -> Vec<u8> {
     v6_with(world::CLIENT_V6, dst, proto, 40000, dport)
 }
@@ -459,6 +509,56 @@ fn ebpf_verdict_matrix() {
                 ALLOW,
             ));
             cases.push(("v6 reply to the inbound flow", out(reply_v6()), ALLOW));
+            // Flows keyed through IPv4 options and IPv6 extension headers: the reply (without
+            // them) matches only when the ports were read behind them.
+            cases.push((
+                "v4 inbound connection with IP options",
+                inn(v4_options("192.0.2.98", world::CLIENT_V4, TCP, 5555, 8080)),
+                ALLOW,
+            ));
+            cases.push((
+                "v4 reply to the flow learned with IP options",
+                out(v4_with(world::CLIENT_V4, "192.0.2.98", TCP, 8080, 5555, 0)),
+                ALLOW,
+            ));
+            cases.push((
+                "v4 reply from another port than the flow with IP options",
+                out(v4_with(world::CLIENT_V4, "192.0.2.98", TCP, 8081, 5555, 0)),
+                DROP,
+            ));
+            let ext_peer = "2001:db8:1::98";
+            cases.push((
+                "v6 inbound connection behind hop-by-hop and fragment headers",
+                inn(v6_ext(
+                    ext_peer,
+                    world::CLIENT_V6,
+                    &[hop_by_hop(), fragment(0)],
+                    UDP,
+                    5555,
+                    8080,
+                )),
+                ALLOW,
+            ));
+            cases.push((
+                "v6 reply to the flow learned behind extension headers",
+                out(v6_with(world::CLIENT_V6, ext_peer, UDP, 8080, 5555)),
+                ALLOW,
+            ));
+            cases.push((
+                "v6 reply from another port than that flow",
+                out(v6_with(world::CLIENT_V6, ext_peer, UDP, 8081, 5555)),
+                DROP,
+            ));
+            cases.push((
+                "v6 TCP behind a hop-by-hop header to a resolved address",
+                out(v6_ext(world::CLIENT_V6, "2001:db8:1::10", &[hop_by_hop()], TCP, 40000, 443)),
+                ALLOW,
+            ));
+            cases.push((
+                "v6 later fragment never resolved",
+                out(v6_ext(world::CLIENT_V6, "2001:db8:1::99", &[fragment(185)], UDP, 1, 2)),
+                DROP,
+            ));
             cases.push((
                 "ingress on loopback",
                 test_run(
