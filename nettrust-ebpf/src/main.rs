@@ -132,7 +132,12 @@ const IPV6_HEAD: usize = IPV6_HEADER_LEN + 4;
 #[inline(always)]
 fn head<const L: usize>(ctx: &SkBuffContext) -> Option<&[u8; L]> {
     // SAFETY: reading two fields of the context the kernel handed us.
-    let (start, end) = unsafe { ((*ctx.skb.skb).data as usize, (*ctx.skb.skb).data_end as usize) };
+    let (start, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
     if start + L > end {
         return None;
     }
@@ -159,25 +164,69 @@ fn ports(bytes: [u8; 4]) -> (u16, u16) {
     )
 }
 
-/// `(source address, destination address, protocol, source port, destination port)` of an IPv4
-/// packet; ports are 0 for protocols without them and for non-first fragments.
+/// The header fields the programs judge, as read from one packet.
+struct Headers<const N: usize> {
+    src: [u8; N],
+    dst: [u8; N],
+    proto: u8,
+    sport: u16,
+    dport: u16,
+}
+
+impl<const N: usize> Headers<N> {
+    #[inline(always)]
+    fn new(src: [u8; N], dst: [u8; N], proto: u8, (sport, dport): (u16, u16)) -> Self {
+        Self {
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+        }
+    }
+
+    /// The packet as egress judges it (the remote end is the destination).
+    #[inline(always)]
+    fn outgoing(&self) -> Packet<N> {
+        Packet {
+            remote: self.dst,
+            proto: self.proto,
+            remote_port: self.dport,
+            local_port: self.sport,
+        }
+    }
+
+    /// The packet as ingress judges it (the remote end is the source).
+    #[inline(always)]
+    fn incoming(&self) -> Packet<N> {
+        Packet {
+            remote: self.src,
+            proto: self.proto,
+            remote_port: self.sport,
+            local_port: self.dport,
+        }
+    }
+}
+
+/// The addresses, protocol and ports of an IPv4 packet; ports are 0 for protocols without them
+/// and for non-first fragments.
 #[inline(always)]
-fn parse_v4(ctx: &SkBuffContext) -> Result<([u8; 4], [u8; 4], u8, u16, u16), ()> {
+fn parse_v4(ctx: &SkBuffContext) -> Result<Headers<4>, ()> {
     if let Some(h) = head::<IPV4_HEAD>(ctx) {
         let proto = h[IPV4_PROTO_OFFSET];
         let frag = u16::from_be_bytes([h[IPV4_FRAG_OFFSET], h[IPV4_FRAG_OFFSET + 1]]);
         let (src, dst) = (take(h, IPV4_SADDR_OFFSET), take(h, IPV4_DADDR_OFFSET));
         let ihl = usize::from(h[0] & 0x0f) * 4;
         if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || frag & 0x1fff != 0 {
-            return Ok((src, dst, proto, 0, 0));
+            return Ok(Headers::new(src, dst, proto, (0, 0)));
         }
-        let (sport, dport) = if ihl == 20 {
+        let ports = if ihl == 20 {
             ports(take(h, 20))
         } else {
             // IP options: the ports are further away.
             ports(ctx.load(ihl).map_err(|_| ())?)
         };
-        return Ok((src, dst, proto, sport, dport));
+        return Ok(Headers::new(src, dst, proto, ports));
     }
     let src: [u8; 4] = ctx.load(IPV4_SADDR_OFFSET).map_err(|_| ())?;
     let dst: [u8; 4] = ctx.load(IPV4_DADDR_OFFSET).map_err(|_| ())?;
@@ -185,24 +234,24 @@ fn parse_v4(ctx: &SkBuffContext) -> Result<([u8; 4], [u8; 4], u8, u16, u16), ()>
     let proto: u8 = ctx.load(IPV4_PROTO_OFFSET).map_err(|_| ())?;
     let frag: u16 = ctx.load(IPV4_FRAG_OFFSET).map_err(|_| ())?;
     if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || u16::from_be(frag) & 0x1fff != 0 {
-        return Ok((src, dst, proto, 0, 0));
+        return Ok(Headers::new(src, dst, proto, (0, 0)));
     }
-    let (sport, dport) = ports(ctx.load(usize::from(first & 0x0f) * 4).map_err(|_| ())?);
-    Ok((src, dst, proto, sport, dport))
+    let ports = ports(ctx.load(usize::from(first & 0x0f) * 4).map_err(|_| ())?);
+    Ok(Headers::new(src, dst, proto, ports))
 }
 
 /// The same for IPv6. Extension headers (hop-by-hop, routing, fragment, destination options,
 /// authentication) between the fixed header and TCP/UDP are followed, so a flow is keyed by its
 /// real protocol and ports whatever headers its packets carry; a non-first fragment has no ports.
 #[inline(always)]
-fn parse_v6(ctx: &SkBuffContext) -> Result<([u8; 16], [u8; 16], u8, u16, u16), ()> {
+fn parse_v6(ctx: &SkBuffContext) -> Result<Headers<16>, ()> {
     let (src, dst, next) = match head::<IPV6_HEAD>(ctx) {
         Some(h) => {
             let next = h[IPV6_NEXT_HEADER_OFFSET];
             let (src, dst) = (take(h, IPV6_SADDR_OFFSET), take(h, IPV6_DADDR_OFFSET));
             if next == IPPROTO_TCP || next == IPPROTO_UDP {
-                let (sport, dport) = ports(take(h, IPV6_HEADER_LEN));
-                return Ok((src, dst, next, sport, dport));
+                let ports = ports(take(h, IPV6_HEADER_LEN));
+                return Ok(Headers::new(src, dst, next, ports));
             }
             (src, dst, next)
         }
@@ -214,10 +263,10 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<([u8; 16], [u8; 16], u8, u16, u16), (
     };
     let (proto, offset) = skip_extension_headers(ctx, next)?;
     if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || offset == 0 {
-        return Ok((src, dst, proto, 0, 0));
+        return Ok(Headers::new(src, dst, proto, (0, 0)));
     }
-    let (sport, dport) = ports(ctx.load(offset).map_err(|_| ())?);
-    Ok((src, dst, proto, sport, dport))
+    let ports = ports(ctx.load(offset).map_err(|_| ())?);
+    Ok(Headers::new(src, dst, proto, ports))
 }
 
 /// IPv6 extension headers that may precede the transport header (RFC 8200 §4, RFC 4302).
@@ -278,22 +327,10 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
 fn try_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
     let protocol = ctx.skb.protocol();
     if protocol == ETH_P_IP_BE {
-        let (_, remote, proto, sport, dport) = parse_v4(ctx)?;
-        let packet = Packet {
-            remote,
-            proto,
-            remote_port: dport,
-            local_port: sport,
-        };
+        let packet = parse_v4(ctx)?.outgoing();
         Ok(decide_egress(ctx, &HOSTS_V4, &NETS_V4, &packet))
     } else if protocol == ETH_P_IPV6_BE {
-        let (_, remote, proto, sport, dport) = parse_v6(ctx)?;
-        let packet = Packet {
-            remote,
-            proto,
-            remote_port: dport,
-            local_port: sport,
-        };
+        let packet = parse_v6(ctx)?.outgoing();
         Ok(decide_egress(ctx, &HOSTS_V6, &NETS_V6, &packet))
     } else {
         count(STAT_PASS_NON_IP);
@@ -390,23 +427,9 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, ()> {
     }
     let protocol = ctx.skb.protocol();
     let flow = if protocol == ETH_P_IP_BE {
-        let (remote, _, proto, sport, dport) = parse_v4(ctx)?;
-        Packet {
-            remote,
-            proto,
-            remote_port: sport,
-            local_port: dport,
-        }
-        .flow()
+        parse_v4(ctx)?.incoming().flow()
     } else if protocol == ETH_P_IPV6_BE {
-        let (remote, _, proto, sport, dport) = parse_v6(ctx)?;
-        Packet {
-            remote,
-            proto,
-            remote_port: sport,
-            local_port: dport,
-        }
-        .flow()
+        parse_v6(ctx)?.incoming().flow()
     } else {
         return Ok(VERDICT_ALLOW);
     };

@@ -138,7 +138,10 @@ fn scan(fw: &EbpfFirewall, bpffs: &std::path::Path) {
         let n = v4.iter().filter_map(Result::ok).count() + v6.iter().filter_map(Result::ok).count();
         key_by_key.push(started.elapsed().as_nanos() as u64);
         // Every authorized host is due at that horizon; the whitelisted ones are only iterated.
-        assert!(n >= hosts && hosts > 0, "scan saw {hosts} hosts, iteration {n}");
+        assert!(
+            n >= hosts && hosts > 0,
+            "scan saw {hosts} hosts, iteration {n}"
+        );
     }
     batched.sort_unstable();
     key_by_key.sort_unstable();

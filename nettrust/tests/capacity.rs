@@ -177,7 +177,15 @@ fn list_reads_every_host_of_a_map_several_batches_long() {
     unique.dedup();
     assert_eq!(unique.len(), listed.len(), "a host was listed twice");
     for addr in &written {
-        assert!(listed.binary_search(addr).is_ok(), "{addr} is missing from nettrust list");
+        assert!(
+            listed.binary_search(addr).is_ok(),
+            "{addr} is missing from nettrust list"
+        );
     }
-    assert_eq!(listed.len(), written.len(), "nettrust list: {} hosts", listed.len());
+    assert_eq!(
+        listed.len(),
+        written.len(),
+        "nettrust list: {} hosts",
+        listed.len()
+    );
 }

@@ -323,7 +323,11 @@ fn wakeups(pid: u32) -> Vec<(String, u64)> {
             .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
             .and_then(|v| v.trim().parse().ok())
             .expect("voluntary_ctxt_switches in /proc/PID/task/TID/status");
-        let tid = task.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let tid = task
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         out.push((format!("{tid} {}", name.trim()), switches));
     }
     out
@@ -345,7 +349,10 @@ fn an_idle_daemon_does_not_wake_up_every_few_milliseconds() {
     let woken: u64 = after
         .iter()
         .map(|(name, n)| {
-            let earlier = before.iter().find(|(b, _)| b == name).map_or(0, |(_, b)| *b);
+            let earlier = before
+                .iter()
+                .find(|(b, _)| b == name)
+                .map_or(0, |(_, b)| *b);
             n.saturating_sub(earlier)
         })
         .sum();
@@ -363,5 +370,8 @@ fn an_idle_daemon_does_not_wake_up_every_few_milliseconds() {
         std::thread::sleep(std::time::Duration::from_millis(100));
         false
     });
-    assert!(named, "the name of the first answer after the pause was not recorded");
+    assert!(
+        named,
+        "the name of the first answer after the pause was not recorded"
+    );
 }

@@ -551,12 +551,26 @@ fn ebpf_verdict_matrix() {
             ));
             cases.push((
                 "v6 TCP behind a hop-by-hop header to a resolved address",
-                out(v6_ext(world::CLIENT_V6, "2001:db8:1::10", &[hop_by_hop()], TCP, 40000, 443)),
+                out(v6_ext(
+                    world::CLIENT_V6,
+                    "2001:db8:1::10",
+                    &[hop_by_hop()],
+                    TCP,
+                    40000,
+                    443,
+                )),
                 ALLOW,
             ));
             cases.push((
                 "v6 later fragment never resolved",
-                out(v6_ext(world::CLIENT_V6, "2001:db8:1::99", &[fragment(185)], UDP, 1, 2)),
+                out(v6_ext(
+                    world::CLIENT_V6,
+                    "2001:db8:1::99",
+                    &[fragment(185)],
+                    UDP,
+                    1,
+                    2,
+                )),
                 DROP,
             ));
             cases.push((

@@ -137,7 +137,11 @@ pub fn dump<K: Pod + Default, V: Pod + Default>(fd: RawFd) -> io::Result<Vec<(K,
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { std::ptr::from_ref(&token) as u64 },
+            in_batch: if first {
+                0
+            } else {
+                std::ptr::from_ref(&token) as u64
+            },
             out_batch: std::ptr::from_mut(&mut token) as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -152,7 +156,12 @@ pub fn dump<K: Pod + Default, V: Pod + Default>(fd: RawFd) -> io::Result<Vec<(K,
             Ok(()) => {}
             // The end of the map; the last entries came with it.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                out.extend(keys[..got].iter().copied().zip(values[..got].iter().copied()));
+                out.extend(
+                    keys[..got]
+                        .iter()
+                        .copied()
+                        .zip(values[..got].iter().copied()),
+                );
                 return Ok(out);
             }
             // One bucket holds more entries than fit: ask again with room for more.
@@ -164,7 +173,12 @@ pub fn dump<K: Pod + Default, V: Pod + Default>(fd: RawFd) -> io::Result<Vec<(K,
             }
             Err(e) => return Err(e),
         }
-        out.extend(keys[..got].iter().copied().zip(values[..got].iter().copied()));
+        out.extend(
+            keys[..got]
+                .iter()
+                .copied()
+                .zip(values[..got].iter().copied()),
+        );
         first = false;
     }
 }
