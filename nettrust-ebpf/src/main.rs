@@ -438,12 +438,94 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, ()> {
         return Ok(VERDICT_ALLOW);
     }
     if drop_input() {
+        // An ICMP error about a flow egress let out ("ct state related"): port unreachable,
+        // and above all "packet too big", without which path MTU discovery breaks.
+        let quoted = if protocol == ETH_P_IP_BE {
+            quoted_flow_v4(ctx)
+        } else {
+            quoted_flow_v6(ctx)
+        };
+        if quoted.is_some_and(|quoted| OUTBOUND.get_ptr(quoted).is_some()) {
+            return Ok(VERDICT_ALLOW);
+        }
         count(STAT_DROP_INPUT);
         return Ok(VERDICT_DROP);
     }
     // SAFETY: helper without preconditions.
     remember(&INBOUND, &flow, unsafe { bpf_ktime_get_boot_ns() });
     Ok(VERDICT_ALLOW)
+}
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+/// Length of the ICMP/ICMPv6 header before the quoted packet.
+const ICMP_HEADER_LEN: usize = 8;
+
+/// The outbound flow an inbound ICMP error is about: the packet it quotes (RFC 792: destination
+/// unreachable 3, time exceeded 11, parameter problem 12) was sent by us, so the flow's remote end
+/// is the quote's destination. `None` for anything else or an unreadable quote.
+#[inline(always)]
+fn quoted_flow_v4(ctx: &SkBuffContext) -> Option<FlowKey> {
+    let first: u8 = ctx.load(0).ok()?;
+    let proto: u8 = ctx.load(IPV4_PROTO_OFFSET).ok()?;
+    if proto != IPPROTO_ICMP {
+        return None;
+    }
+    let icmp = usize::from(first & 0x0f) * 4;
+    let kind: u8 = ctx.load(icmp).ok()?;
+    if !matches!(kind, 3 | 11 | 12) {
+        return None;
+    }
+    let quote = icmp + ICMP_HEADER_LEN;
+    let quote_first: u8 = ctx.load(quote).ok()?;
+    let quote_proto: u8 = ctx.load(quote + IPV4_PROTO_OFFSET).ok()?;
+    let remote: [u8; 4] = ctx.load(quote + IPV4_DADDR_OFFSET).ok()?;
+    let (local_port, remote_port) = if quote_proto == IPPROTO_TCP || quote_proto == IPPROTO_UDP {
+        ports(ctx.load(quote + usize::from(quote_first & 0x0f) * 4).ok()?)
+    } else {
+        (0, 0)
+    };
+    Some(
+        Packet {
+            remote,
+            proto: quote_proto,
+            remote_port,
+            local_port,
+        }
+        .flow(),
+    )
+}
+
+/// The same for ICMPv6 errors (RFC 4443: destination unreachable 1, packet too big 2, time
+/// exceeded 3, parameter problem 4); the quote's own extension headers are not walked.
+#[inline(always)]
+fn quoted_flow_v6(ctx: &SkBuffContext) -> Option<FlowKey> {
+    let next: u8 = ctx.load(IPV6_NEXT_HEADER_OFFSET).ok()?;
+    let (proto, icmp) = skip_extension_headers(ctx, next).ok()?;
+    if proto != IPPROTO_ICMPV6 || icmp == 0 {
+        return None;
+    }
+    let kind: u8 = ctx.load(icmp).ok()?;
+    if !(1..=4).contains(&kind) {
+        return None;
+    }
+    let quote = icmp + ICMP_HEADER_LEN;
+    let quote_proto: u8 = ctx.load(quote + IPV6_NEXT_HEADER_OFFSET).ok()?;
+    let remote: [u8; 16] = ctx.load(quote + IPV6_DADDR_OFFSET).ok()?;
+    let (local_port, remote_port) = if quote_proto == IPPROTO_TCP || quote_proto == IPPROTO_UDP {
+        ports(ctx.load(quote + IPV6_HEADER_LEN).ok()?)
+    } else {
+        (0, 0)
+    };
+    Some(
+        Packet {
+            remote,
+            proto: quote_proto,
+            remote_port,
+            local_port,
+        }
+        .flow(),
+    )
 }
 
 #[inline(always)]

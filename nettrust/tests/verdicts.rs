@@ -14,8 +14,10 @@ use std::{
     str::FromStr,
 };
 
-use aya::maps::{HashMap, Map, MapData};
-use nettrust_common::{FLAG_AUTHORIZED, HostValue, MAP_HOSTS_V4, MAP_HOSTS_V6};
+use aya::maps::{Array, HashMap, Map, MapData};
+use nettrust_common::{
+    CONFIG_DROP_INPUT, FLAG_AUTHORIZED, HostValue, MAP_CONFIG, MAP_HOSTS_V4, MAP_HOSTS_V6,
+};
 use world::World;
 
 const ALLOW: u32 = 1;
@@ -206,6 +208,41 @@ fn v4_options(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Vec<u8
     ip.extend_from_slice(&[1, 1, 1, 0]);
     ip.extend_from_slice(&body);
     ether(0x0800, &ip)
+}
+
+/// An ICMP error (`kind`, `code`) from `router` to `dst` quoting the IP header and the first 8
+/// transport octets of `quoted` (an Ethernet frame as built above), as RFC 792 routers send it.
+fn icmp4_error(router: &str, dst: &str, kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut body = vec![kind, code, 0, 0, 0, 0, 0, 0];
+    body.extend_from_slice(&quoted[14..14 + 28]);
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&(20 + body.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0, 0, 64, ICMP, 0, 0]);
+    ip.extend_from_slice(&Ipv4Addr::from_str(router).unwrap().octets());
+    ip.extend_from_slice(&Ipv4Addr::from_str(dst).unwrap().octets());
+    ip.extend_from_slice(&body);
+    ether(0x0800, &ip)
+}
+
+/// The same for ICMPv6 (`kind` 2 = packet too big, with an MTU of 1280), quoting the IPv6 header
+/// and 8 transport octets.
+fn icmp6_error(router: &str, dst: &str, kind: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut body = vec![kind, 0, 0, 0, 0, 0, 5, 0];
+    body.extend_from_slice(&quoted[14..14 + 48]);
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[ICMPV6, 64]);
+    ip.extend_from_slice(&Ipv6Addr::from_str(router).unwrap().octets());
+    ip.extend_from_slice(&Ipv6Addr::from_str(dst).unwrap().octets());
+    ip.extend_from_slice(&body);
+    ether(0x86DD, &ip)
+}
+
+/// Sets the programs' drop-input switch in the pinned `CONFIG` map.
+fn set_drop_input(dir: &Path, on: bool) {
+    let data = MapData::from_pin(dir.join(MAP_CONFIG)).unwrap();
+    let mut config: Array<MapData, u32> = Array::try_from(Map::Array(data)).unwrap();
+    config.set(CONFIG_DROP_INPUT, u32::from(on), 0).unwrap();
 }
 
 fn v6(dst: &str, proto: u8, dport: u16) -> Vec<u8> {
@@ -573,6 +610,80 @@ fn ebpf_verdict_matrix() {
                 )),
                 DROP,
             ));
+            // With --firewall-drop-input: ICMP errors about flows we opened come in, nothing
+            // else unsolicited does.
+            set_drop_input(&world.bpffs_dir, true);
+            let router4 = "198.51.100.254";
+            let router6 = "2001:db8:ff::1";
+            cases.push((
+                "drop-input: v4 port unreachable about a flow we opened",
+                inn(icmp4_error(
+                    router4,
+                    world::CLIENT_V4,
+                    3,
+                    3,
+                    &v4("192.0.2.10", UDP, 53),
+                )),
+                ALLOW,
+            ));
+            cases.push((
+                "drop-input: v4 time exceeded about our ping",
+                inn(icmp4_error(
+                    router4,
+                    world::CLIENT_V4,
+                    11,
+                    0,
+                    &v4("192.0.2.10", ICMP, 0),
+                )),
+                ALLOW,
+            ));
+            cases.push((
+                "drop-input: v4 port unreachable about a flow never opened",
+                inn(icmp4_error(
+                    router4,
+                    world::CLIENT_V4,
+                    3,
+                    3,
+                    &v4("192.0.2.10", UDP, 54),
+                )),
+                DROP,
+            ));
+            cases.push((
+                "drop-input: v6 packet too big about a flow we opened",
+                inn(icmp6_error(
+                    router6,
+                    world::CLIENT_V6,
+                    2,
+                    &v6("2001:db8:1::10", TCP, 443),
+                )),
+                ALLOW,
+            ));
+            cases.push((
+                "drop-input: v6 packet too big about a flow never opened",
+                inn(icmp6_error(
+                    router6,
+                    world::CLIENT_V6,
+                    2,
+                    &v6("2001:db8:1::10", TCP, 444),
+                )),
+                DROP,
+            ));
+            cases.push((
+                "drop-input: v6 echo request (not an error)",
+                inn(icmp6_error(
+                    router6,
+                    world::CLIENT_V6,
+                    128,
+                    &v6("2001:db8:1::10", TCP, 443),
+                )),
+                DROP,
+            ));
+            cases.push((
+                "drop-input: v4 unsolicited connection",
+                inn(v4_with("192.0.2.97", world::CLIENT_V4, TCP, 5555, 8080, 0)),
+                DROP,
+            ));
+            set_drop_input(&world.bpffs_dir, false);
             cases.push((
                 "ingress on loopback",
                 test_run(
