@@ -189,3 +189,35 @@ fn list_reads_every_host_of_a_map_several_batches_long() {
         listed.len()
     );
 }
+
+/// Kernel memory follows the hosts stored, not the capacity: with `max_hosts` at 1,048,576 and
+/// only the whitelisted hosts in them, each host map costs its hash buckets (16 bytes per slot,
+/// 16.8 MB), where a preallocated map would cost about 100 MB. Read from the kernel's own
+/// accounting (`memlock` in /proc/self/fdinfo of the pinned map).
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn host_maps_cost_memory_for_what_they_hold_not_for_their_capacity() {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    use aya::maps::MapData;
+    use nettrust_common::{MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES};
+
+    let mut world = World::new();
+    world.start_daemon(&["--max-hosts", "1048576"]);
+    assert!(!world.resolve("n1.test", "A", false).is_empty());
+    for name in [MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES] {
+        let map = MapData::from_pin(world.bpffs_dir.join(name)).expect("open a pinned map");
+        let fd = map.fd().as_fd().as_raw_fd();
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+        let memlock: u64 = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no memlock in the fdinfo of {name}:\n{fdinfo}"));
+        eprintln!("{name}: memlock {memlock} bytes");
+        assert!(
+            memlock < 20_000_000,
+            "{name} holds a few hosts but costs {memlock} bytes of kernel memory"
+        );
+    }
+}
