@@ -480,15 +480,31 @@ fn quoted_flow_v4(ctx: &SkBuffContext) -> Option<FlowKey> {
     let quote_first: u8 = ctx.load(quote).ok()?;
     let quote_proto: u8 = ctx.load(quote + IPV4_PROTO_OFFSET).ok()?;
     let remote: [u8; 4] = ctx.load(quote + IPV4_DADDR_OFFSET).ok()?;
-    let (local_port, remote_port) = if quote_proto == IPPROTO_TCP || quote_proto == IPPROTO_UDP {
-        ports(ctx.load(quote + usize::from(quote_first & 0x0f) * 4).ok()?)
+    quoted_flow(
+        ctx,
+        remote,
+        quote_proto,
+        quote + usize::from(quote_first & 0x0f) * 4,
+    )
+}
+
+/// The flow of a quoted packet we sent to `remote`, its transport header at `l4`.
+#[inline(always)]
+fn quoted_flow<const N: usize>(
+    ctx: &SkBuffContext,
+    remote: [u8; N],
+    proto: u8,
+    l4: usize,
+) -> Option<FlowKey> {
+    let (local_port, remote_port) = if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
+        ports(ctx.load(l4).ok()?)
     } else {
         (0, 0)
     };
     Some(
         Packet {
             remote,
-            proto: quote_proto,
+            proto,
             remote_port,
             local_port,
         }
@@ -512,20 +528,7 @@ fn quoted_flow_v6(ctx: &SkBuffContext) -> Option<FlowKey> {
     let quote = icmp + ICMP_HEADER_LEN;
     let quote_proto: u8 = ctx.load(quote + IPV6_NEXT_HEADER_OFFSET).ok()?;
     let remote: [u8; 16] = ctx.load(quote + IPV6_DADDR_OFFSET).ok()?;
-    let (local_port, remote_port) = if quote_proto == IPPROTO_TCP || quote_proto == IPPROTO_UDP {
-        ports(ctx.load(quote + IPV6_HEADER_LEN).ok()?)
-    } else {
-        (0, 0)
-    };
-    Some(
-        Packet {
-            remote,
-            proto: quote_proto,
-            remote_port,
-            local_port,
-        }
-        .flow(),
-    )
+    quoted_flow(ctx, remote, quote_proto, quote + IPV6_HEADER_LEN)
 }
 
 #[inline(always)]
