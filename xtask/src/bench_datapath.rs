@@ -181,6 +181,43 @@ fn tcp_udp(bench: &Bench, opts: &Options, label: &str, report: &mut Report) -> R
             udp_ratio,
         ));
     }
+    if label.starts_with("eBPF") {
+        program_cost(bench, opts, label, report)?;
+    }
+    Ok(())
+}
+
+/// Run time and run count of the pinned egress program (kernel statistics).
+fn egress_stats(bench: &Bench) -> Result<(u64, u64)> {
+    let info = aya::programs::ProgramInfo::from_pin(bench.bpffs_dir.join("prog-egress"))
+        .context("reading the pinned egress program's info")?;
+    Ok((info.run_time().as_nanos() as u64, info.run_count()))
+}
+
+/// The egress program's own cost per UDP packet, from the kernel's run-time statistics
+/// (`BPF_ENABLE_STATS`, on only while its descriptor is held, i.e. for these extra runs and never
+/// for the paired ones above: the two clock reads it adds per run would be charged to them). This
+/// figure does not move with the machine's load the way a packet-rate ratio does.
+fn program_cost(bench: &Bench, opts: &Options, label: &str, report: &mut Report) -> Result<()> {
+    let seconds = opts.latency_seconds.to_string();
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("BPF_ENABLE_STATS (needs Linux 5.8)")?;
+    let mut per_packet = Vec::new();
+    for _ in 0..opts.runs {
+        let (time0, count0) = egress_stats(bench)?;
+        iperf(bench, &["-t", &seconds, "-u", "-b", "0", "-l", "64"])?;
+        let (time1, count1) = egress_stats(bench)?;
+        if count1 <= count0 {
+            bail!("{label}: the egress program did not run during the UDP run");
+        }
+        per_packet.push((time1 - time0) as f64 / (count1 - count0) as f64);
+    }
+    report.add(Figure::new(
+        "datapath",
+        &format!("egress program run time per packet (UDP), {label}"),
+        "ns",
+        per_packet,
+    ));
     Ok(())
 }
 

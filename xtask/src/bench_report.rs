@@ -61,12 +61,13 @@ pub struct Report {
 const EXPECTED: [(&str, usize); 5] = [
     // (a)..(e): qps, p50, p99.
     ("dns", 15),
-    // none, eBPF 0/10k/1M, nftables 0/10k/1M: TCP and UDP.
-    ("datapath", 14),
+    // none, eBPF 0/10k/1M, nftables 0/10k/1M: TCP and UDP; the egress program's run time per
+    // packet with eBPF 0/10k/1M.
+    ("datapath", 17),
     // eBPF and nftables 0/10k/1M against unfiltered runs at the same moment: TCP and UDP.
     ("ratio", 12),
-    // eBPF and nftables, 1 and 8 addresses: p50 and p99.
-    ("commit", 8),
+    // eBPF and nftables, 1 and 8 addresses: p50 and p99; the sweeper scan batched and key by key.
+    ("commit", 10),
     // kernel map memory and daemon RSS, with 0 and with "1M" hosts.
     ("memory", 4),
 ];
