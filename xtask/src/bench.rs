@@ -530,27 +530,38 @@ impl Drop for Bench {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // A daemon that was killed leaves its pins: links first, so nothing stays attached.
-        if let Ok(entries) = fs::read_dir(&self.bpffs_dir) {
-            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-            paths.sort_by_key(|p| !p.to_string_lossy().contains("link-"));
-            for path in paths {
-                let _ = fs::remove_file(path);
-            }
-            let _ = fs::remove_dir(&self.bpffs_dir);
-        }
-        for ns in [self.client(), self.upstream()] {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-        let started = Instant::now();
-        while self.cgroup.exists()
-            && fs::remove_dir(&self.cgroup).is_err()
-            && started.elapsed() < Duration::from_secs(5)
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = fs::remove_dir_all(&self.dir);
+        remove_world(
+            &self.bpffs_dir,
+            &[self.client(), self.upstream()],
+            &self.cgroup,
+            &self.dir,
+        );
     }
+}
+
+/// Removes what a bench or soak world created, once its processes are gone: the pins (links
+/// first, so nothing a killed daemon left stays attached), the network namespaces, the cgroup
+/// (retried while the kernel still counts exiting processes in it) and the scratch directory.
+pub(crate) fn remove_world(bpffs_dir: &Path, namespaces: &[String], cgroup: &Path, dir: &Path) {
+    if let Ok(entries) = fs::read_dir(bpffs_dir) {
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort_by_key(|p| !p.to_string_lossy().contains("link-"));
+        for path in paths {
+            let _ = fs::remove_file(path);
+        }
+        let _ = fs::remove_dir(bpffs_dir);
+    }
+    for ns in namespaces {
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+    let started = Instant::now();
+    while cgroup.exists()
+        && fs::remove_dir(cgroup).is_err()
+        && started.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = fs::remove_dir_all(dir);
 }
 
 /// The DNS benchmark: (a) upstream direct, (b) nettrust eBPF, (c) nettrust nftables, (d) dnsmasq

@@ -313,23 +313,12 @@ impl Drop for Soak {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if let Ok(entries) = fs::read_dir(&self.bpffs_dir) {
-            for entry in entries.flatten() {
-                let _ = fs::remove_file(entry.path());
-            }
-            let _ = fs::remove_dir(&self.bpffs_dir);
-        }
-        for ns in [self.client(), self.upstream()] {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-        let started = Instant::now();
-        while self.cgroup.exists()
-            && fs::remove_dir(&self.cgroup).is_err()
-            && started.elapsed() < Duration::from_secs(5)
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = fs::remove_dir_all(&self.dir);
+        crate::bench::remove_world(
+            &self.bpffs_dir,
+            &[self.client(), self.upstream()],
+            &self.cgroup,
+            &self.dir,
+        );
     }
 }
 
