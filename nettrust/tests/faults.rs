@@ -174,15 +174,7 @@ fn kill_9_under_load_50_times_never_opens() {
     assert!(world.stop_daemon());
     assert_eq!(world.attached_egress_programs(), 0);
     // Control: with the filter gone the counter does count.
-    let _ = world
-        .in_cgroup("socat")
-        .args([
-            "-u",
-            &format!("TCP:{TARGET}:{},connect-timeout=1", world::TCP_PORT),
-            "-",
-        ])
-        .output();
-    assert!(world.arrivals() > 0, "the arrival counter does not count");
+    world.assert_arrival_counter_counts(TARGET);
 }
 
 // ---------------------------------------------------------------------------------------------

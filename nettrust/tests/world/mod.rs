@@ -710,6 +710,20 @@ impl World {
         );
     }
 
+    /// Control for tests that assert 0 arrivals: once the filter is gone, a connection attempt
+    /// from the test cgroup to `target` must be counted.
+    pub fn assert_arrival_counter_counts(&self, target: &str) {
+        let _ = self
+            .in_cgroup("socat")
+            .args([
+                "-u",
+                &format!("TCP:{target}:{TCP_PORT},connect-timeout=1"),
+                "-",
+            ])
+            .output();
+        assert!(self.arrivals() > 0, "the arrival counter does not count");
+    }
+
     /// Packets counted since [`World::count_arrivals`].
     pub fn arrivals(&self) -> u64 {
         let out = self
