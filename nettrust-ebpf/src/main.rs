@@ -13,7 +13,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     helpers::{bpf_ktime_get_boot_ns, bpf_skb_cgroup_id},
     macros::{cgroup_skb, map},
     maps::{
@@ -25,9 +25,10 @@ use aya_log_ebpf::debug;
 use nettrust_common::{
     CONFIG_COUNT, CONFIG_DROP_INPUT, CgroupPath, DEFAULT_MAX_HOSTS, DEFAULT_MAX_NETS,
     DENIED_EVENTS_PER_SEC, DENIED_RING_BYTES, DeniedEvent, FLAG_AUTHORIZED, FlowKey, HostName,
-    HostValue, LAST_SEEN_GRANULARITY_NS, MAX_CGROUPS, MAX_FLOWS, RateState, STAT_ALLOW_HOST,
-    STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_COUNT, STAT_DROP, STAT_DROP_EXPIRED,
-    STAT_DROP_INPUT, STAT_ERROR, STAT_PASS_NON_IP, VERDICT_ALLOW, VERDICT_DROP,
+    HostSlot, HostValue, LAST_SEEN_GRANULARITY_NS, MAX_CGROUPS, MAX_FLOWS, RateState,
+    STAT_ALLOW_HOST, STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_COUNT, STAT_DROP,
+    STAT_DROP_EXPIRED, STAT_DROP_INPUT, STAT_ERROR, STAT_PASS_NON_IP, VERDICT_ALLOW, VERDICT_DROP,
+    host_table,
 };
 
 /// What to do with an outgoing packet whose IP header cannot be read: nettrust fails closed.
@@ -59,9 +60,15 @@ const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 /// capacity (a preallocated 1M-host map pair costs 210 MB while empty).
 const ON_DEMAND: u32 = BPF_F_NO_PREALLOC;
 
+/// The IPv4 host table (`nettrust_common::host_table`), memory-mapped and written by the daemon.
 #[map(name = "HOSTS_V4")]
-static HOSTS_V4: HashMap<[u8; 4], HostValue> =
-    HashMap::with_max_entries(DEFAULT_MAX_HOSTS, ON_DEMAND);
+static HOSTS_V4: Array<HostSlot> =
+    Array::with_max_entries(host_table::slots(DEFAULT_MAX_HOSTS), BPF_F_MMAPABLE);
+/// The table's hash seed and home-slot count, set by the daemon when it loads the programs.
+#[unsafe(no_mangle)]
+static HOST_SEED: u64 = 0;
+#[unsafe(no_mangle)]
+static HOST_HOME_SLOTS: u32 = host_table::home_slots(DEFAULT_MAX_HOSTS);
 #[map(name = "HOSTS_V6")]
 static HOSTS_V6: HashMap<[u8; 16], HostValue> =
     HashMap::with_max_entries(DEFAULT_MAX_HOSTS, ON_DEMAND);
@@ -328,28 +335,31 @@ fn try_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
     let protocol = ctx.skb.protocol();
     if protocol == ETH_P_IP_BE {
         let packet = parse_v4(ctx)?.outgoing();
-        Ok(decide_egress(ctx, &HOSTS_V4, &NETS_V4, &packet))
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        let judged = judge_v4(packet.remote, now);
+        Ok(decide_egress(ctx, &packet, judged, now))
     } else if protocol == ETH_P_IPV6_BE {
         let packet = parse_v6(ctx)?.outgoing();
-        Ok(decide_egress(ctx, &HOSTS_V6, &NETS_V6, &packet))
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        let judged = judge(&HOSTS_V6, &NETS_V6, packet.remote, now);
+        Ok(decide_egress(ctx, &packet, judged, now))
     } else {
         count(STAT_PASS_NON_IP);
         Ok(VERDICT_ALLOW)
     }
 }
 
-/// The egress verdict, the same for both families: a live host entry, then the network trie, then
-/// a flow opened from outside; else drop (counted per cgroup and reported).
+/// The egress verdict, the same for both families: the host/network `judged` verdict, then a
+/// flow opened from outside; else drop (counted per cgroup and reported).
 #[inline(always)]
 fn decide_egress<const N: usize>(
     ctx: &SkBuffContext,
-    hosts: &HashMap<[u8; N], HostValue>,
-    nets: &LpmTrie<[u8; N], u32>,
     packet: &Packet<N>,
+    (stat, verdict): (u32, i32),
+    now: u64,
 ) -> i32 {
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let (stat, verdict) = judge(hosts, nets, packet.remote, now);
     let flow = packet.flow();
     // SAFETY: the context's skb pointer is valid for the whole program run.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
@@ -371,7 +381,60 @@ fn decide_egress<const N: usize>(
     VERDICT_DROP
 }
 
-/// Host map then network trie. A live authorized entry gets its last-seen time refreshed (the
+/// The IPv4 host table then the network trie: the daemon's `HostTable::get` walk, from the home
+/// slot to the first empty slot. The entry word (address and deadline) is read in one load. A
+/// live authorized entry gets its last-seen time refreshed (the sweeper's liveness signal).
+#[inline(always)]
+fn judge_v4(daddr: [u8; 4], now: u64) -> (u32, i32) {
+    let addr = u32::from_be_bytes(daddr);
+    // SAFETY: read-only globals set by the loader; volatile so they are not constant-folded.
+    let (seed, home_slots) = unsafe {
+        (
+            core::ptr::read_volatile(&HOST_SEED),
+            core::ptr::read_volatile(&HOST_HOME_SLOTS),
+        )
+    };
+    let home = host_table::home_of(addr, seed, home_slots);
+    let mut expired = false;
+    for probe in 0..host_table::PROBES {
+        let Some(slot) = HOSTS_V4.get_ptr_mut(home.wrapping_add(probe)) else {
+            break;
+        };
+        // SAFETY: the pointer comes from a successful array lookup and stays valid for the
+        // program run; the daemon writes the entry word with single 8-byte stores.
+        let word = unsafe { core::ptr::read_volatile(&raw const (*slot).entry) };
+        if word == 0 {
+            break;
+        }
+        if host_table::entry_addr(word) != addr {
+            continue;
+        }
+        if host_table::is_live(host_table::entry_expires(word), now) {
+            let seen = host_table::to_units(now);
+            // SAFETY: as above; last_seen is only written here, a lost write is harmless.
+            unsafe {
+                if core::ptr::read_volatile(&raw const (*slot).flags) & FLAG_AUTHORIZED != 0
+                    && core::ptr::read_volatile(&raw const (*slot).last_seen) != seen
+                {
+                    core::ptr::write_volatile(&raw mut (*slot).last_seen, seen);
+                }
+            }
+            return (STAT_ALLOW_HOST, VERDICT_ALLOW);
+        }
+        expired = true;
+        break;
+    }
+    if NETS_V4.get(Key::new(32, daddr)).is_some() {
+        return (STAT_ALLOW_NET, VERDICT_ALLOW);
+    }
+    if expired {
+        (STAT_DROP_EXPIRED, VERDICT_DROP)
+    } else {
+        (STAT_DROP, VERDICT_DROP)
+    }
+}
+
+/// Host map then network trie (IPv6). A live authorized entry gets its last-seen time refreshed (the
 /// sweeper's liveness signal). Returns the counter to bump with the verdict.
 #[inline(always)]
 fn judge<const N: usize>(

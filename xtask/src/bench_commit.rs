@@ -17,7 +17,7 @@ type Samples = Vec<((String, String), Vec<f64>, Vec<f64>)>;
 pub fn run(root: &Path, opts: &Options, report: &mut Report) -> Result<()> {
     // (backend, addresses) -> p50 and p99 of every run, in ns.
     let mut samples: Samples = Vec::new();
-    // Sweeper scans: host count, then batched and key-by-key times of every run in ms.
+    // Scans: host count, then the sweeper's and `nettrust list`'s times of every run in ms.
     let mut scans: (usize, Vec<f64>, Vec<f64>) = (0, Vec::new(), Vec::new());
     for run in 0..opts.runs {
         let mut cmd = crate::cargo(root)?;
@@ -36,15 +36,15 @@ pub fn run(root: &Path, opts: &Options, report: &mut Report) -> Result<()> {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        // "scan HOSTS batched_ns key_by_key_ns"
+        // "scan HOSTS sweeper_ns list_ns"
         for line in text.lines().filter(|l| l.starts_with("scan ")) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let [_, hosts, batched, key_by_key] = f.as_slice() else {
+            let [_, hosts, sweeper, listed] = f.as_slice() else {
                 bail!("unexpected scan bench line: {line}");
             };
             scans.0 = hosts.parse()?;
-            scans.1.push(batched.parse::<f64>()? / 1e6);
-            scans.2.push(key_by_key.parse::<f64>()? / 1e6);
+            scans.1.push(sweeper.parse::<f64>()? / 1e6);
+            scans.2.push(listed.parse::<f64>()? / 1e6);
         }
         // "commit BACKEND ADDRESSES p50_ns p99_ns rounds"
         for line in text.lines().filter(|l| l.starts_with("commit ")) {
@@ -66,18 +66,18 @@ pub fn run(root: &Path, opts: &Options, report: &mut Report) -> Result<()> {
     if scans.1.is_empty() {
         bail!("the commit bench printed no scan figure");
     }
-    let (hosts, batched, key_by_key) = scans;
+    let (hosts, sweeper, listed) = scans;
     report.add(Figure::new(
         "commit",
-        &format!("sweeper scan of {hosts} hosts, batched"),
+        &format!("sweeper scan of {hosts} hosts"),
         "ms",
-        batched,
+        sweeper,
     ));
     report.add(Figure::new(
         "commit",
-        "same scan key by key (before)",
+        "same hosts read from the pins (nettrust list)",
         "ms",
-        key_by_key,
+        listed,
     ));
     for ((backend, count), p50, p99) in samples {
         let backend = if backend == "ebpf" {

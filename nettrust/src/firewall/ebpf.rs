@@ -11,7 +11,7 @@ use std::{
     io,
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::{Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use aya::{
@@ -36,6 +36,7 @@ use super::{
     Authorization, AuthorizedHost, ExitMode, Firewall, FirewallError, HostState, Policy,
     names::NameWriter,
     pins::{self, PinError},
+    table::HostTable,
 };
 
 /// The eBPF object built from nettrust-ebpf by build.rs (empty when built with
@@ -125,7 +126,7 @@ pub(super) type CgroupMap = AyaHashMap<MapData, u64, CgroupPath>;
 /// never wait for each other); the compare-and-set of the sweeper (renew_if, remove_if), reloads
 /// and exit take it exclusively, so a renewal by DNS can never be lost to a removal.
 pub(super) struct HostMaps {
-    pub(super) v4: HostMap<4>,
+    pub(super) v4: Arc<HostTable>,
     pub(super) v6: HostMap<16>,
     pub(super) names: NameMap,
 }
@@ -153,7 +154,7 @@ pub struct EbpfFirewall {
     /// Second handles on the host maps for full scans (sweeper, metrics), which need no lock
     /// (every change a sweep leads to is conditional): a scan of a full map must not stall DNS
     /// answers.
-    scan: (HostMap<4>, HostMap<16>),
+    scan: (Arc<HostTable>, HostMap<16>),
     /// The whitelists in force (to diff against on reload).
     policy: Mutex<Policy>,
     pin_dir: PathBuf,
@@ -199,7 +200,13 @@ impl EbpfFirewall {
             .iter()
             .map(|spec| (spec.name, dir.join(spec.name)))
             .collect();
+        // The IPv4 table's hash seed: the adopted table's, or a fresh random one.
+        let seed = super::pinned::pinned_seed(dir).unwrap_or_else(|| rand::random::<u64>() | 1);
+        let home_slots = nettrust_common::host_table::home_slots(options.capacities.hosts);
         let mut loader = EbpfLoader::new();
+        loader
+            .override_global("HOST_SEED", &seed, true)
+            .override_global("HOST_HOME_SLOTS", &home_slots, true);
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
             if let Some((max_entries, _, _)) = options.capacities.of(name) {
@@ -211,15 +218,29 @@ impl EbpfFirewall {
             .map_err(|e| EbpfError::Load(Box::new(e)))?;
         let logger = start_logger(&mut ebpf);
 
+        let mut config: Array<MapData, u32> = take_map(&mut ebpf, MAP_CONFIG)?;
+        super::pinned::store_seed(&mut config, seed)?;
+        let Some(Map::Array(v4_map)) = ebpf.take_map(MAP_HOSTS_V4) else {
+            return Err(map_error(
+                MAP_HOSTS_V4,
+                "unexpected type",
+                io::Error::from(io::ErrorKind::InvalidData),
+            ));
+        };
+        let v4 = Arc::new(super::pinned::map_table(
+            &v4_map,
+            options.capacities.hosts,
+            seed,
+            true,
+        )?);
         let mut hosts = HostMaps {
-            v4: take_map(&mut ebpf, MAP_HOSTS_V4)?,
+            v4: v4.clone(),
             v6: take_map(&mut ebpf, MAP_HOSTS_V6)?,
             names: take_map(&mut ebpf, MAP_NAMES)?,
         };
         let mut nets_v4: LpmTrie<MapData, [u8; 4], u32> = take_map(&mut ebpf, MAP_NETS_V4)?;
         let mut nets_v6: LpmTrie<MapData, [u8; 16], u32> = take_map(&mut ebpf, MAP_NETS_V6)?;
         install_policy(&mut hosts, &mut nets_v4, &mut nets_v6, &options.policy)?;
-        let mut config: Array<MapData, u32> = take_map(&mut ebpf, MAP_CONFIG)?;
         config
             .set(CONFIG_DROP_INPUT, u32::from(options.drop_input), 0)
             .map_err(|e| map_error(MAP_CONFIG, "cannot set drop-input", e))?;
@@ -277,7 +298,7 @@ impl EbpfFirewall {
         let mut tasks = Vec::new();
         tasks.extend(logger);
         let scan = (
-            super::pinned::open_pinned(dir, MAP_HOSTS_V4, Map::HashMap)?,
+            v4,
             super::pinned::open_pinned(dir, MAP_HOSTS_V6, Map::HashMap)?,
         );
         let names = NameWriter::start(super::pinned::open_pinned(dir, MAP_NAMES, Map::HashMap)?)
@@ -480,11 +501,11 @@ impl Firewall for EbpfFirewall {
     fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError> {
         let hosts = self.hosts.read().expect("host maps lock poisoned");
         let (result, map) = match addr {
-            IpAddr::V4(ip) => (upsert(&hosts.v4, ip.octets(), expires_ns), MAP_HOSTS_V4),
+            IpAddr::V4(ip) => (upsert(&*hosts.v4, ip.octets(), expires_ns), MAP_HOSTS_V4),
             IpAddr::V6(ip) => (upsert(&hosts.v6, ip.octets(), expires_ns), MAP_HOSTS_V6),
         };
         result.map_err(|e| match e.raw_os_error() {
-            // A hash map refuses a new key with E2BIG once it holds max_entries.
+            // A full host map or table refuses a new key with E2BIG.
             Some(libc::E2BIG) => FirewallError::Full {
                 addr,
                 map,
@@ -555,7 +576,7 @@ impl Firewall for EbpfFirewall {
 
     fn due(&self, horizon_ns: u64) -> Result<Vec<HostState>, FirewallError> {
         let mut out = Vec::new();
-        collect_due(&self.scan.0, horizon_ns, &mut out)
+        collect_due(&*self.scan.0, horizon_ns, &mut out)
             .and_then(|()| collect_due(&self.scan.1, horizon_ns, &mut out))
             .map_err(|e| FirewallError::Read(Box::new(e)))?;
         Ok(out)
@@ -567,14 +588,10 @@ impl Firewall for EbpfFirewall {
         seen_expires_ns: u64,
         new_expires_ns: u64,
     ) -> Result<bool, FirewallError> {
-        let mut hosts = self.hosts.write().expect("host maps lock poisoned");
+        let hosts = self.hosts.write().expect("host maps lock poisoned");
         let result = match addr {
-            IpAddr::V4(ip) => {
-                renew_entry(&mut hosts.v4, ip.octets(), seen_expires_ns, new_expires_ns)
-            }
-            IpAddr::V6(ip) => {
-                renew_entry(&mut hosts.v6, ip.octets(), seen_expires_ns, new_expires_ns)
-            }
+            IpAddr::V4(ip) => renew_entry(&*hosts.v4, ip.octets(), seen_expires_ns, new_expires_ns),
+            IpAddr::V6(ip) => renew_entry(&hosts.v6, ip.octets(), seen_expires_ns, new_expires_ns),
         };
         result.map_err(|e| FirewallError::Update {
             addr,
@@ -585,8 +602,8 @@ impl Firewall for EbpfFirewall {
     fn remove_if(&self, addr: IpAddr, seen_expires_ns: u64) -> Result<bool, FirewallError> {
         let mut hosts = self.hosts.write().expect("host maps lock poisoned");
         let result = match addr {
-            IpAddr::V4(ip) => remove_entry(&mut hosts.v4, ip.octets(), seen_expires_ns),
-            IpAddr::V6(ip) => remove_entry(&mut hosts.v6, ip.octets(), seen_expires_ns),
+            IpAddr::V4(ip) => remove_entry(&*hosts.v4, ip.octets(), seen_expires_ns),
+            IpAddr::V6(ip) => remove_entry(&hosts.v6, ip.octets(), seen_expires_ns),
         };
         let removed = result.map_err(|e| FirewallError::Update {
             addr,

@@ -2,7 +2,7 @@
 //! compare-and-set renewal/removal, recorded names. Callers hold the backend's host-map lock, so
 //! each function is atomic with respect to the DNS path and the sweeper.
 
-use std::net::IpAddr;
+use std::{io, net::IpAddr};
 
 use aya::maps::{LpmTrie, MapData, MapError, lpm_trie::Key};
 use ipnet::IpNet;
@@ -15,7 +15,73 @@ use super::{
     Authorization, AuthorizedHost, HostState, Policy, boottime_ns, bpf_sys,
     ebpf::{EbpfError, HostMap, HostMaps, NameMap, map_error},
     pins,
+    table::HostTable,
 };
+
+/// A host map as the functions below see it: `HOSTS_V6` (a kernel hash map, element operations
+/// by system call) or the memory-mapped IPv4 table `HOSTS_V4`. Callers hold the host-map lock
+/// where a sequence of operations must not interleave.
+pub(super) trait HostStore<const N: usize> {
+    /// The entry of `key`.
+    fn get(&self, key: [u8; N]) -> io::Result<Option<HostValue>>;
+    /// Writes `value` (`EEXIST` if `only_new` and present, `E2BIG` when full).
+    fn put(&self, key: [u8; N], value: &HostValue, only_new: bool) -> io::Result<()>;
+    /// Removes `key`; whether it was present.
+    fn delete(&self, key: [u8; N]) -> io::Result<bool>;
+    /// Every entry.
+    fn entries(&self) -> io::Result<Vec<([u8; N], HostValue)>>;
+}
+
+impl HostStore<16> for HostMap<16> {
+    fn get(&self, key: [u8; 16]) -> io::Result<Option<HostValue>> {
+        bpf_sys::lookup(bpf_sys::fd_of(self), &key)
+    }
+
+    fn put(&self, key: [u8; 16], value: &HostValue, only_new: bool) -> io::Result<()> {
+        let flags = if only_new {
+            bpf_sys::BPF_NOEXIST
+        } else {
+            bpf_sys::BPF_ANY
+        };
+        bpf_sys::update(bpf_sys::fd_of(self), &key, value, flags)
+    }
+
+    fn delete(&self, key: [u8; 16]) -> io::Result<bool> {
+        bpf_sys::delete(bpf_sys::fd_of(self), &key)
+    }
+
+    /// Fetched in batches (`bpf_sys::dump`); on a kernel that cannot batch-read hash maps, key
+    /// by key.
+    fn entries(&self) -> io::Result<Vec<([u8; 16], HostValue)>> {
+        match bpf_sys::dump(bpf_sys::fd_of(self)) {
+            Ok(entries) => Ok(entries),
+            Err(e) => {
+                tracing::debug!("batched map read unavailable ({e}), reading key by key");
+                self.iter()
+                    .collect::<Result<_, MapError>>()
+                    .map_err(io::Error::other)
+            }
+        }
+    }
+}
+
+impl HostStore<4> for HostTable {
+    fn get(&self, key: [u8; 4]) -> io::Result<Option<HostValue>> {
+        Ok(HostTable::get(self, key))
+    }
+
+    fn put(&self, key: [u8; 4], value: &HostValue, only_new: bool) -> io::Result<()> {
+        self.insert(key, value, only_new)
+    }
+
+    fn delete(&self, key: [u8; 4]) -> io::Result<bool> {
+        Ok(self.remove(key))
+    }
+
+    fn entries(&self) -> io::Result<Vec<([u8; 4], HostValue)>> {
+        Ok(HostTable::entries(self))
+    }
+}
 
 /// Writes the whitelists and removes whitelist entries a previous run left that the current
 /// policy no longer has.
@@ -33,11 +99,11 @@ pub(super) fn install_policy(
         let result = match host {
             IpAddr::V4(ip) => hosts
                 .v4
-                .insert(ip.octets(), whitelisted, 0)
+                .put(ip.octets(), &whitelisted, false)
                 .map_err(|e| (MAP_HOSTS_V4, e)),
             IpAddr::V6(ip) => hosts
                 .v6
-                .insert(ip.octets(), whitelisted, 0)
+                .put(ip.octets(), &whitelisted, false)
                 .map_err(|e| (MAP_HOSTS_V6, e)),
         };
         result.map_err(|(name, e)| map_error(name, format!("cannot whitelist host {host}"), e))?;
@@ -63,8 +129,8 @@ pub(super) fn install_policy(
             .map_err(|(name, e)| map_error(name, format!("cannot whitelist network {net}"), e))?;
     }
     // Entries removed from the configuration are removed from enforcement (original issue #8).
-    remove_stale_whitelisted(&mut hosts.v4, policy);
-    remove_stale_whitelisted(&mut hosts.v6, policy);
+    remove_stale_whitelisted(&*hosts.v4, policy);
+    remove_stale_whitelisted(&hosts.v6, policy);
     remove_stale_networks(nets_v4, &policy.whitelist_networks);
     remove_stale_networks(nets_v6, &policy.whitelist_networks);
     Ok(())
@@ -79,27 +145,26 @@ pub(super) fn name_key(addr: IpAddr) -> [u8; 16] {
 }
 
 /// Writes an authorization, keeping the flags already present; a whitelisted entry is left as
-/// it is. Runs under the *shared* host-map lock (concurrent answers write at once; the kernel
-/// makes each element operation atomic), so it works on the map's descriptor directly.
+/// it is. Runs under the *shared* host-map lock (concurrent answers write at once; each element
+/// operation is atomic), so it works on the store directly.
 pub(super) fn upsert<const N: usize>(
-    map: &HostMap<N>,
+    map: &impl HostStore<N>,
     key: [u8; N],
     expires_ns: u64,
-) -> std::io::Result<Authorization> {
-    let fd = bpf_sys::fd_of(map);
-    // Most answers carry addresses not in the map yet: one BPF_NOEXIST insert (a single
-    // syscall) settles those; only an existing entry needs the read-modify-write below.
+) -> io::Result<Authorization> {
+    // Most answers carry addresses not in the map yet: one insert-if-absent settles those; only
+    // an existing entry needs the read-modify-write below.
     let fresh = HostValue {
         expires_ns,
         flags: FLAG_AUTHORIZED,
         ..HostValue::default()
     };
-    match bpf_sys::update(fd, &key, &fresh, bpf_sys::BPF_NOEXIST) {
+    match map.put(key, &fresh, true) {
         Ok(()) => return Ok(Authorization::New),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
         Err(e) => return Err(e),
     }
-    match bpf_sys::lookup::<_, HostValue>(fd, &key)? {
+    match map.get(key)? {
         Some(old) if old.flags & FLAG_WHITELISTED != 0 => Ok(Authorization::Already),
         Some(old) => {
             let live = old.is_live(boottime_ns());
@@ -109,7 +174,7 @@ pub(super) fn upsert<const N: usize>(
                 flags: old.flags | FLAG_AUTHORIZED,
                 _pad: 0,
             };
-            bpf_sys::update(fd, &key, &renewed, bpf_sys::BPF_ANY)?;
+            map.put(key, &renewed, false)?;
             Ok(if live {
                 Authorization::Already
             } else {
@@ -118,77 +183,57 @@ pub(super) fn upsert<const N: usize>(
         }
         // Gone between the two calls: write it afresh.
         None => {
-            bpf_sys::update(fd, &key, &fresh, bpf_sys::BPF_ANY)?;
+            map.put(key, &fresh, false)?;
             Ok(Authorization::New)
         }
     }
 }
 
 pub(super) fn renew_entry<const N: usize>(
-    map: &mut HostMap<N>,
+    map: &impl HostStore<N>,
     key: [u8; N],
     seen: u64,
     new: u64,
-) -> Result<bool, MapError> {
-    match map.get(&key, 0) {
-        Ok(old) if old.expires_ns == seen && old.flags & FLAG_WHITELISTED == 0 => {
-            map.insert(
+) -> io::Result<bool> {
+    match map.get(key)? {
+        Some(old) if old.expires_ns == seen && old.flags & FLAG_WHITELISTED == 0 => {
+            map.put(
                 key,
-                HostValue {
+                &HostValue {
                     expires_ns: new,
                     ..old
                 },
-                0,
+                false,
             )?;
             Ok(true)
         }
-        Ok(_) | Err(MapError::KeyNotFound) => Ok(false),
-        Err(e) => Err(e),
+        _ => Ok(false),
     }
 }
 
 pub(super) fn remove_entry<const N: usize>(
-    map: &mut HostMap<N>,
+    map: &impl HostStore<N>,
     key: [u8; N],
     seen: u64,
-) -> Result<bool, MapError> {
-    match map.get(&key, 0) {
-        Ok(old) if old.expires_ns == seen && old.flags & FLAG_WHITELISTED == 0 => {
-            match map.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => Ok(true),
-                Err(e) => Err(e),
-            }
+) -> io::Result<bool> {
+    match map.get(key)? {
+        Some(old) if old.expires_ns == seen && old.flags & FLAG_WHITELISTED == 0 => {
+            map.delete(key)?;
+            Ok(true)
         }
-        Ok(_) | Err(MapError::KeyNotFound) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Every entry of a host map, fetched in batches (`bpf_sys::dump`); on a kernel that cannot
-/// batch-read hash maps, key by key.
-fn host_entries<const N: usize>(map: &HostMap<N>) -> Result<Vec<([u8; N], HostValue)>, MapError>
-where
-    [u8; N]: Default,
-{
-    match bpf_sys::dump(bpf_sys::fd_of(map)) {
-        Ok(entries) => Ok(entries),
-        Err(e) => {
-            tracing::debug!("batched map read unavailable ({e}), reading key by key");
-            map.iter().collect()
-        }
+        _ => Ok(false),
     }
 }
 
 pub(super) fn collect_due<const N: usize>(
-    map: &HostMap<N>,
+    map: &impl HostStore<N>,
     horizon_ns: u64,
     out: &mut Vec<HostState>,
-) -> Result<(), MapError>
+) -> io::Result<()>
 where
     IpAddr: From<[u8; N]>,
-    [u8; N]: Default,
 {
-    for (key, value) in host_entries(map)? {
+    for (key, value) in map.entries()? {
         if value.flags & FLAG_WHITELISTED == 0
             && value.expires_ns != 0
             && value.expires_ns <= horizon_ns
@@ -203,26 +248,25 @@ where
     Ok(())
 }
 
+/// Removes every authorization (not the whitelisted entries) of `map`.
+fn clear_store<const N: usize>(
+    map: &impl HostStore<N>,
+    name: &'static str,
+) -> Result<(), EbpfError> {
+    let entries = map.entries().map_err(|e| map_error(name, "read", e))?;
+    for (key, _) in entries
+        .into_iter()
+        .filter(|(_, v)| v.flags & FLAG_WHITELISTED == 0)
+    {
+        let _ = map.delete(key);
+    }
+    Ok(())
+}
+
 /// Removes every authorization (not the whitelisted entries) and the recorded names.
 pub(super) fn clear_authorized(hosts: &mut HostMaps) -> Result<(), EbpfError> {
-    let keys4: Vec<[u8; 4]> = host_entries(&hosts.v4)
-        .map_err(|e| map_error(MAP_HOSTS_V4, "read", e))?
-        .into_iter()
-        .filter(|(_, v)| v.flags & FLAG_WHITELISTED == 0)
-        .map(|(k, _)| k)
-        .collect();
-    for key in keys4 {
-        let _ = hosts.v4.remove(&key);
-    }
-    let keys6: Vec<[u8; 16]> = host_entries(&hosts.v6)
-        .map_err(|e| map_error(MAP_HOSTS_V6, "read", e))?
-        .into_iter()
-        .filter(|(_, v)| v.flags & FLAG_WHITELISTED == 0)
-        .map(|(k, _)| k)
-        .collect();
-    for key in keys6 {
-        let _ = hosts.v6.remove(&key);
-    }
+    clear_store(&*hosts.v4, MAP_HOSTS_V4)?;
+    clear_store(&hosts.v6, MAP_HOSTS_V6)?;
     let names: Vec<[u8; 16]> = hosts.names.keys().filter_map(Result::ok).collect();
     for key in names {
         let _ = hosts.names.remove(&key);
@@ -232,10 +276,10 @@ pub(super) fn clear_authorized(hosts: &mut HostMaps) -> Result<(), EbpfError> {
 
 /// Live authorized hosts, with their recorded names when `names` is given.
 pub(super) fn collect_authorized(
-    v4: &HostMap<4>,
+    v4: &HostTable,
     v6: &HostMap<16>,
     names: Option<&NameMap>,
-) -> Result<Vec<(AuthorizedHost, Option<String>)>, MapError> {
+) -> io::Result<Vec<(AuthorizedHost, Option<String>)>> {
     let now = boottime_ns();
     let mut out = Vec::new();
     let mut push = |addr: IpAddr, value: HostValue| {
@@ -252,10 +296,10 @@ pub(super) fn collect_authorized(
             ));
         }
     };
-    for (key, value) in host_entries(v4)? {
+    for (key, value) in HostStore::entries(v4)? {
         push(IpAddr::from(key), value);
     }
-    for (key, value) in host_entries(v6)? {
+    for (key, value) in v6.entries()? {
         push(IpAddr::from(key), value);
     }
     Ok(out)
@@ -307,59 +351,55 @@ pub(super) fn set_host_whitelisted(
 ) -> Result<(), EbpfError> {
     let result = match host {
         IpAddr::V4(ip) => {
-            flag_host(&mut hosts.v4, ip.octets(), whitelisted).map_err(|e| (MAP_HOSTS_V4, e))
+            flag_host(&*hosts.v4, ip.octets(), whitelisted).map_err(|e| (MAP_HOSTS_V4, e))
         }
         IpAddr::V6(ip) => {
-            flag_host(&mut hosts.v6, ip.octets(), whitelisted).map_err(|e| (MAP_HOSTS_V6, e))
+            flag_host(&hosts.v6, ip.octets(), whitelisted).map_err(|e| (MAP_HOSTS_V6, e))
         }
     };
     result.map_err(|(name, e)| map_error(name, format!("cannot update whitelisted host {host}"), e))
 }
 
 fn flag_host<const N: usize>(
-    map: &mut HostMap<N>,
+    map: &impl HostStore<N>,
     key: [u8; N],
     whitelisted: bool,
-) -> Result<(), MapError> {
+) -> io::Result<()> {
     if !whitelisted {
-        return match map.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e),
-        };
+        return map.delete(key).map(drop);
     }
-    let flags = match map.get(&key, 0) {
-        Ok(old) => old.flags | FLAG_WHITELISTED,
-        Err(MapError::KeyNotFound) => FLAG_WHITELISTED,
-        Err(e) => return Err(e),
-    };
+    let flags = map
+        .get(key)?
+        .map_or(FLAG_WHITELISTED, |old| old.flags | FLAG_WHITELISTED);
     // Whitelisted entries never expire.
-    map.insert(
+    map.put(
         key,
-        HostValue {
+        &HostValue {
             expires_ns: 0,
             flags,
             ..HostValue::default()
         },
-        0,
+        false,
     )
 }
 
 /// Removes the whitelist-only entries of `map` that `policy` no longer lists (an entry that is
 /// also authorized keeps its authorization).
-fn remove_stale_whitelisted<const N: usize>(map: &mut HostMap<N>, policy: &Policy)
+fn remove_stale_whitelisted<const N: usize>(map: &impl HostStore<N>, policy: &Policy)
 where
     IpAddr: From<[u8; N]>,
 {
     let stale: Vec<[u8; N]> = map
-        .iter()
-        .filter_map(Result::ok)
+        .entries()
+        .unwrap_or_default()
+        .into_iter()
         .filter(|(k, v)| {
             v.flags == FLAG_WHITELISTED && !policy.whitelist_hosts.contains(&IpAddr::from(*k))
         })
         .map(|(k, _)| k)
         .collect();
     for key in stale {
-        let _ = map.remove(&key);
+        let _ = map.delete(key);
     }
 }
 

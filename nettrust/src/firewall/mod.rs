@@ -9,6 +9,7 @@ mod names;
 pub mod nftables;
 pub mod pinned;
 pub mod pins;
+pub mod table;
 
 use std::net::IpAddr;
 

@@ -2,23 +2,24 @@
 //! what `nettrust list`, `status`, `attach` and `detach` (and the metrics endpoint) do, with the
 //! daemon running, stopped or killed.
 
-use std::{fs::File, io, path::Path};
+use std::{fs::File, io, os::fd::AsFd as _, path::Path};
 
 use aya::{
     maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
     programs::CgroupSkb,
 };
 use nettrust_common::{
-    CONFIG_DROP_INPUT, CgroupPath, FLAG_WHITELISTED, HostValue, MAP_ALLOWS, MAP_CGROUPS,
-    MAP_CONFIG, MAP_DROPS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6,
-    MAP_STATS, STAT_COUNT,
+    CONFIG_DROP_INPUT, CONFIG_HOST_SEED_HI, CONFIG_HOST_SEED_LO, CgroupPath, FLAG_WHITELISTED,
+    HostValue, MAP_ALLOWS, MAP_CGROUPS, MAP_CONFIG, MAP_DROPS, MAP_HOSTS_V4, MAP_HOSTS_V6,
+    MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_STATS, STAT_COUNT,
 };
 
 use super::{
     AuthorizedHost, boottime_ns,
     ebpf::{CgroupMap, EbpfError, HostMap, NameMap, PROGRAMS, attach_one, map_error},
-    entries::collect_authorized,
+    entries::{HostStore, collect_authorized},
     pins,
+    table::HostTable,
 };
 
 /// `nettrust attach`: attaches the pinned programs to one more cgroup, persisting like the rest.
@@ -87,7 +88,7 @@ pub fn detach_pinned(dir: &Path, path: &Path) -> Result<bool, EbpfError> {
 /// Reads the authorized hosts and their names from the maps pinned in `pin_dir` (daemon running
 /// or not).
 pub fn list_pinned(pin_dir: &Path) -> Result<Vec<(AuthorizedHost, Option<String>)>, EbpfError> {
-    let v4: HostMap<4> = open_pinned(pin_dir, MAP_HOSTS_V4, Map::HashMap)?;
+    let v4 = open_table(pin_dir, false)?;
     let v6: HostMap<16> = open_pinned(pin_dir, MAP_HOSTS_V6, Map::HashMap)?;
     let names: Option<NameMap> = open_pinned(pin_dir, MAP_NAMES, Map::HashMap).ok();
     collect_authorized(&v4, &v6, names.as_ref())
@@ -173,7 +174,7 @@ pub fn status_pinned(pin_dir: &Path) -> Result<PinnedStatus, EbpfError> {
         ..PinnedStatus::default()
     };
     let now = boottime_ns();
-    let v4: HostMap<4> = open_pinned(pin_dir, MAP_HOSTS_V4, Map::HashMap)?;
+    let v4 = open_table(pin_dir, false)?;
     let v6: HostMap<16> = open_pinned(pin_dir, MAP_HOSTS_V6, Map::HashMap)?;
     let mut tally = |value: HostValue| {
         if value.flags & FLAG_WHITELISTED != 0 {
@@ -184,8 +185,16 @@ pub fn status_pinned(pin_dir: &Path) -> Result<PinnedStatus, EbpfError> {
             status.expired += 1;
         }
     };
-    v4.iter().filter_map(Result::ok).for_each(|(_, v)| tally(v));
-    v6.iter().filter_map(Result::ok).for_each(|(_, v)| tally(v));
+    let read = |e| map_error(MAP_HOSTS_V4, "cannot read", e);
+    HostStore::entries(&v4)
+        .map_err(read)?
+        .into_iter()
+        .for_each(|(_, v)| tally(v));
+    let read = |e| map_error(MAP_HOSTS_V6, "cannot read", e);
+    v6.entries()
+        .map_err(read)?
+        .into_iter()
+        .for_each(|(_, v)| tally(v));
     let nets4: LpmTrie<MapData, [u8; 4], u32> = open_pinned(pin_dir, MAP_NETS_V4, Map::LpmTrie)?;
     let nets6: LpmTrie<MapData, [u8; 16], u32> = open_pinned(pin_dir, MAP_NETS_V6, Map::LpmTrie)?;
     status.whitelisted += nets4.keys().count() + nets6.keys().count();
@@ -222,6 +231,70 @@ pub fn status_pinned(pin_dir: &Path) -> Result<PinnedStatus, EbpfError> {
             .push((id, (!path.is_empty()).then_some(path), linked));
     }
     Ok(status)
+}
+
+/// The hash seed of the IPv4 host table pinned in `pin_dir` (kept in `CONFIG`), if any.
+pub(super) fn pinned_seed(pin_dir: &Path) -> Option<u64> {
+    let data = MapData::from_pin(pin_dir.join(MAP_CONFIG)).ok()?;
+    let config = Array::<MapData, u32>::try_from(Map::Array(data)).ok()?;
+    let lo = config.get(&CONFIG_HOST_SEED_LO, 0).ok()?;
+    let hi = config.get(&CONFIG_HOST_SEED_HI, 0).ok()?;
+    let seed = u64::from(lo) | (u64::from(hi) << 32);
+    (seed != 0).then_some(seed)
+}
+
+/// Records the IPv4 host table's hash seed in `CONFIG`.
+pub(super) fn store_seed(config: &mut Array<MapData, u32>, seed: u64) -> Result<(), EbpfError> {
+    config
+        .set(CONFIG_HOST_SEED_LO, seed as u32, 0)
+        .and_then(|()| config.set(CONFIG_HOST_SEED_HI, (seed >> 32) as u32, 0))
+        .map_err(|e| map_error(MAP_CONFIG, "cannot record the host table seed", e))
+}
+
+/// Maps the IPv4 host table `HOSTS_V4` behind `data`, sized for `capacity` hosts.
+pub(super) fn map_table(
+    data: &MapData,
+    capacity: u32,
+    seed: u64,
+    writable: bool,
+) -> Result<HostTable, EbpfError> {
+    let info = data
+        .info()
+        .map_err(|e| map_error(MAP_HOSTS_V4, "cannot read the map's info", e))?;
+    HostTable::map(
+        data.fd().as_fd(),
+        info.max_entries(),
+        capacity,
+        seed,
+        writable,
+    )
+    .map_err(|e| map_error(MAP_HOSTS_V4, "cannot map the host table", e))
+}
+
+/// The IPv4 host table pinned in `pin_dir`, memory-mapped (read-only unless `writable`; only the
+/// daemon writes it while it runs). Its capacity follows from its size, its seed from `CONFIG`.
+pub fn open_table(pin_dir: &Path, writable: bool) -> Result<HostTable, EbpfError> {
+    pins::check_owner(pin_dir)?;
+    let path = pin_dir.join(MAP_HOSTS_V4);
+    let data = MapData::from_pin(&path).map_err(|e| {
+        map_error(
+            MAP_HOSTS_V4,
+            format!("no pinned map at {} (has nettrust run?)", path.display()),
+            e,
+        )
+    })?;
+    let info = data
+        .info()
+        .map_err(|e| map_error(MAP_HOSTS_V4, "cannot read the map's info", e))?;
+    let capacity = nettrust_common::host_table::capacity_of(info.max_entries());
+    let seed = pinned_seed(pin_dir).ok_or_else(|| {
+        map_error(
+            MAP_CONFIG,
+            "no host table seed recorded",
+            io::Error::from(io::ErrorKind::NotFound),
+        )
+    })?;
+    map_table(&data, capacity, seed, writable)
 }
 
 pub(super) fn open_pinned<T>(

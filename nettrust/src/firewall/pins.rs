@@ -26,9 +26,9 @@ use std::{
 
 use aya::maps::{MapInfo, MapType};
 use nettrust_common::{
-    CGROUP_PATH_LEN, FlowKey, HOST_NAME_LEN, HostValue, MAP_ALLOWS, MAP_CGROUPS, MAP_CONFIG,
-    MAP_DENIED, MAP_DENIED_RATE, MAP_DROPS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_INBOUND, MAP_NAMES,
-    MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND, MAP_STATS, RateState,
+    CGROUP_PATH_LEN, FlowKey, HOST_NAME_LEN, HostSlot, HostValue, MAP_ALLOWS, MAP_CGROUPS,
+    MAP_CONFIG, MAP_DENIED, MAP_DENIED_RATE, MAP_DROPS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_INBOUND,
+    MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND, MAP_STATS, RateState,
 };
 
 /// `BPF_FS_MAGIC` from linux/magic.h.
@@ -67,7 +67,7 @@ const FLOW_KEY: usize = size_of::<FlowKey>();
 
 /// Every map nettrust pins, with the shape the eBPF object gives it.
 pub const MAPS: [MapSpec; 14] = [
-    spec(MAP_HOSTS_V4, MapType::Hash, 4, HOST_VALUE),
+    spec(MAP_HOSTS_V4, MapType::Array, 4, size_of::<HostSlot>()),
     spec(MAP_HOSTS_V6, MapType::Hash, 16, HOST_VALUE),
     // LPM trie keys are `{prefix_len: u32, data}`.
     spec(MAP_NETS_V4, MapType::LpmTrie, 8, 4),
@@ -154,7 +154,7 @@ pub enum PinError {
     /// A pinned map has another capacity than the configuration asks for. aya would adopt it as
     /// it is, so the configured size would silently not apply.
     #[error(
-        "{path} holds at most {found} entries but {key} asks for {expected}: start with {key} = {found_setting} to keep the pinned state, or remove it with `nettrust flush --bpffs-dir {dir}` (this drops the pinned authorizations) so the maps are rebuilt"
+        "{path} was sized for {key} = {found_setting} ({found} entries) but {key} is now {asked} ({expected} entries): start with {key} = {found_setting} to keep the pinned state, or remove it with `nettrust flush --bpffs-dir {dir}` (this drops the pinned authorizations) so the maps are rebuilt"
     )]
     Capacity {
         /// The pin.
@@ -167,6 +167,8 @@ pub enum PinError {
         found: u32,
         /// The max_entries the configuration gives this map.
         expected: u32,
+        /// The configured setting.
+        asked: u32,
         /// The setting that would match the pinned map.
         found_setting: u32,
     },
@@ -281,6 +283,9 @@ fn try_lock(file: &File, op: i32) -> bool {
 /// authorized once it is full are listed without a name.
 pub const NAMES_MAX: u32 = 131_072;
 
+/// The setting (`max_hosts`, ...) a map of a given max_entries was created for.
+pub type SettingOf = fn(u32) -> u32;
+
 /// The configurable map capacities (`max_hosts`, `max_networks`), per address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacities {
@@ -301,15 +306,25 @@ impl Default for Capacities {
 }
 
 impl Capacities {
-    /// The max_entries `map` gets, its config key and the factor from the setting, for the maps
-    /// whose size is configurable.
-    pub fn of(&self, map: &str) -> Option<(u32, &'static str, u32)> {
+    /// The max_entries `map` gets, its config key and the setting a given max_entries stands
+    /// for, for the maps whose size is configurable.
+    pub fn of(&self, map: &str) -> Option<(u32, &'static str, SettingOf)> {
         match map {
-            MAP_HOSTS_V4 | MAP_HOSTS_V6 => Some((self.hosts, "max_hosts", 1)),
+            // The IPv4 table has spare slots (kept at most 3/4 full, plus the probe window).
+            MAP_HOSTS_V4 => Some((
+                nettrust_common::host_table::slots(self.hosts),
+                "max_hosts",
+                nettrust_common::host_table::capacity_of,
+            )),
+            MAP_HOSTS_V6 => Some((self.hosts, "max_hosts", |n| n)),
             // One name per host of either family, at most NAMES_MAX: names are best effort and
             // 256 bytes each, they must not dominate kernel memory on large host maps.
-            MAP_NAMES => Some((self.hosts.saturating_mul(2).min(NAMES_MAX), "max_hosts", 2)),
-            MAP_NETS_V4 | MAP_NETS_V6 => Some((self.networks, "max_networks", 1)),
+            MAP_NAMES => Some((
+                self.hosts.saturating_mul(2).min(NAMES_MAX),
+                "max_hosts",
+                |n| n / 2,
+            )),
+            MAP_NETS_V4 | MAP_NETS_V6 => Some((self.networks, "max_networks", |n| n)),
             _ => None,
         }
     }
@@ -348,7 +363,7 @@ pub fn check_pinned_maps(dir: &Path, capacities: Capacities) -> Result<usize, Pi
                 info.value_size()
             )));
         }
-        if let Some((expected, key, factor)) = capacities.of(spec.name)
+        if let Some((expected, key, setting)) = capacities.of(spec.name)
             && info.max_entries() != expected
         {
             return Err(PinError::Capacity {
@@ -357,7 +372,12 @@ pub fn check_pinned_maps(dir: &Path, capacities: Capacities) -> Result<usize, Pi
                 key,
                 found: info.max_entries(),
                 expected,
-                found_setting: info.max_entries() / factor,
+                asked: if key == "max_hosts" {
+                    capacities.hosts
+                } else {
+                    capacities.networks
+                },
+                found_setting: setting(info.max_entries()),
             });
         }
         found += 1;
