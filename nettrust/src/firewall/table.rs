@@ -11,7 +11,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, BorrowedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, OwnedFd},
     ptr::NonNull,
     sync::{
         Mutex,
@@ -36,8 +36,14 @@ struct Slot {
 const _: () = assert!(size_of::<Slot>() == size_of::<HostSlot>());
 
 enum Backing {
-    /// The map's memory, `len` bytes mapped at `ptr`.
-    Mapped { ptr: NonNull<Slot>, bytes: usize },
+    /// The map's memory, `bytes` bytes mapped at `ptr`, and a descriptor of the map kept open
+    /// with it (the mapping alone keeps the map alive, but the daemon's open maps are what
+    /// `/proc/PID/fdinfo` and the memory benchmark account).
+    Mapped {
+        ptr: NonNull<Slot>,
+        bytes: usize,
+        _fd: OwnedFd,
+    },
     /// Plain memory (unit tests, benchmarks of the table alone).
     Heap(Box<[Slot]>),
 }
@@ -60,7 +66,7 @@ unsafe impl Sync for HostTable {}
 
 impl Drop for HostTable {
     fn drop(&mut self) {
-        if let Backing::Mapped { ptr, bytes } = self.backing {
+        if let Backing::Mapped { ptr, bytes, .. } = self.backing {
             // SAFETY: `ptr`/`bytes` are exactly what mmap returned; nothing borrows it any more.
             unsafe { libc::munmap(ptr.as_ptr().cast(), bytes) };
         }
@@ -104,6 +110,7 @@ impl HostTable {
                 ),
             ));
         }
+        let owned = fd.try_clone_to_owned()?;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let bytes = (slots * size_of::<Slot>()).div_ceil(page) * page;
@@ -128,12 +135,12 @@ impl HostTable {
             return Err(io::Error::last_os_error());
         }
         let ptr = NonNull::new(ptr.cast::<Slot>()).ok_or_else(|| errno(libc::EFAULT))?;
-        Ok(Self::new(
-            Backing::Mapped { ptr, bytes },
-            slots,
-            capacity,
-            seed,
-        ))
+        let backing = Backing::Mapped {
+            ptr,
+            bytes,
+            _fd: owned,
+        };
+        Ok(Self::new(backing, slots, capacity, seed))
     }
 
     /// A table in plain memory.
