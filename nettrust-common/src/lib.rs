@@ -226,8 +226,9 @@ const _: () = assert!(core::mem::size_of::<HostSlot>() == 16);
 
 /// The IPv4 host table: linear probing in an array of [`HostSlot`]s with
 /// [`host_table::PROBES`] spare slots at the end, so a probe never wraps. The daemon is its only
-/// writer (under a lock); it deletes by shifting entries back (no tombstones), so every entry
-/// stays within `PROBES` slots of its home and a lookup stops at the first empty slot.
+/// writer (under a lock); it keeps each cluster sorted by home slot (Robin Hood order: an insert
+/// shifts later entries forward) and deletes by shifting entries back (no tombstones), so every
+/// entry stays within `PROBES` slots of its home and a lookup stops at the first empty slot.
 pub mod host_table {
     /// Slots a lookup examines at most (and the spare slots after the last home slot).
     pub const PROBES: u32 = 32;

@@ -4,30 +4,11 @@
 
 mod world;
 
-use std::time::Duration;
-
-use world::{NUMBERED_NAMES, World, output_within};
+use world::{NUMBERED_NAMES, World};
 
 /// dig's status line for `name` asked from the test cgroup, plus the answered addresses.
 fn ask(world: &World, name: &str) -> (String, Vec<String>) {
-    let out = world
-        .in_cgroup("dig")
-        .args(["+time=2", "+tries=1", "+noall", "+comments", "+answer"])
-        .args(["@127.0.0.1", name, "A"])
-        .output()
-        .expect("run dig");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let status = text
-        .split("status: ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap_or_else(|| panic!("no status in dig's output for {name}:\n{text}"))
-        .to_owned();
-    let answers = text
-        .lines()
-        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
-        .collect();
+    let (status, answers, _) = world.dig(name, false);
     (status, answers)
 }
 
@@ -108,23 +89,7 @@ fn pinned_maps_of_another_capacity_are_refused() {
     assert!(world.stop_daemon());
 
     // Another capacity: refused with a message naming the setting, the pinned and the asked size.
-    let upstream = format!("{}:53", world::UPSTREAM);
-    let mut cmd = world.in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"));
-    cmd.args([
-        "run",
-        "--listen-addr",
-        "127.0.0.1:53",
-        "--fwd-addr",
-        &upstream,
-    ])
-    .arg("--cgroup")
-    .arg(&world.cgroup)
-    .arg("--bpffs-dir")
-    .arg(&world.bpffs_dir)
-    .args(["--max-hosts", "128", "--firewall-backend", "auto"]);
-    let out = output_within(cmd, Duration::from_secs(20));
-    assert!(!out.status.success(), "a start with another capacity ran");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = world.start_fails(&["--max-hosts", "128", "--firewall-backend", "auto"]);
     for needle in ["max_hosts", "64", "128", "nettrust flush"] {
         assert!(
             err.contains(needle),

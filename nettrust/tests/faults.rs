@@ -32,39 +32,6 @@ fn stdout(out: &std::process::Output) -> String {
 }
 
 /// One `dig` through nettrust from the test cgroup: (status, answer addresses, time taken).
-fn dig(world: &World, name: &str, tcp: bool) -> (String, Vec<String>, Duration) {
-    let mut cmd = world.in_cgroup("dig");
-    cmd.args([
-        "+time=5",
-        "+tries=1",
-        "+noall",
-        "+comments",
-        "+answer",
-        "@127.0.0.1",
-        name,
-        "A",
-    ]);
-    if tcp {
-        cmd.arg("+tcp");
-    }
-    let started = Instant::now();
-    let out = cmd.output().expect("run dig");
-    let took = started.elapsed();
-    let text = stdout(&out);
-    let status = text
-        .split("status: ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or("NO ANSWER")
-        .to_owned();
-    let answers = text
-        .lines()
-        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
-        .collect();
-    (status, answers, took)
-}
-
 fn listed(world: &World, addr: &str) -> bool {
     world.list().contains(&addr.parse().unwrap())
 }
@@ -311,7 +278,7 @@ fn upstream_death_late_and_partial_answers() {
         "--fwd-timeout-ms",
         &TIMEOUT_MS.to_string(),
     ]);
-    let (status, answers, _) = dig(&world, "a.test", false);
+    let (status, answers, _) = world.dig("a.test", false);
     assert_eq!(
         (status.as_str(), answers),
         ("NOERROR", vec!["192.0.2.10".into()])
@@ -323,7 +290,7 @@ fn upstream_death_late_and_partial_answers() {
             "table inet nettrust_dead {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n  ip daddr {UPSTREAM} udp dport 53 drop\n  ip daddr {UPSTREAM} tcp dport 53 drop\n }}\n}}\n"
         ),
     );
-    let (status, answers, took) = dig(&world, "x.test", false);
+    let (status, answers, took) = world.dig("x.test", false);
     assert_eq!(
         (status.as_str(), answers),
         ("NOERROR", vec![FAST_ADDR.into()]),
@@ -339,7 +306,7 @@ fn upstream_death_late_and_partial_answers() {
     ] {
         scripted.set(mode);
         for tcp in [false, true] {
-            let (status, answers, took) = dig(&world, &format!("{what}.test"), tcp);
+            let (status, answers, took) = world.dig(&format!("{what}.test"), tcp);
             assert_eq!(
                 status, "SERVFAIL",
                 "{what} answer (tcp: {tcp}): {answers:?}"
@@ -362,7 +329,7 @@ fn upstream_death_late_and_partial_answers() {
 
     // The first upstream comes back: answers again, within the bound.
     world.load_nft(&world.inet_ns, "delete table inet nettrust_dead\n");
-    let (status, answers, took) = dig(&world, "b.test", false);
+    let (status, answers, took) = world.dig("b.test", false);
     assert_eq!(
         (status.as_str(), answers),
         ("NOERROR", vec!["192.0.2.11".into()])
@@ -721,12 +688,12 @@ fn unique_name_flood_fills_the_map_without_evicting_or_opening() {
     );
     assert!(checks > 0);
     assert!(world.reachable_from_cgroup("192.0.2.10"));
-    let (status, answers, _) = dig(&world, "a.test", false);
+    let (status, answers, _) = world.dig("a.test", false);
     assert_eq!(
         (status.as_str(), answers),
         ("NOERROR", vec!["192.0.2.10".into()])
     );
-    let (status, answers, _) = dig(&world, "fresh.flood", false);
+    let (status, answers, _) = world.dig("fresh.flood", false);
     assert_eq!(
         status, "SERVFAIL",
         "a full map must not hand out {answers:?}"

@@ -474,24 +474,6 @@ fn pin_foreign_map(path: &std::path::Path) {
 }
 
 /// Runs the daemon expecting it to refuse to start; returns its stderr.
-fn start_fails(world: &World) -> String {
-    let mut cmd = world.in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"));
-    cmd.args([
-        "run",
-        "--listen-addr",
-        "127.0.0.1:53",
-        "--fwd-addr",
-        &format!("{}:53", world::UPSTREAM),
-    ])
-    .arg("--cgroup")
-    .arg(&world.cgroup)
-    .arg("--bpffs-dir")
-    .arg(&world.bpffs_dir);
-    let out = world::output_within(cmd, Duration::from_secs(20));
-    assert!(!out.status.success(), "nettrust started on foreign state");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 #[ignore = "needs root: cargo xtask test"]
 fn only_our_own_pinned_state_is_adopted() {
@@ -499,12 +481,12 @@ fn only_our_own_pinned_state_is_adopted() {
     let world = World::new();
     std::fs::create_dir(&world.bpffs_dir).unwrap();
     std::fs::set_permissions(&world.bpffs_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let err = start_fails(&world);
+    let err = world.start_fails(&[]);
     assert!(err.contains("writable by group or others"), "{err}");
     std::fs::set_permissions(&world.bpffs_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
 
     pin_foreign_map(&world.bpffs_dir.join("HOSTS_V4"));
-    let err = start_fails(&world);
+    let err = world.start_fails(&[]);
     assert!(err.contains("is not a nettrust map"), "{err}");
     assert!(
         err.contains("nettrust flush"),

@@ -201,7 +201,8 @@ impl EbpfFirewall {
             .map(|spec| (spec.name, dir.join(spec.name)))
             .collect();
         // The IPv4 table's hash seed: the adopted table's, or a fresh random one.
-        let seed = super::pinned::pinned_seed(dir).unwrap_or_else(|| rand::random::<u64>() | 1);
+        let pinned_seed = super::pinned::pinned_seed(dir);
+        let seed = pinned_seed.unwrap_or_else(|| rand::random::<u64>() | 1);
         let home_slots = nettrust_common::host_table::home_slots(options.capacities.hosts);
         let mut loader = EbpfLoader::new();
         loader
@@ -233,6 +234,12 @@ impl EbpfFirewall {
             seed,
             true,
         )?);
+        if pinned_seed.is_none() && !v4.is_empty() {
+            // A table adopted without its seed (CONFIG was removed): its entries cannot be
+            // found, so they are dropped (they would only block); the whitelist follows.
+            tracing::warn!("adopted IPv4 host table without its hash seed: its hosts are dropped");
+            v4.clear();
+        }
         let mut hosts = HostMaps {
             v4: v4.clone(),
             v6: take_map(&mut ebpf, MAP_HOSTS_V6)?,

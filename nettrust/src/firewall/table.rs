@@ -6,8 +6,11 @@
 //! The daemon is the only writer: every change happens under [`HostTable`]'s lock. Readers (the
 //! egress program, scans, `nettrust list`) take no lock. An entry's address and deadline are one
 //! 64-bit word written in one store, so a reader never pairs an address with another host's
-//! deadline: the worst a reader racing a removal can see is a miss for an entry being shifted
-//! back (a dropped packet, never an allowed one).
+//! deadline: the worst a reader racing a move (insertions shift later entries forward, removals
+//! shift them back) can see is a miss for the entry being moved (a dropped packet, never an
+//! allowed one). The program's last-seen stamp is a separate
+//! store: one racing a move can land on the entry that took the slot, which at worst keeps that
+//! host one sweeper period longer.
 
 use std::{
     io,
@@ -323,6 +326,16 @@ impl HostTable {
         true
     }
 
+    /// Removes every entry.
+    pub fn clear(&self) {
+        let mut count = self.writer.lock().expect("host table lock poisoned");
+        for slot in self.slots() {
+            slot.entry.store(0, Ordering::Release);
+            slot.seen_flags.store(0, Ordering::Relaxed);
+        }
+        *count = 0;
+    }
+
     /// Every entry (address in network order), read without the lock.
     pub fn entries(&self) -> Vec<([u8; 4], HostValue)> {
         self.slots()
@@ -401,6 +414,9 @@ mod tests {
         assert!(!table.remove(addr));
         assert_eq!(table.get(addr), None);
         assert!(table.is_empty());
+        table.insert(addr, &value(1 << 40), true).unwrap();
+        table.clear();
+        assert!(table.is_empty() && table.entries().is_empty() && table.get(addr).is_none());
     }
 
     #[test]

@@ -453,6 +453,54 @@ impl World {
             .collect()
     }
 
+    /// An A query for `name` from inside the test cgroup through nettrust (`tcp` selects TCP):
+    /// the response code ("NO ANSWER" when none came within 5 s), the answer's data fields, and
+    /// how long dig took.
+    pub fn dig(&self, name: &str, tcp: bool) -> (String, Vec<String>, Duration) {
+        let mut cmd = self.in_cgroup("dig");
+        cmd.args(["+time=5", "+tries=1", "+noall", "+comments", "+answer"])
+            .args(["@127.0.0.1", name, "A"]);
+        if tcp {
+            cmd.arg("+tcp");
+        }
+        let started = Instant::now();
+        let out = cmd.output().expect("run dig");
+        let took = started.elapsed();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let status = text
+            .split("status: ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .unwrap_or("NO ANSWER")
+            .to_owned();
+        let answers = text
+            .lines()
+            .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+            .collect();
+        (status, answers, took)
+    }
+
+    /// Starts `nettrust run` on this world's cgroup and pin directory with `extra` arguments,
+    /// expecting it to refuse; returns its stderr.
+    pub fn start_fails(&self, extra: &[&str]) -> String {
+        let mut cmd = self.in_ns(&self.client_ns, env!("CARGO_BIN_EXE_nettrust"));
+        cmd.args(["run", "--listen-addr", "127.0.0.1:53", "--fwd-addr"])
+            .arg(format!("{UPSTREAM}:53"))
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs_dir)
+            .args(extra);
+        let out = output_within(cmd, Duration::from_secs(20));
+        assert!(
+            !out.status.success(),
+            "nettrust started with {extra:?}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// Whether a TCP connection from the test cgroup to `addr` gets the server's "ok".
     pub fn reachable_from_cgroup(&self, addr: &str) -> bool {
         connect(self.in_cgroup("socat"), addr)
