@@ -240,14 +240,25 @@ pub mod host_table {
         capacity + capacity / 3 + 1
     }
 
-    /// max_entries of the array holding `capacity` hosts.
+    /// max_entries of the array holding `capacity` hosts: the home slots, the probe window and
+    /// the version slot.
     pub const fn slots(capacity: u32) -> u32 {
-        home_slots(capacity) + PROBES
+        home_slots(capacity) + PROBES + 1
     }
+
+    /// Index of the version slot of a table with `home` home slots. Its entry word counts the
+    /// daemon's moves of entries and is odd while entries are moving: a walk that missed while it
+    /// changed is walked again (a seqlock for misses only; a found entry is always genuine).
+    pub const fn version_slot(home: u32) -> u32 {
+        home + PROBES
+    }
+
+    /// Walks a reader makes at most when entries kept moving under it.
+    pub const READ_ATTEMPTS: u32 = 4;
 
     /// The capacity whose table has `slots` slots (inverse of [`slots`]).
     pub const fn capacity_of(slots: u32) -> u32 {
-        let home = slots.saturating_sub(PROBES + 1) as u64;
+        let home = slots.saturating_sub(PROBES + 2) as u64;
         (home * 3).div_ceil(4) as u32
     }
 

@@ -395,23 +395,24 @@ fn judge_v4(daddr: [u8; 4], now: u64) -> (u32, i32) {
         )
     };
     let home = host_table::home_of(addr, seed, home_slots);
+    // A miss is walked again while the daemon was moving entries during the walk (the version
+    // slot changed or is odd): the entry may have been moved past the walk. A found entry is
+    // always genuine (address and deadline are one word).
+    let version = host_table::version_slot(home_slots);
+    let mut found = None;
+    for _ in 0..host_table::READ_ATTEMPTS {
+        let before = read_version(version);
+        found = find_v4(addr, home);
+        if found.is_some() || (before & 1 == 0 && read_version(version) == before) {
+            break;
+        }
+    }
     let mut expired = false;
-    for probe in 0..host_table::PROBES {
-        let Some(slot) = HOSTS_V4.get_ptr_mut(home.wrapping_add(probe)) else {
-            break;
-        };
-        // SAFETY: the pointer comes from a successful array lookup and stays valid for the
-        // program run; the daemon writes the entry word with single 8-byte stores.
-        let word = unsafe { core::ptr::read_volatile(&raw const (*slot).entry) };
-        if word == 0 {
-            break;
-        }
-        if host_table::entry_addr(word) != addr {
-            continue;
-        }
+    if let Some((slot, word)) = found {
         if host_table::is_live(host_table::entry_expires(word), now) {
             let seen = host_table::to_units(now);
-            // SAFETY: as above; last_seen is only written here, a lost write is harmless.
+            // SAFETY: the pointer comes from a successful array lookup and stays valid for the
+            // program run; last_seen is only written here, a lost write is harmless.
             unsafe {
                 if core::ptr::read_volatile(&raw const (*slot).flags) & FLAG_AUTHORIZED != 0
                     && core::ptr::read_volatile(&raw const (*slot).last_seen) != seen
@@ -422,7 +423,6 @@ fn judge_v4(daddr: [u8; 4], now: u64) -> (u32, i32) {
             return (STAT_ALLOW_HOST, VERDICT_ALLOW);
         }
         expired = true;
-        break;
     }
     if NETS_V4.get(Key::new(32, daddr)).is_some() {
         return (STAT_ALLOW_NET, VERDICT_ALLOW);
@@ -432,6 +432,35 @@ fn judge_v4(daddr: [u8; 4], now: u64) -> (u32, i32) {
     } else {
         (STAT_DROP, VERDICT_DROP)
     }
+}
+
+/// The IPv4 table's move counter (see `host_table::version_slot`).
+#[inline(always)]
+fn read_version(index: u32) -> u64 {
+    match HOSTS_V4.get_ptr(index) {
+        // SAFETY: pointer from a successful array lookup; the daemon stores the word atomically.
+        Some(slot) => unsafe { core::ptr::read_volatile(&raw const (*slot).entry) },
+        None => 0,
+    }
+}
+
+/// The slot holding `addr` and its entry word: the walk from the home slot to the first empty
+/// slot, at most `PROBES` slots (the daemon's `HostTable::get`).
+#[inline(always)]
+fn find_v4(addr: u32, home: u32) -> Option<(*mut HostSlot, u64)> {
+    for probe in 0..host_table::PROBES {
+        let slot = HOSTS_V4.get_ptr_mut(home.wrapping_add(probe))?;
+        // SAFETY: the pointer comes from a successful array lookup and stays valid for the
+        // program run; the daemon writes the entry word with single 8-byte stores.
+        let word = unsafe { core::ptr::read_volatile(&raw const (*slot).entry) };
+        if word == 0 {
+            return None;
+        }
+        if host_table::entry_addr(word) == addr {
+            return Some((slot, word));
+        }
+    }
+    None
 }
 
 /// Host map then network trie (IPv6). A live authorized entry gets its last-seen time refreshed (the

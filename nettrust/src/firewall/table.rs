@@ -6,9 +6,11 @@
 //! The daemon is the only writer: every change happens under [`HostTable`]'s lock. Readers (the
 //! egress program, scans, `nettrust list`) take no lock. An entry's address and deadline are one
 //! 64-bit word written in one store, so a reader never pairs an address with another host's
-//! deadline: the worst a reader racing a move (insertions shift later entries forward, removals
-//! shift them back) can see is a miss for the entry being moved (a dropped packet, never an
-//! allowed one). The program's last-seen stamp is a separate
+//! deadline: a found entry is always genuine. Entries do move (an insertion shifts later entries
+//! forward, a removal shifts them back), so a walk can pass an entry while it moves; the writer
+//! keeps a move counter in the last slot, odd while entries move, and a walk that missed while
+//! it changed is walked again (the program gives up after `READ_ATTEMPTS` walks: at worst a
+//! dropped packet, never an allowed one). The program's last-seen stamp is a separate
 //! store: one racing a move can land on the entry that took the slot, which at worst keeps that
 //! host one sweeper period longer.
 
@@ -25,7 +27,8 @@ use std::{
 use nettrust_common::{
     HostSlot, HostValue,
     host_table::{
-        PROBES, entry, entry_addr, entry_expires, from_units, home_of, home_slots, to_units,
+        PROBES, entry, entry_addr, entry_expires, from_units, home_of, home_slots,
+        slots as host_slots, to_units,
     },
 };
 
@@ -104,12 +107,12 @@ impl HostTable {
         writable: bool,
     ) -> io::Result<Self> {
         let slots = max_entries as usize;
-        if home_slots(capacity) + PROBES != max_entries {
+        if host_slots(capacity) != max_entries {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
                     "host table has {max_entries} slots, {} expected for {capacity} hosts",
-                    home_slots(capacity) + PROBES
+                    host_slots(capacity)
                 ),
             ));
         }
@@ -148,7 +151,7 @@ impl HostTable {
 
     /// A table in plain memory.
     pub fn in_memory(capacity: u32, seed: u64) -> Self {
-        let slots = (home_slots(capacity) + PROBES) as usize;
+        let slots = host_slots(capacity) as usize;
         let memory: Box<[Slot]> = (0..slots)
             .map(|_| Slot {
                 entry: AtomicU64::new(0),
@@ -176,7 +179,8 @@ impl HostTable {
         table
     }
 
-    fn slots(&self) -> &[Slot] {
+    /// Every slot, the version slot last.
+    fn all_slots(&self) -> &[Slot] {
         match &self.backing {
             // SAFETY: the mapping holds `slots` slots (checked against max_entries) and lives
             // as long as `self`; Slot is two atomics, valid for any bytes.
@@ -185,6 +189,29 @@ impl HostTable {
             },
             Backing::Heap(memory) => memory,
         }
+    }
+
+    /// The home slots and the probe window (without the version slot).
+    fn slots(&self) -> &[Slot] {
+        let all = self.all_slots();
+        &all[..all.len() - 1]
+    }
+
+    /// The move counter (`host_table::version_slot`), odd while entries move.
+    fn version(&self) -> &AtomicU64 {
+        &self.all_slots()[self.slots - 1].entry
+    }
+
+    /// Runs `moves` (called with the lock held) with the move counter odd, so a reader that
+    /// misses meanwhile walks again.
+    fn moving<T>(&self, moves: impl FnOnce() -> T) -> T {
+        let version = self.version();
+        let before = version.load(Ordering::Relaxed);
+        version.store(before.wrapping_add(1), Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        let result = moves();
+        version.store(before.wrapping_add(2), Ordering::Release);
+        result
     }
 
     /// The hosts the table can hold.
@@ -219,13 +246,25 @@ impl HostTable {
         Err(None)
     }
 
-    /// The entry of `addr`, as the egress program would find it.
+    /// The entry of `addr`, as the egress program finds it: a miss is walked again while entries
+    /// moved during the walk (the program gives up after `READ_ATTEMPTS` walks, this never does).
     pub fn get(&self, addr: [u8; 4]) -> Option<HostValue> {
         let addr = u32::from_be_bytes(addr);
-        let index = self.find(addr).ok()?;
-        let slot = &self.slots()[index];
-        let word = slot.entry.load(Ordering::Acquire);
-        (entry_addr(word) == addr).then(|| from_slot(word, slot.seen_flags.load(Ordering::Relaxed)))
+        let version = self.version();
+        loop {
+            let before = version.load(Ordering::Acquire);
+            if let Ok(index) = self.find(addr) {
+                let slot = &self.slots()[index];
+                let word = slot.entry.load(Ordering::Acquire);
+                if entry_addr(word) == addr {
+                    return Some(from_slot(word, slot.seen_flags.load(Ordering::Relaxed)));
+                }
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            if before & 1 == 0 && version.load(Ordering::Relaxed) == before {
+                return None;
+            }
+        }
     }
 
     /// Writes `value` for `addr`: `EEXIST` when `only_new` and it is present, `E2BIG` when the
@@ -285,14 +324,16 @@ impl HostTable {
             }
             end += 1;
         }
-        for index in (at..end).rev() {
-            let moved = slots[index].entry.load(Ordering::Relaxed);
-            let seen = slots[index].seen_flags.load(Ordering::Relaxed);
-            slots[index + 1].seen_flags.store(seen, Ordering::Relaxed);
-            slots[index + 1].entry.store(moved, Ordering::Release);
-        }
-        slots[at].seen_flags.store(seen_flags, Ordering::Relaxed);
-        slots[at].entry.store(word, Ordering::Release);
+        self.moving(|| {
+            for index in (at..end).rev() {
+                let moved = slots[index].entry.load(Ordering::Relaxed);
+                let seen = slots[index].seen_flags.load(Ordering::Relaxed);
+                slots[index + 1].seen_flags.store(seen, Ordering::Relaxed);
+                slots[index + 1].entry.store(moved, Ordering::Release);
+            }
+            slots[at].seen_flags.store(seen_flags, Ordering::Relaxed);
+            slots[at].entry.store(word, Ordering::Release);
+        });
         Ok(())
     }
 
@@ -306,22 +347,24 @@ impl HostTable {
             return false;
         };
         let slots = self.slots();
-        for next in hole + 1..slots.len() {
-            let word = slots[next].entry.load(Ordering::Acquire);
-            if word == 0 {
-                break;
+        self.moving(|| {
+            for next in hole + 1..slots.len() {
+                let word = slots[next].entry.load(Ordering::Acquire);
+                if word == 0 {
+                    break;
+                }
+                // Clusters are sorted by home: the first entry at its home ends the move.
+                if home_of(entry_addr(word), self.seed, self.home) as usize > hole {
+                    break;
+                }
+                let seen = slots[next].seen_flags.load(Ordering::Relaxed);
+                slots[hole].seen_flags.store(seen, Ordering::Relaxed);
+                slots[hole].entry.store(word, Ordering::Release);
+                hole = next;
             }
-            // Clusters are sorted by home: the first entry at its home ends the move.
-            if home_of(entry_addr(word), self.seed, self.home) as usize > hole {
-                break;
-            }
-            let seen = slots[next].seen_flags.load(Ordering::Relaxed);
-            slots[hole].seen_flags.store(seen, Ordering::Relaxed);
-            slots[hole].entry.store(word, Ordering::Release);
-            hole = next;
-        }
-        slots[hole].entry.store(0, Ordering::Release);
-        slots[hole].seen_flags.store(0, Ordering::Relaxed);
+            slots[hole].entry.store(0, Ordering::Release);
+            slots[hole].seen_flags.store(0, Ordering::Relaxed);
+        });
         *count -= 1;
         true
     }
@@ -517,10 +560,10 @@ mod tests {
         }
     }
 
-    /// A reader walking the table while the writer inserts and removes other hosts never finds an
-    /// address that was not written, and never reads a deadline that is not that address's own
-    /// (each address's deadline encodes the address). Hosts that are never removed are found
-    /// again once the writer stops.
+    /// A reader walking the table while the writer inserts and removes other hosts (shifting the
+    /// ones it keeps) never finds an address that was not written, never reads a deadline that is
+    /// not that address's own (each address's deadline encodes the address), and, walking again
+    /// after a miss, always finds the hosts that stay.
     #[test]
     fn concurrent_readers_never_see_a_foreign_entry() {
         let table = std::sync::Arc::new(HostTable::in_memory(2048, 3));
@@ -537,10 +580,11 @@ mod tests {
             std::thread::spawn(move || {
                 let mut looked = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    for &a in stable.iter().step_by(7) {
-                        if let Some(v) = table.get(a.to_be_bytes()) {
-                            assert_eq!(v.expires_ns, deadline(a), "deadline of another host");
-                        }
+                    for &a in &stable {
+                        let v = table
+                            .get(a.to_be_bytes())
+                            .expect("a stable host was missed");
+                        assert_eq!(v.expires_ns, deadline(a), "deadline of another host");
                         looked += 1;
                     }
                     for never in 0x0B00_0000u32..0x0B00_0040 {
