@@ -424,10 +424,19 @@ fn judge_v4(daddr: [u8; 4], now: u64) -> (u32, i32) {
         }
         expired = true;
     }
-    if NETS_V4.get(Key::new(32, daddr)).is_some() {
-        return (STAT_ALLOW_NET, VERDICT_ALLOW);
-    }
-    if expired {
+    judge_network(&NETS_V4, daddr, expired)
+}
+
+/// After the host lookup (`expired`: it found a dead entry): a whitelisted network, else drop.
+#[inline(always)]
+fn judge_network<const N: usize>(
+    nets: &LpmTrie<[u8; N], u32>,
+    daddr: [u8; N],
+    expired: bool,
+) -> (u32, i32) {
+    if nets.get(Key::new((N * 8) as u32, daddr)).is_some() {
+        (STAT_ALLOW_NET, VERDICT_ALLOW)
+    } else if expired {
         (STAT_DROP_EXPIRED, VERDICT_DROP)
     } else {
         (STAT_DROP, VERDICT_DROP)
@@ -487,14 +496,7 @@ fn judge<const N: usize>(
         }
         expired = true;
     }
-    if nets.get(Key::new((N * 8) as u32, daddr)).is_some() {
-        return (STAT_ALLOW_NET, VERDICT_ALLOW);
-    }
-    if expired {
-        (STAT_DROP_EXPIRED, VERDICT_DROP)
-    } else {
-        (STAT_DROP, VERDICT_DROP)
-    }
+    judge_network(nets, daddr, expired)
 }
 
 #[cgroup_skb(ingress)]

@@ -115,12 +115,17 @@ fn iperf(bench: &Bench, args: &[&str]) -> Result<serde_json::Value> {
     iperf_from(bench, false, args)
 }
 
-/// TCP Gbit/s and UDP kpps (64-byte datagrams sent) of one run each.
-fn one_run(bench: &Bench, outside: bool, seconds: &str) -> Result<(f64, f64)> {
+/// TCP Gbit/s received in one run.
+fn tcp_run(bench: &Bench, outside: bool, seconds: &str) -> Result<f64> {
     let json = iperf_from(bench, outside, &["-t", seconds])?;
     let bps = json["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .context("no TCP throughput in iperf3's output")?;
+    Ok(bps / 1e9)
+}
+
+/// UDP kpps (64-byte datagrams sent) in one run.
+fn udp_run(bench: &Bench, outside: bool, seconds: &str) -> Result<f64> {
     let json = iperf_from(
         bench,
         outside,
@@ -131,29 +136,49 @@ fn one_run(bench: &Bench, outside: bool, seconds: &str) -> Result<(f64, f64)> {
         sum["packets"].as_f64().context("no UDP packet count")?,
         sum["seconds"].as_f64().context("no UDP duration")?,
     );
-    Ok((bps / 1e9, packets / secs / 1e3))
+    Ok(packets / secs / 1e3)
 }
 
-/// `runs` TCP and UDP runs from the cgroup. With a filter (`paired`), each run is preceded by
-/// the same run from outside the cgroup at that moment, and the ratio of the pair is a figure
-/// of its own: it does not drift with the machine's load like two figures minutes apart.
+/// `run` from the cgroup and, when `paired`, the same run from outside the cgroup right next to
+/// it: before it in even rounds, after it in odd ones, so a drift of the machine's speed during
+/// the section does not always favour the same side. Returns (filtered, baseline).
+fn pair(
+    bench: &Bench,
+    paired: bool,
+    round: u32,
+    run: impl Fn(&Bench, bool) -> Result<f64>,
+) -> Result<(f64, Option<f64>)> {
+    if !paired {
+        return Ok((run(bench, false)?, None));
+    }
+    if round.is_multiple_of(2) {
+        let base = run(bench, true)?;
+        Ok((run(bench, false)?, Some(base)))
+    } else {
+        let filtered = run(bench, false)?;
+        Ok((filtered, Some(run(bench, true)?)))
+    }
+}
+
+/// `runs` TCP and UDP runs from the cgroup. With a filter (`paired`), each run is paired with the
+/// same run from outside the cgroup next to it (TCP with TCP, UDP with UDP, alternating which
+/// comes first), and the ratio of the pair is a figure of its own: it does not drift with the
+/// machine's load like two figures minutes apart.
 fn tcp_udp(bench: &Bench, opts: &Options, label: &str, report: &mut Report) -> Result<()> {
     let paired = label != "no filter";
     let seconds = opts.latency_seconds.to_string();
     let (mut tcp, mut udp, mut tcp_ratio, mut udp_ratio) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..opts.runs {
-        let base = if paired {
-            Some(one_run(bench, true, &seconds)?)
-        } else {
-            None
-        };
-        let (t, u) = one_run(bench, false, &seconds)?;
+    for round in 0..opts.runs {
+        let (t, base) = pair(bench, paired, round, |b, outside| {
+            tcp_run(b, outside, &seconds)
+        })?;
         tcp.push(t);
+        tcp_ratio.extend(base.map(|bt| t / bt * 100.0));
+        let (u, base) = pair(bench, paired, round, |b, outside| {
+            udp_run(b, outside, &seconds)
+        })?;
         udp.push(u);
-        if let Some((bt, bu)) = base {
-            tcp_ratio.push(t / bt * 100.0);
-            udp_ratio.push(u / bu * 100.0);
-        }
+        udp_ratio.extend(base.map(|bu| u / bu * 100.0));
     }
     report.add(Figure::new(
         "datapath",

@@ -274,15 +274,7 @@ pub(super) fn map_table(
 /// The IPv4 host table pinned in `pin_dir`, memory-mapped (read-only unless `writable`; only the
 /// daemon writes it while it runs). Its capacity follows from its size, its seed from `CONFIG`.
 pub fn open_table(pin_dir: &Path, writable: bool) -> Result<HostTable, EbpfError> {
-    pins::check_owner(pin_dir)?;
-    let path = pin_dir.join(MAP_HOSTS_V4);
-    let data = MapData::from_pin(&path).map_err(|e| {
-        map_error(
-            MAP_HOSTS_V4,
-            format!("no pinned map at {} (has nettrust run?)", path.display()),
-            e,
-        )
-    })?;
+    let data = pinned_map_data(pin_dir, MAP_HOSTS_V4)?;
     let info = data
         .info()
         .map_err(|e| map_error(MAP_HOSTS_V4, "cannot read the map's info", e))?;
@@ -297,6 +289,19 @@ pub fn open_table(pin_dir: &Path, writable: bool) -> Result<HostTable, EbpfError
     map_table(&data, capacity, seed, writable)
 }
 
+/// The map `name` pinned in `pin_dir` (after checking the directory's owner).
+fn pinned_map_data(pin_dir: &Path, name: &'static str) -> Result<MapData, EbpfError> {
+    pins::check_owner(pin_dir)?;
+    let path = pin_dir.join(name);
+    MapData::from_pin(&path).map_err(|e| {
+        map_error(
+            name,
+            format!("no pinned map at {} (has nettrust run?)", path.display()),
+            e,
+        )
+    })
+}
+
 pub(super) fn open_pinned<T>(
     pin_dir: &Path,
     name: &'static str,
@@ -305,15 +310,7 @@ pub(super) fn open_pinned<T>(
 where
     T: TryFrom<Map, Error = MapError>,
 {
-    pins::check_owner(pin_dir)?;
-    let path = pin_dir.join(name);
-    let data = MapData::from_pin(&path).map_err(|e| {
-        map_error(
-            name,
-            format!("no pinned map at {} (has nettrust run?)", path.display()),
-            e,
-        )
-    })?;
+    let data = pinned_map_data(pin_dir, name)?;
     T::try_from(wrap(data)).map_err(|e| map_error(name, "not a nettrust map", e))
 }
 
