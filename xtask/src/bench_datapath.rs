@@ -219,15 +219,16 @@ fn egress_stats(bench: &Bench) -> Result<(u64, u64)> {
     Ok((info.run_time().as_nanos() as u64, info.run_count()))
 }
 
-/// The egress program's own cost per UDP packet, from the kernel's run-time statistics
-/// (`BPF_ENABLE_STATS`, on only while its descriptor is held, i.e. for these extra runs and never
-/// for the paired ones above: the two clock reads it adds per run would be charged to them). This
-/// figure does not move with the machine's load the way a packet-rate ratio does.
+/// The egress program's own cost, from the kernel's run-time statistics (`BPF_ENABLE_STATS`, on
+/// only while its descriptor is held, i.e. for these extra runs and never for the paired ones
+/// above: the two clock reads it adds per run would be charged to them): per UDP packet, and as
+/// a share of one CPU during a TCP run. These figures do not move with the machine's load the
+/// way a throughput ratio does.
 fn program_cost(bench: &Bench, opts: &Options, label: &str, report: &mut Report) -> Result<()> {
     let seconds = opts.latency_seconds.to_string();
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("BPF_ENABLE_STATS (needs Linux 5.8)")?;
-    let mut per_packet = Vec::new();
+    let (mut per_packet, mut tcp_share) = (Vec::new(), Vec::new());
     for _ in 0..opts.runs {
         let (time0, count0) = egress_stats(bench)?;
         iperf(bench, &["-t", &seconds, "-u", "-b", "0", "-l", "64"])?;
@@ -236,12 +237,26 @@ fn program_cost(bench: &Bench, opts: &Options, label: &str, report: &mut Report)
             bail!("{label}: the egress program did not run during the UDP run");
         }
         per_packet.push((time1 - time0) as f64 / (count1 - count0) as f64);
+        let started = std::time::Instant::now();
+        iperf(bench, &["-t", &seconds])?;
+        let elapsed = started.elapsed().as_nanos() as f64;
+        let (time2, count2) = egress_stats(bench)?;
+        if count2 <= count1 {
+            bail!("{label}: the egress program did not run during the TCP run");
+        }
+        tcp_share.push((time2 - time1) as f64 / elapsed * 100.0);
     }
     report.add(Figure::new(
         "datapath",
         &format!("egress program run time per packet (UDP), {label}"),
         "ns",
         per_packet,
+    ));
+    report.add(Figure::new(
+        "datapath",
+        &format!("egress program CPU during TCP, {label}"),
+        "% of a CPU",
+        tcp_share,
     ));
     Ok(())
 }

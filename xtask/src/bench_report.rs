@@ -62,11 +62,11 @@ const EXPECTED: [(&str, usize); 5] = [
     // (a)..(e): qps, p50, p99.
     ("dns", 15),
     // none, eBPF 0/10k/1M, nftables 0/10k/1M: TCP and UDP; the egress program's run time per
-    // packet with eBPF 0/10k/1M.
-    ("datapath", 17),
+    // UDP packet and its share of a CPU during TCP, with eBPF 0/10k/1M.
+    ("datapath", 20),
     // eBPF and nftables 0/10k/1M against unfiltered runs at the same moment: TCP and UDP.
     ("ratio", 12),
-    // eBPF and nftables, 1 and 8 addresses: p50 and p99; the sweeper scan batched and key by key.
+    // eBPF and nftables, 1 and 8 addresses: p50 and p99; the sweeper's scan and `nettrust list`'s.
     ("commit", 10),
     // kernel map memory and daemon RSS, with 0 and with "1M" hosts.
     ("memory", 4),
