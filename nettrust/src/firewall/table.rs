@@ -146,7 +146,11 @@ impl HostTable {
             bytes,
             _fd: owned,
         };
-        Ok(Self::new(backing, slots, capacity, seed))
+        let table = Self::new(backing, slots, capacity, seed);
+        if writable {
+            table.recover_interrupted();
+        }
+        Ok(table)
     }
 
     /// A table in plain memory.
@@ -177,6 +181,45 @@ impl HostTable {
             .count();
         table.writer = Mutex::new(count as u32);
         table
+    }
+
+    /// Repairs a table whose writer died in the middle of a move (`kill -9` of a daemon; the move
+    /// counter is left odd): an entry may be there twice, so the entries are written again, once
+    /// each (the later deadline kept). Readers meanwhile may miss entries (dropped packets, never
+    /// allowed ones). Only the writer may call this.
+    fn recover_interrupted(&self) {
+        let version = self.version();
+        let odd = version.load(Ordering::Acquire);
+        if odd & 1 == 0 {
+            return;
+        }
+        tracing::warn!("the IPv4 host table was left in the middle of a move; rewriting it");
+        let mut entries = self.entries();
+        // Never-expiring (0) first, then the latest deadline, per address.
+        entries.sort_by_key(|(addr, value)| {
+            (
+                *addr,
+                value.expires_ns != 0,
+                std::cmp::Reverse(value.expires_ns),
+            )
+        });
+        entries.dedup_by_key(|(addr, _)| *addr);
+        {
+            let mut count = self.writer.lock().expect("host table lock poisoned");
+            version.store(odd.wrapping_add(1), Ordering::Release);
+            self.moving(|| {
+                for slot in self.slots() {
+                    slot.entry.store(0, Ordering::Release);
+                    slot.seen_flags.store(0, Ordering::Relaxed);
+                }
+            });
+            *count = 0;
+        }
+        for (addr, value) in entries {
+            if let Err(e) = self.insert(addr, &value, true) {
+                tracing::warn!(addr = ?addr, "host lost while rewriting the table: {e}");
+            }
+        }
     }
 
     /// Every slot, the version slot last.
@@ -608,6 +651,49 @@ mod tests {
         table.check();
         for &a in &stable {
             assert_eq!(table.get(a.to_be_bytes()).unwrap().expires_ns, deadline(a));
+        }
+    }
+
+    /// A writer killed in the middle of a move leaves the move counter odd and, here, one entry
+    /// copied to the next slot without the old copy cleared: the next writer to map the table
+    /// writes every entry again, once, and the table is consistent and complete.
+    #[test]
+    fn an_interrupted_move_is_repaired_by_the_next_writer() {
+        let table = HostTable::in_memory(64, 9);
+        let addrs: Vec<[u8; 4]> = (1..=40u32)
+            .map(|i| (0x0A00_0000 + i).to_be_bytes())
+            .collect();
+        for (i, addr) in addrs.iter().enumerate() {
+            table
+                .insert(*addr, &value((i as u64 + 1) << TIME_SHIFT), true)
+                .unwrap();
+        }
+        // Simulate the dead writer: an entry duplicated into the first empty slot after it, and
+        // the counter left odd.
+        let slots = table.slots();
+        let (from, _) = slots
+            .iter()
+            .enumerate()
+            .find(|(i, s)| {
+                s.entry.load(Ordering::Relaxed) != 0
+                    && slots[i + 1].entry.load(Ordering::Relaxed) == 0
+            })
+            .unwrap();
+        let word = slots[from].entry.load(Ordering::Relaxed);
+        slots[from + 1].entry.store(word, Ordering::Relaxed);
+        let version = table.version();
+        version.store(version.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        assert_eq!(table.entries().len(), addrs.len() + 1);
+
+        table.recover_interrupted();
+        assert_eq!(table.version().load(Ordering::Relaxed) & 1, 0);
+        table.check();
+        assert_eq!(table.len(), addrs.len());
+        for (i, addr) in addrs.iter().enumerate() {
+            assert_eq!(
+                table.get(*addr).map(|v| v.expires_ns),
+                Some((i as u64 + 1) << TIME_SHIFT)
+            );
         }
     }
 
