@@ -41,6 +41,29 @@ struct Slot {
 
 const _: () = assert!(size_of::<Slot>() == size_of::<HostSlot>());
 
+impl Slot {
+    /// Writes an entry: its last-seen time and flags first, then the entry word, so a reader
+    /// that finds the word finds them too.
+    fn set(&self, entry: u64, seen_flags: u64) {
+        self.seen_flags.store(seen_flags, Ordering::Relaxed);
+        self.entry.store(entry, Ordering::Release);
+    }
+
+    /// Empties the slot (the entry word first).
+    fn clear(&self) {
+        self.entry.store(0, Ordering::Release);
+        self.seen_flags.store(0, Ordering::Relaxed);
+    }
+
+    /// Copies `other`'s entry here (see [`Slot::set`]).
+    fn copy_from(&self, other: &Slot) {
+        self.set(
+            other.entry.load(Ordering::Relaxed),
+            other.seen_flags.load(Ordering::Relaxed),
+        );
+    }
+}
+
 enum Backing {
     /// The map's memory, `bytes` bytes mapped at `ptr`, and a descriptor of the map kept open
     /// with it (the mapping alone keeps the map alive, but the daemon's open maps are what
@@ -209,8 +232,7 @@ impl HostTable {
             version.store(odd.wrapping_add(1), Ordering::Release);
             self.moving(|| {
                 for slot in self.slots() {
-                    slot.entry.store(0, Ordering::Release);
-                    slot.seen_flags.store(0, Ordering::Relaxed);
+                    slot.clear();
                 }
             });
             *count = 0;
@@ -272,21 +294,26 @@ impl HostTable {
         self.len() == 0
     }
 
-    /// Index of `addr`'s slot: the egress program's walk from the home slot to the first empty
-    /// slot, at most [`PROBES`] slots.
-    fn find(&self, addr: u32) -> Result<usize, Option<usize>> {
-        let slots = self.slots();
+    /// Index of `addr`'s slot and its entry word: the egress program's walk from the home slot
+    /// to the first empty slot, at most [`PROBES`] slots.
+    fn find(&self, addr: u32) -> Option<(usize, u64)> {
         let home = home_of(addr, self.seed, self.home) as usize;
-        for (index, slot) in slots.iter().enumerate().skip(home).take(PROBES as usize) {
+        for (index, slot) in self
+            .slots()
+            .iter()
+            .enumerate()
+            .skip(home)
+            .take(PROBES as usize)
+        {
             let word = slot.entry.load(Ordering::Acquire);
             if word == 0 {
-                return Err(Some(index));
+                return None;
             }
             if entry_addr(word) == addr {
-                return Ok(index);
+                return Some((index, word));
             }
         }
-        Err(None)
+        None
     }
 
     /// The entry of `addr`, as the egress program finds it: a miss is walked again while entries
@@ -296,12 +323,9 @@ impl HostTable {
         let version = self.version();
         loop {
             let before = version.load(Ordering::Acquire);
-            if let Ok(index) = self.find(addr) {
-                let slot = &self.slots()[index];
-                let word = slot.entry.load(Ordering::Acquire);
-                if entry_addr(word) == addr {
-                    return Some(from_slot(word, slot.seen_flags.load(Ordering::Relaxed)));
-                }
+            if let Some((index, word)) = self.find(addr) {
+                let seen_flags = self.slots()[index].seen_flags.load(Ordering::Relaxed);
+                return Some(from_slot(word, seen_flags));
             }
             std::sync::atomic::fence(Ordering::Acquire);
             if before & 1 == 0 && version.load(Ordering::Relaxed) == before {
@@ -320,18 +344,14 @@ impl HostTable {
         }
         let mut count = self.writer.lock().expect("host table lock poisoned");
         let word = entry(key, to_units(value.expires_ns));
-        let slots = self.slots();
         match self.find(key) {
-            Ok(_) if only_new => Err(errno(libc::EEXIST)),
-            Ok(index) => {
-                slots[index]
-                    .seen_flags
-                    .store(to_slot(value), Ordering::Relaxed);
-                slots[index].entry.store(word, Ordering::Release);
+            Some(_) if only_new => Err(errno(libc::EEXIST)),
+            Some((index, _)) => {
+                self.slots()[index].set(word, to_slot(value));
                 Ok(())
             }
-            Err(_) if *count >= self.capacity => Err(errno(libc::E2BIG)),
-            Err(_) => {
+            None if *count >= self.capacity => Err(errno(libc::E2BIG)),
+            None => {
                 self.insert_sorted(key, to_slot(value), word)?;
                 *count += 1;
                 Ok(())
@@ -369,13 +389,9 @@ impl HostTable {
         }
         self.moving(|| {
             for index in (at..end).rev() {
-                let moved = slots[index].entry.load(Ordering::Relaxed);
-                let seen = slots[index].seen_flags.load(Ordering::Relaxed);
-                slots[index + 1].seen_flags.store(seen, Ordering::Relaxed);
-                slots[index + 1].entry.store(moved, Ordering::Release);
+                slots[index + 1].copy_from(&slots[index]);
             }
-            slots[at].seen_flags.store(seen_flags, Ordering::Relaxed);
-            slots[at].entry.store(word, Ordering::Release);
+            slots[at].set(word, seen_flags);
         });
         Ok(())
     }
@@ -386,7 +402,7 @@ impl HostTable {
     pub fn remove(&self, addr: [u8; 4]) -> bool {
         let key = u32::from_be_bytes(addr);
         let mut count = self.writer.lock().expect("host table lock poisoned");
-        let Ok(mut hole) = self.find(key) else {
+        let Some((mut hole, _)) = self.find(key) else {
             return false;
         };
         let slots = self.slots();
@@ -400,13 +416,10 @@ impl HostTable {
                 if home_of(entry_addr(word), self.seed, self.home) as usize > hole {
                     break;
                 }
-                let seen = slots[next].seen_flags.load(Ordering::Relaxed);
-                slots[hole].seen_flags.store(seen, Ordering::Relaxed);
-                slots[hole].entry.store(word, Ordering::Release);
+                slots[hole].copy_from(&slots[next]);
                 hole = next;
             }
-            slots[hole].entry.store(0, Ordering::Release);
-            slots[hole].seen_flags.store(0, Ordering::Relaxed);
+            slots[hole].clear();
         });
         *count -= 1;
         true
@@ -416,8 +429,7 @@ impl HostTable {
     pub fn clear(&self) {
         let mut count = self.writer.lock().expect("host table lock poisoned");
         for slot in self.slots() {
-            slot.entry.store(0, Ordering::Release);
-            slot.seen_flags.store(0, Ordering::Relaxed);
+            slot.clear();
         }
         *count = 0;
     }
