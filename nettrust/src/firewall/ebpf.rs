@@ -230,7 +230,7 @@ impl EbpfFirewall {
         };
         let v4 = Arc::new(super::pinned::map_table(
             &v4_map,
-            options.capacities.hosts,
+            Some(options.capacities.hosts),
             seed,
             true,
         )?);

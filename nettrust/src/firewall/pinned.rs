@@ -251,34 +251,28 @@ pub(super) fn store_seed(config: &mut Array<MapData, u32>, seed: u64) -> Result<
         .map_err(|e| map_error(MAP_CONFIG, "cannot record the host table seed", e))
 }
 
-/// Maps the IPv4 host table `HOSTS_V4` behind `data`, sized for `capacity` hosts.
+/// Maps the IPv4 host table `HOSTS_V4` behind `data`, sized for `capacity` hosts (`None`: the
+/// capacity its size stands for).
 pub(super) fn map_table(
     data: &MapData,
-    capacity: u32,
+    capacity: Option<u32>,
     seed: u64,
     writable: bool,
 ) -> Result<HostTable, EbpfError> {
-    let info = data
+    let max_entries = data
         .info()
-        .map_err(|e| map_error(MAP_HOSTS_V4, "cannot read the map's info", e))?;
-    HostTable::map(
-        data.fd().as_fd(),
-        info.max_entries(),
-        capacity,
-        seed,
-        writable,
-    )
-    .map_err(|e| map_error(MAP_HOSTS_V4, "cannot map the host table", e))
+        .map_err(|e| map_error(MAP_HOSTS_V4, "cannot read the map's info", e))?
+        .max_entries();
+    let capacity =
+        capacity.unwrap_or_else(|| nettrust_common::host_table::capacity_of(max_entries));
+    HostTable::map(data.fd().as_fd(), max_entries, capacity, seed, writable)
+        .map_err(|e| map_error(MAP_HOSTS_V4, "cannot map the host table", e))
 }
 
 /// The IPv4 host table pinned in `pin_dir`, memory-mapped (read-only unless `writable`; only the
 /// daemon writes it while it runs). Its capacity follows from its size, its seed from `CONFIG`.
 pub fn open_table(pin_dir: &Path, writable: bool) -> Result<HostTable, EbpfError> {
     let data = pinned_map_data(pin_dir, MAP_HOSTS_V4)?;
-    let info = data
-        .info()
-        .map_err(|e| map_error(MAP_HOSTS_V4, "cannot read the map's info", e))?;
-    let capacity = nettrust_common::host_table::capacity_of(info.max_entries());
     let seed = pinned_seed(pin_dir).ok_or_else(|| {
         map_error(
             MAP_CONFIG,
@@ -286,7 +280,7 @@ pub fn open_table(pin_dir: &Path, writable: bool) -> Result<HostTable, EbpfError
             io::Error::from(io::ErrorKind::NotFound),
         )
     })?;
-    map_table(&data, capacity, seed, writable)
+    map_table(&data, None, seed, writable)
 }
 
 /// The map `name` pinned in `pin_dir` (after checking the directory's owner).
