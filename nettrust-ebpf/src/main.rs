@@ -335,31 +335,32 @@ fn try_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
     let protocol = ctx.skb.protocol();
     if protocol == ETH_P_IP_BE {
         let packet = parse_v4(ctx)?.outgoing();
-        // SAFETY: helper without preconditions.
-        let now = unsafe { bpf_ktime_get_boot_ns() };
-        let judged = judge_v4(packet.remote, now);
-        Ok(decide_egress(ctx, &packet, judged, now))
+        Ok(decide_egress(ctx, &packet, |now| {
+            judge_v4(packet.remote, now)
+        }))
     } else if protocol == ETH_P_IPV6_BE {
         let packet = parse_v6(ctx)?.outgoing();
-        // SAFETY: helper without preconditions.
-        let now = unsafe { bpf_ktime_get_boot_ns() };
-        let judged = judge(&HOSTS_V6, &NETS_V6, packet.remote, now);
-        Ok(decide_egress(ctx, &packet, judged, now))
+        Ok(decide_egress(ctx, &packet, |now| {
+            judge(&HOSTS_V6, &NETS_V6, packet.remote, now)
+        }))
     } else {
         count(STAT_PASS_NON_IP);
         Ok(VERDICT_ALLOW)
     }
 }
 
-/// The egress verdict, the same for both families: the host/network `judged` verdict, then a
-/// flow opened from outside; else drop (counted per cgroup and reported).
+/// The egress verdict, the same for both families: the family's host/network verdict (`judge`
+/// at the current boot time), then a flow opened from outside; else drop (counted per cgroup and
+/// reported).
 #[inline(always)]
 fn decide_egress<const N: usize>(
     ctx: &SkBuffContext,
     packet: &Packet<N>,
-    (stat, verdict): (u32, i32),
-    now: u64,
+    judge: impl FnOnce(u64) -> (u32, i32),
 ) -> i32 {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let (stat, verdict) = judge(now);
     let flow = packet.flow();
     // SAFETY: the context's skb pointer is valid for the whole program run.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
