@@ -231,14 +231,14 @@ fn program_cost(bench: &Bench, opts: &Options, label: &str, report: &mut Report)
     let (mut per_packet, mut tcp_share) = (Vec::new(), Vec::new());
     for _ in 0..opts.runs {
         let (time0, count0) = egress_stats(bench)?;
-        iperf(bench, &["-t", &seconds, "-u", "-b", "0", "-l", "64"])?;
+        udp_run(bench, false, &seconds)?;
         let (time1, count1) = egress_stats(bench)?;
         if count1 <= count0 {
             bail!("{label}: the egress program did not run during the UDP run");
         }
         per_packet.push((time1 - time0) as f64 / (count1 - count0) as f64);
         let started = std::time::Instant::now();
-        iperf(bench, &["-t", &seconds])?;
+        tcp_run(bench, false, &seconds)?;
         let elapsed = started.elapsed().as_nanos() as f64;
         let (time2, count2) = egress_stats(bench)?;
         if count2 <= count1 {
