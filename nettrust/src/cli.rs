@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// Most answers kept in the cache [default: 10000].
     #[arg(long, value_name = "N")]
     pub dns_cache_size: Option<usize>,
+    /// TCP/DoT client connections open at once, per listener; at the cap a new connection
+    /// closes the oldest [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_tcp_connections: Option<usize>,
     /// Capacity of each eBPF host map, per address family (authorized plus whitelisted hosts;
     /// restart-only) [default: 65536].
     #[arg(long, value_name = "N")]

@@ -123,6 +123,8 @@ pub struct FileConfig {
     pub dns_ttl_cache: Option<i64>,
     /// Most answers kept in the cache.
     pub dns_cache_size: Option<usize>,
+    /// TCP/DoT client connections open at once, per listener.
+    pub max_tcp_connections: Option<usize>,
     /// Capacity of each eBPF host map (per address family).
     pub max_hosts: Option<u32>,
     /// Capacity of each eBPF network trie (per address family).
@@ -309,6 +311,8 @@ pub struct Settings {
     pub dns_ttl_cache: Option<Duration>,
     /// Most answers kept in the cache.
     pub dns_cache_size: usize,
+    /// TCP/DoT client connections open at once, per listener (the oldest is closed at the cap).
+    pub max_tcp_connections: usize,
     /// Capacity of each eBPF host map (per address family): authorized plus whitelisted hosts.
     pub max_hosts: u32,
     /// Capacity of each eBPF network trie (per address family).
@@ -574,6 +578,7 @@ impl Settings {
             cgroups,
             dns_ttl_cache,
             dns_cache_size,
+            max_tcp_connections,
             max_hosts,
             max_networks,
             whitelist_loopback,
@@ -1085,6 +1090,23 @@ impl Settings {
             Some(p) => p.value,
             None => crate::dns::cache::DEFAULT_CAPACITY,
         };
+        let max_tcp_connections = match pick(
+            args.max_tcp_connections,
+            "--max-tcp-connections",
+            env,
+            "max_tcp_connections",
+            max_tcp_connections,
+        )? {
+            Some(Pick { value, key }) if !(1..=MAX_TCP_CONNECTIONS).contains(&value) => {
+                return Err(invalid(
+                    key,
+                    value.to_string(),
+                    format!("must be between 1 and {MAX_TCP_CONNECTIONS}"),
+                ));
+            }
+            Some(p) => p.value,
+            None => crate::dns::server::DEFAULT_MAX_TCP_CONNECTIONS,
+        };
 
         let (max_hosts, max_networks) = capacities(
             args,
@@ -1109,6 +1131,7 @@ impl Settings {
             cgroups,
             dns_ttl_cache,
             dns_cache_size,
+            max_tcp_connections,
             max_hosts,
             max_networks,
             authorized_ttl,
@@ -1135,6 +1158,10 @@ impl Settings {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render the settings: {e}\n"))
     }
 }
+
+/// Largest accepted `max_tcp_connections`: each connection holds a file descriptor, and the
+/// daemon's limit is usually 1024 soft / 524288 hard.
+const MAX_TCP_CONNECTIONS: usize = 65_536;
 
 /// Largest accepted `max_hosts` (per family; at 16 Mi the IPv4 table alone takes 358 MB of kernel
 /// memory, and the IPv6 map about 1.7 GB when full).

@@ -203,6 +203,7 @@ pub async fn run(
     tracker.spawn(server::serve_tcp(
         tcp,
         tcp_tls,
+        settings.max_tcp_connections,
         proxy.clone(),
         tracker.clone(),
         cancel.clone(),
@@ -218,6 +219,7 @@ pub async fn run(
         tracker.spawn(server::serve_tcp(
             listener,
             Some(acceptor),
+            settings.max_tcp_connections,
             proxy,
             tracker.clone(),
             cancel.clone(),

@@ -93,6 +93,7 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         cgroups,
         dns_ttl_cache,
         dns_cache_size,
+        max_tcp_connections,
         max_hosts,
         max_networks,
         authorized_ttl,
@@ -128,6 +129,10 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         (*cgroups != b.cgroups, "cgroups"),
         (*dns_ttl_cache != b.dns_ttl_cache, "dns_ttl_cache"),
         (*dns_cache_size != b.dns_cache_size, "dns_cache_size"),
+        (
+            *max_tcp_connections != b.max_tcp_connections,
+            "max_tcp_connections",
+        ),
         (*max_hosts != b.max_hosts, "max_hosts"),
         (*max_networks != b.max_networks, "max_networks"),
         (*authorized_ttl != b.authorized_ttl, "authorized_ttl"),

@@ -26,6 +26,7 @@ pub const SCALAR_KEYS: &[&str] = &[
     "firewall_drop_input",
     "dns_ttl_cache",
     "dns_cache_size",
+    "max_tcp_connections",
     "max_hosts",
     "max_networks",
     "whitelist_loopback",

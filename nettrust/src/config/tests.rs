@@ -845,6 +845,52 @@ fn dedicated_dot_listener_and_cache_size() {
 }
 
 #[test]
+fn tcp_connection_cap_is_configurable_and_validated() {
+    assert_eq!(
+        ok(&args(), "", &[]).max_tcp_connections,
+        crate::dns::server::DEFAULT_MAX_TCP_CONNECTIONS
+    );
+    assert_eq!(
+        ok(&args(), "max_tcp_connections = 1000", &[]).max_tcp_connections,
+        1000
+    );
+    let a = RunArgs {
+        max_tcp_connections: Some(9),
+        ..args()
+    };
+    assert_eq!(
+        ok(
+            &a,
+            "max_tcp_connections = 1000",
+            &[("NET_TRUST_MAX_TCP_CONNECTIONS", "70")]
+        )
+        .max_tcp_connections,
+        9
+    );
+    assert_eq!(
+        ok(
+            &args(),
+            "max_tcp_connections = 1000",
+            &[("NET_TRUST_MAX_TCP_CONNECTIONS", "70")]
+        )
+        .max_tcp_connections,
+        70
+    );
+    for bad in ["0", "65537"] {
+        err_names(
+            resolve(&args(), &format!("max_tcp_connections = {bad}"), &[]),
+            "max_tcp_connections",
+            bad,
+        );
+    }
+    err_names(
+        resolve(&args(), "", &[("NET_TRUST_MAX_TCP_CONNECTIONS", "many")]),
+        "NET_TRUST_MAX_TCP_CONNECTIONS",
+        "many",
+    );
+}
+
+#[test]
 fn map_capacities_are_configurable_and_validated() {
     let s = ok(&args(), "", &[]);
     assert_eq!(s.max_hosts, nettrust_common::DEFAULT_MAX_HOSTS);

@@ -1,7 +1,7 @@
 //! UDP, TCP and DNS-over-TLS listeners. One task per query (UDP) or per connection (TCP/TLS),
 //! bounded by semaphores, tracked so shutdown can wait for them. Socket errors are logged and
 //! skipped; a client that stalls (TLS handshake, half a message, idleness) is disconnected after
-//! [`TCP_IDLE_TIMEOUT`], and never holds up any other client. When [`MAX_TCP_CONNECTIONS`] are
+//! [`TCP_IDLE_TIMEOUT`], and never holds up any other client. When `max_tcp_connections` are
 //! open, a new connection closes the oldest one (RFC 7766 §6.2.2: a server may close idle
 //! connections under pressure), so slow clients filling the table (slowloris) cannot lock
 //! legitimate TCP clients out; the number of open connections never exceeds the cap.
@@ -28,8 +28,9 @@ use super::{
 
 /// Queries handled at the same time over UDP; more are dropped (clients retry).
 pub const MAX_UDP_IN_FLIGHT: usize = 1024;
-/// TCP connections open at the same time; at the cap a new connection closes the oldest.
-pub const MAX_TCP_CONNECTIONS: usize = 256;
+/// TCP connections open at the same time per listener unless `max_tcp_connections` says
+/// otherwise; at the cap a new connection closes the oldest.
+pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 256;
 /// A TCP client that sends nothing for this long is disconnected (RFC 7766 §6.2.3 suggests
 /// seconds).
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,16 +74,17 @@ pub async fn serve_udp(
     }
 }
 
-/// Serves DNS over TCP (RFC 7766, 2-byte length framing) on `listener` until `cancel` fires; with
-/// `tls`, DNS over TLS (RFC 7858) instead.
+/// Serves DNS over TCP (RFC 7766, 2-byte length framing) on `listener` until `cancel` fires, with
+/// at most `max_connections` open; with `tls`, DNS over TLS (RFC 7858) instead.
 pub async fn serve_tcp(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    max_connections: usize,
     proxy: Arc<Proxy>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    let limit = Arc::new(Semaphore::new(max_connections));
     // Open connections, oldest first: (serial, token closing it).
     let open: Arc<Mutex<VecDeque<(u64, CancellationToken)>>> = Arc::default();
     let mut serial = 0u64;
@@ -104,7 +106,7 @@ pub async fn serve_tcp(
                 let oldest = open.lock().expect("poisoned").pop_front();
                 if let Some((_, token)) = oldest {
                     tracing::debug!(
-                        "TCP listener: {MAX_TCP_CONNECTIONS} connections open, closing the oldest for {peer}"
+                        "TCP listener: {max_connections} connections open, closing the oldest for {peer}"
                     );
                     token.cancel();
                 }
