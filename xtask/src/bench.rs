@@ -52,6 +52,13 @@ pub struct Options {
     pub in_flight: u32,
     /// Runs per figure (the median is reported, with min–max).
     pub runs: u32,
+    /// Filtered/unfiltered pairs per run of a filtered datapath step (TCP, and UDP), of
+    /// `pair_seconds` each; the run's figures are the medians of its pairs. One pair on this VM
+    /// spreads from 50 to 135 %, so a few long pairs cannot tell a 2 % cost from noise; many
+    /// short ones can.
+    pub pairs: u32,
+    /// Seconds per iperf3 run of a pair.
+    pub pair_seconds: u32,
     /// Authorized hosts of the datapath's "10k" and "1M" steps.
     pub hosts: [u32; 2],
     /// Commit bench rounds per run.
@@ -70,6 +77,8 @@ impl Options {
             latency_seconds: 5,
             in_flight: 100,
             runs: 3,
+            pairs: 9,
+            pair_seconds: 2,
             hosts: [10_000, 1_000_000],
             rounds: 2000,
             release: true,
@@ -84,6 +93,8 @@ impl Options {
             latency_seconds: 1,
             in_flight: 20,
             runs: 1,
+            pairs: 1,
+            pair_seconds: 1,
             hosts: [200, 2000],
             rounds: 50,
             release: false,
@@ -606,13 +617,30 @@ fn dns(bench: &mut Bench, opts: &Options, report: &mut Report) -> Result<()> {
         let mut qps = Vec::new();
         let mut p50 = Vec::new();
         let mut p99 = Vec::new();
-        for _ in 0..opts.runs {
+        let mut overhead = Vec::new();
+        for run in 0..opts.runs {
             // A fresh server per run: every run starts with empty maps/sets.
             let server = setup(bench)?;
             qps.push(bench.qps(server, opts)?);
-            let (a, b) = bench.latency(server, opts)?;
-            p50.push(a);
-            p99.push(b);
+            if tag == "a" {
+                let (a, b) = bench.latency(server, opts)?;
+                p50.push(a);
+                p99.push(b);
+            } else {
+                // The upstream asked directly right next to the forwarder (before it in even
+                // runs, after it in odd ones): the p50 overhead of the pair does not drift with
+                // the machine like two figures minutes apart.
+                let ((a, b), direct) = if run.is_multiple_of(2) {
+                    let direct = bench.latency(UPSTREAM_V4, opts)?.0;
+                    (bench.latency(server, opts)?, direct)
+                } else {
+                    let forwarded = bench.latency(server, opts)?;
+                    (forwarded, bench.latency(UPSTREAM_V4, opts)?.0)
+                };
+                p50.push(a);
+                p99.push(b);
+                overhead.push(a - direct);
+            }
             bench.check_nettrust()?;
             if tag == "e" {
                 let n = bench.nftset_elements()?;
@@ -634,6 +662,14 @@ fn dns(bench: &mut Bench, opts: &Options, report: &mut Report) -> Result<()> {
             "µs",
             p99,
         ));
+        if tag != "a" {
+            report.add(Figure::new(
+                "overhead",
+                &format!("{label} p50 overhead over (a) @1k qps, paired"),
+                "µs",
+                overhead,
+            ));
+        }
     }
     bench.stop_nettrust()?;
     bench.stop_forwarder();

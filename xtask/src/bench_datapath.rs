@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     bench::{Bench, METRICS, Options, TARGET_V4, What, dnsperf_args, field},
-    bench_report::{Figure, Report},
+    bench_report::{Figure, Report, median},
 };
 
 /// Whitelisted networks installed for every filtered run (233.0.0.0/14 in /24s: never used).
@@ -139,46 +139,56 @@ fn udp_run(bench: &Bench, outside: bool, seconds: &str) -> Result<f64> {
     Ok(packets / secs / 1e3)
 }
 
-/// `run` from the cgroup and, when `paired`, the same run from outside the cgroup right next to
-/// it: before it in even rounds, after it in odd ones, so a drift of the machine's speed during
-/// the section does not always favour the same side. Returns (filtered, baseline).
+/// `run` from the cgroup and the same run from outside the cgroup right next to it: before it in
+/// even rounds, after it in odd ones, so a drift of the machine's speed during the section does
+/// not always favour the same side. Returns (filtered, baseline).
 fn pair(
     bench: &Bench,
-    paired: bool,
     round: u32,
     run: impl Fn(&Bench, bool) -> Result<f64>,
-) -> Result<(f64, Option<f64>)> {
-    if !paired {
-        return Ok((run(bench, false)?, None));
-    }
+) -> Result<(f64, f64)> {
     if round.is_multiple_of(2) {
         let base = run(bench, true)?;
-        Ok((run(bench, false)?, Some(base)))
+        Ok((run(bench, false)?, base))
     } else {
         let filtered = run(bench, false)?;
-        Ok((filtered, Some(run(bench, true)?)))
+        Ok((filtered, run(bench, true)?))
     }
 }
 
-/// `runs` TCP and UDP runs from the cgroup. With a filter (`paired`), each run is paired with the
-/// same run from outside the cgroup next to it (TCP with TCP, UDP with UDP, alternating which
-/// comes first), and the ratio of the pair is a figure of its own: it does not drift with the
-/// machine's load like two figures minutes apart.
+/// `runs` TCP and UDP runs from the cgroup. With a filter (`paired`), a run is `pairs` short
+/// runs, each paired with the same run from outside the cgroup next to it (TCP with TCP, UDP with
+/// UDP, alternating which comes first); the ratio of a pair does not drift with the machine's
+/// load like two figures minutes apart, and the run's figures are the medians of its pairs (a
+/// single pair on this VM spreads from 50 to 135 %).
 fn tcp_udp(bench: &Bench, opts: &Options, label: &str, report: &mut Report) -> Result<()> {
     let paired = label != "no filter";
-    let seconds = opts.latency_seconds.to_string();
     let (mut tcp, mut udp, mut tcp_ratio, mut udp_ratio) = (vec![], vec![], vec![], vec![]);
     for round in 0..opts.runs {
-        let (t, base) = pair(bench, paired, round, |b, outside| {
-            tcp_run(b, outside, &seconds)
-        })?;
+        if !paired {
+            let seconds = opts.latency_seconds.to_string();
+            tcp.push(tcp_run(bench, false, &seconds)?);
+            udp.push(udp_run(bench, false, &seconds)?);
+            continue;
+        }
+        let seconds = opts.pair_seconds.to_string();
+        let pairs = |run: fn(&Bench, bool, &str) -> Result<f64>| -> Result<(f64, f64)> {
+            let (mut filtered, mut ratios) = (vec![], vec![]);
+            for p in 0..opts.pairs {
+                let (f, base) = pair(bench, round * opts.pairs + p, |b, outside| {
+                    run(b, outside, &seconds)
+                })?;
+                filtered.push(f);
+                ratios.push(f / base * 100.0);
+            }
+            Ok((median(filtered), median(ratios)))
+        };
+        let (t, tr) = pairs(tcp_run)?;
+        let (u, ur) = pairs(udp_run)?;
         tcp.push(t);
-        tcp_ratio.extend(base.map(|bt| t / bt * 100.0));
-        let (u, base) = pair(bench, paired, round, |b, outside| {
-            udp_run(b, outside, &seconds)
-        })?;
+        tcp_ratio.push(tr);
         udp.push(u);
-        udp_ratio.extend(base.map(|bu| u / bu * 100.0));
+        udp_ratio.push(ur);
     }
     report.add(Figure::new(
         "datapath",
