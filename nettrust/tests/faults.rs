@@ -31,7 +31,6 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// One `dig` through nettrust from the test cgroup: (status, answer addresses, time taken).
 fn listed(world: &World, addr: &str) -> bool {
     world.list().contains(&addr.parse().unwrap())
 }

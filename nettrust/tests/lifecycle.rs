@@ -473,7 +473,6 @@ fn pin_foreign_map(path: &std::path::Path) {
     unsafe { libc::close(fd as i32) };
 }
 
-/// Runs the daemon expecting it to refuse to start; returns its stderr.
 #[test]
 #[ignore = "needs root: cargo xtask test"]
 fn only_our_own_pinned_state_is_adopted() {
