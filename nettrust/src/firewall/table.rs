@@ -228,15 +228,10 @@ impl HostTable {
         });
         entries.dedup_by_key(|(addr, _)| *addr);
         {
-            let mut count = self.writer.lock().expect("host table lock poisoned");
+            let _writer = self.writer.lock().expect("host table lock poisoned");
             version.store(odd.wrapping_add(1), Ordering::Release);
-            self.moving(|| {
-                for slot in self.slots() {
-                    slot.clear();
-                }
-            });
-            *count = 0;
         }
+        self.clear();
         for (addr, value) in entries {
             if let Err(e) = self.insert(addr, &value, true) {
                 tracing::warn!(addr = ?addr, "host lost while rewriting the table: {e}");
