@@ -119,8 +119,9 @@ const _: () = assert!(core::mem::size_of::<HostValue>() == 24);
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 100_000_000;
 
 /// Key of the flow maps: the remote end and the local port of a TCP/UDP flow (ports 0 for other
-/// protocols). IPv4 addresses use the first 4 bytes of `addr`, the rest is 0.
-#[repr(C)]
+/// protocols). IPv4 addresses use the first 4 bytes of `addr`, the rest is 0. Aligned to 8 bytes
+/// so the eBPF programs build, copy and compare it a word at a time.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowKey {
     /// Remote address (network order).
@@ -138,6 +139,23 @@ pub struct FlowKey {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
+
+impl FlowKey {
+    /// The key as three words (address halves; ports, protocol, family and padding), for
+    /// comparing in three instructions.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 3] {
+        // SAFETY: 24 bytes of plain data with no invalid bit patterns, 8-byte aligned.
+        unsafe { core::mem::transmute_copy(self) }
+    }
+
+    /// The key whose [`FlowKey::words`] are `words`.
+    #[inline(always)]
+    pub fn from_words(words: [u64; 3]) -> Self {
+        // SAFETY: every bit pattern is a valid key (plain bytes and integers); same size.
+        unsafe { core::mem::transmute(words) }
+    }
+}
 
 /// One denied egress packet, as sent to the daemon through [`MAP_DENIED`].
 #[repr(C)]
@@ -333,6 +351,31 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flow_key_words_follow_the_field_layout() {
+        // The egress program assembles keys from words in this layout; a field moved or resized
+        // would make its keys differ from the ones userspace reads.
+        let key = FlowKey {
+            addr: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+            remote_port: 0x1234,
+            local_port: 0x5678,
+            proto: 17,
+            family: 6,
+            _pad: [0; 2],
+        };
+        let (remote, local) = (0x1234u16.to_ne_bytes(), 0x5678u16.to_ne_bytes());
+        assert_eq!(
+            key.words(),
+            [
+                u64::from_ne_bytes([1, 2, 3, 4, 5, 6, 7, 8]),
+                u64::from_ne_bytes([9, 10, 11, 12, 13, 14, 15, 16]),
+                u64::from_ne_bytes([remote[0], remote[1], local[0], local[1], 17, 6, 0, 0]),
+            ]
+        );
+        assert_eq!(FlowKey::from_words(key.words()), key);
+        assert_eq!(core::mem::align_of::<FlowKey>(), 8);
+    }
 
     #[test]
     fn zero_deadline_never_expires() {

@@ -111,19 +111,35 @@ struct Packet<const N: usize> {
 }
 
 impl<const N: usize> Packet<N> {
+    /// The flow key, assembled a word at a time (byte stores and a call to `memset` for the
+    /// zero bytes otherwise).
+    #[inline(always)]
     fn flow(&self) -> FlowKey {
-        let mut addr = [0u8; 16];
-        for (dst, src) in addr.iter_mut().zip(self.remote.iter()) {
-            *dst = *src;
-        }
-        FlowKey {
-            addr,
-            remote_port: self.remote_port,
-            local_port: self.local_port,
-            proto: self.proto,
-            family: if N == 4 { 4 } else { 6 },
-            _pad: [0; 2],
-        }
+        let byte = |i: usize| self.remote.get(i).copied().unwrap_or(0);
+        let word = |at: usize| {
+            u64::from_ne_bytes([
+                byte(at),
+                byte(at + 1),
+                byte(at + 2),
+                byte(at + 3),
+                byte(at + 4),
+                byte(at + 5),
+                byte(at + 6),
+                byte(at + 7),
+            ])
+        };
+        let (remote, local) = (
+            self.remote_port.to_ne_bytes(),
+            self.local_port.to_ne_bytes(),
+        );
+        let family = if N == 4 { 4 } else { 6 };
+        FlowKey::from_words([
+            word(0),
+            word(8),
+            u64::from_ne_bytes([
+                remote[0], remote[1], local[0], local[1], self.proto, family, 0, 0,
+            ]),
+        ])
     }
 }
 
@@ -365,7 +381,7 @@ fn decide_egress<const N: usize>(
     // SAFETY: the context's skb pointer is valid for the whole program run.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     if verdict == VERDICT_ALLOW {
-        remember(&OUTBOUND, &flow, now);
+        remember_outbound(&flow, now);
         count(stat);
         count_cgroup(&ALLOWS, cgroup_id);
         return VERDICT_ALLOW;
@@ -528,7 +544,9 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, ()> {
     } else {
         return Ok(VERDICT_ALLOW);
     };
-    if OUTBOUND.get_ptr(flow).is_some() {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if is_outbound(&flow, now) {
         // A reply to a flow egress let out ("ct state established").
         return Ok(VERDICT_ALLOW);
     }
@@ -546,8 +564,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, ()> {
         count(STAT_DROP_INPUT);
         return Ok(VERDICT_DROP);
     }
-    // SAFETY: helper without preconditions.
-    remember(&INBOUND, &flow, unsafe { bpf_ktime_get_boot_ns() });
+    remember(&INBOUND, &flow, now);
     Ok(VERDICT_ALLOW)
 }
 
@@ -643,6 +660,75 @@ fn remember(map: &LruHashMap<FlowKey, u64>, flow: &FlowKey, now: u64) {
         return;
     }
     let _ = map.insert(flow, now, 0);
+}
+
+/// A CPU's most recent flow (see [`RECENT_OUT`], [`RECENT_IN`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RecentFlow {
+    words: [u64; 3],
+    /// When its `OUTBOUND` entry was last found or written (boot time, ns).
+    seen_ns: u64,
+}
+
+/// Per CPU, the flow whose `OUTBOUND` entry egress last found or wrote, and when: the packets of
+/// a transfer follow one another on a CPU, and each one after the first skips the hashed lookup
+/// for [`FLOW_REFRESH_NS`] (the refresh interval of the entry's timestamp anyway). Scratch state,
+/// not pinned: the programs of a restarted daemon start with it empty.
+#[map(name = "RECENT_OUT")]
+static RECENT_OUT: PerCpuArray<RecentFlow> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU, the flow ingress last found in `OUTBOUND`, and when: the replies of a transfer (the
+/// acknowledgements of an upload) skip the hashed lookup for [`FLOW_REFRESH_NS`]. An entry the LRU
+/// evicts meanwhile still counts as present until then (egress writes it back with its next
+/// packet anyway). Scratch state like [`RECENT_OUT`].
+#[map(name = "RECENT_IN")]
+static RECENT_IN: PerCpuArray<RecentFlow> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether `flow` is one egress let out (in `OUTBOUND`), as found by this CPU less than
+/// [`FLOW_REFRESH_NS`] ago or looked up now.
+#[inline(always)]
+fn is_outbound(flow: &FlowKey, now: u64) -> bool {
+    let Some(recent) = RECENT_IN.get_ptr_mut(0) else {
+        return OUTBOUND.get_ptr(flow).is_some();
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+    let recent = unsafe { &mut *recent };
+    let words = flow.words();
+    if same_flow(&recent.words, &words) && now.wrapping_sub(recent.seen_ns) <= FLOW_REFRESH_NS {
+        return true;
+    }
+    if OUTBOUND.get_ptr(flow).is_none() {
+        return false;
+    }
+    recent.words = words;
+    recent.seen_ns = now;
+    true
+}
+
+/// Word-wise equality of two flow keys (an array comparison would call a byte loop).
+#[inline(always)]
+fn same_flow(a: &[u64; 3], b: &[u64; 3]) -> bool {
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2]
+}
+
+/// Records an outgoing `flow` in `OUTBOUND` (see [`remember`]) unless this CPU did so for the
+/// same flow less than [`FLOW_REFRESH_NS`] ago.
+#[inline(always)]
+fn remember_outbound(flow: &FlowKey, now: u64) {
+    let Some(recent) = RECENT_OUT.get_ptr_mut(0) else {
+        remember(&OUTBOUND, flow, now);
+        return;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+    let recent = unsafe { &mut *recent };
+    let words = flow.words();
+    if same_flow(&recent.words, &words) && now.wrapping_sub(recent.seen_ns) <= FLOW_REFRESH_NS {
+        return;
+    }
+    remember(&OUTBOUND, flow, now);
+    recent.words = words;
+    recent.seen_ns = now;
 }
 
 /// Bumps a per-cgroup counter ([`DROPS`] or [`ALLOWS`]).

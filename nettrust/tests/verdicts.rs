@@ -676,6 +676,63 @@ fn ebpf_verdict_matrix() {
                 )),
                 DROP,
             ));
+            // Replies to a flow we opened come in; a packet that differs from such a reply in
+            // one field only (peer address in either half, protocol, either port) is another,
+            // unsolicited flow, even right after the reply (each CPU remembers its last flow).
+            let query4 = || v4_with(world::CLIENT_V4, "192.0.2.10", UDP, 40001, 53, 0);
+            let from4 = |peer: &str, proto: u8, sport: u16, dport: u16| {
+                inn(v4_with(peer, world::CLIENT_V4, proto, sport, dport, 0))
+            };
+            cases.push(("drop-input: v4 query we send", out(query4()), ALLOW));
+            for (what, got, want) in [
+                ("its reply", from4("192.0.2.10", UDP, 53, 40001), ALLOW),
+                (
+                    "to another local port",
+                    from4("192.0.2.10", UDP, 53, 40002),
+                    DROP,
+                ),
+                (
+                    "from another peer",
+                    from4("192.0.2.12", UDP, 53, 40001),
+                    DROP,
+                ),
+                ("over TCP", from4("192.0.2.10", TCP, 53, 40001), DROP),
+                (
+                    "from another port",
+                    from4("192.0.2.10", UDP, 54, 40001),
+                    DROP,
+                ),
+                (
+                    "its reply again",
+                    from4("192.0.2.10", UDP, 53, 40001),
+                    ALLOW,
+                ),
+            ] {
+                cases.push((format!("drop-input: v4 {what}").leak(), got, want));
+            }
+            let peer6 = "2001:db8:1::10";
+            let query6 = || v6_with(world::CLIENT_V6, peer6, UDP, 40001, 53);
+            let from6 = |peer: &str, sport: u16, dport: u16| {
+                inn(v6_with(peer, world::CLIENT_V6, UDP, sport, dport))
+            };
+            cases.push(("drop-input: v6 query we send", out(query6()), ALLOW));
+            for (what, got, want) in [
+                ("its reply", from6(peer6, 53, 40001), ALLOW),
+                (
+                    "from a peer differing in the low half",
+                    from6("2001:db8:1::11", 53, 40001),
+                    DROP,
+                ),
+                (
+                    "from a peer differing in the high half",
+                    from6("2001:db9:1::10", 53, 40001),
+                    DROP,
+                ),
+                ("to another local port", from6(peer6, 53, 40002), DROP),
+                ("its reply again", from6(peer6, 53, 40001), ALLOW),
+            ] {
+                cases.push((format!("drop-input: v6 {what}").leak(), got, want));
+            }
             cases.push((
                 "drop-input: v4 unsolicited connection",
                 inn(v4_with("192.0.2.97", world::CLIENT_V4, TCP, 5555, 8080, 0)),
