@@ -189,9 +189,12 @@ pub struct RateState {
 
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 
-/// Length of [`HostName::name`]: a DNS name in text form has at most 253 characters (RFC 1035
-/// §2.3.4 limits it to 255 octets on the wire).
-pub const HOST_NAME_LEN: usize = 256;
+/// Length of [`HostName::name`]. A DNS name in text form may have 253 characters (RFC 1035 §2.3.4
+/// limits it to 255 octets on the wire), but nearly all are far shorter, and every byte here is
+/// kernel memory per listed host: the daemon records a longer name as `…` and its last 124 bytes
+/// (the end names the domain), like the nftables backend's 127-byte element comments. With 128
+/// bytes a `NAMES` element fits the kernel's 192-byte allocation size class, not the 512-byte one.
+pub const HOST_NAME_LEN: usize = 128;
 
 /// The question that authorized a host (NUL-padded text), written by the daemon for
 /// `nettrust list`.

@@ -14,6 +14,7 @@ both_backends!(
     unspecified_answers_authorize_nothing,
     resolve_then_connect_immediately_never_fails,
     sigterm_removes_every_nettrust_object,
+    long_names_are_listed_by_their_end,
 );
 
 fn addrs(list: &[&str]) -> Vec<IpAddr> {
@@ -62,6 +63,44 @@ fn only_resolved_destinations_are_reachable(backend: Backend) {
         addrs(&["192.0.2.10", "192.0.2.12", "2001:db8:1::10"])
     );
     assert!(world.stop_daemon(), "nettrust failed at exit");
+}
+
+/// `nettrust list` shows each host's name; one longer than the 127 bytes either backend records
+/// is shown as `…` and its end, the same with both backends.
+fn long_names_are_listed_by_their_end(backend: Backend) {
+    let mut world = World::with_backend(backend);
+    world.start_daemon(&[]);
+    let long = world::long_name();
+    assert_eq!(world.resolve(&long, "A", false), ["192.0.2.13"]);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    let expected = format!("…{}", &long[long.len() - 124..]);
+    // The eBPF backend writes names a few milliseconds after the reply.
+    let mut listed = String::new();
+    for _ in 0..50 {
+        listed = String::from_utf8_lossy(&world.nettrust(&["list"]).stdout).into_owned();
+        if listed.contains("a.test") && listed.contains("192.0.2.13") && listed.contains('…') {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let line = |addr: &str| {
+        listed
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(addr))
+            .unwrap_or_else(|| panic!("{addr} not listed:\n{listed}"))
+            .to_owned()
+    };
+    let long_line = line("192.0.2.13");
+    assert!(
+        long_line.split_whitespace().any(|field| field == expected),
+        "expected the name's last 124 bytes after …:\n{long_line}"
+    );
+    assert!(!long_line.contains(&"a".repeat(50)), "{long_line}");
+    assert!(
+        line("192.0.2.10").split_whitespace().any(|f| f == "a.test"),
+        "{listed}"
+    );
+    assert!(world.stop_daemon());
 }
 
 fn unspecified_answers_authorize_nothing(backend: Backend) {

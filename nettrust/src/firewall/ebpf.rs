@@ -575,7 +575,7 @@ impl Firewall for EbpfFirewall {
     /// Queued for the name writer: the reply does not wait for it.
     fn record_name(&self, addr: IpAddr, name: &str) -> Result<(), FirewallError> {
         let value = HostName {
-            name: pins::padded(name.trim_end_matches('.')),
+            name: pins::padded(&super::listed_name(name)),
         };
         self.names.put(name_key(addr), value);
         Ok(())

@@ -169,6 +169,26 @@ pub trait Firewall: Send + Sync {
     fn set_whitelist(&self, policy: &Policy) -> Result<(), FirewallError>;
 }
 
+/// Longest name (bytes) either backend records for `nettrust list`: nft element comments hold
+/// 127 bytes, and the eBPF `NAMES` values 128 with their NUL.
+pub const LISTED_NAME_MAX: usize = 127;
+
+/// The name recorded for `nettrust list` for an answer to `name`: without the root's trailing dot,
+/// and, when longer than [`LISTED_NAME_MAX`] bytes, `…` followed by as many of its last bytes as fit
+/// (the end of a DNS name names its domain; a character is never split).
+pub fn listed_name(name: &str) -> std::borrow::Cow<'_, str> {
+    const ELLIPSIS: &str = "…";
+    let name = name.trim_end_matches('.');
+    if name.len() <= LISTED_NAME_MAX {
+        return name.into();
+    }
+    let mut start = name.len() - (LISTED_NAME_MAX - ELLIPSIS.len());
+    while !name.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("{ELLIPSIS}{}", &name[start..]).into()
+}
+
 /// Current `CLOCK_BOOTTIME` in nanoseconds, the clock of `bpf_ktime_get_boot_ns` used by the egress
 /// program to judge deadlines (it keeps counting during suspend).
 pub fn boottime_ns() -> u64 {
@@ -185,6 +205,28 @@ pub fn boottime_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_names_keep_their_end() {
+        assert_eq!(listed_name("a.test."), "a.test");
+        let exact = format!("{}.test", "x".repeat(LISTED_NAME_MAX - 5));
+        assert_eq!(listed_name(&exact), exact);
+        // The longest DNS name in text form (253 characters) keeps its last 124 bytes.
+        let labels: Vec<String> = (0..63).map(|i| format!("l{i:02}")).collect();
+        let name = format!("{}.a.", labels.join("."));
+        let listed = listed_name(&name);
+        assert_eq!(listed.len(), LISTED_NAME_MAX);
+        assert_eq!(
+            listed,
+            format!("…{}", &name[name.len() - 1 - 124..name.len() - 1])
+        );
+        // A cut inside a multi-byte character drops the character (text names escape non-ASCII
+        // bytes, but the rule holds for any text); a cut before it keeps it.
+        let inside = format!("xxxxxé{}", "y".repeat(123));
+        assert_eq!(listed_name(&inside), format!("…{}", "y".repeat(123)));
+        let before = format!("xxxxxé{}", "y".repeat(122));
+        assert_eq!(listed_name(&before), format!("…é{}", "y".repeat(122)));
+    }
 
     #[test]
     fn exit_matrix_matches_the_original() {

@@ -397,11 +397,11 @@ impl Inner {
             return Ok(Vec::new());
         };
         let now = boottime_ns();
-        // Shown like the eBPF backend's names: without the root's trailing dot.
+        // Shown like the eBPF backend's names.
         let name: Option<Arc<str>> = name
-            .map(|n| n.trim_end_matches('.'))
+            .map(super::listed_name)
             .filter(|n| !n.is_empty())
-            .map(Arc::from);
+            .map(|n| Arc::from(n.as_ref()));
         let mut results = Vec::with_capacity(addrs.len());
         let mut writes: Vec<(IpAddr, Held)> = Vec::with_capacity(addrs.len());
         for &addr in addrs {

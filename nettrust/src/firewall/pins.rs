@@ -318,7 +318,7 @@ impl Capacities {
             )),
             MAP_HOSTS_V6 => Some((self.hosts, "max_hosts", |n| n)),
             // One name per host of either family, at most NAMES_MAX: names are best effort and
-            // 256 bytes each, they must not dominate kernel memory on large host maps.
+            // 128 bytes each, they must not dominate kernel memory on large host maps.
             MAP_NAMES => Some((
                 self.hosts.saturating_mul(2).min(NAMES_MAX),
                 "max_hosts",

@@ -43,6 +43,11 @@ fn cgroup2_root() -> PathBuf {
         .expect("cgroup v2 must be mounted for the root tests")
 }
 
+/// A 212-character name (of the 253 a DNS name may have), answered with 192.0.2.13.
+pub fn long_name() -> String {
+    ["a", "b", "c", "d"].map(|c| c.repeat(50)).join(".") + ".long.test"
+}
+
 /// dnsmasq's zone: fixed names for the assertions plus NUMBERED_NAMES distinct names.
 fn dnsmasq_conf() -> String {
     let mut conf = String::from(
@@ -58,6 +63,7 @@ fn dnsmasq_conf() -> String {
     for i in 1..=NUMBERED_NAMES {
         conf.push_str(&format!("host-record=n{i}.test,203.0.113.{i}\n"));
     }
+    conf.push_str(&format!("host-record={},192.0.2.13\n", long_name()));
     conf
 }
 
