@@ -6,7 +6,8 @@
 //! linked by a veth pair on documentation addresses. The host's own network and cgroups are never
 //! touched; namespaces, cgroup, pins and processes are removed in `Drop`, also on error.
 //!
-//! - `bench.rs`: the world, the DNS benchmark and the entry points;
+//! - `netns.rs`: the world (namespaces, cgroup, pins, scratch files), shared with the soak;
+//! - `bench.rs`: the processes, the DNS benchmark and the entry points;
 //! - `bench_datapath.rs`: iperf3 through no filter / eBPF / nftables with 0, 10k, 1M hosts, and
 //!   the memory figures taken along the way (1M hosts);
 //! - `bench_commit.rs`: runs the `commit` bench target of the nettrust crate;
@@ -22,16 +23,16 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench_report::{Figure, Report};
+use crate::{
+    bench_report::{Figure, Report},
+    netns::{UPSTREAM_V4, World},
+};
 
 /// Distinct names of the DNS benchmark (each query of a pass is a cache miss for nettrust).
 const NAMES: u32 = 100_000;
 /// Distinct addresses those names resolve to (198.18.0.0/15, RFC 2544's benchmarking range);
 /// below the default host map capacity (65536) so no authorization fails.
 const ADDRESSES: u32 = 50_000;
-pub(crate) const CLIENT_V4: &str = "198.51.100.1";
-pub(crate) const UPSTREAM_V4: &str = "198.51.100.53";
-const LINK_PEER_V4: &str = "198.51.100.2";
 /// The iperf3 server in the upstream namespace (resolved as `iperf.bench`).
 pub(crate) const TARGET_V4: &str = "192.0.2.1";
 /// The forwarding dnsmasq of variants (d) and (e), in the client namespace.
@@ -113,32 +114,6 @@ pub enum What {
     All,
 }
 
-pub(crate) fn cmd(program: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("starting {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-pub(crate) fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts")?;
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .context("cgroup v2 is not mounted")
-}
-
 /// The resident set size of process `pid`, in KiB.
 pub(crate) fn vmrss_kib(pid: u32) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
@@ -150,84 +125,44 @@ pub(crate) fn vmrss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
-/// Everything the benchmark created, removed in `Drop` (also on error or panic).
+/// Everything the benchmark created: its processes, stopped in `Drop` (also on error or panic),
+/// then the world (namespaces, cgroup, pins, scratch files).
 pub(crate) struct Bench {
-    id: String,
-    pub(crate) dir: PathBuf,
-    pub(crate) cgroup: PathBuf,
-    pub(crate) bpffs_dir: PathBuf,
     binary: PathBuf,
     children: Vec<Child>,
     forwarder: Option<Child>,
     pub(crate) nettrust: Option<Child>,
+    pub(crate) world: World,
 }
 
 impl Bench {
-    pub(crate) fn client(&self) -> String {
-        format!("ntbc-{}", self.id)
-    }
-    pub(crate) fn upstream(&self) -> String {
-        format!("ntbu-{}", self.id)
-    }
-
     fn new(binary: &Path) -> Result<Self> {
-        let id = std::process::id().to_string();
-        let dir = std::env::temp_dir().join(format!("nettrust-bench-{id}"));
-        fs::create_dir_all(&dir)?;
-        let bench = Self {
-            cgroup: cgroup2_root()?.join(format!("nettrust-bench-{id}")),
-            bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/nettrust-bench-{id}")),
-            dir,
+        // The client reaches the iperf3 server (TARGET_V4) through the upstream end.
+        let world = World::new(
+            "bench",
+            'b',
+            "192.0.2.0/24",
+            &[&format!("addr add {TARGET_V4}/24 dev {{dev}}")],
+        )?;
+        Ok(Self {
             binary: binary.to_owned(),
             children: Vec::new(),
             forwarder: None,
             nettrust: None,
-            id,
-        };
-        let (c, u, id) = (bench.client(), bench.upstream(), &bench.id);
-        cmd("ip", &["netns", "add", &c])?;
-        cmd("ip", &["netns", "add", &u])?;
-        let script = [
-            format!("link add vbc{id} netns {c} type veth peer name vbu{id} netns {u}"),
-            format!("-n {c} link set lo up"),
-            format!("-n {c} addr add {CLIENT_V4}/24 dev vbc{id}"),
-            format!("-n {c} link set vbc{id} up"),
-            format!("-n {c} route add 192.0.2.0/24 via {LINK_PEER_V4}"),
-            format!("-n {u} link set lo up"),
-            format!("-n {u} addr add {LINK_PEER_V4}/24 dev vbu{id}"),
-            format!("-n {u} addr add {UPSTREAM_V4}/24 dev vbu{id}"),
-            format!("-n {u} addr add {TARGET_V4}/24 dev vbu{id}"),
-            format!("-n {u} link set vbu{id} up"),
-        ];
-        for line in script {
-            let args: Vec<&str> = line.split_whitespace().collect();
-            cmd("ip", &args)?;
-        }
-        fs::create_dir(&bench.cgroup).context("creating the bench cgroup")?;
-        Ok(bench)
+            world,
+        })
     }
 
-    /// `program` inside the client namespace (nsenter keeps /sys visible, unlike ip netns exec;
-    /// it execs `program`, so the child's pid is the program's).
+    /// `program` inside the client namespace.
     pub(crate) fn in_client(&self, program: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.client()))
-            .arg("--")
-            .arg(program);
-        c
+        self.world.in_client(program)
     }
 
-    /// `program` in the client namespace and the filtered cgroup (a shell moves itself first).
+    /// `program ARGS` in the client namespace and the filtered cgroup.
     pub(crate) fn in_cgroup(&self, program: &str, args: &[String]) -> Command {
-        let mut c = Command::new("sh");
         let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
-        c.arg("-c").arg(format!(
-            "echo $$ > '{}/cgroup.procs' && exec nsenter --net=/run/netns/{} -- {program} {}",
-            self.cgroup.display(),
-            self.client(),
-            quoted.join(" ")
-        ));
-        c
+        self.world
+            .in_cgroup(&format!("{program} {}", quoted.join(" ")))
     }
 
     /// The authoritative upstream: `NAMES` benchmark names, `iperf.bench`, and with `fill` the
@@ -249,42 +184,44 @@ impl Bench {
             writeln!(queries, "n{i}.bench A")?;
         }
         writeln!(hosts, "{TARGET_V4} iperf.bench")?;
-        fs::write(self.dir.join("hosts"), hosts)?;
-        fs::write(self.dir.join("queries"), queries)?;
+        fs::write(self.world.dir.join("hosts"), hosts)?;
+        fs::write(self.world.dir.join("queries"), queries)?;
         let mut conf = format!(
             "no-resolv\nno-hosts\nbind-interfaces\nport=53\nuser=root\npid-file=\n\
              listen-address={UPSTREAM_V4}\naddn-hosts={}\nlocal-ttl=60\n",
-            self.dir.join("hosts").display()
+            self.world.dir.join("hosts").display()
         );
         if fill {
             conf.push_str("synth-domain=fill,240.0.0.0/12,f-\n");
         }
-        fs::write(self.dir.join("dnsmasq.conf"), conf)?;
+        fs::write(self.world.dir.join("dnsmasq.conf"), conf)?;
         let child = Command::new("ip")
             .args([
                 "netns",
                 "exec",
-                &self.upstream(),
+                &self.world.upstream(),
                 "dnsmasq",
                 "--keep-in-foreground",
             ])
             .arg(format!(
                 "--conf-file={}",
-                self.dir.join("dnsmasq.conf").display()
+                self.world.dir.join("dnsmasq.conf").display()
             ))
             .stdout(Stdio::null())
-            .stderr(fs::File::create(self.dir.join("upstream.log"))?)
+            .stderr(fs::File::create(self.world.dir.join("upstream.log"))?)
             .spawn()
             .context("starting dnsmasq (apt-get install dnsmasq-base)")?;
         self.children.push(child);
         self.wait_answers(UPSTREAM_V4, "dnsmasq", Duration::from_secs(120))
-            .with_context(|| fs::read_to_string(self.dir.join("upstream.log")).unwrap_or_default())
+            .with_context(|| {
+                fs::read_to_string(self.world.dir.join("upstream.log")).unwrap_or_default()
+            })
     }
 
     /// The iperf3 server on [`TARGET_V4`] in the upstream namespace.
     pub(crate) fn start_iperf_server(&mut self) -> Result<()> {
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.upstream(), "iperf3", "-s"])
+            .args(["netns", "exec", &self.world.upstream(), "iperf3", "-s"])
             .args(["-B", TARGET_V4])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -304,14 +241,14 @@ impl Bench {
             .args(["--fwd-addr", &format!("{UPSTREAM_V4}:53")])
             .args(["--metrics-addr", METRICS])
             .arg("--cgroup")
-            .arg(&self.cgroup)
+            .arg(&self.world.cgroup)
             .arg("--bpffs-dir")
-            .arg(&self.bpffs_dir)
+            .arg(&self.world.bpffs_dir)
             .args(extra)
             // Per-answer logs are info level; a benchmark measures the proxy, not the terminal.
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(fs::File::create(self.dir.join("nettrust.log"))?)
+            .stderr(fs::File::create(self.world.dir.join("nettrust.log"))?)
             .spawn()
             .context("starting nettrust")?;
         self.nettrust = Some(child);
@@ -343,7 +280,7 @@ impl Bench {
         if let Some(nettrust) = self.nettrust.as_mut()
             && let Some(status) = nettrust.try_wait()?
         {
-            let log = fs::read_to_string(self.dir.join("nettrust.log")).unwrap_or_default();
+            let log = fs::read_to_string(self.world.dir.join("nettrust.log")).unwrap_or_default();
             bail!("nettrust exited during the benchmark with {status}:\n{log}");
         }
         Ok(())
@@ -364,7 +301,7 @@ impl Bench {
                  chain out {{ type filter hook output priority 0; policy accept; ip daddr @allowed4 accept; }}\n\
                  }}\n"
             );
-            let path = self.dir.join("nftset.nft");
+            let path = self.world.dir.join("nftset.nft");
             fs::write(&path, ruleset)?;
             let out = self
                 .in_client("nft")
@@ -377,16 +314,16 @@ impl Bench {
             }
             writeln!(conf, "nftset=/bench/4#inet#{NFTSET_TABLE}#allowed4")?;
         }
-        fs::write(self.dir.join("forwarder.conf"), conf)?;
+        fs::write(self.world.dir.join("forwarder.conf"), conf)?;
         let child = self
             .in_client("dnsmasq")
             .arg("--keep-in-foreground")
             .arg(format!(
                 "--conf-file={}",
-                self.dir.join("forwarder.conf").display()
+                self.world.dir.join("forwarder.conf").display()
             ))
             .stdout(Stdio::null())
-            .stderr(fs::File::create(self.dir.join("forwarder.log"))?)
+            .stderr(fs::File::create(self.world.dir.join("forwarder.log"))?)
             .spawn()
             .context("starting the forwarding dnsmasq")?;
         self.forwarder = Some(child);
@@ -420,28 +357,7 @@ impl Bench {
     }
 
     fn wait_answers(&self, server: &str, what: &str, limit: Duration) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            let ok = self
-                .in_client("dig")
-                .args([
-                    "+time=1",
-                    "+tries=1",
-                    "+short",
-                    &format!("@{server}"),
-                    "n1.bench",
-                ])
-                .output()
-                .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
-            if ok {
-                return Ok(());
-            }
-            if started.elapsed() > limit {
-                let log = fs::read_to_string(self.dir.join("nettrust.log")).unwrap_or_default();
-                bail!("{what} does not answer\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.world.wait_answers(server, "n1.bench", what, limit)
     }
 
     /// dnsperf from the cgroup; returns its stdout.
@@ -461,7 +377,7 @@ impl Bench {
     fn qps(&self, server: &str, opts: &Options) -> Result<f64> {
         let text = self.dnsperf(&dnsperf_args(
             server,
-            &self.dir.join("queries"),
+            &self.world.dir.join("queries"),
             &[
                 "-l",
                 &opts.seconds.to_string(),
@@ -481,7 +397,7 @@ impl Bench {
     fn latency(&self, server: &str, opts: &Options) -> Result<(f64, f64)> {
         let text = self.dnsperf(&dnsperf_args(
             server,
-            &self.dir.join("queries"),
+            &self.world.dir.join("queries"),
             &[
                 "-l",
                 &opts.latency_seconds.to_string(),
@@ -541,38 +457,8 @@ impl Drop for Bench {
             let _ = child.kill();
             let _ = child.wait();
         }
-        remove_world(
-            &self.bpffs_dir,
-            &[self.client(), self.upstream()],
-            &self.cgroup,
-            &self.dir,
-        );
+        // Then `world` is dropped: it removes itself.
     }
-}
-
-/// Removes what a bench or soak world created, once its processes are gone: the pins (links
-/// first, so nothing a killed daemon left stays attached), the network namespaces, the cgroup
-/// (retried while the kernel still counts exiting processes in it) and the scratch directory.
-pub(crate) fn remove_world(bpffs_dir: &Path, namespaces: &[String], cgroup: &Path, dir: &Path) {
-    if let Ok(entries) = fs::read_dir(bpffs_dir) {
-        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        paths.sort_by_key(|p| !p.to_string_lossy().contains("link-"));
-        for path in paths {
-            let _ = fs::remove_file(path);
-        }
-        let _ = fs::remove_dir(bpffs_dir);
-    }
-    for ns in namespaces {
-        let _ = Command::new("ip").args(["netns", "del", ns]).status();
-    }
-    let started = Instant::now();
-    while cgroup.exists()
-        && fs::remove_dir(cgroup).is_err()
-        && started.elapsed() < Duration::from_secs(5)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = fs::remove_dir_all(dir);
 }
 
 /// The DNS benchmark: (a) upstream direct, (b) nettrust eBPF, (c) nettrust nftables, (d) dnsmasq

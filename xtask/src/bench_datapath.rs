@@ -29,7 +29,7 @@ pub fn run(bench: &mut Bench, opts: &Options, what: What, report: &mut Report) -
         writeln!(config, "  \"233.{}.{}.0/24\",", i >> 8, i & 0xff)?;
     }
     config.push_str("]\n");
-    let config_path = bench.dir.join("datapath.toml");
+    let config_path = bench.world.dir.join("datapath.toml");
     fs::write(&config_path, config)?;
     let capacity = (opts.hosts[1] + 1024).next_power_of_two();
     let backends: &[&str] = if with_iperf {
@@ -224,7 +224,7 @@ fn tcp_udp(bench: &Bench, opts: &Options, label: &str, report: &mut Report) -> R
 
 /// Run time and run count of the pinned egress program (kernel statistics).
 fn egress_stats(bench: &Bench) -> Result<(u64, u64)> {
-    let info = aya::programs::ProgramInfo::from_pin(bench.bpffs_dir.join("prog-egress"))
+    let info = aya::programs::ProgramInfo::from_pin(bench.world.bpffs_dir.join("prog-egress"))
         .context("reading the pinned egress program's info")?;
     Ok((info.run_time().as_nanos() as u64, info.run_count()))
 }
@@ -290,7 +290,7 @@ fn resolve_target(bench: &Bench) -> Result<()> {
 /// Resolves the fill names of 240.0.0.0/12 number `from` .. `to - 1` once each through nettrust (100 in flight),
 /// again for those lost, until at least 99 % are authorized.
 fn fill(bench: &Bench, from: u32, to: u32) -> Result<()> {
-    let path = bench.dir.join(format!("fill-{from}-{to}"));
+    let path = bench.world.dir.join(format!("fill-{from}-{to}"));
     let mut queries = String::with_capacity((to - from) as usize * 16);
     for i in from..to {
         writeln!(

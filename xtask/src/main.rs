@@ -18,6 +18,7 @@ mod bench_commit;
 mod bench_datapath;
 mod bench_report;
 mod fuzz;
+mod netns;
 mod setup;
 mod soak;
 

@@ -13,23 +13,23 @@ use std::{
     fmt::Write as _,
     fs,
     io::Write as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::{cgroup2_root, cmd, vmrss_kib};
+use crate::{
+    bench::vmrss_kib,
+    netns::{UPSTREAM_V4, World},
+};
 
 /// Distinct names served by the upstream, each with its own address in 198.18.0.0/15 (below the
 /// host map's 65,536 entries, so no authorization fails for lack of room).
 const NAMES: u32 = 40_000;
 /// An address nobody resolves: local in the upstream namespace, counted on arrival.
 const TARGET: &str = "192.0.2.200";
-const CLIENT_V4: &str = "198.51.100.1";
-const UPSTREAM_V4: &str = "198.51.100.53";
-const LINK_PEER_V4: &str = "198.51.100.2";
 /// Authorization lifetime and sweep interval: with the load cycling through every name, hosts
 /// keep expiring, being swept and being authorized again.
 const AUTHORIZED_TTL: &str = "3";
@@ -68,76 +68,33 @@ pub fn ci_args(root: &Path) -> Vec<String> {
     .collect()
 }
 
+/// The soak's processes, stopped in `Drop` (also on error or panic), then its world.
 struct Soak {
-    id: String,
-    dir: PathBuf,
-    cgroup: PathBuf,
-    bpffs_dir: PathBuf,
     children: Vec<Child>,
     nettrust: Option<Child>,
+    world: World,
 }
 
 impl Soak {
-    fn client(&self) -> String {
-        format!("ntsc-{}", self.id)
-    }
-    fn upstream(&self) -> String {
-        format!("ntsu-{}", self.id)
-    }
-
     fn new() -> Result<Self> {
-        let id = std::process::id().to_string();
-        let dir = std::env::temp_dir().join(format!("nettrust-soak-{id}"));
-        fs::create_dir_all(&dir)?;
-        let soak = Self {
-            cgroup: cgroup2_root()?.join(format!("nettrust-soak-{id}")),
-            bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/nettrust-soak-{id}")),
-            dir,
+        // TARGET (192.0.2.200) is local in the upstream namespace: a packet that reaches it is
+        // counted there.
+        let world = World::new(
+            "soak",
+            's',
+            "default",
+            &["route add local 192.0.2.0/24 dev lo"],
+        )?;
+        Ok(Self {
             children: Vec::new(),
             nettrust: None,
-            id,
-        };
-        let (c, u, id) = (soak.client(), soak.upstream(), &soak.id);
-        cmd("ip", &["netns", "add", &c])?;
-        cmd("ip", &["netns", "add", &u])?;
-        let script = [
-            format!("link add vsc{id} netns {c} type veth peer name vsu{id} netns {u}"),
-            format!("-n {c} link set lo up"),
-            format!("-n {c} addr add {CLIENT_V4}/24 dev vsc{id}"),
-            format!("-n {c} link set vsc{id} up"),
-            format!("-n {c} route add default via {LINK_PEER_V4}"),
-            format!("-n {u} link set lo up"),
-            format!("-n {u} addr add {LINK_PEER_V4}/24 dev vsu{id}"),
-            format!("-n {u} addr add {UPSTREAM_V4}/24 dev vsu{id}"),
-            format!("-n {u} link set vsu{id} up"),
-            format!("-n {u} route add local 192.0.2.0/24 dev lo"),
-        ];
-        for line in script {
-            let args: Vec<&str> = line.split_whitespace().collect();
-            cmd("ip", &args)?;
-        }
-        fs::create_dir(&soak.cgroup).context("creating the soak cgroup")?;
-        Ok(soak)
-    }
-
-    /// `program` inside namespace `ns` (nsenter execs it: same pid, and /sys stays visible).
-    fn in_ns(ns: &str, program: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{ns}"))
-            .arg("--")
-            .arg(program);
-        c
+            world,
+        })
     }
 
     /// A shell script in the client namespace and the filtered cgroup.
     fn in_cgroup(&self, script: &str) -> Command {
-        let mut c = Command::new("sh");
-        c.arg("-c").arg(format!(
-            "echo $$ > '{}/cgroup.procs' && exec nsenter --net=/run/netns/{} -- sh -c '{script}'",
-            self.cgroup.display(),
-            self.client(),
-        ));
-        c
+        self.world.in_cgroup(&format!("sh -c '{script}'"))
     }
 
     fn start_upstream(&mut self) -> Result<()> {
@@ -153,19 +110,19 @@ impl Soak {
             )?;
             writeln!(queries, "s{i}.soak A")?;
         }
-        fs::write(self.dir.join("hosts"), hosts)?;
-        fs::write(self.dir.join("queries"), queries)?;
+        fs::write(self.world.dir.join("hosts"), hosts)?;
+        fs::write(self.world.dir.join("queries"), queries)?;
         let conf = format!(
             "no-resolv\nno-hosts\nbind-interfaces\nport=53\nuser=root\npid-file=\n\
              listen-address={UPSTREAM_V4}\naddn-hosts={}\nlocal-ttl=2\n",
-            self.dir.join("hosts").display()
+            self.world.dir.join("hosts").display()
         );
-        fs::write(self.dir.join("dnsmasq.conf"), conf)?;
-        let child = Self::in_ns(&self.upstream(), "dnsmasq")
+        fs::write(self.world.dir.join("dnsmasq.conf"), conf)?;
+        let child = World::in_ns(&self.world.upstream(), "dnsmasq")
             .arg("--keep-in-foreground")
             .arg(format!(
                 "--conf-file={}",
-                self.dir.join("dnsmasq.conf").display()
+                self.world.dir.join("dnsmasq.conf").display()
             ))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -173,7 +130,7 @@ impl Soak {
             .context("starting dnsmasq (apt-get install dnsmasq-base)")?;
         self.children.push(child);
         // Packets to TARGET arriving in the upstream namespace, whoever sent them.
-        let mut nft = Self::in_ns(&self.upstream(), "nft");
+        let mut nft = World::in_ns(&self.world.upstream(), "nft");
         let mut nft = nft
             .args(["-f", "-"])
             .stdin(Stdio::piped())
@@ -192,7 +149,7 @@ impl Soak {
     }
 
     fn arrivals(&self) -> Result<u64> {
-        let out = Self::in_ns(&self.upstream(), "nft")
+        let out = World::in_ns(&self.world.upstream(), "nft")
             .args(["list", "chain", "inet", "soak", "input"])
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -204,18 +161,18 @@ impl Soak {
     }
 
     fn start_nettrust(&mut self, binary: &Path) -> Result<u32> {
-        let child = Self::in_ns(&self.client(), &binary.display().to_string())
+        let child = World::in_ns(&self.world.client(), &binary.display().to_string())
             .args(["run", "--listen-addr", "127.0.0.1:53"])
             .args(["--fwd-addr", &format!("{UPSTREAM_V4}:53")])
             .args(["--authorized-ttl", AUTHORIZED_TTL])
             .args(["--ttl-check-ticker", TTL_CHECK])
             .arg("--cgroup")
-            .arg(&self.cgroup)
+            .arg(&self.world.cgroup)
             .arg("--bpffs-dir")
-            .arg(&self.bpffs_dir)
+            .arg(&self.world.bpffs_dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(fs::File::create(self.dir.join("nettrust.log"))?)
+            .stderr(fs::File::create(self.world.dir.join("nettrust.log"))?)
             .spawn()
             .context("starting nettrust")?;
         let pid = child.id();
@@ -225,26 +182,8 @@ impl Soak {
     }
 
     fn wait_answers(&self, server: &str, what: &str) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            let ok = Self::in_ns(&self.client(), "dig")
-                .args([
-                    "+time=1",
-                    "+tries=1",
-                    "+short",
-                    &format!("@{server}"),
-                    "s1.soak",
-                ])
-                .output()
-                .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
-            if ok {
-                return Ok(());
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                bail!("{what} does not answer");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.world
+            .wait_answers(server, "s1.soak", what, Duration::from_secs(20))
     }
 
     /// nettrust's maximum rate right now: 10 s of dnsperf without a rate limit, with as many
@@ -254,7 +193,7 @@ impl Soak {
         let out = self
             .in_cgroup(&format!(
                 "exec dnsperf -s 127.0.0.1 -d {} -l 10 -q {IN_FLIGHT} -t 5",
-                self.dir.join("queries").display()
+                self.world.dir.join("queries").display()
             ))
             .output()
             .context("starting dnsperf")?;
@@ -267,7 +206,7 @@ impl Soak {
 
     /// `Udp: RcvbufErrors` of the client namespace (queries dropped before nettrust read them).
     fn udp_rcvbuf_errors(&self) -> Result<u64> {
-        let out = Self::in_ns(&self.client(), "cat")
+        let out = World::in_ns(&self.world.client(), "cat")
             .arg("/proc/net/snmp")
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -285,7 +224,7 @@ impl Soak {
     }
 
     fn nettrust_log(&self) -> String {
-        fs::read_to_string(self.dir.join("nettrust.log")).unwrap_or_default()
+        fs::read_to_string(self.world.dir.join("nettrust.log")).unwrap_or_default()
     }
 }
 
@@ -313,12 +252,7 @@ impl Drop for Soak {
             let _ = child.kill();
             let _ = child.wait();
         }
-        crate::bench::remove_world(
-            &self.bpffs_dir,
-            &[self.client(), self.upstream()],
-            &self.cgroup,
-            &self.dir,
-        );
+        // Then `world` is dropped: it removes itself.
     }
 }
 
@@ -350,7 +284,7 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
     let mut attempts = soak.in_cgroup(&format!(
         "while true; do socat -u TCP:{TARGET}:80,connect-timeout=0.2 - 2>/dev/null; \
          echo x | socat -u - UDP:{TARGET}:80 2>/dev/null; echo a >> {log}; sleep 0.05; done",
-        log = soak.dir.join("attempts").display()
+        log = soak.world.dir.join("attempts").display()
     ));
     attempts
         .process_group(0)
@@ -360,11 +294,11 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
         .push(attempts.spawn().context("starting the connect loop")?);
     let mut perf = soak.in_cgroup(&format!(
         "exec dnsperf -s 127.0.0.1 -d {} -l {total} -Q {qps} -q {IN_FLIGHT} -t 5 -S 5",
-        soak.dir.join("queries").display(),
+        soak.world.dir.join("queries").display(),
     ));
     // To a file, not a pipe: dnsperf prints a line per timed-out query and blocks (stops sending)
     // once nobody reads a full pipe.
-    let perf_out = soak.dir.join("dnsperf.out");
+    let perf_out = soak.world.dir.join("dnsperf.out");
     let mut perf = perf
         .stdout(fs::File::create(&perf_out)?)
         .stderr(Stdio::null())
@@ -398,7 +332,7 @@ pub fn run(binary: &Path, opts: &Options) -> Result<()> {
     let codes = field("Response codes:").unwrap_or_default();
     let achieved = field("Queries per second:").unwrap_or_default();
     let leaked = soak.arrivals()?;
-    let tried = fs::read_to_string(soak.dir.join("attempts"))
+    let tried = fs::read_to_string(soak.world.dir.join("attempts"))
         .unwrap_or_default()
         .lines()
         .count();
