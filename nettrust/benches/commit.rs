@@ -48,17 +48,6 @@ impl Drop for Scratch {
     }
 }
 
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .expect("cgroup v2 is not mounted")
-}
-
 /// An answer for `name` with `count` A records, addresses numbered from `first` in 198.18.0.0/15
 /// and 240.0.0.0/4 (never routed; they only go into the firewall).
 fn answer(round: u32, count: u32, first: u32) -> (Query, Message) {
@@ -185,7 +174,9 @@ fn main() {
     let _guard = runtime.enter();
     let pid = std::process::id();
     let scratch = Scratch {
-        cgroup: cgroup2_root().join(format!("nettrust-bench-commit-{pid}")),
+        cgroup: nettrust::cgroup::cgroup2_mount()
+            .expect("cgroup v2 is not mounted")
+            .join(format!("nettrust-bench-commit-{pid}")),
         bpffs: PathBuf::from(format!("/sys/fs/bpf/nettrust-bench-commit-{pid}")),
     };
     std::fs::create_dir(&scratch.cgroup).expect("create the scratch cgroup");

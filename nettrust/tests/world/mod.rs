@@ -32,17 +32,6 @@ pub const NUMBERED_NAMES: u32 = 200;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .expect("cgroup v2 must be mounted for the root tests")
-}
-
 /// A 212-character name (of the 253 a DNS name may have), answered with 192.0.2.13.
 pub fn long_name() -> String {
     ["a", "b", "c", "d"].map(|c| c.repeat(50)).join(".") + ".long.test"
@@ -158,7 +147,9 @@ impl World {
         let world = World {
             client_ns: format!("ntc-{id}"),
             inet_ns: format!("nti-{id}"),
-            cgroup: cgroup2_root().join(format!("nettrust-test-{id}")),
+            cgroup: nettrust::cgroup::cgroup2_mount()
+                .expect("cgroup v2 must be mounted for the root tests")
+                .join(format!("nettrust-test-{id}")),
             bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/nettrust-test-{id}")),
             dir: tempfile::tempdir().expect("tempdir"),
             servers: Vec::new(),
