@@ -125,6 +125,32 @@ pub(crate) fn vmrss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
+/// CPU time (user and system, every thread) process `pid` has used so far, in µs.
+fn cpu_time_us(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    // The fields after the command name (in parentheses, which may hold spaces) start with the
+    // 3rd; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed /proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .context("no utime/stime in /proc/PID/stat")
+    };
+    let out = Command::new("getconf").arg("CLK_TCK").output()?;
+    let per_second: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("getconf CLK_TCK")?;
+    Ok((ticks(11)? + ticks(12)?) * 1e6 / per_second)
+}
+
 /// Everything the benchmark created: its processes, stopped in `Drop` (also on error or panic),
 /// then the world (namespaces, cgroup, pins, scratch files).
 pub(crate) struct Bench {
@@ -373,6 +399,22 @@ impl Bench {
         Ok(text)
     }
 
+    /// [`Bench::latency`] of the forwarder under test at `server`, and the CPU time (µs) its
+    /// process used per answered query meanwhile: nettrust for (b) and (c), the forwarding
+    /// dnsmasq for (d) and (e).
+    fn forwarder_latency(&self, server: &str, opts: &Options) -> Result<(f64, f64, f64)> {
+        let pid = self
+            .nettrust
+            .as_ref()
+            .or(self.forwarder.as_ref())
+            .map(Child::id)
+            .context("no forwarder runs")?;
+        let before = cpu_time_us(pid)?;
+        let (p50, p99, answered) = self.latency(server, opts)?;
+        let used = cpu_time_us(pid)? - before;
+        Ok((p50, p99, used / answered as f64))
+    }
+
     /// Throughput with `in_flight` queries in flight (qps).
     fn qps(&self, server: &str, opts: &Options) -> Result<f64> {
         let text = self.dnsperf(&dnsperf_args(
@@ -393,8 +435,8 @@ impl Bench {
         Ok(qps)
     }
 
-    /// p50 and p99 latency (µs) at a fixed 1,000 queries per second.
-    fn latency(&self, server: &str, opts: &Options) -> Result<(f64, f64)> {
+    /// p50 and p99 latency (µs) at a fixed 1,000 queries per second, and the answers counted.
+    fn latency(&self, server: &str, opts: &Options) -> Result<(f64, f64, usize)> {
         let text = self.dnsperf(&dnsperf_args(
             server,
             &self.world.dir.join("queries"),
@@ -424,6 +466,7 @@ impl Bench {
         Ok((
             percentile(&latencies, 0.50) * 1e6,
             percentile(&latencies, 0.99) * 1e6,
+            latencies.len(),
         ))
     }
 }
@@ -504,28 +547,30 @@ fn dns(bench: &mut Bench, opts: &Options, report: &mut Report) -> Result<()> {
         let mut p50 = Vec::new();
         let mut p99 = Vec::new();
         let mut overhead = Vec::new();
+        let mut cpu = Vec::new();
         for run in 0..opts.runs {
             // A fresh server per run: every run starts with empty maps/sets.
             let server = setup(bench)?;
             qps.push(bench.qps(server, opts)?);
             if tag == "a" {
-                let (a, b) = bench.latency(server, opts)?;
+                let (a, b, _) = bench.latency(server, opts)?;
                 p50.push(a);
                 p99.push(b);
             } else {
                 // The upstream asked directly right next to the forwarder (before it in even
                 // runs, after it in odd ones): the p50 overhead of the pair does not drift with
                 // the machine like two figures minutes apart.
-                let ((a, b), direct) = if run.is_multiple_of(2) {
+                let ((a, b, used), direct) = if run.is_multiple_of(2) {
                     let direct = bench.latency(UPSTREAM_V4, opts)?.0;
-                    (bench.latency(server, opts)?, direct)
+                    (bench.forwarder_latency(server, opts)?, direct)
                 } else {
-                    let forwarded = bench.latency(server, opts)?;
+                    let forwarded = bench.forwarder_latency(server, opts)?;
                     (forwarded, bench.latency(UPSTREAM_V4, opts)?.0)
                 };
                 p50.push(a);
                 p99.push(b);
                 overhead.push(a - direct);
+                cpu.push(used);
             }
             bench.check_nettrust()?;
             if tag == "e" {
@@ -554,6 +599,12 @@ fn dns(bench: &mut Bench, opts: &Options, report: &mut Report) -> Result<()> {
                 &format!("{label} p50 overhead over (a) @1k qps, paired"),
                 "µs",
                 overhead,
+            ));
+            report.add(Figure::new(
+                "cpu",
+                &format!("{label} CPU time per query @1k qps"),
+                "µs",
+                cpu,
             ));
         }
     }
