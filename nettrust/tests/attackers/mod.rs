@@ -356,30 +356,36 @@ pub fn tcp_ask(q: &[u8]) -> Option<Vec<u8>> {
     Some(reply)
 }
 
-/// Sockets of `pid` that are accepted connections of its port-53 TCP listener.
-pub fn open_dns_connections(pid: u32) -> usize {
+/// TCP connections on port 53 the process `pid` holds open: (established, established or in
+/// CLOSE_WAIT). A connection-flood client closes right after connecting, so many of the
+/// connections the daemon holds wait in CLOSE_WAIT until it reads the end of the stream.
+pub fn open_dns_connections(pid: u32) -> (usize, usize) {
     let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
-    // inode of every established socket whose local port is 53
-    let inodes: std::collections::HashSet<String> = tcp
+    // inode and state (01 ESTABLISHED, 08 CLOSE_WAIT) of every socket whose local port is 53
+    let states: std::collections::HashMap<String, bool> = tcp
         .lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 9 && f[1].ends_with(":0035") && f[3] == "01").then(|| f[9].to_owned())
+            (f.len() > 9 && f[1].ends_with(":0035") && (f[3] == "01" || f[3] == "08"))
+                .then(|| (f[9].to_owned(), f[3] == "01"))
         })
         .collect();
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
+    let held: Vec<bool> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|fds| {
             fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-                .filter(|link| {
+                .filter_map(|link| {
                     let link = link.to_string_lossy();
-                    link.strip_prefix("socket:[")
-                        .and_then(|s| s.strip_suffix(']'))
-                        .is_some_and(|inode| inodes.contains(inode))
+                    let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
+                    states.get(inode).copied()
                 })
-                .count()
+                .collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_default();
+    (
+        held.iter().filter(|&&established| established).count(),
+        held.len(),
+    )
 }
 
 pub fn p99(mut samples: Vec<Duration>) -> Duration {
