@@ -689,46 +689,48 @@ static RECENT_IN: PerCpuArray<RecentFlow> = PerCpuArray::with_max_entries(1, 0);
 /// [`FLOW_REFRESH_NS`] ago or looked up now.
 #[inline(always)]
 fn is_outbound(flow: &FlowKey, now: u64) -> bool {
-    let Some(recent) = RECENT_IN.get_ptr_mut(0) else {
-        return OUTBOUND.get_ptr(flow).is_some();
-    };
-    // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
-    let recent = unsafe { &mut *recent };
-    let words = flow.words();
-    if same_flow(&recent.words, &words) && now.wrapping_sub(recent.seen_ns) <= FLOW_REFRESH_NS {
-        return true;
-    }
-    if OUTBOUND.get_ptr(flow).is_none() {
-        return false;
-    }
-    recent.words = words;
-    recent.seen_ns = now;
-    true
-}
-
-/// Word-wise equality of two flow keys (an array comparison would call a byte loop).
-#[inline(always)]
-fn same_flow(a: &[u64; 3], b: &[u64; 3]) -> bool {
-    a[0] == b[0] && a[1] == b[1] && a[2] == b[2]
+    recent_or(&RECENT_IN, flow, now, || OUTBOUND.get_ptr(flow).is_some())
 }
 
 /// Records an outgoing `flow` in `OUTBOUND` (see [`remember`]) unless this CPU did so for the
 /// same flow less than [`FLOW_REFRESH_NS`] ago.
 #[inline(always)]
 fn remember_outbound(flow: &FlowKey, now: u64) {
-    let Some(recent) = RECENT_OUT.get_ptr_mut(0) else {
+    recent_or(&RECENT_OUT, flow, now, || {
         remember(&OUTBOUND, flow, now);
-        return;
+        true
+    });
+}
+
+/// True when `recent` (this CPU's slot) holds `flow` from less than [`FLOW_REFRESH_NS`] ago;
+/// otherwise `check` decides, and a flow it accepts becomes the slot's, seen at `now`.
+#[inline(always)]
+fn recent_or(
+    recent: &PerCpuArray<RecentFlow>,
+    flow: &FlowKey,
+    now: u64,
+    check: impl FnOnce() -> bool,
+) -> bool {
+    let Some(slot) = recent.get_ptr_mut(0) else {
+        return check();
     };
     // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
-    let recent = unsafe { &mut *recent };
+    let slot = unsafe { &mut *slot };
     let words = flow.words();
-    if same_flow(&recent.words, &words) && now.wrapping_sub(recent.seen_ns) <= FLOW_REFRESH_NS {
-        return;
+    // Word by word: an array comparison would call a byte loop.
+    if slot.words[0] == words[0]
+        && slot.words[1] == words[1]
+        && slot.words[2] == words[2]
+        && now.wrapping_sub(slot.seen_ns) <= FLOW_REFRESH_NS
+    {
+        return true;
     }
-    remember(&OUTBOUND, flow, now);
-    recent.words = words;
-    recent.seen_ns = now;
+    if !check() {
+        return false;
+    }
+    slot.words = words;
+    slot.seen_ns = now;
+    true
 }
 
 /// Bumps a per-cgroup counter ([`DROPS`] or [`ALLOWS`]).

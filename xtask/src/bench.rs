@@ -125,8 +125,8 @@ pub(crate) fn vmrss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
-/// CPU time (user and system, every thread) process `pid` has used so far, in µs.
-fn cpu_time_us(pid: u32) -> Result<f64> {
+/// CPU time (user and system, every thread) process `pid` has used so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("process {pid} is gone"))?;
     // The fields after the command name (in parentheses, which may hold spaces) start with the
@@ -143,12 +143,16 @@ fn cpu_time_us(pid: u32) -> Result<f64> {
             .and_then(|v| v.parse::<f64>().ok())
             .context("no utime/stime in /proc/PID/stat")
     };
+    Ok(ticks(11)? + ticks(12)?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`), the unit of [`cpu_ticks`].
+fn ticks_per_second() -> Result<f64> {
     let out = Command::new("getconf").arg("CLK_TCK").output()?;
-    let per_second: f64 = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
-        .context("getconf CLK_TCK")?;
-    Ok((ticks(11)? + ticks(12)?) * 1e6 / per_second)
+        .context("getconf CLK_TCK")
 }
 
 /// Everything the benchmark created: its processes, stopped in `Drop` (also on error or panic),
@@ -409,10 +413,11 @@ impl Bench {
             .or(self.forwarder.as_ref())
             .map(Child::id)
             .context("no forwarder runs")?;
-        let before = cpu_time_us(pid)?;
+        let per_second = ticks_per_second()?;
+        let before = cpu_ticks(pid)?;
         let (p50, p99, answered) = self.latency(server, opts)?;
-        let used = cpu_time_us(pid)? - before;
-        Ok((p50, p99, used / answered as f64))
+        let used_us = (cpu_ticks(pid)? - before) * 1e6 / per_second;
+        Ok((p50, p99, used_us / answered as f64))
     }
 
     /// Throughput with `in_flight` queries in flight (qps).

@@ -97,7 +97,7 @@ impl World {
 
     /// `program` inside namespace `ns` (nsenter keeps /sys visible, unlike `ip netns exec`, and
     /// execs `program`, so the child's pid is the program's).
-    pub(crate) fn in_ns(ns: &str, program: &str) -> Command {
+    fn in_ns(ns: &str, program: &str) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{ns}"))
             .arg("--")
@@ -108,6 +108,11 @@ impl World {
     /// `program` inside the client namespace.
     pub(crate) fn in_client(&self, program: &str) -> Command {
         Self::in_ns(&self.client(), program)
+    }
+
+    /// `program` inside the upstream namespace.
+    pub(crate) fn in_upstream(&self, program: &str) -> Command {
+        Self::in_ns(&self.upstream(), program)
     }
 
     /// `command` (a shell command line) in the client namespace and the filtered cgroup: a

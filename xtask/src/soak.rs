@@ -118,7 +118,9 @@ impl Soak {
             self.world.dir.join("hosts").display()
         );
         fs::write(self.world.dir.join("dnsmasq.conf"), conf)?;
-        let child = World::in_ns(&self.world.upstream(), "dnsmasq")
+        let child = self
+            .world
+            .in_upstream("dnsmasq")
             .arg("--keep-in-foreground")
             .arg(format!(
                 "--conf-file={}",
@@ -130,7 +132,7 @@ impl Soak {
             .context("starting dnsmasq (apt-get install dnsmasq-base)")?;
         self.children.push(child);
         // Packets to TARGET arriving in the upstream namespace, whoever sent them.
-        let mut nft = World::in_ns(&self.world.upstream(), "nft");
+        let mut nft = self.world.in_upstream("nft");
         let mut nft = nft
             .args(["-f", "-"])
             .stdin(Stdio::piped())
@@ -149,7 +151,9 @@ impl Soak {
     }
 
     fn arrivals(&self) -> Result<u64> {
-        let out = World::in_ns(&self.world.upstream(), "nft")
+        let out = self
+            .world
+            .in_upstream("nft")
             .args(["list", "chain", "inet", "soak", "input"])
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -161,7 +165,9 @@ impl Soak {
     }
 
     fn start_nettrust(&mut self, binary: &Path) -> Result<u32> {
-        let child = World::in_ns(&self.world.client(), &binary.display().to_string())
+        let child = self
+            .world
+            .in_client(&binary.display().to_string())
             .args(["run", "--listen-addr", "127.0.0.1:53"])
             .args(["--fwd-addr", &format!("{UPSTREAM_V4}:53")])
             .args(["--authorized-ttl", AUTHORIZED_TTL])
@@ -206,9 +212,7 @@ impl Soak {
 
     /// `Udp: RcvbufErrors` of the client namespace (queries dropped before nettrust read them).
     fn udp_rcvbuf_errors(&self) -> Result<u64> {
-        let out = World::in_ns(&self.world.client(), "cat")
-            .arg("/proc/net/snmp")
-            .output()?;
+        let out = self.world.in_client("cat").arg("/proc/net/snmp").output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
         let (names, values) = (udp.next(), udp.next());
