@@ -225,14 +225,10 @@ impl Bench {
             conf.push_str("synth-domain=fill,240.0.0.0/12,f-\n");
         }
         fs::write(self.world.dir.join("dnsmasq.conf"), conf)?;
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.world.upstream(),
-                "dnsmasq",
-                "--keep-in-foreground",
-            ])
+        let child = self
+            .world
+            .in_upstream("dnsmasq")
+            .arg("--keep-in-foreground")
             .arg(format!(
                 "--conf-file={}",
                 self.world.dir.join("dnsmasq.conf").display()
@@ -250,8 +246,10 @@ impl Bench {
 
     /// The iperf3 server on [`TARGET_V4`] in the upstream namespace.
     pub(crate) fn start_iperf_server(&mut self) -> Result<()> {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.world.upstream(), "iperf3", "-s"])
+        let child = self
+            .world
+            .in_upstream("iperf3")
+            .arg("-s")
             .args(["-B", TARGET_V4])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
