@@ -105,6 +105,11 @@ pub struct RunArgs {
     /// closes the oldest [default: 256].
     #[arg(long, value_name = "N")]
     pub max_tcp_connections: Option<usize>,
+    /// Threads serving DNS: 1 serves everything on one thread (lowest latency and CPU per
+    /// query); more spread queries and TLS handshakes over that many (restart-only)
+    /// [default: 1].
+    #[arg(long, value_name = "N")]
+    pub worker_threads: Option<usize>,
     /// Capacity of each eBPF host map, per address family (authorized plus whitelisted hosts;
     /// restart-only) [default: 65536].
     #[arg(long, value_name = "N")]

@@ -125,6 +125,8 @@ pub struct FileConfig {
     pub dns_cache_size: Option<usize>,
     /// TCP/DoT client connections open at once, per listener.
     pub max_tcp_connections: Option<usize>,
+    /// Threads serving DNS.
+    pub worker_threads: Option<usize>,
     /// Capacity of each eBPF host map (per address family).
     pub max_hosts: Option<u32>,
     /// Capacity of each eBPF network trie (per address family).
@@ -313,6 +315,9 @@ pub struct Settings {
     pub dns_cache_size: usize,
     /// TCP/DoT client connections open at once, per listener (the oldest is closed at the cap).
     pub max_tcp_connections: usize,
+    /// Threads of the runtime serving DNS: 1 is a current-thread runtime, more a multi-thread
+    /// runtime with that many workers.
+    pub worker_threads: usize,
     /// Capacity of each eBPF host map (per address family): authorized plus whitelisted hosts.
     pub max_hosts: u32,
     /// Capacity of each eBPF network trie (per address family).
@@ -579,6 +584,7 @@ impl Settings {
             dns_ttl_cache,
             dns_cache_size,
             max_tcp_connections,
+            worker_threads,
             max_hosts,
             max_networks,
             whitelist_loopback,
@@ -1107,6 +1113,23 @@ impl Settings {
             Some(p) => p.value,
             None => crate::dns::server::DEFAULT_MAX_TCP_CONNECTIONS,
         };
+        let worker_threads = match pick(
+            args.worker_threads,
+            "--worker-threads",
+            env,
+            "worker_threads",
+            worker_threads,
+        )? {
+            Some(Pick { value, key }) if !(1..=MAX_WORKER_THREADS).contains(&value) => {
+                return Err(invalid(
+                    key,
+                    value.to_string(),
+                    format!("must be between 1 and {MAX_WORKER_THREADS}"),
+                ));
+            }
+            Some(p) => p.value,
+            None => DEFAULT_WORKER_THREADS,
+        };
 
         let (max_hosts, max_networks) = capacities(
             args,
@@ -1132,6 +1155,7 @@ impl Settings {
             dns_ttl_cache,
             dns_cache_size,
             max_tcp_connections,
+            worker_threads,
             max_hosts,
             max_networks,
             authorized_ttl,
@@ -1158,6 +1182,13 @@ impl Settings {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render the settings: {e}\n"))
     }
 }
+
+/// Threads serving DNS unless `worker_threads` says otherwise. One thread: at 1,000 queries/s a
+/// multi-thread runtime added about 25 µs per query (a second worker woken for nothing, tasks
+/// handed between threads) and served 8 % fewer queries/s at full load on 2 cores (BENCHMARKS.md).
+pub const DEFAULT_WORKER_THREADS: usize = 1;
+/// Largest accepted `worker_threads`.
+pub const MAX_WORKER_THREADS: usize = 256;
 
 /// Largest accepted `max_tcp_connections`: each connection holds a file descriptor, and the
 /// daemon's limit is usually 1024 soft / 524288 hard.

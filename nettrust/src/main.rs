@@ -70,9 +70,18 @@ fn run(args: &nettrust::cli::RunArgs) -> anyhow::Result<()> {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // One thread (the default) runs every task on this thread; blocking work (the sweeper's
+    // scans) still goes to the blocking pool either way.
+    let runtime = if settings.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.worker_threads)
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         let reloads = reload_on_sighup(args.clone())?;

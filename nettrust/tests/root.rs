@@ -15,6 +15,7 @@ both_backends!(
     resolve_then_connect_immediately_never_fails,
     sigterm_removes_every_nettrust_object,
     long_names_are_listed_by_their_end,
+    worker_threads_choose_the_runtime,
 );
 
 fn addrs(list: &[&str]) -> Vec<IpAddr> {
@@ -153,4 +154,38 @@ fn sigterm_removes_every_nettrust_object(backend: Backend) {
         "the cgroup is still filtered"
     );
     assert!(world.reachable_from_cgroup("2001:db8:1::77"));
+}
+
+/// Threads of the daemon named like tokio's multi-thread runtime workers.
+fn runtime_workers(world: &World) -> usize {
+    let pid = world.daemon_pid().expect("daemon running");
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter(|task| {
+            std::fs::read_to_string(task.as_ref().unwrap().path().join("comm"))
+                .is_ok_and(|comm| comm.trim() == "tokio-rt-worker")
+        })
+        .count()
+}
+
+/// `worker_threads` 1 (the default) serves everything on the main thread; more runs that many
+/// runtime workers. Both answer over UDP and TCP and authorize what they answer.
+fn worker_threads_choose_the_runtime(backend: Backend) {
+    let mut world = World::with_backend(backend);
+    world.start_daemon(&[]);
+    assert_eq!(runtime_workers(&world), 0, "the default is one thread");
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert_eq!(world.resolve("a.test", "AAAA", true), ["2001:db8:1::10"]);
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+    assert!(world.reachable_from_cgroup("2001:db8:1::10"));
+    assert!(world.stop_daemon(), "nettrust failed at exit");
+
+    world.start_daemon(&["--worker-threads", "3"]);
+    assert_eq!(runtime_workers(&world), 3);
+    assert!(!world.reachable_from_cgroup("192.0.2.11"));
+    assert_eq!(world.resolve("b.test", "A", true), ["192.0.2.11"]);
+    assert_eq!(world.resolve("b.test", "AAAA", false), ["2001:db8:1::11"]);
+    assert!(world.reachable_from_cgroup("192.0.2.11"));
+    assert!(world.reachable_from_cgroup("2001:db8:1::11"));
+    assert!(world.stop_daemon(), "nettrust failed at exit");
 }

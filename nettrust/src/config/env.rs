@@ -27,6 +27,7 @@ pub const SCALAR_KEYS: &[&str] = &[
     "dns_ttl_cache",
     "dns_cache_size",
     "max_tcp_connections",
+    "worker_threads",
     "max_hosts",
     "max_networks",
     "whitelist_loopback",

@@ -845,6 +845,56 @@ fn dedicated_dot_listener_and_cache_size() {
 }
 
 #[test]
+fn worker_threads_are_configurable_and_validated() {
+    assert_eq!(ok(&args(), "", &[]).worker_threads, 1);
+    assert_eq!(ok(&args(), "worker_threads = 4", &[]).worker_threads, 4);
+    let a = RunArgs {
+        worker_threads: Some(2),
+        ..args()
+    };
+    assert_eq!(
+        ok(
+            &a,
+            "worker_threads = 4",
+            &[("NET_TRUST_WORKER_THREADS", "3")]
+        )
+        .worker_threads,
+        2
+    );
+    assert_eq!(
+        ok(
+            &args(),
+            "worker_threads = 4",
+            &[("NET_TRUST_WORKER_THREADS", "3")]
+        )
+        .worker_threads,
+        3
+    );
+    for bad in ["0", "257"] {
+        err_names(
+            resolve(&args(), &format!("worker_threads = {bad}"), &[]),
+            "worker_threads",
+            bad,
+        );
+    }
+    let a = RunArgs {
+        worker_threads: Some(0),
+        ..args()
+    };
+    err_names(resolve(&a, "", &[]), "--worker-threads", "0");
+    err_names(
+        resolve(&args(), "", &[("NET_TRUST_WORKER_THREADS", "-1")]),
+        "NET_TRUST_WORKER_THREADS",
+        "-1",
+    );
+    err_names(
+        resolve(&args(), "worker_threads = \"two\"", &[]),
+        "worker_threads",
+        "two",
+    );
+}
+
+#[test]
 fn tcp_connection_cap_is_configurable_and_validated() {
     assert_eq!(
         ok(&args(), "", &[]).max_tcp_connections,
