@@ -1183,9 +1183,10 @@ impl Settings {
     }
 }
 
-/// Threads serving DNS unless `worker_threads` says otherwise. One thread: at 1,000 queries/s a
-/// multi-thread runtime added about 25 µs per query (a second worker woken for nothing, tasks
-/// handed between threads) and served 8 % fewer queries/s at full load on 2 cores (BENCHMARKS.md).
+/// Threads serving DNS unless `worker_threads` says otherwise. One thread: at full load on 2
+/// cores it serves 3–8 % more queries/s with 9 % less CPU per query than a multi-thread runtime
+/// (no worker woken for nothing, no task handed between threads), and with the nftables backend
+/// 26 % more (BENCHMARKS.md).
 pub const DEFAULT_WORKER_THREADS: usize = 1;
 /// Largest accepted `worker_threads`.
 pub const MAX_WORKER_THREADS: usize = 256;
