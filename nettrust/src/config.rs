@@ -492,6 +492,24 @@ struct Pick<T> {
     key: String,
 }
 
+/// [`pick`] for a count that must lie between 1 and `max`; an error names where the value came
+/// from.
+fn pick_count(
+    flag: (Option<usize>, &str),
+    env: &Env,
+    file: (&str, Option<usize>),
+    max: usize,
+) -> Result<Option<usize>, ConfigError> {
+    match pick(flag.0, flag.1, env, file.0, file.1)? {
+        Some(Pick { value, key }) if !(1..=max).contains(&value) => Err(invalid(
+            key,
+            value.to_string(),
+            format!("must be between 1 and {max}"),
+        )),
+        picked => Ok(picked.map(|p| p.value)),
+    }
+}
+
 /// Resolves one scalar: flag, then `NET_TRUST_<KEY>`, then the config file.
 fn pick<T: FromStr>(
     flag: Option<T>,
@@ -1096,40 +1114,20 @@ impl Settings {
             Some(p) => p.value,
             None => crate::dns::cache::DEFAULT_CAPACITY,
         };
-        let max_tcp_connections = match pick(
-            args.max_tcp_connections,
-            "--max-tcp-connections",
+        let max_tcp_connections = pick_count(
+            (args.max_tcp_connections, "--max-tcp-connections"),
             env,
-            "max_tcp_connections",
-            max_tcp_connections,
-        )? {
-            Some(Pick { value, key }) if !(1..=MAX_TCP_CONNECTIONS).contains(&value) => {
-                return Err(invalid(
-                    key,
-                    value.to_string(),
-                    format!("must be between 1 and {MAX_TCP_CONNECTIONS}"),
-                ));
-            }
-            Some(p) => p.value,
-            None => crate::dns::server::DEFAULT_MAX_TCP_CONNECTIONS,
-        };
-        let worker_threads = match pick(
-            args.worker_threads,
-            "--worker-threads",
+            ("max_tcp_connections", max_tcp_connections),
+            MAX_TCP_CONNECTIONS,
+        )?
+        .unwrap_or(crate::dns::server::DEFAULT_MAX_TCP_CONNECTIONS);
+        let worker_threads = pick_count(
+            (args.worker_threads, "--worker-threads"),
             env,
-            "worker_threads",
-            worker_threads,
-        )? {
-            Some(Pick { value, key }) if !(1..=MAX_WORKER_THREADS).contains(&value) => {
-                return Err(invalid(
-                    key,
-                    value.to_string(),
-                    format!("must be between 1 and {MAX_WORKER_THREADS}"),
-                ));
-            }
-            Some(p) => p.value,
-            None => DEFAULT_WORKER_THREADS,
-        };
+            ("worker_threads", worker_threads),
+            MAX_WORKER_THREADS,
+        )?
+        .unwrap_or(DEFAULT_WORKER_THREADS);
 
         let (max_hosts, max_networks) = capacities(
             args,

@@ -844,99 +844,72 @@ fn dedicated_dot_listener_and_cache_size() {
     );
 }
 
-#[test]
-fn worker_threads_are_configurable_and_validated() {
-    assert_eq!(ok(&args(), "", &[]).worker_threads, 1);
-    assert_eq!(ok(&args(), "worker_threads = 4", &[]).worker_threads, 4);
-    let a = RunArgs {
-        worker_threads: Some(2),
-        ..args()
-    };
+/// A count setting (`key`, flag set by `flag`, read back by `get`): its default, file < env <
+/// flag, and every out-of-range or unparsable value an error naming where it came from.
+fn count_setting(
+    key: &str,
+    flag_name: &str,
+    (default, max): (usize, usize),
+    flag: fn(usize) -> RunArgs,
+    get: fn(&Settings) -> usize,
+) {
+    let var = format!("NET_TRUST_{}", key.to_uppercase());
+    assert_eq!(get(&ok(&args(), "", &[])), default);
+    assert_eq!(get(&ok(&args(), &format!("{key} = 4"), &[])), 4);
     assert_eq!(
-        ok(
-            &a,
-            "worker_threads = 4",
-            &[("NET_TRUST_WORKER_THREADS", "3")]
-        )
-        .worker_threads,
-        2
-    );
-    assert_eq!(
-        ok(
-            &args(),
-            "worker_threads = 4",
-            &[("NET_TRUST_WORKER_THREADS", "3")]
-        )
-        .worker_threads,
+        get(&ok(&args(), &format!("{key} = 4"), &[(var.as_str(), "3")])),
         3
     );
-    for bad in ["0", "257"] {
+    assert_eq!(
+        get(&ok(&flag(2), &format!("{key} = 4"), &[(var.as_str(), "3")])),
+        2
+    );
+    for bad in ["0".to_owned(), (max + 1).to_string()] {
+        err_names(resolve(&args(), &format!("{key} = {bad}"), &[]), key, &bad);
         err_names(
-            resolve(&args(), &format!("worker_threads = {bad}"), &[]),
-            "worker_threads",
-            bad,
+            resolve(&args(), "", &[(var.as_str(), bad.as_str())]),
+            &var,
+            &bad,
         );
     }
-    let a = RunArgs {
-        worker_threads: Some(0),
-        ..args()
-    };
-    err_names(resolve(&a, "", &[]), "--worker-threads", "0");
+    err_names(resolve(&flag(0), "", &[]), flag_name, "0");
     err_names(
-        resolve(&args(), "", &[("NET_TRUST_WORKER_THREADS", "-1")]),
-        "NET_TRUST_WORKER_THREADS",
-        "-1",
+        resolve(&args(), "", &[(var.as_str(), "many")]),
+        &var,
+        "many",
     );
     err_names(
-        resolve(&args(), "worker_threads = \"two\"", &[]),
-        "worker_threads",
+        resolve(&args(), &format!("{key} = \"two\""), &[]),
+        key,
         "two",
     );
 }
 
 #[test]
+fn worker_threads_are_configurable_and_validated() {
+    count_setting(
+        "worker_threads",
+        "--worker-threads",
+        (1, 256),
+        |n| RunArgs {
+            worker_threads: Some(n),
+            ..args()
+        },
+        |s| s.worker_threads,
+    );
+}
+
+#[test]
 fn tcp_connection_cap_is_configurable_and_validated() {
-    assert_eq!(
-        ok(&args(), "", &[]).max_tcp_connections,
-        crate::dns::server::DEFAULT_MAX_TCP_CONNECTIONS
-    );
-    assert_eq!(
-        ok(&args(), "max_tcp_connections = 1000", &[]).max_tcp_connections,
-        1000
-    );
-    let a = RunArgs {
-        max_tcp_connections: Some(9),
-        ..args()
-    };
-    assert_eq!(
-        ok(
-            &a,
-            "max_tcp_connections = 1000",
-            &[("NET_TRUST_MAX_TCP_CONNECTIONS", "70")]
-        )
-        .max_tcp_connections,
-        9
-    );
-    assert_eq!(
-        ok(
-            &args(),
-            "max_tcp_connections = 1000",
-            &[("NET_TRUST_MAX_TCP_CONNECTIONS", "70")]
-        )
-        .max_tcp_connections,
-        70
-    );
-    for bad in ["0", "65537"] {
-        err_names(
-            resolve(&args(), &format!("max_tcp_connections = {bad}"), &[]),
-            "max_tcp_connections",
-            bad,
-        );
-    }
-    err_names(
-        resolve(&args(), "", &[("NET_TRUST_MAX_TCP_CONNECTIONS", "many")]),
-        "NET_TRUST_MAX_TCP_CONNECTIONS",
-        "many",
+    count_setting(
+        "max_tcp_connections",
+        "--max-tcp-connections",
+        (crate::dns::server::DEFAULT_MAX_TCP_CONNECTIONS, 65_536),
+        |n| RunArgs {
+            max_tcp_connections: Some(n),
+            ..args()
+        },
+        |s| s.max_tcp_connections,
     );
 }
 
