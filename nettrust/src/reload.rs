@@ -238,13 +238,15 @@ mod tests {
         let fw = Arc::new(FakeFirewall::new(policy(&current)));
         let authorizer = Authorizer::new(fw.clone(), None);
         let new = settings(
-            "authorized_ttl = 120\nlisten_addr = \"127.0.0.1:5353\"\n[whitelist]\nhosts = [\"203.0.113.2\"]",
+            "authorized_ttl = 120\nlisten_addr = \"127.0.0.1:5353\"\nworker_threads = 2\n[whitelist]\nhosts = [\"203.0.113.2\"]",
         );
         let e = apply(&mut current, new, fw.as_ref(), &authorizer)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("listen_addr") && e.contains("authorized_ttl"),
+            e.contains("listen_addr")
+                && e.contains("authorized_ttl")
+                && e.contains("worker_threads"),
             "{e}"
         );
         assert!(
