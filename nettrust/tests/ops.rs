@@ -307,6 +307,73 @@ fn json_logs_are_one_object_per_line() {
     assert!(authorized, "no [Authorized] record in:\n{log}");
 }
 
+/// A trickle of answers (one client asking again and again, ~100 answers a second) wakes the
+/// name writer a few dozen times a second, not after every answer or every 5 ms: below 256 names
+/// per pass it collects every 50 ms. Every name still lands in the map.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn a_trickle_of_answers_wakes_the_name_writer_rarely() {
+    let mut world = World::new();
+    world.start_daemon(&[]);
+    let pid = world.daemon_pid().expect("the daemon runs");
+    let writer = |threads: &[(String, u64)]| {
+        threads
+            .iter()
+            .find(|(name, _)| name.ends_with(" nettrust-names"))
+            .map(|(_, n)| *n)
+            .expect("the daemon has a nettrust-names thread")
+    };
+    let before = writer(&wakeups(pid));
+    let started = std::time::Instant::now();
+    let mut answers = 0u32;
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        assert!(
+            !world
+                .resolve(
+                    &format!("n{}.test", 1 + answers % world::NUMBERED_NAMES),
+                    "A",
+                    false
+                )
+                .is_empty()
+        );
+        answers += 1;
+    }
+    let woken = writer(&wakeups(pid)) - before;
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        answers >= 60,
+        "only {answers} answers in {seconds:.1} s: not a steady trickle"
+    );
+    // 20 passes a second at 50 ms; some more when a pass finds the queue empty and blocks.
+    assert!(
+        f64::from(u32::try_from(woken).unwrap_or(u32::MAX)) <= 40.0 * seconds,
+        "the name writer woke {woken} times in {seconds:.1} s for {answers} answers"
+    );
+    // The last pass comes up to 50 ms after the last answer.
+    let names: Vec<String> = (1..=answers.min(world::NUMBERED_NAMES))
+        .map(|i| format!("n{i}.test"))
+        .collect();
+    let mut listed = String::new();
+    for _ in 0..20 {
+        listed = String::from_utf8_lossy(&world.nettrust(&["list"]).stdout).into_owned();
+        if names
+            .iter()
+            .all(|name| listed.split_whitespace().any(|field| field == name))
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for name in &names {
+        assert!(
+            listed.split_whitespace().any(|field| field == name),
+            "{name} not listed after the trickle:\n{listed}"
+        );
+    }
+    eprintln!("{answers} answers in {seconds:.1} s woke the name writer {woken} times");
+    assert!(world.stop_daemon());
+}
+
 /// Voluntary context switches of every thread of `pid`: (thread id and name, count).
 fn wakeups(pid: u32) -> Vec<(String, u64)> {
     let mut out = Vec::new();
