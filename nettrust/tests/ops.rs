@@ -376,28 +376,16 @@ fn a_trickle_of_answers_wakes_the_name_writer_rarely() {
 
 /// Voluntary context switches of every thread of `pid`: (thread id and name, count).
 fn wakeups(pid: u32) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the daemon's threads") {
-        let task = task.expect("thread entry").path();
-        let (Ok(name), Ok(status)) = (
-            std::fs::read_to_string(task.join("comm")),
-            std::fs::read_to_string(task.join("status")),
-        ) else {
-            continue;
-        };
-        let switches = status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("voluntary_ctxt_switches in /proc/PID/task/TID/status");
-        let tid = task
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        out.push((format!("{tid} {}", name.trim()), switches));
-    }
-    out
+    world::threads(pid)
+        .iter()
+        .map(|thread| {
+            let switches = thread
+                .status_field("voluntary_ctxt_switches")
+                .and_then(|v| v.parse().ok())
+                .expect("voluntary_ctxt_switches in /proc/PID/task/TID/status");
+            (format!("{} {}", thread.tid, thread.name), switches)
+        })
+        .collect()
 }
 
 /// An idle daemon sleeps: no thread polls. Over 5 s only the periodic cgroup check (5 per second)

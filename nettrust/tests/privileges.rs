@@ -5,7 +5,7 @@
 
 mod world;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use nettrust::privileges::{CAP_BPF, CAP_NET_ADMIN, parse_status};
 use world::World;
@@ -36,20 +36,17 @@ fn assert_reduced(pid: u32) -> usize {
         .find_map(|l| l.strip_prefix("CapAmb:"))
         .map(|v| u64::from_str_radix(v.trim(), 16).unwrap());
     assert_eq!(amb, Some(0), "ambient capabilities left:\n{status}");
-    let mut threads = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let path: PathBuf = task.unwrap().path().join("status");
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let caps = parse_status(&text).unwrap();
-        assert_eq!(caps.effective, KEPT, "{}: CapEff\n{text}", path.display());
-        assert_eq!(caps.permitted, KEPT, "{}: CapPrm\n{text}", path.display());
-        assert_eq!(caps.bounding, KEPT, "{}: CapBnd\n{text}", path.display());
-        assert!(caps.no_new_privs, "{}: NoNewPrivs\n{text}", path.display());
-        threads += 1;
+    let threads = world::threads(pid);
+    for thread in &threads {
+        let text = &thread.status;
+        let caps = parse_status(text).unwrap();
+        let tid = thread.tid;
+        assert_eq!(caps.effective, KEPT, "thread {tid}: CapEff\n{text}");
+        assert_eq!(caps.permitted, KEPT, "thread {tid}: CapPrm\n{text}");
+        assert_eq!(caps.bounding, KEPT, "thread {tid}: CapBnd\n{text}");
+        assert!(caps.no_new_privs, "thread {tid}: NoNewPrivs\n{text}");
     }
-    threads
+    threads.len()
 }
 
 #[test]

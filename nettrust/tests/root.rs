@@ -159,12 +159,9 @@ fn sigterm_removes_every_nettrust_object(backend: Backend) {
 /// Threads of the daemon named like tokio's multi-thread runtime workers.
 fn runtime_workers(world: &World) -> usize {
     let pid = world.daemon_pid().expect("daemon running");
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter(|task| {
-            std::fs::read_to_string(task.as_ref().unwrap().path().join("comm"))
-                .is_ok_and(|comm| comm.trim() == "tokio-rt-worker")
-        })
+    world::threads(pid)
+        .iter()
+        .filter(|thread| thread.name == "tokio-rt-worker")
         .count()
 }
 

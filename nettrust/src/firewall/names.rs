@@ -1,5 +1,5 @@
 //! Off the DNS path: the names shown by `nettrust list` are written into the `NAMES` map by a
-//! background thread every few milliseconds while answers come, many per system call (`BPF_MAP_UPDATE_BATCH`), so an
+//! background thread every 5 to 50 milliseconds while answers come, many per system call (`BPF_MAP_UPDATE_BATCH`), so an
 //! answer's reply waits only for its authorizations. Best effort, like the names themselves: a
 //! name appears up to [`SLOW_PERIOD`] after its address is authorized, and names are dropped (never
 //! authorizations) when the queue is full.
@@ -74,7 +74,8 @@ const PERIOD: Duration = Duration::from_millis(5);
 /// ten times less often (at 1,000 answers/s that is 20 wake-ups a second instead of 200).
 const SLOW_PERIOD: Duration = Duration::from_millis(50);
 /// Names per pass from which the short [`PERIOD`] is used: at [`SLOW_PERIOD`] that many names
-/// arrive at 5,120 answers/s, far below the queue's [`QUEUE`] names per pass.
+/// arrive at 5,120 answers/s, far below the queue's [`QUEUE`]; from there up to ten times that
+/// rate short and long pauses alternate (about 36 wake-ups a second), above it all are short.
 const BUSY: usize = BATCH / 2;
 
 /// The pause after a pass that collected `received` names (`None`: none, block instead).

@@ -784,3 +784,42 @@ impl World {
             .unwrap_or_else(|| panic!("no counter in {text}"))
     }
 }
+
+/// One thread of a process, as `/proc/PID/task/TID` shows it.
+pub struct Thread {
+    /// Its thread id.
+    pub tid: u32,
+    /// Its name (`comm`).
+    pub name: String,
+    /// The text of its `status` file.
+    pub status: String,
+}
+
+impl Thread {
+    /// The value of the `status` line starting with `key:`.
+    pub fn status_field(&self, key: &str) -> Option<&str> {
+        self.status.lines().find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|rest| rest.strip_prefix(':'))
+                .map(str::trim)
+        })
+    }
+}
+
+/// The threads of process `pid`; one that ends while being read is left out.
+pub fn threads(pid: u32) -> Vec<Thread> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("list the threads of {pid}: {e}"))
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            Some(Thread {
+                tid: path.file_name()?.to_str()?.parse().ok()?,
+                name: std::fs::read_to_string(path.join("comm"))
+                    .ok()?
+                    .trim()
+                    .to_owned(),
+                status: std::fs::read_to_string(path.join("status")).ok()?,
+            })
+        })
+        .collect()
+}
