@@ -37,6 +37,7 @@ fn assert_reduced(pid: u32) -> usize {
         .map(|v| u64::from_str_radix(v.trim(), 16).unwrap());
     assert_eq!(amb, Some(0), "ambient capabilities left:\n{status}");
     let threads = world::threads(pid);
+    assert!(!threads.is_empty(), "no thread of {pid} listed");
     for thread in &threads {
         let text = &thread.status;
         let caps = parse_status(text).unwrap();
