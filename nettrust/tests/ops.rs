@@ -353,23 +353,19 @@ fn a_trickle_of_answers_wakes_the_name_writer_rarely() {
     let names: Vec<String> = (1..=answers.min(world::NUMBERED_NAMES))
         .map(|i| format!("n{i}.test"))
         .collect();
-    let mut listed = String::new();
-    for _ in 0..20 {
-        listed = String::from_utf8_lossy(&world.nettrust(&["list"]).stdout).into_owned();
-        if names
-            .iter()
-            .all(|name| listed.split_whitespace().any(|field| field == name))
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    for name in &names {
-        assert!(
-            listed.split_whitespace().any(|field| field == name),
-            "{name} not listed after the trickle:\n{listed}"
-        );
-    }
+    world.eventually(
+        &format!(
+            "every one of the {} names listed after the trickle",
+            names.len()
+        ),
+        std::time::Duration::from_secs(2),
+        || {
+            let listed = String::from_utf8_lossy(&world.nettrust(&["list"]).stdout).into_owned();
+            names
+                .iter()
+                .all(|name| listed.split_whitespace().any(|field| field == name))
+        },
+    );
     eprintln!("{answers} answers in {seconds:.1} s woke the name writer {woken} times");
     assert!(world.stop_daemon());
 }
@@ -416,17 +412,9 @@ fn an_idle_daemon_does_not_wake_up_every_few_milliseconds() {
         "{woken} wakeups in 5 s of idleness: before {before:?}, after {after:?}"
     );
     assert!(!world.resolve("n1.test", "A", false).is_empty());
-    let named = (0..50).any(|_| {
-        let out = world.nettrust(&["list"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains("n1.test") {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        false
-    });
-    assert!(
-        named,
-        "the name of the first answer after the pause was not recorded"
+    world.eventually(
+        "the name of the first answer after the pause recorded",
+        std::time::Duration::from_secs(5),
+        || String::from_utf8_lossy(&world.nettrust(&["list"]).stdout).contains("n1.test"),
     );
 }
