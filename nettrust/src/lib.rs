@@ -132,8 +132,8 @@ pub async fn run(
                 source,
             })
     };
-    let udp = UdpSocket::bind(listen)
-        .await
+    let udp = std::net::UdpSocket::bind(listen)
+        .and_then(|udp| udp.set_nonblocking(true).map(|()| udp))
         .map_err(|source| RunError::Bind {
             addr: listen,
             proto: "udp",
@@ -189,12 +189,17 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(server::serve_udp(
-        Arc::new(udp),
-        proxy.clone(),
-        tracker.clone(),
-        cancel.clone(),
-    ));
+    if let Err(source) = serve_udp(udp, &proxy, &tracker, &cancel) {
+        // Not listening would leave clients without DNS behind a deny-by-default firewall.
+        tracing::error!("cannot serve UDP on {listen}: {source}");
+        cancel.cancel();
+        let _ = backend.stop(exit_mode);
+        return Err(RunError::Bind {
+            addr: listen,
+            proto: "udp",
+            source,
+        });
+    }
     // With listen_tls the TCP listener of listen_addr speaks DoT (as the original); a dedicated
     // DoT listener (listen_tls_addr) leaves it plain.
     let tcp_tls = listen_tls
@@ -282,6 +287,70 @@ pub async fn run(
         }
         ExitMode::KeepAll => tracing::info!("firewall left in place, bye"),
     }
+    Ok(())
+}
+
+/// Serves the UDP listener (non-blocking): on the fast path's own thread when queries go upstream
+/// over UDP, in the runtime otherwise or if that thread cannot start.
+fn serve_udp(
+    udp: std::net::UdpSocket,
+    proxy: &Arc<Proxy>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> std::io::Result<()> {
+    let udp = if proxy.upstreams().uses_udp() {
+        match start_fast_path(udp, proxy, tracker, cancel) {
+            Ok(()) => return Ok(()),
+            Err((udp, e)) => {
+                tracing::error!("UDP fast path unavailable, serving UDP in the runtime: {e}");
+                udp
+            }
+        }
+    } else {
+        udp
+    };
+    tracker.spawn(server::serve_udp(
+        Arc::new(UdpSocket::from_std(udp)?),
+        proxy.clone(),
+        tracker.clone(),
+        cancel.clone(),
+    ));
+    Ok(())
+}
+
+/// Starts the [`dns::fastpath`] thread; the socket comes back if it cannot.
+fn start_fast_path(
+    udp: std::net::UdpSocket,
+    proxy: &Arc<Proxy>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<(), (std::net::UdpSocket, std::io::Error)> {
+    let fast = match udp.try_clone().and_then(|clone| {
+        dns::fastpath::FastPath::new(
+            clone,
+            proxy.clone(),
+            tokio::runtime::Handle::current(),
+            tracker.clone(),
+        )
+    }) {
+        Ok(fast) => fast,
+        Err(e) => return Err((udp, e)),
+    };
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let cancel = cancel.clone();
+    let spawned = std::thread::Builder::new()
+        .name("nettrust-udp".into())
+        .spawn(move || {
+            fast.run(&cancel);
+            let _ = done.send(());
+        });
+    if let Err(e) = spawned {
+        return Err((udp, e));
+    }
+    // Shutdown waits for the thread to finish the queries in flight.
+    tracker.spawn(async move {
+        let _ = finished.await;
+    });
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 
 use super::{
     cache::Cache,
-    upstream::{UpstreamError, Upstreams},
+    upstream::{Answer, UpstreamError, Upstreams},
 };
 use crate::{
     authorizer::{Authorizer, Verdict},
@@ -84,26 +84,43 @@ impl Proxy {
         query: &[u8],
         transport: ClientTransport,
     ) -> (Option<Vec<u8>>, &'static str) {
+        let forward = match self.prepare(query, transport) {
+            Prepared::Reply(response, label) => return (response, label),
+            Prepared::Forward(forward) => forward,
+        };
+        let result = self
+            .upstreams
+            .exchange(
+                &forward.query,
+                forward.question(),
+                transport == ClientTransport::Udp,
+            )
+            .await;
+        self.finish(&forward, result)
+    }
+
+    /// Everything before the upstream is asked: parsing, refusals, the cache.
+    pub(crate) fn prepare(&self, query: &[u8], transport: ClientTransport) -> Prepared {
         let request = match Message::from_vec(query) {
             Ok(request) => request,
             Err(e) => {
                 tracing::debug!("dropping an unparsable query: {e}");
-                return (unparsable_query_response(query), "formerr");
+                return Prepared::Reply(unparsable_query_response(query), "formerr");
             }
         };
         if request.metadata.message_type != MessageType::Query {
-            return (None, "dropped");
+            return Prepared::Reply(None, "dropped");
         }
         if request.metadata.op_code != OpCode::Query {
-            return (error_response(&request, ResponseCode::NotImp), "notimp");
+            return Prepared::Reply(error_response(&request, ResponseCode::NotImp), "notimp");
         }
         let [question] = request.queries.as_slice() else {
-            return (error_response(&request, ResponseCode::FormErr), "formerr");
+            return Prepared::Reply(error_response(&request, ResponseCode::FormErr), "formerr");
         };
         let blacklist = self.authorizer.blacklist();
         if blacklist.blocks_domain(&question.name) {
             tracing::info!(question = %question.name, "[Blacklisted] domain");
-            return (
+            return Prepared::Reply(
                 error_response(&request, blacklist.response.rcode()),
                 "blacklisted",
             );
@@ -117,28 +134,41 @@ impl Proxy {
         {
             tracing::debug!(question = %question.name, "[Cache] hit");
             let Ok(bytes) = cached.to_vec() else {
-                return (error_response(&request, ResponseCode::ServFail), "servfail");
+                return Prepared::Reply(
+                    error_response(&request, ResponseCode::ServFail),
+                    "servfail",
+                );
             };
             if bytes.len() > client_limit {
-                return (truncated_response(&request), "truncated");
+                return Prepared::Reply(truncated_response(&request), "truncated");
             }
             // Every hit renews the firewall entries before the client sees the addresses.
             return match self.authorized(&request, question, &cached) {
-                Ok(()) => (Some(bytes), "cached"),
-                Err(rcode) => (error_response(&request, rcode), rcode_label(rcode)),
+                Ok(()) => Prepared::Reply(Some(bytes), "cached"),
+                Err(rcode) => Prepared::Reply(error_response(&request, rcode), rcode_label(rcode)),
             };
         }
+        let query = self.forwarded_query(query, &request, transport);
+        Prepared::Forward(Forward {
+            request,
+            query,
+            client_limit,
+        })
+    }
 
-        let forwarded = self.forwarded_query(query, &request, transport);
-        let result = self
-            .upstreams
-            .exchange(&forwarded, question, transport == ClientTransport::Udp)
-            .await;
+    /// Everything after the upstream answered (or failed): checks, authorization, the cache,
+    /// and the reply with the client's ID.
+    pub(crate) fn finish(
+        &self,
+        forward: &Forward,
+        result: Result<Answer, UpstreamError>,
+    ) -> (Option<Vec<u8>>, &'static str) {
+        let (request, question) = (&forward.request, forward.question());
         let (answer_bytes, answer) = match result {
             Ok(ok) => ok,
             Err(e) => {
                 log_upstream_error(&question.name, &e);
-                return (error_response(&request, ResponseCode::ServFail), "servfail");
+                return (error_response(request, ResponseCode::ServFail), "servfail");
             }
         };
         if answer.metadata.truncation {
@@ -148,17 +178,46 @@ impl Proxy {
                 "truncated",
             );
         }
-        if answer_bytes.len() > client_limit {
+        if answer_bytes.len() > forward.client_limit {
             // The client asks again over TCP; that answer is the one authorized.
-            return (truncated_response(&request), "truncated");
+            return (truncated_response(request), "truncated");
         }
-        if let Err(rcode) = self.authorized(&request, question, &answer) {
-            return (error_response(&request, rcode), rcode_label(rcode));
+        if let Err(rcode) = self.authorized(request, question, &answer) {
+            return (error_response(request, rcode), rcode_label(rcode));
         }
         if let Some(cache) = &self.cache {
             cache.insert(question, &answer, Instant::now());
         }
         (Some(with_id(answer_bytes, request.metadata.id)), "answered")
+    }
+
+    /// Goes on with `forward` after its first UDP attempt (made by the fast path) did not
+    /// settle it.
+    pub(crate) async fn retry(
+        &self,
+        forward: &Forward,
+        retry: Retry,
+    ) -> (Option<Vec<u8>>, &'static str) {
+        let (query, question) = (&forward.query, forward.question());
+        let result = match retry {
+            Retry::Anew => self.upstreams.exchange(query, question, true).await,
+            Retry::Failed(server, error) => {
+                self.upstreams
+                    .exchange_after(query, question, server, error)
+                    .await
+            }
+            Retry::Truncated(server) => {
+                self.upstreams
+                    .exchange_truncated(server, query, question)
+                    .await
+            }
+        };
+        self.finish(forward, result)
+    }
+
+    /// The upstreams queries are forwarded to.
+    pub(crate) fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
     }
 
     /// Authorizes `answer`; `Err` carries the rcode the client gets instead.
@@ -205,6 +264,41 @@ impl Proxy {
             }
         }
         query.to_vec()
+    }
+}
+
+/// What [`Proxy::prepare`] decided.
+pub(crate) enum Prepared {
+    /// Answered without the upstream (or dropped: `None`), with the metric label.
+    Reply(Option<Vec<u8>>, &'static str),
+    /// To be forwarded.
+    Forward(Forward),
+}
+
+/// Why a query the fast path sent goes on in the runtime.
+pub(crate) enum Retry {
+    /// It was not sent: every server is in back-off.
+    Anew,
+    /// This server failed it (already recorded).
+    Failed(usize, UpstreamError),
+    /// This server's UDP answer was truncated.
+    Truncated(usize),
+}
+
+/// A query on its way to the upstream.
+pub(crate) struct Forward {
+    /// The client's query, parsed; it has exactly one question.
+    request: Message,
+    /// The bytes to send upstream (their ID is replaced per attempt).
+    pub(crate) query: Vec<u8>,
+    /// Largest answer the client takes.
+    client_limit: usize,
+}
+
+impl Forward {
+    /// The query's only question.
+    pub(crate) fn question(&self) -> &Query {
+        &self.request.queries[0]
     }
 }
 

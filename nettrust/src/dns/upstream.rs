@@ -390,7 +390,7 @@ impl Upstreams {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn count_dropped(&self, result: &'static str) -> u64 {
+    pub(crate) fn count_dropped(&self, result: &'static str) -> u64 {
         count_rejected(result);
         self.dropped.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -414,6 +414,30 @@ impl Upstreams {
         question: &Query,
         udp_client: bool,
     ) -> Result<Answer, UpstreamError> {
+        self.exchange_skipping(query, question, udp_client, None)
+            .await
+    }
+
+    /// What [`Self::exchange`] does after server `failed` gave `error` (already recorded with
+    /// [`Self::failed`]): the other servers, over UDP.
+    pub(crate) async fn exchange_after(
+        &self,
+        query: &[u8],
+        question: &Query,
+        failed: usize,
+        error: UpstreamError,
+    ) -> Result<Answer, UpstreamError> {
+        self.exchange_skipping(query, question, true, Some((failed, error)))
+            .await
+    }
+
+    async fn exchange_skipping(
+        &self,
+        query: &[u8],
+        question: &Query,
+        udp_client: bool,
+        skip: Option<(usize, UpstreamError)>,
+    ) -> Result<Answer, UpstreamError> {
         let now = Instant::now();
         let healthy = |s: &Server| {
             s.down_until
@@ -421,38 +445,95 @@ impl Upstreams {
                 .expect("health lock")
                 .is_none_or(|until| until <= now)
         };
-        let mut last_error = None;
+        let skipped = skip.as_ref().map(|(index, _)| *index);
+        let mut last_error = skip.map(|(_, error)| error);
         // Healthy servers first, then (if every one failed or is in back-off) the others.
         for pass_healthy in [true, false] {
-            for server in self.servers.iter().filter(|s| healthy(s) == pass_healthy) {
+            for (index, server) in self.servers.iter().enumerate() {
+                if healthy(server) != pass_healthy || Some(index) == skipped {
+                    continue;
+                }
                 let started = std::time::Instant::now();
                 match self
                     .exchange_with(server, query, question, udp_client)
                     .await
                 {
                     Ok(answer) => {
-                        crate::metrics::metrics()
-                            .upstream_latency
-                            .observe(started.elapsed().as_secs_f64());
-                        *server.down_until.lock().expect("health lock") = None;
+                        self.succeeded(index, started);
                         return Ok(answer);
                     }
                     Err(e) => {
-                        if self.servers.len() > 1 {
-                            tracing::warn!(
-                                upstream = %server.addr,
-                                error = %crate::error_chain(&e),
-                                "[Upstream Error] trying the next upstream"
-                            );
-                        }
-                        *server.down_until.lock().expect("health lock") =
-                            Some(Instant::now() + HEALTH_BACKOFF);
+                        self.failed(index, &e);
                         last_error = Some(e);
                     }
                 }
             }
         }
         Err(last_error.expect("at least one upstream is configured"))
+    }
+
+    /// Records an answer from server `index` to a query sent at `started`.
+    pub(crate) fn succeeded(&self, index: usize, started: std::time::Instant) {
+        crate::metrics::metrics()
+            .upstream_latency
+            .observe(started.elapsed().as_secs_f64());
+        *self.servers[index].down_until.lock().expect("health lock") = None;
+    }
+
+    /// Records a failure of server `index`: it is skipped for [`HEALTH_BACKOFF`].
+    pub(crate) fn failed(&self, index: usize, error: &UpstreamError) {
+        if self.servers.len() > 1 {
+            tracing::warn!(
+                upstream = %self.servers[index].addr,
+                error = %crate::error_chain(error),
+                "[Upstream Error] trying the next upstream"
+            );
+        }
+        *self.servers[index].down_until.lock().expect("health lock") =
+            Some(Instant::now() + HEALTH_BACKOFF);
+    }
+
+    /// The first server not in back-off, if any.
+    pub(crate) fn first_healthy(&self) -> Option<usize> {
+        let now = Instant::now();
+        self.servers.iter().position(|s| {
+            s.down_until
+                .lock()
+                .expect("health lock")
+                .is_none_or(|until| until <= now)
+        })
+    }
+
+    /// Server `index`'s address.
+    pub(crate) fn addr(&self, index: usize) -> SocketAddr {
+        self.servers[index].addr
+    }
+
+    /// How long one attempt waits for its answer.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Asks server `index` over TCP (or TLS) after it gave a truncated UDP answer.
+    pub(crate) async fn exchange_truncated(
+        &self,
+        index: usize,
+        query: &[u8],
+        question: &Query,
+    ) -> Result<Answer, UpstreamError> {
+        let server = &self.servers[index];
+        tracing::debug!(upstream = %server.addr, question = %question.name, "truncated answer, retrying over TCP");
+        let started = std::time::Instant::now();
+        match self.exchange_stream(server, query, question).await {
+            Ok(answer) => {
+                self.succeeded(index, started);
+                Ok(answer)
+            }
+            Err(e) => {
+                self.failed(index, &e);
+                self.exchange_after(query, question, index, e).await
+            }
+        }
     }
 
     async fn exchange_with(

@@ -1,0 +1,583 @@
+//! The UDP fast path: when queries from UDP clients go upstream over UDP, one thread serves them
+//! with a plain level-triggered `epoll` loop over the listener and the upstream sockets, outside
+//! the async runtime. A forwarded query costs one wake-up and three system calls per hop
+//! (`epoll_wait`, receive, send), no task, channel, timer or allocation beyond the messages
+//! themselves; at a low query rate, where every query meets cold caches, the runtime's
+//! machinery was most of the daemon's own time on a query's path.
+//!
+//! The thread runs the same code as every other transport before and after the upstream
+//! ([`Proxy::prepare`], [`Proxy::finish`]: parsing, refusals, the cache, answer checks,
+//! authorization before the reply) and the same upstream rules as [`super::upstream`]: a random
+//! ID per query and a pool of [`UDP_POOL_SIZE`] connected sockets per server on random ports,
+//! renewed after [`UDP_SOCKET_USES`] queries or [`UDP_SOCKET_AGE`]; replies that do not answer
+//! the query (ID, question) are counted and ignored until the timeout. Only the first attempt
+//! runs here: a timeout, an error, a truncated answer (asked again over TCP) or every server in
+//! back-off hands the query to the runtime, which goes on exactly as the async path would.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hickory_proto::op::Message;
+use tokio::runtime::Handle;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{
+    answer::check_response,
+    proxy::{ClientTransport, Forward, Prepared, Proxy, Retry},
+    server::MAX_UDP_IN_FLIGHT,
+    upstream::{MAX_MESSAGE, UDP_POOL_SIZE, UDP_SOCKET_AGE, UDP_SOCKET_USES, UpstreamError},
+};
+
+/// The listener's `epoll` token; upstream sockets get 1, 2, …
+const LISTENER: u64 = 0;
+/// Events taken per `epoll_wait`.
+const MAX_EVENTS: usize = 64;
+/// Client queries read per system call (`recvmmsg`).
+const BATCH: usize = 32;
+/// Room for one client query; a longer datagram is dropped (no DNS client sends one).
+const QUERY_ROOM: usize = 4096;
+/// Longest sleep, so a shutdown is noticed.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// An upstream socket of the pool.
+struct Outbound {
+    socket: UdpSocket,
+    server: usize,
+    uses: u32,
+    born: Instant,
+    in_flight: usize,
+    /// Replaced in the pool; closed when its last query ends.
+    retired: bool,
+}
+
+/// A query waiting for its upstream answer.
+struct Pending {
+    client: SocketAddr,
+    forward: Forward,
+    server: usize,
+    sent: Instant,
+    deadline: Instant,
+}
+
+/// The fast path's state; [`FastPath::run`] is its thread.
+pub struct FastPath {
+    epoll: OwnedFd,
+    listener: Arc<UdpSocket>,
+    listening: bool,
+    proxy: Arc<Proxy>,
+    runtime: Handle,
+    tracker: TaskTracker,
+    outbound: HashMap<u64, Outbound>,
+    /// Per server, the pool's slots (tokens into `outbound`).
+    pools: Vec<Vec<Option<u64>>>,
+    pending: HashMap<(u64, u16), Pending>,
+    /// Deadlines in sending order (one timeout for all, so also in deadline order).
+    deadlines: VecDeque<(Instant, u64, u16)>,
+    next_token: u64,
+    /// Queries handed to the runtime and not finished yet.
+    handed_off: Arc<AtomicUsize>,
+    /// Upstream answers are read here.
+    buf: Vec<u8>,
+    queries: Batch,
+}
+
+impl FastPath {
+    /// A fast path serving `listener` (made non-blocking) through `proxy`; hand-offs run on
+    /// `runtime`, tracked by `tracker`.
+    pub fn new(
+        listener: UdpSocket,
+        proxy: Arc<Proxy>,
+        runtime: Handle,
+        tracker: TaskTracker,
+    ) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        // SAFETY: epoll_create1 has no memory-safety preconditions; the result is checked.
+        let epoll = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: a fresh descriptor owned by nothing else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        epoll_add(&epoll, listener.as_raw_fd(), LISTENER)?;
+        let servers = proxy.upstreams().addrs().len();
+        Ok(Self {
+            epoll,
+            listener: Arc::new(listener),
+            listening: true,
+            proxy,
+            runtime,
+            tracker,
+            outbound: HashMap::new(),
+            pools: vec![vec![None; UDP_POOL_SIZE]; servers],
+            pending: HashMap::new(),
+            deadlines: VecDeque::new(),
+            next_token: LISTENER + 1,
+            handed_off: Arc::default(),
+            buf: vec![0; MAX_MESSAGE],
+            queries: Batch::new(),
+        })
+    }
+
+    /// Serves until `cancel` fires, then finishes the queries in flight (answer or timeout).
+    pub fn run(mut self, cancel: &CancellationToken) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        loop {
+            if self.listening && cancel.is_cancelled() {
+                self.stop_listening();
+            }
+            if !self.listening && self.pending.is_empty() {
+                return;
+            }
+            let wait = self.deadlines.front().map_or(IDLE_WAIT, |(deadline, ..)| {
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(IDLE_WAIT)
+            });
+            // Rounded up: waking before the deadline would only mean another wait.
+            let millis = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+            let max_events = i32::try_from(events.len()).unwrap_or(i32::MAX);
+            // SAFETY: `events` has room for `max_events` entries.
+            let ready = unsafe {
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    max_events,
+                    millis,
+                )
+            };
+            let ready = match cvt(ready) {
+                Ok(ready) => usize::try_from(ready).unwrap_or(0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Err(e) => {
+                    tracing::error!("UDP listener: epoll_wait failed: {e}");
+                    std::thread::sleep(IDLE_WAIT);
+                    0
+                }
+            };
+            for event in &events[..ready] {
+                let token = event.u64;
+                if token == LISTENER {
+                    self.on_query();
+                } else {
+                    self.on_reply(token);
+                }
+            }
+            self.expire(Instant::now());
+        }
+    }
+
+    fn stop_listening(&mut self) {
+        self.listening = false;
+        // SAFETY: removing a registered descriptor; a null event is allowed for DEL.
+        let _ = unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                self.listener.as_raw_fd(),
+                std::ptr::null_mut(),
+            )
+        };
+    }
+
+    fn in_flight(&self) -> usize {
+        self.pending.len() + self.handed_off.load(Ordering::Relaxed)
+    }
+
+    /// Reads and handles the client queries waiting, up to [`BATCH`].
+    fn on_query(&mut self) {
+        let received = match self.queries.receive(&self.listener) {
+            Ok(received) => received,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                tracing::debug!("UDP listener: receive error: {e}");
+                return;
+            }
+        };
+        for index in 0..received {
+            let Some((query, client)) = self.queries.get(index) else {
+                continue;
+            };
+            if self.in_flight() >= MAX_UDP_IN_FLIGHT {
+                tracing::debug!(
+                    "UDP listener: {MAX_UDP_IN_FLIGHT} queries in flight, dropping one from {client}"
+                );
+                continue;
+            }
+            match self.proxy.prepare(query, ClientTransport::Udp) {
+                Prepared::Reply(response, label) => {
+                    count_query(label);
+                    if let Some(response) = response {
+                        reply(&self.listener, &response, client);
+                    }
+                }
+                Prepared::Forward(forward) => self.forward(forward, client),
+            }
+        }
+    }
+
+    fn forward(&mut self, mut forward: Forward, client: SocketAddr) {
+        let proxy = self.proxy.clone();
+        let upstreams = proxy.upstreams();
+        let Some(server) = upstreams.first_healthy() else {
+            // Every server is in back-off: the runtime tries them all in order.
+            return self.hand_off(forward, client, Retry::Anew);
+        };
+        let addr = upstreams.addr(server);
+        let token = match self.socket_for(server, addr) {
+            Ok(token) => token,
+            Err(source) => {
+                let error = UpstreamError::Io {
+                    addr,
+                    what: "open a UDP socket",
+                    source,
+                };
+                return self.failed(server, error, forward, client);
+            }
+        };
+        let id = loop {
+            let id: u16 = rand::random();
+            if !self.pending.contains_key(&(token, id)) {
+                break id;
+            }
+        };
+        forward.query[..2].copy_from_slice(&id.to_be_bytes());
+        let outbound = self.outbound.get_mut(&token).expect("pooled socket");
+        if let Err(source) = outbound.socket.send(&forward.query) {
+            let error = UpstreamError::Io {
+                addr,
+                what: "send",
+                source,
+            };
+            return self.failed(server, error, forward, client);
+        }
+        outbound.uses += 1;
+        outbound.in_flight += 1;
+        let sent = Instant::now();
+        let deadline = sent + upstreams.timeout();
+        self.pending.insert(
+            (token, id),
+            Pending {
+                client,
+                forward,
+                server,
+                sent,
+                deadline,
+            },
+        );
+        self.deadlines.push_back((deadline, token, id));
+    }
+
+    /// A socket of `server`'s pool, picked at random; a worn-out or missing one is replaced.
+    fn socket_for(&mut self, server: usize, addr: SocketAddr) -> io::Result<u64> {
+        let slot = rand::random_range(0..UDP_POOL_SIZE);
+        if let Some(token) = self.pools[server][slot] {
+            let outbound = &self.outbound[&token];
+            if outbound.uses < UDP_SOCKET_USES && outbound.born.elapsed() < UDP_SOCKET_AGE {
+                return Ok(token);
+            }
+            self.retire(token);
+        }
+        let local: SocketAddr = if addr.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(local)?;
+        socket.connect(addr)?;
+        socket.set_nonblocking(true)?;
+        let token = self.next_token;
+        self.next_token += 1;
+        epoll_add(&self.epoll, socket.as_raw_fd(), token)?;
+        self.outbound.insert(
+            token,
+            Outbound {
+                socket,
+                server,
+                uses: 0,
+                born: Instant::now(),
+                in_flight: 0,
+                retired: false,
+            },
+        );
+        self.pools[server][slot] = Some(token);
+        Ok(token)
+    }
+
+    /// Takes `token` out of its pool; it is closed (and leaves the `epoll` set) once idle.
+    fn retire(&mut self, token: u64) {
+        if let Some(outbound) = self.outbound.get_mut(&token) {
+            outbound.retired = true;
+            if outbound.in_flight == 0 {
+                self.outbound.remove(&token);
+            }
+        }
+    }
+
+    /// Query `(token, id)` is over: its socket has one query less in flight.
+    fn take(&mut self, token: u64, id: u16) -> Option<Pending> {
+        let pending = self.pending.remove(&(token, id))?;
+        if let Some(outbound) = self.outbound.get_mut(&token) {
+            outbound.in_flight -= 1;
+            if outbound.retired && outbound.in_flight == 0 {
+                self.outbound.remove(&token);
+            }
+        }
+        Some(pending)
+    }
+
+    fn on_reply(&mut self, token: u64) {
+        let Some(outbound) = self.outbound.get(&token) else {
+            return;
+        };
+        let server = outbound.server;
+        let len = match outbound.socket.recv(&mut self.buf) {
+            Ok(len) if len >= 2 => len,
+            Ok(_) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                return self.refused(token, server);
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %self.proxy.upstreams().addr(server), "receive error: {e}");
+                return;
+            }
+        };
+        let proxy = self.proxy.clone();
+        let upstreams = proxy.upstreams();
+        let addr = upstreams.addr(server);
+        let id = u16::from_be_bytes([self.buf[0], self.buf[1]]);
+        let Some(pending) = self.pending.get(&(token, id)) else {
+            // No query in flight with that ID: late or forged.
+            let dropped_total = upstreams.count_dropped("forged");
+            tracing::debug!(upstream = %addr, id, dropped_total, "dropped a reply with an unknown ID");
+            return;
+        };
+        let Ok(message) = Message::from_vec(&self.buf[..len]) else {
+            let dropped_total = upstreams.count_dropped("malformed");
+            tracing::debug!(upstream = %addr, dropped_total, "dropped an unparsable datagram");
+            return;
+        };
+        if let Err(mismatch) = check_response(&message, id, pending.forward.question()) {
+            let dropped_total = upstreams.count_dropped("forged");
+            tracing::warn!(upstream = %addr, %mismatch, dropped_total, "dropped a reply that does not match the query");
+            return;
+        }
+        let pending = self.take(token, id).expect("pending query");
+        if message.metadata.truncation {
+            // Nothing is ever taken from a truncated answer: ask again over TCP.
+            return self.hand_off(pending.forward, pending.client, Retry::Truncated(server));
+        }
+        upstreams.succeeded(server, pending.sent);
+        let answer = (self.buf[..len].to_vec(), message);
+        let (response, label) = proxy.finish(&pending.forward, Ok(answer));
+        count_query(label);
+        if let Some(response) = response {
+            reply(&self.listener, &response, pending.client);
+        }
+    }
+
+    /// The server refused (ICMP port unreachable): every query on `token` fails over.
+    fn refused(&mut self, token: u64, server: usize) {
+        let ids: Vec<u16> = self
+            .pending
+            .keys()
+            .filter(|(t, _)| *t == token)
+            .map(|(_, id)| *id)
+            .collect();
+        let addr = self.proxy.upstreams().addr(server);
+        for id in ids {
+            let pending = self.take(token, id).expect("pending query");
+            let error = UpstreamError::Io {
+                addr,
+                what: "receive",
+                source: io::ErrorKind::ConnectionRefused.into(),
+            };
+            self.failed(server, error, pending.forward, pending.client);
+        }
+    }
+
+    /// Fails over the queries whose deadline passed.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(deadline, token, id)) = self.deadlines.front() {
+            if deadline > now {
+                return;
+            }
+            self.deadlines.pop_front();
+            // Answered meanwhile, or the ID now belongs to a later query.
+            if self
+                .pending
+                .get(&(token, id))
+                .is_none_or(|pending| pending.deadline != deadline)
+            {
+                continue;
+            }
+            let pending = self.take(token, id).expect("pending query");
+            let upstreams = self.proxy.upstreams();
+            let error = UpstreamError::Timeout {
+                addr: upstreams.addr(pending.server),
+                timeout: upstreams.timeout(),
+            };
+            self.failed(pending.server, error, pending.forward, pending.client);
+        }
+    }
+
+    /// Server `server` failed this query: it goes into back-off and the runtime tries the others.
+    fn failed(
+        &mut self,
+        server: usize,
+        error: UpstreamError,
+        forward: Forward,
+        client: SocketAddr,
+    ) {
+        self.proxy.upstreams().failed(server, &error);
+        self.hand_off(forward, client, Retry::Failed(server, error));
+    }
+
+    fn hand_off(&mut self, forward: Forward, client: SocketAddr, retry: Retry) {
+        let (proxy, listener, handed_off) = (
+            self.proxy.clone(),
+            self.listener.clone(),
+            self.handed_off.clone(),
+        );
+        handed_off.fetch_add(1, Ordering::Relaxed);
+        self.tracker.spawn_on(
+            async move {
+                let (response, label) = proxy.retry(&forward, retry).await;
+                count_query(label);
+                if let Some(response) = response {
+                    reply(&listener, &response, client);
+                }
+                handed_off.fetch_sub(1, Ordering::Relaxed);
+            },
+            &self.runtime,
+        );
+    }
+}
+
+/// Buffers for reading up to [`BATCH`] datagrams in one `recvmmsg`.
+struct Batch {
+    buffers: Vec<[u8; QUERY_ROOM]>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers in `iovecs` and `headers` point into the batch's own heap buffers,
+// which move with it; they are only used by the thread owning the batch.
+unsafe impl Send for Batch {}
+
+impl Batch {
+    fn new() -> Self {
+        // SAFETY (the three `zeroed`): all-zero is a valid sockaddr_storage, iovec and mmsghdr
+        // (plain C structures, null pointers).
+        let mut batch = Self {
+            buffers: vec![[0; QUERY_ROOM]; BATCH],
+            addrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            iovecs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            headers: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+        };
+        for i in 0..BATCH {
+            batch.iovecs[i] = libc::iovec {
+                iov_base: batch.buffers[i].as_mut_ptr().cast(),
+                iov_len: QUERY_ROOM,
+            };
+        }
+        batch
+    }
+
+    /// Reads the datagrams waiting on `socket` (at least one, else `WouldBlock`).
+    fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        for i in 0..BATCH {
+            let header = &mut self.headers[i].msg_hdr;
+            header.msg_name = std::ptr::from_mut(&mut self.addrs[i]).cast();
+            header.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_iov = &raw mut self.iovecs[i];
+            header.msg_iovlen = 1;
+            header.msg_flags = 0;
+            self.headers[i].msg_len = 0;
+        }
+        // SAFETY: every header points at this batch's own name buffer and iovec, which point at
+        // its buffers of QUERY_ROOM bytes; all outlive the call.
+        let received = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                self.headers.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        cvt(received).map(|n| usize::try_from(n).unwrap_or(0))
+    }
+
+    /// Datagram `index` of the last [`Self::receive`] and its sender; `None` for one that was
+    /// cut (longer than [`QUERY_ROOM`]) or from an unknown address family.
+    fn get(&self, index: usize) -> Option<(&[u8], SocketAddr)> {
+        let header = &self.headers[index];
+        if header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            tracing::debug!("UDP listener: dropping a query longer than {QUERY_ROOM} bytes");
+            return None;
+        }
+        let len = usize::try_from(header.msg_len).ok()?.min(QUERY_ROOM);
+        Some((&self.buffers[index][..len], sockaddr(&self.addrs[index])?))
+    }
+}
+
+/// The socket address in `storage` (IPv4 or IPv6).
+fn sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let addr: &libc::sockaddr_in = unsafe { &*std::ptr::from_ref(storage).cast() };
+            Some(SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+                u16::from_be(addr.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let addr: &libc::sockaddr_in6 = unsafe { &*std::ptr::from_ref(storage).cast() };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                Ipv6Addr::from(addr.sin6_addr.s6_addr),
+                u16::from_be(addr.sin6_port),
+                addr.sin6_flowinfo,
+                addr.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn count_query(label: &'static str) {
+    crate::metrics::metrics().query(ClientTransport::Udp.label(), label);
+}
+
+fn reply(listener: &UdpSocket, response: &[u8], client: SocketAddr) {
+    if let Err(e) = listener.send_to(response, client) {
+        tracing::debug!("UDP listener: cannot answer {client}: {e}");
+    }
+}
+
+fn epoll_add(epoll: &OwnedFd, fd: RawFd, token: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    // SAFETY: both descriptors are open; `event` is a valid epoll_event.
+    cvt(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) })
+        .map(drop)
+}
+
+fn cvt(result: libc::c_int) -> io::Result<libc::c_int> {
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
