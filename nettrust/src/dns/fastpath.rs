@@ -581,3 +581,6 @@ fn cvt(result: libc::c_int) -> io::Result<libc::c_int> {
         Ok(result)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,5 @@
-//! Loopback DNS servers for unit tests: scripted UDP, TCP and TLS responders.
+//! Loopback DNS servers for unit tests: scripted UDP, TCP and TLS responders; a firewall that
+//! records what it is asked to authorize; the forged replies every path must refuse.
 
 use std::{
     net::SocketAddr,
@@ -11,9 +12,11 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Message, OpCode, Query},
-    rr::{Name, RData, Record, RecordType, rdata::A},
+    op::{Message, MessageType, OpCode, Query},
+    rr::{DNSClass, Name, RData, Record, RecordType, rdata::A, rdata::CNAME},
 };
+
+use crate::firewall::{Authorization, AuthorizedHost, Firewall, FirewallError};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, UdpSocket},
@@ -184,4 +187,102 @@ pub fn certificate(
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
     (cert_path, key_path)
+}
+
+/// A firewall that records every authorization call.
+#[derive(Default)]
+pub struct Recording(std::sync::Mutex<Vec<std::net::IpAddr>>);
+
+impl Recording {
+    /// The addresses authorized so far, in order.
+    pub fn calls(&self) -> Vec<std::net::IpAddr> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl Firewall for Recording {
+    fn authorize(&self, addr: std::net::IpAddr, _: u64) -> Result<Authorization, FirewallError> {
+        self.0.lock().unwrap().push(addr);
+        Ok(Authorization::New)
+    }
+    fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError> {
+        Ok(Vec::new())
+    }
+    fn set_whitelist(&self, _: &crate::firewall::Policy) -> Result<(), FirewallError> {
+        Ok(())
+    }
+    fn due(&self, _: u64) -> Result<Vec<crate::firewall::HostState>, FirewallError> {
+        Ok(Vec::new())
+    }
+    fn renew_if(&self, _: std::net::IpAddr, _: u64, _: u64) -> Result<bool, FirewallError> {
+        Ok(false)
+    }
+    fn remove_if(&self, _: std::net::IpAddr, _: u64) -> Result<bool, FirewallError> {
+        Ok(false)
+    }
+}
+
+/// Turns the query for `v.test.` A into an upstream reply.
+pub type Forge = fn(&Message) -> Message;
+
+/// Replies to a query for `v.test.` A that must authorize nothing, each named; all carry
+/// 192.0.2.66 somewhere.
+pub fn forged_replies() -> Vec<(&'static str, Forge)> {
+    vec![
+        ("wrong ID", |q| {
+            let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+            m.metadata.id = q.metadata.id ^ 1;
+            m
+        }),
+        ("wrong question name", |q| {
+            let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+            m.queries[0].name = name("w.test.");
+            m
+        }),
+        ("wrong question type", |q| {
+            let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+            m.queries[0].query_type = RecordType::AAAA;
+            m
+        }),
+        ("wrong question class", |q| {
+            let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+            m.queries[0].query_class = DNSClass::CH;
+            m
+        }),
+        ("QR=0", |q| {
+            let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+            m.metadata.message_type = MessageType::Query;
+            m
+        }),
+        ("QDCOUNT 0", |q| {
+            let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+            m.queries.clear();
+            m
+        }),
+        ("QDCOUNT 2", |q| {
+            let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+            m.add_query(q.queries[0].clone());
+            m
+        }),
+        ("unrelated records only", |q| {
+            let mut m = reply(q, &[a("evil.test.", "192.0.2.66")]);
+            m.add_additional(a("v.test.", "192.0.2.67"));
+            m
+        }),
+        ("CNAME chain rooted elsewhere", |q| {
+            let mut m = reply(q, &[]);
+            m.add_answer(Record::from_rdata(
+                name("other.test."),
+                60,
+                RData::CNAME(CNAME(name("target.test."))),
+            ));
+            m.add_answer(a("target.test.", "192.0.2.66"));
+            m
+        }),
+        ("truncated answer", |q| {
+            let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
+            m.metadata.truncation = true;
+            m
+        }),
+    ]
 }

@@ -43,8 +43,8 @@ mod end_to_end {
     };
 
     use hickory_proto::{
-        op::{Message, MessageType, ResponseCode},
-        rr::{DNSClass, RData, Record, RecordType, rdata::CNAME, rdata::PTR},
+        op::{Message, ResponseCode},
+        rr::{RData, Record, RecordType, rdata::CNAME, rdata::PTR},
     };
 
     use crate::{
@@ -56,40 +56,7 @@ mod end_to_end {
             testutil::*,
             upstream::{Transport, Upstreams},
         },
-        firewall::{Authorization, AuthorizedHost, Firewall, FirewallError},
     };
-
-    /// A firewall that records every authorization call.
-    #[derive(Default)]
-    struct Recording(Mutex<Vec<IpAddr>>);
-
-    impl Recording {
-        fn calls(&self) -> Vec<IpAddr> {
-            self.0.lock().unwrap().clone()
-        }
-    }
-
-    impl Firewall for Recording {
-        fn authorize(&self, addr: IpAddr, _: u64) -> Result<Authorization, FirewallError> {
-            self.0.lock().unwrap().push(addr);
-            Ok(Authorization::New)
-        }
-        fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError> {
-            Ok(Vec::new())
-        }
-        fn set_whitelist(&self, _: &crate::firewall::Policy) -> Result<(), FirewallError> {
-            Ok(())
-        }
-        fn due(&self, _: u64) -> Result<Vec<crate::firewall::HostState>, FirewallError> {
-            Ok(Vec::new())
-        }
-        fn renew_if(&self, _: IpAddr, _: u64, _: u64) -> Result<bool, FirewallError> {
-            Ok(false)
-        }
-        fn remove_if(&self, _: IpAddr, _: u64) -> Result<bool, FirewallError> {
-            Ok(false)
-        }
-    }
 
     struct Setup {
         proxy: Proxy,
@@ -133,65 +100,8 @@ mod end_to_end {
     /// Each forged or unusable upstream reply, sent as the only reply: nothing is authorized.
     #[tokio::test]
     async fn validation_matrix_authorizes_nothing() {
-        type Forge = fn(&Message) -> Message;
         let ok = |q: &Message| reply(q, &[a("v.test.", "192.0.2.66")]);
-        let matrix: Vec<(&str, Forge)> = vec![
-            ("wrong ID", |q| {
-                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
-                m.metadata.id = q.metadata.id ^ 1;
-                m
-            }),
-            ("wrong question name", |q| {
-                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
-                m.queries[0].name = name("w.test.");
-                m
-            }),
-            ("wrong question type", |q| {
-                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
-                m.queries[0].query_type = RecordType::AAAA;
-                m
-            }),
-            ("wrong question class", |q| {
-                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
-                m.queries[0].query_class = DNSClass::CH;
-                m
-            }),
-            ("QR=0", |q| {
-                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
-                m.metadata.message_type = MessageType::Query;
-                m
-            }),
-            ("QDCOUNT 0", |q| {
-                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
-                m.queries.clear();
-                m
-            }),
-            ("QDCOUNT 2", |q| {
-                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
-                m.add_query(q.queries[0].clone());
-                m
-            }),
-            ("unrelated records only", |q| {
-                let mut m = reply(q, &[a("evil.test.", "192.0.2.66")]);
-                m.add_additional(a("v.test.", "192.0.2.67"));
-                m
-            }),
-            ("CNAME chain rooted elsewhere", |q| {
-                let mut m = reply(q, &[]);
-                m.add_answer(Record::from_rdata(
-                    name("other.test."),
-                    60,
-                    RData::CNAME(CNAME(name("target.test."))),
-                ));
-                m.add_answer(a("target.test.", "192.0.2.66"));
-                m
-            }),
-            ("truncated answer", |q| {
-                let mut m = reply(q, &[a("v.test.", "192.0.2.66")]);
-                m.metadata.truncation = true;
-                m
-            }),
-        ];
+        let matrix = forged_replies();
         // Sanity: the well-formed reply does authorize (so the matrix can fail).
         let s = setup(
             Arc::new(move |q: &Message| vec![ok(q)]),

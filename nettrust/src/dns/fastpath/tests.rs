@@ -1,0 +1,335 @@
+//! The fast path on loopback: real sockets, scripted upstreams, a recording firewall.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::{Message, ResponseCode},
+    rr::{RData, RecordType},
+};
+use tokio::net::UdpSocket;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::FastPath;
+use crate::{
+    authorizer::Authorizer,
+    dns::{
+        proxy::Proxy,
+        testutil::*,
+        upstream::{Transport, Upstreams},
+    },
+};
+
+/// A running fast path.
+struct Running {
+    addr: SocketAddr,
+    firewall: Arc<Recording>,
+    proxy: Arc<Proxy>,
+    cancel: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Serves on `listen` (port 0), forwarding to `upstreams` with `timeout` per attempt.
+    fn start(listen: &str, upstreams: &[SocketAddr], timeout: Duration) -> Self {
+        let firewall = Arc::new(Recording::default());
+        let proxy = Arc::new(Proxy::new(
+            Upstreams::new(upstreams, Transport::Udp, timeout),
+            Authorizer::new(firewall.clone(), None),
+        ));
+        let listener = std::net::UdpSocket::bind(listen).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fast = FastPath::new(
+            listener,
+            proxy.clone(),
+            tokio::runtime::Handle::current(),
+            TaskTracker::new(),
+        )
+        .unwrap();
+        let cancel = CancellationToken::new();
+        let thread_cancel = cancel.clone();
+        let thread = std::thread::spawn(move || fast.run(&thread_cancel));
+        Self {
+            addr,
+            firewall,
+            proxy,
+            cancel,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops serving and waits for the thread (it finishes the queries in flight first).
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        let thread = self.thread.take().unwrap();
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// A client socket near `server`'s family.
+async fn client(server: SocketAddr) -> UdpSocket {
+    let local = if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
+    let socket = UdpSocket::bind(local).await.unwrap();
+    socket.connect(server).await.unwrap();
+    socket
+}
+
+async fn receive(socket: &UdpSocket) -> Message {
+    let mut buf = vec![0u8; 65_535];
+    let len = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    Message::from_vec(&buf[..len]).unwrap()
+}
+
+async fn ask(server: SocketAddr, qname: &str, id: u16) -> Message {
+    let socket = client(server).await;
+    socket
+        .send(&query_bytes(qname, RecordType::A, id))
+        .await
+        .unwrap();
+    let answer = receive(&socket).await;
+    assert_eq!(answer.metadata.id, id, "the client's ID comes back");
+    answer
+}
+
+fn addresses(m: &Message) -> Vec<IpAddr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+const SHORT: Duration = Duration::from_millis(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_authorized_before_they_are_relayed() {
+    let upstream = udp_server(0, answer_with("192.0.2.10")).await;
+    let fast = Running::start("127.0.0.1:0", &[upstream.addr], SHORT);
+    let answer = ask(fast.addr, "a.test.", 0x1234).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&answer), [ip("192.0.2.10")]);
+    assert_eq!(fast.firewall.calls(), [ip("192.0.2.10")]);
+    fast.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_clients_are_answered() {
+    let upstream = udp_server(0, answer_with("192.0.2.11")).await;
+    let fast = Running::start("[::1]:0", &[upstream.addr], SHORT);
+    let answer = ask(fast.addr, "six.test.", 7).await;
+    assert_eq!(addresses(&answer), [ip("192.0.2.11")]);
+    fast.stop().await;
+}
+
+/// The same forged replies the runtime path refuses (see the proxy's tests), each as the only
+/// reply: nothing is authorized and no address reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_matrix_authorizes_nothing() {
+    for (case, forge) in forged_replies() {
+        let upstream = udp_server(0, Arc::new(move |q: &Message| vec![forge(q)])).await;
+        let fast = Running::start("127.0.0.1:0", &[upstream.addr], SHORT);
+        let answer = ask(fast.addr, "v.test.", 0x4242).await;
+        assert!(
+            fast.firewall.calls().is_empty(),
+            "{case}: authorized {:?}",
+            fast.firewall.calls()
+        );
+        assert!(
+            addresses(&answer).is_empty()
+                || case == "unrelated records only"
+                || case == "CNAME chain rooted elsewhere",
+            "{case}: an address reached the client: {answer:?}"
+        );
+        fast.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgeries_before_the_answer_are_counted_and_skipped() {
+    let script: Script = Arc::new(|q: &Message| {
+        let mut wrong_question = reply(q, &[a("evil.test.", "192.0.2.66")]);
+        wrong_question.queries[0].name = name("evil.test.");
+        let mut wrong_id = reply(q, &[a("f.test.", "192.0.2.67")]);
+        wrong_id.metadata.id ^= 1;
+        vec![
+            wrong_question,
+            wrong_id,
+            reply(q, &[a("f.test.", "192.0.2.12")]),
+        ]
+    });
+    let upstream = udp_server(0, script).await;
+    let fast = Running::start("127.0.0.1:0", &[upstream.addr], SHORT);
+    let answer = ask(fast.addr, "f.test.", 9).await;
+    assert_eq!(addresses(&answer), [ip("192.0.2.12")]);
+    assert_eq!(fast.firewall.calls(), [ip("192.0.2.12")]);
+    assert_eq!(fast.proxy.upstreams().dropped_replies(), 2);
+    fast.stop().await;
+}
+
+/// A silent first server: the query fails over to the second after the timeout, and the next
+/// query skips the first (back-off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_fails_over_and_backs_off() {
+    let silent = udp_server(0, Arc::new(|_: &Message| Vec::new())).await;
+    let good = udp_server(0, answer_with("192.0.2.13")).await;
+    let fast = Running::start("127.0.0.1:0", &[silent.addr, good.addr], SHORT);
+    assert_eq!(
+        addresses(&ask(fast.addr, "t1.test.", 1).await),
+        [ip("192.0.2.13")]
+    );
+    assert_eq!(
+        addresses(&ask(fast.addr, "t2.test.", 2).await),
+        [ip("192.0.2.13")]
+    );
+    assert_eq!(silent.queries(), 1, "the silent server is in back-off");
+    assert_eq!(good.queries(), 2);
+    fast.stop().await;
+}
+
+/// A single silent server: SERVFAIL after one timeout, nothing authorized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_with_no_other_server_is_servfail() {
+    let silent = udp_server(0, Arc::new(|_: &Message| Vec::new())).await;
+    let fast = Running::start("127.0.0.1:0", &[silent.addr], SHORT);
+    let answer = ask(fast.addr, "t.test.", 3).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(silent.queries(), 1, "one attempt, not one per path");
+    assert!(fast.firewall.calls().is_empty());
+    fast.stop().await;
+}
+
+/// A closed port (ICMP port unreachable) fails over without waiting for the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_server_fails_over_at_once() {
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let good = udp_server(0, answer_with("192.0.2.14")).await;
+    let fast = Running::start("127.0.0.1:0", &[closed, good.addr], Duration::from_secs(30));
+    // Within `receive`'s 5 s, far below the 30 s timeout.
+    assert_eq!(
+        addresses(&ask(fast.addr, "r.test.", 4).await),
+        [ip("192.0.2.14")]
+    );
+    fast.stop().await;
+}
+
+/// A truncated UDP answer is asked again over TCP; only the TCP answer authorizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_answer_is_asked_again_over_tcp() {
+    let udp = udp_server(
+        0,
+        Arc::new(|q: &Message| {
+            let mut m = reply(q, &[a("tc.test.", "192.0.2.66")]);
+            m.metadata.truncation = true;
+            vec![m]
+        }),
+    )
+    .await;
+    let tcp = tcp_server(udp.addr.port(), answer_with("192.0.2.15"), None).await;
+    let fast = Running::start("127.0.0.1:0", &[udp.addr], SHORT);
+    let answer = ask(fast.addr, "tc.test.", 5).await;
+    assert_eq!(addresses(&answer), [ip("192.0.2.15")]);
+    assert_eq!(fast.firewall.calls(), [ip("192.0.2.15")]);
+    assert_eq!((udp.queries(), tcp.queries()), (1, 1));
+    fast.stop().await;
+}
+
+/// More queries at once than one `recvmmsg` reads: every one is answered, with its own ID, from
+/// many source ports (the pool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_answered_in_full_from_many_ports() {
+    let upstream = udp_server(0, answer_with("192.0.2.16")).await;
+    let fast = Running::start("127.0.0.1:0", &[upstream.addr], Duration::from_secs(2));
+    let socket = client(fast.addr).await;
+    let count = 200u16;
+    for id in 0..count {
+        let query = query_bytes(&format!("b{id}.test."), RecordType::A, id);
+        socket.send(&query).await.unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..count {
+        let answer = receive(&socket).await;
+        assert_eq!(addresses(&answer), [ip("192.0.2.16")]);
+        seen.insert(answer.metadata.id);
+    }
+    assert_eq!(seen.len(), usize::from(count), "every ID answered once");
+    let ports = upstream.ports.lock().unwrap().len();
+    assert!(ports > 20, "only {ports} source ports for {count} queries");
+    fast.stop().await;
+}
+
+/// Garbage, a response and a two-question query from clients: answered as the runtime path
+/// answers them (FORMERR or nothing), and the listener keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_queries_leave_the_listener_serving() {
+    let upstream = udp_server(0, answer_with("192.0.2.17")).await;
+    let fast = Running::start("127.0.0.1:0", &[upstream.addr], SHORT);
+    let socket = client(fast.addr).await;
+    let mut garbage = vec![0xAB, 0xCD];
+    garbage.extend_from_slice(&[0x01, 0x00, 0x00, 0x01]);
+    garbage.extend_from_slice(&[0xFF; 20]);
+    socket.send(&garbage).await.unwrap();
+    let formerr = receive(&socket).await;
+    assert_eq!(formerr.metadata.id, 0xABCD);
+    assert_eq!(formerr.metadata.response_code, ResponseCode::FormErr);
+    socket.send(&[1, 2, 3]).await.unwrap();
+    assert_eq!(
+        addresses(&ask(fast.addr, "m.test.", 6).await),
+        [ip("192.0.2.17")]
+    );
+    assert_eq!(upstream.queries(), 1, "garbage never went upstream");
+    fast.stop().await;
+}
+
+/// Shutdown lets a query in flight finish (here: its timeout, then SERVFAIL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_the_queries_in_flight() {
+    let silent = udp_server(0, Arc::new(|_: &Message| Vec::new())).await;
+    let fast = Running::start("127.0.0.1:0", &[silent.addr], SHORT);
+    let socket = client(fast.addr).await;
+    socket
+        .send(&query_bytes("s.test.", RecordType::A, 8))
+        .await
+        .unwrap();
+    while silent.queries() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let addr = fast.addr;
+    fast.stop().await;
+    let answer = receive(&socket).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+    // The listener is closed with the thread: nothing answers any more.
+    let late = client(addr).await;
+    late.send(&query_bytes("late.test.", RecordType::A, 9))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let got = tokio::time::timeout(Duration::from_millis(300), late.recv(&mut buf)).await;
+    assert!(!matches!(got, Ok(Ok(_))), "answered after shutdown");
+}
