@@ -189,7 +189,7 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    if let Err(source) = serve_udp(udp, &proxy, &tracker, &cancel) {
+    if let Err(source) = serve_udp(udp, settings.worker_threads, &proxy, &tracker, &cancel) {
         // Not listening would leave clients without DNS behind a deny-by-default firewall.
         tracing::error!("cannot serve UDP on {listen}: {source}");
         cancel.cancel();
@@ -290,16 +290,17 @@ pub async fn run(
     Ok(())
 }
 
-/// Serves the UDP listener (non-blocking): on the fast path's own thread when queries go upstream
-/// over UDP, in the runtime otherwise or if that thread cannot start.
+/// Serves the UDP listener (non-blocking): on `threads` fast-path threads when queries go upstream
+/// over UDP, in the runtime otherwise or if no such thread can start.
 fn serve_udp(
     udp: std::net::UdpSocket,
+    threads: usize,
     proxy: &Arc<Proxy>,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> std::io::Result<()> {
     let udp = if proxy.upstreams().uses_udp() {
-        match start_fast_path(udp, proxy, tracker, cancel) {
+        match start_fast_path(udp, threads, proxy, tracker, cancel) {
             Ok(()) => return Ok(()),
             Err((udp, e)) => {
                 tracing::error!("UDP fast path unavailable, serving UDP in the runtime: {e}");
@@ -318,39 +319,52 @@ fn serve_udp(
     Ok(())
 }
 
-/// Starts the [`dns::fastpath`] thread; the socket comes back if it cannot.
+/// Starts `count` [`dns::fastpath`] threads; the socket comes back if none can start.
 fn start_fast_path(
     udp: std::net::UdpSocket,
+    count: usize,
     proxy: &Arc<Proxy>,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Result<(), (std::net::UdpSocket, std::io::Error)> {
-    let fast = match udp.try_clone().and_then(|clone| {
-        dns::fastpath::FastPath::new(
-            clone,
-            proxy.clone(),
-            tokio::runtime::Handle::current(),
-            tracker.clone(),
-        )
-    }) {
-        Ok(fast) => fast,
-        Err(e) => return Err((udp, e)),
-    };
-    let (done, finished) = tokio::sync::oneshot::channel::<()>();
-    let cancel = cancel.clone();
-    let spawned = std::thread::Builder::new()
-        .name("nettrust-udp".into())
-        .spawn(move || {
-            fast.run(&cancel);
-            let _ = done.send(());
-        });
-    if let Err(e) = spawned {
-        return Err((udp, e));
+    let in_flight = Arc::default();
+    let mut threads = Vec::with_capacity(count);
+    for _ in 0..count {
+        match udp.try_clone().and_then(|clone| {
+            dns::fastpath::FastPath::new(
+                clone,
+                proxy.clone(),
+                tokio::runtime::Handle::current(),
+                tracker.clone(),
+                Arc::clone(&in_flight),
+            )
+        }) {
+            Ok(fast) => threads.push(fast),
+            Err(e) => return Err((udp, e)),
+        }
     }
-    // Shutdown waits for the thread to finish the queries in flight.
-    tracker.spawn(async move {
-        let _ = finished.await;
-    });
+    for (started, fast) in threads.into_iter().enumerate() {
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let cancel = cancel.clone();
+        let spawned = std::thread::Builder::new()
+            .name("nettrust-udp".into())
+            .spawn(move || {
+                fast.run(&cancel);
+                let _ = done.send(());
+            });
+        if let Err(e) = spawned {
+            if started == 0 {
+                return Err((udp, e));
+            }
+            // The threads already started serve the listener.
+            tracing::error!("only {started} of {count} UDP fast-path threads started: {e}");
+            break;
+        }
+        // Shutdown waits for the thread to finish the queries in flight.
+        tracker.spawn(async move {
+            let _ = finished.await;
+        });
+    }
     Ok(())
 }
 

@@ -83,8 +83,9 @@ pub struct FastPath {
     /// Deadlines in sending order (one timeout for all, so also in deadline order).
     deadlines: VecDeque<(Instant, u64, u16)>,
     next_token: u64,
-    /// Queries handed to the runtime and not finished yet.
-    handed_off: Arc<AtomicUsize>,
+    /// Forwarded queries not finished yet, here, in the runtime or in the other fast-path
+    /// threads ([`MAX_UDP_IN_FLIGHT`] in all).
+    in_flight: Arc<AtomicUsize>,
     /// Upstream answers are read here.
     buf: Vec<u8>,
     queries: Batch,
@@ -92,19 +93,27 @@ pub struct FastPath {
 
 impl FastPath {
     /// A fast path serving `listener` (made non-blocking) through `proxy`; hand-offs run on
-    /// `runtime`, tracked by `tracker`.
+    /// `runtime`, tracked by `tracker`. Several threads may serve one listener (each with its
+    /// own [`FastPath`] on a clone of it, sharing `in_flight`): the kernel then wakes one of them
+    /// per readiness (`EPOLLEXCLUSIVE`).
     pub fn new(
         listener: UdpSocket,
         proxy: Arc<Proxy>,
         runtime: Handle,
         tracker: TaskTracker,
+        in_flight: Arc<AtomicUsize>,
     ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         // SAFETY: epoll_create1 has no memory-safety preconditions; the result is checked.
         let epoll = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: a fresh descriptor owned by nothing else.
         let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
-        epoll_add(&epoll, listener.as_raw_fd(), LISTENER)?;
+        epoll_add(
+            &epoll,
+            listener.as_raw_fd(),
+            LISTENER,
+            libc::EPOLLIN | libc::EPOLLEXCLUSIVE,
+        )?;
         let servers = proxy.upstreams().addrs().len();
         Ok(Self {
             epoll,
@@ -118,7 +127,7 @@ impl FastPath {
             pending: HashMap::new(),
             deadlines: VecDeque::new(),
             next_token: LISTENER + 1,
-            handed_off: Arc::default(),
+            in_flight,
             buf: vec![0; MAX_MESSAGE],
             queries: Batch::new(),
         })
@@ -185,10 +194,6 @@ impl FastPath {
         };
     }
 
-    fn in_flight(&self) -> usize {
-        self.pending.len() + self.handed_off.load(Ordering::Relaxed)
-    }
-
     /// Reads and handles the client queries waiting, up to [`BATCH`].
     fn on_query(&mut self) {
         let received = match self.queries.receive(&self.listener) {
@@ -203,7 +208,7 @@ impl FastPath {
             let Some((query, client)) = self.queries.get(index) else {
                 continue;
             };
-            if self.in_flight() >= MAX_UDP_IN_FLIGHT {
+            if self.in_flight.load(Ordering::Relaxed) >= MAX_UDP_IN_FLIGHT {
                 tracing::debug!(
                     "UDP listener: {MAX_UDP_IN_FLIGHT} queries in flight, dropping one from {client}"
                 );
@@ -216,7 +221,11 @@ impl FastPath {
                         reply(&self.listener, &response, client);
                     }
                 }
-                Prepared::Forward(forward) => self.forward(forward, client),
+                Prepared::Forward(forward) => {
+                    // Until answered here or at the end of its hand-off.
+                    self.in_flight.fetch_add(1, Ordering::Relaxed);
+                    self.forward(forward, client);
+                }
             }
         }
     }
@@ -293,7 +302,7 @@ impl FastPath {
         socket.set_nonblocking(true)?;
         let token = self.next_token;
         self.next_token += 1;
-        epoll_add(&self.epoll, socket.as_raw_fd(), token)?;
+        epoll_add(&self.epoll, socket.as_raw_fd(), token, libc::EPOLLIN)?;
         self.outbound.insert(
             token,
             Outbound {
@@ -380,6 +389,7 @@ impl FastPath {
         if let Some(response) = response {
             reply(&self.listener, &response, pending.client);
         }
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The server refused (ICMP port unreachable): every query on `token` fails over.
@@ -440,12 +450,11 @@ impl FastPath {
     }
 
     fn hand_off(&mut self, forward: Forward, client: SocketAddr, retry: Retry) {
-        let (proxy, listener, handed_off) = (
+        let (proxy, listener, in_flight) = (
             self.proxy.clone(),
             self.listener.clone(),
-            self.handed_off.clone(),
+            self.in_flight.clone(),
         );
-        handed_off.fetch_add(1, Ordering::Relaxed);
         self.tracker.spawn_on(
             async move {
                 let (response, label) = proxy.retry(&forward, retry).await;
@@ -453,7 +462,7 @@ impl FastPath {
                 if let Some(response) = response {
                     reply(&listener, &response, client);
                 }
-                handed_off.fetch_sub(1, Ordering::Relaxed);
+                in_flight.fetch_sub(1, Ordering::Relaxed);
             },
             &self.runtime,
         );
@@ -564,9 +573,9 @@ fn reply(listener: &UdpSocket, response: &[u8], client: SocketAddr) {
     }
 }
 
-fn epoll_add(epoll: &OwnedFd, fd: RawFd, token: u64) -> io::Result<()> {
+fn epoll_add(epoll: &OwnedFd, fd: RawFd, token: u64, events: libc::c_int) -> io::Result<()> {
     let mut event = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
+        events: events as u32,
         u64: token,
     };
     // SAFETY: both descriptors are open; `event` is a valid epoll_event.

@@ -47,6 +47,7 @@ impl Running {
             proxy.clone(),
             tokio::runtime::Handle::current(),
             TaskTracker::new(),
+            Arc::default(),
         )
         .unwrap();
         let cancel = CancellationToken::new();
