@@ -105,8 +105,9 @@ pub struct RunArgs {
     /// closes the oldest [default: 256].
     #[arg(long, value_name = "N")]
     pub max_tcp_connections: Option<usize>,
-    /// Threads serving DNS: 1 serves everything on one thread (the least CPU per query); more
-    /// spread queries and TLS handshakes over that many (restart-only) [default: 1].
+    /// Threads serving DNS: 1 serves UDP queries on one thread and the rest on another (the least
+    /// CPU per query); more spread queries and TLS handshakes over that many (restart-only)
+    /// [default: 1].
     #[arg(long, value_name = "N")]
     pub worker_threads: Option<usize>,
     /// Capacity of each eBPF host map, per address family (authorized plus whitelisted hosts;

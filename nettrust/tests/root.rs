@@ -156,21 +156,28 @@ fn sigterm_removes_every_nettrust_object(backend: Backend) {
     assert!(world.reachable_from_cgroup("2001:db8:1::77"));
 }
 
-/// Threads of the daemon named like tokio's multi-thread runtime workers.
-fn runtime_workers(world: &World) -> usize {
+/// Threads of the daemon named `name` (tokio's multi-thread runtime workers are
+/// `tokio-rt-worker`, the UDP fast path's `nettrust-udp`).
+fn threads_named(world: &World, name: &str) -> usize {
     let pid = world.daemon_pid().expect("daemon running");
     world::threads(pid)
         .iter()
-        .filter(|thread| thread.name == "tokio-rt-worker")
+        .filter(|thread| thread.name == name)
         .count()
 }
 
-/// `worker_threads` 1 (the default) serves everything on the main thread; more runs that many
-/// runtime workers. Both answer over UDP and TCP and authorize what they answer.
+fn runtime_workers(world: &World) -> usize {
+    threads_named(world, "tokio-rt-worker")
+}
+
+/// `worker_threads` 1 (the default) serves UDP on one fast-path thread and everything else on
+/// the main thread; more runs that many of each. Both answer over UDP and TCP and authorize what
+/// they answer.
 fn worker_threads_choose_the_runtime(backend: Backend) {
     let mut world = World::with_backend(backend);
     world.start_daemon(&[]);
     assert_eq!(runtime_workers(&world), 0, "the default is one thread");
+    assert_eq!(threads_named(&world, "nettrust-udp"), 1);
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert_eq!(world.resolve("a.test", "AAAA", true), ["2001:db8:1::10"]);
     assert!(world.reachable_from_cgroup("192.0.2.10"));
@@ -179,6 +186,7 @@ fn worker_threads_choose_the_runtime(backend: Backend) {
 
     world.start_daemon(&["--worker-threads", "3"]);
     assert_eq!(runtime_workers(&world), 3);
+    assert_eq!(threads_named(&world, "nettrust-udp"), 3);
     assert!(!world.reachable_from_cgroup("192.0.2.11"));
     assert_eq!(world.resolve("b.test", "A", true), ["192.0.2.11"]);
     assert_eq!(world.resolve("b.test", "AAAA", false), ["2001:db8:1::11"]);

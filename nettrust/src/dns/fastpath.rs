@@ -89,6 +89,8 @@ pub struct FastPath {
     /// Upstream answers are read here.
     buf: Vec<u8>,
     queries: Batch,
+    /// Answers of this round, sent together (`sendmmsg`) before the next wait.
+    replies: Replies,
 }
 
 impl FastPath {
@@ -130,6 +132,7 @@ impl FastPath {
             in_flight,
             buf: vec![0; MAX_MESSAGE],
             queries: Batch::new(),
+            replies: Replies::default(),
         })
     }
 
@@ -177,6 +180,7 @@ impl FastPath {
                     self.on_reply(token);
                 }
             }
+            self.replies.flush(&self.listener);
             self.expire(Instant::now());
         }
     }
@@ -218,7 +222,7 @@ impl FastPath {
                 Prepared::Reply(response, label) => {
                     count_query(label);
                     if let Some(response) = response {
-                        reply(&self.listener, &response, client);
+                        self.replies.push(response, client);
                     }
                 }
                 Prepared::Forward(forward) => {
@@ -387,7 +391,7 @@ impl FastPath {
         let (response, label) = proxy.finish(&pending.forward, Ok(answer));
         count_query(label);
         if let Some(response) = response {
-            reply(&self.listener, &response, pending.client);
+            self.replies.push(response, pending.client);
         }
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -536,6 +540,123 @@ impl Batch {
         let len = usize::try_from(header.msg_len).ok()?.min(QUERY_ROOM);
         Some((&self.buffers[index][..len], sockaddr(&self.addrs[index])?))
     }
+}
+
+/// Answers waiting to be sent, with their clients.
+#[derive(Default)]
+struct Replies {
+    messages: Vec<(Vec<u8>, SocketAddr)>,
+}
+
+impl Replies {
+    fn push(&mut self, message: Vec<u8>, client: SocketAddr) {
+        self.messages.push((message, client));
+    }
+
+    /// Sends every answer waiting on `socket`, as few `sendmmsg` calls as the kernel allows; an
+    /// answer the kernel refuses is dropped (logged), as a failed `sendto` would be.
+    fn flush(&mut self, socket: &UdpSocket) {
+        if self.messages.is_empty() {
+            return;
+        }
+        let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> = self
+            .messages
+            .iter()
+            .map(|(_, client)| storage(client))
+            .collect();
+        let mut iovecs: Vec<libc::iovec> = self
+            .messages
+            .iter()
+            .map(|(message, _)| libc::iovec {
+                iov_base: message.as_ptr().cast_mut().cast(),
+                iov_len: message.len(),
+            })
+            .collect();
+        let mut headers: Vec<libc::mmsghdr> = addrs
+            .iter_mut()
+            .zip(iovecs.iter_mut())
+            .map(|((addr, len), iovec)| {
+                // SAFETY: all-zero is a valid msghdr (null pointers, no control data).
+                let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+                header.msg_name = std::ptr::from_mut(addr).cast();
+                header.msg_namelen = *len;
+                header.msg_iov = iovec;
+                header.msg_iovlen = 1;
+                libc::mmsghdr {
+                    msg_hdr: header,
+                    msg_len: 0,
+                }
+            })
+            .collect();
+        let mut sent = 0;
+        while sent < headers.len() {
+            let left = libc::c_uint::try_from(headers.len() - sent).unwrap_or(libc::c_uint::MAX);
+            // SAFETY: each header points at its own address and iovec, which point at the
+            // messages; all outlive the call.
+            let result = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    headers[sent..].as_mut_ptr(),
+                    left,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            match cvt(result) {
+                Ok(count) if count > 0 => sent += usize::try_from(count).unwrap_or(1),
+                Ok(_) => sent += 1,
+                Err(e) => {
+                    let client = self.messages[sent].1;
+                    tracing::debug!("UDP listener: cannot answer {client}: {e}");
+                    sent += 1;
+                }
+            }
+        }
+        self.messages.clear();
+    }
+}
+
+/// `addr` as a C socket address and its length.
+fn storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe {
+                std::ptr::from_mut(&mut storage)
+                    .cast::<libc::sockaddr_in>()
+                    .write(sin)
+            };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe {
+                std::ptr::from_mut(&mut storage)
+                    .cast::<libc::sockaddr_in6>()
+                    .write(sin6)
+            };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, libc::socklen_t::try_from(len).unwrap_or(0))
 }
 
 /// The socket address in `storage` (IPv4 or IPv6).
