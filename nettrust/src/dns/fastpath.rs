@@ -1,9 +1,12 @@
 //! The UDP fast path: when queries from UDP clients go upstream over UDP, one thread serves them
 //! with a plain level-triggered `epoll` loop over the listener and the upstream sockets, outside
-//! the async runtime. A forwarded query costs one wake-up and three system calls per hop
-//! (`epoll_wait`, receive, send), no task, channel, timer or allocation beyond the messages
-//! themselves; at a low query rate, where every query meets cold caches, the runtime's
-//! machinery was most of the daemon's own time on a query's path.
+//! the async runtime. Each round reads the client queries waiting (`recvmmsg`), sends those to
+//! forward from one socket of the pool (`sendmmsg`), reads the answers waiting on each ready
+//! upstream socket (`recvmmsg`) and sends this round's replies (`sendmmsg`): at a low rate a
+//! query costs one wake-up and three system calls per hop, as a minimal forwarder, with no task,
+//! channel, timer or allocation beyond the messages themselves (at a low query rate, where every
+//! query meets cold caches, the runtime's machinery was most of the daemon's own time on a
+//! query's path); under load the batches amortize the calls.
 //!
 //! The thread runs the same code as every other transport before and after the upstream
 //! ([`Proxy::prepare`], [`Proxy::finish`]: parsing, refusals, the cache, answer checks,
@@ -42,9 +45,11 @@ const LISTENER: u64 = 0;
 /// Events taken per `epoll_wait`.
 const MAX_EVENTS: usize = 64;
 /// Client queries read per system call (`recvmmsg`).
-const BATCH: usize = 32;
+const QUERY_BATCH: usize = 32;
 /// Room for one client query; a longer datagram is dropped (no DNS client sends one).
 const QUERY_ROOM: usize = 4096;
+/// Upstream answers read per system call, each with room for the largest datagram.
+const ANSWER_BATCH: usize = 16;
 /// Longest sleep, so a shutdown is noticed.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
@@ -86,9 +91,10 @@ pub struct FastPath {
     /// Forwarded queries not finished yet, here, in the runtime or in the other fast-path
     /// threads ([`MAX_UDP_IN_FLIGHT`] in all).
     in_flight: Arc<AtomicUsize>,
-    /// Upstream answers are read here.
-    buf: Vec<u8>,
     queries: Batch,
+    answers: Batch,
+    /// Queries of this round, sent upstream together (`sendmmsg`) before the next wait.
+    outgoing: Vec<(Forward, SocketAddr)>,
     /// Answers of this round, sent together (`sendmmsg`) before the next wait.
     replies: Replies,
 }
@@ -130,8 +136,9 @@ impl FastPath {
             deadlines: VecDeque::new(),
             next_token: LISTENER + 1,
             in_flight,
-            buf: vec![0; MAX_MESSAGE],
-            queries: Batch::new(),
+            queries: Batch::new(QUERY_BATCH, QUERY_ROOM),
+            answers: Batch::new(ANSWER_BATCH, MAX_MESSAGE),
+            outgoing: Vec::new(),
             replies: Replies::default(),
         })
     }
@@ -180,6 +187,7 @@ impl FastPath {
                     self.on_reply(token);
                 }
             }
+            self.send_outgoing();
             self.replies.flush(&self.listener);
             self.expire(Instant::now());
         }
@@ -198,7 +206,7 @@ impl FastPath {
         };
     }
 
-    /// Reads and handles the client queries waiting, up to [`BATCH`].
+    /// Reads and handles the client queries waiting, up to [`QUERY_BATCH`].
     fn on_query(&mut self) {
         let received = match self.queries.receive(&self.listener) {
             Ok(received) => received,
@@ -209,7 +217,11 @@ impl FastPath {
             }
         };
         for index in 0..received {
-            let Some((query, client)) = self.queries.get(index) else {
+            let Some(query) = self.queries.datagram(index) else {
+                tracing::debug!("UDP listener: dropping a query longer than {QUERY_ROOM} bytes");
+                continue;
+            };
+            let Some(client) = self.queries.sender(index) else {
                 continue;
             };
             if self.in_flight.load(Ordering::Relaxed) >= MAX_UDP_IN_FLIGHT {
@@ -228,62 +240,88 @@ impl FastPath {
                 Prepared::Forward(forward) => {
                     // Until answered here or at the end of its hand-off.
                     self.in_flight.fetch_add(1, Ordering::Relaxed);
-                    self.forward(forward, client);
+                    self.outgoing.push((forward, client));
                 }
             }
         }
     }
 
-    fn forward(&mut self, mut forward: Forward, client: SocketAddr) {
+    /// Sends this round's queries to the first server not in back-off, from one socket of its
+    /// pool picked at random (each query's port is as random as with a socket per query: the
+    /// batch shares it, a guesser still faces the pool and a random ID per query).
+    fn send_outgoing(&mut self) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.outgoing);
         let proxy = self.proxy.clone();
         let upstreams = proxy.upstreams();
         let Some(server) = upstreams.first_healthy() else {
             // Every server is in back-off: the runtime tries them all in order.
-            return self.hand_off(forward, client, Retry::Anew);
+            for (forward, client) in batch {
+                self.hand_off(forward, client, Retry::Anew);
+            }
+            return;
         };
         let addr = upstreams.addr(server);
         let token = match self.socket_for(server, addr) {
             Ok(token) => token,
             Err(source) => {
-                let error = UpstreamError::Io {
-                    addr,
-                    what: "open a UDP socket",
-                    source,
-                };
-                return self.failed(server, error, forward, client);
+                for (forward, client) in batch {
+                    let error = UpstreamError::Io {
+                        addr,
+                        what: "open a UDP socket",
+                        source: io::Error::new(source.kind(), source.to_string()),
+                    };
+                    self.failed(server, error, forward, client);
+                }
+                return;
             }
         };
-        let id = loop {
-            let id: u16 = rand::random();
-            if !self.pending.contains_key(&(token, id)) {
-                break id;
-            }
-        };
-        forward.query[..2].copy_from_slice(&id.to_be_bytes());
-        let outbound = self.outbound.get_mut(&token).expect("pooled socket");
-        if let Err(source) = outbound.socket.send(&forward.query) {
-            let error = UpstreamError::Io {
-                addr,
-                what: "send",
-                source,
+        let mut ids: Vec<u16> = Vec::with_capacity(batch.len());
+        for (forward, _) in &mut batch {
+            let id = loop {
+                let id: u16 = rand::random();
+                if !self.pending.contains_key(&(token, id)) && !ids.contains(&id) {
+                    break id;
+                }
             };
-            return self.failed(server, error, forward, client);
+            forward.query[..2].copy_from_slice(&id.to_be_bytes());
+            ids.push(id);
         }
-        outbound.uses += 1;
-        outbound.in_flight += 1;
+        let messages: Vec<(&[u8], Option<SocketAddr>)> = batch
+            .iter()
+            .map(|(forward, _)| (forward.query.as_slice(), None))
+            .collect();
+        let outbound = self.outbound.get_mut(&token).expect("pooled socket");
+        let errors = send_all(&outbound.socket, &messages);
         let sent = Instant::now();
         let deadline = sent + upstreams.timeout();
-        self.pending.insert(
-            (token, id),
-            Pending {
-                client,
-                forward,
-                server,
-                sent,
-                deadline,
-            },
-        );
-        self.deadlines.push_back((deadline, token, id));
+        for (((forward, client), id), error) in batch.into_iter().zip(ids).zip(errors) {
+            if let Some(source) = error {
+                let error = UpstreamError::Io {
+                    addr,
+                    what: "send",
+                    source,
+                };
+                self.failed(server, error, forward, client);
+                continue;
+            }
+            let outbound = self.outbound.get_mut(&token).expect("pooled socket");
+            outbound.uses += 1;
+            outbound.in_flight += 1;
+            self.pending.insert(
+                (token, id),
+                Pending {
+                    client,
+                    forward,
+                    server,
+                    sent,
+                    deadline,
+                },
+            );
+            self.deadlines.push_back((deadline, token, id));
+        }
     }
 
     /// A socket of `server`'s pool, picked at random; a worn-out or missing one is replaced.
@@ -344,34 +382,54 @@ impl FastPath {
         Some(pending)
     }
 
+    /// Reads and handles the answers waiting on upstream socket `token`, up to
+    /// [`ANSWER_BATCH`].
     fn on_reply(&mut self, token: u64) {
         let Some(outbound) = self.outbound.get(&token) else {
             return;
         };
         let server = outbound.server;
-        let len = match outbound.socket.recv(&mut self.buf) {
-            Ok(len) if len >= 2 => len,
-            Ok(_) => return,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+        // Out of `self` while its datagrams are handled.
+        let mut answers = std::mem::replace(&mut self.answers, Batch::new(0, 0));
+        match answers.receive(&outbound.socket) {
+            Ok(received) => {
+                for index in 0..received {
+                    match answers.datagram(index) {
+                        Some(datagram) => self.on_answer(token, server, datagram),
+                        None => {
+                            // Cannot happen with room for 65,535 bytes; never used if it does.
+                            self.proxy.upstreams().count_dropped("malformed");
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                return self.refused(token, server);
+                self.refused(token, server);
             }
             Err(e) => {
                 tracing::debug!(upstream = %self.proxy.upstreams().addr(server), "receive error: {e}");
-                return;
             }
-        };
+        }
+        self.answers = answers;
+    }
+
+    /// One datagram from upstream socket `token` of `server`.
+    fn on_answer(&mut self, token: u64, server: usize, datagram: &[u8]) {
+        if datagram.len() < 2 {
+            return;
+        }
         let proxy = self.proxy.clone();
         let upstreams = proxy.upstreams();
         let addr = upstreams.addr(server);
-        let id = u16::from_be_bytes([self.buf[0], self.buf[1]]);
+        let id = u16::from_be_bytes([datagram[0], datagram[1]]);
         let Some(pending) = self.pending.get(&(token, id)) else {
             // No query in flight with that ID: late or forged.
             let dropped_total = upstreams.count_dropped("forged");
             tracing::debug!(upstream = %addr, id, dropped_total, "dropped a reply with an unknown ID");
             return;
         };
-        let Ok(message) = Message::from_vec(&self.buf[..len]) else {
+        let Ok(message) = Message::from_vec(datagram) else {
             let dropped_total = upstreams.count_dropped("malformed");
             tracing::debug!(upstream = %addr, dropped_total, "dropped an unparsable datagram");
             return;
@@ -387,7 +445,7 @@ impl FastPath {
             return self.hand_off(pending.forward, pending.client, Retry::Truncated(server));
         }
         upstreams.succeeded(server, pending.sent);
-        let answer = (self.buf[..len].to_vec(), message);
+        let answer = (datagram.to_vec(), message);
         let (response, label) = proxy.finish(&pending.forward, Ok(answer));
         count_query(label);
         if let Some(response) = response {
@@ -473,9 +531,10 @@ impl FastPath {
     }
 }
 
-/// Buffers for reading up to [`BATCH`] datagrams in one `recvmmsg`.
+/// Buffers for reading several datagrams in one `recvmmsg`.
 struct Batch {
-    buffers: Vec<[u8; QUERY_ROOM]>,
+    room: usize,
+    buffers: Vec<Vec<u8>>,
     addrs: Vec<libc::sockaddr_storage>,
     iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
@@ -486,19 +545,21 @@ struct Batch {
 unsafe impl Send for Batch {}
 
 impl Batch {
-    fn new() -> Self {
+    /// Room for `count` datagrams of up to `room` bytes.
+    fn new(count: usize, room: usize) -> Self {
         // SAFETY (the three `zeroed`): all-zero is a valid sockaddr_storage, iovec and mmsghdr
         // (plain C structures, null pointers).
         let mut batch = Self {
-            buffers: vec![[0; QUERY_ROOM]; BATCH],
-            addrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
-            iovecs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
-            headers: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            room,
+            buffers: vec![vec![0; room]; count],
+            addrs: (0..count).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            iovecs: (0..count).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            headers: (0..count).map(|_| unsafe { std::mem::zeroed() }).collect(),
         };
-        for i in 0..BATCH {
-            batch.iovecs[i] = libc::iovec {
-                iov_base: batch.buffers[i].as_mut_ptr().cast(),
-                iov_len: QUERY_ROOM,
+        for (iovec, buffer) in batch.iovecs.iter_mut().zip(&mut batch.buffers) {
+            *iovec = libc::iovec {
+                iov_base: buffer.as_mut_ptr().cast(),
+                iov_len: room,
             };
         }
         batch
@@ -506,22 +567,27 @@ impl Batch {
 
     /// Reads the datagrams waiting on `socket` (at least one, else `WouldBlock`).
     fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        for i in 0..BATCH {
-            let header = &mut self.headers[i].msg_hdr;
-            header.msg_name = std::ptr::from_mut(&mut self.addrs[i]).cast();
+        for ((mmsg, addr), iovec) in self
+            .headers
+            .iter_mut()
+            .zip(&mut self.addrs)
+            .zip(&mut self.iovecs)
+        {
+            let header = &mut mmsg.msg_hdr;
+            header.msg_name = std::ptr::from_mut(addr).cast();
             header.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            header.msg_iov = &raw mut self.iovecs[i];
+            header.msg_iov = iovec;
             header.msg_iovlen = 1;
             header.msg_flags = 0;
-            self.headers[i].msg_len = 0;
+            mmsg.msg_len = 0;
         }
         // SAFETY: every header points at this batch's own name buffer and iovec, which point at
-        // its buffers of QUERY_ROOM bytes; all outlive the call.
+        // its buffers of `room` bytes; all outlive the call.
         let received = unsafe {
             libc::recvmmsg(
                 socket.as_raw_fd(),
                 self.headers.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                libc::c_uint::try_from(self.headers.len()).unwrap_or(0),
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -529,16 +595,20 @@ impl Batch {
         cvt(received).map(|n| usize::try_from(n).unwrap_or(0))
     }
 
-    /// Datagram `index` of the last [`Self::receive`] and its sender; `None` for one that was
-    /// cut (longer than [`QUERY_ROOM`]) or from an unknown address family.
-    fn get(&self, index: usize) -> Option<(&[u8], SocketAddr)> {
+    /// Datagram `index` of the last [`Self::receive`]; `None` for one that was cut (longer
+    /// than the room).
+    fn datagram(&self, index: usize) -> Option<&[u8]> {
         let header = &self.headers[index];
         if header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-            tracing::debug!("UDP listener: dropping a query longer than {QUERY_ROOM} bytes");
             return None;
         }
-        let len = usize::try_from(header.msg_len).ok()?.min(QUERY_ROOM);
-        Some((&self.buffers[index][..len], sockaddr(&self.addrs[index])?))
+        let len = usize::try_from(header.msg_len).ok()?.min(self.room);
+        Some(&self.buffers[index][..len])
+    }
+
+    /// The sender of datagram `index`; `None` for an unknown address family.
+    fn sender(&self, index: usize) -> Option<SocketAddr> {
+        sockaddr(&self.addrs[index])
     }
 }
 
@@ -553,72 +623,96 @@ impl Replies {
         self.messages.push((message, client));
     }
 
-    /// Sends every answer waiting on `socket`, as few `sendmmsg` calls as the kernel allows; an
-    /// answer the kernel refuses is dropped (logged), as a failed `sendto` would be.
+    /// Sends every answer waiting on `socket`; one the kernel refuses is dropped (logged), as
+    /// a failed `sendto` would be.
     fn flush(&mut self, socket: &UdpSocket) {
         if self.messages.is_empty() {
             return;
         }
-        let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> = self
+        let messages: Vec<(&[u8], Option<SocketAddr>)> = self
             .messages
             .iter()
-            .map(|(_, client)| storage(client))
+            .map(|(message, client)| (message.as_slice(), Some(*client)))
             .collect();
-        let mut iovecs: Vec<libc::iovec> = self
-            .messages
-            .iter()
-            .map(|(message, _)| libc::iovec {
-                iov_base: message.as_ptr().cast_mut().cast(),
-                iov_len: message.len(),
-            })
-            .collect();
-        let mut headers: Vec<libc::mmsghdr> = addrs
-            .iter_mut()
-            .zip(iovecs.iter_mut())
-            .map(|((addr, len), iovec)| {
-                // SAFETY: all-zero is a valid msghdr (null pointers, no control data).
-                let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-                header.msg_name = std::ptr::from_mut(addr).cast();
-                header.msg_namelen = *len;
-                header.msg_iov = iovec;
-                header.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: header,
-                    msg_len: 0,
-                }
-            })
-            .collect();
-        let mut sent = 0;
-        while sent < headers.len() {
-            let left = libc::c_uint::try_from(headers.len() - sent).unwrap_or(libc::c_uint::MAX);
-            // SAFETY: each header points at its own address and iovec, which point at the
-            // messages; all outlive the call.
-            let result = unsafe {
-                libc::sendmmsg(
-                    socket.as_raw_fd(),
-                    headers[sent..].as_mut_ptr(),
-                    left,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            match cvt(result) {
-                Ok(count) if count > 0 => sent += usize::try_from(count).unwrap_or(1),
-                Ok(_) => sent += 1,
-                Err(e) => {
-                    let client = self.messages[sent].1;
-                    tracing::debug!("UDP listener: cannot answer {client}: {e}");
-                    sent += 1;
-                }
+        for ((_, client), error) in self.messages.iter().zip(send_all(socket, &messages)) {
+            if let Some(e) = error {
+                tracing::debug!("UDP listener: cannot answer {client}: {e}");
             }
         }
         self.messages.clear();
     }
 }
 
+/// Sends `messages` (to their address, or on a connected socket to its peer) in as few
+/// `sendmmsg` calls as the kernel allows; the error of each message that was not sent.
+fn send_all(
+    socket: &UdpSocket,
+    messages: &[(&[u8], Option<SocketAddr>)],
+) -> Vec<Option<io::Error>> {
+    let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> = messages
+        .iter()
+        .map(|(_, to)| to.as_ref().map_or_else(|| (zeroed_storage(), 0), storage))
+        .collect();
+    let mut iovecs: Vec<libc::iovec> = messages
+        .iter()
+        .map(|(message, _)| libc::iovec {
+            iov_base: message.as_ptr().cast_mut().cast(),
+            iov_len: message.len(),
+        })
+        .collect();
+    let mut headers: Vec<libc::mmsghdr> = addrs
+        .iter_mut()
+        .zip(iovecs.iter_mut())
+        .map(|((addr, len), iovec)| {
+            // SAFETY: all-zero is a valid msghdr (null pointers, no control data).
+            let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+            if *len > 0 {
+                header.msg_name = std::ptr::from_mut(addr).cast();
+                header.msg_namelen = *len;
+            }
+            header.msg_iov = iovec;
+            header.msg_iovlen = 1;
+            libc::mmsghdr {
+                msg_hdr: header,
+                msg_len: 0,
+            }
+        })
+        .collect();
+    let mut errors: Vec<Option<io::Error>> = (0..messages.len()).map(|_| None).collect();
+    let mut sent = 0;
+    while sent < headers.len() {
+        let left = libc::c_uint::try_from(headers.len() - sent).unwrap_or(libc::c_uint::MAX);
+        // SAFETY: each header points at its own address and iovec, which point at the messages;
+        // all outlive the call.
+        let result = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                headers[sent..].as_mut_ptr(),
+                left,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match cvt(result) {
+            Ok(count) if count > 0 => sent += usize::try_from(count).unwrap_or(1),
+            Ok(_) => sent += 1,
+            Err(e) => {
+                // The first message left failed; the next call starts after it.
+                errors[sent] = Some(e);
+                sent += 1;
+            }
+        }
+    }
+    errors
+}
+
+fn zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    unsafe { std::mem::zeroed() }
+}
+
 /// `addr` as a C socket address and its length.
 fn storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut storage = zeroed_storage();
     let len = match addr {
         SocketAddr::V4(v4) => {
             let sin = libc::sockaddr_in {
