@@ -153,7 +153,7 @@ impl FastPath {
             if !self.listening && self.pending.is_empty() {
                 return;
             }
-            let wait = self.deadlines.front().map_or(IDLE_WAIT, |(deadline, ..)| {
+            let wait = self.next_deadline().map_or(IDLE_WAIT, |deadline| {
                 deadline
                     .saturating_duration_since(Instant::now())
                     .min(IDLE_WAIT)
@@ -191,6 +191,22 @@ impl FastPath {
             self.replies.flush(&self.listener);
             self.expire(Instant::now());
         }
+    }
+
+    /// The deadline of the oldest query still waiting; entries of queries answered meanwhile
+    /// are dropped from the front first, so the thread never wakes for them.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&(deadline, token, id)) = self.deadlines.front() {
+            if self
+                .pending
+                .get(&(token, id))
+                .is_some_and(|pending| pending.deadline == deadline)
+            {
+                return Some(deadline);
+            }
+            self.deadlines.pop_front();
+        }
+        None
     }
 
     fn stop_listening(&mut self) {
@@ -476,19 +492,8 @@ impl FastPath {
 
     /// Fails over the queries whose deadline passed.
     fn expire(&mut self, now: Instant) {
-        while let Some(&(deadline, token, id)) = self.deadlines.front() {
-            if deadline > now {
-                return;
-            }
-            self.deadlines.pop_front();
-            // Answered meanwhile, or the ID now belongs to a later query.
-            if self
-                .pending
-                .get(&(token, id))
-                .is_none_or(|pending| pending.deadline != deadline)
-            {
-                continue;
-            }
+        while self.next_deadline().is_some_and(|deadline| deadline <= now) {
+            let (_, token, id) = self.deadlines.pop_front().expect("a deadline");
             let pending = self.take(token, id).expect("pending query");
             let upstreams = self.proxy.upstreams();
             let error = UpstreamError::Timeout {

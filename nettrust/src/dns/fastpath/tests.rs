@@ -52,7 +52,10 @@ impl Running {
         .unwrap();
         let cancel = CancellationToken::new();
         let thread_cancel = cancel.clone();
-        let thread = std::thread::spawn(move || fast.run(&thread_cancel));
+        let thread = std::thread::Builder::new()
+            .name(format!("fp-{}", addr.port()))
+            .spawn(move || fast.run(&thread_cancel))
+            .unwrap();
         Self {
             addr,
             firewall,
@@ -348,4 +351,40 @@ async fn shutdown_finishes_the_queries_in_flight() {
     let mut buf = [0u8; 512];
     let got = tokio::time::timeout(Duration::from_millis(300), late.recv(&mut buf)).await;
     assert!(!matches!(got, Ok(Ok(_))), "answered after shutdown");
+}
+
+/// Context switches of this process's thread named `name` so far.
+fn switches(name: &str) -> u64 {
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path();
+        if std::fs::read_to_string(path.join("comm")).unwrap().trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap();
+        return status
+            .lines()
+            .filter(|line| line.contains("ctxt_switches"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+    }
+    panic!("no thread named {name}");
+}
+
+/// Answered queries leave no wake-up behind: once idle the thread only wakes every 100 ms to
+/// notice a shutdown, not at the deadline each answered query had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_queries_leave_no_wake_ups_behind() {
+    let upstream = udp_server(0, answer_with("192.0.2.19")).await;
+    let fast = Running::start("127.0.0.1:0", &[upstream.addr], Duration::from_millis(400));
+    let name = format!("fp-{}", fast.addr.port());
+    for id in 0..30u16 {
+        ask(fast.addr, &format!("w{id}.test."), id).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The 30 deadlines, 5 ms or more apart, fall within the next 400 ms; watch 1 s from now.
+    let before = switches(&name);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let woken = switches(&name) - before;
+    assert!(woken <= 20, "{woken} wake-ups in 1 s of idleness");
+    fast.stop().await;
 }
