@@ -1181,10 +1181,10 @@ impl Settings {
     }
 }
 
-/// Threads serving DNS unless `worker_threads` says otherwise. One thread: at full load on 2
-/// cores it serves 3–8 % more queries/s with 9 % less CPU per query than a multi-thread runtime
-/// (no worker woken for nothing, no task handed between threads), and with the nftables backend
-/// 26 % more (BENCHMARKS.md).
+/// Threads serving DNS unless `worker_threads` says otherwise (UDP fast-path threads, and runtime
+/// threads). One: at full load on 2 cores one fast-path thread serves about 10 % more queries/s
+/// than two (the client and the upstream need the other core), and a current-thread runtime
+/// 3–8 % more than a multi-thread one with 9 % less CPU per query (docs/benchmark-history.md).
 pub const DEFAULT_WORKER_THREADS: usize = 1;
 /// Largest accepted `worker_threads`.
 pub const MAX_WORKER_THREADS: usize = 256;

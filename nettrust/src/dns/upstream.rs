@@ -356,6 +356,16 @@ struct Server {
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
 }
 
+impl Server {
+    /// Whether the server is out of back-off at `now`.
+    fn healthy_at(&self, now: Instant) -> bool {
+        self.down_until
+            .lock()
+            .expect("health lock")
+            .is_none_or(|until| until <= now)
+    }
+}
+
 /// The upstream resolvers.
 pub struct Upstreams {
     servers: Vec<Server>,
@@ -439,18 +449,12 @@ impl Upstreams {
         skip: Option<(usize, UpstreamError)>,
     ) -> Result<Answer, UpstreamError> {
         let now = Instant::now();
-        let healthy = |s: &Server| {
-            s.down_until
-                .lock()
-                .expect("health lock")
-                .is_none_or(|until| until <= now)
-        };
         let skipped = skip.as_ref().map(|(index, _)| *index);
         let mut last_error = skip.map(|(_, error)| error);
         // Healthy servers first, then (if every one failed or is in back-off) the others.
         for pass_healthy in [true, false] {
             for (index, server) in self.servers.iter().enumerate() {
-                if healthy(server) != pass_healthy || Some(index) == skipped {
+                if server.healthy_at(now) != pass_healthy || Some(index) == skipped {
                     continue;
                 }
                 let started = std::time::Instant::now();
@@ -496,12 +500,7 @@ impl Upstreams {
     /// The first server not in back-off, if any.
     pub(crate) fn first_healthy(&self) -> Option<usize> {
         let now = Instant::now();
-        self.servers.iter().position(|s| {
-            s.down_until
-                .lock()
-                .expect("health lock")
-                .is_none_or(|until| until <= now)
-        })
+        self.servers.iter().position(|s| s.healthy_at(now))
     }
 
     /// Server `index`'s address.
