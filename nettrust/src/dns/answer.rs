@@ -123,38 +123,11 @@ pub fn chain_addresses(question: &Query, answers: &[Record]) -> ChainAnswer {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        net::{Ipv4Addr, Ipv6Addr},
-        str::FromStr,
-    };
-
-    use hickory_proto::rr::{
-        RecordType,
-        rdata::{A, AAAA, CNAME},
-    };
+    use hickory_proto::rr::RecordType;
 
     use super::*;
+    use crate::dns::testutil::{a, aaaa, cname, name};
 
-    fn name(s: &str) -> Name {
-        Name::from_str(s).unwrap()
-    }
-    fn a(owner: &str, ip: &str) -> Record {
-        Record::from_rdata(
-            name(owner),
-            60,
-            RData::A(A(ip.parse::<Ipv4Addr>().unwrap())),
-        )
-    }
-    fn aaaa(owner: &str, ip: &str) -> Record {
-        Record::from_rdata(
-            name(owner),
-            60,
-            RData::AAAA(AAAA(ip.parse::<Ipv6Addr>().unwrap())),
-        )
-    }
-    fn cname(owner: &str, target: &str) -> Record {
-        Record::from_rdata(name(owner), 60, RData::CNAME(CNAME(name(target))))
-    }
     fn q(n: &str, t: RecordType) -> Query {
         Query::query(name(n), t)
     }

@@ -13,7 +13,10 @@ use std::{
 
 use hickory_proto::{
     op::{Message, MessageType, OpCode, Query},
-    rr::{DNSClass, Name, RData, Record, RecordType, rdata::A, rdata::CNAME},
+    rr::{
+        DNSClass, Name, RData, Record, RecordType,
+        rdata::{A, AAAA, CNAME},
+    },
 };
 
 use crate::firewall::{Authorization, AuthorizedHost, Firewall, FirewallError};
@@ -49,6 +52,14 @@ pub fn name(s: &str) -> Name {
 
 pub fn a(owner: &str, ip: &str) -> Record {
     Record::from_rdata(name(owner), 60, RData::A(A(ip.parse().unwrap())))
+}
+
+pub fn aaaa(owner: &str, ip: &str) -> Record {
+    Record::from_rdata(name(owner), 60, RData::AAAA(AAAA(ip.parse().unwrap())))
+}
+
+pub fn cname(owner: &str, target: &str) -> Record {
+    Record::from_rdata(name(owner), 60, RData::CNAME(CNAME(name(target))))
 }
 
 /// The normal answer to `query`: same ID and question, `records` in the answer section.
@@ -271,11 +282,7 @@ pub fn forged_replies() -> Vec<(&'static str, Forge)> {
         }),
         ("CNAME chain rooted elsewhere", |q| {
             let mut m = reply(q, &[]);
-            m.add_answer(Record::from_rdata(
-                name("other.test."),
-                60,
-                RData::CNAME(CNAME(name("target.test."))),
-            ));
+            m.add_answer(cname("other.test.", "target.test."));
             m.add_answer(a("target.test.", "192.0.2.66"));
             m
         }),

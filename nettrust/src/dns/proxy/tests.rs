@@ -44,7 +44,7 @@ mod end_to_end {
 
     use hickory_proto::{
         op::{Message, ResponseCode},
-        rr::{RData, Record, RecordType, rdata::CNAME, rdata::PTR},
+        rr::{RData, Record, RecordType, rdata::PTR},
     };
 
     use crate::{
@@ -189,11 +189,7 @@ mod end_to_end {
         .unwrap();
         let script: Script = Arc::new(|q: &Message| {
             let mut m = reply(q, &[]);
-            m.add_answer(Record::from_rdata(
-                name("innocent.test."),
-                60,
-                RData::CNAME(CNAME(name("edge.Tracker.test."))),
-            ));
+            m.add_answer(cname("innocent.test.", "edge.Tracker.test."));
             m.add_answer(a("edge.tracker.test.", "192.0.2.9"));
             vec![m]
         });
