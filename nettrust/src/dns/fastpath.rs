@@ -29,15 +29,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hickory_proto::op::Message;
 use tokio::runtime::Handle;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    answer::check_response,
     proxy::{ClientTransport, Forward, Prepared, Proxy, Retry},
     server::MAX_UDP_IN_FLIGHT,
-    upstream::{MAX_MESSAGE, UDP_POOL_SIZE, UDP_SOCKET_AGE, UDP_SOCKET_USES, UpstreamError},
+    upstream::{MAX_MESSAGE, UDP_POOL_SIZE, UpstreamError, connected_udp, worn_out},
 };
 
 /// The listener's `epoll` token; upstream sockets get 1, 2, …
@@ -345,19 +343,12 @@ impl FastPath {
         let slot = rand::random_range(0..UDP_POOL_SIZE);
         if let Some(token) = self.pools[server][slot] {
             let outbound = &self.outbound[&token];
-            if outbound.uses < UDP_SOCKET_USES && outbound.born.elapsed() < UDP_SOCKET_AGE {
+            if !worn_out(outbound.uses, outbound.born) {
                 return Ok(token);
             }
             self.retire(token);
         }
-        let local: SocketAddr = if addr.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(local)?;
-        socket.connect(addr)?;
-        socket.set_nonblocking(true)?;
+        let socket = connected_udp(addr)?;
         let token = self.next_token;
         self.next_token += 1;
         epoll_add(&self.epoll, socket.as_raw_fd(), token, libc::EPOLLIN)?;
@@ -445,16 +436,10 @@ impl FastPath {
             tracing::debug!(upstream = %addr, id, dropped_total, "dropped a reply with an unknown ID");
             return;
         };
-        let Ok(message) = Message::from_vec(datagram) else {
-            let dropped_total = upstreams.count_dropped("malformed");
-            tracing::debug!(upstream = %addr, dropped_total, "dropped an unparsable datagram");
+        let Some(message) = upstreams.accepted(addr, datagram, id, pending.forward.question())
+        else {
             return;
         };
-        if let Err(mismatch) = check_response(&message, id, pending.forward.question()) {
-            let dropped_total = upstreams.count_dropped("forged");
-            tracing::warn!(upstream = %addr, %mismatch, dropped_total, "dropped a reply that does not match the query");
-            return;
-        }
         let pending = self.take(token, id).expect("pending query");
         if message.metadata.truncation {
             // Nothing is ever taken from a truncated answer: ask again over TCP.

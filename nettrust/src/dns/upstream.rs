@@ -264,7 +264,7 @@ struct PooledUdp {
     /// means the server refused: ICMP port unreachable).
     pending: Arc<Mutex<HashMap<u16, tokio::sync::mpsc::Sender<Vec<u8>>>>>,
     uses: std::sync::atomic::AtomicU32,
-    born: Instant,
+    born: std::time::Instant,
     reader: AbortHandle,
 }
 
@@ -279,13 +279,7 @@ impl PooledUdp {
         addr: SocketAddr,
         dropped: Arc<std::sync::atomic::AtomicU64>,
     ) -> std::io::Result<Self> {
-        let local: SocketAddr = if addr.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = Arc::new(UdpSocket::bind(local).await?);
-        socket.connect(addr).await?;
+        let socket = Arc::new(UdpSocket::from_std(connected_udp(addr)?)?);
         let pending: Arc<Mutex<HashMap<u16, tokio::sync::mpsc::Sender<Vec<u8>>>>> = Arc::default();
         let (reader_socket, reader_pending) = (socket.clone(), pending.clone());
         let reader = tokio::spawn(async move {
@@ -325,15 +319,32 @@ impl PooledUdp {
             socket,
             pending,
             uses: std::sync::atomic::AtomicU32::new(0),
-            born: Instant::now(),
+            born: std::time::Instant::now(),
             reader,
         })
     }
 
     fn worn_out(&self) -> bool {
-        self.uses.load(Ordering::Relaxed) >= UDP_SOCKET_USES
-            || self.born.elapsed() >= UDP_SOCKET_AGE
+        worn_out(self.uses.load(Ordering::Relaxed), self.born)
     }
+}
+
+/// A non-blocking UDP socket on a kernel-chosen (random) port, connected to `addr`.
+pub(crate) fn connected_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(local)?;
+    socket.connect(addr)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Whether a pooled socket used `uses` times since `born` is due for a new random port.
+pub(crate) fn worn_out(uses: u32, born: std::time::Instant) -> bool {
+    uses >= UDP_SOCKET_USES || born.elapsed() >= UDP_SOCKET_AGE
 }
 
 /// Removes a UDP query's pending entry when its exchange ends.
@@ -474,6 +485,28 @@ impl Upstreams {
             }
         }
         Err(last_error.expect("at least one upstream is configured"))
+    }
+
+    /// `datagram` from `addr` parsed, if it answers the query with `id` for `question`; anything
+    /// else is counted in the dropped replies and logged.
+    pub(crate) fn accepted(
+        &self,
+        addr: SocketAddr,
+        datagram: &[u8],
+        id: u16,
+        question: &Query,
+    ) -> Option<Message> {
+        let Ok(message) = Message::from_vec(datagram) else {
+            let dropped_total = self.count_dropped("malformed");
+            tracing::debug!(upstream = %addr, dropped_total, "dropped an unparsable datagram");
+            return None;
+        };
+        if let Err(mismatch) = check_response(&message, id, question) {
+            let dropped_total = self.count_dropped("forged");
+            tracing::warn!(upstream = %addr, %mismatch, dropped_total, "dropped a reply that does not match the query");
+            return None;
+        }
+        Some(message)
     }
 
     /// Records an answer from server `index` to a query sent at `started`.
@@ -626,17 +659,9 @@ impl Upstreams {
                     source: std::io::ErrorKind::ConnectionRefused.into(),
                 });
             }
-            let Ok(message) = Message::from_vec(&datagram) else {
-                let dropped_total = self.count_dropped("malformed");
-                tracing::debug!(upstream = %addr, dropped_total, "dropped an unparsable datagram");
-                continue;
-            };
-            if let Err(mismatch) = check_response(&message, id, question) {
-                let dropped_total = self.count_dropped("forged");
-                tracing::warn!(upstream = %addr, %mismatch, dropped_total, "dropped a reply that does not match the query");
-                continue;
+            if let Some(message) = self.accepted(addr, &datagram, id, question) {
+                return Ok((datagram, message));
             }
-            return Ok((datagram, message));
         }
     }
 
