@@ -37,6 +37,8 @@ const ADDRESSES: u32 = 50_000;
 pub(crate) const TARGET_V4: &str = "192.0.2.1";
 /// The forwarding dnsmasq of variants (d) and (e), in the client namespace.
 const DNSMASQ_FWD: &str = "127.0.0.2";
+/// The minimal relay of variant (f) (`xtask relay`), in the client namespace.
+const RELAY: &str = "127.0.0.3";
 /// nftables table and set dnsmasq's `--nftset` writes into (variant e), in the client namespace.
 const NFTSET_TABLE: &str = "ntbench";
 /// Metrics endpoint of the daemon in the client namespace.
@@ -66,7 +68,7 @@ pub struct Options {
     pub rounds: u32,
     /// Build profile of the nettrust binary and the commit bench (`release` or `dev`).
     pub release: bool,
-    /// The dns variants to run (letters `a` to `e`).
+    /// The dns variants to run (letters `a` to `f`).
     pub variants: String,
 }
 
@@ -83,7 +85,7 @@ impl Options {
             hosts: [10_000, 1_000_000],
             rounds: 2000,
             release: true,
-            variants: "abcde".into(),
+            variants: "abcdef".into(),
         }
     }
 
@@ -99,7 +101,7 @@ impl Options {
             hosts: [200, 2000],
             rounds: 50,
             release: false,
-            variants: "abcde".into(),
+            variants: "abcdef".into(),
         }
     }
 }
@@ -358,6 +360,26 @@ impl Bench {
         self.wait_answers(DNSMASQ_FWD, "forwarding dnsmasq", Duration::from_secs(20))
     }
 
+    /// The minimal relay of variant (f) on [`RELAY`] (this program's hidden `relay` command):
+    /// the floor of forwarding on this machine.
+    fn start_relay(&mut self) -> Result<()> {
+        self.stop_forwarder();
+        let xtask = std::env::current_exe().context("locating the xtask binary")?;
+        let child = self
+            .in_client(&xtask.display().to_string())
+            .args([
+                "relay",
+                &format!("{RELAY}:53"),
+                &format!("{UPSTREAM_V4}:53"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(self.world.dir.join("relay.log"))?)
+            .spawn()
+            .context("starting the minimal relay")?;
+        self.forwarder = Some(child);
+        self.wait_answers(RELAY, "minimal relay", Duration::from_secs(20))
+    }
+
     fn stop_forwarder(&mut self) {
         if let Some(mut child) = self.forwarder.take() {
             let _ = child.kill();
@@ -403,7 +425,7 @@ impl Bench {
 
     /// [`Bench::latency`] of the forwarder under test at `server`, and the CPU time (µs) its
     /// process used per answered query meanwhile: nettrust for (b) and (c), the forwarding
-    /// dnsmasq for (d) and (e).
+    /// dnsmasq for (d) and (e), the relay for (f).
     fn forwarder_latency(&self, server: &str, opts: &Options) -> Result<(f64, f64, f64)> {
         let pid = self
             .nettrust
@@ -508,14 +530,14 @@ impl Drop for Bench {
 }
 
 /// The DNS benchmark: (a) upstream direct, (b) nettrust eBPF, (c) nettrust nftables, (d) dnsmasq
-/// forwarding, (e) dnsmasq forwarding with `--nftset`.
+/// forwarding, (e) dnsmasq forwarding with `--nftset`, (f) the minimal relay (the floor).
 fn dns(bench: &mut Bench, opts: &Options, report: &mut Report) -> Result<()> {
     eprintln!(
         "xtask: dns: dnsperf, {} in flight, {} s per run, {} runs, {NAMES} names, cache off",
         opts.in_flight, opts.seconds, opts.runs
     );
     type Setup = fn(&mut Bench) -> Result<&'static str>;
-    let variants: [(&str, &str, Setup); 5] = [
+    let variants: [(&str, &str, Setup); 6] = [
         ("a", "upstream (dnsmasq) direct", |b| {
             b.stop_nettrust()?;
             b.stop_forwarder();
@@ -538,6 +560,11 @@ fn dns(bench: &mut Bench, opts: &Options, report: &mut Report) -> Result<()> {
             b.stop_nettrust()?;
             b.start_forwarder(true)?;
             Ok(DNSMASQ_FWD)
+        }),
+        ("f", "minimal relay (no checks)", |b| {
+            b.stop_nettrust()?;
+            b.start_relay()?;
+            Ok(RELAY)
         }),
     ];
     for (tag, name, setup) in variants {

@@ -53,17 +53,17 @@ pub struct Report {
 
 /// Figures each section must produce (for the CI smoke check).
 const EXPECTED: [(&str, usize); 7] = [
-    // (a)..(e): qps, p50, p99.
-    ("dns", 15),
+    // (a)..(f): qps, p50, p99.
+    ("dns", 18),
     // none, eBPF 0/10k/1M, nftables 0/10k/1M: TCP and UDP; the egress program's run time per
     // UDP packet and its share of a CPU during TCP, with eBPF 0/10k/1M.
     ("datapath", 20),
     // eBPF and nftables 0/10k/1M against unfiltered runs at the same moment: TCP and UDP.
     ("ratio", 12),
-    // (b)..(e): p50 at 1,000 qps minus the upstream's, asked right next to them.
-    ("overhead", 4),
-    // (b)..(e): the forwarder process's CPU time per answered query during its 1,000 qps run.
-    ("cpu", 4),
+    // (b)..(f): p50 at 1,000 qps minus the upstream's, asked right next to them.
+    ("overhead", 5),
+    // (b)..(f): the forwarder process's CPU time per answered query during its 1,000 qps run.
+    ("cpu", 5),
     // eBPF and nftables, 1 and 8 addresses: p50 and p99; the sweeper's scan and `nettrust list`'s.
     ("commit", 10),
     // kernel map memory and daemon RSS, with 0 and with "1M" hosts.
@@ -135,13 +135,14 @@ impl Report {
                 ("c", "nettrust nftables"),
                 ("d", "dnsmasq forwarding"),
                 ("e", "dnsmasq forwarding + nftset"),
+                ("f", "minimal relay (no checks)"),
             ]
             .iter()
             .find(|(t, _)| *t == tag)
             .map(|(t, n)| format!("({t}) {n} qps"))
             .unwrap_or_default()
         };
-        for tag in ["b", "c", "d", "e"] {
+        for tag in ["b", "c", "d", "e", "f"] {
             if let Some(r) = ratio(&q(tag), &q("a")) {
                 out.push((format!("dns qps ({tag}) / (a)"), format!("{r:.2}")));
             }
@@ -151,7 +152,7 @@ impl Report {
                 out.push((format!("dns qps ({tag}) / (e)"), format!("{r:.2}")));
             }
         }
-        for tag in ["b", "c", "d", "e"] {
+        for tag in ["b", "c", "d", "e", "f"] {
             let name = q(tag).replace(" qps", " p50 @1k qps");
             let base = q("a").replace(" qps", " p50 @1k qps");
             if let (Some(x), Some(a)) = (self.get(&name), self.get(&base)) {

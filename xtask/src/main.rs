@@ -19,6 +19,7 @@ mod bench_datapath;
 mod bench_report;
 mod fuzz;
 mod netns;
+mod relay;
 mod setup;
 mod soak;
 
@@ -105,9 +106,17 @@ enum Cmd {
         #[arg(long)]
         runs: Option<u32>,
         /// dns only: the variants to run, e.g. `ab` for the upstream and nettrust eBPF (default
-        /// `abcde`, all of them).
+        /// `abcdef`, all of them).
         #[arg(long)]
         variants: Option<String>,
+    },
+    /// The minimal relay of `bench dns`, variant (f), run by the benchmark in its namespace.
+    #[command(hide = true)]
+    Relay {
+        /// Address to serve clients on.
+        listen: std::net::SocketAddr,
+        /// The upstream every query goes to.
+        upstream: std::net::SocketAddr,
     },
 }
 
@@ -204,8 +213,8 @@ fn main() -> Result<()> {
             opts.seconds = seconds.unwrap_or(opts.seconds);
             opts.runs = runs.unwrap_or(opts.runs).max(1);
             if let Some(variants) = variants {
-                if let Some(bad) = variants.chars().find(|c| !"abcde".contains(*c)) {
-                    bail!("--variants {variants:?}: {bad:?} is not one of a, b, c, d, e");
+                if let Some(bad) = variants.chars().find(|c| !"abcdef".contains(*c)) {
+                    bail!("--variants {variants:?}: {bad:?} is not one of a, b, c, d, e, f");
                 }
                 opts.variants = variants;
             }
@@ -222,6 +231,7 @@ fn main() -> Result<()> {
                 report.check_complete()?;
             }
         }
+        Cmd::Relay { listen, upstream } => relay::run(listen, upstream)?,
     }
     Ok(())
 }
