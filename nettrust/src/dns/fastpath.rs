@@ -20,7 +20,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     io,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         Arc,
@@ -29,6 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use socket2::{SockAddr, SockAddrStorage};
 use tokio::runtime::Handle;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -525,7 +526,10 @@ impl FastPath {
 struct Batch {
     room: usize,
     buffers: Vec<Vec<u8>>,
-    addrs: Vec<libc::sockaddr_storage>,
+    /// Where the kernel writes each datagram's sender.
+    addrs: Vec<SockAddrStorage>,
+    /// The senders of the last [`Self::receive`].
+    senders: Vec<Option<SocketAddr>>,
     iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
 }
@@ -537,12 +541,13 @@ unsafe impl Send for Batch {}
 impl Batch {
     /// Room for `count` datagrams of up to `room` bytes.
     fn new(count: usize, room: usize) -> Self {
-        // SAFETY (the three `zeroed`): all-zero is a valid sockaddr_storage, iovec and mmsghdr
-        // (plain C structures, null pointers).
+        // SAFETY (the two `zeroed`): all-zero is a valid iovec and mmsghdr (plain C structures,
+        // null pointers).
         let mut batch = Self {
             room,
             buffers: vec![vec![0; room]; count],
-            addrs: (0..count).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            addrs: (0..count).map(|_| SockAddrStorage::zeroed()).collect(),
+            senders: vec![None; count],
             iovecs: (0..count).map(|_| unsafe { std::mem::zeroed() }).collect(),
             headers: (0..count).map(|_| unsafe { std::mem::zeroed() }).collect(),
         };
@@ -564,8 +569,8 @@ impl Batch {
             .zip(&mut self.iovecs)
         {
             let header = &mut mmsg.msg_hdr;
+            header.msg_namelen = addr.size_of();
             header.msg_name = std::ptr::from_mut(addr).cast();
-            header.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             header.msg_iov = iovec;
             header.msg_iovlen = 1;
             header.msg_flags = 0;
@@ -582,7 +587,20 @@ impl Batch {
                 std::ptr::null_mut(),
             )
         };
-        cvt(received).map(|n| usize::try_from(n).unwrap_or(0))
+        let received = usize::try_from(cvt(received)?).unwrap_or(0);
+        for ((sender, addr), mmsg) in self
+            .senders
+            .iter_mut()
+            .zip(&mut self.addrs)
+            .zip(&self.headers)
+            .take(received)
+        {
+            let storage = std::mem::replace(addr, SockAddrStorage::zeroed());
+            // SAFETY: the kernel wrote the sender's address, `msg_namelen` bytes of the family
+            // it names, into this storage.
+            *sender = unsafe { SockAddr::new(storage, mmsg.msg_hdr.msg_namelen) }.as_socket();
+        }
+        Ok(received)
     }
 
     /// Datagram `index` of the last [`Self::receive`]; `None` for one that was cut (longer
@@ -598,7 +616,7 @@ impl Batch {
 
     /// The sender of datagram `index`; `None` for an unknown address family.
     fn sender(&self, index: usize) -> Option<SocketAddr> {
-        sockaddr(&self.addrs[index])
+        self.senders[index]
     }
 }
 
@@ -639,9 +657,9 @@ fn send_all(
     socket: &UdpSocket,
     messages: &[(&[u8], Option<SocketAddr>)],
 ) -> Vec<Option<io::Error>> {
-    let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> = messages
+    let addrs: Vec<Option<SockAddr>> = messages
         .iter()
-        .map(|(_, to)| to.as_ref().map_or_else(|| (zeroed_storage(), 0), storage))
+        .map(|(_, to)| to.map(SockAddr::from))
         .collect();
     let mut iovecs: Vec<libc::iovec> = messages
         .iter()
@@ -651,14 +669,15 @@ fn send_all(
         })
         .collect();
     let mut headers: Vec<libc::mmsghdr> = addrs
-        .iter_mut()
+        .iter()
         .zip(iovecs.iter_mut())
-        .map(|((addr, len), iovec)| {
+        .map(|(addr, iovec)| {
             // SAFETY: all-zero is a valid msghdr (null pointers, no control data).
             let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-            if *len > 0 {
-                header.msg_name = std::ptr::from_mut(addr).cast();
-                header.msg_namelen = *len;
+            if let Some(addr) = addr {
+                // Only read by the kernel.
+                header.msg_name = addr.as_ptr().cast_mut().cast();
+                header.msg_namelen = addr.len();
             }
             header.msg_iov = iovec;
             header.msg_iovlen = 1;
@@ -693,79 +712,6 @@ fn send_all(
         }
     }
     errors
-}
-
-fn zeroed_storage() -> libc::sockaddr_storage {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    unsafe { std::mem::zeroed() }
-}
-
-/// `addr` as a C socket address and its length.
-fn storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    let mut storage = zeroed_storage();
-    let len = match addr {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*v4.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe {
-                std::ptr::from_mut(&mut storage)
-                    .cast::<libc::sockaddr_in>()
-                    .write(sin)
-            };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe {
-                std::ptr::from_mut(&mut storage)
-                    .cast::<libc::sockaddr_in6>()
-                    .write(sin6)
-            };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, libc::socklen_t::try_from(len).unwrap_or(0))
-}
-
-/// The socket address in `storage` (IPv4 or IPv6).
-fn sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match libc::c_int::from(storage.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let addr: &libc::sockaddr_in = unsafe { &*std::ptr::from_ref(storage).cast() };
-            Some(SocketAddr::from((
-                Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-                u16::from_be(addr.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let addr: &libc::sockaddr_in6 = unsafe { &*std::ptr::from_ref(storage).cast() };
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
-                Ipv6Addr::from(addr.sin6_addr.s6_addr),
-                u16::from_be(addr.sin6_port),
-                addr.sin6_flowinfo,
-                addr.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
 }
 
 fn count_query(label: &'static str) {
