@@ -76,6 +76,20 @@ pub fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// A figure's name without what its chart panel's title already says (long DNS names would be
+/// cut at the left edge).
+fn bar_label(name: &str) -> &str {
+    [
+        " p50 overhead over (a) @1k qps, paired",
+        " CPU time per query @1k qps",
+        " p50 @1k qps",
+        " qps",
+    ]
+    .iter()
+    .find_map(|suffix| name.strip_suffix(suffix))
+    .unwrap_or(name)
+}
+
 fn fmt_value(v: f64) -> String {
     if !v.is_finite() {
         "-".into()
@@ -321,7 +335,7 @@ impl Report {
                      <text x=\"{:.1}\" y=\"{}\">{} {}</text>",
                     label_w - 8.0,
                     y + 15.0,
-                    escape(&f.name),
+                    escape(bar_label(&f.name)),
                     y + 4.0,
                     (scale(median) - label_w).max(1.0),
                     row_h - 8.0,
