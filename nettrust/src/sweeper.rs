@@ -1,12 +1,12 @@
 //! The TTL sweeper (`--authorized-ttl`, `--ttl-check-ticker`): every tick it looks at the
-//! authorized hosts whose deadline falls before the tick after next ([`HORIZON_TICKS`]), renews
-//! those still in use and removes those that expired unused.
+//! authorized hosts whose deadline falls before the next tick plus a second of slack
+//! ([`HORIZON_SLACK_NS`]), renews those still in use and removes those that expired unused.
 //!
 //! Expiry itself is enforced in the kernel (the egress program treats an entry past its deadline
 //! as absent, daemon or not); the sweeper only reclaims map space and keeps live hosts alive.
-//! Because it renews hosts a whole tick *before* their deadline, a host in use is never cut while
-//! the daemon runs, even when a tick comes a little early or late or the kernel expires an entry
-//! a little early (nftables element timeouts count in jiffies).
+//! Because it renews hosts at least a second *before* their deadline, a host in use is never cut
+//! while the daemon runs, even when a tick comes a little early or late or the kernel expires an
+//! entry a little early (nftables element timeouts count in jiffies).
 //!
 //! Liveness: the egress program stamps `last_seen_ns` in the host's map value whenever it lets a
 //! packet out to it (at most [`LAST_SEEN_GRANULARITY_NS`] stale). This works without conntrack,
@@ -83,14 +83,16 @@ pub struct SweepReport {
     pub superseded: usize,
 }
 
-/// How many ticks ahead a deadline makes a host due. With one (only the hosts due before the
-/// next tick), a host renewed at tick T for two ticks was not due at T+1 if that tick came a
-/// hair early, and was renewed at T+2 right at its deadline, racing the kernel's own expiry: an
-/// nftables element that expired first got the next packet of a live TCP connection rejected
-/// with a reset. Two leave a whole tick of slack.
-const HORIZON_TICKS: u64 = 2;
+/// How far past the next tick a deadline still makes a host due. With none (only the hosts due
+/// before the next tick), a host renewed at tick T for two ticks was not due at T+1 if that tick
+/// came a hair early, and was renewed at T+2 right at its deadline, racing the kernel's own
+/// expiry: an nftables element that expired first got the next packet of a live TCP connection
+/// rejected with a reset. A second covers early or late ticks, a slow sweep and the kernel's
+/// jiffies (the same second [`SweepConfig::renewal_ns`] adds to a renewal).
+const HORIZON_SLACK_NS: u64 = 1_000_000_000;
 
-/// Decides, for the hosts due within [`HORIZON_TICKS`] ticks, which to renew and which to remove.
+/// Decides, for the hosts due before the next tick plus [`HORIZON_SLACK_NS`], which to renew and
+/// which to remove.
 pub fn plan(
     due: &[HostState],
     now: u64,
@@ -155,7 +157,9 @@ pub fn sweep(
     config: &SweepConfig,
     active: impl FnOnce() -> HashSet<IpAddr>,
 ) -> Result<SweepReport, FirewallError> {
-    let horizon = now.saturating_add(config.ticker_ns().saturating_mul(HORIZON_TICKS));
+    let horizon = now
+        .saturating_add(config.ticker_ns())
+        .saturating_add(HORIZON_SLACK_NS);
     let due = firewall.due(horizon)?;
     if due.is_empty() {
         return Ok(SweepReport::default());
@@ -246,7 +250,8 @@ mod tests {
         let fw = FakeFirewall::new(Policy::default());
         let t0 = 100 * S;
         fw.authorize(ip("192.0.2.1"), t0 + 2 * S).unwrap();
-        // t0+1: due within two ticks but unused and not expired yet: left to the kernel.
+        // t0+1: due before the next tick plus the slack but unused and not expired yet: left to
+        // the kernel.
         assert_eq!(
             sweep(&fw, t0 + S, &config(), none).unwrap(),
             SweepReport::default()
@@ -287,7 +292,7 @@ mod tests {
     }
 
     #[test]
-    fn a_host_in_use_stays_a_tick_ahead_of_its_deadline_when_ticks_jitter() {
+    fn a_host_in_use_keeps_slack_before_its_deadline_when_ticks_jitter() {
         // Ticks about a second apart, some a few milliseconds early, as the runtime delivers
         // them; the host is in use throughout (in the active set).
         let fw = FakeFirewall::new(Policy::default());
@@ -300,7 +305,7 @@ mod tests {
             sweep(&fw, now, &config(), || active.clone()).unwrap();
             let deadline = fw.due(u64::MAX).unwrap()[0].expires_ns;
             // The next tick may come early and the kernel may expire an entry a little early:
-            // a live host must keep well over a tick of slack after every sweep.
+            // a live host must keep well over a tick of room after every sweep.
             assert!(
                 deadline >= now + S + S / 2,
                 "tick {k}: deadline only {} ms ahead",
