@@ -7,7 +7,6 @@
 mod world;
 
 use std::{
-    process::Stdio,
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -319,16 +318,11 @@ fn cgroup_server(world: &World) -> Background {
 }
 
 fn inbound_reaches_server(world: &World) -> bool {
-    world
-        .in_ns(&world.inet_ns, "socat")
-        .args([
-            "-u",
-            &format!("TCP:{}:9090,connect-timeout=2", world::CLIENT_V4),
-            "-",
-        ])
-        .stderr(Stdio::null())
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"srv"))
+    world::socat_gets(
+        world.in_ns(&world.inet_ns, "socat"),
+        &format!("TCP:{}:9090,connect-timeout=2", world::CLIENT_V4),
+        b"srv",
+    )
 }
 
 fn servers_answer_inbound_clients_and_drop_input_blocks_them(backend: Backend) {
@@ -367,16 +361,11 @@ fn attach_and_detach_at_runtime_persist_and_denials_are_logged() {
     let other = world.extra_cgroup("other");
     world.start_daemon(&[]);
     let reachable_from_other = |world: &World| {
-        world
-            .in_cgroup_at(&other, "socat")
-            .args([
-                "-u",
-                &format!("TCP:203.0.113.77:{},connect-timeout=2", world::TCP_PORT),
-                "-",
-            ])
-            .stderr(Stdio::null())
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"ok"))
+        world::socat_gets(
+            world.in_cgroup_at(&other, "socat"),
+            &format!("TCP:203.0.113.77:{},connect-timeout=2", world::TCP_PORT),
+            b"ok",
+        )
     };
     assert!(reachable_from_other(&world), "not filtered yet");
     let other_arg = other.to_str().unwrap();
@@ -503,16 +492,11 @@ fn several_cgroups_at_once(backend: Backend) {
     let other = world.extra_cgroup("second");
     let other_arg = other.to_str().unwrap().to_owned();
     let from_other = |world: &World, addr: &str| {
-        world
-            .in_cgroup_at(&other, "socat")
-            .args([
-                "-u",
-                &format!("TCP:{addr}:{},connect-timeout=2", world::TCP_PORT),
-                "-",
-            ])
-            .stderr(Stdio::null())
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"ok"))
+        world::socat_gets(
+            world.in_cgroup_at(&other, "socat"),
+            &format!("TCP:{addr}:{},connect-timeout=2", world::TCP_PORT),
+            b"ok",
+        )
     };
     world.start_daemon(&["--cgroup", &other_arg]);
     assert!(!world.reachable_from_cgroup("203.0.113.77"));

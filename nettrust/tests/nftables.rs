@@ -845,11 +845,11 @@ fn nft_root_cgroup_filters_every_socket_but_not_neighbour_discovery() {
             .unwrap(),
     );
     let connect = |addr: &str| {
-        in_ns("socat")
-            .args(["-u", &format!("TCP:{addr}:8080,connect-timeout=2"), "-"])
-            .stderr(Stdio::null())
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"ok"))
+        world::socat_gets(
+            in_ns("socat"),
+            &format!("TCP:{addr}:8080,connect-timeout=2"),
+            b"ok",
+        )
     };
     let started = Instant::now();
     while !connect("127.0.0.1") {

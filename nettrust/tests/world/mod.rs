@@ -530,13 +530,35 @@ impl World {
     }
 }
 
-fn connect(mut cmd: Command, addr: &str) -> bool {
+fn connect(cmd: Command, addr: &str) -> bool {
     let target = match addr.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => format!("TCP:[{v6}]:{TCP_PORT},connect-timeout=2"),
         _ => format!("TCP:{addr}:{TCP_PORT},connect-timeout=2"),
     };
-    cmd.args(["-u", &target, "-"]).stderr(Stdio::null());
-    cmd.output().is_ok_and(|o| o.stdout.starts_with(b"ok"))
+    socat_gets(cmd, &target, b"ok")
+}
+
+/// Runs `cmd` (a `socat` command) as `socat -u TARGET -` and tells whether the server's first
+/// bytes were `greeting`. False only when the connect itself failed (refused, dropped, timed
+/// out); a client that cannot start or fails otherwise fails the test.
+pub fn socat_gets(mut cmd: Command, target: &str, greeting: &[u8]) -> bool {
+    cmd.args(["-u", target, "-"]);
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start the client {cmd:?}: {e}"));
+    if out.stdout.starts_with(greeting) {
+        return true;
+    }
+    // Only a refused, dropped or timed-out connect means "unreachable"; a client that could not
+    // start or failed otherwise would make every "blocked" assertion pass vacuously.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(" E connect(") || stderr.contains(" E connecting to "),
+        "the client {cmd:?} failed without a connect error ({}): stdout {:?}, stderr {stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+    );
+    false
 }
 
 /// Runs `cmd` to completion like `Command::output`, but a process still running after `limit`
