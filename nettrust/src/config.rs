@@ -1296,16 +1296,89 @@ pub fn load(args: &RunArgs) -> Result<(Settings, Vec<String>), ConfigError> {
         .iter()
         .map(|var| format!("ignoring unknown environment variable {var}"))
         .collect();
+    // SAFETY: geteuid has no preconditions.
+    let running_as_root = unsafe { libc::geteuid() } == 0;
     let file = match config_path(args, &env) {
-        Some((_, path)) => FileConfig::load(&path)?,
+        Some((key, path)) => {
+            check_file_mode(&key, &path, FileKind::Config, running_as_root)?;
+            FileConfig::load(&path)?
+        }
         None => FileConfig::default(),
     };
     let settings = Settings::resolve(args, file, &env, crate::cgroup::cgroup2_mount)?;
+    if let Some(tls) = &settings.listen_tls {
+        check_file_mode(
+            "listen_cert_key",
+            &tls.key,
+            FileKind::PrivateKey,
+            running_as_root,
+        )?;
+    }
     for cgroup in &settings.cgroups {
         crate::cgroup::validate(cgroup)
             .map_err(|e| invalid("cgroup", cgroup.display().to_string(), e.to_string()))?;
     }
     Ok((settings, warnings))
+}
+
+/// What a file checked by [`check_file_mode`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// The config file: whoever can write it decides what the firewall allows.
+    Config,
+    /// The DoT listener's private key: whoever can write it can swap it, whoever can read it can
+    /// impersonate the listener.
+    PrivateKey,
+}
+
+/// Refuses a file others could change (group or other write bit, or, when nettrust runs as
+/// root, an owner other than root) and a private key others could read (other read bit); the
+/// error names the file and the command that fixes it. Symbolic links are followed: the mode of
+/// the file read is the one that matters.
+pub fn check_file_mode(
+    key: &str,
+    path: &Path,
+    kind: FileKind,
+    running_as_root: bool,
+) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| invalid(key, &shown, format!("cannot read it: {e}")))?;
+    let mode = meta.mode() & 0o7777;
+    let (fixed_mode, what) = match kind {
+        FileKind::Config => (0o644, "the config file"),
+        FileKind::PrivateKey => (0o600, "the private key"),
+    };
+    if mode & 0o022 != 0 {
+        return Err(invalid(
+            key,
+            &shown,
+            format!(
+                "{what} is writable by other users (mode {mode:04o}); fix: chmod {fixed_mode:o} {shown}"
+            ),
+        ));
+    }
+    if kind == FileKind::PrivateKey && mode & 0o004 != 0 {
+        return Err(invalid(
+            key,
+            &shown,
+            format!(
+                "{what} is readable by other users (mode {mode:04o}); fix: chmod {fixed_mode:o} {shown}"
+            ),
+        ));
+    }
+    if running_as_root && meta.uid() != 0 {
+        return Err(invalid(
+            key,
+            &shown,
+            format!(
+                "{what} is owned by uid {} while nettrust runs as root, so that user can change it; fix: chown root:root {shown}",
+                meta.uid()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn dedup<T: PartialEq>(items: &mut Vec<T>) {

@@ -960,3 +960,110 @@ fn map_capacities_are_configurable_and_validated() {
         "3",
     );
 }
+
+fn file_with_mode(dir: &Path, name: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, "x = 1\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[test]
+fn config_file_writable_by_others_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [0o664, 0o646, 0o666, 0o777] {
+        let path = file_with_mode(dir.path(), &format!("c{mode:o}.toml"), mode);
+        let e = check_file_mode("--config", &path, FileKind::Config, false)
+            .expect_err("a config file others can write must be refused")
+            .to_string();
+        let shown = path.display().to_string();
+        assert!(e.contains(&shown), "{e}");
+        assert!(e.contains(&format!("chmod 644 {shown}")), "{e}");
+        assert!(e.contains("writable"), "{e}");
+    }
+    for mode in [0o644, 0o600, 0o640, 0o400] {
+        let path = file_with_mode(dir.path(), &format!("ok{mode:o}.toml"), mode);
+        check_file_mode("--config", &path, FileKind::Config, false)
+            .unwrap_or_else(|e| panic!("mode {mode:o}: {e}"));
+    }
+}
+
+#[test]
+fn private_key_readable_by_others_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [0o644, 0o604, 0o660, 0o606] {
+        let path = file_with_mode(dir.path(), &format!("k{mode:o}.pem"), mode);
+        let e = check_file_mode("listen_cert_key", &path, FileKind::PrivateKey, false)
+            .expect_err("a key others can read or write must be refused")
+            .to_string();
+        let shown = path.display().to_string();
+        assert!(e.contains("listen_cert_key") && e.contains(&shown), "{e}");
+        assert!(e.contains(&format!("chmod 600 {shown}")), "{e}");
+    }
+    for mode in [0o600, 0o400, 0o640] {
+        let path = file_with_mode(dir.path(), &format!("ok{mode:o}.pem"), mode);
+        check_file_mode("listen_cert_key", &path, FileKind::PrivateKey, false)
+            .unwrap_or_else(|e| panic!("mode {mode:o}: {e}"));
+    }
+}
+
+#[test]
+fn file_of_another_user_is_refused_when_running_as_root() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = file_with_mode(dir.path(), "c.toml", 0o644);
+    let owner = std::fs::metadata(&path).unwrap().uid();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        check_file_mode("--config", &path, FileKind::Config, true).unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+    }
+    let e = check_file_mode("--config", &path, FileKind::Config, true)
+        .expect_err("a file owned by another user must be refused when running as root")
+        .to_string();
+    assert!(e.contains(&path.display().to_string()), "{e}");
+    assert!(e.contains("chown root"), "{e}");
+    // Not running as root, the owner is whoever runs nettrust: not checked.
+    if owner != 0 {
+        check_file_mode("--config", &path, FileKind::Config, false).unwrap();
+    }
+}
+
+#[test]
+fn load_checks_the_config_file_and_the_key() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = pem(dir.path(), "cert.pem", "CERTIFICATE");
+    let key = pem(dir.path(), "key.pem", "PRIVATE KEY");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.path().join("nettrust.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "fwd_addr = \"192.0.2.53:53\"\ncgroups = [\"{}\"]\nlisten_tls = true\nlisten_cert = \"{}\"\nlisten_cert_key = \"{}\"\n",
+            dir.path().display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let a = RunArgs {
+        config: Some(config.clone()),
+        ..RunArgs::default()
+    };
+    // Whatever else `load` finds (the directory is not a cgroup), it is not the files' modes.
+    let modes_ok = |result: Result<(Settings, Vec<String>), ConfigError>| match result {
+        Ok(_) => true,
+        Err(e) => !e.to_string().contains("chmod"),
+    };
+    assert!(modes_ok(load(&a)));
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let e = load(&a).expect_err("world-writable config").to_string();
+    assert!(e.contains(&format!("chmod 644 {}", config.display())), "{e}");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = load(&a).expect_err("world-readable key").to_string();
+    assert!(e.contains(&format!("chmod 600 {}", key.display())), "{e}");
+}
