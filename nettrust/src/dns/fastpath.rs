@@ -498,7 +498,9 @@ impl FastPath {
         forward: Forward,
         client: SocketAddr,
     ) {
-        self.proxy.upstreams().failed(server, &error);
+        self.proxy
+            .upstreams()
+            .failed(server, forward.question(), &error);
         self.hand_off(forward, client, Retry::Failed(server, error));
     }
 

@@ -194,23 +194,51 @@ async fn forgeries_before_the_answer_are_counted_and_skipped() {
     fast.stop().await;
 }
 
-/// A silent first server: the query fails over to the second after the timeout, and the next
-/// query skips the first (back-off).
+/// A silent first server: each query fails over to the second after the timeout; after three
+/// distinct questions failed, the next query skips the first (back-off).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_fails_over_and_backs_off() {
     let silent = udp_server(0, Arc::new(|_: &Message| Vec::new())).await;
     let good = udp_server(0, answer_with("192.0.2.13")).await;
     let fast = Running::start("127.0.0.1:0", &[silent.addr, good.addr], SHORT);
+    for (id, name) in [(1, "t1.test."), (2, "t2.test."), (3, "t3.test.")] {
+        assert_eq!(addresses(&ask(fast.addr, name, id).await), [ip("192.0.2.13")]);
+    }
+    assert_eq!(silent.queries(), 3);
     assert_eq!(
-        addresses(&ask(fast.addr, "t1.test.", 1).await),
+        addresses(&ask(fast.addr, "t4.test.", 4).await),
         [ip("192.0.2.13")]
     );
+    assert_eq!(silent.queries(), 3, "the silent server is in back-off");
+    assert_eq!(good.queries(), 4);
+    fast.stop().await;
+}
+
+/// A slow zone asked again and again (one question) fails only its own queries: other questions
+/// still go to the first server, not to the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_question_does_not_move_other_queries_to_the_next_server() {
+    let primary = udp_server(
+        0,
+        Arc::new(|q: &Message| {
+            if q.queries[0].name.to_string().ends_with("slow.test.") {
+                Vec::new()
+            } else {
+                vec![reply(q, &[a(&q.queries[0].name.to_string(), "192.0.2.21")])]
+            }
+        }),
+    )
+    .await;
+    let secondary = udp_server(0, answer_with("192.0.2.22")).await;
+    let fast = Running::start("127.0.0.1:0", &[primary.addr, secondary.addr], SHORT);
+    for id in 0..4 {
+        ask(fast.addr, "q.slow.test.", id).await;
+    }
     assert_eq!(
-        addresses(&ask(fast.addr, "t2.test.", 2).await),
-        [ip("192.0.2.13")]
+        addresses(&ask(fast.addr, "other.test.", 9).await),
+        [ip("192.0.2.21")],
+        "another client's question is still answered by the first server"
     );
-    assert_eq!(silent.queries(), 1, "the silent server is in back-off");
-    assert_eq!(good.queries(), 2);
     fast.stop().await;
 }
 
