@@ -1061,7 +1061,10 @@ fn load_checks_the_config_file_and_the_key() {
     assert!(modes_ok(load(&a)));
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
     let e = load(&a).expect_err("world-writable config").to_string();
-    assert!(e.contains(&format!("chmod 644 {}", config.display())), "{e}");
+    assert!(
+        e.contains(&format!("chmod 644 {}", config.display())),
+        "{e}"
+    );
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = load(&a).expect_err("world-readable key").to_string();

@@ -245,7 +245,7 @@ impl FastPath {
                 );
                 continue;
             }
-            match self.proxy.prepare(query, ClientTransport::Udp) {
+            match self.proxy.prepare(query, ClientTransport::Udp, client.ip()) {
                 Prepared::Reply(response, label) => {
                     count_query(label);
                     if let Some(response) = response {

@@ -202,7 +202,10 @@ async fn a_timeout_fails_over_and_backs_off() {
     let good = udp_server(0, answer_with("192.0.2.13")).await;
     let fast = Running::start("127.0.0.1:0", &[silent.addr, good.addr], SHORT);
     for (id, name) in [(1, "t1.test."), (2, "t2.test."), (3, "t3.test.")] {
-        assert_eq!(addresses(&ask(fast.addr, name, id).await), [ip("192.0.2.13")]);
+        assert_eq!(
+            addresses(&ask(fast.addr, name, id).await),
+            [ip("192.0.2.13")]
+        );
     }
     assert_eq!(silent.queries(), 3);
     assert_eq!(

@@ -156,7 +156,10 @@ async fn one_failing_question_does_not_back_off_the_server() {
             .unwrap();
     }
     let q = query_bytes("fast.test.", RecordType::A, 2);
-    let answer = up.exchange(&q, &question("fast.test."), true).await.unwrap();
+    let answer = up
+        .exchange(&q, &question("fast.test."), true)
+        .await
+        .unwrap();
     assert_eq!(first_a(&answer), "192.0.2.1", "still asked to the primary");
 }
 
@@ -183,7 +186,10 @@ fn back_off_needs_distinct_questions_in_the_window_with_no_answer_between() {
     assert!(!h.failed(1, at(20)));
     assert!(!h.failed(2, at(21)));
     h.succeeded();
-    assert!(!h.failed(3, at(22)), "the answer in between reset the count");
+    assert!(
+        !h.failed(3, at(22)),
+        "the answer in between reset the count"
+    );
     // Failures older than the window do not count.
     let mut h = Health::default();
     assert!(!h.failed(1, at(0)));
@@ -195,7 +201,10 @@ fn back_off_needs_distinct_questions_in_the_window_with_no_answer_between() {
 #[test]
 fn question_keys_ignore_case_but_not_type() {
     let upper = question("X.Slow.Test.");
-    assert_eq!(question_key(&upper), question_key(&question("x.slow.test.")));
+    assert_eq!(
+        question_key(&upper),
+        question_key(&question("x.slow.test."))
+    );
     let aaaa = Query::query(name("x.slow.test."), RecordType::AAAA);
     assert_ne!(question_key(&aaaa), question_key(&question("x.slow.test.")));
 }
