@@ -243,6 +243,7 @@ listen_addr = "[::1]:5353"
 listen_tls = true
 listen_cert = "{cert}"
 listen_cert_key = "{key}"
+allow_clients = ["192.0.2.0/24", "2001:db8::7"]
 fwd_addr = "2001:db8::53"
 fwd_addrs = ["192.0.2.1:853", "2001:db8::53"]
 fwd_proto = "tcp"
@@ -280,6 +281,13 @@ response = "nxdomain"
     );
     let s = ok(&RunArgs::default(), &toml, &[]);
     assert_eq!(s.listen_addr, "[::1]:5353".parse().unwrap());
+    assert_eq!(
+        s.allow_clients,
+        [
+            "192.0.2.0/24".parse::<IpNet>().unwrap(),
+            "2001:db8::7/128".parse().unwrap()
+        ]
+    );
     assert_eq!(
         s.listen_tls,
         Some(ListenTls {
@@ -1069,4 +1077,117 @@ fn load_checks_the_config_file_and_the_key() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = load(&a).expect_err("world-readable key").to_string();
     assert!(e.contains(&format!("chmod 600 {}", key.display())), "{e}");
+}
+
+#[test]
+fn allow_clients_defaults_to_loopback_plus_the_listen_subnets() {
+    let subnets = |ip: IpAddr| -> Vec<IpNet> {
+        match ip.to_string().as_str() {
+            "198.51.100.1" => vec!["198.51.100.0/24".parse().unwrap()],
+            "2001:db8:ff::1" => vec!["2001:db8:ff::/64".parse().unwrap()],
+            other => panic!("asked for {other}"),
+        }
+    };
+    let resolve = |listeners: [Option<&str>; 2]| {
+        resolve_allow_clients(
+            &RunArgs::default(),
+            &Env::default(),
+            None,
+            listeners.map(|l| l.map(|a| a.parse().unwrap())),
+            subnets,
+        )
+        .unwrap()
+    };
+    // Loopback listener: loopback only (the interfaces are not even read).
+    assert_eq!(resolve([Some("127.0.0.1:53"), None]), loopback_networks());
+    let mut expected = loopback_networks();
+    expected.push("198.51.100.0/24".parse().unwrap());
+    assert_eq!(resolve([Some("198.51.100.1:53"), None]), expected);
+    expected.push("2001:db8:ff::/64".parse().unwrap());
+    assert_eq!(
+        resolve([Some("198.51.100.1:53"), Some("[2001:db8:ff::1]:853")]),
+        expected
+    );
+    // Through `resolve`, with the default listener.
+    assert_eq!(ok(&args(), "", &[]).allow_clients, loopback_networks());
+}
+
+#[test]
+fn allow_clients_precedence_and_bad_values() {
+    let a = RunArgs {
+        allow_clients: vec!["203.0.113.0/24".into(), "2001:db8::1".into()],
+        ..args()
+    };
+    let file = "allow_clients = [\"192.0.2.0/24\"]";
+    assert_eq!(
+        ok(&a, file, &[("NET_TRUST_ALLOW_CLIENTS", "198.51.100.0/24")]).allow_clients,
+        [
+            "203.0.113.0/24".parse::<IpNet>().unwrap(),
+            "2001:db8::1/128".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        ok(
+            &args(),
+            file,
+            &[("NET_TRUST_ALLOW_CLIENTS", "198.51.100.0/24, 192.0.2.7")]
+        )
+        .allow_clients,
+        [
+            "198.51.100.0/24".parse::<IpNet>().unwrap(),
+            "192.0.2.7/32".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        ok(&args(), file, &[]).allow_clients,
+        ["192.0.2.0/24".parse::<IpNet>().unwrap()]
+    );
+    err_names(
+        resolve(&args(), "allow_clients = [\"192.0.2.0/33\"]", &[]),
+        "allow_clients",
+        "192.0.2.0/33",
+    );
+    err_names(
+        resolve(&args(), "allow_clients = [\"lan\"]", &[]),
+        "allow_clients",
+        "lan",
+    );
+    err_names(
+        resolve(
+            &args(),
+            "",
+            &[("NET_TRUST_ALLOW_CLIENTS", "10.0.0.0/8,bad")],
+        ),
+        "NET_TRUST_ALLOW_CLIENTS",
+        "bad",
+    );
+    let flag = RunArgs {
+        allow_clients: vec!["not-a-net".into()],
+        ..args()
+    };
+    err_names(resolve(&flag, "", &[]), "--allow-client", "not-a-net");
+    err_names(
+        resolve(&args(), "allow_clients = []", &[]),
+        "allow_clients",
+        "[]",
+    );
+}
+
+#[test]
+fn interface_networks_reads_the_loopback_prefix() {
+    // Every Linux host has 127.0.0.1/8 on lo.
+    assert_eq!(
+        interface_networks("127.0.0.1".parse().unwrap()),
+        ["127.0.0.0/8".parse::<IpNet>().unwrap()]
+    );
+    // An address on no interface stands for itself.
+    assert_eq!(
+        interface_networks("192.0.2.250".parse().unwrap()),
+        ["192.0.2.250/32".parse::<IpNet>().unwrap()]
+    );
+    assert!(
+        !interface_networks("0.0.0.0".parse().unwrap())
+            .iter()
+            .any(|n| n.addr().is_loopback())
+    );
 }
