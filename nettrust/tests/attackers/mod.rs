@@ -502,11 +502,12 @@ pub fn malformed_messages() -> Vec<Vec<u8>> {
 }
 
 /// A UDP upstream on INET_V4:`port` that answers every question with `marker`, except names
-/// ending in `slow.test`, which it never answers (a slow or broken zone). Counts the questions
-/// it answered; `ready` gets a message once it is bound.
+/// ending in `slow.test` unless `answer_slow` (a zone slow or broken from this upstream). Counts
+/// the questions it answered; `ready` gets a message once it is bound.
 pub fn slow_zone_upstream(
     port: u16,
     marker: Ipv4Addr,
+    answer_slow: bool,
     stop: Arc<AtomicBool>,
     answered: Arc<std::sync::atomic::AtomicUsize>,
     ready: std::sync::mpsc::Sender<()>,
@@ -528,7 +529,7 @@ pub fn slow_zone_upstream(
             let Some(question) = q.queries.first().cloned() else {
                 continue;
             };
-            if question.name.to_ascii().ends_with("slow.test.") {
+            if !answer_slow && question.name.to_ascii().ends_with("slow.test.") {
                 continue;
             }
             let mut m = Message::response(q.metadata.id, OpCode::Query);
