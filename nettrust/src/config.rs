@@ -1328,6 +1328,9 @@ pub fn load(args: &RunArgs) -> Result<(Settings, Vec<String>), ConfigError> {
             running_as_root,
         )?;
     }
+    if let Some(ca) = settings.fwd_tls.as_ref().and_then(|t| t.ca.as_ref()) {
+        check_file_mode("fwd_tls_cert", ca, FileKind::Trusted, running_as_root)?;
+    }
     for cgroup in &settings.cgroups {
         crate::cgroup::validate(cgroup)
             .map_err(|e| invalid("cgroup", cgroup.display().to_string(), e.to_string()))?;
@@ -1343,6 +1346,9 @@ pub enum FileKind {
     /// The DoT listener's private key: whoever can write it can swap it, whoever can read it can
     /// impersonate the listener.
     PrivateKey,
+    /// The CA bundle the DoT upstream is verified against: whoever can write it can add a CA and
+    /// answer in the upstream's name (and so authorize anything).
+    Trusted,
 }
 
 /// `allow_clients`: the flags (`--allow-client`, repeatable) replace everything; else
@@ -1504,6 +1510,7 @@ pub fn check_file_mode(
     let (fixed_mode, what) = match kind {
         FileKind::Config => (0o644, "the config file"),
         FileKind::PrivateKey => (0o600, "the private key"),
+        FileKind::Trusted => (0o644, "the CA bundle"),
     };
     if mode & 0o022 != 0 {
         return Err(invalid(

@@ -1017,6 +1017,21 @@ fn private_key_readable_by_others_is_refused_with_the_fix() {
 }
 
 #[test]
+fn ca_bundle_writable_by_others_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file_with_mode(dir.path(), "ca.pem", 0o664);
+    let e = check_file_mode("fwd_tls_cert", &path, FileKind::Trusted, false)
+        .expect_err("a CA bundle others can write must be refused")
+        .to_string();
+    assert!(
+        e.contains("fwd_tls_cert") && e.contains(&format!("chmod 644 {}", path.display())),
+        "{e}"
+    );
+    let path = file_with_mode(dir.path(), "ok.pem", 0o644);
+    check_file_mode("fwd_tls_cert", &path, FileKind::Trusted, false).unwrap();
+}
+
+#[test]
 fn file_of_another_user_is_refused_when_running_as_root() {
     use std::os::unix::fs::MetadataExt as _;
     let dir = tempfile::tempdir().unwrap();
