@@ -428,3 +428,33 @@ fn cache_hits_reauthorize() {
     }
     assert!(world.stop_daemon());
 }
+
+/// A config file others can write is refused at start and on SIGHUP (the running configuration
+/// stays), with an error naming the file and the fix.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn config_file_writable_by_others_is_refused_at_start_and_on_reload() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut world = World::new();
+    let config = write_config(&world, "authorize_ptr = false\n");
+    let set_mode = |mode: u32| {
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    set_mode(0o666);
+    let err = world.start_fails(&["--config", &config]);
+    assert!(err.contains(&format!("chmod 644 {config}")), "{err}");
+    set_mode(0o644);
+    world.start_daemon(&["--config", &config]);
+    set_mode(0o664);
+    world.signal_daemon(libc::SIGHUP);
+    world.eventually("the reload refused", Duration::from_secs(5), || {
+        world.daemon_log().contains(&format!("chmod 644 {config}"))
+    });
+    assert!(
+        world
+            .daemon_log()
+            .contains("[Reload] invalid configuration")
+    );
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.stop_daemon());
+}
