@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// PEM private key of the DoT listener.
     #[arg(long, value_name = "PATH")]
     pub listen_cert_key: Option<PathBuf>,
+    /// Network (CIDR) or address allowed to query the DNS listeners; repeat for more. Replaces
+    /// allow_clients [default: loopback, plus the listen addresses' own subnets].
+    #[arg(long = "allow-client", value_name = "NET")]
+    pub allow_clients: Vec<String>,
     /// Upstream DNS server (port defaults to 53); repeat for failover, tried in order.
     #[arg(long = "fwd-addr", value_name = "IP:PORT")]
     pub fwd_addrs: Vec<String>,

@@ -95,6 +95,8 @@ pub struct FileConfig {
     pub listen_cert: Option<PathBuf>,
     /// PEM private key of the DoT listener.
     pub listen_cert_key: Option<PathBuf>,
+    /// Networks (CIDR) or addresses allowed to query the listeners.
+    pub allow_clients: Option<Vec<String>>,
     /// Upstream DNS server, `IP:PORT` (port defaults to 53).
     pub fwd_addr: Option<String>,
     /// More upstream servers, tried in order after `fwd_addr`.
@@ -289,6 +291,8 @@ pub struct Settings {
     pub listen_tls: Option<ListenTls>,
     /// Dedicated DoT listener; when set, the TCP listener of `listen_addr` stays plain DNS.
     pub listen_tls_addr: Option<SocketAddr>,
+    /// Clients the listeners serve; others get REFUSED.
+    pub allow_clients: Vec<IpNet>,
     /// Upstream DNS servers, in failover order.
     pub fwd_addrs: Vec<SocketAddr>,
     /// Transport to the upstreams.
@@ -587,6 +591,7 @@ impl Settings {
             listen_tls_addr,
             listen_cert,
             listen_cert_key,
+            allow_clients,
             fwd_addr,
             fwd_addrs,
             fwd_proto,
@@ -678,6 +683,14 @@ impl Settings {
             }
             None => None,
         };
+
+        let allow_clients = resolve_allow_clients(
+            args,
+            env,
+            allow_clients,
+            [Some(listen_addr), listen_tls_addr],
+            interface_networks,
+        )?;
 
         // Upstreams: flags replace everything; else the environment's one address; else the file.
         let mut upstreams: Vec<(String, String)> = args
@@ -1141,6 +1154,7 @@ impl Settings {
             listen_addr,
             listen_tls,
             listen_tls_addr,
+            allow_clients,
             fwd_addrs: fwd,
             fwd_proto,
             fwd_tls,
@@ -1296,16 +1310,237 @@ pub fn load(args: &RunArgs) -> Result<(Settings, Vec<String>), ConfigError> {
         .iter()
         .map(|var| format!("ignoring unknown environment variable {var}"))
         .collect();
+    // SAFETY: geteuid has no preconditions.
+    let running_as_root = unsafe { libc::geteuid() } == 0;
     let file = match config_path(args, &env) {
-        Some((_, path)) => FileConfig::load(&path)?,
+        Some((key, path)) => {
+            check_file_mode(&key, &path, FileKind::Config, running_as_root)?;
+            FileConfig::load(&path)?
+        }
         None => FileConfig::default(),
     };
     let settings = Settings::resolve(args, file, &env, crate::cgroup::cgroup2_mount)?;
+    if let Some(tls) = &settings.listen_tls {
+        check_file_mode(
+            "listen_cert_key",
+            &tls.key,
+            FileKind::PrivateKey,
+            running_as_root,
+        )?;
+    }
+    if let Some(ca) = settings.fwd_tls.as_ref().and_then(|t| t.ca.as_ref()) {
+        check_file_mode("fwd_tls_cert", ca, FileKind::Trusted, running_as_root)?;
+    }
     for cgroup in &settings.cgroups {
         crate::cgroup::validate(cgroup)
             .map_err(|e| invalid("cgroup", cgroup.display().to_string(), e.to_string()))?;
     }
     Ok((settings, warnings))
+}
+
+/// What a file checked by [`check_file_mode`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// The config file: whoever can write it decides what the firewall allows.
+    Config,
+    /// The DoT listener's private key: whoever can write it can swap it, whoever can read it can
+    /// impersonate the listener.
+    PrivateKey,
+    /// The CA bundle the DoT upstream is verified against: whoever can write it can add a CA and
+    /// answer in the upstream's name (and so authorize anything).
+    Trusted,
+}
+
+/// `allow_clients`: the flags (`--allow-client`, repeatable) replace everything; else
+/// `NET_TRUST_ALLOW_CLIENTS` (comma- or space-separated); else the file's list. Each entry is a
+/// network in CIDR notation or a single address. Unset: loopback plus the subnet of each
+/// listener address that is not loopback, as `subnets` reads it from the interfaces.
+fn resolve_allow_clients(
+    args: &RunArgs,
+    env: &Env,
+    file: Option<Vec<String>>,
+    listeners: [Option<SocketAddr>; 2],
+    subnets: impl Fn(IpAddr) -> Vec<IpNet>,
+) -> Result<Vec<IpNet>, ConfigError> {
+    let entries: Option<Vec<(String, String)>> = if !args.allow_clients.is_empty() {
+        Some(
+            args.allow_clients
+                .iter()
+                .map(|v| ("--allow-client".to_owned(), v.clone()))
+                .collect(),
+        )
+    } else if let Some((var, value)) = env.scalar("allow_clients") {
+        Some(
+            value
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|v| !v.is_empty())
+                .map(|v| (var.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    } else {
+        file.map(|list| {
+            list.into_iter()
+                .map(|v| ("allow_clients".to_owned(), v))
+                .collect()
+        })
+    };
+    let mut networks = Vec::new();
+    match entries {
+        Some(entries) => {
+            for (key, value) in entries {
+                let net = match value.trim().parse::<IpAddr>() {
+                    Ok(ip) => IpNet::from(ip),
+                    Err(_) => parse_network(&key, &value).map_err(|_| {
+                        invalid(
+                            &key,
+                            &value,
+                            "expected a network in CIDR notation (e.g. 192.0.2.0/24) or an address",
+                        )
+                    })?,
+                };
+                networks.push(net);
+            }
+            if networks.is_empty() {
+                return Err(invalid(
+                    "allow_clients",
+                    "[]",
+                    "an empty list would refuse every client; leave it unset for the default (loopback and the listen subnet)",
+                ));
+            }
+        }
+        None => {
+            networks.extend(loopback_networks());
+            for ip in listeners.into_iter().flatten().map(|a| a.ip()) {
+                if !ip.is_loopback() {
+                    networks.extend(subnets(ip));
+                }
+            }
+        }
+    }
+    dedup(&mut networks);
+    Ok(networks)
+}
+
+/// The networks of this host's interfaces that `ip` belongs to (address and prefix, e.g.
+/// 192.0.2.1/24 gives 192.0.2.0/24); for an unspecified address (0.0.0.0, ::), every
+/// non-loopback interface network (both families for ::, which also accepts IPv4). An address
+/// on no interface gives itself alone.
+pub fn interface_networks(ip: IpAddr) -> Vec<IpNet> {
+    let mut found = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } == 0 {
+        let mut cursor = list;
+        while !cursor.is_null() {
+            // SAFETY: a node of the list getifaddrs returned, valid until freeifaddrs.
+            let entry = unsafe { &*cursor };
+            cursor = entry.ifa_next;
+            // SAFETY: ifa_addr and ifa_netmask are null or point at sockaddrs of the family
+            // they name (the kernel gives the netmask in the address's family).
+            let (Some(addr), Some(mask)) = (unsafe { sockaddr_ip(entry.ifa_addr) }, unsafe {
+                sockaddr_ip(entry.ifa_netmask)
+            }) else {
+                continue;
+            };
+            let prefix = match mask {
+                IpAddr::V4(m) => u32::from(m).leading_ones(),
+                IpAddr::V6(m) => u128::from(m).leading_ones(),
+            };
+            let Ok(net) = IpNet::new(addr, u8::try_from(prefix).unwrap_or(0)) else {
+                continue;
+            };
+            let wanted = match ip {
+                IpAddr::V4(v4) if v4.is_unspecified() => addr.is_ipv4() && !addr.is_loopback(),
+                IpAddr::V6(v6) if v6.is_unspecified() => !addr.is_loopback(),
+                _ => addr == ip.to_canonical(),
+            };
+            if wanted {
+                found.push(net.trunc());
+            }
+        }
+        // SAFETY: the list getifaddrs returned, freed once.
+        unsafe { libc::freeifaddrs(list) };
+    }
+    if found.is_empty() && !ip.is_unspecified() {
+        found.push(IpNet::from(ip));
+    }
+    dedup(&mut found);
+    found
+}
+
+/// The IP address of an IPv4 or IPv6 `sockaddr`; `None` for a null pointer or another family.
+///
+/// # Safety
+/// `addr` is null or points at a valid sockaddr of the family it names.
+unsafe fn sockaddr_ip(addr: *const libc::sockaddr) -> Option<IpAddr> {
+    if addr.is_null() {
+        return None;
+    }
+    // SAFETY: non-null and valid per the contract; the family says which structure it is.
+    unsafe {
+        match i32::from((*addr).sa_family) {
+            libc::AF_INET => {
+                let v4 = &*addr.cast::<libc::sockaddr_in>();
+                Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))))
+            }
+            libc::AF_INET6 => {
+                let v6 = &*addr.cast::<libc::sockaddr_in6>();
+                Some(IpAddr::V6(std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Refuses a file others could change (group or other write bit, or, when nettrust runs as
+/// root, an owner other than root) and a private key others could read (other read bit); the
+/// error names the file and the command that fixes it. Symbolic links are followed: the mode of
+/// the file read is the one that matters.
+pub fn check_file_mode(
+    key: &str,
+    path: &Path,
+    kind: FileKind,
+    running_as_root: bool,
+) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| invalid(key, &shown, format!("cannot read it: {e}")))?;
+    let mode = meta.mode() & 0o7777;
+    let (fixed_mode, what) = match kind {
+        FileKind::Config => (0o644, "the config file"),
+        FileKind::PrivateKey => (0o600, "the private key"),
+        FileKind::Trusted => (0o644, "the CA bundle"),
+    };
+    if mode & 0o022 != 0 {
+        return Err(invalid(
+            key,
+            &shown,
+            format!(
+                "{what} is writable by other users (mode {mode:04o}); fix: chmod {fixed_mode:o} {shown}"
+            ),
+        ));
+    }
+    if kind == FileKind::PrivateKey && mode & 0o004 != 0 {
+        return Err(invalid(
+            key,
+            &shown,
+            format!(
+                "{what} is readable by other users (mode {mode:04o}); fix: chmod {fixed_mode:o} {shown}"
+            ),
+        ));
+    }
+    if running_as_root && meta.uid() != 0 {
+        return Err(invalid(
+            key,
+            &shown,
+            format!(
+                "{what} is owned by uid {} while nettrust runs as root, so that user can change it; fix: chown root:root {shown}",
+                meta.uid()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn dedup<T: PartialEq>(items: &mut Vec<T>) {

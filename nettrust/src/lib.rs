@@ -184,7 +184,8 @@ pub async fn run(
                 .dns_ttl_cache
                 .map(|max| Cache::new(max, settings.dns_cache_size)),
         )
-        .with_udp_buffer_size(settings.fwd_udp_buffer_size),
+        .with_udp_buffer_size(settings.fwd_udp_buffer_size)
+        .with_allow_clients(settings.allow_clients.clone()),
     );
 
     let cancel = CancellationToken::new();
@@ -251,6 +252,7 @@ pub async fn run(
     }
     tracing::info!(
         listen = %listen,
+        allow_clients = ?settings.allow_clients,
         upstreams = ?settings.fwd_addrs,
         fwd_proto = ?settings.fwd_proto,
         fwd_tls = settings.fwd_tls.is_some(),

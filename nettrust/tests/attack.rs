@@ -17,6 +17,7 @@ use std::{
 };
 
 use attackers::*;
+use hickory_proto::op::{Message, ResponseCode};
 use world::World;
 
 #[test]
@@ -378,5 +379,283 @@ fn malformed_messages_leave_the_daemon_answering() {
         count * 2
     );
     assert!(count >= 500);
+    assert!(world.stop_daemon());
+}
+
+/// The primary and secondary upstreams of the steering tests: both answer every name with their
+/// own marker address except `*.slow.test`, which the primary never answers (nor the secondary,
+/// unless told to).
+struct Steering {
+    stop: Arc<AtomicBool>,
+    primary_answered: Arc<AtomicUsize>,
+    secondary_answered: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+const PRIMARY_MARK: &str = "192.0.2.201";
+const SECONDARY_MARK: &str = "192.0.2.202";
+
+impl Steering {
+    fn start(world: &World, secondary_answers_slow: bool) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (primary_answered, secondary_answered) = (Arc::default(), Arc::default());
+        let (ready, bound) = std::sync::mpsc::channel();
+        let threads = [
+            (5301, PRIMARY_MARK, false, &primary_answered),
+            (
+                5302,
+                SECONDARY_MARK,
+                secondary_answers_slow,
+                &secondary_answered,
+            ),
+        ]
+        .into_iter()
+        .map(
+            |(port, mark, answer_slow, count): (u16, &str, bool, &Arc<AtomicUsize>)| {
+                in_netns(
+                    &world.inet_ns,
+                    slow_zone_upstream(
+                        port,
+                        mark.parse().unwrap(),
+                        answer_slow,
+                        stop.clone(),
+                        count.clone(),
+                        ready.clone(),
+                    ),
+                )
+            },
+        )
+        .collect();
+        for _ in 0..2 {
+            bound
+                .recv_timeout(Duration::from_secs(5))
+                .expect("the scripted upstreams bind");
+        }
+        Self {
+            stop,
+            primary_answered,
+            secondary_answered,
+            threads,
+        }
+    }
+
+    fn daemon_args(timeout_ms: &str) -> Vec<String> {
+        [
+            "--fwd-addr",
+            &format!("{}:5301", world::INET_V4),
+            "--fwd-addr",
+            &format!("{}:5302", world::INET_V4),
+            "--fwd-timeout-ms",
+            timeout_ms,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+impl Drop for Steering {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One client asking a name of a zone that is slow from the primary upstream, again and again
+/// (each query times out there and is answered by the secondary), must not push the other
+/// queries to the secondary upstream, which may not filter like the primary.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn a_slow_zone_does_not_move_other_queries_to_the_secondary() {
+    let mut world = World::new();
+    let upstreams = Steering::start(&world, true);
+    let args = Steering::daemon_args("300");
+    world.start_daemon_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for _ in 0..6 {
+        let (status, answers, _) = world.dig("q.slow.test", false);
+        assert_eq!(status, "NOERROR");
+        assert_eq!(
+            answers,
+            [SECONDARY_MARK],
+            "only the secondary answers the slow zone"
+        );
+    }
+    for i in 1..=3 {
+        let (status, answers, took) = world.dig(&format!("n{i}.test"), false);
+        assert_eq!(status, "NOERROR");
+        assert_eq!(
+            answers,
+            [PRIMARY_MARK],
+            "n{i}.test went to the secondary upstream\n{}",
+            world.daemon_log()
+        );
+        assert!(took < Duration::from_millis(300), "n{i}.test took {took:?}");
+    }
+    assert_eq!(
+        upstreams.secondary_answered.load(Ordering::Relaxed),
+        6,
+        "the secondary answered the slow question only"
+    );
+    assert!(upstreams.primary_answered.load(Ordering::Relaxed) >= 3);
+    assert!(world.stop_daemon());
+}
+
+/// 3,000 slow queries from one client (127.0.0.1), about 2,000 a second, each of which would
+/// hold a slot for seconds: another client (127.0.0.2), asking every 100 ms during the flood,
+/// gets every answer within a second. The flooder gets REFUSED past its bound.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn a_flood_of_slow_queries_from_one_client_leaves_others_answered() {
+    let mut world = World::new();
+    let _upstreams = Steering::start(&world, false);
+    let args = Steering::daemon_args("2000");
+    world.start_daemon_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let flooding = Arc::new(AtomicBool::new(true));
+    let _stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let flooder = {
+        let (flooding, refused) = (flooding.clone(), refused.clone());
+        in_netns(&world.client_ns, move || {
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.connect("127.0.0.1:53").unwrap();
+            socket.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 4096];
+            let mut drain = |socket: &UdpSocket| {
+                while let Ok(len) = socket.recv(&mut buf) {
+                    if Message::from_vec(&buf[..len])
+                        .is_ok_and(|m| m.metadata.response_code == ResponseCode::Refused)
+                    {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            };
+            for i in 0..3000u16 {
+                let _ = socket.send(&query(&format!("f{i}.slow.test"), i));
+                if i % 2 == 1 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                drain(&socket);
+            }
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                drain(&socket);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            flooding.store(false, Ordering::SeqCst);
+            3000
+        })
+    };
+    let victim = {
+        let flooding = flooding.clone();
+        in_netns(&world.client_ns, move || {
+            let socket = UdpSocket::bind("127.0.0.2:0").unwrap();
+            socket.connect("127.0.0.1:53").unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .unwrap();
+            let mut results = Vec::new();
+            let mut id = 0u16;
+            while flooding.load(Ordering::SeqCst) {
+                id += 1;
+                let name = format!("n{}.test", 1 + id % 200);
+                let started = Instant::now();
+                let answered = udp_ask(&socket, &query(&name, id)).and_then(|reply| {
+                    let m = Message::from_vec(&reply).ok()?;
+                    (m.metadata.id == id && !m.answers.is_empty()).then_some(())
+                });
+                results.push((name, answered.is_some(), started.elapsed()));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            results
+        })
+    };
+    let sent = flooder.join().unwrap();
+    let results = victim.join().unwrap();
+    assert!(
+        sent == 3000 && results.len() >= 10,
+        "{} victim queries",
+        results.len()
+    );
+    let failed: Vec<_> = results.iter().filter(|(_, ok, _)| !ok).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} queries of the other client got no answer within 1 s: {failed:?}\n{}",
+        failed.len(),
+        results.len(),
+        world.daemon_log()
+    );
+    let slowest = results.iter().map(|(_, _, took)| *took).max().unwrap();
+    assert!(slowest < Duration::from_secs(1), "slowest {slowest:?}");
+    let refused = refused.load(Ordering::Relaxed);
+    assert!(
+        refused >= 2000,
+        "the flooder should be refused past its 256 in flight, got {refused} REFUSED"
+    );
+    eprintln!(
+        "other client: {} queries, all answered, slowest {slowest:?}; flooder: {refused} of 3000 REFUSED",
+        results.len()
+    );
+    assert!(world.stop_daemon());
+}
+
+/// With a listener reachable from a network (0.0.0.0:53) and allow_clients left at its default
+/// (loopback and the listen address's subnets: 198.51.100.0/24 here), a client in another
+/// namespace outside those networks gets REFUSED over UDP and TCP and authorizes nothing; one
+/// inside is served.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn clients_outside_allow_clients_are_refused_and_authorize_nothing() {
+    let mut world = World::new();
+    world.start_daemon_on(
+        "0.0.0.0:53",
+        &["--fwd-addr", &format!("{}:53", world::UPSTREAM)],
+    );
+    let dig_from = |source: &str, name: &str, tcp: bool| -> (String, String) {
+        let mut cmd = world.in_ns(&world.inet_ns, "dig");
+        cmd.args(["+time=2", "+tries=1", "-b", source])
+            .arg(format!("@{}", world::CLIENT_V4))
+            .args([name, "A"]);
+        if tcp {
+            cmd.arg("+tcp");
+        }
+        let out = cmd.output().expect("run dig");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let status = text
+            .split("status: ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .unwrap_or("NO ANSWER")
+            .to_owned();
+        (status, text)
+    };
+    // 203.0.113.5 is local in the internet namespace, outside 198.51.100.0/24.
+    for tcp in [false, true] {
+        let (status, text) = dig_from("203.0.113.5", "a.test", tcp);
+        assert_eq!(status, "REFUSED", "tcp={tcp}:\n{text}");
+        assert!(!text.contains("192.0.2.10"), "{text}");
+    }
+    let (status, _) = dig_from("203.0.113.5", "b.test", false);
+    assert_eq!(status, "REFUSED");
+    let listed = world.list();
+    for addr in ["192.0.2.10", "192.0.2.11"] {
+        assert!(
+            !listed.contains(&addr.parse().unwrap()),
+            "{addr} authorized for a refused client"
+        );
+    }
+    assert!(!world.reachable_from_cgroup("192.0.2.10"));
+    // Inside the listen subnet: served, and the answer authorizes.
+    let (status, text) = dig_from(world::INET_V4, "a.test", false);
+    assert_eq!(status, "NOERROR", "{text}");
+    assert!(text.contains("192.0.2.10"), "{text}");
+    assert!(world.list().contains(&"192.0.2.10".parse().unwrap()));
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+    // The host itself (loopback) is served.
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    assert!(
+        world.daemon_log().contains("[Refused]"),
+        "the refusal is logged"
+    );
     assert!(world.stop_daemon());
 }

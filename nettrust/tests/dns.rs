@@ -38,6 +38,12 @@ fn test_pki(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&paths.0, ca.pem()).unwrap();
     std::fs::write(&paths.1, leaf.pem()).unwrap();
     std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    // nettrust refuses a private key other users can read.
+    std::fs::set_permissions(
+        &paths.2,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     paths
 }
 
@@ -326,9 +332,11 @@ fn failover_when_the_first_upstream_is_dead() {
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert_eq!(world.resolve("b.test", "A", true), ["192.0.2.11"]);
     assert!(world.reachable_from_cgroup("192.0.2.10"));
+    // A third distinct question failing on the dead server puts it in back-off.
+    assert_eq!(world.resolve("c.test", "A", false), ["192.0.2.12"]);
     // While the dead server is in back-off, answers come without waiting for it.
     let started = std::time::Instant::now();
-    assert_eq!(world.resolve("c.test", "A", false), ["192.0.2.12"]);
+    assert_eq!(world.resolve("n1.test", "A", false), ["203.0.113.1"]);
     assert!(
         started.elapsed() < Duration::from_millis(350),
         "{:?}",
@@ -418,5 +426,35 @@ fn cache_hits_reauthorize() {
             "{sample} missing:\n{text}"
         );
     }
+    assert!(world.stop_daemon());
+}
+
+/// A config file others can write is refused at start and on SIGHUP (the running configuration
+/// stays), with an error naming the file and the fix.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn config_file_writable_by_others_is_refused_at_start_and_on_reload() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut world = World::new();
+    let config = write_config(&world, "authorize_ptr = false\n");
+    let set_mode = |mode: u32| {
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    set_mode(0o666);
+    let err = world.start_fails(&["--config", &config]);
+    assert!(err.contains(&format!("chmod 644 {config}")), "{err}");
+    set_mode(0o644);
+    world.start_daemon(&["--config", &config]);
+    set_mode(0o664);
+    world.signal_daemon(libc::SIGHUP);
+    world.eventually("the reload refused", Duration::from_secs(5), || {
+        world.daemon_log().contains(&format!("chmod 644 {config}"))
+    });
+    assert!(
+        world
+            .daemon_log()
+            .contains("[Reload] invalid configuration")
+    );
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert!(world.stop_daemon());
 }

@@ -14,6 +14,7 @@ pub const SCALAR_KEYS: &[&str] = &[
     "listen_tls",
     "listen_cert",
     "listen_cert_key",
+    "allow_clients",
     "fwd_addr",
     "fwd_proto",
     "fwd_tls",

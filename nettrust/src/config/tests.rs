@@ -243,6 +243,7 @@ listen_addr = "[::1]:5353"
 listen_tls = true
 listen_cert = "{cert}"
 listen_cert_key = "{key}"
+allow_clients = ["192.0.2.0/24", "2001:db8::7"]
 fwd_addr = "2001:db8::53"
 fwd_addrs = ["192.0.2.1:853", "2001:db8::53"]
 fwd_proto = "tcp"
@@ -280,6 +281,13 @@ response = "nxdomain"
     );
     let s = ok(&RunArgs::default(), &toml, &[]);
     assert_eq!(s.listen_addr, "[::1]:5353".parse().unwrap());
+    assert_eq!(
+        s.allow_clients,
+        [
+            "192.0.2.0/24".parse::<IpNet>().unwrap(),
+            "2001:db8::7/128".parse().unwrap()
+        ]
+    );
     assert_eq!(
         s.listen_tls,
         Some(ListenTls {
@@ -958,5 +966,243 @@ fn map_capacities_are_configurable_and_validated() {
         resolve(&args(), "max_networks = 3", &[]),
         "max_networks",
         "3",
+    );
+}
+
+fn file_with_mode(dir: &Path, name: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, "x = 1\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[test]
+fn config_file_writable_by_others_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [0o664, 0o646, 0o666, 0o777] {
+        let path = file_with_mode(dir.path(), &format!("c{mode:o}.toml"), mode);
+        let e = check_file_mode("--config", &path, FileKind::Config, false)
+            .expect_err("a config file others can write must be refused")
+            .to_string();
+        let shown = path.display().to_string();
+        assert!(e.contains(&shown), "{e}");
+        assert!(e.contains(&format!("chmod 644 {shown}")), "{e}");
+        assert!(e.contains("writable"), "{e}");
+    }
+    for mode in [0o644, 0o600, 0o640, 0o400] {
+        let path = file_with_mode(dir.path(), &format!("ok{mode:o}.toml"), mode);
+        check_file_mode("--config", &path, FileKind::Config, false)
+            .unwrap_or_else(|e| panic!("mode {mode:o}: {e}"));
+    }
+}
+
+#[test]
+fn private_key_readable_by_others_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [0o644, 0o604, 0o660, 0o606] {
+        let path = file_with_mode(dir.path(), &format!("k{mode:o}.pem"), mode);
+        let e = check_file_mode("listen_cert_key", &path, FileKind::PrivateKey, false)
+            .expect_err("a key others can read or write must be refused")
+            .to_string();
+        let shown = path.display().to_string();
+        assert!(e.contains("listen_cert_key") && e.contains(&shown), "{e}");
+        assert!(e.contains(&format!("chmod 600 {shown}")), "{e}");
+    }
+    for mode in [0o600, 0o400, 0o640] {
+        let path = file_with_mode(dir.path(), &format!("ok{mode:o}.pem"), mode);
+        check_file_mode("listen_cert_key", &path, FileKind::PrivateKey, false)
+            .unwrap_or_else(|e| panic!("mode {mode:o}: {e}"));
+    }
+}
+
+#[test]
+fn ca_bundle_writable_by_others_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file_with_mode(dir.path(), "ca.pem", 0o664);
+    let e = check_file_mode("fwd_tls_cert", &path, FileKind::Trusted, false)
+        .expect_err("a CA bundle others can write must be refused")
+        .to_string();
+    assert!(
+        e.contains("fwd_tls_cert") && e.contains(&format!("chmod 644 {}", path.display())),
+        "{e}"
+    );
+    let path = file_with_mode(dir.path(), "ok.pem", 0o644);
+    check_file_mode("fwd_tls_cert", &path, FileKind::Trusted, false).unwrap();
+}
+
+#[test]
+fn file_of_another_user_is_refused_when_running_as_root() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = file_with_mode(dir.path(), "c.toml", 0o644);
+    let owner = std::fs::metadata(&path).unwrap().uid();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        check_file_mode("--config", &path, FileKind::Config, true).unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+    }
+    let e = check_file_mode("--config", &path, FileKind::Config, true)
+        .expect_err("a file owned by another user must be refused when running as root")
+        .to_string();
+    assert!(e.contains(&path.display().to_string()), "{e}");
+    assert!(e.contains("chown root"), "{e}");
+    // Not running as root, the owner is whoever runs nettrust: not checked.
+    if owner != 0 {
+        check_file_mode("--config", &path, FileKind::Config, false).unwrap();
+    }
+}
+
+#[test]
+fn load_checks_the_config_file_and_the_key() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = pem(dir.path(), "cert.pem", "CERTIFICATE");
+    let key = pem(dir.path(), "key.pem", "PRIVATE KEY");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.path().join("nettrust.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "fwd_addr = \"192.0.2.53:53\"\ncgroups = [\"{}\"]\nlisten_tls = true\nlisten_cert = \"{}\"\nlisten_cert_key = \"{}\"\n",
+            dir.path().display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let a = RunArgs {
+        config: Some(config.clone()),
+        ..RunArgs::default()
+    };
+    // Whatever else `load` finds (the directory is not a cgroup), it is not the files' modes.
+    let modes_ok = |result: Result<(Settings, Vec<String>), ConfigError>| match result {
+        Ok(_) => true,
+        Err(e) => !e.to_string().contains("chmod"),
+    };
+    assert!(modes_ok(load(&a)));
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let e = load(&a).expect_err("world-writable config").to_string();
+    assert!(
+        e.contains(&format!("chmod 644 {}", config.display())),
+        "{e}"
+    );
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = load(&a).expect_err("world-readable key").to_string();
+    assert!(e.contains(&format!("chmod 600 {}", key.display())), "{e}");
+}
+
+#[test]
+fn allow_clients_defaults_to_loopback_plus_the_listen_subnets() {
+    let subnets = |ip: IpAddr| -> Vec<IpNet> {
+        match ip.to_string().as_str() {
+            "198.51.100.1" => vec!["198.51.100.0/24".parse().unwrap()],
+            "2001:db8:ff::1" => vec!["2001:db8:ff::/64".parse().unwrap()],
+            other => panic!("asked for {other}"),
+        }
+    };
+    let resolve = |listeners: [Option<&str>; 2]| {
+        resolve_allow_clients(
+            &RunArgs::default(),
+            &Env::default(),
+            None,
+            listeners.map(|l| l.map(|a| a.parse().unwrap())),
+            subnets,
+        )
+        .unwrap()
+    };
+    // Loopback listener: loopback only (the interfaces are not even read).
+    assert_eq!(resolve([Some("127.0.0.1:53"), None]), loopback_networks());
+    let mut expected = loopback_networks();
+    expected.push("198.51.100.0/24".parse().unwrap());
+    assert_eq!(resolve([Some("198.51.100.1:53"), None]), expected);
+    expected.push("2001:db8:ff::/64".parse().unwrap());
+    assert_eq!(
+        resolve([Some("198.51.100.1:53"), Some("[2001:db8:ff::1]:853")]),
+        expected
+    );
+    // Through `resolve`, with the default listener.
+    assert_eq!(ok(&args(), "", &[]).allow_clients, loopback_networks());
+}
+
+#[test]
+fn allow_clients_precedence_and_bad_values() {
+    let a = RunArgs {
+        allow_clients: vec!["203.0.113.0/24".into(), "2001:db8::1".into()],
+        ..args()
+    };
+    let file = "allow_clients = [\"192.0.2.0/24\"]";
+    assert_eq!(
+        ok(&a, file, &[("NET_TRUST_ALLOW_CLIENTS", "198.51.100.0/24")]).allow_clients,
+        [
+            "203.0.113.0/24".parse::<IpNet>().unwrap(),
+            "2001:db8::1/128".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        ok(
+            &args(),
+            file,
+            &[("NET_TRUST_ALLOW_CLIENTS", "198.51.100.0/24, 192.0.2.7")]
+        )
+        .allow_clients,
+        [
+            "198.51.100.0/24".parse::<IpNet>().unwrap(),
+            "192.0.2.7/32".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        ok(&args(), file, &[]).allow_clients,
+        ["192.0.2.0/24".parse::<IpNet>().unwrap()]
+    );
+    err_names(
+        resolve(&args(), "allow_clients = [\"192.0.2.0/33\"]", &[]),
+        "allow_clients",
+        "192.0.2.0/33",
+    );
+    err_names(
+        resolve(&args(), "allow_clients = [\"lan\"]", &[]),
+        "allow_clients",
+        "lan",
+    );
+    err_names(
+        resolve(
+            &args(),
+            "",
+            &[("NET_TRUST_ALLOW_CLIENTS", "10.0.0.0/8,bad")],
+        ),
+        "NET_TRUST_ALLOW_CLIENTS",
+        "bad",
+    );
+    let flag = RunArgs {
+        allow_clients: vec!["not-a-net".into()],
+        ..args()
+    };
+    err_names(resolve(&flag, "", &[]), "--allow-client", "not-a-net");
+    err_names(
+        resolve(&args(), "allow_clients = []", &[]),
+        "allow_clients",
+        "[]",
+    );
+}
+
+#[test]
+fn interface_networks_reads_the_loopback_prefix() {
+    // Every Linux host has 127.0.0.1/8 on lo.
+    assert_eq!(
+        interface_networks("127.0.0.1".parse().unwrap()),
+        ["127.0.0.0/8".parse::<IpNet>().unwrap()]
+    );
+    // An address on no interface stands for itself.
+    assert_eq!(
+        interface_networks("192.0.2.250".parse().unwrap()),
+        ["192.0.2.250/32".parse::<IpNet>().unwrap()]
+    );
+    assert!(
+        !interface_networks("0.0.0.0".parse().unwrap())
+            .iter()
+            .any(|n| n.addr().is_loopback())
     );
 }

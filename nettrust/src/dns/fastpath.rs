@@ -245,7 +245,7 @@ impl FastPath {
                 );
                 continue;
             }
-            match self.proxy.prepare(query, ClientTransport::Udp) {
+            match self.proxy.prepare(query, ClientTransport::Udp, client.ip()) {
                 Prepared::Reply(response, label) => {
                     count_query(label);
                     if let Some(response) = response {
@@ -498,7 +498,9 @@ impl FastPath {
         forward: Forward,
         client: SocketAddr,
     ) {
-        self.proxy.upstreams().failed(server, &error);
+        self.proxy
+            .upstreams()
+            .failed(server, forward.question(), &error);
         self.hand_off(forward, client, Retry::Failed(server, error));
     }
 

@@ -1,10 +1,27 @@
-//! One client query, start to finish: parse, refuse blacklisted names, serve from the cache
-//! (re-authorizing) or forward, accept only the matching answer, authorize its addresses, and
-//! only then relay the answer (with the client's ID restored, otherwise byte for byte). A failed
-//! authorization turns into SERVFAIL: the client never receives an address the firewall does not
-//! allow.
+//! One client query, start to finish: parse, refuse clients outside `allow_clients` and
+//! blacklisted names, serve from the cache (re-authorizing) or forward, accept only the matching
+//! answer, authorize its addresses, and only then relay the answer (with the client's ID
+//! restored, otherwise byte for byte). A failed authorization turns into SERVFAIL: the client
+//! never receives an address the firewall does not allow.
+//!
+//! A client outside `allow_clients` gets REFUSED before anything else (no cache lookup, nothing
+//! forwarded or authorized): a listener reachable from a network must not let that network
+//! open the firewall. Each client address has at most [`MAX_CLIENT_IN_FLIGHT`] queries
+//! forwarded and unanswered; one more is REFUSED at once, so one client's slow queries cannot
+//! take every slot of the listeners. Over UDP an answer longer than the client's EDNS0 size, or
+//! than [`MAX_UDP_REPLY`], is replaced by an empty one with TC=1 (the client asks again over TCP).
 
-use std::time::Instant;
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use ipnet::IpNet;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 
@@ -39,6 +56,76 @@ impl ClientTransport {
     }
 }
 
+/// Queries one client address may have forwarded and unanswered at once. A quarter of the UDP
+/// listener's slots ([`super::server::MAX_UDP_IN_FLIGHT`]): one client cannot take them all,
+/// and a host's own resolver traffic (every local process is the one client 127.0.0.1) keeps far
+/// more than the 100 in flight of a busy stub or a benchmark.
+pub const MAX_CLIENT_IN_FLIGHT: usize = 256;
+/// Largest UDP reply sent to a client: the EDNS0 size of DNS flag day 2020, which avoids IP
+/// fragmentation (and bounds what a spoofed query can reflect).
+pub const MAX_UDP_REPLY: usize = 1232;
+/// At most one log line per this many seconds about refused clients.
+const REFUSED_LOG_INTERVAL_SECS: u64 = 10;
+
+/// Forwarded queries in flight per client address.
+#[derive(Debug)]
+pub(crate) struct ClientSlots {
+    limit: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ClientSlots {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            counts: Mutex::default(),
+        })
+    }
+
+    /// A slot for `client`, held until the returned guard is dropped; `None` at the limit.
+    fn acquire(self: &Arc<Self>, client: IpAddr) -> Option<ClientSlot> {
+        let mut counts = self.counts.lock().expect("client slots lock");
+        let count = counts.entry(client).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            slots: self.clone(),
+            client,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self, client: IpAddr) -> usize {
+        self.counts
+            .lock()
+            .expect("client slots lock")
+            .get(&client)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// One forwarded query of a client; gives its slot back when dropped.
+#[derive(Debug)]
+pub(crate) struct ClientSlot {
+    slots: Arc<ClientSlots>,
+    client: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = self.slots.counts.lock().expect("client slots lock");
+        if let Some(count) = counts.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
+
 /// The DNS proxy's query handler.
 pub struct Proxy {
     upstreams: Upstreams,
@@ -46,6 +133,14 @@ pub struct Proxy {
     cache: Option<Cache>,
     /// EDNS0 payload size advertised upstream over UDP.
     udp_buffer_size: u16,
+    /// Clients served; others get REFUSED.
+    allow_clients: Vec<IpNet>,
+    /// Forwarded queries in flight per client.
+    client_slots: Arc<ClientSlots>,
+    /// When (seconds since `started`) a refused client was last logged, plus one (0: never).
+    refused_logged: AtomicU64,
+    refused_total: AtomicU64,
+    started: Instant,
 }
 
 impl Proxy {
@@ -56,6 +151,59 @@ impl Proxy {
             authorizer,
             cache: None,
             udp_buffer_size: super::upstream::DEFAULT_UDP_BUFFER_SIZE,
+            allow_clients: crate::config::loopback_networks(),
+            client_slots: ClientSlots::new(MAX_CLIENT_IN_FLIGHT),
+            refused_logged: AtomicU64::new(0),
+            refused_total: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// Serves only clients in `networks` (loopback only unless told otherwise).
+    pub fn with_allow_clients(mut self, networks: Vec<IpNet>) -> Self {
+        self.allow_clients = networks;
+        self
+    }
+
+    /// At most `limit` forwarded queries in flight per client address.
+    pub fn with_client_in_flight_limit(mut self, limit: usize) -> Self {
+        self.client_slots = ClientSlots::new(limit.max(1));
+        self
+    }
+
+    /// How many queries were refused because of their client's address.
+    pub fn refused_clients(&self) -> u64 {
+        self.refused_total.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn client_slots(&self) -> &ClientSlots {
+        &self.client_slots
+    }
+
+    /// Whether `client` may use the proxy (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn allows(&self, client: IpAddr) -> bool {
+        let client = client.to_canonical();
+        self.allow_clients.iter().any(|net| net.contains(&client))
+    }
+
+    /// Counts a query refused because of its client and logs it, at most once per
+    /// [`REFUSED_LOG_INTERVAL_SECS`].
+    fn refused_client(&self, client: IpAddr) {
+        let total = self.refused_total.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.started.elapsed().as_secs() + 1;
+        let last = self.refused_logged.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + REFUSED_LOG_INTERVAL_SECS)
+            && self
+                .refused_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                %client,
+                refused_total = total,
+                "[Refused] a client outside allow_clients asked a query (logged at most every {REFUSED_LOG_INTERVAL_SECS} s)"
+            );
         }
     }
 
@@ -71,9 +219,21 @@ impl Proxy {
         self
     }
 
-    /// Handles one query; `None` means no reply is sent (e.g. the message was a response).
+    /// Handles one query from a loopback client (tests, fuzz targets); `None` means no reply is
+    /// sent (e.g. the message was a response).
     pub async fn handle(&self, query: &[u8], transport: ClientTransport) -> Option<Vec<u8>> {
-        let (response, result) = self.respond(query, transport).await;
+        self.handle_from(query, transport, IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .await
+    }
+
+    /// Handles one query from `client`; `None` means no reply is sent.
+    pub async fn handle_from(
+        &self,
+        query: &[u8],
+        transport: ClientTransport,
+        client: IpAddr,
+    ) -> Option<Vec<u8>> {
+        let (response, result) = self.respond(query, transport, client).await;
         crate::metrics::metrics().query(transport.label(), result);
         response
     }
@@ -83,8 +243,9 @@ impl Proxy {
         &self,
         query: &[u8],
         transport: ClientTransport,
+        client: IpAddr,
     ) -> (Option<Vec<u8>>, &'static str) {
-        let forward = match self.prepare(query, transport) {
+        let forward = match self.prepare(query, transport, client) {
             Prepared::Reply(response, label) => return (response, label),
             Prepared::Forward(forward) => forward,
         };
@@ -100,16 +261,33 @@ impl Proxy {
     }
 
     /// Everything before the upstream is asked: parsing, refusals, the cache.
-    pub(crate) fn prepare(&self, query: &[u8], transport: ClientTransport) -> Prepared {
+    pub(crate) fn prepare(
+        &self,
+        query: &[u8],
+        transport: ClientTransport,
+        client: IpAddr,
+    ) -> Prepared {
+        let allowed = self.allows(client);
         let request = match Message::from_vec(query) {
             Ok(request) => request,
-            Err(e) => {
+            Err(e) if allowed => {
                 tracing::debug!("dropping an unparsable query: {e}");
                 return Prepared::Reply(unparsable_query_response(query), "formerr");
+            }
+            Err(_) => {
+                self.refused_client(client);
+                return Prepared::Reply(None, "refused_client");
             }
         };
         if request.metadata.message_type != MessageType::Query {
             return Prepared::Reply(None, "dropped");
+        }
+        if !allowed {
+            self.refused_client(client);
+            return Prepared::Reply(
+                error_response(&request, ResponseCode::Refused),
+                "refused_client",
+            );
         }
         if request.metadata.op_code != OpCode::Query {
             return Prepared::Reply(error_response(&request, ResponseCode::NotImp), "notimp");
@@ -126,7 +304,7 @@ impl Proxy {
             );
         }
         let client_limit = match transport {
-            ClientTransport::Udp => usize::from(request.max_payload()),
+            ClientTransport::Udp => usize::from(request.max_payload()).min(MAX_UDP_REPLY),
             ClientTransport::Tcp | ClientTransport::Tls => usize::MAX,
         };
         if let Some(cache) = &self.cache
@@ -148,11 +326,19 @@ impl Proxy {
                 Err(rcode) => Prepared::Reply(error_response(&request, rcode), rcode_label(rcode)),
             };
         }
+        let Some(slot) = self.client_slots.acquire(client.to_canonical()) else {
+            tracing::debug!(%client, "{MAX_CLIENT_IN_FLIGHT} queries of this client in flight, refusing one");
+            return Prepared::Reply(
+                error_response(&request, ResponseCode::Refused),
+                "client_busy",
+            );
+        };
         let query = self.forwarded_query(query, &request, transport);
         Prepared::Forward(Forward {
             request,
             query,
             client_limit,
+            _slot: slot,
         })
     }
 
@@ -293,6 +479,8 @@ pub(crate) struct Forward {
     pub(crate) query: Vec<u8>,
     /// Largest answer the client takes.
     client_limit: usize,
+    /// The client's in-flight slot, given back when the query is over.
+    _slot: ClientSlot,
 }
 
 impl Forward {

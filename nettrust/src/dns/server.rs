@@ -64,7 +64,9 @@ pub async fn serve_udp(
         let query = buf[..len].to_vec();
         let (socket, proxy) = (socket.clone(), proxy.clone());
         tracker.spawn(async move {
-            if let Some(response) = proxy.handle(&query, ClientTransport::Udp).await
+            if let Some(response) = proxy
+                .handle_from(&query, ClientTransport::Udp, peer.ip())
+                .await
                 && let Err(e) = socket.send_to(&response, peer).await
             {
                 tracing::debug!("UDP listener: cannot answer {peer}: {e}");
@@ -180,7 +182,7 @@ pub async fn serve_connection(
                     format!("{peer} stalled mid-message"),
                 )
             })??;
-        let Some(response) = proxy.handle(&query, transport).await else {
+        let Some(response) = proxy.handle_from(&query, transport, peer.ip()).await else {
             continue;
         };
         let Ok(len) = u16::try_from(response.len()) else {

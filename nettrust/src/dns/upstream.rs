@@ -10,11 +10,18 @@
 //!   timeout (RFC 5452 §9.1). A truncated answer is asked again over TCP, from the same server.
 //! - TCP and DoT: one connection per server, reused and pipelined (RFC 7766 §6.2.1.1): queries
 //!   carry IDs unique among those in flight on it and answers are matched by ID, in any order.
-//! - Servers are tried in the configured order; one that failed (timeout, error, unusable answer)
-//!   is skipped for [`HEALTH_BACKOFF`] unless every server is in back-off.
+//! - Servers are tried in the configured order. A server goes into back-off (skipped for
+//!   [`HEALTH_BACKOFF`] unless every server is in back-off) only after it failed (timeout, error,
+//!   unusable answer) [`FAILURES_TO_BACK_OFF`] distinct questions within [`FAILURE_WINDOW`] with
+//!   no answer in between: one slow or broken zone, asked any number of times, fails only the
+//!   queries for it and never moves other clients' queries to the next server (which may not
+//!   filter like the first). Any answer clears the record. A server coming out of back-off is on
+//!   probation: its next failure puts it back at once, so a dead server costs one timeout per
+//!   back-off period, not three.
 
 use std::{
     collections::HashMap,
+    hash::{Hash as _, Hasher as _},
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -45,8 +52,12 @@ fn count_rejected(result: &'static str) {
         .inc();
 }
 
-/// How long a failed server is skipped.
+/// How long a failing server is skipped.
 pub const HEALTH_BACKOFF: Duration = Duration::from_secs(5);
+/// Distinct questions a server must fail, with no answer in between, to go into back-off.
+pub const FAILURES_TO_BACK_OFF: usize = 3;
+/// How far back those failures count.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
 /// UDP sockets per upstream server.
 pub const UDP_POOL_SIZE: usize = 64;
 /// Queries sent from one UDP socket before it is replaced by one on a new random port.
@@ -361,19 +372,70 @@ struct Server {
     addr: SocketAddr,
     /// The UDP socket pool (slots filled on first use).
     udp: Vec<Mutex<Option<Arc<PooledUdp>>>>,
-    /// Skipped until then after a failure.
-    down_until: Mutex<Option<Instant>>,
+    /// Recent failures and back-off.
+    health: Mutex<Health>,
     /// The reused TCP/TLS connection, if open.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+}
+
+/// A server's failures since its last answer, and its back-off.
+#[derive(Debug, Default)]
+struct Health {
+    /// Skipped until then.
+    down_until: Option<Instant>,
+    /// The last failure of each distinct question (a hash of it) since the last answer, oldest
+    /// first; at most [`FAILURES_TO_BACK_OFF`] entries.
+    failures: Vec<(Instant, u64)>,
+    /// Out of a back-off with no answer since: the next failure starts another at once.
+    probation: bool,
+}
+
+impl Health {
+    /// Records a failure of `question` at `now`; `true` when it starts a back-off.
+    fn failed(&mut self, question: u64, now: Instant) -> bool {
+        if self.down_until.is_some_and(|until| until > now) {
+            // Already in back-off (tried because every server is): extend nothing.
+            return false;
+        }
+        if self.probation {
+            self.failures.clear();
+            self.down_until = Some(now + HEALTH_BACKOFF);
+            return true;
+        }
+        self.failures
+            .retain(|&(at, q)| q != question && now.duration_since(at) < FAILURE_WINDOW);
+        self.failures.push((now, question));
+        if self.failures.len() >= FAILURES_TO_BACK_OFF {
+            self.failures.clear();
+            self.down_until = Some(now + HEALTH_BACKOFF);
+            self.probation = true;
+            return true;
+        }
+        false
+    }
+
+    fn succeeded(&mut self) {
+        *self = Self::default();
+    }
+
+    fn healthy_at(&self, now: Instant) -> bool {
+        self.down_until.is_none_or(|until| until <= now)
+    }
+}
+
+/// A question's identity for counting distinct failures: name (case-insensitive), type, class.
+fn question_key(question: &Query) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    question.name().to_lowercase().hash(&mut hasher);
+    u16::from(question.query_type()).hash(&mut hasher);
+    u16::from(question.query_class()).hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Server {
     /// Whether the server is out of back-off at `now`.
     fn healthy_at(&self, now: Instant) -> bool {
-        self.down_until
-            .lock()
-            .expect("health lock")
-            .is_none_or(|until| until <= now)
+        self.health.lock().expect("health lock").healthy_at(now)
     }
 }
 
@@ -396,7 +458,7 @@ impl Upstreams {
                 .map(|&addr| Server {
                     addr,
                     udp: (0..UDP_POOL_SIZE).map(|_| Mutex::new(None)).collect(),
-                    down_until: Mutex::new(None),
+                    health: Mutex::new(Health::default()),
                     conn: tokio::sync::Mutex::new(None),
                 })
                 .collect(),
@@ -478,7 +540,7 @@ impl Upstreams {
                         return Ok(answer);
                     }
                     Err(e) => {
-                        self.failed(index, &e);
+                        self.failed(index, question, &e);
                         last_error = Some(e);
                     }
                 }
@@ -514,20 +576,36 @@ impl Upstreams {
         crate::metrics::metrics()
             .upstream_latency
             .observe(started.elapsed().as_secs_f64());
-        *self.servers[index].down_until.lock().expect("health lock") = None;
+        self.servers[index]
+            .health
+            .lock()
+            .expect("health lock")
+            .succeeded();
     }
 
-    /// Records a failure of server `index`: it is skipped for [`HEALTH_BACKOFF`].
-    pub(crate) fn failed(&self, index: usize, error: &UpstreamError) {
+    /// Records that server `index` failed `question`; after [`FAILURES_TO_BACK_OFF`] distinct
+    /// questions (see the module documentation) it is skipped for [`HEALTH_BACKOFF`].
+    pub(crate) fn failed(&self, index: usize, question: &Query, error: &UpstreamError) {
+        let server = &self.servers[index];
+        let backed_off = server
+            .health
+            .lock()
+            .expect("health lock")
+            .failed(question_key(question), Instant::now());
         if self.servers.len() > 1 {
             tracing::warn!(
-                upstream = %self.servers[index].addr,
+                upstream = %server.addr,
+                question = %question.name(),
                 error = %crate::error_chain(error),
                 "[Upstream Error] trying the next upstream"
             );
         }
-        *self.servers[index].down_until.lock().expect("health lock") =
-            Some(Instant::now() + HEALTH_BACKOFF);
+        if backed_off {
+            tracing::warn!(
+                upstream = %server.addr,
+                "[Upstream Error] {FAILURES_TO_BACK_OFF} distinct questions failed with no answer in between: skipping this upstream for {HEALTH_BACKOFF:?}"
+            );
+        }
     }
 
     /// The first server not in back-off, if any.
@@ -562,7 +640,7 @@ impl Upstreams {
                 Ok(answer)
             }
             Err(e) => {
-                self.failed(index, &e);
+                self.failed(index, question, &e);
                 self.exchange_after(query, question, index, e).await
             }
         }

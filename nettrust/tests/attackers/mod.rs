@@ -500,3 +500,51 @@ pub fn malformed_messages() -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// A UDP upstream on INET_V4:`port` that answers every question with `marker`, except names
+/// ending in `slow.test` unless `answer_slow` (a zone slow or broken from this upstream). Counts
+/// the questions it answered; `ready` gets a message once it is bound.
+pub fn slow_zone_upstream(
+    port: u16,
+    marker: Ipv4Addr,
+    answer_slow: bool,
+    stop: Arc<AtomicBool>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+    ready: std::sync::mpsc::Sender<()>,
+) -> impl FnOnce() + Send + 'static {
+    move || {
+        let socket = UdpSocket::bind((world::INET_V4, port)).expect("bind the scripted upstream");
+        let _ = ready.send(());
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((len, peer)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(q) = Message::from_vec(&buf[..len]) else {
+                continue;
+            };
+            let Some(question) = q.queries.first().cloned() else {
+                continue;
+            };
+            if !answer_slow && question.name.to_ascii().ends_with("slow.test.") {
+                continue;
+            }
+            let mut m = Message::response(q.metadata.id, OpCode::Query);
+            m.metadata.recursion_desired = q.metadata.recursion_desired;
+            m.metadata.recursion_available = true;
+            m.add_query(question.clone());
+            if question.query_type == RecordType::A {
+                m.add_answer(Record::from_rdata(
+                    question.name.clone(),
+                    60,
+                    RData::A(A(marker)),
+                ));
+            }
+            answered.fetch_add(1, Ordering::Relaxed);
+            let _ = socket.send_to(&m.to_vec().unwrap(), peer);
+        }
+    }
+}

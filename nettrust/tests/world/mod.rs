@@ -310,13 +310,19 @@ impl World {
     /// Starts nettrust like [`World::start_daemon`] but with only the `args` given after the
     /// listen, cgroup and bpffs options (so they must name the upstreams).
     pub fn start_daemon_with(&mut self, args: &[&str]) {
+        self.start_daemon_on("127.0.0.1:53", args);
+    }
+
+    /// [`World::start_daemon_with`] listening on `listen`, which must also answer on
+    /// 127.0.0.1:53 (e.g. 0.0.0.0:53): that is where readiness is checked.
+    pub fn start_daemon_on(&mut self, listen: &str, args: &[&str]) {
         let log = self.dir.path().join(format!(
             "nettrust-{}.log",
             COUNTER.fetch_add(1, Ordering::SeqCst)
         ));
         let child = self
             .in_ns(&self.client_ns, env!("CARGO_BIN_EXE_nettrust"))
-            .args(["run", "--listen-addr", "127.0.0.1:53"])
+            .args(["run", "--listen-addr", listen])
             .arg("--cgroup")
             .arg(&self.cgroup)
             .arg("--bpffs-dir")

@@ -35,11 +35,21 @@ struct Running {
 impl Running {
     /// Serves on `listen` (port 0), forwarding to `upstreams` with `timeout` per attempt.
     fn start(listen: &str, upstreams: &[SocketAddr], timeout: Duration) -> Self {
+        Self::start_with(listen, upstreams, timeout, |proxy| proxy)
+    }
+
+    /// [`Self::start`] with the proxy adjusted by `configure`.
+    fn start_with(
+        listen: &str,
+        upstreams: &[SocketAddr],
+        timeout: Duration,
+        configure: impl FnOnce(Proxy) -> Proxy,
+    ) -> Self {
         let firewall = Arc::new(Recording::default());
-        let proxy = Arc::new(Proxy::new(
+        let proxy = Arc::new(configure(Proxy::new(
             Upstreams::new(upstreams, Transport::Udp, timeout),
             Authorizer::new(firewall.clone(), None),
-        ));
+        )));
         let listener = std::net::UdpSocket::bind(listen).unwrap();
         let addr = listener.local_addr().unwrap();
         let fast = FastPath::new(
@@ -194,23 +204,54 @@ async fn forgeries_before_the_answer_are_counted_and_skipped() {
     fast.stop().await;
 }
 
-/// A silent first server: the query fails over to the second after the timeout, and the next
-/// query skips the first (back-off).
+/// A silent first server: each query fails over to the second after the timeout; after three
+/// distinct questions failed, the next query skips the first (back-off).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_fails_over_and_backs_off() {
     let silent = udp_server(0, Arc::new(|_: &Message| Vec::new())).await;
     let good = udp_server(0, answer_with("192.0.2.13")).await;
     let fast = Running::start("127.0.0.1:0", &[silent.addr, good.addr], SHORT);
+    for (id, name) in [(1, "t1.test."), (2, "t2.test."), (3, "t3.test.")] {
+        assert_eq!(
+            addresses(&ask(fast.addr, name, id).await),
+            [ip("192.0.2.13")]
+        );
+    }
+    assert_eq!(silent.queries(), 3);
     assert_eq!(
-        addresses(&ask(fast.addr, "t1.test.", 1).await),
+        addresses(&ask(fast.addr, "t4.test.", 4).await),
         [ip("192.0.2.13")]
     );
+    assert_eq!(silent.queries(), 3, "the silent server is in back-off");
+    assert_eq!(good.queries(), 4);
+    fast.stop().await;
+}
+
+/// A slow zone asked again and again (one question) fails only its own queries: other questions
+/// still go to the first server, not to the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_question_does_not_move_other_queries_to_the_next_server() {
+    let primary = udp_server(
+        0,
+        Arc::new(|q: &Message| {
+            if q.queries[0].name.to_string().ends_with("slow.test.") {
+                Vec::new()
+            } else {
+                vec![reply(q, &[a(&q.queries[0].name.to_string(), "192.0.2.21")])]
+            }
+        }),
+    )
+    .await;
+    let secondary = udp_server(0, answer_with("192.0.2.22")).await;
+    let fast = Running::start("127.0.0.1:0", &[primary.addr, secondary.addr], SHORT);
+    for id in 0..4 {
+        ask(fast.addr, "q.slow.test.", id).await;
+    }
     assert_eq!(
-        addresses(&ask(fast.addr, "t2.test.", 2).await),
-        [ip("192.0.2.13")]
+        addresses(&ask(fast.addr, "other.test.", 9).await),
+        [ip("192.0.2.21")],
+        "another client's question is still answered by the first server"
     );
-    assert_eq!(silent.queries(), 1, "the silent server is in back-off");
-    assert_eq!(good.queries(), 2);
     fast.stop().await;
 }
 
@@ -386,5 +427,79 @@ async fn answered_queries_leave_no_wake_ups_behind() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let woken = switches(&name) - before;
     assert!(woken <= 20, "{woken} wake-ups in 1 s of idleness");
+    fast.stop().await;
+}
+
+/// A client outside allow_clients gets REFUSED from the fast path: nothing forwarded or
+/// authorized; one inside is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_outside_allow_clients_are_refused() {
+    let upstream = udp_server(0, answer_with("192.0.2.41")).await;
+    let fast = Running::start_with("127.0.0.1:0", &[upstream.addr], SHORT, |proxy| {
+        proxy.with_allow_clients(vec!["127.0.0.1/32".parse().unwrap()])
+    });
+    let outside = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    outside.connect(fast.addr).await.unwrap();
+    outside
+        .send(&query_bytes("o.test.", RecordType::A, 21))
+        .await
+        .unwrap();
+    let refused = receive(&outside).await;
+    assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(refused.metadata.id, 21);
+    assert_eq!(upstream.queries(), 0, "nothing forwarded");
+    assert!(fast.firewall.calls().is_empty(), "nothing authorized");
+    assert_eq!(fast.proxy.refused_clients(), 1);
+    assert_eq!(
+        addresses(&ask(fast.addr, "i.test.", 22).await),
+        [ip("192.0.2.41")]
+    );
+    fast.stop().await;
+}
+
+/// Over its in-flight bound a client is refused at once by the fast path, and another client's
+/// query is still forwarded and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_is_refused_over_its_bound_and_others_are_answered() {
+    let upstream = udp_server(
+        0,
+        Arc::new(|q: &Message| {
+            if q.queries[0].name.to_string().ends_with("slow.test.") {
+                Vec::new()
+            } else {
+                vec![reply(q, &[a(&q.queries[0].name.to_string(), "192.0.2.42")])]
+            }
+        }),
+    )
+    .await;
+    let fast = Running::start_with(
+        "127.0.0.1:0",
+        &[upstream.addr],
+        Duration::from_secs(2),
+        |proxy| proxy.with_client_in_flight_limit(8),
+    );
+    let flooder = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    flooder.connect(fast.addr).await.unwrap();
+    for id in 0..20u16 {
+        flooder
+            .send(&query_bytes(
+                &format!("f{id}.slow.test."),
+                RecordType::A,
+                id,
+            ))
+            .await
+            .unwrap();
+    }
+    // The 12 over the bound are refused at once, long before the 2 s timeout.
+    for _ in 0..12 {
+        let m = receive(&flooder).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(
+        addresses(&ask(fast.addr, "other.test.", 99).await),
+        [ip("192.0.2.42")]
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
     fast.stop().await;
 }

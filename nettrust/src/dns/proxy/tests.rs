@@ -52,7 +52,7 @@ mod end_to_end {
         blacklist::{Blacklist, BlockResponse},
         dns::{
             cache::Cache,
-            proxy::{ClientTransport, Proxy},
+            proxy::{ClientTransport, MAX_UDP_REPLY, Proxy},
             testutil::*,
             upstream::{Transport, Upstreams},
         },
@@ -318,5 +318,238 @@ mod end_to_end {
             s.firewall.calls().is_empty(),
             "the client retries over TCP; that answer authorizes"
         );
+    }
+
+    fn edns_query(qname: &str, id: u16, size: u16) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = id;
+        m.add_query(hickory_proto::op::Query::query(name(qname), RecordType::A));
+        let mut edns = hickory_proto::op::Edns::new();
+        edns.set_max_payload(size);
+        m.set_edns(edns);
+        m.to_vec().unwrap()
+    }
+
+    /// 60 A records: about 1 KB of answers, 2 KB with 120.
+    fn many_records(count: u8) -> Script {
+        Arc::new(move |q: &Message| {
+            let owner = q.queries[0].name.to_string();
+            let records: Vec<_> = (1..=count)
+                .map(|i| a(&owner, &format!("192.0.2.{i}")))
+                .collect();
+            vec![reply(q, &records)]
+        })
+    }
+
+    /// A client advertising 65,535 bytes gets at most 1232 over UDP, relayed or from the cache;
+    /// TCP clients get the whole answer.
+    #[tokio::test]
+    async fn udp_answers_are_capped_at_1232_bytes_whatever_the_client_advertises() {
+        // Relayed: the upstream's UDP answer is 2 KB.
+        let s = setup(many_records(120), Blacklist::default(), false, false).await;
+        let big = s
+            .proxy
+            .handle(&edns_query("big.test.", 5, 65_535), ClientTransport::Udp)
+            .await
+            .unwrap();
+        let m = Message::from_vec(&big).unwrap();
+        assert!(big.len() <= MAX_UDP_REPLY, "{} bytes", big.len());
+        assert!(m.metadata.truncation && m.answers.is_empty());
+        assert!(
+            s.firewall.calls().is_empty(),
+            "a truncated reply authorizes nothing"
+        );
+        // An answer within 1232 bytes still goes whole to a client that takes it.
+        let s = setup(many_records(40), Blacklist::default(), false, false).await;
+        let fits = s
+            .proxy
+            .handle(&edns_query("mid.test.", 8, 65_535), ClientTransport::Udp)
+            .await
+            .unwrap();
+        assert!(
+            fits.len() > 512 && fits.len() <= MAX_UDP_REPLY,
+            "{}",
+            fits.len()
+        );
+        assert_eq!(Message::from_vec(&fits).unwrap().answers.len(), 40);
+        // From the cache: a TCP client's whole answer is cached, a UDP client gets TC=1.
+        let upstream = tcp_server(0, many_records(120), None).await;
+        let firewall = Arc::new(Recording::default());
+        let proxy = Proxy::new(
+            Upstreams::new(&[upstream.addr], Transport::Tcp, Duration::from_secs(2)),
+            Authorizer::new(firewall.clone(), None),
+        )
+        .with_cache(Some(Cache::new(Duration::from_secs(300), 100)));
+        let whole = proxy
+            .handle(&edns_query("big.test.", 6, 65_535), ClientTransport::Tcp)
+            .await
+            .unwrap();
+        assert!(whole.len() > MAX_UDP_REPLY, "{} bytes", whole.len());
+        assert_eq!(Message::from_vec(&whole).unwrap().answers.len(), 120);
+        let cached = proxy
+            .handle(&edns_query("big.test.", 7, 65_535), ClientTransport::Udp)
+            .await
+            .unwrap();
+        assert!(Message::from_vec(&cached).unwrap().metadata.truncation);
+        assert!(cached.len() <= MAX_UDP_REPLY);
+        assert_eq!(
+            upstream.queries(),
+            1,
+            "the second answer came from the cache"
+        );
+    }
+
+    /// A client outside allow_clients gets REFUSED: nothing forwarded, nothing authorized, not
+    /// even from the cache; it is counted. A client inside is served.
+    #[tokio::test]
+    async fn clients_outside_allow_clients_are_refused_and_authorize_nothing() {
+        let s = setup(answer_with("192.0.2.31"), Blacklist::default(), true, false).await;
+        let proxy = s.proxy.with_allow_clients(vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "198.51.100.0/24".parse().unwrap(),
+        ]);
+        let inside: IpAddr = "198.51.100.7".parse().unwrap();
+        let outside: IpAddr = "203.0.113.9".parse().unwrap();
+        let mapped_outside: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
+        for transport in [
+            ClientTransport::Udp,
+            ClientTransport::Tcp,
+            ClientTransport::Tls,
+        ] {
+            for client in [outside, mapped_outside] {
+                let reply = proxy
+                    .handle_from(&query_bytes("r.test.", RecordType::A, 9), transport, client)
+                    .await
+                    .expect("a REFUSED reply");
+                let m = Message::from_vec(&reply).unwrap();
+                assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+                assert_eq!(m.metadata.id, 9);
+                assert!(m.answers.is_empty());
+            }
+        }
+        assert_eq!(s.upstream.queries(), 0, "nothing forwarded");
+        assert!(s.firewall.calls().is_empty(), "nothing authorized");
+        assert_eq!(proxy.refused_clients(), 6);
+        // Unparsable bytes from outside get nothing at all.
+        assert!(
+            proxy
+                .handle_from(
+                    &[0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xff, 0xff],
+                    ClientTransport::Udp,
+                    outside
+                )
+                .await
+                .is_none()
+        );
+        // Inside: served (and cached).
+        let reply = proxy
+            .handle_from(
+                &query_bytes("r.test.", RecordType::A, 10),
+                ClientTransport::Udp,
+                inside,
+            )
+            .await
+            .unwrap();
+        assert_eq!(Message::from_vec(&reply).unwrap().answers.len(), 1);
+        assert_eq!(s.firewall.calls(), ips(&["192.0.2.31"]));
+        // A cache hit would re-authorize: refused from outside all the same.
+        let reply = proxy
+            .handle_from(
+                &query_bytes("r.test.", RecordType::A, 11),
+                ClientTransport::Udp,
+                outside,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            Message::from_vec(&reply).unwrap().metadata.response_code,
+            ResponseCode::Refused
+        );
+        assert_eq!(
+            s.firewall.calls(),
+            ips(&["192.0.2.31"]),
+            "the hit authorized nothing"
+        );
+    }
+
+    /// Over its in-flight bound a client is refused at once (not after the upstream's timeout);
+    /// another client is still forwarded, and the slots come back when the queries end.
+    #[tokio::test]
+    async fn a_client_over_its_in_flight_bound_is_refused_at_once() {
+        let s = setup(
+            Arc::new(|_: &Message| Vec::new()),
+            Blacklist::default(),
+            false,
+            false,
+        )
+        .await;
+        let proxy = Arc::new(s.proxy.with_client_in_flight_limit(4));
+        let flooder: IpAddr = "127.0.0.2".parse().unwrap();
+        let other: IpAddr = "127.0.0.3".parse().unwrap();
+        let slow: Vec<_> = (0..4)
+            .map(|i| {
+                let proxy = proxy.clone();
+                tokio::spawn(async move {
+                    proxy
+                        .handle_from(
+                            &query_bytes(&format!("s{i}.slow.test."), RecordType::A, i),
+                            ClientTransport::Udp,
+                            flooder,
+                        )
+                        .await
+                })
+            })
+            .collect();
+        // Wait until the four are forwarded.
+        for _ in 0..100 {
+            if proxy.client_slots().in_flight(flooder) == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(proxy.client_slots().in_flight(flooder), 4);
+        let started = tokio::time::Instant::now();
+        let reply = proxy
+            .handle_from(
+                &query_bytes("s5.slow.test.", RecordType::A, 5),
+                ClientTransport::Udp,
+                flooder,
+            )
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            Message::from_vec(&reply).unwrap().metadata.response_code,
+            ResponseCode::Refused
+        );
+        // Another client is forwarded (it waits for the silent upstream: SERVFAIL after 150 ms).
+        let other_reply = proxy
+            .handle_from(
+                &query_bytes("o.slow.test.", RecordType::A, 6),
+                ClientTransport::Udp,
+                other,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            Message::from_vec(&other_reply)
+                .unwrap()
+                .metadata
+                .response_code,
+            ResponseCode::ServFail
+        );
+        for task in slow {
+            task.await.unwrap();
+        }
+        assert_eq!(
+            proxy.client_slots().in_flight(flooder),
+            0,
+            "the slots came back"
+        );
+        assert_eq!(proxy.client_slots().in_flight(other), 0);
     }
 }

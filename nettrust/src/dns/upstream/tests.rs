@@ -107,19 +107,106 @@ async fn failover_and_back_off() {
         Transport::Udp,
         Duration::from_millis(150),
     );
-    let q = query_bytes("f.test.", RecordType::A, 1);
-    let answer = up.exchange(&q, &question("f.test."), true).await.unwrap();
-    assert_eq!(first_a(&answer), "192.0.2.2");
-    assert_eq!(dead.queries(), 1);
-    // The dead server is in back-off: the next query goes straight to the live one.
+    // Each of the first distinct questions waits for the dead server, then fails over.
+    for (i, n) in ["f1.test.", "f2.test.", "f3.test."].iter().enumerate() {
+        let q = query_bytes(n, RecordType::A, 1);
+        let answer = up.exchange(&q, &question(n), true).await.unwrap();
+        assert_eq!(first_a(&answer), "192.0.2.2");
+        assert_eq!(dead.queries(), i + 1);
+    }
+    // Three distinct questions failed with no answer: the dead server is in back-off and the
+    // next query goes straight to the live one.
     let started = tokio::time::Instant::now();
-    up.exchange(&q, &question("f.test."), true).await.unwrap();
+    let q = query_bytes("f4.test.", RecordType::A, 1);
+    up.exchange(&q, &question("f4.test."), true).await.unwrap();
     assert!(
         started.elapsed() < Duration::from_millis(100),
         "{:?}",
         started.elapsed()
     );
-    assert_eq!((dead.queries(), alive.queries()), (1, 2));
+    assert_eq!((dead.queries(), alive.queries()), (3, 4));
+}
+
+/// One question failing again and again (a slow zone) never benches the server: other questions
+/// keep going to it.
+#[tokio::test]
+async fn one_failing_question_does_not_back_off_the_server() {
+    let primary = udp_server(
+        0,
+        Arc::new(|q: &Message| {
+            if q.queries[0].name.to_string().ends_with("slow.test.") {
+                Vec::new()
+            } else {
+                vec![reply(q, &[a(&q.queries[0].name.to_string(), "192.0.2.1")])]
+            }
+        }),
+    )
+    .await;
+    let secondary = udp_server(0, answer_with("192.0.2.2")).await;
+    let up = Upstreams::new(
+        &[primary.addr, secondary.addr],
+        Transport::Udp,
+        Duration::from_millis(100),
+    );
+    for _ in 0..5 {
+        let q = query_bytes("x.slow.test.", RecordType::A, 1);
+        // The secondary answers the slow question after the primary's timeout.
+        up.exchange(&q, &question("X.slow.test."), true)
+            .await
+            .unwrap();
+    }
+    let q = query_bytes("fast.test.", RecordType::A, 2);
+    let answer = up
+        .exchange(&q, &question("fast.test."), true)
+        .await
+        .unwrap();
+    assert_eq!(first_a(&answer), "192.0.2.1", "still asked to the primary");
+}
+
+#[test]
+fn back_off_needs_distinct_questions_in_the_window_with_no_answer_between() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut h = Health::default();
+    // The same question, any number of times.
+    for i in 0..10 {
+        assert!(!h.failed(1, at(i)));
+    }
+    assert!(h.healthy_at(at(10)));
+    // Two more distinct questions: three in all.
+    assert!(!h.failed(2, at(11)));
+    assert!(h.failed(3, at(12)));
+    assert!(!h.healthy_at(at(13)));
+    assert!(h.healthy_at(at(12) + HEALTH_BACKOFF));
+    // On probation after the back-off: one failure is enough.
+    assert!(h.failed(4, at(12) + HEALTH_BACKOFF));
+    // An answer clears everything.
+    h.succeeded();
+    assert!(h.healthy_at(at(13)));
+    assert!(!h.failed(1, at(20)));
+    assert!(!h.failed(2, at(21)));
+    h.succeeded();
+    assert!(
+        !h.failed(3, at(22)),
+        "the answer in between reset the count"
+    );
+    // Failures older than the window do not count.
+    let mut h = Health::default();
+    assert!(!h.failed(1, at(0)));
+    assert!(!h.failed(2, at(1)));
+    assert!(!h.failed(3, at(2) + FAILURE_WINDOW));
+    assert!(h.healthy_at(at(3) + FAILURE_WINDOW));
+}
+
+#[test]
+fn question_keys_ignore_case_but_not_type() {
+    let upper = question("X.Slow.Test.");
+    assert_eq!(
+        question_key(&upper),
+        question_key(&question("x.slow.test."))
+    );
+    let aaaa = Query::query(name("x.slow.test."), RecordType::AAAA);
+    assert_ne!(question_key(&aaaa), question_key(&question("x.slow.test.")));
 }
 
 #[tokio::test]
@@ -263,19 +350,24 @@ async fn udp_queries_leave_from_many_random_ports() {
         Duration::from_secs(2),
     ));
     let rounds = UDP_SOCKET_USES as usize * 2;
-    let tasks: Vec<_> = (0..rounds)
-        .map(|i| {
-            let up = up.clone();
-            tokio::spawn(async move {
-                let n = format!("r{i}.test.");
-                up.exchange(&query_bytes(&n, RecordType::A, 1), &question(&n), true)
-                    .await
-                    .unwrap();
+    // 64 at a time: all at once would overflow the test server's receive buffer, and a lost
+    // datagram is not retried (each server is tried once per query).
+    for batch in (0..rounds).collect::<Vec<_>>().chunks(64) {
+        let tasks: Vec<_> = batch
+            .iter()
+            .map(|&i| {
+                let up = up.clone();
+                tokio::spawn(async move {
+                    let n = format!("r{i}.test.");
+                    up.exchange(&query_bytes(&n, RecordType::A, 1), &question(&n), true)
+                        .await
+                        .unwrap();
+                })
             })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
     }
     let ports = server.ports.lock().unwrap().len();
     // 512 queries over a pool of 64 random sockets: far more than a handful of ports.
