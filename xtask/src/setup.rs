@@ -32,7 +32,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("rsvg-convert", "librsvg2-bin"),
     // The nftables root tests inspect the per-namespace ruleset (never used by nettrust itself).
     ("nft", "nftables"),
+    // The systemd root test boots a real systemd in a container to run dist/nettrust.service.
+    ("systemd-nspawn", "systemd-container"),
+    // The metrics tests check the /metrics exposition with Prometheus' own parser.
+    ("promtool", "prometheus"),
 ];
+
+/// What the lint needs: `systemd-analyze security` rates dist/nettrust.service.
+pub const LINT_PACKAGES: &[(&str, &str)] = &[("systemd-analyze", "systemd")];
 
 pub fn is_root() -> bool {
     Command::new("id")
@@ -210,7 +217,12 @@ fn have_command(name: &str) -> bool {
 
 /// Debian packages the root tests use.
 pub fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install(PACKAGES)
+}
+
+/// Installs the Debian package of each command in `wanted` that is not on the PATH.
+pub fn install(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
         .filter(|(cmd, _)| !have_command(cmd))
         .map(|(_, pkg)| *pkg)
