@@ -307,6 +307,26 @@ fn json_logs_are_one_object_per_line() {
     assert!(authorized, "no [Authorized] record in:\n{log}");
 }
 
+/// Logs written to a file (as here: the world sends the daemon's stderr to a file) or a pipe are
+/// plain text: no ANSI colour code, so `grep`, the journal and log shippers see the words.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn logs_to_a_file_carry_no_colour_codes() {
+    let mut world = World::new();
+    world.start_daemon(&[]);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.stop_daemon());
+    let log = world.last_log.clone();
+    assert!(
+        !log.contains('\x1b'),
+        "the log carries ANSI escape codes:\n{log:?}"
+    );
+    assert!(
+        log.contains("[Authorized]") && log.contains("question=a.test"),
+        "no [Authorized] record with its fields in:\n{log}"
+    );
+}
+
 /// A trickle of answers (one client asking again and again, ~100 answers a second) wakes the
 /// name writer a few dozen times a second, not after every answer or every 5 ms: below 256 names
 /// per pass it collects every 50 ms. Every name still lands in the map.
