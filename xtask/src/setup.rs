@@ -17,7 +17,8 @@ const NIGHTLY: &str = "nightly";
 /// bpf-linker release known to work with aya 0.14 and LLVM 21–23.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Commands the root tests run, and the Debian package that provides each.
+/// Commands the root tests run (or, as an absolute path, a file they use), and the Debian package
+/// that provides each.
 const PACKAGES: &[(&str, &str)] = &[
     ("dnsmasq", "dnsmasq-base"),
     ("dig", "dnsutils"),
@@ -34,8 +35,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     // The systemd root test boots a real systemd in a container to run dist/nettrust.service.
     ("systemd-nspawn", "systemd-container"),
-    // The metrics tests check the /metrics exposition with Prometheus' own parser.
+    // The metrics tests check the /metrics exposition with Prometheus' own parsers: promtool for
+    // the 0.0.4 text, the Python client's OpenMetrics parser (a path: a module, not a command).
     ("promtool", "prometheus"),
+    (
+        "/usr/lib/python3/dist-packages/prometheus_client/openmetrics/parser.py",
+        "python3-prometheus-client",
+    ),
 ];
 
 /// What the lint needs: `systemd-analyze security` rates dist/nettrust.service.
@@ -208,6 +214,8 @@ fn write_wrapper(wrapper: &Path, real: &Path, libdir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether `name` is on the PATH (or in the usual sbin/bin directories); an absolute `name` is
+/// looked up as it is (`Path::join` keeps an absolute path).
 fn have_command(name: &str) -> bool {
     let mut dirs: Vec<PathBuf> =
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
