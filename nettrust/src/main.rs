@@ -3,6 +3,7 @@
 use clap::Parser as _;
 use nettrust::{
     cli::{Cli, Command},
+    commands::CommandError,
     config::LogFormat,
 };
 use tracing_subscriber::EnvFilter;
@@ -13,7 +14,12 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");
-            std::process::ExitCode::FAILURE
+            match e.downcast_ref::<CommandError>() {
+                Some(CommandError::NotRunning(_)) => {
+                    std::process::ExitCode::from(nettrust::commands::NOT_RUNNING_EXIT_CODE)
+                }
+                _ => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -27,7 +33,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Status(args)) => {
             init_tracing(LogFormat::Text);
-            print!("{}", nettrust::commands::status(&args.bpffs_dir)?);
+            match nettrust::commands::status(&args.bpffs_dir) {
+                Ok(report) => print!("{report}"),
+                // The report a script reads on stdout, the explanation on stderr.
+                Err(e @ CommandError::NotRunning(_)) => {
+                    println!("backend: none\ndaemon: not running");
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
             Ok(())
         }
         Some(Command::Flush(args)) => {

@@ -395,6 +395,56 @@ fn json_logs_are_one_object_per_line() {
     assert!(authorized, "no [Authorized] record in:\n{log}");
 }
 
+/// With nothing pinned (nettrust never ran with this directory, or it stopped and cleaned up) and
+/// no nftables table, `list` and `status` say plainly that nettrust is not running here, naming
+/// the directory, and exit with 3 (not running); `attach`/`detach` say nothing is pinned. A
+/// running daemon with no authorization lists nothing and exits 0.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn list_and_status_say_nettrust_is_not_running() {
+    let mut world = World::new();
+    let dir = world.bpffs_dir.display().to_string();
+    for command in ["list", "status"] {
+        let out = world.nettrust(&[command]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{command}: {}\n{stderr}",
+            out.status
+        );
+        assert!(
+            stderr.contains(&format!(
+                "nettrust is not running: nothing is pinned in {dir}"
+            )),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains("cannot stat"), "{command}: {stderr}");
+    }
+    let status = String::from_utf8_lossy(&world.nettrust(&["status"]).stdout).into_owned();
+    assert_eq!(status, "backend: none\ndaemon: not running\n");
+    let cgroup = world.cgroup.display().to_string();
+    for command in ["attach", "detach"] {
+        let out = world.nettrust(&[command, "--cgroup", &cgroup]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command} succeeded: {stderr}");
+        assert!(
+            stderr.contains(&format!("nothing pinned in {dir}")),
+            "{command}: {stderr}"
+        );
+    }
+
+    world.start_daemon(&[]);
+    let out = world.nettrust(&["list"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let out = world.nettrust(&["status"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(world.stop_daemon());
+    // The daemon cleaned up on exit: not running again.
+    assert_eq!(world.nettrust(&["list"]).status.code(), Some(3));
+}
+
 /// Logs written to a file (as here: the world sends the daemon's stderr to a file) or a pipe are
 /// plain text: no ANSI colour code, so `grep`, the journal and log shippers see the words.
 #[test]
