@@ -468,7 +468,6 @@ fn start_backend(
                 // (a system-call filter without bpf(2), a missing CAP_BPF) is otherwise easy to
                 // miss, and the nftables backend behaves differently.
                 tracing::warn!(
-                    reason = %error_chain(&e),
                     "eBPF firewall unavailable, falling back to nftables: {} (firewall_backend = \"ebpf\" makes this a start error)",
                     error_chain(&e)
                 );
