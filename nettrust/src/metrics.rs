@@ -295,34 +295,33 @@ async fn respond(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()
     let head = String::from_utf8_lossy(&head);
     let mut lines = head.lines();
     let request_line = lines.next().unwrap_or_default();
-    let (status, content_type, body) = if request_line.starts_with("GET /metrics ")
-        || request_line.starts_with("GET /metrics?")
-    {
-        let accept: Vec<&str> = lines
-            .take_while(|l| !l.is_empty())
-            .filter_map(|l| l.split_once(':'))
-            .filter(|(name, _)| name.trim().eq_ignore_ascii_case("accept"))
-            .map(|(_, value)| value)
-            .collect();
-        let format = Format::negotiate(&accept.join(","));
-        let authorized = sources.firewall.authorized().ok().map(|hosts| hosts.len());
-        let egress = crate::firewall::ebpf::read_stats(&sources.bpffs_dir)
-            .ok()
-            .or_else(|| crate::firewall::nftables::egress_stats().ok().flatten());
-        let cgroups = crate::firewall::pinned::cgroup_egress(&sources.bpffs_dir).ok();
-        let openmetrics = metrics().render(authorized, egress, cgroups);
-        let body = match format {
-            Format::OpenMetrics => openmetrics,
-            Format::Prometheus => prometheus_text(&openmetrics),
+    let (status, content_type, body) =
+        if request_line.starts_with("GET /metrics ") || request_line.starts_with("GET /metrics?") {
+            let accept: Vec<&str> = lines
+                .take_while(|l| !l.is_empty())
+                .filter_map(|l| l.split_once(':'))
+                .filter(|(name, _)| name.trim().eq_ignore_ascii_case("accept"))
+                .map(|(_, value)| value)
+                .collect();
+            let format = Format::negotiate(&accept.join(","));
+            let authorized = sources.firewall.authorized().ok().map(|hosts| hosts.len());
+            let egress = crate::firewall::ebpf::read_stats(&sources.bpffs_dir)
+                .ok()
+                .or_else(|| crate::firewall::nftables::egress_stats().ok().flatten());
+            let cgroups = crate::firewall::pinned::cgroup_egress(&sources.bpffs_dir).ok();
+            let openmetrics = metrics().render(authorized, egress, cgroups);
+            let body = match format {
+                Format::OpenMetrics => openmetrics,
+                Format::Prometheus => prometheus_text(&openmetrics),
+            };
+            ("200 OK", format.content_type(), body)
+        } else {
+            (
+                "404 Not Found",
+                "text/plain; charset=utf-8",
+                "only GET /metrics is served here\n".to_owned(),
+            )
         };
-        ("200 OK", format.content_type(), body)
-    } else {
-        (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "only GET /metrics is served here\n".to_owned(),
-        )
-    };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -412,7 +411,11 @@ pub fn prometheus_text(openmetrics: &str) -> String {
         match meta {
             Some((prefix, rest)) => {
                 let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let suffix = if counters.contains(name) { "_total" } else { "" };
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
                 out.push_str(prefix);
                 out.push_str(name);
                 out.push_str(suffix);
@@ -511,7 +514,10 @@ mod tests {
             "{text}"
         );
         // Gauges and histograms keep their names.
-        assert!(text.contains("# TYPE nettrust_authorized_hosts gauge\n"), "{text}");
+        assert!(
+            text.contains("# TYPE nettrust_authorized_hosts gauge\n"),
+            "{text}"
+        );
         assert!(
             text.contains("# TYPE nettrust_upstream_latency_seconds histogram\n"),
             "{text}"

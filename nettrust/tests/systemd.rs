@@ -249,11 +249,7 @@ fn the_shipped_unit_runs_the_ebpf_backend_with_reduced_capabilities_and_enforces
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/nettrust.service");
     std::fs::copy(&shipped, units.join("nettrust.service")).unwrap();
     let mount = nettrust::cgroup::cgroup2_mount().expect("the cgroup2 mount");
-    std::fs::write(
-        units.join("nettrust.service.d/test.conf"),
-        drop_in(&mount),
-    )
-    .unwrap();
+    std::fs::write(units.join("nettrust.service.d/test.conf"), drop_in(&mount)).unwrap();
     for (name, text) in UNITS {
         std::fs::write(units.join(name), text).unwrap();
     }
@@ -365,20 +361,26 @@ fn the_shipped_unit_runs_the_ebpf_backend_with_reduced_capabilities_and_enforces
     let threads = read(&out, "threads");
     let mut checked = 0;
     for thread in threads.split("== ").filter(|t| !t.trim().is_empty()) {
-        let caps =
-            parse_status(thread).unwrap_or_else(|| panic!("unreadable status:\n{thread}"));
+        let caps = parse_status(thread).unwrap_or_else(|| panic!("unreadable status:\n{thread}"));
         assert_eq!(caps.effective, kept, "CapEff:\n{thread}");
         assert_eq!(caps.permitted, kept, "CapPrm:\n{thread}");
         assert!(caps.no_new_privs, "NoNewPrivs:\n{thread}");
         assert!(thread.contains("CapAmb:\t0000000000000000"), "{thread}");
         checked += 1;
     }
-    assert!(checked >= 1, "no thread of the daemon read:\n{threads}\n{context}");
+    assert!(
+        checked >= 1,
+        "no thread of the daemon read:\n{threads}\n{context}"
+    );
     assert!(journal.contains("capabilities reduced to"), "{context}");
     // Enforcement: the server answers an unfiltered process; a filtered one gets nothing from an
     // address nobody resolved (socat ran and failed to connect), and reaches it once resolved.
     let unfiltered = read(&out, "unfiltered-unresolved");
-    assert_eq!(unfiltered.trim(), "ok", "the test server is down:\n{context}");
+    assert_eq!(
+        unfiltered.trim(),
+        "ok",
+        "the test server is down:\n{context}"
+    );
     let blocked = read(&out, "filtered-unresolved");
     assert!(
         blocked.lines().all(|l| l.trim() != "ok")
@@ -398,5 +400,8 @@ fn the_shipped_unit_runs_the_ebpf_backend_with_reduced_capabilities_and_enforces
         "the container did not stop within 60 s of SIGTERM:\n{}",
         std::fs::read_to_string(&console).unwrap_or_default()
     );
-    eprintln!("{checked} threads checked; {}", status.lines().next().unwrap());
+    eprintln!(
+        "{checked} threads checked; {}",
+        status.lines().next().unwrap()
+    );
 }
