@@ -18,7 +18,9 @@
 //!   TCP server answering "ok" on documentation addresses.
 //!
 //! Nothing reaches the host: the daemon runs in the container's private network namespace, and the
-//! only cgroup it attaches to is a slice of the container, below a test cgroup created here.
+//! only cgroup it attaches to is a slice of the container, below a test cgroup created here (the
+//! test checks from the host with `BPF_PROG_QUERY`: one program on the slice, none on the test
+//! cgroup itself).
 
 use std::{
     path::{Path, PathBuf},
@@ -225,6 +227,42 @@ impl Drop for Container {
     }
 }
 
+/// Number of programs attached directly to `cgroup`'s egress hook (`BPF_PROG_QUERY`).
+fn egress_programs(cgroup: &Path) -> u32 {
+    use std::os::fd::AsRawFd as _;
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_CGROUP_INET_EGRESS: u32 = 1;
+    let dir = std::fs::File::open(cgroup).expect("open the cgroup");
+    // `union bpf_attr`, query variant: target_fd @0, attach_type @4, query_flags @8,
+    // attach_flags @12, prog_ids @16, prog_cnt @24 (include/uapi/linux/bpf.h).
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(dir.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&BPF_CGROUP_INET_EGRESS.to_ne_bytes());
+    // SAFETY: bpf(2) reads and writes within the 128-byte attr we pass.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            attr.as_mut_ptr(),
+            attr.len() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
+    u32::from_ne_bytes(attr[24..28].try_into().unwrap())
+}
+
+/// The directories named `name` below `dir`.
+fn find_dirs(dir: &Path, name: &str, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if entry.file_name() == name {
+                found.push(entry.path());
+            }
+            find_dirs(&entry.path(), name, found);
+        }
+    }
+}
+
 fn read(out: &Path, name: &str) -> String {
     std::fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("/run/out/{name}: {e}"))
 }
@@ -324,6 +362,13 @@ fn the_shipped_unit_runs_the_ebpf_backend_with_reduced_capabilities_and_enforces
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Seen from the host while the daemon runs: its filter is attached to the container's slice,
+    // a cgroup below the test cgroup, and nowhere above it.
+    let mut slices = Vec::new();
+    find_dirs(&cgroup.0, "filtered.slice", &mut slices);
+    assert_eq!(slices.len(), 1, "{slices:?}");
+    let attached_to_slice = egress_programs(&slices[0]);
+    let attached_to_test_cgroup = egress_programs(&cgroup.0);
     let stopped = container.stop(Duration::from_secs(60));
 
     let journal = read(&out, "journal");
@@ -395,13 +440,21 @@ fn the_shipped_unit_runs_the_ebpf_backend_with_reduced_capabilities_and_enforces
         "ok",
         "a resolved address is unreachable from the filtered slice:\n{context}"
     );
+    assert_eq!(
+        (attached_to_slice, attached_to_test_cgroup),
+        (1, 0),
+        "egress programs on {} and on the test cgroup {}",
+        slices[0].display(),
+        cgroup.0.display()
+    );
     assert!(
         stopped,
         "the container did not stop within 60 s of SIGTERM:\n{}",
         std::fs::read_to_string(&console).unwrap_or_default()
     );
     eprintln!(
-        "{checked} threads checked; {}",
-        status.lines().next().unwrap()
+        "{checked} threads checked; {}; filter on {}",
+        status.lines().next().unwrap(),
+        slices[0].display()
     );
 }
