@@ -32,19 +32,40 @@ pub enum CommandError {
     /// Removing pinned objects failed; every failure is listed.
     #[error("{}", .0.iter().map(|e| crate::error_chain(e)).collect::<Vec<_>>().join("; "))]
     Flush(Vec<PinError>),
+    /// No daemon holds the directory, nothing is pinned in it and there is no nftables table:
+    /// there is no nettrust firewall to report on (`list` and `status` exit with
+    /// [`NOT_RUNNING_EXIT_CODE`]).
+    #[error(
+        "nettrust is not running: nothing is pinned in {} and there is no nftables table inet {} in this network namespace, so no nettrust firewall is in place (another --bpffs-dir?)",
+        .0.display(),
+        nftables::TABLE
+    )]
+    NotRunning(std::path::PathBuf),
 }
+
+/// Exit code of `list` and `status` when there is no nettrust state at all
+/// ([`CommandError::NotRunning`]); 3 is what `systemctl status` and LSB init scripts return for
+/// "program is not running". Other failures exit with 1.
+pub const NOT_RUNNING_EXIT_CODE: u8 = 3;
 
 /// `nettrust list`: one line per live authorized host: address, remaining lifetime, and the name
 /// whose answer authorized it, from the eBPF maps and the nftables table, whichever exist.
 pub fn list(bpffs_dir: &Path) -> Result<String, CommandError> {
-    // Without eBPF state (no directory, or nothing pinned in it) the table alone is listed.
+    // Without eBPF state (no directory, or nothing pinned in it) the table alone is listed; with
+    // neither, nettrust is not running here.
     let ebpf_pinned = bpffs_dir.join(nettrust_common::MAP_HOSTS_V4).exists();
-    let mut hosts = if ebpf_pinned || !nftables::table_present()? {
+    let table = nftables::table_present()?;
+    if !ebpf_pinned && !table {
+        return Err(CommandError::NotRunning(bpffs_dir.to_owned()));
+    }
+    let mut hosts = if ebpf_pinned {
         ebpf::list_pinned(bpffs_dir)?
     } else {
         Vec::new()
     };
-    hosts.extend(nftables::list_authorized()?);
+    if table {
+        hosts.extend(nftables::list_authorized()?);
+    }
     hosts.sort_by_key(|(h, _)| h.addr);
     let now = boottime_ns();
     let mut out = String::new();
@@ -69,16 +90,15 @@ pub fn status(bpffs_dir: &Path) -> Result<String, CommandError> {
     let mut out = match ebpf::status_pinned(bpffs_dir) {
         Ok(status) => ebpf_status(bpffs_dir, &status),
         Err(EbpfError::NotPinned(_)) if table.is_some() => String::new(),
-        Err(EbpfError::NotPinned(_)) => format!(
-            "backend: none (nothing pinned in {}, no nftables table inet {})\ndaemon: {}\n",
+        // A daemon that is starting holds the directory before its maps are pinned.
+        Err(EbpfError::NotPinned(_)) if pins::daemon_running(bpffs_dir) => format!(
+            "backend: none yet (nothing pinned in {}, no nftables table inet {})\ndaemon: running\n",
             bpffs_dir.display(),
             nftables::TABLE,
-            if pins::daemon_running(bpffs_dir) {
-                "running"
-            } else {
-                "not running"
-            }
         ),
+        Err(EbpfError::NotPinned(_)) => {
+            return Err(CommandError::NotRunning(bpffs_dir.to_owned()));
+        }
         Err(e) => return Err(e.into()),
     };
     if let Some(t) = table {

@@ -78,6 +78,9 @@ pub enum RunError {
     /// eBPF was made unavailable on purpose (`NETTRUST_FORCE_EBPF_FAILURE=1`, for tests).
     #[error("eBPF disabled by NETTRUST_FORCE_EBPF_FAILURE=1")]
     EbpfForcedOff,
+    /// The capabilities could not be reduced to what the running firewall needs.
+    #[error("cannot start with reduced privileges")]
+    Privileges(#[from] privileges::PrivilegeError),
     /// Cleaning up at exit failed; the messages list everything left behind.
     #[error("cleanup failed: {}", .0.iter().map(|e| error_chain(e)).collect::<Vec<_>>().join("; "))]
     Teardown(Vec<EbpfError>),
@@ -245,10 +248,22 @@ pub async fn run(
         };
         tracker.spawn(metrics::serve(listener, sources, cancel.clone()));
     }
-    // Everything that needs more than the running firewall's capabilities is done.
+    // Everything that needs more than the running firewall's capabilities is done. A daemon that
+    // cannot shed them (a sandbox that forbids capset(2) or hides /proc/sys/kernel/cap_last_cap)
+    // does not run with more than it needs: it stops, removing its firewall as on any failed
+    // start, and says why.
     match privileges::drop_privileges() {
         Ok(kept) => tracing::info!("capabilities reduced to {kept:#x}, no-new-privs set"),
-        Err(e) => tracing::error!("{}", error_chain(&e)),
+        Err(e) => {
+            tracing::error!("{}", error_chain(&e));
+            cancel.cancel();
+            tracker.close();
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
+            if let Err(stop) = backend.stop(exit_mode) {
+                tracing::error!("{}", error_chain(&stop));
+            }
+            return Err(RunError::Privileges(e));
+        }
     }
     tracing::info!(
         listen = %listen,
@@ -451,9 +466,12 @@ fn start_backend(
         }
         Backend::Auto => match start_ebpf() {
             Err(e) if ebpf_unavailable(&e) => {
+                // Loud, with the reason in the message itself: a fallback caused by a sandbox
+                // (a system-call filter without bpf(2), a missing CAP_BPF) is otherwise easy to
+                // miss, and the nftables backend behaves differently.
                 tracing::warn!(
-                    reason = %error_chain(&e),
-                    "eBPF firewall unavailable, falling back to nftables"
+                    "eBPF firewall unavailable, falling back to nftables: {} (firewall_backend = \"ebpf\" makes this a start error)",
+                    error_chain(&e)
                 );
                 start_nftables()
             }

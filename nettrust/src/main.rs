@@ -3,6 +3,7 @@
 use clap::Parser as _;
 use nettrust::{
     cli::{Cli, Command},
+    commands::CommandError,
     config::LogFormat,
 };
 use tracing_subscriber::EnvFilter;
@@ -13,7 +14,12 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");
-            std::process::ExitCode::FAILURE
+            match e.downcast_ref::<CommandError>() {
+                Some(CommandError::NotRunning(_)) => {
+                    std::process::ExitCode::from(nettrust::commands::NOT_RUNNING_EXIT_CODE)
+                }
+                _ => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -27,7 +33,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Status(args)) => {
             init_tracing(LogFormat::Text);
-            print!("{}", nettrust::commands::status(&args.bpffs_dir)?);
+            match nettrust::commands::status(&args.bpffs_dir) {
+                Ok(report) => print!("{report}"),
+                // The report a script reads on stdout, the explanation on stderr.
+                Err(e @ CommandError::NotRunning(_)) => {
+                    println!("backend: none\ndaemon: not running");
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
             Ok(())
         }
         Some(Command::Flush(args)) => {
@@ -129,9 +143,17 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// Whether text logs carry ANSI colours: only when stderr is a terminal, and never when `NO_COLOR`
+/// is set to anything but the empty string (<https://no-color.org>). A log file, a pipe or the
+/// journal gets plain text.
+fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Logs go to stderr. `RUST_LOG` selects levels as usual; without it, `NET_TRUST_DEBUG=true` means
 /// debug and anything else info. The `log` records of aya-log are bridged into tracing.
 fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let default = if std::env::var("NET_TRUST_DEBUG").is_ok_and(|v| v == "true") {
         "info,nettrust=debug"
     } else {
@@ -140,9 +162,28 @@ fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(log_colours(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_colours;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(log_colours(true, None));
+        assert!(log_colours(true, Some(OsStr::new(""))));
+        assert!(!log_colours(true, Some(OsStr::new("1"))));
+        assert!(!log_colours(false, None));
+        assert!(!log_colours(false, Some(OsStr::new(""))));
     }
 }

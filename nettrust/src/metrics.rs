@@ -1,7 +1,9 @@
 //! Prometheus metrics (`--metrics-addr`, off by default): process-wide counters that the DNS path
 //! and the sweeper increment, plus values read from the kernel at scrape time (authorized hosts,
-//! the egress program's per-verdict packet counters). Served as the text exposition format at
-//! `GET /metrics` by a deliberately tiny HTTP/1.1 responder.
+//! the egress program's per-verdict packet counters). Served at `GET /metrics` by a deliberately
+//! tiny HTTP/1.1 responder, in the format the client's `Accept` header asks for: OpenMetrics 1.0.0
+//! (what Prometheus asks for first) or the Prometheus text format 0.0.4 (anything else, e.g. curl),
+//! each labelled with its own content type.
 
 use std::{
     net::SocketAddr,
@@ -202,7 +204,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Updates the scrape-time values and renders the text exposition format.
+    /// Updates the scrape-time values and renders them in OpenMetrics 1.0.0 text.
     pub fn render(
         &self,
         authorized_hosts: Option<usize>,
@@ -290,28 +292,143 @@ async fn respond(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let request_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let (status, body) = if request_line.starts_with(b"GET /metrics ")
-        || request_line.starts_with(b"GET /metrics?")
-    {
-        let authorized = sources.firewall.authorized().ok().map(|hosts| hosts.len());
-        let egress = crate::firewall::ebpf::read_stats(&sources.bpffs_dir)
-            .ok()
-            .or_else(|| crate::firewall::nftables::egress_stats().ok().flatten());
-        let cgroups = crate::firewall::pinned::cgroup_egress(&sources.bpffs_dir).ok();
-        ("200 OK", metrics().render(authorized, egress, cgroups))
-    } else {
-        (
-            "404 Not Found",
-            "only GET /metrics is served here\n".to_owned(),
-        )
-    };
+    let head = String::from_utf8_lossy(&head);
+    let mut lines = head.lines();
+    let request_line = lines.next().unwrap_or_default();
+    let (status, content_type, body) =
+        if request_line.starts_with("GET /metrics ") || request_line.starts_with("GET /metrics?") {
+            let accept: Vec<&str> = lines
+                .take_while(|l| !l.is_empty())
+                .filter_map(|l| l.split_once(':'))
+                .filter(|(name, _)| name.trim().eq_ignore_ascii_case("accept"))
+                .map(|(_, value)| value)
+                .collect();
+            let format = Format::negotiate(&accept.join(","));
+            let authorized = sources.firewall.authorized().ok().map(|hosts| hosts.len());
+            let egress = crate::firewall::ebpf::read_stats(&sources.bpffs_dir)
+                .ok()
+                .or_else(|| crate::firewall::nftables::egress_stats().ok().flatten());
+            let cgroups = crate::firewall::pinned::cgroup_egress(&sources.bpffs_dir).ok();
+            let openmetrics = metrics().render(authorized, egress, cgroups);
+            let body = match format {
+                Format::OpenMetrics => openmetrics,
+                Format::Prometheus => prometheus_text(&openmetrics),
+            };
+            ("200 OK", format.content_type(), body)
+        } else {
+            (
+                "404 Not Found",
+                "text/plain; charset=utf-8",
+                "only GET /metrics is served here\n".to_owned(),
+            )
+        };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// The exposition formats served at `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0.0 text: counter families named without `_total`, `# EOF` at the end.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4: `# HELP`/`# TYPE` name the `_total` sample, no `# EOF`.
+    Prometheus,
+}
+
+impl Format {
+    /// The `Content-Type` of a body in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+
+    /// Picks the format for an `Accept` header value (the empty string when there is none):
+    /// OpenMetrics when the client accepts `application/openmetrics-text` (version 1.0.0 or
+    /// unversioned) with at least the quality it gives the 0.0.4 text (`text/plain`, `text/*`,
+    /// `*/*`); the 0.0.4 text otherwise, also for a client that sends no `Accept`.
+    pub fn negotiate(accept: &str) -> Self {
+        let (mut openmetrics, mut text) = (0.0_f64, 0.0_f64);
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let (mut quality, mut version) = (1.0_f64, None);
+            for param in parts {
+                let Some((key, value)) = param.split_once('=') else {
+                    continue;
+                };
+                let value = value.trim().trim_matches('"');
+                match key.trim().to_ascii_lowercase().as_str() {
+                    "q" => quality = value.parse().unwrap_or(0.0),
+                    "version" => version = Some(value.to_owned()),
+                    _ => {}
+                }
+            }
+            match media.as_str() {
+                "application/openmetrics-text"
+                    if version.as_deref().is_none_or(|v| v == "1.0.0") =>
+                {
+                    openmetrics = openmetrics.max(quality);
+                }
+                "text/plain" if version.as_deref().is_none_or(|v| v == "0.0.4") => {
+                    text = text.max(quality);
+                }
+                "text/*" | "*/*" => text = text.max(quality),
+                _ => {}
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
+            Self::OpenMetrics
+        } else {
+            Self::Prometheus
+        }
+    }
+}
+
+/// Rewrites OpenMetrics text (as [`Metrics::render`] writes it) into the Prometheus text format
+/// 0.0.4. The samples are the same; the differences are in the metadata: a counter family `x` has
+/// the sample `x_total`, which 0.0.4 expects `# HELP` and `# TYPE` to name; 0.0.4 has no `# UNIT`
+/// and no `# EOF`.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(prefix);
+                out.push_str(name);
+                out.push_str(suffix);
+                if !tail.is_empty() {
+                    out.push(' ');
+                    out.push_str(tail);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Binds the metrics endpoint (before any firewall object exists, like the DNS listeners).
@@ -373,6 +490,69 @@ mod tests {
         assert!(
             text.contains("nettrust_upstream_latency_seconds_bucket"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn prometheus_text_names_the_total_samples() {
+        let m = Metrics::new();
+        m.query("udp", "answered");
+        let openmetrics = m.render(Some(1), None, None);
+        assert!(openmetrics.contains("# TYPE nettrust_dns_queries counter\n"));
+        assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+        let text = prometheus_text(&openmetrics);
+        assert!(
+            text.contains("# TYPE nettrust_dns_queries_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP nettrust_dns_queries_total DNS queries"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nettrust_dns_queries_total{transport=\"udp\",result=\"answered\"} 1\n"),
+            "{text}"
+        );
+        // Gauges and histograms keep their names.
+        assert!(
+            text.contains("# TYPE nettrust_authorized_hosts gauge\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE nettrust_upstream_latency_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(!text.contains("# UNIT"), "{text}");
+    }
+
+    #[test]
+    fn accept_header_picks_the_format() {
+        // What Prometheus 2.x sends.
+        assert_eq!(
+            Format::negotiate(
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            ),
+            Format::OpenMetrics
+        );
+        assert_eq!(
+            Format::negotiate("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            Format::OpenMetrics
+        );
+        // curl, no header, a Prometheus configured for the 0.0.4 text, an unknown version.
+        assert_eq!(Format::negotiate("*/*"), Format::Prometheus);
+        assert_eq!(Format::negotiate(""), Format::Prometheus);
+        assert_eq!(
+            Format::negotiate("text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5"),
+            Format::Prometheus
+        );
+        assert_eq!(
+            Format::negotiate("application/openmetrics-text;version=2.0.0"),
+            Format::Prometheus
+        );
+        assert_eq!(
+            Format::negotiate("application/openmetrics-text;q=0"),
+            Format::Prometheus
         );
     }
 }

@@ -143,8 +143,10 @@ fn check_config_prints_the_effective_settings() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--fwd-tls"));
 }
 
-/// The metrics endpoint answers a real HTTP client with parseable Prometheus text whose values
-/// follow what happened: an authorization and dropped packets.
+/// The metrics endpoint answers a real HTTP client in the format it asks for, labelled with that
+/// format's content type and accepted by a real parser of it (promtool for the Prometheus text
+/// 0.0.4, the Prometheus Python client for OpenMetrics), with values that follow what happened:
+/// an authorization and dropped packets.
 #[test]
 #[ignore = "needs root: cargo xtask test"]
 fn metrics_endpoint_is_scraped() {
@@ -154,23 +156,80 @@ fn metrics_endpoint_is_scraped() {
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert!(world.reachable_from_cgroup("192.0.2.10"));
 
-    let out = world
-        .in_ns(&world.client_ns, "curl")
-        .args([
-            "-sS",
-            "--fail",
-            "--max-time",
-            "5",
-            "http://127.0.0.1:9153/metrics",
-        ])
-        .output()
-        .unwrap();
+    // curl sends `Accept: */*`: the Prometheus text format 0.0.4, which promtool parses and lints.
+    let (content_type, text) = scrape(&world, None);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus, installed by cargo xtask setup)");
+    {
+        use std::io::Write as _;
+        let mut stdin = promtool.stdin.take().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+    }
+    let checked = promtool.wait_with_output().unwrap();
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        checked.status.success(),
+        "promtool check metrics rejects the 0.0.4 text ({}): {}{}\n{text}",
+        checked.status,
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
+    // What Prometheus asks for first: OpenMetrics, checked with the OpenMetrics parser of the
+    // Prometheus Python client (Debian's python3-prometheus-client; promtool parses only 0.0.4).
+    let (om_type, om_text) = scrape(
+        &world,
+        Some(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        ),
+    );
+    assert_eq!(
+        om_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(om_text.ends_with("# EOF\n"), "{om_text}");
+    let mut parser = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sys\n\
+             from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+             for f in text_string_to_metric_families(sys.stdin.read()):\n\
+             \x20   print(f.name, f.type)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3");
+    {
+        use std::io::Write as _;
+        let mut stdin = parser.stdin.take().unwrap();
+        stdin.write_all(om_text.as_bytes()).unwrap();
+    }
+    let parsed = parser.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "the OpenMetrics parser rejects the body: {}\n{om_text}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    // The counters are typed as counters (not "unknown"), under their family names.
+    let families = String::from_utf8_lossy(&parsed.stdout);
+    for family in [
+        "nettrust_dns_queries counter",
+        "nettrust_answer_addresses counter",
+        "nettrust_egress_packets counter",
+        "nettrust_authorized_hosts gauge",
+        "nettrust_upstream_latency_seconds histogram",
+    ] {
+        assert!(
+            families.lines().any(|l| l == family),
+            "{family:?} not among the parsed families:\n{families}"
+        );
+    }
     let value = |name: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
@@ -221,6 +280,35 @@ fn metrics_endpoint_is_scraped() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
     assert!(world.stop_daemon());
+}
+
+/// `GET /metrics` from the client namespace with curl (its own `Accept: */*` unless `accept` is
+/// given): the response's content type and body.
+fn scrape(world: &World, accept: Option<&str>) -> (String, String) {
+    let mut curl = world.in_ns(&world.client_ns, "curl");
+    curl.args(["-sS", "--fail", "--max-time", "5", "-D", "-"]);
+    if let Some(accept) = accept {
+        curl.args(["-H", &format!("Accept: {accept}")]);
+    }
+    let out = curl.arg("http://127.0.0.1:9153/metrics").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let response = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header/body separator in {response:?}"));
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no Content-Type in {head:?}"));
+    (content_type, body.to_owned())
 }
 
 /// SIGHUP re-reads the config: a host added to the whitelist becomes reachable, a removed one is
@@ -305,6 +393,76 @@ fn json_logs_are_one_object_per_line() {
         authorized |= message.contains("[Authorized]");
     }
     assert!(authorized, "no [Authorized] record in:\n{log}");
+}
+
+/// With nothing pinned (nettrust never ran with this directory, or it stopped and cleaned up) and
+/// no nftables table, `list` and `status` say plainly that nettrust is not running here, naming
+/// the directory, and exit with 3 (not running); `attach`/`detach` say nothing is pinned. A
+/// running daemon with no authorization lists nothing and exits 0.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn list_and_status_say_nettrust_is_not_running() {
+    let mut world = World::new();
+    let dir = world.bpffs_dir.display().to_string();
+    for command in ["list", "status"] {
+        let out = world.nettrust(&[command]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{command}: {}\n{stderr}",
+            out.status
+        );
+        assert!(
+            stderr.contains(&format!(
+                "nettrust is not running: nothing is pinned in {dir}"
+            )),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains("cannot stat"), "{command}: {stderr}");
+    }
+    let status = String::from_utf8_lossy(&world.nettrust(&["status"]).stdout).into_owned();
+    assert_eq!(status, "backend: none\ndaemon: not running\n");
+    let cgroup = world.cgroup.display().to_string();
+    for command in ["attach", "detach"] {
+        let out = world.nettrust(&[command, "--cgroup", &cgroup]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command} succeeded: {stderr}");
+        assert!(
+            stderr.contains(&format!("nothing pinned in {dir}")),
+            "{command}: {stderr}"
+        );
+    }
+
+    world.start_daemon(&[]);
+    let out = world.nettrust(&["list"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let out = world.nettrust(&["status"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(world.stop_daemon());
+    // The daemon cleaned up on exit: not running again.
+    assert_eq!(world.nettrust(&["list"]).status.code(), Some(3));
+}
+
+/// Logs written to a file (as here: the world sends the daemon's stderr to a file) or a pipe are
+/// plain text: no ANSI colour code, so `grep`, the journal and log shippers see the words.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn logs_to_a_file_carry_no_colour_codes() {
+    let mut world = World::new();
+    world.start_daemon(&[]);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert!(world.stop_daemon());
+    let log = world.last_log.clone();
+    assert!(
+        !log.contains('\x1b'),
+        "the log carries ANSI escape codes:\n{log:?}"
+    );
+    assert!(
+        log.contains("[Authorized]") && log.contains("question=a.test"),
+        "no [Authorized] record with its fields in:\n{log}"
+    );
 }
 
 /// A trickle of answers (one client asking again and again, ~100 answers a second) wakes the

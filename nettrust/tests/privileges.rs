@@ -128,3 +128,66 @@ fn nftables_daemon_keeps_only_net_admin_and_bpf() {
     );
     assert!(world.reachable_from_cgroup("192.0.2.11"));
 }
+
+/// A daemon that cannot reduce its privileges does not run with them: here
+/// `/proc/sys/kernel/cap_last_cap` is hidden (as systemd's `ProcSubset=pid` does), so the drop
+/// cannot know the kernel's capabilities. The start fails with an error naming the file, and the
+/// firewall it had set up is removed again: the cgroup is neither left filtered nor served.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn a_failed_privilege_drop_stops_the_daemon() {
+    use std::{ffi::CString, os::unix::process::CommandExt as _};
+
+    let world = World::new();
+    let mut cmd = world.in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"));
+    cmd.args(["run", "--listen-addr", "127.0.0.1:53", "--fwd-addr"])
+        .arg(format!("{}:53", world::UPSTREAM))
+        .arg("--cgroup")
+        .arg(&world.cgroup)
+        .arg("--bpffs-dir")
+        .arg(&world.bpffs_dir)
+        .args(["--firewall-backend", "ebpf"]);
+    let root = CString::new("/").unwrap();
+    let null = CString::new("/dev/null").unwrap();
+    let last_cap = CString::new("/proc/sys/kernel/cap_last_cap").unwrap();
+    // SAFETY: unshare and mount are async-signal-safe system calls; the strings are allocated
+    // before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                || libc::mount(
+                    null.as_ptr(),
+                    last_cap.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = world::output_within(cmd, Duration::from_secs(15));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "nettrust kept running without dropping its privileges:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("cannot start with reduced privileges")
+            && stderr.contains("/proc/sys/kernel/cap_last_cap"),
+        "the error does not say why:\n{stderr}"
+    );
+    // It had attached its filter before the drop; the failed start removed it again.
+    assert_eq!(world.attached_egress_programs(), 0, "{stderr}");
+    assert!(!world.bpffs_dir.exists(), "pinned state left:\n{stderr}");
+    assert!(world.reachable_from_cgroup("192.0.2.99"));
+}

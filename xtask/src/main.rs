@@ -4,8 +4,8 @@
 //!   (cached under `$XDG_CACHE_HOME/nettrust-tools`, or `~/.cache/nettrust-tools`), and the Debian
 //!   packages the tests use. Idempotent; every other command runs the part it needs.
 //! - `build [--release]`: `target/{debug,release}/nettrust` with the eBPF object inside.
-//! - `run [--release] -- ARGS`: build and run `nettrust ARGS` (with sudo when not root); without
-//!   `--config` in ARGS the repository's `config.toml` is used.
+//! - `run [--debug] -- ARGS`: build and run `nettrust ARGS` (with sudo when not root), the release
+//!   build unless `--debug`; without `--config` in ARGS the repository's `config.toml` is used.
 //! - `test`: setup, unit tests (no root), then the root integration tests, serially.
 //! - `bench [dns|datapath|commit|memory|all] [--smoke]`: nettrust against dnsmasq and the upstream,
 //!   datapath, commit latency and memory, in network namespaces it creates (see `bench*.rs`);
@@ -48,11 +48,11 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Build and run nettrust (as root); arguments after `--` go to nettrust.
+    /// Build and run nettrust (as root), the release build; arguments after `--` go to nettrust.
     Run {
-        /// Optimized build.
+        /// Run the debug build instead of the release build.
         #[arg(long)]
-        release: bool,
+        debug: bool,
         /// Arguments for nettrust.
         #[arg(last = true)]
         args: Vec<String>,
@@ -145,8 +145,8 @@ fn main() -> Result<()> {
         Cmd::Build { release } => {
             build(&root, release)?;
         }
-        Cmd::Run { release, args } => {
-            let binary = build(&root, release)?;
+        Cmd::Run { debug, args } => {
+            let binary = build(&root, !debug)?;
             let mut args = args;
             let is_run = args
                 .first()
@@ -314,16 +314,16 @@ fn lint(root: &Path) -> Result<()> {
 }
 
 /// `systemd-analyze security --offline` on dist/nettrust.service must rate it OK or better.
+/// `systemd-analyze` is installed when missing; the lint fails if it cannot run.
 fn systemd_unit_security(root: &Path) -> Result<()> {
     let unit = root.join("dist/nettrust.service");
-    let Ok(out) = Command::new("systemd-analyze")
+    setup::install(setup::LINT_PACKAGES)
+        .context("the unit-file lint needs systemd-analyze (Debian package systemd)")?;
+    let out = Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--root=/"])
         .arg(&unit)
         .output()
-    else {
-        eprintln!("xtask: systemd-analyze not installed; skipping the unit's security rating");
-        return Ok(());
-    };
+        .context("running systemd-analyze security on dist/nettrust.service")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let verdict = text
         .lines()

@@ -17,7 +17,8 @@ const NIGHTLY: &str = "nightly";
 /// bpf-linker release known to work with aya 0.14 and LLVM 21–23.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Commands the root tests run, and the Debian package that provides each.
+/// Commands the root tests run (or, as an absolute path, a file they use), and the Debian package
+/// that provides each.
 const PACKAGES: &[(&str, &str)] = &[
     ("dnsmasq", "dnsmasq-base"),
     ("dig", "dnsutils"),
@@ -32,7 +33,19 @@ const PACKAGES: &[(&str, &str)] = &[
     ("rsvg-convert", "librsvg2-bin"),
     // The nftables root tests inspect the per-namespace ruleset (never used by nettrust itself).
     ("nft", "nftables"),
+    // The systemd root test boots a real systemd in a container to run dist/nettrust.service.
+    ("systemd-nspawn", "systemd-container"),
+    // The metrics tests check the /metrics exposition with Prometheus' own parsers: promtool for
+    // the 0.0.4 text, the Python client's OpenMetrics parser (a path: a module, not a command).
+    ("promtool", "prometheus"),
+    (
+        "/usr/lib/python3/dist-packages/prometheus_client/openmetrics/parser.py",
+        "python3-prometheus-client",
+    ),
 ];
+
+/// What the lint needs: `systemd-analyze security` rates dist/nettrust.service.
+pub const LINT_PACKAGES: &[(&str, &str)] = &[("systemd-analyze", "systemd")];
 
 pub fn is_root() -> bool {
     Command::new("id")
@@ -201,6 +214,8 @@ fn write_wrapper(wrapper: &Path, real: &Path, libdir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether `name` is on the PATH (or in the usual sbin/bin directories); an absolute `name` is
+/// looked up as it is (`Path::join` keeps an absolute path).
 fn have_command(name: &str) -> bool {
     let mut dirs: Vec<PathBuf> =
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
@@ -210,7 +225,12 @@ fn have_command(name: &str) -> bool {
 
 /// Debian packages the root tests use.
 pub fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install(PACKAGES)
+}
+
+/// Installs the Debian package of each command in `wanted` that is not on the PATH.
+pub fn install(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
         .filter(|(cmd, _)| !have_command(cmd))
         .map(|(_, pkg)| *pkg)

@@ -22,8 +22,17 @@ use super::{
     table::HostTable,
 };
 
+/// A directory that does not exist holds nothing nettrust pinned: say so rather than "cannot stat".
+fn not_pinned_if_missing(dir: &Path) -> Result<(), EbpfError> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(EbpfError::NotPinned(dir.to_owned())),
+        _ => Ok(()),
+    }
+}
+
 /// `nettrust attach`: attaches the pinned programs to one more cgroup, persisting like the rest.
 pub fn attach_pinned(dir: &Path, path: &Path) -> Result<(), EbpfError> {
+    not_pinned_if_missing(dir)?;
     pins::check_owner(dir)?;
     let id = pins::cgroup_id(path).map_err(|source| EbpfError::Cgroup {
         path: path.to_owned(),
@@ -59,6 +68,7 @@ pub fn attach_pinned(dir: &Path, path: &Path) -> Result<(), EbpfError> {
 
 /// `nettrust detach`: removes the links of one cgroup (unpinning a link detaches it).
 pub fn detach_pinned(dir: &Path, path: &Path) -> Result<bool, EbpfError> {
+    not_pinned_if_missing(dir)?;
     pins::check_owner(dir)?;
     let id = pins::cgroup_id(path).map_err(|source| EbpfError::Cgroup {
         path: path.to_owned(),
