@@ -14,6 +14,7 @@ use nettrust_common::{
 use super::{
     Authorization, AuthorizedHost, HostState, Policy, boottime_ns, bpf_sys,
     ebpf::{EbpfError, HostMap, HostMaps, NameMap, map_error},
+    evict::{self, Recency},
     pins,
     table::HostTable,
 };
@@ -187,6 +188,38 @@ pub(super) fn upsert<const N: usize>(
             Ok(Authorization::New)
         }
     }
+}
+
+/// Makes room in a full `map` of `capacity` hosts: evicts one batch of idle authorizations
+/// (least recently used, see [`super::evict`]) chosen by one scan. Runs under the *exclusive*
+/// host-map lock, so no answer writes meanwhile. Returns the addresses evicted (the caller
+/// removes their recorded names).
+pub(super) fn make_room<const N: usize>(
+    map: &impl HostStore<N>,
+    recency: &Recency<[u8; N]>,
+    capacity: u32,
+) -> io::Result<Vec<IpAddr>>
+where
+    IpAddr: From<[u8; N]>,
+{
+    let now = boottime_ns();
+    let entries = map.entries()?;
+    let victims = recency.with(|answered| {
+        evict::victims(
+            entries.iter().copied(),
+            |k| answered.get(k).copied().unwrap_or(0),
+            now,
+            evict::batch(capacity),
+        )
+    });
+    let mut evicted = Vec::with_capacity(victims.len());
+    for key in victims {
+        if map.delete(key)? {
+            recency.forget(&key);
+            evicted.push(IpAddr::from(key));
+        }
+    }
+    Ok(evicted)
 }
 
 pub(super) fn renew_entry<const N: usize>(

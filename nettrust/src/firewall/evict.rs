@@ -1,0 +1,214 @@
+//! Making room in a full host map: instead of refusing every new address once `max_hosts`
+//! authorizations exist (which, with the default TTL of never, normal use reaches and never
+//! leaves), the authorizations that carry no traffic are evicted, least recently used first.
+//!
+//! Order of eviction (whitelisted hosts are never candidates):
+//! 1. authorizations past their deadline (dead already, only not swept yet), oldest deadline first;
+//! 2. authorizations that never carried traffic and were last answered more than [`GRACE_NS`]
+//!    ago, least recently answered first (an attacker's flood of names nobody connects to lands
+//!    here);
+//! 3. everything else by its last activity: the later of the last packet (the egress program's
+//!    `last_seen_ns`) and the last DNS answer naming it. A host with live traffic therefore goes
+//!    only after every idle one, and an answer just relayed (its client has not connected yet)
+//!    only after hosts idle for longer.
+//!
+//! One full event evicts a batch ([`batch`]: 1/64 of the capacity) chosen by one scan of the
+//! map, so the scan is paid once per batch of new hosts, not on every answer.
+//!
+//! The time of the last answer naming a host is kept by the daemon ([`Recency`]): the maps have
+//! no room for it. Hosts a previous run left (adopted) count as answered at boot.
+
+use std::{collections::HashMap, hash::Hash, sync::Mutex};
+
+use nettrust_common::{FLAG_WHITELISTED, HostValue};
+
+/// How long a new authorization that has not carried traffic yet ranks by its answer time like
+/// a used one: time for the client to connect after the answer.
+pub const GRACE_NS: u64 = 30_000_000_000;
+
+/// Authorizations evicted per full event: 1/64 of the capacity, at least one.
+pub fn batch(capacity: u32) -> usize {
+    (capacity as usize / 64).max(1)
+}
+
+/// The time (`CLOCK_BOOTTIME` ns) of the last DNS answer that named each authorized host.
+#[derive(Debug)]
+pub struct Recency<K> {
+    at: Mutex<HashMap<K, u64>>,
+    /// Records kept at most before [`Recency::touch`] asks for a prune against the map.
+    limit: usize,
+}
+
+impl<K: Eq + Hash + Copy> Recency<K> {
+    /// Records for a map of `capacity` hosts.
+    pub fn new(capacity: u32) -> Self {
+        Self {
+            at: Mutex::new(HashMap::new()),
+            limit: (capacity as usize).saturating_mul(2).max(1024),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, u64>> {
+        self.at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records an answer naming `key` at `now`. Returns true when the records outgrew twice the
+    /// capacity (hosts removed by the sweeper or by hand leave theirs behind): the caller then
+    /// calls [`Recency::retain`] with the map's keys.
+    pub fn touch(&self, key: K, now: u64) -> bool {
+        let mut at = self.lock();
+        at.insert(key, now);
+        at.len() > self.limit
+    }
+
+    /// The time of the last answer naming `key`, 0 when unknown.
+    #[cfg(test)]
+    pub fn get(&self, key: &K) -> u64 {
+        self.lock().get(key).copied().unwrap_or(0)
+    }
+
+    /// Forgets `key`.
+    pub fn forget(&self, key: &K) {
+        self.lock().remove(key);
+    }
+
+    /// Keeps the records of the keys `present` accepts.
+    pub fn retain(&self, mut present: impl FnMut(&K) -> bool) {
+        self.lock().retain(|k, _| present(k));
+    }
+
+    /// Runs `f` on the records (one lock for a whole scan).
+    pub fn with<T>(&self, f: impl FnOnce(&HashMap<K, u64>) -> T) -> T {
+        f(&self.lock())
+    }
+}
+
+/// Eviction rank of an entry (lower goes first); `None` for an entry never evicted
+/// (whitelisted).
+pub fn rank(value: &HostValue, answered_at: u64, now: u64) -> Option<(u8, u64)> {
+    if value.flags & FLAG_WHITELISTED != 0 {
+        return None;
+    }
+    if !value.is_live(now) {
+        return Some((0, value.expires_ns));
+    }
+    if value.last_seen_ns == 0 && answered_at.saturating_add(GRACE_NS) <= now {
+        return Some((1, answered_at));
+    }
+    Some((2, value.last_seen_ns.max(answered_at)))
+}
+
+/// The `count` entries of `entries` to evict first (fewer when fewer are evictable).
+pub fn victims<K: Copy>(
+    entries: impl IntoIterator<Item = (K, HostValue)>,
+    answered_at: impl Fn(&K) -> u64,
+    now: u64,
+    count: usize,
+) -> Vec<K> {
+    let mut ranked: Vec<((u8, u64), K)> = entries
+        .into_iter()
+        .filter_map(|(k, v)| rank(&v, answered_at(&k), now).map(|r| (r, k)))
+        .collect();
+    if count == 0 {
+        return Vec::new();
+    }
+    if ranked.len() > count {
+        ranked.select_nth_unstable_by_key(count - 1, |(r, _)| *r);
+        ranked.truncate(count);
+    }
+    ranked.into_iter().map(|(_, k)| k).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use nettrust_common::FLAG_AUTHORIZED;
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn host(expires_ns: u64, last_seen_ns: u64, flags: u32) -> HostValue {
+        HostValue {
+            expires_ns,
+            last_seen_ns,
+            flags,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn batches_are_a_64th_of_the_capacity() {
+        assert_eq!(batch(65_536), 1024);
+        assert_eq!(batch(64), 1);
+        assert_eq!(batch(16), 1);
+    }
+
+    /// Expired first, then never-used ones answered long ago (oldest answer first), then the
+    /// rest by last activity; whitelisted entries never, and a host in use after every idle one.
+    #[test]
+    fn idle_authorizations_go_first_and_whitelisted_ones_never() {
+        let now = 1000 * S;
+        let a = FLAG_AUTHORIZED;
+        let entries = vec![
+            ("whitelisted", host(0, 0, FLAG_WHITELISTED), 0),
+            ("whitelisted and authorized", host(0, 0, FLAG_WHITELISTED | a), 0),
+            ("in use", host(0, now - S / 10, a), 10 * S),
+            ("used long ago", host(0, 100 * S, a), 50 * S),
+            ("just answered", host(0, 0, a), now - S),
+            ("never used, old", host(0, 0, a), 200 * S),
+            ("never used, older", host(0, 0, a), 150 * S),
+            ("expired", host(now - 5 * S, now - 6 * S, a), now - 10 * S),
+        ];
+        let answered: HashMap<&str, u64> = entries.iter().map(|(k, _, t)| (*k, *t)).collect();
+        let order: Vec<&str> = (1..=6)
+            .map(|n| {
+                let picked = victims(
+                    entries.iter().map(|(k, v, _)| (*k, *v)),
+                    |k| answered[k],
+                    now,
+                    n,
+                );
+                assert_eq!(picked.len(), n);
+                // Each larger batch contains the smaller one: take the one new key.
+                picked
+                    .into_iter()
+                    .max_by_key(|k| rank(&entries.iter().find(|e| e.0 == *k).unwrap().1, answered[k], now))
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "expired",
+                "never used, older",
+                "never used, old",
+                "used long ago",
+                "just answered",
+                "in use"
+            ]
+        );
+        // Asked for more than there are, whitelisted entries are still left alone.
+        let all = victims(
+            entries.iter().map(|(k, v, _)| (*k, *v)),
+            |k| answered[k],
+            now,
+            100,
+        );
+        assert_eq!(all.len(), 6);
+        assert!(!all.iter().any(|k| k.starts_with("whitelisted")));
+    }
+
+    #[test]
+    fn recency_asks_for_a_prune_past_twice_the_capacity() {
+        let recency = Recency::new(600);
+        for i in 0..1200u32 {
+            assert!(!recency.touch(i, u64::from(i)));
+        }
+        assert!(recency.touch(1200, 1));
+        recency.retain(|k| *k < 10);
+        assert_eq!(recency.get(&3), 3);
+        assert_eq!(recency.get(&11), 0);
+        recency.forget(&3);
+        assert_eq!(recency.get(&3), 0);
+    }
+}
