@@ -26,8 +26,8 @@ use nettrust_common::{
 };
 
 use super::entries::{
-    HostStore, clear_authorized, collect_authorized, collect_due, install_policy, make_room,
-    name_key, remove_entry, renew_entry, set_host_whitelisted, set_network, upsert,
+    HostStore, clear_authorized, collect_authorized, collect_due, evict, install_policy,
+    name_key, plan_eviction, remove_entry, renew_entry, set_host_whitelisted, set_network, upsert,
 };
 pub use super::pinned::{
     PinnedStatus, attach_pinned, detach_pinned, list_pinned, read_stats, status_pinned,
@@ -538,26 +538,44 @@ impl EbpfFirewall {
         };
         let result = match result {
             Err(e) if is_full(&e) => {
-                let mut hosts = self.hosts.write().expect("host maps lock poisoned");
-                match upsert(store(&hosts), key, expires_ns) {
-                    Err(e) if is_full(&e) => {
-                        let evicted = make_room(store(&hosts), recency, self.capacities.hosts)?;
-                        for &addr in &evicted {
-                            let _ = hosts.names.remove(&name_key(addr));
+                // The scan that picks the victims runs under the shared lock (answers keep
+                // being written); only their removal takes the exclusive one.
+                let started = std::time::Instant::now();
+                let plan = {
+                    let hosts = self.hosts.read().expect("host maps lock poisoned");
+                    plan_eviction(store(&hosts), recency, self.capacities.hosts)?
+                };
+                let scanned = started.elapsed();
+                let (result, evicted) = {
+                    let hosts = self.hosts.write().expect("host maps lock poisoned");
+                    match upsert(store(&hosts), key, expires_ns) {
+                        // A concurrent answer made room meanwhile.
+                        Err(e) if is_full(&e) => {
+                            let evicted = evict(store(&hosts), recency, plan)?;
+                            (upsert(store(&hosts), key, expires_ns), evicted)
                         }
-                        crate::metrics::metrics()
-                            .evicted
-                            .inc_by(evicted.len() as u64);
-                        tracing::info!(
-                            evicted = evicted.len(),
-                            first = ?evicted.first(),
-                            capacity = self.capacities.hosts,
-                            "[Evicted] host map full: idle authorizations removed, least recently used first"
-                        );
-                        upsert(store(&hosts), key, expires_ns)
+                        other => (other, Vec::new()),
                     }
-                    other => other,
+                };
+                if !evicted.is_empty() {
+                    let hosts = self.hosts.read().expect("host maps lock poisoned");
+                    let names = super::bpf_sys::fd_of(&hosts.names);
+                    for &addr in &evicted {
+                        let _ = super::bpf_sys::delete(names, &name_key(addr));
+                    }
+                    crate::metrics::metrics()
+                        .evicted
+                        .inc_by(evicted.len() as u64);
+                    tracing::info!(
+                        evicted = evicted.len(),
+                        first = ?evicted.first(),
+                        capacity = self.capacities.hosts,
+                        scan_us = scanned.as_micros() as u64,
+                        took_us = started.elapsed().as_micros() as u64,
+                        "[Evicted] host map full: idle authorizations removed, least recently used first"
+                    );
                 }
+                result
             }
             other => other,
         };

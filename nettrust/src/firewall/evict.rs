@@ -18,7 +18,11 @@
 //! The time of the last answer naming a host is kept by the daemon ([`Recency`]): the maps have
 //! no room for it. Hosts a previous run left (adopted) count as answered at boot.
 
-use std::{collections::HashMap, hash::Hash, sync::Mutex};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hash, Hasher},
+    sync::Mutex,
+};
 
 use nettrust_common::{FLAG_WHITELISTED, HostValue};
 
@@ -31,10 +35,34 @@ pub fn batch(capacity: u32) -> usize {
     (capacity as usize / 64).max(1)
 }
 
+/// A fast hasher for address keys (one multiply-mix per 8 bytes): the records are looked up for
+/// every entry of a full map in one eviction scan, and SipHash would make that scan several
+/// times slower. The keys are addresses the daemon itself authorized; a collision costs a
+/// slower lookup, never a wrong one.
+#[derive(Default)]
+pub struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+type AddrMap<K> = HashMap<K, u64, BuildHasherDefault<AddrHasher>>;
+
 /// The time (`CLOCK_BOOTTIME` ns) of the last DNS answer that named each authorized host.
 #[derive(Debug)]
 pub struct Recency<K> {
-    at: Mutex<HashMap<K, u64>>,
+    at: Mutex<AddrMap<K>>,
     /// Records kept at most before [`Recency::touch`] asks for a prune against the map.
     limit: usize,
 }
@@ -43,12 +71,12 @@ impl<K: Eq + Hash + Copy> Recency<K> {
     /// Records for a map of `capacity` hosts.
     pub fn new(capacity: u32) -> Self {
         Self {
-            at: Mutex::new(HashMap::new()),
+            at: Mutex::new(AddrMap::default()),
             limit: (capacity as usize).saturating_mul(2).max(1024),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AddrMap<K>> {
         self.at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -62,7 +90,6 @@ impl<K: Eq + Hash + Copy> Recency<K> {
     }
 
     /// The time of the last answer naming `key`, 0 when unknown.
-    #[cfg(test)]
     pub fn get(&self, key: &K) -> u64 {
         self.lock().get(key).copied().unwrap_or(0)
     }
@@ -78,7 +105,7 @@ impl<K: Eq + Hash + Copy> Recency<K> {
     }
 
     /// Runs `f` on the records (one lock for a whole scan).
-    pub fn with<T>(&self, f: impl FnOnce(&HashMap<K, u64>) -> T) -> T {
+    pub fn with<T>(&self, f: impl FnOnce(&AddrMap<K>) -> T) -> T {
         f(&self.lock())
     }
 }
@@ -98,8 +125,9 @@ pub fn rank(value: &HostValue, answered_at: u64, now: u64) -> Option<(u8, u64)> 
     Some((2, value.last_seen_ns.max(answered_at)))
 }
 
-/// The `count` entries of `entries` to evict first (fewer when fewer are evictable).
-pub fn victims<K: Copy>(
+/// The `count` entries of `entries` to evict first (fewer when fewer are evictable), first to
+/// go first.
+pub fn victims<K>(
     entries: impl IntoIterator<Item = (K, HostValue)>,
     answered_at: impl Fn(&K) -> u64,
     now: u64,
@@ -116,6 +144,7 @@ pub fn victims<K: Copy>(
         ranked.select_nth_unstable_by_key(count - 1, |(r, _)| *r);
         ranked.truncate(count);
     }
+    ranked.sort_unstable_by_key(|(r, _)| *r);
     ranked.into_iter().map(|(_, k)| k).collect()
 }
 
