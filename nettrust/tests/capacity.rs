@@ -6,7 +6,7 @@
 #[macro_use]
 mod world;
 
-use world::{Background, Backend, NUMBERED_NAMES, World};
+use world::{Backend, Background, NUMBERED_NAMES, World};
 
 both_backends!(full_map_evicts_idle_authorizations_and_keeps_answering);
 

@@ -26,7 +26,7 @@ use hickory_proto::{
     op::{Message, Query},
     rr::{DNSClass, Name, RData, Record, RecordType, rdata::A},
 };
-use world::{Background, Backend, UPSTREAM, World};
+use world::{Backend, Background, UPSTREAM, World};
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -719,7 +719,14 @@ fn unique_name_flood_evicts_idle_hosts_and_keeps_answering() {
             .lines()
             .filter(|l| l.contains("[Evicted]"))
             .map(strip_ansi)
-            .filter_map(|l| l.split(name).nth(1)?.split_whitespace().next()?.parse().ok())
+            .filter_map(|l| {
+                l.split(name)
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .collect();
         values.sort_unstable();
         values

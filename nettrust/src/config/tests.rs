@@ -945,8 +945,12 @@ fn answer_address_cap_is_configurable_and_validated() {
         "0",
     );
     err_names(
-        resolve(&args(), "max_hosts = 64
-max_answer_addresses = 65", &[]),
+        resolve(
+            &args(),
+            "max_hosts = 64
+max_answer_addresses = 65",
+            &[],
+        ),
         "max_answer_addresses",
         "65",
     );

@@ -26,8 +26,8 @@ use nettrust_common::{
 };
 
 use super::entries::{
-    HostStore, clear_authorized, collect_authorized, collect_due, evict, install_policy,
-    name_key, plan_eviction, remove_entry, renew_entry, set_host_whitelisted, set_network, upsert,
+    HostStore, clear_authorized, collect_authorized, collect_due, evict, install_policy, name_key,
+    plan_eviction, remove_entry, renew_entry, set_host_whitelisted, set_network, upsert,
 };
 pub use super::pinned::{
     PinnedStatus, attach_pinned, detach_pinned, list_pinned, read_stats, status_pinned,

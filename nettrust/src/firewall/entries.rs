@@ -532,7 +532,7 @@ mod tests {
         assert_eq!(plan.len(), evict::batch(CAPACITY * 4));
         let mut planned: Vec<[u8; 4]> = plan.iter().map(|v| v.key).collect();
         planned.sort_unstable();
-        assert_eq!(planned, [addr(2), addr(3), addr(4), addr(5), addr(6), addr(7), addr(8), addr(9)]);
+        assert_eq!(planned, (2..10).map(addr).collect::<Vec<_>>());
         // Answered again between the scan and the removal: kept.
         upsert(&table, addr(3), 0).unwrap();
         recency.touch(addr(3), now);
@@ -553,8 +553,15 @@ mod tests {
         // Every candidate left carries traffic or is whitelisted: nothing more to evict
         // beyond the idle ones.
         let all = plan_eviction(&table, &recency, CAPACITY * 64 * 2).unwrap();
-        assert!(all.iter().all(|v| v.key != addr(0)), "whitelisted host planned");
-        assert_eq!(all.last().map(|v| v.key), Some(addr(1)), "the host in use goes last");
+        assert!(
+            all.iter().all(|v| v.key != addr(0)),
+            "whitelisted host planned"
+        );
+        assert_eq!(
+            all.last().map(|v| v.key),
+            Some(addr(1)),
+            "the host in use goes last"
+        );
     }
 }
 

@@ -178,9 +178,13 @@ mod tests {
     fn idle_authorizations_go_first_and_whitelisted_ones_never() {
         let now = 1000 * S;
         let a = FLAG_AUTHORIZED;
-        let entries = vec![
+        let entries = [
             ("whitelisted", host(0, 0, FLAG_WHITELISTED), 0),
-            ("whitelisted and authorized", host(0, 0, FLAG_WHITELISTED | a), 0),
+            (
+                "whitelisted and authorized",
+                host(0, 0, FLAG_WHITELISTED | a),
+                0,
+            ),
             ("in use", host(0, now - S / 10, a), 10 * S),
             ("used long ago", host(0, 100 * S, a), 50 * S),
             ("just answered", host(0, 0, a), now - S),
@@ -201,7 +205,13 @@ mod tests {
                 // Each larger batch contains the smaller one: take the one new key.
                 picked
                     .into_iter()
-                    .max_by_key(|k| rank(&entries.iter().find(|e| e.0 == *k).unwrap().1, answered[k], now))
+                    .max_by_key(|k| {
+                        rank(
+                            &entries.iter().find(|e| e.0 == *k).unwrap().1,
+                            answered[k],
+                            now,
+                        )
+                    })
                     .unwrap()
             })
             .collect();

@@ -273,7 +273,7 @@ fn take_lock() -> std::io::Result<Option<NsLock>> {
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.ino() == file.metadata()?.ino() => {
                 return Ok(Some(NsLock { _file: file, path }));
-            },
+            }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
