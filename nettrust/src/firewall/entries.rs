@@ -550,17 +550,12 @@ mod tests {
             upsert(&table, addr(500 + i), 0).unwrap();
         }
         assert_eq!(table.len(), CAPACITY as usize);
-        // Every candidate left carries traffic or is whitelisted: nothing more to evict
-        // beyond the idle ones.
+        // Asked for more than there are: everything but the whitelisted host and the one in use.
         let all = plan_eviction(&table, &recency, CAPACITY * 64 * 2).unwrap();
+        assert_eq!(all.len(), CAPACITY as usize - 2);
         assert!(
-            all.iter().all(|v| v.key != addr(0)),
-            "whitelisted host planned"
-        );
-        assert_eq!(
-            all.last().map(|v| v.key),
-            Some(addr(1)),
-            "the host in use goes last"
+            all.iter().all(|v| v.key != addr(0) && v.key != addr(1)),
+            "the whitelisted host or the one in use was planned"
         );
     }
 }

@@ -2,15 +2,15 @@
 //! authorizations exist (which, with the default TTL of never, normal use reaches and never
 //! leaves), the authorizations that carry no traffic are evicted, least recently used first.
 //!
-//! Order of eviction (whitelisted hosts are never candidates):
+//! Order of eviction (whitelisted hosts, and hosts with a packet in the last [`LIVE_NS`], are never
+//! candidates: when nothing else is left the new address is refused):
 //! 1. authorizations past their deadline (dead already, only not swept yet), oldest deadline first;
 //! 2. authorizations that never carried traffic and were last answered more than [`GRACE_NS`]
 //!    ago, least recently answered first (an attacker's flood of names nobody connects to lands
 //!    here);
 //! 3. everything else by its last activity: the later of the last packet (the egress program's
-//!    `last_seen_ns`) and the last DNS answer naming it. A host with live traffic therefore goes
-//!    only after every idle one, and an answer just relayed (its client has not connected yet)
-//!    only after hosts idle for longer.
+//!    `last_seen_ns`) and the last DNS answer naming it: an answer just relayed (its client has
+//!    not connected yet) goes only after hosts idle for longer.
 //!
 //! One full event evicts a batch ([`batch`]: 1/64 of the capacity) chosen by one scan of the
 //! map, so the scan is paid once per batch of new hosts, not on every answer.
@@ -29,6 +29,10 @@ use nettrust_common::{FLAG_WHITELISTED, HostValue};
 /// How long a new authorization that has not carried traffic yet ranks by its answer time like
 /// a used one: time for the client to connect after the answer.
 pub const GRACE_NS: u64 = 30_000_000_000;
+
+/// A host with a packet this recent carries live traffic and is never evicted (a full map of
+/// such hosts refuses new addresses instead of cutting connections in use).
+pub const LIVE_NS: u64 = 30_000_000_000;
 
 /// Authorizations evicted per full event: 1/64 of the capacity, at least one.
 pub fn batch(capacity: u32) -> usize {
@@ -111,13 +115,16 @@ impl<K: Eq + Hash + Copy> Recency<K> {
 }
 
 /// Eviction rank of an entry (lower goes first); `None` for an entry never evicted
-/// (whitelisted).
+/// (whitelisted, or with traffic in the last [`LIVE_NS`]).
 pub fn rank(value: &HostValue, answered_at: u64, now: u64) -> Option<(u8, u64)> {
     if value.flags & FLAG_WHITELISTED != 0 {
         return None;
     }
     if !value.is_live(now) {
         return Some((0, value.expires_ns));
+    }
+    if value.last_seen_ns != 0 && now.saturating_sub(value.last_seen_ns) < LIVE_NS {
+        return None;
     }
     if value.last_seen_ns == 0 && answered_at.saturating_add(GRACE_NS) <= now {
         return Some((1, answered_at));
@@ -173,9 +180,10 @@ mod tests {
     }
 
     /// Expired first, then never-used ones answered long ago (oldest answer first), then the
-    /// rest by last activity; whitelisted entries never, and a host in use after every idle one.
+    /// rest by last activity; whitelisted entries and hosts with traffic in the last
+    /// [`LIVE_NS`] never.
     #[test]
-    fn idle_authorizations_go_first_and_whitelisted_ones_never() {
+    fn idle_authorizations_go_first_and_live_or_whitelisted_ones_never() {
         let now = 1000 * S;
         let a = FLAG_AUTHORIZED;
         let entries = [
@@ -186,55 +194,36 @@ mod tests {
                 0,
             ),
             ("in use", host(0, now - S / 10, a), 10 * S),
+            ("used 20 s ago", host(0, now - 20 * S, a), 10 * S),
             ("used long ago", host(0, 100 * S, a), 50 * S),
+            ("used a minute ago", host(0, now - 60 * S, a), 50 * S),
             ("just answered", host(0, 0, a), now - S),
             ("never used, old", host(0, 0, a), 200 * S),
             ("never used, older", host(0, 0, a), 150 * S),
             ("expired", host(now - 5 * S, now - 6 * S, a), now - 10 * S),
         ];
         let answered: HashMap<&str, u64> = entries.iter().map(|(k, _, t)| (*k, *t)).collect();
-        let order: Vec<&str> = (1..=6)
-            .map(|n| {
-                let picked = victims(
-                    entries.iter().map(|(k, v, _)| (*k, *v)),
-                    |k| answered[k],
-                    now,
-                    n,
-                );
-                assert_eq!(picked.len(), n);
-                // Each larger batch contains the smaller one: take the one new key.
-                picked
-                    .into_iter()
-                    .max_by_key(|k| {
-                        rank(
-                            &entries.iter().find(|e| e.0 == *k).unwrap().1,
-                            answered[k],
-                            now,
-                        )
-                    })
-                    .unwrap()
-            })
-            .collect();
-        assert_eq!(
-            order,
-            [
-                "expired",
-                "never used, older",
-                "never used, old",
-                "used long ago",
-                "just answered",
-                "in use"
-            ]
-        );
-        // Asked for more than there are, whitelisted entries are still left alone.
-        let all = victims(
-            entries.iter().map(|(k, v, _)| (*k, *v)),
-            |k| answered[k],
-            now,
-            100,
-        );
-        assert_eq!(all.len(), 6);
-        assert!(!all.iter().any(|k| k.starts_with("whitelisted")));
+        let pick = |n| {
+            victims(
+                entries.iter().map(|(k, v, _)| (*k, *v)),
+                |k| answered[k],
+                now,
+                n,
+            )
+        };
+        let order = [
+            "expired",
+            "never used, older",
+            "never used, old",
+            "used long ago",
+            "used a minute ago",
+            "just answered",
+        ];
+        // Asked for more than there are, the live and whitelisted entries are left alone.
+        assert_eq!(pick(100), order);
+        for n in 1..=order.len() {
+            assert_eq!(pick(n), order[..n]);
+        }
     }
 
     #[test]
