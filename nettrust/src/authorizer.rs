@@ -40,6 +40,9 @@ pub struct Authorizer {
     /// Whether a PTR answer authorizes the address it was asked about (the original did; off by
     /// default: knowing a name for an address is no reason to connect to it).
     authorize_ptr: bool,
+    /// Most addresses one answer authorizes (`max_answer_addresses`): an attacker's zone with
+    /// thousands of records per answer must not fill the host map in a few queries.
+    max_addresses: usize,
 }
 
 impl Authorizer {
@@ -51,6 +54,7 @@ impl Authorizer {
             ttl,
             blacklist: Arc::new(RwLock::new(Arc::new(Blacklist::default()))),
             authorize_ptr: false,
+            max_addresses: crate::config::DEFAULT_MAX_ANSWER_ADDRESSES as usize,
         }
     }
 
@@ -68,6 +72,12 @@ impl Authorizer {
     /// Lets PTR answers authorize the reversed address.
     pub fn with_ptr_authorization(mut self, authorize_ptr: bool) -> Self {
         self.authorize_ptr = authorize_ptr;
+        self
+    }
+
+    /// Authorizes at most `max` addresses per answer (at least one).
+    pub fn with_max_addresses(mut self, max: u32) -> Self {
+        self.max_addresses = (max as usize).max(1);
         self
     }
 
@@ -143,6 +153,23 @@ impl Authorizer {
         if allowed.is_empty() {
             tracing::info!(question = %qname, qtype = %question.query_type, "[No Answer]");
             return Ok(Verdict::Relay);
+        }
+        // Beyond the cap the addresses stay in the relayed answer (rewriting it would change what
+        // the client sees for an ordinary large answer) but are not allowed: a connection to one
+        // of them is dropped like any unresolved destination.
+        if allowed.len() > self.max_addresses {
+            let capped = allowed.split_off(self.max_addresses);
+            crate::metrics::metrics()
+                .addresses
+                .get_or_create(&crate::metrics::ResultLabel { result: "capped" })
+                .inc_by(capped.len() as u64);
+            tracing::warn!(
+                question = %qname,
+                authorized = allowed.len(),
+                capped = capped.len(),
+                first_capped = %capped[0],
+                "[Capped] answer has more addresses than max_answer_addresses; the rest are not authorized"
+            );
         }
         let expires_ns = match self.ttl {
             Some(ttl) => {
@@ -267,6 +294,29 @@ mod tests {
         assert!(fw.allows(ip("192.0.2.2"), 0));
         assert!(!fw.allows(ip("192.0.2.3"), 0));
         assert_eq!(fw.authorized().unwrap().len(), 2);
+    }
+
+    /// An answer with more addresses than `max_answer_addresses` authorizes only the first ones;
+    /// the rest stay blocked and the answer is still relayed.
+    #[test]
+    fn an_answer_authorizes_at_most_the_cap() {
+        let fw = Arc::new(FakeFirewall::new(Policy::default()));
+        let auth = Authorizer::new(fw.clone(), None).with_max_addresses(3);
+        let ips: Vec<String> = (1..=200).map(|i| format!("198.51.100.{i}")).collect();
+        let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+        let (q, m) = answer("many.example.", ResponseCode::NoError, &refs);
+        assert_eq!(auth.authorize(&q, &m).unwrap(), Verdict::Relay);
+        assert_eq!(fw.authorized().unwrap().len(), 3);
+        for i in 1..=3 {
+            assert!(fw.allows(ip(&format!("198.51.100.{i}")), 0));
+        }
+        assert!(!fw.allows(ip("198.51.100.4"), 0));
+        assert!(!fw.allows(ip("198.51.100.200"), 0));
+        // The default cap is 32.
+        let fw = Arc::new(FakeFirewall::new(Policy::default()));
+        let auth = Authorizer::new(fw.clone(), None);
+        assert_eq!(auth.authorize(&q, &m).unwrap(), Verdict::Relay);
+        assert_eq!(fw.authorized().unwrap().len(), 32);
     }
 
     #[test]

@@ -121,6 +121,10 @@ pub struct RunArgs {
     /// Capacity of each eBPF network trie, per address family (restart-only) [default: 4096].
     #[arg(long, value_name = "N")]
     pub max_networks: Option<u32>,
+    /// Most addresses one DNS answer may authorize; the rest stay in the answer but are not
+    /// allowed, and are logged and counted (restart-only) [default: 32].
+    #[arg(long, value_name = "N")]
+    pub max_answer_addresses: Option<u32>,
     /// Always allow loopback (127.0.0.0/8, ::1) [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub whitelist_loopback: Option<bool>,

@@ -133,6 +133,8 @@ pub struct FileConfig {
     pub max_hosts: Option<u32>,
     /// Capacity of each eBPF network trie (per address family).
     pub max_networks: Option<u32>,
+    /// Most addresses one answer may authorize.
+    pub max_answer_addresses: Option<u32>,
     /// Always allow loopback destinations.
     pub whitelist_loopback: Option<bool>,
     /// Always allow private-network destinations.
@@ -326,6 +328,8 @@ pub struct Settings {
     pub max_hosts: u32,
     /// Capacity of each eBPF network trie (per address family).
     pub max_networks: u32,
+    /// Most addresses one DNS answer authorizes (the rest are relayed but not allowed).
+    pub max_answer_addresses: u32,
     /// Authorization lifetime; `None` = never expires.
     #[serde(with = "opt_secs")]
     pub authorized_ttl: Option<Duration>,
@@ -610,6 +614,7 @@ impl Settings {
             worker_threads,
             max_hosts,
             max_networks,
+            max_answer_addresses,
             whitelist_loopback,
             whitelist_private,
             authorized_ttl,
@@ -1149,6 +1154,7 @@ impl Settings {
             &whitelist_hosts,
             &whitelist_networks,
         )?;
+        let max_answer_addresses = answer_cap(args, env, max_answer_addresses, max_hosts)?;
 
         Ok(Self {
             listen_addr,
@@ -1170,6 +1176,7 @@ impl Settings {
             worker_threads,
             max_hosts,
             max_networks,
+            max_answer_addresses,
             authorized_ttl,
             ttl_check_interval,
             do_not_flush_table,
@@ -1289,6 +1296,39 @@ fn capacities(
         "networks",
     )?;
     Ok((max_hosts, max_networks))
+}
+
+/// Most addresses one answer authorizes unless `max_answer_addresses` says otherwise: more than
+/// any ordinary service publishes for one name, far fewer than an attacker's zone can put in one
+/// TCP answer (thousands) to fill the host map.
+pub const DEFAULT_MAX_ANSWER_ADDRESSES: u32 = 32;
+
+/// `max_answer_addresses`: at least 1 and at most `max_hosts`, so one answer can never need more
+/// room than the host map has.
+fn answer_cap(
+    args: &RunArgs,
+    env: &Env,
+    file: Option<u32>,
+    max_hosts: u32,
+) -> Result<u32, ConfigError> {
+    let picked = pick(
+        args.max_answer_addresses,
+        "--max-answer-addresses",
+        env,
+        "max_answer_addresses",
+        file,
+    )?;
+    let Some(Pick { value, key }) = picked else {
+        return Ok(DEFAULT_MAX_ANSWER_ADDRESSES.min(max_hosts));
+    };
+    if value == 0 || value > max_hosts {
+        return Err(invalid(
+            key,
+            value.to_string(),
+            format!("must be between 1 and max_hosts ({max_hosts})"),
+        ));
+    }
+    Ok(value)
 }
 
 /// The config file named by `--config` or `NET_TRUST_CONFIG`, if any.

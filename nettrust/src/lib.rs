@@ -175,7 +175,8 @@ pub async fn run(
     let firewall = backend.firewall();
     let authorizer = Authorizer::new(firewall.clone(), settings.authorized_ttl)
         .with_blacklist(blacklist)
-        .with_ptr_authorization(settings.authorize_ptr);
+        .with_ptr_authorization(settings.authorize_ptr)
+        .with_max_addresses(settings.max_answer_addresses);
     let reload_handle = authorizer.clone();
     let proxy = Arc::new(
         Proxy::new(
@@ -453,9 +454,9 @@ fn start_backend(
             },
             drop_input: settings.firewall_drop_input,
         };
-        Ok(StartedBackend::Nftables(Arc::new(NftablesFirewall::start(
-            &options, &policy,
-        )?)))
+        let firewall = NftablesFirewall::start(&options, &policy)?;
+        firewall.set_max_hosts(settings.max_hosts);
+        Ok(StartedBackend::Nftables(Arc::new(firewall)))
     };
     match settings.backend {
         Backend::Ebpf => start_ebpf(),

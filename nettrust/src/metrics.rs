@@ -75,7 +75,8 @@ pub struct Metrics {
     registry: Registry,
     /// DNS queries by transport and outcome.
     pub queries: Family<QueryLabels, Counter>,
-    /// Addresses taken from answers: `new`, `already`, `blacklisted`.
+    /// Addresses taken from answers: `new`, `already`, `blacklisted`, `capped` (beyond
+    /// `max_answer_addresses`).
     pub addresses: Family<ResultLabel, Counter>,
     /// Upstream replies refused (`forged`: not the answer to our query; `malformed`).
     pub rejected_answers: Family<ResultLabel, Counter>,
@@ -83,6 +84,8 @@ pub struct Metrics {
     pub upstream_latency: Histogram,
     /// Addresses refused because the host map was full (the client got SERVFAIL).
     pub firewall_full: Counter,
+    /// Idle authorizations evicted to make room in a full host map or set.
+    pub evicted: Counter,
     /// Authorizations removed by the expiry sweep.
     pub expired: Counter,
     /// Authorizations renewed because the host was still in use.
@@ -150,6 +153,12 @@ impl Metrics {
             "Answer addresses refused because the host map was full (client answered SERVFAIL)",
             firewall_full.clone(),
         );
+        let evicted = Counter::default();
+        registry.register(
+            "evicted_hosts",
+            "Idle authorizations evicted (least recently used) to make room in a full host map",
+            evicted.clone(),
+        );
         let expired = Counter::default();
         registry.register(
             "expired_hosts",
@@ -187,6 +196,7 @@ impl Metrics {
             rejected_answers,
             upstream_latency,
             firewall_full,
+            evicted,
             expired,
             renewed,
             authorized_hosts,

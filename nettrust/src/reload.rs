@@ -98,6 +98,7 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         worker_threads,
         max_hosts,
         max_networks,
+        max_answer_addresses,
         authorized_ttl,
         ttl_check_interval,
         do_not_flush_table,
@@ -139,6 +140,10 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         (*worker_threads != b.worker_threads, "worker_threads"),
         (*max_hosts != b.max_hosts, "max_hosts"),
         (*max_networks != b.max_networks, "max_networks"),
+        (
+            *max_answer_addresses != b.max_answer_addresses,
+            "max_answer_addresses",
+        ),
         (*authorized_ttl != b.authorized_ttl, "authorized_ttl"),
         (
             *ttl_check_interval != b.ttl_check_interval,

@@ -1,10 +1,14 @@
-//! Map capacities (issue 7): a full host map answers SERVFAIL and counts it, never allows silently
-//! or crashes; pinned maps of another capacity are not adopted silently.
+//! Map capacities: a full host map (or nftables set) evicts idle authorizations, least recently
+//! used first, and keeps answering; a host in use is never evicted, an evicted one is blocked;
+//! pinned maps of another capacity are not adopted silently.
 //! Run with `cargo xtask test` (the tests are `#[ignore]`d in a plain `cargo test`).
 
+#[macro_use]
 mod world;
 
-use world::{NUMBERED_NAMES, World};
+use world::{Backend, Background, NUMBERED_NAMES, World};
+
+both_backends!(full_map_evicts_idle_authorizations_and_keeps_answering);
 
 /// dig's status line for `name` asked from the test cgroup, plus the answered addresses.
 fn ask(world: &World, name: &str) -> (String, Vec<String>) {
@@ -26,54 +30,102 @@ fn metric(world: &World, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} missing from the metrics:\n{text}"))
 }
 
-#[test]
-#[ignore = "needs root: cargo xtask test"]
-fn full_host_map_answers_servfail_and_counts() {
-    let mut world = World::new();
-    // 16 IPv4 entries; 127.0.0.1 (listen) and the upstream are whitelisted in the same map.
-    world.start_daemon(&["--max-hosts", "16", "--metrics-addr", "127.0.0.1:9153"]);
-    assert_eq!(metric(&world, "nettrust_firewall_full_total"), 0.0);
+/// Capacity of the maps in the eviction test: four times as many distinct names as it holds
+/// fit in the world's zone.
+const MAX_HOSTS: u32 = 48;
 
-    let mut authorized = Vec::new();
-    let mut refused = Vec::new();
-    for i in 1..=30 {
-        assert!(i <= NUMBERED_NAMES);
-        let (status, answers) = ask(&world, &format!("n{i}.test"));
-        match status.as_str() {
-            "NOERROR" => {
-                assert_eq!(answers, [format!("203.0.113.{i}")]);
-                authorized.push(i);
-            }
-            "SERVFAIL" => {
-                assert!(answers.is_empty(), "a SERVFAIL carried addresses");
-                refused.push(i);
-            }
-            other => panic!("n{i}.test answered {other}"),
-        }
-    }
+/// 4 × `max_hosts` distinct names through an otherwise default configuration (TTL never, so
+/// nothing expires): every one is answered NOERROR, the recent answers are all reachable, an
+/// authorization made first and kept in use (a UDP datagram every 200 ms) survives all of it,
+/// an early one nobody used was evicted and is blocked, and the evictions are counted. (The old
+/// behaviour refused every name past the capacity with SERVFAIL, for good.)
+fn full_map_evicts_idle_authorizations_and_keeps_answering(backend: Backend) {
+    let names = 4 * MAX_HOSTS;
+    assert!(names < NUMBERED_NAMES);
+    let mut world = World::with_backend(backend);
+    world.start_daemon(&[
+        "--max-hosts",
+        &MAX_HOSTS.to_string(),
+        "--metrics-addr",
+        "127.0.0.1:9153",
+    ]);
     assert_eq!(
-        authorized.len(),
-        14,
-        "16 entries minus 2 whitelisted hosts; authorized {authorized:?}"
+        ask(&world, "n1.test"),
+        ("NOERROR".to_owned(), vec!["203.0.113.1".to_owned()])
     );
-    assert_eq!(refused.len(), 16, "refused {refused:?}");
-    assert!(
-        authorized.iter().all(|&i| i <= 14) && refused.iter().all(|&i| i > 14),
-        "the first names fill the map: authorized {authorized:?}"
-    );
-    assert_eq!(metric(&world, "nettrust_firewall_full_total"), 16.0);
-    assert!(world.daemon_log().contains("[Firewall Error]"));
+    assert!(world.reachable_from_cgroup("203.0.113.1"));
+    // Traffic to n1 all along: bash keeps one UDP socket (one flow) and sends on it; a send
+    // refused by the firewall fails, so the loop just goes on.
+    let mut traffic = world.in_cgroup("bash");
+    traffic.args([
+        "-c",
+        "exec 3>/dev/udp/203.0.113.1/9; while :; do echo x >&3; sleep 0.2; done",
+    ]);
+    let _traffic = Background::spawn(traffic);
+    std::thread::sleep(std::time::Duration::from_millis(500));
 
-    // The refused addresses stay blocked; the earlier ones stay reachable; the daemon still runs.
-    for &i in &refused[..3] {
-        assert!(!world.reachable_from_cgroup(&format!("203.0.113.{i}")));
+    let mut statuses = Vec::new();
+    for i in 2..=names + 1 {
+        let (status, answers) = ask(&world, &format!("n{i}.test"));
+        assert_eq!(
+            answers,
+            [format!("203.0.113.{i}")],
+            "n{i}.test answered {status}"
+        );
+        statuses.push(status);
     }
-    for &i in &[authorized[0], authorized[13]] {
-        assert!(world.reachable_from_cgroup(&format!("203.0.113.{i}")));
+    let noerror = statuses.iter().filter(|s| *s == "NOERROR").count();
+    eprintln!("{backend:?}: {noerror}/{} NOERROR", statuses.len());
+    assert_eq!(
+        noerror,
+        statuses.len(),
+        "every name must be answered: {statuses:?}"
+    );
+    let listed = world.list();
+    assert!(
+        listed.len() <= MAX_HOSTS as usize,
+        "{} authorizations listed in a capacity of {MAX_HOSTS}",
+        listed.len()
+    );
+    eprintln!(
+        "{backend:?}: evicted {}, full {}",
+        metric(&world, "nettrust_evicted_hosts_total"),
+        metric(&world, "nettrust_firewall_full_total")
+    );
+    assert_eq!(metric(&world, "nettrust_firewall_full_total"), 0.0);
+    assert!(
+        metric(&world, "nettrust_evicted_hosts_total") >= f64::from(names - MAX_HOSTS),
+        "{} names through {MAX_HOSTS} entries must evict",
+        names
+    );
+    // The host in use was never evicted.
+    assert!(world.reachable_from_cgroup("203.0.113.1"));
+    assert!(listed.contains(&"203.0.113.1".parse().unwrap()));
+    // The recent answers (half the capacity) are all allowed.
+    for i in names + 2 - MAX_HOSTS / 2..=names + 1 {
+        let addr = format!("203.0.113.{i}");
+        assert!(
+            listed.contains(&addr.parse().unwrap()),
+            "{addr} (a recent answer) is not listed: {listed:?}"
+        );
+        assert!(
+            world.reachable_from_cgroup(&addr),
+            "{addr}, a recent answer, is blocked"
+        );
     }
-    // An address already in the map is renewed, not refused, even when the map is full.
-    assert_eq!(ask(&world, "n1.test").0, "NOERROR");
-    assert_eq!(world.list().len(), 14);
+    // Early answers nobody used were evicted, and are blocked.
+    for i in [2, 3] {
+        let addr = format!("203.0.113.{i}");
+        assert!(!listed.contains(&addr.parse().unwrap()), "{addr} listed");
+        assert!(
+            !world.reachable_from_cgroup(&addr),
+            "{addr} was evicted but is reachable"
+        );
+    }
+    // Asked again, an evicted name is authorized again.
+    assert_eq!(ask(&world, "n2.test").0, "NOERROR");
+    assert!(world.reachable_from_cgroup("203.0.113.2"));
+    assert!(world.daemon_log().contains("[Evicted]"));
     assert!(world.stop_daemon(), "nettrust failed at exit");
 }
 

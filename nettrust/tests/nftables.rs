@@ -299,6 +299,112 @@ fn nft_table_deleted_by_hand_is_reinstalled_and_a_second_daemon_is_refused() {
     world.assert_nothing_left();
 }
 
+/// `cmd` run as user and group nobody (65534) with no supplementary groups.
+fn unprivileged(world: &World, program: &str) -> Command {
+    let mut cmd = world.in_ns(&world.client_ns, "setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        program,
+    ]);
+    cmd
+}
+
+/// The nftables lock can only be taken by root: an unprivileged process holding the old lock's
+/// name (the abstract unix socket `@nettrust/nftables`, which any user could bind) or trying to
+/// take the lock file does not keep nettrust down, and a second root daemon is still refused.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_lock_cannot_be_taken_by_an_unprivileged_user() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    let mut world = World::new();
+    // An unprivileged process binds the old lock name first.
+    let mut squatter = unprivileged(&world, "socat");
+    squatter.args(["ABSTRACT-LISTEN:nettrust/nftables", "PIPE"]);
+    let _squatter = world::Background::spawn(squatter);
+    world.eventually(
+        "the unprivileged process to bind @nettrust/nftables",
+        Duration::from_secs(5),
+        || {
+            let out = world
+                .in_ns(&world.client_ns, "ss")
+                .args(["-xlnH"])
+                .output()
+                .expect("run ss");
+            String::from_utf8_lossy(&out.stdout).contains("@nettrust/nftables")
+        },
+    );
+
+    world.start_daemon(NFT);
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    assert!(world.reachable_from_cgroup("192.0.2.11"));
+    assert!(!world.reachable_from_cgroup("203.0.113.77"));
+
+    // The lock: a 0600 file of root in a 0700 directory of root, per network namespace.
+    let dir = std::fs::symlink_metadata("/run/nettrust").expect("/run/nettrust");
+    assert!(dir.is_dir() && dir.uid() == 0, "{dir:?}");
+    assert_eq!(dir.permissions().mode() & 0o777, 0o700);
+    let ns = std::fs::metadata(format!("/run/netns/{}", world.client_ns))
+        .unwrap()
+        .ino();
+    let lock = format!("/run/nettrust/nftables-net{ns}.lock");
+    let file = std::fs::symlink_metadata(&lock).expect("the lock file");
+    assert!(file.is_file() && file.uid() == 0, "{file:?}");
+    assert_eq!(file.permissions().mode() & 0o777, 0o600);
+    // nobody cannot take it (nor even open it); the attempt runs and fails.
+    let mut take = unprivileged(&world, "flock");
+    take.args(["--nonblock", &lock, "true"]);
+    let taken = take.output().expect("run flock");
+    assert!(
+        !taken.status.success(),
+        "nobody took the lock: {}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&taken.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
+
+    // A second root daemon in the same namespace is refused.
+    let second = world::output_within(
+        {
+            let mut cmd = world.in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"));
+            cmd.args([
+                "run",
+                "--listen-addr",
+                "127.0.0.1:5353",
+                "--fwd-addr",
+                "198.51.100.53:53",
+                "--firewall-backend",
+                "nftables",
+                "--bpffs-dir",
+            ])
+            .arg(world.bpffs_dir.with_extension("second"));
+            cmd
+        },
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success() && err.contains("another nettrust daemon"),
+        "second daemon: {err}"
+    );
+    assert!(world.nettrust(&["status"]).status.success());
+    assert!(
+        String::from_utf8_lossy(&world.nettrust(&["status"]).stdout).contains("daemon: running")
+    );
+    assert!(world.stop_daemon());
+    assert!(
+        !std::path::Path::new(&lock).exists(),
+        "the lock file outlived the daemon"
+    );
+    world.assert_nothing_left();
+}
+
 #[test]
 #[ignore = "needs root: cargo xtask test"]
 fn nft_auto_falls_back_when_ebpf_is_unavailable() {

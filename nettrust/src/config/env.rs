@@ -31,6 +31,7 @@ pub const SCALAR_KEYS: &[&str] = &[
     "worker_threads",
     "max_hosts",
     "max_networks",
+    "max_answer_addresses",
     "whitelist_loopback",
     "whitelist_private",
     "authorized_ttl",

@@ -922,6 +922,54 @@ fn tcp_connection_cap_is_configurable_and_validated() {
 }
 
 #[test]
+fn answer_address_cap_is_configurable_and_validated() {
+    assert_eq!(ok(&args(), "", &[]).max_answer_addresses, 32);
+    // The default never exceeds a smaller host map.
+    assert_eq!(ok(&args(), "max_hosts = 16", &[]).max_answer_addresses, 16);
+    assert_eq!(
+        ok(&args(), "max_answer_addresses = 8", &[]).max_answer_addresses,
+        8
+    );
+    assert_eq!(
+        ok(
+            &args(),
+            "max_answer_addresses = 8",
+            &[("NET_TRUST_MAX_ANSWER_ADDRESSES", "100")]
+        )
+        .max_answer_addresses,
+        100
+    );
+    let a = RunArgs {
+        max_answer_addresses: Some(5),
+        ..args()
+    };
+    assert_eq!(
+        ok(&a, "max_answer_addresses = 8", &[]).max_answer_addresses,
+        5
+    );
+    err_names(
+        resolve(&args(), "max_answer_addresses = 0", &[]),
+        "max_answer_addresses",
+        "0",
+    );
+    err_names(
+        resolve(
+            &args(),
+            "max_hosts = 64
+max_answer_addresses = 65",
+            &[],
+        ),
+        "max_answer_addresses",
+        "65",
+    );
+    err_names(
+        resolve(&args(), "", &[("NET_TRUST_MAX_ANSWER_ADDRESSES", "many")]),
+        "NET_TRUST_MAX_ANSWER_ADDRESSES",
+        "many",
+    );
+}
+
+#[test]
 fn map_capacities_are_configurable_and_validated() {
     let s = ok(&args(), "", &[]);
     assert_eq!(s.max_hosts, nettrust_common::DEFAULT_MAX_HOSTS);

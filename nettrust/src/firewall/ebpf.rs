@@ -26,14 +26,16 @@ use nettrust_common::{
 };
 
 use super::entries::{
-    clear_authorized, collect_authorized, collect_due, install_policy, name_key, remove_entry,
-    renew_entry, set_host_whitelisted, set_network, upsert,
+    HostStore, clear_authorized, collect_authorized, collect_due, evict, install_policy, name_key,
+    plan_eviction, remove_entry, renew_entry, set_host_whitelisted, set_network, upsert,
 };
 pub use super::pinned::{
     PinnedStatus, attach_pinned, detach_pinned, list_pinned, read_stats, status_pinned,
 };
 use super::{
     Authorization, AuthorizedHost, ExitMode, Firewall, FirewallError, HostState, Policy,
+    boottime_ns,
+    evict::Recency,
     names::NameWriter,
     pins::{self, PinError},
     table::HostTable,
@@ -167,6 +169,9 @@ pub struct EbpfFirewall {
     _lock: File,
     /// The map capacities in force.
     capacities: pins::Capacities,
+    /// When a DNS answer last named each authorized host, per family: the eviction order of a
+    /// full map ([`super::evict`]).
+    recency: (Recency<[u8; 4]>, Recency<[u8; 16]>),
 }
 
 impl EbpfFirewall {
@@ -321,6 +326,10 @@ impl EbpfFirewall {
             policy: Mutex::new(options.policy.clone()),
             _lock: lock,
             capacities: options.capacities,
+            recency: (
+                Recency::new(options.capacities.hosts),
+                Recency::new(options.capacities.hosts),
+            ),
         })
     }
 
@@ -504,12 +513,95 @@ pub(super) fn attach_one(
     })
 }
 
+/// Whether an error is a full map's (or, for the IPv4 table, a full probe window's).
+fn is_full(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::E2BIG)
+}
+
+impl EbpfFirewall {
+    /// Authorizes `key` in one family's map: under the shared lock first; when the map is full,
+    /// under the exclusive lock, where a batch of idle authorizations is evicted before the write
+    /// is tried again (unless a concurrent answer already made room).
+    fn authorize_in<const N: usize, S: HostStore<N>>(
+        &self,
+        store: impl Fn(&HostMaps) -> &S,
+        recency: &Recency<[u8; N]>,
+        key: [u8; N],
+        expires_ns: u64,
+    ) -> io::Result<Authorization>
+    where
+        IpAddr: From<[u8; N]>,
+    {
+        let result = {
+            let hosts = self.hosts.read().expect("host maps lock poisoned");
+            upsert(store(&hosts), key, expires_ns)
+        };
+        let result = match result {
+            Err(e) if is_full(&e) => {
+                // The scan that picks the victims runs under the shared lock (answers keep
+                // being written); only their removal takes the exclusive one.
+                let started = std::time::Instant::now();
+                let plan = {
+                    let hosts = self.hosts.read().expect("host maps lock poisoned");
+                    plan_eviction(store(&hosts), recency, self.capacities.hosts)?
+                };
+                let scanned = started.elapsed();
+                let (result, evicted) = {
+                    let hosts = self.hosts.write().expect("host maps lock poisoned");
+                    match upsert(store(&hosts), key, expires_ns) {
+                        // A concurrent answer made room meanwhile.
+                        Err(e) if is_full(&e) => {
+                            let evicted = evict(store(&hosts), recency, plan)?;
+                            (upsert(store(&hosts), key, expires_ns), evicted)
+                        }
+                        other => (other, Vec::new()),
+                    }
+                };
+                if !evicted.is_empty() {
+                    let hosts = self.hosts.read().expect("host maps lock poisoned");
+                    let names = super::bpf_sys::fd_of(&hosts.names);
+                    for &addr in &evicted {
+                        let _ = super::bpf_sys::delete(names, &name_key(addr));
+                    }
+                    crate::metrics::metrics()
+                        .evicted
+                        .inc_by(evicted.len() as u64);
+                    tracing::info!(
+                        evicted = evicted.len(),
+                        first = ?evicted.first(),
+                        capacity = self.capacities.hosts,
+                        scan_us = scanned.as_micros() as u64,
+                        took_us = started.elapsed().as_micros() as u64,
+                        "[Evicted] host map full: idle authorizations removed, least recently used first"
+                    );
+                }
+                result
+            }
+            other => other,
+        };
+        if result.is_ok() && recency.touch(key, boottime_ns()) {
+            let hosts = self.hosts.read().expect("host maps lock poisoned");
+            if let Ok(entries) = store(&hosts).entries() {
+                let present: std::collections::HashSet<[u8; N]> =
+                    entries.into_iter().map(|(k, _)| k).collect();
+                recency.retain(|k| present.contains(k));
+            }
+        }
+        result
+    }
+}
+
 impl Firewall for EbpfFirewall {
     fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError> {
-        let hosts = self.hosts.read().expect("host maps lock poisoned");
         let (result, map) = match addr {
-            IpAddr::V4(ip) => (upsert(&*hosts.v4, ip.octets(), expires_ns), MAP_HOSTS_V4),
-            IpAddr::V6(ip) => (upsert(&hosts.v6, ip.octets(), expires_ns), MAP_HOSTS_V6),
+            IpAddr::V4(ip) => (
+                self.authorize_in(|h| &*h.v4, &self.recency.0, ip.octets(), expires_ns),
+                MAP_HOSTS_V4,
+            ),
+            IpAddr::V6(ip) => (
+                self.authorize_in(|h| &h.v6, &self.recency.1, ip.octets(), expires_ns),
+                MAP_HOSTS_V6,
+            ),
         };
         result.map_err(|e| match e.raw_os_error() {
             // A full host map or table refuses a new key with E2BIG.

@@ -4,6 +4,7 @@
 mod bpf_sys;
 pub mod ebpf;
 mod entries;
+mod evict;
 pub mod fake;
 mod names;
 pub mod nftables;

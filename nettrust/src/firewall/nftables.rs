@@ -37,10 +37,7 @@ pub mod netlink;
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
-    os::{
-        linux::net::SocketAddrExt as _,
-        unix::{fs::MetadataExt as _, net::UnixListener},
-    },
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -112,7 +109,7 @@ pub enum NftablesError {
     )]
     Busy,
     /// The per-namespace lock could not be taken.
-    #[error("cannot take the nftables lock (abstract unix socket @nettrust/nftables)")]
+    #[error("cannot take the nftables lock in {LOCK_DIR}")]
     Lock(#[source] std::io::Error),
 }
 
@@ -151,6 +148,9 @@ fn cgroup_match(root: &Path, cgroup: &Path) -> Result<CgroupMatch, NftablesError
 struct Held {
     expires_ns: u64,
     name: Option<Arc<str>>,
+    /// When a DNS answer last named it (`CLOCK_BOOTTIME` ns; 0 = adopted from a previous run):
+    /// the eviction order of a full set.
+    answered_ns: u64,
 }
 
 #[derive(Debug)]
@@ -162,6 +162,9 @@ struct Inner {
     /// What we wrote into the authorized sets. The kernel expires elements on its own; this
     /// decides `New` vs `Already`, feeds the sweeper and rebuilds the table after a repair.
     authorized: HashMap<IpAddr, Held>,
+    /// Most authorizations per family (`max_hosts`, as the eBPF maps): a full set evicts idle
+    /// ones before taking a new address.
+    max_hosts: u32,
     stopped: bool,
 }
 
@@ -170,22 +173,138 @@ struct Inner {
 pub struct NftablesFirewall {
     inner: Mutex<Inner>,
     /// Held for the daemon's lifetime: one nftables daemon per network namespace.
-    _lock: UnixListener,
+    _lock: NsLock,
 }
 
-/// The abstract unix socket a daemon binds while it owns the table. Abstract names belong to the
-/// network namespace and vanish with the process (also after `kill -9`), so this is a lock per
-/// namespace that cannot go stale.
-const LOCK_NAME: &[u8] = b"nettrust/nftables";
+/// Where the per-namespace lock files live: created by root with mode 0700, so no other user
+/// can create, open or lock them.
+pub const LOCK_DIR: &str = "/run/nettrust";
 
-fn lock() -> Result<UnixListener, std::io::Error> {
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(LOCK_NAME)?;
-    UnixListener::bind_addr(&addr)
+/// The lock a daemon holds while it owns the table of its network namespace: an exclusive
+/// `flock` on `LOCK_DIR/nftables-<netns inode>.lock` (mode 0600). The kernel releases it when
+/// the process dies (also after `kill -9`), so it cannot go stale; unlike a name any user can
+/// bind (an abstract unix socket), only root can take it.
+#[derive(Debug)]
+struct NsLock {
+    _file: std::fs::File,
+    path: PathBuf,
 }
 
-/// Whether a nettrust daemon with the nftables backend runs in the caller's network namespace.
+impl Drop for NsLock {
+    fn drop(&mut self) {
+        // Removed while still locked: a process that opened the old file meanwhile sees on
+        // locking that the path no longer names its file and opens it again (see `take`).
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The lock file of the calling thread's network namespace.
+fn lock_path() -> std::io::Result<PathBuf> {
+    let ns = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
+    Ok(Path::new(LOCK_DIR).join(format!("nftables-net{ns}.lock")))
+}
+
+/// Checks that `meta` (of `path`, not followed) is owned by this process's user and writable by
+/// nobody else, and is a directory (`dir`) or a regular file.
+fn check_owner(path: &Path, meta: &std::fs::Metadata, dir: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let kind_ok = if dir {
+        meta.file_type().is_dir()
+    } else {
+        meta.file_type().is_file()
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if !kind_ok || meta.uid() != euid || mode & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} must be a {} owned by uid {euid} and writable by nobody else (found uid {}, mode {mode:o}); remove it and start again",
+                path.display(),
+                if dir { "directory" } else { "regular file" },
+                meta.uid(),
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn try_flock(file: &std::fs::File, op: i32) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Takes the lock of the calling thread's network namespace: `Ok(None)` when another daemon
+/// holds it.
+fn take_lock() -> std::io::Result<Option<NsLock>> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let dir = Path::new(LOCK_DIR);
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    check_owner(dir, &std::fs::symlink_metadata(dir)?, true)?;
+    let path = lock_path()?;
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        check_owner(&path, &file.metadata()?, false)?;
+        if !try_flock(&file, libc::LOCK_EX)? {
+            return Ok(None);
+        }
+        // The previous holder may have removed the file between our open and our lock: then
+        // the lock is on a file nobody else will find; open the path again.
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.ino() == file.metadata()?.ino() => {
+                return Ok(Some(NsLock { _file: file, path }));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether a nettrust daemon with the nftables backend runs in the caller's network namespace
+/// (its lock is held).
 pub fn daemon_running() -> bool {
-    matches!(lock(), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let Ok(path) = lock_path() else {
+        return false;
+    };
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+    else {
+        return false;
+    };
+    match try_flock(&file, libc::LOCK_SH) {
+        Ok(true) => {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: unlocking our own descriptor.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+            false
+        }
+        Ok(false) => true,
+        Err(_) => false,
+    }
 }
 
 impl NftablesFirewall {
@@ -208,13 +327,9 @@ impl NftablesFirewall {
                 Some(matches)
             }
         };
-        let lock = lock().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                NftablesError::Busy
-            } else {
-                NftablesError::Lock(e)
-            }
-        })?;
+        let lock = take_lock()
+            .map_err(NftablesError::Lock)?
+            .ok_or(NftablesError::Busy)?;
         let mut socket = Socket::open().map_err(NftablesError::Socket)?;
         let left_over = socket
             .table_exists(NFPROTO_INET, TABLE)
@@ -226,6 +341,7 @@ impl NftablesFirewall {
                 let held = Held {
                     expires_ns: host.expires_ns,
                     name: name.map(Arc::from),
+                    answered_ns: 0,
                 };
                 (host.addr, held)
             })
@@ -236,6 +352,7 @@ impl NftablesFirewall {
             options: options.clone(),
             whitelist: Whitelist::new(policy),
             authorized: adopted,
+            max_hosts: nettrust_common::DEFAULT_MAX_HOSTS,
             stopped: false,
         };
         if left_over {
@@ -257,6 +374,12 @@ impl NftablesFirewall {
             inner: Mutex::new(inner),
             _lock: lock,
         })
+    }
+
+    /// Holds at most `max_hosts` authorizations per family (default
+    /// [`nettrust_common::DEFAULT_MAX_HOSTS`]); beyond, idle ones are evicted.
+    pub fn set_max_hosts(&self, max_hosts: u32) {
+        self.lock().max_hosts = max_hosts.max(1);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -424,13 +547,27 @@ impl Inner {
                 name: name
                     .clone()
                     .or_else(|| previous.and_then(|h| h.name.clone())),
+                answered_ns: now,
             };
             writes.push((addr, held));
         }
         if writes.is_empty() {
             return Ok(results);
         }
+        let evicted = self.make_room(&writes, now);
         let mut msgs = Vec::new();
+        for v6 in [false, true] {
+            // Evicted elements: added first so the delete cannot fail on one the kernel already
+            // expired (a failed message would abort the whole batch).
+            let gone = || {
+                evicted
+                    .iter()
+                    .filter(move |a| a.is_ipv6() == v6)
+                    .map(|a| Elem::key(netlink::addr_key(*a)))
+            };
+            msgs.extend(elements_msg(MsgType::NewSetElem, sets(v6)[2], gone()));
+            msgs.extend(elements_msg(MsgType::DelSetElem, sets(v6)[2], gone()));
+        }
         for v6 in [false, true] {
             let set = sets(v6)[2];
             let family = || writes.iter().filter(move |(a, _)| a.is_ipv6() == v6);
@@ -449,8 +586,79 @@ impl Inner {
                 addr: first,
                 source: Box::new(e),
             })?;
+        if !evicted.is_empty() {
+            for addr in &evicted {
+                self.authorized.remove(addr);
+            }
+            crate::metrics::metrics()
+                .evicted
+                .inc_by(evicted.len() as u64);
+            tracing::info!(
+                evicted = evicted.len(),
+                first = ?evicted.first(),
+                capacity = self.max_hosts,
+                "[Evicted] authorized set full: idle authorizations removed, least recently used first"
+            );
+        }
         self.authorized.extend(writes);
         Ok(results)
+    }
+
+    /// The authorizations to evict so that `writes` fit in `max_hosts` per family: none while
+    /// there is room; otherwise expired ones are forgotten first and, if that is not enough, a
+    /// batch (at least what is missing) of the least recently used, in the order of
+    /// [`super::evict`]. nftables keeps no last-packet time, so a host with a flow in conntrack
+    /// (which this ruleset makes track every flow) counts as in use now, the others as unused
+    /// since their last answer.
+    fn make_room(&mut self, writes: &[(IpAddr, Held)], now: u64) -> Vec<IpAddr> {
+        let capacity = self.max_hosts as usize;
+        let new_in = |this: &Self, v6: bool| {
+            writes
+                .iter()
+                .filter(|(a, _)| a.is_ipv6() == v6 && !this.authorized.contains_key(a))
+                .count()
+        };
+        if self.authorized.len() + new_in(self, false).max(new_in(self, true)) <= capacity {
+            return Vec::new();
+        }
+        self.authorized
+            .retain(|_, h| h.expires_ns == 0 || h.expires_ns > now);
+        let mut active: Option<std::collections::HashSet<IpAddr>> = None;
+        let mut evicted = Vec::new();
+        for v6 in [false, true] {
+            let held = self.authorized.keys().filter(|a| a.is_ipv6() == v6).count();
+            let missing = (held + new_in(self, v6)).saturating_sub(capacity);
+            if missing == 0 {
+                continue;
+            }
+            let active = active.get_or_insert_with(|| {
+                crate::conntrack::active_addresses().unwrap_or_else(|e| {
+                    tracing::debug!("conntrack unavailable for eviction ({e})");
+                    Default::default()
+                })
+            });
+            let candidates = self
+                .authorized
+                .iter()
+                .filter(|(a, _)| a.is_ipv6() == v6 && !writes.iter().any(|(w, _)| w == *a))
+                .map(|(&a, h)| {
+                    let value = nettrust_common::HostValue {
+                        expires_ns: h.expires_ns,
+                        last_seen_ns: if active.contains(&a) { now } else { 0 },
+                        flags: nettrust_common::FLAG_AUTHORIZED,
+                        _pad: 0,
+                    };
+                    (a, value)
+                });
+            let answered = |a: &IpAddr| self.authorized.get(a).map_or(0, |h| h.answered_ns);
+            evicted.extend(super::evict::victims(
+                candidates,
+                answered,
+                now,
+                missing.max(super::evict::batch(self.max_hosts)),
+            ));
+        }
+        evicted
     }
 }
 
