@@ -357,16 +357,17 @@ impl Proxy {
                 return (error_response(request, ResponseCode::ServFail), "servfail");
             }
         };
+        if answer_bytes.len() > forward.client_limit {
+            // The client asks again over TCP; that answer is the one authorized.
+            return (truncated_response(request), "truncated");
+        }
         if answer.metadata.truncation {
-            // Only possible if even TCP gave a truncated answer: relay it, authorize nothing.
+            // Only possible if even TCP gave a truncated answer: relay it (within the client's
+            // size, checked above), authorize nothing.
             return (
                 Some(with_id(answer_bytes, request.metadata.id)),
                 "truncated",
             );
-        }
-        if answer_bytes.len() > forward.client_limit {
-            // The client asks again over TCP; that answer is the one authorized.
-            return (truncated_response(request), "truncated");
         }
         if let Err(rcode) = self.authorized(request, question, &answer) {
             return (error_response(request, rcode), rcode_label(rcode));

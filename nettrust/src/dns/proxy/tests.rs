@@ -399,6 +399,46 @@ mod end_to_end {
         );
     }
 
+    /// An upstream answer that is itself truncated (TC=1 even over TCP) is relayed as it is, but
+    /// never longer than a UDP client takes.
+    #[tokio::test]
+    async fn a_truncated_upstream_answer_is_capped_for_udp_clients_too() {
+        let records = many_records(120);
+        let upstream = tcp_server(
+            0,
+            Arc::new(move |q: &Message| {
+                let mut answers = records(q);
+                answers[0].metadata.truncation = true;
+                answers
+            }),
+            None,
+        )
+        .await;
+        let firewall = Arc::new(Recording::default());
+        let proxy = Proxy::new(
+            Upstreams::new(&[upstream.addr], Transport::Tcp, Duration::from_secs(2)),
+            Authorizer::new(firewall.clone(), None),
+        );
+        let reply = proxy
+            .handle(&edns_query("big.test.", 9, 65_535), ClientTransport::Udp)
+            .await
+            .unwrap();
+        assert!(reply.len() <= MAX_UDP_REPLY, "{} bytes", reply.len());
+        let m = Message::from_vec(&reply).unwrap();
+        assert!(m.metadata.truncation && m.answers.is_empty());
+        assert!(
+            firewall.calls().is_empty(),
+            "a truncated answer authorizes nothing"
+        );
+        // Over TCP the truncated answer is relayed whole.
+        let whole = proxy
+            .handle(&edns_query("big.test.", 10, 65_535), ClientTransport::Tcp)
+            .await
+            .unwrap();
+        assert_eq!(Message::from_vec(&whole).unwrap().answers.len(), 120);
+        assert!(firewall.calls().is_empty());
+    }
+
     /// A client outside allow_clients gets REFUSED: nothing forwarded, nothing authorized, not
     /// even from the cache; it is counted. A client inside is served.
     #[tokio::test]
