@@ -512,6 +512,87 @@ mod end_to_end {
         );
     }
 
+    /// An IPv6 client is one /64 (a host picks any address in its prefix at will): rotating
+    /// source addresses does not raise its in-flight bound; another /64 is still forwarded.
+    #[tokio::test]
+    async fn an_ipv6_client_rotating_addresses_in_its_64_shares_one_bound() {
+        let s = setup(
+            Arc::new(|_: &Message| Vec::new()),
+            Blacklist::default(),
+            false,
+            false,
+        )
+        .await;
+        let proxy = Arc::new(
+            s.proxy
+                .with_allow_clients(vec!["2001:db8::/32".parse().unwrap()])
+                .with_client_in_flight_limit(4),
+        );
+        let slow: Vec<_> = (1..=4u16)
+            .map(|i| {
+                let proxy = proxy.clone();
+                let client: IpAddr = format!("2001:db8:0:1::{i:x}").parse().unwrap();
+                tokio::spawn(async move {
+                    proxy
+                        .handle_from(
+                            &query_bytes(&format!("r{i}.slow.test."), RecordType::A, i),
+                            ClientTransport::Udp,
+                            client,
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let first: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        // Wait until the four are forwarded.
+        for _ in 0..100 {
+            if s.upstream.queries() == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(s.upstream.queries(), 4);
+        // A fifth address of the same /64 is refused at once.
+        let started = tokio::time::Instant::now();
+        let reply = proxy
+            .handle_from(
+                &query_bytes("r5.slow.test.", RecordType::A, 5),
+                ClientTransport::Udp,
+                "2001:db8:0:1:ffff::5".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert_eq!(
+            Message::from_vec(&reply).unwrap().metadata.response_code,
+            ResponseCode::Refused
+        );
+        // Another /64 is forwarded (SERVFAIL after the silent upstream's timeout).
+        let other_reply = proxy
+            .handle_from(
+                &query_bytes("o.slow.test.", RecordType::A, 6),
+                ClientTransport::Udp,
+                "2001:db8:0:2::1".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            Message::from_vec(&other_reply)
+                .unwrap()
+                .metadata
+                .response_code,
+            ResponseCode::ServFail
+        );
+        for task in slow {
+            task.await.unwrap();
+        }
+        assert_eq!(
+            proxy.client_slots().in_flight(first),
+            0,
+            "the slots came back"
+        );
+    }
+
     /// Over its in-flight bound a client is refused at once (not after the upstream's timeout);
     /// another client is still forwarded, and the slots come back when the queries end.
     #[tokio::test]
