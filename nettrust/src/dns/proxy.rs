@@ -70,7 +70,7 @@ const REFUSED_LOG_INTERVAL_SECS: u64 = 10;
 /// The client an in-flight bound counts: an IPv4 address (also IPv4-mapped), or the /64 of an
 /// IPv6 address, since a host picks any address in its prefix at will (SLAAC, privacy
 /// addresses) and rotating them must not multiply its bound.
-fn client_key(client: IpAddr) -> IpAddr {
+pub(crate) fn client_key(client: IpAddr) -> IpAddr {
     match client.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
         v4 => v4,

@@ -2,13 +2,16 @@
 //! bounded by semaphores, tracked so shutdown can wait for them. Socket errors are logged and
 //! skipped; a client that stalls (TLS handshake, half a message, idleness) is disconnected after
 //! [`TCP_IDLE_TIMEOUT`], and never holds up any other client. When `max_tcp_connections` are
-//! open, a new connection closes the oldest one (RFC 7766 §6.2.2: a server may close idle
-//! connections under pressure), so slow clients filling the table (slowloris) cannot lock
-//! legitimate TCP clients out; the number of open connections never exceeds the cap.
+//! open, a new connection closes the oldest one of the client holding the most (RFC 7766
+//! §6.2.2: a server may close idle connections under pressure; a client is an IPv4 address or
+//! an IPv6 /64, as for the in-flight bound), so slow clients filling the table (slowloris)
+//! cannot lock legitimate TCP clients out, and one client opening connection after connection
+//! closes its own, not the others' with their queries waiting; the number of open connections
+//! never exceeds the cap.
 
 use std::{
-    collections::VecDeque,
-    net::SocketAddr,
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -22,14 +25,14 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    proxy::{ClientTransport, Proxy},
+    proxy::{ClientTransport, Proxy, client_key},
     upstream::MAX_MESSAGE,
 };
 
 /// Queries handled at the same time over UDP; more are dropped (clients retry).
 pub const MAX_UDP_IN_FLIGHT: usize = 1024;
 /// TCP connections open at the same time per listener unless `max_tcp_connections` says
-/// otherwise; at the cap a new connection closes the oldest.
+/// otherwise; at the cap a new connection closes the oldest of the client holding the most.
 pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 256;
 /// A TCP client that sends nothing for this long is disconnected (RFC 7766 §6.2.3 suggests
 /// seconds).
@@ -87,8 +90,8 @@ pub async fn serve_tcp(
     cancel: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(max_connections));
-    // Open connections, oldest first: (serial, token closing it).
-    let open: Arc<Mutex<VecDeque<(u64, CancellationToken)>>> = Arc::default();
+    // Open connections, oldest first: (serial, client, token closing it).
+    let open: Arc<Mutex<VecDeque<(u64, IpAddr, CancellationToken)>>> = Arc::default();
     let mut serial = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
@@ -105,10 +108,10 @@ pub async fn serve_tcp(
         let permit = match limit.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                let oldest = open.lock().expect("poisoned").pop_front();
-                if let Some((_, token)) = oldest {
+                let oldest = take_oldest_of_busiest(&mut open.lock().expect("poisoned"));
+                if let Some((_, client, token)) = oldest {
                     tracing::debug!(
-                        "TCP listener: {max_connections} connections open, closing the oldest for {peer}"
+                        "TCP listener: {max_connections} connections open, closing the oldest of {client} for {peer}"
                     );
                     token.cancel();
                 }
@@ -124,7 +127,7 @@ pub async fn serve_tcp(
         let close = cancel.child_token();
         open.lock()
             .expect("poisoned")
-            .push_back((id, close.clone()));
+            .push_back((id, client_key(peer.ip()), close.clone()));
         let (proxy, tls, open) = (proxy.clone(), tls.clone(), open.clone());
         tracker.spawn(async move {
             let serve = async {
@@ -152,10 +155,26 @@ pub async fn serve_tcp(
             }
             open.lock()
                 .expect("poisoned")
-                .retain(|(serial, _)| *serial != id);
+                .retain(|(serial, _, _)| *serial != id);
             drop(permit);
         });
     }
+}
+
+/// Takes out of `open` (oldest first) the oldest connection of the client with the most
+/// connections open; between clients with as many, the one whose oldest is oldest.
+fn take_oldest_of_busiest(
+    open: &mut VecDeque<(u64, IpAddr, CancellationToken)>,
+) -> Option<(u64, IpAddr, CancellationToken)> {
+    let mut counts: HashMap<IpAddr, usize> = HashMap::new();
+    for (_, client, _) in open.iter() {
+        *counts.entry(*client).or_default() += 1;
+    }
+    let most = counts.values().copied().max()?;
+    let index = open
+        .iter()
+        .position(|(_, client, _)| counts[client] == most)?;
+    open.remove(index)
 }
 
 /// Serves the length-prefixed messages (RFC 7766 §8) of one TCP or TLS connection until the client
@@ -199,3 +218,6 @@ pub async fn serve_connection(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client does not read"))??;
     }
 }
+
+#[cfg(test)]
+mod tests;
