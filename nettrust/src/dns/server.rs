@@ -6,8 +6,10 @@
 //! §6.2.2: a server may close idle connections under pressure; a client is an IPv4 address or
 //! an IPv6 /64, as for the in-flight bound), so slow clients filling the table (slowloris)
 //! cannot lock legitimate TCP clients out, and one client opening connection after connection
-//! closes its own, not the others' with their queries waiting; the number of open connections
-//! never exceeds the cap.
+//! closes its own, not the others' with their queries waiting. Connections of clients outside
+//! `allow_clients` go first, and such a client never closes a served client's connection (it is
+//! closed itself when nothing else can be); the number of open connections never exceeds the
+//! cap.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -90,8 +92,8 @@ pub async fn serve_tcp(
     cancel: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(max_connections));
-    // Open connections, oldest first: (serial, client, token closing it).
-    let open: Arc<Mutex<VecDeque<(u64, IpAddr, CancellationToken)>>> = Arc::default();
+    // Open connections, oldest first.
+    let open: Arc<Mutex<VecDeque<OpenConnection>>> = Arc::default();
     let mut serial = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
@@ -105,15 +107,26 @@ pub async fn serve_tcp(
                 }
             },
         };
+        let allowed = proxy.allows(peer.ip());
         let permit = match limit.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                let oldest = take_oldest_of_busiest(&mut open.lock().expect("poisoned"));
-                if let Some((_, client, token)) = oldest {
-                    tracing::debug!(
-                        "TCP listener: {max_connections} connections open, closing the oldest of {client} for {peer}"
-                    );
-                    token.cancel();
+                let oldest = make_room(&mut open.lock().expect("poisoned"), allowed);
+                match oldest {
+                    Some(oldest) => {
+                        tracing::debug!(
+                            "TCP listener: {max_connections} connections open, closing the oldest of {} for {peer}",
+                            oldest.client
+                        );
+                        oldest.close.cancel();
+                    }
+                    None if !allowed => {
+                        tracing::debug!(
+                            "TCP listener: {max_connections} connections open, closing {peer} (outside allow_clients)"
+                        );
+                        continue;
+                    }
+                    None => {}
                 }
                 // The closed connection's task gives its permit back at once.
                 match timeout(Duration::from_secs(1), limit.clone().acquire_owned()).await {
@@ -125,9 +138,12 @@ pub async fn serve_tcp(
         serial += 1;
         let id = serial;
         let close = cancel.child_token();
-        open.lock()
-            .expect("poisoned")
-            .push_back((id, client_key(peer.ip()), close.clone()));
+        open.lock().expect("poisoned").push_back(OpenConnection {
+            serial: id,
+            client: client_key(peer.ip()),
+            allowed,
+            close: close.clone(),
+        });
         let (proxy, tls, open) = (proxy.clone(), tls.clone(), open.clone());
         tracker.spawn(async move {
             let serve = async {
@@ -155,25 +171,42 @@ pub async fn serve_tcp(
             }
             open.lock()
                 .expect("poisoned")
-                .retain(|(serial, _, _)| *serial != id);
+                .retain(|conn| conn.serial != id);
             drop(permit);
         });
     }
 }
 
-/// Takes out of `open` (oldest first) the oldest connection of the client with the most
-/// connections open; between clients with as many, the one whose oldest is oldest.
-fn take_oldest_of_busiest(
-    open: &mut VecDeque<(u64, IpAddr, CancellationToken)>,
-) -> Option<(u64, IpAddr, CancellationToken)> {
+/// An open client connection of a TCP listener.
+struct OpenConnection {
+    serial: u64,
+    /// The client ([`client_key`]: an IPv4 address or an IPv6 /64).
+    client: IpAddr,
+    /// Whether the client is in `allow_clients` (others are only ever told REFUSED).
+    allowed: bool,
+    /// Closes the connection.
+    close: CancellationToken,
+}
+
+/// The connection to close, taken out of `open` (oldest first), when a full listener accepts a
+/// new one: a connection of a client outside `allow_clients` if there is one, else, for a new
+/// client inside, any; among those, the oldest of the client with the most open (between
+/// clients with as many, the one whose oldest is oldest). `None`: a client outside
+/// `allow_clients` never closes a served client's connection.
+fn make_room(open: &mut VecDeque<OpenConnection>, allowed: bool) -> Option<OpenConnection> {
+    let outside = open.iter().any(|conn| !conn.allowed);
+    if !outside && !allowed {
+        return None;
+    }
+    let candidate = |conn: &OpenConnection| !outside || !conn.allowed;
     let mut counts: HashMap<IpAddr, usize> = HashMap::new();
-    for (_, client, _) in open.iter() {
-        *counts.entry(*client).or_default() += 1;
+    for conn in open.iter().filter(|conn| candidate(conn)) {
+        *counts.entry(conn.client).or_default() += 1;
     }
     let most = counts.values().copied().max()?;
     let index = open
         .iter()
-        .position(|(_, client, _)| counts[client] == most)?;
+        .position(|conn| candidate(conn) && counts[&conn.client] == most)?;
     open.remove(index)
 }
 
