@@ -535,12 +535,16 @@ fn with_id(mut message: Vec<u8>, id: u16) -> Vec<u8> {
     message
 }
 
-/// A response to `request` that carries only `rcode` and the question.
+/// A response to `request` that carries only `rcode` and the question. A request with several
+/// questions (malformed: RFC 9619) gets the header alone: copying them back would let a spoofed
+/// query reflect kilobytes over UDP, past [`MAX_UDP_REPLY`].
 pub fn error_response(request: &Message, rcode: ResponseCode) -> Option<Vec<u8>> {
     let mut response = Message::error_msg(request.metadata.id, request.metadata.op_code, rcode);
     response.metadata.recursion_desired = request.metadata.recursion_desired;
     response.metadata.recursion_available = true;
-    response.add_queries(request.queries.iter().cloned());
+    if let [question] = request.queries.as_slice() {
+        response.add_query(question.clone());
+    }
     response.to_vec().ok()
 }
 

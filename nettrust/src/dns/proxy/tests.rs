@@ -399,6 +399,46 @@ mod end_to_end {
         );
     }
 
+    /// A query with hundreds of questions gets its error (REFUSED for a client outside
+    /// allow_clients, FORMERR for one inside, NOTIMP for another opcode) within the UDP cap,
+    /// not a copy of every question: a spoofed query must not reflect more than 1232 bytes.
+    #[tokio::test]
+    async fn error_replies_to_many_questions_stay_within_the_udp_cap() {
+        let s = setup(answer_with("192.0.2.31"), Blacklist::default(), false, false).await;
+        let proxy = s
+            .proxy
+            .with_allow_clients(vec!["198.51.100.0/24".parse().unwrap()]);
+        let mut m = Message::query();
+        m.metadata.id = 77;
+        for i in 0..200 {
+            m.add_query(hickory_proto::op::Query::query(
+                name(&format!("q{i}.many.test.")),
+                RecordType::A,
+            ));
+        }
+        let mut notimp = m.clone();
+        notimp.metadata.op_code = hickory_proto::op::OpCode::Status;
+        let (query, notimp) = (m.to_vec().unwrap(), notimp.to_vec().unwrap());
+        assert!(query.len() > MAX_UDP_REPLY, "{} bytes", query.len());
+        for (bytes, client, rcode) in [
+            (&query, "203.0.113.9", ResponseCode::Refused),
+            (&query, "198.51.100.7", ResponseCode::FormErr),
+            (&notimp, "198.51.100.7", ResponseCode::NotImp),
+        ] {
+            let reply = proxy
+                .handle_from(bytes, ClientTransport::Udp, client.parse().unwrap())
+                .await
+                .unwrap();
+            assert!(reply.len() <= 512, "{rcode}: {} bytes", reply.len());
+            let reply = Message::from_vec(&reply).unwrap();
+            assert_eq!(
+                (reply.metadata.id, reply.metadata.response_code),
+                (77, rcode)
+            );
+        }
+        assert!(s.firewall.calls().is_empty());
+    }
+
     /// An upstream answer that is itself truncated (TC=1 even over TCP) is relayed as it is, but
     /// never longer than a UDP client takes.
     #[tokio::test]
