@@ -1575,7 +1575,7 @@ fn check_directories(
                     key,
                     &shown,
                     format!(
-                        "{what} is in a directory other users can write ({dir}, mode {mode:04o}), so they can replace it; fix: chmod go-w {dir}"
+                        "{what} is in a directory other users can write ({dir}, mode {mode:04o}), so they can replace it; fix: chmod go-w {dir}, or move the file to a directory only root can change (e.g. /etc/nettrust)"
                     ),
                 ));
             }
@@ -1584,7 +1584,7 @@ fn check_directories(
                     key,
                     &shown,
                     format!(
-                        "{what} is in a directory owned by uid {} ({dir}) while nettrust runs as root, so that user can replace it; fix: chown root:root {dir}",
+                        "{what} is in a directory owned by uid {} ({dir}) while nettrust runs as root, so that user can replace it; fix: move the file to a directory only root can change (e.g. /etc/nettrust), or chown root:root {dir}",
                         meta.uid()
                     ),
                 ));

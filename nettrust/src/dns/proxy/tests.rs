@@ -404,7 +404,13 @@ mod end_to_end {
     /// not a copy of every question: a spoofed query must not reflect more than 1232 bytes.
     #[tokio::test]
     async fn error_replies_to_many_questions_stay_within_the_udp_cap() {
-        let s = setup(answer_with("192.0.2.31"), Blacklist::default(), false, false).await;
+        let s = setup(
+            answer_with("192.0.2.31"),
+            Blacklist::default(),
+            false,
+            false,
+        )
+        .await;
         let proxy = s
             .proxy
             .with_allow_clients(vec!["198.51.100.0/24".parse().unwrap()]);
