@@ -106,7 +106,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub dns_cache_size: Option<usize>,
     /// TCP/DoT client connections open at once, per listener; at the cap a new connection
-    /// closes the oldest [default: 256].
+    /// closes the oldest of the client holding the most [default: 256].
     #[arg(long, value_name = "N")]
     pub max_tcp_connections: Option<usize>,
     /// Threads serving DNS: 1 serves UDP queries on one thread and the rest on another (the least

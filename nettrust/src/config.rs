@@ -1535,7 +1535,8 @@ unsafe fn sockaddr_ip(addr: *const libc::sockaddr) -> Option<IpAddr> {
 /// Refuses a file others could change (group or other write bit, or, when nettrust runs as
 /// root, an owner other than root) and a private key others could read (other read bit); the
 /// error names the file and the command that fixes it. Symbolic links are followed: the mode of
-/// the file read is the one that matters.
+/// the file read is the one that matters; the directories on the way are checked as well
+/// (`check_directories`).
 pub fn check_file_mode(
     key: &str,
     path: &Path,
@@ -1579,6 +1580,56 @@ pub fn check_file_mode(
                 meta.uid()
             ),
         ));
+    }
+    check_directories(key, path, what, running_as_root)
+}
+
+/// Refuses a file in a directory others could change: whoever can write a directory on the way
+/// to the file (group or other write bit without the sticky bit, or, when nettrust runs as
+/// root, a directory owned by another user) can rename another file over it after the check
+/// (before the read, or before the next SIGHUP). The directories of the path as given (where its
+/// symbolic links live) and of the file it leads to are checked.
+fn check_directories(
+    key: &str,
+    path: &Path,
+    what: &str,
+    running_as_root: bool,
+) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let shown = path.display().to_string();
+    let unreadable = |e: std::io::Error| invalid(key, &shown, format!("cannot read it: {e}"));
+    let given = std::path::absolute(path).map_err(unreadable)?;
+    let target = std::fs::canonicalize(path).map_err(unreadable)?;
+    for file in [&given, &target] {
+        for dir in file.ancestors().skip(1) {
+            let meta = std::fs::symlink_metadata(dir).map_err(|e| {
+                invalid(
+                    key,
+                    &shown,
+                    format!("cannot read its directory {}: {e}", dir.display()),
+                )
+            })?;
+            let (mode, dir) = (meta.mode() & 0o7777, dir.display());
+            if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                return Err(invalid(
+                    key,
+                    &shown,
+                    format!(
+                        "{what} is in a directory other users can write ({dir}, mode {mode:04o}), so they can replace it; fix: chmod go-w {dir}, or move the file to a directory only root can change (e.g. /etc/nettrust)"
+                    ),
+                ));
+            }
+            if running_as_root && meta.uid() != 0 {
+                return Err(invalid(
+                    key,
+                    &shown,
+                    format!(
+                        "{what} is in a directory owned by uid {} ({dir}) while nettrust runs as root, so that user can replace it; fix: move the file to a directory only root can change (e.g. /etc/nettrust), or chown root:root {dir}",
+                        meta.uid()
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
 }

@@ -1101,6 +1101,58 @@ fn file_of_another_user_is_refused_when_running_as_root() {
     }
 }
 
+/// A file in a directory others can write can be replaced (renamed over) after it was checked,
+/// between the check and the read or before a SIGHUP: the directories on the way to it are
+/// checked too, also those of a symbolic link's own path.
+#[test]
+fn file_in_a_directory_others_can_write_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [0o775, 0o757, 0o777] {
+        let sub = dir.path().join(format!("d{mode:o}"));
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(mode)).unwrap();
+        let path = file_with_mode(&sub, "c.toml", 0o644);
+        let e = check_file_mode("--config", &path, FileKind::Config, false)
+            .expect_err("a file in a directory others can write must be refused")
+            .to_string();
+        let shown = sub.display().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(e.contains(&format!("chmod go-w {shown}")), "{e}");
+        // A symbolic link there to a file elsewhere: the link can be changed.
+        let good = file_with_mode(dir.path(), &format!("good{mode:o}.toml"), 0o644);
+        let link = sub.join("link.toml");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        let e = check_file_mode("--config", &link, FileKind::Config, false)
+            .expect_err("a link in a directory others can write must be refused")
+            .to_string();
+        assert!(e.contains(&format!("chmod go-w {shown}")), "{e}");
+        check_file_mode("--config", &good, FileKind::Config, false).unwrap();
+    }
+    // The sticky bit (as on /tmp): others cannot rename or remove a file they do not own.
+    let sticky = dir.path().join("sticky");
+    std::fs::create_dir(&sticky).unwrap();
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let path = file_with_mode(&sticky, "c.toml", 0o644);
+    check_file_mode("--config", &path, FileKind::Config, false).unwrap();
+    // Running as root, a directory of another user is refused (its owner can replace the file).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        let path = file_with_mode(&theirs, "c.toml", 0o644);
+        check_file_mode("--config", &path, FileKind::Config, true).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        let e = check_file_mode("--config", &path, FileKind::Config, true)
+            .expect_err("a directory owned by another user must be refused when running as root")
+            .to_string();
+        assert!(
+            e.contains(&format!("chown root:root {}", theirs.display())),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn load_checks_the_config_file_and_the_key() {
     use std::os::unix::fs::PermissionsExt as _;

@@ -288,7 +288,7 @@ impl FastPath {
                         what: "open a UDP socket",
                         source: io::Error::new(source.kind(), source.to_string()),
                     };
-                    self.failed(server, error, forward, client);
+                    self.failed(server, error, Instant::now(), forward, client);
                 }
                 return;
             }
@@ -319,7 +319,7 @@ impl FastPath {
                     what: "send",
                     source,
                 };
-                self.failed(server, error, forward, client);
+                self.failed(server, error, sent, forward, client);
                 continue;
             }
             let outbound = self.outbound.get_mut(&token).expect("pooled socket");
@@ -472,7 +472,7 @@ impl FastPath {
                 what: "receive",
                 source: io::ErrorKind::ConnectionRefused.into(),
             };
-            self.failed(server, error, pending.forward, pending.client);
+            self.failed(server, error, pending.sent, pending.forward, pending.client);
         }
     }
 
@@ -486,21 +486,29 @@ impl FastPath {
                 addr: upstreams.addr(pending.server),
                 timeout: upstreams.timeout(),
             };
-            self.failed(pending.server, error, pending.forward, pending.client);
+            self.failed(
+                pending.server,
+                error,
+                pending.sent,
+                pending.forward,
+                pending.client,
+            );
         }
     }
 
-    /// Server `server` failed this query: it goes into back-off and the runtime tries the others.
+    /// Server `server` failed this query, sent at `sent`: it counts towards the server's
+    /// back-off and the runtime tries the others.
     fn failed(
         &mut self,
         server: usize,
         error: UpstreamError,
+        sent: Instant,
         forward: Forward,
         client: SocketAddr,
     ) {
         self.proxy
             .upstreams()
-            .failed(server, forward.question(), &error);
+            .failed(server, forward.question(), sent, &error);
         self.hand_off(forward, client, Retry::Failed(server, error));
     }
 

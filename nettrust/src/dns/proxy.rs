@@ -6,14 +6,14 @@
 //!
 //! A client outside `allow_clients` gets REFUSED before anything else (no cache lookup, nothing
 //! forwarded or authorized): a listener reachable from a network must not let that network
-//! open the firewall. Each client address has at most [`MAX_CLIENT_IN_FLIGHT`] queries
-//! forwarded and unanswered; one more is REFUSED at once, so one client's slow queries cannot
+//! open the firewall. Each client (an IPv4 address, an IPv6 /64) has at most
+//! [`MAX_CLIENT_IN_FLIGHT`] queries forwarded and unanswered; one more is REFUSED at once, so one client's slow queries cannot
 //! take every slot of the listeners. Over UDP an answer longer than the client's EDNS0 size, or
 //! than [`MAX_UDP_REPLY`], is replaced by an empty one with TC=1 (the client asks again over TCP).
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -56,10 +56,10 @@ impl ClientTransport {
     }
 }
 
-/// Queries one client address may have forwarded and unanswered at once. A quarter of the UDP
-/// listener's slots ([`super::server::MAX_UDP_IN_FLIGHT`]): one client cannot take them all,
-/// and a host's own resolver traffic (every local process is the one client 127.0.0.1) keeps far
-/// more than the 100 in flight of a busy stub or a benchmark.
+/// Queries one client (IPv4 address, IPv6 /64) may have forwarded and unanswered at once. A
+/// quarter of the UDP listener's slots ([`super::server::MAX_UDP_IN_FLIGHT`]): one client cannot
+/// take them all, and a host's own resolver traffic (every local process is the one client
+/// 127.0.0.1) keeps far more than the 100 in flight of a busy stub or a benchmark.
 pub const MAX_CLIENT_IN_FLIGHT: usize = 256;
 /// Largest UDP reply sent to a client: the EDNS0 size of DNS flag day 2020, which avoids IP
 /// fragmentation (and bounds what a spoofed query can reflect).
@@ -67,7 +67,17 @@ pub const MAX_UDP_REPLY: usize = 1232;
 /// At most one log line per this many seconds about refused clients.
 const REFUSED_LOG_INTERVAL_SECS: u64 = 10;
 
-/// Forwarded queries in flight per client address.
+/// The client an in-flight bound counts: an IPv4 address (also IPv4-mapped), or the /64 of an
+/// IPv6 address, since a host picks any address in its prefix at will (SLAAC, privacy
+/// addresses) and rotating them must not multiply its bound.
+pub(crate) fn client_key(client: IpAddr) -> IpAddr {
+    match client.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
+/// Forwarded queries in flight per client ([`client_key`]).
 #[derive(Debug)]
 pub(crate) struct ClientSlots {
     limit: usize,
@@ -84,6 +94,7 @@ impl ClientSlots {
 
     /// A slot for `client`, held until the returned guard is dropped; `None` at the limit.
     fn acquire(self: &Arc<Self>, client: IpAddr) -> Option<ClientSlot> {
+        let client = client_key(client);
         let mut counts = self.counts.lock().expect("client slots lock");
         let count = counts.entry(client).or_insert(0);
         if *count >= self.limit {
@@ -101,7 +112,7 @@ impl ClientSlots {
         self.counts
             .lock()
             .expect("client slots lock")
-            .get(&client)
+            .get(&client_key(client))
             .copied()
             .unwrap_or(0)
     }
@@ -165,7 +176,7 @@ impl Proxy {
         self
     }
 
-    /// At most `limit` forwarded queries in flight per client address.
+    /// At most `limit` forwarded queries in flight per client (IPv4 address, IPv6 /64).
     pub fn with_client_in_flight_limit(mut self, limit: usize) -> Self {
         self.client_slots = ClientSlots::new(limit.max(1));
         self
@@ -326,7 +337,7 @@ impl Proxy {
                 Err(rcode) => Prepared::Reply(error_response(&request, rcode), rcode_label(rcode)),
             };
         }
-        let Some(slot) = self.client_slots.acquire(client.to_canonical()) else {
+        let Some(slot) = self.client_slots.acquire(client) else {
             tracing::debug!(%client, "{MAX_CLIENT_IN_FLIGHT} queries of this client in flight, refusing one");
             return Prepared::Reply(
                 error_response(&request, ResponseCode::Refused),
@@ -357,16 +368,17 @@ impl Proxy {
                 return (error_response(request, ResponseCode::ServFail), "servfail");
             }
         };
+        if answer_bytes.len() > forward.client_limit {
+            // The client asks again over TCP; that answer is the one authorized.
+            return (truncated_response(request), "truncated");
+        }
         if answer.metadata.truncation {
-            // Only possible if even TCP gave a truncated answer: relay it, authorize nothing.
+            // Only possible if even TCP gave a truncated answer: relay it (within the client's
+            // size, checked above), authorize nothing.
             return (
                 Some(with_id(answer_bytes, request.metadata.id)),
                 "truncated",
             );
-        }
-        if answer_bytes.len() > forward.client_limit {
-            // The client asks again over TCP; that answer is the one authorized.
-            return (truncated_response(request), "truncated");
         }
         if let Err(rcode) = self.authorized(request, question, &answer) {
             return (error_response(request, rcode), rcode_label(rcode));
@@ -523,12 +535,16 @@ fn with_id(mut message: Vec<u8>, id: u16) -> Vec<u8> {
     message
 }
 
-/// A response to `request` that carries only `rcode` and the question.
+/// A response to `request` that carries only `rcode` and the question. A request with several
+/// questions (malformed: RFC 9619) gets the header alone: copying them back would let a spoofed
+/// query reflect kilobytes over UDP, past [`MAX_UDP_REPLY`].
 pub fn error_response(request: &Message, rcode: ResponseCode) -> Option<Vec<u8>> {
     let mut response = Message::error_msg(request.metadata.id, request.metadata.op_code, rcode);
     response.metadata.recursion_desired = request.metadata.recursion_desired;
     response.metadata.recursion_available = true;
-    response.add_queries(request.queries.iter().cloned());
+    if let [question] = request.queries.as_slice() {
+        response.add_query(question.clone());
+    }
     response.to_vec().ok()
 }
 

@@ -2,13 +2,18 @@
 //! bounded by semaphores, tracked so shutdown can wait for them. Socket errors are logged and
 //! skipped; a client that stalls (TLS handshake, half a message, idleness) is disconnected after
 //! [`TCP_IDLE_TIMEOUT`], and never holds up any other client. When `max_tcp_connections` are
-//! open, a new connection closes the oldest one (RFC 7766 §6.2.2: a server may close idle
-//! connections under pressure), so slow clients filling the table (slowloris) cannot lock
-//! legitimate TCP clients out; the number of open connections never exceeds the cap.
+//! open, a new connection closes the oldest one of the client holding the most (RFC 7766
+//! §6.2.2: a server may close idle connections under pressure; a client is an IPv4 address or
+//! an IPv6 /64, as for the in-flight bound), so slow clients filling the table (slowloris)
+//! cannot lock legitimate TCP clients out, and one client opening connection after connection
+//! closes its own, not the others' with their queries waiting. Connections of clients outside
+//! `allow_clients` go first, and such a client never closes a served client's connection (it is
+//! closed itself when nothing else can be); the number of open connections never exceeds the
+//! cap.
 
 use std::{
-    collections::VecDeque,
-    net::SocketAddr,
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -22,14 +27,14 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    proxy::{ClientTransport, Proxy},
+    proxy::{ClientTransport, Proxy, client_key},
     upstream::MAX_MESSAGE,
 };
 
 /// Queries handled at the same time over UDP; more are dropped (clients retry).
 pub const MAX_UDP_IN_FLIGHT: usize = 1024;
 /// TCP connections open at the same time per listener unless `max_tcp_connections` says
-/// otherwise; at the cap a new connection closes the oldest.
+/// otherwise; at the cap a new connection closes the oldest of the client holding the most.
 pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 256;
 /// A TCP client that sends nothing for this long is disconnected (RFC 7766 §6.2.3 suggests
 /// seconds).
@@ -87,8 +92,8 @@ pub async fn serve_tcp(
     cancel: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(max_connections));
-    // Open connections, oldest first: (serial, token closing it).
-    let open: Arc<Mutex<VecDeque<(u64, CancellationToken)>>> = Arc::default();
+    // Open connections, oldest first.
+    let open: Arc<Mutex<VecDeque<OpenConnection>>> = Arc::default();
     let mut serial = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
@@ -102,15 +107,26 @@ pub async fn serve_tcp(
                 }
             },
         };
+        let allowed = proxy.allows(peer.ip());
         let permit = match limit.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                let oldest = open.lock().expect("poisoned").pop_front();
-                if let Some((_, token)) = oldest {
-                    tracing::debug!(
-                        "TCP listener: {max_connections} connections open, closing the oldest for {peer}"
-                    );
-                    token.cancel();
+                let oldest = make_room(&mut open.lock().expect("poisoned"), allowed);
+                match oldest {
+                    Some(oldest) => {
+                        tracing::debug!(
+                            "TCP listener: {max_connections} connections open, closing the oldest of {} for {peer}",
+                            oldest.client
+                        );
+                        oldest.close.cancel();
+                    }
+                    None if !allowed => {
+                        tracing::debug!(
+                            "TCP listener: {max_connections} connections open, closing {peer} (outside allow_clients)"
+                        );
+                        continue;
+                    }
+                    None => {}
                 }
                 // The closed connection's task gives its permit back at once.
                 match timeout(Duration::from_secs(1), limit.clone().acquire_owned()).await {
@@ -122,9 +138,12 @@ pub async fn serve_tcp(
         serial += 1;
         let id = serial;
         let close = cancel.child_token();
-        open.lock()
-            .expect("poisoned")
-            .push_back((id, close.clone()));
+        open.lock().expect("poisoned").push_back(OpenConnection {
+            serial: id,
+            client: client_key(peer.ip()),
+            allowed,
+            close: close.clone(),
+        });
         let (proxy, tls, open) = (proxy.clone(), tls.clone(), open.clone());
         tracker.spawn(async move {
             let serve = async {
@@ -152,10 +171,43 @@ pub async fn serve_tcp(
             }
             open.lock()
                 .expect("poisoned")
-                .retain(|(serial, _)| *serial != id);
+                .retain(|conn| conn.serial != id);
             drop(permit);
         });
     }
+}
+
+/// An open client connection of a TCP listener.
+struct OpenConnection {
+    serial: u64,
+    /// The client ([`client_key`]: an IPv4 address or an IPv6 /64).
+    client: IpAddr,
+    /// Whether the client is in `allow_clients` (others are only ever told REFUSED).
+    allowed: bool,
+    /// Closes the connection.
+    close: CancellationToken,
+}
+
+/// The connection to close, taken out of `open` (oldest first), when a full listener accepts a
+/// new one: a connection of a client outside `allow_clients` if there is one, else, for a new
+/// client inside, any; among those, the oldest of the client with the most open (between
+/// clients with as many, the one whose oldest is oldest). `None`: a client outside
+/// `allow_clients` never closes a served client's connection.
+fn make_room(open: &mut VecDeque<OpenConnection>, allowed: bool) -> Option<OpenConnection> {
+    let outside = open.iter().any(|conn| !conn.allowed);
+    if !outside && !allowed {
+        return None;
+    }
+    let candidate = |conn: &OpenConnection| !outside || !conn.allowed;
+    let mut counts: HashMap<IpAddr, usize> = HashMap::new();
+    for conn in open.iter().filter(|conn| candidate(conn)) {
+        *counts.entry(conn.client).or_default() += 1;
+    }
+    let most = counts.values().copied().max()?;
+    let index = open
+        .iter()
+        .position(|conn| candidate(conn) && counts[&conn.client] == most)?;
+    open.remove(index)
 }
 
 /// Serves the length-prefixed messages (RFC 7766 §8) of one TCP or TLS connection until the client
@@ -199,3 +251,6 @@ pub async fn serve_connection(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client does not read"))??;
     }
 }
+
+#[cfg(test)]
+mod tests;

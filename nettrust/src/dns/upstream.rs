@@ -15,7 +15,9 @@
 //!   unusable answer) [`FAILURES_TO_BACK_OFF`] distinct questions within [`FAILURE_WINDOW`] with
 //!   no answer in between: one slow or broken zone, asked any number of times, fails only the
 //!   queries for it and never moves other clients' queries to the next server (which may not
-//!   filter like the first). Any answer clears the record. A server coming out of back-off is on
+//!   filter like the first). Any answer clears the record, and a failed query does not count at
+//!   all when the server answered anything after it was sent (the server is alive, the question
+//!   is slow): several slow questions asked at once do not bench a server that answers others. A server coming out of back-off is on
 //!   probation: its next failure puts it back at once, so a dead server costs one timeout per
 //!   back-off period, not three.
 
@@ -388,11 +390,18 @@ struct Health {
     failures: Vec<(Instant, u64)>,
     /// Out of a back-off with no answer since: the next failure starts another at once.
     probation: bool,
+    /// When the server last answered.
+    last_answer: Option<Instant>,
 }
 
 impl Health {
-    /// Records a failure of `question` at `now`; `true` when it starts a back-off.
-    fn failed(&mut self, question: u64, now: Instant) -> bool {
+    /// Records a failure at `now` of `question`, sent at `sent`; `true` when it starts a
+    /// back-off.
+    fn failed(&mut self, question: u64, sent: Instant, now: Instant) -> bool {
+        if self.last_answer.is_some_and(|answered| answered >= sent) {
+            // The server answered since this query left: it is alive, the question is slow.
+            return false;
+        }
         if self.down_until.is_some_and(|until| until > now) {
             // Already in back-off (tried because every server is): extend nothing.
             return false;
@@ -414,8 +423,11 @@ impl Health {
         false
     }
 
-    fn succeeded(&mut self) {
-        *self = Self::default();
+    fn succeeded(&mut self, now: Instant) {
+        *self = Self {
+            last_answer: Some(now),
+            ..Self::default()
+        };
     }
 
     fn healthy_at(&self, now: Instant) -> bool {
@@ -540,7 +552,7 @@ impl Upstreams {
                         return Ok(answer);
                     }
                     Err(e) => {
-                        self.failed(index, question, &e);
+                        self.failed(index, question, started, &e);
                         last_error = Some(e);
                     }
                 }
@@ -580,18 +592,25 @@ impl Upstreams {
             .health
             .lock()
             .expect("health lock")
-            .succeeded();
+            .succeeded(Instant::now());
     }
 
-    /// Records that server `index` failed `question`; after [`FAILURES_TO_BACK_OFF`] distinct
-    /// questions (see the module documentation) it is skipped for [`HEALTH_BACKOFF`].
-    pub(crate) fn failed(&self, index: usize, question: &Query, error: &UpstreamError) {
+    /// Records that server `index` failed `question`, sent at `sent`; after
+    /// [`FAILURES_TO_BACK_OFF`] distinct questions (see the module documentation) it is skipped
+    /// for [`HEALTH_BACKOFF`].
+    pub(crate) fn failed(
+        &self,
+        index: usize,
+        question: &Query,
+        sent: std::time::Instant,
+        error: &UpstreamError,
+    ) {
         let server = &self.servers[index];
-        let backed_off = server
-            .health
-            .lock()
-            .expect("health lock")
-            .failed(question_key(question), Instant::now());
+        let backed_off = server.health.lock().expect("health lock").failed(
+            question_key(question),
+            Instant::from_std(sent),
+            Instant::now(),
+        );
         if self.servers.len() > 1 {
             tracing::warn!(
                 upstream = %server.addr,
@@ -640,7 +659,7 @@ impl Upstreams {
                 Ok(answer)
             }
             Err(e) => {
-                self.failed(index, question, &e);
+                self.failed(index, question, started, &e);
                 self.exchange_after(query, question, index, e).await
             }
         }

@@ -399,6 +399,92 @@ mod end_to_end {
         );
     }
 
+    /// A query with hundreds of questions gets its error (REFUSED for a client outside
+    /// allow_clients, FORMERR for one inside, NOTIMP for another opcode) within the UDP cap,
+    /// not a copy of every question: a spoofed query must not reflect more than 1232 bytes.
+    #[tokio::test]
+    async fn error_replies_to_many_questions_stay_within_the_udp_cap() {
+        let s = setup(
+            answer_with("192.0.2.31"),
+            Blacklist::default(),
+            false,
+            false,
+        )
+        .await;
+        let proxy = s
+            .proxy
+            .with_allow_clients(vec!["198.51.100.0/24".parse().unwrap()]);
+        let mut m = Message::query();
+        m.metadata.id = 77;
+        for i in 0..200 {
+            m.add_query(hickory_proto::op::Query::query(
+                name(&format!("q{i}.many.test.")),
+                RecordType::A,
+            ));
+        }
+        let mut notimp = m.clone();
+        notimp.metadata.op_code = hickory_proto::op::OpCode::Status;
+        let (query, notimp) = (m.to_vec().unwrap(), notimp.to_vec().unwrap());
+        assert!(query.len() > MAX_UDP_REPLY, "{} bytes", query.len());
+        for (bytes, client, rcode) in [
+            (&query, "203.0.113.9", ResponseCode::Refused),
+            (&query, "198.51.100.7", ResponseCode::FormErr),
+            (&notimp, "198.51.100.7", ResponseCode::NotImp),
+        ] {
+            let reply = proxy
+                .handle_from(bytes, ClientTransport::Udp, client.parse().unwrap())
+                .await
+                .unwrap();
+            assert!(reply.len() <= 512, "{rcode}: {} bytes", reply.len());
+            let reply = Message::from_vec(&reply).unwrap();
+            assert_eq!(
+                (reply.metadata.id, reply.metadata.response_code),
+                (77, rcode)
+            );
+        }
+        assert!(s.firewall.calls().is_empty());
+    }
+
+    /// An upstream answer that is itself truncated (TC=1 even over TCP) is relayed as it is, but
+    /// never longer than a UDP client takes.
+    #[tokio::test]
+    async fn a_truncated_upstream_answer_is_capped_for_udp_clients_too() {
+        let records = many_records(120);
+        let upstream = tcp_server(
+            0,
+            Arc::new(move |q: &Message| {
+                let mut answers = records(q);
+                answers[0].metadata.truncation = true;
+                answers
+            }),
+            None,
+        )
+        .await;
+        let firewall = Arc::new(Recording::default());
+        let proxy = Proxy::new(
+            Upstreams::new(&[upstream.addr], Transport::Tcp, Duration::from_secs(2)),
+            Authorizer::new(firewall.clone(), None),
+        );
+        let reply = proxy
+            .handle(&edns_query("big.test.", 9, 65_535), ClientTransport::Udp)
+            .await
+            .unwrap();
+        assert!(reply.len() <= MAX_UDP_REPLY, "{} bytes", reply.len());
+        let m = Message::from_vec(&reply).unwrap();
+        assert!(m.metadata.truncation && m.answers.is_empty());
+        assert!(
+            firewall.calls().is_empty(),
+            "a truncated answer authorizes nothing"
+        );
+        // Over TCP the truncated answer is relayed whole.
+        let whole = proxy
+            .handle(&edns_query("big.test.", 10, 65_535), ClientTransport::Tcp)
+            .await
+            .unwrap();
+        assert_eq!(Message::from_vec(&whole).unwrap().answers.len(), 120);
+        assert!(firewall.calls().is_empty());
+    }
+
     /// A client outside allow_clients gets REFUSED: nothing forwarded, nothing authorized, not
     /// even from the cache; it is counted. A client inside is served.
     #[tokio::test]
@@ -469,6 +555,87 @@ mod end_to_end {
             s.firewall.calls(),
             ips(&["192.0.2.31"]),
             "the hit authorized nothing"
+        );
+    }
+
+    /// An IPv6 client is one /64 (a host picks any address in its prefix at will): rotating
+    /// source addresses does not raise its in-flight bound; another /64 is still forwarded.
+    #[tokio::test]
+    async fn an_ipv6_client_rotating_addresses_in_its_64_shares_one_bound() {
+        let s = setup(
+            Arc::new(|_: &Message| Vec::new()),
+            Blacklist::default(),
+            false,
+            false,
+        )
+        .await;
+        let proxy = Arc::new(
+            s.proxy
+                .with_allow_clients(vec!["2001:db8::/32".parse().unwrap()])
+                .with_client_in_flight_limit(4),
+        );
+        let slow: Vec<_> = (1..=4u16)
+            .map(|i| {
+                let proxy = proxy.clone();
+                let client: IpAddr = format!("2001:db8:0:1::{i:x}").parse().unwrap();
+                tokio::spawn(async move {
+                    proxy
+                        .handle_from(
+                            &query_bytes(&format!("r{i}.slow.test."), RecordType::A, i),
+                            ClientTransport::Udp,
+                            client,
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let first: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        // Wait until the four are forwarded.
+        for _ in 0..100 {
+            if s.upstream.queries() == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(s.upstream.queries(), 4);
+        // A fifth address of the same /64 is refused at once.
+        let started = tokio::time::Instant::now();
+        let reply = proxy
+            .handle_from(
+                &query_bytes("r5.slow.test.", RecordType::A, 5),
+                ClientTransport::Udp,
+                "2001:db8:0:1:ffff::5".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert_eq!(
+            Message::from_vec(&reply).unwrap().metadata.response_code,
+            ResponseCode::Refused
+        );
+        // Another /64 is forwarded (SERVFAIL after the silent upstream's timeout).
+        let other_reply = proxy
+            .handle_from(
+                &query_bytes("o.slow.test.", RecordType::A, 6),
+                ClientTransport::Udp,
+                "2001:db8:0:2::1".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            Message::from_vec(&other_reply)
+                .unwrap()
+                .metadata
+                .response_code,
+            ResponseCode::ServFail
+        );
+        for task in slow {
+            task.await.unwrap();
+        }
+        assert_eq!(
+            proxy.client_slots().in_flight(first),
+            0,
+            "the slots came back"
         );
     }
 

@@ -163,6 +163,62 @@ async fn one_failing_question_does_not_back_off_the_server() {
     assert_eq!(first_a(&answer), "192.0.2.1", "still asked to the primary");
 }
 
+/// A client asking three distinct questions of a slow zone at once does not bench a primary that
+/// answers other questions meanwhile: a server that answered something after a query was sent
+/// is alive, the query's timeout is its question's.
+#[tokio::test]
+async fn slow_questions_asked_together_do_not_bench_a_server_answering_others() {
+    let primary = udp_server(
+        0,
+        Arc::new(|q: &Message| {
+            if q.queries[0].name.to_string().ends_with("slow.test.") {
+                Vec::new()
+            } else {
+                vec![reply(q, &[a(&q.queries[0].name.to_string(), "192.0.2.1")])]
+            }
+        }),
+    )
+    .await;
+    let secondary = udp_server(0, answer_with("192.0.2.2")).await;
+    let up = Arc::new(Upstreams::new(
+        &[primary.addr, secondary.addr],
+        Transport::Udp,
+        Duration::from_millis(300),
+    ));
+    let slow: Vec<_> = ["s1.slow.test.", "s2.slow.test.", "s3.slow.test."]
+        .into_iter()
+        .map(|n| {
+            let up = up.clone();
+            tokio::spawn(async move {
+                let q = query_bytes(n, RecordType::A, 1);
+                up.exchange(&q, &question(n), true).await
+            })
+        })
+        .collect();
+    // Another client's question, answered by the primary while the slow ones wait.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let q = query_bytes("other.test.", RecordType::A, 2);
+    let answer = up
+        .exchange(&q, &question("other.test."), true)
+        .await
+        .unwrap();
+    assert_eq!(first_a(&answer), "192.0.2.1");
+    for task in slow {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        primary.queries(),
+        4,
+        "each slow question reached the primary"
+    );
+    let q = query_bytes("fast.test.", RecordType::A, 3);
+    let answer = up
+        .exchange(&q, &question("fast.test."), true)
+        .await
+        .unwrap();
+    assert_eq!(first_a(&answer), "192.0.2.1", "still asked to the primary");
+}
+
 #[test]
 fn back_off_needs_distinct_questions_in_the_window_with_no_answer_between() {
     let t0 = Instant::now();
@@ -170,32 +226,39 @@ fn back_off_needs_distinct_questions_in_the_window_with_no_answer_between() {
     let mut h = Health::default();
     // The same question, any number of times.
     for i in 0..10 {
-        assert!(!h.failed(1, at(i)));
+        assert!(!h.failed(1, at(i), at(i)));
     }
     assert!(h.healthy_at(at(10)));
     // Two more distinct questions: three in all.
-    assert!(!h.failed(2, at(11)));
-    assert!(h.failed(3, at(12)));
+    assert!(!h.failed(2, at(11), at(11)));
+    assert!(h.failed(3, at(12), at(12)));
     assert!(!h.healthy_at(at(13)));
     assert!(h.healthy_at(at(12) + HEALTH_BACKOFF));
     // On probation after the back-off: one failure is enough.
-    assert!(h.failed(4, at(12) + HEALTH_BACKOFF));
+    assert!(h.failed(4, at(12) + HEALTH_BACKOFF, at(12) + HEALTH_BACKOFF));
     // An answer clears everything.
-    h.succeeded();
+    h.succeeded(at(13));
     assert!(h.healthy_at(at(13)));
-    assert!(!h.failed(1, at(20)));
-    assert!(!h.failed(2, at(21)));
-    h.succeeded();
+    assert!(!h.failed(1, at(20), at(20)));
+    assert!(!h.failed(2, at(21), at(21)));
+    h.succeeded(at(21));
     assert!(
-        !h.failed(3, at(22)),
+        !h.failed(3, at(22), at(22)),
         "the answer in between reset the count"
     );
     // Failures older than the window do not count.
     let mut h = Health::default();
-    assert!(!h.failed(1, at(0)));
-    assert!(!h.failed(2, at(1)));
-    assert!(!h.failed(3, at(2) + FAILURE_WINDOW));
+    assert!(!h.failed(1, at(0), at(0)));
+    assert!(!h.failed(2, at(1), at(1)));
+    assert!(!h.failed(3, at(2) + FAILURE_WINDOW, at(2) + FAILURE_WINDOW));
     assert!(h.healthy_at(at(3) + FAILURE_WINDOW));
+    // Queries sent before the server's last answer do not count, however many fail after it.
+    let mut h = Health::default();
+    h.succeeded(at(5));
+    for q in 1..10 {
+        assert!(!h.failed(q, at(4), at(300 + q)));
+    }
+    assert!(h.healthy_at(at(400)));
 }
 
 #[test]
