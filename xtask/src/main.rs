@@ -157,7 +157,7 @@ fn main() -> Result<()> {
                     .any(|a| a == "--config" || a.starts_with("--config="))
             {
                 args.push("--config".into());
-                args.push(root.join("config.toml").display().to_string());
+                args.push(root_owned_config(&root.join("config.toml"))?);
             }
             let status = as_root(&binary, &args)
                 .status()
@@ -384,6 +384,54 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
     run_checked(root_tests)?;
     run_checked(as_root(&std::env::current_exe()?, &soak::ci_args(root)))?;
     bench::smoke(root, &build(root, false)?)
+}
+
+/// The path of `config` to hand to the daemon. nettrust, running as root, refuses a config file
+/// that another user owns or could replace (its directories included), as a checkout in a
+/// user's home is; such a file is copied to a root-owned `/run/nettrust-xtask/config.toml`.
+fn root_owned_config(config: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let config = config
+        .canonicalize()
+        .with_context(|| format!("reading {}", config.display()))?;
+    // The file and each directory above it: owned by root, not writable by group or others
+    // (a sticky directory such as /tmp excepted).
+    let root_owned = config.ancestors().all(|p| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
+            m.uid() == 0 && (m.mode() & 0o022 == 0 || sticky_dir)
+        })
+    });
+    if root_owned {
+        return Ok(config.display().to_string());
+    }
+    let staged = "/run/nettrust-xtask/config.toml";
+    eprintln!(
+        "xtask: {} is not owned by root all the way up, which nettrust refuses as root; running with a root-owned copy at {staged} (edit the copy for SIGHUP reloads)",
+        config.display()
+    );
+    let args = [
+        "-D",
+        "-m",
+        "0644",
+        "-o",
+        "0",
+        "-g",
+        "0",
+        &config.display().to_string(),
+        staged,
+    ]
+    .map(String::from);
+    let status = as_root(Path::new("install"), &args)
+        .status()
+        .context("starting install")?;
+    if !status.success() {
+        bail!(
+            "copying {} to {staged} failed with {status}",
+            config.display()
+        );
+    }
+    Ok(staged.into())
 }
 
 /// `binary args`, through sudo when not root.
