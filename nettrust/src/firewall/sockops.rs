@@ -1,0 +1,178 @@
+//! The `live_tcp` program (nettrust-ebpf's `sockops` module) from userspace: loading and pinning it, attaching it to each filtered
+//! cgroup through a pinned bpf_link next to the `cgroup_skb` ones (`link-live_tcp-<id>`), and
+//! reading the established TCP connections it records in `LIVE_TCP` for the sweeper.
+//!
+//! Why `sock_ops` rather than conntrack or a TCP socket iterator: conntrack tracks nothing in a
+//! network namespace without ct-using rules, and a socket iterator walks only the network
+//! namespace it is created in, so a container's connections would be missed; a `sock_ops` program
+//! on the cgroup sees exactly the sockets of the filtered processes, in every namespace, and the
+//! kernel reports their establishment and their close, daemon running or not.
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    net::{IpAddr, Ipv6Addr},
+    path::Path,
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as AyaHashMap, Map, MapData},
+    programs::{CgroupAttachMode, SockOps, links::FdLink},
+};
+use nettrust_common::{MAP_LIVE_TCP, PROGRAM_SOCKOPS};
+
+use super::{
+    bpf_sys,
+    ebpf::{EbpfError, map_error},
+    pins,
+};
+
+/// `LIVE_TCP` from userspace: socket cookie → remote address.
+pub(super) type LiveMap = AyaHashMap<MapData, u64, [u8; 16]>;
+
+fn program_error(what: String, source: aya::programs::ProgramError) -> EbpfError {
+    EbpfError::Program { what, source }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut SockOps, EbpfError> {
+    ebpf.program_mut(PROGRAM_SOCKOPS)
+        .ok_or_else(|| {
+            program_error(
+                format!("{PROGRAM_SOCKOPS} missing from the object"),
+                aya::programs::ProgramError::NotLoaded,
+            )
+        })?
+        .try_into()
+        .map_err(|source| program_error(format!("{PROGRAM_SOCKOPS} has the wrong type"), source))
+}
+
+/// Loads the program and pins it (`prog-live_tcp`), replacing a previous run's pin.
+pub(super) fn load_and_pin(ebpf: &mut Ebpf, dir: &Path) -> Result<(), EbpfError> {
+    let program = program(ebpf)?;
+    program.load().map_err(|source| {
+        program_error(format!("{PROGRAM_SOCKOPS} rejected by the kernel"), source)
+    })?;
+    let pin = pins::program_pin(dir, PROGRAM_SOCKOPS);
+    pins::replace_pin(&pin, |tmp| {
+        program.pin(tmp).map_err(|e| crate::error_chain(&e))
+    })
+    .map_err(|what| EbpfError::LinkPin { cgroup: pin, what })
+}
+
+/// Attaches the loaded program to `cgroup` (`path`, id `id`) and pins the link, replacing a
+/// previous run's link for that cgroup once the new one is attached.
+pub(super) fn attach(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    dir: &Path,
+    path: &Path,
+    id: u64,
+) -> Result<(), EbpfError> {
+    attach_program(program(ebpf)?, cgroup, dir, path, id)
+}
+
+/// Attaches the pinned program (`nettrust attach`, a recreated cgroup). A directory pinned by a
+/// nettrust without it is left as it is: the cgroup is filtered, only this liveness signal is
+/// missing until the daemon restarts.
+pub(super) fn attach_pinned(
+    cgroup: &File,
+    dir: &Path,
+    path: &Path,
+    id: u64,
+) -> Result<(), EbpfError> {
+    let pin = pins::program_pin(dir, PROGRAM_SOCKOPS);
+    if !pin.exists() {
+        tracing::warn!(
+            "{} missing: connections of {} are not tracked until nettrust restarts",
+            pin.display(),
+            path.display()
+        );
+        return Ok(());
+    }
+    let mut program = SockOps::from_pin(&pin).map_err(|source| {
+        program_error(
+            format!("{PROGRAM_SOCKOPS}: cannot open {}", pin.display()),
+            source,
+        )
+    })?;
+    attach_program(&mut program, cgroup, dir, path, id)
+}
+
+fn attach_program(
+    program: &mut SockOps,
+    cgroup: &File,
+    dir: &Path,
+    path: &Path,
+    id: u64,
+) -> Result<(), EbpfError> {
+    // A bpf_link coexists with other programs on the cgroup, like the `cgroup_skb` links.
+    let link_id = program
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(|source| {
+            program_error(
+                format!("{PROGRAM_SOCKOPS}: cannot attach to {}", path.display()),
+                source,
+            )
+        })?;
+    let link = program.take_link(link_id).map_err(|source| {
+        program_error(
+            format!(
+                "{PROGRAM_SOCKOPS}: cannot take the link of {}",
+                path.display()
+            ),
+            source,
+        )
+    })?;
+    let link = FdLink::try_from(link).map_err(|e| EbpfError::LinkPin {
+        cgroup: path.to_owned(),
+        what: e.to_string(),
+    })?;
+    pins::replace_pin(&pins::link_pin(dir, PROGRAM_SOCKOPS, id), |tmp| {
+        link.pin(tmp).map(drop).map_err(|e| crate::error_chain(&e))
+    })
+    .map_err(|what| EbpfError::LinkPin {
+        cgroup: path.to_owned(),
+        what,
+    })
+}
+
+/// Opens the pinned `LIVE_TCP` map.
+pub(super) fn open_live(dir: &Path) -> Result<LiveMap, EbpfError> {
+    super::pinned::open_pinned(dir, MAP_LIVE_TCP, Map::HashMap)
+}
+
+/// The remote addresses of the established connections recorded in `map` (IPv4-mapped addresses
+/// as IPv4, as the egress program judges them).
+pub(super) fn live_hosts(map: &LiveMap) -> Result<HashSet<IpAddr>, EbpfError> {
+    let entries: Vec<(u64, [u8; 16])> = match bpf_sys::dump(bpf_sys::fd_of(map)) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::debug!("batched map read unavailable ({e}), reading key by key");
+            map.iter()
+                .collect::<Result<_, _>>()
+                .map_err(|e| map_error(MAP_LIVE_TCP, "cannot read", e))?
+        }
+    };
+    Ok(entries.into_iter().map(|(_, addr)| remote(addr)).collect())
+}
+
+/// A recorded remote address as the host maps key it.
+fn remote(addr: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(addr);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_addresses_are_ipv4() {
+        let v4: IpAddr = "192.0.2.11".parse().unwrap();
+        let IpAddr::V4(ip) = v4 else { unreachable!() };
+        assert_eq!(remote(ip.to_ipv6_mapped().octets()), v4);
+        let v6: Ipv6Addr = "2001:db8:1::11".parse().unwrap();
+        assert_eq!(remote(v6.octets()), IpAddr::V6(v6));
+    }
+}
