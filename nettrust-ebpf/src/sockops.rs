@@ -20,6 +20,8 @@ use aya_ebpf::{
     maps::HashMap,
     programs::SockOpsContext,
 };
+use core::ptr::read_volatile;
+
 use nettrust_common::MAX_LIVE_TCP;
 
 const AF_INET: u32 = 2;
@@ -45,12 +47,24 @@ pub fn live_tcp(ctx: SockOpsContext) -> u32 {
 
 #[inline(always)]
 fn established(ctx: &SockOpsContext) {
-    // Every field is read unconditionally: loads in both arms of a branch get merged into one load
-    // through a computed context pointer, which the verifier refuses. `remote_ip4`/`remote_ip6`
-    // hold the address in network byte order.
-    let family = ctx.family();
-    let v4 = ctx.remote_ip4().to_ne_bytes();
-    let w = ctx.remote_ip6();
+    // Each field is read with its own volatile load at a constant offset from the context:
+    // LLVM otherwise merges loads of different fields into one load through a computed context
+    // pointer, which the verifier refuses. `remote_ip4`/`remote_ip6` hold the address in network
+    // byte order.
+    let ops = ctx.ops;
+    // SAFETY: `ops` is the context the kernel passed; these fields are readable for every op.
+    let (family, v4, w) = unsafe {
+        (
+            read_volatile(&raw const (*ops).family),
+            read_volatile(&raw const (*ops).remote_ip4).to_ne_bytes(),
+            [
+                read_volatile(&raw const (*ops).remote_ip6[0]),
+                read_volatile(&raw const (*ops).remote_ip6[1]),
+                read_volatile(&raw const (*ops).remote_ip6[2]),
+                read_volatile(&raw const (*ops).remote_ip6[3]),
+            ],
+        )
+    };
     let (a, b, c, d) = (
         w[0].to_ne_bytes(),
         w[1].to_ne_bytes(),
