@@ -153,50 +153,68 @@ fn idle_connections_keep_their_hosts_without_any_firewall_rule(backend: Backend)
     }
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    assert_eq!(world.resolve("b.test", "AAAA", false), ["2001:db8:1::11"]);
     let authorized = Instant::now();
-    // Connects, says nothing for 7 s (over three TTLs), then sends one line and waits for its echo.
-    let client = world
-        .in_cgroup("sh")
-        .args([
-            "-c",
-            &format!(
-                "(sleep 7; echo still-here; sleep 1) | socat -t 2 - TCP:192.0.2.11:{ECHO_PORT}"
-            ),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the idle client");
+    // Each connects, says nothing for 7 s (over three TTLs), then sends one line and waits for
+    // its echo.
+    let idle_client = |target: &str| {
+        world
+            .in_cgroup("sh")
+            .args([
+                "-c",
+                &format!("(sleep 7; echo still-here; sleep 1) | socat -t 2 - {target}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start an idle client")
+    };
+    let clients = [
+        (
+            "192.0.2.11",
+            idle_client(&format!("TCP:192.0.2.11:{ECHO_PORT}")),
+        ),
+        (
+            "2001:db8:1::11",
+            idle_client(&format!("TCP6:[2001:db8:1::11]:{ECHO_PORT}")),
+        ),
+    ];
     sleep(Duration::from_millis(5000).saturating_sub(authorized.elapsed()));
     assert!(
         !world.reachable_from_cgroup("192.0.2.10"),
         "a host without connection must expire"
     );
-    assert!(
-        world.list().contains(&"192.0.2.11".parse().unwrap()),
-        "an idle but established connection must keep its host authorized:\n{}",
-        world.daemon_log()
-    );
-    let out = client.wait_with_output().expect("wait for the idle client");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("still-here"),
-        "the idle connection's next packet must get out (status {}, stderr: {})",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Closed: nothing keeps the host any more.
+    let listed = |addr: &str| world.list().contains(&addr.parse().unwrap());
+    for (addr, _) in &clients {
+        assert!(
+            listed(addr),
+            "an idle but established connection must keep its host {addr} authorized:\n{}",
+            world.daemon_log()
+        );
+    }
+    for (addr, client) in clients {
+        let out = client.wait_with_output().expect("wait for an idle client");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("still-here"),
+            "the next packet of the idle connection to {addr} must get out (status {}, stderr: {})",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Closed: nothing keeps the hosts any more.
     let closed = Instant::now();
     world.eventually(
-        "the expiry of the closed connection's host",
+        "the expiry of the closed connections' hosts",
         Duration::from_secs(8),
-        || !world.list().contains(&"192.0.2.11".parse().unwrap()),
+        || !listed("192.0.2.11") && !listed("2001:db8:1::11"),
     );
     eprintln!(
-        "idle connection kept its host for {:.1} s (TTL 2 s); host gone {:.1} s after the close",
+        "idle connections kept their hosts for {:.1} s (TTL 2 s); hosts gone {:.1} s after the close",
         closed.duration_since(authorized).as_secs_f64(),
         closed.elapsed().as_secs_f64()
     );
     assert!(!world.reachable_from_cgroup("192.0.2.11"));
+    assert!(!world.reachable_from_cgroup("2001:db8:1::11"));
     assert!(world.stop_daemon());
 }
 
