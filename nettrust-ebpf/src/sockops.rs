@@ -7,7 +7,15 @@
 //! An actively opened connection is recorded when its handshake completes (the SYN-ACK came back:
 //! the flow was let out and answered), under its socket cookie, with the remote address; the
 //! program then asks for the socket's state callbacks and removes the entry when the socket
-//! reaches `TCP_CLOSE` (orderly close into TIME_WAIT, reset, timeout, abort).
+//! reaches `TCP_CLOSE` (orderly close into TIME_WAIT, reset, timeout, abort). Each entry also
+//! carries the id of the cgroup the program ran for, read from the cgroup's storage
+//! (`LIVE_TCP_CGROUP`, written by the daemon when it attaches the program): a cgroup detached or
+//! removed while it held connections no longer reports their close, and the daemon ignores the
+//! entries of cgroups it no longer filters.
+#![expect(
+    deprecated,
+    reason = "the cgroup storage of an attachment (BPF_MAP_TYPE_CGROUP_STORAGE) is the only per-cgroup storage a sock_ops program reaches by itself"
+)]
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -17,7 +25,7 @@ use aya_ebpf::{
     },
     helpers::bpf_get_socket_cookie,
     macros::{map, sock_ops},
-    maps::HashMap,
+    maps::{CgroupStorage, HashMap},
     programs::SockOpsContext,
 };
 use core::ptr::read_volatile;
@@ -27,9 +35,14 @@ use nettrust_common::MAX_LIVE_TCP;
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 
+/// Socket cookie → the remote address (IPv6, IPv4 as IPv4-mapped) as two native words, and the
+/// cgroup id (0: the daemon had not written it yet).
 #[map(name = "LIVE_TCP")]
-static LIVE_TCP: HashMap<u64, [u8; 16]> =
+static LIVE_TCP: HashMap<u64, [u64; 3]> =
     HashMap::with_max_entries(MAX_LIVE_TCP, BPF_F_NO_PREALLOC);
+/// The id of the cgroup the program is attached to, written by the daemon.
+#[map(name = "LIVE_TCP_CGROUP")]
+static LIVE_TCP_CGROUP: CgroupStorage<u64> = CgroupStorage::new();
 
 #[sock_ops]
 pub fn live_tcp(ctx: SockOpsContext) -> u32 {
@@ -81,10 +94,15 @@ fn established(ctx: &SockOpsContext) {
         ],
         _ => return,
     };
+    let (hi, lo) = remote.split_at(8);
+    let words = |b: &[u8]| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    // SAFETY: the storage of the cgroup this program runs for, valid while it runs.
+    let cgroup = unsafe { read_volatile(LIVE_TCP_CGROUP.get_ptr_mut()) };
+    let value = [words(hi), words(lo), cgroup];
     // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // Only a recorded connection needs its close reported (a full map records nothing).
-    if LIVE_TCP.insert(cookie, remote, 0).is_ok() {
+    if LIVE_TCP.insert(cookie, value, 0).is_ok() {
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     }
 }

@@ -578,6 +578,58 @@ fn servers_answer_inbound_clients_and_drop_input_blocks_them(backend: Backend) {
     assert!(world.stop_daemon());
 }
 
+/// The open connections of a cgroup keep their hosts only while nettrust filters that cgroup: once
+/// it is detached the kernel no longer reports their close, so they must not keep a host alive for
+/// the cgroups still filtered.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn connections_of_a_detached_cgroup_stop_keeping_hosts() {
+    let mut world = World::new();
+    let _echo = echo_server(&world);
+    let other = world.extra_cgroup("other");
+    let other_arg = other.to_str().unwrap().to_owned();
+    world.start_daemon(&["--authorized-ttl", "2", "--ttl-check-ticker", "1"]);
+    let out = world.nettrust(&["attach", "--cgroup", &other_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    // An idle connection from the other cgroup, open for the whole test.
+    let mut idle = world.in_cgroup_at(&other, "sh");
+    idle.args([
+        "-c",
+        &format!("sleep 30 | socat - TCP:192.0.2.11:{ECHO_PORT}"),
+    ]);
+    let _idle = Background::spawn(idle);
+    sleep(Duration::from_millis(4000));
+    let listed = |world: &World| world.list().contains(&"192.0.2.11".parse().unwrap());
+    assert!(
+        listed(&world),
+        "the idle connection of an attached cgroup keeps its host:\n{}",
+        world.daemon_log()
+    );
+    let out = world.nettrust(&["detach", "--cgroup", &other_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let detached = Instant::now();
+    world.eventually(
+        "the expiry of the host kept only by the detached cgroup",
+        Duration::from_secs(8),
+        || !listed(&world),
+    );
+    eprintln!(
+        "host gone {:.1} s after the detach (TTL 2 s)",
+        detached.elapsed().as_secs_f64()
+    );
+    assert!(!world.reachable_from_cgroup("192.0.2.11"));
+    assert!(world.stop_daemon());
+}
+
 #[test]
 #[ignore = "needs root: cargo xtask test"]
 fn attach_and_detach_at_runtime_persist_and_denials_are_logged() {

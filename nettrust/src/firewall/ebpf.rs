@@ -607,7 +607,8 @@ impl Firewall for EbpfFirewall {
     }
 
     fn live_hosts(&self) -> Result<std::collections::HashSet<IpAddr>, FirewallError> {
-        super::sockops::live_hosts(&self.live).map_err(|e| FirewallError::Read(Box::new(e)))
+        super::sockops::live_hosts(&self.live, &pins::linked_cgroups(&self.pin_dir))
+            .map_err(|e| FirewallError::Read(Box::new(e)))
     }
 
     fn due(&self, horizon_ns: u64) -> Result<Vec<HostState>, FirewallError> {

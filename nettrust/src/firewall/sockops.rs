@@ -12,6 +12,7 @@ use std::{
     collections::HashSet,
     fs::File,
     net::{IpAddr, Ipv6Addr},
+    os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
 };
 
@@ -20,7 +21,7 @@ use aya::{
     maps::{HashMap as AyaHashMap, Map, MapData},
     programs::{CgroupAttachMode, SockOps, links::FdLink},
 };
-use nettrust_common::{MAP_LIVE_TCP, PROGRAM_SOCKOPS};
+use nettrust_common::{MAP_LIVE_TCP, MAP_LIVE_TCP_CGROUP, PROGRAM_SOCKOPS};
 
 use super::{
     bpf_sys,
@@ -28,8 +29,11 @@ use super::{
     pins,
 };
 
-/// `LIVE_TCP` from userspace: socket cookie → remote address.
-pub(super) type LiveMap = AyaHashMap<MapData, u64, [u8; 16]>;
+/// `LIVE_TCP` from userspace: socket cookie → remote address (two native words) and cgroup id.
+pub(super) type LiveMap = AyaHashMap<MapData, u64, [u64; 3]>;
+
+/// `BPF_CGROUP_SOCK_OPS` (`enum bpf_attach_type`), part of a cgroup storage key.
+const BPF_CGROUP_SOCK_OPS: u32 = 3;
 
 fn program_error(what: String, source: aya::programs::ProgramError) -> EbpfError {
     EbpfError::Program { what, source }
@@ -134,7 +138,27 @@ fn attach_program(
     .map_err(|what| EbpfError::LinkPin {
         cgroup: path.to_owned(),
         what,
-    })
+    })?;
+    tag_cgroup(dir, id)
+}
+
+/// Writes the cgroup's id into the storage of its attachment, for the program to copy into each
+/// connection it records. Connections established between the attach and this write carry 0.
+fn tag_cgroup(dir: &Path, id: u64) -> Result<(), EbpfError> {
+    let path = dir.join(MAP_LIVE_TCP_CGROUP);
+    let map = MapData::from_pin(&path).map_err(|e| {
+        map_error(
+            MAP_LIVE_TCP_CGROUP,
+            format!("no pinned map at {}", path.display()),
+            e,
+        )
+    })?;
+    // `struct bpf_cgroup_storage_key { __u64 cgroup_inode_id; __u32 attach_type; }`, padded.
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&id.to_ne_bytes());
+    key[8..12].copy_from_slice(&BPF_CGROUP_SOCK_OPS.to_ne_bytes());
+    bpf_sys::update(map.fd().as_fd().as_raw_fd(), &key, &id, 0)
+        .map_err(|e| map_error(MAP_LIVE_TCP_CGROUP, format!("cannot tag cgroup {id}"), e))
 }
 
 /// Opens the pinned `LIVE_TCP` map.
@@ -142,10 +166,12 @@ pub(super) fn open_live(dir: &Path) -> Result<LiveMap, EbpfError> {
     super::pinned::open_pinned(dir, MAP_LIVE_TCP, Map::HashMap)
 }
 
-/// The remote addresses of the established connections recorded in `map` (IPv4-mapped addresses
-/// as IPv4, as the egress program judges them).
-pub(super) fn live_hosts(map: &LiveMap) -> Result<HashSet<IpAddr>, EbpfError> {
-    let entries: Vec<(u64, [u8; 16])> = match bpf_sys::dump(bpf_sys::fd_of(map)) {
+/// The remote addresses of the established connections recorded in `map` by the cgroups in
+/// `linked` (IPv4-mapped addresses as IPv4, as the egress program judges them). Entries of other
+/// cgroups (detached or removed while they held connections, so their close is never reported)
+/// are removed.
+pub(super) fn live_hosts(map: &LiveMap, linked: &[u64]) -> Result<HashSet<IpAddr>, EbpfError> {
+    let entries: Vec<(u64, [u64; 3])> = match bpf_sys::dump(bpf_sys::fd_of(map)) {
         Ok(entries) => entries,
         Err(e) => {
             tracing::debug!("batched map read unavailable ({e}), reading key by key");
@@ -154,7 +180,19 @@ pub(super) fn live_hosts(map: &LiveMap) -> Result<HashSet<IpAddr>, EbpfError> {
                 .map_err(|e| map_error(MAP_LIVE_TCP, "cannot read", e))?
         }
     };
-    Ok(entries.into_iter().map(|(_, addr)| remote(addr)).collect())
+    let mut live = HashSet::new();
+    for (cookie, [hi, lo, cgroup]) in entries {
+        // 0: recorded in the instant between the attach and the tag.
+        if cgroup == 0 || linked.contains(&cgroup) {
+            let mut addr = [0u8; 16];
+            addr[..8].copy_from_slice(&hi.to_ne_bytes());
+            addr[8..].copy_from_slice(&lo.to_ne_bytes());
+            live.insert(remote(addr));
+        } else {
+            let _ = bpf_sys::delete(bpf_sys::fd_of(map), &cookie);
+        }
+    }
+    Ok(live)
 }
 
 /// A recorded remote address as the host maps key it.
