@@ -360,7 +360,8 @@ pub const PROGRAM_SOCKOPS: &str = "live_tcp";
 /// removed when it closes; read by the sweeper as a liveness signal that needs no conntrack.
 pub const MAP_LIVE_TCP: &str = "LIVE_TCP";
 /// The cgroup storage of the `sock_ops` program's attachments: the cgroup's id (`u64`), written by
-/// the daemon when it attaches the program, copied into each [`MAP_LIVE_TCP`] entry.
+/// the daemon when it attaches the program, copied into each [`MAP_LIVE_TCP`] entry. Not pinned:
+/// each loaded program has its own.
 pub const MAP_LIVE_TCP_CGROUP: &str = "LIVE_TCP_CGROUP";
 /// Capacity of [`MAP_LIVE_TCP`]: connections established while it is full are not recorded (their
 /// hosts then stay alive only through traffic or conntrack).

@@ -14,6 +14,7 @@ use std::{
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
+    sync::Mutex,
 };
 
 use aya::{
@@ -35,6 +36,11 @@ pub(super) type LiveMap = AyaHashMap<MapData, u64, [u64; 3]>;
 /// `BPF_CGROUP_SOCK_OPS` (`enum bpf_attach_type`), part of a cgroup storage key.
 const BPF_CGROUP_SOCK_OPS: u32 = 3;
 
+/// The `LIVE_TCP_CGROUP` of the program this daemon loaded and pinned: the daemon tags the
+/// cgroups it attaches (also after the privilege drop, when opening a map by id, which needs
+/// `CAP_SYS_ADMIN`, is no longer possible) through it.
+static OWN_STORAGE: Mutex<Option<MapData>> = Mutex::new(None);
+
 fn program_error(what: String, source: aya::programs::ProgramError) -> EbpfError {
     EbpfError::Program { what, source }
 }
@@ -53,6 +59,14 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut SockOps, EbpfError> {
 
 /// Loads the program and pins it (`prog-live_tcp`), replacing a previous run's pin.
 pub(super) fn load_and_pin(ebpf: &mut Ebpf, dir: &Path) -> Result<(), EbpfError> {
+    let Some(Map::CgroupStorage(storage)) = ebpf.take_map(MAP_LIVE_TCP_CGROUP) else {
+        return Err(map_error(
+            MAP_LIVE_TCP_CGROUP,
+            "missing from the object",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    };
+    *OWN_STORAGE.lock().unwrap_or_else(|e| e.into_inner()) = Some(storage);
     let program = program(ebpf)?;
     program.load().map_err(|source| {
         program_error(format!("{PROGRAM_SOCKOPS} rejected by the kernel"), source)
@@ -139,26 +153,50 @@ fn attach_program(
         cgroup: path.to_owned(),
         what,
     })?;
-    tag_cgroup(dir, id)
+    tag_cgroup(program, id)
 }
 
 /// Writes the cgroup's id into the storage of its attachment, for the program to copy into each
 /// connection it records. Connections established between the attach and this write carry 0.
-fn tag_cgroup(dir: &Path, id: u64) -> Result<(), EbpfError> {
-    let path = dir.join(MAP_LIVE_TCP_CGROUP);
-    let map = MapData::from_pin(&path).map_err(|e| {
-        map_error(
-            MAP_LIVE_TCP_CGROUP,
-            format!("no pinned map at {}", path.display()),
-            e,
-        )
-    })?;
+///
+/// The storage map is the program's own, found through the program (it is not pinned): each
+/// start loads a new one with the program, so no kernel needs to share a cgroup storage map
+/// between two loaded programs (Linux 5.9+).
+fn tag_cgroup(program: &SockOps, id: u64) -> Result<(), EbpfError> {
     // `struct bpf_cgroup_storage_key { __u64 cgroup_inode_id; __u32 attach_type; }`, padded.
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&id.to_ne_bytes());
     key[8..12].copy_from_slice(&BPF_CGROUP_SOCK_OPS.to_ne_bytes());
-    bpf_sys::update(map.fd().as_fd().as_raw_fd(), &key, &id, 0)
-        .map_err(|e| map_error(MAP_LIVE_TCP_CGROUP, format!("cannot tag cgroup {id}"), e))
+    let write = |map: &MapData| {
+        bpf_sys::update(map.fd().as_fd().as_raw_fd(), &key, &id, 0)
+            .map_err(|e| map_error(MAP_LIVE_TCP_CGROUP, format!("cannot tag cgroup {id}"), e))
+    };
+    if let Some(own) = &*OWN_STORAGE.lock().unwrap_or_else(|e| e.into_inner()) {
+        return write(own);
+    }
+    let not_found = |what: String| {
+        map_error(
+            MAP_LIVE_TCP_CGROUP,
+            what,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )
+    };
+    let ids = program
+        .info()
+        .and_then(|info| info.map_ids())
+        .map_err(|source| {
+            program_error(format!("{PROGRAM_SOCKOPS}: cannot read its maps"), source)
+        })?
+        .unwrap_or_default();
+    let map = ids
+        .into_iter()
+        .filter_map(|map_id| MapData::from_id(map_id).ok())
+        .find(|map| {
+            map.info()
+                .is_ok_and(|info| info.name_as_str() == Some(MAP_LIVE_TCP_CGROUP))
+        })
+        .ok_or_else(|| not_found(format!("not among the maps of {PROGRAM_SOCKOPS}")))?;
+    write(&map)
 }
 
 /// Opens the pinned `LIVE_TCP` map.
