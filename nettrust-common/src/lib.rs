@@ -351,6 +351,22 @@ mod pod {
     unsafe impl aya::Pod for super::CgroupPath {}
 }
 
+/// Name of the `sock_ops` program (nettrust-ebpf's `sockops` module) that records the filtered
+/// cgroups' established TCP connections.
+pub const PROGRAM_SOCKOPS: &str = "live_tcp";
+/// Established TCP connections opened from the filtered cgroups: socket cookie → `[u64; 3]`, the
+/// remote address (IPv6, IPv4 as IPv4-mapped IPv6; its 16 bytes as two native-endian words) and
+/// the id of the cgroup. Written by the `sock_ops` program when a connection is established and
+/// removed when it closes; read by the sweeper as a liveness signal that needs no conntrack.
+pub const MAP_LIVE_TCP: &str = "LIVE_TCP";
+/// The cgroup storage of the `sock_ops` program's attachments: the cgroup's id (`u64`), written by
+/// the daemon when it attaches the program, copied into each [`MAP_LIVE_TCP`] entry. Not pinned:
+/// each loaded program has its own.
+pub const MAP_LIVE_TCP_CGROUP: &str = "LIVE_TCP_CGROUP";
+/// Capacity of [`MAP_LIVE_TCP`]: connections established while it is full are not recorded (their
+/// hosts then stay alive only through traffic or conntrack).
+pub const MAX_LIVE_TCP: u32 = 65_536;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 //! dropped instead (loopback always passes).
 #![no_std]
 #![no_main]
+mod sockops;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},

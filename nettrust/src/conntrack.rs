@@ -1,8 +1,20 @@
 //! Conntrack liveness: one ctnetlink dump (`NETLINK_NETFILTER`, `IPCTNL_MSG_CT_GET` with
-//! `NLM_F_DUMP`, both address families) per sweep, reduced to the set of addresses that appear in
-//! any tracked flow, original or reply direction (as the original nettrust did, except that closed
-//! TCP connections lingering in TIME_WAIT/CLOSE do not count). Hand-built over a
-//! raw netlink socket: the request is 20 bytes and the answer is walked attribute by attribute.
+//! `NLM_F_DUMP`, both address families) per sweep, reduced to the destinations of the flows this
+//! host opened and the peer answered. Hand-built over a raw netlink socket: the request is 20 bytes
+//! and the answer is walked attribute by attribute.
+//!
+//! What counts is narrower than in the original nettrust, which took every address of every flow:
+//! - only flows the peer replied to (`IPS_SEEN_REPLY`): conntrack confirms a flow before the
+//!   cgroup egress program runs, so a SYN the program dropped leaves an unreplied entry behind,
+//!   and counting it would let a filtered process keep an expired host alive with one dropped
+//!   packet per tick;
+//! - only the destination of the original direction: the source of an inbound flow (a client of a
+//!   local server) is not a host this host reached out to;
+//! - not closed TCP connections lingering in TIME_WAIT/CLOSE.
+//!
+//! Conntrack cannot tell which cgroup a flow belongs to: a replied flow of an unfiltered process
+//! to an authorized host counts too (it could reach the host anyway). The sweeper never renews a
+//! host whose deadline has passed, whatever this set says.
 //!
 //! Conntrack registers its hooks on demand (only when a ct-using rule exists in the namespace), so
 //! on a host without such rules this set is empty; the eBPF last-seen stamps are the liveness
@@ -29,10 +41,12 @@ const NFGENMSG_LEN: usize = 4;
 /// Attribute types are 14 bits; the top bits flag nesting and byte order.
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const CTA_TUPLE_ORIG: u16 = 1;
-const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_STATUS: u16 = 3;
 const CTA_TUPLE_IP: u16 = 1;
+#[cfg(test)]
 const CTA_IP_V4_SRC: u16 = 1;
 const CTA_IP_V4_DST: u16 = 2;
+#[cfg(test)]
 const CTA_IP_V6_SRC: u16 = 3;
 const CTA_IP_V6_DST: u16 = 4;
 const CTA_PROTOINFO: u16 = 4;
@@ -42,6 +56,8 @@ const CTA_PROTOINFO_TCP_STATE: u16 = 1;
 /// lingers (for minutes), so it does not keep a host alive.
 const TCP_CONNTRACK_TIME_WAIT: u8 = 7;
 const TCP_CONNTRACK_CLOSE: u8 = 8;
+/// `IPS_SEEN_REPLY` (linux/netfilter/nf_conntrack_common.h): packets went both ways.
+const IPS_SEEN_REPLY: u32 = 1 << 1;
 
 /// Errors of the conntrack dump.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +86,8 @@ fn sock_err(what: &'static str) -> ConntrackError {
     }
 }
 
-/// The addresses of every flow conntrack tracks in this network namespace (one dump).
+/// The destinations of the replied, locally originated flows conntrack tracks in this network
+/// namespace (one dump).
 pub fn active_addresses() -> Result<HashSet<IpAddr>, ConntrackError> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe {
@@ -155,15 +172,13 @@ pub fn parse_messages(mut buf: &[u8], out: &mut HashSet<IpAddr>) -> Result<bool,
                 let attrs = buf
                     .get(NLMSG_HDRLEN + NFGENMSG_LEN..len)
                     .ok_or(ConntrackError::Malformed)?;
-                if tcp_state(attrs)
-                    .is_some_and(|s| s == TCP_CONNTRACK_TIME_WAIT || s == TCP_CONNTRACK_CLOSE)
-                {
-                    buf = buf.get(align4(len)..).unwrap_or_default();
-                    continue;
-                }
-                for (kind, payload) in attributes(attrs) {
-                    if kind == CTA_TUPLE_ORIG || kind == CTA_TUPLE_REPLY {
-                        tuple_addresses(payload, out);
+                let closed = tcp_state(attrs)
+                    .is_some_and(|s| s == TCP_CONNTRACK_TIME_WAIT || s == TCP_CONNTRACK_CLOSE);
+                if !closed && status(attrs).is_some_and(|s| s & IPS_SEEN_REPLY != 0) {
+                    for (kind, payload) in attributes(attrs) {
+                        if kind == CTA_TUPLE_ORIG {
+                            tuple_destination(payload, out);
+                        }
                     }
                 }
             }
@@ -181,19 +196,26 @@ fn tcp_state(attrs: &[u8]) -> Option<u8> {
     state.first().copied()
 }
 
-fn tuple_addresses(tuple: &[u8], out: &mut HashSet<IpAddr>) {
+/// The flow's status bits (`CTA_STATUS`, big-endian).
+fn status(attrs: &[u8]) -> Option<u32> {
+    let (_, status) = attributes(attrs).find(|(kind, _)| *kind == CTA_STATUS)?;
+    Some(u32::from_be_bytes(status.try_into().ok()?))
+}
+
+/// The destination address of a tuple.
+fn tuple_destination(tuple: &[u8], out: &mut HashSet<IpAddr>) {
     for (kind, payload) in attributes(tuple) {
         if kind != CTA_TUPLE_IP {
             continue;
         }
         for (kind, addr) in attributes(payload) {
             match (kind, addr.len()) {
-                (CTA_IP_V4_SRC | CTA_IP_V4_DST, 4) => {
+                (CTA_IP_V4_DST, 4) => {
                     out.insert(IpAddr::V4(Ipv4Addr::new(
                         addr[0], addr[1], addr[2], addr[3],
                     )));
                 }
-                (CTA_IP_V6_SRC | CTA_IP_V6_DST, 16) => {
+                (CTA_IP_V6_DST, 16) => {
                     let octets: [u8; 16] = addr.try_into().expect("16 bytes");
                     out.insert(IpAddr::V6(Ipv6Addr::from(octets)));
                 }
@@ -251,15 +273,29 @@ mod tests {
         out
     }
 
-    fn flow(orig: [Vec<u8>; 2], reply: [Vec<u8>; 2]) -> Vec<u8> {
+    /// `IPS_CONFIRMED`, and with `IPS_SEEN_REPLY | IPS_ASSURED` a flow the peer answered.
+    const UNREPLIED: u32 = 1 << 3;
+    const REPLIED: u32 = UNREPLIED | IPS_SEEN_REPLY | 1 << 2;
+    /// `CTA_TUPLE_REPLY`.
+    const REPLY: u16 = 2;
+
+    fn flow(orig: [Vec<u8>; 2], reply: [Vec<u8>; 2], status: u32) -> Vec<u8> {
         let mut body = vec![2, 0, 0, 0];
         body.extend(nested(
             CTA_TUPLE_ORIG,
             &[nested(CTA_TUPLE_IP, &orig), nested(2, &[attr(1, &[6])])],
         ));
-        body.extend(nested(CTA_TUPLE_REPLY, &[nested(CTA_TUPLE_IP, &reply)]));
-        body.extend(attr(3, &[0, 0, 0, 8]));
+        body.extend(nested(REPLY, &[nested(CTA_TUPLE_IP, &reply)]));
+        body.extend(attr(CTA_STATUS, &status.to_be_bytes()));
         message(CT_GET, &body)
+    }
+
+    fn v4_flow(src: [u8; 4], dst: [u8; 4], status: u32) -> Vec<u8> {
+        flow(
+            [attr(CTA_IP_V4_SRC, &src), attr(CTA_IP_V4_DST, &dst)],
+            [attr(CTA_IP_V4_SRC, &dst), attr(CTA_IP_V4_DST, &src)],
+            status,
+        )
     }
 
     #[test]
@@ -272,7 +308,8 @@ mod tests {
     }
 
     #[test]
-    fn addresses_of_both_directions_are_collected() {
+    fn destinations_of_replied_flows_are_collected() {
+        // An outgoing flow rewritten by NAT: its reply source is another address.
         let v4 = flow(
             [
                 attr(CTA_IP_V4_SRC, &[198, 51, 100, 1]),
@@ -282,6 +319,7 @@ mod tests {
                 attr(CTA_IP_V4_SRC, &[192, 0, 2, 99]),
                 attr(CTA_IP_V4_DST, &[198, 51, 100, 1]),
             ],
+            REPLIED,
         );
         let a: Ipv6Addr = "2001:db8::1".parse().unwrap();
         let b: Ipv6Addr = "2001:db8:1::10".parse().unwrap();
@@ -294,22 +332,48 @@ mod tests {
                 attr(CTA_IP_V6_SRC, &b.octets()),
                 attr(CTA_IP_V6_DST, &a.octets()),
             ],
+            REPLIED,
         );
         let mut buf = [v4, v6].concat();
         let mut out = HashSet::new();
         assert!(!parse_messages(&buf, &mut out).unwrap(), "no DONE yet");
-        for ip in [
-            "198.51.100.1",
-            "192.0.2.11",
-            "192.0.2.99",
-            "2001:db8::1",
-            "2001:db8:1::10",
-        ] {
-            assert!(out.contains(&ip.parse::<IpAddr>().unwrap()), "{ip} missing");
-        }
-        assert_eq!(out.len(), 5);
+        let expected: HashSet<IpAddr> = ["192.0.2.11", "2001:db8:1::10"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        assert_eq!(out, expected, "only the destinations");
         buf = message(NLMSG_DONE, &[0, 0, 0, 0]);
         assert!(parse_messages(&buf, &mut out).unwrap());
+    }
+
+    #[test]
+    fn unreplied_flows_and_the_sources_of_inbound_flows_do_not_count() {
+        let buf = [
+            // A SYN the egress program dropped: conntrack confirmed it, nothing came back.
+            v4_flow([198, 51, 100, 1], [192, 0, 2, 12], UNREPLIED),
+            // A client of a local server: the flow's destination is this host, not the client.
+            v4_flow([203, 0, 113, 5], [198, 51, 100, 1], REPLIED),
+            // A flow whose attributes carry no status at all.
+            {
+                let mut body = vec![2, 0, 0, 0];
+                body.extend(nested(
+                    CTA_TUPLE_ORIG,
+                    &[nested(
+                        CTA_TUPLE_IP,
+                        &[
+                            attr(CTA_IP_V4_SRC, &[198, 51, 100, 1]),
+                            attr(CTA_IP_V4_DST, &[192, 0, 2, 13]),
+                        ],
+                    )],
+                ));
+                message(CT_GET, &body)
+            },
+        ]
+        .concat();
+        let mut out = HashSet::new();
+        parse_messages(&buf, &mut out).unwrap();
+        let local: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(out, HashSet::from([local]));
     }
 
     #[test]
@@ -326,6 +390,7 @@ mod tests {
         let with_state = |dst: [u8; 4], state: u8| {
             let mut body = vec![2, 0, 0, 0];
             body.extend(tuple([198, 51, 100, 1], dst));
+            body.extend(attr(CTA_STATUS, &REPLIED.to_be_bytes()));
             body.extend(nested(
                 CTA_PROTOINFO,
                 &[nested(

@@ -1,10 +1,14 @@
 //! SIGHUP: re-read the configuration and apply what can change while running — the whitelists
 //! (and, with the DNS layer, the blacklists) — without dropping authorizations. Entries removed
-//! from the configuration are removed from enforcement (the original's issue #8). Anything else
-//! that changed needs a restart; such a reload is refused as a whole, so the daemon never runs
-//! with half a configuration.
+//! from the configuration are removed from enforcement (the original's issue #8). A new blacklist
+//! also revokes at once the authorizations it now forbids: hosts and networks by address, domains
+//! by the name recorded with the authorization (the question's name, as `nettrust list` shows it).
+//! Anything else that changed needs a restart; such a reload is refused as a whole, so the daemon
+//! never runs with half a configuration.
 
-use std::sync::Arc;
+use std::{net::IpAddr, str::FromStr as _, sync::Arc};
+
+use hickory_proto::rr::Name;
 
 use crate::{
     authorizer::Authorizer,
@@ -63,16 +67,40 @@ pub fn apply(
     if policy != self::policy(current) {
         firewall.set_whitelist(&policy)?;
     }
-    if let Some(new_blacklist) = new_blacklist {
-        authorizer.set_blacklist(Arc::new(new_blacklist));
-    }
+    let revoke = new_blacklist.map(|new_blacklist| {
+        // Installed before the revocation, so no answer authorizes a newly blacklisted host
+        // after it was revoked.
+        let new_blacklist = Arc::new(new_blacklist);
+        authorizer.set_blacklist(new_blacklist.clone());
+        new_blacklist
+    });
     tracing::info!(
         whitelist_hosts = new.whitelist_hosts.len(),
         whitelist_networks = new.whitelist_networks.len(),
         "[Reload] configuration reloaded"
     );
     *current = new;
+    if let Some(blacklist) = revoke {
+        let revoked = firewall.revoke(&|addr, name| blacklisted(&blacklist, addr, name))?;
+        for addr in &revoked {
+            tracing::info!(
+                "[Reload] Host [{addr}] is blacklisted now. Removed from firewall rules"
+            );
+        }
+    }
     Ok(())
+}
+
+/// Whether an authorization of `addr` for `name` is forbidden by `blacklist`. A name too long for
+/// `nettrust list` is recorded as `…` and its end ([`crate::firewall::listed_name`]): its end still
+/// names its domains, so it is matched without the `…`.
+fn blacklisted(blacklist: &Blacklist, addr: IpAddr, name: Option<&str>) -> bool {
+    blacklist.blocks_host(addr)
+        || (blacklist.has_domains()
+            && name
+                .map(|n| n.strip_prefix('…').unwrap_or(n))
+                .and_then(|n| Name::from_str(n).ok())
+                .is_some_and(|n| blacklist.blocks_domain(&n)))
 }
 
 /// The options that differ between `a` and `b` and cannot change without a restart.
@@ -237,6 +265,40 @@ mod tests {
         assert!(authorizer.blacklist().blocks_domain(&tracker));
         apply(&mut current, settings(""), fw.as_ref(), &authorizer).unwrap();
         assert!(!authorizer.blacklist().blocks_domain(&tracker));
+    }
+
+    #[test]
+    fn a_new_blacklist_revokes_what_it_forbids() {
+        let mut current = settings("");
+        let fw = Arc::new(FakeFirewall::new(policy(&current)));
+        let authorizer = Authorizer::new(fw.clone(), None);
+        for (addr, name) in [
+            ("192.0.2.7", "a.test."),
+            ("192.0.2.8", "t.ads.example."),
+            ("192.0.2.9", "…aaaa.tracker.ads.example"),
+            ("198.51.100.9", "c.test."),
+            ("192.0.2.20", "ok.test."),
+        ] {
+            fw.authorize(ip(addr), 0).unwrap();
+            fw.record_name(ip(addr), name).unwrap();
+        }
+        apply(
+            &mut current,
+            settings(
+                "[blacklist]\nhosts = [\"192.0.2.7\"]\nnetworks = [\"198.51.100.0/24\"]\ndomains = [\"*.ads.example\"]",
+            ),
+            fw.as_ref(),
+            &authorizer,
+        )
+        .unwrap();
+        for revoked in ["192.0.2.7", "192.0.2.8", "192.0.2.9", "198.51.100.9"] {
+            assert!(!fw.allows(ip(revoked), 0), "{revoked} still allowed");
+            assert!(!fw.has_entry(ip(revoked)), "{revoked} still listed");
+        }
+        assert!(
+            fw.allows(ip("192.0.2.20"), 0),
+            "a host not blacklisted was revoked"
+        );
     }
 
     #[test]

@@ -11,8 +11,16 @@
 //! Liveness: the egress program stamps `last_seen_ns` in the host's map value whenever it lets a
 //! packet out to it (at most [`LAST_SEEN_GRANULARITY_NS`] stale). This works without conntrack,
 //! which tracks nothing in a network namespace without ct-using rules (see MACHINE.md). A host is
-//! live when traffic went to it during the last tick. Additional active addresses (e.g. from a
-//! conntrack dump) can be passed in; a host in that set is live too.
+//! live when traffic went to it during the last tick. An idle connection sends nothing, so the
+//! hosts of established TCP connections count too: the backend's own record
+//! ([`Firewall::live_hosts`]: for eBPF, the `live_tcp` sock_ops program's map, which needs no
+//! conntrack), plus the replied, locally originated flows of a conntrack dump where conntrack
+//! tracks flows ([`crate::conntrack`]).
+//!
+//! Only a host still authorized can be renewed: one whose deadline has passed is removed whatever
+//! the liveness signals say. The kernel stopped letting packets out to it at its deadline, so
+//! anything that looks like use afterwards (a conntrack entry of a dropped SYN, a connection of
+//! another process) must not bring it back; it is authorized again only by a DNS answer.
 //!
 //! Races: the sweeper works on a snapshot, so every renewal and removal is conditional on the
 //! deadline it saw (`renew_if`/`remove_if`, compare-and-set under the backend's lock). A DNS
@@ -104,16 +112,17 @@ pub fn plan(
         .filter_map(|host| {
             let seen_recently =
                 host.last_seen_ns != 0 && now.saturating_sub(host.last_seen_ns) <= window;
-            if seen_recently || active.contains(&host.addr) {
+            if host.expires_ns <= now {
+                // Past its deadline: already blocked by the kernel, never renewed.
+                Some(Action::Remove {
+                    addr: host.addr,
+                    seen: host.expires_ns,
+                })
+            } else if seen_recently || active.contains(&host.addr) {
                 Some(Action::Renew {
                     addr: host.addr,
                     seen: host.expires_ns,
                     new: now.saturating_add(config.renewal_ns()),
-                })
-            } else if host.expires_ns <= now {
-                Some(Action::Remove {
-                    addr: host.addr,
-                    seen: host.expires_ns,
                 })
             } else {
                 // Unused and not expired yet: the kernel expires it on time; removed next tick.
@@ -150,7 +159,8 @@ pub fn apply(firewall: &dyn Firewall, actions: &[Action]) -> (SweepReport, Vec<F
     (report, errors)
 }
 
-/// One sweep at `now`. `active` (e.g. a conntrack dump) is only called when some host is due.
+/// One sweep at `now`. `active` (the hosts of open connections) is only called when some host is
+/// due.
 pub fn sweep(
     firewall: &dyn Firewall,
     now: u64,
@@ -171,26 +181,43 @@ pub fn sweep(
     Ok(report)
 }
 
-/// The addresses conntrack knows a flow for; empty (logged once) when the dump fails.
-fn conntrack_active(warned: &std::sync::atomic::AtomicBool) -> HashSet<IpAddr> {
-    tracing::debug!("Gathering active hosts from conntrack");
-    crate::conntrack::active_addresses().unwrap_or_else(|e| {
-        if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+/// The hosts of the established TCP connections the backend records plus the destinations of the
+/// replied flows conntrack knows; a source that fails is left out (logged once).
+fn active_hosts(
+    firewall: &dyn Firewall,
+    warned: &[std::sync::atomic::AtomicBool; 2],
+) -> HashSet<IpAddr> {
+    use std::sync::atomic::Ordering::Relaxed;
+    tracing::debug!("Gathering active hosts from the open connections and conntrack");
+    let mut active = firewall.live_hosts().unwrap_or_else(|e| {
+        if !warned[0].swap(true, Relaxed) {
             tracing::warn!(
-                "conntrack unavailable, liveness from eBPF last-seen only: {}",
+                "open connections unavailable, liveness from traffic and conntrack only: {}",
                 crate::error_chain(&e)
             );
         }
         HashSet::new()
-    })
+    });
+    match crate::conntrack::active_addresses() {
+        Ok(flows) => active.extend(flows),
+        Err(e) => {
+            if !warned[1].swap(true, Relaxed) {
+                tracing::warn!(
+                    "conntrack unavailable, liveness from traffic and open connections only: {}",
+                    crate::error_chain(&e)
+                );
+            }
+        }
+    }
+    active
 }
 
-/// Sweeps every tick until `cancel` fires. Map work and the conntrack dump run on the blocking
-/// pool, off the DNS tasks.
+/// Sweeps every tick until `cancel` fires. Map work and the dumps of connections run on the
+/// blocking pool, off the DNS tasks.
 pub async fn run(firewall: Arc<dyn Firewall>, config: SweepConfig, cancel: CancellationToken) {
     let mut ticker = tokio::time::interval(config.ticker);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let warned = Arc::new([const { std::sync::atomic::AtomicBool::new(false) }; 2]);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -200,7 +227,7 @@ pub async fn run(firewall: Arc<dyn Firewall>, config: SweepConfig, cancel: Cance
         let warned = warned.clone();
         let result = tokio::task::spawn_blocking(move || {
             sweep(&*firewall, boottime_ns(), &config, || {
-                conntrack_active(&warned)
+                active_hosts(&*firewall, &warned)
             })
         })
         .await;
@@ -320,9 +347,35 @@ mod tests {
         let t0 = 100 * S;
         fw.authorize(ip("2001:db8::1"), t0 + 2 * S).unwrap();
         let active: HashSet<IpAddr> = [ip("2001:db8::1")].into();
-        let report = sweep(&fw, t0 + 3 * S, &config(), || active.clone()).unwrap();
+        let report = sweep(&fw, t0 + S, &config(), || active.clone()).unwrap();
         assert_eq!(report.renewed, 1);
-        assert!(fw.allows(ip("2001:db8::1"), t0 + 4 * S));
+        assert!(fw.allows(ip("2001:db8::1"), t0 + 2 * S + S / 2));
+    }
+
+    #[test]
+    fn an_expired_host_is_never_renewed() {
+        // A filtered process sends one packet per tick to a host whose deadline has passed: the
+        // egress program drops it, but conntrack recorded the flow (or an unfiltered process, or
+        // a connection, keeps it in the active set): the host must stay expired.
+        let fw = FakeFirewall::new(Policy::default());
+        let t0 = 100 * S;
+        fw.authorize(ip("192.0.2.1"), t0 + 2 * S).unwrap();
+        let active: HashSet<IpAddr> = [ip("192.0.2.1")].into();
+        let report = sweep(&fw, t0 + 2 * S, &config(), || active.clone()).unwrap();
+        assert_eq!((report.renewed, report.removed), (0, 1));
+        assert!(!fw.has_entry(ip("192.0.2.1")));
+        // Even used right up to its deadline (last-seen in the window): expired is expired.
+        fw.authorize(ip("192.0.2.2"), t0 + 2 * S).unwrap();
+        let host = HostState {
+            addr: ip("192.0.2.2"),
+            expires_ns: t0 + 2 * S,
+            last_seen_ns: t0 + 2 * S - 1,
+        };
+        let actions = plan(&[host], t0 + 2 * S + 1, &config(), &active);
+        assert!(
+            matches!(actions[..], [Action::Remove { .. }]),
+            "{actions:?}"
+        );
     }
 
     #[test]

@@ -16,6 +16,10 @@ use world::{Backend, Background, World};
 both_backends!(
     ttl_expires_idle_hosts_and_renews_hosts_in_use,
     conntrack_keeps_hosts_with_idle_connections,
+    idle_connections_keep_their_hosts_without_any_firewall_rule,
+    dropped_packets_never_bring_an_expired_host_back,
+    blacklisting_by_sighup_revokes_authorizations,
+    a_host_taken_off_the_whitelist_is_not_kept_by_an_adoption,
     sigkill_leaves_enforcement_expiry_works_without_daemon_and_next_start_adopts,
     restarts_never_let_an_unauthorized_packet_out,
     exit_matrix,
@@ -130,6 +134,220 @@ fn conntrack_keeps_hosts_with_idle_connections(backend: Backend) {
         "a closed connection (TIME_WAIT) must not keep its host"
     );
     assert!(world.stop_daemon());
+}
+
+/// What a host with no other firewall has: no netfilter rule at all (for eBPF), so conntrack
+/// tracks nothing. An idle connection (an SSH session, a database pool) keeps its host past the
+/// TTL and its next packet gets out; once it is closed the host expires. With nftables the
+/// backend's own ruleset makes conntrack track the flows, and its replied flows keep the host.
+fn idle_connections_keep_their_hosts_without_any_firewall_rule(backend: Backend) {
+    let mut world = World::with_backend(backend);
+    let _echo = echo_server(&world);
+    if backend == Backend::Ebpf {
+        assert_no_firewall_rules_in_client_ns(&world);
+    }
+    world.start_daemon(&["--authorized-ttl", "2", "--ttl-check-ticker", "1"]);
+    if backend == Backend::Ebpf {
+        assert_no_firewall_rules_in_client_ns(&world);
+    }
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    assert_eq!(world.resolve("b.test", "AAAA", false), ["2001:db8:1::11"]);
+    let authorized = Instant::now();
+    // Each connects, says nothing for 7 s (over three TTLs), then sends one line and waits for
+    // its echo.
+    let idle_client = |target: &str| {
+        world
+            .in_cgroup("sh")
+            .args([
+                "-c",
+                &format!("(sleep 7; echo still-here; sleep 1) | socat -t 2 - {target}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start an idle client")
+    };
+    let clients = [
+        (
+            "192.0.2.11",
+            idle_client(&format!("TCP:192.0.2.11:{ECHO_PORT}")),
+        ),
+        (
+            "2001:db8:1::11",
+            idle_client(&format!("TCP6:[2001:db8:1::11]:{ECHO_PORT}")),
+        ),
+    ];
+    sleep(Duration::from_millis(5000).saturating_sub(authorized.elapsed()));
+    assert!(
+        !world.reachable_from_cgroup("192.0.2.10"),
+        "a host without connection must expire"
+    );
+    let listed = |addr: &str| world.list().contains(&addr.parse().unwrap());
+    for (addr, _) in &clients {
+        assert!(
+            listed(addr),
+            "an idle but established connection must keep its host {addr} authorized:\n{}",
+            world.daemon_log()
+        );
+    }
+    for (addr, client) in clients {
+        let out = client.wait_with_output().expect("wait for an idle client");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("still-here"),
+            "the next packet of the idle connection to {addr} must get out (status {}, stderr: {})",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Closed: nothing keeps the hosts any more.
+    let closed = Instant::now();
+    world.eventually(
+        "the expiry of the closed connections' hosts",
+        Duration::from_secs(8),
+        || !listed("192.0.2.11") && !listed("2001:db8:1::11"),
+    );
+    eprintln!(
+        "idle connections kept their hosts for {:.1} s (TTL 2 s); hosts gone {:.1} s after the close",
+        closed.duration_since(authorized).as_secs_f64(),
+        closed.elapsed().as_secs_f64()
+    );
+    assert!(!world.reachable_from_cgroup("192.0.2.11"));
+    assert!(!world.reachable_from_cgroup("2001:db8:1::11"));
+    assert!(world.stop_daemon());
+}
+
+/// Conntrack tracks flows (a ct rule is loaded) and a filtered process sends a SYN to an expired
+/// host every 100 ms or so: each is dropped, but conntrack has already confirmed it. The host must stay
+/// expired: an unreplied flow is not use, and a host past its deadline is never renewed.
+fn dropped_packets_never_bring_an_expired_host_back(backend: Backend) {
+    let mut world = World::with_backend(backend);
+    let rules = "table inet nettrust_ct {\n chain output {\n  type filter hook output priority 0; policy accept;\n  ct state established counter\n }\n}\n";
+    world.load_nft(&world.client_ns, rules);
+    world.start_daemon(&["--authorized-ttl", "2", "--ttl-check-ticker", "1"]);
+    assert!(world.enforcing(), "the {backend:?} backend is not in place");
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    let authorized = Instant::now();
+    // Past the deadline, also as the eBPF host table stores it (rounded up to 134 ms units).
+    sleep(Duration::from_millis(2300).saturating_sub(authorized.elapsed()));
+    let out = world.script_in_cgroup(&format!(
+        "end=$(($(date +%s) + 6)); tries=0; while [ $(date +%s) -lt $end ]; do \
+           tries=$((tries + 1)); \
+           socat -u TCP:192.0.2.10:{},connect-timeout=0.1 - 2>/dev/null | grep -q ok && echo CONNECTED; \
+           sleep 0.1; \
+         done; echo tries=$tries",
+        world::TCP_PORT
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tries: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tries="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the probe loop did not run: {text}"));
+    assert!(tries >= 20, "only {tries} probes in 6 s");
+    eprintln!("{tries} connection attempts to the expired host in 6 s");
+    assert!(
+        !text.contains("CONNECTED"),
+        "an expired host was brought back by dropped packets: {text}\n{}",
+        world.daemon_log()
+    );
+    assert!(!world.list().contains(&"192.0.2.10".parse().unwrap()));
+    assert!(!world.reachable_from_cgroup("192.0.2.10"));
+    assert!(world.stop_daemon());
+}
+
+/// A reload that blacklists an authorized host, network or domain revokes the authorization at
+/// once (the TTL is "never" here): the next connection is refused and `nettrust list` no longer
+/// shows it; the other authorizations stay.
+fn blacklisting_by_sighup_revokes_authorizations(backend: Backend) {
+    let mut world = World::with_backend(backend);
+    let config = world.dir.path().join("reload.toml");
+    std::fs::write(&config, "").unwrap();
+    let config_arg = config.display().to_string();
+    world.start_daemon(&["--config", &config_arg]);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    assert_eq!(world.resolve("c.test", "A", false), ["192.0.2.12"]);
+    for addr in ["192.0.2.10", "192.0.2.11", "192.0.2.12"] {
+        assert!(world.reachable_from_cgroup(addr), "{addr} not authorized");
+    }
+    let listed = |addr: &str| world.list().contains(&addr.parse().unwrap());
+    // Each step adds one entry to the blacklist and checks that exactly its host goes.
+    let steps = [
+        ("192.0.2.10", "hosts = [\"192.0.2.10\"]\n"),
+        ("192.0.2.11", "domains = [\"b.test\"]\n"),
+        ("192.0.2.12", "networks = [\"192.0.2.12/31\"]\n"),
+    ];
+    let mut blacklist = String::from("[blacklist]\n");
+    for (i, (addr, entry)) in steps.iter().enumerate() {
+        blacklist.push_str(entry);
+        std::fs::write(&config, &blacklist).unwrap();
+        let sent = Instant::now();
+        world.signal_daemon(libc::SIGHUP);
+        world.eventually(
+            &format!("the revocation of {addr} by `{}`", entry.trim()),
+            Duration::from_secs(5),
+            || !listed(addr),
+        );
+        eprintln!(
+            "`{}`: {addr} revoked within {} ms of SIGHUP",
+            entry.trim(),
+            sent.elapsed().as_millis()
+        );
+        assert!(
+            !world.reachable_from_cgroup(addr),
+            "{addr} still reachable after it was blacklisted"
+        );
+        for (kept, _) in &steps[i + 1..] {
+            assert!(listed(kept), "{kept} revoked by `{}`", entry.trim());
+            assert!(world.reachable_from_cgroup(kept));
+        }
+    }
+    assert!(world.daemon_log().contains("is blacklisted now"));
+    assert!(world.stop_daemon());
+}
+
+/// A host authorized, then whitelisted by a reload (its entry carries both flags and no deadline),
+/// kept across a restart that adopts the pinned state, and taken off the whitelist by that
+/// restart's configuration: it is no longer allowed past its TTL; it must be resolved again.
+fn a_host_taken_off_the_whitelist_is_not_kept_by_an_adoption(backend: Backend) {
+    let mut world = World::with_backend(backend);
+    let config = world.dir.path().join("reload.toml");
+    std::fs::write(&config, "").unwrap();
+    let config_arg = config.display().to_string();
+    let args = [
+        "--config",
+        &config_arg,
+        "--authorized-ttl",
+        "2",
+        "--ttl-check-ticker",
+        "1",
+        "--do-not-flush-table",
+        "--do-not-flush-authorized-hosts",
+    ];
+    world.start_daemon(&args);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    std::fs::write(&config, "[whitelist]\nhosts = [\"192.0.2.10\"]\n").unwrap();
+    world.signal_daemon(libc::SIGHUP);
+    world.eventually("the reload", Duration::from_secs(10), || {
+        world.daemon_log().contains("configuration reloaded")
+    });
+    assert!(world.stop_daemon());
+    // Whitelisted, it outlives its TTL.
+    sleep(Duration::from_secs(3));
+    assert!(world.reachable_from_cgroup("192.0.2.10"));
+
+    std::fs::write(&config, "").unwrap();
+    world.start_daemon(&args);
+    assert!(world.daemon_log().contains("adopting"));
+    sleep(Duration::from_secs(3));
+    assert!(
+        !world.reachable_from_cgroup("192.0.2.10"),
+        "a host taken off the whitelist stays allowed after an adoption"
+    );
+    assert!(!world.list().contains(&"192.0.2.10".parse().unwrap()));
+    assert!(world.stop_daemon());
+    assert!(world.nettrust(&["flush"]).status.success());
 }
 
 fn sigkill_leaves_enforcement_expiry_works_without_daemon_and_next_start_adopts(backend: Backend) {
@@ -351,6 +569,58 @@ fn servers_answer_inbound_clients_and_drop_input_blocks_them(backend: Backend) {
     assert_eq!(world.resolve("a.test", "AAAA", false), ["2001:db8:1::10"]);
     assert!(world.reachable_from_cgroup("2001:db8:1::10"));
     assert!(stdout(&world.nettrust(&["status"])).contains("drop input: yes"));
+    assert!(world.stop_daemon());
+}
+
+/// The open connections of a cgroup keep their hosts only while nettrust filters that cgroup: once
+/// it is detached the kernel no longer reports their close, so they must not keep a host alive for
+/// the cgroups still filtered.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn connections_of_a_detached_cgroup_stop_keeping_hosts() {
+    let mut world = World::new();
+    let _echo = echo_server(&world);
+    let other = world.extra_cgroup("other");
+    let other_arg = other.to_str().unwrap().to_owned();
+    world.start_daemon(&["--authorized-ttl", "2", "--ttl-check-ticker", "1"]);
+    let out = world.nettrust(&["attach", "--cgroup", &other_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    // An idle connection from the other cgroup, open for the whole test.
+    let mut idle = world.in_cgroup_at(&other, "sh");
+    idle.args([
+        "-c",
+        &format!("sleep 30 | socat - TCP:192.0.2.11:{ECHO_PORT}"),
+    ]);
+    let _idle = Background::spawn(idle);
+    sleep(Duration::from_millis(4000));
+    let listed = |world: &World| world.list().contains(&"192.0.2.11".parse().unwrap());
+    assert!(
+        listed(&world),
+        "the idle connection of an attached cgroup keeps its host:\n{}",
+        world.daemon_log()
+    );
+    let out = world.nettrust(&["detach", "--cgroup", &other_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let detached = Instant::now();
+    world.eventually(
+        "the expiry of the host kept only by the detached cgroup",
+        Duration::from_secs(8),
+        || !listed(&world),
+    );
+    eprintln!(
+        "host gone {:.1} s after the detach (TTL 2 s)",
+        detached.elapsed().as_secs_f64()
+    );
+    assert!(!world.reachable_from_cgroup("192.0.2.11"));
     assert!(world.stop_daemon());
 }
 

@@ -22,12 +22,13 @@ use aya::{
 use nettrust_common::{
     CONFIG_DROP_INPUT, CgroupPath, DeniedEvent, HostName, HostValue, MAP_CGROUPS, MAP_CONFIG,
     MAP_DENIED, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, PROGRAM_EGRESS,
-    PROGRAM_INGRESS,
+    PROGRAM_INGRESS, PROGRAM_SOCKOPS,
 };
 
 use super::entries::{
     HostStore, clear_authorized, collect_authorized, collect_due, evict, install_policy, name_key,
-    plan_eviction, remove_entry, renew_entry, set_host_whitelisted, set_network, upsert,
+    plan_eviction, remove_entry, renew_entry, revoke_entries, set_host_whitelisted, set_network,
+    upsert,
 };
 pub use super::pinned::{
     PinnedStatus, attach_pinned, detach_pinned, list_pinned, read_stats, status_pinned,
@@ -50,6 +51,10 @@ pub(super) const PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
     (PROGRAM_EGRESS, CgroupSkbAttachType::Egress),
     (PROGRAM_INGRESS, CgroupSkbAttachType::Ingress),
 ];
+
+/// Every program linked to each filtered cgroup (one pinned link per cgroup and program): the two
+/// above and `live_tcp` ([`super::sockops`]).
+pub(super) const LINKED: [&str; 3] = [PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_SOCKOPS];
 
 /// Errors of the eBPF backend.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +162,8 @@ pub struct EbpfFirewall {
     /// (every change a sweep leads to is conditional): a scan of a full map must not stall DNS
     /// answers.
     scan: (Arc<HostTable>, HostMap<16>),
+    /// The established TCP connections of the filtered cgroups (`LIVE_TCP`), for the sweeper.
+    live: super::sockops::LiveMap,
     /// The whitelists in force (to diff against on reload).
     policy: Mutex<Policy>,
     pin_dir: PathBuf,
@@ -274,6 +281,7 @@ impl EbpfFirewall {
                 what,
             })?;
         }
+        super::sockops::load_and_pin(&mut ebpf, dir)?;
 
         // The configured cgroups plus those attached at runtime by a previous run.
         let mut cgroups: Vec<PathBuf> = options.cgroups.clone();
@@ -286,7 +294,7 @@ impl EbpfFirewall {
                 }
             } else {
                 tracing::info!(cgroup = %path.display(), "cgroup gone, dropping its links");
-                for (name, _) in PROGRAMS {
+                for name in LINKED {
                     let _ = std::fs::remove_file(pins::link_pin(dir, name, id));
                 }
             }
@@ -300,7 +308,7 @@ impl EbpfFirewall {
         // Links whose cgroup is not ours any more (removed from CGROUPS by a detach, or gone).
         for id in pins::linked_cgroups(dir) {
             if !attached_ids.contains(&id) {
-                for (name, _) in PROGRAMS {
+                for name in LINKED {
                     let _ = std::fs::remove_file(pins::link_pin(dir, name, id));
                 }
                 let _ = cgroup_map.remove(&id);
@@ -315,10 +323,12 @@ impl EbpfFirewall {
         );
         let names = NameWriter::start(super::pinned::open_pinned(dir, MAP_NAMES, Map::HashMap)?)
             .map_err(|e| map_error(MAP_NAMES, "cannot start the name writer", e))?;
+        let live = super::sockops::open_live(dir)?;
         Ok(Self {
             hosts: RwLock::new(hosts),
             names,
             scan,
+            live,
             pin_dir: dir.clone(),
             _ebpf: Mutex::new(ebpf),
             denied: Mutex::new(Some(denied)),
@@ -406,7 +416,7 @@ fn watch_cgroup(dir: &Path, path: &Path, known: Option<u64>) -> Option<u64> {
             cgroup = %path.display(),
             "[Firewall Error] filtered cgroup was removed while attached; its links are dropped and it is filtered again as soon as it is recreated"
         );
-        for (name, _) in PROGRAMS {
+        for name in LINKED {
             let _ = std::fs::remove_file(pins::link_pin(dir, name, old));
         }
         if let Ok(mut map) = super::pinned::open_pinned::<CgroupMap>(dir, MAP_CGROUPS, Map::HashMap)
@@ -464,6 +474,7 @@ fn attach_cgroup(
         let program = program_mut(ebpf, name)?;
         attach_one(program, name, attach_type, &cgroup, dir, path, id)?;
     }
+    super::sockops::attach(ebpf, &cgroup, dir, path, id)?;
     cgroup_map
         .insert(
             id,
@@ -671,6 +682,26 @@ impl Firewall for EbpfFirewall {
         };
         self.names.put(name_key(addr), value);
         Ok(())
+    }
+
+    fn revoke(
+        &self,
+        revoked: &dyn Fn(IpAddr, Option<&str>) -> bool,
+    ) -> Result<Vec<IpAddr>, FirewallError> {
+        // Names still queued are written first, so a domain match sees them.
+        self.names.flush();
+        let mut hosts = self.hosts.write().expect("host maps lock poisoned");
+        let HostMaps { v4, v6, names } = &mut *hosts;
+        let mut removed = Vec::new();
+        revoke_entries(&**v4, names, revoked, &mut removed)
+            .and_then(|()| revoke_entries(&*v6, names, revoked, &mut removed))
+            .map_err(|e| FirewallError::Read(Box::new(e)))?;
+        Ok(removed)
+    }
+
+    fn live_hosts(&self) -> Result<std::collections::HashSet<IpAddr>, FirewallError> {
+        super::sockops::live_hosts(&self.live, &pins::linked_cgroups(&self.pin_dir))
+            .map_err(|e| FirewallError::Read(Box::new(e)))
     }
 
     fn due(&self, horizon_ns: u64) -> Result<Vec<HostState>, FirewallError> {

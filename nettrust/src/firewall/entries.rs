@@ -288,6 +288,34 @@ pub(super) fn remove_entry<const N: usize>(
     }
 }
 
+/// Removes the authorized entries of `map` (not the whitelisted ones) for which `revoked(address,
+/// recorded name)` holds, and their names; appends their addresses to `out`.
+pub(super) fn revoke_entries<const N: usize>(
+    map: &impl HostStore<N>,
+    names: &mut NameMap,
+    revoked: &dyn Fn(IpAddr, Option<&str>) -> bool,
+    out: &mut Vec<IpAddr>,
+) -> io::Result<()>
+where
+    IpAddr: From<[u8; N]>,
+{
+    for (key, value) in map.entries()? {
+        if value.flags != FLAG_AUTHORIZED {
+            continue;
+        }
+        let addr = IpAddr::from(key);
+        let name = names
+            .get(&name_key(addr), 0)
+            .ok()
+            .map(|n| pins::unpadded(&n.name));
+        if revoked(addr, name.as_deref()) && map.delete(key)? {
+            let _ = names.remove(&name_key(addr));
+            out.push(addr);
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn collect_due<const N: usize>(
     map: &impl HostStore<N>,
     horizon_ns: u64,
@@ -446,8 +474,10 @@ fn flag_host<const N: usize>(
     )
 }
 
-/// Removes the whitelist-only entries of `map` that `policy` no longer lists (an entry that is
-/// also authorized keeps its authorization).
+/// Removes the whitelisted entries of `map` that `policy` no longer lists, also those authorized
+/// as well: whitelisting wrote their deadline as 0 (never), so keeping them would keep the host
+/// allowed forever. Like a host taken off the whitelist by a reload ([`set_host_whitelisted`]), it
+/// must be resolved again.
 fn remove_stale_whitelisted<const N: usize>(map: &impl HostStore<N>, policy: &Policy)
 where
     IpAddr: From<[u8; N]>,
@@ -457,7 +487,7 @@ where
         .unwrap_or_default()
         .into_iter()
         .filter(|(k, v)| {
-            v.flags == FLAG_WHITELISTED && !policy.whitelist_hosts.contains(&IpAddr::from(*k))
+            v.flags & FLAG_WHITELISTED != 0 && !policy.whitelist_hosts.contains(&IpAddr::from(*k))
         })
         .map(|(k, _)| k)
         .collect();

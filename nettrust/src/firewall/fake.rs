@@ -157,6 +157,22 @@ impl Firewall for FakeFirewall {
         }
     }
 
+    fn revoke(
+        &self,
+        revoked: &dyn Fn(IpAddr, Option<&str>) -> bool,
+    ) -> Result<Vec<IpAddr>, FirewallError> {
+        let mut authorized = self.authorized.lock().expect("poisoned");
+        let gone: Vec<IpAddr> = authorized
+            .iter()
+            .filter(|(addr, e)| revoked(**addr, Some(e.name.as_str()).filter(|n| !n.is_empty())))
+            .map(|(addr, _)| *addr)
+            .collect();
+        for addr in &gone {
+            authorized.remove(addr);
+        }
+        Ok(gone)
+    }
+
     fn set_whitelist(&self, policy: &Policy) -> Result<(), FirewallError> {
         *self.policy.lock().expect("poisoned") = policy.clone();
         Ok(())

@@ -10,9 +10,10 @@ mod names;
 pub mod nftables;
 pub mod pinned;
 pub mod pins;
+mod sockops;
 pub mod table;
 
-use std::net::IpAddr;
+use std::{collections::HashSet, net::IpAddr};
 
 use ipnet::IpNet;
 
@@ -168,6 +169,27 @@ pub trait Firewall: Send + Sync {
     /// Replaces the whitelists (SIGHUP reload). New entries are added before old ones are removed,
     /// so a destination on both lists is never dropped in between; authorizations are kept.
     fn set_whitelist(&self, policy: &Policy) -> Result<(), FirewallError>;
+    /// Remote addresses of the TCP connections the filtered cgroups hold established, as the
+    /// backend records them itself (eBPF: the `sockops` program's `LIVE_TCP`); none by default.
+    fn live_hosts(&self) -> Result<HashSet<IpAddr>, FirewallError> {
+        Ok(HashSet::new())
+    }
+    /// Removes at once the authorizations for which `revoked(address, name)` holds, `name` being
+    /// the name recorded for `nettrust list` (a reload that blacklists hosts, networks or
+    /// domains); whitelisted entries stay. Returns the addresses removed. The default knows no
+    /// names and removes by address through [`Firewall::remove_if`].
+    fn revoke(
+        &self,
+        revoked: &dyn Fn(IpAddr, Option<&str>) -> bool,
+    ) -> Result<Vec<IpAddr>, FirewallError> {
+        let mut removed = Vec::new();
+        for host in self.authorized()? {
+            if revoked(host.addr, None) && self.remove_if(host.addr, host.expires_ns)? {
+                removed.push(host.addr);
+            }
+        }
+        Ok(removed)
+    }
 }
 
 /// Longest name (bytes) either backend records for `nettrust list`: nft element comments hold

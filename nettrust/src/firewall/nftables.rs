@@ -883,6 +883,46 @@ impl Firewall for NftablesFirewall {
         Ok(out.into_iter().map(|(h, _)| h).collect())
     }
 
+    /// Deletes the matching elements in one batch; each is added first in the same transaction
+    /// (as in `write`), so an element the kernel already expired cannot fail the batch.
+    fn revoke(
+        &self,
+        revoked: &dyn Fn(IpAddr, Option<&str>) -> bool,
+    ) -> Result<Vec<IpAddr>, FirewallError> {
+        let mut inner = self.lock();
+        let gone: Vec<IpAddr> = inner
+            .authorized
+            .iter()
+            .filter(|(addr, held)| revoked(**addr, held.name.as_deref()))
+            .map(|(addr, _)| *addr)
+            .collect();
+        let Some(&first) = gone.first() else {
+            return Ok(gone);
+        };
+        let mut msgs = Vec::new();
+        for v6 in [false, true] {
+            let set = sets(v6)[2];
+            let keys = || {
+                gone.iter()
+                    .filter(move |a| a.is_ipv6() == v6)
+                    .map(|a| Elem::key(netlink::addr_key(*a)))
+            };
+            msgs.extend(elements_msg(MsgType::NewSetElem, set, keys()));
+            msgs.extend(elements_msg(MsgType::DelSetElem, set, keys()));
+        }
+        inner
+            .socket
+            .batch(NFPROTO_INET, &msgs)
+            .map_err(|e| FirewallError::Update {
+                addr: first,
+                source: Box::new(e),
+            })?;
+        for addr in &gone {
+            inner.authorized.remove(addr);
+        }
+        Ok(gone)
+    }
+
     fn set_whitelist(&self, policy: &Policy) -> Result<(), FirewallError> {
         let mut inner = self.lock();
         let new = Whitelist::new(policy);

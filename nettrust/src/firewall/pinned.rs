@@ -16,7 +16,7 @@ use nettrust_common::{
 
 use super::{
     AuthorizedHost, boottime_ns,
-    ebpf::{CgroupMap, EbpfError, HostMap, NameMap, PROGRAMS, attach_one, map_error},
+    ebpf::{CgroupMap, EbpfError, HostMap, LINKED, NameMap, PROGRAMS, attach_one, map_error},
     entries::{HostStore, collect_authorized},
     pins,
     table::HostTable,
@@ -55,6 +55,7 @@ pub fn attach_pinned(dir: &Path, path: &Path) -> Result<(), EbpfError> {
             })?;
         attach_one(&mut program, name, attach_type, &cgroup, dir, path, id)?;
     }
+    super::sockops::attach_pinned(&cgroup, dir, path, id)?;
     cgroup_map
         .insert(
             id,
@@ -75,7 +76,7 @@ pub fn detach_pinned(dir: &Path, path: &Path) -> Result<bool, EbpfError> {
         source,
     })?;
     let mut found = false;
-    for (name, _) in PROGRAMS {
+    for name in LINKED {
         let pin = pins::link_pin(dir, name, id);
         pins::detach_link(&pin);
         match std::fs::remove_file(&pin) {

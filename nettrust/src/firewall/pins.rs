@@ -5,9 +5,10 @@
 //! <bpffs-dir>/                 owned by root, mode 0700, flock'd by the running daemon
 //!   HOSTS_V4 HOSTS_V6 NETS_V4 NETS_V6 STATS CONFIG OUTBOUND INBOUND
 //!   DENIED DENIED_RATE DROPS ALLOWS NAMES CGROUPS      the maps (nettrust_common::MAP_*)
-//!   prog-egress prog-ingress                    the programs of the last start
-//!   link-egress-<ino> link-ingress-<ino>        one bpf_link per cgroup and direction,
-//!                                               <ino> = the cgroup directory's inode (= cgroup id)
+//!   LIVE_TCP                                    the live_tcp program's connections
+//!   prog-egress prog-ingress prog-live_tcp      the programs of the last start
+//!   link-egress-<ino> link-ingress-<ino>        one bpf_link per cgroup and program,
+//!   link-live_tcp-<ino>                         <ino> = the cgroup directory's inode (= cgroup id)
 //! ```
 //!
 //! A pinned bpf_link keeps its program attached after the process that created it died, so
@@ -28,7 +29,7 @@ use aya::maps::{MapInfo, MapType};
 use nettrust_common::{
     CGROUP_PATH_LEN, FlowKey, HOST_NAME_LEN, HostSlot, HostValue, MAP_ALLOWS, MAP_CGROUPS,
     MAP_CONFIG, MAP_DENIED, MAP_DENIED_RATE, MAP_DROPS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_INBOUND,
-    MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND, MAP_STATS, RateState,
+    MAP_LIVE_TCP, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND, MAP_STATS, RateState,
 };
 
 /// `BPF_FS_MAGIC` from linux/magic.h.
@@ -66,7 +67,7 @@ const HOST_VALUE: usize = size_of::<HostValue>();
 const FLOW_KEY: usize = size_of::<FlowKey>();
 
 /// Every map nettrust pins, with the shape the eBPF object gives it.
-pub const MAPS: [MapSpec; 14] = [
+pub const MAPS: [MapSpec; 15] = [
     spec(MAP_HOSTS_V4, MapType::Array, 4, size_of::<HostSlot>()),
     spec(MAP_HOSTS_V6, MapType::Hash, 16, HOST_VALUE),
     // LPM trie keys are `{prefix_len: u32, data}`.
@@ -87,6 +88,7 @@ pub const MAPS: [MapSpec; 14] = [
     spec(MAP_ALLOWS, MapType::PerCpuHash, 8, 8),
     spec(MAP_NAMES, MapType::Hash, 16, HOST_NAME_LEN),
     spec(MAP_CGROUPS, MapType::Hash, 8, CGROUP_PATH_LEN),
+    spec(MAP_LIVE_TCP, MapType::Hash, 8, 24),
 ];
 
 /// Pin name of a program (`egress` or `ingress`).
@@ -109,7 +111,8 @@ pub fn linked_cgroups(dir: &Path) -> Vec<u64> {
             let name = e.file_name().into_string().ok()?;
             let rest = name
                 .strip_prefix("link-egress-")
-                .or_else(|| name.strip_prefix("link-ingress-"))?;
+                .or_else(|| name.strip_prefix("link-ingress-"))
+                .or_else(|| name.strip_prefix("link-live_tcp-"))?;
             rest.parse().ok()
         })
         .collect();

@@ -1,0 +1,254 @@
+//! The `live_tcp` program (nettrust-ebpf's `sockops` module) from userspace: loading and pinning it, attaching it to each filtered
+//! cgroup through a pinned bpf_link next to the `cgroup_skb` ones (`link-live_tcp-<id>`), and
+//! reading the established TCP connections it records in `LIVE_TCP` for the sweeper.
+//!
+//! Why `sock_ops` rather than conntrack or a TCP socket iterator: conntrack tracks nothing in a
+//! network namespace without ct-using rules, and a socket iterator walks only the network
+//! namespace it is created in, so a container's connections would be missed; a `sock_ops` program
+//! on the cgroup sees exactly the sockets of the filtered processes, in every namespace, and the
+//! kernel reports their establishment and their close, daemon running or not.
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    net::{IpAddr, Ipv6Addr},
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+    sync::Mutex,
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as AyaHashMap, Map, MapData},
+    programs::{CgroupAttachMode, SockOps, links::FdLink},
+};
+use nettrust_common::{MAP_LIVE_TCP, MAP_LIVE_TCP_CGROUP, PROGRAM_SOCKOPS};
+
+use super::{
+    bpf_sys,
+    ebpf::{EbpfError, map_error},
+    pins,
+};
+
+/// `LIVE_TCP` from userspace: socket cookie → remote address (two native words) and cgroup id.
+pub(super) type LiveMap = AyaHashMap<MapData, u64, [u64; 3]>;
+
+/// `BPF_CGROUP_SOCK_OPS` (`enum bpf_attach_type`), part of a cgroup storage key.
+const BPF_CGROUP_SOCK_OPS: u32 = 3;
+
+/// The `LIVE_TCP_CGROUP` of the program this daemon loaded and pinned: the daemon tags the
+/// cgroups it attaches (also after the privilege drop, when opening a map by id, which needs
+/// `CAP_SYS_ADMIN`, is no longer possible) through it.
+static OWN_STORAGE: Mutex<Option<MapData>> = Mutex::new(None);
+
+fn program_error(what: String, source: aya::programs::ProgramError) -> EbpfError {
+    EbpfError::Program { what, source }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut SockOps, EbpfError> {
+    ebpf.program_mut(PROGRAM_SOCKOPS)
+        .ok_or_else(|| {
+            program_error(
+                format!("{PROGRAM_SOCKOPS} missing from the object"),
+                aya::programs::ProgramError::NotLoaded,
+            )
+        })?
+        .try_into()
+        .map_err(|source| program_error(format!("{PROGRAM_SOCKOPS} has the wrong type"), source))
+}
+
+/// Loads the program and pins it (`prog-live_tcp`), replacing a previous run's pin.
+pub(super) fn load_and_pin(ebpf: &mut Ebpf, dir: &Path) -> Result<(), EbpfError> {
+    let Some(Map::CgroupStorage(storage)) = ebpf.take_map(MAP_LIVE_TCP_CGROUP) else {
+        return Err(map_error(
+            MAP_LIVE_TCP_CGROUP,
+            "missing from the object",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    };
+    *OWN_STORAGE.lock().unwrap_or_else(|e| e.into_inner()) = Some(storage);
+    let program = program(ebpf)?;
+    program.load().map_err(|source| {
+        program_error(format!("{PROGRAM_SOCKOPS} rejected by the kernel"), source)
+    })?;
+    let pin = pins::program_pin(dir, PROGRAM_SOCKOPS);
+    pins::replace_pin(&pin, |tmp| {
+        program.pin(tmp).map_err(|e| crate::error_chain(&e))
+    })
+    .map_err(|what| EbpfError::LinkPin { cgroup: pin, what })
+}
+
+/// Attaches the loaded program to `cgroup` (`path`, id `id`) and pins the link, replacing a
+/// previous run's link for that cgroup once the new one is attached.
+pub(super) fn attach(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    dir: &Path,
+    path: &Path,
+    id: u64,
+) -> Result<(), EbpfError> {
+    attach_program(program(ebpf)?, cgroup, dir, path, id)
+}
+
+/// Attaches the pinned program (`nettrust attach`, a recreated cgroup). A directory pinned by a
+/// nettrust without it is left as it is: the cgroup is filtered, only this liveness signal is
+/// missing until the daemon restarts.
+pub(super) fn attach_pinned(
+    cgroup: &File,
+    dir: &Path,
+    path: &Path,
+    id: u64,
+) -> Result<(), EbpfError> {
+    let pin = pins::program_pin(dir, PROGRAM_SOCKOPS);
+    if !pin.exists() {
+        tracing::warn!(
+            "{} missing: connections of {} are not tracked until nettrust restarts",
+            pin.display(),
+            path.display()
+        );
+        return Ok(());
+    }
+    let mut program = SockOps::from_pin(&pin).map_err(|source| {
+        program_error(
+            format!("{PROGRAM_SOCKOPS}: cannot open {}", pin.display()),
+            source,
+        )
+    })?;
+    attach_program(&mut program, cgroup, dir, path, id)
+}
+
+fn attach_program(
+    program: &mut SockOps,
+    cgroup: &File,
+    dir: &Path,
+    path: &Path,
+    id: u64,
+) -> Result<(), EbpfError> {
+    // A bpf_link coexists with other programs on the cgroup, like the `cgroup_skb` links.
+    let link_id = program
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(|source| {
+            program_error(
+                format!("{PROGRAM_SOCKOPS}: cannot attach to {}", path.display()),
+                source,
+            )
+        })?;
+    let link = program.take_link(link_id).map_err(|source| {
+        program_error(
+            format!(
+                "{PROGRAM_SOCKOPS}: cannot take the link of {}",
+                path.display()
+            ),
+            source,
+        )
+    })?;
+    let link = FdLink::try_from(link).map_err(|e| EbpfError::LinkPin {
+        cgroup: path.to_owned(),
+        what: e.to_string(),
+    })?;
+    pins::replace_pin(&pins::link_pin(dir, PROGRAM_SOCKOPS, id), |tmp| {
+        link.pin(tmp).map(drop).map_err(|e| crate::error_chain(&e))
+    })
+    .map_err(|what| EbpfError::LinkPin {
+        cgroup: path.to_owned(),
+        what,
+    })?;
+    tag_cgroup(program, id)
+}
+
+/// Writes the cgroup's id into the storage of its attachment, for the program to copy into each
+/// connection it records. Connections established between the attach and this write carry 0.
+///
+/// The storage map is the program's own, found through the program (it is not pinned): each
+/// start loads a new one with the program, so no kernel needs to share a cgroup storage map
+/// between two loaded programs (Linux 5.9+).
+fn tag_cgroup(program: &SockOps, id: u64) -> Result<(), EbpfError> {
+    // `struct bpf_cgroup_storage_key { __u64 cgroup_inode_id; __u32 attach_type; }`, padded.
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&id.to_ne_bytes());
+    key[8..12].copy_from_slice(&BPF_CGROUP_SOCK_OPS.to_ne_bytes());
+    let write = |map: &MapData| {
+        bpf_sys::update(map.fd().as_fd().as_raw_fd(), &key, &id, 0)
+            .map_err(|e| map_error(MAP_LIVE_TCP_CGROUP, format!("cannot tag cgroup {id}"), e))
+    };
+    if let Some(own) = &*OWN_STORAGE.lock().unwrap_or_else(|e| e.into_inner()) {
+        return write(own);
+    }
+    let not_found = |what: String| {
+        map_error(
+            MAP_LIVE_TCP_CGROUP,
+            what,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )
+    };
+    let ids = program
+        .info()
+        .and_then(|info| info.map_ids())
+        .map_err(|source| {
+            program_error(format!("{PROGRAM_SOCKOPS}: cannot read its maps"), source)
+        })?
+        .unwrap_or_default();
+    let map = ids
+        .into_iter()
+        .filter_map(|map_id| MapData::from_id(map_id).ok())
+        .find(|map| {
+            map.info()
+                .is_ok_and(|info| info.name_as_str() == Some(MAP_LIVE_TCP_CGROUP))
+        })
+        .ok_or_else(|| not_found(format!("not among the maps of {PROGRAM_SOCKOPS}")))?;
+    write(&map)
+}
+
+/// Opens the pinned `LIVE_TCP` map.
+pub(super) fn open_live(dir: &Path) -> Result<LiveMap, EbpfError> {
+    super::pinned::open_pinned(dir, MAP_LIVE_TCP, Map::HashMap)
+}
+
+/// The remote addresses of the established connections recorded in `map` by the cgroups in
+/// `linked` (IPv4-mapped addresses as IPv4, as the egress program judges them). Entries of other
+/// cgroups (detached or removed while they held connections, so their close is never reported)
+/// are removed.
+pub(super) fn live_hosts(map: &LiveMap, linked: &[u64]) -> Result<HashSet<IpAddr>, EbpfError> {
+    let entries: Vec<(u64, [u64; 3])> = match bpf_sys::dump(bpf_sys::fd_of(map)) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::debug!("batched map read unavailable ({e}), reading key by key");
+            map.iter()
+                .collect::<Result<_, _>>()
+                .map_err(|e| map_error(MAP_LIVE_TCP, "cannot read", e))?
+        }
+    };
+    let mut live = HashSet::new();
+    for (cookie, [hi, lo, cgroup]) in entries {
+        // 0: recorded in the instant between the attach and the tag.
+        if cgroup == 0 || linked.contains(&cgroup) {
+            let mut addr = [0u8; 16];
+            addr[..8].copy_from_slice(&hi.to_ne_bytes());
+            addr[8..].copy_from_slice(&lo.to_ne_bytes());
+            live.insert(remote(addr));
+        } else {
+            let _ = bpf_sys::delete(bpf_sys::fd_of(map), &cookie);
+        }
+    }
+    Ok(live)
+}
+
+/// A recorded remote address as the host maps key it.
+fn remote(addr: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(addr);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_addresses_are_ipv4() {
+        let v4: IpAddr = "192.0.2.11".parse().unwrap();
+        let IpAddr::V4(ip) = v4 else { unreachable!() };
+        assert_eq!(remote(ip.to_ipv6_mapped().octets()), v4);
+        let v6: Ipv6Addr = "2001:db8:1::11".parse().unwrap();
+        assert_eq!(remote(v6.octets()), IpAddr::V6(v6));
+    }
+}
