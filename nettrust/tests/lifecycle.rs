@@ -1,4 +1,4 @@
-//! Root tests of the authorization lifecycle (issue 5): TTL expiry and renewal by use, kernel-side
+//! Root tests of the authorization lifecycle: TTL expiry and renewal by use, kernel-side
 //! expiry with the daemon dead, fail-closed pinning across `kill -9` and restarts, the exit
 //! matrix, drop-input, runtime attach/detach, denied events and the pinned-state commands.
 //! Run with `cargo xtask test` (they are `#[ignore]`d in a plain `cargo test`).
@@ -7,6 +7,7 @@
 mod world;
 
 use std::{
+    process::Stdio,
     thread::sleep,
     time::{Duration, Instant},
 };

@@ -59,7 +59,8 @@ fn dnsmasq_conf() -> String {
 /// The firewall backend a world's daemon runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// `--firewall-backend ebpf` (what `auto` picks on these machines).
+    /// `--firewall-backend ebpf` (what `auto` picks on these machines; named, so a failed load
+    /// fails the test instead of falling back).
     Ebpf,
     /// `--firewall-backend nftables`.
     Nftables,
@@ -327,8 +328,12 @@ impl World {
             .arg(&self.cgroup)
             .arg("--bpffs-dir")
             .arg(&self.bpffs_dir)
+            // The backend is always named (unless the test names one itself): with `auto`, an
+            // eBPF program the kernel rejects would fall back to nftables and an eBPF test would
+            // pass on the wrong backend.
             .args(match self.backend {
-                Backend::Ebpf => &[][..],
+                _ if args.contains(&"--firewall-backend") => &[][..],
+                Backend::Ebpf => &["--firewall-backend", "ebpf"][..],
                 Backend::Nftables => &["--firewall-backend", "nftables"][..],
             })
             .args(args)
