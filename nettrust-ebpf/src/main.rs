@@ -479,9 +479,13 @@ fn try_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
             count(STAT_ALLOW_NET);
             return Ok(VERDICT_ALLOW);
         }
-        Ok(decide_egress(ctx, &headers, headers.routed, &BLOCKED_V6, |now| {
-            judge(&HOSTS_V6, &NETS_V6, headers.dst, now)
-        }))
+        Ok(decide_egress(
+            ctx,
+            &headers,
+            headers.routed,
+            &BLOCKED_V6,
+            |now| judge(&HOSTS_V6, &NETS_V6, headers.dst, now),
+        ))
     } else {
         count(STAT_PASS_NON_IP);
         Ok(VERDICT_ALLOW)
@@ -869,7 +873,8 @@ fn learn_inbound<const N: usize>(ctx: &SkBuffContext, headers: &Headers<N>, now:
     if let Some(value) = INBOUND.get_ptr_mut(&key) {
         // SAFETY: pointer from a successful lookup, plain data; a racing update is harmless.
         let value = unsafe { &mut *value };
-        let live = now.wrapping_sub(value.seen_ns) < inbound::timeout_ns(headers.proto, value.state);
+        let live =
+            now.wrapping_sub(value.seen_ns) < inbound::timeout_ns(headers.proto, value.state);
         if live || syn || headers.proto == IPPROTO_UDP {
             let mut state = if live { value.state } else { 0 };
             if live && state & inbound::STATE_REPLIED != 0 && !syn {

@@ -33,8 +33,7 @@ pub enum ReloadError {
 /// their DNS port and transport only, and the blacklisted hosts and networks get no replies
 /// through flows they open.
 pub fn policy(settings: &Settings) -> Policy {
-    let tcp_only =
-        settings.fwd_proto == crate::config::FwdProto::Tcp || settings.fwd_tls.is_some();
+    let tcp_only = settings.fwd_proto == crate::config::FwdProto::Tcp || settings.fwd_tls.is_some();
     let b = &settings.blacklist;
     Policy {
         whitelist_hosts: settings.whitelist_hosts.clone(),

@@ -251,8 +251,7 @@ impl EbpfFirewall {
         let mut services: ServiceMap = take_map(&mut ebpf, MAP_SERVICES)?;
         sync_services(&mut services, &options.policy.services)?;
         let mut blocked_v4: LpmTrie<MapData, [u8; 4], u32> = take_map(&mut ebpf, MAP_BLOCKED_V4)?;
-        let mut blocked_v6: LpmTrie<MapData, [u8; 16], u32> =
-            take_map(&mut ebpf, MAP_BLOCKED_V6)?;
+        let mut blocked_v6: LpmTrie<MapData, [u8; 16], u32> = take_map(&mut ebpf, MAP_BLOCKED_V6)?;
         sync_blocked(&mut blocked_v4, &mut blocked_v6, &options.policy.blocked)?;
         config
             .set(CONFIG_DROP_INPUT, u32::from(options.drop_input), 0)

@@ -72,10 +72,18 @@ pub(super) fn sync_blocked(
         let net = net.trunc();
         let result = match net {
             IpNet::V4(n) => v4
-                .insert(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), 1, 0)
+                .insert(
+                    &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                    1,
+                    0,
+                )
                 .map_err(|e| (MAP_BLOCKED_V4, e)),
             IpNet::V6(n) => v6
-                .insert(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), 1, 0)
+                .insert(
+                    &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                    1,
+                    0,
+                )
                 .map_err(|e| (MAP_BLOCKED_V6, e)),
         };
         result.map_err(|(name, e)| map_error(name, format!("cannot block {net}"), e))?;
@@ -129,7 +137,10 @@ mod tests {
         });
         assert_eq!(
             key.addr,
-            "2001:db8::53".parse::<std::net::Ipv6Addr>().unwrap().octets()
+            "2001:db8::53"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
         );
         assert_eq!((key.port, key.proto, key.family), (53, 17, 6));
     }
