@@ -859,6 +859,27 @@ fn ebpf_link_control_source_routes_upstreams_and_inbound_flows() {
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert_eq!(world.resolve("a.test", "AAAA", true), ["2001:db8:1::10"]);
     let dir = world.bpffs_dir.clone();
+    // The egress program logs nothing per packet (denied packets are reported, rate-limited,
+    // through DENIED): it has no aya-log buffer among its maps.
+    let info = aya::programs::ProgramInfo::from_pin(dir.join("prog-egress")).unwrap();
+    let maps: Vec<String> = info
+        .map_ids()
+        .unwrap()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|id| {
+            let map = aya::maps::MapInfo::from_id(id).unwrap();
+            map.name_as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert!(
+        maps.iter().any(|m| m == "DENIED") && maps.iter().any(|m| m == "STATS"),
+        "the egress program's map names: {maps:?}"
+    );
+    assert!(
+        !maps.iter().any(|m| m.starts_with("AYA_LOG")),
+        "the egress program can log per packet: {maps:?}"
+    );
     let egress = open_pin(&dir.join("prog-egress"));
     let ingress = open_pin(&dir.join("prog-ingress"));
     let out = |frame: Vec<u8>| test_run(&egress, &frame, 0);
