@@ -583,7 +583,7 @@ fn is_service<const N: usize>(packet: &Packet<N>) -> bool {
         ])
     };
     // SAFETY: the value is plain data, only checked for presence.
-    unsafe { SERVICES.get(&key) }.is_some()
+    unsafe { SERVICES.get(key) }.is_some()
 }
 
 /// The [`INBOUND`] key of a flow: remote and local ends, cgroup, protocol.
@@ -636,21 +636,21 @@ fn reply_to_inbound<const N: usize>(
         headers.sport,
         headers.proto,
     );
-    let Some(value) = INBOUND.get_ptr_mut(&key) else {
+    let Some(value) = INBOUND.get_ptr_mut(key) else {
         return false;
     };
     // SAFETY: pointer from a successful lookup, plain data; a racing update is harmless.
     let value = unsafe { &mut *value };
     let live = now.wrapping_sub(value.seen_ns) < inbound::timeout_ns(headers.proto, value.state);
     if !live || blocked.get(Key::new((N * 8) as u32, headers.dst)).is_some() {
-        let _ = INBOUND.remove(&key);
+        let _ = INBOUND.remove(key);
         return false;
     }
     let mut state = value.state | inbound::STATE_REPLIED;
     if headers.proto == IPPROTO_TCP {
         let flags = headers.l4_byte(ctx, TCP_FLAGS_OFFSET);
         if flags & TCP_RST != 0 {
-            let _ = INBOUND.remove(&key);
+            let _ = INBOUND.remove(key);
             return true;
         }
         if flags & TCP_FIN != 0 {
@@ -870,7 +870,7 @@ fn learn_inbound<const N: usize>(ctx: &SkBuffContext, headers: &Headers<N>, now:
         0
     };
     let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if let Some(value) = INBOUND.get_ptr_mut(&key) {
+    if let Some(value) = INBOUND.get_ptr_mut(key) {
         // SAFETY: pointer from a successful lookup, plain data; a racing update is harmless.
         let value = unsafe { &mut *value };
         let live =
@@ -895,7 +895,7 @@ fn learn_inbound<const N: usize>(ctx: &SkBuffContext, headers: &Headers<N>, now:
         state: 0,
         _pad: 0,
     };
-    let _ = INBOUND.insert(&key, &value, 0);
+    let _ = INBOUND.insert(key, value, 0);
 }
 
 const IPPROTO_ICMP: u8 = 1;

@@ -119,7 +119,7 @@ impl Rule {
     pub fn daddr_v6_in(self, prefix: [u8; 16], bits: u8) -> Self {
         let len = usize::from(bits.div_ceil(8));
         let mut mask = vec![0xffu8; len];
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             mask[len - 1] = 0xff << (8 - bits % 8);
         }
         let value: Vec<u8> = prefix[..len]
