@@ -535,8 +535,9 @@ pub fn status() -> Result<Option<TableStatus>, NetlinkError> {
     for v6 in [false, true] {
         whitelisted_hosts += socket.dump_set(NFPROTO_INET, TABLE, sets(v6)[0])?.len();
     }
+    // The two reject rules end the chain (the drop rules before them count too).
     let rejected = match socket.chain_counters(NFPROTO_INET, TABLE, POLICY_CHAIN)?[..] {
-        [tcp, other, ..] => (tcp, other),
+        [.., tcp, other] => (tcp, other),
         _ => (0, 0),
     };
     let drop_input = !socket
