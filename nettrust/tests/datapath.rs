@@ -582,3 +582,73 @@ print("sent")
     );
     assert!(world.stop_daemon(), "nettrust failed at exit");
 }
+
+/// A server in the cgroup answers a client at 192.0.2.11 until a reload blacklists that host (and
+/// a network around another client); then neither gets a reply, while another client still does.
+fn blacklisted_peers_get_no_replies(backend: Backend) {
+    let mut world = World::with_backend(backend);
+    let config = world.dir.path().join("blacklist.toml");
+    std::fs::write(&config, "").unwrap();
+    world.start_daemon(&["--config", config.to_str().unwrap()]);
+    let mut server = world.in_cgroup("socat");
+    server.args(["TCP-LISTEN:9000,reuseaddr,fork", "SYSTEM:echo hi"]);
+    world.spawn_server(server);
+    let from = |world: &World, source: &str| {
+        // -T 3: with nftables the handshake completes (the SYN-ACK leaves from a request socket,
+        // which `socket cgroupv2` does not match) and the server's data is what gets dropped.
+        let mut cmd = world.in_ns(&world.inet_ns, "socat");
+        cmd.args([
+            "-T",
+            "3",
+            "-u",
+            &format!(
+                "TCP:{}:9000,bind={source},connect-timeout=3",
+                world::CLIENT_V4
+            ),
+            "-",
+        ]);
+        // `output` fails the test when socat cannot start; an empty output is no reply (a
+        // refused or timed-out connection, or data that never came within 3 s).
+        let out = output(cmd);
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        stdout
+    };
+    world.eventually("the server in the cgroup", Duration::from_secs(5), || {
+        from(&world, "192.0.2.11") == "hi"
+    });
+    assert_eq!(from(&world, "203.0.113.200"), "hi");
+
+    std::fs::write(
+        &config,
+        "[blacklist]\nhosts = [\"192.0.2.11\"]\nnetworks = [\"203.0.113.128/25\"]\n",
+    )
+    .unwrap();
+    world.signal_daemon(libc::SIGHUP);
+    world.eventually("the reload", Duration::from_secs(5), || {
+        world.daemon_log().contains("configuration reloaded")
+    });
+    assert_eq!(
+        from(&world, "192.0.2.11"),
+        "",
+        "a blacklisted host got a reply"
+    );
+    assert_eq!(
+        from(&world, "203.0.113.200"),
+        "",
+        "a host of a blacklisted network got a reply"
+    );
+    assert_eq!(from(&world, "192.0.2.12"), "hi", "another client");
+    assert!(world.stop_daemon(), "nettrust failed at exit");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn ebpf_blacklisted_peers_get_no_replies() {
+    blacklisted_peers_get_no_replies(Backend::Ebpf);
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_blacklisted_peers_get_no_replies() {
+    blacklisted_peers_get_no_replies(Backend::Nftables);
+}
