@@ -610,8 +610,7 @@ fn blacklisted_peers_get_no_replies(backend: Backend) {
         // `output` fails the test when socat cannot start; an empty output is no reply (a
         // refused or timed-out connection, or data that never came within 3 s).
         let out = output(cmd);
-        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        stdout
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     world.eventually("the server in the cgroup", Duration::from_secs(5), || {
         from(&world, "192.0.2.11") == "hi"
