@@ -26,9 +26,18 @@ pub const MAP_CONFIG: &str = "CONFIG";
 /// Flows opened from inside the filtered cgroups (LRU hash, key [`FlowKey`] with the remote
 /// address/port, value `u64` last-seen ns): the ingress program lets their replies in.
 pub const MAP_OUTBOUND: &str = "OUTBOUND";
-/// Flows opened from outside towards a socket of a filtered cgroup (LRU hash, key [`FlowKey`],
-/// value `u64` last-seen ns): the egress program lets their replies out.
-pub const MAP_INBOUND: &str = "INBOUND";
+/// Flows opened from outside towards a socket of a filtered cgroup (LRU hash, key
+/// [`InboundKey`], value [`InboundValue`]): the egress program lets their replies out while the
+/// flow is live (see [`inbound`]).
+pub const MAP_INBOUND: &str = "INBOUND_FLOWS";
+/// Remote hosts and networks that never get replies through [`MAP_INBOUND`] (the configured
+/// blacklist): LPM tries like [`MAP_NETS_V4`]/[`MAP_NETS_V6`].
+pub const MAP_BLOCKED_V4: &str = "BLOCKED_V4";
+/// See [`MAP_BLOCKED_V4`].
+pub const MAP_BLOCKED_V6: &str = "BLOCKED_V6";
+/// Whitelisted services: one address, port and protocol each (the upstream DNS servers), hash
+/// key [`ServiceKey`], value `u32` (1).
+pub const MAP_SERVICES: &str = "SERVICES";
 /// Denied-egress events for the daemon ([`DeniedEvent`] records in a ring buffer).
 pub const MAP_DENIED: &str = "DENIED";
 /// Per-CPU rate limiter state of [`MAP_DENIED`] ([`RateState`]).
@@ -55,6 +64,10 @@ pub const CONFIG_HOST_SEED_HI: u32 = 2;
 pub const CONFIG_COUNT: u32 = 4;
 /// Capacity of the flow maps.
 pub const MAX_FLOWS: u32 = 65_536;
+/// Capacity of [`MAP_SERVICES`].
+pub const MAX_SERVICES: u32 = 256;
+/// Capacity of [`MAP_BLOCKED_V4`] and [`MAP_BLOCKED_V6`].
+pub const MAX_BLOCKED: u32 = 4_096;
 /// Capacity of [`MAP_DROPS`], [`MAP_ALLOWS`] and [`MAP_CGROUPS`].
 pub const MAX_CGROUPS: u32 = 4_096;
 /// Size of the denied-event ring buffer in bytes (a power of two, multiple of the page size).
@@ -176,6 +189,108 @@ pub struct DeniedEvent {
 }
 
 const _: () = assert!(core::mem::size_of::<DeniedEvent>() == 32);
+
+/// Key of [`MAP_INBOUND`]: a flow a remote peer opened towards a socket of one filtered cgroup,
+/// seen from the local side. Aligned to 8 bytes (built a word at a time by the programs).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct InboundKey {
+    /// Remote address (network order; IPv4 in the first 4 bytes, the rest 0).
+    pub remote: [u8; 16],
+    /// Local address (network order; IPv4 in the first 4 bytes, the rest 0).
+    pub local: [u8; 16],
+    /// cgroup v2 id of the socket the flow was delivered to.
+    pub cgroup_id: u64,
+    /// Remote port (host order).
+    pub remote_port: u16,
+    /// Local port (host order).
+    pub local_port: u16,
+    /// 6 (TCP) or 17 (UDP): other protocols are never learned.
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// Explicit padding (always 0).
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<InboundKey>() == 48);
+
+/// Value of [`MAP_INBOUND`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct InboundValue {
+    /// Last inbound packet of the flow (`CLOCK_BOOTTIME` ns). Only inbound packets refresh it: a
+    /// local socket cannot keep a flow open by sending.
+    pub seen_ns: u64,
+    /// `inbound::STATE_*` bits.
+    pub state: u32,
+    /// Explicit padding (always 0).
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<InboundValue>() == 16);
+
+/// Key of [`MAP_SERVICES`]: an address, a port and a protocol allowed on their own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceKey {
+    /// Address (network order; IPv4 in the first 4 bytes, the rest 0).
+    pub addr: [u8; 16],
+    /// Destination port (host order).
+    pub port: u16,
+    /// 6 (TCP) or 17 (UDP).
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// Explicit padding (always 0).
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 24);
+
+/// How long a flow opened from outside ([`MAP_INBOUND`]) lets replies out, after its last
+/// inbound packet, by what was seen of it (the values follow conntrack's defaults).
+pub mod inbound {
+    /// A local socket answered (the egress program let a reply out).
+    pub const STATE_REPLIED: u32 = 1 << 0;
+    /// The peer sent again after a reply (TCP: the handshake's ACK; UDP: a two-way stream).
+    pub const STATE_CONFIRMED: u32 = 1 << 1;
+    /// The local socket sent a FIN.
+    pub const STATE_CLOSING: u32 = 1 << 2;
+
+    const SECOND: u64 = 1_000_000_000;
+    /// UDP before the peer spoke again after a reply (conntrack's `udp_timeout`): a single
+    /// (possibly spoofed) datagram lets the server answer for this long, however much it sends.
+    pub const UDP_UNREPLIED_NS: u64 = 30 * SECOND;
+    /// UDP both ways (conntrack's `udp_timeout_stream`).
+    pub const UDP_STREAM_NS: u64 = 120 * SECOND;
+    /// TCP after the SYN, before the peer's ACK of our SYN-ACK (conntrack's `syn_recv` is 60 s).
+    pub const TCP_HANDSHAKE_NS: u64 = 60 * SECOND;
+    /// An established TCP connection without any inbound packet (conntrack's `established`,
+    /// 5 days): long, because an idle SSH session or database pool must survive; bounded,
+    /// because the entry must not outlive a connection that vanished without FIN or RST.
+    pub const TCP_ESTABLISHED_NS: u64 = 5 * 24 * 3600 * SECOND;
+    /// TCP after the local socket's FIN (conntrack's `fin_wait`/`time_wait`, 120 s).
+    pub const TCP_CLOSING_NS: u64 = 120 * SECOND;
+
+    /// How long an entry of protocol `proto` in `state` stays live after its last inbound packet.
+    #[inline(always)]
+    pub const fn timeout_ns(proto: u8, state: u32) -> u64 {
+        if proto == 6 {
+            if state & STATE_CLOSING != 0 {
+                TCP_CLOSING_NS
+            } else if state & STATE_CONFIRMED != 0 {
+                TCP_ESTABLISHED_NS
+            } else {
+                TCP_HANDSHAKE_NS
+            }
+        } else if state & STATE_CONFIRMED != 0 {
+            UDP_STREAM_NS
+        } else {
+            UDP_UNREPLIED_NS
+        }
+    }
+}
 
 /// Per-CPU state of the denied-event rate limiter: a one-second window and its event count.
 #[repr(C)]
@@ -345,6 +460,9 @@ mod pod {
     unsafe impl aya::Pod for super::HostValue {}
     unsafe impl aya::Pod for super::HostSlot {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::InboundKey {}
+    unsafe impl aya::Pod for super::InboundValue {}
+    unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::DeniedEvent {}
     unsafe impl aya::Pod for super::RateState {}
     unsafe impl aya::Pod for super::HostName {}
@@ -394,6 +512,27 @@ mod tests {
         );
         assert_eq!(FlowKey::from_words(key.words()), key);
         assert_eq!(core::mem::align_of::<FlowKey>(), 8);
+    }
+
+    #[test]
+    fn inbound_timeouts_follow_the_flow_state() {
+        use inbound::*;
+        assert_eq!(timeout_ns(17, 0), UDP_UNREPLIED_NS);
+        assert_eq!(timeout_ns(17, STATE_REPLIED), UDP_UNREPLIED_NS);
+        assert_eq!(
+            timeout_ns(17, STATE_REPLIED | STATE_CONFIRMED),
+            UDP_STREAM_NS
+        );
+        assert_eq!(timeout_ns(6, 0), TCP_HANDSHAKE_NS);
+        assert_eq!(timeout_ns(6, STATE_REPLIED), TCP_HANDSHAKE_NS);
+        assert_eq!(
+            timeout_ns(6, STATE_REPLIED | STATE_CONFIRMED),
+            TCP_ESTABLISHED_NS
+        );
+        assert_eq!(
+            timeout_ns(6, STATE_REPLIED | STATE_CONFIRMED | STATE_CLOSING),
+            TCP_CLOSING_NS
+        );
     }
 
     #[test]

@@ -1,14 +1,19 @@
 //! nettrust's cgroup_skb programs, attached by the daemon to each configured cgroup v2.
 //!
 //! `egress` lets a packet leave only when its destination is an authorized/whitelisted host (hash
-//! maps, deadline checked here so expiry needs no daemon) or inside a whitelisted network (LPM
-//! tries), or when it answers a flow a remote peer opened towards a socket of the cgroup (a server
-//! replying to its clients). Everything else is dropped, counted per cgroup and reported
-//! (rate-limited) through a ring buffer.
+//! maps, deadline checked here so expiry needs no daemon), inside a whitelisted network (LPM
+//! tries) or a whitelisted service (an upstream DNS server's address, port and protocol), when it
+//! is the kernel's own IPv6 link control (neighbour discovery and MLD to link-local or multicast
+//! addresses, DHCPv6 to its servers' multicast group), or when it answers a live flow a remote
+//! peer opened towards a socket of the same cgroup and local address (a server replying to its
+//! clients). A source-routed packet (IPv4 LSRR/SSRR, an IPv6 routing header with segments left)
+//! is always dropped: its destination address is only the first hop. Everything else is dropped,
+//! counted per cgroup and reported (rate-limited) through a ring buffer.
 //!
 //! `ingress` learns which inbound packets are unsolicited (not replies to a flow `egress` let out):
-//! their flows are remembered so the replies may leave, and with `--firewall-drop-input` they are
-//! dropped instead (loopback always passes).
+//! TCP connections from their SYN and UDP flows are remembered (see `nettrust_common::inbound`) so
+//! the replies may leave, and with `--firewall-drop-input` they are dropped instead (loopback
+//! always passes).
 #![no_std]
 #![no_main]
 mod sockops;
@@ -22,14 +27,13 @@ use aya_ebpf::{
     },
     programs::SkBuffContext,
 };
-use aya_log_ebpf::debug;
 use nettrust_common::{
     CONFIG_COUNT, CONFIG_DROP_INPUT, CgroupPath, DEFAULT_MAX_HOSTS, DEFAULT_MAX_NETS,
     DENIED_EVENTS_PER_SEC, DENIED_RING_BYTES, DeniedEvent, FLAG_AUTHORIZED, FlowKey, HostName,
-    HostSlot, HostValue, LAST_SEEN_GRANULARITY_NS, MAX_CGROUPS, MAX_FLOWS, RateState,
-    STAT_ALLOW_HOST, STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_COUNT, STAT_DROP,
-    STAT_DROP_EXPIRED, STAT_DROP_INPUT, STAT_ERROR, STAT_PASS_NON_IP, VERDICT_ALLOW, VERDICT_DROP,
-    host_table,
+    HostSlot, HostValue, InboundKey, InboundValue, LAST_SEEN_GRANULARITY_NS, MAX_BLOCKED,
+    MAX_CGROUPS, MAX_FLOWS, MAX_SERVICES, RateState, STAT_ALLOW_HOST, STAT_ALLOW_INBOUND_REPLY,
+    STAT_ALLOW_NET, STAT_COUNT, STAT_DROP, STAT_DROP_EXPIRED, STAT_DROP_INPUT, STAT_ERROR,
+    STAT_PASS_NON_IP, ServiceKey, VERDICT_ALLOW, VERDICT_DROP, host_table, inbound,
 };
 
 /// What to do with an outgoing packet whose IP header cannot be read: nettrust fails closed.
@@ -83,8 +87,14 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_COUNT, 0);
 #[map(name = "OUTBOUND")]
 static OUTBOUND: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
-#[map(name = "INBOUND")]
-static INBOUND: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "INBOUND_FLOWS")]
+static INBOUND: LruHashMap<InboundKey, InboundValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "BLOCKED_V4")]
+static BLOCKED_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_BLOCKED, 0);
+#[map(name = "BLOCKED_V6")]
+static BLOCKED_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_BLOCKED, 0);
+#[map(name = "SERVICES")]
+static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
 #[map(name = "DENIED")]
 static DENIED: RingBuf = RingBuf::with_byte_size(DENIED_RING_BYTES, 0);
 #[map(name = "DENIED_RATE")]
@@ -109,6 +119,25 @@ struct Packet<const N: usize> {
     proto: u8,
     remote_port: u16,
     local_port: u16,
+}
+
+/// `N` address bytes into 16 (IPv4 in the first 4, the rest 0), a word at a time.
+#[inline(always)]
+fn addr_words<const N: usize>(addr: &[u8; N]) -> [u64; 2] {
+    let byte = |i: usize| addr.get(i).copied().unwrap_or(0);
+    let word = |at: usize| {
+        u64::from_ne_bytes([
+            byte(at),
+            byte(at + 1),
+            byte(at + 2),
+            byte(at + 3),
+            byte(at + 4),
+            byte(at + 5),
+            byte(at + 6),
+            byte(at + 7),
+        ])
+    };
+    [word(0), word(8)]
 }
 
 impl<const N: usize> Packet<N> {
@@ -148,6 +177,12 @@ impl<const N: usize> Packet<N> {
 const IPV4_HEAD: usize = 20 + 4;
 /// Bytes of the IPv6 header plus the 4 port bytes of TCP/UDP right after it.
 const IPV6_HEAD: usize = IPV6_HEADER_LEN + 4;
+/// Offset of the flags byte in the TCP header (RFC 9293 §3.1).
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 /// The first `L` bytes of the packet (network header on), straight from the skb's linear data
 /// (direct packet access: no helper call, no copy), or `None` when they are not all linear (or the
@@ -195,18 +230,37 @@ struct Headers<const N: usize> {
     proto: u8,
     sport: u16,
     dport: u16,
+    /// Offset of the transport header; 0 when there is none to read (a non-first fragment).
+    l4: usize,
+    /// IPv4 options present (the header is longer than 20 bytes).
+    options: bool,
+    /// An IPv6 routing header with segments left: the destination is only the next hop.
+    routed: bool,
 }
 
 impl<const N: usize> Headers<N> {
     #[inline(always)]
-    fn new(src: [u8; N], dst: [u8; N], proto: u8, (sport, dport): (u16, u16)) -> Self {
+    fn new(src: [u8; N], dst: [u8; N], proto: u8, (sport, dport): (u16, u16), l4: usize) -> Self {
         Self {
             src,
             dst,
             proto,
             sport,
             dport,
+            l4,
+            options: false,
+            routed: false,
         }
+    }
+
+    /// The byte at `at` bytes into the transport header (the ICMPv6 type at 0, the TCP flags at
+    /// 13), 0 when there is no transport header or it is shorter.
+    #[inline(always)]
+    fn l4_byte(&self, ctx: &SkBuffContext, at: usize) -> u8 {
+        if self.l4 == 0 {
+            return 0;
+        }
+        ctx.load::<u8>(self.l4 + at).unwrap_or(0)
     }
 
     /// The packet as egress judges it (the remote end is the destination).
@@ -241,8 +295,9 @@ fn parse_v4(ctx: &SkBuffContext) -> Result<Headers<4>, ()> {
         let frag = u16::from_be_bytes([h[IPV4_FRAG_OFFSET], h[IPV4_FRAG_OFFSET + 1]]);
         let (src, dst) = (take(h, IPV4_SADDR_OFFSET), take(h, IPV4_DADDR_OFFSET));
         let ihl = usize::from(h[0] & 0x0f) * 4;
-        if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || frag & 0x1fff != 0 {
-            return Ok(Headers::new(src, dst, proto, (0, 0)));
+        let l4 = if frag & 0x1fff != 0 { 0 } else { ihl };
+        if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || l4 == 0 {
+            return Ok(with_options(Headers::new(src, dst, proto, (0, 0), l4), ihl));
         }
         let ports = if ihl == 20 {
             ports(take(h, 20))
@@ -250,18 +305,73 @@ fn parse_v4(ctx: &SkBuffContext) -> Result<Headers<4>, ()> {
             // IP options: the ports are further away.
             ports(ctx.load(ihl).map_err(|_| ())?)
         };
-        return Ok(Headers::new(src, dst, proto, ports));
+        return Ok(with_options(Headers::new(src, dst, proto, ports, l4), ihl));
     }
     let src: [u8; 4] = ctx.load(IPV4_SADDR_OFFSET).map_err(|_| ())?;
     let dst: [u8; 4] = ctx.load(IPV4_DADDR_OFFSET).map_err(|_| ())?;
     let first: u8 = ctx.load(0).map_err(|_| ())?;
     let proto: u8 = ctx.load(IPV4_PROTO_OFFSET).map_err(|_| ())?;
     let frag: u16 = ctx.load(IPV4_FRAG_OFFSET).map_err(|_| ())?;
-    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || u16::from_be(frag) & 0x1fff != 0 {
-        return Ok(Headers::new(src, dst, proto, (0, 0)));
+    let ihl = usize::from(first & 0x0f) * 4;
+    let l4 = if u16::from_be(frag) & 0x1fff != 0 {
+        0
+    } else {
+        ihl
+    };
+    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || l4 == 0 {
+        return Ok(with_options(Headers::new(src, dst, proto, (0, 0), l4), ihl));
     }
-    let ports = ports(ctx.load(usize::from(first & 0x0f) * 4).map_err(|_| ())?);
-    Ok(Headers::new(src, dst, proto, ports))
+    let ports = ports(ctx.load(ihl).map_err(|_| ())?);
+    Ok(with_options(Headers::new(src, dst, proto, ports, l4), ihl))
+}
+
+#[inline(always)]
+fn with_options(mut headers: Headers<4>, ihl: usize) -> Headers<4> {
+    headers.options = ihl > 20;
+    headers
+}
+
+/// IPv4 option types (RFC 791, IANA): end of list, no-operation, loose and strict source route.
+const IPOPT_END: u8 = 0;
+const IPOPT_NOOP: u8 = 1;
+const IPOPT_LSRR: u8 = 0x83;
+const IPOPT_SSRR: u8 = 0x89;
+/// Most option bytes an IPv4 header holds (IHL 15: 60 bytes, 20 of them fixed).
+const IPV4_MAX_OPTIONS: usize = 40;
+
+/// Whether the options of an IPv4 header carry a loose or strict source route (the packet goes
+/// to the route's hops first; its destination address is only the first of them). An option
+/// list that cannot be walked counts as source-routed (fail closed).
+#[inline(always)]
+fn source_routed_v4(ctx: &SkBuffContext) -> bool {
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return true;
+    };
+    let end = usize::from(first & 0x0f) * 4;
+    let mut at = 20;
+    for _ in 0..IPV4_MAX_OPTIONS {
+        if at >= end {
+            return false;
+        }
+        let Ok(kind) = ctx.load::<u8>(at) else {
+            return true;
+        };
+        match kind {
+            IPOPT_END => return false,
+            IPOPT_NOOP => at += 1,
+            IPOPT_LSRR | IPOPT_SSRR => return true,
+            _ => {
+                let Ok(len) = ctx.load::<u8>(at + 1) else {
+                    return true;
+                };
+                if len < 2 {
+                    return true;
+                }
+                at += usize::from(len);
+            }
+        }
+    }
+    false
 }
 
 /// The same for IPv6. Extension headers (hop-by-hop, routing, fragment, destination options,
@@ -275,7 +385,7 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Headers<16>, ()> {
             let (src, dst) = (take(h, IPV6_SADDR_OFFSET), take(h, IPV6_DADDR_OFFSET));
             if next == IPPROTO_TCP || next == IPPROTO_UDP {
                 let ports = ports(take(h, IPV6_HEADER_LEN));
-                return Ok(Headers::new(src, dst, next, ports));
+                return Ok(Headers::new(src, dst, next, ports, IPV6_HEADER_LEN));
             }
             (src, dst, next)
         }
@@ -285,12 +395,15 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Headers<16>, ()> {
             ctx.load(IPV6_NEXT_HEADER_OFFSET).map_err(|_| ())?,
         ),
     };
-    let (proto, offset) = skip_extension_headers(ctx, next)?;
-    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || offset == 0 {
-        return Ok(Headers::new(src, dst, proto, (0, 0)));
-    }
-    let ports = ports(ctx.load(offset).map_err(|_| ())?);
-    Ok(Headers::new(src, dst, proto, ports))
+    let (proto, offset, routed) = skip_extension_headers(ctx, next)?;
+    let mut headers = if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || offset == 0 {
+        Headers::new(src, dst, proto, (0, 0), offset)
+    } else {
+        let ports = ports(ctx.load(offset).map_err(|_| ())?);
+        Headers::new(src, dst, proto, ports, offset)
+    };
+    headers.routed = routed;
+    Ok(headers)
 }
 
 /// IPv6 extension headers that may precede the transport header (RFC 8200 §4, RFC 4302).
@@ -304,16 +417,21 @@ const MAX_EXTENSION_HEADERS: usize = 6;
 
 /// From the fixed header's next-header value to the transport header: its protocol and offset, or
 /// offset 0 when there are no ports to read (a non-first fragment, or more extension headers than
-/// a valid packet has). Only packets carrying extension headers come here, through
-/// `bpf_skb_load_bytes` at the variable offsets.
+/// a valid packet has), and whether a routing header with segments left was passed. Only packets
+/// carrying extension headers come here, through `bpf_skb_load_bytes` at the variable offsets.
 #[inline(always)]
-fn skip_extension_headers(ctx: &SkBuffContext, mut next: u8) -> Result<(u8, usize), ()> {
+fn skip_extension_headers(ctx: &SkBuffContext, mut next: u8) -> Result<(u8, usize, bool), ()> {
     let mut offset = IPV6_HEADER_LEN;
+    let mut routed = false;
     for _ in 0..MAX_EXTENSION_HEADERS {
         match next {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
-                // Next header, length in 8-octet units not counting the first 8.
-                let h: [u8; 2] = ctx.load(offset).map_err(|_| ())?;
+                // Next header, length in 8-octet units not counting the first 8; a routing
+                // header then has its type and segments left (RFC 8200 §4.4).
+                let h: [u8; 4] = ctx.load(offset).map_err(|_| ())?;
+                if next == IPV6_ROUTING && h[3] != 0 {
+                    routed = true;
+                }
                 next = h[0];
                 offset += (usize::from(h[1]) + 1) * 8;
             }
@@ -327,14 +445,14 @@ fn skip_extension_headers(ctx: &SkBuffContext, mut next: u8) -> Result<(u8, usiz
                 let h: [u8; 4] = ctx.load(offset).map_err(|_| ())?;
                 next = h[0];
                 if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
-                    return Ok((next, 0));
+                    return Ok((next, 0, routed));
                 }
                 offset += 8;
             }
-            _ => return Ok((next, offset)),
+            _ => return Ok((next, offset, routed)),
         }
     }
-    Ok((next, 0))
+    Ok((next, 0, routed))
 }
 
 #[cgroup_skb(egress)]
@@ -351,43 +469,93 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
 fn try_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
     let protocol = ctx.skb.protocol();
     if protocol == ETH_P_IP_BE {
-        let packet = parse_v4(ctx)?.outgoing();
-        Ok(decide_egress(ctx, &packet, |now| {
-            judge_v4(packet.remote, now)
+        let headers = parse_v4(ctx)?;
+        let routed = headers.options && source_routed_v4(ctx);
+        Ok(decide_egress(ctx, &headers, routed, &BLOCKED_V4, |now| {
+            judge_v4(headers.dst, now)
         }))
     } else if protocol == ETH_P_IPV6_BE {
-        let packet = parse_v6(ctx)?.outgoing();
-        Ok(decide_egress(ctx, &packet, |now| {
-            judge(&HOSTS_V6, &NETS_V6, packet.remote, now)
-        }))
+        let headers = parse_v6(ctx)?;
+        if link_control_v6(ctx, &headers) {
+            count(STAT_ALLOW_NET);
+            return Ok(VERDICT_ALLOW);
+        }
+        Ok(decide_egress(
+            ctx,
+            &headers,
+            headers.routed,
+            &BLOCKED_V6,
+            |now| judge(&HOSTS_V6, &NETS_V6, headers.dst, now),
+        ))
     } else {
         count(STAT_PASS_NON_IP);
         Ok(VERDICT_ALLOW)
     }
 }
 
-/// The egress verdict, the same for both families: the family's host/network verdict (`judge`
-/// at the current boot time), then a flow opened from outside; else drop (counted per cgroup and
-/// reported).
+/// ICMPv6 types of the kernel's link control: MLD query/report/done (130-132), router and
+/// neighbour discovery (133-137, RFC 4861) and the MLDv2 report (143, RFC 3810).
+#[inline(always)]
+fn is_link_control_type(kind: u8) -> bool {
+    (130..=137).contains(&kind) || kind == 143
+}
+
+/// `ff02::1:2`, All_DHCP_Relay_Agents_and_Servers (RFC 8415 §7.1), and the servers' port.
+const DHCPV6_SERVERS: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2];
+const DHCPV6_SERVER_PORT: u16 = 547;
+
+/// Whether an outgoing IPv6 packet is the link's own control traffic, which the kernel sends from
+/// the sockets of the namespace (owned by the cgroup of the process that created it, the v2 root
+/// for the host): neighbour discovery and MLD to a link-local (fe80::/10) or multicast (ff00::/8)
+/// address, and DHCPv6 to its servers' link-local group. The same ICMPv6 types to any other
+/// address, and other ICMPv6 (an echo request to ff02::1), are judged like any packet.
+#[inline(always)]
+fn link_control_v6(ctx: &SkBuffContext, headers: &Headers<16>) -> bool {
+    let dst = headers.dst;
+    if headers.proto == IPPROTO_ICMPV6 {
+        let scoped = dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80);
+        return scoped && !headers.routed && is_link_control_type(headers.l4_byte(ctx, 0));
+    }
+    headers.proto == IPPROTO_UDP
+        && headers.dport == DHCPV6_SERVER_PORT
+        && !headers.routed
+        && dst == DHCPV6_SERVERS
+}
+
+/// The egress verdict, the same for both families: a source-routed packet (`routed`) is dropped;
+/// else the family's host/network verdict (`judge` at the current boot time), then a whitelisted
+/// service, then a live flow opened from outside (unless the peer is `blocked`); else drop
+/// (counted per cgroup and reported).
 #[inline(always)]
 fn decide_egress<const N: usize>(
     ctx: &SkBuffContext,
-    packet: &Packet<N>,
+    headers: &Headers<N>,
+    routed: bool,
+    blocked: &LpmTrie<[u8; N], u32>,
     judge: impl FnOnce(u64) -> (u32, i32),
 ) -> i32 {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let (stat, verdict) = judge(now);
+    let packet = headers.outgoing();
     let flow = packet.flow();
     // SAFETY: the context's skb pointer is valid for the whole program run.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    if verdict == VERDICT_ALLOW {
+    let (stat, verdict) = if routed {
+        (STAT_DROP, VERDICT_DROP)
+    } else {
+        judge(now)
+    };
+    if verdict == VERDICT_ALLOW || (!routed && is_service(&packet)) {
         remember_outbound(&flow, now);
-        count(stat);
+        count(if verdict == VERDICT_ALLOW {
+            stat
+        } else {
+            STAT_ALLOW_HOST
+        });
         count_cgroup(&ALLOWS, cgroup_id);
         return VERDICT_ALLOW;
     }
-    if INBOUND.get_ptr(flow).is_some() {
+    if !routed && reply_to_inbound(ctx, headers, blocked, cgroup_id, now) {
         count(STAT_ALLOW_INBOUND_REPLY);
         count_cgroup(&ALLOWS, cgroup_id);
         return VERDICT_ALLOW;
@@ -395,8 +563,105 @@ fn decide_egress<const N: usize>(
     count(stat);
     count_cgroup(&DROPS, cgroup_id);
     report_denied(cgroup_id, &flow, now);
-    debug!(ctx, "drop proto {} port {}", flow.proto, flow.remote_port);
     VERDICT_DROP
+}
+
+/// Whether the packet goes to a whitelisted service (address, port and protocol).
+#[inline(always)]
+fn is_service<const N: usize>(packet: &Packet<N>) -> bool {
+    if packet.proto != IPPROTO_TCP && packet.proto != IPPROTO_UDP {
+        return false;
+    }
+    let [a, b] = addr_words(&packet.remote);
+    let port = packet.remote_port.to_ne_bytes();
+    let family = if N == 4 { 4 } else { 6 };
+    // SAFETY: every bit pattern is a valid key (plain bytes and integers); same size.
+    let key: ServiceKey = unsafe {
+        core::mem::transmute([
+            a,
+            b,
+            u64::from_ne_bytes([port[0], port[1], packet.proto, family, 0, 0, 0, 0]),
+        ])
+    };
+    // SAFETY: the value is plain data, only checked for presence.
+    unsafe { SERVICES.get(key) }.is_some()
+}
+
+/// The [`INBOUND`] key of a flow: remote and local ends, cgroup, protocol.
+#[inline(always)]
+fn inbound_key<const N: usize>(
+    remote: &[u8; N],
+    local: &[u8; N],
+    cgroup_id: u64,
+    remote_port: u16,
+    local_port: u16,
+    proto: u8,
+) -> InboundKey {
+    let [r0, r1] = addr_words(remote);
+    let [l0, l1] = addr_words(local);
+    let (rp, lp) = (remote_port.to_ne_bytes(), local_port.to_ne_bytes());
+    let family = if N == 4 { 4 } else { 6 };
+    // SAFETY: every bit pattern is a valid key (plain bytes and integers); same size.
+    unsafe {
+        core::mem::transmute([
+            r0,
+            r1,
+            l0,
+            l1,
+            cgroup_id,
+            u64::from_ne_bytes([rp[0], rp[1], lp[0], lp[1], proto, family, 0, 0]),
+        ])
+    }
+}
+
+/// Whether an outgoing packet answers a live flow the peer opened towards this cgroup's socket on
+/// the same local address and port. A reply marks the flow replied; the socket's FIN moves it to
+/// the short closing timeout and its RST ends it. An expired flow, or one whose peer is now
+/// `blocked`, is removed.
+#[inline(always)]
+fn reply_to_inbound<const N: usize>(
+    ctx: &SkBuffContext,
+    headers: &Headers<N>,
+    blocked: &LpmTrie<[u8; N], u32>,
+    cgroup_id: u64,
+    now: u64,
+) -> bool {
+    if headers.proto != IPPROTO_TCP && headers.proto != IPPROTO_UDP {
+        return false;
+    }
+    let key = inbound_key(
+        &headers.dst,
+        &headers.src,
+        cgroup_id,
+        headers.dport,
+        headers.sport,
+        headers.proto,
+    );
+    let Some(value) = INBOUND.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: pointer from a successful lookup, plain data; a racing update is harmless.
+    let value = unsafe { &mut *value };
+    let live = now.wrapping_sub(value.seen_ns) < inbound::timeout_ns(headers.proto, value.state);
+    if !live || blocked.get(Key::new((N * 8) as u32, headers.dst)).is_some() {
+        let _ = INBOUND.remove(key);
+        return false;
+    }
+    let mut state = value.state | inbound::STATE_REPLIED;
+    if headers.proto == IPPROTO_TCP {
+        let flags = headers.l4_byte(ctx, TCP_FLAGS_OFFSET);
+        if flags & TCP_RST != 0 {
+            let _ = INBOUND.remove(key);
+            return true;
+        }
+        if flags & TCP_FIN != 0 {
+            state |= inbound::STATE_CLOSING;
+        }
+    }
+    if state != value.state {
+        value.state = state;
+    }
+    true
 }
 
 /// The IPv4 host table then the network trie: the daemon's `HostTable::get` walk, from the home
@@ -538,13 +803,24 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, ()> {
         return Ok(VERDICT_ALLOW);
     }
     let protocol = ctx.skb.protocol();
-    let flow = if protocol == ETH_P_IP_BE {
-        parse_v4(ctx)?.incoming().flow()
+    if protocol == ETH_P_IP_BE {
+        let headers = parse_v4(ctx)?;
+        ingress_verdict(ctx, &headers, protocol)
     } else if protocol == ETH_P_IPV6_BE {
-        parse_v6(ctx)?.incoming().flow()
+        let headers = parse_v6(ctx)?;
+        ingress_verdict(ctx, &headers, protocol)
     } else {
-        return Ok(VERDICT_ALLOW);
-    };
+        Ok(VERDICT_ALLOW)
+    }
+}
+
+#[inline(always)]
+fn ingress_verdict<const N: usize>(
+    ctx: &SkBuffContext,
+    headers: &Headers<N>,
+    protocol: u32,
+) -> Result<i32, ()> {
+    let flow = headers.incoming().flow();
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     if is_outbound(&flow, now) {
@@ -565,8 +841,62 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, ()> {
         count(STAT_DROP_INPUT);
         return Ok(VERDICT_DROP);
     }
-    remember(&INBOUND, &flow, now);
+    learn_inbound(ctx, headers, now);
     Ok(VERDICT_ALLOW)
+}
+
+/// Records or refreshes the flow of an unsolicited inbound packet in [`INBOUND`], keyed by the
+/// socket's cgroup and the local address and port: a TCP connection is learned from its SYN
+/// only (a bare ACK, a FIN or data open nothing), a UDP flow from any datagram; other protocols
+/// and packets without ports are never learned. Later inbound packets of a known flow refresh
+/// it, and the peer's ACK after a reply confirms it (the longer established timeout).
+#[inline(always)]
+fn learn_inbound<const N: usize>(ctx: &SkBuffContext, headers: &Headers<N>, now: u64) {
+    if (headers.proto != IPPROTO_TCP && headers.proto != IPPROTO_UDP) || headers.l4 == 0 {
+        return;
+    }
+    // SAFETY: the context's skb pointer is valid for the whole program run.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let key = inbound_key(
+        &headers.src,
+        &headers.dst,
+        cgroup_id,
+        headers.sport,
+        headers.dport,
+        headers.proto,
+    );
+    let flags = if headers.proto == IPPROTO_TCP {
+        headers.l4_byte(ctx, TCP_FLAGS_OFFSET)
+    } else {
+        0
+    };
+    let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if let Some(value) = INBOUND.get_ptr_mut(key) {
+        // SAFETY: pointer from a successful lookup, plain data; a racing update is harmless.
+        let value = unsafe { &mut *value };
+        let live =
+            now.wrapping_sub(value.seen_ns) < inbound::timeout_ns(headers.proto, value.state);
+        if live || syn || headers.proto == IPPROTO_UDP {
+            let mut state = if live { value.state } else { 0 };
+            if live && state & inbound::STATE_REPLIED != 0 && !syn {
+                state |= inbound::STATE_CONFIRMED;
+            }
+            if now.wrapping_sub(value.seen_ns) > FLOW_REFRESH_NS || state != value.state {
+                value.seen_ns = now;
+                value.state = state;
+            }
+        }
+        return;
+    }
+    if headers.proto == IPPROTO_TCP && !syn {
+        return;
+    }
+    let value = InboundValue {
+        seen_ns: now,
+        state: 0,
+        _pad: 0,
+    };
+    let _ = INBOUND.insert(key, value, 0);
 }
 
 const IPPROTO_ICMP: u8 = 1;
@@ -630,7 +960,7 @@ fn quoted_flow<const N: usize>(
 #[inline(always)]
 fn quoted_flow_v6(ctx: &SkBuffContext) -> Option<FlowKey> {
     let next: u8 = ctx.load(IPV6_NEXT_HEADER_OFFSET).ok()?;
-    let (proto, icmp) = skip_extension_headers(ctx, next).ok()?;
+    let (proto, icmp, _) = skip_extension_headers(ctx, next).ok()?;
     if proto != IPPROTO_ICMPV6 || icmp == 0 {
         return None;
     }

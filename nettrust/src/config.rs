@@ -340,7 +340,8 @@ pub struct Settings {
     pub do_not_flush_table: bool,
     /// Keep authorized hosts on exit (with `do_not_flush_table`).
     pub do_not_flush_authorized_hosts: bool,
-    /// Hosts always allowed (configured ones plus the listen and forward addresses).
+    /// Hosts always allowed (configured ones plus the listen addresses; the forward addresses are
+    /// allowed on their DNS port only, see `reload::policy`).
     pub whitelist_hosts: Vec<IpAddr>,
     /// Networks always allowed (loopback/private when enabled, plus configured ones).
     pub whitelist_networks: Vec<IpNet>,
@@ -986,7 +987,8 @@ impl Settings {
         }
         let mut whitelist_hosts = vec![listen_addr.ip()];
         whitelist_hosts.extend(listen_tls_addr.map(|a| a.ip()));
-        whitelist_hosts.extend(fwd.iter().map(SocketAddr::ip));
+        // The upstream servers are not whitelisted hosts: the firewall allows them on their DNS
+        // port and transport only (`firewall::upstream_services`).
         whitelist_hosts.extend(env.whitelist_hosts.iter().copied());
         for host in &whitelist.hosts {
             whitelist_hosts.push(parse_host("whitelist.hosts", host)?);
@@ -1047,7 +1049,8 @@ impl Settings {
         dedup(&mut blacklist_hosts);
         dedup(&mut blacklist_networks);
         dedup(&mut blacklist_domains);
-        for host in &whitelist_hosts {
+        let fwd_hosts: Vec<IpAddr> = fwd.iter().map(SocketAddr::ip).collect();
+        for host in whitelist_hosts.iter().chain(&fwd_hosts) {
             if blacklist_hosts.contains(host) {
                 return Err(invalid(
                     "blacklist.hosts",

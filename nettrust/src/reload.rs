@@ -33,11 +33,22 @@ pub enum ReloadError {
     Blacklist(#[from] PatternError),
 }
 
-/// The whitelists of `settings`, as the firewall takes them.
+/// The whitelists of `settings`, as the firewall takes them: the upstream servers are allowed on
+/// their DNS port and transport only, and the blacklisted hosts and networks get no replies
+/// through flows they open.
 pub fn policy(settings: &Settings) -> Policy {
+    let tcp_only = settings.fwd_proto == crate::config::FwdProto::Tcp || settings.fwd_tls.is_some();
+    let b = &settings.blacklist;
     Policy {
         whitelist_hosts: settings.whitelist_hosts.clone(),
         whitelist_networks: settings.whitelist_networks.clone(),
+        services: crate::firewall::upstream_services(&settings.fwd_addrs, tcp_only),
+        blocked: b
+            .hosts
+            .iter()
+            .map(|&h| ipnet::IpNet::from(h))
+            .chain(b.networks.iter().copied())
+            .collect(),
     }
 }
 

@@ -481,9 +481,20 @@ fn exit_matrix(backend: Backend) {
         !world.reachable_from_cgroup("192.0.2.10"),
         "authorizations must be cleared"
     );
+    let dns = world
+        .in_cgroup("dig")
+        .args(["+time=2", "+tries=1", &format!("@{}", world::UPSTREAM)])
+        .args(["+short", "a.test", "A"])
+        .output()
+        .expect("start dig");
+    assert_eq!(
+        String::from_utf8_lossy(&dns.stdout),
+        "192.0.2.10\n",
+        "the whitelisted upstream stays allowed on its DNS port"
+    );
     assert!(
-        world.reachable_from_cgroup(world::UPSTREAM),
-        "whitelisted hosts stay allowed"
+        !world.reachable_from_cgroup(world::UPSTREAM),
+        "and on nothing else"
     );
     assert!(stdout(&world.nettrust(&["list"])).trim().is_empty());
 

@@ -631,6 +631,7 @@ fn policy(hosts: &[&str], nets: &[&str]) -> Policy {
     Policy {
         whitelist_hosts: hosts.iter().map(|h| h.parse().unwrap()).collect(),
         whitelist_networks: nets.iter().map(|n| n.parse().unwrap()).collect(),
+        ..Policy::default()
     }
 }
 
@@ -891,6 +892,7 @@ fn nft_large_whitelists_go_in_one_batch() {
     let big = |base: u8| Policy {
         whitelist_hosts: hosts(u16::from(base)),
         whitelist_networks: nets(base),
+        ..Policy::default()
     };
     let options = Options {
         mode: Mode::Forward,

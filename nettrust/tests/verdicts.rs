@@ -15,7 +15,10 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap, Map, MapData};
-use nettrust_common::{CONFIG_DROP_INPUT, FLAG_AUTHORIZED, HostValue, MAP_CONFIG, MAP_HOSTS_V6};
+use nettrust_common::{
+    CONFIG_DROP_INPUT, FLAG_AUTHORIZED, HostValue, InboundKey, InboundValue, MAP_CONFIG,
+    MAP_HOSTS_V6, MAP_INBOUND,
+};
 use world::World;
 
 const ALLOW: u32 = 1;
@@ -766,4 +769,637 @@ fn ebpf_verdict_matrix() {
         failures.join("\n")
     );
     assert!(world.stop_daemon(), "nettrust failed at exit");
+}
+
+/// An ICMPv6 message of type `kind` (8 bytes: type, code, checksum, 4 more) from `src` to `dst`,
+/// behind the extension `headers` (see [`v6_ext`]).
+fn icmp6(src: &str, dst: &str, headers: &[(u8, Vec<u8>)], kind: u8) -> Vec<u8> {
+    let mut frame = v6_ext(src, dst, headers, ICMPV6, 0, 0);
+    let at = frame.len() - 8;
+    frame[at] = kind;
+    frame
+}
+
+/// A routing header (type 4, one segment) with `segments_left`, without its next-header octet.
+fn routing(segments_left: u8) -> (u8, Vec<u8>) {
+    let mut rest = vec![2, 4, segments_left, 0, 0, 0, 0];
+    rest.extend_from_slice(&Ipv6Addr::from_str("2001:db8:1::10").unwrap().octets());
+    (43, rest)
+}
+
+/// An IPv4 packet whose 8 option bytes are `options` (IHL 7).
+fn v4_with_options(dst: &str, options: [u8; 8], proto: u8, dport: u16) -> Vec<u8> {
+    let body = l4(proto, 40000, dport);
+    let mut ip = vec![0x47, 0];
+    ip.extend_from_slice(&(28 + body.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0, 0, 64, proto, 0, 0]);
+    ip.extend_from_slice(&Ipv4Addr::from_str(world::CLIENT_V4).unwrap().octets());
+    ip.extend_from_slice(&Ipv4Addr::from_str(dst).unwrap().octets());
+    ip.extend_from_slice(&options);
+    ip.extend_from_slice(&body);
+    ether(0x0800, &ip)
+}
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+/// A TCP segment with `flags` (IPv4 or IPv6 by the addresses).
+fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut frame = if src.contains(':') {
+        v6_with(src, dst, TCP, sport, dport)
+    } else {
+        v4_with(src, dst, TCP, sport, dport, 0)
+    };
+    let at = frame.len() - 20 + 13;
+    frame[at] = flags;
+    frame
+}
+
+type InboundMap = HashMap<MapData, InboundKey, InboundValue>;
+
+fn inbound_map(dir: &Path) -> InboundMap {
+    let data = MapData::from_pin(dir.join(MAP_INBOUND)).unwrap();
+    HashMap::try_from(Map::LruHashMap(data)).unwrap()
+}
+
+/// Moves the last inbound packet of every learned flow with remote port `remote_port` back by
+/// `ns`, as if the flow had been idle that long; returns how many flows it moved.
+fn age_inbound(dir: &Path, remote_port: u16, ns: u64) -> usize {
+    let mut map = inbound_map(dir);
+    let keys: Vec<InboundKey> = map
+        .keys()
+        .map(Result::unwrap)
+        .filter(|k| k.remote_port == remote_port)
+        .collect();
+    for key in &keys {
+        let mut value = map.get(key, 0).unwrap();
+        // Wrapping: the programs compare times by wrapping differences, so this holds also
+        // for more than the uptime.
+        value.seen_ns = value.seen_ns.wrapping_sub(ns);
+        map.insert(key, value, 0).unwrap();
+    }
+    keys.len()
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn ebpf_link_control_source_routes_upstreams_and_inbound_flows() {
+    let mut world = World::new();
+    let config = world.dir.path().join("verdicts.toml");
+    std::fs::write(
+        &config,
+        "whitelist_private = false\n\
+         [blacklist]\nhosts = [\"192.0.2.11\", \"2001:db8:1::11\"]\n\
+         networks = [\"203.0.113.128/25\"]\n",
+    )
+    .unwrap();
+    world.start_daemon(&["--config", config.to_str().unwrap()]);
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert_eq!(world.resolve("a.test", "AAAA", true), ["2001:db8:1::10"]);
+    let dir = world.bpffs_dir.clone();
+    // The egress program logs nothing per packet (denied packets are reported, rate-limited,
+    // through DENIED): it has no aya-log buffer among its maps.
+    let info = aya::programs::ProgramInfo::from_pin(dir.join("prog-egress")).unwrap();
+    let maps: Vec<String> = info
+        .map_ids()
+        .unwrap()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|id| {
+            let map = aya::maps::MapInfo::from_id(id).unwrap();
+            map.name_as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert!(
+        maps.iter().any(|m| m == "DENIED") && maps.iter().any(|m| m == "STATS"),
+        "the egress program's map names: {maps:?}"
+    );
+    assert!(
+        !maps.iter().any(|m| m.starts_with("AYA_LOG")),
+        "the egress program can log per packet: {maps:?}"
+    );
+    let egress = open_pin(&dir.join("prog-egress"));
+    let ingress = open_pin(&dir.join("prog-ingress"));
+    let out = |frame: Vec<u8>| test_run(&egress, &frame, 0);
+    // Ingress as from a non-loopback device (ifindex 2 need not exist: only 1 is special).
+    let inn = |frame: Vec<u8>| test_run(&ingress, &frame, 2);
+    let me6 = world::CLIENT_V6;
+    let link_local = "fe80::1";
+    let mut cases: Vec<(&str, u32, u32)> = Vec::new();
+    let mut case = |what: &'static str, got: u32, want: u32| cases.push((what, got, want));
+
+    // The kernel's IPv6 link control: only NDP/MLD types, only to link-local or multicast.
+    for (what, src, dst, headers, kind, want) in [
+        (
+            "router solicitation to ff02::2",
+            link_local,
+            "ff02::2",
+            vec![],
+            133,
+            ALLOW,
+        ),
+        (
+            "router advertisement to ff02::1",
+            link_local,
+            "ff02::1",
+            vec![],
+            134,
+            ALLOW,
+        ),
+        (
+            "neighbour solicitation to a solicited-node group",
+            me6,
+            "ff02::1:ff00:2",
+            vec![],
+            135,
+            ALLOW,
+        ),
+        (
+            "DAD neighbour solicitation from ::",
+            "::",
+            "ff02::1:ff00:1",
+            vec![],
+            135,
+            ALLOW,
+        ),
+        (
+            "neighbour advertisement to a link-local address",
+            link_local,
+            "fe80::2",
+            vec![],
+            136,
+            ALLOW,
+        ),
+        (
+            "redirect to a link-local address",
+            link_local,
+            "fe80::2",
+            vec![],
+            137,
+            ALLOW,
+        ),
+        (
+            "MLDv2 report behind hop-by-hop",
+            link_local,
+            "ff02::16",
+            vec![hop_by_hop()],
+            143,
+            ALLOW,
+        ),
+        (
+            "MLDv1 report to its group",
+            link_local,
+            "ff02::1:3",
+            vec![hop_by_hop()],
+            131,
+            ALLOW,
+        ),
+        (
+            "MLD done to ff02::2",
+            link_local,
+            "ff02::2",
+            vec![hop_by_hop()],
+            132,
+            ALLOW,
+        ),
+        (
+            "neighbour solicitation to a global address",
+            me6,
+            "2001:db8:1::99",
+            vec![],
+            135,
+            DROP,
+        ),
+        (
+            "neighbour advertisement to a global address",
+            me6,
+            "2001:db8:1::99",
+            vec![],
+            136,
+            DROP,
+        ),
+        (
+            "router solicitation to a global address",
+            me6,
+            "2001:db8:1::99",
+            vec![],
+            133,
+            DROP,
+        ),
+        (
+            "MLDv2 report to a global address",
+            me6,
+            "2001:db8:1::99",
+            vec![hop_by_hop()],
+            143,
+            DROP,
+        ),
+        ("echo request to ff02::1", me6, "ff02::1", vec![], 128, DROP),
+        (
+            "echo request to a link-local address",
+            me6,
+            "fe80::2",
+            vec![],
+            128,
+            DROP,
+        ),
+        (
+            "node information query (139) to ff02::1",
+            me6,
+            "ff02::1",
+            vec![],
+            139,
+            DROP,
+        ),
+        (
+            "neighbour solicitation routed via a multicast first hop",
+            me6,
+            "ff02::1:ff00:2",
+            vec![routing(1)],
+            135,
+            DROP,
+        ),
+    ] {
+        let label = format!("v6 {what}").leak();
+        case(label, out(icmp6(src, dst, &headers, kind)), want);
+    }
+    case(
+        "DHCPv6 solicit to ff02::1:2 port 547",
+        out(v6_with(link_local, "ff02::1:2", UDP, 546, 547)),
+        ALLOW,
+    );
+    case(
+        "UDP to ff02::1:2 on another port",
+        out(v6_with(link_local, "ff02::1:2", UDP, 546, 548)),
+        DROP,
+    );
+    case(
+        "UDP port 547 to another group (ff02::1)",
+        out(v6_with(link_local, "ff02::1", UDP, 546, 547)),
+        DROP,
+    );
+    case(
+        "TCP port 547 to ff02::1:2",
+        out(v6_with(link_local, "ff02::1:2", TCP, 546, 547)),
+        DROP,
+    );
+
+    // Source routing: the destination judged would be only the first hop.
+    let lsrr = [0x83, 7, 4, 192, 0, 2, 99, 0];
+    let ssrr = [0x89, 7, 4, 192, 0, 2, 99, 0];
+    let record_route = [7, 7, 4, 0, 0, 0, 0, 0];
+    let nops = [1, 1, 1, 1, 1, 1, 1, 0];
+    case(
+        "v4 loose source route via a resolved address",
+        out(v4_with_options("192.0.2.10", lsrr, TCP, 443)),
+        DROP,
+    );
+    case(
+        "v4 strict source route via a resolved address",
+        out(v4_with_options("192.0.2.10", ssrr, UDP, 53)),
+        DROP,
+    );
+    case(
+        "v4 loose source route after NOPs",
+        out(v4_with_options(
+            "192.0.2.10",
+            [1, 1, 0x83, 3, 4, 0, 0, 0],
+            TCP,
+            443,
+        )),
+        DROP,
+    );
+    case(
+        "v4 record-route option to a resolved address",
+        out(v4_with_options("192.0.2.10", record_route, TCP, 443)),
+        ALLOW,
+    );
+    case(
+        "v4 NOP options to a resolved address",
+        out(v4_with_options("192.0.2.10", nops, TCP, 443)),
+        ALLOW,
+    );
+    case(
+        "v4 option with length 0 (unwalkable)",
+        out(v4_with_options(
+            "192.0.2.10",
+            [7, 0, 0, 0, 0, 0, 0, 0],
+            TCP,
+            443,
+        )),
+        DROP,
+    );
+    case(
+        "v6 routing header with a segment left, to a resolved address",
+        out(v6_ext(
+            me6,
+            "2001:db8:1::10",
+            &[routing(1)],
+            TCP,
+            40000,
+            443,
+        )),
+        DROP,
+    );
+    case(
+        "v6 routing header without segments left, to a resolved address",
+        out(v6_ext(
+            me6,
+            "2001:db8:1::10",
+            &[routing(0)],
+            TCP,
+            40000,
+            443,
+        )),
+        ALLOW,
+    );
+    case(
+        "v6 routing header behind hop-by-hop, segments left",
+        out(v6_ext(
+            me6,
+            "2001:db8:1::10",
+            &[hop_by_hop(), routing(2)],
+            UDP,
+            40000,
+            53,
+        )),
+        DROP,
+    );
+
+    // The upstream: its DNS port over UDP and TCP, nothing else.
+    let up = world::UPSTREAM;
+    case("upstream, UDP 53", out(v4(up, UDP, 53)), ALLOW);
+    case("upstream, TCP 53", out(v4(up, TCP, 53)), ALLOW);
+    case("upstream, TCP 443", out(v4(up, TCP, 443)), DROP);
+    case("upstream, UDP 54", out(v4(up, UDP, 54)), DROP);
+    case("upstream, ICMP", out(v4(up, ICMP, 0)), DROP);
+
+    // Flows opened from outside: TCP from a SYN only, UDP from a datagram; keyed by the local
+    // address too; other protocols never; never for a blacklisted peer.
+    let me = world::CLIENT_V4;
+    let peer = "192.0.2.99";
+    case(
+        "bare ACK from outside",
+        inn(tcp(peer, me, 5000, 8080, ACK)),
+        ALLOW,
+    );
+    case(
+        "reply to the bare ACK",
+        out(tcp(me, peer, 8080, 5000, ACK)),
+        DROP,
+    );
+    case(
+        "SYN-ACK from outside",
+        inn(tcp(peer, me, 5001, 8080, SYN | ACK)),
+        ALLOW,
+    );
+    case(
+        "reply to the SYN-ACK",
+        out(tcp(me, peer, 8080, 5001, ACK)),
+        DROP,
+    );
+    case(
+        "FIN from outside",
+        inn(tcp(peer, me, 5002, 8080, FIN | ACK)),
+        ALLOW,
+    );
+    case(
+        "reply to the FIN",
+        out(tcp(me, peer, 8080, 5002, ACK)),
+        DROP,
+    );
+    case(
+        "SYN from outside",
+        inn(tcp(peer, me, 5003, 8080, SYN)),
+        ALLOW,
+    );
+    case(
+        "SYN-ACK to the SYN",
+        out(tcp(me, peer, 8080, 5003, SYN | ACK)),
+        ALLOW,
+    );
+    case(
+        "the same reply from another local address",
+        out(tcp("198.51.100.9", peer, 8080, 5003, SYN | ACK)),
+        DROP,
+    );
+    case(
+        "the handshake's ACK",
+        inn(tcp(peer, me, 5003, 8080, ACK)),
+        ALLOW,
+    );
+    case(
+        "data on the connection",
+        out(tcp(me, peer, 8080, 5003, ACK)),
+        ALLOW,
+    );
+    case("our FIN", out(tcp(me, peer, 8080, 5003, FIN | ACK)), ALLOW);
+    case(
+        "our last ACK after the FIN",
+        out(tcp(me, peer, 8080, 5003, ACK)),
+        ALLOW,
+    );
+    case(
+        "SYN again (new connection)",
+        inn(tcp(peer, me, 5004, 8080, SYN)),
+        ALLOW,
+    );
+    case("our RST", out(tcp(me, peer, 8080, 5004, RST | ACK)), ALLOW);
+    case(
+        "anything after our RST",
+        out(tcp(me, peer, 8080, 5004, ACK)),
+        DROP,
+    );
+    case(
+        "ICMP echo from outside",
+        inn(v4_with(peer, me, ICMP, 0, 0, 0)),
+        ALLOW,
+    );
+    case("ICMP to that peer", out(v4(peer, ICMP, 0)), DROP);
+    case(
+        "GRE from outside",
+        inn(v4_with(peer, me, 47, 0, 0, 0)),
+        ALLOW,
+    );
+    case("GRE to that peer", out(v4(peer, 47, 0)), DROP);
+    case(
+        "UDP datagram from outside",
+        inn(v4_with(peer, me, UDP, 6000, 5353, 0)),
+        ALLOW,
+    );
+    case(
+        "UDP reply",
+        out(v4_with(me, peer, UDP, 5353, 6000, 0)),
+        ALLOW,
+    );
+    case(
+        "UDP from another local port to that peer",
+        out(v4_with(me, peer, UDP, 5354, 6000, 0)),
+        DROP,
+    );
+    case(
+        "SYN from a blacklisted host",
+        inn(tcp("192.0.2.11", me, 5005, 8080, SYN)),
+        ALLOW,
+    );
+    case(
+        "SYN-ACK to the blacklisted host",
+        out(tcp(me, "192.0.2.11", 8080, 5005, SYN | ACK)),
+        DROP,
+    );
+    case(
+        "UDP from a blacklisted network",
+        inn(v4_with("203.0.113.200", me, UDP, 6001, 5353, 0)),
+        ALLOW,
+    );
+    case(
+        "UDP reply to the blacklisted network",
+        out(v4_with(me, "203.0.113.200", UDP, 5353, 6001, 0)),
+        DROP,
+    );
+    case(
+        "v6 SYN from a blacklisted host",
+        inn(tcp("2001:db8:1::11", me6, 5006, 8080, SYN)),
+        ALLOW,
+    );
+    case(
+        "v6 SYN-ACK to the blacklisted host",
+        out(tcp(me6, "2001:db8:1::11", 8080, 5006, SYN | ACK)),
+        DROP,
+    );
+    case(
+        "v6 SYN from outside",
+        inn(tcp("2001:db8:1::99", me6, 5007, 8080, SYN)),
+        ALLOW,
+    );
+    case(
+        "v6 SYN-ACK",
+        out(tcp(me6, "2001:db8:1::99", 8080, 5007, SYN | ACK)),
+        ALLOW,
+    );
+
+    // Ageing, by moving the flows' last inbound packet back in time (the map is the daemon's).
+    const S: u64 = 1_000_000_000;
+    case(
+        "UDP flow (replied once) before ageing",
+        out(v4_with(me, peer, UDP, 5353, 6000, 0)),
+        ALLOW,
+    );
+    assert_eq!(age_inbound(&dir, 6000, 31 * S), 1);
+    case(
+        "UDP flow 31 s after its only datagram, though the server kept sending",
+        out(v4_with(me, peer, UDP, 5353, 6000, 0)),
+        DROP,
+    );
+    case(
+        "UDP from outside again",
+        inn(v4_with(peer, me, UDP, 6010, 5353, 0)),
+        ALLOW,
+    );
+    case(
+        "UDP reply (1)",
+        out(v4_with(me, peer, UDP, 5353, 6010, 0)),
+        ALLOW,
+    );
+    case(
+        "UDP from outside after the reply",
+        inn(v4_with(peer, me, UDP, 6010, 5353, 0)),
+        ALLOW,
+    );
+    assert_eq!(age_inbound(&dir, 6010, 100 * S), 1);
+    case(
+        "UDP stream idle for 100 s",
+        out(v4_with(me, peer, UDP, 5353, 6010, 0)),
+        ALLOW,
+    );
+    assert_eq!(age_inbound(&dir, 6010, 21 * S), 1);
+    case(
+        "UDP stream idle for 121 s",
+        out(v4_with(me, peer, UDP, 5353, 6010, 0)),
+        DROP,
+    );
+    case(
+        "SYN for the ageing test",
+        inn(tcp(peer, me, 5020, 8080, SYN)),
+        ALLOW,
+    );
+    assert_eq!(age_inbound(&dir, 5020, 61 * S), 1);
+    case(
+        "SYN-ACK 61 s after the SYN",
+        out(tcp(me, peer, 8080, 5020, SYN | ACK)),
+        DROP,
+    );
+    case("SYN (2)", inn(tcp(peer, me, 5021, 8080, SYN)), ALLOW);
+    case(
+        "SYN-ACK (2)",
+        out(tcp(me, peer, 8080, 5021, SYN | ACK)),
+        ALLOW,
+    );
+    case("ACK (2)", inn(tcp(peer, me, 5021, 8080, ACK)), ALLOW);
+    assert_eq!(age_inbound(&dir, 5021, 4 * 24 * 3600 * S), 1);
+    case(
+        "established connection idle for 4 days",
+        out(tcp(me, peer, 8080, 5021, ACK)),
+        ALLOW,
+    );
+    assert_eq!(age_inbound(&dir, 5021, 24 * 3600 * S + S), 1);
+    case(
+        "established connection idle for 5 days",
+        out(tcp(me, peer, 8080, 5021, ACK)),
+        DROP,
+    );
+    case("SYN (3)", inn(tcp(peer, me, 5022, 8080, SYN)), ALLOW);
+    case(
+        "SYN-ACK (3)",
+        out(tcp(me, peer, 8080, 5022, SYN | ACK)),
+        ALLOW,
+    );
+    case("ACK (3)", inn(tcp(peer, me, 5022, 8080, ACK)), ALLOW);
+    case(
+        "our FIN (3)",
+        out(tcp(me, peer, 8080, 5022, FIN | ACK)),
+        ALLOW,
+    );
+    assert_eq!(age_inbound(&dir, 5022, 121 * S), 1);
+    case(
+        "121 s after our FIN",
+        out(tcp(me, peer, 8080, 5022, ACK)),
+        DROP,
+    );
+    // Keys carry the cgroup of the socket: every learned key has this thread's cgroup.
+    let own = own_cgroup_id();
+    let map = inbound_map(&dir);
+    for key in map.keys().map(Result::unwrap) {
+        assert_eq!(key.cgroup_id, own, "{key:?}");
+        assert!(key.proto == TCP || key.proto == UDP, "{key:?}");
+    }
+
+    let failures: Vec<String> = cases
+        .iter()
+        .filter(|(_, got, want)| got != want)
+        .map(|(what, got, want)| format!("{what}: got {got}, expected {want}"))
+        .collect();
+    eprintln!("{} packets judged", cases.len());
+    assert!(
+        failures.is_empty(),
+        "wrong verdicts:\n{}",
+        failures.join("\n")
+    );
+    assert!(world.stop_daemon(), "nettrust failed at exit");
+}
+
+/// The cgroup v2 id (directory inode) of this process, which `BPF_PROG_TEST_RUN`'s socket gets.
+fn own_cgroup_id() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line in /proc/self/cgroup");
+    let mount = nettrust::cgroup::cgroup2_mount().unwrap();
+    std::fs::metadata(mount.join(path.trim_start_matches('/')))
+        .unwrap()
+        .ino()
 }

@@ -111,9 +111,24 @@ fn empty_file_gives_defaults() {
     for net in loopback_networks().into_iter().chain(private_networks()) {
         assert!(s.whitelist_networks.contains(&net), "{net} missing");
     }
-    // Listen and forward addresses are always whitelisted.
+    // The listen address is always whitelisted; the forward address only on its DNS port, over
+    // UDP and TCP.
     assert!(s.whitelist_hosts.contains(&"127.0.0.1".parse().unwrap()));
-    assert!(s.whitelist_hosts.contains(&"192.0.2.53".parse().unwrap()));
+    assert!(!s.whitelist_hosts.contains(&"192.0.2.53".parse().unwrap()));
+    let services = crate::reload::policy(&s).services;
+    assert_eq!(
+        services,
+        [
+            crate::firewall::Service {
+                addr: "192.0.2.53:53".parse().unwrap(),
+                transport: crate::firewall::Transport::Tcp
+            },
+            crate::firewall::Service {
+                addr: "192.0.2.53:53".parse().unwrap(),
+                transport: crate::firewall::Transport::Udp
+            },
+        ]
+    );
 }
 
 #[test]
@@ -324,9 +339,16 @@ response = "nxdomain"
     assert_eq!(s.log_format, LogFormat::Json);
     assert!(s.whitelist_hosts.contains(&"2001:db8::9".parse().unwrap()));
     assert!(
-        s.whitelist_hosts.contains(&"192.0.2.1".parse().unwrap()),
-        "every upstream is whitelisted"
+        !s.whitelist_hosts.contains(&"192.0.2.1".parse().unwrap()),
+        "an upstream is not a whitelisted host"
     );
+    // DoT: each upstream on its port over TCP, nothing else.
+    let services: Vec<String> = crate::reload::policy(&s)
+        .services
+        .iter()
+        .map(|s| format!("{} {:?}", s.addr, s.transport))
+        .collect();
+    assert_eq!(services, ["192.0.2.1:853 Tcp", "[2001:db8::53]:53 Tcp"]);
     assert!(
         s.whitelist_networks
             .contains(&"2001:db8:1::/48".parse().unwrap())
@@ -384,7 +406,7 @@ fn env_lists_add_to_config_lists() {
     );
     let hosts: Vec<String> = s.whitelist_hosts.iter().map(ToString::to_string).collect();
     assert_eq!(
-        hosts[2..],
+        hosts[1..],
         ["203.0.113.1", "203.0.113.2", "203.0.113.3"],
         "env in name order, then file"
     );

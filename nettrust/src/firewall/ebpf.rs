@@ -20,9 +20,9 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, links::FdLink},
 };
 use nettrust_common::{
-    CONFIG_DROP_INPUT, CgroupPath, DeniedEvent, HostName, HostValue, MAP_CGROUPS, MAP_CONFIG,
-    MAP_DENIED, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, PROGRAM_EGRESS,
-    PROGRAM_INGRESS, PROGRAM_SOCKOPS,
+    CONFIG_DROP_INPUT, CgroupPath, DeniedEvent, HostName, HostValue, MAP_BLOCKED_V4,
+    MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CONFIG, MAP_DENIED, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES,
+    MAP_NETS_V4, MAP_NETS_V6, MAP_SERVICES, PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_SOCKOPS,
 };
 
 use super::entries::{
@@ -39,6 +39,7 @@ use super::{
     evict::Recency,
     names::NameWriter,
     pins::{self, PinError},
+    services::{ServiceMap, sync_blocked, sync_services},
     table::HostTable,
 };
 
@@ -229,7 +230,6 @@ impl EbpfFirewall {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| EbpfError::Load(Box::new(e)))?;
-        let logger = start_logger(&mut ebpf);
 
         let mut config: Array<MapData, u32> = take_map(&mut ebpf, MAP_CONFIG)?;
         super::pinned::store_seed(&mut config, seed)?;
@@ -260,6 +260,11 @@ impl EbpfFirewall {
         let mut nets_v4: LpmTrie<MapData, [u8; 4], u32> = take_map(&mut ebpf, MAP_NETS_V4)?;
         let mut nets_v6: LpmTrie<MapData, [u8; 16], u32> = take_map(&mut ebpf, MAP_NETS_V6)?;
         install_policy(&mut hosts, &mut nets_v4, &mut nets_v6, &options.policy)?;
+        let mut services: ServiceMap = take_map(&mut ebpf, MAP_SERVICES)?;
+        sync_services(&mut services, &options.policy.services)?;
+        let mut blocked_v4: LpmTrie<MapData, [u8; 4], u32> = take_map(&mut ebpf, MAP_BLOCKED_V4)?;
+        let mut blocked_v6: LpmTrie<MapData, [u8; 16], u32> = take_map(&mut ebpf, MAP_BLOCKED_V6)?;
+        sync_blocked(&mut blocked_v4, &mut blocked_v6, &options.policy.blocked)?;
         config
             .set(CONFIG_DROP_INPUT, u32::from(options.drop_input), 0)
             .map_err(|e| map_error(MAP_CONFIG, "cannot set drop-input", e))?;
@@ -315,8 +320,11 @@ impl EbpfFirewall {
             }
         }
 
-        let mut tasks = Vec::new();
-        tasks.extend(logger);
+        // The flow map of earlier versions (keyed without cgroup and local address): transient
+        // state its programs, replaced above, were the only users of.
+        let _ = std::fs::remove_file(dir.join(pins::LEGACY_INBOUND));
+
+        let tasks = Vec::new();
         let scan = (
             v4,
             super::pinned::open_pinned(dir, MAP_HOSTS_V6, Map::HashMap)?,
@@ -671,6 +679,21 @@ impl Firewall for EbpfFirewall {
         {
             set_host_whitelisted(&mut hosts, host, false).map_err(wrap)?;
         }
+        if new.services != current.services {
+            let mut map: ServiceMap =
+                super::pinned::open_pinned(&self.pin_dir, MAP_SERVICES, Map::HashMap)
+                    .map_err(wrap)?;
+            sync_services(&mut map, &new.services).map_err(wrap)?;
+        }
+        if new.blocked != current.blocked {
+            let mut v4: LpmTrie<MapData, [u8; 4], u32> =
+                super::pinned::open_pinned(&self.pin_dir, MAP_BLOCKED_V4, Map::LpmTrie)
+                    .map_err(wrap)?;
+            let mut v6: LpmTrie<MapData, [u8; 16], u32> =
+                super::pinned::open_pinned(&self.pin_dir, MAP_BLOCKED_V6, Map::LpmTrie)
+                    .map_err(wrap)?;
+            sync_blocked(&mut v4, &mut v6, &new.blocked).map_err(wrap)?;
+        }
         *current = new.clone();
         Ok(())
     }
@@ -773,39 +796,6 @@ fn raise_memlock_limit() {
             io::Error::last_os_error()
         );
     }
-}
-
-/// Forwards the eBPF program's aya-log records (debug level) to tracing. The logger must stay
-/// alive: dropping it closes the log map the program uses.
-fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
-    let logger = match aya_log::EbpfLogger::init(ebpf) {
-        Ok(logger) => logger,
-        Err(e) => {
-            tracing::warn!("eBPF logs unavailable: {e}");
-            return None;
-        }
-    };
-    // SAFETY: the logger owns its ring-buffer fd and keeps it open until the AsyncFd (which owns the
-    // logger) is dropped.
-    let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-    };
-    let mut logger = match registered {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::warn!("eBPF logs unavailable: {e}");
-            return None;
-        }
-    };
-    Some(tokio::spawn(async move {
-        loop {
-            let Ok(mut guard) = logger.readable_mut().await else {
-                return;
-            };
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    }))
 }
 
 /// Used by [`crate::events`]: parses one ring-buffer record.

@@ -10,10 +10,14 @@ mod names;
 pub mod nftables;
 pub mod pinned;
 pub mod pins;
+mod services;
 mod sockops;
 pub mod table;
 
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+};
 
 use ipnet::IpNet;
 
@@ -24,6 +28,64 @@ pub struct Policy {
     pub whitelist_hosts: Vec<IpAddr>,
     /// Networks always allowed.
     pub whitelist_networks: Vec<IpNet>,
+    /// Services always allowed: one address, port and transport each (the upstream DNS
+    /// servers, reached on nothing else).
+    pub services: Vec<Service>,
+    /// Peers that never get a reply through a flow they opened towards a filtered socket (the
+    /// blacklist's hosts and networks), whatever reached the socket before.
+    pub blocked: Vec<IpNet>,
+}
+
+/// A whitelisted service: an address, a port and a transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Service {
+    /// The server's address and port.
+    pub addr: SocketAddr,
+    /// The transport.
+    pub transport: Transport,
+}
+
+/// The transport of a [`Service`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Transport {
+    /// TCP (plain DNS over TCP, DoT).
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Transport {
+    /// The IP protocol number.
+    pub fn proto(self) -> u8 {
+        match self {
+            Transport::Tcp => 6,
+            Transport::Udp => 17,
+        }
+    }
+}
+
+/// The services of the upstream DNS servers `fwd_addrs`: TCP on each one's port, and UDP too
+/// unless every query goes over TCP (`tcp_only`: `fwd_proto = "tcp"` or DoT).
+pub fn upstream_services(fwd_addrs: &[SocketAddr], tcp_only: bool) -> Vec<Service> {
+    let mut out = Vec::new();
+    for &addr in fwd_addrs {
+        if addr.ip().is_unspecified() {
+            continue;
+        }
+        out.push(Service {
+            addr,
+            transport: Transport::Tcp,
+        });
+        if !tcp_only {
+            out.push(Service {
+                addr,
+                transport: Transport::Udp,
+            });
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// One authorized destination as reported by a backend.

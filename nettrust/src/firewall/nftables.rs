@@ -10,9 +10,17 @@
 //!   set whitelist-net6  { type ipv6_addr; flags interval; }
 //!   set authorized4     { type ipv4_addr; flags timeout; }     # DNS answers, kernel-expired
 //!   set authorized6     { type ipv6_addr; flags timeout; }
+//!   set blocked4        { type ipv4_addr; flags interval; }    # blacklisted hosts/networks
+//!   set blocked6        { type ipv6_addr; flags interval; }
 //!   chain allowlist {
+//!     ip option lsrr exists drop ; ip option ssrr exists drop  # source-routed: the destination
+//!     exthdr rt seg-left != 0 drop                            # is only the first hop
+//!     ct direction reply ip daddr @blocked4 drop ; … ip6 daddr @blocked6 drop
 //!     ct direction reply ct state established,related accept   # replies to inbound connections
-//!     icmpv6 type 130-137 accept ; icmpv6 type 143 accept   # NDP and MLD
+//!     icmpv6 type 130-137 ip6 daddr fe80::/10 accept ; … ip6 daddr ff00::/8 accept  # NDP, MLD
+//!     icmpv6 type 143 ip6 daddr fe80::/10 accept ; … ip6 daddr ff00::/8 accept
+//!     ip6 daddr ff02::1:2 udp dport 547 accept                 # DHCPv6
+//!     ip daddr 192.0.2.53 udp dport 53 accept ; … tcp dport 53  # each upstream: its port only
 //!     ip daddr @whitelist-net4 accept ; ip6 daddr @whitelist-net6 accept
 //!     ip daddr @whitelist4 accept     ; ip6 daddr @whitelist6 accept
 //!     ip daddr @authorized4 accept    ; ip6 daddr @authorized6 accept
@@ -43,7 +51,7 @@ use std::{
 };
 
 use self::{
-    layout::{Elem, Whitelist, elements_msg, install_batch, sets, table_msg},
+    layout::{Elem, Whitelist, blocked_set, elements_msg, install_batch, sets, table_msg},
     netlink::{Msg, MsgType, NFPROTO_INET, NetlinkError, Socket},
 };
 use super::{
@@ -735,8 +743,9 @@ pub fn status() -> Result<Option<TableStatus>, NetlinkError> {
     for v6 in [false, true] {
         whitelisted_hosts += socket.dump_set(NFPROTO_INET, TABLE, sets(v6)[0])?.len();
     }
+    // The two reject rules end the chain (the drop rules before them count too).
     let rejected = match socket.chain_counters(NFPROTO_INET, TABLE, POLICY_CHAIN)?[..] {
-        [tcp, other, ..] => (tcp, other),
+        [.., tcp, other] => (tcp, other),
         _ => (0, 0),
     };
     let drop_input = !socket
@@ -948,22 +957,32 @@ impl Firewall for NftablesFirewall {
             ));
             // Networks: interval boundaries depend on the merge, so the set is rewritten as a
             // whole (old elements deleted, new ones added) when anything changed.
-            if old.ranges[family] != new.ranges[family] {
-                msgs.extend(elements_msg(
-                    MsgType::DelSetElem,
-                    nets,
-                    old.ranges[family]
-                        .iter()
-                        .map(|(k, end)| Elem::boundary(k.clone(), *end)),
-                ));
-                msgs.extend(elements_msg(
-                    MsgType::NewSetElem,
-                    nets,
-                    new.ranges[family]
-                        .iter()
-                        .map(|(k, end)| Elem::boundary(k.clone(), *end)),
-                ));
+            for (set, old, new) in [
+                (nets, &old.ranges[family], &new.ranges[family]),
+                (blocked_set(v6), &old.blocked[family], &new.blocked[family]),
+            ] {
+                if old != new {
+                    msgs.extend(elements_msg(
+                        MsgType::DelSetElem,
+                        set,
+                        old.iter().map(|(k, end)| Elem::boundary(k.clone(), *end)),
+                    ));
+                    msgs.extend(elements_msg(
+                        MsgType::NewSetElem,
+                        set,
+                        new.iter().map(|(k, end)| Elem::boundary(k.clone(), *end)),
+                    ));
+                }
             }
+        }
+        if new.services != old.services {
+            // Services are rules: the table is rebuilt in one batch (the upstreams only change
+            // with a restart, so this does not happen on a reload).
+            let whitelist = std::mem::replace(&mut inner.whitelist, new);
+            return inner.install().map_err(|e| {
+                inner.whitelist = whitelist;
+                FirewallError::Whitelist(Box::new(e))
+            });
         }
         if !msgs.is_empty() {
             inner

@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! <bpffs-dir>/                 owned by root, mode 0700, flock'd by the running daemon
-//!   HOSTS_V4 HOSTS_V6 NETS_V4 NETS_V6 STATS CONFIG OUTBOUND INBOUND
-//!   DENIED DENIED_RATE DROPS ALLOWS NAMES CGROUPS      the maps (nettrust_common::MAP_*)
+//!   HOSTS_V4 HOSTS_V6 NETS_V4 NETS_V6 STATS CONFIG OUTBOUND INBOUND_FLOWS
+//!   DENIED DENIED_RATE DROPS ALLOWS NAMES CGROUPS
+//!   SERVICES BLOCKED_V4 BLOCKED_V6                the maps (nettrust_common::MAP_*)
 //!   LIVE_TCP                                    the live_tcp program's connections
 //!   prog-egress prog-ingress prog-live_tcp      the programs of the last start
 //!   link-egress-<ino> link-ingress-<ino>        one bpf_link per cgroup and program,
@@ -27,9 +28,10 @@ use std::{
 
 use aya::maps::{MapInfo, MapType};
 use nettrust_common::{
-    CGROUP_PATH_LEN, FlowKey, HOST_NAME_LEN, HostSlot, HostValue, MAP_ALLOWS, MAP_CGROUPS,
-    MAP_CONFIG, MAP_DENIED, MAP_DENIED_RATE, MAP_DROPS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_INBOUND,
-    MAP_LIVE_TCP, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND, MAP_STATS, RateState,
+    CGROUP_PATH_LEN, FlowKey, HOST_NAME_LEN, HostSlot, HostValue, InboundKey, InboundValue,
+    MAP_ALLOWS, MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CONFIG, MAP_DENIED,
+    MAP_DENIED_RATE, MAP_DROPS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_INBOUND, MAP_LIVE_TCP, MAP_NAMES,
+    MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND, MAP_SERVICES, MAP_STATS, RateState, ServiceKey,
 };
 
 /// `BPF_FS_MAGIC` from linux/magic.h.
@@ -66,8 +68,11 @@ const fn spec(
 const HOST_VALUE: usize = size_of::<HostValue>();
 const FLOW_KEY: usize = size_of::<FlowKey>();
 
+/// The pin of the inbound flow map of earlier versions (another key), removed at start.
+pub const LEGACY_INBOUND: &str = "INBOUND";
+
 /// Every map nettrust pins, with the shape the eBPF object gives it.
-pub const MAPS: [MapSpec; 15] = [
+pub const MAPS: [MapSpec; 18] = [
     spec(MAP_HOSTS_V4, MapType::Array, 4, size_of::<HostSlot>()),
     spec(MAP_HOSTS_V6, MapType::Hash, 16, HOST_VALUE),
     // LPM trie keys are `{prefix_len: u32, data}`.
@@ -76,7 +81,12 @@ pub const MAPS: [MapSpec; 15] = [
     spec(MAP_STATS, MapType::PerCpuArray, 4, 8),
     spec(MAP_CONFIG, MapType::Array, 4, 4),
     spec(MAP_OUTBOUND, MapType::LruHash, FLOW_KEY, 8),
-    spec(MAP_INBOUND, MapType::LruHash, FLOW_KEY, 8),
+    spec(
+        MAP_INBOUND,
+        MapType::LruHash,
+        size_of::<InboundKey>(),
+        size_of::<InboundValue>(),
+    ),
     spec(MAP_DENIED, MapType::RingBuf, 0, 0),
     spec(
         MAP_DENIED_RATE,
@@ -89,6 +99,9 @@ pub const MAPS: [MapSpec; 15] = [
     spec(MAP_NAMES, MapType::Hash, 16, HOST_NAME_LEN),
     spec(MAP_CGROUPS, MapType::Hash, 8, CGROUP_PATH_LEN),
     spec(MAP_LIVE_TCP, MapType::Hash, 8, 24),
+    spec(MAP_SERVICES, MapType::Hash, size_of::<ServiceKey>(), 4),
+    spec(MAP_BLOCKED_V4, MapType::LpmTrie, 8, 4),
+    spec(MAP_BLOCKED_V6, MapType::LpmTrie, 20, 4),
 ];
 
 /// Pin name of a program (`egress` or `ingress`).

@@ -94,6 +94,101 @@ impl Rule {
         self.meta(16).eq(&[libc::IPPROTO_TCP as u8])
     }
 
+    /// `meta l4proto PROTO`.
+    pub fn l4proto(self, proto: u8) -> Self {
+        self.meta(16).eq(&[proto])
+    }
+
+    /// `payload` of `len` bytes at `offset` of header `base` (1 network, 2 transport) into
+    /// register 1.
+    fn payload(self, base: u32, offset: u32, len: u32) -> Self {
+        self.push(
+            "payload",
+            Some(
+                Attrs::new()
+                    .be32(1, REG_1)
+                    .be32(2, base)
+                    .be32(3, offset)
+                    .be32(4, len),
+            ),
+        )
+    }
+
+    /// The IPv6 destination is in `prefix/bits` (`bits` a multiple of 8 or not): its first
+    /// bytes, masked (`bitwise`), equal the prefix's.
+    pub fn daddr_v6_in(self, prefix: [u8; 16], bits: u8) -> Self {
+        let len = usize::from(bits.div_ceil(8));
+        let mut mask = vec![0xffu8; len];
+        if !bits.is_multiple_of(8) {
+            mask[len - 1] = 0xff << (8 - bits % 8);
+        }
+        let value: Vec<u8> = prefix[..len]
+            .iter()
+            .zip(&mask)
+            .map(|(b, m)| b & m)
+            .collect();
+        self.payload(1, 24, len as u32)
+            .push(
+                "bitwise",
+                Some(
+                    Attrs::new()
+                        .be32(1, REG_1)
+                        .be32(2, REG_1)
+                        .be32(3, len as u32)
+                        .nested(4, Attrs::new().bytes(data::VALUE, &mask))
+                        .nested(5, Attrs::new().bytes(data::VALUE, &vec![0u8; len])),
+                ),
+            )
+            .eq(&value)
+    }
+
+    /// The destination address equals `addr` (4 or 16 bytes, network order).
+    pub fn daddr_eq(self, addr: &[u8]) -> Self {
+        self.daddr(addr.len() == 16).eq(addr)
+    }
+
+    /// The transport header's destination port equals `port` (TCP and UDP alike).
+    pub fn dport(self, port: u16) -> Self {
+        self.payload(2, 2, 2).eq(&port.to_be_bytes())
+    }
+
+    /// `exthdr rt seg-left != 0`: an IPv6 routing header with segments left (`exthdr` with
+    /// `NFTA_EXTHDR_DREG` 1, `TYPE` 2 = 43, `OFFSET` 3 = 3, `LEN` 4 = 1; a packet without the
+    /// header does not match), `cmp neq` (1) 0.
+    pub fn ipv6_segments_left(self) -> Self {
+        self.nfproto(true)
+            .push(
+                "exthdr",
+                Some(
+                    Attrs::new()
+                        .be32(1, REG_1)
+                        .bytes(2, &[43])
+                        .be32(3, 3)
+                        .be32(4, 1),
+                ),
+            )
+            .cmp(1, &[0])
+    }
+
+    /// `ip option TYPE exists`: `exthdr` with `NFTA_EXTHDR_OP` 6 = `NFT_EXTHDR_OP_IPV4` 2 and
+    /// `NFTA_EXTHDR_FLAGS` 5 = `NFT_EXTHDR_F_PRESENT` 1 (1 byte, 1 when present), `cmp eq 1`.
+    pub fn ipv4_option(self, kind: u8) -> Self {
+        self.nfproto(false)
+            .push(
+                "exthdr",
+                Some(
+                    Attrs::new()
+                        .be32(1, REG_1)
+                        .bytes(2, &[kind])
+                        .be32(3, 0)
+                        .be32(4, 1)
+                        .be32(5, 1)
+                        .be32(6, 2),
+                ),
+            )
+            .eq(&[1])
+    }
+
     /// `meta iif lo` (`NFT_META_IIF` = 4; the loopback device is always ifindex 1,
     /// `LOOPBACK_IFINDEX`).
     pub fn iif_loopback(self) -> Self {

@@ -10,7 +10,7 @@ use super::{
     expr::{self, Rule},
     netlink::{self, Attrs, Msg, MsgType, NLM_F_CREATE},
 };
-use crate::firewall::Policy;
+use crate::firewall::{Policy, Service};
 
 /// `NLM_F_APPEND`: add a rule at the end of its chain.
 const NLM_F_APPEND: u16 = 0x800;
@@ -23,6 +23,12 @@ pub(super) fn sets(v6: bool) -> [&'static str; 3] {
     if v6 { SETS_V6 } else { SETS_V4 }
 }
 
+/// The interval sets of the peers that get no replies through connections they opened (the
+/// blacklist's hosts and networks), per family.
+pub(super) fn blocked_set(v6: bool) -> &'static str {
+    if v6 { "blocked6" } else { "blocked4" }
+}
+
 /// The whitelist content of one family: host keys and interval elements `(key, is_end)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Whitelist {
@@ -30,6 +36,10 @@ pub(super) struct Whitelist {
     pub(super) ranges: [Vec<(Vec<u8>, bool)>; 2],
     /// The host addresses, for `Authorization::Already`.
     pub(super) host_addrs: BTreeSet<IpAddr>,
+    /// Interval elements of the blocked peers.
+    pub(super) blocked: [Vec<(Vec<u8>, bool)>; 2],
+    /// The whitelisted services (rules, written at install).
+    pub(super) services: Vec<Service>,
 }
 
 /// Merges overlapping and adjacent networks of one family into interval-set elements: a start
@@ -91,7 +101,14 @@ impl Whitelist {
                 .copied()
                 .filter(move |n| matches!(n, IpNet::V6(_)) == v6);
             w.ranges[usize::from(v6)] = ranges(nets, v6);
+            let blocked = policy
+                .blocked
+                .iter()
+                .copied()
+                .filter(move |n| matches!(n, IpNet::V6(_)) == v6);
+            w.blocked[usize::from(v6)] = ranges(blocked, v6);
         }
+        w.services = policy.services.clone();
         w
     }
 }
@@ -273,9 +290,51 @@ pub(super) fn install_batch(
                 .iter()
                 .map(|(k, end)| Elem::boundary(k.clone(), *end)),
         ));
+        msgs.push(Msg::new(
+            MsgType::NewSet,
+            NLM_F_CREATE,
+            Attrs::new()
+                .str(set::TABLE, TABLE)
+                .str(set::NAME, blocked_set(v6))
+                .be32(set::FLAGS, set::INTERVAL)
+                .be32(set::KEY_TYPE, key_type)
+                .be32(set::KEY_LEN, key_len)
+                .be32(set::ID, id),
+        ));
+        id += 1;
+        msgs.extend(elements_msg(
+            MsgType::NewSetElem,
+            blocked_set(v6),
+            w.blocked[family]
+                .iter()
+                .map(|(k, end)| Elem::boundary(k.clone(), *end)),
+        ));
     }
 
     msgs.push(chain_msg(POLICY_CHAIN, None));
+    // Source-routed packets first, replies included: their destination address is only the
+    // first hop (IPv4 loose/strict source route options, an IPv6 routing header with segments
+    // left).
+    for rule in [
+        Rule::new().ipv4_option(0x83),
+        Rule::new().ipv4_option(0x89),
+        Rule::new().ipv6_segments_left(),
+    ] {
+        msgs.push(rule_msg(POLICY_CHAIN, rule.counter().verdict(expr::DROP)));
+    }
+    // No reply to a connection a blocked (blacklisted) peer opened.
+    for v6 in [false, true] {
+        msgs.push(rule_msg(
+            POLICY_CHAIN,
+            Rule::new()
+                .nfproto(v6)
+                .ct_reply_direction()
+                .daddr(v6)
+                .lookup(blocked_set(v6))
+                .counter()
+                .verdict(expr::DROP),
+        ));
+    }
     // Replies: packets of connections the peer opened (a local server answering), and ICMP errors
     // about them. Packets in the original direction of an outbound connection are judged by the
     // lists every time, so an expired authorization stops established flows too, as with eBPF.
@@ -288,11 +347,42 @@ pub(super) fn install_batch(
     ));
     // The kernel's own IPv6 control traffic: MLD (130-132, 143) and neighbour discovery
     // (133-137, RFC 4861) are sent from per-namespace kernel sockets, which belong to a cgroup
-    // like any socket; without them IPv6 stops resolving neighbours.
+    // like any socket; without them IPv6 stops resolving neighbours. Only to link-local
+    // (fe80::/10) and multicast (ff00::/8) addresses: elsewhere these types are no link control.
+    let link_local = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let multicast = [0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     for (lo, hi) in [(130, 137), (143, 143)] {
+        for (prefix, bits) in [(link_local, 10), (multicast, 8)] {
+            msgs.push(rule_msg(
+                POLICY_CHAIN,
+                Rule::new()
+                    .icmpv6_types(lo, hi)
+                    .daddr_v6_in(prefix, bits)
+                    .verdict(expr::ACCEPT),
+            ));
+        }
+    }
+    // DHCPv6 to All_DHCP_Relay_Agents_and_Servers (ff02::1:2, port 547; RFC 8415 §7).
+    msgs.push(rule_msg(
+        POLICY_CHAIN,
+        Rule::new()
+            .nfproto(true)
+            .l4proto(libc::IPPROTO_UDP as u8)
+            .daddr_eq(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2])
+            .dport(547)
+            .verdict(expr::ACCEPT),
+    ));
+    // Whitelisted services (the upstream DNS servers): their address, port and transport only.
+    for service in &w.services {
+        let addr = netlink::addr_key(service.addr.ip());
         msgs.push(rule_msg(
             POLICY_CHAIN,
-            Rule::new().icmpv6_types(lo, hi).verdict(expr::ACCEPT),
+            Rule::new()
+                .nfproto(service.addr.is_ipv6())
+                .l4proto(service.transport.proto())
+                .daddr_eq(&addr)
+                .dport(service.addr.port())
+                .verdict(expr::ACCEPT),
         ));
     }
     // Networks, then hosts, then authorizations, each per family.
