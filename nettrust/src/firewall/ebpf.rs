@@ -541,9 +541,15 @@ impl EbpfFirewall {
                 // The scan that picks the victims runs under the shared lock (answers keep
                 // being written); only their removal takes the exclusive one.
                 let started = std::time::Instant::now();
+                // A host with an open connection that conntrack tracks is in use even when it
+                // has carried no packet for a while (the sweeper keeps it past its TTL alike).
+                let active = crate::conntrack::active_addresses().unwrap_or_else(|e| {
+                    tracing::debug!("conntrack unavailable for eviction ({e})");
+                    Default::default()
+                });
                 let plan = {
                     let hosts = self.hosts.read().expect("host maps lock poisoned");
-                    plan_eviction(store(&hosts), recency, self.capacities.hosts)?
+                    plan_eviction(store(&hosts), recency, self.capacities.hosts, &active)?
                 };
                 let scanned = started.elapsed();
                 let (result, evicted) = {
