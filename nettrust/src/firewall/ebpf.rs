@@ -532,9 +532,14 @@ impl EbpfFirewall {
     where
         IpAddr: From<[u8; N]>,
     {
-        let result = {
+        // The answer is recorded before the write and under the same shared lock: an eviction
+        // planned earlier compares the record under the exclusive lock, so it cannot remove a
+        // host this answer has just confirmed (recorded after the lock was released, the
+        // eviction could run in between and see the old record).
+        let (result, prune) = {
             let hosts = self.hosts.read().expect("host maps lock poisoned");
-            upsert(store(&hosts), key, expires_ns)
+            let prune = recency.touch(key, boottime_ns());
+            (upsert(store(&hosts), key, expires_ns), prune)
         };
         let result = match result {
             Err(e) if is_full(&e) => {
@@ -558,17 +563,18 @@ impl EbpfFirewall {
                         // A concurrent answer made room meanwhile.
                         Err(e) if is_full(&e) => {
                             let evicted = evict(store(&hosts), recency, plan)?;
+                            // Their names go under the same exclusive lock: an answer that
+                            // authorizes one of them again afterwards records its name anew.
+                            let names = super::bpf_sys::fd_of(&hosts.names);
+                            for &addr in &evicted {
+                                let _ = super::bpf_sys::delete(names, &name_key(addr));
+                            }
                             (upsert(store(&hosts), key, expires_ns), evicted)
                         }
                         other => (other, Vec::new()),
                     }
                 };
                 if !evicted.is_empty() {
-                    let hosts = self.hosts.read().expect("host maps lock poisoned");
-                    let names = super::bpf_sys::fd_of(&hosts.names);
-                    for &addr in &evicted {
-                        let _ = super::bpf_sys::delete(names, &name_key(addr));
-                    }
                     crate::metrics::metrics()
                         .evicted
                         .inc_by(evicted.len() as u64);
@@ -585,7 +591,7 @@ impl EbpfFirewall {
             }
             other => other,
         };
-        if result.is_ok() && recency.touch(key, boottime_ns()) {
+        if prune {
             let hosts = self.hosts.read().expect("host maps lock poisoned");
             if let Ok(entries) = store(&hosts).entries() {
                 let present: std::collections::HashSet<[u8; N]> =
