@@ -171,7 +171,9 @@ fn full_map_keeps_the_host_of_an_idle_open_connection(backend: Backend) {
         .output()
         .expect("run ss");
     assert!(
-        !String::from_utf8_lossy(&established.stdout).trim().is_empty(),
+        !String::from_utf8_lossy(&established.stdout)
+            .trim()
+            .is_empty(),
         "the idle client must still be connected"
     );
     let names = 4 * MAX_HOSTS;

@@ -592,12 +592,11 @@ impl EbpfFirewall {
             other => other,
         };
         if prune {
-            let hosts = self.hosts.read().expect("host maps lock poisoned");
-            if let Ok(entries) = store(&hosts).entries() {
-                let present: std::collections::HashSet<[u8; N]> =
-                    entries.into_iter().map(|(k, _)| k).collect();
-                recency.retain(|k| present.contains(k));
-            }
+            recency.prune(boottime_ns(), || {
+                let hosts = self.hosts.read().expect("host maps lock poisoned");
+                let entries = store(&hosts).entries().ok()?;
+                Some(entries.into_iter().map(|(k, _)| k).collect())
+            });
         }
         result
     }
