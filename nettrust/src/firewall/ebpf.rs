@@ -592,7 +592,9 @@ impl EbpfFirewall {
             other => other,
         };
         if prune {
-            recency.prune(boottime_ns(), || {
+            // Records of the last second are kept whatever the read finds: an answer recorded
+            // just before the read started may write its host only after the read passed it.
+            recency.prune(boottime_ns().saturating_sub(1_000_000_000), || {
                 let hosts = self.hosts.read().expect("host maps lock poisoned");
                 let entries = store(&hosts).entries().ok()?;
                 Some(entries.into_iter().map(|(k, _)| k).collect())

@@ -104,8 +104,8 @@ impl<K: Eq + Hash + Copy> Recency<K> {
     }
 
     /// Drops the records of hosts no longer in the map: `present` reads the map's keys (`None`
-    /// when it cannot) while answers go on. A record made at or after `now` (taken before the
-    /// read) is kept even when its key is missing from what was read: an answer recorded
+    /// when it cannot) while answers go on. A record made at or after `now` (before the read
+    /// started) is kept even when its key is missing from what was read: an answer recorded
     /// during the read writes its host after recording it, so the read may have missed it, and
     /// losing its record would make a host just answered look never answered (first to evict).
     pub fn prune(&self, now: u64, present: impl FnOnce() -> Option<std::collections::HashSet<K>>) {
