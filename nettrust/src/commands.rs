@@ -202,9 +202,7 @@ pub fn flush(bpffs_dir: &Path) -> Result<String, CommandError> {
             bpffs_dir.to_owned(),
         )]));
     }
-    if nftables::daemon_running() {
-        return Err(NftablesError::Busy.into());
-    }
+    nftables::ensure_no_daemon()?;
     pins::remove_all(bpffs_dir).map_err(CommandError::Flush)?;
     let mut out = format!("flushed {}\n", bpffs_dir.display());
     if nftables::flush()? {

@@ -8,7 +8,10 @@ mod world;
 
 use world::{Backend, Background, NUMBERED_NAMES, World};
 
-both_backends!(full_map_evicts_idle_authorizations_and_keeps_answering);
+both_backends!(
+    full_map_evicts_idle_authorizations_and_keeps_answering,
+    full_map_keeps_the_host_of_an_idle_open_connection,
+);
 
 /// dig's status line for `name` asked from the test cgroup, plus the answered addresses.
 fn ask(world: &World, name: &str) -> (String, Vec<String>) {
@@ -126,6 +129,68 @@ fn full_map_evicts_idle_authorizations_and_keeps_answering(backend: Backend) {
     assert_eq!(ask(&world, "n2.test").0, "NOERROR");
     assert!(world.reachable_from_cgroup("203.0.113.2"));
     assert!(world.daemon_log().contains("[Evicted]"));
+    assert!(world.stop_daemon(), "nettrust failed at exit");
+}
+
+/// An echo server (port 8081) in the internet namespace: a connection stays open while the client
+/// keeps it open.
+const ECHO_PORT: u16 = 8081;
+
+/// A host with an open TCP connection that has been idle for longer than eviction's "recent
+/// packet" window (30 s; a database pool, an SSH session) is as alive for eviction as it is for
+/// the sweeper: conntrack knows the flow, so a full map flooded with 4 × `max_hosts` new names
+/// evicts other hosts and keeps this one. (Before, the eBPF backend ranked it by its last packet
+/// only and evicted it first; the connection's next packet was dropped.)
+fn full_map_keeps_the_host_of_an_idle_open_connection(backend: Backend) {
+    use std::time::Duration;
+    let mut world = World::with_backend(backend);
+    let mut echo = world.in_ns(&world.inet_ns, "socat");
+    echo.args([
+        &format!("TCP6-LISTEN:{ECHO_PORT},ipv6only=0,reuseaddr,fork"),
+        "EXEC:cat",
+    ]);
+    let _echo = Background::spawn(echo);
+    // A ct-using rule in the client namespace (only there) makes conntrack track its flows, as
+    // the sweeper's conntrack liveness test does.
+    let rules = "table inet nettrust_ct {\n chain output {\n  type filter hook output priority 0; policy accept;\n  ct state established counter\n }\n}\n";
+    world.load_nft(&world.client_ns, rules);
+    world.start_daemon(&["--max-hosts", &MAX_HOSTS.to_string()]);
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    // An open connection without any traffic after its handshake.
+    let mut client = world.in_cgroup("sh");
+    client.args([
+        "-c",
+        &format!("sleep 120 | socat - TCP:192.0.2.11:{ECHO_PORT}"),
+    ]);
+    let _client = Background::spawn(client);
+    // Idle for longer than the 30 s during which a packet alone protects a host.
+    std::thread::sleep(Duration::from_secs(33));
+    let established = world
+        .in_ns(&world.client_ns, "ss")
+        .args(["-Htn", "state", "established", "dst", "192.0.2.11"])
+        .output()
+        .expect("run ss");
+    assert!(
+        !String::from_utf8_lossy(&established.stdout)
+            .trim()
+            .is_empty(),
+        "the idle client must still be connected"
+    );
+    let names = 4 * MAX_HOSTS;
+    for i in 1..=names {
+        let (status, _) = ask(&world, &format!("n{i}.test"));
+        assert_eq!(status, "NOERROR", "n{i}.test");
+    }
+    let listed = world.list();
+    assert!(
+        !listed.contains(&"203.0.113.1".parse().unwrap()),
+        "the map never filled: {listed:?}"
+    );
+    assert!(
+        listed.contains(&"192.0.2.11".parse().unwrap()),
+        "the host of an idle open connection was evicted: {listed:?}"
+    );
+    assert!(world.reachable_from_cgroup("192.0.2.11"));
     assert!(world.stop_daemon(), "nettrust failed at exit");
 }
 

@@ -16,7 +16,7 @@ use std::{
 
 use nettrust::firewall::{
     Authorization, ExitMode, Firewall as _, Policy,
-    nftables::{Mode, NftablesError, NftablesFirewall, Options},
+    nftables::{Mode, NftablesError, NftablesFirewall, Options, TABLE},
 };
 use world::World;
 
@@ -402,6 +402,56 @@ fn nft_lock_cannot_be_taken_by_an_unprivileged_user() {
         !std::path::Path::new(&lock).exists(),
         "the lock file outlived the daemon"
     );
+    world.assert_nothing_left();
+}
+
+/// `nettrust flush` run by a user who may change nftables (CAP_NET_ADMIN) but cannot open the
+/// root-only lock file refuses, naming the lock, while a daemon runs: a lock it cannot read is
+/// not "no daemon". (Before, it deleted the running daemon's table: egress open until the
+/// daemon's watch put it back.)
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn flush_by_a_user_who_cannot_read_the_lock_refuses() {
+    let mut world = World::new();
+    world.start_daemon(NFT);
+    assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
+    let mut flush = world.in_ns(&world.client_ns, "setpriv");
+    flush
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+net_admin",
+            "--ambient-caps=+net_admin",
+            "--",
+            env!("CARGO_BIN_EXE_nettrust"),
+            "flush",
+            "--bpffs-dir",
+        ])
+        // No eBPF state to flush (a directory that does not exist; nobody may not even list
+        // /sys/fs/bpf): only the nftables side is asked.
+        .arg(std::env::temp_dir().join(format!("nettrust-absent-{}", std::process::id())));
+    let out = flush.output().expect("run setpriv nettrust flush");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        !out.status.success(),
+        "flush by nobody with CAP_NET_ADMIN succeeded while a daemon runs: {stdout}{stderr}"
+    );
+    assert!(
+        stderr.contains("/run/nettrust") && stderr.contains("Permission denied"),
+        "the refusal does not name the lock and the reason: {stderr}"
+    );
+    assert!(
+        world.client_tables().iter().any(|t| t.contains(TABLE)),
+        "the daemon's table was deleted: {:?}",
+        world.client_tables()
+    );
+    assert!(!world.reachable_from_cgroup("203.0.113.77"));
+    assert!(world.reachable_from_cgroup("192.0.2.11"));
+    assert!(world.stop_daemon());
     world.assert_nothing_left();
 }
 

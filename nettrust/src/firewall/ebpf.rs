@@ -551,18 +551,29 @@ impl EbpfFirewall {
     where
         IpAddr: From<[u8; N]>,
     {
-        let result = {
+        // The answer is recorded before the write and under the same shared lock: an eviction
+        // planned earlier compares the record under the exclusive lock, so it cannot remove a
+        // host this answer has just confirmed (recorded after the lock was released, the
+        // eviction could run in between and see the old record).
+        let (result, prune) = {
             let hosts = self.hosts.read().expect("host maps lock poisoned");
-            upsert(store(&hosts), key, expires_ns)
+            let prune = recency.touch(key, boottime_ns());
+            (upsert(store(&hosts), key, expires_ns), prune)
         };
         let result = match result {
             Err(e) if is_full(&e) => {
                 // The scan that picks the victims runs under the shared lock (answers keep
                 // being written); only their removal takes the exclusive one.
                 let started = std::time::Instant::now();
+                // A host with an open connection that conntrack tracks is in use even when it
+                // has carried no packet for a while (the sweeper keeps it past its TTL alike).
+                let active = crate::conntrack::active_addresses().unwrap_or_else(|e| {
+                    tracing::debug!("conntrack unavailable for eviction ({e})");
+                    Default::default()
+                });
                 let plan = {
                     let hosts = self.hosts.read().expect("host maps lock poisoned");
-                    plan_eviction(store(&hosts), recency, self.capacities.hosts)?
+                    plan_eviction(store(&hosts), recency, self.capacities.hosts, &active)?
                 };
                 let scanned = started.elapsed();
                 let (result, evicted) = {
@@ -571,17 +582,18 @@ impl EbpfFirewall {
                         // A concurrent answer made room meanwhile.
                         Err(e) if is_full(&e) => {
                             let evicted = evict(store(&hosts), recency, plan)?;
+                            // Their names go under the same exclusive lock: an answer that
+                            // authorizes one of them again afterwards records its name anew.
+                            let names = super::bpf_sys::fd_of(&hosts.names);
+                            for &addr in &evicted {
+                                let _ = super::bpf_sys::delete(names, &name_key(addr));
+                            }
                             (upsert(store(&hosts), key, expires_ns), evicted)
                         }
                         other => (other, Vec::new()),
                     }
                 };
                 if !evicted.is_empty() {
-                    let hosts = self.hosts.read().expect("host maps lock poisoned");
-                    let names = super::bpf_sys::fd_of(&hosts.names);
-                    for &addr in &evicted {
-                        let _ = super::bpf_sys::delete(names, &name_key(addr));
-                    }
                     crate::metrics::metrics()
                         .evicted
                         .inc_by(evicted.len() as u64);
@@ -598,13 +610,14 @@ impl EbpfFirewall {
             }
             other => other,
         };
-        if result.is_ok() && recency.touch(key, boottime_ns()) {
-            let hosts = self.hosts.read().expect("host maps lock poisoned");
-            if let Ok(entries) = store(&hosts).entries() {
-                let present: std::collections::HashSet<[u8; N]> =
-                    entries.into_iter().map(|(k, _)| k).collect();
-                recency.retain(|k| present.contains(k));
-            }
+        if prune {
+            // Records of the last second are kept whatever the read finds: an answer recorded
+            // just before the read started may write its host only after the read passed it.
+            recency.prune(boottime_ns().saturating_sub(1_000_000_000), || {
+                let hosts = self.hosts.read().expect("host maps lock poisoned");
+                let entries = store(&hosts).entries().ok()?;
+                Some(entries.into_iter().map(|(k, _)| k).collect())
+            });
         }
         result
     }

@@ -198,15 +198,25 @@ pub(super) struct Victim<const N: usize> {
 }
 
 /// Chooses one batch of idle authorizations of a full `map` of `capacity` hosts to evict (least
-/// recently used, see [`super::evict`]) by one scan. Needs no exclusive lock: answers keep being
-/// written meanwhile, and [`evict`] removes only the victims nothing touched since.
+/// recently used, see [`super::evict`]) by one scan. Hosts in `active` (the addresses of flows
+/// conntrack tracks: an open connection idle for longer than [`evict::LIVE_NS`], which keeps its
+/// host past the TTL in the sweeper) are in use and never chosen. Needs no exclusive lock:
+/// answers keep being written meanwhile, and [`evict`] removes only the victims nothing touched
+/// since.
 pub(super) fn plan_eviction<const N: usize>(
     map: &impl HostStore<N>,
     recency: &Recency<[u8; N]>,
     capacity: u32,
-) -> io::Result<Vec<Victim<N>>> {
+    active: &std::collections::HashSet<IpAddr>,
+) -> io::Result<Vec<Victim<N>>>
+where
+    IpAddr: From<[u8; N]>,
+{
     let now = boottime_ns();
-    let entries = map.entries()?;
+    let mut entries = map.entries()?;
+    if !active.is_empty() {
+        entries.retain(|(k, _)| !active.contains(&IpAddr::from(*k)));
+    }
     let victims = recency.with(|answered| {
         evict::victims(
             entries.into_iter().map(|(k, v)| {
@@ -558,7 +568,7 @@ mod tests {
         let full = upsert(&table, addr(500), 0).unwrap_err();
         assert_eq!(full.raw_os_error(), Some(libc::E2BIG));
 
-        let plan = plan_eviction(&table, &recency, CAPACITY * 4).unwrap();
+        let plan = plan_eviction(&table, &recency, CAPACITY * 4, &Default::default()).unwrap();
         assert_eq!(plan.len(), evict::batch(CAPACITY * 4));
         let mut planned: Vec<[u8; 4]> = plan.iter().map(|v| v.key).collect();
         planned.sort_unstable();
@@ -581,7 +591,7 @@ mod tests {
         }
         assert_eq!(table.len(), CAPACITY as usize);
         // Asked for more than there are: everything but the whitelisted host and the one in use.
-        let all = plan_eviction(&table, &recency, CAPACITY * 64 * 2).unwrap();
+        let all = plan_eviction(&table, &recency, CAPACITY * 64 * 2, &Default::default()).unwrap();
         assert_eq!(all.len(), CAPACITY as usize - 2);
         assert!(
             all.iter().all(|v| v.key != addr(0) && v.key != addr(1)),
@@ -612,7 +622,7 @@ mod timing {
         let mut times = Vec::new();
         for _ in 0..20 {
             let started = std::time::Instant::now();
-            let plan = plan_eviction(&table, &recency, capacity).unwrap();
+            let plan = plan_eviction(&table, &recency, capacity, &Default::default()).unwrap();
             times.push(started.elapsed());
             assert_eq!(plan.len(), 1024);
         }

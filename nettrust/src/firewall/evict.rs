@@ -86,7 +86,7 @@ impl<K: Eq + Hash + Copy> Recency<K> {
 
     /// Records an answer naming `key` at `now`. Returns true when the records outgrew twice the
     /// capacity (hosts removed by the sweeper or by hand leave theirs behind): the caller then
-    /// calls [`Recency::retain`] with the map's keys.
+    /// calls [`Recency::prune`] with the map's keys.
     pub fn touch(&self, key: K, now: u64) -> bool {
         let mut at = self.lock();
         at.insert(key, now);
@@ -103,9 +103,16 @@ impl<K: Eq + Hash + Copy> Recency<K> {
         self.lock().remove(key);
     }
 
-    /// Keeps the records of the keys `present` accepts.
-    pub fn retain(&self, mut present: impl FnMut(&K) -> bool) {
-        self.lock().retain(|k, _| present(k));
+    /// Drops the records of hosts no longer in the map: `present` reads the map's keys (`None`
+    /// when it cannot) while answers go on. A record made at or after `now` (before the read
+    /// started) is kept even when its key is missing from what was read: an answer recorded
+    /// during the read writes its host after recording it, so the read may have missed it, and
+    /// losing its record would make a host just answered look never answered (first to evict).
+    pub fn prune(&self, now: u64, present: impl FnOnce() -> Option<std::collections::HashSet<K>>) {
+        if let Some(present) = present() {
+            self.lock()
+                .retain(|k, at| *at >= now || present.contains(k));
+        }
     }
 
     /// Runs `f` on the records (one lock for a whole scan).
@@ -233,10 +240,30 @@ mod tests {
             assert!(!recency.touch(i, u64::from(i)));
         }
         assert!(recency.touch(1200, 1));
-        recency.retain(|k| *k < 10);
+        recency.prune(2000, || Some((0..10).collect()));
         assert_eq!(recency.get(&3), 3);
         assert_eq!(recency.get(&11), 0);
         recency.forget(&3);
         assert_eq!(recency.get(&3), 0);
+    }
+
+    /// An answer recorded while the prune reads the map (its host written after the read saw
+    /// the map) keeps its record: otherwise the host just answered would rank as never answered
+    /// and be the first evicted.
+    #[test]
+    fn a_prune_keeps_an_answer_recorded_during_its_read() {
+        let recency = Recency::new(16);
+        recency.touch(1u32, 100);
+        recency.touch(2u32, 100);
+        recency.prune(500, || {
+            // A concurrent answer: recorded now, its host not in the map yet.
+            recency.touch(3, 500);
+            recency.touch(4, 600);
+            Some([1].into())
+        });
+        assert_eq!(recency.get(&1), 100);
+        assert_eq!(recency.get(&2), 0, "a removed host's record was kept");
+        assert_eq!(recency.get(&3), 500);
+        assert_eq!(recency.get(&4), 600);
     }
 }

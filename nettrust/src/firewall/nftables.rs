@@ -290,28 +290,48 @@ fn take_lock() -> std::io::Result<Option<NsLock>> {
 }
 
 /// Whether a nettrust daemon with the nftables backend runs in the caller's network namespace
-/// (its lock is held).
+/// (its lock is held); false also when that cannot be told (see [`ensure_no_daemon`]).
 pub fn daemon_running() -> bool {
+    lock_held().unwrap_or(false)
+}
+
+/// Fails with [`NftablesError::Busy`] while a daemon holds the lock of the caller's network
+/// namespace, and with [`NftablesError::Lock`] when the lock file exists but cannot be checked
+/// (a user other than root cannot open it): a lock it cannot read is not "no daemon", so nothing
+/// may delete the table on that basis.
+pub fn ensure_no_daemon() -> Result<(), NftablesError> {
+    match lock_held() {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(NftablesError::Busy),
+        Err(e) => Err(NftablesError::Lock(e)),
+    }
+}
+
+/// Whether the lock of the caller's network namespace is held; false when there is no lock file.
+fn lock_held() -> std::io::Result<bool> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let Ok(path) = lock_path() else {
-        return false;
-    };
-    let Ok(file) = std::fs::OpenOptions::new()
+    let path = lock_path()?;
+    let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
-    else {
-        return false;
-    };
-    match try_flock(&file, libc::LOCK_SH) {
-        Ok(true) => {
-            use std::os::fd::AsRawFd as _;
-            // SAFETY: unlocking our own descriptor.
-            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-            false
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot check {}: {e}", path.display()),
+            ));
         }
-        Ok(false) => true,
-        Err(_) => false,
+    };
+    if try_flock(&file, libc::LOCK_SH)? {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: unlocking our own descriptor.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        Ok(false)
+    } else {
+        Ok(true)
     }
 }
 
@@ -777,9 +797,7 @@ pub fn egress_stats() -> Result<Option<[u64; nettrust_common::STAT_COUNT as usiz
 /// Deletes `inet net-trust` in the caller's network namespace (`nettrust flush`); refuses while a
 /// daemon owns it. Returns whether there was a table.
 pub fn flush() -> Result<bool, NftablesError> {
-    if daemon_running() {
-        return Err(NftablesError::Busy);
-    }
+    ensure_no_daemon()?;
     let mut socket = Socket::open().map_err(NftablesError::Socket)?;
     if !socket
         .table_exists(NFPROTO_INET, TABLE)
