@@ -142,6 +142,19 @@ const ECHO_PORT: u16 = 8081;
 /// evicts other hosts and keeps this one. (Before, the eBPF backend ranked it by its last packet
 /// only and evicted it first; the connection's next packet was dropped.)
 fn full_map_keeps_the_host_of_an_idle_open_connection(backend: Backend) {
+    idle_connection_outlives_a_full_map(backend, true);
+}
+
+/// The same on a host with no netfilter rule at all, where conntrack tracks nothing: the eBPF
+/// backend knows the connection from its `live_tcp` program. (The nftables backend's own rules
+/// make conntrack track, so it has no such case.)
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn full_map_keeps_the_host_of_an_idle_open_connection_without_any_firewall_rule() {
+    idle_connection_outlives_a_full_map(Backend::Ebpf, false);
+}
+
+fn idle_connection_outlives_a_full_map(backend: Backend, ct_rule: bool) {
     use std::time::Duration;
     let mut world = World::with_backend(backend);
     let mut echo = world.in_ns(&world.inet_ns, "socat");
@@ -150,10 +163,19 @@ fn full_map_keeps_the_host_of_an_idle_open_connection(backend: Backend) {
         "EXEC:cat",
     ]);
     let _echo = Background::spawn(echo);
-    // A ct-using rule in the client namespace (only there) makes conntrack track its flows, as
-    // the sweeper's conntrack liveness test does.
-    let rules = "table inet nettrust_ct {\n chain output {\n  type filter hook output priority 0; policy accept;\n  ct state established counter\n }\n}\n";
-    world.load_nft(&world.client_ns, rules);
+    if ct_rule {
+        // A ct-using rule in the client namespace (only there) makes conntrack track its
+        // flows, as the sweeper's conntrack liveness test does.
+        let rules = "table inet nettrust_ct {\n chain output {\n  type filter hook output priority 0; policy accept;\n  ct state established counter\n }\n}\n";
+        world.load_nft(&world.client_ns, rules);
+    } else {
+        let ruleset = world
+            .in_ns(&world.client_ns, "nft")
+            .args(["list", "ruleset"])
+            .output()
+            .expect("run nft");
+        assert!(ruleset.stdout.trim_ascii().is_empty(), "a rule is loaded");
+    }
     world.start_daemon(&["--max-hosts", &MAX_HOSTS.to_string()]);
     assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
     // An open connection without any traffic after its handshake.

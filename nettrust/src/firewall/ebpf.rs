@@ -565,12 +565,21 @@ impl EbpfFirewall {
                 // The scan that picks the victims runs under the shared lock (answers keep
                 // being written); only their removal takes the exclusive one.
                 let started = std::time::Instant::now();
-                // A host with an open connection that conntrack tracks is in use even when it
-                // has carried no packet for a while (the sweeper keeps it past its TTL alike).
-                let active = crate::conntrack::active_addresses().unwrap_or_else(|e| {
+                // A host with an open connection is in use even when it has carried no packet
+                // for a while (the sweeper keeps it past its TTL alike): the filtered cgroups'
+                // established TCP connections (`live_tcp`, which needs no conntrack) and the
+                // flows conntrack tracks where it tracks any.
+                let mut active = crate::conntrack::active_addresses().unwrap_or_else(|e| {
                     tracing::debug!("conntrack unavailable for eviction ({e})");
                     Default::default()
                 });
+                match self.live_hosts() {
+                    Ok(live) => active.extend(live),
+                    Err(e) => tracing::warn!(
+                        error = %crate::error_chain(&e),
+                        "[Firewall Error] cannot read the live TCP connections for eviction"
+                    ),
+                }
                 let plan = {
                     let hosts = self.hosts.read().expect("host maps lock poisoned");
                     plan_eviction(store(&hosts), recency, self.capacities.hosts, &active)?

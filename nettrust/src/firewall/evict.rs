@@ -2,8 +2,10 @@
 //! authorizations exist (which, with the default TTL of never, normal use reaches and never
 //! leaves), the authorizations that carry no traffic are evicted, least recently used first.
 //!
-//! Order of eviction (whitelisted hosts, and hosts with a packet in the last [`LIVE_NS`], are never
-//! candidates: when nothing else is left the new address is refused):
+//! Order of eviction (whitelisted hosts, hosts with a packet in the last [`LIVE_NS`], and hosts
+//! with an open connection — eBPF: the `live_tcp` program's established TCP connections and the
+//! flows conntrack tracks; nftables: conntrack — are never candidates: when nothing else is left
+//! the new address is refused):
 //! 1. authorizations past their deadline (dead already, only not swept yet), oldest deadline first;
 //! 2. authorizations that never carried traffic and were last answered more than [`GRACE_NS`]
 //!    ago, least recently answered first (an attacker's flood of names nobody connects to lands
