@@ -706,14 +706,60 @@ fn rate_bound(per_sec: u64, took: Duration) -> usize {
     (per_sec * cpus * (took.as_secs() + 2)) as usize
 }
 
+/// Bytes the egress program pinned in `bpffs_dir` has written into its aya-log ring buffer
+/// (`AYA_LOGS`) since it was loaded: the ring's producer position, the first word of the page after
+/// the consumer page (kernel/bpf/ringbuf.c), mapped read-only. The daemon's logger only advances
+/// the consumer position, so this counts every record the program wrote.
+fn aya_log_bytes(bpffs_dir: &Path) -> u64 {
+    use std::os::fd::AsFd as _;
+    let info = aya::programs::ProgramInfo::from_pin(bpffs_dir.join("prog-egress")).unwrap();
+    let id = info
+        .map_ids()
+        .unwrap()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|id| {
+            aya::maps::MapInfo::from_id(*id)
+                .is_ok_and(|m| m.name_as_str() == Some("AYA_LOGS"))
+        })
+        .expect("AYA_LOGS among the egress program's maps");
+    let map = aya::maps::MapData::from_id(id).unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    // SAFETY: maps one page of the ring buffer's fd read-only (the kernel allows that for the
+    // producer page), read once and unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            map.fd().as_fd().as_raw_fd(),
+            page as libc::off_t,
+        )
+    };
+    assert_ne!(
+        ptr,
+        libc::MAP_FAILED,
+        "mmap of AYA_LOGS' producer page: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the mapping is a page long and page-aligned; the kernel updates it concurrently.
+    let bytes = unsafe { std::ptr::read_volatile(ptr.cast::<u64>()) };
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(ptr, page) };
+    bytes
+}
+
 /// Lines of the daemon's log containing `what`.
 fn lines_with(log: &str, what: &str) -> usize {
     log.lines().filter(|l| l.contains(what)).count()
 }
 
 /// Without debug logging for the eBPF target (`RUST_LOG=info`) the egress program writes no
-/// record, whatever it drops: 1,000 denied datagrams and 1,000 source-routed ones leave no
-/// `nettrust::ebpf` line, and the denied events stay within their rate limit.
+/// record, whatever it drops: after 1,000 denied datagrams and 1,000 source-routed ones its log
+/// ring buffer is untouched and the daemon's log has no `nettrust::ebpf` line, and the denied
+/// events stay within their rate limit.
 #[test]
 #[ignore = "needs root: cargo xtask test"]
 fn ebpf_drop_flood_logs_nothing_from_the_program_without_debug() {
@@ -734,12 +780,18 @@ fn ebpf_drop_flood_logs_nothing_from_the_program_without_debug() {
     std::thread::sleep(Duration::from_secs(1));
     let log = daemon.log();
     assert_eq!(
+        aya_log_bytes(&world.bpffs_dir),
+        0,
+        "the egress program wrote log records with debug off"
+    );
+    assert_eq!(
         lines_with(&log, "nettrust::ebpf"),
         0,
         "the egress program logged with debug off:\n{log}"
     );
     let denied = lines_with(&log, "[Denied]");
     let bound = rate_bound(nettrust_common::DENIED_EVENTS_PER_SEC, took);
+    eprintln!("{denied} denied events for 2,000 drops in {took:?}");
     assert!(
         denied <= bound,
         "{denied} denied events for 2,000 drops in {took:?} (at most {bound})"
@@ -777,6 +829,11 @@ fn ebpf_source_route_flood_debug_log_is_rate_limited() {
     let log = daemon.log();
     let lines = lines_with(&log, "nettrust::ebpf");
     let bound = rate_bound(nettrust_common::LOG_RECORDS_PER_SEC, took);
+    eprintln!("{lines} program log lines for 1,000 source-routed drops in {took:?}");
+    assert!(
+        aya_log_bytes(&world.bpffs_dir) > 0,
+        "the program's records are not counted in its ring buffer"
+    );
     assert!(
         lines <= bound,
         "{lines} program log lines for 1,000 source-routed drops in {took:?} (at most {bound}):\n{log}"
