@@ -719,8 +719,7 @@ fn aya_log_bytes(bpffs_dir: &Path) -> u64 {
         .unwrap_or_default()
         .into_iter()
         .find(|id| {
-            aya::maps::MapInfo::from_id(*id)
-                .is_ok_and(|m| m.name_as_str() == Some("AYA_LOGS"))
+            aya::maps::MapInfo::from_id(*id).is_ok_and(|m| m.name_as_str() == Some("AYA_LOGS"))
         })
         .expect("AYA_LOGS among the egress program's maps");
     let map = aya::maps::MapData::from_id(id).unwrap();

@@ -1053,7 +1053,11 @@ fn ebpf_link_control_source_routes_upstreams_and_inbound_flows() {
     std::thread::sleep(Duration::from_millis(1100));
     let mut cut = v6_with(me6, "2001:db8:1::10", TCP, 40000, 443);
     cut.truncate(14 + 40);
-    case("v6 with its TCP header cut off (fail closed)", out(cut), DROP);
+    case(
+        "v6 with its TCP header cut off (fail closed)",
+        out(cut),
+        DROP,
+    );
 
     // Source routing: the destination judged would be only the first hop.
     let lsrr = [0x83, 7, 4, 192, 0, 2, 99, 0];
