@@ -42,6 +42,8 @@ pub const MAP_SERVICES: &str = "SERVICES";
 pub const MAP_DENIED: &str = "DENIED";
 /// Per-CPU rate limiter state of [`MAP_DENIED`] ([`RateState`]).
 pub const MAP_DENIED_RATE: &str = "DENIED_RATE";
+/// Per-CPU rate limiter state of the egress program's debug log ([`RateState`]); not pinned.
+pub const MAP_LOG_RATE: &str = "LOG_RATE";
 /// Dropped egress packets per cgroup (per-CPU hash, key cgroup id `u64`, value `u64`).
 pub const MAP_DROPS: &str = "DROPS";
 /// Per-cgroup allowed egress packets: key cgroup id (`u64`), per-CPU `u64` counter.
@@ -74,6 +76,12 @@ pub const MAX_CGROUPS: u32 = 4_096;
 pub const DENIED_RING_BYTES: u32 = 256 * 1024;
 /// At most this many denied events per CPU per second reach the ring buffer.
 pub const DENIED_EVENTS_PER_SEC: u64 = 50;
+/// At most this many debug records per CPU per second leave the egress program (aya-log), for the
+/// drops a `DeniedEvent` does not explain: headers it cannot read (fail closed), source routes.
+pub const LOG_RECORDS_PER_SEC: u64 = 5;
+/// The `log`/tracing target of the egress program's aya-log records: they are written only when
+/// the daemon's filter enables this target at debug (e.g. `RUST_LOG=info,nettrust::ebpf=debug`).
+pub const EBPF_LOG_TARGET: &str = "nettrust::ebpf";
 
 /// Default capacity of each host map (per address family).
 pub const DEFAULT_MAX_HOSTS: u32 = 65_536;
@@ -292,7 +300,8 @@ pub mod inbound {
     }
 }
 
-/// Per-CPU state of the denied-event rate limiter: a one-second window and its event count.
+/// Per-CPU state of a rate limiter (denied events, debug records): a one-second window and its
+/// event count.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RateState {

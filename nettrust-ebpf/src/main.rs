@@ -10,6 +10,11 @@
 //! is always dropped: its destination address is only the first hop. Everything else is dropped,
 //! counted per cgroup and reported (rate-limited) through a ring buffer.
 //!
+//! The drops a denied event does not explain (a packet whose headers cannot be read, dropped fail
+//! closed; a source-routed packet) are also logged through aya-log at debug level, at most
+//! `LOG_RECORDS_PER_SEC` records per CPU per second, and only when the daemon set the log level
+//! (`AYA_LOG_LEVEL`, patched before load) to debug: with the level off they cost one load.
+//!
 //! `ingress` learns which inbound packets are unsolicited (not replies to a flow `egress` let out):
 //! TCP connections from their SYN and UDP flows are remembered (see `nettrust_common::inbound`) so
 //! the replies may leave, and with `--firewall-drop-input` they are dropped instead (loopback
@@ -27,13 +32,15 @@ use aya_ebpf::{
     },
     programs::SkBuffContext,
 };
+use aya_log_ebpf::{debug, macro_support::Level};
 use nettrust_common::{
     CONFIG_COUNT, CONFIG_DROP_INPUT, CgroupPath, DEFAULT_MAX_HOSTS, DEFAULT_MAX_NETS,
-    DENIED_EVENTS_PER_SEC, DENIED_RING_BYTES, DeniedEvent, FLAG_AUTHORIZED, FlowKey, HostName,
-    HostSlot, HostValue, InboundKey, InboundValue, LAST_SEEN_GRANULARITY_NS, MAX_BLOCKED,
-    MAX_CGROUPS, MAX_FLOWS, MAX_SERVICES, RateState, STAT_ALLOW_HOST, STAT_ALLOW_INBOUND_REPLY,
-    STAT_ALLOW_NET, STAT_COUNT, STAT_DROP, STAT_DROP_EXPIRED, STAT_DROP_INPUT, STAT_ERROR,
-    STAT_PASS_NON_IP, ServiceKey, VERDICT_ALLOW, VERDICT_DROP, host_table, inbound,
+    DENIED_EVENTS_PER_SEC, DENIED_RING_BYTES, DeniedEvent, EBPF_LOG_TARGET, FLAG_AUTHORIZED,
+    FlowKey, HostName, HostSlot, HostValue, InboundKey, InboundValue, LAST_SEEN_GRANULARITY_NS,
+    LOG_RECORDS_PER_SEC, MAX_BLOCKED, MAX_CGROUPS, MAX_FLOWS, MAX_SERVICES, RateState,
+    STAT_ALLOW_HOST, STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_COUNT, STAT_DROP,
+    STAT_DROP_EXPIRED, STAT_DROP_INPUT, STAT_ERROR, STAT_PASS_NON_IP, ServiceKey, VERDICT_ALLOW,
+    VERDICT_DROP, host_table, inbound,
 };
 
 /// What to do with an outgoing packet whose IP header cannot be read: nettrust fails closed.
@@ -99,6 +106,8 @@ static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(MAX_SERVIC
 static DENIED: RingBuf = RingBuf::with_byte_size(DENIED_RING_BYTES, 0);
 #[map(name = "DENIED_RATE")]
 static DENIED_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "LOG_RATE")]
+static LOG_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "DROPS")]
 static DROPS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_CGROUPS, 0);
 #[map(name = "ALLOWS")]
@@ -461,6 +470,15 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
         Ok(verdict) => verdict,
         Err(()) => {
             count(STAT_ERROR);
+            if may_log() {
+                debug!(
+                    &ctx,
+                    target: EBPF_LOG_TARGET,
+                    "egress: unreadable headers, dropped (fail closed): ethertype {:x} length {}",
+                    u16::from_be(ctx.skb.protocol() as u16),
+                    ctx.len()
+                );
+            }
             ON_ERROR
         }
     }
@@ -563,7 +581,35 @@ fn decide_egress<const N: usize>(
     count(stat);
     count_cgroup(&DROPS, cgroup_id);
     report_denied(cgroup_id, &flow, now);
+    if routed && may_log() {
+        log_source_routed(ctx, &flow);
+    }
     VERDICT_DROP
+}
+
+/// The debug record of a dropped source-routed packet: its denied event names only the first hop.
+#[inline(always)]
+fn log_source_routed(ctx: &SkBuffContext, flow: &FlowKey) {
+    if flow.family == 4 {
+        let hop = [flow.addr[0], flow.addr[1], flow.addr[2], flow.addr[3]];
+        debug!(
+            ctx,
+            target: EBPF_LOG_TARGET,
+            "egress: source-routed packet dropped: first hop {:i} proto {} port {}",
+            hop,
+            flow.proto,
+            flow.remote_port
+        );
+    } else {
+        debug!(
+            ctx,
+            target: EBPF_LOG_TARGET,
+            "egress: source-routed packet dropped: first hop {:i} proto {} port {}",
+            flow.addr,
+            flow.proto,
+            flow.remote_port
+        );
+    }
 }
 
 /// Whether the packet goes to a whitelisted service (address, port and protocol).
@@ -1075,11 +1121,11 @@ fn count_cgroup(map: &PerCpuHashMap<u64, u64>, cgroup_id: u64) {
     }
 }
 
-/// Sends a [`DeniedEvent`], at most `DENIED_EVENTS_PER_SEC` per CPU per second.
+/// Whether one more event fits this CPU's one-second window of `limit` events (counted if so).
 #[inline(always)]
-fn report_denied(cgroup_id: u64, flow: &FlowKey, now: u64) {
-    let Some(state) = DENIED_RATE.get_ptr_mut(0) else {
-        return;
+fn within_rate(rate: &PerCpuArray<RateState>, limit: u64, now: u64) -> bool {
+    let Some(state) = rate.get_ptr_mut(0) else {
+        return false;
     };
     // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
     let state = unsafe { &mut *state };
@@ -1087,10 +1133,32 @@ fn report_denied(cgroup_id: u64, flow: &FlowKey, now: u64) {
         state.window_start_ns = now;
         state.count = 0;
     }
-    if state.count >= DENIED_EVENTS_PER_SEC {
-        return;
+    if state.count >= limit {
+        return false;
     }
     state.count += 1;
+    true
+}
+
+/// Whether the program may write a debug record now: the daemon enabled debug records for this
+/// program (`AYA_LOG_LEVEL`, set before load; checked first, so with debug off the limiter is
+/// never touched) and this CPU wrote fewer than `LOG_RECORDS_PER_SEC` in the current second.
+#[inline(always)]
+fn may_log() -> bool {
+    if !aya_log_ebpf::macro_support::level_enabled(Level::Debug) {
+        return false;
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    within_rate(&LOG_RATE, LOG_RECORDS_PER_SEC, now)
+}
+
+/// Sends a [`DeniedEvent`], at most `DENIED_EVENTS_PER_SEC` per CPU per second.
+#[inline(always)]
+fn report_denied(cgroup_id: u64, flow: &FlowKey, now: u64) {
+    if !within_rate(&DENIED_RATE, DENIED_EVENTS_PER_SEC, now) {
+        return;
+    }
     let event = DeniedEvent {
         cgroup_id,
         addr: flow.addr,

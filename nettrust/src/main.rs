@@ -151,7 +151,10 @@ fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> 
 }
 
 /// Logs go to stderr. `RUST_LOG` selects levels as usual; without it, `NET_TRUST_DEBUG=true` means
-/// debug and anything else info. The `log` records of aya-log are bridged into tracing.
+/// debug and anything else info. The egress program's aya-log records arrive as `log` records
+/// (target `nettrust::ebpf`), bridged into tracing by `init()`; the program writes them only when
+/// this filter enables that target at debug when the firewall loads it (`NET_TRUST_DEBUG=true`
+/// or `RUST_LOG=info,nettrust::ebpf=debug`).
 fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal as _;
     let default = if std::env::var("NET_TRUST_DEBUG").is_ok_and(|v| v == "true") {

@@ -1,8 +1,8 @@
 //! The data path as packets from real sockets meet it, on both backends: the kernel's own IPv6
 //! link control from a network namespace whose kernel sockets belong to the filtered cgroup,
 //! source-routed packets, the upstream DNS server reachable on its DNS port only, and (eBPF)
-//! flows opened from outside towards a server of the filtered cgroup. Run with
-//! `cargo xtask test`.
+//! flows opened from outside towards a server of the filtered cgroup, and (eBPF) the egress
+//! program's rate-limited debug log. Run with `cargo xtask test`.
 
 mod world;
 
@@ -138,6 +138,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(world: &World, ns: &str, backend: Backend, config: &str) -> Self {
+        Self::start_logging(world, ns, backend, config, "info")
+    }
+
+    /// [`Daemon::start`] with `RUST_LOG=rust_log`.
+    fn start_logging(
+        world: &World,
+        ns: &str,
+        backend: Backend,
+        config: &str,
+        rust_log: &str,
+    ) -> Self {
         let dir = world.dir.path();
         let config_path = dir.join("datapath.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -154,7 +165,7 @@ impl Daemon {
                 Backend::Ebpf => &["--firewall-backend", "ebpf"][..],
                 Backend::Nftables => &["--firewall-backend", "nftables"][..],
             })
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap());
         let mut daemon = Self {
@@ -650,4 +661,186 @@ fn ebpf_blacklisted_peers_get_no_replies() {
 #[ignore = "needs root: cargo xtask test"]
 fn nft_blacklisted_peers_get_no_replies() {
     blacklisted_peers_get_no_replies(Backend::Nftables);
+}
+
+/// Sends `count` UDP datagrams from the world's cgroup to 192.0.2.99:9, each with a loose source
+/// route through 192.0.2.10 when `source_routed`, and checks every one was refused (EPERM).
+/// Returns how long the flood took.
+fn udp_flood(world: &World, count: usize, source_routed: bool) -> Duration {
+    let options = if source_routed {
+        "s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([1, 0x83, 7, 4, 192, 0, 2, 10]))"
+    } else {
+        ""
+    };
+    let script = format!(
+        r#"
+import socket, errno
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+{options}
+refused = 0
+for _ in range({count}):
+    try:
+        s.sendto(b"x", ("192.0.2.99", 9))
+    except OSError as e:
+        if e.errno != errno.EPERM:
+            raise
+        refused += 1
+print(refused)
+"#
+    );
+    let started = Instant::now();
+    let refused = python(world.in_cgroup("python3"), &script);
+    let took = started.elapsed();
+    assert_eq!(
+        refused.trim(),
+        count.to_string(),
+        "datagrams refused of {count} (source-routed: {source_routed})"
+    );
+    took
+}
+
+/// The most records a per-CPU limit of `per_sec` lets through during `took`: every CPU may use a
+/// full window in each second the flood touched, plus the one after.
+fn rate_bound(per_sec: u64, took: Duration) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    (per_sec * cpus * (took.as_secs() + 2)) as usize
+}
+
+/// Bytes the egress program pinned in `bpffs_dir` has written into its aya-log ring buffer
+/// (`AYA_LOGS`) since it was loaded: the ring's producer position, the first word of the page after
+/// the consumer page (kernel/bpf/ringbuf.c), mapped read-only. The daemon's logger only advances
+/// the consumer position, so this counts every record the program wrote.
+fn aya_log_bytes(bpffs_dir: &Path) -> u64 {
+    use std::os::fd::AsFd as _;
+    let info = aya::programs::ProgramInfo::from_pin(bpffs_dir.join("prog-egress")).unwrap();
+    let id = info
+        .map_ids()
+        .unwrap()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|id| {
+            aya::maps::MapInfo::from_id(*id).is_ok_and(|m| m.name_as_str() == Some("AYA_LOGS"))
+        })
+        .expect("AYA_LOGS among the egress program's maps");
+    let map = aya::maps::MapData::from_id(id).unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    // SAFETY: maps one page of the ring buffer's fd read-only (the kernel allows that for the
+    // producer page), read once and unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            map.fd().as_fd().as_raw_fd(),
+            page as libc::off_t,
+        )
+    };
+    assert_ne!(
+        ptr,
+        libc::MAP_FAILED,
+        "mmap of AYA_LOGS' producer page: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the mapping is a page long and page-aligned; the kernel updates it concurrently.
+    let bytes = unsafe { std::ptr::read_volatile(ptr.cast::<u64>()) };
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(ptr, page) };
+    bytes
+}
+
+/// Lines of the daemon's log containing `what`.
+fn lines_with(log: &str, what: &str) -> usize {
+    log.lines().filter(|l| l.contains(what)).count()
+}
+
+/// Without debug logging for the eBPF target (`RUST_LOG=info`) the egress program writes no
+/// record, whatever it drops: after 1,000 denied datagrams and 1,000 source-routed ones its log
+/// ring buffer is untouched and the daemon's log has no `nettrust::ebpf` line, and the denied
+/// events stay within their rate limit.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn ebpf_drop_flood_logs_nothing_from_the_program_without_debug() {
+    let world = World::with_backend(Backend::Ebpf);
+    let mut daemon = Daemon::start(&world, &world.client_ns, Backend::Ebpf, "");
+    let took = udp_flood(&world, 1000, false) + udp_flood(&world, 1000, true);
+    // The denied log and the program's log are drained by the same runtime: once the first
+    // denied events are logged, any program record written with them would be too.
+    let started = Instant::now();
+    while lines_with(&daemon.log(), "[Denied]") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no denied event logged:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let log = daemon.log();
+    assert_eq!(
+        aya_log_bytes(&world.bpffs_dir),
+        0,
+        "the egress program wrote log records with debug off"
+    );
+    assert_eq!(
+        lines_with(&log, "nettrust::ebpf"),
+        0,
+        "the egress program logged with debug off:\n{log}"
+    );
+    let denied = lines_with(&log, "[Denied]");
+    let bound = rate_bound(nettrust_common::DENIED_EVENTS_PER_SEC, took);
+    eprintln!("{denied} denied events for 2,000 drops in {took:?}");
+    assert!(
+        denied <= bound,
+        "{denied} denied events for 2,000 drops in {took:?} (at most {bound})"
+    );
+    daemon.stop();
+}
+
+/// With `RUST_LOG=info,nettrust::ebpf=debug` the egress program logs the source-routed packets
+/// it drops (their denied event names only the first hop), at most `LOG_RECORDS_PER_SEC` per CPU
+/// per second: a flood of 1,000 gives a handful of lines, not one per packet.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn ebpf_source_route_flood_debug_log_is_rate_limited() {
+    let world = World::with_backend(Backend::Ebpf);
+    let mut daemon = Daemon::start_logging(
+        &world,
+        &world.client_ns,
+        Backend::Ebpf,
+        "",
+        "info,nettrust::ebpf=debug",
+    );
+    let took = udp_flood(&world, 1000, true);
+    let record = "source-routed packet dropped: first hop 192.0.2.10 proto 17 port 9";
+    let started = Instant::now();
+    while lines_with(&daemon.log(), record) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no debug record of a source-routed drop:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Records still in the ring are drained within this.
+    std::thread::sleep(Duration::from_secs(1));
+    let log = daemon.log();
+    let lines = lines_with(&log, "nettrust::ebpf");
+    let bound = rate_bound(nettrust_common::LOG_RECORDS_PER_SEC, took);
+    eprintln!("{lines} program log lines for 1,000 source-routed drops in {took:?}");
+    assert!(
+        aya_log_bytes(&world.bpffs_dir) > 0,
+        "the program's records are not counted in its ring buffer"
+    );
+    assert!(
+        lines <= bound,
+        "{lines} program log lines for 1,000 source-routed drops in {took:?} (at most {bound}):\n{log}"
+    );
+    assert_eq!(
+        lines,
+        lines_with(&log, record),
+        "other program records than the source-routed drops:\n{log}"
+    );
+    daemon.stop();
 }

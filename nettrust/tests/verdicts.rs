@@ -12,6 +12,7 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
     str::FromStr,
+    time::Duration,
 };
 
 use aya::maps::{Array, HashMap, Map, MapData};
@@ -859,8 +860,9 @@ fn ebpf_link_control_source_routes_upstreams_and_inbound_flows() {
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
     assert_eq!(world.resolve("a.test", "AAAA", true), ["2001:db8:1::10"]);
     let dir = world.bpffs_dir.clone();
-    // The egress program logs nothing per packet (denied packets are reported, rate-limited,
-    // through DENIED): it has no aya-log buffer among its maps.
+    // The egress program reports denied packets through DENIED and logs, rate-limited (LOG_RATE),
+    // through aya-log's AYA_LOGS; the world's daemon runs with `nettrust=debug`, so it set the
+    // program's log level to debug (checked below through the records of two drops).
     let info = aya::programs::ProgramInfo::from_pin(dir.join("prog-egress")).unwrap();
     let maps: Vec<String> = info
         .map_ids()
@@ -877,8 +879,8 @@ fn ebpf_link_control_source_routes_upstreams_and_inbound_flows() {
         "the egress program's map names: {maps:?}"
     );
     assert!(
-        !maps.iter().any(|m| m.starts_with("AYA_LOG")),
-        "the egress program can log per packet: {maps:?}"
+        maps.iter().any(|m| m == "AYA_LOGS") && maps.iter().any(|m| m == "LOG_RATE"),
+        "the egress program's map names: {maps:?}"
     );
     let egress = open_pin(&dir.join("prog-egress"));
     let ingress = open_pin(&dir.join("prog-ingress"));
@@ -1043,6 +1045,17 @@ fn ebpf_link_control_source_routes_upstreams_and_inbound_flows() {
     case(
         "TCP port 547 to ff02::1:2",
         out(v6_with(link_local, "ff02::1:2", TCP, 546, 547)),
+        DROP,
+    );
+
+    // After a second without program records every CPU's log window is fresh: the next two
+    // records (a fail-closed drop, a source route) are written whatever CPU runs them.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut cut = v6_with(me6, "2001:db8:1::10", TCP, 40000, 443);
+    cut.truncate(14 + 40);
+    case(
+        "v6 with its TCP header cut off (fail closed)",
+        out(cut),
         DROP,
     );
 
@@ -1387,6 +1400,15 @@ fn ebpf_link_control_source_routes_upstreams_and_inbound_flows() {
         "wrong verdicts:\n{}",
         failures.join("\n")
     );
+    // The program's debug records of the fail-closed drop and of the first source route.
+    for record in [
+        "nettrust::ebpf: egress: unreadable headers, dropped (fail closed): ethertype 86dd length 40",
+        "nettrust::ebpf: egress: source-routed packet dropped: first hop 192.0.2.10 proto 6 port 443",
+    ] {
+        world.eventually(record, Duration::from_secs(10), || {
+            world.daemon_log().contains(record)
+        });
+    }
     assert!(world.stop_daemon(), "nettrust failed at exit");
 }
 

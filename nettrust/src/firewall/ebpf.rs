@@ -20,9 +20,10 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, links::FdLink},
 };
 use nettrust_common::{
-    CONFIG_DROP_INPUT, CgroupPath, DeniedEvent, HostName, HostValue, MAP_BLOCKED_V4,
-    MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CONFIG, MAP_DENIED, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES,
-    MAP_NETS_V4, MAP_NETS_V6, MAP_SERVICES, PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_SOCKOPS,
+    CONFIG_DROP_INPUT, CgroupPath, DeniedEvent, EBPF_LOG_TARGET, HostName, HostValue,
+    MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CONFIG, MAP_DENIED, MAP_HOSTS_V4,
+    MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_SERVICES, PROGRAM_EGRESS,
+    PROGRAM_INGRESS, PROGRAM_SOCKOPS,
 };
 
 use super::entries::{
@@ -217,10 +218,12 @@ impl EbpfFirewall {
         let pinned_seed = super::pinned::pinned_seed(dir);
         let seed = pinned_seed.unwrap_or_else(|| rand::random::<u64>() | 1);
         let home_slots = nettrust_common::host_table::home_slots(options.capacities.hosts);
+        let log_level = ebpf_log_level();
         let mut loader = EbpfLoader::new();
         loader
             .override_global("HOST_SEED", &seed, true)
-            .override_global("HOST_HOME_SLOTS", &home_slots, true);
+            .override_global("HOST_HOME_SLOTS", &home_slots, true)
+            .override_global(aya_log::LEVEL, &log_level, true);
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
             if let Some((max_entries, _, _)) = options.capacities.of(name) {
@@ -230,6 +233,7 @@ impl EbpfFirewall {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| EbpfError::Load(Box::new(e)))?;
+        let logger = start_logger(&mut ebpf);
 
         let mut config: Array<MapData, u32> = take_map(&mut ebpf, MAP_CONFIG)?;
         super::pinned::store_seed(&mut config, seed)?;
@@ -324,7 +328,7 @@ impl EbpfFirewall {
         // state its programs, replaced above, were the only users of.
         let _ = std::fs::remove_file(dir.join(pins::LEGACY_INBOUND));
 
-        let tasks = Vec::new();
+        let tasks: Vec<_> = logger.into_iter().collect();
         let scan = (
             v4,
             super::pinned::open_pinned(dir, MAP_HOSTS_V6, Map::HashMap)?,
@@ -818,6 +822,63 @@ fn raise_memlock_limit() {
             io::Error::last_os_error()
         );
     }
+}
+
+/// The level of the egress program's aya-log records (`AYA_LOG_LEVEL`, fixed at load): the most
+/// verbose level the daemon's tracing filter enables for [`EBPF_LOG_TARGET`], 0 (nothing) when
+/// it enables none. The program writes only debug records, so without debug it writes nothing.
+fn ebpf_log_level() -> u8 {
+    use aya_log::Level;
+    use tracing::{Level as T, enabled};
+    let level = if enabled!(target: EBPF_LOG_TARGET, T::TRACE) {
+        Level::Trace
+    } else if enabled!(target: EBPF_LOG_TARGET, T::DEBUG) {
+        Level::Debug
+    } else if enabled!(target: EBPF_LOG_TARGET, T::INFO) {
+        Level::Info
+    } else if enabled!(target: EBPF_LOG_TARGET, T::WARN) {
+        Level::Warn
+    } else if enabled!(target: EBPF_LOG_TARGET, T::ERROR) {
+        Level::Error
+    } else {
+        return 0;
+    };
+    level as u8
+}
+
+/// Forwards the egress program's aya-log records (rate-limited in the kernel) to tracing through
+/// its `log` bridge, from a task woken by the ring buffer's fd (opened before the privilege drop,
+/// so reading it needs no capability). The logger must stay alive: dropping it closes the
+/// `AYA_LOGS` map, and the programs, loaded after this, would reference a closed fd.
+fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(e) => {
+            tracing::warn!("eBPF debug log unavailable: {e}");
+            return None;
+        }
+    };
+    // SAFETY: the logger owns its ring buffer's fd and keeps it open until the AsyncFd (which
+    // owns the logger) is dropped.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut logger = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("eBPF debug log unavailable: {e}");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = logger.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
 }
 
 /// Used by [`crate::events`]: parses one ring-buffer record.
