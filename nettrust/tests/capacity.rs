@@ -39,7 +39,8 @@ const MAX_HOSTS: u32 = 48;
 
 /// 4 × `max_hosts` distinct names through an otherwise default configuration (TTL never, so
 /// nothing expires): every one is answered NOERROR, the recent answers are all reachable, an
-/// authorization made first and kept in use (a UDP datagram every 200 ms) survives all of it,
+/// authorization made first and kept in use (a line every 200 ms over a TCP connection its peer
+/// echoes) survives all of it,
 /// an early one nobody used was evicted and is blocked, and the evictions are counted. (The old
 /// behaviour refused every name past the capacity with SERVFAIL, for good.)
 fn full_map_evicts_idle_authorizations_and_keeps_answering(backend: Backend) {
@@ -57,12 +58,22 @@ fn full_map_evicts_idle_authorizations_and_keeps_answering(backend: Backend) {
         ("NOERROR".to_owned(), vec!["203.0.113.1".to_owned()])
     );
     assert!(world.reachable_from_cgroup("203.0.113.1"));
-    // Traffic to n1 all along: bash keeps one UDP socket (one flow) and sends on it; a send
-    // refused by the firewall fails, so the loop just goes on.
-    let mut traffic = world.in_cgroup("bash");
+    // Traffic to n1 all along, answered by its peer (a flow nobody answers is not in use: the
+    // nftables backend, which keeps no last-packet time, judges use by replied conntrack
+    // flows): one TCP connection to an echo server, a line every 200 ms.
+    let mut echo = world.in_ns(&world.inet_ns, "socat");
+    echo.args([
+        &format!("TCP-LISTEN:{ECHO_PORT},reuseaddr,fork"),
+        "EXEC:cat",
+    ]);
+    let _echo = Background::spawn(echo);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut traffic = world.in_cgroup("sh");
     traffic.args([
         "-c",
-        "exec 3>/dev/udp/203.0.113.1/9; while :; do echo x >&3; sleep 0.2; done",
+        &format!(
+            "while :; do echo x; sleep 0.2; done | socat - TCP:203.0.113.1:{ECHO_PORT} > /dev/null"
+        ),
     ]);
     let _traffic = Background::spawn(traffic);
     std::thread::sleep(std::time::Duration::from_millis(500));
