@@ -20,24 +20,6 @@ use world::{Backend, World};
 const INNER_V6: &str = "2001:db8:77::1";
 const ROUTER_V6: &str = "2001:db8:77::2";
 
-/// `cmd` also joins `cgroup` before it runs.
-fn join_cgroup(mut cmd: Command, cgroup: &Path) -> Command {
-    let procs = std::fs::OpenOptions::new()
-        .write(true)
-        .open(cgroup.join("cgroup.procs"))
-        .expect("open cgroup.procs");
-    // SAFETY: write(2) is async-signal-safe; "0" moves the writing process itself.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
-}
-
 /// Runs `cmd`, failing the test when it cannot start or runs longer than 20 s.
 fn output(cmd: Command) -> Output {
     world::output_within(cmd, Duration::from_secs(20))
@@ -108,7 +90,7 @@ impl CgroupNetns {
 
     /// `program` run in this namespace and the filtered cgroup.
     fn filtered(&self, world: &World, program: &str) -> Command {
-        join_cgroup(world.in_ns(&self.name, program), &world.cgroup)
+        world::join_cgroup(world.in_ns(&self.name, program), &world.cgroup)
     }
 
     /// The router's neighbour entry, as `ip -6 neigh` shows it.

@@ -275,21 +275,7 @@ impl World {
 
     /// `program` run in the client namespace and the cgroup `cgroup`.
     pub fn in_cgroup_at(&self, cgroup: &std::path::Path, program: &str) -> Command {
-        let mut cmd = self.in_ns(&self.client_ns, program);
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(cgroup.join("cgroup.procs"))
-            .expect("open cgroup.procs");
-        // SAFETY: write(2) is async-signal-safe; "0" moves the writing process itself.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd
+        join_cgroup(self.in_ns(&self.client_ns, program), cgroup)
     }
 
     /// A world whose daemon runs with `backend`.
@@ -570,6 +556,24 @@ pub fn socat_gets(mut cmd: Command, target: &str, greeting: &[u8]) -> bool {
         String::from_utf8_lossy(&out.stdout),
     );
     false
+}
+
+/// `cmd`, which also joins `cgroup` before it runs.
+pub fn join_cgroup(mut cmd: Command, cgroup: &std::path::Path) -> Command {
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .expect("open cgroup.procs");
+    // SAFETY: write(2) is async-signal-safe; "0" moves the writing process itself.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
 }
 
 /// Runs `cmd` to completion like `Command::output`, but a process still running after `limit`
