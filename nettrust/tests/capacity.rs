@@ -19,20 +19,6 @@ fn ask(world: &World, name: &str) -> (String, Vec<String>) {
     (status, answers)
 }
 
-fn metric(world: &World, name: &str) -> f64 {
-    let out = world
-        .in_ns(&world.client_ns, "curl")
-        .args(["-sS", "--fail", "--max-time", "5"])
-        .arg("http://127.0.0.1:9153/metrics")
-        .output()
-        .expect("run curl");
-    assert!(out.status.success(), "metrics endpoint did not answer");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from the metrics:\n{text}"))
-}
-
 /// Capacity of the maps in the eviction test: four times as many distinct names as it holds
 /// fit in the world's zone.
 const MAX_HOSTS: u32 = 48;
@@ -103,12 +89,12 @@ fn full_map_evicts_idle_authorizations_and_keeps_answering(backend: Backend) {
     );
     eprintln!(
         "{backend:?}: evicted {}, full {}",
-        metric(&world, "nettrust_evicted_hosts_total"),
-        metric(&world, "nettrust_firewall_full_total")
+        world.metric("nettrust_evicted_hosts_total"),
+        world.metric("nettrust_firewall_full_total")
     );
-    assert_eq!(metric(&world, "nettrust_firewall_full_total"), 0.0);
+    assert_eq!(world.metric("nettrust_firewall_full_total"), 0.0);
     assert!(
-        metric(&world, "nettrust_evicted_hosts_total") >= f64::from(names - MAX_HOSTS),
+        world.metric("nettrust_evicted_hosts_total") >= f64::from(names - MAX_HOSTS),
         "{} names through {MAX_HOSTS} entries must evict",
         names
     );

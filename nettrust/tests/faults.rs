@@ -786,20 +786,6 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-fn metric(world: &World, name: &str) -> f64 {
-    let out = world
-        .in_ns(&world.client_ns, "curl")
-        .args(["-sS", "--fail", "--max-time", "5"])
-        .arg("http://127.0.0.1:9153/metrics")
-        .output()
-        .expect("run curl");
-    assert!(out.status.success(), "metrics endpoint did not answer");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from the metrics:\n{text}"))
-}
-
 /// An attacker's zone answering thousands of A records per name over TCP (the old behaviour:
 /// about 16 such queries filled the 65,536-entry map for good): each answer is relayed whole,
 /// but authorizes only `max_answer_addresses` (32) of its addresses; the others stay blocked
@@ -838,7 +824,7 @@ fn answers_with_thousands_of_addresses_authorize_at_most_the_cap(backend: Backen
     );
     assert!(listed.iter().all(|a| answered.contains(a)), "{listed:?}");
     assert_eq!(
-        metric(&world, "nettrust_answer_addresses_total{result=\"capped\"}"),
+        world.metric("nettrust_answer_addresses_total{result=\"capped\"}"),
         ((MANY_ADDRESSES as usize - CAP) * MANY_NAMES as usize) as f64
     );
     // The reachable addresses of the answers: the authorized ones are allowed, the others not.

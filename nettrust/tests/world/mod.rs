@@ -519,6 +519,22 @@ impl World {
         hosts
     }
 
+    /// The value of the sample `name` (with its labels, if any) that the daemon's metrics
+    /// endpoint (`--metrics-addr 127.0.0.1:9153`) serves now.
+    pub fn metric(&self, name: &str) -> f64 {
+        let out = self
+            .in_ns(&self.client_ns, "curl")
+            .args(["-sS", "--fail", "--max-time", "5"])
+            .arg("http://127.0.0.1:9153/metrics")
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "metrics endpoint did not answer");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from the metrics:\n{text}"))
+    }
+
     /// Runs a shell script inside the test cgroup and client namespace.
     pub fn script_in_cgroup(&self, script: &str) -> Output {
         let mut cmd = self.in_cgroup("sh");
