@@ -3,7 +3,7 @@
 //! namespace), which starts the unit with its whole sandbox (capabilities, system-call filter,
 //! ProtectSystem, ProtectProc, …) and only `ExecStart` replaced by a drop-in to run this build.
 //! A probe unit then proves from inside that the daemon runs the eBPF backend (not the nftables
-//! fallback), that every thread of it dropped to `CAP_NET_ADMIN` + `CAP_BPF`, and that it
+//! fallback; a second case runs the unit with `--firewall-backend nftables`), that every thread of it dropped to `CAP_NET_ADMIN` + `CAP_BPF`, and that it
 //! enforces: a process in the filtered slice cannot reach an address nobody resolved, and can
 //! reach one once resolved through nettrust. Run with `cargo xtask test`.
 //!
@@ -34,13 +34,13 @@ use nettrust::privileges::{needed, parse_status};
 const BINARY: &str = "/opt/nettrust-test/nettrust";
 
 /// What the unit's ExecStart becomes: this build, forwarding to the test upstream, filtering the
-/// container's `filtered.slice` (all else is the unit's and the binary's defaults).
-fn drop_in(cgroup_mount: &Path) -> String {
+/// container's `filtered.slice`, plus `extra` (all else is the unit's and the binary's defaults).
+fn drop_in(cgroup_mount: &Path, extra: &str) -> String {
     format!(
         "# Only the command is replaced: the test build, the test upstream, one filtered slice.\n\
          [Service]\n\
          ExecStart=\n\
-         ExecStart={BINARY} run --fwd-addr 198.51.100.53:53 --cgroup {}/filtered.slice\n",
+         ExecStart={BINARY} run --fwd-addr 198.51.100.53:53 --cgroup {}/filtered.slice {extra}\n",
         cgroup_mount.display()
     )
 }
@@ -270,6 +270,27 @@ fn read(out: &Path, name: &str) -> String {
 #[test]
 #[ignore = "needs root: cargo xtask test"]
 fn the_shipped_unit_runs_the_ebpf_backend_with_reduced_capabilities_and_enforces() {
+    shipped_unit(Backend::Auto);
+}
+
+/// The same unit with the nftables backend (what `auto` falls back to where eBPF cannot load;
+/// its lock lives in `/run/nettrust`).
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn the_shipped_unit_runs_the_nftables_backend_with_reduced_capabilities_and_enforces() {
+    shipped_unit(Backend::Nftables);
+}
+
+/// The backend the unit's daemon is started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// The default, `auto`, which must pick eBPF under the unit.
+    Auto,
+    /// `--firewall-backend nftables`.
+    Nftables,
+}
+
+fn shipped_unit(backend: Backend) {
     let nspawn = Command::new("systemd-nspawn").arg("--version").output();
     assert!(
         nspawn.is_ok_and(|o| o.status.success()),
@@ -287,7 +308,17 @@ fn the_shipped_unit_runs_the_ebpf_backend_with_reduced_capabilities_and_enforces
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/nettrust.service");
     std::fs::copy(&shipped, units.join("nettrust.service")).unwrap();
     let mount = nettrust::cgroup::cgroup2_mount().expect("the cgroup2 mount");
-    std::fs::write(units.join("nettrust.service.d/test.conf"), drop_in(&mount)).unwrap();
+    std::fs::write(
+        units.join("nettrust.service.d/test.conf"),
+        drop_in(
+            &mount,
+            match backend {
+                Backend::Auto => "",
+                Backend::Nftables => "--firewall-backend nftables",
+            },
+        ),
+    )
+    .unwrap();
     for (name, text) in UNITS {
         std::fs::write(units.join(name), text).unwrap();
     }
@@ -382,20 +413,29 @@ fn the_shipped_unit_runs_the_ebpf_backend_with_reduced_capabilities_and_enforces
         unit.contains("ActiveState=active") && unit.contains("NRestarts=0"),
         "{unit}\n{context}"
     );
-    // eBPF, not the nftables fallback.
-    assert!(
-        !journal.contains("falling back to nftables"),
-        "auto fell back to nftables under the unit:\n{context}"
-    );
     let status = read(&out, "status");
-    assert!(
-        status.starts_with("backend: ebpf") && status.contains("enforcement: active (pinned)"),
-        "nettrust status:\n{status}\n{context}"
-    );
-    assert!(
-        status.contains(&format!("{}/filtered.slice", mount.display())),
-        "the filtered slice is not attached:\n{status}\n{context}"
-    );
+    if backend == Backend::Auto {
+        // eBPF, not the nftables fallback.
+        assert!(
+            !journal.contains("falling back to nftables"),
+            "auto fell back to nftables under the unit:\n{context}"
+        );
+        assert!(
+            status.starts_with("backend: ebpf") && status.contains("enforcement: active (pinned)"),
+            "nettrust status:\n{status}\n{context}"
+        );
+        assert!(
+            status.contains(&format!("{}/filtered.slice", mount.display())),
+            "the filtered slice is not attached:\n{status}\n{context}"
+        );
+    } else {
+        assert!(
+            status.starts_with("backend: nftables")
+                && status.contains("daemon: running")
+                && status.contains("enforcement: active"),
+            "nettrust status:\n{status}\n{context}"
+        );
+    }
     // Every thread of the daemon dropped to the running set, no-new-privs set.
     let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .unwrap()
@@ -442,7 +482,7 @@ fn the_shipped_unit_runs_the_ebpf_backend_with_reduced_capabilities_and_enforces
     );
     assert_eq!(
         (attached_to_slice, attached_to_test_cgroup),
-        (1, 0),
+        (u32::from(backend == Backend::Auto), 0),
         "egress programs on {} and on the test cgroup {}",
         slices[0].display(),
         cgroup.0.display()
