@@ -142,6 +142,52 @@ fn full_map_keeps_the_host_of_an_idle_open_connection(backend: Backend) {
     idle_connection_outlives_a_full_map(backend, true);
 }
 
+/// A map full of hosts in use has nothing to evict: new names are refused (SERVFAIL, counted),
+/// the hosts in use stay, and the daemon does not scan the whole map again for every refused
+/// name (a filtered process keeping its own hosts busy must not make every answer pay a scan).
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn a_map_full_of_hosts_in_use_refuses_new_names_without_scanning_for_each() {
+    let mut world = World::new();
+    world.start_daemon(&["--max-hosts", "16", "--metrics-addr", "127.0.0.1:9153"]);
+    // 127.0.0.1 (listen) is whitelisted in the same map: 15 authorizations fill it.
+    for i in 1..=15 {
+        assert_eq!(ask(&world, &format!("n{i}.test")).0, "NOERROR", "n{i}.test");
+    }
+    // All 15 in use: one datagram to each every 200 ms (the egress program stamps each).
+    let mut traffic = world.in_cgroup("bash");
+    traffic.args([
+        "-c",
+        "while :; do for i in $(seq 1 15); do echo x > /dev/udp/203.0.113.$i/9; done; sleep 0.2; done",
+    ]);
+    let _traffic = Background::spawn(traffic);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    for i in 16..=35 {
+        assert_eq!(
+            ask(&world, &format!("n{i}.test")).0,
+            "SERVFAIL",
+            "n{i}.test"
+        );
+    }
+    assert_eq!(world.metric("nettrust_firewall_full_total"), 20.0);
+    assert_eq!(world.metric("nettrust_evicted_hosts_total"), 0.0);
+    let log = world.daemon_log();
+    let scans = log.matches("nothing to evict").count();
+    eprintln!("20 refused names, {scans} scans");
+    assert!(
+        (1..=4).contains(&scans),
+        "{scans} full scans for 20 refused names (one per second expected)"
+    );
+    for i in 1..=15 {
+        assert!(
+            world
+                .list()
+                .contains(&format!("203.0.113.{i}").parse().unwrap())
+        );
+    }
+    assert!(world.stop_daemon(), "nettrust failed at exit");
+}
+
 /// The same on a host with no netfilter rule at all, where conntrack tracks nothing: the eBPF
 /// backend knows the connection from its `live_tcp` program. (The nftables backend's own rules
 /// make conntrack track, so it has no such case.)

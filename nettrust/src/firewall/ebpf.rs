@@ -565,6 +565,8 @@ impl EbpfFirewall {
             (upsert(store(&hosts), key, expires_ns), prune)
         };
         let result = match result {
+            // The last scan found every host whitelisted or in use: refused without a scan.
+            Err(e) if is_full(&e) && !recency.may_scan(boottime_ns()) => Err(e),
             Err(e) if is_full(&e) => {
                 // The scan that picks the victims runs under the shared lock (answers keep
                 // being written); only their removal takes the exclusive one.
@@ -588,6 +590,14 @@ impl EbpfFirewall {
                     let hosts = self.hosts.read().expect("host maps lock poisoned");
                     plan_eviction(store(&hosts), recency, self.capacities.hosts, &active)?
                 };
+                if plan.is_empty() {
+                    recency.found_nothing(boottime_ns());
+                    tracing::debug!(
+                        capacity = self.capacities.hosts,
+                        scan_us = started.elapsed().as_micros() as u64,
+                        "host map full of whitelisted hosts and hosts in use: nothing to evict, new addresses refused without another scan for a second"
+                    );
+                }
                 let scanned = started.elapsed();
                 let (result, evicted) = {
                     let hosts = self.hosts.write().expect("host maps lock poisoned");

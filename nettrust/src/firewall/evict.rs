@@ -65,12 +65,20 @@ impl Hasher for AddrHasher {
 
 type AddrMap<K> = HashMap<K, u64, BuildHasherDefault<AddrHasher>>;
 
-/// The time (`CLOCK_BOOTTIME` ns) of the last DNS answer that named each authorized host.
+/// After a scan of a full map found nothing to evict (every host whitelisted or in use), new
+/// addresses are refused without another scan for this long: a map filled with hosts in use (a
+/// filtered process can keep its own hosts busy) must not make every new name pay a full scan.
+pub const NOTHING_TO_EVICT_NS: u64 = 1_000_000_000;
+
+/// The time (`CLOCK_BOOTTIME` ns) of the last DNS answer that named each authorized host, and
+/// when the map may be scanned for victims again.
 #[derive(Debug)]
 pub struct Recency<K> {
     at: Mutex<AddrMap<K>>,
     /// Records kept at most before [`Recency::touch`] asks for a prune against the map.
     limit: usize,
+    /// No eviction scan before this time ([`NOTHING_TO_EVICT_NS`] after a fruitless one).
+    scan_after: std::sync::atomic::AtomicU64,
 }
 
 impl<K: Eq + Hash + Copy> Recency<K> {
@@ -79,7 +87,21 @@ impl<K: Eq + Hash + Copy> Recency<K> {
         Self {
             at: Mutex::new(AddrMap::default()),
             limit: (capacity as usize).saturating_mul(2).max(1024),
+            scan_after: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Whether a full map may be scanned for victims at `now`.
+    pub fn may_scan(&self, now: u64) -> bool {
+        now >= self.scan_after.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records that a scan at `now` found nothing to evict: no scan for [`NOTHING_TO_EVICT_NS`].
+    pub fn found_nothing(&self, now: u64) {
+        self.scan_after.store(
+            now.saturating_add(NOTHING_TO_EVICT_NS),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AddrMap<K>> {
@@ -171,6 +193,16 @@ mod tests {
     use super::*;
 
     const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_fruitless_scan_holds_off_the_next_for_a_second() {
+        let recency = Recency::<[u8; 4]>::new(64);
+        assert!(recency.may_scan(5 * S), "no scan yet: free to scan");
+        recency.found_nothing(5 * S);
+        assert!(!recency.may_scan(5 * S));
+        assert!(!recency.may_scan(5 * S + NOTHING_TO_EVICT_NS - 1));
+        assert!(recency.may_scan(5 * S + NOTHING_TO_EVICT_NS));
+    }
 
     fn host(expires_ns: u64, last_seen_ns: u64, flags: u32) -> HostValue {
         HostValue {
