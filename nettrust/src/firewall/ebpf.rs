@@ -523,6 +523,22 @@ pub(super) fn attach_one(
             what: format!("{name}: cannot take the link of {}", path.display()),
             source,
         })?;
+    pin_link(link, dir, name, id, path)
+}
+
+/// Pins the bpf_link `link` of program `name` on cgroup `path` (id `id`) in `dir`, replacing the
+/// previous run's pin atomically (the cgroup is never left unfiltered).
+pub(super) fn pin_link<L>(
+    link: L,
+    dir: &Path,
+    name: &str,
+    id: u64,
+    path: &Path,
+) -> Result<(), EbpfError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
     let link = FdLink::try_from(link).map_err(|e| EbpfError::LinkPin {
         cgroup: path.to_owned(),
         what: e.to_string(),

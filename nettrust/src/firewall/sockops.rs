@@ -20,7 +20,7 @@ use std::{
 use aya::{
     Ebpf,
     maps::{HashMap as AyaHashMap, Map, MapData},
-    programs::{CgroupAttachMode, SockOps, links::FdLink},
+    programs::{CgroupAttachMode, SockOps},
 };
 use nettrust_common::{MAP_LIVE_TCP, MAP_LIVE_TCP_CGROUP, PROGRAM_SOCKOPS};
 
@@ -142,17 +142,7 @@ fn attach_program(
             source,
         )
     })?;
-    let link = FdLink::try_from(link).map_err(|e| EbpfError::LinkPin {
-        cgroup: path.to_owned(),
-        what: e.to_string(),
-    })?;
-    pins::replace_pin(&pins::link_pin(dir, PROGRAM_SOCKOPS, id), |tmp| {
-        link.pin(tmp).map(drop).map_err(|e| crate::error_chain(&e))
-    })
-    .map_err(|what| EbpfError::LinkPin {
-        cgroup: path.to_owned(),
-        what,
-    })?;
+    super::ebpf::pin_link(link, dir, PROGRAM_SOCKOPS, id, path)?;
     tag_cgroup(program, id)
 }
 
