@@ -22,6 +22,8 @@
 //! test checks from the host with `BPF_PROG_QUERY`: one program on the slice, none on the test
 //! cgroup itself).
 
+mod world;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -227,30 +229,6 @@ impl Drop for Container {
     }
 }
 
-/// Number of programs attached directly to `cgroup`'s egress hook (`BPF_PROG_QUERY`).
-fn egress_programs(cgroup: &Path) -> u32 {
-    use std::os::fd::AsRawFd as _;
-    const BPF_PROG_QUERY: libc::c_long = 16;
-    const BPF_CGROUP_INET_EGRESS: u32 = 1;
-    let dir = std::fs::File::open(cgroup).expect("open the cgroup");
-    // `union bpf_attr`, query variant: target_fd @0, attach_type @4, query_flags @8,
-    // attach_flags @12, prog_ids @16, prog_cnt @24 (include/uapi/linux/bpf.h).
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&(dir.as_raw_fd() as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&BPF_CGROUP_INET_EGRESS.to_ne_bytes());
-    // SAFETY: bpf(2) reads and writes within the 128-byte attr we pass.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            attr.as_mut_ptr(),
-            attr.len() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
-    u32::from_ne_bytes(attr[24..28].try_into().unwrap())
-}
-
 /// The directories named `name` below `dir`.
 fn find_dirs(dir: &Path, name: &str, found: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -398,8 +376,8 @@ fn shipped_unit(backend: Backend) {
     let mut slices = Vec::new();
     find_dirs(&cgroup.0, "filtered.slice", &mut slices);
     assert_eq!(slices.len(), 1, "{slices:?}");
-    let attached_to_slice = egress_programs(&slices[0]);
-    let attached_to_test_cgroup = egress_programs(&cgroup.0);
+    let attached_to_slice = world::egress_programs(&slices[0]);
+    let attached_to_test_cgroup = world::egress_programs(&cgroup.0);
     let stopped = container.stop(Duration::from_secs(60));
 
     let journal = read(&out, "journal");
