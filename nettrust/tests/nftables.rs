@@ -237,6 +237,29 @@ fn nft_sigterm_removes_our_table_and_nothing_else() {
     );
 }
 
+/// A second nftables daemon in the world's client namespace (another port and pin directory)
+/// must refuse to start while the first one runs.
+fn assert_second_daemon_refused(world: &World) {
+    let mut cmd = world.in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"));
+    cmd.args([
+        "run",
+        "--listen-addr",
+        "127.0.0.1:5353",
+        "--fwd-addr",
+        "198.51.100.53:53",
+        "--firewall-backend",
+        "nftables",
+        "--bpffs-dir",
+    ])
+    .arg(world.bpffs_dir.with_extension("second"));
+    let second = world::output_within(cmd, Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success() && err.contains("another nettrust daemon"),
+        "second daemon: {err}"
+    );
+}
+
 #[test]
 #[ignore = "needs root: cargo xtask test"]
 fn nft_table_deleted_by_hand_is_reinstalled_and_a_second_daemon_is_refused() {
@@ -244,29 +267,7 @@ fn nft_table_deleted_by_hand_is_reinstalled_and_a_second_daemon_is_refused() {
     world.start_daemon(NFT);
     assert_eq!(world.resolve("b.test", "A", false), ["192.0.2.11"]);
     // A second daemon in the same network namespace (another port) must refuse to start.
-    let second = world::output_within(
-        {
-            let mut cmd = world.in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"));
-            cmd.args([
-                "run",
-                "--listen-addr",
-                "127.0.0.1:5353",
-                "--fwd-addr",
-                "198.51.100.53:53",
-                "--firewall-backend",
-                "nftables",
-                "--bpffs-dir",
-            ])
-            .arg(world.bpffs_dir.with_extension("second"));
-            cmd
-        },
-        Duration::from_secs(20),
-    );
-    let err = String::from_utf8_lossy(&second.stderr);
-    assert!(
-        !second.status.success() && err.contains("another nettrust daemon"),
-        "second daemon: {err}"
-    );
+    assert_second_daemon_refused(&world);
     let flush = world.nettrust(&["flush"]);
     assert!(
         !flush.status.success(),
@@ -370,29 +371,7 @@ fn nft_lock_cannot_be_taken_by_an_unprivileged_user() {
     );
 
     // A second root daemon in the same namespace is refused.
-    let second = world::output_within(
-        {
-            let mut cmd = world.in_ns(&world.client_ns, env!("CARGO_BIN_EXE_nettrust"));
-            cmd.args([
-                "run",
-                "--listen-addr",
-                "127.0.0.1:5353",
-                "--fwd-addr",
-                "198.51.100.53:53",
-                "--firewall-backend",
-                "nftables",
-                "--bpffs-dir",
-            ])
-            .arg(world.bpffs_dir.with_extension("second"));
-            cmd
-        },
-        Duration::from_secs(20),
-    );
-    let err = String::from_utf8_lossy(&second.stderr);
-    assert!(
-        !second.status.success() && err.contains("another nettrust daemon"),
-        "second daemon: {err}"
-    );
+    assert_second_daemon_refused(&world);
     assert!(world.nettrust(&["status"]).status.success());
     assert!(
         String::from_utf8_lossy(&world.nettrust(&["status"]).stdout).contains("daemon: running")
