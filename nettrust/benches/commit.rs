@@ -1,4 +1,4 @@
-//! Commit latency (issue 7): how long the daemon's own code path takes to authorize one DNS
+//! Commit latency: how long the daemon's own code path takes to authorize one DNS
 //! answer with 1 and 8 fresh addresses — `Authorizer::authorize` (CNAME chain, blacklists,
 //! deadline, one `Firewall::authorize_answer` per answer) into the real eBPF backend
 //! (pinned maps, programs attached to a scratch cgroup) and the real nftables backend (its table in

@@ -10,7 +10,7 @@
 //!
 //! Liveness: the egress program stamps `last_seen_ns` in the host's map value whenever it lets a
 //! packet out to it (at most [`LAST_SEEN_GRANULARITY_NS`] stale). This works without conntrack,
-//! which tracks nothing in a network namespace without ct-using rules (see MACHINE.md). A host is
+//! which tracks nothing in a network namespace until a rule there uses conntrack. A host is
 //! live when traffic went to it during the last tick. An idle connection sends nothing, so the
 //! hosts of established TCP connections count too: the backend's own record
 //! ([`Firewall::live_hosts`]: for eBPF, the `live_tcp` sock_ops program's map, which needs no

@@ -1,4 +1,4 @@
-//! Root fault tests (issue 8, part B): `kill -9` under load 50 times, upstreams that die, answer
+//! Root fault tests: `kill -9` under load 50 times, upstreams that die, answer
 //! late or answer partially, bpffs missing, the filtered cgroup removed while attached, a
 //! unique-name flood that fills the host map, answers with thousands of addresses, and a
 //! differential comparison of 1,000 answers
