@@ -556,8 +556,9 @@ mod tests {
             .unwrap();
         for i in 1..CAPACITY {
             upsert(&table, addr(i), 0).unwrap();
-            // Answered in order, long ago enough to be past the grace period.
-            recency.touch(addr(i), now - 1000 * S + u64::from(i) * S);
+            // Answered in order, long ago enough to be past the grace period (at boot on a
+            // machine up for less than 1000 s).
+            recency.touch(addr(i), now.saturating_sub(1000 * S) + u64::from(i));
         }
         // Host 1, the oldest answer, carries traffic.
         let used = HostValue {
@@ -617,7 +618,7 @@ mod timing {
         for i in 0..capacity {
             let key = (0x0A00_0000 + i).to_be_bytes();
             upsert(&table, key, 0).unwrap();
-            recency.touch(key, now - u64::from(capacity - i) * 1_000_000);
+            recency.touch(key, now.saturating_sub(u64::from(capacity - i) * 1_000_000));
         }
         let mut times = Vec::new();
         for _ in 0..20 {
