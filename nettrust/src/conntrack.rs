@@ -1,7 +1,7 @@
 //! Conntrack liveness: one ctnetlink dump (`NETLINK_NETFILTER`, `IPCTNL_MSG_CT_GET` with
 //! `NLM_F_DUMP`, both address families) per sweep, reduced to the destinations of the flows this
-//! host opened and the peer answered. Hand-built over a raw netlink socket: the request is 20 bytes
-//! and the answer is walked attribute by attribute.
+//! host opened and the peer answered. Over the netlink core ([`crate::netlink`]): the request is
+//! 20 bytes and each flow of the answer is walked attribute by attribute as it arrives.
 //!
 //! What counts is narrower than in the original nettrust, which took every address of every flow:
 //! - only flows the peer replied to (`IPS_SEEN_REPLY`): conntrack confirms a flow before the
@@ -25,21 +25,15 @@ use std::{
     collections::HashSet,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::Duration,
 };
 
-/// `NETLINK_NETFILTER` (linux/netlink.h).
-const NETLINK_NETFILTER: i32 = 12;
+use crate::netlink::{Attrs, NetlinkError, Socket, attrs, nfgen_attrs};
+
 /// `(NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET` (linux/netfilter/nfnetlink_conntrack.h).
 const CT_GET: u16 = (1 << 8) | 1;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_HDRLEN: usize = 16;
-const NFGENMSG_LEN: usize = 4;
-/// Attribute types are 14 bits; the top bits flag nesting and byte order.
-const NLA_TYPE_MASK: u16 = 0x3fff;
+/// How long the dump waits for the kernel's next datagram.
+const RECV_TIMEOUT: Duration = Duration::from_secs(2);
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_STATUS: u16 = 3;
 const CTA_TUPLE_IP: u16 = 1;
@@ -79,136 +73,69 @@ pub enum ConntrackError {
     Malformed,
 }
 
-fn sock_err(what: &'static str) -> ConntrackError {
-    ConntrackError::Socket {
-        what,
-        source: io::Error::last_os_error(),
+impl From<NetlinkError> for ConntrackError {
+    fn from(e: NetlinkError) -> Self {
+        match e {
+            NetlinkError::Io { op, source } => Self::Socket { what: op, source },
+            NetlinkError::Refused { source, .. } => Self::Kernel(source),
+            NetlinkError::MissingAck { .. } | NetlinkError::Malformed(_) => Self::Malformed,
+        }
     }
 }
 
 /// The destinations of the replied, locally originated flows conntrack tracks in this network
-/// namespace (one dump).
+/// namespace (one dump of both families, `AF_UNSPEC`).
 pub fn active_addresses() -> Result<HashSet<IpAddr>, ConntrackError> {
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(sock_err("socket"));
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let timeout = libc::timeval {
-        tv_sec: 2,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt reads the timeval we pass, with its size.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            size_of::<libc::timeval>() as u32,
-        )
-    };
-    let request = dump_request(1);
-    // SAFETY: send(2) reads `request` within its length.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
-    if sent < 0 {
-        return Err(sock_err("send"));
-    }
+    let mut socket = Socket::open()?;
+    socket.set_recv_timeout(RECV_TIMEOUT);
     let mut out = HashSet::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: recv(2) writes at most buf.len() bytes into buf.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(sock_err("recv"));
-        }
-        if n == 0 || parse_messages(&buf[..n as usize], &mut out)? {
-            return Ok(out);
-        }
-    }
+    socket.dump(
+        CT_GET,
+        libc::AF_UNSPEC as u8,
+        &Attrs::new(),
+        "conntrack dump",
+        |payload| add_destination(payload, &mut out),
+    )?;
+    Ok(out)
 }
 
-/// The dump request: `nlmsghdr` + `nfgenmsg` (AF_UNSPEC: IPv4 and IPv6, version 0).
-pub fn dump_request(seq: u32) -> Vec<u8> {
-    let len = (NLMSG_HDRLEN + NFGENMSG_LEN) as u32;
-    let mut msg = Vec::with_capacity(len as usize);
-    msg.extend_from_slice(&len.to_ne_bytes());
-    msg.extend_from_slice(&CT_GET.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    msg.extend_from_slice(&seq.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
-    msg
-}
-
-/// Parses one datagram of the dump into `out`; returns whether the dump is complete.
-pub fn parse_messages(mut buf: &[u8], out: &mut HashSet<IpAddr>) -> Result<bool, ConntrackError> {
-    while buf.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
-        let kind = u16::from_ne_bytes(buf[4..6].try_into().expect("2 bytes"));
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            return Err(ConntrackError::Malformed);
-        }
-        match kind {
-            NLMSG_DONE => return Ok(true),
-            NLMSG_ERROR => {
-                let code = buf
-                    .get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4)
-                    .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
-                    .ok_or(ConntrackError::Malformed)?;
-                if code != 0 {
-                    return Err(ConntrackError::Kernel(io::Error::from_raw_os_error(-code)));
-                }
-            }
-            _ => {
-                let attrs = buf
-                    .get(NLMSG_HDRLEN + NFGENMSG_LEN..len)
-                    .ok_or(ConntrackError::Malformed)?;
-                let closed = tcp_state(attrs)
-                    .is_some_and(|s| s == TCP_CONNTRACK_TIME_WAIT || s == TCP_CONNTRACK_CLOSE);
-                if !closed && status(attrs).is_some_and(|s| s & IPS_SEEN_REPLY != 0) {
-                    for (kind, payload) in attributes(attrs) {
-                        if kind == CTA_TUPLE_ORIG {
-                            tuple_destination(payload, out);
-                        }
-                    }
-                }
+/// Adds the original-direction destination of one flow (the payload of a dump message) to `out`
+/// when the peer replied and the flow is not a closed TCP connection.
+fn add_destination(payload: &[u8], out: &mut HashSet<IpAddr>) -> Result<(), NetlinkError> {
+    let attrs_of_flow = nfgen_attrs(payload)?;
+    let closed = tcp_state(attrs_of_flow)
+        .is_some_and(|s| s == TCP_CONNTRACK_TIME_WAIT || s == TCP_CONNTRACK_CLOSE);
+    if !closed && status(attrs_of_flow).is_some_and(|s| s & IPS_SEEN_REPLY != 0) {
+        for (kind, payload) in attrs(attrs_of_flow) {
+            if kind == CTA_TUPLE_ORIG {
+                tuple_destination(payload, out);
             }
         }
-        buf = buf.get(align4(len)..).unwrap_or_default();
     }
-    Ok(false)
+    Ok(())
 }
 
 /// The TCP state of a flow (`CTA_PROTOINFO` / `CTA_PROTOINFO_TCP` / `CTA_PROTOINFO_TCP_STATE`).
-fn tcp_state(attrs: &[u8]) -> Option<u8> {
-    let (_, info) = attributes(attrs).find(|(kind, _)| *kind == CTA_PROTOINFO)?;
-    let (_, tcp) = attributes(info).find(|(kind, _)| *kind == CTA_PROTOINFO_TCP)?;
-    let (_, state) = attributes(tcp).find(|(kind, _)| *kind == CTA_PROTOINFO_TCP_STATE)?;
+fn tcp_state(flow: &[u8]) -> Option<u8> {
+    let (_, info) = attrs(flow).find(|(kind, _)| *kind == CTA_PROTOINFO)?;
+    let (_, tcp) = attrs(info).find(|(kind, _)| *kind == CTA_PROTOINFO_TCP)?;
+    let (_, state) = attrs(tcp).find(|(kind, _)| *kind == CTA_PROTOINFO_TCP_STATE)?;
     state.first().copied()
 }
 
 /// The flow's status bits (`CTA_STATUS`, big-endian).
-fn status(attrs: &[u8]) -> Option<u32> {
-    let (_, status) = attributes(attrs).find(|(kind, _)| *kind == CTA_STATUS)?;
+fn status(flow: &[u8]) -> Option<u32> {
+    let (_, status) = attrs(flow).find(|(kind, _)| *kind == CTA_STATUS)?;
     Some(u32::from_be_bytes(status.try_into().ok()?))
 }
 
 /// The destination address of a tuple.
 fn tuple_destination(tuple: &[u8], out: &mut HashSet<IpAddr>) {
-    for (kind, payload) in attributes(tuple) {
+    for (kind, payload) in attrs(tuple) {
         if kind != CTA_TUPLE_IP {
             continue;
         }
-        for (kind, addr) in attributes(payload) {
+        for (kind, addr) in attrs(payload) {
             match (kind, addr.len()) {
                 (CTA_IP_V4_DST, 4) => {
                     out.insert(IpAddr::V4(Ipv4Addr::new(
@@ -225,30 +152,24 @@ fn tuple_destination(tuple: &[u8], out: &mut HashSet<IpAddr>) {
     }
 }
 
-/// The `(type, payload)` pairs of a run of netlink attributes (stops at the first malformed one).
-fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let payload = &buf[4..len];
-        buf = buf.get(align4(len)..).unwrap_or_default();
-        Some((kind, payload))
-    })
-}
-
-fn align4(len: usize) -> usize {
-    (len + 3) & !3
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::{self, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN};
+
+    fn align4(len: usize) -> usize {
+        (len + 3) & !3
+    }
+
+    /// One datagram of the dump (messages of sequence 0) into `out`: whether the dump is complete.
+    fn parse_messages(buf: &[u8], out: &mut HashSet<IpAddr>) -> Result<bool, ConntrackError> {
+        let mut each = |payload: &[u8]| add_destination(payload, out);
+        Ok(netlink::dump_datagram(buf, 0, "conntrack dump", &mut each)?)
+    }
+
+    fn dump_request(seq: u32) -> Vec<u8> {
+        netlink::dump_request(CT_GET, libc::AF_UNSPEC as u8, seq, &Attrs::new())
+    }
 
     fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();

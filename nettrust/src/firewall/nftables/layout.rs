@@ -249,12 +249,23 @@ pub(super) fn install_batch(
     options: &Options,
     w: &Whitelist,
 ) -> Vec<Msg> {
-    use netlink::set;
     let mut msgs = vec![
         table_msg(MsgType::NewTable),
         table_msg(MsgType::DelTable),
         table_msg(MsgType::NewTable),
     ];
+    msgs.extend(set_msgs(w));
+    msgs.push(chain_msg(POLICY_CHAIN, None));
+    msgs.extend(guard_rules());
+    msgs.extend(allow_rules(w));
+    msgs.extend(base_chains(scopes, options));
+    msgs
+}
+
+/// The sets of both families with the whitelisted hosts, networks and blocked peers.
+fn set_msgs(w: &Whitelist) -> Vec<Msg> {
+    use netlink::set;
+    let mut msgs = Vec::new();
     let mut id = 1;
     for v6 in [false, true] {
         let (key_type, key_len) = if v6 {
@@ -310,8 +321,12 @@ pub(super) fn install_batch(
                 .map(|(k, end)| Elem::boundary(k.clone(), *end)),
         ));
     }
+    msgs
+}
 
-    msgs.push(chain_msg(POLICY_CHAIN, None));
+/// The first rules of the policy chain: what is dropped or accepted whatever the lists say.
+fn guard_rules() -> Vec<Msg> {
+    let mut msgs = Vec::new();
     // Source-routed packets first, replies included: their destination address is only the
     // first hop (IPv4 loose/strict source route options, an IPv6 routing header with segments
     // left).
@@ -372,6 +387,13 @@ pub(super) fn install_batch(
             .dport(547)
             .verdict(expr::ACCEPT),
     ));
+    msgs
+}
+
+/// The rest of the policy chain: the whitelisted services, networks, hosts and authorizations,
+/// then the counted rejects.
+fn allow_rules(w: &Whitelist) -> Vec<Msg> {
+    let mut msgs = Vec::new();
     // Whitelisted services (the upstream DNS servers): their address, port and transport only.
     for service in &w.services {
         let addr = netlink::addr_key(service.addr.ip());
@@ -406,7 +428,13 @@ pub(super) fn install_batch(
         POLICY_CHAIN,
         Rule::new().counter().reject_icmpx_admin_prohibited(),
     ));
+    msgs
+}
 
+/// The base chain that sends the filtered traffic to the policy chain, and the `input` chain of
+/// `--firewall-drop-input`.
+fn base_chains(scopes: &Option<Vec<CgroupMatch>>, options: &Options) -> Vec<Msg> {
+    let mut msgs = Vec::new();
     let hook = match options.mode {
         Mode::Output { .. } => netlink::chain::NF_INET_LOCAL_OUT,
         Mode::Forward => netlink::chain::NF_INET_FORWARD,

@@ -1,32 +1,26 @@
-//! nf_tables over netlink, built by hand: message and attribute encoding, atomic batches that wait
-//! for the kernel's acknowledgement of every message, and set-element dumps.
+//! nf_tables over the netlink core ([`crate::netlink`]): its message types and attribute numbers,
+//! atomic batches that wait for the kernel's acknowledgement of every message, and the dumps the
+//! backend reads (set elements with their comments, tables, rule counters).
 //!
-//! Constants are those of `include/uapi/linux/netfilter/nf_tables.h`, `nfnetlink.h` and
-//! `netlink.h`. Attribute payloads are big-endian unless the kernel compares raw register bytes
-//! (addresses, cgroup ids, ct state), which are written as the packet or the kernel has them.
+//! Constants are those of `include/uapi/linux/netfilter/nf_tables.h` and `nfnetlink.h`.
+//! Attribute payloads are big-endian unless the kernel compares raw register bytes (addresses,
+//! cgroup ids, ct state), which are written as the packet or the kernel has them.
 
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-// netlink.h
-const NETLINK_NETFILTER: libc::c_int = 12;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-/// `NLM_F_CREATE`: create the object if it does not exist.
-pub const NLM_F_CREATE: u16 = 0x400;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLMSG_HDRLEN: usize = 16;
+use crate::netlink::{self, NLM_F_ACK, NLM_F_REQUEST, attrs, nfgen_attrs};
+pub use crate::netlink::{Attrs, NLM_F_CREATE, NetlinkError};
 
 // nfnetlink.h
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+/// Socket buffers for large batches (a whole whitelist goes in one datagram: netlink refuses
+/// messages larger than the send buffer) and their acknowledgements (one `nlmsgerr` per message).
+const SOCKET_BUFFER: libc::c_int = 8 << 20;
 
 /// `NFPROTO_INET`: the dual-stack table family.
 pub const NFPROTO_INET: u8 = 1;
@@ -51,68 +45,10 @@ pub enum MsgType {
     DelSetElem = 14,
 }
 
-/// A netlink attribute tree under construction, appended to a byte buffer.
-#[derive(Debug, Default, Clone)]
-pub struct Attrs {
-    buf: Vec<u8>,
-}
-
-fn pad4(buf: &mut Vec<u8>) {
-    while !buf.len().is_multiple_of(4) {
-        buf.push(0);
-    }
-}
-
-impl Attrs {
-    /// An empty attribute list.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Appends attribute `ty` with raw `payload`.
-    pub fn bytes(mut self, ty: u16, payload: &[u8]) -> Self {
-        let len = u16::try_from(4 + payload.len()).expect("netlink attribute too long");
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(payload);
-        pad4(&mut self.buf);
-        self
-    }
-
-    /// NUL-terminated string attribute.
-    pub fn str(self, ty: u16, s: &str) -> Self {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        self.bytes(ty, &v)
-    }
-
-    /// Big-endian u32 attribute (`NLA_BE32` in nf_tables policies).
-    pub fn be32(self, ty: u16, v: u32) -> Self {
-        self.bytes(ty, &v.to_be_bytes())
-    }
-
-    /// Big-endian u64 attribute.
-    pub fn be64(self, ty: u16, v: u64) -> Self {
-        self.bytes(ty, &v.to_be_bytes())
-    }
-
-    /// Encoded length in bytes.
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Whether no attribute was added.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
-    /// Nested attribute.
-    pub fn nested(self, ty: u16, inner: Attrs) -> Self {
-        self.bytes(ty | NLA_F_NESTED, &inner.buf)
-    }
-
-    fn into_bytes(self) -> Vec<u8> {
-        self.buf
+impl MsgType {
+    /// The nfnetlink message type: subsystem nf_tables, this message.
+    fn nlmsg_type(self) -> u16 {
+        (NFNL_SUBSYS_NFTABLES << 8) | self as u16
     }
 }
 
@@ -131,178 +67,17 @@ impl Msg {
     }
 }
 
-fn header(buf: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
-    let start = buf.len();
-    buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched below
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(&flags.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
-    // struct nfgenmsg { u8 nfgen_family; u8 version; __be16 res_id; }
-    buf.push(family);
-    buf.push(0);
-    buf.extend_from_slice(&res_id.to_be_bytes());
-    start
-}
-
-fn finish(buf: &mut [u8], start: usize) {
-    let len = u32::try_from(buf.len() - start).expect("netlink message too long");
-    buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
-}
-
-/// Errors of the netlink layer.
-#[derive(Debug, thiserror::Error)]
-pub enum NetlinkError {
-    /// A socket operation failed.
-    #[error("netlink socket: {op}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// The kernel refused message `index` of the batch (the whole batch was rolled back).
-    #[error("nf_tables refused {what} (message {index} of the batch)")]
-    Refused {
-        /// Position of the message in the batch.
-        index: usize,
-        /// Type of the refused message.
-        what: String,
-        /// The kernel's errno.
-        #[source]
-        source: io::Error,
-    },
-    /// The kernel did not acknowledge every message of a batch.
-    #[error("nf_tables acknowledged {got} of {expected} messages")]
-    MissingAck {
-        /// Acknowledgements received.
-        got: usize,
-        /// Messages sent.
-        expected: usize,
-    },
-    /// A reply could not be parsed.
-    #[error("malformed netlink reply: {0}")]
-    Malformed(&'static str),
-}
-
-fn last_os(op: &'static str) -> NetlinkError {
-    NetlinkError::Io {
-        op,
-        source: io::Error::last_os_error(),
-    }
-}
-
-/// A `NETLINK_NETFILTER` socket, bound to the network namespace of the thread that opened it.
+/// A `NETLINK_NETFILTER` socket for nf_tables, bound to the network namespace of the thread that
+/// opened it.
 #[derive(Debug)]
-pub struct Socket {
-    fd: OwnedFd,
-    seq: u32,
-}
+pub struct Socket(netlink::Socket);
 
 impl Socket {
-    /// Opens the socket in the caller's network namespace.
+    /// Opens the socket in the caller's network namespace, with buffers for large batches.
     pub fn open() -> Result<Self, NetlinkError> {
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if raw < 0 {
-            return Err(last_os("socket(AF_NETLINK, NETLINK_NETFILTER)"));
-        }
-        // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // Room for large batches (a whole whitelist goes in one datagram: netlink refuses
-        // messages larger than the send buffer) and for their acknowledgements (one nlmsgerr per
-        // message). The *FORCE variants exceed the sysctl caps (CAP_NET_ADMIN, which nf_tables
-        // needs anyway); the plain ones are the fallback.
-        for (force, plain) in [
-            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        ] {
-            let size: libc::c_int = 8 << 20;
-            for opt in [force, plain] {
-                // SAFETY: setsockopt reads `size` only.
-                let rc = unsafe {
-                    libc::setsockopt(
-                        fd.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        opt,
-                        (&raw const size).cast(),
-                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                    )
-                };
-                if rc == 0 {
-                    break;
-                }
-            }
-        }
-        // SAFETY: zeroed sockaddr_nl = the kernel assigns our port id.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: bind reads `addr` only.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(last_os("bind"));
-        }
-        Ok(Self { fd, seq: 1 })
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1).max(1);
-        self.seq
-    }
-
-    fn send(&self, buf: &[u8]) -> Result<(), NetlinkError> {
-        // SAFETY: send reads `buf` only.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(last_os("send"));
-        }
-        if usize::try_from(n).ok() != Some(buf.len()) {
-            return Err(NetlinkError::Malformed("short send"));
-        }
-        Ok(())
-    }
-
-    /// One datagram; `Ok(None)` when nothing is queued and `nonblocking`.
-    fn recv(&self, buf: &mut [u8], nonblocking: bool) -> Result<Option<usize>, NetlinkError> {
-        let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
-        loop {
-            // SAFETY: recv writes at most buf.len() bytes into `buf`.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    flags,
-                )
-            };
-            if n >= 0 {
-                return Ok(Some(n as usize));
-            }
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock if nonblocking => return Ok(None),
-                _ => {
-                    return Err(NetlinkError::Io {
-                        op: "recv",
-                        source: err,
-                    });
-                }
-            }
-        }
+        let socket = netlink::Socket::open()?;
+        socket.set_buffers(SOCKET_BUFFER);
+        Ok(Self(socket))
     }
 
     /// Sends `msgs` as one atomic nfnetlink batch and returns once the kernel acknowledged every
@@ -310,78 +85,57 @@ impl Socket {
     /// `nlmsgerr` per message flagged `NLM_F_ACK` (errno 0 = fine), so every answer is already
     /// queued when `send` returns; if any message fails the kernel aborts the whole transaction.
     pub fn batch(&mut self, family: u8, msgs: &[Msg]) -> Result<(), NetlinkError> {
+        let socket = &mut self.0;
         // Drop anything stale (e.g. a late reply of an interrupted dump).
-        let mut rx = vec![0u8; 1 << 16];
-        while self.recv(&mut rx, true)?.is_some() {}
-
+        socket.drain()?;
         let mut buf = Vec::with_capacity(256 * (msgs.len() + 2));
-        let begin = self.next_seq();
-        let start = header(
+        let begin = socket.next_seq();
+        let subsystem = NFNL_SUBSYS_NFTABLES;
+        netlink::append_message(
             &mut buf,
             NFNL_MSG_BATCH_BEGIN,
             NLM_F_REQUEST,
             begin,
             0,
-            NFNL_SUBSYS_NFTABLES,
+            subsystem,
+            &[],
         );
-        finish(&mut buf, start);
         let mut seqs = Vec::with_capacity(msgs.len());
         for msg in msgs {
-            let seq = self.next_seq();
-            seqs.push((seq, msg.ty));
-            let start = header(
-                &mut buf,
-                (NFNL_SUBSYS_NFTABLES << 8) | msg.ty as u16,
-                NLM_F_REQUEST | NLM_F_ACK | msg.flags,
-                seq,
-                family,
-                0,
-            );
-            buf.extend_from_slice(&msg.attrs.buf);
-            finish(&mut buf, start);
+            let seq = socket.next_seq();
+            seqs.push(seq);
+            let flags = NLM_F_REQUEST | NLM_F_ACK | msg.flags;
+            let attrs = msg.attrs.as_bytes();
+            netlink::append_message(&mut buf, msg.ty.nlmsg_type(), flags, seq, family, 0, attrs);
         }
-        let end = self.next_seq();
-        let start = header(
+        let end = socket.next_seq();
+        netlink::append_message(
             &mut buf,
             NFNL_MSG_BATCH_END,
             NLM_F_REQUEST,
             end,
             0,
-            NFNL_SUBSYS_NFTABLES,
+            subsystem,
+            &[],
         );
-        finish(&mut buf, start);
-        self.send(&buf)?;
+        socket.send(&buf)?;
 
-        let mut acked = 0;
-        let mut failure = None;
-        while let Some(n) = self.recv(&mut rx, true)? {
-            for (ty, seq, payload) in messages(&rx[..n])? {
-                if ty != NLMSG_ERROR {
-                    continue;
-                }
-                let Some(index) = seqs.iter().position(|&(s, _)| s == seq) else {
-                    continue;
-                };
-                let errno = payload
-                    .get(..4)
-                    .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
-                    .ok_or(NetlinkError::Malformed("short nlmsgerr"))?;
-                acked += 1;
-                if errno != 0 && failure.is_none() {
-                    failure = Some(NetlinkError::Refused {
-                        index,
-                        what: format!("{:?}", seqs[index].1),
-                        source: io::Error::from_raw_os_error(-errno),
-                    });
-                }
-            }
+        let acks = socket.queued_acks(&seqs)?;
+        let refused = acks
+            .iter()
+            .enumerate()
+            .find_map(|(index, errno)| errno.filter(|&e| e != 0).map(|e| (index, e)));
+        if let Some((index, errno)) = refused {
+            return Err(NetlinkError::Refused {
+                index,
+                what: format!("nf_tables {:?}", msgs[index].ty),
+                source: io::Error::from_raw_os_error(-errno),
+            });
         }
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
-        if acked != msgs.len() {
+        let got = acks.iter().filter(|a| a.is_some()).count();
+        if got != msgs.len() {
             return Err(NetlinkError::MissingAck {
-                got: acked,
+                got,
                 expected: msgs.len(),
             });
         }
@@ -399,7 +153,7 @@ impl Socket {
             .str(elem_list::TABLE, table)
             .str(elem_list::SET, set);
         let mut out = Vec::new();
-        for payload in self.dump(family, MsgType::GetSetElem, attrs)? {
+        for payload in self.dump(family, MsgType::GetSetElem, &attrs)? {
             parse_elements(&payload, &mut out)?;
         }
         Ok(out)
@@ -407,11 +161,8 @@ impl Socket {
 
     /// Whether table `name` of `family` exists.
     pub fn table_exists(&mut self, family: u8, name: &str) -> Result<bool, NetlinkError> {
-        for payload in self.dump(family, MsgType::GetTable, Attrs::new())? {
-            let body = payload
-                .get(4..)
-                .ok_or(NetlinkError::Malformed("short nfgenmsg"))?;
-            let found = attrs(body).any(|(ty, value)| {
+        for payload in self.dump(family, MsgType::GetTable, &Attrs::new())? {
+            let found = attrs(nfgen_attrs(&payload)?).any(|(ty, value)| {
                 ty == table::NAME && value.split(|&b| b == 0).next() == Some(name.as_bytes())
             });
             if found {
@@ -431,126 +182,55 @@ impl Socket {
     ) -> Result<Vec<u64>, NetlinkError> {
         let filter = Attrs::new().str(rule::TABLE, table).str(rule::CHAIN, chain);
         let mut out = Vec::new();
-        for payload in self.dump(family, MsgType::GetRule, filter)? {
-            let body = payload
-                .get(4..)
-                .ok_or(NetlinkError::Malformed("short nfgenmsg"))?;
+        for payload in self.dump(family, MsgType::GetRule, &filter)? {
+            let body = nfgen_attrs(&payload)?;
             for (_, exprs) in attrs(body).filter(|(ty, _)| *ty == rule::EXPRESSIONS) {
-                for (_, expression) in attrs(exprs) {
-                    let mut is_counter = false;
-                    let mut packets = None;
-                    for (ty, value) in attrs(expression) {
-                        match ty {
-                            expr_attr::NAME => is_counter = value.starts_with(b"counter\0"),
-                            expr_attr::DATA => {
-                                packets = attrs(value)
-                                    .find(|(t, v)| *t == counter::PACKETS && v.len() == 8)
-                                    .map(|(_, v)| {
-                                        u64::from_be_bytes(v.try_into().expect("8 bytes"))
-                                    });
-                            }
-                            _ => {}
-                        }
-                    }
-                    if let (true, Some(packets)) = (is_counter, packets) {
-                        out.push(packets);
-                    }
-                }
+                out.extend(attrs(exprs).filter_map(counter_packets));
             }
         }
         Ok(out)
     }
 
-    /// Sends one `NLM_F_DUMP` request and returns the payloads (nfgenmsg + attributes) of every
-    /// reply message. A missing table or set (`ENOENT`) is an empty dump.
+    /// One dump of `ty`: the payload (`nfgenmsg` and attributes) of every reply message. A
+    /// missing table or set (`ENOENT`) is an empty dump.
     fn dump(
         &mut self,
         family: u8,
         ty: MsgType,
-        attrs: Attrs,
+        attrs: &Attrs,
     ) -> Result<Vec<Vec<u8>>, NetlinkError> {
-        let mut rx = vec![0u8; 1 << 16];
-        while self.recv(&mut rx, true)?.is_some() {}
-        let seq = self.next_seq();
-        let mut buf = Vec::new();
-        let start = header(
-            &mut buf,
-            (NFNL_SUBSYS_NFTABLES << 8) | ty as u16,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            seq,
-            family,
-            0,
-        );
-        buf.extend_from_slice(&attrs.into_bytes());
-        finish(&mut buf, start);
-        self.send(&buf)?;
+        let what = format!("nf_tables dump {ty:?}");
         let mut out = Vec::new();
-        loop {
-            let n = self.recv(&mut rx, false)?.unwrap_or(0);
-            for (kind, s, payload) in messages(&rx[..n])? {
-                if s != seq {
-                    continue;
-                }
-                match kind {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let errno = payload
-                            .get(..4)
-                            .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
-                            .ok_or(NetlinkError::Malformed("short nlmsgerr"))?;
-                        if errno == -libc::ENOENT {
-                            return Ok(Vec::new());
-                        }
-                        if errno != 0 {
-                            return Err(NetlinkError::Refused {
-                                index: 0,
-                                what: format!("dump {ty:?}"),
-                                source: io::Error::from_raw_os_error(-errno),
-                            });
-                        }
-                    }
-                    _ => out.push(payload.to_vec()),
-                }
+        let dumped = self
+            .0
+            .dump(ty.nlmsg_type(), family, attrs, &what, |payload| {
+                out.push(payload.to_vec());
+                Ok(())
+            });
+        match dumped {
+            Ok(()) => Ok(out),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The packet count of one rule expression if it is a `counter`.
+fn counter_packets((_, expression): (u16, &[u8])) -> Option<u64> {
+    let mut is_counter = false;
+    let mut packets = None;
+    for (ty, value) in attrs(expression) {
+        match ty {
+            expr_attr::NAME => is_counter = value.starts_with(b"counter\0"),
+            expr_attr::DATA => {
+                packets = attrs(value)
+                    .find(|(t, v)| *t == counter::PACKETS && v.len() == 8)
+                    .map(|(_, v)| u64::from_be_bytes(v.try_into().expect("8 bytes")));
             }
+            _ => {}
         }
     }
-}
-
-/// One netlink message of a datagram: `(type, seq, payload after the nlmsghdr)`.
-type Message<'a> = (u16, u32, &'a [u8]);
-
-/// Splits a datagram into its messages.
-fn messages(mut data: &[u8]) -> Result<Vec<Message<'_>>, NetlinkError> {
-    let mut out = Vec::new();
-    while data.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
-        if len < NLMSG_HDRLEN || len > data.len() {
-            return Err(NetlinkError::Malformed("bad nlmsg length"));
-        }
-        let ty = u16::from_ne_bytes(data[4..6].try_into().expect("2 bytes"));
-        let seq = u32::from_ne_bytes(data[8..12].try_into().expect("4 bytes"));
-        out.push((ty, seq, &data[NLMSG_HDRLEN..len]));
-        let aligned = len.next_multiple_of(4).min(data.len());
-        data = &data[aligned..];
-    }
-    Ok(out)
-}
-
-/// Iterates over the attributes in `data`: `(type without flags, payload)`.
-fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if data.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
-        let ty = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
-        if len < 4 || len > data.len() {
-            return None;
-        }
-        let payload = &data[4..len];
-        data = &data[len.next_multiple_of(4).min(data.len())..];
-        Some((ty, payload))
-    })
+    packets.filter(|_| is_counter)
 }
 
 /// One set element as dumped by the kernel.
@@ -569,11 +249,7 @@ pub struct Element {
 }
 
 fn parse_elements(payload: &[u8], out: &mut Vec<Element>) -> Result<(), NetlinkError> {
-    // Skip the nfgenmsg.
-    let body = payload
-        .get(4..)
-        .ok_or(NetlinkError::Malformed("short nfgenmsg"))?;
-    for (ty, list) in attrs(body) {
+    for (ty, list) in attrs(nfgen_attrs(payload)?) {
         if ty != elem_list::ELEMENTS {
             continue;
         }
@@ -751,19 +427,6 @@ pub const LIST_ELEM: u16 = 1;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attributes_are_padded_and_nested() {
-        let a = Attrs::new().str(1, "ab").nested(2, Attrs::new().be32(1, 7));
-        // "ab\0" = 4 + 3 -> padded to 8; nested: 4 + (4 + 4) = 12.
-        assert_eq!(a.buf.len(), 8 + 12);
-        assert_eq!(&a.buf[0..2], &7u16.to_ne_bytes());
-        assert_eq!(&a.buf[10..12], &(2 | NLA_F_NESTED).to_ne_bytes());
-        let parsed: Vec<_> = attrs(&a.buf).collect();
-        assert_eq!(parsed.len(), 2);
-        assert_eq!(parsed[0], (1, &b"ab\0"[..]));
-        assert_eq!(parsed[1].0, 2);
-    }
 
     #[test]
     fn comments_round_trip_and_are_capped() {
