@@ -7,11 +7,11 @@
 //! - `run [--debug] -- ARGS`: build and run `nettrust ARGS` (with sudo when not root), the release
 //!   build unless `--debug`; without `--config` in ARGS the repository's `config.toml` is used.
 //! - `test`: setup, unit tests (no root), then the root integration tests, serially.
-//! - `bench [dns|datapath|commit|memory|all] [--smoke]`: nettrust against dnsmasq and the upstream,
-//!   datapath, commit latency and memory, in network namespaces it creates (see `bench*.rs`);
-//!   writes `target/bench/results.md` and a chart.
-//! - `soak --minutes N`: steady load with expiry active; asserts RSS drift, errors, leaks
-//!   (see `soak.rs`).
+//! - `bench [dns|datapath|commit|memory|all] [--smoke] [--binary PATH]`: nettrust against dnsmasq
+//!   and the upstream, datapath, commit latency and memory, in network namespaces it creates (see
+//!   `bench*.rs`, `lab.rs`, `netns.rs`); writes `target/bench/results.md` and a chart.
+//! - `soak --minutes N [--binary PATH]`: steady load with expiry active; asserts RSS drift,
+//!   errors, leaks (see `soak.rs`).
 
 mod bench;
 mod bench_commit;
@@ -112,8 +112,8 @@ enum Cmd {
         #[arg(long)]
         variants: Option<String>,
         /// Benchmark this nettrust binary as it is (no build; its eBPF object is embedded), e.g.
-        /// a saved build of an earlier commit, to compare with the current one in the same
-        /// session. dns, datapath and memory only: the commit bench compiles the checkout.
+        /// a saved build of an earlier commit, run alternately with the current build on the
+        /// same machine. dns, datapath and memory only: the commit bench compiles the checkout.
         #[arg(long)]
         binary: Option<PathBuf>,
     },
@@ -205,7 +205,7 @@ fn run(root: &Path, debug: bool, mut args: Vec<String>) -> Result<()> {
         args.push("--config".into());
         args.push(root_owned_config(&root.join("config.toml"))?);
     }
-    let status = as_root(&binary, &args)
+    let status = setup::as_root(&binary, &args)
         .status()
         .context("starting nettrust")?;
     if !status.success() {
@@ -412,7 +412,7 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
         "--test-threads=1",
     ]);
     setup::status(&mut root_tests)?;
-    setup::status(&mut as_root(
+    setup::status(&mut setup::as_root(
         &std::env::current_exe()?,
         &soak::ci_args(root),
     ))?;
@@ -455,7 +455,7 @@ fn root_owned_config(config: &Path) -> Result<String> {
         staged,
     ]
     .map(String::from);
-    let status = as_root(Path::new("install"), &args)
+    let status = setup::as_root(Path::new("install"), &args)
         .status()
         .context("starting install")?;
     if !status.success() {
@@ -465,17 +465,4 @@ fn root_owned_config(config: &Path) -> Result<String> {
         );
     }
     Ok(staged.into())
-}
-
-/// `binary args`, through sudo when not root.
-fn as_root(binary: &Path, args: &[String]) -> Command {
-    if setup::is_root() {
-        let mut cmd = Command::new(binary);
-        cmd.args(args);
-        cmd
-    } else {
-        let mut cmd = Command::new("sudo");
-        cmd.arg(binary).args(args);
-        cmd
-    }
 }
