@@ -16,7 +16,7 @@
 
 use std::{
     ops::{Deref, DerefMut},
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     time::Instant,
 };
@@ -64,6 +64,9 @@ pub struct Options {
     pub release: bool,
     /// The dns variants to run (letters `a` to `f`).
     pub variants: String,
+    /// dns only: a second nettrust binary run for variants (b) and (c) next to the one under
+    /// test, alternating which goes first from run to run.
+    pub compare: Option<PathBuf>,
 }
 
 impl Options {
@@ -80,6 +83,7 @@ impl Options {
             rounds: 2000,
             release: true,
             variants: "abcdef".into(),
+            compare: None,
         }
     }
 
@@ -96,6 +100,7 @@ impl Options {
             rounds: 50,
             release: false,
             variants: "abcdef".into(),
+            compare: None,
         }
     }
 }
@@ -203,6 +208,9 @@ pub fn run(root: &Path, binary: &Path, what: What, opts: &Options) -> Result<Rep
     }
     let mut report = Report::new(opts);
     report.note(format!("nettrust binary: {}", binary.display()));
+    if let Some(compare) = &opts.compare {
+        report.note(format!("compared with: {}", compare.display()));
+    }
     let started = Instant::now();
     let lap = |what: &str| {
         eprintln!(

@@ -77,23 +77,46 @@ pub fn run(bench: &mut Bench, opts: &Options, report: &mut Report) -> Result<()>
         "xtask: dns: dnsperf, {} in flight, {} s per run, {} runs, {NAMES} names, cache off",
         opts.in_flight, opts.seconds, opts.runs
     );
+    let under_test = bench.binary.clone();
     for (tag, name, setup) in VARIANTS {
         if !opts.variants.contains(tag) {
             continue;
         }
+        // The daemons of this variant: the binary under test, and for nettrust's variants the
+        // one to compare with, if any.
+        let mut daemons = vec![under_test.clone()];
+        if matches!(tag, "b" | "c") {
+            daemons.extend(opts.compare.clone());
+        }
         let label = format!("({tag}) {name}");
         eprintln!("xtask: dns {label}");
-        let mut samples = Samples::default();
+        let mut samples: Vec<Samples> = daemons.iter().map(|_| Samples::default()).collect();
         for run in 0..opts.runs {
-            // A fresh server per run: every run starts with empty maps/sets.
-            let server = setup(bench)?;
-            measure(bench, opts, tag, server, run, &mut samples)?;
-            bench.check_nettrust()?;
-            if tag == "e" && nftset_elements(bench)? == 0 {
-                bail!("dnsmasq --nftset wrote nothing into its set");
+            // With two daemons, which goes first alternates from run to run.
+            for k in 0..daemons.len() {
+                let k = if run % 2 == 1 {
+                    daemons.len() - 1 - k
+                } else {
+                    k
+                };
+                bench.binary.clone_from(&daemons[k]);
+                // A fresh server per run: every run starts with empty maps/sets.
+                let server = setup(bench)?;
+                measure(bench, opts, tag, server, run, &mut samples[k])?;
+                bench.check_nettrust()?;
+                if tag == "e" && nftset_elements(bench)? == 0 {
+                    bail!("dnsmasq --nftset wrote nothing into its set");
+                }
             }
         }
-        add_figures(report, tag, &label, samples);
+        bench.binary.clone_from(&under_test);
+        for (k, samples) in samples.into_iter().enumerate() {
+            let label = match k {
+                0 => label.clone(),
+                _ => format!("{label} [{}]", daemons[k].display()),
+            };
+            add_figures(report, tag, &label, samples);
+        }
     }
     bench.stop_nettrust()?;
     stop_forwarder(bench);

@@ -36,8 +36,8 @@ pub(crate) struct Names<'a> {
 pub(crate) struct Lab {
     /// Scratch files (hosts, queries, configurations, logs: the daemon's is `nettrust.log`).
     pub(crate) dir: PathBuf,
-    /// The nettrust binary under test.
-    binary: PathBuf,
+    /// The nettrust binary `start_nettrust` runs.
+    pub(crate) binary: PathBuf,
     /// The name readiness is checked with (the first generated one).
     probe: String,
     /// Servers and load generators (each a process group leader or a plain child), killed in

@@ -116,6 +116,11 @@ enum Cmd {
         /// same machine. dns, datapath and memory only: the commit bench compiles the checkout.
         #[arg(long)]
         binary: Option<PathBuf>,
+        /// dns only: also run this nettrust binary as it is for variants (b) and (c), in the same
+        /// runs as the one under test (which goes first alternates), its figures marked with
+        /// its path: before/after figures of two commits measured side by side.
+        #[arg(long)]
+        compare: Option<PathBuf>,
     },
     /// The minimal relay of `bench dns`, variant (f), run by the benchmark in its namespace.
     #[command(hide = true)]
@@ -223,6 +228,7 @@ fn bench(root: &Path, command: Cmd) -> Result<()> {
         runs,
         variants,
         binary,
+        compare,
     } = command
     else {
         unreachable!("bench is called with the bench command");
@@ -248,6 +254,12 @@ fn bench(root: &Path, command: Cmd) -> Result<()> {
         BenchWhat::Memory => bench::What::Memory,
         BenchWhat::All => bench::What::All,
     };
+    if let Some(compare) = compare {
+        if what != bench::What::Dns {
+            bail!("--compare: only the dns benchmark runs two binaries side by side");
+        }
+        opts.compare = Some(given_binary(&compare)?);
+    }
     let binary = match binary {
         Some(_) if matches!(what, bench::What::Commit | bench::What::All) => bail!(
             "--binary: the commit bench compiles the checkout's bench target, not a binary; \
