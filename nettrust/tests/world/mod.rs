@@ -23,13 +23,19 @@ use std::{
 #[path = "../../../xtask/src/netns.rs"]
 mod netns;
 
+/// `cmd`, which also joins a cgroup before it runs.
+#[allow(
+    unused_imports,
+    reason = "each test binary uses a different part of the world"
+)]
+pub use netns::join_cgroup;
 /// The link between the namespaces (documentation ranges, not whitelisted as private) and the
 /// upstream DNS server (dnsmasq) in the internet namespace.
 #[allow(
     unused_imports,
     reason = "each test binary uses a different part of the world"
 )]
-pub use netns::{CLIENT_V4, CLIENT_V6, INET_V4, INET_V6, UPSTREAM, join_cgroup};
+pub use netns::{CLIENT_V4, CLIENT_V6, INET_V4, INET_V6, UPSTREAM};
 /// Port of the TCP server that answers "ok" on every internet address.
 pub const TCP_PORT: u16 = 8080;
 /// Number of `nN.test` names, each answered with its own 203.0.113.N address.
