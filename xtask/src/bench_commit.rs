@@ -17,8 +17,7 @@ type Samples = Vec<((String, String), Vec<f64>, Vec<f64>)>;
 pub fn run(root: &Path, opts: &Options, report: &mut Report) -> Result<()> {
     // (backend, addresses) -> p50 and p99 of every run, in ns.
     let mut samples: Samples = Vec::new();
-    // Scans: host count, then the sweeper's and `nettrust list`'s times of every run in ms.
-    let mut scans: (usize, Vec<f64>, Vec<f64>) = (0, Vec::new(), Vec::new());
+    let mut scans: Scans = (0, Vec::new(), Vec::new());
     for run in 0..opts.runs {
         let mut cmd = crate::cargo(root)?;
         cmd.args(["bench", "--package", "nettrust", "--bench", "commit"]);
@@ -36,32 +35,7 @@ pub fn run(root: &Path, opts: &Options, report: &mut Report) -> Result<()> {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        // "scan HOSTS sweeper_ns list_ns"
-        for line in text.lines().filter(|l| l.starts_with("scan ")) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let [_, hosts, sweeper, listed] = f.as_slice() else {
-                bail!("unexpected scan bench line: {line}");
-            };
-            scans.0 = hosts.parse()?;
-            scans.1.push(sweeper.parse::<f64>()? / 1e6);
-            scans.2.push(listed.parse::<f64>()? / 1e6);
-        }
-        // "commit BACKEND ADDRESSES p50_ns p99_ns rounds"
-        for line in text.lines().filter(|l| l.starts_with("commit ")) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let [_, backend, count, p50, p99, _] = f.as_slice() else {
-                bail!("unexpected commit bench line: {line}");
-            };
-            let key = ((*backend).to_owned(), (*count).to_owned());
-            let (p50, p99): (f64, f64) = (p50.parse()?, p99.parse()?);
-            match samples.iter_mut().find(|(k, _, _)| *k == key) {
-                Some((_, a, b)) => {
-                    a.push(p50 / 1000.0);
-                    b.push(p99 / 1000.0);
-                }
-                None => samples.push((key, vec![p50 / 1000.0], vec![p99 / 1000.0])),
-            }
-        }
+        parse(&text, &mut samples, &mut scans)?;
     }
     if scans.1.is_empty() {
         bail!("the commit bench printed no scan figure");
@@ -98,6 +72,40 @@ pub fn run(root: &Path, opts: &Options, report: &mut Report) -> Result<()> {
             "µs",
             p99,
         ));
+    }
+    Ok(())
+}
+
+/// Scans: host count, then the sweeper's and `nettrust list`'s times of every run in ms.
+type Scans = (usize, Vec<f64>, Vec<f64>);
+
+/// Adds the figures of one run's output `text` to `samples` and `scans`.
+fn parse(text: &str, samples: &mut Samples, scans: &mut Scans) -> Result<()> {
+    // "scan HOSTS sweeper_ns list_ns"
+    for line in text.lines().filter(|l| l.starts_with("scan ")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [_, hosts, sweeper, listed] = f.as_slice() else {
+            bail!("unexpected scan bench line: {line}");
+        };
+        scans.0 = hosts.parse()?;
+        scans.1.push(sweeper.parse::<f64>()? / 1e6);
+        scans.2.push(listed.parse::<f64>()? / 1e6);
+    }
+    // "commit BACKEND ADDRESSES p50_ns p99_ns rounds"
+    for line in text.lines().filter(|l| l.starts_with("commit ")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [_, backend, count, p50, p99, _] = f.as_slice() else {
+            bail!("unexpected commit bench line: {line}");
+        };
+        let key = ((*backend).to_owned(), (*count).to_owned());
+        let (p50, p99): (f64, f64) = (p50.parse()?, p99.parse()?);
+        match samples.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, a, b)) => {
+                a.push(p50 / 1000.0);
+                b.push(p99 / 1000.0);
+            }
+            None => samples.push((key, vec![p50 / 1000.0], vec![p99 / 1000.0])),
+        }
     }
     Ok(())
 }

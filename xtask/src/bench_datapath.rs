@@ -1,5 +1,5 @@
 //! `cargo xtask bench datapath` and `memory`: iperf3 TCP throughput and UDP packet rate from the
-//! filtered cgroup to the iperf3 server in the upstream namespace, with no filter, then with each
+//! filtered cgroup to the iperf3 server in the internet namespace, with no filter, then with each
 //! backend holding 0, 10k and 1M authorized hosts (filled through the daemon's own DNS path:
 //! dnsperf resolves that many distinct names once) plus 1,000 whitelisted networks. The memory
 //! figures (kernel memory of the eBPF maps, daemon RSS) are taken from the eBPF daemon with 0 and
@@ -10,8 +10,9 @@ use std::{collections::BTreeMap, fmt::Write as _, fs, time::Duration};
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    bench::{Bench, METRICS, Options, TARGET_V4, What, dnsperf_args, field},
+    bench::{Bench, METRICS, Options, TARGET_V4, What},
     bench_report::{Figure, Report, median},
+    lab::{dnsperf_args, field, vmrss_kib},
 };
 
 /// Whitelisted networks installed for every filtered run (233.0.0.0/14 in /24s: never used).
@@ -29,7 +30,7 @@ pub fn run(bench: &mut Bench, opts: &Options, what: What, report: &mut Report) -
         writeln!(config, "  \"233.{}.{}.0/24\",", i >> 8, i & 0xff)?;
     }
     config.push_str("]\n");
-    let config_path = bench.world.dir.join("datapath.toml");
+    let config_path = bench.dir.join("datapath.toml");
     fs::write(&config_path, config)?;
     let capacity = (opts.hosts[1] + 1024).next_power_of_two();
     let backends: &[&str] = if with_iperf {
@@ -97,7 +98,7 @@ fn iperf_from(bench: &Bench, outside: bool, args: &[&str]) -> Result<serde_json:
     let out = if outside {
         bench.in_client("iperf3").args(&all).output()?
     } else {
-        bench.in_cgroup("iperf3", &all).output()?
+        bench.in_cgroup_args("iperf3", &all).output()?
     };
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
@@ -224,7 +225,7 @@ fn tcp_udp(bench: &Bench, opts: &Options, label: &str, report: &mut Report) -> R
 
 /// Run time and run count of the pinned egress program (kernel statistics).
 fn egress_stats(bench: &Bench) -> Result<(u64, u64)> {
-    let info = aya::programs::ProgramInfo::from_pin(bench.world.bpffs_dir.join("prog-egress"))
+    let info = aya::programs::ProgramInfo::from_pin(bench.net.bpffs_dir.join("prog-egress"))
         .context("reading the pinned egress program's info")?;
     Ok((info.run_time().as_nanos() as u64, info.run_count()))
 }
@@ -273,7 +274,7 @@ fn program_cost(bench: &Bench, opts: &Options, label: &str, report: &mut Report)
 
 fn resolve_target(bench: &Bench) -> Result<()> {
     let out = bench
-        .in_cgroup(
+        .in_cgroup_args(
             "dig",
             &["+short", "+time=2", "+tries=1", "@127.0.0.1", "iperf.bench"].map(String::from),
         )
@@ -290,7 +291,7 @@ fn resolve_target(bench: &Bench) -> Result<()> {
 /// Resolves the fill names of 240.0.0.0/12 number `from` .. `to - 1` once each through nettrust (100 in flight),
 /// again for those lost, until at least 99 % are authorized.
 fn fill(bench: &Bench, from: u32, to: u32) -> Result<()> {
-    let path = bench.world.dir.join(format!("fill-{from}-{to}"));
+    let path = bench.dir.join(format!("fill-{from}-{to}"));
     let mut queries = String::with_capacity((to - from) as usize * 16);
     for i in from..to {
         writeln!(
@@ -376,7 +377,7 @@ fn memory(bench: &Bench, label: &str, capacity: u32, report: &mut Report) -> Res
         bail!("no BPF map among the daemon's file descriptors");
     }
     let kernel: u64 = maps.values().map(|(m, _)| m).sum();
-    let rss_kb = crate::bench::vmrss_kib(pid)? as f64;
+    let rss_kb = vmrss_kib(pid)? as f64;
     let mut biggest: Vec<&(u64, String)> = maps.values().collect();
     biggest.sort_by_key(|(m, _)| std::cmp::Reverse(*m));
     let top: Vec<String> = biggest

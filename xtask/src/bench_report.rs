@@ -70,6 +70,44 @@ const EXPECTED: [(&str, usize); 7] = [
     ("memory", 4),
 ];
 
+/// Picks the figures of one chart panel.
+type Select = fn(&Figure) -> bool;
+
+/// The chart's panels: title, figures.
+const PANELS: [(&str, Select); 9] = [
+    (
+        "DNS throughput, 100 in flight (qps, higher is better)",
+        |f| f.section == "dns" && f.unit == "qps",
+    ),
+    ("DNS p50 latency at 1,000 qps (µs, lower is better)", |f| {
+        f.section == "dns" && f.name.contains(" p50 ")
+    }),
+    (
+        "DNS p50 overhead over the upstream asked right next to it (µs, lower is better)",
+        |f| f.section == "overhead",
+    ),
+    (
+        "Forwarder CPU time per query at 1,000 qps (µs, lower is better)",
+        |f| f.section == "cpu",
+    ),
+    (
+        "TCP throughput from the cgroup (Gbit/s, higher is better)",
+        |f| f.section == "datapath" && f.name.starts_with("TCP "),
+    ),
+    (
+        "UDP 64-byte datagrams sent from the cgroup (kpps, higher is better)",
+        |f| f.section == "datapath" && f.name.starts_with("UDP "),
+    ),
+    (
+        "Filtered / unfiltered at the same moment, paired runs (%, higher is better)",
+        |f| f.section == "ratio",
+    ),
+    ("Commit of one answer, p50 (µs, lower is better)", |f| {
+        f.section == "commit" && f.name.ends_with(" p50")
+    }),
+    ("Memory (MB)", |f| f.section == "memory"),
+];
+
 pub fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -254,53 +292,18 @@ impl Report {
 
     /// Horizontal bar charts, one panel per group, the median as the bar and min–max as a line.
     fn svg(&self) -> String {
-        type Select = fn(&Figure) -> bool;
-        let groups: [(&str, Select); 9] = [
-            (
-                "DNS throughput, 100 in flight (qps, higher is better)",
-                |f| f.section == "dns" && f.unit == "qps",
-            ),
-            ("DNS p50 latency at 1,000 qps (µs, lower is better)", |f| {
-                f.section == "dns" && f.name.contains(" p50 ")
-            }),
-            (
-                "DNS p50 overhead over the upstream asked right next to it (µs, lower is better)",
-                |f| f.section == "overhead",
-            ),
-            (
-                "Forwarder CPU time per query at 1,000 qps (µs, lower is better)",
-                |f| f.section == "cpu",
-            ),
-            (
-                "TCP throughput from the cgroup (Gbit/s, higher is better)",
-                |f| f.section == "datapath" && f.name.starts_with("TCP "),
-            ),
-            (
-                "UDP 64-byte datagrams sent from the cgroup (kpps, higher is better)",
-                |f| f.section == "datapath" && f.name.starts_with("UDP "),
-            ),
-            (
-                "Filtered / unfiltered at the same moment, paired runs (%, higher is better)",
-                |f| f.section == "ratio",
-            ),
-            ("Commit of one answer, p50 (µs, lower is better)", |f| {
-                f.section == "commit" && f.name.ends_with(" p50")
-            }),
-            ("Memory (MB)", |f| f.section == "memory"),
-        ];
-        let panels: Vec<(&str, Vec<&Figure>)> = groups
+        let panels: Vec<(&str, Vec<&Figure>)> = PANELS
             .into_iter()
             .map(|(title, select)| (title, self.figures.iter().filter(|f| select(f)).collect()))
             .filter(|(_, figs): &(&str, Vec<&Figure>)| !figs.is_empty())
             .collect();
-        let (width, label_w, bar_w, row_h) = (980.0, 330.0, 520.0, 22.0);
         let height: f64 = panels
             .iter()
-            .map(|(_, f)| 40.0 + row_h * f.len() as f64)
+            .map(|(_, f)| 40.0 + ROW_H * f.len() as f64)
             .sum::<f64>()
             + 20.0;
         let mut svg = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" \
              font-family=\"DejaVu Sans, sans-serif\" font-size=\"12\">\n\
              <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
         );
@@ -318,37 +321,8 @@ impl Report {
                 .fold(0.0f64, f64::max)
                 .max(f64::MIN_POSITIVE);
             for f in figs {
-                let scale = |v: f64| label_w + bar_w * (v / top).clamp(0.0, 1.0);
-                let color = if f.name.contains("nettrust eBPF") || f.name.contains("eBPF") {
-                    "#2b7bb9"
-                } else if f.name.contains("nftables") {
-                    "#e08b2c"
-                } else {
-                    "#8a8a8a"
-                };
-                let median = f.median();
-                let _ = writeln!(
-                    svg,
-                    "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n\
-                     <rect x=\"{label_w}\" y=\"{}\" width=\"{:.1}\" height=\"{}\" fill=\"{color}\"/>\n\
-                     <line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
-                     <text x=\"{:.1}\" y=\"{}\">{} {}</text>",
-                    label_w - 8.0,
-                    y + 15.0,
-                    escape(bar_label(&f.name)),
-                    y + 4.0,
-                    (scale(median) - label_w).max(1.0),
-                    row_h - 8.0,
-                    scale(f.min()),
-                    scale(f.max()),
-                    y + row_h / 2.0,
-                    y + row_h / 2.0,
-                    scale(f.max()) + 6.0,
-                    y + 15.0,
-                    fmt_value(median),
-                    escape(f.unit)
-                );
-                y += row_h;
+                bar(&mut svg, f, y, top);
+                y += ROW_H;
             }
             y += 10.0;
         }
@@ -388,6 +362,50 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// The chart's width.
+const WIDTH: f64 = 980.0;
+/// The width of the labels, left of the bars.
+const LABEL_W: f64 = 330.0;
+/// The width of the longest bar.
+const BAR_W: f64 = 520.0;
+/// The height of a row.
+const ROW_H: f64 = 22.0;
+
+/// One figure's row at height `y`: label, bar (the median), min–max line, value; `top` is the
+/// panel's largest value (the full bar).
+fn bar(svg: &mut String, f: &Figure, y: f64, top: f64) {
+    let scale = |v: f64| LABEL_W + BAR_W * (v / top).clamp(0.0, 1.0);
+    let color = if f.name.contains("nettrust eBPF") || f.name.contains("eBPF") {
+        "#2b7bb9"
+    } else if f.name.contains("nftables") {
+        "#e08b2c"
+    } else {
+        "#8a8a8a"
+    };
+    let median = f.median();
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n\
+         <rect x=\"{LABEL_W}\" y=\"{}\" width=\"{:.1}\" height=\"{}\" fill=\"{color}\"/>\n\
+         <line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <text x=\"{:.1}\" y=\"{}\">{} {}</text>",
+        LABEL_W - 8.0,
+        y + 15.0,
+        escape(bar_label(&f.name)),
+        y + 4.0,
+        (scale(median) - LABEL_W).max(1.0),
+        ROW_H - 8.0,
+        scale(f.min()),
+        scale(f.max()),
+        y + ROW_H / 2.0,
+        y + ROW_H / 2.0,
+        scale(f.max()) + 6.0,
+        y + 15.0,
+        fmt_value(median),
+        escape(f.unit)
+    );
 }
 
 fn escape(s: &str) -> String {

@@ -25,11 +25,7 @@ pub fn run(root: &Path, secs: u64) -> Result<()> {
         .is_ok_and(|o| o.status.success());
     if !have_cargo_fuzz {
         eprintln!("xtask: installing cargo-fuzz from crates.io...");
-        crate::run_checked({
-            let mut cmd = Command::new("cargo");
-            cmd.args(["install", "cargo-fuzz", "--locked"]);
-            cmd
-        })?;
+        crate::setup::status(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
     let fuzz_dir = root.join("fuzz");
     // Build every target once before the clock starts.
@@ -38,7 +34,7 @@ pub fn run(root: &Path, secs: u64) -> Result<()> {
         .current_dir(&fuzz_dir)
         .args(["run", "nightly", "cargo", "fuzz", "build"])
         .env("NETTRUST_EBPF_STUB", "1");
-    crate::run_checked(build)?;
+    crate::setup::status(&mut build)?;
     let mut summary = Vec::new();
     for target in TARGETS {
         // New inputs go to the (untracked) corpus; the committed seeds are only read.

@@ -7,17 +7,19 @@
 //! - `run [--debug] -- ARGS`: build and run `nettrust ARGS` (with sudo when not root), the release
 //!   build unless `--debug`; without `--config` in ARGS the repository's `config.toml` is used.
 //! - `test`: setup, unit tests (no root), then the root integration tests, serially.
-//! - `bench [dns|datapath|commit|memory|all] [--smoke]`: nettrust against dnsmasq and the upstream,
-//!   datapath, commit latency and memory, in network namespaces it creates (see `bench*.rs`);
-//!   writes `target/bench/results.md` and a chart.
-//! - `soak --minutes N`: steady load with expiry active; asserts RSS drift, errors, leaks
-//!   (see `soak.rs`).
+//! - `bench [dns|datapath|commit|memory|all] [--smoke] [--binary PATH]`: nettrust against dnsmasq
+//!   and the upstream, datapath, commit latency and memory, in network namespaces it creates (see
+//!   `bench*.rs`, `lab.rs`, `netns.rs`); writes `target/bench/results.md` and a chart.
+//! - `soak --minutes N [--binary PATH]`: steady load with expiry active; asserts RSS drift,
+//!   errors, leaks (see `soak.rs`).
 
 mod bench;
 mod bench_commit;
 mod bench_datapath;
+mod bench_dns;
 mod bench_report;
 mod fuzz;
+mod lab;
 mod netns;
 mod relay;
 mod setup;
@@ -109,6 +111,16 @@ enum Cmd {
         /// `abcdef`, all of them).
         #[arg(long)]
         variants: Option<String>,
+        /// Benchmark this nettrust binary as it is (no build; its eBPF object is embedded), e.g.
+        /// a saved build of an earlier commit, run alternately with the current build on the
+        /// same machine. dns, datapath and memory only: the commit bench compiles the checkout.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// dns only: also run this nettrust binary as it is for variants (b) and (c), in the same
+        /// runs as the one under test (which goes first alternates), its figures marked with
+        /// its path: before/after figures of two commits measured side by side.
+        #[arg(long)]
+        compare: Option<PathBuf>,
     },
     /// The minimal relay of `bench dns`, variant (f), run by the benchmark in its namespace.
     #[command(hide = true)]
@@ -145,27 +157,7 @@ fn main() -> Result<()> {
         Cmd::Build { release } => {
             build(&root, release)?;
         }
-        Cmd::Run { debug, args } => {
-            let binary = build(&root, !debug)?;
-            let mut args = args;
-            let is_run = args
-                .first()
-                .is_none_or(|a| a.starts_with('-') || a == "run");
-            if is_run
-                && !args
-                    .iter()
-                    .any(|a| a == "--config" || a.starts_with("--config="))
-            {
-                args.push("--config".into());
-                args.push(root_owned_config(&root.join("config.toml"))?);
-            }
-            let status = as_root(&binary, &args)
-                .status()
-                .context("starting nettrust")?;
-            if !status.success() {
-                bail!("nettrust exited with {status}");
-            }
-        }
+        Cmd::Run { debug, args } => run(&root, debug, args)?,
         Cmd::Fuzz { time } => {
             setup::toolchain()?;
             fuzz::run(&root, time)?;
@@ -184,7 +176,7 @@ fn main() -> Result<()> {
         } => {
             setup::packages()?;
             let binary = match binary {
-                Some(binary) => binary,
+                Some(binary) => given_binary(&binary)?,
                 None => build(&root, !debug)?,
             };
             let seconds = (minutes * 60.0).round() as u64;
@@ -197,43 +189,102 @@ fn main() -> Result<()> {
                 },
             )?;
         }
-        Cmd::Bench {
-            what,
-            smoke,
-            seconds,
-            runs,
-            variants,
-        } => {
-            setup::packages()?;
-            let mut opts = if smoke {
-                bench::Options::smoke()
-            } else {
-                bench::Options::full()
-            };
-            opts.seconds = seconds.unwrap_or(opts.seconds);
-            opts.runs = runs.unwrap_or(opts.runs).max(1);
-            if let Some(variants) = variants {
-                if let Some(bad) = variants.chars().find(|c| !"abcdef".contains(*c)) {
-                    bail!("--variants {variants:?}: {bad:?} is not one of a, b, c, d, e, f");
-                }
-                opts.variants = variants;
-            }
-            let binary = build(&root, opts.release)?;
-            let what = match what {
-                BenchWhat::Dns => bench::What::Dns,
-                BenchWhat::Datapath => bench::What::Datapath,
-                BenchWhat::Commit => bench::What::Commit,
-                BenchWhat::Memory => bench::What::Memory,
-                BenchWhat::All => bench::What::All,
-            };
-            let report = bench::run(&root, &binary, what, &opts)?;
-            if smoke && what == bench::What::All {
-                report.check_complete()?;
-            }
-        }
+        Cmd::Bench { .. } => bench(&root, cli.command)?,
         Cmd::Relay { listen, upstream } => relay::run(listen, upstream)?,
     }
     Ok(())
+}
+
+/// `cargo xtask run`: builds and runs the daemon with `args`, the repository's `config.toml`
+/// unless they name a configuration.
+fn run(root: &Path, debug: bool, mut args: Vec<String>) -> Result<()> {
+    let binary = build(root, !debug)?;
+    let is_run = args
+        .first()
+        .is_none_or(|a| a.starts_with('-') || a == "run");
+    if is_run
+        && !args
+            .iter()
+            .any(|a| a == "--config" || a.starts_with("--config="))
+    {
+        args.push("--config".into());
+        args.push(root_owned_config(&root.join("config.toml"))?);
+    }
+    let status = setup::as_root(&binary, &args)
+        .status()
+        .context("starting nettrust")?;
+    if !status.success() {
+        bail!("nettrust exited with {status}");
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench`.
+fn bench(root: &Path, command: Cmd) -> Result<()> {
+    let Cmd::Bench {
+        what,
+        smoke,
+        seconds,
+        runs,
+        variants,
+        binary,
+        compare,
+    } = command
+    else {
+        unreachable!("bench is called with the bench command");
+    };
+    setup::packages()?;
+    let mut opts = if smoke {
+        bench::Options::smoke()
+    } else {
+        bench::Options::full()
+    };
+    opts.seconds = seconds.unwrap_or(opts.seconds);
+    opts.runs = runs.unwrap_or(opts.runs).max(1);
+    if let Some(variants) = variants {
+        if let Some(bad) = variants.chars().find(|c| !"abcdef".contains(*c)) {
+            bail!("--variants {variants:?}: {bad:?} is not one of a, b, c, d, e, f");
+        }
+        opts.variants = variants;
+    }
+    let what = match what {
+        BenchWhat::Dns => bench::What::Dns,
+        BenchWhat::Datapath => bench::What::Datapath,
+        BenchWhat::Commit => bench::What::Commit,
+        BenchWhat::Memory => bench::What::Memory,
+        BenchWhat::All => bench::What::All,
+    };
+    if let Some(compare) = compare {
+        if what != bench::What::Dns {
+            bail!("--compare: only the dns benchmark runs two binaries side by side");
+        }
+        opts.compare = Some(given_binary(&compare)?);
+    }
+    let binary = match binary {
+        Some(_) if matches!(what, bench::What::Commit | bench::What::All) => bail!(
+            "--binary: the commit bench compiles the checkout's bench target, not a binary; \
+             give dns, datapath or memory"
+        ),
+        Some(binary) => given_binary(&binary)?,
+        None => build(root, opts.release)?,
+    };
+    let report = bench::run(root, &binary, what, &opts)?;
+    if smoke && what == bench::What::All {
+        report.check_complete()?;
+    }
+    Ok(())
+}
+
+/// A `--binary` path, absolute (the daemon is started from another directory's view of it) and
+/// checked to be a file.
+fn given_binary(binary: &Path) -> Result<PathBuf> {
+    let path = binary
+        .canonicalize()
+        .with_context(|| format!("--binary {}", binary.display()))?;
+    if !path.is_file() {
+        bail!("--binary {}: not a file", binary.display());
+    }
+    Ok(path)
 }
 
 fn workspace_root() -> PathBuf {
@@ -250,15 +301,6 @@ pub(crate) fn cargo(root: &Path) -> Result<Command> {
     Ok(cmd)
 }
 
-pub(crate) fn run_checked(mut cmd: Command) -> Result<()> {
-    eprintln!("xtask: running {cmd:?}");
-    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
-    }
-    Ok(())
-}
-
 fn build(root: &Path, release: bool) -> Result<PathBuf> {
     setup::toolchain()?;
     let mut cmd = cargo(root)?;
@@ -266,7 +308,7 @@ fn build(root: &Path, release: bool) -> Result<PathBuf> {
     if release {
         cmd.arg("--release");
     }
-    run_checked(cmd)?;
+    setup::status(&mut cmd)?;
     Ok(root
         .join("target")
         .join(if release { "release" } else { "debug" })
@@ -276,7 +318,7 @@ fn build(root: &Path, release: bool) -> Result<PathBuf> {
 fn lint(root: &Path) -> Result<()> {
     let mut fmt = cargo(root)?;
     fmt.args(["fmt", "--all", "--check"]);
-    run_checked(fmt)?;
+    setup::status(&mut fmt)?;
     let mut clippy = cargo(root)?;
     clippy.args([
         "clippy",
@@ -288,7 +330,7 @@ fn lint(root: &Path) -> Result<()> {
         "-D",
         "warnings",
     ]);
-    run_checked(clippy)?;
+    setup::status(&mut clippy)?;
     let mut clippy_ebpf = Command::new("rustup");
     clippy_ebpf
         .current_dir(root)
@@ -309,7 +351,7 @@ fn lint(root: &Path) -> Result<()> {
         "-D",
         "warnings",
     ]);
-    run_checked(clippy_ebpf)?;
+    setup::status(&mut clippy_ebpf)?;
     systemd_unit_security(root)
 }
 
@@ -349,7 +391,7 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
     lint(root)?;
     let mut unit = cargo(root)?;
     unit.args(["test", "--workspace", "--exclude", "nettrust-ebpf"]);
-    run_checked(unit)?;
+    setup::status(&mut unit)?;
     fuzz::ci(root)?;
     if unit_only {
         return Ok(());
@@ -358,7 +400,7 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
     // DNS servers; one test at a time.
     let mut build_tests = cargo(root)?;
     build_tests.args(["test", "--package", "nettrust", "--test", "*", "--no-run"]);
-    run_checked(build_tests)?;
+    setup::status(&mut build_tests)?;
     let mut root_tests = if setup::is_root() {
         cargo(root)?
     } else {
@@ -381,8 +423,11 @@ fn test(root: &Path, unit_only: bool) -> Result<()> {
         "--ignored",
         "--test-threads=1",
     ]);
-    run_checked(root_tests)?;
-    run_checked(as_root(&std::env::current_exe()?, &soak::ci_args(root)))?;
+    setup::status(&mut root_tests)?;
+    setup::status(&mut setup::as_root(
+        &std::env::current_exe()?,
+        &soak::ci_args(root),
+    ))?;
     bench::smoke(root, &build(root, false)?)
 }
 
@@ -422,7 +467,7 @@ fn root_owned_config(config: &Path) -> Result<String> {
         staged,
     ]
     .map(String::from);
-    let status = as_root(Path::new("install"), &args)
+    let status = setup::as_root(Path::new("install"), &args)
         .status()
         .context("starting install")?;
     if !status.success() {
@@ -432,17 +477,4 @@ fn root_owned_config(config: &Path) -> Result<String> {
         );
     }
     Ok(staged.into())
-}
-
-/// `binary args`, through sudo when not root.
-fn as_root(binary: &Path, args: &[String]) -> Command {
-    if setup::is_root() {
-        let mut cmd = Command::new(binary);
-        cmd.args(args);
-        cmd
-    } else {
-        let mut cmd = Command::new("sudo");
-        cmd.arg(binary).args(args);
-        cmd
-    }
 }

@@ -1,11 +1,12 @@
 //! Idempotent installation of what building and testing nettrust needs.
 //!
 //! bpf-linker has no usable prebuilt download and Debian's LLVM is too old, so it is built from
-//! crates.io against the nightly toolchain's own libLLVM (see ../shared/docs/MACHINE.md). A small
-//! wrapper script puts that library on the loader path.
+//! crates.io against the nightly toolchain's own libLLVM (`LLVM_PREFIX` pointing at a directory
+//! whose `lib/libLLVM.so` links to it, with the `llvm-NN` feature of the nightly's LLVM version).
+//! A small wrapper script puts that library on the loader path.
 
 use std::{
-    ffi::OsString,
+    ffi::{OsStr, OsString},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -54,6 +55,19 @@ pub fn is_root() -> bool {
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
+/// `program args`, through sudo when not root.
+pub fn as_root(program: &Path, args: &[impl AsRef<OsStr>]) -> Command {
+    let mut cmd = if is_root() {
+        Command::new(program)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg(program);
+        sudo
+    };
+    cmd.args(args);
+    cmd
+}
+
 fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
@@ -86,7 +100,8 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn status(cmd: &mut Command) -> Result<()> {
+/// Runs `cmd` (echoing it), its output shown; an error when it cannot start or fails.
+pub(crate) fn status(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
@@ -239,13 +254,9 @@ pub fn install(wanted: &[(&str, &str)]) -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
-    let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
     let apt = |args: &[&str]| {
-        let mut cmd = Command::new(sudo.first().copied().unwrap_or("apt-get"));
-        if !sudo.is_empty() {
-            cmd.arg("apt-get");
-        }
-        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        let mut cmd = as_root(Path::new("apt-get"), args);
+        cmd.env("DEBIAN_FRONTEND", "noninteractive");
         cmd
     };
     status(&mut apt(&["update", "-qq"]))?;

@@ -1,7 +1,9 @@
 //! The root test world: a "client" network namespace where nettrust runs, an "internet" namespace
 //! with a real dnsmasq upstream and a TCP server answering on whole documentation ranges, a test
 //! cgroup whose processes nettrust filters, and a test bpffs directory. Everything is torn down in
-//! `Drop`, also when a test fails; nothing touches the host's own egress.
+//! `Drop`, also when a test fails; nothing touches the host's own egress. The namespaces, the link,
+//! the cgroups and the pins are built by `xtask/src/netns.rs`, the same world `cargo xtask bench`
+//! and `soak` run in.
 #![allow(
     dead_code,
     reason = "each test binary uses a different part of the world"
@@ -18,13 +20,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Link between the namespaces (documentation range, not whitelisted as private).
-pub const CLIENT_V4: &str = "198.51.100.1";
-pub const INET_V4: &str = "198.51.100.2";
-pub const CLIENT_V6: &str = "2001:db8:ff::1";
-pub const INET_V6: &str = "2001:db8:ff::2";
-/// The upstream DNS server (dnsmasq) in the internet namespace.
-pub const UPSTREAM: &str = "198.51.100.53";
+#[path = "../../../xtask/src/netns.rs"]
+mod netns;
+
+/// `cmd`, which also joins a cgroup before it runs.
+#[allow(
+    unused_imports,
+    reason = "each test binary uses a different part of the world"
+)]
+pub use netns::join_cgroup;
+/// The link between the namespaces (documentation ranges, not whitelisted as private) and the
+/// upstream DNS server (dnsmasq) in the internet namespace.
+#[allow(
+    unused_imports,
+    reason = "each test binary uses a different part of the world"
+)]
+pub use netns::{CLIENT_V4, CLIENT_V6, INET_V4, INET_V6, UPSTREAM};
 /// Port of the TCP server that answers "ok" on every internet address.
 pub const TCP_PORT: u16 = 8080;
 /// Number of `nN.test` names, each answered with its own 203.0.113.N address.
@@ -38,10 +49,9 @@ pub fn long_name() -> String {
 }
 
 /// dnsmasq's zone: fixed names for the assertions plus NUMBERED_NAMES distinct names.
-fn dnsmasq_conf() -> String {
+fn dnsmasq_zone() -> String {
     let mut conf = String::from(
-        "no-resolv\nno-hosts\nbind-interfaces\nport=53\nuser=root\npid-file=\nlocal-ttl=60\n\
-         listen-address=198.51.100.53\n\
+        "local-ttl=60\n\
          host-record=a.test,192.0.2.10,2001:db8:1::10\n\
          host-record=b.test,192.0.2.11,2001:db8:1::11\n\
          host-record=c.test,192.0.2.12\n\
@@ -102,19 +112,24 @@ pub struct Daemon {
 }
 
 pub struct World {
-    pub id: String,
-    pub client_ns: String,
-    pub inet_ns: String,
-    pub cgroup: PathBuf,
-    pub bpffs_dir: PathBuf,
     pub dir: tempfile::TempDir,
     servers: Vec<Child>,
     pub daemon: Option<Daemon>,
     /// Log of the last daemon that exited.
     pub last_log: String,
-    extra_cgroups: Vec<PathBuf>,
     /// The backend `start_daemon` asks for.
     pub backend: Backend,
+    /// The namespaces, cgroups and pins (`id`, `client_ns`, `inet_ns`, `cgroup`, `bpffs_dir`,
+    /// `in_ns`, `in_cgroup`...), reached through `Deref`; declared last, so it is removed after
+    /// `Drop` stopped the processes.
+    net: netns::Net,
+}
+
+impl std::ops::Deref for World {
+    type Target = netns::Net;
+    fn deref(&self) -> &netns::Net {
+        &self.net
+    }
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -129,8 +144,9 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Runs `ip ARGS`; fails the test when it fails.
 pub fn ip(args: &str) {
-    run(Command::new("ip").args(args.split_whitespace()));
+    netns::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 impl World {
@@ -145,54 +161,30 @@ impl World {
             std::process::id() % 100_000,
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        let world = World {
-            client_ns: format!("ntc-{id}"),
-            inet_ns: format!("nti-{id}"),
-            cgroup: nettrust::cgroup::cgroup2_mount()
-                .expect("cgroup v2 must be mounted for the root tests")
-                .join(format!("nettrust-test-{id}")),
-            bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/nettrust-test-{id}")),
+        // Namespaces ntc-ID and nti-ID, veth ends vcID and viID, cgroup and pins
+        // nettrust-test-ID. The "internet": every address of these documentation ranges is
+        // local in its namespace.
+        let net = netns::Net::new(&netns::Layout {
+            kind: "test",
+            tag: "",
+            id,
+            inet: &[
+                "route add local 192.0.2.0/24 dev lo",
+                "route add local 203.0.113.0/24 dev lo",
+                "-6 route add local 2001:db8:1::/64 dev lo",
+            ],
+        })
+        .unwrap_or_else(|e| panic!("building the test world: {e:#}"));
+        let mut world = World {
             dir: tempfile::tempdir().expect("tempdir"),
             servers: Vec::new(),
             daemon: None,
             last_log: String::new(),
-            extra_cgroups: Vec::new(),
             backend: Backend::Ebpf,
-            id,
+            net,
         };
-        world.build_network();
-        std::fs::create_dir(&world.cgroup).expect("create the test cgroup");
-        let mut world = world;
         world.start_servers();
         world
-    }
-
-    fn build_network(&self) {
-        let (c, i, id) = (&self.client_ns, &self.inet_ns, &self.id);
-        ip(&format!("netns add {c}"));
-        ip(&format!("netns add {i}"));
-        ip(&format!(
-            "link add vc{id} netns {c} type veth peer name vi{id} netns {i}"
-        ));
-        for cmd in [
-            format!("-n {c} link set lo up"),
-            format!("-n {c} addr add {CLIENT_V4}/24 dev vc{id}"),
-            format!("-n {c} -6 addr add {CLIENT_V6}/64 dev vc{id} nodad"),
-            format!("-n {c} link set vc{id} up"),
-            format!("-n {c} route add default via {INET_V4}"),
-            format!("-n {c} -6 route add default via {INET_V6}"),
-            format!("-n {i} link set lo up"),
-            format!("-n {i} addr add {INET_V4}/24 dev vi{id}"),
-            format!("-n {i} addr add {UPSTREAM}/24 dev vi{id}"),
-            format!("-n {i} -6 addr add {INET_V6}/64 dev vi{id} nodad"),
-            format!("-n {i} link set vi{id} up"),
-            // The "internet": every address of these documentation ranges is local here.
-            format!("-n {i} route add local 192.0.2.0/24 dev lo"),
-            format!("-n {i} route add local 203.0.113.0/24 dev lo"),
-            format!("-n {i} -6 route add local 2001:db8:1::/64 dev lo"),
-        ] {
-            ip(&cmd);
-        }
     }
 
     /// Runs `cmd` as one more server of this world (killed in `Drop`).
@@ -206,16 +198,16 @@ impl World {
     }
 
     fn start_servers(&mut self) {
-        let conf = self.dir.path().join("dnsmasq.conf");
-        std::fs::write(&conf, dnsmasq_conf()).unwrap();
-        let dnsmasq = self
-            .in_ns(&self.inet_ns, "dnsmasq")
-            .arg("--keep-in-foreground")
-            .arg(format!("--conf-file={}", conf.display()))
-            .stdout(Stdio::null())
-            .stderr(File::create(self.dir.path().join("dnsmasq.log")).unwrap())
-            .spawn()
-            .expect("start dnsmasq (apt-get install dnsmasq-base)");
+        let dnsmasq = netns::dnsmasq(
+            &self.inet_ns,
+            UPSTREAM,
+            &dnsmasq_zone(),
+            self.dir.path(),
+            "dnsmasq",
+        )
+        .expect("write dnsmasq.conf")
+        .spawn()
+        .expect("start dnsmasq (apt-get install dnsmasq-base)");
         self.servers.push(dnsmasq);
         let server = self
             .in_ns(&self.inet_ns, "socat")
@@ -249,33 +241,6 @@ impl World {
                 .output()
                 .is_ok_and(|o| o.stdout.starts_with(b"ok"))
         });
-    }
-
-    /// `program` run inside network namespace `ns` (setns, so /sys stays visible, unlike
-    /// `ip netns exec`).
-    pub fn in_ns(&self, ns: &str, program: &str) -> Command {
-        let netns = File::open(format!("/run/netns/{ns}")).expect("open netns");
-        let mut cmd = Command::new(program);
-        // SAFETY: setns is async-signal-safe; the fd stays open until exec (moved into the closure).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd
-    }
-
-    /// `program` run in the client namespace *and* the test cgroup: what nettrust filters.
-    pub fn in_cgroup(&self, program: &str) -> Command {
-        self.in_cgroup_at(&self.cgroup, program)
-    }
-
-    /// `program` run in the client namespace and the cgroup `cgroup`.
-    pub fn in_cgroup_at(&self, cgroup: &std::path::Path, program: &str) -> Command {
-        join_cgroup(self.in_ns(&self.client_ns, program), cgroup)
     }
 
     /// A world whose daemon runs with `backend`.
@@ -381,12 +346,9 @@ impl World {
 
     /// A second cgroup next to the test cgroup, removed with the world.
     pub fn extra_cgroup(&mut self, name: &str) -> PathBuf {
-        let path = self
-            .cgroup
-            .with_file_name(format!("nettrust-test-{}-{name}", self.id));
-        std::fs::create_dir(&path).expect("create an extra cgroup");
-        self.extra_cgroups.push(path.clone());
-        path
+        self.net
+            .extra_cgroup(name)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Sends SIGTERM and waits for the daemon to exit; returns whether it exited successfully.
@@ -574,24 +536,6 @@ pub fn socat_gets(mut cmd: Command, target: &str, greeting: &[u8]) -> bool {
     false
 }
 
-/// `cmd`, which also joins `cgroup` before it runs.
-pub fn join_cgroup(mut cmd: Command, cgroup: &std::path::Path) -> Command {
-    let procs = std::fs::OpenOptions::new()
-        .write(true)
-        .open(cgroup.join("cgroup.procs"))
-        .expect("open cgroup.procs");
-    // SAFETY: write(2) is async-signal-safe; "0" moves the writing process itself.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
-}
-
 /// Number of programs attached directly to `cgroup`'s egress hook (`BPF_PROG_QUERY`), whoever
 /// attached them.
 pub fn egress_programs(cgroup: &std::path::Path) -> u32 {
@@ -680,27 +624,9 @@ impl Drop for World {
             let _ = server.kill();
             let _ = server.wait();
         }
-        // A killed daemon leaves its pins; remove them (and nothing else).
-        if let Ok(entries) = std::fs::read_dir(&self.bpffs_dir) {
-            for entry in entries.flatten() {
-                let _ = std::fs::remove_file(entry.path());
-            }
-            let _ = std::fs::remove_dir(&self.bpffs_dir);
-        }
-        for ns in [&self.client_ns, &self.inet_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        // The cgroups can only be removed once their processes are gone.
-        for cgroup in self.extra_cgroups.iter().chain([&self.cgroup]) {
-            let started = Instant::now();
-            while cgroup.exists()
-                && std::fs::remove_dir(cgroup).is_err()
-                && started.elapsed() < Duration::from_secs(5)
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
         let _ = std::io::stderr().flush();
+        // Then `net` is dropped: the pins a killed daemon left, the namespaces and the cgroups
+        // (once their processes are gone) are removed.
     }
 }
 
