@@ -1,5 +1,7 @@
 use super::*;
-use crate::blacklist::BlockResponse;
+use std::path::Path;
+
+use crate::{blacklist::BlockResponse, cli::RunArgs};
 
 fn env(vars: &[(&str, &str)]) -> Env {
     Env::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
@@ -529,7 +531,7 @@ fn rejects_unreadable_or_invalid_certificates() {
     let a = RunArgs {
         fwd_tls_cert: Some(junk.clone()),
         fwd_tls: Some(true),
-        fwd_proto: Some("tcp".into()),
+        fwd_proto: Some(FwdProto::Tcp),
         ..args()
     };
     err_names(
@@ -573,7 +575,7 @@ fn rejects_unreadable_or_invalid_certificates() {
 fn rejects_bad_fwd_tls_name() {
     let a = RunArgs {
         fwd_tls: Some(true),
-        fwd_proto: Some("tcp".into()),
+        fwd_proto: Some(FwdProto::Tcp),
         fwd_tls_name: Some("bad name!".into()),
         ..args()
     };
@@ -604,11 +606,22 @@ fn rejects_bad_timeout() {
 
 #[test]
 fn rejects_bad_backend_and_type() {
-    let a = RunArgs {
-        firewall_backend: Some("iptables".into()),
-        ..args()
-    };
-    err_names(resolve(&a, "", &[]), "--firewall-backend", "iptables");
+    let e = <crate::cli::Cli as clap::Parser>::try_parse_from([
+        "nettrust",
+        "--firewall-backend",
+        "iptables",
+    ])
+    .expect_err("iptables is no backend")
+    .to_string();
+    assert!(
+        e.contains("--firewall-backend") && e.contains("iptables"),
+        "{e}"
+    );
+    err_names(
+        resolve(&args(), "", &[("NET_TRUST_FIREWALL_BACKEND", "iptables")]),
+        "NET_TRUST_FIREWALL_BACKEND",
+        "iptables",
+    );
     err_names(
         resolve(&args(), "firewall_type = \"prerouting\"", &[]),
         "firewall_type",
@@ -1226,10 +1239,9 @@ fn allow_clients_defaults_to_loopback_plus_the_listen_subnets() {
         }
     };
     let resolve = |listeners: [Option<&str>; 2]| {
-        resolve_allow_clients(
-            &RunArgs::default(),
-            &Env::default(),
-            None,
+        let none = Options::default();
+        clients::allow_clients(
+            &options::Layers::new(&none, &none, &none),
             listeners.map(|l| l.map(|a| a.parse().unwrap())),
             subnets,
         )
@@ -1252,7 +1264,7 @@ fn allow_clients_defaults_to_loopback_plus_the_listen_subnets() {
 #[test]
 fn allow_clients_precedence_and_bad_values() {
     let a = RunArgs {
-        allow_clients: vec!["203.0.113.0/24".into(), "2001:db8::1".into()],
+        allow_clients: Some(vec!["203.0.113.0/24".into(), "2001:db8::1".into()]),
         ..args()
     };
     let file = "allow_clients = [\"192.0.2.0/24\"]";
@@ -1299,7 +1311,7 @@ fn allow_clients_precedence_and_bad_values() {
         "bad",
     );
     let flag = RunArgs {
-        allow_clients: vec!["not-a-net".into()],
+        allow_clients: Some(vec!["not-a-net".into()]),
         ..args()
     };
     err_names(resolve(&flag, "", &[]), "--allow-client", "not-a-net");
