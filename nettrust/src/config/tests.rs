@@ -1340,3 +1340,77 @@ fn interface_networks_reads_the_loopback_prefix() {
             .any(|n| n.addr().is_loopback())
     );
 }
+
+/// Every key of a config file section (`""` for the top level) as serde knows it, read from the
+/// message that lists the expected keys.
+fn file_keys(section: &str) -> Vec<String> {
+    let e = Options::parse(&format!("{section}\nnot_a_key = 0"), Path::new("k.toml"))
+        .expect_err("not_a_key is no key")
+        .to_string();
+    let list = e
+        .split("`not_a_key`, expected")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{e}"));
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `config.toml` and the README's configuration table document every option of [`Options`]: each
+/// file key (top level and sections) and each flag, and every variable is `NET_TRUST_<KEY>`.
+#[test]
+fn config_toml_and_readme_document_every_option() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let config = std::fs::read_to_string(root.join("config.toml")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let rows: Vec<Vec<&str>> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("| flag | config key |"))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert!(rows.len() > 30, "no configuration table in README.md");
+    let documented = |line: &str, key: &str| {
+        let line = line.trim_start_matches("# ");
+        line.starts_with(&format!("{key} ="))
+    };
+    for (section, prefix) in [
+        ("", ""),
+        ("[whitelist]", "[whitelist] "),
+        ("[blacklist]", "[blacklist] "),
+    ] {
+        let keys = file_keys(section);
+        assert!(!keys.is_empty(), "{section}");
+        // The sections themselves are checked key by key below.
+        for key in keys
+            .into_iter()
+            .filter(|k| k != "whitelist" && k != "blacklist")
+        {
+            assert!(
+                config.lines().any(|l| documented(l, &key)),
+                "config.toml does not document {prefix}{key}"
+            );
+            assert!(
+                rows.iter()
+                    .any(|r| r[2].contains(&format!("`{prefix}")) && r[2].contains(&key)),
+                "the README table does not document {prefix}{key}"
+            );
+        }
+    }
+    for (id, names) in options::names() {
+        assert!(
+            rows.iter()
+                .any(|r| r[1].contains(&format!("`{} ", names.flag))
+                    || r[1].contains(&format!("`{}[", names.flag))
+                    || r[1].contains(&format!("`{}`", names.flag))),
+            "the README table does not document {}",
+            names.flag
+        );
+        let key = if id == "fwd_addrs" { "fwd_addr" } else { &id };
+        if let Some(var) = names.env {
+            assert_eq!(var, format!("NET_TRUST_{}", key.to_uppercase()));
+        }
+    }
+}
