@@ -127,6 +127,6 @@ fn key(var: &str) -> String {
 
 /// The options' command line without its environment: the variables given to
 /// [`Env::from_vars`] are the only ones read.
-fn option_command() -> clap::Command {
+pub(super) fn option_command() -> clap::Command {
     Options::command().mut_args(|arg| arg.env(None))
 }
