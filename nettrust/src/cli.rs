@@ -3,9 +3,12 @@
 //! Long options keep the original nettrust's names. Every boolean accepts `--flag`, `--flag=true`
 //! and `--flag=false`, so a flag can turn off what the config file turned on.
 
-use std::path::PathBuf;
+use std::{ffi::OsString, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    Args, Parser, Subcommand,
+    error::{ContextKind, ContextValue, ErrorKind},
+};
 
 /// nettrust: an outbound firewall that only lets a host reach what it resolved through DNS.
 #[derive(Debug, Parser)]
@@ -17,6 +20,60 @@ pub struct Cli {
     /// Daemon options when no command is given.
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+impl Cli {
+    /// Parses the process's command line and `NET_TRUST_*` environment; on error prints clap's
+    /// message (naming the variable when the bad value came from the environment) and exits.
+    pub fn parse() -> Self {
+        let argv: Vec<OsString> = std::env::args_os().collect();
+        <Self as Parser>::try_parse_from(&argv).unwrap_or_else(|e| {
+            env_error(&e, &argv, |var| std::env::var(var).ok())
+                .unwrap_or(e)
+                .exit()
+        })
+    }
+}
+
+/// For a value clap could not parse that came from the environment (the flag is not in `argv`
+/// and variable `var` holds it), the error naming the variable, as the configuration's other
+/// errors do; `None` otherwise.
+pub fn env_error(
+    e: &clap::Error,
+    argv: &[OsString],
+    var: impl Fn(&str) -> Option<String>,
+) -> Option<clap::Error> {
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        e.get(ContextKind::InvalidArg),
+        e.get(ContextKind::InvalidValue),
+    ) else {
+        return None;
+    };
+    let flag = arg.split([' ', '=']).next()?;
+    let on_command_line = argv.iter().filter_map(|a| a.to_str()).any(|a| {
+        a == flag
+            || a.strip_prefix(flag)
+                .is_some_and(|rest| rest.starts_with('='))
+    });
+    if on_command_line {
+        return None;
+    }
+    let (key, names) = crate::config::option_names()
+        .into_iter()
+        .find(|(_, names)| names.flag == flag)?;
+    let env = names.env?;
+    (var(&env)?.as_str() == value).then(|| {
+        clap::Error::raw(
+            e.kind(),
+            format!("{env}: invalid value {value:?}: not a valid value for {key}\n"),
+        )
+    })
 }
 
 /// nettrust's commands.
@@ -155,6 +212,28 @@ mod tests {
             parse(&["status"]).command,
             Some(Command::Status(_))
         ));
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_its_variable() {
+        // clap reads a variable as the flag's value: its error names the flag.
+        let e = Cli::try_parse_from(["nettrust", "--authorized-ttl=soon"]).unwrap_err();
+        let env = |var: &str| (var == "NET_TRUST_AUTHORIZED_TTL").then(|| "soon".to_owned());
+        let named = env_error(&e, &["nettrust".into()], env)
+            .expect("the value came from the environment")
+            .to_string();
+        assert!(
+            named.contains("NET_TRUST_AUTHORIZED_TTL") && named.contains("\"soon\""),
+            "{named}"
+        );
+        let argv = ["nettrust".into(), "--authorized-ttl=soon".into()];
+        assert!(env_error(&e, &argv, env).is_none(), "given as a flag");
+        let e = Cli::try_parse_from(["nettrust", "--fwd-proto", "quic"]).unwrap_err();
+        let env = |var: &str| (var == "NET_TRUST_FWD_PROTO").then(|| "quic".to_owned());
+        let named = env_error(&e, &["nettrust".into()], env)
+            .unwrap()
+            .to_string();
+        assert!(named.contains("NET_TRUST_FWD_PROTO"), "{named}");
     }
 
     #[test]

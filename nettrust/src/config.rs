@@ -22,7 +22,8 @@ pub use env::Env;
 pub use files::{FileKind, check_file_mode};
 use ipnet::IpNet;
 pub use options::{
-    Backend, BlacklistSection, FirewallType, FwdProto, LogFormat, Options, WhitelistSection,
+    Backend, BlacklistSection, FirewallType, FwdProto, LogFormat, Names, Options, WhitelistSection,
+    names as option_names,
 };
 use serde::Serialize;
 pub use validate::{
