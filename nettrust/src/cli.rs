@@ -8,6 +8,7 @@ use std::{ffi::OsString, path::PathBuf};
 use clap::{
     Args, Parser, Subcommand,
     error::{ContextKind, ContextValue, ErrorKind},
+    parser::ValueSource,
 };
 
 /// nettrust: an outbound firewall that only lets a host reach what it resolved through DNS.
@@ -27,11 +28,28 @@ impl Cli {
     /// message (naming the variable when the bad value came from the environment) and exits.
     pub fn parse() -> Self {
         let argv: Vec<OsString> = std::env::args_os().collect();
-        <Self as Parser>::try_parse_from(&argv).unwrap_or_else(|e| {
+        Self::parse_with_sources(&argv).unwrap_or_else(|e| {
             env_error(&e, &argv, |var| std::env::var(var).ok())
                 .unwrap_or(e)
                 .exit()
         })
+    }
+
+    /// [`Parser::try_parse_from`], also recording in the daemon options which of them clap read
+    /// from the environment (`RunArgs::from_env`).
+    pub fn parse_with_sources(argv: &[OsString]) -> Result<Self, clap::Error> {
+        let matches = <Self as clap::CommandFactory>::command().try_get_matches_from(argv)?;
+        let mut cli = <Self as clap::FromArgMatches>::from_arg_matches(&matches)?;
+        let (args, matches) = match (&mut cli.command, matches.subcommand()) {
+            (Some(Command::Run(args) | Command::CheckConfig(args)), Some((_, sub))) => (args, sub),
+            _ => (&mut cli.run, &matches),
+        };
+        args.from_env = matches
+            .ids()
+            .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::EnvVariable))
+            .map(ToString::to_string)
+            .collect();
+        Ok(cli)
     }
 }
 
@@ -234,6 +252,19 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(named.contains("NET_TRUST_FWD_PROTO"), "{named}");
+    }
+
+    #[test]
+    fn parsing_with_sources_keeps_the_flags() {
+        let argv: Vec<OsString> = ["nettrust", "check-config", "--authorized-ttl=5"]
+            .map(OsString::from)
+            .into();
+        let cli = Cli::parse_with_sources(&argv).unwrap();
+        let Some(Command::CheckConfig(args)) = cli.command else {
+            panic!("expected check-config")
+        };
+        assert_eq!(args.authorized_ttl, Some(5));
+        assert!(!args.from_env.contains(&"authorized_ttl".to_owned()));
     }
 
     #[test]

@@ -202,6 +202,12 @@ pub struct Options {
     #[arg(skip)]
     #[serde(default)]
     pub blacklist: BlacklistSection,
+    /// Options (field names) whose value clap read from the environment rather than the
+    /// command line: [`Layers`] takes those from the environment layer, which names the
+    /// variable and reads it as the configuration always has (trimmed, case-insensitive name).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub from_env: Vec<String>,
 }
 
 /// `[whitelist]` section of the config file.
@@ -387,20 +393,16 @@ impl<'a> Layers<'a> {
     }
 
     /// Option `id` from the highest layer that sets it: the flag, then the environment, then the
-    /// config file (key `id`). A flag equal to the environment's value is the environment's
-    /// (clap reads the environment into the flags too).
-    pub fn get<T: PartialEq>(
-        &self,
-        id: &str,
-        field: impl Fn(&Options) -> Option<T>,
-    ) -> Option<Given<T>> {
-        let env = field(self.env);
-        match field(self.flags) {
-            Some(value) if env.as_ref() != Some(&value) => Some(Given {
+    /// config file (key `id`). A flag clap read from the environment is left to the environment
+    /// layer.
+    pub fn get<T>(&self, id: &str, field: impl Fn(&Options) -> Option<T>) -> Option<Given<T>> {
+        let from_env = self.flags.from_env.iter().any(|e| e == id);
+        match field(self.flags).filter(|_| !from_env) {
+            Some(value) => Some(Given {
                 value,
                 key: self.flag(id),
             }),
-            _ => match env {
+            None => match field(self.env) {
                 Some(value) => Some(Given {
                     value,
                     key: self

@@ -240,23 +240,18 @@ fn settings_follow_precedence_and_values() {
     }
 }
 
-#[test]
-fn every_file_key_is_used() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = pem(dir.path(), "c.pem", "CERTIFICATE");
-    let key = pem(dir.path(), "k.pem", "PRIVATE KEY");
-    let toml = format!(
-        r#"
+/// A config file setting every key (`@CERT@` and `@KEY@` stand for PEM files' paths).
+const EVERY_KEY: &str = r#"
 listen_addr = "[::1]:5353"
 listen_tls = true
-listen_cert = "{cert}"
-listen_cert_key = "{key}"
+listen_cert = "@CERT@"
+listen_cert_key = "@KEY@"
 allow_clients = ["192.0.2.0/24", "2001:db8::7"]
 fwd_addr = "2001:db8::53"
 fwd_addrs = ["192.0.2.1:853", "2001:db8::53"]
 fwd_proto = "tcp"
 fwd_tls = true
-fwd_tls_cert = "{cert}"
+fwd_tls_cert = "@CERT@"
 fwd_tls_name = "dns.example.net"
 fwd_udp_buffer_size = 4096
 fwd_timeout_ms = 500
@@ -283,10 +278,16 @@ hosts = ["203.0.113.66"]
 networks = ["2001:db8:66::/48"]
 domains = ["Tracker.Example.", "*.ads.example"]
 response = "nxdomain"
-"#,
-        cert = cert.display(),
-        key = key.display()
-    );
+"#;
+
+#[test]
+fn every_file_key_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = pem(dir.path(), "c.pem", "CERTIFICATE");
+    let key = pem(dir.path(), "k.pem", "PRIVATE KEY");
+    let toml = EVERY_KEY
+        .replace("@CERT@", &cert.display().to_string())
+        .replace("@KEY@", &key.display().to_string());
     let s = ok(&RunArgs::default(), &toml, &[]);
     assert_eq!(s.listen_addr, "[::1]:5353".parse().unwrap());
     assert_eq!(
@@ -501,6 +502,30 @@ fn bad_values_are_rejected_with_key_and_value() {
     assert!(
         e.contains("--firewall-backend") && e.contains("iptables"),
         "{e}"
+    );
+}
+
+/// A value clap read from the environment (`from_env`) is the environment's: read as the
+/// environment layer reads it (trimmed) and named with its variable.
+#[test]
+fn values_clap_read_from_the_environment_are_the_environments() {
+    let from_env = |addr: &str| RunArgs {
+        listen_addr: Some(addr.to_owned()),
+        from_env: vec!["listen_addr".to_owned()],
+        ..args()
+    };
+    let padded = [("NET_TRUST_LISTEN_ADDR", " 127.0.0.1:2053 ")];
+    assert_eq!(
+        ok(&from_env(" 127.0.0.1:2053 "), "", &padded)
+            .listen_addr
+            .port(),
+        2053
+    );
+    let bad = [("NET_TRUST_LISTEN_ADDR", "1.2.3:53")];
+    err_names(
+        resolve(&from_env("1.2.3:53"), "", &bad),
+        "NET_TRUST_LISTEN_ADDR",
+        "1.2.3:53",
     );
 }
 
