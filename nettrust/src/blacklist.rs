@@ -13,8 +13,9 @@ use hickory_proto::{op::ResponseCode, rr::Name};
 use ipnet::IpNet;
 
 /// What a client asking for a blacklisted domain receives.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
 pub enum BlockResponse {
     /// REFUSED (RFC 1035 §4.1.1): policy refusal, clients do not retry elsewhere as eagerly as
     /// after SERVFAIL.

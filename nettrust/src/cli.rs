@@ -3,9 +3,13 @@
 //! Long options keep the original nettrust's names. Every boolean accepts `--flag`, `--flag=true`
 //! and `--flag=false`, so a flag can turn off what the config file turned on.
 
-use std::path::PathBuf;
+use std::{ffi::OsString, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    Args, Parser, Subcommand,
+    error::{ContextKind, ContextValue, ErrorKind},
+    parser::ValueSource,
+};
 
 /// nettrust: an outbound firewall that only lets a host reach what it resolved through DNS.
 #[derive(Debug, Parser)]
@@ -17,6 +21,77 @@ pub struct Cli {
     /// Daemon options when no command is given.
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+impl Cli {
+    /// Parses the process's command line and `NET_TRUST_*` environment; on error prints clap's
+    /// message (naming the variable when the bad value came from the environment) and exits.
+    pub fn parse() -> Self {
+        let argv: Vec<OsString> = std::env::args_os().collect();
+        Self::parse_with_sources(&argv).unwrap_or_else(|e| {
+            env_error(&e, &argv, |var| std::env::var(var).ok())
+                .unwrap_or(e)
+                .exit()
+        })
+    }
+
+    /// [`Parser::try_parse_from`], also recording in the daemon options which of them clap read
+    /// from the environment (`RunArgs::from_env`).
+    pub fn parse_with_sources(argv: &[OsString]) -> Result<Self, clap::Error> {
+        let matches = <Self as clap::CommandFactory>::command().try_get_matches_from(argv)?;
+        let mut cli = <Self as clap::FromArgMatches>::from_arg_matches(&matches)?;
+        let (args, matches) = match (&mut cli.command, matches.subcommand()) {
+            (Some(Command::Run(args) | Command::CheckConfig(args)), Some((_, sub))) => (args, sub),
+            _ => (&mut cli.run, &matches),
+        };
+        args.from_env = matches
+            .ids()
+            .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::EnvVariable))
+            .map(ToString::to_string)
+            .collect();
+        Ok(cli)
+    }
+}
+
+/// For a value clap could not parse that came from the environment (the flag is not in `argv`
+/// and variable `var` holds it), the error naming the variable, as the configuration's other
+/// errors do; `None` otherwise.
+pub fn env_error(
+    e: &clap::Error,
+    argv: &[OsString],
+    var: impl Fn(&str) -> Option<String>,
+) -> Option<clap::Error> {
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        e.get(ContextKind::InvalidArg),
+        e.get(ContextKind::InvalidValue),
+    ) else {
+        return None;
+    };
+    let flag = arg.split([' ', '=']).next()?;
+    let on_command_line = argv.iter().filter_map(|a| a.to_str()).any(|a| {
+        a == flag
+            || a.strip_prefix(flag)
+                .is_some_and(|rest| rest.starts_with('='))
+    });
+    if on_command_line {
+        return None;
+    }
+    let (key, names) = crate::config::option_names()
+        .into_iter()
+        .find(|(_, names)| names.flag == flag)?;
+    let env = names.env?;
+    (var(&env)?.as_str() == value).then(|| {
+        clap::Error::raw(
+            e.kind(),
+            format!("{env}: invalid value {value:?}: not a valid value for {key}\n"),
+        )
+    })
 }
 
 /// nettrust's commands.
@@ -39,134 +114,9 @@ pub enum Command {
     CheckConfig(RunArgs),
 }
 
-/// Options of `nettrust run`. Unset options fall back to the environment (`NET_TRUST_<KEY>`, e.g.
-/// `NET_TRUST_AUTHORIZED_TTL`), then the config file, then the built-in defaults.
-#[derive(Debug, Default, Clone, Args)]
-pub struct RunArgs {
-    /// TOML configuration file (an empty file is valid) [env: NET_TRUST_CONFIG].
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
-    /// Address the DNS proxy listens on, UDP and TCP [default: 127.0.0.1:53].
-    #[arg(long, value_name = "IP:PORT")]
-    pub listen_addr: Option<String>,
-    /// Serve DNS over TLS on the TCP listener [default: false].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub listen_tls: Option<bool>,
-    /// Dedicated DNS-over-TLS listener (needs --listen-tls); the TCP listener of --listen-addr
-    /// then stays plain DNS. Port defaults to 853.
-    #[arg(long, value_name = "IP:PORT")]
-    pub listen_tls_addr: Option<String>,
-    /// PEM certificate (chain) of the DoT listener.
-    #[arg(long, value_name = "PATH")]
-    pub listen_cert: Option<PathBuf>,
-    /// PEM private key of the DoT listener.
-    #[arg(long, value_name = "PATH")]
-    pub listen_cert_key: Option<PathBuf>,
-    /// Network (CIDR) or address allowed to query the DNS listeners; repeat for more. Replaces
-    /// allow_clients [default: loopback, plus the listen addresses' own subnets].
-    #[arg(long = "allow-client", value_name = "NET")]
-    pub allow_clients: Vec<String>,
-    /// Upstream DNS server (port defaults to 53); repeat for failover, tried in order.
-    #[arg(long = "fwd-addr", value_name = "IP:PORT")]
-    pub fwd_addrs: Vec<String>,
-    /// Transport to the upstream: udp or tcp [default: udp].
-    #[arg(long, value_name = "PROTO")]
-    pub fwd_proto: Option<String>,
-    /// DNS over TLS to the upstream (requires --fwd-proto tcp) [default: false].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub fwd_tls: Option<bool>,
-    /// PEM CA bundle that signs the upstream's certificate [default: system roots].
-    #[arg(long, value_name = "PATH")]
-    pub fwd_tls_cert: Option<PathBuf>,
-    /// Name the upstream's certificate must carry (and SNI) [default: its IP address].
-    #[arg(long, value_name = "NAME")]
-    pub fwd_tls_name: Option<String>,
-    /// EDNS0 UDP payload size advertised to the upstream, 512-65535 [default: 1232].
-    #[arg(long, value_name = "BYTES")]
-    pub fwd_udp_buffer_size: Option<u16>,
-    /// Upstream timeout in milliseconds before failover/SERVFAIL [default: 2000].
-    #[arg(long, value_name = "MS")]
-    pub fwd_timeout_ms: Option<u64>,
-    /// Firewall backend: auto, ebpf or nftables [default: auto].
-    #[arg(long, value_name = "BACKEND")]
-    pub firewall_backend: Option<String>,
-    /// Hook: output (this host's processes) or forward (gateway) [default: output].
-    #[arg(long, value_name = "TYPE")]
-    pub firewall_type: Option<String>,
-    /// Also drop unsolicited inbound traffic (loopback and replies pass) [default: false].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub firewall_drop_input: Option<bool>,
-    /// cgroup v2 directory to enforce on; repeatable [default: the cgroup v2 root, the whole host].
-    #[arg(long = "cgroup", value_name = "PATH")]
-    pub cgroups: Vec<PathBuf>,
-    /// Cache answers for at most SECS seconds; -1 or 0 disables the cache [default: -1].
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
-    pub dns_ttl_cache: Option<i64>,
-    /// Most answers kept in the cache [default: 10000].
-    #[arg(long, value_name = "N")]
-    pub dns_cache_size: Option<usize>,
-    /// TCP/DoT client connections open at once, per listener; at the cap a new connection
-    /// closes the oldest of the client holding the most [default: 256].
-    #[arg(long, value_name = "N")]
-    pub max_tcp_connections: Option<usize>,
-    /// Threads serving DNS: 1 serves UDP queries on one thread and the rest on another (the least
-    /// CPU per query); more spread queries and TLS handshakes over that many (restart-only)
-    /// [default: 1].
-    #[arg(long, value_name = "N")]
-    pub worker_threads: Option<usize>,
-    /// Capacity of each eBPF host map, per address family (authorized plus whitelisted hosts;
-    /// restart-only) [default: 65536].
-    #[arg(long, value_name = "N")]
-    pub max_hosts: Option<u32>,
-    /// Capacity of each eBPF network trie, per address family (restart-only) [default: 4096].
-    #[arg(long, value_name = "N")]
-    pub max_networks: Option<u32>,
-    /// Most addresses one DNS answer may authorize; the rest stay in the answer but are not
-    /// allowed, and are logged and counted (restart-only) [default: 32].
-    #[arg(long, value_name = "N")]
-    pub max_answer_addresses: Option<u32>,
-    /// Always allow loopback (127.0.0.0/8, ::1) [default: true].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub whitelist_loopback: Option<bool>,
-    /// Always allow private networks (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7,
-    /// fe80::/10) [default: true].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub whitelist_private: Option<bool>,
-    /// Seconds an authorized host stays allowed without being resolved again or used; -1 = never
-    /// expires [default: -1].
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
-    pub authorized_ttl: Option<i64>,
-    /// Seconds between expiry sweeps, >= 1 (config key ttl_check_interval) [default: 30].
-    #[arg(
-        long = "ttl-check-ticker",
-        value_name = "SECS",
-        allow_negative_numbers = true
-    )]
-    pub ttl_check_interval: Option<i64>,
-    /// On exit keep the deny policy and whitelists in place (authorized hosts are cleared)
-    /// [default: false].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub do_not_flush_table: Option<bool>,
-    /// With --do-not-flush-table: keep the authorized hosts too; the next start adopts them
-    /// [default: false].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub do_not_flush_authorized_hosts: Option<bool>,
-    /// Answer to a blacklisted domain: refused, nxdomain or servfail [default: refused].
-    #[arg(long, value_name = "RCODE")]
-    pub blacklist_response: Option<String>,
-    /// Authorize the address named by a PTR question's answer (the original did) [default: false].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub authorize_ptr: Option<bool>,
-    /// bpffs directory where nettrust pins its maps [default: /sys/fs/bpf/nettrust].
-    #[arg(long, value_name = "PATH")]
-    pub bpffs_dir: Option<PathBuf>,
-    /// Serve Prometheus metrics over HTTP at IP:PORT/metrics [default: off].
-    #[arg(long, value_name = "IP:PORT")]
-    pub metrics_addr: Option<String>,
-    /// Log format: text or json [default: text].
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<String>,
-}
+/// Options of `nettrust run` and `check-config`: the options of the config file, each also a flag
+/// with its `NET_TRUST_<KEY>` environment variable (declared once, in `config::options`).
+pub use crate::config::Options as RunArgs;
 
 /// Options of `nettrust list`, `status` and `flush`.
 #[derive(Debug, Clone, Args)]
@@ -280,6 +230,41 @@ mod tests {
             parse(&["status"]).command,
             Some(Command::Status(_))
         ));
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_its_variable() {
+        // clap reads a variable as the flag's value: its error names the flag.
+        let e = Cli::try_parse_from(["nettrust", "--authorized-ttl=soon"]).unwrap_err();
+        let env = |var: &str| (var == "NET_TRUST_AUTHORIZED_TTL").then(|| "soon".to_owned());
+        let named = env_error(&e, &["nettrust".into()], env)
+            .expect("the value came from the environment")
+            .to_string();
+        assert!(
+            named.contains("NET_TRUST_AUTHORIZED_TTL") && named.contains("\"soon\""),
+            "{named}"
+        );
+        let argv = ["nettrust".into(), "--authorized-ttl=soon".into()];
+        assert!(env_error(&e, &argv, env).is_none(), "given as a flag");
+        let e = Cli::try_parse_from(["nettrust", "--fwd-proto", "quic"]).unwrap_err();
+        let env = |var: &str| (var == "NET_TRUST_FWD_PROTO").then(|| "quic".to_owned());
+        let named = env_error(&e, &["nettrust".into()], env)
+            .unwrap()
+            .to_string();
+        assert!(named.contains("NET_TRUST_FWD_PROTO"), "{named}");
+    }
+
+    #[test]
+    fn parsing_with_sources_keeps_the_flags() {
+        let argv: Vec<OsString> = ["nettrust", "check-config", "--authorized-ttl=5"]
+            .map(OsString::from)
+            .into();
+        let cli = Cli::parse_with_sources(&argv).unwrap();
+        let Some(Command::CheckConfig(args)) = cli.command else {
+            panic!("expected check-config")
+        };
+        assert_eq!(args.authorized_ttl, Some(5));
+        assert!(!args.from_env.contains(&"authorized_ttl".to_owned()));
     }
 
     #[test]

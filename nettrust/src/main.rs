@@ -1,6 +1,5 @@
 //! `nettrust` binary: parses arguments, sets up logging, and hands over to the library.
 
-use clap::Parser as _;
 use nettrust::{
     cli::{Cli, Command},
     commands::CommandError,

@@ -1,5 +1,7 @@
 use super::*;
-use crate::blacklist::BlockResponse;
+use std::path::Path;
+
+use crate::{blacklist::BlockResponse, cli::RunArgs};
 
 fn env(vars: &[(&str, &str)]) -> Env {
     Env::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
@@ -146,124 +148,110 @@ fn private_networks_match_the_original() {
     }
 }
 
-// Precedence matrix: flag > env > file > default, for a string, an integer (incl. 0-like edge
-// values) and a boolean set to false.
+/// The upstream every case of the tables below has unless it says otherwise.
+const UP: &str = "--fwd-addr=192.0.2.53:53";
 
-#[test]
-fn precedence_for_a_string_scalar() {
-    let file = "listen_addr = \"127.0.0.1:1053\"";
-    let env_var = [("NET_TRUST_LISTEN_ADDR", "127.0.0.1:2053")];
-    let flag = RunArgs {
-        listen_addr: Some("127.0.0.1:3053".into()),
-        ..args()
-    };
-    assert_eq!(ok(&args(), "", &[]).listen_addr.port(), 53);
-    assert_eq!(ok(&args(), file, &[]).listen_addr.port(), 1053);
-    assert_eq!(ok(&args(), file, &env_var).listen_addr.port(), 2053);
-    assert_eq!(ok(&flag, file, &env_var).listen_addr.port(), 3053);
+/// Options as the command line gives them (without the environment).
+fn flags(argv: &[&str]) -> RunArgs {
+    use clap::FromArgMatches as _;
+    let matches = env::option_command()
+        .try_get_matches_from(std::iter::once("nettrust").chain(argv.iter().copied()))
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    RunArgs::from_arg_matches(&matches).unwrap()
 }
 
+/// One case: flags, config file, environment.
+type Case<'a> = (&'a [&'a str], &'a str, &'a [(&'a str, &'a str)]);
+
+/// Precedence (flag > env > file > default, also for `0`, `-1` and `false`) and accepted values:
+/// each case, the setting it reads and the value expected.
 #[test]
-fn precedence_for_an_integer_scalar() {
-    let file = "authorized_ttl = 60";
-    let env_var = [("NET_TRUST_AUTHORIZED_TTL", "-1")];
-    let flag = RunArgs {
-        authorized_ttl: Some(5),
-        ..args()
+fn settings_follow_precedence_and_values() {
+    type Get = fn(&Settings) -> String;
+    let port: Get = |s| s.listen_addr.port().to_string();
+    let ttl: Get = |s| format!("{:?}", s.authorized_ttl);
+    let cache: Get = |s| format!("{:?}", s.dns_ttl_cache);
+    let ten: Get = |s| {
+        let ten: IpNet = "10.0.0.0/8".parse().unwrap();
+        s.whitelist_networks.contains(&ten).to_string()
     };
-    assert_eq!(ok(&args(), "", &[]).authorized_ttl, None);
-    assert_eq!(
-        ok(&args(), file, &[]).authorized_ttl,
-        Some(Duration::from_secs(60))
-    );
-    assert_eq!(
-        ok(&args(), file, &env_var).authorized_ttl,
-        None,
-        "env -1 beats the file"
-    );
-    assert_eq!(
-        ok(&flag, file, &env_var).authorized_ttl,
-        Some(Duration::from_secs(5))
-    );
-    // dns_ttl_cache 0 from a flag disables a cache the file enabled.
-    let flag0 = RunArgs {
-        dns_ttl_cache: Some(0),
-        ..args()
-    };
-    assert_eq!(
-        ok(&args(), "dns_ttl_cache = 300", &[]).dns_ttl_cache,
-        Some(Duration::from_secs(300))
-    );
-    assert_eq!(ok(&flag0, "dns_ttl_cache = 300", &[]).dns_ttl_cache, None);
+    let keep: Get = |s| s.do_not_flush_table.to_string();
+    let nets: Get = |s| format!("{:?}", s.whitelist_networks);
+    let fwd: Get = |s| format!("{:?}", s.fwd_addrs);
+    let size: Get = |s| s.dns_cache_size.to_string();
+    let answer: Get = |s| s.max_answer_addresses.to_string();
+    let hosts: Get = |s| format!("{} {}", s.max_hosts, s.max_networks);
+    let clients: Get = |s| format!("{:?}", s.allow_clients);
+    let hook: Get = |s| format!("{:?}", s.firewall_type);
+    let env_port = [("NET_TRUST_LISTEN_ADDR", "127.0.0.1:2053")];
+    let file_port = "listen_addr = \"127.0.0.1:1053\"";
+    let no_private = [("NET_TRUST_WHITELIST_PRIVATE", "false")];
+    let private = "whitelist_private = true\ndo_not_flush_table = true";
+    let max16 = "max_hosts = 16";
+    let env32 = [("NET_TRUST_MAX_HOSTS", "32")];
+    let file_clients = "allow_clients = [\"192.0.2.0/24\"]";
+    #[rustfmt::skip]
+    let cases: &[(Case, Get, &str)] = &[
+        ((&[UP], "", &[]), port, "53"),
+        ((&[UP], file_port, &[]), port, "1053"),
+        ((&[UP], file_port, &env_port), port, "2053"),
+        ((&[UP, "--listen-addr=127.0.0.1:3053"], file_port, &env_port), port, "3053"),
+        ((&[UP], "", &[]), ttl, "None"),
+        ((&[UP], "authorized_ttl = 60", &[]), ttl, "Some(60s)"),
+        // env -1 beats the file.
+        ((&[UP], "authorized_ttl = 60", &[("NET_TRUST_AUTHORIZED_TTL", "-1")]), ttl, "None"),
+        ((&[UP, "--authorized-ttl", "5"], "authorized_ttl = 60", &[("NET_TRUST_AUTHORIZED_TTL", "-1")]), ttl, "Some(5s)"),
+        // dns_ttl_cache 0 from a flag disables a cache the file enabled.
+        ((&[UP], "dns_ttl_cache = 300", &[]), cache, "Some(300s)"),
+        ((&[UP, "--dns-ttl-cache=0"], "dns_ttl_cache = 300", &[]), cache, "None"),
+        ((&[UP], private, &[]), ten, "true"),
+        // env false beats file true; a flag beats env.
+        ((&[UP], private, &no_private), ten, "false"),
+        ((&[UP, "--whitelist-private"], private, &no_private), ten, "true"),
+        ((&[UP], private, &[]), keep, "true"),
+        // A flag turns a config true off.
+        ((&[UP, "--do-not-flush-table=false"], private, &[]), keep, "false"),
+        ((&[UP], "whitelist_private = false\nwhitelist_loopback = false", &[]), nets, "[]"),
+        ((&[UP], "whitelist_private = false\nwhitelist_loopback = false\n[whitelist]\nnetworks = [\"198.51.100.7/24\"]", &[]), nets, "[198.51.100.0/24]"),
+        // Flags replace the file's upstream list.
+        ((&["--fwd-addr", "198.51.100.7", "--fwd-addr", "198.51.100.8:5353"], "fwd_addrs = [\"192.0.2.1\"]", &[]), fwd, "[198.51.100.7:53, 198.51.100.8:5353]"),
+        ((&[UP], "", &[]), size, &crate::dns::cache::DEFAULT_CAPACITY.to_string()),
+        ((&[UP], "dns_cache_size = 50", &[]), size, "50"),
+        ((&[UP, "--dns-cache-size=7"], "dns_cache_size = 50", &[]), size, "7"),
+        ((&[UP], "", &[]), answer, "32"),
+        // The default never exceeds a smaller host map.
+        ((&[UP], max16, &[]), answer, "16"),
+        ((&[UP], "max_answer_addresses = 8", &[]), answer, "8"),
+        ((&[UP], "max_answer_addresses = 8", &[("NET_TRUST_MAX_ANSWER_ADDRESSES", "100")]), answer, "100"),
+        ((&[UP, "--max-answer-addresses=5"], "max_answer_addresses = 8", &[]), answer, "5"),
+        ((&[UP], "", &[]), hosts, &format!("{} {}", nettrust_common::DEFAULT_MAX_HOSTS, nettrust_common::DEFAULT_MAX_NETS)),
+        ((&[UP], "max_hosts = 16\nmax_networks = 2000", &[]), hosts, "16 2000"),
+        ((&[UP, "--max-hosts=1000000"], max16, &env32), hosts, &format!("1000000 {}", nettrust_common::DEFAULT_MAX_NETS)),
+        ((&[UP], max16, &env32), hosts, &format!("32 {}", nettrust_common::DEFAULT_MAX_NETS)),
+        ((&[UP, "--allow-client", "203.0.113.0/24", "--allow-client", "2001:db8::1"], file_clients, &[("NET_TRUST_ALLOW_CLIENTS", "198.51.100.0/24")]), clients, "[203.0.113.0/24, 2001:db8::1/128]"),
+        ((&[UP], file_clients, &[("NET_TRUST_ALLOW_CLIENTS", "198.51.100.0/24, 192.0.2.7")]), clients, "[198.51.100.0/24, 192.0.2.7/32]"),
+        ((&[UP], file_clients, &[]), clients, "[192.0.2.0/24]"),
+        // Case-insensitive, as the original's OUTPUT/FORWARD.
+        ((&[UP], "firewall_type = \"OUTPUT\"", &[]), hook, "Output"),
+    ];
+    for ((argv, toml, vars), get, expected) in cases {
+        let s = ok(&flags(argv), toml, vars);
+        assert_eq!(get(&s), *expected, "{argv:?} {toml:?} {vars:?}");
+    }
 }
 
-#[test]
-fn precedence_for_a_boolean_set_false() {
-    let file = "whitelist_private = true\ndo_not_flush_table = true";
-    let env_var = [("NET_TRUST_WHITELIST_PRIVATE", "false")];
-    let ten: IpNet = "10.0.0.0/8".parse().unwrap();
-    assert!(ok(&args(), file, &[]).whitelist_networks.contains(&ten));
-    assert!(
-        !ok(&args(), file, &env_var)
-            .whitelist_networks
-            .contains(&ten),
-        "env false beats file true"
-    );
-    let flag_true = RunArgs {
-        whitelist_private: Some(true),
-        ..args()
-    };
-    assert!(
-        ok(&flag_true, file, &env_var)
-            .whitelist_networks
-            .contains(&ten),
-        "flag beats env"
-    );
-    let flag_false = RunArgs {
-        do_not_flush_table: Some(false),
-        ..args()
-    };
-    assert!(ok(&args(), file, &[]).do_not_flush_table);
-    assert!(
-        !ok(&flag_false, file, &[]).do_not_flush_table,
-        "a flag turns a config true off"
-    );
-}
-
-#[test]
-fn config_can_disable_whitelists() {
-    let s = ok(
-        &args(),
-        "whitelist_private = false\nwhitelist_loopback = false",
-        &[],
-    );
-    assert!(
-        !s.whitelist_networks
-            .contains(&"192.168.0.0/16".parse().unwrap())
-    );
-    assert!(
-        !s.whitelist_networks
-            .contains(&"127.0.0.0/8".parse().unwrap())
-    );
-}
-
-#[test]
-fn every_file_key_is_used() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = pem(dir.path(), "c.pem", "CERTIFICATE");
-    let key = pem(dir.path(), "k.pem", "PRIVATE KEY");
-    let toml = format!(
-        r#"
+/// A config file setting every key (`@CERT@` and `@KEY@` stand for PEM files' paths).
+const EVERY_KEY: &str = r#"
 listen_addr = "[::1]:5353"
 listen_tls = true
-listen_cert = "{cert}"
-listen_cert_key = "{key}"
+listen_cert = "@CERT@"
+listen_cert_key = "@KEY@"
 allow_clients = ["192.0.2.0/24", "2001:db8::7"]
 fwd_addr = "2001:db8::53"
 fwd_addrs = ["192.0.2.1:853", "2001:db8::53"]
 fwd_proto = "tcp"
 fwd_tls = true
-fwd_tls_cert = "{cert}"
+fwd_tls_cert = "@CERT@"
 fwd_tls_name = "dns.example.net"
 fwd_udp_buffer_size = 4096
 fwd_timeout_ms = 500
@@ -290,10 +278,16 @@ hosts = ["203.0.113.66"]
 networks = ["2001:db8:66::/48"]
 domains = ["Tracker.Example.", "*.ads.example"]
 response = "nxdomain"
-"#,
-        cert = cert.display(),
-        key = key.display()
-    );
+"#;
+
+#[test]
+fn every_file_key_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = pem(dir.path(), "c.pem", "CERTIFICATE");
+    let key = pem(dir.path(), "k.pem", "PRIVATE KEY");
+    let toml = EVERY_KEY
+        .replace("@CERT@", &cert.display().to_string())
+        .replace("@KEY@", &key.display().to_string());
     let s = ok(&RunArgs::default(), &toml, &[]);
     assert_eq!(s.listen_addr, "[::1]:5353".parse().unwrap());
     assert_eq!(
@@ -372,22 +366,6 @@ response = "nxdomain"
 }
 
 #[test]
-fn flags_replace_the_upstream_list() {
-    let a = RunArgs {
-        fwd_addrs: vec!["198.51.100.7".into(), "198.51.100.8:5353".into()],
-        ..RunArgs::default()
-    };
-    let s = ok(&a, "fwd_addrs = [\"192.0.2.1\"]", &[]);
-    assert_eq!(
-        s.fwd_addrs,
-        [
-            "198.51.100.7:53".parse().unwrap(),
-            "198.51.100.8:5353".parse().unwrap()
-        ]
-    );
-}
-
-#[test]
 fn env_lists_add_to_config_lists() {
     let vars = [
         ("NET_TRUST_WHITELIST_HOSTS_B", "203.0.113.2"),
@@ -430,19 +408,6 @@ fn unknown_env_scalars_are_reported_not_fatal() {
 }
 
 #[test]
-fn network_host_bits_are_cleared() {
-    let s = ok(
-        &args(),
-        "[whitelist]\nnetworks = [\"198.51.100.7/24\"]",
-        &[],
-    );
-    assert!(
-        s.whitelist_networks
-            .contains(&"198.51.100.0/24".parse().unwrap())
-    );
-}
-
-#[test]
 fn config_path_can_come_from_the_environment() {
     let e = env(&[("NET_TRUST_CONFIG", "/etc/nettrust/config.toml")]);
     assert_eq!(
@@ -456,66 +421,112 @@ fn config_path_can_come_from_the_environment() {
     assert_eq!(config_path(&a, &e).unwrap().1, PathBuf::from("/x.toml"));
 }
 
-// One test per validation rule; each error names the key and the value.
-
+/// One case per validation rule: each error names the key (flag, variable or config key) and the
+/// value.
 #[test]
-fn rejects_bad_listen_addr() {
-    let a = RunArgs {
-        listen_addr: Some("127.0.0.1:99999".into()),
+fn bad_values_are_rejected_with_key_and_value() {
+    #[rustfmt::skip]
+    let cases: &[(Case, &str, &str)] = &[
+        ((&[UP, "--listen-addr", "127.0.0.1:99999"], "", &[]), "--listen-addr", "127.0.0.1:99999"),
+        ((&[UP], "listen_addr = \"localhost:53\"", &[]), "listen_addr", "localhost:53"),
+        ((&[UP], "", &[("NET_TRUST_LISTEN_ADDR", "1.2.3:53")]), "NET_TRUST_LISTEN_ADDR", "1.2.3:53"),
+        ((&[], "fwd_addr = \"192.0.2.1:0\"", &[]), "fwd_addr", "192.0.2.1:0"),
+        ((&[], "fwd_addrs = [\"dns.google\"]", &[]), "fwd_addrs", "dns.google"),
+        ((&[], "", &[]), "--fwd-addr", ""),
+        ((&[UP, "--listen-addr", "192.0.2.53:53"], "", &[]), "--fwd-addr", "192.0.2.53:53"),
+        ((&[UP], "fwd_proto = \"quic\"", &[]), "fwd_proto", "quic"),
+        ((&[UP], "fwd_tls = true", &[]), "fwd_tls", "tcp"),
+        ((&[UP, "--fwd-tls", "--fwd-proto=tcp", "--fwd-tls-name", "bad name!"], "", &[]), "--fwd-tls-name", "bad name!"),
+        ((&[UP], "fwd_udp_buffer_size = 100", &[]), "fwd_udp_buffer_size", "100"),
+        ((&[UP], "fwd_udp_buffer_size = 70000", &[]), "fwd_udp_buffer_size", ""),
+        ((&[UP], "fwd_timeout_ms = 0", &[]), "fwd_timeout_ms", "0"),
+        ((&[UP], "", &[("NET_TRUST_FIREWALL_BACKEND", "iptables")]), "NET_TRUST_FIREWALL_BACKEND", "iptables"),
+        ((&[UP], "firewall_type = \"prerouting\"", &[]), "firewall_type", "prerouting"),
+        ((&[UP], "firewall_type = \"forward\"\nfirewall_backend = \"ebpf\"", &[]), "firewall_type", "forward"),
+        ((&[UP], "authorized_ttl = -2", &[]), "authorized_ttl", "-2"),
+        ((&[UP], "authorized_ttl = 0", &[]), "authorized_ttl", "0"),
+        ((&[UP], "dns_ttl_cache = -5", &[]), "dns_ttl_cache", "-5"),
+        ((&[UP, "--ttl-check-ticker", "0"], "", &[]), "--ttl-check-ticker", "0"),
+        ((&[UP], "ttl_check_interval = -3", &[]), "ttl_check_interval", "-3"),
+        ((&[UP], "do_not_flush_authorized_hosts = true", &[]), "do_not_flush_authorized_hosts", "do_not_flush_table"),
+        ((&[UP], "", &[("NET_TRUST_WHITELIST_HOSTS_X", "1.2.3")]), "NET_TRUST_WHITELIST_HOSTS_X", "1.2.3"),
+        ((&[UP], "", &[("NET_TRUST_WHITELIST_NETWORKS_X", "10.0.0.1")]), "NET_TRUST_WHITELIST_NETWORKS_X", "10.0.0.1"),
+        ((&[UP], "", &[("NET_TRUST_BLACKLIST_HOSTS_X", "evil")]), "NET_TRUST_BLACKLIST_HOSTS_X", "evil"),
+        ((&[UP], "", &[("NET_TRUST_WHITELIST_HOST_TYPO", "192.0.2.1")]), "NET_TRUST_WHITELIST_HOST_TYPO", "192.0.2.1"),
+        ((&[UP], "[whitelist]\nnetworks = [\"192.0.2.0/33\"]", &[]), "whitelist.networks", "192.0.2.0/33"),
+        ((&[UP], "[whitelist]\nhosts = [\"example.com\"]", &[]), "whitelist.hosts", "example.com"),
+        ((&[UP], "[blacklist]\nnetworks = [\"2001:db8::/129\"]", &[]), "blacklist.networks", "2001:db8::/129"),
+        ((&[UP], "[blacklist]\nhosts = [\"300.1.1.1\"]", &[]), "blacklist.hosts", "300.1.1.1"),
+        ((&[UP], "[blacklist]\ndomains = [\"bad..example\"]", &[]), "blacklist.domains", "bad..example"),
+        ((&[UP], "[blacklist]\ndomains = [\"*\"]", &[]), "blacklist.domains", "*"),
+        ((&[UP], "[blacklist]\nresponse = \"drop\"", &[]), "blacklist.response", "drop"),
+        // A host both white- and blacklisted (here the upstream).
+        ((&[UP], "[blacklist]\nhosts = [\"192.0.2.53\"]", &[]), "blacklist.hosts", "192.0.2.53"),
+        ((&[UP], "bpffs_dir = \"relative/dir\"", &[]), "bpffs_dir", "relative/dir"),
+        ((&[UP], "bpffs_dir = \"/\"", &[]), "bpffs_dir", "/"),
+        ((&[UP], "metrics_addr = \"9153\"", &[]), "metrics_addr", "9153"),
+        ((&[UP], "metrics_addr = \"127.0.0.1:53\"", &[]), "metrics_addr", "127.0.0.1:53"),
+        ((&[UP], "log_format = \"xml\"", &[]), "log_format", "xml"),
+        ((&[UP], "", &[("NET_TRUST_AUTHORIZED_TTL", "soon")]), "NET_TRUST_AUTHORIZED_TTL", "soon"),
+        ((&[UP], "", &[("NET_TRUST_WHITELIST_PRIVATE", "yes")]), "NET_TRUST_WHITELIST_PRIVATE", "yes"),
+        // Without listen_tls there is no certificate to serve.
+        ((&[UP], "listen_tls_addr = \"127.0.0.1:853\"", &[]), "listen_tls_addr", "127.0.0.1:853"),
+        ((&[UP], "dns_cache_size = 0", &[]), "dns_cache_size", "0"),
+        ((&[UP], "max_answer_addresses = 0", &[]), "max_answer_addresses", "0"),
+        ((&[UP], "max_hosts = 64\nmax_answer_addresses = 65", &[]), "max_answer_addresses", "65"),
+        ((&[UP], "", &[("NET_TRUST_MAX_ANSWER_ADDRESSES", "many")]), "NET_TRUST_MAX_ANSWER_ADDRESSES", "many"),
+        ((&[UP], "max_hosts = 0", &[]), "max_hosts", "0"),
+        ((&[UP], "max_hosts = 16777217", &[]), "max_hosts", "16777217"),
+        ((&[UP], "", &[("NET_TRUST_MAX_NETWORKS", "lots")]), "NET_TRUST_MAX_NETWORKS", "lots"),
+        // The whitelists live in the same maps: they must fit, with room for one authorization.
+        ((&[UP], "max_hosts = 2\n[whitelist]\nhosts = [\"192.0.2.1\", \"192.0.2.2\"]", &[]), "max_hosts", "2"),
+        // loopback + 4 private IPv4 networks by default.
+        ((&[UP], "max_networks = 3", &[]), "max_networks", "3"),
+        ((&[UP], "allow_clients = [\"192.0.2.0/33\"]", &[]), "allow_clients", "192.0.2.0/33"),
+        ((&[UP], "allow_clients = [\"lan\"]", &[]), "allow_clients", "lan"),
+        ((&[UP], "", &[("NET_TRUST_ALLOW_CLIENTS", "10.0.0.0/8,bad")]), "NET_TRUST_ALLOW_CLIENTS", "bad"),
+        ((&[UP, "--allow-client", "not-a-net"], "", &[]), "--allow-client", "not-a-net"),
+        ((&[UP], "allow_clients = []", &[]), "allow_clients", "[]"),
+    ];
+    for ((argv, toml, vars), key, value) in cases {
+        err_names(resolve(&flags(argv), toml, vars), key, value);
+    }
+    // A value clap cannot parse never reaches the settings: the command line names it.
+    let e = <crate::cli::Cli as clap::Parser>::try_parse_from([
+        "nettrust",
+        "--firewall-backend",
+        "iptables",
+    ])
+    .expect_err("iptables is no backend")
+    .to_string();
+    assert!(
+        e.contains("--firewall-backend") && e.contains("iptables"),
+        "{e}"
+    );
+}
+
+/// A value clap read from the environment (`from_env`) is the environment's: read as the
+/// environment layer reads it (trimmed) and named with its variable.
+#[test]
+fn values_clap_read_from_the_environment_are_the_environments() {
+    let from_env = |addr: &str| RunArgs {
+        listen_addr: Some(addr.to_owned()),
+        from_env: vec!["listen_addr".to_owned()],
         ..args()
     };
-    err_names(resolve(&a, "", &[]), "--listen-addr", "127.0.0.1:99999");
-    err_names(
-        resolve(&args(), "listen_addr = \"localhost:53\"", &[]),
-        "listen_addr",
-        "localhost:53",
+    let padded = [("NET_TRUST_LISTEN_ADDR", " 127.0.0.1:2053 ")];
+    assert_eq!(
+        ok(&from_env(" 127.0.0.1:2053 "), "", &padded)
+            .listen_addr
+            .port(),
+        2053
     );
+    let bad = [("NET_TRUST_LISTEN_ADDR", "1.2.3:53")];
     err_names(
-        resolve(&args(), "", &[("NET_TRUST_LISTEN_ADDR", "1.2.3:53")]),
+        resolve(&from_env("1.2.3:53"), "", &bad),
         "NET_TRUST_LISTEN_ADDR",
         "1.2.3:53",
     );
-}
-
-#[test]
-fn rejects_bad_or_missing_upstream() {
-    err_names(
-        resolve(&RunArgs::default(), "fwd_addr = \"192.0.2.1:0\"", &[]),
-        "fwd_addr",
-        "192.0.2.1:0",
-    );
-    err_names(
-        resolve(&RunArgs::default(), "fwd_addrs = [\"dns.google\"]", &[]),
-        "fwd_addrs",
-        "dns.google",
-    );
-    let e = resolve(&RunArgs::default(), "", &[])
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("--fwd-addr"), "{e}");
-}
-
-#[test]
-fn rejects_listen_equal_to_forward() {
-    let a = RunArgs {
-        listen_addr: Some("192.0.2.53:53".into()),
-        ..args()
-    };
-    err_names(resolve(&a, "", &[]), "--fwd-addr", "192.0.2.53:53");
-}
-
-#[test]
-fn rejects_bad_fwd_proto() {
-    err_names(
-        resolve(&args(), "fwd_proto = \"quic\"", &[]),
-        "fwd_proto",
-        "quic",
-    );
-}
-
-#[test]
-fn fwd_tls_requires_tcp() {
-    err_names(resolve(&args(), "fwd_tls = true", &[]), "fwd_tls", "tcp");
 }
 
 #[test]
@@ -529,7 +540,7 @@ fn rejects_unreadable_or_invalid_certificates() {
     let a = RunArgs {
         fwd_tls_cert: Some(junk.clone()),
         fwd_tls: Some(true),
-        fwd_proto: Some("tcp".into()),
+        fwd_proto: Some(FwdProto::Tcp),
         ..args()
     };
     err_names(
@@ -570,232 +581,6 @@ fn rejects_unreadable_or_invalid_certificates() {
 }
 
 #[test]
-fn rejects_bad_fwd_tls_name() {
-    let a = RunArgs {
-        fwd_tls: Some(true),
-        fwd_proto: Some("tcp".into()),
-        fwd_tls_name: Some("bad name!".into()),
-        ..args()
-    };
-    err_names(resolve(&a, "", &[]), "--fwd-tls-name", "bad name!");
-}
-
-#[test]
-fn rejects_small_udp_buffer() {
-    err_names(
-        resolve(&args(), "fwd_udp_buffer_size = 100", &[]),
-        "fwd_udp_buffer_size",
-        "100",
-    );
-    let e = resolve(&args(), "fwd_udp_buffer_size = 70000", &[])
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("fwd_udp_buffer_size"), "{e}");
-}
-
-#[test]
-fn rejects_bad_timeout() {
-    err_names(
-        resolve(&args(), "fwd_timeout_ms = 0", &[]),
-        "fwd_timeout_ms",
-        "0",
-    );
-}
-
-#[test]
-fn rejects_bad_backend_and_type() {
-    let a = RunArgs {
-        firewall_backend: Some("iptables".into()),
-        ..args()
-    };
-    err_names(resolve(&a, "", &[]), "--firewall-backend", "iptables");
-    err_names(
-        resolve(&args(), "firewall_type = \"prerouting\"", &[]),
-        "firewall_type",
-        "prerouting",
-    );
-    // Case-insensitive, as the original's OUTPUT/FORWARD.
-    assert_eq!(
-        ok(&args(), "firewall_type = \"OUTPUT\"", &[]).firewall_type,
-        FirewallType::Output
-    );
-}
-
-#[test]
-fn rejects_forward_with_ebpf() {
-    err_names(
-        resolve(
-            &args(),
-            "firewall_type = \"forward\"\nfirewall_backend = \"ebpf\"",
-            &[],
-        ),
-        "firewall_type",
-        "forward",
-    );
-}
-
-#[test]
-fn rejects_bad_ttls() {
-    err_names(
-        resolve(&args(), "authorized_ttl = -2", &[]),
-        "authorized_ttl",
-        "-2",
-    );
-    err_names(
-        resolve(&args(), "authorized_ttl = 0", &[]),
-        "authorized_ttl",
-        "0",
-    );
-    err_names(
-        resolve(&args(), "dns_ttl_cache = -5", &[]),
-        "dns_ttl_cache",
-        "-5",
-    );
-}
-
-#[test]
-fn rejects_ticker_below_one() {
-    let a = RunArgs {
-        ttl_check_interval: Some(0),
-        ..args()
-    };
-    err_names(resolve(&a, "", &[]), "--ttl-check-ticker", "0");
-    err_names(
-        resolve(&args(), "ttl_check_interval = -3", &[]),
-        "ttl_check_interval",
-        "-3",
-    );
-}
-
-#[test]
-fn keeping_authorized_hosts_needs_keeping_the_table() {
-    err_names(
-        resolve(&args(), "do_not_flush_authorized_hosts = true", &[]),
-        "do_not_flush_authorized_hosts",
-        "do_not_flush_table",
-    );
-}
-
-#[test]
-fn rejects_bad_list_entries() {
-    err_names(
-        resolve(&args(), "", &[("NET_TRUST_WHITELIST_HOSTS_X", "1.2.3")]),
-        "NET_TRUST_WHITELIST_HOSTS_X",
-        "1.2.3",
-    );
-    err_names(
-        resolve(
-            &args(),
-            "",
-            &[("NET_TRUST_WHITELIST_NETWORKS_X", "10.0.0.1")],
-        ),
-        "NET_TRUST_WHITELIST_NETWORKS_X",
-        "10.0.0.1",
-    );
-    err_names(
-        resolve(&args(), "", &[("NET_TRUST_BLACKLIST_HOSTS_X", "evil")]),
-        "NET_TRUST_BLACKLIST_HOSTS_X",
-        "evil",
-    );
-    err_names(
-        resolve(
-            &args(),
-            "",
-            &[("NET_TRUST_WHITELIST_HOST_TYPO", "192.0.2.1")],
-        ),
-        "NET_TRUST_WHITELIST_HOST_TYPO",
-        "192.0.2.1",
-    );
-    err_names(
-        resolve(&args(), "[whitelist]\nnetworks = [\"192.0.2.0/33\"]", &[]),
-        "whitelist.networks",
-        "192.0.2.0/33",
-    );
-    err_names(
-        resolve(&args(), "[whitelist]\nhosts = [\"example.com\"]", &[]),
-        "whitelist.hosts",
-        "example.com",
-    );
-    err_names(
-        resolve(&args(), "[blacklist]\nnetworks = [\"2001:db8::/129\"]", &[]),
-        "blacklist.networks",
-        "2001:db8::/129",
-    );
-    err_names(
-        resolve(&args(), "[blacklist]\nhosts = [\"300.1.1.1\"]", &[]),
-        "blacklist.hosts",
-        "300.1.1.1",
-    );
-    err_names(
-        resolve(&args(), "[blacklist]\ndomains = [\"bad..example\"]", &[]),
-        "blacklist.domains",
-        "bad..example",
-    );
-    err_names(
-        resolve(&args(), "[blacklist]\ndomains = [\"*\"]", &[]),
-        "blacklist.domains",
-        "*",
-    );
-    err_names(
-        resolve(&args(), "[blacklist]\nresponse = \"drop\"", &[]),
-        "blacklist.response",
-        "drop",
-    );
-}
-
-#[test]
-fn rejects_host_both_white_and_blacklisted() {
-    err_names(
-        resolve(&args(), "[blacklist]\nhosts = [\"192.0.2.53\"]", &[]),
-        "blacklist.hosts",
-        "192.0.2.53",
-    );
-}
-
-#[test]
-fn rejects_bad_bpffs_dir() {
-    err_names(
-        resolve(&args(), "bpffs_dir = \"relative/dir\"", &[]),
-        "bpffs_dir",
-        "relative/dir",
-    );
-    err_names(resolve(&args(), "bpffs_dir = \"/\"", &[]), "bpffs_dir", "/");
-}
-
-#[test]
-fn rejects_bad_metrics_addr_and_log_format() {
-    err_names(
-        resolve(&args(), "metrics_addr = \"9153\"", &[]),
-        "metrics_addr",
-        "9153",
-    );
-    err_names(
-        resolve(&args(), "metrics_addr = \"127.0.0.1:53\"", &[]),
-        "metrics_addr",
-        "127.0.0.1:53",
-    );
-    err_names(
-        resolve(&args(), "log_format = \"xml\"", &[]),
-        "log_format",
-        "xml",
-    );
-}
-
-#[test]
-fn rejects_bad_env_scalar() {
-    err_names(
-        resolve(&args(), "", &[("NET_TRUST_AUTHORIZED_TTL", "soon")]),
-        "NET_TRUST_AUTHORIZED_TTL",
-        "soon",
-    );
-    err_names(
-        resolve(&args(), "", &[("NET_TRUST_WHITELIST_PRIVATE", "yes")]),
-        "NET_TRUST_WHITELIST_PRIVATE",
-        "yes",
-    );
-}
-
-#[test]
 fn bad_files_are_rejected_with_the_key() {
     let corpus = [
         ("listen_adr = \"127.0.0.1:53\"", "listen_adr"),
@@ -821,7 +606,7 @@ fn bad_files_are_rejected_with_the_key() {
 }
 
 #[test]
-fn dedicated_dot_listener_and_cache_size() {
+fn dedicated_dot_listener() {
     let dir = tempfile::tempdir().unwrap();
     let cert = pem(dir.path(), "c.pem", "CERTIFICATE");
     let key = pem(dir.path(), "k.pem", "PRIVATE KEY");
@@ -849,28 +634,6 @@ fn dedicated_dot_listener_and_cache_size() {
         resolve(&tls("nowhere"), "", &[]),
         "--listen-tls-addr",
         "nowhere",
-    );
-    // Without listen_tls there is no certificate to serve.
-    err_names(
-        resolve(&args(), "listen_tls_addr = \"127.0.0.1:853\"", &[]),
-        "listen_tls_addr",
-        "127.0.0.1:853",
-    );
-
-    assert_eq!(
-        ok(&args(), "", &[]).dns_cache_size,
-        crate::dns::cache::DEFAULT_CAPACITY
-    );
-    assert_eq!(ok(&args(), "dns_cache_size = 50", &[]).dns_cache_size, 50);
-    let a = RunArgs {
-        dns_cache_size: Some(7),
-        ..args()
-    };
-    assert_eq!(ok(&a, "dns_cache_size = 50", &[]).dns_cache_size, 7);
-    err_names(
-        resolve(&args(), "dns_cache_size = 0", &[]),
-        "dns_cache_size",
-        "0",
     );
 }
 
@@ -940,102 +703,6 @@ fn tcp_connection_cap_is_configurable_and_validated() {
             ..args()
         },
         |s| s.max_tcp_connections,
-    );
-}
-
-#[test]
-fn answer_address_cap_is_configurable_and_validated() {
-    assert_eq!(ok(&args(), "", &[]).max_answer_addresses, 32);
-    // The default never exceeds a smaller host map.
-    assert_eq!(ok(&args(), "max_hosts = 16", &[]).max_answer_addresses, 16);
-    assert_eq!(
-        ok(&args(), "max_answer_addresses = 8", &[]).max_answer_addresses,
-        8
-    );
-    assert_eq!(
-        ok(
-            &args(),
-            "max_answer_addresses = 8",
-            &[("NET_TRUST_MAX_ANSWER_ADDRESSES", "100")]
-        )
-        .max_answer_addresses,
-        100
-    );
-    let a = RunArgs {
-        max_answer_addresses: Some(5),
-        ..args()
-    };
-    assert_eq!(
-        ok(&a, "max_answer_addresses = 8", &[]).max_answer_addresses,
-        5
-    );
-    err_names(
-        resolve(&args(), "max_answer_addresses = 0", &[]),
-        "max_answer_addresses",
-        "0",
-    );
-    err_names(
-        resolve(
-            &args(),
-            "max_hosts = 64
-max_answer_addresses = 65",
-            &[],
-        ),
-        "max_answer_addresses",
-        "65",
-    );
-    err_names(
-        resolve(&args(), "", &[("NET_TRUST_MAX_ANSWER_ADDRESSES", "many")]),
-        "NET_TRUST_MAX_ANSWER_ADDRESSES",
-        "many",
-    );
-}
-
-#[test]
-fn map_capacities_are_configurable_and_validated() {
-    let s = ok(&args(), "", &[]);
-    assert_eq!(s.max_hosts, nettrust_common::DEFAULT_MAX_HOSTS);
-    assert_eq!(s.max_networks, nettrust_common::DEFAULT_MAX_NETS);
-    let s = ok(&args(), "max_hosts = 16\nmax_networks = 2000", &[]);
-    assert_eq!((s.max_hosts, s.max_networks), (16, 2000));
-    let a = RunArgs {
-        max_hosts: Some(1_000_000),
-        ..args()
-    };
-    assert_eq!(
-        ok(&a, "max_hosts = 16", &[("NET_TRUST_MAX_HOSTS", "32")]).max_hosts,
-        1_000_000
-    );
-    assert_eq!(
-        ok(&args(), "max_hosts = 16", &[("NET_TRUST_MAX_HOSTS", "32")]).max_hosts,
-        32
-    );
-    err_names(resolve(&args(), "max_hosts = 0", &[]), "max_hosts", "0");
-    err_names(
-        resolve(&args(), "max_hosts = 16777217", &[]),
-        "max_hosts",
-        "16777217",
-    );
-    err_names(
-        resolve(&args(), "", &[("NET_TRUST_MAX_NETWORKS", "lots")]),
-        "NET_TRUST_MAX_NETWORKS",
-        "lots",
-    );
-    // The whitelists live in the same maps: they must fit, with room for one authorization.
-    err_names(
-        resolve(
-            &args(),
-            "max_hosts = 2\n[whitelist]\nhosts = [\"192.0.2.1\", \"192.0.2.2\"]",
-            &[],
-        ),
-        "max_hosts",
-        "2",
-    );
-    // loopback + 4 private IPv4 networks by default.
-    err_names(
-        resolve(&args(), "max_networks = 3", &[]),
-        "max_networks",
-        "3",
     );
 }
 
@@ -1226,10 +893,9 @@ fn allow_clients_defaults_to_loopback_plus_the_listen_subnets() {
         }
     };
     let resolve = |listeners: [Option<&str>; 2]| {
-        resolve_allow_clients(
-            &RunArgs::default(),
-            &Env::default(),
-            None,
+        let none = Options::default();
+        clients::allow_clients(
+            &options::Layers::new(&none, &none, &none),
             listeners.map(|l| l.map(|a| a.parse().unwrap())),
             subnets,
         )
@@ -1250,67 +916,6 @@ fn allow_clients_defaults_to_loopback_plus_the_listen_subnets() {
 }
 
 #[test]
-fn allow_clients_precedence_and_bad_values() {
-    let a = RunArgs {
-        allow_clients: vec!["203.0.113.0/24".into(), "2001:db8::1".into()],
-        ..args()
-    };
-    let file = "allow_clients = [\"192.0.2.0/24\"]";
-    assert_eq!(
-        ok(&a, file, &[("NET_TRUST_ALLOW_CLIENTS", "198.51.100.0/24")]).allow_clients,
-        [
-            "203.0.113.0/24".parse::<IpNet>().unwrap(),
-            "2001:db8::1/128".parse().unwrap()
-        ]
-    );
-    assert_eq!(
-        ok(
-            &args(),
-            file,
-            &[("NET_TRUST_ALLOW_CLIENTS", "198.51.100.0/24, 192.0.2.7")]
-        )
-        .allow_clients,
-        [
-            "198.51.100.0/24".parse::<IpNet>().unwrap(),
-            "192.0.2.7/32".parse().unwrap()
-        ]
-    );
-    assert_eq!(
-        ok(&args(), file, &[]).allow_clients,
-        ["192.0.2.0/24".parse::<IpNet>().unwrap()]
-    );
-    err_names(
-        resolve(&args(), "allow_clients = [\"192.0.2.0/33\"]", &[]),
-        "allow_clients",
-        "192.0.2.0/33",
-    );
-    err_names(
-        resolve(&args(), "allow_clients = [\"lan\"]", &[]),
-        "allow_clients",
-        "lan",
-    );
-    err_names(
-        resolve(
-            &args(),
-            "",
-            &[("NET_TRUST_ALLOW_CLIENTS", "10.0.0.0/8,bad")],
-        ),
-        "NET_TRUST_ALLOW_CLIENTS",
-        "bad",
-    );
-    let flag = RunArgs {
-        allow_clients: vec!["not-a-net".into()],
-        ..args()
-    };
-    err_names(resolve(&flag, "", &[]), "--allow-client", "not-a-net");
-    err_names(
-        resolve(&args(), "allow_clients = []", &[]),
-        "allow_clients",
-        "[]",
-    );
-}
-
-#[test]
 fn interface_networks_reads_the_loopback_prefix() {
     // Every Linux host has 127.0.0.1/8 on lo.
     assert_eq!(
@@ -1327,4 +932,78 @@ fn interface_networks_reads_the_loopback_prefix() {
             .iter()
             .any(|n| n.addr().is_loopback())
     );
+}
+
+/// Every key of a config file section (`""` for the top level) as serde knows it, read from the
+/// message that lists the expected keys.
+fn file_keys(section: &str) -> Vec<String> {
+    let e = Options::parse(&format!("{section}\nnot_a_key = 0"), Path::new("k.toml"))
+        .expect_err("not_a_key is no key")
+        .to_string();
+    let list = e
+        .split("`not_a_key`, expected")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{e}"));
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `config.toml` and the README's configuration table document every option of [`Options`]: each
+/// file key (top level and sections) and each flag, and every variable is `NET_TRUST_<KEY>`.
+#[test]
+fn config_toml_and_readme_document_every_option() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let config = std::fs::read_to_string(root.join("config.toml")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let rows: Vec<Vec<&str>> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("| flag | config key |"))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert!(rows.len() > 30, "no configuration table in README.md");
+    let documented = |line: &str, key: &str| {
+        let line = line.trim_start_matches("# ");
+        line.starts_with(&format!("{key} ="))
+    };
+    for (section, prefix) in [
+        ("", ""),
+        ("[whitelist]", "[whitelist] "),
+        ("[blacklist]", "[blacklist] "),
+    ] {
+        let keys = file_keys(section);
+        assert!(!keys.is_empty(), "{section}");
+        // The sections themselves are checked key by key below.
+        for key in keys
+            .into_iter()
+            .filter(|k| k != "whitelist" && k != "blacklist")
+        {
+            assert!(
+                config.lines().any(|l| documented(l, &key)),
+                "config.toml does not document {prefix}{key}"
+            );
+            assert!(
+                rows.iter()
+                    .any(|r| r[2].contains(&format!("`{prefix}")) && r[2].contains(&key)),
+                "the README table does not document {prefix}{key}"
+            );
+        }
+    }
+    for (id, names) in options::names() {
+        assert!(
+            rows.iter()
+                .any(|r| r[1].contains(&format!("`{} ", names.flag))
+                    || r[1].contains(&format!("`{}[", names.flag))
+                    || r[1].contains(&format!("`{}`", names.flag))),
+            "the README table does not document {}",
+            names.flag
+        );
+        let key = if id == "fwd_addrs" { "fwd_addr" } else { &id };
+        if let Some(var) = names.env {
+            assert_eq!(var, format!("NET_TRUST_{}", key.to_uppercase()));
+        }
+    }
 }
