@@ -21,6 +21,11 @@
 //! always passes).
 #![no_std]
 #![no_main]
+
+// The package's stub library (it exists for nettrust's build-dependency); the program needs nothing
+// from it.
+use nettrust_ebpf as _;
+
 mod counters;
 mod flows;
 mod icmp;
@@ -59,6 +64,10 @@ const ON_ERROR: i32 = VERDICT_DROP;
 const LOOPBACK_IFINDEX: u32 = 1;
 
 #[cgroup_skb(egress)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the aya attribute macro fixes the entry point's signature"
+)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
     match try_egress(&ctx) {
         Ok(verdict) => verdict,
@@ -178,6 +187,10 @@ fn log_source_routed(ctx: &SkBuffContext, flow: &FlowKey) {
 }
 
 #[cgroup_skb(ingress)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the aya attribute macro fixes the entry point's signature"
+)]
 pub fn ingress(ctx: SkBuffContext) -> i32 {
     match try_ingress(&ctx) {
         Ok(verdict) => verdict,

@@ -169,8 +169,8 @@ pub fn drop_privileges() -> Result<u64, PrivilegeError> {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
         action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
+        libc::sigemptyset(&raw mut action.sa_mask);
+        if libc::sigaction(signal, &raw const action, std::ptr::null_mut()) != 0 {
             return Err(io("installing the signal handler")(
                 std::io::Error::last_os_error(),
             ));
