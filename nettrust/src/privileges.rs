@@ -164,6 +164,26 @@ pub fn drop_privileges() -> Result<u64, PrivilegeError> {
     // Whether the bounding set can be reduced (CAP_SETPCAP effective in this thread now).
     let can_bound = own.effective & (1 << CAP_SETPCAP) != 0;
     let signal = libc::SIGRTMIN() + 7;
+    install_handler(signal)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        drop_in_this_thread();
+        let Some((tid, cap_eff)) = signal_pending_threads(signal, keep, can_bound)? else {
+            return Ok(keep);
+        };
+        if Instant::now() > deadline {
+            return Err(PrivilegeError::Thread {
+                tid,
+                cap_eff,
+                wanted: keep,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Installs [`on_signal`] as the handler of `signal`.
+fn install_handler(signal: libc::c_int) -> Result<(), PrivilegeError> {
     // SAFETY: installs a handler that only makes async-signal-safe system calls.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
@@ -176,51 +196,48 @@ pub fn drop_privileges() -> Result<u64, PrivilegeError> {
             ));
         }
     }
+    Ok(())
+}
+
+/// One pass over the threads of this process: sends `signal` to every thread that still holds
+/// more than `keep` (or lacks `no_new_privs`, or, when `can_bound`, a reduced bounding set).
+/// Returns the last such thread and its effective set, `None` when every thread is done.
+fn signal_pending_threads(
+    signal: libc::c_int,
+    keep: u64,
+    can_bound: bool,
+) -> Result<Option<(u32, u64)>, PrivilegeError> {
     let pid = std::process::id();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        drop_in_this_thread();
-        let mut pending = None;
-        for task in std::fs::read_dir("/proc/self/task").map_err(io("listing threads"))? {
-            let task = task.map_err(io("listing threads"))?;
-            let Some(tid) = task
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            // A thread that exited meanwhile has nothing left to drop.
-            let Some(caps) = std::fs::read_to_string(task.path().join("status"))
-                .ok()
-                .and_then(|s| parse_status(&s))
-            else {
-                continue;
-            };
-            let done = caps.effective == keep
-                && caps.permitted == keep
-                && caps.no_new_privs
-                && (!can_bound || caps.bounding & !keep == 0);
-            if !done {
-                // SAFETY: tgkill to a thread of this process; the handler is installed.
-                unsafe {
-                    libc::syscall(libc::SYS_tgkill, pid, tid, signal);
-                }
-                pending = Some((tid, caps.effective));
-            }
-        }
-        let Some((tid, cap_eff)) = pending else {
-            return Ok(keep);
+    let mut pending = None;
+    for task in std::fs::read_dir("/proc/self/task").map_err(io("listing threads"))? {
+        let task = task.map_err(io("listing threads"))?;
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
         };
-        if Instant::now() > deadline {
-            return Err(PrivilegeError::Thread {
-                tid,
-                cap_eff,
-                wanted: keep,
-            });
+        // A thread that exited meanwhile has nothing left to drop.
+        let Some(caps) = std::fs::read_to_string(task.path().join("status"))
+            .ok()
+            .and_then(|s| parse_status(&s))
+        else {
+            continue;
+        };
+        let done = caps.effective == keep
+            && caps.permitted == keep
+            && caps.no_new_privs
+            && (!can_bound || caps.bounding & !keep == 0);
+        if !done {
+            // SAFETY: tgkill to a thread of this process; the handler is installed.
+            unsafe {
+                libc::syscall(libc::SYS_tgkill, pid, tid, signal);
+            }
+            pending = Some((tid, caps.effective));
         }
-        std::thread::sleep(Duration::from_millis(5));
     }
+    Ok(pending)
 }
 
 #[cfg(test)]
