@@ -213,10 +213,10 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, ()> {
     let protocol = ctx.skb.protocol();
     if protocol == ETH_P_IP_BE {
         let headers = parse_v4(ctx)?;
-        ingress_verdict(ctx, &headers, protocol)
+        Ok(ingress_verdict(ctx, &headers, protocol))
     } else if protocol == ETH_P_IPV6_BE {
         let headers = parse_v6(ctx)?;
-        ingress_verdict(ctx, &headers, protocol)
+        Ok(ingress_verdict(ctx, &headers, protocol))
     } else {
         Ok(VERDICT_ALLOW)
     }
@@ -227,13 +227,13 @@ fn ingress_verdict<const N: usize>(
     ctx: &SkBuffContext,
     headers: &Headers<N>,
     protocol: u32,
-) -> Result<i32, ()> {
+) -> i32 {
     let flow = headers.incoming().flow();
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     if is_outbound(&flow, now) {
         // A reply to a flow egress let out ("ct state established").
-        return Ok(VERDICT_ALLOW);
+        return VERDICT_ALLOW;
     }
     if drop_input() {
         // An ICMP error about a flow egress let out ("ct state related"): port unreachable,
@@ -244,13 +244,13 @@ fn ingress_verdict<const N: usize>(
             quoted_flow_v6(ctx)
         };
         if quoted.is_some_and(|quoted| OUTBOUND.get_ptr(quoted).is_some()) {
-            return Ok(VERDICT_ALLOW);
+            return VERDICT_ALLOW;
         }
         count(STAT_DROP_INPUT);
-        return Ok(VERDICT_DROP);
+        return VERDICT_DROP;
     }
     learn_inbound(ctx, headers, now);
-    Ok(VERDICT_ALLOW)
+    VERDICT_ALLOW
 }
 
 #[inline(always)]
