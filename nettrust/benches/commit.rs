@@ -134,7 +134,9 @@ fn scan(fw: &EbpfFirewall, bpffs: &std::path::Path) {
     println!("scan {hosts} {} {}", sweeper[2], pinned[2]);
 }
 
-fn main() {
+/// The `--rounds` to measure, or `None` without `--bench` (`cargo test --benches` runs bench
+/// targets without it: nothing to test here).
+fn rounds_to_measure() -> Option<u32> {
     let mut rounds = 2000u32;
     let mut bench = false;
     let mut args = std::env::args().skip(1);
@@ -150,11 +152,14 @@ fn main() {
         }
         // Other arguments are ignored.
     }
-    if !bench {
-        // `cargo test --benches` runs bench targets without --bench: nothing to test here.
+    bench.then_some(rounds)
+}
+
+fn main() {
+    let Some(rounds) = rounds_to_measure() else {
         println!("commit: run with `cargo bench` (as root) to measure");
         return;
-    }
+    };
     // SAFETY: geteuid has no preconditions.
     assert!(
         unsafe { libc::geteuid() } == 0,
@@ -184,7 +189,13 @@ fn main() {
         bpffs: PathBuf::from(format!("/sys/fs/bpf/nettrust-bench-commit-{pid}")),
     };
     std::fs::create_dir(&scratch.cgroup).expect("create the scratch cgroup");
+    bench_ebpf(&scratch, rounds);
+    bench_nftables(&scratch, rounds);
+    drop(scratch);
+}
 
+/// Commit latency into the eBPF backend attached to the scratch cgroup, then the host map scan.
+fn bench_ebpf(scratch: &Scratch, rounds: u32) {
     let ebpf = Arc::new(
         EbpfFirewall::start(&EbpfOptions {
             cgroups: vec![scratch.cgroup.clone()],
@@ -204,7 +215,10 @@ fn main() {
     scan(&ebpf, &scratch.bpffs);
     ebpf.stop(ExitMode::FlushAll)
         .expect("stop the eBPF backend");
+}
 
+/// Commit latency into the nftables backend (its table in this process's network namespace).
+fn bench_nftables(scratch: &Scratch, rounds: u32) {
     let nft = Arc::new(
         NftablesFirewall::start(
             &Options {
@@ -222,5 +236,4 @@ fn main() {
     }
     nft.stop(nettrust::firewall::ExitMode::FlushAll)
         .expect("stop the nftables backend");
-    drop(scratch);
 }
