@@ -5,6 +5,8 @@
 //! (the binary then refuses the eBPF backend at run time with a clear error). Plain `AYA_BUILD_SKIP`
 //! would leave no file for `include_bytes_aligned!` to embed.
 use anyhow::{Context as _, anyhow};
+// Declared (not linked) so cargo rebuilds the embedded object when the eBPF crate changes.
+use nettrust_ebpf as _;
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=NETTRUST_EBPF_STUB");

@@ -26,8 +26,8 @@ pub fn judge_v4(daddr: [u8; 4], now: u64) -> (u32, i32) {
     // SAFETY: read-only globals set by the loader; volatile so they are not constant-folded.
     let (seed, home_slots) = unsafe {
         (
-            core::ptr::read_volatile(&HOST_SEED),
-            core::ptr::read_volatile(&HOST_HOME_SLOTS),
+            core::ptr::read_volatile(&raw const HOST_SEED),
+            core::ptr::read_volatile(&raw const HOST_HOME_SLOTS),
         )
     };
     let home = host_table::home_of(addr, seed, home_slots);

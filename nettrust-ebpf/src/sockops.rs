@@ -45,6 +45,10 @@ static LIVE_TCP: HashMap<u64, [u64; 3]> =
 static LIVE_TCP_CGROUP: CgroupStorage<u64> = CgroupStorage::new();
 
 #[sock_ops]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the aya attribute macro fixes the entry point's signature"
+)]
 pub fn live_tcp(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(&ctx),

@@ -12,6 +12,10 @@
 //! eBPF host map holding every address authorized so far, how long the sweeper's full scan takes
 //! (`Firewall::due`, batched reads) against reading the same map key by key (aya's iterator, two
 //! system calls per entry, what the scan did before): `scan HOSTS batched_ns key_by_key_ns`.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a benchmark uses the library and a few crates, not every dependency of the package"
+)]
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -73,7 +77,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 /// `rounds` answers of `count` fresh addresses each through the authorizer; prints p50/p99.
-fn measure(backend: &str, fw: Arc<dyn Firewall>, count: u32, rounds: u32, base: u32) {
+fn measure(backend: &str, fw: &Arc<impl Firewall + 'static>, count: u32, rounds: u32, base: u32) {
     // With a TTL (`--authorized-ttl`), as the sweeper needs: every host gets a deadline.
     let authorizer = Authorizer::new(fw.clone(), Some(std::time::Duration::from_secs(3600)));
     let mut samples = Vec::with_capacity(rounds as usize);
@@ -130,7 +134,9 @@ fn scan(fw: &EbpfFirewall, bpffs: &std::path::Path) {
     println!("scan {hosts} {} {}", sweeper[2], pinned[2]);
 }
 
-fn main() {
+/// The `--rounds` to measure, or `None` without `--bench` (`cargo test --benches` runs bench
+/// targets without it: nothing to test here).
+fn rounds_to_measure() -> Option<u32> {
     let mut rounds = 2000u32;
     let mut bench = false;
     let mut args = std::env::args().skip(1);
@@ -146,11 +152,14 @@ fn main() {
         }
         // Other arguments are ignored.
     }
-    if !bench {
-        // `cargo test --benches` runs bench targets without --bench: nothing to test here.
+    bench.then_some(rounds)
+}
+
+fn main() {
+    let Some(rounds) = rounds_to_measure() else {
         println!("commit: run with `cargo bench` (as root) to measure");
         return;
-    }
+    };
     // SAFETY: geteuid has no preconditions.
     assert!(
         unsafe { libc::geteuid() } == 0,
@@ -180,7 +189,13 @@ fn main() {
         bpffs: PathBuf::from(format!("/sys/fs/bpf/nettrust-bench-commit-{pid}")),
     };
     std::fs::create_dir(&scratch.cgroup).expect("create the scratch cgroup");
+    bench_ebpf(&scratch, rounds);
+    bench_nftables(&scratch, rounds);
+    drop(scratch);
+}
 
+/// Commit latency into the eBPF backend attached to the scratch cgroup, then the host map scan.
+fn bench_ebpf(scratch: &Scratch, rounds: u32) {
     let ebpf = Arc::new(
         EbpfFirewall::start(&EbpfOptions {
             cgroups: vec![scratch.cgroup.clone()],
@@ -195,12 +210,15 @@ fn main() {
         .expect("start the eBPF backend"),
     );
     for (i, count) in [1u32, 8].into_iter().enumerate() {
-        measure("ebpf", ebpf.clone(), count, rounds, (i as u32) << 20);
+        measure("ebpf", &ebpf, count, rounds, (i as u32) << 20);
     }
     scan(&ebpf, &scratch.bpffs);
     ebpf.stop(ExitMode::FlushAll)
         .expect("stop the eBPF backend");
+}
 
+/// Commit latency into the nftables backend (its table in this process's network namespace).
+fn bench_nftables(scratch: &Scratch, rounds: u32) {
     let nft = Arc::new(
         NftablesFirewall::start(
             &Options {
@@ -214,9 +232,8 @@ fn main() {
         .expect("start the nftables backend"),
     );
     for (i, count) in [1u32, 8].into_iter().enumerate() {
-        measure("nftables", nft.clone(), count, rounds, (i as u32) << 20);
+        measure("nftables", &nft, count, rounds, (i as u32) << 20);
     }
     nft.stop(nettrust::firewall::ExitMode::FlushAll)
         .expect("stop the nftables backend");
-    drop(scratch);
 }

@@ -125,52 +125,63 @@ impl Authorizer {
         }
         let mut addresses = chain.addresses;
         if question.query_type == RecordType::PTR {
-            let reversed = ptr_address(qname);
-            let has_ptr = response
-                .answers
-                .iter()
-                .any(|r| matches!(r.data, RData::PTR(_)) && chain.names.contains(&r.name));
-            match reversed {
-                Some(addr) if has_ptr && self.authorize_ptr => {
-                    tracing::info!(question = %qname, host = %addr, "[PTR] authorizing the reversed address");
-                    addresses.push(addr);
-                }
-                Some(addr) if has_ptr => {
-                    tracing::info!(question = %qname, host = %addr, "[PTR] not authorized (authorize_ptr is off)");
-                }
-                _ => {}
-            }
+            addresses.extend(self.ptr_to_authorize(qname, response, &chain.names));
         }
-        let mut allowed = Vec::with_capacity(addresses.len());
-        for addr in addresses {
-            if blacklist.blocks_host(addr) {
-                count_address("blacklisted");
-                tracing::info!(question = %qname, host = %addr, "[Blacklisted] host");
-            } else {
-                allowed.push(addr);
-            }
-        }
+        let mut allowed = not_blacklisted(qname, &blacklist, addresses);
         if allowed.is_empty() {
             tracing::info!(question = %qname, qtype = %question.query_type, "[No Answer]");
             return Ok(Verdict::Relay);
         }
-        // Beyond the cap the addresses stay in the relayed answer (rewriting it would change what
-        // the client sees for an ordinary large answer) but are not allowed: a connection to one
-        // of them is dropped like any unresolved destination.
-        if allowed.len() > self.max_addresses {
-            let capped = allowed.split_off(self.max_addresses);
-            crate::metrics::metrics()
-                .addresses
-                .get_or_create(&crate::metrics::ResultLabel { result: "capped" })
-                .inc_by(capped.len() as u64);
-            tracing::warn!(
-                question = %qname,
-                authorized = allowed.len(),
-                capped = capped.len(),
-                first_capped = %capped[0],
-                "[Capped] answer has more addresses than max_answer_addresses; the rest are not authorized"
-            );
+        self.cap(qname, &mut allowed);
+        self.commit(qname, allowed)?;
+        Ok(Verdict::Relay)
+    }
+
+    /// For a PTR question answered by a PTR record of its chain: the address the question's name
+    /// stands for, when `authorize_ptr` lets it be authorized (logged either way).
+    fn ptr_to_authorize(&self, qname: &Name, response: &Message, names: &[Name]) -> Option<IpAddr> {
+        let addr = ptr_address(qname)?;
+        let has_ptr = response
+            .answers
+            .iter()
+            .any(|r| matches!(r.data, RData::PTR(_)) && names.contains(&r.name));
+        if !has_ptr {
+            return None;
         }
+        if self.authorize_ptr {
+            tracing::info!(question = %qname, host = %addr, "[PTR] authorizing the reversed address");
+            Some(addr)
+        } else {
+            tracing::info!(question = %qname, host = %addr, "[PTR] not authorized (authorize_ptr is off)");
+            None
+        }
+    }
+
+    /// Keeps the first `max_addresses` of `allowed`. Beyond the cap the addresses stay in the
+    /// relayed answer (rewriting it would change what the client sees for an ordinary large
+    /// answer) but are not allowed: a connection to one of them is dropped like any unresolved
+    /// destination.
+    fn cap(&self, qname: &Name, allowed: &mut Vec<IpAddr>) {
+        if allowed.len() <= self.max_addresses {
+            return;
+        }
+        let capped = allowed.split_off(self.max_addresses);
+        crate::metrics::metrics()
+            .addresses
+            .get_or_create(&crate::metrics::ResultLabel { result: "capped" })
+            .inc_by(capped.len() as u64);
+        tracing::warn!(
+            question = %qname,
+            authorized = allowed.len(),
+            capped = capped.len(),
+            first_capped = %capped[0],
+            "[Capped] answer has more addresses than max_answer_addresses; the rest are not authorized"
+        );
+    }
+
+    /// Writes `allowed` into the firewall with this authorizer's deadline, then counts and logs
+    /// which addresses were new and which were already authorized.
+    fn commit(&self, qname: &Name, allowed: Vec<IpAddr>) -> Result<(), FirewallError> {
         let expires_ns = match self.ttl {
             Some(ttl) => {
                 boottime_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
@@ -201,8 +212,22 @@ impl Authorizer {
         if !new.is_empty() {
             tracing::info!(question = %qname, hosts = ?new, "[Authorized]");
         }
-        Ok(Verdict::Relay)
+        Ok(())
     }
+}
+
+/// The addresses the blacklist does not block; each blocked one is counted and logged.
+fn not_blacklisted(qname: &Name, blacklist: &Blacklist, addresses: Vec<IpAddr>) -> Vec<IpAddr> {
+    let mut allowed = Vec::with_capacity(addresses.len());
+    for addr in addresses {
+        if blacklist.blocks_host(addr) {
+            count_address("blacklisted");
+            tracing::info!(question = %qname, host = %addr, "[Blacklisted] host");
+        } else {
+            allowed.push(addr);
+        }
+    }
+    allowed
 }
 
 /// Counts an answer address in `nettrust_answer_addresses_total`.

@@ -154,7 +154,7 @@ mod tests {
     use super::*;
 
     fn list(domains: &[&str]) -> Blacklist {
-        let domains: Vec<String> = domains.iter().map(|s| s.to_string()).collect();
+        let domains: Vec<String> = domains.iter().map(ToString::to_string).collect();
         Blacklist::new(&domains, &[], &[], BlockResponse::default()).unwrap()
     }
     fn name(s: &str) -> Name {

@@ -200,21 +200,21 @@ mod tests {
     /// `CTA_TUPLE_REPLY`.
     const REPLY: u16 = 2;
 
-    fn flow(orig: [Vec<u8>; 2], reply: [Vec<u8>; 2], status: u32) -> Vec<u8> {
+    fn flow(orig: &[Vec<u8>], reply: &[Vec<u8>], status: u32) -> Vec<u8> {
         let mut body = vec![2, 0, 0, 0];
         body.extend(nested(
             CTA_TUPLE_ORIG,
-            &[nested(CTA_TUPLE_IP, &orig), nested(2, &[attr(1, &[6])])],
+            &[nested(CTA_TUPLE_IP, orig), nested(2, &[attr(1, &[6])])],
         ));
-        body.extend(nested(REPLY, &[nested(CTA_TUPLE_IP, &reply)]));
+        body.extend(nested(REPLY, &[nested(CTA_TUPLE_IP, reply)]));
         body.extend(attr(CTA_STATUS, &status.to_be_bytes()));
         message(CT_GET, &body)
     }
 
     fn v4_flow(src: [u8; 4], dst: [u8; 4], status: u32) -> Vec<u8> {
         flow(
-            [attr(CTA_IP_V4_SRC, &src), attr(CTA_IP_V4_DST, &dst)],
-            [attr(CTA_IP_V4_SRC, &dst), attr(CTA_IP_V4_DST, &src)],
+            &[attr(CTA_IP_V4_SRC, &src), attr(CTA_IP_V4_DST, &dst)],
+            &[attr(CTA_IP_V4_SRC, &dst), attr(CTA_IP_V4_DST, &src)],
             status,
         )
     }
@@ -232,11 +232,11 @@ mod tests {
     fn destinations_of_replied_flows_are_collected() {
         // An outgoing flow rewritten by NAT: its reply source is another address.
         let v4 = flow(
-            [
+            &[
                 attr(CTA_IP_V4_SRC, &[198, 51, 100, 1]),
                 attr(CTA_IP_V4_DST, &[192, 0, 2, 11]),
             ],
-            [
+            &[
                 attr(CTA_IP_V4_SRC, &[192, 0, 2, 99]),
                 attr(CTA_IP_V4_DST, &[198, 51, 100, 1]),
             ],
@@ -245,11 +245,11 @@ mod tests {
         let a: Ipv6Addr = "2001:db8::1".parse().unwrap();
         let b: Ipv6Addr = "2001:db8:1::10".parse().unwrap();
         let v6 = flow(
-            [
+            &[
                 attr(CTA_IP_V6_SRC, &a.octets()),
                 attr(CTA_IP_V6_DST, &b.octets()),
             ],
-            [
+            &[
                 attr(CTA_IP_V6_SRC, &b.octets()),
                 attr(CTA_IP_V6_DST, &a.octets()),
             ],

@@ -1,4 +1,8 @@
 //! `nettrust` binary: parses arguments, sets up logging, and hands over to the library.
+#![expect(
+    unused_crate_dependencies,
+    reason = "the binary is a thin wrapper: the package's other dependencies serve the library"
+)]
 
 use nettrust::{
     cli::{Cli, Command},
@@ -146,7 +150,7 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 /// is set to anything but the empty string (<https://no-color.org>). A log file, a pipe or the
 /// journal gets plain text.
 fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// Logs go to stderr. `RUST_LOG` selects levels as usual; without it, `NET_TRUST_DEBUG=true` means

@@ -24,7 +24,7 @@ use prometheus_client::{
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -122,88 +122,79 @@ const VERDICTS: [(u32, &str); 8] = [
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("nettrust");
-        let queries = Family::<QueryLabels, Counter>::default();
-        registry.register(
-            "dns_queries",
-            "DNS queries by transport and result",
-            queries.clone(),
-        );
-        let addresses = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "answer_addresses",
-            "Addresses taken from upstream answers by result",
-            addresses.clone(),
-        );
-        let rejected_answers = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "rejected_answers",
-            "Upstream replies refused as forged or malformed",
-            rejected_answers.clone(),
-        );
-        // 50 µs .. ~3.3 s
-        let upstream_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 17));
-        registry.register(
-            "upstream_latency_seconds",
-            "Upstream round-trip time",
-            upstream_latency.clone(),
-        );
-        let firewall_full = Counter::default();
-        registry.register(
-            "firewall_full",
-            "Answer addresses refused because the host map was full (client answered SERVFAIL)",
-            firewall_full.clone(),
-        );
-        let evicted = Counter::default();
-        registry.register(
-            "evicted_hosts",
-            "Idle authorizations evicted (least recently used) to make room in a full host map",
-            evicted.clone(),
-        );
-        let expired = Counter::default();
-        registry.register(
-            "expired_hosts",
-            "Authorizations removed by the expiry sweep",
-            expired.clone(),
-        );
-        let renewed = Counter::default();
-        registry.register(
-            "renewed_hosts",
-            "Authorizations renewed because the host was in use",
-            renewed.clone(),
-        );
-        let authorized_hosts = Gauge::default();
-        registry.register(
-            "authorized_hosts",
-            "Hosts currently authorized",
-            authorized_hosts.clone(),
-        );
-        let egress_packets = Family::<VerdictLabel, Counter>::default();
-        registry.register(
-            "egress_packets",
-            "Egress packets judged by the eBPF program, by verdict",
-            egress_packets.clone(),
-        );
-        let cgroup_packets = Family::<CgroupLabels, Counter>::default();
-        registry.register(
-            "cgroup_egress_packets",
-            "Egress packets per filtered cgroup, allowed or dropped",
-            cgroup_packets.clone(),
-        );
+        let r = &mut registry;
         Self {
-            registry,
-            queries,
-            addresses,
-            rejected_answers,
-            upstream_latency,
-            firewall_full,
-            evicted,
-            expired,
-            renewed,
-            authorized_hosts,
-            egress_packets,
+            queries: registered(
+                r,
+                "dns_queries",
+                "DNS queries by transport and result",
+                Family::default(),
+            ),
+            addresses: registered(
+                r,
+                "answer_addresses",
+                "Addresses taken from upstream answers by result",
+                Family::default(),
+            ),
+            rejected_answers: registered(
+                r,
+                "rejected_answers",
+                "Upstream replies refused as forged or malformed",
+                Family::default(),
+            ),
+            upstream_latency: registered(
+                r,
+                "upstream_latency_seconds",
+                "Upstream round-trip time",
+                // 50 µs .. ~3.3 s
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
+            ),
+            firewall_full: registered(
+                r,
+                "firewall_full",
+                "Answer addresses refused because the host map was full (client answered SERVFAIL)",
+                Counter::default(),
+            ),
+            evicted: registered(
+                r,
+                "evicted_hosts",
+                "Idle authorizations evicted (least recently used) to make room in a full host map",
+                Counter::default(),
+            ),
+            expired: registered(
+                r,
+                "expired_hosts",
+                "Authorizations removed by the expiry sweep",
+                Counter::default(),
+            ),
+            renewed: registered(
+                r,
+                "renewed_hosts",
+                "Authorizations renewed because the host was in use",
+                Counter::default(),
+            ),
+            authorized_hosts: registered(
+                r,
+                "authorized_hosts",
+                "Hosts currently authorized",
+                Gauge::default(),
+            ),
+            egress_packets: registered(
+                r,
+                "egress_packets",
+                "Egress packets judged by the eBPF program, by verdict",
+                Family::default(),
+            ),
             last_egress: Mutex::new([0; STAT_COUNT as usize]),
-            cgroup_packets,
+            cgroup_packets: registered(
+                r,
+                "cgroup_egress_packets",
+                "Egress packets per filtered cgroup, allowed or dropped",
+                Family::default(),
+            ),
             last_cgroup: Mutex::new(std::collections::HashMap::new()),
+            // Last: the fields above register into it.
+            registry,
         }
     }
 
@@ -256,6 +247,13 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Registers `metric` under `name` (with the registry's `nettrust_` prefix) and returns the handle
+/// that updates it (metrics are shared handles: the clone in the registry sees every update).
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 /// What the endpoint reads from the running firewall at each scrape.

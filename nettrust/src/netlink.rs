@@ -147,6 +147,10 @@ impl Attrs {
     }
 
     /// Nested attribute.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "builder style: callers pass the inner list they just built"
+    )]
     pub fn nested(self, ty: u16, inner: Attrs) -> Self {
         self.bytes(ty | NLA_F_NESTED, &inner.buf)
     }

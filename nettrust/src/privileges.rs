@@ -164,52 +164,11 @@ pub fn drop_privileges() -> Result<u64, PrivilegeError> {
     // Whether the bounding set can be reduced (CAP_SETPCAP effective in this thread now).
     let can_bound = own.effective & (1 << CAP_SETPCAP) != 0;
     let signal = libc::SIGRTMIN() + 7;
-    // SAFETY: installs a handler that only makes async-signal-safe system calls.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
-            return Err(io("installing the signal handler")(
-                std::io::Error::last_os_error(),
-            ));
-        }
-    }
-    let pid = std::process::id();
+    install_handler(signal)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         drop_in_this_thread();
-        let mut pending = None;
-        for task in std::fs::read_dir("/proc/self/task").map_err(io("listing threads"))? {
-            let task = task.map_err(io("listing threads"))?;
-            let Some(tid) = task
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            // A thread that exited meanwhile has nothing left to drop.
-            let Some(caps) = std::fs::read_to_string(task.path().join("status"))
-                .ok()
-                .and_then(|s| parse_status(&s))
-            else {
-                continue;
-            };
-            let done = caps.effective == keep
-                && caps.permitted == keep
-                && caps.no_new_privs
-                && (!can_bound || caps.bounding & !keep == 0);
-            if !done {
-                // SAFETY: tgkill to a thread of this process; the handler is installed.
-                unsafe {
-                    libc::syscall(libc::SYS_tgkill, pid, tid, signal);
-                }
-                pending = Some((tid, caps.effective));
-            }
-        }
-        let Some((tid, cap_eff)) = pending else {
+        let Some((tid, cap_eff)) = signal_pending_threads(signal, keep, can_bound)? else {
             return Ok(keep);
         };
         if Instant::now() > deadline {
@@ -221,6 +180,64 @@ pub fn drop_privileges() -> Result<u64, PrivilegeError> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Installs [`on_signal`] as the handler of `signal`.
+fn install_handler(signal: libc::c_int) -> Result<(), PrivilegeError> {
+    // SAFETY: installs a handler that only makes async-signal-safe system calls.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&raw mut action.sa_mask);
+        if libc::sigaction(signal, &raw const action, std::ptr::null_mut()) != 0 {
+            return Err(io("installing the signal handler")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One pass over the threads of this process: sends `signal` to every thread that still holds
+/// more than `keep` (or lacks `no_new_privs`, or, when `can_bound`, a reduced bounding set).
+/// Returns the last such thread and its effective set, `None` when every thread is done.
+fn signal_pending_threads(
+    signal: libc::c_int,
+    keep: u64,
+    can_bound: bool,
+) -> Result<Option<(u32, u64)>, PrivilegeError> {
+    let pid = std::process::id();
+    let mut pending = None;
+    for task in std::fs::read_dir("/proc/self/task").map_err(io("listing threads"))? {
+        let task = task.map_err(io("listing threads"))?;
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A thread that exited meanwhile has nothing left to drop.
+        let Some(caps) = std::fs::read_to_string(task.path().join("status"))
+            .ok()
+            .and_then(|s| parse_status(&s))
+        else {
+            continue;
+        };
+        let done = caps.effective == keep
+            && caps.permitted == keep
+            && caps.no_new_privs
+            && (!can_bound || caps.bounding & !keep == 0);
+        if !done {
+            // SAFETY: tgkill to a thread of this process; the handler is installed.
+            unsafe {
+                libc::syscall(libc::SYS_tgkill, pid, tid, signal);
+            }
+            pending = Some((tid, caps.effective));
+        }
+    }
+    Ok(pending)
 }
 
 #[cfg(test)]

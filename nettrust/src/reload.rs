@@ -114,6 +114,16 @@ fn blacklisted(blacklist: &Blacklist, addr: IpAddr, name: Option<&str>) -> bool 
                 .is_some_and(|n| blacklist.blocks_domain(&n)))
 }
 
+/// `differing!(out, b; field => "key", …)`: pushes `"key"` onto `out` for each `field` (bound by
+/// destructuring one `Settings`) that differs from `b.field`.
+macro_rules! differing {
+    ($out:ident, $b:ident; $($field:ident => $key:literal,)*) => {
+        $(if *$field != $b.$field {
+            $out.push($key);
+        })*
+    };
+}
+
 /// The options that differ between `a` and `b` and cannot change without a restart.
 fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
     // Exhaustive on purpose: a new option must be classified as reloadable or not.
@@ -150,61 +160,38 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         metrics_addr,
         log_format,
     } = a;
-    let checks = [
-        (*listen_addr != b.listen_addr, "listen_addr"),
-        (*listen_tls != b.listen_tls, "listen_tls"),
-        (*listen_tls_addr != b.listen_tls_addr, "listen_tls_addr"),
-        (*allow_clients != b.allow_clients, "allow_clients"),
-        (*fwd_addrs != b.fwd_addrs, "fwd_addr(s)"),
-        (*fwd_proto != b.fwd_proto, "fwd_proto"),
-        (*fwd_tls != b.fwd_tls, "fwd_tls"),
-        (
-            *fwd_udp_buffer_size != b.fwd_udp_buffer_size,
-            "fwd_udp_buffer_size",
-        ),
-        (*fwd_timeout != b.fwd_timeout, "fwd_timeout_ms"),
-        (*backend != b.backend, "firewall_backend"),
-        (*firewall_type != b.firewall_type, "firewall_type"),
-        (
-            *firewall_drop_input != b.firewall_drop_input,
-            "firewall_drop_input",
-        ),
-        (*cgroups != b.cgroups, "cgroups"),
-        (*dns_ttl_cache != b.dns_ttl_cache, "dns_ttl_cache"),
-        (*dns_cache_size != b.dns_cache_size, "dns_cache_size"),
-        (
-            *max_tcp_connections != b.max_tcp_connections,
-            "max_tcp_connections",
-        ),
-        (*worker_threads != b.worker_threads, "worker_threads"),
-        (*max_hosts != b.max_hosts, "max_hosts"),
-        (*max_networks != b.max_networks, "max_networks"),
-        (
-            *max_answer_addresses != b.max_answer_addresses,
-            "max_answer_addresses",
-        ),
-        (*authorized_ttl != b.authorized_ttl, "authorized_ttl"),
-        (
-            *ttl_check_interval != b.ttl_check_interval,
-            "ttl_check_interval",
-        ),
-        (
-            *do_not_flush_table != b.do_not_flush_table,
-            "do_not_flush_table",
-        ),
-        (
-            *do_not_flush_authorized_hosts != b.do_not_flush_authorized_hosts,
-            "do_not_flush_authorized_hosts",
-        ),
-        (*authorize_ptr != b.authorize_ptr, "authorize_ptr"),
-        (*bpffs_dir != b.bpffs_dir, "bpffs_dir"),
-        (*metrics_addr != b.metrics_addr, "metrics_addr"),
-        (*log_format != b.log_format, "log_format"),
-    ];
-    checks
-        .into_iter()
-        .filter_map(|(changed, name)| changed.then_some(name))
-        .collect()
+    let mut changed = Vec::new();
+    differing!(changed, b;
+        listen_addr => "listen_addr",
+        listen_tls => "listen_tls",
+        listen_tls_addr => "listen_tls_addr",
+        allow_clients => "allow_clients",
+        fwd_addrs => "fwd_addr(s)",
+        fwd_proto => "fwd_proto",
+        fwd_tls => "fwd_tls",
+        fwd_udp_buffer_size => "fwd_udp_buffer_size",
+        fwd_timeout => "fwd_timeout_ms",
+        backend => "firewall_backend",
+        firewall_type => "firewall_type",
+        firewall_drop_input => "firewall_drop_input",
+        cgroups => "cgroups",
+        dns_ttl_cache => "dns_ttl_cache",
+        dns_cache_size => "dns_cache_size",
+        max_tcp_connections => "max_tcp_connections",
+        worker_threads => "worker_threads",
+        max_hosts => "max_hosts",
+        max_networks => "max_networks",
+        max_answer_addresses => "max_answer_addresses",
+        authorized_ttl => "authorized_ttl",
+        ttl_check_interval => "ttl_check_interval",
+        do_not_flush_table => "do_not_flush_table",
+        do_not_flush_authorized_hosts => "do_not_flush_authorized_hosts",
+        authorize_ptr => "authorize_ptr",
+        bpffs_dir => "bpffs_dir",
+        metrics_addr => "metrics_addr",
+        log_format => "log_format",
+    );
+    changed
 }
 
 #[cfg(test)]

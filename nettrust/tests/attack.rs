@@ -2,6 +2,10 @@
 //! upstream (forgery matrix), slowloris and connection floods on the TCP listener, and malformed
 //! messages. Every attacker runs in a thread that joined one of the world's network namespaces.
 //! Run with `cargo xtask test`.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test target sees every dependency of the package and uses only a few of them"
+)]
 
 mod attackers;
 mod world;

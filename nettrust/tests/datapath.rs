@@ -3,6 +3,10 @@
 //! source-routed packets, the upstream DNS server reachable on its DNS port only, and (eBPF)
 //! flows opened from outside towards a server of the filtered cgroup, and (eBPF) the egress
 //! program's rate-limited debug log. Run with `cargo xtask test`.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test target sees every dependency of the package and uses only a few of them"
+)]
 
 mod world;
 
@@ -684,7 +688,7 @@ print(refused)
 /// The most records a per-CPU limit of `per_sec` lets through during `took`: every CPU may use a
 /// full window in each second the flood touched, plus the one after.
 fn rate_bound(per_sec: u64, took: Duration) -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u64;
     (per_sec * cpus * (took.as_secs() + 2)) as usize
 }
 

@@ -1,5 +1,9 @@
 //! Root integration tests of the DNS front end: DoT listener and upstream, TCP fallback on a
 //! truncated answer, upstream failover, blacklists end to end. Run with `cargo xtask test`.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test target sees every dependency of the package and uses only a few of them"
+)]
 
 mod world;
 
@@ -26,7 +30,7 @@ fn test_pki(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    let leaf = CertificateParams::new(names.iter().map(ToString::to_string).collect::<Vec<_>>())
         .unwrap()
         .signed_by(&leaf_key, &ca, &ca_key)
         .unwrap();

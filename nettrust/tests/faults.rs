@@ -4,6 +4,10 @@
 //! differential comparison of 1,000 answers
 //! through nettrust against the upstream's own. Run with `cargo xtask test` (they are
 //! `#[ignore]`d in a plain `cargo test`).
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test target sees every dependency of the package and uses only a few of them"
+)]
 
 mod world;
 

@@ -2,6 +2,10 @@
 //! expiry with the daemon dead, fail-closed pinning across `kill -9` and restarts, the exit
 //! matrix, drop-input, runtime attach/detach, denied events and the pinned-state commands.
 //! Run with `cargo xtask test` (they are `#[ignore]`d in a plain `cargo test`).
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test target sees every dependency of the package and uses only a few of them"
+)]
 
 #[macro_use]
 mod world;

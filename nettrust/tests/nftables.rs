@@ -3,6 +3,10 @@
 //! `--firewall-backend nftables`. nftables state is per network namespace: everything here lives
 //! in namespaces the tests create, never in the host's.
 //! Run with `cargo xtask test` (they are `#[ignore]`d in a plain `cargo test`).
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test target sees every dependency of the package and uses only a few of them"
+)]
 
 mod world;
 

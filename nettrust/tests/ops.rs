@@ -1,5 +1,9 @@
 //! Root integration tests of the operator surface: configuration errors leave nothing behind,
 //! `check-config`, and the metrics endpoint. Run with `cargo xtask test`.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test target sees every dependency of the package and uses only a few of them"
+)]
 
 mod world;
 

@@ -2,6 +2,10 @@
 //! reduced bounding set and no-new-privs, and still does everything it does after setup: authorize
 //! answers, apply a SIGHUP reload, sweep, and remove its firewall at exit (eBPF and nftables).
 //! Run with `cargo xtask test`.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test target sees every dependency of the package and uses only a few of them"
+)]
 
 mod world;
 

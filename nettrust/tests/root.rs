@@ -1,6 +1,10 @@
 //! Root integration tests: real eBPF or nftables, cgroup, network namespaces, dnsmasq and clients.
 //! Every test runs once per backend (`ebpf::…`, `nftables::…`).
 //! Run with `cargo xtask test` (they are `#[ignore]`d in a plain `cargo test`).
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test target sees every dependency of the package and uses only a few of them"
+)]
 
 #[macro_use]
 mod world;

@@ -21,6 +21,10 @@
 //! only cgroup it attaches to is a slice of the container, below a test cgroup created here (the
 //! test checks from the host with `BPF_PROG_QUERY`: one program on the slice, none on the test
 //! cgroup itself).
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test target sees every dependency of the package and uses only a few of them"
+)]
 
 mod world;
 

@@ -3,6 +3,10 @@
 //! verdict it must get. The maps are the daemon's own, filled by real DNS answers through the world's
 //! dnsmasq, by the configured whitelists and blacklists, and (for expired and directly inserted
 //! entries) by writes into the pinned host maps. Run with `cargo xtask test`.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test target sees every dependency of the package and uses only a few of them"
+)]
 
 mod world;
 
@@ -100,7 +104,7 @@ fn test_run(prog: &OwnedFd, frame: &[u8], ifindex: u32) -> u32 {
         libc::syscall(
             libc::SYS_bpf,
             10, // BPF_PROG_TEST_RUN
-            &mut attr as *mut TestRunAttr,
+            &raw mut attr,
             std::mem::size_of::<TestRunAttr>(),
         )
     };
@@ -280,7 +284,7 @@ fn boottime_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

@@ -282,7 +282,7 @@ pub fn boottime_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime only writes into `ts`; CLOCK_BOOTTIME exists on every supported kernel.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }

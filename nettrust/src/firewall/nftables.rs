@@ -267,7 +267,9 @@ impl NftablesFirewall {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Authorizes every address of one DNS answer in a single batch (one kernel transaction, one
