@@ -5,7 +5,6 @@
 
 use std::{io, net::IpAddr, sync::Arc};
 
-use aya::maps::MapError;
 use nettrust_common::HostValue;
 
 use super::{
@@ -46,18 +45,9 @@ impl HostStore<16> for HostMap<16> {
         syscalls::delete(syscalls::fd_of(self), &key)
     }
 
-    /// Fetched in batches ([`syscalls::dump`]); on a kernel that cannot batch-read hash maps,
-    /// key by key.
+    /// Fetched in batches ([`syscalls::hash_entries`]).
     fn entries(&self) -> io::Result<Vec<([u8; 16], HostValue)>> {
-        match syscalls::dump(syscalls::fd_of(self)) {
-            Ok(entries) => Ok(entries),
-            Err(e) => {
-                tracing::debug!("batched map read unavailable ({e}), reading key by key");
-                self.iter()
-                    .collect::<Result<_, MapError>>()
-                    .map_err(io::Error::other)
-            }
-        }
+        syscalls::hash_entries(self)
     }
 }
 

@@ -197,15 +197,8 @@ pub(super) fn open_live(dir: &Path) -> Result<LiveMap, EbpfError> {
 /// cgroups (detached or removed while they held connections, so their close is never reported)
 /// are removed.
 pub(super) fn live_hosts(map: &LiveMap, linked: &[u64]) -> Result<HashSet<IpAddr>, EbpfError> {
-    let entries: Vec<(u64, [u64; 3])> = match syscalls::dump(syscalls::fd_of(map)) {
-        Ok(entries) => entries,
-        Err(e) => {
-            tracing::debug!("batched map read unavailable ({e}), reading key by key");
-            map.iter()
-                .collect::<Result<_, _>>()
-                .map_err(|e| map_error(MAP_LIVE_TCP, "cannot read", e))?
-        }
-    };
+    let entries =
+        syscalls::hash_entries(map).map_err(|e| map_error(MAP_LIVE_TCP, "cannot read", e))?;
     let mut live = HashSet::new();
     for (cookie, [hi, lo, cgroup]) in entries {
         // 0: recorded in the instant between the attach and the tag.

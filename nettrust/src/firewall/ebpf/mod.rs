@@ -1,16 +1,16 @@
 //! The eBPF backend, in layers; each module uses only those listed before it:
 //!
-//! 1. [`types`] (errors, map handles, the linked programs) and [`syscalls`] (the raw `bpf(2)`
+//! 1. `types` (errors, map handles, the linked programs) and `syscalls` (the raw `bpf(2)`
 //!    commands, on aya-obj's `bpf_attr`);
-//! 2. [`ipv4_table`] (the memory-mapped IPv4 table) and [`host_table`] (one interface over it and
+//! 2. `ipv4_table` (the memory-mapped IPv4 table) and `host_table` (one interface over it and
 //!    the IPv6 map);
-//! 3. [`pins`] (the bpffs directory) and [`adopt`] (checking and opening what a previous run
+//! 3. `pins` (the bpffs directory) and `adopt` (checking and opening what a previous run
 //!    pinned);
-//! 4. what the daemon writes into the maps: [`authorizations`], [`services`], [`whitelist`],
-//!    [`names_writer`], and what it reads: [`denied_events`];
-//! 5. [`eviction`] (writing into a full host map) and [`live_tcp`] (the `sock_ops` program);
-//! 6. [`attach`] (filtering a cgroup) and [`pinned_state`] (list, status, counters);
-//! 7. [`loader`] (loading and pinning the object) and [`backend`] ([`EbpfFirewall`], the
+//! 4. what the daemon writes into the maps: `authorizations`, `services`, `whitelist`,
+//!    `names_writer`, and what it reads: `denied_events`;
+//! 5. `eviction` (writing into a full host map) and `live_tcp` (the `sock_ops` program);
+//! 6. `attach` (filtering a cgroup) and `pinned_state` (list, status, counters);
+//! 7. `loader` (loading and pinning the object) and `backend` ([`EbpfFirewall`], the
 //!    [`crate::firewall::Firewall`] on all of it).
 
 mod adopt;

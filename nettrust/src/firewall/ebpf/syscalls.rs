@@ -19,7 +19,7 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{IterableMap, MapData},
+    maps::{HashMap as AyaHashMap, IterableMap, MapData, MapError},
     programs::CgroupSkbAttachType,
 };
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd};
@@ -199,6 +199,22 @@ pub fn dump<K: Pod + Default, V: Pod + Default>(fd: RawFd) -> io::Result<Vec<(K,
             return Ok(out);
         }
         first = false;
+    }
+}
+
+/// Every entry of the hash map `map`: [`dump`], or on a kernel that cannot batch-read hash maps,
+/// aya's key-by-key iterator.
+pub fn hash_entries<K: Pod + Default, V: Pod + Default>(
+    map: &AyaHashMap<MapData, K, V>,
+) -> io::Result<Vec<(K, V)>> {
+    match dump(fd_of(map)) {
+        Ok(entries) => Ok(entries),
+        Err(e) => {
+            tracing::debug!("batched map read unavailable ({e}), reading key by key");
+            map.iter()
+                .collect::<Result<_, MapError>>()
+                .map_err(io::Error::other)
+        }
     }
 }
 
