@@ -1,10 +1,11 @@
 //! The raw `bpf(2)` commands the daemon issues itself, each on a `union bpf_attr` from aya-obj's
 //! kernel bindings (`aya_obj::generated::bpf_attr`):
 //!
-//! - map elements through a shared reference (lookup, update, delete, batches): the kernel makes
-//!   every single-element update and lookup atomic, so concurrent DNS answers need no lock of
-//!   ours (aya's `HashMap::insert` takes `&mut self`), and a batch moves thousands of entries per
-//!   call (aya has no batch commands);
+//! - map elements through a shared reference (lookup, update, delete, batches; private to the
+//!   backend, whose callers pass each map's exact key and value types): the kernel makes every
+//!   single-element update and lookup atomic, so concurrent DNS answers need no lock of ours
+//!   (aya's `HashMap::insert` takes `&mut self`), and a batch moves thousands of entries per call
+//!   (aya has no batch commands);
 //! - `BPF_OBJ_GET` + `BPF_LINK_DETACH` on a pinned link, which aya cannot open without knowing
 //!   the link's type;
 //! - `BPF_PROG_QUERY` on a cgroup, counting programs whoever attached them (for checks from
@@ -28,12 +29,12 @@ use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd};
 const DUMP_BATCH: usize = 4096;
 
 /// `BPF_NOEXIST` from linux/bpf.h: create the element only if it does not exist yet.
-pub const BPF_NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
+pub(super) const BPF_NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
 /// `BPF_ANY`: create or replace.
-pub const BPF_ANY: u64 = aya_obj::generated::BPF_ANY as u64;
+pub(super) const BPF_ANY: u64 = aya_obj::generated::BPF_ANY as u64;
 
 /// The raw descriptor of an aya map (valid as long as the map handle lives).
-pub fn fd_of<K: Pod, V>(map: &impl IterableMap<K, V>) -> RawFd {
+pub(super) fn fd_of<K: Pod, V>(map: &impl IterableMap<K, V>) -> RawFd {
     let data: &MapData = map.map();
     data.fd().as_fd().as_raw_fd()
 }
@@ -83,7 +84,7 @@ fn found(result: io::Result<i64>) -> io::Result<bool> {
 }
 
 /// `BPF_MAP_UPDATE_ELEM`. `K` and `V` must be the map's exact key and value types.
-pub fn update<K: Pod, V: Pod>(fd: RawFd, key: &K, value: &V, flags: u64) -> io::Result<()> {
+pub(super) fn update<K: Pod, V: Pod>(fd: RawFd, key: &K, value: &V, flags: u64) -> io::Result<()> {
     let key = std::ptr::from_ref(key) as u64;
     let value = std::ptr::from_ref(value) as u64;
     bpf(
@@ -94,7 +95,7 @@ pub fn update<K: Pod, V: Pod>(fd: RawFd, key: &K, value: &V, flags: u64) -> io::
 }
 
 /// `BPF_MAP_LOOKUP_ELEM`: `Ok(None)` when the key is absent. `V` must be plain data.
-pub fn lookup<K: Pod, V: Pod + Default>(fd: RawFd, key: &K) -> io::Result<Option<V>> {
+pub(super) fn lookup<K: Pod, V: Pod + Default>(fd: RawFd, key: &K) -> io::Result<Option<V>> {
     let mut value = V::default();
     let key = std::ptr::from_ref(key) as u64;
     let out = std::ptr::from_mut(&mut value) as u64;
@@ -106,7 +107,7 @@ pub fn lookup<K: Pod, V: Pod + Default>(fd: RawFd, key: &K) -> io::Result<Option
 }
 
 /// `BPF_MAP_DELETE_ELEM`: whether the key was present.
-pub fn delete<K: Pod>(fd: RawFd, key: &K) -> io::Result<bool> {
+pub(super) fn delete<K: Pod>(fd: RawFd, key: &K) -> io::Result<bool> {
     let key = std::ptr::from_ref(key) as u64;
     found(bpf(
         bpf_cmd::BPF_MAP_DELETE_ELEM,
@@ -127,7 +128,7 @@ fn batch_attr(fd: RawFd, keys: u64, values: u64, count: usize, elem_flags: u64) 
 
 /// `BPF_MAP_UPDATE_BATCH` (Linux 5.6+): writes `keys[i] → values[i]` in one system call.
 /// On error, returns how many were written before it.
-pub fn update_batch<K: Pod, V: Pod>(
+pub(super) fn update_batch<K: Pod, V: Pod>(
     fd: RawFd,
     keys: &[K],
     values: &[V],
@@ -150,7 +151,7 @@ pub fn update_batch<K: Pod, V: Pod>(
 /// two system calls per entry (next key, then lookup): a sweep of a million hosts takes a few
 /// hundred calls. `K` and `V` must be the map's exact key and value types. Entries added or
 /// removed during the dump may or may not be seen, as with any iteration of a live map.
-pub fn dump<K: Pod + Default, V: Pod + Default>(fd: RawFd) -> io::Result<Vec<(K, V)>> {
+pub(super) fn dump<K: Pod + Default, V: Pod + Default>(fd: RawFd) -> io::Result<Vec<(K, V)>> {
     let mut out = Vec::new();
     let mut count = DUMP_BATCH;
     let mut keys = vec![K::default(); count];
@@ -204,7 +205,7 @@ pub fn dump<K: Pod + Default, V: Pod + Default>(fd: RawFd) -> io::Result<Vec<(K,
 
 /// Every entry of the hash map `map`: [`dump`], or on a kernel that cannot batch-read hash maps,
 /// aya's key-by-key iterator.
-pub fn hash_entries<K: Pod + Default, V: Pod + Default>(
+pub(super) fn hash_entries<K: Pod + Default, V: Pod + Default>(
     map: &AyaHashMap<MapData, K, V>,
 ) -> io::Result<Vec<(K, V)>> {
     match dump(fd_of(map)) {
