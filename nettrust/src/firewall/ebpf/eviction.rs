@@ -151,9 +151,10 @@ pub(super) struct Victim<const N: usize> {
 }
 
 /// Chooses one batch of idle authorizations of a full `map` of `capacity` hosts to evict (least
-/// recently used, see [`crate::firewall::evict`]) by one scan. Hosts in `active` (the remote addresses of
-/// open connections, from `live_tcp` and conntrack: a connection idle for longer than
-/// [`evict::LIVE_NS`] keeps its host past the TTL in the sweeper) are in use and never chosen.
+/// recently used, see [`crate::firewall::evict`]) by one scan. Hosts in `active` (the remote
+/// addresses of open connections, from `live_tcp` and conntrack: a connection idle for longer
+/// than [`evict::LIVE_NS`] keeps its host past the TTL in the sweeper) are in use and never
+/// chosen.
 /// Needs no exclusive lock: answers keep being written meanwhile, and [`evict`] removes only the
 /// victims nothing touched since.
 pub(super) fn plan_eviction<const N: usize>(

@@ -1,8 +1,8 @@
 //! Off the DNS path: the names shown by `nettrust list` are written into the `NAMES` map by a
-//! background thread every 5 to 50 milliseconds while answers come, many per system call (`BPF_MAP_UPDATE_BATCH`), so an
-//! answer's reply waits only for its authorizations. Best effort, like the names themselves: a
-//! name appears up to [`SLOW_PERIOD`] after its address is authorized, and names are dropped (never
-//! authorizations) when the queue is full.
+//! background thread every 5 to 50 milliseconds while answers come, many per system call
+//! (`BPF_MAP_UPDATE_BATCH`), so an answer's reply waits only for its authorizations. Best effort,
+//! like the names themselves: a name appears up to [`SLOW_PERIOD`] after its address is
+//! authorized, and names are dropped (never authorizations) when the queue is full.
 
 use std::{
     os::fd::RawFd,
