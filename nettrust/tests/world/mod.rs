@@ -13,7 +13,7 @@ use std::{
     fs::File,
     io::Write as _,
     net::IpAddr,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
