@@ -33,9 +33,8 @@ use nettrust::{
     authorizer::Authorizer,
     firewall::{
         ExitMode, Firewall, Policy,
-        ebpf::{EbpfFirewall, EbpfOptions},
+        ebpf::{Capacities, EbpfFirewall, EbpfOptions},
         nftables::{Mode, NftablesFirewall, Options},
-        pins::Capacities,
     },
 };
 
@@ -47,7 +46,7 @@ struct Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = nettrust::firewall::pins::remove_all(&self.bpffs);
+        let _ = nettrust::firewall::ebpf::remove_all(&self.bpffs);
         let _ = std::fs::remove_dir(&self.cgroup);
     }
 }
@@ -121,7 +120,7 @@ fn scan(fw: &EbpfFirewall, bpffs: &std::path::Path) {
         hosts = fw.due(u64::MAX).expect("scan the host maps").len();
         sweeper.push(started.elapsed().as_nanos() as u64);
         let started = Instant::now();
-        let n = nettrust::firewall::pinned::list_pinned(bpffs)
+        let n = nettrust::firewall::ebpf::list_pinned(bpffs)
             .expect("read the pinned host maps")
             .len();
         pinned.push(started.elapsed().as_nanos() as u64);

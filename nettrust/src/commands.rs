@@ -12,9 +12,8 @@ use nettrust_common::{
 
 use crate::firewall::{
     boottime_ns,
-    ebpf::{self, EbpfError},
+    ebpf::{self, EbpfError, PinError},
     nftables::{self, NftablesError, netlink::NetlinkError},
-    pins::{self, PinError},
 };
 
 /// Errors of the commands.
@@ -91,7 +90,7 @@ pub fn status(bpffs_dir: &Path) -> Result<String, CommandError> {
         Ok(status) => ebpf_status(bpffs_dir, &status),
         Err(EbpfError::NotPinned(_)) if table.is_some() => String::new(),
         // A daemon that is starting holds the directory before its maps are pinned.
-        Err(EbpfError::NotPinned(_)) if pins::daemon_running(bpffs_dir) => format!(
+        Err(EbpfError::NotPinned(_)) if ebpf::daemon_running(bpffs_dir) => format!(
             "backend: none yet (nothing pinned in {}, no nftables table inet {})\ndaemon: running\n",
             bpffs_dir.display(),
             nftables::TABLE,
@@ -132,7 +131,7 @@ pub fn status(bpffs_dir: &Path) -> Result<String, CommandError> {
     Ok(out)
 }
 
-fn ebpf_status(bpffs_dir: &Path, status: &crate::firewall::pinned::PinnedStatus) -> String {
+fn ebpf_status(bpffs_dir: &Path, status: &ebpf::PinnedStatus) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "backend: ebpf ({})", bpffs_dir.display());
     let _ = writeln!(
@@ -197,13 +196,13 @@ fn ebpf_status(bpffs_dir: &Path, status: &crate::firewall::pinned::PinnedStatus)
 /// cgroups are unfiltered before the maps go) and the nftables table of the caller's network
 /// namespace. Idempotent. Refuses while a daemon runs there. Returns what was done.
 pub fn flush(bpffs_dir: &Path) -> Result<String, CommandError> {
-    if pins::daemon_running(bpffs_dir) {
+    if ebpf::daemon_running(bpffs_dir) {
         return Err(CommandError::Flush(vec![PinError::Busy(
             bpffs_dir.to_owned(),
         )]));
     }
     nftables::ensure_no_daemon()?;
-    pins::remove_all(bpffs_dir).map_err(CommandError::Flush)?;
+    ebpf::remove_all(bpffs_dir).map_err(CommandError::Flush)?;
     let mut out = format!("flushed {}\n", bpffs_dir.display());
     if nftables::flush()? {
         let _ = writeln!(out, "removed nftables table inet {}", nftables::TABLE);

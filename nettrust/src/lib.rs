@@ -12,7 +12,6 @@ pub mod commands;
 pub mod config;
 pub mod conntrack;
 pub mod dns;
-pub mod events;
 pub mod firewall;
 pub mod metrics;
 pub mod netlink;
@@ -436,7 +435,7 @@ fn start_backend(
             pin_dir: settings.bpffs_dir.clone(),
             policy: policy.clone(),
             drop_input: settings.firewall_drop_input,
-            capacities: firewall::pins::Capacities {
+            capacities: firewall::ebpf::Capacities {
                 hosts: settings.max_hosts,
                 networks: settings.max_networks,
             },

@@ -316,7 +316,7 @@ async fn respond(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()
             let egress = crate::firewall::ebpf::read_stats(&sources.bpffs_dir)
                 .ok()
                 .or_else(|| crate::firewall::nftables::egress_stats().ok().flatten());
-            let cgroups = crate::firewall::pinned::cgroup_egress(&sources.bpffs_dir).ok();
+            let cgroups = crate::firewall::ebpf::cgroup_egress(&sources.bpffs_dir).ok();
             let openmetrics = metrics().render(authorized, egress, cgroups);
             let body = match format {
                 Format::OpenMetrics => openmetrics,

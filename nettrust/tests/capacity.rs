@@ -311,7 +311,7 @@ fn list_reads_every_host_of_a_map_several_batches_long() {
     let mut v6: HashMap<_, [u8; 16], HostValue> =
         HashMap::try_from(Map::HashMap(data)).expect("HOSTS_V6 is a hash map");
     // The daemon is idle while the test writes into its IPv4 table.
-    let v4 = nettrust::firewall::pinned::open_table(&world.bpffs_dir, true).expect("open HOSTS_V4");
+    let v4 = nettrust::firewall::ebpf::open_table(&world.bpffs_dir, true).expect("open HOSTS_V4");
     let expires_ns = nettrust::firewall::boottime_ns() + 600_000_000_000;
     let value = HostValue {
         expires_ns,

@@ -722,30 +722,10 @@ fn attach_and_detach_at_runtime_persist_and_denials_are_logged() {
 
 /// Pins a map nettrust would never create (an array, 4-byte keys and values) at `path`.
 fn pin_foreign_map(path: &std::path::Path) {
-    const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_MAP_TYPE_ARRAY: u32 = 2;
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_MAP_TYPE_ARRAY.to_ne_bytes());
-    attr[4..8].copy_from_slice(&4u32.to_ne_bytes());
-    attr[8..12].copy_from_slice(&4u32.to_ne_bytes());
-    attr[12..16].copy_from_slice(&1u32.to_ne_bytes());
-    // SAFETY: bpf(2) reads the attr we pass.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_ptr(), 128u32) };
-    assert!(
-        fd >= 0,
-        "BPF_MAP_CREATE: {}",
-        std::io::Error::last_os_error()
-    );
-    let name = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let mut attr = [0u8; 128];
-    attr[0..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
-    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
-    // SAFETY: bpf(2) reads the attr and the NUL-terminated path, both alive during the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), 128u32) };
-    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
-    // SAFETY: closing the fd we created; the pin keeps the map.
-    unsafe { libc::close(fd as i32) };
+    aya::maps::Array::<aya::maps::MapData, u32>::create(1, 0)
+        .expect("create an array map")
+        .pin(path)
+        .expect("pin it");
 }
 
 #[test]

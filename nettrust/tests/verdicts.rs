@@ -3,23 +3,21 @@
 //! verdict it must get. The maps are the daemon's own, filled by real DNS answers through the world's
 //! dnsmasq, by the configured whitelists and blacklists, and (for expired and directly inserted
 //! entries) by writes into the pinned host maps. Run with `cargo xtask test`.
-#![expect(
-    unused_crate_dependencies,
-    reason = "a test target sees every dependency of the package and uses only a few of them"
-)]
 
 mod world;
 
 use std::{
-    ffi::CString,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     path::Path,
     str::FromStr,
     time::Duration,
 };
 
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::{
+    maps::{Array, HashMap, Map, MapData},
+    programs::{CgroupSkb, CgroupSkbAttachType, TestRun as _, TestRunOptions},
+};
 use nettrust_common::{
     CONFIG_DROP_INPUT, FLAG_AUTHORIZED, HostValue, InboundKey, InboundValue, MAP_CONFIG,
     MAP_HOSTS_V6, MAP_INBOUND,
@@ -33,89 +31,36 @@ const UDP: u8 = 17;
 const ICMP: u8 = 1;
 const ICMPV6: u8 = 58;
 
-/// `bpf(BPF_OBJ_GET)` on a pinned program.
-fn open_pin(path: &Path) -> OwnedFd {
-    let path = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // union bpf_attr, BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags, path_fd.
-    let mut attr = [0u64; 3];
-    attr[0] = path.as_ptr() as u64;
-    // SAFETY: a valid bpf_attr for BPF_OBJ_GET, `path` outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            7, // BPF_OBJ_GET
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
+/// The pinned `cgroup_skb` program `name` (`egress` or `ingress`) of the daemon in `dir`.
+fn open_program(dir: &Path, name: &str) -> CgroupSkb {
+    let attach_type = match name {
+        "egress" => CgroupSkbAttachType::Egress,
+        _ => CgroupSkbAttachType::Ingress,
     };
-    assert!(
-        fd >= 0,
-        "BPF_OBJ_GET {path:?}: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
-}
-
-/// `struct bpf_attr` for `BPF_PROG_TEST_RUN` (the `test` member, linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
+    CgroupSkb::from_pin(dir.join(format!("prog-{name}")), attach_type)
+        .unwrap_or_else(|e| panic!("open prog-{name} in {}: {e}", dir.display()))
 }
 
 /// Runs `prog` once on `frame` (Ethernet header + packet) and returns its return value. With
 /// `ifindex`, the skb comes from that device (a `struct __sk_buff` context up to `ifindex`).
-fn test_run(prog: &OwnedFd, frame: &[u8], ifindex: u32) -> u32 {
+fn test_run(prog: &CgroupSkb, frame: &[u8], ifindex: u32) -> u32 {
     let mut out = vec![0u8; frame.len() + 256];
     // struct __sk_buff up to and including `ifindex` (offset 40); everything else must be zero.
-    let mut ctx = [0u32; 11];
-    ctx[10] = ifindex;
-    let mut attr = TestRunAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ..TestRunAttr::default()
-    };
-    if ifindex != 0 {
-        attr.ctx_size_in = std::mem::size_of_val(&ctx) as u32;
-        attr.ctx_in = ctx.as_ptr() as u64;
+    let mut ctx = [0u8; 44];
+    ctx[40..].copy_from_slice(&ifindex.to_ne_bytes());
+    let result = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: (ifindex != 0).then_some(&ctx[..]),
+        ..TestRunOptions::default()
+    });
+    match result {
+        Ok(result) => result.return_value,
+        Err(e) => panic!(
+            "BPF_PROG_TEST_RUN on {} bytes (ifindex {ifindex}): {e}",
+            frame.len()
+        ),
     }
-    // SAFETY: a valid bpf_attr; every buffer outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            10, // BPF_PROG_TEST_RUN
-            &raw mut attr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN on {} bytes (ifindex {ifindex}): {}",
-        frame.len(),
-        std::io::Error::last_os_error()
-    );
-    attr.retval
 }
 
 fn ether(ethertype: u16, payload: &[u8]) -> Vec<u8> {
@@ -266,7 +211,7 @@ fn insert_host(dir: &Path, addr: IpAddr, expires_ns: u64) {
     match addr {
         IpAddr::V4(a) => {
             // The IPv4 table is memory-mapped; the daemon is idle while the test writes.
-            let table = nettrust::firewall::pinned::open_table(dir, true).unwrap();
+            let table = nettrust::firewall::ebpf::open_table(dir, true).unwrap();
             table.insert(a.octets(), &value, false).unwrap();
         }
         IpAddr::V6(a) => {
@@ -284,7 +229,7 @@ fn boottime_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -328,8 +273,8 @@ fn ebpf_verdict_matrix() {
         insert_host(&world.bpffs_dir, addr.parse().unwrap(), expires);
     }
 
-    let egress = open_pin(&world.bpffs_dir.join("prog-egress"));
-    let ingress = open_pin(&world.bpffs_dir.join("prog-ingress"));
+    let egress = open_program(&world.bpffs_dir, "egress");
+    let ingress = open_program(&world.bpffs_dir, "ingress");
     // The veth in the client namespace: an skb "received" on it is not loopback traffic.
     let out = std::process::Command::new("ip")
         .args([
@@ -886,8 +831,8 @@ fn ebpf_link_control_source_routes_upstreams_and_inbound_flows() {
         maps.iter().any(|m| m == "AYA_LOGS") && maps.iter().any(|m| m == "LOG_RATE"),
         "the egress program's map names: {maps:?}"
     );
-    let egress = open_pin(&dir.join("prog-egress"));
-    let ingress = open_pin(&dir.join("prog-ingress"));
+    let egress = open_program(&dir, "egress");
+    let ingress = open_program(&dir, "ingress");
     let out = |frame: Vec<u8>| test_run(&egress, &frame, 0);
     // Ingress as from a non-loopback device (ifindex 2 need not exist: only 1 is special).
     let inn = |frame: Vec<u8>| test_run(&ingress, &frame, 2);

@@ -1,18 +1,10 @@
 //! Firewall backends behind one trait: the eBPF backend enforces in the kernel, the fake backend
 //! keeps the same state in memory so policy logic can be tested without root.
 
-mod bpf_sys;
 pub mod ebpf;
-mod entries;
 mod evict;
 pub mod fake;
-mod names;
 pub mod nftables;
-pub mod pinned;
-pub mod pins;
-mod services;
-mod sockops;
-pub mod table;
 
 use std::{
     collections::HashSet,

@@ -13,7 +13,7 @@ use std::{
     fs::File,
     io::Write as _,
     net::IpAddr,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -539,30 +539,12 @@ pub fn socat_gets(mut cmd: Command, target: &str, greeting: &[u8]) -> bool {
 /// Number of programs attached directly to `cgroup`'s egress hook (`BPF_PROG_QUERY`), whoever
 /// attached them.
 pub fn egress_programs(cgroup: &std::path::Path) -> u32 {
-    const BPF_PROG_QUERY: libc::c_long = 16;
-    const BPF_CGROUP_INET_EGRESS: u32 = 1;
     let dir = File::open(cgroup).expect("open the cgroup");
-    // `union bpf_attr`, query variant: target_fd @0, attach_type @4, query_flags @8,
-    // attach_flags @12, prog_ids @16, prog_cnt @24 (include/uapi/linux/bpf.h).
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&(dir.as_raw_fd() as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&BPF_CGROUP_INET_EGRESS.to_ne_bytes());
-    // SAFETY: bpf(2) reads and writes within the 128-byte attr we pass.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            attr.as_mut_ptr(),
-            attr.len() as u32,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_QUERY failed: {}",
-        std::io::Error::last_os_error()
-    );
-    u32::from_ne_bytes(attr[24..28].try_into().unwrap())
+    nettrust::firewall::ebpf::syscalls::attached_programs(
+        std::os::fd::AsFd::as_fd(&dir),
+        aya::programs::CgroupSkbAttachType::Egress,
+    )
+    .expect("BPF_PROG_QUERY")
 }
 
 /// Runs `cmd` to completion like `Command::output`, but a process still running after `limit`

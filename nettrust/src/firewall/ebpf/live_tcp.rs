@@ -1,6 +1,7 @@
-//! The `live_tcp` program (nettrust-ebpf's `sockops` module) from userspace: loading and pinning it, attaching it to each filtered
-//! cgroup through a pinned bpf_link next to the `cgroup_skb` ones (`link-live_tcp-<id>`), and
-//! reading the established TCP connections it records in `LIVE_TCP` for the sweeper.
+//! The `live_tcp` program (nettrust-ebpf's `sockops` module) from userspace: loading and pinning
+//! it, attaching it to each filtered cgroup through a pinned bpf_link next to the `cgroup_skb`
+//! ones (`link-live_tcp-<id>`), and reading the established TCP connections it records in
+//! `LIVE_TCP` for the sweeper.
 //!
 //! Why `sock_ops` rather than conntrack or a TCP socket iterator: conntrack tracks nothing in a
 //! network namespace without ct-using rules, and a socket iterator walks only the network
@@ -25,25 +26,21 @@ use aya::{
 use nettrust_common::{MAP_LIVE_TCP, MAP_LIVE_TCP_CGROUP, PROGRAM_SOCKOPS};
 
 use super::{
-    bpf_sys,
-    ebpf::{EbpfError, map_error},
-    pins,
+    adopt::open_pinned,
+    pins, syscalls,
+    types::{EbpfError, map_error, program_error},
 };
 
 /// `LIVE_TCP` from userspace: socket cookie → remote address (two native words) and cgroup id.
 pub(super) type LiveMap = AyaHashMap<MapData, u64, [u64; 3]>;
 
-/// `BPF_CGROUP_SOCK_OPS` (`enum bpf_attach_type`), part of a cgroup storage key.
-const BPF_CGROUP_SOCK_OPS: u32 = 3;
+/// `BPF_CGROUP_SOCK_OPS`, part of a cgroup storage key.
+const BPF_CGROUP_SOCK_OPS: u32 = aya_obj::generated::bpf_attach_type::BPF_CGROUP_SOCK_OPS as u32;
 
 /// The `LIVE_TCP_CGROUP` of the program this daemon loaded and pinned: the daemon tags the
 /// cgroups it attaches (also after the privilege drop, when opening a map by id, which needs
 /// `CAP_SYS_ADMIN`, is no longer possible) through it.
 static OWN_STORAGE: Mutex<Option<MapData>> = Mutex::new(None);
-
-fn program_error(what: String, source: aya::programs::ProgramError) -> EbpfError {
-    EbpfError::Program { what, source }
-}
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut SockOps, EbpfError> {
     ebpf.program_mut(PROGRAM_SOCKOPS)
@@ -142,7 +139,7 @@ fn attach_program(
             source,
         )
     })?;
-    super::ebpf::pin_link(link, dir, PROGRAM_SOCKOPS, id, path)?;
+    pins::pin_link(link, dir, PROGRAM_SOCKOPS, id, path)?;
     tag_cgroup(program, id)
 }
 
@@ -153,12 +150,13 @@ fn attach_program(
 /// start loads a new one with the program, so no kernel needs to share a cgroup storage map
 /// between two loaded programs (Linux 5.9+).
 fn tag_cgroup(program: &SockOps, id: u64) -> Result<(), EbpfError> {
-    // `struct bpf_cgroup_storage_key { __u64 cgroup_inode_id; __u32 attach_type; }`, padded.
-    let mut key = [0u8; 16];
+    // `struct bpf_cgroup_storage_key { __u64 cgroup_inode_id; __u32 attach_type; }`, padded (the
+    // padding must be zero, so the key is written as bytes rather than as the struct).
+    let mut key = [0u8; size_of::<aya_obj::generated::bpf_cgroup_storage_key>()];
     key[..8].copy_from_slice(&id.to_ne_bytes());
     key[8..12].copy_from_slice(&BPF_CGROUP_SOCK_OPS.to_ne_bytes());
     let write = |map: &MapData| {
-        bpf_sys::update(map.fd().as_fd().as_raw_fd(), &key, &id, 0)
+        syscalls::update(map.fd().as_fd().as_raw_fd(), &key, &id, 0)
             .map_err(|e| map_error(MAP_LIVE_TCP_CGROUP, format!("cannot tag cgroup {id}"), e))
     };
     if let Some(own) = &*OWN_STORAGE.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -191,7 +189,7 @@ fn tag_cgroup(program: &SockOps, id: u64) -> Result<(), EbpfError> {
 
 /// Opens the pinned `LIVE_TCP` map.
 pub(super) fn open_live(dir: &Path) -> Result<LiveMap, EbpfError> {
-    super::pinned::open_pinned(dir, MAP_LIVE_TCP, Map::HashMap)
+    open_pinned(dir, MAP_LIVE_TCP, Map::HashMap)
 }
 
 /// The remote addresses of the established connections recorded in `map` by the cgroups in
@@ -199,15 +197,8 @@ pub(super) fn open_live(dir: &Path) -> Result<LiveMap, EbpfError> {
 /// cgroups (detached or removed while they held connections, so their close is never reported)
 /// are removed.
 pub(super) fn live_hosts(map: &LiveMap, linked: &[u64]) -> Result<HashSet<IpAddr>, EbpfError> {
-    let entries: Vec<(u64, [u64; 3])> = match bpf_sys::dump(bpf_sys::fd_of(map)) {
-        Ok(entries) => entries,
-        Err(e) => {
-            tracing::debug!("batched map read unavailable ({e}), reading key by key");
-            map.iter()
-                .collect::<Result<_, _>>()
-                .map_err(|e| map_error(MAP_LIVE_TCP, "cannot read", e))?
-        }
-    };
+    let entries =
+        syscalls::hash_entries(map).map_err(|e| map_error(MAP_LIVE_TCP, "cannot read", e))?;
     let mut live = HashSet::new();
     for (cookie, [hi, lo, cgroup]) in entries {
         // 0: recorded in the instant between the attach and the tag.
@@ -217,7 +208,7 @@ pub(super) fn live_hosts(map: &LiveMap, linked: &[u64]) -> Result<HashSet<IpAddr
             addr[8..].copy_from_slice(&lo.to_ne_bytes());
             live.insert(remote(addr));
         } else {
-            let _ = bpf_sys::delete(bpf_sys::fd_of(map), &cookie);
+            let _ = syscalls::delete(syscalls::fd_of(map), &cookie);
         }
     }
     Ok(live)

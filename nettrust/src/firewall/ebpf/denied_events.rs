@@ -5,11 +5,20 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use aya::maps::{HashMap as AyaHashMap, MapData, RingBuf};
-use nettrust_common::{CgroupPath, DeniedEvent};
+use aya::maps::{MapData, RingBuf};
+use nettrust_common::DeniedEvent;
 use tokio::io::unix::AsyncFd;
 
-use crate::firewall::{ebpf::parse_denied, pins};
+use super::{pins, types::CgroupMap};
+
+/// Parses one ring-buffer record (`None` for a short one).
+pub fn parse_denied(bytes: &[u8]) -> Option<DeniedEvent> {
+    if bytes.len() < size_of::<DeniedEvent>() {
+        return None;
+    }
+    // SAFETY: DeniedEvent is plain data; read_unaligned copes with any alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DeniedEvent>()) })
+}
 
 /// The destination of an event as an address.
 pub fn destination(event: &DeniedEvent) -> IpAddr {
@@ -37,9 +46,9 @@ pub fn describe(event: &DeniedEvent, cgroup: &str) -> String {
 }
 
 /// Spawns the task draining `ring`; `cgroups` maps cgroup ids to paths.
-pub fn spawn(
+pub(super) fn spawn(
     ring: RingBuf<MapData>,
-    cgroups: Option<AyaHashMap<MapData, u64, CgroupPath>>,
+    cgroups: Option<CgroupMap>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     // SAFETY: the ring buffer owns its map fd and keeps it open until the AsyncFd (which owns the
     // ring buffer) is dropped.

@@ -1,5 +1,6 @@
-//! The layout of nettrust's state in its bpffs directory, and the checks that make it safe to
-//! adopt what a previous run left there.
+//! The bpffs directory that holds nettrust's state: its layout, its safety checks (bpffs mount,
+//! owner and mode, the daemon's flock), and the pin operations (atomic replacement, removal links
+//! first). What makes a pinned map adoptable is in [`super::adopt`].
 //!
 //! ```text
 //! <bpffs-dir>/                 owned by root, mode 0700, flock'd by the running daemon
@@ -20,89 +21,23 @@ use std::{
     fs::File,
     io,
     os::{
-        fd::AsRawFd as _,
+        fd::{AsFd as _, AsRawFd as _},
         unix::fs::{DirBuilderExt as _, MetadataExt as _},
     },
     path::{Path, PathBuf},
 };
 
-use aya::maps::{MapInfo, MapType};
-use nettrust_common::{
-    CGROUP_PATH_LEN, FlowKey, HOST_NAME_LEN, HostSlot, HostValue, InboundKey, InboundValue,
-    MAP_ALLOWS, MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CONFIG, MAP_DENIED,
-    MAP_DENIED_RATE, MAP_DROPS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_INBOUND, MAP_LIVE_TCP, MAP_NAMES,
-    MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND, MAP_SERVICES, MAP_STATS, RateState, ServiceKey,
+use aya::programs::links::FdLink;
+
+use super::{
+    syscalls,
+    types::{EbpfError, LINKED, PinError, dir_error},
 };
 
 /// `BPF_FS_MAGIC` from linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where bpffs is conventionally mounted; nettrust mounts it there when absent.
 const BPFFS_MOUNT: &str = "/sys/fs/bpf";
-
-/// What a pinned map must look like to be adopted: name, type, key size, value size.
-pub struct MapSpec {
-    /// Map (and pin file) name.
-    pub name: &'static str,
-    /// Kernel map type.
-    pub map_type: MapType,
-    /// Key size in bytes.
-    pub key_size: u32,
-    /// Value size in bytes.
-    pub value_size: u32,
-}
-
-const fn spec(
-    name: &'static str,
-    map_type: MapType,
-    key_size: usize,
-    value_size: usize,
-) -> MapSpec {
-    MapSpec {
-        name,
-        map_type,
-        key_size: key_size as u32,
-        value_size: value_size as u32,
-    }
-}
-
-const HOST_VALUE: usize = size_of::<HostValue>();
-const FLOW_KEY: usize = size_of::<FlowKey>();
-
-/// The pin of the inbound flow map of earlier versions (another key), removed at start.
-pub const LEGACY_INBOUND: &str = "INBOUND";
-
-/// Every map nettrust pins, with the shape the eBPF object gives it.
-pub const MAPS: [MapSpec; 18] = [
-    spec(MAP_HOSTS_V4, MapType::Array, 4, size_of::<HostSlot>()),
-    spec(MAP_HOSTS_V6, MapType::Hash, 16, HOST_VALUE),
-    // LPM trie keys are `{prefix_len: u32, data}`.
-    spec(MAP_NETS_V4, MapType::LpmTrie, 8, 4),
-    spec(MAP_NETS_V6, MapType::LpmTrie, 20, 4),
-    spec(MAP_STATS, MapType::PerCpuArray, 4, 8),
-    spec(MAP_CONFIG, MapType::Array, 4, 4),
-    spec(MAP_OUTBOUND, MapType::LruHash, FLOW_KEY, 8),
-    spec(
-        MAP_INBOUND,
-        MapType::LruHash,
-        size_of::<InboundKey>(),
-        size_of::<InboundValue>(),
-    ),
-    spec(MAP_DENIED, MapType::RingBuf, 0, 0),
-    spec(
-        MAP_DENIED_RATE,
-        MapType::PerCpuArray,
-        4,
-        size_of::<RateState>(),
-    ),
-    spec(MAP_DROPS, MapType::PerCpuHash, 8, 8),
-    spec(MAP_ALLOWS, MapType::PerCpuHash, 8, 8),
-    spec(MAP_NAMES, MapType::Hash, 16, HOST_NAME_LEN),
-    spec(MAP_CGROUPS, MapType::Hash, 8, CGROUP_PATH_LEN),
-    spec(MAP_LIVE_TCP, MapType::Hash, 8, 24),
-    spec(MAP_SERVICES, MapType::Hash, size_of::<ServiceKey>(), 4),
-    spec(MAP_BLOCKED_V4, MapType::LpmTrie, 8, 4),
-    spec(MAP_BLOCKED_V6, MapType::LpmTrie, 20, 4),
-];
 
 /// Pin name of a program (`egress` or `ingress`).
 pub fn program_pin(dir: &Path, program: &str) -> PathBuf {
@@ -122,11 +57,10 @@ pub fn linked_cgroups(dir: &Path) -> Vec<u64> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let rest = name
-                .strip_prefix("link-egress-")
-                .or_else(|| name.strip_prefix("link-ingress-"))
-                .or_else(|| name.strip_prefix("link-live_tcp-"))?;
-            rest.parse().ok()
+            let rest = name.strip_prefix("link-")?;
+            LINKED
+                .iter()
+                .find_map(|program| rest.strip_prefix(program)?.strip_prefix('-')?.parse().ok())
         })
         .collect();
     ids.sort_unstable();
@@ -134,71 +68,16 @@ pub fn linked_cgroups(dir: &Path) -> Vec<u64> {
     ids
 }
 
+/// Unpins every link of the cgroup with id `cgroup_id` (best effort: a missing pin is fine).
+pub fn remove_links(dir: &Path, cgroup_id: u64) {
+    for name in LINKED {
+        let _ = std::fs::remove_file(link_pin(dir, name, cgroup_id));
+    }
+}
+
 /// The cgroup v2 id of a cgroup directory: its inode number (what `bpf_skb_cgroup_id` returns).
 pub fn cgroup_id(path: &Path) -> io::Result<u64> {
     Ok(std::fs::metadata(path)?.ino())
-}
-
-/// Errors about the bpffs directory and what is pinned in it.
-#[derive(Debug, thiserror::Error)]
-pub enum PinError {
-    /// The directory cannot be used.
-    #[error("bpffs directory {path}: {what}")]
-    Dir {
-        /// The directory.
-        path: PathBuf,
-        /// What is wrong.
-        what: String,
-        /// The cause, if any.
-        #[source]
-        source: Option<io::Error>,
-    },
-    /// A pinned map is not one nettrust would have created.
-    #[error(
-        "{path} is not a nettrust map (found {found}, expected {expected}); remove it with `nettrust flush --bpffs-dir {dir}` if it is a leftover"
-    )]
-    Foreign {
-        /// The pin.
-        path: PathBuf,
-        /// The directory, for the hint.
-        dir: String,
-        /// What was found.
-        found: String,
-        /// What nettrust expects.
-        expected: String,
-    },
-    /// A pinned map has another capacity than the configuration asks for. aya would adopt it as
-    /// it is, so the configured size would silently not apply.
-    #[error(
-        "{path} was sized for {key} = {found_setting} ({found} entries) but {key} is now {asked} ({expected} entries): start with {key} = {found_setting} to keep the pinned state, or remove it with `nettrust flush --bpffs-dir {dir}` (this drops the pinned authorizations) so the maps are rebuilt"
-    )]
-    Capacity {
-        /// The pin.
-        path: PathBuf,
-        /// The directory, for the hint.
-        dir: String,
-        /// The configuration key.
-        key: &'static str,
-        /// The pinned map's max_entries.
-        found: u32,
-        /// The max_entries the configuration gives this map.
-        expected: u32,
-        /// The configured setting.
-        asked: u32,
-        /// The setting that would match the pinned map.
-        found_setting: u32,
-    },
-    /// A daemon holds the directory.
-    #[error("bpffs directory {0} is in use by a running nettrust daemon")]
-    Busy(PathBuf),
-}
-
-fn dir_err(path: &Path, what: impl Into<String>, source: Option<io::Error>) -> PinError {
-    PinError::Dir {
-        path: path.to_owned(),
-        what: what.into(),
-        source,
-    }
 }
 
 /// Makes sure `dir` exists on bpffs, belongs to us and is not writable by others, and takes the
@@ -207,11 +86,11 @@ fn dir_err(path: &Path, what: impl Into<String>, source: Option<io::Error>) -> P
 pub fn prepare_dir(dir: &Path) -> Result<File, PinError> {
     let parent = dir
         .parent()
-        .ok_or_else(|| dir_err(dir, "has no parent directory", None))?;
+        .ok_or_else(|| dir_error(dir, "has no parent directory", None))?;
     if !is_bpffs(parent) {
         if parent == Path::new(BPFFS_MOUNT) {
             mount_bpffs(parent).map_err(|e| {
-                dir_err(
+                dir_error(
                     dir,
                     "bpffs is not mounted at /sys/fs/bpf and mounting it failed",
                     Some(e),
@@ -225,7 +104,7 @@ pub fn prepare_dir(dir: &Path) -> Result<File, PinError> {
                 tracing::info!("bpffs was not mounted at /sys/fs/bpf: mounted it");
             }
         } else {
-            return Err(dir_err(
+            return Err(dir_error(
                 dir,
                 "its parent is not on a bpf filesystem (mount -t bpf bpf DIR)",
                 None,
@@ -235,10 +114,10 @@ pub fn prepare_dir(dir: &Path) -> Result<File, PinError> {
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(dir_err(dir, "cannot create it", Some(e))),
+        Err(e) => return Err(dir_error(dir, "cannot create it", Some(e))),
     }
     check_owner(dir)?;
-    let file = File::open(dir).map_err(|e| dir_err(dir, "cannot open it", Some(e)))?;
+    let file = File::open(dir).map_err(|e| dir_error(dir, "cannot open it", Some(e)))?;
     if !try_lock(&file, libc::LOCK_EX) {
         return Err(PinError::Busy(dir.to_owned()));
     }
@@ -249,21 +128,21 @@ pub fn prepare_dir(dir: &Path) -> Result<File, PinError> {
 /// others: anyone who can replace a pin there could replace the policy.
 pub fn check_owner(dir: &Path) -> Result<(), PinError> {
     let meta =
-        std::fs::symlink_metadata(dir).map_err(|e| dir_err(dir, "cannot stat it", Some(e)))?;
+        std::fs::symlink_metadata(dir).map_err(|e| dir_error(dir, "cannot stat it", Some(e)))?;
     if !meta.is_dir() {
-        return Err(dir_err(dir, "is not a directory", None));
+        return Err(dir_error(dir, "is not a directory", None));
     }
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if meta.uid() != euid {
-        return Err(dir_err(
+        return Err(dir_error(
             dir,
             format!("is owned by uid {}, not by us (uid {euid})", meta.uid()),
             None,
         ));
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(dir_err(
+        return Err(dir_error(
             dir,
             format!(
                 "has mode {:o}: writable by group or others",
@@ -295,112 +174,6 @@ fn try_lock(file: &File, op: i32) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) == 0 }
 }
 
-/// Most names `NAMES` keeps (2 × the default `max_hosts`): with more hosts, the addresses
-/// authorized once it is full are listed without a name.
-pub const NAMES_MAX: u32 = 131_072;
-
-/// The setting (`max_hosts`, ...) a map of a given max_entries was created for.
-pub type SettingOf = fn(u32) -> u32;
-
-/// The configurable map capacities (`max_hosts`, `max_networks`), per address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capacities {
-    /// max_entries of `HOSTS_V4` and `HOSTS_V6` (`NAMES` holds twice as many, at most
-    /// [`NAMES_MAX`]).
-    pub hosts: u32,
-    /// max_entries of `NETS_V4` and `NETS_V6`.
-    pub networks: u32,
-}
-
-impl Default for Capacities {
-    fn default() -> Self {
-        Self {
-            hosts: nettrust_common::DEFAULT_MAX_HOSTS,
-            networks: nettrust_common::DEFAULT_MAX_NETS,
-        }
-    }
-}
-
-impl Capacities {
-    /// The max_entries `map` gets, its config key and the setting a given max_entries stands
-    /// for, for the maps whose size is configurable.
-    pub fn of(&self, map: &str) -> Option<(u32, &'static str, SettingOf)> {
-        match map {
-            // The IPv4 table has spare slots (kept at most 3/4 full, plus the probe window).
-            MAP_HOSTS_V4 => Some((
-                nettrust_common::host_table::slots(self.hosts),
-                "max_hosts",
-                nettrust_common::host_table::capacity_of,
-            )),
-            MAP_HOSTS_V6 => Some((self.hosts, "max_hosts", |n| n)),
-            // One name per host of either family, at most NAMES_MAX: names are best effort and
-            // 128 bytes each, they must not dominate kernel memory on large host maps.
-            MAP_NAMES => Some((
-                self.hosts.saturating_mul(2).min(NAMES_MAX),
-                "max_hosts",
-                |n| n / 2,
-            )),
-            MAP_NETS_V4 | MAP_NETS_V6 => Some((self.networks, "max_networks", |n| n)),
-            _ => None,
-        }
-    }
-}
-
-/// Checks every map already pinned in `dir` against [`MAPS`] and the configured capacities;
-/// returns how many were found.
-pub fn check_pinned_maps(dir: &Path, capacities: Capacities) -> Result<usize, PinError> {
-    let mut found = 0;
-    for spec in &MAPS {
-        let path = dir.join(spec.name);
-        if !path.exists() {
-            continue;
-        }
-        let foreign = |found: String| PinError::Foreign {
-            path: path.clone(),
-            dir: dir.display().to_string(),
-            found,
-            expected: format!(
-                "{:?} key {} value {}",
-                spec.map_type, spec.key_size, spec.value_size
-            ),
-        };
-        let info = MapInfo::from_pin(&path).map_err(|e| foreign(format!("not a map ({e})")))?;
-        let map_type = info
-            .map_type()
-            .map_err(|e| foreign(format!("an unknown map type ({e})")))?;
-        // Ring buffers have no key/value; their size is max_entries.
-        let shape_ok = map_type == spec.map_type
-            && (spec.map_type == MapType::RingBuf
-                || (info.key_size() == spec.key_size && info.value_size() == spec.value_size));
-        if !shape_ok {
-            return Err(foreign(format!(
-                "{map_type:?} key {} value {}",
-                info.key_size(),
-                info.value_size()
-            )));
-        }
-        if let Some((expected, key, setting)) = capacities.of(spec.name)
-            && info.max_entries() != expected
-        {
-            return Err(PinError::Capacity {
-                path: path.clone(),
-                dir: dir.display().to_string(),
-                key,
-                found: info.max_entries(),
-                expected,
-                asked: if key == "max_hosts" {
-                    capacities.hosts
-                } else {
-                    capacities.networks
-                },
-                found_setting: setting(info.max_entries()),
-            });
-        }
-        found += 1;
-    }
-    Ok(found)
-}
-
 /// Removes everything nettrust pinned in `dir` and the directory itself. Unpinning a link detaches
 /// its program; unpinning maps and programs frees them once no process holds them. Missing files
 /// are fine (idempotent). Keeps going after an error and returns all of them.
@@ -409,7 +182,7 @@ pub fn remove_all(dir: &Path) -> Result<(), Vec<PinError>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(vec![dir_err(dir, "cannot list it", Some(e))]),
+        Err(e) => return Err(vec![dir_error(dir, "cannot list it", Some(e))]),
     };
     // Links first, so enforcement goes away before the maps it reads.
     let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
@@ -421,7 +194,7 @@ pub fn remove_all(dir: &Path) -> Result<(), Vec<PinError>> {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => errors.push(dir_err(
+            Err(e) => errors.push(dir_error(
                 dir,
                 format!("cannot unpin {}", path.display()),
                 Some(e),
@@ -431,7 +204,7 @@ pub fn remove_all(dir: &Path) -> Result<(), Vec<PinError>> {
     match std::fs::remove_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => errors.push(dir_err(dir, "cannot remove it", Some(e))),
+        Err(e) => errors.push(dir_error(dir, "cannot remove it", Some(e))),
     }
     if errors.is_empty() {
         Ok(())
@@ -451,33 +224,8 @@ fn is_link_pin(path: &Path) -> bool {
 /// it): detaching first makes `flush`, `detach` and a flushing exit take effect before they
 /// return. Best effort: the unpin that follows is the fallback.
 pub fn detach_link(path: &Path) {
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return;
-    };
-    // `union bpf_attr`, obj variant: pathname @0 (u64), bpf_fd @8, file_flags @12.
-    let mut attr = [0u8; 16];
-    attr[0..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: bpf(2) reads the attr and the NUL-terminated path, both alive during the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_ptr(), attr.len() as u32) };
-    let Ok(fd) = i32::try_from(fd) else {
-        return;
-    };
-    if fd < 0 {
-        return;
-    }
-    // `union bpf_attr`, link_detach variant: link_fd @0.
-    let attr = (fd as u32).to_ne_bytes();
-    // SAFETY: bpf(2) reads the 4-byte attr; then we close the descriptor we got.
-    unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            attr.as_ptr(),
-            attr.len() as u32,
-        );
-        libc::close(fd);
+    if let Ok(link) = syscalls::obj_get(path) {
+        let _ = syscalls::link_detach(link.as_fd());
     }
 }
 
@@ -510,6 +258,32 @@ pub fn replace_pin(
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         format!("cannot rename {} to {}: {e}", tmp.display(), path.display())
+    })
+}
+
+/// Pins the bpf_link `link` of program `name` on cgroup `path` (id `id`) in `dir`, replacing the
+/// previous run's pin atomically (the cgroup is never left unfiltered).
+pub(super) fn pin_link<L>(
+    link: L,
+    dir: &Path,
+    name: &str,
+    id: u64,
+    path: &Path,
+) -> Result<(), EbpfError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    let link = FdLink::try_from(link).map_err(|e| EbpfError::LinkPin {
+        cgroup: path.to_owned(),
+        what: e.to_string(),
+    })?;
+    replace_pin(&link_pin(dir, name, id), |tmp| {
+        link.pin(tmp).map(drop).map_err(|e| crate::error_chain(&e))
+    })
+    .map_err(|what| EbpfError::LinkPin {
+        cgroup: path.to_owned(),
+        what,
     })
 }
 

@@ -1,8 +1,8 @@
 //! Off the DNS path: the names shown by `nettrust list` are written into the `NAMES` map by a
-//! background thread every 5 to 50 milliseconds while answers come, many per system call (`BPF_MAP_UPDATE_BATCH`), so an
-//! answer's reply waits only for its authorizations. Best effort, like the names themselves: a
-//! name appears up to [`SLOW_PERIOD`] after its address is authorized, and names are dropped (never
-//! authorizations) when the queue is full.
+//! background thread every 5 to 50 milliseconds while answers come, many per system call
+//! (`BPF_MAP_UPDATE_BATCH`), so an answer's reply waits only for its authorizations. Best effort,
+//! like the names themselves: a name appears up to [`SLOW_PERIOD`] after its address is
+//! authorized, and names are dropped (never authorizations) when the queue is full.
 
 use std::{
     os::fd::RawFd,
@@ -13,7 +13,7 @@ use std::{
 
 use nettrust_common::HostName;
 
-use super::bpf_sys;
+use super::{syscalls, types::NameMap};
 
 /// Names waiting to be written at most; more are dropped.
 const QUEUE: usize = 8_192;
@@ -36,7 +36,7 @@ pub(super) struct NameWriter {
 
 impl NameWriter {
     /// Starts the thread writing into `map` (which it keeps open).
-    pub(super) fn start(map: super::ebpf::NameMap) -> std::io::Result<Self> {
+    pub(super) fn start(map: NameMap) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("nettrust-names".into())
@@ -87,8 +87,8 @@ fn pause(received: usize) -> Option<Duration> {
     }
 }
 
-fn drain(map: &super::ebpf::NameMap, rx: &Receiver<Msg>) {
-    let fd = bpf_sys::fd_of(map);
+fn drain(map: &NameMap, rx: &Receiver<Msg>) {
+    let fd = syscalls::fd_of(map);
     let mut keys = Vec::with_capacity(BATCH);
     let mut values = Vec::with_capacity(BATCH);
     let mut acks = Vec::new();
@@ -147,7 +147,7 @@ fn write(fd: RawFd, keys: &[[u8; 16]], values: &[HostName]) {
     if keys.is_empty() {
         return;
     }
-    if let Err((done, e)) = bpf_sys::update_batch(fd, keys, values) {
+    if let Err((done, e)) = syscalls::update_batch(fd, keys, values) {
         if e.raw_os_error() == Some(libc::E2BIG) {
             // NAMES is full (more hosts than NAMES_MAX): these addresses are listed unnamed.
             tracing::debug!("name map full, {} names not recorded", keys.len() - done);
@@ -156,7 +156,7 @@ fn write(fd: RawFd, keys: &[[u8; 16]], values: &[HostName]) {
         // Kernels without batch support for this map type: one element at a time.
         tracing::debug!("batched name update stopped after {done}: {e}; writing one by one");
         for (key, value) in keys.iter().zip(values).skip(done) {
-            if let Err(e) = bpf_sys::update(fd, key, value, bpf_sys::BPF_ANY) {
+            if let Err(e) = syscalls::update(fd, key, value, syscalls::BPF_ANY) {
                 tracing::debug!("cannot record a name: {e}");
             }
         }

@@ -5,15 +5,14 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{HashMap as AyaHashMap, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
+use aya::maps::{HashMap as AyaHashMap, MapData, lpm_trie::Key};
 use ipnet::IpNet;
 use nettrust_common::{MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_SERVICES, ServiceKey};
 
-use super::{
-    Service,
-    ebpf::{EbpfError, map_error},
-};
+use super::types::{EbpfError, NetTrie, map_error};
+use crate::firewall::Service;
 
+/// `SERVICES`: a service's key → 1.
 pub(super) type ServiceMap = AyaHashMap<MapData, ServiceKey, u32>;
 
 /// The map key of a service.
@@ -64,8 +63,8 @@ pub(super) fn sync_services(map: &mut ServiceMap, services: &[Service]) -> Resul
 
 /// Makes the tries hold exactly the networks of `blocked` (a host is a /32 or /128).
 pub(super) fn sync_blocked(
-    v4: &mut LpmTrie<MapData, [u8; 4], u32>,
-    v6: &mut LpmTrie<MapData, [u8; 16], u32>,
+    v4: &mut NetTrie<4>,
+    v6: &mut NetTrie<16>,
     blocked: &[IpNet],
 ) -> Result<(), EbpfError> {
     for net in blocked {
@@ -92,8 +91,9 @@ pub(super) fn sync_blocked(
     remove_stale(v6, blocked, MAP_BLOCKED_V6)
 }
 
+/// Removes the networks of `trie` that `blocked` no longer lists.
 fn remove_stale<const N: usize>(
-    trie: &mut LpmTrie<MapData, [u8; N], u32>,
+    trie: &mut NetTrie<N>,
     blocked: &[IpNet],
     name: &'static str,
 ) -> Result<(), EbpfError>
@@ -102,19 +102,29 @@ where
     [u8; N]: aya::Pod,
 {
     let wanted: Vec<IpNet> = blocked.iter().map(IpNet::trunc).collect();
-    let stale: Vec<Key<[u8; N]>> = trie
-        .keys()
+    for key in stale_networks(trie, &wanted) {
+        trie.remove(&key)
+            .map_err(|e| map_error(name, "cannot unblock a network", e))?;
+    }
+    Ok(())
+}
+
+/// The keys of `trie` whose network is not in `wanted`.
+pub(super) fn stale_networks<const N: usize>(
+    trie: &NetTrie<N>,
+    wanted: &[IpNet],
+) -> Vec<Key<[u8; N]>>
+where
+    IpAddr: From<[u8; N]>,
+    [u8; N]: aya::Pod,
+{
+    trie.keys()
         .filter_map(Result::ok)
         .filter(|k| {
             IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
                 .is_ok_and(|n| !wanted.contains(&n))
         })
-        .collect();
-    for key in stale {
-        trie.remove(&key)
-            .map_err(|e| map_error(name, "cannot unblock a network", e))?;
-    }
-    Ok(())
+        .collect()
 }
 
 #[cfg(test)]

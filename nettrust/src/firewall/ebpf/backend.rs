@@ -1,0 +1,438 @@
+//! The eBPF backend: [`EbpfFirewall`] loads nettrust-ebpf's programs, adopts or creates the maps
+//! pinned in the bpffs directory, writes the whitelists, and attaches the programs to every
+//! cgroup through pinned bpf_links, so enforcement outlives the process; then it serves the
+//! [`Firewall`] trait on those maps.
+//!
+//! Order of a start: whitelists are written into the (possibly adopted) maps *before* anything is
+//! attached, so a whitelisted destination is never dropped; each new link is attached *before* its
+//! pin replaces the previous run's link, so a restart never leaves a cgroup unfiltered.
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    io,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, Map, MapData, RingBuf},
+};
+use nettrust_common::{
+    CONFIG_DROP_INPUT, HostName, MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CONFIG,
+    MAP_DENIED, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_SERVICES,
+};
+
+use super::{
+    adopt::{self, Capacities},
+    attach, authorizations, denied_events, eviction,
+    host_table::{HostMaps, name_key},
+    ipv4_table::HostTable,
+    live_tcp::{self, LiveMap},
+    loader,
+    names_writer::NameWriter,
+    pins,
+    services::{ServiceMap, sync_blocked, sync_services},
+    types::{CgroupMap, EbpfError, HostMap, NetTrie, map_error},
+    whitelist,
+};
+use crate::firewall::{
+    Authorization, AuthorizedHost, ExitMode, Firewall, FirewallError, HostState, Policy,
+    evict::Recency,
+};
+
+/// The backend's settings.
+#[derive(Debug, Clone)]
+pub struct EbpfOptions {
+    /// cgroups to filter (cgroups attached at runtime by `nettrust attach` are kept too).
+    pub cgroups: Vec<PathBuf>,
+    /// The bpffs directory.
+    pub pin_dir: PathBuf,
+    /// Whitelists.
+    pub policy: Policy,
+    /// `--firewall-drop-input`.
+    pub drop_input: bool,
+    /// Capacities of the host maps and network tries (`max_hosts`, `max_networks`).
+    pub capacities: Capacities,
+}
+
+/// The running eBPF backend.
+pub struct EbpfFirewall {
+    hosts: RwLock<HostMaps>,
+    /// Writes the names of `nettrust list` off the DNS path.
+    names: NameWriter,
+    /// Second handles on the host maps for full scans (sweeper, metrics), which need no lock
+    /// (every change a sweep leads to is conditional): a scan of a full map must not stall DNS
+    /// answers.
+    scan: (Arc<HostTable>, HostMap<16>),
+    /// The established TCP connections of the filtered cgroups (`LIVE_TCP`), for the sweeper.
+    live: LiveMap,
+    /// The whitelists in force (to diff against on reload).
+    policy: Mutex<Policy>,
+    pin_dir: PathBuf,
+    /// The loaded object (programs and maps stay pinned when it is dropped).
+    _ebpf: Mutex<Ebpf>,
+    /// The denied-event ring buffer, taken by [`EbpfFirewall::start_denied_log`].
+    denied: Mutex<Option<RingBuf<MapData>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// flock held on the pin directory for the daemon's lifetime: one daemon per directory.
+    _lock: File,
+    /// The map capacities in force.
+    capacities: Capacities,
+    /// When a DNS answer last named each authorized host, per family: the eviction order of a
+    /// full map ([`crate::firewall::evict`]).
+    recency: (Recency<[u8; 4]>, Recency<[u8; 16]>),
+}
+
+/// The maps a start writes before anything is attached, taken out of the loaded object.
+struct Installed {
+    hosts: HostMaps,
+    cgroups: CgroupMap,
+    denied: RingBuf<MapData>,
+    /// The other maps taken out of the object, held until the programs are loaded: the loader
+    /// wrote these descriptors into the programs' instructions, so they must still be open at
+    /// `BPF_PROG_LOAD` (the kernel holds the maps from then on).
+    _held: Held,
+}
+
+/// See [`Installed::_held`].
+struct Held {
+    _config: Array<MapData, u32>,
+    _v4: MapData,
+    _nets: (NetTrie<4>, NetTrie<16>),
+    _services: ServiceMap,
+    _blocked: (NetTrie<4>, NetTrie<16>),
+}
+
+impl EbpfFirewall {
+    /// Loads the programs, adopts the maps a previous run pinned in `pin_dir` (after checking they
+    /// are nettrust's) or creates them, installs the policy and attaches to every cgroup. On error
+    /// a fresh directory is removed again; adopted state is left as it was (still enforcing).
+    pub fn start(options: &EbpfOptions) -> Result<Self, EbpfError> {
+        if !loader::has_object() {
+            return Err(EbpfError::NoObject);
+        }
+        loader::raise_memlock_limit();
+        let lock = pins::prepare_dir(&options.pin_dir)?;
+        let adopted = adopt::check_pinned_maps(&options.pin_dir, options.capacities)?;
+        if adopted > 0 {
+            tracing::info!(
+                dir = %options.pin_dir.display(),
+                "adopting the maps of a previous nettrust run"
+            );
+        }
+        let result = Self::start_locked(options, lock);
+        if result.is_err() && adopted == 0 {
+            let _ = pins::remove_all(&options.pin_dir);
+        }
+        result
+    }
+
+    fn start_locked(options: &EbpfOptions, lock: File) -> Result<Self, EbpfError> {
+        let dir = &options.pin_dir;
+        pins::remove_temporaries(dir);
+        // The IPv4 table's hash seed: the adopted table's, or a fresh random one.
+        let pinned_seed = adopt::pinned_seed(dir);
+        let seed = pinned_seed.unwrap_or_else(|| rand::random::<u64>() | 1);
+        let mut ebpf = loader::load(dir, options.capacities, seed)?;
+        let logger = loader::start_logger(&mut ebpf);
+        let Installed {
+            hosts,
+            mut cgroups,
+            denied,
+            _held: held,
+        } = install(&mut ebpf, options, seed, pinned_seed.is_some())?;
+        loader::load_programs(&mut ebpf, dir)?;
+        drop(held);
+
+        let mut attached = Vec::new();
+        for path in attach::cgroups_to_filter(&cgroups, dir, &options.cgroups)? {
+            attached.push(attach::attach_cgroup(&mut ebpf, &mut cgroups, dir, &path)?);
+            tracing::info!(cgroup = %path.display(), "filter attached");
+        }
+        attach::drop_other_links(&mut cgroups, dir, &attached);
+        // The flow map of earlier versions (keyed without cgroup and local address): transient
+        // state its programs, replaced above, were the only users of.
+        let _ = std::fs::remove_file(dir.join(adopt::LEGACY_INBOUND));
+
+        let scan = (
+            hosts.v4.clone(),
+            adopt::open_pinned(dir, MAP_HOSTS_V6, Map::HashMap)?,
+        );
+        let names = NameWriter::start(adopt::open_pinned(dir, MAP_NAMES, Map::HashMap)?)
+            .map_err(|e| map_error(MAP_NAMES, "cannot start the name writer", e))?;
+        Ok(Self {
+            hosts: RwLock::new(hosts),
+            names,
+            scan,
+            live: live_tcp::open_live(dir)?,
+            pin_dir: dir.clone(),
+            _ebpf: Mutex::new(ebpf),
+            denied: Mutex::new(Some(denied)),
+            tasks: Mutex::new(logger.into_iter().collect()),
+            policy: Mutex::new(options.policy.clone()),
+            _lock: lock,
+            capacities: options.capacities,
+            recency: (
+                Recency::new(options.capacities.hosts),
+                Recency::new(options.capacities.hosts),
+            ),
+        })
+    }
+
+    /// Starts the task logging denied egress (`[Denied] …`) from the ring buffer.
+    pub fn start_denied_log(&self) {
+        let Some(ring) = self.denied.lock().expect("poisoned").take() else {
+            return;
+        };
+        let cgroups =
+            adopt::open_pinned::<CgroupMap>(&self.pin_dir, MAP_CGROUPS, Map::HashMap).ok();
+        match denied_events::spawn(ring, cgroups) {
+            Ok(task) => self.tasks.lock().expect("poisoned").push(task),
+            Err(e) => tracing::warn!("denied events unavailable: {e}"),
+        }
+    }
+
+    /// Watches the configured `cgroups`: one removed while attached is logged as an error and its
+    /// links dropped; one created again at the same path is filtered again at once.
+    pub fn start_cgroup_watch(&self, cgroups: Vec<PathBuf>) {
+        let task = tokio::spawn(attach::watch_cgroups(self.pin_dir.clone(), cgroups));
+        self.tasks.lock().expect("poisoned").push(task);
+    }
+
+    /// Stops the daemon's tasks and applies the exit `mode`. Keeps cleaning after a failure and
+    /// returns every error.
+    pub fn stop(&self, mode: ExitMode) -> Result<(), Vec<EbpfError>> {
+        for task in self.tasks.lock().expect("poisoned").drain(..) {
+            task.abort();
+        }
+        self.names.flush();
+        match mode {
+            ExitMode::FlushAll => pins::remove_all(&self.pin_dir)
+                .map_err(|errors| errors.into_iter().map(EbpfError::Pin).collect()),
+            ExitMode::KeepPolicy => {
+                let mut hosts = self.hosts.write().expect("host maps lock poisoned");
+                authorizations::clear_authorized(&mut hosts).map_err(|e| vec![e])
+            }
+            ExitMode::KeepAll => Ok(()),
+        }
+    }
+
+    /// The remote addresses of open connections, never evicted from a full map: a host with an
+    /// open connection is in use even when it has carried no packet for a while (the sweeper
+    /// keeps it past its TTL alike): the filtered cgroups' established TCP connections
+    /// (`live_tcp`, which needs no conntrack) and the flows conntrack tracks where it tracks any.
+    fn active_addresses(&self) -> HashSet<IpAddr> {
+        let mut active = crate::conntrack::active_addresses().unwrap_or_else(|e| {
+            tracing::debug!("conntrack unavailable for eviction ({e})");
+            HashSet::default()
+        });
+        match self.live_hosts() {
+            Ok(live) => active.extend(live),
+            Err(e) => tracing::warn!(
+                error = %crate::error_chain(&e),
+                "[Firewall Error] cannot read the live TCP connections for eviction"
+            ),
+        }
+        active
+    }
+}
+
+/// Takes the maps out of the loaded object and writes the policy and settings into them: the
+/// host table (mapped with `seed`; `seed_pinned`: the adopted table's own), the whitelists,
+/// services and blocked networks, drop-input and the seed in `CONFIG`.
+fn install(
+    ebpf: &mut Ebpf,
+    options: &EbpfOptions,
+    seed: u64,
+    seed_pinned: bool,
+) -> Result<Installed, EbpfError> {
+    let mut config: Array<MapData, u32> = loader::take_map(ebpf, MAP_CONFIG)?;
+    adopt::store_seed(&mut config, seed)?;
+    let Some(Map::Array(v4_map)) = ebpf.take_map(MAP_HOSTS_V4) else {
+        return Err(map_error(
+            MAP_HOSTS_V4,
+            "unexpected type",
+            io::Error::from(io::ErrorKind::InvalidData),
+        ));
+    };
+    let v4 = adopt::map_table(&v4_map, Some(options.capacities.hosts), seed, true)?;
+    if !seed_pinned && !v4.is_empty() {
+        // A table adopted without its seed (CONFIG was removed): its entries cannot be found,
+        // so they are dropped (they would only block); the whitelist follows.
+        tracing::warn!("adopted IPv4 host table without its hash seed: its hosts are dropped");
+        v4.clear();
+    }
+    let mut hosts = HostMaps {
+        v4: Arc::new(v4),
+        v6: loader::take_map(ebpf, MAP_HOSTS_V6)?,
+        names: loader::take_map(ebpf, MAP_NAMES)?,
+    };
+    let mut nets_v4: NetTrie<4> = loader::take_map(ebpf, MAP_NETS_V4)?;
+    let mut nets_v6: NetTrie<16> = loader::take_map(ebpf, MAP_NETS_V6)?;
+    whitelist::install_policy(&mut hosts, &mut nets_v4, &mut nets_v6, &options.policy)?;
+    let mut services: ServiceMap = loader::take_map(ebpf, MAP_SERVICES)?;
+    sync_services(&mut services, &options.policy.services)?;
+    let mut blocked_v4: NetTrie<4> = loader::take_map(ebpf, MAP_BLOCKED_V4)?;
+    let mut blocked_v6: NetTrie<16> = loader::take_map(ebpf, MAP_BLOCKED_V6)?;
+    sync_blocked(&mut blocked_v4, &mut blocked_v6, &options.policy.blocked)?;
+    config
+        .set(CONFIG_DROP_INPUT, u32::from(options.drop_input), 0)
+        .map_err(|e| map_error(MAP_CONFIG, "cannot set drop-input", e))?;
+    Ok(Installed {
+        hosts,
+        cgroups: loader::take_map(ebpf, MAP_CGROUPS)?,
+        denied: loader::take_map(ebpf, MAP_DENIED)?,
+        _held: Held {
+            _config: config,
+            _v4: v4_map,
+            _nets: (nets_v4, nets_v6),
+            _services: services,
+            _blocked: (blocked_v4, blocked_v6),
+        },
+    })
+}
+
+impl Firewall for EbpfFirewall {
+    fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError> {
+        let capacity = self.capacities.hosts;
+        let active = || self.active_addresses();
+        let (result, map) = match addr {
+            IpAddr::V4(ip) => (
+                eviction::authorize(
+                    &self.hosts,
+                    |h| &*h.v4,
+                    &self.recency.0,
+                    capacity,
+                    active,
+                    ip.octets(),
+                    expires_ns,
+                ),
+                MAP_HOSTS_V4,
+            ),
+            IpAddr::V6(ip) => (
+                eviction::authorize(
+                    &self.hosts,
+                    |h| &h.v6,
+                    &self.recency.1,
+                    capacity,
+                    active,
+                    ip.octets(),
+                    expires_ns,
+                ),
+                MAP_HOSTS_V6,
+            ),
+        };
+        result.map_err(|e| {
+            if eviction::is_full(&e) {
+                // A full host map or table refuses a new key with E2BIG.
+                FirewallError::Full {
+                    addr,
+                    map,
+                    capacity,
+                }
+            } else {
+                FirewallError::Authorize {
+                    addr,
+                    source: Box::new(e),
+                }
+            }
+        })
+    }
+
+    fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError> {
+        authorizations::collect_authorized(&self.scan.0, &self.scan.1, None)
+            .map(|list| list.into_iter().map(|(host, _)| host).collect())
+            .map_err(|e| FirewallError::Read(Box::new(e)))
+    }
+
+    fn set_whitelist(&self, new: &Policy) -> Result<(), FirewallError> {
+        let mut current = self.policy.lock().expect("policy lock poisoned");
+        let mut hosts = self.hosts.write().expect("host maps lock poisoned");
+        whitelist::reload(&self.pin_dir, &mut hosts, &current, new)
+            .map_err(|e| FirewallError::Whitelist(Box::new(e)))?;
+        *current = new.clone();
+        Ok(())
+    }
+
+    /// Queued for the name writer: the reply does not wait for it.
+    fn record_name(&self, addr: IpAddr, name: &str) -> Result<(), FirewallError> {
+        let value = HostName {
+            name: pins::padded(&crate::firewall::listed_name(name)),
+        };
+        self.names.put(name_key(addr), value);
+        Ok(())
+    }
+
+    fn revoke(
+        &self,
+        revoked: &dyn Fn(IpAddr, Option<&str>) -> bool,
+    ) -> Result<Vec<IpAddr>, FirewallError> {
+        // Names still queued are written first, so a domain match sees them.
+        self.names.flush();
+        let mut hosts = self.hosts.write().expect("host maps lock poisoned");
+        let HostMaps { v4, v6, names } = &mut *hosts;
+        let mut removed = Vec::new();
+        authorizations::revoke_entries(&**v4, names, revoked, &mut removed)
+            .and_then(|()| authorizations::revoke_entries(&*v6, names, revoked, &mut removed))
+            .map_err(|e| FirewallError::Read(Box::new(e)))?;
+        Ok(removed)
+    }
+
+    fn live_hosts(&self) -> Result<HashSet<IpAddr>, FirewallError> {
+        live_tcp::live_hosts(&self.live, &pins::linked_cgroups(&self.pin_dir))
+            .map_err(|e| FirewallError::Read(Box::new(e)))
+    }
+
+    fn due(&self, horizon_ns: u64) -> Result<Vec<HostState>, FirewallError> {
+        let mut out = Vec::new();
+        authorizations::collect_due(&*self.scan.0, horizon_ns, &mut out)
+            .and_then(|()| authorizations::collect_due(&self.scan.1, horizon_ns, &mut out))
+            .map_err(|e| FirewallError::Read(Box::new(e)))?;
+        Ok(out)
+    }
+
+    fn renew_if(
+        &self,
+        addr: IpAddr,
+        seen_expires_ns: u64,
+        new_expires_ns: u64,
+    ) -> Result<bool, FirewallError> {
+        let hosts = self.hosts.write().expect("host maps lock poisoned");
+        let result = match addr {
+            IpAddr::V4(ip) => authorizations::renew_entry(
+                &*hosts.v4,
+                ip.octets(),
+                seen_expires_ns,
+                new_expires_ns,
+            ),
+            IpAddr::V6(ip) => {
+                authorizations::renew_entry(&hosts.v6, ip.octets(), seen_expires_ns, new_expires_ns)
+            }
+        };
+        result.map_err(|e| FirewallError::Update {
+            addr,
+            source: Box::new(e),
+        })
+    }
+
+    fn remove_if(&self, addr: IpAddr, seen_expires_ns: u64) -> Result<bool, FirewallError> {
+        let mut hosts = self.hosts.write().expect("host maps lock poisoned");
+        let result = match addr {
+            IpAddr::V4(ip) => {
+                authorizations::remove_entry(&*hosts.v4, ip.octets(), seen_expires_ns)
+            }
+            IpAddr::V6(ip) => authorizations::remove_entry(&hosts.v6, ip.octets(), seen_expires_ns),
+        };
+        let removed = result.map_err(|e| FirewallError::Update {
+            addr,
+            source: Box::new(e),
+        })?;
+        if removed {
+            let _ = hosts.names.remove(&name_key(addr));
+        }
+        Ok(removed)
+    }
+}

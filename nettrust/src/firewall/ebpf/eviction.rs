@@ -1,0 +1,327 @@
+//! Writing an authorization into a full host map: a batch of idle authorizations is evicted
+//! (the order is [`crate::firewall::evict`]'s, shared with nftables) and the write tried again.
+//! The scan that picks the victims runs under the shared host-map lock, so answers keep being
+//! written meanwhile; only the removal of the victims nothing touched since takes the exclusive
+//! one.
+
+use std::{collections::HashSet, io, net::IpAddr, sync::RwLock, time::Instant};
+
+use nettrust_common::HostValue;
+
+use super::{
+    authorizations::upsert,
+    host_table::{HostMaps, HostStore, name_key},
+    syscalls,
+};
+use crate::firewall::{
+    Authorization, boottime_ns,
+    evict::{self, Recency},
+};
+
+/// Whether an error is a full map's (or, for the IPv4 table, a full probe window's).
+pub(super) fn is_full(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::E2BIG)
+}
+
+/// Authorizes `key` in one family's map (`store` picks it from `hosts`, `recency` holds its
+/// answer times, `capacity` is `max_hosts`): under the shared lock first; when the map is full,
+/// a batch of idle authorizations is evicted before the write is tried again (unless a
+/// concurrent answer already made room). `active` reads the addresses of open connections,
+/// never evicted; it is called only when the map is full.
+pub(super) fn authorize<const N: usize, S: HostStore<N>>(
+    hosts: &RwLock<HostMaps>,
+    store: impl Fn(&HostMaps) -> &S,
+    recency: &Recency<[u8; N]>,
+    capacity: u32,
+    active: impl FnOnce() -> HashSet<IpAddr>,
+    key: [u8; N],
+    expires_ns: u64,
+) -> io::Result<Authorization>
+where
+    IpAddr: From<[u8; N]>,
+{
+    // The answer is recorded before the write and under the same shared lock: an eviction
+    // planned earlier compares the record under the exclusive lock, so it cannot remove a host
+    // this answer has just confirmed (recorded after the lock was released, the eviction could
+    // run in between and see the old record).
+    let (result, prune) = {
+        let maps = hosts.read().expect("host maps lock poisoned");
+        let prune = recency.touch(key, boottime_ns());
+        (upsert(store(&maps), key, expires_ns), prune)
+    };
+    let result = match result {
+        // Unless the last scan found every host whitelisted or in use: then refused at once.
+        Err(e) if is_full(&e) && recency.may_scan(boottime_ns()) => {
+            // The scan's time counts the read of the open connections.
+            let started = Instant::now();
+            let room = Room {
+                hosts,
+                recency,
+                capacity,
+            };
+            room.make_and_write(&store, &active(), (key, expires_ns), started)
+        }
+        other => other,
+    };
+    if prune {
+        // Records of the last second are kept whatever the read finds: an answer recorded just
+        // before the read started may write its host only after the read passed it.
+        recency.prune(boottime_ns().saturating_sub(1_000_000_000), || {
+            let maps = hosts.read().expect("host maps lock poisoned");
+            let entries = store(&maps).entries().ok()?;
+            Some(entries.into_iter().map(|(k, _)| k).collect())
+        });
+    }
+    result
+}
+
+/// A full family's map and what its eviction needs.
+struct Room<'a, const N: usize> {
+    hosts: &'a RwLock<HostMaps>,
+    recency: &'a Recency<[u8; N]>,
+    capacity: u32,
+}
+
+impl<const N: usize> Room<'_, N>
+where
+    IpAddr: From<[u8; N]>,
+{
+    /// Plans a batch of victims under the shared lock, then, under the exclusive lock, evicts
+    /// them and writes `key` until `expires_ns` (or just writes it when a concurrent answer made
+    /// room meanwhile). `started` is when the full map was met, for the log.
+    fn make_and_write<S: HostStore<N>>(
+        &self,
+        store: &impl Fn(&HostMaps) -> &S,
+        active: &HashSet<IpAddr>,
+        (key, expires_ns): ([u8; N], u64),
+        started: Instant,
+    ) -> io::Result<Authorization> {
+        let plan = {
+            let maps = self.hosts.read().expect("host maps lock poisoned");
+            plan_eviction(store(&maps), self.recency, self.capacity, active)?
+        };
+        if plan.is_empty() {
+            self.recency.found_nothing(boottime_ns());
+            tracing::debug!(
+                capacity = self.capacity,
+                scan_us = started.elapsed().as_micros() as u64,
+                "host map full of whitelisted hosts and hosts in use: nothing to evict, new addresses refused without another scan for a second"
+            );
+        }
+        let scanned = started.elapsed();
+        let (result, evicted) = {
+            let maps = self.hosts.write().expect("host maps lock poisoned");
+            match upsert(store(&maps), key, expires_ns) {
+                // A concurrent answer made room meanwhile.
+                Err(e) if is_full(&e) => {
+                    let evicted = evict(store(&maps), self.recency, plan)?;
+                    // Their names go under the same exclusive lock: an answer that authorizes
+                    // one of them again afterwards records its name anew.
+                    let names = syscalls::fd_of(&maps.names);
+                    for &addr in &evicted {
+                        let _ = syscalls::delete(names, &name_key(addr));
+                    }
+                    (upsert(store(&maps), key, expires_ns), evicted)
+                }
+                other => (other, Vec::new()),
+            }
+        };
+        if !evicted.is_empty() {
+            crate::metrics::metrics()
+                .evicted
+                .inc_by(evicted.len() as u64);
+            tracing::info!(
+                evicted = evicted.len(),
+                first = ?evicted.first(),
+                capacity = self.capacity,
+                scan_us = scanned.as_micros() as u64,
+                took_us = started.elapsed().as_micros() as u64,
+                "[Evicted] host map full: idle authorizations removed, least recently used first"
+            );
+        }
+        result
+    }
+}
+
+/// An authorization chosen for eviction, with what the scan saw of it.
+pub(super) struct Victim<const N: usize> {
+    key: [u8; N],
+    value: HostValue,
+    answered_ns: u64,
+}
+
+/// Chooses one batch of idle authorizations of a full `map` of `capacity` hosts to evict (least
+/// recently used, see [`crate::firewall::evict`]) by one scan. Hosts in `active` (the remote
+/// addresses of open connections, from `live_tcp` and conntrack: a connection idle for longer
+/// than [`evict::LIVE_NS`] keeps its host past the TTL in the sweeper) are in use and never
+/// chosen.
+/// Needs no exclusive lock: answers keep being written meanwhile, and [`evict`] removes only the
+/// victims nothing touched since.
+pub(super) fn plan_eviction<const N: usize>(
+    map: &impl HostStore<N>,
+    recency: &Recency<[u8; N]>,
+    capacity: u32,
+    active: &HashSet<IpAddr>,
+) -> io::Result<Vec<Victim<N>>>
+where
+    IpAddr: From<[u8; N]>,
+{
+    let now = boottime_ns();
+    let mut entries = map.entries()?;
+    if !active.is_empty() {
+        entries.retain(|(k, _)| !active.contains(&IpAddr::from(*k)));
+    }
+    let victims = recency.with(|answered| {
+        evict::victims(
+            entries.into_iter().map(|(k, v)| {
+                let answered_ns = answered.get(&k).copied().unwrap_or(0);
+                (
+                    Victim {
+                        key: k,
+                        value: v,
+                        answered_ns,
+                    },
+                    v,
+                )
+            }),
+            |victim| victim.answered_ns,
+            now,
+            evict::batch(capacity),
+        )
+    });
+    Ok(victims)
+}
+
+/// Removes the planned victims that are still as the scan saw them (same deadline, last packet
+/// and flags, no answer since): one renewed or used meanwhile stays. Runs under the *exclusive*
+/// host-map lock. Returns the addresses evicted (the caller removes their recorded names).
+pub(super) fn evict<const N: usize>(
+    map: &impl HostStore<N>,
+    recency: &Recency<[u8; N]>,
+    plan: Vec<Victim<N>>,
+) -> io::Result<Vec<IpAddr>>
+where
+    IpAddr: From<[u8; N]>,
+{
+    let mut evicted = Vec::with_capacity(plan.len());
+    for victim in plan {
+        if map.get(victim.key)? == Some(victim.value)
+            && recency.get(&victim.key) == victim.answered_ns
+            && map.delete(victim.key)?
+        {
+            recency.forget(&victim.key);
+            evicted.push(IpAddr::from(victim.key));
+        }
+    }
+    Ok(evicted)
+}
+
+#[cfg(test)]
+mod tests {
+    use nettrust_common::FLAG_WHITELISTED;
+
+    use super::{super::ipv4_table::HostTable, *};
+
+    const S: u64 = 1_000_000_000;
+
+    /// A full IPv4 table: the scan picks a batch of the idle authorizations, oldest answer first,
+    /// never the whitelisted host nor the one in use; an authorization renewed between the scan
+    /// and the removal stays; the table's probing invariant holds and the freed room takes new
+    /// hosts.
+    #[test]
+    fn a_full_table_evicts_idle_hosts_in_batches() {
+        const CAPACITY: u32 = 128;
+        let table = HostTable::in_memory(CAPACITY, 5);
+        let recency = Recency::new(CAPACITY);
+        let now = boottime_ns();
+        let addr = |i: u32| (0xC633_6400 + i).to_be_bytes(); // 198.51.100.0 + i
+        table
+            .insert(
+                addr(0),
+                &HostValue {
+                    flags: FLAG_WHITELISTED,
+                    ..HostValue::default()
+                },
+                false,
+            )
+            .unwrap();
+        for i in 1..CAPACITY {
+            upsert(&table, addr(i), 0).unwrap();
+            // Answered in order, long ago enough to be past the grace period (at boot on a
+            // machine up for less than 1000 s).
+            recency.touch(addr(i), now.saturating_sub(1000 * S) + u64::from(i));
+        }
+        // Host 1, the oldest answer, carries traffic.
+        let used = HostValue {
+            last_seen_ns: now,
+            ..table.get(addr(1)).unwrap()
+        };
+        table.insert(addr(1), &used, false).unwrap();
+        let full = upsert(&table, addr(500), 0).unwrap_err();
+        assert_eq!(full.raw_os_error(), Some(libc::E2BIG));
+
+        let plan = plan_eviction(&table, &recency, CAPACITY * 4, &Default::default()).unwrap();
+        assert_eq!(plan.len(), evict::batch(CAPACITY * 4));
+        let mut planned: Vec<[u8; 4]> = plan.iter().map(|v| v.key).collect();
+        planned.sort_unstable();
+        assert_eq!(planned, (2..10).map(addr).collect::<Vec<_>>());
+        // Answered again between the scan and the removal: kept.
+        upsert(&table, addr(3), 0).unwrap();
+        recency.touch(addr(3), now);
+        let evicted = evict(&table, &recency, plan).unwrap();
+        assert_eq!(evicted.len(), 7);
+        assert!(!evicted.contains(&IpAddr::from(addr(3))));
+        for a in &evicted {
+            let IpAddr::V4(v4) = a else { unreachable!() };
+            assert_eq!(table.get(v4.octets()), None);
+        }
+        for kept in [0, 1, 3, 10] {
+            assert!(table.get(addr(kept)).is_some(), "host {kept} was evicted");
+        }
+        for i in 0..7 {
+            upsert(&table, addr(500 + i), 0).unwrap();
+        }
+        assert_eq!(table.len(), CAPACITY as usize);
+        // Asked for more than there are: everything but the whitelisted host and the one in use.
+        let all = plan_eviction(&table, &recency, CAPACITY * 64 * 2, &Default::default()).unwrap();
+        assert_eq!(all.len(), CAPACITY as usize - 2);
+        assert!(
+            all.iter().all(|v| v.key != addr(0) && v.key != addr(1)),
+            "the whitelisted host or the one in use was planned"
+        );
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::{super::ipv4_table::HostTable, *};
+
+    /// The cost of one eviction scan of a full default-size IPv4 table (65,536 hosts), for
+    /// RELIABILITY.md: `cargo test --release -p nettrust --lib -- --ignored eviction_scan_cost
+    /// --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn eviction_scan_cost() {
+        let capacity = nettrust_common::DEFAULT_MAX_HOSTS;
+        let table = HostTable::in_memory(capacity, 77);
+        let recency = Recency::new(capacity);
+        let now = boottime_ns();
+        for i in 0..capacity {
+            let key = (0x0A00_0000 + i).to_be_bytes();
+            upsert(&table, key, 0).unwrap();
+            recency.touch(key, now.saturating_sub(u64::from(capacity - i) * 1_000_000));
+        }
+        let mut times = Vec::new();
+        for _ in 0..20 {
+            let started = std::time::Instant::now();
+            let plan = plan_eviction(&table, &recency, capacity, &Default::default()).unwrap();
+            times.push(started.elapsed());
+            assert_eq!(plan.len(), 1024);
+        }
+        times.sort();
+        eprintln!(
+            "eviction scan of {capacity} hosts: p50 {:?}, max {:?}",
+            times[10], times[19]
+        );
+    }
+}

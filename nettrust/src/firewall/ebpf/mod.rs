@@ -1,0 +1,40 @@
+//! The eBPF backend, in layers; each module uses only those listed before it:
+//!
+//! 1. `types` (errors, map handles, the linked programs) and `syscalls` (the raw `bpf(2)`
+//!    commands, on aya-obj's `bpf_attr`);
+//! 2. `ipv4_table` (the memory-mapped IPv4 table) and `host_table` (one interface over it and
+//!    the IPv6 map);
+//! 3. `pins` (the bpffs directory) and `adopt` (checking and opening what a previous run
+//!    pinned);
+//! 4. what the daemon writes into the maps: `authorizations`, `services`, `whitelist`,
+//!    `names_writer`, and what it reads: `denied_events`;
+//! 5. `eviction` (writing into a full host map) and `live_tcp` (the `sock_ops` program);
+//! 6. `attach` (filtering a cgroup) and `pinned_state` (list, status, counters);
+//! 7. `loader` (loading and pinning the object) and `backend` ([`EbpfFirewall`], the
+//!    [`crate::firewall::Firewall`] on all of it).
+
+mod adopt;
+mod attach;
+mod authorizations;
+mod backend;
+mod denied_events;
+mod eviction;
+mod host_table;
+mod ipv4_table;
+mod live_tcp;
+mod loader;
+mod names_writer;
+mod pinned_state;
+mod pins;
+mod services;
+pub mod syscalls;
+mod types;
+mod whitelist;
+
+pub use adopt::{Capacities, open_table};
+pub use attach::{attach_pinned, detach_pinned};
+pub use backend::{EbpfFirewall, EbpfOptions};
+pub use ipv4_table::HostTable;
+pub use pinned_state::{PinnedStatus, cgroup_egress, list_pinned, read_stats, status_pinned};
+pub use pins::{daemon_running, remove_all};
+pub use types::{EbpfError, PinError};
