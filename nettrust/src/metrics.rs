@@ -159,7 +159,7 @@ impl Metrics {
                 r,
                 "evicted_hosts",
                 "Idle authorizations evicted (least recently used) to make room in a full host map",
-                Counter::default(),
+                crate::firewall::EVICTED.clone(),
             ),
             expired: registered(
                 r,

@@ -28,6 +28,12 @@ use std::{
 
 use nettrust_common::{FLAG_WHITELISTED, HostValue};
 
+/// Idle authorizations evicted by either backend since the daemon started. The firewall owns the
+/// counter and `metrics` registers a clone of the handle (clones share one value), so the
+/// firewall never calls up into `metrics`.
+pub static EVICTED: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
 /// How long a new authorization that has not carried traffic yet ranks by its answer time like
 /// a used one: time for the client to connect after the answer.
 pub const GRACE_NS: u64 = 30_000_000_000;

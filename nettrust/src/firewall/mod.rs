@@ -3,6 +3,7 @@
 
 pub mod ebpf;
 mod evict;
+pub use evict::EVICTED;
 pub mod fake;
 pub mod nftables;
 

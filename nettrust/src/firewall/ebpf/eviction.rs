@@ -127,9 +127,7 @@ where
             }
         };
         if !evicted.is_empty() {
-            crate::metrics::metrics()
-                .evicted
-                .inc_by(evicted.len() as u64);
+            crate::firewall::evict::EVICTED.inc_by(evicted.len() as u64);
             tracing::info!(
                 evicted = evicted.len(),
                 first = ?evicted.first(),

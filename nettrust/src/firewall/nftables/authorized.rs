@@ -59,9 +59,7 @@ impl Inner {
             for addr in &evicted {
                 self.authorized.remove(addr);
             }
-            crate::metrics::metrics()
-                .evicted
-                .inc_by(evicted.len() as u64);
+            crate::firewall::evict::EVICTED.inc_by(evicted.len() as u64);
             tracing::info!(
                 evicted = evicted.len(),
                 first = ?evicted.first(),
