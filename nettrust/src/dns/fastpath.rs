@@ -34,7 +34,8 @@ use tokio::runtime::Handle;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    proxy::{ClientTransport, Forward, Prepared, Proxy, Retry},
+    handler::{Answered, ClientTransport, Forward, Outcome, Step},
+    proxy::{Proxy, Retry},
     server::MAX_UDP_IN_FLIGHT,
     upstream::{MAX_MESSAGE, UDP_POOL_SIZE, UpstreamError, connected_udp, worn_out},
 };
@@ -245,14 +246,18 @@ impl FastPath {
                 );
                 continue;
             }
-            match self.proxy.prepare(query, ClientTransport::Udp, client.ip()) {
-                Prepared::Reply(response, label) => {
-                    count_query(label);
-                    if let Some(response) = response {
+            match self
+                .proxy
+                .handler()
+                .step(query, ClientTransport::Udp, client.ip())
+            {
+                Step::Reply(reply) => {
+                    count_query(reply.outcome);
+                    if let Some(response) = reply.bytes {
                         self.replies.push(response, client);
                     }
                 }
-                Prepared::Forward(forward) => {
+                Step::Forward(forward) => {
                     // Until answered here or at the end of its hand-off.
                     self.in_flight.fetch_add(1, Ordering::Relaxed);
                     self.outgoing.push((forward, client));
@@ -301,12 +306,12 @@ impl FastPath {
                     break id;
                 }
             };
-            forward.query[..2].copy_from_slice(&id.to_be_bytes());
+            forward.query_with_id(id);
             ids.push(id);
         }
         let messages: Vec<(&[u8], Option<SocketAddr>)> = batch
             .iter()
-            .map(|(forward, _)| (forward.query.as_slice(), None))
+            .map(|(forward, _)| (forward.query(), None))
             .collect();
         let outbound = self.outbound.get_mut(&token).expect("pooled socket");
         let errors = send_all(&outbound.socket, &messages);
@@ -437,20 +442,18 @@ impl FastPath {
             tracing::debug!(upstream = %addr, id, dropped_total, "dropped a reply with an unknown ID");
             return;
         };
-        let Some(message) = upstreams.accepted(addr, datagram, id, pending.forward.question())
-        else {
-            return;
+        let reply = match proxy.handler().answer(&pending.forward, id, datagram, true) {
+            Answered::Rejected(rejection) => return upstreams.rejected(addr, &rejection),
+            Answered::RetryOverTcp => {
+                let pending = self.take(token, id).expect("pending query");
+                return self.hand_off(pending.forward, pending.client, Retry::Truncated(server));
+            }
+            Answered::Reply(reply) => reply,
         };
         let pending = self.take(token, id).expect("pending query");
-        if message.metadata.truncation {
-            // Nothing is ever taken from a truncated answer: ask again over TCP.
-            return self.hand_off(pending.forward, pending.client, Retry::Truncated(server));
-        }
         upstreams.succeeded(server, pending.sent);
-        let answer = (datagram.to_vec(), message);
-        let (response, label) = proxy.finish(&pending.forward, Ok(answer));
-        count_query(label);
-        if let Some(response) = response {
+        count_query(reply.outcome);
+        if let Some(response) = reply.bytes {
             self.replies.push(response, pending.client);
         }
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -520,9 +523,9 @@ impl FastPath {
         );
         self.tracker.spawn_on(
             async move {
-                let (response, label) = proxy.retry(&forward, retry).await;
-                count_query(label);
-                if let Some(response) = response {
+                let settled = proxy.retry(&forward, retry).await;
+                count_query(settled.outcome);
+                if let Some(response) = settled.bytes {
                     reply(&listener, &response, client);
                 }
                 in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -724,8 +727,8 @@ fn send_all(
     errors
 }
 
-fn count_query(label: &'static str) {
-    crate::metrics::metrics().query(ClientTransport::Udp.label(), label);
+fn count_query(outcome: Outcome) {
+    outcome.count(ClientTransport::Udp);
 }
 
 fn reply(listener: &UdpSocket, response: &[u8], client: SocketAddr) {

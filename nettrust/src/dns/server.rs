@@ -27,7 +27,8 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    proxy::{ClientTransport, Proxy, client_key},
+    clients::client_key,
+    proxy::{ClientTransport, Proxy},
     upstream::MAX_MESSAGE,
 };
 

@@ -42,7 +42,7 @@ use tokio::{
     time::{Instant, timeout, timeout_at},
 };
 
-use super::answer::check_response;
+use super::{answer::check_response, handler::Rejection};
 
 /// Largest DNS message (TCP length prefix is 16 bits, RFC 1035 §4.2.2; UDP payload likewise).
 pub const MAX_MESSAGE: usize = 65_535;
@@ -66,9 +66,6 @@ pub const UDP_POOL_SIZE: usize = 64;
 pub const UDP_SOCKET_USES: u32 = 256;
 /// Age after which a UDP socket is replaced even when little used.
 pub const UDP_SOCKET_AGE: Duration = Duration::from_secs(10);
-/// EDNS0 UDP payload size advertised upstream by default (DNS flag day 2020: avoids IP
-/// fragmentation).
-pub const DEFAULT_UDP_BUFFER_SIZE: u16 = 1232;
 
 /// Errors of one upstream exchange.
 #[derive(Debug, thiserror::Error)]
@@ -563,24 +560,36 @@ impl Upstreams {
 
     /// `datagram` from `addr` parsed, if it answers the query with `id` for `question`; anything
     /// else is counted in the dropped replies and logged.
-    pub(crate) fn accepted(
+    fn accepted(
         &self,
         addr: SocketAddr,
         datagram: &[u8],
         id: u16,
         question: &Query,
     ) -> Option<Message> {
-        let Ok(message) = Message::from_vec(datagram) else {
-            let dropped_total = self.count_dropped("malformed");
-            tracing::debug!(upstream = %addr, dropped_total, "dropped an unparsable datagram");
-            return None;
-        };
-        if let Err(mismatch) = check_response(&message, id, question) {
-            let dropped_total = self.count_dropped("forged");
-            tracing::warn!(upstream = %addr, %mismatch, dropped_total, "dropped a reply that does not match the query");
-            return None;
+        let checked = Message::from_vec(datagram)
+            .map_err(|_| Rejection::Malformed)
+            .and_then(|message| {
+                check_response(&message, id, question)
+                    .map(|()| message)
+                    .map_err(Rejection::Mismatch)
+            });
+        checked
+            .map_err(|rejection| self.rejected(addr, &rejection))
+            .ok()
+    }
+
+    /// Counts and logs a datagram from `addr` that did not answer the query it claimed to.
+    pub(crate) fn rejected(&self, addr: SocketAddr, rejection: &Rejection) {
+        let dropped_total = self.count_dropped(rejection.label());
+        match rejection {
+            Rejection::Malformed => {
+                tracing::debug!(upstream = %addr, dropped_total, "dropped an unparsable datagram");
+            }
+            Rejection::Mismatch(mismatch) => {
+                tracing::warn!(upstream = %addr, %mismatch, dropped_total, "dropped a reply that does not match the query");
+            }
         }
-        Some(message)
     }
 
     /// Records an answer from server `index` to a query sent at `started`.
