@@ -9,11 +9,10 @@
 //! query's path); under load the batches amortize the calls.
 //!
 //! The thread runs the same code as every other transport before and after the upstream
-//! ([`Proxy::prepare`], [`Proxy::finish`]: parsing, refusals, the cache, answer checks,
-//! authorization before the reply) and the same upstream rules as [`super::upstream`]: a random
-//! ID per query and a pool of [`UDP_POOL_SIZE`] connected sockets per server on random ports,
-//! renewed after [`UDP_SOCKET_USES`] queries or [`UDP_SOCKET_AGE`]; replies that do not answer
-//! the query (ID, question) are counted and ignored until the timeout. Only the first attempt
+//! ([`super::handler`]: parsing, refusals, the cache, answer checks, authorization before the
+//! reply) and the same upstream rules as [`super::upstream`]: a random ID per query and a pool
+//! of connected sockets per server on random, rotating ports ([`super::random`]); replies that
+//! do not answer the query (ID, question) are counted and ignored until the timeout. Only the first attempt
 //! runs here: a timeout, an error, a truncated answer (asked again over TCP) or every server in
 //! back-off hands the query to the runtime, which goes on exactly as the async path would.
 
@@ -21,7 +20,7 @@ use std::{
     collections::{HashMap, VecDeque},
     io,
     net::{SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -29,16 +28,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use socket2::{SockAddr, SockAddrStorage};
 use tokio::runtime::Handle;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use self::batch::{Batch, Replies, cvt, epoll_add, send_all};
 use super::{
     handler::{Answered, ClientTransport, Forward, Outcome, Step},
     proxy::{Proxy, Retry},
-    server::MAX_UDP_IN_FLIGHT,
-    upstream::{MAX_MESSAGE, UDP_POOL_SIZE, UpstreamError, connected_udp, worn_out},
+    random::{self, UDP_POOL_SIZE, connected_udp, worn_out},
+    upstream::{MAX_MESSAGE, UpstreamError},
 };
+
+/// Queries forwarded and not answered yet, over every thread serving the listener; more are
+/// dropped (clients retry).
+pub const MAX_UDP_IN_FLIGHT: usize = 1024;
 
 /// The listener's `epoll` token; upstream sockets get 1, 2, …
 const LISTENER: u64 = 0;
@@ -276,6 +279,13 @@ impl FastPath {
         let mut batch = std::mem::take(&mut self.outgoing);
         let proxy = self.proxy.clone();
         let upstreams = proxy.upstreams();
+        if !upstreams.uses_udp() {
+            // TCP or DoT upstreams: the runtime's pipelined connections carry every query.
+            for (forward, client) in batch {
+                self.hand_off(forward, client, Retry::Anew);
+            }
+            return;
+        }
         let Some(server) = upstreams.first_healthy() else {
             // Every server is in back-off: the runtime tries them all in order.
             for (forward, client) in batch {
@@ -300,12 +310,8 @@ impl FastPath {
         };
         let mut ids: Vec<u16> = Vec::with_capacity(batch.len());
         for (forward, _) in &mut batch {
-            let id = loop {
-                let id: u16 = rand::random();
-                if !self.pending.contains_key(&(token, id)) && !ids.contains(&id) {
-                    break id;
-                }
-            };
+            let id =
+                random::query_id(|id| self.pending.contains_key(&(token, id)) || ids.contains(&id));
             forward.query_with_id(id);
             ids.push(id);
         }
@@ -346,7 +352,7 @@ impl FastPath {
 
     /// A socket of `server`'s pool, picked at random; a worn-out or missing one is replaced.
     fn socket_for(&mut self, server: usize, addr: SocketAddr) -> io::Result<u64> {
-        let slot = rand::random_range(0..UDP_POOL_SIZE);
+        let slot = random::pool_slot();
         if let Some(token) = self.pools[server][slot] {
             let outbound = &self.outbound[&token];
             if !worn_out(outbound.uses, outbound.born) {
@@ -535,198 +541,6 @@ impl FastPath {
     }
 }
 
-/// Buffers for reading several datagrams in one `recvmmsg`.
-struct Batch {
-    room: usize,
-    buffers: Vec<Vec<u8>>,
-    /// Where the kernel writes each datagram's sender.
-    addrs: Vec<SockAddrStorage>,
-    /// The senders of the last [`Self::receive`].
-    senders: Vec<Option<SocketAddr>>,
-    iovecs: Vec<libc::iovec>,
-    headers: Vec<libc::mmsghdr>,
-}
-
-// SAFETY: the raw pointers in `iovecs` and `headers` point into the batch's own heap buffers,
-// which move with it; they are only used by the thread owning the batch.
-unsafe impl Send for Batch {}
-
-impl Batch {
-    /// Room for `count` datagrams of up to `room` bytes.
-    fn new(count: usize, room: usize) -> Self {
-        // SAFETY (the two `zeroed`): all-zero is a valid iovec and mmsghdr (plain C structures,
-        // null pointers).
-        let mut batch = Self {
-            room,
-            buffers: vec![vec![0; room]; count],
-            addrs: (0..count).map(|_| SockAddrStorage::zeroed()).collect(),
-            senders: vec![None; count],
-            iovecs: (0..count).map(|_| unsafe { std::mem::zeroed() }).collect(),
-            headers: (0..count).map(|_| unsafe { std::mem::zeroed() }).collect(),
-        };
-        for (iovec, buffer) in batch.iovecs.iter_mut().zip(&mut batch.buffers) {
-            *iovec = libc::iovec {
-                iov_base: buffer.as_mut_ptr().cast(),
-                iov_len: room,
-            };
-        }
-        batch
-    }
-
-    /// Reads the datagrams waiting on `socket` (at least one, else `WouldBlock`).
-    fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        for ((mmsg, addr), iovec) in self
-            .headers
-            .iter_mut()
-            .zip(&mut self.addrs)
-            .zip(&mut self.iovecs)
-        {
-            let header = &mut mmsg.msg_hdr;
-            header.msg_namelen = addr.size_of();
-            header.msg_name = std::ptr::from_mut(addr).cast();
-            header.msg_iov = iovec;
-            header.msg_iovlen = 1;
-            header.msg_flags = 0;
-            mmsg.msg_len = 0;
-        }
-        // SAFETY: every header points at this batch's own name buffer and iovec, which point at
-        // its buffers of `room` bytes; all outlive the call.
-        let received = unsafe {
-            libc::recvmmsg(
-                socket.as_raw_fd(),
-                self.headers.as_mut_ptr(),
-                libc::c_uint::try_from(self.headers.len()).unwrap_or(0),
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        let received = usize::try_from(cvt(received)?).unwrap_or(0);
-        for ((sender, addr), mmsg) in self
-            .senders
-            .iter_mut()
-            .zip(&mut self.addrs)
-            .zip(&self.headers)
-            .take(received)
-        {
-            let storage = std::mem::replace(addr, SockAddrStorage::zeroed());
-            // SAFETY: the kernel wrote the sender's address, `msg_namelen` bytes of the family
-            // it names, into this storage.
-            *sender = unsafe { SockAddr::new(storage, mmsg.msg_hdr.msg_namelen) }.as_socket();
-        }
-        Ok(received)
-    }
-
-    /// Datagram `index` of the last [`Self::receive`]; `None` for one that was cut (longer
-    /// than the room).
-    fn datagram(&self, index: usize) -> Option<&[u8]> {
-        let header = &self.headers[index];
-        if header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-            return None;
-        }
-        let len = usize::try_from(header.msg_len).ok()?.min(self.room);
-        Some(&self.buffers[index][..len])
-    }
-
-    /// The sender of datagram `index`; `None` for an unknown address family.
-    fn sender(&self, index: usize) -> Option<SocketAddr> {
-        self.senders[index]
-    }
-}
-
-/// Answers waiting to be sent, with their clients.
-#[derive(Default)]
-struct Replies {
-    messages: Vec<(Vec<u8>, SocketAddr)>,
-}
-
-impl Replies {
-    fn push(&mut self, message: Vec<u8>, client: SocketAddr) {
-        self.messages.push((message, client));
-    }
-
-    /// Sends every answer waiting on `socket`; one the kernel refuses is dropped (logged), as
-    /// a failed `sendto` would be.
-    fn flush(&mut self, socket: &UdpSocket) {
-        if self.messages.is_empty() {
-            return;
-        }
-        let messages: Vec<(&[u8], Option<SocketAddr>)> = self
-            .messages
-            .iter()
-            .map(|(message, client)| (message.as_slice(), Some(*client)))
-            .collect();
-        for ((_, client), error) in self.messages.iter().zip(send_all(socket, &messages)) {
-            if let Some(e) = error {
-                tracing::debug!("UDP listener: cannot answer {client}: {e}");
-            }
-        }
-        self.messages.clear();
-    }
-}
-
-/// Sends `messages` (to their address, or on a connected socket to its peer) in as few
-/// `sendmmsg` calls as the kernel allows; the error of each message that was not sent.
-fn send_all(
-    socket: &UdpSocket,
-    messages: &[(&[u8], Option<SocketAddr>)],
-) -> Vec<Option<io::Error>> {
-    let addrs: Vec<Option<SockAddr>> = messages
-        .iter()
-        .map(|(_, to)| to.map(SockAddr::from))
-        .collect();
-    let mut iovecs: Vec<libc::iovec> = messages
-        .iter()
-        .map(|(message, _)| libc::iovec {
-            iov_base: message.as_ptr().cast_mut().cast(),
-            iov_len: message.len(),
-        })
-        .collect();
-    let mut headers: Vec<libc::mmsghdr> = addrs
-        .iter()
-        .zip(iovecs.iter_mut())
-        .map(|(addr, iovec)| {
-            // SAFETY: all-zero is a valid msghdr (null pointers, no control data).
-            let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-            if let Some(addr) = addr {
-                // Only read by the kernel.
-                header.msg_name = addr.as_ptr().cast_mut().cast();
-                header.msg_namelen = addr.len();
-            }
-            header.msg_iov = iovec;
-            header.msg_iovlen = 1;
-            libc::mmsghdr {
-                msg_hdr: header,
-                msg_len: 0,
-            }
-        })
-        .collect();
-    let mut errors: Vec<Option<io::Error>> = (0..messages.len()).map(|_| None).collect();
-    let mut sent = 0;
-    while sent < headers.len() {
-        let left = libc::c_uint::try_from(headers.len() - sent).unwrap_or(libc::c_uint::MAX);
-        // SAFETY: each header points at its own address and iovec, which point at the messages;
-        // all outlive the call.
-        let result = unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                headers[sent..].as_mut_ptr(),
-                left,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        match cvt(result) {
-            Ok(count) if count > 0 => sent += usize::try_from(count).unwrap_or(1),
-            Ok(_) => sent += 1,
-            Err(e) => {
-                // The first message left failed; the next call starts after it.
-                errors[sent] = Some(e);
-                sent += 1;
-            }
-        }
-    }
-    errors
-}
-
 fn count_query(outcome: Outcome) {
     outcome.count(ClientTransport::Udp);
 }
@@ -737,23 +551,53 @@ fn reply(listener: &UdpSocket, response: &[u8], client: SocketAddr) {
     }
 }
 
-fn epoll_add(epoll: &OwnedFd, fd: RawFd, token: u64, events: libc::c_int) -> io::Result<()> {
-    let mut event = libc::epoll_event {
-        events: events as u32,
-        u64: token,
-    };
-    // SAFETY: both descriptors are open; `event` is a valid epoll_event.
-    cvt(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) })
-        .map(drop)
-}
-
-fn cvt(result: libc::c_int) -> io::Result<libc::c_int> {
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(result)
+/// Serves `udp` on `threads` threads (at least one) named `nettrust-udp` until `cancel` fires;
+/// shutdown (`tracker`) waits for each to finish its queries in flight. An error when no thread
+/// can start: a daemon that cannot serve UDP must not run behind a deny-by-default firewall.
+pub fn start(
+    udp: UdpSocket,
+    threads: usize,
+    proxy: &Arc<Proxy>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> io::Result<()> {
+    let in_flight = Arc::default();
+    let mut engines = Vec::with_capacity(threads.max(1));
+    for _ in 0..threads.max(1) {
+        engines.push(FastPath::new(
+            udp.try_clone()?,
+            proxy.clone(),
+            Handle::current(),
+            tracker.clone(),
+            Arc::clone(&in_flight),
+        )?);
     }
+    let count = engines.len();
+    for (started, engine) in engines.into_iter().enumerate() {
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let cancel = cancel.clone();
+        let spawned = std::thread::Builder::new()
+            .name("nettrust-udp".into())
+            .spawn(move || {
+                engine.run(&cancel);
+                let _ = done.send(());
+            });
+        if let Err(e) = spawned {
+            if started == 0 {
+                return Err(e);
+            }
+            // The threads already started serve the listener.
+            tracing::error!("only {started} of {count} UDP threads started: {e}");
+            break;
+        }
+        // Shutdown waits for the thread to finish the queries in flight.
+        tracker.spawn(async move {
+            let _ = finished.await;
+        });
+    }
+    Ok(())
 }
 
+mod batch;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
-//! UDP, TCP and DNS-over-TLS listeners. One task per query (UDP) or per connection (TCP/TLS),
-//! bounded by semaphores, tracked so shutdown can wait for them. Socket errors are logged and
+//! TCP and DNS-over-TLS listeners (UDP is served by [`super::fastpath`]). One task per
+//! connection, bounded by a semaphore, tracked so shutdown can wait for them. Socket errors are logged and
 //! skipped; a client that stalls (TLS handshake, half a message, idleness) is disconnected after
 //! [`TCP_IDLE_TIMEOUT`], and never holds up any other client. When `max_tcp_connections` are
 //! open, a new connection closes the oldest one of the client holding the most (RFC 7766
@@ -20,7 +20,7 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::{TcpListener, UdpSocket},
+    net::TcpListener,
     sync::Semaphore,
     time::timeout,
 };
@@ -28,59 +28,16 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
     clients::client_key,
+    framing::{frame, read_message},
     proxy::{ClientTransport, Proxy},
-    upstream::MAX_MESSAGE,
 };
 
-/// Queries handled at the same time over UDP; more are dropped (clients retry).
-pub const MAX_UDP_IN_FLIGHT: usize = 1024;
 /// TCP connections open at the same time per listener unless `max_tcp_connections` says
 /// otherwise; at the cap a new connection closes the oldest of the client holding the most.
 pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 256;
 /// A TCP client that sends nothing for this long is disconnected (RFC 7766 §6.2.3 suggests
 /// seconds).
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves DNS over UDP on `socket` until `cancel` fires.
-pub async fn serve_udp(
-    socket: Arc<UdpSocket>,
-    proxy: Arc<Proxy>,
-    tracker: TaskTracker,
-    cancel: CancellationToken,
-) {
-    let limit = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    loop {
-        let (len, peer) = tokio::select! {
-            () = cancel.cancelled() => return,
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(received) => received,
-                Err(e) => {
-                    tracing::debug!("UDP listener: receive error: {e}");
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::debug!(
-                "UDP listener: {MAX_UDP_IN_FLIGHT} queries in flight, dropping one from {peer}"
-            );
-            continue;
-        };
-        let query = buf[..len].to_vec();
-        let (socket, proxy) = (socket.clone(), proxy.clone());
-        tracker.spawn(async move {
-            if let Some(response) = proxy
-                .handle_from(&query, ClientTransport::Udp, peer.ip())
-                .await
-                && let Err(e) = socket.send_to(&response, peer).await
-            {
-                tracing::debug!("UDP listener: cannot answer {peer}: {e}");
-            }
-            drop(permit);
-        });
-    }
-}
 
 /// Serves DNS over TCP (RFC 7766, 2-byte length framing) on `listener` until `cancel` fires, with
 /// at most `max_connections` open; with `tls`, DNS over TLS (RFC 7858) instead.
@@ -226,8 +183,7 @@ pub async fn serve_connection(
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Ok(result) => result?,
         };
-        let mut query = vec![0u8; usize::from(len)];
-        timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut query))
+        let query = timeout(TCP_IDLE_TIMEOUT, read_message(&mut stream, len))
             .await
             .map_err(|_| {
                 std::io::Error::new(
@@ -238,12 +194,9 @@ pub async fn serve_connection(
         let Some(response) = proxy.handle_from(&query, transport, peer.ip()).await else {
             continue;
         };
-        let Ok(len) = u16::try_from(response.len()) else {
+        let Some(framed) = frame(&response) else {
             continue;
         };
-        let mut framed = Vec::with_capacity(response.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(&response);
         timeout(TCP_IDLE_TIMEOUT, async {
             stream.write_all(&framed).await?;
             stream.flush().await

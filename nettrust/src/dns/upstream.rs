@@ -1,13 +1,10 @@
 //! Forwarding queries to the upstream resolvers: UDP, TCP or DNS over TLS, several servers with
 //! failover.
 //!
-//! - UDP: each query gets a random ID and leaves from a socket picked at random from a pool of
-//!   [`UDP_POOL_SIZE`] sockets per server, each on its own kernel-chosen (random) ephemeral port
-//!   and *connected* to the upstream, so the kernel discards datagrams from any other source. A
-//!   socket is replaced by a fresh one (new random port) after [`UDP_SOCKET_USES`] queries or
-//!   [`UDP_SOCKET_AGE`], so ports keep changing (RFC 5452 §9.2) without paying socket setup on
-//!   every query. Replies that do not answer our query (ID, question) are ignored until the
-//!   timeout (RFC 5452 §9.1). A truncated answer is asked again over TCP, from the same server.
+//! - UDP: each query gets a random ID and leaves from a random socket of a pool of connected
+//!   sockets on random, rotating ports ([`super::random`]). Replies that do not answer our query
+//!   (ID, question) are ignored until the timeout (RFC 5452 §9.1). A truncated answer is asked
+//!   again over TCP, from the same server.
 //! - TCP and DoT: one connection per server, reused and pipelined (RFC 7766 §6.2.1.1): queries
 //!   carry IDs unique among those in flight on it and answers are matched by ID, in any order.
 //! - Servers are tried in the configured order. A server goes into back-off (skipped for
@@ -32,6 +29,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use hickory_proto::op::{Message, Query};
 use rustls_pki_types::ServerName;
 use tokio::{
@@ -42,7 +40,12 @@ use tokio::{
     time::{Instant, timeout, timeout_at},
 };
 
-use super::{answer::check_response, handler::Rejection};
+use super::{
+    answer::check_response,
+    framing::{frame, read_message},
+    handler::Rejection,
+    random::{self, UDP_POOL_SIZE, connected_udp, worn_out},
+};
 
 /// Largest DNS message (TCP length prefix is 16 bits, RFC 1035 §4.2.2; UDP payload likewise).
 pub const MAX_MESSAGE: usize = 65_535;
@@ -60,12 +63,6 @@ pub const HEALTH_BACKOFF: Duration = Duration::from_secs(5);
 pub const FAILURES_TO_BACK_OFF: usize = 3;
 /// How far back those failures count.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
-/// UDP sockets per upstream server.
-pub const UDP_POOL_SIZE: usize = 64;
-/// Queries sent from one UDP socket before it is replaced by one on a new random port.
-pub const UDP_SOCKET_USES: u32 = 256;
-/// Age after which a UDP socket is replaced even when little used.
-pub const UDP_SOCKET_AGE: Duration = Duration::from_secs(10);
 
 /// Errors of one upstream exchange.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +137,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 /// State shared between a pipelined connection and its reader task.
 struct Shared {
     /// Queries in flight, by the ID they were sent with.
-    pending: Mutex<HashMap<u16, oneshot::Sender<Vec<u8>>>>,
+    pending: Mutex<HashMap<u16, oneshot::Sender<Bytes>>>,
     closed: AtomicBool,
 }
 
@@ -185,8 +182,7 @@ impl Conn {
         let reader = tokio::spawn(async move {
             let mut read_one = async || -> std::io::Result<()> {
                 let len = read.read_u16().await?;
-                let mut buf = vec![0u8; usize::from(len)];
-                read.read_exact(&mut buf).await?;
+                let buf = read_message(&mut read, len).await?;
                 if buf.len() >= 2 {
                     let id = u16::from_be_bytes([buf[0], buf[1]]);
                     let waiter = reader_shared
@@ -228,24 +224,16 @@ impl Conn {
             if self.is_closed() {
                 return Err(UpstreamError::Closed { addr });
             }
-            let id = loop {
-                let id: u16 = rand::random();
-                if !pending.contains_key(&id) {
-                    break id;
-                }
-            };
+            let id = random::query_id(|id| pending.contains_key(&id));
             pending.insert(id, tx);
             id
         };
         let _guard = PendingGuard(&self.shared, id);
-        let len = u16::try_from(query.len()).map_err(|_| UpstreamError::BadAnswer {
+        let mut framed = frame(query).ok_or_else(|| UpstreamError::BadAnswer {
             addr,
             reason: "query longer than 65535 bytes".into(),
         })?;
-        let mut framed = Vec::with_capacity(query.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(&id.to_be_bytes());
-        framed.extend_from_slice(&query[2..]);
+        framed[2..4].copy_from_slice(&id.to_be_bytes());
         {
             let mut writer = self.writer.lock().await;
             let written = async {
@@ -262,7 +250,7 @@ impl Conn {
             }
         }
         let answer = rx.await.map_err(|_| UpstreamError::Closed { addr })?;
-        Ok((answer, id))
+        Ok((Vec::from(answer), id))
     }
 }
 
@@ -337,24 +325,6 @@ impl PooledUdp {
     fn worn_out(&self) -> bool {
         worn_out(self.uses.load(Ordering::Relaxed), self.born)
     }
-}
-
-/// A non-blocking UDP socket on a kernel-chosen (random) port, connected to `addr`.
-pub(crate) fn connected_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    let local: SocketAddr = if addr.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = std::net::UdpSocket::bind(local)?;
-    socket.connect(addr)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket)
-}
-
-/// Whether a pooled socket used `uses` times since `born` is due for a new random port.
-pub(crate) fn worn_out(uses: u32, born: std::time::Instant) -> bool {
-    uses >= UDP_SOCKET_USES || born.elapsed() >= UDP_SOCKET_AGE
 }
 
 /// Removes a UDP query's pending entry when its exchange ends.
@@ -694,7 +664,7 @@ impl Upstreams {
 
     /// A socket of `server`'s pool, picked at random; a worn-out or missing one is replaced.
     async fn udp_socket(&self, server: &Server) -> Result<Arc<PooledUdp>, UpstreamError> {
-        let slot = &server.udp[rand::random_range(0..server.udp.len())];
+        let slot = &server.udp[random::pool_slot()];
         if let Some(socket) = slot.lock().expect("pool lock").as_ref()
             && !socket.worn_out()
         {
@@ -726,12 +696,7 @@ impl Upstreams {
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
         let id = {
             let mut pending = socket.pending.lock().expect("pending lock");
-            let id = loop {
-                let id: u16 = rand::random();
-                if !pending.contains_key(&id) {
-                    break id;
-                }
-            };
+            let id = random::query_id(|id| pending.contains_key(&id));
             pending.insert(id, tx);
             id
         };

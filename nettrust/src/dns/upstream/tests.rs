@@ -6,7 +6,7 @@ use hickory_proto::{
 };
 
 use super::*;
-use crate::dns::testutil::*;
+use crate::dns::{random::UDP_SOCKET_USES, testutil::*};
 
 const SHORT: Duration = Duration::from_millis(300);
 
