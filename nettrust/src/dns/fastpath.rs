@@ -1,20 +1,25 @@
-//! The UDP fast path: when queries from UDP clients go upstream over UDP, one thread serves them
-//! with a plain level-triggered `epoll` loop over the listener and the upstream sockets, outside
-//! the async runtime. Each round reads the client queries waiting (`recvmmsg`), sends those to
-//! forward from one socket of the pool (`sendmmsg`), reads the answers waiting on each ready
-//! upstream socket (`recvmmsg`) and sends this round's replies (`sendmmsg`): at a low rate a
-//! query costs one wake-up and three system calls per hop, as a minimal forwarder, with no task,
-//! channel, timer or allocation beyond the messages themselves (at a low query rate, where every
-//! query meets cold caches, the runtime's machinery was most of the daemon's own time on a
-//! query's path); under load the batches amortize the calls.
+//! The UDP engine: the UDP listener and the upstream UDP exchanges, served by `worker_threads`
+//! threads, each a plain level-triggered `epoll` loop over the listener and its own pool of
+//! upstream sockets, outside the async runtime, with a table of pending queries and a deadline
+//! queue instead of tasks, channels and timers. Each round reads the client queries waiting
+//! (`recvmmsg`), sends those to forward from one socket of the pool (`sendmmsg`), reads the
+//! answers waiting on each ready upstream socket (`recvmmsg`) and sends this round's replies
+//! (`sendmmsg`): at a low rate a query costs one wake-up and three system calls per hop, as a
+//! minimal forwarder, with no task, channel, timer or allocation beyond the messages themselves
+//! (at a low query rate, where every query meets cold caches, the runtime's machinery was most
+//! of the daemon's own time on a query's path); under load the batches amortize the calls.
 //!
-//! The thread runs the same code as every other transport before and after the upstream
-//! ([`super::handler`]: parsing, refusals, the cache, answer checks, authorization before the
-//! reply) and the same upstream rules as [`super::upstream`]: a random ID per query and a pool
-//! of connected sockets per server on random, rotating ports ([`super::random`]); replies that
-//! do not answer the query (ID, question) are counted and ignored until the timeout. Only the first attempt
-//! runs here: a timeout, an error, a truncated answer (asked again over TCP) or every server in
-//! back-off hands the query to the runtime, which goes on exactly as the async path would.
+//! The DNS work is the [`super::handler`]'s (parsing, refusals, the cache, answer checks,
+//! authorization before the reply); the upstream sockets follow [`super::random`] (a random
+//! ID per query, a pool of connected sockets per server on random, rotating ports); replies
+//! that do not answer the query (ID, question) are counted and ignored until the timeout. A
+//! timeout, a refusal (ICMP port unreachable) or a send error counts against the server's health
+//! ([`super::upstream::Upstreams::failed`]) and the query is sent again, here, to the next server
+//! not tried (healthy ones first); with none left the client gets SERVFAIL. Only two things
+//! leave the thread for the runtime's pipelined connections: a truncated answer (asked again
+//! over TCP) and, with TCP or DoT upstreams, every forwarded query. Several threads share the
+//! listener with `EPOLLEXCLUSIVE` and one in-flight cap ([`MAX_UDP_IN_FLIGHT`]); shutdown stops
+//! reading the listener and lets pending queries finish.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -33,7 +38,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use self::batch::{Batch, Replies, cvt, epoll_add, send_all};
 use super::{
-    handler::{Answered, ClientTransport, Forward, Outcome, Step},
+    handler::{Answered, ClientTransport, Forward, Outcome, Reply, Step},
     proxy::{Proxy, Retry},
     random::{self, UDP_POOL_SIZE, connected_udp, worn_out},
     upstream::{MAX_MESSAGE, UpstreamError},
@@ -67,10 +72,17 @@ struct Outbound {
     retired: bool,
 }
 
+/// A forwarded client query.
+struct Query {
+    forward: Forward,
+    client: SocketAddr,
+    /// The servers that failed it, in order (each is tried at most once).
+    tried: Vec<usize>,
+}
+
 /// A query waiting for its upstream answer.
 struct Pending {
-    client: SocketAddr,
-    forward: Forward,
+    query: Query,
     server: usize,
     sent: Instant,
     deadline: Instant,
@@ -97,7 +109,7 @@ pub struct FastPath {
     queries: Batch,
     answers: Batch,
     /// Queries of this round, sent upstream together (`sendmmsg`) before the next wait.
-    outgoing: Vec<(Forward, SocketAddr)>,
+    outgoing: Vec<Query>,
     /// Answers of this round, sent together (`sendmmsg`) before the next wait.
     replies: Replies,
 }
@@ -190,9 +202,10 @@ impl FastPath {
                     self.on_reply(token);
                 }
             }
+            // Expired queries fail over or get SERVFAIL, sent with this round's replies.
+            self.expire(Instant::now());
             self.send_outgoing();
             self.replies.flush(&self.listener);
-            self.expire(Instant::now());
         }
     }
 
@@ -263,89 +276,92 @@ impl FastPath {
                 Step::Forward(forward) => {
                     // Until answered here or at the end of its hand-off.
                     self.in_flight.fetch_add(1, Ordering::Relaxed);
-                    self.outgoing.push((forward, client));
+                    self.outgoing.push(Query {
+                        forward,
+                        client,
+                        tried: Vec::new(),
+                    });
                 }
             }
         }
     }
 
-    /// Sends this round's queries to the first server not in back-off, from one socket of its
-    /// pool picked at random (each query's port is as random as with a socket per query: the
-    /// batch shares it, a guesser still faces the pool and a random ID per query).
+    /// Sends this round's queries to the first server not in back-off (or, with every server in
+    /// back-off, the first one).
     fn send_outgoing(&mut self) {
         if self.outgoing.is_empty() {
             return;
         }
-        let mut batch = std::mem::take(&mut self.outgoing);
+        let batch = std::mem::take(&mut self.outgoing);
         let proxy = self.proxy.clone();
         let upstreams = proxy.upstreams();
         if !upstreams.uses_udp() {
             // TCP or DoT upstreams: the runtime's pipelined connections carry every query.
-            for (forward, client) in batch {
-                self.hand_off(forward, client, Retry::Anew);
+            for query in batch {
+                self.hand_off(query.forward, query.client, Retry::Stream);
             }
             return;
         }
-        let Some(server) = upstreams.first_healthy() else {
-            // Every server is in back-off: the runtime tries them all in order.
-            for (forward, client) in batch {
-                self.hand_off(forward, client, Retry::Anew);
-            }
-            return;
-        };
+        let server = upstreams.next_server(&[]).expect("at least one upstream");
+        self.send(server, batch);
+    }
+
+    /// Sends `batch` to `server` from one socket of its pool picked at random (each query's port
+    /// is as random as with a socket per query: the batch shares it, a guesser still faces the
+    /// pool and a random ID per query).
+    fn send(&mut self, server: usize, mut batch: Vec<Query>) {
+        let proxy = self.proxy.clone();
+        let upstreams = proxy.upstreams();
         let addr = upstreams.addr(server);
         let token = match self.socket_for(server, addr) {
             Ok(token) => token,
             Err(source) => {
-                for (forward, client) in batch {
+                for query in batch {
                     let error = UpstreamError::Io {
                         addr,
                         what: "open a UDP socket",
                         source: io::Error::new(source.kind(), source.to_string()),
                     };
-                    self.failed(server, error, Instant::now(), forward, client);
+                    self.failed(server, error, Instant::now(), query);
                 }
                 return;
             }
         };
         let mut ids: Vec<u16> = Vec::with_capacity(batch.len());
-        for (forward, _) in &mut batch {
+        for query in &mut batch {
             let id =
                 random::query_id(|id| self.pending.contains_key(&(token, id)) || ids.contains(&id));
-            forward.query_with_id(id);
+            query.forward.query_with_id(id);
             ids.push(id);
         }
         let messages: Vec<(&[u8], Option<SocketAddr>)> = batch
             .iter()
-            .map(|(forward, _)| (forward.query(), None))
+            .map(|query| (query.forward.query(), None))
             .collect();
         let outbound = self.outbound.get_mut(&token).expect("pooled socket");
         let errors = send_all(&outbound.socket, &messages);
         let sent = Instant::now();
         let deadline = sent + upstreams.timeout();
-        for (((forward, client), id), error) in batch.into_iter().zip(ids).zip(errors) {
+        for ((query, id), error) in batch.into_iter().zip(ids).zip(errors) {
             if let Some(source) = error {
                 let error = UpstreamError::Io {
                     addr,
                     what: "send",
                     source,
                 };
-                self.failed(server, error, sent, forward, client);
+                self.failed(server, error, sent, query);
                 continue;
             }
             let outbound = self.outbound.get_mut(&token).expect("pooled socket");
             outbound.uses += 1;
             outbound.in_flight += 1;
-            self.pending.insert(
-                (token, id),
-                Pending {
-                    client,
-                    forward,
-                    server,
-                    sent,
-                    deadline,
-                },
-            );
+            let pending = Pending {
+                query,
+                server,
+                sent,
+                deadline,
+            };
+            self.pending.insert((token, id), pending);
             self.deadlines.push_back((deadline, token, id));
         }
     }
@@ -448,19 +464,27 @@ impl FastPath {
             tracing::debug!(upstream = %addr, id, dropped_total, "dropped a reply with an unknown ID");
             return;
         };
-        let reply = match proxy.handler().answer(&pending.forward, id, datagram, true) {
+        let forward = &pending.query.forward;
+        let reply = match proxy.handler().answer(forward, id, datagram, true) {
             Answered::Rejected(rejection) => return upstreams.rejected(addr, &rejection),
             Answered::RetryOverTcp => {
-                let pending = self.take(token, id).expect("pending query");
-                return self.hand_off(pending.forward, pending.client, Retry::Truncated(server));
+                let Query {
+                    forward, client, ..
+                } = self.take(token, id).expect("pending query").query;
+                return self.hand_off(forward, client, Retry::Truncated(server));
             }
             Answered::Reply(reply) => reply,
         };
         let pending = self.take(token, id).expect("pending query");
         upstreams.succeeded(server, pending.sent);
+        self.settle(reply, pending.query.client);
+    }
+
+    /// `query` is over with `reply`.
+    fn settle(&mut self, reply: Reply, client: SocketAddr) {
         count_query(reply.outcome);
         if let Some(response) = reply.bytes {
-            self.replies.push(response, pending.client);
+            self.replies.push(response, client);
         }
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -481,7 +505,7 @@ impl FastPath {
                 what: "receive",
                 source: io::ErrorKind::ConnectionRefused.into(),
             };
-            self.failed(server, error, pending.sent, pending.forward, pending.client);
+            self.failed(server, error, pending.sent, pending.query);
         }
     }
 
@@ -495,30 +519,25 @@ impl FastPath {
                 addr: upstreams.addr(pending.server),
                 timeout: upstreams.timeout(),
             };
-            self.failed(
-                pending.server,
-                error,
-                pending.sent,
-                pending.forward,
-                pending.client,
-            );
+            self.failed(pending.server, error, pending.sent, pending.query);
         }
     }
 
-    /// Server `server` failed this query, sent at `sent`: it counts towards the server's
-    /// back-off and the runtime tries the others.
-    fn failed(
-        &mut self,
-        server: usize,
-        error: UpstreamError,
-        sent: Instant,
-        forward: Forward,
-        client: SocketAddr,
-    ) {
-        self.proxy
-            .upstreams()
-            .failed(server, forward.question(), sent, &error);
-        self.hand_off(forward, client, Retry::Failed(server, error));
+    /// Server `server` failed `query`, sent at `sent`: it counts towards the server's back-off
+    /// and the next server not tried yet is asked (healthy ones first); with none left the
+    /// client gets SERVFAIL.
+    fn failed(&mut self, server: usize, error: UpstreamError, sent: Instant, mut query: Query) {
+        let proxy = self.proxy.clone();
+        let upstreams = proxy.upstreams();
+        upstreams.failed(server, query.forward.question(), sent, &error);
+        query.tried.push(server);
+        match upstreams.next_server(&query.tried) {
+            Some(next) => self.send(next, vec![query]),
+            None => {
+                let reply = proxy.handler().failed(&query.forward, &error);
+                self.settle(reply, query.client);
+            }
+        }
     }
 
     fn hand_off(&mut self, forward: Forward, client: SocketAddr, retry: Retry) {

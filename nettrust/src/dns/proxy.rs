@@ -118,17 +118,11 @@ impl Proxy {
         }
     }
 
-    /// Goes on with `forward` after its first UDP attempt (made by the fast path) did not
-    /// settle it.
+    /// Forwards a UDP client's query over TCP or DoT for the fast path.
     pub(crate) async fn retry(&self, forward: &Forward, retry: Retry) -> Reply {
         let (query, question) = (forward.query(), forward.question());
         let result = match retry {
-            Retry::Anew => self.upstreams.exchange(query, question, true).await,
-            Retry::Failed(server, error) => {
-                self.upstreams
-                    .exchange_after(query, question, server, error)
-                    .await
-            }
+            Retry::Stream => self.upstreams.exchange(query, question, false).await,
             Retry::Truncated(server) => {
                 self.upstreams
                     .exchange_truncated(server, query, question)
@@ -139,13 +133,11 @@ impl Proxy {
     }
 }
 
-/// Why a query the fast path sent goes on in the runtime.
+/// Why a UDP client's query goes on in the runtime.
 pub(crate) enum Retry {
-    /// It was not sent: every server is in back-off.
-    Anew,
-    /// This server failed it (already recorded).
-    Failed(usize, UpstreamError),
-    /// This server's UDP answer was truncated.
+    /// The upstreams are reached over TCP or DoT.
+    Stream,
+    /// This server's UDP answer was truncated: ask it over TCP (then the others).
     Truncated(usize),
 }
 

@@ -480,19 +480,6 @@ impl Upstreams {
             .await
     }
 
-    /// What [`Self::exchange`] does after server `failed` gave `error` (already recorded with
-    /// [`Self::failed`]): the other servers, over UDP.
-    pub(crate) async fn exchange_after(
-        &self,
-        query: &[u8],
-        question: &Query,
-        failed: usize,
-        error: UpstreamError,
-    ) -> Result<Answer, UpstreamError> {
-        self.exchange_skipping(query, question, true, Some((failed, error)))
-            .await
-    }
-
     async fn exchange_skipping(
         &self,
         query: &[u8],
@@ -606,10 +593,14 @@ impl Upstreams {
         }
     }
 
-    /// The first server not in back-off, if any.
-    pub(crate) fn first_healthy(&self) -> Option<usize> {
+    /// The server to ask next for a query that `tried` failed: the first one not in back-off
+    /// and not tried, else (every server left is in back-off) the first one not tried.
+    pub(crate) fn next_server(&self, tried: &[usize]) -> Option<usize> {
         let now = Instant::now();
-        self.servers.iter().position(|s| s.healthy_at(now))
+        let untried = || (0..self.servers.len()).filter(|index| !tried.contains(index));
+        untried()
+            .find(|&index| self.servers[index].healthy_at(now))
+            .or_else(|| untried().next())
     }
 
     /// Server `index`'s address.
@@ -622,7 +613,8 @@ impl Upstreams {
         self.timeout
     }
 
-    /// Asks server `index` over TCP (or TLS) after it gave a truncated UDP answer.
+    /// Asks server `index` over TCP (or TLS) after it gave a truncated UDP answer; if that
+    /// fails, the other servers over TCP.
     pub(crate) async fn exchange_truncated(
         &self,
         index: usize,
@@ -639,7 +631,9 @@ impl Upstreams {
             }
             Err(e) => {
                 self.failed(index, question, started, &e);
-                self.exchange_after(query, question, index, e).await
+                // The others, over TCP too: their UDP answer would be truncated as well.
+                self.exchange_skipping(query, question, false, Some((index, e)))
+                    .await
             }
         }
     }
