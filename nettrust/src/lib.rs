@@ -203,9 +203,7 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    if let Err(source) =
-        dns::fastpath::start(udp, settings.worker_threads, &proxy, &tracker, &cancel)
-    {
+    if let Err(source) = dns::udp::start(udp, settings.worker_threads, &proxy, &tracker, &cancel) {
         // Not serving UDP would leave clients without DNS behind a deny-by-default firewall.
         cancel.cancel();
         let _ = backend.stop(exit_mode);

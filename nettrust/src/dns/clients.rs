@@ -16,7 +16,7 @@ use std::{
 use ipnet::IpNet;
 
 /// Queries one client (IPv4 address, IPv6 /64) may have forwarded and unanswered at once. A
-/// quarter of the UDP listener's slots ([`super::fastpath::MAX_UDP_IN_FLIGHT`]): one client cannot
+/// quarter of the UDP listener's slots ([`super::udp::MAX_UDP_IN_FLIGHT`]): one client cannot
 /// take them all, and a host's own resolver traffic (every local process is the one client
 /// 127.0.0.1) keeps far more than the 100 in flight of a busy stub or a benchmark.
 pub const MAX_CLIENT_IN_FLIGHT: usize = 256;

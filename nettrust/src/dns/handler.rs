@@ -1,7 +1,7 @@
 //! One client query's DNS work, with no socket in it: query bytes become a [`Step`] (reply now,
 //! or forward this upstream query), an upstream answer's bytes become an [`Answered`] (the
 //! reply, a retry over TCP, or a rejected datagram to ignore), an upstream failure becomes
-//! SERVFAIL. The engines ([`super::fastpath`], [`super::upstream`]) only move bytes and time attempts;
+//! SERVFAIL. The engines ([`super::udp`], [`super::upstream`]) only move bytes and time attempts;
 //! every decision about what a client receives is taken here, once for every transport.
 //!
 //! Order of the checks: parse (FORMERR for a readable header, nothing for garbage or a

@@ -1,6 +1,6 @@
 //! One client query, start to finish, in the runtime: the [`Handler`]'s step, the upstream
 //! exchange, the handler's verdict on the answer. Used by the TCP and DoT listeners, by the UDP
-//! fast path for what its first attempt did not settle, and by tests and fuzz targets.
+//! UDP engine for what its first attempt did not settle, and by tests and fuzz targets.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -118,7 +118,7 @@ impl Proxy {
         }
     }
 
-    /// Forwards a UDP client's query over TCP or DoT for the fast path.
+    /// Forwards a UDP client's query over TCP or DoT for the UDP engine.
     pub(crate) async fn retry(&self, forward: &Forward, retry: Retry) -> Reply {
         let (query, question) = (forward.query(), forward.question());
         let result = match retry {

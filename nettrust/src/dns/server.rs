@@ -1,4 +1,4 @@
-//! TCP and DNS-over-TLS listeners (UDP is served by [`super::fastpath`]). One task per
+//! TCP and DNS-over-TLS listeners (UDP is served by [`super::udp`]). One task per
 //! connection, bounded by a semaphore, tracked so shutdown can wait for them. Socket errors are logged and
 //! skipped; a client that stalls (TLS handshake, half a message, idleness) is disconnected after
 //! [`TCP_IDLE_TIMEOUT`], and never holds up any other client. When `max_tcp_connections` are

@@ -88,8 +88,8 @@ struct Pending {
     deadline: Instant,
 }
 
-/// The fast path's state; [`FastPath::run`] is its thread.
-pub struct FastPath {
+/// The UDP engine's state; [`UdpEngine::run`] is its thread.
+pub struct UdpEngine {
     epoll: OwnedFd,
     listener: Arc<UdpSocket>,
     listening: bool,
@@ -103,7 +103,7 @@ pub struct FastPath {
     /// Deadlines in sending order (one timeout for all, so also in deadline order).
     deadlines: VecDeque<(Instant, u64, u16)>,
     next_token: u64,
-    /// Forwarded queries not finished yet, here, in the runtime or in the other fast-path
+    /// Forwarded queries not finished yet, here, in the runtime or in the other UDP engine
     /// threads ([`MAX_UDP_IN_FLIGHT`] in all).
     in_flight: Arc<AtomicUsize>,
     queries: Batch,
@@ -114,10 +114,10 @@ pub struct FastPath {
     replies: Replies,
 }
 
-impl FastPath {
-    /// A fast path serving `listener` (made non-blocking) through `proxy`; hand-offs run on
+impl UdpEngine {
+    /// A UDP engine serving `listener` (made non-blocking) through `proxy`; hand-offs run on
     /// `runtime`, tracked by `tracker`. Several threads may serve one listener (each with its
-    /// own [`FastPath`] on a clone of it, sharing `in_flight`): the kernel then wakes one of them
+    /// own [`UdpEngine`] on a clone of it, sharing `in_flight`): the kernel then wakes one of them
     /// per readiness (`EPOLLEXCLUSIVE`).
     pub fn new(
         listener: UdpSocket,
@@ -583,7 +583,7 @@ pub fn start(
     let in_flight = Arc::default();
     let mut engines = Vec::with_capacity(threads.max(1));
     for _ in 0..threads.max(1) {
-        engines.push(FastPath::new(
+        engines.push(UdpEngine::new(
             udp.try_clone()?,
             proxy.clone(),
             Handle::current(),

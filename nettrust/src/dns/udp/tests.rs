@@ -1,4 +1,4 @@
-//! The fast path on loopback: real sockets, scripted upstreams, a recording firewall.
+//! The UDP engine on loopback: real sockets, scripted upstreams, a recording firewall.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -13,7 +13,7 @@ use hickory_proto::{
 use tokio::net::UdpSocket;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::FastPath;
+use super::UdpEngine;
 use crate::{
     authorizer::Authorizer,
     dns::{
@@ -23,7 +23,7 @@ use crate::{
     },
 };
 
-/// A running fast path.
+/// A running UDP engine.
 struct Running {
     addr: SocketAddr,
     firewall: Arc<Recording>,
@@ -52,7 +52,7 @@ impl Running {
         )));
         let listener = std::net::UdpSocket::bind(listen).unwrap();
         let addr = listener.local_addr().unwrap();
-        let fast = FastPath::new(
+        let fast = UdpEngine::new(
             listener,
             proxy.clone(),
             tokio::runtime::Handle::current(),
@@ -430,7 +430,7 @@ async fn answered_queries_leave_no_wake_ups_behind() {
     fast.stop().await;
 }
 
-/// A client outside allow_clients gets REFUSED from the fast path: nothing forwarded or
+/// A client outside allow_clients gets REFUSED from the UDP engine: nothing forwarded or
 /// authorized; one inside is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_outside_allow_clients_are_refused() {
@@ -457,7 +457,7 @@ async fn clients_outside_allow_clients_are_refused() {
     fast.stop().await;
 }
 
-/// Over its in-flight bound a client is refused at once by the fast path, and another client's
+/// Over its in-flight bound a client is refused at once by the UDP engine, and another client's
 /// query is still forwarded and answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_client_is_refused_over_its_bound_and_others_are_answered() {
