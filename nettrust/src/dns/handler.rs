@@ -21,8 +21,9 @@ use std::{net::IpAddr, time::Instant};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use ipnet::IpNet;
 
+pub use super::answer::Rejection;
 use super::{
-    answer::{Mismatch, check_response},
+    answer::accept,
     cache::Cache,
     clients::{ClientSlot, Clients},
 };
@@ -141,25 +142,6 @@ pub enum Answered {
     RetryOverTcp,
     /// Not the answer to this query (forged, stale, garbled): ignore it and keep waiting.
     Rejected(Rejection),
-}
-
-/// Why an upstream message was not taken as the answer.
-#[derive(Debug)]
-pub enum Rejection {
-    /// Not a DNS message.
-    Malformed,
-    /// A DNS message, but not the response to our query.
-    Mismatch(Mismatch),
-}
-
-impl Rejection {
-    /// The `result` label of `nettrust_rejected_answers_total`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Malformed => "malformed",
-            Self::Mismatch(_) => "forged",
-        }
-    }
 }
 
 /// A query on its way to the upstream.
@@ -368,12 +350,10 @@ impl Handler {
     /// What `bytes`, received for `forward` sent under `id`, means; `over_udp`: a truncated
     /// answer is asked again over TCP (over TCP it is relayed, authorizing nothing).
     pub fn answer(&self, forward: &Forward, id: u16, bytes: &[u8], over_udp: bool) -> Answered {
-        let Ok(message) = Message::from_vec(bytes) else {
-            return Answered::Rejected(Rejection::Malformed);
+        let message = match accept(bytes, id, forward.question()) {
+            Ok(message) => message,
+            Err(rejection) => return Answered::Rejected(rejection),
         };
-        if let Err(mismatch) = check_response(&message, id, forward.question()) {
-            return Answered::Rejected(Rejection::Mismatch(mismatch));
-        }
         if over_udp && message.metadata.truncation {
             return Answered::RetryOverTcp;
         }

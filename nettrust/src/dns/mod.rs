@@ -14,6 +14,7 @@ pub mod handler;
 pub mod proxy;
 pub mod random;
 pub mod server;
+pub(crate) mod servers;
 pub mod tls;
 pub mod udp;
 pub mod upstream;

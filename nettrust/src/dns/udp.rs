@@ -38,10 +38,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use self::batch::{Batch, Replies, cvt, epoll_add, send_all};
 use super::{
+    answer::Rejection,
     handler::{Answered, ClientTransport, Forward, Outcome, Reply, Step},
     proxy::{Proxy, Retry},
     random::{self, UDP_POOL_SIZE, connected_udp, worn_out},
-    upstream::{MAX_MESSAGE, UpstreamError},
+    servers::{Servers, UpstreamError},
+    upstream::MAX_MESSAGE,
 };
 
 /// Queries forwarded and not answered yet, over every thread serving the listener; more are
@@ -96,6 +98,10 @@ pub struct UdpEngine {
     proxy: Arc<Proxy>,
     runtime: Handle,
     tracker: TaskTracker,
+    /// The upstream servers: addresses, health, failover order.
+    servers: Arc<Servers>,
+    /// Whether the upstreams are asked over UDP (else every query goes to the runtime).
+    over_udp: bool,
     outbound: HashMap<u64, Outbound>,
     /// Per server, the pool's slots (tokens into `outbound`).
     pools: Vec<Vec<Option<u64>>>,
@@ -137,7 +143,8 @@ impl UdpEngine {
             LISTENER,
             libc::EPOLLIN | libc::EPOLLEXCLUSIVE,
         )?;
-        let servers = proxy.upstreams().addrs().len();
+        let servers = proxy.upstreams().servers().clone();
+        let over_udp = proxy.upstreams().uses_udp();
         Ok(Self {
             epoll,
             listener: Arc::new(listener),
@@ -146,7 +153,9 @@ impl UdpEngine {
             runtime,
             tracker,
             outbound: HashMap::new(),
-            pools: vec![vec![None; UDP_POOL_SIZE]; servers],
+            pools: vec![vec![None; UDP_POOL_SIZE]; servers.len()],
+            servers,
+            over_udp,
             pending: HashMap::new(),
             deadlines: VecDeque::new(),
             next_token: LISTENER + 1,
@@ -293,16 +302,17 @@ impl UdpEngine {
             return;
         }
         let batch = std::mem::take(&mut self.outgoing);
-        let proxy = self.proxy.clone();
-        let upstreams = proxy.upstreams();
-        if !upstreams.uses_udp() {
+        if !self.over_udp {
             // TCP or DoT upstreams: the runtime's pipelined connections carry every query.
             for query in batch {
                 self.hand_off(query.forward, query.client, Retry::Stream);
             }
             return;
         }
-        let server = upstreams.next_server(&[]).expect("at least one upstream");
+        let server = self
+            .servers
+            .next_server(&[])
+            .expect("at least one upstream");
         self.send(server, batch);
     }
 
@@ -310,9 +320,7 @@ impl UdpEngine {
     /// is as random as with a socket per query: the batch shares it, a guesser still faces the
     /// pool and a random ID per query).
     fn send(&mut self, server: usize, mut batch: Vec<Query>) {
-        let proxy = self.proxy.clone();
-        let upstreams = proxy.upstreams();
-        let addr = upstreams.addr(server);
+        let addr = self.servers.addr(server);
         let token = match self.socket_for(server, addr) {
             Ok(token) => token,
             Err(source) => {
@@ -341,7 +349,7 @@ impl UdpEngine {
         let outbound = self.outbound.get_mut(&token).expect("pooled socket");
         let errors = send_all(&outbound.socket, &messages);
         let sent = Instant::now();
-        let deadline = sent + upstreams.timeout();
+        let deadline = sent + self.servers.timeout();
         for ((query, id), error) in batch.into_iter().zip(ids).zip(errors) {
             if let Some(source) = error {
                 let error = UpstreamError::Io {
@@ -433,7 +441,8 @@ impl UdpEngine {
                         Some(datagram) => self.on_answer(token, server, datagram),
                         None => {
                             // Cannot happen with room for 65,535 bytes; never used if it does.
-                            self.proxy.upstreams().count_dropped("malformed");
+                            let rejection = Rejection::Malformed;
+                            self.servers.rejected(self.servers.addr(server), &rejection);
                         }
                     }
                 }
@@ -443,7 +452,7 @@ impl UdpEngine {
                 self.refused(token, server);
             }
             Err(e) => {
-                tracing::debug!(upstream = %self.proxy.upstreams().addr(server), "receive error: {e}");
+                tracing::debug!(upstream = %self.servers.addr(server), "receive error: {e}");
             }
         }
         self.answers = answers;
@@ -454,19 +463,17 @@ impl UdpEngine {
         if datagram.len() < 2 {
             return;
         }
-        let proxy = self.proxy.clone();
-        let upstreams = proxy.upstreams();
-        let addr = upstreams.addr(server);
+        let (proxy, servers) = (self.proxy.clone(), self.servers.clone());
+        let addr = servers.addr(server);
         let id = u16::from_be_bytes([datagram[0], datagram[1]]);
         let Some(pending) = self.pending.get(&(token, id)) else {
             // No query in flight with that ID: late or forged.
-            let dropped_total = upstreams.count_dropped("forged");
-            tracing::debug!(upstream = %addr, id, dropped_total, "dropped a reply with an unknown ID");
+            servers.unknown_id(addr, id);
             return;
         };
         let forward = &pending.query.forward;
         let reply = match proxy.handler().answer(forward, id, datagram, true) {
-            Answered::Rejected(rejection) => return upstreams.rejected(addr, &rejection),
+            Answered::Rejected(rejection) => return servers.rejected(addr, &rejection),
             Answered::RetryOverTcp => {
                 let Query {
                     forward, client, ..
@@ -476,7 +483,7 @@ impl UdpEngine {
             Answered::Reply(reply) => reply,
         };
         let pending = self.take(token, id).expect("pending query");
-        upstreams.succeeded(server, pending.sent);
+        servers.succeeded(server, pending.sent);
         self.settle(reply, pending.query.client);
     }
 
@@ -497,7 +504,7 @@ impl UdpEngine {
             .filter(|(t, _)| *t == token)
             .map(|(_, id)| *id)
             .collect();
-        let addr = self.proxy.upstreams().addr(server);
+        let addr = self.servers.addr(server);
         for id in ids {
             let pending = self.take(token, id).expect("pending query");
             let error = UpstreamError::Io {
@@ -514,10 +521,9 @@ impl UdpEngine {
         while self.next_deadline().is_some_and(|deadline| deadline <= now) {
             let (_, token, id) = self.deadlines.pop_front().expect("a deadline");
             let pending = self.take(token, id).expect("pending query");
-            let upstreams = self.proxy.upstreams();
             let error = UpstreamError::Timeout {
-                addr: upstreams.addr(pending.server),
-                timeout: upstreams.timeout(),
+                addr: self.servers.addr(pending.server),
+                timeout: self.servers.timeout(),
             };
             self.failed(pending.server, error, pending.sent, pending.query);
         }
@@ -527,14 +533,13 @@ impl UdpEngine {
     /// and the next server not tried yet is asked (healthy ones first); with none left the
     /// client gets SERVFAIL.
     fn failed(&mut self, server: usize, error: UpstreamError, sent: Instant, mut query: Query) {
-        let proxy = self.proxy.clone();
-        let upstreams = proxy.upstreams();
-        upstreams.failed(server, query.forward.question(), sent, &error);
+        let servers = self.servers.clone();
+        servers.failed(server, query.forward.question(), sent, &error);
         query.tried.push(server);
-        match upstreams.next_server(&query.tried) {
+        match servers.next_server(&query.tried) {
             Some(next) => self.send(next, vec![query]),
             None => {
-                let reply = proxy.handler().failed(&query.forward, &error);
+                let reply = self.proxy.handler().failed(&query.forward, &error);
                 self.settle(reply, query.client);
             }
         }

@@ -7,20 +7,10 @@
 //!   again over TCP, from the same server.
 //! - TCP and DoT: one connection per server, reused and pipelined (RFC 7766 §6.2.1.1): queries
 //!   carry IDs unique among those in flight on it and answers are matched by ID, in any order.
-//! - Servers are tried in the configured order. A server goes into back-off (skipped for
-//!   [`HEALTH_BACKOFF`] unless every server is in back-off) only after it failed (timeout, error,
-//!   unusable answer) [`FAILURES_TO_BACK_OFF`] distinct questions within [`FAILURE_WINDOW`] with
-//!   no answer in between: one slow or broken zone, asked any number of times, fails only the
-//!   queries for it and never moves other clients' queries to the next server (which may not
-//!   filter like the first). Any answer clears the record, and a failed query does not count at
-//!   all when the server answered anything after it was sent (the server is alive, the question
-//!   is slow): several slow questions asked at once do not bench a server that answers others. A server coming out of back-off is on
-//!   probation: its next failure puts it back at once, so a dead server costs one timeout per
-//!   back-off period, not three.
+//! - Servers are tried in the configured order, healthy ones first ([`super::servers`]).
 
 use std::{
     collections::HashMap,
-    hash::{Hash as _, Hasher as _},
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -40,68 +30,16 @@ use tokio::{
     time::{Instant, timeout, timeout_at},
 };
 
+pub use super::servers::{FAILURE_WINDOW, FAILURES_TO_BACK_OFF, HEALTH_BACKOFF, UpstreamError};
 use super::{
-    answer::check_response,
+    answer::accept,
     framing::{frame, read_message},
-    handler::Rejection,
     random::{self, UDP_POOL_SIZE, connected_udp, worn_out},
+    servers::Servers,
 };
 
 /// Largest DNS message (TCP length prefix is 16 bits, RFC 1035 §4.2.2; UDP payload likewise).
 pub const MAX_MESSAGE: usize = 65_535;
-/// Counts a refused upstream reply in `nettrust_rejected_answers_total`.
-fn count_rejected(result: &'static str) {
-    crate::metrics::metrics()
-        .rejected_answers
-        .get_or_create(&crate::metrics::ResultLabel { result })
-        .inc();
-}
-
-/// How long a failing server is skipped.
-pub const HEALTH_BACKOFF: Duration = Duration::from_secs(5);
-/// Distinct questions a server must fail, with no answer in between, to go into back-off.
-pub const FAILURES_TO_BACK_OFF: usize = 3;
-/// How far back those failures count.
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
-
-/// Errors of one upstream exchange.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// A socket operation failed.
-    #[error("upstream {addr}: {what}")]
-    Io {
-        /// The upstream.
-        addr: SocketAddr,
-        /// What was being done.
-        what: &'static str,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// No acceptable answer arrived in time.
-    #[error("upstream {addr}: no answer within {timeout:?}")]
-    Timeout {
-        /// The upstream.
-        addr: SocketAddr,
-        /// The timeout.
-        timeout: Duration,
-    },
-    /// The upstream sent something that is not the answer to our query.
-    #[error("upstream {addr}: unusable answer: {reason}")]
-    BadAnswer {
-        /// The upstream.
-        addr: SocketAddr,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// The pipelined connection closed before the answer arrived.
-    #[error("upstream {addr}: connection closed")]
-    Closed {
-        /// The upstream.
-        addr: SocketAddr,
-    },
-}
-
 /// How queries travel to the upstreams.
 #[derive(Clone)]
 pub enum Transport {
@@ -273,10 +211,7 @@ impl Drop for PooledUdp {
 }
 
 impl PooledUdp {
-    async fn open(
-        addr: SocketAddr,
-        dropped: Arc<std::sync::atomic::AtomicU64>,
-    ) -> std::io::Result<Self> {
+    async fn open(addr: SocketAddr, servers: Arc<Servers>) -> std::io::Result<Self> {
         let socket = Arc::new(UdpSocket::from_std(connected_udp(addr)?)?);
         let pending: Arc<Mutex<HashMap<u16, tokio::sync::mpsc::Sender<Vec<u8>>>>> = Arc::default();
         let (reader_socket, reader_pending) = (socket.clone(), pending.clone());
@@ -292,12 +227,7 @@ impl PooledUdp {
                             Some(waiter) => {
                                 let _ = waiter.try_send(buf[..len].to_vec());
                             }
-                            None => {
-                                // No query in flight with that ID: late or forged.
-                                count_rejected("forged");
-                                let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                                tracing::debug!(upstream = %addr, id, dropped_total = total, "dropped a reply with an unknown ID");
-                            }
+                            None => servers.unknown_id(addr, id),
                         }
                     }
                     Ok(_) => {}
@@ -336,95 +266,22 @@ impl Drop for UdpPendingGuard<'_> {
     }
 }
 
-/// One upstream server and its state.
+/// One upstream server's sockets.
 struct Server {
     addr: SocketAddr,
     /// The UDP socket pool (slots filled on first use).
     udp: Vec<Mutex<Option<Arc<PooledUdp>>>>,
-    /// Recent failures and back-off.
-    health: Mutex<Health>,
     /// The reused TCP/TLS connection, if open.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
-}
-
-/// A server's failures since its last answer, and its back-off.
-#[derive(Debug, Default)]
-struct Health {
-    /// Skipped until then.
-    down_until: Option<Instant>,
-    /// The last failure of each distinct question (a hash of it) since the last answer, oldest
-    /// first; at most [`FAILURES_TO_BACK_OFF`] entries.
-    failures: Vec<(Instant, u64)>,
-    /// Out of a back-off with no answer since: the next failure starts another at once.
-    probation: bool,
-    /// When the server last answered.
-    last_answer: Option<Instant>,
-}
-
-impl Health {
-    /// Records a failure at `now` of `question`, sent at `sent`; `true` when it starts a
-    /// back-off.
-    fn failed(&mut self, question: u64, sent: Instant, now: Instant) -> bool {
-        if self.last_answer.is_some_and(|answered| answered >= sent) {
-            // The server answered since this query left: it is alive, the question is slow.
-            return false;
-        }
-        if self.down_until.is_some_and(|until| until > now) {
-            // Already in back-off (tried because every server is): extend nothing.
-            return false;
-        }
-        if self.probation {
-            self.failures.clear();
-            self.down_until = Some(now + HEALTH_BACKOFF);
-            return true;
-        }
-        self.failures
-            .retain(|&(at, q)| q != question && now.duration_since(at) < FAILURE_WINDOW);
-        self.failures.push((now, question));
-        if self.failures.len() >= FAILURES_TO_BACK_OFF {
-            self.failures.clear();
-            self.down_until = Some(now + HEALTH_BACKOFF);
-            self.probation = true;
-            return true;
-        }
-        false
-    }
-
-    fn succeeded(&mut self, now: Instant) {
-        *self = Self {
-            last_answer: Some(now),
-            ..Self::default()
-        };
-    }
-
-    fn healthy_at(&self, now: Instant) -> bool {
-        self.down_until.is_none_or(|until| until <= now)
-    }
-}
-
-/// A question's identity for counting distinct failures: name (case-insensitive), type, class.
-fn question_key(question: &Query) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    question.name().to_lowercase().hash(&mut hasher);
-    u16::from(question.query_type()).hash(&mut hasher);
-    u16::from(question.query_class()).hash(&mut hasher);
-    hasher.finish()
-}
-
-impl Server {
-    /// Whether the server is out of back-off at `now`.
-    fn healthy_at(&self, now: Instant) -> bool {
-        self.health.lock().expect("health lock").healthy_at(now)
-    }
 }
 
 /// The upstream resolvers.
 pub struct Upstreams {
     servers: Vec<Server>,
+    /// Addresses, health and failover order, shared with the UDP engine.
+    shared: Arc<Servers>,
     transport: Transport,
     timeout: Duration,
-    /// Replies dropped because they did not answer our query (forgeries, stale or garbled).
-    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Upstreams {
@@ -437,29 +294,28 @@ impl Upstreams {
                 .map(|&addr| Server {
                     addr,
                     udp: (0..UDP_POOL_SIZE).map(|_| Mutex::new(None)).collect(),
-                    health: Mutex::new(Health::default()),
                     conn: tokio::sync::Mutex::new(None),
                 })
                 .collect(),
+            shared: Arc::new(Servers::new(addrs, timeout)),
             transport,
             timeout,
-            dropped: Arc::default(),
         }
+    }
+
+    /// The servers' addresses, health and failover order.
+    pub(crate) fn servers(&self) -> &Arc<Servers> {
+        &self.shared
     }
 
     /// How many upstream replies were dropped as not answering the query they claimed to.
     pub fn dropped_replies(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn count_dropped(&self, result: &'static str) -> u64 {
-        count_rejected(result);
-        self.dropped.fetch_add(1, Ordering::Relaxed) + 1
+        self.shared.dropped_replies()
     }
 
     /// The servers' addresses, in order.
     pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.servers.iter().map(|s| s.addr).collect()
+        self.shared.addrs().to_vec()
     }
 
     /// Whether queries from a UDP client go upstream over UDP.
@@ -487,28 +343,22 @@ impl Upstreams {
         udp_client: bool,
         skip: Option<(usize, UpstreamError)>,
     ) -> Result<Answer, UpstreamError> {
-        let now = Instant::now();
-        let skipped = skip.as_ref().map(|(index, _)| *index);
+        let mut tried: Vec<usize> = skip.iter().map(|(index, _)| *index).collect();
         let mut last_error = skip.map(|(_, error)| error);
-        // Healthy servers first, then (if every one failed or is in back-off) the others.
-        for pass_healthy in [true, false] {
-            for (index, server) in self.servers.iter().enumerate() {
-                if server.healthy_at(now) != pass_healthy || Some(index) == skipped {
-                    continue;
+        while let Some(index) = self.shared.next_server(&tried) {
+            tried.push(index);
+            let started = std::time::Instant::now();
+            match self
+                .exchange_with(&self.servers[index], query, question, udp_client)
+                .await
+            {
+                Ok(answer) => {
+                    self.shared.succeeded(index, started);
+                    return Ok(answer);
                 }
-                let started = std::time::Instant::now();
-                match self
-                    .exchange_with(server, query, question, udp_client)
-                    .await
-                {
-                    Ok(answer) => {
-                        self.succeeded(index, started);
-                        return Ok(answer);
-                    }
-                    Err(e) => {
-                        self.failed(index, question, started, &e);
-                        last_error = Some(e);
-                    }
+                Err(e) => {
+                    self.shared.failed(index, question, started, &e);
+                    last_error = Some(e);
                 }
             }
         }
@@ -524,93 +374,9 @@ impl Upstreams {
         id: u16,
         question: &Query,
     ) -> Option<Message> {
-        let checked = Message::from_vec(datagram)
-            .map_err(|_| Rejection::Malformed)
-            .and_then(|message| {
-                check_response(&message, id, question)
-                    .map(|()| message)
-                    .map_err(Rejection::Mismatch)
-            });
-        checked
-            .map_err(|rejection| self.rejected(addr, &rejection))
+        accept(datagram, id, question)
+            .map_err(|rejection| self.shared.rejected(addr, &rejection))
             .ok()
-    }
-
-    /// Counts and logs a datagram from `addr` that did not answer the query it claimed to.
-    pub(crate) fn rejected(&self, addr: SocketAddr, rejection: &Rejection) {
-        let dropped_total = self.count_dropped(rejection.label());
-        match rejection {
-            Rejection::Malformed => {
-                tracing::debug!(upstream = %addr, dropped_total, "dropped an unparsable datagram");
-            }
-            Rejection::Mismatch(mismatch) => {
-                tracing::warn!(upstream = %addr, %mismatch, dropped_total, "dropped a reply that does not match the query");
-            }
-        }
-    }
-
-    /// Records an answer from server `index` to a query sent at `started`.
-    pub(crate) fn succeeded(&self, index: usize, started: std::time::Instant) {
-        crate::metrics::metrics()
-            .upstream_latency
-            .observe(started.elapsed().as_secs_f64());
-        self.servers[index]
-            .health
-            .lock()
-            .expect("health lock")
-            .succeeded(Instant::now());
-    }
-
-    /// Records that server `index` failed `question`, sent at `sent`; after
-    /// [`FAILURES_TO_BACK_OFF`] distinct questions (see the module documentation) it is skipped
-    /// for [`HEALTH_BACKOFF`].
-    pub(crate) fn failed(
-        &self,
-        index: usize,
-        question: &Query,
-        sent: std::time::Instant,
-        error: &UpstreamError,
-    ) {
-        let server = &self.servers[index];
-        let backed_off = server.health.lock().expect("health lock").failed(
-            question_key(question),
-            Instant::from_std(sent),
-            Instant::now(),
-        );
-        if self.servers.len() > 1 {
-            tracing::warn!(
-                upstream = %server.addr,
-                question = %question.name(),
-                error = %crate::error_chain(error),
-                "[Upstream Error] trying the next upstream"
-            );
-        }
-        if backed_off {
-            tracing::warn!(
-                upstream = %server.addr,
-                "[Upstream Error] {FAILURES_TO_BACK_OFF} distinct questions failed with no answer in between: skipping this upstream for {HEALTH_BACKOFF:?}"
-            );
-        }
-    }
-
-    /// The server to ask next for a query that `tried` failed: the first one not in back-off
-    /// and not tried, else (every server left is in back-off) the first one not tried.
-    pub(crate) fn next_server(&self, tried: &[usize]) -> Option<usize> {
-        let now = Instant::now();
-        let untried = || (0..self.servers.len()).filter(|index| !tried.contains(index));
-        untried()
-            .find(|&index| self.servers[index].healthy_at(now))
-            .or_else(|| untried().next())
-    }
-
-    /// Server `index`'s address.
-    pub(crate) fn addr(&self, index: usize) -> SocketAddr {
-        self.servers[index].addr
-    }
-
-    /// How long one attempt waits for its answer.
-    pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     /// Asks server `index` over TCP (or TLS) after it gave a truncated UDP answer; if that
@@ -626,11 +392,11 @@ impl Upstreams {
         let started = std::time::Instant::now();
         match self.exchange_stream(server, query, question).await {
             Ok(answer) => {
-                self.succeeded(index, started);
+                self.shared.succeeded(index, started);
                 Ok(answer)
             }
             Err(e) => {
-                self.failed(index, question, started, &e);
+                self.shared.failed(index, question, started, &e);
                 // The others, over TCP too: their UDP answer would be truncated as well.
                 self.exchange_skipping(query, question, false, Some((index, e)))
                     .await
@@ -665,7 +431,7 @@ impl Upstreams {
             return Ok(socket.clone());
         }
         let addr = server.addr;
-        let fresh = Arc::new(PooledUdp::open(addr, self.dropped.clone()).await.map_err(
+        let fresh = Arc::new(PooledUdp::open(addr, self.shared.clone()).await.map_err(
             |source| UpstreamError::Io {
                 addr,
                 what: "open a UDP socket",
@@ -757,18 +523,14 @@ impl Upstreams {
                     addr,
                     timeout: self.timeout,
                 })??;
-        let checked = Message::from_vec(&buf)
-            .map_err(|e| e.to_string())
-            .and_then(|message| {
-                check_response(&message, id, question)
-                    .map(|()| message)
-                    .map_err(|e| e.to_string())
-            });
-        match checked {
+        match accept(&buf, id, question) {
             Ok(message) => Ok((buf, message)),
-            Err(reason) => {
-                self.count_dropped("forged");
-                Err(UpstreamError::BadAnswer { addr, reason })
+            Err(rejection) => {
+                self.shared.rejected(addr, &rejection);
+                Err(UpstreamError::BadAnswer {
+                    addr,
+                    reason: rejection.to_string(),
+                })
             }
         }
     }
