@@ -20,8 +20,8 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::TcpListener,
-    sync::Semaphore,
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
     time::timeout,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -66,32 +66,8 @@ pub async fn serve_tcp(
             },
         };
         let allowed = proxy.allows(peer.ip());
-        let permit = match limit.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let oldest = make_room(&mut open.lock().expect("poisoned"), allowed);
-                match oldest {
-                    Some(oldest) => {
-                        tracing::debug!(
-                            "TCP listener: {max_connections} connections open, closing the oldest of {} for {peer}",
-                            oldest.client
-                        );
-                        oldest.close.cancel();
-                    }
-                    None if !allowed => {
-                        tracing::debug!(
-                            "TCP listener: {max_connections} connections open, closing {peer} (outside allow_clients)"
-                        );
-                        continue;
-                    }
-                    None => {}
-                }
-                // The closed connection's task gives its permit back at once.
-                match timeout(Duration::from_secs(1), limit.clone().acquire_owned()).await {
-                    Ok(Ok(permit)) => permit,
-                    _ => continue,
-                }
-            }
+        let Some(permit) = admit(&limit, &open, allowed, peer, max_connections).await else {
+            continue;
         };
         serial += 1;
         let id = serial;
@@ -104,26 +80,9 @@ pub async fn serve_tcp(
         });
         let (proxy, tls, open) = (proxy.clone(), tls.clone(), open.clone());
         tracker.spawn(async move {
-            let serve = async {
-                stream.set_nodelay(true)?;
-                match tls {
-                    None => serve_connection(stream, peer, &proxy, ClientTransport::Tcp).await,
-                    Some(acceptor) => {
-                        let stream = timeout(TCP_IDLE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                            .map_err(|_| {
-                                std::io::Error::new(
-                                    std::io::ErrorKind::TimedOut,
-                                    "TLS handshake timed out",
-                                )
-                            })??;
-                        serve_connection(stream, peer, &proxy, ClientTransport::Tls).await
-                    }
-                }
-            };
             tokio::select! {
                 () = close.cancelled() => {}
-                result = serve => if let Err(e) = result {
+                result = serve_client(stream, peer, tls, &proxy) => if let Err(e) = result {
                     tracing::debug!("TCP connection from {peer}: {e}");
                 },
             }
@@ -132,6 +91,65 @@ pub async fn serve_tcp(
                 .retain(|conn| conn.serial != id);
             drop(permit);
         });
+    }
+}
+
+/// A connection slot for a client (`allowed`: inside `allow_clients`) of a listener with
+/// `max_connections` open at most: a free one, or the one of the connection [`make_room`]
+/// closes; `None`: the new connection is dropped.
+async fn admit(
+    limit: &Arc<Semaphore>,
+    open: &Mutex<VecDeque<OpenConnection>>,
+    allowed: bool,
+    peer: SocketAddr,
+    max_connections: usize,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = limit.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    let oldest = make_room(&mut open.lock().expect("poisoned"), allowed);
+    match oldest {
+        Some(oldest) => {
+            tracing::debug!(
+                "TCP listener: {max_connections} connections open, closing the oldest of {} for {peer}",
+                oldest.client
+            );
+            oldest.close.cancel();
+        }
+        None if !allowed => {
+            tracing::debug!(
+                "TCP listener: {max_connections} connections open, closing {peer} (outside allow_clients)"
+            );
+            return None;
+        }
+        None => {}
+    }
+    // The closed connection's task gives its permit back at once.
+    match timeout(Duration::from_secs(1), limit.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Some(permit),
+        _ => None,
+    }
+}
+
+/// Serves one accepted connection: plain TCP, or DoT after a TLS handshake that must finish
+/// within [`TCP_IDLE_TIMEOUT`].
+async fn serve_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    proxy: &Proxy,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    match tls {
+        None => serve_connection(stream, peer, proxy, ClientTransport::Tcp).await,
+        Some(acceptor) => {
+            let stream = timeout(TCP_IDLE_TIMEOUT, acceptor.accept(stream))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            serve_connection(stream, peer, proxy, ClientTransport::Tls).await
+        }
     }
 }
 
