@@ -1,6 +1,8 @@
-//! One client query, start to finish, in the runtime: the [`Handler`]'s step, the upstream
-//! exchange, the handler's verdict on the answer. Used by the TCP and DoT listeners, by the UDP
-//! UDP engine for what its first attempt did not settle, and by tests and fuzz targets.
+//! One client query, start to finish, in the runtime: the [`Handler`]'s step, the exchange over
+//! the upstreams' TCP/DoT connections, the handler's verdict on the answer. Used by the TCP and
+//! DoT listeners, by the UDP engine for what it hands over (truncated answers, TCP/DoT
+//! upstreams), and by tests and fuzz targets (which reach the upstreams over TCP whatever the
+//! client's transport: the UDP upstream exchange is the UDP engine's alone).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -97,11 +99,7 @@ impl Proxy {
             Step::Forward(forward) => {
                 let result = self
                     .upstreams
-                    .exchange(
-                        forward.query(),
-                        forward.question(),
-                        transport == ClientTransport::Udp,
-                    )
+                    .exchange(forward.query(), forward.question())
                     .await;
                 self.settle(&forward, result)
             }
@@ -122,7 +120,7 @@ impl Proxy {
     pub(crate) async fn retry(&self, forward: &Forward, retry: Retry) -> Reply {
         let (query, question) = (forward.query(), forward.question());
         let result = match retry {
-            Retry::Stream => self.upstreams.exchange(query, question, false).await,
+            Retry::Stream => self.upstreams.exchange(query, question).await,
             Retry::Truncated(server) => {
                 self.upstreams
                     .exchange_truncated(server, query, question)

@@ -1,12 +1,12 @@
-//! Forwarding queries to the upstream resolvers: UDP, TCP or DNS over TLS, several servers with
-//! failover.
+//! The upstream side of the stream engine: queries over TCP or DNS over TLS, several servers
+//! with failover. UDP queries to the upstreams are the UDP engine's ([`super::udp`]); a UDP
+//! client's query comes here only when the upstreams are reached over TCP/DoT, or after a
+//! truncated UDP answer.
 //!
-//! - UDP: each query gets a random ID and leaves from a random socket of a pool of connected
-//!   sockets on random, rotating ports ([`super::random`]). Replies that do not answer our query
-//!   (ID, question) are ignored until the timeout (RFC 5452 §9.1). A truncated answer is asked
-//!   again over TCP, from the same server.
-//! - TCP and DoT: one connection per server, reused and pipelined (RFC 7766 §6.2.1.1): queries
-//!   carry IDs unique among those in flight on it and answers are matched by ID, in any order.
+//! - One connection per server, reused and pipelined (RFC 7766 §6.2.1.1): queries carry random
+//!   IDs unique among those in flight on it ([`super::random`]) and answers are matched by ID,
+//!   in any order; an answer that does not match its query (question) is a failure of that
+//!   server.
 //! - Servers are tried in the configured order, healthy ones first ([`super::servers`]).
 
 use std::{
@@ -24,17 +24,17 @@ use hickory_proto::op::{Message, Query};
 use rustls_pki_types::ServerName;
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, WriteHalf},
-    net::{TcpStream, UdpSocket},
+    net::TcpStream,
     sync::oneshot,
     task::AbortHandle,
-    time::{Instant, timeout, timeout_at},
+    time::timeout,
 };
 
 pub use super::servers::{FAILURE_WINDOW, FAILURES_TO_BACK_OFF, HEALTH_BACKOFF, UpstreamError};
 use super::{
     answer::accept,
     framing::{frame, read_message},
-    random::{self, UDP_POOL_SIZE, connected_udp, worn_out},
+    random,
     servers::Servers,
 };
 
@@ -43,7 +43,7 @@ pub const MAX_MESSAGE: usize = 65_535;
 /// How queries travel to the upstreams.
 #[derive(Clone)]
 pub enum Transport {
-    /// UDP for UDP clients (TCP after a truncated answer), TCP for TCP clients.
+    /// UDP for UDP clients (the UDP engine; TCP after a truncated answer), TCP for TCP clients.
     Udp,
     /// Always TCP.
     Tcp,
@@ -192,85 +192,9 @@ impl Conn {
     }
 }
 
-/// A pooled UDP socket connected to one server, with any number of queries in flight; a reader
-/// task hands each datagram to the query with its ID.
-struct PooledUdp {
-    socket: Arc<UdpSocket>,
-    /// Queries in flight by ID; every datagram carrying that ID is handed over (an empty one
-    /// means the server refused: ICMP port unreachable).
-    pending: Arc<Mutex<HashMap<u16, tokio::sync::mpsc::Sender<Vec<u8>>>>>,
-    uses: std::sync::atomic::AtomicU32,
-    born: std::time::Instant,
-    reader: AbortHandle,
-}
-
-impl Drop for PooledUdp {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-impl PooledUdp {
-    async fn open(addr: SocketAddr, servers: Arc<Servers>) -> std::io::Result<Self> {
-        let socket = Arc::new(UdpSocket::from_std(connected_udp(addr)?)?);
-        let pending: Arc<Mutex<HashMap<u16, tokio::sync::mpsc::Sender<Vec<u8>>>>> = Arc::default();
-        let (reader_socket, reader_pending) = (socket.clone(), pending.clone());
-        let reader = tokio::spawn(async move {
-            // Room for the largest datagram, so nothing is silently cut.
-            let mut buf = vec![0u8; MAX_MESSAGE];
-            loop {
-                match reader_socket.recv(&mut buf).await {
-                    Ok(len) if len >= 2 => {
-                        let id = u16::from_be_bytes([buf[0], buf[1]]);
-                        let pending = reader_pending.lock().expect("pending lock");
-                        match pending.get(&id) {
-                            Some(waiter) => {
-                                let _ = waiter.try_send(buf[..len].to_vec());
-                            }
-                            None => servers.unknown_id(addr, id),
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        for waiter in reader_pending.lock().expect("pending lock").values() {
-                            let _ = waiter.try_send(Vec::new());
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(upstream = %addr, "receive error: {e}");
-                    }
-                }
-            }
-        })
-        .abort_handle();
-        Ok(Self {
-            socket,
-            pending,
-            uses: std::sync::atomic::AtomicU32::new(0),
-            born: std::time::Instant::now(),
-            reader,
-        })
-    }
-
-    fn worn_out(&self) -> bool {
-        worn_out(self.uses.load(Ordering::Relaxed), self.born)
-    }
-}
-
-/// Removes a UDP query's pending entry when its exchange ends.
-struct UdpPendingGuard<'a>(&'a PooledUdp, u16);
-
-impl Drop for UdpPendingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.pending.lock().expect("pending lock").remove(&self.1);
-    }
-}
-
 /// One upstream server's sockets.
 struct Server {
     addr: SocketAddr,
-    /// The UDP socket pool (slots filled on first use).
-    udp: Vec<Mutex<Option<Arc<PooledUdp>>>>,
     /// The reused TCP/TLS connection, if open.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
 }
@@ -293,7 +217,6 @@ impl Upstreams {
                 .iter()
                 .map(|&addr| Server {
                     addr,
-                    udp: (0..UDP_POOL_SIZE).map(|_| Mutex::new(None)).collect(),
                     conn: tokio::sync::Mutex::new(None),
                 })
                 .collect(),
@@ -323,24 +246,16 @@ impl Upstreams {
         matches!(self.transport, Transport::Udp)
     }
 
-    /// Forwards `query` (its ID is replaced) for `question` and returns the first acceptable
-    /// answer, trying the servers in order (healthy ones first). `udp_client` selects UDP when the
-    /// transport is [`Transport::Udp`].
-    pub async fn exchange(
-        &self,
-        query: &[u8],
-        question: &Query,
-        udp_client: bool,
-    ) -> Result<Answer, UpstreamError> {
-        self.exchange_skipping(query, question, udp_client, None)
-            .await
+    /// Forwards `query` (its ID is replaced) for `question` over TCP or DoT and returns the
+    /// first acceptable answer, trying the servers in order (healthy ones first).
+    pub async fn exchange(&self, query: &[u8], question: &Query) -> Result<Answer, UpstreamError> {
+        self.exchange_skipping(query, question, None).await
     }
 
     async fn exchange_skipping(
         &self,
         query: &[u8],
         question: &Query,
-        udp_client: bool,
         skip: Option<(usize, UpstreamError)>,
     ) -> Result<Answer, UpstreamError> {
         let mut tried: Vec<usize> = skip.iter().map(|(index, _)| *index).collect();
@@ -349,7 +264,7 @@ impl Upstreams {
             tried.push(index);
             let started = std::time::Instant::now();
             match self
-                .exchange_with(&self.servers[index], query, question, udp_client)
+                .exchange_stream(&self.servers[index], query, question)
                 .await
             {
                 Ok(answer) => {
@@ -363,20 +278,6 @@ impl Upstreams {
             }
         }
         Err(last_error.expect("at least one upstream is configured"))
-    }
-
-    /// `datagram` from `addr` parsed, if it answers the query with `id` for `question`; anything
-    /// else is counted in the dropped replies and logged.
-    fn accepted(
-        &self,
-        addr: SocketAddr,
-        datagram: &[u8],
-        id: u16,
-        question: &Query,
-    ) -> Option<Message> {
-        accept(datagram, id, question)
-            .map_err(|rejection| self.shared.rejected(addr, &rejection))
-            .ok()
     }
 
     /// Asks server `index` over TCP (or TLS) after it gave a truncated UDP answer; if that
@@ -398,100 +299,8 @@ impl Upstreams {
             Err(e) => {
                 self.shared.failed(index, question, started, &e);
                 // The others, over TCP too: their UDP answer would be truncated as well.
-                self.exchange_skipping(query, question, false, Some((index, e)))
+                self.exchange_skipping(query, question, Some((index, e)))
                     .await
-            }
-        }
-    }
-
-    async fn exchange_with(
-        &self,
-        server: &Server,
-        query: &[u8],
-        question: &Query,
-        udp_client: bool,
-    ) -> Result<Answer, UpstreamError> {
-        if udp_client && self.uses_udp() {
-            let answer = self.exchange_udp(server, query, question).await?;
-            if !answer.1.metadata.truncation {
-                return Ok(answer);
-            }
-            // Nothing is ever taken from a truncated answer: ask again over TCP.
-            tracing::debug!(upstream = %server.addr, question = %question.name, "truncated answer, retrying over TCP");
-        }
-        self.exchange_stream(server, query, question).await
-    }
-
-    /// A socket of `server`'s pool, picked at random; a worn-out or missing one is replaced.
-    async fn udp_socket(&self, server: &Server) -> Result<Arc<PooledUdp>, UpstreamError> {
-        let slot = &server.udp[random::pool_slot()];
-        if let Some(socket) = slot.lock().expect("pool lock").as_ref()
-            && !socket.worn_out()
-        {
-            return Ok(socket.clone());
-        }
-        let addr = server.addr;
-        let fresh = Arc::new(PooledUdp::open(addr, self.shared.clone()).await.map_err(
-            |source| UpstreamError::Io {
-                addr,
-                what: "open a UDP socket",
-                source,
-            },
-        )?);
-        // In-flight queries keep the old socket (and its reader) alive until they finish.
-        *slot.lock().expect("pool lock") = Some(fresh.clone());
-        Ok(fresh)
-    }
-
-    /// Sends `query` over UDP and returns the first datagram that answers it.
-    async fn exchange_udp(
-        &self,
-        server: &Server,
-        query: &[u8],
-        question: &Query,
-    ) -> Result<Answer, UpstreamError> {
-        let addr = server.addr;
-        let socket = self.udp_socket(server).await?;
-        socket.uses.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-        let id = {
-            let mut pending = socket.pending.lock().expect("pending lock");
-            let id = random::query_id(|id| pending.contains_key(&id));
-            pending.insert(id, tx);
-            id
-        };
-        let _guard = UdpPendingGuard(&socket, id);
-        let mut forwarded = query.to_vec();
-        forwarded[..2].copy_from_slice(&id.to_be_bytes());
-        socket
-            .socket
-            .send(&forwarded)
-            .await
-            .map_err(|source| UpstreamError::Io {
-                addr,
-                what: "send",
-                source,
-            })?;
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            let datagram = match timeout_at(deadline, rx.recv()).await {
-                Ok(Some(datagram)) => datagram,
-                Ok(None) | Err(_) => {
-                    return Err(UpstreamError::Timeout {
-                        addr,
-                        timeout: self.timeout,
-                    });
-                }
-            };
-            if datagram.is_empty() {
-                return Err(UpstreamError::Io {
-                    addr,
-                    what: "receive",
-                    source: std::io::ErrorKind::ConnectionRefused.into(),
-                });
-            }
-            if let Some(message) = self.accepted(addr, &datagram, id, question) {
-                return Ok((datagram, message));
             }
         }
     }
