@@ -14,7 +14,7 @@
 //! ID per query, a pool of connected sockets per server on random, rotating ports); replies
 //! that do not answer the query (ID, question) are counted and ignored until the timeout. A
 //! timeout, a refusal (ICMP port unreachable) or a send error counts against the server's health
-//! ([`super::upstream::Upstreams::failed`]) and the query is sent again, here, to the next server
+//! ([`super::servers`]) and the query is sent again, here, to the next server
 //! not tried (healthy ones first); with none left the client gets SERVFAIL. Only two things
 //! leave the thread for the runtime's pipelined connections: a truncated answer (asked again
 //! over TCP) and, with TCP or DoT upstreams, every forwarded query. Several threads share the
