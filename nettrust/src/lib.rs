@@ -22,7 +22,7 @@ pub mod sys;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -59,6 +59,15 @@ pub enum RunError {
         addr: SocketAddr,
         /// `udp` or `tcp`.
         proto: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The UDP listener's threads (`epoll`, thread spawn) could not start.
+    #[error("cannot start the UDP DNS threads on {addr}")]
+    UdpEngine {
+        /// Listen address.
+        addr: SocketAddr,
         /// The cause.
         #[source]
         source: std::io::Error,
@@ -194,14 +203,12 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    if let Err(source) = serve_udp(udp, settings.worker_threads, &proxy, &tracker, &cancel) {
-        // Not listening would leave clients without DNS behind a deny-by-default firewall.
-        tracing::error!("cannot serve UDP on {listen}: {source}");
+    if let Err(source) = dns::udp::start(udp, settings.worker_threads, &proxy, &tracker, &cancel) {
+        // Not serving UDP would leave clients without DNS behind a deny-by-default firewall.
         cancel.cancel();
         let _ = backend.stop(exit_mode);
-        return Err(RunError::Bind {
+        return Err(RunError::UdpEngine {
             addr: listen,
-            proto: "udp",
             source,
         });
     }
@@ -304,84 +311,6 @@ pub async fn run(
             tracing::info!("authorized hosts removed, deny policy left in place, bye");
         }
         ExitMode::KeepAll => tracing::info!("firewall left in place, bye"),
-    }
-    Ok(())
-}
-
-/// Serves the UDP listener (non-blocking): on `threads` fast-path threads when queries go upstream
-/// over UDP, in the runtime otherwise or if no such thread can start.
-fn serve_udp(
-    udp: std::net::UdpSocket,
-    threads: usize,
-    proxy: &Arc<Proxy>,
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-) -> std::io::Result<()> {
-    let udp = if proxy.upstreams().uses_udp() {
-        match start_fast_path(udp, threads, proxy, tracker, cancel) {
-            Ok(()) => return Ok(()),
-            Err((udp, e)) => {
-                tracing::error!("UDP fast path unavailable, serving UDP in the runtime: {e}");
-                udp
-            }
-        }
-    } else {
-        udp
-    };
-    tracker.spawn(server::serve_udp(
-        Arc::new(UdpSocket::from_std(udp)?),
-        proxy.clone(),
-        tracker.clone(),
-        cancel.clone(),
-    ));
-    Ok(())
-}
-
-/// Starts `count` [`dns::fastpath`] threads; the socket comes back if none can start.
-fn start_fast_path(
-    udp: std::net::UdpSocket,
-    count: usize,
-    proxy: &Arc<Proxy>,
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-) -> Result<(), (std::net::UdpSocket, std::io::Error)> {
-    let in_flight = Arc::default();
-    let mut threads = Vec::with_capacity(count);
-    for _ in 0..count {
-        match udp.try_clone().and_then(|clone| {
-            dns::fastpath::FastPath::new(
-                clone,
-                proxy.clone(),
-                tokio::runtime::Handle::current(),
-                tracker.clone(),
-                Arc::clone(&in_flight),
-            )
-        }) {
-            Ok(fast) => threads.push(fast),
-            Err(e) => return Err((udp, e)),
-        }
-    }
-    for (started, fast) in threads.into_iter().enumerate() {
-        let (done, finished) = tokio::sync::oneshot::channel::<()>();
-        let cancel = cancel.clone();
-        let spawned = std::thread::Builder::new()
-            .name("nettrust-udp".into())
-            .spawn(move || {
-                fast.run(&cancel);
-                let _ = done.send(());
-            });
-        if let Err(e) = spawned {
-            if started == 0 {
-                return Err((udp, e));
-            }
-            // The threads already started serve the listener.
-            tracing::error!("only {started} of {count} UDP fast-path threads started: {e}");
-            break;
-        }
-        // Shutdown waits for the thread to finish the queries in flight.
-        tracker.spawn(async move {
-            let _ = finished.await;
-        });
     }
     Ok(())
 }

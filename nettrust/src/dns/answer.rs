@@ -43,6 +43,34 @@ pub enum Mismatch {
     },
 }
 
+/// Why an upstream message was not taken as the answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// Not a DNS message.
+    #[error("not a DNS message")]
+    Malformed,
+    /// A DNS message, but not the response to our query.
+    #[error(transparent)]
+    Mismatch(#[from] Mismatch),
+}
+
+impl Rejection {
+    /// The `result` label of `nettrust_rejected_answers_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Mismatch(_) => "forged",
+        }
+    }
+}
+
+/// `bytes` parsed, if they are the response to the query with `id` and `question`.
+pub fn accept(bytes: &[u8], id: u16, question: &Query) -> Result<Message, Rejection> {
+    let message = Message::from_vec(bytes).map_err(|_| Rejection::Malformed)?;
+    check_response(&message, id, question)?;
+    Ok(message)
+}
+
 /// Checks that `response` answers the query with `id` and `question`.
 pub fn check_response(response: &Message, id: u16, question: &Query) -> Result<(), Mismatch> {
     if response.metadata.id != id {

@@ -1,5 +1,5 @@
-//! UDP, TCP and DNS-over-TLS listeners. One task per query (UDP) or per connection (TCP/TLS),
-//! bounded by semaphores, tracked so shutdown can wait for them. Socket errors are logged and
+//! TCP and DNS-over-TLS listeners (UDP is served by [`super::udp`]). One task per
+//! connection, bounded by a semaphore, tracked so shutdown can wait for them. Socket errors are logged and
 //! skipped; a client that stalls (TLS handshake, half a message, idleness) is disconnected after
 //! [`TCP_IDLE_TIMEOUT`], and never holds up any other client. When `max_tcp_connections` are
 //! open, a new connection closes the oldest one of the client holding the most (RFC 7766
@@ -20,66 +20,24 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::{TcpListener, UdpSocket},
-    sync::Semaphore,
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
     time::timeout,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    proxy::{ClientTransport, Proxy, client_key},
-    upstream::MAX_MESSAGE,
+    clients::client_key,
+    framing::{frame, read_message},
+    proxy::{ClientTransport, Proxy},
 };
 
-/// Queries handled at the same time over UDP; more are dropped (clients retry).
-pub const MAX_UDP_IN_FLIGHT: usize = 1024;
 /// TCP connections open at the same time per listener unless `max_tcp_connections` says
 /// otherwise; at the cap a new connection closes the oldest of the client holding the most.
 pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 256;
 /// A TCP client that sends nothing for this long is disconnected (RFC 7766 §6.2.3 suggests
 /// seconds).
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves DNS over UDP on `socket` until `cancel` fires.
-pub async fn serve_udp(
-    socket: Arc<UdpSocket>,
-    proxy: Arc<Proxy>,
-    tracker: TaskTracker,
-    cancel: CancellationToken,
-) {
-    let limit = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    loop {
-        let (len, peer) = tokio::select! {
-            () = cancel.cancelled() => return,
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(received) => received,
-                Err(e) => {
-                    tracing::debug!("UDP listener: receive error: {e}");
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::debug!(
-                "UDP listener: {MAX_UDP_IN_FLIGHT} queries in flight, dropping one from {peer}"
-            );
-            continue;
-        };
-        let query = buf[..len].to_vec();
-        let (socket, proxy) = (socket.clone(), proxy.clone());
-        tracker.spawn(async move {
-            if let Some(response) = proxy
-                .handle_from(&query, ClientTransport::Udp, peer.ip())
-                .await
-                && let Err(e) = socket.send_to(&response, peer).await
-            {
-                tracing::debug!("UDP listener: cannot answer {peer}: {e}");
-            }
-            drop(permit);
-        });
-    }
-}
 
 /// Serves DNS over TCP (RFC 7766, 2-byte length framing) on `listener` until `cancel` fires, with
 /// at most `max_connections` open; with `tls`, DNS over TLS (RFC 7858) instead.
@@ -108,32 +66,8 @@ pub async fn serve_tcp(
             },
         };
         let allowed = proxy.allows(peer.ip());
-        let permit = match limit.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let oldest = make_room(&mut open.lock().expect("poisoned"), allowed);
-                match oldest {
-                    Some(oldest) => {
-                        tracing::debug!(
-                            "TCP listener: {max_connections} connections open, closing the oldest of {} for {peer}",
-                            oldest.client
-                        );
-                        oldest.close.cancel();
-                    }
-                    None if !allowed => {
-                        tracing::debug!(
-                            "TCP listener: {max_connections} connections open, closing {peer} (outside allow_clients)"
-                        );
-                        continue;
-                    }
-                    None => {}
-                }
-                // The closed connection's task gives its permit back at once.
-                match timeout(Duration::from_secs(1), limit.clone().acquire_owned()).await {
-                    Ok(Ok(permit)) => permit,
-                    _ => continue,
-                }
-            }
+        let Some(permit) = admit(&limit, &open, allowed, peer, max_connections).await else {
+            continue;
         };
         serial += 1;
         let id = serial;
@@ -146,26 +80,9 @@ pub async fn serve_tcp(
         });
         let (proxy, tls, open) = (proxy.clone(), tls.clone(), open.clone());
         tracker.spawn(async move {
-            let serve = async {
-                stream.set_nodelay(true)?;
-                match tls {
-                    None => serve_connection(stream, peer, &proxy, ClientTransport::Tcp).await,
-                    Some(acceptor) => {
-                        let stream = timeout(TCP_IDLE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                            .map_err(|_| {
-                                std::io::Error::new(
-                                    std::io::ErrorKind::TimedOut,
-                                    "TLS handshake timed out",
-                                )
-                            })??;
-                        serve_connection(stream, peer, &proxy, ClientTransport::Tls).await
-                    }
-                }
-            };
             tokio::select! {
                 () = close.cancelled() => {}
-                result = serve => if let Err(e) = result {
+                result = serve_client(stream, peer, tls, &proxy) => if let Err(e) = result {
                     tracing::debug!("TCP connection from {peer}: {e}");
                 },
             }
@@ -174,6 +91,65 @@ pub async fn serve_tcp(
                 .retain(|conn| conn.serial != id);
             drop(permit);
         });
+    }
+}
+
+/// A connection slot for a client (`allowed`: inside `allow_clients`) of a listener with
+/// `max_connections` open at most: a free one, or the one of the connection [`make_room`]
+/// closes; `None`: the new connection is dropped.
+async fn admit(
+    limit: &Arc<Semaphore>,
+    open: &Mutex<VecDeque<OpenConnection>>,
+    allowed: bool,
+    peer: SocketAddr,
+    max_connections: usize,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = limit.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    let oldest = make_room(&mut open.lock().expect("poisoned"), allowed);
+    match oldest {
+        Some(oldest) => {
+            tracing::debug!(
+                "TCP listener: {max_connections} connections open, closing the oldest of {} for {peer}",
+                oldest.client
+            );
+            oldest.close.cancel();
+        }
+        None if !allowed => {
+            tracing::debug!(
+                "TCP listener: {max_connections} connections open, closing {peer} (outside allow_clients)"
+            );
+            return None;
+        }
+        None => {}
+    }
+    // The closed connection's task gives its permit back at once.
+    match timeout(Duration::from_secs(1), limit.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Some(permit),
+        _ => None,
+    }
+}
+
+/// Serves one accepted connection: plain TCP, or DoT after a TLS handshake that must finish
+/// within [`TCP_IDLE_TIMEOUT`].
+async fn serve_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    proxy: &Proxy,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    match tls {
+        None => serve_connection(stream, peer, proxy, ClientTransport::Tcp).await,
+        Some(acceptor) => {
+            let stream = timeout(TCP_IDLE_TIMEOUT, acceptor.accept(stream))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            serve_connection(stream, peer, proxy, ClientTransport::Tls).await
+        }
     }
 }
 
@@ -225,8 +201,7 @@ pub async fn serve_connection(
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Ok(result) => result?,
         };
-        let mut query = vec![0u8; usize::from(len)];
-        timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut query))
+        let query = timeout(TCP_IDLE_TIMEOUT, read_message(&mut stream, len))
             .await
             .map_err(|_| {
                 std::io::Error::new(
@@ -237,12 +212,9 @@ pub async fn serve_connection(
         let Some(response) = proxy.handle_from(&query, transport, peer.ip()).await else {
             continue;
         };
-        let Ok(len) = u16::try_from(response.len()) else {
+        let Some(framed) = frame(&response) else {
             continue;
         };
-        let mut framed = Vec::with_capacity(response.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(&response);
         timeout(TCP_IDLE_TIMEOUT, async {
             stream.write_all(&framed).await?;
             stream.flush().await

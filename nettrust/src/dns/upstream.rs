@@ -1,29 +1,16 @@
-//! Forwarding queries to the upstream resolvers: UDP, TCP or DNS over TLS, several servers with
-//! failover.
+//! The upstream side of the stream engine: queries over TCP or DNS over TLS, several servers
+//! with failover. UDP queries to the upstreams are the UDP engine's ([`super::udp`]); a UDP
+//! client's query comes here only when the upstreams are reached over TCP/DoT, or after a
+//! truncated UDP answer.
 //!
-//! - UDP: each query gets a random ID and leaves from a socket picked at random from a pool of
-//!   [`UDP_POOL_SIZE`] sockets per server, each on its own kernel-chosen (random) ephemeral port
-//!   and *connected* to the upstream, so the kernel discards datagrams from any other source. A
-//!   socket is replaced by a fresh one (new random port) after [`UDP_SOCKET_USES`] queries or
-//!   [`UDP_SOCKET_AGE`], so ports keep changing (RFC 5452 §9.2) without paying socket setup on
-//!   every query. Replies that do not answer our query (ID, question) are ignored until the
-//!   timeout (RFC 5452 §9.1). A truncated answer is asked again over TCP, from the same server.
-//! - TCP and DoT: one connection per server, reused and pipelined (RFC 7766 §6.2.1.1): queries
-//!   carry IDs unique among those in flight on it and answers are matched by ID, in any order.
-//! - Servers are tried in the configured order. A server goes into back-off (skipped for
-//!   [`HEALTH_BACKOFF`] unless every server is in back-off) only after it failed (timeout, error,
-//!   unusable answer) [`FAILURES_TO_BACK_OFF`] distinct questions within [`FAILURE_WINDOW`] with
-//!   no answer in between: one slow or broken zone, asked any number of times, fails only the
-//!   queries for it and never moves other clients' queries to the next server (which may not
-//!   filter like the first). Any answer clears the record, and a failed query does not count at
-//!   all when the server answered anything after it was sent (the server is alive, the question
-//!   is slow): several slow questions asked at once do not bench a server that answers others. A server coming out of back-off is on
-//!   probation: its next failure puts it back at once, so a dead server costs one timeout per
-//!   back-off period, not three.
+//! - One connection per server, reused and pipelined (RFC 7766 §6.2.1.1): queries carry random
+//!   IDs unique among those in flight on it ([`super::random`]) and answers are matched by ID,
+//!   in any order; an answer that does not match its query (question) is a failure of that
+//!   server.
+//! - Servers are tried in the configured order, healthy ones first ([`super::servers`]).
 
 use std::{
     collections::HashMap,
-    hash::{Hash as _, Hasher as _},
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -32,86 +19,31 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use hickory_proto::op::{Message, Query};
 use rustls_pki_types::ServerName;
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, WriteHalf},
-    net::{TcpStream, UdpSocket},
+    net::TcpStream,
     sync::oneshot,
     task::AbortHandle,
-    time::{Instant, timeout, timeout_at},
+    time::timeout,
 };
 
-use super::answer::check_response;
+pub use super::servers::{FAILURE_WINDOW, FAILURES_TO_BACK_OFF, HEALTH_BACKOFF, UpstreamError};
+use super::{
+    answer::accept,
+    framing::{frame, read_message},
+    random,
+    servers::Servers,
+};
 
 /// Largest DNS message (TCP length prefix is 16 bits, RFC 1035 §4.2.2; UDP payload likewise).
 pub const MAX_MESSAGE: usize = 65_535;
-/// Counts a refused upstream reply in `nettrust_rejected_answers_total`.
-fn count_rejected(result: &'static str) {
-    crate::metrics::metrics()
-        .rejected_answers
-        .get_or_create(&crate::metrics::ResultLabel { result })
-        .inc();
-}
-
-/// How long a failing server is skipped.
-pub const HEALTH_BACKOFF: Duration = Duration::from_secs(5);
-/// Distinct questions a server must fail, with no answer in between, to go into back-off.
-pub const FAILURES_TO_BACK_OFF: usize = 3;
-/// How far back those failures count.
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
-/// UDP sockets per upstream server.
-pub const UDP_POOL_SIZE: usize = 64;
-/// Queries sent from one UDP socket before it is replaced by one on a new random port.
-pub const UDP_SOCKET_USES: u32 = 256;
-/// Age after which a UDP socket is replaced even when little used.
-pub const UDP_SOCKET_AGE: Duration = Duration::from_secs(10);
-/// EDNS0 UDP payload size advertised upstream by default (DNS flag day 2020: avoids IP
-/// fragmentation).
-pub const DEFAULT_UDP_BUFFER_SIZE: u16 = 1232;
-
-/// Errors of one upstream exchange.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// A socket operation failed.
-    #[error("upstream {addr}: {what}")]
-    Io {
-        /// The upstream.
-        addr: SocketAddr,
-        /// What was being done.
-        what: &'static str,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// No acceptable answer arrived in time.
-    #[error("upstream {addr}: no answer within {timeout:?}")]
-    Timeout {
-        /// The upstream.
-        addr: SocketAddr,
-        /// The timeout.
-        timeout: Duration,
-    },
-    /// The upstream sent something that is not the answer to our query.
-    #[error("upstream {addr}: unusable answer: {reason}")]
-    BadAnswer {
-        /// The upstream.
-        addr: SocketAddr,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// The pipelined connection closed before the answer arrived.
-    #[error("upstream {addr}: connection closed")]
-    Closed {
-        /// The upstream.
-        addr: SocketAddr,
-    },
-}
-
 /// How queries travel to the upstreams.
 #[derive(Clone)]
 pub enum Transport {
-    /// UDP for UDP clients (TCP after a truncated answer), TCP for TCP clients.
+    /// UDP for UDP clients (the UDP engine; TCP after a truncated answer), TCP for TCP clients.
     Udp,
     /// Always TCP.
     Tcp,
@@ -143,7 +75,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 /// State shared between a pipelined connection and its reader task.
 struct Shared {
     /// Queries in flight, by the ID they were sent with.
-    pending: Mutex<HashMap<u16, oneshot::Sender<Vec<u8>>>>,
+    pending: Mutex<HashMap<u16, oneshot::Sender<Bytes>>>,
     closed: AtomicBool,
 }
 
@@ -188,8 +120,7 @@ impl Conn {
         let reader = tokio::spawn(async move {
             let mut read_one = async || -> std::io::Result<()> {
                 let len = read.read_u16().await?;
-                let mut buf = vec![0u8; usize::from(len)];
-                read.read_exact(&mut buf).await?;
+                let buf = read_message(&mut read, len).await?;
                 if buf.len() >= 2 {
                     let id = u16::from_be_bytes([buf[0], buf[1]]);
                     let waiter = reader_shared
@@ -231,24 +162,16 @@ impl Conn {
             if self.is_closed() {
                 return Err(UpstreamError::Closed { addr });
             }
-            let id = loop {
-                let id: u16 = rand::random();
-                if !pending.contains_key(&id) {
-                    break id;
-                }
-            };
+            let id = random::query_id(|id| pending.contains_key(&id));
             pending.insert(id, tx);
             id
         };
         let _guard = PendingGuard(&self.shared, id);
-        let len = u16::try_from(query.len()).map_err(|_| UpstreamError::BadAnswer {
+        let mut framed = frame(query).ok_or_else(|| UpstreamError::BadAnswer {
             addr,
             reason: "query longer than 65535 bytes".into(),
         })?;
-        let mut framed = Vec::with_capacity(query.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(&id.to_be_bytes());
-        framed.extend_from_slice(&query[2..]);
+        framed[2..4].copy_from_slice(&id.to_be_bytes());
         {
             let mut writer = self.writer.lock().await;
             let written = async {
@@ -265,199 +188,24 @@ impl Conn {
             }
         }
         let answer = rx.await.map_err(|_| UpstreamError::Closed { addr })?;
-        Ok((answer, id))
+        Ok((Vec::from(answer), id))
     }
 }
 
-/// A pooled UDP socket connected to one server, with any number of queries in flight; a reader
-/// task hands each datagram to the query with its ID.
-struct PooledUdp {
-    socket: Arc<UdpSocket>,
-    /// Queries in flight by ID; every datagram carrying that ID is handed over (an empty one
-    /// means the server refused: ICMP port unreachable).
-    pending: Arc<Mutex<HashMap<u16, tokio::sync::mpsc::Sender<Vec<u8>>>>>,
-    uses: std::sync::atomic::AtomicU32,
-    born: std::time::Instant,
-    reader: AbortHandle,
-}
-
-impl Drop for PooledUdp {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-impl PooledUdp {
-    async fn open(
-        addr: SocketAddr,
-        dropped: Arc<std::sync::atomic::AtomicU64>,
-    ) -> std::io::Result<Self> {
-        let socket = Arc::new(UdpSocket::from_std(connected_udp(addr)?)?);
-        let pending: Arc<Mutex<HashMap<u16, tokio::sync::mpsc::Sender<Vec<u8>>>>> = Arc::default();
-        let (reader_socket, reader_pending) = (socket.clone(), pending.clone());
-        let reader = tokio::spawn(async move {
-            // Room for the largest datagram, so nothing is silently cut.
-            let mut buf = vec![0u8; MAX_MESSAGE];
-            loop {
-                match reader_socket.recv(&mut buf).await {
-                    Ok(len) if len >= 2 => {
-                        let id = u16::from_be_bytes([buf[0], buf[1]]);
-                        let pending = reader_pending.lock().expect("pending lock");
-                        match pending.get(&id) {
-                            Some(waiter) => {
-                                let _ = waiter.try_send(buf[..len].to_vec());
-                            }
-                            None => {
-                                // No query in flight with that ID: late or forged.
-                                count_rejected("forged");
-                                let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                                tracing::debug!(upstream = %addr, id, dropped_total = total, "dropped a reply with an unknown ID");
-                            }
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        for waiter in reader_pending.lock().expect("pending lock").values() {
-                            let _ = waiter.try_send(Vec::new());
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(upstream = %addr, "receive error: {e}");
-                    }
-                }
-            }
-        })
-        .abort_handle();
-        Ok(Self {
-            socket,
-            pending,
-            uses: std::sync::atomic::AtomicU32::new(0),
-            born: std::time::Instant::now(),
-            reader,
-        })
-    }
-
-    fn worn_out(&self) -> bool {
-        worn_out(self.uses.load(Ordering::Relaxed), self.born)
-    }
-}
-
-/// A non-blocking UDP socket on a kernel-chosen (random) port, connected to `addr`.
-pub(crate) fn connected_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    let local: SocketAddr = if addr.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = std::net::UdpSocket::bind(local)?;
-    socket.connect(addr)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket)
-}
-
-/// Whether a pooled socket used `uses` times since `born` is due for a new random port.
-pub(crate) fn worn_out(uses: u32, born: std::time::Instant) -> bool {
-    uses >= UDP_SOCKET_USES || born.elapsed() >= UDP_SOCKET_AGE
-}
-
-/// Removes a UDP query's pending entry when its exchange ends.
-struct UdpPendingGuard<'a>(&'a PooledUdp, u16);
-
-impl Drop for UdpPendingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.pending.lock().expect("pending lock").remove(&self.1);
-    }
-}
-
-/// One upstream server and its state.
+/// One upstream server's sockets.
 struct Server {
     addr: SocketAddr,
-    /// The UDP socket pool (slots filled on first use).
-    udp: Vec<Mutex<Option<Arc<PooledUdp>>>>,
-    /// Recent failures and back-off.
-    health: Mutex<Health>,
     /// The reused TCP/TLS connection, if open.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
-}
-
-/// A server's failures since its last answer, and its back-off.
-#[derive(Debug, Default)]
-struct Health {
-    /// Skipped until then.
-    down_until: Option<Instant>,
-    /// The last failure of each distinct question (a hash of it) since the last answer, oldest
-    /// first; at most [`FAILURES_TO_BACK_OFF`] entries.
-    failures: Vec<(Instant, u64)>,
-    /// Out of a back-off with no answer since: the next failure starts another at once.
-    probation: bool,
-    /// When the server last answered.
-    last_answer: Option<Instant>,
-}
-
-impl Health {
-    /// Records a failure at `now` of `question`, sent at `sent`; `true` when it starts a
-    /// back-off.
-    fn failed(&mut self, question: u64, sent: Instant, now: Instant) -> bool {
-        if self.last_answer.is_some_and(|answered| answered >= sent) {
-            // The server answered since this query left: it is alive, the question is slow.
-            return false;
-        }
-        if self.down_until.is_some_and(|until| until > now) {
-            // Already in back-off (tried because every server is): extend nothing.
-            return false;
-        }
-        if self.probation {
-            self.failures.clear();
-            self.down_until = Some(now + HEALTH_BACKOFF);
-            return true;
-        }
-        self.failures
-            .retain(|&(at, q)| q != question && now.duration_since(at) < FAILURE_WINDOW);
-        self.failures.push((now, question));
-        if self.failures.len() >= FAILURES_TO_BACK_OFF {
-            self.failures.clear();
-            self.down_until = Some(now + HEALTH_BACKOFF);
-            self.probation = true;
-            return true;
-        }
-        false
-    }
-
-    fn succeeded(&mut self, now: Instant) {
-        *self = Self {
-            last_answer: Some(now),
-            ..Self::default()
-        };
-    }
-
-    fn healthy_at(&self, now: Instant) -> bool {
-        self.down_until.is_none_or(|until| until <= now)
-    }
-}
-
-/// A question's identity for counting distinct failures: name (case-insensitive), type, class.
-fn question_key(question: &Query) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    question.name().to_lowercase().hash(&mut hasher);
-    u16::from(question.query_type()).hash(&mut hasher);
-    u16::from(question.query_class()).hash(&mut hasher);
-    hasher.finish()
-}
-
-impl Server {
-    /// Whether the server is out of back-off at `now`.
-    fn healthy_at(&self, now: Instant) -> bool {
-        self.health.lock().expect("health lock").healthy_at(now)
-    }
 }
 
 /// The upstream resolvers.
 pub struct Upstreams {
     servers: Vec<Server>,
+    /// Addresses, health and failover order, shared with the UDP engine.
+    shared: Arc<Servers>,
     transport: Transport,
     timeout: Duration,
-    /// Replies dropped because they did not answer our query (forgeries, stale or garbled).
-    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Upstreams {
@@ -469,30 +217,28 @@ impl Upstreams {
                 .iter()
                 .map(|&addr| Server {
                     addr,
-                    udp: (0..UDP_POOL_SIZE).map(|_| Mutex::new(None)).collect(),
-                    health: Mutex::new(Health::default()),
                     conn: tokio::sync::Mutex::new(None),
                 })
                 .collect(),
+            shared: Arc::new(Servers::new(addrs, timeout)),
             transport,
             timeout,
-            dropped: Arc::default(),
         }
+    }
+
+    /// The servers' addresses, health and failover order.
+    pub(crate) fn servers(&self) -> &Arc<Servers> {
+        &self.shared
     }
 
     /// How many upstream replies were dropped as not answering the query they claimed to.
     pub fn dropped_replies(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn count_dropped(&self, result: &'static str) -> u64 {
-        count_rejected(result);
-        self.dropped.fetch_add(1, Ordering::Relaxed) + 1
+        self.shared.dropped_replies()
     }
 
     /// The servers' addresses, in order.
     pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.servers.iter().map(|s| s.addr).collect()
+        self.shared.addrs().to_vec()
     }
 
     /// Whether queries from a UDP client go upstream over UDP.
@@ -500,150 +246,42 @@ impl Upstreams {
         matches!(self.transport, Transport::Udp)
     }
 
-    /// Forwards `query` (its ID is replaced) for `question` and returns the first acceptable
-    /// answer, trying the servers in order (healthy ones first). `udp_client` selects UDP when the
-    /// transport is [`Transport::Udp`].
-    pub async fn exchange(
-        &self,
-        query: &[u8],
-        question: &Query,
-        udp_client: bool,
-    ) -> Result<Answer, UpstreamError> {
-        self.exchange_skipping(query, question, udp_client, None)
-            .await
-    }
-
-    /// What [`Self::exchange`] does after server `failed` gave `error` (already recorded with
-    /// [`Self::failed`]): the other servers, over UDP.
-    pub(crate) async fn exchange_after(
-        &self,
-        query: &[u8],
-        question: &Query,
-        failed: usize,
-        error: UpstreamError,
-    ) -> Result<Answer, UpstreamError> {
-        self.exchange_skipping(query, question, true, Some((failed, error)))
-            .await
+    /// Forwards `query` (its ID is replaced) for `question` over TCP or DoT and returns the
+    /// first acceptable answer, trying the servers in order (healthy ones first).
+    pub async fn exchange(&self, query: &[u8], question: &Query) -> Result<Answer, UpstreamError> {
+        self.exchange_skipping(query, question, None).await
     }
 
     async fn exchange_skipping(
         &self,
         query: &[u8],
         question: &Query,
-        udp_client: bool,
         skip: Option<(usize, UpstreamError)>,
     ) -> Result<Answer, UpstreamError> {
-        let now = Instant::now();
-        let skipped = skip.as_ref().map(|(index, _)| *index);
+        let mut tried: Vec<usize> = skip.iter().map(|(index, _)| *index).collect();
         let mut last_error = skip.map(|(_, error)| error);
-        // Healthy servers first, then (if every one failed or is in back-off) the others.
-        for pass_healthy in [true, false] {
-            for (index, server) in self.servers.iter().enumerate() {
-                if server.healthy_at(now) != pass_healthy || Some(index) == skipped {
-                    continue;
+        while let Some(index) = self.shared.next_server(&tried) {
+            tried.push(index);
+            let started = std::time::Instant::now();
+            match self
+                .exchange_stream(&self.servers[index], query, question)
+                .await
+            {
+                Ok(answer) => {
+                    self.shared.succeeded(index, started);
+                    return Ok(answer);
                 }
-                let started = std::time::Instant::now();
-                match self
-                    .exchange_with(server, query, question, udp_client)
-                    .await
-                {
-                    Ok(answer) => {
-                        self.succeeded(index, started);
-                        return Ok(answer);
-                    }
-                    Err(e) => {
-                        self.failed(index, question, started, &e);
-                        last_error = Some(e);
-                    }
+                Err(e) => {
+                    self.shared.failed(index, question, started, &e);
+                    last_error = Some(e);
                 }
             }
         }
         Err(last_error.expect("at least one upstream is configured"))
     }
 
-    /// `datagram` from `addr` parsed, if it answers the query with `id` for `question`; anything
-    /// else is counted in the dropped replies and logged.
-    pub(crate) fn accepted(
-        &self,
-        addr: SocketAddr,
-        datagram: &[u8],
-        id: u16,
-        question: &Query,
-    ) -> Option<Message> {
-        let Ok(message) = Message::from_vec(datagram) else {
-            let dropped_total = self.count_dropped("malformed");
-            tracing::debug!(upstream = %addr, dropped_total, "dropped an unparsable datagram");
-            return None;
-        };
-        if let Err(mismatch) = check_response(&message, id, question) {
-            let dropped_total = self.count_dropped("forged");
-            tracing::warn!(upstream = %addr, %mismatch, dropped_total, "dropped a reply that does not match the query");
-            return None;
-        }
-        Some(message)
-    }
-
-    /// Records an answer from server `index` to a query sent at `started`.
-    pub(crate) fn succeeded(&self, index: usize, started: std::time::Instant) {
-        crate::metrics::metrics()
-            .upstream_latency
-            .observe(started.elapsed().as_secs_f64());
-        self.servers[index]
-            .health
-            .lock()
-            .expect("health lock")
-            .succeeded(Instant::now());
-    }
-
-    /// Records that server `index` failed `question`, sent at `sent`; after
-    /// [`FAILURES_TO_BACK_OFF`] distinct questions (see the module documentation) it is skipped
-    /// for [`HEALTH_BACKOFF`].
-    pub(crate) fn failed(
-        &self,
-        index: usize,
-        question: &Query,
-        sent: std::time::Instant,
-        error: &UpstreamError,
-    ) {
-        let server = &self.servers[index];
-        let backed_off = server.health.lock().expect("health lock").failed(
-            question_key(question),
-            Instant::from_std(sent),
-            Instant::now(),
-        );
-        if self.servers.len() > 1 {
-            tracing::warn!(
-                upstream = %server.addr,
-                question = %question.name(),
-                error = %crate::error_chain(error),
-                "[Upstream Error] trying the next upstream"
-            );
-        }
-        if backed_off {
-            tracing::warn!(
-                upstream = %server.addr,
-                "[Upstream Error] {FAILURES_TO_BACK_OFF} distinct questions failed with no answer in between: skipping this upstream for {HEALTH_BACKOFF:?}"
-            );
-        }
-    }
-
-    /// The first server not in back-off, if any.
-    pub(crate) fn first_healthy(&self) -> Option<usize> {
-        let now = Instant::now();
-        self.servers.iter().position(|s| s.healthy_at(now))
-    }
-
-    /// Server `index`'s address.
-    pub(crate) fn addr(&self, index: usize) -> SocketAddr {
-        self.servers[index].addr
-    }
-
-    /// How long one attempt waits for its answer.
-    pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// Asks server `index` over TCP (or TLS) after it gave a truncated UDP answer.
+    /// Asks server `index` over TCP (or TLS) after it gave a truncated UDP answer; if that
+    /// fails, the other servers over TCP.
     pub(crate) async fn exchange_truncated(
         &self,
         index: usize,
@@ -655,109 +293,14 @@ impl Upstreams {
         let started = std::time::Instant::now();
         match self.exchange_stream(server, query, question).await {
             Ok(answer) => {
-                self.succeeded(index, started);
+                self.shared.succeeded(index, started);
                 Ok(answer)
             }
             Err(e) => {
-                self.failed(index, question, started, &e);
-                self.exchange_after(query, question, index, e).await
-            }
-        }
-    }
-
-    async fn exchange_with(
-        &self,
-        server: &Server,
-        query: &[u8],
-        question: &Query,
-        udp_client: bool,
-    ) -> Result<Answer, UpstreamError> {
-        if udp_client && self.uses_udp() {
-            let answer = self.exchange_udp(server, query, question).await?;
-            if !answer.1.metadata.truncation {
-                return Ok(answer);
-            }
-            // Nothing is ever taken from a truncated answer: ask again over TCP.
-            tracing::debug!(upstream = %server.addr, question = %question.name, "truncated answer, retrying over TCP");
-        }
-        self.exchange_stream(server, query, question).await
-    }
-
-    /// A socket of `server`'s pool, picked at random; a worn-out or missing one is replaced.
-    async fn udp_socket(&self, server: &Server) -> Result<Arc<PooledUdp>, UpstreamError> {
-        let slot = &server.udp[rand::random_range(0..server.udp.len())];
-        if let Some(socket) = slot.lock().expect("pool lock").as_ref()
-            && !socket.worn_out()
-        {
-            return Ok(socket.clone());
-        }
-        let addr = server.addr;
-        let fresh = Arc::new(PooledUdp::open(addr, self.dropped.clone()).await.map_err(
-            |source| UpstreamError::Io {
-                addr,
-                what: "open a UDP socket",
-                source,
-            },
-        )?);
-        // In-flight queries keep the old socket (and its reader) alive until they finish.
-        *slot.lock().expect("pool lock") = Some(fresh.clone());
-        Ok(fresh)
-    }
-
-    /// Sends `query` over UDP and returns the first datagram that answers it.
-    async fn exchange_udp(
-        &self,
-        server: &Server,
-        query: &[u8],
-        question: &Query,
-    ) -> Result<Answer, UpstreamError> {
-        let addr = server.addr;
-        let socket = self.udp_socket(server).await?;
-        socket.uses.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-        let id = {
-            let mut pending = socket.pending.lock().expect("pending lock");
-            let id = loop {
-                let id: u16 = rand::random();
-                if !pending.contains_key(&id) {
-                    break id;
-                }
-            };
-            pending.insert(id, tx);
-            id
-        };
-        let _guard = UdpPendingGuard(&socket, id);
-        let mut forwarded = query.to_vec();
-        forwarded[..2].copy_from_slice(&id.to_be_bytes());
-        socket
-            .socket
-            .send(&forwarded)
-            .await
-            .map_err(|source| UpstreamError::Io {
-                addr,
-                what: "send",
-                source,
-            })?;
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            let datagram = match timeout_at(deadline, rx.recv()).await {
-                Ok(Some(datagram)) => datagram,
-                Ok(None) | Err(_) => {
-                    return Err(UpstreamError::Timeout {
-                        addr,
-                        timeout: self.timeout,
-                    });
-                }
-            };
-            if datagram.is_empty() {
-                return Err(UpstreamError::Io {
-                    addr,
-                    what: "receive",
-                    source: std::io::ErrorKind::ConnectionRefused.into(),
-                });
-            }
-            if let Some(message) = self.accepted(addr, &datagram, id, question) {
-                return Ok((datagram, message));
+                self.shared.failed(index, question, started, &e);
+                // The others, over TCP too: their UDP answer would be truncated as well.
+                self.exchange_skipping(query, question, Some((index, e)))
+                    .await
             }
         }
     }
@@ -789,18 +332,14 @@ impl Upstreams {
                     addr,
                     timeout: self.timeout,
                 })??;
-        let checked = Message::from_vec(&buf)
-            .map_err(|e| e.to_string())
-            .and_then(|message| {
-                check_response(&message, id, question)
-                    .map(|()| message)
-                    .map_err(|e| e.to_string())
-            });
-        match checked {
+        match accept(&buf, id, question) {
             Ok(message) => Ok((buf, message)),
-            Err(reason) => {
-                self.count_dropped("forged");
-                Err(UpstreamError::BadAnswer { addr, reason })
+            Err(rejection) => {
+                self.shared.rejected(addr, &rejection);
+                Err(UpstreamError::BadAnswer {
+                    addr,
+                    reason: rejection.to_string(),
+                })
             }
         }
     }

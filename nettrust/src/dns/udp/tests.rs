@@ -1,4 +1,4 @@
-//! The fast path on loopback: real sockets, scripted upstreams, a recording firewall.
+//! The UDP engine on loopback: real sockets, scripted upstreams, a recording firewall.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -13,7 +13,7 @@ use hickory_proto::{
 use tokio::net::UdpSocket;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::FastPath;
+use super::UdpEngine;
 use crate::{
     authorizer::Authorizer,
     dns::{
@@ -23,7 +23,7 @@ use crate::{
     },
 };
 
-/// A running fast path.
+/// A running UDP engine.
 struct Running {
     addr: SocketAddr,
     firewall: Arc<Recording>,
@@ -52,7 +52,7 @@ impl Running {
         )));
         let listener = std::net::UdpSocket::bind(listen).unwrap();
         let addr = listener.local_addr().unwrap();
-        let fast = FastPath::new(
+        let fast = UdpEngine::new(
             listener,
             proxy.clone(),
             tokio::runtime::Handle::current(),
@@ -299,6 +299,7 @@ async fn a_truncated_answer_is_asked_again_over_tcp() {
     let tcp = tcp_server(udp.addr.port(), answer_with("192.0.2.15"), None).await;
     let fast = Running::start("127.0.0.1:0", &[udp.addr], SHORT);
     let answer = ask(fast.addr, "tc.test.", 5).await;
+    assert!(!answer.metadata.truncation);
     assert_eq!(addresses(&answer), [ip("192.0.2.15")]);
     assert_eq!(fast.firewall.calls(), [ip("192.0.2.15")]);
     assert_eq!((udp.queries(), tcp.queries()), (1, 1));
@@ -430,7 +431,7 @@ async fn answered_queries_leave_no_wake_ups_behind() {
     fast.stop().await;
 }
 
-/// A client outside allow_clients gets REFUSED from the fast path: nothing forwarded or
+/// A client outside allow_clients gets REFUSED from the UDP engine: nothing forwarded or
 /// authorized; one inside is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_outside_allow_clients_are_refused() {
@@ -457,7 +458,7 @@ async fn clients_outside_allow_clients_are_refused() {
     fast.stop().await;
 }
 
-/// Over its in-flight bound a client is refused at once by the fast path, and another client's
+/// Over its in-flight bound a client is refused at once by the UDP engine, and another client's
 /// query is still forwarded and answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_client_is_refused_over_its_bound_and_others_are_answered() {
@@ -501,5 +502,56 @@ async fn a_flooding_client_is_refused_over_its_bound_and_others_are_answered() {
         [ip("192.0.2.42")]
     );
     assert!(started.elapsed() < Duration::from_secs(1));
+    fast.stop().await;
+}
+
+/// Before the real answer: a wrong ID, a wrong question, a query (QR=0), no question; each is
+/// counted and skipped, and the real answer is the one relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_answer_is_matched_and_forgeries_are_skipped() {
+    let script: Script = Arc::new(|q: &Message| {
+        let mut wrong_id = reply(q, &[a("x.test.", "192.0.2.66")]);
+        wrong_id.metadata.id = q.metadata.id.wrapping_add(1);
+        let mut wrong_question = reply(q, &[a("evil.test.", "192.0.2.66")]);
+        wrong_question.queries[0].name = name("evil.test.");
+        let mut not_response = reply(q, &[a("x.test.", "192.0.2.66")]);
+        not_response.metadata.message_type = hickory_proto::op::MessageType::Query;
+        let mut no_question = reply(q, &[a("x.test.", "192.0.2.66")]);
+        no_question.queries.clear();
+        vec![
+            wrong_id,
+            wrong_question,
+            not_response,
+            no_question,
+            reply(q, &[a("x.test.", "192.0.2.1")]),
+        ]
+    });
+    let upstream = udp_server(0, script).await;
+    let fast = Running::start("127.0.0.1:0", &[upstream.addr], SHORT);
+    let answer = ask(fast.addr, "x.test.", 7).await;
+    assert_eq!(addresses(&answer), [ip("192.0.2.1")]);
+    assert_eq!(fast.firewall.calls(), [ip("192.0.2.1")]);
+    assert_eq!(
+        fast.proxy.upstreams().dropped_replies(),
+        4,
+        "each forgery is counted"
+    );
+    fast.stop().await;
+}
+
+/// Twice as many queries as one socket may send: the pool's sockets are picked at random and
+/// renewed on new random ports, so the queries leave from far more than a handful of ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_queries_leave_from_many_random_ports() {
+    let upstream = udp_server(0, answer_with("192.0.2.6")).await;
+    let fast = Running::start("127.0.0.1:0", &[upstream.addr], Duration::from_secs(2));
+    let rounds = crate::dns::random::UDP_SOCKET_USES * 2;
+    for i in 0..rounds {
+        let id = u16::try_from(i).unwrap();
+        ask(fast.addr, &format!("r{i}.test."), id).await;
+    }
+    let ports = upstream.ports.lock().unwrap().len();
+    // 512 queries over a pool of 64 random sockets: far more than a handful of ports.
+    assert!(ports >= 32, "only {ports} source ports");
     fast.stop().await;
 }
