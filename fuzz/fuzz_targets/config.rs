@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(file) = FileConfig::parse(text, Path::new("fuzz.toml")) else { return };
     let args = RunArgs { fwd_addrs: vec!["192.0.2.53:53".into()], ..RunArgs::default() };
-    let Ok(settings) = Settings::resolve(&args, file, &Env::default(), || Ok("/sys/fs/cgroup".into())) else {
+    let Ok(settings) = Settings::resolve(&args, &file, &Env::default(), || Ok("/sys/fs/cgroup".into())) else {
         return;
     };
     assert!(!settings.fwd_addrs.is_empty());

@@ -29,6 +29,11 @@ pub enum Verdict {
     Blocked(Name),
 }
 
+/// Most addresses one answer authorizes unless `max_answer_addresses` says otherwise: more than
+/// any ordinary service publishes for one name, far fewer than an attacker's zone can put in one
+/// TCP answer (thousands) to fill the host map.
+pub const DEFAULT_MAX_ANSWER_ADDRESSES: u32 = 32;
+
 /// Writes the addresses of answers into the firewall.
 #[derive(Clone)]
 pub struct Authorizer {
@@ -54,7 +59,7 @@ impl Authorizer {
             ttl,
             blacklist: Arc::new(RwLock::new(Arc::new(Blacklist::default()))),
             authorize_ptr: false,
-            max_addresses: crate::config::DEFAULT_MAX_ANSWER_ADDRESSES as usize,
+            max_addresses: DEFAULT_MAX_ANSWER_ADDRESSES as usize,
         }
     }
 

@@ -228,13 +228,7 @@ mod opt_secs {
     }
 }
 
-/// The loopback networks allowed by `whitelist_loopback` (RFC 1122 §3.2.1.3, RFC 4291 §2.5.3).
-pub fn loopback_networks() -> Vec<IpNet> {
-    ["127.0.0.0/8", "::1/128"]
-        .iter()
-        .map(|n| n.parse().expect("valid literal"))
-        .collect()
-}
+pub(crate) use crate::dns::clients::loopback_networks;
 
 /// The networks allowed by `whitelist_private`: the original's RFC 1918 ranges and CGNAT
 /// (RFC 6598), plus IPv6 unique-local (RFC 4193) and link-local (RFC 4291 §2.5.6).
@@ -258,11 +252,11 @@ impl Settings {
     /// cgroup when none is configured.
     pub fn resolve(
         args: &Options,
-        file: Options,
+        file: &Options,
         env: &Env,
         cgroup2_root: impl FnOnce() -> Result<PathBuf, crate::cgroup::CgroupError>,
     ) -> Result<Self, ConfigError> {
-        let l = options::Layers::new(args, &env.options, &file);
+        let l = options::Layers::new(args, &env.options, file);
         let (listen_addr, listen_tls, listen_tls_addr) = validate::listener(&l)?;
         let listeners = [Some(listen_addr), listen_tls_addr];
         let allow_clients = clients::allow_clients(&l, listeners, interface_networks)?;
@@ -353,7 +347,7 @@ pub fn load(args: &Options) -> Result<(Settings, Vec<String>), ConfigError> {
         }
         None => Options::default(),
     };
-    let settings = Settings::resolve(args, file, &env, crate::cgroup::cgroup2_mount)?;
+    let settings = Settings::resolve(args, &file, &env, crate::cgroup::cgroup2_mount)?;
     if let Some(tls) = &settings.listen_tls {
         check_file_mode(
             "listen_cert_key",

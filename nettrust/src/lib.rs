@@ -20,6 +20,13 @@ pub mod reload;
 pub mod sweeper;
 pub mod sys;
 
+// Used by the binary and, for tests, the root tests' JSON parser: dependencies of the package
+// that the library itself does not use.
+use anyhow as _;
+#[cfg(test)]
+use serde_json as _;
+use tracing_subscriber as _;
+
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
@@ -180,7 +187,7 @@ pub async fn run(
             tracing::warn!("on exit NetTrust will not flush the authorized hosts list");
         }
     }
-    let backend = start_backend(&settings, policy)?;
+    let backend = start_backend(&settings, &policy)?;
     let firewall = backend.firewall();
     let authorizer = Authorizer::new(firewall.clone(), settings.authorized_ttl)
         .with_blacklist(blacklist)
@@ -203,7 +210,7 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    if let Err(source) = dns::udp::start(udp, settings.worker_threads, &proxy, &tracker, &cancel) {
+    if let Err(source) = dns::udp::start(&udp, settings.worker_threads, &proxy, &tracker, &cancel) {
         // Not serving UDP would leave clients without DNS behind a deny-by-default firewall.
         cancel.cancel();
         let _ = backend.stop(exit_mode);
@@ -353,7 +360,7 @@ impl StartedBackend {
 /// cgroup programs never see).
 fn start_backend(
     settings: &Settings,
-    policy: firewall::Policy,
+    policy: &firewall::Policy,
 ) -> Result<StartedBackend, RunError> {
     let start_ebpf = || -> Result<StartedBackend, RunError> {
         if std::env::var_os("NETTRUST_FORCE_EBPF_FAILURE").is_some_and(|v| v == "1") {
@@ -383,7 +390,7 @@ fn start_backend(
             },
             drop_input: settings.firewall_drop_input,
         };
-        let firewall = NftablesFirewall::start(&options, &policy)?;
+        let firewall = NftablesFirewall::start(&options, policy)?;
         firewall.set_max_hosts(settings.max_hosts);
         Ok(StartedBackend::Nftables(Arc::new(firewall)))
     };

@@ -211,7 +211,7 @@ mod tests {
             ..RunArgs::default()
         };
         let file = FileConfig::parse(toml, Path::new("t.toml")).unwrap();
-        Settings::resolve(&args, file, &Env::default(), || Ok("/cg".into())).unwrap()
+        Settings::resolve(&args, &file, &Env::default(), || Ok("/cg".into())).unwrap()
     }
 
     fn ip(s: &str) -> IpAddr {

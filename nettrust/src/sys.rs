@@ -8,7 +8,7 @@ pub fn fs_magic(path: &Path) -> io::Result<i64> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
     // SAFETY: statfs writes only into the zeroed struct we pass; the path is NUL-terminated.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } != 0 {
         return Err(io::Error::last_os_error());
     }
     #[expect(

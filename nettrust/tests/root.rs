@@ -161,7 +161,7 @@ fn sigterm_removes_every_nettrust_object(backend: Backend) {
 }
 
 /// Threads of the daemon named `name` (tokio's multi-thread runtime workers are
-/// `tokio-rt-worker`, the UDP fast path's `nettrust-udp`).
+/// `tokio-rt-worker`, the UDP engine's `nettrust-udp`).
 fn threads_named(world: &World, name: &str) -> usize {
     let pid = world.daemon_pid().expect("daemon running");
     world::threads(pid)
@@ -174,7 +174,7 @@ fn runtime_workers(world: &World) -> usize {
     threads_named(world, "tokio-rt-worker")
 }
 
-/// `worker_threads` 1 (the default) serves UDP on one fast-path thread and everything else on
+/// `worker_threads` 1 (the default) serves UDP on one UDP engine thread and everything else on
 /// the main thread; more runs that many of each. Both answer over UDP and TCP and authorize what
 /// they answer.
 fn worker_threads_choose_the_runtime(backend: Backend) {

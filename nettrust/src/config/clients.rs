@@ -73,7 +73,7 @@ pub fn interface_networks(ip: IpAddr) -> Vec<IpNet> {
     let mut found = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a linked list we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut list) } == 0 {
+    if unsafe { libc::getifaddrs(&raw mut list) } == 0 {
         let mut cursor = list;
         while !cursor.is_null() {
             // SAFETY: a node of the list getifaddrs returned, valid until freeifaddrs.
@@ -124,11 +124,11 @@ unsafe fn sockaddr_ip(addr: *const libc::sockaddr) -> Option<IpAddr> {
     unsafe {
         match i32::from((*addr).sa_family) {
             libc::AF_INET => {
-                let v4 = &*addr.cast::<libc::sockaddr_in>();
+                let v4 = addr.cast::<libc::sockaddr_in>().read_unaligned();
                 Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))))
             }
             libc::AF_INET6 => {
-                let v6 = &*addr.cast::<libc::sockaddr_in6>();
+                let v6 = addr.cast::<libc::sockaddr_in6>().read_unaligned();
                 Some(IpAddr::V6(std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr)))
             }
             _ => None,

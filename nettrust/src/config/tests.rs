@@ -10,7 +10,7 @@ fn env(vars: &[(&str, &str)]) -> Env {
 fn resolve(args: &RunArgs, toml: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
     let file = FileConfig::parse(toml, Path::new("test.toml"))?;
     let env = Env::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))?;
-    Settings::resolve(args, file, &env, || Ok(PathBuf::from("/sys/fs/cgroup")))
+    Settings::resolve(args, &file, &env, || Ok(PathBuf::from("/sys/fs/cgroup")))
 }
 
 fn args() -> RunArgs {
@@ -46,7 +46,7 @@ fn pem(dir: &Path, name: &str, label: &str) -> PathBuf {
 fn repository_config_toml_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml");
     let file = FileConfig::load(&path).unwrap();
-    let s = Settings::resolve(&RunArgs::default(), file, &Env::default(), || {
+    let s = Settings::resolve(&RunArgs::default(), &file, &Env::default(), || {
         Ok("/cg".into())
     })
     .unwrap();

@@ -463,8 +463,8 @@ pub(super) fn operations(
     Ok((authorize_ptr, bpffs_dir, metrics_addr, log_format))
 }
 
-/// Threads serving DNS unless `worker_threads` says otherwise (UDP fast-path threads, and runtime
-/// threads). One: at full load on 2 cores one fast-path thread serves about 10 % more queries/s
+/// Threads serving DNS unless `worker_threads` says otherwise (UDP engine threads, and runtime
+/// threads). One: at full load on 2 cores one UDP engine thread serves about 10 % more queries/s
 /// than two (the client and the upstream need the other core), and a current-thread runtime
 /// 3–8 % more than a multi-thread one with 9 % less CPU per query (docs/benchmark-history.md).
 pub const DEFAULT_WORKER_THREADS: usize = 1;
@@ -504,10 +504,7 @@ pub const MAX_HOSTS_LIMIT: u32 = 1 << 24;
 /// Largest accepted `max_networks` (per family).
 pub const MAX_NETWORKS_LIMIT: u32 = 1 << 20;
 
-/// Most addresses one answer authorizes unless `max_answer_addresses` says otherwise: more than
-/// any ordinary service publishes for one name, far fewer than an attacker's zone can put in one
-/// TCP answer (thousands) to fill the host map.
-pub const DEFAULT_MAX_ANSWER_ADDRESSES: u32 = 32;
+pub use crate::authorizer::DEFAULT_MAX_ANSWER_ADDRESSES;
 
 /// One map capacity: within `1..=limit`, and at least `min` for the `whitelisted` entries of one
 /// address family it holds.

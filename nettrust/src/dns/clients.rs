@@ -46,11 +46,20 @@ pub(crate) struct Clients {
     started: Instant,
 }
 
+/// The loopback networks (RFC 1122 §3.2.1.3, RFC 4291 §2.5.3): the clients always allowed to ask,
+/// and what `whitelist_loopback` whitelists.
+pub(crate) fn loopback_networks() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .map(|n| n.parse().expect("valid literal"))
+        .collect()
+}
+
 impl Clients {
     /// Loopback clients only, [`MAX_CLIENT_IN_FLIGHT`] each.
     pub(crate) fn new() -> Self {
         Self {
-            allow: crate::config::loopback_networks(),
+            allow: loopback_networks(),
             slots: ClientSlots::new(MAX_CLIENT_IN_FLIGHT),
             refused_logged: AtomicU64::new(0),
             refused_total: AtomicU64::new(0),

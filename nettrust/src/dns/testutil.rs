@@ -191,9 +191,10 @@ pub fn certificate(
     dir: &std::path::Path,
     names: &[&str],
 ) -> (std::path::PathBuf, std::path::PathBuf) {
-    let cert =
-        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap();
+    let cert = rcgen::generate_simple_self_signed(
+        names.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    )
+    .unwrap();
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();

@@ -37,7 +37,7 @@ pub enum TlsError {
     ServerName(String),
 }
 
-fn pem_error(what: &'static str, path: &Path, reason: impl ToString) -> TlsError {
+fn pem_error(what: &'static str, path: &Path, reason: &dyn std::fmt::Display) -> TlsError {
     TlsError::Pem {
         what,
         path: path.to_owned(),
@@ -51,11 +51,11 @@ pub fn load_certs(
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(what, path, e))?
+        .map_err(|e| pem_error(what, path, &e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(what, path, e))?;
+        .map_err(|e| pem_error(what, path, &e))?;
     if certs.is_empty() {
-        return Err(pem_error(what, path, "no PEM certificate in the file"));
+        return Err(pem_error(what, path, &"no PEM certificate in the file"));
     }
     Ok(certs)
 }
@@ -64,7 +64,7 @@ pub fn load_certs(
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = load_certs(cert, "listen_cert")?;
     let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error("listen_cert_key", key, e))?;
+        PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error("listen_cert_key", key, &e))?;
     let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -80,7 +80,7 @@ pub fn client_config(ca_bundle: Option<&Path>) -> Result<Arc<ClientConfig>, TlsE
     for cert in load_certs(path, "fwd_tls_cert")? {
         roots
             .add(cert)
-            .map_err(|e| pem_error("fwd_tls_cert", path, e))?;
+            .map_err(|e| pem_error("fwd_tls_cert", path, &e))?;
     }
     let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()?

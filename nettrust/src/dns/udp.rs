@@ -330,7 +330,7 @@ impl UdpEngine {
                         what: "open a UDP socket",
                         source: io::Error::new(source.kind(), source.to_string()),
                     };
-                    self.failed(server, error, Instant::now(), query);
+                    self.failed(server, &error, Instant::now(), query);
                 }
                 return;
             }
@@ -357,7 +357,7 @@ impl UdpEngine {
                     what: "send",
                     source,
                 };
-                self.failed(server, error, sent, query);
+                self.failed(server, &error, sent, query);
                 continue;
             }
             let outbound = self.outbound.get_mut(&token).expect("pooled socket");
@@ -512,7 +512,7 @@ impl UdpEngine {
                 what: "receive",
                 source: io::ErrorKind::ConnectionRefused.into(),
             };
-            self.failed(server, error, pending.sent, pending.query);
+            self.failed(server, &error, pending.sent, pending.query);
         }
     }
 
@@ -525,21 +525,21 @@ impl UdpEngine {
                 addr: self.servers.addr(pending.server),
                 timeout: self.servers.timeout(),
             };
-            self.failed(pending.server, error, pending.sent, pending.query);
+            self.failed(pending.server, &error, pending.sent, pending.query);
         }
     }
 
     /// Server `server` failed `query`, sent at `sent`: it counts towards the server's back-off
     /// and the next server not tried yet is asked (healthy ones first); with none left the
     /// client gets SERVFAIL.
-    fn failed(&mut self, server: usize, error: UpstreamError, sent: Instant, mut query: Query) {
+    fn failed(&mut self, server: usize, error: &UpstreamError, sent: Instant, mut query: Query) {
         let servers = self.servers.clone();
-        servers.failed(server, query.forward.question(), sent, &error);
+        servers.failed(server, query.forward.question(), sent, error);
         query.tried.push(server);
         match servers.next_server(&query.tried) {
             Some(next) => self.send(next, vec![query]),
             None => {
-                let reply = self.proxy.handler().failed(&query.forward, &error);
+                let reply = self.proxy.handler().failed(&query.forward, error);
                 self.settle(reply, query.client);
             }
         }

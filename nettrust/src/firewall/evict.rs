@@ -111,7 +111,9 @@ impl<K: Eq + Hash + Copy> Recency<K> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AddrMap<K>> {
-        self.at.lock().unwrap_or_else(|e| e.into_inner())
+        self.at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records an answer naming `key` at `now`. Returns true when the records outgrew twice the

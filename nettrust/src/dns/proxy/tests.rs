@@ -226,7 +226,7 @@ mod end_to_end {
             record
                 .lock()
                 .unwrap()
-                .push(q.edns.as_ref().map(|e| e.max_payload()));
+                .push(q.edns.as_ref().map(hickory_proto::op::Edns::max_payload));
             vec![reply(q, &[a("e.test.", "192.0.2.13")])]
         });
         let s = setup(script, Blacklist::default(), false, false).await;

@@ -212,7 +212,7 @@ pub(super) fn epoll_add(
         u64: token,
     };
     // SAFETY: both descriptors are open; `event` is a valid epoll_event.
-    cvt(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) })
+    cvt(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &raw mut event) })
         .map(drop)
 }
 

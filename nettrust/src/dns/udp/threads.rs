@@ -12,7 +12,7 @@ use crate::dns::proxy::Proxy;
 /// shutdown (`tracker`) waits for each to finish its queries in flight. An error when no thread
 /// can start: a daemon that cannot serve UDP must not run behind a deny-by-default firewall.
 pub fn start(
-    udp: UdpSocket,
+    udp: &UdpSocket,
     threads: usize,
     proxy: &Arc<Proxy>,
     tracker: &TaskTracker,

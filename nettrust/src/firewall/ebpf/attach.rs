@@ -110,7 +110,7 @@ pub(super) fn cgroups_to_filter(
     cgroups: &[PathBuf],
 ) -> Result<Vec<PathBuf>, EbpfError> {
     let mut out = cgroups.to_vec();
-    for entry in cgroup_map.iter() {
+    for entry in cgroup_map {
         let (id, path) = entry.map_err(|e| map_error(MAP_CGROUPS, "cannot read", e))?;
         let path = PathBuf::from(pins::unpadded(&path.path));
         if pins::cgroup_id(&path).ok() == Some(id) {

@@ -63,7 +63,9 @@ pub(super) fn load_and_pin(ebpf: &mut Ebpf, dir: &Path) -> Result<(), EbpfError>
             std::io::Error::from(std::io::ErrorKind::NotFound),
         ));
     };
-    *OWN_STORAGE.lock().unwrap_or_else(|e| e.into_inner()) = Some(storage);
+    *OWN_STORAGE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(storage);
     let program = program(ebpf)?;
     program.load().map_err(|source| {
         program_error(format!("{PROGRAM_SOCKOPS} rejected by the kernel"), source)
@@ -159,7 +161,10 @@ fn tag_cgroup(program: &SockOps, id: u64) -> Result<(), EbpfError> {
         syscalls::update(map.fd().as_fd().as_raw_fd(), &key, &id, 0)
             .map_err(|e| map_error(MAP_LIVE_TCP_CGROUP, format!("cannot tag cgroup {id}"), e))
     };
-    if let Some(own) = &*OWN_STORAGE.lock().unwrap_or_else(|e| e.into_inner()) {
+    if let Some(own) = &*OWN_STORAGE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
         return write(own);
     }
     let not_found = |what: String| {
