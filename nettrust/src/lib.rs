@@ -119,7 +119,7 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
-    mut reloads: tokio::sync::mpsc::Receiver<Settings>,
+    reloads: tokio::sync::mpsc::Receiver<Settings>,
 ) -> Result<(), RunError> {
     // TLS material and lists first, then bind: a bad file or a busy port must fail before any
     // firewall object exists.
@@ -129,67 +129,79 @@ pub async fn run(
         )?)),
         None => None,
     };
-    let transport = match (&settings.fwd_tls, settings.fwd_proto) {
-        (Some(t), _) => Transport::Tls {
-            config: tls::client_config(t.ca.as_deref())?,
-            name: match &t.name {
-                Some(name) => Some(tls::server_name(Some(name), settings.fwd_addrs[0].ip())?),
-                None => None,
-            },
-        },
-        (None, FwdProto::Tcp) => Transport::Tcp,
-        (None, FwdProto::Udp) => Transport::Udp,
-    };
+    let transport = upstream_transport(&settings)?;
     let blacklist = Arc::new(reload::blacklist(&settings)?);
-    let listen = settings.listen_addr;
-    let bind_tcp = async |addr: SocketAddr| {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Bind {
-                addr,
-                proto: "tcp",
-                source,
-            })
-    };
-    let udp = std::net::UdpSocket::bind(listen)
-        .and_then(|udp| udp.set_nonblocking(true).map(|()| udp))
-        .map_err(|source| RunError::Bind {
-            addr: listen,
-            proto: "udp",
-            source,
-        })?;
-    let tcp = bind_tcp(listen).await?;
-    let dedicated_tls = match settings.listen_tls_addr {
-        Some(addr) => Some(bind_tcp(addr).await?),
-        None => None,
-    };
-
-    let metrics_listener = match settings.metrics_addr {
-        Some(addr) => Some(metrics::bind(addr).await.map_err(|source| RunError::Bind {
-            addr,
-            proto: "tcp (metrics)",
-            source,
-        })?),
-        None => None,
-    };
+    let listeners = Listeners::bind(&settings, listen_tls).await?;
 
     let policy = reload::policy(&settings);
-    let exit_mode = ExitMode::from_flags(
-        settings.do_not_flush_table,
-        settings.do_not_flush_authorized_hosts,
-    );
-    match exit_mode {
-        ExitMode::FlushAll => tracing::warn!(
-            "on exit flush table is enabled. Please set this to false if you wish to deny traffic to all if NetTrust is not running"
-        ),
-        ExitMode::KeepPolicy => {}
-        ExitMode::KeepAll => {
-            tracing::warn!("on exit NetTrust will not flush the authorized hosts list");
-        }
-    }
+    let exit_mode = exit_mode(&settings);
     let backend = start_backend(&settings, &policy)?;
     let firewall = backend.firewall();
-    let authorizer = Authorizer::new(firewall.clone(), settings.authorized_ttl)
+    let (proxy, reload_handle) = proxy(&settings, firewall.clone(), blacklist, transport);
+
+    let tasks = Tasks::default();
+    if let Err(e) = tasks.start_udp(&settings, &listeners.udp, &proxy) {
+        // Not serving UDP would leave clients without DNS behind a deny-by-default firewall.
+        let _ = backend.stop(exit_mode);
+        return Err(e);
+    }
+    tasks.spawn_services(&settings, listeners, &proxy, &backend);
+    // Everything that needs more than the running firewall's capabilities is done. A daemon that
+    // cannot shed them (a sandbox that forbids capset(2) or hides /proc/sys/kernel/cap_last_cap)
+    // does not run with more than it needs: it stops, removing its firewall as on any failed
+    // start, and says why.
+    match privileges::drop_privileges() {
+        Ok(kept) => tracing::info!("capabilities reduced to {kept:#x}, no-new-privs set"),
+        Err(e) => {
+            tracing::error!("{}", error_chain(&e));
+            tasks.drain().await;
+            if let Err(stop) = backend.stop(exit_mode) {
+                tracing::error!("{}", error_chain(&stop));
+            }
+            return Err(RunError::Privileges(e));
+        }
+    }
+    tracing::info!(
+        listen = %settings.listen_addr,
+        allow_clients = ?settings.allow_clients,
+        upstreams = ?settings.fwd_addrs,
+        fwd_proto = ?settings.fwd_proto,
+        fwd_tls = settings.fwd_tls.is_some(),
+        cache = ?settings.dns_ttl_cache,
+        "nettrust is running"
+    );
+
+    serve_reloads(
+        settings,
+        shutdown,
+        reloads,
+        firewall.as_ref(),
+        &reload_handle,
+    )
+    .await;
+    tracing::info!("Interrupted");
+    if !tasks.drain().await {
+        tracing::warn!("some queries were still in flight at shutdown");
+    }
+    backend.stop(exit_mode)?;
+    match exit_mode {
+        ExitMode::FlushAll => tracing::info!("firewall removed, bye"),
+        ExitMode::KeepPolicy => {
+            tracing::info!("authorized hosts removed, deny policy left in place, bye");
+        }
+        ExitMode::KeepAll => tracing::info!("firewall left in place, bye"),
+    }
+    Ok(())
+}
+
+/// The DNS proxy in front of `firewall`, and the authorizer handle SIGHUP reloads update.
+fn proxy(
+    settings: &Settings,
+    firewall: Arc<dyn Firewall>,
+    blacklist: Arc<blacklist::Blacklist>,
+    transport: Transport,
+) -> (Arc<Proxy>, Authorizer) {
+    let authorizer = Authorizer::new(firewall, settings.authorized_ttl)
         .with_blacklist(blacklist)
         .with_ptr_authorization(settings.authorize_ptr)
         .with_max_addresses(settings.max_answer_addresses);
@@ -207,119 +219,208 @@ pub async fn run(
         .with_udp_buffer_size(settings.fwd_udp_buffer_size)
         .with_allow_clients(settings.allow_clients.clone()),
     );
+    (proxy, reload_handle)
+}
 
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    if let Err(source) = dns::udp::start(&udp, settings.worker_threads, &proxy, &tracker, &cancel) {
-        // Not serving UDP would leave clients without DNS behind a deny-by-default firewall.
-        cancel.cancel();
-        let _ = backend.stop(exit_mode);
-        return Err(RunError::UdpEngine {
-            addr: listen,
-            source,
-        });
-    }
-    // With listen_tls the TCP listener of listen_addr speaks DoT (as the original); a dedicated
-    // DoT listener (listen_tls_addr) leaves it plain.
-    let tcp_tls = listen_tls
-        .clone()
-        .filter(|_| settings.listen_tls_addr.is_none());
-    tracker.spawn(server::serve_tcp(
-        tcp,
-        tcp_tls,
-        settings.max_tcp_connections,
-        proxy.clone(),
-        tracker.clone(),
-        cancel.clone(),
-    ));
-    if let Some(ttl) = settings.authorized_ttl {
-        let config = SweepConfig {
-            ttl,
-            ticker: settings.ttl_check_interval,
-        };
-        tracker.spawn(sweeper::run(firewall.clone(), config, cancel.clone()));
-    }
-    if let (Some(listener), Some(acceptor)) = (dedicated_tls, listen_tls) {
-        tracker.spawn(server::serve_tcp(
-            listener,
-            Some(acceptor),
-            settings.max_tcp_connections,
-            proxy,
-            tracker.clone(),
-            cancel.clone(),
-        ));
-    }
-    if let StartedBackend::Nftables(nft) = &backend {
-        tracker.spawn(firewall::nftables::watch(
-            nft.clone(),
-            NFTABLES_WATCH_INTERVAL,
-            cancel.clone(),
-        ));
-    }
-    if let Some(listener) = metrics_listener {
-        let sources = metrics::Sources {
-            firewall: firewall.clone(),
-            bpffs_dir: settings.bpffs_dir.clone(),
-        };
-        tracker.spawn(metrics::serve(listener, sources, cancel.clone()));
-    }
-    // Everything that needs more than the running firewall's capabilities is done. A daemon that
-    // cannot shed them (a sandbox that forbids capset(2) or hides /proc/sys/kernel/cap_last_cap)
-    // does not run with more than it needs: it stops, removing its firewall as on any failed
-    // start, and says why.
-    match privileges::drop_privileges() {
-        Ok(kept) => tracing::info!("capabilities reduced to {kept:#x}, no-new-privs set"),
-        Err(e) => {
-            tracing::error!("{}", error_chain(&e));
-            cancel.cancel();
-            tracker.close();
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
-            if let Err(stop) = backend.stop(exit_mode) {
-                tracing::error!("{}", error_chain(&stop));
-            }
-            return Err(RunError::Privileges(e));
+/// The upstream transport: DoT when `fwd_tls` is set, else `fwd_proto`.
+fn upstream_transport(settings: &Settings) -> Result<Transport, RunError> {
+    Ok(match (&settings.fwd_tls, settings.fwd_proto) {
+        (Some(t), _) => Transport::Tls {
+            config: tls::client_config(t.ca.as_deref())?,
+            name: match &t.name {
+                Some(name) => Some(tls::server_name(Some(name), settings.fwd_addrs[0].ip())?),
+                None => None,
+            },
+        },
+        (None, FwdProto::Tcp) => Transport::Tcp,
+        (None, FwdProto::Udp) => Transport::Udp,
+    })
+}
+
+/// What happens to the firewall at exit, with a warning when it is not the default.
+fn exit_mode(settings: &Settings) -> ExitMode {
+    let exit_mode = ExitMode::from_flags(
+        settings.do_not_flush_table,
+        settings.do_not_flush_authorized_hosts,
+    );
+    match exit_mode {
+        ExitMode::FlushAll => tracing::warn!(
+            "on exit flush table is enabled. Please set this to false if you wish to deny traffic to all if NetTrust is not running"
+        ),
+        ExitMode::KeepPolicy => {}
+        ExitMode::KeepAll => {
+            tracing::warn!("on exit NetTrust will not flush the authorized hosts list");
         }
     }
-    tracing::info!(
-        listen = %listen,
-        allow_clients = ?settings.allow_clients,
-        upstreams = ?settings.fwd_addrs,
-        fwd_proto = ?settings.fwd_proto,
-        fwd_tls = settings.fwd_tls.is_some(),
-        cache = ?settings.dns_ttl_cache,
-        "nettrust is running"
-    );
+    exit_mode
+}
 
+/// The daemon's sockets, bound before any firewall object exists.
+struct Listeners {
+    udp: std::net::UdpSocket,
+    tcp: TcpListener,
+    /// The DoT acceptor: for `dedicated_tls` when there is one, else for `tcp`.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    dedicated_tls: Option<TcpListener>,
+    metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(
+        settings: &Settings,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Result<Self, RunError> {
+        let bind_tcp = async |addr: SocketAddr, proto| {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Bind {
+                    addr,
+                    proto,
+                    source,
+                })
+        };
+        let listen = settings.listen_addr;
+        let udp = std::net::UdpSocket::bind(listen)
+            .and_then(|udp| udp.set_nonblocking(true).map(|()| udp))
+            .map_err(|source| RunError::Bind {
+                addr: listen,
+                proto: "udp",
+                source,
+            })?;
+        let tcp = bind_tcp(listen, "tcp").await?;
+        let dedicated_tls = match settings.listen_tls_addr {
+            Some(addr) => Some(bind_tcp(addr, "tcp").await?),
+            None => None,
+        };
+        let metrics = match settings.metrics_addr {
+            Some(addr) => Some(bind_tcp(addr, "tcp (metrics)").await?),
+            None => None,
+        };
+        Ok(Self {
+            udp,
+            tcp,
+            tls,
+            dedicated_tls,
+            metrics,
+        })
+    }
+}
+
+/// The daemon's tasks and threads: cancelled together, waited for at shutdown.
+#[derive(Default)]
+struct Tasks {
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Tasks {
+    /// Starts the UDP engine's threads on `udp`; on failure everything is cancelled.
+    fn start_udp(
+        &self,
+        settings: &Settings,
+        udp: &std::net::UdpSocket,
+        proxy: &Arc<Proxy>,
+    ) -> Result<(), RunError> {
+        dns::udp::start(
+            udp,
+            settings.worker_threads,
+            proxy,
+            &self.tracker,
+            &self.cancel,
+        )
+        .map_err(|source| {
+            self.cancel.cancel();
+            RunError::UdpEngine {
+                addr: settings.listen_addr,
+                source,
+            }
+        })
+    }
+
+    /// Starts the TCP/DoT listeners, the sweeper, the nftables watch and the metrics endpoint.
+    fn spawn_services(
+        &self,
+        settings: &Settings,
+        listeners: Listeners,
+        proxy: &Arc<Proxy>,
+        backend: &StartedBackend,
+    ) {
+        let serve_tcp = |listener, tls| {
+            server::serve_tcp(
+                listener,
+                tls,
+                settings.max_tcp_connections,
+                proxy.clone(),
+                self.tracker.clone(),
+                self.cancel.clone(),
+            )
+        };
+        // With listen_tls the TCP listener of listen_addr speaks DoT (as the original); a
+        // dedicated DoT listener (listen_tls_addr) leaves it plain.
+        let tcp_tls = listeners
+            .tls
+            .clone()
+            .filter(|_| listeners.dedicated_tls.is_none());
+        self.tracker.spawn(serve_tcp(listeners.tcp, tcp_tls));
+        if let (Some(listener), Some(acceptor)) = (listeners.dedicated_tls, listeners.tls) {
+            self.tracker.spawn(serve_tcp(listener, Some(acceptor)));
+        }
+        let firewall = backend.firewall();
+        if let Some(ttl) = settings.authorized_ttl {
+            let config = SweepConfig {
+                ttl,
+                ticker: settings.ttl_check_interval,
+            };
+            self.tracker
+                .spawn(sweeper::run(firewall.clone(), config, self.cancel.clone()));
+        }
+        if let StartedBackend::Nftables(nft) = backend {
+            self.tracker.spawn(firewall::nftables::watch(
+                nft.clone(),
+                NFTABLES_WATCH_INTERVAL,
+                self.cancel.clone(),
+            ));
+        }
+        if let Some(listener) = listeners.metrics {
+            let sources = metrics::Sources {
+                firewall,
+                bpffs_dir: settings.bpffs_dir.clone(),
+            };
+            self.tracker
+                .spawn(metrics::serve(listener, sources, self.cancel.clone()));
+        }
+    }
+
+    /// Cancels everything and waits up to [`DRAIN_TIMEOUT`]; false when something was still
+    /// running then.
+    async fn drain(&self) -> bool {
+        self.cancel.cancel();
+        self.tracker.close();
+        tokio::time::timeout(DRAIN_TIMEOUT, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// Applies each configuration received on `reloads` until `shutdown` completes.
+async fn serve_reloads(
+    mut current: Settings,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: tokio::sync::mpsc::Receiver<Settings>,
+    firewall: &dyn Firewall,
+    authorizer: &Authorizer,
+) {
     tokio::pin!(shutdown);
-    let mut current = settings;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             Some(new) = reloads.recv() => {
-                if let Err(e) = reload::apply(&mut current, new, firewall.as_ref(), &reload_handle) {
+                if let Err(e) = reload::apply(&mut current, new, firewall, authorizer) {
                     tracing::error!("{}", error_chain(&e));
                 }
             }
         }
     }
-    tracing::info!("Interrupted");
-    cancel.cancel();
-    tracker.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some queries were still in flight at shutdown");
-    }
-    backend.stop(exit_mode)?;
-    match exit_mode {
-        ExitMode::FlushAll => tracing::info!("firewall removed, bye"),
-        ExitMode::KeepPolicy => {
-            tracing::info!("authorized hosts removed, deny policy left in place, bye");
-        }
-        ExitMode::KeepAll => tracing::info!("firewall left in place, bye"),
-    }
-    Ok(())
 }
 
 /// Whether `e` means this machine cannot run the eBPF backend (no object, the kernel refused to

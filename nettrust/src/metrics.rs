@@ -6,7 +6,6 @@
 //! each labelled with its own content type.
 
 use std::{
-    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, LazyLock, Mutex},
     time::Duration,
@@ -437,11 +436,6 @@ pub fn prometheus_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Binds the metrics endpoint (before any firewall object exists, like the DNS listeners).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 #[cfg(test)]
