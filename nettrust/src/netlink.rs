@@ -307,6 +307,8 @@ pub fn dump_datagram(
 pub struct Socket {
     fd: OwnedFd,
     seq: u32,
+    /// The receive buffer, allocated once: every batch drains and reads acknowledgements.
+    rx: Vec<u8>,
 }
 
 impl Socket {
@@ -339,7 +341,11 @@ impl Socket {
         if rc != 0 {
             return Err(last_os("bind"));
         }
-        Ok(Self { fd, seq: 1 })
+        Ok(Self {
+            fd,
+            seq: 1,
+            rx: vec![0; RECV_BUFFER],
+        })
     }
 
     /// Sets the send and receive buffers to `bytes` each: the `*FORCE` options exceed the sysctl
@@ -401,16 +407,16 @@ impl Socket {
         Ok(())
     }
 
-    /// One datagram; `Ok(None)` when nothing is queued and `nonblocking`.
-    fn recv(&self, buf: &mut [u8], nonblocking: bool) -> Result<Option<usize>, NetlinkError> {
+    /// One datagram into `self.rx`; `Ok(None)` when nothing is queued and `nonblocking`.
+    fn recv(&mut self, nonblocking: bool) -> Result<Option<usize>, NetlinkError> {
         let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
         loop {
-            // SAFETY: recv writes at most buf.len() bytes into `buf`.
+            // SAFETY: recv writes at most rx.len() bytes into `rx`.
             let n = unsafe {
                 libc::recv(
                     self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
+                    self.rx.as_mut_ptr().cast(),
+                    self.rx.len(),
                     flags,
                 )
             };
@@ -432,20 +438,18 @@ impl Socket {
     }
 
     /// Drops every queued datagram (e.g. a late reply of an interrupted dump).
-    pub fn drain(&self) -> Result<(), NetlinkError> {
-        let mut rx = vec![0u8; RECV_BUFFER];
-        while self.recv(&mut rx, true)?.is_some() {}
+    pub fn drain(&mut self) -> Result<(), NetlinkError> {
+        while self.recv(true)?.is_some() {}
         Ok(())
     }
 
     /// The errno of the acknowledgement of each message `seqs` names (`None`: not acknowledged),
     /// from the datagrams already queued. nfnetlink processes a batch synchronously inside
     /// `send(2)`, so every acknowledgement of it is queued when `send` returns.
-    pub fn queued_acks(&self, seqs: &[u32]) -> Result<Vec<Option<i32>>, NetlinkError> {
+    pub fn queued_acks(&mut self, seqs: &[u32]) -> Result<Vec<Option<i32>>, NetlinkError> {
         let mut acks = vec![None; seqs.len()];
-        let mut rx = vec![0u8; RECV_BUFFER];
-        while let Some(n) = self.recv(&mut rx, true)? {
-            for message in messages(&rx[..n])? {
+        while let Some(n) = self.recv(true)? {
+            for message in messages(&self.rx[..n])? {
                 let Some(errno) = message.error() else {
                     continue;
                 };
@@ -471,10 +475,9 @@ impl Socket {
         self.drain()?;
         let seq = self.next_seq();
         self.send(&dump_request(ty, family, seq, attrs))?;
-        let mut rx = vec![0u8; RECV_BUFFER];
         loop {
-            let n = self.recv(&mut rx, false)?.unwrap_or(0);
-            if n == 0 || dump_datagram(&rx[..n], seq, what, &mut each)? {
+            let n = self.recv(false)?.unwrap_or(0);
+            if n == 0 || dump_datagram(&self.rx[..n], seq, what, &mut each)? {
                 return Ok(());
             }
         }
