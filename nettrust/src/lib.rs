@@ -15,8 +15,10 @@ pub mod dns;
 pub mod firewall;
 pub mod metrics;
 pub mod netlink;
+pub mod policy;
 pub mod privileges;
 pub mod reload;
+pub mod scopes;
 pub mod sweeper;
 pub mod sys;
 

@@ -66,6 +66,15 @@ pub struct CgroupLabels {
     pub verdict: &'static str,
 }
 
+/// Labels of a question judged by a `[[policy]]`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// The policy's name.
+    pub policy: String,
+    /// `allowed`, `not_allowed` (refused) or `audited` (not allowed, forwarded in audit mode).
+    pub result: &'static str,
+}
+
 /// Per-cgroup egress packet counts read from the kernel: `(cgroup, allowed, dropped)`.
 pub type CgroupEgress = Vec<(String, u64, u64)>;
 
@@ -79,6 +88,8 @@ pub struct Metrics {
     pub addresses: Family<ResultLabel, Counter>,
     /// Upstream replies refused (`forged`: not the answer to our query; `malformed`).
     pub rejected_answers: Family<ResultLabel, Counter>,
+    /// Questions from the cgroups of a `[[policy]]`, by policy and result.
+    policy_questions: Family<PolicyLabels, Counter>,
     /// Upstream round-trip time of answered queries.
     pub upstream_latency: Histogram,
     /// Addresses refused because the host map was full (the client got SERVFAIL).
@@ -141,6 +152,12 @@ impl Metrics {
                 "Upstream replies refused as forged or malformed",
                 Family::default(),
             ),
+            policy_questions: registered(
+                r,
+                "policy_questions",
+                "Questions from the cgroups of a policy, by policy and result",
+                Family::default(),
+            ),
             upstream_latency: registered(
                 r,
                 "upstream_latency_seconds",
@@ -195,6 +212,16 @@ impl Metrics {
             // Last: the fields above register into it.
             registry,
         }
+    }
+
+    /// Counts a question a policy judged.
+    pub fn policy_question(&self, policy: &str, result: &'static str) {
+        self.policy_questions
+            .get_or_create(&PolicyLabels {
+                policy: policy.to_owned(),
+                result,
+            })
+            .inc();
     }
 
     /// Counts one DNS query outcome.

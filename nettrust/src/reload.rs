@@ -92,10 +92,10 @@ pub fn apply(
     );
     *current = new;
     if let Some(blacklist) = revoke {
-        let revoked = firewall.revoke(&|addr, name| blacklisted(&blacklist, addr, name))?;
-        for addr in &revoked {
+        let revoked = firewall.revoke(&|grant, name| blacklisted(&blacklist, grant.addr, name))?;
+        for grant in &revoked {
             tracing::info!(
-                "[Reload] Host [{addr}] is blacklisted now. Removed from firewall rules"
+                "[Reload] Host [{grant}] is blacklisted now. Removed from firewall rules"
             );
         }
     }
@@ -224,7 +224,7 @@ mod tests {
             settings("[whitelist]\nhosts = [\"203.0.113.1\"]\nnetworks = [\"198.51.100.0/24\"]");
         let fw = Arc::new(FakeFirewall::new(policy(&current)));
         let authorizer = Authorizer::new(fw.clone(), None);
-        fw.authorize(ip("192.0.2.7"), 0).unwrap();
+        fw.authorize(ip("192.0.2.7").into(), 0).unwrap();
         assert!(fw.allows(ip("203.0.113.1"), 0) && fw.allows(ip("198.51.100.9"), 0));
 
         let new = settings("[whitelist]\nhosts = [\"203.0.113.2\"]");
@@ -277,7 +277,7 @@ mod tests {
             ("198.51.100.9", "c.test."),
             ("192.0.2.20", "ok.test."),
         ] {
-            fw.authorize(ip(addr), 0).unwrap();
+            fw.authorize(ip(addr).into(), 0).unwrap();
             fw.record_name(ip(addr), name).unwrap();
         }
         apply(

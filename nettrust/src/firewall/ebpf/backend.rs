@@ -39,7 +39,7 @@ use super::{
     whitelist,
 };
 use crate::firewall::{
-    Authorization, AuthorizedHost, ExitMode, Firewall, FirewallError, HostState, Policy,
+    Authorization, AuthorizedHost, ExitMode, Firewall, FirewallError, Grant, HostState, Policy,
     evict::Recency,
 };
 
@@ -296,7 +296,8 @@ fn install(
 }
 
 impl Firewall for EbpfFirewall {
-    fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError> {
+    fn authorize(&self, grant: Grant, expires_ns: u64) -> Result<Authorization, FirewallError> {
+        let addr = grant.unscoped()?;
         let capacity = self.capacities.hosts;
         let active = || self.active_addresses();
         let (result, map) = match addr {
@@ -368,8 +369,10 @@ impl Firewall for EbpfFirewall {
 
     fn revoke(
         &self,
-        revoked: &dyn Fn(IpAddr, Option<&str>) -> bool,
-    ) -> Result<Vec<IpAddr>, FirewallError> {
+        revoked: &dyn Fn(Grant, Option<&str>) -> bool,
+    ) -> Result<Vec<Grant>, FirewallError> {
+        let revoked = |addr: IpAddr, name: Option<&str>| revoked(Grant::from(addr), name);
+        let revoked = &revoked;
         // Names still queued are written first, so a domain match sees them.
         self.names.flush();
         let mut hosts = self.hosts.write().expect("host maps lock poisoned");
@@ -378,7 +381,7 @@ impl Firewall for EbpfFirewall {
         authorizations::revoke_entries(&**v4, names, revoked, &mut removed)
             .and_then(|()| authorizations::revoke_entries(&*v6, names, revoked, &mut removed))
             .map_err(|e| FirewallError::Read(Box::new(e)))?;
-        Ok(removed)
+        Ok(removed.into_iter().map(Grant::from).collect())
     }
 
     fn live_hosts(&self) -> Result<HashSet<IpAddr>, FirewallError> {
@@ -396,10 +399,11 @@ impl Firewall for EbpfFirewall {
 
     fn renew_if(
         &self,
-        addr: IpAddr,
+        grant: Grant,
         seen_expires_ns: u64,
         new_expires_ns: u64,
     ) -> Result<bool, FirewallError> {
+        let addr = grant.unscoped()?;
         let hosts = self.hosts.write().expect("host maps lock poisoned");
         let result = match addr {
             IpAddr::V4(ip) => authorizations::renew_entry(
@@ -418,7 +422,8 @@ impl Firewall for EbpfFirewall {
         })
     }
 
-    fn remove_if(&self, addr: IpAddr, seen_expires_ns: u64) -> Result<bool, FirewallError> {
+    fn remove_if(&self, grant: Grant, seen_expires_ns: u64) -> Result<bool, FirewallError> {
+        let addr = grant.unscoped()?;
         let mut hosts = self.hosts.write().expect("host maps lock poisoned");
         let result = match addr {
             IpAddr::V4(ip) => {
