@@ -15,6 +15,7 @@ pub mod dns;
 pub mod firewall;
 pub mod metrics;
 pub mod netlink;
+pub mod policy;
 pub mod privileges;
 pub mod reload;
 pub mod sweeper;
