@@ -7,10 +7,12 @@
 //! - Hosts and networks (IPv4 and IPv6): such addresses stay in the answer, as in the original,
 //!   but are never written into the firewall.
 
-use std::{collections::HashSet, net::IpAddr};
+use std::{collections::HashSet, net::IpAddr, sync::Arc};
 
 use hickory_proto::{op::ResponseCode, rr::Name};
 use ipnet::IpNet;
+
+use crate::policy::Domains;
 
 /// What a client asking for a blacklisted domain receives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -48,23 +50,13 @@ impl BlockResponse {
     }
 }
 
-/// A domain pattern that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid domain pattern {pattern:?}: {reason}")]
-pub struct PatternError {
-    /// The pattern as configured.
-    pub pattern: String,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
+pub use crate::policy::PatternError;
 
 /// The proxy's blacklists.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Blacklist {
-    /// Exact names, lowercase, without the trailing dot.
-    exact: HashSet<String>,
-    /// Wildcard parents (`*.example.com` is stored as `example.com`), lowercase, no trailing dot.
-    wildcard: HashSet<String>,
+    /// Blacklisted names: exact ones and `*.` wildcards, shared with the settings they come from.
+    domains: Arc<Domains>,
     /// Addresses never authorized.
     hosts: HashSet<IpAddr>,
     /// Networks never authorized.
@@ -73,72 +65,48 @@ pub struct Blacklist {
     pub response: BlockResponse,
 }
 
-/// `name` lowercase without the trailing dot (the root stays empty).
-fn normalize(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
-}
-
 impl Blacklist {
-    /// Builds the lists; domain patterns are exact names or `*.` followed by a name.
+    /// Builds the lists; domain patterns are exact names or `*.` followed by a name (see
+    /// [`crate::policy::parse_pattern`]).
     pub fn new(
         domains: &[String],
         hosts: &[IpAddr],
         networks: &[IpNet],
         response: BlockResponse,
     ) -> Result<Self, PatternError> {
-        let mut list = Self {
+        let domains = Domains::from_patterns(domains)?;
+        Ok(Self::with_domains(
+            Arc::new(domains),
+            hosts,
+            networks,
+            response,
+        ))
+    }
+
+    /// Builds the lists from compiled domains (the configuration's inline domains and its
+    /// `domains_file`), shared rather than copied.
+    pub fn with_domains(
+        domains: Arc<Domains>,
+        hosts: &[IpAddr],
+        networks: &[IpNet],
+        response: BlockResponse,
+    ) -> Self {
+        Self {
+            domains,
             hosts: hosts.iter().copied().collect(),
             networks: networks.to_vec(),
             response,
-            ..Self::default()
-        };
-        for pattern in domains {
-            let error = |reason| PatternError {
-                pattern: pattern.clone(),
-                reason,
-            };
-            let trimmed = pattern.trim();
-            let (set, name) = match trimmed.strip_prefix("*.") {
-                Some(parent) => (&mut list.wildcard, normalize(parent)),
-                None => (&mut list.exact, normalize(trimmed)),
-            };
-            if name.is_empty() {
-                return Err(error("empty name"));
-            }
-            if name.contains('*') {
-                return Err(error("only a leading \"*.\" wildcard is supported"));
-            }
-            if name.split('.').any(str::is_empty) || Name::from_ascii(&name).is_err() {
-                return Err(error("not a domain name"));
-            }
-            set.insert(name);
         }
-        Ok(list)
     }
 
     /// Whether no domain is blacklisted (the proxy then skips the lookups).
     pub fn has_domains(&self) -> bool {
-        !self.exact.is_empty() || !self.wildcard.is_empty()
+        !self.domains.is_empty()
     }
 
     /// Whether `name` is blacklisted, exactly or below a wildcard.
     pub fn blocks_domain(&self, name: &Name) -> bool {
-        if !self.has_domains() {
-            return false;
-        }
-        let name = normalize(&name.to_ascii());
-        if self.exact.contains(&name) {
-            return true;
-        }
-        // Every proper parent: a.b.example.com → b.example.com, example.com, com.
-        let mut rest = name.as_str();
-        while let Some((_, parent)) = rest.split_once('.') {
-            if self.wildcard.contains(parent) {
-                return true;
-            }
-            rest = parent;
-        }
-        false
+        self.domains.allows_name(name)
     }
 
     /// Whether `addr` must never be authorized.

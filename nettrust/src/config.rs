@@ -9,11 +9,13 @@ mod clients;
 mod env;
 mod files;
 mod options;
+mod policies;
 mod validate;
 
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -22,8 +24,8 @@ pub use env::Env;
 pub use files::{FileKind, check_file_mode};
 use ipnet::IpNet;
 pub use options::{
-    Backend, BlacklistSection, FirewallType, FwdProto, LogFormat, Names, Options, WhitelistSection,
-    names as option_names,
+    Backend, BlacklistSection, FirewallType, FwdProto, LogFormat, Names, Options, PolicyMode,
+    PolicySection, WhitelistSection, names as option_names,
 };
 use serde::Serialize;
 pub use validate::{
@@ -31,7 +33,10 @@ pub use validate::{
     MAX_WORKER_THREADS, parse_socket_addr,
 };
 
-use crate::blacklist::BlockResponse;
+use crate::{
+    blacklist::BlockResponse,
+    policy::{Domains, DomainsFileError},
+};
 
 /// The config file: the same [`Options`] as the command line, read from TOML.
 pub type FileConfig = Options;
@@ -82,6 +87,15 @@ pub enum ConfigError {
     /// A required option is missing.
     #[error("{0}")]
     Missing(&'static str),
+    /// A domain-list file cannot be read or holds a bad entry (the message names the file, the
+    /// line and the entry).
+    #[error("{key}: {error}")]
+    DomainsFile {
+        /// Config key naming the file.
+        key: String,
+        /// What is wrong.
+        error: DomainsFileError,
+    },
 }
 
 fn invalid(
@@ -121,10 +135,40 @@ pub struct Blacklist {
     pub hosts: Vec<IpAddr>,
     /// Networks never authorized.
     pub networks: Vec<IpNet>,
-    /// Lower-case domains without trailing dot; `*.` prefix = subdomains.
+    /// Lower-case domains without trailing dot; `*.` prefix = subdomains (the config file's
+    /// list, as given).
     pub domains: Vec<String>,
+    /// File of more domains, one per line.
+    pub domains_file: Option<PathBuf>,
+    /// `domains` and the file's entries, compiled for matching.
+    #[serde(rename = "domain_entries", serialize_with = "entry_count")]
+    pub matcher: Arc<Domains>,
     /// Answer to a blacklisted domain.
     pub response: BlockResponse,
+}
+
+/// A `[[policy]]` section, validated: its cgroups may resolve only the names it allows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicySettings {
+    /// `[a-z0-9_-]{1,32}`, unique among the policies.
+    pub name: String,
+    /// Enforce or only log.
+    pub mode: PolicyMode,
+    /// cgroup v2 directories of the policy; none is in another policy or in the top-level
+    /// `cgroups`.
+    pub cgroups: Vec<PathBuf>,
+    /// `allow_domains` and the entries of `allow_domains_file`, compiled for matching.
+    #[serde(rename = "domain_entries", serialize_with = "entry_count")]
+    pub domains: Arc<Domains>,
+    /// `allow_domains_file`, if any (its entries are in `domains`).
+    pub domains_file: Option<PathBuf>,
+    /// Destinations always allowed for the policy's cgroups.
+    pub networks: Vec<IpNet>,
+}
+
+/// Renders a compiled domain list as its number of entries (a list can hold millions).
+fn entry_count<S: serde::Serializer>(domains: &Arc<Domains>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(domains.len()).unwrap_or(u64::MAX))
 }
 
 /// The validated configuration of a daemon run.
@@ -155,7 +199,9 @@ pub struct Settings {
     pub firewall_type: FirewallType,
     /// Drop unsolicited inbound traffic.
     pub firewall_drop_input: bool,
-    /// cgroup v2 directories the filter is attached to.
+    /// cgroup v2 directories filtered in the default policy: the top-level `cgroups`, or the
+    /// cgroup v2 root when neither they nor any `[[policy]]` are given (empty when policies are
+    /// given without top-level cgroups). See [`Settings::filtered_cgroups`].
     pub cgroups: Vec<PathBuf>,
     /// Answer cache cap; `None` = no cache.
     #[serde(with = "opt_secs")]
@@ -198,6 +244,9 @@ pub struct Settings {
     pub metrics_addr: Option<SocketAddr>,
     /// Log output format.
     pub log_format: LogFormat,
+    /// The `[[policy]]` sections, in file order.
+    #[serde(rename = "policy", skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicySettings>,
 }
 
 mod secs {
@@ -263,8 +312,10 @@ impl Settings {
         let fwd_addrs = validate::upstreams(&l, listen_addr)?;
         let (fwd_proto, fwd_tls, fwd_udp_buffer_size, fwd_timeout) =
             validate::upstream_transport(&l)?;
+        let has_policies = !l.file().policies.is_empty();
         let (backend, firewall_type, firewall_drop_input, cgroups) =
-            validate::firewall(&l, cgroup2_root)?;
+            validate::firewall(&l, has_policies, cgroup2_root)?;
+        let policies = policies::policies(&l, &cgroups)?;
         let (dns_ttl_cache, authorized_ttl, ttl_check_interval) = validate::lifetimes(&l)?;
         let (do_not_flush_table, do_not_flush_authorized_hosts) = validate::exit_mode(&l)?;
         let (whitelist_hosts, whitelist_networks) = validate::whitelist(&l, env, listeners)?;
@@ -311,7 +362,18 @@ impl Settings {
             bpffs_dir,
             metrics_addr,
             log_format,
+            policies,
         })
+    }
+
+    /// Every cgroup the filter is attached to: the default policy's (`cgroups`) then each
+    /// policy's.
+    pub fn filtered_cgroups(&self) -> Vec<PathBuf> {
+        self.cgroups
+            .iter()
+            .chain(self.policies.iter().flat_map(|p| &p.cgroups))
+            .cloned()
+            .collect()
     }
 
     /// The effective settings as TOML, for `nettrust check-config`.
@@ -359,9 +421,28 @@ pub fn load(args: &Options) -> Result<(Settings, Vec<String>), ConfigError> {
     if let Some(ca) = settings.fwd_tls.as_ref().and_then(|t| t.ca.as_ref()) {
         check_file_mode("fwd_tls_cert", ca, FileKind::Trusted, running_as_root)?;
     }
-    for cgroup in &settings.cgroups {
+    if let Some(file) = &settings.blacklist.domains_file {
+        check_file_mode(
+            "blacklist.domains_file",
+            file,
+            FileKind::DomainList,
+            running_as_root,
+        )?;
+    }
+    for policy in &settings.policies {
+        if let Some(file) = &policy.domains_file {
+            let key = format!("policy.{}.allow_domains_file", policy.name);
+            check_file_mode(&key, file, FileKind::DomainList, running_as_root)?;
+        }
+    }
+    let keyed = settings.cgroups.iter().map(|c| ("cgroup".to_owned(), c));
+    let in_policies = settings.policies.iter().flat_map(|p| {
+        let key = format!("policy.{}.cgroups", p.name);
+        p.cgroups.iter().map(move |c| (key.clone(), c))
+    });
+    for (key, cgroup) in keyed.chain(in_policies) {
         crate::cgroup::validate(cgroup)
-            .map_err(|e| invalid("cgroup", cgroup.display().to_string(), e.to_string()))?;
+            .map_err(|e| invalid(key, cgroup.display().to_string(), e.to_string()))?;
     }
     Ok((settings, warnings))
 }

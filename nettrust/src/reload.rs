@@ -55,7 +55,12 @@ pub fn policy(settings: &Settings) -> Policy {
 /// The proxy's blacklist for `settings`.
 pub fn blacklist(settings: &Settings) -> Result<Blacklist, PatternError> {
     let b = &settings.blacklist;
-    Blacklist::new(&b.domains, &b.hosts, &b.networks, b.response)
+    Ok(Blacklist::with_domains(
+        b.matcher.clone(),
+        &b.hosts,
+        &b.networks,
+        b.response,
+    ))
 }
 
 /// Applies `new` over `current`: checks that only reloadable options differ, updates the firewall
@@ -159,6 +164,7 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         bpffs_dir,
         metrics_addr,
         log_format,
+        policies: _,
     } = a;
     let mut changed = Vec::new();
     differing!(changed, b;

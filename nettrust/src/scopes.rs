@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use hickory_proto::rr::Name;
+
 use crate::{
     firewall::{ClientScope, Scope},
     policy::Domains,
@@ -87,16 +89,16 @@ impl PolicyTable {
         self.get(scope).map_or("default", |p| p.name.as_str())
     }
 
-    /// Judges `question` (a name in text form) from a client the data path attributed to
+    /// Judges `question` from a client the data path attributed to
     /// `client` (`None`: unknown, the default scope). The policy's mode is this table's (the
     /// configuration in force), not the record's.
-    pub fn judge(&self, client: Option<ClientScope>, question: &str) -> Question {
+    pub fn judge(&self, client: Option<ClientScope>, question: &Name) -> Question {
         let scope = client.map_or(Scope::DEFAULT, |c| c.scope);
         let Some(policy) = self.get(scope) else {
             // The default policy, or a scope a reload removed: today's behaviour.
             return Question::Allowed(Scope::DEFAULT);
         };
-        let result = if policy.domains.allows(question) {
+        let result = if policy.domains.allows_name(question) {
             Question::Allowed(scope)
         } else if policy.audit {
             Question::Audited(scope)
@@ -116,12 +118,12 @@ mod tests {
         PolicyTable::new(vec![
             ScopePolicy {
                 name: "ci".into(),
-                domains: Arc::new(Domains::new(["example.com", "*.example.org"])),
+                domains: Arc::new(Domains::from_patterns(["example.com", "*.example.org"]).unwrap()),
                 audit: false,
             },
             ScopePolicy {
                 name: "observe".into(),
-                domains: Arc::new(Domains::new(["example.net"])),
+                domains: Arc::new(Domains::from_patterns(["example.net"]).unwrap()),
                 audit: true,
             },
         ])
@@ -152,7 +154,7 @@ mod tests {
             // A scope no policy has any more (removed by a reload) never widens: default.
             (Some(from(9)), "anything.test.", Question::Allowed(Scope::DEFAULT)),
         ] {
-            assert_eq!(t.judge(client, name), expected, "{client:?} {name}");
+            assert_eq!(t.judge(client, &name.parse().unwrap()), expected, "{client:?} {name}");
         }
     }
 

@@ -1,5 +1,5 @@
 //! File checks of `config::load`: who may change (or read) the config file, the DoT listener's
-//! key and the upstream CA bundle, and the directories on their paths.
+//! key, the upstream CA bundle and the domain lists, and the directories on their paths.
 
 use std::path::Path;
 
@@ -16,6 +16,9 @@ pub enum FileKind {
     /// The CA bundle the DoT upstream is verified against: whoever can write it can add a CA and
     /// answer in the upstream's name (and so authorize anything).
     Trusted,
+    /// A domain list (a policy's `allow_domains_file`, the blacklist's `domains_file`): whoever
+    /// can write it decides which names are allowed or blocked.
+    DomainList,
 }
 
 /// Refuses a file others could change (group or other write bit, or, when nettrust runs as
@@ -38,6 +41,7 @@ pub fn check_file_mode(
         FileKind::Config => (0o644, "the config file"),
         FileKind::PrivateKey => (0o600, "the private key"),
         FileKind::Trusted => (0o644, "the CA bundle"),
+        FileKind::DomainList => (0o644, "the domain list"),
     };
     if mode & 0o022 != 0 {
         return Err(invalid(

@@ -202,6 +202,10 @@ pub struct Options {
     #[arg(skip)]
     #[serde(default)]
     pub blacklist: BlacklistSection,
+    /// Config file only: the `[[policy]]` sections, each a domain allow-list for its cgroups.
+    #[arg(skip)]
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<PolicySection>,
     /// Options (field names) whose value clap read from the environment rather than the
     /// command line: [`Layers`] takes those from the environment layer, which names the
     /// variable and reads it as the configuration always has (trimmed, case-insensitive name).
@@ -235,9 +239,44 @@ pub struct BlacklistSection {
     /// Domains answered with `response`: exact names or `*.example.com` (its subdomains).
     #[serde(default)]
     pub domains: Vec<String>,
+    /// A file of more such domains, one per line, `#` comments (added to `domains`).
+    pub domains_file: Option<PathBuf>,
     /// `refused`, `nxdomain` or `servfail` (`--blacklist-response`); checked with the other
     /// values so the error names `blacklist.response`.
     pub response: Option<String>,
+}
+
+/// A `[[policy]]` section of the config file: the names the cgroups of the policy may resolve.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// `[a-z0-9_-]{1,32}`, unique; shown in logs, `list`, metrics.
+    pub name: String,
+    /// cgroup v2 directories of the policy (at least one; each in one policy only).
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
+    /// Names the policy's cgroups may resolve: `example.com` exactly, `*.example.org` every name
+    /// below example.org.
+    #[serde(default)]
+    pub allow_domains: Vec<String>,
+    /// A file of more such names, one per line, `#` comments.
+    pub allow_domains_file: Option<PathBuf>,
+    /// Destinations (CIDR) always allowed for the policy's cgroups.
+    #[serde(default)]
+    pub allow_networks: Vec<String>,
+    /// `enforce` or `audit`, checked with the other values so the error names the policy.
+    pub mode: Option<String>,
+}
+
+/// What a policy does with what it does not allow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// Names outside the allow-list are refused, packets to unauthorized destinations dropped.
+    #[default]
+    Enforce,
+    /// Nothing is refused or dropped; what enforcement would refuse is logged and counted.
+    Audit,
 }
 
 /// Which firewall implementation enforces the policy.

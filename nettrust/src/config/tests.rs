@@ -973,13 +973,14 @@ fn config_toml_and_readme_document_every_option() {
         ("", ""),
         ("[whitelist]", "[whitelist] "),
         ("[blacklist]", "[blacklist] "),
+        ("[[policy]]", "[[policy]] "),
     ] {
         let keys = file_keys(section);
         assert!(!keys.is_empty(), "{section}");
         // The sections themselves are checked key by key below.
         for key in keys
             .into_iter()
-            .filter(|k| k != "whitelist" && k != "blacklist")
+            .filter(|k| k != "whitelist" && k != "blacklist" && k != "policy")
         {
             assert!(
                 config.lines().any(|l| documented(l, &key)),
@@ -1007,3 +1008,5 @@ fn config_toml_and_readme_document_every_option() {
         }
     }
 }
+
+mod policies;

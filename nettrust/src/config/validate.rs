@@ -16,7 +16,10 @@ use super::{
     FwdProto, FwdTls, ListenTls, LogFormat, dedup, invalid,
     options::{Given, Layers, parse_choice},
 };
-use crate::blacklist::BlockResponse;
+use crate::{
+    blacklist::BlockResponse,
+    policy::{Domains, parse_domains_file},
+};
 
 /// Parses `IP:PORT`, `[IPv6]:PORT`, or a bare IP (port 53).
 pub fn parse_socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -59,30 +62,32 @@ pub(super) fn parse_network(key: &str, value: &str) -> Result<IpNet, ConfigError
         })
 }
 
-/// Validates a blacklist domain: `name` or `*.name`, RFC 1035 label rules (underscores allowed, as
-/// in service names). Returns it lower-cased without trailing dot.
-fn parse_domain(key: &str, value: &str) -> Result<String, ConfigError> {
-    let bad = |reason: &str| invalid(key, value, reason.to_owned());
-    let lower = value.trim().trim_end_matches('.').to_ascii_lowercase();
-    let name = lower.strip_prefix("*.").unwrap_or(&lower);
-    if name.is_empty() || name.len() > 253 {
-        return Err(bad("expected a domain like example.com or *.example.com"));
+/// Validates a domain entry (`name` or `*.name`, see [`crate::policy::parse_pattern`]). Returns it
+/// lower-cased without trailing dot.
+pub(super) fn parse_domain(key: &str, value: &str) -> Result<String, ConfigError> {
+    crate::policy::parse_pattern(value).map_err(|reason| invalid(key, value, reason))?;
+    Ok(value.trim().trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// Compiles a domain list: the entries given inline under `key`, then those of the file under
+/// `file_key`, if any.
+pub(super) fn domain_list(
+    (key, inline): (&str, &[String]),
+    (file_key, file): (&str, Option<&Path>),
+) -> Result<Domains, ConfigError> {
+    let mut domains = Domains::new();
+    for value in inline {
+        domains
+            .insert(value)
+            .map_err(|e| invalid(key, value, e.reason))?;
     }
-    for label in name.split('.') {
-        let valid = !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            && !label.starts_with('-')
-            && !label.ends_with('-');
-        if !valid {
-            return Err(bad(
-                "not a valid domain name (labels of letters, digits, '-', at most 63 bytes)",
-            ));
-        }
+    if let Some(path) = file {
+        parse_domains_file(path, &mut domains).map_err(|error| ConfigError::DomainsFile {
+            key: file_key.to_owned(),
+            error,
+        })?;
     }
-    Ok(lower)
+    Ok(domains)
 }
 
 /// Checks that `path` is a readable PEM file holding a block whose label contains `label`
@@ -267,10 +272,12 @@ pub(super) fn upstream_transport(
     Ok((fwd_proto, fwd_tls, buffer, Duration::from_millis(timeout)))
 }
 
-/// The firewall: backend, hook, inbound drop and the cgroups (`cgroup2_root` when none is
-/// configured).
+/// The firewall: backend, hook, inbound drop and the default policy's cgroups (`cgroup2_root`
+/// when none is configured and there is no `[[policy]]`; none when there are policies: only
+/// theirs are filtered then).
 pub(super) fn firewall(
     l: &Layers,
+    has_policies: bool,
     cgroup2_root: impl FnOnce() -> Result<PathBuf, crate::cgroup::CgroupError>,
 ) -> Result<(Backend, FirewallType, bool, Vec<PathBuf>), ConfigError> {
     let backend = l
@@ -295,6 +302,7 @@ pub(super) fn firewall(
         Some(o.cgroups.clone()).filter(|c| !c.is_empty())
     }) {
         Some(given) => given.value,
+        None if has_policies => Vec::new(),
         None => vec![cgroup2_root().map_err(|e| invalid("cgroups", "", e.to_string()))?],
     };
     Ok((backend, firewall_type, drop_input, cgroups))
@@ -396,6 +404,10 @@ pub(super) fn blacklist(
     for domain in &section.domains {
         domains.push(parse_domain("blacklist.domains", domain)?);
     }
+    let matcher = domain_list(
+        ("blacklist.domains", &section.domains),
+        ("blacklist.domains_file", section.domains_file.as_deref()),
+    )?;
     let response = match l.get("blacklist_response", |o| o.blacklist_response) {
         Some(given) => given.value,
         None => match &section.response {
@@ -418,6 +430,8 @@ pub(super) fn blacklist(
         hosts,
         networks,
         domains,
+        domains_file: section.domains_file.clone(),
+        matcher: std::sync::Arc::new(matcher),
         response,
     })
 }

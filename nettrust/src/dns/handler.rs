@@ -356,7 +356,7 @@ impl Handler {
         };
         let who = self.authorizer.client_scope(transport, client);
         let question = &request.queries[0];
-        let verdict = policies.judge(who, &question.name.to_ascii());
+        let verdict = policies.judge(who, &question.name);
         match verdict {
             Question::Allowed(scope) => return Some(scope),
             Question::Audited(scope) => tracing::info!(

@@ -250,12 +250,12 @@ mod policies {
         authorizer.set_policies(Arc::new(PolicyTable::new(vec![
             ScopePolicy {
                 name: "ci".into(),
-                domains: Arc::new(Domains::new(["example.com", "*.example.org"])),
+                domains: Arc::new(Domains::from_patterns(["example.com", "*.example.org"]).unwrap()),
                 audit: false,
             },
             ScopePolicy {
                 name: "watch".into(),
-                domains: Arc::new(Domains::new(["example.net"])),
+                domains: Arc::new(Domains::from_patterns(["example.net"]).unwrap()),
                 audit: true,
             },
         ])));
