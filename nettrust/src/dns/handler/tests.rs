@@ -223,7 +223,7 @@ mod policies {
             fake::FakeFirewall,
         },
         policy::Domains,
-        scopes::{PolicyTable, ScopePolicy},
+        scopes::{PolicyTable, ScopePolicy, scope_of_name},
     };
 
     const CI: SocketAddr =
@@ -238,11 +238,11 @@ mod policies {
     /// `UNKNOWN` has no record.
     fn handler() -> (Handler, Arc<FakeFirewall>) {
         let firewall = Arc::new(FakeFirewall::new(Policy::default()));
-        for (client, scope) in [(CI, 1), (AUDITED, 2)] {
+        for (client, scope) in [(CI, ci()), (AUDITED, watch())] {
             let who = ClientScope {
-                cgroup_id: 100 + u64::from(scope),
-                scope: Scope(scope),
-                audit: scope == 2,
+                cgroup_id: 100 + u64::from(scope.0),
+                scope,
+                audit: scope == watch(),
             };
             firewall.set_client(Transport::Udp, client, who);
         }
@@ -250,7 +250,9 @@ mod policies {
         authorizer.set_policies(Arc::new(PolicyTable::new(vec![
             ScopePolicy {
                 name: "ci".into(),
-                domains: Arc::new(Domains::from_patterns(["example.com", "*.example.org"]).unwrap()),
+                domains: Arc::new(
+                    Domains::from_patterns(["example.com", "*.example.org"]).unwrap(),
+                ),
                 audit: false,
             },
             ScopePolicy {
@@ -282,8 +284,16 @@ mod policies {
         }
     }
 
-    fn granted(firewall: &FakeFirewall, scope: u32) -> bool {
-        firewall.has_grant(Grant::new(Scope(scope), "192.0.2.10".parse().unwrap()))
+    fn ci() -> Scope {
+        scope_of_name("ci")
+    }
+
+    fn watch() -> Scope {
+        scope_of_name("watch")
+    }
+
+    fn granted(firewall: &FakeFirewall, scope: Scope) -> bool {
+        firewall.has_grant(Grant::new(scope, "192.0.2.10".parse().unwrap()))
     }
 
     #[test]
@@ -310,15 +320,15 @@ mod policies {
             ask(&handler, CI, "Example.COM.", RecordType::A),
             Outcome::Answered
         );
-        assert!(granted(&firewall, 1));
+        assert!(granted(&firewall, ci()));
         assert!(
-            !granted(&firewall, 0),
+            !granted(&firewall, Scope::DEFAULT),
             "a policy's grant opened the default scope"
         );
         let addr = "192.0.2.10".parse().unwrap();
         let now = boottime_ns();
-        assert!(firewall.allows_from(Scope(1), addr, now));
-        assert!(!firewall.allows_from(Scope(2), addr, now));
+        assert!(firewall.allows_from(ci(), addr, now));
+        assert!(!firewall.allows_from(watch(), addr, now));
         assert!(!firewall.allows(addr, now));
         assert_eq!(
             ask(&handler, CI, "a.b.example.org.", RecordType::A),
@@ -333,8 +343,8 @@ mod policies {
             ask(&handler, AUDITED, "other.test.", RecordType::A),
             Outcome::Answered
         );
-        assert!(granted(&firewall, 2));
-        assert!(!granted(&firewall, 1) && !granted(&firewall, 0));
+        assert!(granted(&firewall, watch()));
+        assert!(!granted(&firewall, ci()) && !granted(&firewall, Scope::DEFAULT));
     }
 
     #[test]
@@ -344,8 +354,8 @@ mod policies {
             ask(&handler, UNKNOWN, "other.test.", RecordType::A),
             Outcome::Answered
         );
-        assert!(granted(&firewall, 0));
-        assert!(!granted(&firewall, 1) && !granted(&firewall, 2));
+        assert!(granted(&firewall, Scope::DEFAULT));
+        assert!(!granted(&firewall, ci()) && !granted(&firewall, watch()));
     }
 
     #[test]
@@ -358,6 +368,6 @@ mod policies {
             ask(&handler, CI, "other.test.", RecordType::A),
             Outcome::Answered
         );
-        assert!(granted(&firewall, 0) && !granted(&firewall, 1));
+        assert!(granted(&firewall, Scope::DEFAULT) && !granted(&firewall, ci()));
     }
 }
