@@ -12,7 +12,7 @@ use std::{
 };
 
 use nettrust_common::{
-    STAT_ALLOW_HOST, STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_COUNT, STAT_DROP,
+    STAT_ALLOW_HOST, STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_AUDIT, STAT_COUNT, STAT_DROP,
     STAT_DROP_EXPIRED, STAT_DROP_INPUT, STAT_ERROR, STAT_PASS_NON_IP,
 };
 use prometheus_client::{
@@ -118,7 +118,7 @@ pub fn metrics() -> &'static Metrics {
     &METRICS
 }
 
-const VERDICTS: [(u32, &str); 8] = [
+const VERDICTS: [(u32, &str); 9] = [
     (STAT_ALLOW_HOST, "allow_host"),
     (STAT_ALLOW_NET, "allow_net"),
     (STAT_DROP, "drop"),
@@ -127,6 +127,7 @@ const VERDICTS: [(u32, &str); 8] = [
     (STAT_ERROR, "error"),
     (STAT_ALLOW_INBOUND_REPLY, "allow_inbound_reply"),
     (STAT_DROP_INPUT, "drop_input"),
+    (STAT_AUDIT, "audit"),
 ];
 
 impl Metrics {

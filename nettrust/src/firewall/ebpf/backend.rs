@@ -34,6 +34,7 @@ use super::{
     loader,
     names_writer::NameWriter,
     pins,
+    scopes::ScopeMaps,
     services::{ServiceMap, sync_blocked, sync_services},
     types::{CgroupMap, EbpfError, HostMap, NetTrie, map_error},
     whitelist,
@@ -69,6 +70,8 @@ pub struct EbpfFirewall {
     scan: (Arc<HostTable>, HostMap<16>),
     /// The established TCP connections of the filtered cgroups (`LIVE_TCP`), for the sweeper.
     live: LiveMap,
+    /// The policy maps: cgroup scopes, policy grants and networks, DNS listeners and clients.
+    scopes: ScopeMaps,
     /// The whitelists in force (to diff against on reload).
     policy: Mutex<Policy>,
     pin_dir: PathBuf,
@@ -168,6 +171,7 @@ impl EbpfFirewall {
             names,
             scan,
             live: live_tcp::open_live(dir)?,
+            scopes: ScopeMaps::open(dir)?,
             pin_dir: dir.clone(),
             _ebpf: Mutex::new(ebpf),
             denied: Mutex::new(Some(denied)),
@@ -189,10 +193,16 @@ impl EbpfFirewall {
         };
         let cgroups =
             adopt::open_pinned::<CgroupMap>(&self.pin_dir, MAP_CGROUPS, Map::HashMap).ok();
-        match denied_events::spawn(ring, cgroups) {
+        match denied_events::spawn(ring, cgroups, self.scopes.names()) {
             Ok(task) => self.tasks.lock().expect("poisoned").push(task),
             Err(e) => tracing::warn!("denied events unavailable: {e}"),
         }
+    }
+
+    /// The policy maps (scopes of the cgroups, policy grants and networks, DNS listeners and
+    /// clients).
+    pub fn scopes(&self) -> &ScopeMaps {
+        &self.scopes
     }
 
     /// Watches the configured `cgroups`: one removed while attached is logged as an error and its
