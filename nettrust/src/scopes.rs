@@ -10,13 +10,13 @@
 //! an unfiltered process, a record evicted) is in the default scope, whose grants open only the
 //! default policy's cgroups: a miss never widens what a query opens.
 
-use std::{str::FromStr as _, sync::Arc};
+use std::{net::SocketAddr, str::FromStr as _, sync::Arc};
 
 use hickory_proto::rr::Name;
 
 use crate::{
     config::{PolicyMode, Settings},
-    firewall::{ClientScope, Grant, Scope, ScopedCgroup, Scopes},
+    firewall::{ClientScope, Grant, Scope, ScopedCgroup, Scopes, Transport},
     policy::Domains,
 };
 
@@ -42,13 +42,14 @@ pub struct PolicyTable {
 #[error("[[policy]] names \"{0}\" and \"{1}\" map to the same scope number; rename one of them")]
 pub struct ScopeCollision(pub String, pub String);
 
-/// The scope of the policy named `name`: FNV-1a (32 bits) of the name, never 0 (the default
-/// scope). Stable across reloads and restarts.
+/// The scope of the policy named `name`: FNV-1a of the name folded to 16 bits (the data path
+/// reports a scope in 16 bits), never 0 (the default scope). Stable across reloads and restarts;
+/// two names that collide are refused ([`ScopeCollision`]).
 pub fn scope_of_name(name: &str) -> Scope {
     let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
-    Scope(hash.max(1))
+    Scope(((hash >> 16) ^ (hash & 0xffff)).max(1))
 }
 
 /// The policy table and the firewall's scopes of `settings`.
@@ -66,6 +67,8 @@ pub fn of_settings(settings: &Settings) -> Result<(PolicyTable, Scopes), ScopeCo
             })
             .collect(),
         networks: Vec::new(),
+        names: Vec::new(),
+        listeners: listeners(settings),
     };
     for policy in &settings.policies {
         let scope = scope_of_name(&policy.name);
@@ -83,6 +86,7 @@ pub fn of_settings(settings: &Settings) -> Result<(PolicyTable, Scopes), ScopeCo
         scopes
             .networks
             .extend(policy.networks.iter().map(|&net| (scope, net)));
+        scopes.names.push((scope, policy.name.clone()));
         policies.push((
             scope,
             ScopePolicy {
@@ -123,6 +127,19 @@ impl Question {
             Self::NotAllowed(_) => None,
         }
     }
+}
+
+/// Where the proxy receives queries: its listen address over UDP and TCP (DoT on the same
+/// port), and the dedicated DoT address over TCP.
+fn listeners(settings: &Settings) -> Vec<(SocketAddr, Transport)> {
+    let mut out = vec![
+        (settings.listen_addr, Transport::Udp),
+        (settings.listen_addr, Transport::Tcp),
+    ];
+    if let Some(tls) = settings.listen_tls_addr {
+        out.push((tls, Transport::Tcp));
+    }
+    out
 }
 
 impl PolicyTable {
@@ -292,6 +309,7 @@ mod tests {
         let t = table();
         assert_ne!(ci(), observe());
         assert!(!ci().is_default() && !observe().is_default());
+        assert!(u16::try_from(ci().0).is_ok() && u16::try_from(observe().0).is_ok());
         assert_eq!(scope_of_name("ci"), ci(), "stable");
         assert_eq!(t.name(ci()), "ci");
         assert_eq!(t.name(observe()), "observe");

@@ -164,6 +164,11 @@ pub struct Scopes {
     pub cgroups: Vec<ScopedCgroup>,
     /// Destinations always allowed for one scope (`allow_networks`).
     pub networks: Vec<(Scope, IpNet)>,
+    /// The policies' names by scope (logs, `nettrust list`).
+    pub names: Vec<(Scope, String)>,
+    /// The DNS proxy's listen addresses and transports: where the data path records who sent a
+    /// query ([`Firewall::client_scope`]).
+    pub listeners: Vec<(SocketAddr, Transport)>,
 }
 
 /// Who sent a query, as the data path recorded it: the client socket's cgroup and its policy.

@@ -11,7 +11,8 @@ use std::{
     collections::HashSet,
     fs::File,
     io,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::MetadataExt as _,
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
 };
@@ -22,7 +23,8 @@ use aya::{
 };
 use nettrust_common::{
     CONFIG_DROP_INPUT, HostName, MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CONFIG,
-    MAP_DENIED, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_SERVICES,
+    MAP_DENIED, MAP_GRANTS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6,
+    MAP_POLICY_OF, MAP_SERVICES,
 };
 
 use super::{
@@ -33,15 +35,15 @@ use super::{
     live_tcp::{self, LiveMap},
     loader,
     names_writer::NameWriter,
-    pins,
-    scopes::ScopeMaps,
+    pins, scoped,
+    scopes::{CgroupScope, ScopeMaps},
     services::{ServiceMap, sync_blocked, sync_services},
     types::{CgroupMap, EbpfError, HostMap, NetTrie, map_error},
     whitelist,
 };
 use crate::firewall::{
-    Authorization, AuthorizedHost, ExitMode, Firewall, FirewallError, Grant, HostState, Policy,
-    evict::Recency,
+    Authorization, AuthorizedHost, ClientScope, ExitMode, Firewall, FirewallError, Grant,
+    HostState, Policy, Scope, Scopes, Transport, evict::Recency,
 };
 
 /// The backend's settings.
@@ -205,6 +207,36 @@ impl EbpfFirewall {
         &self.scopes
     }
 
+    /// A policy grant's write error: `Full` when `GRANTS` refused a new key.
+    fn grant_error(&self, addr: IpAddr, e: std::io::Error) -> FirewallError {
+        if e.raw_os_error() == Some(libc::E2BIG) {
+            FirewallError::Full {
+                addr,
+                map: MAP_GRANTS,
+                capacity: self.capacities.hosts,
+            }
+        } else {
+            FirewallError::Authorize {
+                addr,
+                source: Box::new(e),
+            }
+        }
+    }
+
+    /// The sweeper's compare-and-set on a policy grant: renew to `new`, or remove (`None`).
+    fn scoped_update(
+        &self,
+        grant: Grant,
+        seen: u64,
+        new: Option<u64>,
+    ) -> Result<bool, FirewallError> {
+        let _hosts = self.hosts.write().expect("host maps lock poisoned");
+        scoped::renew_or_remove(&self.scopes, grant, seen, new).map_err(|e| FirewallError::Update {
+            addr: grant.addr,
+            source: Box::new(e),
+        })
+    }
+
     /// Watches the configured `cgroups`: one removed while attached is logged as an error and its
     /// links dropped; one created again at the same path is filtered again at once.
     pub fn start_cgroup_watch(&self, cgroups: Vec<PathBuf>) {
@@ -307,7 +339,14 @@ fn install(
 
 impl Firewall for EbpfFirewall {
     fn authorize(&self, grant: Grant, expires_ns: u64) -> Result<Authorization, FirewallError> {
-        let addr = grant.unscoped()?;
+        if !grant.scope.is_default() {
+            // Under the shared lock, like the default scope: the sweeper's compare-and-set and a
+            // reload's revocation take the exclusive one.
+            let _hosts = self.hosts.read().expect("host maps lock poisoned");
+            return scoped::authorize(&self.scopes, grant, expires_ns)
+                .map_err(|e| self.grant_error(grant.addr, e));
+        }
+        let addr = grant.addr;
         let capacity = self.capacities.hosts;
         let active = || self.active_addresses();
         let (result, map) = match addr {
@@ -354,9 +393,15 @@ impl Firewall for EbpfFirewall {
     }
 
     fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError> {
-        authorizations::collect_authorized(&self.scan.0, &self.scan.1, None)
-            .map(|list| list.into_iter().map(|(host, _)| host).collect())
-            .map_err(|e| FirewallError::Read(Box::new(e)))
+        let mut out: Vec<AuthorizedHost> =
+            authorizations::collect_authorized(&self.scan.0, &self.scan.1, None)
+                .map_err(|e| FirewallError::Read(Box::new(e)))?
+                .into_iter()
+                .map(|(host, _)| host)
+                .collect();
+        scoped::collect_authorized(&self.scopes, &mut out)
+            .map_err(|e| FirewallError::Read(Box::new(e)))?;
+        Ok(out)
     }
 
     fn set_whitelist(&self, new: &Policy) -> Result<(), FirewallError> {
@@ -381,17 +426,75 @@ impl Firewall for EbpfFirewall {
         &self,
         revoked: &dyn Fn(Grant, Option<&str>) -> bool,
     ) -> Result<Vec<Grant>, FirewallError> {
-        let revoked = |addr: IpAddr, name: Option<&str>| revoked(Grant::from(addr), name);
-        let revoked = &revoked;
         // Names still queued are written first, so a domain match sees them.
         self.names.flush();
         let mut hosts = self.hosts.write().expect("host maps lock poisoned");
+        let mut out = Vec::new();
+        let name_of = |addr: IpAddr| {
+            hosts
+                .names
+                .get(&name_key(addr), 0)
+                .ok()
+                .map(|n| pins::unpadded(&n.name))
+        };
+        scoped::revoke(&self.scopes, &name_of, revoked, &mut out)
+            .map_err(|e| FirewallError::Read(Box::new(e)))?;
+        let default = |addr: IpAddr, name: Option<&str>| revoked(Grant::from(addr), name);
         let HostMaps { v4, v6, names } = &mut *hosts;
         let mut removed = Vec::new();
-        authorizations::revoke_entries(&**v4, names, revoked, &mut removed)
-            .and_then(|()| authorizations::revoke_entries(&*v6, names, revoked, &mut removed))
+        authorizations::revoke_entries(&**v4, names, &default, &mut removed)
+            .and_then(|()| authorizations::revoke_entries(&*v6, names, &default, &mut removed))
             .map_err(|e| FirewallError::Read(Box::new(e)))?;
-        Ok(removed.into_iter().map(Grant::from).collect())
+        out.extend(removed.into_iter().map(Grant::from));
+        Ok(out)
+    }
+
+    fn set_scopes(&self, scopes: &Scopes) -> Result<(), FirewallError> {
+        let error = |e: EbpfError| FirewallError::Whitelist(Box::new(e));
+        let mut cgroups = Vec::with_capacity(scopes.cgroups.len());
+        for c in &scopes.cgroups {
+            let id = std::fs::metadata(&c.path)
+                .map_err(|e| {
+                    error(map_error(
+                        MAP_POLICY_OF,
+                        format!("cgroup {}", c.path.display()),
+                        e,
+                    ))
+                })?
+                .ino();
+            cgroups.push(CgroupScope {
+                cgroup_id: id,
+                scope: c.scope.0,
+                audit: c.audit,
+            });
+        }
+        let nets: Vec<(u32, ipnet::IpNet)> =
+            scopes.networks.iter().map(|(s, n)| (s.0, *n)).collect();
+        self.scopes
+            .set_names(scopes.names.iter().map(|(s, n)| (s.0, n.clone())));
+        let listeners: Vec<_> = scopes
+            .listeners
+            .iter()
+            .map(|(addr, t)| (*addr, t.proto()))
+            .collect();
+        self.scopes.set_listeners(&listeners).map_err(error)?;
+        self.scopes
+            .set_policies(&cgroups, &nets, scopes.active)
+            .map_err(error)
+    }
+
+    fn client_scope(&self, transport: Transport, client: SocketAddr) -> Option<ClientScope> {
+        match self.scopes.client(transport.proto(), client) {
+            Ok(record) => record.map(|r| ClientScope {
+                cgroup_id: r.cgroup_id,
+                scope: Scope(r.scope),
+                audit: r.audit,
+            }),
+            Err(e) => {
+                tracing::debug!("cannot look up the DNS client {client}: {e}");
+                None
+            }
+        }
     }
 
     fn live_hosts(&self) -> Result<HashSet<IpAddr>, FirewallError> {
@@ -403,6 +506,7 @@ impl Firewall for EbpfFirewall {
         let mut out = Vec::new();
         authorizations::collect_due(&*self.scan.0, horizon_ns, &mut out)
             .and_then(|()| authorizations::collect_due(&self.scan.1, horizon_ns, &mut out))
+            .and_then(|()| scoped::collect_due(&self.scopes, horizon_ns, &mut out))
             .map_err(|e| FirewallError::Read(Box::new(e)))?;
         Ok(out)
     }
@@ -413,7 +517,10 @@ impl Firewall for EbpfFirewall {
         seen_expires_ns: u64,
         new_expires_ns: u64,
     ) -> Result<bool, FirewallError> {
-        let addr = grant.unscoped()?;
+        if !grant.scope.is_default() {
+            return self.scoped_update(grant, seen_expires_ns, Some(new_expires_ns));
+        }
+        let addr = grant.addr;
         let hosts = self.hosts.write().expect("host maps lock poisoned");
         let result = match addr {
             IpAddr::V4(ip) => authorizations::renew_entry(
@@ -433,7 +540,10 @@ impl Firewall for EbpfFirewall {
     }
 
     fn remove_if(&self, grant: Grant, seen_expires_ns: u64) -> Result<bool, FirewallError> {
-        let addr = grant.unscoped()?;
+        if !grant.scope.is_default() {
+            return self.scoped_update(grant, seen_expires_ns, None);
+        }
+        let addr = grant.addr;
         let mut hosts = self.hosts.write().expect("host maps lock poisoned");
         let result = match addr {
             IpAddr::V4(ip) => {

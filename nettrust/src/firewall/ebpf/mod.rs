@@ -27,6 +27,7 @@ mod loader;
 mod names_writer;
 mod pinned_state;
 mod pins;
+mod scoped;
 mod scopes;
 mod services;
 pub mod syscalls;
