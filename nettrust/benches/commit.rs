@@ -205,6 +205,7 @@ fn bench_ebpf(scratch: &Scratch, rounds: u32) {
                 hosts: 16 * rounds + 1024,
                 networks: 16,
             },
+            scopes: nettrust::firewall::Scopes::default(),
         })
         .expect("start the eBPF backend"),
     );

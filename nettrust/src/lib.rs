@@ -144,7 +144,7 @@ pub async fn run(
 
     let policy = reload::policy(&settings);
     let exit_mode = exit_mode(&settings);
-    let backend = start_backend(&settings, &policy)?;
+    let backend = start_backend(&settings, &policy, &scopes)?;
     let firewall = backend.firewall();
     if let Err(e) = firewall.set_scopes(&scopes) {
         // Filtering the policies' cgroups without their policies would open them to every
@@ -478,6 +478,7 @@ impl StartedBackend {
 fn start_backend(
     settings: &Settings,
     policy: &firewall::Policy,
+    scopes: &firewall::Scopes,
 ) -> Result<StartedBackend, RunError> {
     let start_ebpf = || -> Result<StartedBackend, RunError> {
         if std::env::var_os("NETTRUST_FORCE_EBPF_FAILURE").is_some_and(|v| v == "1") {
@@ -492,6 +493,7 @@ fn start_backend(
                 hosts: settings.max_hosts,
                 networks: settings.max_networks,
             },
+            scopes: scopes.clone(),
         })?;
         firewall.start_denied_log();
         firewall.start_cgroup_watch(settings.filtered_cgroups());

@@ -12,7 +12,6 @@ use std::{
     fs::File,
     io,
     net::{IpAddr, SocketAddr},
-    os::unix::fs::MetadataExt as _,
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
 };
@@ -24,7 +23,7 @@ use aya::{
 use nettrust_common::{
     CONFIG_DROP_INPUT, HostName, MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CONFIG,
     MAP_DENIED, MAP_GRANTS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6,
-    MAP_POLICY_OF, MAP_SERVICES,
+    MAP_SERVICES,
 };
 
 use super::{
@@ -36,7 +35,7 @@ use super::{
     loader,
     names_writer::NameWriter,
     pins, scoped,
-    scopes::{CgroupScope, ScopeMaps},
+    scopes::ScopeMaps,
     services::{ServiceMap, sync_blocked, sync_services},
     types::{CgroupMap, EbpfError, HostMap, NetTrie, map_error},
     whitelist,
@@ -59,6 +58,8 @@ pub struct EbpfOptions {
     pub drop_input: bool,
     /// Capacities of the host maps and network tries (`max_hosts`, `max_networks`).
     pub capacities: Capacities,
+    /// The policies: written before any cgroup is attached.
+    pub scopes: Scopes,
 }
 
 /// The running eBPF backend.
@@ -152,6 +153,9 @@ impl EbpfFirewall {
         loader::load_programs(&mut ebpf, dir)?;
         drop(held);
 
+        // Each cgroup's policy is known before its first packet is judged.
+        let scopes = ScopeMaps::open(dir)?;
+        scoped::write_scopes(&scopes, &options.scopes)?;
         let mut attached = Vec::new();
         for path in attach::cgroups_to_filter(&cgroups, dir, &options.cgroups)? {
             attached.push(attach::attach_cgroup(&mut ebpf, &mut cgroups, dir, &path)?);
@@ -173,7 +177,7 @@ impl EbpfFirewall {
             names,
             scan,
             live: live_tcp::open_live(dir)?,
-            scopes: ScopeMaps::open(dir)?,
+            scopes,
             pin_dir: dir.clone(),
             _ebpf: Mutex::new(ebpf),
             denied: Mutex::new(Some(denied)),
@@ -450,37 +454,8 @@ impl Firewall for EbpfFirewall {
     }
 
     fn set_scopes(&self, scopes: &Scopes) -> Result<(), FirewallError> {
-        let error = |e: EbpfError| FirewallError::Whitelist(Box::new(e));
-        let mut cgroups = Vec::with_capacity(scopes.cgroups.len());
-        for c in &scopes.cgroups {
-            let id = std::fs::metadata(&c.path)
-                .map_err(|e| {
-                    error(map_error(
-                        MAP_POLICY_OF,
-                        format!("cgroup {}", c.path.display()),
-                        e,
-                    ))
-                })?
-                .ino();
-            cgroups.push(CgroupScope {
-                cgroup_id: id,
-                scope: c.scope.0,
-                audit: c.audit,
-            });
-        }
-        let nets: Vec<(u32, ipnet::IpNet)> =
-            scopes.networks.iter().map(|(s, n)| (s.0, *n)).collect();
-        self.scopes
-            .set_names(scopes.names.iter().map(|(s, n)| (s.0, n.clone())));
-        let listeners: Vec<_> = scopes
-            .listeners
-            .iter()
-            .map(|(addr, t)| (*addr, t.proto()))
-            .collect();
-        self.scopes.set_listeners(&listeners).map_err(error)?;
-        self.scopes
-            .set_policies(&cgroups, &nets, scopes.active)
-            .map_err(error)
+        scoped::write_scopes(&self.scopes, scopes)
+            .map_err(|e| FirewallError::Whitelist(Box::new(e)))
     }
 
     fn client_scope(&self, transport: Transport, client: SocketAddr) -> Option<ClientScope> {

@@ -7,17 +7,45 @@
 use std::{
     io,
     net::{IpAddr, Ipv6Addr},
+    os::unix::fs::MetadataExt as _,
 };
 
-use nettrust_common::{FLAG_AUTHORIZED, HostValue};
+use nettrust_common::{FLAG_AUTHORIZED, HostValue, MAP_POLICY_OF};
 
 use super::{
     authorizations,
     host_table::HostStore,
-    scopes::ScopeMaps,
+    scopes::{CgroupScope, ScopeMaps},
     syscalls::{BPF_ANY, BPF_NOEXIST},
+    types::{EbpfError, map_error},
 };
-use crate::firewall::{Authorization, AuthorizedHost, Grant, HostState, Scope};
+use crate::firewall::{Authorization, AuthorizedHost, Grant, HostState, Scope, Scopes};
+
+/// Writes `scopes` into the policy maps: the policies' names, the proxy's listeners, then each
+/// listed cgroup's scope (by cgroup id, its directory's inode) and the policies' networks under a
+/// new generation. Called before the programs are attached at start, and on each reload.
+pub(super) fn write_scopes(maps: &ScopeMaps, scopes: &Scopes) -> Result<(), EbpfError> {
+    let mut cgroups = Vec::with_capacity(scopes.cgroups.len());
+    for c in &scopes.cgroups {
+        let id = std::fs::metadata(&c.path)
+            .map_err(|e| map_error(MAP_POLICY_OF, format!("cgroup {}", c.path.display()), e))?
+            .ino();
+        cgroups.push(CgroupScope {
+            cgroup_id: id,
+            scope: c.scope.0,
+            audit: c.audit,
+        });
+    }
+    let nets: Vec<(u32, ipnet::IpNet)> = scopes.networks.iter().map(|(s, n)| (s.0, *n)).collect();
+    maps.set_names(scopes.names.iter().map(|(s, n)| (s.0, n.clone())));
+    let listeners: Vec<_> = scopes
+        .listeners
+        .iter()
+        .map(|(addr, t)| (*addr, t.proto()))
+        .collect();
+    maps.set_listeners(&listeners)?;
+    maps.set_policies(&cgroups, &nets, scopes.active)
+}
 
 /// One scope's grants as a [`HostStore`] keyed by 16-byte addresses (IPv4 as IPv4-mapped), so
 /// the default scope's read-modify-write functions serve the policies' grants too.
