@@ -79,6 +79,13 @@ pub const MAP_LISTENERS: &str = "LISTENERS";
 /// of the client's source address, port and protocol, value
 /// [`ClientValue`](crate::ClientValue)).
 pub const MAP_CLIENTS: &str = "CLIENTS";
+/// Written by userspace only: the policies' names by scope, for `nettrust list` and `status`
+/// (hash, key scope `u32`, value `[u8; POLICY_NAME_LEN]`, NUL-padded).
+pub const MAP_POLICY_NAMES: &str = "POLICY_NAMES";
+/// Length of a [`MAP_POLICY_NAMES`] value (policy names have at most 32 bytes).
+pub const POLICY_NAME_LEN: usize = 32;
+/// Capacity of [`MAP_POLICY_NAMES`].
+pub const MAX_POLICIES: u32 = 1024;
 /// Packets let through by audit mode, per cgroup (per-CPU hash, key cgroup id `u64`, value
 /// `u64`): counted here instead of [`MAP_DROPS`].
 pub const MAP_AUDITS: &str = "AUDITS";

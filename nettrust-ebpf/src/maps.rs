@@ -9,8 +9,9 @@ use aya_ebpf::{
 use nettrust_common::{
     CONFIG_COUNT, CgroupPath, ClientValue, DEFAULT_MAX_HOSTS, DEFAULT_MAX_NETS, DENIED_RING_BYTES,
     FlowKey, GrantKey, HostName, HostSlot, HostValue, InboundKey, InboundValue, MAX_BLOCKED,
-    MAX_CGROUPS, MAX_CLIENTS, MAX_FLOWS, MAX_LISTENERS, MAX_SCOPE_CACHE, MAX_SERVICES, PolicyRef,
-    RateState, STAT_COUNT, ScopeCache, ServiceKey, host_table,
+    MAX_CGROUPS, MAX_CLIENTS, MAX_FLOWS, MAX_LISTENERS, MAX_POLICIES, MAX_SCOPE_CACHE,
+    MAX_SERVICES, POLICY_NAME_LEN, PolicyRef, RateState, STAT_COUNT, ScopeCache, ServiceKey,
+    host_table,
 };
 
 /// Hash maps sized by the configuration allocate their elements as they are added
@@ -92,6 +93,10 @@ static NAMES: HashMap<[u8; 16], HostName> =
 /// Userspace-only (attached cgroups for `nettrust status`).
 #[map(name = "CGROUPS")]
 static CGROUPS: HashMap<u64, CgroupPath> = HashMap::with_max_entries(MAX_CGROUPS, ON_DEMAND);
+/// Userspace-only (policy names by scope for `nettrust list` and `status`).
+#[map(name = "POLICY_NAMES")]
+static POLICY_NAMES: HashMap<u32, [u8; POLICY_NAME_LEN]> =
+    HashMap::with_max_entries(MAX_POLICIES, ON_DEMAND);
 
 /// A CPU's most recent flow (see [`RECENT_OUT`], [`RECENT_IN`]).
 #[repr(C)]

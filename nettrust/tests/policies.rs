@@ -168,6 +168,22 @@ fn names_and_grants_are_scoped_to_the_policy_that_asked(backend: Backend) {
         "alpha's grant opened the default policy"
     );
 
+    let list = String::from_utf8_lossy(&p.world.nettrust(&["list"]).stdout).into_owned();
+    let line = |addr: &str| {
+        list.lines()
+            .find(|l| l.starts_with(&format!("{addr}\t")))
+            .unwrap_or_else(|| panic!("{addr} not listed:\n{list}"))
+            .to_owned()
+    };
+    assert!(line("192.0.2.10").contains("policy="), "{list}");
+    if backend == Backend::Ebpf {
+        assert!(line("192.0.2.10").ends_with("\tpolicy=alpha"), "{list}");
+        let status = String::from_utf8_lossy(&p.world.nettrust(&["status"]).stdout).into_owned();
+        assert!(status.contains("policies: 2"), "{status}");
+        assert!(status.contains("alpha (enforce, scope "), "{status}");
+        assert!(status.contains("grants 1"), "{status}");
+    }
+
     // The default policy resolves anything, for its own cgroups only.
     assert_eq!(p.dig(default, "b.test", "A").0, "NOERROR");
     assert!(p.reaches(default, "192.0.2.11"));

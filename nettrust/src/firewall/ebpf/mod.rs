@@ -38,7 +38,9 @@ pub use adopt::{Capacities, open_table};
 pub use attach::{attach_pinned, detach_pinned};
 pub use backend::{EbpfFirewall, EbpfOptions};
 pub use ipv4_table::HostTable;
-pub use pinned_state::{PinnedStatus, cgroup_egress, list_pinned, read_stats, status_pinned};
+pub use pinned_state::{
+    PinnedStatus, cgroup_egress, list_pinned, policy_names_pinned, read_stats, status_pinned,
+};
 pub use pins::{daemon_running, remove_all};
 pub use scopes::{CgroupScope, ClientRecord, ScopeMaps};
 pub use types::{EbpfError, PinError};

@@ -37,7 +37,7 @@ pub(super) fn write_scopes(maps: &ScopeMaps, scopes: &Scopes) -> Result<(), Ebpf
         });
     }
     let nets: Vec<(u32, ipnet::IpNet)> = scopes.networks.iter().map(|(s, n)| (s.0, *n)).collect();
-    maps.set_names(scopes.names.iter().map(|(s, n)| (s.0, n.clone())));
+    maps.set_names(scopes.names.iter().map(|(s, n)| (s.0, n.clone())))?;
     let listeners: Vec<_> = scopes
         .listeners
         .iter()

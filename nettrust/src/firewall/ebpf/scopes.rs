@@ -18,8 +18,9 @@ use aya::maps::{Array, HashMap as AyaHashMap, LpmTrie, Map, MapData, lpm_trie::K
 use ipnet::IpNet;
 use nettrust_common::{
     CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue, GrantKey, HostValue, MAP_CLIENTS,
-    MAP_CONFIG, MAP_GRANTS, MAP_LISTENERS, MAP_POLICY_NETS_V4, MAP_POLICY_NETS_V6, MAP_POLICY_OF,
-    MAX_SCOPE, POLICY_AUDIT, PolicyRef, SCOPE_PREFIX_BITS, ServiceKey,
+    MAP_CONFIG, MAP_GRANTS, MAP_LISTENERS, MAP_POLICY_NAMES, MAP_POLICY_NETS_V4,
+    MAP_POLICY_NETS_V6, MAP_POLICY_OF, MAX_SCOPE, POLICY_AUDIT, POLICY_NAME_LEN, PolicyRef,
+    SCOPE_PREFIX_BITS, ServiceKey,
 };
 
 use super::{
@@ -62,6 +63,8 @@ pub struct ScopeMaps {
     nets_v6: PolicyTrie<20>,
     listeners: AyaHashMap<MapData, ServiceKey, u32>,
     clients: AyaHashMap<MapData, ServiceKey, ClientValue>,
+    /// The pinned copy of the names, for `nettrust list` and `status`.
+    pinned_names: AyaHashMap<MapData, u32, [u8; POLICY_NAME_LEN]>,
     config: Array<MapData, u32>,
     /// Policy names by scope, for the audit and denied log lines.
     names: PolicyNames,
@@ -80,6 +83,7 @@ impl ScopeMaps {
             nets_v6: open_pinned(pin_dir, MAP_POLICY_NETS_V6, Map::LpmTrie)?,
             listeners: open_pinned(pin_dir, MAP_LISTENERS, Map::HashMap)?,
             clients: open_pinned(pin_dir, MAP_CLIENTS, Map::LruHashMap)?,
+            pinned_names: open_pinned(pin_dir, MAP_POLICY_NAMES, Map::HashMap)?,
             config: open_pinned(pin_dir, MAP_CONFIG, Map::Array)?,
             names: PolicyNames::default(),
             write: Mutex::new(()),
@@ -91,11 +95,32 @@ impl ScopeMaps {
         self.names.clone()
     }
 
-    /// Sets the names the log lines show for each scope (a scope without a name shows its
-    /// number).
-    pub fn set_names(&self, names: impl IntoIterator<Item = (u32, String)>) {
+    /// Sets the names the log lines, `nettrust list` and `status` show for each scope (a scope
+    /// without a name shows its number).
+    pub fn set_names(
+        &self,
+        names: impl IntoIterator<Item = (u32, String)>,
+    ) -> Result<(), EbpfError> {
         let names: HashMap<u32, String> = names.into_iter().collect();
+        let fd = syscalls::fd_of(&self.pinned_names);
+        for (scope, name) in &names {
+            let mut value = [0u8; POLICY_NAME_LEN];
+            let len = name.len().min(POLICY_NAME_LEN);
+            value[..len].copy_from_slice(&name.as_bytes()[..len]);
+            syscalls::update(fd, scope, &value, BPF_ANY).map_err(|e| {
+                map_error(MAP_POLICY_NAMES, format!("cannot name scope {scope}"), e)
+            })?;
+        }
+        let present = syscalls::hash_entries(&self.pinned_names)
+            .map_err(|e| map_error(MAP_POLICY_NAMES, "cannot read", e))?;
+        for (scope, _) in present {
+            if !names.contains_key(&scope) {
+                syscalls::delete(fd, &scope)
+                    .map_err(|e| map_error(MAP_POLICY_NAMES, "cannot remove a name", e))?;
+            }
+        }
         *self.names.write().expect("policy names lock poisoned") = names;
+        Ok(())
     }
 
     /// Makes `POLICY_OF` hold exactly `cgroups` and the policy tries exactly `nets` (scope,
