@@ -1008,3 +1008,5 @@ fn config_toml_and_readme_document_every_option() {
         }
     }
 }
+
+mod policies;
