@@ -1,4 +1,4 @@
-//! `cargo xtask bench [dns|datapath|commit|memory|all] [--smoke] [--binary PATH]`.
+//! `cargo xtask bench [dns|datapath|commit|memory|policy|all] [--smoke] [--binary PATH]`.
 //!
 //! Everything runs in the world of `lab.rs`: two network namespaces this command creates and
 //! removes, "client" (nettrust, a forwarding dnsmasq and the clients, which run inside a cgroup
@@ -12,6 +12,7 @@
 //! - `bench_datapath.rs`: iperf3 through no filter / eBPF / nftables with 0, 10k, 1M hosts, and
 //!   the memory figures taken along the way (1M hosts);
 //! - `bench_commit.rs`: runs the `commit` bench target of the nettrust crate;
+//! - `bench_policy.rs`: loading a million-line allow-list and blacklist (time, peak RSS);
 //! - `bench_report.rs`: figures, medians, the table, results.md and the chart.
 
 use std::{
@@ -60,6 +61,8 @@ pub struct Options {
     pub hosts: [u32; 2],
     /// Commit bench rounds per run.
     pub rounds: u32,
+    /// Lines of each domain list of the policy bench.
+    pub policy_lines: usize,
     /// Build profile of the nettrust binary and the commit bench (`release` or `dev`).
     pub release: bool,
     /// The dns variants to run (letters `a` to `f`).
@@ -81,6 +84,7 @@ impl Options {
             pair_seconds: 2,
             hosts: [10_000, 1_000_000],
             rounds: 2000,
+            policy_lines: 1_000_000,
             release: true,
             variants: "abcdef".into(),
             compare: None,
@@ -98,6 +102,7 @@ impl Options {
             pair_seconds: 1,
             hosts: [200, 2000],
             rounds: 50,
+            policy_lines: 10_000,
             release: false,
             variants: "abcdef".into(),
             compare: None,
@@ -112,6 +117,7 @@ pub enum What {
     Datapath,
     Commit,
     Memory,
+    Policy,
     All,
 }
 
@@ -234,6 +240,10 @@ pub fn run(root: &Path, binary: &Path, what: What, opts: &Options) -> Result<Rep
     if matches!(what, What::Commit | What::All) {
         crate::bench_commit::run(root, opts, &mut report)?;
         lap("commit done");
+    }
+    if matches!(what, What::Policy | What::All) {
+        crate::bench_policy::run(binary, opts, &mut report)?;
+        lap("policy done");
     }
     report.load = crate::bench_report::loadavg();
     report.elapsed = started.elapsed();

@@ -52,7 +52,7 @@ pub struct Report {
 }
 
 /// Figures each section must produce (for the CI smoke check).
-const EXPECTED: [(&str, usize); 7] = [
+const EXPECTED: [(&str, usize); 8] = [
     // (a)..(f): qps, p50, p99.
     ("dns", 18),
     // none, eBPF 0/10k/1M, nftables 0/10k/1M: TCP and UDP; the egress program's run time per
@@ -68,6 +68,8 @@ const EXPECTED: [(&str, usize); 7] = [
     ("commit", 10),
     // kernel map memory and daemon RSS, with 0 and with "1M" hosts.
     ("memory", 4),
+    // load time and peak RSS of check-config with a big allow-list and blacklist.
+    ("policy", 2),
 ];
 
 /// Picks the figures of one chart panel.

@@ -8,7 +8,14 @@ use std::{path::Path, process::Command};
 use anyhow::{Context as _, Result, bail};
 
 /// The targets in fuzz/fuzz_targets.
-const TARGETS: &[&str] = &["answer", "upstream", "query", "framing", "config"];
+const TARGETS: &[&str] = &[
+    "answer",
+    "upstream",
+    "query",
+    "framing",
+    "config",
+    "domains_file",
+];
 
 /// Seconds per target in CI.
 pub const CI_SECS: u64 = 30;

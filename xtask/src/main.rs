@@ -7,9 +7,10 @@
 //! - `run [--debug] -- ARGS`: build and run `nettrust ARGS` (with sudo when not root), the release
 //!   build unless `--debug`; without `--config` in ARGS the repository's `config.toml` is used.
 //! - `test`: setup, unit tests (no root), then the root integration tests, serially.
-//! - `bench [dns|datapath|commit|memory|all] [--smoke] [--binary PATH]`: nettrust against dnsmasq
-//!   and the upstream, datapath, commit latency and memory, in network namespaces it creates (see
-//!   `bench*.rs`, `lab.rs`, `netns.rs`); writes `target/bench/results.md` and a chart.
+//! - `bench [dns|datapath|commit|memory|policy|all] [--smoke] [--binary PATH]`: nettrust against
+//!   dnsmasq and the upstream, datapath, commit latency, memory and domain-list loading, in
+//!   network namespaces it creates (see `bench*.rs`, `lab.rs`, `netns.rs`); writes
+//!   `target/bench/results.md` and a chart.
 //! - `soak --minutes N [--binary PATH]`: steady load with expiry active; asserts RSS drift,
 //!   errors, leaks (see `soak.rs`).
 
@@ -17,6 +18,7 @@ mod bench;
 mod bench_commit;
 mod bench_datapath;
 mod bench_dns;
+mod bench_policy;
 mod bench_report;
 mod fuzz;
 mod lab;
@@ -142,6 +144,8 @@ enum BenchWhat {
     Commit,
     /// Kernel map memory and daemon RSS with 1M authorized hosts.
     Memory,
+    /// Load time and peak RSS of a 1M-line policy allow-list and a 1M-line blacklist.
+    Policy,
     /// Everything.
     All,
 }
@@ -252,6 +256,7 @@ fn bench(root: &Path, command: Cmd) -> Result<()> {
         BenchWhat::Datapath => bench::What::Datapath,
         BenchWhat::Commit => bench::What::Commit,
         BenchWhat::Memory => bench::What::Memory,
+        BenchWhat::Policy => bench::What::Policy,
         BenchWhat::All => bench::What::All,
     };
     if let Some(compare) = compare {

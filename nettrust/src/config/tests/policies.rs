@@ -60,6 +60,9 @@ fn policies_are_resolved_in_order() {
     assert!(web.domains.is_empty() && web.networks.is_empty() && web.domains_file.is_none());
 }
 
+/// Flags, config file, the expected `Settings.cgroups` and `filtered_cgroups()`.
+type CgroupCase<'a> = (&'a [&'a str], String, &'a [&'a str], &'a [&'a str]);
+
 /// Without top-level cgroups the cgroup v2 root is filtered only when there is no policy;
 /// policies' cgroups are filtered in addition to the top-level ones.
 #[test]
@@ -68,8 +71,7 @@ fn filtered_cgroups_follow_the_policies() {
     let (a, b, c) = ("/sys/fs/cgroup/a", "/sys/fs/cgroup/b", "/sys/fs/cgroup/c");
     let two = policy("one", a, "") + &policy("two", b, "");
     #[rustfmt::skip]
-    let cases: &[(&[&str], String, &[&str], &[&str])] = &[
-        // (flags, file, Settings.cgroups, filtered_cgroups)
+    let cases: &[CgroupCase] = &[
         (&[UP], String::new(), &["/sys/fs/cgroup"], &["/sys/fs/cgroup"]),
         (&[UP], format!("cgroups = [\"{c}\"]"), &[c], &[c]),
         (&[UP], two.clone(), &[], &[a, b]),
