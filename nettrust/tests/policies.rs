@@ -381,3 +381,42 @@ fn a_client_in_another_network_namespace_is_identified(backend: Backend) {
     assert!(!p.reaches(&p.world.cgroup, "192.0.2.10"));
     assert!(p.reaches(&p.alpha, "192.0.2.10"));
 }
+
+/// Nested cgroup directories under `base`, removed deepest first on drop.
+struct Nested(Vec<PathBuf>);
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// A policy on a cgroup deeper than the egress program looks for listed ancestors would
+/// silently take a shallower cgroup's policy: the start is refused, naming the cgroup.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn a_policy_cgroup_deeper_than_the_program_looks_is_refused() {
+    let mut world = World::with_backend(Backend::Ebpf);
+    let base = world.extra_cgroup("deep");
+    let mut nested = Nested(Vec::new());
+    let mut dir = base.clone();
+    for i in 0..16 {
+        dir = dir.join(format!("l{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        nested.0.push(dir.clone());
+    }
+    let config = world.dir.path().join("deep.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[policy]]\nname = \"deep\"\ncgroups = [\"{}\"]\nallow_domains = [\"a.test\"]\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let err = world.start_fails(&["--config", &config.to_string_lossy()]);
+    assert!(err.contains("levels deep") && err.contains("/l15"), "{err}");
+    drop(nested);
+}

@@ -10,7 +10,7 @@ use std::{
     os::unix::fs::MetadataExt as _,
 };
 
-use nettrust_common::{FLAG_AUTHORIZED, HostValue, MAP_POLICY_OF};
+use nettrust_common::{FLAG_AUTHORIZED, HostValue, MAP_POLICY_OF, MAX_CGROUP_DEPTH};
 
 use super::{
     authorizations,
@@ -25,8 +25,27 @@ use crate::firewall::{Authorization, AuthorizedHost, Grant, HostState, Scope, Sc
 /// listed cgroup's scope (by cgroup id, its directory's inode) and the policies' networks under a
 /// new generation. Called before the programs are attached at start, and on each reload.
 pub(super) fn write_scopes(maps: &ScopeMaps, scopes: &Scopes) -> Result<(), EbpfError> {
+    let mount = crate::cgroup::cgroup2_mount().ok();
     let mut cgroups = Vec::with_capacity(scopes.cgroups.len());
     for c in &scopes.cgroups {
+        // The program looks for listed ancestors down to level MAX_CGROUP_DEPTH - 1 only: a
+        // cgroup listed deeper would silently take a shallower cgroup's policy.
+        let level = mount
+            .as_ref()
+            .and_then(|m| c.path.strip_prefix(m).ok())
+            .map(|rel| rel.components().count());
+        if level.is_some_and(|l| l >= MAX_CGROUP_DEPTH as usize) {
+            return Err(map_error(
+                MAP_POLICY_OF,
+                format!(
+                    "cgroup {} is {} levels deep; policies see at most {} levels",
+                    c.path.display(),
+                    level.unwrap_or_default(),
+                    MAX_CGROUP_DEPTH - 1
+                ),
+                io::Error::from(io::ErrorKind::InvalidInput),
+            ));
+        }
         let id = std::fs::metadata(&c.path)
             .map_err(|e| map_error(MAP_POLICY_OF, format!("cgroup {}", c.path.display()), e))?
             .ino();
