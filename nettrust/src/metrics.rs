@@ -75,6 +75,13 @@ pub struct PolicyLabels {
     pub result: &'static str,
 }
 
+/// The label of a per-policy value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    /// The policy's name (`default` for the default policy).
+    pub policy: String,
+}
+
 /// Per-cgroup egress packet counts read from the kernel: `(cgroup, allowed, dropped)`.
 pub type CgroupEgress = Vec<(String, u64, u64)>;
 
@@ -90,6 +97,8 @@ pub struct Metrics {
     pub rejected_answers: Family<ResultLabel, Counter>,
     /// Questions from the cgroups of a `[[policy]]`, by policy and result.
     policy_questions: Family<PolicyLabels, Counter>,
+    /// Live grants per policy (read at scrape time).
+    policy_grants: Family<PolicyLabel, Gauge>,
     /// Upstream round-trip time of answered queries.
     pub upstream_latency: Histogram,
     /// Addresses refused because the host map was full (the client got SERVFAIL).
@@ -159,6 +168,12 @@ impl Metrics {
                 "Questions from the cgroups of a policy, by policy and result",
                 Family::default(),
             ),
+            policy_grants: registered(
+                r,
+                "policy_grants",
+                "Addresses currently authorized, per policy",
+                Family::default(),
+            ),
             upstream_latency: registered(
                 r,
                 "upstream_latency_seconds",
@@ -223,6 +238,18 @@ impl Metrics {
                 result,
             })
             .inc();
+    }
+
+    /// Sets the live grants per policy (`(policy, count)`); a policy without any shows 0.
+    pub fn set_policy_grants(&self, grants: &[(String, usize)]) {
+        self.policy_grants.clear();
+        for (policy, count) in grants {
+            self.policy_grants
+                .get_or_create(&PolicyLabel {
+                    policy: policy.clone(),
+                })
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
     }
 
     /// Counts one DNS query outcome.
@@ -339,7 +366,11 @@ async fn respond(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()
                 .map(|(_, value)| value)
                 .collect();
             let format = Format::negotiate(&accept.join(","));
-            let authorized = sources.firewall.authorized().ok().map(|hosts| hosts.len());
+            let hosts = sources.firewall.authorized().ok();
+            if let Some(hosts) = &hosts {
+                metrics().set_policy_grants(&grants_per_policy(hosts, &sources.bpffs_dir));
+            }
+            let authorized = hosts.map(|hosts| hosts.len());
             let egress = crate::firewall::ebpf::read_stats(&sources.bpffs_dir)
                 .ok()
                 .or_else(|| crate::firewall::nftables::egress_stats().ok().flatten());
@@ -363,6 +394,31 @@ async fn respond(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Live grants counted per policy, named as the eBPF state names them (the scope number
+/// otherwise); the default policy is `default`.
+fn grants_per_policy(
+    hosts: &[crate::firewall::AuthorizedHost],
+    bpffs_dir: &std::path::Path,
+) -> Vec<(String, usize)> {
+    let names = crate::firewall::ebpf::policy_names_pinned(bpffs_dir);
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for scope in names.keys() {
+        counts.entry(names[scope].clone()).or_default();
+    }
+    for host in hosts {
+        let policy = if host.scope.is_default() {
+            "default".to_owned()
+        } else {
+            names
+                .get(&host.scope.0)
+                .cloned()
+                .unwrap_or_else(|| host.scope.0.to_string())
+        };
+        *counts.entry(policy).or_default() += 1;
+    }
+    counts.into_iter().collect()
 }
 
 /// The exposition formats served at `/metrics`.

@@ -147,7 +147,8 @@ const TWO_POLICIES: &str = "[[policy]]\nname = \"alpha\"\ncgroups = [\"{alpha}\"
 /// from one cgroup opens for the cgroups of its policy only; wildcards, CNAME chains; a refused
 /// TXT question never reaches the upstream.
 fn names_and_grants_are_scoped_to_the_policy_that_asked(backend: Backend) {
-    let p = Policies::start(backend, TWO_POLICIES, "", "127.0.0.1:53");
+    let metrics = "metrics_addr = \"127.0.0.1:9153\"";
+    let p = Policies::start(backend, TWO_POLICIES, metrics, "127.0.0.1:53");
     let (alpha, beta, default) = (&p.alpha, &p.beta, &p.world.cgroup);
 
     assert_eq!(p.dig(beta, "a.test", "A").0, "REFUSED", "a.test from beta");
@@ -233,6 +234,18 @@ fn names_and_grants_are_scoped_to_the_policy_that_asked(backend: Backend) {
         p.world.daemon_log().contains("[Not Allowed]"),
         "refusals are logged:\n{}",
         p.world.daemon_log()
+    );
+    let refused = "nettrust_policy_questions_total{policy=\"alpha\",result=\"not_allowed\"}";
+    assert_eq!(
+        p.world.metric(refused),
+        5.0,
+        "wild.test and 4 tunnel questions"
+    );
+    let beta = "nettrust_policy_questions_total{policy=\"beta\",result=\"not_allowed\"}";
+    assert_eq!(p.world.metric(beta), 1.0, "a.test from beta");
+    assert_eq!(
+        p.world.metric("nettrust_policy_grants{policy=\"alpha\"}"),
+        3.0
     );
 }
 
