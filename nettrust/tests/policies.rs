@@ -281,6 +281,18 @@ fn audit_mode_passes_and_reports(backend: Backend) {
             let log = p.world.daemon_log();
             log.contains("[Audit] not allowed question") && log.contains("192.0.2.99")
         });
+    // Switching to enforce keeps every grant, and enforces from then on.
+    p.write_config(&policies.replace("audit", "enforce"), "");
+    p.world.signal_daemon(libc::SIGHUP);
+    p.world
+        .eventually("enforcement", Duration::from_secs(5), || {
+            !p.reaches(&p.alpha, "192.0.2.99")
+        });
+    assert!(
+        p.reaches(&p.alpha, "192.0.2.11"),
+        "a grant made in audit mode was dropped"
+    );
+    assert_eq!(p.dig(&p.alpha, "c.test", "A").0, "REFUSED");
 }
 
 /// A SIGHUP that narrows a policy revokes at once the grants it no longer allows, keeps the
