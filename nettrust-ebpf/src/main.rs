@@ -10,6 +10,12 @@
 //! is always dropped: its destination address is only the first hop. Everything else is dropped,
 //! counted per cgroup and reported (rate-limited) through a ring buffer.
 //!
+//! With policies configured (`CONFIG_SCOPE_GENERATION` ≠ 0), the sending cgroup's policy decides
+//! which grants count (`scopes`, `judge`): the default policy's are the host maps, a policy's
+//! are in `GRANTS`, plus its own networks; whitelists, services and replies stay global. A
+//! policy in audit mode lets what would be dropped pass, counted and reported as an audit
+//! event. Queries to the DNS proxy's listeners are recorded with the sender's cgroup and policy.
+//!
 //! The drops a denied event does not explain (a packet whose headers cannot be read, dropped fail
 //! closed; a source-routed packet) are also logged through aya-log at debug level, at most
 //! `LOG_RECORDS_PER_SEC` records per CPU per second, and only when the daemon set the log level
