@@ -96,6 +96,7 @@ impl Scoped {
             },
             drop_input: false,
             capacities: Capacities::default(),
+            scopes: nettrust::firewall::Scopes::default(),
         };
         let fw = {
             let _enter = runtime.enter();
@@ -119,7 +120,10 @@ impl Scoped {
             _runtime: runtime,
             world,
         };
-        scoped.fw.authorize(Y.parse().unwrap(), 0).expect("grant Y");
+        scoped
+            .fw
+            .authorize(Y.parse::<std::net::IpAddr>().unwrap().into(), 0)
+            .expect("grant Y");
         for addr in [X, X6] {
             scoped.grant(1, addr);
         }
@@ -303,7 +307,9 @@ fn audit_mode_passes_counts_and_reports() {
     let s = Scoped::new();
     let before = read_stats(&s.world.bpffs_dir).unwrap()[STAT_AUDIT as usize];
     s.assign(&[(&s.a, 1, true)]);
-    s.fw.scopes().set_names([(1, "ci".to_owned())]);
+    s.fw.scopes()
+        .set_names([(1, "ci".to_owned())])
+        .expect("set_names");
     assert!(
         s.reaches(&s.a, Z),
         "audit mode lets an ungranted destination through"
