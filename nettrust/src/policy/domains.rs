@@ -1,6 +1,7 @@
 //! [`Domains`]: a set of domain entries compiled for matching, small enough for millions of
 //! entries. Names live once in an arena (a length byte, then the lower-case name); two
-//! open-addressing tables of arena offsets index the exact entries and the `*.` ones. A query
+//! open-addressing tables of arena offsets (with hash tags) index the exact entries and the `*.`
+//! ones. A query
 //! lower-cases its name into a stack buffer and looks up the whole name, then each proper suffix
 //! at a label boundary: O(labels) lookups, no allocation.
 
@@ -10,15 +11,22 @@ use hickory_proto::rr::Name;
 
 use super::{MAX_NAME_LEN, PatternError, parse_pattern};
 
-/// A free slot of a [`Table`].
-const EMPTY: u32 = u32::MAX;
+/// A free slot of a [`Table`] (no name is at arena offset `u32::MAX`).
+const EMPTY: u64 = u64::MAX;
 
-/// An open-addressing hash set of arena offsets: linear probing, at most 3/4 full, a power of
-/// two slots. Four bytes per slot, so about 8 bytes per entry.
+/// The high 32 bits of a name's hash: they pick its slot and are kept in it, so that a probe
+/// reads the arena only for a name whose hash bits agree, and growing needs no re-hashing.
+fn tag(hash: u64) -> u32 {
+    (hash >> 32) as u32
+}
+
+/// An open-addressing hash set of names in the arena: linear probing, at most 3/4 full, a power
+/// of two slots of 8 bytes (the name's hash tag, then its arena offset), so 11 to 16 bytes per
+/// entry.
 #[derive(Clone, Default)]
 struct Table {
-    /// Arena offsets of the names (their length byte), or [`EMPTY`].
-    slots: Vec<u32>,
+    /// `tag << 32 | offset` of each name, or [`EMPTY`].
+    slots: Vec<u64>,
     /// Entries held.
     len: usize,
 }
@@ -36,31 +44,39 @@ impl Table {
         if self.len == 0 {
             return false;
         }
+        let tag = tag(hash);
         let mask = self.slots.len() - 1;
-        let mut i = hash as usize & mask;
+        let mut i = tag as usize & mask;
         loop {
             match self.slots[i] {
                 EMPTY => return false,
-                offset if name_at(arena, offset) == name => return true,
+                slot if (slot >> 32) as u32 == tag && name_at(arena, slot as u32) == name => {
+                    return true;
+                }
                 _ => i = (i + 1) & mask,
             }
         }
     }
 
-    /// Adds the name at `offset`, known not to be in the table; room must have been made with
-    /// [`Table::reserve`].
+    /// Adds the name at `offset` (whose hash is `hash`), known not to be in the table; room must
+    /// have been made with [`Table::reserve`].
     fn insert(&mut self, hash: u64, offset: u32) {
+        self.place((u64::from(tag(hash)) << 32) | u64::from(offset));
+    }
+
+    /// Puts `slot` in the first free slot from its tag's.
+    fn place(&mut self, slot: u64) {
         let mask = self.slots.len() - 1;
-        let mut i = hash as usize & mask;
+        let mut i = (slot >> 32) as usize & mask;
         while self.slots[i] != EMPTY {
             i = (i + 1) & mask;
         }
-        self.slots[i] = offset;
+        self.slots[i] = slot;
         self.len += 1;
     }
 
-    /// Makes room for `additional` more entries, re-hashing the names when the table grows.
-    fn reserve(&mut self, additional: usize, arena: &[u8], hasher: &RandomState) {
+    /// Makes room for `additional` more entries.
+    fn reserve(&mut self, additional: usize) {
         let wanted = self.len + additional;
         if wanted * 4 <= self.slots.len() * 3 {
             return;
@@ -68,14 +84,17 @@ impl Table {
         let size = (wanted * 4 / 3 + 1).next_power_of_two().max(16);
         let old = std::mem::replace(&mut self.slots, vec![EMPTY; size]);
         self.len = 0;
-        for offset in old.into_iter().filter(|&o| o != EMPTY) {
-            self.insert(hasher.hash_one(name_at(arena, offset)), offset);
+        for slot in old.into_iter().filter(|&s| s != EMPTY) {
+            self.place(slot);
         }
     }
 
     /// The arena offsets of the entries.
     fn offsets(&self) -> impl Iterator<Item = u32> + '_ {
-        self.slots.iter().copied().filter(|&o| o != EMPTY)
+        self.slots
+            .iter()
+            .filter(|&&s| s != EMPTY)
+            .map(|&s| s as u32)
     }
 }
 
@@ -168,7 +187,7 @@ impl Domains {
     /// Makes room for `entries` more entries of `bytes` name bytes in all (a hint).
     pub fn reserve(&mut self, entries: usize, bytes: usize) {
         self.arena.reserve(bytes + entries);
-        self.exact.reserve(entries, &self.arena, &self.hasher);
+        self.exact.reserve(entries);
     }
 
     /// Releases the room reserved and not used.
@@ -184,7 +203,7 @@ impl Domains {
         })?;
         let offset = u32::try_from(self.arena.len())
             .ok()
-            .filter(|o| *o < EMPTY - 256)
+            .filter(|o| *o < u32::MAX - 256)
             .ok_or_else(|| PatternError {
                 pattern: pattern.to_owned(),
                 reason: "too many domains (4 GiB of names)",
@@ -204,7 +223,7 @@ impl Domains {
             self.arena.truncate(offset as usize);
             return Ok(false);
         }
-        table.reserve(1, &self.arena, &self.hasher);
+        table.reserve(1);
         table.insert(hash, offset);
         Ok(true)
     }
@@ -221,7 +240,7 @@ impl Domains {
 
     /// Bytes of memory the list holds (arena and tables).
     pub fn memory(&self) -> usize {
-        self.arena.capacity() + (self.exact.slots.capacity() + self.below.slots.capacity()) * 4
+        self.arena.capacity() + (self.exact.slots.capacity() + self.below.slots.capacity()) * 8
     }
 
     /// Whether `name` (presentation form, e.g. `www.example.org.`) matches an entry. A name
