@@ -172,17 +172,23 @@ pub fn append_message(
     res_id: u16,
     attrs: &[u8],
 ) {
+    // struct nfgenmsg { u8 nfgen_family; u8 version; __be16 res_id; }
+    let [r0, r1] = res_id.to_be_bytes();
+    append_raw_message(buf, ty, flags, seq, &[&[family, 0, r0, r1], attrs]);
+}
+
+/// Appends one netlink message of any protocol to `buf`: `nlmsghdr` (type `ty`, `flags`, `seq`,
+/// port id 0 = the kernel) followed by the concatenated `body` parts.
+pub fn append_raw_message(buf: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, body: &[&[u8]]) {
     let start = buf.len();
     buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched below
     buf.extend_from_slice(&ty.to_ne_bytes());
     buf.extend_from_slice(&flags.to_ne_bytes());
     buf.extend_from_slice(&seq.to_ne_bytes());
     buf.extend_from_slice(&0u32.to_ne_bytes());
-    // struct nfgenmsg { u8 nfgen_family; u8 version; __be16 res_id; }
-    buf.push(family);
-    buf.push(0);
-    buf.extend_from_slice(&res_id.to_be_bytes());
-    buf.extend_from_slice(attrs);
+    for part in body {
+        buf.extend_from_slice(part);
+    }
     let len = u32::try_from(buf.len() - start).expect("netlink message too long");
     buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
 }
@@ -314,16 +320,22 @@ pub struct Socket {
 impl Socket {
     /// Opens and binds the socket in the caller's network namespace (the kernel picks the port id).
     pub fn open() -> Result<Self, NetlinkError> {
+        Self::open_protocol(NETLINK_NETFILTER)
+    }
+
+    /// Opens and binds a socket of netlink protocol `protocol` (e.g. `NETLINK_SOCK_DIAG`) in the
+    /// caller's network namespace.
+    pub fn open_protocol(protocol: libc::c_int) -> Result<Self, NetlinkError> {
         // SAFETY: plain socket(2); the fd is owned right away.
         let raw = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
+                protocol,
             )
         };
         if raw < 0 {
-            return Err(last_os("socket(AF_NETLINK, NETLINK_NETFILTER)"));
+            return Err(last_os("socket(AF_NETLINK)"));
         }
         // SAFETY: `raw` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -435,6 +447,12 @@ impl Socket {
                 }
             }
         }
+    }
+
+    /// Waits for one datagram (at most the receive timeout) and returns it.
+    pub fn receive(&mut self) -> Result<&[u8], NetlinkError> {
+        let n = self.recv(false)?.unwrap_or(0);
+        Ok(&self.rx[..n])
     }
 
     /// Drops every queued datagram (e.g. a late reply of an interrupted dump).

@@ -39,16 +39,19 @@
 //! without the `owner` flag, so it outlives the process (fail closed after `kill -9`).
 
 mod authorized;
+mod clients;
 mod expr;
 mod firewall_impl;
 mod layout;
 mod lock;
 pub mod netlink;
+mod policies;
+mod sockdiag;
 mod table;
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -56,15 +59,17 @@ use std::{
 
 use self::{
     authorized::dump_authorized,
-    layout::{Whitelist, sets, table_msg},
+    clients::Clients,
+    layout::{Whitelist, table_msg},
     lock::{NsLock, take_lock},
     netlink::{Msg, MsgType, NFPROTO_INET, NetlinkError, Socket},
+    policies::Policies,
 };
 pub use self::{
     lock::{LOCK_DIR, daemon_running, ensure_no_daemon},
     table::{TableStatus, egress_stats, flush, list_authorized, status, table_present},
 };
-use super::{Authorization, ExitMode, FirewallError, Policy};
+use super::{Authorization, ExitMode, FirewallError, Grant, Policy, Scope};
 
 /// The table nettrust owns.
 pub const TABLE: &str = "net-trust";
@@ -172,11 +177,17 @@ struct Held {
 struct Inner {
     socket: Socket,
     scopes: Option<Vec<CgroupMatch>>,
+    /// The `[[policy]]` scopes in force (none until [`crate::firewall::Firewall::set_scopes`]).
+    policies: Policies,
     options: Options,
     whitelist: Whitelist,
-    /// What we wrote into the authorized sets. The kernel expires elements on its own; this
-    /// decides `New` vs `Already`, feeds the sweeper and rebuilds the table after a repair.
-    authorized: HashMap<IpAddr, Held>,
+    /// What we wrote into the authorized sets of every scope. The kernel expires elements on its
+    /// own; this decides `New` vs `Already`, feeds the sweeper and rebuilds the table after a
+    /// repair.
+    authorized: HashMap<Grant, Held>,
+    /// Grants of a policy scope adopted from a previous run's table, held until the policies are
+    /// known: those of a scope that still exists are written again, the others forgotten.
+    adopted_scoped: HashMap<Grant, Held>,
     /// Most authorizations per family (`max_hosts`, as the eBPF maps): a full set evicts idle
     /// ones before taking a new address.
     max_hosts: u32,
@@ -187,6 +198,9 @@ struct Inner {
 #[derive(Debug)]
 pub struct NftablesFirewall {
     inner: Mutex<Inner>,
+    /// Which cgroup and policy sent a query (`NETLINK_SOCK_DIAG`): its own lock, so a lookup
+    /// never waits for a batch.
+    clients: Mutex<Clients>,
     /// Held for the daemon's lifetime: one nftables daemon per network namespace.
     _lock: NsLock,
 }
@@ -218,7 +232,7 @@ impl NftablesFirewall {
         let left_over = socket
             .table_exists(NFPROTO_INET, TABLE)
             .map_err(NftablesError::Install)?;
-        let adopted: HashMap<IpAddr, Held> = dump_authorized(&mut socket)
+        let (adopted, adopted_scoped): (HashMap<Grant, Held>, _) = dump_authorized(&mut socket)
             .map_err(NftablesError::Install)?
             .into_iter()
             .map(|(host, name)| {
@@ -227,15 +241,17 @@ impl NftablesFirewall {
                     name: name.map(Arc::from),
                     answered_ns: 0,
                 };
-                (host.addr, held)
+                (host.grant(), held)
             })
-            .collect();
+            .partition(|(grant, _)| grant.scope.is_default());
         let mut inner = Inner {
             socket,
             scopes,
+            policies: Policies::default(),
             options: options.clone(),
             whitelist: Whitelist::new(policy),
             authorized: adopted,
+            adopted_scoped,
             max_hosts: nettrust_common::DEFAULT_MAX_HOSTS,
             stopped: false,
         };
@@ -256,6 +272,7 @@ impl NftablesFirewall {
         );
         Ok(Self {
             inner: Mutex::new(inner),
+            clients: Mutex::new(Clients::open()),
             _lock: lock,
         })
     }
@@ -273,7 +290,8 @@ impl NftablesFirewall {
     }
 
     /// Authorizes every address of one DNS answer in a single batch (one kernel transaction, one
-    /// acknowledgement round trip). Returns once the kernel enforces all of them.
+    /// acknowledgement round trip) in the default scope. Returns once the kernel enforces all
+    /// of them.
     pub fn authorize_many(
         &self,
         addrs: &[IpAddr],
@@ -281,7 +299,24 @@ impl NftablesFirewall {
         name: Option<&str>,
     ) -> Result<Vec<Authorization>, FirewallError> {
         let mut inner = self.lock();
-        inner.write(addrs, expires_ns, name)
+        inner.write(Scope::DEFAULT, addrs, expires_ns, name)
+    }
+
+    /// The DNS server's listen addresses: the far end of every client socket, which
+    /// [`crate::firewall::Firewall::client_scope`] needs to find the socket (an unspecified
+    /// address stands for the client's own address, as a local client reaches a wildcard
+    /// listener through it).
+    pub fn set_listen_addrs(&self, listen: &[SocketAddr]) {
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set_listen(listen);
+    }
+
+    fn clients(&self) -> std::sync::MutexGuard<'_, Clients> {
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Re-installs the table if someone deleted it while the daemon runs (`nft delete table`,
@@ -313,6 +348,12 @@ impl NftablesFirewall {
                 inner.scopes = Some(current);
                 reason = Some("a filtered cgroup was re-created");
             }
+        }
+        if let Ok(root) = crate::cgroup::cgroup2_mount()
+            && inner.policies.refresh(&root)
+        {
+            self.clients().set_policies(&inner.policies);
+            reason = Some("a filtered cgroup was re-created");
         }
         if reason.is_none()
             && !inner
@@ -353,7 +394,7 @@ impl NftablesFirewall {
                         0,
                         netlink::Attrs::new()
                             .str(netlink::elem_list::TABLE, TABLE)
-                            .str(netlink::elem_list::SET, sets(v6)[2]),
+                            .str(netlink::elem_list::SET, &policies::grant_set(Scope(0), v6)),
                     )
                 })
                 .collect(),

@@ -1,30 +1,56 @@
 //! The authorized sets: installing the table with every live authorization, writing a DNS
 //! answer (with the eviction of idle authorizations when a set is full), and reading them back.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use super::{
     Held, Inner, TABLE,
-    layout::{Elem, elements_msg, install_batch, sets},
+    layout::{Elem, elements_msg, install_batch},
     netlink::{self, Msg, MsgType, NFPROTO_INET, NetlinkError, Socket},
+    policies::{grant_set, grant_set_scope},
 };
-use crate::firewall::{Authorization, AuthorizedHost, FirewallError, Scope, boottime_ns};
+use crate::firewall::{Authorization, AuthorizedHost, FirewallError, Grant, Scope, boottime_ns};
+
+/// The elements of `grants`, grouped by the authorized set (scope and family) each belongs to.
+pub(super) fn by_set<'a>(
+    grants: impl IntoIterator<Item = (&'a Grant, Elem)>,
+) -> BTreeMap<String, Vec<Elem>> {
+    let mut out: BTreeMap<String, Vec<Elem>> = BTreeMap::new();
+    for (grant, elem) in grants {
+        out.entry(grant_set(grant.scope, grant.addr.is_ipv6()))
+            .or_default()
+            .push(elem);
+    }
+    out
+}
+
+/// `NFT_MSG_{NEW,DEL}SETELEM` messages of `ty` for `grants` in their sets.
+pub(super) fn grant_msgs<'a>(ty: MsgType, grants: impl IntoIterator<Item = &'a Grant>) -> Vec<Msg> {
+    let keyed = grants
+        .into_iter()
+        .map(|g| (g, Elem::key(netlink::addr_key(g.addr))));
+    by_set(keyed)
+        .into_iter()
+        .flat_map(|(set, elems)| elements_msg(ty, &set, elems))
+        .collect()
+}
 
 impl Inner {
-    /// The install batch plus every live authorization with its remaining lifetime.
+    /// The install batch plus every live authorization with its remaining lifetime (those of a
+    /// scope without sets are forgotten).
     pub(super) fn install(&mut self) -> Result<(), NetlinkError> {
-        let mut msgs = install_batch(&self.scopes, &self.options, &self.whitelist);
+        let mut msgs = install_batch(&self.scopes, &self.policies, &self.options, &self.whitelist);
         let now = boottime_ns();
-        self.authorized
-            .retain(|_, h| h.expires_ns == 0 || h.expires_ns > now);
-        for v6 in [false, true] {
-            let elems = self
-                .authorized
-                .iter()
-                .filter(|(addr, _)| addr.is_ipv6() == v6)
-                .map(|(&addr, held)| element(addr, held, now))
-                .collect::<Vec<_>>();
-            msgs.extend(elements_msg(MsgType::NewSetElem, sets(v6)[2], elems));
+        let policies = &self.policies;
+        self.authorized.retain(|grant, h| {
+            (h.expires_ns == 0 || h.expires_ns > now) && policies.has(grant.scope)
+        });
+        let elems = self
+            .authorized
+            .iter()
+            .map(|(grant, held)| (grant, element(grant.addr, held, now)));
+        for (set, elems) in by_set(elems) {
+            msgs.extend(elements_msg(MsgType::NewSetElem, &set, elems));
         }
         self.socket.batch(NFPROTO_INET, &msgs)
     }
@@ -36,6 +62,7 @@ impl Inner {
     /// Linux 6.10). `name` None keeps the name already recorded.
     pub(super) fn write(
         &mut self,
+        scope: Scope,
         addrs: &[IpAddr],
         expires_ns: u64,
         name: Option<&str>,
@@ -43,8 +70,14 @@ impl Inner {
         let Some(&first) = addrs.first() else {
             return Ok(Vec::new());
         };
+        if !self.policies.has(scope) {
+            return Err(FirewallError::Authorize {
+                addr: first,
+                source: format!("no [[policy]] has scope {}", scope.0).into(),
+            });
+        }
         let now = boottime_ns();
-        let (results, writes) = self.plan(addrs, expires_ns, name, now);
+        let (results, writes) = self.plan(scope, addrs, expires_ns, name, now);
         if writes.is_empty() {
             return Ok(results);
         }
@@ -56,8 +89,8 @@ impl Inner {
                 source: Box::new(e),
             })?;
         if !evicted.is_empty() {
-            for addr in &evicted {
-                self.authorized.remove(addr);
+            for grant in &evicted {
+                self.authorized.remove(grant);
             }
             crate::firewall::evict::EVICTED.inc_by(evicted.len() as u64);
             tracing::info!(
@@ -75,31 +108,33 @@ impl Inner {
     /// the authorizations to write, once per address, with their deadline and name.
     fn plan(
         &self,
+        scope: Scope,
         addrs: &[IpAddr],
         expires_ns: u64,
         name: Option<&str>,
         now: u64,
-    ) -> (Vec<Authorization>, Vec<(IpAddr, Held)>) {
+    ) -> (Vec<Authorization>, Vec<(Grant, Held)>) {
         // Shown like the eBPF backend's names.
         let name: Option<Arc<str>> = name
             .map(crate::firewall::listed_name)
             .filter(|n| !n.is_empty())
             .map(|n| Arc::from(n.as_ref()));
         let mut results = Vec::with_capacity(addrs.len());
-        let mut writes: Vec<(IpAddr, Held)> = Vec::with_capacity(addrs.len());
+        let mut writes: Vec<(Grant, Held)> = Vec::with_capacity(addrs.len());
         for &addr in addrs {
             if self.whitelist.host_addrs.contains(&addr) {
                 results.push(Authorization::Already);
                 continue;
             }
-            let previous = self.authorized.get(&addr);
+            let grant = Grant::new(scope, addr);
+            let previous = self.authorized.get(&grant);
             let live = previous.is_some_and(|h| h.expires_ns == 0 || h.expires_ns > now);
             results.push(if live {
                 Authorization::Already
             } else {
                 Authorization::New
             });
-            if writes.iter().any(|(a, _)| *a == addr) {
+            if writes.iter().any(|(g, _)| *g == grant) {
                 continue;
             }
             let held = Held {
@@ -109,7 +144,7 @@ impl Inner {
                     .or_else(|| previous.and_then(|h| h.name.clone())),
                 answered_ns: now,
             };
-            writes.push((addr, held));
+            writes.push((grant, held));
         }
         (results, writes)
     }
@@ -120,12 +155,12 @@ impl Inner {
     /// [`crate::firewall::evict`]. nftables keeps no last-packet time, so a host with a flow in conntrack
     /// (which this ruleset makes track every flow) counts as in use now, the others as unused
     /// since their last answer.
-    fn make_room(&mut self, writes: &[(IpAddr, Held)], now: u64) -> Vec<IpAddr> {
+    fn make_room(&mut self, writes: &[(Grant, Held)], now: u64) -> Vec<Grant> {
         let capacity = self.max_hosts as usize;
         let new_in = |this: &Self, v6: bool| {
             writes
                 .iter()
-                .filter(|(a, _)| a.is_ipv6() == v6 && !this.authorized.contains_key(a))
+                .filter(|(g, _)| g.addr.is_ipv6() == v6 && !this.authorized.contains_key(g))
                 .count()
         };
         if self.authorized.len() + new_in(self, false).max(new_in(self, true)) <= capacity {
@@ -136,7 +171,11 @@ impl Inner {
         let mut active: Option<std::collections::HashSet<IpAddr>> = None;
         let mut evicted = Vec::new();
         for v6 in [false, true] {
-            let held = self.authorized.keys().filter(|a| a.is_ipv6() == v6).count();
+            let held = self
+                .authorized
+                .keys()
+                .filter(|g| g.addr.is_ipv6() == v6)
+                .count();
             let missing = (held + new_in(self, v6)).saturating_sub(capacity);
             if missing == 0 {
                 continue;
@@ -150,17 +189,17 @@ impl Inner {
             let candidates = self
                 .authorized
                 .iter()
-                .filter(|(a, _)| a.is_ipv6() == v6 && !writes.iter().any(|(w, _)| w == *a))
-                .map(|(&a, h)| {
+                .filter(|(g, _)| g.addr.is_ipv6() == v6 && !writes.iter().any(|(w, _)| w == *g))
+                .map(|(&g, h)| {
                     let value = nettrust_common::HostValue {
                         expires_ns: h.expires_ns,
-                        last_seen_ns: if active.contains(&a) { now } else { 0 },
+                        last_seen_ns: if active.contains(&g.addr) { now } else { 0 },
                         flags: nettrust_common::FLAG_AUTHORIZED,
                         _pad: 0,
                     };
-                    (a, value)
+                    (g, value)
                 });
-            let answered = |a: &IpAddr| self.authorized.get(a).map_or(0, |h| h.answered_ns);
+            let answered = |g: &Grant| self.authorized.get(g).map_or(0, |h| h.answered_ns);
             evicted.extend(crate::firewall::evict::victims(
                 candidates,
                 answered,
@@ -173,31 +212,19 @@ impl Inner {
 }
 
 /// The batch of a write: the `evicted` elements deleted, then `writes` as `add; delete; add`.
-fn write_msgs(evicted: &[IpAddr], writes: &[(IpAddr, Held)], now: u64) -> Vec<Msg> {
-    let mut msgs = Vec::new();
-    for v6 in [false, true] {
-        // Evicted elements: added first so the delete cannot fail on one the kernel already
-        // expired (a failed message would abort the whole batch).
-        let gone = || {
-            evicted
-                .iter()
-                .filter(move |a| a.is_ipv6() == v6)
-                .map(|a| Elem::key(netlink::addr_key(*a)))
-        };
-        msgs.extend(elements_msg(MsgType::NewSetElem, sets(v6)[2], gone()));
-        msgs.extend(elements_msg(MsgType::DelSetElem, sets(v6)[2], gone()));
-    }
-    for v6 in [false, true] {
-        let set = sets(v6)[2];
-        let family = || writes.iter().filter(move |(a, _)| a.is_ipv6() == v6);
-        let plain = || family().map(|(a, _)| Elem::key(netlink::addr_key(*a)));
-        msgs.extend(elements_msg(MsgType::NewSetElem, set, plain()));
-        msgs.extend(elements_msg(MsgType::DelSetElem, set, plain()));
-        msgs.extend(elements_msg(
-            MsgType::NewSetElem,
-            set,
-            family().map(|(a, held)| element(*a, held, now)),
-        ));
+fn write_msgs(evicted: &[Grant], writes: &[(Grant, Held)], now: u64) -> Vec<Msg> {
+    // Evicted elements: added first so the delete cannot fail on one the kernel already
+    // expired (a failed message would abort the whole batch).
+    let mut msgs = grant_msgs(MsgType::NewSetElem, evicted);
+    msgs.extend(grant_msgs(MsgType::DelSetElem, evicted));
+    let written = || writes.iter().map(|(g, _)| g);
+    msgs.extend(grant_msgs(MsgType::NewSetElem, written()));
+    msgs.extend(grant_msgs(MsgType::DelSetElem, written()));
+    let timed = writes
+        .iter()
+        .map(|(g, held)| (g, element(g.addr, held, now)));
+    for (set, elems) in by_set(timed) {
+        msgs.extend(elements_msg(MsgType::NewSetElem, &set, elems));
     }
     msgs
 }
@@ -217,15 +244,19 @@ pub(super) fn element(addr: IpAddr, held: &Held, now: u64) -> Elem {
     }
 }
 
-/// The elements of `authorized4` and `authorized6` with their deadlines (`CLOCK_BOOTTIME`) and
-/// names; empty when the table does not exist.
+/// The elements of every authorized set (`authorized4/6` and each scope's) with their scope,
+/// deadline (`CLOCK_BOOTTIME`) and name; empty when the table does not exist.
 pub(super) fn dump_authorized(
     socket: &mut Socket,
 ) -> Result<Vec<(AuthorizedHost, Option<String>)>, NetlinkError> {
     let now = boottime_ns();
     let mut out = Vec::new();
-    for v6 in [false, true] {
-        for e in socket.dump_set(NFPROTO_INET, TABLE, sets(v6)[2])? {
+    let names = socket.set_names(NFPROTO_INET, TABLE)?;
+    for (set, scope) in names
+        .iter()
+        .filter_map(|name| Some((name, grant_set_scope(name)?)))
+    {
+        for e in socket.dump_set(NFPROTO_INET, TABLE, set)? {
             let Some(addr) = netlink::key_addr(&e.key) else {
                 continue;
             };
@@ -235,7 +266,7 @@ pub(super) fn dump_authorized(
             out.push((
                 AuthorizedHost {
                     addr,
-                    scope: Scope::DEFAULT,
+                    scope,
                     expires_ns,
                 },
                 e.comment,

@@ -291,6 +291,28 @@ impl Rule {
         )
     }
 
+    /// `limit rate PER_SECOND/second burst BURST packets` (`NFTA_LIMIT_RATE` 1, `UNIT` 2 in
+    /// seconds, `BURST` 3, `TYPE` 4 = `NFT_LIMIT_PKTS` 0): the rest of the rule runs for at most
+    /// that many packets.
+    pub fn limit_per_second(self, per_second: u64, burst: u32) -> Self {
+        self.push(
+            "limit",
+            Some(
+                Attrs::new()
+                    .be64(1, per_second)
+                    .be64(2, 1)
+                    .be32(3, burst)
+                    .be32(4, 0),
+            ),
+        )
+    }
+
+    /// `log prefix PREFIX` to the kernel log (`NFTA_LOG_PREFIX` 2; no group = the `nf_log`
+    /// syslog backend, level warning).
+    pub fn log(self, prefix: &str) -> Self {
+        self.push("log", Some(Attrs::new().str(2, prefix)))
+    }
+
     /// `reject with tcp reset` (`NFTA_REJECT_TYPE` 1 = `NFT_REJECT_TCP_RST` 1).
     pub fn reject_tcp_reset(self) -> Self {
         self.push("reject", Some(Attrs::new().be32(1, 1)))

@@ -1,21 +1,27 @@
 //! The [`Firewall`] trait for the nftables backend: every call works on the daemon's record of
-//! its authorizations (`Inner::authorized`) and writes the authorized sets in one batch.
+//! its authorizations (`Inner::authorized`, every scope) and writes the authorized sets in one
+//! batch.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+};
 
 use super::{
     NftablesFirewall,
-    authorized::dump_authorized,
+    authorized::{dump_authorized, grant_msgs},
     layout::{Elem, Whitelist, blocked_set, elements_msg, sets},
-    netlink::{self, MsgType, NFPROTO_INET},
+    netlink::{MsgType, NFPROTO_INET},
 };
 use crate::firewall::{
-    Authorization, AuthorizedHost, Firewall, FirewallError, Grant, HostState, Policy, Scope,
+    Authorization, AuthorizedHost, ClientScope, Firewall, FirewallError, Grant, HostState, Policy,
+    Scope, Scopes, Transport,
 };
 
 impl Firewall for NftablesFirewall {
     fn authorize(&self, grant: Grant, expires_ns: u64) -> Result<Authorization, FirewallError> {
-        Ok(self.authorize_many(&[grant.unscoped()?], expires_ns, None)?[0])
+        let mut inner = self.lock();
+        Ok(inner.write(grant.scope, &[grant.addr], expires_ns, None)?[0])
     }
 
     fn authorize_answer(
@@ -25,10 +31,8 @@ impl Firewall for NftablesFirewall {
         expires_ns: u64,
         name: &str,
     ) -> Result<Vec<Authorization>, FirewallError> {
-        if let Some(&addr) = addrs.first() {
-            Grant::new(scope, addr).unscoped()?;
-        }
-        self.authorize_many(addrs, expires_ns, Some(name))
+        let mut inner = self.lock();
+        inner.write(scope, addrs, expires_ns, Some(name))
     }
 
     /// The name travels with the element (its comment); nothing to do after the fact.
@@ -45,9 +49,9 @@ impl Firewall for NftablesFirewall {
             .authorized
             .iter()
             .filter(|&(_, h)| h.expires_ns != 0 && h.expires_ns <= horizon_ns)
-            .map(|(&addr, h)| HostState {
-                addr,
-                scope: Scope::DEFAULT,
+            .map(|(&grant, h)| HostState {
+                addr: grant.addr,
+                scope: grant.scope,
                 expires_ns: h.expires_ns,
                 last_seen_ns: 0,
             })
@@ -60,32 +64,25 @@ impl Firewall for NftablesFirewall {
         seen_expires_ns: u64,
         new_expires_ns: u64,
     ) -> Result<bool, FirewallError> {
-        let addr = grant.unscoped()?;
         // The daemon is the only writer of the set and DNS renewals go through the same
         // in-memory deadline: compare it, then re-add the element with the new timeout.
         let mut inner = self.lock();
-        if inner.authorized.get(&addr).map(|h| h.expires_ns) != Some(seen_expires_ns) {
+        if inner.authorized.get(&grant).map(|h| h.expires_ns) != Some(seen_expires_ns) {
             return Ok(false);
         }
-        inner.write(&[addr], new_expires_ns, None)?;
+        inner.write(grant.scope, &[grant.addr], new_expires_ns, None)?;
         Ok(true)
     }
 
     fn remove_if(&self, grant: Grant, seen_expires_ns: u64) -> Result<bool, FirewallError> {
-        let addr = grant.unscoped()?;
         let mut inner = self.lock();
-        if inner.authorized.get(&addr).map(|h| h.expires_ns) != Some(seen_expires_ns) {
+        if inner.authorized.get(&grant).map(|h| h.expires_ns) != Some(seen_expires_ns) {
             return Ok(false);
         }
-        let set = sets(addr.is_ipv6())[2];
-        let msgs = elements_msg(
-            MsgType::DelSetElem,
-            set,
-            std::iter::once(Elem::key(netlink::addr_key(addr))),
-        );
+        let msgs = grant_msgs(MsgType::DelSetElem, [&grant]);
         // An element the kernel already expired is gone: deleting it fails harmlessly.
         let _ = inner.socket.batch(NFPROTO_INET, &msgs);
-        inner.authorized.remove(&addr);
+        inner.authorized.remove(&grant);
         Ok(true)
     }
 
@@ -94,8 +91,8 @@ impl Firewall for NftablesFirewall {
         let out =
             dump_authorized(&mut inner.socket).map_err(|e| FirewallError::Read(Box::new(e)))?;
         // Forget what the kernel has expired.
-        let present: BTreeSet<IpAddr> = out.iter().map(|(h, _)| h.addr).collect();
-        inner.authorized.retain(|a, _| present.contains(a));
+        let present: BTreeSet<Grant> = out.iter().map(|(h, _)| h.grant()).collect();
+        inner.authorized.retain(|g, _| present.contains(g));
         Ok(out.into_iter().map(|(h, _)| h).collect())
     }
 
@@ -106,37 +103,28 @@ impl Firewall for NftablesFirewall {
         revoked: &dyn Fn(Grant, Option<&str>) -> bool,
     ) -> Result<Vec<Grant>, FirewallError> {
         let mut inner = self.lock();
-        let gone: Vec<IpAddr> = inner
+        let gone: Vec<Grant> = inner
             .authorized
             .iter()
-            .filter(|(addr, held)| revoked(Grant::from(**addr), held.name.as_deref()))
-            .map(|(addr, _)| *addr)
+            .filter(|(grant, held)| revoked(**grant, held.name.as_deref()))
+            .map(|(grant, _)| *grant)
             .collect();
         let Some(&first) = gone.first() else {
             return Ok(Vec::new());
         };
-        let mut msgs = Vec::new();
-        for v6 in [false, true] {
-            let set = sets(v6)[2];
-            let keys = || {
-                gone.iter()
-                    .filter(move |a| a.is_ipv6() == v6)
-                    .map(|a| Elem::key(netlink::addr_key(*a)))
-            };
-            msgs.extend(elements_msg(MsgType::NewSetElem, set, keys()));
-            msgs.extend(elements_msg(MsgType::DelSetElem, set, keys()));
-        }
+        let mut msgs = grant_msgs(MsgType::NewSetElem, &gone);
+        msgs.extend(grant_msgs(MsgType::DelSetElem, &gone));
         inner
             .socket
             .batch(NFPROTO_INET, &msgs)
             .map_err(|e| FirewallError::Update {
-                addr: first,
+                addr: first.addr,
                 source: Box::new(e),
             })?;
-        for addr in &gone {
-            inner.authorized.remove(addr);
+        for grant in &gone {
+            inner.authorized.remove(grant);
         }
-        Ok(gone.into_iter().map(Grant::from).collect())
+        Ok(gone)
     }
 
     fn set_whitelist(&self, policy: &Policy) -> Result<(), FirewallError> {
@@ -199,5 +187,22 @@ impl Firewall for NftablesFirewall {
         }
         inner.whitelist = new;
         Ok(())
+    }
+
+    /// Replaces the policies' sets, chains and dispatch rules in one transaction (the whole table
+    /// is written again with every live grant of a scope that still exists); without any policy
+    /// before or after, nothing is written.
+    fn set_scopes(&self, scopes: &Scopes) -> Result<(), FirewallError> {
+        let mut inner = self.lock();
+        let policies = inner.resolve_policies(scopes)?;
+        inner.set_policies(policies)?;
+        self.clients().set_policies(&inner.policies);
+        Ok(())
+    }
+
+    /// One `NETLINK_SOCK_DIAG` round trip finds the client's socket (in this network namespace)
+    /// and its cgroup; the cgroup's deepest listed ancestor gives the policy.
+    fn client_scope(&self, transport: Transport, client: SocketAddr) -> Option<ClientScope> {
+        self.clients().client_scope(transport.proto(), client)
     }
 }

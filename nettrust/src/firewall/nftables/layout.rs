@@ -9,6 +9,7 @@ use super::{
     CgroupMatch, FILTER_CHAIN, INPUT_CHAIN, Mode, Options, POLICY_CHAIN, TABLE,
     expr::{self, Rule},
     netlink::{self, Attrs, Msg, MsgType, NLM_F_CREATE},
+    policies::{Policies, audit_rules},
 };
 use crate::firewall::{Policy, Service};
 
@@ -45,7 +46,7 @@ pub(super) struct Whitelist {
 /// Merges overlapping and adjacent networks of one family into interval-set elements: a start
 /// element per range and an `INTERVAL_END` element at the first address after it (none when the
 /// range reaches the top of the address space). The kernel refuses overlapping intervals.
-fn ranges(nets: impl Iterator<Item = IpNet>, v6: bool) -> Vec<(Vec<u8>, bool)> {
+pub(super) fn ranges(nets: impl Iterator<Item = IpNet>, v6: bool) -> Vec<(Vec<u8>, bool)> {
     let bits = if v6 { 128 } else { 32 };
     let mut spans: Vec<(u128, u128)> = nets
         .map(|net| match net {
@@ -195,7 +196,7 @@ pub(super) fn elements_msg(
     msgs
 }
 
-fn rule_msg(chain: &str, rule: Rule) -> Msg {
+pub(super) fn rule_msg(chain: &str, rule: Rule) -> Msg {
     use netlink::rule;
     Msg::new(
         MsgType::NewRule,
@@ -207,7 +208,7 @@ fn rule_msg(chain: &str, rule: Rule) -> Msg {
     )
 }
 
-fn chain_msg(name: &str, hook: Option<(u32, i32)>) -> Msg {
+pub(super) fn chain_msg(name: &str, hook: Option<(u32, i32)>) -> Msg {
     use netlink::chain;
     let mut attrs = Attrs::new().str(chain::TABLE, TABLE).str(chain::NAME, name);
     if let Some((hooknum, policy)) = hook {
@@ -246,6 +247,7 @@ pub(super) fn table_msg(ty: MsgType) -> Msg {
 /// no moment without a filter and no moment where whitelisted traffic is dropped.
 pub(super) fn install_batch(
     scopes: &Option<Vec<CgroupMatch>>,
+    policies: &Policies,
     options: &Options,
     w: &Whitelist,
 ) -> Vec<Msg> {
@@ -256,10 +258,34 @@ pub(super) fn install_batch(
     ];
     msgs.extend(set_msgs(w));
     msgs.push(chain_msg(POLICY_CHAIN, None));
-    msgs.extend(guard_rules());
-    msgs.extend(allow_rules(w));
-    msgs.extend(base_chains(scopes, options));
+    msgs.extend(guard_rules(POLICY_CHAIN));
+    let authorized = [sets(false)[2].to_owned(), sets(true)[2].to_owned()];
+    msgs.extend(allow_rules(POLICY_CHAIN, w, &[authorized], &End::Reject));
+    msgs.extend(policies.msgs(w));
+    msgs.extend(base_chains(scopes, policies, options));
     msgs
+}
+
+/// A `NFT_MSG_NEWSET` of an address set of one family, with `flags` (`INTERVAL`, `TIMEOUT`)
+/// and the transaction-local id `id`.
+pub(super) fn set_msg(name: &str, v6: bool, flags: u32, id: u32) -> Msg {
+    use netlink::set;
+    let (key_type, key_len) = if v6 {
+        (set::TYPE_IP6ADDR, 16)
+    } else {
+        (set::TYPE_IPADDR, 4)
+    };
+    Msg::new(
+        MsgType::NewSet,
+        NLM_F_CREATE,
+        Attrs::new()
+            .str(set::TABLE, TABLE)
+            .str(set::NAME, name)
+            .be32(set::FLAGS, flags)
+            .be32(set::KEY_TYPE, key_type)
+            .be32(set::KEY_LEN, key_len)
+            .be32(set::ID, id),
+    )
 }
 
 /// The sets of both families with the whitelisted hosts, networks and blocked peers.
@@ -268,23 +294,8 @@ fn set_msgs(w: &Whitelist) -> Vec<Msg> {
     let mut msgs = Vec::new();
     let mut id = 1;
     for v6 in [false, true] {
-        let (key_type, key_len) = if v6 {
-            (set::TYPE_IP6ADDR, 16)
-        } else {
-            (set::TYPE_IPADDR, 4)
-        };
         for (name, flags) in sets(v6).into_iter().zip([0, set::INTERVAL, set::TIMEOUT]) {
-            msgs.push(Msg::new(
-                MsgType::NewSet,
-                NLM_F_CREATE,
-                Attrs::new()
-                    .str(set::TABLE, TABLE)
-                    .str(set::NAME, name)
-                    .be32(set::FLAGS, flags)
-                    .be32(set::KEY_TYPE, key_type)
-                    .be32(set::KEY_LEN, key_len)
-                    .be32(set::ID, id),
-            ));
+            msgs.push(set_msg(name, v6, flags, id));
             id += 1;
         }
         let family = usize::from(v6);
@@ -301,17 +312,7 @@ fn set_msgs(w: &Whitelist) -> Vec<Msg> {
                 .iter()
                 .map(|(k, end)| Elem::boundary(k.clone(), *end)),
         ));
-        msgs.push(Msg::new(
-            MsgType::NewSet,
-            NLM_F_CREATE,
-            Attrs::new()
-                .str(set::TABLE, TABLE)
-                .str(set::NAME, blocked_set(v6))
-                .be32(set::FLAGS, set::INTERVAL)
-                .be32(set::KEY_TYPE, key_type)
-                .be32(set::KEY_LEN, key_len)
-                .be32(set::ID, id),
-        ));
+        msgs.push(set_msg(blocked_set(v6), v6, set::INTERVAL, id));
         id += 1;
         msgs.extend(elements_msg(
             MsgType::NewSetElem,
@@ -324,8 +325,9 @@ fn set_msgs(w: &Whitelist) -> Vec<Msg> {
     msgs
 }
 
-/// The first rules of the policy chain: what is dropped or accepted whatever the lists say.
-fn guard_rules() -> Vec<Msg> {
+/// The first rules of a policy chain (`chain`): what is dropped or accepted whatever the lists
+/// say.
+pub(super) fn guard_rules(chain: &str) -> Vec<Msg> {
     let mut msgs = Vec::new();
     // Source-routed packets first, replies included: their destination address is only the
     // first hop (IPv4 loose/strict source route options, an IPv6 routing header with segments
@@ -335,12 +337,12 @@ fn guard_rules() -> Vec<Msg> {
         Rule::new().ipv4_option(0x89),
         Rule::new().ipv6_segments_left(),
     ] {
-        msgs.push(rule_msg(POLICY_CHAIN, rule.counter().verdict(expr::DROP)));
+        msgs.push(rule_msg(chain, rule.counter().verdict(expr::DROP)));
     }
     // No reply to a connection a blocked (blacklisted) peer opened.
     for v6 in [false, true] {
         msgs.push(rule_msg(
-            POLICY_CHAIN,
+            chain,
             Rule::new()
                 .nfproto(v6)
                 .ct_reply_direction()
@@ -354,7 +356,7 @@ fn guard_rules() -> Vec<Msg> {
     // about them. Packets in the original direction of an outbound connection are judged by the
     // lists every time, so an expired authorization stops established flows too, as with eBPF.
     msgs.push(rule_msg(
-        POLICY_CHAIN,
+        chain,
         Rule::new()
             .ct_reply_direction()
             .ct_established_or_related()
@@ -369,7 +371,7 @@ fn guard_rules() -> Vec<Msg> {
     for (lo, hi) in [(130, 137), (143, 143)] {
         for (prefix, bits) in [(link_local, 10), (multicast, 8)] {
             msgs.push(rule_msg(
-                POLICY_CHAIN,
+                chain,
                 Rule::new()
                     .icmpv6_types(lo, hi)
                     .daddr_v6_in(prefix, bits)
@@ -379,7 +381,7 @@ fn guard_rules() -> Vec<Msg> {
     }
     // DHCPv6 to All_DHCP_Relay_Agents_and_Servers (ff02::1:2, port 547; RFC 8415 §7).
     msgs.push(rule_msg(
-        POLICY_CHAIN,
+        chain,
         Rule::new()
             .nfproto(true)
             .l4proto(libc::IPPROTO_UDP as u8)
@@ -390,15 +392,29 @@ fn guard_rules() -> Vec<Msg> {
     msgs
 }
 
-/// The rest of the policy chain: the whitelisted services, networks, hosts and authorizations,
-/// then the counted rejects.
-fn allow_rules(w: &Whitelist) -> Vec<Msg> {
+/// How a policy chain ends for what no rule accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum End {
+    /// Counted rejects: a TCP reset, ICMP admin-prohibited for the rest.
+    Reject,
+    /// Audit mode: a rate-limited log line with this prefix, then a counted accept.
+    Audit(String),
+}
+
+/// The rest of a policy chain (`chain`): the whitelisted services, networks and hosts, then the
+/// sets of `granted` (pairs of IPv4 and IPv6 set names, in order), then `end`.
+pub(super) fn allow_rules(
+    chain: &str,
+    w: &Whitelist,
+    granted: &[[String; 2]],
+    end: &End,
+) -> Vec<Msg> {
     let mut msgs = Vec::new();
     // Whitelisted services (the upstream DNS servers): their address, port and transport only.
     for service in &w.services {
         let addr = netlink::addr_key(service.addr.ip());
         msgs.push(rule_msg(
-            POLICY_CHAIN,
+            chain,
             Rule::new()
                 .nfproto(service.addr.is_ipv6())
                 .l4proto(service.transport.proto())
@@ -407,33 +423,47 @@ fn allow_rules(w: &Whitelist) -> Vec<Msg> {
                 .verdict(expr::ACCEPT),
         ));
     }
-    // Networks, then hosts, then authorizations, each per family.
-    for index in 0..3 {
-        for v6 in [false, true] {
+    // Networks, then hosts, then what was granted, each per family.
+    let whitelists = [1, 0]
+        .map(|index| sets(false)[index])
+        .into_iter()
+        .zip([1, 0].map(|index| sets(true)[index]));
+    let granted = granted.iter().map(|[v4, v6]| (v4.as_str(), v6.as_str()));
+    for (v4, v6) in whitelists.chain(granted) {
+        for (set, is_v6) in [(v4, false), (v6, true)] {
             msgs.push(rule_msg(
-                POLICY_CHAIN,
+                chain,
                 Rule::new()
-                    .nfproto(v6)
-                    .daddr(v6)
-                    .lookup(sets(v6)[[1, 0, 2][index]])
+                    .nfproto(is_v6)
+                    .daddr(is_v6)
+                    .lookup(set)
                     .verdict(expr::ACCEPT),
             ));
         }
     }
-    msgs.push(rule_msg(
-        POLICY_CHAIN,
-        Rule::new().l4proto_tcp().counter().reject_tcp_reset(),
-    ));
-    msgs.push(rule_msg(
-        POLICY_CHAIN,
-        Rule::new().counter().reject_icmpx_admin_prohibited(),
-    ));
+    match end {
+        End::Reject => {
+            msgs.push(rule_msg(
+                chain,
+                Rule::new().l4proto_tcp().counter().reject_tcp_reset(),
+            ));
+            msgs.push(rule_msg(
+                chain,
+                Rule::new().counter().reject_icmpx_admin_prohibited(),
+            ));
+        }
+        End::Audit(prefix) => msgs.extend(audit_rules(chain, prefix)),
+    }
     msgs
 }
 
 /// The base chain that sends the filtered traffic to the policy chain, and the `input` chain of
 /// `--firewall-drop-input`.
-fn base_chains(scopes: &Option<Vec<CgroupMatch>>, options: &Options) -> Vec<Msg> {
+fn base_chains(
+    scopes: &Option<Vec<CgroupMatch>>,
+    policies: &Policies,
+    options: &Options,
+) -> Vec<Msg> {
     let mut msgs = Vec::new();
     let hook = match options.mode {
         Mode::Output { .. } => netlink::chain::NF_INET_LOCAL_OUT,
@@ -443,7 +473,15 @@ fn base_chains(scopes: &Option<Vec<CgroupMatch>>, options: &Options) -> Vec<Msg>
     match scopes {
         None => msgs.push(rule_msg(FILTER_CHAIN, Rule::new().goto(POLICY_CHAIN))),
         Some(cgroups) => {
-            for m in cgroups {
+            // The listed cgroups of the policies first, deepest first: the first match decides.
+            for (m, chain) in policies.dispatch() {
+                msgs.push(rule_msg(
+                    FILTER_CHAIN,
+                    Rule::new().socket_cgroup(m.level, m.id).goto(&chain),
+                ));
+            }
+            let dispatched = |m: &CgroupMatch| policies.listed.iter().any(|l| l.m == *m);
+            for m in cgroups.iter().filter(|m| !dispatched(m)) {
                 msgs.push(rule_msg(
                     FILTER_CHAIN,
                     Rule::new().socket_cgroup(m.level, m.id).goto(POLICY_CHAIN),

@@ -40,6 +40,7 @@ pub enum MsgType {
     NewRule = 6,
     GetRule = 7,
     NewSet = 9,
+    GetSet = 10,
     NewSetElem = 12,
     GetSetElem = 13,
     DelSetElem = 14,
@@ -155,6 +156,29 @@ impl Socket {
         let mut out = Vec::new();
         for payload in self.dump(family, MsgType::GetSetElem, &attrs)? {
             parse_elements(&payload, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The names of the sets of table `table` (family `family`); empty when it does not exist.
+    pub fn set_names(&mut self, family: u8, table: &str) -> Result<Vec<String>, NetlinkError> {
+        let filter = Attrs::new().str(set::TABLE, table);
+        let text = |value: &[u8]| {
+            let bytes = value.split(|&b| b == 0).next().unwrap_or_default();
+            String::from_utf8_lossy(bytes).into_owned()
+        };
+        let mut out = Vec::new();
+        for payload in self.dump(family, MsgType::GetSet, &filter)? {
+            let mut in_table = false;
+            let mut name = None;
+            for (ty, value) in attrs(nfgen_attrs(&payload)?) {
+                match ty {
+                    set::TABLE => in_table = text(value) == table,
+                    set::NAME => name = Some(text(value)),
+                    _ => {}
+                }
+            }
+            out.extend(name.filter(|_| in_table));
         }
         Ok(out)
     }

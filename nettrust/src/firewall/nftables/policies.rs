@@ -1,0 +1,367 @@
+//! The `[[policy]]` scopes in the table: per scope a pair of authorized sets (the grants of its
+//! DNS answers, kernel-expired), a pair of network sets (its `allow_networks`) and a chain; the
+//! base chain sends each listed cgroup, deepest first, to the chain of its scope, so the deepest
+//! listed ancestor of a socket's cgroup decides.
+//!
+//! ```text
+//! set scope_1_v4     { type ipv4_addr; flags timeout; }   # grants of scope 1
+//! set scope_1_net_v4 { type ipv4_addr; flags interval; }  # networks of scope 1
+//! chain scope_1 {
+//!   … the guard rules, services, whitelisted networks and hosts of `allowlist` …
+//!   ip daddr @scope_1_v4 accept ; ip daddr @scope_1_net_v4 accept   (and v6)
+//!   counter reject …                                      # or, in audit mode:
+//!   limit rate 5/second burst 10 packets log prefix "[Audit] policy=1 " ; counter accept
+//! }
+//! chain authorized-output {
+//!   socket cgroupv2 level 3 <A/nested> goto allowlist     # deepest first
+//!   socket cgroupv2 level 2 <A> goto scope_1
+//!   socket cgroupv2 level 1 <parent> goto allowlist
+//! }
+//! ```
+//!
+//! The default scope (0) keeps today's `authorized4/6` sets and `allowlist` chain; without any
+//! policy nothing of this is written.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use super::{
+    CgroupMatch, Inner, Mode, NftablesError, POLICY_CHAIN, cgroup_match,
+    layout::{self, End, Whitelist, elements_msg, ranges, sets},
+    netlink::{self, Msg, MsgType},
+};
+use crate::firewall::{FirewallError, Scope, Scopes};
+
+/// Audit log lines per second (and burst) per audited scope: enough to see what would be
+/// dropped, too few to flood the kernel log.
+const AUDIT_LOGS_PER_SECOND: u64 = 5;
+const AUDIT_LOG_BURST: u32 = 10;
+
+/// One listed cgroup as the table matches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Listed {
+    /// The directory (re-resolved when the cgroup is re-created).
+    pub(super) path: PathBuf,
+    /// Its `socket cgroupv2` match.
+    pub(super) m: CgroupMatch,
+    /// Its policy's scope.
+    pub(super) scope: Scope,
+    /// Its policy is in audit mode.
+    pub(super) audit: bool,
+}
+
+/// What the table holds for one scope other than the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct ScopeRules {
+    /// Audit mode: the chain ends by logging and accepting instead of rejecting.
+    pub(super) audit: bool,
+    /// Interval elements of its networks, per family.
+    pub(super) ranges: [Vec<(Vec<u8>, bool)>; 2],
+}
+
+/// The policies the table enforces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Policies {
+    /// Whether any policy exists; without one the table is exactly the policy-less one.
+    pub(super) active: bool,
+    /// Every listed cgroup, deepest first (the order of the base chain's rules).
+    pub(super) listed: Vec<Listed>,
+    /// The scopes other than the default one: those of a listed cgroup or of a network.
+    pub(super) scopes: BTreeMap<Scope, ScopeRules>,
+}
+
+impl Policies {
+    /// Resolves `scopes` below the cgroup2 mount `root`.
+    pub(super) fn new(root: &Path, scopes: &Scopes) -> Result<Self, NftablesError> {
+        if !scopes.active {
+            return Ok(Self::default());
+        }
+        let mut listed = scopes
+            .cgroups
+            .iter()
+            .map(|c| {
+                Ok(Listed {
+                    path: c.path.clone(),
+                    m: cgroup_match(root, &c.path)?,
+                    scope: c.scope,
+                    audit: c.audit,
+                })
+            })
+            .collect::<Result<Vec<_>, NftablesError>>()?;
+        listed.sort_by_key(|l| std::cmp::Reverse(l.m.level));
+        let mut rules: BTreeMap<Scope, ScopeRules> = BTreeMap::new();
+        for l in listed.iter().filter(|l| !l.scope.is_default()) {
+            rules.entry(l.scope).or_default().audit |= l.audit;
+        }
+        for &(scope, _) in scopes.networks.iter().filter(|(s, _)| !s.is_default()) {
+            rules.entry(scope).or_default();
+        }
+        for (scope, rule) in &mut rules {
+            for v6 in [false, true] {
+                let nets = scopes
+                    .networks
+                    .iter()
+                    .filter(|(s, n)| s == scope && matches!(n, ipnet::IpNet::V6(_)) == v6)
+                    .map(|(_, n)| *n);
+                rule.ranges[usize::from(v6)] = ranges(nets, v6);
+            }
+        }
+        Ok(Self {
+            active: true,
+            listed,
+            scopes: rules,
+        })
+    }
+
+    /// Whether grants of `scope` can be written (the default scope always can).
+    pub(super) fn has(&self, scope: Scope) -> bool {
+        scope.is_default() || self.scopes.contains_key(&scope)
+    }
+
+    /// Resolves the listed cgroups again (a cgroup removed and created again at the same path
+    /// has a new id). Returns whether any changed.
+    pub(super) fn refresh(&mut self, root: &Path) -> bool {
+        let mut changed = false;
+        for l in &mut self.listed {
+            if let Ok(m) = cgroup_match(root, &l.path)
+                && m != l.m
+            {
+                tracing::error!(cgroup = %l.path.display(), "[Firewall Error] filtered cgroup was re-created; filtering the new one");
+                l.m = m;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The sets and chains of every scope other than the default, with their networks.
+    pub(super) fn msgs(&self, w: &Whitelist) -> Vec<Msg> {
+        let mut msgs = Vec::new();
+        for (index, (&scope, rules)) in self.scopes.iter().enumerate() {
+            let id = 100 + 4 * u32::try_from(index).unwrap_or(u32::MAX / 8);
+            for v6 in [false, true] {
+                let family = usize::from(v6);
+                let set_id = id + 2 * u32::from(v6);
+                let grants = grant_set(scope, v6);
+                msgs.push(layout::set_msg(&grants, v6, netlink::set::TIMEOUT, set_id));
+                let nets = net_set(scope, v6);
+                msgs.push(layout::set_msg(
+                    &nets,
+                    v6,
+                    netlink::set::INTERVAL,
+                    set_id + 1,
+                ));
+                msgs.extend(elements_msg(
+                    MsgType::NewSetElem,
+                    &nets,
+                    rules.ranges[family]
+                        .iter()
+                        .map(|(k, end)| layout::Elem::boundary(k.clone(), *end)),
+                ));
+            }
+            let chain = chain(scope);
+            msgs.push(layout::chain_msg(&chain, None));
+            msgs.extend(layout::guard_rules(&chain));
+            let granted = [
+                [grant_set(scope, false), grant_set(scope, true)],
+                [net_set(scope, false), net_set(scope, true)],
+            ];
+            let end = if rules.audit {
+                End::Audit(audit_prefix(scope))
+            } else {
+                End::Reject
+            };
+            msgs.extend(layout::allow_rules(&chain, w, &granted, &end));
+        }
+        msgs
+    }
+
+    /// The base chain's rules: each listed cgroup, deepest first, and the chain it goes to.
+    pub(super) fn dispatch(&self) -> impl Iterator<Item = (CgroupMatch, String)> + '_ {
+        self.listed.iter().map(|l| (l.m, chain(l.scope)))
+    }
+}
+
+impl Inner {
+    /// `scopes` resolved for this table. Gateway mode has no socket cgroups to tell policies
+    /// apart: it refuses them rather than enforcing the default policy for everyone.
+    pub(super) fn resolve_policies(&self, scopes: &Scopes) -> Result<Policies, FirewallError> {
+        if !scopes.active {
+            return Ok(Policies::default());
+        }
+        if matches!(self.options.mode, Mode::Forward) {
+            return Err(FirewallError::Unsupported(
+                "[[policy]] sections in gateway mode (forwarded packets have no cgroup)",
+            ));
+        }
+        let root =
+            crate::cgroup::cgroup2_mount().map_err(|e| FirewallError::Whitelist(Box::new(e)))?;
+        Policies::new(&root, scopes).map_err(|e| FirewallError::Whitelist(Box::new(e)))
+    }
+
+    /// Enforces `policies`: the table is written again in one transaction with every live grant
+    /// of a scope that still exists (grants of a removed scope are forgotten, grants adopted
+    /// from a previous run rejoin their scope). Unchanged policies write nothing.
+    pub(super) fn set_policies(&mut self, policies: Policies) -> Result<(), FirewallError> {
+        let adopted = std::mem::take(&mut self.adopted_scoped);
+        if policies == self.policies {
+            return Ok(());
+        }
+        let old_policies = std::mem::replace(&mut self.policies, policies);
+        let old_authorized = self.authorized.clone();
+        for (grant, held) in adopted {
+            if self.policies.has(grant.scope) {
+                self.authorized.entry(grant).or_insert(held);
+            }
+        }
+        let removed = self
+            .authorized
+            .keys()
+            .filter(|g| !self.policies.has(g.scope))
+            .count();
+        if let Err(e) = self.install() {
+            self.policies = old_policies;
+            self.authorized = old_authorized;
+            return Err(FirewallError::Whitelist(Box::new(e)));
+        }
+        tracing::info!(
+            scopes = self.policies.scopes.len(),
+            listed = self.policies.listed.len(),
+            grants = self.authorized.len(),
+            removed,
+            "nftables policies enforced"
+        );
+        Ok(())
+    }
+}
+
+/// The prefix of the audit log lines of `scope`.
+fn audit_prefix(scope: Scope) -> String {
+    format!("[Audit] policy={} ", scope.0)
+}
+
+/// The rules ending an audited scope's chain: a rate-limited log line, then a counted accept.
+pub(super) fn audit_rules(chain: &str, prefix: &str) -> [Msg; 2] {
+    use super::expr::{ACCEPT, Rule};
+    [
+        layout::rule_msg(
+            chain,
+            Rule::new()
+                .limit_per_second(AUDIT_LOGS_PER_SECOND, AUDIT_LOG_BURST)
+                .log(prefix),
+        ),
+        layout::rule_msg(chain, Rule::new().counter().verdict(ACCEPT)),
+    ]
+}
+
+/// The authorized set of `scope` for one family (the default scope's is `authorized4/6`).
+pub(super) fn grant_set(scope: Scope, v6: bool) -> String {
+    if scope.is_default() {
+        sets(v6)[2].to_owned()
+    } else {
+        format!("scope_{}_v{}", scope.0, if v6 { 6 } else { 4 })
+    }
+}
+
+/// The scope whose authorized set is `name`, if it is one.
+pub(super) fn grant_set_scope(name: &str) -> Option<Scope> {
+    if name == sets(false)[2] || name == sets(true)[2] {
+        return Some(Scope::DEFAULT);
+    }
+    let rest = name.strip_prefix("scope_")?;
+    let number = rest
+        .strip_suffix("_v4")
+        .or_else(|| rest.strip_suffix("_v6"))?;
+    let scope = Scope(number.parse().ok()?);
+    (!scope.is_default()).then_some(scope)
+}
+
+/// The network set of `scope` for one family.
+fn net_set(scope: Scope, v6: bool) -> String {
+    format!("scope_{}_net_v{}", scope.0, if v6 { 6 } else { 4 })
+}
+
+/// The chain of `scope`'s cgroups (the default scope's is `allowlist`).
+pub(super) fn chain(scope: Scope) -> String {
+    if scope.is_default() {
+        POLICY_CHAIN.to_owned()
+    } else {
+        format!("scope_{}", scope.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_names_round_trip_and_networks_are_not_grants() {
+        for scope in [Scope::DEFAULT, Scope(1), Scope(42)] {
+            for v6 in [false, true] {
+                assert_eq!(grant_set_scope(&grant_set(scope, v6)), Some(scope));
+                assert_eq!(grant_set_scope(&net_set(scope, v6)), None);
+            }
+        }
+        for other in [
+            "whitelist4",
+            "blocked6",
+            "scope_0_v4",
+            "scope_x_v4",
+            "scope_1",
+        ] {
+            assert_eq!(grant_set_scope(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn listed_cgroups_are_matched_deepest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("p/a/n")).unwrap();
+        std::fs::create_dir_all(dir.path().join("p/b")).unwrap();
+        let listed = |path: &str, scope: u32, audit: bool| crate::firewall::ScopedCgroup {
+            path: dir.path().join(path),
+            scope: Scope(scope),
+            audit,
+        };
+        let scopes = Scopes {
+            active: true,
+            cgroups: vec![
+                listed("p", 0, false),
+                listed("p/a", 1, false),
+                listed("p/a/n", 0, false),
+                listed("p/b", 2, true),
+            ],
+            networks: vec![(Scope(3), "198.51.100.0/24".parse().unwrap())],
+        };
+        let p = Policies::new(dir.path(), &scopes).unwrap();
+        let order: Vec<(u32, String)> = p.dispatch().map(|(m, c)| (m.level, c)).collect();
+        assert_eq!(order[0], (3, "allowlist".to_owned()));
+        assert_eq!(order[3], (1, "allowlist".to_owned()));
+        assert!(order[1..3].iter().all(|(level, _)| *level == 2));
+        assert_eq!(
+            p.scopes.keys().copied().collect::<Vec<_>>(),
+            [Scope(1), Scope(2), Scope(3)]
+        );
+        assert!(p.scopes[&Scope(2)].audit && !p.scopes[&Scope(1)].audit);
+        assert_eq!(p.scopes[&Scope(3)].ranges[0].len(), 2);
+        assert!(p.has(Scope::DEFAULT) && p.has(Scope(3)) && !p.has(Scope(4)));
+        // Without a policy nothing is resolved, not even a missing cgroup.
+        let off = Scopes {
+            active: false,
+            cgroups: vec![listed("missing", 1, false)],
+            networks: Vec::new(),
+        };
+        assert_eq!(
+            Policies::new(dir.path(), &off).unwrap(),
+            Policies::default()
+        );
+        let missing = Scopes {
+            active: true,
+            ..off
+        };
+        let err = Policies::new(dir.path(), &missing).unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
+    }
+}
