@@ -1103,3 +1103,399 @@ fn nft_recreated_cgroup_is_filtered_again() {
     assert!(world.stop_daemon());
     world.assert_nothing_left();
 }
+
+// ---- [[policy]] scopes ----------------------------------------------------------------------
+
+/// Test cgroups under one parent of the cgroup2 mount: `p`, `p/a`, `p/a/n`, `p/a/x`, `p/b`, `p/c`,
+/// `p/d`; removed (deepest first) when dropped.
+struct PolicyCgroups {
+    parent: std::path::PathBuf,
+}
+
+impl PolicyCgroups {
+    const CHILDREN: [&'static str; 6] = ["a", "a/n", "a/x", "b", "c", "d"];
+
+    fn new(tag: &str) -> Self {
+        let root = nettrust::cgroup::cgroup2_mount().unwrap();
+        let parent = root.join(format!("ntp-{tag}-{}", std::process::id()));
+        for child in Self::CHILDREN {
+            std::fs::create_dir_all(parent.join(child)).unwrap();
+        }
+        Self { parent }
+    }
+
+    fn path(&self, child: &str) -> std::path::PathBuf {
+        if child.is_empty() {
+            self.parent.clone()
+        } else {
+            self.parent.join(child)
+        }
+    }
+
+    fn id(&self, child: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(self.path(child)).unwrap().ino()
+    }
+
+    /// `program` in network namespace `ns`, started inside cgroup `child`.
+    fn command(&self, ns: &str, child: &str, program: &str) -> Command {
+        let procs = std::ffi::CString::new(
+            self.path(child)
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{ns}")).arg(program);
+        // SAFETY: between fork and exec only open/write/close (async-signal-safe) on a path
+        // prepared before the fork: the child moves itself into the cgroup.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
+
+impl Drop for PolicyCgroups {
+    fn drop(&mut self) {
+        for child in Self::CHILDREN.iter().rev().chain(&[""]) {
+            let path = self.path(child);
+            for _ in 0..50 {
+                if std::fs::remove_dir(&path).is_ok() || !path.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// A namespace with local "internet" addresses on a veth link and a TCP server answering `ok`
+/// on port 8080 of all of them (run outside the test cgroups, so its replies are unfiltered).
+fn policy_namespace(tag: &str) -> (Netns, KillGroup) {
+    let ns = Netns::new(tag);
+    ip(&format!("-n {} link set lo up", ns.0));
+    ip(&format!("-n {} link add d0 type veth peer name d1", ns.0));
+    ip(&format!("-n {} link set d0 up", ns.0));
+    ip(&format!("-n {} link set d1 up", ns.0));
+    for addr in [
+        "192.0.2.10/24",
+        "192.0.2.11/24",
+        "192.0.2.12/24",
+        "192.0.2.13/24",
+    ] {
+        ip(&format!("-n {} addr add {addr} dev d0", ns.0));
+    }
+    ip(&format!("-n {} addr add 192.0.2.14/24 dev d0", ns.0));
+    ip(&format!("-n {} addr add 198.51.100.1/24 dev d0", ns.0));
+    ip(&format!(
+        "-n {} addr add 2001:db8::10/64 dev d0 nodad",
+        ns.0
+    ));
+    let server = KillGroup(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.0))
+            .args([
+                "socat",
+                "TCP6-LISTEN:8080,ipv6only=0,reuseaddr,fork",
+                "SYSTEM:echo ok",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    (ns, server)
+}
+
+fn scoped(path: std::path::PathBuf, scope: u32, audit: bool) -> nettrust::firewall::ScopedCgroup {
+    nettrust::firewall::ScopedCgroup {
+        path,
+        scope: nettrust::firewall::Scope(scope),
+        audit,
+    }
+}
+
+/// A: scope 1, its nested `n`: default (listed), its `x`: not listed (so scope 1); B: scope 2;
+/// C: not listed (the parent's default); D: scope 3 in audit mode. Scope 1 has 198.51.100.0/24.
+fn test_scopes(
+    cg: &PolicyCgroups,
+    a_scope: u32,
+    scope_1_network: bool,
+) -> nettrust::firewall::Scopes {
+    let mut networks = Vec::new();
+    if scope_1_network {
+        networks.push((
+            nettrust::firewall::Scope(1),
+            "198.51.100.0/24".parse().unwrap(),
+        ));
+    }
+    nettrust::firewall::Scopes {
+        active: true,
+        cgroups: vec![
+            scoped(cg.path(""), 0, false),
+            scoped(cg.path("a"), a_scope, false),
+            scoped(cg.path("a/n"), 0, false),
+            scoped(cg.path("b"), 2, false),
+            scoped(cg.path("d"), 3, true),
+        ],
+        networks,
+    }
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_policies_open_grants_per_scope_audit_and_reload() {
+    use nettrust::firewall::{Grant, Scope};
+    let (ns, server) = policy_namespace("pol");
+    let cg = PolicyCgroups::new("pol");
+    let options = Options {
+        mode: Mode::Output {
+            cgroups: vec![cg.path("")],
+        },
+        drop_input: false,
+    };
+    let fw = ns.run(|| NftablesFirewall::start(&options, &policy(&["192.0.2.12"], &[])).unwrap());
+    fw.set_scopes(&test_scopes(&cg, 1, true)).unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let in_60s = nettrust::firewall::boottime_ns() + 60_000_000_000;
+    let grant = |scope: u32, addr: &str| Grant::new(Scope(scope), ip(addr));
+    assert_eq!(
+        fw.authorize(grant(1, "192.0.2.10"), in_60s).unwrap(),
+        Authorization::New
+    );
+    assert_eq!(
+        fw.authorize(grant(1, "2001:db8::10"), 0).unwrap(),
+        Authorization::New
+    );
+    assert_eq!(
+        fw.authorize(grant(0, "192.0.2.11"), in_60s).unwrap(),
+        Authorization::New
+    );
+    assert_eq!(
+        fw.authorize_answer(Scope(2), &[ip("192.0.2.14")], in_60s, "z.test.")
+            .unwrap(),
+        [Authorization::New]
+    );
+    assert!(
+        fw.authorize(grant(7, "192.0.2.13"), 0).is_err(),
+        "a grant of a scope without sets must fail, not open anything"
+    );
+    let reach = |child: &str, addr: &str| {
+        let target = if addr.contains(':') {
+            format!("TCP6:[{addr}]:8080,connect-timeout=2")
+        } else {
+            format!("TCP:{addr}:8080,connect-timeout=2")
+        };
+        world::socat_gets(cg.command(&ns.0, child, "socat"), &target, b"ok")
+    };
+    let started = Instant::now();
+    while !reach("c", "192.0.2.12") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let table = || nft_ok(&ns.0, "list table inet net-trust");
+    // (cgroup, destination, reachable)
+    let matrix = [
+        ("a", "192.0.2.10", true),   // its grant
+        ("a", "2001:db8::10", true), // its grant, IPv6
+        ("a", "192.0.2.11", false),  // a default-scope grant
+        ("a", "192.0.2.12", true),   // whitelisted for everyone
+        ("a", "192.0.2.14", false),  // scope 2's grant
+        ("a", "198.51.100.1", true), // its network
+        ("a", "192.0.2.13", false),  // nothing
+        ("a/x", "192.0.2.10", true), // unlisted below A: A's scope
+        ("a/x", "192.0.2.11", false),
+        ("a/n", "192.0.2.10", false), // listed default below A: the default scope
+        ("a/n", "192.0.2.11", true),
+        ("b", "192.0.2.14", true),
+        ("b", "192.0.2.10", false),
+        ("b", "192.0.2.11", false),
+        ("b", "198.51.100.1", false),
+        ("b", "192.0.2.12", true),
+        ("c", "192.0.2.11", true),
+        ("c", "192.0.2.10", false),
+        ("c", "2001:db8::10", false),
+        ("c", "198.51.100.1", false),
+        ("c", "192.0.2.13", false),
+        ("d", "192.0.2.13", true), // audit: not granted, passes
+    ];
+    for (child, addr, expected) in matrix {
+        assert_eq!(
+            reach(child, addr),
+            expected,
+            "{child} -> {addr}\n{}",
+            table()
+        );
+    }
+    // The audit chain logged (rate-limited) and counted what it let through.
+    let audit = nft_ok(&ns.0, "list chain inet net-trust scope_3");
+    assert!(
+        audit.contains("log prefix \"[Audit] policy=3 \""),
+        "{audit}"
+    );
+    let accepted = audit
+        .lines()
+        .find(|l| l.contains("counter packets") && l.trim_end().ends_with("accept"))
+        .unwrap_or_else(|| panic!("no counted accept:\n{audit}"));
+    assert!(!accepted.contains("packets 0 "), "{audit}");
+    // `nettrust list` sees the scope of every grant.
+    let mut listed: Vec<(u32, IpAddr)> = ns
+        .run(nettrust::firewall::nftables::list_authorized)
+        .unwrap()
+        .iter()
+        .map(|(h, _)| (h.scope.0, h.addr))
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            (0, ip("192.0.2.11")),
+            (1, ip("192.0.2.10")),
+            (1, ip("2001:db8::10")),
+            (2, ip("192.0.2.14")),
+        ]
+    );
+    let due: Vec<Grant> = fw
+        .due(u64::MAX)
+        .unwrap()
+        .iter()
+        .map(nettrust::firewall::HostState::grant)
+        .collect();
+    assert!(due.contains(&grant(2, "192.0.2.14")) && !due.contains(&grant(1, "2001:db8::10")));
+    assert!(
+        fw.renew_if(grant(2, "192.0.2.14"), in_60s, in_60s + 1_000_000_000)
+            .unwrap()
+    );
+    assert!(
+        !fw.remove_if(grant(2, "192.0.2.14"), in_60s).unwrap(),
+        "renewed meanwhile"
+    );
+
+    // Reload: A moves to scope 2, scope 1 disappears (no cgroup, no network). Scope 2's grant
+    // now opens A at once; scope 1's grants are gone; the default scope's stay.
+    fw.set_scopes(&test_scopes(&cg, 2, false)).unwrap();
+    assert!(reach("a", "192.0.2.14"), "{}", table());
+    assert!(!reach("a", "192.0.2.10"), "{}", table());
+    assert!(!reach("a", "198.51.100.1"), "{}", table());
+    assert!(reach("c", "192.0.2.11"), "{}", table());
+    let mut kept: Vec<(u32, IpAddr)> = fw
+        .authorized()
+        .unwrap()
+        .iter()
+        .map(|h| (h.scope.0, h.addr))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, [(0, ip("192.0.2.11")), (2, ip("192.0.2.14"))]);
+    // revoke covers the scopes.
+    let revoked = fw.revoke(&|g, _| g.scope == Scope(2)).unwrap();
+    assert_eq!(revoked, [grant(2, "192.0.2.14")]);
+    assert!(!reach("a", "192.0.2.14"), "{}", table());
+
+    // Without policies the table is the policy-less one again.
+    fw.set_scopes(&nettrust::firewall::Scopes::default())
+        .unwrap();
+    let listing = table();
+    assert!(!listing.contains("scope_"), "{listing}");
+    assert!(reach("a", "192.0.2.11"), "{listing}");
+    fw.stop(ExitMode::FlushAll).unwrap();
+    drop(server);
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_client_scope_finds_the_cgroup_of_udp_and_tcp_clients() {
+    use nettrust::firewall::{Scope, Transport};
+    let ns = Netns::new("cls");
+    ip(&format!("-n {} link set lo up", ns.0));
+    let cg = PolicyCgroups::new("cls");
+    let options = Options {
+        mode: Mode::Output {
+            cgroups: vec![cg.path("")],
+        },
+        drop_input: false,
+    };
+    let fw = ns.run(|| NftablesFirewall::start(&options, &policy(&[], &["127.0.0.0/8"])).unwrap());
+    fw.set_scopes(&test_scopes(&cg, 1, false)).unwrap();
+    let (tcp, udp) = ns.run(|| {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let udp = std::net::UdpSocket::bind(tcp.local_addr().unwrap()).unwrap();
+        (tcp, udp)
+    });
+    let listen = tcp.local_addr().unwrap();
+    fw.set_listen_addrs(&[listen]);
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // A client in `child` that sends one line and stays connected for a few seconds.
+    let client = |child: &str, proto: &str| {
+        let mut cmd = cg.command(&ns.0, child, "sh");
+        cmd.args([
+            "-c",
+            &format!("(echo x; sleep 4) | socat -t4 - {proto}:{listen}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+        KillGroup(cmd.spawn().unwrap())
+    };
+    let mut buf = [0u8; 16];
+    for (child, scope) in [("a", 1), ("a/x", 1), ("a/n", 0), ("c", 0)] {
+        let _udp_client = client(child, "UDP");
+        let (_, from) = udp.recv_from(&mut buf).expect("the UDP client's datagram");
+        let found = fw.client_scope(Transport::Udp, from);
+        assert_eq!(
+            found.map(|c| (c.cgroup_id, c.scope)),
+            Some((cg.id(child), Scope(scope))),
+            "UDP client in {child}"
+        );
+        let _tcp_client = client(child, "TCP");
+        let (_stream, peer) = tcp.accept().unwrap();
+        let found = fw.client_scope(Transport::Tcp, peer);
+        assert_eq!(
+            found.map(|c| (c.cgroup_id, c.scope)),
+            Some((cg.id(child), Scope(scope))),
+            "TCP client in {child}"
+        );
+        assert_eq!(
+            fw.client_scope(Transport::Udp, peer),
+            None,
+            "the TCP client over UDP"
+        );
+    }
+    let audited = client("d", "UDP");
+    let (_, from) = udp.recv_from(&mut buf).unwrap();
+    let found = fw.client_scope(Transport::Udp, from).unwrap();
+    assert!(found.audit && found.scope == Scope(3), "{found:?}");
+    // Cost: one round trip per query (the cgroup is cached after the first).
+    let started = Instant::now();
+    let rounds = 2000;
+    for _ in 0..rounds {
+        assert!(fw.client_scope(Transport::Udp, from).is_some());
+    }
+    eprintln!(
+        "client_scope: {:?} per lookup over {rounds}",
+        started.elapsed() / rounds
+    );
+    drop(audited);
+    let unknown: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    assert_eq!(fw.client_scope(Transport::Udp, unknown), None);
+    assert_eq!(fw.client_scope(Transport::Tcp, unknown), None);
+    fw.stop(ExitMode::FlushAll).unwrap();
+}
