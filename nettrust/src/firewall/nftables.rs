@@ -34,6 +34,9 @@
 //! }
 //! ```
 //!
+//! With `[[policy]]` sections each policy adds its own sets and chain, and the base chain sends
+//! each listed cgroup (deepest first) to the chain of its policy (see `policies`).
+//!
 //! Everything is looked up by name *inside this table only*; other tables — including chains
 //! named `input` or `authorized-output` in them — are never read or written. The table is created
 //! without the `owner` flag, so it outlives the process (fail closed after `kill -9`).

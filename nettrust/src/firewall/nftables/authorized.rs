@@ -1,7 +1,7 @@
 //! The authorized sets: installing the table with every live authorization, writing a DNS
 //! answer (with the eviction of idle authorizations when a set is full), and reading them back.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{borrow::Cow, collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use super::{
     Held, Inner, TABLE,
@@ -14,8 +14,8 @@ use crate::firewall::{Authorization, AuthorizedHost, FirewallError, Grant, Scope
 /// The elements of `grants`, grouped by the authorized set (scope and family) each belongs to.
 pub(super) fn by_set<'a>(
     grants: impl IntoIterator<Item = (&'a Grant, Elem)>,
-) -> BTreeMap<String, Vec<Elem>> {
-    let mut out: BTreeMap<String, Vec<Elem>> = BTreeMap::new();
+) -> BTreeMap<Cow<'static, str>, Vec<Elem>> {
+    let mut out: BTreeMap<Cow<'static, str>, Vec<Elem>> = BTreeMap::new();
     for (grant, elem) in grants {
         out.entry(grant_set(grant.scope, grant.addr.is_ipv6()))
             .or_default()

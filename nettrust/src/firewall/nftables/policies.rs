@@ -23,6 +23,7 @@
 //! policy nothing of this is written.
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     path::{Path, PathBuf},
 };
@@ -165,7 +166,10 @@ impl Policies {
             msgs.push(layout::chain_msg(&chain, None));
             msgs.extend(layout::guard_rules(&chain));
             let granted = [
-                [grant_set(scope, false), grant_set(scope, true)],
+                [
+                    grant_set(scope, false).into_owned(),
+                    grant_set(scope, true).into_owned(),
+                ],
                 [net_set(scope, false), net_set(scope, true)],
             ];
             let end = if rules.audit {
@@ -257,11 +261,11 @@ pub(super) fn audit_rules(chain: &str, prefix: &str) -> [Msg; 2] {
 }
 
 /// The authorized set of `scope` for one family (the default scope's is `authorized4/6`).
-pub(super) fn grant_set(scope: Scope, v6: bool) -> String {
+pub(super) fn grant_set(scope: Scope, v6: bool) -> Cow<'static, str> {
     if scope.is_default() {
-        sets(v6)[2].to_owned()
+        Cow::Borrowed(sets(v6)[2])
     } else {
-        format!("scope_{}_v{}", scope.0, if v6 { 6 } else { 4 })
+        Cow::Owned(format!("scope_{}_v{}", scope.0, if v6 { 6 } else { 4 }))
     }
 }
 
