@@ -160,7 +160,8 @@ mod tests {
 
     #[test]
     fn the_cgroup_id_is_read_from_the_attributes_after_the_message() {
-        let mut payload = vec![0u8; INET_DIAG_MSG_LEN];
+        // sizeof(struct inet_diag_msg) on every architecture: 4 bytes, the 48-byte sockid, 5 u32.
+        let mut payload = vec![0u8; 72];
         let mut attr = |ty: u16, value: &[u8]| {
             payload.extend_from_slice(&u16::try_from(4 + value.len()).unwrap().to_ne_bytes());
             payload.extend_from_slice(&ty.to_ne_bytes());
@@ -169,7 +170,7 @@ mod tests {
         attr(5, &[0, 0, 0, 0]);
         attr(INET_DIAG_CGROUP_ID, &4242u64.to_ne_bytes());
         assert_eq!(cgroup_of(&payload), Some(4242));
-        assert_eq!(cgroup_of(&payload[..INET_DIAG_MSG_LEN + 8]), None);
+        assert_eq!(cgroup_of(&payload[..72 + 8]), None);
         assert_eq!(cgroup_of(&[0; 10]), None);
     }
 }
