@@ -1499,3 +1499,73 @@ fn nft_client_scope_finds_the_cgroup_of_udp_and_tcp_clients() {
     assert_eq!(fw.client_scope(Transport::Tcp, unknown), None);
     fw.stop(ExitMode::FlushAll).unwrap();
 }
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_policies_at_start_adoption_and_exit_modes_cover_every_scope() {
+    use nettrust::firewall::{Grant, Scope};
+    let ns = Netns::new("pad");
+    let cg = PolicyCgroups::new("pad");
+    let options = Options {
+        mode: Mode::Output {
+            cgroups: vec![cg.path("")],
+        },
+        drop_input: false,
+    };
+    let scopes = test_scopes(&cg, 1, true);
+    let start = |scopes: &nettrust::firewall::Scopes| {
+        ns.run(|| NftablesFirewall::start_with_scopes(&options, &policy(&[], &[]), scopes))
+            .unwrap()
+    };
+    let fw = start(&scopes);
+    // Installed with the first batch: the listed cgroups already go to their scope's chain.
+    let base = nft_ok(&ns.0, "list chain inet net-trust authorized-output");
+    assert!(
+        base.contains("goto scope_1") && base.contains("goto scope_3"),
+        "{base}"
+    );
+    let x: IpAddr = "192.0.2.10".parse().unwrap();
+    let y: IpAddr = "192.0.2.11".parse().unwrap();
+    fw.authorize(Grant::new(Scope(1), x), 0).unwrap();
+    fw.authorize(Grant::new(Scope(2), y), 0).unwrap();
+    fw.stop(ExitMode::KeepAll).unwrap();
+    drop(fw);
+    // The next start adopts the grants of scopes that still exist (scope 2 is gone here).
+    let without_b = nettrust::firewall::Scopes {
+        cgroups: scopes
+            .cgroups
+            .iter()
+            .filter(|c| c.scope != Scope(2))
+            .cloned()
+            .collect(),
+        ..scopes.clone()
+    };
+    let fw = start(&without_b);
+    let held: Vec<Grant> = fw
+        .authorized()
+        .unwrap()
+        .iter()
+        .map(nettrust::firewall::AuthorizedHost::grant)
+        .collect();
+    assert_eq!(held, [Grant::new(Scope(1), x)]);
+    assert!(
+        !nft_ok(&ns.0, "list table inet net-trust").contains("scope_2"),
+        "a removed scope keeps no sets"
+    );
+    // Gateway mode refuses policies rather than ignoring them.
+    let gateway = Options {
+        mode: Mode::Forward,
+        drop_input: false,
+    };
+    // KeepPolicy empties every scope's authorized sets and keeps the rest.
+    fw.stop(ExitMode::KeepPolicy).unwrap();
+    let listing = nft_ok(&ns.0, "list set inet net-trust scope_1_v4");
+    assert_eq!(set_elements(&listing), Vec::<IpAddr>::new(), "{listing}");
+    drop(fw);
+    assert!(matches!(
+        ns.run(|| NftablesFirewall::start_with_scopes(&gateway, &policy(&[], &[]), &scopes)),
+        Err(NftablesError::PoliciesInGatewayMode)
+    ));
+    let fw = start(&nettrust::firewall::Scopes::default());
+    fw.stop(ExitMode::FlushAll).unwrap();
+}

@@ -72,7 +72,7 @@ pub use self::{
     lock::{LOCK_DIR, daemon_running, ensure_no_daemon},
     table::{TableStatus, egress_stats, flush, list_authorized, status, table_present},
 };
-use super::{Authorization, ExitMode, FirewallError, Grant, Policy, Scope};
+use super::{Authorization, ExitMode, FirewallError, Grant, Policy, Scope, Scopes};
 
 /// The table nettrust owns.
 pub const TABLE: &str = "net-trust";
@@ -134,6 +134,10 @@ pub enum NftablesError {
     /// The per-namespace lock could not be taken.
     #[error("cannot take the nftables lock in {LOCK_DIR}")]
     Lock(#[source] std::io::Error),
+    /// `[[policy]]` sections with `--firewall-type forward`: forwarded packets have no socket
+    /// cgroup to tell the policies apart.
+    #[error("[[policy]] sections need the output firewall type: forwarded packets have no cgroup")]
+    PoliciesInGatewayMode,
 }
 
 /// One `socket cgroupv2` match: the cgroup's depth below the cgroup2 root and its id.
@@ -164,6 +168,22 @@ fn cgroup_match(root: &Path, cgroup: &Path) -> Result<CgroupMatch, NftablesError
     // the value `socket cgroupv2` loads; the root's is 1.
     let id = std::fs::metadata(&path).map_err(|e| err(e.into()))?.ino();
     Ok(CgroupMatch { level, id })
+}
+
+/// The `socket cgroupv2` matches of the filtered cgroups (`None` in gateway mode: every packet).
+fn filtered_cgroups(mode: &Mode) -> Result<Option<Vec<CgroupMatch>>, NftablesError> {
+    let Mode::Output { cgroups } = mode else {
+        return Ok(None);
+    };
+    let root = crate::cgroup::cgroup2_mount().map_err(|e| NftablesError::Cgroup {
+        path: PathBuf::from("/"),
+        source: e.into(),
+    })?;
+    let matches = cgroups
+        .iter()
+        .map(|cgroup| cgroup_match(&root, cgroup))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(matches))
 }
 
 /// One authorization this daemon wrote: its deadline (0 = never) and the name that asked.
@@ -214,20 +234,20 @@ impl NftablesFirewall {
     /// `do_not_flush_authorized_hosts`) are adopted with their remaining lifetime and names; the
     /// old table is replaced in the same transaction, so nothing unauthorized passes meanwhile.
     pub fn start(options: &Options, policy: &Policy) -> Result<Self, NftablesError> {
-        let scopes = match &options.mode {
-            Mode::Forward => None,
-            Mode::Output { cgroups } => {
-                let root = crate::cgroup::cgroup2_mount().map_err(|e| NftablesError::Cgroup {
-                    path: PathBuf::from("/"),
-                    source: e.into(),
-                })?;
-                let matches = cgroups
-                    .iter()
-                    .map(|cgroup| cgroup_match(&root, cgroup))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Some(matches)
-            }
-        };
+        Self::start_with_scopes(options, policy, &Scopes::default())
+    }
+
+    /// [`NftablesFirewall::start`] with the `[[policy]]` scopes in the same first batch: no
+    /// moment where a policy's cgroups are judged by the default policy. Grants of a leftover
+    /// table's scopes that still exist are adopted; without active scopes they wait for
+    /// [`crate::firewall::Firewall::set_scopes`].
+    pub fn start_with_scopes(
+        options: &Options,
+        policy: &Policy,
+        scopes: &Scopes,
+    ) -> Result<Self, NftablesError> {
+        let policies = Policies::resolve(&options.mode, scopes)?;
+        let scopes = filtered_cgroups(&options.mode)?;
         let lock = take_lock()
             .map_err(NftablesError::Lock)?
             .ok_or(NftablesError::Busy)?;
@@ -250,7 +270,7 @@ impl NftablesFirewall {
         let mut inner = Inner {
             socket,
             scopes,
-            policies: Policies::default(),
+            policies,
             options: options.clone(),
             whitelist: Whitelist::new(policy),
             authorized: adopted,
@@ -258,6 +278,9 @@ impl NftablesFirewall {
             max_hosts: nettrust_common::DEFAULT_MAX_HOSTS,
             stopped: false,
         };
+        if inner.policies.active {
+            inner.adopt_scoped();
+        }
         if left_over {
             tracing::info!(
                 table = TABLE,
@@ -273,9 +296,11 @@ impl NftablesFirewall {
             adopted = inner.authorized.len(),
             "nftables firewall installed"
         );
+        let mut clients = Clients::open();
+        clients.set_policies(&inner.policies);
         Ok(Self {
             inner: Mutex::new(inner),
-            clients: Mutex::new(Clients::open()),
+            clients: Mutex::new(clients),
             _lock: lock,
         })
     }
@@ -388,16 +413,17 @@ impl NftablesFirewall {
         }
         let msgs = match mode {
             ExitMode::FlushAll => vec![table_msg(MsgType::DelTable)],
-            // A DELSETELEM without elements flushes the set.
-            ExitMode::KeepPolicy => [false, true]
-                .into_iter()
-                .map(|v6| {
+            // A DELSETELEM without elements flushes the set: every scope's authorized sets.
+            ExitMode::KeepPolicy => std::iter::once(&Scope::DEFAULT)
+                .chain(inner.policies.scopes.keys())
+                .flat_map(|&scope| [false, true].map(|v6| policies::grant_set(scope, v6)))
+                .map(|set| {
                     Msg::new(
                         MsgType::DelSetElem,
                         0,
                         netlink::Attrs::new()
                             .str(netlink::elem_list::TABLE, TABLE)
-                            .str(netlink::elem_list::SET, &policies::grant_set(Scope(0), v6)),
+                            .str(netlink::elem_list::SET, &set),
                     )
                 })
                 .collect(),

@@ -8,10 +8,11 @@ use std::{
 };
 
 use super::{
-    NftablesFirewall,
+    NftablesError, NftablesFirewall,
     authorized::{dump_authorized, grant_msgs},
     layout::{Elem, Whitelist, blocked_set, elements_msg, sets},
     netlink::{MsgType, NFPROTO_INET},
+    policies::Policies,
 };
 use crate::firewall::{
     Authorization, AuthorizedHost, ClientScope, Firewall, FirewallError, Grant, HostState, Policy,
@@ -194,7 +195,12 @@ impl Firewall for NftablesFirewall {
     /// before or after, nothing is written.
     fn set_scopes(&self, scopes: &Scopes) -> Result<(), FirewallError> {
         let mut inner = self.lock();
-        let policies = inner.resolve_policies(scopes)?;
+        let policies = Policies::resolve(&inner.options.mode, scopes).map_err(|e| match e {
+            NftablesError::PoliciesInGatewayMode => {
+                FirewallError::Unsupported("[[policy]] sections in gateway mode")
+            }
+            e => FirewallError::Whitelist(Box::new(e)),
+        })?;
         inner.set_policies(policies)?;
         self.clients().set_policies(&inner.policies);
         Ok(())

@@ -74,6 +74,22 @@ pub(super) struct Policies {
 }
 
 impl Policies {
+    /// Resolves `scopes` for a table in `mode`. Gateway mode has no socket cgroups to tell
+    /// policies apart: it refuses them rather than enforce the default policy for everyone.
+    pub(super) fn resolve(mode: &Mode, scopes: &Scopes) -> Result<Self, NftablesError> {
+        if !scopes.active {
+            return Ok(Self::default());
+        }
+        if matches!(mode, Mode::Forward) {
+            return Err(NftablesError::PoliciesInGatewayMode);
+        }
+        let root = crate::cgroup::cgroup2_mount().map_err(|e| NftablesError::Cgroup {
+            path: PathBuf::from("/"),
+            source: e.into(),
+        })?;
+        Self::new(&root, scopes)
+    }
+
     /// Resolves `scopes` below the cgroup2 mount `root`.
     pub(super) fn new(root: &Path, scopes: &Scopes) -> Result<Self, NftablesError> {
         if !scopes.active {
@@ -189,37 +205,27 @@ impl Policies {
 }
 
 impl Inner {
-    /// `scopes` resolved for this table. Gateway mode has no socket cgroups to tell policies
-    /// apart: it refuses them rather than enforcing the default policy for everyone.
-    pub(super) fn resolve_policies(&self, scopes: &Scopes) -> Result<Policies, FirewallError> {
-        if !scopes.active {
-            return Ok(Policies::default());
+    /// Moves the grants adopted from a leftover table into the record: those of a scope that
+    /// exists now; the others are forgotten.
+    pub(super) fn adopt_scoped(&mut self) {
+        for (grant, held) in std::mem::take(&mut self.adopted_scoped) {
+            if self.policies.has(grant.scope) {
+                self.authorized.entry(grant).or_insert(held);
+            }
         }
-        if matches!(self.options.mode, Mode::Forward) {
-            return Err(FirewallError::Unsupported(
-                "[[policy]] sections in gateway mode (forwarded packets have no cgroup)",
-            ));
-        }
-        let root =
-            crate::cgroup::cgroup2_mount().map_err(|e| FirewallError::Whitelist(Box::new(e)))?;
-        Policies::new(&root, scopes).map_err(|e| FirewallError::Whitelist(Box::new(e)))
     }
 
     /// Enforces `policies`: the table is written again in one transaction with every live grant
     /// of a scope that still exists (grants of a removed scope are forgotten, grants adopted
     /// from a previous run rejoin their scope). Unchanged policies write nothing.
     pub(super) fn set_policies(&mut self, policies: Policies) -> Result<(), FirewallError> {
-        let adopted = std::mem::take(&mut self.adopted_scoped);
         if policies == self.policies {
+            self.adopted_scoped.clear();
             return Ok(());
         }
         let old_policies = std::mem::replace(&mut self.policies, policies);
         let old_authorized = self.authorized.clone();
-        for (grant, held) in adopted {
-            if self.policies.has(grant.scope) {
-                self.authorized.entry(grant).or_insert(held);
-            }
-        }
+        self.adopt_scoped();
         let removed = self
             .authorized
             .keys()
