@@ -83,7 +83,7 @@ impl Inner {
         }
         let evicted = self.make_room(&writes, now);
         self.socket
-            .batch(NFPROTO_INET, &write_msgs(&evicted, &writes, now))
+            .batch(NFPROTO_INET, &write_msgs(scope, &evicted, &writes, now))
             .map_err(|e| FirewallError::Authorize {
                 addr: first,
                 source: Box::new(e),
@@ -211,20 +211,24 @@ impl Inner {
     }
 }
 
-/// The batch of a write: the `evicted` elements deleted, then `writes` as `add; delete; add`.
-fn write_msgs(evicted: &[Grant], writes: &[(Grant, Held)], now: u64) -> Vec<Msg> {
+/// The batch of a write of grants of `scope`: the `evicted` elements (of any scope) deleted,
+/// then `writes` as `add; delete; add`.
+fn write_msgs(scope: Scope, evicted: &[Grant], writes: &[(Grant, Held)], now: u64) -> Vec<Msg> {
     // Evicted elements: added first so the delete cannot fail on one the kernel already
     // expired (a failed message would abort the whole batch).
     let mut msgs = grant_msgs(MsgType::NewSetElem, evicted);
     msgs.extend(grant_msgs(MsgType::DelSetElem, evicted));
-    let written = || writes.iter().map(|(g, _)| g);
-    msgs.extend(grant_msgs(MsgType::NewSetElem, written()));
-    msgs.extend(grant_msgs(MsgType::DelSetElem, written()));
-    let timed = writes
-        .iter()
-        .map(|(g, held)| (g, element(g.addr, held, now)));
-    for (set, elems) in by_set(timed) {
-        msgs.extend(elements_msg(MsgType::NewSetElem, &set, elems));
+    for v6 in [false, true] {
+        let set = grant_set(scope, v6);
+        let family = || writes.iter().filter(move |(g, _)| g.addr.is_ipv6() == v6);
+        let plain = || family().map(|(g, _)| Elem::key(netlink::addr_key(g.addr)));
+        msgs.extend(elements_msg(MsgType::NewSetElem, &set, plain()));
+        msgs.extend(elements_msg(MsgType::DelSetElem, &set, plain()));
+        msgs.extend(elements_msg(
+            MsgType::NewSetElem,
+            &set,
+            family().map(|(g, held)| element(g.addr, held, now)),
+        ));
     }
     msgs
 }
