@@ -1432,22 +1432,28 @@ fn nft_client_scope_finds_the_cgroup_of_udp_and_tcp_clients() {
         },
         drop_input: false,
     };
-    let fw = ns.run(|| NftablesFirewall::start(&options, &policy(&[], &["127.0.0.0/8"])).unwrap());
+    let fw = ns.run(|| {
+        NftablesFirewall::start(&options, &policy(&[], &["127.0.0.0/8", "::1/128"])).unwrap()
+    });
     fw.set_scopes(&test_scopes(&cg, 1, false)).unwrap();
-    let (tcp, udp) = ns.run(|| {
+    let (tcp, udp, udp6) = ns.run(|| {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let udp = std::net::UdpSocket::bind(tcp.local_addr().unwrap()).unwrap();
-        (tcp, udp)
+        let udp6 = std::net::UdpSocket::bind("[::]:0").unwrap();
+        (tcp, udp, udp6)
     });
     let listen = tcp.local_addr().unwrap();
-    fw.set_listen_addrs(&[listen]);
+    // The IPv6 listener is a wildcard one: the client's own address is its far end.
+    let listen6 = udp6.local_addr().unwrap();
+    fw.set_listen_addrs(&[listen, listen6]);
     udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    // A client in `child` that sends one line and stays connected for a few seconds.
-    let client = |child: &str, proto: &str| {
+    udp6.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // A client in `child` that sends one line to `to` and stays connected for a few seconds.
+    let client_to = |child: &str, proto: &str, to: std::net::SocketAddr| {
         let mut cmd = cg.command(&ns.0, child, "sh");
         cmd.args([
             "-c",
-            &format!("(echo x; sleep 4) | socat -t4 - {proto}:{listen}"),
+            &format!("(echo x; sleep 4) | socat -t4 - {proto}:{to}"),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -1455,7 +1461,19 @@ fn nft_client_scope_finds_the_cgroup_of_udp_and_tcp_clients() {
         .process_group(0);
         KillGroup(cmd.spawn().unwrap())
     };
+    let client = |child: &str, proto: &str| client_to(child, proto, listen);
     let mut buf = [0u8; 16];
+    let to6: std::net::SocketAddr = format!("[::1]:{}", listen6.port()).parse().unwrap();
+    let _udp6_client = client_to("a/x", "UDP6", to6);
+    let (_, from) = udp6
+        .recv_from(&mut buf)
+        .expect("the IPv6 client's datagram");
+    let found = fw.client_scope(Transport::Udp, from);
+    assert_eq!(
+        found.map(|c| (c.cgroup_id, c.scope)),
+        Some((cg.id("a/x"), Scope(1))),
+        "UDP client over IPv6 from {from}"
+    );
     for (child, scope) in [("a", 1), ("a/x", 1), ("a/n", 0), ("c", 0)] {
         let _udp_client = client(child, "UDP");
         let (_, from) = udp.recv_from(&mut buf).expect("the UDP client's datagram");
