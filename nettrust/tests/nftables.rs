@@ -1244,6 +1244,7 @@ fn test_scopes(
             "198.51.100.0/24".parse().unwrap(),
         ));
     }
+    let names = [(1, "ci"), (2, "build"), (3, "observe")];
     nettrust::firewall::Scopes {
         active: true,
         cgroups: vec![
@@ -1254,6 +1255,10 @@ fn test_scopes(
             scoped(cg.path("d"), 3, true),
         ],
         networks,
+        names: names
+            .map(|(scope, name)| (nettrust::firewall::Scope(scope), name.to_owned()))
+            .to_vec(),
+        listeners: Vec::new(),
     }
 }
 
@@ -1348,7 +1353,7 @@ fn nft_policies_open_grants_per_scope_audit_and_reload() {
     // The audit chain logged (rate-limited) and counted what it let through.
     let audit = nft_ok(&ns.0, "list chain inet net-trust scope_3");
     assert!(
-        audit.contains("log prefix \"[Audit] policy=3 \""),
+        audit.contains("log prefix \"[Audit] policy=observe \""),
         "{audit}"
     );
     let accepted = audit
@@ -1435,7 +1440,6 @@ fn nft_client_scope_finds_the_cgroup_of_udp_and_tcp_clients() {
     let fw = ns.run(|| {
         NftablesFirewall::start(&options, &policy(&[], &["127.0.0.0/8", "::1/128"])).unwrap()
     });
-    fw.set_scopes(&test_scopes(&cg, 1, false)).unwrap();
     let (tcp, udp, udp6) = ns.run(|| {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let udp = std::net::UdpSocket::bind(tcp.local_addr().unwrap()).unwrap();
@@ -1445,7 +1449,15 @@ fn nft_client_scope_finds_the_cgroup_of_udp_and_tcp_clients() {
     let listen = tcp.local_addr().unwrap();
     // The IPv6 listener is a wildcard one: the client's own address is its far end.
     let listen6 = udp6.local_addr().unwrap();
-    fw.set_listen_addrs(&[listen, listen6]);
+    fw.set_scopes(&nettrust::firewall::Scopes {
+        listeners: vec![
+            (listen, Transport::Udp),
+            (listen, Transport::Tcp),
+            (listen6, Transport::Udp),
+        ],
+        ..test_scopes(&cg, 1, false)
+    })
+    .unwrap();
     udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     udp6.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     // A client in `child` that sends one line to `to` and stays connected for a few seconds.

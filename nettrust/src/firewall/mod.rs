@@ -113,16 +113,6 @@ impl Grant {
     pub fn new(scope: Scope, addr: IpAddr) -> Self {
         Self { scope, addr }
     }
-
-    /// The address of a default-scope grant; a grant of a `[[policy]]` is refused by a backend
-    /// that stores no scoped grants.
-    pub(crate) fn unscoped(self) -> Result<IpAddr, FirewallError> {
-        if self.scope.is_default() {
-            Ok(self.addr)
-        } else {
-            Err(FirewallError::Unsupported("grants of a [[policy]]"))
-        }
-    }
 }
 
 impl From<IpAddr> for Grant {

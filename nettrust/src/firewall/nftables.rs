@@ -54,7 +54,7 @@ mod table;
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -247,7 +247,7 @@ impl NftablesFirewall {
         scopes: &Scopes,
     ) -> Result<Self, NftablesError> {
         let policies = Policies::resolve(&options.mode, scopes)?;
-        let scopes = filtered_cgroups(&options.mode)?;
+        let filtered = filtered_cgroups(&options.mode)?;
         let lock = take_lock()
             .map_err(NftablesError::Lock)?
             .ok_or(NftablesError::Busy)?;
@@ -269,7 +269,7 @@ impl NftablesFirewall {
             .partition(|(grant, _)| grant.scope.is_default());
         let mut inner = Inner {
             socket,
-            scopes,
+            scopes: filtered,
             policies,
             options: options.clone(),
             whitelist: Whitelist::new(policy),
@@ -298,6 +298,7 @@ impl NftablesFirewall {
         );
         let mut clients = Clients::open();
         clients.set_policies(&inner.policies);
+        clients.set_listen(&scopes.listeners);
         Ok(Self {
             inner: Mutex::new(inner),
             clients: Mutex::new(clients),
@@ -328,17 +329,6 @@ impl NftablesFirewall {
     ) -> Result<Vec<Authorization>, FirewallError> {
         let mut inner = self.lock();
         inner.write(Scope::DEFAULT, addrs, expires_ns, name)
-    }
-
-    /// The DNS server's listen addresses: the far end of every client socket, which
-    /// [`crate::firewall::Firewall::client_scope`] needs to find the socket (an unspecified
-    /// address stands for the client's own address, as a local client reaches a wildcard
-    /// listener through it).
-    pub fn set_listen_addrs(&self, listen: &[SocketAddr]) {
-        self.clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .set_listen(listen);
     }
 
     fn clients(&self) -> std::sync::MutexGuard<'_, Clients> {

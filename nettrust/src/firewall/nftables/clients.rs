@@ -16,7 +16,7 @@ use std::{
 };
 
 use super::{policies::Policies, sockdiag::SockDiag};
-use crate::firewall::{ClientScope, Scope};
+use crate::firewall::{ClientScope, Scope, Transport};
 
 /// Most cgroup ids remembered; beyond, the cache starts again (a host creating cgroups without
 /// end must not grow it forever).
@@ -27,8 +27,9 @@ const CACHE_MAX: usize = 65_536;
 pub(super) struct Clients {
     /// `None` when the socket could not be opened (then every client is unknown).
     diag: Option<SockDiag>,
-    /// The DNS server's listen addresses: the remote end of every client socket.
-    listen: Vec<SocketAddr>,
+    /// The DNS server's listen addresses with their IP protocol: the remote end of every client
+    /// socket.
+    listen: Vec<(SocketAddr, u8)>,
     /// Listed cgroups: directory, id, scope, audit mode; shallowest first (the walk's roots).
     listed: Vec<(PathBuf, u64, Scope, bool)>,
     /// Scope and mode of each cgroup id seen (`None`: below no listed cgroup).
@@ -49,8 +50,11 @@ impl Clients {
         }
     }
 
-    pub(super) fn set_listen(&mut self, listen: &[SocketAddr]) {
-        self.listen = listen.to_vec();
+    pub(super) fn set_listen(&mut self, listeners: &[(SocketAddr, Transport)]) {
+        self.listen = listeners
+            .iter()
+            .map(|&(addr, transport)| (addr, transport.proto()))
+            .collect();
     }
 
     /// Takes the listed cgroups of `policies` and forgets what was cached.
@@ -83,7 +87,7 @@ impl Clients {
     fn cgroup_id(&mut self, proto: u8, client: SocketAddr) -> Option<u64> {
         let client = SocketAddr::new(client.ip().to_canonical(), client.port());
         let diag = self.diag.as_mut()?;
-        for listen in &self.listen {
+        for (listen, _) in self.listen.iter().filter(|(_, p)| *p == proto) {
             let ip = listen.ip().to_canonical();
             let remote = if ip.is_unspecified() {
                 // A local client reaching a wildcard listener sends from the address it sent to.

@@ -202,7 +202,9 @@ impl Firewall for NftablesFirewall {
             e => FirewallError::Whitelist(Box::new(e)),
         })?;
         inner.set_policies(policies)?;
-        self.clients().set_policies(&inner.policies);
+        let mut clients = self.clients();
+        clients.set_policies(&inner.policies);
+        clients.set_listen(&scopes.listeners);
         Ok(())
     }
 

@@ -71,6 +71,8 @@ pub(super) struct Policies {
     pub(super) listed: Vec<Listed>,
     /// The scopes other than the default one: those of a listed cgroup or of a network.
     pub(super) scopes: BTreeMap<Scope, ScopeRules>,
+    /// The policies' names (audit log prefixes).
+    pub(super) names: BTreeMap<Scope, String>,
 }
 
 impl Policies {
@@ -129,6 +131,7 @@ impl Policies {
             active: true,
             listed,
             scopes: rules,
+            names: scopes.names.iter().cloned().collect(),
         })
     }
 
@@ -189,7 +192,7 @@ impl Policies {
                 [net_set(scope, false), net_set(scope, true)],
             ];
             let end = if rules.audit {
-                End::Audit(audit_prefix(scope))
+                End::Audit(audit_prefix(scope, self.names.get(&scope)))
             } else {
                 End::Reject
             };
@@ -247,9 +250,21 @@ impl Inner {
     }
 }
 
-/// The prefix of the audit log lines of `scope`.
-fn audit_prefix(scope: Scope) -> String {
-    format!("[Audit] policy={} ", scope.0)
+/// The prefix of the audit log lines of `scope`: its policy's name (its number without one),
+/// cut to the 127 bytes a `log prefix` holds.
+fn audit_prefix(scope: Scope, name: Option<&String>) -> String {
+    const PREFIX_MAX: usize = 127;
+    let name = name.map_or_else(|| scope.0.to_string(), Clone::clone);
+    let mut prefix = format!("[Audit] policy={name}");
+    if prefix.len() >= PREFIX_MAX {
+        let mut end = PREFIX_MAX - 1;
+        while !prefix.is_char_boundary(end) {
+            end -= 1;
+        }
+        prefix.truncate(end);
+    }
+    prefix.push(' ');
+    prefix
 }
 
 /// The rules ending an audited scope's chain: a rate-limited log line, then a counted accept.
@@ -326,6 +341,17 @@ mod tests {
     }
 
     #[test]
+    fn audit_prefixes_name_the_policy_within_the_log_prefix_limit() {
+        assert_eq!(
+            audit_prefix(Scope(7), Some(&"ci".to_owned())),
+            "[Audit] policy=ci "
+        );
+        assert_eq!(audit_prefix(Scope(7), None), "[Audit] policy=7 ");
+        let long = audit_prefix(Scope(7), Some(&"é".repeat(100)));
+        assert!(long.len() <= 127 && long.ends_with("é "), "{long}");
+    }
+
+    #[test]
     fn listed_cgroups_are_matched_deepest_first() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("p/a/n")).unwrap();
@@ -344,6 +370,7 @@ mod tests {
                 listed("p/b", 2, true),
             ],
             networks: vec![(Scope(3), "198.51.100.0/24".parse().unwrap())],
+            ..Scopes::default()
         };
         let p = Policies::new(dir.path(), &scopes).unwrap();
         let order: Vec<(u32, String)> = p.dispatch().map(|(m, c)| (m.level, c)).collect();
@@ -361,7 +388,7 @@ mod tests {
         let off = Scopes {
             active: false,
             cgroups: vec![listed("missing", 1, false)],
-            networks: Vec::new(),
+            ..Scopes::default()
         };
         assert_eq!(
             Policies::new(dir.path(), &off).unwrap(),
