@@ -69,7 +69,7 @@ pub fn list(bpffs_dir: &Path) -> Result<String, CommandError> {
     let policies = if ebpf_pinned {
         ebpf::policy_names_pinned(bpffs_dir)
     } else {
-        std::collections::HashMap::new()
+        nftables::policy_names()?
     };
     let now = boottime_ns();
     let mut out = String::new();

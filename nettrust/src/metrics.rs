@@ -402,7 +402,10 @@ fn grants_per_policy(
     hosts: &[crate::firewall::AuthorizedHost],
     bpffs_dir: &std::path::Path,
 ) -> Vec<(String, usize)> {
-    let names = crate::firewall::ebpf::policy_names_pinned(bpffs_dir);
+    let mut names = crate::firewall::ebpf::policy_names_pinned(bpffs_dir);
+    if names.is_empty() {
+        names = crate::firewall::nftables::policy_names().unwrap_or_default();
+    }
     let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for scope in names.keys() {
         counts.entry(names[scope].clone()).or_default();

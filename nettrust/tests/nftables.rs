@@ -1361,6 +1361,14 @@ fn nft_policies_open_grants_per_scope_audit_and_reload() {
         .find(|l| l.contains("counter packets") && l.trim_end().ends_with("accept"))
         .unwrap_or_else(|| panic!("no counted accept:\n{audit}"));
     assert!(!accepted.contains("packets 0 "), "{audit}");
+    // The grant sets carry the policies' names (`nettrust list`, the metrics).
+    let names = ns.run(nettrust::firewall::nftables::policy_names).unwrap();
+    assert_eq!(names.get(&1).map(String::as_str), Some("ci"), "{names:?}");
+    assert_eq!(
+        names.get(&3).map(String::as_str),
+        Some("observe"),
+        "{names:?}"
+    );
     // `nettrust list` sees the scope of every grant.
     let mut listed: Vec<(u32, IpAddr)> = ns
         .run(nettrust::firewall::nftables::list_authorized)

@@ -70,7 +70,9 @@ use self::{
 };
 pub use self::{
     lock::{LOCK_DIR, daemon_running, ensure_no_daemon},
-    table::{TableStatus, egress_stats, flush, list_authorized, status, table_present},
+    table::{
+        TableStatus, egress_stats, flush, list_authorized, policy_names, status, table_present,
+    },
 };
 use super::{Authorization, ExitMode, FirewallError, Grant, Policy, Scope, Scopes};
 

@@ -258,7 +258,7 @@ pub(super) fn dump_authorized(
     let names = socket.set_names(NFPROTO_INET, TABLE)?;
     for (set, scope) in names
         .iter()
-        .filter_map(|name| Some((name, grant_set_scope(name)?)))
+        .filter_map(|(name, _)| Some((name, grant_set_scope(name)?)))
     {
         for e in socket.dump_set(NFPROTO_INET, TABLE, set)? {
             let Some(addr) = netlink::key_addr(&e.key) else {

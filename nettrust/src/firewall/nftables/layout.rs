@@ -269,23 +269,28 @@ pub(super) fn install_batch(
 /// A `NFT_MSG_NEWSET` of an address set of one family, with `flags` (`INTERVAL`, `TIMEOUT`)
 /// and the transaction-local id `id`.
 pub(super) fn set_msg(name: &str, v6: bool, flags: u32, id: u32) -> Msg {
+    Msg::new(
+        MsgType::NewSet,
+        NLM_F_CREATE,
+        set_attrs(name, v6, flags, id),
+    )
+}
+
+/// The attributes of [`set_msg`].
+pub(super) fn set_attrs(name: &str, v6: bool, flags: u32, id: u32) -> Attrs {
     use netlink::set;
     let (key_type, key_len) = if v6 {
         (set::TYPE_IP6ADDR, 16)
     } else {
         (set::TYPE_IPADDR, 4)
     };
-    Msg::new(
-        MsgType::NewSet,
-        NLM_F_CREATE,
-        Attrs::new()
-            .str(set::TABLE, TABLE)
-            .str(set::NAME, name)
-            .be32(set::FLAGS, flags)
-            .be32(set::KEY_TYPE, key_type)
-            .be32(set::KEY_LEN, key_len)
-            .be32(set::ID, id),
-    )
+    Attrs::new()
+        .str(set::TABLE, TABLE)
+        .str(set::NAME, name)
+        .be32(set::FLAGS, flags)
+        .be32(set::KEY_TYPE, key_type)
+        .be32(set::KEY_LEN, key_len)
+        .be32(set::ID, id)
 }
 
 /// The sets of both families with the whitelisted hosts, networks and blocked peers.

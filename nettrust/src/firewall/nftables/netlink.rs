@@ -160,8 +160,13 @@ impl Socket {
         Ok(out)
     }
 
-    /// The names of the sets of table `table` (family `family`); empty when it does not exist.
-    pub fn set_names(&mut self, family: u8, table: &str) -> Result<Vec<String>, NetlinkError> {
+    /// The names of the sets of table `table` (family `family`) with their comments; empty when
+    /// it does not exist.
+    pub fn set_names(
+        &mut self,
+        family: u8,
+        table: &str,
+    ) -> Result<Vec<(String, Option<String>)>, NetlinkError> {
         let filter = Attrs::new().str(set::TABLE, table);
         let text = |value: &[u8]| {
             let bytes = value.split(|&b| b == 0).next().unwrap_or_default();
@@ -171,14 +176,16 @@ impl Socket {
         for payload in self.dump(family, MsgType::GetSet, &filter)? {
             let mut in_table = false;
             let mut name = None;
+            let mut comment = None;
             for (ty, value) in attrs(nfgen_attrs(&payload)?) {
                 match ty {
                     set::TABLE => in_table = text(value) == table,
                     set::NAME => name = Some(text(value)),
+                    set::USERDATA => comment = comment_of(value, UDATA_SET_COMMENT),
                     _ => {}
                 }
             }
-            out.extend(name.filter(|_| in_table));
+            out.extend(name.filter(|_| in_table).map(|name| (name, comment)));
         }
         Ok(out)
     }
@@ -300,7 +307,7 @@ fn parse_elements(payload: &[u8], out: &mut Vec<Element>) -> Result<(), NetlinkE
                         element.expires_in_ms =
                             Some(u64::from_be_bytes(value.try_into().expect("8 bytes")));
                     }
-                    elem::USERDATA => element.comment = comment_of(value),
+                    elem::USERDATA => element.comment = comment_of(value, UDATA_COMMENT),
                     _ => {}
                 }
             }
@@ -370,31 +377,44 @@ pub mod counter {
 
 /// `NFTNL_UDATA_SET_ELEM_COMMENT`: the userdata TLV type `nft` uses for element comments.
 const UDATA_COMMENT: u8 = 0;
+/// `NFTNL_UDATA_SET_COMMENT`: a set's comment in its userdata.
+const UDATA_SET_COMMENT: u8 = 7;
 /// `NFT_USERDATA_MAXLEN`-safe cap on comments (nft itself allows 128 bytes).
 pub const COMMENT_MAX: usize = 127;
 
 /// Element userdata carrying `comment` the way `nft` writes it (`{type, len, text NUL}`), so
 /// `nft list set` shows it; cut at [`COMMENT_MAX`] bytes on a character boundary.
 pub fn comment_udata(comment: &str) -> Vec<u8> {
+    udata_comment(UDATA_COMMENT, comment)
+}
+
+/// Set userdata carrying `comment` (`NFTNL_UDATA_SET_COMMENT`), shown by `nft list set`.
+pub fn set_comment_udata(comment: &str) -> Vec<u8> {
+    udata_comment(UDATA_SET_COMMENT, comment)
+}
+
+/// A userdata TLV of type `ty` holding `comment` with its NUL, cut at [`COMMENT_MAX`] bytes on a
+/// character boundary.
+fn udata_comment(ty: u8, comment: &str) -> Vec<u8> {
     let mut end = comment.len().min(COMMENT_MAX);
     while !comment.is_char_boundary(end) {
         end -= 1;
     }
     let text = &comment.as_bytes()[..end];
     let mut out = Vec::with_capacity(text.len() + 3);
-    out.push(UDATA_COMMENT);
+    out.push(ty);
     out.push(u8::try_from(text.len() + 1).expect("capped below 255"));
     out.extend_from_slice(text);
     out.push(0);
     out
 }
 
-/// The comment in element userdata, if any.
-fn comment_of(mut udata: &[u8]) -> Option<String> {
+/// The comment (userdata TLV of type `comment_type`) in userdata, if any.
+fn comment_of(mut udata: &[u8], comment_type: u8) -> Option<String> {
     while let [ty, len, rest @ ..] = udata {
         let len = usize::from(*len);
         let value = rest.get(..len)?;
-        if *ty == UDATA_COMMENT {
+        if *ty == comment_type {
             let text = value.split(|&b| b == 0).next().unwrap_or_default();
             return Some(String::from_utf8_lossy(text).into_owned());
         }
@@ -411,6 +431,7 @@ pub mod set {
     pub const KEY_TYPE: u16 = 4;
     pub const KEY_LEN: u16 = 5;
     pub const ID: u16 = 10;
+    pub const USERDATA: u16 = 13;
     pub const INTERVAL: u32 = 0x4;
     pub const TIMEOUT: u32 = 0x10;
     /// nft's `TYPE_IPADDR` (`ipv4_addr`).
@@ -455,16 +476,27 @@ mod tests {
     #[test]
     fn comments_round_trip_and_are_capped() {
         assert_eq!(
-            comment_of(&comment_udata("a.test.")).as_deref(),
+            comment_of(&comment_udata("a.test."), UDATA_COMMENT).as_deref(),
             Some("a.test.")
         );
         let long = "é".repeat(200);
         let udata = comment_udata(&long);
         assert!(udata.len() <= COMMENT_MAX + 3);
-        let back = comment_of(&udata).unwrap();
+        let back = comment_of(&udata, UDATA_COMMENT).unwrap();
         assert!(long.starts_with(&back) && !back.is_empty());
-        assert_eq!(comment_of(&[0, 9, b'x']), None, "length beyond the data");
-        assert_eq!(comment_of(&[]), None);
+        assert_eq!(
+            comment_of(&[0, 9, b'x'], UDATA_COMMENT),
+            None,
+            "length beyond the data"
+        );
+        assert_eq!(comment_of(&[], UDATA_COMMENT), None);
+        // A set's comment has its own type; an element comment is not taken for it.
+        let set = set_comment_udata("alpha");
+        assert_eq!(
+            comment_of(&set, UDATA_SET_COMMENT).as_deref(),
+            Some("alpha")
+        );
+        assert_eq!(comment_of(&set, UDATA_COMMENT), None);
     }
 
     #[test]

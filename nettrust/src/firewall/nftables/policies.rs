@@ -165,7 +165,12 @@ impl Policies {
                 let family = usize::from(v6);
                 let set_id = id + 2 * u32::from(v6);
                 let grants = grant_set(scope, v6);
-                msgs.push(layout::set_msg(&grants, v6, netlink::set::TIMEOUT, set_id));
+                // The grant sets carry the policy's name: `nettrust list` and the metrics read it.
+                let mut attrs = layout::set_attrs(&grants, v6, netlink::set::TIMEOUT, set_id);
+                if let Some(name) = self.names.get(&scope) {
+                    attrs = attrs.bytes(netlink::set::USERDATA, &netlink::set_comment_udata(name));
+                }
+                msgs.push(Msg::new(MsgType::NewSet, netlink::NLM_F_CREATE, attrs));
                 let nets = net_set(scope, v6);
                 msgs.push(layout::set_msg(
                     &nets,

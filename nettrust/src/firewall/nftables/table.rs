@@ -7,6 +7,7 @@ use super::{
     layout::{sets, table_msg},
     lock::{daemon_running, ensure_no_daemon},
     netlink::{MsgType, NFPROTO_INET, NetlinkError, Socket},
+    policies::grant_set_scope,
 };
 use crate::firewall::AuthorizedHost;
 
@@ -34,6 +35,18 @@ pub fn table_present() -> Result<bool, NetlinkError> {
 /// authorized each, read by another process than the daemon (`nettrust list`).
 pub fn list_authorized() -> Result<Vec<(AuthorizedHost, Option<String>)>, NetlinkError> {
     dump_authorized(&mut Socket::open()?)
+}
+
+/// The names of the policies whose grant sets the table in the caller's network namespace holds,
+/// by scope number (the sets' comments).
+pub fn policy_names() -> Result<std::collections::HashMap<u32, String>, NetlinkError> {
+    let sets = Socket::open()?.set_names(NFPROTO_INET, TABLE)?;
+    Ok(sets
+        .into_iter()
+        .filter_map(|(set, comment)| Some((grant_set_scope(&set)?, comment?)))
+        .filter(|(scope, _)| !scope.is_default())
+        .map(|(scope, name)| (scope.0, name))
+        .collect())
 }
 
 /// The table's state for `nettrust status`; `None` when the table does not exist.
