@@ -82,6 +82,11 @@ impl NetlinkError {
             _ => None,
         }
     }
+
+    /// Whether a receive timed out (the socket's receive timeout passed without a datagram).
+    pub fn would_block(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::WouldBlock)
+    }
 }
 
 fn last_os(op: &'static str) -> NetlinkError {

@@ -1350,7 +1350,16 @@ fn nft_policies_open_grants_per_scope_audit_and_reload() {
             table()
         );
     }
-    // The audit chain logged (rate-limited) and counted what it let through.
+    // The audit chain reported (rate-limited, to the daemon's log) and counted what it let
+    // through.
+    let started = Instant::now();
+    while fw.audited_packets() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "no audit report read"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let audit = nft_ok(&ns.0, "list chain inet net-trust scope_3");
     assert!(
         audit.contains("log prefix \"[Audit] policy=observe \""),

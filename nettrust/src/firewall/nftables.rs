@@ -41,6 +41,7 @@
 //! named `input` or `authorized-output` in them — are never read or written. The table is created
 //! without the `owner` flag, so it outlives the process (fail closed after `kill -9`).
 
+mod audit_log;
 mod authorized;
 mod clients;
 mod expr;
@@ -226,6 +227,8 @@ pub struct NftablesFirewall {
     /// Which cgroup and policy sent a query (`NETLINK_SOCK_DIAG`): its own lock, so a lookup
     /// never waits for a batch.
     clients: Mutex<Clients>,
+    /// The reader of the audited scopes' reports (started once an audited scope exists).
+    audit: Mutex<audit_log::AuditLog>,
     /// Held for the daemon's lifetime: one nftables daemon per network namespace.
     _lock: NsLock,
 }
@@ -301,11 +304,14 @@ impl NftablesFirewall {
         let mut clients = Clients::open();
         clients.set_policies(&inner.policies);
         clients.set_listen(&scopes.listeners);
-        Ok(Self {
+        let firewall = Self {
             inner: Mutex::new(inner),
             clients: Mutex::new(clients),
+            audit: Mutex::new(audit_log::AuditLog::open()),
             _lock: lock,
-        })
+        };
+        firewall.follow_audits(&firewall.lock().policies);
+        Ok(firewall)
     }
 
     /// Holds at most `max_hosts` authorizations per family (default
@@ -331,6 +337,25 @@ impl NftablesFirewall {
     ) -> Result<Vec<Authorization>, FirewallError> {
         let mut inner = self.lock();
         inner.write(Scope::DEFAULT, addrs, expires_ns, name)
+    }
+
+    /// Packets of audited scopes reported so far (what enforcement would have dropped, within
+    /// the rules' rate limit).
+    pub fn audited_packets(&self) -> u64 {
+        self.audit().reported()
+    }
+
+    /// Starts reading the audit reports once `policies` has an audited scope.
+    fn follow_audits(&self, policies: &Policies) {
+        if policies.scopes.values().any(|rules| rules.audit) {
+            self.audit().start();
+        }
+    }
+
+    fn audit(&self) -> std::sync::MutexGuard<'_, audit_log::AuditLog> {
+        self.audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn clients(&self) -> std::sync::MutexGuard<'_, Clients> {
@@ -429,6 +454,7 @@ impl NftablesFirewall {
         }
         inner.stopped = true;
         inner.authorized.clear();
+        self.audit().stop();
         tracing::info!(table = TABLE, ?mode, "nftables firewall stopped");
         Ok(())
     }

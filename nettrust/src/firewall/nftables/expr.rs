@@ -307,10 +307,13 @@ impl Rule {
         )
     }
 
-    /// `log prefix PREFIX` to the kernel log (`NFTA_LOG_PREFIX` 2; no group = the `nf_log`
-    /// syslog backend, level warning).
-    pub fn log(self, prefix: &str) -> Self {
-        self.push("log", Some(Attrs::new().str(2, prefix)))
+    /// `log prefix PREFIX group GROUP`: the packet goes to nfnetlink_log group `GROUP`
+    /// (`NFTA_LOG_GROUP` 1, `NFTA_LOG_PREFIX` 2).
+    pub fn log_group(self, prefix: &str, group: u16) -> Self {
+        self.push(
+            "log",
+            Some(Attrs::new().bytes(1, &group.to_be_bytes()).str(2, prefix)),
+        )
     }
 
     /// `reject with tcp reset` (`NFTA_REJECT_TYPE` 1 = `NFT_REJECT_TCP_RST` 1).

@@ -205,6 +205,7 @@ impl Firewall for NftablesFirewall {
         let mut clients = self.clients();
         clients.set_policies(&inner.policies);
         clients.set_listen(&scopes.listeners);
+        self.follow_audits(&inner.policies);
         Ok(())
     }
 

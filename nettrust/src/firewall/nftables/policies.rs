@@ -280,7 +280,7 @@ pub(super) fn audit_rules(chain: &str, prefix: &str) -> [Msg; 2] {
             chain,
             Rule::new()
                 .limit_per_second(AUDIT_LOGS_PER_SECOND, AUDIT_LOG_BURST)
-                .log(prefix),
+                .log_group(prefix, super::audit_log::AUDIT_GROUP),
         ),
         layout::rule_msg(chain, Rule::new().counter().verdict(ACCEPT)),
     ]
