@@ -99,9 +99,6 @@ pub enum RunError {
     /// Two `[[policy]]` names share a scope number.
     #[error("policies")]
     Scopes(#[from] scopes::ScopeCollision),
-    /// The firewall cannot enforce the `[[policy]]` sections.
-    #[error("cannot apply the [[policy]] sections")]
-    Policies(#[source] firewall::FirewallError),
     /// The capabilities could not be reduced to what the running firewall needs.
     #[error("cannot start with reduced privileges")]
     Privileges(#[from] privileges::PrivilegeError),
@@ -146,12 +143,6 @@ pub async fn run(
     let exit_mode = exit_mode(&settings);
     let backend = start_backend(&settings, &policy, &scopes)?;
     let firewall = backend.firewall();
-    if let Err(e) = firewall.set_scopes(&scopes) {
-        // Filtering the policies' cgroups without their policies would open them to every
-        // default-scope grant.
-        let _ = backend.stop(exit_mode);
-        return Err(RunError::Policies(e));
-    }
     let (proxy, reload_handle) = proxy(&settings, firewall.clone(), blacklist, transport);
     reload_handle.set_policies(Arc::new(policies));
 
@@ -509,7 +500,7 @@ fn start_backend(
             },
             drop_input: settings.firewall_drop_input,
         };
-        let firewall = NftablesFirewall::start(&options, policy)?;
+        let firewall = NftablesFirewall::start_with_scopes(&options, policy, scopes)?;
         firewall.set_max_hosts(settings.max_hosts);
         Ok(StartedBackend::Nftables(Arc::new(firewall)))
     };

@@ -261,6 +261,9 @@ pub enum FirewallError {
     /// Changing the whitelists failed.
     #[error("cannot update the whitelists")]
     Whitelist(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Installing the `[[policy]]` sections failed.
+    #[error("cannot install the policies")]
+    Policies(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Reading the backend's state failed.
     #[error("cannot read the authorized hosts")]
     Read(#[source] Box<dyn std::error::Error + Send + Sync>),

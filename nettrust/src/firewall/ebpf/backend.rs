@@ -454,8 +454,7 @@ impl Firewall for EbpfFirewall {
     }
 
     fn set_scopes(&self, scopes: &Scopes) -> Result<(), FirewallError> {
-        scoped::write_scopes(&self.scopes, scopes)
-            .map_err(|e| FirewallError::Whitelist(Box::new(e)))
+        scoped::write_scopes(&self.scopes, scopes).map_err(|e| FirewallError::Policies(Box::new(e)))
     }
 
     fn client_scope(&self, transport: Transport, client: SocketAddr) -> Option<ClientScope> {

@@ -199,7 +199,7 @@ impl Firewall for NftablesFirewall {
             NftablesError::PoliciesInGatewayMode => {
                 FirewallError::Unsupported("[[policy]] sections in gateway mode")
             }
-            e => FirewallError::Whitelist(Box::new(e)),
+            e => FirewallError::Policies(Box::new(e)),
         })?;
         inner.set_policies(policies)?;
         let mut clients = self.clients();

@@ -242,7 +242,7 @@ impl Inner {
         if let Err(e) = self.install() {
             self.policies = old_policies;
             self.authorized = old_authorized;
-            return Err(FirewallError::Whitelist(Box::new(e)));
+            return Err(FirewallError::Policies(Box::new(e)));
         }
         tracing::info!(
             scopes = self.policies.scopes.len(),
