@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(chain.addresses.len() <= response.answers.len());
 
     // The real authorizer writes exactly the chain's addresses, and only for NOERROR answers.
-    authorizer.authorize(&question, &response).expect("the fake firewall does not fail");
+    authorizer.authorize(nettrust::firewall::Scope::DEFAULT, &question, &response).expect("the fake firewall does not fail");
     let written = firewall.authorized().unwrap();
     if response.metadata.response_code != ResponseCode::NoError {
         assert!(written.is_empty(), "an error answer authorized {written:?}");

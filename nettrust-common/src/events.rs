@@ -1,8 +1,8 @@
-//! What the programs report: a denied packet ([`DeniedEvent`], through the `DENIED` ring buffer)
-//! and the per-CPU state of their rate limiters ([`RateState`]); and the path of an attached
-//! cgroup ([`CgroupPath`], written by the daemon for `nettrust status`).
+//! What the programs report: a denied (or audited) packet ([`DeniedEvent`], through the `DENIED`
+//! ring buffer) and the per-CPU state of their rate limiters ([`RateState`]); and the path of an
+//! attached cgroup ([`CgroupPath`], written by the daemon for `nettrust status`).
 
-/// One denied egress packet, as sent to the daemon through [`MAP_DENIED`](crate::MAP_DENIED).
+/// One denied egress packet (or one audit mode let through), as sent to the daemon through [`MAP_DENIED`](crate::MAP_DENIED).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DeniedEvent {
@@ -16,11 +16,17 @@ pub struct DeniedEvent {
     pub proto: u8,
     /// 4 or 6.
     pub family: u8,
-    /// Explicit padding (always 0).
-    pub _pad: u32,
+    /// The scope (policy) of the sending cgroup; 0 = the default policy.
+    pub scope: u16,
+    /// `EVENT_*` bits.
+    pub flags: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<DeniedEvent>() == 32);
+
+/// [`DeniedEvent::flags`] bit: the packet was let through by audit mode (it would have been
+/// dropped).
+pub const EVENT_AUDIT: u16 = 1 << 0;
 
 /// Per-CPU state of a rate limiter (denied events, debug records): a one-second window and its
 /// event count.

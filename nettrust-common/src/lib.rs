@@ -12,12 +12,14 @@ pub mod host_table;
 mod hosts;
 pub mod inbound;
 mod maps;
+mod scopes;
 mod verdicts;
 
 pub use events::*;
 pub use flows::*;
 pub use hosts::*;
 pub use maps::*;
+pub use scopes::*;
 pub use verdicts::*;
 
 #[cfg(feature = "user")]
@@ -33,4 +35,8 @@ mod pod {
     unsafe impl aya::Pod for super::RateState {}
     unsafe impl aya::Pod for super::HostName {}
     unsafe impl aya::Pod for super::CgroupPath {}
+    unsafe impl aya::Pod for super::PolicyRef {}
+    unsafe impl aya::Pod for super::ScopeCache {}
+    unsafe impl aya::Pod for super::GrantKey {}
+    unsafe impl aya::Pod for super::ClientValue {}
 }

@@ -56,6 +56,40 @@ pub const MAP_NAMES: &str = "NAMES";
 /// = inode of the cgroup directory, value [`CgroupPath`](crate::CgroupPath)).
 pub const MAP_CGROUPS: &str = "CGROUPS";
 
+/// The cgroups listed in a policy (hash, key cgroup id `u64`, value
+/// [`PolicyRef`](crate::PolicyRef)), top-level filtered cgroups of the default policy included
+/// (scope 0), so a default cgroup below a policy's cgroup resolves to the default policy.
+pub const MAP_POLICY_OF: &str = "POLICY_OF";
+/// The egress program's cache of each sending cgroup's policy (LRU hash, key cgroup id `u64`,
+/// value [`ScopeCache`](crate::ScopeCache)); an entry of another generation than
+/// `CONFIG[CONFIG_SCOPE_GENERATION]` is stale.
+pub const MAP_SCOPES: &str = "SCOPES";
+/// Addresses authorized for one policy (hash, key [`GrantKey`](crate::GrantKey), value
+/// [`HostValue`](crate::HostValue)), sized like [`MAP_HOSTS_V6`].
+pub const MAP_GRANTS: &str = "GRANTS";
+/// Networks always allowed for one policy: LPM trie key `{prefix_len: u32, data: [u8; 8]}`,
+/// the scope (big-endian) then the IPv4 network, value `u32` (1).
+pub const MAP_POLICY_NETS_V4: &str = "POLICY_NETS_V4";
+/// See [`MAP_POLICY_NETS_V4`] (data `[u8; 20]`: scope then IPv6 network).
+pub const MAP_POLICY_NETS_V6: &str = "POLICY_NETS_V6";
+/// The DNS proxy's listeners (hash, key [`ServiceKey`](crate::ServiceKey): address — all zero
+/// for a wildcard listener — port and protocol, value `u32` (1)).
+pub const MAP_LISTENERS: &str = "LISTENERS";
+/// The DNS clients seen sending to a listener (LRU hash, key [`ServiceKey`](crate::ServiceKey)
+/// of the client's source address, port and protocol, value
+/// [`ClientValue`](crate::ClientValue)).
+pub const MAP_CLIENTS: &str = "CLIENTS";
+/// Written by userspace only: the policies' names by scope, for `nettrust list` and `status`
+/// (hash, key scope `u32`, value `[u8; POLICY_NAME_LEN]`, NUL-padded).
+pub const MAP_POLICY_NAMES: &str = "POLICY_NAMES";
+/// Length of a [`MAP_POLICY_NAMES`] value (policy names have at most 32 bytes).
+pub const POLICY_NAME_LEN: usize = 32;
+/// Capacity of [`MAP_POLICY_NAMES`].
+pub const MAX_POLICIES: u32 = 1024;
+/// Packets let through by audit mode, per cgroup (per-CPU hash, key cgroup id `u64`, value
+/// `u64`): counted here instead of [`MAP_DROPS`].
+pub const MAP_AUDITS: &str = "AUDITS";
+
 /// Index in [`MAP_CONFIG`]: non-zero when unsolicited inbound packets must be dropped.
 pub const CONFIG_DROP_INPUT: u32 = 0;
 /// Indexes in [`MAP_CONFIG`]: low and high half of the hash seed of [`MAP_HOSTS_V4`], kept with
@@ -63,8 +97,15 @@ pub const CONFIG_DROP_INPUT: u32 = 0;
 pub const CONFIG_HOST_SEED_LO: u32 = 1;
 /// See [`CONFIG_HOST_SEED_LO`].
 pub const CONFIG_HOST_SEED_HI: u32 = 2;
+/// Index in [`MAP_CONFIG`]: the generation of [`MAP_POLICY_OF`]; 0 = no policies (every cgroup
+/// is in the default policy and the egress program skips scopes and client records altogether).
+/// The daemon bumps it after rewriting `POLICY_OF`, which makes every `SCOPES` entry stale.
+pub const CONFIG_SCOPE_GENERATION: u32 = 3;
+/// Index in [`MAP_CONFIG`]: the ports of the DNS proxy's listeners (two 16-bit halves, 0 =
+/// none), checked before the [`MAP_LISTENERS`] lookup so other packets cost no hash lookup.
+pub const CONFIG_LISTEN_PORTS: u32 = 4;
 /// Number of entries in [`MAP_CONFIG`].
-pub const CONFIG_COUNT: u32 = 4;
+pub const CONFIG_COUNT: u32 = 8;
 /// Capacity of the flow maps.
 pub const MAX_FLOWS: u32 = 65_536;
 /// Capacity of [`MAP_SERVICES`].

@@ -26,5 +26,8 @@ pub const STAT_DROP_EXPIRED: u32 = 5;
 pub const STAT_ALLOW_INBOUND_REPLY: u32 = 6;
 /// Inbound packets dropped by `--firewall-drop-input`.
 pub const STAT_DROP_INPUT: u32 = 7;
+/// Packets enforcement would have dropped, let through because their cgroup's policy is in
+/// audit mode.
+pub const STAT_AUDIT: u32 = 8;
 /// Number of counters in [`MAP_STATS`](crate::MAP_STATS).
-pub const STAT_COUNT: u32 = 8;
+pub const STAT_COUNT: u32 = 9;

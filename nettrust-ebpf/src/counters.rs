@@ -1,6 +1,6 @@
 //! What the programs report: the per-verdict counters (`STATS`), the per-cgroup ones (`ALLOWS`,
-//! `DROPS`), the rate-limited denied events (`DENIED`) and the rate limit of the aya-log debug
-//! records (`may_log`; the records themselves are written in `main`).
+//! `DROPS`, `AUDITS`), the rate-limited denied and audit events (`DENIED`) and the rate limit of
+//! the aya-log debug records (`may_log`; the records themselves are written in `main`).
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns,
@@ -13,7 +13,7 @@ use nettrust_common::{
 
 use crate::maps::{DENIED, DENIED_RATE, LOG_RATE, STATS};
 
-/// Bumps a per-cgroup counter (`DROPS` or `ALLOWS`).
+/// Bumps a per-cgroup counter (`DROPS`, `ALLOWS` or `AUDITS`).
 #[inline(always)]
 pub fn count_cgroup(map: &PerCpuHashMap<u64, u64>, cgroup_id: u64) {
     if let Some(counter) = map.get_ptr_mut(cgroup_id) {
@@ -56,9 +56,10 @@ pub fn may_log() -> bool {
     within_rate(&LOG_RATE, LOG_RECORDS_PER_SEC, now)
 }
 
-/// Sends a [`DeniedEvent`], at most `DENIED_EVENTS_PER_SEC` per CPU per second.
+/// Sends a [`DeniedEvent`] (`flags`: `EVENT_*` bits; `scope`: the sender's policy), at most
+/// `DENIED_EVENTS_PER_SEC` per CPU per second, audit events included.
 #[inline(always)]
-pub fn report_denied(cgroup_id: u64, flow: &FlowKey, now: u64) {
+pub fn report_denied(cgroup_id: u64, flow: &FlowKey, now: u64, scope: u32, flags: u16) {
     if !within_rate(&DENIED_RATE, DENIED_EVENTS_PER_SEC, now) {
         return;
     }
@@ -68,7 +69,8 @@ pub fn report_denied(cgroup_id: u64, flow: &FlowKey, now: u64) {
         port: flow.remote_port,
         proto: flow.proto,
         family: flow.family,
-        _pad: 0,
+        scope: scope as u16,
+        flags,
     };
     let _ = DENIED.output::<DeniedEvent>(&event, 0);
 }

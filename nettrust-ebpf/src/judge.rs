@@ -1,27 +1,31 @@
 //! The egress program's judgement of a destination: the IPv4 host table walk, the IPv6 host map,
-//! the whitelisted network tries, the whitelisted services, and the kernel's own IPv6 link
-//! control traffic.
+//! a policy's grants and networks, the whitelisted network tries, the whitelisted services, and
+//! the kernel's own IPv6 link control traffic.
 
 use aya_ebpf::{
-    maps::{HashMap, LpmTrie, lpm_trie::Key},
+    maps::{LpmTrie, lpm_trie::Key},
     programs::SkBuffContext,
 };
 use nettrust_common::{
-    FLAG_AUTHORIZED, HostSlot, HostValue, LAST_SEEN_GRANULARITY_NS, STAT_ALLOW_HOST,
-    STAT_ALLOW_NET, STAT_DROP, STAT_DROP_EXPIRED, ServiceKey, VERDICT_ALLOW, VERDICT_DROP,
-    host_table,
+    FLAG_AUTHORIZED, FLAG_WHITELISTED, GrantKey, HostSlot, LAST_SEEN_GRANULARITY_NS,
+    SCOPE_PREFIX_BITS, STAT_ALLOW_HOST, STAT_ALLOW_NET, STAT_DROP, STAT_DROP_EXPIRED,
+    VERDICT_ALLOW, VERDICT_DROP, host_table,
 };
 
 use crate::{
-    maps::{HOST_HOME_SLOTS, HOST_SEED, HOSTS_V4, NETS_V4, SERVICES},
-    parse::{Headers, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet, addr_words},
+    maps::{
+        GRANTS, HOST_HOME_SLOTS, HOST_SEED, HOSTS_V4, HOSTS_V6, NETS_V4, NETS_V6, POLICY_NETS_V4,
+        POLICY_NETS_V6, SERVICES,
+    },
+    parse::{Headers, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet, addr_words, endpoint_key},
 };
 
 /// The IPv4 host table then the network trie: the daemon's `HostTable::get` walk, from the home
 /// slot to the first empty slot. The entry word (address and deadline) is read in one load. A
-/// live authorized entry gets its last-seen time refreshed (the sweeper's liveness signal).
+/// live authorized entry gets its last-seen time refreshed (the sweeper's liveness signal). For
+/// a policy's cgroup (`scope` ≠ 0) only a whitelisted entry counts, then [`judge_scoped`].
 #[inline(always)]
-pub fn judge_v4(daddr: [u8; 4], now: u64) -> (u32, i32) {
+pub fn judge_v4(daddr: [u8; 4], now: u64, scope: u32) -> (u32, i32) {
     let addr = u32::from_be_bytes(daddr);
     // SAFETY: read-only globals set by the loader; volatile so they are not constant-folded.
     let (seed, home_slots) = unsafe {
@@ -46,21 +50,80 @@ pub fn judge_v4(daddr: [u8; 4], now: u64) -> (u32, i32) {
     let mut expired = false;
     if let Some((slot, word)) = found {
         if host_table::is_live(host_table::entry_expires(word), now) {
-            let seen = host_table::to_units(now);
             // SAFETY: the pointer comes from a successful array lookup and stays valid for the
-            // program run; last_seen is only written here, a lost write is harmless.
-            unsafe {
-                if core::ptr::read_volatile(&raw const (*slot).flags) & FLAG_AUTHORIZED != 0
-                    && core::ptr::read_volatile(&raw const (*slot).last_seen) != seen
-                {
-                    core::ptr::write_volatile(&raw mut (*slot).last_seen, seen);
+            // program run; the daemon writes the flags word atomically.
+            let flags = unsafe { core::ptr::read_volatile(&raw const (*slot).flags) };
+            if scope == 0 {
+                let seen = host_table::to_units(now);
+                // SAFETY: as above; last_seen is only written here, a lost write is harmless.
+                unsafe {
+                    if flags & FLAG_AUTHORIZED != 0
+                        && core::ptr::read_volatile(&raw const (*slot).last_seen) != seen
+                    {
+                        core::ptr::write_volatile(&raw mut (*slot).last_seen, seen);
+                    }
                 }
+                return (STAT_ALLOW_HOST, VERDICT_ALLOW);
+            }
+            if flags & FLAG_WHITELISTED != 0 {
+                return (STAT_ALLOW_HOST, VERDICT_ALLOW);
+            }
+        } else if scope == 0 {
+            expired = true;
+        }
+    }
+    if scope != 0 {
+        return judge_scoped(&NETS_V4, daddr, scope, now, || {
+            let mut key = [0u8; 8];
+            key[..4].copy_from_slice(&scope.to_be_bytes());
+            key[4..].copy_from_slice(&daddr);
+            POLICY_NETS_V4
+                .get(Key::new(SCOPE_PREFIX_BITS + 32, key))
+                .is_some()
+        });
+    }
+    judge_network(&NETS_V4, daddr, expired)
+}
+
+/// For a policy's cgroup (`scope` ≠ 0), after a host-map miss (a default-policy grant does not
+/// count): the policy's own grant in `GRANTS` (live: allowed, its last-seen time refreshed),
+/// else the whitelisted networks, else the policy's networks (`policy_net`), else drop.
+#[inline(always)]
+fn judge_scoped<const N: usize>(
+    nets: &LpmTrie<[u8; N], u32>,
+    daddr: [u8; N],
+    scope: u32,
+    now: u64,
+    policy_net: impl FnOnce() -> bool,
+) -> (u32, i32) {
+    let [a, b] = addr_words(&daddr);
+    let s = scope.to_ne_bytes();
+    let family = if N == 4 { 4 } else { 6 };
+    // SAFETY: every bit pattern is a valid key (plain bytes and integers); same size.
+    let key: GrantKey = unsafe {
+        core::mem::transmute([
+            u64::from_ne_bytes([s[0], s[1], s[2], s[3], family, 0, 0, 0]),
+            a,
+            b,
+        ])
+    };
+    let mut expired = false;
+    if let Some(value) = GRANTS.get_ptr_mut(key) {
+        // SAFETY: as in `judge`: a successful lookup, plain data, a lost write is harmless.
+        let value = unsafe { &mut *value };
+        if value.is_live(now) {
+            if now.wrapping_sub(value.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+                value.last_seen_ns = now;
             }
             return (STAT_ALLOW_HOST, VERDICT_ALLOW);
         }
         expired = true;
     }
-    judge_network(&NETS_V4, daddr, expired)
+    let (stat, verdict) = judge_network(nets, daddr, expired);
+    if verdict == VERDICT_ALLOW || !policy_net() {
+        return (stat, verdict);
+    }
+    (STAT_ALLOW_NET, VERDICT_ALLOW)
 }
 
 /// After the host lookup (`expired`: it found a dead entry): a whitelisted network, else drop.
@@ -109,30 +172,42 @@ fn find_v4(addr: u32, home: u32) -> Option<(*mut HostSlot, u64)> {
 }
 
 /// Host map then network trie (IPv6). A live authorized entry gets its last-seen time refreshed (the
-/// sweeper's liveness signal). Returns the counter to bump with the verdict.
+/// sweeper's liveness signal). For a policy's cgroup (`scope` ≠ 0) only a whitelisted entry
+/// counts, then [`judge_scoped`]. Returns the counter to bump with the verdict.
 #[inline(always)]
-pub fn judge<const N: usize>(
-    hosts: &HashMap<[u8; N], HostValue>,
-    nets: &LpmTrie<[u8; N], u32>,
-    daddr: [u8; N],
-    now: u64,
-) -> (u32, i32) {
+pub fn judge_v6(daddr: [u8; 16], now: u64, scope: u32) -> (u32, i32) {
     let mut expired = false;
-    if let Some(value) = hosts.get_ptr_mut(daddr) {
+    if let Some(value) = HOSTS_V6.get_ptr_mut(daddr) {
         // SAFETY: the pointer comes from a successful map lookup and the value is plain data; a
         // concurrent update replaces the element (RCU), so a lost last-seen write is harmless.
         let value = unsafe { &mut *value };
         if value.is_live(now) {
-            if value.flags & FLAG_AUTHORIZED != 0
-                && now.wrapping_sub(value.last_seen_ns) > LAST_SEEN_GRANULARITY_NS
-            {
-                value.last_seen_ns = now;
+            if scope == 0 {
+                if value.flags & FLAG_AUTHORIZED != 0
+                    && now.wrapping_sub(value.last_seen_ns) > LAST_SEEN_GRANULARITY_NS
+                {
+                    value.last_seen_ns = now;
+                }
+                return (STAT_ALLOW_HOST, VERDICT_ALLOW);
             }
-            return (STAT_ALLOW_HOST, VERDICT_ALLOW);
+            if value.flags & FLAG_WHITELISTED != 0 {
+                return (STAT_ALLOW_HOST, VERDICT_ALLOW);
+            }
+        } else if scope == 0 {
+            expired = true;
         }
-        expired = true;
     }
-    judge_network(nets, daddr, expired)
+    if scope != 0 {
+        return judge_scoped(&NETS_V6, daddr, scope, now, || {
+            let mut key = [0u8; 20];
+            key[..4].copy_from_slice(&scope.to_be_bytes());
+            key[4..].copy_from_slice(&daddr);
+            POLICY_NETS_V6
+                .get(Key::new(SCOPE_PREFIX_BITS + 128, key))
+                .is_some()
+        });
+    }
+    judge_network(&NETS_V6, daddr, expired)
 }
 
 /// Whether the packet goes to a whitelisted service (address, port and protocol).
@@ -141,17 +216,7 @@ pub fn is_service<const N: usize>(packet: &Packet<N>) -> bool {
     if packet.proto != IPPROTO_TCP && packet.proto != IPPROTO_UDP {
         return false;
     }
-    let [a, b] = addr_words(&packet.remote);
-    let port = packet.remote_port.to_ne_bytes();
-    let family = if N == 4 { 4 } else { 6 };
-    // SAFETY: every bit pattern is a valid key (plain bytes and integers); same size.
-    let key: ServiceKey = unsafe {
-        core::mem::transmute([
-            a,
-            b,
-            u64::from_ne_bytes([port[0], port[1], packet.proto, family, 0, 0, 0, 0]),
-        ])
-    };
+    let key = endpoint_key(&packet.remote, packet.remote_port, packet.proto);
     // SAFETY: the value is plain data, only checked for presence.
     unsafe { SERVICES.get(key) }.is_some()
 }

@@ -10,6 +10,12 @@
 //! is always dropped: its destination address is only the first hop. Everything else is dropped,
 //! counted per cgroup and reported (rate-limited) through a ring buffer.
 //!
+//! With policies configured (`CONFIG_SCOPE_GENERATION` ≠ 0), the sending cgroup's policy decides
+//! which grants count (`scopes`, `judge`): the default policy's are the host maps, a policy's
+//! are in `GRANTS`, plus its own networks; whitelists, services and replies stay global. A
+//! policy in audit mode lets what would be dropped pass, counted and reported as an audit
+//! event. Queries to the DNS proxy's listeners are recorded with the sender's cgroup and policy.
+//!
 //! The drops a denied event does not explain (a packet whose headers cannot be read, dropped fail
 //! closed; a source-routed packet) are also logged through aya-log at debug level, at most
 //! `LOG_RECORDS_PER_SEC` records per CPU per second, and only when the daemon set the log level
@@ -32,6 +38,7 @@ mod icmp;
 mod judge;
 mod maps;
 mod parse;
+mod scopes;
 mod sockops;
 
 use aya_ebpf::{
@@ -42,17 +49,17 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use nettrust_common::{
-    CONFIG_DROP_INPUT, EBPF_LOG_TARGET, FlowKey, STAT_ALLOW_HOST, STAT_ALLOW_INBOUND_REPLY,
-    STAT_ALLOW_NET, STAT_DROP, STAT_DROP_INPUT, STAT_ERROR, STAT_PASS_NON_IP, VERDICT_ALLOW,
-    VERDICT_DROP,
+    CONFIG_DROP_INPUT, EBPF_LOG_TARGET, EVENT_AUDIT, FlowKey, POLICY_AUDIT, STAT_ALLOW_HOST,
+    STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_AUDIT, STAT_DROP, STAT_DROP_INPUT, STAT_ERROR,
+    STAT_PASS_NON_IP, VERDICT_ALLOW, VERDICT_DROP,
 };
 
 use crate::{
     counters::{count, count_cgroup, may_log, report_denied},
     flows::{is_outbound, learn_inbound, remember_outbound, reply_to_inbound},
     icmp::{quoted_flow_v4, quoted_flow_v6},
-    judge::{is_service, judge, judge_v4, link_control_v6},
-    maps::{ALLOWS, BLOCKED_V4, BLOCKED_V6, CONFIG, DROPS, HOSTS_V6, NETS_V6, OUTBOUND},
+    judge::{is_service, judge_v4, judge_v6, link_control_v6},
+    maps::{ALLOWS, AUDITS, BLOCKED_V4, BLOCKED_V6, CONFIG, DROPS, OUTBOUND},
     parse::{ETH_P_IP_BE, ETH_P_IPV6_BE, Headers, parse_v4, parse_v6, source_routed_v4},
 };
 
@@ -89,13 +96,21 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
 
 fn try_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
     let protocol = ctx.skb.protocol();
+    if protocol != ETH_P_IP_BE && protocol != ETH_P_IPV6_BE {
+        count(STAT_PASS_NON_IP);
+        return Ok(VERDICT_ALLOW);
+    }
     if protocol == ETH_P_IP_BE {
         let headers = parse_v4(ctx)?;
         let routed = headers.options && source_routed_v4(ctx);
-        Ok(decide_egress(ctx, &headers, routed, &BLOCKED_V4, |now| {
-            judge_v4(headers.dst, now)
-        }))
-    } else if protocol == ETH_P_IPV6_BE {
+        Ok(decide_egress(
+            ctx,
+            &headers,
+            routed,
+            &BLOCKED_V4,
+            |now, scope| judge_v4(headers.dst, now, scope),
+        ))
+    } else {
         let headers = parse_v6(ctx)?;
         if link_control_v6(ctx, &headers) {
             count(STAT_ALLOW_NET);
@@ -106,25 +121,24 @@ fn try_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
             &headers,
             headers.routed,
             &BLOCKED_V6,
-            |now| judge(&HOSTS_V6, &NETS_V6, headers.dst, now),
+            |now, scope| judge_v6(headers.dst, now, scope),
         ))
-    } else {
-        count(STAT_PASS_NON_IP);
-        Ok(VERDICT_ALLOW)
     }
 }
 
 /// The egress verdict, the same for both families: a source-routed packet (`routed`) is dropped;
-/// else the family's host/network verdict (`judge` at the current boot time), then a whitelisted
-/// service, then a live flow opened from outside (unless the peer is `blocked`); else drop
-/// (counted per cgroup and reported).
+/// else the family's host/network verdict (`judge` at the current boot time for the sender's
+/// scope), then a whitelisted service, then a live flow opened from outside (unless the peer is
+/// `blocked`); else drop (counted per cgroup and reported), or with the sender's policy in audit
+/// mode pass (counted in `AUDITS` and reported as an audit event). With policies on, a query to
+/// the proxy is recorded first, whatever the verdict.
 #[inline(always)]
 fn decide_egress<const N: usize>(
     ctx: &SkBuffContext,
     headers: &Headers<N>,
     routed: bool,
     blocked: &LpmTrie<[u8; N], u32>,
-    judge: impl FnOnce(u64) -> (u32, i32),
+    judge: impl FnOnce(u64, u32) -> (u32, i32),
 ) -> i32 {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -132,10 +146,18 @@ fn decide_egress<const N: usize>(
     let flow = packet.flow();
     // SAFETY: the context's skb pointer is valid for the whole program run.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let generation = scopes::generation();
+    let policy = if generation == 0 {
+        scopes::default_policy(ctx)
+    } else {
+        let policy = scopes::resolve(ctx, cgroup_id, generation);
+        scopes::record_client(ctx, headers, cgroup_id, policy, now);
+        policy
+    };
     let (stat, verdict) = if routed {
         (STAT_DROP, VERDICT_DROP)
     } else {
-        judge(now)
+        judge(now, policy.scope)
     };
     if verdict == VERDICT_ALLOW || (!routed && is_service(&packet)) {
         remember_outbound(&flow, now);
@@ -152,9 +174,16 @@ fn decide_egress<const N: usize>(
         count_cgroup(&ALLOWS, cgroup_id);
         return VERDICT_ALLOW;
     }
+    if policy.flags & POLICY_AUDIT != 0 {
+        remember_outbound(&flow, now);
+        count(STAT_AUDIT);
+        count_cgroup(&AUDITS, cgroup_id);
+        report_denied(cgroup_id, &flow, now, policy.scope, EVENT_AUDIT);
+        return VERDICT_ALLOW;
+    }
     count(stat);
     count_cgroup(&DROPS, cgroup_id);
-    report_denied(cgroup_id, &flow, now);
+    report_denied(cgroup_id, &flow, now, policy.scope, 0);
     if routed && may_log() {
         log_source_routed(ctx, &flow);
     }

@@ -7,9 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use nettrust_common::{
-    CONFIG_COUNT, CgroupPath, DEFAULT_MAX_HOSTS, DEFAULT_MAX_NETS, DENIED_RING_BYTES, FlowKey,
-    HostName, HostSlot, HostValue, InboundKey, InboundValue, MAX_BLOCKED, MAX_CGROUPS, MAX_FLOWS,
-    MAX_SERVICES, RateState, STAT_COUNT, ServiceKey, host_table,
+    CONFIG_COUNT, CgroupPath, ClientValue, DEFAULT_MAX_HOSTS, DEFAULT_MAX_NETS, DENIED_RING_BYTES,
+    FlowKey, GrantKey, HostName, HostSlot, HostValue, InboundKey, InboundValue, MAX_BLOCKED,
+    MAX_CGROUPS, MAX_CLIENTS, MAX_FLOWS, MAX_LISTENERS, MAX_POLICIES, MAX_SCOPE_CACHE,
+    MAX_SERVICES, POLICY_NAME_LEN, PolicyRef, RateState, STAT_COUNT, ScopeCache, ServiceKey,
+    host_table,
 };
 
 /// Hash maps sized by the configuration allocate their elements as they are added
@@ -58,6 +60,31 @@ pub static LOG_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0
 pub static DROPS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_CGROUPS, 0);
 #[map(name = "ALLOWS")]
 pub static ALLOWS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_CGROUPS, 0);
+/// Packets audit mode let through, per cgroup.
+#[map(name = "AUDITS")]
+pub static AUDITS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_CGROUPS, 0);
+/// The listed cgroups' policies (`nettrust_common::MAP_POLICY_OF`).
+#[map(name = "POLICY_OF")]
+pub static POLICY_OF: HashMap<u64, PolicyRef> = HashMap::with_max_entries(MAX_CGROUPS, 0);
+/// Each sending cgroup's resolved policy, valid for one generation of `POLICY_OF`.
+#[map(name = "SCOPES")]
+pub static SCOPES: LruHashMap<u64, ScopeCache> = LruHashMap::with_max_entries(MAX_SCOPE_CACHE, 0);
+/// The grants of the policies (scope ≠ 0), sized like `HOSTS_V6`.
+#[map(name = "GRANTS")]
+pub static GRANTS: HashMap<GrantKey, HostValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_HOSTS, ON_DEMAND);
+/// The policies' own networks: scope (big-endian) then address.
+#[map(name = "POLICY_NETS_V4")]
+pub static POLICY_NETS_V4: LpmTrie<[u8; 8], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_NETS, 0);
+#[map(name = "POLICY_NETS_V6")]
+pub static POLICY_NETS_V6: LpmTrie<[u8; 20], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_NETS, 0);
+/// The DNS proxy's listen addresses, ports and protocols.
+#[map(name = "LISTENERS")]
+pub static LISTENERS: HashMap<ServiceKey, u32> = HashMap::with_max_entries(MAX_LISTENERS, 0);
+/// The DNS clients seen sending to a listener: source → cgroup and policy.
+#[map(name = "CLIENTS")]
+pub static CLIENTS: LruHashMap<ServiceKey, ClientValue> =
+    LruHashMap::with_max_entries(MAX_CLIENTS, 0);
 /// Userspace-only (names for `nettrust list`); declared here so it is created and pinned with the
 /// others.
 #[map(name = "NAMES")]
@@ -66,6 +93,10 @@ static NAMES: HashMap<[u8; 16], HostName> =
 /// Userspace-only (attached cgroups for `nettrust status`).
 #[map(name = "CGROUPS")]
 static CGROUPS: HashMap<u64, CgroupPath> = HashMap::with_max_entries(MAX_CGROUPS, ON_DEMAND);
+/// Userspace-only (policy names by scope for `nettrust list` and `status`).
+#[map(name = "POLICY_NAMES")]
+static POLICY_NAMES: HashMap<u32, [u8; POLICY_NAME_LEN]> =
+    HashMap::with_max_entries(MAX_POLICIES, ON_DEMAND);
 
 /// A CPU's most recent flow (see [`RECENT_OUT`], [`RECENT_IN`]).
 #[repr(C)]

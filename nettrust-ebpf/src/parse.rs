@@ -4,7 +4,7 @@
 //! flow key a packet's remote end makes.
 
 use aya_ebpf::programs::SkBuffContext;
-use nettrust_common::FlowKey;
+use nettrust_common::{FlowKey, ServiceKey};
 
 /// `ETH_P_IP` / `ETH_P_IPV6` as found in `__sk_buff.protocol` (network byte order).
 pub const ETH_P_IP_BE: u32 = (0x0800u16).to_be() as u32;
@@ -61,6 +61,22 @@ pub fn addr_words<const N: usize>(addr: &[u8; N]) -> [u64; 2] {
         ])
     };
     [word(0), word(8)]
+}
+
+/// The [`ServiceKey`] of an endpoint (address, port, protocol), assembled a word at a time.
+#[inline(always)]
+pub fn endpoint_key<const N: usize>(addr: &[u8; N], port: u16, proto: u8) -> ServiceKey {
+    let [a, b] = addr_words(addr);
+    let port = port.to_ne_bytes();
+    let family = if N == 4 { 4 } else { 6 };
+    // SAFETY: every bit pattern is a valid key (plain bytes and integers); same size.
+    unsafe {
+        core::mem::transmute([
+            a,
+            b,
+            u64::from_ne_bytes([port[0], port[1], proto, family, 0, 0, 0, 0]),
+        ])
+    }
 }
 
 impl<const N: usize> Packet<N> {

@@ -85,7 +85,7 @@ fn measure(backend: &str, fw: &Arc<impl Firewall + 'static>, count: u32, rounds:
         let (q, m) = answer(round, count, base + round * count);
         let started = Instant::now();
         authorizer
-            .authorize(&q, &m)
+            .authorize(nettrust::firewall::Scope::DEFAULT, &q, &m)
             .unwrap_or_else(|e| panic!("{backend}: authorizing failed: {e}"));
         let elapsed = started.elapsed().as_nanos() as u64;
         if round >= 20 {
@@ -205,6 +205,7 @@ fn bench_ebpf(scratch: &Scratch, rounds: u32) {
                 hosts: 16 * rounds + 1024,
                 networks: 16,
             },
+            scopes: nettrust::firewall::Scopes::default(),
         })
         .expect("start the eBPF backend"),
     );

@@ -3,7 +3,7 @@
 //! `[Already Authorized]`, `[Blacklisted]`, `[No Answer]`, `[Name Error]`, `[PTR]`.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -16,7 +16,10 @@ use hickory_proto::{
 use crate::{
     blacklist::Blacklist,
     dns::answer::chain_addresses,
-    firewall::{Authorization, Firewall, FirewallError, boottime_ns},
+    firewall::{
+        Authorization, ClientScope, Firewall, FirewallError, Scope, Transport, boottime_ns,
+    },
+    scopes::PolicyTable,
 };
 
 /// What the proxy does with an answer once the authorizer has seen it.
@@ -42,6 +45,8 @@ pub struct Authorizer {
     ttl: Option<Duration>,
     /// Shared by every clone, so a SIGHUP reload ([`Authorizer::set_blacklist`]) reaches the proxy.
     blacklist: Arc<RwLock<Arc<Blacklist>>>,
+    /// The `[[policy]]` sections, shared by every clone like the blacklist.
+    policies: Arc<RwLock<Arc<PolicyTable>>>,
     /// Whether a PTR answer authorizes the address it was asked about (the original did; off by
     /// default: knowing a name for an address is no reason to connect to it).
     authorize_ptr: bool,
@@ -58,6 +63,7 @@ impl Authorizer {
             firewall,
             ttl,
             blacklist: Arc::new(RwLock::new(Arc::new(Blacklist::default()))),
+            policies: Arc::new(RwLock::new(Arc::new(PolicyTable::default()))),
             authorize_ptr: false,
             max_addresses: DEFAULT_MAX_ANSWER_ADDRESSES as usize,
         }
@@ -72,6 +78,25 @@ impl Authorizer {
     /// Replaces the blacklist for every clone of this authorizer (SIGHUP reload).
     pub fn set_blacklist(&self, blacklist: Arc<Blacklist>) {
         *self.blacklist.write().expect("blacklist lock poisoned") = blacklist;
+    }
+
+    /// Replaces the policies for every clone of this authorizer (start, SIGHUP reload).
+    pub fn set_policies(&self, policies: Arc<PolicyTable>) {
+        *self.policies.write().expect("policies lock poisoned") = policies;
+    }
+
+    /// The policies in force.
+    pub fn policies(&self) -> Arc<PolicyTable> {
+        self.policies
+            .read()
+            .expect("policies lock poisoned")
+            .clone()
+    }
+
+    /// Who sent the last query from `client` over `transport`, as the firewall's data path
+    /// recorded it (see [`Firewall::client_scope`]).
+    pub fn client_scope(&self, transport: Transport, client: SocketAddr) -> Option<ClientScope> {
+        self.firewall.client_scope(transport, client)
     }
 
     /// Lets PTR answers authorize the reversed address.
@@ -94,10 +119,12 @@ impl Authorizer {
             .clone()
     }
 
-    /// Authorizes the addresses `response` gives for `question`. Returns only when every address
-    /// is enforced by the firewall; on error the caller must not relay the answer.
+    /// Authorizes the addresses `response` gives for `question` for the cgroups of `scope`.
+    /// Returns only when every address is enforced by the firewall; on error the caller must not
+    /// relay the answer.
     pub fn authorize(
         &self,
+        scope: Scope,
         question: &Query,
         response: &Message,
     ) -> Result<Verdict, FirewallError> {
@@ -138,7 +165,7 @@ impl Authorizer {
             return Ok(Verdict::Relay);
         }
         self.cap(qname, &mut allowed);
-        self.commit(qname, allowed)?;
+        self.commit(scope, qname, allowed)?;
         Ok(Verdict::Relay)
     }
 
@@ -186,7 +213,12 @@ impl Authorizer {
 
     /// Writes `allowed` into the firewall with this authorizer's deadline, then counts and logs
     /// which addresses were new and which were already authorized.
-    fn commit(&self, qname: &Name, allowed: Vec<IpAddr>) -> Result<(), FirewallError> {
+    fn commit(
+        &self,
+        scope: Scope,
+        qname: &Name,
+        allowed: Vec<IpAddr>,
+    ) -> Result<(), FirewallError> {
         let expires_ns = match self.ttl {
             Some(ttl) => {
                 boottime_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
@@ -196,7 +228,7 @@ impl Authorizer {
         let mut new = Vec::new();
         let authorizations = self
             .firewall
-            .authorize_answer(&allowed, expires_ns, &qname.to_string())
+            .authorize_answer(scope, &allowed, expires_ns, &qname.to_string())
             .inspect_err(|e| {
                 if matches!(e, FirewallError::Full { .. }) {
                     crate::metrics::metrics().firewall_full.inc();
@@ -210,12 +242,24 @@ impl Authorizer {
                 }
                 Authorization::Already => {
                     count_address("already");
-                    tracing::info!(question = %qname, host = %addr, "[Already Authorized]");
+                    if scope.is_default() {
+                        tracing::info!(question = %qname, host = %addr, "[Already Authorized]");
+                    } else {
+                        let policy = self.policies();
+                        let policy = policy.name(scope);
+                        tracing::info!(question = %qname, host = %addr, policy, "[Already Authorized]");
+                    }
                 }
             }
         }
         if !new.is_empty() {
-            tracing::info!(question = %qname, hosts = ?new, "[Authorized]");
+            if scope.is_default() {
+                tracing::info!(question = %qname, hosts = ?new, "[Authorized]");
+            } else {
+                let policy = self.policies();
+                let policy = policy.name(scope);
+                tracing::info!(question = %qname, hosts = ?new, policy, "[Authorized]");
+            }
         }
         Ok(())
     }
@@ -319,7 +363,10 @@ mod tests {
             ResponseCode::NoError,
             &["192.0.2.1", "192.0.2.2"],
         );
-        assert_eq!(auth.authorize(&q, &m).unwrap(), Verdict::Relay);
+        assert_eq!(
+            auth.authorize(Scope::DEFAULT, &q, &m).unwrap(),
+            Verdict::Relay
+        );
         assert!(fw.allows(ip("192.0.2.1"), 0));
         assert!(fw.allows(ip("192.0.2.2"), 0));
         assert!(!fw.allows(ip("192.0.2.3"), 0));
@@ -335,7 +382,10 @@ mod tests {
         let ips: Vec<String> = (1..=200).map(|i| format!("198.51.100.{i}")).collect();
         let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
         let (q, m) = answer("many.example.", ResponseCode::NoError, &refs);
-        assert_eq!(auth.authorize(&q, &m).unwrap(), Verdict::Relay);
+        assert_eq!(
+            auth.authorize(Scope::DEFAULT, &q, &m).unwrap(),
+            Verdict::Relay
+        );
         assert_eq!(fw.authorized().unwrap().len(), 3);
         for i in 1..=3 {
             assert!(fw.allows(ip(&format!("198.51.100.{i}")), 0));
@@ -345,7 +395,10 @@ mod tests {
         // The default cap is 32.
         let fw = Arc::new(FakeFirewall::new(Policy::default()));
         let auth = Authorizer::new(fw.clone(), None);
-        assert_eq!(auth.authorize(&q, &m).unwrap(), Verdict::Relay);
+        assert_eq!(
+            auth.authorize(Scope::DEFAULT, &q, &m).unwrap(),
+            Verdict::Relay
+        );
         assert_eq!(fw.authorized().unwrap().len(), 32);
     }
 
@@ -359,7 +412,10 @@ mod tests {
             ResponseCode::Refused,
         ] {
             let (q, m) = answer("a.example.", rcode, &["192.0.2.1"]);
-            assert_eq!(auth.authorize(&q, &m).unwrap(), Verdict::Relay);
+            assert_eq!(
+                auth.authorize(Scope::DEFAULT, &q, &m).unwrap(),
+                Verdict::Relay
+            );
         }
         assert!(fw.authorized().unwrap().is_empty());
     }
@@ -369,7 +425,10 @@ mod tests {
         let fw = Arc::new(FakeFirewall::new(Policy::default()));
         let auth = Authorizer::new(fw.clone(), Some(Duration::from_secs(60)));
         let (q, m) = answer("a.example.", ResponseCode::NoError, &["192.0.2.1"]);
-        assert_eq!(auth.authorize(&q, &m).unwrap(), Verdict::Relay);
+        assert_eq!(
+            auth.authorize(Scope::DEFAULT, &q, &m).unwrap(),
+            Verdict::Relay
+        );
         let host = fw.authorized().unwrap()[0];
         let now = boottime_ns();
         assert!(host.expires_ns > now && host.expires_ns <= now + 60_000_000_000);
@@ -386,6 +445,6 @@ mod tests {
             ResponseCode::NoError,
             &["192.0.2.1", "192.0.2.2"],
         );
-        assert!(auth.authorize(&q, &m).is_err());
+        assert!(auth.authorize(Scope::DEFAULT, &q, &m).is_err());
     }
 }

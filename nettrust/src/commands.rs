@@ -65,7 +65,12 @@ pub fn list(bpffs_dir: &Path) -> Result<String, CommandError> {
     if table {
         hosts.extend(nftables::list_authorized()?);
     }
-    hosts.sort_by_key(|(h, _)| h.addr);
+    hosts.sort_by_key(|(h, _)| (h.addr, h.scope));
+    let policies = if ebpf_pinned {
+        ebpf::policy_names_pinned(bpffs_dir)
+    } else {
+        std::collections::HashMap::new()
+    };
     let now = boottime_ns();
     let mut out = String::new();
     for (host, name) in hosts {
@@ -77,7 +82,15 @@ pub fn list(bpffs_dir: &Path) -> Result<String, CommandError> {
             ),
         };
         let name = name.unwrap_or_else(|| "-".to_owned());
-        let _ = writeln!(out, "{}\t{ttl}\t{name}", host.addr);
+        if host.scope.is_default() {
+            let _ = writeln!(out, "{}\t{ttl}\t{name}", host.addr);
+        } else {
+            let policy = policies
+                .get(&host.scope.0)
+                .cloned()
+                .unwrap_or_else(|| host.scope.0.to_string());
+            let _ = writeln!(out, "{}\t{ttl}\t{name}\tpolicy={policy}", host.addr);
+        }
     }
     Ok(out)
 }
@@ -157,6 +170,30 @@ fn ebpf_status(bpffs_dir: &Path, status: &ebpf::PinnedStatus) -> String {
         "drop input: {}",
         if status.drop_input { "yes" } else { "no" }
     );
+    let path_of = |id: u64| {
+        status
+            .cgroups
+            .iter()
+            .find(|c| c.0 == id)
+            .and_then(|c| c.1.clone())
+            .unwrap_or_else(|| format!("id {id}"))
+    };
+    if !status.policies.is_empty() {
+        let _ = writeln!(out, "policies: {}", status.policies.len());
+        for policy in &status.policies {
+            let cgroups: Vec<String> = policy.cgroups.iter().map(|&id| path_of(id)).collect();
+            let _ = writeln!(
+                out,
+                "  {} ({}, scope {}) grants {} audited {} cgroups {}",
+                policy.name,
+                if policy.audit { "audit" } else { "enforce" },
+                policy.scope,
+                policy.grants,
+                policy.audited,
+                cgroups.join(", ")
+            );
+        }
+    }
     let _ = writeln!(out, "cgroups: {}", status.cgroups.len());
     for (id, path, linked) in &status.cgroups {
         let find = |list: &[(u64, u64)]| list.iter().find(|(d, _)| d == id).map_or(0, |(_, n)| *n);

@@ -18,6 +18,7 @@ pub mod netlink;
 pub mod policy;
 pub mod privileges;
 pub mod reload;
+pub mod scopes;
 pub mod sweeper;
 pub mod sys;
 
@@ -95,6 +96,12 @@ pub enum RunError {
     /// eBPF was made unavailable on purpose (`NETTRUST_FORCE_EBPF_FAILURE=1`, for tests).
     #[error("eBPF disabled by NETTRUST_FORCE_EBPF_FAILURE=1")]
     EbpfForcedOff,
+    /// Two `[[policy]]` names share a scope number.
+    #[error("policies")]
+    Scopes(#[from] scopes::ScopeCollision),
+    /// The firewall cannot enforce the `[[policy]]` sections.
+    #[error("cannot apply the [[policy]] sections")]
+    Policies(#[source] firewall::FirewallError),
     /// The capabilities could not be reduced to what the running firewall needs.
     #[error("cannot start with reduced privileges")]
     Privileges(#[from] privileges::PrivilegeError),
@@ -132,13 +139,21 @@ pub async fn run(
     };
     let transport = upstream_transport(&settings)?;
     let blacklist = Arc::new(reload::blacklist(&settings)?);
+    let (policies, scopes) = scopes::of_settings(&settings)?;
     let listeners = Listeners::bind(&settings, listen_tls).await?;
 
     let policy = reload::policy(&settings);
     let exit_mode = exit_mode(&settings);
-    let backend = start_backend(&settings, &policy)?;
+    let backend = start_backend(&settings, &policy, &scopes)?;
     let firewall = backend.firewall();
+    if let Err(e) = firewall.set_scopes(&scopes) {
+        // Filtering the policies' cgroups without their policies would open them to every
+        // default-scope grant.
+        let _ = backend.stop(exit_mode);
+        return Err(RunError::Policies(e));
+    }
     let (proxy, reload_handle) = proxy(&settings, firewall.clone(), blacklist, transport);
+    reload_handle.set_policies(Arc::new(policies));
 
     let tasks = Tasks::default();
     if let Err(e) = tasks.start_udp(&settings, &listeners.udp, &proxy) {
@@ -463,13 +478,14 @@ impl StartedBackend {
 fn start_backend(
     settings: &Settings,
     policy: &firewall::Policy,
+    scopes: &firewall::Scopes,
 ) -> Result<StartedBackend, RunError> {
     let start_ebpf = || -> Result<StartedBackend, RunError> {
         if std::env::var_os("NETTRUST_FORCE_EBPF_FAILURE").is_some_and(|v| v == "1") {
             return Err(RunError::EbpfForcedOff);
         }
         let firewall = EbpfFirewall::start(&EbpfOptions {
-            cgroups: settings.cgroups.clone(),
+            cgroups: settings.filtered_cgroups(),
             pin_dir: settings.bpffs_dir.clone(),
             policy: policy.clone(),
             drop_input: settings.firewall_drop_input,
@@ -477,16 +493,17 @@ fn start_backend(
                 hosts: settings.max_hosts,
                 networks: settings.max_networks,
             },
+            scopes: scopes.clone(),
         })?;
         firewall.start_denied_log();
-        firewall.start_cgroup_watch(settings.cgroups.clone());
+        firewall.start_cgroup_watch(settings.filtered_cgroups());
         Ok(StartedBackend::Ebpf(Arc::new(firewall)))
     };
     let start_nftables = || -> Result<StartedBackend, RunError> {
         let options = firewall::nftables::Options {
             mode: match settings.firewall_type {
                 FirewallType::Output => firewall::nftables::Mode::Output {
-                    cgroups: settings.cgroups.clone(),
+                    cgroups: settings.filtered_cgroups(),
                 },
                 FirewallType::Forward => firewall::nftables::Mode::Forward,
             },

@@ -12,7 +12,7 @@ use std::{
 };
 
 use nettrust_common::{
-    STAT_ALLOW_HOST, STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_COUNT, STAT_DROP,
+    STAT_ALLOW_HOST, STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_AUDIT, STAT_COUNT, STAT_DROP,
     STAT_DROP_EXPIRED, STAT_DROP_INPUT, STAT_ERROR, STAT_PASS_NON_IP,
 };
 use prometheus_client::{
@@ -66,6 +66,22 @@ pub struct CgroupLabels {
     pub verdict: &'static str,
 }
 
+/// Labels of a question judged by a `[[policy]]`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// The policy's name.
+    pub policy: String,
+    /// `allowed`, `not_allowed` (refused) or `audited` (not allowed, forwarded in audit mode).
+    pub result: &'static str,
+}
+
+/// The label of a per-policy value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    /// The policy's name (`default` for the default policy).
+    pub policy: String,
+}
+
 /// Per-cgroup egress packet counts read from the kernel: `(cgroup, allowed, dropped)`.
 pub type CgroupEgress = Vec<(String, u64, u64)>;
 
@@ -79,6 +95,10 @@ pub struct Metrics {
     pub addresses: Family<ResultLabel, Counter>,
     /// Upstream replies refused (`forged`: not the answer to our query; `malformed`).
     pub rejected_answers: Family<ResultLabel, Counter>,
+    /// Questions from the cgroups of a `[[policy]]`, by policy and result.
+    policy_questions: Family<PolicyLabels, Counter>,
+    /// Live grants per policy (read at scrape time).
+    policy_grants: Family<PolicyLabel, Gauge>,
     /// Upstream round-trip time of answered queries.
     pub upstream_latency: Histogram,
     /// Addresses refused because the host map was full (the client got SERVFAIL).
@@ -107,7 +127,7 @@ pub fn metrics() -> &'static Metrics {
     &METRICS
 }
 
-const VERDICTS: [(u32, &str); 8] = [
+const VERDICTS: [(u32, &str); 9] = [
     (STAT_ALLOW_HOST, "allow_host"),
     (STAT_ALLOW_NET, "allow_net"),
     (STAT_DROP, "drop"),
@@ -116,6 +136,7 @@ const VERDICTS: [(u32, &str); 8] = [
     (STAT_ERROR, "error"),
     (STAT_ALLOW_INBOUND_REPLY, "allow_inbound_reply"),
     (STAT_DROP_INPUT, "drop_input"),
+    (STAT_AUDIT, "audit"),
 ];
 
 impl Metrics {
@@ -139,6 +160,18 @@ impl Metrics {
                 r,
                 "rejected_answers",
                 "Upstream replies refused as forged or malformed",
+                Family::default(),
+            ),
+            policy_questions: registered(
+                r,
+                "policy_questions",
+                "Questions from the cgroups of a policy, by policy and result",
+                Family::default(),
+            ),
+            policy_grants: registered(
+                r,
+                "policy_grants",
+                "Addresses currently authorized, per policy",
                 Family::default(),
             ),
             upstream_latency: registered(
@@ -194,6 +227,28 @@ impl Metrics {
             last_cgroup: Mutex::new(std::collections::HashMap::new()),
             // Last: the fields above register into it.
             registry,
+        }
+    }
+
+    /// Counts a question a policy judged.
+    pub fn policy_question(&self, policy: &str, result: &'static str) {
+        self.policy_questions
+            .get_or_create(&PolicyLabels {
+                policy: policy.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Sets the live grants per policy (`(policy, count)`); a policy without any shows 0.
+    pub fn set_policy_grants(&self, grants: &[(String, usize)]) {
+        self.policy_grants.clear();
+        for (policy, count) in grants {
+            self.policy_grants
+                .get_or_create(&PolicyLabel {
+                    policy: policy.clone(),
+                })
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
         }
     }
 
@@ -311,7 +366,11 @@ async fn respond(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()
                 .map(|(_, value)| value)
                 .collect();
             let format = Format::negotiate(&accept.join(","));
-            let authorized = sources.firewall.authorized().ok().map(|hosts| hosts.len());
+            let hosts = sources.firewall.authorized().ok();
+            if let Some(hosts) = &hosts {
+                metrics().set_policy_grants(&grants_per_policy(hosts, &sources.bpffs_dir));
+            }
+            let authorized = hosts.map(|hosts| hosts.len());
             let egress = crate::firewall::ebpf::read_stats(&sources.bpffs_dir)
                 .ok()
                 .or_else(|| crate::firewall::nftables::egress_stats().ok().flatten());
@@ -335,6 +394,31 @@ async fn respond(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Live grants counted per policy, named as the eBPF state names them (the scope number
+/// otherwise); the default policy is `default`.
+fn grants_per_policy(
+    hosts: &[crate::firewall::AuthorizedHost],
+    bpffs_dir: &std::path::Path,
+) -> Vec<(String, usize)> {
+    let names = crate::firewall::ebpf::policy_names_pinned(bpffs_dir);
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for scope in names.keys() {
+        counts.entry(names[scope].clone()).or_default();
+    }
+    for host in hosts {
+        let policy = if host.scope.is_default() {
+            "default".to_owned()
+        } else {
+            names
+                .get(&host.scope.0)
+                .cloned()
+                .unwrap_or_else(|| host.scope.0.to_string())
+        };
+        *counts.entry(policy).or_default() += 1;
+    }
+    counts.into_iter().collect()
 }
 
 /// The exposition formats served at `/metrics`.

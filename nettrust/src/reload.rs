@@ -31,6 +31,9 @@ pub enum ReloadError {
     /// The new blacklist is unusable.
     #[error("reload refused: blacklist")]
     Blacklist(#[from] PatternError),
+    /// The new policies are unusable.
+    #[error("reload refused: policies")]
+    Scopes(#[from] crate::scopes::ScopeCollision),
 }
 
 /// The whitelists of `settings`, as the firewall takes them: the upstream servers are allowed on
@@ -71,7 +74,12 @@ pub fn apply(
     firewall: &dyn Firewall,
     authorizer: &Authorizer,
 ) -> Result<(), ReloadError> {
-    let changed = restart_only_changes(current, &new);
+    let mut changed = restart_only_changes(current, &new);
+    if sorted(new.filtered_cgroups()) != sorted(current.filtered_cgroups()) {
+        // Attaching and detaching happen at start; moving a filtered cgroup between policies
+        // (or the default policy) is a reload.
+        changed.push("cgroups");
+    }
     if !changed.is_empty() {
         return Err(ReloadError::NeedsRestart(changed.join(", ")));
     }
@@ -79,10 +87,21 @@ pub fn apply(
     let new_blacklist = (new.blacklist != current.blacklist)
         .then(|| blacklist(&new))
         .transpose()?;
+    let (policies, scopes) = crate::scopes::of_settings(&new)?;
     let policy = policy(&new);
     if policy != self::policy(current) {
         firewall.set_whitelist(&policy)?;
     }
+    let narrowed = if new.policies == current.policies {
+        None
+    } else {
+        firewall.set_scopes(&scopes)?;
+        let policies = Arc::new(policies);
+        let narrowed = policies.narrowed_from(&authorizer.policies());
+        // Installed before the revocation, so no answer authorizes what it revokes afterwards.
+        authorizer.set_policies(policies.clone());
+        Some((policies, narrowed))
+    };
     let revoke = new_blacklist.map(|new_blacklist| {
         // Installed before the revocation, so no answer authorizes a newly blacklisted host
         // after it was revoked.
@@ -97,14 +116,28 @@ pub fn apply(
     );
     *current = new;
     if let Some(blacklist) = revoke {
-        let revoked = firewall.revoke(&|addr, name| blacklisted(&blacklist, addr, name))?;
-        for addr in &revoked {
+        let revoked = firewall.revoke(&|grant, name| blacklisted(&blacklist, grant.addr, name))?;
+        for grant in &revoked {
             tracing::info!(
-                "[Reload] Host [{addr}] is blacklisted now. Removed from firewall rules"
+                "[Reload] Host [{grant}] is blacklisted now. Removed from firewall rules"
+            );
+        }
+    }
+    if let Some((policies, narrowed)) = narrowed {
+        let revoked = firewall.revoke(&|grant, name| policies.revokes(&narrowed, grant, name))?;
+        for grant in &revoked {
+            tracing::info!(
+                policy = policies.name(grant.scope),
+                "[Reload] Host [{grant}] is no longer allowed by its policy. Removed from firewall rules"
             );
         }
     }
     Ok(())
+}
+
+fn sorted(mut paths: Vec<std::path::PathBuf>) -> Vec<std::path::PathBuf> {
+    paths.sort();
+    paths
 }
 
 /// Whether an authorization of `addr` for `name` is forbidden by `blacklist`. A name too long for
@@ -145,7 +178,7 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         backend,
         firewall_type,
         firewall_drop_input,
-        cgroups,
+        cgroups: _,
         dns_ttl_cache,
         dns_cache_size,
         max_tcp_connections,
@@ -180,7 +213,6 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         backend => "firewall_backend",
         firewall_type => "firewall_type",
         firewall_drop_input => "firewall_drop_input",
-        cgroups => "cgroups",
         dns_ttl_cache => "dns_ttl_cache",
         dns_cache_size => "dns_cache_size",
         max_tcp_connections => "max_tcp_connections",
@@ -230,7 +262,7 @@ mod tests {
             settings("[whitelist]\nhosts = [\"203.0.113.1\"]\nnetworks = [\"198.51.100.0/24\"]");
         let fw = Arc::new(FakeFirewall::new(policy(&current)));
         let authorizer = Authorizer::new(fw.clone(), None);
-        fw.authorize(ip("192.0.2.7"), 0).unwrap();
+        fw.authorize(ip("192.0.2.7").into(), 0).unwrap();
         assert!(fw.allows(ip("203.0.113.1"), 0) && fw.allows(ip("198.51.100.9"), 0));
 
         let new = settings("[whitelist]\nhosts = [\"203.0.113.2\"]");
@@ -283,7 +315,7 @@ mod tests {
             ("198.51.100.9", "c.test."),
             ("192.0.2.20", "ok.test."),
         ] {
-            fw.authorize(ip(addr), 0).unwrap();
+            fw.authorize(ip(addr).into(), 0).unwrap();
             fw.record_name(ip(addr), name).unwrap();
         }
         apply(
@@ -303,6 +335,60 @@ mod tests {
             fw.allows(ip("192.0.2.20"), 0),
             "a host not blacklisted was revoked"
         );
+    }
+
+    /// A configuration with policy `ci` (`mode`, `domains`) on /cg/a and `other` on /cg/b.
+    fn with_policies(mode: &str, domains: &str) -> Settings {
+        settings(&format!(
+            "[[policy]]\nname = \"ci\"\ncgroups = [\"/cg/a\"]\nallow_domains = [{domains}]\nmode = \"{mode}\"\n\
+             [[policy]]\nname = \"other\"\ncgroups = [\"/cg/b\"]\nallow_domains = [\"example.net\"]\n"
+        ))
+    }
+
+    #[test]
+    fn narrowing_a_policy_revokes_its_grants_a_mode_switch_keeps_them() {
+        use crate::{firewall::Grant, scopes::scope_of_name};
+        let mut current = with_policies("audit", r#""example.com", "*.example.org""#);
+        let fw = Arc::new(FakeFirewall::new(policy(&current)));
+        let authorizer = Authorizer::new(fw.clone(), None);
+        // As at start.
+        authorizer.set_policies(Arc::new(crate::scopes::of_settings(&current).unwrap().0));
+        let ci = scope_of_name("ci");
+        let grants = [
+            (Grant::new(ci, ip("192.0.2.1")), "example.com."),
+            (Grant::new(ci, ip("192.0.2.2")), "www.example.org."),
+            (Grant::new(ci, ip("192.0.2.3")), "audited.test."),
+            (Grant::from(ip("192.0.2.4")), "audited.test."),
+        ];
+        for (grant, name) in grants {
+            fw.authorize(grant, 0).unwrap();
+            fw.record_name(grant.addr, name).unwrap();
+        }
+        // Audit to enforce with the same domains: every grant stays.
+        let enforce = with_policies("enforce", r#""example.com", "*.example.org""#);
+        apply(&mut current, enforce, fw.as_ref(), &authorizer).unwrap();
+        assert!(grants.iter().all(|(g, _)| fw.has_grant(*g)));
+        assert!(
+            fw.scopes()
+                .cgroups
+                .iter()
+                .any(|c| c.scope == ci && !c.audit)
+        );
+        // Narrowed: what it no longer allows goes at once, the default scope is untouched.
+        let narrowed = with_policies("enforce", r#""example.com""#);
+        apply(&mut current, narrowed, fw.as_ref(), &authorizer).unwrap();
+        let kept: Vec<bool> = grants.iter().map(|(g, _)| fw.has_grant(*g)).collect();
+        assert_eq!(kept, [true, false, false, true]);
+        // The policy removed: its grants go too.
+        apply(
+            &mut current,
+            settings("cgroups = [\"/cg/a\", \"/cg/b\"]"),
+            fw.as_ref(),
+            &authorizer,
+        )
+        .unwrap();
+        assert!(!fw.has_grant(grants[0].0));
+        assert!(fw.has_grant(grants[3].0));
     }
 
     #[test]

@@ -32,7 +32,7 @@ use std::{collections::HashSet, net::IpAddr, sync::Arc, time::Duration};
 use nettrust_common::LAST_SEEN_GRANULARITY_NS;
 use tokio_util::sync::CancellationToken;
 
-use crate::firewall::{Firewall, FirewallError, HostState, boottime_ns};
+use crate::firewall::{Firewall, FirewallError, Grant, HostState, boottime_ns};
 
 /// How the sweeper runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub enum Action {
     /// Still in use: move its deadline.
     Renew {
         /// The host.
-        addr: IpAddr,
+        grant: Grant,
         /// The deadline the sweeper saw.
         seen: u64,
         /// The new deadline.
@@ -74,7 +74,7 @@ pub enum Action {
     /// Expired and unused: remove it.
     Remove {
         /// The host.
-        addr: IpAddr,
+        grant: Grant,
         /// The deadline the sweeper saw.
         seen: u64,
     },
@@ -115,12 +115,12 @@ pub fn plan(
             if host.expires_ns <= now {
                 // Past its deadline: already blocked by the kernel, never renewed.
                 Some(Action::Remove {
-                    addr: host.addr,
+                    grant: host.grant(),
                     seen: host.expires_ns,
                 })
             } else if seen_recently || active.contains(&host.addr) {
                 Some(Action::Renew {
-                    addr: host.addr,
+                    grant: host.grant(),
                     seen: host.expires_ns,
                     new: now.saturating_add(config.renewal_ns()),
                 })
@@ -138,17 +138,17 @@ pub fn apply(firewall: &dyn Firewall, actions: &[Action]) -> (SweepReport, Vec<F
     let mut errors = Vec::new();
     for action in actions {
         let result = match *action {
-            Action::Renew { addr, seen, new } => firewall.renew_if(addr, seen, new),
-            Action::Remove { addr, seen } => firewall.remove_if(addr, seen),
+            Action::Renew { grant, seen, new } => firewall.renew_if(grant, seen, new),
+            Action::Remove { grant, seen } => firewall.remove_if(grant, seen),
         };
         match (result, *action) {
-            (Ok(true), Action::Renew { addr, .. }) => {
-                tracing::debug!("Host [{addr}] has expired but is still active. Renewing");
+            (Ok(true), Action::Renew { grant, .. }) => {
+                tracing::debug!("Host [{grant}] has expired but is still active. Renewing");
                 crate::metrics::metrics().renewed.inc();
                 report.renewed += 1;
             }
-            (Ok(true), Action::Remove { addr, .. }) => {
-                tracing::info!("Host [{addr}] has expired. Removed from firewall rules");
+            (Ok(true), Action::Remove { grant, .. }) => {
+                tracing::info!("Host [{grant}] has expired. Removed from firewall rules");
                 crate::metrics::metrics().expired.inc();
                 report.removed += 1;
             }
@@ -267,7 +267,7 @@ mod tests {
     #[test]
     fn conntrack_is_not_dumped_when_nothing_is_due() {
         let fw = FakeFirewall::new(Policy::default());
-        fw.authorize(ip("192.0.2.1"), 1000 * S).unwrap();
+        fw.authorize(ip("192.0.2.1").into(), 1000 * S).unwrap();
         let report = sweep(&fw, 100 * S, &config(), || panic!("dumped for nothing")).unwrap();
         assert_eq!(report, SweepReport::default());
     }
@@ -276,7 +276,7 @@ mod tests {
     fn idle_host_expires_and_is_removed() {
         let fw = FakeFirewall::new(Policy::default());
         let t0 = 100 * S;
-        fw.authorize(ip("192.0.2.1"), t0 + 2 * S).unwrap();
+        fw.authorize(ip("192.0.2.1").into(), t0 + 2 * S).unwrap();
         // t0+1: due before the next tick plus the slack but unused and not expired yet: left to
         // the kernel.
         assert_eq!(
@@ -297,7 +297,7 @@ mod tests {
     fn host_in_use_is_renewed_before_its_deadline() {
         let fw = FakeFirewall::new(Policy::default());
         let t0 = 100 * S;
-        fw.authorize(ip("192.0.2.1"), t0 + 2 * S).unwrap();
+        fw.authorize(ip("192.0.2.1").into(), t0 + 2 * S).unwrap();
         // Traffic every half second for 10 s: never cut, deadline keeps moving.
         let mut t = t0;
         while t < t0 + 10 * S {
@@ -324,7 +324,7 @@ mod tests {
         // them; the host is in use throughout (in the active set).
         let fw = FakeFirewall::new(Policy::default());
         let t0 = 100 * S;
-        fw.authorize(ip("192.0.2.1"), t0 + 2 * S).unwrap();
+        fw.authorize(ip("192.0.2.1").into(), t0 + 2 * S).unwrap();
         let active: HashSet<IpAddr> = [ip("192.0.2.1")].into();
         let mut now = t0;
         for k in 1..=20u64 {
@@ -345,7 +345,7 @@ mod tests {
     fn active_set_counts_as_use() {
         let fw = FakeFirewall::new(Policy::default());
         let t0 = 100 * S;
-        fw.authorize(ip("2001:db8::1"), t0 + 2 * S).unwrap();
+        fw.authorize(ip("2001:db8::1").into(), t0 + 2 * S).unwrap();
         let active: HashSet<IpAddr> = [ip("2001:db8::1")].into();
         let report = sweep(&fw, t0 + S, &config(), || active.clone()).unwrap();
         assert_eq!(report.renewed, 1);
@@ -359,15 +359,16 @@ mod tests {
         // a connection, keeps it in the active set): the host must stay expired.
         let fw = FakeFirewall::new(Policy::default());
         let t0 = 100 * S;
-        fw.authorize(ip("192.0.2.1"), t0 + 2 * S).unwrap();
+        fw.authorize(ip("192.0.2.1").into(), t0 + 2 * S).unwrap();
         let active: HashSet<IpAddr> = [ip("192.0.2.1")].into();
         let report = sweep(&fw, t0 + 2 * S, &config(), || active.clone()).unwrap();
         assert_eq!((report.renewed, report.removed), (0, 1));
         assert!(!fw.has_entry(ip("192.0.2.1")));
         // Even used right up to its deadline (last-seen in the window): expired is expired.
-        fw.authorize(ip("192.0.2.2"), t0 + 2 * S).unwrap();
+        fw.authorize(ip("192.0.2.2").into(), t0 + 2 * S).unwrap();
         let host = HostState {
             addr: ip("192.0.2.2"),
+            scope: crate::firewall::Scope::DEFAULT,
             expires_ns: t0 + 2 * S,
             last_seen_ns: t0 + 2 * S - 1,
         };
@@ -381,7 +382,7 @@ mod tests {
     #[test]
     fn hosts_without_deadline_are_never_due() {
         let fw = FakeFirewall::new(Policy::default());
-        fw.authorize(ip("192.0.2.1"), 0).unwrap();
+        fw.authorize(ip("192.0.2.1").into(), 0).unwrap();
         let report = sweep(&fw, u64::MAX / 2, &config(), none).unwrap();
         assert_eq!(report, SweepReport::default());
         assert!(fw.has_entry(ip("192.0.2.1")));
@@ -391,13 +392,13 @@ mod tests {
     fn dns_renewal_during_a_sweep_wins() {
         let fw = FakeFirewall::new(Policy::default());
         let t0 = 100 * S;
-        fw.authorize(ip("192.0.2.1"), t0 + 2 * S).unwrap();
+        fw.authorize(ip("192.0.2.1").into(), t0 + 2 * S).unwrap();
         // The sweeper takes its snapshot and decides to remove...
         let due = fw.due(t0 + 4 * S).unwrap();
         let actions = plan(&due, t0 + 3 * S, &config(), &none());
         assert!(matches!(actions[..], [Action::Remove { .. }]));
         // ...a DNS answer renews the host before the removal is applied...
-        fw.authorize(ip("192.0.2.1"), t0 + 5 * S).unwrap();
+        fw.authorize(ip("192.0.2.1").into(), t0 + 5 * S).unwrap();
         let (report, errors) = apply(&fw, &actions);
         assert!(errors.is_empty());
         // ...so the removal is dropped and the host stays reachable.
@@ -414,6 +415,7 @@ mod tests {
         };
         let host = HostState {
             addr: ip("192.0.2.1"),
+            scope: crate::firewall::Scope::DEFAULT,
             expires_ns: 101 * S,
             last_seen_ns: 100 * S,
         };

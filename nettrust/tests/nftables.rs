@@ -699,10 +699,17 @@ fn nft_backend_sets_timeouts_whitelist_reload() {
     let in_60s = now + 60_000_000_000;
     let a: IpAddr = "203.0.113.5".parse().unwrap();
     let b: IpAddr = "2001:db8:1::5".parse().unwrap();
-    assert_eq!(fw.authorize(a, in_60s).unwrap(), Authorization::New);
-    assert_eq!(fw.authorize(a, in_60s).unwrap(), Authorization::Already);
+    assert_eq!(fw.authorize(a.into(), in_60s).unwrap(), Authorization::New);
     assert_eq!(
-        fw.authorize("192.0.2.1".parse().unwrap(), in_60s).unwrap(),
+        fw.authorize(a.into(), in_60s).unwrap(),
+        Authorization::Already
+    );
+    assert_eq!(
+        fw.authorize(
+            "192.0.2.1".parse::<std::net::IpAddr>().unwrap().into(),
+            in_60s
+        )
+        .unwrap(),
         Authorization::Already,
         "whitelisted hosts are already allowed"
     );
@@ -731,7 +738,7 @@ fn nft_backend_sets_timeouts_whitelist_reload() {
     assert_eq!(deadline(b), 0);
     // A short timeout is enforced by the kernel.
     let c: IpAddr = "203.0.113.6".parse().unwrap();
-    fw.authorize(c, nettrust::firewall::boottime_ns() + 300_000_000)
+    fw.authorize(c.into(), nettrust::firewall::boottime_ns() + 300_000_000)
         .unwrap();
     let hosts = fw.authorized().unwrap();
     let dc = hosts.iter().find(|h| h.addr == c).unwrap().expires_ns;
@@ -745,7 +752,7 @@ fn nft_backend_sets_timeouts_whitelist_reload() {
         !left.contains(&c),
         "the kernel did not expire {c}: {left:?}"
     );
-    assert_eq!(fw.authorize(c, 0).unwrap(), Authorization::New);
+    assert_eq!(fw.authorize(c.into(), 0).unwrap(), Authorization::New);
 
     // Reload: hosts diffed, networks rewritten, authorizations kept.
     fw.set_whitelist(&policy(
@@ -836,7 +843,7 @@ fn nft_lock_adoption_exit_modes_and_repair() {
         "{named:?}"
     );
     assert_eq!(
-        fw.authorize(a, in_60s).unwrap(),
+        fw.authorize(a.into(), in_60s).unwrap(),
         Authorization::Already,
         "an adopted host is already authorized"
     );

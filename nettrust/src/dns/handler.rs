@@ -16,7 +16,10 @@
 //! the firewall does not allow. Over UDP an answer longer than the client's EDNS0 size, or than
 //! [`MAX_UDP_REPLY`], is replaced by an empty one with TC=1 (the client asks again over TCP).
 
-use std::{net::IpAddr, time::Instant};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Instant,
+};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use ipnet::IpNet;
@@ -30,6 +33,8 @@ use super::{
 use crate::{
     authorizer::{Authorizer, Verdict},
     error_chain,
+    firewall::{Scope, Transport},
+    scopes::Question,
 };
 
 /// Largest UDP reply sent to a client: the EDNS0 size of DNS flag day 2020, which avoids IP
@@ -74,6 +79,8 @@ pub enum Outcome {
     ServFail,
     /// The blacklist response.
     Blacklisted,
+    /// The blacklist response: the client's policy does not allow the name.
+    NotAllowed,
     /// FORMERR: an unparsable query, or not exactly one question.
     FormErr,
     /// NOTIMP: an opcode other than QUERY.
@@ -95,6 +102,7 @@ impl Outcome {
             Self::Truncated => "truncated",
             Self::ServFail => "servfail",
             Self::Blacklisted => "blacklisted",
+            Self::NotAllowed => "not_allowed",
             Self::FormErr => "formerr",
             Self::NotImp => "notimp",
             Self::RefusedClient => "refused_client",
@@ -153,6 +161,8 @@ pub struct Forward {
     query: Vec<u8>,
     /// Largest answer the client takes.
     client_limit: usize,
+    /// Whose cgroups the answer opens its addresses for.
+    scope: Scope,
     /// The client's in-flight slot, given back when the query is over.
     _slot: ClientSlot,
 }
@@ -235,8 +245,8 @@ impl Handler {
     }
 
     /// What to do with `query` from `client`.
-    pub fn step(&self, query: &[u8], transport: ClientTransport, client: IpAddr) -> Step {
-        match self.admit(query, client) {
+    pub fn step(&self, query: &[u8], transport: ClientTransport, client: SocketAddr) -> Step {
+        match self.admit(query, client.ip()) {
             Ok(request) => self.decide(query, request, transport, client),
             Err(reply) => Step::Reply(reply),
         }
@@ -289,7 +299,7 @@ impl Handler {
         query: &[u8],
         request: Message,
         transport: ClientTransport,
-        client: IpAddr,
+        client: SocketAddr,
     ) -> Step {
         let question = &request.queries[0];
         let blacklist = self.authorizer.blacklist();
@@ -298,14 +308,18 @@ impl Handler {
             let rcode = blacklist.response.rcode();
             return Step::Reply(error_reply(&request, rcode, Outcome::Blacklisted));
         }
+        let Some(scope) = self.scope_of(&request, transport, client) else {
+            let rcode = blacklist.response.rcode();
+            return Step::Reply(error_reply(&request, rcode, Outcome::NotAllowed));
+        };
         let client_limit = match transport {
             ClientTransport::Udp => usize::from(request.max_payload()).min(MAX_UDP_REPLY),
             ClientTransport::Tcp | ClientTransport::Tls => usize::MAX,
         };
-        if let Some(reply) = self.cached(&request, client_limit) {
+        if let Some(reply) = self.cached(&request, client_limit, scope) {
             return Step::Reply(reply);
         }
-        let Some(slot) = self.clients.acquire(client) else {
+        let Some(slot) = self.clients.acquire(client.ip()) else {
             tracing::debug!(%client, "the client's bound of queries is in flight, refusing one");
             return Step::Reply(error_reply(
                 &request,
@@ -318,13 +332,54 @@ impl Handler {
             request,
             query,
             client_limit,
+            scope,
             _slot: slot,
         })
     }
 
+    /// The scope the answer to `request` authorizes for, from the policy of the client's cgroup
+    /// as the data path recorded it; `None`: the policy does not allow the question (logged).
+    /// Without `[[policy]]` sections nothing is looked up: the default scope.
+    fn scope_of(
+        &self,
+        request: &Message,
+        transport: ClientTransport,
+        client: SocketAddr,
+    ) -> Option<Scope> {
+        let policies = self.authorizer.policies();
+        if policies.is_empty() {
+            return Some(Scope::DEFAULT);
+        }
+        let transport = match transport {
+            ClientTransport::Udp => Transport::Udp,
+            ClientTransport::Tcp | ClientTransport::Tls => Transport::Tcp,
+        };
+        let who = self.authorizer.client_scope(transport, client);
+        let question = &request.queries[0];
+        let verdict = policies.judge(who, &question.name);
+        match verdict {
+            Question::Allowed(scope) => return Some(scope),
+            Question::Audited(scope) => tracing::info!(
+                policy = policies.name(scope),
+                question = %question.name,
+                qtype = %question.query_type,
+                %client,
+                "[Audit] not allowed question"
+            ),
+            Question::NotAllowed(scope) => tracing::info!(
+                policy = policies.name(scope),
+                question = %question.name,
+                qtype = %question.query_type,
+                %client,
+                "[Not Allowed]"
+            ),
+        }
+        verdict.scope()
+    }
+
     /// The reply from the cache, if it holds a fresh answer; every hit renews the firewall
     /// entries before the client sees the addresses.
-    fn cached(&self, request: &Message, client_limit: usize) -> Option<Reply> {
+    fn cached(&self, request: &Message, client_limit: usize, scope: Scope) -> Option<Reply> {
         let question = &request.queries[0];
         let cached = self
             .cache
@@ -341,7 +396,7 @@ impl Handler {
         if bytes.len() > client_limit {
             return Some(Reply::new(truncated_response(request), Outcome::Truncated));
         }
-        Some(match self.authorized(request, question, &cached) {
+        Some(match self.authorized(scope, request, question, &cached) {
             Ok(()) => Reply::new(Some(bytes), Outcome::Cached),
             Err(rcode) => error_reply(request, rcode, rcode_outcome(rcode)),
         })
@@ -376,7 +431,7 @@ impl Handler {
                 Outcome::Truncated,
             );
         }
-        if let Err(rcode) = self.authorized(request, question, answer) {
+        if let Err(rcode) = self.authorized(forward.scope, request, question, answer) {
             return error_reply(request, rcode, rcode_outcome(rcode));
         }
         if let Some(cache) = &self.cache {
@@ -398,11 +453,12 @@ impl Handler {
     /// Authorizes `answer`; `Err` carries the rcode the client gets instead.
     fn authorized(
         &self,
+        scope: Scope,
         request: &Message,
         question: &Query,
         answer: &Message,
     ) -> Result<(), ResponseCode> {
-        match self.authorizer.authorize(question, answer) {
+        match self.authorizer.authorize(scope, question, answer) {
             Ok(Verdict::Relay) => Ok(()),
             Ok(Verdict::Blocked(_)) => Err(self.authorizer.blacklist().response.rcode()),
             Err(e) => {

@@ -4,7 +4,7 @@
 //! upstreams), and by tests and fuzz targets (which reach the upstreams over TCP whatever the
 //! client's transport: the UDP upstream exchange is the UDP engine's alone).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::IpNet;
 
@@ -83,8 +83,8 @@ impl Proxy {
     /// Handles one query from a loopback client (tests, fuzz targets); `None` means no reply is
     /// sent (e.g. the message was a response).
     pub async fn handle(&self, query: &[u8], transport: ClientTransport) -> Option<Vec<u8>> {
-        self.handle_from(query, transport, IpAddr::V4(Ipv4Addr::LOCALHOST))
-            .await
+        let loopback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53_000);
+        self.handle_from(query, transport, loopback).await
     }
 
     /// Handles one query from `client`; `None` means no reply is sent.
@@ -92,7 +92,7 @@ impl Proxy {
         &self,
         query: &[u8],
         transport: ClientTransport,
-        client: IpAddr,
+        client: SocketAddr,
     ) -> Option<Vec<u8>> {
         let reply = match self.handler.step(query, transport, client) {
             Step::Reply(reply) => reply,

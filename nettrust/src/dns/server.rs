@@ -209,7 +209,7 @@ pub async fn serve_connection(
                     format!("{peer} stalled mid-message"),
                 )
             })??;
-        let Some(response) = proxy.handle_from(&query, transport, peer.ip()).await else {
+        let Some(response) = proxy.handle_from(&query, transport, peer).await else {
             continue;
         };
         let Some(framed) = frame(&response) else {

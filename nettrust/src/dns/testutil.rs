@@ -213,8 +213,12 @@ impl Recording {
 }
 
 impl Firewall for Recording {
-    fn authorize(&self, addr: std::net::IpAddr, _: u64) -> Result<Authorization, FirewallError> {
-        self.0.lock().unwrap().push(addr);
+    fn authorize(
+        &self,
+        grant: crate::firewall::Grant,
+        _: u64,
+    ) -> Result<Authorization, FirewallError> {
+        self.0.lock().unwrap().push(grant.addr);
         Ok(Authorization::New)
     }
     fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError> {
@@ -226,10 +230,10 @@ impl Firewall for Recording {
     fn due(&self, _: u64) -> Result<Vec<crate::firewall::HostState>, FirewallError> {
         Ok(Vec::new())
     }
-    fn renew_if(&self, _: std::net::IpAddr, _: u64, _: u64) -> Result<bool, FirewallError> {
+    fn renew_if(&self, _: crate::firewall::Grant, _: u64, _: u64) -> Result<bool, FirewallError> {
         Ok(false)
     }
-    fn remove_if(&self, _: std::net::IpAddr, _: u64) -> Result<bool, FirewallError> {
+    fn remove_if(&self, _: crate::firewall::Grant, _: u64) -> Result<bool, FirewallError> {
         Ok(false)
     }
 }

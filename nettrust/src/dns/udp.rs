@@ -274,7 +274,7 @@ impl UdpEngine {
             match self
                 .proxy
                 .handler()
-                .step(query, ClientTransport::Udp, client.ip())
+                .step(query, ClientTransport::Udp, client)
             {
                 Step::Reply(reply) => {
                     count_query(reply.outcome);

@@ -1,8 +1,15 @@
 //! In-memory firewall with the eBPF backend's semantics, for tests without root.
 
-use std::{collections::HashMap, net::IpAddr, sync::Mutex};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Mutex,
+};
 
-use super::{Authorization, AuthorizedHost, Firewall, FirewallError, HostState, Policy};
+use super::{
+    Authorization, AuthorizedHost, ClientScope, Firewall, FirewallError, Grant, HostState, Policy,
+    Scope, Scopes, Transport,
+};
 
 /// One authorized host: deadline (0 = never), last time traffic was seen, authorizing name.
 #[derive(Debug, Clone, Default)]
@@ -16,7 +23,10 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct FakeFirewall {
     policy: Mutex<Policy>,
-    authorized: Mutex<HashMap<IpAddr, Entry>>,
+    authorized: Mutex<HashMap<Grant, Entry>>,
+    scopes: Mutex<Scopes>,
+    /// The data path's record of who sent from a client address (see [`Firewall::client_scope`]).
+    clients: Mutex<HashMap<(Transport, SocketAddr), ClientScope>>,
     /// When set, `authorize` fails for this address (to test error paths).
     pub fail_on: Option<IpAddr>,
 }
@@ -30,9 +40,26 @@ impl FakeFirewall {
         }
     }
 
-    /// The verdict the egress program would give a packet to `addr` at `now_ns`; an allowed
-    /// packet to an authorized host refreshes its last-seen time, as the egress program does.
+    /// The verdict the egress program would give a packet to `addr` at `now_ns` from a cgroup of
+    /// the default scope; an allowed packet to an authorized host refreshes its last-seen time,
+    /// as the egress program does.
     pub fn allows(&self, addr: IpAddr, now_ns: u64) -> bool {
+        self.allows_from(Scope::DEFAULT, addr, now_ns)
+    }
+
+    /// [`FakeFirewall::allows`] for a packet from a cgroup of `scope`: whitelists and the
+    /// scope's own networks, then the scope's grants only.
+    pub fn allows_from(&self, scope: Scope, addr: IpAddr, now_ns: u64) -> bool {
+        if self
+            .scopes
+            .lock()
+            .expect("poisoned")
+            .networks
+            .iter()
+            .any(|(s, net)| *s == scope && net.contains(&addr))
+        {
+            return true;
+        }
         let policy = self.policy.lock().expect("poisoned");
         if policy.whitelist_hosts.contains(&addr)
             || policy
@@ -43,7 +70,7 @@ impl FakeFirewall {
             return true;
         }
         let mut authorized = self.authorized.lock().expect("poisoned");
-        match authorized.get_mut(&addr) {
+        match authorized.get_mut(&Grant::new(scope, addr)) {
             Some(entry) if entry.expires_ns == 0 || now_ns < entry.expires_ns => {
                 entry.last_seen_ns = now_ns;
                 true
@@ -52,26 +79,48 @@ impl FakeFirewall {
         }
     }
 
-    /// Whether `addr` still has an entry (live or expired but not yet swept).
+    /// Whether `addr` still has an entry in the default scope (live or expired but not yet
+    /// swept).
     pub fn has_entry(&self, addr: IpAddr) -> bool {
+        self.has_grant(Grant::from(addr))
+    }
+
+    /// Whether `grant` still has an entry (live or expired but not yet swept).
+    pub fn has_grant(&self, grant: Grant) -> bool {
         self.authorized
             .lock()
             .expect("poisoned")
-            .contains_key(&addr)
+            .contains_key(&grant)
     }
 
-    /// The name recorded for `addr`.
+    /// The name recorded for `addr` (in any scope).
     pub fn name_of(&self, addr: IpAddr) -> Option<String> {
         self.authorized
             .lock()
             .expect("poisoned")
-            .get(&addr)
-            .map(|e| e.name.clone())
+            .iter()
+            .find(|(grant, _)| grant.addr == addr)
+            .map(|(_, e)| e.name.clone())
+    }
+
+    /// Records that `client` sent over `transport` from a cgroup of `who` (what the egress
+    /// program records for the eBPF backend).
+    pub fn set_client(&self, transport: Transport, client: SocketAddr, who: ClientScope) {
+        self.clients
+            .lock()
+            .expect("poisoned")
+            .insert((transport, client), who);
+    }
+
+    /// The scopes last set.
+    pub fn scopes(&self) -> Scopes {
+        self.scopes.lock().expect("poisoned").clone()
     }
 }
 
 impl Firewall for FakeFirewall {
-    fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError> {
+    fn authorize(&self, grant: Grant, expires_ns: u64) -> Result<Authorization, FirewallError> {
+        let addr = grant.addr;
         if self.fail_on == Some(addr) {
             return Err(FirewallError::Authorize {
                 addr,
@@ -88,8 +137,8 @@ impl Firewall for FakeFirewall {
             return Ok(Authorization::Already);
         }
         let mut authorized = self.authorized.lock().expect("poisoned");
-        let existed = authorized.contains_key(&addr);
-        authorized.entry(addr).or_default().expires_ns = expires_ns;
+        let existed = authorized.contains_key(&grant);
+        authorized.entry(grant).or_default().expires_ns = expires_ns;
         Ok(if existed {
             Authorization::Already
         } else {
@@ -101,15 +150,22 @@ impl Firewall for FakeFirewall {
         let authorized = self.authorized.lock().expect("poisoned");
         Ok(authorized
             .iter()
-            .map(|(&addr, e)| AuthorizedHost {
-                addr,
+            .map(|(grant, e)| AuthorizedHost {
+                addr: grant.addr,
+                scope: grant.scope,
                 expires_ns: e.expires_ns,
             })
             .collect())
     }
 
     fn record_name(&self, addr: IpAddr, name: &str) -> Result<(), FirewallError> {
-        if let Some(entry) = self.authorized.lock().expect("poisoned").get_mut(&addr) {
+        for (_, entry) in self
+            .authorized
+            .lock()
+            .expect("poisoned")
+            .iter_mut()
+            .filter(|(grant, _)| grant.addr == addr)
+        {
             entry.name = name.to_owned();
         }
         Ok(())
@@ -120,8 +176,9 @@ impl Firewall for FakeFirewall {
         Ok(authorized
             .iter()
             .filter(|(_, e)| e.expires_ns != 0 && e.expires_ns <= horizon_ns)
-            .map(|(&addr, e)| HostState {
-                addr,
+            .map(|(grant, e)| HostState {
+                addr: grant.addr,
+                scope: grant.scope,
                 expires_ns: e.expires_ns,
                 last_seen_ns: e.last_seen_ns,
             })
@@ -130,12 +187,12 @@ impl Firewall for FakeFirewall {
 
     fn renew_if(
         &self,
-        addr: IpAddr,
+        grant: Grant,
         seen_expires_ns: u64,
         new_expires_ns: u64,
     ) -> Result<bool, FirewallError> {
         let mut authorized = self.authorized.lock().expect("poisoned");
-        match authorized.get_mut(&addr) {
+        match authorized.get_mut(&grant) {
             Some(entry) if entry.expires_ns == seen_expires_ns => {
                 entry.expires_ns = new_expires_ns;
                 Ok(true)
@@ -144,13 +201,13 @@ impl Firewall for FakeFirewall {
         }
     }
 
-    fn remove_if(&self, addr: IpAddr, seen_expires_ns: u64) -> Result<bool, FirewallError> {
+    fn remove_if(&self, grant: Grant, seen_expires_ns: u64) -> Result<bool, FirewallError> {
         let mut authorized = self.authorized.lock().expect("poisoned");
         if authorized
-            .get(&addr)
+            .get(&grant)
             .is_some_and(|e| e.expires_ns == seen_expires_ns)
         {
-            authorized.remove(&addr);
+            authorized.remove(&grant);
             Ok(true)
         } else {
             Ok(false)
@@ -159,18 +216,31 @@ impl Firewall for FakeFirewall {
 
     fn revoke(
         &self,
-        revoked: &dyn Fn(IpAddr, Option<&str>) -> bool,
-    ) -> Result<Vec<IpAddr>, FirewallError> {
+        revoked: &dyn Fn(Grant, Option<&str>) -> bool,
+    ) -> Result<Vec<Grant>, FirewallError> {
         let mut authorized = self.authorized.lock().expect("poisoned");
-        let gone: Vec<IpAddr> = authorized
+        let gone: Vec<Grant> = authorized
             .iter()
-            .filter(|(addr, e)| revoked(**addr, Some(e.name.as_str()).filter(|n| !n.is_empty())))
-            .map(|(addr, _)| *addr)
+            .filter(|(grant, e)| revoked(**grant, Some(e.name.as_str()).filter(|n| !n.is_empty())))
+            .map(|(grant, _)| *grant)
             .collect();
-        for addr in &gone {
-            authorized.remove(addr);
+        for grant in &gone {
+            authorized.remove(grant);
         }
         Ok(gone)
+    }
+
+    fn set_scopes(&self, scopes: &Scopes) -> Result<(), FirewallError> {
+        *self.scopes.lock().expect("poisoned") = scopes.clone();
+        Ok(())
+    }
+
+    fn client_scope(&self, transport: Transport, client: SocketAddr) -> Option<ClientScope> {
+        self.clients
+            .lock()
+            .expect("poisoned")
+            .get(&(transport, client))
+            .copied()
     }
 
     fn set_whitelist(&self, policy: &Policy) -> Result<(), FirewallError> {

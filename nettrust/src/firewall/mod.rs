@@ -9,7 +9,9 @@ pub mod nftables;
 
 use std::{
     collections::HashSet,
+    fmt,
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
 };
 
 use ipnet::IpNet;
@@ -39,7 +41,7 @@ pub struct Service {
 }
 
 /// The transport of a [`Service`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Transport {
     /// TCP (plain DNS over TCP, DoT).
     Tcp,
@@ -81,11 +83,112 @@ pub fn upstream_services(fwd_addrs: &[SocketAddr], tcp_only: bool) -> Vec<Servic
     out
 }
 
+/// Which filtered cgroups an authorization opens: those of the default policy
+/// ([`Scope::DEFAULT`], every filtered cgroup no `[[policy]]` covers) or those of one
+/// `[[policy]]` (numbered from 1 in the order of the configuration file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Scope(pub u32);
+
+impl Scope {
+    /// The default policy's scope: today's global authorizations.
+    pub const DEFAULT: Self = Self(0);
+
+    /// Whether this is the default policy's scope.
+    pub fn is_default(self) -> bool {
+        self == Self::DEFAULT
+    }
+}
+
+/// One authorization's key: a destination address, opened for the cgroups of one scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Grant {
+    /// The cgroups it opens the address for.
+    pub scope: Scope,
+    /// The destination address.
+    pub addr: IpAddr,
+}
+
+impl Grant {
+    /// `addr` opened for the cgroups of `scope`.
+    pub fn new(scope: Scope, addr: IpAddr) -> Self {
+        Self { scope, addr }
+    }
+
+    /// The address of a default-scope grant; a grant of a `[[policy]]` is refused by a backend
+    /// that stores no scoped grants.
+    pub(crate) fn unscoped(self) -> Result<IpAddr, FirewallError> {
+        if self.scope.is_default() {
+            Ok(self.addr)
+        } else {
+            Err(FirewallError::Unsupported("grants of a [[policy]]"))
+        }
+    }
+}
+
+impl From<IpAddr> for Grant {
+    /// `addr` in the default scope.
+    fn from(addr: IpAddr) -> Self {
+        Self::new(Scope::DEFAULT, addr)
+    }
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.scope.is_default() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{} (policy {})", self.addr, self.scope.0)
+        }
+    }
+}
+
+/// A filtered cgroup listed in the configuration and the scope of its policy. A cgroup belongs
+/// to the policy of its deepest listed ancestor-or-self.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopedCgroup {
+    /// The cgroup v2 directory.
+    pub path: PathBuf,
+    /// Its policy's scope ([`Scope::DEFAULT`] for the top-level `cgroups`).
+    pub scope: Scope,
+    /// Its policy is in audit mode: nothing is dropped, what would be is reported.
+    pub audit: bool,
+}
+
+/// The policies a backend enforces in its data path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scopes {
+    /// Whether any `[[policy]]` exists; without one every cgroup is in the default scope and the
+    /// backend behaves (and costs) as without policies.
+    pub active: bool,
+    /// Every listed cgroup with its scope.
+    pub cgroups: Vec<ScopedCgroup>,
+    /// Destinations always allowed for one scope (`allow_networks`).
+    pub networks: Vec<(Scope, IpNet)>,
+    /// The policies' names by scope (logs, `nettrust list`).
+    pub names: Vec<(Scope, String)>,
+    /// The DNS proxy's listen addresses and transports: where the data path records who sent a
+    /// query ([`Firewall::client_scope`]).
+    pub listeners: Vec<(SocketAddr, Transport)>,
+}
+
+/// Who sent a query, as the data path recorded it: the client socket's cgroup and its policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientScope {
+    /// cgroup v2 id of the sending socket.
+    pub cgroup_id: u64,
+    /// The scope of the cgroup's policy.
+    pub scope: Scope,
+    /// The policy is in audit mode.
+    pub audit: bool,
+}
+
 /// One authorized destination as reported by a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthorizedHost {
     /// The destination address.
     pub addr: IpAddr,
+    /// The cgroups it is opened for.
+    pub scope: Scope,
     /// `CLOCK_BOOTTIME` deadline in nanoseconds, 0 = never expires.
     pub expires_ns: u64,
 }
@@ -95,11 +198,27 @@ pub struct AuthorizedHost {
 pub struct HostState {
     /// The destination address.
     pub addr: IpAddr,
+    /// The cgroups it is opened for.
+    pub scope: Scope,
     /// `CLOCK_BOOTTIME` deadline in nanoseconds (never 0 here: hosts without deadline are never
     /// due).
     pub expires_ns: u64,
     /// Last time the egress program let a packet out to it (`CLOCK_BOOTTIME` ns, 0 = never).
     pub last_seen_ns: u64,
+}
+
+impl AuthorizedHost {
+    /// The authorization's key.
+    pub fn grant(&self) -> Grant {
+        Grant::new(self.scope, self.addr)
+    }
+}
+
+impl HostState {
+    /// The authorization's key.
+    pub fn grant(&self) -> Grant {
+        Grant::new(self.scope, self.addr)
+    }
 }
 
 /// What nettrust leaves in place when it exits on SIGINT/SIGTERM (the original's flush matrix).
@@ -155,6 +274,9 @@ pub enum FirewallError {
     /// Reading the backend's state failed.
     #[error("cannot read the authorized hosts")]
     Read(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend cannot enforce this part of the configuration.
+    #[error("the firewall backend does not support {0}")]
+    Unsupported(&'static str),
     /// Renewing or removing an authorization failed.
     #[error("cannot update the authorization of {addr}")]
     Update {
@@ -178,16 +300,17 @@ pub enum Authorization {
 /// A firewall backend: the policy is installed when the backend starts; afterwards DNS answers
 /// add authorizations.
 pub trait Firewall: Send + Sync {
-    /// Allows `addr` until `expires_ns` (`CLOCK_BOOTTIME`, 0 = never). Returns once the kernel
-    /// enforces it.
-    fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError>;
+    /// Allows `grant.addr` for the cgroups of `grant.scope` until `expires_ns` (`CLOCK_BOOTTIME`,
+    /// 0 = never). Returns once the kernel enforces it.
+    fn authorize(&self, grant: Grant, expires_ns: u64) -> Result<Authorization, FirewallError>;
     /// The hosts authorized by DNS answers (not the whitelisted ones).
     fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError>;
-    /// Authorizes every address of one DNS answer for `name` (shown by `nettrust list`) and
-    /// returns once the kernel enforces all of them. Backends that write several addresses in
-    /// one transaction override it; the default authorizes them one by one.
+    /// Authorizes every address of one DNS answer for `name` (shown by `nettrust list`) for the
+    /// cgroups of `scope` and returns once the kernel enforces all of them. Backends that write
+    /// several addresses in one transaction override it; the default authorizes them one by one.
     fn authorize_answer(
         &self,
+        scope: Scope,
         addrs: &[IpAddr],
         expires_ns: u64,
         name: &str,
@@ -195,7 +318,7 @@ pub trait Firewall: Send + Sync {
         addrs
             .iter()
             .map(|&addr| {
-                let authorization = self.authorize(addr, expires_ns)?;
+                let authorization = self.authorize(Grant::new(scope, addr), expires_ns)?;
                 if let Err(e) = self.record_name(addr, name) {
                     tracing::debug!("cannot record the name of {addr}: {e}");
                 }
@@ -210,37 +333,55 @@ pub trait Firewall: Send + Sync {
     }
     /// Authorized hosts whose deadline is at or before `horizon_ns` (the sweeper's candidates).
     fn due(&self, horizon_ns: u64) -> Result<Vec<HostState>, FirewallError>;
-    /// Moves the deadline of `addr` to `new_expires_ns`, but only if it is still `seen_expires_ns`:
-    /// a DNS answer that renewed the host since the sweeper looked wins. Returns whether it did.
+    /// Moves the deadline of `grant` to `new_expires_ns`, but only if it is still
+    /// `seen_expires_ns`: a DNS answer that renewed the host since the sweeper looked wins.
+    /// Returns whether it did.
     fn renew_if(
         &self,
-        addr: IpAddr,
+        grant: Grant,
         seen_expires_ns: u64,
         new_expires_ns: u64,
     ) -> Result<bool, FirewallError>;
-    /// Removes `addr`, but only if its deadline is still `seen_expires_ns` (compare-and-delete:
+    /// Removes `grant`, but only if its deadline is still `seen_expires_ns` (compare-and-delete:
     /// a concurrent renewal wins). Returns whether it did.
-    fn remove_if(&self, addr: IpAddr, seen_expires_ns: u64) -> Result<bool, FirewallError>;
+    fn remove_if(&self, grant: Grant, seen_expires_ns: u64) -> Result<bool, FirewallError>;
     /// Replaces the whitelists (SIGHUP reload). New entries are added before old ones are removed,
     /// so a destination on both lists is never dropped in between; authorizations are kept.
     fn set_whitelist(&self, policy: &Policy) -> Result<(), FirewallError>;
+    /// Enforces `scopes`: which listed cgroup belongs to which policy, in which mode, and the
+    /// policies' own networks (at start and on each reload; grants are kept). A backend without
+    /// policy support refuses active scopes rather than filtering without them.
+    fn set_scopes(&self, scopes: &Scopes) -> Result<(), FirewallError> {
+        if scopes.active {
+            return Err(FirewallError::Unsupported("[[policy]] sections"));
+        }
+        Ok(())
+    }
+    /// The cgroup and policy of the socket that sent the last query from `client` over
+    /// `transport` to a listen address, when the backend knows it exactly (eBPF: recorded by the
+    /// egress program). `None`: unknown (a remote client, an unfiltered process, a record
+    /// evicted); the caller treats it as the default scope, never a wider one.
+    fn client_scope(&self, transport: Transport, client: SocketAddr) -> Option<ClientScope> {
+        let _ = (transport, client);
+        None
+    }
     /// Remote addresses of the TCP connections the filtered cgroups hold established, as the
     /// backend records them itself (eBPF: the `sockops` program's `LIVE_TCP`); none by default.
     fn live_hosts(&self) -> Result<HashSet<IpAddr>, FirewallError> {
         Ok(HashSet::new())
     }
-    /// Removes at once the authorizations for which `revoked(address, name)` holds, `name` being
+    /// Removes at once the authorizations for which `revoked(grant, name)` holds, `name` being
     /// the name recorded for `nettrust list` (a reload that blacklists hosts, networks or
-    /// domains); whitelisted entries stay. Returns the addresses removed. The default knows no
-    /// names and removes by address through [`Firewall::remove_if`].
+    /// domains, or narrows a policy); whitelisted entries stay. Returns the grants removed. The
+    /// default knows no names and removes through [`Firewall::remove_if`].
     fn revoke(
         &self,
-        revoked: &dyn Fn(IpAddr, Option<&str>) -> bool,
-    ) -> Result<Vec<IpAddr>, FirewallError> {
+        revoked: &dyn Fn(Grant, Option<&str>) -> bool,
+    ) -> Result<Vec<Grant>, FirewallError> {
         let mut removed = Vec::new();
         for host in self.authorized()? {
-            if revoked(host.addr, None) && self.remove_if(host.addr, host.expires_ns)? {
-                removed.push(host.addr);
+            if revoked(host.grant(), None) && self.remove_if(host.grant(), host.expires_ns)? {
+                removed.push(host.grant());
             }
         }
         Ok(removed)
@@ -319,16 +460,17 @@ mod tests {
     fn fake_backend_records_names_and_removes_only_unchanged_deadlines() {
         let fw = fake::FakeFirewall::new(Policy::default());
         let addr: IpAddr = "192.0.2.1".parse().unwrap();
-        fw.authorize(addr, 10).unwrap();
+        let grant = Grant::from(addr);
+        fw.authorize(grant, 10).unwrap();
         fw.record_name(addr, "a.test.").unwrap();
         assert_eq!(fw.name_of(addr).as_deref(), Some("a.test."));
         assert!(
-            !fw.remove_if(addr, 9).unwrap(),
+            !fw.remove_if(grant, 9).unwrap(),
             "deadline changed meanwhile"
         );
-        assert!(fw.renew_if(addr, 10, 20).unwrap());
-        assert!(!fw.renew_if(addr, 10, 30).unwrap());
-        assert!(fw.remove_if(addr, 20).unwrap());
+        assert!(fw.renew_if(grant, 10, 20).unwrap());
+        assert!(!fw.renew_if(grant, 10, 30).unwrap());
+        assert!(fw.remove_if(grant, 20).unwrap());
         assert!(fw.authorized().unwrap().is_empty());
     }
 }

@@ -23,6 +23,12 @@ use std::{
 #[path = "../../../xtask/src/netns.rs"]
 mod netns;
 
+/// `program` run in the network namespace `ns`.
+#[allow(
+    unused_imports,
+    reason = "each test binary uses a different part of the world"
+)]
+pub use netns::in_ns as in_netns;
 /// `cmd`, which also joins a cgroup before it runs.
 #[allow(
     unused_imports,
@@ -64,6 +70,14 @@ fn dnsmasq_zone() -> String {
     }
     conf.push_str(&format!("host-record={},192.0.2.13\n", long_name()));
     conf
+}
+
+/// A dnsmasq (not started) serving `zone` (configuration lines) on `listen`, an address it adds
+/// to the loopback of `world`'s internet namespace.
+pub fn netns_dnsmasq(world: &World, listen: &str, zone: &str, name: &str) -> Command {
+    ip(&format!("-n {} addr add {listen}/32 dev lo", world.inet_ns));
+    netns::dnsmasq(&world.inet_ns, listen, zone, world.dir.path(), name)
+        .expect("write the dnsmasq configuration")
 }
 
 /// The firewall backend a world's daemon runs with.

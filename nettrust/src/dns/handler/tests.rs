@@ -37,7 +37,10 @@ fn error_response_keeps_id_and_question() {
 
 /// The core alone: bytes in, steps and outcomes out, no socket anywhere.
 mod without_io {
-    use std::{net::IpAddr, sync::Arc};
+    use std::{
+        net::{IpAddr, SocketAddr},
+        sync::Arc,
+    };
 
     use hickory_proto::{
         op::{Message, ResponseCode},
@@ -51,7 +54,7 @@ mod without_io {
         dns::testutil::*,
     };
 
-    const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    const LOOPBACK: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5353);
 
     fn handler(blacklist: Blacklist) -> (Handler, Arc<Recording>) {
         let firewall = Arc::new(Recording::default());
@@ -101,7 +104,7 @@ mod without_io {
         let (mut handler, _) = handler(blacklist);
         handler.set_allow_clients(vec!["127.0.0.0/8".parse().unwrap()]);
         let query = query_bytes("ok.test.", RecordType::A, 1);
-        let outside: IpAddr = "192.0.2.9".parse().unwrap();
+        let outside: SocketAddr = "192.0.2.9:5353".parse().unwrap();
         let (refused, outcome) = reply_of(handler.step(&query, ClientTransport::Udp, outside));
         assert_eq!(outcome, Outcome::RefusedClient);
         assert_eq!(
@@ -199,5 +202,172 @@ mod without_io {
         let m = Message::from_vec(&reply.bytes.unwrap()).unwrap();
         assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
         assert_eq!(m.metadata.id, 0x4242);
+    }
+}
+
+/// Questions judged by the policy of the client's cgroup, as the firewall recorded it.
+mod policies {
+    use std::{net::SocketAddr, sync::Arc};
+
+    use hickory_proto::{
+        op::{Message, ResponseCode},
+        rr::RecordType,
+    };
+
+    use super::super::{Answered, ClientTransport, Handler, Outcome, Step};
+    use crate::{
+        authorizer::Authorizer,
+        dns::testutil::*,
+        firewall::{
+            ClientScope, Firewall as _, Grant, Policy, Scope, Transport, boottime_ns,
+            fake::FakeFirewall,
+        },
+        policy::Domains,
+        scopes::{PolicyTable, ScopePolicy, scope_of_name},
+    };
+
+    const CI: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40001);
+    const AUDITED: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40002);
+    const UNKNOWN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40003);
+
+    /// Policy 1 "ci" (enforce) allows `example.com` and below `example.org`; policy 2 "watch"
+    /// (audit) allows `example.net`. `CI` sent from a cgroup of policy 1, `AUDITED` of policy 2,
+    /// `UNKNOWN` has no record.
+    fn handler() -> (Handler, Arc<FakeFirewall>) {
+        let firewall = Arc::new(FakeFirewall::new(Policy::default()));
+        for (client, scope) in [(CI, ci()), (AUDITED, watch())] {
+            let who = ClientScope {
+                cgroup_id: 100 + u64::from(scope.0),
+                scope,
+                audit: scope == watch(),
+            };
+            firewall.set_client(Transport::Udp, client, who);
+        }
+        let authorizer = Authorizer::new(firewall.clone(), None);
+        authorizer.set_policies(Arc::new(PolicyTable::new(vec![
+            ScopePolicy {
+                name: "ci".into(),
+                domains: Arc::new(
+                    Domains::from_patterns(["example.com", "*.example.org"]).unwrap(),
+                ),
+                audit: false,
+            },
+            ScopePolicy {
+                name: "watch".into(),
+                domains: Arc::new(Domains::from_patterns(["example.net"]).unwrap()),
+                audit: true,
+            },
+        ])));
+        (Handler::new(authorizer, true), firewall)
+    }
+
+    /// Asks `qname` (type `qtype`) from `client`; a forwarded query is answered with `ip`.
+    fn ask(handler: &Handler, client: SocketAddr, qname: &str, qtype: RecordType) -> Outcome {
+        let query = query_bytes(qname, qtype, 7);
+        match handler.step(&query, ClientTransport::Udp, client) {
+            Step::Reply(reply) => {
+                let message = Message::from_vec(&reply.bytes.unwrap()).unwrap();
+                assert_eq!(message.metadata.response_code, ResponseCode::Refused);
+                reply.outcome
+            }
+            Step::Forward(mut forward) => {
+                let sent = Message::from_vec(forward.query_with_id(9)).unwrap();
+                let answer = reply(&sent, &[a(qname, "192.0.2.10")]).to_vec().unwrap();
+                match handler.answer(&forward, 9, &answer, true) {
+                    Answered::Reply(reply) => reply.outcome,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
+    fn ci() -> Scope {
+        scope_of_name("ci")
+    }
+
+    fn watch() -> Scope {
+        scope_of_name("watch")
+    }
+
+    fn granted(firewall: &FakeFirewall, scope: Scope) -> bool {
+        firewall.has_grant(Grant::new(scope, "192.0.2.10".parse().unwrap()))
+    }
+
+    #[test]
+    fn a_name_outside_the_policy_is_refused_without_reaching_the_upstream() {
+        let (handler, firewall) = handler();
+        for qtype in [RecordType::A, RecordType::TXT, RecordType::AAAA] {
+            // A forwarded query would be answered and authorize 192.0.2.10.
+            assert_eq!(
+                ask(&handler, CI, "tunnel.attacker.test.", qtype),
+                Outcome::NotAllowed
+            );
+        }
+        assert_eq!(
+            ask(&handler, CI, "example.org.", RecordType::A),
+            Outcome::NotAllowed
+        );
+        assert!(firewall.authorized().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_allowed_name_authorizes_only_for_the_policy_that_asked() {
+        let (handler, firewall) = handler();
+        assert_eq!(
+            ask(&handler, CI, "Example.COM.", RecordType::A),
+            Outcome::Answered
+        );
+        assert!(granted(&firewall, ci()));
+        assert!(
+            !granted(&firewall, Scope::DEFAULT),
+            "a policy's grant opened the default scope"
+        );
+        let addr = "192.0.2.10".parse().unwrap();
+        let now = boottime_ns();
+        assert!(firewall.allows_from(ci(), addr, now));
+        assert!(!firewall.allows_from(watch(), addr, now));
+        assert!(!firewall.allows(addr, now));
+        assert_eq!(
+            ask(&handler, CI, "a.b.example.org.", RecordType::A),
+            Outcome::Answered
+        );
+    }
+
+    #[test]
+    fn audit_mode_resolves_and_authorizes_names_it_would_refuse() {
+        let (handler, firewall) = handler();
+        assert_eq!(
+            ask(&handler, AUDITED, "other.test.", RecordType::A),
+            Outcome::Answered
+        );
+        assert!(granted(&firewall, watch()));
+        assert!(!granted(&firewall, ci()) && !granted(&firewall, Scope::DEFAULT));
+    }
+
+    #[test]
+    fn a_client_without_a_record_is_in_the_default_scope() {
+        let (handler, firewall) = handler();
+        assert_eq!(
+            ask(&handler, UNKNOWN, "other.test.", RecordType::A),
+            Outcome::Answered
+        );
+        assert!(granted(&firewall, Scope::DEFAULT));
+        assert!(!granted(&firewall, ci()) && !granted(&firewall, watch()));
+    }
+
+    #[test]
+    fn without_policies_nothing_is_looked_up() {
+        let (handler, firewall) = handler();
+        handler
+            .authorizer
+            .set_policies(Arc::new(PolicyTable::default()));
+        assert_eq!(
+            ask(&handler, CI, "other.test.", RecordType::A),
+            Outcome::Answered
+        );
+        assert!(granted(&firewall, Scope::DEFAULT) && !granted(&firewall, ci()));
     }
 }

@@ -397,7 +397,11 @@ mod end_to_end {
             (&notimp, "198.51.100.7", ResponseCode::NotImp),
         ] {
             let reply = proxy
-                .handle_from(bytes, ClientTransport::Udp, client.parse().unwrap())
+                .handle_from(
+                    bytes,
+                    ClientTransport::Udp,
+                    at(client.parse::<IpAddr>().unwrap()),
+                )
                 .await
                 .unwrap();
             assert!(reply.len() <= 512, "{rcode}: {} bytes", reply.len());
@@ -469,7 +473,11 @@ mod end_to_end {
         ] {
             for client in [outside, mapped_outside] {
                 let reply = proxy
-                    .handle_from(&query_bytes("r.test.", RecordType::A, 9), transport, client)
+                    .handle_from(
+                        &query_bytes("r.test.", RecordType::A, 9),
+                        transport,
+                        at(client),
+                    )
                     .await
                     .expect("a REFUSED reply");
                 let m = Message::from_vec(&reply).unwrap();
@@ -487,7 +495,7 @@ mod end_to_end {
                 .handle_from(
                     &[0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xff, 0xff],
                     ClientTransport::Udp,
-                    outside
+                    at(outside)
                 )
                 .await
                 .is_none()
@@ -497,7 +505,7 @@ mod end_to_end {
             .handle_from(
                 &query_bytes("r.test.", RecordType::A, 10),
                 ClientTransport::Udp,
-                inside,
+                at(inside),
             )
             .await
             .unwrap();
@@ -508,7 +516,7 @@ mod end_to_end {
             .handle_from(
                 &query_bytes("r.test.", RecordType::A, 11),
                 ClientTransport::Udp,
-                outside,
+                at(outside),
             )
             .await
             .unwrap();
@@ -548,7 +556,7 @@ mod end_to_end {
                         .handle_from(
                             &query_bytes(&format!("r{i}.slow.test."), RecordType::A, i),
                             ClientTransport::Udp,
-                            client,
+                            at(client),
                         )
                         .await
                 })
@@ -569,7 +577,7 @@ mod end_to_end {
             .handle_from(
                 &query_bytes("r5.slow.test.", RecordType::A, 5),
                 ClientTransport::Udp,
-                "2001:db8:0:1:ffff::5".parse().unwrap(),
+                at("2001:db8:0:1:ffff::5".parse::<IpAddr>().unwrap()),
             )
             .await
             .unwrap();
@@ -583,7 +591,7 @@ mod end_to_end {
             .handle_from(
                 &query_bytes("o.slow.test.", RecordType::A, 6),
                 ClientTransport::Udp,
-                "2001:db8:0:2::1".parse().unwrap(),
+                at("2001:db8:0:2::1".parse::<IpAddr>().unwrap()),
             )
             .await
             .unwrap();
@@ -626,7 +634,7 @@ mod end_to_end {
                         .handle_from(
                             &query_bytes(&format!("s{i}.slow.test."), RecordType::A, i),
                             ClientTransport::Udp,
-                            flooder,
+                            at(flooder),
                         )
                         .await
                 })
@@ -645,7 +653,7 @@ mod end_to_end {
             .handle_from(
                 &query_bytes("s5.slow.test.", RecordType::A, 5),
                 ClientTransport::Udp,
-                flooder,
+                at(flooder),
             )
             .await
             .unwrap();
@@ -663,7 +671,7 @@ mod end_to_end {
             .handle_from(
                 &query_bytes("o.slow.test.", RecordType::A, 6),
                 ClientTransport::Udp,
-                other,
+                at(other),
             )
             .await
             .unwrap();
@@ -683,5 +691,10 @@ mod end_to_end {
             "the slots came back"
         );
         assert_eq!(proxy.client_slots().in_flight(other), 0);
+    }
+
+    /// A client socket address of `ip` (the port is irrelevant to these tests).
+    fn at(ip: IpAddr) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(ip, 5353)
     }
 }

@@ -7,11 +7,13 @@ use std::{io, os::fd::AsFd as _, path::Path};
 
 use aya::maps::{Array, Map, MapData, MapError, MapInfo, MapType};
 use nettrust_common::{
-    CGROUP_PATH_LEN, CONFIG_HOST_SEED_HI, CONFIG_HOST_SEED_LO, FlowKey, HOST_NAME_LEN, HostSlot,
-    HostValue, InboundKey, InboundValue, MAP_ALLOWS, MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_CGROUPS,
-    MAP_CONFIG, MAP_DENIED, MAP_DENIED_RATE, MAP_DROPS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_INBOUND,
-    MAP_LIVE_TCP, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND, MAP_SERVICES, MAP_STATS,
-    RateState, ServiceKey,
+    CGROUP_PATH_LEN, CONFIG_HOST_SEED_HI, CONFIG_HOST_SEED_LO, ClientValue, FlowKey, GrantKey,
+    HOST_NAME_LEN, HostSlot, HostValue, InboundKey, InboundValue, MAP_ALLOWS, MAP_AUDITS,
+    MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CLIENTS, MAP_CONFIG, MAP_DENIED,
+    MAP_DENIED_RATE, MAP_DROPS, MAP_GRANTS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_INBOUND, MAP_LISTENERS,
+    MAP_LIVE_TCP, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND, MAP_POLICY_NAMES,
+    MAP_POLICY_NETS_V4, MAP_POLICY_NETS_V6, MAP_POLICY_OF, MAP_SERVICES, MAP_STATS,
+    POLICY_NAME_LEN, PolicyRef, RateState, ServiceKey,
 };
 
 use super::{
@@ -52,8 +54,9 @@ const FLOW_KEY: usize = size_of::<FlowKey>();
 /// The pin of the inbound flow map of earlier versions (another key), removed at start.
 pub const LEGACY_INBOUND: &str = "INBOUND";
 
-/// Every map nettrust pins, with the shape the eBPF object gives it.
-pub const MAPS: [MapSpec; 18] = [
+/// Every map nettrust pins, with the shape the eBPF object gives it. (`SCOPES`, the program's
+/// cache of each cgroup's policy, is not pinned: a new program starts with it empty.)
+pub const MAPS: [MapSpec; 26] = [
     spec(MAP_HOSTS_V4, MapType::Array, 4, size_of::<HostSlot>()),
     spec(MAP_HOSTS_V6, MapType::Hash, 16, HOST_VALUE),
     // LPM trie keys are `{prefix_len: u32, data}`.
@@ -83,6 +86,20 @@ pub const MAPS: [MapSpec; 18] = [
     spec(MAP_SERVICES, MapType::Hash, size_of::<ServiceKey>(), 4),
     spec(MAP_BLOCKED_V4, MapType::LpmTrie, 8, 4),
     spec(MAP_BLOCKED_V6, MapType::LpmTrie, 20, 4),
+    spec(MAP_AUDITS, MapType::PerCpuHash, 8, 8),
+    spec(MAP_POLICY_OF, MapType::Hash, 8, size_of::<PolicyRef>()),
+    spec(MAP_GRANTS, MapType::Hash, size_of::<GrantKey>(), HOST_VALUE),
+    // Scope (4 bytes) then the address, after the prefix length.
+    spec(MAP_POLICY_NETS_V4, MapType::LpmTrie, 12, 4),
+    spec(MAP_POLICY_NETS_V6, MapType::LpmTrie, 24, 4),
+    spec(MAP_LISTENERS, MapType::Hash, size_of::<ServiceKey>(), 4),
+    spec(MAP_POLICY_NAMES, MapType::Hash, 4, POLICY_NAME_LEN),
+    spec(
+        MAP_CLIENTS,
+        MapType::LruHash,
+        size_of::<ServiceKey>(),
+        size_of::<ClientValue>(),
+    ),
 ];
 
 /// Most names `NAMES` keeps (2 × the default `max_hosts`): with more hosts, the addresses
@@ -95,10 +112,10 @@ pub type SettingOf = fn(u32) -> u32;
 /// The configurable map capacities (`max_hosts`, `max_networks`), per address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacities {
-    /// max_entries of `HOSTS_V4` and `HOSTS_V6` (`NAMES` holds twice as many, at most
-    /// [`NAMES_MAX`]).
+    /// max_entries of `HOSTS_V4`, `HOSTS_V6` and `GRANTS` (`NAMES` holds twice as many, at
+    /// most [`NAMES_MAX`]).
     pub hosts: u32,
-    /// max_entries of `NETS_V4` and `NETS_V6`.
+    /// max_entries of `NETS_V4`, `NETS_V6` and `POLICY_NETS_V4/V6`.
     pub networks: u32,
 }
 
@@ -122,7 +139,7 @@ impl Capacities {
                 "max_hosts",
                 nettrust_common::host_table::capacity_of,
             )),
-            MAP_HOSTS_V6 => Some((self.hosts, "max_hosts", |n| n)),
+            MAP_HOSTS_V6 | MAP_GRANTS => Some((self.hosts, "max_hosts", |n| n)),
             // One name per host of either family, at most NAMES_MAX: names are best effort and
             // 128 bytes each, they must not dominate kernel memory on large host maps.
             MAP_NAMES => Some((
@@ -130,7 +147,9 @@ impl Capacities {
                 "max_hosts",
                 |n| n / 2,
             )),
-            MAP_NETS_V4 | MAP_NETS_V6 => Some((self.networks, "max_networks", |n| n)),
+            MAP_NETS_V4 | MAP_NETS_V6 | MAP_POLICY_NETS_V4 | MAP_POLICY_NETS_V6 => {
+                Some((self.networks, "max_networks", |n| n))
+            }
             _ => None,
         }
     }

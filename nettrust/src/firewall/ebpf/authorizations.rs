@@ -13,7 +13,7 @@ use super::{
     pins,
     types::{EbpfError, HostMap, NameMap, map_error},
 };
-use crate::firewall::{Authorization, AuthorizedHost, HostState, boottime_ns};
+use crate::firewall::{Authorization, AuthorizedHost, HostState, Scope, boottime_ns};
 
 /// Writes an authorization, keeping the flags already present; a whitelisted entry is left as
 /// it is. Runs under the *shared* host-map lock (concurrent answers write at once; each element
@@ -143,6 +143,7 @@ where
         {
             out.push(HostState {
                 addr: IpAddr::from(key),
+                scope: Scope::DEFAULT,
                 expires_ns: value.expires_ns,
                 last_seen_ns: value.last_seen_ns,
             });
@@ -193,6 +194,7 @@ pub(super) fn collect_authorized(
             out.push((
                 AuthorizedHost {
                     addr,
+                    scope: Scope::DEFAULT,
                     expires_ns: value.expires_ns,
                 },
                 name,

@@ -11,7 +11,7 @@ use std::{
     collections::HashSet,
     fs::File,
     io,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
 };
@@ -22,7 +22,8 @@ use aya::{
 };
 use nettrust_common::{
     CONFIG_DROP_INPUT, HostName, MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CONFIG,
-    MAP_DENIED, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_SERVICES,
+    MAP_DENIED, MAP_GRANTS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6,
+    MAP_SERVICES,
 };
 
 use super::{
@@ -33,14 +34,15 @@ use super::{
     live_tcp::{self, LiveMap},
     loader,
     names_writer::NameWriter,
-    pins,
+    pins, scoped,
+    scopes::ScopeMaps,
     services::{ServiceMap, sync_blocked, sync_services},
     types::{CgroupMap, EbpfError, HostMap, NetTrie, map_error},
     whitelist,
 };
 use crate::firewall::{
-    Authorization, AuthorizedHost, ExitMode, Firewall, FirewallError, HostState, Policy,
-    evict::Recency,
+    Authorization, AuthorizedHost, ClientScope, ExitMode, Firewall, FirewallError, Grant,
+    HostState, Policy, Scope, Scopes, Transport, evict::Recency,
 };
 
 /// The backend's settings.
@@ -56,6 +58,8 @@ pub struct EbpfOptions {
     pub drop_input: bool,
     /// Capacities of the host maps and network tries (`max_hosts`, `max_networks`).
     pub capacities: Capacities,
+    /// The policies: written before any cgroup is attached.
+    pub scopes: Scopes,
 }
 
 /// The running eBPF backend.
@@ -69,6 +73,8 @@ pub struct EbpfFirewall {
     scan: (Arc<HostTable>, HostMap<16>),
     /// The established TCP connections of the filtered cgroups (`LIVE_TCP`), for the sweeper.
     live: LiveMap,
+    /// The policy maps: cgroup scopes, policy grants and networks, DNS listeners and clients.
+    scopes: ScopeMaps,
     /// The whitelists in force (to diff against on reload).
     policy: Mutex<Policy>,
     pin_dir: PathBuf,
@@ -147,6 +153,9 @@ impl EbpfFirewall {
         loader::load_programs(&mut ebpf, dir)?;
         drop(held);
 
+        // Each cgroup's policy is known before its first packet is judged.
+        let scopes = ScopeMaps::open(dir)?;
+        scoped::write_scopes(&scopes, &options.scopes)?;
         let mut attached = Vec::new();
         for path in attach::cgroups_to_filter(&cgroups, dir, &options.cgroups)? {
             attached.push(attach::attach_cgroup(&mut ebpf, &mut cgroups, dir, &path)?);
@@ -168,6 +177,7 @@ impl EbpfFirewall {
             names,
             scan,
             live: live_tcp::open_live(dir)?,
+            scopes,
             pin_dir: dir.clone(),
             _ebpf: Mutex::new(ebpf),
             denied: Mutex::new(Some(denied)),
@@ -189,10 +199,46 @@ impl EbpfFirewall {
         };
         let cgroups =
             adopt::open_pinned::<CgroupMap>(&self.pin_dir, MAP_CGROUPS, Map::HashMap).ok();
-        match denied_events::spawn(ring, cgroups) {
+        match denied_events::spawn(ring, cgroups, self.scopes.names()) {
             Ok(task) => self.tasks.lock().expect("poisoned").push(task),
             Err(e) => tracing::warn!("denied events unavailable: {e}"),
         }
+    }
+
+    /// The policy maps (scopes of the cgroups, policy grants and networks, DNS listeners and
+    /// clients).
+    pub fn scopes(&self) -> &ScopeMaps {
+        &self.scopes
+    }
+
+    /// A policy grant's write error: `Full` when `GRANTS` refused a new key.
+    fn grant_error(&self, addr: IpAddr, e: std::io::Error) -> FirewallError {
+        if e.raw_os_error() == Some(libc::E2BIG) {
+            FirewallError::Full {
+                addr,
+                map: MAP_GRANTS,
+                capacity: self.capacities.hosts,
+            }
+        } else {
+            FirewallError::Authorize {
+                addr,
+                source: Box::new(e),
+            }
+        }
+    }
+
+    /// The sweeper's compare-and-set on a policy grant: renew to `new`, or remove (`None`).
+    fn scoped_update(
+        &self,
+        grant: Grant,
+        seen: u64,
+        new: Option<u64>,
+    ) -> Result<bool, FirewallError> {
+        let _hosts = self.hosts.write().expect("host maps lock poisoned");
+        scoped::renew_or_remove(&self.scopes, grant, seen, new).map_err(|e| FirewallError::Update {
+            addr: grant.addr,
+            source: Box::new(e),
+        })
     }
 
     /// Watches the configured `cgroups`: one removed while attached is logged as an error and its
@@ -296,7 +342,15 @@ fn install(
 }
 
 impl Firewall for EbpfFirewall {
-    fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError> {
+    fn authorize(&self, grant: Grant, expires_ns: u64) -> Result<Authorization, FirewallError> {
+        if !grant.scope.is_default() {
+            // Under the shared lock, like the default scope: the sweeper's compare-and-set and a
+            // reload's revocation take the exclusive one.
+            let _hosts = self.hosts.read().expect("host maps lock poisoned");
+            return scoped::authorize(&self.scopes, grant, expires_ns)
+                .map_err(|e| self.grant_error(grant.addr, e));
+        }
+        let addr = grant.addr;
         let capacity = self.capacities.hosts;
         let active = || self.active_addresses();
         let (result, map) = match addr {
@@ -343,9 +397,15 @@ impl Firewall for EbpfFirewall {
     }
 
     fn authorized(&self) -> Result<Vec<AuthorizedHost>, FirewallError> {
-        authorizations::collect_authorized(&self.scan.0, &self.scan.1, None)
-            .map(|list| list.into_iter().map(|(host, _)| host).collect())
-            .map_err(|e| FirewallError::Read(Box::new(e)))
+        let mut out: Vec<AuthorizedHost> =
+            authorizations::collect_authorized(&self.scan.0, &self.scan.1, None)
+                .map_err(|e| FirewallError::Read(Box::new(e)))?
+                .into_iter()
+                .map(|(host, _)| host)
+                .collect();
+        scoped::collect_authorized(&self.scopes, &mut out)
+            .map_err(|e| FirewallError::Read(Box::new(e)))?;
+        Ok(out)
     }
 
     fn set_whitelist(&self, new: &Policy) -> Result<(), FirewallError> {
@@ -368,17 +428,48 @@ impl Firewall for EbpfFirewall {
 
     fn revoke(
         &self,
-        revoked: &dyn Fn(IpAddr, Option<&str>) -> bool,
-    ) -> Result<Vec<IpAddr>, FirewallError> {
+        revoked: &dyn Fn(Grant, Option<&str>) -> bool,
+    ) -> Result<Vec<Grant>, FirewallError> {
         // Names still queued are written first, so a domain match sees them.
         self.names.flush();
         let mut hosts = self.hosts.write().expect("host maps lock poisoned");
+        let mut out = Vec::new();
+        let name_of = |addr: IpAddr| {
+            hosts
+                .names
+                .get(&name_key(addr), 0)
+                .ok()
+                .map(|n| pins::unpadded(&n.name))
+        };
+        scoped::revoke(&self.scopes, &name_of, revoked, &mut out)
+            .map_err(|e| FirewallError::Read(Box::new(e)))?;
+        let default = |addr: IpAddr, name: Option<&str>| revoked(Grant::from(addr), name);
         let HostMaps { v4, v6, names } = &mut *hosts;
         let mut removed = Vec::new();
-        authorizations::revoke_entries(&**v4, names, revoked, &mut removed)
-            .and_then(|()| authorizations::revoke_entries(&*v6, names, revoked, &mut removed))
+        authorizations::revoke_entries(&**v4, names, &default, &mut removed)
+            .and_then(|()| authorizations::revoke_entries(&*v6, names, &default, &mut removed))
             .map_err(|e| FirewallError::Read(Box::new(e)))?;
-        Ok(removed)
+        out.extend(removed.into_iter().map(Grant::from));
+        Ok(out)
+    }
+
+    fn set_scopes(&self, scopes: &Scopes) -> Result<(), FirewallError> {
+        scoped::write_scopes(&self.scopes, scopes)
+            .map_err(|e| FirewallError::Whitelist(Box::new(e)))
+    }
+
+    fn client_scope(&self, transport: Transport, client: SocketAddr) -> Option<ClientScope> {
+        match self.scopes.client(transport.proto(), client) {
+            Ok(record) => record.map(|r| ClientScope {
+                cgroup_id: r.cgroup_id,
+                scope: Scope(r.scope),
+                audit: r.audit,
+            }),
+            Err(e) => {
+                tracing::debug!("cannot look up the DNS client {client}: {e}");
+                None
+            }
+        }
     }
 
     fn live_hosts(&self) -> Result<HashSet<IpAddr>, FirewallError> {
@@ -390,16 +481,21 @@ impl Firewall for EbpfFirewall {
         let mut out = Vec::new();
         authorizations::collect_due(&*self.scan.0, horizon_ns, &mut out)
             .and_then(|()| authorizations::collect_due(&self.scan.1, horizon_ns, &mut out))
+            .and_then(|()| scoped::collect_due(&self.scopes, horizon_ns, &mut out))
             .map_err(|e| FirewallError::Read(Box::new(e)))?;
         Ok(out)
     }
 
     fn renew_if(
         &self,
-        addr: IpAddr,
+        grant: Grant,
         seen_expires_ns: u64,
         new_expires_ns: u64,
     ) -> Result<bool, FirewallError> {
+        if !grant.scope.is_default() {
+            return self.scoped_update(grant, seen_expires_ns, Some(new_expires_ns));
+        }
+        let addr = grant.addr;
         let hosts = self.hosts.write().expect("host maps lock poisoned");
         let result = match addr {
             IpAddr::V4(ip) => authorizations::renew_entry(
@@ -418,7 +514,11 @@ impl Firewall for EbpfFirewall {
         })
     }
 
-    fn remove_if(&self, addr: IpAddr, seen_expires_ns: u64) -> Result<bool, FirewallError> {
+    fn remove_if(&self, grant: Grant, seen_expires_ns: u64) -> Result<bool, FirewallError> {
+        if !grant.scope.is_default() {
+            return self.scoped_update(grant, seen_expires_ns, None);
+        }
+        let addr = grant.addr;
         let mut hosts = self.hosts.write().expect("host maps lock poisoned");
         let result = match addr {
             IpAddr::V4(ip) => {

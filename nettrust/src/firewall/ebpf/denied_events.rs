@@ -1,15 +1,24 @@
 //! Denied egress made visible: the egress program sends a rate-limited [`DeniedEvent`] per dropped
-//! packet through the `DENIED` ring buffer; this task logs each as
-//! `[Denied] cgroup PATH -> ADDR port P proto N` (the per-cgroup totals are the in-kernel `DROPS`
-//! counters, shown by `nettrust status`).
+//! packet (and per packet a policy in audit mode let through) through the `DENIED` ring buffer;
+//! this task logs each as `[Denied] cgroup PATH -> ADDR port P proto N` (with ` policy=NAME`
+//! for a policy's cgroup) or `[Audit] cgroup=PATH policy=NAME dst=ADDR port=P proto=N` (the
+//! per-cgroup totals are the in-kernel `DROPS` and `AUDITS` counters).
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, RwLock},
+};
 
 use aya::maps::{MapData, RingBuf};
-use nettrust_common::DeniedEvent;
+use nettrust_common::{DeniedEvent, EVENT_AUDIT};
 use tokio::io::unix::AsyncFd;
 
 use super::{pins, types::CgroupMap};
+
+/// The names of the policies by scope, for the log lines (a scope without a name is shown as its
+/// number); shared between the daemon, which rewrites it on reload, and the event task.
+pub type PolicyNames = Arc<RwLock<HashMap<u32, String>>>;
 
 /// Parses one ring-buffer record (`None` for a short one).
 pub fn parse_denied(bytes: &[u8]) -> Option<DeniedEvent> {
@@ -29,8 +38,8 @@ pub fn destination(event: &DeniedEvent) -> IpAddr {
     }
 }
 
-/// The log line of an event.
-pub fn describe(event: &DeniedEvent, cgroup: &str) -> String {
+/// The log line of an event; `policy` names the event's scope (0 is the default policy).
+pub fn describe(event: &DeniedEvent, cgroup: &str, policy: &str) -> String {
     let proto = match event.proto {
         6 => "tcp".to_owned(),
         17 => "udp".to_owned(),
@@ -38,17 +47,34 @@ pub fn describe(event: &DeniedEvent, cgroup: &str) -> String {
         58 => "icmpv6".to_owned(),
         other => other.to_string(),
     };
-    format!(
-        "[Denied] cgroup {cgroup} -> {} port {} proto {proto}",
-        destination(event),
-        event.port
-    )
+    let (dst, port) = (destination(event), event.port);
+    if event.flags & EVENT_AUDIT != 0 {
+        return format!(
+            "[Audit] cgroup={cgroup} policy={policy} dst={dst} port={port} proto={proto}"
+        );
+    }
+    if event.scope == 0 {
+        format!("[Denied] cgroup {cgroup} -> {dst} port {port} proto {proto}")
+    } else {
+        format!("[Denied] cgroup {cgroup} -> {dst} port {port} proto {proto} policy={policy}")
+    }
 }
 
-/// Spawns the task draining `ring`; `cgroups` maps cgroup ids to paths.
+/// The name of `scope` in `names`, or its number.
+fn policy_name(names: &PolicyNames, scope: u32) -> String {
+    names
+        .read()
+        .ok()
+        .and_then(|names| names.get(&scope).cloned())
+        .unwrap_or_else(|| scope.to_string())
+}
+
+/// Spawns the task draining `ring`; `cgroups` maps cgroup ids to paths, `names` scopes to
+/// policy names.
 pub(super) fn spawn(
     ring: RingBuf<MapData>,
     cgroups: Option<CgroupMap>,
+    names: PolicyNames,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     // SAFETY: the ring buffer owns its map fd and keeps it open until the AsyncFd (which owns the
     // ring buffer) is dropped.
@@ -71,7 +97,8 @@ pub(super) fn spawn(
                         .map(|p| pins::unpadded(&p.path))
                         .unwrap_or_else(|| format!("id {}", event.cgroup_id))
                 });
-                tracing::info!("{}", describe(&event, path));
+                let policy = policy_name(&names, u32::from(event.scope));
+                tracing::info!("{}", describe(&event, path, &policy));
             }
             guard.clear_ready();
         }
@@ -92,10 +119,11 @@ mod tests {
             port: 8080,
             proto: 6,
             family: 4,
-            _pad: 0,
+            scope: 0,
+            flags: 0,
         };
         assert_eq!(
-            describe(&event, "/sys/fs/cgroup/app"),
+            describe(&event, "/sys/fs/cgroup/app", "0"),
             "[Denied] cgroup /sys/fs/cgroup/app -> 203.0.113.7 port 8080 proto tcp"
         );
         let v6 = DeniedEvent {
@@ -109,6 +137,37 @@ mod tests {
             ..event
         };
         assert_eq!(destination(&v6), "2001:db8::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn policy_events_name_their_policy() {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[198, 51, 100, 9]);
+        let denied = DeniedEvent {
+            cgroup_id: 7,
+            addr,
+            port: 443,
+            proto: 6,
+            family: 4,
+            scope: 2,
+            flags: 0,
+        };
+        let names = PolicyNames::default();
+        names.write().unwrap().insert(2, "ci".to_owned());
+        let name = policy_name(&names, 2);
+        assert_eq!(
+            describe(&denied, "/sys/fs/cgroup/ci", &name),
+            "[Denied] cgroup /sys/fs/cgroup/ci -> 198.51.100.9 port 443 proto tcp policy=ci"
+        );
+        let audit = DeniedEvent {
+            flags: EVENT_AUDIT,
+            ..denied
+        };
+        assert_eq!(
+            describe(&audit, "/sys/fs/cgroup/ci", &name),
+            "[Audit] cgroup=/sys/fs/cgroup/ci policy=ci dst=198.51.100.9 port=443 proto=tcp"
+        );
+        assert_eq!(policy_name(&names, 3), "3");
     }
 
     #[test]

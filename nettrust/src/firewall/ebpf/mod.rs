@@ -7,7 +7,8 @@
 //! 3. `pins` (the bpffs directory) and `adopt` (checking and opening what a previous run
 //!    pinned);
 //! 4. what the daemon writes into the maps: `authorizations`, `services`, `whitelist`,
-//!    `names_writer`, and what it reads: `denied_events`;
+//!    `names_writer`, and what it reads: `denied_events`; `scopes` (policies, their grants,
+//!    the DNS listeners and clients);
 //! 5. `eviction` (writing into a full host map) and `live_tcp` (the `sock_ops` program);
 //! 6. `attach` (filtering a cgroup) and `pinned_state` (list, status, counters);
 //! 7. `loader` (loading and pinning the object) and `backend` ([`EbpfFirewall`], the
@@ -26,6 +27,8 @@ mod loader;
 mod names_writer;
 mod pinned_state;
 mod pins;
+mod scoped;
+mod scopes;
 mod services;
 pub mod syscalls;
 mod types;
@@ -35,6 +38,9 @@ pub use adopt::{Capacities, open_table};
 pub use attach::{attach_pinned, detach_pinned};
 pub use backend::{EbpfFirewall, EbpfOptions};
 pub use ipv4_table::HostTable;
-pub use pinned_state::{PinnedStatus, cgroup_egress, list_pinned, read_stats, status_pinned};
+pub use pinned_state::{
+    PinnedStatus, cgroup_egress, list_pinned, policy_names_pinned, read_stats, status_pinned,
+};
 pub use pins::{daemon_running, remove_all};
+pub use scopes::{CgroupScope, ClientRecord, ScopeMaps};
 pub use types::{EbpfError, PinError};

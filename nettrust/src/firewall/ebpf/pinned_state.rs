@@ -2,31 +2,63 @@
 //! `nettrust list` and `status` and the metrics endpoint show, with the daemon running, stopped
 //! or killed.
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
-use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap as AyaHashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use nettrust_common::{
-    CONFIG_DROP_INPUT, FLAG_WHITELISTED, HostValue, MAP_ALLOWS, MAP_CGROUPS, MAP_CONFIG, MAP_DROPS,
-    MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_STATS, STAT_COUNT,
+    CONFIG_DROP_INPUT, FLAG_WHITELISTED, HostValue, MAP_ALLOWS, MAP_AUDITS, MAP_CGROUPS,
+    MAP_CONFIG, MAP_DROPS, MAP_GRANTS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4,
+    MAP_NETS_V6, MAP_POLICY_NAMES, MAP_POLICY_OF, MAP_STATS, POLICY_AUDIT, POLICY_NAME_LEN,
+    PolicyRef, STAT_COUNT,
 };
 
 use super::{
     adopt::{open_pinned, open_table},
     authorizations::collect_authorized,
-    host_table::HostStore,
-    pins,
+    host_table::{HostStore, name_key},
+    pins, scoped,
+    scopes::ScopeMaps,
     types::{CgroupMap, EbpfError, HostMap, NameMap, NetTrie, PROGRAMS, map_error},
 };
 use crate::firewall::{AuthorizedHost, boottime_ns};
 
 /// Reads the authorized hosts and their names from the maps pinned in `pin_dir` (daemon running
-/// or not).
+/// or not): the default scope's host maps, then the policies' grants.
 pub fn list_pinned(pin_dir: &Path) -> Result<Vec<(AuthorizedHost, Option<String>)>, EbpfError> {
     let v4 = open_table(pin_dir, false)?;
     let v6: HostMap<16> = open_pinned(pin_dir, MAP_HOSTS_V6, Map::HashMap)?;
     let names: Option<NameMap> = open_pinned(pin_dir, MAP_NAMES, Map::HashMap).ok();
-    collect_authorized(&v4, &v6, names.as_ref())
-        .map_err(|e| map_error(MAP_HOSTS_V4, "cannot read", e))
+    let mut out = collect_authorized(&v4, &v6, names.as_ref())
+        .map_err(|e| map_error(MAP_HOSTS_V4, "cannot read", e))?;
+    // A directory pinned by a version without policies has no GRANTS: nothing more to list.
+    if let Ok(maps) = ScopeMaps::open(pin_dir) {
+        let mut grants = Vec::new();
+        scoped::collect_authorized(&maps, &mut grants)
+            .map_err(|e| map_error(MAP_GRANTS, "cannot read", e))?;
+        out.extend(grants.into_iter().map(|host| {
+            let name = names
+                .as_ref()
+                .and_then(|n| n.get(&name_key(host.addr), 0).ok())
+                .map(|n| pins::unpadded(&n.name));
+            (host, name)
+        }));
+    }
+    Ok(out)
+}
+
+/// The policies' names by scope, as the daemon last pinned them (empty without policies).
+pub fn policy_names_pinned(pin_dir: &Path) -> HashMap<u32, String> {
+    let Ok(map) = open_pinned::<AyaHashMap<MapData, u32, [u8; POLICY_NAME_LEN]>>(
+        pin_dir,
+        MAP_POLICY_NAMES,
+        Map::HashMap,
+    ) else {
+        return HashMap::new();
+    };
+    map.iter()
+        .filter_map(Result::ok)
+        .map(|(scope, name)| (scope, pins::unpadded(&name)))
+        .collect()
 }
 
 /// What `nettrust status` reports.
@@ -52,6 +84,71 @@ pub struct PinnedStatus {
     pub allows: Vec<(u64, u64)>,
     /// Whether unsolicited inbound packets are dropped.
     pub drop_input: bool,
+    /// The `[[policy]]` sections in force, by scope.
+    pub policies: Vec<PinnedPolicy>,
+}
+
+/// One policy as pinned: its name, mode, listed cgroups and counters.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PinnedPolicy {
+    /// The policy's scope number.
+    pub scope: u32,
+    /// Its name (the scope number when none was pinned).
+    pub name: String,
+    /// Audit mode.
+    pub audit: bool,
+    /// Ids of its listed cgroups.
+    pub cgroups: Vec<u64>,
+    /// Live grants.
+    pub grants: usize,
+    /// Packets its listed cgroups sent that audit mode let through.
+    pub audited: u64,
+}
+
+/// The policies pinned in `pin_dir`: `POLICY_OF` grouped by scope, with names, grants and the
+/// audit counters (empty without policies or on a directory pinned before them).
+fn policies_pinned(pin_dir: &Path) -> Result<Vec<PinnedPolicy>, EbpfError> {
+    let Ok(policy_of) =
+        open_pinned::<AyaHashMap<MapData, u64, PolicyRef>>(pin_dir, MAP_POLICY_OF, Map::HashMap)
+    else {
+        return Ok(Vec::new());
+    };
+    let names = policy_names_pinned(pin_dir);
+    let audits = per_cgroup_sums(pin_dir, MAP_AUDITS).unwrap_or_default();
+    let mut policies: Vec<PinnedPolicy> = Vec::new();
+    for (id, policy) in policy_of.iter().filter_map(Result::ok) {
+        if policy.scope == 0 {
+            continue;
+        }
+        let index = match policies.iter().position(|p| p.scope == policy.scope) {
+            Some(index) => index,
+            None => {
+                policies.push(PinnedPolicy {
+                    scope: policy.scope,
+                    name: names
+                        .get(&policy.scope)
+                        .cloned()
+                        .unwrap_or_else(|| policy.scope.to_string()),
+                    audit: policy.flags & POLICY_AUDIT != 0,
+                    ..PinnedPolicy::default()
+                });
+                policies.len() - 1
+            }
+        };
+        let entry = &mut policies[index];
+        entry.cgroups.push(id);
+        entry.audited += audits.iter().find(|(c, _)| *c == id).map_or(0, |(_, n)| *n);
+    }
+    let maps = ScopeMaps::open(pin_dir)?;
+    let mut grants = Vec::new();
+    scoped::collect_authorized(&maps, &mut grants)
+        .map_err(|e| map_error(MAP_GRANTS, "cannot read", e))?;
+    for policy in &mut policies {
+        policy.grants = grants.iter().filter(|g| g.scope.0 == policy.scope).count();
+        policy.cgroups.sort_unstable();
+    }
+    policies.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(policies)
 }
 
 /// A per-cgroup counter map ([`MAP_DROPS`], [`MAP_ALLOWS`]) summed over CPUs, by cgroup id.
@@ -155,6 +252,7 @@ pub fn status_pinned(pin_dir: &Path) -> Result<PinnedStatus, EbpfError> {
             recorded.push((id, String::new()));
         }
     }
+    status.policies = policies_pinned(pin_dir)?;
     recorded.sort();
     for (id, path) in recorded {
         let linked = PROGRAMS

@@ -6,7 +6,9 @@
 //! <bpffs-dir>/                 owned by root, mode 0700, flock'd by the running daemon
 //!   HOSTS_V4 HOSTS_V6 NETS_V4 NETS_V6 STATS CONFIG OUTBOUND INBOUND_FLOWS
 //!   DENIED DENIED_RATE DROPS ALLOWS NAMES CGROUPS
-//!   SERVICES BLOCKED_V4 BLOCKED_V6                the maps (nettrust_common::MAP_*)
+//!   SERVICES BLOCKED_V4 BLOCKED_V6 AUDITS
+//!   POLICY_OF GRANTS POLICY_NETS_V4 POLICY_NETS_V6
+//!   LISTENERS CLIENTS                           the maps (nettrust_common::MAP_*)
 //!   LIVE_TCP                                    the live_tcp program's connections
 //!   prog-egress prog-ingress prog-live_tcp      the programs of the last start
 //!   link-egress-<ino> link-ingress-<ino>        one bpf_link per cgroup and program,

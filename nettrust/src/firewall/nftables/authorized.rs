@@ -8,7 +8,7 @@ use super::{
     layout::{Elem, elements_msg, install_batch, sets},
     netlink::{self, Msg, MsgType, NFPROTO_INET, NetlinkError, Socket},
 };
-use crate::firewall::{Authorization, AuthorizedHost, FirewallError, boottime_ns};
+use crate::firewall::{Authorization, AuthorizedHost, FirewallError, Scope, boottime_ns};
 
 impl Inner {
     /// The install batch plus every live authorization with its remaining lifetime.
@@ -232,7 +232,14 @@ pub(super) fn dump_authorized(
             let expires_ns = e
                 .expires_in_ms
                 .map_or(0, |ms| now.saturating_add(ms.saturating_mul(1_000_000)));
-            out.push((AuthorizedHost { addr, expires_ns }, e.comment));
+            out.push((
+                AuthorizedHost {
+                    addr,
+                    scope: Scope::DEFAULT,
+                    expires_ns,
+                },
+                e.comment,
+            ));
         }
     }
     Ok(out)

@@ -9,19 +9,25 @@ use super::{
     layout::{Elem, Whitelist, blocked_set, elements_msg, sets},
     netlink::{self, MsgType, NFPROTO_INET},
 };
-use crate::firewall::{Authorization, AuthorizedHost, Firewall, FirewallError, HostState, Policy};
+use crate::firewall::{
+    Authorization, AuthorizedHost, Firewall, FirewallError, Grant, HostState, Policy, Scope,
+};
 
 impl Firewall for NftablesFirewall {
-    fn authorize(&self, addr: IpAddr, expires_ns: u64) -> Result<Authorization, FirewallError> {
-        Ok(self.authorize_many(&[addr], expires_ns, None)?[0])
+    fn authorize(&self, grant: Grant, expires_ns: u64) -> Result<Authorization, FirewallError> {
+        Ok(self.authorize_many(&[grant.unscoped()?], expires_ns, None)?[0])
     }
 
     fn authorize_answer(
         &self,
+        scope: Scope,
         addrs: &[IpAddr],
         expires_ns: u64,
         name: &str,
     ) -> Result<Vec<Authorization>, FirewallError> {
+        if let Some(&addr) = addrs.first() {
+            Grant::new(scope, addr).unscoped()?;
+        }
         self.authorize_many(addrs, expires_ns, Some(name))
     }
 
@@ -41,6 +47,7 @@ impl Firewall for NftablesFirewall {
             .filter(|&(_, h)| h.expires_ns != 0 && h.expires_ns <= horizon_ns)
             .map(|(&addr, h)| HostState {
                 addr,
+                scope: Scope::DEFAULT,
                 expires_ns: h.expires_ns,
                 last_seen_ns: 0,
             })
@@ -49,10 +56,11 @@ impl Firewall for NftablesFirewall {
 
     fn renew_if(
         &self,
-        addr: IpAddr,
+        grant: Grant,
         seen_expires_ns: u64,
         new_expires_ns: u64,
     ) -> Result<bool, FirewallError> {
+        let addr = grant.unscoped()?;
         // The daemon is the only writer of the set and DNS renewals go through the same
         // in-memory deadline: compare it, then re-add the element with the new timeout.
         let mut inner = self.lock();
@@ -63,7 +71,8 @@ impl Firewall for NftablesFirewall {
         Ok(true)
     }
 
-    fn remove_if(&self, addr: IpAddr, seen_expires_ns: u64) -> Result<bool, FirewallError> {
+    fn remove_if(&self, grant: Grant, seen_expires_ns: u64) -> Result<bool, FirewallError> {
+        let addr = grant.unscoped()?;
         let mut inner = self.lock();
         if inner.authorized.get(&addr).map(|h| h.expires_ns) != Some(seen_expires_ns) {
             return Ok(false);
@@ -94,17 +103,17 @@ impl Firewall for NftablesFirewall {
     /// (as in `write`), so an element the kernel already expired cannot fail the batch.
     fn revoke(
         &self,
-        revoked: &dyn Fn(IpAddr, Option<&str>) -> bool,
-    ) -> Result<Vec<IpAddr>, FirewallError> {
+        revoked: &dyn Fn(Grant, Option<&str>) -> bool,
+    ) -> Result<Vec<Grant>, FirewallError> {
         let mut inner = self.lock();
         let gone: Vec<IpAddr> = inner
             .authorized
             .iter()
-            .filter(|(addr, held)| revoked(**addr, held.name.as_deref()))
+            .filter(|(addr, held)| revoked(Grant::from(**addr), held.name.as_deref()))
             .map(|(addr, _)| *addr)
             .collect();
         let Some(&first) = gone.first() else {
-            return Ok(gone);
+            return Ok(Vec::new());
         };
         let mut msgs = Vec::new();
         for v6 in [false, true] {
@@ -127,7 +136,7 @@ impl Firewall for NftablesFirewall {
         for addr in &gone {
             inner.authorized.remove(addr);
         }
-        Ok(gone)
+        Ok(gone.into_iter().map(Grant::from).collect())
     }
 
     fn set_whitelist(&self, policy: &Policy) -> Result<(), FirewallError> {

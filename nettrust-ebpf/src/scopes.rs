@@ -1,0 +1,124 @@
+//! Policies: the scope of the sending cgroup (its deepest ancestor-or-self listed in
+//! `POLICY_OF`, cached per cgroup in `SCOPES` for one generation of `POLICY_OF`), and the
+//! record of which cgroup sent each DNS query to the proxy (`CLIENTS`). Nothing here runs while
+//! `CONFIG[CONFIG_SCOPE_GENERATION]` is 0 (no policies).
+
+use aya_ebpf::{helpers::bpf_skb_ancestor_cgroup_id, programs::SkBuffContext};
+use nettrust_common::{
+    CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue, MAX_CGROUP_DEPTH, PolicyRef,
+    ScopeCache,
+};
+
+use crate::{
+    maps::{CLIENTS, CONFIG, LISTENERS, POLICY_OF, SCOPES},
+    parse::{Headers, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FLAGS_OFFSET, TCP_SYN, endpoint_key},
+};
+
+/// The default policy (scope 0, no flags) as values the verifier cannot see as constants: the
+/// socket mark read twice, XORed (LLVM cannot fold two volatile loads). A constant 0 here would
+/// make the verifier mark every later test of the scope precise, so the paths of the default
+/// policy and those of a resolved one could never prune each other, and the program, explored
+/// once per policy state, would exceed the verifier's budget.
+#[inline(always)]
+pub fn default_policy(ctx: &SkBuffContext) -> PolicyRef {
+    // SAFETY: reading a field of the context the kernel handed us; nothing writes it meanwhile.
+    let zero = unsafe {
+        core::ptr::read_volatile(&raw const (*ctx.skb.skb).mark)
+            ^ core::ptr::read_volatile(&raw const (*ctx.skb.skb).mark)
+    };
+    PolicyRef {
+        scope: zero,
+        flags: zero,
+    }
+}
+
+/// The generation of `POLICY_OF`; 0 = no policies.
+#[inline(always)]
+pub fn generation() -> u32 {
+    CONFIG.get(CONFIG_SCOPE_GENERATION).map_or(0, |g| *g)
+}
+
+/// The policy of the cgroup `cgroup_id` that sent the packet: cached for `generation`, else the
+/// walk down its ancestors ([`walk`]), cached.
+#[inline(always)]
+pub fn resolve(ctx: &SkBuffContext, cgroup_id: u64, generation: u32) -> PolicyRef {
+    if let Some(cached) = SCOPES.get_ptr(cgroup_id) {
+        // SAFETY: pointer from a successful lookup, plain data.
+        let cached = unsafe { *cached };
+        if cached.generation == generation {
+            return cached.policy;
+        }
+    }
+    let policy = walk(ctx);
+    let entry = ScopeCache {
+        policy,
+        generation,
+        _pad: 0,
+    };
+    let _ = SCOPES.insert(cgroup_id, entry, 0);
+    policy
+}
+
+/// The `POLICY_OF` entry of the deepest listed ancestor-or-self of the packet's cgroup (levels 0
+/// to `MAX_CGROUP_DEPTH` - 1; `bpf_skb_ancestor_cgroup_id` returns 0 past the cgroup's own
+/// level), or the default policy when none is listed.
+#[inline(always)]
+fn walk(ctx: &SkBuffContext) -> PolicyRef {
+    let mut found = default_policy(ctx);
+    for level in 0..MAX_CGROUP_DEPTH {
+        // SAFETY: the context's skb pointer is valid for the whole program run.
+        let id = unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, level as i32) };
+        if id == 0 {
+            break;
+        }
+        // SAFETY: plain data, copied out at once.
+        if let Some(policy) = unsafe { POLICY_OF.get(id) } {
+            found = *policy;
+        }
+    }
+    found
+}
+
+/// Records in `CLIENTS` who sent a packet to one of the proxy's listeners (a UDP datagram, or a
+/// TCP SYN without ACK): the source address, port and protocol → the cgroup, its policy and
+/// now. The destination port is checked against `CONFIG[CONFIG_LISTEN_PORTS]` first, so other
+/// packets cost no hash lookup; a listener bound to the unspecified address matches any
+/// destination address of its family.
+#[inline(always)]
+pub fn record_client<const N: usize>(
+    ctx: &SkBuffContext,
+    headers: &Headers<N>,
+    cgroup_id: u64,
+    policy: PolicyRef,
+    now: u64,
+) {
+    if (headers.proto != IPPROTO_TCP && headers.proto != IPPROTO_UDP) || headers.l4 == 0 {
+        return;
+    }
+    let ports = CONFIG.get(CONFIG_LISTEN_PORTS).map_or(0, |p| *p);
+    let port = u32::from(headers.dport);
+    if port == 0 || (port != ports & 0xffff && port != ports >> 16) {
+        return;
+    }
+    if headers.proto == IPPROTO_TCP
+        && headers.l4_byte(ctx, TCP_FLAGS_OFFSET) & (TCP_SYN | TCP_ACK) != TCP_SYN
+    {
+        return;
+    }
+    let listener = endpoint_key(&headers.dst, headers.dport, headers.proto);
+    let wildcard = endpoint_key(&[0u8; N], headers.dport, headers.proto);
+    // SAFETY: the values are plain data, only checked for presence.
+    let listening =
+        unsafe { LISTENERS.get(listener).is_some() || LISTENERS.get(wildcard).is_some() };
+    if !listening {
+        return;
+    }
+    let client = endpoint_key(&headers.src, headers.sport, headers.proto);
+    let value = ClientValue {
+        cgroup_id,
+        scope: policy.scope,
+        flags: policy.flags,
+        seen_ns: now,
+    };
+    let _ = CLIENTS.insert(client, value, 0);
+}

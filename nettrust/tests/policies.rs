@@ -1,0 +1,447 @@
+//! Root tests of `[[policy]]`: names judged by the policy of the cgroup that asked, grants that
+//! open their addresses only for that policy's cgroups, audit mode, SIGHUP narrowing, and a
+//! client in another network namespace identified exactly. Each runs on both backends.
+//! Run with `cargo xtask test` (they are `#[ignore]`d in a plain `cargo test`).
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test target sees every dependency of the package and uses only a few of them"
+)]
+
+#[macro_use]
+mod world;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use world::{Backend, TCP_PORT, World, join_cgroup, socat_gets};
+
+both_backends!(
+    names_and_grants_are_scoped_to_the_policy_that_asked,
+    audit_mode_passes_and_reports,
+    sighup_narrowing_revokes_at_once,
+    a_client_in_another_network_namespace_is_identified,
+);
+
+/// This file's upstream: a dnsmasq in the internet namespace that logs every query it receives,
+/// so a test can tell what reached it.
+const LOGGING_UPSTREAM: &str = "192.0.2.53";
+
+/// The zone of [`LOGGING_UPSTREAM`].
+const ZONE: &str = "local-ttl=60\n\
+    host-record=a.test,192.0.2.10\n\
+    host-record=b.test,192.0.2.11\n\
+    host-record=c.test,192.0.2.12\n\
+    cname=alias.test,c.test\n\
+    host-record=x.wild.test,192.0.2.20\n\
+    host-record=wild.test,192.0.2.21\n\
+    txt-record=a.test,\"hello\"\n\
+    txt-record=secret.tunnel.test,\"exfiltrated\"\n";
+
+/// A world with two policy cgroups (`alpha`, `beta`) next to its default cgroup, the logging
+/// upstream, and the daemon started with `policies` (TOML `[[policy]]` sections in which
+/// `{alpha}` and `{beta}` stand for the two cgroups) plus `extra` lines of configuration.
+struct Policies {
+    world: World,
+    alpha: PathBuf,
+    beta: PathBuf,
+    config: PathBuf,
+    upstream_log: PathBuf,
+}
+
+impl Policies {
+    fn start(backend: Backend, policies: &str, extra: &str, listen: &str) -> Self {
+        let mut world = World::with_backend(backend);
+        let alpha = world.extra_cgroup("alpha");
+        let beta = world.extra_cgroup("beta");
+        let upstream_log = world.dir.path().join("upstream-queries.log");
+        let zone = format!(
+            "{ZONE}log-queries\nlog-facility={}\n",
+            upstream_log.display()
+        );
+        let dnsmasq = world::netns_dnsmasq(&world, LOGGING_UPSTREAM, &zone, "logging");
+        world.spawn_server(dnsmasq);
+        let config = world.dir.path().join("nettrust.toml");
+        let this = Self {
+            world,
+            alpha,
+            beta,
+            config,
+            upstream_log,
+        };
+        this.write_config(policies, extra);
+        let upstream = format!("{LOGGING_UPSTREAM}:53");
+        let config_arg = this.config.to_string_lossy().into_owned();
+        let mut this = this;
+        this.world
+            .start_daemon_on(listen, &["--fwd-addr", &upstream, "--config", &config_arg]);
+        this
+    }
+
+    fn write_config(&self, policies: &str, extra: &str) {
+        let text = policies
+            .replace("{alpha}", &self.alpha.to_string_lossy())
+            .replace("{beta}", &self.beta.to_string_lossy());
+        std::fs::write(&self.config, format!("{extra}\n{text}")).unwrap();
+    }
+
+    /// The response code and answers of `dig NAME TYPE` from a process in `cgroup`.
+    fn dig(&self, cgroup: &Path, name: &str, rtype: &str) -> (String, Vec<String>) {
+        dig(
+            self.world.in_cgroup_at(cgroup, "dig"),
+            "127.0.0.1",
+            name,
+            rtype,
+        )
+    }
+
+    /// Whether a TCP connection from `cgroup` to `addr` gets the server's "ok".
+    fn reaches(&self, cgroup: &Path, addr: &str) -> bool {
+        socat_gets(
+            self.world.in_cgroup_at(cgroup, "socat"),
+            &format!("TCP:{addr}:{TCP_PORT},connect-timeout=2"),
+            b"ok",
+        )
+    }
+
+    /// The names the upstream was asked so far.
+    fn upstream_saw(&self, name: &str) -> bool {
+        std::fs::read_to_string(&self.upstream_log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("query[") && l.contains(&format!(" {name} from")))
+    }
+}
+
+/// `dig +noall +comments +answer @SERVER NAME TYPE` run as `cmd`: the response code ("NO
+/// ANSWER" when none came) and the answers' data fields.
+fn dig(mut cmd: Command, server: &str, name: &str, rtype: &str) -> (String, Vec<String>) {
+    let out = cmd
+        .args(["+time=3", "+tries=1", "+noall", "+comments", "+answer"])
+        .args([&format!("@{server}"), name, rtype])
+        .output()
+        .expect("run dig (apt-get install bind9-dnsutils)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("NO ANSWER")
+        .to_owned();
+    let answers = text
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .collect();
+    (status, answers)
+}
+
+const TWO_POLICIES: &str = "[[policy]]\nname = \"alpha\"\ncgroups = [\"{alpha}\"]\n\
+    allow_domains = [\"a.test\", \"*.wild.test\", \"alias.test\"]\n\
+    [[policy]]\nname = \"beta\"\ncgroups = [\"{beta}\"]\nallow_domains = [\"b.test\"]\n";
+
+/// Two cgroups in two policies and one (the world's own) in the default policy: a name allowed
+/// in one policy only is refused in the other and authorizes nothing there; an address resolved
+/// from one cgroup opens for the cgroups of its policy only; wildcards, CNAME chains; a refused
+/// TXT question never reaches the upstream.
+fn names_and_grants_are_scoped_to_the_policy_that_asked(backend: Backend) {
+    let metrics = "metrics_addr = \"127.0.0.1:9153\"";
+    let p = Policies::start(backend, TWO_POLICIES, metrics, "127.0.0.1:53");
+    let (alpha, beta, default) = (&p.alpha, &p.beta, &p.world.cgroup);
+
+    assert_eq!(p.dig(beta, "a.test", "A").0, "REFUSED", "a.test from beta");
+    assert!(
+        !p.upstream_saw("a.test"),
+        "a refused question reached the upstream"
+    );
+    assert!(!p.reaches(beta, "192.0.2.10"), "nothing resolved yet");
+    let (status, answers) = p.dig(alpha, "a.test", "A");
+    assert_eq!(
+        (status.as_str(), answers),
+        ("NOERROR", vec!["192.0.2.10".to_owned()])
+    );
+    assert!(p.reaches(alpha, "192.0.2.10"), "alpha's own grant");
+    assert!(!p.reaches(beta, "192.0.2.10"), "alpha's grant opened beta");
+    assert!(
+        !p.reaches(default, "192.0.2.10"),
+        "alpha's grant opened the default policy"
+    );
+
+    let list = String::from_utf8_lossy(&p.world.nettrust(&["list"]).stdout).into_owned();
+    let line = |addr: &str| {
+        list.lines()
+            .find(|l| l.starts_with(&format!("{addr}\t")))
+            .unwrap_or_else(|| panic!("{addr} not listed:\n{list}"))
+            .to_owned()
+    };
+    assert!(line("192.0.2.10").contains("policy="), "{list}");
+    if backend == Backend::Ebpf {
+        assert!(line("192.0.2.10").ends_with("\tpolicy=alpha"), "{list}");
+        let status = String::from_utf8_lossy(&p.world.nettrust(&["status"]).stdout).into_owned();
+        assert!(status.contains("policies: 2"), "{status}");
+        assert!(status.contains("alpha (enforce, scope "), "{status}");
+        assert!(status.contains("grants 1"), "{status}");
+    }
+
+    // The default policy resolves anything, for its own cgroups only.
+    assert_eq!(p.dig(default, "b.test", "A").0, "NOERROR");
+    assert!(p.reaches(default, "192.0.2.11"));
+    assert!(
+        !p.reaches(alpha, "192.0.2.11"),
+        "a default grant opened alpha"
+    );
+    assert!(
+        !p.reaches(beta, "192.0.2.11"),
+        "a default grant opened beta"
+    );
+    assert_eq!(p.dig(beta, "b.test", "A").0, "NOERROR");
+    assert!(p.reaches(beta, "192.0.2.11"), "beta's own grant");
+    assert!(!p.reaches(alpha, "192.0.2.11"));
+
+    // `*.wild.test` is every name below wild.test, not wild.test itself.
+    assert_eq!(p.dig(alpha, "x.wild.test", "A").0, "NOERROR");
+    assert!(p.reaches(alpha, "192.0.2.20"));
+    assert_eq!(p.dig(alpha, "wild.test", "A").0, "REFUSED");
+    assert!(!p.reaches(alpha, "192.0.2.21"));
+    // The end of an allowed question's CNAME chain is authorized for it.
+    let (status, answers) = p.dig(alpha, "alias.test", "A");
+    assert_eq!(status, "NOERROR");
+    assert!(answers.contains(&"192.0.2.12".to_owned()), "{answers:?}");
+    assert!(p.reaches(alpha, "192.0.2.12"));
+    assert!(!p.reaches(beta, "192.0.2.12"));
+
+    // Tunnelling through a name nobody allowed: refused before the upstream, any type.
+    for rtype in ["TXT", "A", "AAAA", "MX"] {
+        assert_eq!(
+            p.dig(alpha, "secret.tunnel.test", rtype).0,
+            "REFUSED",
+            "{rtype}"
+        );
+    }
+    // The log works: an allowed TXT question is there.
+    assert_eq!(p.dig(alpha, "a.test", "TXT").0, "NOERROR");
+    p.world
+        .eventually("the upstream logs a.test", Duration::from_secs(5), || {
+            p.upstream_saw("a.test")
+        });
+    assert!(
+        !p.upstream_saw("secret.tunnel.test"),
+        "a refused TXT reached the upstream"
+    );
+    assert!(
+        p.world.daemon_log().contains("[Not Allowed]"),
+        "refusals are logged:\n{}",
+        p.world.daemon_log()
+    );
+    let refused = "nettrust_policy_questions_total{policy=\"alpha\",result=\"not_allowed\"}";
+    assert_eq!(
+        p.world.metric(refused),
+        5.0,
+        "wild.test and 4 tunnel questions"
+    );
+    let beta = "nettrust_policy_questions_total{policy=\"beta\",result=\"not_allowed\"}";
+    assert_eq!(p.world.metric(beta), 1.0, "a.test from beta");
+    assert_eq!(
+        p.world.metric("nettrust_policy_grants{policy=\"alpha\"}"),
+        3.0
+    );
+}
+
+/// Audit mode: nothing is dropped for the policy's cgroups, what enforcement would drop is
+/// reported; names outside the list are resolved and authorized but reported. Other cgroups are
+/// enforced as usual.
+fn audit_mode_passes_and_reports(backend: Backend) {
+    let policies = "[[policy]]\nname = \"alpha\"\ncgroups = [\"{alpha}\"]\n\
+        allow_domains = [\"a.test\"]\nmode = \"audit\"\n";
+    let p = Policies::start(backend, policies, "", "127.0.0.1:53");
+    assert_eq!(
+        p.dig(&p.alpha, "b.test", "A").0,
+        "NOERROR",
+        "audited, not refused"
+    );
+    assert!(p.upstream_saw("b.test"));
+    assert!(p.reaches(&p.alpha, "192.0.2.11"));
+    // An address nobody resolved passes for the audited cgroup, and is reported.
+    assert!(
+        p.reaches(&p.alpha, "192.0.2.99"),
+        "audit mode dropped a packet"
+    );
+    assert!(
+        !p.reaches(&p.world.cgroup, "192.0.2.99"),
+        "the default policy is enforced"
+    );
+    assert!(
+        !p.reaches(&p.world.cgroup, "192.0.2.11"),
+        "an audit grant opened another policy"
+    );
+    p.world
+        .eventually("the audit reports", Duration::from_secs(5), || {
+            let log = p.world.daemon_log();
+            log.contains("[Audit] not allowed question") && log.contains("192.0.2.99")
+        });
+    // Switching to enforce keeps every grant, and enforces from then on.
+    p.write_config(&policies.replace("audit", "enforce"), "");
+    p.world.signal_daemon(libc::SIGHUP);
+    p.world
+        .eventually("enforcement", Duration::from_secs(5), || {
+            !p.reaches(&p.alpha, "192.0.2.99")
+        });
+    assert!(
+        p.reaches(&p.alpha, "192.0.2.11"),
+        "a grant made in audit mode was dropped"
+    );
+    assert_eq!(p.dig(&p.alpha, "c.test", "A").0, "REFUSED");
+}
+
+/// A SIGHUP that narrows a policy revokes at once the grants it no longer allows, keeps the
+/// others, and refuses the name from then on.
+fn sighup_narrowing_revokes_at_once(backend: Backend) {
+    let wide = "[[policy]]\nname = \"alpha\"\ncgroups = [\"{alpha}\"]\n\
+        allow_domains = [\"a.test\", \"b.test\"]\n";
+    let p = Policies::start(backend, wide, "", "127.0.0.1:53");
+    for name in ["a.test", "b.test"] {
+        assert_eq!(p.dig(&p.alpha, name, "A").0, "NOERROR", "{name}");
+    }
+    assert!(p.reaches(&p.alpha, "192.0.2.10") && p.reaches(&p.alpha, "192.0.2.11"));
+    p.write_config(
+        "[[policy]]\nname = \"alpha\"\ncgroups = [\"{alpha}\"]\nallow_domains = [\"a.test\"]\n",
+        "",
+    );
+    p.world.signal_daemon(libc::SIGHUP);
+    p.world
+        .eventually("b.test revoked", Duration::from_secs(5), || {
+            !p.reaches(&p.alpha, "192.0.2.11")
+        });
+    assert!(
+        p.reaches(&p.alpha, "192.0.2.10"),
+        "a grant still allowed was revoked"
+    );
+    assert_eq!(p.dig(&p.alpha, "b.test", "A").0, "REFUSED");
+}
+
+/// A network namespace of its own joined to the client namespace by a veth (a container): the
+/// namespace and its link are removed on drop.
+struct Container {
+    ns: String,
+}
+
+impl Container {
+    /// Proxy end 198.51.100.129, container end 198.51.100.130 (a /30 of the documentation range
+    /// the world's link does not use).
+    fn new(world: &World) -> Self {
+        let ns = format!("ntpol-{}", world.id);
+        let dev = format!("vpol{}", world.id);
+        let container = Self { ns: ns.clone() };
+        for args in [
+            format!("netns add {ns}"),
+            format!("-n {ns} link set lo up"),
+            format!(
+                "-n {} link add {dev}a type veth peer name {dev}b netns {ns}",
+                world.client_ns
+            ),
+            format!(
+                "-n {} addr add 198.51.100.129/30 dev {dev}a",
+                world.client_ns
+            ),
+            format!("-n {} link set {dev}a up", world.client_ns),
+            format!("-n {ns} addr add 198.51.100.130/30 dev {dev}b"),
+            format!("-n {ns} link set {dev}b up"),
+        ] {
+            world::ip(&args);
+        }
+        container
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A client of the alpha policy in its own network namespace reaches the proxy over a veth: the
+/// data path tells the proxy exactly which cgroup sent the query, so its questions are judged
+/// by alpha (a.test allowed, b.test refused) and its grants open for alpha only.
+fn a_client_in_another_network_namespace_is_identified(backend: Backend) {
+    let extra = "allow_clients = [\"127.0.0.0/8\", \"198.51.100.128/30\"]\n\
+        [whitelist]\nhosts = [\"198.51.100.129\"]\n";
+    let p = Policies::start(backend, TWO_POLICIES, extra, "0.0.0.0:53");
+    let container = Container::new(&p.world);
+    let in_container =
+        |cgroup: &Path, program: &str| join_cgroup(world::in_netns(&container.ns, program), cgroup);
+    let (status, answers) = dig(
+        in_container(&p.alpha, "dig"),
+        "198.51.100.129",
+        "a.test",
+        "A",
+    );
+    assert_eq!(
+        (status.as_str(), answers),
+        ("NOERROR", vec!["192.0.2.10".to_owned()])
+    );
+    let (status, _) = dig(
+        in_container(&p.alpha, "dig"),
+        "198.51.100.129",
+        "b.test",
+        "A",
+    );
+    assert_eq!(
+        status, "REFUSED",
+        "alpha's container asked a name alpha does not allow"
+    );
+    // Beta in the same namespace is told apart from alpha.
+    let (status, _) = dig(
+        in_container(&p.beta, "dig"),
+        "198.51.100.129",
+        "b.test",
+        "A",
+    );
+    assert_eq!(status, "NOERROR");
+    // The grant is alpha's: the default cgroup in the client namespace is not opened.
+    assert!(!p.reaches(&p.world.cgroup, "192.0.2.10"));
+    assert!(p.reaches(&p.alpha, "192.0.2.10"));
+}
+
+/// Nested cgroup directories under `base`, removed deepest first on drop.
+struct Nested(Vec<PathBuf>);
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// A policy on a cgroup deeper than the egress program looks for listed ancestors would
+/// silently take a shallower cgroup's policy: the start is refused, naming the cgroup.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn a_policy_cgroup_deeper_than_the_program_looks_is_refused() {
+    let mut world = World::with_backend(Backend::Ebpf);
+    let base = world.extra_cgroup("deep");
+    let mut nested = Nested(Vec::new());
+    let mut dir = base.clone();
+    for i in 0..16 {
+        dir = dir.join(format!("l{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        nested.0.push(dir.clone());
+    }
+    let config = world.dir.path().join("deep.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[policy]]\nname = \"deep\"\ncgroups = [\"{}\"]\nallow_domains = [\"a.test\"]\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let err = world.start_fails(&["--config", &config.to_string_lossy()]);
+    assert!(err.contains("levels deep") && err.contains("/l15"), "{err}");
+    drop(nested);
+}
