@@ -6,6 +6,7 @@
 //! `NET_TRUST_BLACKLIST_*`) add to the config file's lists, as in the original.
 
 mod clients;
+mod domains;
 mod env;
 mod files;
 mod options;

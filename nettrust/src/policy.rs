@@ -1,6 +1,7 @@
 //! Domain allow-lists of the `[[policy]]` sections, shared with the blacklist: the entry syntax
 //! ([`parse_pattern`]), the compiled matcher ([`Domains`]) and the domain-list file format
-//! ([`parse_domains_file`]).
+//! ([`parse_domains_file`]), and the sharing of compiled lists between a configuration and the
+//! next ([`shared`]).
 //!
 //! An entry is an exact name (`example.com`, which matches only that name) or `*.` followed by a
 //! name (`*.example.org`, which matches every name strictly below example.org, not example.org
@@ -9,9 +10,11 @@
 
 mod domains;
 mod file;
+mod shared;
 
 pub use domains::Domains;
 pub use file::{DomainsFileError, parse_domains, parse_domains_file};
+pub use shared::{fingerprint, share, shared};
 
 /// Longest name in presentation form without the trailing dot (RFC 1035 §2.3.4: 255 octets on
 /// the wire, which is 253 characters of text).

@@ -2,12 +2,14 @@
 //! validated into [`PolicySettings`]. A cgroup belongs to one policy at most, and a policy's
 //! cgroup is not also one of the top-level `cgroups` (the default policy's).
 
-use std::{path::PathBuf, sync::Arc};
+use std::path::PathBuf;
 
 use super::{
-    ConfigError, PolicySettings, invalid,
+    ConfigError, PolicySettings,
+    domains::domain_list,
+    invalid,
     options::{Layers, PolicyMode, PolicySection, parse_choice},
-    validate::{domain_list, parse_network},
+    validate::parse_network,
 };
 
 /// Longest policy name.
@@ -118,7 +120,7 @@ fn policy(section: &PolicySection) -> Result<PolicySettings, ConfigError> {
         name: name.clone(),
         mode,
         cgroups: section.cgroups.clone(),
-        domains: Arc::new(domains),
+        domains,
         domains_file: section.allow_domains_file.clone(),
         networks,
     })

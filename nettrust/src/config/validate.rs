@@ -10,16 +10,14 @@ use std::{
 
 use ipnet::IpNet;
 
+use super::domains::{domain_list, parse_domain};
 use super::{
     Backend, Blacklist, ConfigError, DEFAULT_BPFFS_DIR, DEFAULT_FWD_TIMEOUT_MS,
     DEFAULT_TTL_CHECK_INTERVAL, DEFAULT_UDP_BUFFER, DNS_PORT, DOT_PORT, Env, FirewallType,
     FwdProto, FwdTls, ListenTls, LogFormat, dedup, invalid,
     options::{Given, Layers, parse_choice},
 };
-use crate::{
-    blacklist::BlockResponse,
-    policy::{Domains, parse_domains_file},
-};
+use crate::blacklist::BlockResponse;
 
 /// Parses `IP:PORT`, `[IPv6]:PORT`, or a bare IP (port 53).
 pub fn parse_socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -60,34 +58,6 @@ pub(super) fn parse_network(key: &str, value: &str) -> Result<IpNet, ConfigError
                 "expected a network in CIDR notation, e.g. 192.0.2.0/24",
             )
         })
-}
-
-/// Validates a domain entry (`name` or `*.name`, see [`crate::policy::parse_pattern`]). Returns it
-/// lower-cased without trailing dot.
-pub(super) fn parse_domain(key: &str, value: &str) -> Result<String, ConfigError> {
-    crate::policy::parse_pattern(value).map_err(|reason| invalid(key, value, reason))?;
-    Ok(value.trim().trim_end_matches('.').to_ascii_lowercase())
-}
-
-/// Compiles a domain list: the entries given inline under `key`, then those of the file under
-/// `file_key`, if any.
-pub(super) fn domain_list(
-    (key, inline): (&str, &[String]),
-    (file_key, file): (&str, Option<&Path>),
-) -> Result<Domains, ConfigError> {
-    let mut domains = Domains::new();
-    for value in inline {
-        domains
-            .insert(value)
-            .map_err(|e| invalid(key, value, e.reason))?;
-    }
-    if let Some(path) = file {
-        parse_domains_file(path, &mut domains).map_err(|error| ConfigError::DomainsFile {
-            key: file_key.to_owned(),
-            error,
-        })?;
-    }
-    Ok(domains)
 }
 
 /// Checks that `path` is a readable PEM file holding a block whose label contains `label`
@@ -431,7 +401,7 @@ pub(super) fn blacklist(
         networks,
         domains,
         domains_file: section.domains_file.clone(),
-        matcher: std::sync::Arc::new(matcher),
+        matcher,
         response,
     })
 }

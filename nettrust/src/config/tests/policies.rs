@@ -190,6 +190,60 @@ fn blacklist_domains_file_adds_to_the_domains() {
     assert!(ok(&args(), "", &[]).blacklist.matcher.is_empty());
 }
 
+/// A reload resolves the configuration while the running one is in force: a list whose entries
+/// and file did not change is the running one (not a second copy); any change builds a new one.
+#[test]
+fn unchanged_domain_lists_are_shared_between_resolutions() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "list", "a.test\n*.b.test\n");
+    let toml = |inline: &str| {
+        format!(
+            "[blacklist]\ndomains = [{inline}]\ndomains_file = \"{}\"\n{}",
+            file.display(),
+            policy(
+                "ci",
+                "/sys/fs/cgroup/a",
+                &format!("allow_domains_file = \"{}\"", file.display())
+            )
+        )
+    };
+    let first = ok(&args(), &toml(""), &[]);
+    let again = ok(&args(), &toml(""), &[]);
+    assert!(Arc::ptr_eq(
+        &first.blacklist.matcher,
+        &again.blacklist.matcher
+    ));
+    assert!(Arc::ptr_eq(
+        &first.policies[0].domains,
+        &again.policies[0].domains
+    ));
+    // The same file with other inline entries is another list.
+    let inline = ok(&args(), &toml("\"c.test\""), &[]);
+    assert!(!Arc::ptr_eq(
+        &first.blacklist.matcher,
+        &inline.blacklist.matcher
+    ));
+    assert!(inline.blacklist.matcher.allows("c.test"));
+    let other = ok(&args(), &toml("\"d.test\""), &[]);
+    assert!(other.blacklist.matcher.allows("d.test") && !other.blacklist.matcher.allows("c.test"));
+    // A changed file is read again, even at the same size.
+    std::fs::write(&file, "x.test\n*.b.test\n").unwrap();
+    let changed = ok(&args(), &toml(""), &[]);
+    assert!(!Arc::ptr_eq(
+        &first.blacklist.matcher,
+        &changed.blacklist.matcher
+    ));
+    assert!(changed.policies[0].domains.allows("x.test"));
+    assert!(!changed.policies[0].domains.allows("a.test"));
+    // A bad inline entry is refused even when the file is known.
+    err_names(
+        resolve(&args(), &toml("\"bad..x\""), &[]),
+        "blacklist.domains",
+        "bad..x",
+    );
+}
+
 #[test]
 fn check_config_prints_the_policies() {
     let toml = policy(
