@@ -226,25 +226,30 @@ impl PolicyTable {
     }
 }
 
+/// Two policies for tests: `ci` (enforce: `example.com`, `*.example.org`) and `observe`
+/// (audit: `example.net`).
+#[cfg(test)]
+pub(crate) fn test_table() -> PolicyTable {
+    PolicyTable::new(vec![
+        ScopePolicy {
+            name: "ci".into(),
+            domains: Arc::new(Domains::from_patterns(["example.com", "*.example.org"]).unwrap()),
+            audit: false,
+        },
+        ScopePolicy {
+            name: "observe".into(),
+            domains: Arc::new(Domains::from_patterns(["example.net"]).unwrap()),
+            audit: true,
+        },
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn table() -> PolicyTable {
-        PolicyTable::new(vec![
-            ScopePolicy {
-                name: "ci".into(),
-                domains: Arc::new(
-                    Domains::from_patterns(["example.com", "*.example.org"]).unwrap(),
-                ),
-                audit: false,
-            },
-            ScopePolicy {
-                name: "observe".into(),
-                domains: Arc::new(Domains::from_patterns(["example.net"]).unwrap()),
-                audit: true,
-            },
-        ])
+        test_table()
     }
 
     fn ci() -> Scope {

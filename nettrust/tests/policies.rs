@@ -122,19 +122,7 @@ fn dig(mut cmd: Command, server: &str, name: &str, rtype: &str) -> (String, Vec<
         .args([&format!("@{server}"), name, rtype])
         .output()
         .expect("run dig (apt-get install bind9-dnsutils)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let status = text
-        .split("status: ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or("NO ANSWER")
-        .to_owned();
-    let answers = text
-        .lines()
-        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
-        .collect();
-    (status, answers)
+    world::dig_reply(&String::from_utf8_lossy(&out.stdout))
 }
 
 const TWO_POLICIES: &str = "[[policy]]\nname = \"alpha\"\ncgroups = [\"{alpha}\"]\n\

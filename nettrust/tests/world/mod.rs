@@ -72,6 +72,23 @@ fn dnsmasq_zone() -> String {
     conf
 }
 
+/// The response code ("NO ANSWER" when none came) and the answers' data fields of the output of
+/// `dig +noall +comments +answer`.
+pub fn dig_reply(text: &str) -> (String, Vec<String>) {
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("NO ANSWER")
+        .to_owned();
+    let answers = text
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .collect();
+    (status, answers)
+}
+
 /// A dnsmasq (not started) serving `zone` (configuration lines) on `listen`, an address it adds
 /// to the loopback of `world`'s internet namespace.
 pub fn netns_dnsmasq(world: &World, listen: &str, zone: &str, name: &str) -> Command {
@@ -436,18 +453,7 @@ impl World {
         let started = Instant::now();
         let out = cmd.output().expect("run dig");
         let took = started.elapsed();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let status = text
-            .split("status: ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .unwrap_or("NO ANSWER")
-            .to_owned();
-        let answers = text
-            .lines()
-            .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
-            .collect();
+        let (status, answers) = dig_reply(&String::from_utf8_lossy(&out.stdout));
         (status, answers, took)
     }
 

@@ -222,8 +222,7 @@ mod policies {
             ClientScope, Firewall as _, Grant, Policy, Scope, Transport, boottime_ns,
             fake::FakeFirewall,
         },
-        policy::Domains,
-        scopes::{PolicyTable, ScopePolicy, scope_of_name},
+        scopes::{PolicyTable, scope_of_name, test_table},
     };
 
     const CI: SocketAddr =
@@ -233,8 +232,8 @@ mod policies {
     const UNKNOWN: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40003);
 
-    /// Policy 1 "ci" (enforce) allows `example.com` and below `example.org`; policy 2 "watch"
-    /// (audit) allows `example.net`. `CI` sent from a cgroup of policy 1, `AUDITED` of policy 2,
+    /// Policy "ci" (enforce) allows `example.com` and below `example.org`; policy "observe"
+    /// (audit, called `watch` below) allows `example.net`. `CI` sent from a cgroup of policy 1, `AUDITED` of policy 2,
     /// `UNKNOWN` has no record.
     fn handler() -> (Handler, Arc<FakeFirewall>) {
         let firewall = Arc::new(FakeFirewall::new(Policy::default()));
@@ -247,20 +246,7 @@ mod policies {
             firewall.set_client(Transport::Udp, client, who);
         }
         let authorizer = Authorizer::new(firewall.clone(), None);
-        authorizer.set_policies(Arc::new(PolicyTable::new(vec![
-            ScopePolicy {
-                name: "ci".into(),
-                domains: Arc::new(
-                    Domains::from_patterns(["example.com", "*.example.org"]).unwrap(),
-                ),
-                audit: false,
-            },
-            ScopePolicy {
-                name: "watch".into(),
-                domains: Arc::new(Domains::from_patterns(["example.net"]).unwrap()),
-                audit: true,
-            },
-        ])));
+        authorizer.set_policies(Arc::new(test_table()));
         (Handler::new(authorizer, true), firewall)
     }
 
@@ -289,7 +275,7 @@ mod policies {
     }
 
     fn watch() -> Scope {
-        scope_of_name("watch")
+        scope_of_name("observe")
     }
 
     fn granted(firewall: &FakeFirewall, scope: Scope) -> bool {
