@@ -270,7 +270,8 @@ pub fn status_pinned(pin_dir: &Path) -> Result<PinnedStatus, EbpfError> {
 pub fn read_stats(pin_dir: &Path) -> Result<[u64; STAT_COUNT as usize], EbpfError> {
     let stats: PerCpuArray<MapData, u64> = open_pinned(pin_dir, MAP_STATS, Map::PerCpuArray)?;
     let mut out = [0u64; STAT_COUNT as usize];
-    for (index, slot) in (0..STAT_COUNT).zip(out.iter_mut()) {
+    // A STATS map pinned by an older nettrust may have fewer counters: the rest read as 0.
+    for (index, slot) in (0..STAT_COUNT.min(stats.len())).zip(out.iter_mut()) {
         let per_cpu = stats
             .get(&index, 0)
             .map_err(|e| map_error(MAP_STATS, "cannot read", e))?;
