@@ -132,12 +132,20 @@ impl Question {
 /// Where the proxy receives queries: its listen address over UDP and TCP (DoT on the same
 /// port), and the dedicated DoT address over TCP.
 fn listeners(settings: &Settings) -> Vec<(SocketAddr, Transport)> {
-    let mut out = vec![
-        (settings.listen_addr, Transport::Udp),
-        (settings.listen_addr, Transport::Tcp),
-    ];
+    let mut out = Vec::new();
+    let mut add = |addr: SocketAddr, transport| {
+        out.push((addr, transport));
+        // A socket on [::] also receives IPv4 (dual stack): those packets leave the client as
+        // IPv4, to the IPv4 wildcard.
+        if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED {
+            let v4 = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
+            out.push((v4, transport));
+        }
+    };
+    add(settings.listen_addr, Transport::Udp);
+    add(settings.listen_addr, Transport::Tcp);
     if let Some(tls) = settings.listen_tls_addr {
-        out.push((tls, Transport::Tcp));
+        add(tls, Transport::Tcp);
     }
     out
 }
@@ -307,6 +315,35 @@ mod tests {
                 "{client:?} {name}"
             );
         }
+    }
+
+    #[test]
+    fn a_dual_stack_wildcard_listener_also_listens_for_ipv4() {
+        use crate::{
+            cli::RunArgs,
+            config::{Env, FileConfig},
+        };
+        let args = RunArgs {
+            fwd_addrs: vec!["192.0.2.53".into()],
+            ..RunArgs::default()
+        };
+        let file = FileConfig::parse("", std::path::Path::new("t.toml")).unwrap();
+        let mut settings =
+            Settings::resolve(&args, &file, &Env::default(), || Ok("/cg".into())).unwrap();
+        settings.listen_addr = "[::]:53".parse().unwrap();
+        settings.listen_tls_addr = Some("127.0.0.1:853".parse().unwrap());
+        let got = listeners(&settings);
+        let want: Vec<(SocketAddr, Transport)> = [
+            ("[::]:53", Transport::Udp),
+            ("0.0.0.0:53", Transport::Udp),
+            ("[::]:53", Transport::Tcp),
+            ("0.0.0.0:53", Transport::Tcp),
+            ("127.0.0.1:853", Transport::Tcp),
+        ]
+        .into_iter()
+        .map(|(a, t)| (a.parse().unwrap(), t))
+        .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
