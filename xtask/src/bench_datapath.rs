@@ -95,9 +95,10 @@ pub fn run(bench: &mut Bench, opts: &Options, what: What, report: &mut Report) -
 }
 
 /// Whether a short iperf3 run from `cgroup` (in the client namespace) reaches the target. A
-/// dropped SYN is retried for minutes: the connect is bounded to a second.
+/// dropped SYN is retried for minutes: the connect is bounded to a second. (iperf3 3.12 exits 0
+/// on a failed connect with `-J`: the JSON's `error` tells.)
 pub(crate) fn iperf_reaches(bench: &Bench, cgroup: &Path) -> bool {
-    bench
+    let out = bench
         .net
         .in_cgroup_at(cgroup, "iperf3")
         .args([
@@ -109,8 +110,12 @@ pub(crate) fn iperf_reaches(bench: &Bench, cgroup: &Path) -> bool {
             "--connect-timeout",
             "1000",
         ])
-        .output()
-        .is_ok_and(|out| out.status.success())
+        .output();
+    out.is_ok_and(|out| {
+        out.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|json| json.get("error").is_none())
+    })
 }
 
 /// `iperf3 -c TARGET ARGS -J` from the cgroup (or, with `outside`, from the client namespace

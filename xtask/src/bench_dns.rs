@@ -179,14 +179,6 @@ fn add_figures(report: &mut Report, tag: &str, label: &str, samples: Samples) {
         cpu,
         ratio,
     } = samples;
-    if !ratio.is_empty() {
-        report.add(Figure::new(
-            "ratio",
-            &format!("dns qps {label} / (b), paired"),
-            "%",
-            ratio,
-        ));
-    }
     report.add(Figure::new("dns", &format!("{label} qps"), "qps", qps));
     report.add(Figure::new(
         "dns",
@@ -212,6 +204,14 @@ fn add_figures(report: &mut Report, tag: &str, label: &str, samples: Samples) {
             &format!("{label} CPU time per query @1k qps"),
             "µs",
             cpu,
+        ));
+    }
+    if !ratio.is_empty() {
+        report.add(Figure::new(
+            "ratio",
+            &format!("dns qps {label} / (b), paired"),
+            "%",
+            ratio,
         ));
     }
 }
