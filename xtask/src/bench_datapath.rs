@@ -16,6 +16,8 @@ use crate::{
     lab::{dnsperf_args, field, vmrss_kib},
 };
 
+/// Tries of an iperf3 run the server refuses as busy with the previous one.
+const IPERF_ATTEMPTS: u32 = 5;
 /// Whitelisted networks installed for every filtered run (233.0.0.0/14 in /24s: never used).
 const WHITELIST_NETWORKS: u32 = 1000;
 
@@ -119,25 +121,37 @@ pub(crate) fn iperf_reaches(bench: &Bench, cgroup: &Path) -> bool {
 }
 
 /// `iperf3 -c TARGET ARGS -J` from the cgroup (or, with `outside`, from the client namespace
-/// outside the filtered cgroup); its JSON.
+/// outside the filtered cgroup); its JSON. The server serves one test at a time and may still be
+/// closing the previous one on a loaded machine: a "busy" refusal is retried after a pause.
 fn iperf_from(bench: &Bench, outside: bool, args: &[&str]) -> Result<serde_json::Value> {
     let mut all: Vec<String> = ["-c", TARGET_V4, "-J"].map(String::from).to_vec();
     all.extend(args.iter().map(|s| (*s).to_owned()));
-    let out = if outside {
-        bench.in_client("iperf3").args(&all).output()?
-    } else {
-        bench.in_cgroup_args("iperf3", &all).output()?
-    };
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "iperf3 gave no JSON: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    if !out.status.success() || json.get("error").is_some() {
-        bail!("iperf3 failed: {}", json["error"]);
+    let mut attempt = 1;
+    loop {
+        let out = if outside {
+            bench.in_client("iperf3").args(&all).output()?
+        } else {
+            bench.in_cgroup_args("iperf3", &all).output()?
+        };
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "iperf3 gave no JSON: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        let Some(error) = json.get("error") else {
+            if !out.status.success() {
+                bail!("iperf3 failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            return Ok(json);
+        };
+        let busy = error.as_str().is_some_and(|e| e.contains("busy"));
+        if !busy || attempt == IPERF_ATTEMPTS {
+            bail!("iperf3 failed: {error}");
+        }
+        attempt += 1;
+        std::thread::sleep(Duration::from_secs(1));
     }
-    Ok(json)
 }
 
 /// TCP Gbit/s received in one run.

@@ -117,7 +117,8 @@ pub fn run(bench: &mut Bench, opts: &Options, report: &mut Report) -> Result<()>
                     bail!("dnsmasq --nftset wrote nothing into its set");
                 }
                 if tag == "g" {
-                    // Every answer of the latency run at least went through the policy.
+                    // The latency run alone got 100 answers or more (or `measure` failed): each
+                    // must have been judged, and allowed, by the policy.
                     crate::bench_policy::check_dns_policy(bench, 100.0)?;
                     samples[k].ratio.push(policy_ratio(bench, opts, run)?);
                 }
