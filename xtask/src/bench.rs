@@ -8,9 +8,11 @@
 //! also on error.
 //!
 //! - `bench.rs`: options, the benchmark's world (`Bench`) and the entry points;
-//! - `bench_dns.rs`: the DNS benchmark, variants (a) to (f);
+//! - `bench_dns.rs`: the DNS benchmark, variants (a) to (g);
 //! - `bench_datapath.rs`: iperf3 through no filter / eBPF / nftables with 0, 10k, 1M hosts, and
 //!   the memory figures taken along the way (1M hosts);
+//! - `bench_scoped.rs`: the `[[policy]]` variants: dns (g) and the datapath's ten policies with
+//!   1M grants;
 //! - `bench_commit.rs`: runs the `commit` bench target of the nettrust crate;
 //! - `bench_policy.rs`: loading a million-line allow-list and blacklist (time, peak RSS);
 //! - `bench_report.rs`: figures, medians, the table, results.md and the chart.
@@ -22,7 +24,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
     bench_report::Report,
@@ -65,7 +67,7 @@ pub struct Options {
     pub policy_lines: usize,
     /// Build profile of the nettrust binary and the commit bench (`release` or `dev`).
     pub release: bool,
-    /// The dns variants to run (letters `a` to `f`).
+    /// The dns variants to run (letters `a` to `g`).
     pub variants: String,
     /// dns only: a second nettrust binary run for variants (b) and (c) next to the one under
     /// test, alternating which goes first from run to run.
@@ -86,7 +88,7 @@ impl Options {
             rounds: 2000,
             policy_lines: 1_000_000,
             release: true,
-            variants: "abcdef".into(),
+            variants: "abcdefg".into(),
             compare: None,
         }
     }
@@ -104,7 +106,7 @@ impl Options {
             rounds: 50,
             policy_lines: 10_000,
             release: false,
-            variants: "abcdef".into(),
+            variants: "abcdefg".into(),
             compare: None,
         }
     }
@@ -186,9 +188,30 @@ impl Bench {
 
     /// Starts nettrust with its metrics endpoint on [`METRICS`] and `extra` options.
     pub(crate) fn start_nettrust(&mut self, extra: &[String]) -> Result<()> {
-        let mut args = vec!["--metrics-addr".to_owned(), METRICS.to_owned()];
-        args.extend_from_slice(extra);
-        self.lab.start_nettrust(&args).map(drop)
+        self.lab.start_nettrust(&with_metrics(extra)).map(drop)
+    }
+
+    /// Starts nettrust like [`Bench::start_nettrust`] without listing the cgroup: the config file
+    /// among `extra` does, in its `[[policy]]` sections.
+    pub(crate) fn start_nettrust_policies(&mut self, extra: &[String]) -> Result<()> {
+        self.lab.start_daemon(&with_metrics(extra)).map(drop)
+    }
+
+    /// The daemon's metrics (Prometheus text) from [`METRICS`].
+    pub(crate) fn metrics(&self) -> Result<String> {
+        let out = self
+            .in_client("curl")
+            .args(["-sS", "--fail", "--max-time", "60"])
+            .arg(format!("http://{METRICS}/metrics"))
+            .output()
+            .context("starting curl")?;
+        if !out.status.success() {
+            bail!(
+                "reading the metrics at {METRICS}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// `program ARGS` in the client namespace and the filtered cgroup.
@@ -197,6 +220,13 @@ impl Bench {
         cmd.args(args);
         cmd
     }
+}
+
+/// `--metrics-addr METRICS` then `extra`.
+fn with_metrics(extra: &[String]) -> Vec<String> {
+    let mut args = vec!["--metrics-addr".to_owned(), METRICS.to_owned()];
+    args.extend_from_slice(extra);
+    args
 }
 
 impl Drop for Bench {

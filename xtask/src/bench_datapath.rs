@@ -3,18 +3,21 @@
 //! backend holding 0, 10k and 1M authorized hosts (filled through the daemon's own DNS path:
 //! dnsperf resolves that many distinct names once) plus 1,000 whitelisted networks. The memory
 //! figures (kernel memory of the eBPF maps, daemon RSS) are taken from the eBPF daemon with 0 and
-//! with 1M hosts.
+//! with 1M hosts. Last, the eBPF backend with ten `[[policy]]` scopes holding 1M grants
+//! (`bench_scoped.rs`).
 
-use std::{collections::BTreeMap, fmt::Write as _, fs, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    bench::{Bench, METRICS, Options, TARGET_V4, What},
+    bench::{Bench, Options, TARGET_V4, What},
     bench_report::{Figure, Report, median},
     lab::{dnsperf_args, field, vmrss_kib},
 };
 
+/// Tries of an iperf3 run the server refuses as busy with the previous one.
+const IPERF_ATTEMPTS: u32 = 5;
 /// Whitelisted networks installed for every filtered run (233.0.0.0/14 in /24s: never used).
 const WHITELIST_NETWORKS: u32 = 1000;
 
@@ -54,8 +57,7 @@ pub fn run(bench: &mut Bench, opts: &Options, what: What, report: &mut Report) -
         ])?;
         if with_iperf {
             // The filter is on: the target is refused until it was resolved.
-            // (A dropped SYN is retried for minutes: bound the connect.)
-            if iperf(bench, &["-t", "1", "--connect-timeout", "1000"]).is_ok() {
+            if iperf_reaches(bench, &bench.net.cgroup) {
                 bail!("{label}: iperf3 reached {TARGET_V4} before it was resolved");
             }
             resolve_target(bench)?;
@@ -87,33 +89,69 @@ pub fn run(bench: &mut Bench, opts: &Options, what: What, report: &mut Report) -
         }
         bench.stop_nettrust()?;
     }
+    if with_iperf {
+        let base = fs::read_to_string(&config_path)?;
+        crate::bench_scoped::datapath(bench, opts, &base, capacity, report)?;
+    }
     Ok(())
 }
 
+/// Whether a short iperf3 run from `cgroup` (in the client namespace) reaches the target. A
+/// dropped SYN is retried for minutes: the connect is bounded to a second. (iperf3 3.12 exits 0
+/// on a failed connect with `-J`: the JSON's `error` tells.)
+pub(crate) fn iperf_reaches(bench: &Bench, cgroup: &Path) -> bool {
+    let out = bench
+        .net
+        .in_cgroup_at(cgroup, "iperf3")
+        .args([
+            "-c",
+            TARGET_V4,
+            "-J",
+            "-t",
+            "1",
+            "--connect-timeout",
+            "1000",
+        ])
+        .output();
+    out.is_ok_and(|out| {
+        out.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|json| json.get("error").is_none())
+    })
+}
+
 /// `iperf3 -c TARGET ARGS -J` from the cgroup (or, with `outside`, from the client namespace
-/// outside the filtered cgroup); its JSON.
+/// outside the filtered cgroup); its JSON. The server serves one test at a time and may still be
+/// closing the previous one on a loaded machine: a "busy" refusal is retried after a pause.
 fn iperf_from(bench: &Bench, outside: bool, args: &[&str]) -> Result<serde_json::Value> {
     let mut all: Vec<String> = ["-c", TARGET_V4, "-J"].map(String::from).to_vec();
     all.extend(args.iter().map(|s| (*s).to_owned()));
-    let out = if outside {
-        bench.in_client("iperf3").args(&all).output()?
-    } else {
-        bench.in_cgroup_args("iperf3", &all).output()?
-    };
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "iperf3 gave no JSON: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    if !out.status.success() || json.get("error").is_some() {
-        bail!("iperf3 failed: {}", json["error"]);
+    let mut attempt = 1;
+    loop {
+        let out = if outside {
+            bench.in_client("iperf3").args(&all).output()?
+        } else {
+            bench.in_cgroup_args("iperf3", &all).output()?
+        };
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "iperf3 gave no JSON: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        let Some(error) = json.get("error") else {
+            if !out.status.success() {
+                bail!("iperf3 failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            return Ok(json);
+        };
+        let busy = error.as_str().is_some_and(|e| e.contains("busy"));
+        if !busy || attempt == IPERF_ATTEMPTS {
+            bail!("iperf3 failed: {error}");
+        }
+        attempt += 1;
+        std::thread::sleep(Duration::from_secs(1));
     }
-    Ok(json)
-}
-
-fn iperf(bench: &Bench, args: &[&str]) -> Result<serde_json::Value> {
-    iperf_from(bench, false, args)
 }
 
 /// TCP Gbit/s received in one run.
@@ -162,7 +200,12 @@ fn pair(
 /// UDP, alternating which comes first); the ratio of a pair does not drift with the machine's
 /// load like two figures minutes apart, and the run's figures are the medians of its pairs (a
 /// single pair on this VM spreads from 50 to 135 %).
-fn tcp_udp(bench: &Bench, opts: &Options, label: &str, report: &mut Report) -> Result<()> {
+pub(crate) fn tcp_udp(
+    bench: &Bench,
+    opts: &Options,
+    label: &str,
+    report: &mut Report,
+) -> Result<()> {
     let paired = label != "no filter";
     let (mut tcp, mut udp, mut tcp_ratio, mut udp_ratio) = (vec![], vec![], vec![], vec![]);
     for round in 0..opts.runs {
@@ -272,7 +315,7 @@ fn program_cost(bench: &Bench, opts: &Options, label: &str, report: &mut Report)
     Ok(())
 }
 
-fn resolve_target(bench: &Bench) -> Result<()> {
+pub(crate) fn resolve_target(bench: &Bench) -> Result<()> {
     let out = bench
         .in_cgroup_args(
             "dig",
@@ -326,12 +369,7 @@ fn fill(bench: &Bench, from: u32, to: u32) -> Result<()> {
 
 /// `nettrust_authorized_hosts` from the daemon's metrics endpoint.
 fn authorized_hosts(bench: &Bench) -> Result<u64> {
-    let out = bench
-        .in_client("curl")
-        .args(["-sS", "--fail", "--max-time", "60"])
-        .arg(format!("http://{METRICS}/metrics"))
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = bench.metrics()?;
     text.lines()
         .find_map(|l| {
             l.strip_prefix("nettrust_authorized_hosts ")?

@@ -1,8 +1,11 @@
 //! `cargo xtask bench dns`: dnsperf from the filtered cgroup against (a) the upstream directly,
 //! (b) nettrust eBPF, (c) nettrust nftables, (d) a forwarding dnsmasq (cache off), (e) the same
-//! with `--nftset` and (f) the minimal relay (`relay.rs`, the floor of one forwarding hop), each
-//! restarted per run: qps with `in_flight` queries in flight, p50/p99 at a fixed 1,000 qps paired
-//! with a run against the upstream right next to it, and the forwarder's CPU time per query.
+//! with `--nftset`, (f) the minimal relay (`relay.rs`, the floor of one forwarding hop) and (g)
+//! nettrust eBPF with a `[[policy]]` of 100,000+ patterns allowing every name
+//! (`bench_scoped.rs`), each restarted per run: qps with `in_flight` queries in flight, p50/p99
+//! at a fixed 1,000 qps paired with a run against the upstream right next to it, and the
+//! forwarder's CPU time per query. Each run of (g) also measures (g)'s and (b)'s qps right next
+//! to each other: their ratio is the cost of the policy path.
 
 use std::{
     fs,
@@ -30,7 +33,7 @@ const NFTSET_TABLE: &str = "ntbench";
 type Setup = fn(&mut Bench) -> Result<&'static str>;
 
 /// The variants: letter, name, set-up.
-const VARIANTS: [(&str, &str, Setup); 6] = [
+const VARIANTS: [(&str, &str, Setup); 7] = [
     ("a", "upstream (dnsmasq) direct", |b| {
         b.stop_nettrust()?;
         stop_forwarder(b);
@@ -59,6 +62,10 @@ const VARIANTS: [(&str, &str, Setup); 6] = [
         start_relay(b)?;
         Ok(RELAY)
     }),
+    ("g", "nettrust eBPF + policy", |b| {
+        stop_forwarder(b);
+        crate::bench_scoped::start_dns_policy(b)
+    }),
 ];
 
 /// Every run's figures of one variant.
@@ -69,6 +76,8 @@ struct Samples {
     p99: Vec<f64>,
     overhead: Vec<f64>,
     cpu: Vec<f64>,
+    /// (g) only: its qps over (b)'s measured next to it, in %.
+    ratio: Vec<f64>,
 }
 
 /// The DNS benchmark: each variant of `opts.variants`, `opts.runs` times.
@@ -106,6 +115,12 @@ pub fn run(bench: &mut Bench, opts: &Options, report: &mut Report) -> Result<()>
                 bench.check_nettrust()?;
                 if tag == "e" && nftset_elements(bench)? == 0 {
                     bail!("dnsmasq --nftset wrote nothing into its set");
+                }
+                if tag == "g" {
+                    // The latency run alone got 100 answers or more (or `measure` failed): each
+                    // must have been judged, and allowed, by the policy.
+                    crate::bench_scoped::check_dns_policy(bench, 100.0)?;
+                    samples[k].ratio.push(policy_ratio(bench, opts, run)?);
                 }
             }
         }
@@ -163,6 +178,7 @@ fn add_figures(report: &mut Report, tag: &str, label: &str, samples: Samples) {
         p99,
         overhead,
         cpu,
+        ratio,
     } = samples;
     report.add(Figure::new("dns", &format!("{label} qps"), "qps", qps));
     report.add(Figure::new(
@@ -191,6 +207,40 @@ fn add_figures(report: &mut Report, tag: &str, label: &str, samples: Samples) {
             cpu,
         ));
     }
+    if !ratio.is_empty() {
+        report.add(Figure::new(
+            "ratio",
+            &format!("dns qps {label} / (b), paired"),
+            "%",
+            ratio,
+        ));
+    }
+}
+
+/// (g)'s qps over (b)'s in %, each daemon started afresh and measured right after the other
+/// (which goes first alternates from run to run); (g)'s run must have taken the policy path.
+fn policy_ratio(bench: &mut Bench, opts: &Options, run: u32) -> Result<f64> {
+    let (b, g) = (VARIANTS[1], VARIANTS[6]);
+    debug_assert!(b.0 == "b" && g.0 == "g");
+    let mut order = [b, g];
+    if !run.is_multiple_of(2) {
+        order.reverse();
+    }
+    let mut measured = [0.0; 2];
+    for (tag, _, setup) in order {
+        let server = setup(bench)?;
+        let value = qps(bench, server, opts)?;
+        bench.check_nettrust()?;
+        if tag == "g" {
+            // At least nine in ten of the queries the run completed were judged by the policy.
+            let completed = value * f64::from(opts.seconds);
+            crate::bench_scoped::check_dns_policy(bench, (completed * 0.9).floor())?;
+            measured[1] = value;
+        } else {
+            measured[0] = value;
+        }
+    }
+    Ok(measured[1] / measured[0] * 100.0)
 }
 
 /// The forwarding dnsmasq of variants (d)/(e) on [`DNSMASQ_FWD`], cache off; with `nftset` every

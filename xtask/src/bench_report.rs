@@ -53,17 +53,19 @@ pub struct Report {
 
 /// Figures each section must produce (for the CI smoke check).
 const EXPECTED: [(&str, usize); 8] = [
-    // (a)..(f): qps, p50, p99.
-    ("dns", 18),
-    // none, eBPF 0/10k/1M, nftables 0/10k/1M: TCP and UDP; the egress program's run time per
-    // UDP packet and its share of a CPU during TCP, with eBPF 0/10k/1M.
-    ("datapath", 20),
-    // eBPF and nftables 0/10k/1M against unfiltered runs at the same moment: TCP and UDP.
-    ("ratio", 12),
-    // (b)..(f): p50 at 1,000 qps minus the upstream's, asked right next to them.
-    ("overhead", 5),
-    // (b)..(f): the forwarder process's CPU time per answered query during its 1,000 qps run.
-    ("cpu", 5),
+    // (a)..(g): qps, p50, p99.
+    ("dns", 21),
+    // none, eBPF 0/10k/1M, nftables 0/10k/1M, eBPF with 10 policies: TCP and UDP; the egress
+    // program's run time per UDP packet and its share of a CPU during TCP, with eBPF 0/10k/1M
+    // and 10 policies.
+    ("datapath", 24),
+    // eBPF and nftables 0/10k/1M and eBPF with 10 policies against unfiltered runs at the same
+    // moment: TCP and UDP; dns qps (g) / (b) measured next to each other.
+    ("ratio", 15),
+    // (b)..(g): p50 at 1,000 qps minus the upstream's, asked right next to them.
+    ("overhead", 6),
+    // (b)..(g): the forwarder process's CPU time per answered query during its 1,000 qps run.
+    ("cpu", 6),
     // eBPF and nftables, 1 and 8 addresses: p50 and p99; the sweeper's scan and `nettrust list`'s.
     ("commit", 10),
     // kernel map memory and daemon RSS, with 0 and with "1M" hosts.
@@ -190,13 +192,14 @@ impl Report {
                 ("d", "dnsmasq forwarding"),
                 ("e", "dnsmasq forwarding + nftset"),
                 ("f", "minimal relay (no checks)"),
+                ("g", "nettrust eBPF + policy"),
             ]
             .iter()
             .find(|(t, _)| *t == tag)
             .map(|(t, n)| format!("({t}) {n} qps"))
             .unwrap_or_default()
         };
-        for tag in ["b", "c", "d", "e", "f"] {
+        for tag in ["b", "c", "d", "e", "f", "g"] {
             if let Some(r) = ratio(&q(tag), &q("a")) {
                 out.push((format!("dns qps ({tag}) / (a)"), format!("{r:.2}")));
             }
@@ -206,7 +209,10 @@ impl Report {
                 out.push((format!("dns qps ({tag}) / (e)"), format!("{r:.2}")));
             }
         }
-        for tag in ["b", "c", "d", "e", "f"] {
+        if let Some(r) = ratio(&q("g"), &q("b")) {
+            out.push(("dns qps (g) / (b), medians".to_owned(), format!("{r:.3}")));
+        }
+        for tag in ["b", "c", "d", "e", "f", "g"] {
             let name = q(tag).replace(" qps", " p50 @1k qps");
             let base = q("a").replace(" qps", " p50 @1k qps");
             if let (Some(x), Some(a)) = (self.get(&name), self.get(&base)) {

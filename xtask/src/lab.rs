@@ -137,13 +137,20 @@ impl Lab {
     /// Starts nettrust in the client namespace, listening on 127.0.0.1:53, forwarding to the
     /// upstream, filtering the cgroup, with `extra` options; waits until it answers.
     pub(crate) fn start_nettrust(&mut self, extra: &[String]) -> Result<u32> {
+        let mut args = vec!["--cgroup".to_owned(), self.net.cgroup.display().to_string()];
+        args.extend_from_slice(extra);
+        self.start_daemon(&args)
+    }
+
+    /// Starts nettrust like [`Lab::start_nettrust`] but without listing the cgroup itself:
+    /// `extra` names what it filters (a config file whose `[[policy]]` sections list it, since a
+    /// policy's cgroup may not also be a top-level one).
+    pub(crate) fn start_daemon(&mut self, extra: &[String]) -> Result<u32> {
         self.stop_nettrust()?;
         let child = self
             .in_client(&self.binary)
             .args(["run", "--listen-addr", "127.0.0.1:53"])
             .args(["--fwd-addr", &format!("{UPSTREAM}:53")])
-            .arg("--cgroup")
-            .arg(&self.net.cgroup)
             .arg("--bpffs-dir")
             .arg(&self.net.bpffs_dir)
             .args(extra)

@@ -19,6 +19,7 @@ mod bench_commit;
 mod bench_datapath;
 mod bench_dns;
 mod bench_policy;
+mod bench_scoped;
 mod bench_report;
 mod fuzz;
 mod lab;
@@ -110,7 +111,7 @@ enum Cmd {
         #[arg(long)]
         runs: Option<u32>,
         /// dns only: the variants to run, e.g. `ab` for the upstream and nettrust eBPF (default
-        /// `abcdef`, all of them).
+        /// `abcdefg`, all of them).
         #[arg(long)]
         variants: Option<String>,
         /// Benchmark this nettrust binary as it is (no build; its eBPF object is embedded), e.g.
@@ -246,8 +247,8 @@ fn bench(root: &Path, command: Cmd) -> Result<()> {
     opts.seconds = seconds.unwrap_or(opts.seconds);
     opts.runs = runs.unwrap_or(opts.runs).max(1);
     if let Some(variants) = variants {
-        if let Some(bad) = variants.chars().find(|c| !"abcdef".contains(*c)) {
-            bail!("--variants {variants:?}: {bad:?} is not one of a, b, c, d, e, f");
+        if let Some(bad) = variants.chars().find(|c| !"abcdefg".contains(*c)) {
+            bail!("--variants {variants:?}: {bad:?} is not one of a, b, c, d, e, f, g");
         }
         opts.variants = variants;
     }
