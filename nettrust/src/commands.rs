@@ -66,11 +66,7 @@ pub fn list(bpffs_dir: &Path) -> Result<String, CommandError> {
         hosts.extend(nftables::list_authorized()?);
     }
     hosts.sort_by_key(|(h, _)| (h.addr, h.scope));
-    let policies = if ebpf_pinned {
-        ebpf::policy_names_pinned(bpffs_dir)
-    } else {
-        nftables::policy_names()?
-    };
+    let policies = crate::firewall::policy_names(bpffs_dir);
     let now = boottime_ns();
     let mut out = String::new();
     for (host, name) in hosts {
@@ -85,10 +81,7 @@ pub fn list(bpffs_dir: &Path) -> Result<String, CommandError> {
         if host.scope.is_default() {
             let _ = writeln!(out, "{}\t{ttl}\t{name}", host.addr);
         } else {
-            let policy = policies
-                .get(&host.scope.0)
-                .cloned()
-                .unwrap_or_else(|| host.scope.0.to_string());
+            let policy = crate::firewall::policy_label(&policies, host.scope);
             let _ = writeln!(out, "{}\t{ttl}\t{name}\tpolicy={policy}", host.addr);
         }
     }

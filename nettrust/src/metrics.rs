@@ -396,29 +396,19 @@ async fn respond(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()
     stream.shutdown().await
 }
 
-/// Live grants counted per policy, named as the eBPF state names them (the scope number
-/// otherwise); the default policy is `default`.
+/// Live grants counted per policy (`firewall::policy_label`); every named policy is listed,
+/// with 0 when it has none.
 fn grants_per_policy(
     hosts: &[crate::firewall::AuthorizedHost],
     bpffs_dir: &std::path::Path,
 ) -> Vec<(String, usize)> {
-    let mut names = crate::firewall::ebpf::policy_names_pinned(bpffs_dir);
-    if names.is_empty() {
-        names = crate::firewall::nftables::policy_names().unwrap_or_default();
-    }
+    let names = crate::firewall::policy_names(bpffs_dir);
     let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    for scope in names.keys() {
-        counts.entry(names[scope].clone()).or_default();
+    for name in names.values() {
+        counts.entry(name.clone()).or_default();
     }
     for host in hosts {
-        let policy = if host.scope.is_default() {
-            "default".to_owned()
-        } else {
-            names
-                .get(&host.scope.0)
-                .cloned()
-                .unwrap_or_else(|| host.scope.0.to_string())
-        };
+        let policy = crate::firewall::policy_label(&names, host.scope);
         *counts.entry(policy).or_default() += 1;
     }
     counts.into_iter().collect()

@@ -381,6 +381,29 @@ pub trait Firewall: Send + Sync {
     }
 }
 
+/// The policies' names by scope, as the firewall state on this host records them (the pinned
+/// eBPF maps in `bpffs_dir`, else the nftables table's set comments); empty without policies.
+pub fn policy_names(bpffs_dir: &std::path::Path) -> std::collections::HashMap<u32, String> {
+    let names = ebpf::policy_names_pinned(bpffs_dir);
+    if names.is_empty() {
+        nftables::policy_names().unwrap_or_default()
+    } else {
+        names
+    }
+}
+
+/// How `nettrust list` and the metrics name `scope`: `default`, the policy's name, or its number
+/// when no name is recorded.
+pub fn policy_label(names: &std::collections::HashMap<u32, String>, scope: Scope) -> String {
+    if scope.is_default() {
+        return "default".to_owned();
+    }
+    names
+        .get(&scope.0)
+        .cloned()
+        .unwrap_or_else(|| scope.0.to_string())
+}
+
 /// Longest name (bytes) either backend records for `nettrust list`: nft element comments hold
 /// 127 bytes, and the eBPF `NAMES` values 128 with their NUL.
 pub const LISTED_NAME_MAX: usize = 127;

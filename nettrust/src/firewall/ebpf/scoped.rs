@@ -7,7 +7,6 @@
 use std::{
     io,
     net::{IpAddr, Ipv6Addr},
-    os::unix::fs::MetadataExt as _,
 };
 
 use nettrust_common::{FLAG_AUTHORIZED, HostValue, MAP_POLICY_OF, MAX_CGROUP_DEPTH};
@@ -15,6 +14,7 @@ use nettrust_common::{FLAG_AUTHORIZED, HostValue, MAP_POLICY_OF, MAX_CGROUP_DEPT
 use super::{
     authorizations,
     host_table::HostStore,
+    pins,
     scopes::{CgroupScope, ScopeMaps},
     syscalls::{BPF_ANY, BPF_NOEXIST},
     types::{EbpfError, map_error},
@@ -46,9 +46,8 @@ pub(super) fn write_scopes(maps: &ScopeMaps, scopes: &Scopes) -> Result<(), Ebpf
                 io::Error::from(io::ErrorKind::InvalidInput),
             ));
         }
-        let id = std::fs::metadata(&c.path)
-            .map_err(|e| map_error(MAP_POLICY_OF, format!("cgroup {}", c.path.display()), e))?
-            .ino();
+        let id = pins::cgroup_id(&c.path)
+            .map_err(|e| map_error(MAP_POLICY_OF, format!("cgroup {}", c.path.display()), e))?;
         cgroups.push(CgroupScope {
             cgroup_id: id,
             scope: c.scope.0,
