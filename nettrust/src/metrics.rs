@@ -230,14 +230,15 @@ impl Metrics {
         }
     }
 
-    /// Counts a question a policy judged.
-    pub fn policy_question(&self, policy: &str, result: &'static str) {
+    /// The counter of the questions `policy` judged with `result`, to keep and increment
+    /// (building the label set per question would allocate on every query).
+    pub fn policy_question(&self, policy: &str, result: &'static str) -> Counter {
         self.policy_questions
             .get_or_create(&PolicyLabels {
                 policy: policy.to_owned(),
                 result,
             })
-            .inc();
+            .clone()
     }
 
     /// Sets the live grants per policy (`(policy, count)`); a policy without any shows 0.

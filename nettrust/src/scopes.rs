@@ -12,6 +12,8 @@
 
 use std::{net::SocketAddr, str::FromStr as _, sync::Arc};
 
+use prometheus_client::metrics::counter::Counter;
+
 use hickory_proto::rr::Name;
 
 use crate::{
@@ -35,6 +37,8 @@ pub struct ScopePolicy {
 #[derive(Debug, Clone, Default)]
 pub struct PolicyTable {
     policies: Vec<(Scope, ScopePolicy)>,
+    /// Per policy, in the same order: its question counters by [`Question::index`].
+    counters: Vec<[Counter; 3]>,
 }
 
 /// Two policy names that hash to the same scope number.
@@ -96,7 +100,7 @@ pub fn of_settings(settings: &Settings) -> Result<(PolicyTable, Scopes), ScopeCo
             },
         ));
     }
-    Ok((PolicyTable { policies }, scopes))
+    Ok((PolicyTable::in_scopes(policies), scopes))
 }
 
 /// What a question from a client may do.
@@ -111,12 +115,15 @@ pub enum Question {
 }
 
 impl Question {
-    /// Metric label.
-    pub fn label(self) -> &'static str {
+    /// The metric labels of the three results, in [`Question::index`] order.
+    pub const LABELS: [&'static str; 3] = ["allowed", "audited", "not_allowed"];
+
+    /// The result's position in [`Question::LABELS`].
+    pub fn index(self) -> usize {
         match self {
-            Self::Allowed(_) => "allowed",
-            Self::Audited(_) => "audited",
-            Self::NotAllowed(_) => "not_allowed",
+            Self::Allowed(_) => 0,
+            Self::Audited(_) => 1,
+            Self::NotAllowed(_) => 2,
         }
     }
 
@@ -153,12 +160,22 @@ fn listeners(settings: &Settings) -> Vec<(SocketAddr, Transport)> {
 impl PolicyTable {
     /// The table of `policies`, each in the scope of its name.
     pub fn new(policies: Vec<ScopePolicy>) -> Self {
-        Self {
-            policies: policies
+        Self::in_scopes(
+            policies
                 .into_iter()
                 .map(|p| (scope_of_name(&p.name), p))
                 .collect(),
-        }
+        )
+    }
+
+    /// The table of `policies` in their scopes, with their question counters.
+    fn in_scopes(policies: Vec<(Scope, ScopePolicy)>) -> Self {
+        let metrics = crate::metrics::metrics();
+        let counters = policies
+            .iter()
+            .map(|(_, p)| Question::LABELS.map(|label| metrics.policy_question(&p.name, label)))
+            .collect();
+        Self { policies, counters }
     }
 
     /// Whether no `[[policy]]` exists (every query is in the default scope).
@@ -218,10 +235,11 @@ impl PolicyTable {
     /// configuration in force), not the record's.
     pub fn judge(&self, client: Option<ClientScope>, question: &Name) -> Question {
         let scope = client.map_or(Scope::DEFAULT, |c| c.scope);
-        let Some(policy) = self.get(scope) else {
+        let Some(index) = self.policies.iter().position(|(s, _)| *s == scope) else {
             // The default policy, or a scope a reload removed: today's behaviour.
             return Question::Allowed(Scope::DEFAULT);
         };
+        let policy = &self.policies[index].1;
         let result = if policy.domains.allows_name(question) {
             Question::Allowed(scope)
         } else if policy.audit {
@@ -229,7 +247,7 @@ impl PolicyTable {
         } else {
             Question::NotAllowed(scope)
         };
-        crate::metrics::metrics().policy_question(&policy.name, result.label());
+        self.counters[index][result.index()].inc();
         result
     }
 }
