@@ -22,6 +22,7 @@ both_backends!(
     names_and_grants_are_scoped_to_the_policy_that_asked,
     audit_mode_passes_and_reports,
     sighup_narrowing_revokes_at_once,
+    tcp_clients_and_a_listener_flood_are_judged_exactly,
 );
 
 /// This file's upstream: a dnsmasq in the internet namespace that logs every query it receives,
@@ -396,6 +397,107 @@ fn a_client_in_another_network_namespace_is_identified() {
     // The grant is alpha's: the default cgroup in the client namespace is not opened.
     assert!(!p.reaches(&p.world.cgroup, "192.0.2.10"));
     assert!(p.reaches(&p.alpha, "192.0.2.10"));
+}
+
+/// Sends DNS queries for `flood.test` to 127.0.0.1:53 as fast as it can for `argv[1]` seconds,
+/// each from another source address of 127.0.0.0/8 (`IP_PKTINFO`), so each is a new client to
+/// the proxy (8 = `IP_PKTINFO`, which Python does not name); prints how many it sent.
+const FLOOD: &str = r#"
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x05flood\x04test\x00\x00\x01\x00\x01"
+end, n = time.time() + float(sys.argv[1]), 0
+while time.time() < end:
+    for _ in range(256):
+        src = struct.pack(">I", 0x7F000000 | (1 + n % 0xFFFFF0))
+        try:
+            s.sendmsg([q], [(socket.IPPROTO_IP, 8, struct.pack("=I4s4s", 0, src, bytes(4)))], 0, ("127.0.0.1", 53))
+        except BlockingIOError:
+            pass
+        n += 1
+print(n)
+"#;
+
+/// Queries over TCP are judged by the policy of the cgroup that opened the connection; and while
+/// beta floods the listener from 100,000s of source addresses (each a new client record on the
+/// eBPF data path, far more than it remembers), every question alpha asks is still judged by
+/// alpha: never by the default policy, which would forward a name alpha does not allow.
+fn tcp_clients_and_a_listener_flood_are_judged_exactly(backend: Backend) {
+    let p = Policies::start(backend, TWO_POLICIES, "", "127.0.0.1:53");
+    let tcp = |cgroup: &Path, name: &str| {
+        let mut cmd = p.world.in_cgroup_at(cgroup, "dig");
+        cmd.arg("+tcp");
+        dig(cmd, "127.0.0.1", name, "A").0
+    };
+    assert_eq!(
+        tcp(&p.alpha, "a.test"),
+        "NOERROR",
+        "a.test over TCP from alpha"
+    );
+    assert_eq!(
+        tcp(&p.alpha, "b.test"),
+        "REFUSED",
+        "b.test over TCP from alpha"
+    );
+    assert_eq!(
+        tcp(&p.beta, "b.test"),
+        "NOERROR",
+        "b.test over TCP from beta"
+    );
+    assert_eq!(
+        tcp(&p.beta, "a.test"),
+        "REFUSED",
+        "a.test over TCP from beta"
+    );
+
+    let flood = p
+        .world
+        .in_cgroup_at(&p.beta, "python3")
+        .args(["-c", FLOOD, "6"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut refused, mut answered) = (0, 0);
+    for _ in 0..30 {
+        let (status, _) = dig(
+            p.world.in_cgroup_at(&p.alpha, "dig"),
+            "127.0.0.1",
+            "c.test",
+            "A",
+        );
+        match status.as_str() {
+            "REFUSED" => refused += 1,
+            "NO ANSWER" => {}
+            other => panic!("c.test from alpha during the flood: {other}"),
+        }
+        let (status, _) = dig(
+            p.world.in_cgroup_at(&p.alpha, "dig"),
+            "127.0.0.1",
+            "a.test",
+            "A",
+        );
+        match status.as_str() {
+            "NOERROR" => answered += 1,
+            "NO ANSWER" => {}
+            other => panic!("a.test from alpha during the flood: {other}"),
+        }
+    }
+    let out = flood.wait_with_output().unwrap();
+    let sent: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(sent >= 100_000, "the flood sent only {sent} queries");
+    assert!(
+        refused >= 20 && answered >= 20,
+        "alpha got too few answers during the flood: {refused} REFUSED, {answered} NOERROR"
+    );
+    assert!(
+        !p.upstream_saw("c.test"),
+        "a question alpha may not ask reached the upstream"
+    );
 }
 
 /// Nested cgroup directories under `base`, removed deepest first on drop.

@@ -15,6 +15,8 @@
 //!   1M grants;
 //! - `bench_commit.rs`: runs the `commit` bench target of the nettrust crate;
 //! - `bench_policy.rs`: loading a million-line allow-list and blacklist (time, peak RSS);
+//! - `bench_reload.rs`: the daemon on those lists: start, RSS, a SIGHUP reload of both and the
+//!   queries answered across it;
 //! - `bench_report.rs`: figures, medians, the table, results.md and the chart.
 
 use std::{
@@ -254,9 +256,12 @@ pub fn run(root: &Path, binary: &Path, what: What, opts: &Options) -> Result<Rep
             started.elapsed().as_secs_f64()
         );
     };
-    if matches!(what, What::Dns | What::Datapath | What::Memory | What::All) {
+    if matches!(
+        what,
+        What::Dns | What::Datapath | What::Memory | What::Policy | What::All
+    ) {
         let mut bench = Bench::new(binary)?;
-        bench.start_upstream(what != What::Dns)?;
+        bench.start_upstream(what != What::Dns && what != What::Policy)?;
         lap("world ready");
         if matches!(what, What::Dns | What::All) {
             crate::bench_dns::run(&mut bench, opts, &mut report)?;
@@ -265,6 +270,10 @@ pub fn run(root: &Path, binary: &Path, what: What, opts: &Options) -> Result<Rep
         if matches!(what, What::Datapath | What::Memory | What::All) {
             crate::bench_datapath::run(&mut bench, opts, what, &mut report)?;
             lap("datapath/memory done");
+        }
+        if matches!(what, What::Policy | What::All) {
+            crate::bench_reload::run(&mut bench, opts, &mut report)?;
+            lap("policy daemon done");
         }
     }
     if matches!(what, What::Commit | What::All) {

@@ -21,9 +21,9 @@ use crate::{
 };
 
 /// Load time target for a million lines in each list (start and reload), in seconds.
-const TARGET_SECS: f64 = 2.0;
+pub(crate) const TARGET_SECS: f64 = 2.0;
 /// Daemon RSS target with those lists, in MB.
-const TARGET_MB: f64 = 150.0;
+pub(crate) const TARGET_MB: f64 = 150.0;
 
 /// A scratch directory removed on drop, also on error.
 struct Scratch(PathBuf);
@@ -86,7 +86,7 @@ pub fn run(binary: &Path, opts: &Options, report: &mut Report) -> Result<()> {
 
 /// Writes `lines` entries of about 20 bytes: three exact names for one `*.` suffix, with a
 /// comment line every thousand.
-fn write_list(path: &Path, lines: usize, tag: &str) -> Result<()> {
+pub(crate) fn write_list(path: &Path, lines: usize, tag: &str) -> Result<()> {
     let mut out = BufWriter::new(fs::File::create(path)?);
     for i in 0..lines {
         if i.is_multiple_of(1000) {

@@ -70,8 +70,10 @@ const EXPECTED: [(&str, usize); 8] = [
     ("commit", 10),
     // kernel map memory and daemon RSS, with 0 and with "1M" hosts.
     ("memory", 4),
-    // load time and peak RSS of check-config with a big allow-list and blacklist.
-    ("policy", 2),
+    // load time and peak RSS of check-config with a big allow-list and blacklist; the daemon on
+    // them: start time, RSS, reload time, peak RSS during it, queries answered across it and the
+    // slowest answer.
+    ("policy", 8),
 ];
 
 /// Picks the figures of one chart panel.

@@ -45,6 +45,9 @@ pub(crate) struct Lab {
     children: Vec<Child>,
     /// The daemon, stopped with SIGTERM.
     pub(crate) nettrust: Option<Child>,
+    /// The daemon's `RUST_LOG` (per-answer logs are info level; a load test measures the proxy,
+    /// not the terminal, so the default is `warn`).
+    pub(crate) log_filter: &'static str,
     /// Declared last: dropped after the processes are gone.
     pub(crate) net: Net,
 }
@@ -75,6 +78,7 @@ impl Lab {
             probe: String::new(),
             children: Vec::new(),
             nettrust: None,
+            log_filter: "warn",
             net,
         })
     }
@@ -154,8 +158,7 @@ impl Lab {
             .arg("--bpffs-dir")
             .arg(&self.net.bpffs_dir)
             .args(extra)
-            // Per-answer logs are info level; a load test measures the proxy, not the terminal.
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", self.log_filter)
             .stdout(Stdio::null())
             .stderr(fs::File::create(self.dir.join("nettrust.log"))?)
             .spawn()
@@ -294,11 +297,16 @@ pub(crate) fn text_field<'a>(text: &'a str, label: &str) -> Option<&'a str> {
 
 /// The resident set size of process `pid`, in KiB.
 pub(crate) fn vmrss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/PID/status` field given in KiB (`key` with its colon, e.g. `VmHWM:`).
+pub(crate) fn status_kib(pid: u32, key: &str) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("process {pid} is gone"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))
 }

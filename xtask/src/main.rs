@@ -19,6 +19,7 @@ mod bench_commit;
 mod bench_datapath;
 mod bench_dns;
 mod bench_policy;
+mod bench_reload;
 mod bench_report;
 mod bench_scoped;
 mod fuzz;
