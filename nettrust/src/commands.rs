@@ -3,7 +3,10 @@
 //! directory and the nftables table `inet net-trust` of the caller's network namespace; `attach`
 //! and `detach` are eBPF only.
 
-use std::{fmt::Write as _, path::Path};
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
 
 use nettrust_common::{
     STAT_ALLOW_HOST, STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_DROP, STAT_DROP_EXPIRED,
@@ -133,8 +136,68 @@ pub fn status(bpffs_dir: &Path) -> Result<String, CommandError> {
             t.rejected.0,
             t.rejected.1
         );
+        if !t.policies.is_empty() {
+            let _ = writeln!(out, "policies: {}", t.policies.len());
+            for policy in &t.policies {
+                let label = if policy.audit { "audited" } else { "rejected" };
+                let counted = format!("{label} {}", policy.counted);
+                let mode = (policy.audit, policy.scope, policy.grants);
+                let cgroups = cgroup_paths(&policy.cgroups);
+                write_policy(&mut out, &policy.name, mode, &counted, &cgroups);
+            }
+        }
     }
     Ok(out)
+}
+
+/// One line of `status`'s policies: name, mode, scope, grants, what its chain or program
+/// counted, and its cgroups.
+fn write_policy(
+    out: &mut String,
+    name: &str,
+    (audit, scope, grants): (bool, u32, usize),
+    counted: &str,
+    cgroups: &[String],
+) {
+    let _ = writeln!(
+        out,
+        "  {name} ({}, scope {scope}) grants {grants} {counted} cgroups {}",
+        if audit { "audit" } else { "enforce" },
+        cgroups.join(", ")
+    );
+}
+
+/// The paths of the cgroups `ids` (cgroup ids are their directories' inode numbers), found by
+/// walking the cgroup v2 tree; an id not found shows as `id N`.
+fn cgroup_paths(ids: &[u64]) -> Vec<String> {
+    fn walk(dir: &Path, wanted: &[u64], found: &mut Vec<(u64, PathBuf)>) {
+        use std::os::unix::fs::MetadataExt as _;
+        if found.len() == wanted.len() {
+            return;
+        }
+        if let Ok(meta) = std::fs::metadata(dir)
+            && wanted.contains(&meta.ino())
+        {
+            found.push((meta.ino(), dir.to_owned()));
+        }
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&entry.path(), wanted, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    if let Ok(root) = crate::cgroup::cgroup2_mount() {
+        walk(&root, ids, &mut found);
+    }
+    ids.iter()
+        .map(|id| {
+            found
+                .iter()
+                .find(|(f, _)| f == id)
+                .map_or_else(|| format!("id {id}"), |(_, p)| p.display().to_string())
+        })
+        .collect()
 }
 
 fn ebpf_status(bpffs_dir: &Path, status: &ebpf::PinnedStatus) -> String {
@@ -175,16 +238,9 @@ fn ebpf_status(bpffs_dir: &Path, status: &ebpf::PinnedStatus) -> String {
         let _ = writeln!(out, "policies: {}", status.policies.len());
         for policy in &status.policies {
             let cgroups: Vec<String> = policy.cgroups.iter().map(|&id| path_of(id)).collect();
-            let _ = writeln!(
-                out,
-                "  {} ({}, scope {}) grants {} audited {} cgroups {}",
-                policy.name,
-                if policy.audit { "audit" } else { "enforce" },
-                policy.scope,
-                policy.grants,
-                policy.audited,
-                cgroups.join(", ")
-            );
+            let counted = format!("audited {}", policy.audited);
+            let mode = (policy.audit, policy.scope, policy.grants);
+            write_policy(&mut out, &policy.name, mode, &counted, &cgroups);
         }
     }
     let _ = writeln!(out, "cgroups: {}", status.cgroups.len());

@@ -167,11 +167,18 @@ fn names_and_grants_are_scoped_to_the_policy_that_asked(backend: Backend) {
     assert!(line("192.0.2.10").contains("policy="), "{list}");
     if backend == Backend::Ebpf {
         assert!(line("192.0.2.10").ends_with("\tpolicy=alpha"), "{list}");
-        let status = String::from_utf8_lossy(&p.world.nettrust(&["status"]).stdout).into_owned();
-        assert!(status.contains("policies: 2"), "{status}");
-        assert!(status.contains("alpha (enforce, scope "), "{status}");
-        assert!(status.contains("grants 1"), "{status}");
     }
+    let status = String::from_utf8_lossy(&p.world.nettrust(&["status"]).stdout).into_owned();
+    assert!(status.contains("policies: 2"), "{status}");
+    let alpha_line = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("alpha (enforce, scope "))
+        .unwrap_or_else(|| panic!("no alpha policy line:\n{status}"));
+    assert!(alpha_line.contains(" grants 1 "), "{status}");
+    assert!(
+        alpha_line.ends_with(&format!("cgroups {}", alpha.display())),
+        "{status}"
+    );
 
     // The default policy resolves anything, for its own cgroups only.
     assert_eq!(p.dig(default, "b.test", "A").0, "NOERROR");
@@ -243,7 +250,8 @@ fn names_and_grants_are_scoped_to_the_policy_that_asked(backend: Backend) {
 fn audit_mode_passes_and_reports(backend: Backend) {
     let policies = "[[policy]]\nname = \"alpha\"\ncgroups = [\"{alpha}\"]\n\
         allow_domains = [\"a.test\"]\nmode = \"audit\"\n";
-    let p = Policies::start(backend, policies, "", "127.0.0.1:53");
+    let metrics = "metrics_addr = \"127.0.0.1:9153\"";
+    let p = Policies::start(backend, policies, metrics, "127.0.0.1:53");
     assert_eq!(
         p.dig(&p.alpha, "b.test", "A").0,
         "NOERROR",
@@ -269,8 +277,22 @@ fn audit_mode_passes_and_reports(backend: Backend) {
             let log = p.world.daemon_log();
             log.contains("[Audit] not allowed question") && log.contains("192.0.2.99")
         });
+    // `status` counts what audit mode let through for the policy.
+    let status = String::from_utf8_lossy(&p.world.nettrust(&["status"]).stdout).into_owned();
+    let audited = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("alpha (audit, scope "))
+        .and_then(|l| l.split(" audited ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no audited count for alpha:\n{status}"));
+    assert!(audited >= 1, "{status}");
+    let audit_metric = "nettrust_egress_packets_total{verdict=\"audit\"}";
+    p.world
+        .eventually("the audit metric", Duration::from_secs(5), || {
+            p.world.metric(audit_metric) >= 1.0
+        });
     // Switching to enforce keeps every grant, and enforces from then on.
-    p.write_config(&policies.replace("audit", "enforce"), "");
+    p.write_config(&policies.replace("audit", "enforce"), metrics);
     p.world.signal_daemon(libc::SIGHUP);
     p.world
         .eventually("enforcement", Duration::from_secs(5), || {

@@ -72,7 +72,8 @@ use self::{
 pub use self::{
     lock::{LOCK_DIR, daemon_running, ensure_no_daemon},
     table::{
-        TableStatus, egress_stats, flush, list_authorized, policy_names, status, table_present,
+        TablePolicy, TableStatus, egress_stats, flush, list_authorized, policy_names, status,
+        table_present,
     },
 };
 use super::{Authorization, ExitMode, FirewallError, Grant, Policy, Scope, Scopes};

@@ -211,13 +211,31 @@ impl Socket {
         table: &str,
         chain: &str,
     ) -> Result<Vec<u64>, NetlinkError> {
+        Ok(self
+            .chain_rules(family, table, chain)?
+            .into_iter()
+            .filter_map(|r| r.packets)
+            .collect())
+    }
+
+    /// The rules of `chain` of `table` in chain order, as [`RuleSummary`]s.
+    pub fn chain_rules(
+        &mut self,
+        family: u8,
+        table: &str,
+        chain: &str,
+    ) -> Result<Vec<RuleSummary>, NetlinkError> {
         let filter = Attrs::new().str(rule::TABLE, table).str(rule::CHAIN, chain);
         let mut out = Vec::new();
         for payload in self.dump(family, MsgType::GetRule, &filter)? {
             let body = nfgen_attrs(&payload)?;
+            let mut summary = RuleSummary::default();
             for (_, exprs) in attrs(body).filter(|(ty, _)| *ty == rule::EXPRESSIONS) {
-                out.extend(attrs(exprs).filter_map(counter_packets));
+                for (_, expression) in attrs(exprs) {
+                    summary.add(expression);
+                }
             }
+            out.push(summary);
         }
         Ok(out)
     }
@@ -246,22 +264,69 @@ impl Socket {
     }
 }
 
-/// The packet count of one rule expression if it is a `counter`.
-fn counter_packets((_, expression): (u16, &[u8])) -> Option<u64> {
-    let mut is_counter = false;
-    let mut packets = None;
-    for (ty, value) in attrs(expression) {
-        match ty {
-            expr_attr::NAME => is_counter = value.starts_with(b"counter\0"),
-            expr_attr::DATA => {
-                packets = attrs(value)
+/// What `status` reads of one rule: its counter, whether it logs or rejects, the values it
+/// compares with and the chain its verdict goes to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleSummary {
+    /// The packet count of its `counter`, if it has one.
+    pub packets: Option<u64>,
+    /// It has a `log` expression.
+    pub logs: bool,
+    /// It has a `reject` expression.
+    pub rejects: bool,
+    /// The data of its `cmp` expressions (a `socket cgroupv2` match compares the cgroup id).
+    pub compared: Vec<Vec<u8>>,
+    /// The chain its verdict jumps or goes to.
+    pub target: Option<String>,
+}
+
+impl RuleSummary {
+    /// Takes in one expression of the rule.
+    fn add(&mut self, expression: &[u8]) {
+        let mut name: &[u8] = &[];
+        let mut data: &[u8] = &[];
+        for (ty, value) in attrs(expression) {
+            match ty {
+                expr_attr::NAME => name = value.split(|&b| b == 0).next().unwrap_or_default(),
+                expr_attr::DATA => data = value,
+                _ => {}
+            }
+        }
+        match name {
+            b"counter" => {
+                self.packets = attrs(data)
                     .find(|(t, v)| *t == counter::PACKETS && v.len() == 8)
                     .map(|(_, v)| u64::from_be_bytes(v.try_into().expect("8 bytes")));
+            }
+            b"log" => self.logs = true,
+            b"reject" => self.rejects = true,
+            // NFTA_CMP_DATA (3) holds NFTA_DATA_VALUE.
+            b"cmp" => self.compared.extend(
+                attrs(data)
+                    .filter(|(t, _)| *t == 3)
+                    .flat_map(|(_, v)| attrs(v))
+                    .filter(|(t, _)| *t == data::VALUE)
+                    .map(|(_, v)| v.to_vec()),
+            ),
+            // NFTA_IMMEDIATE_DATA (2) holds NFTA_DATA_VERDICT, which may name a chain.
+            b"immediate" => {
+                let chain = attrs(data)
+                    .filter(|(t, _)| *t == 2)
+                    .flat_map(|(_, v)| attrs(v))
+                    .filter(|(t, _)| *t == data::VERDICT)
+                    .flat_map(|(_, v)| attrs(v))
+                    .find(|(t, _)| *t == data::VERDICT_CHAIN)
+                    .map(|(_, v)| {
+                        let text = v.split(|&b| b == 0).next().unwrap_or_default();
+                        String::from_utf8_lossy(text).into_owned()
+                    });
+                if chain.is_some() {
+                    self.target = chain;
+                }
             }
             _ => {}
         }
     }
-    packets.filter(|_| is_counter)
 }
 
 /// One set element as dumped by the kernel.

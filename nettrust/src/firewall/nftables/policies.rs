@@ -313,6 +313,12 @@ fn net_set(scope: Scope, v6: bool) -> String {
     format!("scope_{}_net_v{}", scope.0, if v6 { 6 } else { 4 })
 }
 
+/// The scope whose chain is `name`, if it is a policy's chain.
+pub(super) fn chain_scope(name: &str) -> Option<Scope> {
+    let scope = Scope(name.strip_prefix("scope_")?.parse().ok()?);
+    (!scope.is_default()).then_some(scope)
+}
+
 /// The chain of `scope`'s cgroups (the default scope's is `allowlist`).
 pub(super) fn chain(scope: Scope) -> String {
     if scope.is_default() {
@@ -328,6 +334,9 @@ mod tests {
 
     #[test]
     fn set_names_round_trip_and_networks_are_not_grants() {
+        assert_eq!(chain_scope(&chain(Scope(7))), Some(Scope(7)));
+        assert_eq!(chain_scope(POLICY_CHAIN), None);
+        assert_eq!(chain_scope("scope_7_v4"), None);
         for scope in [Scope::DEFAULT, Scope(1), Scope(42)] {
             for v6 in [false, true] {
                 assert_eq!(grant_set_scope(&grant_set(scope, v6)), Some(scope));

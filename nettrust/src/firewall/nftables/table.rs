@@ -2,12 +2,12 @@
 //! read or deleted through a socket of its own, whether a daemon runs or not.
 
 use super::{
-    INPUT_CHAIN, NftablesError, POLICY_CHAIN, TABLE,
+    FILTER_CHAIN, INPUT_CHAIN, NftablesError, POLICY_CHAIN, TABLE,
     authorized::dump_authorized,
     layout::{sets, table_msg},
     lock::{daemon_running, ensure_no_daemon},
     netlink::{MsgType, NFPROTO_INET, NetlinkError, Socket},
-    policies::grant_set_scope,
+    policies::{chain, chain_scope, grant_set_scope},
 };
 use crate::firewall::AuthorizedHost;
 
@@ -24,6 +24,25 @@ pub struct TableStatus {
     pub drop_input: bool,
     /// Packets rejected: TCP (reset) and other (ICMP admin-prohibited).
     pub rejected: (u64, u64),
+    /// The policies the table enforces (empty without `[[policy]]`), by scope.
+    pub policies: Vec<TablePolicy>,
+}
+
+/// One policy as the table holds it: its grant sets (named `scope_N_v4/6`, the policy's name in
+/// their comment), its chain and the base chain's rules that send its cgroups there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePolicy {
+    /// The policy's name (its scope number if the sets carry none).
+    pub name: String,
+    pub scope: u32,
+    /// Audit mode: its chain ends by logging and accepting.
+    pub audit: bool,
+    /// Live grants (both families).
+    pub grants: usize,
+    /// Packets its chain let through in audit mode, or rejected in enforce mode.
+    pub counted: u64,
+    /// The ids of its listed cgroups.
+    pub cgroups: Vec<u64>,
 }
 
 /// Whether `inet net-trust` exists in the caller's network namespace.
@@ -68,17 +87,72 @@ pub fn status() -> Result<Option<TableStatus>, NetlinkError> {
     let drop_input = !socket
         .chain_counters(NFPROTO_INET, TABLE, INPUT_CHAIN)?
         .is_empty();
+    let policies = table_policies(&mut socket)?;
     Ok(Some(TableStatus {
         daemon_running: daemon_running(),
         authorized,
         whitelisted_hosts,
         drop_input,
         rejected,
+        policies,
     }))
 }
 
+/// The policies of the table, read from its sets and chains.
+fn table_policies(socket: &mut Socket) -> Result<Vec<TablePolicy>, NetlinkError> {
+    let mut policies: Vec<TablePolicy> = Vec::new();
+    for (set, comment) in socket.set_names(NFPROTO_INET, TABLE)? {
+        let Some(scope) = grant_set_scope(&set).filter(|s| !s.is_default()) else {
+            continue;
+        };
+        let grants = socket.dump_set(NFPROTO_INET, TABLE, &set)?.len();
+        if let Some(known) = policies.iter_mut().find(|p| p.scope == scope.0) {
+            known.grants += grants;
+            continue;
+        }
+        let rules = socket.chain_rules(NFPROTO_INET, TABLE, &chain(scope))?;
+        let audit = rules.iter().any(|r| r.logs);
+        // Audit: the counted accept that ends the chain; enforce: the counted rejects.
+        let counted = if audit {
+            rules.iter().rev().find_map(|r| r.packets).unwrap_or(0)
+        } else {
+            rules
+                .iter()
+                .filter(|r| r.rejects)
+                .filter_map(|r| r.packets)
+                .sum()
+        };
+        policies.push(TablePolicy {
+            name: comment.unwrap_or_else(|| scope.0.to_string()),
+            scope: scope.0,
+            audit,
+            grants,
+            counted,
+            cgroups: Vec::new(),
+        });
+    }
+    if policies.is_empty() {
+        return Ok(policies);
+    }
+    for rule in socket.chain_rules(NFPROTO_INET, TABLE, FILTER_CHAIN)? {
+        let Some(scope) = rule.target.as_deref().and_then(chain_scope) else {
+            continue;
+        };
+        let ids = rule
+            .compared
+            .iter()
+            .filter_map(|v| Some(u64::from_ne_bytes(v.as_slice().try_into().ok()?)));
+        if let Some(policy) = policies.iter_mut().find(|p| p.scope == scope.0) {
+            policy.cgroups.extend(ids);
+        }
+    }
+    policies.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(policies)
+}
+
 /// The table's packet counters in the layout of the eBPF `STATS` map (for the metrics endpoint):
-/// rejected packets count as `STAT_DROP`; the accept rules carry no counters. `None` when the
+/// rejected packets (of the default chain and the policies' chains) count as `STAT_DROP`, what
+/// an audited policy let through as `STAT_AUDIT`; the other accept rules carry no counters. `None` when the
 /// table does not exist.
 pub fn egress_stats() -> Result<Option<[u64; nettrust_common::STAT_COUNT as usize]>, NetlinkError> {
     let mut socket = Socket::open()?;
@@ -88,6 +162,16 @@ pub fn egress_stats() -> Result<Option<[u64; nettrust_common::STAT_COUNT as usiz
     }
     let mut stats = [0u64; nettrust_common::STAT_COUNT as usize];
     stats[nettrust_common::STAT_DROP as usize] = counters.iter().sum();
+    // The policies' chains: their rejects are drops too; what audit mode let through is counted
+    // as the eBPF program counts it.
+    for policy in table_policies(&mut socket)? {
+        let stat = if policy.audit {
+            nettrust_common::STAT_AUDIT
+        } else {
+            nettrust_common::STAT_DROP
+        };
+        stats[stat as usize] += policy.counted;
+    }
     Ok(Some(stats))
 }
 
