@@ -58,12 +58,15 @@ pub fn run(bench: &mut Bench, opts: &Options, report: &mut Report) -> Result<()>
     let size = format!("{lines} + {lines} lines");
     let mut figures = Figures::default();
     for run in 0..opts.runs {
-        let floor_s = start(bench, &floor)?.1;
+        let (floor_pid, floor_s) = start(bench, &floor)?;
+        let floor_mb = status_kib(floor_pid, "VmRSS:")? as f64 / 1024.0;
         bench.stop_nettrust()?;
         figures.floor_s.push(floor_s);
+        figures.floor_mb.push(floor_mb);
         let once = measure(bench, &config, &allowed, &blocked, lines, run)?;
         eprintln!(
-            "xtask: policy daemon run {}/{}: start {:.2} s (floor {floor_s:.2} s), {:.0} MB; \
+            "xtask: policy daemon run {}/{}: start {:.2} s (floor {floor_s:.2} s), {:.0} MB \
+             (floor {floor_mb:.0} MB); \
              reload {:.2} s, peak {:.0} MB; {} of {} queries lost, slowest {:.0} ms",
             run + 1,
             opts.runs,
@@ -89,6 +92,11 @@ pub fn run(bench: &mut Bench, opts: &Options, report: &mut Report) -> Result<()>
             format!("daemon RSS after start, {size} ({target_mb})"),
             "MB",
             figures.rss_mb,
+        ),
+        (
+            "daemon RSS after start, floor: a one-pattern policy, no blacklist".to_owned(),
+            "MB",
+            figures.floor_mb,
         ),
         (
             format!("SIGHUP reload of both files changed, {size} ({target_s})"),
@@ -132,6 +140,7 @@ struct Once {
 #[derive(Debug, Default)]
 struct Figures {
     floor_s: Vec<f64>,
+    floor_mb: Vec<f64>,
     start_s: Vec<f64>,
     rss_mb: Vec<f64>,
     reload_s: Vec<f64>,
