@@ -184,10 +184,13 @@ impl Domains {
         Ok(domains)
     }
 
-    /// Makes room for `entries` more entries of `bytes` name bytes in all (a hint).
-    pub fn reserve(&mut self, entries: usize, bytes: usize) {
-        self.arena.reserve(bytes + entries);
-        self.exact.reserve(entries);
+    /// Makes room for `exact` more exact entries and `below` more `*.` entries of `bytes` name
+    /// bytes in all (a hint: the tables are then built at their final size, without the
+    /// copies of growing).
+    pub fn reserve(&mut self, exact: usize, below: usize, bytes: usize) {
+        self.arena.reserve(bytes + exact + below);
+        self.exact.reserve(exact);
+        self.below.reserve(below);
     }
 
     /// Releases the room reserved and not used.

@@ -4,7 +4,7 @@
 //! and the entry.
 
 use std::{
-    io::BufRead,
+    io::{BufRead, Seek as _},
     path::{Path, PathBuf},
 };
 
@@ -42,14 +42,35 @@ pub fn parse_domains_file(path: &Path, into: &mut Domains) -> Result<usize, Doma
         path: path.to_owned(),
         error,
     };
-    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
     // Each line's newline becomes the length byte of its entry: the file's size bounds the
-    // names' bytes.
+    // names' bytes. A first pass counts the entries of each kind, so the tables are sized once.
     let size = file.metadata().map_err(read_error)?.len();
-    into.reserve(0, usize::try_from(size).unwrap_or(0));
+    let (exact, below) =
+        count_entries(std::io::BufReader::with_capacity(1 << 16, &file)).map_err(read_error)?;
+    file.seek(std::io::SeekFrom::Start(0)).map_err(read_error)?;
+    into.reserve(exact, below, usize::try_from(size).unwrap_or(0));
     let read = parse_domains(std::io::BufReader::with_capacity(1 << 16, file), path, into);
     into.shrink_to_fit();
     read
+}
+
+/// The lines of domain-list text that hold an exact entry and a `*.` entry (at most: the
+/// second pass validates them and drops duplicates).
+fn count_entries(mut reader: impl BufRead) -> std::io::Result<(usize, usize)> {
+    let (mut exact, mut below) = (0, 0);
+    let mut line = Vec::with_capacity(256);
+    while {
+        line.clear();
+        reader.read_until(b'\n', &mut line)? > 0
+    } {
+        match line.iter().find(|b| !b.is_ascii_whitespace()) {
+            None | Some(b'#') => {}
+            Some(b'*') => below += 1,
+            Some(_) => exact += 1,
+        }
+    }
+    Ok((exact, below))
 }
 
 /// Reads domain-list text from `reader` into `into` (`path` names it in errors); returns the
