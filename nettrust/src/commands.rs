@@ -198,6 +198,7 @@ fn ebpf_status(bpffs_dir: &Path, status: &ebpf::PinnedStatus) -> String {
             if *linked { "" } else { " [not attached]" }
         );
     }
+    pattern_status(&mut out, bpffs_dir);
     let stat = |i: u32| status.stats.get(i as usize).copied().unwrap_or(0);
     let _ = writeln!(out, "whitelisted: {}", status.whitelisted);
     let _ = writeln!(out, "authorized: {}", status.authorized);
@@ -220,6 +221,30 @@ fn ebpf_status(bpffs_dir: &Path, status: &ebpf::PinnedStatus) -> String {
         stat(STAT_DROP_INPUT)
     );
     out
+}
+
+/// The cgroup patterns section of `status`: each pattern, its attach point and the cgroups it
+/// covers now (nothing when no pattern is configured).
+fn pattern_status(out: &mut String, bpffs_dir: &Path) {
+    let Ok(patterns) = ebpf::coverage_pinned(bpffs_dir) else {
+        return;
+    };
+    if patterns.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "patterns: {}", patterns.len());
+    for p in &patterns {
+        let _ = writeln!(
+            out,
+            "  pattern {} (attached at {}): {} cgroups",
+            p.pattern,
+            p.attach_point.display(),
+            p.cgroups.len()
+        );
+        for cgroup in &p.cgroups {
+            let _ = writeln!(out, "    {}", cgroup.display());
+        }
+    }
 }
 
 /// `nettrust flush`: removes everything nettrust pinned in `bpffs_dir` (links first, so the

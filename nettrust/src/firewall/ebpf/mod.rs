@@ -10,7 +10,8 @@
 //!    `names_writer`, and what it reads: `denied_events`; `scopes` (policies, their grants,
 //!    the DNS listeners and clients);
 //! 5. `eviction` (writing into a full host map) and `live_tcp` (the `sock_ops` program);
-//! 6. `attach` (filtering a cgroup) and `pinned_state` (list, status, counters);
+//! 6. `attach` (filtering a cgroup) and `pinned_state` (list, status, counters); `patterns`
+//!    (cgroup patterns: the tracepoint programs, classification, attach points);
 //! 7. `loader` (loading and pinning the object) and `backend` ([`EbpfFirewall`], the
 //!    [`crate::firewall::Firewall`] on all of it).
 
@@ -25,6 +26,7 @@ mod ipv4_table;
 mod live_tcp;
 mod loader;
 mod names_writer;
+mod patterns;
 mod pinned_state;
 mod pins;
 mod scoped;
@@ -38,9 +40,10 @@ pub use adopt::{Capacities, open_table};
 pub use attach::{attach_pinned, detach_pinned};
 pub use backend::{EbpfFirewall, EbpfOptions};
 pub use ipv4_table::HostTable;
+pub use patterns::{PatternCoverage, classify, coverage, coverage_pinned, scoped_patterns};
 pub use pinned_state::{
     PinnedStatus, cgroup_egress, list_pinned, policy_names_pinned, read_stats, status_pinned,
 };
 pub use pins::{daemon_running, remove_all};
-pub use scopes::{CgroupScope, ClientRecord, ScopeMaps};
+pub use scopes::{CgroupScope, ClientRecord, PatternEntries, ScopeMaps};
 pub use types::{EbpfError, PinError};

@@ -5,22 +5,27 @@
 //! (`LISTENERS` and their ports in `CONFIG`) and the clients the egress program saw sending to
 //! them (`CLIENTS`). Every element operation goes through [`super::syscalls`] on a shared
 //! reference: the kernel makes each one atomic.
+//!
+//! With cgroup patterns, `POLICY_OF` also holds what classification found ([`PatternEntries`],
+//! flagged `POLICY_PATTERN`: attach points with `POLICY_UNFILTERED`, matched cgroups with their
+//! pattern's policy), and the compiled patterns are written into `PATTERNS`/`PATTERN_LIT`.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io,
     net::{IpAddr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
     sync::Mutex,
 };
 
 use aya::maps::{Array, HashMap as AyaHashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use ipnet::IpNet;
 use nettrust_common::{
-    CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue, GrantKey, HostValue, MAP_CLIENTS,
-    MAP_CONFIG, MAP_GRANTS, MAP_LISTENERS, MAP_POLICY_NAMES, MAP_POLICY_NETS_V4,
-    MAP_POLICY_NETS_V6, MAP_POLICY_OF, MAX_SCOPE, POLICY_AUDIT, POLICY_NAME_LEN, PolicyRef,
-    SCOPE_PREFIX_BITS, ServiceKey,
+    CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, CgroupPath, ClientValue, GrantKey, HostValue,
+    MAP_CLIENTS, MAP_CONFIG, MAP_GRANTS, MAP_LISTENERS, MAP_PATTERN_LIT, MAP_PATTERN_TEXT,
+    MAP_PATTERNS, MAP_POLICY_NAMES, MAP_POLICY_NETS_V4, MAP_POLICY_NETS_V6, MAP_POLICY_OF,
+    MAX_PATTERNS, MAX_SCOPE, POLICY_AUDIT, POLICY_NAME_LEN, POLICY_PATTERN, PatternBits,
+    PatternMasks, PolicyRef, SCOPE_PREFIX_BITS, ServiceKey, pattern_lit_index,
 };
 
 use super::{
@@ -52,6 +57,19 @@ pub struct ClientRecord {
     pub audit: bool,
 }
 
+/// What cgroup pattern classification adds to `POLICY_OF`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PatternEntries {
+    /// Each pattern's attach point (`POLICY_UNFILTERED`) and each cgroup a pattern matched (its
+    /// pattern's policy), all with `POLICY_PATTERN`.
+    pub entries: Vec<(u64, PolicyRef)>,
+    /// The pattern entries `POLICY_OF` held before the tree was walked: one of these the walk
+    /// did not produce is stale (removed); one written meanwhile by the tracepoint is kept.
+    pub before: HashSet<u64>,
+    /// The attach points, with their cgroup ids.
+    pub attach_points: Vec<(PathBuf, u64)>,
+}
+
 /// A policy network's trie, `D` bytes of data (scope then address).
 type PolicyTrie<const D: usize> = LpmTrie<MapData, [u8; D], u32>;
 
@@ -66,6 +84,16 @@ pub struct ScopeMaps {
     /// The pinned copy of the names, for `nettrust list` and `status`.
     pinned_names: AyaHashMap<MapData, u32, [u8; POLICY_NAME_LEN]>,
     config: Array<MapData, u32>,
+    patterns: Array<MapData, PatternMasks>,
+    pattern_lit: Array<MapData, PatternBits>,
+    pattern_text: Array<MapData, CgroupPath>,
+    /// What the last pattern classification found, merged into `POLICY_OF` by
+    /// [`ScopeMaps::set_policies`].
+    pattern_entries: Mutex<PatternEntries>,
+    /// The patterns last written (an unchanged set is not rewritten).
+    patterns_written: Mutex<Vec<(PatternMasks, Vec<PatternBits>)>>,
+    /// The directory the maps and programs are pinned in.
+    pin_dir: PathBuf,
     /// Policy names by scope, for the audit and denied log lines.
     names: PolicyNames,
     /// Serializes [`ScopeMaps::set_policies`] and [`ScopeMaps::set_listeners`]: each rewrites a
@@ -85,6 +113,12 @@ impl ScopeMaps {
             clients: open_pinned(pin_dir, MAP_CLIENTS, Map::LruHashMap)?,
             pinned_names: open_pinned(pin_dir, MAP_POLICY_NAMES, Map::HashMap)?,
             config: open_pinned(pin_dir, MAP_CONFIG, Map::Array)?,
+            patterns: open_pinned(pin_dir, MAP_PATTERNS, Map::Array)?,
+            pattern_lit: open_pinned(pin_dir, MAP_PATTERN_LIT, Map::Array)?,
+            pattern_text: open_pinned(pin_dir, MAP_PATTERN_TEXT, Map::Array)?,
+            pattern_entries: Mutex::new(PatternEntries::default()),
+            patterns_written: Mutex::new(Vec::new()),
+            pin_dir: pin_dir.to_owned(),
             names: PolicyNames::default(),
             write: Mutex::new(()),
         })
@@ -129,6 +163,9 @@ impl ScopeMaps {
     /// assignment, or off (generation 0: the program skips scopes and client records). List the
     /// top-level filtered cgroups of the default policy with scope 0, so a default cgroup below a
     /// policy's cgroup resolves to the default policy.
+    ///
+    /// The entries of the last [`ScopeMaps::set_pattern_entries`] are listed too (a configured
+    /// cgroup's own entry wins), and any pattern entry keeps the generation on.
     pub fn set_policies(
         &self,
         cgroups: &[CgroupScope],
@@ -138,18 +175,25 @@ impl ScopeMaps {
         check_scopes(cgroups, nets).map_err(|e| map_error(MAP_POLICY_OF, "refused", e))?;
         let _write = self.write.lock().expect("scope maps lock poisoned");
         let fd = syscalls::fd_of(&self.policy_of);
-        let wanted: HashMap<u64, PolicyRef> = cgroups
+        let mut wanted: HashMap<u64, PolicyRef> = cgroups
             .iter()
             .map(|c| (c.cgroup_id, policy_ref(c.scope, c.audit)))
             .collect();
+        let patterns = self.pattern_entries.lock().expect("poisoned").clone();
+        for (id, policy) in &patterns.entries {
+            wanted.entry(*id).or_insert(*policy);
+        }
+        let on = on || !patterns.entries.is_empty();
         for (id, policy) in &wanted {
             syscalls::update(fd, id, policy, BPF_ANY)
                 .map_err(|e| map_error(MAP_POLICY_OF, format!("cannot list cgroup id {id}"), e))?;
         }
         let present = syscalls::hash_entries(&self.policy_of)
             .map_err(|e| map_error(MAP_POLICY_OF, "cannot read", e))?;
-        for (id, _) in present {
-            if !wanted.contains_key(&id) {
+        for (id, policy) in present {
+            // A pattern entry the walk did not see was written by the tracepoint meanwhile.
+            let fresh = policy.flags & POLICY_PATTERN != 0 && !patterns.before.contains(&id);
+            if !wanted.contains_key(&id) && !fresh {
                 syscalls::delete(fd, &id)
                     .map_err(|e| map_error(MAP_POLICY_OF, format!("cannot unlist {id}"), e))?;
             }
@@ -162,6 +206,92 @@ impl ScopeMaps {
             0
         };
         self.set_config_word(CONFIG_SCOPE_GENERATION, generation)
+    }
+
+    /// The directory the maps and programs are pinned in.
+    pub(super) fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The ids of the pattern entries (`POLICY_PATTERN`) `POLICY_OF` holds now.
+    pub(super) fn pattern_entry_ids(&self) -> Result<HashSet<u64>, EbpfError> {
+        Ok(syscalls::hash_entries(&self.policy_of)
+            .map_err(|e| map_error(MAP_POLICY_OF, "cannot read", e))?
+            .into_iter()
+            .filter(|(_, p)| p.flags & POLICY_PATTERN != 0)
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Records what pattern classification found, for the next [`ScopeMaps::set_policies`];
+    /// returns the previous record.
+    pub(super) fn set_pattern_entries(&self, entries: PatternEntries) -> PatternEntries {
+        std::mem::replace(
+            &mut *self.pattern_entries.lock().expect("poisoned"),
+            entries,
+        )
+    }
+
+    /// The attach points of the last classification.
+    pub fn pattern_attach_points(&self) -> Vec<(PathBuf, u64)> {
+        self.pattern_entries
+            .lock()
+            .expect("poisoned")
+            .attach_points
+            .clone()
+    }
+
+    /// Writes the compiled patterns (masks and each byte's literal mask, in order) into
+    /// `PATTERNS`/`PATTERN_LIT`, marks the rest of `PATTERNS` unused, and the patterns' `texts`
+    /// into `PATTERN_TEXT` (for `nettrust status`).
+    pub(super) fn write_patterns(
+        &self,
+        compiled: &[(PatternMasks, Vec<PatternBits>)],
+        texts: &[String],
+    ) -> Result<(), EbpfError> {
+        if compiled.len() > MAX_PATTERNS as usize {
+            return Err(map_error(
+                MAP_PATTERNS,
+                format!("{} cgroup patterns; at most {MAX_PATTERNS}", compiled.len()),
+                io::Error::from(io::ErrorKind::InvalidInput),
+            ));
+        }
+        let _write = self.write.lock().expect("scope maps lock poisoned");
+        let mut written = self.patterns_written.lock().expect("poisoned");
+        if *written == compiled {
+            return Ok(());
+        }
+        let (masks_fd, lit_fd) = (
+            syscalls::fd_of(&self.patterns),
+            syscalls::fd_of(&self.pattern_lit),
+        );
+        let err = |e| map_error(MAP_PATTERNS, "cannot write a pattern", e);
+        // Unused first, so the tracepoint never runs a pattern whose literals are half written
+        // (a cgroup created meanwhile is classified by the walk that follows).
+        let unused = PatternMasks::default();
+        for index in 0..MAX_PATTERNS {
+            syscalls::update(masks_fd, &index, &unused, BPF_ANY).map_err(err)?;
+        }
+        for (index, (_, lit)) in (0u32..).zip(compiled) {
+            for (byte, bits) in (0u8..=255).zip(lit) {
+                syscalls::update(lit_fd, &pattern_lit_index(index, byte), bits, BPF_ANY)
+                    .map_err(|e| map_error(MAP_PATTERN_LIT, "cannot write a pattern", e))?;
+            }
+        }
+        for (index, (masks, _)) in (0u32..).zip(compiled) {
+            syscalls::update(masks_fd, &index, masks, BPF_ANY).map_err(err)?;
+        }
+        *written = compiled.to_vec();
+        let text_fd = syscalls::fd_of(&self.pattern_text);
+        for index in 0..MAX_PATTERNS {
+            let text = texts.get(index as usize).map_or("", String::as_str);
+            let value = CgroupPath {
+                path: super::pins::padded(text),
+            };
+            syscalls::update(text_fd, &index, &value, BPF_ANY)
+                .map_err(|e| map_error(MAP_PATTERN_TEXT, "cannot write a pattern", e))?;
+        }
+        Ok(())
     }
 
     /// Makes `LISTENERS` hold exactly the proxy's `listeners` (address and port, IP protocol
