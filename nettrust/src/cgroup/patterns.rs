@@ -14,8 +14,8 @@
 use std::path::{Component, Path, PathBuf};
 
 use nettrust_common::{
-    MAX_PATTERN_TOKENS, PATTERN_WORDS, PatternBits, PatternMasks, PolicyRef, pattern_accepts,
-    pattern_closure, pattern_step,
+    MAX_CGROUP_DEPTH, MAX_PATTERN_TOKENS, PATTERN_WORDS, PatternBits, PatternMasks, PolicyRef,
+    pattern_accepts, pattern_closure, pattern_step,
 };
 
 /// Why the nftables backend refuses patterns: its rules match listed cgroup ids, set when a rule
@@ -45,6 +45,18 @@ pub enum PatternError {
     /// `**` right after `**`.
     #[error("cgroup pattern {0}: `**/**` is the same as `**`; write it once")]
     RepeatedDoubleStar(String),
+    /// A pattern without `**` names cgroups deeper than the data path looks.
+    #[error(
+        "cgroup pattern {pattern}: matches cgroups {depth} levels below the cgroup v2 root; the filter sees at most {max}"
+    )]
+    TooDeep {
+        /// The pattern.
+        pattern: String,
+        /// The level of the cgroups it matches.
+        depth: usize,
+        /// The deepest level the programs see.
+        max: usize,
+    },
     /// The compiled pattern is too long for the kernel matcher.
     #[error(
         "cgroup pattern {pattern}: {tokens} matcher tokens (bytes and stars below the mount); at most {max}"
@@ -127,6 +139,14 @@ impl CgroupPattern {
                 return Err(PatternError::RepeatedDoubleStar(text));
             }
             parts.push(part);
+        }
+        let max = MAX_CGROUP_DEPTH as usize - 1;
+        if !parts.contains(&Part::Any) && parts.len() > max {
+            return Err(PatternError::TooDeep {
+                pattern: text,
+                depth: parts.len(),
+                max,
+            });
         }
         let pattern = Self {
             text,

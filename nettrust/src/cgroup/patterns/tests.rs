@@ -173,6 +173,18 @@ fn bad_patterns_are_refused_naming_the_value() {
         refused("/sys/fs/cgroup/**/**/x"),
         PatternError::RepeatedDoubleStar(_)
     ));
+    let deep = format!("/sys/fs/cgroup/{}*", "a/".repeat(15));
+    assert!(
+        matches!(
+            refused(&deep),
+            PatternError::TooDeep {
+                depth: 16,
+                max: 15,
+                ..
+            }
+        ),
+        "{deep}"
+    );
     let long = format!("/sys/fs/cgroup/{}*", "a".repeat(300));
     let e = refused(&long);
     assert!(
