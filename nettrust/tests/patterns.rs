@@ -325,3 +325,67 @@ fn status_shows_what_each_pattern_covers() {
     );
     assert!(!text.contains("web-1"), "{text}");
 }
+
+/// SIGHUP with a changed pattern set reclassifies: a pattern removed leaves its cgroups (and new
+/// ones it would have matched) unfiltered, a pattern added with a new attach point filters the
+/// cgroups that exist and those created later.
+#[test]
+#[ignore = "root: run with cargo xtask test"]
+fn sighup_reclassifies_a_changed_pattern_set() {
+    let mut world = World::new();
+    let root = world.extra_cgroup("patterns");
+    let mut tree = Tree::new(root.clone());
+    tree.mkdir("svc");
+    let config = world.dir.path().join("nettrust.toml");
+    let write = |pattern: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[[policy]]\nname = \"jobs\"\ncgroups = [\"{}/{pattern}\"]\nallow_domains = [\"a.test\"]\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+    };
+    write("job-*");
+    let config_arg = config.to_string_lossy().into_owned();
+    world.start_daemon(&["--config", &config_arg]);
+    world.count_arrivals(UNAUTHORIZED);
+    let job1 = tree.mkdir("job-1");
+    let s1 = tree.mkdir("svc/s1");
+    assert!(
+        !send_from(&world, &job1, UNAUTHORIZED),
+        "job-1 before the reload"
+    );
+    assert!(
+        send_from(&world, &s1, UNAUTHORIZED),
+        "svc/s1 before the reload"
+    );
+    write("svc/*");
+    world.signal_daemon(libc::SIGHUP);
+    world.eventually("the reload", Duration::from_secs(5), || {
+        world.daemon_log().contains("configuration reloaded")
+    });
+    let s2 = tree.mkdir("svc/s2");
+    let job2 = tree.mkdir("job-2");
+    assert!(
+        !send_from(&world, &s1, UNAUTHORIZED),
+        "existing svc/s1 after the reload"
+    );
+    assert!(
+        !send_from(&world, &s2, UNAUTHORIZED),
+        "new svc/s2 after the reload"
+    );
+    assert!(
+        send_from(&world, &job1, UNAUTHORIZED),
+        "existing job-1 after the reload"
+    );
+    assert!(
+        send_from(&world, &job2, UNAUTHORIZED),
+        "new job-2 after the reload"
+    );
+    world.eventually("the datagrams counted", Duration::from_secs(2), || {
+        world.arrivals() >= 3
+    });
+    assert_eq!(world.arrivals(), 3, "{}", world.daemon_log());
+}

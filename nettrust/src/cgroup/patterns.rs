@@ -100,6 +100,11 @@ enum Token {
     Exit,
 }
 
+/// The configured cgroup entries split into literal paths and patterns (each in order).
+pub fn split(cgroups: Vec<PathBuf>) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    cgroups.into_iter().partition(|c| !is_pattern(c))
+}
+
 /// Whether a configured cgroup entry is a pattern (holds `*`), not a literal path.
 pub fn is_pattern(path: &Path) -> bool {
     path.as_os_str().as_encoded_bytes().contains(&b'*')

@@ -106,15 +106,6 @@ fn attach_tracepoints(dir: &Path) -> Result<(), EbpfError> {
     Ok(())
 }
 
-/// Detaches the tracepoint programs (no pattern configured any more).
-fn detach_tracepoints(dir: &Path) {
-    for name in TRACEPOINTS {
-        let pin = tracepoint_link_pin(dir, name);
-        pins::detach_link(&pin);
-        let _ = std::fs::remove_file(pin);
-    }
-}
-
 /// The configured patterns of `scopes`, parsed, with their policies, in configuration order.
 pub fn scoped_patterns(
     scopes: &Scopes,
@@ -167,8 +158,16 @@ pub(super) fn set_policies(
         .collect();
     let texts: Vec<String> = patterns.iter().map(|(p, _)| p.text().to_owned()).collect();
     maps.write_patterns(&compiled, &texts)?;
-    if has_patterns {
-        attach_tracepoints(&dir)?;
+    // Attached once per run (at start, while the daemon may still open tracepoints), with or
+    // without patterns, so a reload can add patterns; without patterns a failure is harmless.
+    if !maps.tracepoints_attached() {
+        match attach_tracepoints(&dir) {
+            Ok(()) => maps.set_tracepoints_attached(),
+            Err(e) if !has_patterns => {
+                tracing::debug!("cgroup tracepoints not attached (no pattern needs them): {e}");
+            }
+            Err(e) => return Err(e),
+        }
     }
     let before = maps.pattern_entry_ids()?;
     let literals: Vec<&Path> = scopes
@@ -188,9 +187,6 @@ pub(super) fn set_policies(
         }
     }
     maps.set_policies(cgroups, nets, scopes.active)?;
-    if !has_patterns {
-        detach_tracepoints(&dir);
-    }
     for (path, id) in &new_points {
         if !pins::link_pin(&dir, nettrust_common::PROGRAM_EGRESS, *id).exists() {
             attach::attach_pinned(&dir, path)?;

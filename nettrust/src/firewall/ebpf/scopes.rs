@@ -94,6 +94,8 @@ pub struct ScopeMaps {
     patterns_written: Mutex<Vec<(PatternMasks, Vec<PatternBits>)>>,
     /// The directory the maps and programs are pinned in.
     pin_dir: PathBuf,
+    /// Whether this run attached the cgroup tracepoint programs.
+    tracepoints: std::sync::atomic::AtomicBool,
     /// Policy names by scope, for the audit and denied log lines.
     names: PolicyNames,
     /// Serializes [`ScopeMaps::set_policies`] and [`ScopeMaps::set_listeners`]: each rewrites a
@@ -119,6 +121,7 @@ impl ScopeMaps {
             pattern_entries: Mutex::new(PatternEntries::default()),
             patterns_written: Mutex::new(Vec::new()),
             pin_dir: pin_dir.to_owned(),
+            tracepoints: std::sync::atomic::AtomicBool::new(false),
             names: PolicyNames::default(),
             write: Mutex::new(()),
         })
@@ -211,6 +214,17 @@ impl ScopeMaps {
     /// The directory the maps and programs are pinned in.
     pub(super) fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// Whether this run attached the cgroup tracepoint programs.
+    pub(super) fn tracepoints_attached(&self) -> bool {
+        self.tracepoints.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records that this run attached the cgroup tracepoint programs.
+    pub(super) fn set_tracepoints_attached(&self) {
+        self.tracepoints
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The ids of the pattern entries (`POLICY_PATTERN`) `POLICY_OF` holds now.
