@@ -266,7 +266,12 @@ pub fn flush(bpffs_dir: &Path) -> Result<String, CommandError> {
 }
 
 /// `nettrust attach --cgroup PATH`.
+/// A pattern (`*`, `**`) is added to the pinned patterns in the default policy: the cgroups it
+/// matches, now and later, are filtered until the daemon's next start or reload.
 pub fn attach(bpffs_dir: &Path, cgroup: &Path) -> Result<(), EbpfError> {
+    if crate::cgroup::patterns::is_pattern(cgroup) {
+        return ebpf::attach_pattern_pinned(bpffs_dir, cgroup);
+    }
     crate::cgroup::validate(cgroup).map_err(|e| EbpfError::Cgroup {
         path: cgroup.to_owned(),
         source: std::io::Error::other(e.to_string()),

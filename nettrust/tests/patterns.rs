@@ -389,3 +389,39 @@ fn sighup_reclassifies_a_changed_pattern_set() {
     });
     assert_eq!(world.arrivals(), 3, "{}", world.daemon_log());
 }
+
+/// `nettrust attach --cgroup PATTERN` with the daemon running: cgroups created afterwards that
+/// match are filtered from their first packet, their siblings are not, status lists it; a bad
+/// pattern is refused naming it.
+#[test]
+#[ignore = "root: run with cargo xtask test"]
+fn attach_accepts_a_pattern() {
+    let (world, mut tree) = start(&[], &["job-0"], &[]);
+    let root = tree.root.display().to_string();
+    let pattern = format!("{root}/job-*");
+    let out = world.nettrust(&["attach", "--cgroup", &pattern]);
+    assert!(
+        out.status.success(),
+        "attach failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job0 = tree.root.join("job-0");
+    let job1 = tree.mkdir("job-1");
+    let other = tree.mkdir("other-1");
+    assert!(!send_from(&world, &job0, UNAUTHORIZED), "existing job-0");
+    assert!(!send_from(&world, &job1, UNAUTHORIZED), "new job-1");
+    assert!(send_from(&world, &other, UNAUTHORIZED), "sibling other-1");
+    let status = world.nettrust(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains(&format!("pattern {pattern}")), "{text}");
+    let bad = format!("{root}/a**");
+    let out = world.nettrust(&["attach", "--cgroup", &bad]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&bad), "{err}");
+    world.eventually(
+        "the sibling's datagram counted",
+        Duration::from_secs(2),
+        || world.arrivals() >= 1,
+    );
+    assert_eq!(world.arrivals(), 1);
+}

@@ -8,7 +8,7 @@
 //!    pinned);
 //! 4. what the daemon writes into the maps: `authorizations`, `services`, `whitelist`,
 //!    `names_writer`, and what it reads: `denied_events`; `scopes` (policies, their grants,
-//!    the DNS listeners and clients);
+//!    the DNS listeners and clients) and `pattern_maps` (the compiled cgroup patterns);
 //! 5. `eviction` (writing into a full host map) and `live_tcp` (the `sock_ops` program);
 //! 6. `attach` (filtering a cgroup) and `pinned_state` (list, status, counters); `patterns`
 //!    (cgroup patterns: the tracepoint programs, classification, attach points);
@@ -26,6 +26,7 @@ mod ipv4_table;
 mod live_tcp;
 mod loader;
 mod names_writer;
+mod pattern_maps;
 mod patterns;
 mod pinned_state;
 mod pins;
@@ -40,7 +41,9 @@ pub use adopt::{Capacities, open_table};
 pub use attach::{attach_pinned, detach_pinned};
 pub use backend::{EbpfFirewall, EbpfOptions};
 pub use ipv4_table::HostTable;
-pub use patterns::{PatternCoverage, classify, coverage, coverage_pinned, scoped_patterns};
+pub use patterns::{
+    PatternCoverage, attach_pattern_pinned, classify, coverage, coverage_pinned, scoped_patterns,
+};
 pub use pinned_state::{
     PinnedStatus, cgroup_egress, list_pinned, policy_names_pinned, read_stats, status_pinned,
 };

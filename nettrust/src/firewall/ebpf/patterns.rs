@@ -22,8 +22,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use nettrust_common::{
-    CgroupPath, MAP_PATTERN_TEXT, MAP_POLICY_OF, MAX_CGROUP_DEPTH, MAX_PATTERNS, POLICY_AUDIT,
-    POLICY_PATTERN, POLICY_UNFILTERED, PROGRAM_CGROUP_MKDIR, PROGRAM_CGROUP_RENAME,
+    CgroupPath, MAP_CGROUPS, MAP_PATTERN_TEXT, MAP_POLICY_OF, MAX_CGROUP_DEPTH, MAX_PATTERNS,
+    POLICY_AUDIT, POLICY_PATTERN, POLICY_UNFILTERED, PROGRAM_CGROUP_MKDIR, PROGRAM_CGROUP_RENAME,
     PROGRAM_CGROUP_RMDIR, PatternBits, PatternMasks, PolicyRef,
 };
 
@@ -32,6 +32,7 @@ use super::{
     attach,
     pins::{self, program_pin},
     scopes::{CgroupScope, PatternEntries, ScopeMaps},
+    types::CgroupMap,
     types::{EbpfError, map_error, program_error},
 };
 use crate::{
@@ -157,12 +158,12 @@ pub(super) fn set_policies(
         .map(|(p, policy)| p.compile(*policy))
         .collect();
     let texts: Vec<String> = patterns.iter().map(|(p, _)| p.text().to_owned()).collect();
-    maps.write_patterns(&compiled, &texts)?;
+    maps.patterns.write_patterns(&compiled, &texts)?;
     // Attached once per run (at start, while the daemon may still open tracepoints), with or
     // without patterns, so a reload can add patterns; without patterns a failure is harmless.
-    if !maps.tracepoints_attached() {
+    if !maps.patterns.tracepoints_attached() {
         match attach_tracepoints(&dir) {
-            Ok(()) => maps.set_tracepoints_attached(),
+            Ok(()) => maps.patterns.set_tracepoints_attached(),
             Err(e) if !has_patterns => {
                 tracing::debug!("cgroup tracepoints not attached (no pattern needs them): {e}");
             }
@@ -179,13 +180,8 @@ pub(super) fn set_policies(
     let mut found = classify(&patterns, &literals);
     found.before = before;
     let new_points = found.attach_points.clone();
-    let old = maps.set_pattern_entries(found);
-    for (path, id) in &old.attach_points {
-        if !new_points.iter().any(|(_, new)| new == id) {
-            tracing::info!(cgroup = %path.display(), "pattern attach point no longer needed, detached");
-            pins::remove_links(&dir, *id);
-        }
-    }
+    maps.set_pattern_entries(found);
+    detach_stale_points(maps, cgroups, &new_points)?;
     maps.set_policies(cgroups, nets, scopes.active)?;
     for (path, id) in &new_points {
         if !pins::link_pin(&dir, nettrust_common::PROGRAM_EGRESS, *id).exists() {
@@ -194,6 +190,83 @@ pub(super) fn set_policies(
         }
     }
     Ok(())
+}
+
+/// Detaches the attach points no pattern needs any more (a pattern removed by a reload, or one
+/// `nettrust attach` added), before their `POLICY_UNFILTERED` entry goes: linked cgroups listed
+/// unfiltered that are neither configured (`cgroups`), nor recorded in `CGROUPS`, nor attach
+/// points now.
+fn detach_stale_points(
+    maps: &ScopeMaps,
+    cgroups: &[CgroupScope],
+    points: &[(PathBuf, u64)],
+) -> Result<(), EbpfError> {
+    let dir = maps.pin_dir();
+    let recorded: Vec<u64> = open_pinned::<CgroupMap>(dir, MAP_CGROUPS, Map::HashMap)
+        .map(|m| m.keys().flatten().collect())
+        .unwrap_or_default();
+    for id in pins::linked_cgroups(dir) {
+        let needed = cgroups.iter().any(|c| c.cgroup_id == id)
+            || points.iter().any(|(_, p)| *p == id)
+            || recorded.contains(&id);
+        let unfiltered = maps
+            .policy_of(id)?
+            .is_some_and(|p| p.flags & POLICY_UNFILTERED != 0);
+        if !needed && unfiltered {
+            tracing::info!(
+                cgroup_id = id,
+                "pattern attach point no longer needed, detached"
+            );
+            pins::remove_links(dir, id);
+        }
+    }
+    Ok(())
+}
+
+/// `nettrust attach --cgroup PATTERN`: adds the pattern (default policy) to the pinned ones,
+/// lists its attach point and the cgroups it matches now, and attaches at the attach point,
+/// daemon running or not. It lasts until the daemon's next start or reload, which apply the
+/// configured patterns.
+pub fn attach_pattern_pinned(dir: &Path, text: &Path) -> Result<(), EbpfError> {
+    pins::check_owner(dir)?;
+    let refused = |what: String| {
+        map_error(
+            MAP_POLICY_OF,
+            what,
+            io::Error::from(io::ErrorKind::InvalidInput),
+        )
+    };
+    let mount = crate::cgroup::cgroup2_mount().map_err(|e| refused(e.to_string()))?;
+    let pattern = CgroupPattern::parse(text, &mount).map_err(|e| refused(e.to_string()))?;
+    let maps = ScopeMaps::open(dir)?;
+    let policy = PolicyRef {
+        scope: 0,
+        flags: POLICY_PATTERN,
+    };
+    maps.patterns
+        .append_pattern(&pattern.compile(policy), pattern.text())?;
+    if !tracepoint_link_pin(dir, PROGRAM_CGROUP_MKDIR).exists() {
+        attach_tracepoints(dir)?;
+    }
+    let point = pattern.attach_point();
+    let point_id = pins::cgroup_id(&point).map_err(|e| super::types::cgroup_error(&point, e))?;
+    let mut entries = vec![(
+        point_id,
+        PolicyRef {
+            scope: 0,
+            flags: POLICY_UNFILTERED | POLICY_PATTERN,
+        },
+    )];
+    walk(&point, 0, &mut |path| {
+        if pattern.matches(path)
+            && let Ok(id) = pins::cgroup_id(path)
+        {
+            entries.push((id, policy));
+        }
+    });
+    // A listed attach point (a configured cgroup) keeps its entry: it stays filtered.
+    maps.add_entries(&entries)?;
+    attach::attach_pinned(dir, &point)
 }
 
 /// The attach points (each pattern's, unless a literal cgroup at or above it is filtered anyway)

@@ -8,7 +8,7 @@
 //!
 //! With cgroup patterns, `POLICY_OF` also holds what classification found ([`PatternEntries`],
 //! flagged `POLICY_PATTERN`: attach points with `POLICY_UNFILTERED`, matched cgroups with their
-//! pattern's policy), and the compiled patterns are written into `PATTERNS`/`PATTERN_LIT`.
+//! pattern's policy); the compiled patterns themselves are in [`PatternMaps`].
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,17 +21,17 @@ use std::{
 use aya::maps::{Array, HashMap as AyaHashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use ipnet::IpNet;
 use nettrust_common::{
-    CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, CgroupPath, ClientValue, GrantKey, HostValue,
-    MAP_CLIENTS, MAP_CONFIG, MAP_GRANTS, MAP_LISTENERS, MAP_PATTERN_LIT, MAP_PATTERN_TEXT,
-    MAP_PATTERNS, MAP_POLICY_NAMES, MAP_POLICY_NETS_V4, MAP_POLICY_NETS_V6, MAP_POLICY_OF,
-    MAX_PATTERNS, MAX_SCOPE, POLICY_AUDIT, POLICY_NAME_LEN, POLICY_PATTERN, PatternBits,
-    PatternMasks, PolicyRef, SCOPE_PREFIX_BITS, ServiceKey, pattern_lit_index,
+    CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue, GrantKey, HostValue, MAP_CLIENTS,
+    MAP_CONFIG, MAP_GRANTS, MAP_LISTENERS, MAP_POLICY_NAMES, MAP_POLICY_NETS_V4,
+    MAP_POLICY_NETS_V6, MAP_POLICY_OF, MAX_SCOPE, POLICY_AUDIT, POLICY_NAME_LEN, POLICY_PATTERN,
+    PolicyRef, SCOPE_PREFIX_BITS, ServiceKey,
 };
 
 use super::{
     adopt::open_pinned,
     denied_events::PolicyNames,
-    syscalls::{self, BPF_ANY},
+    pattern_maps::PatternMaps,
+    syscalls::{self, BPF_ANY, BPF_NOEXIST},
     types::{EbpfError, map_error},
 };
 
@@ -84,18 +84,13 @@ pub struct ScopeMaps {
     /// The pinned copy of the names, for `nettrust list` and `status`.
     pinned_names: AyaHashMap<MapData, u32, [u8; POLICY_NAME_LEN]>,
     config: Array<MapData, u32>,
-    patterns: Array<MapData, PatternMasks>,
-    pattern_lit: Array<MapData, PatternBits>,
-    pattern_text: Array<MapData, CgroupPath>,
+    /// The compiled patterns' maps.
+    pub(super) patterns: PatternMaps,
     /// What the last pattern classification found, merged into `POLICY_OF` by
     /// [`ScopeMaps::set_policies`].
     pattern_entries: Mutex<PatternEntries>,
-    /// The patterns last written (an unchanged set is not rewritten).
-    patterns_written: Mutex<Vec<(PatternMasks, Vec<PatternBits>)>>,
     /// The directory the maps and programs are pinned in.
     pin_dir: PathBuf,
-    /// Whether this run attached the cgroup tracepoint programs.
-    tracepoints: std::sync::atomic::AtomicBool,
     /// Policy names by scope, for the audit and denied log lines.
     names: PolicyNames,
     /// Serializes [`ScopeMaps::set_policies`] and [`ScopeMaps::set_listeners`]: each rewrites a
@@ -115,13 +110,9 @@ impl ScopeMaps {
             clients: open_pinned(pin_dir, MAP_CLIENTS, Map::LruHashMap)?,
             pinned_names: open_pinned(pin_dir, MAP_POLICY_NAMES, Map::HashMap)?,
             config: open_pinned(pin_dir, MAP_CONFIG, Map::Array)?,
-            patterns: open_pinned(pin_dir, MAP_PATTERNS, Map::Array)?,
-            pattern_lit: open_pinned(pin_dir, MAP_PATTERN_LIT, Map::Array)?,
-            pattern_text: open_pinned(pin_dir, MAP_PATTERN_TEXT, Map::Array)?,
+            patterns: PatternMaps::open(pin_dir)?,
             pattern_entries: Mutex::new(PatternEntries::default()),
-            patterns_written: Mutex::new(Vec::new()),
             pin_dir: pin_dir.to_owned(),
-            tracepoints: std::sync::atomic::AtomicBool::new(false),
             names: PolicyNames::default(),
             write: Mutex::new(()),
         })
@@ -216,15 +207,27 @@ impl ScopeMaps {
         &self.pin_dir
     }
 
-    /// Whether this run attached the cgroup tracepoint programs.
-    pub(super) fn tracepoints_attached(&self) -> bool {
-        self.tracepoints.load(std::sync::atomic::Ordering::Relaxed)
+    /// The `POLICY_OF` entry of cgroup `id`.
+    pub(super) fn policy_of(&self, id: u64) -> Result<Option<PolicyRef>, EbpfError> {
+        syscalls::lookup(syscalls::fd_of(&self.policy_of), &id)
+            .map_err(|e| map_error(MAP_POLICY_OF, "cannot read", e))
     }
 
-    /// Records that this run attached the cgroup tracepoint programs.
-    pub(super) fn set_tracepoints_attached(&self) {
-        self.tracepoints
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+    /// Adds `entries` to `POLICY_OF` (an id already listed keeps its entry) and starts a new
+    /// generation, so the programs walk again (`nettrust attach` with a pattern).
+    pub(super) fn add_entries(&self, entries: &[(u64, PolicyRef)]) -> Result<(), EbpfError> {
+        let _write = self.write.lock().expect("scope maps lock poisoned");
+        let fd = syscalls::fd_of(&self.policy_of);
+        for (id, policy) in entries {
+            match syscalls::update(fd, id, policy, BPF_NOEXIST) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(map_error(MAP_POLICY_OF, format!("cannot list {id}"), e));
+                }
+                _ => {}
+            }
+        }
+        let generation = next_generation(self.config_word(CONFIG_SCOPE_GENERATION)?);
+        self.set_config_word(CONFIG_SCOPE_GENERATION, generation)
     }
 
     /// The ids of the pattern entries (`POLICY_PATTERN`) `POLICY_OF` holds now.
@@ -253,59 +256,6 @@ impl ScopeMaps {
             .expect("poisoned")
             .attach_points
             .clone()
-    }
-
-    /// Writes the compiled patterns (masks and each byte's literal mask, in order) into
-    /// `PATTERNS`/`PATTERN_LIT`, marks the rest of `PATTERNS` unused, and the patterns' `texts`
-    /// into `PATTERN_TEXT` (for `nettrust status`).
-    pub(super) fn write_patterns(
-        &self,
-        compiled: &[(PatternMasks, Vec<PatternBits>)],
-        texts: &[String],
-    ) -> Result<(), EbpfError> {
-        if compiled.len() > MAX_PATTERNS as usize {
-            return Err(map_error(
-                MAP_PATTERNS,
-                format!("{} cgroup patterns; at most {MAX_PATTERNS}", compiled.len()),
-                io::Error::from(io::ErrorKind::InvalidInput),
-            ));
-        }
-        let _write = self.write.lock().expect("scope maps lock poisoned");
-        let mut written = self.patterns_written.lock().expect("poisoned");
-        if *written == compiled {
-            return Ok(());
-        }
-        let (masks_fd, lit_fd) = (
-            syscalls::fd_of(&self.patterns),
-            syscalls::fd_of(&self.pattern_lit),
-        );
-        let err = |e| map_error(MAP_PATTERNS, "cannot write a pattern", e);
-        // Unused first, so the tracepoint never runs a pattern whose literals are half written
-        // (a cgroup created meanwhile is classified by the walk that follows).
-        let unused = PatternMasks::default();
-        for index in 0..MAX_PATTERNS {
-            syscalls::update(masks_fd, &index, &unused, BPF_ANY).map_err(err)?;
-        }
-        for (index, (_, lit)) in (0u32..).zip(compiled) {
-            for (byte, bits) in (0u8..=255).zip(lit) {
-                syscalls::update(lit_fd, &pattern_lit_index(index, byte), bits, BPF_ANY)
-                    .map_err(|e| map_error(MAP_PATTERN_LIT, "cannot write a pattern", e))?;
-            }
-        }
-        for (index, (masks, _)) in (0u32..).zip(compiled) {
-            syscalls::update(masks_fd, &index, masks, BPF_ANY).map_err(err)?;
-        }
-        *written = compiled.to_vec();
-        let text_fd = syscalls::fd_of(&self.pattern_text);
-        for index in 0..MAX_PATTERNS {
-            let text = texts.get(index as usize).map_or("", String::as_str);
-            let value = CgroupPath {
-                path: super::pins::padded(text),
-            };
-            syscalls::update(text_fd, &index, &value, BPF_ANY)
-                .map_err(|e| map_error(MAP_PATTERN_TEXT, "cannot write a pattern", e))?;
-        }
-        Ok(())
     }
 
     /// Makes `LISTENERS` hold exactly the proxy's `listeners` (address and port, IP protocol
