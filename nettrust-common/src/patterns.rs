@@ -24,8 +24,6 @@ pub const MAP_PATTERN_TEXT: &str = "PATTERN_TEXT";
 pub const PROGRAM_CGROUP_MKDIR: &str = "cgroup_mkdir";
 /// The `cgroup_rmdir` tracepoint program (drops a removed cgroup's entries).
 pub const PROGRAM_CGROUP_RMDIR: &str = "cgroup_rmdir";
-/// The `cgroup_rename` tracepoint program (classifies a renamed cgroup again).
-pub const PROGRAM_CGROUP_RENAME: &str = "cgroup_rename";
 
 /// [`PolicyRef::flags`] bit: this cgroup is where the programs are attached for a pattern, and
 /// is not filtered itself; its packets, and those of descendants no deeper entry covers, pass.

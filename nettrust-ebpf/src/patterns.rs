@@ -5,9 +5,9 @@
 //! `cgroup_mkdir` runs the compiled patterns (`PATTERNS`, `PATTERN_LIT`; see
 //! `nettrust_common::patterns`) over the new cgroup's path, relative to the cgroup v2 root as
 //! the kernel reports it, and writes the first matching pattern's policy for the cgroup's id.
-//! `cgroup_rename` does the same for the renamed cgroup (removing its pattern entry when it no
-//! longer matches) and drops its cached scope; `cgroup_rmdir` removes a pattern entry and the
-//! cached scope of a removed cgroup. Only the v2 hierarchy (root 0) is looked at.
+//! `cgroup_rmdir` removes a pattern entry and the cached scope of a removed cgroup. Only the v2
+//! hierarchy (root 0) is looked at. A cgroup v2 directory cannot be renamed (the kernel refuses
+//! with EPERM), so a classified cgroup's path never changes.
 //!
 //! The per-byte matcher runs through `bpf_loop`, so the verifier checks its body once whatever
 //! the path's length.
@@ -48,7 +48,7 @@ struct PathBuf {
 }
 
 // The format of the `cgroup` trace events (/sys/kernel/tracing/events/cgroup/cgroup_mkdir/format,
-// the same for rmdir and rename): `int root` at 8, `u64 id` at 16, `__data_loc char[] path` at
+// the same for rmdir): `int root` at 8, `u64 id` at 16, `__data_loc char[] path` at
 // 24 (offset of the string in the record in the low 16 bits, its length in the high 16).
 const ROOT_OFFSET: usize = 8;
 const ID_OFFSET: usize = 16;
@@ -74,24 +74,6 @@ pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
         && let Some(policy) = classify(&ctx)
     {
         let _ = POLICY_OF.insert(id, policy, 0);
-    }
-    0
-}
-
-#[tracepoint]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the aya attribute macro fixes the entry point's signature"
-)]
-pub fn cgroup_rename(ctx: TracePointContext) -> u32 {
-    if let Some(id) = v2_cgroup(&ctx) {
-        match classify(&ctx) {
-            Some(policy) => {
-                let _ = POLICY_OF.insert(id, policy, 0);
-            }
-            None => remove_pattern_entry(id),
-        }
-        let _ = SCOPES.remove(id);
     }
     0
 }

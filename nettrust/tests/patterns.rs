@@ -425,3 +425,39 @@ fn attach_accepts_a_pattern() {
     );
     assert_eq!(world.arrivals(), 1);
 }
+
+/// A pattern below a configured (filtered) cgroup: no attach point of its own, and a cgroup it
+/// matches later is still judged by the pattern's policy, not by its filtered parent's.
+#[test]
+#[ignore = "root: run with cargo xtask test"]
+fn a_pattern_below_a_filtered_cgroup_keeps_its_policy() {
+    let mut world = World::new();
+    let config = world.dir.path().join("nettrust.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[policy]]\nname = \"jobs\"\ncgroups = [\"{}/job-*\"]\nallow_domains = [\"a.test\"]\n",
+            world.cgroup.display()
+        ),
+    )
+    .unwrap();
+    let config_arg = config.to_string_lossy().into_owned();
+    world.start_daemon(&["--config", &config_arg]);
+    let mut tree = Tree::new(world.cgroup.clone());
+    let job = tree.mkdir("job-1");
+    let out = world
+        .in_cgroup_at(&job, "dig")
+        .args(["+time=3", "+tries=1", "+noall", "+comments"])
+        .args(["@127.0.0.1", "b.test", "A"])
+        .output()
+        .expect("run dig");
+    let (rcode, _) = world::dig_reply(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(rcode, "REFUSED", "b.test from the pattern's job");
+    let other = tree.mkdir("other-1");
+    world.count_arrivals(UNAUTHORIZED);
+    assert!(
+        !send_from(&world, &other, UNAUTHORIZED),
+        "a non-matching child of a filtered cgroup stays filtered"
+    );
+    drop(tree);
+}

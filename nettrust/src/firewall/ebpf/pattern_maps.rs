@@ -1,4 +1,4 @@
-//! The compiled cgroup patterns in the maps the `cgroup_mkdir`/`rename` tracepoint programs read
+//! The compiled cgroup patterns in the maps the `cgroup_mkdir` tracepoint program reads
 //! (`PATTERNS`, `PATTERN_LIT`) and their texts for `nettrust status` (`PATTERN_TEXT`).
 
 use std::{

@@ -1,6 +1,6 @@
-//! Cgroup patterns in the eBPF backend: the `cgroup_mkdir`/`rmdir`/`rename` tracepoint programs
-//! (loaded and pinned with the others, attached through pinned links while patterns are
-//! configured), the compiled patterns written for them, and the classification of the cgroups
+//! Cgroup patterns in the eBPF backend: the `cgroup_mkdir`/`rmdir` tracepoint programs (loaded
+//! and pinned with the others, attached through pinned links once per run, with or without
+//! patterns), the compiled patterns written for them, and the classification of the cgroups
 //! that already exist: one walk of each attach point's subtree, after the tracepoints are
 //! attached (so a cgroup created meanwhile is classified by one or the other, or both alike).
 //!
@@ -23,8 +23,8 @@ use aya::{
 use ipnet::IpNet;
 use nettrust_common::{
     CgroupPath, MAP_CGROUPS, MAP_PATTERN_TEXT, MAP_POLICY_OF, MAX_CGROUP_DEPTH, MAX_PATTERNS,
-    POLICY_AUDIT, POLICY_PATTERN, POLICY_UNFILTERED, PROGRAM_CGROUP_MKDIR, PROGRAM_CGROUP_RENAME,
-    PROGRAM_CGROUP_RMDIR, PatternBits, PatternMasks, PolicyRef,
+    POLICY_AUDIT, POLICY_PATTERN, POLICY_UNFILTERED, PROGRAM_CGROUP_MKDIR, PROGRAM_CGROUP_RMDIR,
+    PatternBits, PatternMasks, PolicyRef,
 };
 
 use super::{
@@ -41,11 +41,7 @@ use crate::{
 };
 
 /// The tracepoint programs, each attached to the `cgroup` event of its name.
-const TRACEPOINTS: [&str; 3] = [
-    PROGRAM_CGROUP_MKDIR,
-    PROGRAM_CGROUP_RMDIR,
-    PROGRAM_CGROUP_RENAME,
-];
+const TRACEPOINTS: [&str; 2] = [PROGRAM_CGROUP_MKDIR, PROGRAM_CGROUP_RMDIR];
 
 /// The pin of a tracepoint program's link.
 fn tracepoint_link_pin(dir: &Path, name: &str) -> PathBuf {
@@ -179,6 +175,7 @@ pub(super) fn set_policies(
         .collect();
     let mut found = classify(&patterns, &literals);
     found.before = before;
+    found.active = has_patterns;
     let new_points = found.attach_points.clone();
     maps.set_pattern_entries(found);
     detach_stale_points(maps, cgroups, &new_points)?;

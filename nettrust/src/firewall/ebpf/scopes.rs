@@ -68,6 +68,9 @@ pub struct PatternEntries {
     pub before: HashSet<u64>,
     /// The attach points, with their cgroup ids.
     pub attach_points: Vec<(PathBuf, u64)>,
+    /// Whether any pattern is configured: the programs must then walk each packet's ancestry
+    /// (generation on) even while no cgroup matches yet.
+    pub active: bool,
 }
 
 /// A policy network's trie, `D` bytes of data (scope then address).
@@ -177,7 +180,7 @@ impl ScopeMaps {
         for (id, policy) in &patterns.entries {
             wanted.entry(*id).or_insert(*policy);
         }
-        let on = on || !patterns.entries.is_empty();
+        let on = on || patterns.active || !patterns.entries.is_empty();
         for (id, policy) in &wanted {
             syscalls::update(fd, id, policy, BPF_ANY)
                 .map_err(|e| map_error(MAP_POLICY_OF, format!("cannot list cgroup id {id}"), e))?;
