@@ -12,6 +12,7 @@ pub mod host_table;
 mod hosts;
 pub mod inbound;
 mod maps;
+mod patterns;
 mod scopes;
 mod verdicts;
 
@@ -19,6 +20,7 @@ pub use events::*;
 pub use flows::*;
 pub use hosts::*;
 pub use maps::*;
+pub use patterns::*;
 pub use scopes::*;
 pub use verdicts::*;
 
@@ -39,4 +41,5 @@ mod pod {
     unsafe impl aya::Pod for super::ScopeCache {}
     unsafe impl aya::Pod for super::GrantKey {}
     unsafe impl aya::Pod for super::ClientValue {}
+    unsafe impl aya::Pod for super::PatternMasks {}
 }

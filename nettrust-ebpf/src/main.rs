@@ -38,6 +38,7 @@ mod icmp;
 mod judge;
 mod maps;
 mod parse;
+mod patterns;
 mod scopes;
 mod sockops;
 
@@ -151,6 +152,9 @@ fn decide_egress<const N: usize>(
         scopes::default_policy(ctx)
     } else {
         let policy = scopes::resolve(ctx, cgroup_id, generation);
+        if scopes::unfiltered(policy) {
+            return VERDICT_ALLOW;
+        }
         scopes::record_client(ctx, headers, cgroup_id, policy, now);
         policy
     };
@@ -238,6 +242,15 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, ()> {
     // SAFETY: reading a field of the context the kernel handed us.
     if unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX {
         return Ok(VERDICT_ALLOW);
+    }
+    // Below a pattern's attach point, a cgroup no pattern matched is not filtered.
+    let generation = scopes::generation();
+    if generation != 0 {
+        // SAFETY: the context's skb pointer is valid for the whole program run.
+        let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+        if scopes::unfiltered(scopes::resolve(ctx, cgroup_id, generation)) {
+            return Ok(VERDICT_ALLOW);
+        }
     }
     let protocol = ctx.skb.protocol();
     if protocol == ETH_P_IP_BE {

@@ -1,12 +1,23 @@
 //! Policies: the scope of the sending cgroup (its deepest ancestor-or-self listed in
 //! `POLICY_OF`, cached per cgroup in `SCOPES` for one generation of `POLICY_OF`), and the
 //! record of which cgroup sent each DNS query to the proxy (`CLIENTS`). Nothing here runs while
-//! `CONFIG[CONFIG_SCOPE_GENERATION]` is 0 (no policies).
+//! `CONFIG[CONFIG_SCOPE_GENERATION]` is 0 (no policies and no cgroup patterns).
+//!
+//! With cgroup patterns the programs are attached at each pattern's attach point, listed with
+//! `POLICY_UNFILTERED`: a cgroup whose deepest listed ancestor-or-self carries that flag is not
+//! filtered (the egress and ingress programs let its packets pass); one a pattern matched (listed
+//! by the `cgroup_mkdir` tracepoint or the daemon) has that pattern's policy.
 
-use aya_ebpf::{bindings::__sk_buff, helpers::bpf_skb_ancestor_cgroup_id, programs::SkBuffContext};
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_skb_ancestor_cgroup_id,
+    },
+    programs::SkBuffContext,
+};
 use nettrust_common::{
-    CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue, MAX_CGROUP_DEPTH, PolicyRef,
-    ScopeCache,
+    CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue, MAX_CGROUP_DEPTH, POLICY_UNFILTERED,
+    PolicyRef, ScopeCache,
 };
 
 use crate::{
@@ -81,6 +92,69 @@ fn walk(skb: *mut __sk_buff) -> u64 {
     for level in 0..MAX_CGROUP_DEPTH {
         // SAFETY: the context's skb pointer is valid for the whole program run.
         let id = unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) };
+        if id == 0 {
+            break;
+        }
+        // SAFETY: plain data, copied out at once.
+        if let Some(policy) = unsafe { POLICY_OF.get(id) } {
+            found = *policy;
+        }
+    }
+    u64::from(found.scope) | (u64::from(found.flags) << 32)
+}
+
+/// Whether `policy` is that of a cgroup the programs run for without filtering it (below a
+/// pattern's attach point, matched by no pattern).
+#[inline(always)]
+pub fn unfiltered(policy: PolicyRef) -> bool {
+    policy.flags & POLICY_UNFILTERED != 0
+}
+
+/// For programs that run in the sending process's context (socket address hooks): the policy
+/// of the current task's cgroup, `None` when that cgroup is not filtered (below a pattern's
+/// attach point, matched by no pattern). With neither policies nor patterns (generation 0) every
+/// cgroup the program is attached to is filtered with the default policy. Resolved like
+/// [`resolve`] (deepest listed ancestor-or-self, cached in `SCOPES`), from the task's cgroup.
+#[inline(always)]
+#[allow(dead_code, reason = "for the socket address hook programs")]
+pub fn current_policy() -> Option<PolicyRef> {
+    let generation = generation();
+    if generation == 0 {
+        return Some(PolicyRef::default());
+    }
+    // SAFETY: helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let policy = match SCOPES.get_ptr(cgroup_id) {
+        // SAFETY: pointer from a successful lookup, plain data.
+        Some(cached) if unsafe { (*cached).generation } == generation => unsafe {
+            (*cached).policy
+        },
+        _ => {
+            let packed = walk_current();
+            let policy = PolicyRef {
+                scope: packed as u32,
+                flags: (packed >> 32) as u32,
+            };
+            let entry = ScopeCache {
+                policy,
+                generation,
+                _pad: 0,
+            };
+            let _ = SCOPES.insert(cgroup_id, entry, 0);
+            policy
+        }
+    };
+    (!unfiltered(policy)).then_some(policy)
+}
+
+/// [`walk`] for the current task's cgroup (`bpf_get_current_ancestor_cgroup_id`).
+#[inline(never)]
+#[allow(dead_code, reason = "for the socket address hook programs")]
+fn walk_current() -> u64 {
+    let mut found = PolicyRef::default();
+    for level in 0..MAX_CGROUP_DEPTH {
+        // SAFETY: helper without preconditions.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
         if id == 0 {
             break;
         }

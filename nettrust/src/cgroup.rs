@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod patterns;
+
 /// `CGROUP2_SUPER_MAGIC` from linux/magic.h: `statfs(2).f_type` of a cgroup v2 filesystem.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
@@ -100,6 +102,19 @@ pub fn validate(path: &Path) -> Result<(), CgroupError> {
         });
     }
     Ok(())
+}
+
+/// Checks a configured `cgroups` entry: a pattern ([`patterns::is_pattern`]) must parse below
+/// the cgroup v2 mount (it may match nothing yet), a literal path must be a cgroup v2 directory.
+pub fn validate_entry(path: &Path) -> Result<(), String> {
+    if patterns::is_pattern(path) {
+        let mount = cgroup2_mount().map_err(|e| e.to_string())?;
+        patterns::CgroupPattern::parse(path, &mount)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    } else {
+        validate(path).map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]

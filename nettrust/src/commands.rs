@@ -254,6 +254,7 @@ fn ebpf_status(bpffs_dir: &Path, status: &ebpf::PinnedStatus) -> String {
             if *linked { "" } else { " [not attached]" }
         );
     }
+    pattern_status(&mut out, bpffs_dir);
     let stat = |i: u32| status.stats.get(i as usize).copied().unwrap_or(0);
     let _ = writeln!(out, "whitelisted: {}", status.whitelisted);
     let _ = writeln!(out, "authorized: {}", status.authorized);
@@ -278,6 +279,30 @@ fn ebpf_status(bpffs_dir: &Path, status: &ebpf::PinnedStatus) -> String {
     out
 }
 
+/// The cgroup patterns section of `status`: each pattern, its attach point and the cgroups it
+/// covers now (nothing when no pattern is configured).
+fn pattern_status(out: &mut String, bpffs_dir: &Path) {
+    let Ok(patterns) = ebpf::coverage_pinned(bpffs_dir) else {
+        return;
+    };
+    if patterns.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "patterns: {}", patterns.len());
+    for p in &patterns {
+        let _ = writeln!(
+            out,
+            "  pattern {} (attached at {}): {} cgroups",
+            p.pattern,
+            p.attach_point.display(),
+            p.cgroups.len()
+        );
+        for cgroup in &p.cgroups {
+            let _ = writeln!(out, "    {}", cgroup.display());
+        }
+    }
+}
+
 /// `nettrust flush`: removes everything nettrust pinned in `bpffs_dir` (links first, so the
 /// cgroups are unfiltered before the maps go) and the nftables table of the caller's network
 /// namespace. Idempotent. Refuses while a daemon runs there. Returns what was done.
@@ -297,7 +322,12 @@ pub fn flush(bpffs_dir: &Path) -> Result<String, CommandError> {
 }
 
 /// `nettrust attach --cgroup PATH`.
+/// A pattern (`*`, `**`) is added to the pinned patterns in the default policy: the cgroups it
+/// matches, now and later, are filtered until the daemon's next start or reload.
 pub fn attach(bpffs_dir: &Path, cgroup: &Path) -> Result<(), EbpfError> {
+    if crate::cgroup::patterns::is_pattern(cgroup) {
+        return ebpf::attach_pattern_pinned(bpffs_dir, cgroup);
+    }
     crate::cgroup::validate(cgroup).map_err(|e| EbpfError::Cgroup {
         path: cgroup.to_owned(),
         source: std::io::Error::other(e.to_string()),

@@ -442,8 +442,15 @@ pub fn load(args: &Options) -> Result<(Settings, Vec<String>), ConfigError> {
         p.cgroups.iter().map(move |c| (key.clone(), c))
     });
     for (key, cgroup) in keyed.chain(in_policies) {
-        crate::cgroup::validate(cgroup)
-            .map_err(|e| invalid(key, cgroup.display().to_string(), e.to_string()))?;
+        if settings.backend == Backend::Nftables && crate::cgroup::patterns::is_pattern(cgroup) {
+            return Err(invalid(
+                key,
+                cgroup.display().to_string(),
+                crate::cgroup::patterns::NEEDS_EBPF,
+            ));
+        }
+        crate::cgroup::validate_entry(cgroup)
+            .map_err(|e| invalid(key, cgroup.display().to_string(), e))?;
     }
     Ok((settings, warnings))
 }

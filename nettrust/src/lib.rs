@@ -105,6 +105,10 @@ pub enum RunError {
     /// Cleaning up at exit failed; the messages list everything left behind.
     #[error("cleanup failed: {}", .0.iter().map(|e| error_chain(e)).collect::<Vec<_>>().join("; "))]
     Teardown(Vec<EbpfError>),
+    /// A cgroup pattern is configured but the firewall is nftables (e.g. after falling back
+    /// from eBPF): its rules list cgroup ids, so a cgroup created later would be filtered late.
+    #[error("cgroup {}: {}", .0.display(), cgroup::patterns::NEEDS_EBPF)]
+    CgroupPattern(std::path::PathBuf),
 }
 
 /// Formats an error with its chain of causes, `outer: inner: root`.
@@ -499,6 +503,10 @@ fn start_backend(
         Ok(StartedBackend::Ebpf(Arc::new(firewall)))
     };
     let start_nftables = || -> Result<StartedBackend, RunError> {
+        let filtered = settings.filtered_cgroups();
+        if let Some(pattern) = filtered.iter().find(|c| cgroup::patterns::is_pattern(c)) {
+            return Err(RunError::CgroupPattern(pattern.clone()));
+        }
         let options = firewall::nftables::Options {
             mode: match settings.firewall_type {
                 FirewallType::Output => firewall::nftables::Mode::Output {

@@ -75,11 +75,15 @@ pub fn apply(
     authorizer: &Authorizer,
 ) -> Result<(), ReloadError> {
     let mut changed = restart_only_changes(current, &new);
-    if sorted(new.filtered_cgroups()) != sorted(current.filtered_cgroups()) {
+    let (literals, patterns) = crate::cgroup::patterns::split(new.filtered_cgroups());
+    let (current_literals, current_patterns) =
+        crate::cgroup::patterns::split(current.filtered_cgroups());
+    if sorted(literals) != sorted(current_literals) {
         // Attaching and detaching happen at start; moving a filtered cgroup between policies
-        // (or the default policy) is a reload.
+        // (or the default policy) is a reload, and so is a changed set of cgroup patterns.
         changed.push("cgroups");
     }
+    let patterns_changed = patterns != current_patterns;
     if !changed.is_empty() {
         return Err(ReloadError::NeedsRestart(changed.join(", ")));
     }
@@ -92,7 +96,7 @@ pub fn apply(
     if policy != self::policy(current) {
         firewall.set_whitelist(&policy)?;
     }
-    let narrowed = if new.policies == current.policies {
+    let narrowed = if new.policies == current.policies && !patterns_changed {
         None
     } else {
         firewall.set_scopes(&scopes)?;

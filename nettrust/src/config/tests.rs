@@ -1009,4 +1009,5 @@ fn config_toml_and_readme_document_every_option() {
     }
 }
 
+mod patterns;
 mod policies;

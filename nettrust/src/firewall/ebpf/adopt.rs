@@ -11,9 +11,10 @@ use nettrust_common::{
     HOST_NAME_LEN, HostSlot, HostValue, InboundKey, InboundValue, MAP_ALLOWS, MAP_AUDITS,
     MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CLIENTS, MAP_CONFIG, MAP_DENIED,
     MAP_DENIED_RATE, MAP_DROPS, MAP_GRANTS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_INBOUND, MAP_LISTENERS,
-    MAP_LIVE_TCP, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND, MAP_POLICY_NAMES,
-    MAP_POLICY_NETS_V4, MAP_POLICY_NETS_V6, MAP_POLICY_OF, MAP_SERVICES, MAP_STATS,
-    POLICY_NAME_LEN, PolicyRef, RateState, ServiceKey,
+    MAP_LIVE_TCP, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND, MAP_PATTERN_LIT,
+    MAP_PATTERN_TEXT, MAP_PATTERNS, MAP_POLICY_NAMES, MAP_POLICY_NETS_V4, MAP_POLICY_NETS_V6,
+    MAP_POLICY_OF, MAP_SERVICES, MAP_STATS, POLICY_NAME_LEN, PatternBits, PatternMasks, PolicyRef,
+    RateState, ServiceKey,
 };
 
 use super::{
@@ -56,7 +57,7 @@ pub const LEGACY_INBOUND: &str = "INBOUND";
 
 /// Every map nettrust pins, with the shape the eBPF object gives it. (`SCOPES`, the program's
 /// cache of each cgroup's policy, is not pinned: a new program starts with it empty.)
-pub const MAPS: [MapSpec; 26] = [
+pub const MAPS: [MapSpec; 29] = [
     spec(MAP_HOSTS_V4, MapType::Array, 4, size_of::<HostSlot>()),
     spec(MAP_HOSTS_V6, MapType::Hash, 16, HOST_VALUE),
     // LPM trie keys are `{prefix_len: u32, data}`.
@@ -100,6 +101,9 @@ pub const MAPS: [MapSpec; 26] = [
         size_of::<ServiceKey>(),
         size_of::<ClientValue>(),
     ),
+    spec(MAP_PATTERNS, MapType::Array, 4, size_of::<PatternMasks>()),
+    spec(MAP_PATTERN_LIT, MapType::Array, 4, size_of::<PatternBits>()),
+    spec(MAP_PATTERN_TEXT, MapType::Array, 4, CGROUP_PATH_LEN),
 ];
 
 /// Most names `NAMES` keeps (2 × the default `max_hosts`): with more hosts, the addresses

@@ -2,6 +2,10 @@
 //! program (replacing a previous run's links only once the new ones are attached), and the
 //! cgroup is recorded in `CGROUPS`. Used at start with the loaded object, and by `nettrust
 //! attach`/`detach` and the cgroup watch with the pinned programs, daemon running or not.
+//!
+//! A configured cgroup pattern is filtered through its attach point (see `super::patterns`):
+//! attached like a configured cgroup, but not recorded in `CGROUPS` (its `POLICY_OF` entry says
+//! `POLICY_UNFILTERED`), so a later run does not take it for a cgroup `nettrust attach` added.
 
 use std::{fs::File, io, path::Path, path::PathBuf, time::Duration};
 
@@ -10,7 +14,9 @@ use aya::{
     maps::Map,
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError},
 };
-use nettrust_common::{CgroupPath, MAP_CGROUPS};
+use nettrust_common::{CgroupPath, MAP_CGROUPS, MAP_POLICY_OF, POLICY_UNFILTERED, PolicyRef};
+
+use crate::cgroup::patterns::{CgroupPattern, is_pattern};
 
 use super::{
     adopt::open_pinned,
@@ -44,8 +50,16 @@ fn open_cgroup(path: &Path) -> Result<(File, u64), EbpfError> {
     Ok((cgroup, id))
 }
 
-/// Records the cgroup `path` (id `id`) in `CGROUPS`.
-fn record_cgroup(cgroup_map: &mut CgroupMap, id: u64, path: &Path) -> Result<(), EbpfError> {
+/// Records the cgroup `path` (id `id`) in `CGROUPS`, unless it is a pattern's attach point.
+fn record_cgroup(
+    cgroup_map: &mut CgroupMap,
+    dir: &Path,
+    id: u64,
+    path: &Path,
+) -> Result<(), EbpfError> {
+    if is_attach_point(dir, id) {
+        return Ok(());
+    }
     let value = CgroupPath {
         path: pins::padded(&path.display().to_string()),
     };
@@ -68,7 +82,7 @@ pub(super) fn attach_cgroup(
         attach_one(program, name, attach_type, &cgroup, dir, path, id)?;
     }
     live_tcp::attach(ebpf, &cgroup, dir, path, id)?;
-    record_cgroup(cgroup_map, id, path)?;
+    record_cgroup(cgroup_map, dir, id, path)?;
     Ok(id)
 }
 
@@ -101,15 +115,47 @@ fn attach_one(
     pins::pin_link(link, dir, name, id, path)
 }
 
-/// The cgroups to filter at start: the configured `cgroups` plus those a previous run attached at
-/// runtime (recorded in `CGROUPS`). A recorded cgroup that is gone (or was recreated: another
-/// id) has its links dropped.
+/// Whether `POLICY_OF` lists the cgroup `id` as a pattern's attach point.
+fn is_attach_point(dir: &Path, id: u64) -> bool {
+    open_pinned::<aya::maps::HashMap<aya::maps::MapData, u64, PolicyRef>>(
+        dir,
+        MAP_POLICY_OF,
+        Map::HashMap,
+    )
+    .ok()
+    .and_then(|map| map.get(&id, 0).ok())
+    .is_some_and(|p| p.flags & POLICY_UNFILTERED != 0)
+}
+
+/// The configured `cgroups` as cgroups to attach to: a literal one as is, a pattern as its
+/// attach point, unless a configured literal cgroup at or above that point filters it anyway.
+fn attach_targets(cgroups: &[PathBuf]) -> Vec<PathBuf> {
+    let literals: Vec<&PathBuf> = cgroups.iter().filter(|c| !is_pattern(c)).collect();
+    let mut out: Vec<PathBuf> = literals.iter().map(|c| (*c).clone()).collect();
+    let Ok(mount) = crate::cgroup::cgroup2_mount() else {
+        return out;
+    };
+    for c in cgroups.iter().filter(|c| is_pattern(c)) {
+        let Ok(pattern) = CgroupPattern::parse(c, &mount) else {
+            continue;
+        };
+        let point = pattern.attach_point();
+        if !literals.iter().any(|l| point.starts_with(l)) && !out.contains(&point) {
+            out.push(point);
+        }
+    }
+    out
+}
+
+/// The cgroups to filter at start: the configured `cgroups` (patterns by their attach points)
+/// plus those a previous run attached at runtime (recorded in `CGROUPS`). A recorded cgroup that
+/// is gone (or was recreated: another id) has its links dropped.
 pub(super) fn cgroups_to_filter(
     cgroup_map: &CgroupMap,
     dir: &Path,
     cgroups: &[PathBuf],
 ) -> Result<Vec<PathBuf>, EbpfError> {
-    let mut out = cgroups.to_vec();
+    let mut out = attach_targets(cgroups);
     for entry in cgroup_map {
         let (id, path) = entry.map_err(|e| map_error(MAP_CGROUPS, "cannot read", e))?;
         let path = PathBuf::from(pins::unpadded(&path.path));
@@ -161,7 +207,7 @@ pub fn attach_pinned(dir: &Path, path: &Path) -> Result<(), EbpfError> {
         attach_one(&mut program, name, attach_type, &cgroup, dir, path, id)?;
     }
     live_tcp::attach_pinned(&cgroup, dir, path, id)?;
-    record_cgroup(&mut cgroup_map, id, path)
+    record_cgroup(&mut cgroup_map, dir, id, path)
 }
 
 /// `nettrust detach`: removes the links of one cgroup (unpinning a link detaches it).
@@ -197,6 +243,7 @@ pub fn detach_pinned(dir: &Path, path: &Path) -> Result<bool, EbpfError> {
 pub(super) async fn watch_cgroups(dir: PathBuf, cgroups: Vec<PathBuf>) {
     let mut known: Vec<(PathBuf, Option<u64>)> = cgroups
         .into_iter()
+        .filter(|c| !is_pattern(c))
         .map(|path| {
             let id = pins::cgroup_id(&path).ok();
             (path, id)

@@ -69,7 +69,8 @@ pub(super) fn load_programs(ebpf: &mut Ebpf, dir: &Path) -> Result<(), EbpfError
             what,
         })?;
     }
-    live_tcp::load_and_pin(ebpf, dir)
+    live_tcp::load_and_pin(ebpf, dir)?;
+    super::patterns::load_and_pin(ebpf, dir)
 }
 
 /// Takes the map `name` out of the loaded object as the aya handle `T`.

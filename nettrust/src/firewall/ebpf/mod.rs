@@ -8,9 +8,10 @@
 //!    pinned);
 //! 4. what the daemon writes into the maps: `authorizations`, `services`, `whitelist`,
 //!    `names_writer`, and what it reads: `denied_events`; `scopes` (policies, their grants,
-//!    the DNS listeners and clients);
+//!    the DNS listeners and clients) and `pattern_maps` (the compiled cgroup patterns);
 //! 5. `eviction` (writing into a full host map) and `live_tcp` (the `sock_ops` program);
-//! 6. `attach` (filtering a cgroup) and `pinned_state` (list, status, counters);
+//! 6. `attach` (filtering a cgroup) and `pinned_state` (list, status, counters); `patterns`
+//!    (cgroup patterns: the tracepoint programs, classification, attach points);
 //! 7. `loader` (loading and pinning the object) and `backend` ([`EbpfFirewall`], the
 //!    [`crate::firewall::Firewall`] on all of it).
 
@@ -25,6 +26,8 @@ mod ipv4_table;
 mod live_tcp;
 mod loader;
 mod names_writer;
+mod pattern_maps;
+mod patterns;
 mod pinned_state;
 mod pins;
 mod scoped;
@@ -38,9 +41,12 @@ pub use adopt::{Capacities, open_table};
 pub use attach::{attach_pinned, detach_pinned};
 pub use backend::{EbpfFirewall, EbpfOptions};
 pub use ipv4_table::HostTable;
+pub use patterns::{
+    PatternCoverage, attach_pattern_pinned, classify, coverage, coverage_pinned, scoped_patterns,
+};
 pub use pinned_state::{
     PinnedStatus, cgroup_egress, list_pinned, policy_names_pinned, read_stats, status_pinned,
 };
 pub use pins::{daemon_running, remove_all};
-pub use scopes::{CgroupScope, ClientRecord, ScopeMaps};
+pub use scopes::{CgroupScope, ClientRecord, PatternEntries, ScopeMaps};
 pub use types::{EbpfError, PinError};

@@ -28,6 +28,9 @@ pub(super) fn write_scopes(maps: &ScopeMaps, scopes: &Scopes) -> Result<(), Ebpf
     let mount = crate::cgroup::cgroup2_mount().ok();
     let mut cgroups = Vec::with_capacity(scopes.cgroups.len());
     for c in &scopes.cgroups {
+        if crate::cgroup::patterns::is_pattern(&c.path) {
+            continue;
+        }
         // The program looks for listed ancestors down to level MAX_CGROUP_DEPTH - 1 only: a
         // cgroup listed deeper would silently take a shallower cgroup's policy.
         let level = mount
@@ -62,7 +65,7 @@ pub(super) fn write_scopes(maps: &ScopeMaps, scopes: &Scopes) -> Result<(), Ebpf
         .map(|(addr, t)| (*addr, t.proto()))
         .collect();
     maps.set_listeners(&listeners)?;
-    maps.set_policies(&cgroups, &nets, scopes.active)
+    super::patterns::set_policies(maps, scopes, &cgroups, &nets)
 }
 
 /// One scope's grants as a [`HostStore`] keyed by 16-byte addresses (IPv4 as IPv4-mapped), so

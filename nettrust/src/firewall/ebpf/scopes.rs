@@ -5,12 +5,16 @@
 //! (`LISTENERS` and their ports in `CONFIG`) and the clients the egress program saw sending to
 //! them (`CLIENTS`). Every element operation goes through [`super::syscalls`] on a shared
 //! reference: the kernel makes each one atomic.
+//!
+//! With cgroup patterns, `POLICY_OF` also holds what classification found ([`PatternEntries`],
+//! flagged `POLICY_PATTERN`: attach points with `POLICY_UNFILTERED`, matched cgroups with their
+//! pattern's policy); the compiled patterns themselves are in [`PatternMaps`].
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io,
     net::{IpAddr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
     sync::Mutex,
 };
 
@@ -19,14 +23,15 @@ use ipnet::IpNet;
 use nettrust_common::{
     CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue, GrantKey, HostValue, MAP_CLIENTS,
     MAP_CONFIG, MAP_GRANTS, MAP_LISTENERS, MAP_POLICY_NAMES, MAP_POLICY_NETS_V4,
-    MAP_POLICY_NETS_V6, MAP_POLICY_OF, MAX_SCOPE, POLICY_AUDIT, POLICY_NAME_LEN, PolicyRef,
-    SCOPE_PREFIX_BITS, ServiceKey,
+    MAP_POLICY_NETS_V6, MAP_POLICY_OF, MAX_SCOPE, POLICY_AUDIT, POLICY_NAME_LEN, POLICY_PATTERN,
+    PolicyRef, SCOPE_PREFIX_BITS, ServiceKey,
 };
 
 use super::{
     adopt::open_pinned,
     denied_events::PolicyNames,
-    syscalls::{self, BPF_ANY},
+    pattern_maps::PatternMaps,
+    syscalls::{self, BPF_ANY, BPF_NOEXIST},
     types::{EbpfError, map_error},
 };
 
@@ -52,6 +57,22 @@ pub struct ClientRecord {
     pub audit: bool,
 }
 
+/// What cgroup pattern classification adds to `POLICY_OF`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PatternEntries {
+    /// Each pattern's attach point (`POLICY_UNFILTERED`) and each cgroup a pattern matched (its
+    /// pattern's policy), all with `POLICY_PATTERN`.
+    pub entries: Vec<(u64, PolicyRef)>,
+    /// The pattern entries `POLICY_OF` held before the tree was walked: one of these the walk
+    /// did not produce is stale (removed); one written meanwhile by the tracepoint is kept.
+    pub before: HashSet<u64>,
+    /// The attach points, with their cgroup ids.
+    pub attach_points: Vec<(PathBuf, u64)>,
+    /// Whether any pattern is configured: the programs must then walk each packet's ancestry
+    /// (generation on) even while no cgroup matches yet.
+    pub active: bool,
+}
+
 /// A policy network's trie, `D` bytes of data (scope then address).
 type PolicyTrie<const D: usize> = LpmTrie<MapData, [u8; D], u32>;
 
@@ -66,6 +87,13 @@ pub struct ScopeMaps {
     /// The pinned copy of the names, for `nettrust list` and `status`.
     pinned_names: AyaHashMap<MapData, u32, [u8; POLICY_NAME_LEN]>,
     config: Array<MapData, u32>,
+    /// The compiled patterns' maps.
+    pub(super) patterns: PatternMaps,
+    /// What the last pattern classification found, merged into `POLICY_OF` by
+    /// [`ScopeMaps::set_policies`].
+    pattern_entries: Mutex<PatternEntries>,
+    /// The directory the maps and programs are pinned in.
+    pin_dir: PathBuf,
     /// Policy names by scope, for the audit and denied log lines.
     names: PolicyNames,
     /// Serializes [`ScopeMaps::set_policies`] and [`ScopeMaps::set_listeners`]: each rewrites a
@@ -85,6 +113,9 @@ impl ScopeMaps {
             clients: open_pinned(pin_dir, MAP_CLIENTS, Map::LruHashMap)?,
             pinned_names: open_pinned(pin_dir, MAP_POLICY_NAMES, Map::HashMap)?,
             config: open_pinned(pin_dir, MAP_CONFIG, Map::Array)?,
+            patterns: PatternMaps::open(pin_dir)?,
+            pattern_entries: Mutex::new(PatternEntries::default()),
+            pin_dir: pin_dir.to_owned(),
             names: PolicyNames::default(),
             write: Mutex::new(()),
         })
@@ -129,6 +160,9 @@ impl ScopeMaps {
     /// assignment, or off (generation 0: the program skips scopes and client records). List the
     /// top-level filtered cgroups of the default policy with scope 0, so a default cgroup below a
     /// policy's cgroup resolves to the default policy.
+    ///
+    /// The entries of the last [`ScopeMaps::set_pattern_entries`] are listed too (a configured
+    /// cgroup's own entry wins), and any pattern entry keeps the generation on.
     pub fn set_policies(
         &self,
         cgroups: &[CgroupScope],
@@ -138,18 +172,25 @@ impl ScopeMaps {
         check_scopes(cgroups, nets).map_err(|e| map_error(MAP_POLICY_OF, "refused", e))?;
         let _write = self.write.lock().expect("scope maps lock poisoned");
         let fd = syscalls::fd_of(&self.policy_of);
-        let wanted: HashMap<u64, PolicyRef> = cgroups
+        let mut wanted: HashMap<u64, PolicyRef> = cgroups
             .iter()
             .map(|c| (c.cgroup_id, policy_ref(c.scope, c.audit)))
             .collect();
+        let patterns = self.pattern_entries.lock().expect("poisoned").clone();
+        for (id, policy) in &patterns.entries {
+            wanted.entry(*id).or_insert(*policy);
+        }
+        let on = on || patterns.active || !patterns.entries.is_empty();
         for (id, policy) in &wanted {
             syscalls::update(fd, id, policy, BPF_ANY)
                 .map_err(|e| map_error(MAP_POLICY_OF, format!("cannot list cgroup id {id}"), e))?;
         }
         let present = syscalls::hash_entries(&self.policy_of)
             .map_err(|e| map_error(MAP_POLICY_OF, "cannot read", e))?;
-        for (id, _) in present {
-            if !wanted.contains_key(&id) {
+        for (id, policy) in present {
+            // A pattern entry the walk did not see was written by the tracepoint meanwhile.
+            let fresh = policy.flags & POLICY_PATTERN != 0 && !patterns.before.contains(&id);
+            if !wanted.contains_key(&id) && !fresh {
                 syscalls::delete(fd, &id)
                     .map_err(|e| map_error(MAP_POLICY_OF, format!("cannot unlist {id}"), e))?;
             }
@@ -162,6 +203,62 @@ impl ScopeMaps {
             0
         };
         self.set_config_word(CONFIG_SCOPE_GENERATION, generation)
+    }
+
+    /// The directory the maps and programs are pinned in.
+    pub(super) fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The `POLICY_OF` entry of cgroup `id`.
+    pub(super) fn policy_of(&self, id: u64) -> Result<Option<PolicyRef>, EbpfError> {
+        syscalls::lookup(syscalls::fd_of(&self.policy_of), &id)
+            .map_err(|e| map_error(MAP_POLICY_OF, "cannot read", e))
+    }
+
+    /// Adds `entries` to `POLICY_OF` (an id already listed keeps its entry) and starts a new
+    /// generation, so the programs walk again (`nettrust attach` with a pattern).
+    pub(super) fn add_entries(&self, entries: &[(u64, PolicyRef)]) -> Result<(), EbpfError> {
+        let _write = self.write.lock().expect("scope maps lock poisoned");
+        let fd = syscalls::fd_of(&self.policy_of);
+        for (id, policy) in entries {
+            match syscalls::update(fd, id, policy, BPF_NOEXIST) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(map_error(MAP_POLICY_OF, format!("cannot list {id}"), e));
+                }
+                _ => {}
+            }
+        }
+        let generation = next_generation(self.config_word(CONFIG_SCOPE_GENERATION)?);
+        self.set_config_word(CONFIG_SCOPE_GENERATION, generation)
+    }
+
+    /// The ids of the pattern entries (`POLICY_PATTERN`) `POLICY_OF` holds now.
+    pub(super) fn pattern_entry_ids(&self) -> Result<HashSet<u64>, EbpfError> {
+        Ok(syscalls::hash_entries(&self.policy_of)
+            .map_err(|e| map_error(MAP_POLICY_OF, "cannot read", e))?
+            .into_iter()
+            .filter(|(_, p)| p.flags & POLICY_PATTERN != 0)
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Records what pattern classification found, for the next [`ScopeMaps::set_policies`];
+    /// returns the previous record.
+    pub(super) fn set_pattern_entries(&self, entries: PatternEntries) -> PatternEntries {
+        std::mem::replace(
+            &mut *self.pattern_entries.lock().expect("poisoned"),
+            entries,
+        )
+    }
+
+    /// The attach points of the last classification.
+    pub fn pattern_attach_points(&self) -> Vec<(PathBuf, u64)> {
+        self.pattern_entries
+            .lock()
+            .expect("poisoned")
+            .attach_points
+            .clone()
     }
 
     /// Makes `LISTENERS` hold exactly the proxy's `listeners` (address and port, IP protocol
