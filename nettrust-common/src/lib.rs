@@ -6,6 +6,7 @@
 //! (`nettrust_common::FlowKey`); `host_table` and `inbound` are public modules of their own.
 #![no_std]
 
+mod capture;
 mod events;
 mod flows;
 pub mod host_table;
@@ -15,6 +16,7 @@ mod maps;
 mod scopes;
 mod verdicts;
 
+pub use capture::*;
 pub use events::*;
 pub use flows::*;
 pub use hosts::*;
@@ -39,4 +41,6 @@ mod pod {
     unsafe impl aya::Pod for super::ScopeCache {}
     unsafe impl aya::Pod for super::GrantKey {}
     unsafe impl aya::Pod for super::ClientValue {}
+    unsafe impl aya::Pod for super::CaptureTarget {}
+    unsafe impl aya::Pod for super::CapturedDest {}
 }

@@ -14,7 +14,7 @@ use nettrust_common::{CgroupPath, MAP_CGROUPS};
 
 use super::{
     adopt::open_pinned,
-    live_tcp, pins,
+    capture, live_tcp, pins,
     types::{CgroupMap, EbpfError, LINKED, PROGRAMS, cgroup_error, map_error, program_error},
 };
 
@@ -68,6 +68,7 @@ pub(super) fn attach_cgroup(
         attach_one(program, name, attach_type, &cgroup, dir, path, id)?;
     }
     live_tcp::attach(ebpf, &cgroup, dir, path, id)?;
+    capture::attach(ebpf, &cgroup, dir, path, id)?;
     record_cgroup(cgroup_map, id, path)?;
     Ok(id)
 }
@@ -161,6 +162,7 @@ pub fn attach_pinned(dir: &Path, path: &Path) -> Result<(), EbpfError> {
         attach_one(&mut program, name, attach_type, &cgroup, dir, path, id)?;
     }
     live_tcp::attach_pinned(&cgroup, dir, path, id)?;
+    capture::attach_pinned(&cgroup, dir, path, id)?;
     record_cgroup(&mut cgroup_map, id, path)
 }
 

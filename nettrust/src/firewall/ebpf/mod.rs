@@ -10,6 +10,7 @@
 //!    `names_writer`, and what it reads: `denied_events`; `scopes` (policies, their grants,
 //!    the DNS listeners and clients);
 //! 5. `eviction` (writing into a full host map) and `live_tcp` (the `sock_ops` program);
+//!    `capture` (the DNS capture programs);
 //! 6. `attach` (filtering a cgroup) and `pinned_state` (list, status, counters);
 //! 7. `loader` (loading and pinning the object) and `backend` ([`EbpfFirewall`], the
 //!    [`crate::firewall::Firewall`] on all of it).
@@ -18,6 +19,7 @@ mod adopt;
 mod attach;
 mod authorizations;
 mod backend;
+mod capture;
 mod denied_events;
 mod eviction;
 mod host_table;
@@ -37,6 +39,7 @@ mod whitelist;
 pub use adopt::{Capacities, open_table};
 pub use attach::{attach_pinned, detach_pinned};
 pub use backend::{EbpfFirewall, EbpfOptions};
+pub use capture::{CaptureTargets, NetnsTarget};
 pub use ipv4_table::HostTable;
 pub use pinned_state::{
     PinnedStatus, cgroup_egress, list_pinned, policy_names_pinned, read_stats, status_pinned,
