@@ -456,3 +456,58 @@ fn nftables_backend_refuses_capture() {
     assert!(err.contains("--dns-capture"), "{err}");
     assert!(err.contains("eBPF"), "{err}");
 }
+
+/// The pin directory's entries of the capture programs and links.
+fn capture_pins(world: &World) -> Vec<String> {
+    std::fs::read_dir(&world.bpffs_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("dns_"))
+        .collect()
+}
+
+/// Capture follows the running daemon: a cgroup attached at runtime (`nettrust attach`) is
+/// captured too; after a `kill -9`, a restart without capture removes the capture programs and
+/// links it left, and queries to other resolvers are blocked again.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn runtime_attach_and_restart_follow_the_daemon() {
+    let mut world = World::new();
+    count_escapes(&world);
+    let late = world.extra_cgroup("late");
+    world.start_daemon(&["--dns-capture"]);
+    let out = world.nettrust(&["attach", "--cgroup", &late.to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply = ask(
+        world.in_cgroup_at(&late, "python3"),
+        "tcp",
+        ASKED,
+        53,
+        "a.test",
+    )
+    .expect("the attached cgroup's query answered");
+    assert_eq!(
+        (reply.answers, reply.peer.as_str()),
+        (vec![A_TEST.to_owned()], ASKED)
+    );
+    assert!(capture_pins(&world).len() >= 8 + 2 * 8);
+    world.kill_daemon();
+    world.start_daemon(&[]);
+    assert_eq!(capture_pins(&world), Vec::<String>::new());
+    for cgroup in [&world.cgroup, &late] {
+        let reply = ask(
+            world.in_cgroup_at(cgroup, "python3"),
+            "udp",
+            ASKED,
+            53,
+            "b.test",
+        );
+        assert_eq!(reply, None, "{}", cgroup.display());
+    }
+    assert_eq!(escapes(&world), 0);
+}
