@@ -511,3 +511,27 @@ fn runtime_attach_and_restart_follow_the_daemon() {
     }
     assert_eq!(escapes(&world), 0);
 }
+
+/// With an IPv6 listener, IPv6 queries to any address are captured too (UDP and TCP), shown as
+/// coming from the IPv6 address asked.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn ipv6_queries_go_to_the_ipv6_listener() {
+    let mut world = World::new();
+    count_escapes(&world);
+    world.start_daemon(&["--dns-capture", "--listen-addrs", "[::1]:53"]);
+    for mode in ["udp", "connected", "tcp"] {
+        let reply = ask(python_in_cgroup(&world), mode, ASKED_V6, 53, "a.test")
+            .unwrap_or_else(|| panic!("{mode}: no answer\n{}", world.daemon_log()));
+        assert_eq!(
+            (reply.rcode, reply.answers),
+            (0, vec![A_TEST.to_owned()]),
+            "{mode}"
+        );
+        assert_eq!(reply.from, ASKED_V6, "{mode}");
+        if mode != "udp" {
+            assert_eq!(reply.peer, ASKED_V6, "{mode}");
+        }
+    }
+    assert_eq!(escapes(&world), 0);
+}
