@@ -6,6 +6,7 @@
 //! (`nettrust_common::FlowKey`); `host_table` and `inbound` are public modules of their own.
 #![no_std]
 
+mod capture;
 mod events;
 mod flows;
 pub mod host_table;
@@ -16,6 +17,7 @@ mod patterns;
 mod scopes;
 mod verdicts;
 
+pub use capture::*;
 pub use events::*;
 pub use flows::*;
 pub use hosts::*;
@@ -42,4 +44,6 @@ mod pod {
     unsafe impl aya::Pod for super::GrantKey {}
     unsafe impl aya::Pod for super::ClientValue {}
     unsafe impl aya::Pod for super::PatternMasks {}
+    unsafe impl aya::Pod for super::CaptureTarget {}
+    unsafe impl aya::Pod for super::CapturedDest {}
 }

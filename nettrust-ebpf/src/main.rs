@@ -32,6 +32,7 @@
 // from it.
 use nettrust_ebpf as _;
 
+mod capture;
 mod counters;
 mod flows;
 mod icmp;

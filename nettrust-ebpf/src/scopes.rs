@@ -116,7 +116,6 @@ pub fn unfiltered(policy: PolicyRef) -> bool {
 /// cgroup the program is attached to is filtered with the default policy. Resolved like
 /// [`resolve`] (deepest listed ancestor-or-self, cached in `SCOPES`), from the task's cgroup.
 #[inline(always)]
-#[allow(dead_code, reason = "for the socket address hook programs")]
 pub fn current_policy() -> Option<PolicyRef> {
     let generation = generation();
     if generation == 0 {

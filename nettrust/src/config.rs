@@ -5,6 +5,7 @@
 //! including `0` and `false`. Lists from the environment (`NET_TRUST_WHITELIST_*`,
 //! `NET_TRUST_BLACKLIST_*`) add to the config file's lists, as in the original.
 
+mod capture;
 mod clients;
 mod domains;
 mod env;
@@ -248,6 +249,10 @@ pub struct Settings {
     /// The `[[policy]]` sections, in file order.
     #[serde(rename = "policy", skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicySettings>,
+    /// More DNS listen addresses (UDP and TCP), besides `listen_addr`.
+    pub listen_addrs: Vec<SocketAddr>,
+    /// Answer every DNS query of the filtered cgroups (eBPF socket-address programs).
+    pub dns_capture: bool,
 }
 
 mod secs {
@@ -308,8 +313,12 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let l = options::Layers::new(args, &env.options, file);
         let (listen_addr, listen_tls, listen_tls_addr) = validate::listener(&l)?;
-        let listeners = [Some(listen_addr), listen_tls_addr];
-        let allow_clients = clients::allow_clients(&l, listeners, interface_networks)?;
+        let listen_addrs = capture::listen_addrs(&l, listen_addr, listen_tls_addr)?;
+        let listeners: Vec<Option<SocketAddr>> = [Some(listen_addr), listen_tls_addr]
+            .into_iter()
+            .chain(listen_addrs.iter().copied().map(Some))
+            .collect();
+        let allow_clients = clients::allow_clients(&l, listeners.clone(), interface_networks)?;
         let fwd_addrs = validate::upstreams(&l, listen_addr)?;
         let (fwd_proto, fwd_tls, fwd_udp_buffer_size, fwd_timeout) =
             validate::upstream_transport(&l)?;
@@ -317,6 +326,7 @@ impl Settings {
         let (backend, firewall_type, firewall_drop_input, cgroups) =
             validate::firewall(&l, has_policies, cgroup2_root)?;
         let policies = policies::policies(&l, &cgroups)?;
+        let dns_capture = capture::dns_capture(&l, backend, firewall_type)?;
         let (dns_ttl_cache, authorized_ttl, ttl_check_interval) = validate::lifetimes(&l)?;
         let (do_not_flush_table, do_not_flush_authorized_hosts) = validate::exit_mode(&l)?;
         let (whitelist_hosts, whitelist_networks) = validate::whitelist(&l, env, listeners)?;
@@ -364,6 +374,8 @@ impl Settings {
             metrics_addr,
             log_format,
             policies,
+            listen_addrs,
+            dns_capture,
         })
     }
 

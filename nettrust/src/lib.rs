@@ -96,6 +96,11 @@ pub enum RunError {
     /// eBPF was made unavailable on purpose (`NETTRUST_FORCE_EBPF_FAILURE=1`, for tests).
     #[error("eBPF disabled by NETTRUST_FORCE_EBPF_FAILURE=1")]
     EbpfForcedOff,
+    /// `dns_capture` with eBPF unavailable (`firewall_backend = auto` fell back to nftables).
+    #[error(
+        "dns_capture needs the eBPF backend, which is unavailable here (firewall_backend = auto fell back to nftables)"
+    )]
+    CaptureNeedsEbpf,
     /// Two `[[policy]]` names share a scope number.
     #[error("policies")]
     Scopes(#[from] scopes::ScopeCollision),
@@ -151,7 +156,7 @@ pub async fn run(
     reload_handle.set_policies(Arc::new(policies));
 
     let tasks = Tasks::default();
-    if let Err(e) = tasks.start_udp(&settings, &listeners.udp, &proxy) {
+    if let Err(e) = tasks.start_udp(&settings, &listeners, &proxy) {
         // Not serving UDP would leave clients without DNS behind a deny-by-default firewall.
         let _ = backend.stop(exit_mode);
         return Err(e);
@@ -274,6 +279,8 @@ struct Listeners {
     tls: Option<tokio_rustls::TlsAcceptor>,
     dedicated_tls: Option<TcpListener>,
     metrics: Option<TcpListener>,
+    /// The sockets of `listen_addrs`, served like `udp` and `tcp` (plain DNS).
+    more: Vec<(SocketAddr, std::net::UdpSocket, TcpListener)>,
 }
 
 impl Listeners {
@@ -290,15 +297,22 @@ impl Listeners {
                     source,
                 })
         };
+        let bind_udp = |addr: SocketAddr| {
+            std::net::UdpSocket::bind(addr)
+                .and_then(|udp| udp.set_nonblocking(true).map(|()| udp))
+                .map_err(|source| RunError::Bind {
+                    addr,
+                    proto: "udp",
+                    source,
+                })
+        };
         let listen = settings.listen_addr;
-        let udp = std::net::UdpSocket::bind(listen)
-            .and_then(|udp| udp.set_nonblocking(true).map(|()| udp))
-            .map_err(|source| RunError::Bind {
-                addr: listen,
-                proto: "udp",
-                source,
-            })?;
+        let udp = bind_udp(listen)?;
         let tcp = bind_tcp(listen, "tcp").await?;
+        let mut more = Vec::new();
+        for &addr in &settings.listen_addrs {
+            more.push((addr, bind_udp(addr)?, bind_tcp(addr, "tcp").await?));
+        }
         let dedicated_tls = match settings.listen_tls_addr {
             Some(addr) => Some(bind_tcp(addr, "tcp").await?),
             None => None,
@@ -313,6 +327,7 @@ impl Listeners {
             tls,
             dedicated_tls,
             metrics,
+            more,
         })
     }
 }
@@ -325,27 +340,29 @@ struct Tasks {
 }
 
 impl Tasks {
-    /// Starts the UDP engine's threads on `udp`; on failure everything is cancelled.
+    /// Starts the UDP engine's threads on each UDP listener; on failure everything is
+    /// cancelled.
     fn start_udp(
         &self,
         settings: &Settings,
-        udp: &std::net::UdpSocket,
+        listeners: &Listeners,
         proxy: &Arc<Proxy>,
     ) -> Result<(), RunError> {
-        dns::udp::start(
-            udp,
-            settings.worker_threads,
-            proxy,
-            &self.tracker,
-            &self.cancel,
-        )
-        .map_err(|source| {
-            self.cancel.cancel();
-            RunError::UdpEngine {
-                addr: settings.listen_addr,
-                source,
-            }
-        })
+        let more = listeners.more.iter().map(|(addr, udp, _)| (*addr, udp));
+        for (addr, udp) in std::iter::once((settings.listen_addr, &listeners.udp)).chain(more) {
+            dns::udp::start(
+                udp,
+                settings.worker_threads,
+                proxy,
+                &self.tracker,
+                &self.cancel,
+            )
+            .map_err(|source| {
+                self.cancel.cancel();
+                RunError::UdpEngine { addr, source }
+            })?;
+        }
+        Ok(())
     }
 
     /// Starts the TCP/DoT listeners, the sweeper, the nftables watch and the metrics endpoint.
@@ -373,6 +390,9 @@ impl Tasks {
             .clone()
             .filter(|_| listeners.dedicated_tls.is_none());
         self.tracker.spawn(serve_tcp(listeners.tcp, tcp_tls));
+        for (_, _, tcp) in listeners.more {
+            self.tracker.spawn(serve_tcp(tcp, None));
+        }
         if let (Some(listener), Some(acceptor)) = (listeners.dedicated_tls, listeners.tls) {
             self.tracker.spawn(serve_tcp(listener, Some(acceptor)));
         }
@@ -487,7 +507,13 @@ fn start_backend(
         if std::env::var_os("NETTRUST_FORCE_EBPF_FAILURE").is_some_and(|v| v == "1") {
             return Err(RunError::EbpfForcedOff);
         }
-        let firewall = EbpfFirewall::start(&EbpfOptions {
+        let capture = settings.dns_capture.then(|| {
+            let listeners: Vec<SocketAddr> = std::iter::once(settings.listen_addr)
+                .chain(settings.listen_addrs.iter().copied())
+                .collect();
+            firewall::ebpf::CaptureTargets::from_listeners(&listeners)
+        });
+        let options = EbpfOptions {
             cgroups: settings.filtered_cgroups(),
             pin_dir: settings.bpffs_dir.clone(),
             policy: policy.clone(),
@@ -497,12 +523,16 @@ fn start_backend(
                 networks: settings.max_networks,
             },
             scopes: scopes.clone(),
-        })?;
+        };
+        let firewall = EbpfFirewall::start_with_capture(&options, capture.as_ref())?;
         firewall.start_denied_log();
         firewall.start_cgroup_watch(settings.filtered_cgroups());
         Ok(StartedBackend::Ebpf(Arc::new(firewall)))
     };
     let start_nftables = || -> Result<StartedBackend, RunError> {
+        if settings.dns_capture {
+            return Err(RunError::CaptureNeedsEbpf);
+        }
         let filtered = settings.filtered_cgroups();
         if let Some(pattern) = filtered.iter().find(|c| cgroup::patterns::is_pattern(c)) {
             return Err(RunError::CgroupPattern(pattern.clone()));

@@ -202,6 +202,8 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         metrics_addr,
         log_format,
         policies: _,
+        listen_addrs,
+        dns_capture,
     } = a;
     let mut changed = Vec::new();
     differing!(changed, b;
@@ -232,6 +234,8 @@ fn restart_only_changes(a: &Settings, b: &Settings) -> Vec<&'static str> {
         bpffs_dir => "bpffs_dir",
         metrics_addr => "metrics_addr",
         log_format => "log_format",
+        listen_addrs => "listen_addrs",
+        dns_capture => "dns_capture",
     );
     changed
 }

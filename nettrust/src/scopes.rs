@@ -154,6 +154,10 @@ fn listeners(settings: &Settings) -> Vec<(SocketAddr, Transport)> {
     if let Some(tls) = settings.listen_tls_addr {
         add(tls, Transport::Tcp);
     }
+    for &addr in &settings.listen_addrs {
+        add(addr, Transport::Udp);
+        add(addr, Transport::Tcp);
+    }
     out
 }
 

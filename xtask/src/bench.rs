@@ -13,6 +13,7 @@
 //!   the memory figures taken along the way (1M hosts);
 //! - `bench_scoped.rs`: the `[[policy]]` variants: dns (g) and the datapath's ten policies with
 //!   1M grants;
+//! - `bench_capture.rs`: DNS capture: dns (h) and the datapath with the capture programs;
 //! - `bench_commit.rs`: runs the `commit` bench target of the nettrust crate;
 //! - `bench_policy.rs`: loading a million-line allow-list and blacklist (time, peak RSS);
 //! - `bench_reload.rs`: the daemon on those lists: start, RSS, a SIGHUP reload of both and the
@@ -90,7 +91,7 @@ impl Options {
             rounds: 2000,
             policy_lines: 1_000_000,
             release: true,
-            variants: "abcdefg".into(),
+            variants: "abcdefgh".into(),
             compare: None,
         }
     }
@@ -108,7 +109,7 @@ impl Options {
             rounds: 50,
             policy_lines: 10_000,
             release: false,
-            variants: "abcdefg".into(),
+            variants: "abcdefgh".into(),
             compare: None,
         }
     }
@@ -265,10 +266,16 @@ pub fn run(root: &Path, binary: &Path, what: What, opts: &Options) -> Result<Rep
         lap("world ready");
         if matches!(what, What::Dns | What::All) {
             crate::bench_dns::run(&mut bench, opts, &mut report)?;
+            if opts.variants.contains('h') {
+                crate::bench_capture::dns(&mut bench, opts, &mut report)?;
+            }
             lap("dns done");
         }
         if matches!(what, What::Datapath | What::Memory | What::All) {
             crate::bench_datapath::run(&mut bench, opts, what, &mut report)?;
+            if what != What::Memory {
+                crate::bench_capture::datapath(&mut bench, opts, &mut report)?;
+            }
             lap("datapath/memory done");
         }
         if matches!(what, What::Policy | What::All) {

@@ -360,7 +360,7 @@ fn qps(bench: &Bench, server: &str, opts: &Options) -> Result<f64> {
 }
 
 /// p50 and p99 latency (µs) at a fixed 1,000 queries per second, and the answers counted.
-fn latency(bench: &Bench, server: &str, opts: &Options) -> Result<(f64, f64, usize)> {
+pub(crate) fn latency(bench: &Bench, server: &str, opts: &Options) -> Result<(f64, f64, usize)> {
     let text = bench.dnsperf(&bench.dnsperf_args(
         server,
         &[

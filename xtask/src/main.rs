@@ -15,6 +15,7 @@
 //!   errors, leaks (see `soak.rs`).
 
 mod bench;
+mod bench_capture;
 mod bench_commit;
 mod bench_datapath;
 mod bench_dns;
@@ -112,7 +113,7 @@ enum Cmd {
         #[arg(long)]
         runs: Option<u32>,
         /// dns only: the variants to run, e.g. `ab` for the upstream and nettrust eBPF (default
-        /// `abcdefg`, all of them).
+        /// `abcdefgh`, all of them; (h) is DNS capture, `bench_capture.rs`).
         #[arg(long)]
         variants: Option<String>,
         /// Benchmark this nettrust binary as it is (no build; its eBPF object is embedded), e.g.
@@ -248,8 +249,8 @@ fn bench(root: &Path, command: Cmd) -> Result<()> {
     opts.seconds = seconds.unwrap_or(opts.seconds);
     opts.runs = runs.unwrap_or(opts.runs).max(1);
     if let Some(variants) = variants {
-        if let Some(bad) = variants.chars().find(|c| !"abcdefg".contains(*c)) {
-            bail!("--variants {variants:?}: {bad:?} is not one of a, b, c, d, e, f, g");
+        if let Some(bad) = variants.chars().find(|c| !"abcdefgh".contains(*c)) {
+            bail!("--variants {variants:?}: {bad:?} is not one of a, b, c, d, e, f, g, h");
         }
         opts.variants = variants;
     }

@@ -17,7 +17,7 @@ use super::{
 /// listener address that is not loopback, as `subnets` reads it from the interfaces.
 pub(super) fn allow_clients(
     l: &Layers,
-    listeners: [Option<SocketAddr>; 2],
+    listeners: impl IntoIterator<Item = Option<SocketAddr>>,
     subnets: impl Fn(IpAddr) -> Vec<IpNet>,
 ) -> Result<Vec<IpNet>, ConfigError> {
     let Some(Given { value, key }) = l.get("allow_clients", |o| o.allow_clients.clone()) else {

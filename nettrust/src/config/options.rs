@@ -194,6 +194,19 @@ pub struct Options {
     )]
     #[serde(default, deserialize_with = "value_enum")]
     pub log_format: Option<LogFormat>,
+    /// More addresses the DNS proxy listens on, UDP and TCP (e.g. a container bridge's host
+    /// address for DNS capture); repeat for more. Replaces listen_addrs; the variable takes a
+    /// comma-separated list [default: none].
+    #[arg(
+        long = "listen-addrs",
+        value_name = "IP:PORT",
+        env = "NET_TRUST_LISTEN_ADDRS"
+    )]
+    pub listen_addrs: Option<Vec<String>>,
+    /// Answer every DNS query (port 53, UDP and TCP, any address) the filtered cgroups send,
+    /// shown as coming from the address asked (eBPF backend) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", env = "NET_TRUST_DNS_CAPTURE")]
+    pub dns_capture: Option<bool>,
     /// Config file only: destinations always allowed.
     #[arg(skip)]
     #[serde(default)]

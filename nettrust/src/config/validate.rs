@@ -328,7 +328,7 @@ pub(super) fn exit_mode(l: &Layers) -> Result<(bool, bool), ConfigError> {
 pub(super) fn whitelist(
     l: &Layers,
     env: &Env,
-    listeners: [Option<SocketAddr>; 2],
+    listeners: impl IntoIterator<Item = Option<SocketAddr>>,
 ) -> Result<(Vec<IpAddr>, Vec<IpNet>), ConfigError> {
     let section = &l.file().whitelist;
     let mut networks = Vec::new();

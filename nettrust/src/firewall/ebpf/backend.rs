@@ -28,7 +28,9 @@ use nettrust_common::{
 
 use super::{
     adopt::{self, Capacities},
-    attach, authorizations, denied_events, eviction,
+    attach, authorizations,
+    capture::CaptureTargets,
+    denied_events, eviction,
     host_table::{HostMaps, name_key},
     ipv4_table::HostTable,
     live_tcp::{self, LiveMap},
@@ -117,6 +119,15 @@ impl EbpfFirewall {
     /// are nettrust's) or creates them, installs the policy and attaches to every cgroup. On error
     /// a fresh directory is removed again; adopted state is left as it was (still enforcing).
     pub fn start(options: &EbpfOptions) -> Result<Self, EbpfError> {
+        Self::start_with_capture(options, None)
+    }
+
+    /// [`EbpfFirewall::start`], with DNS capture to `capture`'s listeners when given (off, and
+    /// a previous run's capture removed, when not).
+    pub fn start_with_capture(
+        options: &EbpfOptions,
+        capture: Option<&CaptureTargets>,
+    ) -> Result<Self, EbpfError> {
         if !loader::has_object() {
             return Err(EbpfError::NoObject);
         }
@@ -129,14 +140,18 @@ impl EbpfFirewall {
                 "adopting the maps of a previous nettrust run"
             );
         }
-        let result = Self::start_locked(options, lock);
+        let result = Self::start_locked(options, lock, capture);
         if result.is_err() && adopted == 0 {
             let _ = pins::remove_all(&options.pin_dir);
         }
         result
     }
 
-    fn start_locked(options: &EbpfOptions, lock: File) -> Result<Self, EbpfError> {
+    fn start_locked(
+        options: &EbpfOptions,
+        lock: File,
+        capture: Option<&CaptureTargets>,
+    ) -> Result<Self, EbpfError> {
         let dir = &options.pin_dir;
         pins::remove_temporaries(dir);
         // The IPv4 table's hash seed: the adopted table's, or a fresh random one.
@@ -150,7 +165,7 @@ impl EbpfFirewall {
             denied,
             _held: held,
         } = install(&mut ebpf, options, seed, pinned_seed.is_some())?;
-        loader::load_programs(&mut ebpf, dir)?;
+        loader::load_programs(&mut ebpf, dir, capture)?;
         drop(held);
 
         // Each cgroup's policy is known before its first packet is judged.

@@ -14,6 +14,7 @@ use nettrust_common::EBPF_LOG_TARGET;
 use super::{
     adopt::{Capacities, MAPS},
     attach::program_mut,
+    capture::{self, CaptureTargets},
     live_tcp, pins,
     types::{EbpfError, PROGRAMS, map_error, program_error},
 };
@@ -53,8 +54,12 @@ pub(super) fn load(dir: &Path, capacities: Capacities, seed: u64) -> Result<Ebpf
 }
 
 /// Loads the programs into the kernel and pins them in `dir` (`prog-<name>`), replacing a
-/// previous run's pins.
-pub(super) fn load_programs(ebpf: &mut Ebpf, dir: &Path) -> Result<(), EbpfError> {
+/// previous run's pins; the DNS capture programs only with `capture` targets.
+pub(super) fn load_programs(
+    ebpf: &mut Ebpf,
+    dir: &Path,
+    capture: Option<&CaptureTargets>,
+) -> Result<(), EbpfError> {
     for (name, _) in PROGRAMS {
         let program = program_mut(ebpf, name)?;
         program
@@ -70,7 +75,8 @@ pub(super) fn load_programs(ebpf: &mut Ebpf, dir: &Path) -> Result<(), EbpfError
         })?;
     }
     live_tcp::load_and_pin(ebpf, dir)?;
-    super::patterns::load_and_pin(ebpf, dir)
+    super::patterns::load_and_pin(ebpf, dir)?;
+    capture::load_and_pin(ebpf, dir, capture)
 }
 
 /// Takes the map `name` out of the loaded object as the aya handle `T`.

@@ -11,7 +11,8 @@
 //!    the DNS listeners and clients) and `pattern_maps` (the compiled cgroup patterns);
 //! 5. `eviction` (writing into a full host map) and `live_tcp` (the `sock_ops` program);
 //! 6. `attach` (filtering a cgroup) and `pinned_state` (list, status, counters); `patterns`
-//!    (cgroup patterns: the tracepoint programs, classification, attach points);
+//!    (cgroup patterns: the tracepoint programs, classification, attach points); `capture` (the
+//!    DNS capture programs);
 //! 7. `loader` (loading and pinning the object) and `backend` ([`EbpfFirewall`], the
 //!    [`crate::firewall::Firewall`] on all of it).
 
@@ -19,6 +20,7 @@ mod adopt;
 mod attach;
 mod authorizations;
 mod backend;
+mod capture;
 mod denied_events;
 mod eviction;
 mod host_table;
@@ -40,6 +42,7 @@ mod whitelist;
 pub use adopt::{Capacities, open_table};
 pub use attach::{attach_pinned, detach_pinned};
 pub use backend::{EbpfFirewall, EbpfOptions};
+pub use capture::{CaptureTargets, NetnsTarget};
 pub use ipv4_table::HostTable;
 pub use patterns::{
     PatternCoverage, attach_pattern_pinned, classify, coverage, coverage_pinned, scoped_patterns,

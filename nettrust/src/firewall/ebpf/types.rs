@@ -9,6 +9,7 @@ use aya::{
 };
 use nettrust_common::{
     CgroupPath, HostName, HostValue, PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_SOCKOPS,
+    PROGRAMS_CAPTURE,
 };
 
 /// The two `cgroup_skb` programs and their attach types.
@@ -18,8 +19,21 @@ pub(super) const PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
 ];
 
 /// Every program linked to each filtered cgroup (one pinned link per cgroup and program): the two
-/// above and `live_tcp` ([`super::live_tcp`]).
-pub(super) const LINKED: [&str; 3] = [PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_SOCKOPS];
+/// above, `live_tcp` ([`super::live_tcp`]) and, with DNS capture on, the capture programs
+/// ([`super::capture`]).
+pub(super) const LINKED: [&str; 11] = [
+    PROGRAM_EGRESS,
+    PROGRAM_INGRESS,
+    PROGRAM_SOCKOPS,
+    PROGRAMS_CAPTURE[0],
+    PROGRAMS_CAPTURE[1],
+    PROGRAMS_CAPTURE[2],
+    PROGRAMS_CAPTURE[3],
+    PROGRAMS_CAPTURE[4],
+    PROGRAMS_CAPTURE[5],
+    PROGRAMS_CAPTURE[6],
+    PROGRAMS_CAPTURE[7],
+];
 
 /// `HOSTS_V6` (N = 16) from userspace: address → [`HostValue`].
 pub(super) type HostMap<const N: usize> = AyaHashMap<MapData, [u8; N], HostValue>;
