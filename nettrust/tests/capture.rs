@@ -535,3 +535,55 @@ fn ipv6_queries_go_to_the_ipv6_listener() {
     }
     assert_eq!(escapes(&world), 0);
 }
+
+/// Cgroup directories removed on drop, deepest first.
+struct Dirs(Vec<std::path::PathBuf>);
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// With a cgroup pattern the capture programs run at the pattern's literal ancestor, for every
+/// cgroup below it: a cgroup the pattern matches (created after the start) has its query
+/// captured, a sibling it does not match is not filtered and asks the resolver it named, where
+/// nothing serves DNS.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn only_cgroups_a_pattern_matches_are_captured() {
+    let mut world = World::with_backend(Backend::Ebpf);
+    let pods = world.extra_cgroup("pods");
+    let pattern = format!("{}/app-*", pods.display());
+    world.start_daemon(&["--dns-capture", "--cgroup", &pattern]);
+    let dirs = Dirs(vec![pods.join("app-1"), pods.join("other")]);
+    for dir in &dirs.0 {
+        std::fs::create_dir(dir).unwrap();
+    }
+    let (app, other) = (&dirs.0[0], &dirs.0[1]);
+    let captured = ask(
+        world.in_cgroup_at(app, "python3"),
+        "udp",
+        ASKED,
+        53,
+        "a.test",
+    )
+    .expect("the matching cgroup's query answered");
+    assert_eq!(
+        (captured.answers, captured.from.as_str()),
+        (vec![A_TEST.to_owned()], ASKED)
+    );
+    assert_eq!(
+        ask(
+            world.in_cgroup_at(other, "python3"),
+            "udp",
+            ASKED,
+            53,
+            "a.test"
+        ),
+        None,
+        "the sibling no pattern matches was captured"
+    );
+}
