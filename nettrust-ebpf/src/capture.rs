@@ -131,7 +131,10 @@ pub fn dns_peername6(ctx: SockAddrContext) -> i32 {
 }
 
 /// Whether the socket's cgroup is filtered. Every cgroup these programs are attached to is: they
-/// are attached exactly where `egress` is, and only there.
+/// are attached exactly where `egress` is, and only there. These hooks run in the calling
+/// process, so its cgroup and ancestors are `bpf_get_current_cgroup_id` and
+/// `bpf_get_current_ancestor_cgroup_id` (there is no skb here) if the answer comes to depend on
+/// the cgroup.
 #[inline(always)]
 fn filtered(_ctx: &SockAddrContext) -> bool {
     true
