@@ -8,7 +8,9 @@
 //!   and recvmsg).
 //! - `bench datapath` "eBPF + DNS capture, 0 hosts": the TCP and UDP figures of the datapath
 //!   (paired against unfiltered runs) with the capture programs attached, to compare with
-//!   "eBPF, 0 hosts": they run per socket call, not per packet.
+//!   "eBPF, 0 hosts": they run per socket call, not per packet. Then `pairs` TCP runs with
+//!   capture, each next to one without (a daemon restarted each time, which goes first
+//!   alternating): the ratio of the pair, median per run.
 
 use anyhow::Result;
 
@@ -88,5 +90,35 @@ pub(crate) fn datapath(bench: &mut Bench, opts: &Options, report: &mut Report) -
     eprintln!("xtask: datapath: eBPF + DNS capture, 0 hosts");
     crate::bench_datapath::tcp_udp(bench, opts, "eBPF + DNS capture, 0 hosts", report)?;
     bench.check_nettrust()?;
+    let mut ratios = Vec::new();
+    for run in 0..opts.runs {
+        let mut pairs = Vec::new();
+        for p in 0..opts.pairs {
+            let mut order = [true, false];
+            if (run * opts.pairs + p) % 2 == 1 {
+                order.reverse();
+            }
+            let mut gbits = [0.0; 2];
+            for capture in order {
+                let mut args: Vec<String> = vec!["--firewall-backend".into(), "ebpf".into()];
+                if capture {
+                    args.push("--dns-capture".into());
+                }
+                bench.start_nettrust(&args)?;
+                crate::bench_datapath::resolve_target(bench)?;
+                let seconds = opts.pair_seconds.to_string();
+                gbits[usize::from(capture)] =
+                    crate::bench_datapath::tcp_run(bench, false, &seconds)?;
+            }
+            pairs.push(gbits[1] / gbits[0] * 100.0);
+        }
+        ratios.push(crate::bench_report::median(pairs));
+    }
+    report.add(Figure::new(
+        "ratio",
+        "TCP eBPF + DNS capture / eBPF without, 0 hosts, paired",
+        "%",
+        ratios,
+    ));
     bench.stop_nettrust()
 }

@@ -155,7 +155,7 @@ fn iperf_from(bench: &Bench, outside: bool, args: &[&str]) -> Result<serde_json:
 }
 
 /// TCP Gbit/s received in one run.
-fn tcp_run(bench: &Bench, outside: bool, seconds: &str) -> Result<f64> {
+pub(crate) fn tcp_run(bench: &Bench, outside: bool, seconds: &str) -> Result<f64> {
     let json = iperf_from(bench, outside, &["-t", seconds])?;
     let bps = json["end"]["sum_received"]["bits_per_second"]
         .as_f64()

@@ -62,8 +62,8 @@ const EXPECTED: [(&str, usize); 9] = [
     ("datapath", 28),
     // eBPF and nftables 0/10k/1M and eBPF with 10 policies against unfiltered runs at the same
     // moment: TCP and UDP; dns qps (g) / (b) measured next to each other.
-    // ... and eBPF with DNS capture, 0 hosts: TCP and UDP.
-    ("ratio", 17),
+    // ... and eBPF with DNS capture, 0 hosts: TCP and UDP, and TCP against eBPF without capture.
+    ("ratio", 18),
     // (b)..(g): p50 at 1,000 qps minus the upstream's, asked right next to them.
     ("overhead", 6),
     // (b)..(g): the forwarder process's CPU time per answered query during its 1,000 qps run.
