@@ -73,8 +73,8 @@ const EXPECTED: [(&str, usize); 9] = [
     // kernel map memory and daemon RSS, with 0 and with "1M" hosts.
     ("memory", 4),
     // load time and peak RSS of check-config with a big allow-list and blacklist; the daemon on
-    // them: start time and RSS (and their floors), reload time, peak RSS during it, queries answered across it and the
-    // slowest answer.
+    // them: start time and RSS (and their floors), reload time, peak RSS during it, queries
+    // answered across it and the slowest answer.
     ("policy", 10),
     // dns (h): p50 and p99 captured, p50 asking the listener, the paired overhead.
     ("capture", 4),
