@@ -110,6 +110,11 @@ pub const CONFIG_COUNT: u32 = 8;
 pub const MAX_FLOWS: u32 = 65_536;
 /// Capacity of [`MAP_SERVICES`].
 pub const MAX_SERVICES: u32 = 256;
+/// The socket mark (`SO_MARK`) of the daemon's own upstream sockets: a whitelisted service is
+/// open only to packets carrying it, so a filtered process cannot ask the upstream directly,
+/// past the proxy and its policies. The low 16 bits are zero, away from the small marks
+/// routing rules usually match.
+pub const UPSTREAM_MARK: u32 = 0x6e74_0000;
 /// Capacity of [`MAP_BLOCKED_V4`] and [`MAP_BLOCKED_V6`].
 pub const MAX_BLOCKED: u32 = 4_096;
 /// Capacity of [`MAP_DROPS`], [`MAP_ALLOWS`] and [`MAP_CGROUPS`].

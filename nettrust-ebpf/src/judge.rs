@@ -9,7 +9,7 @@ use aya_ebpf::{
 use nettrust_common::{
     FLAG_AUTHORIZED, FLAG_WHITELISTED, GrantKey, HostSlot, LAST_SEEN_GRANULARITY_NS,
     SCOPE_PREFIX_BITS, STAT_ALLOW_HOST, STAT_ALLOW_NET, STAT_DROP, STAT_DROP_EXPIRED,
-    VERDICT_ALLOW, VERDICT_DROP, host_table,
+    UPSTREAM_MARK, VERDICT_ALLOW, VERDICT_DROP, host_table,
 };
 
 use crate::{
@@ -208,6 +208,14 @@ pub fn judge_v6(daddr: [u8; 16], now: u64, scope: u32) -> (u32, i32) {
         });
     }
     judge_network(&NETS_V6, daddr, expired)
+}
+
+/// Whether the packet was sent by one of the daemon's upstream sockets (they carry
+/// `UPSTREAM_MARK`): the only packets a whitelisted service is open to.
+#[inline(always)]
+pub fn from_proxy(ctx: &SkBuffContext) -> bool {
+    // SAFETY: reading a field of the context the kernel handed us.
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.skb.skb).mark) == UPSTREAM_MARK }
 }
 
 /// Whether the packet goes to a whitelisted service (address, port and protocol).

@@ -60,7 +60,7 @@ use crate::{
     counters::{count, count_cgroup, may_log, report_denied},
     flows::{is_outbound, learn_inbound, remember_outbound, reply_to_inbound},
     icmp::{quoted_flow_v4, quoted_flow_v6},
-    judge::{is_service, judge_v4, judge_v6, link_control_v6},
+    judge::{from_proxy, is_service, judge_v4, judge_v6, link_control_v6},
     maps::{ALLOWS, AUDITS, BLOCKED_V4, BLOCKED_V6, CONFIG, DROPS, OUTBOUND},
     parse::{ETH_P_IP_BE, ETH_P_IPV6_BE, Headers, parse_v4, parse_v6, source_routed_v4},
 };
@@ -164,7 +164,7 @@ fn decide_egress<const N: usize>(
     } else {
         judge(now, policy.scope)
     };
-    if verdict == VERDICT_ALLOW || (!routed && is_service(&packet)) {
+    if verdict == VERDICT_ALLOW || (!routed && is_service(&packet) && from_proxy(ctx)) {
         remember_outbound(&flow, now);
         count(if verdict == VERDICT_ALLOW {
             stat

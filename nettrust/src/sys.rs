@@ -17,3 +17,27 @@ pub fn fs_magic(path: &Path) -> io::Result<i64> {
     )]
     Ok(i64::from(stat.f_type))
 }
+
+/// Marks `socket` as one of the daemon's upstream sockets (`SO_MARK` =
+/// [`nettrust_common::UPSTREAM_MARK`]): the firewall opens the upstream servers to these only.
+/// Without `CAP_NET_ADMIN` (a test run as a user) the socket stays unmarked: such a process
+/// enforces nothing, and its upstream is not behind its own firewall.
+pub fn mark_upstream(socket: &impl std::os::fd::AsRawFd) {
+    let mark = nettrust_common::UPSTREAM_MARK;
+    // SAFETY: setsockopt reads `size_of::<u32>()` bytes from a valid u32 on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&raw const mark).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "cannot mark an upstream socket: {}",
+            io::Error::last_os_error()
+        );
+    }
+}

@@ -23,6 +23,7 @@ both_backends!(
     audit_mode_passes_and_reports,
     sighup_narrowing_revokes_at_once,
     tcp_clients_and_a_listener_flood_are_judged_exactly,
+    nobody_but_the_proxy_asks_the_upstream,
 );
 
 /// This file's upstream: a dnsmasq in the internet namespace that logs every query it receives,
@@ -419,6 +420,33 @@ fn a_client_in_another_network_namespace_is_identified() {
     // The grant is alpha's: the default cgroup in the client namespace is not opened.
     assert!(!p.reaches(&p.world.cgroup, "192.0.2.10"));
     assert!(p.reaches(&p.alpha, "192.0.2.10"));
+}
+
+/// The upstream is open to the proxy's own sockets only: a process of a policy (or of the
+/// default policy) asking it directly, past the proxy, gets nothing and the upstream never sees
+/// the question, while the same name asked through the proxy is refused and an allowed one
+/// answered.
+fn nobody_but_the_proxy_asks_the_upstream(backend: Backend) {
+    let p = Policies::start(backend, TWO_POLICIES, "", "127.0.0.1:53");
+    for cgroup in [&p.alpha, &p.world.cgroup] {
+        let (status, _) = dig(
+            p.world.in_cgroup_at(cgroup, "dig"),
+            LOGGING_UPSTREAM,
+            "secret.tunnel.test",
+            "TXT",
+        );
+        assert_eq!(status, "NO ANSWER", "asked the upstream directly");
+    }
+    assert_eq!(p.dig(&p.alpha, "secret.tunnel.test", "TXT").0, "REFUSED");
+    assert_eq!(p.dig(&p.alpha, "a.test", "TXT").0, "NOERROR");
+    p.world
+        .eventually("the upstream logs a.test", Duration::from_secs(5), || {
+            p.upstream_saw("a.test")
+        });
+    assert!(
+        !p.upstream_saw("secret.tunnel.test"),
+        "a question asked past the proxy reached the upstream"
+    );
 }
 
 /// Sends DNS queries for `flood.test` to 127.0.0.1:53 as fast as it can for `argv[1]` seconds,

@@ -24,7 +24,7 @@ use aya::{
 };
 use nettrust_common::{
     CONFIG_DROP_INPUT, FLAG_AUTHORIZED, HostValue, InboundKey, InboundValue, MAP_CONFIG,
-    MAP_HOSTS_V6, MAP_INBOUND,
+    MAP_HOSTS_V6, MAP_INBOUND, UPSTREAM_MARK,
 };
 use world::World;
 
@@ -48,14 +48,21 @@ fn open_program(dir: &Path, name: &str) -> CgroupSkb {
 /// Runs `prog` once on `frame` (Ethernet header + packet) and returns its return value. With
 /// `ifindex`, the skb comes from that device (a `struct __sk_buff` context up to `ifindex`).
 fn test_run(prog: &CgroupSkb, frame: &[u8], ifindex: u32) -> u32 {
+    test_run_marked(prog, frame, ifindex, 0)
+}
+
+/// [`test_run`] of a packet carrying the socket mark `mark`.
+fn test_run_marked(prog: &CgroupSkb, frame: &[u8], ifindex: u32, mark: u32) -> u32 {
     let mut out = vec![0u8; frame.len() + 256];
-    // struct __sk_buff up to and including `ifindex` (offset 40); everything else must be zero.
+    // struct __sk_buff up to and including `ifindex` (offset 40), `mark` at offset 8; everything
+    // else must be zero.
     let mut ctx = [0u8; 44];
+    ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
     ctx[40..].copy_from_slice(&ifindex.to_ne_bytes());
     let result = prog.test_run(TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
-        ctx_in: (ifindex != 0).then_some(&ctx[..]),
+        ctx_in: (ifindex != 0 || mark != 0).then_some(&ctx[..]),
         ..TestRunOptions::default()
     });
     match result {
@@ -1094,10 +1101,26 @@ fn ebpf_link_control_source_routes_upstreams_and_inbound_flows() {
         DROP,
     );
 
-    // The upstream: its DNS port over UDP and TCP, nothing else.
+    // The upstream: its DNS port over UDP and TCP, from the proxy's marked sockets only.
     let up = world::UPSTREAM;
-    case("upstream, UDP 53", out(v4(up, UDP, 53)), ALLOW);
-    case("upstream, TCP 53", out(v4(up, TCP, 53)), ALLOW);
+    let proxy = |frame: Vec<u8>| test_run_marked(&egress, &frame, 0, UPSTREAM_MARK);
+    case(
+        "upstream from the proxy, UDP 53",
+        proxy(v4(up, UDP, 53)),
+        ALLOW,
+    );
+    case(
+        "upstream from the proxy, TCP 53",
+        proxy(v4(up, TCP, 53)),
+        ALLOW,
+    );
+    case(
+        "upstream from the proxy, TCP 443",
+        proxy(v4(up, TCP, 443)),
+        DROP,
+    );
+    case("upstream, UDP 53", out(v4(up, UDP, 53)), DROP);
+    case("upstream, TCP 53", out(v4(up, TCP, 53)), DROP);
     case("upstream, TCP 443", out(v4(up, TCP, 443)), DROP);
     case("upstream, UDP 54", out(v4(up, UDP, 54)), DROP);
     case("upstream, ICMP", out(v4(up, ICMP, 0)), DROP);

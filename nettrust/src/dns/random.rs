@@ -34,7 +34,8 @@ pub(crate) fn pool_slot() -> usize {
     rand::random_range(0..UDP_POOL_SIZE)
 }
 
-/// A non-blocking UDP socket on a kernel-chosen (random) port, connected to `addr`.
+/// A non-blocking UDP socket on a kernel-chosen (random) port, connected to `addr`, marked as
+/// the daemon's upstream socket.
 pub(crate) fn connected_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let local: SocketAddr = if addr.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -42,6 +43,7 @@ pub(crate) fn connected_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let socket = UdpSocket::bind(local)?;
+    crate::sys::mark_upstream(&socket);
     socket.connect(addr)?;
     socket.set_nonblocking(true)?;
     Ok(socket)

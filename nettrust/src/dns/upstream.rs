@@ -24,7 +24,7 @@ use hickory_proto::op::{Message, Query};
 use rustls_pki_types::ServerName;
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, WriteHalf},
-    net::TcpStream,
+    net::TcpSocket,
     sync::oneshot,
     task::AbortHandle,
     time::timeout,
@@ -355,7 +355,15 @@ impl Upstreams {
         *slot = None;
         let addr = server.addr;
         let io = |what| move |source| UpstreamError::Io { addr, what, source };
-        let tcp = TcpStream::connect(addr).await.map_err(io("connect"))?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(io("socket"))?;
+        // Marked before the SYN leaves: the firewall opens the upstream to marked sockets only.
+        crate::sys::mark_upstream(&socket);
+        let tcp = socket.connect(addr).await.map_err(io("connect"))?;
         tcp.set_nodelay(true).map_err(io("set TCP_NODELAY"))?;
         let stream: Box<dyn Stream> = match &self.transport {
             Transport::Udp | Transport::Tcp => Box::new(tcp),

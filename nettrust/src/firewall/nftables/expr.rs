@@ -94,6 +94,11 @@ impl Rule {
         self.meta(16).eq(&[libc::IPPROTO_TCP as u8])
     }
 
+    /// `meta mark MARK` (`NFT_META_MARK` = 3; the mark is a host-endian u32 in the register).
+    pub fn mark(self, mark: u32) -> Self {
+        self.meta(3).eq(&mark.to_ne_bytes())
+    }
+
     /// `meta l4proto PROTO`.
     pub fn l4proto(self, proto: u8) -> Self {
         self.meta(16).eq(&[proto])

@@ -415,7 +415,8 @@ pub(super) fn allow_rules(
     end: &End,
 ) -> Vec<Msg> {
     let mut msgs = Vec::new();
-    // Whitelisted services (the upstream DNS servers): their address, port and transport only.
+    // Whitelisted services (the upstream DNS servers): their address, port and transport, for
+    // the daemon's own upstream sockets only (their mark), so nobody else asks them directly.
     for service in &w.services {
         let addr = netlink::addr_key(service.addr.ip());
         msgs.push(rule_msg(
@@ -425,6 +426,7 @@ pub(super) fn allow_rules(
                 .l4proto(service.transport.proto())
                 .daddr_eq(&addr)
                 .dport(service.addr.port())
+                .mark(nettrust_common::UPSTREAM_MARK)
                 .verdict(expr::ACCEPT),
         ));
     }
