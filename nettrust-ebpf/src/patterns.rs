@@ -9,8 +9,8 @@
 //! hierarchy (root 0) is looked at. A cgroup v2 directory cannot be renamed (the kernel refuses
 //! with EPERM), so a classified cgroup's path never changes.
 //!
-//! The per-byte matcher runs through `bpf_loop`, so the verifier checks its body once whatever
-//! the path's length.
+//! The loop over the patterns and, inside it, the per-byte matcher run through `bpf_loop`, so the
+//! verifier checks each body once whatever the number of patterns and the path's length.
 
 use core::ffi::c_void;
 
@@ -135,17 +135,52 @@ fn classify(ctx: &TracePointContext) -> Option<PolicyRef> {
     if read <= 1 || read >= i64::from(PATTERN_PATH_LEN) {
         return None;
     }
-    let len = (read - 1) as u32;
-    for pattern in 0..MAX_PATTERNS {
-        let masks = PATTERNS.get(pattern)?;
-        if masks.used == 0 {
-            return None;
-        }
-        if matches(pattern, masks, len) {
-            return Some(masks.policy);
-        }
+    let mut search = Search {
+        len: (read - 1) as u32,
+        found: 0,
+    };
+    // SAFETY: `try_pattern` has the callback signature bpf_loop expects; `search` outlives the
+    // call.
+    unsafe {
+        bpf_loop(
+            MAX_PATTERNS,
+            try_pattern as *mut c_void,
+            (&raw mut search).cast::<c_void>(),
+            0,
+        );
     }
-    None
+    let found = search.found.checked_sub(1)?;
+    PATTERNS.get(found).map(|masks| masks.policy)
+}
+
+/// The search through the patterns, passed to each `bpf_loop` step of [`try_pattern`].
+#[repr(C)]
+struct Search {
+    /// Bytes of the path.
+    len: u32,
+    /// The index + 1 of the first matching pattern (0: none yet).
+    found: u32,
+}
+
+/// Pattern `index` over the path of the [`Search`] `ctx`; stops the loop (returns 1) at the
+/// first match or the end of the list. A callback too, so the verifier checks the matcher once
+/// instead of once per pattern.
+#[inline(never)]
+extern "C" fn try_pattern(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `classify` gave it.
+    let search = unsafe { &mut *ctx.cast::<Search>() };
+    let pattern = index as u32;
+    let Some(masks) = PATTERNS.get(pattern) else {
+        return 1;
+    };
+    if masks.used == 0 {
+        return 1;
+    }
+    if matches(pattern, masks, search.len) {
+        search.found = pattern + 1;
+        return 1;
+    }
+    0
 }
 
 /// Runs pattern `pattern` over the first `len` bytes of `PATTERN_PATH`.

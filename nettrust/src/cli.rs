@@ -129,7 +129,8 @@ pub struct ListArgs {
 /// Options of `nettrust attach` and `detach`.
 #[derive(Debug, Clone, Args)]
 pub struct CgroupArgs {
-    /// The cgroup v2 directory.
+    /// The cgroup v2 directory (for `attach`, also a pattern: `*` within a component, `**` any
+    /// depth).
     #[arg(long, value_name = "PATH")]
     pub cgroup: PathBuf,
     /// bpffs directory of the daemon.

@@ -83,7 +83,8 @@ pub fn apply(
         // (or the default policy) is a reload, and so is a changed set of cgroup patterns.
         changed.push("cgroups");
     }
-    let patterns_changed = patterns != current_patterns;
+    // With patterns, every reload classifies again and attaches a recreated attach point.
+    let patterns_changed = patterns != current_patterns || !patterns.is_empty();
     if !changed.is_empty() {
         return Err(ReloadError::NeedsRestart(changed.join(", ")));
     }

@@ -461,3 +461,37 @@ fn a_pattern_below_a_filtered_cgroup_keeps_its_policy() {
     );
     drop(tree);
 }
+
+/// A pattern's attach point removed and created again (dockerd's `docker` cgroup): the removal
+/// is logged as an error; a SIGHUP attaches to the new one and its matching children are
+/// filtered again, its other children not.
+#[test]
+#[ignore = "root: run with cargo xtask test"]
+fn a_recreated_attach_point_is_logged_and_reattached_by_sighup() {
+    let (world, mut tree) = start(&["{root}/docker/*"], &["docker"], &[]);
+    let docker = tree.root.join("docker");
+    tree.rmdir(&docker);
+    world.eventually("the removal logged", Duration::from_secs(3), || {
+        world
+            .daemon_log()
+            .contains("a cgroup pattern's attach point was removed")
+    });
+    tree.mkdir("docker");
+    world.signal_daemon(libc::SIGHUP);
+    world.eventually("the reload", Duration::from_secs(5), || {
+        world.daemon_log().contains("configuration reloaded")
+    });
+    let container = tree.mkdir("docker/c1");
+    assert!(
+        !send_from(&world, &container, UNAUTHORIZED),
+        "a container below the recreated attach point"
+    );
+    let sibling = tree.mkdir("other");
+    assert!(send_from(&world, &sibling, UNAUTHORIZED), "a sibling");
+    world.eventually(
+        "the sibling's datagram counted",
+        Duration::from_secs(2),
+        || world.arrivals() >= 1,
+    );
+    assert_eq!(world.arrivals(), 1);
+}

@@ -89,6 +89,8 @@ pub struct CgroupPattern {
     mount: PathBuf,
     /// Its components below the mount.
     parts: Vec<Part>,
+    /// Its compiled matcher (default policy), for matching in userspace.
+    compiled: (PatternMasks, Vec<PatternBits>),
 }
 
 /// One matcher token.
@@ -153,10 +155,11 @@ impl CgroupPattern {
                 max,
             });
         }
-        let pattern = Self {
+        let mut pattern = Self {
             text,
             mount: mount.to_owned(),
             parts,
+            compiled: (PatternMasks::default(), Vec::new()),
         };
         let tokens = pattern.tokens().len();
         if tokens > MAX_PATTERN_TOKENS {
@@ -166,6 +169,7 @@ impl CgroupPattern {
                 max: MAX_PATTERN_TOKENS,
             });
         }
+        pattern.compiled = pattern.compile(PolicyRef::default());
         Ok(pattern)
     }
 
@@ -269,8 +273,8 @@ impl CgroupPattern {
     /// Whether the cgroup at `relative` (its path below the v2 mount, `/a/b`) matches, by the
     /// same matcher the kernel runs.
     pub fn matches_relative(&self, relative: &str) -> bool {
-        let (masks, lit) = self.compile(PolicyRef::default());
-        run_matcher(&masks, &lit, relative.as_bytes())
+        let (masks, lit) = &self.compiled;
+        run_matcher(masks, lit, relative.as_bytes())
     }
 
     /// Whether the cgroup at the absolute `path` matches.

@@ -241,8 +241,17 @@ pub fn detach_pinned(dir: &Path, path: &Path) -> Result<bool, EbpfError> {
 /// Watches the configured `cgroups` every [`CGROUP_WATCH_INTERVAL`]: one removed while attached
 /// (its processes are gone, e.g. a stopped service) is logged as an error and its links and
 /// `CGROUPS` entry are dropped; one created again at the same path (the service restarts) is
-/// filtered again at once, without a restart of the daemon.
+/// filtered again at once, without a restart of the daemon. A pattern's attach point removed is
+/// logged as an error (see [`watch_attach_point`]).
 pub(super) async fn watch_cgroups(dir: PathBuf, cgroups: Vec<PathBuf>) {
+    let mut points: Vec<(PathBuf, Option<u64>)> = attach_targets(&cgroups)
+        .into_iter()
+        .filter(|p| !cgroups.contains(p))
+        .map(|path| {
+            let id = pins::cgroup_id(&path).ok();
+            (path, id)
+        })
+        .collect();
     let mut known: Vec<(PathBuf, Option<u64>)> = cgroups
         .into_iter()
         .filter(|c| !is_pattern(c))
@@ -258,7 +267,27 @@ pub(super) async fn watch_cgroups(dir: PathBuf, cgroups: Vec<PathBuf>) {
         for (path, id) in &mut known {
             *id = watch_cgroup(&dir, path, *id);
         }
+        for (path, id) in &mut points {
+            watch_attach_point(path, id);
+        }
     }
+}
+
+/// One check of a pattern's attach point whose id was `known`: one removed takes its links with
+/// it, so the cgroups a pattern matches below its successor are not filtered until the next
+/// reload (SIGHUP) or start attaches again; said loudly, once per change.
+fn watch_attach_point(path: &Path, known: &mut Option<u64>) {
+    let now = pins::cgroup_id(path).ok();
+    if now == *known {
+        return;
+    }
+    if known.is_some() {
+        tracing::error!(
+            cgroup = %path.display(),
+            "[Firewall Error] a cgroup pattern's attach point was removed: cgroups created below it again are not filtered until nettrust is reloaded (SIGHUP) or restarted"
+        );
+    }
+    *known = now;
 }
 
 /// One check of a configured cgroup whose id was `known` (None: absent at the last check);

@@ -21,13 +21,17 @@ use super::{
     types::{EbpfError, map_error},
 };
 
+/// One compiled pattern: its masks and the literal mask of each byte value.
+pub type Compiled = (PatternMasks, Vec<PatternBits>);
+
 /// The pattern maps, opened from their pins.
 pub struct PatternMaps {
     masks: Array<MapData, PatternMasks>,
     lit: Array<MapData, PatternBits>,
     text: Array<MapData, CgroupPath>,
-    /// The patterns last written (an unchanged set is not rewritten).
-    written: Mutex<Vec<(PatternMasks, Vec<PatternBits>)>>,
+    /// The patterns last written (an unchanged set is not rewritten); `None` until this run
+    /// wrote them (adopted maps may hold another run's).
+    written: Mutex<Option<Vec<Compiled>>>,
     /// Serializes the writers.
     write: Mutex<()>,
     /// Whether this run attached the cgroup tracepoint programs.
@@ -41,7 +45,7 @@ impl PatternMaps {
             masks: open_pinned(pin_dir, MAP_PATTERNS, Map::Array)?,
             lit: open_pinned(pin_dir, MAP_PATTERN_LIT, Map::Array)?,
             text: open_pinned(pin_dir, MAP_PATTERN_TEXT, Map::Array)?,
-            written: Mutex::new(Vec::new()),
+            written: Mutex::new(None),
             write: Mutex::new(()),
             tracepoints: AtomicBool::new(false),
         })
@@ -101,7 +105,7 @@ impl PatternMaps {
         };
         syscalls::update(text_fd, &index, &value, BPF_ANY)
             .map_err(|e| map_error(MAP_PATTERN_TEXT, "cannot write a pattern", e))?;
-        self.written.lock().expect("poisoned").clear();
+        *self.written.lock().expect("poisoned") = None;
         Ok(index)
     }
 
@@ -132,7 +136,7 @@ impl PatternMaps {
         }
         let _write = self.write.lock().expect("pattern maps lock poisoned");
         let mut written = self.written.lock().expect("poisoned");
-        if *written == compiled {
+        if written.as_deref() == Some(compiled) {
             return Ok(());
         }
         let (masks_fd, lit_fd) = (syscalls::fd_of(&self.masks), syscalls::fd_of(&self.lit));
@@ -152,7 +156,7 @@ impl PatternMaps {
         for (index, (masks, _)) in (0u32..).zip(compiled) {
             syscalls::update(masks_fd, &index, masks, BPF_ANY).map_err(err)?;
         }
-        *written = compiled.to_vec();
+        *written = Some(compiled.to_vec());
         let text_fd = syscalls::fd_of(&self.text);
         for index in 0..MAX_PATTERNS {
             let text = texts.get(index as usize).map_or("", String::as_str);

@@ -1,6 +1,6 @@
 //! Cgroup patterns in the eBPF backend: the `cgroup_mkdir`/`rmdir` tracepoint programs (loaded
-//! and pinned with the others, attached through pinned links once per run, with or without
-//! patterns), the compiled patterns written for them, and the classification of the cgroups
+//! and pinned with the others, attached through pinned links once per run while patterns are
+//! configured), the compiled patterns written for them, and the classification of the cgroups
 //! that already exist: one walk of each attach point's subtree, after the tracepoints are
 //! attached (so a cgroup created meanwhile is classified by one or the other, or both alike).
 //!
@@ -103,6 +103,17 @@ fn attach_tracepoints(dir: &Path) -> Result<(), EbpfError> {
     Ok(())
 }
 
+/// Detaches the tracepoint programs (no pattern configured).
+fn detach_tracepoints(dir: &Path) {
+    for name in TRACEPOINTS {
+        let pin = tracepoint_link_pin(dir, name);
+        if pin.exists() {
+            pins::detach_link(&pin);
+            let _ = std::fs::remove_file(pin);
+        }
+    }
+}
+
 /// The configured patterns of `scopes`, parsed, with their policies, in configuration order.
 pub fn scoped_patterns(
     scopes: &Scopes,
@@ -155,16 +166,25 @@ pub(super) fn set_policies(
         .collect();
     let texts: Vec<String> = patterns.iter().map(|(p, _)| p.text().to_owned()).collect();
     maps.patterns.write_patterns(&compiled, &texts)?;
-    // Attached once per run (at start, while the daemon may still open tracepoints), with or
-    // without patterns, so a reload can add patterns; without patterns a failure is harmless.
-    if !maps.patterns.tracepoints_attached() {
-        match attach_tracepoints(&dir) {
-            Ok(()) => maps.patterns.set_tracepoints_attached(),
-            Err(e) if !has_patterns => {
-                tracing::debug!("cgroup tracepoints not attached (no pattern needs them): {e}");
-            }
-            Err(e) => return Err(e),
-        }
+    // Attached once per run, when patterns first need them: at start (while the daemon may
+    // still open tracepoints), or by a reload that adds the first pattern, which then fails
+    // without that privilege (attaching costs every start about 70 ms under load, so a daemon
+    // without patterns does not pay it).
+    if has_patterns && !maps.patterns.tracepoints_attached() {
+        attach_tracepoints(&dir).map_err(|e| {
+            map_error(
+                MAP_POLICY_OF,
+                format!(
+                    "cannot attach the cgroup tracepoints the patterns need (a reload adding the first pattern needs a restart): {}",
+                    crate::error_chain(&e)
+                ),
+                io::Error::from(io::ErrorKind::PermissionDenied),
+            )
+        })?;
+        maps.patterns.set_tracepoints_attached();
+    } else if !has_patterns && !maps.patterns.tracepoints_attached() {
+        // A previous run's links serve nothing now (the tables were just emptied).
+        detach_tracepoints(&dir);
     }
     let before = maps.pattern_entry_ids()?;
     let literals: Vec<&Path> = scopes
