@@ -14,9 +14,9 @@
 //! The programs run once per system call, in the calling process, before any packet exists: the
 //! `egress` program then judges the rewritten packet (a listener, whitelisted) and records the
 //! client's source for its policy exactly as for a direct query. An IPv4 destination written in
-//! an IPv6 socket (IPv4-mapped) goes to the IPv4 listener. Not captured: a destination that is
-//! one of the proxy's upstream servers (`SERVICES`), so the proxy's own queries never loop back
-//! to it; a namespace without a listener of the family; anything that is not port 53 (DoT, DoH
+//! an IPv6 socket (IPv4-mapped) goes to the IPv4 listener. Not captured: the proxy's own upstream
+//! sockets (`UPSTREAM_MARK`), so its queries never loop back to it; a namespace without a
+//! listener of the family; anything that is not port 53 (DoT, DoH
 //! and other ports stay subject to `egress` alone). Every program lets the call proceed (1):
 //! capture rewrites, it never refuses.
 
@@ -31,10 +31,8 @@ use aya_ebpf::{
 use core::ptr::{read_volatile, write_volatile};
 use nettrust_common::{
     CAPTURE_OTHER_NETNS, CAPTURE_PORT, CAPTURE_V4, CAPTURE_V6, CaptureTarget, CapturedDest,
-    MAX_CAPTURE_TARGETS, MAX_CAPTURED,
+    MAX_CAPTURE_TARGETS, MAX_CAPTURED, UPSTREAM_MARK,
 };
-
-use crate::{maps::SERVICES, parse::endpoint_key};
 
 /// Network namespace cookie → where its queries go (`nettrust_common::MAP_CAPTURE_TARGETS`).
 #[map(name = "CAPTURE_TARGETS")]
@@ -167,17 +165,16 @@ fn target(ctx: &SockAddrContext) -> Option<CaptureTarget> {
     }
 }
 
-/// Whether `addr` port 53 over the socket's protocol is one of the proxy's upstream servers.
+/// Whether the calling socket is one of the proxy's own upstream sockets (marked
+/// `UPSTREAM_MARK` before they connect): their queries go where they are sent, so the proxy never
+/// asks itself, even inside a filtered cgroup. Anybody else's query is captured, also one to the
+/// upstream's own address.
 #[inline(always)]
-fn is_upstream<const N: usize>(sa: *mut bpf_sock_addr, addr: &[u8; N]) -> bool {
-    // SAFETY: `protocol` is readable in every hook.
-    let proto = unsafe { read_volatile(&raw const (*sa).protocol) } as u8;
-    // SAFETY: only checked for presence.
-    unsafe {
-        SERVICES
-            .get(endpoint_key(addr, CAPTURE_PORT, proto))
-            .is_some()
-    }
+fn from_proxy(sa: *mut bpf_sock_addr) -> bool {
+    // SAFETY: `sk` is the socket of the call, readable in every hook.
+    let sk = unsafe { read_volatile(&raw const (*sa).__bindgen_anon_1.sk) };
+    // SAFETY: `mark` is a field of the socket the verifier lets these hooks read.
+    !sk.is_null() && unsafe { read_volatile(&raw const (*sk).mark) } == UPSTREAM_MARK
 }
 
 /// Remembers that the socket asked `asked` port 53 and was sent to `target` port `target_port`.
@@ -200,14 +197,11 @@ fn remember(ctx: &SockAddrContext, asked: [u32; 4], target: [u32; 4], target_por
 #[inline(always)]
 fn redirect_v4(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
-    if port(sa) != CAPTURE_PORT || !filtered(ctx) {
+    if port(sa) != CAPTURE_PORT || from_proxy(sa) || !filtered(ctx) {
         return;
     }
     // SAFETY: `user_ip4` is readable in the IPv4 hooks.
     let asked = unsafe { read_volatile(&raw const (*sa).user_ip4) };
-    if is_upstream(sa, &asked.to_ne_bytes()) {
-        return;
-    }
     let Some(target) = target(ctx).filter(|t| t.flags & CAPTURE_V4 != 0) else {
         return;
     };
@@ -252,27 +246,11 @@ fn set_ip6(sa: *mut bpf_sock_addr, w: [u32; 4]) {
 #[inline(always)]
 fn redirect_v6(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
-    if port(sa) != CAPTURE_PORT || !filtered(ctx) {
+    if port(sa) != CAPTURE_PORT || from_proxy(sa) || !filtered(ctx) {
         return;
     }
     let asked = ip6(sa);
     let mapped = asked[0] == 0 && asked[1] == 0 && asked[2] == MAPPED;
-    let upstream = if mapped {
-        is_upstream(sa, &asked[3].to_ne_bytes())
-    } else {
-        let b = |w: u32| w.to_ne_bytes();
-        let (x, y, z, v) = (b(asked[0]), b(asked[1]), b(asked[2]), b(asked[3]));
-        is_upstream(
-            sa,
-            &[
-                x[0], x[1], x[2], x[3], y[0], y[1], y[2], y[3], z[0], z[1], z[2], z[3], v[0], v[1],
-                v[2], v[3],
-            ],
-        )
-    };
-    if upstream {
-        return;
-    }
     let Some(target) = target(ctx) else {
         return;
     };

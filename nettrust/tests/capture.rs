@@ -587,3 +587,36 @@ fn only_cgroups_a_pattern_matches_are_captured() {
         "the sibling no pattern matches was captured"
     );
 }
+
+/// A filtered process asking nettrust's own upstream by its address (a host whose resolv.conf
+/// names the same server, a cluster's DNS service) is captured like any other: answered by the
+/// proxy and judged by its policy, never sent past it. Only the proxy's own (marked) sockets go
+/// to the upstream.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn queries_to_the_upstreams_own_address_are_captured() {
+    let mut world = World::with_backend(Backend::Ebpf);
+    let strict = world.extra_cgroup("strict");
+    let config = world.dir.path().join("nettrust.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "dns_capture = true\n[[policy]]\nname = \"strict\"\ncgroups = [\"{}\"]\nallow_domains = [\"a.test\"]\n",
+            strict.display()
+        ),
+    )
+    .unwrap();
+    world.start_daemon(&["--config", &config.to_string_lossy()]);
+    for mode in ["udp", "tcp"] {
+        let in_strict = world.in_cgroup_at(&strict, "python3");
+        let refused = ask(in_strict, mode, UPSTREAM, 53, "b.test").expect("b.test answered");
+        assert_eq!(
+            (refused.rcode, refused.from.as_str()),
+            (5, UPSTREAM),
+            "{mode}: the policy's refusal, seemingly from the upstream"
+        );
+        let allowed = ask(python_in_cgroup(&world), mode, UPSTREAM, 53, "b.test")
+            .expect("b.test answered for the default policy");
+        assert_eq!(allowed.answers, ["192.0.2.11"], "{mode}");
+    }
+}
