@@ -491,14 +491,13 @@ fn exit_matrix(backend: Backend) {
         .args(["+short", "a.test", "A"])
         .output()
         .expect("start dig");
-    assert_eq!(
-        String::from_utf8_lossy(&dns.stdout),
-        "192.0.2.10\n",
-        "the whitelisted upstream stays allowed on its DNS port"
+    assert!(
+        !String::from_utf8_lossy(&dns.stdout).contains("192.0.2.10"),
+        "the upstream stays the proxy's alone: the cgroup asked it directly: {dns:?}"
     );
     assert!(
         !world.reachable_from_cgroup(world::UPSTREAM),
-        "and on nothing else"
+        "nor on any other port"
     );
     assert!(stdout(&world.nettrust(&["list"])).trim().is_empty());
 
