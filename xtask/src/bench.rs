@@ -151,9 +151,17 @@ impl Bench {
     /// the internet end's own.
     fn new(binary: &Path) -> Result<Self> {
         let target = format!("addr add {TARGET_V4}/24 dev {{dev}}");
+        let mut lab = Lab::new("bench", "b", &[&target], binary)?;
+        // The dns figures pair each forwarder with dnsperf asking the upstream directly from the
+        // same cgroup; nettrust opens the upstream to its own sockets only, so the bench
+        // whitelists it (one host entry) for that floor.
+        lab.env.push((
+            "NET_TRUST_WHITELIST_HOSTS_UPSTREAM".to_owned(),
+            crate::netns::UPSTREAM.to_owned(),
+        ));
         Ok(Self {
             forwarder: None,
-            lab: Lab::new("bench", "b", &[&target], binary)?,
+            lab,
         })
     }
 

@@ -89,6 +89,11 @@ pub fn run(bench: &mut Bench, opts: &Options, report: &mut Report) -> Result<()>
             figures.start_s,
         ),
         (
+            "daemon start until it answers, floor: a one-pattern policy, no blacklist".to_owned(),
+            "s",
+            figures.floor_s,
+        ),
+        (
             format!("daemon RSS after start, {size} ({target_mb})"),
             "MB",
             figures.rss_mb,

@@ -48,6 +48,8 @@ pub(crate) struct Lab {
     /// The daemon's `RUST_LOG` (per-answer logs are info level; a load test measures the proxy,
     /// not the terminal, so the default is `warn`).
     pub(crate) log_filter: &'static str,
+    /// More environment of the daemon (`NET_TRUST_*` variables).
+    pub(crate) env: Vec<(String, String)>,
     /// Declared last: dropped after the processes are gone.
     pub(crate) net: Net,
 }
@@ -79,6 +81,7 @@ impl Lab {
             children: Vec::new(),
             nettrust: None,
             log_filter: "warn",
+            env: Vec::new(),
             net,
         })
     }
@@ -159,6 +162,7 @@ impl Lab {
             .arg(&self.net.bpffs_dir)
             .args(extra)
             .env("RUST_LOG", self.log_filter)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(fs::File::create(self.dir.join("nettrust.log"))?)
             .spawn()
