@@ -536,17 +536,6 @@ fn ipv6_queries_go_to_the_ipv6_listener() {
     assert_eq!(escapes(&world), 0);
 }
 
-/// Cgroup directories removed on drop, deepest first.
-struct Dirs(Vec<std::path::PathBuf>);
-
-impl Drop for Dirs {
-    fn drop(&mut self) {
-        for dir in self.0.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
 /// With a cgroup pattern the capture programs run at the pattern's literal ancestor, for every
 /// cgroup below it: a cgroup the pattern matches (created after the start) has its query
 /// captured, a sibling it does not match is not filtered and asks the resolver it named, where
@@ -558,7 +547,7 @@ fn only_cgroups_a_pattern_matches_are_captured() {
     let pods = world.extra_cgroup("pods");
     let pattern = format!("{}/app-*", pods.display());
     world.start_daemon(&["--dns-capture", "--cgroup", &pattern]);
-    let dirs = Dirs(vec![pods.join("app-1"), pods.join("other")]);
+    let dirs = world::CgroupDirs(vec![pods.join("app-1"), pods.join("other")]);
     for dir in &dirs.0 {
         std::fs::create_dir(dir).unwrap();
     }

@@ -541,17 +541,6 @@ fn tcp_clients_and_a_listener_flood_are_judged_exactly(backend: Backend) {
     );
 }
 
-/// Nested cgroup directories under `base`, removed deepest first on drop.
-struct Nested(Vec<PathBuf>);
-
-impl Drop for Nested {
-    fn drop(&mut self) {
-        for dir in self.0.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
 /// A policy on a cgroup deeper than the egress program looks for listed ancestors would
 /// silently take a shallower cgroup's policy: the start is refused, naming the cgroup.
 #[test]
@@ -559,7 +548,7 @@ impl Drop for Nested {
 fn a_policy_cgroup_deeper_than_the_program_looks_is_refused() {
     let mut world = World::with_backend(Backend::Ebpf);
     let base = world.extra_cgroup("deep");
-    let mut nested = Nested(Vec::new());
+    let mut nested = world::CgroupDirs(Vec::new());
     let mut dir = base.clone();
     for i in 0..16 {
         dir = dir.join(format!("l{i}"));

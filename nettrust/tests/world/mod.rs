@@ -810,3 +810,14 @@ pub fn threads(pid: u32) -> Vec<Thread> {
         })
         .collect()
 }
+
+/// Cgroup directories a test created, removed on drop (also on failure), deepest first.
+pub struct CgroupDirs(pub Vec<std::path::PathBuf>);
+
+impl Drop for CgroupDirs {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
