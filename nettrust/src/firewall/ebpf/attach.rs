@@ -20,7 +20,7 @@ use crate::cgroup::patterns::{CgroupPattern, is_pattern};
 
 use super::{
     adopt::open_pinned,
-    capture, live_tcp, pins,
+    live_tcp, pins, sock_addr,
     types::{CgroupMap, EbpfError, LINKED, PROGRAMS, cgroup_error, map_error, program_error},
 };
 
@@ -82,7 +82,7 @@ pub(super) fn attach_cgroup(
         attach_one(program, name, attach_type, &cgroup, dir, path, id)?;
     }
     live_tcp::attach(ebpf, &cgroup, dir, path, id)?;
-    capture::attach(ebpf, &cgroup, dir, path, id)?;
+    sock_addr::attach(ebpf, &cgroup, dir, path, id)?;
     record_cgroup(cgroup_map, dir, id, path)?;
     Ok(id)
 }
@@ -208,7 +208,7 @@ pub fn attach_pinned(dir: &Path, path: &Path) -> Result<(), EbpfError> {
         attach_one(&mut program, name, attach_type, &cgroup, dir, path, id)?;
     }
     live_tcp::attach_pinned(&cgroup, dir, path, id)?;
-    capture::attach_pinned(&cgroup, dir, path, id)?;
+    sock_addr::attach_pinned(&cgroup, dir, path, id)?;
     record_cgroup(&mut cgroup_map, dir, id, path)
 }
 
