@@ -12,6 +12,7 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_skb_ancestor_cgroup_id,
+        bpf_skb_cgroup_id,
     },
     programs::SkBuffContext,
 };
@@ -21,7 +22,7 @@ use nettrust_common::{
 };
 
 use crate::{
-    maps::{CLIENTS, CONFIG, LISTENERS, POLICY_OF, SCOPES},
+    maps::{CLIENTS, CONFIG, LISTENERS, POLICY_OF, SCOPES, UNCLASSIFIED},
     parse::{Headers, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FLAGS_OFFSET, TCP_SYN, endpoint_key},
 };
 
@@ -81,7 +82,8 @@ pub fn resolve(ctx: &SkBuffContext, cgroup_id: u64, generation: u32) -> PolicyRe
 
 /// The `POLICY_OF` entry of the deepest listed ancestor-or-self of the packet's cgroup (levels 0
 /// to `MAX_CGROUP_DEPTH` - 1; `bpf_skb_ancestor_cgroup_id` returns 0 past the cgroup's own
-/// level), or the default policy when none is listed, as one word (scope, flags << 32). A BPF
+/// level; a deeper or unclassifiable cgroup as [`settle`] says), or the default policy when none
+/// is listed, as one word (scope, flags << 32). A BPF
 /// subprogram, not inlined: one copy of the walk for both families, out of the way of the
 /// per-packet path. It calls helpers only, so its small frame is the only one added to the
 /// caller's in the kernel's 512-byte combined stack limit (the caller's frame is 456 bytes with
@@ -100,7 +102,62 @@ fn walk(skb: *mut __sk_buff) -> u64 {
             found = *policy;
         }
     }
-    u64::from(found.scope) | (u64::from(found.flags) << 32)
+    settle(
+        pack(found),
+        // SAFETY: the context's skb pointer is valid for the whole program run.
+        |level| unsafe { bpf_skb_ancestor_cgroup_id(skb, level) },
+        // SAFETY: as above.
+        || unsafe { bpf_skb_cgroup_id(skb) },
+        pack(opaque_default(skb)),
+    )
+}
+
+/// A policy as the one word a walk returns: scope, flags << 32.
+#[inline(always)]
+fn pack(policy: PolicyRef) -> u64 {
+    u64::from(policy.scope) | (u64::from(policy.flags) << 32)
+}
+
+/// The walk's answer `packed` where the walk could not see everything, failing closed: for a
+/// cgroup deeper than the walk looks (`ancestor(MAX_CGROUP_DEPTH)` ≠ 0), its own `POLICY_OF`
+/// entry (`own()`: a cgroup a pattern matched at any depth); then, if that leaves it below a
+/// pattern's attach point unmatched (`POLICY_UNFILTERED`) while it is that deep (a deeper matched
+/// ancestor cannot be seen) or it or an ancestor is in `UNCLASSIFIED` (its path could not be
+/// matched), the default policy (`default`) instead of passing. A separate subprogram after the
+/// walk's loop, so its tests never split the loop's verifier states.
+#[inline(never)]
+fn settle(packed: u64, ancestor: impl Fn(i32) -> u64, own: impl Fn() -> u64, default: u64) -> u64 {
+    let deep = ancestor(MAX_CGROUP_DEPTH as i32) != 0;
+    if deep {
+        // SAFETY: plain data, copied out at once.
+        if let Some(policy) = unsafe { POLICY_OF.get(own()) } {
+            return pack(*policy);
+        }
+    }
+    if (packed >> 32) as u32 & POLICY_UNFILTERED == 0 {
+        return packed;
+    }
+    if deep || unclassified(&ancestor) {
+        return default;
+    }
+    packed
+}
+
+/// Whether the cgroup or one of its ancestors (levels 0 to `MAX_CGROUP_DEPTH` - 1) is in
+/// `UNCLASSIFIED`.
+#[inline(always)]
+fn unclassified(ancestor: &impl Fn(i32) -> u64) -> bool {
+    for level in 0..MAX_CGROUP_DEPTH {
+        let id = ancestor(level as i32);
+        if id == 0 {
+            return false;
+        }
+        // SAFETY: only checked for presence.
+        if unsafe { UNCLASSIFIED.get(id) }.is_some() {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether `policy` is that of a cgroup the programs run for without filtering it (below a
@@ -162,7 +219,14 @@ fn walk_current() -> u64 {
             found = *policy;
         }
     }
-    u64::from(found.scope) | (u64::from(found.flags) << 32)
+    settle(
+        pack(found),
+        // SAFETY: helper without preconditions.
+        |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) },
+        // SAFETY: as above.
+        || unsafe { bpf_get_current_cgroup_id() },
+        0,
+    )
 }
 
 /// Records in `CLIENTS` who sent a packet to one of the proxy's listeners (a UDP datagram, or a
