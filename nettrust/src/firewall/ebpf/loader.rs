@@ -62,14 +62,7 @@ pub(super) fn load_programs(
         program
             .load()
             .map_err(|source| program_error(format!("{name} rejected by the kernel"), source))?;
-        let pin = pins::program_pin(dir, name);
-        pins::replace_pin(&pin, |tmp| {
-            program.pin(tmp).map_err(|e| crate::error_chain(&e))
-        })
-        .map_err(|what| EbpfError::LinkPin {
-            cgroup: pin.clone(),
-            what,
-        })?;
+        pins::pin_program(dir, name, |tmp| program.pin(tmp))?;
     }
     live_tcp::load_and_pin(ebpf, dir)?;
     super::patterns::load_and_pin(ebpf, dir)?;

@@ -64,11 +64,7 @@ pub(super) fn load_and_pin(ebpf: &mut Ebpf, dir: &Path) -> Result<(), EbpfError>
         program
             .load()
             .map_err(|source| program_error(format!("{name} rejected by the kernel"), source))?;
-        let pin = program_pin(dir, name);
-        pins::replace_pin(&pin, |tmp| {
-            program.pin(tmp).map_err(|e| crate::error_chain(&e))
-        })
-        .map_err(|what| EbpfError::LinkPin { cgroup: pin, what })?;
+        pins::pin_program(dir, name, |tmp| program.pin(tmp))?;
     }
     Ok(())
 }

@@ -69,11 +69,7 @@ pub(super) fn load_and_pin(
         program.load().map_err(|source| {
             program_error(format!("{} rejected by the kernel", p.name), source)
         })?;
-        let pin = pins::program_pin(dir, p.name);
-        pins::replace_pin(&pin, |tmp| {
-            program.pin(tmp).map_err(|e| crate::error_chain(&e))
-        })
-        .map_err(|what| EbpfError::LinkPin { cgroup: pin, what })?;
+        pins::pin_program(dir, p.name, |tmp| program.pin(tmp))?;
     }
     Ok(())
 }
@@ -148,22 +144,14 @@ fn attach_one(
     path: &Path,
     id: u64,
 ) -> Result<(), EbpfError> {
-    // A bpf_link coexists with other programs on the cgroup, like the `cgroup_skb` links; the
-    // kernel runs them all, each seeing the address the previous one wrote, and refuses the call
-    // when any of them does.
-    let link_id = program
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(|source| {
-            program_error(
-                format!("{name}: cannot attach to {}", path.display()),
-                source,
-            )
-        })?;
-    let link = program.take_link(link_id).map_err(|source| {
-        program_error(
-            format!("{name}: cannot take the link of {}", path.display()),
-            source,
-        )
-    })?;
-    pins::pin_link(link, dir, name, id, path)
+    // The kernel runs every program linked to the cgroup, each seeing the address the previous
+    // one wrote, and refuses the call when any of them does.
+    pins::link_cgroup(dir, name, id, path, || {
+        let link_id = program
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(|e| ("attach to", e))?;
+        program
+            .take_link(link_id)
+            .map_err(|e| ("take the link of", e))
+    })
 }
