@@ -30,6 +30,15 @@ pub(super) fn upsert<const N: usize>(
     key: [u8; N],
     expires_ns: u64,
 ) -> io::Result<Authorization> {
+    upsert_deadline(map, key, expires_ns).map(|(authorization, _)| authorization)
+}
+
+/// [`upsert`], also returning the deadline the entry holds afterwards (0 = never).
+pub(super) fn upsert_deadline<const N: usize>(
+    map: &impl HostStore<N>,
+    key: [u8; N],
+    expires_ns: u64,
+) -> io::Result<(Authorization, u64)> {
     let fresh = HostValue {
         expires_ns,
         flags: FLAG_AUTHORIZED,
@@ -39,7 +48,7 @@ pub(super) fn upsert<const N: usize>(
     // is written only if absent, so a concurrent answer for it is not overwritten blindly.
     let Some(old) = map.get(key)? else {
         return match map.put(key, &fresh, true) {
-            Ok(()) => Ok(Authorization::New),
+            Ok(()) => Ok((Authorization::New, expires_ns)),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => renew(map, key, expires_ns),
             Err(e) => Err(e),
         };
@@ -52,7 +61,7 @@ fn renew<const N: usize>(
     map: &impl HostStore<N>,
     key: [u8; N],
     expires_ns: u64,
-) -> io::Result<Authorization> {
+) -> io::Result<(Authorization, u64)> {
     match map.get(key)? {
         Some(old) => renew_from(map, key, old, expires_ns),
         // Gone again between the two calls: write it afresh.
@@ -63,7 +72,7 @@ fn renew<const N: usize>(
                 ..HostValue::default()
             };
             map.put(key, &fresh, false)?;
-            Ok(Authorization::New)
+            Ok((Authorization::New, expires_ns))
         }
     }
 }
@@ -75,9 +84,9 @@ fn renew_from<const N: usize>(
     key: [u8; N],
     old: HostValue,
     expires_ns: u64,
-) -> io::Result<Authorization> {
+) -> io::Result<(Authorization, u64)> {
     if old.flags & FLAG_WHITELISTED != 0 {
-        return Ok(Authorization::Already);
+        return Ok((Authorization::Already, old.expires_ns));
     }
     let live = old.is_live(boottime_ns());
     let reaches = match (old.expires_ns, expires_ns) {
@@ -85,6 +94,7 @@ fn renew_from<const N: usize>(
         (_, 0) => false,
         (old, new) => old >= new.saturating_sub(RENEW_SLACK_NS),
     };
+    let mut deadline = old.expires_ns;
     if old.flags & FLAG_AUTHORIZED == 0 || !reaches {
         let renewed = HostValue {
             expires_ns,
@@ -93,12 +103,14 @@ fn renew_from<const N: usize>(
             _pad: 0,
         };
         map.put(key, &renewed, false)?;
+        deadline = expires_ns;
     }
-    Ok(if live {
+    let authorization = if live {
         Authorization::Already
     } else {
         Authorization::New
-    })
+    };
+    Ok((authorization, deadline))
 }
 
 /// Moves the deadline of `key` from `seen` to `new` unless it changed meanwhile (or the host is

@@ -24,6 +24,7 @@ mod backend;
 mod capture;
 mod denied_events;
 mod eviction;
+mod grant_memo;
 mod host_table;
 mod ipv4_table;
 mod live_tcp;

@@ -19,7 +19,9 @@ use super::{
     syscalls::{BPF_ANY, BPF_NOEXIST},
     types::{EbpfError, map_error},
 };
-use crate::firewall::{Authorization, AuthorizedHost, Grant, HostState, Scope, Scopes};
+use crate::firewall::{
+    Authorization, AuthorizedHost, Grant, HostState, Scope, Scopes, boottime_ns,
+};
 
 /// Writes `scopes` into the policy maps: the policies' names, the proxy's listeners, then each
 /// listed cgroup's scope (by cgroup id, its directory's inode) and the policies' networks under a
@@ -113,17 +115,25 @@ fn addr_of(key: [u8; 16]) -> IpAddr {
     Ipv6Addr::from(key).to_canonical()
 }
 
-/// Writes the grant of `grant.addr` for `grant.scope` (≠ 0) until `expires_ns`.
+/// Writes the grant of `grant.addr` for `grant.scope` (≠ 0) until `expires_ns`; a grant the
+/// memo knows already reaches it is left alone without a system call.
 pub(super) fn authorize(
     maps: &ScopeMaps,
     grant: Grant,
     expires_ns: u64,
 ) -> io::Result<Authorization> {
-    let store = ScopeStore {
-        maps,
-        scope: grant.scope.0,
-    };
-    authorizations::upsert(&store, key_of(grant.addr), expires_ns)
+    let scope = grant.scope.0;
+    if maps
+        .memo
+        .settles(scope, grant.addr, expires_ns, boottime_ns())
+    {
+        return Ok(Authorization::Already);
+    }
+    let store = ScopeStore { maps, scope };
+    let (authorization, deadline) =
+        authorizations::upsert_deadline(&store, key_of(grant.addr), expires_ns)?;
+    maps.memo.note(scope, grant.addr, deadline);
+    Ok(authorization)
 }
 
 /// Renews (`Some(new)`) or removes (`None`) `grant` if its deadline is still `seen`.

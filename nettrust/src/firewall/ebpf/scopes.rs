@@ -30,6 +30,7 @@ use nettrust_common::{
 use super::{
     adopt::open_pinned,
     denied_events::PolicyNames,
+    grant_memo::GrantMemo,
     pattern_maps::PatternMaps,
     syscalls::{self, BPF_ANY, BPF_NOEXIST},
     types::{EbpfError, map_error},
@@ -99,6 +100,8 @@ pub struct ScopeMaps {
     /// Serializes [`ScopeMaps::set_policies`] and [`ScopeMaps::set_listeners`]: each rewrites a
     /// whole map and reads then bumps a `CONFIG` word.
     write: Mutex<()>,
+    /// The deadlines the daemon knows `GRANTS` holds (see `grant_memo`).
+    pub(super) memo: GrantMemo,
 }
 
 impl ScopeMaps {
@@ -118,6 +121,7 @@ impl ScopeMaps {
             pin_dir: pin_dir.to_owned(),
             names: PolicyNames::default(),
             write: Mutex::new(()),
+            memo: GrantMemo::default(),
         })
     }
 
@@ -323,8 +327,10 @@ impl ScopeMaps {
         )
     }
 
-    /// Removes the grant of `addr` for `scope`; whether there was one.
+    /// Removes the grant of `addr` for `scope` (and the memo's note of it); whether there was
+    /// one.
     pub fn grant_delete(&self, scope: u32, addr: IpAddr) -> io::Result<bool> {
+        self.memo.forget(scope, addr);
         syscalls::delete(syscalls::fd_of(&self.grants), &grant_key(scope, addr)?)
     }
 
