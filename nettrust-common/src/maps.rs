@@ -52,6 +52,10 @@ pub const MAP_ALLOWS: &str = "ALLOWS";
 /// Written by userspace only: the DNS name that authorized each host (hash, key `[u8; 16]` with
 /// IPv4 as IPv4-mapped IPv6, value [`HostName`](crate::HostName)).
 pub const MAP_NAMES: &str = "NAMES";
+/// Written by userspace only: the DNS name that authorized each policy grant (hash, key
+/// [`GrantKey`](crate::GrantKey) as in `GRANTS`, value [`HostName`](crate::HostName)), so two
+/// policies that resolved one address from different names each keep their own.
+pub const MAP_GRANT_NAMES: &str = "GRANT_NAMES";
 /// Written by userspace only: the cgroups the programs are attached to (hash, key cgroup id `u64`
 /// = inode of the cgroup directory, value [`CgroupPath`](crate::CgroupPath)).
 pub const MAP_CGROUPS: &str = "CGROUPS";

@@ -90,6 +90,10 @@ pub static CLIENTS: LruHashMap<ServiceKey, ClientValue> =
 #[map(name = "NAMES")]
 static NAMES: HashMap<[u8; 16], HostName> =
     HashMap::with_max_entries(DEFAULT_MAX_HOSTS * 2, ON_DEMAND);
+/// Userspace-only (the names of the policies' grants for `nettrust list` and reloads).
+#[map(name = "GRANT_NAMES")]
+static GRANT_NAMES: HashMap<GrantKey, HostName> =
+    HashMap::with_max_entries(DEFAULT_MAX_HOSTS, ON_DEMAND);
 /// Userspace-only (attached cgroups for `nettrust status`).
 #[map(name = "CGROUPS")]
 static CGROUPS: HashMap<u64, CgroupPath> = HashMap::with_max_entries(MAX_CGROUPS, ON_DEMAND);

@@ -325,7 +325,7 @@ mod tests {
             ("192.0.2.20", "ok.test."),
         ] {
             fw.authorize(ip(addr).into(), 0).unwrap();
-            fw.record_name(ip(addr), name).unwrap();
+            fw.record_name(ip(addr).into(), name).unwrap();
         }
         apply(
             &mut current,
@@ -371,7 +371,7 @@ mod tests {
         ];
         for (grant, name) in grants {
             fw.authorize(grant, 0).unwrap();
-            fw.record_name(grant.addr, name).unwrap();
+            fw.record_name(grant, name).unwrap();
         }
         // Audit to enforce with the same domains: every grant stays.
         let enforce = with_policies("enforce", r#""example.com", "*.example.org""#);

@@ -22,6 +22,7 @@ both_backends!(
     names_and_grants_are_scoped_to_the_policy_that_asked,
     audit_mode_passes_and_reports,
     sighup_narrowing_revokes_at_once,
+    one_address_keeps_each_policys_name,
     tcp_clients_and_a_listener_flood_are_judged_exactly,
     nobody_but_the_proxy_asks_the_upstream,
 );
@@ -38,6 +39,8 @@ const ZONE: &str = "local-ttl=60\n\
     cname=alias.test,c.test\n\
     host-record=x.wild.test,192.0.2.20\n\
     host-record=wild.test,192.0.2.21\n\
+    host-record=shared-a.test,192.0.2.30\n\
+    host-record=shared-b.test,192.0.2.30\n\
     txt-record=a.test,\"hello\"\n\
     txt-record=secret.tunnel.test,\"exfiltrated\"\n";
 
@@ -330,6 +333,44 @@ fn sighup_narrowing_revokes_at_once(backend: Backend) {
         "a grant still allowed was revoked"
     );
     assert_eq!(p.dig(&p.alpha, "b.test", "A").0, "REFUSED");
+}
+
+/// Two policies resolve one address from two names: each grant keeps the name that authorized
+/// it (`nettrust list`), and a reload that narrows one policy judges its grant by its own name,
+/// not by the other policy's (which would revoke the wrong grant or keep one no longer allowed).
+fn one_address_keeps_each_policys_name(backend: Backend) {
+    let policies = "[[policy]]\nname = \"alpha\"\ncgroups = [\"{alpha}\"]\n\
+        allow_domains = [\"shared-a.test\"]\n\
+        [[policy]]\nname = \"beta\"\ncgroups = [\"{beta}\"]\nallow_domains = [\"shared-b.test\"]\n";
+    let p = Policies::start(backend, policies, "", "127.0.0.1:53");
+    assert_eq!(p.dig(&p.alpha, "shared-a.test", "A").1, ["192.0.2.30"]);
+    assert_eq!(p.dig(&p.beta, "shared-b.test", "A").1, ["192.0.2.30"]);
+    let listed = |policy: &str| {
+        let list = String::from_utf8_lossy(&p.world.nettrust(&["list"]).stdout).into_owned();
+        list.lines()
+            .find(|l| l.starts_with("192.0.2.30\t") && l.ends_with(&format!("\tpolicy={policy}")))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no grant of 192.0.2.30 for {policy}:\n{list}"))
+    };
+    p.world
+        .eventually("both names listed", Duration::from_secs(5), || {
+            listed("alpha").contains("\tshared-a.test")
+                && listed("beta").contains("\tshared-b.test")
+        });
+    p.write_config(
+        "[[policy]]\nname = \"alpha\"\ncgroups = [\"{alpha}\"]\nallow_domains = [\"shared-a.test\"]\n\
+         [[policy]]\nname = \"beta\"\ncgroups = [\"{beta}\"]\nallow_domains = [\"b.test\"]\n",
+        "",
+    );
+    p.world.signal_daemon(libc::SIGHUP);
+    p.world
+        .eventually("beta's grant revoked", Duration::from_secs(5), || {
+            !p.reaches(&p.beta, "192.0.2.30")
+        });
+    assert!(
+        p.reaches(&p.alpha, "192.0.2.30"),
+        "alpha's grant, still allowed by its own name, was revoked"
+    );
 }
 
 /// A network namespace of its own joined to the client namespace by a veth (a container): the

@@ -158,14 +158,8 @@ impl Firewall for FakeFirewall {
             .collect())
     }
 
-    fn record_name(&self, addr: IpAddr, name: &str) -> Result<(), FirewallError> {
-        for (_, entry) in self
-            .authorized
-            .lock()
-            .expect("poisoned")
-            .iter_mut()
-            .filter(|(grant, _)| grant.addr == addr)
-        {
+    fn record_name(&self, grant: Grant, name: &str) -> Result<(), FirewallError> {
+        if let Some(entry) = self.authorized.lock().expect("poisoned").get_mut(&grant) {
             entry.name = name.to_owned();
         }
         Ok(())

@@ -312,16 +312,17 @@ pub trait Firewall: Send + Sync {
             .iter()
             .map(|&addr| {
                 let authorization = self.authorize(Grant::new(scope, addr), expires_ns)?;
-                if let Err(e) = self.record_name(addr, name) {
+                if let Err(e) = self.record_name(Grant::new(scope, addr), name) {
                     tracing::debug!("cannot record the name of {addr}: {e}");
                 }
                 Ok(authorization)
             })
             .collect()
     }
-    /// Remembers that `name` authorized `addr` (shown by `nettrust list`). Best effort.
-    fn record_name(&self, addr: IpAddr, name: &str) -> Result<(), FirewallError> {
-        let _ = (addr, name);
+    /// Remembers that `name` authorized `grant` (shown by `nettrust list`, matched by a reload
+    /// that narrows its policy). Best effort.
+    fn record_name(&self, grant: Grant, name: &str) -> Result<(), FirewallError> {
+        let _ = (grant, name);
         Ok(())
     }
     /// Authorized hosts whose deadline is at or before `horizon_ns` (the sweeper's candidates).
@@ -478,7 +479,7 @@ mod tests {
         let addr: IpAddr = "192.0.2.1".parse().unwrap();
         let grant = Grant::from(addr);
         fw.authorize(grant, 10).unwrap();
-        fw.record_name(addr, "a.test.").unwrap();
+        fw.record_name(grant, "a.test.").unwrap();
         assert_eq!(fw.name_of(addr).as_deref(), Some("a.test."));
         assert!(
             !fw.remove_if(grant, 9).unwrap(),

@@ -10,11 +10,11 @@ use nettrust_common::{
     CGROUP_PATH_LEN, CONFIG_HOST_SEED_HI, CONFIG_HOST_SEED_LO, ClientValue, FlowKey, GrantKey,
     HOST_NAME_LEN, HostSlot, HostValue, InboundKey, InboundValue, MAP_ALLOWS, MAP_AUDITS,
     MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CLIENTS, MAP_CONFIG, MAP_DENIED,
-    MAP_DENIED_RATE, MAP_DROPS, MAP_GRANTS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_INBOUND, MAP_LISTENERS,
-    MAP_LIVE_TCP, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND, MAP_PATTERN_LIT,
-    MAP_PATTERN_TEXT, MAP_PATTERNS, MAP_POLICY_NAMES, MAP_POLICY_NETS_V4, MAP_POLICY_NETS_V6,
-    MAP_POLICY_OF, MAP_SERVICES, MAP_STATS, POLICY_NAME_LEN, PatternBits, PatternMasks, PolicyRef,
-    RateState, ServiceKey,
+    MAP_DENIED_RATE, MAP_DROPS, MAP_GRANT_NAMES, MAP_GRANTS, MAP_HOSTS_V4, MAP_HOSTS_V6,
+    MAP_INBOUND, MAP_LISTENERS, MAP_LIVE_TCP, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND,
+    MAP_PATTERN_LIT, MAP_PATTERN_TEXT, MAP_PATTERNS, MAP_POLICY_NAMES, MAP_POLICY_NETS_V4,
+    MAP_POLICY_NETS_V6, MAP_POLICY_OF, MAP_SERVICES, MAP_STATS, POLICY_NAME_LEN, PatternBits,
+    PatternMasks, PolicyRef, RateState, ServiceKey,
 };
 
 use super::{
@@ -57,7 +57,7 @@ pub const LEGACY_INBOUND: &str = "INBOUND";
 
 /// Every map nettrust pins, with the shape the eBPF object gives it. (`SCOPES`, the program's
 /// cache of each cgroup's policy, is not pinned: a new program starts with it empty.)
-pub const MAPS: [MapSpec; 29] = [
+pub const MAPS: [MapSpec; 30] = [
     spec(MAP_HOSTS_V4, MapType::Array, 4, size_of::<HostSlot>()),
     spec(MAP_HOSTS_V6, MapType::Hash, 16, HOST_VALUE),
     // LPM trie keys are `{prefix_len: u32, data}`.
@@ -82,6 +82,12 @@ pub const MAPS: [MapSpec; 29] = [
     spec(MAP_DROPS, MapType::PerCpuHash, 8, 8),
     spec(MAP_ALLOWS, MapType::PerCpuHash, 8, 8),
     spec(MAP_NAMES, MapType::Hash, 16, HOST_NAME_LEN),
+    spec(
+        MAP_GRANT_NAMES,
+        MapType::Hash,
+        size_of::<GrantKey>(),
+        HOST_NAME_LEN,
+    ),
     spec(MAP_CGROUPS, MapType::Hash, 8, CGROUP_PATH_LEN),
     spec(MAP_LIVE_TCP, MapType::Hash, 8, 24),
     spec(MAP_SERVICES, MapType::Hash, size_of::<ServiceKey>(), 4),
@@ -151,6 +157,7 @@ impl Capacities {
                 "max_hosts",
                 |n| n / 2,
             )),
+            MAP_GRANT_NAMES => Some((self.hosts.min(NAMES_MAX), "max_hosts", |n| n)),
             MAP_NETS_V4 | MAP_NETS_V6 | MAP_POLICY_NETS_V4 | MAP_POLICY_NETS_V6 => {
                 Some((self.networks, "max_networks", |n| n))
             }

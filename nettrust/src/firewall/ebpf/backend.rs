@@ -22,8 +22,8 @@ use aya::{
 };
 use nettrust_common::{
     CONFIG_DROP_INPUT, HostName, MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CONFIG,
-    MAP_DENIED, MAP_GRANTS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6,
-    MAP_SERVICES,
+    MAP_DENIED, MAP_GRANT_NAMES, MAP_GRANTS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4,
+    MAP_NETS_V6, MAP_SERVICES,
 };
 
 use super::{
@@ -37,7 +37,7 @@ use super::{
     loader,
     names_writer::NameWriter,
     pins, scoped,
-    scopes::ScopeMaps,
+    scopes::{self, ScopeMaps},
     services::{ServiceMap, sync_blocked, sync_services},
     types::{CgroupMap, EbpfError, HostMap, NetTrie, map_error, take_map},
     whitelist,
@@ -185,8 +185,11 @@ impl EbpfFirewall {
             hosts.v4.clone(),
             adopt::open_pinned(dir, MAP_HOSTS_V6, Map::HashMap)?,
         );
-        let names = NameWriter::start(adopt::open_pinned(dir, MAP_NAMES, Map::HashMap)?)
-            .map_err(|e| map_error(MAP_NAMES, "cannot start the name writer", e))?;
+        let names = NameWriter::start(
+            adopt::open_pinned(dir, MAP_NAMES, Map::HashMap)?,
+            adopt::open_pinned(dir, MAP_GRANT_NAMES, Map::HashMap)?,
+        )
+        .map_err(|e| map_error(MAP_NAMES, "cannot start the name writer", e))?;
         Ok(Self {
             hosts: RwLock::new(hosts),
             names,
@@ -433,11 +436,15 @@ impl Firewall for EbpfFirewall {
     }
 
     /// Queued for the name writer: the reply does not wait for it.
-    fn record_name(&self, addr: IpAddr, name: &str) -> Result<(), FirewallError> {
+    fn record_name(&self, grant: Grant, name: &str) -> Result<(), FirewallError> {
         let value = HostName {
             name: pins::padded(&crate::firewall::listed_name(name)),
         };
-        self.names.put(name_key(addr), value);
+        if grant.scope.is_default() {
+            self.names.put(name_key(grant.addr), value);
+        } else if let Ok(key) = scopes::grant_key(grant.scope.0, grant.addr) {
+            self.names.put_grant(key, value);
+        }
         Ok(())
     }
 
@@ -449,14 +456,7 @@ impl Firewall for EbpfFirewall {
         self.names.flush();
         let mut hosts = self.hosts.write().expect("host maps lock poisoned");
         let mut out = Vec::new();
-        let name_of = |addr: IpAddr| {
-            hosts
-                .names
-                .get(&name_key(addr), 0)
-                .ok()
-                .map(|n| pins::unpadded(&n.name))
-        };
-        scoped::revoke(&self.scopes, &name_of, revoked, &mut out)
+        scoped::revoke(&self.scopes, revoked, &mut out)
             .map_err(|e| FirewallError::Read(Box::new(e)))?;
         let default = |addr: IpAddr, name: Option<&str>| revoked(Grant::from(addr), name);
         let HostMaps { v4, v6, names } = &mut *hosts;

@@ -1,8 +1,9 @@
-//! Off the DNS path: the names shown by `nettrust list` are written into the `NAMES` map by a
-//! background thread every 5 to 50 milliseconds while answers come, many per system call
-//! (`BPF_MAP_UPDATE_BATCH`), so an answer's reply waits only for its authorizations. Best effort,
-//! like the names themselves: a name appears up to [`SLOW_PERIOD`] after its address is
-//! authorized, and names are dropped (never authorizations) when the queue is full.
+//! Off the DNS path: the names shown by `nettrust list` are written into the `NAMES` map (the
+//! default scope's hosts) and `GRANT_NAMES` (the policies' grants) by a background thread every
+//! 5 to 50 milliseconds while answers come, many per system call (`BPF_MAP_UPDATE_BATCH`), so an
+//! answer's reply waits only for its authorizations. Best effort, like the names themselves: a
+//! name appears up to [`SLOW_PERIOD`] after its address is authorized, and names are dropped
+//! (never authorizations) when the queue is full.
 
 use std::{
     os::fd::RawFd,
@@ -11,9 +12,13 @@ use std::{
     time::Duration,
 };
 
-use nettrust_common::HostName;
+use aya::Pod;
+use nettrust_common::{GrantKey, HostName};
 
-use super::{syscalls, types::NameMap};
+use super::{
+    syscalls,
+    types::{GrantNameMap, NameMap},
+};
 
 /// Names waiting to be written at most; more are dropped.
 const QUEUE: usize = 8_192;
@@ -23,6 +28,7 @@ const BATCH: usize = 512;
 /// Names travel by value: no allocation per answer.
 enum Msg {
     Put([u8; 16], HostName),
+    PutGrant(GrantKey, HostName),
     /// Acknowledged once everything queued before it is written.
     Flush(SyncSender<()>),
 }
@@ -35,12 +41,12 @@ pub(super) struct NameWriter {
 }
 
 impl NameWriter {
-    /// Starts the thread writing into `map` (which it keeps open).
-    pub(super) fn start(map: NameMap) -> std::io::Result<Self> {
+    /// Starts the thread writing into `names` and `grant_names` (which it keeps open).
+    pub(super) fn start(names: NameMap, grant_names: GrantNameMap) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("nettrust-names".into())
-            .spawn(move || drain(&map, &rx))?;
+            .spawn(move || drain(&names, &grant_names, &rx))?;
         Ok(Self {
             tx,
             _thread: thread,
@@ -49,7 +55,16 @@ impl NameWriter {
 
     /// Queues `name` for `key` (the NAMES key of an address); never blocks.
     pub(super) fn put(&self, key: [u8; 16], name: HostName) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Put(key, name)) {
+        self.queue(Msg::Put(key, name));
+    }
+
+    /// Queues `name` for the policy grant `key`; never blocks.
+    pub(super) fn put_grant(&self, key: GrantKey, name: HostName) {
+        self.queue(Msg::PutGrant(key, name));
+    }
+
+    fn queue(&self, msg: Msg) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(msg) {
             tracing::debug!("name queue full, a name is not recorded");
         }
     }
@@ -87,10 +102,63 @@ fn pause(received: usize) -> Option<Duration> {
     }
 }
 
-fn drain(map: &NameMap, rx: &Receiver<Msg>) {
-    let fd = syscalls::fd_of(map);
-    let mut keys = Vec::with_capacity(BATCH);
-    let mut values = Vec::with_capacity(BATCH);
+/// Names queued for one map, written many per system call.
+struct Batch<K> {
+    fd: RawFd,
+    keys: Vec<K>,
+    values: Vec<HostName>,
+}
+
+impl<K: Pod> Batch<K> {
+    fn new(fd: RawFd) -> Self {
+        Self {
+            fd,
+            keys: Vec::with_capacity(BATCH),
+            values: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Adds a name, writing the batch once it is full.
+    fn push(&mut self, key: K, value: HostName) {
+        self.keys.push(key);
+        self.values.push(value);
+        if self.keys.len() == BATCH {
+            self.write();
+        }
+    }
+
+    /// Writes what is queued: many per `BPF_MAP_UPDATE_BATCH`, one by one on kernels without
+    /// batch support for the map type; a full map drops the rest (those hosts are listed
+    /// unnamed).
+    fn write(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        if let Err((done, e)) = syscalls::update_batch(self.fd, &self.keys, &self.values) {
+            if e.raw_os_error() == Some(libc::E2BIG) {
+                tracing::debug!(
+                    "name map full, {} names not recorded",
+                    self.keys.len() - done
+                );
+            } else {
+                tracing::debug!(
+                    "batched name update stopped after {done}: {e}; writing one by one"
+                );
+                for (key, value) in self.keys.iter().zip(&self.values).skip(done) {
+                    if let Err(e) = syscalls::update(self.fd, key, value, syscalls::BPF_ANY) {
+                        tracing::debug!("cannot record a name: {e}");
+                    }
+                }
+            }
+        }
+        self.keys.clear();
+        self.values.clear();
+    }
+}
+
+fn drain(names: &NameMap, grant_names: &GrantNameMap, rx: &Receiver<Msg>) {
+    let mut hosts = Batch::new(syscalls::fd_of(names));
+    let mut grants = Batch::new(syscalls::fd_of(grant_names));
     let mut acks = Vec::new();
     let mut idle = false;
     loop {
@@ -112,21 +180,13 @@ fn drain(map: &NameMap, rx: &Receiver<Msg>) {
             };
             received += 1;
             match msg {
-                Msg::Put(key, value) => {
-                    keys.push(key);
-                    values.push(value);
-                    if keys.len() == BATCH {
-                        write(fd, &keys, &values);
-                        keys.clear();
-                        values.clear();
-                    }
-                }
+                Msg::Put(key, value) => hosts.push(key, value),
+                Msg::PutGrant(key, value) => grants.push(key, value),
                 Msg::Flush(ack) => acks.push(ack),
             }
         };
-        write(fd, &keys, &values);
-        keys.clear();
-        values.clear();
+        hosts.write();
+        grants.write();
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
@@ -138,26 +198,6 @@ fn drain(map: &NameMap, rx: &Receiver<Msg>) {
             Some(pause) => {
                 idle = false;
                 std::thread::sleep(pause);
-            }
-        }
-    }
-}
-
-fn write(fd: RawFd, keys: &[[u8; 16]], values: &[HostName]) {
-    if keys.is_empty() {
-        return;
-    }
-    if let Err((done, e)) = syscalls::update_batch(fd, keys, values) {
-        if e.raw_os_error() == Some(libc::E2BIG) {
-            // NAMES is full (more hosts than NAMES_MAX): these addresses are listed unnamed.
-            tracing::debug!("name map full, {} names not recorded", keys.len() - done);
-            return;
-        }
-        // Kernels without batch support for this map type: one element at a time.
-        tracing::debug!("batched name update stopped after {done}: {e}; writing one by one");
-        for (key, value) in keys.iter().zip(values).skip(done) {
-            if let Err(e) = syscalls::update(fd, key, value, syscalls::BPF_ANY) {
-                tracing::debug!("cannot record a name: {e}");
             }
         }
     }

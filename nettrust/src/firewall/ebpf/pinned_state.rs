@@ -15,7 +15,7 @@ use nettrust_common::{
 use super::{
     adopt::{open_pinned, open_table},
     authorizations::collect_authorized,
-    host_table::{HostStore, name_key},
+    host_table::HostStore,
     pins, scoped,
     scopes::ScopeMaps,
     types::{CgroupMap, EbpfError, HostMap, NameMap, NetTrie, PROGRAMS, map_error},
@@ -36,10 +36,7 @@ pub fn list_pinned(pin_dir: &Path) -> Result<Vec<(AuthorizedHost, Option<String>
         scoped::collect_authorized(&maps, &mut grants)
             .map_err(|e| map_error(MAP_GRANTS, "cannot read", e))?;
         out.extend(grants.into_iter().map(|host| {
-            let name = names
-                .as_ref()
-                .and_then(|n| n.get(&name_key(host.addr), 0).ok())
-                .map(|n| pins::unpadded(&n.name));
+            let name = maps.grant_name(host.scope.0, host.addr);
             (host, name)
         }));
     }

@@ -198,16 +198,15 @@ pub(super) fn collect_authorized(
     Ok(())
 }
 
-/// Removes the policy grants for which `revoked(grant, recorded name)` holds (`name_of` gives
-/// the name `nettrust list` shows for an address); appends them to `out`.
+/// Removes the policy grants for which `revoked(grant, its recorded name)` holds; appends them
+/// to `out`.
 pub(super) fn revoke(
     maps: &ScopeMaps,
-    name_of: &dyn Fn(IpAddr) -> Option<String>,
     revoked: &dyn Fn(Grant, Option<&str>) -> bool,
     out: &mut Vec<Grant>,
 ) -> io::Result<()> {
     for (grant, _) in authorized_grants(maps)? {
-        if revoked(grant, name_of(grant.addr).as_deref())
+        if revoked(grant, maps.grant_name(grant.scope.0, grant.addr).as_deref())
             && maps.grant_delete(grant.scope.0, grant.addr)?
         {
             out.push(grant);

@@ -21,10 +21,10 @@ use std::{
 use aya::maps::{Array, HashMap as AyaHashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use ipnet::IpNet;
 use nettrust_common::{
-    CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue, GrantKey, HostValue, MAP_CLIENTS,
-    MAP_CONFIG, MAP_GRANTS, MAP_LISTENERS, MAP_POLICY_NAMES, MAP_POLICY_NETS_V4,
-    MAP_POLICY_NETS_V6, MAP_POLICY_OF, MAX_SCOPE, POLICY_AUDIT, POLICY_NAME_LEN, POLICY_PATTERN,
-    PolicyRef, SCOPE_PREFIX_BITS, ServiceKey,
+    CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue, GrantKey, HostName, HostValue,
+    MAP_CLIENTS, MAP_CONFIG, MAP_GRANT_NAMES, MAP_GRANTS, MAP_LISTENERS, MAP_POLICY_NAMES,
+    MAP_POLICY_NETS_V4, MAP_POLICY_NETS_V6, MAP_POLICY_OF, MAX_SCOPE, POLICY_AUDIT,
+    POLICY_NAME_LEN, POLICY_PATTERN, PolicyRef, SCOPE_PREFIX_BITS, ServiceKey,
 };
 
 use super::{
@@ -33,7 +33,7 @@ use super::{
     grant_memo::GrantMemo,
     pattern_maps::PatternMaps,
     syscalls::{self, BPF_ANY, BPF_NOEXIST},
-    types::{EbpfError, map_error},
+    types::{EbpfError, GrantNameMap, map_error},
 };
 
 /// A listed cgroup and its policy.
@@ -87,6 +87,9 @@ pub struct ScopeMaps {
     clients: AyaHashMap<MapData, ServiceKey, ClientValue>,
     /// The pinned copy of the names, for `nettrust list` and `status`.
     pinned_names: AyaHashMap<MapData, u32, [u8; POLICY_NAME_LEN]>,
+    /// The names that authorized the grants (none in a directory pinned by a version without
+    /// them).
+    grant_names: Option<GrantNameMap>,
     config: Array<MapData, u32>,
     /// The compiled patterns' maps.
     pub(super) patterns: PatternMaps,
@@ -122,6 +125,7 @@ impl ScopeMaps {
             names: PolicyNames::default(),
             write: Mutex::new(()),
             memo: GrantMemo::default(),
+            grant_names: open_pinned(pin_dir, MAP_GRANT_NAMES, Map::HashMap).ok(),
         })
     }
 
@@ -327,11 +331,22 @@ impl ScopeMaps {
         )
     }
 
-    /// Removes the grant of `addr` for `scope` (and the memo's note of it); whether there was
-    /// one.
+    /// Removes the grant of `addr` for `scope` (with its name and the memo's note of it);
+    /// whether there was one.
     pub fn grant_delete(&self, scope: u32, addr: IpAddr) -> io::Result<bool> {
         self.memo.forget(scope, addr);
-        syscalls::delete(syscalls::fd_of(&self.grants), &grant_key(scope, addr)?)
+        let key = grant_key(scope, addr)?;
+        if let Some(names) = &self.grant_names {
+            let _ = syscalls::delete(syscalls::fd_of(names), &key);
+        }
+        syscalls::delete(syscalls::fd_of(&self.grants), &key)
+    }
+
+    /// The name that authorized the grant of `addr` for `scope`, if recorded.
+    pub fn grant_name(&self, scope: u32, addr: IpAddr) -> Option<String> {
+        let key = grant_key(scope, addr).ok()?;
+        let name: HostName = self.grant_names.as_ref()?.get(&key, 0).ok()?;
+        Some(super::pins::unpadded(&name.name))
     }
 
     /// Every grant: scope, address, value.
@@ -439,7 +454,7 @@ fn endpoint_key(addr: SocketAddr, proto: u8) -> ServiceKey {
 }
 
 /// The `GRANTS` key of `addr` for `scope`; scope 0 is refused (its grants are the host maps').
-fn grant_key(scope: u32, addr: IpAddr) -> io::Result<GrantKey> {
+pub(super) fn grant_key(scope: u32, addr: IpAddr) -> io::Result<GrantKey> {
     if scope == 0 || scope > MAX_SCOPE {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -9,7 +9,7 @@ use aya::{
     programs::{CgroupSkbAttachType, ProgramError},
 };
 use nettrust_common::{
-    CgroupPath, HostName, HostValue, PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_SOCKOPS,
+    CgroupPath, GrantKey, HostName, HostValue, PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_SOCKOPS,
     PROGRAMS_CAPTURE, PROGRAMS_CONNECT,
 };
 
@@ -40,6 +40,8 @@ pub(super) const LINKED: [&str; 11] = [
 pub(super) type HostMap<const N: usize> = AyaHashMap<MapData, [u8; N], HostValue>;
 /// `NAMES`: an address as IPv6 (IPv4-mapped for IPv4) → the name that authorized it.
 pub(super) type NameMap = AyaHashMap<MapData, [u8; 16], HostName>;
+/// `GRANT_NAMES`: a policy grant (as keyed in `GRANTS`) → the name that authorized it.
+pub(super) type GrantNameMap = AyaHashMap<MapData, GrantKey, HostName>;
 /// `CGROUPS`: cgroup id → the cgroup's path, for `nettrust status` and the denied events.
 pub(super) type CgroupMap = AyaHashMap<MapData, u64, CgroupPath>;
 /// An LPM trie of networks (`NETS_V4/V6`, `BLOCKED_V4/V6`), N address bytes → flags.

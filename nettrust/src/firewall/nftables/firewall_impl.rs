@@ -37,7 +37,7 @@ impl Firewall for NftablesFirewall {
     }
 
     /// The name travels with the element (its comment); nothing to do after the fact.
-    fn record_name(&self, _addr: IpAddr, _name: &str) -> Result<(), FirewallError> {
+    fn record_name(&self, _grant: Grant, _name: &str) -> Result<(), FirewallError> {
         Ok(())
     }
 
