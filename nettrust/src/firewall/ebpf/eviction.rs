@@ -328,6 +328,116 @@ mod tests {
 }
 
 #[cfg(test)]
+mod grants {
+    use std::{collections::BTreeMap, sync::Mutex};
+
+    use super::{super::scoped::pool_key, *};
+    use crate::firewall::Grant;
+
+    const S: u64 = 1_000_000_000;
+
+    /// `GRANTS` in memory: at most `capacity` keys, `E2BIG` for a new one beyond.
+    struct Grants(Mutex<BTreeMap<[u8; 20], HostValue>>, usize);
+
+    impl HostStore<20> for Grants {
+        fn get(&self, key: [u8; 20]) -> io::Result<Option<HostValue>> {
+            Ok(self.0.lock().unwrap().get(&key).copied())
+        }
+
+        fn put(&self, key: [u8; 20], value: &HostValue, only_new: bool) -> io::Result<()> {
+            let mut map = self.0.lock().unwrap();
+            match map.get(&key) {
+                Some(_) if only_new => Err(io::Error::from_raw_os_error(libc::EEXIST)),
+                None if map.len() >= self.1 => Err(io::Error::from_raw_os_error(libc::E2BIG)),
+                _ => {
+                    map.insert(key, *value);
+                    Ok(())
+                }
+            }
+        }
+
+        fn delete(&self, key: [u8; 20]) -> io::Result<bool> {
+            Ok(self.0.lock().unwrap().remove(&key).is_some())
+        }
+
+        fn entries(&self) -> io::Result<Vec<([u8; 20], HostValue)>> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect())
+        }
+    }
+
+    fn key(scope: u32, i: u32) -> [u8; 20] {
+        let addr = std::net::Ipv4Addr::from(0xC633_6400 + i); // 198.51.100.0 + i
+        pool_key(Grant::new(Scope(scope), addr.into()))
+    }
+
+    fn plan(grants: &Grants, recency: &Recency<[u8; 20]>, writer: u32) -> Vec<[u8; 20]> {
+        plan_eviction(grants, recency, 16, &HashSet::new(), Scope(writer))
+            .unwrap()
+            .iter()
+            .map(|v| v.key)
+            .collect()
+    }
+
+    /// A full `GRANTS` of 16 shared by alpha (scope 1, 14 grants) and beta (scope 2, 2 grants,
+    /// the oldest answers of all): a write of beta (below its share of 8) evicts alpha's least
+    /// recently answered grant, never one of its own nor an alpha grant answered again between
+    /// the plan and the removal; a write of alpha (above its share) evicts its own, passing
+    /// over a grant with an open connection.
+    #[test]
+    fn a_full_grants_map_evicts_by_fair_share_and_never_a_just_confirmed_grant() {
+        let grants = Grants(Mutex::default(), 16);
+        let recency = Recency::new(16);
+        let now = boottime_ns();
+        // Seconds, before the grace period (at boot on a machine up for less than 2000 s).
+        let long_ago = (now / S).saturating_sub(2000).max(200);
+        for (scope, i) in [(2, 100), (2, 101)]
+            .into_iter()
+            .chain((0..14).map(|i| (1, i)))
+        {
+            upsert(&grants, key(scope, i), 0).unwrap();
+            // Beta's answers came first.
+            let answered = long_ago + u64::from(i) - if scope == 2 { 200 } else { 0 };
+            recency.touch(key(scope, i), answered * S);
+        }
+        assert!(is_full(&upsert(&grants, key(2, 102), 0).unwrap_err()));
+
+        let first = plan(&grants, &recency, 2);
+        assert_eq!(first, [key(1, 0)]);
+        // An answer confirms alpha's grant before the removal: it stays.
+        recency.touch(key(1, 0), now);
+        let victims = plan_eviction(&grants, &recency, 16, &HashSet::new(), Scope(2)).unwrap();
+        let planned: Vec<_> = victims.iter().map(|v| v.key).collect();
+        assert_eq!(planned, [key(1, 1)]);
+        recency.touch(key(1, 1), now);
+        assert_eq!(
+            evict(&grants, &recency, victims).unwrap(),
+            Vec::<[u8; 20]>::new()
+        );
+        assert!(grants.get(key(1, 1)).unwrap().is_some());
+
+        let victims = plan_eviction(&grants, &recency, 16, &HashSet::new(), Scope(2)).unwrap();
+        assert_eq!(evict(&grants, &recency, victims).unwrap(), [key(1, 2)]);
+        upsert(&grants, key(2, 102), 0).unwrap();
+
+        // Alpha (13) writes above its share: its own oldest, never beta's older grants; one
+        // with an open connection counts in its share but is passed over.
+        assert_eq!(plan(&grants, &recency, 1), [key(1, 3)]);
+        let in_use: HashSet<IpAddr> = [key(1, 3).addr()].into();
+        let victims = plan_eviction(&grants, &recency, 16, &in_use, Scope(1)).unwrap();
+        assert_eq!(
+            victims.iter().map(|v| v.key).collect::<Vec<_>>(),
+            [key(1, 4)]
+        );
+    }
+}
+
+#[cfg(test)]
 mod timing {
     use super::{super::ipv4_table::HostTable, *};
 
