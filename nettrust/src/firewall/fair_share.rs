@@ -50,34 +50,77 @@ pub fn donors(
     above
 }
 
-/// The `count` entries of a full map of `capacity` to evict for a write of `writer` (fewer when
-/// fewer are evictable), first to go first: [`donors`]' scopes in turn, each in the order of
-/// [`evict::victims`]. `scope_of` tells the scope of an entry, `answered_at` when a DNS answer
-/// last named it.
-pub fn victims<K: Clone>(
-    entries: &[(K, HostValue)],
-    scope_of: impl Fn(&K) -> Scope,
+/// A full map shared by scopes, as [`victims`] sees it.
+pub struct Shared<'a, K, S, U> {
+    /// Every entry, with the value the map holds.
+    pub entries: &'a [(K, HostValue)],
+    /// The map's capacity.
+    pub capacity: usize,
+    /// The scope of an entry.
+    pub scope_of: S,
+    /// Whether an entry's host has an open connection: in use now, whatever its last packet.
+    pub in_use: U,
+}
+
+impl<K, S: Fn(&K) -> Scope, U: Fn(&K) -> bool> Shared<'_, K, S, U> {
+    /// The entries each scope holds.
+    fn counts(&self) -> BTreeMap<Scope, usize> {
+        let mut counts = BTreeMap::new();
+        // Counted by runs: a map of one scope (a host map) costs no tree operation per entry.
+        let mut run: Option<(Scope, usize)> = None;
+        for (k, _) in self.entries {
+            let scope = (self.scope_of)(k);
+            match &mut run {
+                Some((s, n)) if *s == scope => *n += 1,
+                _ => {
+                    if let Some((s, n)) = run.replace((scope, 1)) {
+                        *counts.entry(s).or_default() += n;
+                    }
+                }
+            }
+        }
+        if let Some((s, n)) = run {
+            *counts.entry(s).or_default() += n;
+        }
+        counts
+    }
+}
+
+/// The indices in `map.entries` of the `count` entries to evict for a write of `writer` (fewer
+/// when fewer are evictable), first to go first: [`donors`]' scopes in turn, each in the order
+/// of [`evict::victims`]; `answered_at` tells when a DNS answer last named an entry.
+pub fn victims<K, S: Fn(&K) -> Scope, U: Fn(&K) -> bool>(
+    map: &Shared<'_, K, S, U>,
     writer: Scope,
-    capacity: usize,
     answered_at: impl Fn(&K) -> u64,
     now: u64,
     count: usize,
-) -> Vec<K> {
-    let mut counts: BTreeMap<Scope, usize> = BTreeMap::new();
-    for (k, _) in entries {
-        *counts.entry(scope_of(k)).or_default() += 1;
-    }
+) -> Vec<usize> {
     let mut out = Vec::new();
-    for (donor, most) in donors(&counts, writer, capacity) {
+    for (donor, most) in donors(&map.counts(), writer, map.capacity) {
         let wanted = count.saturating_sub(out.len()).min(most);
         if wanted == 0 {
             break;
         }
-        let own = entries
+        let own = map
+            .entries
             .iter()
-            .filter(|(k, _)| scope_of(k) == donor)
-            .map(|(k, v)| (k.clone(), *v));
-        out.extend(evict::victims(own, &answered_at, now, wanted));
+            .enumerate()
+            .filter(|(_, (k, _))| (map.scope_of)(k) == donor)
+            .map(|(i, (k, v))| {
+                let seen = if (map.in_use)(k) { now } else { v.last_seen_ns };
+                let ranked = HostValue {
+                    last_seen_ns: seen,
+                    ..*v
+                };
+                (i, ranked)
+            });
+        out.extend(evict::victims(
+            own,
+            |&i| answered_at(&map.entries[i].0),
+            now,
+            wanted,
+        ));
     }
     out
 }
@@ -108,16 +151,24 @@ mod tests {
         capacity: usize,
         count: usize,
     ) -> Vec<(Scope, u32)> {
-        // Answered in the order of their ids, long ago.
-        victims(
+        let map = Shared {
             entries,
-            |k| k.0,
-            Scope(writer),
             capacity,
-            |k| u64::from(k.1) * S,
+            scope_of: |k: &(Scope, u32)| k.0,
+            in_use: |k: &(Scope, u32)| k.1 >= 1000,
+        };
+        // Answered in the order of their ids (modulo 1000), long ago; ids from 1000 on have an
+        // open connection.
+        victims(
+            &map,
+            Scope(writer),
+            |k| u64::from(k.1 % 1000) * S,
             NOW,
             count,
         )
+        .into_iter()
+        .map(|i| entries[i].0)
+        .collect()
     }
 
     #[test]
@@ -199,12 +250,13 @@ mod tests {
         );
     }
 
-    /// With one scope (the default scope's host maps) the choice is `evict::victims`' own.
+    /// With one scope (the default scope's host maps) the choice is `evict::victims`' own; a
+    /// host with an open connection (1000, the oldest answer) never goes.
     #[test]
     fn one_scope_is_plain_least_recently_used() {
-        let entries: Vec<_> = [3, 1, 2, 5, 4].map(|i| entry(0, i, 0)).into();
+        let entries: Vec<_> = [3, 1, 1000, 2, 5, 4].map(|i| entry(0, i, 0)).into();
         assert_eq!(
-            pick(&entries, 0, 5, 3),
+            pick(&entries, 0, 6, 3),
             [(Scope(0), 1), (Scope(0), 2), (Scope(0), 3)]
         );
         // A map refusing before it holds `capacity` entries (the IPv4 table's probe window)

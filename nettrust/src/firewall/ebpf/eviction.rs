@@ -183,35 +183,27 @@ where
 {
     let now = boottime_ns();
     let entries = map.entries()?;
-    // Each entry with the value it is ranked by: one with an open connection as used now.
-    let ranked: Vec<(Victim<N>, HostValue)> = recency.with(|answered| {
-        entries
+    let shared = fair_share::Shared {
+        entries: &entries,
+        capacity: capacity as usize,
+        scope_of: PoolKey::scope,
+        in_use: |k: &[u8; N]| !active.is_empty() && active.contains(&k.addr()),
+    };
+    let victims = recency.with(|answered| {
+        let answered_ns = |k: &[u8; N]| answered.get(k).copied().unwrap_or(0);
+        fair_share::victims(&shared, writer, answered_ns, now, evict::batch(capacity))
             .into_iter()
-            .map(|(key, value)| {
-                let answered_ns = answered.get(&key).copied().unwrap_or(0);
-                let in_use = !active.is_empty() && active.contains(&key.addr());
-                let rank = HostValue {
-                    last_seen_ns: if in_use { now } else { value.last_seen_ns },
-                    ..value
-                };
-                let victim = Victim {
+            .map(|i| {
+                let (key, value) = entries[i];
+                Victim {
                     key,
                     value,
-                    answered_ns,
-                };
-                (victim, rank)
+                    answered_ns: answered_ns(&key),
+                }
             })
             .collect()
     });
-    Ok(fair_share::victims(
-        &ranked,
-        |victim| victim.key.scope(),
-        writer,
-        capacity as usize,
-        |victim| victim.answered_ns,
-        now,
-        evict::batch(capacity),
-    ))
+    Ok(victims)
 }
 
 /// Removes the planned victims that are still as the scan saw them (same deadline, last packet

@@ -215,23 +215,25 @@ impl Inner {
                 .map(|(&g, h)| {
                     let value = nettrust_common::HostValue {
                         expires_ns: h.expires_ns,
-                        last_seen_ns: if active.contains(&g.addr) { now } else { 0 },
+                        last_seen_ns: 0,
                         flags: nettrust_common::FLAG_AUTHORIZED,
                         _pad: 0,
                     };
                     (g, value)
                 })
                 .collect();
-            let answered = |g: &Grant| self.authorized.get(g).map_or(0, |h| h.answered_ns);
-            let chosen = fair_share::victims(
-                &candidates,
-                |g| g.scope,
-                scope,
+            let shared = fair_share::Shared {
+                entries: &candidates,
                 capacity,
-                answered,
-                now,
-                missing.max(crate::firewall::evict::batch(self.max_hosts)),
-            );
+                scope_of: |g: &Grant| g.scope,
+                in_use: |g: &Grant| active.contains(&g.addr),
+            };
+            let answered = |g: &Grant| self.authorized.get(g).map_or(0, |h| h.answered_ns);
+            let batch = missing.max(crate::firewall::evict::batch(self.max_hosts));
+            let chosen: Vec<Grant> = fair_share::victims(&shared, scope, answered, now, batch)
+                .into_iter()
+                .map(|i| candidates[i].0)
+                .collect();
             if pool == Pool::Policies && chosen.len() < missing {
                 return Err(FirewallError::Full {
                     addr: first_new,
