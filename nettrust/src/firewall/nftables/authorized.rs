@@ -182,8 +182,13 @@ impl Inner {
         if self.authorized.len() + writes.len() <= capacity {
             return Ok(Vec::new());
         }
-        self.authorized
-            .retain(|_, h| h.expires_ns == 0 || h.expires_ns > now);
+        // One pass forgets the expired grants and counts the others per pool.
+        let mut held = [0usize; Pool::COUNT];
+        self.authorized.retain(|g, h| {
+            let live = h.expires_ns == 0 || h.expires_ns > now;
+            held[Pool::of(g).index()] += usize::from(live);
+            live
+        });
         let mut active: Option<std::collections::HashSet<IpAddr>> = None;
         let mut evicted = Vec::new();
         for &pool in Pool::of_scope(scope) {
@@ -192,12 +197,7 @@ impl Inner {
                 .filter(|(g, _)| Pool::of(g) == pool && !self.authorized.contains_key(g))
                 .map(|(g, _)| g.addr)
                 .collect();
-            let held = self
-                .authorized
-                .keys()
-                .filter(|g| Pool::of(g) == pool)
-                .count();
-            let missing = (held + new.len()).saturating_sub(capacity);
+            let missing = (held[pool.index()] + new.len()).saturating_sub(capacity);
             // Renewals only (nothing new) always go through, even in an overfull pool.
             let Some(&first_new) = new.first().filter(|_| missing > 0) else {
                 continue;
@@ -257,6 +257,17 @@ enum Pool {
 }
 
 impl Pool {
+    /// How many pools there are ([`Pool::index`] is below).
+    const COUNT: usize = 3;
+
+    /// The pool's place in a per-pool array.
+    fn index(self) -> usize {
+        match self {
+            Self::Default { v6 } => usize::from(v6),
+            Self::Policies => 2,
+        }
+    }
+
     fn of(grant: &Grant) -> Self {
         if grant.scope.is_default() {
             Self::Default {
