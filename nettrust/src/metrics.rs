@@ -119,6 +119,10 @@ pub struct Metrics {
     last_cgroup: Mutex<std::collections::HashMap<CgroupLabels, u64>>,
     /// Last kernel counter values, to turn absolute readings into counter increments.
     last_egress: Mutex<[u64; STAT_COUNT as usize]>,
+    /// Authorizations evicted per policy (the firewall's per-scope totals, read at scrape time).
+    policy_evicted: Family<PolicyLabel, Counter>,
+    /// The per-policy eviction totals already added to `policy_evicted`.
+    last_policy_evicted: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// The process-wide metrics.
@@ -225,6 +229,13 @@ impl Metrics {
                 Family::default(),
             ),
             last_cgroup: Mutex::new(std::collections::HashMap::new()),
+            policy_evicted: registered(
+                r,
+                "policy_evicted_hosts",
+                "Idle authorizations evicted from a full host map or set, per policy they belonged to",
+                Family::default(),
+            ),
+            last_policy_evicted: Mutex::new(std::collections::HashMap::new()),
             // Last: the fields above register into it.
             registry,
         }
@@ -250,6 +261,23 @@ impl Metrics {
                     policy: policy.clone(),
                 })
                 .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Brings the per-policy eviction counters up to `totals` (`(policy, evictions since the
+    /// start)`); a policy listed with 0 shows 0.
+    pub fn set_policy_evictions(&self, totals: &[(String, u64)]) {
+        let mut last = self
+            .last_policy_evicted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (policy, total) in totals {
+            let counter = self.policy_evicted.get_or_create(&PolicyLabel {
+                policy: policy.clone(),
+            });
+            let seen = last.entry(policy.clone()).or_default();
+            counter.inc_by(total.saturating_sub(*seen));
+            *seen = (*seen).max(*total);
         }
     }
 
@@ -368,9 +396,11 @@ async fn respond(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()
                 .collect();
             let format = Format::negotiate(&accept.join(","));
             let hosts = sources.firewall.authorized().ok();
+            let names = crate::firewall::policy_names(&sources.bpffs_dir);
             if let Some(hosts) = &hosts {
-                metrics().set_policy_grants(&grants_per_policy(hosts, &sources.bpffs_dir));
+                metrics().set_policy_grants(&grants_per_policy(hosts, &names));
             }
+            metrics().set_policy_evictions(&evictions_per_policy(&names));
             let authorized = hosts.map(|hosts| hosts.len());
             let egress = crate::firewall::ebpf::read_stats(&sources.bpffs_dir)
                 .ok()
@@ -401,18 +431,33 @@ async fn respond(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()
 /// with 0 when it has none.
 fn grants_per_policy(
     hosts: &[crate::firewall::AuthorizedHost],
-    bpffs_dir: &std::path::Path,
+    names: &std::collections::HashMap<u32, String>,
 ) -> Vec<(String, usize)> {
-    let names = crate::firewall::policy_names(bpffs_dir);
     let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for name in names.values() {
         counts.entry(name.clone()).or_default();
     }
     for host in hosts {
-        let policy = crate::firewall::policy_label(&names, host.scope);
+        let policy = crate::firewall::policy_label(names, host.scope);
         *counts.entry(policy).or_default() += 1;
     }
     counts.into_iter().collect()
+}
+
+/// Authorizations evicted per policy since the start (`firewall::policy_label` of the scope
+/// they belonged to); every named policy and the default one are listed, with 0 when none.
+fn evictions_per_policy(names: &std::collections::HashMap<u32, String>) -> Vec<(String, u64)> {
+    let mut totals: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    totals.entry("default".to_owned()).or_default();
+    for name in names.values() {
+        totals.entry(name.clone()).or_default();
+    }
+    for (scope, count) in crate::firewall::evicted_per_scope() {
+        *totals
+            .entry(crate::firewall::policy_label(names, scope))
+            .or_default() += count;
+    }
+    totals.into_iter().collect()
 }
 
 /// The exposition formats served at `/metrics`.

@@ -25,6 +25,7 @@ both_backends!(
     one_address_keeps_each_policys_name,
     tcp_clients_and_a_listener_flood_are_judged_exactly,
     nobody_but_the_proxy_asks_the_upstream,
+    a_policy_filling_the_grants_leaves_the_others_their_share,
 );
 
 /// This file's upstream: a dnsmasq in the internet namespace that logs every query it receives,
@@ -608,4 +609,108 @@ fn a_policy_cgroup_deeper_than_the_program_looks_is_refused() {
     let err = world.start_fails(&["--config", &config.to_string_lossy()]);
     assert!(err.contains("levels deep") && err.contains("/l15"), "{err}");
     drop(nested);
+}
+
+/// `max_hosts` of the fair-share test: the capacity of `GRANTS` (and of the nftables policy
+/// sets together), four times fewer than the names alpha resolves.
+const SHARED_GRANTS: u32 = 16;
+
+/// The count after `" grants "` on `policy`'s line of `nettrust status`.
+fn status_grants(world: &World, policy: &str) -> u64 {
+    let status = String::from_utf8_lossy(&world.nettrust(&["status"]).stdout).into_owned();
+    status
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{policy} (")))
+        .and_then(|l| l.split(" grants ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no grants count for {policy}:\n{status}"))
+}
+
+/// One policy's client resolves four times as many names as the grants hold (a workload that
+/// resolves many names, or a flood of names its `*.test` pattern allows): it churns through its
+/// own grants, every name answered, its most recent ones reachable; another policy keeps the
+/// grant it had and still gets a new name authorized and reachable (its fair share), and the
+/// evictions are counted for the policy that lost them.
+fn a_policy_filling_the_grants_leaves_the_others_their_share(backend: Backend) {
+    let mut world = World::with_backend(backend);
+    let alpha = world.extra_cgroup("alpha");
+    let beta = world.extra_cgroup("beta");
+    let config = world.dir.path().join("shares.toml");
+    let policy = |name: &str, cgroup: &Path| {
+        format!(
+            "[[policy]]\nname = \"{name}\"\ncgroups = [\"{}\"]\nallow_domains = [\"*.test\"]\n",
+            cgroup.display()
+        )
+    };
+    std::fs::write(&config, policy("alpha", &alpha) + &policy("beta", &beta)).unwrap();
+    world.start_daemon(&[
+        "--max-hosts",
+        &SHARED_GRANTS.to_string(),
+        "--metrics-addr",
+        "127.0.0.1:9153",
+        "--config",
+        &config.to_string_lossy(),
+    ]);
+    let ask =
+        |cgroup: &Path, name: &str| dig(world.in_cgroup_at(cgroup, "dig"), "127.0.0.1", name, "A");
+    let reaches = |cgroup: &Path, addr: &str| {
+        socat_gets(
+            world.in_cgroup_at(cgroup, "socat"),
+            &format!("TCP:{addr}:{TCP_PORT},connect-timeout=2"),
+            b"ok",
+        )
+    };
+    // Beta's grant, made first and left unused: the oldest and idlest of all.
+    assert_eq!(ask(&beta, "c.test").0, "NOERROR", "c.test from beta");
+
+    let names = 4 * SHARED_GRANTS;
+    let statuses: Vec<String> = (1..=names)
+        .map(|i| ask(&alpha, &format!("n{i}.test")).0)
+        .collect();
+    let (status, answers) = ask(&beta, "b.test");
+    assert_eq!(
+        status, "NOERROR",
+        "{backend:?}: beta refused once alpha filled the grants (alpha: {statuses:?})"
+    );
+    assert_eq!(answers, ["192.0.2.11"]);
+    assert!(reaches(&beta, "192.0.2.11"), "beta's new grant");
+    assert!(
+        reaches(&beta, "192.0.2.12"),
+        "{backend:?}: alpha's names evicted beta's grant"
+    );
+    assert!(
+        statuses.iter().all(|s| s == "NOERROR"),
+        "{backend:?}: alpha must churn through its own grants: {statuses:?}"
+    );
+    // Alpha keeps working for its most recent names, and for a new one.
+    for i in names - 3..=names {
+        let addr = format!("203.0.113.{i}");
+        assert!(reaches(&alpha, &addr), "alpha's recent n{i}.test");
+    }
+    assert!(!reaches(&alpha, "203.0.113.1"), "alpha's first name kept");
+    let next = names + 1;
+    assert_eq!(ask(&alpha, &format!("n{next}.test")).0, "NOERROR");
+    assert!(reaches(&alpha, &format!("203.0.113.{next}")));
+
+    // The numbers: the grants fill the capacity, beta holds its two, the evictions are
+    // alpha's, nothing was refused.
+    let metric = |name: &str, policy: &str| world.metric(&format!("{name}{{policy=\"{policy}\"}}"));
+    assert_eq!(status_grants(&world, "beta"), 2);
+    assert_eq!(
+        status_grants(&world, "alpha") + 2,
+        u64::from(SHARED_GRANTS),
+        "alpha holds the rest of the capacity"
+    );
+    assert_eq!(
+        metric("nettrust_policy_grants", "alpha"),
+        f64::from(SHARED_GRANTS - 2)
+    );
+    assert_eq!(metric("nettrust_policy_evicted_hosts_total", "beta"), 0.0);
+    assert_eq!(
+        metric("nettrust_policy_evicted_hosts_total", "alpha"),
+        f64::from(next - (SHARED_GRANTS - 2)),
+        "every alpha name but those it holds was evicted"
+    );
+    assert_eq!(world.metric("nettrust_firewall_full_total"), 0.0);
+    assert!(world.stop_daemon(), "nettrust failed at exit");
 }

@@ -28,6 +28,8 @@ use std::{
 
 use nettrust_common::{FLAG_WHITELISTED, HostValue};
 
+use super::Scope;
+
 /// Idle authorizations evicted by either backend since the daemon started. The firewall owns the
 /// counter and `metrics` registers a clone of the handle (clones share one value), so the
 /// firewall never calls up into `metrics`.
@@ -83,8 +85,10 @@ pub struct Recency<K> {
     at: Mutex<AddrMap<K>>,
     /// Records kept at most before [`Recency::touch`] asks for a prune against the map.
     limit: usize,
-    /// No eviction scan before this time ([`NOTHING_TO_EVICT_NS`] after a fruitless one).
-    scan_after: std::sync::atomic::AtomicU64,
+    /// No eviction scan for a write of a scope before its time here ([`NOTHING_TO_EVICT_NS`]
+    /// after a fruitless one). Per scope: a policy whose own grants are all in use must not
+    /// hold off the scan of another policy that may evict elsewhere.
+    scan_after: Mutex<std::collections::BTreeMap<Scope, u64>>,
 }
 
 impl<K: Eq + Hash + Copy> Recency<K> {
@@ -93,21 +97,28 @@ impl<K: Eq + Hash + Copy> Recency<K> {
         Self {
             at: Mutex::new(AddrMap::default()),
             limit: (capacity as usize).saturating_mul(2).max(1024),
-            scan_after: std::sync::atomic::AtomicU64::new(0),
+            scan_after: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
-    /// Whether a full map may be scanned for victims at `now`.
-    pub fn may_scan(&self, now: u64) -> bool {
-        now >= self.scan_after.load(std::sync::atomic::Ordering::Relaxed)
+    /// Whether a full map may be scanned for victims of a write of `scope` at `now`.
+    pub fn may_scan(&self, scope: Scope, now: u64) -> bool {
+        let after = self
+            .scan_after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        after.get(&scope).is_none_or(|&t| now >= t)
     }
 
-    /// Records that a scan at `now` found nothing to evict: no scan for [`NOTHING_TO_EVICT_NS`].
-    pub fn found_nothing(&self, now: u64) {
-        self.scan_after.store(
-            now.saturating_add(NOTHING_TO_EVICT_NS),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+    /// Records that a scan for a write of `scope` at `now` found nothing to evict: no scan for
+    /// its writes for [`NOTHING_TO_EVICT_NS`].
+    pub fn found_nothing(&self, scope: Scope, now: u64) {
+        let mut after = self
+            .scan_after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        after.retain(|_, &mut t| t > now);
+        after.insert(scope, now.saturating_add(NOTHING_TO_EVICT_NS));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AddrMap<K>> {
@@ -194,6 +205,30 @@ pub fn victims<K>(
     ranked.into_iter().map(|(_, k)| k).collect()
 }
 
+/// Evictions per scope since the daemon started, for the metrics' `policy` label.
+static EVICTED_PER_SCOPE: Mutex<std::collections::BTreeMap<Scope, u64>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+/// Counts `count` authorizations of `scope` evicted (in [`EVICTED`] and per scope).
+pub fn count_evicted(scope: Scope, count: u64) {
+    EVICTED.inc_by(count);
+    *EVICTED_PER_SCOPE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(scope)
+        .or_default() += count;
+}
+
+/// Authorizations evicted per scope since the daemon started (scopes with none are absent).
+pub fn evicted_per_scope() -> Vec<(Scope, u64)> {
+    EVICTED_PER_SCOPE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(&scope, &count)| (scope, count))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use nettrust_common::FLAG_AUTHORIZED;
@@ -205,11 +240,14 @@ mod tests {
     #[test]
     fn a_fruitless_scan_holds_off_the_next_for_a_second() {
         let recency = Recency::<[u8; 4]>::new(64);
-        assert!(recency.may_scan(5 * S), "no scan yet: free to scan");
-        recency.found_nothing(5 * S);
-        assert!(!recency.may_scan(5 * S));
-        assert!(!recency.may_scan(5 * S + NOTHING_TO_EVICT_NS - 1));
-        assert!(recency.may_scan(5 * S + NOTHING_TO_EVICT_NS));
+        let (a, b) = (Scope(1), Scope(2));
+        assert!(recency.may_scan(a, 5 * S), "no scan yet: free to scan");
+        recency.found_nothing(a, 5 * S);
+        assert!(!recency.may_scan(a, 5 * S));
+        assert!(!recency.may_scan(a, 5 * S + NOTHING_TO_EVICT_NS - 1));
+        assert!(recency.may_scan(a, 5 * S + NOTHING_TO_EVICT_NS));
+        // Another scope's writes may still scan (they may evict where the first may not).
+        assert!(recency.may_scan(b, 5 * S));
     }
 
     fn host(expires_ns: u64, last_seen_ns: u64, flags: u32) -> HostValue {

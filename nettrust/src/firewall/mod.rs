@@ -3,7 +3,8 @@
 
 pub mod ebpf;
 mod evict;
-pub use evict::EVICTED;
+pub use evict::{EVICTED, evicted_per_scope};
+mod fair_share;
 pub mod fake;
 pub mod nftables;
 

@@ -215,8 +215,8 @@ struct Inner {
     /// Grants of a policy scope adopted from a previous run's table, held until the policies are
     /// known: those of a scope that still exists are written again, the others forgotten.
     adopted_scoped: HashMap<Grant, Held>,
-    /// Most authorizations per family (`max_hosts`, as the eBPF maps): a full set evicts idle
-    /// ones before taking a new address.
+    /// Most authorizations of the default scope per family, and of every policy together
+    /// (`max_hosts`, as the eBPF maps): a full set evicts idle ones before taking a new address.
     max_hosts: u32,
     stopped: bool,
 }
@@ -315,8 +315,9 @@ impl NftablesFirewall {
         Ok(firewall)
     }
 
-    /// Holds at most `max_hosts` authorizations per family (default
-    /// [`nettrust_common::DEFAULT_MAX_HOSTS`]); beyond, idle ones are evicted.
+    /// Holds at most `max_hosts` authorizations of the default scope per family, and as many of
+    /// every policy together (default [`nettrust_common::DEFAULT_MAX_HOSTS`], as the eBPF maps);
+    /// beyond, idle ones are evicted (`authorized`).
     pub fn set_max_hosts(&self, max_hosts: u32) {
         self.lock().max_hosts = max_hosts.max(1);
     }

@@ -21,10 +21,8 @@ use crate::firewall::{Authorization, AuthorizedHost, HostState, Scope, boottime_
 /// a whole element; the deadline is read by the sweeper, which runs at most once a second.
 pub(super) const RENEW_SLACK_NS: u64 = 1_000_000_000;
 
-/// Writes an authorization, keeping the flags already present; a whitelisted entry, or an
-/// authorized one whose deadline already reaches the new one (within [`RENEW_SLACK_NS`]; 0 =
-/// never expires), is left as it is. Runs under the *shared* host-map lock (concurrent answers
-/// write at once; each element operation is atomic), so it works on the store directly.
+/// [`upsert_deadline`] without the deadline.
+#[cfg(test)]
 pub(super) fn upsert<const N: usize>(
     map: &impl HostStore<N>,
     key: [u8; N],
@@ -33,7 +31,11 @@ pub(super) fn upsert<const N: usize>(
     upsert_deadline(map, key, expires_ns).map(|(authorization, _)| authorization)
 }
 
-/// [`upsert`], also returning the deadline the entry holds afterwards (0 = never).
+/// Writes an authorization, keeping the flags already present; a whitelisted entry, or an
+/// authorized one whose deadline already reaches the new one (within [`RENEW_SLACK_NS`]; 0 =
+/// never expires), is left as it is. Returns the deadline the entry holds afterwards (0 =
+/// never). Runs under the *shared* host-map lock (concurrent answers write at once; each
+/// element operation is atomic), so it works on the store directly.
 pub(super) fn upsert_deadline<const N: usize>(
     map: &impl HostStore<N>,
     key: [u8; N],

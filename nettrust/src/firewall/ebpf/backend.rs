@@ -71,7 +71,7 @@ pub struct EbpfFirewall {
     names: NameWriter,
     /// Second handles on the host maps for full scans (sweeper, metrics), which need no lock
     /// (every change a sweep leads to is conditional): a scan of a full map must not stall DNS
-    /// answers.
+    /// answers. DNS answers write through them too, under the lock of `hosts`.
     scan: (Arc<HostTable>, HostMap<16>),
     /// The established TCP connections of the filtered cgroups (`LIVE_TCP`), for the sweeper.
     live: LiveMap,
@@ -92,6 +92,8 @@ pub struct EbpfFirewall {
     /// When a DNS answer last named each authorized host, per family: the eviction order of a
     /// full map ([`crate::firewall::evict`]).
     recency: (Recency<[u8; 4]>, Recency<[u8; 16]>),
+    /// The same for the policies' grants in `GRANTS` (keyed by `scoped::pool_key`).
+    grant_recency: Recency<[u8; 20]>,
 }
 
 /// The maps a start writes before anything is attached, taken out of the loaded object.
@@ -207,6 +209,7 @@ impl EbpfFirewall {
                 Recency::new(options.capacities.hosts),
                 Recency::new(options.capacities.hosts),
             ),
+            grant_recency: Recency::new(options.capacities.hosts),
         })
     }
 
@@ -227,6 +230,20 @@ impl EbpfFirewall {
     /// clients).
     pub fn scopes(&self) -> &ScopeMaps {
         &self.scopes
+    }
+
+    /// Whether the grant memo settles an answer for `grant` until `expires_ns` without a system
+    /// call. The answer is recorded first, under the shared host-map lock as on the write path,
+    /// so an eviction planned earlier cannot remove the grant it confirms; when the answer
+    /// record is due for pruning the write path runs instead (it prunes).
+    fn settled_grant(&self, grant: Grant, expires_ns: u64) -> bool {
+        let _maps = self.hosts.read().expect("host maps lock poisoned");
+        let now = crate::firewall::boottime_ns();
+        !self.grant_recency.touch(scoped::pool_key(grant), now)
+            && self
+                .scopes
+                .memo
+                .settles(grant.scope.0, grant.addr, expires_ns, now)
     }
 
     /// A policy grant's write error: `Full` when `GRANTS` refused a new key.
@@ -361,21 +378,36 @@ fn install(
 
 impl Firewall for EbpfFirewall {
     fn authorize(&self, grant: Grant, expires_ns: u64) -> Result<Authorization, FirewallError> {
-        if !grant.scope.is_default() {
-            // Under the shared lock, like the default scope: the sweeper's compare-and-set and a
-            // reload's revocation take the exclusive one.
-            let _hosts = self.hosts.read().expect("host maps lock poisoned");
-            return scoped::authorize(&self.scopes, grant, expires_ns)
-                .map_err(|e| self.grant_error(grant.addr, e));
-        }
         let addr = grant.addr;
         let capacity = self.capacities.hosts;
         let active = || self.active_addresses();
+        if !grant.scope.is_default() {
+            if self.settled_grant(grant, expires_ns) {
+                return Ok(Authorization::Already);
+            }
+            // Under the host-map lock like the default scope's (shared for the write, exclusive
+            // for an eviction): the sweeper's compare-and-set and a reload's revocation take the
+            // exclusive one.
+            let (authorization, deadline) = eviction::authorize(
+                &self.hosts,
+                &scoped::GrantStore(&self.scopes),
+                &self.grant_recency,
+                capacity,
+                active,
+                scoped::pool_key(grant),
+                expires_ns,
+            )
+            .map_err(|e| self.grant_error(addr, e))?;
+            self.scopes.memo.note(grant.scope.0, addr, deadline);
+            return Ok(authorization);
+        }
+        // The host maps are written through the second handles of `scan` (the same kernel
+        // maps), under the same lock as through `hosts`.
         let (result, map) = match addr {
             IpAddr::V4(ip) => (
                 eviction::authorize(
                     &self.hosts,
-                    |h| &*h.v4,
+                    &*self.scan.0,
                     &self.recency.0,
                     capacity,
                     active,
@@ -387,7 +419,7 @@ impl Firewall for EbpfFirewall {
             IpAddr::V6(ip) => (
                 eviction::authorize(
                     &self.hosts,
-                    |h| &h.v6,
+                    &self.scan.1,
                     &self.recency.1,
                     capacity,
                     active,
@@ -397,7 +429,7 @@ impl Firewall for EbpfFirewall {
                 MAP_HOSTS_V6,
             ),
         };
-        result.map_err(|e| {
+        result.map(|(authorization, _)| authorization).map_err(|e| {
             if eviction::is_full(&e) {
                 // A full host map or table refuses a new key with E2BIG.
                 FirewallError::Full {

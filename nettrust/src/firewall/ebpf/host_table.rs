@@ -3,7 +3,12 @@
 //! hash map `HOSTS_V6` (element commands from [`super::syscalls`], atomic per element in the
 //! kernel), and [`HostMaps`], the maps the DNS path and the sweeper write behind one lock.
 
-use std::{io, net::IpAddr, sync::Arc};
+use std::{
+    hash::Hash,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use nettrust_common::HostValue;
 
@@ -12,6 +17,7 @@ use super::{
     syscalls,
     types::{HostMap, NameMap},
 };
+use crate::firewall::Scope;
 
 /// A host map as the functions of the backend see it: `HOSTS_V6` (a kernel hash map, element
 /// operations by system call) or the memory-mapped IPv4 table `HOSTS_V4`. Callers hold the
@@ -66,6 +72,35 @@ impl HostStore<4> for HostTable {
 
     fn entries(&self) -> io::Result<Vec<([u8; 4], HostValue)>> {
         Ok(HostTable::entries(self))
+    }
+}
+
+/// A host map key as eviction sees it: the address it opens, and the scope whose share of the
+/// map it uses (the host maps hold the default scope's only).
+pub(super) trait PoolKey: Copy + Eq + Hash + std::fmt::Debug {
+    /// The address.
+    fn addr(&self) -> IpAddr;
+    /// The scope.
+    fn scope(&self) -> Scope;
+}
+
+impl PoolKey for [u8; 4] {
+    fn addr(&self) -> IpAddr {
+        Ipv4Addr::from(*self).into()
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::DEFAULT
+    }
+}
+
+impl PoolKey for [u8; 16] {
+    fn addr(&self) -> IpAddr {
+        Ipv6Addr::from(*self).into()
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::DEFAULT
     }
 }
 

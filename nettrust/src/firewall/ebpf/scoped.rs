@@ -1,8 +1,9 @@
 //! The grants of the `[[policy]]` scopes (`GRANTS`), as the `Firewall` trait sees them: written by
 //! DNS answers of a policy's clients, renewed and removed by the sweeper with the same
 //! compare-and-set on the deadline as the default scope's host maps (`authorizations`), listed,
-//! revoked by a reload. The default scope's grants stay in the host maps; a full `GRANTS` map
-//! refuses a new grant (no eviction across policies).
+//! revoked by a reload. The default scope's grants stay in the host maps. A full `GRANTS` map
+//! evicts like a full host map (`eviction`), through [`GrantStore`], every policy's grants as
+//! one store, so each policy keeps its fair share of it (`crate::firewall::fair_share`).
 
 use std::{
     io,
@@ -13,15 +14,13 @@ use nettrust_common::{FLAG_AUTHORIZED, HostValue, MAP_POLICY_OF, MAX_CGROUP_DEPT
 
 use super::{
     authorizations,
-    host_table::HostStore,
+    host_table::{HostStore, PoolKey},
     pins,
     scopes::{CgroupScope, ScopeMaps},
     syscalls::{BPF_ANY, BPF_NOEXIST},
     types::{EbpfError, map_error},
 };
-use crate::firewall::{
-    Authorization, AuthorizedHost, Grant, HostState, Scope, Scopes, boottime_ns,
-};
+use crate::firewall::{AuthorizedHost, Grant, HostState, Scope, Scopes};
 
 /// Writes `scopes` into the policy maps: the policies' names, the proxy's listeners, then each
 /// listed cgroup's scope (by cgroup id, its directory's inode) and the policies' networks under a
@@ -115,25 +114,53 @@ fn addr_of(key: [u8; 16]) -> IpAddr {
     Ipv6Addr::from(key).to_canonical()
 }
 
-/// Writes the grant of `grant.addr` for `grant.scope` (≠ 0) until `expires_ns`; a grant the
-/// memo knows already reaches it is left alone without a system call.
-pub(super) fn authorize(
-    maps: &ScopeMaps,
-    grant: Grant,
-    expires_ns: u64,
-) -> io::Result<Authorization> {
-    let scope = grant.scope.0;
-    if maps
-        .memo
-        .settles(scope, grant.addr, expires_ns, boottime_ns())
-    {
-        return Ok(Authorization::Already);
+/// Every policy's grants as one [`HostStore`], keyed by [`pool_key`]: the map a full `GRANTS`
+/// evicts from, shared by the policies.
+pub(super) struct GrantStore<'a>(pub &'a ScopeMaps);
+
+/// The [`GrantStore`] key of `grant`: its scope (big-endian), then its address as a
+/// [`ScopeStore`] key.
+pub(super) fn pool_key(grant: Grant) -> [u8; 20] {
+    let mut key = [0; 20];
+    key[..4].copy_from_slice(&grant.scope.0.to_be_bytes());
+    key[4..].copy_from_slice(&key_of(grant.addr));
+    key
+}
+
+impl PoolKey for [u8; 20] {
+    fn addr(&self) -> IpAddr {
+        let mut addr = [0; 16];
+        addr.copy_from_slice(&self[4..]);
+        addr_of(addr)
     }
-    let store = ScopeStore { maps, scope };
-    let (authorization, deadline) =
-        authorizations::upsert_deadline(&store, key_of(grant.addr), expires_ns)?;
-    maps.memo.note(scope, grant.addr, deadline);
-    Ok(authorization)
+
+    fn scope(&self) -> Scope {
+        Scope(u32::from_be_bytes([self[0], self[1], self[2], self[3]]))
+    }
+}
+
+impl HostStore<20> for GrantStore<'_> {
+    fn get(&self, key: [u8; 20]) -> io::Result<Option<HostValue>> {
+        self.0.grant_get(key.scope().0, key.addr())
+    }
+
+    fn put(&self, key: [u8; 20], value: &HostValue, only_new: bool) -> io::Result<()> {
+        let flags = if only_new { BPF_NOEXIST } else { BPF_ANY };
+        self.0.grant_put(key.scope().0, key.addr(), value, flags)
+    }
+
+    fn delete(&self, key: [u8; 20]) -> io::Result<bool> {
+        self.0.grant_delete(key.scope().0, key.addr())
+    }
+
+    fn entries(&self) -> io::Result<Vec<([u8; 20], HostValue)>> {
+        Ok(self
+            .0
+            .grants()?
+            .into_iter()
+            .map(|(scope, addr, value)| (pool_key(Grant::new(Scope(scope), addr)), value))
+            .collect())
+    }
 }
 
 /// Renews (`Some(new)`) or removes (`None`) `grant` if its deadline is still `seen`.

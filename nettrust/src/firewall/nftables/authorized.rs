@@ -1,5 +1,10 @@
 //! The authorized sets: installing the table with every live authorization, writing a DNS
 //! answer (with the eviction of idle authorizations when a set is full), and reading them back.
+//!
+//! Capacities are those of the eBPF maps: `max_hosts` for the default scope's grants of each
+//! family (`authorized4`, `authorized6`, as `HOSTS_V4` and `HOSTS_V6`), and `max_hosts` for
+//! every policy's grants of both families together (the `scope_N_v4/v6` sets, as `GRANTS`),
+//! shared between the policies by [`crate::firewall::fair_share`].
 
 use std::{borrow::Cow, collections::BTreeMap, net::IpAddr, sync::Arc};
 
@@ -9,7 +14,9 @@ use super::{
     netlink::{self, Msg, MsgType, NFPROTO_INET, NetlinkError, Socket},
     policies::{grant_set, grant_set_scope},
 };
-use crate::firewall::{Authorization, AuthorizedHost, FirewallError, Grant, Scope, boottime_ns};
+use crate::firewall::{
+    Authorization, AuthorizedHost, FirewallError, Grant, Scope, boottime_ns, fair_share,
+};
 
 /// The elements of `grants`, grouped by the authorized set (scope and family) each belongs to.
 pub(super) fn by_set<'a>(
@@ -81,7 +88,7 @@ impl Inner {
         if writes.is_empty() {
             return Ok(results);
         }
-        let evicted = self.make_room(&writes, now);
+        let evicted = self.make_room(scope, &writes, now)?;
         self.socket
             .batch(NFPROTO_INET, &write_msgs(scope, &evicted, &writes, now))
             .map_err(|e| FirewallError::Authorize {
@@ -92,10 +99,17 @@ impl Inner {
             for grant in &evicted {
                 self.authorized.remove(grant);
             }
-            crate::firewall::evict::EVICTED.inc_by(evicted.len() as u64);
+            let mut per_scope: BTreeMap<Scope, u64> = BTreeMap::new();
+            for grant in &evicted {
+                *per_scope.entry(grant.scope).or_default() += 1;
+            }
+            for (victim_scope, count) in per_scope {
+                crate::firewall::evict::count_evicted(victim_scope, count);
+            }
             tracing::info!(
                 evicted = evicted.len(),
                 first = ?evicted.first(),
+                for_scope = scope.0,
                 capacity = self.max_hosts,
                 "[Evicted] authorized set full: idle authorizations removed, least recently used first"
             );
@@ -149,65 +163,128 @@ impl Inner {
         (results, writes)
     }
 
-    /// The authorizations to evict so that `writes` fit in `max_hosts` per family: none while
-    /// there is room; otherwise expired ones are forgotten first and, if that is not enough, a
-    /// batch (at least what is missing) of the least recently used, in the order of
-    /// [`crate::firewall::evict`]. nftables keeps no last-packet time, so a host with a flow in conntrack
-    /// (which this ruleset makes track every flow) counts as in use now, the others as unused
-    /// since their last answer.
-    fn make_room(&mut self, writes: &[(Grant, Held)], now: u64) -> Vec<Grant> {
+    /// The authorizations to evict so that `writes` (grants of `scope`) fit in their [`Pool`]'s
+    /// `max_hosts`: none while there is room; otherwise expired ones are forgotten first and, if
+    /// that is not enough, a batch (at least what is missing) of the least recently used, in
+    /// the order of [`crate::firewall::evict`], from the scopes [`fair_share`] lets `scope`
+    /// take from. nftables keeps no last-packet time, so a host with a flow in conntrack (which
+    /// this ruleset makes track every flow) counts as in use now, the others as unused since
+    /// their last answer. A policy's grants that still do not fit are refused (`Full`), as
+    /// `GRANTS` refuses them; the default scope's sets take them beyond `max_hosts`.
+    fn make_room(
+        &mut self,
+        scope: Scope,
+        writes: &[(Grant, Held)],
+        now: u64,
+    ) -> Result<Vec<Grant>, FirewallError> {
         let capacity = self.max_hosts as usize;
-        let new_in = |this: &Self, v6: bool| {
-            writes
-                .iter()
-                .filter(|(g, _)| g.addr.is_ipv6() == v6 && !this.authorized.contains_key(g))
-                .count()
-        };
-        if self.authorized.len() + new_in(self, false).max(new_in(self, true)) <= capacity {
-            return Vec::new();
+        // Every pool holds at most every authorization.
+        if self.authorized.len() + writes.len() <= capacity {
+            return Ok(Vec::new());
         }
-        self.authorized
-            .retain(|_, h| h.expires_ns == 0 || h.expires_ns > now);
+        // One pass forgets the expired grants and counts the others per pool.
+        let mut held = [0usize; Pool::COUNT];
+        self.authorized.retain(|g, h| {
+            let live = h.expires_ns == 0 || h.expires_ns > now;
+            held[Pool::of(g).index()] += usize::from(live);
+            live
+        });
         let mut active: Option<std::collections::HashSet<IpAddr>> = None;
         let mut evicted = Vec::new();
-        for v6 in [false, true] {
-            let held = self
-                .authorized
-                .keys()
-                .filter(|g| g.addr.is_ipv6() == v6)
-                .count();
-            let missing = (held + new_in(self, v6)).saturating_sub(capacity);
-            if missing == 0 {
+        for &pool in Pool::of_scope(scope) {
+            let new: Vec<IpAddr> = writes
+                .iter()
+                .filter(|(g, _)| Pool::of(g) == pool && !self.authorized.contains_key(g))
+                .map(|(g, _)| g.addr)
+                .collect();
+            let missing = (held[pool.index()] + new.len()).saturating_sub(capacity);
+            // Renewals only (nothing new) always go through, even in an overfull pool.
+            let Some(&first_new) = new.first().filter(|_| missing > 0) else {
                 continue;
-            }
+            };
             let active = active.get_or_insert_with(|| {
                 crate::conntrack::active_addresses().unwrap_or_else(|e| {
                     tracing::debug!("conntrack unavailable for eviction ({e})");
                     Default::default()
                 })
             });
-            let candidates = self
+            let candidates: Vec<(Grant, nettrust_common::HostValue)> = self
                 .authorized
                 .iter()
-                .filter(|(g, _)| g.addr.is_ipv6() == v6 && !writes.iter().any(|(w, _)| w == *g))
+                .filter(|(g, _)| Pool::of(g) == pool && !writes.iter().any(|(w, _)| w == *g))
                 .map(|(&g, h)| {
                     let value = nettrust_common::HostValue {
                         expires_ns: h.expires_ns,
-                        last_seen_ns: if active.contains(&g.addr) { now } else { 0 },
+                        last_seen_ns: 0,
                         flags: nettrust_common::FLAG_AUTHORIZED,
                         _pad: 0,
                     };
                     (g, value)
-                });
+                })
+                .collect();
+            let shared = fair_share::Shared {
+                entries: &candidates,
+                capacity,
+                scope_of: |g: &Grant| g.scope,
+                in_use: |g: &Grant| active.contains(&g.addr),
+            };
             let answered = |g: &Grant| self.authorized.get(g).map_or(0, |h| h.answered_ns);
-            evicted.extend(crate::firewall::evict::victims(
-                candidates,
-                answered,
-                now,
-                missing.max(crate::firewall::evict::batch(self.max_hosts)),
-            ));
+            let batch = missing.max(crate::firewall::evict::batch(self.max_hosts));
+            let chosen: Vec<Grant> = fair_share::victims(&shared, scope, answered, now, batch)
+                .into_iter()
+                .map(|i| candidates[i].0)
+                .collect();
+            if pool == Pool::Policies && chosen.len() < missing {
+                return Err(FirewallError::Full {
+                    addr: first_new,
+                    map: "scope_*_v4/v6",
+                    capacity: self.max_hosts,
+                });
+            }
+            evicted.extend(chosen);
         }
-        evicted
+        Ok(evicted)
+    }
+}
+
+/// The authorizations that share one `max_hosts` capacity, as in the eBPF maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    /// The default scope's grants of one family (`HOSTS_V4` or `HOSTS_V6`).
+    Default { v6: bool },
+    /// Every policy's grants, both families (`GRANTS`).
+    Policies,
+}
+
+impl Pool {
+    /// How many pools there are ([`Pool::index`] is below).
+    const COUNT: usize = 3;
+
+    /// The pool's place in a per-pool array.
+    fn index(self) -> usize {
+        match self {
+            Self::Default { v6 } => usize::from(v6),
+            Self::Policies => 2,
+        }
+    }
+
+    fn of(grant: &Grant) -> Self {
+        if grant.scope.is_default() {
+            Self::Default {
+                v6: grant.addr.is_ipv6(),
+            }
+        } else {
+            Self::Policies
+        }
+    }
+
+    /// The pools a write of `scope`'s grants may fill.
+    fn of_scope(scope: Scope) -> &'static [Self] {
+        if scope.is_default() {
+            &[Self::Default { v6: false }, Self::Default { v6: true }]
+        } else {
+            &[Self::Policies]
+        }
     }
 }
 
