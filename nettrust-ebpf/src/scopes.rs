@@ -1,6 +1,9 @@
 //! Policies: the scope of the sending cgroup (its deepest ancestor-or-self listed in
-//! `POLICY_OF`, cached per cgroup in `SCOPES` for one generation of `POLICY_OF`), and the
-//! record of which cgroup sent each DNS query to the proxy (`CLIENTS`). Nothing here runs while
+//! `POLICY_OF`, cached per cgroup in `SCOPES` for one generation of `POLICY_OF`), found by one
+//! walk over the cgroup's ancestors whichever program asks (a packet's cgroup for the
+//! `cgroup_skb` programs, the current task's for the socket address hooks, a socket's for
+//! `sock_ops`: [`Ancestry`]), and the record of which cgroup sent each DNS query to the proxy
+//! (`CLIENTS`). Nothing here runs while
 //! `CONFIG[CONFIG_SCOPE_GENERATION]` is 0 (no policies and no cgroup patterns).
 //!
 //! With cgroup patterns the programs are attached at each pattern's attach point, listed with
@@ -9,9 +12,10 @@
 //! by the `cgroup_mkdir` tracepoint or the daemon) has that pattern's policy.
 
 use aya_ebpf::{
-    bindings::__sk_buff,
+    bindings::{__sk_buff, bpf_sock},
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_skb_ancestor_cgroup_id,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_sk_ancestor_cgroup_id,
+        bpf_sk_cgroup_id, bpf_skb_ancestor_cgroup_id,
     },
     programs::SkBuffContext,
 };
@@ -54,10 +58,82 @@ pub fn generation() -> u32 {
     CONFIG.get(CONFIG_SCOPE_GENERATION).map_or(0, |g| *g)
 }
 
+/// Where [`walk`] reads a cgroup's ancestors from, and what it finds when none is listed. Each
+/// implementation instantiates its own copy of the walk (a BPF subprogram of its own), so every
+/// program calls only the helpers its type may call.
+pub trait Ancestry: Copy {
+    /// The id of the cgroup's ancestor at `level` (0 = the v2 root), 0 past the cgroup's own
+    /// level.
+    fn ancestor(self, level: i32) -> u64;
+    /// The policy when no ancestor-or-self is listed: the default policy.
+    fn unlisted(self) -> PolicyRef;
+}
+
+/// The cgroup of the socket that sent a packet (`cgroup_skb` programs).
+#[derive(Clone, Copy)]
+pub struct Packet(pub *mut __sk_buff);
+
+impl Ancestry for Packet {
+    #[inline(always)]
+    fn ancestor(self, level: i32) -> u64 {
+        // SAFETY: the context's skb pointer is valid for the whole program run.
+        unsafe { bpf_skb_ancestor_cgroup_id(self.0, level) }
+    }
+
+    /// Opaque to the verifier, see [`default_policy`].
+    #[inline(always)]
+    fn unlisted(self) -> PolicyRef {
+        opaque_default(self.0)
+    }
+}
+
+/// The current task's cgroup (programs that run in the sending process's context: the socket
+/// address hooks).
+#[derive(Clone, Copy)]
+pub struct CurrentTask;
+
+impl Ancestry for CurrentTask {
+    #[inline(always)]
+    fn ancestor(self, level: i32) -> u64 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_get_current_ancestor_cgroup_id(level) }
+    }
+
+    #[inline(always)]
+    fn unlisted(self) -> PolicyRef {
+        PolicyRef::default()
+    }
+}
+
+/// The cgroup of a full socket (the `sock_ops` program, which may run in softirq context,
+/// where the current task is anyone's).
+#[derive(Clone, Copy)]
+pub struct Socket(pub *mut bpf_sock);
+
+impl Ancestry for Socket {
+    #[inline(always)]
+    fn ancestor(self, level: i32) -> u64 {
+        // SAFETY: a non-null socket pointer the kernel handed the program, valid while it runs.
+        unsafe { bpf_sk_ancestor_cgroup_id(self.0.cast(), level) }
+    }
+
+    #[inline(always)]
+    fn unlisted(self) -> PolicyRef {
+        PolicyRef::default()
+    }
+}
+
 /// The policy of the cgroup `cgroup_id` that sent the packet: cached for `generation`, else the
 /// walk down its ancestors ([`walk`]), cached.
 #[inline(always)]
 pub fn resolve(ctx: &SkBuffContext, cgroup_id: u64, generation: u32) -> PolicyRef {
+    cached(Packet(ctx.skb.skb), cgroup_id, generation)
+}
+
+/// The policy of the cgroup `cgroup_id` whose ancestors `from` reads: its `SCOPES` entry when
+/// resolved for `generation`, else [`walk`], cached.
+#[inline(always)]
+fn cached<A: Ancestry>(from: A, cgroup_id: u64, generation: u32) -> PolicyRef {
     if let Some(cached) = SCOPES.get_ptr(cgroup_id) {
         // SAFETY: pointer from a successful lookup, plain data.
         let cached = unsafe { *cached };
@@ -65,7 +141,7 @@ pub fn resolve(ctx: &SkBuffContext, cgroup_id: u64, generation: u32) -> PolicyRe
             return cached.policy;
         }
     }
-    let packed = walk(ctx.skb.skb);
+    let packed = walk(from);
     let policy = PolicyRef {
         scope: packed as u32,
         flags: (packed >> 32) as u32,
@@ -79,19 +155,18 @@ pub fn resolve(ctx: &SkBuffContext, cgroup_id: u64, generation: u32) -> PolicyRe
     policy
 }
 
-/// The `POLICY_OF` entry of the deepest listed ancestor-or-self of the packet's cgroup (levels 0
-/// to `MAX_CGROUP_DEPTH` - 1; `bpf_skb_ancestor_cgroup_id` returns 0 past the cgroup's own
-/// level), or the default policy when none is listed, as one word (scope, flags << 32). A BPF
-/// subprogram, not inlined: one copy of the walk for both families, out of the way of the
-/// per-packet path. It calls helpers only, so its small frame is the only one added to the
-/// caller's in the kernel's 512-byte combined stack limit (the caller's frame is 456 bytes with
-/// the debug log enabled).
+/// The `POLICY_OF` entry of the deepest listed ancestor-or-self of the cgroup `from` reads
+/// (levels 0 to `MAX_CGROUP_DEPTH` - 1; the ancestor helpers return 0 past the cgroup's own
+/// level), or [`Ancestry::unlisted`] when none is listed, as one word (scope, flags << 32). A
+/// BPF subprogram per [`Ancestry`], not inlined: one copy of the walk for both families of a
+/// program, out of the way of the per-packet path. It calls helpers only, so its small frame is
+/// the only one added to the caller's in the kernel's 512-byte combined stack limit (the egress
+/// program's frame is 456 bytes with the debug log enabled).
 #[inline(never)]
-fn walk(skb: *mut __sk_buff) -> u64 {
-    let mut found = opaque_default(skb);
+fn walk<A: Ancestry>(from: A) -> u64 {
+    let mut found = from.unlisted();
     for level in 0..MAX_CGROUP_DEPTH {
-        // SAFETY: the context's skb pointer is valid for the whole program run.
-        let id = unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) };
+        let id = from.ancestor(level as i32);
         if id == 0 {
             break;
         }
@@ -117,52 +192,27 @@ pub fn unfiltered(policy: PolicyRef) -> bool {
 /// [`resolve`] (deepest listed ancestor-or-self, cached in `SCOPES`), from the task's cgroup.
 #[inline(always)]
 pub fn current_policy() -> Option<PolicyRef> {
+    // SAFETY: helper without preconditions.
+    filtered_policy(CurrentTask, || unsafe { bpf_get_current_cgroup_id() })
+}
+
+/// [`current_policy`] for the cgroup of the full socket `sk` (non-null).
+#[inline(always)]
+pub fn socket_policy(sk: *mut bpf_sock) -> Option<PolicyRef> {
+    // SAFETY: as in `Socket::ancestor`.
+    filtered_policy(Socket(sk), || unsafe { bpf_sk_cgroup_id(sk.cast()) })
+}
+
+/// The policy of the cgroup `from` reads (id from `cgroup_id`, read only with policies or
+/// patterns on), `None` when it is not filtered.
+#[inline(always)]
+fn filtered_policy<A: Ancestry>(from: A, cgroup_id: impl FnOnce() -> u64) -> Option<PolicyRef> {
     let generation = generation();
     if generation == 0 {
         return Some(PolicyRef::default());
     }
-    // SAFETY: helper without preconditions.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let policy = match SCOPES.get_ptr(cgroup_id) {
-        // SAFETY: pointer from a successful lookup, plain data.
-        Some(cached) if unsafe { (*cached).generation } == generation => unsafe {
-            (*cached).policy
-        },
-        _ => {
-            let packed = walk_current();
-            let policy = PolicyRef {
-                scope: packed as u32,
-                flags: (packed >> 32) as u32,
-            };
-            let entry = ScopeCache {
-                policy,
-                generation,
-                _pad: 0,
-            };
-            let _ = SCOPES.insert(cgroup_id, entry, 0);
-            policy
-        }
-    };
+    let policy = cached(from, cgroup_id(), generation);
     (!unfiltered(policy)).then_some(policy)
-}
-
-/// [`walk`] for the current task's cgroup (`bpf_get_current_ancestor_cgroup_id`).
-#[inline(never)]
-#[allow(dead_code, reason = "for the socket address hook programs")]
-fn walk_current() -> u64 {
-    let mut found = PolicyRef::default();
-    for level in 0..MAX_CGROUP_DEPTH {
-        // SAFETY: helper without preconditions.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-        if id == 0 {
-            break;
-        }
-        // SAFETY: plain data, copied out at once.
-        if let Some(policy) = unsafe { POLICY_OF.get(id) } {
-            found = *policy;
-        }
-    }
-    u64::from(found.scope) | (u64::from(found.flags) << 32)
 }
 
 /// Records in `CLIENTS` who sent a packet to one of the proxy's listeners (a UDP datagram, or a

@@ -12,6 +12,11 @@
 //! (`LIVE_TCP_CGROUP`, written by the daemon when it attaches the program): a cgroup detached or
 //! removed while it held connections no longer reports their close, and the daemon ignores the
 //! entries of cgroups it no longer filters.
+//!
+//! Each entry carries the scope of the socket's own cgroup, resolved like the egress program
+//! resolves the sender of a packet (`scopes`: deepest listed ancestor-or-self, from the socket),
+//! so a connection keeps alive only the grants of its own policy. A socket of a cgroup that is
+//! not filtered (below a pattern's attach point, matched by no pattern) is not recorded.
 #![expect(
     deprecated,
     reason = "the cgroup storage of an attachment (BPF_MAP_TYPE_CGROUP_STORAGE) is the only per-cgroup storage a sock_ops program reaches by itself"
@@ -30,16 +35,16 @@ use aya_ebpf::{
 };
 use core::ptr::read_volatile;
 
-use nettrust_common::MAX_LIVE_TCP;
+use nettrust_common::{LiveTcp, MAX_LIVE_TCP};
+
+use crate::scopes;
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 
-/// Socket cookie → the remote address (IPv6, IPv4 as IPv4-mapped) as two native words, and the
-/// cgroup id (0: the daemon had not written it yet).
-#[map(name = "LIVE_TCP")]
-static LIVE_TCP: HashMap<u64, [u64; 3]> =
-    HashMap::with_max_entries(MAX_LIVE_TCP, BPF_F_NO_PREALLOC);
+/// Socket cookie → the connection (`nettrust_common::MAP_LIVE_TCP`).
+#[map(name = "LIVE_TCP_SCOPED")]
+static LIVE_TCP: HashMap<u64, LiveTcp> = HashMap::with_max_entries(MAX_LIVE_TCP, BPF_F_NO_PREALLOC);
 /// The id of the cgroup the program is attached to, written by the daemon.
 #[map(name = "LIVE_TCP_CGROUP")]
 static LIVE_TCP_CGROUP: CgroupStorage<u64> = CgroupStorage::new();
@@ -69,9 +74,11 @@ fn established(ctx: &SockOpsContext) {
     // pointer, which the verifier refuses. `remote_ip4`/`remote_ip6` hold the address in network
     // byte order.
     let ops = ctx.ops;
-    // SAFETY: `ops` is the context the kernel passed; these fields are readable for every op.
-    let (family, v4, w) = unsafe {
+    // SAFETY: `ops` is the context the kernel passed; these fields are readable for every op
+    // (`sk` is null unless the socket is a full socket, which it is once established).
+    let (sk, family, v4, w) = unsafe {
         (
+            read_volatile(&raw const (*ops).__bindgen_anon_2.sk),
             read_volatile(&raw const (*ops).family),
             read_volatile(&raw const (*ops).remote_ip4).to_ne_bytes(),
             [
@@ -98,11 +105,29 @@ fn established(ctx: &SockOpsContext) {
         ],
         _ => return,
     };
+    // The socket's policy, unless its cgroup is not filtered; without a socket to resolve it
+    // from, nothing is recorded rather than a guess (a wrong scope would keep another policy's
+    // grant alive).
+    let scope = if scopes::generation() == 0 {
+        0
+    } else if sk.is_null() {
+        return;
+    } else {
+        match scopes::socket_policy(sk) {
+            Some(policy) => policy.scope,
+            None => return,
+        }
+    };
     let (hi, lo) = remote.split_at(8);
     let words = |b: &[u8]| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
     // SAFETY: the storage of the cgroup this program runs for, valid while it runs.
     let cgroup = unsafe { read_volatile(LIVE_TCP_CGROUP.get_ptr_mut()) };
-    let value = [words(hi), words(lo), cgroup];
+    let value = LiveTcp {
+        remote: [words(hi), words(lo)],
+        attach_cgroup: cgroup,
+        scope,
+        _pad: 0,
+    };
     // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // Only a recorded connection needs its close reported (a full map records nothing).
