@@ -11,12 +11,12 @@ pub struct LiveTcp {
     /// The id of the cgroup the program is attached to (0: the daemon had not tagged the
     /// attachment yet): the daemon drops the entries of cgroups it no longer filters.
     pub attach_cgroup: u64,
-    /// The scope of the socket's own cgroup when the connection was established (its deepest
-    /// listed ancestor-or-self in `POLICY_OF`; 0, the default policy, without policies): the
-    /// only scope whose grants this connection keeps alive.
+    /// The scope of the connecting task's cgroup when `connect` started the handshake (its
+    /// deepest listed ancestor-or-self in `POLICY_OF`; 0, the default policy, without
+    /// policies): the only scope whose grants this connection keeps alive.
     pub scope: u32,
-    /// Explicit padding (always 0).
-    pub _pad: u32,
+    /// 1 once the handshake completed; 0 while it is under way (not liveness yet).
+    pub established: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<LiveTcp>() == 32);

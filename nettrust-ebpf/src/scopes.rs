@@ -1,8 +1,8 @@
 //! Policies: the scope of the sending cgroup (its deepest ancestor-or-self listed in
 //! `POLICY_OF`, cached per cgroup in `SCOPES` for one generation of `POLICY_OF`), found by one
 //! walk over the cgroup's ancestors whichever program asks (a packet's cgroup for the
-//! `cgroup_skb` programs, the current task's for the socket address hooks, a socket's for
-//! `sock_ops`: [`Ancestry`]), and the record of which cgroup sent each DNS query to the proxy
+//! `cgroup_skb` programs, the current task's for the socket address hooks and for `sock_ops`
+//! at connect: [`Ancestry`]), and the record of which cgroup sent each DNS query to the proxy
 //! (`CLIENTS`). Nothing here runs while
 //! `CONFIG[CONFIG_SCOPE_GENERATION]` is 0 (no policies and no cgroup patterns).
 //!
@@ -12,10 +12,9 @@
 //! by the `cgroup_mkdir` tracepoint or the daemon) has that pattern's policy.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_sock},
+    bindings::__sk_buff,
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_sk_ancestor_cgroup_id,
-        bpf_sk_cgroup_id, bpf_skb_ancestor_cgroup_id,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_skb_ancestor_cgroup_id,
     },
     programs::SkBuffContext,
 };
@@ -88,7 +87,7 @@ impl Ancestry for Packet {
 }
 
 /// The current task's cgroup (programs that run in the sending process's context: the socket
-/// address hooks).
+/// address hooks, and `sock_ops` when `connect` starts a handshake).
 #[derive(Clone, Copy)]
 pub struct CurrentTask;
 
@@ -97,24 +96,6 @@ impl Ancestry for CurrentTask {
     fn ancestor(self, level: i32) -> u64 {
         // SAFETY: helper without preconditions.
         unsafe { bpf_get_current_ancestor_cgroup_id(level) }
-    }
-
-    #[inline(always)]
-    fn unlisted(self) -> PolicyRef {
-        PolicyRef::default()
-    }
-}
-
-/// The cgroup of a full socket (the `sock_ops` program, which may run in softirq context,
-/// where the current task is anyone's).
-#[derive(Clone, Copy)]
-pub struct Socket(pub *mut bpf_sock);
-
-impl Ancestry for Socket {
-    #[inline(always)]
-    fn ancestor(self, level: i32) -> u64 {
-        // SAFETY: a non-null socket pointer the kernel handed the program, valid while it runs.
-        unsafe { bpf_sk_ancestor_cgroup_id(self.0.cast(), level) }
     }
 
     #[inline(always)]
@@ -185,33 +166,21 @@ pub fn unfiltered(policy: PolicyRef) -> bool {
     policy.flags & POLICY_UNFILTERED != 0
 }
 
-/// For programs that run in the sending process's context (socket address hooks): the policy
+/// For programs that run in the sending process's context (socket address hooks, `sock_ops` at
+/// connect): the policy
 /// of the current task's cgroup, `None` when that cgroup is not filtered (below a pattern's
 /// attach point, matched by no pattern). With neither policies nor patterns (generation 0) every
 /// cgroup the program is attached to is filtered with the default policy. Resolved like
 /// [`resolve`] (deepest listed ancestor-or-self, cached in `SCOPES`), from the task's cgroup.
 #[inline(always)]
 pub fn current_policy() -> Option<PolicyRef> {
-    // SAFETY: helper without preconditions.
-    filtered_policy(CurrentTask, || unsafe { bpf_get_current_cgroup_id() })
-}
-
-/// [`current_policy`] for the cgroup of the full socket `sk` (non-null).
-#[inline(always)]
-pub fn socket_policy(sk: *mut bpf_sock) -> Option<PolicyRef> {
-    // SAFETY: as in `Socket::ancestor`.
-    filtered_policy(Socket(sk), || unsafe { bpf_sk_cgroup_id(sk.cast()) })
-}
-
-/// The policy of the cgroup `from` reads (id from `cgroup_id`, read only with policies or
-/// patterns on), `None` when it is not filtered.
-#[inline(always)]
-fn filtered_policy<A: Ancestry>(from: A, cgroup_id: impl FnOnce() -> u64) -> Option<PolicyRef> {
     let generation = generation();
     if generation == 0 {
         return Some(PolicyRef::default());
     }
-    let policy = cached(from, cgroup_id(), generation);
+    // SAFETY: helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let policy = cached(CurrentTask, cgroup_id, generation);
     (!unfiltered(policy)).then_some(policy)
 }
 

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use world::{Backend, Background, World};
+use world::{Backend, Background, ECHO_PORT, World, echo_server};
 
 both_backends!(
     ttl_expires_idle_hosts_and_renews_hosts_in_use,
@@ -34,21 +34,6 @@ both_backends!(
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// An echo server (port 8081) in the internet namespace: a connection stays open while the client
-/// keeps it open.
-const ECHO_PORT: u16 = 8081;
-
-fn echo_server(world: &World) -> Background {
-    let mut cmd = world.in_ns(&world.inet_ns, "socat");
-    cmd.args([
-        &format!("TCP6-LISTEN:{ECHO_PORT},ipv6only=0,reuseaddr,fork"),
-        "EXEC:cat",
-    ]);
-    let server = Background::spawn(cmd);
-    sleep(Duration::from_millis(300));
-    server
 }
 
 fn assert_no_firewall_rules_in_client_ns(world: &World) {

@@ -201,19 +201,21 @@ pub(super) fn open_live(dir: &Path) -> Result<LiveMap, EbpfError> {
 }
 
 /// The established connections recorded in `map` by the cgroups in `linked`, as the grants they
-/// keep alive: the scope of the socket's cgroup and the remote address (IPv4-mapped addresses
-/// as IPv4, as the egress program judges them). Entries of other cgroups (detached or removed
-/// while they held connections, so their close is never reported) are removed.
+/// keep alive: the scope of the connecting task's cgroup and the remote address (IPv4-mapped
+/// addresses as IPv4, as the egress program judges them). Handshakes under way are skipped;
+/// entries of other cgroups (detached or removed while they held connections, so their close is
+/// never reported) are removed.
 pub(super) fn live_hosts(map: &LiveMap, linked: &[u64]) -> Result<HashSet<Grant>, EbpfError> {
     let entries =
         syscalls::hash_entries(map).map_err(|e| map_error(MAP_LIVE_TCP, "cannot read", e))?;
     let mut live = HashSet::new();
     for (cookie, entry) in entries {
         match connection(&entry, linked) {
-            Some(grant) => {
+            Connection::Live(grant) => {
                 live.insert(grant);
             }
-            None => {
+            Connection::Connecting => {}
+            Connection::Orphaned => {
                 let _ = syscalls::delete(syscalls::fd_of(map), &cookie);
             }
         }
@@ -221,16 +223,29 @@ pub(super) fn live_hosts(map: &LiveMap, linked: &[u64]) -> Result<HashSet<Grant>
     Ok(live)
 }
 
-/// The grant a recorded connection keeps alive, `None` when its cgroup is no longer filtered.
-fn connection(entry: &LiveTcp, linked: &[u64]) -> Option<Grant> {
+/// What a recorded connection says.
+#[derive(Debug, PartialEq, Eq)]
+enum Connection {
+    /// Established: it keeps this grant alive.
+    Live(Grant),
+    /// Its handshake is under way: not liveness yet.
+    Connecting,
+    /// Its cgroup is no longer filtered: its close will never be reported.
+    Orphaned,
+}
+
+fn connection(entry: &LiveTcp, linked: &[u64]) -> Connection {
     // 0: recorded in the instant between the attach and the tag.
     if entry.attach_cgroup != 0 && !linked.contains(&entry.attach_cgroup) {
-        return None;
+        return Connection::Orphaned;
+    }
+    if entry.established == 0 {
+        return Connection::Connecting;
     }
     let mut addr = [0u8; 16];
     addr[..8].copy_from_slice(&entry.remote[0].to_ne_bytes());
     addr[8..].copy_from_slice(&entry.remote[1].to_ne_bytes());
-    Some(Grant::new(Scope(entry.scope), remote(addr)))
+    Connection::Live(Grant::new(Scope(entry.scope), remote(addr)))
 }
 
 /// A recorded remote address as the host maps key it.
@@ -252,28 +267,39 @@ mod tests {
         assert_eq!(remote(v6.octets()), IpAddr::V6(v6));
     }
 
-    fn entry(addr: Ipv6Addr, attach_cgroup: u64, scope: u32) -> LiveTcp {
+    fn entry(addr: Ipv6Addr, attach_cgroup: u64, scope: u32, established: u32) -> LiveTcp {
         let o = addr.octets();
         let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap());
         LiveTcp {
             remote: [word(&o[..8]), word(&o[8..])],
             attach_cgroup,
             scope,
-            _pad: 0,
+            established,
         }
     }
 
     #[test]
     fn a_connection_keeps_the_grant_of_its_own_scope() {
         let v4: std::net::Ipv4Addr = "192.0.2.11".parse().unwrap();
-        let live = entry(v4.to_ipv6_mapped(), 7, 3);
+        let mapped = v4.to_ipv6_mapped();
         assert_eq!(
-            connection(&live, &[7]),
-            Some(Grant::new(Scope(3), IpAddr::V4(v4)))
+            connection(&entry(mapped, 7, 3, 1), &[7]),
+            Connection::Live(Grant::new(Scope(3), IpAddr::V4(v4)))
         );
         // Not yet tagged: still counted.
-        assert!(connection(&entry(v4.to_ipv6_mapped(), 0, 0), &[7]).is_some());
+        assert!(matches!(
+            connection(&entry(mapped, 0, 0, 1), &[7]),
+            Connection::Live(_)
+        ));
+        // A handshake under way is not use yet, and is kept.
+        assert_eq!(
+            connection(&entry(mapped, 7, 3, 0), &[7]),
+            Connection::Connecting
+        );
         // A cgroup no longer filtered: dropped.
-        assert_eq!(connection(&live, &[8]), None);
+        assert_eq!(
+            connection(&entry(mapped, 7, 3, 1), &[8]),
+            Connection::Orphaned
+        );
     }
 }
