@@ -737,6 +737,30 @@ fn only_our_own_pinned_state_is_adopted() {
     );
 }
 
+/// A start over the pins of an earlier version whose `live_tcp` map had another value (no
+/// scope, pinned as `LIVE_TCP`): the daemon starts, records connections in its own map and
+/// removes the old pin.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn an_earlier_versions_connection_map_is_replaced() {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let mut world = World::new();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&world.bpffs_dir)
+        .unwrap();
+    std::fs::set_permissions(&world.bpffs_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let legacy = world.bpffs_dir.join("LIVE_TCP");
+    aya::maps::HashMap::<aya::maps::MapData, u64, [u64; 3]>::create(16, 0)
+        .expect("create the earlier version's map")
+        .pin(&legacy)
+        .expect("pin it");
+    world.start_daemon(&[]);
+    assert!(!legacy.exists(), "the earlier version's pin was left");
+    assert!(world.bpffs_dir.join("LIVE_TCP_SCOPED").exists());
+    assert!(world.stop_daemon());
+}
+
 fn several_cgroups_at_once(backend: Backend) {
     let mut world = World::with_backend(backend);
     let other = world.extra_cgroup("second");
