@@ -6,14 +6,16 @@
 //! namespace without its own entry); [`CapturedDest`] in [`MAP_CAPTURED`] remembers, per socket
 //! cookie, what the client asked and where the query went instead.
 
-/// The programs, in the order of their attach types in the daemon (`connect`, `sendmsg`,
-/// `recvmsg`, `getpeername`; IPv4 then IPv6).
-pub const PROGRAMS_CAPTURE: [&str; 8] = [
-    "dns_connect4",
+/// The `connect` programs (the connect-time verdict, which also captures a query's connect),
+/// attached to every filtered cgroup: IPv4, IPv6.
+pub const PROGRAMS_CONNECT: [&str; 2] = ["connect4", "connect6"];
+
+/// The capture-only programs, attached with DNS capture on, in the order of their attach types
+/// in the daemon (`sendmsg`, `recvmsg`, `getpeername`; IPv4 then IPv6).
+pub const PROGRAMS_CAPTURE: [&str; 6] = [
     "dns_sendmsg4",
     "dns_recvmsg4",
     "dns_peername4",
-    "dns_connect6",
     "dns_sendmsg6",
     "dns_recvmsg6",
     "dns_peername6",

@@ -27,6 +27,8 @@ const _: () = assert!(core::mem::size_of::<DeniedEvent>() == 32);
 /// [`DeniedEvent::flags`] bit: the packet was let through by audit mode (it would have been
 /// dropped).
 pub const EVENT_AUDIT: u16 = 1 << 0;
+/// [`DeniedEvent::flags`] bit: a TCP `connect` was refused (`EPERM`) before any packet was sent.
+pub const EVENT_CONNECT: u16 = 1 << 1;
 
 /// Per-CPU state of a rate limiter (denied events, debug records): a one-second window and its
 /// event count.

@@ -33,6 +33,12 @@ pub const POLICY_UNFILTERED: u32 = 1 << 1;
 /// or the daemon's walk), not listed by the configuration; removed with its cgroup.
 pub const POLICY_PATTERN: u32 = 1 << 2;
 
+/// Capacity of the programs' own `UNCLASSIFIED` set: new cgroups whose path the kernel matcher
+/// cannot read whole (longer than [`PATTERN_PATH_LEN`] - 1 bytes). Below a pattern's attach
+/// point, such a cgroup and its descendants are filtered with the default policy unless a
+/// listed cgroup filters them; they never pass as unmatched.
+pub const MAX_UNCLASSIFIED: u32 = 1024;
+
 /// Most patterns the kernel matcher holds (all lists together).
 pub const MAX_PATTERNS: u32 = 32;
 

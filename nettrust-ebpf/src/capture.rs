@@ -5,7 +5,8 @@
 //! by the socket cookie) and written back into the source address of what it receives and into
 //! its peer address.
 //!
-//! - `connect4/6` rewrite the destination of a TCP connection or a connected UDP socket;
+//! - `connect4/6` (the `connect` module's programs, which also judge the destination) rewrite the
+//!   destination of a TCP connection or a connected UDP socket;
 //! - `sendmsg4/6` that of each UDP datagram sent with an explicit address (`sendto`, `sendmsg`,
 //!   every message of `sendmmsg`), connected or not;
 //! - `recvmsg4/6` (UDP) and `getpeername4/6` restore the asked address where the kernel reports
@@ -43,20 +44,10 @@ static CAPTURE_TARGETS: HashMap<u64, CaptureTarget> =
 static CAPTURED: LruHashMap<u64, CapturedDest> = LruHashMap::with_max_entries(MAX_CAPTURED, 0);
 
 /// A socket-address program's "let the call proceed".
-const PROCEED: i32 = 1;
+pub(crate) const PROCEED: i32 = 1;
 
 /// The third word of an IPv4-mapped IPv6 address (`::ffff:0:0/96`, RFC 4291 §2.5.5.2).
-const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-
-#[cgroup_sock_addr(connect4)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the aya attribute macro fixes the entry point's signature"
-)]
-pub fn dns_connect4(ctx: SockAddrContext) -> i32 {
-    redirect_v4(&ctx);
-    PROCEED
-}
+pub(crate) const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 #[cgroup_sock_addr(sendmsg4)]
 #[expect(
@@ -85,16 +76,6 @@ pub fn dns_recvmsg4(ctx: SockAddrContext) -> i32 {
 )]
 pub fn dns_peername4(ctx: SockAddrContext) -> i32 {
     restore_v4(&ctx);
-    PROCEED
-}
-
-#[cgroup_sock_addr(connect6)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the aya attribute macro fixes the entry point's signature"
-)]
-pub fn dns_connect6(ctx: SockAddrContext) -> i32 {
-    redirect_v6(&ctx);
     PROCEED
 }
 
@@ -138,7 +119,7 @@ fn filtered(_ctx: &SockAddrContext) -> bool {
 /// The destination port of the call, host order (`user_port` holds it in network order in its
 /// low 16 bits).
 #[inline(always)]
-fn port(sa: *mut bpf_sock_addr) -> u16 {
+pub(crate) fn port(sa: *mut bpf_sock_addr) -> u16 {
     // SAFETY: `sa` is the context the kernel passed; `user_port` is readable in every hook.
     u16::from_be(unsafe { read_volatile(&raw const (*sa).user_port) } as u16)
 }
@@ -170,7 +151,7 @@ fn target(ctx: &SockAddrContext) -> Option<CaptureTarget> {
 /// asks itself, even inside a filtered cgroup. Anybody else's query is captured, also one to the
 /// upstream's own address.
 #[inline(always)]
-fn from_proxy(sa: *mut bpf_sock_addr) -> bool {
+pub(crate) fn from_proxy(sa: *mut bpf_sock_addr) -> bool {
     // SAFETY: `sk` is the socket of the call, readable in every hook.
     let sk = unsafe { read_volatile(&raw const (*sa).__bindgen_anon_1.sk) };
     // SAFETY: `mark` is a field of the socket the verifier lets these hooks read.
@@ -195,7 +176,7 @@ fn remember(ctx: &SockAddrContext, asked: [u32; 4], target: [u32; 4], target_por
 
 /// `connect4`/`sendmsg4`: a query to port 53 goes to the namespace's IPv4 listener.
 #[inline(always)]
-fn redirect_v4(ctx: &SockAddrContext) {
+pub(crate) fn redirect_v4(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
     if port(sa) != CAPTURE_PORT || from_proxy(sa) || !filtered(ctx) {
         return;
@@ -217,7 +198,7 @@ fn redirect_v4(ctx: &SockAddrContext) {
 
 /// The four words of the call's IPv6 address (network order in memory).
 #[inline(always)]
-fn ip6(sa: *mut bpf_sock_addr) -> [u32; 4] {
+pub(crate) fn ip6(sa: *mut bpf_sock_addr) -> [u32; 4] {
     // SAFETY: `user_ip6` is readable, a word at a time, in the IPv6 hooks.
     unsafe {
         [
@@ -244,7 +225,7 @@ fn set_ip6(sa: *mut bpf_sock_addr, w: [u32; 4]) {
 /// `connect6`/`sendmsg6`: a query to port 53 goes to the namespace's IPv6 listener, or for an
 /// IPv4-mapped destination to its IPv4 listener (mapped).
 #[inline(always)]
-fn redirect_v6(ctx: &SockAddrContext) {
+pub(crate) fn redirect_v6(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
     if port(sa) != CAPTURE_PORT || from_proxy(sa) || !filtered(ctx) {
         return;

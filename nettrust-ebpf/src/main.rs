@@ -33,6 +33,7 @@
 use nettrust_ebpf as _;
 
 mod capture;
+mod connect;
 mod counters;
 mod flows;
 mod icmp;

@@ -26,7 +26,7 @@ use nettrust_common::{
     PatternMasks, PolicyRef, pattern_accepts, pattern_closure, pattern_lit_index, pattern_step,
 };
 
-use crate::maps::{POLICY_OF, SCOPES};
+use crate::maps::{POLICY_OF, SCOPES, UNCLASSIFIED};
 
 /// The compiled patterns, in configuration order; the first with `used` 0 ends the list.
 #[map(name = "PATTERNS")]
@@ -70,12 +70,28 @@ struct Matching {
     reason = "the aya attribute macro fixes the entry point's signature"
 )]
 pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
-    if let Some(id) = v2_cgroup(&ctx)
-        && let Some(policy) = classify(&ctx)
-    {
-        let _ = POLICY_OF.insert(id, policy, 0);
+    if let Some(id) = v2_cgroup(&ctx) {
+        match classify(&ctx) {
+            Classified::Matched(policy) => {
+                let _ = POLICY_OF.insert(id, policy, 0);
+            }
+            Classified::Unreadable => {
+                let _ = UNCLASSIFIED.insert(id, 1, 0);
+            }
+            Classified::Unmatched => {}
+        }
     }
     0
+}
+
+/// What [`classify`] made of a new cgroup's path.
+enum Classified {
+    /// The first pattern that matches, and its policy.
+    Matched(PolicyRef),
+    /// No pattern matches.
+    Unmatched,
+    /// The path is too long to read whole: it cannot be judged (`UNCLASSIFIED`).
+    Unreadable,
 }
 
 #[tracepoint]
@@ -87,6 +103,7 @@ pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
     if let Some(id) = v2_cgroup(&ctx) {
         remove_pattern_entry(id);
         let _ = SCOPES.remove(id);
+        let _ = UNCLASSIFIED.remove(id);
     }
     0
 }
@@ -116,10 +133,14 @@ fn remove_pattern_entry(id: u64) {
 
 /// The policy of the first pattern matching the event's path, if any.
 #[inline(never)]
-fn classify(ctx: &TracePointContext) -> Option<PolicyRef> {
+fn classify(ctx: &TracePointContext) -> Classified {
     // SAFETY: offset inside the event record.
-    let loc: u32 = unsafe { ctx.read_at(PATH_OFFSET) }.ok()?;
-    let buf = PATTERN_PATH.get_ptr_mut(0)?;
+    let Ok(loc) = (unsafe { ctx.read_at::<u32>(PATH_OFFSET) }) else {
+        return Classified::Unreadable;
+    };
+    let Some(buf) = PATTERN_PATH.get_ptr_mut(0) else {
+        return Classified::Unreadable;
+    };
     // SAFETY: the per-CPU buffer is ours for this run; the source is the event record.
     let read = unsafe {
         bpf_probe_read_kernel_str(
@@ -131,9 +152,9 @@ fn classify(ctx: &TracePointContext) -> Option<PolicyRef> {
                 .cast(),
         )
     };
-    // The length counts the terminating NUL; a path filling the buffer may be cut: no match.
+    // The length counts the terminating NUL; a path filling the buffer may be cut.
     if read <= 1 || read >= i64::from(PATTERN_PATH_LEN) {
-        return None;
+        return Classified::Unreadable;
     }
     let mut search = Search {
         len: (read - 1) as u32,
@@ -149,8 +170,14 @@ fn classify(ctx: &TracePointContext) -> Option<PolicyRef> {
             0,
         );
     }
-    let found = search.found.checked_sub(1)?;
-    PATTERNS.get(found).map(|masks| masks.policy)
+    match search
+        .found
+        .checked_sub(1)
+        .and_then(|found| PATTERNS.get(found))
+    {
+        Some(masks) => Classified::Matched(masks.policy),
+        None => Classified::Unmatched,
+    }
 }
 
 /// The search through the patterns, passed to each `bpf_loop` step of [`try_pattern`].

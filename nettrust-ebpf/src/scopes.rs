@@ -15,6 +15,7 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_skb_ancestor_cgroup_id,
+        bpf_skb_cgroup_id,
     },
     programs::SkBuffContext,
 };
@@ -24,7 +25,7 @@ use nettrust_common::{
 };
 
 use crate::{
-    maps::{CLIENTS, CONFIG, LISTENERS, POLICY_OF, SCOPES},
+    maps::{CLIENTS, CONFIG, LISTENERS, POLICY_OF, SCOPES, UNCLASSIFIED},
     parse::{Headers, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FLAGS_OFFSET, TCP_SYN, endpoint_key},
 };
 
@@ -64,6 +65,8 @@ pub trait Ancestry: Copy {
     /// The id of the cgroup's ancestor at `level` (0 = the v2 root), 0 past the cgroup's own
     /// level.
     fn ancestor(self, level: i32) -> u64;
+    /// The id of the cgroup itself.
+    fn own(self) -> u64;
     /// The policy when no ancestor-or-self is listed: the default policy.
     fn unlisted(self) -> PolicyRef;
 }
@@ -77,6 +80,12 @@ impl Ancestry for Packet {
     fn ancestor(self, level: i32) -> u64 {
         // SAFETY: the context's skb pointer is valid for the whole program run.
         unsafe { bpf_skb_ancestor_cgroup_id(self.0, level) }
+    }
+
+    #[inline(always)]
+    fn own(self) -> u64 {
+        // SAFETY: as above.
+        unsafe { bpf_skb_cgroup_id(self.0) }
     }
 
     /// Opaque to the verifier, see [`default_policy`].
@@ -96,6 +105,12 @@ impl Ancestry for CurrentTask {
     fn ancestor(self, level: i32) -> u64 {
         // SAFETY: helper without preconditions.
         unsafe { bpf_get_current_ancestor_cgroup_id(level) }
+    }
+
+    #[inline(always)]
+    fn own(self) -> u64 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_get_current_cgroup_id() }
     }
 
     #[inline(always)]
@@ -138,11 +153,12 @@ fn cached<A: Ancestry>(from: A, cgroup_id: u64, generation: u32) -> PolicyRef {
 
 /// The `POLICY_OF` entry of the deepest listed ancestor-or-self of the cgroup `from` reads
 /// (levels 0 to `MAX_CGROUP_DEPTH` - 1; the ancestor helpers return 0 past the cgroup's own
-/// level), or [`Ancestry::unlisted`] when none is listed, as one word (scope, flags << 32). A
-/// BPF subprogram per [`Ancestry`], not inlined: one copy of the walk for both families of a
-/// program, out of the way of the per-packet path. It calls helpers only, so its small frame is
-/// the only one added to the caller's in the kernel's 512-byte combined stack limit (the egress
-/// program's frame is 456 bytes with the debug log enabled).
+/// level; a deeper or unclassifiable cgroup as [`settle`] says), or [`Ancestry::unlisted`] when
+/// none is listed, as one word (scope, flags << 32). A BPF subprogram per [`Ancestry`], not
+/// inlined: one copy of the walk for both families of a program, out of the way of the
+/// per-packet path. It calls helpers only, so its small frame is the only one added to the
+/// caller's in the kernel's 512-byte combined stack limit (the egress program's frame is 456
+/// bytes with the debug log enabled).
 #[inline(never)]
 fn walk<A: Ancestry>(from: A) -> u64 {
     let mut found = from.unlisted();
@@ -156,7 +172,56 @@ fn walk<A: Ancestry>(from: A) -> u64 {
             found = *policy;
         }
     }
-    u64::from(found.scope) | (u64::from(found.flags) << 32)
+    settle(pack(found), from)
+}
+
+/// A policy as the one word a walk returns: scope, flags << 32.
+#[inline(always)]
+fn pack(policy: PolicyRef) -> u64 {
+    u64::from(policy.scope) | (u64::from(policy.flags) << 32)
+}
+
+/// The walk's answer `packed` where the walk could not see everything, failing closed: for a
+/// cgroup deeper than the walk looks (`from.ancestor(MAX_CGROUP_DEPTH)` ≠ 0), its own
+/// `POLICY_OF` entry (`from.own()`: a cgroup a pattern matched at any depth); then, if that
+/// leaves it below a pattern's attach point unmatched (`POLICY_UNFILTERED`) while it is that
+/// deep (a deeper matched ancestor cannot be seen) or it or an ancestor is in `UNCLASSIFIED` (its
+/// path could not be matched), the default policy (`from.unlisted()`) instead of passing. A
+/// separate subprogram after the walk's loop, so its tests never split the loop's verifier
+/// states.
+#[inline(never)]
+fn settle<A: Ancestry>(packed: u64, from: A) -> u64 {
+    let deep = from.ancestor(MAX_CGROUP_DEPTH as i32) != 0;
+    if deep {
+        // SAFETY: plain data, copied out at once.
+        if let Some(policy) = unsafe { POLICY_OF.get(from.own()) } {
+            return pack(*policy);
+        }
+    }
+    if (packed >> 32) as u32 & POLICY_UNFILTERED == 0 {
+        return packed;
+    }
+    if deep || unclassified(from) {
+        return pack(from.unlisted());
+    }
+    packed
+}
+
+/// Whether the cgroup or one of its ancestors (levels 0 to `MAX_CGROUP_DEPTH` - 1) is in
+/// `UNCLASSIFIED`.
+#[inline(always)]
+fn unclassified<A: Ancestry>(from: A) -> bool {
+    for level in 0..MAX_CGROUP_DEPTH {
+        let id = from.ancestor(level as i32);
+        if id == 0 {
+            return false;
+        }
+        // SAFETY: only checked for presence.
+        if unsafe { UNCLASSIFIED.get(id) }.is_some() {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether `policy` is that of a cgroup the programs run for without filtering it (below a
@@ -167,8 +232,7 @@ pub fn unfiltered(policy: PolicyRef) -> bool {
 }
 
 /// For programs that run in the sending process's context (socket address hooks, `sock_ops` at
-/// connect): the policy
-/// of the current task's cgroup, `None` when that cgroup is not filtered (below a pattern's
+/// connect): the policy of the current task's cgroup, `None` when that cgroup is not filtered (below a pattern's
 /// attach point, matched by no pattern). With neither policies nor patterns (generation 0) every
 /// cgroup the program is attached to is filtered with the default policy. Resolved like
 /// [`resolve`] (deepest listed ancestor-or-self, cached in `SCOPES`), from the task's cgroup.
@@ -178,9 +242,7 @@ pub fn current_policy() -> Option<PolicyRef> {
     if generation == 0 {
         return Some(PolicyRef::default());
     }
-    // SAFETY: helper without preconditions.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let policy = cached(CurrentTask, cgroup_id, generation);
+    let policy = cached(CurrentTask, CurrentTask.own(), generation);
     (!unfiltered(policy)).then_some(policy)
 }
 

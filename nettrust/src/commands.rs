@@ -226,6 +226,11 @@ fn ebpf_status(bpffs_dir: &Path, status: &ebpf::PinnedStatus) -> String {
         "drop input: {}",
         if status.drop_input { "yes" } else { "no" }
     );
+    let _ = writeln!(
+        out,
+        "dns capture: {}",
+        if status.dns_capture { "on" } else { "off" }
+    );
     let path_of = |id: u64| {
         status
             .cgroups

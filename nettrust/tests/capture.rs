@@ -469,7 +469,7 @@ fn capture_pins(world: &World) -> Vec<String> {
 
 /// Capture follows the running daemon: a cgroup attached at runtime (`nettrust attach`) is
 /// captured too; after a `kill -9`, a restart without capture removes the capture programs and
-/// links it left, and queries to other resolvers are blocked again.
+/// links it left, and queries to other resolvers are blocked again; `status` says which.
 #[test]
 #[ignore = "needs root: cargo xtask test"]
 fn runtime_attach_and_restart_follow_the_daemon() {
@@ -495,10 +495,23 @@ fn runtime_attach_and_restart_follow_the_daemon() {
         (reply.answers, reply.peer.as_str()),
         (vec![A_TEST.to_owned()], ASKED)
     );
-    assert!(capture_pins(&world).len() >= 8 + 2 * 8);
+    // Six capture programs, each linked to both cgroups.
+    assert!(capture_pins(&world).len() >= 6 + 2 * 6);
+    let status =
+        |world: &World| String::from_utf8_lossy(&world.nettrust(&["status"]).stdout).into_owned();
+    assert!(
+        status(&world).contains("dns capture: on"),
+        "{}",
+        status(&world)
+    );
     world.kill_daemon();
     world.start_daemon(&[]);
     assert_eq!(capture_pins(&world), Vec::<String>::new());
+    assert!(
+        status(&world).contains("dns capture: off"),
+        "{}",
+        status(&world)
+    );
     for cgroup in [&world.cgroup, &late] {
         let reply = ask(
             world.in_cgroup_at(cgroup, "python3"),

@@ -424,6 +424,99 @@ fn nft_upstream_only_for_the_proxy_and_no_source_routes() {
     upstream_and_source_routes(Backend::Nftables);
 }
 
+/// Tries a TCP `connect` (5 s timeout) to each destination, then a UDP `connect` and `send` to
+/// the first, printing `connected`, `sent`, `timeout` or the errno name of each step.
+const CONNECT_SCRIPT: &str = r#"
+import socket, errno, sys
+def attempt(kind, family, addr):
+    s = socket.socket(family, kind)
+    s.settimeout(5)
+    try:
+        s.connect((addr, 8080))
+        print("connected")
+        if kind == socket.SOCK_DGRAM:
+            s.send(b"x")
+            print("sent")
+    except socket.timeout:
+        print("timeout")
+    except OSError as e:
+        print(errno.errorcode[e.errno])
+for addr in sys.argv[1:]:
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    attempt(socket.SOCK_STREAM, family, addr)
+attempt(socket.SOCK_DGRAM, socket.AF_INET, sys.argv[1])
+"#;
+
+/// A TCP connection to an address nobody resolved fails at once, not after the SYN's retries:
+/// eBPF refuses `connect` itself (`EPERM`, reported `(connect refused)`), nftables answers the
+/// SYN with a reset (`ECONNREFUSED`); for IPv4, an IPv4-mapped IPv6 destination and IPv6. A
+/// resolved address connects, UDP `connect` proceeds (it sends nothing; `egress` refuses the
+/// datagram), and outside the cgroup nothing is refused.
+fn unresolved_connects_fail_at_once(backend: Backend) {
+    let mut world = World::with_backend(backend);
+    world.start_daemon(&[]);
+    let unresolved = ["203.0.113.77", "::ffff:203.0.113.77", "2001:db8:1::77"];
+    let run = |cmd: Command, addrs: &[&str]| {
+        let mut cmd = cmd;
+        cmd.args(["-c", CONNECT_SCRIPT]).args(addrs);
+        let out = output(cmd);
+        assert!(out.status.success(), "python3 failed: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let refused = match backend {
+        Backend::Ebpf => "EPERM",
+        Backend::Nftables => "ECONNREFUSED",
+    };
+    assert_eq!(
+        run(world.in_cgroup("python3"), &unresolved),
+        [refused, refused, refused, "connected", "EPERM"],
+        "TCP to unresolved addresses (IPv4, IPv4-mapped, IPv6), then UDP connect and send"
+    );
+    assert_eq!(
+        run(world.in_ns(&world.client_ns, "python3"), &unresolved),
+        ["connected", "connected", "connected", "connected", "sent"],
+        "outside the cgroup the same destinations answer"
+    );
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert_eq!(world.resolve("a.test", "AAAA", false), ["2001:db8:1::10"]);
+    assert_eq!(
+        run(
+            world.in_cgroup("python3"),
+            &["192.0.2.10", "2001:db8:1::10"]
+        ),
+        ["connected", "connected", "connected", "sent"],
+        "resolved addresses connect"
+    );
+    if backend == Backend::Ebpf {
+        world.eventually(
+            "the refused connect in the log",
+            Duration::from_secs(5),
+            || {
+                world
+                    .daemon_log()
+                    .lines()
+                    .any(|l| l.contains("-> 203.0.113.77 port 8080 proto tcp (connect refused)"))
+            },
+        );
+    }
+    assert!(world.stop_daemon(), "nettrust failed at exit");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn ebpf_unresolved_connects_fail_at_once() {
+    unresolved_connects_fail_at_once(Backend::Ebpf);
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn nft_unresolved_connects_fail_at_once() {
+    unresolved_connects_fail_at_once(Backend::Nftables);
+}
+
 /// Sends one bare TCP ACK from `src`:`sport` to `dst`:`dport` through a raw socket (run in the
 /// internet namespace, where every 192.0.2.0/24 address is local: a spoofed source).
 fn bare_ack_script(src: &str, sport: u16, dst: &str, dport: u16) -> String {

@@ -495,3 +495,50 @@ fn a_recreated_attach_point_is_logged_and_reattached_by_sighup() {
     );
     assert_eq!(world.arrivals(), 1);
 }
+
+/// What the data path cannot see fails closed, never open. Below `deep`, a cgroup a `**` pattern
+/// matches more than 15 levels down (out of the walk's reach) is found by its own id; a
+/// non-matching cgroup that deep, and a matched one's child, are filtered with the default
+/// policy (a deeper matched ancestor cannot be seen); a shallow non-matching one still passes.
+/// Below `long`, a new cgroup whose path is too long for the kernel matcher is filtered too.
+#[test]
+#[ignore = "root: run with cargo xtask test"]
+fn cgroups_beyond_the_walk_fail_closed() {
+    let (world, mut tree) = start(&["{root}/deep/**/job-*", "{root}/long/**/leaf"], &[], &[]);
+    let levels: Vec<String> = (0..17).map(|i| format!("l{i}")).collect();
+    let deep = levels.join("/");
+    let long: Vec<String> = ["a", "b", "c"].iter().map(|c| c.repeat(250)).collect();
+    let long = long.join("/");
+    let blocked = [
+        format!("deep/{deep}/job-1"),
+        format!("deep/{deep}/other"),
+        format!("deep/{deep}/job-1/child"),
+        format!("long/{long}/leaf"),
+    ];
+    for rel in &blocked {
+        let cgroup = tree.mkdir(rel);
+        assert!(
+            !send_from(&world, &cgroup, UNAUTHORIZED),
+            "the send from {rel} succeeded"
+        );
+    }
+    let mut sent = 0;
+    for rel in ["deep/l0/other", "long/other"] {
+        let cgroup = tree.mkdir(rel);
+        assert!(
+            send_from(&world, &cgroup, UNAUTHORIZED),
+            "the send from non-matching {rel} failed"
+        );
+        sent += 1;
+    }
+    world.eventually(
+        "the passing datagrams counted",
+        Duration::from_secs(2),
+        || world.arrivals() >= sent,
+    );
+    assert_eq!(
+        world.arrivals(),
+        sent,
+        "only the passing cgroups' datagrams may arrive"
+    );
+}

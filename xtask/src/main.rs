@@ -159,6 +159,7 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Setup => {
             setup::toolchain()?;
+            setup::python_tools()?;
             setup::packages()?;
         }
         Cmd::Build { release } => {
@@ -393,6 +394,7 @@ fn systemd_unit_security(root: &Path) -> Result<()> {
 
 fn test(root: &Path, unit_only: bool) -> Result<()> {
     setup::toolchain()?;
+    setup::python_tools()?;
     if !unit_only {
         setup::packages()?;
     }

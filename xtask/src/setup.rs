@@ -17,6 +17,9 @@ use anyhow::{Context as _, Result, bail};
 const NIGHTLY: &str = "nightly";
 /// bpf-linker release known to work with aya 0.14 and LLVM 21–23.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The Kubernetes manifest validator (PyPI; its schemas ship in the package, so it validates
+/// offline) the manifests test runs.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 /// Commands the root tests run (or, as an absolute path, a file they use), and the Debian package
 /// that provides each.
@@ -218,14 +221,21 @@ fn bpf_linker() -> Result<()> {
 }
 
 fn write_wrapper(wrapper: &Path, real: &Path, libdir: &Path) -> Result<()> {
+    write_script(
+        wrapper,
+        &format!(
+            "# Written by cargo xtask setup: bpf-linker needs the nightly toolchain's libLLVM.\nLD_LIBRARY_PATH='{}'${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}} exec '{}' \"$@\"\n",
+            libdir.display(),
+            real.display()
+        ),
+    )
+}
+
+/// Writes an executable shell script `body` at `path`.
+fn write_script(path: &Path, body: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    let script = format!(
-        "#!/bin/sh\n# Written by cargo xtask setup: bpf-linker needs the nightly toolchain's libLLVM.\nLD_LIBRARY_PATH='{}'${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}} exec '{}' \"$@\"\n",
-        libdir.display(),
-        real.display()
-    );
-    std::fs::write(wrapper, script)?;
-    std::fs::set_permissions(wrapper, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(path, format!("#!/bin/sh\n{body}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
 
@@ -262,4 +272,32 @@ pub fn install(wanted: &[(&str, &str)]) -> Result<()> {
     status(&mut apt(&["update", "-qq"]))?;
     status(apt(&["install", "-y", "-qq", "--no-install-recommends"]).args(&missing))?;
     Ok(())
+}
+
+/// kubernetes-validate, installed from PyPI into the tools cache (`python/`, with the interpreter
+/// that installed it, since its dependencies carry compiled modules) behind a wrapper in the
+/// tools' `bin`, for the test that validates `deploy/kubernetes`.
+pub fn python_tools() -> Result<()> {
+    let target = cache_dir().join("python");
+    let marker = target.join("kubernetes_validate-1.37.0.dist-info");
+    let wrapper = tools_bin().join("kubernetes-validate");
+    if marker.is_dir() && wrapper.is_file() {
+        return Ok(());
+    }
+    let python = output(Command::new("python3").args(["-c", "import sys; print(sys.executable)"]))?;
+    let python = python.trim();
+    status(
+        Command::new(python)
+            .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
+            .arg(&target)
+            .arg(KUBERNETES_VALIDATE),
+    )?;
+    std::fs::create_dir_all(tools_bin())?;
+    write_script(
+        &wrapper,
+        &format!(
+            "PYTHONPATH='{}' exec '{python}' -m kubernetes_validate \"$@\"\n",
+            target.display()
+        ),
+    )
 }

@@ -20,7 +20,7 @@ use crate::cgroup::patterns::{CgroupPattern, is_pattern};
 
 use super::{
     adopt::open_pinned,
-    capture, live_tcp, pins,
+    live_tcp, pins, sock_addr,
     types::{CgroupMap, EbpfError, LINKED, PROGRAMS, cgroup_error, map_error, program_error},
 };
 
@@ -82,7 +82,7 @@ pub(super) fn attach_cgroup(
         attach_one(program, name, attach_type, &cgroup, dir, path, id)?;
     }
     live_tcp::attach(ebpf, &cgroup, dir, path, id)?;
-    capture::attach(ebpf, &cgroup, dir, path, id)?;
+    sock_addr::attach(ebpf, &cgroup, dir, path, id)?;
     record_cgroup(cgroup_map, dir, id, path)?;
     Ok(id)
 }
@@ -96,24 +96,16 @@ fn attach_one(
     path: &Path,
     id: u64,
 ) -> Result<(), EbpfError> {
-    // On kernels >= 5.7 aya attaches through a bpf_link, which always coexists with other
-    // programs on the cgroup (systemd's, a container runtime's, our previous run's; every one
-    // must allow a packet) and rejects attach flags: `Single` means "no flags" there.
-    let link_id = program
-        .attach(cgroup, attach_type, CgroupAttachMode::Single)
-        .map_err(|source| {
-            program_error(
-                format!("{name}: cannot attach to {}", path.display()),
-                source,
-            )
-        })?;
-    let link = program.take_link(link_id).map_err(|source| {
-        program_error(
-            format!("{name}: cannot take the link of {}", path.display()),
-            source,
-        )
-    })?;
-    pins::pin_link(link, dir, name, id, path)
+    // On kernels >= 5.7 aya attaches through a bpf_link and rejects attach flags: `Single`
+    // means "no flags" there.
+    pins::link_cgroup(dir, name, id, path, || {
+        let link_id = program
+            .attach(cgroup, attach_type, CgroupAttachMode::Single)
+            .map_err(|e| ("attach to", e))?;
+        program
+            .take_link(link_id)
+            .map_err(|e| ("take the link of", e))
+    })
 }
 
 /// Whether `POLICY_OF` lists the cgroup `id` as a pattern's attach point.
@@ -208,7 +200,7 @@ pub fn attach_pinned(dir: &Path, path: &Path) -> Result<(), EbpfError> {
         attach_one(&mut program, name, attach_type, &cgroup, dir, path, id)?;
     }
     live_tcp::attach_pinned(&cgroup, dir, path, id)?;
-    capture::attach_pinned(&cgroup, dir, path, id)?;
+    sock_addr::attach_pinned(&cgroup, dir, path, id)?;
     record_cgroup(&mut cgroup_map, dir, id, path)
 }
 

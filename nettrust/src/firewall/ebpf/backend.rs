@@ -39,7 +39,7 @@ use super::{
     pins, scoped,
     scopes::ScopeMaps,
     services::{ServiceMap, sync_blocked, sync_services},
-    types::{CgroupMap, EbpfError, HostMap, NetTrie, map_error},
+    types::{CgroupMap, EbpfError, HostMap, NetTrie, map_error, take_map},
     whitelist,
 };
 use crate::firewall::{
@@ -320,7 +320,7 @@ fn install(
     seed: u64,
     seed_pinned: bool,
 ) -> Result<Installed, EbpfError> {
-    let mut config: Array<MapData, u32> = loader::take_map(ebpf, MAP_CONFIG)?;
+    let mut config: Array<MapData, u32> = take_map(ebpf, MAP_CONFIG)?;
     adopt::store_seed(&mut config, seed)?;
     let Some(Map::Array(v4_map)) = ebpf.take_map(MAP_HOSTS_V4) else {
         return Err(map_error(
@@ -338,24 +338,24 @@ fn install(
     }
     let mut hosts = HostMaps {
         v4: Arc::new(v4),
-        v6: loader::take_map(ebpf, MAP_HOSTS_V6)?,
-        names: loader::take_map(ebpf, MAP_NAMES)?,
+        v6: take_map(ebpf, MAP_HOSTS_V6)?,
+        names: take_map(ebpf, MAP_NAMES)?,
     };
-    let mut nets_v4: NetTrie<4> = loader::take_map(ebpf, MAP_NETS_V4)?;
-    let mut nets_v6: NetTrie<16> = loader::take_map(ebpf, MAP_NETS_V6)?;
+    let mut nets_v4: NetTrie<4> = take_map(ebpf, MAP_NETS_V4)?;
+    let mut nets_v6: NetTrie<16> = take_map(ebpf, MAP_NETS_V6)?;
     whitelist::install_policy(&mut hosts, &mut nets_v4, &mut nets_v6, &options.policy)?;
-    let mut services: ServiceMap = loader::take_map(ebpf, MAP_SERVICES)?;
+    let mut services: ServiceMap = take_map(ebpf, MAP_SERVICES)?;
     sync_services(&mut services, &options.policy.services)?;
-    let mut blocked_v4: NetTrie<4> = loader::take_map(ebpf, MAP_BLOCKED_V4)?;
-    let mut blocked_v6: NetTrie<16> = loader::take_map(ebpf, MAP_BLOCKED_V6)?;
+    let mut blocked_v4: NetTrie<4> = take_map(ebpf, MAP_BLOCKED_V4)?;
+    let mut blocked_v6: NetTrie<16> = take_map(ebpf, MAP_BLOCKED_V6)?;
     sync_blocked(&mut blocked_v4, &mut blocked_v6, &options.policy.blocked)?;
     config
         .set(CONFIG_DROP_INPUT, u32::from(options.drop_input), 0)
         .map_err(|e| map_error(MAP_CONFIG, "cannot set drop-input", e))?;
     Ok(Installed {
         hosts,
-        cgroups: loader::take_map(ebpf, MAP_CGROUPS)?,
-        denied: loader::take_map(ebpf, MAP_DENIED)?,
+        cgroups: take_map(ebpf, MAP_CGROUPS)?,
+        denied: take_map(ebpf, MAP_DENIED)?,
         _held: Held {
             _config: config,
             _v4: v4_map,

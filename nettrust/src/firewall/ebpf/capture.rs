@@ -1,12 +1,7 @@
 //! Transparent DNS capture from userspace (nettrust-ebpf's `capture` module): which listener
 //! each network namespace's queries go to ([`CaptureTargets`], written into `CAPTURE_TARGETS`
-//! before the programs load), loading and pinning the eight socket-address programs, and
-//! attaching them to each filtered cgroup through pinned bpf_links next to the `cgroup_skb` ones
-//! (`link-dns_connect4-<id>`, …).
-//!
-//! Capture is on for a pin directory exactly when its capture programs are pinned: a start with
-//! capture off unpins them and every cgroup's capture links, so `nettrust attach` and a recreated
-//! cgroup follow the running daemon's choice.
+//! before the programs load). The programs themselves are loaded, pinned and attached with the
+//! other socket-address programs (`super::sock_addr`).
 //!
 //! Why socket-address hooks rather than rewriting packets (tc or nftables NAT): they run once per
 //! `connect`/`sendmsg`/`recvmsg`/`getpeername` call, in the process that makes it, in whatever
@@ -20,43 +15,24 @@
 //! a bridge) gets the first listen address that is neither loopback nor unspecified: inside a
 //! container 127.0.0.1 is the container's own loopback, the host end of its link is reachable.
 //! A family without such a listener is not captured in those namespaces (its queries stay
-//! subject to `egress`, which drops them unless whitelisted).
+//! subject to `egress`, which drops them unless whitelisted). Without targets (capture off) the
+//! map stays empty and the `connect` programs capture nothing.
 
 use std::{
-    fs::File,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::AsRawFd as _,
-    path::Path,
 };
 
 use aya::{
     Ebpf,
     maps::{HashMap as AyaHashMap, MapData},
-    programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockAddrAttachType, ProgramError},
 };
 use nettrust_common::{
     CAPTURE_OTHER_NETNS, CAPTURE_V4, CAPTURE_V6, CaptureTarget, MAP_CAPTURE_TARGETS,
-    PROGRAMS_CAPTURE,
 };
 
-use super::{
-    loader::take_map,
-    pins,
-    types::{EbpfError, map_error, program_error},
-};
-
-/// The capture programs and their attach types (the names of `PROGRAMS_CAPTURE`, in order).
-const ATTACH: [(&str, CgroupSockAddrAttachType); 8] = [
-    (PROGRAMS_CAPTURE[0], CgroupSockAddrAttachType::Connect4),
-    (PROGRAMS_CAPTURE[1], CgroupSockAddrAttachType::UDPSendMsg4),
-    (PROGRAMS_CAPTURE[2], CgroupSockAddrAttachType::UDPRecvMsg4),
-    (PROGRAMS_CAPTURE[3], CgroupSockAddrAttachType::GetPeerName4),
-    (PROGRAMS_CAPTURE[4], CgroupSockAddrAttachType::Connect6),
-    (PROGRAMS_CAPTURE[5], CgroupSockAddrAttachType::UDPSendMsg6),
-    (PROGRAMS_CAPTURE[6], CgroupSockAddrAttachType::UDPRecvMsg6),
-    (PROGRAMS_CAPTURE[7], CgroupSockAddrAttachType::GetPeerName6),
-];
+use super::types::{EbpfError, map_error, take_map};
 
 /// One network namespace's listeners for captured queries, per family.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -169,21 +145,13 @@ fn own_netns_cookie() -> io::Result<u64> {
     }
 }
 
-/// With `targets`, writes them into `CAPTURE_TARGETS`, then loads the capture programs and pins
-/// them (`prog-dns_*`), replacing a previous run's pins; without, unpins a previous run's
-/// capture programs (capture off).
-pub(super) fn load_and_pin(
+/// Writes `targets` into `CAPTURE_TARGETS` (this namespace's cookie and every other namespace's
+/// key), before the programs that read it are loaded. Returns the map's handle, which must stay
+/// open until they are: their instructions refer to its descriptor.
+pub(super) fn write_targets(
     ebpf: &mut Ebpf,
-    dir: &Path,
-    targets: Option<&CaptureTargets>,
-) -> Result<(), EbpfError> {
-    let Some(targets) = targets else {
-        for (name, _) in ATTACH {
-            let _ = std::fs::remove_file(pins::program_pin(dir, name));
-        }
-        return Ok(());
-    };
-    // The handle stays open until the programs are loaded: their instructions refer to its fd.
+    targets: &CaptureTargets,
+) -> Result<AyaHashMap<MapData, u64, CaptureTarget>, EbpfError> {
     let mut map: AyaHashMap<MapData, u64, CaptureTarget> = take_map(ebpf, MAP_CAPTURE_TARGETS)?;
     let cookie = own_netns_cookie().map_err(|e| {
         map_error(
@@ -198,107 +166,7 @@ pub(super) fn load_and_pin(
                 .map_err(|e| map_error(MAP_CAPTURE_TARGETS, "cannot write a target", e))?;
         }
     }
-    for (name, _) in ATTACH {
-        let program = program_mut(ebpf, name)?;
-        program
-            .load()
-            .map_err(|source| program_error(format!("{name} rejected by the kernel"), source))?;
-        let pin = pins::program_pin(dir, name);
-        pins::replace_pin(&pin, |tmp| {
-            program.pin(tmp).map_err(|e| crate::error_chain(&e))
-        })
-        .map_err(|what| EbpfError::LinkPin { cgroup: pin, what })?;
-    }
-    Ok(())
-}
-
-fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr, EbpfError> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| {
-            program_error(
-                format!("{name} missing from the object"),
-                ProgramError::NotLoaded,
-            )
-        })?
-        .try_into()
-        .map_err(|source| program_error(format!("{name} has the wrong type"), source))
-}
-
-/// Attaches the capture programs this run loaded to `cgroup` (`path`, id `id`), or with capture
-/// off removes the cgroup's capture links.
-pub(super) fn attach(
-    ebpf: &mut Ebpf,
-    cgroup: &File,
-    dir: &Path,
-    path: &Path,
-    id: u64,
-) -> Result<(), EbpfError> {
-    for (name, _) in ATTACH {
-        if pins::program_pin(dir, name).exists() {
-            attach_one(program_mut(ebpf, name)?, name, cgroup, dir, path, id)?;
-        } else {
-            unlink(dir, name, id);
-        }
-    }
-    Ok(())
-}
-
-/// Attaches the pinned capture programs (`nettrust attach`, a recreated cgroup); none pinned:
-/// capture is off, and the cgroup's stale capture links are removed.
-pub(super) fn attach_pinned(
-    cgroup: &File,
-    dir: &Path,
-    path: &Path,
-    id: u64,
-) -> Result<(), EbpfError> {
-    for (name, attach_type) in ATTACH {
-        let pin = pins::program_pin(dir, name);
-        if !pin.exists() {
-            unlink(dir, name, id);
-            continue;
-        }
-        let mut program = CgroupSockAddr::from_pin(&pin, attach_type).map_err(|source| {
-            program_error(format!("{name}: cannot open {}", pin.display()), source)
-        })?;
-        attach_one(&mut program, name, cgroup, dir, path, id)?;
-    }
-    Ok(())
-}
-
-/// Detaches and unpins the link of program `name` on cgroup `id`, if any.
-fn unlink(dir: &Path, name: &str, id: u64) {
-    let link = pins::link_pin(dir, name, id);
-    if link.exists() {
-        pins::detach_link(&link);
-        let _ = std::fs::remove_file(&link);
-    }
-}
-
-fn attach_one(
-    program: &mut CgroupSockAddr,
-    name: &str,
-    cgroup: &File,
-    dir: &Path,
-    path: &Path,
-    id: u64,
-) -> Result<(), EbpfError> {
-    // A bpf_link coexists with other programs on the cgroup, like the `cgroup_skb` links; the
-    // kernel runs them all, each seeing the address the previous one wrote.
-    let link_id = program
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(|source| {
-            program_error(
-                format!("{name}: cannot attach to {}", path.display()),
-                source,
-            )
-        })?;
-    let link = program.take_link(link_id).map_err(|source| {
-        program_error(
-            format!("{name}: cannot take the link of {}", path.display()),
-            source,
-        )
-    })?;
-    pins::pin_link(link, dir, name, id, path)
+    Ok(map)
 }
 
 #[cfg(test)]

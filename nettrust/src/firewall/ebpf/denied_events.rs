@@ -1,7 +1,8 @@
 //! Denied egress made visible: the egress program sends a rate-limited [`DeniedEvent`] per dropped
 //! packet (and per packet a policy in audit mode let through) through the `DENIED` ring buffer;
 //! this task logs each as `[Denied] cgroup PATH -> ADDR port P proto N` (with ` policy=NAME`
-//! for a policy's cgroup) or `[Audit] cgroup=PATH policy=NAME dst=ADDR port=P proto=N` (the
+//! for a policy's cgroup, and ` (connect refused)` for a TCP `connect` the `connect` programs
+//! refused) or `[Audit] cgroup=PATH policy=NAME dst=ADDR port=P proto=N` (the
 //! per-cgroup totals are the in-kernel `DROPS` and `AUDITS` counters).
 
 use std::{
@@ -11,7 +12,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use nettrust_common::{DeniedEvent, EVENT_AUDIT};
+use nettrust_common::{DeniedEvent, EVENT_AUDIT, EVENT_CONNECT};
 use tokio::io::unix::AsyncFd;
 
 use super::{pins, types::CgroupMap};
@@ -53,11 +54,17 @@ pub fn describe(event: &DeniedEvent, cgroup: &str, policy: &str) -> String {
             "[Audit] cgroup={cgroup} policy={policy} dst={dst} port={port} proto={proto}"
         );
     }
-    if event.scope == 0 {
-        format!("[Denied] cgroup {cgroup} -> {dst} port {port} proto {proto}")
+    let policy = if event.scope == 0 {
+        String::new()
     } else {
-        format!("[Denied] cgroup {cgroup} -> {dst} port {port} proto {proto} policy={policy}")
-    }
+        format!(" policy={policy}")
+    };
+    let at_connect = if event.flags & EVENT_CONNECT != 0 {
+        " (connect refused)"
+    } else {
+        ""
+    };
+    format!("[Denied] cgroup {cgroup} -> {dst} port {port} proto {proto}{policy}{at_connect}")
 }
 
 /// The name of `scope` in `names`, or its number.
@@ -137,6 +144,14 @@ mod tests {
             ..event
         };
         assert_eq!(destination(&v6), "2001:db8::1".parse::<IpAddr>().unwrap());
+        let refused = DeniedEvent {
+            flags: EVENT_CONNECT,
+            ..event
+        };
+        assert_eq!(
+            describe(&refused, "/sys/fs/cgroup/app", "0"),
+            "[Denied] cgroup /sys/fs/cgroup/app -> 203.0.113.7 port 8080 proto tcp (connect refused)"
+        );
     }
 
     #[test]

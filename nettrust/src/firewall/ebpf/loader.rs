@@ -5,18 +5,15 @@
 
 use std::{io, path::Path};
 
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Map, MapError},
-};
+use aya::{Ebpf, EbpfLoader};
 use nettrust_common::EBPF_LOG_TARGET;
 
 use super::{
     adopt::{Capacities, MAPS},
     attach::program_mut,
-    capture::{self, CaptureTargets},
-    live_tcp, pins,
-    types::{EbpfError, PROGRAMS, map_error, program_error},
+    capture::CaptureTargets,
+    live_tcp, pins, sock_addr,
+    types::{EbpfError, PROGRAMS, program_error},
 };
 
 /// The eBPF object built from nettrust-ebpf by build.rs (empty when built with
@@ -54,7 +51,7 @@ pub(super) fn load(dir: &Path, capacities: Capacities, seed: u64) -> Result<Ebpf
 }
 
 /// Loads the programs into the kernel and pins them in `dir` (`prog-<name>`), replacing a
-/// previous run's pins; the DNS capture programs only with `capture` targets.
+/// previous run's pins; the socket-address programs' DNS capture only with `capture` targets.
 pub(super) fn load_programs(
     ebpf: &mut Ebpf,
     dir: &Path,
@@ -65,33 +62,11 @@ pub(super) fn load_programs(
         program
             .load()
             .map_err(|source| program_error(format!("{name} rejected by the kernel"), source))?;
-        let pin = pins::program_pin(dir, name);
-        pins::replace_pin(&pin, |tmp| {
-            program.pin(tmp).map_err(|e| crate::error_chain(&e))
-        })
-        .map_err(|what| EbpfError::LinkPin {
-            cgroup: pin.clone(),
-            what,
-        })?;
+        pins::pin_program(dir, name, |tmp| program.pin(tmp))?;
     }
     live_tcp::load_and_pin(ebpf, dir)?;
     super::patterns::load_and_pin(ebpf, dir)?;
-    capture::load_and_pin(ebpf, dir, capture)
-}
-
-/// Takes the map `name` out of the loaded object as the aya handle `T`.
-pub(super) fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
-where
-    T: TryFrom<Map, Error = MapError>,
-{
-    let map = ebpf.take_map(name).ok_or_else(|| {
-        map_error(
-            name,
-            "missing from the object",
-            io::Error::from(io::ErrorKind::NotFound),
-        )
-    })?;
-    T::try_from(map).map_err(|e| map_error(name, "unexpected type", e))
+    sock_addr::load_and_pin(ebpf, dir, capture)
 }
 
 /// Lifts RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (before 5.11).

@@ -12,7 +12,8 @@
 //! 5. `eviction` (writing into a full host map) and `live_tcp` (the `sock_ops` program);
 //! 6. `attach` (filtering a cgroup) and `pinned_state` (list, status, counters); `patterns`
 //!    (cgroup patterns: the tracepoint programs, classification, attach points); `capture` (the
-//!    DNS capture programs);
+//!    DNS capture targets) and `sock_addr` (the socket-address programs: the connect-time
+//!    verdict and DNS capture);
 //! 7. `loader` (loading and pinning the object) and `backend` ([`EbpfFirewall`], the
 //!    [`crate::firewall::Firewall`] on all of it).
 
@@ -35,6 +36,7 @@ mod pins;
 mod scoped;
 mod scopes;
 mod services;
+mod sock_addr;
 pub mod syscalls;
 mod types;
 mod whitelist;

@@ -64,11 +64,7 @@ pub(super) fn load_and_pin(ebpf: &mut Ebpf, dir: &Path) -> Result<(), EbpfError>
         program
             .load()
             .map_err(|source| program_error(format!("{name} rejected by the kernel"), source))?;
-        let pin = program_pin(dir, name);
-        pins::replace_pin(&pin, |tmp| {
-            program.pin(tmp).map_err(|e| crate::error_chain(&e))
-        })
-        .map_err(|what| EbpfError::LinkPin { cgroup: pin, what })?;
+        pins::pin_program(dir, name, |tmp| program.pin(tmp))?;
     }
     Ok(())
 }
@@ -326,10 +322,15 @@ pub fn classify(patterns: &[(CgroupPattern, PolicyRef)], literals: &[&Path]) -> 
     found
 }
 
-/// Calls `visit` for each cgroup below `dir` (not `dir` itself), at most
-/// [`MAX_CGROUP_DEPTH`] levels down.
+/// How many levels below an attach point the classification walk goes. The data path finds a
+/// matched cgroup's own entry at any depth, and fails closed below [`MAX_CGROUP_DEPTH`] levels
+/// where it cannot see the ancestors; the bound only stops a pathological tree.
+const WALK_DEPTH: u32 = 4 * MAX_CGROUP_DEPTH;
+
+/// Calls `visit` for each cgroup below `dir` (not `dir` itself), at most [`WALK_DEPTH`] levels
+/// down.
 fn walk(dir: &Path, depth: u32, visit: &mut impl FnMut(&Path)) {
-    if depth >= MAX_CGROUP_DEPTH {
+    if depth >= WALK_DEPTH {
         return;
     }
     let Ok(entries) = std::fs::read_dir(dir) else {

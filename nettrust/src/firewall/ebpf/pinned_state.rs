@@ -9,7 +9,7 @@ use nettrust_common::{
     CONFIG_DROP_INPUT, FLAG_WHITELISTED, HostValue, MAP_ALLOWS, MAP_AUDITS, MAP_CGROUPS,
     MAP_CONFIG, MAP_DROPS, MAP_GRANTS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4,
     MAP_NETS_V6, MAP_POLICY_NAMES, MAP_POLICY_OF, MAP_STATS, POLICY_AUDIT, POLICY_NAME_LEN,
-    PolicyRef, STAT_COUNT,
+    PROGRAMS_CAPTURE, PolicyRef, STAT_COUNT,
 };
 
 use super::{
@@ -68,6 +68,8 @@ pub struct PinnedStatus {
     pub daemon_running: bool,
     /// Whether the programs are pinned (enforcement in place).
     pub programs_pinned: bool,
+    /// Whether the DNS capture programs are pinned (capture on for the filtered cgroups).
+    pub dns_capture: bool,
     /// Attached cgroups: id, path (if recorded), whether both links are pinned.
     pub cgroups: Vec<(u64, Option<String>, bool)>,
     /// Whitelisted hosts and networks.
@@ -202,6 +204,9 @@ pub fn status_pinned(pin_dir: &Path) -> Result<PinnedStatus, EbpfError> {
         programs_pinned: PROGRAMS
             .iter()
             .all(|(name, _)| pins::program_pin(pin_dir, name).exists()),
+        dns_capture: PROGRAMS_CAPTURE
+            .iter()
+            .all(|name| pins::program_pin(pin_dir, name).exists()),
         ..PinnedStatus::default()
     };
     let now = boottime_ns();

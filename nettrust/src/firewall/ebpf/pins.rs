@@ -29,11 +29,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::links::FdLink;
+use aya::{
+    pin::PinError as AyaPinError,
+    programs::{ProgramError, links::FdLink},
+};
 
 use super::{
     syscalls,
-    types::{EbpfError, LINKED, PinError, dir_error},
+    types::{EbpfError, LINKED, PinError, dir_error, program_error},
 };
 
 /// `BPF_FS_MAGIC` from linux/magic.h.
@@ -287,6 +290,39 @@ where
         cgroup: path.to_owned(),
         what,
     })
+}
+
+/// Attaches a program to the cgroup `path` (id `id`) with `attach` (the program's own attach
+/// and `take_link`), and pins the link as `link-<name>-<id>`, replacing a previous run's link
+/// only once the new one is attached. A bpf_link coexists with the other programs on the
+/// cgroup (systemd's, a container runtime's, our previous run's); the kernel runs them all.
+pub(super) fn link_cgroup<L>(
+    dir: &Path,
+    name: &str,
+    id: u64,
+    path: &Path,
+    attach: impl FnOnce() -> Result<L, (&'static str, ProgramError)>,
+) -> Result<(), EbpfError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    let link = attach().map_err(|(what, source)| {
+        program_error(format!("{name}: cannot {what} {}", path.display()), source)
+    })?;
+    pin_link(link, dir, name, id, path)
+}
+
+/// Pins the loaded program `name` as `prog-<name>` with `pin` (the program's own `pin`),
+/// replacing a previous run's pin.
+pub(super) fn pin_program(
+    dir: &Path,
+    name: &str,
+    pin: impl FnOnce(&Path) -> Result<(), AyaPinError>,
+) -> Result<(), EbpfError> {
+    let path = program_pin(dir, name);
+    replace_pin(&path, |tmp| pin(tmp).map_err(|e| crate::error_chain(&e)))
+        .map_err(|what| EbpfError::LinkPin { cgroup: path, what })
 }
 
 fn is_bpffs(path: &Path) -> bool {

@@ -4,12 +4,13 @@
 use std::{io, path::PathBuf};
 
 use aya::{
-    maps::{HashMap as AyaHashMap, LpmTrie, MapData},
+    Ebpf,
+    maps::{HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError},
     programs::{CgroupSkbAttachType, ProgramError},
 };
 use nettrust_common::{
     CgroupPath, HostName, HostValue, PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_SOCKOPS,
-    PROGRAMS_CAPTURE,
+    PROGRAMS_CAPTURE, PROGRAMS_CONNECT,
 };
 
 /// The two `cgroup_skb` programs and their attach types.
@@ -19,20 +20,20 @@ pub(super) const PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
 ];
 
 /// Every program linked to each filtered cgroup (one pinned link per cgroup and program): the two
-/// above, `live_tcp` ([`super::live_tcp`]) and, with DNS capture on, the capture programs
-/// ([`super::capture`]).
+/// above, `live_tcp` ([`super::live_tcp`]), the `connect` programs and, with DNS capture on, the
+/// capture programs ([`super::sock_addr`]).
 pub(super) const LINKED: [&str; 11] = [
     PROGRAM_EGRESS,
     PROGRAM_INGRESS,
     PROGRAM_SOCKOPS,
+    PROGRAMS_CONNECT[0],
+    PROGRAMS_CONNECT[1],
     PROGRAMS_CAPTURE[0],
     PROGRAMS_CAPTURE[1],
     PROGRAMS_CAPTURE[2],
     PROGRAMS_CAPTURE[3],
     PROGRAMS_CAPTURE[4],
     PROGRAMS_CAPTURE[5],
-    PROGRAMS_CAPTURE[6],
-    PROGRAMS_CAPTURE[7],
 ];
 
 /// `HOSTS_V6` (N = 16) from userspace: address → [`HostValue`].
@@ -194,4 +195,19 @@ pub(super) fn dir_error(
         what: what.into(),
         source,
     }
+}
+
+/// Takes the map `name` out of the loaded object as the aya handle `T`.
+pub(super) fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| {
+        map_error(
+            name,
+            "missing from the object",
+            io::Error::from(io::ErrorKind::NotFound),
+        )
+    })?;
+    T::try_from(map).map_err(|e| map_error(name, "unexpected type", e))
 }
