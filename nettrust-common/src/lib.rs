@@ -12,6 +12,7 @@ mod flows;
 pub mod host_table;
 mod hosts;
 pub mod inbound;
+mod live;
 mod maps;
 mod patterns;
 mod scopes;
@@ -21,6 +22,7 @@ pub use capture::*;
 pub use events::*;
 pub use flows::*;
 pub use hosts::*;
+pub use live::*;
 pub use maps::*;
 pub use patterns::*;
 pub use scopes::*;
@@ -46,4 +48,5 @@ mod pod {
     unsafe impl aya::Pod for super::PatternMasks {}
     unsafe impl aya::Pod for super::CaptureTarget {}
     unsafe impl aya::Pod for super::CapturedDest {}
+    unsafe impl aya::Pod for super::LiveTcp {}
 }

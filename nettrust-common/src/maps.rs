@@ -142,11 +142,12 @@ pub const DEFAULT_MAX_NETS: u32 = 4_096;
 /// Name of the `sock_ops` program (nettrust-ebpf's `sockops` module) that records the filtered
 /// cgroups' established TCP connections.
 pub const PROGRAM_SOCKOPS: &str = "live_tcp";
-/// Established TCP connections opened from the filtered cgroups: socket cookie → `[u64; 3]`, the
-/// remote address (IPv6, IPv4 as IPv4-mapped IPv6; its 16 bytes as two native-endian words) and
-/// the id of the cgroup. Written by the `sock_ops` program when a connection is established and
-/// removed when it closes; read by the sweeper as a liveness signal that needs no conntrack.
-pub const MAP_LIVE_TCP: &str = "LIVE_TCP";
+/// Established TCP connections opened from the filtered cgroups: socket cookie →
+/// [`LiveTcp`](crate::LiveTcp), the remote address, the attach cgroup and the scope of the
+/// socket's cgroup. Written by the `sock_ops` program when a connection is established and
+/// removed when it closes; read by the sweeper as a per-scope liveness signal that needs no
+/// conntrack. (Earlier versions pinned a value without the scope as `LIVE_TCP`.)
+pub const MAP_LIVE_TCP: &str = "LIVE_TCP_SCOPED";
 /// The cgroup storage of the `sock_ops` program's attachments: the cgroup's id (`u64`), written by
 /// the daemon when it attaches the program, copied into each [`MAP_LIVE_TCP`] entry. Not pinned:
 /// each loaded program has its own.

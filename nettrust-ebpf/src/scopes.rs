@@ -1,6 +1,9 @@
 //! Policies: the scope of the sending cgroup (its deepest ancestor-or-self listed in
-//! `POLICY_OF`, cached per cgroup in `SCOPES` for one generation of `POLICY_OF`), and the
-//! record of which cgroup sent each DNS query to the proxy (`CLIENTS`). Nothing here runs while
+//! `POLICY_OF`, cached per cgroup in `SCOPES` for one generation of `POLICY_OF`), found by one
+//! walk over the cgroup's ancestors whichever program asks (a packet's cgroup for the
+//! `cgroup_skb` programs, the current task's for the socket address hooks and for `sock_ops`
+//! at connect: [`Ancestry`]), and the record of which cgroup sent each DNS query to the proxy
+//! (`CLIENTS`). Nothing here runs while
 //! `CONFIG[CONFIG_SCOPE_GENERATION]` is 0 (no policies and no cgroup patterns).
 //!
 //! With cgroup patterns the programs are attached at each pattern's attach point, listed with
@@ -55,10 +58,78 @@ pub fn generation() -> u32 {
     CONFIG.get(CONFIG_SCOPE_GENERATION).map_or(0, |g| *g)
 }
 
+/// Where [`walk`] reads a cgroup's ancestors from, and what it finds when none is listed. Each
+/// implementation instantiates its own copy of the walk (a BPF subprogram of its own), so every
+/// program calls only the helpers its type may call.
+pub trait Ancestry: Copy {
+    /// The id of the cgroup's ancestor at `level` (0 = the v2 root), 0 past the cgroup's own
+    /// level.
+    fn ancestor(self, level: i32) -> u64;
+    /// The id of the cgroup itself.
+    fn own(self) -> u64;
+    /// The policy when no ancestor-or-self is listed: the default policy.
+    fn unlisted(self) -> PolicyRef;
+}
+
+/// The cgroup of the socket that sent a packet (`cgroup_skb` programs).
+#[derive(Clone, Copy)]
+pub struct Packet(pub *mut __sk_buff);
+
+impl Ancestry for Packet {
+    #[inline(always)]
+    fn ancestor(self, level: i32) -> u64 {
+        // SAFETY: the context's skb pointer is valid for the whole program run.
+        unsafe { bpf_skb_ancestor_cgroup_id(self.0, level) }
+    }
+
+    #[inline(always)]
+    fn own(self) -> u64 {
+        // SAFETY: as above.
+        unsafe { bpf_skb_cgroup_id(self.0) }
+    }
+
+    /// Opaque to the verifier, see [`default_policy`].
+    #[inline(always)]
+    fn unlisted(self) -> PolicyRef {
+        opaque_default(self.0)
+    }
+}
+
+/// The current task's cgroup (programs that run in the sending process's context: the socket
+/// address hooks, and `sock_ops` when `connect` starts a handshake).
+#[derive(Clone, Copy)]
+pub struct CurrentTask;
+
+impl Ancestry for CurrentTask {
+    #[inline(always)]
+    fn ancestor(self, level: i32) -> u64 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_get_current_ancestor_cgroup_id(level) }
+    }
+
+    #[inline(always)]
+    fn own(self) -> u64 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_get_current_cgroup_id() }
+    }
+
+    #[inline(always)]
+    fn unlisted(self) -> PolicyRef {
+        PolicyRef::default()
+    }
+}
+
 /// The policy of the cgroup `cgroup_id` that sent the packet: cached for `generation`, else the
 /// walk down its ancestors ([`walk`]), cached.
 #[inline(always)]
 pub fn resolve(ctx: &SkBuffContext, cgroup_id: u64, generation: u32) -> PolicyRef {
+    cached(Packet(ctx.skb.skb), cgroup_id, generation)
+}
+
+/// The policy of the cgroup `cgroup_id` whose ancestors `from` reads: its `SCOPES` entry when
+/// resolved for `generation`, else [`walk`], cached.
+#[inline(always)]
+fn cached<A: Ancestry>(from: A, cgroup_id: u64, generation: u32) -> PolicyRef {
     if let Some(cached) = SCOPES.get_ptr(cgroup_id) {
         // SAFETY: pointer from a successful lookup, plain data.
         let cached = unsafe { *cached };
@@ -66,7 +137,7 @@ pub fn resolve(ctx: &SkBuffContext, cgroup_id: u64, generation: u32) -> PolicyRe
             return cached.policy;
         }
     }
-    let packed = walk(ctx.skb.skb);
+    let packed = walk(from);
     let policy = PolicyRef {
         scope: packed as u32,
         flags: (packed >> 32) as u32,
@@ -80,20 +151,19 @@ pub fn resolve(ctx: &SkBuffContext, cgroup_id: u64, generation: u32) -> PolicyRe
     policy
 }
 
-/// The `POLICY_OF` entry of the deepest listed ancestor-or-self of the packet's cgroup (levels 0
-/// to `MAX_CGROUP_DEPTH` - 1; `bpf_skb_ancestor_cgroup_id` returns 0 past the cgroup's own
-/// level; a deeper or unclassifiable cgroup as [`settle`] says), or the default policy when none
-/// is listed, as one word (scope, flags << 32). A BPF
-/// subprogram, not inlined: one copy of the walk for both families, out of the way of the
+/// The `POLICY_OF` entry of the deepest listed ancestor-or-self of the cgroup `from` reads
+/// (levels 0 to `MAX_CGROUP_DEPTH` - 1; the ancestor helpers return 0 past the cgroup's own
+/// level; a deeper or unclassifiable cgroup as [`settle`] says), or [`Ancestry::unlisted`] when
+/// none is listed, as one word (scope, flags << 32). A BPF subprogram per [`Ancestry`], not
+/// inlined: one copy of the walk for both families of a program, out of the way of the
 /// per-packet path. It calls helpers only, so its small frame is the only one added to the
-/// caller's in the kernel's 512-byte combined stack limit (the caller's frame is 456 bytes with
-/// the debug log enabled).
+/// caller's in the kernel's 512-byte combined stack limit (the egress program's frame is 456
+/// bytes with the debug log enabled).
 #[inline(never)]
-fn walk(skb: *mut __sk_buff) -> u64 {
-    let mut found = opaque_default(skb);
+fn walk<A: Ancestry>(from: A) -> u64 {
+    let mut found = from.unlisted();
     for level in 0..MAX_CGROUP_DEPTH {
-        // SAFETY: the context's skb pointer is valid for the whole program run.
-        let id = unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) };
+        let id = from.ancestor(level as i32);
         if id == 0 {
             break;
         }
@@ -102,14 +172,7 @@ fn walk(skb: *mut __sk_buff) -> u64 {
             found = *policy;
         }
     }
-    settle(
-        pack(found),
-        // SAFETY: the context's skb pointer is valid for the whole program run.
-        |level| unsafe { bpf_skb_ancestor_cgroup_id(skb, level) },
-        // SAFETY: as above.
-        || unsafe { bpf_skb_cgroup_id(skb) },
-        pack(opaque_default(skb)),
-    )
+    settle(pack(found), from)
 }
 
 /// A policy as the one word a walk returns: scope, flags << 32.
@@ -119,26 +182,27 @@ fn pack(policy: PolicyRef) -> u64 {
 }
 
 /// The walk's answer `packed` where the walk could not see everything, failing closed: for a
-/// cgroup deeper than the walk looks (`ancestor(MAX_CGROUP_DEPTH)` ≠ 0), its own `POLICY_OF`
-/// entry (`own()`: a cgroup a pattern matched at any depth); then, if that leaves it below a
-/// pattern's attach point unmatched (`POLICY_UNFILTERED`) while it is that deep (a deeper matched
-/// ancestor cannot be seen) or it or an ancestor is in `UNCLASSIFIED` (its path could not be
-/// matched), the default policy (`default`) instead of passing. A separate subprogram after the
-/// walk's loop, so its tests never split the loop's verifier states.
+/// cgroup deeper than the walk looks (`from.ancestor(MAX_CGROUP_DEPTH)` ≠ 0), its own
+/// `POLICY_OF` entry (`from.own()`: a cgroup a pattern matched at any depth); then, if that
+/// leaves it below a pattern's attach point unmatched (`POLICY_UNFILTERED`) while it is that
+/// deep (a deeper matched ancestor cannot be seen) or it or an ancestor is in `UNCLASSIFIED` (its
+/// path could not be matched), the default policy (`from.unlisted()`) instead of passing. A
+/// separate subprogram after the walk's loop, so its tests never split the loop's verifier
+/// states.
 #[inline(never)]
-fn settle(packed: u64, ancestor: impl Fn(i32) -> u64, own: impl Fn() -> u64, default: u64) -> u64 {
-    let deep = ancestor(MAX_CGROUP_DEPTH as i32) != 0;
+fn settle<A: Ancestry>(packed: u64, from: A) -> u64 {
+    let deep = from.ancestor(MAX_CGROUP_DEPTH as i32) != 0;
     if deep {
         // SAFETY: plain data, copied out at once.
-        if let Some(policy) = unsafe { POLICY_OF.get(own()) } {
+        if let Some(policy) = unsafe { POLICY_OF.get(from.own()) } {
             return pack(*policy);
         }
     }
     if (packed >> 32) as u32 & POLICY_UNFILTERED == 0 {
         return packed;
     }
-    if deep || unclassified(&ancestor) {
-        return default;
+    if deep || unclassified(from) {
+        return pack(from.unlisted());
     }
     packed
 }
@@ -146,9 +210,9 @@ fn settle(packed: u64, ancestor: impl Fn(i32) -> u64, own: impl Fn() -> u64, def
 /// Whether the cgroup or one of its ancestors (levels 0 to `MAX_CGROUP_DEPTH` - 1) is in
 /// `UNCLASSIFIED`.
 #[inline(always)]
-fn unclassified(ancestor: &impl Fn(i32) -> u64) -> bool {
+fn unclassified<A: Ancestry>(from: A) -> bool {
     for level in 0..MAX_CGROUP_DEPTH {
-        let id = ancestor(level as i32);
+        let id = from.ancestor(level as i32);
         if id == 0 {
             return false;
         }
@@ -167,8 +231,8 @@ pub fn unfiltered(policy: PolicyRef) -> bool {
     policy.flags & POLICY_UNFILTERED != 0
 }
 
-/// For programs that run in the sending process's context (socket address hooks): the policy
-/// of the current task's cgroup, `None` when that cgroup is not filtered (below a pattern's
+/// For programs that run in the sending process's context (socket address hooks, `sock_ops` at
+/// connect): the policy of the current task's cgroup, `None` when that cgroup is not filtered (below a pattern's
 /// attach point, matched by no pattern). With neither policies nor patterns (generation 0) every
 /// cgroup the program is attached to is filtered with the default policy. Resolved like
 /// [`resolve`] (deepest listed ancestor-or-self, cached in `SCOPES`), from the task's cgroup.
@@ -178,55 +242,8 @@ pub fn current_policy() -> Option<PolicyRef> {
     if generation == 0 {
         return Some(PolicyRef::default());
     }
-    // SAFETY: helper without preconditions.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let policy = match SCOPES.get_ptr(cgroup_id) {
-        // SAFETY: pointer from a successful lookup, plain data.
-        Some(cached) if unsafe { (*cached).generation } == generation => unsafe {
-            (*cached).policy
-        },
-        _ => {
-            let packed = walk_current();
-            let policy = PolicyRef {
-                scope: packed as u32,
-                flags: (packed >> 32) as u32,
-            };
-            let entry = ScopeCache {
-                policy,
-                generation,
-                _pad: 0,
-            };
-            let _ = SCOPES.insert(cgroup_id, entry, 0);
-            policy
-        }
-    };
+    let policy = cached(CurrentTask, CurrentTask.own(), generation);
     (!unfiltered(policy)).then_some(policy)
-}
-
-/// [`walk`] for the current task's cgroup (`bpf_get_current_ancestor_cgroup_id`).
-#[inline(never)]
-#[allow(dead_code, reason = "for the socket address hook programs")]
-fn walk_current() -> u64 {
-    let mut found = PolicyRef::default();
-    for level in 0..MAX_CGROUP_DEPTH {
-        // SAFETY: helper without preconditions.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-        if id == 0 {
-            break;
-        }
-        // SAFETY: plain data, copied out at once.
-        if let Some(policy) = unsafe { POLICY_OF.get(id) } {
-            found = *policy;
-        }
-    }
-    settle(
-        pack(found),
-        // SAFETY: helper without preconditions.
-        |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) },
-        // SAFETY: as above.
-        || unsafe { bpf_get_current_cgroup_id() },
-        0,
-    )
 }
 
 /// Records in `CLIENTS` who sent a packet to one of the proxy's listeners (a UDP datagram, or a

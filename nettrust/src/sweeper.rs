@@ -8,14 +8,21 @@
 //! while the daemon runs, even when a tick comes a little early or late or the kernel expires an
 //! entry a little early (nftables element timeouts count in jiffies).
 //!
-//! Liveness: the egress program stamps `last_seen_ns` in the host's map value whenever it lets a
-//! packet out to it (at most [`LAST_SEEN_GRANULARITY_NS`] stale). This works without conntrack,
-//! which tracks nothing in a network namespace until a rule there uses conntrack. A host is
-//! live when traffic went to it during the last tick. An idle connection sends nothing, so the
-//! hosts of established TCP connections count too: the backend's own record
-//! ([`Firewall::live_hosts`]: for eBPF, the `live_tcp` sock_ops program's map, which needs no
-//! conntrack), plus the replied, locally originated flows of a conntrack dump where conntrack
-//! tracks flows ([`crate::conntrack`]).
+//! Liveness is per scope: a grant of scope S is renewed only when S's own cgroups use it. The
+//! egress program stamps `last_seen_ns` in the grant's own map value (the host maps for the
+//! default scope, `GRANTS` for a policy) whenever it lets a packet of that scope out to it (at
+//! most [`LAST_SEEN_GRANULARITY_NS`] stale). This works without conntrack, which tracks nothing
+//! in a network namespace until a rule there uses conntrack. A grant is live when traffic of its
+//! scope went to its address during the last tick. An idle connection sends nothing, so the
+//! established TCP connections count too, each for the grant of its socket's scope: the
+//! backend's own record ([`Firewall::live_hosts`]: for eBPF, the `live_tcp` sock_ops program's
+//! map, which needs no conntrack and records the scope of each socket's cgroup). The replied,
+//! locally originated flows of a conntrack dump ([`crate::conntrack`]) count where conntrack
+//! tracks flows, but conntrack cannot tell cgroups apart: its flows renew the default scope's
+//! grants only, unless the backend has no per-scope signal for the policies
+//! ([`Firewall::scoped_liveness`]: nftables), where they renew every scope's as before. So a
+//! connection of one policy's cgroup never keeps another policy's grant of the same address
+//! alive (on eBPF).
 //!
 //! Only a host still authorized can be renewed: one whose deadline has passed is removed whatever
 //! the liveness signals say. The kernel stopped letting packets out to it at its deadline, so
@@ -99,14 +106,31 @@ pub struct SweepReport {
 /// jiffies (the same second [`SweepConfig::renewal_ns`] adds to a renewal).
 const HORIZON_SLACK_NS: u64 = 1_000_000_000;
 
+/// What the open connections say, per scope, about the hosts due (gathered only when some are).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Liveness {
+    /// The established connections the backend records, as the grants they keep alive (the
+    /// scope of the socket's cgroup and the remote address).
+    pub connections: HashSet<Grant>,
+    /// The destinations of the replied flows conntrack knows, of any cgroup.
+    pub conntrack: HashSet<IpAddr>,
+    /// Whether the conntrack flows renew policy scopes' grants too: only where the backend has
+    /// no per-scope signal of its own for them (see [`Firewall::scoped_liveness`]).
+    pub conntrack_for_policies: bool,
+}
+
+impl Liveness {
+    /// Whether an open connection keeps `grant` alive.
+    pub fn keeps(&self, grant: Grant) -> bool {
+        self.connections.contains(&grant)
+            || ((grant.scope.is_default() || self.conntrack_for_policies)
+                && self.conntrack.contains(&grant.addr))
+    }
+}
+
 /// Decides, for the hosts due before the next tick plus [`HORIZON_SLACK_NS`], which to renew and
 /// which to remove.
-pub fn plan(
-    due: &[HostState],
-    now: u64,
-    config: &SweepConfig,
-    active: &HashSet<IpAddr>,
-) -> Vec<Action> {
+pub fn plan(due: &[HostState], now: u64, config: &SweepConfig, active: &Liveness) -> Vec<Action> {
     let window = config.ticker_ns() + LAST_SEEN_GRANULARITY_NS;
     due.iter()
         .filter_map(|host| {
@@ -118,7 +142,7 @@ pub fn plan(
                     grant: host.grant(),
                     seen: host.expires_ns,
                 })
-            } else if seen_recently || active.contains(&host.addr) {
+            } else if seen_recently || active.keeps(host.grant()) {
                 Some(Action::Renew {
                     grant: host.grant(),
                     seen: host.expires_ns,
@@ -159,13 +183,12 @@ pub fn apply(firewall: &dyn Firewall, actions: &[Action]) -> (SweepReport, Vec<F
     (report, errors)
 }
 
-/// One sweep at `now`. `active` (the hosts of open connections) is only called when some host is
-/// due.
+/// One sweep at `now`. `active` (the open connections) is only called when some host is due.
 pub fn sweep(
     firewall: &dyn Firewall,
     now: u64,
     config: &SweepConfig,
-    active: impl FnOnce() -> HashSet<IpAddr>,
+    active: impl FnOnce() -> Liveness,
 ) -> Result<SweepReport, FirewallError> {
     let horizon = now
         .saturating_add(config.ticker_ns())
@@ -181,15 +204,12 @@ pub fn sweep(
     Ok(report)
 }
 
-/// The hosts of the established TCP connections the backend records plus the destinations of the
+/// The established TCP connections the backend records (per scope) and the destinations of the
 /// replied flows conntrack knows; a source that fails is left out (logged once).
-fn active_hosts(
-    firewall: &dyn Firewall,
-    warned: &[std::sync::atomic::AtomicBool; 2],
-) -> HashSet<IpAddr> {
+fn active_hosts(firewall: &dyn Firewall, warned: &[std::sync::atomic::AtomicBool; 2]) -> Liveness {
     use std::sync::atomic::Ordering::Relaxed;
     tracing::debug!("Gathering active hosts from the open connections and conntrack");
-    let mut active = firewall.live_hosts().unwrap_or_else(|e| {
+    let connections = firewall.live_hosts().unwrap_or_else(|e| {
         if !warned[0].swap(true, Relaxed) {
             tracing::warn!(
                 "open connections unavailable, liveness from traffic and conntrack only: {}",
@@ -198,18 +218,20 @@ fn active_hosts(
         }
         HashSet::new()
     });
-    match crate::conntrack::active_addresses() {
-        Ok(flows) => active.extend(flows),
-        Err(e) => {
-            if !warned[1].swap(true, Relaxed) {
-                tracing::warn!(
-                    "conntrack unavailable, liveness from traffic and open connections only: {}",
-                    crate::error_chain(&e)
-                );
-            }
+    let conntrack = crate::conntrack::active_addresses().unwrap_or_else(|e| {
+        if !warned[1].swap(true, Relaxed) {
+            tracing::warn!(
+                "conntrack unavailable, liveness from traffic and open connections only: {}",
+                crate::error_chain(&e)
+            );
         }
+        HashSet::new()
+    });
+    Liveness {
+        connections,
+        conntrack,
+        conntrack_for_policies: !firewall.scoped_liveness(),
     }
-    active
 }
 
 /// Sweeps every tick until `cancel` fires. Map work and the dumps of connections run on the
@@ -245,7 +267,7 @@ pub async fn run(firewall: Arc<dyn Firewall>, config: SweepConfig, cancel: Cance
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::{Policy, fake::FakeFirewall};
+    use crate::firewall::{Policy, Scope, fake::FakeFirewall};
 
     const S: u64 = 1_000_000_000;
 
@@ -260,8 +282,17 @@ mod tests {
         }
     }
 
-    fn none() -> HashSet<IpAddr> {
-        HashSet::new()
+    fn none() -> Liveness {
+        Liveness::default()
+    }
+
+    /// `addrs` in use in the default scope, by a recorded connection and by conntrack.
+    fn in_use(addrs: &[&str]) -> Liveness {
+        Liveness {
+            connections: addrs.iter().map(|a| Grant::from(ip(a))).collect(),
+            conntrack: addrs.iter().map(|a| ip(a)).collect(),
+            conntrack_for_policies: false,
+        }
     }
 
     #[test]
@@ -325,7 +356,7 @@ mod tests {
         let fw = FakeFirewall::new(Policy::default());
         let t0 = 100 * S;
         fw.authorize(ip("192.0.2.1").into(), t0 + 2 * S).unwrap();
-        let active: HashSet<IpAddr> = [ip("192.0.2.1")].into();
+        let active = in_use(&["192.0.2.1"]);
         let mut now = t0;
         for k in 1..=20u64 {
             now += S - (k % 3) * 3_000_000;
@@ -346,7 +377,7 @@ mod tests {
         let fw = FakeFirewall::new(Policy::default());
         let t0 = 100 * S;
         fw.authorize(ip("2001:db8::1").into(), t0 + 2 * S).unwrap();
-        let active: HashSet<IpAddr> = [ip("2001:db8::1")].into();
+        let active = in_use(&["2001:db8::1"]);
         let report = sweep(&fw, t0 + S, &config(), || active.clone()).unwrap();
         assert_eq!(report.renewed, 1);
         assert!(fw.allows(ip("2001:db8::1"), t0 + 2 * S + S / 2));
@@ -360,7 +391,7 @@ mod tests {
         let fw = FakeFirewall::new(Policy::default());
         let t0 = 100 * S;
         fw.authorize(ip("192.0.2.1").into(), t0 + 2 * S).unwrap();
-        let active: HashSet<IpAddr> = [ip("192.0.2.1")].into();
+        let active = in_use(&["192.0.2.1"]);
         let report = sweep(&fw, t0 + 2 * S, &config(), || active.clone()).unwrap();
         assert_eq!((report.renewed, report.removed), (0, 1));
         assert!(!fw.has_entry(ip("192.0.2.1")));
@@ -405,6 +436,77 @@ mod tests {
         assert_eq!(report.removed, 0);
         assert_eq!(report.superseded, 1);
         assert!(fw.allows(ip("192.0.2.1"), t0 + 4 * S));
+    }
+
+    /// The same address granted to the default scope and to two policies, all due at t0+2.
+    fn three_scopes(t0: u64) -> (FakeFirewall, [Grant; 3]) {
+        let fw = FakeFirewall::new(Policy::default());
+        let x = ip("192.0.2.7");
+        let grants = [
+            Grant::from(x),
+            Grant::new(Scope(1), x),
+            Grant::new(Scope(2), x),
+        ];
+        for grant in grants {
+            fw.authorize(grant, t0 + 2 * S).unwrap();
+        }
+        (fw, grants)
+    }
+
+    fn renewed(fw: &FakeFirewall, grants: &[Grant; 3], at: u64) -> [bool; 3] {
+        let live = |g: &Grant| {
+            fw.due(u64::MAX)
+                .unwrap()
+                .iter()
+                .any(|h| h.grant() == *g && h.expires_ns > at)
+        };
+        [live(&grants[0]), live(&grants[1]), live(&grants[2])]
+    }
+
+    #[test]
+    fn a_connection_renews_only_the_grant_of_its_own_scope() {
+        let t0 = 100 * S;
+        let (fw, grants) = three_scopes(t0);
+        let active = Liveness {
+            connections: [grants[1]].into(),
+            ..Liveness::default()
+        };
+        let report = sweep(&fw, t0 + S, &config(), || active.clone()).unwrap();
+        assert_eq!(report.renewed, 1);
+        assert_eq!(renewed(&fw, &grants, t0 + 2 * S), [false, true, false]);
+        // At the deadline the others go; policy 1's connection keeps renewing its own grant.
+        let report = sweep(&fw, t0 + 2 * S, &config(), || active.clone()).unwrap();
+        assert_eq!((report.renewed, report.removed), (1, 2));
+        assert!(fw.has_grant(grants[1]));
+        assert!(!fw.has_grant(grants[0]) && !fw.has_grant(grants[2]));
+    }
+
+    #[test]
+    fn traffic_of_one_scope_renews_only_its_grant() {
+        let t0 = 100 * S;
+        let (fw, grants) = three_scopes(t0);
+        assert!(fw.allows_from(Scope(2), grants[2].addr, t0 + S / 2));
+        sweep(&fw, t0 + S, &config(), none).unwrap();
+        assert_eq!(renewed(&fw, &grants, t0 + 2 * S), [false, false, true]);
+    }
+
+    #[test]
+    fn conntrack_renews_policy_grants_only_without_scoped_liveness() {
+        let t0 = 100 * S;
+        let (fw, grants) = three_scopes(t0);
+        // A backend with per-scope signals (eBPF): conntrack cannot tell cgroups apart, so its
+        // flow renews the default scope's grant only.
+        let mut active = Liveness {
+            conntrack: [grants[0].addr].into(),
+            ..Liveness::default()
+        };
+        sweep(&fw, t0 + S, &config(), || active.clone()).unwrap();
+        assert_eq!(renewed(&fw, &grants, t0 + 2 * S), [true, false, false]);
+        // Without them (nftables) conntrack is every scope's only signal.
+        let (fw, grants) = three_scopes(t0);
+        active.conntrack_for_policies = true;
+        sweep(&fw, t0 + S, &config(), || active.clone()).unwrap();
+        assert_eq!(renewed(&fw, &grants, t0 + 2 * S), [true, true, true]);
     }
 
     #[test]

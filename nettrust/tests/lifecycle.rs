@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use world::{Backend, Background, World};
+use world::{Backend, Background, ECHO_PORT, World, echo_server};
 
 both_backends!(
     ttl_expires_idle_hosts_and_renews_hosts_in_use,
@@ -34,21 +34,6 @@ both_backends!(
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// An echo server (port 8081) in the internet namespace: a connection stays open while the client
-/// keeps it open.
-const ECHO_PORT: u16 = 8081;
-
-fn echo_server(world: &World) -> Background {
-    let mut cmd = world.in_ns(&world.inet_ns, "socat");
-    cmd.args([
-        &format!("TCP6-LISTEN:{ECHO_PORT},ipv6only=0,reuseaddr,fork"),
-        "EXEC:cat",
-    ]);
-    let server = Background::spawn(cmd);
-    sleep(Duration::from_millis(300));
-    server
 }
 
 fn assert_no_firewall_rules_in_client_ns(world: &World) {
@@ -750,6 +735,30 @@ fn only_our_own_pinned_state_is_adopted() {
         world.bpffs_dir.join("HOSTS_V4").exists(),
         "foreign state left alone"
     );
+}
+
+/// A start over the pins of an earlier version whose `live_tcp` map had another value (no
+/// scope, pinned as `LIVE_TCP`): the daemon starts, records connections in its own map and
+/// removes the old pin.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn an_earlier_versions_connection_map_is_replaced() {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let mut world = World::new();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&world.bpffs_dir)
+        .unwrap();
+    std::fs::set_permissions(&world.bpffs_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let legacy = world.bpffs_dir.join("LIVE_TCP");
+    aya::maps::HashMap::<aya::maps::MapData, u64, [u64; 3]>::create(16, 0)
+        .expect("create the earlier version's map")
+        .pin(&legacy)
+        .expect("pin it");
+    world.start_daemon(&[]);
+    assert!(!legacy.exists(), "the earlier version's pin was left");
+    assert!(world.bpffs_dir.join("LIVE_TCP_SCOPED").exists());
+    assert!(world.stop_daemon());
 }
 
 fn several_cgroups_at_once(backend: Backend) {

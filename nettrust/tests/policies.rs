@@ -13,10 +13,10 @@ mod world;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use world::{Backend, TCP_PORT, World, join_cgroup, socat_gets};
+use world::{Backend, ECHO_PORT, TCP_PORT, World, join_cgroup, socat_gets};
 
 both_backends!(
     names_and_grants_are_scoped_to_the_policy_that_asked,
@@ -111,6 +111,11 @@ impl Policies {
         )
     }
 
+    /// The output of `nettrust list`.
+    fn list(&self) -> String {
+        String::from_utf8_lossy(&self.world.nettrust(&["list"]).stdout).into_owned()
+    }
+
     /// The names the upstream was asked so far.
     fn upstream_saw(&self, name: &str) -> bool {
         std::fs::read_to_string(&self.upstream_log)
@@ -118,6 +123,17 @@ impl Policies {
             .lines()
             .any(|l| l.contains("query[") && l.contains(&format!(" {name} from")))
     }
+}
+
+/// Whether `list` (the output of `nettrust list`) shows a grant of `addr` to `policy`
+/// (`default`: the default scope, whose lines have no policy field).
+fn lists_grant(list: &str, addr: &str, policy: &str) -> bool {
+    list.lines()
+        .filter(|l| l.starts_with(&format!("{addr}\t")))
+        .any(|l| match l.rsplit_once("\tpolicy=") {
+            Some((_, name)) => name == policy,
+            None => policy == "default",
+        })
 }
 
 /// `dig +noall +comments +answer @SERVER NAME TYPE` run as `cmd`: the response code ("NO
@@ -421,6 +437,97 @@ impl Drop for Container {
 /// eBPF data path tells the proxy exactly which cgroup sent the query, so its questions are
 /// judged by alpha (a.test allowed, b.test refused) and its grants open for alpha only. (eBPF
 /// only: an nftables table and `sock_diag` see the daemon's own network namespace.)
+/// Liveness is per scope: alpha, beta and the default policy resolve the same name; alpha holds
+/// an idle TCP connection to its address, the others do nothing. Past the TTL and a few sweeps,
+/// alpha's grant is still listed and alpha connects again, while beta's and the default
+/// policy's grants are gone and their new connections fail: alpha's connection renews alpha's
+/// grant only. The client namespace has no firewall rule, so conntrack tracks nothing there.
+/// (eBPF only: the nftables backend's liveness is conntrack's, which cannot tell cgroups apart.)
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn liveness_is_per_scope() {
+    let policies = "[[policy]]\nname = \"alpha\"\ncgroups = [\"{alpha}\"]\n\
+        allow_domains = [\"b.test\"]\n\
+        [[policy]]\nname = \"beta\"\ncgroups = [\"{beta}\"]\nallow_domains = [\"b.test\"]\n";
+    let ttl = "authorized_ttl = 2\nttl_check_interval = 1\n";
+    let p = Policies::start(Backend::Ebpf, policies, ttl, "127.0.0.1:53");
+    let _echo = world::echo_server(&p.world);
+    let rules = p
+        .world
+        .in_ns(&p.world.client_ns, "nft")
+        .args(["list", "ruleset"])
+        .output()
+        .expect("nft list ruleset");
+    assert!(
+        rules.stdout.trim_ascii().is_empty(),
+        "the client namespace must have no firewall rules: {}",
+        String::from_utf8_lossy(&rules.stdout)
+    );
+    let (alpha, beta, default) = (&p.alpha, &p.beta, &p.world.cgroup);
+    for cgroup in [alpha, beta, default] {
+        let (status, answers) = p.dig(cgroup, "b.test", "A");
+        assert_eq!(
+            (status.as_str(), answers),
+            ("NOERROR", vec!["192.0.2.11".to_owned()]),
+            "{}",
+            cgroup.display()
+        );
+    }
+    let authorized = Instant::now();
+    let list = p.list();
+    for policy in ["alpha", "beta", "default"] {
+        assert!(
+            lists_grant(&list, "192.0.2.11", policy),
+            "{policy}:\n{list}"
+        );
+    }
+    // Alpha connects, says nothing for 8 s (four TTLs), then sends one line and waits for its
+    // echo.
+    let idle = p
+        .world
+        .in_cgroup_at(alpha, "sh")
+        .args([
+            "-c",
+            &format!(
+                "(sleep 8; echo still-here; sleep 1) | socat -t 2 - TCP:192.0.2.11:{ECHO_PORT}"
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start alpha's idle client");
+    std::thread::sleep(Duration::from_millis(5500).saturating_sub(authorized.elapsed()));
+    let list = p.list();
+    let listed = |policy: &str| lists_grant(&list, "192.0.2.11", policy);
+    assert!(
+        listed("alpha"),
+        "alpha's idle connection must keep alpha's grant:\n{list}\n{}",
+        p.world.daemon_log()
+    );
+    assert!(
+        !listed("beta") && !listed("default"),
+        "alpha's connection kept another scope's grant alive:\n{list}"
+    );
+    assert!(
+        !p.reaches(beta, "192.0.2.11"),
+        "beta's grant outlived its TTL"
+    );
+    assert!(
+        !p.reaches(default, "192.0.2.11"),
+        "the default policy's grant outlived its TTL"
+    );
+    assert!(p.reaches(alpha, "192.0.2.11"), "alpha lost its grant");
+    let out = idle
+        .wait_with_output()
+        .expect("wait for alpha's idle client");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("still-here"),
+        "the next packet of alpha's idle connection must get out (status {}, stderr: {})",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 #[ignore = "needs root: cargo xtask test"]
 fn a_client_in_another_network_namespace_is_identified() {

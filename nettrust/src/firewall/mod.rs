@@ -360,9 +360,10 @@ pub trait Firewall: Send + Sync {
         let _ = (transport, client);
         None
     }
-    /// Remote addresses of the TCP connections the filtered cgroups hold established, as the
-    /// backend records them itself (eBPF: the `sockops` program's `LIVE_TCP`); none by default.
-    fn live_hosts(&self) -> Result<HashSet<IpAddr>, FirewallError> {
+    /// The TCP connections the filtered cgroups hold established, as the backend records them
+    /// itself, each as the grant it keeps alive: the scope of the socket's cgroup and the remote
+    /// address (eBPF: the `sockops` program's `LIVE_TCP_SCOPED`); none by default.
+    fn live_hosts(&self) -> Result<HashSet<Grant>, FirewallError> {
         Ok(HashSet::new())
     }
     /// Removes at once the authorizations for which `revoked(grant, name)` holds, `name` being
@@ -380,6 +381,13 @@ pub trait Firewall: Send + Sync {
             }
         }
         Ok(removed)
+    }
+    /// Whether the backend's own liveness signals (last-seen stamps, [`Firewall::live_hosts`])
+    /// cover the policy scopes' grants, each scope its own. Then conntrack, which cannot tell
+    /// cgroups apart, renews only default-scope grants; without (the default), it renews every
+    /// scope's, as the only signal those grants have.
+    fn scoped_liveness(&self) -> bool {
+        false
     }
 }
 

@@ -46,6 +46,9 @@ pub use netns::{CLIENT_V4, CLIENT_V6, INET_V4, INET_V6, UPSTREAM};
 pub const TCP_PORT: u16 = 8080;
 /// Number of `nN.test` names, each answered with its own 203.0.113.N address.
 pub const NUMBERED_NAMES: u32 = 200;
+/// Port of the echo server ([`echo_server`]): it keeps each connection open until the client
+/// closes it.
+pub const ECHO_PORT: u16 = 8081;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -707,6 +710,19 @@ impl Drop for Background {
         unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
         let _ = self.0.wait();
     }
+}
+
+/// An echo server (`socat … EXEC:cat`) on [`ECHO_PORT`] of every internet address of `world`,
+/// killed when dropped: a connection to it stays established, idle, as long as its client wants.
+pub fn echo_server(world: &World) -> Background {
+    let mut cmd = world.in_ns(&world.inet_ns, "socat");
+    cmd.args([
+        &format!("TCP6-LISTEN:{ECHO_PORT},ipv6only=0,reuseaddr,fork"),
+        "EXEC:cat",
+    ]);
+    let server = Background::spawn(cmd);
+    std::thread::sleep(Duration::from_millis(300));
+    server
 }
 
 impl World {

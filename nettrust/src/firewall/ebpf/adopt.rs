@@ -8,7 +8,7 @@ use std::{io, os::fd::AsFd as _, path::Path};
 use aya::maps::{Array, Map, MapData, MapError, MapInfo, MapType};
 use nettrust_common::{
     CGROUP_PATH_LEN, CONFIG_HOST_SEED_HI, CONFIG_HOST_SEED_LO, ClientValue, FlowKey, GrantKey,
-    HOST_NAME_LEN, HostSlot, HostValue, InboundKey, InboundValue, MAP_ALLOWS, MAP_AUDITS,
+    HOST_NAME_LEN, HostSlot, HostValue, InboundKey, InboundValue, LiveTcp, MAP_ALLOWS, MAP_AUDITS,
     MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CLIENTS, MAP_CONFIG, MAP_DENIED,
     MAP_DENIED_RATE, MAP_DROPS, MAP_GRANT_NAMES, MAP_GRANTS, MAP_HOSTS_V4, MAP_HOSTS_V6,
     MAP_INBOUND, MAP_LISTENERS, MAP_LIVE_TCP, MAP_NAMES, MAP_NETS_V4, MAP_NETS_V6, MAP_OUTBOUND,
@@ -55,6 +55,10 @@ const FLOW_KEY: usize = size_of::<FlowKey>();
 /// The pin of the inbound flow map of earlier versions (another key), removed at start.
 pub const LEGACY_INBOUND: &str = "INBOUND";
 
+/// The pin of the live connection map of earlier versions (a value without the socket's
+/// scope), removed at start.
+pub const LEGACY_LIVE_TCP: &str = "LIVE_TCP";
+
 /// Every map nettrust pins, with the shape the eBPF object gives it. (`SCOPES`, the program's
 /// cache of each cgroup's policy, is not pinned: a new program starts with it empty.)
 pub const MAPS: [MapSpec; 30] = [
@@ -89,7 +93,7 @@ pub const MAPS: [MapSpec; 30] = [
         HOST_NAME_LEN,
     ),
     spec(MAP_CGROUPS, MapType::Hash, 8, CGROUP_PATH_LEN),
-    spec(MAP_LIVE_TCP, MapType::Hash, 8, 24),
+    spec(MAP_LIVE_TCP, MapType::Hash, 8, size_of::<LiveTcp>()),
     spec(MAP_SERVICES, MapType::Hash, size_of::<ServiceKey>(), 4),
     spec(MAP_BLOCKED_V4, MapType::LpmTrie, 8, 4),
     spec(MAP_BLOCKED_V6, MapType::LpmTrie, 20, 4),

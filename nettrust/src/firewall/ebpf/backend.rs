@@ -73,7 +73,8 @@ pub struct EbpfFirewall {
     /// (every change a sweep leads to is conditional): a scan of a full map must not stall DNS
     /// answers. DNS answers write through them too, under the lock of `hosts`.
     scan: (Arc<HostTable>, HostMap<16>),
-    /// The established TCP connections of the filtered cgroups (`LIVE_TCP`), for the sweeper.
+    /// The established TCP connections of the filtered cgroups (`LIVE_TCP_SCOPED`), for the
+    /// sweeper.
     live: LiveMap,
     /// The policy maps: cgroup scopes, policy grants and networks, DNS listeners and clients.
     scopes: ScopeMaps,
@@ -182,6 +183,10 @@ impl EbpfFirewall {
         // The flow map of earlier versions (keyed without cgroup and local address): transient
         // state its programs, replaced above, were the only users of.
         let _ = std::fs::remove_file(dir.join(adopt::LEGACY_INBOUND));
+        // Likewise the connections of earlier versions' `live_tcp` (recorded without their
+        // scope): the program replaced above records into `LIVE_TCP_SCOPED` from now on, and the
+        // connections it did not see established renew their hosts by their traffic only.
+        let _ = std::fs::remove_file(dir.join(adopt::LEGACY_LIVE_TCP));
 
         let scan = (
             hosts.v4.clone(),
@@ -301,15 +306,21 @@ impl EbpfFirewall {
         }
     }
 
-    /// The remote addresses of open connections, never evicted from a full map: a host with an
-    /// open connection is in use even when it has carried no packet for a while (the sweeper
-    /// keeps it past its TTL alike): the filtered cgroups' established TCP connections
-    /// (`live_tcp`, which needs no conntrack) and the flows conntrack tracks where it tracks any.
-    fn active_addresses(&self) -> HashSet<IpAddr> {
-        let mut active = crate::conntrack::active_addresses().unwrap_or_else(|e| {
-            tracing::debug!("conntrack unavailable for eviction ({e})");
-            HashSet::default()
-        });
+    /// The grants of open connections, never evicted from a full host map or `GRANTS`: a grant
+    /// with an open connection is in use even when it has carried no packet for a while (the
+    /// sweeper keeps it past its TTL alike): the established TCP connections of the filtered
+    /// cgroups, each in its own scope (`live_tcp`, which needs no conntrack), and the flows
+    /// conntrack tracks where it tracks any, for the default scope (conntrack cannot tell
+    /// cgroups apart).
+    fn active_grants(&self) -> HashSet<Grant> {
+        let mut active: HashSet<Grant> = crate::conntrack::active_addresses()
+            .unwrap_or_else(|e| {
+                tracing::debug!("conntrack unavailable for eviction ({e})");
+                HashSet::default()
+            })
+            .into_iter()
+            .map(Grant::from)
+            .collect();
         match self.live_hosts() {
             Ok(live) => active.extend(live),
             Err(e) => tracing::warn!(
@@ -380,7 +391,7 @@ impl Firewall for EbpfFirewall {
     fn authorize(&self, grant: Grant, expires_ns: u64) -> Result<Authorization, FirewallError> {
         let addr = grant.addr;
         let capacity = self.capacities.hosts;
-        let active = || self.active_addresses();
+        let active = || self.active_grants();
         if !grant.scope.is_default() {
             if self.settled_grant(grant, expires_ns) {
                 return Ok(Authorization::Already);
@@ -518,9 +529,14 @@ impl Firewall for EbpfFirewall {
         }
     }
 
-    fn live_hosts(&self) -> Result<HashSet<IpAddr>, FirewallError> {
+    fn live_hosts(&self) -> Result<HashSet<Grant>, FirewallError> {
         live_tcp::live_hosts(&self.live, &pins::linked_cgroups(&self.pin_dir))
             .map_err(|e| FirewallError::Read(Box::new(e)))
+    }
+
+    /// Every scope has its last-seen stamps and its own `LIVE_TCP_SCOPED` entries.
+    fn scoped_liveness(&self) -> bool {
+        true
     }
 
     fn due(&self, horizon_ns: u64) -> Result<Vec<HostState>, FirewallError> {

@@ -5,7 +5,7 @@
 //! keep being written meanwhile; only the removal of the victims nothing touched since takes the
 //! exclusive one.
 
-use std::{collections::HashSet, io, net::IpAddr, sync::RwLock, time::Instant};
+use std::{collections::HashSet, io, sync::RwLock, time::Instant};
 
 use nettrust_common::HostValue;
 
@@ -15,7 +15,7 @@ use super::{
     syscalls,
 };
 use crate::firewall::{
-    Authorization, Scope, boottime_ns,
+    Authorization, Grant, Scope, boottime_ns,
     evict::{self, Recency},
     fair_share,
 };
@@ -28,15 +28,15 @@ pub(super) fn is_full(e: &io::Error) -> bool {
 /// Authorizes `key` in `map` (one family's host map, or `GRANTS`; `recency` holds its answer
 /// times, `capacity` is `max_hosts`): under the shared lock of `hosts` first; when the map is
 /// full, a batch of idle authorizations is evicted before the write is tried again (unless a
-/// concurrent answer already made room). `active` reads the addresses of open connections,
-/// never evicted; it is called only when the map is full. Returns the deadline the entry holds
+/// concurrent answer already made room). `active` reads the grants of open connections, never
+/// evicted; it is called only when the map is full. Returns the deadline the entry holds
 /// afterwards with the authorization.
 pub(super) fn authorize<const N: usize, S: HostStore<N>>(
     hosts: &RwLock<HostMaps>,
     map: &S,
     recency: &Recency<[u8; N]>,
     capacity: u32,
-    active: impl FnOnce() -> HashSet<IpAddr>,
+    active: impl FnOnce() -> HashSet<Grant>,
     key: [u8; N],
     expires_ns: u64,
 ) -> io::Result<(Authorization, u64)>
@@ -97,7 +97,7 @@ where
     /// room meanwhile). `started` is when the full map was met, for the log.
     fn make_and_write(
         &self,
-        active: &HashSet<IpAddr>,
+        active: &HashSet<Grant>,
         (key, expires_ns): ([u8; N], u64),
         started: Instant,
     ) -> io::Result<(Authorization, u64)> {
@@ -167,16 +167,16 @@ pub(super) struct Victim<const N: usize> {
 /// Chooses one batch of idle authorizations of a full `map` of `capacity` hosts to evict for a
 /// write of `writer` by one scan: least recently used (see [`crate::firewall::evict`]), from
 /// the scopes [`fair_share`] lets `writer` take from (a host map holds the default scope only).
-/// Hosts in `active` (the remote addresses of open connections, from `live_tcp` and conntrack:
-/// a connection idle for longer than [`evict::LIVE_NS`] keeps its host past the TTL in the
-/// sweeper) are in use and never chosen, but count in their scope's share.
+/// Grants in `active` (those of open connections: `live_tcp`'s per scope, conntrack's for the
+/// default scope; a connection idle for longer than [`evict::LIVE_NS`] keeps its grant past the
+/// TTL in the sweeper) are in use and never chosen, but count in their scope's share.
 /// Needs no exclusive lock: answers keep being written meanwhile, and [`evict`] removes only the
 /// victims nothing touched since.
 pub(super) fn plan_eviction<const N: usize>(
     map: &impl HostStore<N>,
     recency: &Recency<[u8; N]>,
     capacity: u32,
-    active: &HashSet<IpAddr>,
+    active: &HashSet<Grant>,
     writer: Scope,
 ) -> io::Result<Vec<Victim<N>>>
 where
@@ -188,7 +188,9 @@ where
         entries: &entries,
         capacity: capacity as usize,
         scope_of: PoolKey::scope,
-        in_use: |k: &[u8; N]| !active.is_empty() && active.contains(&k.addr()),
+        in_use: |k: &[u8; N]| {
+            !active.is_empty() && active.contains(&Grant::new(k.scope(), k.addr()))
+        },
     };
     let victims = recency.with(|answered| {
         let answered_ns = |k: &[u8; N]| answered.get(k).copied().unwrap_or(0);
@@ -427,7 +429,7 @@ mod grants {
         // Alpha (13) writes above its share: its own oldest, never beta's older grants; one
         // with an open connection counts in its share but is passed over.
         assert_eq!(plan(&grants, &recency, 1), [key(1, 3)]);
-        let in_use: HashSet<IpAddr> = [key(1, 3).addr()].into();
+        let in_use: HashSet<Grant> = [Grant::new(Scope(1), key(1, 3).addr())].into();
         let victims = plan_eviction(&grants, &recency, 16, &in_use, Scope(1)).unwrap();
         assert_eq!(
             victims.iter().map(|v| v.key).collect::<Vec<_>>(),

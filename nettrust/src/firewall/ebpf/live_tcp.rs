@@ -1,7 +1,8 @@
 //! The `live_tcp` program (nettrust-ebpf's `sockops` module) from userspace: loading and pinning
 //! it, attaching it to each filtered cgroup through a pinned bpf_link next to the `cgroup_skb`
 //! ones (`link-live_tcp-<id>`), and reading the established TCP connections it records in
-//! `LIVE_TCP` for the sweeper.
+//! `LIVE_TCP_SCOPED` for the sweeper: each with the scope of the socket's own cgroup, so a
+//! connection renews only the grant of its own policy.
 //!
 //! Why `sock_ops` rather than conntrack or a TCP socket iterator: conntrack tracks nothing in a
 //! network namespace without ct-using rules, and a socket iterator walks only the network
@@ -18,12 +19,14 @@ use std::{
     sync::Mutex,
 };
 
+use crate::firewall::{Grant, Scope};
+
 use aya::{
     Ebpf,
     maps::{HashMap as AyaHashMap, Map, MapData},
     programs::{CgroupAttachMode, SockOps},
 };
-use nettrust_common::{MAP_LIVE_TCP, MAP_LIVE_TCP_CGROUP, PROGRAM_SOCKOPS};
+use nettrust_common::{LiveTcp, MAP_LIVE_TCP, MAP_LIVE_TCP_CGROUP, PROGRAM_SOCKOPS};
 
 use super::{
     adopt::open_pinned,
@@ -31,8 +34,8 @@ use super::{
     types::{EbpfError, map_error, program_error},
 };
 
-/// `LIVE_TCP` from userspace: socket cookie → remote address (two native words) and cgroup id.
-pub(super) type LiveMap = AyaHashMap<MapData, u64, [u64; 3]>;
+/// `LIVE_TCP_SCOPED` from userspace: socket cookie → connection.
+pub(super) type LiveMap = AyaHashMap<MapData, u64, LiveTcp>;
 
 /// `BPF_CGROUP_SOCK_OPS`, part of a cgroup storage key.
 const BPF_CGROUP_SOCK_OPS: u32 = aya_obj::generated::bpf_attach_type::BPF_CGROUP_SOCK_OPS as u32;
@@ -192,31 +195,57 @@ fn tag_cgroup(program: &SockOps, id: u64) -> Result<(), EbpfError> {
     write(&map)
 }
 
-/// Opens the pinned `LIVE_TCP` map.
+/// Opens the pinned `LIVE_TCP_SCOPED` map.
 pub(super) fn open_live(dir: &Path) -> Result<LiveMap, EbpfError> {
     open_pinned(dir, MAP_LIVE_TCP, Map::HashMap)
 }
 
-/// The remote addresses of the established connections recorded in `map` by the cgroups in
-/// `linked` (IPv4-mapped addresses as IPv4, as the egress program judges them). Entries of other
-/// cgroups (detached or removed while they held connections, so their close is never reported)
-/// are removed.
-pub(super) fn live_hosts(map: &LiveMap, linked: &[u64]) -> Result<HashSet<IpAddr>, EbpfError> {
+/// The established connections recorded in `map` by the cgroups in `linked`, as the grants they
+/// keep alive: the scope of the connecting task's cgroup and the remote address (IPv4-mapped
+/// addresses as IPv4, as the egress program judges them). Handshakes under way are skipped;
+/// entries of other cgroups (detached or removed while they held connections, so their close is
+/// never reported) are removed.
+pub(super) fn live_hosts(map: &LiveMap, linked: &[u64]) -> Result<HashSet<Grant>, EbpfError> {
     let entries =
         syscalls::hash_entries(map).map_err(|e| map_error(MAP_LIVE_TCP, "cannot read", e))?;
     let mut live = HashSet::new();
-    for (cookie, [hi, lo, cgroup]) in entries {
-        // 0: recorded in the instant between the attach and the tag.
-        if cgroup == 0 || linked.contains(&cgroup) {
-            let mut addr = [0u8; 16];
-            addr[..8].copy_from_slice(&hi.to_ne_bytes());
-            addr[8..].copy_from_slice(&lo.to_ne_bytes());
-            live.insert(remote(addr));
-        } else {
-            let _ = syscalls::delete(syscalls::fd_of(map), &cookie);
+    for (cookie, entry) in entries {
+        match connection(&entry, linked) {
+            Connection::Live(grant) => {
+                live.insert(grant);
+            }
+            Connection::Connecting => {}
+            Connection::Orphaned => {
+                let _ = syscalls::delete(syscalls::fd_of(map), &cookie);
+            }
         }
     }
     Ok(live)
+}
+
+/// What a recorded connection says.
+#[derive(Debug, PartialEq, Eq)]
+enum Connection {
+    /// Established: it keeps this grant alive.
+    Live(Grant),
+    /// Its handshake is under way: not liveness yet.
+    Connecting,
+    /// Its cgroup is no longer filtered: its close will never be reported.
+    Orphaned,
+}
+
+fn connection(entry: &LiveTcp, linked: &[u64]) -> Connection {
+    // 0: recorded in the instant between the attach and the tag.
+    if entry.attach_cgroup != 0 && !linked.contains(&entry.attach_cgroup) {
+        return Connection::Orphaned;
+    }
+    if entry.established == 0 {
+        return Connection::Connecting;
+    }
+    let mut addr = [0u8; 16];
+    addr[..8].copy_from_slice(&entry.remote[0].to_ne_bytes());
+    addr[8..].copy_from_slice(&entry.remote[1].to_ne_bytes());
+    Connection::Live(Grant::new(Scope(entry.scope), remote(addr)))
 }
 
 /// A recorded remote address as the host maps key it.
@@ -236,5 +265,41 @@ mod tests {
         assert_eq!(remote(ip.to_ipv6_mapped().octets()), v4);
         let v6: Ipv6Addr = "2001:db8:1::11".parse().unwrap();
         assert_eq!(remote(v6.octets()), IpAddr::V6(v6));
+    }
+
+    fn entry(addr: Ipv6Addr, attach_cgroup: u64, scope: u32, established: u32) -> LiveTcp {
+        let o = addr.octets();
+        let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap());
+        LiveTcp {
+            remote: [word(&o[..8]), word(&o[8..])],
+            attach_cgroup,
+            scope,
+            established,
+        }
+    }
+
+    #[test]
+    fn a_connection_keeps_the_grant_of_its_own_scope() {
+        let v4: std::net::Ipv4Addr = "192.0.2.11".parse().unwrap();
+        let mapped = v4.to_ipv6_mapped();
+        assert_eq!(
+            connection(&entry(mapped, 7, 3, 1), &[7]),
+            Connection::Live(Grant::new(Scope(3), IpAddr::V4(v4)))
+        );
+        // Not yet tagged: still counted.
+        assert!(matches!(
+            connection(&entry(mapped, 0, 0, 1), &[7]),
+            Connection::Live(_)
+        ));
+        // A handshake under way is not use yet, and is kept.
+        assert_eq!(
+            connection(&entry(mapped, 7, 3, 0), &[7]),
+            Connection::Connecting
+        );
+        // A cgroup no longer filtered: dropped.
+        assert_eq!(
+            connection(&entry(mapped, 7, 3, 1), &[8]),
+            Connection::Orphaned
+        );
     }
 }

@@ -9,7 +9,7 @@
 //!   SERVICES BLOCKED_V4 BLOCKED_V6 AUDITS
 //!   POLICY_OF GRANTS POLICY_NETS_V4 POLICY_NETS_V6
 //!   LISTENERS CLIENTS                           the maps (nettrust_common::MAP_*)
-//!   LIVE_TCP                                    the live_tcp program's connections
+//!   LIVE_TCP_SCOPED                             the live_tcp program's connections
 //!   prog-egress prog-ingress prog-live_tcp      the programs of the last start
 //!   link-egress-<ino> link-ingress-<ino>        one bpf_link per cgroup and program,
 //!   link-live_tcp-<ino>                         <ino> = the cgroup directory's inode (= cgroup id)
