@@ -12,9 +12,12 @@
 //!   local server) is not a host this host reached out to;
 //! - not closed TCP connections lingering in TIME_WAIT/CLOSE.
 //!
-//! Conntrack cannot tell which cgroup a flow belongs to: a replied flow of an unfiltered process
-//! to an authorized host counts too (it could reach the host anyway). The sweeper never renews a
-//! host whose deadline has passed, whatever this set says.
+//! Each flow counts as a grant of one scope: the scope in the high 16 bits of its conntrack mark,
+//! which the nftables backend's policy chains set on the flows their grants let out
+//! (`ct mark set ct mark and 0xffff or SCOPE << 16`), else the default scope. Conntrack itself
+//! cannot tell which cgroup a flow belongs to: a replied flow of an unfiltered process to an
+//! authorized host counts for the default scope (it could reach the host anyway). The sweeper
+//! never renews a host whose deadline has passed, whatever this set says.
 //!
 //! Conntrack registers its hooks on demand (only when a ct-using rule exists in the namespace), so
 //! on a host without such rules this set is empty; the eBPF last-seen stamps are the liveness
@@ -28,7 +31,10 @@ use std::{
     time::Duration,
 };
 
-use crate::netlink::{Attrs, NetlinkError, Socket, attrs, nfgen_attrs};
+use crate::{
+    firewall::{Grant, Scope},
+    netlink::{Attrs, NetlinkError, Socket, attrs, nfgen_attrs},
+};
 
 /// `(NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET` (linux/netfilter/nfnetlink_conntrack.h).
 const CT_GET: u16 = (1 << 8) | 1;
@@ -36,6 +42,7 @@ const CT_GET: u16 = (1 << 8) | 1;
 const RECV_TIMEOUT: Duration = Duration::from_secs(2);
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_STATUS: u16 = 3;
+const CTA_MARK: u16 = 8;
 const CTA_TUPLE_IP: u16 = 1;
 #[cfg(test)]
 const CTA_IP_V4_SRC: u16 = 1;
@@ -84,8 +91,9 @@ impl From<NetlinkError> for ConntrackError {
 }
 
 /// The destinations of the replied, locally originated flows conntrack tracks in this network
-/// namespace (one dump of both families, `AF_UNSPEC`).
-pub fn active_addresses() -> Result<HashSet<IpAddr>, ConntrackError> {
+/// namespace (one dump of both families, `AF_UNSPEC`), each as a grant of the scope its mark
+/// names (see the module's comment).
+pub fn active_grants() -> Result<HashSet<Grant>, ConntrackError> {
     let mut socket = Socket::open()?;
     socket.set_recv_timeout(RECV_TIMEOUT);
     let mut out = HashSet::new();
@@ -100,19 +108,29 @@ pub fn active_addresses() -> Result<HashSet<IpAddr>, ConntrackError> {
 }
 
 /// Adds the original-direction destination of one flow (the payload of a dump message) to `out`
-/// when the peer replied and the flow is not a closed TCP connection.
-fn add_destination(payload: &[u8], out: &mut HashSet<IpAddr>) -> Result<(), NetlinkError> {
+/// when the peer replied and the flow is not a closed TCP connection, as a grant of the scope in
+/// its mark.
+fn add_destination(payload: &[u8], out: &mut HashSet<Grant>) -> Result<(), NetlinkError> {
     let attrs_of_flow = nfgen_attrs(payload)?;
     let closed = tcp_state(attrs_of_flow)
         .is_some_and(|s| s == TCP_CONNTRACK_TIME_WAIT || s == TCP_CONNTRACK_CLOSE);
     if !closed && status(attrs_of_flow).is_some_and(|s| s & IPS_SEEN_REPLY != 0) {
+        let scope = Scope(mark(attrs_of_flow).unwrap_or(0) >> 16);
         for (kind, payload) in attrs(attrs_of_flow) {
-            if kind == CTA_TUPLE_ORIG {
-                tuple_destination(payload, out);
+            if kind == CTA_TUPLE_ORIG
+                && let Some(addr) = tuple_destination(payload)
+            {
+                out.insert(Grant::new(scope, addr));
             }
         }
     }
     Ok(())
+}
+
+/// The flow's conntrack mark (`CTA_MARK`, big-endian).
+fn mark(flow: &[u8]) -> Option<u32> {
+    let (_, mark) = attrs(flow).find(|(kind, _)| *kind == CTA_MARK)?;
+    Some(u32::from_be_bytes(mark.try_into().ok()?))
 }
 
 /// The TCP state of a flow (`CTA_PROTOINFO` / `CTA_PROTOINFO_TCP` / `CTA_PROTOINFO_TCP_STATE`).
@@ -130,7 +148,7 @@ fn status(flow: &[u8]) -> Option<u32> {
 }
 
 /// The destination address of a tuple.
-fn tuple_destination(tuple: &[u8], out: &mut HashSet<IpAddr>) {
+fn tuple_destination(tuple: &[u8]) -> Option<IpAddr> {
     for (kind, payload) in attrs(tuple) {
         if kind != CTA_TUPLE_IP {
             continue;
@@ -138,18 +156,19 @@ fn tuple_destination(tuple: &[u8], out: &mut HashSet<IpAddr>) {
         for (kind, addr) in attrs(payload) {
             match (kind, addr.len()) {
                 (CTA_IP_V4_DST, 4) => {
-                    out.insert(IpAddr::V4(Ipv4Addr::new(
+                    return Some(IpAddr::V4(Ipv4Addr::new(
                         addr[0], addr[1], addr[2], addr[3],
                     )));
                 }
                 (CTA_IP_V6_DST, 16) => {
-                    let octets: [u8; 16] = addr.try_into().expect("16 bytes");
-                    out.insert(IpAddr::V6(Ipv6Addr::from(octets)));
+                    let octets: [u8; 16] = addr.try_into().ok()?;
+                    return Some(IpAddr::V6(Ipv6Addr::from(octets)));
                 }
                 _ => {}
             }
         }
     }
+    None
 }
 
 #[cfg(test)]
@@ -162,9 +181,17 @@ mod tests {
     }
 
     /// One datagram of the dump (messages of sequence 0) into `out`: whether the dump is complete.
-    fn parse_messages(buf: &[u8], out: &mut HashSet<IpAddr>) -> Result<bool, ConntrackError> {
+    fn parse_grants(buf: &[u8], out: &mut HashSet<Grant>) -> Result<bool, ConntrackError> {
         let mut each = |payload: &[u8]| add_destination(payload, out);
         Ok(netlink::dump_datagram(buf, 0, "conntrack dump", &mut each)?)
+    }
+
+    /// [`parse_grants`], the addresses only.
+    fn parse_messages(buf: &[u8], out: &mut HashSet<IpAddr>) -> Result<bool, ConntrackError> {
+        let mut grants = HashSet::new();
+        let done = parse_grants(buf, &mut grants)?;
+        out.extend(grants.into_iter().map(|g| g.addr));
+        Ok(done)
     }
 
     fn dump_request(seq: u32) -> Vec<u8> {
@@ -330,6 +357,45 @@ mod tests {
         parse_messages(&buf, &mut out).unwrap();
         assert!(out.contains(&"192.0.2.1".parse::<IpAddr>().unwrap()));
         assert!(!out.contains(&"192.0.2.2".parse::<IpAddr>().unwrap()));
+    }
+
+    #[test]
+    fn a_flow_counts_for_the_scope_in_its_mark() {
+        let marked = |dst: [u8; 4], mark: Option<u32>| {
+            let mut body = vec![2, 0, 0, 0];
+            body.extend(nested(
+                CTA_TUPLE_ORIG,
+                &[nested(
+                    CTA_TUPLE_IP,
+                    &[
+                        attr(CTA_IP_V4_SRC, &[198, 51, 100, 1]),
+                        attr(CTA_IP_V4_DST, &dst),
+                    ],
+                )],
+            ));
+            body.extend(attr(CTA_STATUS, &REPLIED.to_be_bytes()));
+            if let Some(mark) = mark {
+                body.extend(attr(CTA_MARK, &mark.to_be_bytes()));
+            }
+            message(CT_GET, &body)
+        };
+        let buf = [
+            marked([192, 0, 2, 1], Some(3 << 16 | 0x42)),
+            marked([192, 0, 2, 2], Some(0x42)),
+            marked([192, 0, 2, 3], None),
+        ]
+        .concat();
+        let mut out = HashSet::new();
+        parse_grants(&buf, &mut out).unwrap();
+        let grant = |scope, ip: &str| Grant::new(Scope(scope), ip.parse().unwrap());
+        assert_eq!(
+            out,
+            HashSet::from([
+                grant(3, "192.0.2.1"),
+                grant(0, "192.0.2.2"),
+                grant(0, "192.0.2.3")
+            ])
+        );
     }
 
     #[test]

@@ -18,11 +18,11 @@
 //! backend's own record ([`Firewall::live_hosts`]: for eBPF, the `live_tcp` sock_ops program's
 //! map, which needs no conntrack and records the scope of each socket's cgroup). The replied,
 //! locally originated flows of a conntrack dump ([`crate::conntrack`]) count where conntrack
-//! tracks flows, but conntrack cannot tell cgroups apart: its flows renew the default scope's
-//! grants only, unless the backend has no per-scope signal for the policies
-//! ([`Firewall::scoped_liveness`]: nftables), where they renew every scope's as before. So a
+//! tracks flows, each for the scope its conntrack mark names: the nftables backend's policy
+//! chains mark the flows their grants let out, every other flow (all of them with eBPF, which
+//! marks nothing: conntrack cannot tell cgroups apart) counts for the default scope. So a
 //! connection of one policy's cgroup never keeps another policy's grant of the same address
-//! alive (on eBPF).
+//! alive, on either backend.
 //!
 //! Only a host still authorized can be renewed: one whose deadline has passed is removed whatever
 //! the liveness signals say. The kernel stopped letting packets out to it at its deadline, so
@@ -34,7 +34,7 @@
 //! answer that renewed the host in between changed the deadline, so the sweeper's action is
 //! dropped: the answer always wins. None of this runs on the DNS path.
 
-use std::{collections::HashSet, net::IpAddr, sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use nettrust_common::LAST_SEEN_GRANULARITY_NS;
 use tokio_util::sync::CancellationToken;
@@ -112,19 +112,15 @@ pub struct Liveness {
     /// The established connections the backend records, as the grants they keep alive (the
     /// scope of the socket's cgroup and the remote address).
     pub connections: HashSet<Grant>,
-    /// The destinations of the replied flows conntrack knows, of any cgroup.
-    pub conntrack: HashSet<IpAddr>,
-    /// Whether the conntrack flows renew policy scopes' grants too: only where the backend has
-    /// no per-scope signal of its own for them (see [`Firewall::scoped_liveness`]).
-    pub conntrack_for_policies: bool,
+    /// The destinations of the replied flows conntrack knows, each as a grant of the scope its
+    /// mark names (the default scope unless a policy chain marked it).
+    pub conntrack: HashSet<Grant>,
 }
 
 impl Liveness {
     /// Whether an open connection keeps `grant` alive.
     pub fn keeps(&self, grant: Grant) -> bool {
-        self.connections.contains(&grant)
-            || ((grant.scope.is_default() || self.conntrack_for_policies)
-                && self.conntrack.contains(&grant.addr))
+        self.connections.contains(&grant) || self.conntrack.contains(&grant)
     }
 }
 
@@ -218,7 +214,7 @@ fn active_hosts(firewall: &dyn Firewall, warned: &[std::sync::atomic::AtomicBool
         }
         HashSet::new()
     });
-    let conntrack = crate::conntrack::active_addresses().unwrap_or_else(|e| {
+    let conntrack = crate::conntrack::active_grants().unwrap_or_else(|e| {
         if !warned[1].swap(true, Relaxed) {
             tracing::warn!(
                 "conntrack unavailable, liveness from traffic and open connections only: {}",
@@ -230,7 +226,6 @@ fn active_hosts(firewall: &dyn Firewall, warned: &[std::sync::atomic::AtomicBool
     Liveness {
         connections,
         conntrack,
-        conntrack_for_policies: !firewall.scoped_liveness(),
     }
 }
 
@@ -268,6 +263,7 @@ pub async fn run(firewall: Arc<dyn Firewall>, config: SweepConfig, cancel: Cance
 mod tests {
     use super::*;
     use crate::firewall::{Policy, Scope, fake::FakeFirewall};
+    use std::net::IpAddr;
 
     const S: u64 = 1_000_000_000;
 
@@ -290,8 +286,7 @@ mod tests {
     fn in_use(addrs: &[&str]) -> Liveness {
         Liveness {
             connections: addrs.iter().map(|a| Grant::from(ip(a))).collect(),
-            conntrack: addrs.iter().map(|a| ip(a)).collect(),
-            conntrack_for_policies: false,
+            conntrack: addrs.iter().map(|a| Grant::from(ip(a))).collect(),
         }
     }
 
@@ -491,22 +486,24 @@ mod tests {
     }
 
     #[test]
-    fn conntrack_renews_policy_grants_only_without_scoped_liveness() {
+    fn conntrack_renews_the_scope_its_mark_names() {
         let t0 = 100 * S;
         let (fw, grants) = three_scopes(t0);
-        // A backend with per-scope signals (eBPF): conntrack cannot tell cgroups apart, so its
-        // flow renews the default scope's grant only.
-        let mut active = Liveness {
-            conntrack: [grants[0].addr].into(),
+        // An unmarked flow (eBPF marks nothing; an unfiltered process): the default scope's.
+        let active = Liveness {
+            conntrack: [Grant::from(grants[0].addr)].into(),
             ..Liveness::default()
         };
         sweep(&fw, t0 + S, &config(), || active.clone()).unwrap();
         assert_eq!(renewed(&fw, &grants, t0 + 2 * S), [true, false, false]);
-        // Without them (nftables) conntrack is every scope's only signal.
+        // A flow a policy chain marked with its scope renews that scope's grant only.
         let (fw, grants) = three_scopes(t0);
-        active.conntrack_for_policies = true;
+        let active = Liveness {
+            conntrack: [grants[2]].into(),
+            ..Liveness::default()
+        };
         sweep(&fw, t0 + S, &config(), || active.clone()).unwrap();
-        assert_eq!(renewed(&fw, &grants, t0 + 2 * S), [true, true, true]);
+        assert_eq!(renewed(&fw, &grants, t0 + 2 * S), [false, false, true]);
     }
 
     #[test]

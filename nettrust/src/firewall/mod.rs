@@ -382,13 +382,6 @@ pub trait Firewall: Send + Sync {
         }
         Ok(removed)
     }
-    /// Whether the backend's own liveness signals (last-seen stamps, [`Firewall::live_hosts`])
-    /// cover the policy scopes' grants, each scope its own. Then conntrack, which cannot tell
-    /// cgroups apart, renews only default-scope grants; without (the default), it renews every
-    /// scope's, as the only signal those grants have.
-    fn scoped_liveness(&self) -> bool {
-        false
-    }
 }
 
 /// The policies' names by scope, as the firewall state on this host records them (the pinned

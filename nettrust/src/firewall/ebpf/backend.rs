@@ -313,14 +313,10 @@ impl EbpfFirewall {
     /// conntrack tracks where it tracks any, for the default scope (conntrack cannot tell
     /// cgroups apart).
     fn active_grants(&self) -> HashSet<Grant> {
-        let mut active: HashSet<Grant> = crate::conntrack::active_addresses()
-            .unwrap_or_else(|e| {
-                tracing::debug!("conntrack unavailable for eviction ({e})");
-                HashSet::default()
-            })
-            .into_iter()
-            .map(Grant::from)
-            .collect();
+        let mut active = crate::conntrack::active_grants().unwrap_or_else(|e| {
+            tracing::debug!("conntrack unavailable for eviction ({e})");
+            HashSet::default()
+        });
         match self.live_hosts() {
             Ok(live) => active.extend(live),
             Err(e) => tracing::warn!(
@@ -532,11 +528,6 @@ impl Firewall for EbpfFirewall {
     fn live_hosts(&self) -> Result<HashSet<Grant>, FirewallError> {
         live_tcp::live_hosts(&self.live, &pins::linked_cgroups(&self.pin_dir))
             .map_err(|e| FirewallError::Read(Box::new(e)))
-    }
-
-    /// Every scope has its last-seen stamps and its own `LIVE_TCP_SCOPED` entries.
-    fn scoped_liveness(&self) -> bool {
-        true
     }
 
     fn due(&self, horizon_ns: u64) -> Result<Vec<HostState>, FirewallError> {

@@ -189,7 +189,7 @@ impl Inner {
             held[Pool::of(g).index()] += usize::from(live);
             live
         });
-        let mut active: Option<std::collections::HashSet<IpAddr>> = None;
+        let mut active: Option<std::collections::HashSet<Grant>> = None;
         let mut evicted = Vec::new();
         for &pool in Pool::of_scope(scope) {
             let new: Vec<IpAddr> = writes
@@ -203,7 +203,7 @@ impl Inner {
                 continue;
             };
             let active = active.get_or_insert_with(|| {
-                crate::conntrack::active_addresses().unwrap_or_else(|e| {
+                crate::conntrack::active_grants().unwrap_or_else(|e| {
                     tracing::debug!("conntrack unavailable for eviction ({e})");
                     Default::default()
                 })
@@ -226,7 +226,7 @@ impl Inner {
                 entries: &candidates,
                 capacity,
                 scope_of: |g: &Grant| g.scope,
-                in_use: |g: &Grant| active.contains(&g.addr),
+                in_use: |g: &Grant| active.contains(g),
             };
             let answered = |g: &Grant| self.authorized.get(g).map_or(0, |h| h.answered_ns);
             let batch = missing.max(crate::firewall::evict::batch(self.max_hosts));

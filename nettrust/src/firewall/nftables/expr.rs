@@ -11,6 +11,8 @@ const EXPR_DATA: u16 = 2;
 const REG_VERDICT: u32 = 0;
 /// `NFT_REG_1`.
 const REG_1: u32 = 1;
+/// The bits of a conntrack mark [`Rule::ct_mark_scope`] keeps (the rest holds the scope).
+pub const CT_MARK_LOW: u32 = 0xffff;
 
 /// `NF_ACCEPT`.
 pub const ACCEPT: i32 = 1;
@@ -256,6 +258,32 @@ impl Rule {
             Some(Attrs::new().be32(1, 3).be32(2, REG_1).be32(3, level)),
         )
         .eq(&id.to_ne_bytes())
+    }
+
+    /// `ct mark set ct mark and 0xffff or SCOPE << 16`: the connection carries the scope whose
+    /// grant let it out in the high 16 bits of its conntrack mark (`NFT_CT_MARK` 3; `ct` load
+    /// with `NFTA_CT_DREG` 1 / `NFTA_CT_KEY` 2, `bitwise`, then `ct` set with `NFTA_CT_SREG` 4),
+    /// so the conntrack dump tells whose grant a live flow uses. The low 16 bits stay as they are.
+    pub fn ct_mark_scope(self, scope: u32) -> Self {
+        self.push("ct", Some(Attrs::new().be32(1, REG_1).be32(2, 3)))
+            .push(
+                "bitwise",
+                Some(
+                    Attrs::new()
+                        .be32(1, REG_1)
+                        .be32(2, REG_1)
+                        .be32(3, 4)
+                        .nested(
+                            4,
+                            Attrs::new().bytes(data::VALUE, &CT_MARK_LOW.to_ne_bytes()),
+                        )
+                        .nested(
+                            5,
+                            Attrs::new().bytes(data::VALUE, &(scope << 16).to_ne_bytes()),
+                        ),
+                ),
+            )
+            .push("ct", Some(Attrs::new().be32(2, 3).be32(4, REG_1)))
     }
 
     /// `counter`.

@@ -260,7 +260,13 @@ pub(super) fn install_batch(
     msgs.push(chain_msg(POLICY_CHAIN, None));
     msgs.extend(guard_rules(POLICY_CHAIN));
     let authorized = [sets(false)[2].to_owned(), sets(true)[2].to_owned()];
-    msgs.extend(allow_rules(POLICY_CHAIN, w, &[authorized], &End::Reject));
+    msgs.extend(allow_rules(
+        POLICY_CHAIN,
+        w,
+        &[authorized],
+        None,
+        &End::Reject,
+    ));
     msgs.extend(policies.msgs(w));
     msgs.extend(base_chains(scopes, policies, options));
     msgs
@@ -412,6 +418,7 @@ pub(super) fn allow_rules(
     chain: &str,
     w: &Whitelist,
     granted: &[[String; 2]],
+    mark_scope: Option<u32>,
     end: &End,
 ) -> Vec<Msg> {
     let mut msgs = Vec::new();
@@ -435,17 +442,18 @@ pub(super) fn allow_rules(
         .map(|index| sets(false)[index])
         .into_iter()
         .zip([1, 0].map(|index| sets(true)[index]));
-    let granted = granted.iter().map(|[v4, v6]| (v4.as_str(), v6.as_str()));
-    for (v4, v6) in whitelists.chain(granted) {
+    let whitelists = whitelists.map(|sets| (sets, None));
+    let granted = granted
+        .iter()
+        .map(|[v4, v6]| ((v4.as_str(), v6.as_str()), mark_scope));
+    for ((v4, v6), mark) in whitelists.chain(granted) {
         for (set, is_v6) in [(v4, false), (v6, true)] {
-            msgs.push(rule_msg(
-                chain,
-                Rule::new()
-                    .nfproto(is_v6)
-                    .daddr(is_v6)
-                    .lookup(set)
-                    .verdict(expr::ACCEPT),
-            ));
+            let rule = Rule::new().nfproto(is_v6).daddr(is_v6).lookup(set);
+            let rule = match mark {
+                Some(scope) => rule.ct_mark_scope(scope),
+                None => rule,
+            };
+            msgs.push(rule_msg(chain, rule.verdict(expr::ACCEPT)));
         }
     }
     match end {

@@ -8,7 +8,8 @@
 //! set scope_1_net_v4 { type ipv4_addr; flags interval; }  # networks of scope 1
 //! chain scope_1 {
 //!   … the guard rules, services, whitelisted networks and hosts of `allowlist` …
-//!   ip daddr @scope_1_v4 accept ; ip daddr @scope_1_net_v4 accept   (and v6)
+//!   ip daddr @scope_1_v4 ct mark set ct mark and 0xffff or 0x10000 accept   (and v6)
+//!   ip daddr @scope_1_net_v4 ct mark set ct mark and 0xffff or 0x10000 accept
 //!   counter reject …                                      # or, in audit mode:
 //!   limit rate 5/second burst 10 packets log prefix "[Audit] policy=1 " ; counter accept
 //! }
@@ -201,7 +202,15 @@ impl Policies {
             } else {
                 End::Reject
             };
-            msgs.extend(layout::allow_rules(&chain, w, &granted, &end));
+            // A flow its grants or networks let out carries the scope in its conntrack mark: the
+            // sweeper's conntrack liveness is then per scope, as `live_tcp`'s is with eBPF.
+            msgs.extend(layout::allow_rules(
+                &chain,
+                w,
+                &granted,
+                Some(scope.0),
+                &end,
+            ));
         }
         msgs
     }
