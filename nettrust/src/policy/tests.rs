@@ -286,3 +286,26 @@ fn a_bad_line_leaves_the_list_as_it_was() {
     );
     assert_ne!(list, before);
 }
+
+#[test]
+fn a_list_read_from_a_file_costs_about_nine_bytes_an_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("list");
+    let mut text = String::new();
+    for i in 0..100_000 {
+        // Long names cost what short ones do; every other entry comes twice.
+        let label = "n".repeat(i % 60 + 1);
+        text.push_str(&format!("{label}.{label}.{label}.h{i}.example\n"));
+        if i % 2 == 0 {
+            text.push_str(&format!("*.zone{i}.example\n*.zone{i}.example\n"));
+        }
+    }
+    std::fs::write(&path, text).unwrap();
+    let mut list = Domains::new();
+    assert_eq!(parse_domains_file(&path, &mut list).unwrap(), 200_000);
+    assert_eq!(list.len(), 150_000);
+    assert!(list.memory() <= list.len() * 9, "{} bytes", list.memory());
+    let label = "n".repeat(99_999 % 60 + 1);
+    assert!(list.allows(&format!("{label}.{label}.{label}.h99999.example")));
+    assert!(list.allows("a.zone99998.example") && !list.allows("a.zone99999.example"));
+}
