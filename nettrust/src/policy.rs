@@ -10,6 +10,7 @@
 
 mod domains;
 mod file;
+mod name_set;
 mod shared;
 
 pub use domains::Domains;

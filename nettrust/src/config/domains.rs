@@ -20,12 +20,8 @@ pub(super) fn domain_list(
     (key, inline): (&str, &[String]),
     (file_key, file): (&str, Option<&Path>),
 ) -> Result<Arc<Domains>, ConfigError> {
-    let mut domains = Domains::new();
-    for value in inline {
-        domains
-            .insert(value)
-            .map_err(|e| invalid(key, value, e.reason))?;
-    }
+    let mut domains =
+        Domains::from_patterns(inline).map_err(|e| invalid(key, e.pattern, e.reason))?;
     // Unreadable: no fingerprint, and the parse below reports the error.
     let fingerprint = file.and_then(|path| policy::fingerprint(inline, path).ok());
     if let Some(list) = fingerprint.and_then(policy::shared) {

@@ -1,116 +1,41 @@
 //! [`Domains`]: a set of domain entries compiled for matching, small enough for millions of
-//! entries. Names live once in an arena (a length byte, then the lower-case name); two
-//! open-addressing tables of arena offsets (with hash tags) index the exact entries and the `*.`
-//! ones. A query
-//! lower-cases its name into a stack buffer and looks up the whole name, then each proper suffix
-//! at a label boundary: O(labels) lookups, no allocation.
-
-use std::hash::{BuildHasher, RandomState};
+//! entries. The entries are not kept as text: each is the keyed 64-bit hash of its lower-case
+//! name in one of two [`NameSet`]s, exact names and the names whose subdomains match (`*.`), about
+//! 9 bytes per entry. A query lower-cases its name into a stack buffer and looks up the hash of
+//! the whole name, then of each proper suffix at a label boundary: O(labels) lookups, no
+//! allocation.
 
 use hickory_proto::rr::Name;
 
-use super::{MAX_NAME_LEN, PatternError, parse_pattern};
-
-/// A free slot of a [`Table`] (no name is at arena offset `u32::MAX`).
-const EMPTY: u64 = u64::MAX;
-
-/// The high 32 bits of a name's hash: they pick its slot and are kept in it, so that a probe
-/// reads the arena only for a name whose hash bits agree, and growing needs no re-hashing.
-fn tag(hash: u64) -> u32 {
-    (hash >> 32) as u32
-}
-
-/// An open-addressing hash set of names in the arena: linear probing, at most 3/4 full, a power
-/// of two slots of 8 bytes (the name's hash tag, then its arena offset), so 11 to 16 bytes per
-/// entry.
-#[derive(Clone, Default)]
-struct Table {
-    /// `tag << 32 | offset` of each name, or [`EMPTY`].
-    slots: Vec<u64>,
-    /// Entries held.
-    len: usize,
-}
-
-/// The name stored at `offset` of `arena`.
-fn name_at(arena: &[u8], offset: u32) -> &[u8] {
-    let start = offset as usize;
-    let len = usize::from(arena[start]);
-    &arena[start + 1..start + 1 + len]
-}
-
-impl Table {
-    /// Whether `name` (whose hash is `hash`) is in the table.
-    fn contains(&self, arena: &[u8], hash: u64, name: &[u8]) -> bool {
-        if self.len == 0 {
-            return false;
-        }
-        let tag = tag(hash);
-        let mask = self.slots.len() - 1;
-        let mut i = tag as usize & mask;
-        loop {
-            match self.slots[i] {
-                EMPTY => return false,
-                slot if (slot >> 32) as u32 == tag && name_at(arena, slot as u32) == name => {
-                    return true;
-                }
-                _ => i = (i + 1) & mask,
-            }
-        }
-    }
-
-    /// Adds the name at `offset` (whose hash is `hash`), known not to be in the table; room must
-    /// have been made with [`Table::reserve`].
-    fn insert(&mut self, hash: u64, offset: u32) {
-        self.place((u64::from(tag(hash)) << 32) | u64::from(offset));
-    }
-
-    /// Puts `slot` in the first free slot from its tag's.
-    fn place(&mut self, slot: u64) {
-        let mask = self.slots.len() - 1;
-        let mut i = (slot >> 32) as usize & mask;
-        while self.slots[i] != EMPTY {
-            i = (i + 1) & mask;
-        }
-        self.slots[i] = slot;
-        self.len += 1;
-    }
-
-    /// Makes room for `additional` more entries.
-    fn reserve(&mut self, additional: usize) {
-        let wanted = self.len + additional;
-        if wanted * 4 <= self.slots.len() * 3 {
-            return;
-        }
-        let size = (wanted * 4 / 3 + 1).next_power_of_two().max(16);
-        let old = std::mem::replace(&mut self.slots, vec![EMPTY; size]);
-        self.len = 0;
-        for slot in old.into_iter().filter(|&s| s != EMPTY) {
-            self.place(slot);
-        }
-    }
-
-    /// The arena offsets of the entries.
-    fn offsets(&self) -> impl Iterator<Item = u32> + '_ {
-        self.slots
-            .iter()
-            .filter(|&&s| s != EMPTY)
-            .map(|&s| s as u32)
-    }
-}
+use super::{
+    MAX_NAME_LEN, PatternError,
+    name_set::{self, MAX_NAMES, NameSet},
+    parse_pattern,
+};
 
 /// A compiled list of domain entries (exact names and `*.` suffixes); see the module
-/// documentation of [`crate::policy`] for the matching rules.
-#[derive(Clone, Default)]
+/// documentation of [`crate::policy`] for the matching rules. Two lists compare equal when they
+/// hold the same entries (by their hashes, under the process's one key).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Domains {
-    /// Every name once: a length byte, then the name, lower-case, without trailing dot.
-    arena: Vec<u8>,
     /// Exact entries.
-    exact: Table,
+    exact: NameSet,
     /// `*.` entries, by the name they are below.
-    below: Table,
-    /// Keyed hashing (SipHash with a random key), so that clients cannot choose names that
-    /// collide and make lookups slow.
-    hasher: RandomState,
+    below: NameSet,
+}
+
+/// A checked entry: the set it goes in (`true`: the `*.` one) and its name's hash.
+fn entry(pattern: &str) -> Result<(bool, u64), PatternError> {
+    let parsed = parse_pattern(pattern).map_err(|reason| PatternError {
+        pattern: pattern.to_owned(),
+        reason,
+    })?;
+    let mut lower = [0; MAX_NAME_LEN];
+    let lower = &mut lower[..parsed.name.len()];
+    for (out, b) in lower.iter_mut().zip(parsed.name.bytes()) {
+        *out = b.to_ascii_lowercase();
+    }
+    Ok((parsed.below, name_set::hash(lower)))
 }
 
 /// A query name, lower-case, with the start of each label: a suffix at a label start is a
@@ -178,62 +103,50 @@ impl Domains {
         patterns: impl IntoIterator<Item = S>,
     ) -> Result<Self, PatternError> {
         let mut domains = Self::new();
+        let mut adding = domains.adding();
         for pattern in patterns {
-            domains.insert(pattern.as_ref())?;
+            adding.add(pattern.as_ref())?;
         }
+        adding.finish();
         Ok(domains)
     }
 
-    /// Makes room for `exact` more exact entries and `below` more `*.` entries of `bytes` name
-    /// bytes in all (a hint: the tables are then built at their final size, without the
-    /// copies of growing).
-    pub fn reserve(&mut self, exact: usize, below: usize, bytes: usize) {
-        self.arena.reserve(bytes + exact + below);
+    /// Makes room for `exact` more exact entries and `below` more `*.` entries (a hint: the
+    /// sets are then filled without the copies of growing).
+    pub fn reserve(&mut self, exact: usize, below: usize) {
         self.exact.reserve(exact);
         self.below.reserve(below);
     }
 
-    /// Releases the room reserved and not used.
-    pub fn shrink_to_fit(&mut self) {
-        self.arena.shrink_to_fit();
-    }
-
-    /// Adds one entry; `false` when it was already there.
+    /// Adds one entry; `false` when it was already there. Costs O(entries): many entries are
+    /// added with [`Domains::from_patterns`] or [`crate::policy::parse_domains`].
     pub fn insert(&mut self, pattern: &str) -> Result<bool, PatternError> {
-        let parsed = parse_pattern(pattern).map_err(|reason| PatternError {
-            pattern: pattern.to_owned(),
-            reason,
-        })?;
-        let offset = u32::try_from(self.arena.len())
-            .ok()
-            .filter(|o| *o < u32::MAX - 256)
-            .ok_or_else(|| PatternError {
-                pattern: pattern.to_owned(),
-                reason: "too many domains (4 GiB of names)",
-            })?;
-        let len = u8::try_from(parsed.name.len()).expect("parse_pattern bounds the length");
-        self.arena.push(len);
-        self.arena
-            .extend(parsed.name.bytes().map(|b| b.to_ascii_lowercase()));
-        let name = &self.arena[offset as usize + 1..];
-        let hash = self.hasher.hash_one(name);
-        let table = if parsed.below {
+        let (below, hash) = entry(pattern)?;
+        let set = if below {
             &mut self.below
         } else {
             &mut self.exact
         };
-        if table.contains(&self.arena, hash, name) {
-            self.arena.truncate(offset as usize);
-            return Ok(false);
+        if set.len() >= MAX_NAMES {
+            return Err(too_many(pattern));
         }
-        table.reserve(1);
-        table.insert(hash, offset);
-        Ok(true)
+        Ok(set.insert(hash))
+    }
+
+    /// Starts adding entries in bulk: they are matched once [`Adding::finish`] is called, and
+    /// forgotten if the [`Adding`] is dropped before.
+    pub(super) fn adding(&mut self) -> Adding<'_> {
+        Adding {
+            exact: self.exact.mark(),
+            below: self.below.mark(),
+            domains: self,
+            finished: false,
+        }
     }
 
     /// Entries held (exact and `*.`).
     pub fn len(&self) -> usize {
-        self.exact.len + self.below.len
+        self.exact.len() + self.below.len()
     }
 
     /// Whether the list holds no entry.
@@ -241,9 +154,9 @@ impl Domains {
         self.len() == 0
     }
 
-    /// Bytes of memory the list holds (arena and tables).
+    /// Bytes of memory the list holds.
     pub fn memory(&self) -> usize {
-        self.arena.capacity() + (self.exact.slots.capacity() + self.below.slots.capacity()) * 8
+        self.exact.memory() + self.below.memory()
     }
 
     /// Whether `name` (presentation form, e.g. `www.example.org.`) matches an entry. A name
@@ -268,52 +181,73 @@ impl Domains {
     }
 
     fn matches(&self, query: &Query) -> bool {
-        let arena = &self.arena;
-        let name = query.name();
-        (self.exact.len > 0 && self.exact.contains(arena, self.hasher.hash_one(name), name))
-            || (self.below.len > 0
+        (!self.exact.is_empty() && self.exact.contains(name_set::hash(query.name())))
+            || (!self.below.is_empty()
                 && query
                     .parents()
-                    .any(|p| self.below.contains(arena, self.hasher.hash_one(p), p)))
-    }
-
-    /// The entries, as written in a list (`name` or `*.name`), in no particular order.
-    pub fn entries(&self) -> impl Iterator<Item = String> + '_ {
-        let show = |prefix: &'static str| {
-            move |offset| {
-                format!(
-                    "{prefix}{}",
-                    String::from_utf8_lossy(name_at(&self.arena, offset))
-                )
-            }
-        };
-        self.exact
-            .offsets()
-            .map(show(""))
-            .chain(self.below.offsets().map(show("*.")))
+                    .any(|p| self.below.contains(name_set::hash(p))))
     }
 }
 
-impl PartialEq for Domains {
-    fn eq(&self, other: &Self) -> bool {
-        let same = |a: &Table, b: &Table| {
-            a.len == b.len
-                && a.offsets().all(|o| {
-                    let name = name_at(&self.arena, o);
-                    b.contains(&other.arena, other.hasher.hash_one(name), name)
-                })
-        };
-        same(&self.exact, &other.exact) && same(&self.below, &other.below)
+/// The error of an entry that does not fit.
+fn too_many(pattern: &str) -> PatternError {
+    PatternError {
+        pattern: pattern.to_owned(),
+        reason: "too many domains (4,294,967,295 of each kind at most)",
     }
 }
 
-impl Eq for Domains {}
+/// Entries being added to a [`Domains`] in bulk (see [`Domains::adding`]): each is checked and
+/// hashed as it comes, and all are sorted in at once by [`Adding::finish`].
+pub(super) struct Adding<'a> {
+    /// The list.
+    domains: &'a mut Domains,
+    /// The exact set's mark before: what a drop without finish goes back to.
+    exact: usize,
+    /// The `*.` set's mark before.
+    below: usize,
+    /// Whether the entries were sorted in.
+    finished: bool,
+}
+
+impl Adding<'_> {
+    /// Checks one entry and adds it (a duplicate is dropped at [`Adding::finish`]).
+    pub(super) fn add(&mut self, pattern: &str) -> Result<(), PatternError> {
+        let (below, hash) = entry(pattern)?;
+        let set = if below {
+            &mut self.domains.below
+        } else {
+            &mut self.domains.exact
+        };
+        if set.len() >= MAX_NAMES {
+            return Err(too_many(pattern));
+        }
+        set.push(hash);
+        Ok(())
+    }
+
+    /// Sorts the added entries in: the list matches them from now on.
+    pub(super) fn finish(mut self) {
+        self.domains.exact.seal();
+        self.domains.below.seal();
+        self.finished = true;
+    }
+}
+
+impl Drop for Adding<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.domains.exact.roll_back(self.exact);
+            self.domains.below.roll_back(self.below);
+        }
+    }
+}
 
 impl std::fmt::Debug for Domains {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Domains")
-            .field("exact", &self.exact.len)
-            .field("below", &self.below.len)
+            .field("exact", &self.exact.len())
+            .field("below", &self.below.len())
             .finish_non_exhaustive()
     }
 }

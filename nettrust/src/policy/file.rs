@@ -43,16 +43,12 @@ pub fn parse_domains_file(path: &Path, into: &mut Domains) -> Result<usize, Doma
         error,
     };
     let mut file = std::fs::File::open(path).map_err(read_error)?;
-    // Each line's newline becomes the length byte of its entry: the file's size bounds the
-    // names' bytes. A first pass counts the entries of each kind, so the tables are sized once.
-    let size = file.metadata().map_err(read_error)?.len();
+    // A first pass counts the entries of each kind, so the sets are filled at their final size.
     let (exact, below) =
         count_entries(std::io::BufReader::with_capacity(1 << 16, &file)).map_err(read_error)?;
     file.seek(std::io::SeekFrom::Start(0)).map_err(read_error)?;
-    into.reserve(exact, below, usize::try_from(size).unwrap_or(0));
-    let read = parse_domains(std::io::BufReader::with_capacity(1 << 16, file), path, into);
-    into.shrink_to_fit();
-    read
+    into.reserve(exact, below);
+    parse_domains(std::io::BufReader::with_capacity(1 << 16, file), path, into)
 }
 
 /// The lines of domain-list text that hold an exact entry and a `*.` entry (at most: the
@@ -74,7 +70,7 @@ fn count_entries(mut reader: impl BufRead) -> std::io::Result<(usize, usize)> {
 }
 
 /// Reads domain-list text from `reader` into `into` (`path` names it in errors); returns the
-/// number of entries read (duplicates included).
+/// number of entries read (duplicates included). On an error `into` is left as it was.
 pub fn parse_domains(
     mut reader: impl BufRead,
     path: &Path,
@@ -82,6 +78,7 @@ pub fn parse_domains(
 ) -> Result<usize, DomainsFileError> {
     let mut line = Vec::with_capacity(256);
     let mut entries = 0;
+    let mut adding = into.adding();
     for number in 1.. {
         line.clear();
         let n = reader
@@ -106,9 +103,11 @@ pub fn parse_domains(
         if entry.is_empty() {
             continue;
         }
-        into.insert(entry)
+        adding
+            .add(entry)
             .map_err(|e| bad(entry.as_bytes(), e.reason))?;
         entries += 1;
     }
+    adding.finish();
     Ok(entries)
 }

@@ -1,7 +1,7 @@
 //! Sharing compiled domain lists between configurations. A SIGHUP reload resolves the whole
 //! configuration again while the running one stays in force: without sharing, every big list
 //! would be compiled a second time and held twice until the switch, even when its file did not
-//! change (about 35 MB per million entries). A list is found again by a fingerprint of its
+//! change (about 9 MB per million entries). A list is found again by a fingerprint of its
 //! inline entries and its file's content, and shared (`Arc`) while any configuration holds it.
 
 use std::{

@@ -89,9 +89,10 @@ fn duplicates_are_stored_once_and_len_counts_both_kinds() {
     assert!(!list.insert("example.com").unwrap());
     assert!(list.insert("*.example.net").unwrap());
     assert_eq!(list.len(), 3);
-    let mut entries: Vec<String> = list.entries().collect();
-    entries.sort();
-    assert_eq!(entries, ["*.example.com", "*.example.net", "example.com"]);
+    assert_eq!(
+        list,
+        domains(&["*.example.com", "*.example.net", "example.com"])
+    );
 }
 
 #[test]
@@ -230,4 +231,81 @@ fn domain_files_are_read_from_disk() {
         e.starts_with(&format!("{}: cannot read it: ", missing.display())),
         "{e}"
     );
+}
+
+#[test]
+fn a_big_file_matches_exact_suffix_case_and_trailing_dot() {
+    let mut text = String::new();
+    for i in 0..100_000 {
+        // Mixed case and trailing dots in the file; every tenth entry twice.
+        text.push_str(&format!("Host{i}.Example.\n*.zone{i}.example\n"));
+        if i % 10 == 0 {
+            text.push_str(&format!("host{i}.example\n*.ZONE{i}.example.\n"));
+        }
+    }
+    let list = parse(&text).unwrap();
+    assert_eq!(list.len(), 200_000);
+    for i in (0..100_000).step_by(101) {
+        assert!(list.allows(&format!("host{i}.example")), "{i}");
+        assert!(list.allows(&format!("HOST{i}.example.")), "{i}");
+        assert!(list.allows(&format!("a.b.Zone{i}.example.")), "{i}");
+        assert!(!list.allows(&format!("zone{i}.example")), "{i}");
+        assert!(!list.allows(&format!("x.host{i}.example")), "{i}");
+        assert!(!list.allows(&format!("host{i}.example.test")), "{i}");
+    }
+    assert!(!list.allows("host100000.example") && !list.allows("example"));
+    // The same entries one at a time make the same list.
+    let mut one = Domains::new();
+    for i in 0..100_000 {
+        assert!(one.insert(&format!("*.zone{i}.example")).unwrap());
+        assert!(one.insert(&format!("host{i}.example")).unwrap());
+    }
+    assert_eq!(one, list);
+}
+
+#[test]
+fn a_bad_line_leaves_the_list_as_it_was() {
+    let before = domains(&["a.test", "*.b.test"]);
+    let mut list = before.clone();
+    assert!(list.insert("c.test").unwrap());
+    let mark = list.clone();
+    parse_domains(
+        &b"d.test\n*.e.test\nbad..test\n"[..],
+        Path::new("f"),
+        &mut list,
+    )
+    .expect_err("line 3");
+    assert_eq!(list, mark);
+    assert!(list.allows("c.test") && list.allows("x.b.test"));
+    assert!(!list.allows("d.test") && !list.allows("x.e.test"));
+    // A good file then adds to what was there.
+    parse_domains(&b"d.test\n*.e.test\n"[..], Path::new("f"), &mut list).unwrap();
+    assert_eq!(
+        list,
+        domains(&["a.test", "*.b.test", "c.test", "d.test", "*.e.test"])
+    );
+    assert_ne!(list, before);
+}
+
+#[test]
+fn a_list_read_from_a_file_costs_about_nine_bytes_an_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("list");
+    let mut text = String::new();
+    for i in 0..100_000 {
+        // Long names cost what short ones do; every other entry comes twice.
+        let label = "n".repeat(i % 60 + 1);
+        text.push_str(&format!("{label}.{label}.{label}.h{i}.example\n"));
+        if i % 2 == 0 {
+            text.push_str(&format!("*.zone{i}.example\n*.zone{i}.example\n"));
+        }
+    }
+    std::fs::write(&path, text).unwrap();
+    let mut list = Domains::new();
+    assert_eq!(parse_domains_file(&path, &mut list).unwrap(), 200_000);
+    assert_eq!(list.len(), 150_000);
+    assert!(list.memory() <= list.len() * 9, "{} bytes", list.memory());
+    let label = "n".repeat(99_999 % 60 + 1);
+    assert!(list.allows(&format!("{label}.{label}.{label}.h99999.example")));
+    assert!(list.allows("a.zone99998.example") && !list.allows("a.zone99999.example"));
 }
