@@ -6,9 +6,13 @@
 //! `capture` module) and the listener it now names is judged.
 //!
 //! The judgement is `egress`'s, on the address alone (`judge_v4`/`judge_v6` for the calling
-//! task's policy, then a whitelisted service for the proxy's own marked sockets), so both say the
-//! same for every TCP destination: `egress`'s other ways out do not apply to a connection this
-//! host opens (inbound replies, the kernel's IPv6 link control). An audit-mode policy lets the
+//! task's policy, then a whitelisted service for the proxy's own marked sockets): `egress`'s
+//! other ways out do not apply to a connection this host opens (inbound replies, the kernel's
+//! IPv6 link control). An unspecified destination (`0.0.0.0`, `::`) proceeds: the kernel
+//! connects to loopback instead, which `egress` judges. The calling task's cgroup decides, while
+//! `egress` judges a packet by its socket's cgroup (the one that created it): a socket used by a
+//! process of another cgroup (passed over a Unix socket, or its process moved) must pass both,
+//! so the stricter one applies. An audit-mode policy lets the
 //! call proceed (`egress` reports the packets). UDP `connect` always proceeds: it sends nothing,
 //! and a server may connect a socket to a client that reached it, whose replies `egress` lets
 //! out per datagram. The packets of an allowed connection are still judged by `egress`, so an
@@ -50,6 +54,10 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
     }
     // SAFETY: `user_ip4` is readable in the IPv4 hooks.
     let addr = unsafe { read_volatile(&raw const (*sa).user_ip4) }.to_ne_bytes();
+    if addr == [0; 4] {
+        // The kernel connects to loopback instead; `egress` judges those packets.
+        return PROCEED;
+    }
     verdict(sa, addr, |now, scope| judge_v4(addr, now, scope))
 }
 
@@ -65,6 +73,11 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
         return PROCEED;
     }
     let w = ip6(sa);
+    if w[0] == 0 && w[1] == 0 && (w[2] == 0 || w[2] == MAPPED) && w[3] == 0 {
+        // `::` and `::ffff:0.0.0.0`: the kernel connects to loopback instead; `egress` judges
+        // those packets.
+        return PROCEED;
+    }
     if w[0] == 0 && w[1] == 0 && w[2] == MAPPED {
         // An IPv4-mapped destination leaves as IPv4: judged as `egress` judges those packets.
         let addr = w[3].to_ne_bytes();

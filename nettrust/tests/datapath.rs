@@ -425,7 +425,8 @@ fn nft_upstream_only_for_the_proxy_and_no_source_routes() {
 }
 
 /// Tries a TCP `connect` (5 s timeout) to each destination, then a UDP `connect` and `send` to
-/// the first, printing `connected`, `sent`, `timeout` or the errno name of each step.
+/// the first, then TCP to `0.0.0.0` and `::` (loopback listeners of its own), printing
+/// `connected`, `sent`, `timeout` or the errno name of each step.
 const CONNECT_SCRIPT: &str = r#"
 import socket, errno, sys
 def attempt(kind, family, addr):
@@ -445,13 +446,29 @@ for addr in sys.argv[1:]:
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     attempt(socket.SOCK_STREAM, family, addr)
 attempt(socket.SOCK_DGRAM, socket.AF_INET, sys.argv[1])
+# The unspecified address: the kernel connects to loopback (a listener of this script's own).
+for family, local, unspecified in ((socket.AF_INET, "127.0.0.1", "0.0.0.0"),
+                                   (socket.AF_INET6, "::1", "::")):
+    server = socket.socket(family, socket.SOCK_STREAM)
+    server.bind((local, 0))
+    server.listen()
+    client = socket.socket(family, socket.SOCK_STREAM)
+    client.settimeout(5)
+    try:
+        client.connect((unspecified, server.getsockname()[1]))
+        print("connected")
+    except socket.timeout:
+        print("timeout")
+    except OSError as e:
+        print(errno.errorcode[e.errno])
 "#;
 
 /// A TCP connection to an address nobody resolved fails at once, not after the SYN's retries:
 /// eBPF refuses `connect` itself (`EPERM`, reported `(connect refused)`), nftables answers the
 /// SYN with a reset (`ECONNREFUSED`); for IPv4, an IPv4-mapped IPv6 destination and IPv6. A
 /// resolved address connects, UDP `connect` proceeds (it sends nothing; `egress` refuses the
-/// datagram), and outside the cgroup nothing is refused.
+/// datagram), `0.0.0.0` and `::` reach loopback as the kernel makes them, and outside the cgroup
+/// nothing is refused.
 fn unresolved_connects_fail_at_once(backend: Backend) {
     let mut world = World::with_backend(backend);
     world.start_daemon(&[]);
@@ -472,12 +489,28 @@ fn unresolved_connects_fail_at_once(backend: Backend) {
     };
     assert_eq!(
         run(world.in_cgroup("python3"), &unresolved),
-        [refused, refused, refused, "connected", "EPERM"],
+        [
+            refused,
+            refused,
+            refused,
+            "connected",
+            "EPERM",
+            "connected",
+            "connected"
+        ],
         "TCP to unresolved addresses (IPv4, IPv4-mapped, IPv6), then UDP connect and send"
     );
     assert_eq!(
         run(world.in_ns(&world.client_ns, "python3"), &unresolved),
-        ["connected", "connected", "connected", "connected", "sent"],
+        [
+            "connected",
+            "connected",
+            "connected",
+            "connected",
+            "sent",
+            "connected",
+            "connected"
+        ],
         "outside the cgroup the same destinations answer"
     );
     assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
@@ -487,7 +520,14 @@ fn unresolved_connects_fail_at_once(backend: Backend) {
             world.in_cgroup("python3"),
             &["192.0.2.10", "2001:db8:1::10"]
         ),
-        ["connected", "connected", "connected", "sent"],
+        [
+            "connected",
+            "connected",
+            "connected",
+            "sent",
+            "connected",
+            "connected"
+        ],
         "resolved addresses connect"
     );
     if backend == Backend::Ebpf {

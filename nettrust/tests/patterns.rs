@@ -507,7 +507,8 @@ fn cgroups_beyond_the_walk_fail_closed() {
     let (world, mut tree) = start(&["{root}/deep/**/job-*", "{root}/long/**/leaf"], &[], &[]);
     let levels: Vec<String> = (0..17).map(|i| format!("l{i}")).collect();
     let deep = levels.join("/");
-    let long: Vec<String> = ["a", "b", "c"].iter().map(|c| c.repeat(250)).collect();
+    // Four 250-byte components: past the 1,023 bytes the tracepoint reads.
+    let long: Vec<String> = ["a", "b", "c", "d"].iter().map(|c| c.repeat(250)).collect();
     let long = long.join("/");
     let blocked = [
         format!("deep/{deep}/job-1"),

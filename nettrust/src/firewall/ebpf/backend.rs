@@ -395,7 +395,8 @@ impl Firewall for EbpfFirewall {
             // Under the host-map lock like the default scope's (shared for the write, exclusive
             // for an eviction): the sweeper's compare-and-set and a reload's revocation take the
             // exclusive one.
-            let (authorization, deadline) = eviction::authorize(
+            // The memo notes what the write leaves (`ScopeMaps::grant_get`/`grant_put`).
+            return eviction::authorize(
                 &self.hosts,
                 &scoped::GrantStore(&self.scopes),
                 &self.grant_recency,
@@ -404,9 +405,8 @@ impl Firewall for EbpfFirewall {
                 scoped::pool_key(grant),
                 expires_ns,
             )
-            .map_err(|e| self.grant_error(addr, e))?;
-            self.scopes.memo.note(grant.scope.0, addr, deadline);
-            return Ok(authorization);
+            .map(|(authorization, _)| authorization)
+            .map_err(|e| self.grant_error(addr, e));
         }
         // The host maps are written through the second handles of `scan` (the same kernel
         // maps), under the same lock as through `hosts`.

@@ -5,8 +5,11 @@
 //! scope's memory-mapped IPv4 table.
 //!
 //! Why it stays true: only the daemon writes `GRANTS` deadlines (the kernel stamps the last use
-//! only; `nettrust flush` refuses to run beside the daemon), and every removal goes through
-//! `ScopeMaps::grant_delete`, which forgets the entry. A remembered deadline is a value the entry
+//! only; `nettrust flush` refuses to run beside the daemon); `ScopeMaps::grant_get` and
+//! `grant_put` note what they read or wrote and every removal goes through
+//! `ScopeMaps::grant_delete`, which forgets the entry, all under the backend's host-map lock
+//! (reads and writes under the shared one, removals under the exclusive one), so a note never
+//! outlives a removal that followed it. A remembered deadline is a value the entry
 //! held at the daemon's last write or read; the sweeper only renews (moves it later) or removes
 //! an expired one, and an expired memo entry never settles an answer. The memo is bounded: when
 //! full it is emptied (the next answers read again).

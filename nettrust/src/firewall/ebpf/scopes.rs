@@ -21,10 +21,10 @@ use std::{
 use aya::maps::{Array, HashMap as AyaHashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use ipnet::IpNet;
 use nettrust_common::{
-    CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue, GrantKey, HostName, HostValue,
-    MAP_CLIENTS, MAP_CONFIG, MAP_GRANT_NAMES, MAP_GRANTS, MAP_LISTENERS, MAP_POLICY_NAMES,
-    MAP_POLICY_NETS_V4, MAP_POLICY_NETS_V6, MAP_POLICY_OF, MAX_SCOPE, POLICY_AUDIT,
-    POLICY_NAME_LEN, POLICY_PATTERN, PolicyRef, SCOPE_PREFIX_BITS, ServiceKey,
+    CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue, FLAG_AUTHORIZED, GrantKey, HostName,
+    HostValue, MAP_CLIENTS, MAP_CONFIG, MAP_GRANT_NAMES, MAP_GRANTS, MAP_LISTENERS,
+    MAP_POLICY_NAMES, MAP_POLICY_NETS_V4, MAP_POLICY_NETS_V6, MAP_POLICY_OF, MAX_SCOPE,
+    POLICY_AUDIT, POLICY_NAME_LEN, POLICY_PATTERN, PolicyRef, SCOPE_PREFIX_BITS, ServiceKey,
 };
 
 use super::{
@@ -309,9 +309,15 @@ impl ScopeMaps {
         }))
     }
 
-    /// The grant of `addr` for `scope`.
+    /// The grant of `addr` for `scope`; the memo notes its deadline (callers hold the host-map
+    /// lock, so a removal under the exclusive one cannot come between the read and the note).
     pub fn grant_get(&self, scope: u32, addr: IpAddr) -> io::Result<Option<HostValue>> {
-        syscalls::lookup(syscalls::fd_of(&self.grants), &grant_key(scope, addr)?)
+        let value: Option<HostValue> =
+            syscalls::lookup(syscalls::fd_of(&self.grants), &grant_key(scope, addr)?)?;
+        if let Some(value) = value.filter(|v| v.flags & FLAG_AUTHORIZED != 0) {
+            self.memo.note(scope, addr, value.expires_ns);
+        }
+        Ok(value)
     }
 
     /// Writes the grant of `addr` for `scope` (≠ 0) with the `BPF_*` update `flags`; a full map
@@ -328,7 +334,12 @@ impl ScopeMaps {
             &grant_key(scope, addr)?,
             value,
             flags,
-        )
+        )?;
+        // Noted under the caller's host-map lock, like the write (see `grant_get`).
+        if value.flags & FLAG_AUTHORIZED != 0 {
+            self.memo.note(scope, addr, value.expires_ns);
+        }
+        Ok(())
     }
 
     /// Removes the grant of `addr` for `scope` (with its name and the memo's note of it);

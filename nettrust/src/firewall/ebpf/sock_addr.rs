@@ -36,6 +36,10 @@ const fn program(name: &'static str, attach_type: Hook, capture_only: bool) -> S
     }
 }
 
+/// The capture-only connect programs of earlier versions, whose job `connect4/6` took over:
+/// their pins and links are removed wherever this module attaches.
+const LEGACY: [&str; 2] = ["dns_connect4", "dns_connect6"];
+
 /// Every socket-address program (the names of `PROGRAMS_CONNECT` and `PROGRAMS_CAPTURE`).
 const PROGRAMS: [SockAddrProgram; 8] = [
     program(PROGRAMS_CONNECT[0], Hook::Connect4, false),
@@ -60,6 +64,9 @@ pub(super) fn load_and_pin(
     let _targets = targets
         .map(|targets| capture::write_targets(ebpf, targets))
         .transpose()?;
+    for name in LEGACY {
+        let _ = std::fs::remove_file(pins::program_pin(dir, name));
+    }
     for p in PROGRAMS {
         if p.capture_only && targets.is_none() {
             let _ = std::fs::remove_file(pins::program_pin(dir, p.name));
@@ -102,6 +109,9 @@ pub(super) fn attach(
             unlink(dir, p.name, id);
         }
     }
+    for name in LEGACY {
+        unlink(dir, name, id);
+    }
     Ok(())
 }
 
@@ -123,6 +133,9 @@ pub(super) fn attach_pinned(
             program_error(format!("{}: cannot open {}", p.name, pin.display()), source)
         })?;
         attach_one(&mut program, p.name, cgroup, dir, path, id)?;
+    }
+    for name in LEGACY {
+        unlink(dir, name, id);
     }
     Ok(())
 }
