@@ -108,6 +108,10 @@ pub const CONFIG_SCOPE_GENERATION: u32 = 3;
 /// Index in [`MAP_CONFIG`]: the ports of the DNS proxy's listeners (two 16-bit halves, 0 =
 /// none), checked before the [`MAP_LISTENERS`] lookup so other packets cost no hash lookup.
 pub const CONFIG_LISTEN_PORTS: u32 = 4;
+/// Index in [`MAP_CONFIG`]: 1 while a configured pattern holds `**`, which can match cgroups
+/// deeper than the walk sees ([`MAX_CGROUP_DEPTH`](crate::MAX_CGROUP_DEPTH)); a cgroup that deep
+/// and not listed itself then gets [`SCOPE_UNRESOLVED`](crate::SCOPE_UNRESOLVED).
+pub const CONFIG_DEEP_MATCHES: u32 = 5;
 /// Number of entries in [`MAP_CONFIG`].
 pub const CONFIG_COUNT: u32 = 8;
 /// Capacity of the flow maps.

@@ -14,6 +14,12 @@ pub const POLICY_AUDIT: u32 = 1 << 0;
 /// The highest scope number: events carry the scope in 16 bits.
 pub const MAX_SCOPE: u32 = u16::MAX as u32;
 
+/// The scope of a cgroup whose policy the programs cannot see (deeper than the walk, below a
+/// `**` pattern that may have matched an ancestor out of its reach): no policy has it, so no
+/// grant or network opens anything for it (whitelists still do), and the proxy refuses every
+/// question from it. Beyond [`MAX_SCOPE`], so events report it as the default scope.
+pub const SCOPE_UNRESOLVED: u32 = MAX_SCOPE + 1;
+
 /// Levels of the cgroup tree (the v2 root is level 0) the egress program walks to find a
 /// cgroup's deepest listed ancestor-or-self; a cgroup listed deeper is never found.
 pub const MAX_CGROUP_DEPTH: u32 = 16;

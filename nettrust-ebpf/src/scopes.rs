@@ -20,8 +20,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use nettrust_common::{
-    CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue, MAX_CGROUP_DEPTH, POLICY_UNFILTERED,
-    PolicyRef, ScopeCache,
+    CONFIG_DEEP_MATCHES, CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue,
+    MAX_CGROUP_DEPTH, POLICY_UNFILTERED, PolicyRef, SCOPE_UNRESOLVED, ScopeCache,
 };
 
 use crate::{
@@ -183,9 +183,10 @@ fn pack(policy: PolicyRef) -> u64 {
 
 /// The walk's answer `packed` where the walk could not see everything, failing closed: for a
 /// cgroup deeper than the walk looks (`from.ancestor(MAX_CGROUP_DEPTH)` ≠ 0), its own
-/// `POLICY_OF` entry (`from.own()`: a cgroup a pattern matched at any depth); then, if that
-/// leaves it below a pattern's attach point unmatched (`POLICY_UNFILTERED`) while it is that
-/// deep (a deeper matched ancestor cannot be seen) or it or an ancestor is in `UNCLASSIFIED` (its
+/// `POLICY_OF` entry (`from.own()`: a cgroup a pattern matched at any depth), else, while a `**`
+/// pattern is configured (`CONFIG_DEEP_MATCHES`: it may have matched an ancestor out of the
+/// walk's reach), `SCOPE_UNRESOLVED`; then, if it is below a pattern's attach point unmatched
+/// (`POLICY_UNFILTERED`) while it is that deep or it or an ancestor is in `UNCLASSIFIED` (its
 /// path could not be matched), the default policy (`from.unlisted()`) instead of passing. A
 /// separate subprogram after the walk's loop, so its tests never split the loop's verifier
 /// states.
@@ -196,6 +197,15 @@ fn settle<A: Ancestry>(packed: u64, from: A) -> u64 {
         // SAFETY: plain data, copied out at once.
         if let Some(policy) = unsafe { POLICY_OF.get(from.own()) } {
             return pack(*policy);
+        }
+        if CONFIG.get(CONFIG_DEEP_MATCHES).is_some_and(|v| *v != 0) {
+            // A `**` pattern may have matched an ancestor the walk cannot see: neither the
+            // shallower policy nor the default one may stand in for it.
+            let unlisted = from.unlisted();
+            return pack(PolicyRef {
+                scope: unlisted.scope | SCOPE_UNRESOLVED,
+                flags: unlisted.flags,
+            });
         }
     }
     if (packed >> 32) as u32 & POLICY_UNFILTERED == 0 {

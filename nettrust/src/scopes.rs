@@ -229,8 +229,12 @@ impl PolicyTable {
                 .is_some_and(|n| !policy.domains.allows_name(&n))
     }
 
-    /// The name of `scope`'s policy, `default` for the default scope.
+    /// The name of `scope`'s policy, `default` for the default scope, `unresolved` for
+    /// `SCOPE_UNRESOLVED`.
     pub fn name(&self, scope: Scope) -> &str {
+        if scope.0 == nettrust_common::SCOPE_UNRESOLVED {
+            return "unresolved";
+        }
         self.get(scope).map_or("default", |p| p.name.as_str())
     }
 
@@ -239,6 +243,10 @@ impl PolicyTable {
     /// configuration in force), not the record's.
     pub fn judge(&self, client: Option<ClientScope>, question: &Name) -> Question {
         let scope = client.map_or(Scope::DEFAULT, |c| c.scope);
+        if scope.0 == nettrust_common::SCOPE_UNRESOLVED {
+            // A cgroup whose policy the data path cannot see: nothing is forwarded for it.
+            return Question::NotAllowed(scope);
+        }
         let Some(index) = self.policies.iter().position(|(s, _)| *s == scope) else {
             // The default policy, or a scope a reload removed: today's behaviour.
             return Question::Allowed(Scope::DEFAULT);
@@ -329,6 +337,12 @@ mod tests {
                 Some(from(Scope(9))),
                 "anything.test.",
                 Question::Allowed(Scope::DEFAULT),
+            ),
+            // A cgroup whose policy the data path cannot see: nothing.
+            (
+                Some(from(Scope(nettrust_common::SCOPE_UNRESOLVED))),
+                "example.com.",
+                Question::NotAllowed(Scope(nettrust_common::SCOPE_UNRESOLVED)),
             ),
         ] {
             assert_eq!(

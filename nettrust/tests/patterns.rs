@@ -543,3 +543,64 @@ fn cgroups_beyond_the_walk_fail_closed() {
         "only the passing cgroups' datagrams may arrive"
     );
 }
+
+/// A `**` pattern's policy out of the walk's reach is never replaced by a shallower one: `ci`
+/// is listed in an audit-mode policy (everything passes), its `**/job-*` descendants in an
+/// enforcing one. A child of a job deeper than the walk sees (the job matched, the child is not
+/// listed) is unresolved: its packets to an unauthorized address are dropped, not audited, and
+/// the proxy refuses its questions. Shallow, a job's child inherits the enforcing policy.
+#[test]
+#[ignore = "root: run with cargo xtask test"]
+fn a_deep_cgroup_never_falls_back_to_a_shallower_policy() {
+    let mut world = World::new();
+    let root = world.extra_cgroup("patterns");
+    let mut tree = Tree::new(root.clone());
+    let ci = tree.mkdir("ci");
+    let config = world.dir.path().join("nettrust.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[policy]]\nname = \"wide\"\ncgroups = [\"{ci}\"]\nallow_domains = [\"a.test\"]\nmode = \"audit\"\n\
+             [[policy]]\nname = \"strict\"\ncgroups = [\"{ci}/**/job-*\"]\nallow_domains = [\"a.test\"]\n",
+            ci = ci.display()
+        ),
+    )
+    .unwrap();
+    let config_arg = config.to_string_lossy().into_owned();
+    world.start_daemon(&["--config", &config_arg]);
+    world.count_arrivals(UNAUTHORIZED);
+    let dig = |cgroup: &Path, name: &str| {
+        let out = world
+            .in_cgroup_at(cgroup, "dig")
+            .args(["+time=3", "+tries=1", "+noall", "+comments", "+answer"])
+            .args(["@127.0.0.1", name, "A"])
+            .output()
+            .expect("run dig");
+        world::dig_reply(&String::from_utf8_lossy(&out.stdout)).0
+    };
+    let audited = tree.mkdir("ci/other");
+    assert!(
+        send_from(&world, &audited, UNAUTHORIZED),
+        "the audit policy's own cgroup is not audited"
+    );
+    let shallow = tree.mkdir("ci/job-1/child");
+    assert!(!send_from(&world, &shallow, UNAUTHORIZED), "ci/job-1/child");
+    assert_eq!(dig(&shallow, "a.test"), "NOERROR", "ci/job-1/child");
+    let levels: Vec<String> = (0..17).map(|i| format!("l{i}")).collect();
+    let deep = tree.mkdir(&format!("ci/{}/job-2/child", levels.join("/")));
+    assert!(
+        !send_from(&world, &deep, UNAUTHORIZED),
+        "a deep job's child fell back to the audit policy"
+    );
+    assert_eq!(dig(&deep, "a.test"), "REFUSED", "a deep job's child");
+    world.eventually(
+        "the audited datagram counted",
+        Duration::from_secs(2),
+        || world.arrivals() >= 1,
+    );
+    assert_eq!(
+        world.arrivals(),
+        1,
+        "only the audited cgroup's datagram may arrive"
+    );
+}

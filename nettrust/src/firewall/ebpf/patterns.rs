@@ -162,6 +162,8 @@ pub(super) fn set_policies(
         .collect();
     let texts: Vec<String> = patterns.iter().map(|(p, _)| p.text().to_owned()).collect();
     maps.patterns.write_patterns(&compiled, &texts)?;
+    // Read with the entries the generation bump below publishes.
+    maps.set_deep_matches(texts.iter().any(|t| t.contains("**")))?;
     // Attached once per run, when patterns first need them: at start (while the daemon may
     // still open tracepoints), or by a reload that adds the first pattern, which then fails
     // without that privilege (attaching costs every start about 70 ms under load, so a daemon
@@ -258,6 +260,9 @@ pub fn attach_pattern_pinned(dir: &Path, text: &Path) -> Result<(), EbpfError> {
     };
     maps.patterns
         .append_pattern(&pattern.compile(policy), pattern.text())?;
+    if pattern.text().contains("**") {
+        maps.set_deep_matches(true)?;
+    }
     if !tracepoint_link_pin(dir, PROGRAM_CGROUP_MKDIR).exists() {
         attach_tracepoints(dir)?;
     }

@@ -21,10 +21,11 @@ use std::{
 use aya::maps::{Array, HashMap as AyaHashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use ipnet::IpNet;
 use nettrust_common::{
-    CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue, FLAG_AUTHORIZED, GrantKey, HostName,
-    HostValue, MAP_CLIENTS, MAP_CONFIG, MAP_GRANT_NAMES, MAP_GRANTS, MAP_LISTENERS,
-    MAP_POLICY_NAMES, MAP_POLICY_NETS_V4, MAP_POLICY_NETS_V6, MAP_POLICY_OF, MAX_SCOPE,
-    POLICY_AUDIT, POLICY_NAME_LEN, POLICY_PATTERN, PolicyRef, SCOPE_PREFIX_BITS, ServiceKey,
+    CONFIG_DEEP_MATCHES, CONFIG_LISTEN_PORTS, CONFIG_SCOPE_GENERATION, ClientValue,
+    FLAG_AUTHORIZED, GrantKey, HostName, HostValue, MAP_CLIENTS, MAP_CONFIG, MAP_GRANT_NAMES,
+    MAP_GRANTS, MAP_LISTENERS, MAP_POLICY_NAMES, MAP_POLICY_NETS_V4, MAP_POLICY_NETS_V6,
+    MAP_POLICY_OF, MAX_SCOPE, POLICY_AUDIT, POLICY_NAME_LEN, POLICY_PATTERN, PolicyRef,
+    SCOPE_PREFIX_BITS, ServiceKey,
 };
 
 use super::{
@@ -366,6 +367,12 @@ impl ScopeMaps {
             .into_iter()
             .map(|(key, value)| (key.scope, key_addr(key.family, key.addr), value))
             .collect())
+    }
+
+    /// Tells the programs whether a configured pattern holds `**` (`CONFIG_DEEP_MATCHES`): a
+    /// cgroup deeper than the walk and not listed itself is then out of reach of its policy.
+    pub(super) fn set_deep_matches(&self, on: bool) -> Result<(), EbpfError> {
+        self.set_config_word(CONFIG_DEEP_MATCHES, u32::from(on))
     }
 
     fn config_word(&self, index: u32) -> Result<u32, EbpfError> {
