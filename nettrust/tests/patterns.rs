@@ -89,6 +89,17 @@ fn send_from(world: &World, cgroup: &Path, addr: &str) -> bool {
         .success()
 }
 
+/// `dig NAME A` at the proxy from a process in `cgroup`: the response code and the answers.
+fn dig_from(world: &World, cgroup: &Path, name: &str) -> (String, Vec<String>) {
+    let out = world
+        .in_cgroup_at(cgroup, "dig")
+        .args(["+time=3", "+tries=1", "+noall", "+comments", "+answer"])
+        .args(["@127.0.0.1", name, "A"])
+        .output()
+        .expect("run dig");
+    world::dig_reply(&String::from_utf8_lossy(&out.stdout))
+}
+
 /// A world whose daemon filters the world's own cgroup and the `patterns` (each `{root}` the
 /// test tree's root), with the tree to build below the root; `before` is created before the
 /// daemon starts.
@@ -242,15 +253,7 @@ fn a_pattern_in_a_policy_judges_by_that_policy() {
     let config_arg = config.to_string_lossy().into_owned();
     world.start_daemon(&["--config", &config_arg]);
     let job = tree.mkdir("job-1");
-    let dig = |cgroup: &Path, name: &str| {
-        let out = world
-            .in_cgroup_at(cgroup, "dig")
-            .args(["+time=3", "+tries=1", "+noall", "+comments", "+answer"])
-            .args(["@127.0.0.1", name, "A"])
-            .output()
-            .expect("run dig");
-        world::dig_reply(&String::from_utf8_lossy(&out.stdout))
-    };
+    let dig = |cgroup: &Path, name: &str| dig_from(&world, cgroup, name);
     assert_eq!(
         dig(&job, "b.test").0,
         "REFUSED",
@@ -569,15 +572,7 @@ fn a_deep_cgroup_never_falls_back_to_a_shallower_policy() {
     let config_arg = config.to_string_lossy().into_owned();
     world.start_daemon(&["--config", &config_arg]);
     world.count_arrivals(UNAUTHORIZED);
-    let dig = |cgroup: &Path, name: &str| {
-        let out = world
-            .in_cgroup_at(cgroup, "dig")
-            .args(["+time=3", "+tries=1", "+noall", "+comments", "+answer"])
-            .args(["@127.0.0.1", name, "A"])
-            .output()
-            .expect("run dig");
-        world::dig_reply(&String::from_utf8_lossy(&out.stdout)).0
-    };
+    let dig = |cgroup: &Path, name: &str| dig_from(&world, cgroup, name).0;
     let audited = tree.mkdir("ci/other");
     assert!(
         send_from(&world, &audited, UNAUTHORIZED),

@@ -12,7 +12,7 @@ use std::{fs::File, io, path::Path, path::PathBuf, time::Duration};
 use aya::{
     Ebpf,
     maps::Map,
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use nettrust_common::{CgroupPath, MAP_CGROUPS, MAP_POLICY_OF, POLICY_UNFILTERED, PolicyRef};
 
@@ -21,27 +21,13 @@ use crate::cgroup::patterns::{CgroupPattern, is_pattern};
 use super::{
     adopt::open_pinned,
     live_tcp, pins, sock_addr,
-    types::{CgroupMap, EbpfError, LINKED, PROGRAMS, cgroup_error, map_error, program_error},
+    types::{
+        CgroupMap, EbpfError, LINKED, PROGRAMS, cgroup_error, map_error, program_error, program_mut,
+    },
 };
 
 /// How often the configured cgroups are checked for removal and re-creation.
 const CGROUP_WATCH_INTERVAL: Duration = Duration::from_millis(200);
-
-/// The loaded `cgroup_skb` program `name` of `ebpf`.
-pub(super) fn program_mut<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &str,
-) -> Result<&'a mut CgroupSkb, EbpfError> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| {
-            program_error(
-                format!("{name} missing from the object"),
-                ProgramError::NotLoaded,
-            )
-        })?
-        .try_into()
-        .map_err(|source| program_error(format!("{name} has the wrong type"), source))
-}
 
 /// The cgroup at `path`, opened, and its id.
 fn open_cgroup(path: &Path) -> Result<(File, u64), EbpfError> {
@@ -78,7 +64,7 @@ pub(super) fn attach_cgroup(
 ) -> Result<u64, EbpfError> {
     let (cgroup, id) = open_cgroup(path)?;
     for (name, attach_type) in PROGRAMS {
-        let program = program_mut(ebpf, name)?;
+        let program: &mut CgroupSkb = program_mut(ebpf, name)?;
         attach_one(program, name, attach_type, &cgroup, dir, path, id)?;
     }
     live_tcp::attach(ebpf, &cgroup, dir, path, id)?;

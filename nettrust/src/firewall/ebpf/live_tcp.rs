@@ -46,15 +46,7 @@ const BPF_CGROUP_SOCK_OPS: u32 = aya_obj::generated::bpf_attach_type::BPF_CGROUP
 static OWN_STORAGE: Mutex<Option<MapData>> = Mutex::new(None);
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut SockOps, EbpfError> {
-    ebpf.program_mut(PROGRAM_SOCKOPS)
-        .ok_or_else(|| {
-            program_error(
-                format!("{PROGRAM_SOCKOPS} missing from the object"),
-                aya::programs::ProgramError::NotLoaded,
-            )
-        })?
-        .try_into()
-        .map_err(|source| program_error(format!("{PROGRAM_SOCKOPS} has the wrong type"), source))
+    super::types::program_mut(ebpf, PROGRAM_SOCKOPS)
 }
 
 /// Loads the program and pins it (`prog-live_tcp`), replacing a previous run's pin.

@@ -10,10 +10,9 @@ use nettrust_common::EBPF_LOG_TARGET;
 
 use super::{
     adopt::{Capacities, MAPS},
-    attach::program_mut,
     capture::CaptureTargets,
     live_tcp, pins, sock_addr,
-    types::{EbpfError, PROGRAMS, program_error},
+    types::{EbpfError, PROGRAMS, program_error, program_mut},
 };
 
 /// The eBPF object built from nettrust-ebpf by build.rs (empty when built with
@@ -58,7 +57,7 @@ pub(super) fn load_programs(
     capture: Option<&CaptureTargets>,
 ) -> Result<(), EbpfError> {
     for (name, _) in PROGRAMS {
-        let program = program_mut(ebpf, name)?;
+        let program: &mut aya::programs::CgroupSkb = program_mut(ebpf, name)?;
         program
             .load()
             .map_err(|source| program_error(format!("{name} rejected by the kernel"), source))?;

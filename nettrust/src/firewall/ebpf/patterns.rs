@@ -51,16 +51,7 @@ fn tracepoint_link_pin(dir: &Path, name: &str) -> PathBuf {
 /// Loads the tracepoint programs and pins them in `dir` (`prog-<name>`).
 pub(super) fn load_and_pin(ebpf: &mut Ebpf, dir: &Path) -> Result<(), EbpfError> {
     for name in TRACEPOINTS {
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| {
-                program_error(
-                    format!("{name} missing from the object"),
-                    aya::programs::ProgramError::NotLoaded,
-                )
-            })?
-            .try_into()
-            .map_err(|source| program_error(format!("{name} has the wrong type"), source))?;
+        let program: &mut TracePoint = super::types::program_mut(ebpf, name)?;
         program
             .load()
             .map_err(|source| program_error(format!("{name} rejected by the kernel"), source))?;

@@ -11,7 +11,7 @@ use std::{fs::File, path::Path};
 
 use aya::{
     Ebpf,
-    programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockAddrAttachType as Hook, ProgramError},
+    programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockAddrAttachType as Hook},
 };
 use nettrust_common::{PROGRAMS_CAPTURE, PROGRAMS_CONNECT};
 
@@ -72,25 +72,13 @@ pub(super) fn load_and_pin(
             let _ = std::fs::remove_file(pins::program_pin(dir, p.name));
             continue;
         }
-        let program = program_mut(ebpf, p.name)?;
+        let program: &mut CgroupSockAddr = super::types::program_mut(ebpf, p.name)?;
         program.load().map_err(|source| {
             program_error(format!("{} rejected by the kernel", p.name), source)
         })?;
         pins::pin_program(dir, p.name, |tmp| program.pin(tmp))?;
     }
     Ok(())
-}
-
-fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr, EbpfError> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| {
-            program_error(
-                format!("{name} missing from the object"),
-                ProgramError::NotLoaded,
-            )
-        })?
-        .try_into()
-        .map_err(|source| program_error(format!("{name} has the wrong type"), source))
 }
 
 /// Attaches the socket-address programs this run loaded and pinned to `cgroup` (`path`, id
@@ -104,7 +92,8 @@ pub(super) fn attach(
 ) -> Result<(), EbpfError> {
     for p in PROGRAMS {
         if pins::program_pin(dir, p.name).exists() {
-            attach_one(program_mut(ebpf, p.name)?, p.name, cgroup, dir, path, id)?;
+            let program: &mut CgroupSockAddr = super::types::program_mut(ebpf, p.name)?;
+            attach_one(program, p.name, cgroup, dir, path, id)?;
         } else {
             unlink(dir, p.name, id);
         }

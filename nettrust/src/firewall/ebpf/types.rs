@@ -213,3 +213,19 @@ where
     })?;
     T::try_from(map).map_err(|e| map_error(name, "unexpected type", e))
 }
+
+/// The loaded program `name` of `ebpf` as the aya program type `P`.
+pub(super) fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, EbpfError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| {
+            program_error(
+                format!("{name} missing from the object"),
+                ProgramError::NotLoaded,
+            )
+        })?
+        .try_into()
+        .map_err(|source| program_error(format!("{name} has the wrong type"), source))
+}

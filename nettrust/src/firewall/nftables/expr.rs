@@ -228,18 +228,24 @@ impl Rule {
     /// = 0x6 (`NFTA_BITWISE_SREG` 1, `DREG` 2, `LEN` 3, `MASK` 4, `XOR` 5) and `cmp neq 0`.
     pub fn ct_established_or_related(self) -> Self {
         self.push("ct", Some(Attrs::new().be32(1, REG_1).be32(2, 0)))
-            .push(
-                "bitwise",
-                Some(
-                    Attrs::new()
-                        .be32(1, REG_1)
-                        .be32(2, REG_1)
-                        .be32(3, 4)
-                        .nested(4, Attrs::new().bytes(data::VALUE, &6u32.to_ne_bytes()))
-                        .nested(5, Attrs::new().bytes(data::VALUE, &0u32.to_ne_bytes())),
-                ),
-            )
+            .bitwise(6, 0)
             .cmp(1, &0u32.to_ne_bytes())
+    }
+
+    /// `bitwise` on register 1, 4 bytes: `reg = (reg & mask) ^ xor` (`NFTA_BITWISE_SREG` 1,
+    /// `DREG` 2, `LEN` 3, `MASK` 4, `XOR` 5; host-endian values as the kernel keeps them).
+    fn bitwise(self, mask: u32, xor: u32) -> Self {
+        self.push(
+            "bitwise",
+            Some(
+                Attrs::new()
+                    .be32(1, REG_1)
+                    .be32(2, REG_1)
+                    .be32(3, 4)
+                    .nested(4, Attrs::new().bytes(data::VALUE, &mask.to_ne_bytes()))
+                    .nested(5, Attrs::new().bytes(data::VALUE, &xor.to_ne_bytes())),
+            ),
+        )
     }
 
     /// `ct direction reply` (`NFT_CT_DIRECTION` = 1, `IP_CT_DIR_REPLY` = 1): the packet travels
@@ -266,23 +272,7 @@ impl Rule {
     /// so the conntrack dump tells whose grant a live flow uses. The low 16 bits stay as they are.
     pub fn ct_mark_scope(self, scope: u32) -> Self {
         self.push("ct", Some(Attrs::new().be32(1, REG_1).be32(2, 3)))
-            .push(
-                "bitwise",
-                Some(
-                    Attrs::new()
-                        .be32(1, REG_1)
-                        .be32(2, REG_1)
-                        .be32(3, 4)
-                        .nested(
-                            4,
-                            Attrs::new().bytes(data::VALUE, &CT_MARK_LOW.to_ne_bytes()),
-                        )
-                        .nested(
-                            5,
-                            Attrs::new().bytes(data::VALUE, &(scope << 16).to_ne_bytes()),
-                        ),
-                ),
-            )
+            .bitwise(CT_MARK_LOW, scope << 16)
             .push("ct", Some(Attrs::new().be32(2, 3).be32(4, REG_1)))
     }
 
