@@ -7,8 +7,9 @@
 //! 3. `pins` (the bpffs directory) and `adopt` (checking and opening what a previous run
 //!    pinned);
 //! 4. what the daemon writes into the maps: `authorizations`, `services`, `whitelist`,
-//!    `names_writer`, and what it reads: `denied_events`; `scopes` (policies, their grants,
-//!    the DNS listeners and clients) and `pattern_maps` (the compiled cgroup patterns);
+//!    `names_writer`, and what it reads: `denied_events`; `grant_memo` (the deadlines the daemon
+//!    knows `GRANTS` holds), `scopes` (policies, their grants, the DNS listeners and clients)
+//!    and `pattern_maps` (the compiled cgroup patterns);
 //! 5. `eviction` (writing into a full host map) and `live_tcp` (the `sock_ops` program);
 //! 6. `attach` (filtering a cgroup) and `pinned_state` (list, status, counters); `patterns`
 //!    (cgroup patterns: the tracepoint programs, classification, attach points); `capture` (the
