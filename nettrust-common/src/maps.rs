@@ -146,6 +146,9 @@ pub const DEFAULT_MAX_NETS: u32 = 4_096;
 /// Name of the `sock_ops` program (nettrust-ebpf's `sockops` module) that records the filtered
 /// cgroups' established TCP connections.
 pub const PROGRAM_SOCKOPS: &str = "live_tcp";
+/// Name of the `cgroup/sock_create` program (nettrust-ebpf's `owners` module) that records who
+/// created each socket of the filtered cgroups.
+pub const PROGRAM_SOCK_OWNER: &str = "sock_owner";
 /// Established TCP connections opened from the filtered cgroups: socket cookie →
 /// [`LiveTcp`](crate::LiveTcp), the remote address, the attach cgroup and the scope of the
 /// socket's cgroup. Written by the `sock_ops` program when a connection is established and

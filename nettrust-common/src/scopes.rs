@@ -60,6 +60,30 @@ pub struct ScopeCache {
 
 const _: () = assert!(core::mem::size_of::<ScopeCache>() == 16);
 
+/// Capacity of `SOCK_OWNERS`: sockets whose creator the programs remember (LRU).
+pub const MAX_SOCK_OWNERS: u32 = 65_536;
+
+/// Who created a socket of a filtered cgroup, recorded by the `sock_owner` program when the
+/// socket is created (in the creating process) under the socket's cookie: the cgroup `egress`
+/// judges the socket's packets by, its policy for one generation of `POLICY_OF`, and the
+/// creating process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockOwner {
+    /// cgroup v2 id of the creating process (the socket's cgroup).
+    pub cgroup_id: u64,
+    /// That cgroup's policy (`POLICY_UNFILTERED` for a cgroup the programs pass).
+    pub policy: PolicyRef,
+    /// The generation of `POLICY_OF` `policy` was resolved from.
+    pub generation: u32,
+    /// The creating process (thread group id).
+    pub pid: u32,
+    /// Its command name (NUL-padded).
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);
+
 /// Key of [`MAP_GRANTS`](crate::MAP_GRANTS): an address authorized for one scope (never 0: the
 /// default scope's grants are in the host maps). Aligned to 8 bytes so the program builds it a
 /// word at a time.

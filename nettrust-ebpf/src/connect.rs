@@ -5,14 +5,13 @@
 //! `EVENT_CONNECT`). With DNS capture on, a query's destination is rewritten first (the
 //! `capture` module) and the listener it now names is judged.
 //!
-//! The judgement is `egress`'s, on the address alone (`judge_v4`/`judge_v6` for the calling
-//! task's policy, then a whitelisted service for the proxy's own marked sockets): `egress`'s
-//! other ways out do not apply to a connection this host opens (inbound replies, the kernel's
-//! IPv6 link control). An unspecified destination (`0.0.0.0`, `::`) proceeds: the kernel
-//! connects to loopback instead, which `egress` judges. The calling task's cgroup decides, while
-//! `egress` judges a packet by its socket's cgroup (the one that created it): a socket used by a
-//! process of another cgroup (passed over a Unix socket, or its process moved) must pass both,
-//! so the stricter one applies. An audit-mode policy lets the
+//! The judgement is `egress`'s, on the address alone (`judge_v4`/`judge_v6` for the policy of
+//! the cgroup that created the socket, as `egress` judges its packets: `scopes::socket_policy`,
+//! from `owners::sock_owner`'s record; the calling task's for a socket created before the
+//! programs were attached; then a whitelisted service for the proxy's own marked sockets):
+//! `egress`'s other ways out do not apply to a connection this host opens (inbound replies, the
+//! kernel's IPv6 link control). An unspecified destination (`0.0.0.0`, `::`) proceeds: the
+//! kernel connects to loopback instead, which `egress` judges. An audit-mode policy lets the
 //! call proceed (`egress` reports the packets). UDP `connect` always proceeds: it sends nothing,
 //! and a server may connect a socket to a client that reached it, whose replies `egress` lets
 //! out per datagram. The packets of an allowed connection are still judged by `egress`, so an
@@ -20,7 +19,7 @@
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -110,7 +109,9 @@ fn verdict<const N: usize>(
     addr: [u8; N],
     judge: impl FnOnce(u64, u32) -> (u32, i32),
 ) -> i32 {
-    let Some(policy) = crate::scopes::current_policy() else {
+    // SAFETY: helper on the context the kernel passed.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    let Some(policy) = crate::scopes::socket_policy(cookie) else {
         return PROCEED;
     };
     // SAFETY: helper without preconditions.

@@ -39,6 +39,7 @@ mod flows;
 mod icmp;
 mod judge;
 mod maps;
+mod owners;
 mod parse;
 mod patterns;
 mod scopes;

@@ -10,8 +10,8 @@ use nettrust_common::{
     CONFIG_COUNT, CgroupPath, ClientValue, DEFAULT_MAX_HOSTS, DEFAULT_MAX_NETS, DENIED_RING_BYTES,
     FlowKey, GrantKey, HostName, HostSlot, HostValue, InboundKey, InboundValue, MAX_BLOCKED,
     MAX_CGROUPS, MAX_CLIENTS, MAX_FLOWS, MAX_LISTENERS, MAX_POLICIES, MAX_SCOPE_CACHE,
-    MAX_SERVICES, MAX_UNCLASSIFIED, POLICY_NAME_LEN, PolicyRef, RateState, STAT_COUNT, ScopeCache,
-    ServiceKey, host_table,
+    MAX_SERVICES, MAX_SOCK_OWNERS, MAX_UNCLASSIFIED, POLICY_NAME_LEN, PolicyRef, RateState,
+    STAT_COUNT, ScopeCache, ServiceKey, SockOwner, host_table,
 };
 
 /// Hash maps sized by the configuration allocate their elements as they are added
@@ -128,5 +128,12 @@ pub static RECENT_IN: PerCpuArray<RecentFlow> = PerCpuArray::with_max_entries(1,
 /// Cgroup id → 1 for each new cgroup whose path the `cgroup_mkdir` tracepoint could not read
 /// whole (`nettrust_common::MAX_UNCLASSIFIED`), removed with the cgroup. Not pinned: the daemon's
 /// walk at start classifies the existing cgroups from their full paths.
+/// Socket cookie → who created it (`nettrust_common::SockOwner`), written by `owners::sock_owner`
+/// at socket creation; not pinned (a restarted daemon's programs start with it empty and fall
+/// back to the calling task for older sockets).
+#[map(name = "SOCK_OWNERS")]
+pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> =
+    LruHashMap::with_max_entries(MAX_SOCK_OWNERS, 0);
+
 #[map(name = "UNCLASSIFIED")]
 pub static UNCLASSIFIED: HashMap<u64, u8> = HashMap::with_max_entries(MAX_UNCLASSIFIED, 0);

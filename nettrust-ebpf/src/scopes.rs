@@ -25,7 +25,7 @@ use nettrust_common::{
 };
 
 use crate::{
-    maps::{CLIENTS, CONFIG, LISTENERS, POLICY_OF, SCOPES, UNCLASSIFIED},
+    maps::{CLIENTS, CONFIG, LISTENERS, POLICY_OF, SCOPES, SOCK_OWNERS, UNCLASSIFIED},
     parse::{Headers, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FLAGS_OFFSET, TCP_SYN, endpoint_key},
 };
 
@@ -248,11 +248,42 @@ pub fn unfiltered(policy: PolicyRef) -> bool {
 /// [`resolve`] (deepest listed ancestor-or-self, cached in `SCOPES`), from the task's cgroup.
 #[inline(always)]
 pub fn current_policy() -> Option<PolicyRef> {
+    let policy = current_policy_any();
+    (!unfiltered(policy)).then_some(policy)
+}
+
+/// [`current_policy`], an unfiltered cgroup's included (`POLICY_UNFILTERED`).
+#[inline(always)]
+pub fn current_policy_any() -> PolicyRef {
     let generation = generation();
     if generation == 0 {
-        return Some(PolicyRef::default());
+        return PolicyRef::default();
     }
-    let policy = cached(CurrentTask, CurrentTask.own(), generation);
+    cached(CurrentTask, CurrentTask.own(), generation)
+}
+
+/// The policy of the socket whose cookie is `cookie`, as `egress` judges its packets: that of the
+/// cgroup that created it (`SOCK_OWNERS`, recorded by `owners::sock_owner`; re-read from the
+/// `SCOPES` cache of that cgroup after a reload changed the generation), else, for a socket
+/// created before the program was attached, the calling task's. `None` for an unfiltered one.
+#[inline(always)]
+pub fn socket_policy(cookie: u64) -> Option<PolicyRef> {
+    // SAFETY: plain data, copied out at once.
+    let Some(owner) = (unsafe { SOCK_OWNERS.get(cookie) }).copied() else {
+        return current_policy();
+    };
+    let generation = generation();
+    let policy = if owner.generation == generation {
+        owner.policy
+    } else {
+        match SCOPES.get_ptr(owner.cgroup_id) {
+            // SAFETY: pointer from a successful lookup, plain data.
+            Some(cached) if unsafe { (*cached).generation } == generation => unsafe {
+                (*cached).policy
+            },
+            _ => return current_policy(),
+        }
+    };
     (!unfiltered(policy)).then_some(policy)
 }
 

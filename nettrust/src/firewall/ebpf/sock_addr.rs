@@ -1,5 +1,6 @@
 //! The socket-address programs from userspace: the connect-time verdict (`connect4`/`connect6`,
-//! always) and the DNS capture programs (`dns_*`, with capture on), loaded and pinned
+//! always, with `sock_owner`, the `cgroup/sock_create` program that records who created each
+//! socket for it) and the DNS capture programs (`dns_*`, with capture on), loaded and pinned
 //! (`prog-<name>`) and attached to each filtered cgroup through pinned bpf_links next to the
 //! `cgroup_skb` ones (`link-<name>-<id>`).
 //!
@@ -11,9 +12,12 @@ use std::{fs::File, path::Path};
 
 use aya::{
     Ebpf,
-    programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockAddrAttachType as Hook},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType as Hook,
+        CgroupSockAttachType,
+    },
 };
-use nettrust_common::{PROGRAMS_CAPTURE, PROGRAMS_CONNECT};
+use nettrust_common::{PROGRAM_SOCK_OWNER, PROGRAMS_CAPTURE, PROGRAMS_CONNECT};
 
 use super::{
     capture::{self, CaptureTargets},
@@ -78,7 +82,14 @@ pub(super) fn load_and_pin(
         })?;
         pins::pin_program(dir, p.name, |tmp| program.pin(tmp))?;
     }
-    Ok(())
+    let owner: &mut CgroupSock = super::types::program_mut(ebpf, PROGRAM_SOCK_OWNER)?;
+    owner.load().map_err(|source| {
+        program_error(
+            format!("{PROGRAM_SOCK_OWNER} rejected by the kernel"),
+            source,
+        )
+    })?;
+    pins::pin_program(dir, PROGRAM_SOCK_OWNER, |tmp| owner.pin(tmp))
 }
 
 /// Attaches the socket-address programs this run loaded and pinned to `cgroup` (`path`, id
@@ -101,7 +112,8 @@ pub(super) fn attach(
     for name in LEGACY {
         unlink(dir, name, id);
     }
-    Ok(())
+    let owner: &mut CgroupSock = super::types::program_mut(ebpf, PROGRAM_SOCK_OWNER)?;
+    attach_owner(owner, cgroup, dir, path, id)
 }
 
 /// Attaches the pinned socket-address programs (`nettrust attach`, a recreated cgroup), and
@@ -126,7 +138,19 @@ pub(super) fn attach_pinned(
     for name in LEGACY {
         unlink(dir, name, id);
     }
-    Ok(())
+    // A directory pinned by a version without it: connects are judged by the calling task.
+    let pin = pins::program_pin(dir, PROGRAM_SOCK_OWNER);
+    if !pin.exists() {
+        return Ok(());
+    }
+    let mut owner =
+        CgroupSock::from_pin(&pin, CgroupSockAttachType::SockCreate).map_err(|source| {
+            program_error(
+                format!("{PROGRAM_SOCK_OWNER}: cannot open {}", pin.display()),
+                source,
+            )
+        })?;
+    attach_owner(&mut owner, cgroup, dir, path, id)
 }
 
 /// Detaches and unpins the link of program `name` on cgroup `id`, if any.
@@ -149,6 +173,24 @@ fn attach_one(
     // The kernel runs every program linked to the cgroup, each seeing the address the previous
     // one wrote, and refuses the call when any of them does.
     pins::link_cgroup(dir, name, id, path, || {
+        let link_id = program
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(|e| ("attach to", e))?;
+        program
+            .take_link(link_id)
+            .map_err(|e| ("take the link of", e))
+    })
+}
+
+/// Links `sock_owner` to `cgroup` (`path`, id `id`) and pins the link.
+fn attach_owner(
+    program: &mut CgroupSock,
+    cgroup: &File,
+    dir: &Path,
+    path: &Path,
+    id: u64,
+) -> Result<(), EbpfError> {
+    pins::link_cgroup(dir, PROGRAM_SOCK_OWNER, id, path, || {
         let link_id = program
             .attach(cgroup, CgroupAttachMode::Single)
             .map_err(|e| ("attach to", e))?;

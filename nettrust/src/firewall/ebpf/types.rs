@@ -9,8 +9,8 @@ use aya::{
     programs::{CgroupSkbAttachType, ProgramError},
 };
 use nettrust_common::{
-    CgroupPath, GrantKey, HostName, HostValue, PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_SOCKOPS,
-    PROGRAMS_CAPTURE, PROGRAMS_CONNECT,
+    CgroupPath, GrantKey, HostName, HostValue, PROGRAM_EGRESS, PROGRAM_INGRESS, PROGRAM_SOCK_OWNER,
+    PROGRAM_SOCKOPS, PROGRAMS_CAPTURE, PROGRAMS_CONNECT,
 };
 
 /// The two `cgroup_skb` programs and their attach types.
@@ -20,12 +20,13 @@ pub(super) const PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
 ];
 
 /// Every program linked to each filtered cgroup (one pinned link per cgroup and program): the two
-/// above, `live_tcp` ([`super::live_tcp`]), the `connect` programs and, with DNS capture on, the
-/// capture programs ([`super::sock_addr`]).
-pub(super) const LINKED: [&str; 11] = [
+/// above, `live_tcp` ([`super::live_tcp`]), `sock_owner`, the `connect` programs and, with DNS
+/// capture on, the capture programs ([`super::sock_addr`]).
+pub(super) const LINKED: [&str; 12] = [
     PROGRAM_EGRESS,
     PROGRAM_INGRESS,
     PROGRAM_SOCKOPS,
+    PROGRAM_SOCK_OWNER,
     PROGRAMS_CONNECT[0],
     PROGRAMS_CONNECT[1],
     PROGRAMS_CAPTURE[0],
