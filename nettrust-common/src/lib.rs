@@ -8,6 +8,7 @@
 
 mod capture;
 mod events;
+mod flow_records;
 mod flows;
 pub mod host_table;
 mod hosts;
@@ -20,6 +21,7 @@ mod verdicts;
 
 pub use capture::*;
 pub use events::*;
+pub use flow_records::*;
 pub use flows::*;
 pub use hosts::*;
 pub use live::*;
@@ -38,6 +40,7 @@ mod pod {
     unsafe impl aya::Pod for super::InboundValue {}
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::DeniedEvent {}
+    unsafe impl aya::Pod for super::FlowRecord {}
     unsafe impl aya::Pod for super::RateState {}
     unsafe impl aya::Pod for super::HostName {}
     unsafe impl aya::Pod for super::CgroupPath {}

@@ -24,11 +24,11 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use core::ptr::read_volatile;
-use nettrust_common::{EVENT_CONNECT, POLICY_AUDIT, VERDICT_ALLOW};
+use nettrust_common::{EVENT_CONNECT, FLOW_AT_CONNECT, FLOW_DENIED, POLICY_AUDIT, VERDICT_ALLOW};
 
 use crate::{
     capture::{MAPPED, PROCEED, from_proxy, ip6, port, redirect_v4, redirect_v6},
-    counters::{count, count_cgroup, report_denied},
+    counters::{count, count_cgroup, judged, record_flow, report_denied},
     judge::{is_service, judge_v4, judge_v6},
     maps::DROPS,
     parse::{IPPROTO_TCP, Packet},
@@ -133,6 +133,9 @@ fn verdict<const N: usize>(
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     count(stat);
     count_cgroup(&DROPS, cgroup_id);
-    report_denied(cgroup_id, &packet.flow(), now, policy.scope, EVENT_CONNECT);
+    let flow = packet.flow();
+    report_denied(cgroup_id, &flow, now, policy.scope, EVENT_CONNECT);
+    let judged = judged(FLOW_DENIED, stat, FLOW_AT_CONNECT, policy.scope);
+    record_flow(&flow, cgroup_id, now, judged, cookie);
     REFUSE
 }

@@ -152,18 +152,20 @@ pub fn learn_inbound<const N: usize>(ctx: &SkBuffContext, headers: &Headers<N>, 
     let _ = INBOUND.insert(key, value, 0);
 }
 
-/// Records `flow` as seen at `now`, writing only when it is new or its time is stale.
+/// Records `flow` as seen at `now`, writing only when it is new or its time is stale; whether
+/// it was new.
 #[inline(always)]
-fn remember(map: &LruHashMap<FlowKey, u64>, flow: &FlowKey, now: u64) {
+fn remember(map: &LruHashMap<FlowKey, u64>, flow: &FlowKey, now: u64) -> bool {
     if let Some(seen) = map.get_ptr_mut(flow) {
         // SAFETY: pointer from a successful lookup, plain data.
         let seen = unsafe { &mut *seen };
         if now.wrapping_sub(*seen) > FLOW_REFRESH_NS {
             *seen = now;
         }
-        return;
+        return false;
     }
     let _ = map.insert(flow, now, 0);
+    true
 }
 
 /// Whether `flow` is one egress let out (in `OUTBOUND`), as found by this CPU less than
@@ -174,13 +176,15 @@ pub fn is_outbound(flow: &FlowKey, now: u64) -> bool {
 }
 
 /// Records an outgoing `flow` in `OUTBOUND` (see [`remember`]) unless this CPU did so for the
-/// same flow less than [`FLOW_REFRESH_NS`] ago.
+/// same flow less than [`FLOW_REFRESH_NS`] ago; whether the flow is new (not in `OUTBOUND`).
 #[inline(always)]
-pub fn remember_outbound(flow: &FlowKey, now: u64) {
+pub fn remember_outbound(flow: &FlowKey, now: u64) -> bool {
+    let mut new = false;
     recent_or(&RECENT_OUT, flow, now, || {
-        remember(&OUTBOUND, flow, now);
+        new = remember(&OUTBOUND, flow, now);
         true
     });
+    new
 }
 
 /// True when `recent` (this CPU's slot) holds `flow` from less than [`FLOW_REFRESH_NS`] ago;

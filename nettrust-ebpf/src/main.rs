@@ -46,20 +46,21 @@ mod scopes;
 mod sockops;
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_boot_ns, bpf_skb_cgroup_id},
+    EbpfContext as _,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id},
     macros::cgroup_skb,
     maps::LpmTrie,
     programs::SkBuffContext,
 };
 use aya_log_ebpf::debug;
 use nettrust_common::{
-    CONFIG_DROP_INPUT, EBPF_LOG_TARGET, EVENT_AUDIT, FlowKey, POLICY_AUDIT, STAT_ALLOW_HOST,
-    STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_AUDIT, STAT_DROP, STAT_DROP_INPUT, STAT_ERROR,
-    STAT_PASS_NON_IP, VERDICT_ALLOW, VERDICT_DROP,
+    CONFIG_DROP_INPUT, EBPF_LOG_TARGET, EVENT_AUDIT, FLOW_ALLOWED, FLOW_AUDITED, FLOW_DENIED,
+    FlowKey, POLICY_AUDIT, STAT_ALLOW_HOST, STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_AUDIT,
+    STAT_DROP, STAT_DROP_INPUT, STAT_ERROR, STAT_PASS_NON_IP, VERDICT_ALLOW, VERDICT_DROP,
 };
 
 use crate::{
-    counters::{count, count_cgroup, may_log, report_denied},
+    counters::{count, count_cgroup, judged, may_log, record_flow, report_denied},
     flows::{is_outbound, learn_inbound, remember_outbound, reply_to_inbound},
     icmp::{quoted_flow_v4, quoted_flow_v6},
     judge::{from_proxy, is_service, judge_v4, judge_v6, link_control_v6},
@@ -167,12 +168,16 @@ fn decide_egress<const N: usize>(
         judge(now, policy.scope)
     };
     if verdict == VERDICT_ALLOW || (!routed && is_service(&packet) && from_proxy(ctx)) {
-        remember_outbound(&flow, now);
-        count(if verdict == VERDICT_ALLOW {
+        let stat = if verdict == VERDICT_ALLOW {
             stat
         } else {
             STAT_ALLOW_HOST
-        });
+        };
+        if remember_outbound(&flow, now) {
+            let judged = judged(FLOW_ALLOWED, stat, 0, policy.scope);
+            record_flow(&flow, cgroup_id, now, judged, socket_cookie(ctx));
+        }
+        count(stat);
         count_cgroup(&ALLOWS, cgroup_id);
         return VERDICT_ALLOW;
     }
@@ -182,7 +187,10 @@ fn decide_egress<const N: usize>(
         return VERDICT_ALLOW;
     }
     if policy.flags & POLICY_AUDIT != 0 {
-        remember_outbound(&flow, now);
+        if remember_outbound(&flow, now) {
+            let judged = judged(FLOW_AUDITED, STAT_AUDIT, 0, policy.scope);
+            record_flow(&flow, cgroup_id, now, judged, socket_cookie(ctx));
+        }
         count(STAT_AUDIT);
         count_cgroup(&AUDITS, cgroup_id);
         report_denied(cgroup_id, &flow, now, policy.scope, EVENT_AUDIT);
@@ -191,10 +199,19 @@ fn decide_egress<const N: usize>(
     count(stat);
     count_cgroup(&DROPS, cgroup_id);
     report_denied(cgroup_id, &flow, now, policy.scope, 0);
+    let judged = judged(FLOW_DENIED, stat, 0, policy.scope);
+    record_flow(&flow, cgroup_id, now, judged, socket_cookie(ctx));
     if routed && may_log() {
         log_source_routed(ctx, &flow);
     }
     VERDICT_DROP
+}
+
+/// The cookie of the packet's socket (0 without one), for its flow record's process.
+#[inline(always)]
+fn socket_cookie(ctx: &SkBuffContext) -> u64 {
+    // SAFETY: helper on the context the kernel passed.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
 /// The debug record of a dropped source-routed packet: its denied event names only the first hop.

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use nettrust_common::{
     CONFIG_COUNT, CgroupPath, ClientValue, DEFAULT_MAX_HOSTS, DEFAULT_MAX_NETS, DENIED_RING_BYTES,
-    FlowKey, GrantKey, HostName, HostSlot, HostValue, InboundKey, InboundValue, MAX_BLOCKED,
-    MAX_CGROUPS, MAX_CLIENTS, MAX_FLOWS, MAX_LISTENERS, MAX_POLICIES, MAX_SCOPE_CACHE,
+    FLOWS_RING_BYTES, FlowKey, GrantKey, HostName, HostSlot, HostValue, InboundKey, InboundValue,
+    MAX_BLOCKED, MAX_CGROUPS, MAX_CLIENTS, MAX_FLOWS, MAX_LISTENERS, MAX_POLICIES, MAX_SCOPE_CACHE,
     MAX_SERVICES, MAX_SOCK_OWNERS, MAX_UNCLASSIFIED, POLICY_NAME_LEN, PolicyRef, RateState,
     STAT_COUNT, ScopeCache, ServiceKey, SockOwner, host_table,
 };
@@ -128,6 +128,16 @@ pub static RECENT_IN: PerCpuArray<RecentFlow> = PerCpuArray::with_max_entries(1,
 /// Cgroup id → 1 for each new cgroup whose path the `cgroup_mkdir` tracepoint could not read
 /// whole (`nettrust_common::MAX_UNCLASSIFIED`), removed with the cgroup. Not pinned: the daemon's
 /// walk at start classifies the existing cgroups from their full paths.
+/// Flow records (`nettrust_common::FlowRecord`), one per new outbound flow of a filtered cgroup.
+#[map(name = "FLOWS")]
+pub static FLOWS: RingBuf = RingBuf::with_byte_size(FLOWS_RING_BYTES, 0);
+/// Per-CPU rate limiter state of `FLOWS`.
+#[map(name = "FLOW_RATE")]
+pub static FLOW_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+/// Per CPU, the flow records not sent (rate limit or full ring).
+#[map(name = "FLOWS_LOST")]
+pub static FLOWS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Socket cookie → who created it (`nettrust_common::SockOwner`), written by `owners::sock_owner`
 /// at socket creation; not pinned (a restarted daemon's programs start with it empty and fall
 /// back to the calling task for older sockets).

@@ -962,3 +962,39 @@ fn ebpf_source_route_flood_debug_log_is_rate_limited() {
     );
     daemon.stop();
 }
+
+/// Flow records (a first slice: logged at debug level): a refused connect names the process that
+/// created the socket and the reason; an allowed new flow to a resolved address names its
+/// reason too.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn ebpf_flow_records_name_the_process_and_the_reason() {
+    let mut world = World::new();
+    world.start_daemon(&[]);
+    let mut cmd = world.in_cgroup("python3");
+    cmd.args([
+        "-c",
+        "import os, socket\nprint(os.getpid(), flush=True)\ns = socket.socket()\ntry:\n    s.connect(('203.0.113.77', 8080))\nexcept OSError:\n    pass\n",
+    ]);
+    let out = output(cmd);
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!pid.is_empty(), "no pid: {out:?}");
+    assert_eq!(world.resolve("a.test", "A", false), ["192.0.2.10"]);
+    assert_eq!(
+        tcp_connect(world.in_cgroup("socat"), "192.0.2.10", world::TCP_PORT).as_deref(),
+        Ok("ok")
+    );
+    let denied = format!(
+        "pid={pid} comm=python3 dst=203.0.113.77 port=8080 proto=6 reason=no-grant at=connect"
+    );
+    world.eventually("both flow records", Duration::from_secs(5), || {
+        let log = world.daemon_log();
+        log.lines()
+            .any(|l| l.contains("[Flow] denied") && l.contains(&denied))
+            && log.lines().any(|l| {
+                l.contains("[Flow] allowed")
+                    && l.contains("comm=socat dst=192.0.2.10 port=8080 proto=6 reason=host")
+            })
+    });
+    assert!(world.stop_daemon(), "nettrust failed at exit");
+}

@@ -22,15 +22,15 @@ use aya::{
 };
 use nettrust_common::{
     CONFIG_DROP_INPUT, HostName, MAP_BLOCKED_V4, MAP_BLOCKED_V6, MAP_CGROUPS, MAP_CONFIG,
-    MAP_DENIED, MAP_GRANT_NAMES, MAP_GRANTS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES, MAP_NETS_V4,
-    MAP_NETS_V6, MAP_SERVICES,
+    MAP_DENIED, MAP_FLOWS, MAP_GRANT_NAMES, MAP_GRANTS, MAP_HOSTS_V4, MAP_HOSTS_V6, MAP_NAMES,
+    MAP_NETS_V4, MAP_NETS_V6, MAP_SERVICES,
 };
 
 use super::{
     adopt::{self, Capacities},
     attach, authorizations,
     capture::CaptureTargets,
-    denied_events, eviction,
+    denied_events, eviction, flow_events,
     host_table::{HostMaps, name_key},
     ipv4_table::HostTable,
     live_tcp::{self, LiveMap},
@@ -85,6 +85,10 @@ pub struct EbpfFirewall {
     _ebpf: Mutex<Ebpf>,
     /// The denied-event ring buffer, taken by [`EbpfFirewall::start_denied_log`].
     denied: Mutex<Option<RingBuf<MapData>>>,
+    /// The flow-record ring buffer, taken by [`EbpfFirewall::start_denied_log`].
+    flows: Mutex<Option<RingBuf<MapData>>>,
+    /// The last flow records.
+    flow_log: flow_events::FlowLog,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// flock held on the pin directory for the daemon's lifetime: one daemon per directory.
     _lock: File,
@@ -102,6 +106,7 @@ struct Installed {
     hosts: HostMaps,
     cgroups: CgroupMap,
     denied: RingBuf<MapData>,
+    flows: RingBuf<MapData>,
     /// The other maps taken out of the object, held until the programs are loaded: the loader
     /// wrote these descriptors into the programs' instructions, so they must still be open at
     /// `BPF_PROG_LOAD` (the kernel holds the maps from then on).
@@ -166,6 +171,7 @@ impl EbpfFirewall {
             hosts,
             mut cgroups,
             denied,
+            flows,
             _held: held,
         } = install(&mut ebpf, options, seed, pinned_seed.is_some())?;
         loader::load_programs(&mut ebpf, dir, capture)?;
@@ -206,6 +212,8 @@ impl EbpfFirewall {
             pin_dir: dir.clone(),
             _ebpf: Mutex::new(ebpf),
             denied: Mutex::new(Some(denied)),
+            flows: Mutex::new(Some(flows)),
+            flow_log: flow_events::FlowLog::default(),
             tasks: Mutex::new(logger.into_iter().collect()),
             policy: Mutex::new(options.policy.clone()),
             _lock: lock,
@@ -228,6 +236,15 @@ impl EbpfFirewall {
         match denied_events::spawn(ring, cgroups, self.scopes.names()) {
             Ok(task) => self.tasks.lock().expect("poisoned").push(task),
             Err(e) => tracing::warn!("denied events unavailable: {e}"),
+        }
+        if let Some(ring) = self.flows.lock().expect("poisoned").take() {
+            let cgroups =
+                adopt::open_pinned::<CgroupMap>(&self.pin_dir, MAP_CGROUPS, Map::HashMap).ok();
+            let log = Arc::clone(&self.flow_log);
+            match flow_events::spawn(ring, cgroups, self.scopes.names(), log) {
+                Ok(task) => self.tasks.lock().expect("poisoned").push(task),
+                Err(e) => tracing::warn!("flow records unavailable: {e}"),
+            }
         }
     }
 
@@ -373,6 +390,7 @@ fn install(
         hosts,
         cgroups: take_map(ebpf, MAP_CGROUPS)?,
         denied: take_map(ebpf, MAP_DENIED)?,
+        flows: take_map(ebpf, MAP_FLOWS)?,
         _held: Held {
             _config: config,
             _v4: v4_map,

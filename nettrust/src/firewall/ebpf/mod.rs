@@ -25,6 +25,7 @@ mod backend;
 mod capture;
 mod denied_events;
 mod eviction;
+mod flow_events;
 mod grant_memo;
 mod host_table;
 mod ipv4_table;
