@@ -21,26 +21,15 @@ use crate::firewall::{Authorization, AuthorizedHost, HostState, Scope, boottime_
 /// a whole element; the deadline is read by the sweeper, which runs at most once a second.
 pub(super) const RENEW_SLACK_NS: u64 = 1_000_000_000;
 
-/// [`upsert_deadline`] without the deadline.
-#[cfg(test)]
+/// Writes an authorization, keeping the flags already present; a whitelisted entry, or an
+/// authorized one whose deadline already reaches the new one (within [`RENEW_SLACK_NS`]; 0 =
+/// never expires), is left as it is. Runs under the *shared* host-map lock (concurrent answers
+/// write at once; each element operation is atomic), so it works on the store directly.
 pub(super) fn upsert<const N: usize>(
     map: &impl HostStore<N>,
     key: [u8; N],
     expires_ns: u64,
 ) -> io::Result<Authorization> {
-    upsert_deadline(map, key, expires_ns).map(|(authorization, _)| authorization)
-}
-
-/// Writes an authorization, keeping the flags already present; a whitelisted entry, or an
-/// authorized one whose deadline already reaches the new one (within [`RENEW_SLACK_NS`]; 0 =
-/// never expires), is left as it is. Returns the deadline the entry holds afterwards (0 =
-/// never). Runs under the *shared* host-map lock (concurrent answers write at once; each
-/// element operation is atomic), so it works on the store directly.
-pub(super) fn upsert_deadline<const N: usize>(
-    map: &impl HostStore<N>,
-    key: [u8; N],
-    expires_ns: u64,
-) -> io::Result<(Authorization, u64)> {
     let fresh = HostValue {
         expires_ns,
         flags: FLAG_AUTHORIZED,
@@ -50,7 +39,7 @@ pub(super) fn upsert_deadline<const N: usize>(
     // is written only if absent, so a concurrent answer for it is not overwritten blindly.
     let Some(old) = map.get(key)? else {
         return match map.put(key, &fresh, true) {
-            Ok(()) => Ok((Authorization::New, expires_ns)),
+            Ok(()) => Ok(Authorization::New),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => renew(map, key, expires_ns),
             Err(e) => Err(e),
         };
@@ -63,7 +52,7 @@ fn renew<const N: usize>(
     map: &impl HostStore<N>,
     key: [u8; N],
     expires_ns: u64,
-) -> io::Result<(Authorization, u64)> {
+) -> io::Result<Authorization> {
     match map.get(key)? {
         Some(old) => renew_from(map, key, old, expires_ns),
         // Gone again between the two calls: write it afresh.
@@ -74,7 +63,7 @@ fn renew<const N: usize>(
                 ..HostValue::default()
             };
             map.put(key, &fresh, false)?;
-            Ok((Authorization::New, expires_ns))
+            Ok(Authorization::New)
         }
     }
 }
@@ -86,9 +75,9 @@ fn renew_from<const N: usize>(
     key: [u8; N],
     old: HostValue,
     expires_ns: u64,
-) -> io::Result<(Authorization, u64)> {
+) -> io::Result<Authorization> {
     if old.flags & FLAG_WHITELISTED != 0 {
-        return Ok((Authorization::Already, old.expires_ns));
+        return Ok(Authorization::Already);
     }
     let live = old.is_live(boottime_ns());
     let reaches = match (old.expires_ns, expires_ns) {
@@ -96,7 +85,6 @@ fn renew_from<const N: usize>(
         (_, 0) => false,
         (old, new) => old >= new.saturating_sub(RENEW_SLACK_NS),
     };
-    let mut deadline = old.expires_ns;
     if old.flags & FLAG_AUTHORIZED == 0 || !reaches {
         let renewed = HostValue {
             expires_ns,
@@ -105,14 +93,12 @@ fn renew_from<const N: usize>(
             _pad: 0,
         };
         map.put(key, &renewed, false)?;
-        deadline = expires_ns;
     }
-    let authorization = if live {
+    Ok(if live {
         Authorization::Already
     } else {
         Authorization::New
-    };
-    Ok((authorization, deadline))
+    })
 }
 
 /// Moves the deadline of `key` from `seen` to `new` unless it changed meanwhile (or the host is

@@ -423,7 +423,6 @@ impl Firewall for EbpfFirewall {
                 scoped::pool_key(grant),
                 expires_ns,
             )
-            .map(|(authorization, _)| authorization)
             .map_err(|e| self.grant_error(addr, e));
         }
         // The host maps are written through the second handles of `scan` (the same kernel
@@ -454,7 +453,7 @@ impl Firewall for EbpfFirewall {
                 MAP_HOSTS_V6,
             ),
         };
-        result.map(|(authorization, _)| authorization).map_err(|e| {
+        result.map_err(|e| {
             if eviction::is_full(&e) {
                 // A full host map or table refuses a new key with E2BIG.
                 FirewallError::Full {

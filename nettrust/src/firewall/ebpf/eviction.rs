@@ -10,7 +10,7 @@ use std::{collections::HashSet, io, sync::RwLock, time::Instant};
 use nettrust_common::HostValue;
 
 use super::{
-    authorizations::upsert_deadline,
+    authorizations::upsert,
     host_table::{HostMaps, HostStore, PoolKey, name_key},
     syscalls,
 };
@@ -39,7 +39,7 @@ pub(super) fn authorize<const N: usize, S: HostStore<N>>(
     active: impl FnOnce() -> HashSet<Grant>,
     key: [u8; N],
     expires_ns: u64,
-) -> io::Result<(Authorization, u64)>
+) -> io::Result<Authorization>
 where
     [u8; N]: PoolKey,
 {
@@ -50,7 +50,7 @@ where
     let (result, prune) = {
         let _maps = hosts.read().expect("host maps lock poisoned");
         let prune = recency.touch(key, boottime_ns());
-        (upsert_deadline(map, key, expires_ns), prune)
+        (upsert(map, key, expires_ns), prune)
     };
     let result = match result {
         // Unless the last scan found every host whitelisted or in use: then refused at once.
@@ -100,7 +100,7 @@ where
         active: &HashSet<Grant>,
         (key, expires_ns): ([u8; N], u64),
         started: Instant,
-    ) -> io::Result<(Authorization, u64)> {
+    ) -> io::Result<Authorization> {
         let plan = {
             let _maps = self.hosts.read().expect("host maps lock poisoned");
             plan_eviction(self.map, self.recency, self.capacity, active, key.scope())?
@@ -117,7 +117,7 @@ where
         let scanned = started.elapsed();
         let (result, evicted) = {
             let maps = self.hosts.write().expect("host maps lock poisoned");
-            match upsert_deadline(self.map, key, expires_ns) {
+            match upsert(self.map, key, expires_ns) {
                 // A concurrent answer made room meanwhile.
                 Err(e) if is_full(&e) => {
                     let evicted = evict(self.map, self.recency, plan)?;
@@ -128,7 +128,7 @@ where
                     for k in evicted.iter().filter(|k| k.scope().is_default()) {
                         let _ = syscalls::delete(names, &name_key(k.addr()));
                     }
-                    (upsert_deadline(self.map, key, expires_ns), evicted)
+                    (upsert(self.map, key, expires_ns), evicted)
                 }
                 other => (other, Vec::new()),
             }
