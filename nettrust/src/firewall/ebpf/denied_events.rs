@@ -68,7 +68,7 @@ pub fn describe(event: &DeniedEvent, cgroup: &str, policy: &str) -> String {
 }
 
 /// The name of `scope` in `names`, or its number.
-fn policy_name(names: &PolicyNames, scope: u32) -> String {
+pub(super) fn policy_name(names: &PolicyNames, scope: u32) -> String {
     names
         .read()
         .ok()
@@ -83,29 +83,57 @@ pub(super) fn spawn(
     cgroups: Option<CgroupMap>,
     names: PolicyNames,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    drain(ring, cgroups, parse_denied, move |event, paths| {
+        let policy = policy_name(&names, u32::from(event.scope));
+        let path = paths.path(event.cgroup_id);
+        tracing::info!("{}", describe(&event, path, &policy));
+    })
+}
+
+/// The paths of the cgroups records name, read from `CGROUPS` once per cgroup.
+pub(super) struct CgroupPaths {
+    map: Option<CgroupMap>,
+    paths: HashMap<u64, String>,
+}
+
+impl CgroupPaths {
+    /// The path of cgroup `id`, or `id N` when `CGROUPS` does not hold it.
+    pub(super) fn path(&mut self, id: u64) -> &str {
+        let map = &self.map;
+        self.paths.entry(id).or_insert_with(|| {
+            map.as_ref()
+                .and_then(|m| m.get(&id, 0).ok())
+                .map(|p| pins::unpadded(&p.path))
+                .unwrap_or_else(|| format!("id {id}"))
+        })
+    }
+}
+
+/// Spawns a task draining `ring`: each record `parse` reads goes to `handle` with the cgroup
+/// paths of `cgroups` (read only for the records that ask).
+pub(super) fn drain<T: 'static>(
+    ring: RingBuf<MapData>,
+    cgroups: Option<CgroupMap>,
+    parse: fn(&[u8]) -> Option<T>,
+    mut handle: impl FnMut(T, &mut CgroupPaths) + Send + 'static,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     // SAFETY: the ring buffer owns its map fd and keeps it open until the AsyncFd (which owns the
     // ring buffer) is dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }?;
     Ok(tokio::spawn(async move {
-        let mut paths: HashMap<u64, String> = HashMap::new();
+        let mut paths = CgroupPaths {
+            map: cgroups,
+            paths: HashMap::new(),
+        };
         loop {
             let Ok(mut guard) = ring.readable_mut().await else {
                 return;
             };
             let ring = guard.get_inner_mut();
             while let Some(item) = ring.next() {
-                let Some(event) = parse_denied(&item) else {
-                    continue;
-                };
-                let path = paths.entry(event.cgroup_id).or_insert_with(|| {
-                    cgroups
-                        .as_ref()
-                        .and_then(|m| m.get(&event.cgroup_id, 0).ok())
-                        .map(|p| pins::unpadded(&p.path))
-                        .unwrap_or_else(|| format!("id {}", event.cgroup_id))
-                });
-                let policy = policy_name(&names, u32::from(event.scope));
-                tracing::info!("{}", describe(&event, path, &policy));
+                if let Some(record) = parse(&item) {
+                    handle(record, &mut paths);
+                }
             }
             guard.clear_ready();
         }

@@ -5,19 +5,20 @@
 //! [`KEPT`] in memory ([`FlowLog`]).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::IpAddr,
     sync::{Arc, Mutex},
 };
 
+use super::{
+    denied_events::{PolicyNames, drain, policy_name},
+    types::CgroupMap,
+};
 use aya::maps::{MapData, RingBuf};
 use nettrust_common::{
     FLOW_ALLOWED, FLOW_AT_CONNECT, FLOW_AUDITED, FlowRecord, STAT_ALLOW_HOST,
     STAT_ALLOW_INBOUND_REPLY, STAT_ALLOW_NET, STAT_AUDIT, STAT_DROP, STAT_DROP_EXPIRED,
 };
-use tokio::io::unix::AsyncFd;
-
-use super::{denied_events::PolicyNames, pins, types::CgroupMap};
 
 /// Records kept in memory.
 pub const KEPT: usize = 10_000;
@@ -93,44 +94,18 @@ pub(super) fn spawn(
     names: PolicyNames,
     log: FlowLog,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    // SAFETY: the ring buffer owns its map fd and keeps it open until the AsyncFd (which owns the
-    // ring buffer) is dropped.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }?;
-    Ok(tokio::spawn(async move {
-        let mut paths: HashMap<u64, String> = HashMap::new();
-        loop {
-            let Ok(mut guard) = ring.readable_mut().await else {
-                return;
-            };
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                let Some(record) = parse_flow(&item) else {
-                    continue;
-                };
-                if tracing::enabled!(tracing::Level::DEBUG) {
-                    let path = paths.entry(record.cgroup_id).or_insert_with(|| {
-                        cgroups
-                            .as_ref()
-                            .and_then(|m| m.get(&record.cgroup_id, 0).ok())
-                            .map(|p| pins::unpadded(&p.path))
-                            .unwrap_or_else(|| format!("id {}", record.cgroup_id))
-                    });
-                    let policy = names
-                        .read()
-                        .ok()
-                        .and_then(|n| n.get(&record.scope).cloned())
-                        .unwrap_or_else(|| record.scope.to_string());
-                    tracing::debug!("{}", describe(&record, path, &policy));
-                }
-                let mut kept = log.lock().expect("flow log poisoned");
-                if kept.len() == KEPT {
-                    kept.pop_front();
-                }
-                kept.push_back(record);
-            }
-            guard.clear_ready();
+    drain(ring, cgroups, parse_flow, move |record, paths| {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let policy = policy_name(&names, record.scope);
+            let path = paths.path(record.cgroup_id);
+            tracing::debug!("{}", describe(&record, path, &policy));
         }
-    }))
+        let mut kept = log.lock().expect("flow log poisoned");
+        if kept.len() == KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(record);
+    })
 }
 
 #[cfg(test)]
