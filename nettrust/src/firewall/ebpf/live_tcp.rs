@@ -65,11 +65,7 @@ pub(super) fn load_and_pin(ebpf: &mut Ebpf, dir: &Path) -> Result<(), EbpfError>
     program.load().map_err(|source| {
         program_error(format!("{PROGRAM_SOCKOPS} rejected by the kernel"), source)
     })?;
-    let pin = pins::program_pin(dir, PROGRAM_SOCKOPS);
-    pins::replace_pin(&pin, |tmp| {
-        program.pin(tmp).map_err(|e| crate::error_chain(&e))
-    })
-    .map_err(|what| EbpfError::LinkPin { cgroup: pin, what })
+    pins::pin_program(dir, PROGRAM_SOCKOPS, |tmp| program.pin(tmp))
 }
 
 /// Attaches the loaded program to `cgroup` (`path`, id `id`) and pins the link, replacing a
@@ -119,24 +115,14 @@ fn attach_program(
     id: u64,
 ) -> Result<(), EbpfError> {
     // A bpf_link coexists with other programs on the cgroup, like the `cgroup_skb` links.
-    let link_id = program
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(|source| {
-            program_error(
-                format!("{PROGRAM_SOCKOPS}: cannot attach to {}", path.display()),
-                source,
-            )
-        })?;
-    let link = program.take_link(link_id).map_err(|source| {
-        program_error(
-            format!(
-                "{PROGRAM_SOCKOPS}: cannot take the link of {}",
-                path.display()
-            ),
-            source,
-        )
+    pins::link_cgroup(dir, PROGRAM_SOCKOPS, id, path, || {
+        let link_id = program
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(|e| ("attach to", e))?;
+        program
+            .take_link(link_id)
+            .map_err(|e| ("take the link of", e))
     })?;
-    pins::pin_link(link, dir, PROGRAM_SOCKOPS, id, path)?;
     tag_cgroup(program, id)
 }
 
